@@ -1,0 +1,84 @@
+//! Benchmarks: every figure is measured in the same run as its baseline and reported as a ratio.
+
+use serde::Serialize;
+
+/// One measured case, printed as one JSON line with `--json` (DESIGN §9).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRecord {
+    pub bench: String,
+    pub case: String,
+    pub params: serde_json::Map<String, serde_json::Value>,
+    pub unit: String,
+    pub value: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub lower_is_better: bool,
+}
+
+impl BenchRecord {
+    pub fn new(bench: &str, case: &str, unit: &str, value: f64) -> Self {
+        BenchRecord {
+            bench: bench.to_string(),
+            case: case.to_string(),
+            params: serde_json::Map::new(),
+            unit: unit.to_string(),
+            value,
+            baseline: None,
+            ratio: None,
+            lower_is_better: false,
+        }
+    }
+
+    pub fn param(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.params.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Compares this case against `baseline` measured in the same run: `ratio = value / baseline`.
+    pub fn against(mut self, baseline: &BenchRecord) -> Self {
+        self.baseline = Some(baseline.case.clone());
+        self.ratio = (baseline.value > 0.0).then(|| self.value / baseline.value);
+        self
+    }
+
+    pub fn lower_is_better(mut self) -> Self {
+        self.lower_is_better = true;
+        self
+    }
+}
+
+/// Prints records either as JSON lines or as a human table with the machine's core count.
+pub fn print_records(records: &[BenchRecord], json: bool) {
+    if json {
+        for r in records {
+            println!("{}", serde_json::to_string(r).expect("bench record serialises"));
+        }
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("machine: {cores} cores");
+    println!(
+        "{:<10} {:<22} {:>14} {:<8} {:>9}  params",
+        "bench", "case", "value", "unit", "ratio"
+    );
+    for r in records {
+        let ratio = match (&r.baseline, r.ratio) {
+            (Some(b), Some(x)) => format!("{x:.2}x {b}"),
+            _ => String::new(),
+        };
+        let params: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<10} {:<22} {:>14.1} {:<8} {:>9}  {}",
+            r.bench,
+            r.case,
+            r.value,
+            r.unit,
+            ratio,
+            params.join(" ")
+        );
+    }
+}
+pub mod lfc;

@@ -1,0 +1,67 @@
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use udp_prefetch::bench;
+use udp_prefetch::cmd::{self, Outcome};
+
+/// UDP prefetch for disaggregated PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "udp-prefetch", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect a local file cache.
+    Lfc(cmd::lfc_stat::LfcArgs),
+    /// Run benchmarks; every figure is a ratio against a baseline measured in the same run.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    #[command(subcommand)]
+    which: BenchCommand,
+    /// One JSON object per measured case, one per line.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// LFC lookup and install throughput against a plain memcpy loop.
+    Lfc(bench::lfc::LfcBenchArgs),
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Lfc(args) => cmd::lfc_stat::run(args),
+        Command::Bench(args) => {
+            let records = match &args.which {
+                BenchCommand::Lfc(a) => bench::lfc::run(a)?,
+            };
+            bench::print_records(&records, args.json);
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(cli) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(cmd::EXIT_FAILED),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(cmd::exit_status_for(&err))
+        }
+    }
+}
