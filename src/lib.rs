@@ -3,3 +3,9 @@
 
 pub mod bench;
 pub mod cmd;
+pub mod page;
+pub mod pagestream;
+pub mod pgwire;
+pub mod framed;
+pub mod server;
+pub mod client;

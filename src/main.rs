@@ -13,6 +13,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the reference page server (pagestream v3 over the PostgreSQL protocol).
+    Pageserver(cmd::pageserver::PageServerArgs),
+    /// Fetch one page over TCP and verify its checksum.
+    Getpage(cmd::getpage::GetPageArgs),
+    /// Run everything on this machine with no set-up and print what happened.
+    Demo(cmd::demo::DemoArgs),
     /// Inspect a local file cache.
     Lfc(cmd::lfc_stat::LfcArgs),
     /// Run benchmarks; every figure is a ratio against a baseline measured in the same run.
@@ -30,15 +36,21 @@ struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Synchronous GetPage round trip and pipelined throughput over loopback.
+    Getpage(bench::getpage::GetPageBenchArgs),
     /// LFC lookup and install throughput against a plain memcpy loop.
     Lfc(bench::lfc::LfcBenchArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
+        Command::Pageserver(args) => cmd::pageserver::run(args),
+        Command::Getpage(args) => cmd::getpage::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Lfc(args) => cmd::lfc_stat::run(args),
         Command::Bench(args) => {
             let records = match &args.which {
+                BenchCommand::Getpage(a) => bench::getpage::run(a)?,
                 BenchCommand::Lfc(a) => bench::lfc::run(a)?,
             };
             bench::print_records(&records, args.json);

@@ -81,4 +81,5 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
         );
     }
 }
+pub mod getpage;
 pub mod lfc;

@@ -1,6 +1,9 @@
 //! Subcommands of the `udp-prefetch` binary; each module holds its flags and its `run`.
 
+pub mod demo;
+pub mod getpage;
 pub mod lfc_stat;
+pub mod pageserver;
 
 use std::fmt;
 

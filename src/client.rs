@@ -1,0 +1,349 @@
+//! Blocking pagestream v3 client: one TCP connection, synchronous calls, and a pipelined mode
+//! (many requests in flight, responses read in order) that is the Neon-style TCP prefetch
+//! baseline.
+
+use crate::framed::{FramedError, FramedReader};
+use crate::page::Page;
+use crate::pagestream::{Header, PrefetchTarget, Request, Response};
+use crate::pgwire::{BackendDecoder, BackendMessage, ErrorFields, FrontendMessage, ProtocolError};
+use lfc::{BufferTag, RelTag};
+use std::collections::VecDeque;
+use std::io::{BufWriter, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Most requests a client keeps in flight on one connection.
+pub const MAX_IN_FLIGHT: usize = 4096;
+const WRITE_BUFFER: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server error {}: {}", .0.code, .0.message)]
+    Server(ErrorFields),
+    #[error("page server: {0}")]
+    Request(String),
+    #[error("the server asks for a password; pass a token")]
+    PasswordRequired,
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("unexpected reply from the server: {0}")]
+    Unexpected(String),
+    #[error("too many requests in flight (limit {MAX_IN_FLIGHT})")]
+    TooManyInFlight,
+    #[error("connection closed by the server")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl From<FramedError> for ClientError {
+    fn from(e: FramedError) -> Self {
+        match e {
+            FramedError::UnexpectedEof => ClientError::Closed,
+            FramedError::Protocol(p) => ClientError::Protocol(p),
+            FramedError::Io(io) => ClientError::Io(io),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub addr: String,
+    /// Neon tenant and timeline ids, 32 hex digits each.
+    pub tenant_id: String,
+    pub timeline_id: String,
+    pub token: Option<String>,
+    pub user: String,
+    pub connect_timeout: Duration,
+}
+
+impl ConnectOptions {
+    pub fn new(addr: impl Into<String>) -> Self {
+        ConnectOptions {
+            addr: addr.into(),
+            tenant_id: "0".repeat(32),
+            timeline_id: "0".repeat(32),
+            token: None,
+            user: "udp-prefetch".into(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+}
+
+pub struct PageClient {
+    out: BufWriter<TcpStream>,
+    reader: FramedReader<TcpStream>,
+    decoder: BackendDecoder,
+    next_reqid: u64,
+    /// Request ids awaiting a response, oldest first.
+    pending: VecDeque<u64>,
+    scratch: Vec<u8>,
+}
+
+impl PageClient {
+    pub fn connect(opts: &ConnectOptions) -> Result<PageClient, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            addr: opts.addr.clone(),
+            source,
+        };
+        let addrs: Vec<SocketAddr> = opts.addr.to_socket_addrs().map_err(connect_err)?.collect();
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "address resolves to nothing");
+        let mut stream = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, opts.connect_timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let stream = stream.ok_or_else(|| connect_err(last))?;
+        stream.set_nodelay(true)?;
+        let mut client = PageClient {
+            out: BufWriter::with_capacity(WRITE_BUFFER, stream.try_clone()?),
+            reader: FramedReader::new(stream),
+            decoder: BackendDecoder::new(),
+            next_reqid: 1,
+            pending: VecDeque::new(),
+            scratch: Vec::with_capacity(16 * 1024),
+        };
+        client.startup(opts)?;
+        Ok(client)
+    }
+
+    fn write_frontend(&mut self, msg: &FrontendMessage) -> Result<(), ClientError> {
+        self.scratch.clear();
+        msg.encode(&mut self.scratch);
+        self.out.write_all(&self.scratch)?;
+        Ok(())
+    }
+
+    fn read_backend(&mut self) -> Result<BackendMessage, ClientError> {
+        let dec = &self.decoder;
+        self.reader.next(|b| dec.decode(b))?.ok_or(ClientError::Closed)
+    }
+
+    fn startup(&mut self, opts: &ConnectOptions) -> Result<(), ClientError> {
+        self.write_frontend(&FrontendMessage::Startup {
+            params: vec![
+                ("user".into(), opts.user.clone()),
+                ("database".into(), "postgres".into()),
+            ],
+        })?;
+        self.out.flush()?;
+        loop {
+            match self.read_backend()? {
+                BackendMessage::AuthenticationCleartextPassword => {
+                    let token = opts.token.clone().ok_or(ClientError::PasswordRequired)?;
+                    self.write_frontend(&FrontendMessage::Password(token))?;
+                    self.out.flush()?;
+                }
+                BackendMessage::ReadyForQuery { .. } => break,
+                BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
+                _ => {} // AuthenticationOk, ParameterStatus, BackendKeyData.
+            }
+        }
+        self.write_frontend(&FrontendMessage::Query(format!(
+            "pagestream_v3 {} {}",
+            opts.tenant_id, opts.timeline_id
+        )))?;
+        self.out.flush()?;
+        match self.read_backend()? {
+            BackendMessage::CopyBothResponse => Ok(()),
+            BackendMessage::ErrorResponse(e) => Err(ClientError::Server(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?} instead of CopyBothResponse"))),
+        }
+    }
+
+    /// A header with a fresh request id.
+    pub fn header(&mut self, request_lsn: u64, not_modified_since: u64) -> Header {
+        let reqid = self.next_reqid;
+        self.next_reqid += 1;
+        Header {
+            reqid,
+            request_lsn,
+            not_modified_since,
+        }
+    }
+
+    /// Queues a request in the write buffer (sent on `flush` or when the buffer fills).
+    pub fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        if req.expects_response() {
+            if self.pending.len() >= MAX_IN_FLIGHT {
+                return Err(ClientError::TooManyInFlight);
+            }
+            self.pending.push_back(req.header().reqid);
+        }
+        self.scratch.clear();
+        crate::pgwire::encode_copy_data_with(&mut self.scratch, |o| req.encode(o));
+        self.out.write_all(&self.scratch)?;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// Requests awaiting a response.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Reads the response to the oldest request in flight (flushing first, so it was sent).
+    pub fn recv(&mut self) -> Result<Response, ClientError> {
+        let Some(&want) = self.pending.front() else {
+            return Err(ClientError::Unexpected("recv with no request in flight".into()));
+        };
+        if !self.out.buffer().is_empty() {
+            self.out.flush()?;
+        }
+        let resp = match self.read_backend()? {
+            BackendMessage::CopyData(payload) => Response::decode(&payload)?,
+            BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
+            BackendMessage::CopyDone => return Err(ClientError::Closed),
+            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+        };
+        if resp.header().reqid != want {
+            return Err(ClientError::Unexpected(format!(
+                "response for request {} while waiting for {want}",
+                resp.header().reqid
+            )));
+        }
+        self.pending.pop_front();
+        Ok(resp)
+    }
+
+    fn call(&mut self, req: Request) -> Result<Response, ClientError> {
+        if !self.pending.is_empty() {
+            return Err(ClientError::Unexpected(
+                "synchronous call while pipelined requests are in flight".into(),
+            ));
+        }
+        self.send(&req)?;
+        match self.recv()? {
+            Response::Error { message, .. } => Err(ClientError::Request(message)),
+            resp => Ok(resp),
+        }
+    }
+
+    /// The newest version of `tag` at or below `request_lsn`.
+    pub fn get_page(&mut self, tag: BufferTag, request_lsn: u64, not_modified_since: u64) -> Result<Box<Page>, ClientError> {
+        let hdr = self.header(request_lsn, not_modified_since);
+        match self.call(Request::GetPage { hdr, rel: tag.rel, blkno: tag.blkno })? {
+            Response::GetPage { rel, blkno, page, .. } if rel == tag.rel && blkno == tag.blkno => Ok(page),
+            other => Err(unexpected("GetPage", &other)),
+        }
+    }
+
+    pub fn exists(&mut self, rel: RelTag, request_lsn: u64) -> Result<bool, ClientError> {
+        let hdr = self.header(request_lsn, 0);
+        match self.call(Request::Exists { hdr, rel })? {
+            Response::Exists { exists, .. } => Ok(exists),
+            other => Err(unexpected("Exists", &other)),
+        }
+    }
+
+    pub fn nblocks(&mut self, rel: RelTag, request_lsn: u64) -> Result<u32, ClientError> {
+        let hdr = self.header(request_lsn, 0);
+        match self.call(Request::Nblocks { hdr, rel })? {
+            Response::Nblocks { n_blocks, .. } => Ok(n_blocks),
+            other => Err(unexpected("Nblocks", &other)),
+        }
+    }
+
+    pub fn db_size(&mut self, dbnode: u32, request_lsn: u64) -> Result<i64, ClientError> {
+        let hdr = self.header(request_lsn, 0);
+        match self.call(Request::DbSize { hdr, dbnode })? {
+            Response::DbSize { size, .. } => Ok(size),
+            other => Err(unexpected("DbSize", &other)),
+        }
+    }
+
+    /// Adds a version of `tag` at `lsn` on the server (stands in for WAL ingest).
+    pub fn put_page(&mut self, tag: BufferTag, lsn: u64, page: &Page) -> Result<(), ClientError> {
+        let hdr = self.header(lsn, 0);
+        let req = Request::PutPage {
+            hdr,
+            rel: tag.rel,
+            blkno: tag.blkno,
+            lsn,
+            page: Box::new(*page),
+        };
+        match self.call(req)? {
+            Response::PutPage { .. } => Ok(()),
+            other => Err(unexpected("PutPage", &other)),
+        }
+    }
+
+    /// Registers where this connection's prefetched pages are sent by UDP.
+    pub fn set_prefetch_target(&mut self, target: PrefetchTarget) -> Result<(), ClientError> {
+        let hdr = self.header(crate::pagestream::LATEST_LSN, 0);
+        match self.call(Request::PrefetchTarget { hdr, target })? {
+            Response::PrefetchTarget { .. } => Ok(()),
+            other => Err(unexpected("PrefetchTarget", &other)),
+        }
+    }
+
+    /// Reads `blocks` of `rel` with up to `depth` GetPage requests in flight, flushing the
+    /// write buffer every `flush_every` requests (and whenever it must wait for a response):
+    /// the shape of Neon's TCP prefetch. Calls `each` with every page, in block order.
+    pub fn get_pages_pipelined(
+        &mut self,
+        rel: RelTag,
+        blocks: std::ops::Range<u32>,
+        request_lsn: u64,
+        depth: usize,
+        flush_every: usize,
+        mut each: impl FnMut(u32, &Page) -> Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let depth = depth.clamp(1, MAX_IN_FLIGHT);
+        let flush_every = flush_every.max(1);
+        let mut next_send = blocks.start;
+        let mut unflushed = 0;
+        for blkno in blocks.clone() {
+            while next_send < blocks.end && self.pending.len() < depth {
+                let hdr = self.header(request_lsn, 0);
+                self.send(&Request::GetPage { hdr, rel, blkno: next_send })?;
+                next_send += 1;
+                unflushed += 1;
+                if unflushed >= flush_every {
+                    self.flush()?;
+                    unflushed = 0;
+                }
+            }
+            unflushed = 0; // recv flushes whatever is buffered.
+            match self.recv()? {
+                Response::GetPage { rel: r, blkno: b, page, .. } if r == rel && b == blkno => each(blkno, &page)?,
+                Response::Error { message, .. } => return Err(ClientError::Request(message)),
+                other => return Err(unexpected("GetPage", &other)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unexpected(what: &str, resp: &Response) -> ClientError {
+    let kind = match resp {
+        Response::Exists { .. } => "Exists",
+        Response::Nblocks { .. } => "Nblocks",
+        Response::GetPage { .. } => "GetPage",
+        Response::DbSize { .. } => "DbSize",
+        Response::Error { .. } => "Error",
+        Response::PrefetchTarget { .. } => "PrefetchTarget",
+        Response::PutPage { .. } => "PutPage",
+    };
+    ClientError::Unexpected(format!("{kind} response to a {what} request"))
+}

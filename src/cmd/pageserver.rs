@@ -1,0 +1,65 @@
+//! `udp-prefetch pageserver`: the reference page server.
+
+use super::{BadInput, Outcome};
+use crate::server::source::SourceSpec;
+use crate::server::{PageServer, ServerConfig, ServerError};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct PageServerArgs {
+    /// Address to listen on for pagestream connections.
+    #[arg(long, default_value = "127.0.0.1:6400")]
+    pub listen: SocketAddr,
+    /// Page source: `synthetic[:rels=R,pages=N]` or `pgdata:PATH` (a PostgreSQL data directory,
+    /// read-only).
+    #[arg(long, default_value = "synthetic", value_parser = parse_source)]
+    pub source: SourceSpec,
+    /// Require this cleartext password from clients.
+    #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Connections served at once; more are refused with SQLSTATE 53300.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Emulated storage latency added to every response, in microseconds; applied per request
+    /// without delaying other requests.
+    #[arg(long, default_value_t = 0)]
+    pub service_delay_us: u64,
+    /// How long a request waits for WAL to reach its not_modified_since before error 103.
+    #[arg(long, default_value_t = 2000)]
+    pub lsn_wait_timeout_ms: u64,
+    /// Most page versions PutPage may add.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_page_versions: usize,
+}
+
+fn parse_source(s: &str) -> Result<SourceSpec, String> {
+    s.parse().map_err(|e: crate::server::source::SourceError| e.to_string())
+}
+
+pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
+    let config = ServerConfig {
+        listen: args.listen,
+        source: args.source,
+        token: args.token,
+        max_connections: args.max_connections,
+        service_delay_us: args.service_delay_us,
+        lsn_wait_timeout: Duration::from_millis(args.lsn_wait_timeout_ms),
+        max_page_versions: args.max_page_versions,
+    };
+    // Register signal handlers before listening, so a SIGTERM right after start is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    let mut server = PageServer::start(config).map_err(|e| match e {
+        ServerError::Source(_) | ServerError::Config(_) => anyhow::Error::new(BadInput(e.to_string())),
+        other => anyhow::Error::new(other),
+    })?;
+    // One stable line on stdout for scripts and tests that start the server on port 0.
+    println!("udp-prefetch pageserver listening on {}", server.local_addr());
+    std::io::stdout().flush()?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "stopping");
+    }
+    server.shutdown();
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,125 @@
+//! Blocking framed reads over any `Read`: the I/O shell around the sans-IO decoders.
+
+use crate::pgwire::ProtocolError;
+use std::io::{self, Read};
+
+/// Bytes read per `read` call; also the most a reader keeps beyond one frame.
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FramedError {
+    #[error("connection closed in the middle of a message")]
+    UnexpectedEof,
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Buffers input and hands complete messages to a decoder.
+pub struct FramedReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl<R: Read> FramedReader<R> {
+    pub fn new(inner: R) -> Self {
+        FramedReader {
+            inner,
+            buf: Vec::with_capacity(2 * READ_CHUNK),
+            start: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Returns the next message, or `None` on a clean end of stream between messages.
+    pub fn next<T>(
+        &mut self,
+        mut decode: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, ProtocolError>,
+    ) -> Result<Option<T>, FramedError> {
+        loop {
+            if let Some((msg, used)) = decode(&self.buf[self.start..])? {
+                self.start += used;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
+                }
+                return Ok(Some(msg));
+            }
+            // Compact before reading so the buffer never grows past one frame plus a chunk.
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let len = self.buf.len();
+            self.buf.resize(len + READ_CHUNK, 0);
+            let n = loop {
+                match self.inner.read(&mut self.buf[len..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return Err(e.into());
+                }
+            };
+            self.buf.truncate(len + n);
+            if n == 0 {
+                return if len == 0 {
+                    Ok(None)
+                } else {
+                    Err(FramedError::UnexpectedEof)
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pgwire::{BackendDecoder, BackendMessage};
+
+    /// A reader that returns one byte per call, to exercise reassembly at every boundary.
+    struct Trickle(Vec<u8>, usize);
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.1 >= self.0.len() || out.is_empty() {
+                return Ok(0);
+            }
+            out[0] = self.0[self.1];
+            self.1 += 1;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn reassembles_messages_and_reports_eof() {
+        let msgs = [
+            BackendMessage::ReadyForQuery { status: b'I' },
+            BackendMessage::CopyData(vec![7; 9000]),
+            BackendMessage::CommandComplete("SHOW".into()),
+        ];
+        let mut wire = Vec::new();
+        msgs.iter().for_each(|m| m.encode(&mut wire));
+        let dec = BackendDecoder::new();
+        let mut r = FramedReader::new(Trickle(wire.clone(), 0));
+        for m in &msgs {
+            assert_eq!(r.next(|b| dec.decode(b)).unwrap().as_ref(), Some(m));
+        }
+        assert!(r.next(|b| dec.decode(b)).unwrap().is_none());
+
+        let mut cut = FramedReader::new(Trickle(wire[..wire.len() - 1].to_vec(), 0));
+        for _ in 0..2 {
+            cut.next(|b| dec.decode(b)).unwrap();
+        }
+        assert!(matches!(cut.next(|b| dec.decode(b)), Err(FramedError::UnexpectedEof)));
+    }
+}

@@ -1,0 +1,260 @@
+//! PostgreSQL page helpers: the data checksum (`pg_checksum_page`), the page header fields this
+//! system reads, and verification of a page fetched from anywhere.
+
+use lfc::{BufferTag, PAGE_SIZE};
+
+/// One PostgreSQL page.
+pub type Page = [u8; PAGE_SIZE];
+
+/// Byte offset of `pd_checksum` in `PageHeaderData`.
+const PD_CHECKSUM_OFFSET: usize = 8;
+/// Size of `PageHeaderData` without line pointers.
+pub const PAGE_HEADER_SIZE: usize = 24;
+/// `PG_PAGE_LAYOUT_VERSION` (PostgreSQL 8.3 and later).
+const PAGE_LAYOUT_VERSION: u16 = 4;
+
+const N_SUMS: usize = 32;
+const FNV_PRIME: u32 = 16_777_619;
+/// Initial states of the 32 parallel FNV-1a lanes, fixed by PostgreSQL's `checksum_impl.h`:
+/// changing any of them changes every checksum.
+const CHECKSUM_BASE_OFFSETS: [u32; N_SUMS] = [
+    0x5B1F36E9, 0xB8525960, 0x02AB50AA, 0x1DE66D2A, 0x79FF467A, 0x9BB9F8A3, 0x217E7CD2, 0x83E13D2C,
+    0xF8D4474F, 0xE39EB970, 0x42C6AE16, 0x993216FA, 0x7B093B5D, 0x98DAFF3C, 0xF718902A, 0x0B1C9CDB,
+    0xE58F764B, 0x187636BC, 0x5D7B3BB1, 0xE73DE7DE, 0x92BEC979, 0xCCA6C0B2, 0x304A0979, 0x85AA43D4,
+    0x783125BB, 0x6CA8EAA2, 0xE407EAC6, 0x4B5CFC3E, 0x9FBF8C76, 0x15CA20BE, 0xF2CA9FD3, 0x959BD756,
+];
+
+#[inline(always)]
+fn checksum_comp(sum: &mut u32, value: u32) {
+    let tmp = *sum ^ value;
+    *sum = tmp.wrapping_mul(FNV_PRIME) ^ (tmp >> 17);
+}
+
+/// `pg_checksum_block`: the page is read as native-endian 32-bit words, exactly as PostgreSQL
+/// does on the machine that wrote it (checksums are not portable across endianness either).
+fn checksum_block(page: &Page, zero_checksum_field: bool) -> u32 {
+    let mut sums = CHECKSUM_BASE_OFFSETS;
+    for (row, chunk) in page.chunks_exact(4 * N_SUMS).enumerate() {
+        for (j, word) in chunk.chunks_exact(4).enumerate() {
+            let mut value = u32::from_ne_bytes(word.try_into().expect("4-byte chunk"));
+            // pd_checksum (bytes 8..10) counts as zero while the checksum is computed.
+            if zero_checksum_field && row == 0 && j == PD_CHECKSUM_OFFSET / 4 {
+                let mut bytes = value.to_ne_bytes();
+                bytes[0] = 0;
+                bytes[1] = 0;
+                value = u32::from_ne_bytes(bytes);
+            }
+            checksum_comp(&mut sums[j], value);
+        }
+    }
+    // Two rounds of zeroes for additional mixing.
+    for _ in 0..2 {
+        for sum in sums.iter_mut() {
+            checksum_comp(sum, 0);
+        }
+    }
+    sums.iter().fold(0, |acc, s| acc ^ s)
+}
+
+/// `pg_checksum_page`: the 16-bit data checksum PostgreSQL stores in `pd_checksum`, which mixes
+/// in the block number so a page written at the wrong block does not verify.
+pub fn pg_checksum_page(page: &Page, blkno: u32) -> u16 {
+    let checksum = checksum_block(page, true) ^ blkno;
+    // Reduce to 1..=65535 so that 0 never appears as a valid checksum.
+    ((checksum % 65535) + 1) as u16
+}
+
+/// The page's LSN (`pd_lsn`): stored as two native-endian 32-bit halves, high half first.
+pub fn page_lsn(page: &Page) -> u64 {
+    let hi = u32::from_ne_bytes(page[0..4].try_into().expect("4 bytes"));
+    let lo = u32::from_ne_bytes(page[4..8].try_into().expect("4 bytes"));
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+pub fn set_page_lsn(page: &mut Page, lsn: u64) {
+    page[0..4].copy_from_slice(&((lsn >> 32) as u32).to_ne_bytes());
+    page[4..8].copy_from_slice(&(lsn as u32).to_ne_bytes());
+}
+
+pub fn stored_checksum(page: &Page) -> u16 {
+    u16::from_ne_bytes([page[PD_CHECKSUM_OFFSET], page[PD_CHECKSUM_OFFSET + 1]])
+}
+
+/// Computes and stores the checksum for the page at `blkno`.
+pub fn set_checksum(page: &mut Page, blkno: u32) {
+    let sum = pg_checksum_page(page, blkno);
+    page[PD_CHECKSUM_OFFSET..PD_CHECKSUM_OFFSET + 2].copy_from_slice(&sum.to_ne_bytes());
+}
+
+/// What verifying a page found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageCheck {
+    /// Header is sane and the checksum matches.
+    Valid,
+    /// An all-zero page: PostgreSQL accepts these (a relation extended but not yet written).
+    New,
+    /// The stored checksum does not match the contents at this block number.
+    BadChecksum { stored: u16, computed: u16 },
+    /// The header's offsets are impossible (`PageIsVerified` would reject them).
+    BadHeader,
+}
+
+impl PageCheck {
+    pub fn is_ok(self) -> bool {
+        matches!(self, PageCheck::Valid | PageCheck::New)
+    }
+}
+
+fn header_u16(page: &Page, offset: usize) -> u16 {
+    u16::from_ne_bytes([page[offset], page[offset + 1]])
+}
+
+/// Verifies a page as PostgreSQL's `PageIsVerified` does with data checksums enabled.
+pub fn verify_page(page: &Page, blkno: u32) -> PageCheck {
+    let lower = header_u16(page, 12);
+    let upper = header_u16(page, 14);
+    let special = header_u16(page, 16);
+    if upper == 0 {
+        return if page.iter().all(|&b| b == 0) {
+            PageCheck::New
+        } else {
+            PageCheck::BadHeader
+        };
+    }
+    let size = PAGE_SIZE as u16;
+    if !(lower as usize >= PAGE_HEADER_SIZE && lower <= upper && upper <= special && special <= size)
+        || special % 8 != 0
+    {
+        return PageCheck::BadHeader;
+    }
+    let stored = stored_checksum(page);
+    let computed = pg_checksum_page(page, blkno);
+    if stored == computed {
+        PageCheck::Valid
+    } else {
+        PageCheck::BadChecksum { stored, computed }
+    }
+}
+
+/// A deterministic 64-bit mix (SplitMix64's finaliser) used to seed synthetic page contents.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn synthetic_seed(tag: BufferTag, lsn: u64) -> u64 {
+    let r = tag.rel;
+    let mut h = mix64(u64::from(r.spcnode) << 32 | u64::from(r.dbnode));
+    h = mix64(h ^ (u64::from(r.relnode) << 8 | u64::from(r.forknum)));
+    h = mix64(h ^ u64::from(tag.blkno));
+    mix64(h ^ lsn)
+}
+
+/// Fills `page` with the synthetic version of `tag` at `lsn`: a valid header (`pd_lsn = lsn`,
+/// whole page as tuple space) and pseudo-random contents derived from (tag, lsn), checksummed.
+/// Any client can regenerate it to check that a page is exactly the version it claims to be.
+pub fn fill_synthetic_page(page: &mut Page, tag: BufferTag, lsn: u64) {
+    let mut state = synthetic_seed(tag, lsn);
+    for chunk in page[PAGE_HEADER_SIZE..].chunks_exact_mut(8) {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        chunk.copy_from_slice(&mix64(state).to_le_bytes());
+    }
+    page[..PAGE_HEADER_SIZE].fill(0);
+    set_page_lsn(page, lsn);
+    let size = PAGE_SIZE as u16;
+    page[12..14].copy_from_slice(&(PAGE_HEADER_SIZE as u16).to_ne_bytes()); // pd_lower
+    page[14..16].copy_from_slice(&(PAGE_HEADER_SIZE as u16).to_ne_bytes()); // pd_upper
+    page[16..18].copy_from_slice(&size.to_ne_bytes()); // pd_special
+    page[18..20].copy_from_slice(&(size | PAGE_LAYOUT_VERSION).to_ne_bytes());
+    set_checksum(page, tag.blkno);
+}
+
+pub fn synthetic_page(tag: BufferTag, lsn: u64) -> Box<Page> {
+    let mut page = Box::new([0u8; PAGE_SIZE]);
+    fill_synthetic_page(&mut page, tag, lsn);
+    page
+}
+
+/// True when `page` is exactly the synthetic version of `tag` at the LSN its header names.
+pub fn is_synthetic_page(page: &Page, tag: BufferTag) -> bool {
+    let mut expected = [0u8; PAGE_SIZE];
+    fill_synthetic_page(&mut expected, tag, page_lsn(page));
+    expected[..] == page[..]
+}
+
+/// Formats an LSN the way PostgreSQL prints it (`16/B374D848`).
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn as u32)
+}
+
+/// Parses `X/Y` (PostgreSQL notation), a decimal number, or `max`/`latest`.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("max") || s.eq_ignore_ascii_case("latest") {
+        return Some(u64::MAX);
+    }
+    match s.split_once('/') {
+        Some((hi, lo)) => {
+            let hi = u32::from_str_radix(hi, 16).ok()?;
+            let lo = u32::from_str_radix(lo, 16).ok()?;
+            Some(u64::from(hi) << 32 | u64::from(lo))
+        }
+        None => s.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lfc::RelTag;
+    use proptest::prelude::*;
+
+    fn tag(blkno: u32) -> BufferTag {
+        RelTag::new(1663, 5, 16384, 0).block(blkno)
+    }
+
+    #[test]
+    fn synthetic_pages_verify_and_carry_their_lsn() {
+        for blkno in [0, 1, 7, 4096, u32::MAX - 1] {
+            let page = synthetic_page(tag(blkno), 16);
+            assert_eq!(verify_page(&page, blkno), PageCheck::Valid);
+            assert_eq!(page_lsn(&page), 16);
+            assert!(is_synthetic_page(&page, tag(blkno)));
+            // The block number is mixed in: the same page at another block does not verify.
+            assert!(matches!(
+                verify_page(&page, blkno ^ 1),
+                PageCheck::BadChecksum { .. }
+            ));
+            assert!(!is_synthetic_page(&page, tag(blkno ^ 1)));
+        }
+        assert_ne!(synthetic_page(tag(3), 16)[..], synthetic_page(tag(3), 17)[..]);
+    }
+
+    #[test]
+    fn zero_page_is_new_and_garbage_header_is_rejected() {
+        let zero = [0u8; PAGE_SIZE];
+        assert_eq!(verify_page(&zero, 0), PageCheck::New);
+        let mut bad = *synthetic_page(tag(0), 16);
+        bad[14..16].copy_from_slice(&10u16.to_ne_bytes()); // pd_upper below pd_lower
+        assert_eq!(verify_page(&bad, 0), PageCheck::BadHeader);
+    }
+
+    #[test]
+    fn lsn_notation_round_trips() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn("200"), Some(200));
+        assert_eq!(parse_lsn("max"), Some(u64::MAX));
+        assert_eq!(parse_lsn("x/1"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_single_byte_flip_breaks_verification(blkno in 0u32..1_000_000, at in 0usize..PAGE_SIZE, bit in 0u8..8) {
+            let mut page = *synthetic_page(tag(blkno), 42);
+            page[at] ^= 1 << bit;
+            prop_assert!(!is_synthetic_page(&page, tag(blkno)));
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! One client connection: startup and authentication, simple queries, then the pagestream
+//! copy-both session with a reader (this thread) and a responder thread.
+
+use super::stats::bump;
+use super::Shared;
+use crate::framed::{FramedError, FramedReader};
+use crate::page::Page;
+use crate::pagestream::{self, Header, Request, Response};
+use crate::pgwire::{
+    sqlstate, BackendMessage, ErrorFields, FrontendDecoder,
+    FrontendMessage, READY_IDLE,
+};
+use lfc::PAGE_SIZE;
+use std::io::{BufWriter, Write};
+use std::net::TcpStream;
+use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Requests a connection may have decoded but not yet answered; beyond this the reader stops
+/// reading and TCP flow control pushes back on the client.
+const MAX_QUEUED_REQUESTS: usize = 1024;
+/// Bytes buffered before the responder writes, so pipelined responses leave in large writes.
+const WRITE_BUFFER: usize = 256 * 1024;
+/// Length of Neon tenant and timeline ids in hex.
+const ID_HEX_LEN: usize = 32;
+
+type Reader = FramedReader<TcpStream>;
+
+/// Why a connection ended early; only logged.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConnError {
+    #[error(transparent)]
+    Framed(#[from] FramedError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn send(stream: &mut impl Write, msgs: &[BackendMessage]) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    for m in msgs {
+        m.encode(&mut out);
+    }
+    stream.write_all(&out)
+}
+
+fn refuse(stream: &mut TcpStream, err: ErrorFields) -> ConnError {
+    let msg = err.message.clone();
+    let _ = send(stream, &[BackendMessage::ErrorResponse(err)]);
+    ConnError::Refused(msg)
+}
+
+/// Runs a connection to completion. `over_limit` is decided by the acceptor, which counts
+/// connections; the refusal is sent after the startup packet so that clients show it.
+pub(super) fn serve(mut stream: TcpStream, shared: Arc<Shared>, over_limit: bool) -> Result<(), ConnError> {
+    stream.set_nodelay(true)?;
+    let mut reader = FramedReader::new(stream.try_clone()?);
+    let mut decoder = FrontendDecoder::new();
+    let user = loop {
+        match reader.next(|b| decoder.decode(b))? {
+            None => return Ok(()),
+            Some(FrontendMessage::SslRequest) | Some(FrontendMessage::GssEncRequest) => {
+                send(&mut stream, &[BackendMessage::EncryptionRefused])?;
+            }
+            Some(FrontendMessage::CancelRequest { .. }) => return Ok(()),
+            Some(FrontendMessage::Startup { params }) => {
+                break params
+                    .iter()
+                    .find(|(k, _)| k == "user")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+            }
+            Some(_) => unreachable!("the decoder yields only startup messages first"),
+        }
+    };
+    if over_limit {
+        bump(&shared.stats.connections_rejected);
+        return Err(refuse(
+            &mut stream,
+            ErrorFields::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already"),
+        ));
+    }
+    if let Some(token) = &shared.config.token {
+        send(&mut stream, &[BackendMessage::AuthenticationCleartextPassword])?;
+        let password = match reader.next(|b| decoder.decode(b))? {
+            Some(FrontendMessage::Password(p)) => p,
+            None => return Ok(()),
+            Some(_) => {
+                return Err(refuse(
+                    &mut stream,
+                    ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, "expected a password message"),
+                ))
+            }
+        };
+        if !constant_time_eq(password.as_bytes(), token.as_bytes()) {
+            bump(&shared.stats.auth_failures);
+            return Err(refuse(
+                &mut stream,
+                ErrorFields::fatal(
+                    sqlstate::INVALID_PASSWORD,
+                    format!("password authentication failed for user \"{user}\""),
+                ),
+            ));
+        }
+    }
+    let param = |name: &str, value: &str| BackendMessage::ParameterStatus {
+        name: name.into(),
+        value: value.into(),
+    };
+    send(
+        &mut stream,
+        &[
+            BackendMessage::AuthenticationOk,
+            param("server_version", "15.0 (udp-prefetch page server)"),
+            param("server_encoding", "UTF8"),
+            param("client_encoding", "UTF8"),
+            param("DateStyle", "ISO, MDY"),
+            param("integer_datetimes", "on"),
+            param("standard_conforming_strings", "on"),
+            BackendMessage::BackendKeyData {
+                pid: std::process::id(),
+                secret: 0,
+            },
+            BackendMessage::ReadyForQuery { status: READY_IDLE },
+        ],
+    )?;
+    query_loop(stream, reader, decoder, shared)
+}
+
+/// Compares without an early exit, so response time does not reveal how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+enum Query {
+    Pagestream,
+    ShowStats,
+    Empty,
+    Unsupported(ErrorFields),
+}
+
+fn parse_query(q: &str) -> Query {
+    let q = q.trim().trim_end_matches(';').trim();
+    let words: Vec<&str> = q.split_whitespace().collect();
+    match words.as_slice() {
+        [] => Query::Empty,
+        [cmd, tenant, timeline] if cmd.eq_ignore_ascii_case("pagestream_v3") => {
+            let is_id = |s: &str| s.len() == ID_HEX_LEN && s.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_id(tenant) && is_id(timeline) {
+                Query::Pagestream
+            } else {
+                Query::Unsupported(ErrorFields::error(
+                    sqlstate::SYNTAX_ERROR,
+                    "pagestream_v3 takes a tenant id and a timeline id, 32 hex digits each",
+                ))
+            }
+        }
+        [cmd, ..] if cmd.to_ascii_lowercase().starts_with("pagestream") => Query::Unsupported(
+            ErrorFields::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "only pagestream_v3 <tenant_id> <timeline_id> is supported",
+            ),
+        ),
+        [show, what] if show.eq_ignore_ascii_case("show") && what.eq_ignore_ascii_case("prefetch_stats") => {
+            Query::ShowStats
+        }
+        _ => Query::Unsupported(ErrorFields::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "unsupported query {:?}: this page server answers only \"pagestream_v3 <tenant> <timeline>\" and \"SHOW prefetch_stats\"",
+                q.chars().take(80).collect::<String>()
+            ),
+        )),
+    }
+}
+
+fn query_loop(
+    mut stream: TcpStream,
+    mut reader: Reader,
+    mut decoder: FrontendDecoder,
+    shared: Arc<Shared>,
+) -> Result<(), ConnError> {
+    let ready = BackendMessage::ReadyForQuery { status: READY_IDLE };
+    loop {
+        let msg = match reader.next(|b| decoder.decode(b)) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(FramedError::Protocol(e)) => {
+                bump(&shared.stats.protocol_errors);
+                return Err(refuse(
+                    &mut stream,
+                    ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match msg {
+            FrontendMessage::Query(q) => match parse_query(&q) {
+                Query::Pagestream => {
+                    send(&mut stream, &[BackendMessage::CopyBothResponse])?;
+                    return pagestream_session(stream, reader, decoder, shared);
+                }
+                Query::ShowStats => {
+                    let [desc, row] = shared.stats.as_result_set();
+                    send(
+                        &mut stream,
+                        &[desc, row, BackendMessage::CommandComplete("SHOW".into()), ready.clone()],
+                    )?;
+                }
+                Query::Empty => send(&mut stream, &[ready.clone()])?,
+                Query::Unsupported(err) => {
+                    bump(&shared.stats.errors);
+                    send(&mut stream, &[BackendMessage::ErrorResponse(err), ready.clone()])?;
+                }
+            },
+            FrontendMessage::Terminate => return Ok(()),
+            other => {
+                bump(&shared.stats.protocol_errors);
+                return Err(refuse(
+                    &mut stream,
+                    ErrorFields::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("unexpected message outside a pagestream: {}", message_name(&other)),
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn message_name(m: &FrontendMessage) -> &'static str {
+    match m {
+        FrontendMessage::SslRequest => "SSLRequest",
+        FrontendMessage::GssEncRequest => "GSSENCRequest",
+        FrontendMessage::CancelRequest { .. } => "CancelRequest",
+        FrontendMessage::Startup { .. } => "StartupMessage",
+        FrontendMessage::Password(_) => "PasswordMessage",
+        FrontendMessage::Query(_) => "Query",
+        FrontendMessage::CopyData(_) => "CopyData",
+        FrontendMessage::CopyDone => "CopyDone",
+        FrontendMessage::CopyFail(_) => "CopyFail",
+        FrontendMessage::Terminate => "Terminate",
+    }
+}
+
+/// What the reader hands the responder, in arrival order.
+enum Work {
+    Request { arrived: Instant, req: Request },
+    /// A fatal error: send it, then close the connection.
+    Fatal(ErrorFields),
+}
+
+fn pagestream_session(
+    stream: TcpStream,
+    mut reader: Reader,
+    mut decoder: FrontendDecoder,
+    shared: Arc<Shared>,
+) -> Result<(), ConnError> {
+    let (tx, rx) = sync_channel::<Work>(MAX_QUEUED_REQUESTS);
+    let responder = {
+        let shared = shared.clone();
+        let stream = stream.try_clone()?;
+        std::thread::Builder::new()
+            .name("pagestream-respond".into())
+            .spawn(move || respond(stream, rx, &shared))?
+    };
+    let result = loop {
+        let fatal = match reader.next(|b| decoder.decode(b)) {
+            Ok(Some(FrontendMessage::CopyData(payload))) => match Request::decode(&payload) {
+                Ok(req) => {
+                    if tx.send(Work::Request { arrived: Instant::now(), req }).is_err() {
+                        break Ok(()); // The responder hit a write error and is gone.
+                    }
+                    continue;
+                }
+                Err(e) => ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, format!("malformed pagestream message: {e}")),
+            },
+            Ok(Some(FrontendMessage::CopyDone)) | Ok(Some(FrontendMessage::Terminate)) | Ok(None) => break Ok(()),
+            Ok(Some(other)) => ErrorFields::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("unexpected {} in a pagestream session", message_name(&other)),
+            ),
+            Err(FramedError::Protocol(e)) => ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+            Err(e) => break Err(e.into()),
+        };
+        bump(&shared.stats.protocol_errors);
+        let msg = fatal.message.clone();
+        let _ = tx.send(Work::Fatal(fatal));
+        break Err(ConnError::Refused(msg));
+    };
+    drop(tx);
+    let _ = responder.join();
+    result
+}
+
+/// Answers requests in order. Each response is held until `arrived + service_delay`, which
+/// emulates storage latency per request without serialising the requests' delays.
+fn respond(stream: TcpStream, rx: Receiver<Work>, shared: &Shared) {
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER, stream);
+    let mut frame = Vec::with_capacity(pagestream::GET_PAGE_RESPONSE_LEN + 8);
+    let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+    let delay = Duration::from_micros(shared.config.service_delay_us);
+    let mut next = rx.recv();
+    while let Ok(work) = next {
+        let req = match work {
+            Work::Request { arrived, req } => {
+                let due = arrived + delay;
+                let now = Instant::now();
+                if due > now {
+                    // Flush what is ready before sleeping, so earlier responses are not held.
+                    if out.flush().is_err() {
+                        return;
+                    }
+                    std::thread::sleep(due - now);
+                }
+                req
+            }
+            Work::Fatal(err) => {
+                let _ = send(&mut out, &[BackendMessage::ErrorResponse(err)]);
+                let _ = out.flush();
+                let _ = out.get_ref().shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        };
+        frame.clear();
+        if handle(&req, shared, &mut page, &mut frame) && write_copy_data(&mut out, &frame).is_err() {
+            return;
+        }
+        next = match rx.try_recv() {
+            Ok(w) => Ok(w),
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                if out.flush().is_err() {
+                    return;
+                }
+                rx.recv()
+            }
+        };
+    }
+    let _ = out.flush();
+}
+
+fn write_copy_data(out: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
+    out.write_all(&[b'd'])?;
+    out.write_all(&((payload.len() + 4) as u32).to_be_bytes())?;
+    out.write_all(payload)
+}
+
+/// Serves one request, encoding its response (if it has one) into `frame`.
+fn handle(req: &Request, shared: &Shared, page: &mut Page, frame: &mut Vec<u8>) -> bool {
+    let store = &shared.store;
+    let stats = &shared.stats;
+    let hdr: Header = req.header();
+    let result: Result<(), String> = match req {
+        Request::Exists { rel, .. } => {
+            bump(&stats.exists);
+            store
+                .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
+                .and_then(|_| store.exists(*rel))
+                .map(|exists| Response::Exists { hdr, rel: *rel, exists }.encode(frame))
+                .map_err(|e| e.to_string())
+        }
+        Request::Nblocks { rel, .. } => {
+            bump(&stats.nblocks);
+            store
+                .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
+                .and_then(|_| store.nblocks(*rel))
+                .map_err(|e| e.to_string())
+                .and_then(|n| n.ok_or_else(|| format!("relation {rel} does not exist")))
+                .map(|n_blocks| Response::Nblocks { hdr, rel: *rel, n_blocks }.encode(frame))
+        }
+        Request::GetPage { rel, blkno, .. } => {
+            bump(&stats.get_page);
+            store
+                .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
+                .and_then(|lsn| store.read_page(rel.block(*blkno), lsn, page))
+                .map(|_| pagestream::encode_get_page_response(frame, &hdr, rel, *blkno, page))
+                .map_err(|e| e.to_string())
+        }
+        Request::DbSize { dbnode, .. } => {
+            bump(&stats.db_size);
+            store
+                .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
+                .and_then(|_| store.db_size(*dbnode))
+                .map(|size| Response::DbSize { hdr, dbnode: *dbnode, size }.encode(frame))
+                .map_err(|e| e.to_string())
+        }
+        Request::PutPage { rel, blkno, lsn, page: new, .. } => {
+            bump(&stats.put_page);
+            store
+                .put_page(rel.block(*blkno), *lsn, new)
+                .map(|()| Response::PutPage { hdr, rel: *rel, blkno: *blkno, lsn: *lsn }.encode(frame))
+                .map_err(|e| e.to_string())
+        }
+        Request::PrefetchTarget { .. } => {
+            bump(&stats.prefetch_target);
+            Err("UDP prefetch is not available on this page server yet".to_string())
+        }
+        Request::Prefetch { .. } => {
+            // Fire-and-forget: no TCP answer. Without a registered target there is nowhere to
+            // send the pages, so the request is dropped and counted.
+            bump(&stats.prefetch);
+            bump(&stats.prefetch_dropped_no_target);
+            return false;
+        }
+    };
+    if let Err(message) = result {
+        bump(&stats.errors);
+        frame.clear();
+        Response::Error { hdr, message }.encode(frame);
+    }
+    true
+}

@@ -1,0 +1,193 @@
+//! The reference page server: pagestream v3 over the PostgreSQL protocol (DESIGN §7).
+//!
+//! One thread accepts; each connection gets a reader thread and a responder thread. The server
+//! is embeddable (`PageServer::start`) for the demo, the benchmarks and tests, and wrapped by
+//! `udp-prefetch pageserver`.
+
+mod conn;
+pub mod source;
+pub mod stats;
+pub mod store;
+
+use parking_lot::Mutex;
+use source::SourceSpec;
+use stats::{bump, ServerStats};
+use std::collections::HashMap;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use store::PageStore;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub source: SourceSpec,
+    /// Cleartext password clients must send, when set.
+    pub token: Option<String>,
+    pub max_connections: usize,
+    /// Emulated storage latency added to every response, in microseconds.
+    pub service_delay_us: u64,
+    /// How long a request waits for WAL to reach its `not_modified_since`.
+    pub lsn_wait_timeout: Duration,
+    /// Bound on page versions added by PutPage.
+    pub max_page_versions: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:6400".parse().expect("valid address"),
+            source: SourceSpec::default(),
+            token: None,
+            max_connections: 256,
+            service_delay_us: 0,
+            lsn_wait_timeout: Duration::from_secs(2),
+            max_page_versions: 65_536,
+        }
+    }
+}
+
+/// State shared by every connection.
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) store: PageStore,
+    pub(crate) stats: ServerStats,
+    shutting_down: AtomicBool,
+    /// Clones of live sockets, so shutdown can unblock their readers.
+    live: Mutex<HashMap<u64, TcpStream>>,
+    next_conn_id: AtomicU64,
+}
+
+/// A running server; dropping it stops the server.
+pub struct PageServer {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl PageServer {
+    pub fn start(config: ServerConfig) -> Result<PageServer, ServerError> {
+        if config.max_connections == 0 {
+            return Err(ServerError::Config("--max-connections must be at least 1".into()));
+        }
+        let source = config.source.open()?;
+        let listener = TcpListener::bind(config.listen).map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let local_addr = listener.local_addr()?;
+        tracing::info!(%local_addr, source = %source.describe(), "page server listening");
+        let store = PageStore::new(source, config.max_page_versions, config.lsn_wait_timeout);
+        let shared = Arc::new(Shared {
+            config,
+            store,
+            stats: ServerStats::default(),
+            shutting_down: AtomicBool::new(false),
+            live: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(0),
+        });
+        let acceptor = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("pageserver-accept".into())
+                .spawn(move || accept_loop(listener, shared))?
+        };
+        Ok(PageServer {
+            shared,
+            local_addr,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> &ServerStats {
+        &self.shared.stats
+    }
+
+    pub fn store(&self) -> &PageStore {
+        &self.shared.store
+    }
+
+    /// Stops accepting, closes every connection and waits for the acceptor to exit.
+    pub fn shutdown(&mut self) {
+        if self.shared.shutting_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Wake the blocking accept with a connection of our own.
+        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
+        for (_, s) in self.shared.live.lock().drain() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        tracing::info!("page server stopped");
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.shutting_down.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        bump(&shared.stats.connections_total);
+        let active = shared.stats.connections_active.fetch_add(1, Ordering::SeqCst) + 1;
+        let over_limit = active as usize > shared.config.max_connections;
+        let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(clone) = stream.try_clone() {
+            shared.live.lock().insert(id, clone);
+        }
+        let peer = stream.peer_addr().ok();
+        let conn_shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pagestream-read".into())
+            .spawn(move || {
+                if let Err(e) = conn::serve(stream, conn_shared.clone(), over_limit) {
+                    tracing::info!(?peer, error = %e, "connection ended with an error");
+                }
+                conn_shared.live.lock().remove(&id);
+                conn_shared.stats.connections_active.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a connection thread");
+            shared.live.lock().remove(&id);
+            shared.stats.connections_active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}

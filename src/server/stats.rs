@@ -1,0 +1,59 @@
+//! Server counters, readable over the wire with `SHOW prefetch_stats`.
+
+use crate::pgwire::{BackendMessage, FieldDescription};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// Monotonic counters (and one gauge, `connections_active`), all relaxed atomics: they
+        /// are statistics, never used to make decisions.
+        #[derive(Debug, Default)]
+        pub struct ServerStats {
+            $(pub $name: AtomicU64,)*
+        }
+
+        impl ServerStats {
+            /// Column names and current values, in a fixed order.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters!(
+    connections_total,
+    connections_active,
+    connections_rejected,
+    auth_failures,
+    protocol_errors,
+    get_page,
+    exists,
+    nblocks,
+    db_size,
+    put_page,
+    prefetch_target,
+    prefetch,
+    prefetch_dropped_no_target,
+    errors,
+);
+
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl ServerStats {
+    /// The one-row result of `SHOW prefetch_stats`.
+    pub fn as_result_set(&self) -> [BackendMessage; 2] {
+        let snap = self.snapshot();
+        let fields = snap.iter().map(|(n, _)| FieldDescription::int8(n)).collect();
+        let row = snap
+            .iter()
+            .map(|(_, v)| Some(v.to_string().into_bytes()))
+            .collect();
+        [
+            BackendMessage::RowDescription(fields),
+            BackendMessage::DataRow(row),
+        ]
+    }
+}
