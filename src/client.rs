@@ -98,7 +98,8 @@ impl PageClient {
             source,
         };
         let addrs: Vec<SocketAddr> = opts.addr.to_socket_addrs().map_err(connect_err)?.collect();
-        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "address resolves to nothing");
+        let mut last =
+            std::io::Error::new(std::io::ErrorKind::NotFound, "address resolves to nothing");
         let mut stream = None;
         for a in addrs {
             match TcpStream::connect_timeout(&a, opts.connect_timeout) {
@@ -132,7 +133,9 @@ impl PageClient {
 
     fn read_backend(&mut self) -> Result<BackendMessage, ClientError> {
         let dec = &self.decoder;
-        self.reader.next(|b| dec.decode(b))?.ok_or(ClientError::Closed)
+        self.reader
+            .next(|b| dec.decode(b))?
+            .ok_or(ClientError::Closed)
     }
 
     fn startup(&mut self, opts: &ConnectOptions) -> Result<(), ClientError> {
@@ -163,7 +166,9 @@ impl PageClient {
         match self.read_backend()? {
             BackendMessage::CopyBothResponse => Ok(()),
             BackendMessage::ErrorResponse(e) => Err(ClientError::Server(e)),
-            other => Err(ClientError::Unexpected(format!("{other:?} instead of CopyBothResponse"))),
+            other => Err(ClientError::Unexpected(format!(
+                "{other:?} instead of CopyBothResponse"
+            ))),
         }
     }
 
@@ -205,7 +210,9 @@ impl PageClient {
     /// Reads the response to the oldest request in flight (flushing first, so it was sent).
     pub fn recv(&mut self) -> Result<Response, ClientError> {
         let Some(&want) = self.pending.front() else {
-            return Err(ClientError::Unexpected("recv with no request in flight".into()));
+            return Err(ClientError::Unexpected(
+                "recv with no request in flight".into(),
+            ));
         };
         if !self.out.buffer().is_empty() {
             self.out.flush()?;
@@ -240,10 +247,21 @@ impl PageClient {
     }
 
     /// The newest version of `tag` at or below `request_lsn`.
-    pub fn get_page(&mut self, tag: BufferTag, request_lsn: u64, not_modified_since: u64) -> Result<Box<Page>, ClientError> {
+    pub fn get_page(
+        &mut self,
+        tag: BufferTag,
+        request_lsn: u64,
+        not_modified_since: u64,
+    ) -> Result<Box<Page>, ClientError> {
         let hdr = self.header(request_lsn, not_modified_since);
-        match self.call(Request::GetPage { hdr, rel: tag.rel, blkno: tag.blkno })? {
-            Response::GetPage { rel, blkno, page, .. } if rel == tag.rel && blkno == tag.blkno => Ok(page),
+        match self.call(Request::GetPage {
+            hdr,
+            rel: tag.rel,
+            blkno: tag.blkno,
+        })? {
+            Response::GetPage {
+                rel, blkno, page, ..
+            } if rel == tag.rel && blkno == tag.blkno => Ok(page),
             other => Err(unexpected("GetPage", &other)),
         }
     }
@@ -316,7 +334,11 @@ impl PageClient {
         for blkno in blocks.clone() {
             while next_send < blocks.end && self.pending.len() < depth {
                 let hdr = self.header(request_lsn, 0);
-                self.send(&Request::GetPage { hdr, rel, blkno: next_send })?;
+                self.send(&Request::GetPage {
+                    hdr,
+                    rel,
+                    blkno: next_send,
+                })?;
                 next_send += 1;
                 unflushed += 1;
                 if unflushed >= flush_every {
@@ -326,7 +348,12 @@ impl PageClient {
             }
             unflushed = 0; // recv flushes whatever is buffered.
             match self.recv()? {
-                Response::GetPage { rel: r, blkno: b, page, .. } if r == rel && b == blkno => each(blkno, &page)?,
+                Response::GetPage {
+                    rel: r,
+                    blkno: b,
+                    page,
+                    ..
+                } if r == rel && b == blkno => each(blkno, &page)?,
                 Response::Error { message, .. } => return Err(ClientError::Request(message)),
                 other => return Err(unexpected("GetPage", &other)),
             }

@@ -120,6 +120,9 @@ mod tests {
         for _ in 0..2 {
             cut.next(|b| dec.decode(b)).unwrap();
         }
-        assert!(matches!(cut.next(|b| dec.decode(b)), Err(FramedError::UnexpectedEof)));
+        assert!(matches!(
+            cut.next(|b| dec.decode(b)),
+            Err(FramedError::UnexpectedEof)
+        ));
     }
 }

@@ -122,9 +122,12 @@ pub fn verify_page(page: &Page, blkno: u32) -> PageCheck {
         };
     }
     let size = PAGE_SIZE as u16;
-    if !(lower as usize >= PAGE_HEADER_SIZE && lower <= upper && upper <= special && special <= size)
-        || special % 8 != 0
-    {
+    let sane = lower as usize >= PAGE_HEADER_SIZE
+        && lower <= upper
+        && upper <= special
+        && special <= size
+        && special.is_multiple_of(8);
+    if !sane {
         return PageCheck::BadHeader;
     }
     let stored = stored_checksum(page);
@@ -228,7 +231,10 @@ mod tests {
             ));
             assert!(!is_synthetic_page(&page, tag(blkno ^ 1)));
         }
-        assert_ne!(synthetic_page(tag(3), 16)[..], synthetic_page(tag(3), 17)[..]);
+        assert_ne!(
+            synthetic_page(tag(3), 16)[..],
+            synthetic_page(tag(3), 17)[..]
+        );
     }
 
     #[test]

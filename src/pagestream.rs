@@ -312,12 +312,15 @@ impl Response {
             Response::Error { hdr, message } => {
                 put_header(out, tag::ERROR_RESPONSE, hdr);
                 // Bounded and NUL-free so the other side can always parse it.
-                let text: String = message
-                    .chars()
-                    .filter(|&c| c != '\0')
-                    .take(MAX_ERROR_MESSAGE_LEN / 4)
-                    .collect();
-                out.extend_from_slice(text.as_bytes());
+                let mut len = 0;
+                for c in message.chars().filter(|&c| c != '\0') {
+                    len += c.len_utf8();
+                    if len > MAX_ERROR_MESSAGE_LEN {
+                        break;
+                    }
+                    let mut utf8 = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                }
                 out.push(0);
             }
             Response::PrefetchTarget { hdr, udp_port } => {
@@ -408,7 +411,13 @@ impl Response {
 
 /// Encodes a GetPage response from a borrowed page, so the server never copies a page into an
 /// owned `Response` just to serialise it.
-pub fn encode_get_page_response(out: &mut Vec<u8>, hdr: &Header, rel: &RelTag, blkno: u32, page: &Page) {
+pub fn encode_get_page_response(
+    out: &mut Vec<u8>,
+    hdr: &Header,
+    rel: &RelTag,
+    blkno: u32,
+    page: &Page,
+) {
     put_header(out, tag::GET_PAGE_RESPONSE, hdr);
     put_rel(out, rel);
     out.extend_from_slice(&blkno.to_be_bytes());

@@ -128,9 +128,17 @@ pub enum BackendMessage {
     EncryptionRefused,
     AuthenticationOk,
     AuthenticationCleartextPassword,
-    ParameterStatus { name: String, value: String },
-    BackendKeyData { pid: u32, secret: u32 },
-    ReadyForQuery { status: u8 },
+    ParameterStatus {
+        name: String,
+        value: String,
+    },
+    BackendKeyData {
+        pid: u32,
+        secret: u32,
+    },
+    ReadyForQuery {
+        status: u8,
+    },
     CopyBothResponse,
     CopyData(Vec<u8>),
     CopyDone,
@@ -404,7 +412,10 @@ impl<'a> Reader<'a> {
 }
 
 /// Splits one typed frame (`tag, u32 len, body`) off the front of `buf`.
-fn split_typed_frame(buf: &[u8], max: usize) -> Result<Option<(u8, &[u8], usize)>, ProtocolError> {
+/// One typed frame: its tag, its body, and the bytes it took including tag and length.
+type TypedFrame<'a> = (u8, &'a [u8], usize);
+
+fn split_typed_frame(buf: &[u8], max: usize) -> Result<Option<TypedFrame<'_>>, ProtocolError> {
     if buf.len() < 5 {
         return Ok(None);
     }

@@ -30,7 +30,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn run(args: &GetPageBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
-    anyhow::ensure!(args.sync_requests > 0 && args.pages > 0, "counts must be positive");
+    anyhow::ensure!(
+        args.sync_requests > 0 && args.pages > 0,
+        "counts must be positive"
+    );
     anyhow::ensure!(!args.depths.is_empty(), "at least one depth");
     let pages = args.pages;
     let server = PageServer::start(ServerConfig {
@@ -53,10 +56,14 @@ pub fn run(args: &GetPageBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     rtts.sort_by(f64::total_cmp);
     let mut records = vec![
         BenchRecord::new("getpage", "sync-rtt-p50", "us", percentile(&rtts, 0.5)).lower_is_better(),
-        BenchRecord::new("getpage", "sync-rtt-p99", "us", percentile(&rtts, 0.99)).lower_is_better(),
+        BenchRecord::new("getpage", "sync-rtt-p99", "us", percentile(&rtts, 0.99))
+            .lower_is_better(),
     ];
     for r in records.iter_mut() {
-        *r = r.clone().param("delay_us", delay).param("requests", args.sync_requests);
+        *r = r
+            .clone()
+            .param("delay_us", delay)
+            .param("requests", args.sync_requests);
     }
 
     let mut baseline: Option<BenchRecord> = None;

@@ -24,23 +24,33 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         ..ServerConfig::default()
     })?;
     let addr = server.local_addr().to_string();
-    println!("page server: {addr} (synthetic relation 1663/5/16384/0, {pages} pages, {} MiB)", args.size_mib);
+    println!(
+        "page server: {addr} (synthetic relation 1663/5/16384/0, {pages} pages, {} MiB)",
+        args.size_mib
+    );
     let mut client = PageClient::connect(&ConnectOptions::new(addr))?;
     let rel = Synthetic::rel(0);
-    anyhow::ensure!(client.nblocks(rel, LATEST_LSN)? == pages, "server reports a wrong block count");
+    anyhow::ensure!(
+        client.nblocks(rel, LATEST_LSN)? == pages,
+        "server reports a wrong block count"
+    );
 
     let mut failures = 0u64;
     let sync_pages = pages.min(2048);
     let started = Instant::now();
     for blkno in 0..sync_pages {
         let page = client.get_page(rel.block(blkno), LATEST_LSN, 0)?;
-        failures += u64::from(!(verify_page(&page, blkno).is_ok() && is_synthetic_page(&page, rel.block(blkno))));
+        failures += u64::from(
+            !(verify_page(&page, blkno).is_ok() && is_synthetic_page(&page, rel.block(blkno))),
+        );
     }
     let sync_rate = f64::from(sync_pages) / started.elapsed().as_secs_f64();
 
     let started = Instant::now();
     client.get_pages_pipelined(rel, 0..pages, LATEST_LSN, 128, 8, |blkno, page| {
-        failures += u64::from(!(verify_page(page, blkno).is_ok() && is_synthetic_page(page, rel.block(blkno))));
+        failures += u64::from(
+            !(verify_page(page, blkno).is_ok() && is_synthetic_page(page, rel.block(blkno))),
+        );
         Ok(())
     })?;
     let pipelined_rate = f64::from(pages) / started.elapsed().as_secs_f64();
@@ -54,8 +64,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
 
     println!();
     println!("{:<32} {:>10} {:>12}", "read", "pages", "pages/s");
-    println!("{:<32} {:>10} {:>12.0}", "TCP GetPage, synchronous", sync_pages, sync_rate);
-    println!("{:<32} {:>10} {:>12.0}", "TCP GetPage, pipelined depth 128", pages, pipelined_rate);
+    println!(
+        "{:<32} {:>10} {:>12.0}",
+        "TCP GetPage, synchronous", sync_pages, sync_rate
+    );
+    println!(
+        "{:<32} {:>10} {:>12.0}",
+        "TCP GetPage, pipelined depth 128", pages, pipelined_rate
+    );
     println!();
     println!("pages failing verification: {failures}");
     println!(
@@ -64,6 +80,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
         page_lsn(&new),
         if versions_ok { "ok" } else { "WRONG" }
     );
-    println!("UDP prefetch, worker daemon and LFC: not part of the demo yet (see the open issues).");
-    Ok(if failures == 0 && versions_ok { Outcome::Success } else { Outcome::Failed })
+    println!(
+        "UDP prefetch, worker daemon and LFC: not part of the demo yet (see the open issues)."
+    );
+    Ok(if failures == 0 && versions_ok {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
 }

@@ -36,7 +36,9 @@ pub struct GetPageArgs {
 }
 
 pub fn parse_lsn_arg(s: &str) -> Result<u64, String> {
-    parse_lsn(s).ok_or_else(|| format!("invalid LSN {s:?}: expected X/Y (hex halves), a decimal number or 'latest'"))
+    parse_lsn(s).ok_or_else(|| {
+        format!("invalid LSN {s:?}: expected X/Y (hex halves), a decimal number or 'latest'")
+    })
 }
 
 pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
@@ -50,7 +52,8 @@ pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
             other => anyhow::Error::new(other),
         })?;
     if let Some(path) = &args.out {
-        std::fs::write(path, &page[..]).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        std::fs::write(path, &page[..])
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
     let check = verify_page(&page, args.blk);
     if args.json {
@@ -75,5 +78,9 @@ pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
         };
         println!("{tag}: LSN {}, {verdict}", format_lsn(page_lsn(&page)));
     }
-    Ok(if check.is_ok() { Outcome::Success } else { Outcome::Failed })
+    Ok(if check.is_ok() {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
 }

@@ -35,7 +35,8 @@ pub struct PageServerArgs {
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {
-    s.parse().map_err(|e: crate::server::source::SourceError| e.to_string())
+    s.parse()
+        .map_err(|e: crate::server::source::SourceError| e.to_string())
 }
 
 pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
@@ -49,13 +50,21 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         max_page_versions: args.max_page_versions,
     };
     // Register signal handlers before listening, so a SIGTERM right after start is not lost.
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
     let mut server = PageServer::start(config).map_err(|e| match e {
-        ServerError::Source(_) | ServerError::Config(_) => anyhow::Error::new(BadInput(e.to_string())),
+        ServerError::Source(_) | ServerError::Config(_) => {
+            anyhow::Error::new(BadInput(e.to_string()))
+        }
         other => anyhow::Error::new(other),
     })?;
     // One stable line on stdout for scripts and tests that start the server on port 0.
-    println!("udp-prefetch pageserver listening on {}", server.local_addr());
+    println!(
+        "udp-prefetch pageserver listening on {}",
+        server.local_addr()
+    );
     std::io::stdout().flush()?;
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "stopping");

@@ -87,9 +87,27 @@ fn golden_small_messages() {
     prefetch.extend_from_slice(&REL_BYTES);
     prefetch.extend_from_slice(&[0, 0, 1, 0, 0x01, 0x00]);
     let requests = [
-        (Request::Exists { hdr: hdr(), rel: REL }, exists),
-        (Request::Nblocks { hdr: hdr(), rel: REL }, nblocks),
-        (Request::DbSize { hdr: hdr(), dbnode: 5 }, dbsize),
+        (
+            Request::Exists {
+                hdr: hdr(),
+                rel: REL,
+            },
+            exists,
+        ),
+        (
+            Request::Nblocks {
+                hdr: hdr(),
+                rel: REL,
+            },
+            nblocks,
+        ),
+        (
+            Request::DbSize {
+                hdr: hdr(),
+                dbnode: 5,
+            },
+            dbsize,
+        ),
         (
             Request::Prefetch {
                 hdr: hdr(),
@@ -183,15 +201,18 @@ fn truncated_and_unknown_messages_are_errors() {
 }
 
 fn arb_header() -> impl Strategy<Value = Header> {
-    (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(reqid, request_lsn, not_modified_since)| Header {
-        reqid,
-        request_lsn,
-        not_modified_since,
-    })
+    (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(reqid, request_lsn, not_modified_since)| Header {
+            reqid,
+            request_lsn,
+            not_modified_since,
+        },
+    )
 }
 
 fn arb_rel() -> impl Strategy<Value = RelTag> {
-    (any::<u32>(), any::<u32>(), any::<u32>(), 0..=MAX_FORKNUM).prop_map(|(s, d, r, f)| RelTag::new(s, d, r, f))
+    (any::<u32>(), any::<u32>(), any::<u32>(), 0..=MAX_FORKNUM)
+        .prop_map(|(s, d, r, f)| RelTag::new(s, d, r, f))
 }
 
 fn arb_page() -> impl Strategy<Value = Box<Page>> {
@@ -206,29 +227,83 @@ fn arb_request() -> impl Strategy<Value = Request> {
     prop_oneof![
         (arb_header(), arb_rel()).prop_map(|(hdr, rel)| Request::Exists { hdr, rel }),
         (arb_header(), arb_rel()).prop_map(|(hdr, rel)| Request::Nblocks { hdr, rel }),
-        (arb_header(), arb_rel(), any::<u32>()).prop_map(|(hdr, rel, blkno)| Request::GetPage { hdr, rel, blkno }),
+        (arb_header(), arb_rel(), any::<u32>()).prop_map(|(hdr, rel, blkno)| Request::GetPage {
+            hdr,
+            rel,
+            blkno
+        }),
         (arb_header(), any::<u32>()).prop_map(|(hdr, dbnode)| Request::DbSize { hdr, dbnode }),
-        (arb_header(), any::<u16>(), any::<u32>(), any::<[u8; 32]>()).prop_map(|(hdr, udp_port, key_id, key)| {
-            Request::PrefetchTarget { hdr, target: PrefetchTarget { udp_port, key_id, key } }
-        }),
-        (arb_header(), arb_rel(), any::<u32>(), any::<u16>()).prop_map(|(hdr, rel, first_blkno, nblocks)| {
-            Request::Prefetch { hdr, rel, first_blkno, nblocks }
-        }),
-        (arb_header(), arb_rel(), any::<u32>(), any::<u64>(), arb_page()).prop_map(|(hdr, rel, blkno, lsn, page)| {
-            Request::PutPage { hdr, rel, blkno, lsn, page }
-        }),
+        (arb_header(), any::<u16>(), any::<u32>(), any::<[u8; 32]>()).prop_map(
+            |(hdr, udp_port, key_id, key)| {
+                Request::PrefetchTarget {
+                    hdr,
+                    target: PrefetchTarget {
+                        udp_port,
+                        key_id,
+                        key,
+                    },
+                }
+            }
+        ),
+        (arb_header(), arb_rel(), any::<u32>(), any::<u16>()).prop_map(
+            |(hdr, rel, first_blkno, nblocks)| {
+                Request::Prefetch {
+                    hdr,
+                    rel,
+                    first_blkno,
+                    nblocks,
+                }
+            }
+        ),
+        (
+            arb_header(),
+            arb_rel(),
+            any::<u32>(),
+            any::<u64>(),
+            arb_page()
+        )
+            .prop_map(|(hdr, rel, blkno, lsn, page)| {
+                Request::PutPage {
+                    hdr,
+                    rel,
+                    blkno,
+                    lsn,
+                    page,
+                }
+            }),
     ]
 }
 
 fn arb_response() -> impl Strategy<Value = Response> {
     prop_oneof![
-        (arb_header(), arb_rel(), any::<bool>()).prop_map(|(hdr, rel, exists)| Response::Exists { hdr, rel, exists }),
-        (arb_header(), arb_rel(), any::<u32>()).prop_map(|(hdr, rel, n_blocks)| Response::Nblocks { hdr, rel, n_blocks }),
-        (arb_header(), arb_rel(), any::<u32>(), arb_page()).prop_map(|(hdr, rel, blkno, page)| Response::GetPage { hdr, rel, blkno, page }),
-        (arb_header(), any::<u32>(), any::<i64>()).prop_map(|(hdr, dbnode, size)| Response::DbSize { hdr, dbnode, size }),
+        (arb_header(), arb_rel(), any::<bool>()).prop_map(|(hdr, rel, exists)| Response::Exists {
+            hdr,
+            rel,
+            exists
+        }),
+        (arb_header(), arb_rel(), any::<u32>())
+            .prop_map(|(hdr, rel, n_blocks)| Response::Nblocks { hdr, rel, n_blocks }),
+        (arb_header(), arb_rel(), any::<u32>(), arb_page()).prop_map(|(hdr, rel, blkno, page)| {
+            Response::GetPage {
+                hdr,
+                rel,
+                blkno,
+                page,
+            }
+        }),
+        (arb_header(), any::<u32>(), any::<i64>())
+            .prop_map(|(hdr, dbnode, size)| Response::DbSize { hdr, dbnode, size }),
         (arb_header(), "[^\0]{0,100}").prop_map(|(hdr, message)| Response::Error { hdr, message }),
-        (arb_header(), any::<u16>()).prop_map(|(hdr, udp_port)| Response::PrefetchTarget { hdr, udp_port }),
-        (arb_header(), arb_rel(), any::<u32>(), any::<u64>()).prop_map(|(hdr, rel, blkno, lsn)| Response::PutPage { hdr, rel, blkno, lsn }),
+        (arb_header(), any::<u16>())
+            .prop_map(|(hdr, udp_port)| Response::PrefetchTarget { hdr, udp_port }),
+        (arb_header(), arb_rel(), any::<u32>(), any::<u64>()).prop_map(|(hdr, rel, blkno, lsn)| {
+            Response::PutPage {
+                hdr,
+                rel,
+                blkno,
+                lsn,
+            }
+        }),
     ]
 }
 

@@ -32,7 +32,10 @@ fn golden_startup_and_ssl_request() {
 fn golden_backend_frames() {
     let cases: Vec<(BackendMessage, Vec<u8>)> = vec![
         (BackendMessage::EncryptionRefused, b"N".to_vec()),
-        (BackendMessage::AuthenticationOk, vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0]),
+        (
+            BackendMessage::AuthenticationOk,
+            vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0],
+        ),
         (
             BackendMessage::AuthenticationCleartextPassword,
             vec![b'R', 0, 0, 0, 8, 0, 0, 0, 3],
@@ -52,7 +55,9 @@ fn golden_backend_frames() {
         ),
         (
             BackendMessage::DataRow(vec![Some(b"42".to_vec()), None]),
-            vec![b'D', 0, 0, 0, 16, 0, 2, 0, 0, 0, 2, b'4', b'2', 0xff, 0xff, 0xff, 0xff],
+            vec![
+                b'D', 0, 0, 0, 16, 0, 2, 0, 0, 0, 2, b'4', b'2', 0xff, 0xff, 0xff, 0xff,
+            ],
         ),
     ];
     for (msg, bytes) in cases {
@@ -60,7 +65,10 @@ fn golden_backend_frames() {
         msg.encode(&mut out);
         assert_eq!(out, bytes, "{msg:?}");
         if msg != BackendMessage::EncryptionRefused {
-            assert_eq!(BackendDecoder::new().decode(&out).unwrap(), Some((msg, out.len())));
+            assert_eq!(
+                BackendDecoder::new().decode(&out).unwrap(),
+                Some((msg, out.len()))
+            );
         }
     }
 }
@@ -71,7 +79,10 @@ fn golden_error_response_fields() {
     BackendMessage::ErrorResponse(ErrorFields::error("53300", "too many")).encode(&mut out);
     let body = b"SERROR\0VERROR\0C53300\0Mtoo many\0\0";
     assert_eq!(out[0], b'E');
-    assert_eq!(u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize, 4 + body.len());
+    assert_eq!(
+        u32::from_be_bytes(out[1..5].try_into().unwrap()) as usize,
+        4 + body.len()
+    );
     assert_eq!(&out[5..], body);
 }
 
@@ -99,9 +110,15 @@ fn partial_input_asks_for_more_at_every_split() {
 fn oversized_and_undersized_frames_are_typed_errors() {
     let mut d = FrontendDecoder { in_startup: false };
     let huge = [b'd', 0x7f, 0xff, 0xff, 0xff];
-    assert!(matches!(d.decode(&huge), Err(ProtocolError::FrameTooLarge { .. })));
+    assert!(matches!(
+        d.decode(&huge),
+        Err(ProtocolError::FrameTooLarge { .. })
+    ));
     let tiny = [b'd', 0, 0, 0, 3];
-    assert!(matches!(d.decode(&tiny), Err(ProtocolError::FrameTooShort { len: 3 })));
+    assert!(matches!(
+        d.decode(&tiny),
+        Err(ProtocolError::FrameTooShort { len: 3 })
+    ));
     let mut s = FrontendDecoder::new();
     assert!(matches!(
         s.decode(&[0, 0, 0x40, 0, 0, 3, 0, 0]),
@@ -139,16 +156,26 @@ fn arb_frontend() -> impl Strategy<Value = FrontendMessage> {
 }
 
 fn arb_backend() -> impl Strategy<Value = BackendMessage> {
-    let field = ("[a-z_]{1,12}", any::<u32>(), any::<i16>(), any::<u32>(), any::<i16>(), any::<i32>(), any::<i16>())
-        .prop_map(|(name, table_oid, column, type_oid, type_len, type_mod, format)| FieldDescription {
-            name,
-            table_oid,
-            column,
-            type_oid,
-            type_len,
-            type_mod,
-            format,
-        });
+    let field = (
+        "[a-z_]{1,12}",
+        any::<u32>(),
+        any::<i16>(),
+        any::<u32>(),
+        any::<i16>(),
+        any::<i32>(),
+        any::<i16>(),
+    )
+        .prop_map(
+            |(name, table_oid, column, type_oid, type_len, type_mod, format)| FieldDescription {
+                name,
+                table_oid,
+                column,
+                type_oid,
+                type_len,
+                type_mod,
+                format,
+            },
+        );
     prop_oneof![
         Just(BackendMessage::AuthenticationOk),
         Just(BackendMessage::AuthenticationCleartextPassword),
@@ -161,11 +188,18 @@ fn arb_backend() -> impl Strategy<Value = BackendMessage> {
         prop::collection::vec(any::<u8>(), 0..9000).prop_map(BackendMessage::CopyData),
         Just(BackendMessage::CopyDone),
         ("[A-Z]{1,7}", "[0-9A-Z]{5}", arb_string()).prop_map(|(severity, code, message)| {
-            BackendMessage::ErrorResponse(ErrorFields { severity, code, message })
+            BackendMessage::ErrorResponse(ErrorFields {
+                severity,
+                code,
+                message,
+            })
         }),
         prop::collection::vec(field, 0..6).prop_map(BackendMessage::RowDescription),
-        prop::collection::vec(prop::option::of(prop::collection::vec(any::<u8>(), 0..40)), 0..6)
-            .prop_map(BackendMessage::DataRow),
+        prop::collection::vec(
+            prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
+            0..6
+        )
+        .prop_map(BackendMessage::DataRow),
         arb_string().prop_map(BackendMessage::CommandComplete),
     ]
 }

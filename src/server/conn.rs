@@ -7,8 +7,7 @@ use crate::framed::{FramedError, FramedReader};
 use crate::page::Page;
 use crate::pagestream::{self, Header, Request, Response};
 use crate::pgwire::{
-    sqlstate, BackendMessage, ErrorFields, FrontendDecoder,
-    FrontendMessage, READY_IDLE,
+    sqlstate, BackendMessage, ErrorFields, FrontendDecoder, FrontendMessage, READY_IDLE,
 };
 use lfc::PAGE_SIZE;
 use std::io::{BufWriter, Write};
@@ -54,7 +53,11 @@ fn refuse(stream: &mut TcpStream, err: ErrorFields) -> ConnError {
 
 /// Runs a connection to completion. `over_limit` is decided by the acceptor, which counts
 /// connections; the refusal is sent after the startup packet so that clients show it.
-pub(super) fn serve(mut stream: TcpStream, shared: Arc<Shared>, over_limit: bool) -> Result<(), ConnError> {
+pub(super) fn serve(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    over_limit: bool,
+) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
     let mut reader = FramedReader::new(stream.try_clone()?);
     let mut decoder = FrontendDecoder::new();
@@ -79,11 +82,17 @@ pub(super) fn serve(mut stream: TcpStream, shared: Arc<Shared>, over_limit: bool
         bump(&shared.stats.connections_rejected);
         return Err(refuse(
             &mut stream,
-            ErrorFields::fatal(sqlstate::TOO_MANY_CONNECTIONS, "sorry, too many clients already"),
+            ErrorFields::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            ),
         ));
     }
     if let Some(token) = &shared.config.token {
-        send(&mut stream, &[BackendMessage::AuthenticationCleartextPassword])?;
+        send(
+            &mut stream,
+            &[BackendMessage::AuthenticationCleartextPassword],
+        )?;
         let password = match reader.next(|b| decoder.decode(b))? {
             Some(FrontendMessage::Password(p)) => p,
             None => return Ok(()),
@@ -206,13 +215,21 @@ fn query_loop(
                     let [desc, row] = shared.stats.as_result_set();
                     send(
                         &mut stream,
-                        &[desc, row, BackendMessage::CommandComplete("SHOW".into()), ready.clone()],
+                        &[
+                            desc,
+                            row,
+                            BackendMessage::CommandComplete("SHOW".into()),
+                            ready.clone(),
+                        ],
                     )?;
                 }
-                Query::Empty => send(&mut stream, &[ready.clone()])?,
+                Query::Empty => send(&mut stream, std::slice::from_ref(&ready))?,
                 Query::Unsupported(err) => {
                     bump(&shared.stats.errors);
-                    send(&mut stream, &[BackendMessage::ErrorResponse(err), ready.clone()])?;
+                    send(
+                        &mut stream,
+                        &[BackendMessage::ErrorResponse(err), ready.clone()],
+                    )?;
                 }
             },
             FrontendMessage::Terminate => return Ok(()),
@@ -222,7 +239,10 @@ fn query_loop(
                     &mut stream,
                     ErrorFields::fatal(
                         sqlstate::PROTOCOL_VIOLATION,
-                        format!("unexpected message outside a pagestream: {}", message_name(&other)),
+                        format!(
+                            "unexpected message outside a pagestream: {}",
+                            message_name(&other)
+                        ),
                     ),
                 ));
             }
@@ -247,7 +267,10 @@ fn message_name(m: &FrontendMessage) -> &'static str {
 
 /// What the reader hands the responder, in arrival order.
 enum Work {
-    Request { arrived: Instant, req: Request },
+    Request {
+        arrived: Instant,
+        req: Request,
+    },
     /// A fatal error: send it, then close the connection.
     Fatal(ErrorFields),
 }
@@ -270,19 +293,35 @@ fn pagestream_session(
         let fatal = match reader.next(|b| decoder.decode(b)) {
             Ok(Some(FrontendMessage::CopyData(payload))) => match Request::decode(&payload) {
                 Ok(req) => {
-                    if tx.send(Work::Request { arrived: Instant::now(), req }).is_err() {
+                    if tx
+                        .send(Work::Request {
+                            arrived: Instant::now(),
+                            req,
+                        })
+                        .is_err()
+                    {
                         break Ok(()); // The responder hit a write error and is gone.
                     }
                     continue;
                 }
-                Err(e) => ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, format!("malformed pagestream message: {e}")),
+                Err(e) => ErrorFields::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("malformed pagestream message: {e}"),
+                ),
             },
-            Ok(Some(FrontendMessage::CopyDone)) | Ok(Some(FrontendMessage::Terminate)) | Ok(None) => break Ok(()),
+            Ok(Some(FrontendMessage::CopyDone))
+            | Ok(Some(FrontendMessage::Terminate))
+            | Ok(None) => break Ok(()),
             Ok(Some(other)) => ErrorFields::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
-                format!("unexpected {} in a pagestream session", message_name(&other)),
+                format!(
+                    "unexpected {} in a pagestream session",
+                    message_name(&other)
+                ),
             ),
-            Err(FramedError::Protocol(e)) => ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+            Err(FramedError::Protocol(e)) => {
+                ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())
+            }
             Err(e) => break Err(e.into()),
         };
         bump(&shared.stats.protocol_errors);
@@ -325,7 +364,8 @@ fn respond(stream: TcpStream, rx: Receiver<Work>, shared: &Shared) {
             }
         };
         frame.clear();
-        if handle(&req, shared, &mut page, &mut frame) && write_copy_data(&mut out, &frame).is_err() {
+        if handle(&req, shared, &mut page, &mut frame) && write_copy_data(&mut out, &frame).is_err()
+        {
             return;
         }
         next = match rx.try_recv() {
@@ -343,7 +383,7 @@ fn respond(stream: TcpStream, rx: Receiver<Work>, shared: &Shared) {
 }
 
 fn write_copy_data(out: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
-    out.write_all(&[b'd'])?;
+    out.write_all(b"d")?;
     out.write_all(&((payload.len() + 4) as u32).to_be_bytes())?;
     out.write_all(payload)
 }
@@ -359,7 +399,14 @@ fn handle(req: &Request, shared: &Shared, page: &mut Page, frame: &mut Vec<u8>) 
             store
                 .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
                 .and_then(|_| store.exists(*rel))
-                .map(|exists| Response::Exists { hdr, rel: *rel, exists }.encode(frame))
+                .map(|exists| {
+                    Response::Exists {
+                        hdr,
+                        rel: *rel,
+                        exists,
+                    }
+                    .encode(frame)
+                })
                 .map_err(|e| e.to_string())
         }
         Request::Nblocks { rel, .. } => {
@@ -369,7 +416,14 @@ fn handle(req: &Request, shared: &Shared, page: &mut Page, frame: &mut Vec<u8>) 
                 .and_then(|_| store.nblocks(*rel))
                 .map_err(|e| e.to_string())
                 .and_then(|n| n.ok_or_else(|| format!("relation {rel} does not exist")))
-                .map(|n_blocks| Response::Nblocks { hdr, rel: *rel, n_blocks }.encode(frame))
+                .map(|n_blocks| {
+                    Response::Nblocks {
+                        hdr,
+                        rel: *rel,
+                        n_blocks,
+                    }
+                    .encode(frame)
+                })
         }
         Request::GetPage { rel, blkno, .. } => {
             bump(&stats.get_page);
@@ -384,14 +438,35 @@ fn handle(req: &Request, shared: &Shared, page: &mut Page, frame: &mut Vec<u8>) 
             store
                 .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
                 .and_then(|_| store.db_size(*dbnode))
-                .map(|size| Response::DbSize { hdr, dbnode: *dbnode, size }.encode(frame))
+                .map(|size| {
+                    Response::DbSize {
+                        hdr,
+                        dbnode: *dbnode,
+                        size,
+                    }
+                    .encode(frame)
+                })
                 .map_err(|e| e.to_string())
         }
-        Request::PutPage { rel, blkno, lsn, page: new, .. } => {
+        Request::PutPage {
+            rel,
+            blkno,
+            lsn,
+            page: new,
+            ..
+        } => {
             bump(&stats.put_page);
             store
                 .put_page(rel.block(*blkno), *lsn, new)
-                .map(|()| Response::PutPage { hdr, rel: *rel, blkno: *blkno, lsn: *lsn }.encode(frame))
+                .map(|()| {
+                    Response::PutPage {
+                        hdr,
+                        rel: *rel,
+                        blkno: *blkno,
+                        lsn: *lsn,
+                    }
+                    .encode(frame)
+                })
                 .map_err(|e| e.to_string())
         }
         Request::PrefetchTarget { .. } => {

@@ -86,7 +86,9 @@ pub enum ServerError {
 impl PageServer {
     pub fn start(config: ServerConfig) -> Result<PageServer, ServerError> {
         if config.max_connections == 0 {
-            return Err(ServerError::Config("--max-connections must be at least 1".into()));
+            return Err(ServerError::Config(
+                "--max-connections must be at least 1".into(),
+            ));
         }
         let source = config.source.open()?;
         let listener = TcpListener::bind(config.listen).map_err(|source| ServerError::Bind {
@@ -167,7 +169,11 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         bump(&shared.stats.connections_total);
-        let active = shared.stats.connections_active.fetch_add(1, Ordering::SeqCst) + 1;
+        let active = shared
+            .stats
+            .connections_active
+            .fetch_add(1, Ordering::SeqCst)
+            + 1;
         let over_limit = active as usize > shared.config.max_connections;
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(clone) = stream.try_clone() {
@@ -182,12 +188,18 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     tracing::info!(?peer, error = %e, "connection ended with an error");
                 }
                 conn_shared.live.lock().remove(&id);
-                conn_shared.stats.connections_active.fetch_sub(1, Ordering::SeqCst);
+                conn_shared
+                    .stats
+                    .connections_active
+                    .fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a connection thread");
             shared.live.lock().remove(&id);
-            shared.stats.connections_active.fetch_sub(1, Ordering::SeqCst);
+            shared
+                .stats
+                .connections_active
+                .fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

@@ -78,8 +78,12 @@ impl FromStr for SourceSpec {
         }
         let (mut rels, mut pages) = (1u32, 32768u32);
         for opt in opts.split(',').filter(|o| !o.is_empty()) {
-            let (key, value) = opt.split_once('=').ok_or_else(|| bad("options are key=value"))?;
-            let value: u32 = value.parse().map_err(|_| bad("option values are whole numbers"))?;
+            let (key, value) = opt
+                .split_once('=')
+                .ok_or_else(|| bad("options are key=value"))?;
+            let value: u32 = value
+                .parse()
+                .map_err(|_| bad("option values are whole numbers"))?;
             match key {
                 "rels" => rels = value,
                 "pages" => pages = value,
@@ -134,7 +138,12 @@ pub struct Synthetic {
 
 impl Synthetic {
     pub fn rel(i: u32) -> RelTag {
-        RelTag::new(DEFAULT_TABLESPACE, SYNTHETIC_DBNODE, SYNTHETIC_FIRST_RELNODE + i, 0)
+        RelTag::new(
+            DEFAULT_TABLESPACE,
+            SYNTHETIC_DBNODE,
+            SYNTHETIC_FIRST_RELNODE + i,
+            0,
+        )
     }
 
     fn has(&self, rel: RelTag) -> bool {
@@ -216,9 +225,7 @@ impl PgData {
         // 1300 is PostgreSQL 13 to 17's control file format; the checkpoint field sits at the
         // same offset in all of them.
         if !(1100..=1399).contains(&version) {
-            return Err(not_pg(&format!(
-                "unsupported pg_control_version {version}"
-            )));
+            return Err(not_pg(&format!("unsupported pg_control_version {version}")));
         }
         let checkpoint_lsn = u64::from_ne_bytes(
             control[CONTROL_CHECKPOINT_OFFSET..CONTROL_CHECKPOINT_OFFSET + 8]
@@ -304,10 +311,11 @@ impl PageSource for PgData {
         let segno = tag.blkno / BLOCKS_PER_SEGMENT;
         let offset = u64::from(tag.blkno % BLOCKS_PER_SEGMENT) * PAGE_SIZE as u64;
         let file = self.segment(tag.rel, segno)?;
-        file.read_exact_at(out, offset).map_err(|source| SourceError::Io {
-            path: self.rel_path(tag.rel).unwrap_or_default(),
-            source,
-        })
+        file.read_exact_at(out, offset)
+            .map_err(|source| SourceError::Io {
+                path: self.rel_path(tag.rel).unwrap_or_default(),
+                source,
+            })
     }
 
     fn db_size(&self, dbnode: u32) -> Result<Option<i64>, SourceError> {
@@ -354,16 +362,29 @@ mod tests {
 
     #[test]
     fn parses_source_specs() {
-        assert_eq!("synthetic".parse::<SourceSpec>().unwrap(), SourceSpec::default());
+        assert_eq!(
+            "synthetic".parse::<SourceSpec>().unwrap(),
+            SourceSpec::default()
+        );
         assert_eq!(
             "synthetic:rels=3,pages=100".parse::<SourceSpec>().unwrap(),
-            SourceSpec::Synthetic { rels: 3, pages: 100 }
+            SourceSpec::Synthetic {
+                rels: 3,
+                pages: 100
+            }
         );
         assert_eq!(
             "pgdata:/x/y".parse::<SourceSpec>().unwrap(),
             SourceSpec::PgData("/x/y".into())
         );
-        for bad in ["", "synthetic:rels=0", "synthetic:pages=x", "synthetic:foo=1", "pgdata:", "s3://b"] {
+        for bad in [
+            "",
+            "synthetic:rels=0",
+            "synthetic:pages=x",
+            "synthetic:foo=1",
+            "pgdata:",
+            "s3://b",
+        ] {
             assert!(bad.parse::<SourceSpec>().is_err(), "{bad} accepted");
         }
     }

@@ -46,7 +46,10 @@ impl ServerStats {
     /// The one-row result of `SHOW prefetch_stats`.
     pub fn as_result_set(&self) -> [BackendMessage; 2] {
         let snap = self.snapshot();
-        let fields = snap.iter().map(|(n, _)| FieldDescription::int8(n)).collect();
+        let fields = snap
+            .iter()
+            .map(|(n, _)| FieldDescription::int8(n))
+            .collect();
         let row = snap
             .iter()
             .map(|(_, v)| Some(v.to_string().into_bytes()))

@@ -16,7 +16,11 @@ pub enum StoreError {
     #[error("relation {0} does not exist")]
     NoSuchRelation(RelTag),
     #[error("block {blkno} of relation {rel} does not exist (relation has {nblocks} blocks)")]
-    NoSuchBlock { rel: RelTag, blkno: u32, nblocks: u32 },
+    NoSuchBlock {
+        rel: RelTag,
+        blkno: u32,
+        nblocks: u32,
+    },
     #[error("database {0} does not exist")]
     NoSuchDatabase(u32),
     #[error("invalid request: request_lsn {request_lsn} is older than not_modified_since {not_modified_since}")]
@@ -26,8 +30,14 @@ pub enum StoreError {
     },
     #[error("request LSN {lsn} is older than the oldest version kept ({base})")]
     TooOld { lsn: u64, base: u64 },
-    #[error("timed out after {waited_ms} ms waiting for WAL to reach {wanted} (last record LSN {last})")]
-    WaitLsnTimeout { wanted: u64, last: u64, waited_ms: u64 },
+    #[error(
+        "timed out after {waited_ms} ms waiting for WAL to reach {wanted} (last record LSN {last})"
+    )]
+    WaitLsnTimeout {
+        wanted: u64,
+        last: u64,
+        waited_ms: u64,
+    },
     #[error("invalid PutPage: LSN {lsn} is not newer than the base images ({base})")]
     PutTooOld { lsn: u64, base: u64 },
     #[error("version table is full ({max} page versions); restart the server to reset it")]
@@ -52,7 +62,11 @@ pub struct PageStore {
 }
 
 impl PageStore {
-    pub fn new(source: Arc<dyn PageSource>, max_versions: usize, lsn_wait_timeout: Duration) -> Self {
+    pub fn new(
+        source: Arc<dyn PageSource>,
+        max_versions: usize,
+        lsn_wait_timeout: Duration,
+    ) -> Self {
         let start = source.wal_lsn().max(source.base_lsn());
         PageStore {
             source,
@@ -77,7 +91,11 @@ impl PageStore {
     /// Neon's `wait_or_get_last_lsn`: waits (bounded) until WAL has reached
     /// `not_modified_since`, then answers as of `min(request_lsn, last_record_lsn)` — the page
     /// cannot have changed between `not_modified_since` and `request_lsn`.
-    pub fn effective_lsn(&self, request_lsn: u64, not_modified_since: u64) -> Result<u64, StoreError> {
+    pub fn effective_lsn(
+        &self,
+        request_lsn: u64,
+        not_modified_since: u64,
+    ) -> Result<u64, StoreError> {
         if request_lsn < not_modified_since {
             return Err(StoreError::LsnOrder {
                 request_lsn,
@@ -95,7 +113,12 @@ impl PageStore {
         let deadline = started + self.lsn_wait_timeout;
         let mut last = self.last_record_lsn.lock();
         while *last < not_modified_since {
-            if self.lsn_advanced.wait_until(&mut last, deadline).timed_out() && *last < not_modified_since {
+            if self
+                .lsn_advanced
+                .wait_until(&mut last, deadline)
+                .timed_out()
+                && *last < not_modified_since
+            {
                 return Err(StoreError::WaitLsnTimeout {
                     wanted: not_modified_since,
                     last: *last,
@@ -205,7 +228,8 @@ mod tests {
         s.put_page(tag, 200, &synthetic_page(tag, 200)).unwrap();
         let at = |lsn| {
             let mut out = [0u8; lfc::PAGE_SIZE];
-            s.read_page(tag, s.effective_lsn(lsn, 0).unwrap(), &mut out).unwrap();
+            s.read_page(tag, s.effective_lsn(lsn, 0).unwrap(), &mut out)
+                .unwrap();
             page_lsn(&out)
         };
         assert_eq!(at(150), 16);
@@ -219,9 +243,18 @@ mod tests {
     fn waits_for_not_modified_since_then_times_out() {
         let s = store(20);
         let err = s.effective_lsn(LATEST_LSN, 500).unwrap_err();
-        assert!(matches!(err, StoreError::WaitLsnTimeout { wanted: 500, .. }), "{err}");
-        assert!(matches!(s.effective_lsn(10, 20), Err(StoreError::LsnOrder { .. })));
-        assert!(matches!(s.effective_lsn(10, 0), Err(StoreError::TooOld { .. })));
+        assert!(
+            matches!(err, StoreError::WaitLsnTimeout { wanted: 500, .. }),
+            "{err}"
+        );
+        assert!(matches!(
+            s.effective_lsn(10, 20),
+            Err(StoreError::LsnOrder { .. })
+        ));
+        assert!(matches!(
+            s.effective_lsn(10, 0),
+            Err(StoreError::TooOld { .. })
+        ));
     }
 
     #[test]
@@ -241,14 +274,26 @@ mod tests {
         let s = store(10);
         let mut out = [0u8; lfc::PAGE_SIZE];
         let missing = RelTag::new(1663, 5, 1, 0).block(0);
-        assert!(matches!(s.read_page(missing, 100, &mut out), Err(StoreError::NoSuchRelation(_))));
+        assert!(matches!(
+            s.read_page(missing, 100, &mut out),
+            Err(StoreError::NoSuchRelation(_))
+        ));
         let beyond = Synthetic::rel(0).block(8);
-        assert!(matches!(s.read_page(beyond, 100, &mut out), Err(StoreError::NoSuchBlock { .. })));
+        assert!(matches!(
+            s.read_page(beyond, 100, &mut out),
+            Err(StoreError::NoSuchBlock { .. })
+        ));
         let tag = Synthetic::rel(0).block(0);
-        assert!(matches!(s.put_page(tag, 16, &out), Err(StoreError::PutTooOld { .. })));
+        assert!(matches!(
+            s.put_page(tag, 16, &out),
+            Err(StoreError::PutTooOld { .. })
+        ));
         for lsn in 100..116 {
             s.put_page(tag, lsn, &out).unwrap();
         }
-        assert!(matches!(s.put_page(tag, 200, &out), Err(StoreError::VersionTableFull { max: 16 })));
+        assert!(matches!(
+            s.put_page(tag, 200, &out),
+            Err(StoreError::VersionTableFull { max: 16 })
+        ));
     }
 }
