@@ -2,10 +2,10 @@
 //! tools and benchmarks. See `DESIGN.md` in the shared folder for the architecture.
 
 pub mod bench;
+pub mod client;
 pub mod cmd;
+pub mod framed;
 pub mod page;
 pub mod pagestream;
 pub mod pgwire;
-pub mod framed;
 pub mod server;
-pub mod client;

@@ -54,7 +54,10 @@ impl BenchRecord {
 pub fn print_records(records: &[BenchRecord], json: bool) {
     if json {
         for r in records {
-            println!("{}", serde_json::to_string(r).expect("bench record serialises"));
+            println!(
+                "{}",
+                serde_json::to_string(r).expect("bench record serialises")
+            );
         }
         return;
     }
