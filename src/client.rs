@@ -315,6 +315,25 @@ impl PageClient {
         }
     }
 
+    /// Queues a fire-and-forget Prefetch of `nblocks` blocks from `first_blkno` (sent on the next
+    /// flush). `not_modified_since` must cover every block of the range.
+    pub fn send_prefetch(
+        &mut self,
+        rel: RelTag,
+        first_blkno: u32,
+        nblocks: u16,
+        request_lsn: u64,
+        not_modified_since: u64,
+    ) -> Result<(), ClientError> {
+        let hdr = self.header(request_lsn, not_modified_since);
+        self.send(&Request::Prefetch {
+            hdr,
+            rel,
+            first_blkno,
+            nblocks,
+        })
+    }
+
     /// Reads `blocks` of `rel` with up to `depth` GetPage requests in flight, flushing the
     /// write buffer every `flush_every` requests (and whenever it must wait for a response):
     /// the shape of Neon's TCP prefetch. Calls `each` with every page, in block order.

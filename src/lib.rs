@@ -1,6 +1,7 @@
 //! udp-prefetch: the root crate — TCP page protocol, reference page server, backend client,
 //! tools and benchmarks. See `DESIGN.md` in the shared folder for the architecture.
 
+pub mod backend;
 pub mod bench;
 pub mod client;
 pub mod cmd;
@@ -8,4 +9,5 @@ pub mod framed;
 pub mod page;
 pub mod pagestream;
 pub mod pgwire;
+pub mod scan;
 pub mod server;

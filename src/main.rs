@@ -17,6 +17,10 @@ enum Command {
     Pageserver(cmd::pageserver::PageServerArgs),
     /// Fetch one page over TCP and verify its checksum.
     Getpage(cmd::getpage::GetPageArgs),
+    /// Run the prefetch worker daemon: receive UDP prefetched pages into the LFC.
+    Workers(cmd::workers::WorkersArgs),
+    /// Sequentially scan a relation, verifying every page, in one prefetch design.
+    Scan(cmd::scan::ScanArgs),
     /// Run everything on this machine with no set-up and print what happened.
     Demo(cmd::demo::DemoArgs),
     /// Inspect a local file cache.
@@ -47,6 +51,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Pageserver(args) => cmd::pageserver::run(args),
         Command::Getpage(args) => cmd::getpage::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Scan(args) => cmd::scan::run(args),
+        Command::Workers(args) => cmd::workers::run(args),
         Command::Lfc(args) => cmd::lfc_stat::run(args),
         Command::Bench(args) => {
             let records = match &args.which {

@@ -4,6 +4,8 @@ pub mod demo;
 pub mod getpage;
 pub mod lfc_stat;
 pub mod pageserver;
+pub mod scan;
+pub mod workers;
 
 use std::fmt;
 

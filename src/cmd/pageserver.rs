@@ -32,6 +32,22 @@ pub struct PageServerArgs {
     /// Most page versions PutPage may add.
     #[arg(long, default_value_t = 65_536)]
     pub max_page_versions: usize,
+    /// Pacing of UDP prefetch datagrams per destination, bytes per second; 0 = unpaced.
+    #[arg(long, default_value_t = 0)]
+    pub prefetch_rate: u64,
+    /// Threads sending UDP prefetch datagrams.
+    #[arg(long, default_value_t = 1)]
+    pub prefetch_senders: usize,
+    /// Prefetch pages queued across all destinations; beyond it Prefetch requests are dropped
+    /// (counted), never GetPages.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub prefetch_queue_pages: u64,
+    /// Drop this fraction (0..1) of prefetch datagrams before sending, for loss experiments.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_prefetch: f64,
+    /// Seed of the --drop-prefetch pattern.
+    #[arg(long, default_value_t = 1)]
+    pub drop_seed: u64,
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {
@@ -48,6 +64,11 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         service_delay_us: args.service_delay_us,
         lsn_wait_timeout: Duration::from_millis(args.lsn_wait_timeout_ms),
         max_page_versions: args.max_page_versions,
+        prefetch_senders: args.prefetch_senders,
+        prefetch_rate_bytes_per_s: args.prefetch_rate,
+        prefetch_queue_pages: args.prefetch_queue_pages,
+        drop_prefetch: args.drop_prefetch,
+        drop_seed: args.drop_seed,
     };
     // Register signal handlers before listening, so a SIGTERM right after start is not lost.
     let mut signals = signal_hook::iterator::Signals::new([

@@ -1,7 +1,9 @@
 //! One client connection: startup and authentication, simple queries, then the pagestream
 //! copy-both session with a reader (this thread) and a responder thread.
 
+use super::prefetch::Destination;
 use super::stats::bump;
+use super::udp_sender::mono_ns;
 use super::Shared;
 use crate::framed::{FramedError, FramedReader};
 use crate::page::Page;
@@ -12,9 +14,11 @@ use crate::pgwire::{
 use lfc::PAGE_SIZE;
 use std::io::{BufWriter, Write};
 use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use workers::datagram::DatagramKey;
 
 /// Requests a connection may have decoded but not yet answered; beyond this the reader stops
 /// reading and TCP flow control pushes back on the client.
@@ -341,20 +345,26 @@ fn respond(stream: TcpStream, rx: Receiver<Work>, shared: &Shared) {
     let mut frame = Vec::with_capacity(pagestream::GET_PAGE_RESPONSE_LEN + 8);
     let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);
     let delay = Duration::from_micros(shared.config.service_delay_us);
+    let mut state = ConnState {
+        peer_ip: out.get_ref().peer_addr().map(|a| a.ip()).ok(),
+        target: None,
+    };
     let mut next = rx.recv();
     while let Ok(work) = next {
-        let req = match work {
+        let (req, arrived) = match work {
             Work::Request { arrived, req } => {
                 let due = arrived + delay;
                 let now = Instant::now();
-                if due > now {
+                // Prefetches have no TCP response to hold back; their delay is applied by the
+                // sender queue, so they never wait in line here.
+                if due > now && req.expects_response() {
                     // Flush what is ready before sleeping, so earlier responses are not held.
                     if out.flush().is_err() {
                         return;
                     }
                     std::thread::sleep(due - now);
                 }
-                req
+                (req, arrived)
             }
             Work::Fatal(err) => {
                 let _ = send(&mut out, &[BackendMessage::ErrorResponse(err)]);
@@ -364,7 +374,8 @@ fn respond(stream: TcpStream, rx: Receiver<Work>, shared: &Shared) {
             }
         };
         frame.clear();
-        if handle(&req, shared, &mut page, &mut frame) && write_copy_data(&mut out, &frame).is_err()
+        if handle(&req, arrived, shared, &mut state, &mut page, &mut frame)
+            && write_copy_data(&mut out, &frame).is_err()
         {
             return;
         }
@@ -388,8 +399,22 @@ fn write_copy_data(out: &mut impl Write, payload: &[u8]) -> std::io::Result<()> 
     out.write_all(payload)
 }
 
+/// Per-connection state the responder keeps between requests.
+struct ConnState {
+    peer_ip: Option<IpAddr>,
+    /// Where this connection's prefetched pages go, once registered.
+    target: Option<Destination>,
+}
+
 /// Serves one request, encoding its response (if it has one) into `frame`.
-fn handle(req: &Request, shared: &Shared, page: &mut Page, frame: &mut Vec<u8>) -> bool {
+fn handle(
+    req: &Request,
+    arrived: Instant,
+    shared: &Shared,
+    state: &mut ConnState,
+    page: &mut Page,
+    frame: &mut Vec<u8>,
+) -> bool {
     let store = &shared.store;
     let stats = &shared.stats;
     let hdr: Header = req.header();
@@ -469,15 +494,46 @@ fn handle(req: &Request, shared: &Shared, page: &mut Page, frame: &mut Vec<u8>) 
                 })
                 .map_err(|e| e.to_string())
         }
-        Request::PrefetchTarget { .. } => {
+        Request::PrefetchTarget { target, .. } => {
             bump(&stats.prefetch_target);
-            Err("UDP prefetch is not available on this page server yet".to_string())
+            match state.peer_ip {
+                // The destination is always the TCP peer's own address: the server never sends
+                // UDP where a client points it, so it cannot be used to reflect traffic.
+                Some(ip) if target.udp_port != 0 => {
+                    state.target = Some(Destination {
+                        addr: SocketAddr::new(ip, target.udp_port),
+                        key: Arc::new(DatagramKey::new(target.key_id, target.key)),
+                    });
+                    Response::PrefetchTarget {
+                        hdr,
+                        udp_port: target.udp_port,
+                    }
+                    .encode(frame);
+                    Ok(())
+                }
+                Some(_) => Err("invalid prefetch target: UDP port 0".to_string()),
+                None => Err(
+                    "invalid prefetch target: the connection's peer address is unknown".to_string(),
+                ),
+            }
         }
-        Request::Prefetch { .. } => {
-            // Fire-and-forget: no TCP answer. Without a registered target there is nowhere to
-            // send the pages, so the request is dropped and counted.
+        Request::Prefetch {
+            rel,
+            first_blkno,
+            nblocks,
+            ..
+        } => {
+            // Fire-and-forget: no TCP answer, whatever happens.
             bump(&stats.prefetch);
-            bump(&stats.prefetch_dropped_no_target);
+            match &state.target {
+                Some(dest) => {
+                    let arrived_ns = mono_ns().saturating_sub(arrived.elapsed().as_nanos() as u64);
+                    shared
+                        .prefetch
+                        .enqueue(dest, hdr, *rel, *first_blkno, *nblocks, arrived_ns);
+                }
+                None => bump(&stats.prefetch_dropped_no_target),
+            }
             return false;
         }
     };

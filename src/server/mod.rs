@@ -5,11 +5,14 @@
 //! `udp-prefetch pageserver`.
 
 mod conn;
+pub mod prefetch;
 pub mod source;
 pub mod stats;
 pub mod store;
+pub mod udp_sender;
 
 use parking_lot::Mutex;
+use prefetch::SchedulerLimits;
 use source::SourceSpec;
 use stats::{bump, ServerStats};
 use std::collections::HashMap;
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use store::PageStore;
+use udp_sender::{PrefetchSender, SenderConfig};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -33,6 +37,15 @@ pub struct ServerConfig {
     pub lsn_wait_timeout: Duration,
     /// Bound on page versions added by PutPage.
     pub max_page_versions: usize,
+    /// UDP prefetch sender threads.
+    pub prefetch_senders: usize,
+    /// Pacing of prefetch datagrams per destination, bytes per second (0 = unpaced).
+    pub prefetch_rate_bytes_per_s: u64,
+    /// Bound on queued prefetch pages across all destinations.
+    pub prefetch_queue_pages: u64,
+    /// Fraction of prefetch datagrams dropped before sending, and the drop pattern's seed.
+    pub drop_prefetch: f64,
+    pub drop_seed: u64,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +58,11 @@ impl Default for ServerConfig {
             service_delay_us: 0,
             lsn_wait_timeout: Duration::from_secs(2),
             max_page_versions: 65_536,
+            prefetch_senders: 1,
+            prefetch_rate_bytes_per_s: 0,
+            prefetch_queue_pages: 1 << 20,
+            drop_prefetch: 0.0,
+            drop_seed: 1,
         }
     }
 }
@@ -52,8 +70,9 @@ impl Default for ServerConfig {
 /// State shared by every connection.
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
-    pub(crate) store: PageStore,
-    pub(crate) stats: ServerStats,
+    pub(crate) store: Arc<PageStore>,
+    pub(crate) stats: Arc<ServerStats>,
+    pub(crate) prefetch: PrefetchSender,
     shutting_down: AtomicBool,
     /// Clones of live sockets, so shutdown can unblock their readers.
     live: Mutex<HashMap<u64, TcpStream>>,
@@ -90,6 +109,21 @@ impl PageServer {
                 "--max-connections must be at least 1".into(),
             ));
         }
+        if !(0.0..=1.0).contains(&config.drop_prefetch) {
+            return Err(ServerError::Config(
+                "--drop-prefetch must be between 0 and 1".into(),
+            ));
+        }
+        if config.prefetch_senders == 0 || config.prefetch_senders > 64 {
+            return Err(ServerError::Config(
+                "--prefetch-senders must be 1..=64".into(),
+            ));
+        }
+        if config.prefetch_queue_pages == 0 {
+            return Err(ServerError::Config(
+                "--prefetch-queue-pages must be at least 1".into(),
+            ));
+        }
         let source = config.source.open()?;
         let listener = TcpListener::bind(config.listen).map_err(|source| ServerError::Bind {
             addr: config.listen,
@@ -97,11 +131,32 @@ impl PageServer {
         })?;
         let local_addr = listener.local_addr()?;
         tracing::info!(%local_addr, source = %source.describe(), "page server listening");
-        let store = PageStore::new(source, config.max_page_versions, config.lsn_wait_timeout);
+        let store = Arc::new(PageStore::new(
+            source,
+            config.max_page_versions,
+            config.lsn_wait_timeout,
+        ));
+        let stats = Arc::new(ServerStats::default());
+        let prefetch = PrefetchSender::start(
+            SenderConfig {
+                threads: config.prefetch_senders,
+                limits: SchedulerLimits {
+                    max_queued_pages: config.prefetch_queue_pages,
+                    rate_bytes_per_s: config.prefetch_rate_bytes_per_s,
+                    ..SchedulerLimits::default()
+                },
+                drop_probability: config.drop_prefetch,
+                drop_seed: config.drop_seed,
+                service_delay: Duration::from_micros(config.service_delay_us),
+            },
+            store.clone(),
+            stats.clone(),
+        )?;
         let shared = Arc::new(Shared {
             config,
             store,
-            stats: ServerStats::default(),
+            stats,
+            prefetch,
             shutting_down: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(0),
@@ -144,6 +199,7 @@ impl PageServer {
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();
         }
+        self.shared.prefetch.shutdown();
         tracing::info!("page server stopped");
     }
 }

@@ -35,6 +35,13 @@ counters!(
     prefetch_target,
     prefetch,
     prefetch_dropped_no_target,
+    prefetch_pages_queued,
+    prefetch_pages_sent,
+    prefetch_pages_dropped_overflow,
+    prefetch_pages_dropped_filter,
+    prefetch_pages_not_ready,
+    prefetch_pages_failed,
+    prefetch_send_errors,
     errors,
 );
 

@@ -96,6 +96,40 @@ impl PageStore {
         request_lsn: u64,
         not_modified_since: u64,
     ) -> Result<u64, StoreError> {
+        self.check_lsns(request_lsn, not_modified_since)?;
+        let started = Instant::now();
+        let deadline = started + self.lsn_wait_timeout;
+        let mut last = self.last_record_lsn.lock();
+        while *last < not_modified_since {
+            let timed_out = self
+                .lsn_advanced
+                .wait_until(&mut last, deadline)
+                .timed_out();
+            if timed_out && *last < not_modified_since {
+                return Err(StoreError::WaitLsnTimeout {
+                    wanted: not_modified_since,
+                    last: *last,
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+        }
+        Ok(request_lsn.min(*last))
+    }
+
+    /// As `effective_lsn`, but never waits: `None` while WAL has not reached
+    /// `not_modified_since`. Prefetch senders use it so that one early request cannot stall
+    /// the others; the backend then falls back to a GetPage, which does wait.
+    pub fn try_effective_lsn(
+        &self,
+        request_lsn: u64,
+        not_modified_since: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.check_lsns(request_lsn, not_modified_since)?;
+        let last = *self.last_record_lsn.lock();
+        Ok((last >= not_modified_since).then(|| request_lsn.min(last)))
+    }
+
+    fn check_lsns(&self, request_lsn: u64, not_modified_since: u64) -> Result<(), StoreError> {
         if request_lsn < not_modified_since {
             return Err(StoreError::LsnOrder {
                 request_lsn,
@@ -109,24 +143,7 @@ impl PageStore {
                 base,
             });
         }
-        let started = Instant::now();
-        let deadline = started + self.lsn_wait_timeout;
-        let mut last = self.last_record_lsn.lock();
-        while *last < not_modified_since {
-            if self
-                .lsn_advanced
-                .wait_until(&mut last, deadline)
-                .timed_out()
-                && *last < not_modified_since
-            {
-                return Err(StoreError::WaitLsnTimeout {
-                    wanted: not_modified_since,
-                    last: *last,
-                    waited_ms: started.elapsed().as_millis() as u64,
-                });
-            }
-        }
-        Ok(request_lsn.min(*last))
+        Ok(())
     }
 
     pub fn nblocks(&self, rel: RelTag) -> Result<Option<u32>, StoreError> {

@@ -1,1 +1,9 @@
-//! Placeholder: filled by its own issue.
+//! The prefetch datagram format, its sans-IO validation and ingest, the UDP socket layer, and
+//! the worker daemon.
+
+pub mod daemon;
+pub mod datagram;
+pub mod ingest;
+pub mod metrics;
+pub mod pidfile;
+pub mod udp;

@@ -1,0 +1,299 @@
+//! The backend read path as a sans-IO state machine (DESIGN §5): LFC hit → wait (adaptive,
+//! capped) for a prefetch in flight → TCP GetPage. The shell performs the lookups, waits and
+//! fetches and tells the core what happened; the core decides and counts. Time is passed in.
+
+use lfc::BufferTag;
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPathConfig {
+    /// Wait budget before any latency has been observed.
+    pub initial_wait_us: u64,
+    /// Floor and cap of the adaptive wait budget.
+    pub min_wait_us: u64,
+    pub max_wait_us: u64,
+    /// Prefetches this backend tracks as its own in flight.
+    pub max_tracked: usize,
+}
+
+impl Default for ReadPathConfig {
+    fn default() -> Self {
+        ReadPathConfig {
+            initial_wait_us: 1_000,
+            min_wait_us: 50,
+            max_wait_us: 4_000,
+            max_tracked: 8192,
+        }
+    }
+}
+
+/// Counters of one backend's reads and prefetches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReadStats {
+    pub reads: u64,
+    /// Found in the LFC at once.
+    pub hits: u64,
+    /// Arrived while the backend waited for a prefetch in flight.
+    pub late_hits: u64,
+    /// Read over TCP (nothing in flight, or the wait ran out).
+    pub fallbacks: u64,
+    /// Waits that ran out before the page arrived.
+    pub wait_timeouts: u64,
+    /// Pages requested by UDP prefetch.
+    pub prefetched: u64,
+    /// Pages not requested because they were cached or another backend had asked already.
+    pub duplicates_avoided: u64,
+    /// Pages this backend prefetched that it never found in the LFC when it read them, or never
+    /// read at all.
+    pub wasted_prefetches: u64,
+}
+
+/// What the shell should do next for a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Wait(Duration),
+    Fetch,
+}
+
+/// Smoothed prefetch latency, in the style of TCP's RTO estimator: budget = srtt + 4·rttvar,
+/// clamped. A prefetch that arrives later than that is cheaper to replace by a GetPage.
+#[derive(Debug, Clone)]
+struct LatencyEstimate {
+    srtt_ns: f64,
+    rttvar_ns: f64,
+    samples: u64,
+}
+
+impl LatencyEstimate {
+    fn observe(&mut self, sample_ns: u64) {
+        let s = sample_ns as f64;
+        if self.samples == 0 {
+            self.srtt_ns = s;
+            self.rttvar_ns = s / 2.0;
+        } else {
+            self.rttvar_ns = 0.75 * self.rttvar_ns + 0.25 * (self.srtt_ns - s).abs();
+            self.srtt_ns = 0.875 * self.srtt_ns + 0.125 * s;
+        }
+        self.samples += 1;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadPath {
+    config: ReadPathConfig,
+    latency: LatencyEstimate,
+    /// This backend's prefetches not yet read: tag → time requested.
+    own: HashMap<BufferTag, u64>,
+    stats: ReadStats,
+}
+
+impl ReadPath {
+    pub fn new(config: ReadPathConfig) -> Self {
+        assert!(config.min_wait_us <= config.max_wait_us && config.max_tracked > 0);
+        ReadPath {
+            config,
+            latency: LatencyEstimate {
+                srtt_ns: 0.0,
+                rttvar_ns: 0.0,
+                samples: 0,
+            },
+            own: HashMap::with_capacity(config.max_tracked),
+            stats: ReadStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ReadStats {
+        self.stats
+    }
+
+    /// The current wait budget for a page in flight.
+    pub fn wait_budget(&self) -> Duration {
+        let us = if self.latency.samples == 0 {
+            self.config.initial_wait_us
+        } else {
+            ((self.latency.srtt_ns + 4.0 * self.latency.rttvar_ns) / 1e3) as u64
+        };
+        Duration::from_micros(us.clamp(self.config.min_wait_us, self.config.max_wait_us))
+    }
+
+    /// Decides whether to prefetch `tag`: not if it is cached, or if someone (this backend or
+    /// another) requested it recently — `already_requested` is what marking it in the LFC
+    /// answered. Returns true when the page should go into a Prefetch request.
+    pub fn plan_prefetch(
+        &mut self,
+        tag: BufferTag,
+        cached: bool,
+        already_requested: bool,
+        now_ns: u64,
+    ) -> bool {
+        if cached || already_requested || self.own.contains_key(&tag) {
+            self.stats.duplicates_avoided += 1;
+            return false;
+        }
+        if self.own.len() >= self.config.max_tracked {
+            // Bounded: forget the oldest half. Forgotten prefetches still land in the LFC; they
+            // are only no longer waited for by this backend.
+            let mut times: Vec<u64> = self.own.values().copied().collect();
+            times.sort_unstable();
+            let cutoff = times[times.len() / 2];
+            let before = self.own.len();
+            self.own.retain(|_, t| *t > cutoff);
+            self.stats.wasted_prefetches += (before - self.own.len()) as u64;
+        }
+        self.own.insert(tag, now_ns);
+        self.stats.prefetched += 1;
+        true
+    }
+
+    /// After the LFC lookup for a read. `requested_elsewhere` is true when another backend's
+    /// prefetch (or read) of the tag is in flight. `None` means the read is done (a hit).
+    pub fn on_lookup(
+        &mut self,
+        tag: BufferTag,
+        hit: bool,
+        requested_elsewhere: bool,
+        now_ns: u64,
+    ) -> Option<Step> {
+        self.stats.reads += 1;
+        let own = self.own.remove(&tag);
+        if hit {
+            self.stats.hits += 1;
+            if let Some(sent) = own {
+                // The page arrived before it was needed: an upper bound on its latency, which
+                // keeps the budget from growing on pages that were never late.
+                self.latency.observe(
+                    now_ns
+                        .saturating_sub(sent)
+                        .min(self.wait_budget().as_nanos() as u64),
+                );
+            }
+            return None;
+        }
+        match own {
+            Some(sent) => {
+                // Put it back so `on_wait_result` can measure the arrival.
+                self.own.insert(tag, sent);
+                Some(Step::Wait(self.wait_budget()))
+            }
+            None if requested_elsewhere => Some(Step::Wait(self.wait_budget())),
+            None => {
+                self.stats.fallbacks += 1;
+                Some(Step::Fetch)
+            }
+        }
+    }
+
+    /// After waiting: `arrived` if the page is now in the LFC. `None` means done (a late hit).
+    pub fn on_wait_result(&mut self, tag: BufferTag, arrived: bool, now_ns: u64) -> Option<Step> {
+        let own = self.own.remove(&tag);
+        if arrived {
+            self.stats.late_hits += 1;
+            if let Some(sent) = own {
+                self.latency.observe(now_ns.saturating_sub(sent));
+            }
+            None
+        } else {
+            self.stats.wait_timeouts += 1;
+            self.stats.fallbacks += 1;
+            if own.is_some() {
+                self.stats.wasted_prefetches += 1;
+                // The page did not arrive within the budget: count the budget as a sample so
+                // the estimate grows when prefetches are slow, up to the cap.
+                self.latency
+                    .observe(self.wait_budget().as_nanos() as u64 * 2);
+            }
+            Some(Step::Fetch)
+        }
+    }
+
+    /// Ends a scan: prefetches never read are wasted.
+    pub fn finish(&mut self) -> ReadStats {
+        self.stats.wasted_prefetches += self.own.len() as u64;
+        self.own.clear();
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lfc::RelTag;
+
+    fn tag(b: u32) -> BufferTag {
+        RelTag::new(1663, 5, 16384, 0).block(b)
+    }
+
+    #[test]
+    fn hit_wait_and_fallback_are_decided_and_counted() {
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        assert!(rp.plan_prefetch(tag(1), false, false, 0));
+        assert!(!rp.plan_prefetch(tag(1), false, false, 0), "own duplicate");
+        assert!(!rp.plan_prefetch(tag(2), true, false, 0), "cached");
+        assert!(
+            !rp.plan_prefetch(tag(3), false, true, 0),
+            "someone else asked"
+        );
+        // Own prefetch not there yet: wait, then it arrives.
+        assert_eq!(
+            rp.on_lookup(tag(1), false, false, 10),
+            Some(Step::Wait(Duration::from_micros(1000)))
+        );
+        assert_eq!(rp.on_wait_result(tag(1), true, 300_000), None);
+        // Nothing in flight: straight to TCP.
+        assert_eq!(rp.on_lookup(tag(4), false, false, 0), Some(Step::Fetch));
+        // In flight elsewhere but never arrives: wait, then fall back.
+        assert!(matches!(
+            rp.on_lookup(tag(3), false, true, 0),
+            Some(Step::Wait(_))
+        ));
+        assert_eq!(rp.on_wait_result(tag(3), false, 0), Some(Step::Fetch));
+        assert_eq!(rp.on_lookup(tag(2), true, false, 0), None);
+        let s = rp.finish();
+        assert_eq!(
+            (s.reads, s.hits, s.late_hits, s.fallbacks, s.wait_timeouts),
+            (4, 1, 1, 2, 1)
+        );
+        assert_eq!(
+            (s.prefetched, s.duplicates_avoided, s.wasted_prefetches),
+            (1, 3, 0)
+        );
+    }
+
+    #[test]
+    fn budget_adapts_to_observed_latency_within_bounds() {
+        let cfg = ReadPathConfig::default();
+        let mut rp = ReadPath::new(cfg);
+        for i in 0..100u32 {
+            rp.plan_prefetch(tag(i), false, false, 0);
+            rp.on_lookup(tag(i), false, false, 0);
+            rp.on_wait_result(tag(i), true, 200_000); // 200 µs every time
+        }
+        let b = rp.wait_budget();
+        assert!(
+            b >= Duration::from_micros(200) && b < Duration::from_micros(400),
+            "{b:?}"
+        );
+        for i in 100..200u32 {
+            rp.plan_prefetch(tag(i), false, false, 0);
+            rp.on_lookup(tag(i), false, false, 0);
+            rp.on_wait_result(tag(i), true, 1_000_000_000); // 1 s: capped
+        }
+        assert_eq!(rp.wait_budget(), Duration::from_micros(cfg.max_wait_us));
+    }
+
+    #[test]
+    fn tracking_is_bounded_and_unread_prefetches_are_wasted() {
+        let mut rp = ReadPath::new(ReadPathConfig {
+            max_tracked: 10,
+            ..ReadPathConfig::default()
+        });
+        for i in 0..25u32 {
+            assert!(rp.plan_prefetch(tag(i), false, false, u64::from(i)));
+        }
+        assert!(rp.own.len() <= 10);
+        let s = rp.finish();
+        assert_eq!(s.prefetched, 25);
+        assert_eq!(s.wasted_prefetches, 25);
+    }
+}

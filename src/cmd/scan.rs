@@ -1,0 +1,112 @@
+//! `udp-prefetch scan`: a verified sequential scan in one prefetch design.
+
+use super::{BadInput, Outcome};
+use crate::backend::read_path::ReadPathConfig;
+use crate::client::ConnectOptions;
+use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use lfc::{Lfc, RelTag};
+use std::ops::Range;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct ScanArgs {
+    /// Page server address.
+    #[arg(long, default_value = "127.0.0.1:6400")]
+    pub server: String,
+    /// LFC file shared with the worker daemon (required for --mode udp).
+    #[arg(long)]
+    pub lfc: Option<PathBuf>,
+    /// Relation as SPC/DB/REL/FORK.
+    #[arg(long)]
+    pub rel: RelTag,
+    /// Block range A..B (B exclusive); default: the whole relation.
+    #[arg(long, value_parser = parse_blocks)]
+    pub blocks: Option<Range<u32>>,
+    /// Prefetch design: tcp-sync, tcp-pipelined (Neon-style) or udp.
+    #[arg(long, value_enum)]
+    pub mode: ScanMode,
+    /// Prefetch distance: blocks requested ahead (udp) or GetPages in flight (tcp-pipelined).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub distance: u32,
+    /// Emulated backend work per page, microseconds of CPU.
+    #[arg(long, default_value_t = 0)]
+    pub cpu_per_page_us: u64,
+    /// UDP port of the worker daemon on this host.
+    #[arg(long, default_value_t = 6401)]
+    pub prefetch_port: u16,
+    /// Cap of the adaptive wait for a prefetch in flight, microseconds.
+    #[arg(long, default_value_t = ReadPathConfig::default().max_wait_us)]
+    pub max_wait_us: u64,
+    /// Cleartext password, when the server requires one.
+    #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// One JSON object instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_blocks(s: &str) -> Result<Range<u32>, String> {
+    let bad = || format!("invalid block range {s:?}: expected A..B with A < B");
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if a >= b {
+        return Err(bad());
+    }
+    Ok(a..b)
+}
+
+pub fn print_report(r: &ScanReport) {
+    println!(
+        "{} scan: {} pages in {:.2} s = {:.0} pages/s; verified {}, FAILED {}",
+        r.mode, r.pages, r.elapsed_s, r.pages_per_s, r.verified, r.failed
+    );
+    println!(
+        "  hits {}, late hits {}, fallbacks {}, prefetched {}, wasted prefetches {}, duplicates avoided {}",
+        r.hits, r.late_hits, r.fallbacks, r.prefetched, r.wasted_prefetches, r.duplicates_avoided
+    );
+    println!(
+        "  backend CPU {:.2} us/page; wait p50 {:.1} us, p99 {:.1} us; digest {}",
+        r.cpu_us_per_page,
+        r.wait_p50_us,
+        r.wait_p99_us,
+        &r.digest[..16]
+    );
+}
+
+pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
+    let lfc = match (&args.lfc, args.mode) {
+        (Some(path), _) => {
+            Some(Lfc::open(path).map_err(|e| BadInput(format!("{}: {e}", path.display())))?)
+        }
+        (None, ScanMode::Udp) => {
+            return Err(
+                BadInput("--mode udp needs --lfc PATH (the worker daemon's cache)".into()).into(),
+            )
+        }
+        (None, _) => None,
+    };
+    let cfg = ScanConfig {
+        connect: ConnectOptions::new(args.server.clone()).token(args.token.clone()),
+        rel: args.rel,
+        blocks: args.blocks.clone(),
+        mode: args.mode,
+        distance: args.distance,
+        cpu_per_page_us: args.cpu_per_page_us,
+        prefetch_port: args.prefetch_port,
+        read_path: ReadPathConfig {
+            max_wait_us: args.max_wait_us.max(ReadPathConfig::default().min_wait_us),
+            ..ReadPathConfig::default()
+        },
+    };
+    let report = run_scan(&cfg, lfc.as_ref())?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.failed == 0 {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
+}

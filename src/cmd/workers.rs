@@ -1,0 +1,122 @@
+//! `udp-prefetch workers`: the prefetch worker daemon.
+
+use super::{BadInput, Outcome};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use workers::daemon::{self, DaemonConfig, DaemonError};
+use workers::udp::IoChoice;
+
+#[derive(Debug, clap::Args)]
+pub struct WorkersArgs {
+    /// The LFC file shared with backends; re-attached if it exists.
+    #[arg(long)]
+    pub lfc: PathBuf,
+    /// Create the LFC with this much page data if it does not exist (bytes; K/M/G/KiB/MiB/GiB
+    /// suffixes accepted).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// UDP address the page servers send prefetched pages to.
+    #[arg(long, default_value = "127.0.0.1:6401")]
+    pub listen: SocketAddr,
+    /// Worker threads, each with its own SO_REUSEPORT socket.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Receive backend: io_uring, epoll, or auto (io_uring when the kernel allows it).
+    #[arg(long, default_value = "auto", value_parser = parse_io)]
+    pub io: IoChoice,
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics).
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Write the daemon's pid here; refuse to start if it names a live process.
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Socket receive buffer per thread (bytes, suffixes accepted).
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub recv_buffer: u64,
+    /// LFC slots each thread keeps posted for receives.
+    #[arg(long, default_value_t = 64)]
+    pub slots: usize,
+}
+
+fn parse_io(s: &str) -> Result<IoChoice, String> {
+    s.parse().map_err(|e: workers::udp::UdpError| e.to_string())
+}
+
+/// Parses `1048576`, `64MiB`, `1G`, `512K`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number of bytes, e.g. 268435456 or 256MiB")
+    })?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("invalid size unit in {s:?}: use K, M, G or T")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let config = DaemonConfig {
+        lfc: args.lfc.clone(),
+        create_size_bytes: args.size,
+        listen: args.listen,
+        threads: args.threads,
+        io: args.io,
+        metrics: args.metrics,
+        pid_file: args.pid_file.clone(),
+        recv_buffer_bytes: usize::try_from(args.recv_buffer).unwrap_or(usize::MAX),
+        slots_per_thread: args.slots,
+    };
+    let result = daemon::run(&config, &stop, |s| {
+        tracing::info!(
+            listen = %s.listen, io = %s.backend, threads = s.threads, recv_buffer = s.recv_buffer_bytes,
+            capacity_pages = s.capacity_pages, metrics = ?s.metrics, lfc = %args.lfc.display(), "workers started"
+        );
+        // One stable line on stdout for scripts and tests.
+        let metrics = s.metrics.map_or_else(|| "-".to_string(), |m| m.to_string());
+        println!(
+            "udp-prefetch workers listening on {} io={} threads={} metrics={metrics}",
+            s.listen, s.backend, s.threads
+        );
+        let _ = std::io::stdout().flush();
+    });
+    match result {
+        Ok(()) => Ok(Outcome::Success),
+        Err(
+            e @ (DaemonError::Config(_)
+            | DaemonError::NoLfc(_)
+            | DaemonError::PidFile(_)
+            | DaemonError::Lfc { .. }),
+        ) => Err(BadInput(e.to_string()).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

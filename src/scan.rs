@@ -1,0 +1,236 @@
+//! A sequential scan of one relation, verifying every page, in one of three prefetch designs:
+//! synchronous TCP, Neon-style pipelined TCP, or UDP prefetch into the LFC. Shared by
+//! `udp-prefetch scan`, the demo and the benchmarks.
+
+use crate::backend::read_path::{ReadPathConfig, ReadStats};
+use crate::backend::{Backend, ReadSource};
+use crate::client::{ConnectOptions, PageClient};
+use crate::page::{verify_page, Page};
+use crate::pagestream::LATEST_LSN;
+use lfc::{Lfc, RelTag, PAGE_SIZE};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// Requests between flushes in the pipelined TCP mode (Neon flushes its prefetch requests in
+/// small batches, not one by one).
+pub const PIPELINED_FLUSH_EVERY: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScanMode {
+    /// One GetPage at a time over TCP.
+    TcpSync,
+    /// Up to `distance` GetPages in flight on the TCP connection, responses read in order.
+    TcpPipelined,
+    /// UDP prefetch `distance` blocks ahead into the LFC; reads through the LFC read path.
+    Udp,
+}
+
+impl ScanMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScanMode::TcpSync => "tcp-sync",
+            ScanMode::TcpPipelined => "tcp-pipelined",
+            ScanMode::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanConfig {
+    pub connect: ConnectOptions,
+    pub rel: RelTag,
+    /// Blocks to read; `None` = the whole relation.
+    pub blocks: Option<Range<u32>>,
+    pub mode: ScanMode,
+    pub distance: u32,
+    /// Emulated per-page backend work (query processing), in microseconds of CPU.
+    pub cpu_per_page_us: u64,
+    /// UDP port of the worker daemon (udp mode).
+    pub prefetch_port: u16,
+    pub read_path: ReadPathConfig,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ScanReport {
+    pub mode: String,
+    pub pages: u64,
+    pub verified: u64,
+    pub failed: u64,
+    pub hits: u64,
+    pub late_hits: u64,
+    pub fallbacks: u64,
+    pub wasted_prefetches: u64,
+    pub prefetched: u64,
+    pub duplicates_avoided: u64,
+    pub elapsed_s: f64,
+    pub pages_per_s: f64,
+    /// Backend thread CPU per page, excluding the emulated per-page work.
+    pub cpu_us_per_page: f64,
+    /// Time the backend spent obtaining each page (waiting), percentiles.
+    pub wait_p50_us: f64,
+    pub wait_p99_us: f64,
+    /// BLAKE3 of every page in block order: equal digests mean identical results.
+    pub digest: String,
+}
+
+/// CPU time of the calling thread.
+pub fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec into valid memory; the clock id is valid on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Burns `us` microseconds of CPU, standing in for a query's work on each page.
+fn busy_work(us: u64) {
+    if us == 0 {
+        return;
+    }
+    let start = thread_cpu();
+    let target = Duration::from_micros(us);
+    while thread_cpu() - start < target {
+        std::hint::spin_loop();
+    }
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Collects what a scan observed page by page.
+struct Tally {
+    hasher: blake3::Hasher,
+    verified: u64,
+    failed: u64,
+    waits_us: Vec<f64>,
+    work_cpu: Duration,
+    cpu_per_page_us: u64,
+}
+
+impl Tally {
+    fn page(&mut self, blkno: u32, page: &Page, wait: Duration) {
+        self.hasher.update(&blkno.to_le_bytes());
+        self.hasher.update(page);
+        if verify_page(page, blkno).is_ok() {
+            self.verified += 1;
+        } else {
+            self.failed += 1;
+        }
+        self.waits_us.push(wait.as_secs_f64() * 1e6);
+        let before = thread_cpu();
+        busy_work(self.cpu_per_page_us);
+        self.work_cpu += thread_cpu() - before;
+    }
+}
+
+/// Runs one scan. `lfc` is required for the udp mode and unused otherwise (the TCP modes are
+/// the baselines without a cache).
+pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanReport> {
+    let mut client = PageClient::connect(&cfg.connect)?;
+    let blocks = match &cfg.blocks {
+        Some(b) => b.clone(),
+        None => 0..client.nblocks(cfg.rel, LATEST_LSN)?,
+    };
+    anyhow::ensure!(cfg.distance >= 1, "--distance must be at least 1");
+    let mut tally = Tally {
+        hasher: blake3::Hasher::new(),
+        verified: 0,
+        failed: 0,
+        waits_us: Vec::with_capacity(blocks.len()),
+        work_cpu: Duration::ZERO,
+        cpu_per_page_us: cfg.cpu_per_page_us,
+    };
+    let cpu_start = thread_cpu();
+    let started = Instant::now();
+    let mut stats = ReadStats::default();
+    match cfg.mode {
+        ScanMode::TcpSync => {
+            for blkno in blocks.clone() {
+                let t = Instant::now();
+                let page = client.get_page(cfg.rel.block(blkno), LATEST_LSN, 0)?;
+                tally.page(blkno, &page, t.elapsed());
+            }
+            stats.fallbacks = blocks.len() as u64;
+        }
+        ScanMode::TcpPipelined => {
+            let mut t = Instant::now();
+            client.get_pages_pipelined(
+                cfg.rel,
+                blocks.clone(),
+                LATEST_LSN,
+                cfg.distance as usize,
+                PIPELINED_FLUSH_EVERY,
+                |blkno, page| {
+                    tally.page(blkno, page, t.elapsed());
+                    t = Instant::now();
+                    Ok(())
+                },
+            )?;
+            stats.fallbacks = blocks.len() as u64;
+        }
+        ScanMode::Udp => {
+            let lfc = lfc.ok_or_else(|| anyhow::anyhow!("the udp mode needs an LFC (--lfc)"))?;
+            let mut backend = Backend::new(lfc, client, cfg.read_path);
+            backend.enable_udp_prefetch(cfg.prefetch_port)?;
+            // Top the window up in batches, as a backend does, rather than one block at a time.
+            let batch = (cfg.distance / 4).clamp(1, 32);
+            let mut next_prefetch = blocks.start;
+            let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+            for blkno in blocks.clone() {
+                let horizon = blkno.saturating_add(cfg.distance).min(blocks.end);
+                if next_prefetch < horizon
+                    && (horizon - next_prefetch >= batch || horizon == blocks.end)
+                {
+                    backend.prefetch(cfg.rel, next_prefetch.max(blkno)..horizon)?;
+                    next_prefetch = horizon;
+                }
+                let t = Instant::now();
+                let source = backend.read(cfg.rel.block(blkno), &mut page)?;
+                debug_assert!(matches!(
+                    source,
+                    ReadSource::Hit | ReadSource::LateHit | ReadSource::Tcp
+                ));
+                tally.page(blkno, &page, t.elapsed());
+            }
+            stats = backend.finish();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = (thread_cpu() - cpu_start).saturating_sub(tally.work_cpu);
+    let pages = blocks.len() as u64;
+    tally.waits_us.sort_by(f64::total_cmp);
+    Ok(ScanReport {
+        mode: cfg.mode.name().to_string(),
+        pages,
+        verified: tally.verified,
+        failed: tally.failed,
+        hits: stats.hits,
+        late_hits: stats.late_hits,
+        fallbacks: stats.fallbacks,
+        wasted_prefetches: stats.wasted_prefetches,
+        prefetched: stats.prefetched,
+        duplicates_avoided: stats.duplicates_avoided,
+        elapsed_s: elapsed,
+        pages_per_s: if elapsed > 0.0 {
+            pages as f64 / elapsed
+        } else {
+            0.0
+        },
+        cpu_us_per_page: if pages > 0 {
+            cpu.as_secs_f64() * 1e6 / pages as f64
+        } else {
+            0.0
+        },
+        wait_p50_us: percentile(&tally.waits_us, 0.5),
+        wait_p99_us: percentile(&tally.waits_us, 0.99),
+        digest: tally.hasher.finalize().to_hex().to_string(),
+    })
+}

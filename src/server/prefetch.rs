@@ -1,0 +1,377 @@
+//! The page server's prefetch queue and pacing, sans-IO (DESIGN §7): Prefetch requests become
+//! per-destination queues of page ranges; `next_batch(now)` hands out pages that the pacing
+//! allows, round-robin across destinations. Time is passed in, so the simulator drives the same
+//! code with virtual time.
+
+use crate::pagestream::Header;
+use lfc::{BufferTag, RelTag};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use workers::datagram::{DatagramKey, DATAGRAM_LEN};
+
+/// Where one connection's prefetches go.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub addr: SocketAddr,
+    pub key: Arc<DatagramKey>,
+}
+
+/// One Prefetch request still (partly) to be sent.
+#[derive(Debug, Clone)]
+struct RangeJob {
+    key: Arc<DatagramKey>,
+    hdr: Header,
+    rel: RelTag,
+    next_blkno: u32,
+    remaining: u32,
+    /// Not before this time: the emulated service delay.
+    due_ns: u64,
+}
+
+/// One page to send.
+#[derive(Debug, Clone)]
+pub struct PageJob {
+    pub addr: SocketAddr,
+    pub key: Arc<DatagramKey>,
+    pub hdr: Header,
+    pub tag: BufferTag,
+}
+
+/// Token bucket in bytes. Tokens accrue at `rate` up to `burst`.
+#[derive(Debug, Clone)]
+struct Bucket {
+    tokens: f64,
+    last_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerLimits {
+    /// Pages queued across all destinations; a Prefetch that does not fit is dropped whole.
+    pub max_queued_pages: u64,
+    /// Destinations with queued work.
+    pub max_destinations: usize,
+    /// Pacing per destination, bytes per second of datagrams; 0 = unpaced.
+    pub rate_bytes_per_s: u64,
+    /// Burst allowance per destination, bytes.
+    pub burst_bytes: u64,
+}
+
+impl Default for SchedulerLimits {
+    fn default() -> Self {
+        SchedulerLimits {
+            max_queued_pages: 1 << 20,
+            max_destinations: 4096,
+            rate_bytes_per_s: 0,
+            burst_bytes: 64 * DATAGRAM_LEN as u64,
+        }
+    }
+}
+
+/// Why a Prefetch request was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    QueueFull,
+    TooManyDestinations,
+}
+
+/// What the sender should do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// `out` was filled with this many pages.
+    Ready(usize),
+    /// Nothing may be sent before this time (pacing or service delay).
+    WaitUntil(u64),
+    /// Nothing queued.
+    Idle,
+}
+
+#[derive(Debug)]
+pub struct PrefetchScheduler {
+    limits: SchedulerLimits,
+    queues: HashMap<SocketAddr, VecDeque<RangeJob>>,
+    buckets: HashMap<SocketAddr, Bucket>,
+    /// Destinations with queued work, in round-robin order.
+    ring: VecDeque<SocketAddr>,
+    queued_pages: u64,
+}
+
+impl PrefetchScheduler {
+    pub fn new(limits: SchedulerLimits) -> Self {
+        assert!(limits.max_queued_pages > 0 && limits.max_destinations > 0);
+        PrefetchScheduler {
+            limits,
+            queues: HashMap::new(),
+            buckets: HashMap::new(),
+            ring: VecDeque::new(),
+            queued_pages: 0,
+        }
+    }
+
+    pub fn queued_pages(&self) -> u64 {
+        self.queued_pages
+    }
+
+    /// Queues `nblocks` pages of `rel` from `first_blkno` for `dest`, not before `due_ns`.
+    pub fn push(
+        &mut self,
+        dest: &Destination,
+        hdr: Header,
+        rel: RelTag,
+        first_blkno: u32,
+        nblocks: u32,
+        due_ns: u64,
+    ) -> Result<(), Overflow> {
+        // A range running past the last block number is clipped, not wrapped.
+        let nblocks = nblocks.min(u32::MAX - first_blkno);
+        if nblocks == 0 {
+            return Ok(());
+        }
+        if self.queued_pages + u64::from(nblocks) > self.limits.max_queued_pages {
+            return Err(Overflow::QueueFull);
+        }
+        if !self.queues.contains_key(&dest.addr)
+            && self.queues.len() >= self.limits.max_destinations
+        {
+            return Err(Overflow::TooManyDestinations);
+        }
+        let queue = self.queues.entry(dest.addr).or_default();
+        if queue.is_empty() {
+            self.ring.push_back(dest.addr);
+        }
+        queue.push_back(RangeJob {
+            key: dest.key.clone(),
+            hdr,
+            rel,
+            next_blkno: first_blkno,
+            remaining: nblocks,
+            due_ns,
+        });
+        self.queued_pages += u64::from(nblocks);
+        Ok(())
+    }
+
+    fn refill(&mut self, addr: SocketAddr, now_ns: u64) -> f64 {
+        let limits = self.limits;
+        let b = self.buckets.entry(addr).or_insert(Bucket {
+            tokens: limits.burst_bytes as f64,
+            last_ns: now_ns,
+        });
+        let elapsed_s = now_ns.saturating_sub(b.last_ns) as f64 / 1e9;
+        b.tokens =
+            (b.tokens + elapsed_s * limits.rate_bytes_per_s as f64).min(limits.burst_bytes as f64);
+        b.last_ns = now_ns;
+        b.tokens
+    }
+
+    /// Fills `out` (cleared first) with up to `max` pages that may be sent at `now_ns`, taking
+    /// from each destination in turn. Pages come from one destination per call so the sender
+    /// can batch them into one `sendmmsg`.
+    pub fn next_batch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageJob>) -> Next {
+        out.clear();
+        let mut earliest: Option<u64> = None;
+        for _ in 0..self.ring.len() {
+            let addr = self.ring.pop_front().expect("ring not empty");
+            let paced = self.limits.rate_bytes_per_s > 0;
+            let mut allowance = if paced {
+                (self.refill(addr, now_ns) / DATAGRAM_LEN as f64).floor() as usize
+            } else {
+                usize::MAX
+            };
+            let queue = self.queues.get_mut(&addr).expect("ring names a queue");
+            while out.len() < max && allowance > 0 {
+                let Some(job) = queue.front_mut() else { break };
+                if job.due_ns > now_ns {
+                    earliest = Some(earliest.map_or(job.due_ns, |e| e.min(job.due_ns)));
+                    break;
+                }
+                out.push(PageJob {
+                    addr,
+                    key: job.key.clone(),
+                    hdr: job.hdr,
+                    tag: job.rel.block(job.next_blkno),
+                });
+                allowance -= 1;
+                job.next_blkno += 1;
+                job.remaining -= 1;
+                self.queued_pages -= 1;
+                if job.remaining == 0 {
+                    queue.pop_front();
+                }
+            }
+            if paced && !out.is_empty() {
+                let b = self.buckets.get_mut(&addr).expect("refilled above");
+                b.tokens -= (out.len() * DATAGRAM_LEN) as f64;
+            }
+            if queue.is_empty() {
+                self.queues.remove(&addr);
+            } else {
+                if paced && allowance == 0 {
+                    // Next token for one datagram.
+                    let b = &self.buckets[&addr];
+                    let need = DATAGRAM_LEN as f64 - b.tokens;
+                    let wait_ns =
+                        (need.max(0.0) / self.limits.rate_bytes_per_s as f64 * 1e9).ceil() as u64;
+                    let at = now_ns + wait_ns.max(1);
+                    earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                }
+                self.ring.push_back(addr);
+            }
+            if !out.is_empty() {
+                return Next::Ready(out.len());
+            }
+        }
+        // Buckets of destinations with nothing queued are forgotten (bounded state).
+        let queues = &self.queues;
+        self.buckets.retain(|a, _| queues.contains_key(a));
+        match earliest {
+            Some(t) => Next::WaitUntil(t),
+            None if self.ring.is_empty() => Next::Idle,
+            None => Next::WaitUntil(now_ns),
+        }
+    }
+}
+
+/// Seeded Bernoulli drops (`--drop-prefetch P`) for loss experiments on one machine.
+#[derive(Debug, Clone)]
+pub struct DropFilter {
+    threshold: u64,
+    state: u64,
+}
+
+impl DropFilter {
+    pub fn new(probability: f64, seed: u64) -> Self {
+        let p = probability.clamp(0.0, 1.0);
+        DropFilter {
+            threshold: (p * u64::MAX as f64) as u64,
+            state: seed ^ 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// True when this datagram should be dropped.
+    pub fn drop_next(&mut self) -> bool {
+        if self.threshold == 0 {
+            return false;
+        }
+        // SplitMix64: cheap, seedable, good enough for a loss pattern.
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) < self.threshold
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(port: u16) -> Destination {
+        Destination {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            key: Arc::new(DatagramKey::new(1, [0; 32])),
+        }
+    }
+
+    const REL: RelTag = RelTag::new(1663, 5, 16384, 0);
+
+    #[test]
+    fn ranges_come_out_in_order_and_round_robin() {
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        s.push(&dest(1), Header::default(), REL, 10, 3, 0).unwrap();
+        s.push(&dest(2), Header::default(), REL, 100, 2, 0).unwrap();
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        while let Next::Ready(_) = s.next_batch(0, 2, &mut out) {
+            seen.push(
+                out.iter()
+                    .map(|j| (j.addr.port(), j.tag.blkno))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(
+            seen,
+            vec![
+                vec![(1, 10), (1, 11)],
+                vec![(2, 100), (2, 101)],
+                vec![(1, 12)]
+            ]
+        );
+        assert_eq!(s.queued_pages(), 0);
+        assert_eq!(s.next_batch(0, 2, &mut out), Next::Idle);
+    }
+
+    #[test]
+    fn queue_bound_drops_whole_requests() {
+        let limits = SchedulerLimits {
+            max_queued_pages: 10,
+            max_destinations: 1,
+            ..SchedulerLimits::default()
+        };
+        let mut s = PrefetchScheduler::new(limits);
+        s.push(&dest(1), Header::default(), REL, 0, 8, 0).unwrap();
+        assert_eq!(
+            s.push(&dest(1), Header::default(), REL, 8, 3, 0),
+            Err(Overflow::QueueFull)
+        );
+        assert_eq!(
+            s.push(&dest(2), Header::default(), REL, 0, 1, 0),
+            Err(Overflow::TooManyDestinations)
+        );
+        assert_eq!(s.queued_pages(), 8);
+        // Clipped at the top of the block number space rather than wrapping.
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        s.push(&dest(1), Header::default(), REL, u32::MAX - 1, 5, 0)
+            .unwrap();
+        assert_eq!(s.queued_pages(), 1);
+    }
+
+    #[test]
+    fn service_delay_holds_pages_until_due() {
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        s.push(&dest(1), Header::default(), REL, 0, 1, 500).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(s.next_batch(100, 8, &mut out), Next::WaitUntil(500));
+        assert_eq!(s.next_batch(500, 8, &mut out), Next::Ready(1));
+    }
+
+    #[test]
+    fn pacing_limits_bytes_per_second() {
+        let rate = 100 * DATAGRAM_LEN as u64; // 100 datagrams per second
+        let limits = SchedulerLimits {
+            rate_bytes_per_s: rate,
+            burst_bytes: 10 * DATAGRAM_LEN as u64,
+            ..SchedulerLimits::default()
+        };
+        let mut s = PrefetchScheduler::new(limits);
+        s.push(&dest(1), Header::default(), REL, 0, 1000, 0)
+            .unwrap();
+        let mut out = Vec::new();
+        let mut now = 0u64;
+        let mut sent = 0;
+        // Simulate one virtual second: burst of 10, then 100 more at the paced rate.
+        while now <= 1_000_000_000 {
+            match s.next_batch(now, 64, &mut out) {
+                Next::Ready(n) => sent += n,
+                Next::WaitUntil(t) => now = t,
+                Next::Idle => break,
+            }
+        }
+        assert!(
+            (105..=111).contains(&sent),
+            "sent {sent} in one virtual second"
+        );
+    }
+
+    #[test]
+    fn drop_filter_is_seeded_and_near_its_probability() {
+        let count = |seed| {
+            let mut f = DropFilter::new(0.05, seed);
+            (0..100_000).filter(|_| f.drop_next()).count()
+        };
+        assert_eq!(count(1), count(1));
+        assert!((4_500..5_500).contains(&count(1)), "{}", count(1));
+        let mut never = DropFilter::new(0.0, 3);
+        assert!((0..1000).all(|_| !never.drop_next()));
+    }
+}

@@ -1,0 +1,209 @@
+//! The I/O shell around `PrefetchScheduler`: sender threads that read pages, seal datagrams and
+//! send them in batches. GetPage never waits for any of this: prefetches live only here.
+
+use super::prefetch::{
+    Destination, DropFilter, Next, Overflow, PageJob, PrefetchScheduler, SchedulerLimits,
+};
+use super::stats::{bump, ServerStats};
+use super::store::PageStore;
+use crate::pagestream::Header;
+use lfc::{RelTag, PAGE_SIZE};
+use parking_lot::{Condvar, Mutex};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use workers::datagram::{DatagramHeader, DATAGRAM_LEN};
+
+/// Datagrams sealed and sent per batch (one `sendmmsg`).
+pub const SEND_BATCH: usize = 32;
+/// Longest a sender sleeps before rechecking for shutdown.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    pub threads: usize,
+    pub limits: SchedulerLimits,
+    /// Fraction of datagrams dropped before sending (loss experiments), and its seed.
+    pub drop_probability: f64,
+    pub drop_seed: u64,
+    pub service_delay: Duration,
+}
+
+/// Nanoseconds on a monotonic clock shared by every thread of this process.
+pub fn mono_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+struct Inner {
+    scheduler: Mutex<PrefetchScheduler>,
+    work: Condvar,
+    stopping: AtomicBool,
+    store: Arc<PageStore>,
+    stats: Arc<ServerStats>,
+    config: SenderConfig,
+}
+
+/// Handle owned by the server; connections call `enqueue`.
+pub struct PrefetchSender {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl PrefetchSender {
+    pub fn start(
+        config: SenderConfig,
+        store: Arc<PageStore>,
+        stats: Arc<ServerStats>,
+    ) -> std::io::Result<Self> {
+        let inner = Arc::new(Inner {
+            scheduler: Mutex::new(PrefetchScheduler::new(config.limits)),
+            work: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            store,
+            stats,
+            config: config.clone(),
+        });
+        let mut threads = Vec::new();
+        for i in 0..config.threads.max(1) {
+            let inner = inner.clone();
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            let filter = DropFilter::new(
+                config.drop_probability,
+                config.drop_seed.wrapping_add(i as u64),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("prefetch-send-{i}"))
+                    .spawn(move || send_loop(&inner, socket, filter))?,
+            );
+        }
+        Ok(PrefetchSender {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Queues a Prefetch request; never blocks. Overflow is counted and the request dropped.
+    pub fn enqueue(
+        &self,
+        dest: &Destination,
+        hdr: Header,
+        rel: RelTag,
+        first_blkno: u32,
+        nblocks: u16,
+        arrived_ns: u64,
+    ) {
+        let due = arrived_ns + self.inner.config.service_delay.as_nanos() as u64;
+        let result =
+            self.inner
+                .scheduler
+                .lock()
+                .push(dest, hdr, rel, first_blkno, u32::from(nblocks), due);
+        let stats = &self.inner.stats;
+        match result {
+            Ok(()) => {
+                stats
+                    .prefetch_pages_queued
+                    .fetch_add(u64::from(nblocks), Ordering::Relaxed);
+                self.inner.work.notify_one();
+            }
+            Err(Overflow::QueueFull) | Err(Overflow::TooManyDestinations) => {
+                stats
+                    .prefetch_pages_dropped_overflow
+                    .fetch_add(u64::from(nblocks), Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.work.notify_all();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PrefetchSender {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn send_loop(inner: &Inner, socket: UdpSocket, mut filter: DropFilter) {
+    let mut jobs: Vec<PageJob> = Vec::with_capacity(SEND_BATCH);
+    let mut datagrams: Vec<[u8; DATAGRAM_LEN]> = vec![[0u8; DATAGRAM_LEN]; SEND_BATCH];
+    let mut page = Box::new([0u8; PAGE_SIZE]);
+    let stats = &inner.stats;
+    while !inner.stopping.load(Ordering::Relaxed) {
+        {
+            let mut sched = inner.scheduler.lock();
+            match sched.next_batch(mono_ns(), SEND_BATCH, &mut jobs) {
+                Next::Ready(_) => {}
+                Next::WaitUntil(t) => {
+                    let wait = Duration::from_nanos(t.saturating_sub(mono_ns())).min(IDLE_WAIT);
+                    inner.work.wait_for(&mut sched, wait);
+                    continue;
+                }
+                Next::Idle => {
+                    inner.work.wait_for(&mut sched, IDLE_WAIT);
+                    continue;
+                }
+            }
+        }
+        let mut ready = 0;
+        for job in &jobs {
+            if filter.drop_next() {
+                bump(&stats.prefetch_pages_dropped_filter);
+                continue;
+            }
+            let lsn = match inner
+                .store
+                .try_effective_lsn(job.hdr.request_lsn, job.hdr.not_modified_since)
+            {
+                Ok(Some(lsn)) => lsn,
+                Ok(None) => {
+                    bump(&stats.prefetch_pages_not_ready);
+                    continue;
+                }
+                Err(_) => {
+                    bump(&stats.prefetch_pages_failed);
+                    continue;
+                }
+            };
+            if inner.store.read_page(job.tag, lsn, &mut page).is_err() {
+                bump(&stats.prefetch_pages_failed);
+                continue;
+            }
+            let header = DatagramHeader {
+                key_id: job.key.id,
+                reqid: job.hdr.reqid,
+                request_lsn: job.hdr.request_lsn,
+                not_modified_since: job.hdr.not_modified_since,
+                tag: job.tag,
+                sent_at_ns: wall_ns(),
+            };
+            job.key.seal(&header, &page, &mut datagrams[ready]);
+            ready += 1;
+        }
+        if ready == 0 {
+            continue;
+        }
+        let dest: SocketAddr = jobs[0].addr;
+        for d in &datagrams[..ready] {
+            match socket.send_to(d, dest) {
+                Ok(_) => bump(&stats.prefetch_pages_sent),
+                Err(_) => bump(&stats.prefetch_send_errors),
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The page server's UDP prefetch sender, seen from a plain UDP socket: datagrams go to the TCP
+//! peer's address, carry the requested pages, and verify under the registered key.
+
+mod common;
+
+use common::ServerProc;
+use std::collections::BTreeSet;
+use std::net::UdpSocket;
+use std::time::Duration;
+use udp_prefetch::client::{ConnectOptions, PageClient};
+use udp_prefetch::page::{is_synthetic_page, page_lsn};
+use udp_prefetch::pagestream::{PrefetchTarget, LATEST_LSN};
+use udp_prefetch::server::source::Synthetic;
+use workers::datagram::{validate_bytes, DatagramKey, DropReason, DATAGRAM_LEN, HEADER_LEN};
+
+const KEY: [u8; 32] = [9; 32];
+
+fn setup(extra: &[&str]) -> (ServerProc, PageClient, UdpSocket) {
+    let server = ServerProc::start(extra);
+    let mut client = PageClient::connect(&ConnectOptions::new(server.addr.clone())).unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    client
+        .set_prefetch_target(PrefetchTarget {
+            udp_port: udp.local_addr().unwrap().port(),
+            key_id: 3,
+            key: KEY,
+        })
+        .unwrap();
+    (server, client, udp)
+}
+
+/// Receives until the socket stays quiet for its read timeout.
+fn drain(udp: &UdpSocket) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = udp.recv(&mut buf) {
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
+#[test]
+fn prefetched_pages_arrive_sealed_and_verifiable() {
+    let (_server, mut client, udp) = setup(&["--source", "synthetic:pages=300"]);
+    let rel = Synthetic::rel(0);
+    client.send_prefetch(rel, 10, 200, LATEST_LSN, 0).unwrap();
+    client.flush().unwrap();
+    // A GetPage on the same connection is answered while prefetches are in flight.
+    let page = client.get_page(rel.block(5), LATEST_LSN, 0).unwrap();
+    assert!(is_synthetic_page(&page, rel.block(5)));
+
+    let key = DatagramKey::new(3, KEY);
+    let mut blocks = BTreeSet::new();
+    for d in drain(&udp) {
+        assert_eq!(d.len(), DATAGRAM_LEN);
+        let hdr = validate_bytes(&key, &d).expect("valid datagram");
+        let page: &[u8; 8192] = d[HEADER_LEN..HEADER_LEN + 8192].try_into().unwrap();
+        assert!(is_synthetic_page(page, hdr.tag));
+        assert_eq!(page_lsn(page), 16);
+        assert_eq!(hdr.tag.rel, rel);
+        blocks.insert(hdr.tag.blkno);
+        // Any other key rejects it.
+        assert_eq!(
+            validate_bytes(&DatagramKey::new(3, [8; 32]), &d),
+            Err(DropReason::BadMac)
+        );
+    }
+    assert_eq!(
+        blocks,
+        (10..210).collect::<BTreeSet<u32>>(),
+        "every prefetched block once"
+    );
+}
+
+#[test]
+fn drop_prefetch_loses_about_that_fraction_and_only_prefetches() {
+    let (_server, mut client, udp) = setup(&[
+        "--source",
+        "synthetic:pages=4000",
+        "--drop-prefetch",
+        "0.25",
+    ]);
+    let rel = Synthetic::rel(0);
+    client.send_prefetch(rel, 0, 4000, LATEST_LSN, 0).unwrap();
+    client.flush().unwrap();
+    let got = drain(&udp).len();
+    // 25 % of 4000 dropped by a seeded filter: far from both 0 and 4000 loss.
+    assert!((2700..3300).contains(&got), "received {got} of 4000");
+    for blkno in [0, 1999, 3999] {
+        assert!(is_synthetic_page(
+            &client.get_page(rel.block(blkno), LATEST_LSN, 0).unwrap(),
+            rel.block(blkno)
+        ));
+    }
+}
+
+#[test]
+fn prefetch_without_a_target_is_counted_and_sends_nothing() {
+    let server = ServerProc::start(&[]);
+    let mut client = PageClient::connect(&ConnectOptions::new(server.addr.clone())).unwrap();
+    client
+        .send_prefetch(Synthetic::rel(0), 0, 10, LATEST_LSN, 0)
+        .unwrap();
+    // The next synchronous request proves the prefetch was processed before it.
+    assert!(client.exists(Synthetic::rel(0), LATEST_LSN).unwrap());
+    let err = client
+        .set_prefetch_target(PrefetchTarget {
+            udp_port: 0,
+            key_id: 1,
+            key: KEY,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("UDP port 0"), "{err}");
+}

@@ -1,0 +1,325 @@
+//! The worker daemon (DESIGN §6): N threads, each with its own `SO_REUSEPORT` socket, receiving
+//! datagrams straight into reserved LFC slots, validating and publishing them; a Prometheus
+//! endpoint; a pid file. `run` returns when `stop` is set (the CLI sets it on SIGTERM/SIGINT).
+
+use crate::datagram::{HEADER_LEN, TAG_LEN};
+use crate::ingest::Ingest;
+use crate::metrics::{render_prometheus, CacheGauges, ThreadMetrics};
+use crate::pidfile::{PidFile, PidFileError};
+use crate::udp::{
+    bind_reuseport_group, recv_buffer_size, Completion, IoBackend, IoChoice, Receiver, SlotRegions,
+    UdpError,
+};
+use lfc::{Lfc, LfcError, Reservation, PAGE_SIZE};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Most worker threads.
+pub const MAX_THREADS: usize = 64;
+/// How often a blocked thread rechecks the stop flag.
+const POLL: Duration = Duration::from_millis(50);
+/// Back-off when no LFC slot could be reserved (every frame reserved by someone).
+const NO_SLOT_BACKOFF: Duration = Duration::from_millis(1);
+/// Bytes read of an HTTP request to the metrics endpoint.
+const MAX_HTTP_REQUEST: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub lfc: PathBuf,
+    /// Create the LFC with this many bytes of pages when the file does not exist.
+    pub create_size_bytes: Option<u64>,
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub io: IoChoice,
+    pub metrics: Option<SocketAddr>,
+    pub pid_file: Option<PathBuf>,
+    pub recv_buffer_bytes: usize,
+    /// LFC slots each thread keeps posted for receives.
+    pub slots_per_thread: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("LFC {path}: {source}")]
+    Lfc {
+        path: PathBuf,
+        #[source]
+        source: LfcError,
+    },
+    #[error("{0} does not exist; pass --size BYTES to create it")]
+    NoLfc(PathBuf),
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
+    #[error(transparent)]
+    Udp(#[from] UdpError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a started daemon reports before it serves (for the ready line and logs).
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub listen: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub backend: IoBackend,
+    pub threads: usize,
+    pub recv_buffer_bytes: usize,
+    pub capacity_pages: u64,
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn open_lfc(config: &DaemonConfig) -> Result<Lfc, DaemonError> {
+    let err = |source| DaemonError::Lfc {
+        path: config.lfc.clone(),
+        source,
+    };
+    if config.lfc.exists() {
+        // A restarted daemon re-attaches to the cache it left, with its pages and key.
+        return Lfc::open(&config.lfc).map_err(err);
+    }
+    match config.create_size_bytes {
+        Some(bytes) => Lfc::create(&config.lfc, bytes / PAGE_SIZE as u64).map_err(err),
+        None => Err(DaemonError::NoLfc(config.lfc.clone())),
+    }
+}
+
+/// Runs the daemon until `stop` is set. `on_started` is called once everything is bound.
+pub fn run(
+    config: &DaemonConfig,
+    stop: &AtomicBool,
+    on_started: impl FnOnce(&Started),
+) -> Result<(), DaemonError> {
+    if config.threads == 0 || config.threads > MAX_THREADS {
+        return Err(DaemonError::Config(format!(
+            "--threads must be 1..={MAX_THREADS}"
+        )));
+    }
+    if config.slots_per_thread == 0 || config.slots_per_thread > crate::udp::MAX_SLOTS {
+        return Err(DaemonError::Config(format!(
+            "slots per thread must be 1..={}",
+            crate::udp::MAX_SLOTS
+        )));
+    }
+    let _pid = config
+        .pid_file
+        .as_deref()
+        .map(PidFile::acquire)
+        .transpose()?;
+    let lfc = open_lfc(config)?;
+    let backend = config.io.resolve()?;
+    let sockets = bind_reuseport_group(config.listen, config.threads, config.recv_buffer_bytes)
+        .map_err(|source| DaemonError::Io {
+            context: format!("binding UDP {}", config.listen),
+            source,
+        })?;
+    let listen = sockets[0].local_addr().map_err(|source| DaemonError::Io {
+        context: "reading the bound address".into(),
+        source,
+    })?;
+    let rcvbuf = recv_buffer_size(&sockets[0]).unwrap_or(0);
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some(TcpListener::bind(addr).map_err(|source| DaemonError::Io {
+            context: format!("binding the metrics endpoint {addr}"),
+            source,
+        })?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // Receivers are built before reporting "started", so a refused io_uring fails the start.
+    let mut receivers = Vec::with_capacity(sockets.len());
+    for socket in sockets {
+        receivers.push(Receiver::new(socket, backend, config.slots_per_thread)?);
+    }
+    let thread_metrics: Vec<ThreadMetrics> = (0..config.threads)
+        .map(|_| ThreadMetrics::default())
+        .collect();
+    on_started(&Started {
+        listen,
+        metrics: metrics_addr,
+        backend,
+        threads: config.threads,
+        recv_buffer_bytes: rcvbuf,
+        capacity_pages: lfc.capacity_pages(),
+    });
+    let result = std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for (i, receiver) in receivers.into_iter().enumerate() {
+            let (lfc, metrics) = (&lfc, &thread_metrics[i]);
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("udp-worker-{i}"))
+                    .spawn_scoped(scope, move || worker_loop(lfc, receiver, metrics, stop))
+                    .map_err(|source| DaemonError::Io {
+                        context: "starting a worker thread".into(),
+                        source,
+                    })?,
+            );
+        }
+        if let Some(listener) = metrics_listener {
+            let (lfc, metrics) = (&lfc, &thread_metrics[..]);
+            scope.spawn(move || serve_metrics(listener, lfc, metrics, stop));
+        }
+        let mut first_error = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    stop.store(true, Ordering::SeqCst);
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    stop.store(true, Ordering::SeqCst);
+                    first_error
+                        .get_or_insert(DaemonError::Config("a worker thread panicked".into()));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    });
+    tracing::info!("workers stopped; the LFC is consistent (no slot left reserved)");
+    result
+}
+
+/// One thread: keep slots posted, validate and publish what arrives, give back the rest.
+fn worker_loop(
+    lfc: &Lfc,
+    mut receiver: Receiver,
+    metrics: &ThreadMetrics,
+    stop: &AtomicBool,
+) -> Result<(), DaemonError> {
+    let ingest = Ingest::new(lfc);
+    let capacity = receiver.capacity();
+    // All per-slot memory is allocated here, once: the loop below never allocates.
+    let mut headers = vec![[0u8; HEADER_LEN]; capacity];
+    let mut tags = vec![[0u8; TAG_LEN]; capacity];
+    let mut slots: Vec<Option<Reservation<'_>>> = (0..capacity).map(|_| None).collect();
+    let mut free: Vec<u32> = (0..capacity as u32).rev().collect();
+    let mut completions = vec![Completion::default(); capacity];
+    let io_err = |source| DaemonError::Io {
+        context: "receiving datagrams".into(),
+        source,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        while let Some(&id) = free.last() {
+            let Some(res) = lfc.reserve() else { break };
+            let i = id as usize;
+            let regions = SlotRegions::new(
+                headers[i].as_mut_ptr(),
+                res.as_mut_ptr(),
+                tags[i].as_mut_ptr(),
+            );
+            // SAFETY: the header and tag buffers are this thread's and outlive the receiver's
+            // use of them (every posted slot is taken back before this function returns); the
+            // page region is a reserved LFC frame that no one else reads or writes until the
+            // reservation is published or abandoned, which happens only after the slot is back.
+            unsafe { receiver.post(id, regions)? };
+            slots[i] = Some(res);
+            free.pop();
+        }
+        if receiver.posted() == 0 {
+            // Every frame is reserved by someone: wait for frames to come back.
+            std::thread::sleep(NO_SLOT_BACKOFF);
+            continue;
+        }
+        let n = receiver.wait(POLL, &mut completions).map_err(io_err)?;
+        for c in &completions[..n] {
+            let i = c.slot_id as usize;
+            let res = slots[i].take().expect("a completed slot was posted");
+            free.push(c.slot_id);
+            metrics
+                .kernel_drops
+                .store(u64::from(c.kernel_drops), Ordering::Relaxed);
+            if c.error.is_some() {
+                res.abandon();
+                continue;
+            }
+            let _ = ingest.complete(
+                res,
+                c.len,
+                c.truncated,
+                &headers[i],
+                &tags[i],
+                wall_ns(),
+                metrics,
+            );
+        }
+    }
+    receiver
+        .cancel_all(&mut |id| {
+            if let Some(res) = slots[id as usize].take() {
+                res.abandon();
+            }
+        })
+        .map_err(io_err)?;
+    Ok(())
+}
+
+/// A minimal HTTP/1.0 responder for Prometheus scrapes: `GET /metrics` (or `/`).
+fn serve_metrics(listener: TcpListener, lfc: &Lfc, threads: &[ThreadMetrics], stop: &AtomicBool) {
+    if listener.set_nonblocking(true).is_err() {
+        tracing::warn!("metrics endpoint disabled: cannot make its socket non-blocking");
+        return;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        let mut stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(POLL);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                std::thread::sleep(POLL);
+                continue;
+            }
+        };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; MAX_HTTP_REQUEST];
+        let mut len = 0;
+        while len < buf.len() {
+            match stream.read(&mut buf[len..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
+                || buf[..len].windows(2).any(|w| w == b"\n\n")
+            {
+                break;
+            }
+        }
+        let request = String::from_utf8_lossy(&buf[..len]);
+        let path = request.split_whitespace().nth(1).unwrap_or("");
+        let response = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
+            let stats = lfc.stats();
+            let body = render_prometheus(
+                threads,
+                CacheGauges {
+                    capacity_pages: stats.capacity_pages,
+                    used_pages: stats.used_pages,
+                },
+            );
+            format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        } else {
+            "HTTP/1.0 404 Not Found\r\nContent-Length: 10\r\n\r\nnot found\n".to_string()
+        };
+        let _ = stream.write_all(response.as_bytes());
+    }
+}

@@ -1,0 +1,212 @@
+//! Worker counters and their Prometheus text rendering. Counters are process-local relaxed
+//! atomics, one set per thread, summed when scraped.
+
+use crate::datagram::{DatagramHeader, DropReason};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds (µs) of the ingest latency histogram buckets: sender timestamp → publish.
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+    500_000, 1_000_000,
+];
+
+#[derive(Debug, Default)]
+pub struct ThreadMetrics {
+    pub received: AtomicU64,
+    pub installed: AtomicU64,
+    pub dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Latest cumulative SO_RXQ_OVFL value seen by this thread's socket.
+    pub kernel_drops: AtomicU64,
+    /// Non-cumulative counts per bucket; the last entry is +Inf.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
+impl ThreadMetrics {
+    pub fn record(&self, verdict: &Result<DatagramHeader, DropReason>, now_wall_ns: u64) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        match verdict {
+            Ok(hdr) => {
+                self.installed.fetch_add(1, Ordering::Relaxed);
+                // Clocks of two hosts may disagree; a negative latency counts as zero.
+                let us = now_wall_ns.saturating_sub(hdr.sent_at_ns) / 1_000;
+                let bucket = LATENCY_BUCKETS_US
+                    .iter()
+                    .position(|&b| us <= b)
+                    .unwrap_or(LATENCY_BUCKETS_US.len());
+                self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+                self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+            }
+            Err(reason) => {
+                self.dropped[reason.index()].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// Sum of all threads' counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub received: u64,
+    pub installed: u64,
+    pub dropped: [u64; DropReason::ALL.len()],
+    pub kernel_drops: u64,
+}
+
+pub fn totals(threads: &[ThreadMetrics]) -> Totals {
+    let mut t = Totals::default();
+    for m in threads {
+        t.received += m.received.load(Ordering::Relaxed);
+        t.installed += m.installed.load(Ordering::Relaxed);
+        for (i, d) in m.dropped.iter().enumerate() {
+            t.dropped[i] += d.load(Ordering::Relaxed);
+        }
+        t.kernel_drops += m.kernel_drops.load(Ordering::Relaxed);
+    }
+    t
+}
+
+/// Extra gauges the daemon reports alongside the counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheGauges {
+    pub capacity_pages: u64,
+    pub used_pages: u64,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders Prometheus text exposition format 0.0.4.
+pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> String {
+    let mut out = String::with_capacity(4096);
+    let t = totals(threads);
+    family(
+        &mut out,
+        "udp_prefetch_datagrams_received_total",
+        "counter",
+        "Datagrams received by the workers.",
+    );
+    let _ = writeln!(out, "udp_prefetch_datagrams_received_total {}", t.received);
+    family(
+        &mut out,
+        "udp_prefetch_datagrams_installed_total",
+        "counter",
+        "Datagrams whose page was installed in the LFC.",
+    );
+    let _ = writeln!(
+        out,
+        "udp_prefetch_datagrams_installed_total {}",
+        t.installed
+    );
+    family(
+        &mut out,
+        "udp_prefetch_datagrams_dropped_total",
+        "counter",
+        "Datagrams dropped, by reason.",
+    );
+    for r in DropReason::ALL {
+        let _ = writeln!(
+            out,
+            "udp_prefetch_datagrams_dropped_total{{reason=\"{}\"}} {}",
+            r.as_str(),
+            t.dropped[r.index()]
+        );
+    }
+    family(
+        &mut out,
+        "udp_prefetch_kernel_drops_total",
+        "counter",
+        "Datagrams the kernel dropped for a full socket buffer (SO_RXQ_OVFL).",
+    );
+    let _ = writeln!(out, "udp_prefetch_kernel_drops_total {}", t.kernel_drops);
+    family(
+        &mut out,
+        "udp_prefetch_thread_datagrams_received_total",
+        "counter",
+        "Datagrams received, per worker thread.",
+    );
+    for (i, m) in threads.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "udp_prefetch_thread_datagrams_received_total{{thread=\"{i}\"}} {}",
+            m.received.load(Ordering::Relaxed)
+        );
+    }
+    family(
+        &mut out,
+        "udp_prefetch_thread_datagrams_installed_total",
+        "counter",
+        "Datagrams installed, per worker thread.",
+    );
+    for (i, m) in threads.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "udp_prefetch_thread_datagrams_installed_total{{thread=\"{i}\"}} {}",
+            m.installed.load(Ordering::Relaxed)
+        );
+    }
+    family(
+        &mut out,
+        "udp_prefetch_ingest_latency_seconds",
+        "histogram",
+        "Sender timestamp to publish in the LFC, installed datagrams.",
+    );
+    let mut cumulative = 0u64;
+    let mut sum_us = 0u64;
+    for m in threads {
+        sum_us += m.latency_sum_us.load(Ordering::Relaxed);
+    }
+    for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+        cumulative += threads
+            .iter()
+            .map(|m| m.latency_buckets[i].load(Ordering::Relaxed))
+            .sum::<u64>();
+        let _ = writeln!(
+            out,
+            "udp_prefetch_ingest_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    cumulative += threads
+        .iter()
+        .map(|m| m.latency_buckets[LATENCY_BUCKETS_US.len()].load(Ordering::Relaxed))
+        .sum::<u64>();
+    let _ = writeln!(
+        out,
+        "udp_prefetch_ingest_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
+    let _ = writeln!(
+        out,
+        "udp_prefetch_ingest_latency_seconds_sum {}",
+        sum_us as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "udp_prefetch_ingest_latency_seconds_count {cumulative}"
+    );
+    family(
+        &mut out,
+        "udp_prefetch_lfc_capacity_pages",
+        "gauge",
+        "Pages the LFC can hold.",
+    );
+    let _ = writeln!(
+        out,
+        "udp_prefetch_lfc_capacity_pages {}",
+        cache.capacity_pages
+    );
+    family(
+        &mut out,
+        "udp_prefetch_lfc_used_pages",
+        "gauge",
+        "Pages cached in the LFC.",
+    );
+    let _ = writeln!(out, "udp_prefetch_lfc_used_pages {}", cache.used_pages);
+    out
+}
