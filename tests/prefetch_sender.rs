@@ -18,7 +18,10 @@ const KEY: [u8; 32] = [9; 32];
 fn setup(extra: &[&str]) -> (ServerProc, PageClient, UdpSocket) {
     let server = ServerProc::start(extra);
     let mut client = PageClient::connect(&ConnectOptions::new(server.addr.clone())).unwrap();
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A large receive buffer, as the daemon has: the sender is unpaced and a default-sized
+    // buffer would overflow (that loss is the kernel's, not the sender's).
+    let udp = workers::udp::bind_reuseport("127.0.0.1:0".parse().unwrap(), 64 << 20).unwrap();
+    udp.set_nonblocking(false).unwrap();
     udp.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     client

@@ -129,7 +129,11 @@ impl<'a> Backend<'a> {
         let page = self.client.get_page(tag, LATEST_LSN, not_modified_since)?;
         out.copy_from_slice(&page[..]);
         // Same rule as a prefetched page: refused if the page was modified after the request.
-        let _ = self.lfc.install_prefetched(&tag, not_modified_since, &page);
+        if self.lfc.install_prefetched(&tag, not_modified_since, &page)
+            == lfc::InstallOutcome::AlreadyPresent
+        {
+            self.core.on_fetch_raced();
+        }
         Ok(ReadSource::Tcp)
     }
 

@@ -63,6 +63,9 @@ struct LatencyEstimate {
     srtt_ns: f64,
     rttvar_ns: f64,
     samples: u64,
+    /// Smoothed fraction of waits that ran out. Mostly-timeouts means the budget is below the
+    /// real latency (no arrival is ever observed then), so the budget is raised.
+    timeout_rate: f64,
 }
 
 impl LatencyEstimate {
@@ -76,6 +79,22 @@ impl LatencyEstimate {
             self.srtt_ns = 0.875 * self.srtt_ns + 0.125 * s;
         }
         self.samples += 1;
+        self.timeout_rate *= 0.9;
+    }
+
+    fn timed_out(&mut self, budget_ns: u64) {
+        self.timeout_rate = 0.9 * self.timeout_rate + 0.1;
+        if self.timeout_rate > 0.5 {
+            // Pages keep missing the budget: assume they are slow rather than lost.
+            let raised = (budget_ns as f64 * 1.5).max(1.0);
+            self.srtt_ns = if self.samples == 0 {
+                raised
+            } else {
+                self.srtt_ns.max(raised)
+            };
+            self.samples = self.samples.max(1);
+            self.timeout_rate = 0.25;
+        }
     }
 }
 
@@ -97,6 +116,7 @@ impl ReadPath {
                 srtt_ns: 0.0,
                 rttvar_ns: 0.0,
                 samples: 0,
+                timeout_rate: 0.0,
             },
             own: HashMap::with_capacity(config.max_tracked),
             stats: ReadStats::default(),
@@ -158,23 +178,25 @@ impl ReadPath {
         self.stats.reads += 1;
         let own = self.own.remove(&tag);
         if hit {
+            // Arrived before it was needed: that only bounds its latency from above, so it is
+            // not a sample (a long prefetch distance would inflate the budget).
             self.stats.hits += 1;
-            if let Some(sent) = own {
-                // The page arrived before it was needed: an upper bound on its latency, which
-                // keeps the budget from growing on pages that were never late.
-                self.latency.observe(
-                    now_ns
-                        .saturating_sub(sent)
-                        .min(self.wait_budget().as_nanos() as u64),
-                );
-            }
             return None;
         }
         match own {
             Some(sent) => {
+                // Wait only until the prefetch is overdue: a page requested long ago that is
+                // still missing was most likely lost, and waiting longer only adds latency.
+                let budget = self.wait_budget();
+                let waited = Duration::from_nanos(now_ns.saturating_sub(sent));
+                if waited >= budget {
+                    self.stats.fallbacks += 1;
+                    self.stats.wasted_prefetches += 1;
+                    return Some(Step::Fetch);
+                }
                 // Put it back so `on_wait_result` can measure the arrival.
                 self.own.insert(tag, sent);
-                Some(Step::Wait(self.wait_budget()))
+                Some(Step::Wait(budget - waited))
             }
             None if requested_elsewhere => Some(Step::Wait(self.wait_budget())),
             None => {
@@ -198,13 +220,19 @@ impl ReadPath {
             self.stats.fallbacks += 1;
             if own.is_some() {
                 self.stats.wasted_prefetches += 1;
-                // The page did not arrive within the budget: count the budget as a sample so
-                // the estimate grows when prefetches are slow, up to the cap.
-                self.latency
-                    .observe(self.wait_budget().as_nanos() as u64 * 2);
             }
+            self.latency.timed_out(self.wait_budget().as_nanos() as u64);
             Some(Step::Fetch)
         }
+    }
+
+    /// The page fetched over TCP after giving up on its prefetch turned out to have arrived in
+    /// the meantime: the budget was too short for the current prefetch latency (queueing in
+    /// the sender, not loss), so raise it.
+    pub fn on_fetch_raced(&mut self) {
+        let budget = self.wait_budget().as_nanos() as u64;
+        self.latency.timed_out(budget);
+        self.latency.timed_out(budget);
     }
 
     /// Ends a scan: prefetches never read are wasted.
@@ -234,10 +262,10 @@ mod tests {
             !rp.plan_prefetch(tag(3), false, true, 0),
             "someone else asked"
         );
-        // Own prefetch not there yet: wait, then it arrives.
+        // Own prefetch not there yet: wait out the rest of its budget, then it arrives.
         assert_eq!(
             rp.on_lookup(tag(1), false, false, 10),
-            Some(Step::Wait(Duration::from_micros(1000)))
+            Some(Step::Wait(Duration::from_nanos(1_000_000 - 10)))
         );
         assert_eq!(rp.on_wait_result(tag(1), true, 300_000), None);
         // Nothing in flight: straight to TCP.
@@ -280,6 +308,39 @@ mod tests {
             rp.on_wait_result(tag(i), true, 1_000_000_000); // 1 s: capped
         }
         assert_eq!(rp.wait_budget(), Duration::from_micros(cfg.max_wait_us));
+    }
+
+    #[test]
+    fn overdue_prefetches_fall_back_at_once_and_rare_losses_do_not_raise_the_budget() {
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        let budget = rp.wait_budget();
+        rp.plan_prefetch(tag(1), false, false, 0);
+        let overdue = budget.as_nanos() as u64 + 1;
+        assert_eq!(
+            rp.on_lookup(tag(1), false, false, overdue),
+            Some(Step::Fetch)
+        );
+        // One loss in twenty waits: the budget follows the arrivals.
+        for i in 10..30u32 {
+            rp.plan_prefetch(tag(i), false, false, 0);
+            rp.on_lookup(tag(i), false, false, 0);
+            rp.on_wait_result(tag(i), i != 10, 300_000);
+        }
+        let settled = rp.wait_budget();
+        assert!(settled < Duration::from_micros(700), "{settled:?}");
+        // Every wait runs out: the pages are slow, not lost; the budget grows.
+        for i in 100..110u32 {
+            rp.plan_prefetch(tag(i), false, false, 0);
+            rp.on_lookup(tag(i), false, false, 0);
+            rp.on_wait_result(tag(i), false, 0);
+        }
+        assert!(
+            rp.wait_budget() > settled,
+            "{:?} <= {settled:?}",
+            rp.wait_budget()
+        );
+        let s = rp.finish();
+        assert_eq!(s.fallbacks, 1 + 1 + 10);
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct PageServerArgs {
     /// Seed of the --drop-prefetch pattern.
     #[arg(long, default_value_t = 1)]
     pub drop_seed: u64,
+    /// Send prefetch datagrams without UDP GSO (one datagram per message), for comparisons.
+    #[arg(long)]
+    pub no_gso: bool,
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {
@@ -69,6 +72,7 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         prefetch_queue_pages: args.prefetch_queue_pages,
         drop_prefetch: args.drop_prefetch,
         drop_seed: args.drop_seed,
+        prefetch_gso: !args.no_gso,
     };
     // Register signal handlers before listening, so a SIGTERM right after start is not lost.
     let mut signals = signal_hook::iterator::Signals::new([

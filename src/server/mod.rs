@@ -46,6 +46,8 @@ pub struct ServerConfig {
     /// Fraction of prefetch datagrams dropped before sending, and the drop pattern's seed.
     pub drop_prefetch: f64,
     pub drop_seed: u64,
+    /// Send prefetch datagrams with UDP GSO when the kernel allows it.
+    pub prefetch_gso: bool,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             prefetch_queue_pages: 1 << 20,
             drop_prefetch: 0.0,
             drop_seed: 1,
+            prefetch_gso: true,
         }
     }
 }
@@ -148,6 +151,7 @@ impl PageServer {
                 drop_probability: config.drop_prefetch,
                 drop_seed: config.drop_seed,
                 service_delay: Duration::from_micros(config.service_delay_us),
+                allow_gso: config.prefetch_gso,
             },
             store.clone(),
             stats.clone(),

@@ -77,3 +77,112 @@ pub fn have_command(name: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// A `udp-prefetch workers` child process; SIGTERMed and reaped on drop.
+pub struct WorkersProc {
+    pub child: Child,
+    pub udp_port: u16,
+    pub metrics: String,
+    pub io: String,
+}
+
+impl WorkersProc {
+    pub fn start(lfc: &std::path::Path, extra: &[&str]) -> WorkersProc {
+        Self::start_with(Command::new(BIN), lfc, extra)
+    }
+
+    /// Starts the daemon from a prepared command (e.g. one with a seccomp filter applied).
+    pub fn start_with(mut cmd: Command, lfc: &std::path::Path, extra: &[&str]) -> WorkersProc {
+        let mut child = cmd
+            .arg("workers")
+            .arg("--lfc")
+            .arg(lfc)
+            .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn udp-prefetch workers");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read ready line");
+        let rest = line
+            .trim()
+            .strip_prefix("udp-prefetch workers listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from workers: {line:?}"));
+        let mut words = rest.split_whitespace();
+        let addr: std::net::SocketAddr = words.next().unwrap().parse().unwrap();
+        let field = |w: &str, k: &str| w.strip_prefix(k).map(str::to_string);
+        let words: Vec<&str> = words.collect();
+        let io = words.iter().find_map(|w| field(w, "io=")).unwrap();
+        let metrics = words.iter().find_map(|w| field(w, "metrics=")).unwrap();
+        WorkersProc {
+            child,
+            udp_port: addr.port(),
+            metrics,
+            io,
+        }
+    }
+
+    /// The metrics endpoint's text.
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.metrics).expect("connect to metrics");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+        body.to_string()
+    }
+
+    /// One sample's value, e.g. `metric(&text, "udp_prefetch_datagrams_dropped_total{reason=\"bad_mac\"}")`.
+    pub fn metric(text: &str, name: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+            .trim()
+            .parse::<f64>()
+            .unwrap() as u64
+    }
+
+    /// Scrapes until `done` holds for the text, for at most `limit` (the daemon works
+    /// asynchronously; this bounds the wait rather than guessing a sleep).
+    pub fn scrape_until(&self, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let text = self.scrape();
+            if done(&text) || std::time::Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WorkersProc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.terminate(Duration::from_secs(5));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
