@@ -17,6 +17,8 @@ enum Command {
     Pageserver(cmd::pageserver::PageServerArgs),
     /// Fetch one page over TCP and verify its checksum.
     Getpage(cmd::getpage::GetPageArgs),
+    /// Run the deterministic network simulator over many seeds (the sim crate's binary).
+    Sim(cmd::sim::SimArgs),
     /// Run the prefetch worker daemon: receive UDP prefetched pages into the LFC.
     Workers(cmd::workers::WorkersArgs),
     /// Sequentially scan a relation, verifying every page, in one prefetch design.
@@ -40,6 +42,12 @@ struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Sequential scans: tcp-sync, tcp-pipelined and udp across delays, loss and CPU work.
+    Scan(bench::scan::ScanBenchArgs),
+    /// Worker daemon ingest rate (io_uring, epoll; 1 and 2 threads) against a raw ceiling.
+    Ingest(bench::ingest::IngestBenchArgs),
+    /// Cost of the datagram MAC per page against a memcpy of the same bytes.
+    Datagram(bench::datagram::DatagramBenchArgs),
     /// Synchronous GetPage round trip and pipelined throughput over loopback.
     Getpage(bench::getpage::GetPageBenchArgs),
     /// LFC lookup and install throughput against a plain memcpy loop.
@@ -53,10 +61,14 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Scan(args) => cmd::scan::run(args),
         Command::Workers(args) => cmd::workers::run(args),
+        Command::Sim(args) => cmd::sim::run(args),
         Command::Lfc(args) => cmd::lfc_stat::run(args),
         Command::Bench(args) => {
             let records = match &args.which {
                 BenchCommand::Getpage(a) => bench::getpage::run(a)?,
+                BenchCommand::Scan(a) => bench::scan::run(a)?,
+                BenchCommand::Ingest(a) => bench::ingest::run(a)?,
+                BenchCommand::Datagram(a) => bench::datagram::run(a)?,
                 BenchCommand::Lfc(a) => bench::lfc::run(a)?,
             };
             bench::print_records(&records, args.json);

@@ -84,5 +84,9 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
         );
     }
 }
+pub mod daemon_proc;
+pub mod datagram;
 pub mod getpage;
+pub mod ingest;
 pub mod lfc;
+pub mod scan;

@@ -4,13 +4,13 @@
 
 use super::Outcome;
 use crate::backend::read_path::ReadPathConfig;
+use crate::bench::daemon_proc::{DaemonProc, ScratchDir};
 use crate::client::ConnectOptions;
 use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
 use crate::server::source::{SourceSpec, Synthetic};
 use crate::server::{PageServer, ServerConfig};
 use lfc::Lfc;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, clap::Args)]
@@ -26,84 +26,6 @@ pub struct DemoArgs {
     pub distance: u32,
 }
 
-/// The worker daemon as a child process; stopped with SIGTERM when dropped.
-struct Daemon {
-    child: Child,
-    udp_port: u16,
-    metrics: String,
-}
-
-impl Daemon {
-    fn start(lfc: &std::path::Path, size_bytes: u64) -> anyhow::Result<Daemon> {
-        let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .arg("workers")
-            .arg("--lfc")
-            .arg(lfc)
-            .args([
-                "--size",
-                &size_bytes.to_string(),
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-        let rest = line
-            .trim()
-            .strip_prefix("udp-prefetch workers listening on ")
-            .ok_or_else(|| anyhow::anyhow!("worker daemon did not start: {line:?}"))?;
-        let mut words = rest.split_whitespace();
-        let udp: std::net::SocketAddr = words.next().unwrap_or_default().parse()?;
-        let metrics = words
-            .find_map(|w| w.strip_prefix("metrics="))
-            .unwrap_or_default()
-            .to_string();
-        Ok(Daemon {
-            child,
-            udp_port: udp.port(),
-            metrics,
-        })
-    }
-
-    fn scrape(&self) -> anyhow::Result<String> {
-        let mut s = std::net::TcpStream::connect(&self.metrics)?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default())
-    }
-
-    fn stop(&mut self) {
-        // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.stop();
-        }
-    }
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
-}
-
 fn start_server(pages: u32, delay_us: u64, drop: f64) -> anyhow::Result<PageServer> {
     Ok(PageServer::start(ServerConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -117,15 +39,9 @@ fn start_server(pages: u32, delay_us: u64, drop: f64) -> anyhow::Result<PageServ
 pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let pages = args.size_mib * 128;
-    // The LFC is shared memory in spirit: on tmpfs it costs no disk writeback.
-    let base = match std::path::Path::new("/dev/shm") {
-        p if p.is_dir() => p.to_path_buf(),
-        _ => std::env::temp_dir(),
-    };
-    let dir = base.join(format!("udp-prefetch-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = demo(&args, pages, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = ScratchDir::new("udp-prefetch-demo")?;
+    let result = demo(&args, pages, &scratch.0);
+    drop(scratch);
     let outcome = result?;
     println!(
         "\nfinished in {:.1} s; temporary files removed",
@@ -138,11 +54,11 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
     let lfc_path = dir.join("lfc");
     // Room for both relations, so the lossy run starts as cold as the first one.
     let lfc_bytes = u64::from(pages) * 2 * 8192 + (16 << 20);
-    let mut daemon = Daemon::start(&lfc_path, lfc_bytes)?;
+    let mut daemon = DaemonProc::start(&lfc_path, lfc_bytes, &[])?;
     let lfc = Lfc::open(&lfc_path)?;
     println!(
         "worker daemon: pid {}, UDP port {}, metrics http://{}/metrics",
-        daemon.child.id(),
+        daemon.pid(),
         daemon.udp_port,
         daemon.metrics
     );
@@ -224,23 +140,23 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut text = daemon.scrape()?;
     while Instant::now() < deadline {
-        let received = metric(&text, "udp_prefetch_datagrams_received_total");
+        let received = DaemonProc::metric(&text, "udp_prefetch_datagrams_received_total");
         std::thread::sleep(Duration::from_millis(100));
         text = daemon.scrape()?;
-        if metric(&text, "udp_prefetch_datagrams_received_total") == received {
+        if DaemonProc::metric(&text, "udp_prefetch_datagrams_received_total") == received {
             break;
         }
     }
     println!();
     println!(
         "worker daemon: received {}, installed {}, dropped: stale {}, already present {}, bad MAC {}, no room {}; kernel drops {}",
-        metric(&text, "udp_prefetch_datagrams_received_total"),
-        metric(&text, "udp_prefetch_datagrams_installed_total"),
-        metric(&text, "udp_prefetch_datagrams_dropped_total{reason=\"stale\"}"),
-        metric(&text, "udp_prefetch_datagrams_dropped_total{reason=\"already_present\"}"),
-        metric(&text, "udp_prefetch_datagrams_dropped_total{reason=\"bad_mac\"}"),
-        metric(&text, "udp_prefetch_datagrams_dropped_total{reason=\"no_room\"}"),
-        metric(&text, "udp_prefetch_kernel_drops_total"),
+        DaemonProc::metric(&text, "udp_prefetch_datagrams_received_total"),
+        DaemonProc::metric(&text, "udp_prefetch_datagrams_installed_total"),
+        DaemonProc::metric(&text, "udp_prefetch_datagrams_dropped_total{reason=\"stale\"}"),
+        DaemonProc::metric(&text, "udp_prefetch_datagrams_dropped_total{reason=\"already_present\"}"),
+        DaemonProc::metric(&text, "udp_prefetch_datagrams_dropped_total{reason=\"bad_mac\"}"),
+        DaemonProc::metric(&text, "udp_prefetch_datagrams_dropped_total{reason=\"no_room\"}"),
+        DaemonProc::metric(&text, "udp_prefetch_kernel_drops_total"),
     );
     let stats = lfc.stats();
     println!(

@@ -5,6 +5,7 @@ pub mod getpage;
 pub mod lfc_stat;
 pub mod pageserver;
 pub mod scan;
+pub mod sim;
 pub mod workers;
 
 use std::fmt;

@@ -3,12 +3,14 @@
 //! allows, round-robin across destinations. Time is passed in, so the simulator drives the same
 //! code with virtual time.
 
+use super::store::PageStore;
+use crate::page::Page;
 use crate::pagestream::Header;
 use lfc::{BufferTag, RelTag};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use workers::datagram::{DatagramKey, DATAGRAM_LEN};
+use workers::datagram::{DatagramHeader, DatagramKey, DATAGRAM_LEN};
 
 /// Where one connection's prefetches go.
 #[derive(Debug, Clone)]
@@ -230,6 +232,45 @@ impl PrefetchScheduler {
             None => Next::WaitUntil(now_ns),
         }
     }
+}
+
+/// Why a queued page produced no datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// WAL has not reached the request's `not_modified_since`: a prefetch never waits for it
+    /// (the backend's GetPage will).
+    NotReady,
+    /// The page does not exist (or the source failed).
+    Failed,
+}
+
+/// Reads the page a job names, at the LSN its request allows, and seals it into `out`.
+/// The real sender threads and the simulator both call this.
+pub fn seal_page_job(
+    store: &PageStore,
+    job: &PageJob,
+    sent_at_ns: u64,
+    page: &mut Page,
+    out: &mut [u8; DATAGRAM_LEN],
+) -> Result<(), SkipReason> {
+    let lsn = match store.try_effective_lsn(job.hdr.request_lsn, job.hdr.not_modified_since) {
+        Ok(Some(lsn)) => lsn,
+        Ok(None) => return Err(SkipReason::NotReady),
+        Err(_) => return Err(SkipReason::Failed),
+    };
+    store
+        .read_page(job.tag, lsn, page)
+        .map_err(|_| SkipReason::Failed)?;
+    let header = DatagramHeader {
+        key_id: job.key.id,
+        reqid: job.hdr.reqid,
+        request_lsn: job.hdr.request_lsn,
+        not_modified_since: job.hdr.not_modified_since,
+        tag: job.tag,
+        sent_at_ns,
+    };
+    job.key.seal(&header, page, out);
+    Ok(())
 }
 
 /// Seeded Bernoulli drops (`--drop-prefetch P`) for loss experiments on one machine.

@@ -2,7 +2,8 @@
 //! send them in batches. GetPage never waits for any of this: prefetches live only here.
 
 use super::prefetch::{
-    Destination, DropFilter, Next, Overflow, PageJob, PrefetchScheduler, SchedulerLimits,
+    seal_page_job, Destination, DropFilter, Next, Overflow, PageJob, PrefetchScheduler,
+    SchedulerLimits, SkipReason,
 };
 use super::stats::{bump, ServerStats};
 use super::store::PageStore;
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use workers::datagram::{DatagramHeader, DATAGRAM_LEN};
+use workers::datagram::DATAGRAM_LEN;
 use workers::udp::GsoSender;
 
 /// Datagrams sealed and sent per batch (one `sendmmsg`).
@@ -178,33 +179,23 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
                 bump(&stats.prefetch_pages_dropped_filter);
                 continue;
             }
-            let lsn = match inner
-                .store
-                .try_effective_lsn(job.hdr.request_lsn, job.hdr.not_modified_since)
-            {
-                Ok(Some(lsn)) => lsn,
-                Ok(None) => {
+            match seal_page_job(
+                &inner.store,
+                job,
+                wall_ns(),
+                &mut page,
+                &mut datagrams[ready],
+            ) {
+                Ok(()) => {}
+                Err(SkipReason::NotReady) => {
                     bump(&stats.prefetch_pages_not_ready);
                     continue;
                 }
-                Err(_) => {
+                Err(SkipReason::Failed) => {
                     bump(&stats.prefetch_pages_failed);
                     continue;
                 }
-            };
-            if inner.store.read_page(job.tag, lsn, &mut page).is_err() {
-                bump(&stats.prefetch_pages_failed);
-                continue;
             }
-            let header = DatagramHeader {
-                key_id: job.key.id,
-                reqid: job.hdr.reqid,
-                request_lsn: job.hdr.request_lsn,
-                not_modified_since: job.hdr.not_modified_since,
-                tag: job.tag,
-                sent_at_ns: wall_ns(),
-            };
-            job.key.seal(&header, &page, &mut datagrams[ready]);
             ready += 1;
         }
         if ready == 0 {

@@ -3,7 +3,7 @@
 //! endpoint; a pid file. `run` returns when `stop` is set (the CLI sets it on SIGTERM/SIGINT).
 
 use crate::datagram::{HEADER_LEN, TAG_LEN};
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, Received};
 use crate::metrics::{render_prometheus, CacheGauges, ThreadMetrics};
 use crate::pidfile::{PidFile, PidFileError};
 use crate::udp::{
@@ -203,9 +203,12 @@ fn worker_loop(
 ) -> Result<(), DaemonError> {
     let ingest = Ingest::new(lfc);
     let capacity = receiver.capacity();
-    // All per-slot memory is allocated here, once: the loop below never allocates.
-    let mut headers = vec![[0u8; HEADER_LEN]; capacity];
-    let mut tags = vec![[0u8; TAG_LEN]; capacity];
+    // All per-slot memory is allocated here, once: the loop below never allocates. The header
+    // and tag buffers are only ever touched through raw pointers, because the kernel may be
+    // writing any posted one at any moment.
+    let mut headers = vec![[0u8; HEADER_LEN]; capacity].into_boxed_slice();
+    let mut tags = vec![[0u8; TAG_LEN]; capacity].into_boxed_slice();
+    let (header_base, tag_base) = (headers.as_mut_ptr(), tags.as_mut_ptr());
     let mut slots: Vec<Option<Reservation<'_>>> = (0..capacity).map(|_| None).collect();
     let mut free: Vec<u32> = (0..capacity as u32).rev().collect();
     let mut completions = vec![Completion::default(); capacity];
@@ -217,16 +220,18 @@ fn worker_loop(
         while let Some(&id) = free.last() {
             let Some(res) = lfc.reserve() else { break };
             let i = id as usize;
-            let regions = SlotRegions::new(
-                headers[i].as_mut_ptr(),
-                res.as_mut_ptr(),
-                tags[i].as_mut_ptr(),
-            );
-            // SAFETY: the header and tag buffers are this thread's and outlive the receiver's
-            // use of them (every posted slot is taken back before this function returns); the
-            // page region is a reserved LFC frame that no one else reads or writes until the
-            // reservation is published or abandoned, which happens only after the slot is back.
-            unsafe { receiver.post(id, regions)? };
+            // SAFETY: `i < capacity`, the length of both buffers.
+            let (h, t) = unsafe {
+                (
+                    header_base.add(i).cast::<u8>(),
+                    tag_base.add(i).cast::<u8>(),
+                )
+            };
+            // SAFETY: the header and tag buffers live until this function returns, after every
+            // posted slot was taken back; the page region is a reserved LFC frame that no one
+            // else reads or writes until the reservation is published or abandoned, which
+            // happens only after the slot is back.
+            unsafe { receiver.post(id, SlotRegions::new(h, res.as_mut_ptr(), t))? };
             slots[i] = Some(res);
             free.pop();
         }
@@ -247,15 +252,16 @@ fn worker_loop(
                 res.abandon();
                 continue;
             }
-            let _ = ingest.complete(
-                res,
-                c.len,
-                c.truncated,
-                &headers[i],
-                &tags[i],
-                wall_ns(),
-                metrics,
-            );
+            // SAFETY: the slot came back, so the kernel no longer writes its header and tag.
+            let received = unsafe {
+                Received {
+                    len: c.len,
+                    truncated: c.truncated,
+                    header: header_base.add(i).read(),
+                    tag: tag_base.add(i).read(),
+                }
+            };
+            let _ = ingest.complete(res, &received, wall_ns(), metrics);
         }
     }
     receiver

@@ -21,6 +21,17 @@ fn install_verdict(hdr: DatagramHeader, outcome: InstallOutcome) -> Verdict {
     }
 }
 
+/// What the kernel reported for one datagram received into a slot, with copies of the header
+/// and tag regions.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub len: usize,
+    /// MSG_TRUNC: the datagram was longer than the slot.
+    pub truncated: bool,
+    pub header: [u8; HEADER_LEN],
+    pub tag: [u8; TAG_LEN],
+}
+
 /// Validates and installs datagrams into one LFC under one key.
 pub struct Ingest<'a> {
     lfc: &'a Lfc,
@@ -40,15 +51,12 @@ impl<'a> Ingest<'a> {
     }
 
     /// A datagram was received straight into `slot` (its page region) with its header and tag in
-    /// `header`/`tag`. Publishes the slot when the datagram is valid, abandons it otherwise:
+    /// `received`. Publishes the slot when the datagram is valid, abandons it otherwise:
     /// nothing of an invalid datagram ever becomes visible in the cache.
     pub fn complete(
         &self,
         slot: Reservation<'a>,
-        received_len: usize,
-        truncated: bool,
-        header: &[u8; HEADER_LEN],
-        tag: &[u8; TAG_LEN],
+        received: &Received,
         now_wall_ns: u64,
         metrics: &ThreadMetrics,
     ) -> Verdict {
@@ -56,7 +64,14 @@ impl<'a> Ingest<'a> {
         // abandoned: no other thread or process writes it, and readers never see it, so a
         // shared view of its bytes for the duration of validation does not alias a writer.
         let page: &[u8; PAGE_SIZE] = unsafe { &*(slot.as_mut_ptr() as *const [u8; PAGE_SIZE]) };
-        let verdict = match validate(&self.key, received_len, truncated, header, page, tag) {
+        let verdict = match validate(
+            &self.key,
+            received.len,
+            received.truncated,
+            &received.header,
+            page,
+            &received.tag,
+        ) {
             Ok(hdr) => install_verdict(hdr, slot.publish(&hdr.tag, hdr.not_modified_since)),
             Err(reason) => {
                 slot.abandon();

@@ -1,0 +1,134 @@
+//! The worker daemon as a child process of a benchmark or the demo: started from this same
+//! executable, stopped with SIGTERM on drop, observed through its metrics endpoint.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+pub struct DaemonProc {
+    child: Child,
+    pub udp_port: u16,
+    pub metrics: String,
+    pub io: String,
+}
+
+impl DaemonProc {
+    pub fn start(lfc: &Path, size_bytes: u64, extra: &[&str]) -> anyhow::Result<DaemonProc> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("workers")
+            .arg("--lfc")
+            .arg(lfc)
+            .args([
+                "--size",
+                &size_bytes.to_string(),
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        let rest = line
+            .trim()
+            .strip_prefix("udp-prefetch workers listening on ")
+            .ok_or_else(|| anyhow::anyhow!("worker daemon did not start: {line:?}"))?;
+        let mut words = rest.split_whitespace();
+        let udp: std::net::SocketAddr = words.next().unwrap_or_default().parse()?;
+        let (mut io, mut metrics) = (String::new(), String::new());
+        for w in words {
+            if let Some(v) = w.strip_prefix("io=") {
+                io = v.to_string();
+            } else if let Some(v) = w.strip_prefix("metrics=") {
+                metrics = v.to_string();
+            }
+        }
+        Ok(DaemonProc {
+            child,
+            udp_port: udp.port(),
+            metrics,
+            io,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn scrape(&self) -> anyhow::Result<String> {
+        let mut s = std::net::TcpStream::connect(&self.metrics)?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default())
+    }
+
+    /// One sample of the metrics text (0 when absent).
+    pub fn metric(text: &str, name: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    }
+
+    /// CPU time (user + system) the daemon process has used, from /proc.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok(ticks as f64 / hz)
+    }
+
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: signalling our own child by its pid.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A scratch directory for LFC files: tmpfs when there is one (an LFC is memory in spirit,
+/// and disk writeback would only add noise), removed on drop.
+pub struct ScratchDir(pub std::path::PathBuf);
+
+impl ScratchDir {
+    pub fn new(prefix: &str) -> anyhow::Result<ScratchDir> {
+        let base = if Path::new("/dev/shm").is_dir() {
+            std::path::PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

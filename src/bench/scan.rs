@@ -1,0 +1,142 @@
+//! `udp-prefetch bench scan`: sequential scans in the three prefetch designs against one page
+//! server and one worker daemon process, across service delays, loss rates and per-page CPU.
+
+use super::daemon_proc::{DaemonProc, ScratchDir};
+use super::BenchRecord;
+use crate::backend::read_path::ReadPathConfig;
+use crate::client::ConnectOptions;
+use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::server::source::{SourceSpec, Synthetic};
+use crate::server::{PageServer, ServerConfig};
+use lfc::Lfc;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScanBenchArgs {
+    /// Pages per scan.
+    #[arg(long, default_value_t = 16_384)]
+    pub pages: u32,
+    /// Service delays to measure, microseconds.
+    #[arg(long, value_delimiter = ',', default_value = "0,200")]
+    pub delays: Vec<u64>,
+    /// Prefetch drop fractions to measure (UDP only; TCP is reliable).
+    #[arg(long, value_delimiter = ',', default_value = "0,0.01,0.05")]
+    pub drops: Vec<f64>,
+    /// Emulated per-page backend CPU work, microseconds.
+    #[arg(long, value_delimiter = ',', default_value = "0,10")]
+    pub cpu: Vec<u64>,
+    /// Prefetch distance (UDP) and pipeline depth (TCP).
+    #[arg(long, default_value_t = 128)]
+    pub distance: u32,
+    /// Worker daemon threads.
+    #[arg(long, default_value_t = 2)]
+    pub daemon_threads: usize,
+}
+
+fn record(
+    case: &str,
+    r: &ScanReport,
+    delay: u64,
+    drop: f64,
+    cpu: u64,
+    distance: u32,
+) -> BenchRecord {
+    BenchRecord::new("scan", case, "pages/s", r.pages_per_s)
+        .param("delay_us", delay)
+        .param("drop", drop)
+        .param("cpu_per_page_us", cpu)
+        .param("distance", distance)
+        .param("pages", r.pages)
+        .param("wait_p50_us", (r.wait_p50_us * 10.0).round() / 10.0)
+        .param("wait_p99_us", (r.wait_p99_us * 10.0).round() / 10.0)
+        .param("verified", r.verified)
+}
+
+pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+    anyhow::ensure!(
+        args.pages > 0 && !args.delays.is_empty() && !args.drops.is_empty() && !args.cpu.is_empty()
+    );
+    anyhow::ensure!(
+        args.drops.iter().all(|d| (0.0..1.0).contains(d)),
+        "drops are fractions in 0..1"
+    );
+    let udp_runs = (args.delays.len() * args.drops.len() * args.cpu.len()) as u32;
+    // Each UDP run scans its own relation, so every run starts with a cold cache.
+    let rels = udp_runs.max(1);
+    let scratch = ScratchDir::new("udp-prefetch-bench-scan")?;
+    let lfc_path = scratch.0.join("lfc");
+    let lfc_bytes = u64::from(rels) * u64::from(args.pages) * 8192 + (64 << 20);
+    let threads = args.daemon_threads.to_string();
+    let daemon = DaemonProc::start(&lfc_path, lfc_bytes, &["--threads", &threads])?;
+    let lfc = Lfc::open(&lfc_path)?;
+    let mut records = Vec::new();
+    let mut next_rel = 0u32;
+    for &delay in &args.delays {
+        for &cpu in &args.cpu {
+            let base_server = server(args.pages, rels, delay, 0.0)?;
+            let scan = |mode, rel, server: &PageServer| {
+                run_scan(
+                    &ScanConfig {
+                        connect: ConnectOptions::new(server.local_addr().to_string()),
+                        rel: Synthetic::rel(rel),
+                        blocks: None,
+                        mode,
+                        distance: args.distance,
+                        cpu_per_page_us: cpu,
+                        prefetch_port: daemon.udp_port,
+                        read_path: ReadPathConfig::default(),
+                    },
+                    Some(&lfc),
+                )
+            };
+            let sync = scan(ScanMode::TcpSync, 0, &base_server)?;
+            let pipelined = scan(ScanMode::TcpPipelined, 0, &base_server)?;
+            let sync_rec = record("tcp-sync", &sync, delay, 0.0, cpu, args.distance);
+            let pipe_rec = record("tcp-pipelined", &pipelined, delay, 0.0, cpu, args.distance);
+            let pipe_cpu = BenchRecord::new(
+                "scan",
+                "tcp-pipelined-cpu",
+                "us/page",
+                pipelined.cpu_us_per_page,
+            )
+            .param("delay_us", delay)
+            .param("cpu_per_page_us", cpu)
+            .lower_is_better();
+            records.push(sync_rec.against(&pipe_rec));
+            records.push(pipe_rec.clone());
+            records.push(pipe_cpu.clone());
+            drop(base_server);
+            for &drop_fraction in &args.drops {
+                let lossy = server(args.pages, rels, delay, drop_fraction)?;
+                let udp = scan(ScanMode::Udp, next_rel, &lossy)?;
+                next_rel += 1;
+                anyhow::ensure!(
+                    udp.failed == 0 && sync.failed == 0 && pipelined.failed == 0,
+                    "a page failed verification"
+                );
+                records.push(
+                    record("udp", &udp, delay, drop_fraction, cpu, args.distance)
+                        .against(&pipe_rec),
+                );
+                records.push(
+                    BenchRecord::new("scan", "udp-cpu", "us/page", udp.cpu_us_per_page)
+                        .param("delay_us", delay)
+                        .param("drop", drop_fraction)
+                        .param("cpu_per_page_us", cpu)
+                        .lower_is_better()
+                        .against(&pipe_cpu),
+                );
+            }
+        }
+    }
+    Ok(records)
+}
+
+fn server(pages: u32, rels: u32, delay_us: u64, drop: f64) -> anyhow::Result<PageServer> {
+    Ok(PageServer::start(ServerConfig {
+        listen: "127.0.0.1:0".parse()?,
+        source: SourceSpec::Synthetic { rels, pages },
+        service_delay_us: delay_us,
+        drop_prefetch: drop,
+        ..ServerConfig::default()
+    })?)
+}

@@ -1,0 +1,276 @@
+//! Raw plumbing shared by both receive backends: per-slot message storage at stable addresses,
+//! control-message parsing and socket-address conversion.
+
+use std::cell::UnsafeCell;
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::ptr;
+
+use super::{Completion, SlotRegions};
+
+/// Room for control messages: `SO_RXQ_OVFL` needs `CMSG_SPACE(4)` = 24 bytes; the rest is
+/// headroom so an unexpected extra cmsg only sets `MSG_CTRUNC` instead of hiding the counter.
+const CONTROL_LEN: usize = 64;
+
+#[repr(C, align(8))]
+struct ControlBuf([u8; CONTROL_LEN]);
+
+/// Everything one in-flight receive needs besides the caller's regions. Lives in a boxed
+/// slice that is never resized, so the pointers in `hdr` stay valid while the kernel uses them.
+pub(crate) struct Entry {
+    pub(crate) hdr: libc::msghdr,
+    iov: [libc::iovec; 3],
+    name: libc::sockaddr_storage,
+    control: ControlBuf,
+    pub(crate) slot_id: u32,
+    capacity: usize,
+}
+
+/// A fixed set of [`Entry`]s with a free list. Entries are `UnsafeCell`s because the kernel
+/// writes into posted ones while this table is borrowed; they are only touched through raw
+/// pointers, and only when not owned by the kernel.
+pub(crate) struct SlotTable {
+    entries: Box<[UnsafeCell<Entry>]>,
+    free: Box<[u16]>,
+    free_len: usize,
+    posted: Box<[bool]>,
+}
+
+impl SlotTable {
+    pub(crate) fn new(capacity: usize) -> SlotTable {
+        debug_assert!(capacity <= usize::from(u16::MAX));
+        let entries = (0..capacity)
+            .map(|_| {
+                UnsafeCell::new(Entry {
+                    // SAFETY: msghdr, iovec and sockaddr_storage are plain C structs for which
+                    // all-zero bytes are a valid (empty) value.
+                    hdr: unsafe { mem::zeroed() },
+                    // SAFETY: as above.
+                    iov: unsafe { mem::zeroed() },
+                    // SAFETY: as above.
+                    name: unsafe { mem::zeroed() },
+                    control: ControlBuf([0; CONTROL_LEN]),
+                    slot_id: 0,
+                    capacity: 0,
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        // Pop order 0, 1, 2, ... (stack top at the end).
+        let free = (0..capacity as u16)
+            .rev()
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        SlotTable {
+            entries,
+            free,
+            free_len: capacity,
+            posted: vec![false; capacity].into_boxed_slice(),
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn in_use(&self) -> usize {
+        self.entries.len() - self.free_len
+    }
+
+    pub(crate) fn is_posted(&self, idx: u16) -> bool {
+        self.posted.get(usize::from(idx)).copied().unwrap_or(false)
+    }
+
+    pub(crate) fn entry(&self, idx: u16) -> *mut Entry {
+        self.entries[usize::from(idx)].get()
+    }
+
+    /// Takes a free entry and prepares its `msghdr` to scatter into `regions`.
+    ///
+    /// # Safety
+    ///
+    /// `regions` must satisfy `Receiver::post`'s contract.
+    pub(crate) unsafe fn acquire(&mut self, slot_id: u32, regions: SlotRegions) -> Option<u16> {
+        if self.free_len == 0 {
+            return None;
+        }
+        self.free_len -= 1;
+        let idx = self.free[self.free_len];
+        self.posted[usize::from(idx)] = true;
+        let e = self.entry(idx);
+        // SAFETY: the entry was free, so neither the kernel nor anyone else references it; the
+        // pointer comes from our live boxed slice.
+        unsafe {
+            (*e).slot_id = slot_id;
+            (*e).capacity = regions.capacity();
+            (*e).iov = [
+                libc::iovec {
+                    iov_base: regions.header.cast(),
+                    iov_len: regions.header_len,
+                },
+                libc::iovec {
+                    iov_base: regions.page.cast(),
+                    iov_len: regions.page_len,
+                },
+                libc::iovec {
+                    iov_base: regions.tag.cast(),
+                    iov_len: regions.tag_len,
+                },
+            ];
+            Self::rearm_raw(e);
+        }
+        Some(idx)
+    }
+
+    /// Resets the kernel-written parts of an entry's `msghdr` before a (re)issued receive.
+    ///
+    /// # Safety
+    ///
+    /// `e` must point to an entry of this table that the kernel does not currently own.
+    unsafe fn rearm_raw(e: *mut Entry) {
+        // SAFETY: per the contract, we have exclusive access to the entry.
+        unsafe {
+            // Zero the family and the control area so that a kernel that did not write them
+            // back can never make us parse stale bytes as an address or a drop counter.
+            (*e).name.ss_family = 0;
+            ptr::write_bytes((*e).control.0.as_mut_ptr(), 0, CONTROL_LEN);
+            let hdr = &mut (*e).hdr;
+            hdr.msg_name = ptr::addr_of_mut!((*e).name).cast();
+            hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = ptr::addr_of_mut!((*e).iov).cast();
+            hdr.msg_iovlen = 3;
+            hdr.msg_control = ptr::addr_of_mut!((*e).control).cast();
+            hdr.msg_controllen = CONTROL_LEN as _;
+            hdr.msg_flags = 0;
+        }
+    }
+
+    /// [`Self::rearm_raw`] by index.
+    ///
+    /// # Safety
+    ///
+    /// The kernel must not currently own entry `idx`.
+    pub(crate) unsafe fn rearm(&mut self, idx: u16) {
+        // SAFETY: forwarded contract.
+        unsafe { Self::rearm_raw(self.entry(idx)) }
+    }
+
+    /// Returns an entry to the free list (after its completion or cancellation).
+    pub(crate) fn release(&mut self, idx: u16) {
+        let i = usize::from(idx);
+        if i < self.posted.len() && self.posted[i] {
+            self.posted[i] = false;
+            self.free[self.free_len] = idx;
+            self.free_len += 1;
+        }
+    }
+
+    /// Builds the completion of a finished receive of entry `idx`. `hdr` is the `msghdr` the
+    /// kernel wrote back (the entry's own for io_uring, the `mmsghdr` copy for `recvmmsg`);
+    /// `len` is the full datagram length (the receive used `MSG_TRUNC`). Returns the
+    /// completion (with `kernel_drops` left 0) and the `SO_RXQ_OVFL` value if one came.
+    ///
+    /// # Safety
+    ///
+    /// The kernel must be done with entry `idx`, and `hdr` must point to a `msghdr` whose
+    /// name and control pointers are that entry's buffers.
+    pub(crate) unsafe fn complete(
+        &self,
+        idx: u16,
+        hdr: *const libc::msghdr,
+        len: usize,
+    ) -> (Completion, Option<u32>) {
+        let e = self.entry(idx);
+        // SAFETY: per the contract the kernel is finished with this entry, so reading it is
+        // not a race; the buffers are ours and initialised.
+        unsafe {
+            let flags = (*hdr).msg_flags;
+            let completion = Completion {
+                slot_id: (*e).slot_id,
+                len,
+                truncated: len > (*e).capacity || flags & libc::MSG_TRUNC != 0,
+                source: sockaddr_to_std(ptr::addr_of!((*e).name), (*hdr).msg_namelen),
+                kernel_drops: 0,
+                error: None,
+            };
+            (completion, rxq_ovfl(hdr))
+        }
+    }
+
+    /// The caller's slot id stored in entry `idx`.
+    pub(crate) fn slot_id(&self, idx: u16) -> u32 {
+        // SAFETY: `slot_id` is written only by `acquire`, never by the kernel, so reading it
+        // while a receive is in flight does not race.
+        unsafe { (*self.entry(idx)).slot_id }
+    }
+}
+
+/// Finds the `SO_RXQ_OVFL` counter among the control messages of a received `msghdr`.
+///
+/// # Safety
+///
+/// `hdr` must describe a control buffer filled by the kernel (or zeroed).
+unsafe fn rxq_ovfl(hdr: *const libc::msghdr) -> Option<u32> {
+    // SAFETY: the CMSG_* helpers only walk within `msg_control[..msg_controllen]`, which the
+    // kernel filled with well-formed cmsghdrs (or which is all zero, ending the walk).
+    unsafe {
+        if (*hdr).msg_control.is_null() || (*hdr).msg_controllen > CONTROL_LEN as _ {
+            return None;
+        }
+        let mut found = None;
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_len == 0 {
+                break;
+            }
+            if (*c).cmsg_level == libc::SOL_SOCKET
+                && (*c).cmsg_type == libc::SO_RXQ_OVFL
+                && (*c).cmsg_len as usize >= libc::CMSG_LEN(4) as usize
+            {
+                found = Some(ptr::read_unaligned(libc::CMSG_DATA(c).cast::<u32>()));
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+        found
+    }
+}
+
+/// Converts a kernel-filled socket address. Returns `None` for an empty or unknown one.
+///
+/// # Safety
+///
+/// `sa` must point to an initialised `sockaddr_storage`.
+unsafe fn sockaddr_to_std(
+    sa: *const libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> Option<SocketAddr> {
+    let len = len as usize;
+    // SAFETY: sockaddr_storage is large and aligned enough for every address type, and the
+    // family field tells which one the kernel wrote.
+    unsafe {
+        match i32::from((*sa).ss_family) {
+            libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+                let a = &*sa.cast::<libc::sockaddr_in>();
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                )))
+            }
+            libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+                let a = &*sa.cast::<libc::sockaddr_in6>();
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Returns `errno` of the last failed libc call.
+pub(crate) fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
