@@ -1,7 +1,61 @@
-//! The local file cache (LFC): a shared memory-mapped cache of 8 KiB pages.
+//! The local file cache (LFC): a fixed-capacity cache of 8 KiB pages keyed by [`BufferTag`], in
+//! one memory-mapped file that several processes (worker daemon, backends, prewarm tool) map at
+//! once, each with several threads.
 //!
-//! Only the page identity types exist so far; the cache itself comes with its own issue.
+//! # API
+//! - [`Lfc::create`]`(path, capacity_pages)`, [`Lfc::open`]`(path)`,
+//!   [`Lfc::open_or_create`]`(path, capacity_pages)`; header accessors [`Lfc::key`] (32-byte
+//!   datagram key, fresh per create), [`Lfc::key_id`], [`Lfc::capacity_pages`],
+//!   [`Lfc::creator_pid`], [`Lfc::geometry`].
+//! - Readers: [`Lfc::lookup`]`(tag, &mut page) -> Option<lsn>`, [`Lfc::contains`],
+//!   [`Lfc::lwlsn`].
+//! - Writers: [`Lfc::write`]`(tag, lsn, page) -> WriteOutcome`, [`Lfc::set_lwlsn`]`(tag, lsn)`,
+//!   [`Lfc::install_prefetched`]`(tag, not_modified_since, page) -> InstallOutcome`,
+//!   [`Lfc::raise_lwlsn_floor`].
+//! - Zero-copy: [`Lfc::reserve`]` -> Option<Reservation>`; [`Reservation::as_mut_ptr`] (4 KiB
+//!   aligned, `PAGE_SIZE` bytes), [`Reservation::publish`]`(tag, not_modified_since)`,
+//!   [`Reservation::abandon`]; dropping a reservation abandons it.
+//! - Prefetch coordination: [`Lfc::mark_requested`]`(tag, now_ns) -> already_requested`,
+//!   [`Lfc::wait_for_arrival`]`(tag, timeout) -> arrived` (cross-process futex).
+//! - Monitoring: [`Lfc::stats`]` -> LfcStats`, [`Lfc::snapshot_hottest`]`(max)`.
+//!
+//! # The invariant
+//! A lookup returns nothing, or the version that is newest as of the latest `write`/`set_lwlsn`
+//! for that tag: never an older version, never a torn mix, never bytes that did not come from a
+//! `write` or an accepted install. A prefetched page is accepted only when
+//! `lwlsn(tag) <= not_modified_since`.
+//!
+//! # How
+//! Frames (8 KiB, 4 KiB aligned) each have a 64-byte metadata line whose control word is state,
+//! owner pid and seqlock version at once; a hashed index of 64-byte buckets (an owner-pid lock
+//! word and 15 entries) maps tags to frames. Readers never lock: they copy and validate the control
+//! word. Writers lock one bucket at a time. Eviction is CLOCK with usage counts (0..=5). Dead
+//! processes' locks are broken and their frames reclaimed, checked with `kill(pid, 0)`; see the
+//! `cache` module for the invariants that make that safe. Index and metadata take under 1 % of
+//! the page data (about 0.93 % at 1 GiB).
+//!
+//! # Operating notes
+//! - All processes sharing a file must share a pid namespace (owner pids are compared).
+//! - The file content is trusted only within one boot: `open` refuses a file created before the
+//!   last reboot ([`LfcError::FromPreviousBoot`]); `open_or_create` replaces it.
+//! - Do not truncate or rewrite the file with other tools while it is attached (SIGBUS).
 
+mod arrival;
+mod attach;
+mod bucket;
+mod cache;
+mod error;
+mod frame;
+mod hash;
+mod layout;
+mod process;
+mod requested;
+mod stats;
 mod tag;
 
+pub use cache::{InstallOutcome, Lfc, LfcGeometry, Reservation, WriteOutcome, MAX_ARRIVAL_WAIT};
+pub use error::LfcError;
+pub use layout::{FORMAT_VERSION, MAX_CAPACITY_PAGES};
+pub use requested::REQUESTED_TTL_NS;
+pub use stats::LfcStats;
 pub use tag::{BufferTag, ParseRelTagError, RelTag, MAX_FORKNUM, PAGE_SIZE};

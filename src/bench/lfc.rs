@@ -1,10 +1,530 @@
-//! `udp-prefetch bench lfc`: cache lookup/install throughput against a memcpy loop.
+//! `udp-prefetch bench lfc`: cache lookup/install throughput against a memcpy loop, and CLOCK
+//! hit ratios against an exact-LRU simulation.
+//!
+//! Throughput cases (pages/s, DESIGN §9): `memcpy-1t` copies random 8 KiB pages out of a region
+//! as large as the cache, of the same kind of memory (a shared file mapping in the same
+//! directory), into a local buffer; `lookup-1t` looks up random cached tags into a local buffer;
+//! `install-1t` installs never-seen tags into the full cache (every install evicts);
+//! `publish-1t` does the same through reserve / fill / publish; `memcpy-2t` and `lookup-2t` use
+//! two threads. Targets (issue 3): lookup >= 0.7x memcpy-1t, install >= 0.6x, lookup-2t >= 1.6x
+//! lookup-1t.
+//!
+//! Hit-ratio cases (unit `hit_pct`, hits per 100 lookups after warm-up): the real cache (CLOCK with usage counts, plus its bucket
+//! structure) against an exact LRU of the same capacity on the same trace: Zipf 0.9, Zipf 1.0,
+//! and repeated sequential scans twice the cache size mixed with a hot set of half the cache.
 
 use super::BenchRecord;
+use lfc::{BufferTag, Lfc, RelTag, PAGE_SIZE};
+use std::collections::HashMap;
+use std::fs::File;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct LfcBenchArgs {}
+pub struct LfcBenchArgs {
+    /// Directory for the cache file and the baseline region (default: /dev/shm if present, so
+    /// the kernel's writeback does not add noise; else the temp directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Cache size in MiB for the throughput cases.
+    #[arg(long, default_value_t = 1024)]
+    pub cache_mib: u64,
+    /// Measuring time per throughput case, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub case_ms: u64,
+    /// Cache size in pages for the hit-ratio cases.
+    #[arg(long, default_value_t = 8192)]
+    pub hit_ratio_pages: u64,
+    /// Accesses per hit-ratio trace.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub hit_ratio_accesses: u64,
+}
 
-pub fn run(_args: &LfcBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
-    anyhow::bail!("bench lfc: the LFC is not implemented yet")
+const BENCH: &str = "lfc";
+
+pub fn run(args: &LfcBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+    anyhow::ensure!(args.cache_mib >= 1, "--cache-mib must be at least 1");
+    anyhow::ensure!(
+        args.hit_ratio_pages >= 16,
+        "--hit-ratio-pages must be at least 16"
+    );
+    let base = match &args.dir {
+        Some(d) => d.clone(),
+        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    };
+    let dir = ScratchDir::new(&base)?;
+    let mut records = throughput(args, &dir.0)?;
+    records.extend(hit_ratios(args, &dir.0)?);
+    Ok(records)
+}
+
+/// A directory removed (with its files) when the bench ends, also on error.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(base: &Path) -> anyhow::Result<ScratchDir> {
+        let p = base.join(format!("udp-prefetch-bench-lfc-{}", std::process::id()));
+        std::fs::create_dir_all(&p)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", p.display()))?;
+        Ok(ScratchDir(p))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// xorshift64*: a fast per-thread generator; the bench needs speed, not quality.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+fn bench_tag(rel: u32, i: u64) -> BufferTag {
+    RelTag::new(1663, 5, rel, 0).block(i as u32)
+}
+
+/// A shared mapping of a file as large as the cache, pre-faulted: the memcpy baseline reads the
+/// same kind of memory (page-cache pages of a MAP_SHARED file) as the cache does.
+struct Region {
+    ptr: *mut u8,
+    len: usize,
+    _file: File,
+}
+
+// SAFETY: the region is only read through raw pointers after construction.
+unsafe impl Send for Region {}
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn new(path: &Path, len: usize) -> anyhow::Result<Region> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.set_len(len as u64)?;
+        // SAFETY: a fresh shared mapping of a file we just sized; checked for MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        anyhow::ensure!(
+            ptr != libc::MAP_FAILED,
+            "mmap {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        let ptr = ptr.cast::<u8>();
+        // Pre-fault with non-zero bytes so every page is really backed.
+        // SAFETY: in bounds of the mapping.
+        unsafe { std::ptr::write_bytes(ptr, 0x5a, len) };
+        Ok(Region {
+            ptr,
+            len,
+            _file: file,
+        })
+    }
+}
+
+impl Region {
+    /// Start of page `i`; a method so closures capture the (Sync) region, not its raw pointer.
+    fn page(&self, i: usize) -> *const u8 {
+        debug_assert!((i + 1) * PAGE_SIZE <= self.len);
+        // SAFETY: in bounds of the mapping for i < len / PAGE_SIZE.
+        unsafe { self.ptr.add(i * PAGE_SIZE) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Runs `op` on `threads` threads for `dur`; returns operations per second over all threads.
+fn rate<F>(threads: usize, dur: Duration, op: F) -> f64
+where
+    F: Fn(&mut Rng, &mut [u8; PAGE_SIZE]) + Sync,
+{
+    let started = Instant::now();
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let op = &op;
+                s.spawn(move || {
+                    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x1234_5678_9abc));
+                    let mut buf = Box::new([0u8; PAGE_SIZE]);
+                    let mut n = 0u64;
+                    // Check the clock every 256 operations only.
+                    while started.elapsed() < dur {
+                        for _ in 0..256 {
+                            op(&mut rng, &mut buf);
+                        }
+                        n += 256;
+                    }
+                    black_box(&buf);
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn throughput(args: &LfcBenchArgs, dir: &Path) -> anyhow::Result<Vec<BenchRecord>> {
+    let pages = args.cache_mib * 1024 * 1024 / PAGE_SIZE as u64;
+    let dur = Duration::from_millis(args.case_ms);
+    let lfc = Lfc::create(dir.join("lfc"), pages)?;
+    let page = [0xa5u8; PAGE_SIZE];
+    for i in 0..pages {
+        lfc.install_prefetched(&bench_tag(1, i), 0, &page);
+    }
+    let resident = lfc.stats().used_pages;
+    let region = Region::new(&dir.join("baseline"), (pages as usize) * PAGE_SIZE)?;
+    let param = |r: BenchRecord, threads: u64| {
+        r.param("cache_mib", args.cache_mib)
+            .param("threads", threads)
+            .param("case_ms", args.case_ms)
+    };
+
+    let memcpy = |rng: &mut Rng, buf: &mut [u8; PAGE_SIZE]| {
+        let i = rng.below(pages) as usize;
+        // SAFETY: page i lies inside the region; buf is a distinct local buffer.
+        unsafe { std::ptr::copy_nonoverlapping(region.page(i), buf.as_mut_ptr(), PAGE_SIZE) };
+        black_box(buf);
+    };
+    let lookup = |rng: &mut Rng, buf: &mut [u8; PAGE_SIZE]| {
+        black_box(lfc.lookup(&bench_tag(1, rng.below(pages)), buf));
+    };
+
+    let memcpy_1t = param(
+        BenchRecord::new(BENCH, "memcpy-1t", "pages/s", rate(1, dur, memcpy)),
+        1,
+    );
+    let hits_before = lfc.stats();
+    let lookup_1t = param(
+        BenchRecord::new(BENCH, "lookup-1t", "pages/s", rate(1, dur, lookup)),
+        1,
+    );
+    let hits_after = lfc.stats();
+    let hit_fraction = (hits_after.hits - hits_before.hits) as f64
+        / ((hits_after.hits + hits_after.misses) - (hits_before.hits + hits_before.misses)).max(1)
+            as f64;
+    let lookup_1t = lookup_1t
+        .param("resident_pages", resident)
+        .param("hit_fraction", hit_fraction)
+        .against(&memcpy_1t);
+
+    // Installs of never-seen tags: every one evicts a page. Tags come from a shared counter so
+    // the two-thread variants never repeat one.
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let install = |_: &mut Rng, _: &mut [u8; PAGE_SIZE]| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        black_box(lfc.install_prefetched(&bench_tag(2, i), 0, &page));
+    };
+    let install_1t = param(
+        BenchRecord::new(BENCH, "install-1t", "pages/s", rate(1, dur, install)),
+        1,
+    )
+    .against(&memcpy_1t);
+    let publish = |_: &mut Rng, _: &mut [u8; PAGE_SIZE]| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(mut r) = lfc.reserve() {
+            // Stands in for the kernel's scatter receive into the slot.
+            r.fill_from(&page);
+            black_box(r.publish(&bench_tag(2, i), 0));
+        }
+    };
+    let publish_1t = param(
+        BenchRecord::new(BENCH, "publish-1t", "pages/s", rate(1, dur, publish)),
+        1,
+    )
+    .against(&memcpy_1t);
+
+    // Refill with the lookup set so the two-thread lookups hit as the one-thread ones did.
+    for i in 0..pages {
+        lfc.install_prefetched(&bench_tag(1, i), 0, &page);
+    }
+    let memcpy_2t = param(
+        BenchRecord::new(BENCH, "memcpy-2t", "pages/s", rate(2, dur, memcpy)),
+        2,
+    )
+    .against(&memcpy_1t);
+    let lookup_2t = param(
+        BenchRecord::new(BENCH, "lookup-2t", "pages/s", rate(2, dur, lookup)),
+        2,
+    )
+    .against(&lookup_1t);
+    let install_2t = param(
+        BenchRecord::new(BENCH, "install-2t", "pages/s", rate(2, dur, install)),
+        2,
+    )
+    .against(&install_1t);
+    let overhead = BenchRecord::new(
+        BENCH,
+        "metadata-overhead",
+        "percent",
+        100.0 * lfc.metadata_fraction(),
+    )
+    .param("cache_mib", args.cache_mib)
+    .lower_is_better();
+    Ok(vec![
+        memcpy_1t, lookup_1t, install_1t, publish_1t, memcpy_2t, lookup_2t, install_2t, overhead,
+    ])
+}
+
+// ---- hit ratios ------------------------------------------------------------------------------
+
+/// Samples ranks 0..n with probability proportional to 1 / (rank + 1)^s.
+struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: u64, s: f64) -> Zipf {
+        let mut acc = 0.0;
+        let mut cdf: Vec<f64> = (0..n)
+            .map(|k| {
+                acc += 1.0 / ((k + 1) as f64).powf(s);
+                acc
+            })
+            .collect();
+        for c in &mut cdf {
+            *c /= acc;
+        }
+        Zipf { cdf }
+    }
+
+    fn sample(&self, rng: &mut Rng) -> u64 {
+        let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        self.cdf.partition_point(|&c| c < u) as u64
+    }
+}
+
+/// Exact LRU over u64 keys: hash map into an intrusive doubly linked list.
+struct Lru {
+    capacity: usize,
+    slots: HashMap<u64, usize>,
+    keys: Vec<u64>,
+    prev: Vec<usize>,
+    next: Vec<usize>,
+    head: usize,
+    tail: usize,
+}
+
+const NIL: usize = usize::MAX;
+
+impl Lru {
+    fn new(capacity: usize) -> Lru {
+        Lru {
+            capacity,
+            slots: HashMap::with_capacity(capacity),
+            keys: Vec::with_capacity(capacity),
+            prev: Vec::with_capacity(capacity),
+            next: Vec::with_capacity(capacity),
+            head: NIL,
+            tail: NIL,
+        }
+    }
+
+    fn unlink(&mut self, i: usize) {
+        let (p, n) = (self.prev[i], self.next[i]);
+        if p == NIL {
+            self.head = n;
+        } else {
+            self.next[p] = n;
+        }
+        if n == NIL {
+            self.tail = p;
+        } else {
+            self.prev[n] = p;
+        }
+    }
+
+    fn push_front(&mut self, i: usize) {
+        self.prev[i] = NIL;
+        self.next[i] = self.head;
+        if self.head != NIL {
+            self.prev[self.head] = i;
+        }
+        self.head = i;
+        if self.tail == NIL {
+            self.tail = i;
+        }
+    }
+
+    /// Touches `key`; true on a hit. A miss inserts it, evicting the least recently used.
+    fn access(&mut self, key: u64) -> bool {
+        if let Some(&i) = self.slots.get(&key) {
+            self.unlink(i);
+            self.push_front(i);
+            return true;
+        }
+        let i = if self.keys.len() < self.capacity {
+            self.keys.push(key);
+            self.prev.push(NIL);
+            self.next.push(NIL);
+            self.keys.len() - 1
+        } else {
+            let i = self.tail;
+            self.unlink(i);
+            self.slots.remove(&self.keys[i]);
+            self.keys[i] = key;
+            i
+        };
+        self.slots.insert(key, i);
+        self.push_front(i);
+        false
+    }
+}
+
+enum Trace {
+    Zipf(Zipf, u64),
+    ScanAndHot {
+        hot: u64,
+        scan: u64,
+        hot_share_pct: u64,
+    },
+}
+
+impl Trace {
+    /// Key of access number `k`.
+    fn key(&self, k: u64, rng: &mut Rng) -> u64 {
+        match self {
+            Trace::Zipf(z, _) => z.sample(rng),
+            Trace::ScanAndHot {
+                hot,
+                scan,
+                hot_share_pct,
+            } => {
+                if rng.below(100) < *hot_share_pct {
+                    rng.below(*hot)
+                } else {
+                    // The scan walks the same large table over and over; keys above the hot set.
+                    hot + k % scan
+                }
+            }
+        }
+    }
+}
+
+fn hit_ratios(args: &LfcBenchArgs, dir: &Path) -> anyhow::Result<Vec<BenchRecord>> {
+    let cap = args.hit_ratio_pages;
+    let n = args.hit_ratio_accesses;
+    let workloads = [
+        ("zipf-0.9", Trace::Zipf(Zipf::new(cap * 10, 0.9), cap * 10)),
+        ("zipf-1.0", Trace::Zipf(Zipf::new(cap * 10, 1.0), cap * 10)),
+        (
+            "scan+hot",
+            Trace::ScanAndHot {
+                hot: cap / 2,
+                scan: cap * 2,
+                hot_share_pct: 30,
+            },
+        ),
+    ];
+    let page = [0x3cu8; PAGE_SIZE];
+    let mut out = Box::new([0u8; PAGE_SIZE]);
+    let mut records = Vec::new();
+    for (name, trace) in workloads {
+        let path = dir.join(format!("hit-{name}"));
+        let lfc = Lfc::create(&path, cap)?;
+        let mut lru = Lru::new(cap as usize);
+        let mut rng = Rng(0xfeed_f00d);
+        // Warm up on the first fifth of the trace; count the rest.
+        let warmup = n / 5;
+        let (mut clock_hits, mut lru_hits) = (0u64, 0u64);
+        for k in 0..n {
+            let key = trace.key(k, &mut rng);
+            let tag = bench_tag(3, key);
+            let hit = lfc.lookup(&tag, &mut out).is_some();
+            if !hit {
+                lfc.install_prefetched(&tag, 0, &page);
+            }
+            let lru_hit = lru.access(key);
+            if k >= warmup {
+                clock_hits += u64::from(hit);
+                lru_hits += u64::from(lru_hit);
+            }
+        }
+        drop(lfc);
+        let _ = std::fs::remove_file(&path);
+        let counted = (n - warmup).max(1) as f64;
+        let universe = match &trace {
+            Trace::Zipf(_, u) => *u,
+            Trace::ScanAndHot { hot, scan, .. } => hot + scan,
+        };
+        let with_params = |r: BenchRecord| {
+            r.param("cache_pages", cap)
+                .param("universe_pages", universe)
+                .param("accesses", n)
+                .param("warmup", warmup)
+        };
+        let lru_rec = with_params(BenchRecord::new(
+            BENCH,
+            &format!("lru-{name}"),
+            "hit_pct",
+            100.0 * lru_hits as f64 / counted,
+        ));
+        let clock_rec = with_params(BenchRecord::new(
+            BENCH,
+            &format!("clock-{name}"),
+            "hit_pct",
+            100.0 * clock_hits as f64 / counted,
+        ))
+        .against(&lru_rec);
+        records.push(lru_rec);
+        records.push(clock_rec);
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lru_evicts_the_least_recently_used() {
+        let mut l = Lru::new(2);
+        assert!(!l.access(1));
+        assert!(!l.access(2));
+        assert!(l.access(1));
+        assert!(!l.access(3)); // evicts 2
+        assert!(l.access(1));
+        assert!(!l.access(2));
+        assert!(!l.access(3)); // 1 and 2 were more recent
+    }
+
+    #[test]
+    fn zipf_prefers_low_ranks() {
+        let z = Zipf::new(1000, 1.0);
+        let mut rng = Rng(7);
+        let low = (0..10_000).filter(|_| z.sample(&mut rng) < 10).count();
+        // P(rank < 10) = H(10) / H(1000) ~ 0.39 for s = 1.
+        assert!((3_000..5_000).contains(&low), "{low}");
+    }
 }

@@ -1,7 +1,11 @@
 //! `udp-prefetch lfc stat`: geometry and counters of a local file cache.
+//!
+//! Attaches like any other process (shared lock, no writes), so it can run next to the worker
+//! daemon and backends; the counters are summed over every process that uses the file.
 
 use super::{BadInput, Outcome};
-use std::path::PathBuf;
+use lfc::{Lfc, LfcGeometry, LfcStats};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
 pub struct LfcArgs {
@@ -24,10 +28,132 @@ pub enum LfcCommand {
 
 pub fn run(args: LfcArgs) -> anyhow::Result<Outcome> {
     match args.command {
-        LfcCommand::Stat { lfc, .. } => Err(BadInput(format!(
-            "cannot read {}: the LFC is not implemented yet",
-            lfc.display()
-        ))
-        .into()),
+        LfcCommand::Stat { lfc, json } => stat(&lfc, json),
     }
+}
+
+fn stat(path: &Path, json: bool) -> anyhow::Result<Outcome> {
+    // Every way the file can be unusable (missing, not an LFC, truncated, other version, locked
+    // for re-creation) is the caller's input problem: exit status 2.
+    let cache = Lfc::open(path).map_err(|e| BadInput(format!("cannot read LFC: {e}")))?;
+    let s = cache.stats();
+    let g = cache.geometry();
+    if json {
+        println!("{}", serde_json::Value::Object(json_object(&cache, &g, &s)));
+    } else {
+        print_human(&cache, &g, &s);
+    }
+    Ok(Outcome::Success)
+}
+
+fn json_object(
+    cache: &Lfc,
+    g: &LfcGeometry,
+    s: &LfcStats,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        m.insert(k.to_string(), v);
+    };
+    put("path", cache.path().display().to_string().into());
+    put("format_version", lfc::FORMAT_VERSION.into());
+    put("page_size", (lfc::PAGE_SIZE as u64).into());
+    put("capacity_pages", g.capacity_pages.into());
+    put("used_pages", s.used_pages.into());
+    put("busy_pages", s.busy_pages.into());
+    put("file_bytes", g.file_len.into());
+    put("metadata_bytes", g.metadata_bytes.into());
+    put("index_buckets", g.index_buckets.into());
+    put("lwlsn_slots", g.lwlsn_slots.into());
+    put("requested_slots", g.requested_slots.into());
+    put("key_id", cache.key_id().into());
+    put("creator_pid", cache.creator_pid().into());
+    put("created_unix_ms", cache.created_unix_ms().into());
+    put("lwlsn_floor", cache.lwlsn_floor().into());
+    put("hits", s.hits.into());
+    put("misses", s.misses.into());
+    put("hit_ratio", s.hit_ratio().into());
+    put("installs", s.installs.into());
+    put("writes", s.writes.into());
+    put("stale_rejects", s.stale_rejects.into());
+    put("already_present", s.already_present.into());
+    put("no_room", s.no_room.into());
+    put("evictions", s.evictions.into());
+    put("drops", s.drops.into());
+    put("superseded_writes", s.superseded_writes.into());
+    put("reservations", s.reservations.into());
+    put("abandons", s.abandons.into());
+    put("lock_breaks", s.lock_breaks.into());
+    put("reclaims", s.reclaims.into());
+    put("busy", s.busy.into());
+    put("requested_marks", s.requested_marks.into());
+    put("requested_duplicates", s.requested_duplicates.into());
+    put("wait_arrivals", s.wait_arrivals.into());
+    put("wait_timeouts", s.wait_timeouts.into());
+    m
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
+fn print_human(cache: &Lfc, g: &LfcGeometry, s: &LfcStats) {
+    let data = g.capacity_pages * lfc::PAGE_SIZE as u64;
+    println!("LFC {}", cache.path().display());
+    println!(
+        "  format v{}, key id {:#010x}, created by pid {} at unix ms {}",
+        lfc::FORMAT_VERSION,
+        cache.key_id(),
+        cache.creator_pid(),
+        cache.created_unix_ms()
+    );
+    println!(
+        "  capacity   {} pages ({:.1} MiB of pages), file {:.1} MiB, metadata {:.2} MiB ({:.2} % of pages)",
+        g.capacity_pages,
+        mib(data),
+        mib(g.file_len),
+        mib(g.metadata_bytes),
+        pct(g.metadata_bytes, data)
+    );
+    println!(
+        "  used       {} pages ({:.1} %), {} busy (reserved or being filled)",
+        s.used_pages,
+        pct(s.used_pages, g.capacity_pages),
+        s.busy_pages
+    );
+    println!(
+        "  lookups    {} hits, {} misses, hit ratio {:.1} %",
+        s.hits,
+        s.misses,
+        100.0 * s.hit_ratio()
+    );
+    println!(
+        "  installs   {} accepted, {} stale rejects, {} already present, {} no room",
+        s.installs, s.stale_rejects, s.already_present, s.no_room
+    );
+    println!(
+        "  writes     {} stored, {} superseded; {} cached copies dropped as modified",
+        s.writes, s.superseded_writes, s.drops
+    );
+    println!("  evictions  {}", s.evictions);
+    println!(
+        "  zero-copy  {} reservations, {} abandoned",
+        s.reservations, s.abandons
+    );
+    println!(
+        "  prefetch   {} requests marked, {} duplicates avoided; waits: {} arrived, {} timed out",
+        s.requested_marks, s.requested_duplicates, s.wait_arrivals, s.wait_timeouts
+    );
+    println!(
+        "  recovery   {} locks broken and {} frames reclaimed from dead processes, {} busy refusals",
+        s.lock_breaks, s.reclaims, s.busy
+    );
 }

@@ -1,0 +1,281 @@
+//! Creating and attaching the cache file without ever letting anyone truncate a mapped file.
+//!
+//! - Every attached process holds a shared `flock` on the file for as long as it is mapped.
+//! - `create` builds a complete new file under a temporary name, takes its shared lock, and
+//!   `rename`s it over the path. It first takes an *exclusive* lock on any existing file there and
+//!   refuses with `InUse` if that fails, so a cache that others have mapped is never replaced
+//!   under them; and since the old inode is only ever unlinked, never truncated, even a process
+//!   that slipped in would keep a valid (orphaned) mapping rather than take SIGBUS.
+//! - `open` validates the header with `pread` *before* mapping, so garbage, truncated or empty
+//!   files produce typed errors and no mapping beyond the end of a file is ever made.
+
+use crate::error::LfcError;
+use crate::layout::{FixedHeader, Geometry, FIXED_HEADER_LEN};
+use crate::process::{current_pid, process_alive};
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long `open` keeps retrying while another process holds the exclusive creation lock.
+const OPEN_WAIT_LIMIT: Duration = Duration::from_secs(2);
+const OPEN_RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+pub(crate) struct Attached {
+    /// Holds the shared advisory lock for as long as the mapping exists.
+    pub file: File,
+    pub map: MmapRaw,
+    pub header: FixedHeader,
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: plain syscall on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+fn would_block(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: writes at most `rest.len()` bytes into `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+/// The kernel's boot id as 16 bytes; all zeros (= "unknown", never rejected) if unavailable.
+pub(crate) fn boot_id() -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") else {
+        return out;
+    };
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter_map(|c| (c as char).to_digit(16).map(|d| d as u8))
+        .collect();
+    if digits.len() != 32 {
+        return [0u8; 16];
+    }
+    for (i, pair) in digits.chunks_exact(2).enumerate() {
+        out[i] = pair[0] << 4 | pair[1];
+    }
+    out
+}
+
+fn temp_prefix(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.creating.")
+}
+
+/// Removes temporary files left by creators that died before their rename.
+fn remove_abandoned_temp_files(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let prefix = temp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid: Option<u32> = rest.split('.').next().and_then(|p| p.parse().ok());
+        if pid.is_some_and(|p| !process_alive(p)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn map(path: &Path, file: &File, len: u64) -> Result<MmapRaw, LfcError> {
+    let len = usize::try_from(len).map_err(|_| LfcError::BadGeometry {
+        path: path.to_path_buf(),
+        reason: format!("file length {len} does not fit the address space"),
+    })?;
+    MmapOptions::new()
+        .len(len)
+        .map_raw(file)
+        .map_err(|e| LfcError::io(path, "mmap", e))
+}
+
+pub(crate) fn create(path: &Path, capacity_pages: u64) -> Result<Attached, LfcError> {
+    let geometry = Geometry::for_capacity(capacity_pages)?;
+    // Exclusive lock on the file being replaced, held until the rename is done.
+    let _old = match OpenOptions::new().read(true).open(path) {
+        Ok(f) => match flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Some(f),
+            Err(e) if would_block(&e) => {
+                return Err(LfcError::InUse {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(LfcError::io(path, "flock", e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(LfcError::io(path, "open", e)),
+    };
+    remove_abandoned_temp_files(path);
+
+    let mut nonce = [0u8; 8];
+    let mut key = [0u8; 32];
+    let mut ids = [0u8; 12];
+    getrandom(&mut nonce)
+        .and_then(|()| getrandom(&mut key))
+        .and_then(|()| getrandom(&mut ids))
+        .map_err(|e| LfcError::io(path, "getrandom", e))?;
+    let tmp = path.with_file_name(format!(
+        "{}{}.{:016x}",
+        temp_prefix(path),
+        current_pid(),
+        u64::from_le_bytes(nonce)
+    ));
+    let result = build(path, &tmp, geometry, key, ids);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn build(
+    path: &Path,
+    tmp: &Path,
+    geometry: Geometry,
+    key: [u8; 32],
+    ids: [u8; 12],
+) -> Result<Attached, LfcError> {
+    // 0600: the file holds the datagram key.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(|e| LfcError::io(tmp, "create", e))?;
+    flock(&file, libc::LOCK_SH).map_err(|e| LfcError::io(tmp, "flock", e))?;
+    // A zero-filled (sparse) file is a valid empty cache: every frame FREE, every index entry
+    // empty, every table zero. Only the header needs writing.
+    file.set_len(geometry.file_len)
+        .map_err(|e| LfcError::io(tmp, "set_len", e))?;
+    let mut key_id_bytes = [0u8; 4];
+    key_id_bytes.copy_from_slice(&ids[..4]);
+    let mut seed_bytes = [0u8; 8];
+    seed_bytes.copy_from_slice(&ids[4..]);
+    let created_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let header = FixedHeader {
+        geometry,
+        key,
+        // Never 0, so "no key id" can be told apart in datagram headers.
+        key_id: u32::from_le_bytes(key_id_bytes).max(1),
+        creator_pid: current_pid(),
+        created_unix_ms,
+        hash_seed: u64::from_le_bytes(seed_bytes),
+        boot_id: boot_id(),
+    };
+    file.write_all_at(&header.encode(), 0)
+        .map_err(|e| LfcError::io(tmp, "write header", e))?;
+    let map = map(tmp, &file, geometry.file_len)?;
+    std::fs::rename(tmp, path).map_err(|e| LfcError::io(path, "rename", e))?;
+    // Two creators racing on a path that had no file: only the last rename is reachable. The
+    // loser must not keep using a file nobody else can open.
+    if !same_inode(path, &file) {
+        return Err(LfcError::InUse {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(Attached { file, map, header })
+}
+
+fn same_inode(path: &Path, file: &File) -> bool {
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+pub(crate) fn open(path: &Path) -> Result<Attached, LfcError> {
+    let started = Instant::now();
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| LfcError::io(path, "open", e))?;
+        match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
+            // The path may have been replaced between our open and our lock: then we locked an
+            // orphan and must open the new file instead.
+            Ok(()) if same_inode(path, &file) => return validate_and_map(path, file),
+            Ok(()) => {}
+            Err(e) if would_block(&e) => {}
+            Err(e) => return Err(LfcError::io(path, "flock", e)),
+        }
+        if started.elapsed() >= OPEN_WAIT_LIMIT {
+            return Err(LfcError::Locked {
+                path: path.to_path_buf(),
+                waited_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        std::thread::sleep(OPEN_RETRY_PAUSE);
+    }
+}
+
+fn validate_and_map(path: &Path, file: File) -> Result<Attached, LfcError> {
+    let len = file
+        .metadata()
+        .map_err(|e| LfcError::io(path, "stat", e))?
+        .len();
+    if len == 0 {
+        return Err(LfcError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    if len < FIXED_HEADER_LEN as u64 {
+        return Err(LfcError::Truncated {
+            path: path.to_path_buf(),
+            expected: FIXED_HEADER_LEN as u64,
+            actual: len,
+        });
+    }
+    let mut bytes = [0u8; FIXED_HEADER_LEN];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| LfcError::io(path, "read header", e))?;
+    let header = FixedHeader::decode(path, &bytes, len)?;
+    let now = boot_id();
+    if header.boot_id != [0; 16] && now != [0; 16] && header.boot_id != now {
+        return Err(LfcError::FromPreviousBoot {
+            path: path.to_path_buf(),
+        });
+    }
+    let map = map(path, &file, header.geometry.file_len)?;
+    Ok(Attached { file, map, header })
+}

@@ -1,0 +1,168 @@
+//! Index buckets: one cache line holding an owner-pid lock word and 15 entries, each entry a
+//! frame number plus a 7-bit fingerprint of the tag. A tag lives only in the bucket its hash
+//! selects, and every change to which frame holds a tag happens under that bucket's lock, so a
+//! tag is never linked to two VALID frames at once.
+//!
+//! The lock word holds the owner's pid (0 = free). Waiters spin, then yield, checking now and then
+//! whether the owner still exists; a dead owner's lock is taken over (`Acquired::broken`), and the
+//! new owner must repair whatever the dead one left half-done before relying on the bucket.
+
+use crate::process::process_alive;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Zero, so a freshly created (zero-filled, sparse) file has an empty index without writing it.
+pub(crate) const EMPTY: u32 = 0;
+const FRAME_BITS: u32 = 25;
+const FRAME_MASK: u32 = (1 << FRAME_BITS) - 1;
+
+/// Longest we wait for a lock whose owner is alive (e.g. stopped by a debugger or SIGSTOP)
+/// before giving up with `Busy`. Live owners hold a bucket lock for one page copy.
+pub(crate) const LOCK_WAIT_LIMIT: Duration = Duration::from_millis(500);
+
+/// Spins before the first yield: a live holder needs about one 8 KiB copy.
+const SPINS_BEFORE_YIELD: u32 = 200;
+/// Yields between two liveness checks of the owner (each check is a syscall).
+const YIELDS_PER_LIVENESS_CHECK: u32 = 8;
+
+#[repr(C, align(64))]
+pub(crate) struct Bucket {
+    pub lock: AtomicU32,
+    pub entries: [AtomicU32; crate::layout::BUCKET_ENTRIES],
+}
+
+const _: () = assert!(std::mem::size_of::<Bucket>() == crate::layout::BUCKET_BYTES);
+
+/// Frames are stored plus one, so that no entry is ever 0 (= EMPTY).
+pub(crate) fn encode_entry(fingerprint: u32, frame: u32) -> u32 {
+    debug_assert!(fingerprint < 0x80 && frame < FRAME_MASK - 1);
+    fingerprint << FRAME_BITS | (frame + 1)
+}
+
+/// Frame number of a non-empty entry; None for EMPTY or a zero frame field (corruption).
+pub(crate) fn entry_frame(entry: u32) -> Option<u32> {
+    (entry & FRAME_MASK).checked_sub(1)
+}
+
+pub(crate) fn entry_fingerprint(entry: u32) -> u32 {
+    entry >> FRAME_BITS
+}
+
+/// How a lock was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Acquired {
+    /// The previous owner died holding it: the bucket must be repaired first.
+    pub broken: bool,
+}
+
+impl Bucket {
+    fn try_take(&self, me: u32) -> bool {
+        self.lock
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Takes `owner`'s lock over if `owner` is dead; false if it is alive or the word changed.
+    fn try_break(&self, owner: u32, me: u32) -> bool {
+        !process_alive(owner)
+            && self
+                .lock
+                .compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Waits at most `LOCK_WAIT_LIMIT` for a live owner; breaks a dead owner's lock.
+    pub fn lock(&self, me: u32) -> Result<Acquired, u32> {
+        let mut spins = 0u32;
+        let mut yields = 0u32;
+        let mut started: Option<Instant> = None;
+        loop {
+            if self.try_take(me) {
+                return Ok(Acquired { broken: false });
+            }
+            let owner = self.lock.load(Ordering::Relaxed);
+            if owner == 0 {
+                continue;
+            }
+            if spins < SPINS_BEFORE_YIELD {
+                spins += 1;
+                std::hint::spin_loop();
+                continue;
+            }
+            yields += 1;
+            if yields.is_multiple_of(YIELDS_PER_LIVENESS_CHECK) {
+                if self.try_break(owner, me) {
+                    return Ok(Acquired { broken: true });
+                }
+                // Reading the clock only on this slow path keeps the common case cheap.
+                let t0 = *started.get_or_insert_with(Instant::now);
+                if t0.elapsed() >= LOCK_WAIT_LIMIT {
+                    return Err(owner);
+                }
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// One attempt, for the CLOCK sweep, which would rather move on than wait.
+    pub fn try_lock(&self, me: u32) -> Option<Acquired> {
+        if self.try_take(me) {
+            return Some(Acquired { broken: false });
+        }
+        let owner = self.lock.load(Ordering::Relaxed);
+        (owner != 0 && owner != me && self.try_break(owner, me))
+            .then_some(Acquired { broken: true })
+    }
+
+    pub fn unlock(&self, me: u32) {
+        let prev = self.lock.swap(0, Ordering::Release);
+        debug_assert_eq!(prev, me, "unlocking a bucket lock we do not own");
+    }
+
+    pub fn entry(&self, slot: usize) -> u32 {
+        self.entries[slot].load(Ordering::Acquire)
+    }
+
+    pub fn set_entry(&self, slot: usize, value: u32) {
+        self.entries[slot].store(value, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket() -> Bucket {
+        Bucket {
+            lock: AtomicU32::new(0),
+            entries: std::array::from_fn(|_| AtomicU32::new(EMPTY)),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_never_equal_empty() {
+        for (fp, frame) in [(0, 0), (0x7f, FRAME_MASK - 2), (3, 12345)] {
+            let e = encode_entry(fp, frame);
+            assert_ne!(e, EMPTY);
+            assert_eq!((entry_fingerprint(e), entry_frame(e)), (fp, Some(frame)));
+        }
+        assert_eq!(entry_frame(EMPTY), None);
+    }
+
+    #[test]
+    fn a_dead_owners_lock_is_broken_and_a_live_one_is_not() {
+        let b = bucket();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        b.lock.store(dead, Ordering::Relaxed);
+        assert_eq!(b.lock(42), Ok(Acquired { broken: true }));
+        assert_eq!(b.lock.load(Ordering::Relaxed), 42);
+        // pid 1 is alive: try_lock must not break it.
+        b.lock.store(1, Ordering::Relaxed);
+        assert_eq!(b.try_lock(42), None);
+        b.lock.store(0, Ordering::Relaxed);
+        assert_eq!(b.try_lock(42), Some(Acquired { broken: false }));
+        b.unlock(42);
+    }
+}

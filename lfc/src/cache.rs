@@ -1,0 +1,1146 @@
+//! The cache operations over the shared mapping.
+//!
+//! Invariants (see also `frame` and `bucket`):
+//! 1. A tag is linked to at most one VALID frame, and only in the bucket its hash selects; every
+//!    change of which frame holds a tag, and every change to a VALID frame, happens under that
+//!    bucket's lock.
+//! 2. Readers take no lock: they find a frame through the bucket, copy, and accept the copy only
+//!    if the frame's control word was VALID and unchanged around the copy (seqlock).
+//! 3. A page becomes visible only by a single release store of `ctl` to VALID after its bytes,
+//!    tag and LSNs are in place, so a half-written frame is never published.
+//! 4. The last-written LSN of a tag never goes backwards: while cached it is in the frame, and it
+//!    is folded (max) into the hashed table *before* the frame is unlinked, so a crash between
+//!    the two steps leaves a conservative value, never a lost one.
+//! 5. A process that dies leaves only BUSY frames (reclaimed by whoever meets them: the CLOCK
+//!    sweep or the repair of a bucket) and bucket locks (broken by the next locker, which then
+//!    repairs the bucket). Neither can hide a newer version or expose a torn one.
+
+use crate::arrival::{futex_wait, Channel};
+use crate::attach::{self, Attached};
+use crate::bucket::{encode_entry, entry_fingerprint, entry_frame, Bucket, EMPTY, LOCK_WAIT_LIMIT};
+use crate::error::LfcError;
+use crate::frame::{Ctl, FrameMeta, KIND_BUSY, KIND_VALID, MAX_USAGE};
+use crate::hash::TagHash;
+use crate::layout::{
+    FixedHeader, Geometry, ARRIVAL_CHANNELS, ARRIVAL_OFFSET, BUCKET_BYTES, BUCKET_ENTRIES,
+    GLOBAL_LWLSN_OFFSET, HAND_OFFSET, META_BYTES, STATS_OFFSET, STAT_COUNTERS, STAT_STRIPES,
+};
+use crate::process::{current_pid, process_alive};
+use crate::requested::{self, LINE_ENTRIES};
+use crate::stats::{self, Counter, LfcStats};
+use crate::tag::{BufferTag, PAGE_SIZE};
+use memmap2::MmapRaw;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Optimistic read attempts before a reader reports a miss (or, for `lwlsn`, takes the lock).
+/// A writer holds a frame for one 8 KiB copy, so a handful of short spins cover it.
+const READ_ATTEMPTS: u32 = 16;
+
+/// Upper bound on one `wait_for_arrival`, whatever the caller asks.
+pub const MAX_ARRIVAL_WAIT: Duration = Duration::from_secs(10);
+
+/// Result of offering a prefetched page (`install_prefetched`, `Reservation::publish`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallOutcome {
+    /// The page is now cached and visible.
+    Installed,
+    /// The tag was modified after `not_modified_since` (`lwlsn(tag) > not_modified_since`): the
+    /// page may predate that modification and was dropped.
+    Stale,
+    /// A copy of the tag is already cached; the offered page was dropped.
+    AlreadyPresent,
+    /// No frame could be claimed (every frame reserved or being filled).
+    NoRoom,
+    /// The tag's index bucket stayed locked by a live process past the wait limit.
+    Busy,
+}
+
+/// Result of `write`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The page is cached at the given LSN and the tag's last-written LSN is at least that.
+    Stored,
+    /// The tag already has a newer last-written LSN; nothing changed.
+    Superseded,
+    /// No frame could be claimed: the last-written LSN was recorded and any older cached copy
+    /// dropped, but the page is not cached.
+    NoRoom,
+}
+
+/// Geometry of an attached file, for display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LfcGeometry {
+    pub capacity_pages: u64,
+    pub file_len: u64,
+    /// Bytes before the first page: header, frame metadata, index and tables.
+    pub metadata_bytes: u64,
+    pub index_buckets: u64,
+    pub lwlsn_slots: u64,
+    pub requested_slots: u64,
+}
+
+/// A shared, memory-mapped cache of 8 KiB pages; see the crate documentation.
+///
+/// `Lfc` is `Send + Sync`: threads share one instance by reference or `Arc`.
+pub struct Lfc {
+    path: PathBuf,
+    /// Never touched after attach, but keeping it open keeps the shared `flock`.
+    _file: File,
+    map: MmapRaw,
+    header: FixedHeader,
+    geo: Geometry,
+}
+
+impl std::fmt::Debug for Lfc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lfc")
+            .field("path", &self.path)
+            .field("capacity_pages", &self.geo.capacity_pages)
+            .field("key_id", &self.header.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bucket lock held by this process; unlocks on drop (also on unwind).
+struct Locked<'a> {
+    bucket: &'a Bucket,
+    index: u64,
+    me: u32,
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.bucket.unlock(self.me);
+    }
+}
+
+enum Probe {
+    Found(u64),
+    Absent,
+    Contended,
+}
+
+impl Lfc {
+    /// Creates (or re-creates) the cache file with room for `capacity_pages` pages, a fresh
+    /// random datagram key and key id, and attaches to it. Fails with `InUse` if another process
+    /// has the existing file attached.
+    pub fn create(path: impl AsRef<Path>, capacity_pages: u64) -> Result<Lfc, LfcError> {
+        let path = path.as_ref();
+        Ok(Lfc::from_attached(
+            path,
+            attach::create(path, capacity_pages)?,
+        ))
+    }
+
+    /// Attaches to an existing cache file, validating its header first.
+    pub fn open(path: impl AsRef<Path>) -> Result<Lfc, LfcError> {
+        let path = path.as_ref();
+        Ok(Lfc::from_attached(path, attach::open(path)?))
+    }
+
+    /// Attaches to the file if it is a valid cache of exactly `capacity_pages`; otherwise (missing,
+    /// not a cache, other capacity, from a previous boot) creates a fresh one in its place.
+    pub fn open_or_create(path: impl AsRef<Path>, capacity_pages: u64) -> Result<Lfc, LfcError> {
+        let path = path.as_ref();
+        match Lfc::open(path) {
+            Ok(lfc) if lfc.capacity_pages() == capacity_pages => Ok(lfc),
+            Ok(lfc) => {
+                drop(lfc);
+                Lfc::create(path, capacity_pages)
+            }
+            Err(LfcError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Lfc::create(path, capacity_pages)
+            }
+            Err(e) if e.is_bad_file() => Lfc::create(path, capacity_pages),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn from_attached(path: &Path, a: Attached) -> Lfc {
+        let geo = a.header.geometry;
+        assert!(
+            a.map.len() as u64 >= geo.file_len,
+            "attach maps the whole file"
+        );
+        Lfc {
+            path: path.to_path_buf(),
+            _file: a.file,
+            map: a.map,
+            header: a.header,
+            geo,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn capacity_pages(&self) -> u64 {
+        self.geo.capacity_pages
+    }
+
+    /// The 32-byte datagram MAC key, fresh for every `create`.
+    pub fn key(&self) -> [u8; 32] {
+        self.header.key
+    }
+
+    /// Random non-zero id of the key, fresh for every `create`; datagrams carry it.
+    pub fn key_id(&self) -> u32 {
+        self.header.key_id
+    }
+
+    pub fn creator_pid(&self) -> u32 {
+        self.header.creator_pid
+    }
+
+    pub fn created_unix_ms(&self) -> u64 {
+        self.header.created_unix_ms
+    }
+
+    pub fn geometry(&self) -> LfcGeometry {
+        LfcGeometry {
+            capacity_pages: self.geo.capacity_pages,
+            file_len: self.geo.file_len,
+            metadata_bytes: self.geo.data_offset,
+            index_buckets: self.geo.buckets,
+            lwlsn_slots: self.geo.lwlsn_slots,
+            requested_slots: self.geo.requested_slots,
+        }
+    }
+
+    /// Metadata bytes (header, index, tables) over page bytes.
+    pub fn metadata_fraction(&self) -> f64 {
+        self.geo.metadata_fraction()
+    }
+
+    // ---- raw access to the mapping -------------------------------------------------------
+
+    fn hash(&self, tag: &BufferTag) -> TagHash {
+        TagHash::of(tag, self.header.hash_seed)
+    }
+
+    /// # Safety contract (internal)
+    /// `offset + size_of::<T>()` lies inside the mapping, `offset` is aligned for `T`, and `T`
+    /// is made only of atomics (valid for any bit pattern, shared mutation allowed). Offsets come
+    /// from the validated geometry; the mapping lives as long as `self`.
+    fn shared<T>(&self, offset: u64) -> &T {
+        debug_assert!(offset as usize + std::mem::size_of::<T>() <= self.map.len());
+        debug_assert_eq!(offset as usize % std::mem::align_of::<T>(), 0);
+        // SAFETY: see the contract above; every caller passes a geometry-derived offset.
+        unsafe { &*(self.map.as_ptr().add(offset as usize) as *const T) }
+    }
+
+    fn meta(&self, frame: u32) -> &FrameMeta {
+        assert!(u64::from(frame) < self.geo.capacity_pages);
+        self.shared(self.geo.meta_offset + u64::from(frame) * META_BYTES as u64)
+    }
+
+    fn bucket(&self, index: u64) -> &Bucket {
+        assert!(index < self.geo.buckets);
+        self.shared(self.geo.bucket_offset + index * BUCKET_BYTES as u64)
+    }
+
+    fn lwlsn_cell(&self, h: TagHash) -> &AtomicU64 {
+        self.shared(self.geo.lwlsn_offset + h.lwlsn_slot(self.geo.lwlsn_slots) * 8)
+    }
+
+    fn requested_line(&self, h: TagHash) -> &[AtomicU64] {
+        let lines = self.geo.requested_slots / LINE_ENTRIES as u64;
+        let off = self.geo.requested_offset + h.requested_line(lines) * (LINE_ENTRIES as u64 * 8);
+        let first: &AtomicU64 = self.shared(off);
+        // SAFETY: LINE_ENTRIES consecutive u64 cells inside the requested table.
+        unsafe { std::slice::from_raw_parts(first, LINE_ENTRIES) }
+    }
+
+    fn channel(&self, h: TagHash) -> &Channel {
+        self.shared((ARRIVAL_OFFSET + h.arrival_channel(ARRIVAL_CHANNELS) * 8) as u64)
+    }
+
+    fn hand(&self) -> &AtomicU64 {
+        self.shared(HAND_OFFSET as u64)
+    }
+
+    fn global_lwlsn(&self) -> &AtomicU64 {
+        self.shared(GLOBAL_LWLSN_OFFSET as u64)
+    }
+
+    fn stat_cells(&self) -> &[AtomicU64] {
+        let first: &AtomicU64 = self.shared(STATS_OFFSET as u64);
+        // SAFETY: the stats area holds STAT_STRIPES * STAT_COUNTERS u64 cells.
+        unsafe { std::slice::from_raw_parts(first, STAT_STRIPES * STAT_COUNTERS) }
+    }
+
+    fn bump(&self, c: Counter) {
+        stats::bump(self.stat_cells(), c);
+    }
+
+    /// Start of a frame's 8 KiB of page data (4 KiB aligned). Only ever used through raw-pointer
+    /// copies: other processes write this memory, so no Rust reference to it may exist.
+    fn frame_ptr(&self, frame: u32) -> *mut u8 {
+        assert!(u64::from(frame) < self.geo.capacity_pages);
+        let off = self.geo.data_offset + u64::from(frame) * PAGE_SIZE as u64;
+        // SAFETY: in bounds of the mapping by the geometry.
+        unsafe { self.map.as_mut_ptr().add(off as usize) }
+    }
+
+    /// Frame number of an index entry, or None if the entry is empty or out of range (a
+    /// corrupt entry must not make us index outside the metadata array).
+    fn entry_frame(&self, entry: u32) -> Option<u32> {
+        let f = entry_frame(entry)?;
+        (u64::from(f) < self.geo.capacity_pages).then_some(f)
+    }
+
+    // ---- optimistic readers --------------------------------------------------------------
+
+    /// Finds `tag` without locking; copies its page into `out` if given. Returns the cached
+    /// version's LSN, or None on a miss or when writers kept the frame busy for every attempt.
+    fn read_optimistic(
+        &self,
+        h: TagHash,
+        tag: &BufferTag,
+        mut out: Option<&mut [u8; PAGE_SIZE]>,
+        touch: bool,
+    ) -> Option<u64> {
+        let bucket = self.bucket(h.bucket(self.geo.buckets));
+        let fp = h.fingerprint();
+        for attempt in 0..READ_ATTEMPTS {
+            let mut contended = false;
+            for slot in 0..BUCKET_ENTRIES {
+                let e = bucket.entry(slot);
+                if entry_fingerprint(e) != fp {
+                    continue;
+                }
+                let Some(frame) = self.entry_frame(e) else {
+                    continue;
+                };
+                let m = self.meta(frame);
+                let c1 = m.ctl();
+                if c1.kind() != KIND_VALID {
+                    // A BUSY frame still linked here is an in-place rewrite in progress.
+                    contended |= c1.kind() == KIND_BUSY && m.tag() == *tag;
+                    continue;
+                }
+                if m.tag() != *tag {
+                    continue;
+                }
+                let lsn = m.lsn.load(Ordering::Relaxed);
+                if let Some(out) = out.as_deref_mut() {
+                    // SAFETY: source is one frame of the mapping, destination the caller's
+                    // buffer; they cannot overlap. A concurrent writer may change the source
+                    // during the copy: the seqlock check below then rejects the result.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            self.frame_ptr(frame),
+                            out.as_mut_ptr(),
+                            PAGE_SIZE,
+                        )
+                    };
+                }
+                fence(Ordering::Acquire);
+                if m.ctl.load(Ordering::Relaxed) != c1.0 {
+                    contended = true;
+                    continue;
+                }
+                if touch {
+                    m.touch();
+                }
+                return Some(lsn);
+            }
+            if !contended {
+                return None;
+            }
+            for _ in 0..(1u32 << attempt.min(8)) {
+                std::hint::spin_loop();
+            }
+        }
+        None
+    }
+
+    /// Last-written LSN of `tag` as recorded in its cached frame, if it is cached.
+    fn probe_lwlsn(&self, h: TagHash, tag: &BufferTag) -> Probe {
+        let bucket = self.bucket(h.bucket(self.geo.buckets));
+        let fp = h.fingerprint();
+        for slot in 0..BUCKET_ENTRIES {
+            let e = bucket.entry(slot);
+            if entry_fingerprint(e) != fp {
+                continue;
+            }
+            let Some(frame) = self.entry_frame(e) else {
+                continue;
+            };
+            let m = self.meta(frame);
+            let c1 = m.ctl();
+            match c1.kind() {
+                KIND_VALID => {
+                    let t = m.tag();
+                    let lwlsn = m.lwlsn.load(Ordering::Relaxed);
+                    fence(Ordering::Acquire);
+                    if m.ctl.load(Ordering::Relaxed) != c1.0 {
+                        return Probe::Contended;
+                    }
+                    if t == *tag {
+                        return Probe::Found(lwlsn);
+                    }
+                }
+                KIND_BUSY if m.tag() == *tag => return Probe::Contended,
+                _ => {}
+            }
+        }
+        Probe::Absent
+    }
+
+    /// Copies the cached page of `tag` into `out` and returns the LSN at which it is known
+    /// current (the LSN of the `write` that stored it, or the `not_modified_since` of the prefetch
+    /// that delivered it). On `None`, `out` holds unspecified bytes.
+    pub fn lookup(&self, tag: &BufferTag, out: &mut [u8; PAGE_SIZE]) -> Option<u64> {
+        let h = self.hash(tag);
+        let r = self.read_optimistic(h, tag, Some(out), true);
+        self.bump(if r.is_some() {
+            Counter::Hits
+        } else {
+            Counter::Misses
+        });
+        r
+    }
+
+    /// Whether `tag` is cached (does not count as a use for eviction or in the hit statistics).
+    pub fn contains(&self, tag: &BufferTag) -> bool {
+        self.read_optimistic(self.hash(tag), tag, None, false)
+            .is_some()
+    }
+
+    /// The tag's last-written LSN: from its frame while cached, else from the hashed table
+    /// (where a collision can only make it larger), and never below the global floor.
+    pub fn lwlsn(&self, tag: &BufferTag) -> u64 {
+        let h = self.hash(tag);
+        let floor = self.global_lwlsn().load(Ordering::Acquire);
+        for _ in 0..READ_ATTEMPTS {
+            match self.probe_lwlsn(h, tag) {
+                Probe::Found(v) => return v.max(floor),
+                // Read after the probe: the table only grows, so this is at least the value it
+                // had when the probe saw the tag absent.
+                Probe::Absent => return self.lwlsn_cell(h).load(Ordering::Acquire).max(floor),
+                Probe::Contended => std::hint::spin_loop(),
+            }
+        }
+        // A writer kept the frame busy (or died in it): the locked path is exact and repairs.
+        match self.lock_bucket(h) {
+            Ok(g) => {
+                let v = match self.find_locked(&g, h, tag) {
+                    Some((_, frame)) => self.meta(frame).lwlsn.load(Ordering::Acquire),
+                    None => self.lwlsn_cell(h).load(Ordering::Acquire),
+                };
+                v.max(floor)
+            }
+            Err(_) => self.lwlsn_conservative(h, tag).max(floor),
+        }
+    }
+
+    /// Upper bound of every value the tag's lwlsn could have, for when a live process keeps its
+    /// bucket locked: the table and every frame in the bucket that carries the tag.
+    fn lwlsn_conservative(&self, h: TagHash, tag: &BufferTag) -> u64 {
+        let bucket = self.bucket(h.bucket(self.geo.buckets));
+        let mut v = self.lwlsn_cell(h).load(Ordering::Acquire);
+        for slot in 0..BUCKET_ENTRIES {
+            if let Some(frame) = self.entry_frame(bucket.entry(slot)) {
+                let m = self.meta(frame);
+                if m.tag() == *tag {
+                    v = v.max(m.lwlsn.load(Ordering::Acquire));
+                }
+            }
+        }
+        v
+    }
+
+    /// Raises the global lwlsn floor: every tag's lwlsn is at least this from now on. For events
+    /// that modify pages without per-page tracking. Cached pages are not dropped by it.
+    pub fn raise_lwlsn_floor(&self, lsn: u64) {
+        self.global_lwlsn().fetch_max(lsn, Ordering::AcqRel);
+    }
+
+    pub fn lwlsn_floor(&self) -> u64 {
+        self.global_lwlsn().load(Ordering::Acquire)
+    }
+
+    // ---- locking and repair ----------------------------------------------------------------
+
+    fn lock_bucket(&self, h: TagHash) -> Result<Locked<'_>, LfcError> {
+        let index = h.bucket(self.geo.buckets);
+        let me = current_pid();
+        let bucket = self.bucket(index);
+        match bucket.lock(me) {
+            Ok(acq) => {
+                let g = Locked { bucket, index, me };
+                if acq.broken {
+                    self.bump(Counter::LockBreaks);
+                    self.repair_bucket(&g);
+                }
+                Ok(g)
+            }
+            Err(owner) => {
+                self.bump(Counter::Busy);
+                Err(LfcError::Busy {
+                    owner,
+                    waited_ms: LOCK_WAIT_LIMIT.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Makes a bucket whose previous owner died consistent again: drops entries that point at
+    /// frames that are not VALID pages of this bucket (a dead owner's half-done rewrite,
+    /// a frame since reclaimed), and duplicate entries. Idempotent, so a repairer that dies is
+    /// simply followed by another.
+    fn repair_bucket(&self, g: &Locked<'_>) {
+        for slot in 0..BUCKET_ENTRIES {
+            let e = g.bucket.entry(slot);
+            if e == EMPTY {
+                continue;
+            }
+            let keep = match self.entry_frame(e) {
+                None => false,
+                Some(frame) => {
+                    let m = self.meta(frame);
+                    let c = m.ctl();
+                    match c.kind() {
+                        KIND_VALID => {
+                            let tag = m.tag();
+                            let th = self.hash(&tag);
+                            th.bucket(self.geo.buckets) == g.index
+                                && th.fingerprint() == entry_fingerprint(e)
+                                && !self.linked_before(g, slot, frame, &tag)
+                        }
+                        KIND_BUSY => {
+                            if c.pid() != g.me
+                                && !process_alive(c.pid())
+                                && self.reclaim_dead(frame, c)
+                            {
+                                self.release_frame(frame);
+                            }
+                            false
+                        }
+                        _ => false,
+                    }
+                }
+            };
+            if !keep {
+                g.bucket.set_entry(slot, EMPTY);
+            }
+        }
+    }
+
+    /// Whether an entry before `slot` already links `frame` or another VALID frame with `tag`.
+    fn linked_before(&self, g: &Locked<'_>, slot: usize, frame: u32, tag: &BufferTag) -> bool {
+        (0..slot).any(|s| match self.entry_frame(g.bucket.entry(s)) {
+            Some(f) if f == frame => true,
+            Some(f) => {
+                let m = self.meta(f);
+                if m.ctl().kind() == KIND_VALID && m.tag() == *tag {
+                    // Keep the earlier one but let it inherit the later one's lwlsn.
+                    m.lwlsn.fetch_max(
+                        self.meta(frame).lwlsn.load(Ordering::Acquire),
+                        Ordering::AcqRel,
+                    );
+                    true
+                } else {
+                    false
+                }
+            }
+            None => false,
+        })
+    }
+
+    /// Takes over a frame owned by a dead process (it becomes BUSY for us). Folds the lwlsn the
+    /// dead owner may have been recording into the table first: it could have died mid-rewrite
+    /// after raising it, and a max is always safe.
+    fn reclaim_dead(&self, frame: u32, c: Ctl) -> bool {
+        let m = self.meta(frame);
+        let tag = m.tag();
+        self.lwlsn_cell(self.hash(&tag))
+            .fetch_max(m.lwlsn.load(Ordering::Acquire), Ordering::AcqRel);
+        let ok = m
+            .ctl
+            .compare_exchange(
+                c.0,
+                c.to_busy(current_pid()).0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if ok {
+            self.bump(Counter::Reclaims);
+        }
+        ok
+    }
+
+    /// Entry slot and frame of `tag` in a locked bucket. Under the lock VALID frames of this
+    /// bucket cannot change, so no seqlock validation is needed.
+    fn find_locked(&self, g: &Locked<'_>, h: TagHash, tag: &BufferTag) -> Option<(usize, u32)> {
+        let fp = h.fingerprint();
+        (0..BUCKET_ENTRIES).find_map(|slot| {
+            let e = g.bucket.entry(slot);
+            if entry_fingerprint(e) != fp {
+                return None;
+            }
+            let frame = self.entry_frame(e)?;
+            let m = self.meta(frame);
+            (m.ctl().kind() == KIND_VALID && m.tag() == *tag).then_some((slot, frame))
+        })
+    }
+
+    // ---- frame ownership -----------------------------------------------------------------
+
+    /// Claims a frame for this process (BUSY(me)) with the CLOCK sweep: free frames are taken,
+    /// dead owners' frames reclaimed, used frames lose one usage count per pass and are evicted
+    /// at zero. Bounded: after enough passes to drain every usage count, gives up (NoRoom).
+    fn claim_frame(&self) -> Option<u32> {
+        let me = current_pid();
+        let n = self.geo.capacity_pages;
+        let limit = n * (u64::from(MAX_USAGE) + 2);
+        for _ in 0..limit {
+            let frame = (self.hand().fetch_add(1, Ordering::Relaxed) % n) as u32;
+            let m = self.meta(frame);
+            let c = m.ctl();
+            match c.kind() {
+                KIND_VALID => {
+                    let u = m.usage.load(Ordering::Relaxed);
+                    if u > 0 {
+                        m.usage.store(u - 1, Ordering::Relaxed);
+                    } else if self.try_evict(frame, c) {
+                        return Some(frame);
+                    }
+                }
+                KIND_BUSY => {
+                    if c.pid() != me && !process_alive(c.pid()) && self.reclaim_dead(frame, c) {
+                        return Some(frame);
+                    }
+                }
+                // FREE, or a kind no writer produces (corruption): take it.
+                _ => {
+                    let busy = c.to_busy(me);
+                    if m.ctl
+                        .compare_exchange(c.0, busy.0, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return Some(frame);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Evicts a cold VALID frame for reuse by us, if its bucket lock is free right now.
+    fn try_evict(&self, frame: u32, c: Ctl) -> bool {
+        let m = self.meta(frame);
+        let tag = m.tag();
+        fence(Ordering::Acquire);
+        if m.ctl.load(Ordering::Relaxed) != c.0 {
+            return false;
+        }
+        let h = self.hash(&tag);
+        let index = h.bucket(self.geo.buckets);
+        let me = current_pid();
+        let bucket = self.bucket(index);
+        let Some(acq) = bucket.try_lock(me) else {
+            return false;
+        };
+        let g = Locked { bucket, index, me };
+        if acq.broken {
+            self.bump(Counter::LockBreaks);
+            self.repair_bucket(&g);
+        }
+        // Re-check under the lock: same VALID frame (tag unchanged), still cold.
+        if m.ctl.load(Ordering::Acquire) != c.0 || m.usage.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
+        self.unlink_locked(&g, h, frame, m.lwlsn.load(Ordering::Acquire));
+        let taken = m
+            .ctl
+            .compare_exchange(c.0, c.to_busy(me).0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        debug_assert!(taken, "a VALID frame changed under its bucket lock");
+        if taken {
+            self.bump(Counter::Evictions);
+        }
+        taken
+    }
+
+    /// Folds the lwlsn into the table, then removes every entry linking `frame`. The order
+    /// matters: dying in between leaves the tag linked *and* folded, never unlinked and lost.
+    fn unlink_locked(&self, g: &Locked<'_>, h: TagHash, frame: u32, lwlsn: u64) {
+        self.lwlsn_cell(h).fetch_max(lwlsn, Ordering::AcqRel);
+        for slot in 0..BUCKET_ENTRIES {
+            if self.entry_frame(g.bucket.entry(slot)) == Some(frame) {
+                g.bucket.set_entry(slot, EMPTY);
+            }
+        }
+    }
+
+    /// Unlinks a VALID frame of a locked bucket and frees it.
+    fn drop_locked(&self, g: &Locked<'_>, h: TagHash, frame: u32, lwlsn: u64) {
+        let m = self.meta(frame);
+        self.unlink_locked(g, h, frame, lwlsn);
+        let c = m.ctl();
+        debug_assert_eq!(c.kind(), KIND_VALID);
+        m.ctl.store(c.to_free().0, Ordering::Release);
+    }
+
+    /// Returns a frame we own (BUSY(me)) to FREE.
+    fn release_frame(&self, frame: u32) {
+        let m = self.meta(frame);
+        let c = m.ctl();
+        debug_assert!(c.kind() == KIND_BUSY && c.pid() == current_pid());
+        m.ctl.store(c.to_free().0, Ordering::Release);
+    }
+
+    /// Frees the least used page of a full bucket to make room for a new entry.
+    fn evict_in_bucket(&self, g: &Locked<'_>) -> Option<usize> {
+        let mut victim: Option<(usize, u32, u32)> = None;
+        for slot in 0..BUCKET_ENTRIES {
+            let Some(frame) = self.entry_frame(g.bucket.entry(slot)) else {
+                return Some(slot);
+            };
+            let m = self.meta(frame);
+            if m.ctl().kind() != KIND_VALID {
+                continue;
+            }
+            let u = m.usage.load(Ordering::Relaxed);
+            let colder = match victim {
+                None => true,
+                Some((_, _, vu)) => u < vu,
+            };
+            if colder {
+                victim = Some((slot, frame, u));
+            }
+        }
+        let (slot, frame, _) = victim?;
+        let m = self.meta(frame);
+        let h = self.hash(&m.tag());
+        self.drop_locked(g, h, frame, m.lwlsn.load(Ordering::Acquire));
+        self.bump(Counter::Evictions);
+        Some(slot)
+    }
+
+    /// Publishes our filled BUSY frame as `tag` in the locked bucket. False if no entry could be
+    /// made free (only possible in a corrupt bucket); the frame is then still ours.
+    fn link_locked(
+        &self,
+        g: &Locked<'_>,
+        h: TagHash,
+        tag: &BufferTag,
+        frame: u32,
+        version: u64,
+        lwlsn: u64,
+    ) -> bool {
+        let free_slot = (0..BUCKET_ENTRIES).find(|&s| g.bucket.entry(s) == EMPTY);
+        let slot = match free_slot {
+            Some(s) => s,
+            None => {
+                self.repair_bucket(g);
+                match (0..BUCKET_ENTRIES).find(|&s| g.bucket.entry(s) == EMPTY) {
+                    Some(s) => s,
+                    None => match self.evict_in_bucket(g) {
+                        Some(s) => s,
+                        None => return false,
+                    },
+                }
+            }
+        };
+        let m = self.meta(frame);
+        let c = m.ctl();
+        debug_assert!(c.kind() == KIND_BUSY && c.pid() == g.me);
+        m.set_tag(tag);
+        m.lsn.store(version, Ordering::Relaxed);
+        m.lwlsn.store(lwlsn, Ordering::Relaxed);
+        m.usage.store(1, Ordering::Relaxed);
+        // The one store that publishes: bytes, tag and LSNs happen-before any reader's Acquire
+        // load that sees VALID.
+        m.ctl.store(c.to_valid().0, Ordering::Release);
+        g.bucket
+            .set_entry(slot, encode_entry(h.fingerprint(), frame));
+        true
+    }
+
+    fn copy_into_frame(&self, frame: u32, page: &[u8; PAGE_SIZE]) {
+        // SAFETY: the frame is BUSY and owned by us, so no other process writes it; readers
+        // ignore BUSY frames. Source and destination cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), self.frame_ptr(frame), PAGE_SIZE) };
+    }
+
+    // ---- writers ---------------------------------------------------------------------------
+
+    /// Stores the compute's own new version of `tag` at `lsn` (and raises the tag's lwlsn to
+    /// `lsn`). Refused as `Superseded` when the tag's lwlsn is already above `lsn`.
+    pub fn write(
+        &self,
+        tag: &BufferTag,
+        lsn: u64,
+        page: &[u8; PAGE_SIZE],
+    ) -> Result<WriteOutcome, LfcError> {
+        let h = self.hash(tag);
+        let floor = self.lwlsn_floor();
+        {
+            let g = self.lock_bucket(h)?;
+            if let Some((_, frame)) = self.find_locked(&g, h, tag) {
+                let m = self.meta(frame);
+                if lsn < m.lwlsn.load(Ordering::Acquire).max(floor) {
+                    self.bump(Counter::SupersededWrites);
+                    return Ok(WriteOutcome::Superseded);
+                }
+                self.rewrite_locked(frame, lsn, page);
+                drop(g);
+                self.bump(Counter::Writes);
+                self.channel(h).notify();
+                return Ok(WriteOutcome::Stored);
+            }
+            if lsn < self.lwlsn_cell(h).load(Ordering::Acquire).max(floor) {
+                self.bump(Counter::SupersededWrites);
+                return Ok(WriteOutcome::Superseded);
+            }
+        }
+        // Not cached: fill a frame with no lock held, since claiming may evict and so lock
+        // another bucket (holding two bucket locks could deadlock).
+        let Some(frame) = self.claim_frame() else {
+            let g = self.lock_bucket(h)?;
+            self.set_lwlsn_locked(&g, h, tag, lsn);
+            self.bump(Counter::NoRoom);
+            return Ok(WriteOutcome::NoRoom);
+        };
+        self.copy_into_frame(frame, page);
+        let g = match self.lock_bucket(h) {
+            Ok(g) => g,
+            Err(e) => {
+                self.release_frame(frame);
+                return Err(e);
+            }
+        };
+        // Someone may have cached the tag meanwhile: replace that copy with ours.
+        let mut lwlsn = self.lwlsn_cell(h).load(Ordering::Acquire);
+        if let Some((_, old)) = self.find_locked(&g, h, tag) {
+            let old_lwlsn = self.meta(old).lwlsn.load(Ordering::Acquire);
+            if lsn < old_lwlsn.max(floor) {
+                self.release_frame(frame);
+                self.bump(Counter::SupersededWrites);
+                return Ok(WriteOutcome::Superseded);
+            }
+            self.drop_locked(&g, h, old, old_lwlsn);
+            lwlsn = lwlsn.max(old_lwlsn);
+        } else if lsn < lwlsn.max(floor) {
+            self.release_frame(frame);
+            self.bump(Counter::SupersededWrites);
+            return Ok(WriteOutcome::Superseded);
+        }
+        if !self.link_locked(&g, h, tag, frame, lsn, lwlsn.max(lsn)) {
+            self.release_frame(frame);
+            self.set_lwlsn_locked(&g, h, tag, lsn);
+            self.bump(Counter::NoRoom);
+            return Ok(WriteOutcome::NoRoom);
+        }
+        drop(g);
+        self.bump(Counter::Writes);
+        self.channel(h).notify();
+        Ok(WriteOutcome::Stored)
+    }
+
+    /// In-place rewrite of a VALID frame under its bucket lock (seqlock writer side).
+    fn rewrite_locked(&self, frame: u32, lsn: u64, page: &[u8; PAGE_SIZE]) {
+        let m = self.meta(frame);
+        let c = m.ctl();
+        debug_assert_eq!(c.kind(), KIND_VALID);
+        let busy = c.to_busy(current_pid());
+        m.ctl.store(busy.0, Ordering::Relaxed);
+        // Orders the BUSY store before the data stores below, for readers' validation.
+        fence(Ordering::Release);
+        // Raised before the copy, so whoever cleans up after our death folds the new value.
+        m.lwlsn.fetch_max(lsn, Ordering::AcqRel);
+        m.lsn.store(lsn, Ordering::Relaxed);
+        self.copy_into_frame(frame, page);
+        m.ctl.store(busy.to_valid().0, Ordering::Release);
+    }
+
+    /// Records that `tag` was modified at `lsn` without supplying the content: raises its
+    /// lwlsn and drops a cached copy that is older than `lsn`.
+    pub fn set_lwlsn(&self, tag: &BufferTag, lsn: u64) -> Result<(), LfcError> {
+        let h = self.hash(tag);
+        let g = self.lock_bucket(h)?;
+        self.set_lwlsn_locked(&g, h, tag, lsn);
+        Ok(())
+    }
+
+    fn set_lwlsn_locked(&self, g: &Locked<'_>, h: TagHash, tag: &BufferTag, lsn: u64) {
+        match self.find_locked(g, h, tag) {
+            Some((_, frame)) => {
+                let m = self.meta(frame);
+                if m.lsn.load(Ordering::Acquire) < lsn {
+                    let lwlsn = m.lwlsn.load(Ordering::Acquire).max(lsn);
+                    self.drop_locked(g, h, frame, lwlsn);
+                    self.bump(Counter::Drops);
+                } else {
+                    m.lwlsn.fetch_max(lsn, Ordering::AcqRel);
+                }
+            }
+            None => {
+                self.lwlsn_cell(h).fetch_max(lsn, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Offers a prefetched page that the page server produced for a request whose
+    /// `not_modified_since` was `not_modified_since`. Accepted only when the tag is not cached
+    /// and `lwlsn(tag) <= not_modified_since`.
+    pub fn install_prefetched(
+        &self,
+        tag: &BufferTag,
+        not_modified_since: u64,
+        page: &[u8; PAGE_SIZE],
+    ) -> InstallOutcome {
+        let h = self.hash(tag);
+        // Unlocked pre-checks, so duplicates and stale pages cost no eviction. The locked
+        // checks in `publish_frame` decide.
+        if self.read_optimistic(h, tag, None, false).is_some() {
+            self.bump(Counter::AlreadyPresent);
+            return InstallOutcome::AlreadyPresent;
+        }
+        let lw = self
+            .lwlsn_cell(h)
+            .load(Ordering::Acquire)
+            .max(self.lwlsn_floor());
+        if lw > not_modified_since {
+            self.bump(Counter::StaleRejects);
+            return InstallOutcome::Stale;
+        }
+        let Some(frame) = self.claim_frame() else {
+            self.bump(Counter::NoRoom);
+            return InstallOutcome::NoRoom;
+        };
+        self.copy_into_frame(frame, page);
+        self.publish_frame(frame, tag, h, not_modified_since)
+    }
+
+    /// Links our filled frame as `tag` if the install rules allow, else frees it.
+    pub(crate) fn publish_frame(
+        &self,
+        frame: u32,
+        tag: &BufferTag,
+        h: TagHash,
+        not_modified_since: u64,
+    ) -> InstallOutcome {
+        let g = match self.lock_bucket(h) {
+            Ok(g) => g,
+            Err(_) => {
+                self.release_frame(frame);
+                return InstallOutcome::Busy;
+            }
+        };
+        if self.find_locked(&g, h, tag).is_some() {
+            self.release_frame(frame);
+            self.bump(Counter::AlreadyPresent);
+            return InstallOutcome::AlreadyPresent;
+        }
+        let lwlsn = self.lwlsn_cell(h).load(Ordering::Acquire);
+        if lwlsn.max(self.lwlsn_floor()) > not_modified_since {
+            self.release_frame(frame);
+            self.bump(Counter::StaleRejects);
+            return InstallOutcome::Stale;
+        }
+        if !self.link_locked(&g, h, tag, frame, not_modified_since, lwlsn) {
+            self.release_frame(frame);
+            self.bump(Counter::NoRoom);
+            return InstallOutcome::NoRoom;
+        }
+        drop(g);
+        self.bump(Counter::Installs);
+        self.channel(h).notify();
+        InstallOutcome::Installed
+    }
+
+    // ---- zero-copy reservations ------------------------------------------------------------
+
+    /// Claims a frame for the caller to fill in place (e.g. with `recvmsg` scatter I/O); see
+    /// [`Reservation`]. None when no frame can be claimed.
+    pub fn reserve(&self) -> Option<Reservation<'_>> {
+        match self.claim_frame() {
+            Some(frame) => {
+                self.bump(Counter::Reservations);
+                Some(Reservation {
+                    lfc: self,
+                    frame,
+                    done: false,
+                })
+            }
+            None => {
+                self.bump(Counter::NoRoom);
+                None
+            }
+        }
+    }
+
+    // ---- request marks and arrival waits ---------------------------------------------------
+
+    /// Marks `tag` as requested at `now_ns` (any clock shared by the processes, e.g.
+    /// CLOCK_MONOTONIC). True when it was already marked less than `REQUESTED_TTL_NS` ago,
+    /// i.e. a prefetch for it is probably in flight.
+    pub fn mark_requested(&self, tag: &BufferTag, now_ns: u64) -> bool {
+        let h = self.hash(tag);
+        let dup = requested::mark(self.requested_line(h), h.requested_key(), now_ns);
+        self.bump(if dup {
+            Counter::RequestedDuplicates
+        } else {
+            Counter::RequestedMarks
+        });
+        dup
+    }
+
+    /// Sleeps until `tag` is cached or `timeout` (capped at `MAX_ARRIVAL_WAIT`) passes; true if
+    /// it is cached. Woken across processes by `write`, `install_prefetched` and `publish`.
+    pub fn wait_for_arrival(&self, tag: &BufferTag, timeout: Duration) -> bool {
+        let h = self.hash(tag);
+        let ch = self.channel(h);
+        let deadline = Instant::now() + timeout.min(MAX_ARRIVAL_WAIT);
+        loop {
+            ch.waiters.fetch_add(1, Ordering::SeqCst);
+            let seq = ch.seq.load(Ordering::SeqCst);
+            let arrived = self.contains(tag);
+            let now = Instant::now();
+            if arrived || now >= deadline {
+                ch.waiters.fetch_sub(1, Ordering::SeqCst);
+                self.bump(if arrived {
+                    Counter::WaitArrivals
+                } else {
+                    Counter::WaitTimeouts
+                });
+                return arrived;
+            }
+            futex_wait(&ch.seq, seq, deadline - now);
+            ch.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Number of waiters registered on the arrival channel of `tag` (for tests and debugging).
+    #[doc(hidden)]
+    pub fn arrival_waiters(&self, tag: &BufferTag) -> u32 {
+        self.channel(self.hash(tag)).waiters.load(Ordering::SeqCst)
+    }
+
+    /// Index of the lwlsn table slot of `tag`: tests use it to pick tags that do not collide.
+    #[doc(hidden)]
+    pub fn lwlsn_slot_of(&self, tag: &BufferTag) -> u64 {
+        self.hash(tag).lwlsn_slot(self.geo.lwlsn_slots)
+    }
+
+    // ---- statistics and snapshots ------------------------------------------------------------
+
+    /// Counters summed over all processes, plus frame occupancy (a scan of the metadata array,
+    /// so O(capacity): meant for monitoring, not for hot paths).
+    pub fn stats(&self) -> LfcStats {
+        let mut sums = [0u64; STAT_COUNTERS];
+        let cells = self.stat_cells();
+        for stripe in 0..STAT_STRIPES {
+            for (i, sum) in sums.iter_mut().enumerate() {
+                *sum += cells[stripe * STAT_COUNTERS + i].load(Ordering::Relaxed);
+            }
+        }
+        let mut s = LfcStats::from_sums(&sums);
+        s.capacity_pages = self.geo.capacity_pages;
+        for frame in 0..self.geo.capacity_pages as u32 {
+            match self.meta(frame).ctl().kind() {
+                KIND_VALID => s.used_pages += 1,
+                KIND_BUSY => s.busy_pages += 1,
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// Up to `max` cached tags, most used first (CLOCK usage count, then LSN), for prewarm.
+    pub fn snapshot_hottest(&self, max: usize) -> Vec<BufferTag> {
+        let mut found: Vec<(u32, u64, BufferTag)> = Vec::new();
+        for frame in 0..self.geo.capacity_pages as u32 {
+            let m = self.meta(frame);
+            let c = m.ctl();
+            if c.kind() != KIND_VALID {
+                continue;
+            }
+            let tag = m.tag();
+            let lsn = m.lsn.load(Ordering::Relaxed);
+            let usage = m.usage.load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if m.ctl.load(Ordering::Relaxed) == c.0 {
+                found.push((usage, lsn, tag));
+            }
+        }
+        found.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+        found.truncate(max);
+        found.into_iter().map(|(_, _, t)| t).collect()
+    }
+}
+
+/// A frame claimed for zero-copy filling: write exactly `PAGE_SIZE` bytes at [`as_mut_ptr`]
+/// (4 KiB aligned), then [`publish`] it under a tag or [`abandon`] it. Until published it is
+/// invisible to readers. Dropping it abandons it; if the process dies holding it, the frame is
+/// reclaimed by the next CLOCK sweep that meets it.
+///
+/// [`as_mut_ptr`]: Reservation::as_mut_ptr
+/// [`publish`]: Reservation::publish
+/// [`abandon`]: Reservation::abandon
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    lfc: &'a Lfc,
+    frame: u32,
+    done: bool,
+}
+
+impl Reservation<'_> {
+    /// Bytes to fill.
+    pub const LEN: usize = PAGE_SIZE;
+
+    /// Start of the frame's `PAGE_SIZE` bytes, 4 KiB aligned. Valid while the reservation lives;
+    /// hand it to the kernel (iovec) or write through it, never make a `&mut [u8]` of it.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.lfc.frame_ptr(self.frame)
+    }
+
+    /// Frame number (for logs and tests).
+    pub fn frame(&self) -> u32 {
+        self.frame
+    }
+
+    /// Copies `page` into the frame (for callers that do not receive in place).
+    pub fn fill_from(&mut self, page: &[u8; PAGE_SIZE]) {
+        self.lfc.copy_into_frame(self.frame, page);
+    }
+
+    /// Publishes the filled frame as `tag`, under the same rule as `install_prefetched`.
+    pub fn publish(mut self, tag: &BufferTag, not_modified_since: u64) -> InstallOutcome {
+        self.done = true;
+        let h = self.lfc.hash(tag);
+        self.lfc
+            .publish_frame(self.frame, tag, h, not_modified_since)
+    }
+
+    /// Returns the frame unused.
+    pub fn abandon(mut self) {
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.lfc.release_frame(self.frame);
+            self.lfc.bump(Counter::Abandons);
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+const fn assert_send_sync<T: Send + Sync>() {}
+const _: () = assert_send_sync::<Lfc>();

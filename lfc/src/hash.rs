@@ -1,0 +1,57 @@
+//! Placement of a tag: one 64-bit keyed hash, with disjoint bit ranges feeding the index
+//! bucket, the entry fingerprint, the lwlsn slot, the requested-table line and the arrival
+//! channel. The seed is random per file, so page placement cannot be aimed at one bucket.
+
+use crate::tag::BufferTag;
+
+/// splitmix64's finaliser: cheap, and every input bit affects every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TagHash(pub u64);
+
+impl TagHash {
+    pub fn of(tag: &BufferTag, seed: u64) -> TagHash {
+        let a = u64::from(tag.rel.spcnode) | (u64::from(tag.rel.dbnode) << 32);
+        let b = u64::from(tag.rel.relnode) | (u64::from(tag.blkno) << 32);
+        let c = u64::from(tag.rel.forknum);
+        let mut h = mix(seed ^ 0x9e37_79b9_7f4a_7c15);
+        h = mix(h ^ a);
+        h = mix(h.wrapping_add(b));
+        TagHash(mix(h ^ c))
+    }
+
+    /// Bucket index in `0..buckets` from the high 32 bits (multiply-shift, no modulo bias that
+    /// matters at these sizes).
+    pub fn bucket(self, buckets: u64) -> u64 {
+        ((self.0 >> 32) * buckets) >> 32
+    }
+
+    /// 7-bit fingerprint stored next to the frame number in an index entry.
+    pub fn fingerprint(self) -> u32 {
+        (self.0 & 0x7f) as u32
+    }
+
+    /// Slot in a power-of-two table (lwlsn); uses bits independent of the bucket.
+    pub fn lwlsn_slot(self, slots: u64) -> u64 {
+        (self.0 >> 7) & (slots - 1)
+    }
+
+    /// Line (of 8 entries) in the power-of-two requested table.
+    pub fn requested_line(self, lines: u64) -> u64 {
+        (self.0 >> 9) & (lines - 1)
+    }
+
+    /// 24-bit non-zero key identifying the tag inside a requested line.
+    pub fn requested_key(self) -> u64 {
+        ((self.0 >> 7) & 0xff_ffff) | 1
+    }
+
+    pub fn arrival_channel(self, channels: usize) -> usize {
+        ((self.0 >> 13) as usize) & (channels - 1)
+    }
+}

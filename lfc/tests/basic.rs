@@ -1,0 +1,275 @@
+//! Behaviour of single operations and their rules, in one process.
+
+mod common;
+
+use common::{check_page, make_page, tag};
+use lfc::{InstallOutcome, Lfc, LfcError, WriteOutcome, PAGE_SIZE};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn new_cache(pages: u64) -> (tempfile::TempDir, Lfc) {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = Lfc::create(dir.path().join("lfc"), pages).unwrap();
+    (dir, lfc)
+}
+
+#[test]
+fn write_then_lookup_returns_the_page_and_its_lsn() {
+    let (_d, lfc) = new_cache(64);
+    let t = tag(1, 7);
+    let mut out = [0u8; PAGE_SIZE];
+    assert_eq!(lfc.lookup(&t, &mut out), None);
+    assert_eq!(
+        lfc.write(&t, 100, &make_page(&t, 100)).unwrap(),
+        WriteOutcome::Stored
+    );
+    assert_eq!(lfc.lookup(&t, &mut out), Some(100));
+    assert_eq!(check_page(&t, &out), Ok(100));
+    assert!(lfc.contains(&t));
+    assert_eq!(lfc.lwlsn(&t), 100);
+    // A newer write replaces it in place; an older one is refused.
+    assert_eq!(
+        lfc.write(&t, 200, &make_page(&t, 200)).unwrap(),
+        WriteOutcome::Stored
+    );
+    assert_eq!(
+        lfc.write(&t, 150, &make_page(&t, 150)).unwrap(),
+        WriteOutcome::Superseded
+    );
+    assert_eq!(lfc.lookup(&t, &mut out), Some(200));
+    assert_eq!(check_page(&t, &out), Ok(200));
+    let s = lfc.stats();
+    assert_eq!((s.hits, s.misses, s.writes, s.used_pages), (2, 1, 2, 1));
+    assert_eq!(s.superseded_writes, 1);
+}
+
+#[test]
+fn install_is_accepted_only_when_not_modified_since_covers_lwlsn() {
+    let (_d, lfc) = new_cache(64);
+    let t = tag(2, 1);
+    lfc.set_lwlsn(&t, 500).unwrap();
+    assert_eq!(lfc.lwlsn(&t), 500);
+    assert_eq!(
+        lfc.install_prefetched(&t, 499, &make_page(&t, 499)),
+        InstallOutcome::Stale
+    );
+    assert!(!lfc.contains(&t));
+    assert_eq!(
+        lfc.install_prefetched(&t, 500, &make_page(&t, 500)),
+        InstallOutcome::Installed
+    );
+    assert_eq!(
+        lfc.install_prefetched(&t, 900, &make_page(&t, 900)),
+        InstallOutcome::AlreadyPresent
+    );
+    let mut out = [0u8; PAGE_SIZE];
+    assert_eq!(lfc.lookup(&t, &mut out), Some(500));
+    assert_eq!(check_page(&t, &out), Ok(500));
+    // A modification at or below the cached version keeps the copy, a newer one drops it.
+    lfc.set_lwlsn(&t, 500).unwrap();
+    assert!(lfc.contains(&t));
+    lfc.set_lwlsn(&t, 501).unwrap();
+    assert!(!lfc.contains(&t));
+    assert_eq!(lfc.lwlsn(&t), 501);
+    let s = lfc.stats();
+    assert_eq!(
+        (s.installs, s.stale_rejects, s.already_present, s.drops),
+        (1, 1, 1, 1)
+    );
+}
+
+#[test]
+fn global_floor_raises_every_lwlsn_without_dropping_cached_pages() {
+    let (_d, lfc) = new_cache(16);
+    let (a, b) = (tag(3, 1), tag(3, 2));
+    lfc.write(&a, 10, &make_page(&a, 10)).unwrap();
+    lfc.raise_lwlsn_floor(50);
+    assert_eq!(lfc.lwlsn(&a), 50);
+    assert_eq!(lfc.lwlsn(&b), 50);
+    assert!(lfc.contains(&a));
+    assert_eq!(
+        lfc.install_prefetched(&b, 49, &make_page(&b, 49)),
+        InstallOutcome::Stale
+    );
+    assert_eq!(
+        lfc.write(&b, 49, &make_page(&b, 49)).unwrap(),
+        WriteOutcome::Superseded
+    );
+    assert_eq!(
+        lfc.install_prefetched(&b, 50, &make_page(&b, 50)),
+        InstallOutcome::Installed
+    );
+}
+
+#[test]
+fn eviction_keeps_lwlsn_and_full_cache_keeps_serving() {
+    let (_d, lfc) = new_cache(8);
+    for blk in 0..100u32 {
+        let t = tag(4, blk);
+        assert_eq!(
+            lfc.write(&t, u64::from(blk) + 1, &make_page(&t, u64::from(blk) + 1))
+                .unwrap(),
+            WriteOutcome::Stored
+        );
+    }
+    let s = lfc.stats();
+    assert_eq!(s.used_pages, 8);
+    assert!(s.evictions >= 92, "{s:?}");
+    let mut out = [0u8; PAGE_SIZE];
+    for blk in 0..100u32 {
+        let t = tag(4, blk);
+        // Evicted or not, the lwlsn survives, so an older prefetch cannot come back.
+        assert!(lfc.lwlsn(&t) > u64::from(blk));
+        if let Some(lsn) = lfc.lookup(&t, &mut out) {
+            assert_eq!(check_page(&t, &out), Ok(lsn));
+            assert_eq!(lsn, u64::from(blk) + 1);
+        } else {
+            assert_eq!(
+                lfc.install_prefetched(&t, u64::from(blk), &make_page(&t, 0)),
+                InstallOutcome::Stale
+            );
+        }
+    }
+}
+
+#[test]
+fn reservations_are_invisible_until_published_and_abandon_frees_them() {
+    let (_d, lfc) = new_cache(4);
+    let t = tag(5, 1);
+    let r = lfc.reserve().unwrap();
+    assert_eq!(r.as_mut_ptr() as usize % 4096, 0);
+    let page = make_page(&t, 7);
+    // SAFETY: the reservation owns PAGE_SIZE writable bytes at as_mut_ptr().
+    unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), r.as_mut_ptr(), PAGE_SIZE) };
+    assert!(!lfc.contains(&t), "not visible before publish");
+    assert_eq!(lfc.stats().busy_pages, 1);
+    assert_eq!(r.publish(&t, 7), InstallOutcome::Installed);
+    let mut out = [0u8; PAGE_SIZE];
+    assert_eq!(lfc.lookup(&t, &mut out), Some(7));
+    assert_eq!(check_page(&t, &out), Ok(7));
+
+    // All four frames reserved: nothing more to claim, and installs report NoRoom.
+    let held: Vec<_> = (0..4).map(|_| lfc.reserve().unwrap()).collect();
+    assert!(lfc.reserve().is_none());
+    let u = tag(5, 2);
+    assert_eq!(
+        lfc.install_prefetched(&u, 0, &make_page(&u, 0)),
+        InstallOutcome::NoRoom
+    );
+    assert_eq!(
+        lfc.write(&u, 3, &make_page(&u, 3)).unwrap(),
+        WriteOutcome::NoRoom
+    );
+    assert_eq!(
+        lfc.lwlsn(&u),
+        3,
+        "a write without room still records its lsn"
+    );
+    drop(held);
+    assert_eq!(lfc.stats().busy_pages, 0);
+    let mut r = lfc.reserve().unwrap();
+    r.fill_from(&make_page(&u, 2));
+    assert_eq!(r.publish(&u, 2), InstallOutcome::Stale);
+    let r = lfc.reserve().unwrap();
+    r.abandon();
+    assert_eq!(lfc.stats().busy_pages, 0);
+}
+
+#[test]
+fn mark_requested_dedupes_within_the_ttl() {
+    let (_d, lfc) = new_cache(16);
+    let t = tag(6, 1);
+    let now = 5_000_000_000u64;
+    assert!(!lfc.mark_requested(&t, now));
+    assert!(lfc.mark_requested(&t, now + 1_000_000));
+    assert!(!lfc.mark_requested(&t, now + lfc::REQUESTED_TTL_NS));
+    assert!(!lfc.mark_requested(&tag(6, 2), now));
+}
+
+#[test]
+fn wait_for_arrival_times_out_and_is_woken_by_an_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = Arc::new(Lfc::create(dir.path().join("lfc"), 16).unwrap());
+    let t = tag(7, 1);
+    assert!(!lfc.wait_for_arrival(&t, Duration::from_millis(20)));
+    let installer = {
+        let lfc = Arc::clone(&lfc);
+        std::thread::spawn(move || {
+            // Install only once the waiter is registered, so the wake path is what ends its wait.
+            while lfc.arrival_waiters(&t) == 0 {
+                std::thread::yield_now();
+            }
+            lfc.install_prefetched(&t, 0, &make_page(&t, 0))
+        })
+    };
+    let started = std::time::Instant::now();
+    assert!(lfc.wait_for_arrival(&t, Duration::from_secs(10)));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken, not timed out"
+    );
+    assert_eq!(installer.join().unwrap(), InstallOutcome::Installed);
+    let s = lfc.stats();
+    assert_eq!((s.wait_arrivals, s.wait_timeouts), (1, 1));
+}
+
+#[test]
+fn a_second_handle_sees_the_same_pages_stats_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lfc");
+    let a = Lfc::create(&path, 32).unwrap();
+    let b = Lfc::open(&path).unwrap();
+    assert_eq!(a.key(), b.key());
+    assert_eq!(a.key_id(), b.key_id());
+    assert_eq!(b.creator_pid(), std::process::id());
+    let t = tag(8, 1);
+    a.write(&t, 1, &make_page(&t, 1)).unwrap();
+    let mut out = [0u8; PAGE_SIZE];
+    assert_eq!(b.lookup(&t, &mut out), Some(1));
+    assert_eq!(a.stats().hits, 1);
+    // Re-creating a file that others have attached is refused...
+    assert!(matches!(
+        Lfc::create(&path, 32),
+        Err(LfcError::InUse { .. })
+    ));
+    drop(a);
+    drop(b);
+    // ...and once nobody is attached it yields a fresh, empty cache with a new key.
+    let old_key = Lfc::open(&path).unwrap().key();
+    let c = Lfc::create(&path, 32).unwrap();
+    assert_ne!(c.key(), old_key);
+    assert!(!c.contains(&t));
+    assert_eq!(c.stats().hits, 0);
+    assert!(c.metadata_fraction() > 0.0);
+}
+
+#[test]
+fn open_or_create_keeps_a_matching_cache_and_replaces_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lfc");
+    let key = Lfc::open_or_create(&path, 16).unwrap().key();
+    assert_eq!(Lfc::open_or_create(&path, 16).unwrap().key(), key);
+    let other = Lfc::open_or_create(&path, 32).unwrap();
+    assert_eq!(other.capacity_pages(), 32);
+    assert_ne!(other.key(), key);
+    drop(other);
+    std::fs::write(&path, b"garbage").unwrap();
+    assert_eq!(Lfc::open_or_create(&path, 8).unwrap().capacity_pages(), 8);
+}
+
+#[test]
+fn snapshot_lists_the_hottest_pages_first() {
+    let (_d, lfc) = new_cache(16);
+    let mut out = [0u8; PAGE_SIZE];
+    // Usage counts saturate at 5: installs start at 1, so 0..=4 extra lookups stay distinct.
+    for blk in 0..5u32 {
+        let t = tag(9, blk);
+        lfc.install_prefetched(&t, 0, &make_page(&t, 0));
+        for _ in 0..blk {
+            lfc.lookup(&t, &mut out);
+        }
+    }
+    let hot = lfc.snapshot_hottest(3);
+    assert_eq!(hot, vec![tag(9, 4), tag(9, 3), tag(9, 2)]);
+    assert_eq!(lfc.snapshot_hottest(100).len(), 5);
+}

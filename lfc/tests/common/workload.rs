@@ -1,0 +1,188 @@
+//! Worker roles for the multi-process tests: every page written or installed is
+//! `make_page(tag, L)` where L is the tag's last modification LSN, so a reader can check that a
+//! page is intact, not older than the lwlsn it read before the lookup, and never older than a
+//! version it saw earlier.
+#![allow(dead_code)]
+
+use super::{check_page, make_page, tag, Rng};
+use lfc::{BufferTag, Lfc, PAGE_SIZE};
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Per-thread results; violations are capped so a broken run still prints quickly.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub ops: u64,
+    pub hits: u64,
+    pub max_op: Duration,
+    pub violations: Vec<String>,
+}
+
+impl Report {
+    fn violation(&mut self, v: String) {
+        if self.violations.len() < 10 {
+            self.violations.push(v);
+        }
+    }
+
+    fn timed<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let t0 = Instant::now();
+        let r = f();
+        self.max_op = self.max_op.max(t0.elapsed());
+        self.ops += 1;
+        r
+    }
+
+    pub fn merge(&mut self, o: Report) {
+        self.ops += o.ops;
+        self.hits += o.hits;
+        self.max_op = self.max_op.max(o.max_op);
+        for v in o.violations {
+            self.violation(v);
+        }
+    }
+}
+
+pub fn universe_tag(i: u64) -> BufferTag {
+    tag(1, i as u32)
+}
+
+/// Writes and drops versions of the tags it owns (`owned(i)`), and installs pages of any tag
+/// through both install paths. `hold` reservations are kept filled-but-unpublished at all times,
+/// to exercise reclaiming a dead process's reservations.
+pub fn writer(
+    lfc: &Lfc,
+    universe: u64,
+    owned: &dyn Fn(u64) -> bool,
+    seed: u64,
+    hold: usize,
+    stop: &AtomicBool,
+) -> Report {
+    let mut r = Report::default();
+    let mut rng = Rng(seed);
+    let mut held = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let i = rng.below(universe);
+        let t = universe_tag(i);
+        match rng.below(10) {
+            0..=3 if owned(i) => {
+                // Only this thread modifies `t`, so lwlsn + 1 is a new, higher version.
+                let lsn = r.timed(|| lfc.lwlsn(&t)) + 1;
+                let page = make_page(&t, lsn);
+                if let Err(e) = r.timed(|| lfc.write(&t, lsn, &page)) {
+                    r.violation(format!("write {t}: {e}"));
+                }
+            }
+            4 if owned(i) => {
+                let lsn = r.timed(|| lfc.lwlsn(&t)) + 1;
+                if let Err(e) = r.timed(|| lfc.set_lwlsn(&t, lsn)) {
+                    r.violation(format!("set_lwlsn {t}: {e}"));
+                }
+            }
+            5..=6 => {
+                // A page server answering "as of lwlsn": content of the last modification.
+                let lsn = r.timed(|| lfc.lwlsn(&t));
+                let page = make_page(&t, lsn);
+                r.timed(|| lfc.install_prefetched(&t, lsn, &page));
+            }
+            _ => {
+                let lsn = r.timed(|| lfc.lwlsn(&t));
+                let page = make_page(&t, lsn);
+                if let Some(mut res) = r.timed(|| lfc.reserve()) {
+                    res.fill_from(&page);
+                    held.push((res, t, lsn));
+                }
+                if held.len() > hold {
+                    let (res, t, lsn) = held.remove(0);
+                    r.timed(|| res.publish(&t, lsn));
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Looks pages up and checks them: intact, at least the lwlsn read just before, and never older
+/// than what this thread saw before for the same tag. Also exercises request marks and waits.
+pub fn reader(lfc: &Lfc, universe: u64, seed: u64, stop: &AtomicBool) -> Report {
+    let mut r = Report::default();
+    let mut rng = Rng(seed);
+    let mut seen: HashMap<u64, u64> = HashMap::new();
+    let mut out = Box::new([0u8; PAGE_SIZE]);
+    let mut now_ns = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let i = rng.below(universe);
+        let t = universe_tag(i);
+        let lw = r.timed(|| lfc.lwlsn(&t));
+        if lfc.contains(&t) {
+            r.ops += 1;
+        }
+        match r.timed(|| lfc.lookup(&t, &mut out)) {
+            Some(_) => {
+                r.hits += 1;
+                match check_page(&t, &out) {
+                    Err(e) => r.violation(format!("torn or foreign page: {e}")),
+                    Ok(lsn) => {
+                        if lsn < lw {
+                            r.violation(format!("{t}: page at {lsn} older than lwlsn {lw}"));
+                        }
+                        let prev = seen.entry(i).or_default();
+                        if lsn < *prev {
+                            r.violation(format!("{t}: went back from {prev} to {lsn}"));
+                        }
+                        *prev = (*prev).max(lsn);
+                    }
+                }
+            }
+            None => {
+                now_ns += 1_000_000;
+                if !r.timed(|| lfc.mark_requested(&t, now_ns)) && rng.below(8) == 0 {
+                    r.timed(|| lfc.wait_for_arrival(&t, Duration::from_micros(200)));
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Re-runs the current test binary as a child running only `test_name`, with `env` set.
+pub fn spawn_role(test_name: &str, env: &[(&str, String)]) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Blocks until the child printed `READY` (after attaching and starting its threads).
+pub fn wait_ready(child: &mut Child) {
+    let out = child.stdout.as_mut().unwrap();
+    let mut reader = std::io::BufReader::new(out);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).unwrap();
+        assert!(n > 0, "child exited before READY");
+        // The harness prints "test NAME ... " right before the child's own output.
+        if line.trim_end().ends_with("READY") {
+            return;
+        }
+    }
+}
+
+/// In a child: a thread that sets `stop` when the parent closes our stdin.
+pub fn stop_on_stdin_eof(stop: &'static AtomicBool) {
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+        stop.store(true, Ordering::Relaxed);
+    });
+}
