@@ -9,5 +9,6 @@ pub mod framed;
 pub mod page;
 pub mod pagestream;
 pub mod pgwire;
+pub mod prewarm;
 pub mod scan;
 pub mod server;

@@ -1,0 +1,341 @@
+//! Prewarm's request schedule, sans-IO: which pages to request by UDP now, which to re-request
+//! (adaptive timeout with backoff), and which to hand to TCP. Time is passed in.
+
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScheduleConfig {
+    /// Timeout of the first request before any arrival has been observed.
+    pub initial_timeout_ns: u64,
+    pub min_timeout_ns: u64,
+    pub max_timeout_ns: u64,
+    /// Each retry waits this many times longer than the previous attempt.
+    pub backoff: f64,
+    /// UDP attempts per page before it goes to TCP.
+    pub max_udp_attempts: u32,
+    /// Pages requested and not yet arrived, at most.
+    pub window_pages: usize,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            initial_timeout_ns: 20_000_000,
+            min_timeout_ns: 2_000_000,
+            max_timeout_ns: 1_000_000_000,
+            backoff: 2.0,
+            max_udp_attempts: 3,
+            window_pages: 16_384,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Pending,
+    Requested { at_ns: u64, attempt: u32 },
+    Tcp,
+    Done,
+}
+
+/// Outcome counters, in the report's terms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScheduleCounts {
+    pub requested: u64,
+    pub via_udp_first: u64,
+    pub via_udp_retry: u64,
+    pub via_tcp: u64,
+    pub skipped_present: u64,
+    pub skipped_gone: u64,
+    pub retries: u64,
+}
+
+#[derive(Debug)]
+pub struct Schedule {
+    config: ScheduleConfig,
+    state: Vec<State>,
+    /// Next never-requested page.
+    cursor: usize,
+    /// Requested pages in request order (a page may appear again after a retry; stale entries
+    /// are skipped by checking its state).
+    outstanding: VecDeque<(usize, u64)>,
+    in_flight: usize,
+    tcp_queue: VecDeque<usize>,
+    done: usize,
+    srtt_ns: Option<f64>,
+    counts: ScheduleCounts,
+}
+
+impl Schedule {
+    pub fn new(pages: usize, config: ScheduleConfig) -> Self {
+        assert!(config.window_pages > 0 && config.max_udp_attempts > 0 && config.backoff >= 1.0);
+        Schedule {
+            config,
+            state: vec![State::Pending; pages],
+            cursor: 0,
+            outstanding: VecDeque::new(),
+            in_flight: 0,
+            tcp_queue: VecDeque::new(),
+            done: 0,
+            srtt_ns: None,
+            counts: ScheduleCounts::default(),
+        }
+    }
+
+    pub fn counts(&self) -> ScheduleCounts {
+        self.counts
+    }
+
+    pub fn pages(&self) -> usize {
+        self.state.len()
+    }
+
+    pub fn done(&self) -> usize {
+        self.done
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.done == self.state.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The timeout of attempt `attempt` (0-based).
+    pub fn timeout_ns(&self, attempt: u32) -> u64 {
+        let base = self
+            .srtt_ns
+            .map_or(self.config.initial_timeout_ns as f64, |s| 4.0 * s);
+        let t = base * self.config.backoff.powi(attempt as i32);
+        (t as u64).clamp(self.config.min_timeout_ns, self.config.max_timeout_ns)
+    }
+
+    fn finish(&mut self, i: usize) -> bool {
+        if self.state[i] == State::Done {
+            return false;
+        }
+        if matches!(self.state[i], State::Requested { .. }) {
+            self.in_flight -= 1;
+        }
+        self.state[i] = State::Done;
+        self.done += 1;
+        true
+    }
+
+    /// The page was already cached before prewarm asked for it.
+    pub fn skip_present(&mut self, i: usize) {
+        if self.finish(i) {
+            self.counts.skipped_present += 1;
+        }
+    }
+
+    /// The page no longer exists (relation dropped or truncated).
+    pub fn skip_gone(&mut self, i: usize) {
+        if self.finish(i) {
+            self.counts.skipped_gone += 1;
+        }
+    }
+
+    /// Fills `out` with up to `max` pages to request now: expired requests first (retries),
+    /// then new pages, within the window. Pages out of UDP attempts go to the TCP queue.
+    pub fn next_requests(&mut self, now_ns: u64, max: usize, out: &mut Vec<usize>) {
+        out.clear();
+        // Retries: the outstanding queue is in request order, so expiries come in order too.
+        while out.len() < max {
+            let Some(&(i, at)) = self.outstanding.front() else {
+                break;
+            };
+            let State::Requested { at_ns, attempt } = self.state[i] else {
+                self.outstanding.pop_front();
+                continue;
+            };
+            if at_ns != at {
+                self.outstanding.pop_front(); // superseded by a later request of the same page
+                continue;
+            }
+            if now_ns < at_ns + self.timeout_ns(attempt) {
+                break;
+            }
+            self.outstanding.pop_front();
+            if attempt + 1 >= self.config.max_udp_attempts {
+                self.state[i] = State::Tcp;
+                self.in_flight -= 1;
+                self.tcp_queue.push_back(i);
+            } else {
+                self.state[i] = State::Requested {
+                    at_ns: now_ns,
+                    attempt: attempt + 1,
+                };
+                self.outstanding.push_back((i, now_ns));
+                self.counts.retries += 1;
+                out.push(i);
+            }
+        }
+        while out.len() < max
+            && self.in_flight < self.config.window_pages
+            && self.cursor < self.state.len()
+        {
+            let i = self.cursor;
+            self.cursor += 1;
+            if self.state[i] != State::Pending {
+                continue;
+            }
+            self.state[i] = State::Requested {
+                at_ns: now_ns,
+                attempt: 0,
+            };
+            self.in_flight += 1;
+            self.outstanding.push_back((i, now_ns));
+            self.counts.requested += 1;
+            out.push(i);
+        }
+    }
+
+    /// Pages currently requested and not arrived, for the shell to check.
+    pub fn requested(&self) -> impl Iterator<Item = usize> + '_ {
+        self.outstanding
+            .iter()
+            .filter(
+                |&&(i, at)| matches!(self.state[i], State::Requested { at_ns, .. } if at_ns == at),
+            )
+            .map(|&(i, _)| i)
+    }
+
+    /// The page is in the LFC now.
+    pub fn on_arrived(&mut self, i: usize, now_ns: u64) {
+        let State::Requested { at_ns, attempt } = self.state[i] else {
+            return;
+        };
+        let sample = now_ns.saturating_sub(at_ns) as f64;
+        self.srtt_ns = Some(self.srtt_ns.map_or(sample, |s| 0.875 * s + 0.125 * sample));
+        if self.finish(i) {
+            if attempt == 0 {
+                self.counts.via_udp_first += 1;
+            } else {
+                self.counts.via_udp_retry += 1;
+            }
+        }
+    }
+
+    /// Sends everything not yet done to TCP (e.g. nothing ever arrives: no daemon).
+    pub fn fail_over_to_tcp(&mut self) {
+        for i in 0..self.state.len() {
+            match self.state[i] {
+                State::Pending => {
+                    self.state[i] = State::Tcp;
+                    self.tcp_queue.push_back(i);
+                }
+                State::Requested { .. } => {
+                    self.state[i] = State::Tcp;
+                    self.in_flight -= 1;
+                    self.tcp_queue.push_back(i);
+                }
+                State::Tcp | State::Done => {}
+            }
+        }
+        self.cursor = self.state.len();
+        self.outstanding.clear();
+    }
+
+    /// Up to `max` pages to fetch over TCP now.
+    pub fn take_tcp(&mut self, max: usize, out: &mut Vec<usize>) {
+        out.clear();
+        while out.len() < max {
+            match self.tcp_queue.pop_front() {
+                Some(i) if self.state[i] == State::Tcp => out.push(i),
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+
+    /// A page fetched over TCP (or found arrived meanwhile) is done.
+    pub fn on_tcp_done(&mut self, i: usize) {
+        if self.finish(i) {
+            self.counts.via_tcp += 1;
+        }
+    }
+
+    /// Whether any page has arrived by UDP so far.
+    pub fn any_udp_arrival(&self) -> bool {
+        self.counts.via_udp_first + self.counts.via_udp_retry > 0
+    }
+
+    /// Stops requesting new pages (the cache is full): what is not requested yet is dropped
+    /// from the plan and reported as not done.
+    pub fn stop_new_requests(&mut self) {
+        self.cursor = self.state.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ScheduleConfig {
+        ScheduleConfig {
+            initial_timeout_ns: 100,
+            min_timeout_ns: 10,
+            max_timeout_ns: 10_000,
+            backoff: 2.0,
+            max_udp_attempts: 3,
+            window_pages: 4,
+        }
+    }
+
+    #[test]
+    fn window_retries_backoff_then_tcp() {
+        let mut s = Schedule::new(6, cfg());
+        let mut out = Vec::new();
+        s.next_requests(0, 10, &mut out);
+        assert_eq!(out, vec![0, 1, 2, 3], "window of 4");
+        s.on_arrived(0, 50);
+        s.next_requests(60, 10, &mut out);
+        assert_eq!(out, vec![4], "a window slot freed, nothing expired yet");
+        // srtt 50 → timeout 200 for attempt 0: pages 1..3 (sent at 0) expire at 200.
+        s.next_requests(200, 10, &mut out);
+        assert_eq!(out, vec![1, 2, 3], "retries");
+        s.on_arrived(1, 210);
+        // Attempt 1 waits twice as long.
+        s.next_requests(399, 10, &mut out);
+        assert!(!out.contains(&2));
+        let mut later = 100_000;
+        for _ in 0..4 {
+            s.next_requests(later, 10, &mut out);
+            later *= 2;
+        }
+        let mut tcp = Vec::new();
+        s.take_tcp(10, &mut tcp);
+        assert!(tcp.contains(&2) && tcp.contains(&3), "{tcp:?}");
+        for i in tcp {
+            s.on_tcp_done(i);
+        }
+        s.skip_present(5);
+        let c = s.counts();
+        assert_eq!(
+            (c.via_udp_first, c.via_udp_retry, c.skipped_present),
+            (1, 1, 1)
+        );
+        assert!(s.done() >= 5);
+    }
+
+    #[test]
+    fn fail_over_sends_everything_left_to_tcp_and_completes() {
+        let mut s = Schedule::new(10, cfg());
+        let mut out = Vec::new();
+        s.next_requests(0, 3, &mut out);
+        s.skip_gone(9);
+        s.fail_over_to_tcp();
+        let mut tcp = Vec::new();
+        s.take_tcp(100, &mut tcp);
+        assert_eq!(tcp.len(), 9);
+        for i in tcp {
+            s.on_tcp_done(i);
+        }
+        assert!(s.is_complete());
+        assert_eq!(s.counts().via_tcp, 9);
+        assert_eq!(s.counts().skipped_gone, 1);
+        assert_eq!(s.in_flight(), 0);
+    }
+}
