@@ -120,7 +120,7 @@ fn raw_ceiling(
 }
 
 /// The daemon: installed pages per second and daemon CPU per installed page.
-fn daemon_case(
+pub(crate) fn daemon_case(
     scratch: &ScratchDir,
     name: &str,
     io: &str,

@@ -23,6 +23,8 @@ const ROUND_PAGES: usize = 1024;
 const POLL: Duration = Duration::from_millis(2);
 /// GetPages in flight while fetching stragglers over TCP.
 const TCP_DEPTH: usize = 64;
+/// Final passes over pages that left the cache after arriving.
+const REPAIR_ROUNDS: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct PrewarmConfig {
@@ -34,6 +36,8 @@ pub struct PrewarmConfig {
     pub schedule: ScheduleConfig,
     /// Print progress (a bar on a terminal, else a line every few seconds).
     pub progress: bool,
+    /// Use the UDP path; false fetches everything with pipelined GetPages (the baseline).
+    pub udp: bool,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -48,6 +52,8 @@ pub struct PrewarmReport {
     pub skipped_present: u64,
     pub skipped_gone: u64,
     pub retries: u64,
+    /// Pages fetched again at the end because they had left the cache after arriving.
+    pub refetched: u64,
     pub failed_verification: u64,
     pub elapsed_s: f64,
     pub mb_per_s: f64,
@@ -177,6 +183,9 @@ pub fn run_prewarm(
             sched.skip_present(i);
         }
     }
+    if !cfg.udp {
+        sched.fail_over_to_tcp();
+    }
     let mut pacer = Pacer {
         rate_pages_per_s: cfg.rate_bytes_per_s as f64 / PAGE_SIZE as f64,
         started: Instant::now(),
@@ -190,7 +199,10 @@ pub fn run_prewarm(
     let mut batch = Vec::with_capacity(ROUND_PAGES);
     let mut arrived = Vec::new();
     let capacity = lfc.capacity_pages();
-    let first_timeout = Duration::from_nanos(sched.timeout_ns(0));
+    // When to conclude that nothing will ever arrive: several first timeouts, and never less
+    // than a quarter second, so a slow first batch is not mistaken for a missing daemon.
+    let give_up_on_udp =
+        (3 * Duration::from_nanos(sched.timeout_ns(0))).max(Duration::from_millis(250));
     while !sched.is_complete() {
         if cfg.deadline.is_some_and(|d| started.elapsed() > d) {
             report.deadline_hit = true;
@@ -204,10 +216,11 @@ pub fn run_prewarm(
             sched.on_arrived(i, now);
         }
         // Nothing ever arrived within a few timeouts: no daemon, or UDP blocked. Finish over TCP.
-        if !sched.any_udp_arrival()
+        if cfg.udp
+            && !sched.any_udp_arrival()
             && !report.udp_fell_back_to_tcp
             && sched.in_flight() > 0
-            && started.elapsed() > 3 * first_timeout
+            && started.elapsed() > give_up_on_udp
         {
             tracing::warn!(
                 port = cfg.prefetch_port,
@@ -246,17 +259,39 @@ pub fn run_prewarm(
         }
     }
     progress.finish();
-    let counts = sched.counts();
-    // Final check: every page of the plan that exists must be in the LFC and verify.
-    let mut page = [0u8; PAGE_SIZE];
-    for tag in pages {
-        if nblocks
+    // A page can leave the cache after it arrived (another process's eviction, a modification
+    // dropping it): fetch what is missing again, a bounded number of times.
+    let exists = |tag: &BufferTag| {
+        nblocks
             .get(&tag.rel)
             .copied()
             .flatten()
             .is_some_and(|n| tag.blkno < n)
-            && lfc.lookup(tag, &mut page).is_some()
-        {
+    };
+    for _ in 0..REPAIR_ROUNDS {
+        if report.cache_full || report.deadline_hit {
+            break;
+        }
+        let missing: Vec<usize> = (0..pages.len())
+            .filter(|&i| exists(&pages[i]) && !lfc.contains(&pages[i]))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        tracing::debug!(
+            missing = missing.len(),
+            "re-fetching pages that left the cache"
+        );
+        for chunk in missing.chunks(TCP_DEPTH) {
+            fetch_tcp(&mut client, lfc, pages, chunk)?;
+        }
+        report.refetched += missing.len() as u64;
+    }
+    let counts = sched.counts();
+    // Final check: every page of the plan that exists must be in the LFC and verify.
+    let mut page = [0u8; PAGE_SIZE];
+    for tag in pages.iter().filter(|t| exists(t)) {
+        if lfc.lookup(tag, &mut page).is_some() {
             if verify_page(&page, tag.blkno).is_ok() {
                 report.present += 1;
             } else {
@@ -266,6 +301,8 @@ pub fn run_prewarm(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let fetched = counts.via_udp_first + counts.via_udp_retry + counts.via_tcp;
+    // Whether or not the early give-up fired, a run where nothing came by UDP says so.
+    report.udp_fell_back_to_tcp |= cfg.udp && !sched.any_udp_arrival() && counts.via_tcp > 0;
     report.requested = counts.requested;
     report.via_udp_first = counts.via_udp_first;
     report.via_udp_retry = counts.via_udp_retry;

@@ -13,8 +13,12 @@ pub struct ScheduleConfig {
     pub backoff: f64,
     /// UDP attempts per page before it goes to TCP.
     pub max_udp_attempts: u32,
-    /// Pages requested and not yet arrived, at most.
+    /// Pages requested and not yet arrived, at most: the window grows by one page per arrival
+    /// (doubling per round trip) up to this, and halves when requests time out, so an unpaced
+    /// prewarm settles at what the daemon can take instead of overrunning its socket buffer.
     pub window_pages: usize,
+    /// The window's floor and starting size.
+    pub min_window_pages: usize,
 }
 
 impl Default for ScheduleConfig {
@@ -26,6 +30,7 @@ impl Default for ScheduleConfig {
             backoff: 2.0,
             max_udp_attempts: 3,
             window_pages: 16_384,
+            min_window_pages: 256,
         }
     }
 }
@@ -63,12 +68,17 @@ pub struct Schedule {
     tcp_queue: VecDeque<usize>,
     done: usize,
     srtt_ns: Option<f64>,
+    /// Current congestion window, pages.
+    window: f64,
+    /// When the window was last cut, so one burst of losses cuts it once.
+    last_cut_ns: u64,
     counts: ScheduleCounts,
 }
 
 impl Schedule {
     pub fn new(pages: usize, config: ScheduleConfig) -> Self {
-        assert!(config.window_pages > 0 && config.max_udp_attempts > 0 && config.backoff >= 1.0);
+        assert!(config.min_window_pages > 0 && config.window_pages >= config.min_window_pages);
+        assert!(config.max_udp_attempts > 0 && config.backoff >= 1.0);
         Schedule {
             config,
             state: vec![State::Pending; pages],
@@ -78,6 +88,8 @@ impl Schedule {
             tcp_queue: VecDeque::new(),
             done: 0,
             srtt_ns: None,
+            window: config.min_window_pages as f64,
+            last_cut_ns: 0,
             counts: ScheduleCounts::default(),
         }
     }
@@ -158,6 +170,13 @@ impl Schedule {
                 break;
             }
             self.outstanding.pop_front();
+            let rtt = self
+                .srtt_ns
+                .unwrap_or(self.config.initial_timeout_ns as f64) as u64;
+            if now_ns.saturating_sub(self.last_cut_ns) >= rtt {
+                self.window = (self.window / 2.0).max(self.config.min_window_pages as f64);
+                self.last_cut_ns = now_ns;
+            }
             if attempt + 1 >= self.config.max_udp_attempts {
                 self.state[i] = State::Tcp;
                 self.in_flight -= 1;
@@ -173,7 +192,7 @@ impl Schedule {
             }
         }
         while out.len() < max
-            && self.in_flight < self.config.window_pages
+            && self.in_flight < self.window as usize
             && self.cursor < self.state.len()
         {
             let i = self.cursor;
@@ -208,6 +227,7 @@ impl Schedule {
             return;
         };
         let sample = now_ns.saturating_sub(at_ns) as f64;
+        self.window = (self.window + 1.0).min(self.config.window_pages as f64);
         self.srtt_ns = Some(self.srtt_ns.map_or(sample, |s| 0.875 * s + 0.125 * sample));
         if self.finish(i) {
             if attempt == 0 {
@@ -281,12 +301,14 @@ mod tests {
             backoff: 2.0,
             max_udp_attempts: 3,
             window_pages: 4,
+            min_window_pages: 4,
         }
     }
 
     #[test]
     fn window_retries_backoff_then_tcp() {
-        let mut s = Schedule::new(6, cfg());
+        let mut s = Schedule::new(7, cfg());
+        s.skip_present(6);
         let mut out = Vec::new();
         s.next_requests(0, 10, &mut out);
         assert_eq!(out, vec![0, 1, 2, 3], "window of 4");
@@ -311,13 +333,34 @@ mod tests {
         for i in tcp {
             s.on_tcp_done(i);
         }
-        s.skip_present(5);
         let c = s.counts();
         assert_eq!(
             (c.via_udp_first, c.via_udp_retry, c.skipped_present),
             (1, 1, 1)
         );
         assert!(s.done() >= 5);
+    }
+
+    #[test]
+    fn window_grows_with_arrivals_and_halves_on_timeouts() {
+        let config = ScheduleConfig {
+            window_pages: 1000,
+            min_window_pages: 10,
+            ..cfg()
+        };
+        let mut s = Schedule::new(10_000, config);
+        let mut out = Vec::new();
+        s.next_requests(0, 10_000, &mut out);
+        assert_eq!(out.len(), 10);
+        for i in out.clone() {
+            s.on_arrived(i, 5);
+        }
+        s.next_requests(6, 10_000, &mut out);
+        assert_eq!(out.len(), 20, "doubled after a round trip of arrivals");
+        let grown = s.window;
+        // All 20 time out at once: the window halves once for the burst, not 20 times.
+        s.next_requests(1_000, 10_000, &mut out);
+        assert_eq!(s.window, grown / 2.0);
     }
 
     #[test]

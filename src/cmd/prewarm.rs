@@ -1,0 +1,206 @@
+//! `udp-prefetch prewarm save|run`: save the LFC's cached pages, refill a cold LFC.
+
+use super::{BadInput, Outcome};
+use crate::client::ConnectOptions;
+use crate::pagestream::LATEST_LSN;
+use crate::prewarm::schedule::ScheduleConfig;
+use crate::prewarm::state::{decode, encode, ranges_from_hottest, PageRange};
+use crate::prewarm::{plan, run_prewarm, PrewarmConfig, PrewarmReport};
+use lfc::{Lfc, RelTag};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct PrewarmArgs {
+    #[command(subcommand)]
+    pub command: PrewarmCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PrewarmCommand {
+    /// Write the LFC's cached pages, hottest first, to a state file.
+    Save {
+        #[arg(long)]
+        lfc: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Save at most this many pages (the hottest).
+        #[arg(long)]
+        max_pages: Option<usize>,
+    },
+    /// Refill the LFC from a state file (or a whole relation) through the UDP prefetch path.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[arg(long)]
+    pub lfc: PathBuf,
+    /// State file written by `prewarm save`.
+    #[arg(
+        long,
+        required_unless_present = "relation",
+        conflicts_with = "relation"
+    )]
+    pub state: Option<PathBuf>,
+    /// Prewarm every block of this relation instead (like pg_prewarm).
+    #[arg(long)]
+    pub relation: Option<RelTag>,
+    #[arg(long, default_value = "127.0.0.1:6400")]
+    pub server: String,
+    /// UDP port of the worker daemon on this host.
+    #[arg(long, default_value_t = 6401)]
+    pub prefetch_port: u16,
+    /// Pace requests to this many bytes of pages per second (0 = unpaced).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Give up after this many seconds (exit 1 if not complete).
+    #[arg(long)]
+    pub deadline: Option<f64>,
+    /// UDP attempts per page before it is fetched over TCP.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// One JSON object instead of the human report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: PrewarmArgs) -> anyhow::Result<Outcome> {
+    match args.command {
+        PrewarmCommand::Save {
+            lfc,
+            out,
+            max_pages,
+        } => save(&lfc, &out, max_pages),
+        PrewarmCommand::Run(a) => run_cmd(a),
+    }
+}
+
+fn open_lfc(path: &std::path::Path) -> anyhow::Result<Lfc> {
+    Lfc::open(path).map_err(|e| BadInput(format!("{}: {e}", path.display())).into())
+}
+
+fn save(
+    lfc: &std::path::Path,
+    out: &std::path::Path,
+    max_pages: Option<usize>,
+) -> anyhow::Result<Outcome> {
+    let cache = open_lfc(lfc)?;
+    let tags = cache.snapshot_hottest(
+        max_pages
+            .unwrap_or(usize::MAX)
+            .min(cache.capacity_pages() as usize),
+    );
+    let ranges = ranges_from_hottest(&tags);
+    let bytes = encode(&ranges);
+    // Write then rename: a crash never leaves a half-written state file under the real name.
+    let tmp = out.with_extension("tmp");
+    std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, out))
+        .map_err(|e| BadInput(format!("writing {}: {e}", out.display())))?;
+    println!(
+        "saved {} pages in {} ranges ({} bytes) to {}",
+        tags.len(),
+        ranges.len(),
+        bytes.len(),
+        out.display()
+    );
+    Ok(Outcome::Success)
+}
+
+fn run_cmd(a: RunArgs) -> anyhow::Result<Outcome> {
+    let cache = open_lfc(&a.lfc)?;
+    let connect = ConnectOptions::new(a.server.clone()).token(a.token.clone());
+    let ranges = match (&a.state, a.relation) {
+        (Some(path), _) => {
+            let bytes =
+                std::fs::read(path).map_err(|e| BadInput(format!("{}: {e}", path.display())))?;
+            decode(&bytes).map_err(|e| BadInput(format!("{}: {e}", path.display())))?
+        }
+        (None, Some(rel)) => {
+            let mut client = crate::client::PageClient::connect(&connect)?;
+            let n = client.nblocks(rel, LATEST_LSN)?;
+            if n == 0 {
+                Vec::new()
+            } else {
+                vec![PageRange {
+                    rel,
+                    first: 0,
+                    len: n,
+                }]
+            }
+        }
+        (None, None) => {
+            return Err(BadInput("pass --state FILE or --relation SPC/DB/REL/FORK".into()).into())
+        }
+    };
+    if a.attempts == 0 {
+        return Err(BadInput("--attempts must be at least 1".into()).into());
+    }
+    if a.deadline.is_some_and(|d| !(d > 0.0 && d.is_finite())) {
+        return Err(BadInput("--deadline must be a positive number of seconds".into()).into());
+    }
+    let pages = plan(&ranges);
+    let cfg = PrewarmConfig {
+        connect,
+        prefetch_port: a.prefetch_port,
+        rate_bytes_per_s: a.rate,
+        deadline: a.deadline.map(Duration::from_secs_f64),
+        schedule: ScheduleConfig {
+            max_udp_attempts: a.attempts,
+            ..ScheduleConfig::default()
+        },
+        progress: !a.json,
+        udp: true,
+    };
+    let report = run_prewarm(&cfg, &cache, &pages)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    // A full cache is a deliberate stop, not a failure; a deadline or a bad page is.
+    let finished = report.complete || (report.cache_full && !report.deadline_hit);
+    Ok(if finished && report.failed_verification == 0 {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
+}
+
+pub fn print_report(r: &PrewarmReport) {
+    println!(
+        "prewarm {}: {} of {} pages present and verified in {:.2} s ({:.0} MB/s)",
+        if r.complete {
+            "complete"
+        } else if r.cache_full {
+            "stopped: cache full"
+        } else if r.deadline_hit {
+            "INCOMPLETE: deadline"
+        } else {
+            "INCOMPLETE"
+        },
+        r.present,
+        r.pages,
+        r.elapsed_s,
+        r.mb_per_s
+    );
+    println!(
+        "  requested {}, arrived first try {}, after retry {}, over TCP {}, skipped present {}, skipped gone {}, retries {}{}",
+        r.requested,
+        r.via_udp_first,
+        r.via_udp_retry,
+        r.via_tcp,
+        r.skipped_present,
+        r.skipped_gone,
+        r.retries,
+        if r.udp_fell_back_to_tcp { " (no datagram arrived: finished over TCP)" } else { "" }
+    );
+    if r.failed_verification > 0 {
+        println!("  {} pages FAILED verification", r.failed_verification);
+    }
+}

@@ -1,0 +1,265 @@
+//! Prewarm end to end with real processes: warm, save, cold restart, refill under loss.
+
+mod common;
+
+use common::{ServerProc, WorkersProc, BIN};
+use std::path::Path;
+use std::process::Command;
+use udp_prefetch::client::{ConnectOptions, PageClient};
+use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page};
+use udp_prefetch::server::source::Synthetic;
+
+const PAGES: u32 = 2000;
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Warms an LFC with a UDP scan and saves its state; returns the state path.
+fn warm_and_save(dir: &Path, server: &ServerProc) -> std::path::PathBuf {
+    let lfc = dir.join("lfc");
+    let workers = WorkersProc::start(&lfc, &["--size", "32MiB"]);
+    let port = workers.udp_port.to_string();
+    let scan = json(&run(&[
+        "scan",
+        "--server",
+        &server.addr,
+        "--lfc",
+        lfc.to_str().unwrap(),
+        "--rel",
+        "1663/5/16384/0",
+        "--mode",
+        "udp",
+        "--prefetch-port",
+        &port,
+        "--json",
+    ]));
+    assert_eq!(scan["verified"], PAGES);
+    let state = dir.join("state");
+    let out = run(&[
+        "prewarm",
+        "save",
+        "--lfc",
+        lfc.to_str().unwrap(),
+        "--out",
+        state.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("saved {PAGES} pages")));
+    drop(workers);
+    std::fs::remove_file(&lfc).unwrap();
+    state
+}
+
+#[test]
+fn cold_cache_is_refilled_under_loss_including_modified_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&[
+        "--source",
+        &format!("synthetic:pages={PAGES}"),
+        "--drop-prefetch",
+        "0.1",
+    ]);
+    let state = warm_and_save(dir.path(), &server);
+
+    // Modified after the save: prewarm must bring the new versions.
+    let rel = Synthetic::rel(0);
+    let mut writer = PageClient::connect(&ConnectOptions::new(server.addr.clone())).unwrap();
+    for blkno in [0, 777, PAGES - 1] {
+        writer
+            .put_page(
+                rel.block(blkno),
+                1000,
+                &synthetic_page(rel.block(blkno), 1000),
+            )
+            .unwrap();
+    }
+
+    let lfc = dir.path().join("lfc");
+    let workers = WorkersProc::start(&lfc, &["--size", "32MiB"]);
+    let report = json(&run(&[
+        "prewarm",
+        "run",
+        "--lfc",
+        lfc.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--server",
+        &server.addr,
+        "--prefetch-port",
+        &workers.udp_port.to_string(),
+        "--json",
+    ]));
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["present"], PAGES, "{report}");
+    assert_eq!(report["requested"], PAGES, "{report}");
+    let via = |k: &str| report[k].as_u64().unwrap();
+    assert_eq!(
+        via("via_udp_first") + via("via_udp_retry") + via("via_tcp"),
+        u64::from(PAGES),
+        "{report}"
+    );
+    assert!(
+        via("via_udp_first") > u64::from(PAGES) / 2,
+        "most pages come by UDP: {report}"
+    );
+    assert!(
+        via("via_udp_retry") + via("via_tcp") > 0,
+        "10 % loss needs retries: {report}"
+    );
+
+    let cache = lfc::Lfc::open(&lfc).unwrap();
+    let mut page = [0u8; 8192];
+    for blkno in 0..PAGES {
+        let tag = rel.block(blkno);
+        assert!(
+            cache.lookup(&tag, &mut page).is_some(),
+            "block {blkno} missing"
+        );
+        assert!(
+            is_synthetic_page(&page, tag),
+            "block {blkno} is not an exact server version"
+        );
+        let want = if [0, 777, PAGES - 1].contains(&blkno) {
+            1000
+        } else {
+            16
+        };
+        assert_eq!(page_lsn(&page), want, "block {blkno}");
+    }
+
+    // A second run finds everything present.
+    let again = json(&run(&[
+        "prewarm",
+        "run",
+        "--lfc",
+        lfc.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--server",
+        &server.addr,
+        "--prefetch-port",
+        &workers.udp_port.to_string(),
+        "--json",
+    ]));
+    assert_eq!(again["skipped_present"], PAGES);
+    assert_eq!(again["requested"], 0);
+}
+
+#[test]
+fn without_a_daemon_prewarm_finishes_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&["--source", "synthetic:pages=300"]);
+    let lfc = dir.path().join("lfc");
+    lfc::Lfc::create(&lfc, 1024).unwrap();
+    // A port nobody listens on.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let report = json(&run(&[
+        "prewarm",
+        "run",
+        "--lfc",
+        lfc.to_str().unwrap(),
+        "--relation",
+        "1663/5/16384/0",
+        "--server",
+        &server.addr,
+        "--prefetch-port",
+        &port.to_string(),
+        "--json",
+    ]));
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["udp_fell_back_to_tcp"], true, "{report}");
+    assert_eq!(report["via_tcp"], 300, "{report}");
+    assert_eq!(report["present"], 300, "{report}");
+}
+
+#[test]
+fn bad_state_files_and_unreachable_servers_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    lfc::Lfc::create(&lfc, 256).unwrap();
+    let good = udp_prefetch::prewarm::state::encode(&[udp_prefetch::prewarm::state::PageRange {
+        rel: Synthetic::rel(0),
+        first: 0,
+        len: 10,
+    }]);
+    let mut wrong_version = good.clone();
+    wrong_version[8] = 9;
+    let mut flipped = good.clone();
+    flipped[30] ^= 4;
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        ("empty", Vec::new(), "bad magic"),
+        (
+            "garbage",
+            b"hello world, not a state file".to_vec(),
+            "bad magic",
+        ),
+        ("truncated", good[..good.len() - 5].to_vec(), "truncated"),
+        ("version", wrong_version, "version 9"),
+        ("flipped", flipped, "checksum"),
+    ];
+    for (name, bytes, expect) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = run(&[
+            "prewarm",
+            "run",
+            "--lfc",
+            lfc.to_str().unwrap(),
+            "--state",
+            path.to_str().unwrap(),
+            "--server",
+            "127.0.0.1:1",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains(expect), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+    let good_path = dir.path().join("good");
+    std::fs::write(&good_path, &good).unwrap();
+    // Nothing listens on port 1: a connection error, exit 1.
+    let out = run(&[
+        "prewarm",
+        "run",
+        "--lfc",
+        lfc.to_str().unwrap(),
+        "--state",
+        good_path.to_str().unwrap(),
+        "--server",
+        "127.0.0.1:1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+    let out = run(&[
+        "prewarm",
+        "save",
+        "--lfc",
+        dir.path().join("missing").to_str().unwrap(),
+        "--out",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
