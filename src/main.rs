@@ -19,6 +19,8 @@ enum Command {
     Getpage(cmd::getpage::GetPageArgs),
     /// Run the deterministic network simulator over many seeds (the sim crate's binary).
     Sim(cmd::sim::SimArgs),
+    /// Save the LFC's cached pages, or refill a cold LFC through the UDP prefetch path.
+    Prewarm(cmd::prewarm::PrewarmArgs),
     /// Run the prefetch worker daemon: receive UDP prefetched pages into the LFC.
     Workers(cmd::workers::WorkersArgs),
     /// Sequentially scan a relation, verifying every page, in one prefetch design.
@@ -38,6 +40,10 @@ struct BenchArgs {
     /// One JSON object per measured case, one per line.
     #[arg(long, global = true)]
     json: bool,
+    /// Also draw the results: FILE.svg and FILE.png (one of them if FILE ends in .svg or .png;
+    /// FILE-<bench>.* per bench when several ran).
+    #[arg(long, global = true, value_name = "FILE")]
+    plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,12 +52,20 @@ enum BenchCommand {
     Scan(bench::scan::ScanBenchArgs),
     /// Worker daemon ingest rate (io_uring, epoll; 1 and 2 threads) against a raw ceiling.
     Ingest(bench::ingest::IngestBenchArgs),
+    /// Refill a cold LFC by UDP (0 % and 5 % loss) vs TCP-only, and the daemon's ingest ceiling.
+    Prewarm(bench::prewarm::PrewarmBenchArgs),
     /// Cost of the datagram MAC per page against a memcpy of the same bytes.
     Datagram(bench::datagram::DatagramBenchArgs),
     /// Synchronous GetPage round trip and pipelined throughput over loopback.
     Getpage(bench::getpage::GetPageBenchArgs),
     /// LFC lookup and install throughput against a plain memcpy loop.
     Lfc(bench::lfc::LfcBenchArgs),
+    /// Foreground GetPage latency while the same connection streams prefetches: udp vs tcp.
+    Hol(bench::hol::HolBenchArgs),
+    /// Many backends scanning at once: total pages/s, fairness and TCP connections used.
+    ManyBackends(bench::many_backends::ManyBackendsBenchArgs),
+    /// Every scenario in one run, with modest settings (`--full` for each one's defaults).
+    All(bench::all::AllBenchArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
@@ -62,16 +76,35 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Scan(args) => cmd::scan::run(args),
         Command::Workers(args) => cmd::workers::run(args),
         Command::Sim(args) => cmd::sim::run(args),
+        Command::Prewarm(args) => cmd::prewarm::run(args),
         Command::Lfc(args) => cmd::lfc_stat::run(args),
         Command::Bench(args) => {
+            let mut latencies = Vec::new();
             let records = match &args.which {
                 BenchCommand::Getpage(a) => bench::getpage::run(a)?,
                 BenchCommand::Scan(a) => bench::scan::run(a)?,
                 BenchCommand::Ingest(a) => bench::ingest::run(a)?,
                 BenchCommand::Datagram(a) => bench::datagram::run(a)?,
+                BenchCommand::Prewarm(a) => bench::prewarm::run(a)?,
                 BenchCommand::Lfc(a) => bench::lfc::run(a)?,
+                BenchCommand::Hol(a) => {
+                    let (records, l) = bench::hol::run_with_latencies(a)?;
+                    latencies = l;
+                    records
+                }
+                BenchCommand::ManyBackends(a) => bench::many_backends::run(a)?,
+                BenchCommand::All(a) => {
+                    let (records, l) = bench::all::run(a)?;
+                    latencies = l;
+                    records
+                }
             };
             bench::print_records(&records, args.json);
+            if let Some(path) = &args.plot {
+                for file in bench::plot::write(path, &records, &latencies)? {
+                    eprintln!("plot: wrote {}", file.display());
+                }
+            }
             Ok(Outcome::Success)
         }
     }

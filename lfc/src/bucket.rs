@@ -1,11 +1,14 @@
-//! Index buckets: one cache line holding an owner-pid lock word and 15 entries, each entry a
-//! frame number plus a 7-bit fingerprint of the tag. A tag lives only in the bucket its hash
-//! selects, and every change to which frame holds a tag happens under that bucket's lock, so a
-//! tag is never linked to two VALID frames at once.
+//! Index buckets: one cache line holding a lock word and 15 entries, each entry a frame number
+//! plus a 7-bit fingerprint of the tag. A tag's hash selects its *home* bucket; when the home is
+//! full the entry overflows into one of the next `OVERFLOW_WINDOW` buckets (see the `cache`
+//! module), and the home's lock word records how far its tags have overflowed, so a lookup whose
+//! home never overflowed reads exactly one cache line.
 //!
-//! The lock word holds the owner's pid (0 = free). Waiters spin, then yield, checking now and then
-//! whether the owner still exists; a dead owner's lock is taken over (`Acquired::broken`), and the
-//! new owner must repair whatever the dead one left half-done before relying on the bucket.
+//! The lock word is `dist << PID_BITS | owner pid` (pid 0 = free). Only the owner changes
+//! `dist`, so a free word keeps it and taking or releasing the lock preserves it. Waiters spin,
+//! then yield, checking now and then whether the owner still exists; a dead owner's lock is taken
+//! over (`Acquired::broken`), and the new owner must repair whatever the dead one left half-done
+//! before relying on the bucket.
 
 use crate::process::process_alive;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,6 +18,13 @@ use std::time::{Duration, Instant};
 pub(crate) const EMPTY: u32 = 0;
 const FRAME_BITS: u32 = 25;
 const FRAME_MASK: u32 = (1 << FRAME_BITS) - 1;
+
+/// Owner pids fit in 22 bits: Linux caps `pid_max` at `PID_MAX_LIMIT` = 2^22 (checked in
+/// `process::current_pid`). The 10 bits above hold the home's overflow distance.
+pub(crate) const PID_BITS: u32 = 22;
+const PID_MASK: u32 = (1 << PID_BITS) - 1;
+/// Largest overflow distance the lock word can record.
+pub(crate) const MAX_DIST: u32 = u32::MAX >> PID_BITS;
 
 /// Longest we wait for a lock whose owner is alive (e.g. stopped by a debugger or SIGSTOP)
 /// before giving up with `Busy`. Live owners hold a bucket lock for one page copy.
@@ -57,17 +67,26 @@ pub(crate) struct Acquired {
 
 impl Bucket {
     fn try_take(&self, me: u32) -> bool {
-        self.lock
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    /// Takes `owner`'s lock over if `owner` is dead; false if it is alive or the word changed.
-    fn try_break(&self, owner: u32, me: u32) -> bool {
-        !process_alive(owner)
+        let word = self.lock.load(Ordering::Relaxed);
+        word & PID_MASK == 0
             && self
                 .lock
-                .compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(word, word | me, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Takes the lock over if the owner recorded in `word` is dead; false if it is alive or the
+    /// word changed.
+    fn try_break(&self, word: u32, me: u32) -> bool {
+        !process_alive(word & PID_MASK)
+            && self
+                .lock
+                .compare_exchange(
+                    word,
+                    (word & !PID_MASK) | me,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 
@@ -80,7 +99,8 @@ impl Bucket {
             if self.try_take(me) {
                 return Ok(Acquired { broken: false });
             }
-            let owner = self.lock.load(Ordering::Relaxed);
+            let word = self.lock.load(Ordering::Relaxed);
+            let owner = word & PID_MASK;
             if owner == 0 {
                 continue;
             }
@@ -91,7 +111,7 @@ impl Bucket {
             }
             yields += 1;
             if yields.is_multiple_of(YIELDS_PER_LIVENESS_CHECK) {
-                if self.try_break(owner, me) {
+                if self.try_break(word, me) {
                     return Ok(Acquired { broken: true });
                 }
                 // Reading the clock only on this slow path keeps the common case cheap.
@@ -109,14 +129,28 @@ impl Bucket {
         if self.try_take(me) {
             return Some(Acquired { broken: false });
         }
-        let owner = self.lock.load(Ordering::Relaxed);
-        (owner != 0 && owner != me && self.try_break(owner, me))
-            .then_some(Acquired { broken: true })
+        let word = self.lock.load(Ordering::Relaxed);
+        let owner = word & PID_MASK;
+        (owner != 0 && owner != me && self.try_break(word, me)).then_some(Acquired { broken: true })
     }
 
     pub fn unlock(&self, me: u32) {
-        let prev = self.lock.swap(0, Ordering::Release);
-        debug_assert_eq!(prev, me, "unlocking a bucket lock we do not own");
+        let prev = self.lock.fetch_and(!PID_MASK, Ordering::Release);
+        debug_assert_eq!(prev & PID_MASK, me, "unlocking a bucket lock we do not own");
+    }
+
+    /// How many buckets past this one entries of tags homed here may live in (unclamped: the
+    /// caller bounds it by the window, since the file may be corrupt).
+    pub fn dist(&self) -> u32 {
+        self.lock.load(Ordering::Acquire) >> PID_BITS
+    }
+
+    /// Only by the lock owner `me`. Release, so a reader that sees an entry stored after this
+    /// also sees the distance that covers it.
+    pub fn set_dist(&self, me: u32, dist: u32) {
+        debug_assert!(dist <= MAX_DIST);
+        debug_assert_eq!(self.lock.load(Ordering::Relaxed) & PID_MASK, me);
+        self.lock.store(dist << PID_BITS | me, Ordering::Release);
     }
 
     pub fn entry(&self, slot: usize) -> u32 {
@@ -164,5 +198,31 @@ mod tests {
         b.lock.store(0, Ordering::Relaxed);
         assert_eq!(b.try_lock(42), Some(Acquired { broken: false }));
         b.unlock(42);
+    }
+
+    #[test]
+    fn the_overflow_distance_survives_locking_unlocking_and_breaking() {
+        let b = bucket();
+        assert_eq!(b.try_lock(42), Some(Acquired { broken: false }));
+        b.set_dist(42, MAX_DIST);
+        assert_eq!(b.dist(), MAX_DIST);
+        // Held: a second locker must neither take it nor disturb the distance.
+        assert_eq!(b.try_lock(43), None);
+        b.unlock(42);
+        assert_eq!(
+            (b.dist(), b.lock.load(Ordering::Relaxed) & PID_MASK),
+            (MAX_DIST, 0)
+        );
+        assert_eq!(b.lock(43), Ok(Acquired { broken: false }));
+        b.set_dist(43, 3);
+        // A dead owner's lock is broken with the distance kept.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        b.lock.store(3 << PID_BITS | dead, Ordering::Relaxed);
+        assert_eq!(b.lock(44), Ok(Acquired { broken: true }));
+        assert_eq!(b.lock.load(Ordering::Relaxed), 3 << PID_BITS | 44);
+        b.unlock(44);
+        assert_eq!(b.dist(), 3);
     }
 }

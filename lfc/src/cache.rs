@@ -1,19 +1,37 @@
 //! The cache operations over the shared mapping.
 //!
+//! Placement: a tag's hash selects its *home* bucket H. An entry for the tag lives in H, or, when
+//! H is full, in the first of the next `OVERFLOW_WINDOW` buckets with room; H's lock word records
+//! `dist(H)`, how far past H its tags may live. So a lookup reads one cache line unless its home
+//! has overflowed, and a page is never evicted for lack of index room while frames are free
+//! unless the home and all 64 buckets after it are full. With at most half of all entries in use
+//! (two per page) and a per-file random hash seed, that needs hundreds of tags aimed at one home,
+//! which nobody without the seed can do; in-bucket eviction (which a single full home used to
+//! cause, in ~0.5 % of homes at full occupancy) remains only as the last resort for it.
+//!
 //! Invariants (see also `frame` and `bucket`):
-//! 1. A tag is linked to at most one VALID frame, and only in the bucket its hash selects; every
-//!    change of which frame holds a tag, and every change to a VALID frame, happens under that
-//!    bucket's lock.
-//! 2. Readers take no lock: they find a frame through the bucket, copy, and accept the copy only
+//! 1. Every change of which frame holds a tag, and every change to a VALID frame, happens under
+//!    the lock of the tag's home; the entries of a bucket change only under that bucket's lock.
+//!    Locks are taken lower index first: the home, then at most one overflow bucket at a time,
+//!    which is always higher (windows never wrap), so there is no lock cycle.
+//! 2. A frame becomes VALID only after an entry linking it is stored inside its tag's window
+//!    (`dist` is raised before the entry), and it leaves VALID before its entries are removed;
+//!    repair never removes an entry of a VALID frame that lies inside its tag's window, and
+//!    `dist` never shrinks below such an entry. So the home's owner finds every VALID frame of the tag and
+//!    a tag is never linked to two VALID frames. Any other entry (a stale link left by a dead
+//!    process, or by an unlink that could not lock an overflow bucket) is harmless: readers only
+//!    accept a VALID frame that carries their tag, which is then the tag's only VALID frame.
+//! 3. Readers take no lock: they find a frame through the window, copy, and accept the copy only
 //!    if the frame's control word was VALID and unchanged around the copy (seqlock).
-//! 3. A page becomes visible only by a single release store of `ctl` to VALID after its bytes,
+//! 4. A page becomes visible only by a single release store of `ctl` to VALID after its bytes,
 //!    tag and LSNs are in place, so a half-written frame is never published.
-//! 4. The last-written LSN of a tag never goes backwards: while cached it is in the frame, and it
-//!    is folded (max) into the hashed table *before* the frame is unlinked, so a crash between
+//! 5. The last-written LSN of a tag never goes backwards: while cached it is in the frame, and it
+//!    is folded (max) into the hashed table *before* the frame leaves VALID, so a crash between
 //!    the two steps leaves a conservative value, never a lost one.
-//! 5. A process that dies leaves only BUSY frames (reclaimed by whoever meets them: the CLOCK
-//!    sweep or the repair of a bucket) and bucket locks (broken by the next locker, which then
-//!    repairs the bucket). Neither can hide a newer version or expose a torn one.
+//! 6. A process that dies leaves only BUSY frames (reclaimed, lwlsn folded, by whoever meets them:
+//!    the CLOCK sweep or the repair of a bucket, which also sweeps its home's window) and bucket
+//!    locks (broken by the next locker, which then repairs the bucket). Neither can hide a newer
+//!    version or expose a torn one.
 
 use crate::arrival::{futex_wait, Channel};
 use crate::attach::{self, Attached};
@@ -23,7 +41,8 @@ use crate::frame::{Ctl, FrameMeta, KIND_BUSY, KIND_VALID, MAX_USAGE};
 use crate::hash::TagHash;
 use crate::layout::{
     FixedHeader, Geometry, ARRIVAL_CHANNELS, ARRIVAL_OFFSET, BUCKET_BYTES, BUCKET_ENTRIES,
-    GLOBAL_LWLSN_OFFSET, HAND_OFFSET, META_BYTES, STATS_OFFSET, STAT_COUNTERS, STAT_STRIPES,
+    GLOBAL_LWLSN_OFFSET, HAND_OFFSET, META_BYTES, OVERFLOW_WINDOW, STATS_OFFSET, STAT_COUNTERS,
+    STAT_STRIPES,
 };
 use crate::process::{current_pid, process_alive};
 use crate::requested::{self, LINE_ENTRIES};
@@ -77,6 +96,7 @@ pub struct LfcGeometry {
     pub file_len: u64,
     /// Bytes before the first page: header, frame metadata, index and tables.
     pub metadata_bytes: u64,
+    /// Home buckets plus the `OVERFLOW_WINDOW` overflow-only buckets after them.
     pub index_buckets: u64,
     pub lwlsn_slots: u64,
     pub requested_slots: u64,
@@ -117,10 +137,32 @@ impl Drop for Locked<'_> {
     }
 }
 
+impl Locked<'_> {
+    /// This home's overflow distance, clamped to the window (a corrupt word must not send us
+    /// past the index).
+    fn dist(&self) -> u64 {
+        u64::from(self.bucket.dist()).min(OVERFLOW_WINDOW)
+    }
+
+    fn set_dist(&self, dist: u64) {
+        debug_assert!(dist <= OVERFLOW_WINDOW);
+        self.bucket.set_dist(self.me, dist as u32);
+    }
+}
+
 enum Probe {
     Found(u64),
     Absent,
     Contended,
+}
+
+/// How `unlink_entries` takes the lock of an overflow bucket holding a link.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Wait as for any lock (writers).
+    Block,
+    /// One attempt (the CLOCK sweep, which would rather leave a harmless stale link).
+    Try,
 }
 
 impl Lfc {
@@ -205,7 +247,7 @@ impl Lfc {
             capacity_pages: self.geo.capacity_pages,
             file_len: self.geo.file_len,
             metadata_bytes: self.geo.data_offset,
-            index_buckets: self.geo.buckets,
+            index_buckets: self.geo.index_buckets(),
             lwlsn_slots: self.geo.lwlsn_slots,
             requested_slots: self.geo.requested_slots,
         }
@@ -239,8 +281,17 @@ impl Lfc {
     }
 
     fn bucket(&self, index: u64) -> &Bucket {
-        assert!(index < self.geo.buckets);
+        assert!(index < self.geo.index_buckets());
         self.shared(self.geo.bucket_offset + index * BUCKET_BYTES as u64)
+    }
+
+    fn home(&self, h: TagHash) -> u64 {
+        h.bucket(self.geo.buckets)
+    }
+
+    /// Overflow distance of a home read without its lock (readers), clamped to the window.
+    fn dist_unlocked(&self, home: u64) -> u64 {
+        u64::from(self.bucket(home).dist()).min(OVERFLOW_WINDOW)
     }
 
     fn lwlsn_cell(&self, h: TagHash) -> &AtomicU64 {
@@ -304,50 +355,23 @@ impl Lfc {
         mut out: Option<&mut [u8; PAGE_SIZE]>,
         touch: bool,
     ) -> Option<u64> {
-        let bucket = self.bucket(h.bucket(self.geo.buckets));
-        let fp = h.fingerprint();
+        let home = self.home(h);
+        let home_bucket = self.bucket(home);
         for attempt in 0..READ_ATTEMPTS {
             let mut contended = false;
-            for slot in 0..BUCKET_ENTRIES {
-                let e = bucket.entry(slot);
-                if entry_fingerprint(e) != fp {
-                    continue;
-                }
-                let Some(frame) = self.entry_frame(e) else {
-                    continue;
-                };
-                let m = self.meta(frame);
-                let c1 = m.ctl();
-                if c1.kind() != KIND_VALID {
-                    // A BUSY frame still linked here is an in-place rewrite in progress.
-                    contended |= c1.kind() == KIND_BUSY && m.tag() == *tag;
-                    continue;
-                }
-                if m.tag() != *tag {
-                    continue;
-                }
-                let lsn = m.lsn.load(Ordering::Relaxed);
-                if let Some(out) = out.as_deref_mut() {
-                    // SAFETY: source is one frame of the mapping, destination the caller's
-                    // buffer; they cannot overlap. A concurrent writer may change the source
-                    // during the copy: the seqlock check below then rejects the result.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            self.frame_ptr(frame),
-                            out.as_mut_ptr(),
-                            PAGE_SIZE,
-                        )
-                    };
-                }
-                fence(Ordering::Acquire);
-                if m.ctl.load(Ordering::Relaxed) != c1.0 {
-                    contended = true;
-                    continue;
-                }
-                if touch {
-                    m.touch();
-                }
+            if let Some(lsn) =
+                self.read_bucket(home_bucket, h, tag, &mut out, touch, &mut contended)
+            {
                 return Some(lsn);
+            }
+            // Read after the home's entries, from the same cache line: only a home that has
+            // overflowed costs a second line.
+            let dist = u64::from(home_bucket.dist()).min(OVERFLOW_WINDOW);
+            for index in home + 1..=home + dist {
+                let b = self.bucket(index);
+                if let Some(lsn) = self.read_bucket(b, h, tag, &mut out, touch, &mut contended) {
+                    return Some(lsn);
+                }
             }
             if !contended {
                 return None;
@@ -359,9 +383,81 @@ impl Lfc {
         None
     }
 
+    /// One bucket of `read_optimistic`; sets `contended` when a frame of the tag was busy or
+    /// changed under the copy.
+    #[inline(always)]
+    fn read_bucket(
+        &self,
+        bucket: &Bucket,
+        h: TagHash,
+        tag: &BufferTag,
+        out: &mut Option<&mut [u8; PAGE_SIZE]>,
+        touch: bool,
+        contended: &mut bool,
+    ) -> Option<u64> {
+        let fp = h.fingerprint();
+        for slot in 0..BUCKET_ENTRIES {
+            let e = bucket.entry(slot);
+            if entry_fingerprint(e) != fp {
+                continue;
+            }
+            let Some(frame) = self.entry_frame(e) else {
+                continue;
+            };
+            let m = self.meta(frame);
+            let c1 = m.ctl();
+            if c1.kind() != KIND_VALID {
+                // A BUSY frame still linked here is an in-place rewrite, or a link being made.
+                *contended |= c1.kind() == KIND_BUSY && m.tag() == *tag;
+                continue;
+            }
+            if m.tag() != *tag {
+                continue;
+            }
+            let lsn = m.lsn.load(Ordering::Relaxed);
+            if let Some(out) = out.as_deref_mut() {
+                // SAFETY: source is one frame of the mapping, destination the caller's
+                // buffer; they cannot overlap. A concurrent writer may change the source
+                // during the copy: the seqlock check below then rejects the result.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        self.frame_ptr(frame),
+                        out.as_mut_ptr(),
+                        PAGE_SIZE,
+                    )
+                };
+            }
+            fence(Ordering::Acquire);
+            if m.ctl.load(Ordering::Relaxed) != c1.0 {
+                *contended = true;
+                continue;
+            }
+            if touch {
+                m.touch();
+            }
+            return Some(lsn);
+        }
+        None
+    }
+
     /// Last-written LSN of `tag` as recorded in its cached frame, if it is cached.
     fn probe_lwlsn(&self, h: TagHash, tag: &BufferTag) -> Probe {
-        let bucket = self.bucket(h.bucket(self.geo.buckets));
+        let home = self.home(h);
+        match self.probe_bucket(home, h, tag) {
+            Probe::Absent => {}
+            found_or_contended => return found_or_contended,
+        }
+        for index in home + 1..=home + self.dist_unlocked(home) {
+            match self.probe_bucket(index, h, tag) {
+                Probe::Absent => {}
+                found_or_contended => return found_or_contended,
+            }
+        }
+        Probe::Absent
+    }
+
+    fn probe_bucket(&self, index: u64, h: TagHash, tag: &BufferTag) -> Probe {
+        let bucket = self.bucket(index);
         let fp = h.fingerprint();
         for slot in 0..BUCKET_ENTRIES {
             let e = bucket.entry(slot);
@@ -430,7 +526,7 @@ impl Lfc {
         match self.lock_bucket(h) {
             Ok(g) => {
                 let v = match self.find_locked(&g, h, tag) {
-                    Some((_, frame)) => self.meta(frame).lwlsn.load(Ordering::Acquire),
+                    Some(frame) => self.meta(frame).lwlsn.load(Ordering::Acquire),
                     None => self.lwlsn_cell(h).load(Ordering::Acquire),
                 };
                 v.max(floor)
@@ -440,15 +536,18 @@ impl Lfc {
     }
 
     /// Upper bound of every value the tag's lwlsn could have, for when a live process keeps its
-    /// bucket locked: the table and every frame in the bucket that carries the tag.
+    /// home locked: the table and every frame in the window that carries the tag.
     fn lwlsn_conservative(&self, h: TagHash, tag: &BufferTag) -> u64 {
-        let bucket = self.bucket(h.bucket(self.geo.buckets));
+        let home = self.home(h);
         let mut v = self.lwlsn_cell(h).load(Ordering::Acquire);
-        for slot in 0..BUCKET_ENTRIES {
-            if let Some(frame) = self.entry_frame(bucket.entry(slot)) {
-                let m = self.meta(frame);
-                if m.tag() == *tag {
-                    v = v.max(m.lwlsn.load(Ordering::Acquire));
+        for index in home..=home + self.dist_unlocked(home) {
+            let bucket = self.bucket(index);
+            for slot in 0..BUCKET_ENTRIES {
+                if let Some(frame) = self.entry_frame(bucket.entry(slot)) {
+                    let m = self.meta(frame);
+                    if m.tag() == *tag {
+                        v = v.max(m.lwlsn.load(Ordering::Acquire));
+                    }
                 }
             }
         }
@@ -467,8 +566,14 @@ impl Lfc {
 
     // ---- locking and repair ----------------------------------------------------------------
 
+    /// Locks the home bucket of `h`.
     fn lock_bucket(&self, h: TagHash) -> Result<Locked<'_>, LfcError> {
-        let index = h.bucket(self.geo.buckets);
+        self.lock_index(self.home(h))
+    }
+
+    /// Locks bucket `index`, waiting for a live owner up to the limit and repairing after a
+    /// dead one. Callers holding a lock only ever ask for a higher index.
+    fn lock_index(&self, index: u64) -> Result<Locked<'_>, LfcError> {
         let me = current_pid();
         let bucket = self.bucket(index);
         match bucket.lock(me) {
@@ -490,10 +595,35 @@ impl Lfc {
         }
     }
 
-    /// Makes a bucket whose previous owner died consistent again: drops entries that point at
-    /// frames that are not VALID pages of this bucket (a dead owner's half-done rewrite,
-    /// a frame since reclaimed), and duplicate entries. Idempotent, so a repairer that dies is
-    /// simply followed by another.
+    /// One attempt at bucket `index`, repairing after a dead owner.
+    fn try_lock_index(&self, index: u64) -> Option<Locked<'_>> {
+        let me = current_pid();
+        let bucket = self.bucket(index);
+        let acq = bucket.try_lock(me)?;
+        let g = Locked { bucket, index, me };
+        if acq.broken {
+            self.bump(Counter::LockBreaks);
+            self.repair_bucket(&g);
+        }
+        Some(g)
+    }
+
+    /// Whether bucket `index` lies inside the window of the tag hashed to `th`, as its home's
+    /// distance says now. Entries of VALID frames are always inside (invariant 2), so an entry
+    /// outside is stale whatever races with this read.
+    fn in_window(&self, th: TagHash, index: u64) -> bool {
+        let home = self.home(th);
+        home <= index && index - home <= self.dist_unlocked(home)
+    }
+
+    /// Makes a bucket consistent again (after a dead owner, or before giving up on a full one):
+    /// drops entries that do not link a VALID page of a tag whose window covers this bucket (a
+    /// frame since reclaimed or reused, a dead owner's half-done link or unlink), and duplicates;
+    /// reclaims frames of dead owners linked here or, as a home, anywhere in its window (so
+    /// their lwlsn is folded before anyone decides from the table). Entries of frames that a
+    /// live process holds BUSY are kept: that may be the home owner's in-place rewrite, which
+    /// does not lock the overflow bucket. Idempotent, so a repairer that dies is simply
+    /// followed by another.
     fn repair_bucket(&self, g: &Locked<'_>) {
         for slot in 0..BUCKET_ENTRIES {
             let e = g.bucket.entry(slot);
@@ -509,19 +639,11 @@ impl Lfc {
                         KIND_VALID => {
                             let tag = m.tag();
                             let th = self.hash(&tag);
-                            th.bucket(self.geo.buckets) == g.index
+                            self.in_window(th, g.index)
                                 && th.fingerprint() == entry_fingerprint(e)
                                 && !self.linked_before(g, slot, frame, &tag)
                         }
-                        KIND_BUSY => {
-                            if c.pid() != g.me
-                                && !process_alive(c.pid())
-                                && self.reclaim_dead(frame, c)
-                            {
-                                self.release_frame(frame);
-                            }
-                            false
-                        }
+                        KIND_BUSY => !self.reclaim_if_dead(frame, c),
                         _ => false,
                     }
                 }
@@ -530,6 +652,42 @@ impl Lfc {
                 g.bucket.set_entry(slot, EMPTY);
             }
         }
+        // As a home: a dead owner may have been rewriting a frame that overflowed (rewrites
+        // lock only the home), so its raised lwlsn must be folded before the table is trusted.
+        // The links stay; they are stale and harmless until that bucket is repaired.
+        // Spill buckets are no one's home; a distance there can only be corruption.
+        let dist = if g.index < self.geo.buckets {
+            g.dist()
+        } else {
+            0
+        };
+        for index in g.index + 1..=g.index + dist {
+            let b = self.bucket(index);
+            for slot in 0..BUCKET_ENTRIES {
+                if let Some(frame) = self.entry_frame(b.entry(slot)) {
+                    let c = self.meta(frame).ctl();
+                    if c.kind() == KIND_BUSY {
+                        self.reclaim_if_dead(frame, c);
+                    }
+                }
+            }
+        }
+        // A dead owner may have raised the distance and died before linking.
+        if dist > 0 {
+            self.shrink_dist(g);
+        }
+    }
+
+    /// Reclaims and frees a BUSY frame whose owner is dead; true if it was (or just became)
+    /// not ours to keep linked. False for a live owner, including ourselves.
+    fn reclaim_if_dead(&self, frame: u32, c: Ctl) -> bool {
+        if c.pid() == current_pid() || process_alive(c.pid()) {
+            return false;
+        }
+        if self.reclaim_dead(frame, c) {
+            self.release_frame(frame);
+        }
+        true
     }
 
     /// Whether an entry before `slot` already links `frame` or another VALID frame with `tag`.
@@ -576,18 +734,21 @@ impl Lfc {
         ok
     }
 
-    /// Entry slot and frame of `tag` in a locked bucket. Under the lock VALID frames of this
-    /// bucket cannot change, so no seqlock validation is needed.
-    fn find_locked(&self, g: &Locked<'_>, h: TagHash, tag: &BufferTag) -> Option<(usize, u32)> {
+    /// The VALID frame of `tag`, searching the window of its locked home `g`. Under the home
+    /// lock VALID frames of the tag cannot change, so no seqlock validation is needed.
+    fn find_locked(&self, g: &Locked<'_>, h: TagHash, tag: &BufferTag) -> Option<u32> {
         let fp = h.fingerprint();
-        (0..BUCKET_ENTRIES).find_map(|slot| {
-            let e = g.bucket.entry(slot);
-            if entry_fingerprint(e) != fp {
-                return None;
-            }
-            let frame = self.entry_frame(e)?;
-            let m = self.meta(frame);
-            (m.ctl().kind() == KIND_VALID && m.tag() == *tag).then_some((slot, frame))
+        (g.index..=g.index + g.dist()).find_map(|index| {
+            let bucket = self.bucket(index);
+            (0..BUCKET_ENTRIES).find_map(|slot| {
+                let e = bucket.entry(slot);
+                if entry_fingerprint(e) != fp {
+                    return None;
+                }
+                let frame = self.entry_frame(e)?;
+                let m = self.meta(frame);
+                (m.ctl().kind() == KIND_VALID && m.tag() == *tag).then_some(frame)
+            })
         })
     }
 
@@ -633,7 +794,7 @@ impl Lfc {
         None
     }
 
-    /// Evicts a cold VALID frame for reuse by us, if its bucket lock is free right now.
+    /// Evicts a cold VALID frame for reuse by us, if its home's lock is free right now.
     fn try_evict(&self, frame: u32, c: Ctl) -> bool {
         let m = self.meta(frame);
         let tag = m.tag();
@@ -642,51 +803,95 @@ impl Lfc {
             return false;
         }
         let h = self.hash(&tag);
-        let index = h.bucket(self.geo.buckets);
-        let me = current_pid();
-        let bucket = self.bucket(index);
-        let Some(acq) = bucket.try_lock(me) else {
+        let Some(g) = self.try_lock_index(self.home(h)) else {
             return false;
         };
-        let g = Locked { bucket, index, me };
-        if acq.broken {
-            self.bump(Counter::LockBreaks);
-            self.repair_bucket(&g);
-        }
         // Re-check under the lock: same VALID frame (tag unchanged), still cold.
         if m.ctl.load(Ordering::Acquire) != c.0 || m.usage.load(Ordering::Relaxed) != 0 {
             return false;
         }
-        self.unlink_locked(&g, h, frame, m.lwlsn.load(Ordering::Acquire));
+        // Fold first, leave VALID second, unlink last (invariants 2 and 5).
+        self.lwlsn_cell(h)
+            .fetch_max(m.lwlsn.load(Ordering::Acquire), Ordering::AcqRel);
         let taken = m
             .ctl
-            .compare_exchange(c.0, c.to_busy(me).0, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(c.0, c.to_busy(g.me).0, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok();
-        debug_assert!(taken, "a VALID frame changed under its bucket lock");
+        debug_assert!(taken, "a VALID frame changed under its home's lock");
         if taken {
+            self.unlink_entries(&g, frame, Wait::Try);
             self.bump(Counter::Evictions);
         }
         taken
     }
 
-    /// Folds the lwlsn into the table, then removes every entry linking `frame`. The order
-    /// matters: dying in between leaves the tag linked *and* folded, never unlinked and lost.
-    fn unlink_locked(&self, g: &Locked<'_>, h: TagHash, frame: u32, lwlsn: u64) {
-        self.lwlsn_cell(h).fetch_max(lwlsn, Ordering::AcqRel);
-        for slot in 0..BUCKET_ENTRIES {
-            if self.entry_frame(g.bucket.entry(slot)) == Some(frame) {
-                g.bucket.set_entry(slot, EMPTY);
+    /// Removes the entries linking `frame` (no longer VALID) from the window of the locked home
+    /// `g`, then lowers the home's distance if an overflow link went. A link in an overflow
+    /// bucket we cannot lock is left behind: it is stale and harmless (invariant 2).
+    fn unlink_entries(&self, g: &Locked<'_>, frame: u32, wait: Wait) {
+        debug_assert_ne!(self.meta(frame).ctl().kind(), KIND_VALID);
+        let clear = |b: &Bucket| {
+            let mut cleared = false;
+            for slot in 0..BUCKET_ENTRIES {
+                if self.entry_frame(b.entry(slot)) == Some(frame) {
+                    b.set_entry(slot, EMPTY);
+                    cleared = true;
+                }
             }
+            cleared
+        };
+        clear(g.bucket);
+        let mut overflow_cleared = false;
+        for index in g.index + 1..=g.index + g.dist() {
+            let b = self.bucket(index);
+            if !(0..BUCKET_ENTRIES).any(|s| self.entry_frame(b.entry(s)) == Some(frame)) {
+                continue;
+            }
+            // Higher than the home we hold: lock order is kept.
+            let other = match wait {
+                Wait::Block => self.lock_index(index).ok(),
+                Wait::Try => self.try_lock_index(index),
+            };
+            if let Some(other) = other {
+                overflow_cleared |= clear(other.bucket);
+            }
+        }
+        if overflow_cleared {
+            self.shrink_dist(g);
         }
     }
 
-    /// Unlinks a VALID frame of a locked bucket and frees it.
+    /// Lowers the locked home's distance to the farthest bucket still holding an entry whose
+    /// frame's tag is homed here. Conservative: a frame changing under us (not VALID for one of
+    /// our tags, since those need our lock) can only make the result larger.
+    fn shrink_dist(&self, g: &Locked<'_>) {
+        let mut dist = g.dist();
+        while dist > 0 {
+            let b = self.bucket(g.index + dist);
+            let homed_here = (0..BUCKET_ENTRIES).any(|s| {
+                self.entry_frame(b.entry(s))
+                    .is_some_and(|f| self.home(self.hash(&self.meta(f).tag())) == g.index)
+            });
+            if homed_here {
+                break;
+            }
+            dist -= 1;
+        }
+        if dist != g.dist() {
+            g.set_dist(dist);
+        }
+    }
+
+    /// Unlinks a VALID frame of a tag homed in the locked `g` and frees it.
     fn drop_locked(&self, g: &Locked<'_>, h: TagHash, frame: u32, lwlsn: u64) {
         let m = self.meta(frame);
-        self.unlink_locked(g, h, frame, lwlsn);
+        self.lwlsn_cell(h).fetch_max(lwlsn, Ordering::AcqRel);
         let c = m.ctl();
         debug_assert_eq!(c.kind(), KIND_VALID);
-        m.ctl.store(c.to_free().0, Ordering::Release);
+        // Under the home lock nobody else changes a VALID frame, so a plain store suffices.
+        m.ctl.store(c.to_busy(g.me).0, Ordering::Release);
+        self.unlink_entries(g, frame, Wait::Block);
+        self.release_frame(frame);
     }
 
     /// Returns a frame we own (BUSY(me)) to FREE.
@@ -697,7 +902,9 @@ impl Lfc {
         m.ctl.store(c.to_free().0, Ordering::Release);
     }
 
-    /// Frees the least used page of a full bucket to make room for a new entry.
+    /// Last resort when the home and its whole window are full: frees the least used page of the
+    /// home that is homed there (an overflowed page belongs to a lower home, whose lock we do
+    /// not hold) and returns its slot.
     fn evict_in_bucket(&self, g: &Locked<'_>) -> Option<usize> {
         let mut victim: Option<(usize, u32, u32)> = None;
         for slot in 0..BUCKET_ENTRIES {
@@ -705,15 +912,11 @@ impl Lfc {
                 return Some(slot);
             };
             let m = self.meta(frame);
-            if m.ctl().kind() != KIND_VALID {
+            if m.ctl().kind() != KIND_VALID || self.home(self.hash(&m.tag())) != g.index {
                 continue;
             }
             let u = m.usage.load(Ordering::Relaxed);
-            let colder = match victim {
-                None => true,
-                Some((_, _, vu)) => u < vu,
-            };
-            if colder {
+            if victim.is_none_or(|(_, _, vu)| u < vu) {
                 victim = Some((slot, frame, u));
             }
         }
@@ -725,8 +928,22 @@ impl Lfc {
         Some(slot)
     }
 
-    /// Publishes our filled BUSY frame as `tag` in the locked bucket. False if no entry could be
-    /// made free (only possible in a corrupt bucket); the frame is then still ours.
+    fn free_slot(b: &Bucket) -> Option<usize> {
+        (0..BUCKET_ENTRIES).find(|&s| b.entry(s) == EMPTY)
+    }
+
+    /// Cheap unlocked hint that locking `b` could yield a slot: an empty entry, or one that
+    /// repair would drop.
+    fn may_have_room(&self, b: &Bucket) -> bool {
+        (0..BUCKET_ENTRIES).any(|s| match self.entry_frame(b.entry(s)) {
+            None => true,
+            Some(f) => self.meta(f).ctl().kind() != KIND_VALID,
+        })
+    }
+
+    /// Publishes our filled BUSY frame as `tag`, homed in the locked `g`: in the home if it has
+    /// room, else in the first bucket of the window that has. False if no entry could be made
+    /// free (the whole window full of pages of other homes); the frame is then still ours.
     fn link_locked(
         &self,
         g: &Locked<'_>,
@@ -736,33 +953,72 @@ impl Lfc {
         version: u64,
         lwlsn: u64,
     ) -> bool {
-        let free_slot = (0..BUCKET_ENTRIES).find(|&s| g.bucket.entry(s) == EMPTY);
-        let slot = match free_slot {
-            Some(s) => s,
-            None => {
-                self.repair_bucket(g);
-                match (0..BUCKET_ENTRIES).find(|&s| g.bucket.entry(s) == EMPTY) {
-                    Some(s) => s,
-                    None => match self.evict_in_bucket(g) {
-                        Some(s) => s,
-                        None => return false,
-                    },
-                }
+        let home_slot = Self::free_slot(g.bucket).or_else(|| {
+            self.repair_bucket(g);
+            Self::free_slot(g.bucket)
+        });
+        if let Some(slot) = home_slot {
+            self.publish_at(g.bucket, slot, h, tag, frame, version, lwlsn);
+            return true;
+        }
+        for dist in 1..=OVERFLOW_WINDOW {
+            let index = g.index + dist;
+            if !self.may_have_room(self.bucket(index)) {
+                continue;
             }
-        };
+            // Higher than the home we hold: lock order is kept. A bucket kept locked by a live
+            // process past the wait limit is skipped like a full one.
+            let Ok(other) = self.lock_index(index) else {
+                continue;
+            };
+            let slot = Self::free_slot(other.bucket).or_else(|| {
+                self.repair_bucket(&other);
+                Self::free_slot(other.bucket)
+            });
+            let Some(slot) = slot else {
+                continue;
+            };
+            // Raised before the entry exists, so no reader or repairer ever sees the entry
+            // outside the window (invariant 2); dying here only leaves the distance too large.
+            if g.dist() < dist {
+                g.set_dist(dist);
+            }
+            self.publish_at(other.bucket, slot, h, tag, frame, version, lwlsn);
+            return true;
+        }
+        match self.evict_in_bucket(g) {
+            Some(slot) => {
+                self.publish_at(g.bucket, slot, h, tag, frame, version, lwlsn);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Links our filled BUSY frame at `slot` of the locked bucket `b`, then makes it VALID.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_at(
+        &self,
+        b: &Bucket,
+        slot: usize,
+        h: TagHash,
+        tag: &BufferTag,
+        frame: u32,
+        version: u64,
+        lwlsn: u64,
+    ) {
         let m = self.meta(frame);
         let c = m.ctl();
-        debug_assert!(c.kind() == KIND_BUSY && c.pid() == g.me);
+        debug_assert!(c.kind() == KIND_BUSY && c.pid() == current_pid());
         m.set_tag(tag);
         m.lsn.store(version, Ordering::Relaxed);
         m.lwlsn.store(lwlsn, Ordering::Relaxed);
         m.usage.store(1, Ordering::Relaxed);
+        // Linked while still BUSY (readers skip it), so a VALID frame is always findable.
+        b.set_entry(slot, encode_entry(h.fingerprint(), frame));
         // The one store that publishes: bytes, tag and LSNs happen-before any reader's Acquire
         // load that sees VALID.
         m.ctl.store(c.to_valid().0, Ordering::Release);
-        g.bucket
-            .set_entry(slot, encode_entry(h.fingerprint(), frame));
-        true
     }
 
     fn copy_into_frame(&self, frame: u32, page: &[u8; PAGE_SIZE]) {
@@ -785,7 +1041,7 @@ impl Lfc {
         let floor = self.lwlsn_floor();
         {
             let g = self.lock_bucket(h)?;
-            if let Some((_, frame)) = self.find_locked(&g, h, tag) {
+            if let Some(frame) = self.find_locked(&g, h, tag) {
                 let m = self.meta(frame);
                 if lsn < m.lwlsn.load(Ordering::Acquire).max(floor) {
                     self.bump(Counter::SupersededWrites);
@@ -803,7 +1059,7 @@ impl Lfc {
             }
         }
         // Not cached: fill a frame with no lock held, since claiming may evict and so lock
-        // another bucket (holding two bucket locks could deadlock).
+        // another home, possibly a lower one (lock order).
         let Some(frame) = self.claim_frame() else {
             let g = self.lock_bucket(h)?;
             self.set_lwlsn_locked(&g, h, tag, lsn);
@@ -820,7 +1076,7 @@ impl Lfc {
         };
         // Someone may have cached the tag meanwhile: replace that copy with ours.
         let mut lwlsn = self.lwlsn_cell(h).load(Ordering::Acquire);
-        if let Some((_, old)) = self.find_locked(&g, h, tag) {
+        if let Some(old) = self.find_locked(&g, h, tag) {
             let old_lwlsn = self.meta(old).lwlsn.load(Ordering::Acquire);
             if lsn < old_lwlsn.max(floor) {
                 self.release_frame(frame);
@@ -846,7 +1102,9 @@ impl Lfc {
         Ok(WriteOutcome::Stored)
     }
 
-    /// In-place rewrite of a VALID frame under its bucket lock (seqlock writer side).
+    /// In-place rewrite of a VALID frame under its home's lock (seqlock writer side). The entry
+    /// stays as it is, so an overflow bucket holding it need not be locked; its repair keeps
+    /// entries of live owners' BUSY frames.
     fn rewrite_locked(&self, frame: u32, lsn: u64, page: &[u8; PAGE_SIZE]) {
         let m = self.meta(frame);
         let c = m.ctl();
@@ -873,7 +1131,7 @@ impl Lfc {
 
     fn set_lwlsn_locked(&self, g: &Locked<'_>, h: TagHash, tag: &BufferTag, lsn: u64) {
         match self.find_locked(g, h, tag) {
-            Some((_, frame)) => {
+            Some(frame) => {
                 let m = self.meta(frame);
                 if m.lsn.load(Ordering::Acquire) < lsn {
                     let lwlsn = m.lwlsn.load(Ordering::Acquire).max(lsn);
@@ -1024,6 +1282,18 @@ impl Lfc {
     #[doc(hidden)]
     pub fn arrival_waiters(&self, tag: &BufferTag) -> u32 {
         self.channel(self.hash(tag)).waiters.load(Ordering::SeqCst)
+    }
+
+    /// Home bucket of `tag`: tests use it to craft tags that overflow one home.
+    #[doc(hidden)]
+    pub fn home_bucket_of(&self, tag: &BufferTag) -> u64 {
+        self.home(self.hash(tag))
+    }
+
+    /// How many buckets past `home` its tags currently may live in (0 = never overflowed).
+    #[doc(hidden)]
+    pub fn overflow_distance(&self, home: u64) -> u64 {
+        self.dist_unlocked(home)
     }
 
     /// Index of the lwlsn table slot of `tag`: tests use it to pick tags that do not collide.

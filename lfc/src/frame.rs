@@ -4,8 +4,9 @@
 //! `ctl` = `seq << 32 | kind << 30 | pid`. Every change of the frame bumps `seq`, so a reader
 //! that sees the same `ctl` before and after copying knows nothing changed in between.
 //! - `FREE`: no content, not in the index.
-//! - `VALID`: content, tag and LSNs are published; the frame is (or is being) linked in the index
-//!   bucket of its tag. Only a holder of that bucket's lock changes a VALID frame.
+//! - `VALID`: content, tag and LSNs are published; the frame is linked in the index, in its tag's
+//!   home bucket or that home's overflow window. Only a holder of the home's lock changes a VALID
+//!   frame.
 //! - `BUSY(pid)`: owned by `pid` (a reservation being filled, a frame claimed for a write or an
 //!   install, or an in-place rewrite). Invisible to readers. When `pid` is dead the frame may be
 //!   reclaimed by anyone; its content is then garbage by definition.

@@ -1,4 +1,4 @@
-//! Placement of a tag: one 64-bit keyed hash, with disjoint bit ranges feeding the index
+//! Placement of a tag: one 64-bit keyed hash, with disjoint bit ranges feeding the home index
 //! bucket, the entry fingerprint, the lwlsn slot, the requested-table line and the arrival
 //! channel. The seed is random per file, so page placement cannot be aimed at one bucket.
 
@@ -25,7 +25,7 @@ impl TagHash {
         TagHash(mix(h ^ c))
     }
 
-    /// Bucket index in `0..buckets` from the high 32 bits (multiply-shift, no modulo bias that
+    /// Home bucket index in `0..buckets` from the high 32 bits (multiply-shift, no modulo bias that
     /// matters at these sizes).
     pub fn bucket(self, buckets: u64) -> u64 {
         ((self.0 >> 32) * buckets) >> 32

@@ -9,7 +9,7 @@
 //! 1024   stats: STAT_STRIPES stripes x STAT_COUNTERS u64
 //! 4096   arrival channels: ARRIVAL_CHANNELS x (futex seq u32, waiters u32)
 //! 8192   frame metadata: capacity x 64 B
-//!        index buckets: buckets x 64 B
+//!        index buckets: (buckets + OVERFLOW_WINDOW) x 64 B (homes, then overflow-only spill)
 //!        lwlsn table: lwlsn_slots x u64
 //!        requested table: requested_slots x u64
 //!        (pad to 4 KiB) page data: capacity x 8192 B
@@ -20,7 +20,9 @@ use crate::tag::PAGE_SIZE;
 use std::path::Path;
 
 pub const MAGIC: [u8; 8] = *b"UPLFC\0\r\n";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: bucket lock words carry an overflow distance and the index has `OVERFLOW_WINDOW` spill
+/// buckets after the homes.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Length of the encoded fixed header; the file must be at least this long to be parsed.
 pub const FIXED_HEADER_LEN: usize = 256;
@@ -38,6 +40,12 @@ pub const META_BYTES: usize = 64;
 pub const BUCKET_BYTES: usize = 64;
 /// Index entries per bucket: one lock word plus 15 entries fill a cache line.
 pub const BUCKET_ENTRIES: usize = 15;
+/// A full home bucket overflows into the next `OVERFLOW_WINDOW` buckets. The index ends with
+/// that many overflow-only buckets, so every home has the whole window and no window wraps
+/// (which keeps "lower index first" a total lock order). At mean load 7.5 of 15, 65 consecutive
+/// full buckets do not happen by chance; see the `cache` module.
+pub const OVERFLOW_WINDOW: u64 = 64;
+const _: () = assert!(OVERFLOW_WINDOW <= crate::bucket::MAX_DIST as u64);
 
 /// Index entries pack frame number + 1 into the low 25 bits (the rest is a tag fingerprint; 0
 /// marks an empty entry), so frame numbers stay below 2^25 - 2 (256 GiB of pages).
@@ -92,8 +100,8 @@ impl Geometry {
                 max: MAX_CAPACITY_PAGES,
             });
         }
-        // Two index entries per page keeps the mean bucket load at 7.5 of 15, so a bucket
-        // overflows (and evicts locally) only rarely; see the bucket module.
+        // Two index entries per page keeps the mean home load at 7.5 of 15, so a home overflows
+        // into its neighbours only rarely (about 1 % of homes at full occupancy).
         let buckets = (capacity_pages * 2).div_ceil(BUCKET_ENTRIES as u64).max(1);
         // The lwlsn table only holds pages that are *not* cached; a quarter of the capacity keeps
         // collisions (which only make the install check more conservative) uncommon.
@@ -102,7 +110,7 @@ impl Geometry {
         let requested_slots = (capacity_pages / 8).next_power_of_two().max(1024);
         let meta_offset = META_OFFSET as u64;
         let bucket_offset = meta_offset + capacity_pages * META_BYTES as u64;
-        let lwlsn_offset = bucket_offset + buckets * BUCKET_BYTES as u64;
+        let lwlsn_offset = bucket_offset + (buckets + OVERFLOW_WINDOW) * BUCKET_BYTES as u64;
         let requested_offset = lwlsn_offset + lwlsn_slots * 8;
         let data_offset =
             (requested_offset + requested_slots * 8).next_multiple_of(DATA_ALIGN as u64);
@@ -119,6 +127,11 @@ impl Geometry {
             data_offset,
             file_len,
         })
+    }
+
+    /// Index buckets including the overflow-only spill after the homes.
+    pub fn index_buckets(&self) -> u64 {
+        self.buckets + OVERFLOW_WINDOW
     }
 
     /// Bytes spent on everything but page data, as a fraction of the page data.
@@ -308,11 +321,24 @@ mod tests {
 
     #[test]
     fn geometry_is_aligned_and_metadata_stays_under_one_percent() {
-        for cap in [1u64, 7, 1000, 16_384, 131_072, 1 << 22] {
+        for cap in [
+            1u64,
+            7,
+            1000,
+            16_384,
+            40_960,
+            131_072,
+            1 << 22,
+            MAX_CAPACITY_PAGES,
+        ] {
             let g = Geometry::for_capacity(cap).unwrap();
             assert_eq!(g.data_offset % 4096, 0);
             assert_eq!(g.bucket_offset % 64, 0);
-            assert!(g.buckets * BUCKET_ENTRIES as u64 >= cap);
+            assert!(g.buckets * BUCKET_ENTRIES as u64 >= 2 * cap);
+            assert_eq!(
+                g.lwlsn_offset - g.bucket_offset,
+                g.index_buckets() * BUCKET_BYTES as u64
+            );
             if cap >= 16_384 {
                 assert!(
                     g.metadata_fraction() < 0.01,

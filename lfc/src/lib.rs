@@ -27,9 +27,12 @@
 //!
 //! # How
 //! Frames (8 KiB, 4 KiB aligned) each have a 64-byte metadata line whose control word is state,
-//! owner pid and seqlock version at once; a hashed index of 64-byte buckets (an owner-pid lock
-//! word and 15 entries) maps tags to frames. Readers never lock: they copy and validate the control
-//! word. Writers lock one bucket at a time. Eviction is CLOCK with usage counts (0..=5). Dead
+//! owner pid and seqlock version at once; a hashed index of 64-byte buckets (a lock word and 15
+//! entries) maps tags to frames. A tag's entry lives in its home bucket or, when that is full, in
+//! one of the next 64 buckets (the home's lock word records how far), so lookups read one cache
+//! line unless the home overflowed, and no page is evicted for lack of index room while frames
+//! are free. Readers never lock: they copy and validate the control word. Writers lock the home,
+//! then at most one higher overflow bucket. Eviction is CLOCK with usage counts (0..=5). Dead
 //! processes' locks are broken and their frames reclaimed, checked with `kill(pid, 0)`; see the
 //! `cache` module for the invariants that make that safe. Index and metadata take under 1 % of
 //! the page data (about 0.93 % at 1 GiB).
@@ -55,7 +58,7 @@ mod tag;
 
 pub use cache::{InstallOutcome, Lfc, LfcGeometry, Reservation, WriteOutcome, MAX_ARRIVAL_WAIT};
 pub use error::LfcError;
-pub use layout::{FORMAT_VERSION, MAX_CAPACITY_PAGES};
+pub use layout::{FORMAT_VERSION, MAX_CAPACITY_PAGES, OVERFLOW_WINDOW};
 pub use requested::REQUESTED_TTL_NS;
 pub use stats::LfcStats;
 pub use tag::{BufferTag, ParseRelTagError, RelTag, MAX_FORKNUM, PAGE_SIZE};

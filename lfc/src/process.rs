@@ -18,7 +18,8 @@ extern "C" fn forget_pid_in_child() {
     PID.store(0, Ordering::Relaxed);
 }
 
-/// Our pid as recorded in lock words (fits in 30 bits: Linux caps pid_max at 2^22).
+/// Our pid as recorded in lock words (fits in 22 bits: Linux caps pid_max at 2^22, and bucket
+/// lock words keep the overflow distance above those bits).
 pub(crate) fn current_pid() -> u32 {
     let pid = PID.load(Ordering::Relaxed);
     if pid != 0 {
@@ -31,6 +32,12 @@ pub(crate) fn current_pid() -> u32 {
         }
     });
     let pid = std::process::id();
+    // A larger pid would corrupt the overflow distance sharing its lock word; the kernel's
+    // PID_MAX_LIMIT rules it out, so this is a broken-platform check, not a runtime condition.
+    assert!(
+        pid < 1 << crate::bucket::PID_BITS,
+        "pid {pid} exceeds Linux's PID_MAX_LIMIT"
+    );
     PID.store(pid, Ordering::Relaxed);
     pid
 }

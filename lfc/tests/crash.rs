@@ -2,12 +2,14 @@
 //! across operations) and are SIGKILLed at random moments, at least 200 times, while survivor
 //! processes keep reading, checking and writing. Every survivor operation must complete within
 //! 1 s (a dead lock owner must never block them), no survivor may see a torn or stale page, and a
-//! final scan must find none either, with every frame of the dead reclaimable.
+//! final scan must find none either, with every frame of the dead reclaimable. A second run
+//! draws every tag from two neighbouring home buckets, so that kills land in overflow links,
+//! unlinks and repairs across buckets.
 
 mod common;
 
 use common::workload::{
-    reader, spawn_role, stop_on_stdin_eof, universe_tag, wait_ready, writer, Report,
+    reader, spawn_role, stop_on_stdin_eof, universe, wait_ready, writer, Report,
 };
 use common::{check_page, Rng};
 use lfc::{Lfc, PAGE_SIZE};
@@ -15,6 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 const TEST: &str = "survivors_stay_live_and_correct_across_sigkills";
+const TEST_COLLIDING: &str = "survivors_stay_live_and_correct_across_sigkills_in_overflowing_homes";
 const UNIVERSE: u64 = 256;
 const CAPACITY: u64 = 64;
 /// Tags i with i % 4 in {0, 1} belong to the two survivors, 2 and 3 to the two victim slots.
@@ -24,17 +27,18 @@ const MAX_OP: Duration = Duration::from_secs(1);
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
-fn child(path: &str, role: &str, class: u64) -> ! {
+fn child(path: &str, role: &str, class: u64, colliding: bool) -> ! {
     let lfc = Lfc::open(path).unwrap();
+    let tags = universe(&lfc, UNIVERSE, colliding);
     stop_on_stdin_eof(&STOP);
     let owned = move |i: u64| i % OWNER_CLASSES == class;
     let report = std::thread::scope(|s| {
         let seed = u64::from(std::process::id());
         // Victims hold reservations across operations so that kills leave some behind.
         let hold = if role == "victim" { 3 } else { 0 };
-        let lfc = &lfc;
-        let w = s.spawn(move || writer(lfc, UNIVERSE, &owned, seed, hold, &STOP));
-        let r = s.spawn(move || reader(lfc, UNIVERSE, seed ^ 0xabc, &STOP));
+        let (lfc, tags) = (&lfc, &tags);
+        let w = s.spawn(move || writer(lfc, tags, &owned, seed, hold, &STOP));
+        let r = s.spawn(move || reader(lfc, tags, seed ^ 0xabc, &STOP));
         println!("READY");
         let mut rep = Report::default();
         rep.merge(w.join().unwrap());
@@ -60,10 +64,19 @@ fn child(path: &str, role: &str, class: u64) -> ! {
 
 #[test]
 fn survivors_stay_live_and_correct_across_sigkills() {
+    run(TEST, false);
+}
+
+#[test]
+fn survivors_stay_live_and_correct_across_sigkills_in_overflowing_homes() {
+    run(TEST_COLLIDING, true);
+}
+
+fn run(test: &str, colliding: bool) {
     if let Ok(role) = std::env::var("LFC_CRASH_ROLE") {
         let path = std::env::var("LFC_CRASH_PATH").unwrap();
         let class = std::env::var("LFC_CRASH_CLASS").unwrap().parse().unwrap();
-        child(&path, &role, class);
+        child(&path, &role, class, colliding);
     }
     let kills: u64 = std::env::var("LFC_CRASH_KILLS")
         .ok()
@@ -72,9 +85,10 @@ fn survivors_stay_live_and_correct_across_sigkills() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lfc");
     let lfc = Lfc::create(&path, CAPACITY).unwrap();
+    let tags = universe(&lfc, UNIVERSE, colliding);
     let spawn = |role: &str, class: u64| {
         spawn_role(
-            TEST,
+            test,
             &[
                 ("LFC_CRASH_ROLE", role.to_string()),
                 ("LFC_CRASH_PATH", path.display().to_string()),
@@ -121,13 +135,25 @@ fn survivors_stay_live_and_correct_across_sigkills() {
 
     // Final scan: every cached page intact and not older than its lwlsn.
     let mut out = [0u8; PAGE_SIZE];
-    for i in 0..UNIVERSE {
-        let t = universe_tag(i);
-        let lw = lfc.lwlsn(&t);
-        if lfc.lookup(&t, &mut out).is_some() {
-            let lsn = check_page(&t, &out).unwrap_or_else(|e| panic!("final scan: {e}"));
+    for t in &tags {
+        let lw = lfc.lwlsn(t);
+        if lfc.lookup(t, &mut out).is_some() {
+            let lsn = check_page(t, &out).unwrap_or_else(|e| panic!("final scan: {e}"));
             assert!(lsn >= lw, "final scan: {t} at {lsn} older than lwlsn {lw}");
         }
+    }
+    if colliding {
+        // 64 cached pages of two homes cannot fit in their 30 entries: the homes overflowed.
+        let cached = tags.iter().filter(|t| lfc.contains(t)).count();
+        let spread = lfc.overflow_distance(0).max(lfc.overflow_distance(1));
+        assert!(
+            cached <= 30 || spread > 0,
+            "{cached} pages cached in two homes without overflow"
+        );
+        assert!(
+            cached > 30,
+            "only {cached} pages cached: overflow not exercised"
+        );
     }
     // Every frame the dead left BUSY is reclaimable: we can reserve the whole cache.
     let all: Vec<_> = (0..CAPACITY).map_while(|_| lfc.reserve()).collect();

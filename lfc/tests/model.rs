@@ -5,7 +5,9 @@
 //! cache may evict at any time, so a miss is always allowed, and teaches the model that the tag
 //! is gone). A hit must equal the model's newest version byte for byte; installs must be
 //! accepted exactly when the model says so. Pool tags are chosen with distinct lwlsn-table slots,
-//! so the hashed table is exact for them and the model can demand exact lwlsn values.
+//! so the hashed table is exact for them and the model can demand exact lwlsn values. A second
+//! property runs the same model with every pool and pressure tag homed in one index bucket, so
+//! the home overflows into its neighbours and links, unlinks and rewrites cross buckets.
 
 mod common;
 
@@ -96,32 +98,48 @@ impl Model {
     }
 }
 
-/// Tags with pairwise distinct lwlsn slots in this file.
-fn pool(lfc: &Lfc) -> Vec<BufferTag> {
+/// Pressure tags available to one case: 11 per op at most, 120 ops at most.
+const FILLERS: usize = 1400;
+
+/// Tags with pairwise distinct lwlsn slots in this file; with `home`, only tags homed there.
+fn pool(lfc: &Lfc, home: Option<u64>) -> Vec<BufferTag> {
     let mut slots = std::collections::HashSet::new();
     let mut out = Vec::new();
     let mut blk = 0;
     while out.len() < POOL {
         let t = tag(1, blk);
         blk += 1;
-        if slots.insert(lfc.lwlsn_slot_of(&t)) {
+        if home.is_none_or(|h| lfc.home_bucket_of(&t) == h) && slots.insert(lfc.lwlsn_slot_of(&t)) {
             out.push(t);
         }
     }
     out
 }
 
-fn run(capacity: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Eviction-pressure tags (never in the pool); with `home`, only tags homed there.
+fn fillers(lfc: &Lfc, home: Option<u64>) -> Vec<BufferTag> {
+    (0..)
+        .map(|blk| tag(2, blk))
+        .filter(|t| home.is_none_or(|h| lfc.home_bucket_of(t) == h))
+        .take(FILLERS)
+        .collect()
+}
+
+fn run(capacity: u64, ops: Vec<Op>, colliding: bool) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lfc");
-    let tags = pool(&Lfc::create(&path, capacity).unwrap());
+    let (tags, fill) = {
+        let lfc = Lfc::create(&path, capacity).unwrap();
+        let home = colliding.then(|| lfc.home_bucket_of(&tag(1, 0)));
+        (pool(&lfc, home), fillers(&lfc, home))
+    };
     let mut m = Model::default();
-    let mut filler = 0u32;
+    let mut filler = 0usize;
     // Each Reopen ends a segment: the handle (and every reservation borrowing it) is dropped and
     // the file attached again, so state must persist in the file alone.
     for segment in ops.split(|op| matches!(op, Op::Reopen)) {
         let lfc = Lfc::open(&path).unwrap();
-        run_segment(&lfc, capacity, &tags, &mut m, &mut filler, segment)?;
+        run_segment(&lfc, capacity, &tags, &fill, &mut m, &mut filler, segment)?;
     }
     Ok(())
 }
@@ -130,8 +148,9 @@ fn run_segment(
     lfc: &Lfc,
     capacity: u64,
     tags: &[BufferTag],
+    fill: &[BufferTag],
     m: &mut Model,
-    filler: &mut u32,
+    filler: &mut usize,
     ops: &[Op],
 ) -> Result<(), TestCaseError> {
     let mut held = Vec::new();
@@ -198,7 +217,7 @@ fn run_segment(
             }
             Op::Pressure { n } => {
                 for _ in 0..n {
-                    let f = tag(2, *filler);
+                    let f = fill[*filler % fill.len()];
                     *filler += 1;
                     lfc.install_prefetched(&f, u64::MAX, &make_page(&f, 0));
                 }
@@ -218,6 +237,12 @@ proptest! {
     #[test]
     fn cache_follows_the_model(capacity in prop_oneof![Just(2u64), Just(4), Just(8), Just(32)],
                                ops in proptest::collection::vec(op(), 1..120)) {
-        run(capacity, ops)?;
+        run(capacity, ops, false)?;
+    }
+
+    #[test]
+    fn colliding_tags_follow_the_model(capacity in prop_oneof![Just(16u64), Just(32), Just(64)],
+                                       ops in proptest::collection::vec(op(), 1..120)) {
+        run(capacity, ops, true)?;
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::check_page;
 use common::workload::{
-    reader, spawn_role, stop_on_stdin_eof, universe_tag, wait_ready, writer, Report,
+    reader, spawn_role, stop_on_stdin_eof, universe, universe_tag, wait_ready, writer, Report,
 };
 use lfc::{Lfc, PAGE_SIZE};
 use std::sync::atomic::AtomicBool;
@@ -23,18 +23,19 @@ static STOP: AtomicBool = AtomicBool::new(false);
 fn child(path: &str, index: u64) -> ! {
     let lfc = Lfc::open(path).unwrap();
     stop_on_stdin_eof(&STOP);
+    let tags = universe(&lfc, UNIVERSE, false);
     let report = std::thread::scope(|s| {
         let w = s.spawn(|| {
             writer(
                 &lfc,
-                UNIVERSE,
+                &tags,
                 &|i| i % PROCESSES == index,
                 17 + index,
                 2,
                 &STOP,
             )
         });
-        let r = s.spawn(|| reader(&lfc, UNIVERSE, 1001 + index, &STOP));
+        let r = s.spawn(|| reader(&lfc, &tags, 1001 + index, &STOP));
         println!("READY");
         let mut rep = Report::default();
         rep.merge(w.join().unwrap());

@@ -84,9 +84,14 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
         );
     }
 }
+pub mod all;
 pub mod daemon_proc;
 pub mod datagram;
 pub mod getpage;
+pub mod hol;
 pub mod ingest;
 pub mod lfc;
+pub mod many_backends;
+pub mod plot;
+pub mod prewarm;
 pub mod scan;

@@ -4,6 +4,7 @@ pub mod demo;
 pub mod getpage;
 pub mod lfc_stat;
 pub mod pageserver;
+pub mod prewarm;
 pub mod scan;
 pub mod sim;
 pub mod workers;

@@ -50,12 +50,36 @@ pub fn universe_tag(i: u64) -> BufferTag {
     tag(1, i as u32)
 }
 
+/// The tags the workers pick from: `universe_tag(0..n)`, or with `colliding` the first `n` tags
+/// homed in index buckets 0 and 1 of this file (alternately), so that both homes overflow and
+/// their windows overlap. Deterministic per file, so every process derives the same list.
+pub fn universe(lfc: &Lfc, n: u64, colliding: bool) -> Vec<BufferTag> {
+    if !colliding {
+        return (0..n).map(universe_tag).collect();
+    }
+    let mut homes: [Vec<BufferTag>; 2] = [Vec::new(), Vec::new()];
+    for t in (0u64..).map(universe_tag) {
+        if let Some(v) = homes.get_mut(lfc.home_bucket_of(&t) as usize) {
+            v.push(t);
+        }
+        if homes.iter().all(|v| v.len() as u64 >= n.div_ceil(2)) {
+            break;
+        }
+    }
+    let [a, b] = homes;
+    a.into_iter()
+        .zip(b)
+        .flat_map(|(x, y)| [x, y])
+        .take(n as usize)
+        .collect()
+}
+
 /// Writes and drops versions of the tags it owns (`owned(i)`), and installs pages of any tag
 /// through both install paths. `hold` reservations are kept filled-but-unpublished at all times,
 /// to exercise reclaiming a dead process's reservations.
 pub fn writer(
     lfc: &Lfc,
-    universe: u64,
+    tags: &[BufferTag],
     owned: &dyn Fn(u64) -> bool,
     seed: u64,
     hold: usize,
@@ -65,8 +89,8 @@ pub fn writer(
     let mut rng = Rng(seed);
     let mut held = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let i = rng.below(universe);
-        let t = universe_tag(i);
+        let i = rng.below(tags.len() as u64);
+        let t = tags[i as usize];
         match rng.below(10) {
             0..=3 if owned(i) => {
                 // Only this thread modifies `t`, so lwlsn + 1 is a new, higher version.
@@ -107,15 +131,15 @@ pub fn writer(
 
 /// Looks pages up and checks them: intact, at least the lwlsn read just before, and never older
 /// than what this thread saw before for the same tag. Also exercises request marks and waits.
-pub fn reader(lfc: &Lfc, universe: u64, seed: u64, stop: &AtomicBool) -> Report {
+pub fn reader(lfc: &Lfc, tags: &[BufferTag], seed: u64, stop: &AtomicBool) -> Report {
     let mut r = Report::default();
     let mut rng = Rng(seed);
     let mut seen: HashMap<u64, u64> = HashMap::new();
     let mut out = Box::new([0u8; PAGE_SIZE]);
     let mut now_ns = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let i = rng.below(universe);
-        let t = universe_tag(i);
+        let i = rng.below(tags.len() as u64);
+        let t = tags[i as usize];
         let lw = r.timed(|| lfc.lwlsn(&t));
         if lfc.contains(&t) {
             r.ops += 1;

@@ -1,0 +1,2366 @@
+//! The simulated world: one single-threaded discrete-event loop in virtual nanoseconds around
+//! the real sans-IO cores.
+//!
+//! Each node is a virtual-time copy of a real I/O shell, step for step:
+//! - page-server shard = `server::udp_sender::send_loop` + the Prefetch/GetPage/PutPage arms of
+//!   `server::conn::handle`, over a real `PageStore`, `PrefetchScheduler`, `DropFilter` and
+//!   `seal_page_job`;
+//! - worker = `workers::daemon::worker_loop` (slots reserved in advance, scatter receive,
+//!   `Ingest::complete`) or the copy path `Ingest::offer`, over the real `Lfc`;
+//! - backend = `backend::Backend::{prefetch, read, write}` driving the real `ReadPath`, with the
+//!   scan window of `scan::run_scan`; the futex wait of `Lfc::wait_for_arrival` becomes a
+//!   virtual-time wait that re-checks `contains` when a page lands or the budget runs out.
+//!
+//! Only the network (UDP with faults, TCP reliable with latency) and time are simulated.
+
+use crate::config::{LinkFaults, SimConfig, START_NS};
+use crate::rng::Rng;
+use crate::trace::{Kind, Trace};
+use crate::workload::{ForgeKind, Op, HOT_BLOCKS};
+use lfc::{BufferTag, InstallOutcome, Lfc, RelTag, Reservation, WriteOutcome, PAGE_SIZE};
+use serde::Serialize;
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use udp_prefetch::backend::read_path::{ReadPath, Step};
+use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page, verify_page, Page};
+use udp_prefetch::pagestream::{Header, LATEST_LSN};
+use udp_prefetch::prewarm::{
+    self,
+    schedule::{Schedule, ScheduleConfig},
+};
+use udp_prefetch::server::prefetch::{
+    seal_page_job, Destination, DropFilter, Next, PageJob, PrefetchScheduler, SkipReason,
+};
+use udp_prefetch::server::source::{SourceSpec, Synthetic, SYNTHETIC_BASE_LSN};
+use udp_prefetch::server::store::PageStore;
+use workers::datagram::{
+    DatagramHeader, DatagramKey, DropReason, DATAGRAM_LEN, HEADER_LEN, TAG_LEN,
+};
+use workers::ingest::{Ingest, Received, Verdict};
+use workers::metrics::ThreadMetrics;
+
+/// `udp_sender::SEND_BATCH`: datagrams per `next_batch`.
+const SEND_BATCH: usize = 32;
+/// `udp_sender::IDLE_WAIT`: longest a sender sleeps on a `WaitUntil`.
+const IDLE_WAIT_NS: u64 = 100_000_000;
+/// `daemon::NO_SLOT_BACKOFF`: a worker with no slot reserved retries after this.
+const NO_SLOT_BACKOFF_NS: u64 = 1_000_000;
+/// Time from an install to a waiting backend re-checking the cache (futex wake-up).
+const WAKE_NS: u64 = 2_000;
+/// Bounds that turn a hang into a liveness violation instead of an endless run.
+const MAX_VIRTUAL_NS: u64 = 120_000_000_000;
+const MAX_EVENTS: u64 = 20_000_000;
+const MAX_PENDING_EVENTS: usize = 1 << 20;
+/// Datagrams in flight on one link; beyond it the link drops (a router queue).
+const MAX_IN_FLIGHT: usize = 8192;
+/// A read that takes longer than this (virtual) is a liveness violation.
+const READ_DEADLINE_NS: u64 = 2_000_000_000;
+/// The page server's bounded wait for WAL (`lsn_wait_timeout`), and how often the model
+/// re-checks while waiting.
+const LSN_WAIT_TIMEOUT_NS: u64 = 1_000_000_000;
+const LSN_RECHECK_NS: u64 = 100_000;
+/// Versions the page store keeps (every write of a run fits).
+const MAX_VERSIONS: usize = 1 << 16;
+/// Recorded datagrams kept for replay.
+const REPLAY_RING: usize = 64;
+/// Most forged datagrams one run sends.
+const MAX_FORGED: u64 = 20_000;
+/// `prewarm`'s shell constants: pages per Prefetch, pages per round, the poll when there is
+/// nothing to send, GetPages in flight, repair rounds.
+const PREWARM_MAX_RANGE_PAGES: u32 = 256;
+const PREWARM_ROUND_PAGES: usize = 1024;
+const PREWARM_POLL_NS: u64 = 2_000_000;
+const PREWARM_TCP_DEPTH: usize = 64;
+const PREWARM_REPAIR_ROUNDS: usize = 2;
+/// The compute's prefetch port, as registered with PrefetchTarget.
+const COMPUTE_ADDR: ([u8; 4], u16) = ([10, 0, 0, 1], 6000);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationKind {
+    StaleRead,
+    TornOrForgedPage,
+    ForgedAccepted,
+    Liveness,
+    Accounting,
+    Occupancy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    pub at_ns: u64,
+    pub message: String,
+    /// The last events before the violation, oldest first.
+    pub trace: Vec<String>,
+}
+
+impl Violation {
+    /// A short class name for summaries: the kind, with incomplete prewarms told apart (the one
+    /// liveness failure the simulator currently finds, see the crate docs).
+    pub fn category(&self) -> String {
+        match self.kind {
+            ViolationKind::Liveness if self.message.starts_with("prewarm finished") => {
+                "prewarm_incomplete".to_string()
+            }
+            k => serde_json::to_value(k)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| format!("{k:?}")),
+        }
+    }
+}
+
+/// Faults the network and the attacker injected.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct FaultCounts {
+    pub lost: u64,
+    pub partitioned: u64,
+    pub clogged: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub bit_flipped: u64,
+    pub truncated: u64,
+    pub tail_dropped: u64,
+    pub link_overflow: u64,
+    pub replayed: u64,
+    pub forged: u64,
+    pub sender_dropped: u64,
+}
+
+impl FaultCounts {
+    pub fn total(&self) -> u64 {
+        self.lost
+            + self.partitioned
+            + self.clogged
+            + self.duplicated
+            + self.reordered
+            + self.bit_flipped
+            + self.truncated
+            + self.tail_dropped
+            + self.link_overflow
+            + self.replayed
+            + self.forged
+            + self.sender_dropped
+    }
+
+    pub fn add(&mut self, o: &FaultCounts) {
+        self.lost += o.lost;
+        self.partitioned += o.partitioned;
+        self.clogged += o.clogged;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+        self.bit_flipped += o.bit_flipped;
+        self.truncated += o.truncated;
+        self.tail_dropped += o.tail_dropped;
+        self.link_overflow += o.link_overflow;
+        self.replayed += o.replayed;
+        self.forged += o.forged;
+        self.sender_dropped += o.sender_dropped;
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunReport {
+    pub seed: u64,
+    pub simulated_ns: u64,
+    pub events: u64,
+    pub reads_checked: u64,
+    pub read_hits: u64,
+    pub read_late_hits: u64,
+    pub read_tcp: u64,
+    pub writes: u64,
+    /// Datagrams sealed and sent by the page servers.
+    pub datagrams: u64,
+    /// Datagrams handed to the workers' ingest (all sources).
+    pub datagrams_delivered: u64,
+    pub datagrams_installed: u64,
+    /// Lost, partitioned, tail-dropped or overflowed on the way (not counting the server's own
+    /// drop filter, which is in `faults.sender_dropped`).
+    pub datagrams_dropped_by_faults: u64,
+    pub drops_by_reason: BTreeMap<String, u64>,
+    pub stale_rejected: u64,
+    /// Forged or corrupted datagrams that ingest rejected.
+    pub forged_rejected: u64,
+    pub faults: FaultCounts,
+    pub prefetch_overflow_pages: u64,
+    pub seal_not_ready: u64,
+    pub seal_failed: u64,
+    pub prewarm_pages: u64,
+    pub prewarm_covered: u64,
+    pub digest: String,
+    pub violation: Option<Violation>,
+}
+
+// ---- events -------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Conn {
+    Backend(usize),
+    Prewarm,
+}
+
+impl Conn {
+    fn index(self, backends: usize) -> usize {
+        match self {
+            Conn::Backend(b) => b,
+            Conn::Prewarm => backends,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ToServer {
+    Prefetch {
+        hdr: Header,
+        rel: RelTag,
+        first: u32,
+        n: u16,
+    },
+    GetPage {
+        hdr: Header,
+        tag: BufferTag,
+        /// When the server first looked at it (bounds the WAL wait).
+        first_try_ns: Option<u64>,
+    },
+    PutPage {
+        tag: BufferTag,
+        lsn: u64,
+    },
+}
+
+#[derive(Debug)]
+enum ToClient {
+    Page {
+        tag: BufferTag,
+        result: Result<Box<Page>, String>,
+    },
+    PutDone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Server,
+    Corrupted,
+    Replay,
+    Forged(ForgeKind),
+}
+
+#[derive(Debug)]
+struct Packet {
+    bytes: Vec<u8>,
+    origin: Origin,
+    /// Source 4-tuple stand-in: SO_REUSEPORT picks the worker by it.
+    flow: u64,
+}
+
+#[derive(Debug)]
+enum Ev {
+    BackendStep(usize),
+    WaitCheck {
+        backend: usize,
+        token: u64,
+    },
+    /// `ready`: the responder's turn has come (service delay and in-order handling done).
+    AtServer {
+        shard: usize,
+        conn: Conn,
+        msg: ToServer,
+        ready: bool,
+    },
+    AtClient {
+        conn: Conn,
+        msg: ToClient,
+    },
+    SenderWake {
+        shard: usize,
+        thread: usize,
+        token: u64,
+    },
+    UdpArrive {
+        packet: Packet,
+    },
+    WorkerRun(usize),
+    AttackerTick,
+    ForgeBurst {
+        count: u8,
+        kind: ForgeKind,
+    },
+    ReplayBurst {
+        count: u8,
+    },
+    PrewarmRound {
+        token: u64,
+    },
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    // Reversed: BinaryHeap is a max-heap and the earliest event must come first; `seq` breaks
+    // ties in scheduling order, which is what makes a run deterministic.
+    fn cmp(&self, o: &Self) -> CmpOrdering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+// ---- nodes --------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+struct ReadCtx {
+    tag: BufferTag,
+    started_ns: u64,
+    /// Newest version whose write had completed when the read began: the floor of what the
+    /// read may return.
+    min_lsn: u64,
+}
+
+enum Activity {
+    None,
+    Scan {
+        rel: RelTag,
+        cur: u32,
+        end: u32,
+        next_prefetch: u32,
+        distance: u32,
+        batch: u32,
+    },
+    Reads(VecDeque<BufferTag>),
+}
+
+enum Pending {
+    None,
+    Sleep,
+    Wait {
+        ctx: ReadCtx,
+        deadline: u64,
+        token: u64,
+    },
+    Fetch {
+        ctx: ReadCtx,
+        nms: u64,
+    },
+    Put {
+        tag: BufferTag,
+        lsn: u64,
+        set_lwlsn: bool,
+    },
+}
+
+struct BackendNode {
+    core: ReadPath,
+    program: VecDeque<Op>,
+    activity: Activity,
+    pending: Pending,
+    wait_token: u64,
+    reqid: u64,
+    page: Box<Page>,
+    rng: Rng,
+    done: bool,
+}
+
+enum SenderState {
+    Running,
+    Sleeping,
+}
+
+struct SenderThread {
+    filter: DropFilter,
+    state: SenderState,
+    token: u64,
+    flow: u64,
+}
+
+struct Shard {
+    store: Arc<PageStore>,
+    sched: PrefetchScheduler,
+    senders: Vec<SenderThread>,
+    link: LinkFaults,
+    in_flight: usize,
+    jobs: Vec<PageJob>,
+}
+
+struct WorkerNode<'a> {
+    queue: VecDeque<Packet>,
+    posted: Vec<Reservation<'a>>,
+    scheduled: bool,
+    metrics: ThreadMetrics,
+    delivered: u64,
+    tail_drops: u64,
+    /// Per-reason verdicts as the simulator saw them, to cross-check the metrics.
+    seen: [u64; DropReason::ALL.len()],
+    seen_installed: u64,
+}
+
+struct PrewarmRun {
+    pages: Vec<BufferTag>,
+    exists: Vec<bool>,
+    sched: Schedule,
+    started_ns: u64,
+    cache_full: bool,
+    fell_back: bool,
+    /// GetPages sent and not answered yet, in order: (page index, nms, newest completed write).
+    fetch: VecDeque<(usize, u64, u64)>,
+    /// The TCP batch of the main loop, marked done when its last reply is in.
+    fetched: Vec<usize>,
+    /// In the repair phase: the round being fetched.
+    repair: Option<usize>,
+}
+
+struct PrewarmNode {
+    program: VecDeque<(u16, u8)>,
+    run: Option<PrewarmRun>,
+    token: u64,
+    reqid: u64,
+    done: bool,
+}
+
+#[derive(Default)]
+struct TagModel {
+    /// LSNs the page server has applied (besides the base image).
+    versions: Vec<u64>,
+    /// Highest LSN whose write completed in the LFC (`write`/`set_lwlsn` returned).
+    completed_max: u64,
+}
+
+pub struct World<'a> {
+    cfg: SimConfig,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Scheduled>,
+    lfc: &'a Lfc,
+    ingest: Ingest<'a>,
+    dest: Destination,
+    shards: Vec<Shard>,
+    workers: Vec<WorkerNode<'a>>,
+    backends: Vec<BackendNode>,
+    prewarm: PrewarmNode,
+    /// In-order delivery per (connection, shard, direction): next arrival may not be earlier.
+    tcp_last: HashMap<(usize, usize, bool), u64>,
+    /// The per-connection responder of the page server is sequential.
+    server_busy: HashMap<(usize, usize), u64>,
+    model: HashMap<BufferTag, TagModel>,
+    next_lsn: u64,
+    replay_ring: VecDeque<Vec<u8>>,
+    net_rng: Rng,
+    attack_rng: Rng,
+    forged_sent: u64,
+    prewarm_rng: Rng,
+    prewarm_schedule: ScheduleConfig,
+    page: Box<Page>,
+    datagram: Box<[u8; DATAGRAM_LEN]>,
+    trace: Trace,
+    report: RunReport,
+    /// Installs into the LFC by backends and prewarm (`install_prefetched` → Installed).
+    shell_installs: u64,
+    /// Datagrams put on links/sockets and what became of them, for conservation.
+    injected: u64,
+    events: u64,
+    violation: Option<Violation>,
+}
+
+fn tag_key(tag: &BufferTag) -> u64 {
+    u64::from(tag.rel.relnode) << 32 | u64::from(tag.blkno)
+}
+
+fn verdict_code(v: &Verdict) -> u64 {
+    match v {
+        Ok(_) => 0,
+        Err(r) => 1 + r.index() as u64,
+    }
+}
+
+impl<'a> World<'a> {
+    pub fn new(
+        cfg: SimConfig,
+        lfc: &'a Lfc,
+        seed: u64,
+        ops: &[Op],
+    ) -> Result<Self, crate::SimError> {
+        let source = SourceSpec::Synthetic {
+            rels: cfg.rels,
+            pages: cfg.pages_per_rel,
+        }
+        .open()
+        .map_err(|e| crate::SimError::Setup(e.to_string()))?;
+        let dest = Destination {
+            addr: SocketAddr::from(COMPUTE_ADDR),
+            // What PrefetchTarget hands the server: the LFC's key.
+            key: Arc::new(DatagramKey::new(lfc.key_id(), lfc.key())),
+        };
+        let shards = (0..cfg.shards)
+            .map(|s| Shard {
+                store: Arc::new(PageStore::new(
+                    source.clone(),
+                    MAX_VERSIONS,
+                    Duration::from_nanos(LSN_WAIT_TIMEOUT_NS),
+                )),
+                sched: PrefetchScheduler::new(cfg.scheduler),
+                senders: (0..cfg.sender_threads)
+                    .map(|t| SenderThread {
+                        filter: DropFilter::new(
+                            cfg.sender_drop,
+                            seed.wrapping_add((s * 16 + t) as u64),
+                        ),
+                        state: SenderState::Sleeping,
+                        token: 0,
+                        flow: (s * 16 + t) as u64,
+                    })
+                    .collect(),
+                link: cfg.links[s].clone(),
+                in_flight: 0,
+                jobs: Vec::with_capacity(SEND_BATCH),
+            })
+            .collect();
+        let workers = (0..cfg.workers)
+            .map(|_| WorkerNode {
+                queue: VecDeque::with_capacity(cfg.rx_queue_datagrams),
+                posted: Vec::with_capacity(cfg.slots_per_worker),
+                scheduled: false,
+                metrics: ThreadMetrics::default(),
+                delivered: 0,
+                tail_drops: 0,
+                seen: [0; DropReason::ALL.len()],
+                seen_installed: 0,
+            })
+            .collect();
+        let mut programs: Vec<VecDeque<Op>> = vec![VecDeque::new(); cfg.backends];
+        let mut prewarm_program = VecDeque::new();
+        let mut fault_events = Vec::new();
+        for op in ops {
+            match op {
+                Op::Scan { backend, .. }
+                | Op::RandomReads { backend, .. }
+                | Op::Write { backend, .. }
+                | Op::Pause { backend, .. } => {
+                    programs[*backend as usize % cfg.backends].push_back(op.clone())
+                }
+                Op::Prewarm { pages, gone } => prewarm_program.push_back((*pages, *gone)),
+                Op::Partition { .. } | Op::Clog { .. } | Op::Forge { .. } | Op::Replay { .. } => {
+                    fault_events.push(op.clone())
+                }
+            }
+        }
+        let backends = programs
+            .into_iter()
+            .enumerate()
+            .map(|(i, program)| BackendNode {
+                core: ReadPath::new(cfg.read_path),
+                program,
+                activity: Activity::None,
+                pending: Pending::None,
+                wait_token: 0,
+                reqid: (i as u64) << 48,
+                page: Box::new([0u8; PAGE_SIZE]),
+                rng: Rng::stream(seed, 0xB0 + i as u64),
+                done: false,
+            })
+            .collect();
+        let mut w = World {
+            now: START_NS,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            lfc,
+            ingest: Ingest::new(lfc),
+            dest,
+            shards,
+            workers,
+            backends,
+            prewarm: PrewarmNode {
+                program: prewarm_program,
+                run: None,
+                token: 0,
+                reqid: 0xFFFF << 48,
+                done: false,
+            },
+            tcp_last: HashMap::new(),
+            server_busy: HashMap::new(),
+            model: HashMap::new(),
+            next_lsn: 1_000,
+            replay_ring: VecDeque::with_capacity(REPLAY_RING),
+            net_rng: Rng::stream(seed, 0x4E7),
+            attack_rng: Rng::stream(seed, 0xA77),
+            forged_sent: 0,
+            prewarm_rng: Rng::stream(seed, 0x9E7),
+            prewarm_schedule: {
+                // The real defaults, with the first timeout and the attempts varied per seed.
+                let mut r = Rng::stream(seed, 0x9E8);
+                let window_pages = r.range(4, 64) as usize;
+                ScheduleConfig {
+                    initial_timeout_ns: r.range(1, 20) * 1_000_000,
+                    max_udp_attempts: r.range(1, 3) as u32,
+                    window_pages,
+                    min_window_pages: r.range(1, window_pages as u64) as usize,
+                    ..ScheduleConfig::default()
+                }
+            },
+            page: Box::new([0u8; PAGE_SIZE]),
+            datagram: Box::new([0u8; DATAGRAM_LEN]),
+            trace: Trace::default(),
+            report: RunReport {
+                seed,
+                ..RunReport::default()
+            },
+            shell_installs: 0,
+            injected: 0,
+            events: 0,
+            violation: None,
+            cfg,
+        };
+        // Fault windows from the workload are added to the links' own.
+        for op in fault_events {
+            match op {
+                Op::Partition {
+                    shard,
+                    at_us,
+                    len_us,
+                } => {
+                    let s = shard as usize % w.cfg.shards;
+                    let at = START_NS + u64::from(at_us) * 1_000;
+                    w.shards[s]
+                        .link
+                        .partitions
+                        .push((at, at + u64::from(len_us) * 1_000));
+                }
+                Op::Clog {
+                    shard,
+                    at_us,
+                    len_us,
+                } => {
+                    let s = shard as usize % w.cfg.shards;
+                    let at = START_NS + u64::from(at_us) * 1_000;
+                    w.shards[s]
+                        .link
+                        .clogs
+                        .push((at, at + u64::from(len_us) * 1_000));
+                }
+                Op::Forge { at_us, count, kind } => w.schedule(
+                    START_NS + u64::from(at_us) * 1_000,
+                    Ev::ForgeBurst { count, kind },
+                ),
+                Op::Replay { at_us, count } => w.schedule(
+                    START_NS + u64::from(at_us) * 1_000,
+                    Ev::ReplayBurst { count },
+                ),
+                _ => {}
+            }
+        }
+        // Prewarm (if the workload has any) refills the cold cache first; its end starts the
+        // backends.
+        w.prewarm.token += 1;
+        let token = w.prewarm.token;
+        w.schedule(START_NS, Ev::PrewarmRound { token });
+        if w.cfg.forged_per_ms > 0.0 {
+            let gap = w.attack_gap();
+            w.schedule(START_NS + gap, Ev::AttackerTick);
+        }
+        // Workers post their slots before anything arrives, as the daemon does at start.
+        for i in 0..w.workers.len() {
+            w.refill_slots(i);
+        }
+        Ok(w)
+    }
+
+    // ---- the loop ---------------------------------------------------------------------------
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        if self.queue.len() >= MAX_PENDING_EVENTS {
+            self.violate(
+                ViolationKind::Liveness,
+                format!("event queue exceeded its bound of {MAX_PENDING_EVENTS}"),
+            );
+            return;
+        }
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            at: at.max(self.now),
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn violate(&mut self, kind: ViolationKind, message: String) {
+        if self.violation.is_none() {
+            self.violation = Some(Violation {
+                kind,
+                at_ns: self.now,
+                message,
+                trace: self.trace.excerpt(40),
+            });
+        }
+    }
+
+    fn rec(&mut self, kind: Kind, a: u64, b: u64, c: u64) {
+        self.trace.record(self.now, kind, a, b, c);
+    }
+
+    /// Runs to quiescence (or the first violation) and returns the report.
+    pub fn run(mut self) -> RunReport {
+        while self.violation.is_none() {
+            let Some(s) = self.queue.pop() else { break };
+            self.now = s.at;
+            self.events += 1;
+            if self.now - START_NS > MAX_VIRTUAL_NS || self.events > MAX_EVENTS {
+                self.violate(
+                    ViolationKind::Liveness,
+                    format!(
+                        "no quiescence after {} events and {:.3} virtual s",
+                        self.events,
+                        (self.now - START_NS) as f64 / 1e9
+                    ),
+                );
+                break;
+            }
+            self.dispatch(s.ev);
+        }
+        if self.violation.is_none() {
+            self.final_checks();
+        }
+        self.finish_report()
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::BackendStep(b) => {
+                if matches!(self.backends[b].pending, Pending::Sleep) {
+                    self.backends[b].pending = Pending::None;
+                }
+                self.backend_step(b);
+            }
+            Ev::WaitCheck { backend, token } => self.wait_check(backend, token),
+            Ev::AtServer {
+                shard,
+                conn,
+                msg,
+                ready,
+            } => {
+                if ready {
+                    self.serve(shard, conn, msg)
+                } else {
+                    self.at_server(shard, conn, msg)
+                }
+            }
+            Ev::AtClient { conn, msg } => match conn {
+                Conn::Backend(b) => self.backend_reply(b, msg),
+                Conn::Prewarm => self.prewarm_reply(msg),
+            },
+            Ev::SenderWake {
+                shard,
+                thread,
+                token,
+            } => {
+                if self.shards[shard].senders[thread].token == token {
+                    self.sender_run(shard, thread);
+                }
+            }
+            Ev::UdpArrive { packet } => self.udp_arrive(packet),
+            Ev::WorkerRun(w) => self.worker_run(w),
+            Ev::AttackerTick => self.attacker_tick(),
+            Ev::ForgeBurst { count, kind } => {
+                for _ in 0..count {
+                    self.forge(kind);
+                }
+            }
+            Ev::ReplayBurst { count } => {
+                for i in 0..count as usize {
+                    if self.replay_ring.is_empty() {
+                        break;
+                    }
+                    let idx = (self.net_rng.below(self.replay_ring.len() as u64) as usize + i)
+                        % self.replay_ring.len();
+                    let bytes = self.replay_ring[idx].clone();
+                    self.report.faults.replayed += 1;
+                    self.rec(Kind::Replayed, idx as u64, 0, 0);
+                    self.inject(bytes, Origin::Replay, 0x5EED_0000 + i as u64, self.now);
+                }
+            }
+            Ev::PrewarmRound { token } => {
+                if token == self.prewarm.token {
+                    self.prewarm_tick();
+                }
+            }
+        }
+    }
+
+    fn actors_done(&self) -> bool {
+        self.prewarm.done && self.backends.iter().all(|b| b.done)
+    }
+
+    // ---- version model and checks ----------------------------------------------------------
+
+    fn rel_index(&self, rel: RelTag) -> Option<u32> {
+        let first = Synthetic::rel(0);
+        (rel.spcnode == first.spcnode
+            && rel.dbnode == first.dbnode
+            && rel.forknum == 0
+            && rel.relnode >= first.relnode)
+            .then(|| rel.relnode - first.relnode)
+    }
+
+    fn exists(&self, tag: &BufferTag) -> bool {
+        self.rel_index(tag.rel)
+            .is_some_and(|i| i < self.cfg.rels && tag.blkno < self.cfg.pages_per_rel)
+    }
+
+    fn shard_of(&self, tag_rel: RelTag) -> usize {
+        self.rel_index(tag_rel)
+            .map_or(0, |i| self.cfg.shard_of_rel(i))
+    }
+
+    fn completed_max(&self, tag: &BufferTag) -> u64 {
+        self.model.get(tag).map_or(0, |m| m.completed_max)
+    }
+
+    /// The checkers for one page a backend (or prewarm) obtained: it must be exactly a version
+    /// the server had (not torn, not forged) and not older than the newest write completed
+    /// before the read began.
+    fn check_page(&mut self, who: &str, ctx: &ReadCtx, page: &Page) {
+        self.report.reads_checked += 1;
+        let tag = ctx.tag;
+        if !is_synthetic_page(page, tag) || !verify_page(page, tag.blkno).is_ok() {
+            self.violate(
+                ViolationKind::TornOrForgedPage,
+                format!(
+                    "{who} read {tag} and got bytes that are no version of it (pd_lsn {}, checksum {:?})",
+                    page_lsn(page),
+                    verify_page(page, tag.blkno)
+                ),
+            );
+            return;
+        }
+        let lsn = page_lsn(page);
+        let known = lsn == SYNTHETIC_BASE_LSN
+            || self
+                .model
+                .get(&tag)
+                .is_some_and(|m| m.versions.contains(&lsn));
+        if !known {
+            self.violate(
+                ViolationKind::TornOrForgedPage,
+                format!("{who} read {tag} at LSN {lsn}, a version the page server never had"),
+            );
+            return;
+        }
+        if lsn < ctx.min_lsn {
+            self.violate(
+                ViolationKind::StaleRead,
+                format!(
+                    "{who} read {tag} at LSN {lsn}, but a write at LSN {} had completed before the read began (at {:.3} us)",
+                    ctx.min_lsn,
+                    ctx.started_ns as f64 / 1e3
+                ),
+            );
+            return;
+        }
+        if self.now - ctx.started_ns > READ_DEADLINE_NS {
+            self.violate(
+                ViolationKind::Liveness,
+                format!(
+                    "{who} read of {tag} took {:.3} virtual ms",
+                    (self.now - ctx.started_ns) as f64 / 1e6
+                ),
+            );
+        }
+    }
+
+    fn check_occupancy(&mut self) {
+        let s = self.lfc.stats();
+        if s.used_pages + s.busy_pages > s.capacity_pages {
+            self.violate(
+                ViolationKind::Occupancy,
+                format!(
+                    "LFC holds {} published + {} busy frames, capacity {}",
+                    s.used_pages, s.busy_pages, s.capacity_pages
+                ),
+            );
+        }
+    }
+
+    /// A page landed in the LFC: backends waiting for it re-check (the futex wake-up).
+    fn notify(&mut self, tag: BufferTag) {
+        for b in 0..self.backends.len() {
+            if let Pending::Wait { ctx, token, .. } = self.backends[b].pending {
+                if ctx.tag == tag {
+                    self.schedule(self.now + WAKE_NS, Ev::WaitCheck { backend: b, token });
+                }
+            }
+        }
+    }
+
+    // ---- TCP ----------------------------------------------------------------------------
+
+    fn tcp_latency(&mut self) -> u64 {
+        let (lo, hi) = self.cfg.tcp_latency_ns;
+        self.net_rng.range(lo, hi)
+    }
+
+    /// Reliable, in-order delivery with latency.
+    fn tcp_send(&mut self, conn: Conn, shard: usize, to_server: bool, ev: Ev) {
+        let key = (conn.index(self.cfg.backends), shard, to_server);
+        let lat = self.tcp_latency();
+        let last = self.tcp_last.get(&key).copied().unwrap_or(0);
+        let at = (self.now + lat).max(last + 1);
+        self.tcp_last.insert(key, at);
+        self.schedule(at, ev);
+    }
+
+    fn send_to_server(&mut self, conn: Conn, shard: usize, msg: ToServer) {
+        self.tcp_send(
+            conn,
+            shard,
+            true,
+            Ev::AtServer {
+                shard,
+                conn,
+                msg,
+                ready: false,
+            },
+        );
+    }
+
+    fn send_to_client(&mut self, conn: Conn, shard: usize, msg: ToClient) {
+        self.tcp_send(conn, shard, false, Ev::AtClient { conn, msg });
+    }
+
+    // ---- page server ------------------------------------------------------------------------
+
+    /// The responder: requests of one connection are handled in order; those with a response
+    /// are held until `arrived + service_delay` (`conn::respond`).
+    fn at_server(&mut self, shard: usize, conn: Conn, msg: ToServer) {
+        let key = (conn.index(self.cfg.backends), shard);
+        let busy = self.server_busy.get(&key).copied().unwrap_or(0);
+        let delay = match msg {
+            ToServer::Prefetch { .. } => 0,
+            _ => self.cfg.service_delay_ns,
+        };
+        let due = (self.now + delay).max(busy);
+        self.server_busy.insert(key, due);
+        self.schedule(
+            due,
+            Ev::AtServer {
+                shard,
+                conn,
+                msg,
+                ready: true,
+            },
+        );
+    }
+
+    /// `conn::handle` for the requests the simulator sends.
+    fn serve(&mut self, shard: usize, conn: Conn, msg: ToServer) {
+        match msg {
+            ToServer::Prefetch { hdr, rel, first, n } => {
+                // `PrefetchSender::enqueue`: due = arrival + service delay; overflow drops.
+                let due = self.now + self.cfg.service_delay_ns;
+                let pushed =
+                    self.shards[shard]
+                        .sched
+                        .push(&self.dest, hdr, rel, first, u32::from(n), due);
+                match pushed {
+                    Ok(()) => {
+                        self.rec(
+                            Kind::PrefetchQueued,
+                            shard as u64,
+                            u64::from(first),
+                            u64::from(n),
+                        );
+                        self.wake_one_sender(shard);
+                    }
+                    Err(_) => {
+                        self.report.prefetch_overflow_pages += u64::from(n);
+                        self.rec(
+                            Kind::PrefetchOverflow,
+                            shard as u64,
+                            u64::from(first),
+                            u64::from(n),
+                        );
+                    }
+                }
+            }
+            ToServer::GetPage {
+                hdr,
+                tag,
+                first_try_ns,
+            } => {
+                let store = self.shards[shard].store.clone();
+                let result = match store.try_effective_lsn(hdr.request_lsn, hdr.not_modified_since)
+                {
+                    Ok(Some(lsn)) => {
+                        let mut page = Box::new([0u8; PAGE_SIZE]);
+                        store
+                            .read_page(tag, lsn, &mut page)
+                            .map(|_| page)
+                            .map_err(|e| e.to_string())
+                    }
+                    Ok(None) => {
+                        // `effective_lsn` waits (bounded) for WAL; the model re-checks.
+                        let first = first_try_ns.unwrap_or(self.now);
+                        if self.now - first < LSN_WAIT_TIMEOUT_NS {
+                            self.schedule(
+                                self.now + LSN_RECHECK_NS,
+                                Ev::AtServer {
+                                    shard,
+                                    conn,
+                                    msg: ToServer::GetPage {
+                                        hdr,
+                                        tag,
+                                        first_try_ns: Some(first),
+                                    },
+                                    ready: true,
+                                },
+                            );
+                            return;
+                        }
+                        Err(format!(
+                            "timed out waiting for WAL to reach {}",
+                            hdr.not_modified_since
+                        ))
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let lsn = result.as_ref().map_or(0, |p| page_lsn(p));
+                self.rec(Kind::GetPageServed, shard as u64, tag_key(&tag), lsn);
+                self.send_to_client(conn, shard, ToClient::Page { tag, result });
+            }
+            ToServer::PutPage { tag, lsn } => {
+                // Every shard ingests the whole WAL stream (as Neon's shards do), so each one's
+                // last-record LSN covers every LSN the compute can name; only the owner is ever
+                // asked for this page.
+                let page = synthetic_page(tag, lsn);
+                let mut err = None;
+                for s in 0..self.shards.len() {
+                    if let Err(e) = self.shards[s].store.put_page(tag, lsn, &page) {
+                        err = Some(e.to_string());
+                    }
+                }
+                if let Some(e) = err {
+                    self.violate(ViolationKind::Liveness, format!("PutPage {tag}@{lsn}: {e}"));
+                    return;
+                }
+                self.model.entry(tag).or_default().versions.push(lsn);
+                self.rec(Kind::PutApplied, shard as u64, tag_key(&tag), lsn);
+                self.send_to_client(conn, shard, ToClient::PutDone);
+            }
+        }
+    }
+
+    /// `Condvar::notify_one` on enqueue: one sleeping sender thread runs.
+    fn wake_one_sender(&mut self, shard: usize) {
+        if let Some(t) = self.shards[shard]
+            .senders
+            .iter()
+            .position(|t| matches!(t.state, SenderState::Sleeping))
+        {
+            let th = &mut self.shards[shard].senders[t];
+            th.token += 1;
+            th.state = SenderState::Running;
+            let token = th.token;
+            self.schedule(
+                self.now,
+                Ev::SenderWake {
+                    shard,
+                    thread: t,
+                    token,
+                },
+            );
+        }
+    }
+
+    /// One iteration of `udp_sender::send_loop`.
+    fn sender_run(&mut self, shard: usize, thread: usize) {
+        let now = self.now;
+        let sh = &mut self.shards[shard];
+        let next = sh.sched.next_batch(now, SEND_BATCH, &mut sh.jobs);
+        match next {
+            Next::Ready(_) => {
+                let jobs = std::mem::take(&mut self.shards[shard].jobs);
+                let mut sent = 0u64;
+                for job in &jobs {
+                    if self.shards[shard].senders[thread].filter.drop_next() {
+                        self.report.faults.sender_dropped += 1;
+                        continue;
+                    }
+                    let store = self.shards[shard].store.clone();
+                    match seal_page_job(&store, job, now, &mut self.page, &mut self.datagram) {
+                        Ok(()) => {
+                            sent += 1;
+                            self.report.datagrams += 1;
+                            self.rec(
+                                Kind::Sent,
+                                shard as u64,
+                                tag_key(&job.tag),
+                                page_lsn(&self.page),
+                            );
+                            let bytes = self.datagram.to_vec();
+                            let flow = self.shards[shard].senders[thread].flow;
+                            self.send_udp(shard, bytes, flow);
+                        }
+                        Err(reason) => {
+                            match reason {
+                                SkipReason::NotReady => self.report.seal_not_ready += 1,
+                                SkipReason::Failed => self.report.seal_failed += 1,
+                            }
+                            self.rec(
+                                Kind::SealSkipped,
+                                shard as u64,
+                                tag_key(&job.tag),
+                                reason as u64,
+                            );
+                        }
+                    }
+                }
+                self.shards[shard].jobs = jobs;
+                let th = &mut self.shards[shard].senders[thread];
+                th.token += 1;
+                let token = th.token;
+                // The batch costs sender CPU (sealing is a BLAKE3 pass over each page).
+                let cost = self.cfg.send_cost_ns * sent.max(1);
+                self.schedule(
+                    now + cost,
+                    Ev::SenderWake {
+                        shard,
+                        thread,
+                        token,
+                    },
+                );
+            }
+            Next::WaitUntil(t) => {
+                let th = &mut self.shards[shard].senders[thread];
+                th.token += 1;
+                th.state = SenderState::Sleeping;
+                let token = th.token;
+                let at = t.min(now + IDLE_WAIT_NS).max(now + 1);
+                self.schedule(
+                    at,
+                    Ev::SenderWake {
+                        shard,
+                        thread,
+                        token,
+                    },
+                );
+            }
+            Next::Idle => {
+                // Sleeps until an enqueue notifies it. (The real loop also wakes every
+                // IDLE_WAIT to check for shutdown; that changes nothing here.)
+                let th = &mut self.shards[shard].senders[thread];
+                th.token += 1;
+                th.state = SenderState::Sleeping;
+            }
+        }
+    }
+
+    // ---- the faulty UDP network -----------------------------------------------------------
+
+    fn in_window(windows: &[(u64, u64)], t: u64) -> Option<u64> {
+        windows
+            .iter()
+            .filter(|(s, e)| *s <= t && t < *e)
+            .map(|&(_, e)| e)
+            .max()
+    }
+
+    /// A page server's datagram onto its link to the compute, through the link's faults.
+    fn send_udp(&mut self, shard: usize, bytes: Vec<u8>, flow: u64) {
+        let now = self.now;
+        let link = &self.shards[shard].link;
+        if Self::in_window(&link.partitions, now).is_some() {
+            self.report.faults.partitioned += 1;
+            self.report.datagrams_dropped_by_faults += 1;
+            self.rec(Kind::Partitioned, shard as u64, 0, 0);
+            return;
+        }
+        let (loss, dup, reorder, corrupt, replay) = (
+            link.loss,
+            link.duplicate,
+            link.reorder,
+            link.corrupt,
+            link.replay,
+        );
+        let (latency, jitter, extra) = (link.latency_ns, link.jitter_ns, link.reorder_extra_ns);
+        let clog_end = Self::in_window(&link.clogs, now);
+        if self.net_rng.chance(loss) {
+            self.report.faults.lost += 1;
+            self.report.datagrams_dropped_by_faults += 1;
+            self.rec(Kind::Lost, shard as u64, 0, 0);
+            return;
+        }
+        if self.replay_ring.len() == REPLAY_RING {
+            self.replay_ring.pop_front();
+        }
+        if self.net_rng.chance(0.1) {
+            self.replay_ring.push_back(bytes.clone());
+        }
+        let copies = if self.net_rng.chance(dup) {
+            self.report.faults.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = latency + self.net_rng.below(jitter + 1);
+            if self.net_rng.chance(reorder) {
+                self.report.faults.reordered += 1;
+                delay += self.net_rng.below(extra + 1);
+            }
+            let mut at = now + delay;
+            if let Some(end) = clog_end {
+                // Clogged: held in the network until the window ends, then released together.
+                self.report.faults.clogged += 1;
+                at = at.max(end + self.net_rng.below(jitter + 1));
+            }
+            let (data, origin) = if self.net_rng.chance(corrupt) {
+                let data = self.corrupt(bytes.clone());
+                // Flips that cancel out leave the original datagram, which is no forgery.
+                let origin = if data == bytes {
+                    Origin::Server
+                } else {
+                    Origin::Corrupted
+                };
+                (data, origin)
+            } else {
+                (bytes.clone(), Origin::Server)
+            };
+            if self.shards[shard].in_flight >= MAX_IN_FLIGHT {
+                self.report.faults.link_overflow += 1;
+                self.report.datagrams_dropped_by_faults += 1;
+                continue;
+            }
+            self.shards[shard].in_flight += 1;
+            self.injected += 1;
+            self.schedule(
+                at,
+                Ev::UdpArrive {
+                    packet: Packet {
+                        bytes: data,
+                        origin,
+                        flow: flow | (shard as u64) << 60,
+                    },
+                },
+            );
+        }
+        if self.net_rng.chance(replay) {
+            // Recorded on the way and re-delivered much later (a replaying middlebox).
+            let later = now + self.net_rng.range(1_000_000, 50_000_000);
+            self.report.faults.replayed += 1;
+            self.inject(bytes, Origin::Replay, flow, later);
+        }
+    }
+
+    fn corrupt(&mut self, mut bytes: Vec<u8>) -> Vec<u8> {
+        if self.net_rng.chance(0.3) {
+            self.report.faults.truncated += 1;
+            let len = self.net_rng.below(bytes.len() as u64) as usize;
+            bytes.truncate(len);
+        } else {
+            self.report.faults.bit_flipped += 1;
+            for _ in 0..self.net_rng.range(1, 8) {
+                let at = self.net_rng.below(bytes.len() as u64) as usize;
+                bytes[at] ^= 1 << self.net_rng.below(8);
+            }
+        }
+        self.rec(Kind::Corrupted, bytes.len() as u64, 0, 0);
+        bytes
+    }
+
+    /// A datagram that reaches the compute's socket without crossing a server link (replays,
+    /// the attacker).
+    fn inject(&mut self, bytes: Vec<u8>, origin: Origin, flow: u64, at: u64) {
+        self.injected += 1;
+        self.schedule(
+            at,
+            Ev::UdpArrive {
+                packet: Packet {
+                    bytes,
+                    origin,
+                    flow,
+                },
+            },
+        );
+    }
+
+    /// The kernel: SO_REUSEPORT picks a socket by flow; a full receive buffer drops the tail.
+    fn udp_arrive(&mut self, packet: Packet) {
+        if matches!(packet.origin, Origin::Server | Origin::Corrupted) {
+            let shard = (packet.flow >> 60) as usize;
+            self.shards[shard].in_flight -= 1;
+        }
+        let w = (crate::rng::Rng::new(packet.flow).next_u64() % self.workers.len() as u64) as usize;
+        let worker = &mut self.workers[w];
+        if worker.queue.len() >= self.cfg.rx_queue_datagrams {
+            self.report.faults.tail_dropped += 1;
+            self.report.datagrams_dropped_by_faults += 1;
+            worker.tail_drops += 1;
+            // SO_RXQ_OVFL is cumulative per socket.
+            worker
+                .metrics
+                .kernel_drops
+                .store(worker.tail_drops, std::sync::atomic::Ordering::Relaxed);
+            self.rec(Kind::TailDrop, w as u64, 0, 0);
+            return;
+        }
+        worker.queue.push_back(packet);
+        if !worker.scheduled {
+            worker.scheduled = true;
+            self.schedule(self.now, Ev::WorkerRun(w));
+        }
+    }
+
+    // ---- workers ----------------------------------------------------------------------------
+
+    /// Keeps the worker's slots posted (top of `worker_loop`).
+    fn refill_slots(&mut self, w: usize) {
+        let k = self.cfg.slots_per_worker;
+        while self.workers[w].posted.len() < k {
+            match self.lfc.reserve() {
+                Some(r) => self.workers[w].posted.push(r),
+                None => break,
+            }
+        }
+    }
+
+    fn worker_run(&mut self, w: usize) {
+        self.workers[w].scheduled = false;
+        if self.workers[w].queue.is_empty() {
+            return;
+        }
+        let zero_copy = self.cfg.slots_per_worker > 0;
+        if zero_copy {
+            self.refill_slots(w);
+            if self.workers[w].posted.is_empty() {
+                // Every frame is reserved by someone: the daemon backs off and retries.
+                self.workers[w].scheduled = true;
+                self.schedule(self.now + NO_SLOT_BACKOFF_NS, Ev::WorkerRun(w));
+                return;
+            }
+        }
+        let Some(packet) = self.workers[w].queue.pop_front() else {
+            return;
+        };
+        let now = self.now;
+        let verdict = if zero_copy {
+            let Some(mut slot) = self.workers[w].posted.pop() else {
+                return;
+            };
+            // Scatter receive into [header | slot | tag], as recvmsg does with the iovecs.
+            let b = &packet.bytes;
+            let mut header = [0u8; HEADER_LEN];
+            let mut tag = [0u8; TAG_LEN];
+            let mut page = [0u8; PAGE_SIZE];
+            let h = b.len().min(HEADER_LEN);
+            header[..h].copy_from_slice(&b[..h]);
+            if b.len() > HEADER_LEN {
+                let p = (b.len() - HEADER_LEN).min(PAGE_SIZE);
+                page[..p].copy_from_slice(&b[HEADER_LEN..HEADER_LEN + p]);
+            }
+            if b.len() > HEADER_LEN + PAGE_SIZE {
+                let t = (b.len() - HEADER_LEN - PAGE_SIZE).min(TAG_LEN);
+                tag[..t].copy_from_slice(&b[HEADER_LEN + PAGE_SIZE..HEADER_LEN + PAGE_SIZE + t]);
+            }
+            slot.fill_from(&page);
+            let received = b.len().min(DATAGRAM_LEN);
+            let truncated = b.len() > DATAGRAM_LEN;
+            let received = Received {
+                len: received,
+                truncated,
+                header,
+                tag,
+            };
+            let v = self
+                .ingest
+                .complete(slot, &received, now, &self.workers[w].metrics);
+            self.refill_slots(w);
+            v
+        } else {
+            self.ingest
+                .offer(&packet.bytes, now, &self.workers[w].metrics)
+        };
+        self.account(w, &packet, &verdict);
+        if !self.workers[w].queue.is_empty() {
+            self.workers[w].scheduled = true;
+            self.schedule(now + self.cfg.ingest_cost_ns, Ev::WorkerRun(w));
+        }
+    }
+
+    fn account(&mut self, w: usize, packet: &Packet, verdict: &Verdict) {
+        self.report.datagrams_delivered += 1;
+        self.workers[w].delivered += 1;
+        let origin_code = match packet.origin {
+            Origin::Server => 0,
+            Origin::Corrupted => 1,
+            Origin::Replay => 2,
+            Origin::Forged(k) => 3 + k as u64,
+        };
+        self.rec(
+            Kind::Delivered,
+            w as u64,
+            origin_code,
+            verdict_code(verdict),
+        );
+        match verdict {
+            Ok(hdr) => {
+                self.workers[w].seen_installed += 1;
+                self.report.datagrams_installed += 1;
+                self.rec(
+                    Kind::Installed,
+                    tag_key(&hdr.tag),
+                    hdr.not_modified_since,
+                    0,
+                );
+                if matches!(packet.origin, Origin::Corrupted | Origin::Forged(_)) {
+                    self.violate(
+                        ViolationKind::ForgedAccepted,
+                        format!(
+                            "a {:?} datagram for {} was accepted by ingest",
+                            packet.origin, hdr.tag
+                        ),
+                    );
+                    return;
+                }
+                self.notify(hdr.tag);
+            }
+            Err(reason) => {
+                self.workers[w].seen[reason.index()] += 1;
+                *self
+                    .report
+                    .drops_by_reason
+                    .entry(reason.as_str().to_string())
+                    .or_insert(0) += 1;
+                match reason {
+                    DropReason::Stale => self.report.stale_rejected += 1,
+                    _ if matches!(packet.origin, Origin::Corrupted | Origin::Forged(_)) => {
+                        self.report.forged_rejected += 1
+                    }
+                    _ => {}
+                }
+                self.rec(Kind::Dropped, w as u64, reason.index() as u64, 0);
+            }
+        }
+        self.check_occupancy();
+    }
+
+    // ---- attacker -------------------------------------------------------------------------
+
+    fn attack_gap(&mut self) -> u64 {
+        let mean_ns = 1e6 / self.cfg.forged_per_ms.max(1e-9);
+        (self.attack_rng.exp(mean_ns) as u64).max(1)
+    }
+
+    fn attacker_tick(&mut self) {
+        if self.actors_done() || self.forged_sent >= MAX_FORGED {
+            return;
+        }
+        let kind = ForgeKind::ALL[self.attack_rng.below(4) as usize];
+        self.forge(kind);
+        let gap = self.attack_gap();
+        self.schedule(self.now + gap, Ev::AttackerTick);
+    }
+
+    /// One forged datagram, aimed at a real page so that an accepted forgery would be read.
+    fn forge(&mut self, kind: ForgeKind) {
+        if self.forged_sent >= MAX_FORGED {
+            return;
+        }
+        self.forged_sent += 1;
+        self.report.faults.forged += 1;
+        let r = &mut self.attack_rng;
+        let rel = Synthetic::rel(r.below(u64::from(self.cfg.rels)) as u32);
+        let tag = rel.block(r.below(u64::from(self.cfg.pages_per_rel)) as u32);
+        let real_id = self.lfc.key_id();
+        let mut random_key = [0u8; 32];
+        for c in random_key.chunks_exact_mut(8) {
+            c.copy_from_slice(&r.next_u64().to_le_bytes());
+        }
+        // A page that would pass every content check: only the MAC can stop it.
+        let lsn = r.range(SYNTHETIC_BASE_LSN, self.next_lsn + 64);
+        let hdr = DatagramHeader {
+            key_id: real_id,
+            reqid: r.next_u64(),
+            request_lsn: LATEST_LSN,
+            // Claims to be fresher than anything, to get past the lwlsn check.
+            not_modified_since: u64::MAX - 1,
+            tag,
+            sent_at_ns: self.now,
+        };
+        let mut out = vec![0u8; DATAGRAM_LEN];
+        let out_arr: &mut [u8; DATAGRAM_LEN] =
+            out.as_mut_slice().try_into().expect("DATAGRAM_LEN bytes");
+        let page = synthetic_page(tag, lsn);
+        match kind {
+            ForgeKind::Random => {
+                let len = r.below(9_000) as usize;
+                out = (0..len).map(|_| r.next_u64() as u8).collect();
+            }
+            ForgeKind::WrongKey => DatagramKey::new(real_id, random_key).seal(&hdr, &page, out_arr),
+            ForgeKind::WrongKeyId => {
+                let id = real_id.wrapping_add(1 + r.below(1000) as u32).max(1);
+                let hdr = DatagramHeader { key_id: id, ..hdr };
+                DatagramKey::new(id, random_key).seal(&hdr, &page, out_arr)
+            }
+            ForgeKind::RightShape => {
+                out_arr[..HEADER_LEN].copy_from_slice(&hdr.encode());
+                out_arr[HEADER_LEN..HEADER_LEN + PAGE_SIZE].copy_from_slice(&page[..]);
+                for b in out_arr[HEADER_LEN + PAGE_SIZE..].iter_mut() {
+                    *b = r.next_u64() as u8;
+                }
+            }
+        }
+        let flow = 0xA77A_0000 | r.below(1 << 16);
+        self.rec(Kind::Forged, kind as u64, tag_key(&tag), out.len() as u64);
+        self.inject(out, Origin::Forged(kind), flow, self.now);
+    }
+
+    // ---- backends ---------------------------------------------------------------------------
+
+    fn cpu_cost(&mut self, b: usize) -> u64 {
+        let (lo, hi) = self.cfg.backend_cpu_ns;
+        self.backends[b].rng.range(lo, hi)
+    }
+
+    fn sleep_then_step(&mut self, b: usize, ns: u64) {
+        self.backends[b].pending = Pending::Sleep;
+        self.schedule(self.now + ns, Ev::BackendStep(b));
+    }
+
+    fn backend_step(&mut self, b: usize) {
+        if !matches!(self.backends[b].pending, Pending::None) || self.backends[b].done {
+            return;
+        }
+        loop {
+            let be = &mut self.backends[b];
+            match &mut be.activity {
+                Activity::None => {
+                    let Some(op) = be.program.pop_front() else {
+                        be.core.finish();
+                        be.done = true;
+                        self.rec(Kind::BackendDone, b as u64, 0, 0);
+                        return;
+                    };
+                    self.start_op(b, op);
+                    if !matches!(self.backends[b].pending, Pending::None) {
+                        return;
+                    }
+                }
+                Activity::Scan {
+                    rel,
+                    cur,
+                    end,
+                    next_prefetch,
+                    distance,
+                    batch,
+                } => {
+                    if *cur >= *end {
+                        // `run_scan` ends with `backend.finish()`.
+                        be.core.finish();
+                        be.activity = Activity::None;
+                        continue;
+                    }
+                    let (rel, blkno) = (*rel, *cur);
+                    *cur += 1;
+                    // `run_scan`: top the window up in batches.
+                    let horizon = blkno.saturating_add(*distance).min(*end);
+                    let mut range = None;
+                    if *next_prefetch < horizon
+                        && (horizon - *next_prefetch >= *batch || horizon == *end)
+                    {
+                        range = Some((*next_prefetch).max(blkno)..horizon);
+                        *next_prefetch = horizon;
+                    }
+                    if let Some(range) = range {
+                        self.prefetch(b, rel, range);
+                    }
+                    self.start_read(b, rel.block(blkno));
+                    return;
+                }
+                Activity::Reads(tags) => {
+                    let Some(tag) = tags.pop_front() else {
+                        be.activity = Activity::None;
+                        continue;
+                    };
+                    self.start_read(b, tag);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start_op(&mut self, b: usize, op: Op) {
+        let pages = self.cfg.pages_per_rel;
+        match op {
+            Op::Scan {
+                rel,
+                start,
+                len,
+                distance,
+                ..
+            } => {
+                let rel = Synthetic::rel(u32::from(rel) % self.cfg.rels);
+                let start = u32::from(start) % pages;
+                let end = (start + u32::from(len).max(1)).min(pages);
+                let distance = u32::from(distance).max(1);
+                self.backends[b].activity = Activity::Scan {
+                    rel,
+                    cur: start,
+                    end,
+                    next_prefetch: start,
+                    distance,
+                    batch: (distance / 4).clamp(1, 32),
+                };
+            }
+            Op::RandomReads {
+                count, prefetch, ..
+            } => {
+                let hot = (HOT_BLOCKS * 2).min(pages);
+                let rels = self.cfg.rels;
+                let be = &mut self.backends[b];
+                let tags: VecDeque<BufferTag> = (0..count.max(1))
+                    .map(|_| {
+                        Synthetic::rel(be.rng.below(u64::from(rels)) as u32)
+                            .block(be.rng.below(u64::from(hot)) as u32)
+                    })
+                    .collect();
+                for tag in tags
+                    .iter()
+                    .take(usize::from(prefetch))
+                    .copied()
+                    .collect::<Vec<_>>()
+                {
+                    self.prefetch(b, tag.rel, tag.blkno..tag.blkno + 1);
+                }
+                self.backends[b].activity = Activity::Reads(tags);
+            }
+            Op::Write {
+                rel,
+                blkno,
+                set_lwlsn,
+                ..
+            } => {
+                let tag =
+                    Synthetic::rel(u32::from(rel) % self.cfg.rels).block(u32::from(blkno) % pages);
+                let lsn = self.next_lsn;
+                self.next_lsn += 8;
+                self.backends[b].pending = Pending::Put {
+                    tag,
+                    lsn,
+                    set_lwlsn,
+                };
+                let shard = self.shard_of(tag.rel);
+                self.send_to_server(Conn::Backend(b), shard, ToServer::PutPage { tag, lsn });
+            }
+            Op::Pause { us, .. } => self.sleep_then_step(b, u64::from(us) * 1_000),
+            _ => {}
+        }
+    }
+
+    /// `Backend::prefetch`: every block neither cached nor already requested, in runs.
+    fn prefetch(&mut self, b: usize, rel: RelTag, blocks: std::ops::Range<u32>) {
+        let conn = Conn::Backend(b);
+        let now = self.now;
+        let mut run: Option<(u32, u16, u64)> = None;
+        let mut runs = Vec::new();
+        for blkno in blocks {
+            let tag = rel.block(blkno);
+            let cached = self.lfc.contains(&tag);
+            let already = !cached && self.lfc.mark_requested(&tag, now);
+            if !self.backends[b]
+                .core
+                .plan_prefetch(tag, cached, already, now)
+            {
+                if let Some(r) = run.take() {
+                    runs.push(r);
+                }
+                continue;
+            }
+            let lw = self.lfc.lwlsn(&tag);
+            run = match run {
+                Some((first, n, max_lw)) if n < u16::MAX => Some((first, n + 1, max_lw.max(lw))),
+                Some(r) => {
+                    runs.push(r);
+                    Some((blkno, 1, lw))
+                }
+                None => Some((blkno, 1, lw)),
+            };
+        }
+        runs.extend(run);
+        let shard = self.shard_of(rel);
+        for (first, n, max_lwlsn) in runs {
+            let reqid = self.next_reqid(conn);
+            self.rec(
+                Kind::Prefetch,
+                u64::from(rel.relnode),
+                u64::from(first),
+                u64::from(n),
+            );
+            self.send_to_server(
+                conn,
+                shard,
+                ToServer::Prefetch {
+                    hdr: Header {
+                        reqid,
+                        request_lsn: LATEST_LSN,
+                        not_modified_since: max_lwlsn,
+                    },
+                    rel,
+                    first,
+                    n,
+                },
+            );
+        }
+    }
+
+    fn next_reqid(&mut self, conn: Conn) -> u64 {
+        let r = match conn {
+            Conn::Backend(b) => &mut self.backends[b].reqid,
+            Conn::Prewarm => &mut self.prewarm.reqid,
+        };
+        *r += 1;
+        *r
+    }
+
+    /// `Backend::read` up to its first blocking point.
+    fn start_read(&mut self, b: usize, tag: BufferTag) {
+        let now = self.now;
+        let ctx = ReadCtx {
+            tag,
+            started_ns: now,
+            min_lsn: self.completed_max(&tag),
+        };
+        self.rec(Kind::ReadStart, b as u64, tag_key(&tag), ctx.min_lsn);
+        let hit = self.lfc.lookup(&tag, &mut self.backends[b].page).is_some();
+        let requested_elsewhere = !hit && self.lfc.mark_requested(&tag, now);
+        match self.backends[b]
+            .core
+            .on_lookup(tag, hit, requested_elsewhere, now)
+        {
+            None => self.complete_read(b, ctx, Kind::ReadHit),
+            Some(Step::Wait(budget)) => {
+                let be = &mut self.backends[b];
+                be.wait_token += 1;
+                let token = be.wait_token;
+                let deadline = now + budget.as_nanos() as u64;
+                be.pending = Pending::Wait {
+                    ctx,
+                    deadline,
+                    token,
+                };
+                self.rec(Kind::WaitStart, b as u64, tag_key(&tag), deadline - now);
+                self.schedule(deadline, Ev::WaitCheck { backend: b, token });
+            }
+            Some(Step::Fetch) => self.start_fetch(b, ctx),
+        }
+    }
+
+    /// `wait_for_arrival` returning (arrival or deadline), then `on_wait_result`.
+    fn wait_check(&mut self, b: usize, token: u64) {
+        let Pending::Wait {
+            ctx,
+            deadline,
+            token: t,
+        } = self.backends[b].pending
+        else {
+            return;
+        };
+        if t != token {
+            return;
+        }
+        let cached = self.lfc.contains(&ctx.tag);
+        if !cached && self.now < deadline {
+            // Woken for another page on the same channel, or it was evicted again: sleep on.
+            return;
+        }
+        let arrived = cached
+            && self
+                .lfc
+                .lookup(&ctx.tag, &mut self.backends[b].page)
+                .is_some();
+        self.backends[b].pending = Pending::None;
+        match self.backends[b]
+            .core
+            .on_wait_result(ctx.tag, arrived, self.now)
+        {
+            None => self.complete_read(b, ctx, Kind::ReadLateHit),
+            Some(_) => {
+                self.rec(Kind::WaitTimeout, b as u64, tag_key(&ctx.tag), 0);
+                self.start_fetch(b, ctx)
+            }
+        }
+    }
+
+    fn start_fetch(&mut self, b: usize, ctx: ReadCtx) {
+        let nms = self.lfc.lwlsn(&ctx.tag);
+        self.backends[b].pending = Pending::Fetch { ctx, nms };
+        let reqid = self.next_reqid(Conn::Backend(b));
+        let shard = self.shard_of(ctx.tag.rel);
+        self.rec(Kind::Fetch, b as u64, tag_key(&ctx.tag), nms);
+        self.send_to_server(
+            Conn::Backend(b),
+            shard,
+            ToServer::GetPage {
+                hdr: Header {
+                    reqid,
+                    request_lsn: LATEST_LSN,
+                    not_modified_since: nms,
+                },
+                tag: ctx.tag,
+                first_try_ns: None,
+            },
+        );
+    }
+
+    fn backend_reply(&mut self, b: usize, msg: ToClient) {
+        match (
+            std::mem::replace(&mut self.backends[b].pending, Pending::None),
+            msg,
+        ) {
+            (Pending::Fetch { ctx, nms }, ToClient::Page { tag, result }) if tag == ctx.tag => {
+                let page = match result {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.violate(
+                            ViolationKind::Liveness,
+                            format!("backend {b}: GetPage {tag} failed: {e}"),
+                        );
+                        return;
+                    }
+                };
+                self.backends[b].page.copy_from_slice(&page[..]);
+                // Same rule as a prefetched page: refused if modified after the request.
+                match self.lfc.install_prefetched(&tag, nms, &page) {
+                    InstallOutcome::AlreadyPresent => {
+                        self.rec(Kind::FetchRaced, b as u64, tag_key(&tag), 0);
+                        self.backends[b].core.on_fetch_raced();
+                    }
+                    InstallOutcome::Installed => {
+                        self.shell_installs += 1;
+                        self.notify(tag);
+                    }
+                    _ => {}
+                }
+                self.check_occupancy();
+                self.complete_read(b, ctx, Kind::ReadTcp);
+            }
+            (
+                Pending::Put {
+                    tag,
+                    lsn,
+                    set_lwlsn,
+                },
+                ToClient::PutDone,
+            ) => {
+                // `Backend::write`: the server has the version; now the LFC.
+                if set_lwlsn {
+                    if let Err(e) = self.lfc.set_lwlsn(&tag, lsn) {
+                        self.violate(ViolationKind::Liveness, format!("set_lwlsn {tag}: {e}"));
+                        return;
+                    }
+                } else {
+                    let page = synthetic_page(tag, lsn);
+                    match self.lfc.write(&tag, lsn, &page) {
+                        Ok(WriteOutcome::Stored) => self.notify(tag),
+                        Ok(_) => {}
+                        Err(e) => {
+                            self.violate(ViolationKind::Liveness, format!("write {tag}: {e}"));
+                            return;
+                        }
+                    }
+                }
+                let m = self.model.entry(tag).or_default();
+                m.completed_max = m.completed_max.max(lsn);
+                self.report.writes += 1;
+                self.rec(Kind::WriteDone, b as u64, tag_key(&tag), lsn);
+                self.check_occupancy();
+                let cpu = self.cpu_cost(b);
+                self.sleep_then_step(b, cpu);
+            }
+            (other, msg) => {
+                self.backends[b].pending = other;
+                self.violate(
+                    ViolationKind::Liveness,
+                    format!("backend {b} got a reply it was not waiting for: {msg:?}"),
+                );
+            }
+        }
+    }
+
+    fn complete_read(&mut self, b: usize, ctx: ReadCtx, kind: Kind) {
+        match kind {
+            Kind::ReadHit => self.report.read_hits += 1,
+            Kind::ReadLateHit => self.report.read_late_hits += 1,
+            _ => self.report.read_tcp += 1,
+        }
+        let page = std::mem::replace(&mut self.backends[b].page, Box::new([0u8; PAGE_SIZE]));
+        self.rec(kind, b as u64, tag_key(&ctx.tag), page_lsn(&page));
+        self.check_page(&format!("backend {b}"), &ctx, &page);
+        self.backends[b].page = page;
+        let cpu = self.cpu_cost(b);
+        self.sleep_then_step(b, cpu);
+    }
+
+    // ---- prewarm ----------------------------------------------------------------------------
+    //
+    // `prewarm::run_prewarm` in virtual time, around the real `Schedule`, with the saved state
+    // going through the real state-file encoding and `plan`. Prewarm runs on the cold cache
+    // before the backends start, as after a compute restart.
+
+    /// The saved state: the cache's own hottest pages (`snapshot_hottest`, empty when cold),
+    /// then pages of the relations, then `gone` tags that no longer exist (a dropped relation,
+    /// blocks past a relation's end).
+    fn start_prewarm(&mut self, pages: u16, gone: u8) {
+        // Small enough to fit next to the workers' reserved slots, so "complete" is reachable.
+        let reserved = (self.cfg.workers * self.cfg.slots_per_worker) as u64;
+        let budget = (self.cfg.lfc_capacity_pages.saturating_sub(reserved) / 2).max(1) as usize;
+        let want = usize::from(pages).clamp(1, budget);
+        let mut tags = self.lfc.snapshot_hottest(want / 2);
+        let r = &mut self.prewarm_rng;
+        // Bounded draws: a small relation set may hold fewer distinct pages than wanted.
+        for _ in 0..want * 4 {
+            if tags.len() >= want {
+                break;
+            }
+            let rel = Synthetic::rel(r.below(u64::from(self.cfg.rels)) as u32);
+            // Mostly runs of neighbours, as a real cache's hot set has.
+            let tag = rel.block(r.below(u64::from(self.cfg.pages_per_rel)) as u32);
+            for k in 0..r.range(1, 4) as u32 {
+                let t = tag.rel.block((tag.blkno + k) % self.cfg.pages_per_rel);
+                if tags.len() < want && !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+        }
+        for i in 0..u32::from(gone) {
+            tags.push(if i % 2 == 0 {
+                Synthetic::rel(self.cfg.rels + i).block(i)
+            } else {
+                Synthetic::rel(0).block(self.cfg.pages_per_rel + i)
+            });
+        }
+        // Through the state file, as `prewarm save` then `prewarm run` would.
+        let ranges = prewarm::state::ranges_from_hottest(&tags);
+        let ranges = match prewarm::state::decode(&prewarm::state::encode(&ranges)) {
+            Ok(r) => r,
+            Err(e) => {
+                self.violate(
+                    ViolationKind::Liveness,
+                    format!("prewarm state round trip: {e}"),
+                );
+                return;
+            }
+        };
+        let pages = prewarm::plan(&ranges);
+        let mut sched = Schedule::new(pages.len(), self.prewarm_schedule);
+        let mut exists = Vec::with_capacity(pages.len());
+        for (i, tag) in pages.iter().enumerate() {
+            // `exists`/`nblocks` asked of the page server that owns the relation.
+            let n = self.shards[self.shard_of(tag.rel)]
+                .store
+                .nblocks(tag.rel)
+                .ok()
+                .flatten();
+            let e = n.is_some_and(|n| tag.blkno < n);
+            if e != self.exists(tag) {
+                self.violate(
+                    ViolationKind::Liveness,
+                    format!("prewarm: the page server says {tag} exists={e}, the model disagrees"),
+                );
+                return;
+            }
+            exists.push(e);
+            if !e {
+                sched.skip_gone(i);
+            } else if self.lfc.contains(tag) {
+                sched.skip_present(i);
+            }
+        }
+        self.report.prewarm_pages += pages.len() as u64;
+        self.rec(Kind::PrewarmRound, pages.len() as u64, 0, 0);
+        self.prewarm.run = Some(PrewarmRun {
+            pages,
+            exists,
+            sched,
+            started_ns: self.now,
+            cache_full: false,
+            fell_back: false,
+            fetch: VecDeque::new(),
+            fetched: Vec::new(),
+            repair: None,
+        });
+    }
+
+    /// One iteration of `run_prewarm`'s main loop (or the start of the next prewarm).
+    fn prewarm_tick(&mut self) {
+        if self.prewarm.done {
+            return;
+        }
+        if self.prewarm.run.is_none() {
+            match self.prewarm.program.pop_front() {
+                Some((pages, gone)) => self.start_prewarm(pages, gone),
+                None => {
+                    self.prewarm.done = true;
+                    // Cold start over: the backends begin.
+                    for b in 0..self.backends.len() {
+                        self.schedule(self.now, Ev::BackendStep(b));
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(mut run) = self.prewarm.run.take() else {
+            return;
+        };
+        let now = self.now;
+        if run.sched.is_complete() {
+            self.prewarm.run = Some(run);
+            self.prewarm_repair(0);
+            return;
+        }
+        let arrived: Vec<usize> = run
+            .sched
+            .requested()
+            .filter(|&i| self.lfc.contains(&run.pages[i]))
+            .collect();
+        for i in arrived {
+            run.sched.on_arrived(i, now);
+        }
+        let give_up_ns = (3 * run.sched.timeout_ns(0)).max(250_000_000);
+        if !run.sched.any_udp_arrival()
+            && !run.fell_back
+            && run.sched.in_flight() > 0
+            && now - run.started_ns > give_up_ns
+        {
+            run.fell_back = true;
+            run.sched.fail_over_to_tcp();
+        }
+        if !run.cache_full
+            && self.lfc.stats().used_pages + run.sched.in_flight() as u64
+                >= self.lfc.capacity_pages()
+        {
+            run.cache_full = true;
+            run.sched.stop_new_requests();
+        }
+        let mut batch = Vec::new();
+        run.sched
+            .next_requests(now, PREWARM_ROUND_PAGES, &mut batch);
+        self.prewarm_send_ranges(&run.pages, &batch);
+        run.sched.take_tcp(PREWARM_TCP_DEPTH, &mut batch);
+        if !batch.is_empty() {
+            self.prewarm_fetch(&mut run, &batch);
+            run.fetched = batch;
+            self.prewarm.run = Some(run);
+            // Continues when the last reply of the batch is in (`prewarm_reply`).
+            return;
+        }
+        if run.cache_full && run.sched.in_flight() == 0 {
+            self.prewarm.run = Some(run);
+            self.prewarm_repair(0);
+            return;
+        }
+        self.prewarm.run = Some(run);
+        self.prewarm.token += 1;
+        let token = self.prewarm.token;
+        self.schedule(now + PREWARM_POLL_NS, Ev::PrewarmRound { token });
+    }
+
+    /// `send_ranges`: consecutive pages share one Prefetch, `not_modified_since` the max lwlsn.
+    fn prewarm_send_ranges(&mut self, pages: &[BufferTag], batch: &[usize]) {
+        let mut runs: Vec<(RelTag, u32, u32, u64)> = Vec::new();
+        let mut run: Option<(RelTag, u32, u32, u64)> = None;
+        for &i in batch {
+            let tag = pages[i];
+            let lw = self.lfc.lwlsn(&tag);
+            run = match run {
+                Some((rel, first, n, max_lw))
+                    if rel == tag.rel && first + n == tag.blkno && n < PREWARM_MAX_RANGE_PAGES =>
+                {
+                    Some((rel, first, n + 1, max_lw.max(lw)))
+                }
+                Some(r) => {
+                    runs.push(r);
+                    Some((tag.rel, tag.blkno, 1, lw))
+                }
+                None => Some((tag.rel, tag.blkno, 1, lw)),
+            };
+        }
+        runs.extend(run);
+        for (rel, first, n, max_lw) in runs {
+            let reqid = self.next_reqid(Conn::Prewarm);
+            let shard = self.shard_of(rel);
+            self.rec(
+                Kind::Prefetch,
+                u64::from(rel.relnode),
+                u64::from(first),
+                u64::from(n),
+            );
+            self.send_to_server(
+                Conn::Prewarm,
+                shard,
+                ToServer::Prefetch {
+                    hdr: Header {
+                        reqid,
+                        request_lsn: LATEST_LSN,
+                        not_modified_since: max_lw,
+                    },
+                    rel,
+                    first,
+                    n: n as u16,
+                },
+            );
+        }
+    }
+
+    /// `fetch_tcp`: pipelined GetPages with `not_modified_since = lwlsn`, replies in order.
+    fn prewarm_fetch(&mut self, run: &mut PrewarmRun, batch: &[usize]) {
+        for &i in batch {
+            let tag = run.pages[i];
+            let nms = self.lfc.lwlsn(&tag);
+            run.fetch.push_back((i, nms, self.completed_max(&tag)));
+            let reqid = self.next_reqid(Conn::Prewarm);
+            let shard = self.shard_of(tag.rel);
+            self.rec(Kind::PrewarmFetch, tag_key(&tag), nms, 0);
+            self.send_to_server(
+                Conn::Prewarm,
+                shard,
+                ToServer::GetPage {
+                    hdr: Header {
+                        reqid,
+                        request_lsn: LATEST_LSN,
+                        not_modified_since: nms,
+                    },
+                    tag,
+                    first_try_ns: None,
+                },
+            );
+        }
+    }
+
+    fn prewarm_reply(&mut self, msg: ToClient) {
+        let ToClient::Page { tag, result } = msg else {
+            return;
+        };
+        let Some(mut run) = self.prewarm.run.take() else {
+            return;
+        };
+        // In order per shard connection; with several shards the replies interleave.
+        let Some(pos) = run.fetch.iter().position(|&(i, _, _)| run.pages[i] == tag) else {
+            self.violate(
+                ViolationKind::Liveness,
+                format!("prewarm: unexpected reply for {tag}"),
+            );
+            return;
+        };
+        let Some((i, nms, min_lsn)) = run.fetch.remove(pos) else {
+            return;
+        };
+        match result {
+            Ok(page) => {
+                let ctx = ReadCtx {
+                    tag,
+                    started_ns: self.now,
+                    min_lsn,
+                };
+                self.check_page("prewarm", &ctx, &page);
+                // Already present (arrived late by UDP) or stale: either way not installed here.
+                if self.lfc.install_prefetched(&tag, nms, &page) == InstallOutcome::Installed {
+                    self.shell_installs += 1;
+                    self.notify(tag);
+                }
+                self.check_occupancy();
+            }
+            Err(e) => {
+                if run.exists[i] {
+                    self.violate(
+                        ViolationKind::Liveness,
+                        format!("prewarm: GetPage {tag} failed although it exists: {e}"),
+                    );
+                    return;
+                }
+            }
+        }
+        if !run.fetch.is_empty() {
+            self.prewarm.run = Some(run);
+            return;
+        }
+        // The batch is in.
+        let repair = run.repair;
+        if repair.is_none() {
+            for i in std::mem::take(&mut run.fetched) {
+                run.sched.on_tcp_done(i);
+            }
+        }
+        self.prewarm.run = Some(run);
+        match repair {
+            None => {
+                self.prewarm.token += 1;
+                let token = self.prewarm.token;
+                self.schedule(self.now, Ev::PrewarmRound { token });
+            }
+            Some(round) => self.prewarm_repair(round),
+        }
+    }
+
+    /// After the main loop: pages that left the cache after arriving are fetched again over
+    /// TCP, a bounded number of rounds (`REPAIR_ROUNDS`), then the final check.
+    fn prewarm_repair(&mut self, round: usize) {
+        let Some(mut run) = self.prewarm.run.take() else {
+            return;
+        };
+        if round < PREWARM_REPAIR_ROUNDS && !run.cache_full {
+            let missing: Vec<usize> = (0..run.pages.len())
+                .filter(|&i| run.exists[i] && !self.lfc.contains(&run.pages[i]))
+                .collect();
+            if !missing.is_empty() {
+                // One pipelined batch per round (plans are far below TCP_DEPTH pages here).
+                run.repair = Some(round + 1);
+                self.prewarm_fetch(&mut run, &missing);
+                self.prewarm.run = Some(run);
+                return;
+            }
+        }
+        // Final check: every page of the plan that exists must be in the LFC and verify.
+        let mut page = Box::new([0u8; PAGE_SIZE]);
+        let mut present = 0usize;
+        let existing = run.exists.iter().filter(|e| **e).count();
+        for (i, tag) in run.pages.iter().enumerate() {
+            if run.exists[i] && self.lfc.lookup(tag, &mut page).is_some() {
+                let ctx = ReadCtx {
+                    tag: *tag,
+                    started_ns: self.now,
+                    min_lsn: self.completed_max(tag),
+                };
+                self.check_page("prewarm final check", &ctx, &page);
+                present += 1;
+            }
+        }
+        let counts = run.sched.counts();
+        self.report.prewarm_covered += present as u64;
+        self.rec(
+            Kind::PrewarmDone,
+            existing as u64,
+            present as u64,
+            counts.via_tcp,
+        );
+        if present != existing && !run.cache_full {
+            self.violate(
+                ViolationKind::Liveness,
+                format!(
+                    "prewarm finished with {present} of {existing} existing pages present ({} gone, {counts:?})",
+                    run.pages.len() - existing
+                ),
+            );
+            return;
+        }
+        self.prewarm.token += 1;
+        let token = self.prewarm.token;
+        self.schedule(self.now, Ev::PrewarmRound { token });
+    }
+
+    // ---- end of run -------------------------------------------------------------------------
+
+    fn final_checks(&mut self) {
+        for (b, be) in self.backends.iter().enumerate() {
+            if !be.done {
+                let msg = format!("backend {b} never finished its workload");
+                self.violate(ViolationKind::Liveness, msg);
+                return;
+            }
+        }
+        if !self.prewarm.done {
+            self.violate(ViolationKind::Liveness, "prewarm never finished".into());
+            return;
+        }
+        // Accounting: every datagram put on the wire was dropped by a fault or delivered, and
+        // every delivered one was installed or dropped for exactly one reason.
+        let delivered: u64 = self.workers.iter().map(|w| w.delivered).sum();
+        let lost_after_inject = self.report.faults.tail_dropped;
+        if self.injected != delivered + lost_after_inject {
+            let msg = format!(
+                "{} datagrams reached the compute's sockets but {} were delivered and {} tail-dropped",
+                self.injected, delivered, lost_after_inject
+            );
+            self.violate(ViolationKind::Accounting, msg);
+            return;
+        }
+        let mut ingest_installed = 0;
+        for (i, w) in self.workers.iter().enumerate() {
+            let m = &w.metrics;
+            let received = m.received.load(std::sync::atomic::Ordering::Relaxed);
+            let installed = m.installed.load(std::sync::atomic::Ordering::Relaxed);
+            let dropped: u64 = DropReason::ALL.iter().map(|r| m.dropped(*r)).sum();
+            let per_reason_ok = DropReason::ALL
+                .iter()
+                .all(|r| m.dropped(*r) == w.seen[r.index()]);
+            if received != w.delivered
+                || installed + dropped != received
+                || installed != w.seen_installed
+                || !per_reason_ok
+            {
+                let msg = format!(
+                    "worker {i}: delivered {} but metrics say received {received}, installed {installed}, dropped {dropped}",
+                    w.delivered
+                );
+                self.violate(ViolationKind::Accounting, msg);
+                return;
+            }
+            ingest_installed += installed;
+        }
+        let stats = self.lfc.stats();
+        if stats.installs != ingest_installed + self.shell_installs {
+            let msg = format!(
+                "LFC counted {} installs; ingest installed {ingest_installed} and backends {}",
+                stats.installs, self.shell_installs
+            );
+            self.violate(ViolationKind::Accounting, msg);
+            return;
+        }
+        self.check_occupancy();
+        // Audit: every page still cached is a real version, not older than any completed write.
+        let mut page = Box::new([0u8; PAGE_SIZE]);
+        for tag in self
+            .lfc
+            .snapshot_hottest(self.cfg.lfc_capacity_pages as usize)
+        {
+            if self.lfc.lookup(&tag, &mut page).is_some() {
+                let ctx = ReadCtx {
+                    tag,
+                    started_ns: self.now,
+                    min_lsn: self.completed_max(&tag),
+                };
+                self.check_page("final audit", &ctx, &page);
+                if self.violation.is_some() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn finish_report(mut self) -> RunReport {
+        self.report.simulated_ns = self.now - START_NS;
+        self.report.events = self.events;
+        self.report.digest = format!("{:016x}", self.trace.digest());
+        self.report.violation = self.violation.take();
+        // Give the posted slots back before the LFC goes away (the daemon's `cancel_all`).
+        for w in &mut self.workers {
+            for r in w.posted.drain(..) {
+                r.abandon();
+            }
+        }
+        std::mem::take(&mut self.report)
+    }
+}

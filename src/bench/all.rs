@@ -1,0 +1,112 @@
+//! `udp-prefetch bench all`: every scenario of the suite in one run, each with modest settings
+//! so the whole suite finishes in minutes on a small machine. Each scenario's ratios are
+//! against baselines of that scenario, measured in this same run.
+
+use super::plot::LatencySeries;
+use super::{hol, ingest, lfc, many_backends, prewarm, scan, BenchRecord};
+use clap::Parser;
+use std::time::Instant;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AllBenchArgs {
+    /// Run every scenario with its own full defaults instead of the shortened settings.
+    #[arg(long)]
+    pub full: bool,
+    /// Scenarios to run, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lfc,ingest,scan,hol,many-backends,prewarm"
+    )]
+    pub only: Vec<Scenario>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Lfc,
+    Ingest,
+    Scan,
+    Hol,
+    ManyBackends,
+    Prewarm,
+}
+
+/// The shortened settings, as command-line flags of each scenario (so they read exactly as a
+/// person would type them to reproduce one scenario alone).
+fn short_flags(s: Scenario) -> &'static [&'static str] {
+    match s {
+        Scenario::Lfc => &[
+            "--cache-mib",
+            "256",
+            "--case-ms",
+            "700",
+            "--hit-ratio-accesses",
+            "300000",
+        ],
+        Scenario::Ingest => &["--seconds", "1.5"],
+        Scenario::Scan => &["--pages", "12288"],
+        Scenario::Hol => &[],
+        Scenario::ManyBackends => &[],
+        Scenario::Prewarm => &["--pages", "65536", "--ingest-seconds", "1.5"],
+    }
+}
+
+/// A scenario's arguments: its clap defaults with `flags` applied.
+fn args_of<A: clap::Args>(flags: &[&str]) -> anyhow::Result<A> {
+    #[derive(clap::Parser)]
+    struct Wrap<A: clap::Args> {
+        #[command(flatten)]
+        inner: A,
+    }
+    Ok(Wrap::<A>::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))?.inner)
+}
+
+pub fn run(args: &AllBenchArgs) -> anyhow::Result<(Vec<BenchRecord>, Vec<LatencySeries>)> {
+    let mut records = Vec::new();
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for &s in &args.only {
+        let flags = if args.full { &[][..] } else { short_flags(s) };
+        let name = clap::ValueEnum::to_possible_value(&s)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        eprintln!("bench all: {name} {}", flags.join(" "));
+        let t = Instant::now();
+        match s {
+            Scenario::Lfc => records.extend(lfc::run(&args_of(flags)?)?),
+            Scenario::Ingest => records.extend(ingest::run(&args_of(flags)?)?),
+            Scenario::Scan => records.extend(scan::run(&args_of(flags)?)?),
+            Scenario::Hol => {
+                let (r, l) = hol::run_with_latencies(&args_of(flags)?)?;
+                records.extend(r);
+                latencies.extend(l);
+            }
+            Scenario::ManyBackends => records.extend(many_backends::run(&args_of(flags)?)?),
+            Scenario::Prewarm => records.extend(prewarm::run(&args_of(flags)?)?),
+        }
+        eprintln!("bench all: {name} took {:.1} s", t.elapsed().as_secs_f64());
+    }
+    eprintln!(
+        "bench all: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok((records, latencies))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_accepts_its_short_flags() {
+        args_of::<lfc::LfcBenchArgs>(short_flags(Scenario::Lfc)).unwrap();
+        args_of::<ingest::IngestBenchArgs>(short_flags(Scenario::Ingest)).unwrap();
+        let s: scan::ScanBenchArgs = args_of(short_flags(Scenario::Scan)).unwrap();
+        assert_eq!(s.pages, 12288);
+        assert_eq!(s.delays, [0, 200], "other settings keep their defaults");
+        args_of::<hol::HolBenchArgs>(short_flags(Scenario::Hol)).unwrap();
+        args_of::<many_backends::ManyBackendsBenchArgs>(short_flags(Scenario::ManyBackends))
+            .unwrap();
+        args_of::<prewarm::PrewarmBenchArgs>(short_flags(Scenario::Prewarm)).unwrap();
+    }
+}
