@@ -7,6 +7,30 @@ use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_udp-prefetch");
 
+/// Sends SIGTERM and returns the exit status, waiting at most `limit`.
+fn terminate(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops a child that is still running (SIGTERM, then SIGKILL) and reaps it.
+fn reap(child: &mut Child) {
+    if child.try_wait().ok().flatten().is_none() {
+        let _ = terminate(child, Duration::from_secs(5));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// A `udp-prefetch pageserver` child process; SIGTERMed and reaped on drop.
 pub struct ServerProc {
     pub child: Child,
@@ -40,27 +64,13 @@ impl ServerProc {
 
     /// Sends SIGTERM and returns the exit status (waits at most `limit`).
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child, limit)
     }
 }
 
 impl Drop for ServerProc {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.terminate(Duration::from_secs(5));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        reap(&mut self.child);
     }
 }
 
@@ -163,26 +173,12 @@ impl WorkersProc {
     }
 
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child, limit)
     }
 }
 
 impl Drop for WorkersProc {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.terminate(Duration::from_secs(5));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        reap(&mut self.child);
     }
 }
