@@ -10,7 +10,7 @@
 //!   files produce typed errors and no mapping beyond the end of a file is ever made.
 
 use crate::error::LfcError;
-use crate::layout::{FixedHeader, Geometry, FIXED_HEADER_LEN};
+use crate::layout::{FixedHeader, Geometry, FIXED_HEADER_LEN, FREE_COUNT_OFFSET};
 use crate::process::{current_pid, process_alive};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
@@ -204,6 +204,12 @@ fn build(
     };
     file.write_all_at(&header.encode(), 0)
         .map_err(|e| LfcError::io(tmp, "write header", e))?;
+    // Every frame starts FREE; claims take free frames before the CLOCK sweep evicts anything.
+    file.write_all_at(
+        &geometry.capacity_pages.to_le_bytes(),
+        FREE_COUNT_OFFSET as u64,
+    )
+    .map_err(|e| LfcError::io(tmp, "write free count", e))?;
     let map = map(tmp, &file, geometry.file_len)?;
     std::fs::rename(tmp, path).map_err(|e| LfcError::io(path, "rename", e))?;
     // Two creators racing on a path that had no file: only the last rename is reachable. The

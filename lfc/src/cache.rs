@@ -37,11 +37,11 @@ use crate::arrival::{futex_wait, Channel};
 use crate::attach::{self, Attached};
 use crate::bucket::{encode_entry, entry_fingerprint, entry_frame, Bucket, EMPTY, LOCK_WAIT_LIMIT};
 use crate::error::LfcError;
-use crate::frame::{Ctl, FrameMeta, KIND_BUSY, KIND_VALID, MAX_USAGE};
+use crate::frame::{Ctl, FrameMeta, KIND_BUSY, KIND_FREE, KIND_VALID, MAX_USAGE};
 use crate::hash::TagHash;
 use crate::layout::{
     FixedHeader, Geometry, ARRIVAL_CHANNELS, ARRIVAL_OFFSET, BUCKET_BYTES, BUCKET_ENTRIES,
-    GLOBAL_LWLSN_OFFSET, HAND_OFFSET, META_BYTES, OVERFLOW_WINDOW, STATS_OFFSET, STAT_COUNTERS,
+    FREE_COUNT_OFFSET, FREE_HAND_OFFSET, GLOBAL_LWLSN_OFFSET, HAND_OFFSET, META_BYTES, OVERFLOW_WINDOW, STATS_OFFSET, STAT_COUNTERS,
     STAT_STRIPES,
 };
 use crate::process::{current_pid, process_alive};
@@ -57,6 +57,10 @@ use std::time::{Duration, Instant};
 /// Optimistic read attempts before a reader reports a miss (or, for `lwlsn`, takes the lock).
 /// A writer holds a frame for one 8 KiB copy, so a handful of short spins cover it.
 const READ_ATTEMPTS: u32 = 16;
+
+/// Most frames one claim inspects looking for a FREE frame before it falls back to the CLOCK
+/// sweep (64 B of metadata each, so 16 KiB).
+const FREE_SCAN_LIMIT: u64 = 256;
 
 /// Upper bound on one `wait_for_arrival`, whatever the caller asks.
 pub const MAX_ARRIVAL_WAIT: Duration = Duration::from_secs(10);
@@ -312,6 +316,14 @@ impl Lfc {
 
     fn hand(&self) -> &AtomicU64 {
         self.shared(HAND_OFFSET as u64)
+    }
+
+    fn free_count(&self) -> &AtomicU64 {
+        self.shared(FREE_COUNT_OFFSET as u64)
+    }
+
+    fn free_hand(&self) -> &AtomicU64 {
+        self.shared(FREE_HAND_OFFSET as u64)
     }
 
     fn global_lwlsn(&self) -> &AtomicU64 {
@@ -754,10 +766,54 @@ impl Lfc {
 
     // ---- frame ownership -----------------------------------------------------------------
 
-    /// Claims a frame for this process (BUSY(me)) with the CLOCK sweep: free frames are taken,
-    /// dead owners' frames reclaimed, used frames lose one usage count per pass and are evicted
-    /// at zero. Bounded: after enough passes to drain every usage count, gives up (NoRoom).
+    /// Claims a frame for this process (BUSY(me)): a FREE frame while any is known to exist,
+    /// else by the CLOCK sweep.
     fn claim_frame(&self) -> Option<u32> {
+        self.claim_free().or_else(|| self.claim_by_clock())
+    }
+
+    /// Takes a FREE frame if the free-frame count says there is one, inspecting at most
+    /// `FREE_SCAN_LIMIT` frames from the free hand. Without this, the CLOCK hand evicts a cold
+    /// page whenever it meets one before a free frame, so a cache with room would still lose
+    /// pages (e.g. frames freed by rejected installs sit behind the hand).
+    ///
+    /// The count is a hint kept at or below the true number of FREE frames: a unit is taken
+    /// before the search and not given back when the search fails, releases add after the
+    /// frame is FREE. A process dying at any point, or a race with the CLOCK sweep, can only
+    /// make it low, which costs an eviction, never a fruitless scan on every claim.
+    fn claim_free(&self) -> Option<u32> {
+        let count = self.free_count();
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| v.checked_sub(1))
+            .ok()?;
+        let me = current_pid();
+        let n = self.geo.capacity_pages;
+        for _ in 0..FREE_SCAN_LIMIT.min(n) {
+            let frame = (self.free_hand().fetch_add(1, Ordering::Relaxed) % n) as u32;
+            let m = self.meta(frame);
+            let c = m.ctl();
+            if c.kind() == KIND_FREE
+                && m.ctl
+                    .compare_exchange(c.0, c.to_busy(me).0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return Some(frame);
+            }
+        }
+        None
+    }
+
+    /// Takes one unit off the free-frame count, if it has one (a FREE frame was taken).
+    fn took_free_frame(&self) {
+        let _ = self
+            .free_count()
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    /// The CLOCK sweep: free frames are taken, dead owners' frames reclaimed, used frames lose
+    /// one usage count per pass and are evicted at zero. Bounded: after enough passes to drain
+    /// every usage count, gives up (NoRoom).
+    fn claim_by_clock(&self) -> Option<u32> {
         let me = current_pid();
         let n = self.geo.capacity_pages;
         let limit = n * (u64::from(MAX_USAGE) + 2);
@@ -786,6 +842,9 @@ impl Lfc {
                         .compare_exchange(c.0, busy.0, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
                     {
+                        if c.kind() == KIND_FREE {
+                            self.took_free_frame();
+                        }
                         return Some(frame);
                     }
                 }
@@ -900,6 +959,8 @@ impl Lfc {
         let c = m.ctl();
         debug_assert!(c.kind() == KIND_BUSY && c.pid() == current_pid());
         m.ctl.store(c.to_free().0, Ordering::Release);
+        // After the store, so the count never exceeds the FREE frames (see `claim_free`).
+        self.free_count().fetch_add(1, Ordering::AcqRel);
     }
 
     /// Last resort when the home and its whole window are full: frees the least used page of the
@@ -1176,10 +1237,15 @@ impl Lfc {
             return InstallOutcome::NoRoom;
         };
         self.copy_into_frame(frame, page);
-        self.publish_frame(frame, tag, h, not_modified_since)
+        let outcome = self.publish_frame(frame, tag, h, not_modified_since);
+        if outcome != InstallOutcome::Installed {
+            self.release_frame(frame);
+        }
+        outcome
     }
 
-    /// Links our filled frame as `tag` if the install rules allow, else frees it.
+    /// Links our filled frame as `tag` if the install rules allow. On any other outcome the
+    /// frame stays reserved by us (BUSY, ours): the caller frees it or refills it.
     pub(crate) fn publish_frame(
         &self,
         frame: u32,
@@ -1189,24 +1255,18 @@ impl Lfc {
     ) -> InstallOutcome {
         let g = match self.lock_bucket(h) {
             Ok(g) => g,
-            Err(_) => {
-                self.release_frame(frame);
-                return InstallOutcome::Busy;
-            }
+            Err(_) => return InstallOutcome::Busy,
         };
         if self.find_locked(&g, h, tag).is_some() {
-            self.release_frame(frame);
             self.bump(Counter::AlreadyPresent);
             return InstallOutcome::AlreadyPresent;
         }
         let lwlsn = self.lwlsn_cell(h).load(Ordering::Acquire);
         if lwlsn.max(self.lwlsn_floor()) > not_modified_since {
-            self.release_frame(frame);
             self.bump(Counter::StaleRejects);
             return InstallOutcome::Stale;
         }
         if !self.link_locked(&g, h, tag, frame, not_modified_since, lwlsn) {
-            self.release_frame(frame);
             self.bump(Counter::NoRoom);
             return InstallOutcome::NoRoom;
         }
@@ -1364,7 +1424,7 @@ pub struct Reservation<'a> {
     done: bool,
 }
 
-impl Reservation<'_> {
+impl<'a> Reservation<'a> {
     /// Bytes to fill.
     pub const LEN: usize = PAGE_SIZE;
 
@@ -1384,12 +1444,42 @@ impl Reservation<'_> {
         self.lfc.copy_into_frame(self.frame, page);
     }
 
-    /// Publishes the filled frame as `tag`, under the same rule as `install_prefetched`.
-    pub fn publish(mut self, tag: &BufferTag, not_modified_since: u64) -> InstallOutcome {
-        self.done = true;
+    /// Publishes the filled frame as `tag`, under the same rule as `install_prefetched`. A frame
+    /// that is not installed is freed.
+    pub fn publish(self, tag: &BufferTag, not_modified_since: u64) -> InstallOutcome {
+        match self.try_publish(tag, not_modified_since) {
+            Ok(()) => InstallOutcome::Installed,
+            Err(mut rejected) => {
+                rejected.slot.done = true;
+                rejected.slot.lfc.release_frame(rejected.slot.frame);
+                rejected.outcome
+            }
+        }
+    }
+
+    /// Publishes the filled frame as `tag`; when the install rules refuse it (already cached,
+    /// stale, no room in the bucket window, bucket busy) the reservation comes back still
+    /// reserved, so a receiver can post it again instead of claiming, and so possibly evicting,
+    /// another frame for every datagram it turns away.
+    pub fn try_publish(
+        mut self,
+        tag: &BufferTag,
+        not_modified_since: u64,
+    ) -> Result<(), Rejected<'a>> {
         let h = self.lfc.hash(tag);
-        self.lfc
+        match self
+            .lfc
             .publish_frame(self.frame, tag, h, not_modified_since)
+        {
+            InstallOutcome::Installed => {
+                self.done = true;
+                Ok(())
+            }
+            outcome => Err(Rejected {
+                outcome,
+                slot: self,
+            }),
+        }
     }
 
     /// Returns the frame unused.
@@ -1404,6 +1494,13 @@ impl Reservation<'_> {
             self.lfc.bump(Counter::Abandons);
         }
     }
+}
+
+/// A reservation the install rules refused, handed back unpublished and still reserved.
+#[derive(Debug)]
+pub struct Rejected<'a> {
+    pub outcome: InstallOutcome,
+    pub slot: Reservation<'a>,
 }
 
 impl Drop for Reservation<'_> {

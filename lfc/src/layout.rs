@@ -6,6 +6,8 @@
 //! 0      fixed header (256 B: magic, version, geometry, key, creator, checksum)
 //! 256    clock hand            (own cache line)
 //! 320    global lwlsn floor    (own cache line)
+//! 384    free-frame count      (own cache line; a hint, never above the true count)
+//! 448    free-frame hand       (own cache line)
 //! 1024   stats: STAT_STRIPES stripes x STAT_COUNTERS u64
 //! 4096   arrival channels: ARRIVAL_CHANNELS x (futex seq u32, waiters u32)
 //! 8192   frame metadata: capacity x 64 B
@@ -29,6 +31,8 @@ pub const FIXED_HEADER_LEN: usize = 256;
 
 pub const HAND_OFFSET: usize = 256;
 pub const GLOBAL_LWLSN_OFFSET: usize = 320;
+pub const FREE_COUNT_OFFSET: usize = 384;
+pub const FREE_HAND_OFFSET: usize = 448;
 pub const STATS_OFFSET: usize = 1024;
 pub const STAT_STRIPES: usize = 16;
 pub const STAT_COUNTERS: usize = 24;

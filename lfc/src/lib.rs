@@ -56,7 +56,9 @@ mod requested;
 mod stats;
 mod tag;
 
-pub use cache::{InstallOutcome, Lfc, LfcGeometry, Reservation, WriteOutcome, MAX_ARRIVAL_WAIT};
+pub use cache::{
+    InstallOutcome, Lfc, LfcGeometry, Rejected, Reservation, WriteOutcome, MAX_ARRIVAL_WAIT,
+};
 pub use error::LfcError;
 pub use layout::{FORMAT_VERSION, MAX_CAPACITY_PAGES, OVERFLOW_WINDOW};
 pub use requested::REQUESTED_TTL_NS;

@@ -176,6 +176,75 @@ fn reservations_are_invisible_until_published_and_abandon_frees_them() {
 }
 
 #[test]
+fn a_refused_publish_hands_the_reservation_back_still_reserved() {
+    let (_d, lfc) = new_cache(8);
+    let t = tag(5, 3);
+    assert_eq!(
+        lfc.install_prefetched(&t, 1, &make_page(&t, 1)),
+        InstallOutcome::Installed
+    );
+    let mut r = lfc.reserve().unwrap();
+    r.fill_from(&make_page(&t, 1));
+    let frame = r.frame();
+    let rejected = r.try_publish(&t, 1).unwrap_err();
+    assert_eq!(rejected.outcome, InstallOutcome::AlreadyPresent);
+    assert_eq!(rejected.slot.frame(), frame, "the same frame comes back");
+    assert_eq!(lfc.stats().busy_pages, 1, "and it is still ours");
+    // Refilled and published under another tag, it is installed.
+    let mut r = rejected.slot;
+    let u = tag(5, 4);
+    r.fill_from(&make_page(&u, 2));
+    assert!(r.try_publish(&u, 2).is_ok());
+    let mut out = [0u8; PAGE_SIZE];
+    assert_eq!(lfc.lookup(&u, &mut out), Some(2));
+    assert_eq!(check_page(&u, &out), Ok(2));
+    let s = lfc.stats();
+    assert_eq!((s.used_pages, s.busy_pages, s.abandons), (2, 0, 0));
+}
+
+/// Frames given back (abandoned reservations, refused publishes) are claimed again before the
+/// CLOCK sweep evicts anything: churn on a cache with room never costs a cached page.
+#[test]
+fn claims_take_free_frames_before_evicting() {
+    let (_d, lfc) = new_cache(64);
+    let cached: Vec<_> = (0..40).map(|b| tag(7, b)).collect();
+    for t in &cached {
+        assert_eq!(
+            lfc.install_prefetched(t, 1, &make_page(t, 1)),
+            InstallOutcome::Installed
+        );
+    }
+    for round in 0..2_000u32 {
+        // Junk received into a slot and thrown away, and a duplicate refused at publish.
+        lfc.reserve().expect("free frames exist").abandon();
+        let dup = &cached[round as usize % cached.len()];
+        let mut r = lfc.reserve().expect("free frames exist");
+        r.fill_from(&make_page(dup, 1));
+        assert_eq!(r.publish(dup, 1), InstallOutcome::AlreadyPresent);
+    }
+    let s = lfc.stats();
+    assert_eq!(s.evictions, 0, "{s:?}");
+    assert_eq!(s.used_pages, 40);
+    assert!(cached.iter().all(|t| lfc.contains(t)));
+    // Filling the rest still takes only free frames; one page more than fits evicts one.
+    for b in 40..64 {
+        let t = tag(7, b);
+        assert_eq!(
+            lfc.install_prefetched(&t, 1, &make_page(&t, 1)),
+            InstallOutcome::Installed
+        );
+    }
+    assert_eq!(lfc.stats().evictions, 0);
+    let t = tag(7, 64);
+    assert_eq!(
+        lfc.install_prefetched(&t, 1, &make_page(&t, 1)),
+        InstallOutcome::Installed
+    );
+    let s = lfc.stats();
+    assert_eq!((s.evictions, s.used_pages), (1, 64));
+}
+
+#[test]
 fn mark_requested_dedupes_within_the_ttl() {
     let (_d, lfc) = new_cache(16);
     let t = tag(6, 1);

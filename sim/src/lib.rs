@@ -9,12 +9,13 @@
 //! prewarm completes, that every datagram is accounted for, and that the cache never exceeds its
 //! capacity. See `world` for how each node mirrors its real I/O shell.
 //!
-//! Known finding (not a simulator bug): with the zero-copy receive path, every datagram that is
-//! not installed (forged, corrupt, duplicate, stale) gives its reserved frame back and the
-//! worker reserves a new one; `Lfc::reserve`'s CLOCK sweep evicts a cold VALID page when the hand
-//! meets one before a FREE frame. So unauthenticated junk traffic evicts cached pages at packet
-//! rate, and a prewarm under such traffic can finish with pages missing. Such runs are reported
-//! as the `prewarm_incomplete` category.
+//! Found by the soak and fixed: in the zero-copy receive path every datagram that was not
+//! installed (forged, corrupt, duplicate, stale) used to give its reserved frame back, and the
+//! worker's next `Lfc::reserve` ran the CLOCK sweep, which evicts a cold page when the hand meets
+//! one before a free frame. Junk traffic thus evicted cached pages at packet rate and prewarms
+//! under attack finished incomplete. Now `Ingest::complete` hands a turned-away slot back to be
+//! posted again, `reserve` takes free frames before sweeping, and prewarm counts the workers'
+//! reserved frames when it decides the cache is full.
 //!
 //! ```no_run
 //! let report = sim::run(&sim::Scenario::from_seed(42, sim::FaultProfile::Default)).unwrap();

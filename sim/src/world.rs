@@ -1384,9 +1384,11 @@ impl<'a> World<'a> {
                 header,
                 tag,
             };
-            let v = self
+            let (v, back) = self
                 .ingest
                 .complete(slot, &received, now, &self.workers[w].metrics);
+            // A slot turned away is posted again, as `worker_loop` does.
+            self.workers[w].posted.extend(back);
             self.refill_slots(w);
             v
         } else {
@@ -2048,10 +2050,7 @@ impl<'a> World<'a> {
             run.fell_back = true;
             run.sched.fail_over_to_tcp();
         }
-        if !run.cache_full
-            && self.lfc.stats().used_pages + run.sched.in_flight() as u64
-                >= self.lfc.capacity_pages()
-        {
+        if !run.cache_full && prewarm::cache_is_full(&self.lfc, run.sched.in_flight()) {
             run.cache_full = true;
             run.sched.stop_new_requests();
         }

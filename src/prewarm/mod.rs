@@ -148,6 +148,14 @@ impl Progress {
     }
 }
 
+/// True when the pages cached, the frames reserved (the worker daemon keeps its receive slots
+/// reserved, so those frames are taken even though they hold no page yet) and the pages still
+/// in flight leave no free frame: bringing in more would evict.
+pub fn cache_is_full(lfc: &Lfc, in_flight: usize) -> bool {
+    let s = lfc.stats();
+    s.used_pages + s.busy_pages + in_flight as u64 >= lfc.capacity_pages()
+}
+
 /// Refills `lfc` with `pages` (hottest first).
 pub fn run_prewarm(
     cfg: &PrewarmConfig,
@@ -198,7 +206,6 @@ pub fn run_prewarm(
     };
     let mut batch = Vec::with_capacity(ROUND_PAGES);
     let mut arrived = Vec::new();
-    let capacity = lfc.capacity_pages();
     // When to conclude that nothing will ever arrive: several first timeouts, and never less
     // than a quarter second, so a slow first batch is not mistaken for a missing daemon.
     let give_up_on_udp =
@@ -231,7 +238,7 @@ pub fn run_prewarm(
         }
         // Stop bringing in new pages once the cache is full: evicting would push out pages that
         // are already cached (and, the state being hottest first, hotter than the rest).
-        if !report.cache_full && lfc.stats().used_pages + sched.in_flight() as u64 >= capacity {
+        if !report.cache_full && cache_is_full(lfc, sched.in_flight()) {
             report.cache_full = true;
             sched.stop_new_requests();
         }

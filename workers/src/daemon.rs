@@ -216,9 +216,14 @@ fn worker_loop(
         context: "receiving datagrams".into(),
         source,
     };
+    // Reservations handed back by `Ingest::complete` (datagrams turned away), posted again
+    // before any new frame is claimed.
+    let mut spare: Vec<Reservation<'_>> = Vec::with_capacity(capacity);
     while !stop.load(Ordering::Relaxed) {
         while let Some(&id) = free.last() {
-            let Some(res) = lfc.reserve() else { break };
+            let Some(res) = spare.pop().or_else(|| lfc.reserve()) else {
+                break;
+            };
             let i = id as usize;
             // SAFETY: `i < capacity`, the length of both buffers.
             let (h, t) = unsafe {
@@ -249,7 +254,7 @@ fn worker_loop(
                 .kernel_drops
                 .store(u64::from(c.kernel_drops), Ordering::Relaxed);
             if c.error.is_some() {
-                res.abandon();
+                spare.push(res);
                 continue;
             }
             // SAFETY: the slot came back, so the kernel no longer writes its header and tag.
@@ -261,9 +266,11 @@ fn worker_loop(
                     tag: tag_base.add(i).read(),
                 }
             };
-            let _ = ingest.complete(res, &received, wall_ns(), metrics);
+            let (_, back) = ingest.complete(res, &received, wall_ns(), metrics);
+            spare.extend(back);
         }
     }
+    spare.into_iter().for_each(Reservation::abandon);
     receiver
         .cancel_all(&mut |id| {
             if let Some(res) = slots[id as usize].take() {

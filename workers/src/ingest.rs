@@ -51,20 +51,23 @@ impl<'a> Ingest<'a> {
     }
 
     /// A datagram was received straight into `slot` (its page region) with its header and tag in
-    /// `received`. Publishes the slot when the datagram is valid, abandons it otherwise:
-    /// nothing of an invalid datagram ever becomes visible in the cache.
+    /// `received`. Publishes the slot when the datagram is valid and the install rules accept
+    /// it; otherwise nothing of the datagram becomes visible and the slot comes back still
+    /// reserved, for the caller to post again. Handing it back is what keeps junk traffic
+    /// (forged, corrupt, duplicate, stale) from evicting cached pages: a worker that freed the
+    /// slot would claim a new frame, through CLOCK, for every datagram it turns away.
     pub fn complete(
         &self,
         slot: Reservation<'a>,
         received: &Received,
         now_wall_ns: u64,
         metrics: &ThreadMetrics,
-    ) -> Verdict {
+    ) -> (Verdict, Option<Reservation<'a>>) {
         // SAFETY: a reserved slot is owned by this reservation alone until it is published or
         // abandoned: no other thread or process writes it, and readers never see it, so a
         // shared view of its bytes for the duration of validation does not alias a writer.
         let page: &[u8; PAGE_SIZE] = unsafe { &*(slot.as_mut_ptr() as *const [u8; PAGE_SIZE]) };
-        let verdict = match validate(
+        let (verdict, back) = match validate(
             &self.key,
             received.len,
             received.truncated,
@@ -72,14 +75,17 @@ impl<'a> Ingest<'a> {
             page,
             &received.tag,
         ) {
-            Ok(hdr) => install_verdict(hdr, slot.publish(&hdr.tag, hdr.not_modified_since)),
-            Err(reason) => {
-                slot.abandon();
-                Err(reason)
-            }
+            Ok(hdr) => match slot.try_publish(&hdr.tag, hdr.not_modified_since) {
+                Ok(()) => (Ok(hdr), None),
+                Err(rejected) => (
+                    install_verdict(hdr, rejected.outcome),
+                    Some(rejected.slot),
+                ),
+            },
+            Err(reason) => (Err(reason), Some(slot)),
         };
         metrics.record(&verdict, now_wall_ns);
-        verdict
+        (verdict, back)
     }
 
     /// Validates a datagram held in one buffer and installs its page by copy (the simulator,
@@ -97,5 +103,70 @@ impl<'a> Ingest<'a> {
         });
         metrics.record(&verdict, now_wall_ns);
         verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datagram::DATAGRAM_LEN;
+    use lfc::RelTag;
+
+    /// Receives `bytes` into `slot` the way the scatter iovecs do: header, page region, tag.
+    fn receive_into(slot: &mut Reservation<'_>, bytes: &[u8; DATAGRAM_LEN]) -> Received {
+        let page: &[u8; PAGE_SIZE] = bytes[HEADER_LEN..HEADER_LEN + PAGE_SIZE]
+            .try_into()
+            .unwrap();
+        slot.fill_from(page);
+        Received {
+            len: DATAGRAM_LEN,
+            truncated: false,
+            header: bytes[..HEADER_LEN].try_into().unwrap(),
+            tag: bytes[HEADER_LEN + PAGE_SIZE..].try_into().unwrap(),
+        }
+    }
+
+    #[test]
+    fn turned_away_datagrams_keep_their_slot_and_evict_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 16).unwrap();
+        let ingest = Ingest::new(&lfc);
+        let metrics = ThreadMetrics::default();
+        let hdr = DatagramHeader {
+            key_id: lfc.key_id(),
+            reqid: 1,
+            request_lsn: u64::MAX,
+            not_modified_since: 5,
+            tag: RelTag::new(1663, 5, 16384, 0).block(3),
+            sent_at_ns: 0,
+        };
+        let mut valid = Box::new([0u8; DATAGRAM_LEN]);
+        ingest.key().seal(&hdr, &[0x5A; PAGE_SIZE], &mut valid);
+        let mut forged = valid.clone();
+        forged[HEADER_LEN + 100] ^= 1;
+
+        let mut slot = lfc.reserve().unwrap();
+        let received = receive_into(&mut slot, &valid);
+        let (verdict, back) = ingest.complete(slot, &received, 0, &metrics);
+        assert_eq!(verdict, Ok(hdr));
+        assert!(back.is_none(), "a published slot is spent");
+
+        // A forged copy, then a duplicate: each hands the same slot back, still reserved.
+        let mut slot = lfc.reserve().unwrap();
+        let frame = slot.frame();
+        for (bytes, reason) in [
+            (&forged, DropReason::BadMac),
+            (&valid, DropReason::AlreadyPresent),
+        ] {
+            let received = receive_into(&mut slot, bytes);
+            let (verdict, back) = ingest.complete(slot, &received, 0, &metrics);
+            assert_eq!(verdict, Err(reason));
+            slot = back.expect("a turned-away slot comes back");
+            assert_eq!(slot.frame(), frame);
+        }
+        let s = lfc.stats();
+        assert_eq!((s.used_pages, s.busy_pages, s.evictions), (1, 1, 0));
+        slot.abandon();
+        assert_eq!(lfc.stats().busy_pages, 0);
     }
 }
