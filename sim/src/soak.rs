@@ -46,6 +46,7 @@ pub struct SoakSummary {
     pub datagrams_dropped_by_faults: u64,
     pub stale_rejected: u64,
     pub forged_rejected: u64,
+    pub prefetch_retries: u64,
     pub faults_injected: u64,
     pub faults: FaultCounts,
     pub prewarm_pages: u64,
@@ -69,6 +70,7 @@ impl SoakSummary {
         self.datagrams_dropped_by_faults += r.datagrams_dropped_by_faults;
         self.stale_rejected += r.stale_rejected;
         self.forged_rejected += r.forged_rejected;
+        self.prefetch_retries += r.prefetch_retries;
         self.faults.add(&r.faults);
         self.prewarm_pages += r.prewarm_pages;
         self.prewarm_covered += r.prewarm_covered;

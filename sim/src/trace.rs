@@ -17,6 +17,7 @@ pub enum Kind {
     Fetch,
     FetchRaced,
     Prefetch,
+    Retry,
     PrefetchQueued,
     PrefetchOverflow,
     PutApplied,

@@ -24,7 +24,9 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use udp_prefetch::backend::read_path::{ReadPath, Step};
+use udp_prefetch::backend::read_path::{
+    prefetch_runs, PrefetchRun, ReadPath, Step, READS_PER_LOSS_CHECK,
+};
 use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page, verify_page, Page};
 use udp_prefetch::pagestream::{Header, LATEST_LSN};
 use udp_prefetch::prewarm::{
@@ -188,6 +190,8 @@ pub struct RunReport {
     pub forged_rejected: u64,
     pub faults: FaultCounts,
     pub prefetch_overflow_pages: u64,
+    /// Prefetches the backends requested again after taking them as lost.
+    pub prefetch_retries: u64,
     pub seal_not_ready: u64,
     pub seal_failed: u64,
     pub prewarm_pages: u64,
@@ -368,6 +372,8 @@ enum Pending {
 
 struct BackendNode {
     core: ReadPath,
+    /// `Backend::reads_since_loss_check`.
+    reads_since_loss_check: u32,
     program: VecDeque<Op>,
     activity: Activity,
     pending: Pending,
@@ -565,6 +571,7 @@ impl<'a> World<'a> {
             .enumerate()
             .map(|(i, program)| BackendNode {
                 core: ReadPath::new(cfg.read_path),
+                reads_since_loss_check: 0,
                 program,
                 activity: Activity::None,
                 pending: Pending::None,
@@ -1674,7 +1681,6 @@ impl<'a> World<'a> {
 
     /// `Backend::prefetch`: every block neither cached nor already requested, in runs.
     fn prefetch(&mut self, b: usize, rel: RelTag, blocks: std::ops::Range<u32>) {
-        let conn = Conn::Backend(b);
         let now = self.now;
         let mut run: Option<(u32, u16, u64)> = None;
         let mut runs = Vec::new();
@@ -1702,8 +1708,44 @@ impl<'a> World<'a> {
             };
         }
         runs.extend(run);
-        let shard = self.shard_of(rel);
-        for (first, n, max_lwlsn) in runs {
+        self.send_prefetch_runs(
+            b,
+            runs.into_iter().map(|(first, n, max_lwlsn)| PrefetchRun {
+                rel,
+                first,
+                n,
+                max_lwlsn,
+            }),
+        );
+    }
+
+    /// `Backend::retry_lost_prefetches`: own prefetches taken as lost are requested again.
+    fn retry_lost_prefetches(&mut self, b: usize) {
+        self.backends[b].reads_since_loss_check = 0;
+        let mut tags = Vec::new();
+        let lfc = &self.lfc;
+        self.backends[b]
+            .core
+            .plan_retries(self.now, |t| lfc.contains(t), &mut tags);
+        let mut runs = Vec::new();
+        prefetch_runs(&mut tags, |t| lfc.lwlsn(t), &mut runs);
+        for &tag in &tags {
+            self.rec(Kind::Retry, b as u64, tag_key(&tag), 0);
+        }
+        self.report.prefetch_retries += tags.len() as u64;
+        self.send_prefetch_runs(b, runs.into_iter());
+    }
+
+    fn send_prefetch_runs(&mut self, b: usize, runs: impl Iterator<Item = PrefetchRun>) {
+        let conn = Conn::Backend(b);
+        for PrefetchRun {
+            rel,
+            first,
+            n,
+            max_lwlsn,
+        } in runs
+        {
+            let shard = self.shard_of(rel);
             let reqid = self.next_reqid(conn);
             self.rec(
                 Kind::Prefetch,
@@ -1746,6 +1788,10 @@ impl<'a> World<'a> {
             min_lsn: self.completed_max(&tag),
         };
         self.rec(Kind::ReadStart, b as u64, tag_key(&tag), ctx.min_lsn);
+        self.backends[b].reads_since_loss_check += 1;
+        if self.backends[b].reads_since_loss_check >= READS_PER_LOSS_CHECK {
+            self.retry_lost_prefetches(b);
+        }
         let hit = self.lfc.lookup(&tag, &mut self.backends[b].page).is_some();
         let requested_elsewhere = !hit && self.lfc.mark_requested(&tag, now);
         match self.backends[b]

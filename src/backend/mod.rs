@@ -7,7 +7,9 @@ use crate::client::{ClientError, PageClient};
 use crate::page::Page;
 use crate::pagestream::{PrefetchTarget, LATEST_LSN};
 use lfc::{BufferTag, Lfc, RelTag};
-use read_path::{ReadPath, ReadPathConfig, ReadStats, Step};
+use read_path::{
+    prefetch_runs, PrefetchRun, ReadPath, ReadPathConfig, ReadStats, Step, READS_PER_LOSS_CHECK,
+};
 use std::ops::Range;
 
 /// Where a page read was satisfied.
@@ -34,6 +36,10 @@ pub struct Backend<'a> {
     lfc: &'a Lfc,
     client: PageClient,
     core: ReadPath,
+    /// Reused buffers for the pages a loss check asks to request again, and their runs.
+    retry: Vec<BufferTag>,
+    retry_runs: Vec<PrefetchRun>,
+    reads_since_loss_check: u32,
 }
 
 impl<'a> Backend<'a> {
@@ -42,6 +48,9 @@ impl<'a> Backend<'a> {
             lfc,
             client,
             core: ReadPath::new(config),
+            retry: Vec::with_capacity(read_path::LOSS_SCAN),
+            retry_runs: Vec::with_capacity(read_path::LOSS_SCAN),
+            reads_since_loss_check: 0,
         }
     }
 
@@ -92,6 +101,28 @@ impl<'a> Backend<'a> {
         Ok(requested)
     }
 
+    /// Requests again, by UDP, own prefetches that were most likely lost (see
+    /// `ReadPath::plan_retries`), so a lost datagram is replaced while the scan is still
+    /// `distance` pages away from it. Returns pages requested again.
+    pub fn retry_lost_prefetches(&mut self) -> Result<usize, ClientError> {
+        self.reads_since_loss_check = 0;
+        let lfc = self.lfc;
+        self.retry.clear();
+        self.core
+            .plan_retries(monotonic_ns(), |t| lfc.contains(t), &mut self.retry);
+        if self.retry.is_empty() {
+            return Ok(0);
+        }
+        self.retry_runs.clear();
+        prefetch_runs(&mut self.retry, |t| lfc.lwlsn(t), &mut self.retry_runs);
+        for i in 0..self.retry_runs.len() {
+            let r = self.retry_runs[i];
+            self.send_run(r.rel, (r.first, r.n, r.max_lwlsn))?;
+        }
+        self.client.flush()?;
+        Ok(self.retry.len())
+    }
+
     fn send_run(
         &mut self,
         rel: RelTag,
@@ -105,6 +136,10 @@ impl<'a> Backend<'a> {
     /// Reads the current version of `tag` into `out`: LFC, else a prefetch in flight (waited
     /// for within the adaptive budget), else TCP GetPage, whose page is installed in the LFC.
     pub fn read(&mut self, tag: BufferTag, out: &mut Page) -> Result<ReadSource, ClientError> {
+        self.reads_since_loss_check += 1;
+        if self.reads_since_loss_check >= READS_PER_LOSS_CHECK {
+            self.retry_lost_prefetches()?;
+        }
         let hit = self.lfc.lookup(&tag, out).is_some();
         // Marking on a miss both asks "is it in flight?" and, when nobody asked, tells other
         // backends that this one is fetching it, so they wait instead of fetching it twice.

@@ -2,9 +2,24 @@
 //! capped) for a prefetch in flight → TCP GetPage. The shell performs the lookups, waits and
 //! fetches and tells the core what happened; the core decides and counts. Time is passed in.
 
-use lfc::BufferTag;
-use std::collections::HashMap;
+use lfc::{BufferTag, RelTag};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
+
+/// A prefetch still missing after this many later-requested prefetches have arrived is taken
+/// as lost. The page server sends one destination's pages in request order and loopback or a
+/// LAN reorders little, so a few overtakers are already strong evidence; more than one keeps a
+/// little reordering from costing duplicate sends.
+pub const OVERTAKEN_BY: usize = 4;
+/// Own prefetches, oldest first, that one loss check inspects.
+pub const LOSS_SCAN: usize = 64;
+/// Reads between two loss checks (`ReadPath::plan_retries`) in a backend's read loop: a check
+/// costs up to `LOSS_SCAN` LFC probes, and a lost page is noticed a few pages after it should
+/// have arrived, far ahead of its read at a useful prefetch distance.
+pub const READS_PER_LOSS_CHECK: u32 = 8;
+/// A lost prefetch is requested again at most this many times; after that the read falls back
+/// to TCP as before.
+pub const MAX_RETRIES: u8 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadPathConfig {
@@ -47,6 +62,51 @@ pub struct ReadStats {
     /// Pages this backend prefetched that it never found in the LFC when it read them, or never
     /// read at all.
     pub wasted_prefetches: u64,
+    /// Prefetches requested again because they were taken as lost (overtaken or overdue).
+    pub retries: u64,
+}
+
+/// The pages of one Prefetch message: consecutive blocks of one relation, with the newest
+/// last-written LSN among them as `not_modified_since` (it must cover every block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefetchRun {
+    pub rel: RelTag,
+    pub first: u32,
+    pub n: u16,
+    pub max_lwlsn: u64,
+}
+
+/// Sorts `tags` and groups them into as few runs as possible.
+pub fn prefetch_runs(
+    tags: &mut [BufferTag],
+    mut lwlsn: impl FnMut(&BufferTag) -> u64,
+    out: &mut Vec<PrefetchRun>,
+) {
+    tags.sort_unstable();
+    let mut run: Option<PrefetchRun> = None;
+    for tag in tags.iter() {
+        let lw = lwlsn(tag);
+        match &mut run {
+            Some(r)
+                if r.rel == tag.rel
+                    && r.first.checked_add(u32::from(r.n)) == Some(tag.blkno)
+                    && r.n < u16::MAX =>
+            {
+                r.n += 1;
+                r.max_lwlsn = r.max_lwlsn.max(lw);
+            }
+            _ => {
+                out.extend(run.take());
+                run = Some(PrefetchRun {
+                    rel: tag.rel,
+                    first: tag.blkno,
+                    n: 1,
+                    max_lwlsn: lw,
+                });
+            }
+        }
+    }
+    out.extend(run);
 }
 
 /// What the shell should do next for a read.
@@ -98,12 +158,24 @@ impl LatencyEstimate {
     }
 }
 
+/// One of this backend's prefetches, not read yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Own {
+    /// When it was (last) requested.
+    sent_ns: u64,
+    retries: u8,
+}
+
 #[derive(Debug, Clone)]
 pub struct ReadPath {
     config: ReadPathConfig,
     latency: LatencyEstimate,
-    /// This backend's prefetches not yet read: tag → time requested.
-    own: HashMap<BufferTag, u64>,
+    /// This backend's prefetches not yet read.
+    own: HashMap<BufferTag, Own>,
+    /// The same prefetches in request order, the order the server sends them in: (tag, time
+    /// requested). An entry is stale once its tag was read or requested again (`own` then no
+    /// longer holds that time); stale entries are skipped and dropped from the front.
+    order: VecDeque<(BufferTag, u64)>,
     stats: ReadStats,
 }
 
@@ -119,6 +191,7 @@ impl ReadPath {
                 timeout_rate: 0.0,
             },
             own: HashMap::with_capacity(config.max_tracked),
+            order: VecDeque::with_capacity(config.max_tracked),
             stats: ReadStats::default(),
         }
     }
@@ -154,16 +227,87 @@ impl ReadPath {
         if self.own.len() >= self.config.max_tracked {
             // Bounded: forget the oldest half. Forgotten prefetches still land in the LFC; they
             // are only no longer waited for by this backend.
-            let mut times: Vec<u64> = self.own.values().copied().collect();
+            let mut times: Vec<u64> = self.own.values().map(|o| o.sent_ns).collect();
             times.sort_unstable();
             let cutoff = times[times.len() / 2];
             let before = self.own.len();
-            self.own.retain(|_, t| *t > cutoff);
+            self.own.retain(|_, o| o.sent_ns > cutoff);
             self.stats.wasted_prefetches += (before - self.own.len()) as u64;
+            self.order.retain(|(t, _)| self.own.contains_key(t));
         }
-        self.own.insert(tag, now_ns);
+        self.own.insert(
+            tag,
+            Own {
+                sent_ns: now_ns,
+                retries: 0,
+            },
+        );
+        if self.order.len() >= 2 * self.config.max_tracked {
+            // Bounded even if the shell never checks for losses: keep the live entries only.
+            let own = &self.own;
+            self.order
+                .retain(|(t, sent)| own.get(t).is_some_and(|o| o.sent_ns == *sent));
+        }
+        self.order.push_back((tag, now_ns));
         self.stats.prefetched += 1;
         true
+    }
+
+    fn is_live(&self, (tag, sent): &(BufferTag, u64)) -> bool {
+        self.own.get(tag).is_some_and(|o| o.sent_ns == *sent)
+    }
+
+    /// Finds own prefetches that were most likely lost, so the shell requests them again
+    /// (appending them to `out`) while there is still time before they are read, instead of
+    /// each costing a wait and a TCP round trip at read time. A page is taken as lost when it
+    /// is missing although `OVERTAKEN_BY` pages requested after it have arrived, or when it is
+    /// overdue by twice the wait budget. `is_cached` asks the LFC; it is called at most
+    /// `LOSS_SCAN` times plus once per entry dropped from the front.
+    pub fn plan_retries(
+        &mut self,
+        now_ns: u64,
+        mut is_cached: impl FnMut(&BufferTag) -> bool,
+        out: &mut Vec<BufferTag>,
+    ) {
+        // Drop from the front what was read, re-requested or has arrived.
+        while let Some(front) = self.order.front() {
+            if self.is_live(front) && !is_cached(&front.0) {
+                break;
+            }
+            self.order.pop_front();
+        }
+        let overdue_ns = 2 * self.wait_budget().as_nanos() as u64;
+        // Missing entries seen so far, and how many live entries arrived after each.
+        let mut missing: [(usize, u32); LOSS_SCAN] = [(0, 0); LOSS_SCAN];
+        let mut n_missing = 0;
+        for (i, entry) in self.order.iter().take(LOSS_SCAN).enumerate() {
+            if !self.is_live(entry) {
+                continue;
+            }
+            if is_cached(&entry.0) {
+                for m in &mut missing[..n_missing] {
+                    m.1 += 1;
+                }
+            } else {
+                missing[n_missing] = (i, 0);
+                n_missing += 1;
+            }
+        }
+        let first_new = out.len();
+        for &(i, overtaken) in &missing[..n_missing] {
+            let (tag, sent) = self.order[i];
+            let lost = overtaken as usize >= OVERTAKEN_BY || now_ns.saturating_sub(sent) >= overdue_ns;
+            let o = self.own.get_mut(&tag).expect("live entries are owned");
+            if lost && o.retries < MAX_RETRIES {
+                o.retries += 1;
+                o.sent_ns = now_ns;
+                out.push(tag);
+            }
+        }
+        for &tag in &out[first_new..] {
+            self.order.push_back((tag, now_ns));
+        }
+        self.stats.retries += (out.len() - first_new) as u64;
     }
 
     /// After the LFC lookup for a read. `requested_elsewhere` is true when another backend's
@@ -184,7 +328,8 @@ impl ReadPath {
             return None;
         }
         match own {
-            Some(sent) => {
+            Some(o) => {
+                let sent = o.sent_ns;
                 // Wait only until the prefetch is overdue: a page requested long ago that is
                 // still missing was most likely lost, and waiting longer only adds latency.
                 let budget = self.wait_budget();
@@ -195,7 +340,7 @@ impl ReadPath {
                     return Some(Step::Fetch);
                 }
                 // Put it back so `on_wait_result` can measure the arrival.
-                self.own.insert(tag, sent);
+                self.own.insert(tag, o);
                 Some(Step::Wait(budget - waited))
             }
             None if requested_elsewhere => Some(Step::Wait(self.wait_budget())),
@@ -211,8 +356,8 @@ impl ReadPath {
         let own = self.own.remove(&tag);
         if arrived {
             self.stats.late_hits += 1;
-            if let Some(sent) = own {
-                self.latency.observe(now_ns.saturating_sub(sent));
+            if let Some(o) = own {
+                self.latency.observe(now_ns.saturating_sub(o.sent_ns));
             }
             None
         } else {
@@ -239,6 +384,7 @@ impl ReadPath {
     pub fn finish(&mut self) -> ReadStats {
         self.stats.wasted_prefetches += self.own.len() as u64;
         self.own.clear();
+        self.order.clear();
         self.stats
     }
 }
@@ -341,6 +487,73 @@ mod tests {
         );
         let s = rp.finish();
         assert_eq!(s.fallbacks, 1 + 1 + 10);
+    }
+
+    #[test]
+    fn overtaken_prefetches_are_retried_once() {
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        for i in 0..10u32 {
+            assert!(rp.plan_prefetch(tag(i), false, false, 0));
+        }
+        // Block 3 is missing while the six requested after it arrived: lost. Block 9 is missing
+        // with nothing after it: maybe just late. Nothing is overdue yet at 1 µs.
+        let cached = |t: &BufferTag| t.blkno != 3 && t.blkno != 9;
+        let mut out = Vec::new();
+        rp.plan_retries(1_000, cached, &mut out);
+        assert_eq!(out, vec![tag(3)]);
+        // Still missing later: it was retried once already, so no more (the read will wait or
+        // fall back to TCP as usual).
+        out.clear();
+        rp.plan_retries(2_000, cached, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // The retry's time is what a read waits against.
+        assert_eq!(
+            rp.on_lookup(tag(3), false, false, 2_000),
+            Some(Step::Wait(rp.wait_budget() - Duration::from_nanos(1_000)))
+        );
+        assert_eq!(rp.stats().retries, 1);
+    }
+
+    #[test]
+    fn missing_prefetches_not_overtaken_are_retried_only_when_overdue() {
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        for i in 0..6u32 {
+            rp.plan_prefetch(tag(i), false, false, 0);
+        }
+        // Block 2 missing, only three later ones in: fewer than OVERTAKEN_BY.
+        let cached = |t: &BufferTag| t.blkno != 2 && t.blkno < 5;
+        let mut out = Vec::new();
+        rp.plan_retries(10_000, cached, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        let overdue = 2 * rp.wait_budget().as_nanos() as u64;
+        rp.plan_retries(overdue, cached, &mut out);
+        assert_eq!(out, vec![tag(2), tag(5)]);
+        // Entries that arrived or were read are dropped from the front; read ones never retried.
+        assert_eq!(rp.on_lookup(tag(0), true, false, overdue), None);
+        out.clear();
+        let still_missing = |t: &BufferTag| t.blkno != 2 && t.blkno != 5;
+        rp.plan_retries(10 * overdue, still_missing, &mut out);
+        assert!(out.is_empty(), "retried ones are not retried again: {out:?}");
+        assert_eq!(rp.stats().retries, 2);
+    }
+
+    #[test]
+    fn prefetch_runs_group_consecutive_blocks_of_one_relation() {
+        let other = RelTag::new(1663, 5, 16385, 0);
+        let mut tags = vec![tag(5), tag(3), other.block(4), tag(4), tag(9)];
+        let mut runs = Vec::new();
+        prefetch_runs(&mut tags, |t| u64::from(t.blkno) * 10, &mut runs);
+        let run = |rel, first, n, max_lwlsn| PrefetchRun {
+            rel,
+            first,
+            n,
+            max_lwlsn,
+        };
+        let rel = tag(0).rel;
+        assert_eq!(
+            runs,
+            vec![run(rel, 3, 3, 50), run(rel, 9, 1, 90), run(other, 4, 1, 40)]
+        );
     }
 
     #[test]

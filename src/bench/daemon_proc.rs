@@ -48,12 +48,37 @@ impl DaemonProc {
                 metrics = v.to_string();
             }
         }
-        Ok(DaemonProc {
+        let daemon = DaemonProc {
             child,
             udp_port: udp.port(),
             metrics,
             io,
-        })
+        };
+        daemon.wait_prefaulted()?;
+        Ok(daemon)
+    }
+
+    /// Waits until the daemon's background prefault is done, so that a measurement sees the
+    /// steady state of a long-running daemon (every frame mapped) and does not share the CPU
+    /// with the prefault.
+    fn wait_prefaulted(&self) -> anyhow::Result<()> {
+        const GAUGE: &str = "udp_prefetch_lfc_prefault_remaining_pages";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        loop {
+            let text = self.scrape()?;
+            anyhow::ensure!(
+                text.contains(GAUGE),
+                "the worker daemon's metrics lack {GAUGE}"
+            );
+            if Self::metric(&text, GAUGE) == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the worker daemon did not finish prefaulting its LFC within 10 minutes"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> u32 {

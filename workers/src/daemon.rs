@@ -14,7 +14,7 @@ use lfc::{Lfc, LfcError, Reservation, PAGE_SIZE};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Most worker threads.
@@ -39,6 +39,8 @@ pub struct DaemonConfig {
     pub recv_buffer_bytes: usize,
     /// LFC slots each thread keeps posted for receives.
     pub slots_per_thread: usize,
+    /// Populate the daemon's page tables for the whole cache before receiving (`Lfc::prefault`).
+    pub prefault: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +157,11 @@ pub fn run(
         recv_buffer_bytes: rcvbuf,
         capacity_pages: lfc.capacity_pages(),
     });
+    let prefault_remaining = AtomicU64::new(if config.prefault {
+        lfc.capacity_pages()
+    } else {
+        0
+    });
     let result = std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for (i, receiver) in receivers.into_iter().enumerate() {
@@ -169,9 +176,13 @@ pub fn run(
                     })?,
             );
         }
+        if config.prefault {
+            let (lfc, remaining) = (&lfc, &prefault_remaining);
+            scope.spawn(move || prefault(lfc, remaining, stop));
+        }
         if let Some(listener) = metrics_listener {
-            let (lfc, metrics) = (&lfc, &thread_metrics[..]);
-            scope.spawn(move || serve_metrics(listener, lfc, metrics, stop));
+            let (lfc, metrics, remaining) = (&lfc, &thread_metrics[..], &prefault_remaining);
+            scope.spawn(move || serve_metrics(listener, lfc, metrics, remaining, stop));
         }
         let mut first_error = None;
         for h in handles {
@@ -282,7 +293,39 @@ fn worker_loop(
 }
 
 /// A minimal HTTP/1.0 responder for Prometheus scrapes: `GET /metrics` (or `/`).
-fn serve_metrics(listener: TcpListener, lfc: &Lfc, threads: &[ThreadMetrics], stop: &AtomicBool) {
+/// Frames one prefault step maps (64 MiB): small enough that a stop is honoured promptly.
+const PREFAULT_STEP_PAGES: u64 = 8192;
+
+/// Maps the whole LFC into the daemon's page tables in the background (`Lfc::prefault`), so
+/// receives stop paying a first-touch page fault per frame without delaying the start: a
+/// frame received into before its step is reached simply faults as it would anyway.
+fn prefault(lfc: &Lfc, remaining: &AtomicU64, stop: &AtomicBool) {
+    let started = std::time::Instant::now();
+    let capacity = lfc.capacity_pages();
+    let mut next = 0;
+    while next < capacity && !stop.load(Ordering::Relaxed) {
+        let end = (next + PREFAULT_STEP_PAGES).min(capacity);
+        if let Err(e) = lfc.prefault(next..end) {
+            // Not fatal (e.g. a kernel before 5.14): frames fault once on first use instead.
+            tracing::warn!(error = %e, "could not prefault the LFC; continuing without");
+            remaining.store(0, Ordering::Relaxed);
+            return;
+        }
+        next = end;
+        remaining.store(capacity - next, Ordering::Relaxed);
+    }
+    if next == capacity {
+        tracing::info!(elapsed = ?started.elapsed(), pages = capacity, "LFC prefaulted");
+    }
+}
+
+fn serve_metrics(
+    listener: TcpListener,
+    lfc: &Lfc,
+    threads: &[ThreadMetrics],
+    prefault_remaining: &AtomicU64,
+    stop: &AtomicBool,
+) {
     if listener.set_nonblocking(true).is_err() {
         tracing::warn!("metrics endpoint disabled: cannot make its socket non-blocking");
         return;
@@ -324,6 +367,7 @@ fn serve_metrics(listener: TcpListener, lfc: &Lfc, threads: &[ThreadMetrics], st
                 CacheGauges {
                     capacity_pages: stats.capacity_pages,
                     used_pages: stats.used_pages,
+                    prefault_remaining_pages: prefault_remaining.load(Ordering::Relaxed),
                 },
             );
             format!(

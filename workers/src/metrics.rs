@@ -76,6 +76,8 @@ pub fn totals(threads: &[ThreadMetrics]) -> Totals {
 pub struct CacheGauges {
     pub capacity_pages: u64,
     pub used_pages: u64,
+    /// Frames not yet mapped by the daemon's background prefault (0 when done or disabled).
+    pub prefault_remaining_pages: u64,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -208,5 +210,16 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         "Pages cached in the LFC.",
     );
     let _ = writeln!(out, "udp_prefetch_lfc_used_pages {}", cache.used_pages);
+    family(
+        &mut out,
+        "udp_prefetch_lfc_prefault_remaining_pages",
+        "gauge",
+        "LFC frames the daemon has not prefaulted yet (0: done, or --no-prefault).",
+    );
+    let _ = writeln!(
+        out,
+        "udp_prefetch_lfc_prefault_remaining_pages {}",
+        cache.prefault_remaining_pages
+    );
     out
 }

@@ -183,13 +183,14 @@ fn run_soak(args: &Args) -> ExitCode {
             s.reads_checked, s.writes, s.prewarm_covered, s.prewarm_pages
         );
         println!(
-            "  datagrams sent {}, delivered {}, installed {}, dropped by faults {}, stale rejected {}, forged rejected {}",
+            "  datagrams sent {}, delivered {}, installed {}, dropped by faults {}, stale rejected {}, forged rejected {}; prefetches retried {}",
             s.datagrams,
             s.datagrams_delivered,
             s.datagrams_installed,
             s.datagrams_dropped_by_faults,
             s.stale_rejected,
-            s.forged_rejected
+            s.forged_rejected,
+            s.prefetch_retries
         );
         println!("  faults injected {}: {:?}", s.faults_injected, s.faults);
         println!(
