@@ -296,7 +296,8 @@ impl ReadPath {
         let first_new = out.len();
         for &(i, overtaken) in &missing[..n_missing] {
             let (tag, sent) = self.order[i];
-            let lost = overtaken as usize >= OVERTAKEN_BY || now_ns.saturating_sub(sent) >= overdue_ns;
+            let lost =
+                overtaken as usize >= OVERTAKEN_BY || now_ns.saturating_sub(sent) >= overdue_ns;
             let o = self.own.get_mut(&tag).expect("live entries are owned");
             if lost && o.retries < MAX_RETRIES {
                 o.retries += 1;
@@ -533,7 +534,10 @@ mod tests {
         out.clear();
         let still_missing = |t: &BufferTag| t.blkno != 2 && t.blkno != 5;
         rp.plan_retries(10 * overdue, still_missing, &mut out);
-        assert!(out.is_empty(), "retried ones are not retried again: {out:?}");
+        assert!(
+            out.is_empty(),
+            "retried ones are not retried again: {out:?}"
+        );
         assert_eq!(rp.stats().retries, 2);
     }
 

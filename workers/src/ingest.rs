@@ -77,10 +77,7 @@ impl<'a> Ingest<'a> {
         ) {
             Ok(hdr) => match slot.try_publish(&hdr.tag, hdr.not_modified_since) {
                 Ok(()) => (Ok(hdr), None),
-                Err(rejected) => (
-                    install_verdict(hdr, rejected.outcome),
-                    Some(rejected.slot),
-                ),
+                Err(rejected) => (install_verdict(hdr, rejected.outcome), Some(rejected.slot)),
             },
             Err(reason) => (Err(reason), Some(slot)),
         };
