@@ -2096,7 +2096,7 @@ impl<'a> World<'a> {
             run.fell_back = true;
             run.sched.fail_over_to_tcp();
         }
-        if !run.cache_full && prewarm::cache_is_full(&self.lfc, run.sched.in_flight()) {
+        if !run.cache_full && prewarm::cache_is_full(self.lfc, run.sched.in_flight()) {
             run.cache_full = true;
             run.sched.stop_new_requests();
         }
