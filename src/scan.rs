@@ -2,7 +2,7 @@
 //! synchronous TCP, Neon-style pipelined TCP, or UDP prefetch into the LFC. Shared by
 //! `udp-prefetch scan`, the demo and the benchmarks.
 
-use crate::backend::read_path::{ReadPathConfig, ReadStats};
+use crate::backend::read_path::{ReadPathConfig, ReadStats, ScanWindow};
 use crate::backend::{Backend, ReadSource};
 use crate::client::{ConnectOptions, PageClient};
 use crate::page::{verify_page, Page};
@@ -191,16 +191,12 @@ pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanRepor
             let mut backend = Backend::new(lfc, client, cfg.read_path);
             backend.enable_udp_prefetch(cfg.prefetch_port)?;
             // Top the window up in batches, as a backend does, rather than one block at a time.
-            let batch = (cfg.distance / 4).clamp(1, 32);
-            let mut next_prefetch = blocks.start;
+            let mut window = ScanWindow::new(blocks.start, blocks.end);
             let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);
             for blkno in blocks.clone() {
-                let horizon = blkno.saturating_add(cfg.distance).min(blocks.end);
-                if next_prefetch < horizon
-                    && (horizon - next_prefetch >= batch || horizon == blocks.end)
-                {
-                    backend.prefetch(cfg.rel, next_prefetch.max(blkno)..horizon)?;
-                    next_prefetch = horizon;
+                let distance = backend.prefetch_distance(cfg.distance);
+                if let Some(range) = window.top_up(blkno, distance) {
+                    backend.prefetch(cfg.rel, range)?;
                 }
                 let t = Instant::now();
                 let source = backend.read(cfg.rel.block(blkno), &mut page)?;

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use udp_prefetch::backend::read_path::{
-    prefetch_runs, PrefetchRun, ReadPath, Step, READS_PER_LOSS_CHECK,
+    prefetch_runs, PrefetchRun, ReadPath, ScanWindow, Step, READS_PER_LOSS_CHECK,
 };
 use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page, verify_page, Page};
 use udp_prefetch::pagestream::{Header, LATEST_LSN};
@@ -344,9 +344,8 @@ enum Activity {
         rel: RelTag,
         cur: u32,
         end: u32,
-        next_prefetch: u32,
+        window: ScanWindow,
         distance: u32,
-        batch: u32,
     },
     Reads(VecDeque<BufferTag>),
 }
@@ -1045,6 +1044,10 @@ impl<'a> World<'a> {
                     Err(e) => Err(e.to_string()),
                 };
                 let lsn = result.as_ref().map_or(0, |p| page_lsn(p));
+                // `conn::handle`: every simulated connection has registered the compute as its
+                // prefetch target, so a queued prefetch of this page is no longer needed.
+                let addr = self.dest.addr;
+                self.shards[shard].sched.on_get_page(addr, tag);
                 self.rec(Kind::GetPageServed, shard as u64, tag_key(&tag), lsn);
                 self.send_to_client(conn, shard, ToClient::Page { tag, result });
             }
@@ -1572,9 +1575,8 @@ impl<'a> World<'a> {
                     rel,
                     cur,
                     end,
-                    next_prefetch,
+                    window,
                     distance,
-                    batch,
                 } => {
                     if *cur >= *end {
                         // `run_scan` ends with `backend.finish()`.
@@ -1584,16 +1586,9 @@ impl<'a> World<'a> {
                     }
                     let (rel, blkno) = (*rel, *cur);
                     *cur += 1;
-                    // `run_scan`: top the window up in batches.
-                    let horizon = blkno.saturating_add(*distance).min(*end);
-                    let mut range = None;
-                    if *next_prefetch < horizon
-                        && (horizon - *next_prefetch >= *batch || horizon == *end)
-                    {
-                        range = Some((*next_prefetch).max(blkno)..horizon);
-                        *next_prefetch = horizon;
-                    }
-                    if let Some(range) = range {
+                    // `run_scan`: the window topped up at the distance the read path allows.
+                    let allowed = be.core.prefetch_distance(*distance);
+                    if let Some(range) = window.top_up(blkno, allowed) {
                         self.prefetch(b, rel, range);
                     }
                     self.start_read(b, rel.block(blkno));
@@ -1629,9 +1624,8 @@ impl<'a> World<'a> {
                     rel,
                     cur: start,
                     end,
-                    next_prefetch: start,
+                    window: ScanWindow::new(start, end),
                     distance,
-                    batch: (distance / 4).clamp(1, 32),
                 };
             }
             Op::RandomReads {

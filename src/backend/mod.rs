@@ -67,6 +67,12 @@ impl<'a> Backend<'a> {
         })
     }
 
+    /// How many pages ahead to prefetch when `wanted` is asked for (`ReadPath::prefetch_distance`:
+    /// less while own prefetches keep missing the wait budget).
+    pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
+        self.core.prefetch_distance(wanted)
+    }
+
     /// Requests by UDP every block of `blocks` that is neither cached nor already requested by
     /// anyone, in as few Prefetch messages as the runs allow. Returns pages requested.
     pub fn prefetch(&mut self, rel: RelTag, blocks: Range<u32>) -> Result<u32, ClientError> {

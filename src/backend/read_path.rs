@@ -13,6 +13,16 @@ use std::time::Duration;
 pub const OVERTAKEN_BY: usize = 4;
 /// Own prefetches, oldest first, that one loss check inspects.
 pub const LOSS_SCAN: usize = 64;
+/// Floor and ceiling of the adaptive prefetch window (pages ahead of the reader).
+pub const MIN_WINDOW: u32 = 4;
+pub const MAX_WINDOW: u32 = 4096;
+/// Where the window starts: far enough ahead to cover a few hundred microseconds of latency at
+/// scan speed, small enough that many backends starting at once do not flood the sender; hits
+/// grow it to the distance the caller wants.
+pub const INITIAL_WINDOW: u32 = 32;
+/// Window growth per prefetched page found in the LFC when read: a few hundred hits undo a cut.
+const WINDOW_GROWTH_PER_HIT: f64 = 0.5;
+
 /// Reads between two loss checks (`ReadPath::plan_retries`) in a backend's read loop: a check
 /// costs up to `LOSS_SCAN` LFC probes, and a lost page is noticed a few pages after it should
 /// have arrived, far ahead of its read at a useful prefetch distance.
@@ -62,8 +72,10 @@ pub struct ReadStats {
     /// Pages this backend prefetched that it never found in the LFC when it read them, or never
     /// read at all.
     pub wasted_prefetches: u64,
-    /// Prefetches requested again because they were taken as lost (overtaken or overdue).
+    /// Prefetches requested again because they were taken as lost (overtaken).
     pub retries: u64,
+    /// Times the prefetch window was halved (own prefetches missing the wait budget).
+    pub window_cuts: u64,
 }
 
 /// The pages of one Prefetch message: consecutive blocks of one relation, with the newest
@@ -107,6 +119,41 @@ pub fn prefetch_runs(
         }
     }
     out.extend(run);
+}
+
+/// The prefetch side of a sequential scan: which blocks to request before reading each one.
+/// The window ahead of the reader is topped up in batches of a quarter of the distance (at
+/// most 32 pages), so Prefetch messages carry runs rather than single pages, and never runs
+/// past the scan's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanWindow {
+    end: u32,
+    next_prefetch: u32,
+}
+
+impl ScanWindow {
+    /// A scan of `start..end`.
+    pub fn new(start: u32, end: u32) -> Self {
+        ScanWindow {
+            end,
+            next_prefetch: start,
+        }
+    }
+
+    /// Before reading `blkno` with `distance` pages of prefetch allowed ahead of it (see
+    /// `ReadPath::prefetch_distance`): the blocks to request now, if any.
+    pub fn top_up(&mut self, blkno: u32, distance: u32) -> Option<std::ops::Range<u32>> {
+        let distance = distance.max(1);
+        let batch = (distance / 4).clamp(1, 32);
+        let horizon = blkno.saturating_add(distance).min(self.end);
+        let from = self.next_prefetch.max(blkno);
+        if from < horizon && (horizon - from >= batch || horizon == self.end) {
+            self.next_prefetch = horizon;
+            Some(from..horizon)
+        } else {
+            None
+        }
+    }
 }
 
 /// What the shell should do next for a read.
@@ -176,6 +223,11 @@ pub struct ReadPath {
     /// requested). An entry is stale once its tag was read or requested again (`own` then no
     /// longer holds that time); stale entries are skipped and dropped from the front.
     order: VecDeque<(BufferTag, u64)>,
+    /// How far ahead this backend may prefetch, pages (see `prefetch_distance`).
+    window: f64,
+    /// The distance last handed out, which a cut halves.
+    distance_in_use: u32,
+    last_cut_ns: Option<u64>,
     stats: ReadStats,
 }
 
@@ -192,12 +244,41 @@ impl ReadPath {
             },
             own: HashMap::with_capacity(config.max_tracked),
             order: VecDeque::with_capacity(config.max_tracked),
+            window: f64::from(INITIAL_WINDOW),
+            distance_in_use: MAX_WINDOW,
+            last_cut_ns: None,
             stats: ReadStats::default(),
         }
     }
 
     pub fn stats(&self) -> ReadStats {
         self.stats
+    }
+
+    /// How many pages ahead to prefetch when the caller wants `wanted`: `wanted`, unless own
+    /// prefetches recently failed to arrive within the wait budget. Such a miss (after the
+    /// loss retries) means the prefetch path is queueing, e.g. many backends sharing one
+    /// sender; prefetching further ahead then only lengthens the queue and every read that
+    /// gives up on it adds a TCP fetch on top. The window halves on such a miss (at most once
+    /// per wait budget) and grows back by half a page per prefetched page read from the LFC.
+    pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
+        let d = wanted.min(self.window as u32).max(1);
+        self.distance_in_use = d;
+        d
+    }
+
+    fn cut_window(&mut self, now_ns: u64) {
+        let budget = self.wait_budget().as_nanos() as u64;
+        if self
+            .last_cut_ns
+            .is_some_and(|t| now_ns.saturating_sub(t) < budget)
+        {
+            return;
+        }
+        self.last_cut_ns = Some(now_ns);
+        let from = self.window.min(f64::from(self.distance_in_use));
+        self.window = (from / 2.0).max(f64::from(MIN_WINDOW));
+        self.stats.window_cuts += 1;
     }
 
     /// The current wait budget for a page in flight.
@@ -260,8 +341,8 @@ impl ReadPath {
     /// Finds own prefetches that were most likely lost, so the shell requests them again
     /// (appending them to `out`) while there is still time before they are read, instead of
     /// each costing a wait and a TCP round trip at read time. A page is taken as lost when it
-    /// is missing although `OVERTAKEN_BY` pages requested after it have arrived, or when it is
-    /// overdue by twice the wait budget. `is_cached` asks the LFC; it is called at most
+    /// is missing although `OVERTAKEN_BY` pages requested after it have arrived (the server
+    /// sends in request order). `is_cached` asks the LFC; it is called at most
     /// `LOSS_SCAN` times plus once per entry dropped from the front.
     pub fn plan_retries(
         &mut self,
@@ -276,7 +357,6 @@ impl ReadPath {
             }
             self.order.pop_front();
         }
-        let overdue_ns = 2 * self.wait_budget().as_nanos() as u64;
         // Missing entries seen so far, and how many live entries arrived after each.
         let mut missing: [(usize, u32); LOSS_SCAN] = [(0, 0); LOSS_SCAN];
         let mut n_missing = 0;
@@ -295,9 +375,10 @@ impl ReadPath {
         }
         let first_new = out.len();
         for &(i, overtaken) in &missing[..n_missing] {
-            let (tag, sent) = self.order[i];
-            let lost =
-                overtaken as usize >= OVERTAKEN_BY || now_ns.saturating_sub(sent) >= overdue_ns;
+            let tag = self.order[i].0;
+            // Lateness alone is not taken as loss: when the sender is backlogged every page is
+            // late, and requesting them again would only lengthen the queue.
+            let lost = overtaken as usize >= OVERTAKEN_BY;
             let o = self.own.get_mut(&tag).expect("live entries are owned");
             if lost && o.retries < MAX_RETRIES {
                 o.retries += 1;
@@ -326,6 +407,9 @@ impl ReadPath {
             // Arrived before it was needed: that only bounds its latency from above, so it is
             // not a sample (a long prefetch distance would inflate the budget).
             self.stats.hits += 1;
+            if own.is_some() {
+                self.window = (self.window + WINDOW_GROWTH_PER_HIT).min(f64::from(MAX_WINDOW));
+            }
             return None;
         }
         match own {
@@ -338,6 +422,7 @@ impl ReadPath {
                 if waited >= budget {
                     self.stats.fallbacks += 1;
                     self.stats.wasted_prefetches += 1;
+                    self.cut_window(now_ns);
                     return Some(Step::Fetch);
                 }
                 // Put it back so `on_wait_result` can measure the arrival.
@@ -366,6 +451,7 @@ impl ReadPath {
             self.stats.fallbacks += 1;
             if own.is_some() {
                 self.stats.wasted_prefetches += 1;
+                self.cut_window(now_ns);
             }
             self.latency.timed_out(self.wait_budget().as_nanos() as u64);
             Some(Step::Fetch)
@@ -516,29 +602,80 @@ mod tests {
     }
 
     #[test]
-    fn missing_prefetches_not_overtaken_are_retried_only_when_overdue() {
+    fn late_prefetches_are_not_retried_and_read_ones_leave_the_queue() {
         let mut rp = ReadPath::new(ReadPathConfig::default());
         for i in 0..6u32 {
             rp.plan_prefetch(tag(i), false, false, 0);
         }
-        // Block 2 missing, only three later ones in: fewer than OVERTAKEN_BY.
+        // Block 2 missing with only two later ones in (3, 4): fewer than OVERTAKEN_BY. However
+        // late it gets, lateness alone (a backlogged sender) is no reason to ask again.
         let cached = |t: &BufferTag| t.blkno != 2 && t.blkno < 5;
         let mut out = Vec::new();
         rp.plan_retries(10_000, cached, &mut out);
+        rp.plan_retries(10_000_000_000, cached, &mut out);
         assert!(out.is_empty(), "{out:?}");
-        let overdue = 2 * rp.wait_budget().as_nanos() as u64;
-        rp.plan_retries(overdue, cached, &mut out);
-        assert_eq!(out, vec![tag(2), tag(5)]);
-        // Entries that arrived or were read are dropped from the front; read ones never retried.
-        assert_eq!(rp.on_lookup(tag(0), true, false, overdue), None);
-        out.clear();
-        let still_missing = |t: &BufferTag| t.blkno != 2 && t.blkno != 5;
-        rp.plan_retries(10 * overdue, still_missing, &mut out);
-        assert!(
-            out.is_empty(),
-            "retried ones are not retried again: {out:?}"
-        );
-        assert_eq!(rp.stats().retries, 2);
+        // Reads take pages out of the queue: 0 and 1 read, then 2 is retried once overtaken.
+        assert_eq!(rp.on_lookup(tag(0), true, false, 0), None);
+        assert_eq!(rp.on_lookup(tag(1), true, false, 0), None);
+        for i in 6..8u32 {
+            rp.plan_prefetch(tag(i), false, false, 0);
+        }
+        let arrived = |t: &BufferTag| t.blkno != 2;
+        rp.plan_retries(20_000, arrived, &mut out);
+        assert_eq!(out, vec![tag(2)]);
+        assert_eq!(rp.stats().retries, 1);
+    }
+
+    #[test]
+    fn the_prefetch_window_halves_on_misses_and_grows_with_hits() {
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        assert_eq!(rp.prefetch_distance(128), INITIAL_WINDOW);
+        assert_eq!(rp.prefetch_distance(8), 8, "never more than asked");
+        // Hits of own prefetches grow it, half a page each.
+        for i in 0..400u32 {
+            rp.plan_prefetch(tag(i), false, false, 0);
+            assert_eq!(rp.on_lookup(tag(i), true, false, 0), None);
+        }
+        assert_eq!(rp.prefetch_distance(128), 128);
+        // An own prefetch missing its budget halves the distance in use, once per budget.
+        let budget = rp.wait_budget().as_nanos() as u64;
+        let t0 = 10 * budget;
+        for (i, now) in [(1000u32, t0), (1001, t0 + 1)] {
+            rp.plan_prefetch(tag(i), false, false, 0);
+            assert_eq!(rp.on_lookup(tag(i), false, false, now), Some(Step::Fetch));
+        }
+        assert_eq!(rp.prefetch_distance(128), 64);
+        rp.plan_prefetch(tag(1002), false, false, t0);
+        assert!(matches!(
+            rp.on_lookup(tag(1002), false, false, t0 + budget),
+            Some(Step::Wait(_)) | Some(Step::Fetch)
+        ));
+        let _ = rp.on_wait_result(tag(1002), false, t0 + budget);
+        assert_eq!(rp.prefetch_distance(128), 32);
+        // Never below the floor.
+        for k in 2..20u64 {
+            rp.plan_prefetch(tag(2000), false, false, 0);
+            let _ = rp.on_lookup(tag(2000), false, false, t0 + k * 10 * budget);
+        }
+        assert_eq!(rp.prefetch_distance(128), MIN_WINDOW);
+        assert!(rp.stats().window_cuts >= 3);
+    }
+
+    #[test]
+    fn scan_window_tops_up_in_batches_and_stops_at_the_end() {
+        let mut w = ScanWindow::new(10, 100);
+        assert_eq!(w.top_up(10, 32), Some(10..42));
+        // Nothing until a batch (8 pages at distance 32) has been read.
+        for b in 11..18 {
+            assert_eq!(w.top_up(b, 32), None, "block {b}");
+        }
+        assert_eq!(w.top_up(18, 32), Some(42..50));
+        // A smaller distance (window cut) requests nothing until the reader catches up.
+        assert_eq!(w.top_up(19, 4), None);
+        assert_eq!(w.top_up(50, 4), Some(50..54));
+        // Near the end the last pages go out even when fewer than a batch.
+        assert_eq!(w.top_up(95, 32), Some(95..100));
+        assert_eq!(w.top_up(99, 32), None);
     }
 
     #[test]

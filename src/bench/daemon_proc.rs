@@ -85,6 +85,26 @@ impl DaemonProc {
         self.child.id()
     }
 
+    /// Sets the nice value of every thread of the daemon (setpriority on a pid changes one
+    /// thread only).
+    pub fn renice(&self, nice: i32) -> anyhow::Result<()> {
+        anyhow::ensure!((-20..=19).contains(&nice), "--daemon-nice must be -20..=19");
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.pid()))? {
+            let Some(tid) = task?
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: setpriority only reads its scalar arguments.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+        }
+        Ok(())
+    }
+
     pub fn scrape(&self) -> anyhow::Result<String> {
         let mut s = std::net::TcpStream::connect(&self.metrics)?;
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;

@@ -19,7 +19,7 @@
 use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::plot::LatencySeries;
 use super::BenchRecord;
-use crate::backend::read_path::ReadPathConfig;
+use crate::backend::read_path::{ReadPathConfig, ScanWindow};
 use crate::backend::Backend;
 use crate::client::{ConnectOptions, PageClient};
 use crate::page::{verify_page, Page};
@@ -150,7 +150,7 @@ pub fn run_with_latencies(
     let daemon = DaemonProc::start(&lfc_path, args.lfc_mib << 20, &["--threads", &threads])?;
     let lfc = Lfc::open(&lfc_path)?;
     if args.daemon_nice != 0 {
-        renice_process(daemon.pid(), args.daemon_nice)?;
+        daemon.renice(args.daemon_nice)?;
     }
 
     let rel = Synthetic::rel;
@@ -269,14 +269,13 @@ impl<'a> UdpReader<'a> {
     }
 }
 
-/// A sequential scan driven one page at a time, with the UDP prefetch window of
-/// `run_scan`'s udp mode (topped up in batches of a quarter of the distance, at most 32).
+/// A sequential scan driven one page at a time, with the UDP prefetch window of `run_scan`'s
+/// udp mode.
 struct UdpScan {
     rel: RelTag,
     distance: u32,
-    batch: u32,
     next_read: u32,
-    next_prefetch: u32,
+    window: ScanWindow,
 }
 
 impl UdpScan {
@@ -284,13 +283,13 @@ impl UdpScan {
         UdpScan {
             rel,
             distance,
-            batch: (distance / 4).clamp(1, 32),
             next_read: 0,
-            next_prefetch: 0,
+            // The window never runs past the relation.
+            window: ScanWindow::new(0, REL_PAGES),
         }
     }
 
-    /// One past the last block the scan reads: the window never runs past the relation.
+    /// One past the last block the scan reads.
     fn end(&self) -> u32 {
         REL_PAGES - self.distance
     }
@@ -298,10 +297,9 @@ impl UdpScan {
     /// Reads the next scan page; false when it failed verification.
     fn step(&mut self, backend: &mut Backend<'_>, page: &mut Page) -> anyhow::Result<bool> {
         let blkno = self.next_read;
-        let horizon = blkno.saturating_add(self.distance);
-        if horizon - self.next_prefetch.max(blkno) >= self.batch {
-            backend.prefetch(self.rel, self.next_prefetch.max(blkno)..horizon)?;
-            self.next_prefetch = horizon;
+        let distance = backend.prefetch_distance(self.distance);
+        if let Some(range) = self.window.top_up(blkno, distance) {
+            backend.prefetch(self.rel, range)?;
         }
         backend.read(self.rel.block(blkno), page)?;
         self.next_read += 1;
@@ -449,23 +447,4 @@ fn unexpected(what: &str, resp: &Response) -> anyhow::Error {
         }
         _ => anyhow::anyhow!("unexpected kind of answer to {what}"),
     }
-}
-
-/// Sets the nice value of every thread of `pid` (setpriority on a pid changes one thread only).
-fn renice_process(pid: u32, nice: i32) -> anyhow::Result<()> {
-    anyhow::ensure!((-20..=19).contains(&nice), "--daemon-nice must be -20..=19");
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Some(tid) = task?
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // SAFETY: setpriority only reads its scalar arguments.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-    }
-    Ok(())
 }

@@ -39,6 +39,9 @@ pub struct ManyBackendsBenchArgs {
     /// The page server's UDP prefetch sender threads (the server's default is 1).
     #[arg(long, default_value_t = 1)]
     pub prefetch_senders: usize,
+    /// Nice value for every worker daemon thread (0 = as started; negative needs root).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub daemon_nice: i32,
 }
 
 /// What one mode observed across all backends.
@@ -134,6 +137,9 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     let lfc_bytes = u64::from(args.backends) * u64::from(args.pages) * 8192 + (64 << 20);
     let threads = args.daemon_threads.to_string();
     let daemon = DaemonProc::start(&lfc_path, lfc_bytes, &["--threads", &threads])?;
+    if args.daemon_nice != 0 {
+        daemon.renice(args.daemon_nice)?;
+    }
     let lfc = Lfc::open(&lfc_path)?;
 
     let tcp = run_mode(&server, &daemon, ScanMode::TcpPipelined, 0, None, args)?;

@@ -452,6 +452,11 @@ fn handle(
         }
         Request::GetPage { rel, blkno, .. } => {
             bump(&stats.get_page);
+            if let Some(dest) = &state.target {
+                shared
+                    .prefetch
+                    .fetched_by_get_page(dest.addr, rel.block(*blkno));
+            }
             store
                 .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
                 .and_then(|lsn| store.read_page(rel.block(*blkno), lsn, page))

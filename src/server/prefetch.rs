@@ -7,7 +7,7 @@ use super::store::PageStore;
 use crate::page::Page;
 use crate::pagestream::Header;
 use lfc::{BufferTag, RelTag};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use workers::datagram::{DatagramHeader, DatagramKey, DATAGRAM_LEN};
@@ -96,7 +96,17 @@ pub struct PrefetchScheduler {
     /// Destinations with queued work, in round-robin order.
     ring: VecDeque<SocketAddr>,
     queued_pages: u64,
+    /// Per destination with pages queued: pages its backends fetched by GetPage since. Their
+    /// queued prefetches are skipped when their turn comes: the reader has the page, and a
+    /// sender that is behind (many backends sharing it) catches up with the readers instead
+    /// of spending itself on pages nobody waits for.
+    fetched: HashMap<SocketAddr, HashSet<BufferTag>>,
+    skipped_fetched: u64,
 }
+
+/// Fetched pages remembered per destination; beyond it the set is forgotten (a forgotten page
+/// is merely sent in vain, as before).
+pub const MAX_FETCHED_TRACKED: usize = 65_536;
 
 impl PrefetchScheduler {
     pub fn new(limits: SchedulerLimits) -> Self {
@@ -107,11 +117,31 @@ impl PrefetchScheduler {
             buckets: HashMap::new(),
             ring: VecDeque::new(),
             queued_pages: 0,
+            fetched: HashMap::new(),
+            skipped_fetched: 0,
         }
     }
 
     pub fn queued_pages(&self) -> u64 {
         self.queued_pages
+    }
+
+    /// Queued pages skipped so far because a GetPage had fetched them.
+    pub fn skipped_fetched(&self) -> u64 {
+        self.skipped_fetched
+    }
+
+    /// A backend whose prefetches go to `addr` fetched `tag` by GetPage: a prefetch of it still
+    /// queued for `addr` will be skipped.
+    pub fn on_get_page(&mut self, addr: SocketAddr, tag: BufferTag) {
+        if !self.queues.contains_key(&addr) {
+            return;
+        }
+        let set = self.fetched.entry(addr).or_default();
+        if set.len() >= MAX_FETCHED_TRACKED {
+            set.clear();
+        }
+        set.insert(tag);
     }
 
     /// Queues `nblocks` pages of `rel` from `first_blkno` for `dest`, not before `due_ns`.
@@ -136,6 +166,12 @@ impl PrefetchScheduler {
             && self.queues.len() >= self.limits.max_destinations
         {
             return Err(Overflow::TooManyDestinations);
+        }
+        if let Some(fetched) = self.fetched.get_mut(&dest.addr) {
+            // Asked for again (e.g. evicted since its GetPage): this request must be served.
+            for b in first_blkno..first_blkno + nblocks {
+                fetched.remove(&rel.block(b));
+            }
         }
         let queue = self.queues.entry(dest.addr).or_default();
         if queue.is_empty() {
@@ -187,19 +223,25 @@ impl PrefetchScheduler {
                     earliest = Some(earliest.map_or(job.due_ns, |e| e.min(job.due_ns)));
                     break;
                 }
-                out.push(PageJob {
+                let tag = job.rel.block(job.next_blkno);
+                let page = PageJob {
                     addr,
                     key: job.key.clone(),
                     hdr: job.hdr,
-                    tag: job.rel.block(job.next_blkno),
-                });
-                allowance -= 1;
+                    tag,
+                };
                 job.next_blkno += 1;
                 job.remaining -= 1;
                 self.queued_pages -= 1;
                 if job.remaining == 0 {
                     queue.pop_front();
                 }
+                if self.fetched.get_mut(&addr).is_some_and(|f| f.remove(&tag)) {
+                    self.skipped_fetched += 1;
+                    continue;
+                }
+                out.push(page);
+                allowance -= 1;
             }
             if paced && !out.is_empty() {
                 let b = self.buckets.get_mut(&addr).expect("refilled above");
@@ -207,6 +249,7 @@ impl PrefetchScheduler {
             }
             if queue.is_empty() {
                 self.queues.remove(&addr);
+                self.fetched.remove(&addr);
             } else {
                 if paced && allowance == 0 {
                     // Next token for one datagram.
@@ -340,6 +383,29 @@ mod tests {
         );
         assert_eq!(s.queued_pages(), 0);
         assert_eq!(s.next_batch(0, 2, &mut out), Next::Idle);
+    }
+
+    #[test]
+    fn pages_fetched_by_get_page_are_skipped_unless_asked_for_again() {
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        // Nothing queued for the destination: nothing to remember.
+        s.on_get_page(dest(1).addr, REL.block(0));
+        s.push(&dest(1), Header::default(), REL, 0, 6, 0).unwrap();
+        s.on_get_page(dest(1).addr, REL.block(1));
+        s.on_get_page(dest(1).addr, REL.block(3));
+        s.on_get_page(dest(2).addr, REL.block(4)); // another destination's reader
+                                                   // Block 3 is asked for again (evicted since): it must be sent (the earlier queued copy
+                                                   // goes out too; a duplicate is harmless, a skipped page would cost the reader a wait).
+        s.push(&dest(1), Header::default(), REL, 3, 1, 0).unwrap();
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        while let Next::Ready(_) = s.next_batch(0, 4, &mut out) {
+            sent.extend(out.iter().map(|j| j.tag.blkno));
+        }
+        assert_eq!(sent, vec![0, 2, 3, 4, 5, 3]);
+        assert_eq!(s.skipped_fetched(), 1, "block 1");
+        assert_eq!(s.queued_pages(), 0);
+        assert!(s.fetched.is_empty(), "forgotten once the queue drained");
     }
 
     #[test]

@@ -137,6 +137,12 @@ impl PrefetchSender {
         }
     }
 
+    /// A GetPage of `tag` was served on a connection whose prefetches go to `addr`: its queued
+    /// prefetch, if any, is no longer needed (`PrefetchScheduler::on_get_page`).
+    pub fn fetched_by_get_page(&self, addr: SocketAddr, tag: lfc::BufferTag) {
+        self.inner.scheduler.lock().on_get_page(addr, tag);
+    }
+
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.work.notify_all();
@@ -160,7 +166,11 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
     while !inner.stopping.load(Ordering::Relaxed) {
         {
             let mut sched = inner.scheduler.lock();
-            match sched.next_batch(mono_ns(), SEND_BATCH, &mut jobs) {
+            let next = sched.next_batch(mono_ns(), SEND_BATCH, &mut jobs);
+            stats
+                .prefetch_pages_skipped_fetched
+                .store(sched.skipped_fetched(), Ordering::Relaxed);
+            match next {
                 Next::Ready(_) => {}
                 Next::WaitUntil(t) => {
                     let wait = Duration::from_nanos(t.saturating_sub(mono_ns())).min(IDLE_WAIT);
