@@ -29,6 +29,25 @@ fn json(out: &std::process::Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// `prewarm run --json` of `source` (`["--state", FILE]` or `["--relation", REL]`) into `lfc`
+/// from `server`, with prefetches to `port`; its JSON report.
+fn prewarm_json(lfc: &Path, source: [&str; 2], server: &str, port: u16) -> serde_json::Value {
+    let port = port.to_string();
+    json(&run(&[
+        "prewarm",
+        "run",
+        "--lfc",
+        lfc.to_str().unwrap(),
+        source[0],
+        source[1],
+        "--server",
+        server,
+        "--prefetch-port",
+        &port,
+        "--json",
+    ]))
+}
+
 /// Warms an LFC with a UDP scan and saves its state; returns the state path.
 fn warm_and_save(dir: &Path, server: &ServerProc) -> std::path::PathBuf {
     let lfc = dir.join("lfc");
@@ -95,19 +114,12 @@ fn cold_cache_is_refilled_under_loss_including_modified_pages() {
 
     let lfc = dir.path().join("lfc");
     let workers = WorkersProc::start(&lfc, &["--size", "32MiB"]);
-    let report = json(&run(&[
-        "prewarm",
-        "run",
-        "--lfc",
-        lfc.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--server",
+    let report = prewarm_json(
+        &lfc,
+        ["--state", state.to_str().unwrap()],
         &server.addr,
-        "--prefetch-port",
-        &workers.udp_port.to_string(),
-        "--json",
-    ]));
+        workers.udp_port,
+    );
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(report["present"], PAGES, "{report}");
     assert_eq!(report["requested"], PAGES, "{report}");
@@ -147,19 +159,12 @@ fn cold_cache_is_refilled_under_loss_including_modified_pages() {
     }
 
     // A second run finds everything present.
-    let again = json(&run(&[
-        "prewarm",
-        "run",
-        "--lfc",
-        lfc.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-        "--server",
+    let again = prewarm_json(
+        &lfc,
+        ["--state", state.to_str().unwrap()],
         &server.addr,
-        "--prefetch-port",
-        &workers.udp_port.to_string(),
-        "--json",
-    ]));
+        workers.udp_port,
+    );
     assert_eq!(again["skipped_present"], PAGES);
     assert_eq!(again["requested"], 0);
 }
@@ -176,19 +181,7 @@ fn without_a_daemon_prewarm_finishes_over_tcp() {
         .local_addr()
         .unwrap()
         .port();
-    let report = json(&run(&[
-        "prewarm",
-        "run",
-        "--lfc",
-        lfc.to_str().unwrap(),
-        "--relation",
-        "1663/5/16384/0",
-        "--server",
-        &server.addr,
-        "--prefetch-port",
-        &port.to_string(),
-        "--json",
-    ]));
+    let report = prewarm_json(&lfc, ["--relation", "1663/5/16384/0"], &server.addr, port);
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(report["udp_fell_back_to_tcp"], true, "{report}");
     assert_eq!(report["via_tcp"], 300, "{report}");
