@@ -351,6 +351,24 @@ impl Lfc {
 
     /// Frame number of an index entry, or None if the entry is empty or out of range (a
     /// corrupt entry must not make us index outside the metadata array).
+    /// Frames linked from `bucket` by entries carrying the fingerprint of `h`: the candidates
+    /// for the tag (the caller checks the frame's state and tag).
+    fn candidate_frames<'b>(
+        &'b self,
+        bucket: &'b Bucket,
+        h: TagHash,
+    ) -> impl Iterator<Item = u32> + 'b {
+        let fp = h.fingerprint();
+        (0..BUCKET_ENTRIES).filter_map(move |slot| {
+            let e = bucket.entry(slot);
+            if entry_fingerprint(e) == fp {
+                self.entry_frame(e)
+            } else {
+                None
+            }
+        })
+    }
+
     fn entry_frame(&self, entry: u32) -> Option<u32> {
         let f = entry_frame(entry)?;
         (u64::from(f) < self.geo.capacity_pages).then_some(f)
@@ -407,15 +425,7 @@ impl Lfc {
         touch: bool,
         contended: &mut bool,
     ) -> Option<u64> {
-        let fp = h.fingerprint();
-        for slot in 0..BUCKET_ENTRIES {
-            let e = bucket.entry(slot);
-            if entry_fingerprint(e) != fp {
-                continue;
-            }
-            let Some(frame) = self.entry_frame(e) else {
-                continue;
-            };
+        for frame in self.candidate_frames(bucket, h) {
             let m = self.meta(frame);
             let c1 = m.ctl();
             if c1.kind() != KIND_VALID {
@@ -470,15 +480,7 @@ impl Lfc {
 
     fn probe_bucket(&self, index: u64, h: TagHash, tag: &BufferTag) -> Probe {
         let bucket = self.bucket(index);
-        let fp = h.fingerprint();
-        for slot in 0..BUCKET_ENTRIES {
-            let e = bucket.entry(slot);
-            if entry_fingerprint(e) != fp {
-                continue;
-            }
-            let Some(frame) = self.entry_frame(e) else {
-                continue;
-            };
+        for frame in self.candidate_frames(bucket, h) {
             let m = self.meta(frame);
             let c1 = m.ctl();
             match c1.kind() {
@@ -749,17 +751,10 @@ impl Lfc {
     /// The VALID frame of `tag`, searching the window of its locked home `g`. Under the home
     /// lock VALID frames of the tag cannot change, so no seqlock validation is needed.
     fn find_locked(&self, g: &Locked<'_>, h: TagHash, tag: &BufferTag) -> Option<u32> {
-        let fp = h.fingerprint();
         (g.index..=g.index + g.dist()).find_map(|index| {
-            let bucket = self.bucket(index);
-            (0..BUCKET_ENTRIES).find_map(|slot| {
-                let e = bucket.entry(slot);
-                if entry_fingerprint(e) != fp {
-                    return None;
-                }
-                let frame = self.entry_frame(e)?;
+            self.candidate_frames(self.bucket(index), h).find(|&frame| {
                 let m = self.meta(frame);
-                (m.ctl().kind() == KIND_VALID && m.tag() == *tag).then_some(frame)
+                m.ctl().kind() == KIND_VALID && m.tag() == *tag
             })
         })
     }
