@@ -639,25 +639,20 @@ impl<'a> World<'a> {
                     shard,
                     at_us,
                     len_us,
-                } => {
-                    let s = shard as usize % w.cfg.shards;
-                    let at = START_NS + u64::from(at_us) * 1_000;
-                    w.shards[s]
-                        .link
-                        .partitions
-                        .push((at, at + u64::from(len_us) * 1_000));
                 }
-                Op::Clog {
+                | Op::Clog {
                     shard,
                     at_us,
                     len_us,
                 } => {
-                    let s = shard as usize % w.cfg.shards;
+                    let link = &mut w.shards[shard as usize % w.cfg.shards].link;
+                    let windows = if matches!(op, Op::Partition { .. }) {
+                        &mut link.partitions
+                    } else {
+                        &mut link.clogs
+                    };
                     let at = START_NS + u64::from(at_us) * 1_000;
-                    w.shards[s]
-                        .link
-                        .clogs
-                        .push((at, at + u64::from(len_us) * 1_000));
+                    windows.push((at, at + u64::from(len_us) * 1_000));
                 }
                 Op::Forge { at_us, count, kind } => w.schedule(
                     START_NS + u64::from(at_us) * 1_000,

@@ -94,12 +94,8 @@ fn replay(args: &Args, seed: u64) -> ExitCode {
     };
     let wall = started.elapsed().as_secs_f64();
     if args.json {
-        match serde_json::to_string(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
+        if let Err(code) = print_json(&report) {
+            return code;
         }
     } else {
         println!(
@@ -166,12 +162,8 @@ fn run_soak(args: &Args) -> ExitCode {
     };
     let s = soak(&opts, &progress);
     if args.json {
-        match serde_json::to_string(&s) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
+        if let Err(code) = print_json(&s) {
+            return code;
         }
     } else {
         println!(
@@ -209,5 +201,19 @@ fn run_soak(args: &Args) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// One JSON object on stdout; an encoding failure is exit status 1.
+fn print_json(value: &impl serde::Serialize) -> Result<(), ExitCode> {
+    match serde_json::to_string(value) {
+        Ok(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(1))
+        }
     }
 }
