@@ -19,16 +19,22 @@ pub enum FramedError {
 /// Buffers input and hands complete messages to a decoder.
 pub struct FramedReader<R> {
     inner: R,
+    /// Always initialised to its full length, so a read needs no zeroing first (zeroing a
+    /// 64 KiB chunk per `read` cost more than the small requests it read); it grows only for
+    /// a frame longer than what is free.
     buf: Vec<u8>,
+    /// Unconsumed input is `buf[start..end]`.
     start: usize,
+    end: usize,
 }
 
 impl<R: Read> FramedReader<R> {
     pub fn new(inner: R) -> Self {
         FramedReader {
             inner,
-            buf: Vec::with_capacity(2 * READ_CHUNK),
+            buf: vec![0; 2 * READ_CHUNK],
             start: 0,
+            end: 0,
         }
     }
 
@@ -42,42 +48,37 @@ impl<R: Read> FramedReader<R> {
         mut decode: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, ProtocolError>,
     ) -> Result<Option<T>, FramedError> {
         loop {
-            if let Some((msg, used)) = decode(&self.buf[self.start..])? {
+            if let Some((msg, used)) = decode(&self.buf[self.start..self.end])? {
+                debug_assert!(used > 0 && used <= self.end - self.start);
                 self.start += used;
-                if self.start == self.buf.len() {
-                    self.buf.clear();
-                    self.start = 0;
+                if self.start == self.end {
+                    (self.start, self.end) = (0, 0);
                 }
                 return Ok(Some(msg));
             }
             // Compact before reading so the buffer never grows past one frame plus a chunk.
             if self.start > 0 {
-                self.buf.drain(..self.start);
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
                 self.start = 0;
             }
-            let len = self.buf.len();
-            self.buf.resize(len + READ_CHUNK, 0);
+            if self.buf.len() - self.end < READ_CHUNK {
+                self.buf.resize(self.end + READ_CHUNK, 0);
+            }
             let n = loop {
-                match self.inner.read(&mut self.buf[len..]) {
+                match self.inner.read(&mut self.buf[self.end..]) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => break other,
+                    other => break other?,
                 }
             };
-            let n = match n {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(e.into());
-                }
-            };
-            self.buf.truncate(len + n);
             if n == 0 {
-                return if len == 0 {
+                return if self.end == 0 {
                     Ok(None)
                 } else {
                     Err(FramedError::UnexpectedEof)
                 };
             }
+            self.end += n;
         }
     }
 }

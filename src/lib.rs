@@ -11,4 +11,5 @@ pub mod pagestream;
 pub mod pgwire;
 pub mod prewarm;
 pub mod scan;
+pub mod sched;
 pub mod server;

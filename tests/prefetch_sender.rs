@@ -117,3 +117,56 @@ fn prefetch_without_a_target_is_counted_and_sends_nothing() {
         .unwrap_err();
     assert!(err.to_string().contains("UDP port 0"), "{err}");
 }
+
+/// The nice value of each of a process's threads, by thread name (from /proc).
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields after "(comm)": state is the 3rd field overall, nice the 19th.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i32 = after.split(' ').nth(19 - 3).unwrap().parse().unwrap();
+        out.push((comm.trim().to_string(), nice));
+    }
+    out
+}
+
+#[test]
+fn prefetch_sender_nice_applies_to_the_sender_threads_only() {
+    // A positive value needs no privilege, so this runs as any user.
+    let (server, _client, _udp) =
+        setup(&["--prefetch-senders", "2", "--prefetch-sender-nice", "7"]);
+    let nices = thread_nices(server.child.id());
+    let senders: Vec<i32> = nices
+        .iter()
+        .filter(|(name, _)| name.starts_with("prefetch-send"))
+        .map(|&(_, n)| n)
+        .collect();
+    assert_eq!(senders, [7, 7], "{nices:?}");
+    // SAFETY: getpriority only reads its scalar arguments. The server inherited this value.
+    let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    assert!(
+        nices
+            .iter()
+            .filter(|(name, _)| !name.starts_with("prefetch-send"))
+            .all(|&(_, n)| n == own),
+        "only the senders are reniced: {nices:?}"
+    );
+}
+
+#[test]
+fn an_out_of_range_sender_nice_is_refused_at_start() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["pageserver", "--listen", "127.0.0.1:0"])
+        .args(["--prefetch-sender-nice", "25"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--prefetch-sender-nice must be -20..=19"),
+        "{err}"
+    );
+}

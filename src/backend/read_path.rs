@@ -3,7 +3,8 @@
 //! fetches and tells the core what happened; the core decides and counts. Time is passed in.
 
 use lfc::{BufferTag, RelTag};
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// A prefetch still missing after this many later-requested prefetches have arrived is taken
@@ -217,8 +218,10 @@ struct Own {
 pub struct ReadPath {
     config: ReadPathConfig,
     latency: LatencyEstimate,
-    /// This backend's prefetches not yet read.
-    own: HashMap<BufferTag, Own>,
+    /// This backend's prefetches not yet read. Keyed by tags this backend chose itself, so a
+    /// fast non-keyed hash is safe (no outside input can pick colliding keys); SipHash here
+    /// was about 0.7 µs of every page read.
+    own: FxHashMap<BufferTag, Own>,
     /// The same prefetches in request order, the order the server sends them in: (tag, time
     /// requested). An entry is stale once its tag was read or requested again (`own` then no
     /// longer holds that time); stale entries are skipped and dropped from the front.
@@ -242,7 +245,7 @@ impl ReadPath {
                 samples: 0,
                 timeout_rate: 0.0,
             },
-            own: HashMap::with_capacity(config.max_tracked),
+            own: FxHashMap::with_capacity_and_hasher(config.max_tracked, Default::default()),
             order: VecDeque::with_capacity(config.max_tracked),
             window: f64::from(INITIAL_WINDOW),
             distance_in_use: MAX_WINDOW,

@@ -88,7 +88,6 @@ impl DaemonProc {
     /// Sets the nice value of every thread of the daemon (setpriority on a pid changes one
     /// thread only).
     pub fn renice(&self, nice: i32) -> anyhow::Result<()> {
-        anyhow::ensure!((-20..=19).contains(&nice), "--daemon-nice must be -20..=19");
         for task in std::fs::read_dir(format!("/proc/{}/task", self.pid()))? {
             let Some(tid) = task?
                 .file_name()
@@ -97,10 +96,7 @@ impl DaemonProc {
             else {
                 continue;
             };
-            // SAFETY: setpriority only reads its scalar arguments.
-            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
+            crate::sched::set_thread_nice(tid, nice)?;
         }
         Ok(())
     }

@@ -39,9 +39,15 @@ pub struct ManyBackendsBenchArgs {
     /// The page server's UDP prefetch sender threads (the server's default is 1).
     #[arg(long, default_value_t = 1)]
     pub prefetch_senders: usize,
-    /// Nice value for every worker daemon thread (0 = as started; negative needs root).
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    /// Nice value for every worker daemon thread (0 = as started; negative needs root or
+    /// CAP_SYS_NICE). The default is the recommended deployment: a few daemon threads serve
+    /// every backend and must not get the share of one thread among hundreds.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
     pub daemon_nice: i32,
+    /// Nice value of the page server's prefetch sender threads (`pageserver
+    /// --prefetch-sender-nice`); the same reasoning, on the server side.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    pub prefetch_sender_nice: i32,
 }
 
 /// What one mode observed across all backends.
@@ -77,6 +83,8 @@ impl ModeResult {
                 .param("delay_us", args.delay_us)
                 .param("distance", args.distance)
                 .param("prefetch_senders", args.prefetch_senders)
+                .param("prefetch_sender_nice", args.prefetch_sender_nice)
+                .param("daemon_nice", args.daemon_nice)
         };
         [
             with_params(BenchRecord::new(
@@ -130,6 +138,7 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         service_delay_us: args.delay_us,
         max_connections: 2 * MAX_BACKENDS as usize,
         prefetch_senders: args.prefetch_senders,
+        prefetch_sender_nice: args.prefetch_sender_nice,
         ..ServerConfig::default()
     })?;
     let scratch = ScratchDir::new("udp-prefetch-bench-many")?;

@@ -51,6 +51,12 @@ pub struct PageServerArgs {
     /// Send prefetch datagrams without UDP GSO (one datagram per message), for comparisons.
     #[arg(long)]
     pub no_gso: bool,
+    /// Nice value of the prefetch sender threads (0 = as started). One sender serves every
+    /// connection, so on a busy server it gets the CPU share of one connection thread among
+    /// hundreds and prefetches arrive too late; a negative value (e.g. -10, needs root or
+    /// CAP_SYS_NICE) gives it the weight of several.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub prefetch_sender_nice: i32,
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {
@@ -73,6 +79,7 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         drop_prefetch: args.drop_prefetch,
         drop_seed: args.drop_seed,
         prefetch_gso: !args.no_gso,
+        prefetch_sender_nice: args.prefetch_sender_nice,
     };
     // Register signal handlers before listening, so a SIGTERM right after start is not lost.
     let mut signals = signal_hook::iterator::Signals::new([

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub drop_seed: u64,
     /// Send prefetch datagrams with UDP GSO when the kernel allows it.
     pub prefetch_gso: bool,
+    /// Nice value of the prefetch sender threads (0 = as started; negative needs privilege).
+    pub prefetch_sender_nice: i32,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +68,7 @@ impl Default for ServerConfig {
             drop_prefetch: 0.0,
             drop_seed: 1,
             prefetch_gso: true,
+            prefetch_sender_nice: 0,
         }
     }
 }
@@ -122,6 +125,11 @@ impl PageServer {
                 "--prefetch-senders must be 1..=64".into(),
             ));
         }
+        if !crate::sched::NICE_RANGE.contains(&config.prefetch_sender_nice) {
+            return Err(ServerError::Config(
+                "--prefetch-sender-nice must be -20..=19".into(),
+            ));
+        }
         if config.prefetch_queue_pages == 0 {
             return Err(ServerError::Config(
                 "--prefetch-queue-pages must be at least 1".into(),
@@ -152,6 +160,7 @@ impl PageServer {
                 drop_seed: config.drop_seed,
                 service_delay: Duration::from_micros(config.service_delay_us),
                 allow_gso: config.prefetch_gso,
+                nice: config.prefetch_sender_nice,
             },
             store.clone(),
             stats.clone(),

@@ -33,6 +33,8 @@ pub struct SenderConfig {
     pub service_delay: Duration,
     /// Use UDP GSO when the kernel allows it (off only for comparisons).
     pub allow_gso: bool,
+    /// Nice value of the sender threads; 0 leaves them as started (`crate::sched`).
+    pub nice: i32,
 }
 
 /// Nanoseconds on a monotonic clock shared by every thread of this process.
@@ -77,6 +79,9 @@ impl PrefetchSender {
             config: config.clone(),
         });
         let mut threads = Vec::new();
+        // Each thread reports whether it took its priority before it sends anything, so a
+        // refused --prefetch-sender-nice fails the start instead of passing unnoticed.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for i in 0..config.threads.max(1) {
             let inner = inner.clone();
             let socket = UdpSocket::bind("0.0.0.0:0")?;
@@ -93,16 +98,37 @@ impl PrefetchSender {
                 config.drop_probability,
                 config.drop_seed.wrapping_add(i as u64),
             );
+            let (nice, ready) = (config.nice, ready_tx.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("prefetch-send-{i}"))
-                    .spawn(move || send_loop(&inner, sender, filter))?,
+                    .spawn(move || {
+                        let priority = match nice {
+                            0 => Ok(()),
+                            n => crate::sched::set_thread_nice(0, n),
+                        };
+                        let ok = priority.is_ok();
+                        let _ = ready.send(priority);
+                        drop(ready);
+                        if ok {
+                            send_loop(&inner, sender, filter);
+                        }
+                    })?,
             );
         }
-        Ok(PrefetchSender {
+        let sender = PrefetchSender {
             inner,
             threads: Mutex::new(threads),
-        })
+        };
+        drop(ready_tx);
+        // Ends when every thread has reported and dropped its sending half.
+        for priority in ready_rx {
+            if let Err(e) = priority {
+                sender.shutdown();
+                return Err(std::io::Error::other(e));
+            }
+        }
+        Ok(sender)
     }
 
     /// Queues a Prefetch request; never blocks. Overflow is counted and the request dropped.
