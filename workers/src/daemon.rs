@@ -303,18 +303,21 @@ fn prefault(lfc: &Lfc, remaining: &AtomicU64, stop: &AtomicBool) {
     let started = std::time::Instant::now();
     let capacity = lfc.capacity_pages();
     let mut next = 0;
-    while next < capacity && !stop.load(Ordering::Relaxed) {
+    // The metadata first: it is small, and every frame claimed touches it.
+    let mut step = lfc.prefault_metadata();
+    while step.is_ok() && next < capacity && !stop.load(Ordering::Relaxed) {
         let end = (next + PREFAULT_STEP_PAGES).min(capacity);
-        if let Err(e) = lfc.prefault(next..end) {
-            // Not fatal (e.g. a kernel before 5.14): frames fault once on first use instead.
-            tracing::warn!(error = %e, "could not prefault the LFC; continuing without");
-            remaining.store(0, Ordering::Relaxed);
-            return;
+        step = lfc.prefault(next..end);
+        if step.is_ok() {
+            next = end;
+            remaining.store(capacity - next, Ordering::Relaxed);
         }
-        next = end;
-        remaining.store(capacity - next, Ordering::Relaxed);
     }
-    if next == capacity {
+    if let Err(e) = step {
+        // Not fatal (e.g. a kernel before 5.14): frames fault once on first use instead.
+        tracing::warn!(error = %e, "could not prefault the LFC; continuing without");
+        remaining.store(0, Ordering::Relaxed);
+    } else if next == capacity {
         tracing::info!(elapsed = ?started.elapsed(), pages = capacity, "LFC prefaulted");
     }
 }
