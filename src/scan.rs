@@ -65,6 +65,10 @@ pub struct ScanReport {
     pub duplicates_avoided: u64,
     /// Prefetches requested again because they were taken as lost.
     pub retries: u64,
+    /// Waits for a prefetch in flight that ran out (each then read over TCP).
+    pub wait_timeouts: u64,
+    /// Times the adaptive prefetch window was halved (own prefetches missing the budget).
+    pub window_cuts: u64,
     pub elapsed_s: f64,
     pub pages_per_s: f64,
     /// Backend thread CPU per page, excluding the emulated per-page work and the digest.
@@ -225,6 +229,8 @@ pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanRepor
         prefetched: stats.prefetched,
         duplicates_avoided: stats.duplicates_avoided,
         retries: stats.retries,
+        wait_timeouts: stats.wait_timeouts,
+        window_cuts: stats.window_cuts,
         elapsed_s: elapsed,
         pages_per_s: if elapsed > 0.0 {
             pages as f64 / elapsed

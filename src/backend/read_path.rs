@@ -270,6 +270,16 @@ impl ReadPath {
         d
     }
 
+    /// An own prefetch missed its wait budget. One already requested again was lost (it was
+    /// overtaken), and losing its retry too is loss again, not queueing: the window stays,
+    /// since a smaller window only leaves less time to recover from the next loss. A page
+    /// never taken as lost that still misses is the sign of a queue ahead of it.
+    fn on_own_miss(&mut self, own: Own, now_ns: u64) {
+        if own.retries == 0 {
+            self.cut_window(now_ns);
+        }
+    }
+
     fn cut_window(&mut self, now_ns: u64) {
         let budget = self.wait_budget().as_nanos() as u64;
         if self
@@ -425,7 +435,7 @@ impl ReadPath {
                 if waited >= budget {
                     self.stats.fallbacks += 1;
                     self.stats.wasted_prefetches += 1;
-                    self.cut_window(now_ns);
+                    self.on_own_miss(o, now_ns);
                     return Some(Step::Fetch);
                 }
                 // Put it back so `on_wait_result` can measure the arrival.
@@ -452,9 +462,9 @@ impl ReadPath {
         } else {
             self.stats.wait_timeouts += 1;
             self.stats.fallbacks += 1;
-            if own.is_some() {
+            if let Some(o) = own {
                 self.stats.wasted_prefetches += 1;
-                self.cut_window(now_ns);
+                self.on_own_miss(o, now_ns);
             }
             self.latency.timed_out(self.wait_budget().as_nanos() as u64);
             Some(Step::Fetch)
@@ -662,6 +672,38 @@ mod tests {
         }
         assert_eq!(rp.prefetch_distance(128), MIN_WINDOW);
         assert!(rp.stats().window_cuts >= 3);
+    }
+
+    #[test]
+    fn a_lost_and_retried_prefetch_that_misses_again_leaves_the_window() {
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        for i in 0..400u32 {
+            rp.plan_prefetch(tag(i), false, false, 0);
+            assert_eq!(rp.on_lookup(tag(i), true, false, 0), None);
+        }
+        assert_eq!(rp.prefetch_distance(128), 128);
+        // Block 1000 is overtaken by the 4 requested after it: taken as lost, retried.
+        for b in 1000..1005u32 {
+            rp.plan_prefetch(tag(b), false, false, 0);
+        }
+        let mut retry = Vec::new();
+        rp.plan_retries(1, |t| t.blkno != 1000, &mut retry);
+        assert_eq!(retry, [tag(1000)]);
+        // The retry is lost too: the read falls back, the window stays.
+        let late = 10 * rp.wait_budget().as_nanos() as u64;
+        assert_eq!(
+            rp.on_lookup(tag(1000), false, false, late),
+            Some(Step::Fetch)
+        );
+        assert_eq!(rp.prefetch_distance(128), 128);
+        assert_eq!(rp.stats().window_cuts, 0);
+        // One that was never taken as lost and misses is queueing: the window halves.
+        rp.plan_prefetch(tag(2000), false, false, late);
+        assert_eq!(
+            rp.on_lookup(tag(2000), false, false, 3 * late),
+            Some(Step::Fetch)
+        );
+        assert_eq!(rp.prefetch_distance(128), 64);
     }
 
     #[test]

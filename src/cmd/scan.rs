@@ -61,8 +61,8 @@ pub fn print_report(r: &ScanReport) {
         r.mode, r.pages, r.elapsed_s, r.pages_per_s, r.verified, r.failed
     );
     println!(
-        "  hits {}, late hits {}, fallbacks {}, prefetched {}, retried {}, wasted prefetches {}, duplicates avoided {}",
-        r.hits, r.late_hits, r.fallbacks, r.prefetched, r.retries, r.wasted_prefetches, r.duplicates_avoided
+        "  hits {}, late hits {}, fallbacks {} ({} after a wait ran out), prefetched {}, retried {}, wasted prefetches {}, duplicates avoided {}, window cuts {}",
+        r.hits, r.late_hits, r.fallbacks, r.wait_timeouts, r.prefetched, r.retries, r.wasted_prefetches, r.duplicates_avoided, r.window_cuts
     );
     println!(
         "  backend CPU {:.2} us/page; wait p50 {:.1} us, p99 {:.1} us; digest {}",
