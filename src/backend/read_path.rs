@@ -427,11 +427,17 @@ impl ReadPath {
         }
         match own {
             Some(o) => {
-                let sent = o.sent_ns;
-                // Wait only until the prefetch is overdue: a page requested long ago that is
-                // still missing was most likely lost, and waiting longer only adds latency.
                 let budget = self.wait_budget();
-                let waited = Duration::from_nanos(now_ns.saturating_sub(sent));
+                // A page never taken as lost (`plan_retries` found nothing requested after it
+                // arrived) is queued behind other pages, however long ago it was asked for:
+                // the server sends in request order. Waiting a budget from now costs less
+                // than a TCP fetch, which would add load to the queue it gave up on (many
+                // backends sharing one sender). A page already requested again after a loss
+                // is overdue a budget after that retry; waiting longer only adds latency.
+                let waited = match o.retries {
+                    0 => Duration::ZERO,
+                    _ => Duration::from_nanos(now_ns.saturating_sub(o.sent_ns)),
+                };
                 if waited >= budget {
                     self.stats.fallbacks += 1;
                     self.stats.wasted_prefetches += 1;
@@ -508,10 +514,10 @@ mod tests {
             !rp.plan_prefetch(tag(3), false, true, 0),
             "someone else asked"
         );
-        // Own prefetch not there yet: wait out the rest of its budget, then it arrives.
+        // Own prefetch not there yet (never taken as lost): wait a budget, then it arrives.
         assert_eq!(
             rp.on_lookup(tag(1), false, false, 10),
-            Some(Step::Wait(Duration::from_nanos(1_000_000 - 10)))
+            Some(Step::Wait(Duration::from_micros(1_000)))
         );
         assert_eq!(rp.on_wait_result(tag(1), true, 300_000), None);
         // Nothing in flight: straight to TCP.
@@ -557,15 +563,37 @@ mod tests {
     }
 
     #[test]
-    fn overdue_prefetches_fall_back_at_once_and_rare_losses_do_not_raise_the_budget() {
+    fn queued_prefetches_are_waited_for_and_overdue_retries_fall_back_at_once() {
         let mut rp = ReadPath::new(ReadPathConfig::default());
         let budget = rp.wait_budget();
+        // Requested long ago and never taken as lost: queued, so a full budget from now.
         rp.plan_prefetch(tag(1), false, false, 0);
-        let overdue = budget.as_nanos() as u64 + 1;
+        let long_after = 10 * budget.as_nanos() as u64;
         assert_eq!(
-            rp.on_lookup(tag(1), false, false, overdue),
+            rp.on_lookup(tag(1), false, false, long_after),
+            Some(Step::Wait(budget))
+        );
+        assert_eq!(rp.on_wait_result(tag(1), true, long_after + 1_000), None);
+        // Taken as lost (overtaken), requested again, and that retry overdue: TCP at once.
+        let t0 = 20 * budget.as_nanos() as u64;
+        for b in 2..7u32 {
+            rp.plan_prefetch(tag(b), false, false, t0);
+        }
+        let mut retry = Vec::new();
+        rp.plan_retries(t0, |t| t.blkno != 2, &mut retry);
+        assert_eq!(retry, [tag(2)]);
+        let budget = rp.wait_budget().as_nanos() as u64;
+        assert_eq!(
+            rp.on_lookup(tag(2), false, false, t0 + budget),
             Some(Step::Fetch)
         );
+        let s = rp.finish();
+        assert_eq!((s.late_hits, s.fallbacks, s.retries), (1, 1, 1));
+    }
+
+    #[test]
+    fn rare_losses_do_not_raise_the_budget_and_timeouts_do() {
+        let mut rp = ReadPath::new(ReadPathConfig::default());
         // One loss in twenty waits: the budget follows the arrivals.
         for i in 10..30u32 {
             rp.plan_prefetch(tag(i), false, false, 0);
@@ -586,7 +614,7 @@ mod tests {
             rp.wait_budget()
         );
         let s = rp.finish();
-        assert_eq!(s.fallbacks, 1 + 1 + 10);
+        assert_eq!(s.fallbacks, 1 + 10);
     }
 
     #[test]
@@ -650,25 +678,26 @@ mod tests {
             assert_eq!(rp.on_lookup(tag(i), true, false, 0), None);
         }
         assert_eq!(rp.prefetch_distance(128), 128);
-        // An own prefetch missing its budget halves the distance in use, once per budget.
+        // An own prefetch whose wait runs out halves the distance in use, once per budget.
         let budget = rp.wait_budget().as_nanos() as u64;
         let t0 = 10 * budget;
-        for (i, now) in [(1000u32, t0), (1001, t0 + 1)] {
-            rp.plan_prefetch(tag(i), false, false, 0);
-            assert_eq!(rp.on_lookup(tag(i), false, false, now), Some(Step::Fetch));
-        }
+        let mut miss = |rp: &mut ReadPath, b: u32, now: u64| {
+            rp.plan_prefetch(tag(b), false, false, 0);
+            assert!(matches!(
+                rp.on_lookup(tag(b), false, false, now),
+                Some(Step::Wait(_))
+            ));
+            assert_eq!(rp.on_wait_result(tag(b), false, now), Some(Step::Fetch));
+        };
+        miss(&mut rp, 1000, t0);
+        miss(&mut rp, 1001, t0 + 1);
         assert_eq!(rp.prefetch_distance(128), 64);
-        rp.plan_prefetch(tag(1002), false, false, t0);
-        assert!(matches!(
-            rp.on_lookup(tag(1002), false, false, t0 + budget),
-            Some(Step::Wait(_)) | Some(Step::Fetch)
-        ));
-        let _ = rp.on_wait_result(tag(1002), false, t0 + budget);
+        let budget = rp.wait_budget().as_nanos() as u64;
+        miss(&mut rp, 1002, t0 + budget);
         assert_eq!(rp.prefetch_distance(128), 32);
         // Never below the floor.
         for k in 2..20u64 {
-            rp.plan_prefetch(tag(2000), false, false, 0);
-            let _ = rp.on_lookup(tag(2000), false, false, t0 + k * 10 * budget);
+            miss(&mut rp, 2000, t0 + k * 100 * budget);
         }
         assert_eq!(rp.prefetch_distance(128), MIN_WINDOW);
         assert!(rp.stats().window_cuts >= 3);
@@ -697,10 +726,14 @@ mod tests {
         );
         assert_eq!(rp.prefetch_distance(128), 128);
         assert_eq!(rp.stats().window_cuts, 0);
-        // One that was never taken as lost and misses is queueing: the window halves.
+        // One never taken as lost whose wait runs out is queueing: the window halves.
         rp.plan_prefetch(tag(2000), false, false, late);
-        assert_eq!(
+        assert!(matches!(
             rp.on_lookup(tag(2000), false, false, 3 * late),
+            Some(Step::Wait(_))
+        ));
+        assert_eq!(
+            rp.on_wait_result(tag(2000), false, 4 * late),
             Some(Step::Fetch)
         );
         assert_eq!(rp.prefetch_distance(128), 64);

@@ -59,6 +59,9 @@ struct ModeResult {
     elapsed_s: f64,
     hits: u64,
     fallbacks: u64,
+    /// Fallbacks after waiting out the budget, and prefetch-window cuts, over all backends.
+    wait_timeouts: u64,
+    window_cuts: u64,
     /// Where prefetched pages went (UDP mode), to explain hits and fallbacks.
     prefetch_pages_sent: u64,
     prefetch_pages_dropped: u64,
@@ -100,6 +103,8 @@ impl ModeResult {
             .param("elapsed_s", (self.elapsed_s * 1000.0).round() / 1000.0)
             .param("lfc_hits", self.hits)
             .param("tcp_fallbacks", self.fallbacks)
+            .param("wait_timeouts", self.wait_timeouts)
+            .param("window_cuts", self.window_cuts)
             .param("prefetch_pages_sent", self.prefetch_pages_sent)
             .param("prefetch_pages_dropped", self.prefetch_pages_dropped)
             .param("daemon_installed", self.datagrams_installed)
@@ -255,6 +260,8 @@ fn run_mode(
         elapsed_s,
         hits: reports.iter().map(|r| r.hits + r.late_hits).sum(),
         fallbacks: reports.iter().map(|r| r.fallbacks).sum(),
+        wait_timeouts: reports.iter().map(|r| r.wait_timeouts).sum(),
+        window_cuts: reports.iter().map(|r| r.window_cuts).sum(),
         prefetch_pages_sent: counter(&stats.prefetch_pages_sent) - sent_before,
         prefetch_pages_dropped: dropped() - dropped_before,
         datagrams_installed: installed_after - installed_before,
