@@ -681,7 +681,7 @@ mod tests {
         // An own prefetch whose wait runs out halves the distance in use, once per budget.
         let budget = rp.wait_budget().as_nanos() as u64;
         let t0 = 10 * budget;
-        let mut miss = |rp: &mut ReadPath, b: u32, now: u64| {
+        let miss = |rp: &mut ReadPath, b: u32, now: u64| {
             rp.plan_prefetch(tag(b), false, false, 0);
             assert!(matches!(
                 rp.on_lookup(tag(b), false, false, now),
