@@ -141,24 +141,20 @@ fn forged_truncated_and_corrupt_datagrams_are_dropped_by_reason() {
         request_lsn: LATEST_LSN,
         ..DatagramHeader::default()
     };
-    let mut good = vec![0u8; DATAGRAM_LEN];
-    key.seal(&header, &page, (&mut good[..]).try_into().unwrap());
-    let mut forged = vec![0u8; DATAGRAM_LEN];
-    DatagramKey::new(key.id, [0xEE; 32]).seal(
-        &header,
-        &page,
-        (&mut forged[..]).try_into().unwrap(),
-    );
-    let mut other_key_id = vec![0u8; DATAGRAM_LEN];
+    let seal = |key: &DatagramKey, header: &DatagramHeader| {
+        let mut d = vec![0u8; DATAGRAM_LEN];
+        key.stream([0x5E; 16])
+            .seal(header, &page, (&mut d[..]).try_into().unwrap())
+            .unwrap();
+        d
+    };
+    let good = seal(&key, &header);
+    let forged = seal(&DatagramKey::new(key.id, [0xEE; 32]), &header);
     let h2 = DatagramHeader {
         key_id: key.id.wrapping_add(1),
         ..header
     };
-    DatagramKey::new(h2.key_id, cache.key()).seal(
-        &h2,
-        &page,
-        (&mut other_key_id[..]).try_into().unwrap(),
-    );
+    let other_key_id = seal(&DatagramKey::new(h2.key_id, cache.key()), &h2);
     let truncated = good[..DATAGRAM_LEN - 100].to_vec();
     let mut flipped = good.clone();
     flipped[5000] ^= 0x10;

@@ -11,7 +11,7 @@ use udp_prefetch::client::{ConnectOptions, PageClient};
 use udp_prefetch::page::{is_synthetic_page, page_lsn};
 use udp_prefetch::pagestream::{PrefetchTarget, LATEST_LSN};
 use udp_prefetch::server::source::Synthetic;
-use workers::datagram::{validate_bytes, DatagramKey, DropReason, DATAGRAM_LEN, HEADER_LEN};
+use workers::datagram::{DatagramKey, DropReason, DATAGRAM_LEN};
 
 const KEY: [u8; 32] = [9; 32];
 
@@ -54,19 +54,20 @@ fn prefetched_pages_arrive_sealed_and_verifiable() {
     let page = client.get_page(rel.block(5), LATEST_LSN, 0).unwrap();
     assert!(is_synthetic_page(&page, rel.block(5)));
 
-    let key = DatagramKey::new(3, KEY);
+    let mut opener = DatagramKey::new(3, KEY).opener();
+    let mut other_secret = DatagramKey::new(3, [8; 32]).opener();
+    let mut page = [0u8; 8192];
     let mut blocks = BTreeSet::new();
     for d in drain(&udp) {
         assert_eq!(d.len(), DATAGRAM_LEN);
-        let hdr = validate_bytes(&key, &d).expect("valid datagram");
-        let page: &[u8; 8192] = d[HEADER_LEN..HEADER_LEN + 8192].try_into().unwrap();
-        assert!(is_synthetic_page(page, hdr.tag));
-        assert_eq!(page_lsn(page), 16);
+        let hdr = opener.open_bytes(&d, &mut page).expect("valid datagram");
+        assert!(is_synthetic_page(&page, hdr.tag));
+        assert_eq!(page_lsn(&page), 16);
         assert_eq!(hdr.tag.rel, rel);
         blocks.insert(hdr.tag.blkno);
-        // Any other key rejects it.
+        // Any other secret rejects it.
         assert_eq!(
-            validate_bytes(&DatagramKey::new(3, [8; 32]), &d),
+            other_secret.open_bytes(&d, &mut page),
             Err(DropReason::BadMac)
         );
     }

@@ -1448,7 +1448,8 @@ impl<'a> Reservation<'a> {
     pub const LEN: usize = PAGE_SIZE;
 
     /// Start of the frame's `PAGE_SIZE` bytes, 4 KiB aligned. Valid while the reservation lives;
-    /// hand it to the kernel (iovec) or write through it, never make a `&mut [u8]` of it.
+    /// hand it to the kernel (iovec) or write through it; for a `&mut` view use
+    /// [`with_page_mut`](Reservation::with_page_mut).
     pub fn as_mut_ptr(&self) -> *mut u8 {
         self.lfc.frame_ptr(self.frame)
     }
@@ -1456,6 +1457,20 @@ impl<'a> Reservation<'a> {
     /// Frame number (for logs and tests).
     pub fn frame(&self) -> u32 {
         self.frame
+    }
+
+    /// Runs `f` on the frame's bytes, for transforms that must work in place (decrypting a page
+    /// received straight into the frame). The one exception to "never a `&mut` into shared
+    /// memory", and a narrow one: a reserved frame is written by its reservation alone, no
+    /// reader can find it through the index until it is published, and the borrow cannot
+    /// outlive this call. A reader in another process that still holds the frame's number from
+    /// before it was claimed may read the bytes meanwhile; it validates the frame's version
+    /// afterwards and discards what it read, as it does for every racing write.
+    pub fn with_page_mut<R>(&mut self, f: impl FnOnce(&mut [u8; PAGE_SIZE]) -> R) -> R {
+        // SAFETY: the frame is PAGE_SIZE bytes inside the live mapping, and while reserved no
+        // one else writes it (see above); `&mut self` keeps a second borrow from existing.
+        let page = unsafe { &mut *self.as_mut_ptr().cast::<[u8; PAGE_SIZE]>() };
+        f(page)
     }
 
     /// Copies `page` into the frame (for callers that do not receive in place).

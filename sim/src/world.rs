@@ -507,10 +507,16 @@ impl<'a> World<'a> {
         }
         .open()
         .map_err(|e| crate::SimError::Setup(e.to_string()))?;
+        // What PrefetchTarget hands the server is the LFC's key; the server seals under a
+        // stream of it with a random id (here from the seed, so runs replay exactly).
+        let mut stream_rng = Rng::stream(seed, 0x57E);
+        let mut stream_id = [0u8; 16];
+        for c in stream_id.chunks_exact_mut(8) {
+            c.copy_from_slice(&stream_rng.next_u64().to_le_bytes());
+        }
         let dest = Destination {
             addr: SocketAddr::from(COMPUTE_ADDR),
-            // What PrefetchTarget hands the server: the LFC's key.
-            key: Arc::new(DatagramKey::new(lfc.key_id(), lfc.key())),
+            key: Arc::new(DatagramKey::new(lfc.key_id(), lfc.key()).stream(stream_id)),
         };
         let shards = (0..cfg.shards)
             .map(|s| Shard {
@@ -1496,6 +1502,10 @@ impl<'a> World<'a> {
         for c in random_key.chunks_exact_mut(8) {
             c.copy_from_slice(&r.next_u64().to_le_bytes());
         }
+        let mut forged_stream_id = [0u8; 16];
+        for c in forged_stream_id.chunks_exact_mut(8) {
+            c.copy_from_slice(&r.next_u64().to_le_bytes());
+        }
         // A page that would pass every content check: only the MAC can stop it.
         let lsn = r.range(SYNTHETIC_BASE_LSN, self.next_lsn + 64);
         let hdr = DatagramHeader {
@@ -1516,14 +1526,23 @@ impl<'a> World<'a> {
                 let len = r.below(9_000) as usize;
                 out = (0..len).map(|_| r.next_u64() as u8).collect();
             }
-            ForgeKind::WrongKey => DatagramKey::new(real_id, random_key).seal(&hdr, &page, out_arr),
+            ForgeKind::WrongKey => DatagramKey::new(real_id, random_key)
+                .stream(forged_stream_id)
+                .seal(&hdr, &page, out_arr)
+                .expect("a fresh stream seals"),
             ForgeKind::WrongKeyId => {
                 let id = real_id.wrapping_add(1 + r.below(1000) as u32).max(1);
                 let hdr = DatagramHeader { key_id: id, ..hdr };
-                DatagramKey::new(id, random_key).seal(&hdr, &page, out_arr)
+                DatagramKey::new(id, random_key)
+                    .stream(forged_stream_id)
+                    .seal(&hdr, &page, out_arr)
+                    .expect("a fresh stream seals")
             }
             ForgeKind::RightShape => {
+                // A well-formed header (with the server's real stream id, so the forgery meets
+                // a cached stream key) over a plaintext page and a random tag.
                 out_arr[..HEADER_LEN].copy_from_slice(&hdr.encode());
+                out_arr[64..80].copy_from_slice(&self.dest.key.stream_id());
                 out_arr[HEADER_LEN..HEADER_LEN + PAGE_SIZE].copy_from_slice(&page[..]);
                 for b in out_arr[HEADER_LEN + PAGE_SIZE..].iter_mut() {
                     *b = r.next_u64() as u8;

@@ -146,7 +146,13 @@ impl<'a> Backend<'a> {
         if self.reads_since_loss_check >= READS_PER_LOSS_CHECK {
             self.retry_lost_prefetches()?;
         }
-        let hit = self.lfc.lookup(&tag, out).is_some();
+        let mut hit = self.lfc.lookup(&tag, out).is_some();
+        if !hit && self.reads_since_loss_check > 0 {
+            // A miss: check for losses now, so that a lost page is known as lost (and the
+            // others requested again) before deciding how long to wait for this one.
+            self.retry_lost_prefetches()?;
+            hit = self.lfc.contains(&tag) && self.lfc.lookup(&tag, out).is_some();
+        }
         // Marking on a miss both asks "is it in flight?" and, when nobody asked, tells other
         // backends that this one is fetching it, so they wait instead of fetching it twice.
         let requested_elsewhere = !hit && self.lfc.mark_requested(&tag, monotonic_ns());

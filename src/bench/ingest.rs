@@ -54,6 +54,7 @@ fn spawn_sender(
 
 fn sealed(key: &DatagramKey, n: u32) -> Arc<Vec<[u8; DATAGRAM_LEN]>> {
     let rel = lfc::RelTag::new(1663, 5, 16384, 0);
+    let stream = key.stream([0xB7; 16]);
     let mut page = [0u8; 8192];
     let v = (0..n)
         .map(|b| {
@@ -65,7 +66,9 @@ fn sealed(key: &DatagramKey, n: u32) -> Arc<Vec<[u8; DATAGRAM_LEN]>> {
                 ..DatagramHeader::default()
             };
             let mut d = [0u8; DATAGRAM_LEN];
-            key.seal(&hdr, &page, &mut d);
+            stream
+                .seal(&hdr, &page, &mut d)
+                .expect("a fresh stream seals");
             d
         })
         .collect();

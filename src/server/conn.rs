@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use workers::datagram::DatagramKey;
+use workers::datagram::{random_stream_id, DatagramKey};
 
 /// Requests a connection may have decoded but not yet answered; beyond this the reader stops
 /// reading and TCP flow control pushes back on the client.
@@ -274,7 +274,12 @@ enum Work {
     Request {
         arrived: Instant,
         req: Request,
+        /// Where this connection's prefetches went when the request arrived: a GetPage of a
+        /// page still queued for it there makes that prefetch needless.
+        prefetch_dest: Option<SocketAddr>,
     },
+    /// A response the reader already encoded (a PrefetchTarget registration), sent in turn.
+    Reply { arrived: Instant, frame: Vec<u8> },
     /// A fatal error: send it, then close the connection.
     Fatal(ErrorFields),
 }
@@ -293,17 +298,33 @@ fn pagestream_session(
             .name("pagestream-respond".into())
             .spawn(move || respond(stream, rx, &shared))?
     };
+    // Prefetch requests and registrations are handled here, on the reader: a Prefetch has no
+    // TCP answer, so handing it to the responder would only add a thread wake-up (and its
+    // scheduling delay on a busy machine) before the page can be queued for sending.
+    let peer_ip = stream.peer_addr().map(|a| a.ip()).ok();
+    let mut target: Option<Destination> = None;
     let result = loop {
         let fatal = match reader.next(|b| decoder.decode(b)) {
             Ok(Some(FrontendMessage::CopyData(payload))) => match Request::decode(&payload) {
                 Ok(req) => {
-                    if tx
-                        .send(Work::Request {
-                            arrived: Instant::now(),
+                    let arrived = Instant::now();
+                    let work = match req {
+                        Request::Prefetch { .. } => {
+                            enqueue_prefetch(&req, arrived, &shared, target.as_ref());
+                            continue;
+                        }
+                        Request::PrefetchTarget { .. } => {
+                            let mut frame = Vec::new();
+                            register_target(&req, peer_ip, &shared, &mut target, &mut frame);
+                            Work::Reply { arrived, frame }
+                        }
+                        req => Work::Request {
+                            arrived,
                             req,
-                        })
-                        .is_err()
-                    {
+                            prefetch_dest: target.as_ref().map(|d| d.addr),
+                        },
+                    };
+                    if tx.send(work).is_err() {
                         break Ok(()); // The responder hit a write error and is gone.
                     }
                     continue;
@@ -345,38 +366,38 @@ fn respond(stream: TcpStream, rx: Receiver<Work>, shared: &Shared) {
     let mut frame = Vec::with_capacity(pagestream::GET_PAGE_RESPONSE_LEN + 8);
     let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);
     let delay = Duration::from_micros(shared.config.service_delay_us);
-    let mut state = ConnState {
-        peer_ip: out.get_ref().peer_addr().map(|a| a.ip()).ok(),
-        target: None,
-    };
     let mut next = rx.recv();
     while let Ok(work) = next {
-        let (req, arrived) = match work {
-            Work::Request { arrived, req } => {
-                let due = arrived + delay;
-                let now = Instant::now();
-                // Prefetches have no TCP response to hold back; their delay is applied by the
-                // sender queue, so they never wait in line here.
-                if due > now && req.expects_response() {
-                    // Flush what is ready before sleeping, so earlier responses are not held.
-                    if out.flush().is_err() {
-                        return;
-                    }
-                    std::thread::sleep(due - now);
-                }
-                (req, arrived)
-            }
+        let arrived = match &work {
+            Work::Request { arrived, .. } | Work::Reply { arrived, .. } => *arrived,
             Work::Fatal(err) => {
-                let _ = send(&mut out, &[BackendMessage::ErrorResponse(err)]);
+                let _ = send(&mut out, &[BackendMessage::ErrorResponse(err.clone())]);
                 let _ = out.flush();
                 let _ = out.get_ref().shutdown(std::net::Shutdown::Both);
                 return;
             }
         };
-        frame.clear();
-        if handle(&req, arrived, shared, &mut state, &mut page, &mut frame)
-            && write_copy_data(&mut out, &frame).is_err()
-        {
+        let due = arrived + delay;
+        let now = Instant::now();
+        if due > now {
+            // Flush what is ready before sleeping, so earlier responses are not held.
+            if out.flush().is_err() {
+                return;
+            }
+            std::thread::sleep(due - now);
+        }
+        let payload: &[u8] = match &work {
+            Work::Request {
+                req, prefetch_dest, ..
+            } => {
+                frame.clear();
+                handle(req, shared, *prefetch_dest, &mut page, &mut frame);
+                &frame
+            }
+            Work::Reply { frame, .. } => frame,
+            Work::Fatal(_) => unreachable!("handled above"),
+        };
+        if write_copy_data(&mut out, payload).is_err() {
             return;
         }
         next = match rx.try_recv() {
@@ -399,22 +420,15 @@ fn write_copy_data(out: &mut impl Write, payload: &[u8]) -> std::io::Result<()> 
     out.write_all(payload)
 }
 
-/// Per-connection state the responder keeps between requests.
-struct ConnState {
-    peer_ip: Option<IpAddr>,
-    /// Where this connection's prefetched pages go, once registered.
-    target: Option<Destination>,
-}
-
-/// Serves one request, encoding its response (if it has one) into `frame`.
+/// Serves one request that has a response (everything but Prefetch and PrefetchTarget, which
+/// the reader handles), encoding the response into `frame`.
 fn handle(
     req: &Request,
-    arrived: Instant,
     shared: &Shared,
-    state: &mut ConnState,
+    prefetch_dest: Option<SocketAddr>,
     page: &mut Page,
     frame: &mut Vec<u8>,
-) -> bool {
+) {
     let store = &shared.store;
     let stats = &shared.stats;
     let hdr: Header = req.header();
@@ -452,10 +466,8 @@ fn handle(
         }
         Request::GetPage { rel, blkno, .. } => {
             bump(&stats.get_page);
-            if let Some(dest) = &state.target {
-                shared
-                    .prefetch
-                    .fetched_by_get_page(dest.addr, rel.block(*blkno));
+            if let Some(addr) = prefetch_dest {
+                shared.prefetch.fetched_by_get_page(addr, rel.block(*blkno));
             }
             store
                 .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
@@ -499,47 +511,8 @@ fn handle(
                 })
                 .map_err(|e| e.to_string())
         }
-        Request::PrefetchTarget { target, .. } => {
-            bump(&stats.prefetch_target);
-            match state.peer_ip {
-                // The destination is always the TCP peer's own address: the server never sends
-                // UDP where a client points it, so it cannot be used to reflect traffic.
-                Some(ip) if target.udp_port != 0 => {
-                    state.target = Some(Destination {
-                        addr: SocketAddr::new(ip, target.udp_port),
-                        key: Arc::new(DatagramKey::new(target.key_id, target.key)),
-                    });
-                    Response::PrefetchTarget {
-                        hdr,
-                        udp_port: target.udp_port,
-                    }
-                    .encode(frame);
-                    Ok(())
-                }
-                Some(_) => Err("invalid prefetch target: UDP port 0".to_string()),
-                None => Err(
-                    "invalid prefetch target: the connection's peer address is unknown".to_string(),
-                ),
-            }
-        }
-        Request::Prefetch {
-            rel,
-            first_blkno,
-            nblocks,
-            ..
-        } => {
-            // Fire-and-forget: no TCP answer, whatever happens.
-            bump(&stats.prefetch);
-            match &state.target {
-                Some(dest) => {
-                    let arrived_ns = mono_ns().saturating_sub(arrived.elapsed().as_nanos() as u64);
-                    shared
-                        .prefetch
-                        .enqueue(dest, hdr, *rel, *first_blkno, *nblocks, arrived_ns);
-                }
-                None => bump(&stats.prefetch_dropped_no_target),
-            }
-            return false;
+        Request::PrefetchTarget { .. } | Request::Prefetch { .. } => {
+            unreachable!("the reader handles prefetch requests")
         }
     };
     if let Err(message) = result {
@@ -547,5 +520,79 @@ fn handle(
         frame.clear();
         Response::Error { hdr, message }.encode(frame);
     }
-    true
+}
+
+/// A PrefetchTarget request: registers where this connection's prefetches go and encodes the
+/// answer (or a pagestream error) into `frame`.
+fn register_target(
+    req: &Request,
+    peer_ip: Option<IpAddr>,
+    shared: &Shared,
+    target: &mut Option<Destination>,
+    frame: &mut Vec<u8>,
+) {
+    let Request::PrefetchTarget { target: t, .. } = req else {
+        unreachable!("called for PrefetchTarget only")
+    };
+    let hdr = req.header();
+    bump(&shared.stats.prefetch_target);
+    let result = match peer_ip {
+        // The destination is always the TCP peer's own address: the server never sends UDP
+        // where a client points it, so it cannot be used to reflect traffic. Every registration
+        // opens a new datagram stream (fresh id, nonces from 0).
+        Some(ip) if t.udp_port != 0 => match random_stream_id() {
+            Ok(stream_id) => {
+                let key = DatagramKey::new(t.key_id, t.key);
+                *target = Some(Destination {
+                    addr: SocketAddr::new(ip, t.udp_port),
+                    key: Arc::new(key.stream(stream_id)),
+                });
+                Ok(())
+            }
+            Err(e) => Err(format!("cannot register a prefetch target: {e}")),
+        },
+        Some(_) => Err("invalid prefetch target: UDP port 0".to_string()),
+        None => {
+            Err("invalid prefetch target: the connection's peer address is unknown".to_string())
+        }
+    };
+    match result {
+        Ok(()) => Response::PrefetchTarget {
+            hdr,
+            udp_port: t.udp_port,
+        }
+        .encode(frame),
+        Err(message) => {
+            bump(&shared.stats.errors);
+            Response::Error { hdr, message }.encode(frame);
+        }
+    }
+}
+
+/// A Prefetch request: fire-and-forget, no TCP answer whatever happens.
+fn enqueue_prefetch(
+    req: &Request,
+    arrived: Instant,
+    shared: &Shared,
+    target: Option<&Destination>,
+) {
+    let Request::Prefetch {
+        rel,
+        first_blkno,
+        nblocks,
+        ..
+    } = req
+    else {
+        unreachable!("called for Prefetch only")
+    };
+    bump(&shared.stats.prefetch);
+    match target {
+        Some(dest) => {
+            let arrived_ns = mono_ns().saturating_sub(arrived.elapsed().as_nanos() as u64);
+            shared
+                .prefetch
+                .enqueue(dest, req.header(), *rel, *first_blkno, *nblocks, arrived_ns);
+        }
+        None => bump(&shared.stats.prefetch_dropped_no_target),
+    }
 }

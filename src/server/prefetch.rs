@@ -10,19 +10,20 @@ use lfc::{BufferTag, RelTag};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use workers::datagram::{DatagramHeader, DatagramKey, DATAGRAM_LEN};
+use workers::datagram::{DatagramHeader, SealStream, DATAGRAM_LEN};
 
-/// Where one connection's prefetches go.
+/// Where one connection's prefetches go, and the datagram stream (derived key and nonce
+/// counter) they are sealed with.
 #[derive(Debug, Clone)]
 pub struct Destination {
     pub addr: SocketAddr,
-    pub key: Arc<DatagramKey>,
+    pub key: Arc<SealStream>,
 }
 
 /// One Prefetch request still (partly) to be sent.
 #[derive(Debug, Clone)]
 struct RangeJob {
-    key: Arc<DatagramKey>,
+    key: Arc<SealStream>,
     hdr: Header,
     rel: RelTag,
     next_blkno: u32,
@@ -35,7 +36,7 @@ struct RangeJob {
 #[derive(Debug, Clone)]
 pub struct PageJob {
     pub addr: SocketAddr,
-    pub key: Arc<DatagramKey>,
+    pub key: Arc<SealStream>,
     pub hdr: Header,
     pub tag: BufferTag,
 }
@@ -305,15 +306,18 @@ pub fn seal_page_job(
         .read_page(job.tag, lsn, page)
         .map_err(|_| SkipReason::Failed)?;
     let header = DatagramHeader {
-        key_id: job.key.id,
+        key_id: job.key.key_id(),
         reqid: job.hdr.reqid,
         request_lsn: job.hdr.request_lsn,
         not_modified_since: job.hdr.not_modified_since,
         tag: job.tag,
         sent_at_ns,
     };
-    job.key.seal(&header, page, out);
-    Ok(())
+    // Exhausting a stream's 2^64 nonces takes centuries; were it to happen, the page is not
+    // sent (the backend falls back) rather than sealed under a repeated nonce.
+    job.key
+        .seal(&header, page, out)
+        .map_err(|_| SkipReason::Failed)
 }
 
 /// Seeded Bernoulli drops (`--drop-prefetch P`) for loss experiments on one machine.
@@ -349,11 +353,12 @@ impl DropFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use workers::datagram::DatagramKey;
 
     fn dest(port: u16) -> Destination {
         Destination {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            key: Arc::new(DatagramKey::new(1, [0; 32])),
+            key: Arc::new(DatagramKey::new(1, [0; 32]).stream([port as u8; 16])),
         }
     }
 

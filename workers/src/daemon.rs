@@ -212,7 +212,7 @@ fn worker_loop(
     metrics: &ThreadMetrics,
     stop: &AtomicBool,
 ) -> Result<(), DaemonError> {
-    let ingest = Ingest::new(lfc);
+    let mut ingest = Ingest::new(lfc);
     let capacity = receiver.capacity();
     // All per-slot memory is allocated here, once: the loop below never allocates. The header
     // and tag buffers are only ever touched through raw pointers, because the kernel may be

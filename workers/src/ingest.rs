@@ -1,9 +1,7 @@
 //! Sans-IO ingest: what a worker does with one received datagram. The daemon's socket loops and
 //! the simulator both call this; it reads no clock (the caller passes `now`) and opens no socket.
 
-use crate::datagram::{
-    validate, validate_bytes, DatagramHeader, DatagramKey, DropReason, HEADER_LEN, TAG_LEN,
-};
+use crate::datagram::{DatagramHeader, DatagramKey, DropReason, Opener, HEADER_LEN, TAG_LEN};
 use crate::metrics::ThreadMetrics;
 use lfc::{InstallOutcome, Lfc, Reservation, PAGE_SIZE};
 
@@ -32,17 +30,23 @@ pub struct Received {
     pub tag: [u8; TAG_LEN],
 }
 
-/// Validates and installs datagrams into one LFC under one key.
+/// Validates and installs datagrams into one LFC under one key. One per worker thread: it
+/// keeps the thread's stream keys (`Opener`) and a page buffer for the copy path.
 pub struct Ingest<'a> {
     lfc: &'a Lfc,
     key: DatagramKey,
+    opener: Opener,
+    scratch: Box<[u8; PAGE_SIZE]>,
 }
 
 impl<'a> Ingest<'a> {
     pub fn new(lfc: &'a Lfc) -> Self {
+        let key = DatagramKey::new(lfc.key_id(), lfc.key());
         Ingest {
-            key: DatagramKey::new(lfc.key_id(), lfc.key()),
+            opener: key.opener(),
+            key,
             lfc,
+            scratch: Box::new([0u8; PAGE_SIZE]),
         }
     }
 
@@ -51,30 +55,29 @@ impl<'a> Ingest<'a> {
     }
 
     /// A datagram was received straight into `slot` (its page region) with its header and tag in
-    /// `received`. Publishes the slot when the datagram is valid and the install rules accept
-    /// it; otherwise nothing of the datagram becomes visible and the slot comes back still
-    /// reserved, for the caller to post again. Handing it back is what keeps junk traffic
+    /// `received`. The page is decrypted in the slot and the slot published when the datagram
+    /// authenticates and the install rules accept it; otherwise nothing of the datagram becomes
+    /// visible and the slot comes back still reserved, for the caller to post again. Handing it back is what keeps junk traffic
     /// (forged, corrupt, duplicate, stale) from evicting cached pages: a worker that freed the
     /// slot would claim a new frame, through CLOCK, for every datagram it turns away.
     pub fn complete(
-        &self,
-        slot: Reservation<'a>,
+        &mut self,
+        mut slot: Reservation<'a>,
         received: &Received,
         now_wall_ns: u64,
         metrics: &ThreadMetrics,
     ) -> (Verdict, Option<Reservation<'a>>) {
-        // SAFETY: a reserved slot is owned by this reservation alone until it is published or
-        // abandoned: no other thread or process writes it, and readers never see it, so a
-        // shared view of its bytes for the duration of validation does not alias a writer.
-        let page: &[u8; PAGE_SIZE] = unsafe { &*(slot.as_mut_ptr() as *const [u8; PAGE_SIZE]) };
-        let (verdict, back) = match validate(
-            &self.key,
-            received.len,
-            received.truncated,
-            &received.header,
-            page,
-            &received.tag,
-        ) {
+        let opener = &mut self.opener;
+        let opened = slot.with_page_mut(|page| {
+            opener.open(
+                received.len,
+                received.truncated,
+                &received.header,
+                page,
+                &received.tag,
+            )
+        });
+        let (verdict, back) = match opened {
             Ok(hdr) => match slot.try_publish(&hdr.tag, hdr.not_modified_since) {
                 Ok(()) => (Ok(hdr), None),
                 Err(rejected) => (install_verdict(hdr, rejected.outcome), Some(rejected.slot)),
@@ -87,11 +90,9 @@ impl<'a> Ingest<'a> {
 
     /// Validates a datagram held in one buffer and installs its page by copy (the simulator,
     /// and any path without zero-copy receive).
-    pub fn offer(&self, bytes: &[u8], now_wall_ns: u64, metrics: &ThreadMetrics) -> Verdict {
-        let verdict = validate_bytes(&self.key, bytes).and_then(|hdr| {
-            let page: &[u8; PAGE_SIZE] = bytes[HEADER_LEN..HEADER_LEN + PAGE_SIZE]
-                .try_into()
-                .expect("length validated");
+    pub fn offer(&mut self, bytes: &[u8], now_wall_ns: u64, metrics: &ThreadMetrics) -> Verdict {
+        let page = &mut self.scratch;
+        let verdict = self.opener.open_bytes(bytes, page).and_then(|hdr| {
             install_verdict(
                 hdr,
                 self.lfc
@@ -127,7 +128,7 @@ mod tests {
     fn turned_away_datagrams_keep_their_slot_and_evict_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let lfc = Lfc::create(dir.path().join("lfc"), 16).unwrap();
-        let ingest = Ingest::new(&lfc);
+        let mut ingest = Ingest::new(&lfc);
         let metrics = ThreadMetrics::default();
         let hdr = DatagramHeader {
             key_id: lfc.key_id(),
@@ -138,7 +139,11 @@ mod tests {
             sent_at_ns: 0,
         };
         let mut valid = Box::new([0u8; DATAGRAM_LEN]);
-        ingest.key().seal(&hdr, &[0x5A; PAGE_SIZE], &mut valid);
+        ingest
+            .key()
+            .stream([3; 16])
+            .seal(&hdr, &[0x5A; PAGE_SIZE], &mut valid)
+            .unwrap();
         let mut forged = valid.clone();
         forged[HEADER_LEN + 100] ^= 1;
 

@@ -51,13 +51,13 @@ pub use socket::{bind_reuseport, bind_reuseport_group, recv_buffer_size};
 pub use uring::probe_uring;
 
 /// Bytes of the datagram header region of a standard slot (DESIGN §3.2).
-pub const HEADER_LEN: usize = 64;
+pub const HEADER_LEN: usize = crate::datagram::HEADER_LEN;
 /// Bytes of the page region of a standard slot.
-pub const PAGE_LEN: usize = 8192;
-/// Bytes of the tag (MAC) region of a standard slot.
-pub const TAG_LEN: usize = 16;
+pub const PAGE_LEN: usize = lfc::PAGE_SIZE;
+/// Bytes of the tag region of a standard slot.
+pub const TAG_LEN: usize = crate::datagram::TAG_LEN;
 /// Length of a standard prefetch datagram: header, page and tag.
-pub const DATAGRAM_LEN: usize = HEADER_LEN + PAGE_LEN + TAG_LEN;
+pub const DATAGRAM_LEN: usize = crate::datagram::DATAGRAM_LEN;
 /// Upper bound on the slots one [`Receiver`] can have posted at once.
 pub const MAX_SLOTS: usize = 256;
 
