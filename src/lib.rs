@@ -11,5 +11,5 @@ pub mod pagestream;
 pub mod pgwire;
 pub mod prewarm;
 pub mod scan;
-pub mod sched;
+pub use workers::sched;
 pub mod server;

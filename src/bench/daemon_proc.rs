@@ -96,7 +96,7 @@ impl DaemonProc {
             else {
                 continue;
             };
-            crate::sched::set_thread_nice(tid, nice)?;
+            workers::sched::set_thread_nice(tid, nice)?;
         }
         Ok(())
     }

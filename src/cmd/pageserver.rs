@@ -57,6 +57,11 @@ pub struct PageServerArgs {
     /// CAP_SYS_NICE) gives it the weight of several.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub prefetch_sender_nice: i32,
+    /// Leave every thread in the default scheduling class. By default the threads that serve
+    /// connections ask for a short CPU slice (their wake-ups preempt bulk work; Linux 6.12+)
+    /// and the prefetch sender threads run as SCHED_BATCH.
+    #[arg(long)]
+    pub no_thread_classes: bool,
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {
@@ -80,6 +85,7 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         drop_seed: args.drop_seed,
         prefetch_gso: !args.no_gso,
         prefetch_sender_nice: args.prefetch_sender_nice,
+        thread_classes: !args.no_thread_classes,
     };
     // Register signal handlers before listening, so a SIGTERM right after start is not lost.
     let mut signals = signal_hook::iterator::Signals::new([

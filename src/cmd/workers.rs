@@ -46,6 +46,10 @@ pub struct WorkersArgs {
     /// `udp_prefetch_lfc_prefault_remaining_pages` shows its progress.
     #[arg(long)]
     pub no_prefault: bool,
+    /// Leave the worker threads in the default scheduling class. By default they run as
+    /// SCHED_BATCH: the same CPU share, but a datagram's arrival never preempts a backend.
+    #[arg(long)]
+    pub no_thread_classes: bool,
 }
 
 fn parse_io(s: &str) -> Result<IoChoice, String> {
@@ -88,6 +92,7 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
         recv_buffer_bytes: usize::try_from(args.recv_buffer).unwrap_or(usize::MAX),
         slots_per_thread: args.slots,
         prefault: !args.no_prefault,
+        thread_classes: !args.no_thread_classes,
     };
     let result = daemon::run(&config, &stop, |s| {
         tracing::info!(

@@ -291,12 +291,22 @@ fn pagestream_session(
     shared: Arc<Shared>,
 ) -> Result<(), ConnError> {
     let (tx, rx) = sync_channel::<Work>(MAX_QUEUED_REQUESTS);
+    // Both threads of a session serve GetPage: a waiting backend is behind each wake-up.
+    enter_latency_class(&shared);
     let responder = {
         let shared = shared.clone();
         let stream = stream.try_clone()?;
         std::thread::Builder::new()
             .name("pagestream-respond".into())
-            .spawn(move || respond(stream, rx, &shared))?
+            .spawn(move || {
+                enter_latency_class(&shared);
+                if shared.config.service_delay_us > 0 {
+                    // The service delay is a measured sleep: the default 50 µs of timer slack
+                    // would add a quarter to a 200 µs delay.
+                    let _ = workers::sched::set_timer_slack_ns(1_000);
+                }
+                respond(stream, rx, &shared)
+            })?
     };
     // Prefetch requests and registrations are handled here, on the reader: a Prefetch has no
     // TCP answer, so handing it to the responder would only add a thread wake-up (and its
@@ -357,6 +367,12 @@ fn pagestream_session(
     drop(tx);
     let _ = responder.join();
     result
+}
+
+fn enter_latency_class(shared: &Shared) {
+    if shared.config.thread_classes {
+        workers::sched::set_thread_class_or_warn(workers::sched::ThreadClass::Latency);
+    }
 }
 
 /// Answers requests in order. Each response is held until `arrived + service_delay`, which

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub prefetch_gso: bool,
     /// Nice value of the prefetch sender threads (0 = as started; negative needs privilege).
     pub prefetch_sender_nice: i32,
+    /// Scheduling classes (`workers::sched::ThreadClass`): connection threads, which serve
+    /// GetPage, ask for a short slice; prefetch sender threads are `SCHED_BATCH`.
+    pub thread_classes: bool,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             drop_seed: 1,
             prefetch_gso: true,
             prefetch_sender_nice: 0,
+            thread_classes: true,
         }
     }
 }
@@ -125,7 +129,7 @@ impl PageServer {
                 "--prefetch-senders must be 1..=64".into(),
             ));
         }
-        if !crate::sched::NICE_RANGE.contains(&config.prefetch_sender_nice) {
+        if !workers::sched::NICE_RANGE.contains(&config.prefetch_sender_nice) {
             return Err(ServerError::Config(
                 "--prefetch-sender-nice must be -20..=19".into(),
             ));
@@ -161,6 +165,7 @@ impl PageServer {
                 service_delay: Duration::from_micros(config.service_delay_us),
                 allow_gso: config.prefetch_gso,
                 nice: config.prefetch_sender_nice,
+                bulk_class: config.thread_classes,
             },
             store.clone(),
             stats.clone(),

@@ -33,8 +33,10 @@ pub struct SenderConfig {
     pub service_delay: Duration,
     /// Use UDP GSO when the kernel allows it (off only for comparisons).
     pub allow_gso: bool,
-    /// Nice value of the sender threads; 0 leaves them as started (`crate::sched`).
+    /// Nice value of the sender threads; 0 leaves them as started (`workers::sched`).
     pub nice: i32,
+    /// Run the sender threads as `SCHED_BATCH` (`workers::sched::ThreadClass::Bulk`).
+    pub bulk_class: bool,
 }
 
 /// Nanoseconds on a monotonic clock shared by every thread of this process.
@@ -98,14 +100,22 @@ impl PrefetchSender {
                 config.drop_probability,
                 config.drop_seed.wrapping_add(i as u64),
             );
-            let (nice, ready) = (config.nice, ready_tx.clone());
+            let (nice, bulk, ready) = (config.nice, config.bulk_class, ready_tx.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("prefetch-send-{i}"))
                     .spawn(move || {
+                        if bulk {
+                            // Sending prefetches is bulk work: it must never preempt a thread
+                            // that serves a GetPage (DESIGN §7: GetPage is never queued behind
+                            // prefetch work, and that includes the CPU).
+                            workers::sched::set_thread_class_or_warn(
+                                workers::sched::ThreadClass::Bulk,
+                            );
+                        }
                         let priority = match nice {
                             0 => Ok(()),
-                            n => crate::sched::set_thread_nice(0, n),
+                            n => workers::sched::set_thread_nice(0, n),
                         };
                         let ok = priority.is_ok();
                         let _ = ready.send(priority);

@@ -41,6 +41,8 @@ pub struct DaemonConfig {
     pub slots_per_thread: usize,
     /// Populate the daemon's page tables for the whole cache before receiving (`Lfc::prefault`).
     pub prefault: bool,
+    /// Run the worker and prefault threads as bulk work (`sched::ThreadClass::Bulk`).
+    pub thread_classes: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +171,14 @@ pub fn run(
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("udp-worker-{i}"))
-                    .spawn_scoped(scope, move || worker_loop(lfc, receiver, metrics, stop))
+                    .spawn_scoped(scope, move || {
+                        if config.thread_classes {
+                            // Installing prefetches is bulk work: a datagram's arrival must not
+                            // preempt a backend that is reading a page now.
+                            crate::sched::set_thread_class_or_warn(crate::sched::ThreadClass::Bulk);
+                        }
+                        worker_loop(lfc, receiver, metrics, stop)
+                    })
                     .map_err(|source| DaemonError::Io {
                         context: "starting a worker thread".into(),
                         source,
@@ -178,7 +187,13 @@ pub fn run(
         }
         if config.prefault {
             let (lfc, remaining) = (&lfc, &prefault_remaining);
-            scope.spawn(move || prefault(lfc, remaining, stop));
+            let bulk = config.thread_classes;
+            scope.spawn(move || {
+                if bulk {
+                    crate::sched::set_thread_class_or_warn(crate::sched::ThreadClass::Bulk);
+                }
+                prefault(lfc, remaining, stop)
+            });
         }
         if let Some(listener) = metrics_listener {
             let (lfc, metrics, remaining) = (&lfc, &thread_metrics[..], &prefault_remaining);

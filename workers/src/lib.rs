@@ -6,4 +6,5 @@ pub mod datagram;
 pub mod ingest;
 pub mod metrics;
 pub mod pidfile;
+pub mod sched;
 pub mod udp;

@@ -1,0 +1,226 @@
+//! Thread scheduling on Linux: nice values and scheduling classes.
+//!
+//! Two different needs meet on a busy machine:
+//!
+//! * **Share.** The page server's prefetch sender is one thread serving every connection, and
+//!   the worker daemon's few threads serve every backend. Under load each gets the CPU share of
+//!   one ordinary thread among the hundreds that serve connections and run backends, so
+//!   prefetches arrive after the reads that wanted them gave up (`bench many-backends`). A
+//!   negative nice value gives such a thread the weight of several ordinary ones.
+//! * **Latency.** A synchronous GetPage needs the CPU for a few microseconds, two or three
+//!   times, while bulk threads keep every CPU busy. The kernel's EEVDF scheduler lets a running
+//!   thread finish a slice of about a millisecond before a waking one may preempt it, and under
+//!   a prefetch stream that was most of a GetPage's p99 (`bench hol`: the server's connection
+//!   reader waited up to 400 µs for a CPU). Threads that serve GetPage therefore ask for a short
+//!   slice ([`ThreadClass::Latency`], Linux 6.12+: a waking thread with a shorter slice than
+//!   the running one preempts it), and bulk threads are `SCHED_BATCH`
+//!   ([`ThreadClass::Bulk`]): the same CPU share, but their own wake-ups never preempt anyone.
+
+/// Valid nice values.
+pub const NICE_RANGE: std::ops::RangeInclusive<i32> = -20..=19;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NiceError {
+    #[error("nice value {0} is outside -20..=19")]
+    OutOfRange(i32),
+    #[error("cannot set nice {nice} on {thread}{hint}")]
+    Refused {
+        nice: i32,
+        thread: String,
+        hint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Sets the nice value of thread `tid` (a kernel thread id; 0 is the calling thread). On Linux
+/// nice is per thread, and threads created afterwards inherit it.
+pub fn set_thread_nice(tid: u32, nice: i32) -> Result<(), NiceError> {
+    if !NICE_RANGE.contains(&nice) {
+        return Err(NiceError::OutOfRange(nice));
+    }
+    // SAFETY: setpriority only reads its scalar arguments.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0 {
+        return Ok(());
+    }
+    let source = std::io::Error::last_os_error();
+    let hint = match source.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => " (a negative value needs root or CAP_SYS_NICE)",
+        _ => "",
+    };
+    Err(NiceError::Refused {
+        nice,
+        thread: match tid {
+            0 => "this thread".to_string(),
+            t => format!("thread {t}"),
+        },
+        hint,
+        source,
+    })
+}
+
+/// The slice a [`ThreadClass::Latency`] thread asks for: the kernel's minimum.
+pub const LATENCY_SLICE_NS: u64 = 100_000;
+
+/// What a thread is for, as far as the CPU scheduler should know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadClass {
+    /// Serves requests someone waits for: a short EEVDF slice, so its wake-ups preempt.
+    Latency,
+    /// Moves pages in the background: `SCHED_BATCH`, so its wake-ups never preempt.
+    Bulk,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot make this thread a {class:?} thread (sched_setattr): {source}")]
+pub struct ClassError {
+    pub class: ThreadClass,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// `struct sched_attr` of sched_setattr(2), first version (48 bytes).
+#[repr(C)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime_ns: u64,
+    deadline_ns: u64,
+    period_ns: u64,
+}
+
+/// Puts the calling thread in `class`, keeping its nice value. Kernels before 6.12 accept a
+/// slice request and ignore it.
+pub fn set_thread_class(class: ThreadClass) -> Result<(), ClassError> {
+    // SAFETY: getpriority only reads its scalar arguments.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let (policy, runtime_ns) = match class {
+        ThreadClass::Latency => (libc::SCHED_OTHER, LATENCY_SLICE_NS),
+        ThreadClass::Bulk => (libc::SCHED_BATCH, 0),
+    };
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: policy as u32,
+        flags: 0,
+        nice,
+        priority: 0,
+        runtime_ns,
+        deadline_ns: 0,
+        period_ns: 0,
+    };
+    // SAFETY: passes a pointer to a live, fully initialised sched_attr of the size it declares;
+    // the kernel only reads it. Thread id 0 is the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(ClassError {
+            class,
+            source: std::io::Error::last_os_error(),
+        })
+    }
+}
+
+/// [`set_thread_class`], logging a refusal once per process instead of failing: the classes
+/// only shape latency, and a kernel or sandbox that refuses them leaves everything working.
+pub fn set_thread_class_or_warn(class: ThreadClass) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Err(e) = set_thread_class(class) {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(error = %e, "thread scheduling class not applied");
+        }
+    }
+}
+
+/// Sets the calling thread's timer slack: how late the kernel may wake it from a timed sleep
+/// (50 µs by default, to batch wake-ups). For threads whose sleeps are measurements, such as
+/// the page server's emulated service delay.
+pub fn set_timer_slack_ns(ns: u64) -> std::io::Result<()> {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The calling thread's scheduling policy and nice value (for tests and diagnostics).
+pub fn current_policy_and_nice() -> (i32, i32) {
+    // SAFETY: both calls only read their scalar arguments.
+    unsafe {
+        (
+            libc::sched_getscheduler(0),
+            libc::getpriority(libc::PRIO_PROCESS, 0),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_values_are_refused_before_the_kernel_sees_them() {
+        assert!(matches!(
+            set_thread_nice(0, 20),
+            Err(NiceError::OutOfRange(20))
+        ));
+        assert!(matches!(
+            set_thread_nice(0, -21),
+            Err(NiceError::OutOfRange(-21))
+        ));
+    }
+
+    #[test]
+    fn a_thread_can_lower_its_own_priority_and_others_keep_theirs() {
+        // SAFETY (both calls): getpriority only reads its scalar arguments.
+        let before = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let lower = (before + 1).min(*NICE_RANGE.end());
+        let inside = std::thread::spawn(move || {
+            set_thread_nice(0, lower).expect("raising one's own nice value needs no privilege");
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, lower);
+        assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, before);
+    }
+
+    #[test]
+    fn thread_classes_set_the_policy_and_keep_the_nice_value() {
+        let (latency, bulk) = std::thread::spawn(|| {
+            set_thread_nice(0, 3).unwrap();
+            set_thread_class(ThreadClass::Latency).expect("an unprivileged class change");
+            let latency = current_policy_and_nice();
+            set_thread_class(ThreadClass::Bulk).expect("an unprivileged class change");
+            (latency, current_policy_and_nice())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(latency, (libc::SCHED_OTHER, 3));
+        assert_eq!(bulk, (libc::SCHED_BATCH, 3));
+        // The spawning thread is untouched.
+        assert_ne!(current_policy_and_nice().0, libc::SCHED_BATCH);
+    }
+
+    #[test]
+    fn timer_slack_is_per_thread() {
+        let slack = std::thread::spawn(|| {
+            set_timer_slack_ns(1_000).unwrap();
+            // SAFETY: PR_GET_TIMERSLACK takes no pointer.
+            unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(slack, 1_000);
+        // SAFETY: as above.
+        assert_ne!(
+            unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) },
+            1_000
+        );
+    }
+}
