@@ -61,7 +61,7 @@ pub fn run(args: &DatagramBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         std::hint::black_box(h.finalize());
     });
     let base = BenchRecord::new("datagram", "memcpy", "pages/s", memcpy).param("pages", n);
-    let us = |r: f64| 1e6 / r;
+    let us = |r: f64| (1e8 / r).round() / 100.0;
     Ok(vec![
         base.clone(),
         BenchRecord::new("datagram", "seal", "pages/s", seal)

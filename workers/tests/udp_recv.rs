@@ -128,8 +128,67 @@ fn drain_many_uring() {
     drain_many(IoBackend::Uring);
 }
 
-/// Two sockets of one SO_REUSEPORT group: datagrams from 64 source ports spread over both
-/// (the kernel hashes the 4-tuple; all 64 on one socket has probability 2^-63).
+/// Receives `n` datagrams on the sockets of a group, each slot re-posted: (socket, seq) pairs.
+fn receive_on_group(rxs: &mut [Receiver], mems: &[SlotMem], n: usize) -> Vec<(usize, u32)> {
+    let mut got = Vec::new();
+    let mut out = [Completion::default(); 16];
+    let start = Instant::now();
+    while got.len() < n {
+        assert!(start.elapsed() < DEADLINE, "got {got:?}");
+        for (k, (rx, mem)) in rxs.iter_mut().zip(mems).enumerate() {
+            let n = rx.wait(Duration::from_millis(20), &mut out).unwrap();
+            for c in &out[..n] {
+                assert_eq!(c.len, 300);
+                got.push((k, seq_of(&mem.image(c.slot_id as usize))));
+                post(rx, mem, c.slot_id as usize);
+            }
+        }
+    }
+    got
+}
+
+/// One sender's datagrams go to the socket its block number (offset 52) picks, not all to the
+/// one socket a hash of its 4-tuple would pick: every worker thread shares one page server's
+/// stream.
+fn spread_by_block(backend: IoBackend) {
+    const DATAGRAMS: u32 = 32;
+    let socks = bind_reuseport_group(localhost0(), 2, 4 * MIB).unwrap();
+    let addr = socks[0].local_addr().unwrap();
+    let mems = [SlotMem::new(16), SlotMem::new(16)];
+    let mut rxs: Vec<Receiver> = socks
+        .into_iter()
+        .map(|s| Receiver::new(s, backend, 16).unwrap())
+        .collect();
+    for (rx, mem) in rxs.iter_mut().zip(&mems) {
+        for i in 0..16 {
+            post(rx, mem, i);
+        }
+    }
+    let tx = sender();
+    for seq in 0..DATAGRAMS {
+        let mut d = pattern(seq, 300);
+        d[52..56].copy_from_slice(&(seq * 7).to_be_bytes()); // the block number
+        tx.send_to(&d, addr).unwrap();
+    }
+    let got = receive_on_group(&mut rxs, &mems, DATAGRAMS as usize);
+    let seqs: Vec<u32> = got.iter().map(|&(_, s)| s).collect();
+    assert_all_once(&seqs, DATAGRAMS as usize);
+    for (socket, seq) in got {
+        assert_eq!(socket, (seq * 7 % 2) as usize, "datagram {seq}");
+    }
+}
+
+#[test]
+fn spread_by_block_epoll() {
+    spread_by_block(IoBackend::Epoll);
+}
+
+#[test]
+fn spread_by_block_uring() {
+    spread_by_block(IoBackend::Uring);
+}
+
+/// Two sockets of one SO_REUSEPORT group: datagrams from 64 source ports spread over both.
 fn reuseport(backend: IoBackend) {
     const SENDERS: usize = 64;
     let socks = bind_reuseport_group(localhost0(), 2, 4 * MIB).unwrap();
@@ -148,22 +207,11 @@ fn reuseport(backend: IoBackend) {
     for seq in 0..SENDERS {
         sender().send_to(&pattern(seq as u32, 300), addr).unwrap();
     }
+    let got = receive_on_group(&mut rxs, &mems, SENDERS);
+    let seqs: Vec<u32> = got.iter().map(|&(_, s)| s).collect();
     let mut per_socket = [0usize; 2];
-    let mut seqs = Vec::new();
-    let mut out = [Completion::default(); 16];
-    let start = Instant::now();
-    while seqs.len() < SENDERS {
-        assert!(start.elapsed() < DEADLINE, "got {seqs:?}");
-        for (k, (rx, mem)) in rxs.iter_mut().zip(&mems).enumerate() {
-            let n = rx.wait(Duration::from_millis(20), &mut out).unwrap();
-            for c in &out[..n] {
-                let img = mem.image(c.slot_id as usize);
-                assert_eq!(c.len, 300);
-                seqs.push(seq_of(&img));
-                per_socket[k] += 1;
-                post(rx, mem, c.slot_id as usize);
-            }
-        }
+    for &(k, _) in &got {
+        per_socket[k] += 1;
     }
     assert_all_once(&seqs, SENDERS);
     assert!(per_socket.iter().all(|&n| n > 0), "spread {per_socket:?}");

@@ -47,7 +47,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use send::{GsoSender, MAX_IOV_PER_DATAGRAM, MAX_SEND_BATCH};
-pub use socket::{bind_reuseport, bind_reuseport_group, recv_buffer_size};
+pub use socket::{attach_spread_by_block, bind_reuseport, bind_reuseport_group, recv_buffer_size};
 pub use uring::probe_uring;
 
 /// Bytes of the datagram header region of a standard slot (DESIGN §3.2).

@@ -43,7 +43,8 @@ pub fn bind_reuseport(addr: SocketAddr, recv_buffer_bytes: usize) -> io::Result<
 }
 
 /// Binds `count` sockets of one `SO_REUSEPORT` group with [`bind_reuseport`]: the first on
-/// `addr` (whose port may be 0), the others on the port the first one got.
+/// `addr` (whose port may be 0), the others on the port the first one got. With more than one
+/// socket the group gets [`attach_spread_by_block`].
 pub fn bind_reuseport_group(
     addr: SocketAddr,
     count: usize,
@@ -56,7 +57,58 @@ pub fn bind_reuseport_group(
         addr.set_port(s.local_addr()?.port());
         sockets.push(s);
     }
+    if count > 1 {
+        attach_spread_by_block(&sockets[0], count)?;
+    }
     Ok(sockets)
+}
+
+/// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic; the libc crate names it for Android only).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+/// Offset of the block number in a prefetch datagram (DESIGN §3.2).
+const BLKNO_OFFSET: u32 = 52;
+
+/// Spreads the datagrams of every sender over the `count` sockets of the group by block number
+/// (a classic BPF program: `blkno % count`). The kernel's default picks a socket by a hash of
+/// the 4-tuple, which sends all of one page server's datagrams to one socket and so to one
+/// worker thread, however many there are. A GSO message is steered as one (by its first block),
+/// so consecutive messages alternate; the reordering between threads that this allows is what
+/// the backends' reorder grace absorbs. A datagram too short to hold a block number goes to
+/// the first socket (the program's out-of-bounds load returns 0).
+pub fn attach_spread_by_block(group_member: &UdpSocket, count: usize) -> io::Result<()> {
+    let count = u32::try_from(count).map_err(|_| io::Error::other("too many sockets"))?;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut program = [
+        // A = the big-endian u32 at the block number's offset of the UDP payload.
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, BLKNO_OFFSET),
+        stmt(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, count),
+        stmt(libc::BPF_RET | libc::BPF_A, 0),
+    ];
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: passes a pointer to a live sock_fprog whose filter points at `program`, which
+    // outlives the call (the kernel copies the program).
+    let rc = unsafe {
+        libc::setsockopt(
+            group_member.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The socket's effective receive buffer in bytes (`SO_RCVBUF` as the kernel reports it).
