@@ -568,6 +568,23 @@ impl Lfc {
         v
     }
 
+    /// `None` when `tag` is cached, else its last-written LSN (as [`lwlsn`](Lfc::lwlsn)): what
+    /// a backend asks of every page it might prefetch, in one probe instead of two.
+    pub fn lwlsn_unless_cached(&self, tag: &BufferTag) -> Option<u64> {
+        let h = self.hash(tag);
+        match self.probe_lwlsn(h, tag) {
+            Probe::Found(_) => None,
+            // Read after the probe, as in `lwlsn`: the table only grows.
+            Probe::Absent => Some(
+                self.lwlsn_cell(h)
+                    .load(Ordering::Acquire)
+                    .max(self.global_lwlsn().load(Ordering::Acquire)),
+            ),
+            // A writer is busy with the tag: the two exact answers, one after the other.
+            Probe::Contended => (!self.contains(tag)).then(|| self.lwlsn(tag)),
+        }
+    }
+
     /// Raises the global lwlsn floor: every tag's lwlsn is at least this from now on. For events
     /// that modify pages without per-page tracking. Cached pages are not dropped by it.
     pub fn raise_lwlsn_floor(&self, lsn: u64) {

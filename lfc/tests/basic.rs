@@ -102,6 +102,26 @@ fn global_floor_raises_every_lwlsn_without_dropping_cached_pages() {
 }
 
 #[test]
+fn lwlsn_unless_cached_agrees_with_contains_and_lwlsn() {
+    let (_d, lfc) = new_cache(16);
+    let (a, b, c) = (tag(4, 1), tag(4, 2), tag(4, 3));
+    lfc.set_lwlsn(&b, 70).unwrap();
+    lfc.write(&a, 30, &make_page(&a, 30)).unwrap();
+    lfc.raise_lwlsn_floor(20);
+    for t in [a, b, c] {
+        let want = (!lfc.contains(&t)).then(|| lfc.lwlsn(&t));
+        assert_eq!(lfc.lwlsn_unless_cached(&t), want, "{t:?}");
+    }
+    assert_eq!(lfc.lwlsn_unless_cached(&a), None, "cached");
+    assert_eq!(
+        lfc.lwlsn_unless_cached(&b),
+        Some(70),
+        "modified, not cached"
+    );
+    assert_eq!(lfc.lwlsn_unless_cached(&c), Some(20), "the floor");
+}
+
+#[test]
 fn eviction_keeps_lwlsn_and_full_cache_keeps_serving() {
     let (_d, lfc) = new_cache(8);
     for blk in 0..100u32 {

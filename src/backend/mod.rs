@@ -81,7 +81,8 @@ impl<'a> Backend<'a> {
         let mut run: Option<(u32, u16, u64)> = None; // first block, length, max lwlsn
         for blkno in blocks {
             let tag = rel.block(blkno);
-            let cached = self.lfc.contains(&tag);
+            let lwlsn = self.lfc.lwlsn_unless_cached(&tag);
+            let cached = lwlsn.is_none();
             let already = !cached && self.lfc.mark_requested(&tag, now);
             if !self.core.plan_prefetch(tag, cached, already, now) {
                 if let Some(r) = run.take() {
@@ -90,7 +91,7 @@ impl<'a> Backend<'a> {
                 continue;
             }
             requested += 1;
-            let lw = self.lfc.lwlsn(&tag);
+            let lw = lwlsn.expect("only pages not cached are planned");
             run = match run {
                 Some((first, n, max_lw)) if n < u16::MAX => Some((first, n + 1, max_lw.max(lw))),
                 Some(r) => {

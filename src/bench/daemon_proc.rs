@@ -151,17 +151,64 @@ impl Drop for DaemonProc {
     }
 }
 
+/// Where scratch directories go when `bench --lfc-dir` names no other place.
+static SCRATCH_BASE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Makes every later [`ScratchDir`] a subdirectory of `dir` (`bench --lfc-dir`), e.g. a tmpfs
+/// mounted with `huge=always` so LFC files are mapped with 2 MiB pages.
+pub fn set_scratch_base(dir: std::path::PathBuf) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        dir.is_dir(),
+        "--lfc-dir {} is not a directory",
+        dir.display()
+    );
+    SCRATCH_BASE
+        .set(dir)
+        .map_err(|_| anyhow::anyhow!("the scratch base is set once, before any bench runs"))
+}
+
+fn scratch_base() -> std::path::PathBuf {
+    match SCRATCH_BASE.get() {
+        Some(dir) => dir.clone(),
+        None if Path::new("/dev/shm").is_dir() => std::path::PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    }
+}
+
+/// The scratch base and whether the tmpfs it is on hands out huge pages (`huge=` mount option
+/// other than `never`), for the header of bench output.
+pub fn scratch_base_description() -> String {
+    let base = scratch_base();
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    // The longest mount point that contains the base is the file system it is on.
+    let mount = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, point, fs, opts) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            base.starts_with(point)
+                .then(|| (point.len(), fs.to_string(), opts.to_string()))
+        })
+        .max_by_key(|m| m.0);
+    let huge = match &mount {
+        Some((_, fs, opts)) if fs == "tmpfs" => opts
+            .split(',')
+            .find_map(|o| o.strip_prefix("huge="))
+            .unwrap_or("never")
+            .to_string(),
+        Some((_, fs, _)) => format!("n/a ({fs})"),
+        None => "unknown".to_string(),
+    };
+    format!("LFC files in {} (tmpfs huge pages: {huge})", base.display())
+}
+
 /// A scratch directory for LFC files: tmpfs when there is one (an LFC is memory in spirit,
 /// and disk writeback would only add noise), removed on drop.
 pub struct ScratchDir(pub std::path::PathBuf);
 
 impl ScratchDir {
     pub fn new(prefix: &str) -> anyhow::Result<ScratchDir> {
-        let base = if Path::new("/dev/shm").is_dir() {
-            std::path::PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
+        let base = scratch_base();
         let dir = base.join(format!("{prefix}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         Ok(ScratchDir(dir))

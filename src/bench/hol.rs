@@ -57,8 +57,8 @@ pub struct HolBenchArgs {
     /// Prefetch distance (UDP) and pipeline depth (TCP) of the streaming scan.
     #[arg(long, default_value_t = 128)]
     pub distance: u32,
-    /// Worker daemon threads.
-    #[arg(long, default_value_t = 2)]
+    /// Worker daemon threads (the daemon's own default: one per two CPUs, at least one).
+    #[arg(long, default_value_t = workers::daemon::default_threads())]
     pub daemon_threads: usize,
     /// Nice value for every worker daemon thread (0 = as started). A positive value lets the
     /// backend and the page server's responder preempt the bulk ingest on a small machine.

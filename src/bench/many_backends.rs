@@ -33,8 +33,8 @@ pub struct ManyBackendsBenchArgs {
     /// Prefetch distance (UDP) and pipeline depth (TCP) of each backend.
     #[arg(long, default_value_t = 128)]
     pub distance: u32,
-    /// Worker daemon threads.
-    #[arg(long, default_value_t = 2)]
+    /// Worker daemon threads (the daemon's own default: one per two CPUs, at least one).
+    #[arg(long, default_value_t = workers::daemon::default_threads())]
     pub daemon_threads: usize,
     /// The page server's UDP prefetch sender threads (the server's default is 1).
     #[arg(long, default_value_t = 1)]

@@ -62,7 +62,10 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
         return;
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("machine: {cores} cores");
+    println!(
+        "machine: {cores} cores; {}",
+        daemon_proc::scratch_base_description()
+    );
     println!(
         "{:<10} {:<22} {:>14} {:<8} {:>9}  params",
         "bench", "case", "value", "unit", "ratio"

@@ -21,8 +21,9 @@ pub struct WorkersArgs {
     /// UDP address the page servers send prefetched pages to.
     #[arg(long, default_value = "127.0.0.1:6401")]
     pub listen: SocketAddr,
-    /// Worker threads, each with its own SO_REUSEPORT socket.
-    #[arg(long, default_value_t = 2)]
+    /// Worker threads, each with its own SO_REUSEPORT socket (default: one per two CPUs, at
+    /// least one).
+    #[arg(long, default_value_t = workers::daemon::default_threads())]
     pub threads: usize,
     /// Receive backend: io_uring, epoll, or auto (io_uring when the kernel allows it).
     #[arg(long, default_value = "auto", value_parser = parse_io)]
