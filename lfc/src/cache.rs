@@ -1422,6 +1422,13 @@ impl Lfc {
         s
     }
 
+    /// A lower bound on the frames that are FREE, read in O(1) (the hint `claim_free` keeps; it
+    /// is at or below the truth). [`stats`](Lfc::stats) counts exactly but reads every frame's
+    /// metadata, a millisecond per million frames.
+    pub fn free_frames_at_least(&self) -> u64 {
+        self.free_count().load(Ordering::Acquire)
+    }
+
     /// Up to `max` cached tags, most used first (CLOCK usage count, then LSN), for prewarm.
     pub fn snapshot_hottest(&self, max: usize) -> Vec<BufferTag> {
         let mut found: Vec<(u32, u64, BufferTag)> = Vec::new();

@@ -85,7 +85,7 @@ pub fn run(args: &PrewarmBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     let (ceiling, _) = super::ingest::daemon_case(
         &scratch,
         "ceiling",
-        "auto",
+        "epoll",
         2,
         args.ingest_seconds,
         true,

@@ -152,6 +152,12 @@ impl Progress {
 /// reserved, so those frames are taken even though they hold no page yet) and the pages still
 /// in flight leave no free frame: bringing in more would evict.
 pub fn cache_is_full(lfc: &Lfc, in_flight: usize) -> bool {
+    // The O(1) lower bound on free frames settles the common case; only near full is every
+    // frame counted (`Lfc::stats` reads all their metadata: asked every round, that was a
+    // quarter of a 1 GiB prewarm's CPU on an 8 GiB cache).
+    if lfc.free_frames_at_least() > in_flight as u64 {
+        return false;
+    }
     let s = lfc.stats();
     s.used_pages + s.busy_pages + in_flight as u64 >= lfc.capacity_pages()
 }

@@ -120,11 +120,11 @@ impl UdpError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum IoChoice {
     /// io_uring when the kernel allows it, otherwise epoll (with a warning).
-    #[default]
     Auto,
     /// io_uring or fail.
     Uring,
-    /// epoll (mio + `recvmmsg`).
+    /// epoll (mio + `recvmmsg`): the default, measured faster (`bench ingest`).
+    #[default]
     Epoll,
 }
 
