@@ -140,8 +140,8 @@ pub fn prefetch_runs(
 
 /// The prefetch side of a sequential scan: which blocks to request before reading each one.
 /// The window ahead of the reader is topped up in batches of a quarter of the distance (at
-/// most 32 pages), so Prefetch messages carry runs rather than single pages, and never runs
-/// past the scan's end.
+/// most 128 pages), so Prefetch messages carry runs rather than single pages (each message is a
+/// TCP write and a wake-up of the server's reader), and never runs past the scan's end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanWindow {
     end: u32,
@@ -161,7 +161,7 @@ impl ScanWindow {
     /// `ReadPath::prefetch_distance`): the blocks to request now, if any.
     pub fn top_up(&mut self, blkno: u32, distance: u32) -> Option<std::ops::Range<u32>> {
         let distance = distance.max(1);
-        let batch = (distance / 4).clamp(1, 64);
+        let batch = (distance / 4).clamp(1, 128);
         let horizon = blkno.saturating_add(distance).min(self.end);
         let from = self.next_prefetch.max(blkno);
         if from < horizon && (horizon - from >= batch || horizon == self.end) {

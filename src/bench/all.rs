@@ -44,7 +44,7 @@ fn short_flags(s: Scenario) -> &'static [&'static str] {
             "300000",
         ],
         Scenario::Ingest => &["--seconds", "1.5"],
-        Scenario::Scan => &["--pages", "12288"],
+        Scenario::Scan => &[],
         Scenario::Hol => &[],
         Scenario::ManyBackends => &[],
         Scenario::Prewarm => &["--pages", "65536", "--ingest-seconds", "1.5"],

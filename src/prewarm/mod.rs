@@ -25,6 +25,11 @@ const POLL: Duration = Duration::from_millis(2);
 const TCP_DEPTH: usize = 64;
 /// Final passes over pages that left the cache after arriving.
 const REPAIR_ROUNDS: usize = 2;
+/// A round's arrival check stops at this many consecutive pages still missing that were
+/// requested less than a smoothed arrival time ago: the server sends in request order, so the
+/// rest are in flight behind them. Older missing pages (lost, or late) never stop it. Probing
+/// the whole window (up to 8192 pages) every round cost the prewarm thread a millisecond a round.
+const ARRIVAL_PROBE_RUN: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct PrewarmConfig {
@@ -222,9 +227,21 @@ pub fn run_prewarm(
             break;
         }
         let now = monotonic_ns();
-        // Arrivals.
+        // Arrivals, oldest request first.
         arrived.clear();
-        arrived.extend(sched.requested().filter(|&i| lfc.contains(&pages[i])));
+        let in_flight_for = sched.srtt_ns().unwrap_or(0);
+        let mut missing_run = 0;
+        for (i, at) in sched.requested_at() {
+            if lfc.contains(&pages[i]) {
+                arrived.push(i);
+                missing_run = 0;
+            } else if now.saturating_sub(at) < in_flight_for {
+                missing_run += 1;
+                if missing_run >= ARRIVAL_PROBE_RUN {
+                    break;
+                }
+            }
+        }
         for &i in &arrived {
             sched.on_arrived(i, now);
         }

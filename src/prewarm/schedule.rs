@@ -217,12 +217,19 @@ impl Schedule {
 
     /// Pages currently requested and not arrived, for the shell to check.
     pub fn requested(&self) -> impl Iterator<Item = usize> + '_ {
-        self.outstanding
-            .iter()
-            .filter(
-                |&&(i, at)| matches!(self.state[i], State::Requested { at_ns, .. } if at_ns == at),
-            )
-            .map(|&(i, _)| i)
+        self.requested_at().map(|(i, _)| i)
+    }
+
+    /// [`requested`](Self::requested) in request order, with when each was (last) requested.
+    pub fn requested_at(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.outstanding.iter().copied().filter(
+            |&(i, at)| matches!(self.state[i], State::Requested { at_ns, .. } if at_ns == at),
+        )
+    }
+
+    /// The smoothed time from request to arrival, once a page has arrived.
+    pub fn srtt_ns(&self) -> Option<u64> {
+        self.srtt_ns.map(|s| s as u64)
     }
 
     /// The page is in the LFC now.
