@@ -25,7 +25,7 @@ pub const LOSS_SCAN: usize = 64;
 /// A loss check stops at this many consecutive missing prefetches requested less than a wait
 /// budget ago: in request order, those and everything after them are still in flight (more
 /// than one GSO message's worth, so a reordered message does not hide the arrivals after it).
-/// Without the stop, every check probed the whole in-flight window again: a third of a
+/// Without the stop, every check probed the whole in-flight window again: a fifth of a
 /// backend's read-path CPU at 0 % loss. Older missing entries never stop a check, so a burst
 /// loss longer than this is found once its pages are overdue.
 pub const IN_FLIGHT_RUN: usize = 8;

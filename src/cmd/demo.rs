@@ -21,8 +21,12 @@ pub struct DemoArgs {
     /// Emulated page server latency per response, microseconds.
     #[arg(long, default_value_t = 200)]
     pub service_delay_us: u64,
-    /// Prefetch distance of the pipelined and UDP scans.
+    /// Pipeline depth of the tcp-pipelined scans (Neon's 128).
     #[arg(long, default_value_t = 128)]
+    pub depth: u32,
+    /// Prefetch distance of the UDP scans (as in `bench scan`: it costs LFC space, not
+    /// connection buffers, and hides lost datagrams' retries).
+    #[arg(long, default_value_t = 512)]
     pub distance: u32,
 }
 
@@ -68,8 +72,8 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
         lfc_bytes >> 20
     );
     println!(
-        "relations 1663/5/16384/0 and 1663/5/16385/0: {pages} pages ({} MiB) each; service delay {} us; distance {}",
-        args.size_mib, args.service_delay_us, args.distance
+        "relations 1663/5/16384/0 and 1663/5/16385/0: {pages} pages ({} MiB) each; service delay {} us; TCP depth {}, UDP distance {}",
+        args.size_mib, args.service_delay_us, args.depth, args.distance
     );
 
     let mut rows: Vec<(f64, ScanReport)> = Vec::new();
@@ -81,7 +85,10 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
                 rel: Synthetic::rel(rel_index),
                 blocks: None,
                 mode,
-                distance: args.distance,
+                distance: match mode {
+                    ScanMode::Udp => args.distance,
+                    ScanMode::TcpSync | ScanMode::TcpPipelined => args.depth,
+                },
                 cpu_per_page_us: 0,
                 prefetch_port: daemon.udp_port,
                 read_path: ReadPathConfig::default(),

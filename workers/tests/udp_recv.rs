@@ -147,30 +147,45 @@ fn receive_on_group(rxs: &mut [Receiver], mems: &[SlotMem], n: usize) -> Vec<(us
     got
 }
 
+/// A two-socket SO_REUSEPORT group with `slots` slots posted on each. The receivers are
+/// declared first so they drop, and give the kernel's hold on the slots back, before the memory.
+struct Group {
+    rxs: Vec<Receiver>,
+    mems: [SlotMem; 2],
+    addr: SocketAddr,
+}
+
+fn posted_group(backend: IoBackend, slots: usize) -> Group {
+    let socks = bind_reuseport_group(localhost0(), 2, 4 * MIB).unwrap();
+    let addr = socks[0].local_addr().unwrap();
+    assert_eq!(socks[1].local_addr().unwrap(), addr);
+    let mems = [SlotMem::new(slots), SlotMem::new(slots)];
+    let mut rxs: Vec<Receiver> = socks
+        .into_iter()
+        .map(|s| Receiver::new(s, backend, slots).unwrap())
+        .collect();
+    for (rx, mem) in rxs.iter_mut().zip(&mems) {
+        for i in 0..slots {
+            post(rx, mem, i);
+        }
+    }
+    Group { rxs, mems, addr }
+}
+
 /// One sender's datagrams go to the socket its block number (offset 52) picks, not all to the
 /// one socket a hash of its 4-tuple would pick: every worker thread shares one page server's
 /// stream.
 fn spread_by_block(backend: IoBackend) {
     const DATAGRAMS: u32 = 32;
-    let socks = bind_reuseport_group(localhost0(), 2, 4 * MIB).unwrap();
-    let addr = socks[0].local_addr().unwrap();
-    let mems = [SlotMem::new(16), SlotMem::new(16)];
-    let mut rxs: Vec<Receiver> = socks
-        .into_iter()
-        .map(|s| Receiver::new(s, backend, 16).unwrap())
-        .collect();
-    for (rx, mem) in rxs.iter_mut().zip(&mems) {
-        for i in 0..16 {
-            post(rx, mem, i);
-        }
-    }
+    // Kept whole (not destructured): its fields drop in order, receivers before memory.
+    let mut g = posted_group(backend, 16);
     let tx = sender();
     for seq in 0..DATAGRAMS {
         let mut d = pattern(seq, 300);
         d[52..56].copy_from_slice(&(seq * 7).to_be_bytes()); // the block number
-        tx.send_to(&d, addr).unwrap();
+        tx.send_to(&d, g.addr).unwrap();
     }
-    let got = receive_on_group(&mut rxs, &mems, DATAGRAMS as usize);
+    let got = receive_on_group(&mut g.rxs, &g.mems, DATAGRAMS as usize);
     let seqs: Vec<u32> = got.iter().map(|&(_, s)| s).collect();
     assert_all_once(&seqs, DATAGRAMS as usize);
     for (socket, seq) in got {
@@ -191,23 +206,11 @@ fn spread_by_block_uring() {
 /// Two sockets of one SO_REUSEPORT group: datagrams from 64 source ports spread over both.
 fn reuseport(backend: IoBackend) {
     const SENDERS: usize = 64;
-    let socks = bind_reuseport_group(localhost0(), 2, 4 * MIB).unwrap();
-    let addr = socks[0].local_addr().unwrap();
-    assert_eq!(socks[1].local_addr().unwrap(), addr);
-    let mems = [SlotMem::new(8), SlotMem::new(8)];
-    let mut rxs: Vec<Receiver> = socks
-        .into_iter()
-        .map(|s| Receiver::new(s, backend, 8).unwrap())
-        .collect();
-    for (rx, mem) in rxs.iter_mut().zip(&mems) {
-        for i in 0..8 {
-            post(rx, mem, i);
-        }
-    }
+    let mut g = posted_group(backend, 8);
     for seq in 0..SENDERS {
-        sender().send_to(&pattern(seq as u32, 300), addr).unwrap();
+        sender().send_to(&pattern(seq as u32, 300), g.addr).unwrap();
     }
-    let got = receive_on_group(&mut rxs, &mems, SENDERS);
+    let got = receive_on_group(&mut g.rxs, &g.mems, SENDERS);
     let seqs: Vec<u32> = got.iter().map(|&(_, s)| s).collect();
     let mut per_socket = [0usize; 2];
     for &(k, _) in &got {
