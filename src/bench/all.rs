@@ -102,11 +102,20 @@ mod tests {
         args_of::<lfc::LfcBenchArgs>(short_flags(Scenario::Lfc)).unwrap();
         args_of::<ingest::IngestBenchArgs>(short_flags(Scenario::Ingest)).unwrap();
         let s: scan::ScanBenchArgs = args_of(short_flags(Scenario::Scan)).unwrap();
-        assert_eq!(s.pages, 12288);
-        assert_eq!(s.delays, [0, 200], "other settings keep their defaults");
+        assert_eq!(
+            (s.pages, s.depth, s.distance),
+            (32768, 128, 512),
+            "scan runs its defaults"
+        );
         args_of::<hol::HolBenchArgs>(short_flags(Scenario::Hol)).unwrap();
         args_of::<many_backends::ManyBackendsBenchArgs>(short_flags(Scenario::ManyBackends))
             .unwrap();
-        args_of::<prewarm::PrewarmBenchArgs>(short_flags(Scenario::Prewarm)).unwrap();
+        let p: prewarm::PrewarmBenchArgs = args_of(short_flags(Scenario::Prewarm)).unwrap();
+        assert_eq!((p.pages, p.ingest_seconds), (65536, 1.5));
+        let i: ingest::IngestBenchArgs = args_of(short_flags(Scenario::Ingest)).unwrap();
+        assert_eq!(
+            i.distinct_pages, 8192,
+            "settings the flags do not name keep their defaults"
+        );
     }
 }
