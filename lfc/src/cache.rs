@@ -516,6 +516,12 @@ impl Lfc {
         r
     }
 
+    /// `lookup` for a read that already counted its miss (a second look after doing something
+    /// else): counted neither as a hit nor as a miss, but a use for eviction.
+    pub fn lookup_again(&self, tag: &BufferTag, out: &mut [u8; PAGE_SIZE]) -> Option<u64> {
+        self.read_optimistic(self.hash(tag), tag, Some(out), true)
+    }
+
     /// Whether `tag` is cached (does not count as a use for eviction or in the hit statistics).
     pub fn contains(&self, tag: &BufferTag) -> bool {
         self.read_optimistic(self.hash(tag), tag, None, false)
@@ -847,16 +853,20 @@ impl Lfc {
                         return Some(frame);
                     }
                 }
-                // FREE, or a kind no writer produces (corruption): take it.
+                // FREE, or a kind no writer produces (corruption): take it. A FREE frame's unit
+                // comes off the free count before the frame is taken, as in `claim_free`, and is
+                // not given back when the race is lost: taken after, the count would run ahead
+                // of the truth while the claim is under way, and stay ahead for good if this
+                // process died in between (the frame's reclaim adds a unit of its own).
                 _ => {
+                    if c.kind() == KIND_FREE {
+                        self.took_free_frame();
+                    }
                     let busy = c.to_busy(me);
                     if m.ctl
                         .compare_exchange(c.0, busy.0, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
                     {
-                        if c.kind() == KIND_FREE {
-                            self.took_free_frame();
-                        }
                         return Some(frame);
                     }
                 }

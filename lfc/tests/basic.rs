@@ -122,6 +122,36 @@ fn lwlsn_unless_cached_agrees_with_contains_and_lwlsn() {
 }
 
 #[test]
+fn the_free_frame_bound_never_exceeds_the_free_frames() {
+    let (_d, lfc) = new_cache(32);
+    let check = |lfc: &Lfc, step: &str| {
+        let s = lfc.stats();
+        let free = s.capacity_pages - s.used_pages - s.busy_pages;
+        assert!(
+            lfc.free_frames_at_least() <= free,
+            "{step}: bound above {free}"
+        );
+    };
+    check(&lfc, "fresh");
+    // Fill past capacity (CLOCK evicts), hold and abandon reservations, rewrite in place.
+    for round in 0..3u32 {
+        for b in 0..40u32 {
+            let t = tag(9, round * 100 + b);
+            let _ = lfc.install_prefetched(&t, 1, &make_page(&t, 1));
+            check(&lfc, "install");
+        }
+        let held: Vec<_> = (0..8).filter_map(|_| lfc.reserve()).collect();
+        check(&lfc, "reserved");
+        held.into_iter().for_each(|r| r.abandon());
+        check(&lfc, "abandoned");
+    }
+    assert!(
+        lfc.free_frames_at_least() > 0,
+        "abandoned frames are counted free again"
+    );
+}
+
+#[test]
 fn eviction_keeps_lwlsn_and_full_cache_keeps_serving() {
     let (_d, lfc) = new_cache(8);
     for blk in 0..100u32 {

@@ -25,7 +25,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use udp_prefetch::backend::read_path::{
-    prefetch_runs, PrefetchRun, ReadPath, ScanWindow, Step, READS_PER_LOSS_CHECK,
+    prefetch_runs, PrefetchRun, ReadPath, ScanWindow, Step, LOSS_SCAN, MISS_SCAN,
+    READS_PER_LOSS_CHECK,
 };
 use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page, verify_page, Page};
 use udp_prefetch::pagestream::{Header, LATEST_LSN};
@@ -1728,13 +1729,13 @@ impl<'a> World<'a> {
     }
 
     /// `Backend::retry_lost_prefetches`: own prefetches taken as lost are requested again.
-    fn retry_lost_prefetches(&mut self, b: usize) {
+    fn retry_lost_prefetches(&mut self, b: usize, max_probes: usize) {
         self.backends[b].reads_since_loss_check = 0;
         let mut tags = Vec::new();
         let lfc = &self.lfc;
         self.backends[b]
             .core
-            .plan_retries(self.now, |t| lfc.contains(t), &mut tags);
+            .plan_retries(self.now, max_probes, |t| lfc.contains(t), &mut tags);
         let mut runs = Vec::new();
         prefetch_runs(&mut tags, |t| lfc.lwlsn(t), &mut runs);
         for &tag in &tags {
@@ -1798,9 +1799,18 @@ impl<'a> World<'a> {
         self.rec(Kind::ReadStart, b as u64, tag_key(&tag), ctx.min_lsn);
         self.backends[b].reads_since_loss_check += 1;
         if self.backends[b].reads_since_loss_check >= READS_PER_LOSS_CHECK {
-            self.retry_lost_prefetches(b);
+            self.retry_lost_prefetches(b, LOSS_SCAN);
         }
-        let hit = self.lfc.lookup(&tag, &mut self.backends[b].page).is_some();
+        let mut hit = self.lfc.lookup(&tag, &mut self.backends[b].page).is_some();
+        if !hit && self.backends[b].reads_since_loss_check > 0 {
+            // As `Backend::read`: a miss runs a loss check at once.
+            self.retry_lost_prefetches(b, MISS_SCAN);
+            hit = self.lfc.contains(&tag)
+                && self
+                    .lfc
+                    .lookup_again(&tag, &mut self.backends[b].page)
+                    .is_some();
+        }
         let requested_elsewhere = !hit && self.lfc.mark_requested(&tag, now);
         match self.backends[b]
             .core

@@ -109,14 +109,19 @@ impl<'a> Backend<'a> {
     }
 
     /// Requests again, by UDP, own prefetches that were most likely lost (see
-    /// `ReadPath::plan_retries`), so a lost datagram is replaced while the scan is still
-    /// `distance` pages away from it. Returns pages requested again.
-    pub fn retry_lost_prefetches(&mut self) -> Result<usize, ClientError> {
+    /// `ReadPath::plan_retries`, probing at most `max_probes` of them), so a lost datagram is
+    /// replaced while the scan is still `distance` pages away from it. Returns pages requested
+    /// again.
+    pub fn retry_lost_prefetches(&mut self, max_probes: usize) -> Result<usize, ClientError> {
         self.reads_since_loss_check = 0;
         let lfc = self.lfc;
         self.retry.clear();
-        self.core
-            .plan_retries(monotonic_ns(), |t| lfc.contains(t), &mut self.retry);
+        self.core.plan_retries(
+            monotonic_ns(),
+            max_probes,
+            |t| lfc.contains(t),
+            &mut self.retry,
+        );
         if self.retry.is_empty() {
             return Ok(0);
         }
@@ -145,14 +150,14 @@ impl<'a> Backend<'a> {
     pub fn read(&mut self, tag: BufferTag, out: &mut Page) -> Result<ReadSource, ClientError> {
         self.reads_since_loss_check += 1;
         if self.reads_since_loss_check >= READS_PER_LOSS_CHECK {
-            self.retry_lost_prefetches()?;
+            self.retry_lost_prefetches(read_path::LOSS_SCAN)?;
         }
         let mut hit = self.lfc.lookup(&tag, out).is_some();
         if !hit && self.reads_since_loss_check > 0 {
             // A miss: check for losses now, so that a lost page is known as lost (and the
             // others requested again) before deciding how long to wait for this one.
-            self.retry_lost_prefetches()?;
-            hit = self.lfc.contains(&tag) && self.lfc.lookup(&tag, out).is_some();
+            self.retry_lost_prefetches(read_path::MISS_SCAN)?;
+            hit = self.lfc.contains(&tag) && self.lfc.lookup_again(&tag, out).is_some();
         }
         // Marking on a miss both asks "is it in flight?" and, when nobody asked, tells other
         // backends that this one is fetching it, so they wait instead of fetching it twice.

@@ -17,17 +17,27 @@ pub const OVERTAKEN_BY: usize = 4;
 /// moves to the other CPU queues its next GSO message (7 datagrams) on that CPU's backlog, and
 /// whole messages pass one another; each such reordering cost 7 needless retries (about 300 in
 /// a 64k-page scan at 0 % loss). With 20 µs of grace none were left; 50 µs leaves a margin
-/// and still finds a loss long before the reader reaches it.
+/// and still finds a loss long before the reader reaches it. The grace grows with the observed
+/// variation of arrival times (`ReadPath::reorder_grace_ns`).
 pub const REORDER_GRACE_NS: u64 = 50_000;
-/// Own prefetches still outstanding, oldest first, that one loss check inspects. Arrived ones
-/// leave the queue as a check meets them, so these are the lost and the in-flight ones.
-pub const LOSS_SCAN: usize = 64;
-/// A loss check stops at this many consecutive missing prefetches requested less than a wait
-/// budget ago: in request order, those and everything after them are still in flight (more
-/// than one GSO message's worth, so a reordered message does not hide the arrivals after it).
-/// Without the stop, every check probed the whole in-flight window again: a fifth of a
-/// backend's read-path CPU at 0 % loss. Older missing entries never stop a check, so a burst
-/// loss longer than this is found once its pages are overdue.
+/// The most the reorder grace grows to with the observed variation of arrival times.
+pub const MAX_REORDER_GRACE_NS: u64 = 500_000;
+/// Own prefetches still outstanding, oldest first, that a periodic loss check may probe.
+/// Arrived ones leave the queue as a check meets them, so these are the lost and the in-flight
+/// ones; more than a quarter of the window, so a burst loss of a few GSO messages (or a dropped
+/// Prefetch request of 128 pages) is seen past.
+pub const LOSS_SCAN: usize = 256;
+/// The probes of the check a read miss runs at once: enough to see whether the missed page was
+/// overtaken, cheap when the sender is backlogged and every read misses.
+pub const MISS_SCAN: usize = 32;
+/// Bound on any check's probes (the size of its scratch array).
+pub const PROBE_CAP: usize = 256;
+/// A loss check stops at this many consecutive missing prefetches requested within the
+/// in-flight time: in request order, those and everything after them are still in flight
+/// (more than one GSO message's worth, so a reordered message does not hide the arrivals
+/// after it). Without the stop, every check probed the whole in-flight window again: a fifth of
+/// a backend's read-path CPU at 0 % loss. Older missing entries never stop a check, so a burst
+/// loss is found once its pages are older than that.
 pub const IN_FLIGHT_RUN: usize = 8;
 /// Floor and ceiling of the adaptive prefetch window (pages ahead of the reader).
 pub const MIN_WINDOW: u32 = 4;
@@ -395,35 +405,64 @@ impl ReadPath {
         self.own.get(&p.tag).is_some_and(|o| o.sent_ns == p.sent_ns)
     }
 
+    /// How long a page must stay missing after it was first seen overtaken before it is taken
+    /// as lost: `REORDER_GRACE_NS`, or the arrival time's observed variation if that is larger
+    /// (a loaded machine delays some deliveries, e.g. a worker thread's wake-up, more than
+    /// others), but at most `MAX_REORDER_GRACE_NS`: the variation is mostly queueing, which
+    /// delays a page and its successors alike, and a longer grace only makes retries late.
+    fn reorder_grace_ns(&self) -> u64 {
+        (self.latency.rttvar_ns as u64).clamp(REORDER_GRACE_NS, MAX_REORDER_GRACE_NS)
+    }
+
+    /// Pages requested less than this long ago are taken as in flight by a loss check: twice
+    /// the observed arrival time (not capped like the wait budget, so a backlogged sender's
+    /// long queue counts as in flight too), or the initial budget before any sample.
+    fn in_flight_for_ns(&self) -> u64 {
+        if self.latency.samples == 0 {
+            self.config.initial_wait_us * 1_000
+        } else {
+            (2.0 * (self.latency.srtt_ns + 4.0 * self.latency.rttvar_ns)) as u64
+        }
+    }
+
     /// Finds own prefetches that were most likely lost, so the shell requests them again
     /// (appending them to `out`) while there is still time before they are read, instead of
     /// each costing a wait and a TCP round trip at read time. A page is taken as lost when it
-    /// is missing although `OVERTAKEN_BY` pages requested after it have arrived (the server
-    /// sends in request order); a retry that is lost too is found the same way, up to
-    /// `MAX_RETRIES` times. A check inspects the oldest `LOSS_SCAN` outstanding entries: the
-    /// arrived ones leave the queue (counted as overtaking every missing entry before them),
-    /// so each arrival is probed once and the next check reaches further ahead. `is_cached`
-    /// asks the LFC; it is called at most `LOSS_SCAN` times.
+    /// is still missing a reorder grace after `OVERTAKEN_BY` pages requested after it were
+    /// seen to arrive (the server sends in request order); a retry that is lost too is found
+    /// the same way, up to `MAX_RETRIES` times, and a page lost that often leaves the queue
+    /// (the read falls back to TCP for it). A check inspects the oldest outstanding entries,
+    /// at most `max_probes` (≤ `PROBE_CAP`) of them: the arrived ones leave the queue, counted
+    /// as overtaking every missing one before them, so each arrival is probed once; it stops
+    /// early at `IN_FLIGHT_RUN` consecutive missing pages requested within the in-flight time.
+    /// `is_cached` asks the LFC; it is called at most `max_probes` times.
     pub fn plan_retries(
         &mut self,
         now_ns: u64,
+        max_probes: usize,
         mut is_cached: impl FnMut(&BufferTag) -> bool,
         out: &mut Vec<BufferTag>,
     ) {
-        // Missing entries met so far, oldest first (they go back to the front).
-        let mut missing = [Pending {
-            tag: BufferTag::default(),
-            sent_ns: 0,
-            overtaken: 0,
-            suspect_ns: 0,
-        }; LOSS_SCAN];
+        let max_probes = max_probes.min(PROBE_CAP);
+        // Missing entries met so far, oldest first (they go back to the front), each with the
+        // number of arrivals seen before it: the arrivals after it overtook it.
+        let mut missing = [(
+            Pending {
+                tag: BufferTag::default(),
+                sent_ns: 0,
+                overtaken: 0,
+                suspect_ns: 0,
+            },
+            0u32,
+        ); PROBE_CAP];
         let mut n_missing = 0;
+        let mut arrivals = 0u32;
         let mut probed = 0;
-        let young_ns = self.wait_budget().as_nanos() as u64;
+        let in_flight_ns = self.in_flight_for_ns();
         let mut in_flight_run = 0;
         // Stale entries cost a map lookup and no probe; there are at most as many as the queue
         // holds (twice the tracked prefetches), and each is met once.
-        while probed < LOSS_SCAN {
+        while probed < max_probes {
             let Some(entry) = self.order.pop_front() else {
                 break;
             };
@@ -433,13 +472,11 @@ impl ReadPath {
             probed += 1;
             if is_cached(&entry.tag) {
                 in_flight_run = 0;
-                for m in &mut missing[..n_missing] {
-                    m.overtaken = m.overtaken.saturating_add(1);
-                }
+                arrivals += 1;
             } else {
-                missing[n_missing] = entry;
+                missing[n_missing] = (entry, arrivals);
                 n_missing += 1;
-                in_flight_run = if now_ns.saturating_sub(entry.sent_ns) < young_ns {
+                in_flight_run = if now_ns.saturating_sub(entry.sent_ns) < in_flight_ns {
                     in_flight_run + 1
                 } else {
                     0
@@ -449,15 +486,18 @@ impl ReadPath {
                 }
             }
         }
+        let grace_ns = self.reorder_grace_ns();
         let first_new = out.len();
-        for m in missing[..n_missing].iter_mut().rev() {
+        for (m, arrivals_before) in missing[..n_missing].iter_mut().rev() {
+            let overtaken_now = (arrivals - *arrivals_before).min(u32::from(u8::MAX)) as u8;
+            m.overtaken = m.overtaken.saturating_add(overtaken_now);
             // Lateness alone is not taken as loss: when the sender is backlogged every page is
             // late, and requesting them again would only lengthen the queue. Being overtaken is,
             // once it lasts longer than reordering does.
             if usize::from(m.overtaken) >= OVERTAKEN_BY && m.suspect_ns == 0 {
                 m.suspect_ns = now_ns.max(1);
             }
-            let lost = m.suspect_ns != 0 && now_ns.saturating_sub(m.suspect_ns) >= REORDER_GRACE_NS;
+            let lost = m.suspect_ns != 0 && now_ns.saturating_sub(m.suspect_ns) >= grace_ns;
             let o = self.own.get_mut(&m.tag).expect("live entries are owned");
             o.suspect_ns = m.suspect_ns;
             if lost && o.retries < MAX_RETRIES {
@@ -465,9 +505,11 @@ impl ReadPath {
                 o.sent_ns = now_ns;
                 o.suspect_ns = 0;
                 out.push(m.tag);
-            } else {
+            } else if !lost {
                 self.order.push_front(*m);
             }
+            // Lost with no retry left: out of the queue, so it no longer takes a probe in every
+            // check; `own` keeps it, and its read goes to TCP at once.
         }
         // Retried pages were collected newest first; they go to the back oldest first.
         out[first_new..].reverse();
@@ -510,14 +552,16 @@ impl ReadPath {
                 // asked for: the server sends in request order. Waiting a budget from now costs
                 // less than a TCP fetch, which would add load to the queue it gave up on (many
                 // backends sharing one sender). A page requested again after a loss is overdue
-                // a budget after that retry. One overtaken and not yet requested again is lost
-                // unless it was merely reordered, which resolves within the reorder grace.
-                let wait = if o.retries > 0 {
-                    budget.saturating_sub(since(o.sent_ns))
-                } else if o.suspect_ns != 0 {
-                    Duration::from_nanos(REORDER_GRACE_NS)
+                // a budget after that retry. One overtaken (since its last request) is lost
+                // unless it was merely reordered, which resolves within the reorder grace: a
+                // check has requested it again by now if it had a retry left, so once the grace
+                // is over it goes to TCP at once.
+                let wait = if o.suspect_ns != 0 {
+                    Duration::from_nanos(self.reorder_grace_ns())
                         .saturating_sub(since(o.suspect_ns))
                         .min(budget)
+                } else if o.retries > 0 {
+                    budget.saturating_sub(since(o.sent_ns))
                 } else {
                     budget
                 };
@@ -599,9 +643,10 @@ mod tests {
         mut cached: impl FnMut(&BufferTag) -> bool,
         out: &mut Vec<BufferTag>,
     ) {
-        rp.plan_retries(now, &mut cached, out);
+        rp.plan_retries(now, LOSS_SCAN, &mut cached, out);
         assert!(out.is_empty(), "taken as lost before the grace: {out:?}");
-        rp.plan_retries(now + REORDER_GRACE_NS, cached, out);
+        let grace = rp.reorder_grace_ns();
+        rp.plan_retries(now + grace, LOSS_SCAN, cached, out);
     }
 
     #[test]
@@ -680,11 +725,12 @@ mod tests {
             rp.plan_prefetch(tag(b), false, false, t0);
         }
         let mut retry = Vec::new();
+        let grace = rp.reorder_grace_ns();
         check_twice(&mut rp, t0, |t| t.blkno != 2, &mut retry);
         assert_eq!(retry, [tag(2)]);
         let budget = rp.wait_budget().as_nanos() as u64;
         assert_eq!(
-            rp.on_lookup(tag(2), false, false, t0 + REORDER_GRACE_NS + budget),
+            rp.on_lookup(tag(2), false, false, t0 + grace + budget),
             Some(Step::Fetch)
         );
         let s = rp.finish();
@@ -756,12 +802,10 @@ mod tests {
             assert_eq!(out, want, "round {round}");
         }
         assert_eq!(rp.stats().retries, u64::from(MAX_RETRIES));
-        // The last retry's time is what a read waits against.
-        let last = round_start(MAX_RETRIES - 1) + 1 + REORDER_GRACE_NS;
-        assert_eq!(
-            rp.on_lookup(tag(3), false, false, last + 1_000),
-            Some(Step::Wait(rp.wait_budget() - Duration::from_nanos(1_000)))
-        );
+        // Lost again with no retry left and the grace over: its read goes to TCP at once.
+        let after = round_start(MAX_RETRIES) + 1 + REORDER_GRACE_NS + 1_000;
+        assert_eq!(rp.on_lookup(tag(3), false, false, after), Some(Step::Fetch));
+        assert_eq!(rp.stats().window_cuts, 0);
     }
 
     #[test]
@@ -778,7 +822,7 @@ mod tests {
         // 1000 is overtaken at t=1 ms and read 10 µs later, before the grace ran out and before
         // any retry: it is waited for the rest of the grace only, not a whole budget.
         let mut out = Vec::new();
-        rp.plan_retries(1_000_000, |t| t.blkno != 1000, &mut out);
+        rp.plan_retries(1_000_000, LOSS_SCAN, |t| t.blkno != 1000, &mut out);
         assert!(out.is_empty());
         assert_eq!(
             rp.on_lookup(tag(1000), false, false, 1_010_000),
@@ -807,6 +851,7 @@ mod tests {
         let mut out = Vec::new();
         rp.plan_retries(
             1,
+            LOSS_SCAN,
             |_| {
                 probes += 1;
                 false
@@ -822,6 +867,53 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_loss_longer_than_a_check_used_to_see_is_found_and_exhausted_pages_leave() {
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        let budget = rp.wait_budget().as_nanos() as u64;
+        // 200 consecutive pages lost, the 50 after them arrived.
+        for i in 0..250u32 {
+            rp.plan_prefetch(tag(i), false, false, 0);
+        }
+        let mut arrived: Vec<u32> = (200..250).collect();
+        let mut out = Vec::new();
+        check_twice(
+            &mut rp,
+            budget + 1,
+            |t| arrived.contains(&t.blkno),
+            &mut out,
+        );
+        assert_eq!(out, (0..200).map(tag).collect::<Vec<_>>());
+        // Every retry is lost too, round after round, until none is left: then they leave the
+        // queue (a check no longer probes them) and their reads go to TCP at once.
+        let mut next = 250u32;
+        for round in 1..=u64::from(MAX_RETRIES) {
+            out.clear();
+            let t = round * 10 * budget;
+            for _ in 0..OVERTAKEN_BY {
+                rp.plan_prefetch(tag(next), false, false, t);
+                arrived.push(next);
+                next += 1;
+            }
+            check_twice(&mut rp, t + 1, |t| arrived.contains(&t.blkno), &mut out);
+        }
+        assert_eq!(rp.stats().retries, 200 * u64::from(MAX_RETRIES));
+        let late = 100 * budget;
+        let mut probes = 0;
+        rp.plan_retries(
+            late,
+            LOSS_SCAN,
+            |t| {
+                probes += 1;
+                arrived.contains(&t.blkno)
+            },
+            &mut out,
+        );
+        assert_eq!(probes, 0, "nothing left to probe");
+        assert_eq!(rp.on_lookup(tag(5), false, false, late), Some(Step::Fetch));
+        assert_eq!(rp.stats().window_cuts, 0, "loss never cuts the window");
+    }
+
+    #[test]
     fn reordered_pages_are_not_taken_as_lost() {
         let mut rp = ReadPath::new(ReadPathConfig::default());
         for i in 0..20u32 {
@@ -830,9 +922,9 @@ mod tests {
         // One GSO message (blocks 0..7) overtaken by the next two, then arriving within the
         // grace: no retry.
         let mut out = Vec::new();
-        rp.plan_retries(1_000, |t| t.blkno >= 7, &mut out);
-        rp.plan_retries(1_000 + REORDER_GRACE_NS / 2, |_| true, &mut out);
-        rp.plan_retries(1_000 + 2 * REORDER_GRACE_NS, |_| true, &mut out);
+        rp.plan_retries(1_000, LOSS_SCAN, |t| t.blkno >= 7, &mut out);
+        rp.plan_retries(1_000 + REORDER_GRACE_NS / 2, LOSS_SCAN, |_| true, &mut out);
+        rp.plan_retries(1_000 + 2 * REORDER_GRACE_NS, LOSS_SCAN, |_| true, &mut out);
         assert!(out.is_empty(), "{out:?}");
         assert_eq!(rp.stats().retries, 0);
     }
@@ -852,6 +944,7 @@ mod tests {
         for now in [1, 1, 1, 1 + REORDER_GRACE_NS] {
             rp.plan_retries(
                 now,
+                LOSS_SCAN,
                 |t| {
                     probes += 1;
                     t.blkno != lost
@@ -874,8 +967,8 @@ mod tests {
         // late it gets, lateness alone (a backlogged sender) is no reason to ask again.
         let cached = |t: &BufferTag| t.blkno != 2 && t.blkno < 5;
         let mut out = Vec::new();
-        rp.plan_retries(10_000, cached, &mut out);
-        rp.plan_retries(10_000_000_000, cached, &mut out);
+        rp.plan_retries(10_000, LOSS_SCAN, cached, &mut out);
+        rp.plan_retries(10_000_000_000, LOSS_SCAN, cached, &mut out);
         assert!(out.is_empty(), "{out:?}");
         // Reads take pages out of the queue: 0 and 1 read, then 2 is retried once overtaken.
         assert_eq!(rp.on_lookup(tag(0), true, false, 0), None);

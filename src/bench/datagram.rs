@@ -16,7 +16,7 @@ pub struct DatagramBenchArgs {
 pub fn run(args: &DatagramBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     anyhow::ensure!(args.pages > 0, "--pages must be positive");
     let key = DatagramKey::new(1, [7; 32]);
-    let stream = key.stream([1; 16]);
+    let stream = key.stream(workers::datagram::random_stream_id()?);
     let mut opener = key.opener();
     let mut opened = Box::new([0u8; 8192]);
     let page = crate::page::synthetic_page(lfc::RelTag::new(1663, 5, 16384, 0).block(1), 16);

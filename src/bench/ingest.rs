@@ -10,7 +10,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use workers::datagram::{DatagramHeader, DatagramKey, DATAGRAM_LEN, HEADER_LEN, TAG_LEN};
+use workers::datagram::{
+    random_stream_id, DatagramHeader, DatagramKey, DATAGRAM_LEN, HEADER_LEN, TAG_LEN,
+};
 use workers::udp::{
     bind_reuseport, Completion, GsoSender, IoBackend, Receiver, SlotRegions, MAX_SLOTS,
 };
@@ -52,9 +54,9 @@ fn spawn_sender(
     })
 }
 
-fn sealed(key: &DatagramKey, n: u32) -> Arc<Vec<[u8; DATAGRAM_LEN]>> {
+fn sealed(key: &DatagramKey, n: u32) -> anyhow::Result<Arc<Vec<[u8; DATAGRAM_LEN]>>> {
     let rel = lfc::RelTag::new(1663, 5, 16384, 0);
-    let stream = key.stream([0xB7; 16]);
+    let stream = key.stream(random_stream_id()?);
     let mut page = [0u8; 8192];
     let v = (0..n)
         .map(|b| {
@@ -72,7 +74,7 @@ fn sealed(key: &DatagramKey, n: u32) -> Arc<Vec<[u8; DATAGRAM_LEN]>> {
             d
         })
         .collect();
-    Arc::new(v)
+    Ok(Arc::new(v))
 }
 
 /// The ceiling: one epoll receiver with recvmmsg into scratch memory, discarding everything.
@@ -141,7 +143,7 @@ pub(crate) fn daemon_case(
         let lfc = Lfc::open(&lfc_path)?;
         DatagramKey::new(lfc.key_id(), lfc.key())
     };
-    let datagrams = sealed(&key, distinct);
+    let datagrams = sealed(&key, distinct)?;
     let dest: SocketAddr = format!("127.0.0.1:{}", daemon.udp_port).parse()?;
     let stop = Arc::new(AtomicBool::new(false));
     let before = DaemonProc::metric(&daemon.scrape()?, "udp_prefetch_datagrams_installed_total");
@@ -171,7 +173,7 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     );
     let scratch = ScratchDir::new("udp-prefetch-bench-ingest")?;
     let plain_key = DatagramKey::new(1, [1; 32]);
-    let datagrams = sealed(&plain_key, args.distinct_pages);
+    let datagrams = sealed(&plain_key, args.distinct_pages)?;
     let mut records = Vec::new();
     for gso in [true, false] {
         let suffix = if gso { "" } else { "-nogso" };

@@ -41,8 +41,11 @@
 //!
 //! Why AES-GCM: with AES-NI and carry-less multiply (VAES/VPCLMULQDQ where present) AWS-LC
 //! seals or opens a page in about 0.55 µs, against about 1.8 µs for the keyed BLAKE3 MAC of
-//! format 2 (BLAKE3 gets only 8 chunks of parallelism out of one page), and pages on the wire
-//! are no longer readable by anyone on the path. Formats 1 and 2 are rejected by version.
+//! format 2 (BLAKE3 gets only 8 chunks of parallelism out of one page). The encryption itself
+//! is a by-product, not a security boundary: the secret travels in the clear in PrefetchTarget,
+//! on the same unencrypted TCP connection whose GetPage answers carry pages in the clear, so
+//! someone who can read that connection can read the datagrams too. What the format guarantees
+//! is authenticity, as format 2 did. Formats 1 and 2 are rejected by version.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use lfc::{BufferTag, RelTag, MAX_FORKNUM, PAGE_SIZE};
@@ -253,8 +256,9 @@ impl DatagramKey {
     }
 
     /// A sealing stream under this key. `stream_id` must be fresh and random (a stream's nonces
-    /// are its counter, so two streams with one id would repeat nonces): the page server draws
-    /// one from the OS for every prefetch registration; the simulator from its seeded RNG.
+    /// are its counter, so two streams with one id would repeat nonces): the page server and
+    /// the benches draw one with [`random_stream_id`] for every stream; the simulator and tests
+    /// take theirs from a seed, under keys that exist for one run only.
     pub fn stream(&self, stream_id: [u8; STREAM_ID_LEN]) -> SealStream {
         SealStream {
             key_id: self.id,

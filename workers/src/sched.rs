@@ -190,18 +190,34 @@ mod tests {
         assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, before);
     }
 
+    /// The thread's EEVDF slice as the kernel reports it (`se.slice` in /proc, Linux 6.6+).
+    fn own_slice_ns() -> Option<u64> {
+        let sched = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
+        sched.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "se.slice").then(|| v.trim().parse().ok())?
+        })
+    }
+
     #[test]
     fn thread_classes_set_the_policy_and_keep_the_nice_value() {
-        let (latency, bulk) = std::thread::spawn(|| {
+        let (latency, slice, bulk) = std::thread::spawn(|| {
             set_thread_nice(0, 3).unwrap();
             set_thread_class(ThreadClass::Latency).expect("an unprivileged class change");
             let latency = current_policy_and_nice();
+            let slice = own_slice_ns();
             set_thread_class(ThreadClass::Bulk).expect("an unprivileged class change");
-            (latency, current_policy_and_nice())
+            (latency, slice, current_policy_and_nice())
         })
         .join()
         .unwrap();
         assert_eq!(latency, (libc::SCHED_OTHER, 3));
+        assert_eq!(slice, Some(LATENCY_SLICE_NS), "the short slice took effect");
+        assert_ne!(
+            own_slice_ns(),
+            Some(LATENCY_SLICE_NS),
+            "only on that thread"
+        );
         assert_eq!(bulk, (libc::SCHED_BATCH, 3));
         // The spawning thread is untouched.
         assert_ne!(current_policy_and_nice().0, libc::SCHED_BATCH);

@@ -44,7 +44,7 @@ pub fn bind_reuseport(addr: SocketAddr, recv_buffer_bytes: usize) -> io::Result<
 
 /// Binds `count` sockets of one `SO_REUSEPORT` group with [`bind_reuseport`]: the first on
 /// `addr` (whose port may be 0), the others on the port the first one got. With more than one
-/// socket the group gets [`attach_spread_by_block`].
+/// socket the group gets [`attach_spread_by_block`] (a refusal is logged, not fatal).
 pub fn bind_reuseport_group(
     addr: SocketAddr,
     count: usize,
@@ -58,12 +58,18 @@ pub fn bind_reuseport_group(
         sockets.push(s);
     }
     if count > 1 {
-        attach_spread_by_block(&sockets[0], count)?;
+        if let Err(e) = attach_spread_by_block(&sockets[0], count) {
+            // The group still works: the kernel then hashes the 4-tuple, which gives each
+            // sender's stream to one thread.
+            tracing::warn!(error = %e, "cannot spread datagrams over the worker threads by block");
+        }
     }
     Ok(sockets)
 }
 
-/// `SO_ATTACH_REUSEPORT_CBPF` (asm-generic; the libc crate names it for Android only).
+/// `SO_ATTACH_REUSEPORT_CBPF` in asm-generic's numbering, which x86-64, arm64 and most others
+/// use (the libc crate names it for Android only; sparc, parisc and alpha number it otherwise,
+/// and there the attach fails and the group falls back to the 4-tuple hash).
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 /// Offset of the block number in a prefetch datagram (DESIGN §3.2).
 const BLKNO_OFFSET: u32 = 52;
