@@ -27,6 +27,15 @@ pub enum ScanMode {
 }
 
 impl ScanMode {
+    /// How far ahead a scan in this mode reads: the pipeline `depth` for the TCP modes, the
+    /// prefetch `distance` for UDP.
+    pub fn pages_ahead(self, depth: u32, distance: u32) -> u32 {
+        match self {
+            ScanMode::Udp => distance,
+            ScanMode::TcpSync | ScanMode::TcpPipelined => depth,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ScanMode::TcpSync => "tcp-sync",

@@ -22,7 +22,8 @@ pub const OVERTAKEN_BY: usize = 4;
 pub const REORDER_GRACE_NS: u64 = 50_000;
 /// The most the reorder grace grows to with the observed variation of arrival times.
 pub const MAX_REORDER_GRACE_NS: u64 = 500_000;
-/// Own prefetches still outstanding, oldest first, that a periodic loss check may probe.
+/// Own prefetches still outstanding, oldest first, that a periodic loss check may probe: the
+/// bound on any check's probes (and the size of its scratch array).
 /// Arrived ones leave the queue as a check meets them, so these are the lost and the in-flight
 /// ones; more than a quarter of the window, so a burst loss of a few GSO messages (or a dropped
 /// Prefetch request of 128 pages) is seen past.
@@ -30,8 +31,6 @@ pub const LOSS_SCAN: usize = 256;
 /// The probes of the check a read miss runs at once: enough to see whether the missed page was
 /// overtaken, cheap when the sender is backlogged and every read misses.
 pub const MISS_SCAN: usize = 32;
-/// Bound on any check's probes (the size of its scratch array).
-pub const PROBE_CAP: usize = 256;
 /// A loss check stops at this many consecutive missing prefetches requested within the
 /// in-flight time: in request order, those and everything after them are still in flight
 /// (more than one GSO message's worth, so a reordered message does not hide the arrivals
@@ -432,7 +431,7 @@ impl ReadPath {
     /// seen to arrive (the server sends in request order); a retry that is lost too is found
     /// the same way, up to `MAX_RETRIES` times, and a page lost that often leaves the queue
     /// (the read falls back to TCP for it). A check inspects the oldest outstanding entries,
-    /// at most `max_probes` (≤ `PROBE_CAP`) of them: the arrived ones leave the queue, counted
+    /// at most `max_probes` (≤ `LOSS_SCAN`) of them: the arrived ones leave the queue, counted
     /// as overtaking every missing one before them, so each arrival is probed once; it stops
     /// early at `IN_FLIGHT_RUN` consecutive missing pages requested within the in-flight time.
     /// `is_cached` asks the LFC; it is called at most `max_probes` times.
@@ -443,7 +442,7 @@ impl ReadPath {
         mut is_cached: impl FnMut(&BufferTag) -> bool,
         out: &mut Vec<BufferTag>,
     ) {
-        let max_probes = max_probes.min(PROBE_CAP);
+        let max_probes = max_probes.min(LOSS_SCAN);
         // Missing entries met so far, oldest first (they go back to the front), each with the
         // number of arrivals seen before it: the arrivals after it overtook it.
         let mut missing = [(
@@ -454,7 +453,7 @@ impl ReadPath {
                 suspect_ns: 0,
             },
             0u32,
-        ); PROBE_CAP];
+        ); LOSS_SCAN];
         let mut n_missing = 0;
         let mut arrivals = 0u32;
         let mut probed = 0;

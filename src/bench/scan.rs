@@ -110,10 +110,7 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                             ScanMode::TcpPipelined | ScanMode::Udp => None,
                         },
                         mode,
-                        distance: match mode {
-                            ScanMode::Udp => args.distance,
-                            ScanMode::TcpSync | ScanMode::TcpPipelined => args.depth,
-                        },
+                        distance: mode.pages_ahead(args.depth, args.distance),
                         cpu_per_page_us: cpu,
                         prefetch_port: daemon.udp_port,
                         read_path: ReadPathConfig::default(),

@@ -85,10 +85,7 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
                 rel: Synthetic::rel(rel_index),
                 blocks: None,
                 mode,
-                distance: match mode {
-                    ScanMode::Udp => args.distance,
-                    ScanMode::TcpSync | ScanMode::TcpPipelined => args.depth,
-                },
+                distance: mode.pages_ahead(args.depth, args.distance),
                 cpu_per_page_us: 0,
                 prefetch_port: daemon.udp_port,
                 read_path: ReadPathConfig::default(),

@@ -173,6 +173,13 @@ pub fn run(
     } else {
         0
     });
+    // Installing prefetches is bulk work: a datagram's arrival must not preempt a backend that
+    // is reading a page now (the worker threads and the prefault thread both call this).
+    let enter_bulk_class = || {
+        if config.thread_classes {
+            crate::sched::set_thread_class_or_warn(crate::sched::ThreadClass::Bulk);
+        }
+    };
     let result = std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for (i, receiver) in receivers.into_iter().enumerate() {
@@ -181,11 +188,7 @@ pub fn run(
                 std::thread::Builder::new()
                     .name(format!("udp-worker-{i}"))
                     .spawn_scoped(scope, move || {
-                        if config.thread_classes {
-                            // Installing prefetches is bulk work: a datagram's arrival must not
-                            // preempt a backend that is reading a page now.
-                            crate::sched::set_thread_class_or_warn(crate::sched::ThreadClass::Bulk);
-                        }
+                        enter_bulk_class();
                         worker_loop(lfc, receiver, metrics, stop)
                     })
                     .map_err(|source| DaemonError::Io {
@@ -196,11 +199,8 @@ pub fn run(
         }
         if config.prefault {
             let (lfc, remaining) = (&lfc, &prefault_remaining);
-            let bulk = config.thread_classes;
             scope.spawn(move || {
-                if bulk {
-                    crate::sched::set_thread_class_or_warn(crate::sched::ThreadClass::Bulk);
-                }
+                enter_bulk_class();
                 prefault(lfc, remaining, stop)
             });
         }

@@ -382,6 +382,11 @@ impl Opener {
         self.key.id
     }
 
+    /// The key this opener opens under.
+    pub fn key(&self) -> &DatagramKey {
+        &self.key
+    }
+
     /// Validates a datagram that was scattered into header, page and tag regions and, when it
     /// authenticates, decrypts the page in place. `received_len` is what the kernel reported;
     /// `truncated` is MSG_TRUNC (the datagram was longer than the three regions). Only `Ok`

@@ -34,32 +34,30 @@ pub struct Received {
 /// keeps the thread's stream keys (`Opener`) and a page buffer for the copy path.
 pub struct Ingest<'a> {
     lfc: &'a Lfc,
-    key: DatagramKey,
     opener: Opener,
     scratch: Box<[u8; PAGE_SIZE]>,
 }
 
 impl<'a> Ingest<'a> {
     pub fn new(lfc: &'a Lfc) -> Self {
-        let key = DatagramKey::new(lfc.key_id(), lfc.key());
         Ingest {
-            opener: key.opener(),
-            key,
+            opener: DatagramKey::new(lfc.key_id(), lfc.key()).opener(),
             lfc,
             scratch: Box::new([0u8; PAGE_SIZE]),
         }
     }
 
     pub fn key(&self) -> &DatagramKey {
-        &self.key
+        self.opener.key()
     }
 
     /// A datagram was received straight into `slot` (its page region) with its header and tag in
     /// `received`. The page is decrypted in the slot and the slot published when the datagram
     /// authenticates and the install rules accept it; otherwise nothing of the datagram becomes
-    /// visible and the slot comes back still reserved, for the caller to post again. Handing it back is what keeps junk traffic
-    /// (forged, corrupt, duplicate, stale) from evicting cached pages: a worker that freed the
-    /// slot would claim a new frame, through CLOCK, for every datagram it turns away.
+    /// visible and the slot comes back still reserved, for the caller to post again. Handing it
+    /// back is what keeps junk traffic (forged, corrupt, duplicate, stale) from evicting cached
+    /// pages: a worker that freed the slot would claim a new frame, through CLOCK, for every
+    /// datagram it turns away.
     pub fn complete(
         &mut self,
         mut slot: Reservation<'a>,

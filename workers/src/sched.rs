@@ -148,20 +148,20 @@ pub fn set_timer_slack_ns(ns: u64) -> std::io::Result<()> {
     }
 }
 
-/// The calling thread's scheduling policy and nice value (for tests and diagnostics).
-pub fn current_policy_and_nice() -> (i32, i32) {
-    // SAFETY: both calls only read their scalar arguments.
-    unsafe {
-        (
-            libc::sched_getscheduler(0),
-            libc::getpriority(libc::PRIO_PROCESS, 0),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's scheduling policy and nice value.
+    fn current_policy_and_nice() -> (i32, i32) {
+        // SAFETY: both calls only read their scalar arguments.
+        unsafe {
+            (
+                libc::sched_getscheduler(0),
+                libc::getpriority(libc::PRIO_PROCESS, 0),
+            )
+        }
+    }
 
     #[test]
     fn out_of_range_values_are_refused_before_the_kernel_sees_them() {
