@@ -315,6 +315,33 @@ impl PageClient {
         }
     }
 
+    /// Queues a GetPage whose response the caller reads later with `recv` (in request order):
+    /// one entry of a backend's TCP pipeline.
+    pub fn send_get_page(
+        &mut self,
+        tag: BufferTag,
+        request_lsn: u64,
+        not_modified_since: u64,
+    ) -> Result<(), ClientError> {
+        let hdr = self.header(request_lsn, not_modified_since);
+        self.send(&Request::GetPage {
+            hdr,
+            rel: tag.rel,
+            blkno: tag.blkno,
+        })
+    }
+
+    /// Queues a PrefetchTarget whose response the caller reads later with `recv`.
+    pub fn send_prefetch_target(&mut self, target: PrefetchTarget) -> Result<(), ClientError> {
+        let hdr = self.header(crate::pagestream::LATEST_LSN, 0);
+        self.send(&Request::PrefetchTarget { hdr, target })
+    }
+
+    /// The page server's address as connected.
+    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.out.get_ref().peer_addr()
+    }
+
     /// Queues a fire-and-forget Prefetch of `nblocks` blocks from `first_blkno` (sent on the next
     /// flush). `not_modified_since` must cover every block of the range.
     pub fn send_prefetch(
@@ -381,7 +408,7 @@ impl PageClient {
     }
 }
 
-fn unexpected(what: &str, resp: &Response) -> ClientError {
+pub fn unexpected(what: &str, resp: &Response) -> ClientError {
     let kind = match resp {
         Response::Exists { .. } => "Exists",
         Response::Nblocks { .. } => "Nblocks",

@@ -69,6 +69,9 @@ enum BenchCommand {
     Hol(bench::hol::HolBenchArgs),
     /// Many backends scanning at once: total pages/s, fairness and TCP connections used.
     ManyBackends(bench::many_backends::ManyBackendsBenchArgs),
+    /// UDP failures (no daemon, daemon killed or paused, 50 %/100 % datagram loss) against
+    /// tcp-pipelined.
+    Degrade(bench::degrade::DegradeBenchArgs),
     /// Every scenario in one run, with modest settings (`--full` for each one's defaults).
     All(bench::all::AllBenchArgs),
 }
@@ -101,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                     records
                 }
                 BenchCommand::ManyBackends(a) => bench::many_backends::run(a)?,
+                BenchCommand::Degrade(a) => bench::degrade::run(a)?,
                 BenchCommand::All(a) => {
                     let (records, l) = bench::all::run(a)?;
                     latencies = l;

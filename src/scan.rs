@@ -55,8 +55,9 @@ pub struct ScanConfig {
     pub distance: u32,
     /// Emulated per-page backend work (query processing), in microseconds of CPU.
     pub cpu_per_page_us: u64,
-    /// UDP port of the worker daemon (udp mode).
-    pub prefetch_port: u16,
+    /// UDP port of the worker daemon (udp mode): `None` takes it from the LFC header, where the
+    /// daemon serving the cache records its address.
+    pub prefetch_port: Option<u16>,
     pub read_path: ReadPathConfig,
 }
 
@@ -78,6 +79,13 @@ pub struct ScanReport {
     pub wait_timeouts: u64,
     /// Times the adaptive prefetch window was halved (own prefetches missing the budget).
     pub window_cuts: u64,
+    /// Pages read through the backend's TCP pipeline (requested ahead by GetPage) because UDP
+    /// was not delivering.
+    pub tcp_pipelined: u64,
+    /// Times the read path moved between UDP prefetch and TCP pipelining.
+    pub udp_state_changes: u64,
+    /// Each move, in order (at most `backend::MAX_STATE_LOG`): when, to which path and why.
+    pub udp_state_log: Vec<crate::backend::StateChange>,
     pub elapsed_s: f64,
     pub pages_per_s: f64,
     /// Backend thread CPU per page, excluding the emulated per-page work and the digest.
@@ -180,6 +188,7 @@ pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanRepor
     let cpu_start = thread_cpu();
     let started = Instant::now();
     let mut stats = ReadStats::default();
+    let mut state_log = Vec::new();
     match cfg.mode {
         ScanMode::TcpSync => {
             for blkno in blocks.clone() {
@@ -207,12 +216,17 @@ pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanRepor
         }
         ScanMode::Udp => {
             let lfc = lfc.ok_or_else(|| anyhow::anyhow!("the udp mode needs an LFC (--lfc)"))?;
-            let mut backend = Backend::new(lfc, client, cfg.read_path);
-            backend.enable_udp_prefetch(cfg.prefetch_port)?;
+            let mut backend =
+                Backend::with_prefetch_port(lfc, client, cfg.read_path, cfg.prefetch_port);
             // Top the window up in batches, as a backend does, rather than one block at a time.
             let mut window = ScanWindow::new(blocks.start, blocks.end);
             let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+            let mut path_changes = 0;
             for blkno in blocks.clone() {
+                if backend.path_changes() != path_changes {
+                    path_changes = backend.path_changes();
+                    window.restart_at(blkno);
+                }
                 let distance = backend.prefetch_distance(cfg.distance);
                 if let Some(range) = window.top_up(blkno, distance) {
                     backend.prefetch(cfg.rel, range)?;
@@ -226,6 +240,7 @@ pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanRepor
                 tally.page(blkno, &page, t.elapsed());
             }
             stats = backend.finish();
+            state_log = backend.state_log().to_vec();
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -246,6 +261,9 @@ pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanRepor
         retries: stats.retries,
         wait_timeouts: stats.wait_timeouts,
         window_cuts: stats.window_cuts,
+        tcp_pipelined: stats.tcp_pipelined,
+        udp_state_changes: stats.udp_state_changes,
+        udp_state_log: state_log,
         elapsed_s: elapsed,
         pages_per_s: if elapsed > 0.0 {
             pages as f64 / elapsed

@@ -95,8 +95,12 @@ fn io_uring_refused_by_seccomp_falls_back_to_epoll_or_fails_clearly() {
     let server = ServerProc::start(&["--source", "synthetic:pages=100"]);
     let cache = lfc::Lfc::open(&lfc).unwrap();
     let client = PageClient::connect(&ConnectOptions::new(server.addr.clone())).unwrap();
-    let mut backend = Backend::new(&cache, client, ReadPathConfig::default());
-    backend.enable_udp_prefetch(workers.udp_port).unwrap();
+    let mut backend = Backend::with_prefetch_port(
+        &cache,
+        client,
+        ReadPathConfig::default(),
+        Some(workers.udp_port),
+    );
     let tag = Synthetic::rel(0).block(42);
     backend.prefetch(tag.rel, 42..43).unwrap();
     assert!(
@@ -275,8 +279,12 @@ fn a_late_prefetch_of_a_modified_page_is_rejected_as_stale() {
     let cache = lfc::Lfc::open(&lfc_path).unwrap();
     let tag = Synthetic::rel(0).block(9);
     let client = PageClient::connect(&ConnectOptions::new(server.addr.clone())).unwrap();
-    let mut reader = Backend::new(&cache, client, ReadPathConfig::default());
-    reader.enable_udp_prefetch(workers.udp_port).unwrap();
+    let mut reader = Backend::with_prefetch_port(
+        &cache,
+        client,
+        ReadPathConfig::default(),
+        Some(workers.udp_port),
+    );
     assert_eq!(reader.prefetch(tag.rel, 9..10).unwrap(), 1);
 
     // Another backend modifies the page at LSN 500 while the prefetch is in flight: as on a

@@ -9,7 +9,7 @@
 //! - `open` validates the header with `pread` *before* mapping, so garbage, truncated or empty
 //!   files produce typed errors and no mapping beyond the end of a file is ever made.
 
-use crate::error::LfcError;
+use crate::error::AttachError;
 use crate::layout::{FixedHeader, Geometry, FIXED_HEADER_LEN, FREE_COUNT_OFFSET};
 use crate::process::{current_pid, process_alive};
 use memmap2::{MmapOptions, MmapRaw};
@@ -116,32 +116,32 @@ fn remove_abandoned_temp_files(path: &Path) {
     }
 }
 
-fn map(path: &Path, file: &File, len: u64) -> Result<MmapRaw, LfcError> {
-    let len = usize::try_from(len).map_err(|_| LfcError::BadGeometry {
+fn map(path: &Path, file: &File, len: u64) -> Result<MmapRaw, AttachError> {
+    let len = usize::try_from(len).map_err(|_| AttachError::BadGeometry {
         path: path.to_path_buf(),
         reason: format!("file length {len} does not fit the address space"),
     })?;
     MmapOptions::new()
         .len(len)
         .map_raw(file)
-        .map_err(|e| LfcError::io(path, "mmap", e))
+        .map_err(|e| AttachError::io(path, "mmap", e))
 }
 
-pub(crate) fn create(path: &Path, capacity_pages: u64) -> Result<Attached, LfcError> {
+pub(crate) fn create(path: &Path, capacity_pages: u64) -> Result<Attached, AttachError> {
     let geometry = Geometry::for_capacity(capacity_pages)?;
     // Exclusive lock on the file being replaced, held until the rename is done.
     let _old = match OpenOptions::new().read(true).open(path) {
         Ok(f) => match flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
             Ok(()) => Some(f),
             Err(e) if would_block(&e) => {
-                return Err(LfcError::InUse {
+                return Err(AttachError::InUse {
                     path: path.to_path_buf(),
                 })
             }
-            Err(e) => return Err(LfcError::io(path, "flock", e)),
+            Err(e) => return Err(AttachError::io(path, "flock", e)),
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(LfcError::io(path, "open", e)),
+        Err(e) => return Err(AttachError::io(path, "open", e)),
     };
     remove_abandoned_temp_files(path);
 
@@ -151,7 +151,7 @@ pub(crate) fn create(path: &Path, capacity_pages: u64) -> Result<Attached, LfcEr
     getrandom(&mut nonce)
         .and_then(|()| getrandom(&mut key))
         .and_then(|()| getrandom(&mut ids))
-        .map_err(|e| LfcError::io(path, "getrandom", e))?;
+        .map_err(|e| AttachError::io(path, "getrandom", e))?;
     let tmp = path.with_file_name(format!(
         "{}{}.{:016x}",
         temp_prefix(path),
@@ -171,7 +171,7 @@ fn build(
     geometry: Geometry,
     key: [u8; 32],
     ids: [u8; 12],
-) -> Result<Attached, LfcError> {
+) -> Result<Attached, AttachError> {
     // 0600: the file holds the datagram key.
     let file = OpenOptions::new()
         .read(true)
@@ -179,12 +179,12 @@ fn build(
         .create_new(true)
         .mode(0o600)
         .open(tmp)
-        .map_err(|e| LfcError::io(tmp, "create", e))?;
-    flock(&file, libc::LOCK_SH).map_err(|e| LfcError::io(tmp, "flock", e))?;
+        .map_err(|e| AttachError::io(tmp, "create", e))?;
+    flock(&file, libc::LOCK_SH).map_err(|e| AttachError::io(tmp, "flock", e))?;
     // A zero-filled (sparse) file is a valid empty cache: every frame FREE, every index entry
     // empty, every table zero. Only the header needs writing.
     file.set_len(geometry.file_len)
-        .map_err(|e| LfcError::io(tmp, "set_len", e))?;
+        .map_err(|e| AttachError::io(tmp, "set_len", e))?;
     let mut key_id_bytes = [0u8; 4];
     key_id_bytes.copy_from_slice(&ids[..4]);
     let mut seed_bytes = [0u8; 8];
@@ -203,19 +203,19 @@ fn build(
         boot_id: boot_id(),
     };
     file.write_all_at(&header.encode(), 0)
-        .map_err(|e| LfcError::io(tmp, "write header", e))?;
+        .map_err(|e| AttachError::io(tmp, "write header", e))?;
     // Every frame starts FREE; claims take free frames before the CLOCK sweep evicts anything.
     file.write_all_at(
         &geometry.capacity_pages.to_le_bytes(),
         FREE_COUNT_OFFSET as u64,
     )
-    .map_err(|e| LfcError::io(tmp, "write free count", e))?;
+    .map_err(|e| AttachError::io(tmp, "write free count", e))?;
     let map = map(tmp, &file, geometry.file_len)?;
-    std::fs::rename(tmp, path).map_err(|e| LfcError::io(path, "rename", e))?;
+    std::fs::rename(tmp, path).map_err(|e| AttachError::io(path, "rename", e))?;
     // Two creators racing on a path that had no file: only the last rename is reachable. The
     // loser must not keep using a file nobody else can open.
     if !same_inode(path, &file) {
-        return Err(LfcError::InUse {
+        return Err(AttachError::InUse {
             path: path.to_path_buf(),
         });
     }
@@ -229,24 +229,24 @@ fn same_inode(path: &Path, file: &File) -> bool {
     }
 }
 
-pub(crate) fn open(path: &Path) -> Result<Attached, LfcError> {
+pub(crate) fn open(path: &Path) -> Result<Attached, AttachError> {
     let started = Instant::now();
     loop {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|e| LfcError::io(path, "open", e))?;
+            .map_err(|e| AttachError::io(path, "open", e))?;
         match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
             // The path may have been replaced between our open and our lock: then we locked an
             // orphan and must open the new file instead.
             Ok(()) if same_inode(path, &file) => return validate_and_map(path, file),
             Ok(()) => {}
             Err(e) if would_block(&e) => {}
-            Err(e) => return Err(LfcError::io(path, "flock", e)),
+            Err(e) => return Err(AttachError::io(path, "flock", e)),
         }
         if started.elapsed() >= OPEN_WAIT_LIMIT {
-            return Err(LfcError::Locked {
+            return Err(AttachError::Locked {
                 path: path.to_path_buf(),
                 waited_ms: started.elapsed().as_millis() as u64,
             });
@@ -255,18 +255,18 @@ pub(crate) fn open(path: &Path) -> Result<Attached, LfcError> {
     }
 }
 
-fn validate_and_map(path: &Path, file: File) -> Result<Attached, LfcError> {
+fn validate_and_map(path: &Path, file: File) -> Result<Attached, AttachError> {
     let len = file
         .metadata()
-        .map_err(|e| LfcError::io(path, "stat", e))?
+        .map_err(|e| AttachError::io(path, "stat", e))?
         .len();
     if len == 0 {
-        return Err(LfcError::Empty {
+        return Err(AttachError::Empty {
             path: path.to_path_buf(),
         });
     }
     if len < FIXED_HEADER_LEN as u64 {
-        return Err(LfcError::Truncated {
+        return Err(AttachError::Truncated {
             path: path.to_path_buf(),
             expected: FIXED_HEADER_LEN as u64,
             actual: len,
@@ -274,11 +274,11 @@ fn validate_and_map(path: &Path, file: File) -> Result<Attached, LfcError> {
     }
     let mut bytes = [0u8; FIXED_HEADER_LEN];
     file.read_exact_at(&mut bytes, 0)
-        .map_err(|e| LfcError::io(path, "read header", e))?;
+        .map_err(|e| AttachError::io(path, "read header", e))?;
     let header = FixedHeader::decode(path, &bytes, len)?;
     let now = boot_id();
     if header.boot_id != [0; 16] && now != [0; 16] && header.boot_id != now {
-        return Err(LfcError::FromPreviousBoot {
+        return Err(AttachError::FromPreviousBoot {
             path: path.to_path_buf(),
         });
     }

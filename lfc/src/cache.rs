@@ -36,7 +36,7 @@
 use crate::arrival::{futex_wait, Channel};
 use crate::attach::{self, Attached};
 use crate::bucket::{encode_entry, entry_fingerprint, entry_frame, Bucket, EMPTY, LOCK_WAIT_LIMIT};
-use crate::error::LfcError;
+use crate::error::{AttachError, OpError};
 use crate::frame::{Ctl, FrameMeta, KIND_BUSY, KIND_FREE, KIND_VALID, MAX_USAGE};
 use crate::hash::TagHash;
 use crate::layout::{
@@ -111,12 +111,22 @@ pub struct LfcGeometry {
 /// `Lfc` is `Send + Sync`: threads share one instance by reference or `Arc`.
 pub struct Lfc {
     path: PathBuf,
-    /// Never touched after attach, but keeping it open keeps the shared `flock`.
-    _file: File,
+    /// Keeping it open keeps the shared `flock`; the daemon lock re-opens it.
+    file: File,
     map: MmapRaw,
     header: FixedHeader,
     geo: Geometry,
+    /// One bit per `MAP_CHUNK_FRAMES` frames that this process has mapped for writing (see
+    /// `map_for_write`). Process-local, like the mapping itself.
+    mapped_chunks: Box<[AtomicU64]>,
 }
+
+/// Frames this process maps for writing at once: 2 MiB of page data. A process that writes
+/// into frames it never touched (a backend installing the pages of its TCP pipeline) otherwise
+/// takes two write faults per frame (shared file mappings get no fault-around on write), which
+/// measured at a third of a pipelined read's cost; one `MADV_POPULATE_WRITE` per chunk maps 512
+/// pages in one system call.
+const MAP_CHUNK_FRAMES: u64 = 256;
 
 impl std::fmt::Debug for Lfc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,7 +183,7 @@ impl Lfc {
     /// Creates (or re-creates) the cache file with room for `capacity_pages` pages, a fresh
     /// random datagram key and key id, and attaches to it. Fails with `InUse` if another process
     /// has the existing file attached.
-    pub fn create(path: impl AsRef<Path>, capacity_pages: u64) -> Result<Lfc, LfcError> {
+    pub fn create(path: impl AsRef<Path>, capacity_pages: u64) -> Result<Lfc, AttachError> {
         let path = path.as_ref();
         Ok(Lfc::from_attached(
             path,
@@ -182,14 +192,14 @@ impl Lfc {
     }
 
     /// Attaches to an existing cache file, validating its header first.
-    pub fn open(path: impl AsRef<Path>) -> Result<Lfc, LfcError> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Lfc, AttachError> {
         let path = path.as_ref();
         Ok(Lfc::from_attached(path, attach::open(path)?))
     }
 
     /// Attaches to the file if it is a valid cache of exactly `capacity_pages`; otherwise (missing,
     /// not a cache, other capacity, from a previous boot) creates a fresh one in its place.
-    pub fn open_or_create(path: impl AsRef<Path>, capacity_pages: u64) -> Result<Lfc, LfcError> {
+    pub fn open_or_create(path: impl AsRef<Path>, capacity_pages: u64) -> Result<Lfc, AttachError> {
         let path = path.as_ref();
         match Lfc::open(path) {
             Ok(lfc) if lfc.capacity_pages() == capacity_pages => Ok(lfc),
@@ -197,9 +207,7 @@ impl Lfc {
                 drop(lfc);
                 Lfc::create(path, capacity_pages)
             }
-            Err(LfcError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                Lfc::create(path, capacity_pages)
-            }
+            Err(e) if e.is_not_found() => Lfc::create(path, capacity_pages),
             Err(e) if e.is_bad_file() => Lfc::create(path, capacity_pages),
             Err(e) => Err(e),
         }
@@ -211,17 +219,26 @@ impl Lfc {
             a.map.len() as u64 >= geo.file_len,
             "attach maps the whole file"
         );
+        let chunks = geo.capacity_pages.div_ceil(MAP_CHUNK_FRAMES);
         Lfc {
             path: path.to_path_buf(),
-            _file: a.file,
+            file: a.file,
             map: a.map,
             header: a.header,
             geo,
+            mapped_chunks: (0..chunks.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The attached file (holding our shared `flock`).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 
     pub fn capacity_pages(&self) -> u64 {
@@ -272,7 +289,7 @@ impl Lfc {
     /// `offset + size_of::<T>()` lies inside the mapping, `offset` is aligned for `T`, and `T`
     /// is made only of atomics (valid for any bit pattern, shared mutation allowed). Offsets come
     /// from the validated geometry; the mapping lives as long as `self`.
-    fn shared<T>(&self, offset: u64) -> &T {
+    pub(crate) fn shared<T>(&self, offset: u64) -> &T {
         debug_assert!(offset as usize + std::mem::size_of::<T>() <= self.map.len());
         debug_assert_eq!(offset as usize % std::mem::align_of::<T>(), 0);
         // SAFETY: see the contract above; every caller passes a geometry-derived offset.
@@ -604,13 +621,13 @@ impl Lfc {
     // ---- locking and repair ----------------------------------------------------------------
 
     /// Locks the home bucket of `h`.
-    fn lock_bucket(&self, h: TagHash) -> Result<Locked<'_>, LfcError> {
+    fn lock_bucket(&self, h: TagHash) -> Result<Locked<'_>, OpError> {
         self.lock_index(self.home(h))
     }
 
     /// Locks bucket `index`, waiting for a live owner up to the limit and repairing after a
     /// dead one. Callers holding a lock only ever ask for a higher index.
-    fn lock_index(&self, index: u64) -> Result<Locked<'_>, LfcError> {
+    fn lock_index(&self, index: u64) -> Result<Locked<'_>, OpError> {
         let me = current_pid();
         let bucket = self.bucket(index);
         match bucket.lock(me) {
@@ -624,7 +641,7 @@ impl Lfc {
             }
             Err(owner) => {
                 self.bump(Counter::Busy);
-                Err(LfcError::Busy {
+                Err(OpError::Busy {
                     owner,
                     waited_ms: LOCK_WAIT_LIMIT.as_millis() as u64,
                 })
@@ -1105,21 +1122,41 @@ impl Lfc {
     }
 
     fn copy_into_frame(&self, frame: u32, page: &[u8; PAGE_SIZE]) {
+        self.map_for_write(frame);
         // SAFETY: the frame is BUSY and owned by us, so no other process writes it; readers
         // ignore BUSY frames. Source and destination cannot overlap.
         unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), self.frame_ptr(frame), PAGE_SIZE) };
+    }
+
+    /// Maps the chunk of `frame` for writing in this process, once (see `MAP_CHUNK_FRAMES`).
+    /// Best effort: where the kernel refuses, the copy takes its page faults as before.
+    fn map_for_write(&self, frame: u32) {
+        let chunk = u64::from(frame) / MAP_CHUNK_FRAMES;
+        let (word, bit) = ((chunk / 64) as usize, 1u64 << (chunk % 64));
+        if self.mapped_chunks[word].load(Ordering::Relaxed) & bit != 0 {
+            return;
+        }
+        let start = chunk * MAP_CHUNK_FRAMES;
+        let end = (start + MAP_CHUNK_FRAMES).min(self.geo.capacity_pages);
+        let _ = self.prefault(start..end);
+        self.mapped_chunks[word].fetch_or(bit, Ordering::Relaxed);
     }
 
     // ---- writers ---------------------------------------------------------------------------
 
     /// Stores the compute's own new version of `tag` at `lsn` (and raises the tag's lwlsn to
     /// `lsn`). Refused as `Superseded` when the tag's lwlsn is already above `lsn`.
+    ///
+    /// On `Err` (`OpError::Busy`: the tag's bucket stayed locked by a live process) nothing
+    /// changed, the tag's lwlsn included: an older version could still be installed later, so
+    /// the caller must not drop the error (raising [`Lfc::raise_lwlsn_floor`] to `lsn` is always
+    /// safe).
     pub fn write(
         &self,
         tag: &BufferTag,
         lsn: u64,
         page: &[u8; PAGE_SIZE],
-    ) -> Result<WriteOutcome, LfcError> {
+    ) -> Result<WriteOutcome, OpError> {
         let h = self.hash(tag);
         let floor = self.lwlsn_floor();
         {
@@ -1204,8 +1241,9 @@ impl Lfc {
     }
 
     /// Records that `tag` was modified at `lsn` without supplying the content: raises its
-    /// lwlsn and drops a cached copy that is older than `lsn`.
-    pub fn set_lwlsn(&self, tag: &BufferTag, lsn: u64) -> Result<(), LfcError> {
+    /// lwlsn and drops a cached copy that is older than `lsn`. On `Err` nothing changed (see
+    /// [`Lfc::write`]).
+    pub fn set_lwlsn(&self, tag: &BufferTag, lsn: u64) -> Result<(), OpError> {
         let h = self.hash(tag);
         let g = self.lock_bucket(h)?;
         self.set_lwlsn_locked(&g, h, tag, lsn);
@@ -1304,22 +1342,22 @@ impl Lfc {
     /// daemon) otherwise spends about half its time in first-touch faults on a fresh cache. On
     /// tmpfs this allocates the memory the frames hold when full (about 3 s per GiB on the
     /// reference machine, so callers go in steps); on a disk file it allocates their blocks.
-    pub fn prefault(&self, frames: std::ops::Range<u64>) -> Result<(), LfcError> {
+    pub fn prefault(&self, frames: std::ops::Range<u64>) -> Result<(), OpError> {
         assert!(frames.start <= frames.end && frames.end <= self.geo.capacity_pages);
         let offset = self.geo.data_offset + frames.start * PAGE_SIZE as u64;
         let len = (frames.end - frames.start) * PAGE_SIZE as u64;
         self.map
             .advise_range(Advice::PopulateWrite, offset as usize, len as usize)
-            .map_err(|e| LfcError::io(&self.path, "madvise(MADV_POPULATE_WRITE)", e))
+            .map_err(|e| OpError::io(&self.path, "madvise(MADV_POPULATE_WRITE)", e))
     }
 
     /// Like `prefault`, for the metadata in front of the frames (frame states, buckets,
     /// last-written LSNs, request marks; about 1 % of the file), which every claim and lookup
     /// touches: on a fresh cache its first touches are page faults with zeroing too.
-    pub fn prefault_metadata(&self) -> Result<(), LfcError> {
+    pub fn prefault_metadata(&self) -> Result<(), OpError> {
         self.map
             .advise_range(Advice::PopulateWrite, 0, self.geo.data_offset as usize)
-            .map_err(|e| LfcError::io(&self.path, "madvise(MADV_POPULATE_WRITE)", e))
+            .map_err(|e| OpError::io(&self.path, "madvise(MADV_POPULATE_WRITE)", e))
     }
 
     // ---- zero-copy reservations ------------------------------------------------------------
@@ -1388,6 +1426,16 @@ impl Lfc {
     #[doc(hidden)]
     pub fn arrival_waiters(&self, tag: &BufferTag) -> u32 {
         self.channel(self.hash(tag)).waiters.load(Ordering::SeqCst)
+    }
+
+    /// Holds the lock of `tag`'s home bucket until the guard is dropped, as a stalled process
+    /// would: other threads' `write`/`set_lwlsn` of tags sharing that home then give up with
+    /// `OpError::Busy` after the lock wait limit (500 ms). For tests of callers' error paths.
+    #[doc(hidden)]
+    pub fn lock_home_for_test(&self, tag: &BufferTag) -> Result<HomeLockForTest<'_>, OpError> {
+        Ok(HomeLockForTest {
+            _held: self.lock_bucket(self.hash(tag))?,
+        })
     }
 
     /// Home bucket of `tag`: tests use it to craft tags that overflow one home.
@@ -1562,6 +1610,12 @@ impl<'a> Reservation<'a> {
             self.lfc.bump(Counter::Abandons);
         }
     }
+}
+
+/// A home bucket lock held by [`Lfc::lock_home_for_test`]; released on drop.
+#[doc(hidden)]
+pub struct HomeLockForTest<'a> {
+    _held: Locked<'a>,
 }
 
 /// A reservation the install rules refused, handed back unpublished and still reserved.

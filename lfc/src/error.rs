@@ -1,12 +1,22 @@
-//! Typed errors of the cache: every bad file and every refused operation has its own variant, so
-//! callers (and the `lfc stat` command) can tell "not an LFC file" from "in use" from "I/O".
+//! Typed errors of the cache, in two kinds a caller cannot mix up:
+//! - [`AttachError`]: why a cache file could not be created or attached (not an LFC file, other
+//!   version, from an earlier boot, in use, I/O...). Returned only by `create`, `open` and
+//!   `open_or_create`; every bad file has its own variant, so callers (and the `lfc stat`
+//!   command) can tell "not an LFC file" from "in use" from "I/O".
+//! - [`OpError`]: why an operation on an attached cache gave up (`Busy`: a bucket stayed locked
+//!   by a live process; or a failed system call). A caller that drops one loses information the
+//!   cache needed it to act on (e.g. a `write` refused as `Busy` did not raise the tag's
+//!   last-written LSN), so it is `#[must_use]` through `Result`.
+//!
+//! [`DaemonLockError`] is the refusal of `Lfc::lock_for_daemon`.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Why a cache file could not be created or attached, or why an operation gave up.
+/// Why a cache file could not be created or attached.
 #[derive(Debug, thiserror::Error)]
-pub enum LfcError {
+pub enum AttachError {
     #[error("{}: {op}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -68,16 +78,11 @@ pub enum LfcError {
 
     #[error("invalid capacity of {requested} pages: must be between 1 and {max}")]
     BadCapacity { requested: u64, max: u64 },
-
-    #[error(
-        "an index bucket has been locked by live process {owner} for more than {waited_ms} ms"
-    )]
-    Busy { owner: u32, waited_ms: u64 },
 }
 
-impl LfcError {
+impl AttachError {
     pub(crate) fn io(path: &std::path::Path, op: &'static str, source: io::Error) -> Self {
-        LfcError::Io {
+        AttachError::Io {
             path: path.to_path_buf(),
             op,
             source,
@@ -89,13 +94,102 @@ impl LfcError {
     pub fn is_bad_file(&self) -> bool {
         matches!(
             self,
-            LfcError::Empty { .. }
-                | LfcError::BadMagic { .. }
-                | LfcError::UnsupportedVersion { .. }
-                | LfcError::BadChecksum { .. }
-                | LfcError::BadGeometry { .. }
-                | LfcError::Truncated { .. }
-                | LfcError::FromPreviousBoot { .. }
+            AttachError::Empty { .. }
+                | AttachError::BadMagic { .. }
+                | AttachError::UnsupportedVersion { .. }
+                | AttachError::BadChecksum { .. }
+                | AttachError::BadGeometry { .. }
+                | AttachError::Truncated { .. }
+                | AttachError::FromPreviousBoot { .. }
         )
+    }
+
+    /// True when the file does not exist (`open` of a missing path).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, AttachError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// Why an operation on an attached cache gave up. The operation did nothing that a caller could
+/// rely on: a refused `write` or `set_lwlsn` did **not** raise the tag's last-written LSN (raise
+/// the global floor with `Lfc::raise_lwlsn_floor` if a later stale install must be excluded).
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error(
+        "an index bucket has been locked by live process {owner} for more than {waited_ms} ms"
+    )]
+    Busy { owner: u32, waited_ms: u64 },
+
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl OpError {
+    pub(crate) fn io(path: &std::path::Path, op: &'static str, source: io::Error) -> Self {
+        OpError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+}
+
+/// Why `Lfc::lock_for_daemon` did not give the lock.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonLockError {
+    /// Another worker daemon holds the lock (in this or another process). `holder` is what the
+    /// daemon record says about it; None while that daemon has not registered yet (it takes the
+    /// lock before it binds its socket).
+    #[error("{}", held_message(path, holder))]
+    Held {
+        path: PathBuf,
+        holder: Option<crate::daemon::DaemonRecord>,
+    },
+
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DaemonLockError {
+    /// The pid of the daemon holding the lock, when it has registered.
+    pub fn holder_pid(&self) -> Option<u32> {
+        match self {
+            DaemonLockError::Held { holder, .. } => holder.map(|h| h.pid),
+            DaemonLockError::Io { .. } => None,
+        }
+    }
+
+    /// The UDP address of the daemon holding the lock, when it has registered.
+    pub fn holder_addr(&self) -> Option<SocketAddr> {
+        match self {
+            DaemonLockError::Held { holder, .. } => holder.map(|h| h.addr),
+            DaemonLockError::Io { .. } => None,
+        }
+    }
+}
+
+fn held_message(path: &std::path::Path, holder: &Option<crate::daemon::DaemonRecord>) -> String {
+    match holder {
+        Some(h) => format!(
+            "LFC {} is served by daemon pid {} on {}",
+            path.display(),
+            h.pid,
+            h.addr
+        ),
+        None => format!(
+            "LFC {} is served by another worker daemon (still starting: it has not recorded its \
+             pid and address yet)",
+            path.display()
+        ),
     }
 }

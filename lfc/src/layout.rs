@@ -8,6 +8,8 @@
 //! 320    global lwlsn floor    (own cache line)
 //! 384    free-frame count      (own cache line; a hint, never above the true count)
 //! 448    free-frame hand       (own cache line)
+//! 512    daemon record         (heartbeat + generation line, seqlocked record line; zero in
+//!                               files of builds before it = "no daemon"; see `daemon`)
 //! 1024   stats: STAT_STRIPES stripes x STAT_COUNTERS u64
 //! 4096   arrival channels: ARRIVAL_CHANNELS x (futex seq u32, waiters u32)
 //! 8192   frame metadata: capacity x 64 B
@@ -17,7 +19,7 @@
 //!        (pad to 4 KiB) page data: capacity x 8192 B
 //! ```
 
-use crate::error::LfcError;
+use crate::error::AttachError;
 use crate::tag::PAGE_SIZE;
 use std::path::Path;
 
@@ -33,6 +35,16 @@ pub const HAND_OFFSET: usize = 256;
 pub const GLOBAL_LWLSN_OFFSET: usize = 320;
 pub const FREE_COUNT_OFFSET: usize = 384;
 pub const FREE_HAND_OFFSET: usize = 448;
+/// The worker daemon's record and lock byte (mutable runtime area, outside the checksummed
+/// header). Bytes 512..1024 were unused zeros in every earlier file of this version, which reads
+/// as "no daemon registered", so the record needed no format change.
+pub const DAEMON_OFFSET: usize = 512;
+pub const DAEMON_BYTES: usize = 512;
+const _: () = assert!(
+    FREE_HAND_OFFSET + 64 <= DAEMON_OFFSET
+        && DAEMON_OFFSET + DAEMON_BYTES <= STATS_OFFSET
+        && DAEMON_OFFSET.is_multiple_of(64)
+);
 pub const STATS_OFFSET: usize = 1024;
 pub const STAT_STRIPES: usize = 16;
 pub const STAT_COUNTERS: usize = 24;
@@ -97,9 +109,9 @@ pub struct Geometry {
 }
 
 impl Geometry {
-    pub fn for_capacity(capacity_pages: u64) -> Result<Geometry, LfcError> {
+    pub fn for_capacity(capacity_pages: u64) -> Result<Geometry, AttachError> {
         if capacity_pages == 0 || capacity_pages > MAX_CAPACITY_PAGES {
-            return Err(LfcError::BadCapacity {
+            return Err(AttachError::BadCapacity {
                 requested: capacity_pages,
                 max: MAX_CAPACITY_PAGES,
             });
@@ -227,28 +239,28 @@ impl FixedHeader {
         path: &Path,
         b: &[u8; FIXED_HEADER_LEN],
         file_len: u64,
-    ) -> Result<FixedHeader, LfcError> {
+    ) -> Result<FixedHeader, AttachError> {
         let path_buf = || path.to_path_buf();
         let mut magic = [0u8; 8];
         magic.copy_from_slice(&b[OFF_MAGIC..OFF_MAGIC + 8]);
         if magic != MAGIC {
-            return Err(LfcError::BadMagic {
+            return Err(AttachError::BadMagic {
                 path: path_buf(),
                 found: magic,
             });
         }
         let version = get_u32(b, OFF_VERSION);
         if version != FORMAT_VERSION {
-            return Err(LfcError::UnsupportedVersion {
+            return Err(AttachError::UnsupportedVersion {
                 path: path_buf(),
                 found: version,
                 supported: FORMAT_VERSION,
             });
         }
         if get_u64(b, OFF_CHECKSUM) != checksum(&b[..OFF_CHECKSUM]) {
-            return Err(LfcError::BadChecksum { path: path_buf() });
+            return Err(AttachError::BadChecksum { path: path_buf() });
         }
-        let bad = |reason: String| LfcError::BadGeometry {
+        let bad = |reason: String| AttachError::BadGeometry {
             path: path_buf(),
             reason,
         };
@@ -291,7 +303,7 @@ impl FixedHeader {
             )));
         }
         if file_len < geometry.file_len {
-            return Err(LfcError::Truncated {
+            return Err(AttachError::Truncated {
                 path: path_buf(),
                 expected: geometry.file_len,
                 actual: file_len,
@@ -371,7 +383,7 @@ mod tests {
         assert_eq!(FixedHeader::decode(p, &b, h.geometry.file_len).unwrap(), h);
         assert!(matches!(
             FixedHeader::decode(p, &b, h.geometry.file_len - 1),
-            Err(LfcError::Truncated { .. })
+            Err(AttachError::Truncated { .. })
         ));
         for i in 0..FIXED_HEADER_LEN {
             let mut c = b;

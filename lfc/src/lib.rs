@@ -18,6 +18,15 @@
 //! - Prefetch coordination: [`Lfc::mark_requested`]`(tag, now_ns) -> already_requested`,
 //!   [`Lfc::wait_for_arrival`]`(tag, timeout) -> arrived` (cross-process futex).
 //! - Monitoring: [`Lfc::stats`]` -> LfcStats`, [`Lfc::snapshot_hottest`]`(max)`.
+//! - Worker daemon rendezvous: [`Lfc::lock_for_daemon`]` -> DaemonLock` (one daemon per cache,
+//!   released by the kernel on death), [`Lfc::register_daemon`], [`Lfc::daemon_heartbeat`],
+//!   [`Lfc::clear_daemon`]; readers [`Lfc::daemon`]` -> Option<DaemonRecord>` and the one-load
+//!   [`Lfc::daemon_heartbeat_ns`], [`Lfc::daemon_generation`]; [`monotonic_ns`] is their clock.
+//!
+//! # Errors
+//! Attaching fails with an [`AttachError`] (bad file, other boot, in use...); operations on an
+//! attached cache fail with an [`OpError`] (`Busy`, a failed system call). The two are distinct
+//! types so that a runtime refusal cannot be handled, or dropped, as if it were an attach error.
 //!
 //! # The invariant
 //! A lookup returns nothing, or the version that is newest as of the latest `write`/`set_lwlsn`
@@ -40,13 +49,14 @@
 //! # Operating notes
 //! - All processes sharing a file must share a pid namespace (owner pids are compared).
 //! - The file content is trusted only within one boot: `open` refuses a file created before the
-//!   last reboot ([`LfcError::FromPreviousBoot`]); `open_or_create` replaces it.
+//!   last reboot ([`AttachError::FromPreviousBoot`]); `open_or_create` replaces it.
 //! - Do not truncate or rewrite the file with other tools while it is attached (SIGBUS).
 
 mod arrival;
 mod attach;
 mod bucket;
 mod cache;
+mod daemon;
 mod error;
 mod frame;
 mod hash;
@@ -57,9 +67,11 @@ mod stats;
 mod tag;
 
 pub use cache::{
-    InstallOutcome, Lfc, LfcGeometry, Rejected, Reservation, WriteOutcome, MAX_ARRIVAL_WAIT,
+    HomeLockForTest, InstallOutcome, Lfc, LfcGeometry, Rejected, Reservation, WriteOutcome,
+    MAX_ARRIVAL_WAIT,
 };
-pub use error::LfcError;
+pub use daemon::{monotonic_ns, DaemonLock, DaemonRecord, DAEMON_HEARTBEAT_NS, DAEMON_STALE_NS};
+pub use error::{AttachError, DaemonLockError, OpError};
 pub use layout::{FORMAT_VERSION, MAX_CAPACITY_PAGES, OVERFLOW_WINDOW};
 pub use requested::REQUESTED_TTL_NS;
 pub use stats::LfcStats;

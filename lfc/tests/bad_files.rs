@@ -1,11 +1,11 @@
 //! Files that are not usable caches give typed errors: no panic, no SIGBUS (the header is
 //! validated with reads before anything is mapped).
 
-use lfc::{Lfc, LfcError};
+use lfc::{AttachError, Lfc};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
-fn open_err(path: &Path) -> LfcError {
+fn open_err(path: &Path) -> AttachError {
     match Lfc::open(path) {
         Ok(_) => panic!("{} opened", path.display()),
         Err(e) => {
@@ -26,7 +26,7 @@ fn zero_length_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty");
     std::fs::write(&path, b"").unwrap();
-    assert!(matches!(open_err(&path), LfcError::Empty { .. }));
+    assert!(matches!(open_err(&path), AttachError::Empty { .. }));
 }
 
 #[test]
@@ -35,7 +35,7 @@ fn missing_file_is_an_io_error_naming_the_path() {
     let path = dir.path().join("missing");
     let e = open_err(&path);
     assert!(
-        matches!(&e, LfcError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        matches!(&e, AttachError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     );
     assert!(e.to_string().contains("missing"), "{e}");
 }
@@ -57,7 +57,10 @@ fn garbage_of_many_lengths() {
         std::fs::write(&path, &bytes).unwrap();
         let e = open_err(&path);
         assert!(
-            matches!(e, LfcError::BadMagic { .. } | LfcError::Truncated { .. }),
+            matches!(
+                e,
+                AttachError::BadMagic { .. } | AttachError::Truncated { .. }
+            ),
             "{len}: {e}"
         );
     }
@@ -74,7 +77,7 @@ fn wrong_version() {
     drop(f);
     assert!(matches!(
         open_err(&path),
-        LfcError::UnsupportedVersion { found, .. } if found == lfc::FORMAT_VERSION + 1
+        AttachError::UnsupportedVersion { found, .. } if found == lfc::FORMAT_VERSION + 1
     ));
 }
 
@@ -87,7 +90,7 @@ fn corrupt_header_field() {
     f.seek(SeekFrom::Start(24)).unwrap();
     f.write_all(&1_000_000u64.to_le_bytes()).unwrap();
     drop(f);
-    assert!(matches!(open_err(&path), LfcError::BadChecksum { .. }));
+    assert!(matches!(open_err(&path), AttachError::BadChecksum { .. }));
 }
 
 #[test]
@@ -103,7 +106,7 @@ fn truncated_and_extended_files() {
             .set_len(len)
             .unwrap();
         assert!(
-            matches!(open_err(&path), LfcError::Truncated { expected, actual, .. } if expected == full && actual == len),
+            matches!(open_err(&path), AttachError::Truncated { expected, actual, .. } if expected == full && actual == len),
             "{len}"
         );
     }
@@ -113,7 +116,7 @@ fn truncated_and_extended_files() {
         .unwrap()
         .set_len(100)
         .unwrap();
-    assert!(matches!(open_err(&path), LfcError::Truncated { .. }));
+    assert!(matches!(open_err(&path), AttachError::Truncated { .. }));
     let path = valid_file(dir.path(), 8);
     let full = std::fs::metadata(&path).unwrap().len();
     std::fs::OpenOptions::new()
@@ -122,20 +125,20 @@ fn truncated_and_extended_files() {
         .unwrap()
         .set_len(full + 8192)
         .unwrap();
-    assert!(matches!(open_err(&path), LfcError::BadGeometry { .. }));
+    assert!(matches!(open_err(&path), AttachError::BadGeometry { .. }));
 }
 
 #[test]
 fn a_directory_and_bad_capacities() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(open_err(dir.path()), LfcError::Io { .. }));
+    assert!(matches!(open_err(dir.path()), AttachError::Io { .. }));
     for cap in [0, lfc::MAX_CAPACITY_PAGES + 1] {
         assert!(matches!(
             Lfc::create(dir.path().join("x"), cap),
-            Err(LfcError::BadCapacity { .. })
+            Err(AttachError::BadCapacity { .. })
         ));
     }
-    assert!(LfcError::BadMagic {
+    assert!(AttachError::BadMagic {
         path: "p".into(),
         found: [0; 8]
     }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{check_page, make_page, tag};
-use lfc::{InstallOutcome, Lfc, LfcError, WriteOutcome, PAGE_SIZE};
+use lfc::{AttachError, InstallOutcome, Lfc, WriteOutcome, PAGE_SIZE};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -349,7 +349,7 @@ fn a_second_handle_sees_the_same_pages_stats_and_key() {
     // Re-creating a file that others have attached is refused...
     assert!(matches!(
         Lfc::create(&path, 32),
-        Err(LfcError::InUse { .. })
+        Err(AttachError::InUse { .. })
     ));
     drop(a);
     drop(b);
@@ -398,13 +398,19 @@ fn prefault_allocates_the_file_and_keeps_its_contents() {
     use std::os::unix::fs::MetadataExt;
     let (_d, lfc) = new_cache(512);
     let t = tag(3, 9);
-    lfc.write(&t, 42, &make_page(&t, 42)).unwrap();
     let allocated = || std::fs::metadata(lfc.path()).unwrap().blocks() * 512;
     let geo = lfc.geometry();
     let before = allocated();
     assert!(
         before < geo.metadata_bytes,
         "a new cache file is sparse: {before} bytes allocated"
+    );
+    // A write maps (and so allocates) the 2 MiB chunk of its frame, not the whole file.
+    lfc.write(&t, 42, &make_page(&t, 42)).unwrap();
+    let after_write = allocated();
+    assert!(
+        after_write <= geo.metadata_bytes + (2 << 20) + before,
+        "one write allocated {after_write} bytes"
     );
     lfc.prefault_metadata().unwrap();
     let after_metadata = allocated();
@@ -425,4 +431,30 @@ fn prefault_allocates_the_file_and_keeps_its_contents() {
     assert_eq!(lfc.lookup(&t, &mut out), Some(42));
     assert_eq!(check_page(&t, &out), Ok(42));
     assert_eq!(lfc.lookup(&tag(3, 10), &mut out), None);
+}
+
+#[test]
+fn a_write_refused_as_busy_is_an_op_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = Lfc::create(dir.path().join("lfc"), 32).unwrap();
+    let t = tag(9, 1);
+    lfc.write(&t, 5, &make_page(&t, 5)).unwrap();
+    let held = lfc.lock_home_for_test(&t).unwrap();
+    let (w, s) = std::thread::scope(|s| {
+        let w = s.spawn(|| lfc.write(&t, 10, &make_page(&t, 10)));
+        let l = s.spawn(|| lfc.set_lwlsn(&t, 11));
+        (w.join().unwrap(), l.join().unwrap())
+    });
+    drop(held);
+    let me = std::process::id();
+    assert!(
+        matches!(w, Err(lfc::OpError::Busy { owner, .. }) if owner == me),
+        "{w:?}"
+    );
+    assert!(matches!(s, Err(lfc::OpError::Busy { .. })), "{s:?}");
+    // Nothing changed: the old version is still cached and its lwlsn did not rise.
+    assert_eq!(lfc.lwlsn(&t), 5);
+    let mut out = [0u8; PAGE_SIZE];
+    assert_eq!(lfc.lookup(&t, &mut out), Some(5));
+    assert!(lfc.stats().busy >= 2);
 }

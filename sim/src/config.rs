@@ -56,6 +56,7 @@ impl FaultProfile {
             forged_per_ms: (0.0, 0.0),
             sender_drop: (0.0, 0.0),
             tcp_latency_us: (10, 150),
+            daemon_faults: (0.0, 0.0, 0.0),
         };
         match self {
             FaultProfile::None => base,
@@ -90,6 +91,7 @@ impl FaultProfile {
                 forged_per_ms: (0.0, 4.0),
                 sender_drop: (0.0, 0.05),
                 tcp_latency_us: (10, 400),
+                daemon_faults: (0.1, 0.1, 0.15),
                 ..base
             },
             FaultProfile::Heavy => FaultRanges {
@@ -108,6 +110,7 @@ impl FaultProfile {
                 forged_per_ms: (1.0, 20.0),
                 sender_drop: (0.0, 0.2),
                 tcp_latency_us: (10, 2_000),
+                daemon_faults: (0.15, 0.2, 0.25),
             },
         }
     }
@@ -154,6 +157,9 @@ pub struct FaultRanges {
     pub sender_drop: (f64, f64),
     /// One-way TCP latency (reliable, in order).
     pub tcp_latency_us: (u64, u64),
+    /// Chance per run that the worker daemon is absent, killed at a random time, or paused for
+    /// windows (each in turn).
+    pub daemon_faults: (f64, f64, f64),
 }
 
 /// Fault parameters of one server → compute UDP link, drawn for one seed.
@@ -170,6 +176,52 @@ pub struct LinkFaults {
     /// Absolute virtual-time windows `[start, end)`.
     pub partitions: Vec<(u64, u64)>,
     pub clogs: Vec<(u64, u64)>,
+}
+
+/// What happens to the compute's worker daemon during a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DaemonFault {
+    Healthy,
+    /// Never started: the LFC names no daemon, nobody reads the prefetch port.
+    Absent,
+    /// SIGKILLed at this virtual time: heartbeats stop, its socket closes.
+    KilledAt(u64),
+    /// SIGSTOPped during these windows `[start, end)`: no heartbeat, no receive; datagrams
+    /// queue in the socket (and tail-drop) until it continues.
+    Paused(Vec<(u64, u64)>),
+}
+
+impl DaemonFault {
+    /// Receiving (and heartbeating) at `now`.
+    pub fn running_at(&self, now: u64) -> bool {
+        match self {
+            DaemonFault::Healthy => true,
+            DaemonFault::Absent => false,
+            DaemonFault::KilledAt(t) => now < *t,
+            DaemonFault::Paused(w) => !w.iter().any(|&(a, b)| now >= a && now < b),
+        }
+    }
+
+    /// Dead for good at `now` (absent or killed): its port is closed.
+    pub fn gone_at(&self, now: u64) -> bool {
+        match self {
+            DaemonFault::Absent => true,
+            DaemonFault::KilledAt(t) => now >= *t,
+            _ => false,
+        }
+    }
+
+    /// The end of the pause window holding `now`, if paused.
+    pub fn paused_until(&self, now: u64) -> Option<u64> {
+        match self {
+            DaemonFault::Paused(w) => w
+                .iter()
+                .find(|&&(a, b)| now >= a && now < b)
+                .map(|&(_, b)| b),
+            _ => None,
+        }
+    }
 }
 
 /// Everything one run is made of, apart from the workload.
@@ -199,6 +251,7 @@ pub struct SimConfig {
     pub tcp_latency_ns: (u64, u64),
     pub forged_per_ms: f64,
     pub links: Vec<LinkFaults>,
+    pub daemon: DaemonFault,
 }
 
 /// Virtual time at which a run starts: not 0, because the LFC's request marks keep
@@ -222,6 +275,19 @@ fn windows(rng: &mut Rng, count: (u64, u64), len_us: (u64, u64)) -> Vec<(u64, u6
             (start, start + draw_u(rng, len_us) * 1_000)
         })
         .collect()
+}
+
+fn draw_daemon(rng: &mut Rng, (absent, killed, paused): (f64, f64, f64)) -> DaemonFault {
+    let x = rng.range_f64(0.0, 1.0);
+    if x < absent {
+        DaemonFault::Absent
+    } else if x < absent + killed {
+        DaemonFault::KilledAt(START_NS + rng.below(FAULT_HORIZON_NS))
+    } else if x < absent + killed + paused {
+        DaemonFault::Paused(windows(rng, (1, 3), (1_000, 30_000)))
+    } else {
+        DaemonFault::Healthy
+    }
 }
 
 impl SimConfig {
@@ -254,6 +320,9 @@ impl SimConfig {
             min_wait_us: rng.range(10, 50),
             max_wait_us,
             max_tracked: rng.range(8, 256) as usize,
+            // The simulated LFC holds tens of pages: a pipeline deeper than that would have
+            // its pages evicted before they are read.
+            tcp_depth: rng.range(2, 16) as u32,
         };
         let links = (0..shards)
             .map(|_| LinkFaults {
@@ -270,6 +339,8 @@ impl SimConfig {
             })
             .collect();
         let tcp_lo = draw_u(&mut rng, r.tcp_latency_us);
+        // Drawn from its own stream, so adding daemon faults did not change the other draws.
+        let daemon = draw_daemon(&mut Rng::stream(seed, 0xDAE), r.daemon_faults);
         SimConfig {
             profile,
             shards,
@@ -295,6 +366,7 @@ impl SimConfig {
             tcp_latency_ns: (tcp_lo * 1_000, (tcp_lo + rng.below(tcp_lo + 1)) * 1_000),
             forged_per_ms: draw_f(&mut rng, r.forged_per_ms),
             links,
+            daemon,
         }
     }
 

@@ -80,8 +80,16 @@ impl Scenario {
     }
 }
 
-/// Runs one scenario to completion. `Err` only for set-up failures (temp file, LFC); a checker
-/// failure is `Ok` with `violation` set.
+/// Best effort must never cost more than the TCP path it replaces: a run's workload may take at
+/// most this factor of the same seed's workload with no worker daemon (every backend on TCP
+/// pipelining in the model) ...
+pub const LIVENESS_FACTOR: f64 = 1.25;
+/// ... plus this: what finding out costs (a few waits of at most the budget cap, a probe).
+pub const LIVENESS_SLACK_NS: u64 = 20_000_000;
+
+/// Runs one scenario to completion, and the same seed's workload with UDP prefetch disabled
+/// (no daemon) to check that UDP cost no more than TCP pipelining. `Err` only for set-up
+/// failures (temp file, LFC); a checker failure is `Ok` with `violation` set.
 pub fn run(scenario: &Scenario) -> Result<RunReport, SimError> {
     let cfg = SimConfig::for_seed(scenario.seed, scenario.profile);
     let ops = match &scenario.ops {
@@ -93,15 +101,45 @@ pub fn run(scenario: &Scenario) -> Result<RunReport, SimError> {
             .collect(),
         None => workload::generate(scenario.seed),
     };
+    let absent = cfg.daemon == config::DaemonFault::Absent;
+    let mut report = run_config(cfg.clone(), scenario.seed, &ops)?;
+    if report.violation.is_some() || absent {
+        return Ok(report);
+    }
+    let tcp_only = run_config(
+        SimConfig {
+            daemon: config::DaemonFault::Absent,
+            ..cfg
+        },
+        scenario.seed,
+        &ops,
+    )?;
+    let (udp_ns, tcp_ns) = (report.workload_ns(), tcp_only.workload_ns());
+    if tcp_only.violation.is_none()
+        && udp_ns as f64 > LIVENESS_FACTOR * tcp_ns as f64 + LIVENESS_SLACK_NS as f64
+    {
+        report.violation = Some(world::Violation {
+            kind: world::ViolationKind::SlowerThanTcp,
+            message: format!(
+                "the backends' workload took {:.3} ms with UDP prefetch, {:.3} ms with TCP \
+                 pipelining only (limit {LIVENESS_FACTOR} x + {} ms)",
+                udp_ns as f64 / 1e6,
+                tcp_ns as f64 / 1e6,
+                LIVENESS_SLACK_NS / 1_000_000
+            ),
+            at_ns: report.backends_done_ns,
+            trace: Vec::new(),
+        });
+    }
+    Ok(report)
+}
+
+fn run_config(cfg: SimConfig, seed: u64, ops: &[Op]) -> Result<RunReport, SimError> {
     let dir = tempfile::Builder::new()
         .prefix("udp-prefetch-sim")
         .tempdir_in(scratch_dir())?;
-    let lfc = seeded_lfc::create(
-        &dir.path().join("lfc"),
-        cfg.lfc_capacity_pages,
-        scenario.seed,
-    )?;
-    let world = world::World::new(cfg, &lfc, scenario.seed, &ops)?;
+    let lfc = seeded_lfc::create(&dir.path().join("lfc"), cfg.lfc_capacity_pages, seed)?;
+    let world = world::World::new(cfg, &lfc, seed, ops)?;
     Ok(world.run())
 }
 

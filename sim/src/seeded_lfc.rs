@@ -10,7 +10,7 @@
 //! (A `Lfc::create_seeded` in the `lfc` crate would make this module unnecessary.)
 
 use crate::rng::Rng;
-use lfc::{Lfc, LfcError, FORMAT_VERSION};
+use lfc::{AttachError, Lfc, FORMAT_VERSION};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -28,7 +28,7 @@ const KNOWN_FORMAT_VERSIONS: [u32; 2] = [1, 2];
 #[derive(Debug, thiserror::Error)]
 pub enum SeededLfcError {
     #[error(transparent)]
-    Lfc(#[from] LfcError),
+    Lfc(#[from] AttachError),
     #[error("LFC header: {0}")]
     Io(#[from] std::io::Error),
     #[error("LFC header format {found} is not one the simulator knows ({KNOWN_FORMAT_VERSIONS:?}); update sim/src/seeded_lfc.rs")]

@@ -15,9 +15,10 @@ pub enum Kind {
     WaitStart,
     WaitTimeout,
     Fetch,
-    FetchRaced,
+
     Prefetch,
-    Retry,
+    /// A backend moved between UDP prefetch and TCP pipelining (a = backend, b = 0 for UDP).
+    PathChange,
     PrefetchQueued,
     PrefetchOverflow,
     PutApplied,
@@ -82,6 +83,13 @@ impl Default for Trace {
     }
 }
 
+/// `UDPF_SIM_TRACE=1` prints every event to stderr as it is recorded: a debugging aid for
+/// reading one seed's run whole (the violation report keeps only the last events).
+fn print_all() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("UDPF_SIM_TRACE").is_some_and(|v| v == "1"))
+}
+
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -95,6 +103,18 @@ impl Trace {
             self.digest = mix(self.digest ^ v).wrapping_add(0x9e37_79b9_7f4a_7c15);
         }
         self.records += 1;
+        if print_all() {
+            eprintln!(
+                "{}",
+                Record {
+                    at_ns,
+                    kind,
+                    a,
+                    b,
+                    c
+                }
+            );
+        }
         if self.ring.len() == TRACE_RING {
             self.ring.pop_front();
         }

@@ -13,6 +13,7 @@
 //!
 //! Only the network (UDP with faults, TCP reliable with latency) and time are simulated.
 
+use crate::config::DaemonFault;
 use crate::config::{LinkFaults, SimConfig, START_NS};
 use crate::rng::Rng;
 use crate::trace::{Kind, Trace};
@@ -24,10 +25,11 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use udp_prefetch::backend::read_path::{
-    prefetch_runs, PrefetchRun, ReadPath, ScanWindow, Step, LOSS_SCAN, MISS_SCAN,
-    READS_PER_LOSS_CHECK,
+use udp_prefetch::backend::driver::{
+    Driver, Poll, ReadSource, Response as DriverResponse, Transmit,
 };
+use udp_prefetch::backend::read_path::{PrefetchRun, ScanWindow};
+use udp_prefetch::backend::store_own_write;
 use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page, verify_page, Page};
 use udp_prefetch::pagestream::{Header, LATEST_LSN};
 use udp_prefetch::prewarm::{
@@ -80,6 +82,8 @@ const PREWARM_TCP_DEPTH: usize = 64;
 const PREWARM_REPAIR_ROUNDS: usize = 2;
 /// The compute's prefetch port, as registered with PrefetchTarget.
 const COMPUTE_ADDR: ([u8; 4], u16) = ([10, 0, 0, 1], 6000);
+/// The simulated daemon's pid in the LFC header (never signalled).
+const DAEMON_PID: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,6 +92,9 @@ pub enum ViolationKind {
     TornOrForgedPage,
     ForgedAccepted,
     Liveness,
+    /// The backends' workload took longer than `LIVENESS_FACTOR` × the same workload with UDP
+    /// prefetch disabled (pure TCP pipelining), plus `LIVENESS_SLACK_NS`.
+    SlowerThanTcp,
     Accounting,
     Occupancy,
 }
@@ -99,6 +106,14 @@ pub struct Violation {
     pub message: String,
     /// The last events before the violation, oldest first.
     pub trace: Vec<String>,
+}
+
+impl RunReport {
+    /// Virtual time the backends' workload took.
+    pub fn workload_ns(&self) -> u64 {
+        self.backends_done_ns
+            .saturating_sub(self.backends_started_ns)
+    }
 }
 
 impl Violation {
@@ -132,6 +147,12 @@ pub struct FaultCounts {
     pub replayed: u64,
     pub forged: u64,
     pub sender_dropped: u64,
+    /// Datagrams that reached a killed or absent daemon's port.
+    pub daemon_down: u64,
+    /// Runs in which the daemon was absent, killed, or paused (one each per run).
+    pub daemon_absent: u64,
+    pub daemon_killed: u64,
+    pub daemon_paused: u64,
 }
 
 impl FaultCounts {
@@ -148,6 +169,7 @@ impl FaultCounts {
             + self.replayed
             + self.forged
             + self.sender_dropped
+            + self.daemon_down
     }
 
     pub fn add(&mut self, o: &FaultCounts) {
@@ -163,6 +185,10 @@ impl FaultCounts {
         self.replayed += o.replayed;
         self.forged += o.forged;
         self.sender_dropped += o.sender_dropped;
+        self.daemon_down += o.daemon_down;
+        self.daemon_absent += o.daemon_absent;
+        self.daemon_killed += o.daemon_killed;
+        self.daemon_paused += o.daemon_paused;
     }
 }
 
@@ -193,6 +219,14 @@ pub struct RunReport {
     pub prefetch_overflow_pages: u64,
     /// Prefetches the backends requested again after taking them as lost.
     pub prefetch_retries: u64,
+    /// Pages the backends read through their TCP pipelines, and their moves between UDP and
+    /// TCP pipelining.
+    pub tcp_pipelined: u64,
+    pub udp_state_changes: u64,
+    /// Virtual times from the start until the backends began (prewarm over) and until the last
+    /// one finished its workload.
+    pub backends_started_ns: u64,
+    pub backends_done_ns: u64,
     pub seal_not_ready: u64,
     pub seal_failed: u64,
     pub prewarm_pages: u64,
@@ -236,6 +270,8 @@ enum ToServer {
         tag: BufferTag,
         lsn: u64,
     },
+    /// PrefetchTarget: the simulated servers send to the one compute whatever it says.
+    Target,
 }
 
 #[derive(Debug)]
@@ -245,6 +281,7 @@ enum ToClient {
         result: Result<Box<Page>, String>,
     },
     PutDone,
+    TargetSet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +338,8 @@ enum Ev {
     PrewarmRound {
         token: u64,
     },
+    /// The daemon's heartbeat thread.
+    Heartbeat,
 }
 
 struct Scheduled {
@@ -347,6 +386,7 @@ enum Activity {
         end: u32,
         window: ScanWindow,
         distance: u32,
+        path_changes: u64,
     },
     Reads(VecDeque<BufferTag>),
 }
@@ -356,12 +396,11 @@ enum Pending {
     Sleep,
     Wait {
         ctx: ReadCtx,
-        deadline: u64,
         token: u64,
     },
-    Fetch {
+    /// Awaiting a response on the TCP pipeline.
+    Await {
         ctx: ReadCtx,
-        nms: u64,
     },
     Put {
         tag: BufferTag,
@@ -371,9 +410,10 @@ enum Pending {
 }
 
 struct BackendNode {
-    core: ReadPath,
-    /// `Backend::reads_since_loss_check`.
-    reads_since_loss_check: u32,
+    /// The real `backend::driver::Driver`.
+    driver: Driver,
+    /// Its path changes as last traced.
+    path_changes: u64,
     program: VecDeque<Op>,
     activity: Activity,
     pending: Pending,
@@ -478,6 +518,9 @@ pub struct World<'a> {
     report: RunReport,
     /// Installs into the LFC by backends and prewarm (`install_prefetched` → Installed).
     shell_installs: u64,
+    /// Datagrams that reached the compute while the daemon was gone, or sat in its sockets
+    /// when it was killed.
+    daemon_socket_lost: u64,
     /// Datagrams put on links/sockets and what became of them, for conservation.
     injected: u64,
     events: u64,
@@ -555,6 +598,10 @@ impl<'a> World<'a> {
                 seen_installed: 0,
             })
             .collect();
+        // The daemon registers in the LFC header as it starts listening, before any backend.
+        if cfg.daemon != DaemonFault::Absent {
+            lfc.register_daemon(SocketAddr::from(COMPUTE_ADDR), DAEMON_PID, 0, START_NS);
+        }
         let mut programs: Vec<VecDeque<Op>> = vec![VecDeque::new(); cfg.backends];
         let mut prewarm_program = VecDeque::new();
         let mut fault_events = Vec::new();
@@ -576,8 +623,8 @@ impl<'a> World<'a> {
             .into_iter()
             .enumerate()
             .map(|(i, program)| BackendNode {
-                core: ReadPath::new(cfg.read_path),
-                reads_since_loss_check: 0,
+                driver: Driver::new(cfg.read_path, None, lfc, START_NS),
+                path_changes: 0,
                 program,
                 activity: Activity::None,
                 pending: Pending::None,
@@ -634,6 +681,7 @@ impl<'a> World<'a> {
                 ..RunReport::default()
             },
             shell_installs: 0,
+            daemon_socket_lost: 0,
             injected: 0,
             events: 0,
             violation: None,
@@ -680,6 +728,9 @@ impl<'a> World<'a> {
         if w.cfg.forged_per_ms > 0.0 {
             let gap = w.attack_gap();
             w.schedule(START_NS + gap, Ev::AttackerTick);
+        }
+        if w.cfg.daemon != DaemonFault::Absent {
+            w.schedule(START_NS + lfc::DAEMON_HEARTBEAT_NS, Ev::Heartbeat);
         }
         // Workers post their slots before anything arrives, as the daemon does at start.
         for i in 0..w.workers.len() {
@@ -806,7 +857,20 @@ impl<'a> World<'a> {
                     self.prewarm_tick();
                 }
             }
+            Ev::Heartbeat => self.heartbeat(),
         }
+    }
+
+    /// `workers::daemon`'s heartbeat: refreshed while the daemon runs, silent while it is
+    /// paused, gone with it. Stops when the workload is done (so the run can end).
+    fn heartbeat(&mut self) {
+        if self.cfg.daemon.gone_at(self.now) || self.actors_done() {
+            return;
+        }
+        if self.cfg.daemon.running_at(self.now) {
+            self.lfc.daemon_heartbeat(self.now);
+        }
+        self.schedule(self.now + lfc::DAEMON_HEARTBEAT_NS, Ev::Heartbeat);
     }
 
     fn actors_done(&self) -> bool {
@@ -1053,6 +1117,7 @@ impl<'a> World<'a> {
                 self.rec(Kind::GetPageServed, shard as u64, tag_key(&tag), lsn);
                 self.send_to_client(conn, shard, ToClient::Page { tag, result });
             }
+            ToServer::Target => self.send_to_client(conn, shard, ToClient::TargetSet),
             ToServer::PutPage { tag, lsn } => {
                 // Every shard ingests the whole WAL stream (as Neon's shards do), so each one's
                 // last-record LSN covers every LSN the compute can name; only the owner is ever
@@ -1315,6 +1380,13 @@ impl<'a> World<'a> {
             let shard = (packet.flow >> 60) as usize;
             self.shards[shard].in_flight -= 1;
         }
+        if self.cfg.daemon.gone_at(self.now) {
+            // No socket on the port: the kernel drops it (ICMP port unreachable).
+            self.report.faults.daemon_down += 1;
+            self.report.datagrams_dropped_by_faults += 1;
+            self.daemon_socket_lost += 1;
+            return;
+        }
         let w = (crate::rng::Rng::new(packet.flow).next_u64() % self.workers.len() as u64) as usize;
         let worker = &mut self.workers[w];
         if worker.queue.len() >= self.cfg.rx_queue_datagrams {
@@ -1352,6 +1424,24 @@ impl<'a> World<'a> {
     fn worker_run(&mut self, w: usize) {
         self.workers[w].scheduled = false;
         if self.workers[w].queue.is_empty() {
+            return;
+        }
+        if let Some(until) = self.cfg.daemon.paused_until(self.now) {
+            // SIGSTOPped: the socket keeps queueing; the thread runs again when continued.
+            self.workers[w].scheduled = true;
+            self.schedule(until, Ev::WorkerRun(w));
+            return;
+        }
+        if self.cfg.daemon.gone_at(self.now) {
+            // Killed: what its socket held is gone with it, and the LFC reclaims its frames.
+            let n = self.workers[w].queue.len() as u64;
+            self.workers[w].queue.clear();
+            self.report.faults.daemon_down += n;
+            self.report.datagrams_dropped_by_faults += n;
+            self.daemon_socket_lost += n;
+            for r in self.workers[w].posted.drain(..) {
+                r.abandon();
+            }
             return;
         }
         let zero_copy = self.cfg.slots_per_worker > 0;
@@ -1576,8 +1666,12 @@ impl<'a> World<'a> {
             match &mut be.activity {
                 Activity::None => {
                     let Some(op) = be.program.pop_front() else {
-                        be.core.finish();
+                        let stats = be.driver.finish();
                         be.done = true;
+                        self.report.prefetch_retries += stats.retries;
+                        self.report.tcp_pipelined += stats.tcp_pipelined;
+                        self.report.udp_state_changes += stats.udp_state_changes;
+                        self.report.backends_done_ns = self.now - START_NS;
                         self.rec(Kind::BackendDone, b as u64, 0, 0);
                         return;
                     };
@@ -1592,17 +1686,23 @@ impl<'a> World<'a> {
                     end,
                     window,
                     distance,
+                    path_changes,
                 } => {
                     if *cur >= *end {
                         // `run_scan` ends with `backend.finish()`.
-                        be.core.finish();
+                        be.driver.finish();
                         be.activity = Activity::None;
                         continue;
                     }
                     let (rel, blkno) = (*rel, *cur);
                     *cur += 1;
+                    // `run_scan`: a path change restarts the window.
+                    if be.driver.path_changes() != *path_changes {
+                        *path_changes = be.driver.path_changes();
+                        window.restart_at(blkno);
+                    }
                     // `run_scan`: the window topped up at the distance the read path allows.
-                    let allowed = be.core.prefetch_distance(*distance);
+                    let allowed = be.driver.prefetch_distance(*distance);
                     if let Some(range) = window.top_up(blkno, allowed) {
                         self.prefetch(b, rel, range);
                     }
@@ -1641,6 +1741,7 @@ impl<'a> World<'a> {
                     end,
                     window: ScanWindow::new(start, end),
                     distance,
+                    path_changes: self.backends[b].driver.path_changes(),
                 };
             }
             Op::RandomReads {
@@ -1688,94 +1789,61 @@ impl<'a> World<'a> {
         }
     }
 
-    /// `Backend::prefetch`: every block neither cached nor already requested, in runs.
+    /// `Backend::prefetch`: the real driver decides; its messages go on the wire.
     fn prefetch(&mut self, b: usize, rel: RelTag, blocks: std::ops::Range<u32>) {
-        let now = self.now;
-        let mut run: Option<(u32, u16, u64)> = None;
-        let mut runs = Vec::new();
-        for blkno in blocks {
-            let tag = rel.block(blkno);
-            let cached = self.lfc.contains(&tag);
-            let already = !cached && self.lfc.mark_requested(&tag, now);
-            if !self.backends[b]
-                .core
-                .plan_prefetch(tag, cached, already, now)
-            {
-                if let Some(r) = run.take() {
-                    runs.push(r);
-                }
-                continue;
-            }
-            let lw = self.lfc.lwlsn(&tag);
-            run = match run {
-                Some((first, n, max_lw)) if n < u16::MAX => Some((first, n + 1, max_lw.max(lw))),
-                Some(r) => {
-                    runs.push(r);
-                    Some((blkno, 1, lw))
-                }
-                None => Some((blkno, 1, lw)),
-            };
-        }
-        runs.extend(run);
-        self.send_prefetch_runs(
-            b,
-            runs.into_iter().map(|(first, n, max_lwlsn)| PrefetchRun {
-                rel,
-                first,
-                n,
-                max_lwlsn,
-            }),
-        );
+        let lfc = self.lfc;
+        self.backends[b].driver.prefetch(lfc, rel, blocks, self.now);
+        self.flush_transmits(b);
     }
 
-    /// `Backend::retry_lost_prefetches`: own prefetches taken as lost are requested again.
-    fn retry_lost_prefetches(&mut self, b: usize, max_probes: usize) {
-        self.backends[b].reads_since_loss_check = 0;
-        let mut tags = Vec::new();
-        let lfc = &self.lfc;
-        self.backends[b]
-            .core
-            .plan_retries(self.now, max_probes, |t| lfc.contains(t), &mut tags);
-        let mut runs = Vec::new();
-        prefetch_runs(&mut tags, |t| lfc.lwlsn(t), &mut runs);
-        for &tag in &tags {
-            self.rec(Kind::Retry, b as u64, tag_key(&tag), 0);
-        }
-        self.report.prefetch_retries += tags.len() as u64;
-        self.send_prefetch_runs(b, runs.into_iter());
-    }
-
-    fn send_prefetch_runs(&mut self, b: usize, runs: impl Iterator<Item = PrefetchRun>) {
+    /// `Backend::transmit`: what the driver queued, on the backend's connection to the shard
+    /// that owns each page. The prefetch target is registered on shard 0's connection only (the
+    /// simulated servers all send to the one compute), so exactly one answer comes back.
+    fn flush_transmits(&mut self, b: usize) {
         let conn = Conn::Backend(b);
-        for PrefetchRun {
-            rel,
-            first,
-            n,
-            max_lwlsn,
-        } in runs
-        {
-            let shard = self.shard_of(rel);
+        while let Some(t) = self.backends[b].driver.poll_transmit() {
             let reqid = self.next_reqid(conn);
-            self.rec(
-                Kind::Prefetch,
-                u64::from(rel.relnode),
-                u64::from(first),
-                u64::from(n),
-            );
-            self.send_to_server(
-                conn,
-                shard,
-                ToServer::Prefetch {
-                    hdr: Header {
-                        reqid,
-                        request_lsn: LATEST_LSN,
-                        not_modified_since: max_lwlsn,
-                    },
+            match t {
+                Transmit::Target { .. } => self.send_to_server(conn, 0, ToServer::Target),
+                Transmit::Prefetch(PrefetchRun {
                     rel,
                     first,
                     n,
-                },
-            );
+                    max_lwlsn,
+                }) => {
+                    self.rec(
+                        Kind::Prefetch,
+                        u64::from(rel.relnode),
+                        u64::from(first),
+                        u64::from(n),
+                    );
+                    let shard = self.shard_of(rel);
+                    let hdr = Header {
+                        reqid,
+                        request_lsn: LATEST_LSN,
+                        not_modified_since: max_lwlsn,
+                    };
+                    self.send_to_server(conn, shard, ToServer::Prefetch { hdr, rel, first, n });
+                }
+                Transmit::GetPage {
+                    tag,
+                    not_modified_since,
+                } => {
+                    self.rec(Kind::Fetch, b as u64, tag_key(&tag), not_modified_since);
+                    let shard = self.shard_of(tag.rel);
+                    let hdr = Header {
+                        reqid,
+                        request_lsn: LATEST_LSN,
+                        not_modified_since,
+                    };
+                    let msg = ToServer::GetPage {
+                        hdr,
+                        tag,
+                        first_try_ns: None,
+                    };
+                    self.send_to_server(conn, shard, msg);
+                }
+            }
         }
     }
 
@@ -1797,106 +1865,73 @@ impl<'a> World<'a> {
             min_lsn: self.completed_max(&tag),
         };
         self.rec(Kind::ReadStart, b as u64, tag_key(&tag), ctx.min_lsn);
-        self.backends[b].reads_since_loss_check += 1;
-        if self.backends[b].reads_since_loss_check >= READS_PER_LOSS_CHECK {
-            self.retry_lost_prefetches(b, LOSS_SCAN);
-        }
-        let mut hit = self.lfc.lookup(&tag, &mut self.backends[b].page).is_some();
-        if !hit && self.backends[b].reads_since_loss_check > 0 {
-            // As `Backend::read`: a miss runs a loss check at once.
-            self.retry_lost_prefetches(b, MISS_SCAN);
-            hit = self.lfc.contains(&tag)
-                && self
-                    .lfc
-                    .lookup_again(&tag, &mut self.backends[b].page)
-                    .is_some();
-        }
-        let requested_elsewhere = !hit && self.lfc.mark_requested(&tag, now);
-        match self.backends[b]
-            .core
-            .on_lookup(tag, hit, requested_elsewhere, now)
-        {
-            None => self.complete_read(b, ctx, Kind::ReadHit),
-            Some(Step::Wait(budget)) => {
+        let lfc = self.lfc;
+        let be = &mut self.backends[b];
+        let poll = be.driver.start_read(lfc, tag, &mut be.page, now);
+        self.flush_transmits(b);
+        self.on_poll(b, ctx, poll);
+    }
+
+    /// The blocking points of `Backend::read` in virtual time.
+    fn on_poll(&mut self, b: usize, ctx: ReadCtx, poll: Poll) {
+        match poll {
+            Poll::Done(source) => {
+                let kind = match source {
+                    ReadSource::Hit => Kind::ReadHit,
+                    ReadSource::LateHit => Kind::ReadLateHit,
+                    ReadSource::Tcp => Kind::ReadTcp,
+                };
+                self.backends[b].pending = Pending::None;
+                self.complete_read(b, ctx, kind)
+            }
+            Poll::Wait { until_ns, .. } => {
                 let be = &mut self.backends[b];
                 be.wait_token += 1;
                 let token = be.wait_token;
-                let deadline = now + budget.as_nanos() as u64;
-                be.pending = Pending::Wait {
-                    ctx,
-                    deadline,
-                    token,
-                };
-                self.rec(Kind::WaitStart, b as u64, tag_key(&tag), deadline - now);
+                let deadline = until_ns.max(self.now);
+                be.pending = Pending::Wait { ctx, token };
+                self.rec(
+                    Kind::WaitStart,
+                    b as u64,
+                    tag_key(&ctx.tag),
+                    deadline - self.now,
+                );
                 self.schedule(deadline, Ev::WaitCheck { backend: b, token });
             }
-            Some(Step::Fetch) => self.start_fetch(b, ctx),
+            Poll::AwaitResponse => self.backends[b].pending = Pending::Await { ctx },
         }
     }
 
-    /// `wait_for_arrival` returning (arrival or deadline), then `on_wait_result`.
+    /// `wait_for_arrival` returning (arrival, deadline or a wake-up for another page), then
+    /// `Driver::on_wait_over`.
     fn wait_check(&mut self, b: usize, token: u64) {
-        let Pending::Wait {
-            ctx,
-            deadline,
-            token: t,
-        } = self.backends[b].pending
-        else {
+        let Pending::Wait { ctx, token: t, .. } = self.backends[b].pending else {
             return;
         };
         if t != token {
             return;
         }
-        let cached = self.lfc.contains(&ctx.tag);
-        if !cached && self.now < deadline {
-            // Woken for another page on the same channel, or it was evicted again: sleep on.
+        let lfc = self.lfc;
+        let now = self.now;
+        let be = &mut self.backends[b];
+        let poll = be.driver.on_wait_over(lfc, &mut be.page, now);
+        if matches!(poll, Poll::Wait { .. }) {
+            // Woken for another page on the same channel, or it was evicted again: sleep on
+            // until the deadline already scheduled.
             return;
         }
-        let arrived = cached
-            && self
-                .lfc
-                .lookup(&ctx.tag, &mut self.backends[b].page)
-                .is_some();
-        self.backends[b].pending = Pending::None;
-        match self.backends[b]
-            .core
-            .on_wait_result(ctx.tag, arrived, self.now)
-        {
-            None => self.complete_read(b, ctx, Kind::ReadLateHit),
-            Some(_) => {
-                self.rec(Kind::WaitTimeout, b as u64, tag_key(&ctx.tag), 0);
-                self.start_fetch(b, ctx)
-            }
+        if !matches!(poll, Poll::Done(_)) {
+            self.rec(Kind::WaitTimeout, b as u64, tag_key(&ctx.tag), 0);
         }
-    }
-
-    fn start_fetch(&mut self, b: usize, ctx: ReadCtx) {
-        let nms = self.lfc.lwlsn(&ctx.tag);
-        self.backends[b].pending = Pending::Fetch { ctx, nms };
-        let reqid = self.next_reqid(Conn::Backend(b));
-        let shard = self.shard_of(ctx.tag.rel);
-        self.rec(Kind::Fetch, b as u64, tag_key(&ctx.tag), nms);
-        self.send_to_server(
-            Conn::Backend(b),
-            shard,
-            ToServer::GetPage {
-                hdr: Header {
-                    reqid,
-                    request_lsn: LATEST_LSN,
-                    not_modified_since: nms,
-                },
-                tag: ctx.tag,
-                first_try_ns: None,
-            },
-        );
+        self.flush_transmits(b);
+        self.on_poll(b, ctx, poll);
     }
 
     fn backend_reply(&mut self, b: usize, msg: ToClient) {
-        match (
-            std::mem::replace(&mut self.backends[b].pending, Pending::None),
-            msg,
-        ) {
-            (Pending::Fetch { ctx, nms }, ToClient::Page { tag, result }) if tag == ctx.tag => {
+        let lfc = self.lfc;
+        let now = self.now;
+        let handled = match msg {
+            ToClient::Page { tag, result } => {
                 let page = match result {
                     Ok(p) => p,
                     Err(e) => {
@@ -1907,66 +1942,90 @@ impl<'a> World<'a> {
                         return;
                     }
                 };
-                self.backends[b].page.copy_from_slice(&page[..]);
-                // Same rule as a prefetched page: refused if modified after the request.
-                match self.lfc.install_prefetched(&tag, nms, &page) {
-                    InstallOutcome::AlreadyPresent => {
-                        self.rec(Kind::FetchRaced, b as u64, tag_key(&tag), 0);
-                        self.backends[b].core.on_fetch_raced();
-                    }
-                    InstallOutcome::Installed => {
-                        self.shell_installs += 1;
-                        self.notify(tag);
-                    }
-                    _ => {}
-                }
-                self.check_occupancy();
-                self.complete_read(b, ctx, Kind::ReadTcp);
-            }
-            (
-                Pending::Put {
-                    tag,
-                    lsn,
-                    set_lwlsn,
-                },
-                ToClient::PutDone,
-            ) => {
-                // `Backend::write`: the server has the version; now the LFC.
-                if set_lwlsn {
-                    if let Err(e) = self.lfc.set_lwlsn(&tag, lsn) {
-                        self.violate(ViolationKind::Liveness, format!("set_lwlsn {tag}: {e}"));
-                        return;
-                    }
-                } else {
-                    let page = synthetic_page(tag, lsn);
-                    match self.lfc.write(&tag, lsn, &page) {
-                        Ok(WriteOutcome::Stored) => self.notify(tag),
-                        Ok(_) => {}
-                        Err(e) => {
-                            self.violate(ViolationKind::Liveness, format!("write {tag}: {e}"));
-                            return;
-                        }
-                    }
-                }
-                let m = self.model.entry(tag).or_default();
-                m.completed_max = m.completed_max.max(lsn);
-                self.report.writes += 1;
-                self.rec(Kind::WriteDone, b as u64, tag_key(&tag), lsn);
-                self.check_occupancy();
-                let cpu = self.cpu_cost(b);
-                self.sleep_then_step(b, cpu);
-            }
-            (other, msg) => {
-                self.backends[b].pending = other;
-                self.violate(
-                    ViolationKind::Liveness,
-                    format!("backend {b} got a reply it was not waiting for: {msg:?}"),
+                let be = &mut self.backends[b];
+                let r = be.driver.on_response(
+                    lfc,
+                    DriverResponse::Page { tag, page: &page },
+                    &mut be.page,
+                    now,
                 );
+                if r.as_ref().is_ok_and(|h| h.installed) {
+                    self.shell_installs += 1;
+                    self.notify(tag);
+                }
+                r
+            }
+            ToClient::TargetSet => {
+                let be = &mut self.backends[b];
+                be.driver
+                    .on_response(lfc, DriverResponse::Target, &mut be.page, now)
+            }
+            ToClient::PutDone => return self.write_done(b),
+        };
+        let handled = match handled {
+            Ok(h) => h,
+            Err(e) => {
+                self.violate(ViolationKind::Liveness, format!("backend {b}: {e}"));
+                return;
+            }
+        };
+        self.check_occupancy();
+        self.flush_transmits(b);
+        if let (Some(poll), Pending::Await { ctx }) = (handled.next, &self.backends[b].pending) {
+            let ctx = *ctx;
+            if poll != Poll::AwaitResponse {
+                self.on_poll(b, ctx, poll);
             }
         }
     }
 
+    /// `Backend::write` after the page server took the version: `store_own_write` (or
+    /// `set_lwlsn` for a modification whose content the compute does not keep).
+    fn write_done(&mut self, b: usize) {
+        let Pending::Put {
+            tag,
+            lsn,
+            set_lwlsn,
+        } = std::mem::replace(&mut self.backends[b].pending, Pending::None)
+        else {
+            self.violate(
+                ViolationKind::Liveness,
+                format!("backend {b} got a PutPage answer it was not waiting for"),
+            );
+            return;
+        };
+        if set_lwlsn {
+            if let Err(e) = self.lfc.set_lwlsn(&tag, lsn) {
+                self.violate(ViolationKind::Liveness, format!("set_lwlsn {tag}: {e}"));
+                return;
+            }
+        } else {
+            let page = synthetic_page(tag, lsn);
+            match store_own_write(self.lfc, &tag, lsn, &page) {
+                Ok(WriteOutcome::Stored) => self.notify(tag),
+                Ok(_) => {}
+                Err(e) => {
+                    self.violate(ViolationKind::Liveness, format!("write {tag}: {e}"));
+                    return;
+                }
+            }
+        }
+        let m = self.model.entry(tag).or_default();
+        m.completed_max = m.completed_max.max(lsn);
+        self.report.writes += 1;
+        self.rec(Kind::WriteDone, b as u64, tag_key(&tag), lsn);
+        self.check_occupancy();
+        let cpu = self.cpu_cost(b);
+        self.sleep_then_step(b, cpu);
+    }
+
     fn complete_read(&mut self, b: usize, ctx: ReadCtx, kind: Kind) {
+        let changes = self.backends[b].driver.stats().udp_state_changes;
+        if changes != self.backends[b].path_changes {
+            self.backends[b].path_changes = changes;
+            let path = self.backends[b].driver.path() as u64;
+            self.rec(Kind::PathChange, b as u64, path, changes);
+        }
         match kind {
             Kind::ReadHit => self.report.read_hits += 1,
             Kind::ReadLateHit => self.report.read_late_hits += 1,
@@ -2080,6 +2139,7 @@ impl<'a> World<'a> {
                 Some((pages, gone)) => self.start_prewarm(pages, gone),
                 None => {
                     self.prewarm.done = true;
+                    self.report.backends_started_ns = self.now - START_NS;
                     // Cold start over: the backends begin.
                     for b in 0..self.backends.len() {
                         self.schedule(self.now, Ev::BackendStep(b));
@@ -2351,7 +2411,7 @@ impl<'a> World<'a> {
         // Accounting: every datagram put on the wire was dropped by a fault or delivered, and
         // every delivered one was installed or dropped for exactly one reason.
         let delivered: u64 = self.workers.iter().map(|w| w.delivered).sum();
-        let lost_after_inject = self.report.faults.tail_dropped;
+        let lost_after_inject = self.report.faults.tail_dropped + self.daemon_socket_lost;
         if self.injected != delivered + lost_after_inject {
             let msg = format!(
                 "{} datagrams reached the compute's sockets but {} were delivered and {} tail-dropped",
@@ -2415,6 +2475,12 @@ impl<'a> World<'a> {
 
     fn finish_report(mut self) -> RunReport {
         self.report.simulated_ns = self.now - START_NS;
+        match &self.cfg.daemon {
+            DaemonFault::Healthy => {}
+            DaemonFault::Absent => self.report.faults.daemon_absent += 1,
+            DaemonFault::KilledAt(_) => self.report.faults.daemon_killed += 1,
+            DaemonFault::Paused(_) => self.report.faults.daemon_paused += 1,
+        }
         self.report.events = self.events;
         self.report.digest = format!("{:016x}", self.trace.digest());
         self.report.violation = self.violation.take();

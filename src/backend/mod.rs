@@ -1,56 +1,95 @@
-//! A compute backend's page access: the blocking shell around the sans-IO `ReadPath`, over a
-//! shared LFC and one TCP pagestream connection (DESIGN §5).
+//! A compute backend's page access (DESIGN §5): the blocking shell around the sans-IO
+//! `driver::Driver`, over a shared LFC and one TCP pagestream connection.
+//!
+//! Dependency rule: `read_path`, `health` and `pipeline` are pure state (no LFC, no socket);
+//! `driver` composes them over `&Lfc` with `now` passed in; this module alone does I/O (socket,
+//! clock, futex waits). The simulator drives `driver` with virtual time and network.
 
+pub mod driver;
+pub mod health;
+pub mod pipeline;
 pub mod read_path;
 
-use crate::client::{ClientError, PageClient};
+use crate::client::{unexpected, ClientError, PageClient};
 use crate::page::Page;
-use crate::pagestream::{PrefetchTarget, LATEST_LSN};
+use crate::pagestream::{PrefetchTarget, Response, LATEST_LSN};
+pub use driver::ReadSource;
+use driver::{Driver, Poll, Transmit};
+pub use health::{PrefetchPath, StateChange, MAX_STATE_LOG};
 use lfc::{BufferTag, Lfc, RelTag};
-use read_path::{
-    prefetch_runs, PrefetchRun, ReadPath, ReadPathConfig, ReadStats, Step, READS_PER_LOSS_CHECK,
-};
+use read_path::{ReadPathConfig, ReadStats};
 use std::ops::Range;
+use std::time::Duration;
 
-/// Where a page read was satisfied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadSource {
-    Hit,
-    LateHit,
-    Tcp,
+pub use lfc::monotonic_ns;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Driver(#[from] driver::DriverError),
+    /// The LFC refused the backend's own new version. The tag's last-written LSN is raised
+    /// through the global floor first, so no older version can be installed later; the caller
+    /// must not assume the write reached the cache.
+    #[error("storing the new version of {tag} at {} in the LFC: {source}", crate::page::format_lsn(*lsn))]
+    Write {
+        tag: BufferTag,
+        lsn: u64,
+        #[source]
+        source: lfc::OpError,
+    },
 }
 
-/// Nanoseconds on CLOCK_MONOTONIC: the clock every process on the machine shares, so request
-/// marks in the LFC compare across processes.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into valid memory; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// Stores the compute's own new version of `tag` at `lsn` in the LFC. On any failure the global
+/// last-written-LSN floor rises to `lsn` before the error is returned: an older prefetched
+/// version can then never be installed. Shared by the shell and the simulator.
+pub fn store_own_write(
+    lfc: &Lfc,
+    tag: &BufferTag,
+    lsn: u64,
+    page: &Page,
+) -> Result<lfc::WriteOutcome, BackendError> {
+    lfc.write(tag, lsn, page).map_err(|source| {
+        lfc.raise_lwlsn_floor(lsn);
+        BackendError::Write {
+            tag: *tag,
+            lsn,
+            source,
+        }
+    })
 }
 
 pub struct Backend<'a> {
     lfc: &'a Lfc,
     client: PageClient,
-    core: ReadPath,
-    /// Reused buffers for the pages a loss check asks to request again, and their runs.
-    retry: Vec<BufferTag>,
-    retry_runs: Vec<PrefetchRun>,
-    reads_since_loss_check: u32,
+    driver: Driver,
+    warned_loopback: bool,
+    /// GetPages written to the connection's buffer since the last flush.
+    unflushed_get_pages: usize,
 }
 
 impl<'a> Backend<'a> {
+    /// A backend that finds the worker daemon through the LFC header.
     pub fn new(lfc: &'a Lfc, client: PageClient, config: ReadPathConfig) -> Self {
+        Self::with_prefetch_port(lfc, client, config, None)
+    }
+
+    /// `prefetch_port` overrides the daemon's port from the LFC header (the operator's
+    /// `--prefetch-port`).
+    pub fn with_prefetch_port(
+        lfc: &'a Lfc,
+        client: PageClient,
+        config: ReadPathConfig,
+        prefetch_port: Option<u16>,
+    ) -> Self {
+        let driver = Driver::new(config, prefetch_port, lfc, monotonic_ns());
         Backend {
             lfc,
             client,
-            core: ReadPath::new(config),
-            retry: Vec::with_capacity(read_path::LOSS_SCAN),
-            retry_runs: Vec::with_capacity(read_path::LOSS_SCAN),
-            reads_since_loss_check: 0,
+            driver,
+            warned_loopback: false,
+            unflushed_get_pages: 0,
         }
     }
 
@@ -58,152 +97,183 @@ impl<'a> Backend<'a> {
         &mut self.client
     }
 
-    /// Registers the worker daemon's UDP port with the page server, with the LFC's datagram key.
-    pub fn enable_udp_prefetch(&mut self, udp_port: u16) -> Result<(), ClientError> {
-        self.client.set_prefetch_target(PrefetchTarget {
-            udp_port,
-            key_id: self.lfc.key_id(),
-            key: self.lfc.key(),
-        })
+    pub fn path(&self) -> PrefetchPath {
+        self.driver.path()
     }
 
-    /// How many pages ahead to prefetch when `wanted` is asked for (`ReadPath::prefetch_distance`:
-    /// less while own prefetches keep missing the wait budget).
-    pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
-        self.core.prefetch_distance(wanted)
+    /// See `Driver::path_changes`.
+    pub fn path_changes(&self) -> u64 {
+        self.driver.path_changes()
     }
 
-    /// Requests by UDP every block of `blocks` that is neither cached nor already requested by
-    /// anyone, in as few Prefetch messages as the runs allow. Returns pages requested.
-    pub fn prefetch(&mut self, rel: RelTag, blocks: Range<u32>) -> Result<u32, ClientError> {
-        let now = monotonic_ns();
-        let mut requested = 0;
-        let mut run: Option<(u32, u16, u64)> = None; // first block, length, max lwlsn
-        for blkno in blocks {
-            let tag = rel.block(blkno);
-            let lwlsn = self.lfc.lwlsn_unless_cached(&tag);
-            let cached = lwlsn.is_none();
-            let already = !cached && self.lfc.mark_requested(&tag, now);
-            if !self.core.plan_prefetch(tag, cached, already, now) {
-                if let Some(r) = run.take() {
-                    self.send_run(rel, r)?;
+    pub fn state_log(&self) -> &[StateChange] {
+        self.driver.state_log()
+    }
+
+    /// Sends what the driver queued. Prefetch and Target messages are flushed at once (nothing
+    /// else would carry them: reads wait on the LFC, not the socket); GetPages every
+    /// `PIPELINED_FLUSH_EVERY`, as Neon batches its pipeline, and before any wait (`recv`
+    /// flushes what is buffered before it blocks). A flush per GetPage cost a system call and
+    /// a server wake-up per page: half the pipeline's speed.
+    fn transmit(&mut self) -> Result<(), ClientError> {
+        let mut urgent = false;
+        while let Some(t) = self.driver.poll_transmit() {
+            match t {
+                Transmit::Target { udp_port } => {
+                    urgent = true;
+                    self.warn_if_unreachable();
+                    self.client.send_prefetch_target(PrefetchTarget {
+                        udp_port,
+                        key_id: self.lfc.key_id(),
+                        key: self.lfc.key(),
+                    })?
                 }
-                continue;
+                Transmit::Prefetch(r) => {
+                    urgent = true;
+                    // not_modified_since covers the whole range: the newest modification.
+                    self.client
+                        .send_prefetch(r.rel, r.first, r.n, LATEST_LSN, r.max_lwlsn)?
+                }
+                Transmit::GetPage {
+                    tag,
+                    not_modified_since,
+                } => {
+                    self.unflushed_get_pages += 1;
+                    self.client
+                        .send_get_page(tag, LATEST_LSN, not_modified_since)?
+                }
             }
-            requested += 1;
-            let lw = lwlsn.expect("only pages not cached are planned");
-            run = match run {
-                Some((first, n, max_lw)) if n < u16::MAX => Some((first, n + 1, max_lw.max(lw))),
-                Some(r) => {
-                    self.send_run(rel, r)?;
-                    Some((blkno, 1, lw))
-                }
-                None => Some((blkno, 1, lw)),
-            };
         }
-        if let Some(r) = run {
-            self.send_run(rel, r)?;
+        if urgent || self.unflushed_get_pages >= crate::scan::PIPELINED_FLUSH_EVERY {
+            self.flush()?;
         }
-        self.client.flush()?;
-        Ok(requested)
+        Ok(())
     }
 
-    /// Requests again, by UDP, own prefetches that were most likely lost (see
-    /// `ReadPath::plan_retries`, probing at most `max_probes` of them), so a lost datagram is
-    /// replaced while the scan is still `distance` pages away from it. Returns pages requested
-    /// again.
-    pub fn retry_lost_prefetches(&mut self, max_probes: usize) -> Result<usize, ClientError> {
-        self.reads_since_loss_check = 0;
-        let lfc = self.lfc;
-        self.retry.clear();
-        self.core.plan_retries(
-            monotonic_ns(),
-            max_probes,
-            |t| lfc.contains(t),
-            &mut self.retry,
-        );
-        if self.retry.is_empty() {
-            return Ok(0);
-        }
-        self.retry_runs.clear();
-        prefetch_runs(&mut self.retry, |t| lfc.lwlsn(t), &mut self.retry_runs);
-        for i in 0..self.retry_runs.len() {
-            let r = self.retry_runs[i];
-            self.send_run(r.rel, (r.first, r.n, r.max_lwlsn))?;
-        }
-        self.client.flush()?;
-        Ok(self.retry.len())
+    fn flush(&mut self) -> Result<(), ClientError> {
+        self.unflushed_get_pages = 0;
+        self.client.flush()
     }
 
-    fn send_run(
-        &mut self,
-        rel: RelTag,
-        (first, n, max_lwlsn): (u32, u16, u64),
-    ) -> Result<(), ClientError> {
-        // not_modified_since covers the whole range: the newest modification of any block.
-        self.client
-            .send_prefetch(rel, first, n, LATEST_LSN, max_lwlsn)
+    /// A daemon listening on loopback never receives from a page server elsewhere: say so once
+    /// instead of crawling (the read path falls back to TCP anyway).
+    fn warn_if_unreachable(&mut self) {
+        let (Some(daemon), Ok(server)) = (self.driver.daemon_addr(), self.client.peer_addr())
+        else {
+            return;
+        };
+        if !self.warned_loopback && daemon.ip().is_loopback() && !server.ip().is_loopback() {
+            self.warned_loopback = true;
+            tracing::warn!(
+                "the worker daemon listens on {daemon}, a loopback address, but the page server \
+                 is {server}: its datagrams cannot reach the daemon; start the daemon on an \
+                 address the page server can reach (reads use TCP pipelining meanwhile)"
+            );
+        }
+    }
+
+    /// How many pages ahead to prefetch when `wanted` is asked for (less while own prefetches
+    /// keep missing their wait budget; the pipeline's reach while on TCP).
+    pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
+        self.driver.prefetch_distance(wanted)
+    }
+
+    /// Requests `blocks` ahead of their reads (UDP prefetch, or the TCP pipeline while UDP is
+    /// not delivering). Returns pages requested.
+    pub fn prefetch(&mut self, rel: RelTag, blocks: Range<u32>) -> Result<u32, BackendError> {
+        let n = self.driver.prefetch(self.lfc, rel, blocks, monotonic_ns());
+        self.transmit()?;
+        Ok(n)
     }
 
     /// Reads the current version of `tag` into `out`: LFC, else a prefetch in flight (waited
-    /// for within the adaptive budget), else TCP GetPage, whose page is installed in the LFC.
-    pub fn read(&mut self, tag: BufferTag, out: &mut Page) -> Result<ReadSource, ClientError> {
-        self.reads_since_loss_check += 1;
-        if self.reads_since_loss_check >= READS_PER_LOSS_CHECK {
-            self.retry_lost_prefetches(read_path::LOSS_SCAN)?;
+    /// for within the adaptive budget), else the TCP pipeline; every page fetched by TCP is
+    /// installed in the LFC.
+    pub fn read(&mut self, tag: BufferTag, out: &mut Page) -> Result<ReadSource, BackendError> {
+        let mut poll = self.driver.start_read(self.lfc, tag, out, monotonic_ns());
+        loop {
+            self.transmit()?;
+            poll = match poll {
+                Poll::Done(source) => return Ok(source),
+                Poll::Wait { tag, until_ns } => {
+                    if self.unflushed_get_pages > 0 {
+                        self.flush()?;
+                    }
+                    let left = until_ns.saturating_sub(monotonic_ns());
+                    if left > 0 {
+                        self.lfc.wait_for_arrival(&tag, Duration::from_nanos(left));
+                    }
+                    self.driver.on_wait_over(self.lfc, out, monotonic_ns())
+                }
+                Poll::AwaitResponse => match self.receive(out)? {
+                    Some(p) => p,
+                    None => unreachable!("a read in progress always has a next step"),
+                },
+            };
         }
-        let mut hit = self.lfc.lookup(&tag, out).is_some();
-        if !hit && self.reads_since_loss_check > 0 {
-            // A miss: check for losses now, so that a lost page is known as lost (and the
-            // others requested again) before deciding how long to wait for this one.
-            self.retry_lost_prefetches(read_path::MISS_SCAN)?;
-            hit = self.lfc.contains(&tag) && self.lfc.lookup_again(&tag, out).is_some();
-        }
-        // Marking on a miss both asks "is it in flight?" and, when nobody asked, tells other
-        // backends that this one is fetching it, so they wait instead of fetching it twice.
-        let requested_elsewhere = !hit && self.lfc.mark_requested(&tag, monotonic_ns());
-        let mut step = match self
-            .core
-            .on_lookup(tag, hit, requested_elsewhere, monotonic_ns())
-        {
-            None => return Ok(ReadSource::Hit),
-            Some(step) => step,
-        };
-        if let Step::Wait(budget) = step {
-            let arrived =
-                self.lfc.wait_for_arrival(&tag, budget) && self.lfc.lookup(&tag, out).is_some();
-            match self.core.on_wait_result(tag, arrived, monotonic_ns()) {
-                None => return Ok(ReadSource::LateHit),
-                Some(s) => step = s,
+    }
+
+    /// Reads one response and hands it to the driver.
+    fn receive(&mut self, out: &mut Page) -> Result<Option<Poll>, BackendError> {
+        Ok(self.receive_handled(out)?.next)
+    }
+
+    fn receive_handled(&mut self, out: &mut Page) -> Result<driver::Handled, BackendError> {
+        // `recv` flushes what is buffered before it blocks.
+        self.unflushed_get_pages = 0;
+        let resp = self.client.recv()?;
+        let next = match &resp {
+            Response::GetPage {
+                rel, blkno, page, ..
+            } => self.driver.on_response(
+                self.lfc,
+                driver::Response::Page {
+                    tag: rel.block(*blkno),
+                    page,
+                },
+                out,
+                monotonic_ns(),
+            )?,
+            Response::PrefetchTarget { .. } => {
+                self.driver
+                    .on_response(self.lfc, driver::Response::Target, out, monotonic_ns())?
             }
+            Response::Error { message, .. } => {
+                return Err(ClientError::Request(message.clone()).into())
+            }
+            other => return Err(unexpected("pipelined GetPage", other).into()),
+        };
+        Ok(next)
+    }
+
+    /// Reads every pipelined response (installing the pages), so a synchronous call may follow.
+    pub fn drain(&mut self) -> Result<(), BackendError> {
+        let mut scratch: Box<Page> = Box::new([0u8; lfc::PAGE_SIZE]);
+        loop {
+            self.transmit()?;
+            if !self.driver.pipeline_busy() {
+                return Ok(());
+            }
+            self.receive_handled(&mut scratch)?;
         }
-        debug_assert_eq!(step, Step::Fetch);
-        let not_modified_since = self.lfc.lwlsn(&tag);
-        let page = self.client.get_page(tag, LATEST_LSN, not_modified_since)?;
-        out.copy_from_slice(&page[..]);
-        // Same rule as a prefetched page: refused if the page was modified after the request.
-        if self.lfc.install_prefetched(&tag, not_modified_since, &page)
-            == lfc::InstallOutcome::AlreadyPresent
-        {
-            self.core.on_fetch_raced();
-        }
-        Ok(ReadSource::Tcp)
     }
 
     /// The compute's own new version of a page: to the page server (standing in for WAL) and
-    /// into the LFC, which raises the tag's last-written LSN.
-    pub fn write(&mut self, tag: BufferTag, lsn: u64, page: &Page) -> Result<(), ClientError> {
+    /// into the LFC, which raises the tag's last-written LSN (see `store_own_write` for a
+    /// cache that refuses it).
+    pub fn write(&mut self, tag: BufferTag, lsn: u64, page: &Page) -> Result<(), BackendError> {
+        self.drain()?;
         self.client.put_page(tag, lsn, page)?;
-        let _ = self.lfc.write(&tag, lsn, page);
+        store_own_write(self.lfc, &tag, lsn, page)?;
         Ok(())
     }
 
     pub fn stats(&self) -> ReadStats {
-        self.core.stats()
+        self.driver.stats()
     }
 
     /// Ends a scan: prefetches never read count as wasted.
     pub fn finish(&mut self) -> ReadStats {
-        self.core.finish()
+        self.driver.finish()
     }
 }

@@ -66,6 +66,8 @@ pub struct ReadPathConfig {
     pub max_wait_us: u64,
     /// Prefetches this backend tracks as its own in flight.
     pub max_tracked: usize,
+    /// GetPages in flight on the TCP pipeline when UDP is not delivering (Neon's 128).
+    pub tcp_depth: u32,
 }
 
 impl Default for ReadPathConfig {
@@ -75,6 +77,7 @@ impl Default for ReadPathConfig {
             min_wait_us: 50,
             max_wait_us: 4_000,
             max_tracked: 8192,
+            tcp_depth: 128,
         }
     }
 }
@@ -102,6 +105,11 @@ pub struct ReadStats {
     pub retries: u64,
     /// Times the prefetch window was halved (own prefetches missing the wait budget).
     pub window_cuts: u64,
+    /// Pages read from the backend's TCP pipeline: requested ahead by GetPage while the UDP
+    /// path was not delivering (see `backend::health`).
+    pub tcp_pipelined: u64,
+    /// Moves between the UDP path and TCP pipelining.
+    pub udp_state_changes: u64,
 }
 
 /// The pages of one Prefetch message: consecutive blocks of one relation, with the newest
@@ -114,16 +122,12 @@ pub struct PrefetchRun {
     pub max_lwlsn: u64,
 }
 
-/// Sorts `tags` and groups them into as few runs as possible.
-pub fn prefetch_runs(
-    tags: &mut [BufferTag],
-    mut lwlsn: impl FnMut(&BufferTag) -> u64,
-    out: &mut Vec<PrefetchRun>,
-) {
-    tags.sort_unstable();
+/// Sorts `pages` (tag, last-written LSN) and groups them into as few runs as possible: the one
+/// place Prefetch messages are built.
+pub fn prefetch_runs(pages: &mut [(BufferTag, u64)], out: &mut Vec<PrefetchRun>) {
+    pages.sort_unstable_by_key(|p| p.0);
     let mut run: Option<PrefetchRun> = None;
-    for tag in tags.iter() {
-        let lw = lwlsn(tag);
+    for &(tag, lw) in pages.iter() {
         match &mut run {
             Some(r)
                 if r.rel == tag.rel
@@ -166,6 +170,13 @@ impl ScanWindow {
         }
     }
 
+    /// Forgets what was requested beyond `blkno`: the next top-up requests from there. For when
+    /// the requests made no longer bring their pages (the backend moved from UDP to TCP
+    /// pipelining: pages other backends had asked for by UDP are not coming either).
+    pub fn restart_at(&mut self, blkno: u32) {
+        self.next_prefetch = blkno;
+    }
+
     /// Before reading `blkno` with `distance` pages of prefetch allowed ahead of it (see
     /// `ReadPath::prefetch_distance`): the blocks to request now, if any.
     pub fn top_up(&mut self, blkno: u32, distance: u32) -> Option<std::ops::Range<u32>> {
@@ -191,14 +202,16 @@ pub enum Step {
 
 /// Smoothed prefetch latency, in the style of TCP's RTO estimator: budget = srtt + 4·rttvar,
 /// clamped. A prefetch that arrives later than that is cheaper to replace by a GetPage.
+///
+/// Waits that run out are no evidence of latency: the page may never come (daemon dead, heavy
+/// loss), and raising the budget on them made every read of a dead UDP path wait the cap
+/// (DESIGN §5: a wait never grows because waits keep failing). Only a page seen to arrive
+/// after its read gave up on it (`on_fetch_raced`) raises the estimate.
 #[derive(Debug, Clone)]
 struct LatencyEstimate {
     srtt_ns: f64,
     rttvar_ns: f64,
     samples: u64,
-    /// Smoothed fraction of waits that ran out. Mostly-timeouts means the budget is below the
-    /// real latency (no arrival is ever observed then), so the budget is raised.
-    timeout_rate: f64,
 }
 
 impl LatencyEstimate {
@@ -212,22 +225,12 @@ impl LatencyEstimate {
             self.srtt_ns = 0.875 * self.srtt_ns + 0.125 * s;
         }
         self.samples += 1;
-        self.timeout_rate *= 0.9;
     }
 
-    fn timed_out(&mut self, budget_ns: u64) {
-        self.timeout_rate = 0.9 * self.timeout_rate + 0.1;
-        if self.timeout_rate > 0.5 {
-            // Pages keep missing the budget: assume they are slow rather than lost.
-            let raised = (budget_ns as f64 * 1.5).max(1.0);
-            self.srtt_ns = if self.samples == 0 {
-                raised
-            } else {
-                self.srtt_ns.max(raised)
-            };
-            self.samples = self.samples.max(1);
-            self.timeout_rate = 0.25;
-        }
+    /// A page arrived, but only after a wait of `budget_ns` had run out: its latency is above
+    /// the budget.
+    fn arrived_after(&mut self, budget_ns: u64) {
+        self.observe((budget_ns as f64 * 1.5) as u64);
     }
 }
 
@@ -290,7 +293,6 @@ impl ReadPath {
                 srtt_ns: 0.0,
                 rttvar_ns: 0.0,
                 samples: 0,
-                timeout_rate: 0.0,
             },
             own: FxHashMap::with_capacity_and_hasher(config.max_tracked, Default::default()),
             order: VecDeque::with_capacity(config.max_tracked),
@@ -303,6 +305,12 @@ impl ReadPath {
 
     pub fn stats(&self) -> ReadStats {
         self.stats
+    }
+
+    /// Counters the caller keeps for reads outside this core's decisions (pipelined pages,
+    /// path changes).
+    pub fn stats_mut(&mut self) -> &mut ReadStats {
+        &mut self.stats
     }
 
     /// How many pages ahead to prefetch when the caller wants `wanted`: `wanted`, unless own
@@ -594,14 +602,9 @@ impl ReadPath {
         } else {
             self.stats.wait_timeouts += 1;
             self.stats.fallbacks += 1;
-            let lost = own.is_some_and(|o| o.lost_or_late_by_reorder());
             if let Some(o) = own {
                 self.stats.wasted_prefetches += 1;
                 self.on_own_miss(o, now_ns);
-            }
-            // A lost page says nothing about latency; a queued one that ran out does.
-            if !lost {
-                self.latency.timed_out(self.wait_budget().as_nanos() as u64);
             }
             Some(Step::Fetch)
         }
@@ -612,8 +615,41 @@ impl ReadPath {
     /// the sender, not loss), so raise it.
     pub fn on_fetch_raced(&mut self) {
         let budget = self.wait_budget().as_nanos() as u64;
-        self.latency.timed_out(budget);
-        self.latency.timed_out(budget);
+        self.latency.arrived_after(budget);
+    }
+
+    /// Retries of own prefetch `tag` if it is one (not read yet): lets the caller tell an
+    /// own prefetch's read from another's, and a clean arrival from one that needed a retry.
+    pub fn own_retries(&self, tag: &BufferTag) -> Option<u8> {
+        self.own.get(tag).map(|o| o.retries)
+    }
+
+    /// Own prefetches still outstanding (not `is_cached`), oldest
+    /// request first, appended to `out` and forgotten (counted as wasted): the UDP path is
+    /// given up on and the caller fetches them another way.
+    pub fn take_outstanding(
+        &mut self,
+        mut is_cached: impl FnMut(&BufferTag) -> bool,
+        out: &mut Vec<BufferTag>,
+    ) {
+        let first = out.len();
+        while let Some(p) = self.order.pop_front() {
+            if !self.is_live(&p) {
+                continue;
+            }
+            self.own.remove(&p.tag);
+            self.stats.wasted_prefetches += 1;
+            if !is_cached(&p.tag) {
+                out.push(p.tag);
+            }
+        }
+        // Owned prefetches whose queue entry a loss check already dropped (lost with no retry
+        // left): after the ones in request order.
+        let mut rest: Vec<BufferTag> = self.own.drain().map(|(t, _)| t).collect();
+        rest.sort_unstable();
+        self.stats.wasted_prefetches += rest.len() as u64;
+        out.extend(rest.into_iter().filter(|t| !is_cached(t)));
+        debug_assert!(out[first..].iter().all(|t| !self.own.contains_key(t)));
     }
 
     /// Ends a scan: prefetches never read are wasted.
@@ -737,7 +773,7 @@ mod tests {
     }
 
     #[test]
-    fn rare_losses_do_not_raise_the_budget_and_timeouts_do() {
+    fn waits_that_run_out_never_raise_the_budget_but_a_late_arrival_does() {
         let mut rp = ReadPath::new(ReadPathConfig::default());
         // One loss in twenty waits: the budget follows the arrivals.
         for i in 10..30u32 {
@@ -747,12 +783,16 @@ mod tests {
         }
         let settled = rp.wait_budget();
         assert!(settled < Duration::from_micros(700), "{settled:?}");
-        // Every wait runs out: the pages are slow, not lost; the budget grows.
+        // Every wait runs out (a dead daemon looks like this): the budget stays where the
+        // arrivals put it; it used to grow to the cap, so every read of a dead path waited 4 ms.
         for i in 100..110u32 {
             rp.plan_prefetch(tag(i), false, false, 0);
             rp.on_lookup(tag(i), false, false, 0);
             rp.on_wait_result(tag(i), false, 0);
         }
+        assert_eq!(rp.wait_budget(), settled);
+        // A page that arrived after its read gave up is evidence of latency: it grows.
+        rp.on_fetch_raced();
         assert!(
             rp.wait_budget() > settled,
             "{:?} <= {settled:?}",
@@ -1073,9 +1113,12 @@ mod tests {
     #[test]
     fn prefetch_runs_group_consecutive_blocks_of_one_relation() {
         let other = RelTag::new(1663, 5, 16385, 0);
-        let mut tags = vec![tag(5), tag(3), other.block(4), tag(4), tag(9)];
+        let mut pages: Vec<(BufferTag, u64)> = [tag(5), tag(3), other.block(4), tag(4), tag(9)]
+            .into_iter()
+            .map(|t| (t, u64::from(t.blkno) * 10))
+            .collect();
         let mut runs = Vec::new();
-        prefetch_runs(&mut tags, |t| u64::from(t.blkno) * 10, &mut runs);
+        prefetch_runs(&mut pages, &mut runs);
         let run = |rel, first, n, max_lwlsn| PrefetchRun {
             rel,
             first,

@@ -3,7 +3,7 @@
 //! against baselines of that scenario, measured in this same run.
 
 use super::plot::LatencySeries;
-use super::{hol, ingest, lfc, many_backends, prewarm, scan, BenchRecord};
+use super::{degrade, hol, ingest, lfc, many_backends, prewarm, scan, BenchRecord};
 use clap::Parser;
 use std::time::Instant;
 
@@ -16,7 +16,7 @@ pub struct AllBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "lfc,ingest,scan,hol,many-backends,prewarm"
+        default_value = "lfc,ingest,scan,hol,many-backends,prewarm,degrade"
     )]
     pub only: Vec<Scenario>,
 }
@@ -29,6 +29,7 @@ pub enum Scenario {
     Hol,
     ManyBackends,
     Prewarm,
+    Degrade,
 }
 
 /// The shortened settings, as command-line flags of each scenario (so they read exactly as a
@@ -48,6 +49,7 @@ fn short_flags(s: Scenario) -> &'static [&'static str] {
         Scenario::Hol => &[],
         Scenario::ManyBackends => &[],
         Scenario::Prewarm => &["--pages", "65536", "--ingest-seconds", "1.5"],
+        Scenario::Degrade => &[],
     }
 }
 
@@ -83,6 +85,7 @@ pub fn run(args: &AllBenchArgs) -> anyhow::Result<(Vec<BenchRecord>, Vec<Latency
             }
             Scenario::ManyBackends => records.extend(many_backends::run(&args_of(flags)?)?),
             Scenario::Prewarm => records.extend(prewarm::run(&args_of(flags)?)?),
+            Scenario::Degrade => records.extend(degrade::run(&args_of(flags)?)?),
         }
         eprintln!("bench all: {name} took {:.1} s", t.elapsed().as_secs_f64());
     }
@@ -112,6 +115,12 @@ mod tests {
             .unwrap();
         let p: prewarm::PrewarmBenchArgs = args_of(short_flags(Scenario::Prewarm)).unwrap();
         assert_eq!((p.pages, p.ingest_seconds), (65536, 1.5));
+        let d: degrade::DegradeBenchArgs = args_of(short_flags(Scenario::Degrade)).unwrap();
+        assert_eq!(
+            (d.pages, d.delay_us, d.cases.len()),
+            (32768, 200, 6),
+            "degrade runs its defaults"
+        );
         let i: ingest::IngestBenchArgs = args_of(short_flags(Scenario::Ingest)).unwrap();
         assert_eq!(
             i.distinct_pages, 8192,

@@ -136,10 +136,48 @@ impl DaemonProc {
         Ok(ticks as f64 / hz)
     }
 
+    /// Sends `signal` to the daemon, unless it has already exited and been reaped.
+    fn signal(&mut self, signal: i32) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.child.try_wait()?.is_none(),
+            "the worker daemon (pid {}) has exited",
+            self.pid()
+        );
+        // SAFETY: signalling our own child, not yet reaped, so its pid is not reused.
+        if unsafe { libc::kill(self.child.id() as i32, signal) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash: no clean stop, nothing cleared in the LFC. Reaped at once, so that
+    /// nobody mistakes the zombie for a live daemon.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGKILL)?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGSTOP: the daemon stops receiving (and refreshing its heartbeat) until [`resume`].
+    ///
+    /// [`resume`]: DaemonProc::resume
+    pub fn pause(&mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`pause`](DaemonProc::pause).
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
     pub fn stop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: signalling our own child by its pid.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            // SAFETY: signalling our own child by its pid. SIGCONT after SIGTERM, so that a
+            // paused daemon wakes up to handle it.
+            unsafe {
+                libc::kill(self.child.id() as i32, libc::SIGTERM);
+                libc::kill(self.child.id() as i32, libc::SIGCONT);
+            }
             let _ = self.child.wait();
         }
     }

@@ -229,8 +229,12 @@ impl<'a> UdpReader<'a> {
         scan: Option<RelTag>,
         args: &HolBenchArgs,
     ) -> anyhow::Result<Self> {
-        let mut backend = Backend::new(lfc, connect(addr)?, ReadPathConfig::default());
-        backend.enable_udp_prefetch(udp_port)?;
+        let backend = Backend::with_prefetch_port(
+            lfc,
+            connect(addr)?,
+            ReadPathConfig::default(),
+            Some(udp_port),
+        );
         Ok(UdpReader {
             backend,
             scan: scan.map(|rel| UdpScan::new(rel, args.distance)),

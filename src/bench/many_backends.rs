@@ -212,7 +212,7 @@ fn run_mode(
         mode,
         distance: args.distance,
         cpu_per_page_us: 0,
-        prefetch_port,
+        prefetch_port: Some(prefetch_port),
         read_path: ReadPathConfig::default(),
     };
     // The gate holds every backend until all are spawned, so they scan concurrently; a

@@ -90,6 +90,7 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
 pub mod all;
 pub mod daemon_proc;
 pub mod datagram;
+pub mod degrade;
 pub mod getpage;
 pub mod hol;
 pub mod ingest;

@@ -112,7 +112,7 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                         mode,
                         distance: mode.pages_ahead(args.depth, args.distance),
                         cpu_per_page_us: cpu,
-                        prefetch_port: daemon.udp_port,
+                        prefetch_port: Some(daemon.udp_port),
                         read_path: ReadPathConfig::default(),
                     },
                     Some(&lfc),

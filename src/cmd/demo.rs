@@ -87,7 +87,7 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
                 mode,
                 distance: mode.pages_ahead(args.depth, args.distance),
                 cpu_per_page_us: 0,
-                prefetch_port: daemon.udp_port,
+                prefetch_port: Some(daemon.udp_port),
                 read_path: ReadPathConfig::default(),
             };
             print!(

@@ -1,10 +1,12 @@
 //! `udp-prefetch lfc stat`: geometry and counters of a local file cache.
 //!
 //! Attaches like any other process (shared lock, no writes), so it can run next to the worker
-//! daemon and backends; the counters are summed over every process that uses the file.
+//! daemon and backends; the counters are summed over every process that uses the file. It also
+//! shows the worker daemon the cache's record names: alive when its last heartbeat is younger
+//! than `lfc::DAEMON_STALE_NS`.
 
 use super::{BadInput, Outcome};
-use lfc::{Lfc, LfcGeometry, LfcStats};
+use lfc::{DaemonRecord, Lfc, LfcGeometry, LfcStats};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
@@ -38,10 +40,14 @@ fn stat(path: &Path, json: bool) -> anyhow::Result<Outcome> {
     let cache = Lfc::open(path).map_err(|e| BadInput(format!("cannot read LFC: {e}")))?;
     let s = cache.stats();
     let g = cache.geometry();
+    let daemon = DaemonView::read(&cache);
     if json {
-        println!("{}", serde_json::Value::Object(json_object(&cache, &g, &s)));
+        let mut m = json_object(&cache, &g, &s);
+        daemon.put_json(&mut m);
+        println!("{}", serde_json::Value::Object(m));
     } else {
         print_human(&cache, &g, &s);
+        daemon.print_human();
     }
     Ok(Outcome::Success)
 }
@@ -91,6 +97,66 @@ fn json_object(
     put("wait_arrivals", s.wait_arrivals.into());
     put("wait_timeouts", s.wait_timeouts.into());
     m
+}
+
+/// The cache's daemon record as seen now.
+struct DaemonView {
+    record: Option<DaemonRecord>,
+    /// Heartbeat age in ns (CLOCK_MONOTONIC now minus the record's heartbeat).
+    age_ns: u64,
+}
+
+impl DaemonView {
+    fn read(cache: &Lfc) -> DaemonView {
+        let record = cache.daemon();
+        let now = lfc::monotonic_ns();
+        DaemonView {
+            record,
+            age_ns: record.map_or(0, |r| r.heartbeat_age_ns(now)),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.record.is_some() && self.age_ns < lfc::DAEMON_STALE_NS
+    }
+
+    fn put_json(&self, m: &mut serde_json::Map<String, serde_json::Value>) {
+        use serde_json::Value;
+        let r = self.record.as_ref();
+        m.insert("daemon_alive".into(), self.alive().into());
+        m.insert(
+            "daemon_addr".into(),
+            r.map_or(Value::Null, |r| r.addr.to_string().into()),
+        );
+        m.insert("daemon_pid".into(), r.map_or(Value::Null, |r| r.pid.into()));
+        m.insert(
+            "daemon_heartbeat_age_ms".into(),
+            r.map_or(Value::Null, |_| (self.age_ns / 1_000_000).into()),
+        );
+        m.insert(
+            "daemon_started_unix_ms".into(),
+            r.map_or(Value::Null, |r| r.started_unix_ms.into()),
+        );
+        m.insert(
+            "daemon_generation".into(),
+            r.map_or(Value::Null, |r| r.generation.into()),
+        );
+    }
+
+    fn print_human(&self) {
+        match &self.record {
+            None => println!("  daemon     none registered (no worker daemon serves this cache)"),
+            Some(r) => println!(
+                "  daemon     {} pid {} on {}, last heartbeat {} ms ago, started at unix ms {}, generation {}",
+                if self.alive() { "alive:" } else { "NOT RESPONDING:" },
+                r.pid,
+                r.addr,
+                self.age_ns / 1_000_000,
+                r.started_unix_ms,
+                r.generation
+            ),
+        }
+    }
 }
 
 fn mib(bytes: u64) -> f64 {

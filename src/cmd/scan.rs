@@ -31,9 +31,10 @@ pub struct ScanArgs {
     /// Emulated backend work per page, microseconds of CPU.
     #[arg(long, default_value_t = 0)]
     pub cpu_per_page_us: u64,
-    /// UDP port of the worker daemon on this host.
-    #[arg(long, default_value_t = 6401)]
-    pub prefetch_port: u16,
+    /// UDP port of the worker daemon on this host; default: the port the daemon serving the
+    /// LFC recorded in its header.
+    #[arg(long)]
+    pub prefetch_port: Option<u16>,
     /// Cap of the adaptive wait for a prefetch in flight, microseconds.
     #[arg(long, default_value_t = ReadPathConfig::default().max_wait_us)]
     pub max_wait_us: u64,
@@ -64,6 +65,19 @@ pub fn print_report(r: &ScanReport) {
         "  hits {}, late hits {}, fallbacks {} ({} after a wait ran out), prefetched {}, retried {}, wasted prefetches {}, duplicates avoided {}, window cuts {}",
         r.hits, r.late_hits, r.fallbacks, r.wait_timeouts, r.prefetched, r.retries, r.wasted_prefetches, r.duplicates_avoided, r.window_cuts
     );
+    if r.mode == "udp" {
+        println!(
+            "  read through the TCP pipeline {} pages; path changes {}",
+            r.tcp_pipelined, r.udp_state_changes
+        );
+        for c in &r.udp_state_log {
+            let to = match c.to {
+                crate::backend::PrefetchPath::Udp => "UDP prefetch",
+                crate::backend::PrefetchPath::TcpPipelined => "TCP pipelining",
+            };
+            println!("    at {:.1} ms: {to}: {}", c.at_ms, c.reason);
+        }
+    }
     println!(
         "  backend CPU {:.2} us/page; wait p50 {:.1} us, p99 {:.1} us; digest {}",
         r.cpu_us_per_page,

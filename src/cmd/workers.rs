@@ -1,6 +1,7 @@
 //! `udp-prefetch workers`: the prefetch worker daemon.
 
 use super::{BadInput, Outcome};
+use lfc::DaemonLockError;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -113,19 +114,64 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
     });
     match result {
         Ok(()) => Ok(Outcome::Success),
-        Err(
-            e @ (DaemonError::Config(_)
-            | DaemonError::NoLfc(_)
-            | DaemonError::PidFile(_)
-            | DaemonError::Lfc { .. }),
-        ) => Err(BadInput(e.to_string()).into()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// Refusals the operator fixes by changing the command line or stopping something (bad flags,
+/// unusable LFC, a live daemon already serving it, a UDP address in use) exit with status 2;
+/// the rest with 1.
+fn classify(e: DaemonError) -> anyhow::Error {
+    match e {
+        e @ (DaemonError::Config(_)
+        | DaemonError::NoLfc(_)
+        | DaemonError::PidFile(_)
+        | DaemonError::Lfc { .. }
+        | DaemonError::DaemonLock(DaemonLockError::Held { .. })
+        | DaemonError::PortInUse { .. }) => BadInput(e.to_string()).into(),
+        e => e.into(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{classify, parse_size};
+    use crate::cmd::{exit_status_for, EXIT_BAD_INPUT, EXIT_FAILED};
+    use lfc::{DaemonLockError, DaemonRecord};
+    use workers::daemon::DaemonError;
+
+    #[test]
+    fn refusals_to_start_exit_with_status_2_and_name_their_cause() {
+        let holder = DaemonRecord {
+            addr: "127.0.0.1:6401".parse().unwrap(),
+            pid: 4242,
+            started_unix_ms: 1,
+            heartbeat_ns: 1,
+            generation: 1,
+        };
+        let served = classify(DaemonError::DaemonLock(DaemonLockError::Held {
+            path: "/dev/shm/lfc".into(),
+            holder: Some(holder),
+        }));
+        assert_eq!(exit_status_for(&served), EXIT_BAD_INPUT);
+        assert_eq!(
+            served.to_string(),
+            "LFC /dev/shm/lfc is served by daemon pid 4242 on 127.0.0.1:6401"
+        );
+        let port = classify(DaemonError::PortInUse {
+            addr: "127.0.0.1:6401".parse().unwrap(),
+        });
+        assert_eq!(exit_status_for(&port), EXIT_BAD_INPUT);
+        assert!(port
+            .to_string()
+            .contains("127.0.0.1:6401 is already in use"));
+        let io = classify(DaemonError::DaemonLock(DaemonLockError::Io {
+            path: "x".into(),
+            op: "fcntl",
+            source: std::io::Error::other("boom"),
+        }));
+        assert_eq!(exit_status_for(&io), EXIT_FAILED);
+    }
 
     #[test]
     fn sizes_parse_with_units() {

@@ -175,10 +175,107 @@ impl WorkersProc {
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         terminate(&mut self.child, limit)
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash, and reap at once (a zombie's pid still looks alive to `kill(pid, 0)`).
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the worker daemon");
+        self.child.wait().expect("reap the worker daemon");
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the running daemon.
+    pub fn signal(&mut self, signal: i32) {
+        assert!(
+            self.child.try_wait().expect("try_wait").is_none(),
+            "the worker daemon has exited"
+        );
+        // SAFETY: signalling our own child, not yet reaped, so its pid is not reused.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
 }
 
 impl Drop for WorkersProc {
     fn drop(&mut self) {
+        // A paused daemon must wake up to handle SIGTERM.
+        if self.child.try_wait().ok().flatten().is_none() {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+        }
         reap(&mut self.child);
+    }
+}
+
+/// What a child run by [`run_with_limit`] did: its exit status (None: still running when the
+/// limit ran out, then killed) and its output.
+pub struct Finished {
+    pub status: Option<std::process::ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+}
+
+/// Spawns `cmd` with piped output and waits for it at most `limit`; a child still running then
+/// is SIGKILLed (so a test that expects a refusal or a bounded scan cannot hang).
+pub fn run_with_limit(cmd: &mut Command, limit: Duration) -> Finished {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_with_limit(child, limit)
+}
+
+/// Waits for a child spawned with piped stdout and stderr, at most `limit` (see
+/// [`run_with_limit`]).
+pub fn wait_with_limit(mut child: Child, limit: Duration) -> Finished {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = started + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed = started.elapsed();
+    Finished {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        elapsed,
     }
 }

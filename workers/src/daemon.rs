@@ -1,6 +1,13 @@
 //! The worker daemon (DESIGN §6): N threads, each with its own `SO_REUSEPORT` socket, receiving
 //! datagrams straight into reserved LFC slots, validating and publishing them; a Prometheus
 //! endpoint; a pid file. `run` returns when `stop` is set (the CLI sets it on SIGTERM/SIGINT).
+//!
+//! One daemon serves one LFC, and the LFC tells backends where it is (DESIGN §5): `run` takes the
+//! cache's daemon lock (`Lfc::lock_for_daemon`, released by the kernel if the daemon dies) before
+//! it binds anything, refuses a UDP address that any other socket already uses (a plain bind
+//! probe: the `SO_REUSEPORT` group bind alone would silently join another daemon's group),
+//! records its bound address, pid and start time in the cache once it listens, refreshes a
+//! heartbeat every `lfc::DAEMON_HEARTBEAT_NS`, and clears the record when it stops.
 
 use crate::datagram::{HEADER_LEN, TAG_LEN};
 use crate::ingest::{Ingest, Received};
@@ -10,12 +17,12 @@ use crate::udp::{
     bind_reuseport_group, recv_buffer_size, Completion, IoBackend, IoChoice, Receiver, SlotRegions,
     UdpError,
 };
-use lfc::{Lfc, LfcError, Reservation, PAGE_SIZE};
+use lfc::{AttachError, DaemonLockError, Lfc, Reservation, PAGE_SIZE};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Most worker threads.
 pub const MAX_THREADS: usize = 64;
@@ -34,6 +41,9 @@ const POLL: Duration = Duration::from_millis(50);
 const NO_SLOT_BACKOFF: Duration = Duration::from_millis(1);
 /// Bytes read of an HTTP request to the metrics endpoint.
 const MAX_HTTP_REQUEST: usize = 4096;
+/// Attempts at binding the group on a port the kernel picked (`--listen` port 0) when another
+/// process takes that port between the probe and the group bind.
+const PORT0_ATTEMPTS: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -60,8 +70,17 @@ pub enum DaemonError {
     Lfc {
         path: PathBuf,
         #[source]
-        source: LfcError,
+        source: AttachError,
     },
+    /// Another worker daemon serves this LFC (or the lock could not be taken).
+    #[error(transparent)]
+    DaemonLock(#[from] DaemonLockError),
+    /// Some other socket (another daemon's, or any program's) is bound to the UDP address.
+    #[error(
+        "UDP {addr} is already in use by another process (another worker daemon, or any other \
+         program): pick another --listen address"
+    )]
+    PortInUse { addr: SocketAddr },
     #[error("{0} does not exist; pass --size BYTES to create it")]
     NoLfc(PathBuf),
     #[error(transparent)]
@@ -110,7 +129,88 @@ fn open_lfc(config: &DaemonConfig) -> Result<Lfc, DaemonError> {
     }
 }
 
-/// Runs the daemon until `stop` is set. `on_started` is called once everything is bound.
+/// Binds a plain UDP socket (no `SO_REUSEADDR`, no `SO_REUSEPORT`) to `addr` and closes it
+/// again: that fails if any socket of any process is bound there, including members of another
+/// `SO_REUSEPORT` group, which our group would otherwise join silently. Returns the address it
+/// got, so port 0 resolves to a port that no socket uses.
+fn probe_free(addr: SocketAddr) -> Result<SocketAddr, DaemonError> {
+    let io = |source| DaemonError::Io {
+        context: format!("binding UDP {addr}"),
+        source,
+    };
+    match std::net::UdpSocket::bind(addr) {
+        Ok(probe) => probe.local_addr().map_err(io),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(DaemonError::PortInUse { addr }),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// The worker sockets: one `SO_REUSEPORT` group on `listen`, on a port no other socket uses.
+/// Port 0 becomes a port the kernel picked, which every thread then shares.
+fn bind_group(config: &DaemonConfig) -> Result<Vec<std::net::UdpSocket>, DaemonError> {
+    let listen = config.listen;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let addr = probe_free(listen)?;
+        match bind_reuseport_group(addr, config.threads, config.recv_buffer_bytes) {
+            Ok(sockets) => return Ok(sockets),
+            // Taken by someone else since the probe.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if listen.port() != 0 || attempts >= PORT0_ATTEMPTS {
+                    return Err(DaemonError::PortInUse { addr });
+                }
+            }
+            Err(source) => {
+                return Err(DaemonError::Io {
+                    context: format!("binding UDP {listen}"),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// A thread could not be started: stop the ones already running (the scope waits for them),
+/// and report it.
+fn spawn_failed(stop: &AtomicBool, which: &str, source: std::io::Error) -> DaemonError {
+    stop.store(true, Ordering::SeqCst);
+    DaemonError::Io {
+        context: format!("starting {which} thread"),
+        source,
+    }
+}
+
+/// Clears the daemon record when dropped (clean stop, error, or unwind).
+struct Registration<'a> {
+    lfc: &'a Lfc,
+    pid: u32,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.lfc.clear_daemon(self.pid);
+    }
+}
+
+/// Refreshes the daemon record's heartbeat every `DAEMON_HEARTBEAT_NS` until `stop`, then
+/// clears the record at once, so backends leave UDP while the workers drain.
+fn heartbeat(lfc: &Lfc, pid: u32, stop: &AtomicBool) {
+    let period = Duration::from_nanos(lfc::DAEMON_HEARTBEAT_NS);
+    let mut next = Instant::now() + period;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= next {
+            lfc.daemon_heartbeat(lfc::monotonic_ns());
+            next = now + period;
+        }
+        std::thread::sleep(next.saturating_duration_since(now).min(POLL));
+    }
+    lfc.clear_daemon(pid);
+}
+
+/// Runs the daemon until `stop` is set. `on_started` is called once everything is bound and the
+/// daemon is registered in the LFC.
 pub fn run(
     config: &DaemonConfig,
     stop: &AtomicBool,
@@ -132,13 +232,15 @@ pub fn run(
         .as_deref()
         .map(PidFile::acquire)
         .transpose()?;
+    let started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let lfc = open_lfc(config)?;
+    // Before binding anything: a second daemon for this cache must not take datagrams meant
+    // for the first one.
+    let _daemon_lock = lfc.lock_for_daemon()?;
     let backend = config.io.resolve()?;
-    let sockets = bind_reuseport_group(config.listen, config.threads, config.recv_buffer_bytes)
-        .map_err(|source| DaemonError::Io {
-            context: format!("binding UDP {}", config.listen),
-            source,
-        })?;
+    let sockets = bind_group(config)?;
     let listen = sockets[0].local_addr().map_err(|source| DaemonError::Io {
         context: "reading the bound address".into(),
         source,
@@ -160,6 +262,9 @@ pub fn run(
     let thread_metrics: Vec<ThreadMetrics> = (0..config.threads)
         .map(|_| ThreadMetrics::default())
         .collect();
+    let pid = std::process::id();
+    lfc.register_daemon(listen, pid, started_unix_ms, lfc::monotonic_ns());
+    let _registration = Registration { lfc: &lfc, pid };
     on_started(&Started {
         listen,
         metrics: metrics_addr,
@@ -191,10 +296,7 @@ pub fn run(
                         enter_bulk_class();
                         worker_loop(lfc, receiver, metrics, stop)
                     })
-                    .map_err(|source| DaemonError::Io {
-                        context: "starting a worker thread".into(),
-                        source,
-                    })?,
+                    .map_err(|source| spawn_failed(stop, "a worker", source))?,
             );
         }
         if config.prefault {
@@ -203,6 +305,13 @@ pub fn run(
                 enter_bulk_class();
                 prefault(lfc, remaining, stop)
             });
+        }
+        {
+            let lfc = &lfc;
+            std::thread::Builder::new()
+                .name("udp-heartbeat".into())
+                .spawn_scoped(scope, move || heartbeat(lfc, pid, stop))
+                .map_err(|source| spawn_failed(stop, "the heartbeat", source))?;
         }
         if let Some(listener) = metrics_listener {
             let (lfc, metrics, remaining) = (&lfc, &thread_metrics[..], &prefault_remaining);

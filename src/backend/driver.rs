@@ -1,0 +1,953 @@
+//! One backend's page access as a sans-IO driver (DESIGN §5): the whole decision of a read —
+//! LFC lookup, loss checks and retries, waiting for a prefetch in flight, the TCP pipeline and
+//! the move between UDP and TCP — with `now` passed in and the messages to send returned
+//! (`poll_transmit`), in the style of quinn-proto. The blocking shell (`backend::Backend`) and
+//! the simulator both run this code; neither keeps a copy of it.
+//!
+//! Owns: the read path core (`ReadPath`), the UDP health state (`UdpHealth`), the GetPage
+//! pipeline. Reads and writes the shared LFC (not I/O: memory); opens no socket, reads no clock.
+//!
+//! A read is driven as: `start_read` → `Poll`; on `Poll::Wait` the caller waits for the tag's
+//! arrival in the LFC (at most until the deadline) and calls `on_wait_over`; on
+//! `Poll::AwaitResponse` it reads the next TCP response and calls `on_response`; until
+//! `Poll::Done`. After every call, the caller sends what `poll_transmit` returns.
+
+use super::health::{DaemonView, PrefetchPath, StateChange, UdpHealth, PROBE_PAGES};
+use super::pipeline::{InFlight, Pipeline, Queued};
+use super::read_path::{
+    prefetch_runs, PrefetchRun, ReadPath, ReadPathConfig, ReadStats, Step, LOSS_SCAN, MISS_SCAN,
+    READS_PER_LOSS_CHECK,
+};
+use crate::page::Page;
+use lfc::{BufferTag, InstallOutcome, Lfc, RelTag};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+/// Pages a TCP-pipelining backend requests ahead beyond its pipeline depth, as a share of the
+/// depth: a probe page requested by UDP this far ahead of the pipeline's send point has that
+/// many pages' read time to arrive before its turn comes (64 pages at depth 128 and 50k
+/// pages/s: 1.3 ms, several UDP latencies). Proportional, so that a small cache is not
+/// overrun by pages fetched far ahead of their reads.
+pub const PROBE_LEAD_SHARE: f64 = 0.5;
+
+/// Where a read was satisfied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadSource {
+    Hit,
+    LateHit,
+    Tcp,
+}
+
+/// A message for the page server, on the backend's TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transmit {
+    /// PrefetchTarget with the LFC's key; answered in order like a GetPage.
+    Target { udp_port: u16 },
+    /// A fire-and-forget Prefetch of a run (no response).
+    Prefetch(PrefetchRun),
+    /// A GetPage at the latest LSN (pipelined; its response is awaited in order).
+    GetPage {
+        tag: BufferTag,
+        not_modified_since: u64,
+    },
+}
+
+/// What the caller does next for the read in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    Done(ReadSource),
+    /// Wait for `tag` to arrive in the LFC, at most until `until_ns`, then `on_wait_over`.
+    Wait {
+        tag: BufferTag,
+        until_ns: u64,
+    },
+    /// Read the next response on the TCP connection, then `on_response`.
+    AwaitResponse,
+}
+
+/// A response the caller read from the connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Response<'p> {
+    Target,
+    Page { tag: BufferTag, page: &'p Page },
+}
+
+/// What a response did: the read's next step (`None` when no read is in progress, or the read
+/// awaits more), and whether its page went into the LFC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    pub next: Option<Poll>,
+    pub installed: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DriverError {
+    #[error("the page server answered {0} which no request in flight asked for")]
+    Unrequested(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting { until_ns: u64, own: Option<u8> },
+    Awaiting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Current {
+    tag: BufferTag,
+    phase: Phase,
+}
+
+/// A pipelined page whose response was read before its own read came (the reader needed a
+/// later response first): kept here as Neon's prefetch ring keeps it, so that its read does
+/// not depend on the LFC still holding it. A small or busy cache evicts such pages, and every
+/// read that then fetched its page again drained the pipeline ahead of it, pushing out the
+/// next pages in turn.
+struct Ready {
+    tag: BufferTag,
+    not_modified_since: u64,
+    page: Box<Page>,
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ready({})", self.tag)
+    }
+}
+
+#[derive(Debug)]
+pub struct Driver {
+    core: ReadPath,
+    health: UdpHealth,
+    pipeline: Pipeline,
+    transmits: VecDeque<Transmit>,
+    tcp_depth: u32,
+    port_override: Option<u16>,
+    /// The UDP port registered on the connection (or about to be).
+    target_port: Option<u16>,
+    daemon_addr: Option<SocketAddr>,
+    daemon_generation: u64,
+    daemon_view: DaemonView,
+    reads_since_loss_check: u32,
+    current: Option<Current>,
+    /// When the read in progress started, and when the previous one finished.
+    read_started_ns: u64,
+    last_done_ns: Option<u64>,
+    scratch: Vec<BufferTag>,
+    pairs: Vec<(BufferTag, u64)>,
+    runs: Vec<PrefetchRun>,
+    /// Pipelined pages read off the connection before their reads, oldest first, at most
+    /// twice `tcp_depth` (a read may drain a whole pipeline ahead of its own response, while
+    /// the previous one's pages wait for their reads); and the buffers of entries gone, for
+    /// reuse (no allocation per page).
+    ready: VecDeque<Ready>,
+    spare: Vec<Box<Page>>,
+    /// Pages of the window the pipeline did not fetch because they were cached when their turn
+    /// came, oldest first, at most twice `tcp_depth`. When a read then finds one evicted, the
+    /// ones after it are likely gone too: they are fetched together, not one round trip each.
+    skipped: VecDeque<BufferTag>,
+}
+
+impl Driver {
+    /// A backend over `lfc`. `port_override` is the operator's `--prefetch-port`; without it
+    /// the daemon's port comes from the LFC header. Starts on UDP when a daemon is alive (or a
+    /// port was given), else on TCP pipelining, probing UDP as daemons come and go.
+    pub fn new(config: ReadPathConfig, port_override: Option<u16>, lfc: &Lfc, now_ns: u64) -> Self {
+        let tcp_depth = config
+            .tcp_depth
+            .clamp(1, crate::client::MAX_IN_FLIGHT as u32 / 2);
+        let mut d = Driver {
+            core: ReadPath::new(config),
+            health: UdpHealth::new(now_ns, port_override.is_some()),
+            pipeline: Pipeline::new(tcp_depth as usize),
+            transmits: VecDeque::new(),
+            tcp_depth,
+            port_override,
+            target_port: None,
+            daemon_addr: None,
+            daemon_generation: 0,
+            daemon_view: DaemonView::Absent,
+            reads_since_loss_check: 0,
+            current: None,
+            read_started_ns: now_ns,
+            last_done_ns: None,
+            scratch: Vec::with_capacity(LOSS_SCAN),
+            pairs: Vec::with_capacity(LOSS_SCAN),
+            runs: Vec::with_capacity(LOSS_SCAN),
+            ready: VecDeque::with_capacity(2 * tcp_depth as usize),
+            spare: Vec::new(),
+            skipped: VecDeque::with_capacity(2 * tcp_depth as usize),
+        };
+        if let Some(port) = port_override {
+            d.register(port);
+        }
+        d.observe_daemon(lfc, now_ns);
+        match (d.daemon_view, d.daemon_addr, port_override) {
+            (_, _, Some(port)) => d
+                .health
+                .start_udp(now_ns, &format!("prefetch port {port} given")),
+            (DaemonView::Alive, Some(addr), None) => d
+                .health
+                .start_udp(now_ns, &format!("worker daemon at {addr}")),
+            _ => d.health.note_start(if d.daemon_view == DaemonView::Absent {
+                "no worker daemon serves this LFC"
+            } else {
+                "the worker daemon of this LFC is not alive"
+            }),
+        }
+        d
+    }
+
+    fn register(&mut self, port: u16) {
+        if self.target_port != Some(port) {
+            self.target_port = Some(port);
+            self.pipeline.sent(InFlight::Target);
+            self.transmits
+                .push_back(Transmit::Target { udp_port: port });
+        }
+    }
+
+    /// The next message to send, until `None`.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn path(&self) -> PrefetchPath {
+        self.health.path()
+    }
+
+    /// Moves between UDP and TCP so far: a scan that sees it change restarts its window
+    /// (`ScanWindow::restart_at`).
+    pub fn path_changes(&self) -> u64 {
+        self.health.changes()
+    }
+
+    /// The daemon's address as the LFC header gave it (None when not registered).
+    pub fn daemon_addr(&self) -> Option<SocketAddr> {
+        self.daemon_addr
+    }
+
+    pub fn state_log(&self) -> &[StateChange] {
+        self.health.log()
+    }
+
+    pub fn stats(&self) -> ReadStats {
+        let mut s = self.core.stats();
+        s.udp_state_changes = self.health.changes();
+        s
+    }
+
+    /// Ends a scan: prefetches never read are wasted.
+    pub fn finish(&mut self) -> ReadStats {
+        self.core.finish();
+        self.stats()
+    }
+
+    /// Requests in flight or queued on the TCP pipeline: a caller that must make a synchronous
+    /// call (PutPage) first drives `on_response` until this is false.
+    pub fn pipeline_busy(&self) -> bool {
+        !self.pipeline.is_idle()
+    }
+
+    /// Reads the daemon's liveness from the LFC header (two atomic loads; the record itself only
+    /// when a new daemon registered) and lets the health state react.
+    fn observe_daemon(&mut self, lfc: &Lfc, now_ns: u64) {
+        let heartbeat = lfc.daemon_heartbeat_ns();
+        self.daemon_view = if heartbeat == 0 {
+            DaemonView::Absent
+        } else {
+            let age_ns = now_ns.saturating_sub(heartbeat);
+            if age_ns >= lfc::DAEMON_STALE_NS {
+                DaemonView::Stale { age_ns }
+            } else {
+                DaemonView::Alive
+            }
+        };
+        let generation = lfc.daemon_generation();
+        let restarted =
+            generation != self.daemon_generation && self.daemon_view == DaemonView::Alive;
+        if restarted {
+            self.daemon_generation = generation;
+            if let Some(rec) = lfc.daemon() {
+                self.daemon_addr = Some(rec.addr);
+                if self.port_override.is_none() {
+                    self.register(rec.addr.port());
+                }
+            }
+        }
+        if self.health.on_daemon(self.daemon_view, restarted, now_ns) {
+            self.move_window_to_tcp(lfc, now_ns);
+        }
+    }
+
+    /// How many pages ahead to prefetch when the caller wants `wanted`: the UDP window (see
+    /// `ReadPath::prefetch_distance`), or on TCP the pipeline depth plus the probe lead.
+    pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
+        match self.health.path() {
+            PrefetchPath::Udp => self.core.prefetch_distance(wanted),
+            PrefetchPath::TcpPipelined => self.tcp_reach(),
+        }
+    }
+
+    /// How far ahead a backend on TCP requests: the pipeline depth plus the probe lead.
+    fn tcp_reach(&self) -> u32 {
+        let lead = (f64::from(self.tcp_depth) * PROBE_LEAD_SHARE) as u32;
+        self.tcp_depth + lead.max(PROBE_PAGES as u32)
+    }
+
+    /// Requests `blocks` of `rel` ahead of their reads: by UDP (every block neither cached nor
+    /// requested by anyone, in runs), or on TCP by queueing GetPages, a few of them sent by UDP
+    /// instead when a probe is due. Returns pages requested.
+    pub fn prefetch(&mut self, lfc: &Lfc, rel: RelTag, blocks: Range<u32>, now_ns: u64) -> u32 {
+        self.observe_daemon(lfc, now_ns);
+        let requested = match self.health.path() {
+            PrefetchPath::Udp => self.prefetch_udp(lfc, rel, blocks, now_ns),
+            PrefetchPath::TcpPipelined => self.prefetch_tcp(lfc, rel, blocks, now_ns),
+        };
+        self.pump(lfc, now_ns);
+        requested
+    }
+
+    fn prefetch_udp(&mut self, lfc: &Lfc, rel: RelTag, blocks: Range<u32>, now_ns: u64) -> u32 {
+        self.pairs.clear();
+        for blkno in blocks {
+            let tag = rel.block(blkno);
+            if self.pipeline.contains(&tag) {
+                continue;
+            }
+            let lwlsn = lfc.lwlsn_unless_cached(&tag);
+            let cached = lwlsn.is_none();
+            let already = !cached && lfc.mark_requested(&tag, now_ns);
+            if self.core.plan_prefetch(tag, cached, already, now_ns) {
+                self.pairs
+                    .push((tag, lwlsn.expect("only pages not cached are planned")));
+            }
+        }
+        let n = self.pairs.len() as u32;
+        self.send_runs();
+        n
+    }
+
+    fn prefetch_tcp(&mut self, lfc: &Lfc, rel: RelTag, blocks: Range<u32>, now_ns: u64) -> u32 {
+        // The last pages of the range probe UDP (at most half of them, so most of a short
+        // range still goes by TCP).
+        let probe_pages = (blocks.len() / 2).min(PROBE_PAGES);
+        let probe = probe_pages > 0
+            && self.target_port.is_some()
+            && self.health.probe_due(self.daemon_view, probe_pages, now_ns);
+        let probe_from = blocks.end.saturating_sub(probe_pages as u32);
+        self.pairs.clear();
+        let mut requested = 0;
+        for blkno in blocks {
+            let tag = rel.block(blkno);
+            if self.pipeline.contains(&tag) {
+                continue;
+            }
+            let is_probe = probe && blkno >= probe_from;
+            // A cached page is queued too: whether to fetch it is decided when its turn comes
+            // (`pump`), closer to its read, and remembered if not (`skipped`).
+            let lwlsn = if is_probe {
+                let Some(lwlsn) = lfc.lwlsn_unless_cached(&tag) else {
+                    // Cached already: says nothing about UDP.
+                    self.health.skip_probe_page(now_ns);
+                    continue;
+                };
+                lwlsn
+            } else {
+                0
+            };
+            if self.pipeline.push_back(Queued {
+                tag,
+                probe: is_probe,
+                ahead: true,
+            }) {
+                requested += 1;
+                if is_probe {
+                    self.pairs.push((tag, lwlsn));
+                }
+            } else if is_probe {
+                self.health.skip_probe_page(now_ns);
+            }
+        }
+        self.send_runs();
+        requested
+    }
+
+    /// Prefetch messages for `self.pairs`, in as few runs as they allow.
+    fn send_runs(&mut self) {
+        self.runs.clear();
+        prefetch_runs(&mut self.pairs, &mut self.runs);
+        for r in &self.runs {
+            self.transmits.push_back(Transmit::Prefetch(*r));
+        }
+    }
+
+    /// Sends queued GetPages while the pipeline has room. A probe page that arrived by UDP is
+    /// not sent (and counts for the probe); any page found cached meanwhile is not sent.
+    fn pump(&mut self, lfc: &Lfc, now_ns: u64) {
+        while let Some(q) = self.pipeline.next_to_send() {
+            let cached = lfc.contains(&q.tag);
+            if q.probe {
+                self.health.on_probe_page(cached, now_ns);
+            }
+            if cached && q.ahead {
+                self.pipeline.skip(&q.tag);
+                if !q.probe {
+                    if self.skipped.len() >= 2 * self.tcp_depth as usize {
+                        self.skipped.pop_front();
+                    }
+                    self.skipped.push_back(q.tag);
+                }
+                continue;
+            }
+            let not_modified_since = lfc.lwlsn(&q.tag);
+            self.pipeline.sent(InFlight::Page {
+                tag: q.tag,
+                not_modified_since,
+                ahead: q.ahead,
+            });
+            self.transmits.push_back(Transmit::GetPage {
+                tag: q.tag,
+                not_modified_since,
+            });
+        }
+    }
+
+    /// The UDP path is not delivering: this backend's own prefetches still outstanding go to
+    /// the TCP pipeline, in request order.
+    fn move_window_to_tcp(&mut self, lfc: &Lfc, now_ns: u64) {
+        self.scratch.clear();
+        self.core
+            .take_outstanding(|t| lfc.contains(t), &mut self.scratch);
+        for i in 0..self.scratch.len() {
+            let tag = self.scratch[i];
+            self.pipeline.push_back(Queued {
+                tag,
+                probe: false,
+                ahead: true,
+            });
+        }
+        self.pump(lfc, now_ns);
+    }
+
+    /// Requests again own prefetches most likely lost (`ReadPath::plan_retries`, probing at
+    /// most `max_probes`).
+    fn loss_check(&mut self, lfc: &Lfc, now_ns: u64, max_probes: usize) {
+        self.reads_since_loss_check = 0;
+        self.scratch.clear();
+        self.core
+            .plan_retries(now_ns, max_probes, |t| lfc.contains(t), &mut self.scratch);
+        if self.scratch.is_empty() {
+            return;
+        }
+        self.pairs.clear();
+        self.pairs
+            .extend(self.scratch.iter().map(|t| (*t, lfc.lwlsn(t))));
+        self.send_runs();
+    }
+
+    /// Starts reading `tag` into `out`.
+    pub fn start_read(&mut self, lfc: &Lfc, tag: BufferTag, out: &mut Page, now_ns: u64) -> Poll {
+        assert!(self.current.is_none(), "one read at a time");
+        self.read_started_ns = now_ns;
+        self.observe_daemon(lfc, now_ns);
+        self.reads_since_loss_check += 1;
+        if self.reads_since_loss_check >= READS_PER_LOSS_CHECK {
+            self.loss_check(lfc, now_ns, LOSS_SCAN);
+        }
+        let own = self.core.own_retries(&tag);
+        let mut hit = lfc.lookup(&tag, out).is_some();
+        if hit && !self.ready.is_empty() {
+            // Read from the LFC: its copy read ahead is no longer needed.
+            self.drop_ready(&tag);
+        }
+        if !hit && self.take_ready(lfc, &tag, out) {
+            self.core.stats_mut().reads += 1;
+            return self.done(lfc, ReadSource::Tcp, now_ns);
+        }
+        if !hit && self.pipeline.contains(&tag) {
+            // Its GetPage is queued or in flight: the response brings it.
+            self.core.stats_mut().reads += 1;
+            self.read_next(tag, now_ns);
+            return self.await_response(lfc, tag, now_ns);
+        }
+        if !hit && self.reads_since_loss_check > 0 {
+            // A miss: check for losses now, so that a lost page is known as lost (and the
+            // others requested again) before deciding how long to wait for this one.
+            self.loss_check(lfc, now_ns, MISS_SCAN);
+            hit = lfc.contains(&tag) && lfc.lookup_again(&tag, out).is_some();
+        }
+        // Marking on a miss both asks "is it in flight?" and, when nobody asked, tells other
+        // backends that this one is fetching it, so they wait instead of fetching it twice. On
+        // TCP nobody's UDP prefetch is worth a wait.
+        let requested_elsewhere =
+            !hit && lfc.mark_requested(&tag, now_ns) && self.health.path() == PrefetchPath::Udp;
+        match self.core.on_lookup(tag, hit, requested_elsewhere, now_ns) {
+            None => {
+                if let Some(retries) = own {
+                    self.own_arrived(lfc, retries, now_ns);
+                }
+                self.done(lfc, ReadSource::Hit, now_ns)
+            }
+            Some(Step::Wait(budget)) => {
+                let until_ns = now_ns + budget.as_nanos() as u64;
+                self.current = Some(Current {
+                    tag,
+                    phase: Phase::Waiting { until_ns, own },
+                });
+                Poll::Wait { tag, until_ns }
+            }
+            Some(Step::Fetch) => self.fetch(lfc, tag, own.is_some(), now_ns),
+        }
+    }
+
+    /// The wait of `Poll::Wait` is over: the tag arrived, the deadline passed, or a wake-up for
+    /// another page (then the wait goes on).
+    pub fn on_wait_over(&mut self, lfc: &Lfc, out: &mut Page, now_ns: u64) -> Poll {
+        let Some(Current {
+            tag,
+            phase: Phase::Waiting { until_ns, own },
+        }) = self.current
+        else {
+            panic!("on_wait_over without a wait");
+        };
+        let arrived = lfc.lookup(&tag, out).is_some();
+        if !arrived && now_ns < until_ns {
+            return Poll::Wait { tag, until_ns };
+        }
+        self.current = None;
+        match self.core.on_wait_result(tag, arrived, now_ns) {
+            None => {
+                self.own_arrived(lfc, own.unwrap_or(0), now_ns);
+                self.done(lfc, ReadSource::LateHit, now_ns)
+            }
+            // Any wait that ran out is evidence against UDP, an own prefetch's or another
+            // backend's: a page requested elsewhere that never lands (its requester's daemon
+            // path is as dead as ours, or it came and went) costs a whole budget each time.
+            Some(_) => self.fetch(lfc, tag, true, now_ns),
+        }
+    }
+
+    /// A read is done: how long it was blocked feeds the health state.
+    fn done(&mut self, lfc: &Lfc, source: ReadSource, now_ns: u64) -> Poll {
+        let blocked = now_ns.saturating_sub(self.read_started_ns);
+        if let Some(last) = self.last_done_ns {
+            let cycle = now_ns.saturating_sub(last);
+            if self.health.on_read(blocked, cycle, now_ns) {
+                self.move_window_to_tcp(lfc, now_ns);
+            }
+        }
+        self.last_done_ns = Some(now_ns);
+        Poll::Done(source)
+    }
+
+    fn own_arrived(&mut self, lfc: &Lfc, retries: u8, now_ns: u64) {
+        self.health.on_arrival(retries > 0);
+        if self.health.check_loss(now_ns) {
+            self.move_window_to_tcp(lfc, now_ns);
+        }
+    }
+
+    /// The read goes to TCP: its GetPage goes next in the pipeline. A prefetch given up on
+    /// (`gave_up`) is evidence against UDP, and may move the rest of the window to TCP behind
+    /// it.
+    fn fetch(&mut self, lfc: &Lfc, tag: BufferTag, gave_up: bool, now_ns: u64) -> Poll {
+        self.read_next(tag, now_ns);
+        self.refetch_skipped_after(lfc, &tag);
+        if gave_up && self.health.on_miss(now_ns) {
+            self.move_window_to_tcp(lfc, now_ns);
+        }
+        self.await_response(lfc, tag, now_ns)
+    }
+
+    /// A read of `tag` found it evicted and fetches it: pages the pipeline skipped after it (of
+    /// the same relation) that are no longer cached follow it in the pipeline; those before it
+    /// are behind the reader.
+    fn refetch_skipped_after(&mut self, lfc: &Lfc, tag: &BufferTag) {
+        if self.skipped.is_empty() {
+            return;
+        }
+        let mut rest = std::mem::take(&mut self.skipped);
+        for t in rest.drain(..) {
+            if t.rel != tag.rel || t.blkno <= tag.blkno {
+                continue;
+            }
+            if lfc.contains(&t) {
+                self.skipped.push_back(t);
+            } else {
+                self.pipeline.push_back(Queued {
+                    tag: t,
+                    probe: false,
+                    ahead: true,
+                });
+            }
+        }
+    }
+
+    fn keep_ready(&mut self, tag: BufferTag, not_modified_since: u64, page: &Page) {
+        let mut buf = if self.ready.len() >= 2 * self.tcp_depth as usize {
+            self.ready.pop_front().map(|r| r.page)
+        } else {
+            self.spare.pop()
+        }
+        .unwrap_or_else(|| Box::new([0u8; lfc::PAGE_SIZE]));
+        buf.copy_from_slice(&page[..]);
+        self.ready.push_back(Ready {
+            tag,
+            not_modified_since,
+            page: buf,
+        });
+    }
+
+    fn drop_ready(&mut self, tag: &BufferTag) {
+        if let Some(i) = self.ready.iter().position(|r| r.tag == *tag) {
+            let r = self.ready.remove(i).expect("found");
+            self.spare.push(r.page);
+        }
+    }
+
+    /// Copies `tag` from the pipelined pages read ahead, if there and still current (the same
+    /// rule as an install: not modified after its GetPage).
+    fn take_ready(&mut self, lfc: &Lfc, tag: &BufferTag, out: &mut Page) -> bool {
+        let Some(i) = self.ready.iter().position(|r| r.tag == *tag) else {
+            return false;
+        };
+        let r = self.ready.remove(i).expect("found");
+        let current = lfc.lwlsn(tag) <= r.not_modified_since;
+        if current {
+            out.copy_from_slice(&r.page[..]);
+        }
+        self.spare.push(r.page);
+        current
+    }
+
+    /// Puts `tag`'s GetPage first in the pipeline; a probe page whose read came first has not
+    /// arrived (the read looked in the LFC), and counts so for its probe.
+    fn read_next(&mut self, tag: BufferTag, now_ns: u64) {
+        if self.pipeline.push_front(tag).is_some_and(|q| q.probe) {
+            self.health.on_probe_page(false, now_ns);
+        }
+    }
+
+    fn await_response(&mut self, lfc: &Lfc, tag: BufferTag, now_ns: u64) -> Poll {
+        self.current = Some(Current {
+            tag,
+            phase: Phase::Awaiting,
+        });
+        self.pump(lfc, now_ns);
+        Poll::AwaitResponse
+    }
+
+    /// A response read from the connection. Every page goes into the LFC under the lwlsn rule
+    /// (other backends gain); the one the read awaits is copied to `out` unless the tag was
+    /// modified after its GetPage was sent (then it is requested again). Returns the next step
+    /// of the read in progress (`Poll::AwaitResponse` while it awaits more), or `None` when no
+    /// read is in progress (draining).
+    pub fn on_response(
+        &mut self,
+        lfc: &Lfc,
+        response: Response<'_>,
+        out: &mut Page,
+        now_ns: u64,
+    ) -> Result<Handled, DriverError> {
+        let mut installed = false;
+        let next = match response {
+            Response::Target => {
+                self.pipeline
+                    .answered(None)
+                    .ok_or_else(|| DriverError::Unrequested("PrefetchTarget".into()))?;
+                None
+            }
+            Response::Page { tag, page } => {
+                let Some(InFlight::Page {
+                    not_modified_since,
+                    ahead,
+                    ..
+                }) = self.pipeline.answered(Some(&tag))
+                else {
+                    return Err(DriverError::Unrequested(format!("page {tag}")));
+                };
+                if ahead {
+                    self.core.stats_mut().tcp_pipelined += 1;
+                }
+                let outcome = lfc.install_prefetched(&tag, not_modified_since, page);
+                installed = outcome == InstallOutcome::Installed;
+                let awaited = self
+                    .current
+                    .is_some_and(|c| c.tag == tag && c.phase == Phase::Awaiting);
+                if !awaited {
+                    if ahead {
+                        self.keep_ready(tag, not_modified_since, page);
+                    }
+                    None
+                } else if lfc.lwlsn(&tag) > not_modified_since {
+                    // Modified after the request: this version may be older than the change.
+                    self.read_next(tag, now_ns);
+                    None
+                } else {
+                    out.copy_from_slice(&page[..]);
+                    if outcome == InstallOutcome::AlreadyPresent && !ahead {
+                        // Arrived by UDP after the read gave up on it: the budget was short.
+                        self.core.on_fetch_raced();
+                    }
+                    self.current = None;
+                    Some(self.done(lfc, ReadSource::Tcp, now_ns))
+                }
+            }
+        };
+        self.pump(lfc, now_ns);
+        Ok(Handled {
+            next: next.or_else(|| {
+                self.current
+                    .filter(|c| c.phase == Phase::Awaiting)
+                    .map(|_| Poll::AwaitResponse)
+            }),
+            installed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::synthetic_page;
+    use crate::server::source::Synthetic;
+    use lfc::PAGE_SIZE;
+
+    const MS: u64 = 1_000_000;
+    /// Virtual start: request marks in the LFC treat a zero time as empty.
+    const T0: u64 = 10_000 * MS;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        lfc: Lfc,
+    }
+
+    fn fixture(daemon: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 4096).unwrap();
+        if daemon {
+            lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
+        }
+        Fixture { _dir: dir, lfc }
+    }
+
+    fn drain(d: &mut Driver) -> Vec<Transmit> {
+        std::iter::from_fn(|| d.poll_transmit()).collect()
+    }
+
+    fn get_pages(ts: &[Transmit]) -> Vec<u32> {
+        ts.iter()
+            .filter_map(|t| match t {
+                Transmit::GetPage { tag, .. } => Some(tag.blkno),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Answers `Poll::AwaitResponse` with the page of the oldest GetPage in `wire`.
+    fn answer(
+        d: &mut Driver,
+        lfc: &Lfc,
+        wire: &mut VecDeque<u32>,
+        out: &mut Page,
+        now: u64,
+    ) -> Handled {
+        let blkno = wire.pop_front().expect("a GetPage in flight");
+        let tag = Synthetic::rel(0).block(blkno);
+        let page = synthetic_page(tag, 16);
+        let h = d
+            .on_response(lfc, Response::Page { tag, page: &page }, out, now)
+            .unwrap();
+        wire.extend(get_pages(&drain(d)));
+        h
+    }
+
+    /// Reads `blkno` to the end, answering GetPages from `wire` and letting every wait run out.
+    fn read(
+        d: &mut Driver,
+        lfc: &Lfc,
+        wire: &mut VecDeque<u32>,
+        blkno: u32,
+        now: &mut u64,
+    ) -> ReadSource {
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        let mut poll = d.start_read(lfc, Synthetic::rel(0).block(blkno), &mut out, *now);
+        wire.extend(get_pages(&drain(d)));
+        loop {
+            poll = match poll {
+                Poll::Done(s) => {
+                    assert_eq!(crate::page::page_lsn(&out), 16);
+                    return s;
+                }
+                Poll::Wait { until_ns, .. } => {
+                    *now = until_ns;
+                    let p = d.on_wait_over(lfc, &mut out, *now);
+                    wire.extend(get_pages(&drain(d)));
+                    p
+                }
+                Poll::AwaitResponse => answer(d, lfc, wire, &mut out, *now)
+                    .next
+                    .expect("the read goes on"),
+            };
+        }
+    }
+
+    #[test]
+    fn without_a_daemon_the_window_goes_by_tcp_pipelining_from_the_start() {
+        let f = fixture(false);
+        let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
+        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
+        assert!(d.state_log()[0].reason.contains("no worker daemon"));
+        let distance = d.prefetch_distance(512);
+        assert_eq!(distance, 128 + 64);
+        d.prefetch(&f.lfc, Synthetic::rel(0), 0..distance, T0);
+        let sent = drain(&mut d);
+        assert!(sent.iter().all(|t| matches!(t, Transmit::GetPage { .. })));
+        let mut wire: VecDeque<u32> = get_pages(&sent).into();
+        assert_eq!(
+            wire.len(),
+            128,
+            "the pipeline depth bounds what is in flight"
+        );
+        let mut now = T0;
+        for b in 0..distance {
+            let s = read(&mut d, &f.lfc, &mut wire, b, &mut now);
+            assert_ne!(s, ReadSource::LateHit);
+        }
+        assert_eq!(now, T0, "no read ever waited");
+        let stats = d.finish();
+        assert_eq!(stats.tcp_pipelined, u64::from(distance));
+        assert_eq!(stats.udp_state_changes, 0);
+    }
+
+    #[test]
+    fn prefetches_that_stop_arriving_move_the_window_to_tcp_within_two_waits() {
+        let f = fixture(true);
+        f.lfc.daemon_heartbeat(T0);
+        let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
+        assert_eq!(d.path(), PrefetchPath::Udp);
+        d.prefetch(&f.lfc, Synthetic::rel(0), 0..256, T0);
+        let sent = drain(&mut d);
+        assert_eq!(sent[0], Transmit::Target { udp_port: 7000 });
+        assert!(matches!(sent[1], Transmit::Prefetch(r) if r.first == 0 && r.n == 256));
+        // The Target's answer comes first on the connection.
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        d.on_response(&f.lfc, Response::Target, &mut out, T0)
+            .unwrap();
+        // Nothing arrives: two reads wait and fall back, then the rest of the window is on the
+        // TCP pipeline.
+        let mut wire = VecDeque::new();
+        let mut now = T0;
+        for b in 0..2 {
+            assert_eq!(
+                read(&mut d, &f.lfc, &mut wire, b, &mut now),
+                ReadSource::Tcp
+            );
+        }
+        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
+        let waited = now - T0;
+        let before = now;
+        for b in 2..256 {
+            read(&mut d, &f.lfc, &mut wire, b, &mut now);
+        }
+        assert_eq!(now, before, "no more waits once on TCP");
+        assert!(waited <= 2 * 4 * MS, "{waited}");
+        let stats = d.finish();
+        assert_eq!(stats.tcp_pipelined, 254);
+        assert_eq!(stats.wait_timeouts, 2);
+        assert_eq!(stats.udp_state_changes, 1);
+    }
+
+    #[test]
+    fn a_passing_probe_returns_to_udp_and_a_failing_one_costs_no_wait() {
+        let f = fixture(true);
+        // The daemon's heartbeat is old: on TCP from the start, no probe while it is stale.
+        let start = T0 + lfc::DAEMON_STALE_NS;
+        let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, start);
+        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
+        let rel = Synthetic::rel(0);
+        d.prefetch(&f.lfc, rel, 0..144, start);
+        let first = drain(&mut d);
+        assert!(first.iter().all(|t| matches!(t, Transmit::GetPage { .. })));
+        // The daemon comes back to life (heartbeat): the next top-up probes with its last
+        // pages by UDP, the rest by TCP; the pipeline is full, so they wait for their turn.
+        f.lfc.daemon_heartbeat(start + MS);
+        d.prefetch(&f.lfc, rel, 144..192, start + 2 * MS);
+        let sent = drain(&mut d);
+        let probe: Vec<PrefetchRun> = sent
+            .iter()
+            .filter_map(|t| match t {
+                Transmit::Prefetch(r) => Some(*r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(probe.len(), 1);
+        assert_eq!((probe[0].first, probe[0].n), (184, PROBE_PAGES as u16));
+        assert_eq!(sent[0], Transmit::Target { udp_port: 7000 });
+        // They arrive by UDP before their turn in the pipeline: not fetched, and back to UDP.
+        for b in 184..192 {
+            let tag = rel.block(b);
+            f.lfc
+                .install_prefetched(&tag, 0, &synthetic_page(tag, 16))
+                .eq(&InstallOutcome::Installed)
+                .then_some(())
+                .unwrap();
+        }
+        let mut wire: VecDeque<u32> = get_pages(&first).into();
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        let mut now = start + 2 * MS;
+        for b in 0..192 {
+            if b == 1 {
+                // The Target's answer, in order after the first GetPage (sent before it).
+                d.on_response(&f.lfc, Response::Target, &mut out, now)
+                    .unwrap();
+            }
+            read(&mut d, &f.lfc, &mut wire, b, &mut now);
+        }
+        assert!(
+            !wire.iter().any(|b| (184..192).contains(b)),
+            "probe pages not fetched"
+        );
+        assert_eq!(now, start + 2 * MS, "no read waited");
+        assert_eq!(d.path(), PrefetchPath::Udp);
+        assert!(d.state_log().last().unwrap().reason.contains("8/8"));
+    }
+
+    #[test]
+    fn a_pipelined_page_modified_after_its_request_is_requested_again() {
+        let f = fixture(false);
+        let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
+        let tag = Synthetic::rel(0).block(0);
+        d.prefetch(&f.lfc, tag.rel, 0..1, T0);
+        assert_eq!(get_pages(&drain(&mut d)), [0]);
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        // Another backend writes the page at LSN 100 before the response is read.
+        f.lfc.set_lwlsn(&tag, 100).unwrap();
+        assert_eq!(d.start_read(&f.lfc, tag, &mut out, T0), Poll::AwaitResponse);
+        let old = synthetic_page(tag, 16);
+        let h = d
+            .on_response(&f.lfc, Response::Page { tag, page: &old }, &mut out, T0)
+            .unwrap();
+        assert_eq!(h.next, Some(Poll::AwaitResponse));
+        assert!(!h.installed, "an older version never enters the LFC");
+        let again = drain(&mut d);
+        assert!(
+            matches!(
+                again[..],
+                [Transmit::GetPage {
+                    not_modified_since: 100,
+                    ..
+                }]
+            ),
+            "{again:?}"
+        );
+        let new = synthetic_page(tag, 100);
+        let h = d
+            .on_response(&f.lfc, Response::Page { tag, page: &new }, &mut out, T0)
+            .unwrap();
+        assert_eq!(h.next, Some(Poll::Done(ReadSource::Tcp)));
+        assert_eq!(crate::page::page_lsn(&out), 100);
+    }
+}

@@ -1,0 +1,511 @@
+//! Whether the UDP path delivers, per backend (DESIGN §5): the state machine that moves a
+//! backend's prefetch window to TCP pipelining when it does not, and back when it does again.
+//!
+//! Owns: the path in use, the evidence (daemon liveness from the LFC header, own prefetches
+//! arriving or not, loss rate), the probe schedule and the log of changes. Touches no socket,
+//! no clock and no cache: the driver (`backend::driver`) feeds it observations with `now`.
+//!
+//! Best effort must never cost more than the TCP path it replaces: every signal that UDP is
+//! not delivering moves the window to TCP within a few reads, and a failed probe costs no wait
+//! (probe pages are fetched by TCP in their turn when they did not arrive).
+
+use std::time::Duration;
+
+/// Own prefetches in a row whose reads found nothing (waits ran out, or lost past every
+/// retry): UDP is not delivering (daemon dead or paused, sender backlogged, port wrong). A miss
+/// is rare on a working path (a page lost past three retries: about 1 in 8000 at 5 % loss),
+/// and each costs a whole wait budget (up to 4 ms), so two in a row decide: in the simulator a
+/// daemon paused three times cost three misses each, more than TCP pipelining's whole lead.
+pub const MISSES_TO_DEGRADE: u32 = 2;
+/// Smoothed share of own prefetches that needed a retry or never came, above which TCP
+/// pipelining is cheaper: each loss costs a retry datagram and usually a wait, and at this
+/// rate a scan spends more time recovering than the TCP round trip it saves.
+pub const LOSS_TO_DEGRADE: f64 = 0.3;
+/// Smoothing of that share, per own read (about the last 32 reads weigh).
+const LOSS_EWMA_ALPHA: f64 = 1.0 / 32.0;
+/// Own reads before the loss share may decide anything.
+const LOSS_MIN_SAMPLES: u32 = 32;
+/// Backoff between probes of the UDP path while on TCP: the first probe soon (a restarted
+/// daemon is back in milliseconds), doubling to a second.
+pub const PROBE_BACKOFF_MIN_NS: u64 = 10_000_000;
+pub const PROBE_BACKOFF_MAX_NS: u64 = 1_000_000_000;
+/// Most pages a probe requests by UDP; at least three quarters of them must arrive to return
+/// to UDP.
+pub const PROBE_PAGES: usize = 8;
+/// Bound of the log of path changes kept for the report (later changes are only counted).
+pub const MAX_STATE_LOG: usize = 32;
+/// Share of a backend's time spent blocked in reads on the UDP path above which it moves to
+/// TCP pipelining (or above 1.1× the share measured on TCP, once known): waits that mostly
+/// succeed late cost as much as waits that fail, and a backlogged sender produces exactly
+/// that mix, which no count of consecutive misses sees.
+pub const BLOCKED_SHARE_TO_DEGRADE: f64 = 0.25;
+/// Smoothing of the blocked share, per read, and reads before it may decide anything.
+const BLOCKED_EWMA_ALPHA: f64 = 1.0 / 8.0;
+const BLOCKED_MIN_SAMPLES: u32 = 8;
+/// Reads on UDP after which leaving it again resets the probe backoff: a path that passed a
+/// probe but cannot hold its own for this long is probed less and less often.
+const UDP_PROVEN_READS: u64 = 4096;
+
+/// Which transport brings the pages of a backend's prefetch window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrefetchPath {
+    /// Prefetch by UDP into the LFC; reads look in the LFC.
+    Udp,
+    /// Pipelined GetPage on the backend's TCP connection, as Neon's compute does.
+    TcpPipelined,
+}
+
+/// One move between the paths, for the human report and `scan --json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StateChange {
+    /// Since the backend started, milliseconds.
+    pub at_ms: f64,
+    pub to: PrefetchPath,
+    pub reason: String,
+}
+
+/// What the LFC header says about the daemon, as the driver read it at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonView {
+    /// None ever registered, or it stopped cleanly.
+    Absent,
+    /// Registered, heartbeat older than `lfc::DAEMON_STALE_NS`: dead or stopped.
+    Stale {
+        age_ns: u64,
+    },
+    Alive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Probe {
+    pages: usize,
+    checked: usize,
+    arrived: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UdpHealth {
+    path: PrefetchPath,
+    started_ns: u64,
+    /// A prefetch port given by the operator: with no daemon registered, UDP is still tried.
+    port_overridden: bool,
+    consecutive_misses: u32,
+    loss_share: f64,
+    loss_samples: u32,
+    next_probe_ns: u64,
+    backoff_ns: u64,
+    probe: Option<Probe>,
+    changes: u64,
+    log: Vec<StateChange>,
+    /// Per path (indexed by `PrefetchPath as usize`): smoothed time a read spends blocked and
+    /// time from one read's end to the next's (the backend's cycle).
+    blocked: [Share; 2],
+    /// Reads since the path was entered.
+    reads_on_path: u64,
+    /// The UDP path in use was entered by passing a probe (not at start-up).
+    udp_by_probe: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Share {
+    blocked_ns: f64,
+    cycle_ns: f64,
+    samples: u32,
+}
+
+impl Share {
+    fn add(&mut self, blocked_ns: u64, cycle_ns: u64) {
+        let a = if self.samples == 0 {
+            1.0
+        } else {
+            BLOCKED_EWMA_ALPHA
+        };
+        self.blocked_ns += a * (blocked_ns as f64 - self.blocked_ns);
+        self.cycle_ns += a * (cycle_ns as f64 - self.cycle_ns);
+        self.samples = self.samples.saturating_add(1);
+    }
+
+    fn value(&self) -> Option<f64> {
+        (self.samples >= BLOCKED_MIN_SAMPLES && self.cycle_ns > 0.0)
+            .then(|| self.blocked_ns / self.cycle_ns)
+    }
+}
+
+impl UdpHealth {
+    /// Starts on TCP: the first daemon observation (`on_daemon`) decides.
+    pub fn new(now_ns: u64, port_overridden: bool) -> Self {
+        UdpHealth {
+            path: PrefetchPath::TcpPipelined,
+            started_ns: now_ns,
+            port_overridden,
+            consecutive_misses: 0,
+            loss_share: 0.0,
+            loss_samples: 0,
+            next_probe_ns: now_ns,
+            backoff_ns: PROBE_BACKOFF_MIN_NS,
+            probe: None,
+            changes: 0,
+            log: Vec::new(),
+            blocked: [Share::default(); 2],
+            reads_on_path: 0,
+            udp_by_probe: false,
+        }
+    }
+
+    pub fn path(&self) -> PrefetchPath {
+        self.path
+    }
+
+    /// Logs why the backend starts where it starts (not counted as a change).
+    pub fn note_start(&mut self, reason: &str) {
+        self.log.push(StateChange {
+            at_ms: 0.0,
+            to: self.path,
+            reason: reason.to_string(),
+        });
+    }
+
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    pub fn log(&self) -> &[StateChange] {
+        &self.log
+    }
+
+    fn set(&mut self, to: PrefetchPath, now_ns: u64, reason: String) {
+        if self.path == to {
+            return;
+        }
+        self.path = to;
+        self.changes += 1;
+        self.consecutive_misses = 0;
+        self.loss_share = 0.0;
+        self.loss_samples = 0;
+        self.probe = None;
+        if to == PrefetchPath::TcpPipelined {
+            // UDP failing soon after it passed a probe: probe less often. Else (it held for
+            // long, or this is its first failure) its failure is news: probe soon.
+            self.backoff_ns = if self.udp_by_probe && self.reads_on_path < UDP_PROVEN_READS {
+                (self.backoff_ns * 2).min(PROBE_BACKOFF_MAX_NS)
+            } else {
+                PROBE_BACKOFF_MIN_NS
+            };
+            self.next_probe_ns = now_ns + self.backoff_ns;
+        }
+        self.reads_on_path = 0;
+        self.blocked[to as usize].samples = 0;
+        if self.log.len() < MAX_STATE_LOG {
+            self.log.push(StateChange {
+                at_ms: now_ns.saturating_sub(self.started_ns) as f64 / 1e6,
+                to,
+                reason,
+            });
+        }
+    }
+
+    /// The daemon as the LFC header shows it. `restarted` is true when a daemon registered
+    /// since the last observation (a new generation): worth a probe at once. Returns true when
+    /// this observation moved the backend to TCP (the caller then moves its window).
+    pub fn on_daemon(&mut self, view: DaemonView, restarted: bool, now_ns: u64) -> bool {
+        match (self.path, view) {
+            (PrefetchPath::Udp, DaemonView::Stale { age_ns }) => {
+                let age = Duration::from_nanos(age_ns);
+                self.set(
+                    PrefetchPath::TcpPipelined,
+                    now_ns,
+                    format!("worker daemon not alive (heartbeat {age:.0?} old)"),
+                );
+                true
+            }
+            (PrefetchPath::Udp, DaemonView::Absent) if !self.port_overridden => {
+                self.set(
+                    PrefetchPath::TcpPipelined,
+                    now_ns,
+                    "no worker daemon serves this LFC".into(),
+                );
+                true
+            }
+            (PrefetchPath::TcpPipelined, DaemonView::Alive) if restarted => {
+                // A (re)started daemon: probe now rather than after the backoff.
+                self.backoff_ns = PROBE_BACKOFF_MIN_NS;
+                self.next_probe_ns = now_ns;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// May a probe start now? True only on TCP, when the backoff has passed and someone may be
+    /// receiving (`view`), and no probe is running. The caller sends `pages` (1 to
+    /// `PROBE_PAGES`) by UDP and reports each with `on_probe_page`.
+    pub fn probe_due(&mut self, view: DaemonView, pages: usize, now_ns: u64) -> bool {
+        debug_assert!((1..=PROBE_PAGES).contains(&pages));
+        let receiving = match view {
+            DaemonView::Alive => true,
+            DaemonView::Absent => self.port_overridden,
+            DaemonView::Stale { .. } => false,
+        };
+        if self.path != PrefetchPath::TcpPipelined
+            || self.probe.is_some()
+            || !receiving
+            || now_ns < self.next_probe_ns
+        {
+            return false;
+        }
+        self.probe = Some(Probe {
+            pages,
+            checked: 0,
+            arrived: 0,
+        });
+        true
+    }
+
+    /// A probe page's turn came in the TCP pipeline: `arrived` if UDP had delivered it by then.
+    /// After the last one, the probe passes (back to UDP) or the backoff doubles.
+    pub fn on_probe_page(&mut self, arrived: bool, now_ns: u64) {
+        let Some(p) = &mut self.probe else {
+            return;
+        };
+        p.checked += 1;
+        p.arrived += usize::from(arrived);
+        self.conclude_probe(now_ns);
+    }
+
+    /// Once every page of the probe was checked: back to UDP if three quarters arrived, else
+    /// a longer backoff. A probe left with no page to check is no evidence either way.
+    fn conclude_probe(&mut self, now_ns: u64) {
+        let Some(Probe {
+            pages,
+            checked,
+            arrived,
+        }) = self.probe
+        else {
+            return;
+        };
+        if checked < pages {
+            return;
+        }
+        self.probe = None;
+        if pages == 0 {
+            self.next_probe_ns = now_ns + self.backoff_ns;
+        } else if 4 * arrived >= 3 * pages {
+            self.udp_by_probe = true;
+            self.set(
+                PrefetchPath::Udp,
+                now_ns,
+                format!("UDP delivers again ({arrived}/{pages} probe pages arrived)"),
+            );
+        } else {
+            self.backoff_ns = (self.backoff_ns * 2).min(PROBE_BACKOFF_MAX_NS);
+            self.next_probe_ns = now_ns + self.backoff_ns;
+        }
+    }
+
+    /// A probe page that could not be requested (cached already, queue full): the probe checks
+    /// one page fewer.
+    pub fn skip_probe_page(&mut self, now_ns: u64) {
+        let Some(p) = &mut self.probe else {
+            return;
+        };
+        p.pages -= 1;
+        self.conclude_probe(now_ns);
+    }
+
+    /// The read of a UDP prefetch (own, or waited for) found it: `retried` when it needed a
+    /// retry (a loss).
+    pub fn on_arrival(&mut self, retried: bool) {
+        self.consecutive_misses = 0;
+        self.loss_sample(retried);
+    }
+
+    /// The read of a UDP prefetch (own, or another backend's it waited for) gave up on it.
+    /// Returns true when that moved the backend to TCP.
+    pub fn on_miss(&mut self, now_ns: u64) -> bool {
+        self.consecutive_misses += 1;
+        self.loss_sample(true);
+        if self.path != PrefetchPath::Udp {
+            return false;
+        }
+        if self.consecutive_misses >= MISSES_TO_DEGRADE {
+            let n = self.consecutive_misses;
+            self.set(
+                PrefetchPath::TcpPipelined,
+                now_ns,
+                format!("{n} prefetches in a row did not arrive in time"),
+            );
+            return true;
+        }
+        self.check_loss(now_ns)
+    }
+
+    fn loss_sample(&mut self, lost: bool) {
+        let x = if lost { 1.0 } else { 0.0 };
+        self.loss_share += LOSS_EWMA_ALPHA * (x - self.loss_share);
+        self.loss_samples = self.loss_samples.saturating_add(1);
+    }
+
+    /// Checks the loss share after a sample; true when it moved the backend to TCP.
+    pub fn check_loss(&mut self, now_ns: u64) -> bool {
+        if self.path == PrefetchPath::Udp
+            && self.loss_samples >= LOSS_MIN_SAMPLES
+            && self.loss_share > LOSS_TO_DEGRADE
+        {
+            let pct = self.loss_share * 100.0;
+            self.set(
+                PrefetchPath::TcpPipelined,
+                now_ns,
+                format!("{pct:.0} % of prefetches lost"),
+            );
+            return true;
+        }
+        false
+    }
+
+    /// A read finished after being blocked `blocked_ns` (waiting for an arrival or a response),
+    /// `cycle_ns` after the previous read finished. On UDP, returns true when the share of time
+    /// blocked moved the backend to TCP.
+    pub fn on_read(&mut self, blocked_ns: u64, cycle_ns: u64, now_ns: u64) -> bool {
+        self.reads_on_path += 1;
+        self.blocked[self.path as usize].add(blocked_ns, cycle_ns);
+        if self.path != PrefetchPath::Udp {
+            return false;
+        }
+        let Some(udp) = self.blocked[PrefetchPath::Udp as usize].value() else {
+            return false;
+        };
+        let limit = self.blocked[PrefetchPath::TcpPipelined as usize]
+            .value()
+            .map_or(BLOCKED_SHARE_TO_DEGRADE, |tcp| {
+                (1.1 * tcp).max(BLOCKED_SHARE_TO_DEGRADE)
+            });
+        if udp > limit {
+            self.set(
+                PrefetchPath::TcpPipelined,
+                now_ns,
+                format!(
+                    "reads blocked {:.0} % of the time waiting for UDP prefetches",
+                    udp * 100.0
+                ),
+            );
+            return true;
+        }
+        false
+    }
+
+    /// Starts on UDP, when a daemon is known (registered or given by the operator): logged,
+    /// not counted as a change.
+    pub fn start_udp(&mut self, now_ns: u64, reason: &str) {
+        debug_assert!(self.changes == 0 && self.log.is_empty());
+        self.path = PrefetchPath::Udp;
+        self.next_probe_ns = now_ns;
+        self.note_start(reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn on_udp() -> UdpHealth {
+        let mut h = UdpHealth::new(0, false);
+        h.start_udp(0, "daemon alive");
+        h
+    }
+
+    #[test]
+    fn consecutive_misses_move_to_tcp_and_an_arrival_resets_the_count() {
+        let mut h = on_udp();
+        assert!(!h.on_miss(MS));
+        h.on_arrival(false);
+        assert!(!h.on_miss(3 * MS));
+        assert_eq!(h.path(), PrefetchPath::Udp);
+        assert!(h.on_miss(5 * MS));
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        assert_eq!(h.changes(), 1);
+        assert!(
+            h.log()[1].reason.contains("did not arrive"),
+            "{:?}",
+            h.log()
+        );
+    }
+
+    #[test]
+    fn a_stale_or_missing_daemon_moves_to_tcp_unless_a_port_was_given() {
+        let mut h = on_udp();
+        assert!(h.on_daemon(DaemonView::Stale { age_ns: 500 * MS }, false, MS));
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        let mut h = on_udp();
+        assert!(h.on_daemon(DaemonView::Absent, false, MS));
+        let mut h = UdpHealth::new(0, true);
+        h.start_udp(0, "port given");
+        assert!(!h.on_daemon(DaemonView::Absent, false, MS));
+        assert_eq!(h.path(), PrefetchPath::Udp);
+    }
+
+    #[test]
+    fn heavy_loss_moves_to_tcp_light_loss_does_not() {
+        let mut h = on_udp();
+        // 5 % of reads needed a retry: stays.
+        for i in 0..400 {
+            h.on_arrival(i % 20 == 0);
+            assert!(!h.check_loss(MS));
+        }
+        assert_eq!(h.path(), PrefetchPath::Udp);
+        // Half of them: leaves.
+        let mut moved = false;
+        for i in 0..400 {
+            h.on_arrival(i % 2 == 0);
+            moved |= h.check_loss(MS);
+        }
+        assert!(moved);
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+    }
+
+    #[test]
+    fn probes_back_off_while_failing_and_return_to_udp_when_they_pass() {
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Stale { age_ns: 400 * MS }, false, 0);
+        // Not while the daemon is stale, nor before the backoff.
+        assert!(!h.probe_due(
+            DaemonView::Stale { age_ns: 400 * MS },
+            PROBE_PAGES,
+            100 * MS
+        ));
+        assert!(!h.probe_due(DaemonView::Alive, PROBE_PAGES, PROBE_BACKOFF_MIN_NS - 1));
+        let mut t = PROBE_BACKOFF_MIN_NS;
+        let mut gaps = Vec::new();
+        for _ in 0..10 {
+            assert!(h.probe_due(DaemonView::Alive, PROBE_PAGES, t));
+            assert!(
+                !h.probe_due(DaemonView::Alive, PROBE_PAGES, t),
+                "one probe at a time"
+            );
+            for _ in 0..PROBE_PAGES {
+                h.on_probe_page(false, t);
+            }
+            let next = (t..t + 2 * PROBE_BACKOFF_MAX_NS)
+                .step_by(MS as usize)
+                .find(|&x| {
+                    let mut c = h.clone();
+                    c.probe_due(DaemonView::Alive, PROBE_PAGES, x)
+                })
+                .unwrap();
+            gaps.push(next - t);
+            t = next;
+        }
+        assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "{gaps:?}");
+        assert_eq!(*gaps.last().unwrap(), PROBE_BACKOFF_MAX_NS);
+        // A restarted daemon is probed at once, and a passing probe returns to UDP.
+        h.on_daemon(DaemonView::Alive, true, t + MS);
+        assert!(h.probe_due(DaemonView::Alive, PROBE_PAGES, t + MS));
+        for i in 0..PROBE_PAGES {
+            h.on_probe_page(i != 0, t + 2 * MS);
+        }
+        assert_eq!(h.path(), PrefetchPath::Udp);
+        assert!(h.log().last().unwrap().reason.contains("7/8"));
+    }
+}

@@ -1,0 +1,383 @@
+//! `udp-prefetch bench degrade`: what a udp scan costs when the UDP side fails — no worker
+//! daemon, the daemon SIGKILLed or SIGSTOPped mid-scan, the page server dropping half or all of
+//! its prefetch datagrams — against a tcp-pipelined scan of the same relation measured right
+//! before each case (the machine is noisy). UDP prefetch is best effort: each case should cost
+//! at most the TCP pipelining it replaces (issue 13).
+//!
+//! Every udp scan takes the daemon's port from the LFC header (`prefetch_port: None`), as a
+//! backend does, and runs on its own thread while this one injects the fault; the daemon is a
+//! child process, so killing it never touches the bench.
+
+use super::daemon_proc::{DaemonProc, ScratchDir};
+use super::BenchRecord;
+use crate::backend::read_path::ReadPathConfig;
+use crate::client::ConnectOptions;
+use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::server::source::{SourceSpec, Synthetic};
+use crate::server::{PageServer, ServerConfig};
+use lfc::Lfc;
+use std::time::{Duration, Instant};
+
+const BENCH: &str = "degrade";
+/// How often the fault injector looks at the scan's progress (a look reads every frame's
+/// metadata, ~50 µs for a 40k-page cache: 2 % of a core at this period).
+const POLL: Duration = Duration::from_millis(2);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DegradeBenchArgs {
+    /// Pages per scan.
+    #[arg(long, default_value_t = 32_768)]
+    pub pages: u32,
+    /// Page server service delay of every request, microseconds.
+    #[arg(long, default_value_t = 200)]
+    pub delay_us: u64,
+    /// Pipeline depth of the tcp-pipelined baseline (Neon's 128, as in `bench scan`).
+    #[arg(long, default_value_t = 128)]
+    pub depth: u32,
+    /// Prefetch distance of the udp scans (as in `bench scan`).
+    #[arg(long, default_value_t = 512)]
+    pub distance: u32,
+    /// Fraction of the relation a udp-daemon-killed scan has prefetched into the LFC when the
+    /// daemon gets SIGKILL.
+    #[arg(long, default_value_t = 0.2)]
+    pub kill_at: f64,
+    /// Fraction of the relation a udp-daemon-paused scan has prefetched when the daemon gets
+    /// SIGSTOP.
+    #[arg(long, default_value_t = 0.5)]
+    pub pause_at: f64,
+    /// How long the daemon stays stopped before SIGCONT, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub pause_ms: u64,
+    /// Worker daemon threads (the daemon's own default: one per two CPUs, at least one).
+    #[arg(long, default_value_t = workers::daemon::default_threads())]
+    pub daemon_threads: usize,
+    /// Cases to run, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "udp-healthy,udp-no-daemon,udp-daemon-killed,udp-daemon-paused,udp-drop50,udp-drop100"
+    )]
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Case {
+    /// Daemon running, nothing dropped.
+    UdpHealthy,
+    /// An LFC that no daemon serves.
+    UdpNoDaemon,
+    /// The daemon SIGKILLed a fifth into the scan (`--kill-at`).
+    UdpDaemonKilled,
+    /// The daemon SIGSTOPped in the middle for `--pause-ms`, then continued.
+    UdpDaemonPaused,
+    /// The page server drops 50 % of its prefetch datagrams.
+    UdpDrop50,
+    /// The page server drops every prefetch datagram.
+    UdpDrop100,
+}
+
+impl Case {
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::UdpHealthy => "udp-healthy",
+            Case::UdpNoDaemon => "udp-no-daemon",
+            Case::UdpDaemonKilled => "udp-daemon-killed",
+            Case::UdpDaemonPaused => "udp-daemon-paused",
+            Case::UdpDrop50 => "udp-drop50",
+            Case::UdpDrop100 => "udp-drop100",
+        }
+    }
+
+    /// Fraction of prefetch datagrams the page server drops in this case.
+    fn drop_fraction(self) -> f64 {
+        match self {
+            Case::UdpDrop50 => 0.5,
+            Case::UdpDrop100 => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    /// What happens to the daemon while the udp scan runs.
+    fn fault(self, args: &DegradeBenchArgs) -> Fault {
+        let at = |fraction: f64| (f64::from(args.pages) * fraction).round() as u64;
+        match self {
+            Case::UdpDaemonKilled => Fault::Kill {
+                at_pages: at(args.kill_at),
+            },
+            Case::UdpDaemonPaused => Fault::Pause {
+                at_pages: at(args.pause_at),
+                for_time: Duration::from_millis(args.pause_ms),
+            },
+            _ => Fault::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    None,
+    Kill { at_pages: u64 },
+    Pause { at_pages: u64, for_time: Duration },
+}
+
+/// When a fault was injected, as seen from the scan.
+#[derive(Debug, Clone, Copy)]
+struct Injected {
+    /// Pages in the LFC (a fresh one per case, so: pages prefetched or read so far).
+    lfc_pages: u64,
+    after: Duration,
+}
+
+pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+    anyhow::ensure!(args.pages > 0, "--pages must be at least 1");
+    anyhow::ensure!(
+        args.depth >= 1 && args.distance >= 1,
+        "--depth and --distance must be at least 1"
+    );
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.kill_at) && (0.0..1.0).contains(&args.pause_at),
+        "--kill-at and --pause-at are fractions in 0..1"
+    );
+    anyhow::ensure!(!args.cases.is_empty(), "--cases names no case");
+    let scratch = ScratchDir::new("udp-prefetch-bench-degrade")?;
+    // The servers without loss are shared by the cases that need one; each lossy case gets its
+    // own, which also serves its baseline (TCP is reliable: the loss only touches datagrams).
+    let clean = server(args, 0.0)?;
+    let mut records = Vec::new();
+    for &case in &args.cases {
+        let lossy;
+        let server = if case.drop_fraction() > 0.0 {
+            lossy = server(args, case.drop_fraction())?;
+            &lossy
+        } else {
+            &clean
+        };
+        // A fresh LFC per case: every udp scan starts cold, and a killed or paused daemon leaves
+        // nothing behind for the next case. Removed right after, to give its memory back.
+        let lfc_path = scratch.0.join(format!("lfc-{}", case.name()));
+        let capacity_pages = u64::from(args.pages) + 8192;
+        let mut daemon = match case {
+            Case::UdpNoDaemon => {
+                // Allocated up front, as a daemon's prefault does for the other cases, so that
+                // no case pays tmpfs's first-touch allocation; through a handle of its own, so
+                // that the scan's mapping takes the same minor faults as in the other cases.
+                let created = Lfc::create(&lfc_path, capacity_pages)?;
+                created.prefault_metadata()?;
+                created.prefault(0..capacity_pages)?;
+                None
+            }
+            _ => Some(DaemonProc::start(
+                &lfc_path,
+                capacity_pages * 8192,
+                &["--threads", &args.daemon_threads.to_string()],
+            )?),
+        };
+        let lfc = Lfc::open(&lfc_path)?;
+        // The baseline right before its case, once the daemon has settled (prefault done).
+        let (baseline, _) = scan_with_fault(args, server, ScanMode::TcpPipelined, None, None)?;
+        let fault = case.fault(args);
+        let (udp, injected) = scan_with_fault(
+            args,
+            server,
+            ScanMode::Udp,
+            Some(&lfc),
+            Some((&mut daemon, fault)),
+        )?;
+        drop(lfc);
+        drop(daemon);
+        let _ = std::fs::remove_file(&lfc_path);
+        anyhow::ensure!(
+            baseline.failed == 0 && udp.failed == 0,
+            "{}: a page failed verification (tcp-pipelined {}, udp {})",
+            case.name(),
+            baseline.failed,
+            udp.failed
+        );
+        let base_rec = BenchRecord::new(BENCH, "tcp-pipelined", "pages/s", baseline.pages_per_s)
+            .param("for_case", case.name())
+            .param("pages", baseline.pages)
+            .param("delay_us", args.delay_us)
+            .param("drop", case.drop_fraction())
+            .param("depth", args.depth)
+            .param("elapsed_s", round3(baseline.elapsed_s));
+        let mut rec = BenchRecord::new(BENCH, case.name(), "pages/s", udp.pages_per_s)
+            .param("pages", udp.pages)
+            .param("delay_us", args.delay_us)
+            .param("drop", case.drop_fraction())
+            .param("distance", args.distance)
+            .param("daemon_threads", args.daemon_threads)
+            .param("elapsed_s", round3(udp.elapsed_s))
+            .param("tcp_pipelined", udp.tcp_pipelined)
+            .param("udp_state_changes", udp.udp_state_changes)
+            .param("fallbacks", udp.fallbacks)
+            .param("wait_timeouts", udp.wait_timeouts)
+            .param("hits", udp.hits)
+            .param("late_hits", udp.late_hits)
+            .param("retries", udp.retries)
+            .param("window_cuts", udp.window_cuts)
+            .param("wait_p50_us", round1(udp.wait_p50_us))
+            .param("wait_p99_us", round1(udp.wait_p99_us))
+            .param("verified", udp.verified);
+        rec = match (fault, injected) {
+            (Fault::None, _) => rec,
+            (Fault::Kill { .. } | Fault::Pause { .. }, None) => rec.param("fault_injected", false),
+            (Fault::Kill { .. }, Some(i)) => rec
+                .param("killed_at_lfc_pages", i.lfc_pages)
+                .param("killed_at_ms", i.after.as_millis() as u64),
+            (Fault::Pause { for_time, .. }, Some(i)) => rec
+                .param("paused_at_lfc_pages", i.lfc_pages)
+                .param("paused_at_ms", i.after.as_millis() as u64)
+                .param("paused_ms", for_time.as_millis() as u64),
+        };
+        records.push(rec.against(&base_rec));
+        records.push(base_rec);
+    }
+    Ok(records)
+}
+
+/// Runs one scan on its own thread; meanwhile this thread injects `fault` into the daemon when
+/// the LFC holds the fault's number of pages (or not at all if the scan ends first).
+fn scan_with_fault(
+    args: &DegradeBenchArgs,
+    server: &PageServer,
+    mode: ScanMode,
+    lfc: Option<&Lfc>,
+    daemon: Option<(&mut Option<DaemonProc>, Fault)>,
+) -> anyhow::Result<(ScanReport, Option<Injected>)> {
+    let cfg = ScanConfig {
+        connect: ConnectOptions::new(server.local_addr().to_string()),
+        rel: Synthetic::rel(0),
+        blocks: None,
+        mode,
+        distance: mode.pages_ahead(args.depth, args.distance),
+        cpu_per_page_us: 0,
+        // A backend finds the daemon through the LFC header: the rendezvous is part of what
+        // this bench measures.
+        prefetch_port: None,
+        read_path: ReadPathConfig::default(),
+    };
+    std::thread::scope(|s| {
+        let started = Instant::now();
+        let scan = std::thread::Builder::new()
+            .name("degrade-scan".into())
+            .spawn_scoped(s, || run_scan(&cfg, lfc))?;
+        let mut injected = None;
+        if let (Some((Some(daemon), fault)), Some(lfc)) = (daemon, lfc) {
+            injected = inject(daemon, fault, lfc, started, || scan.is_finished())?;
+        }
+        let report = scan
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the scan thread panicked")))?;
+        Ok((report, injected))
+    })
+}
+
+fn inject(
+    daemon: &mut DaemonProc,
+    fault: Fault,
+    lfc: &Lfc,
+    started: Instant,
+    scan_done: impl Fn() -> bool,
+) -> anyhow::Result<Option<Injected>> {
+    let at_pages = match fault {
+        Fault::None => return Ok(None),
+        Fault::Kill { at_pages } | Fault::Pause { at_pages, .. } => at_pages,
+    };
+    let lfc_pages = loop {
+        if scan_done() {
+            return Ok(None);
+        }
+        let used = lfc.stats().used_pages;
+        if used >= at_pages {
+            break used;
+        }
+        std::thread::sleep(POLL);
+    };
+    let after = started.elapsed();
+    match fault {
+        Fault::None => {}
+        Fault::Kill { .. } => daemon.kill()?,
+        Fault::Pause { for_time, .. } => {
+            daemon.pause()?;
+            // The pause lasts its time even when the scan ends during it (what the scan did
+            // meanwhile is what is measured), and SIGCONT always follows.
+            std::thread::sleep(for_time);
+            daemon.resume()?;
+        }
+    }
+    Ok(Some(Injected { lfc_pages, after }))
+}
+
+fn server(args: &DegradeBenchArgs, drop: f64) -> anyhow::Result<PageServer> {
+    Ok(PageServer::start(ServerConfig {
+        listen: "127.0.0.1:0".parse()?,
+        source: SourceSpec::Synthetic {
+            rels: 1,
+            pages: args.pages,
+        },
+        service_delay_us: args.delay_us,
+        drop_prefetch: drop,
+        ..ServerConfig::default()
+    })?)
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        inner: DegradeBenchArgs,
+    }
+
+    #[test]
+    fn defaults_name_every_case_in_the_issues_order() {
+        let a = Wrap::try_parse_from(["bench"]).unwrap().inner;
+        let names: Vec<&str> = a.cases.iter().map(|c| c.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "udp-healthy",
+                "udp-no-daemon",
+                "udp-daemon-killed",
+                "udp-daemon-paused",
+                "udp-drop50",
+                "udp-drop100"
+            ]
+        );
+        assert_eq!((a.pages, a.delay_us), (32768, 200));
+        for c in &a.cases {
+            assert_eq!(
+                clap::ValueEnum::to_possible_value(c).unwrap().get_name(),
+                c.name()
+            );
+        }
+    }
+
+    #[test]
+    fn faults_fire_at_their_fraction_of_the_relation() {
+        let a = Wrap::try_parse_from(["bench", "--pages", "1000"])
+            .unwrap()
+            .inner;
+        assert!(matches!(
+            Case::UdpDaemonKilled.fault(&a),
+            Fault::Kill { at_pages: 200 }
+        ));
+        assert!(matches!(
+            Case::UdpDaemonPaused.fault(&a),
+            Fault::Pause { at_pages: 500, for_time } if for_time == Duration::from_secs(1)
+        ));
+        assert!(matches!(Case::UdpDrop100.fault(&a), Fault::None));
+        assert_eq!(Case::UdpDrop50.drop_fraction(), 0.5);
+    }
+}

@@ -1,0 +1,380 @@
+//! Issue 13 end to end, with real processes: a backend finds its worker daemon through the LFC,
+//! a scan survives the daemon's death, absence or pause by TCP pipelining (every page verified),
+//! and a second daemon on the same LFC or on a UDP port in use is refused (exit 2).
+//!
+//! No assertion here is on speed: a scan that would crawl (one full wait and one synchronous
+//! GetPage per page, as before issue 13) is caught by its counters, and by a generous limit on
+//! its run time — many times a tcp-pipelined scan of the same relation measured in the same
+//! test — that only turns a crawl of minutes into a failure instead of a hung test.
+
+mod common;
+
+use common::{run_with_limit, wait_with_limit, Finished, ServerProc, WorkersProc, BIN};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const REL: &str = "1663/5/16384/0";
+/// Relation size of the fault tests: long enough at 100 µs per request that a fault injected
+/// early lands while the scan is running.
+const PAGES: u64 = 32_768;
+const SERVICE_DELAY_US: &str = "100";
+/// How long a refused daemon may take to exit.
+const REFUSAL_LIMIT: Duration = Duration::from_secs(30);
+
+fn scan_command(server: &ServerProc, lfc: &Path, mode: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "scan",
+        "--server",
+        &server.addr,
+        "--rel",
+        REL,
+        "--mode",
+        mode,
+    ])
+    .arg("--lfc")
+    .arg(lfc)
+    .arg("--json")
+    .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn spawn_scan(server: &ServerProc, lfc: &Path, mode: &str) -> Child {
+    scan_command(server, lfc, mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn udp-prefetch scan")
+}
+
+/// The report of a scan that exited 0.
+fn report(what: &str, done: &Finished) -> serde_json::Value {
+    assert!(
+        done.status.is_some(),
+        "{what}: still running after {:.1} s, killed (a crawl?); stderr: {}",
+        done.elapsed.as_secs_f64(),
+        done.stderr
+    );
+    assert_eq!(done.code(), Some(0), "{what}: stderr: {}", done.stderr);
+    serde_json::from_str(&done.stdout)
+        .unwrap_or_else(|e| panic!("{what}: scan --json output: {e}: {:?}", done.stdout))
+}
+
+fn counter(r: &serde_json::Value, name: &str) -> u64 {
+    r[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("scan --json lacks counter {name}: {r}"))
+}
+
+fn assert_every_page_verified(r: &serde_json::Value, pages: u64) {
+    assert_eq!(counter(r, "pages"), pages, "{r}");
+    assert_eq!(counter(r, "verified"), pages, "{r}");
+    assert_eq!(counter(r, "failed"), 0, "{r}");
+}
+
+/// A udp scan under a fault must not degrade to one full wait per page: at most an eighth of
+/// the pages may have waited out their budget (before issue 13, about half of them did).
+fn assert_no_crawl(r: &serde_json::Value) {
+    let pages = counter(r, "pages");
+    assert!(
+        counter(r, "wait_timeouts") < pages / 8,
+        "reads kept waiting out their budget instead of moving to TCP pipelining: {r}"
+    );
+}
+
+/// Measures a tcp-pipelined scan of the relation (no LFC needed) and returns how long a
+/// faulted udp scan of it may run: generous (30 s plus 20 times as long), only a guard against
+/// a crawl.
+fn scan_limit(server: &ServerProc, lfc: &Path) -> (Duration, serde_json::Value) {
+    let done = run_with_limit(
+        &mut scan_command(server, lfc, "tcp-pipelined"),
+        Duration::from_secs(120),
+    );
+    let r = report("tcp-pipelined scan", &done);
+    assert_every_page_verified(&r, PAGES);
+    (Duration::from_secs(30) + done.elapsed * 20, r)
+}
+
+/// Waits until the LFC holds at least `pages` pages (the scan is under way and UDP is
+/// delivering), polling; panics if the scan exits first.
+fn wait_for_lfc_pages(lfc: &Path, pages: u64, scan: &mut Child) {
+    let cache = lfc::Lfc::open(lfc).expect("open the LFC");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if cache.stats().used_pages >= pages {
+            return;
+        }
+        if let Some(status) = scan.try_wait().expect("try_wait") {
+            panic!("the scan exited ({status}) before the LFC held {pages} pages");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the LFC did not reach {pages} pages in 60 s: is UDP prefetch delivering?"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn fault_server() -> ServerProc {
+    ServerProc::start(&[
+        "--source",
+        &format!("synthetic:pages={PAGES}"),
+        "--service-delay-us",
+        SERVICE_DELAY_US,
+    ])
+}
+
+fn lfc_stat(lfc: &Path) -> serde_json::Value {
+    let done = run_with_limit(
+        Command::new(BIN)
+            .args(["lfc", "stat", "--json", "--lfc"])
+            .arg(lfc),
+        Duration::from_secs(30),
+    );
+    assert_eq!(done.code(), Some(0), "lfc stat: {}", done.stderr);
+    serde_json::from_str(&done.stdout).expect("lfc stat --json output")
+}
+
+fn workers_command(lfc: &Path, listen: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("workers")
+        .arg("--lfc")
+        .arg(lfc)
+        .args(["--size", "8MiB", "--listen", listen])
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+// ---- (a) the rendezvous ------------------------------------------------------------------------
+
+#[test]
+fn udp_scan_without_prefetch_port_finds_the_daemon_through_the_lfc() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let server = ServerProc::start(&["--source", "synthetic:pages=3000"]);
+    let workers = WorkersProc::start(&lfc, &["--size", "64MiB", "--threads", "1"]);
+    // No --prefetch-port: the daemon's ephemeral port is known only to the LFC header.
+    let done = run_with_limit(
+        &mut scan_command(&server, &lfc, "udp"),
+        Duration::from_secs(120),
+    );
+    let r = report("udp scan", &done);
+    assert_every_page_verified(&r, 3000);
+    assert!(
+        counter(&r, "hits") + counter(&r, "late_hits") > 0,
+        "no page came by UDP: the scan did not find the daemon: {r}"
+    );
+    assert!(
+        WorkersProc::metric(&workers.scrape(), "udp_prefetch_datagrams_installed_total") > 0,
+        "the daemon received nothing"
+    );
+}
+
+// ---- (b) the scan survives the daemon ----------------------------------------------------------
+
+#[test]
+fn udp_scan_completes_over_tcp_pipelining_when_the_daemon_is_sigkilled_mid_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let server = fault_server();
+    let mut workers = WorkersProc::start(&lfc, &["--size", "128MiB", "--threads", "1"]);
+    let (limit, pipelined) = scan_limit(&server, &lfc);
+    let mut scan = spawn_scan(&server, &lfc, "udp");
+    wait_for_lfc_pages(&lfc, 2048, &mut scan);
+    workers.kill();
+    assert!(
+        scan.try_wait().unwrap().is_none(),
+        "the scan finished before the daemon was killed: make the relation bigger"
+    );
+    let r = report("udp scan, daemon killed", &wait_with_limit(scan, limit));
+    assert_every_page_verified(&r, PAGES);
+    assert_eq!(
+        r["digest"], pipelined["digest"],
+        "the same pages as over TCP"
+    );
+    assert!(
+        counter(&r, "hits") + counter(&r, "late_hits") > 0,
+        "UDP delivered before the kill: {r}"
+    );
+    assert!(
+        counter(&r, "tcp_pipelined") > 0,
+        "the rest of the scan was not read through the TCP pipeline: {r}"
+    );
+    assert!(counter(&r, "udp_state_changes") >= 1, "{r}");
+    assert_no_crawl(&r);
+}
+
+#[test]
+fn udp_scan_with_no_daemon_on_the_lfc_reads_everything_over_tcp_pipelining() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    // A cache nobody serves: created, never attached by a daemon.
+    drop(lfc::Lfc::create(&lfc, PAGES + 8192).expect("create the LFC"));
+    let server = fault_server();
+    let (limit, pipelined) = scan_limit(&server, &lfc);
+    let r = report(
+        "udp scan, no daemon",
+        &run_with_limit(&mut scan_command(&server, &lfc, "udp"), limit),
+    );
+    assert_every_page_verified(&r, PAGES);
+    assert_eq!(r["digest"], pipelined["digest"]);
+    assert_eq!(counter(&r, "hits") + counter(&r, "late_hits"), 0, "{r}");
+    assert!(
+        counter(&r, "tcp_pipelined") > PAGES / 2,
+        "without a daemon the scan is a TCP pipeline: {r}"
+    );
+    assert_no_crawl(&r);
+}
+
+#[test]
+fn udp_scan_completes_when_the_daemon_is_sigstopped_mid_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let server = fault_server();
+    let mut workers = WorkersProc::start(&lfc, &["--size", "128MiB", "--threads", "1"]);
+    let (limit, pipelined) = scan_limit(&server, &lfc);
+    let mut scan = spawn_scan(&server, &lfc, "udp");
+    wait_for_lfc_pages(&lfc, 2048, &mut scan);
+    workers.signal(libc::SIGSTOP);
+    let still_running = scan.try_wait().unwrap().is_none();
+    // Paused for 2 s or until the scan ends, whichever is first; then continued.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && scan.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    workers.signal(libc::SIGCONT);
+    assert!(
+        still_running,
+        "the scan finished before the daemon was paused: make the relation bigger"
+    );
+    let r = report("udp scan, daemon paused", &wait_with_limit(scan, limit));
+    assert_every_page_verified(&r, PAGES);
+    assert_eq!(r["digest"], pipelined["digest"]);
+    assert!(
+        counter(&r, "tcp_pipelined") > 0,
+        "nothing was read through the TCP pipeline while the daemon was stopped: {r}"
+    );
+    assert_no_crawl(&r);
+    // The daemon is still healthy after SIGCONT.
+    assert!(workers
+        .scrape()
+        .contains("udp_prefetch_datagrams_installed_total"));
+}
+
+// ---- (c) one daemon per LFC, one daemon per port -----------------------------------------------
+
+#[test]
+fn second_daemon_on_the_same_lfc_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let first = WorkersProc::start(&lfc, &["--size", "8MiB", "--threads", "1"]);
+    let done = run_with_limit(&mut workers_command(&lfc, "127.0.0.1:0"), REFUSAL_LIMIT);
+    assert!(
+        done.status.is_some(),
+        "a second daemon on the same LFC was not refused (still running after {} s)",
+        REFUSAL_LIMIT.as_secs()
+    );
+    assert_eq!(done.code(), Some(2), "stderr: {}", done.stderr);
+    assert!(
+        done.stderr.contains(&first.pid().to_string()),
+        "the refusal names the first daemon (pid {}): {}",
+        first.pid(),
+        done.stderr
+    );
+    // The refusal did not disturb the first daemon's registration.
+    let stat = lfc_stat(&lfc);
+    assert_eq!(stat["daemon_alive"], true, "{stat}");
+    assert_eq!(stat["daemon_pid"], first.pid(), "{stat}");
+    let addr = stat["daemon_addr"].as_str().unwrap_or_default();
+    assert!(
+        addr.ends_with(&format!(":{}", first.udp_port)),
+        "daemon_addr {addr:?} is the first daemon's port {}",
+        first.udp_port
+    );
+}
+
+#[test]
+fn lfc_stat_shows_the_daemon_and_a_killed_daemons_lfc_can_be_served_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let mut first = WorkersProc::start(&lfc, &["--size", "8MiB", "--threads", "1"]);
+    let stat = lfc_stat(&lfc);
+    assert_eq!(stat["daemon_alive"], true, "{stat}");
+    assert_eq!(stat["daemon_pid"], first.pid(), "{stat}");
+    assert!(stat["daemon_heartbeat_age_ms"].is_u64(), "{stat}");
+    assert!(stat["daemon_addr"].is_string(), "{stat}");
+
+    // A crash leaves the record behind, but not alive, and releases the lock with the process.
+    first.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stat = loop {
+        let stat = lfc_stat(&lfc);
+        if stat["daemon_alive"] == false || Instant::now() > deadline {
+            break stat;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(stat["daemon_alive"], false, "{stat}");
+    let mut second = WorkersProc::start(&lfc, &["--threads", "1"]);
+    let stat = lfc_stat(&lfc);
+    assert_eq!(stat["daemon_alive"], true, "{stat}");
+    assert_eq!(stat["daemon_pid"], second.pid(), "{stat}");
+
+    // A clean stop clears the registration.
+    assert_eq!(
+        second
+            .terminate(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    let stat = lfc_stat(&lfc);
+    assert_eq!(stat["daemon_alive"], false, "{stat}");
+}
+
+#[test]
+fn daemon_on_a_udp_port_another_socket_uses_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // A plain socket (no SO_REUSEPORT) holds the port.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let done = run_with_limit(
+        &mut workers_command(&dir.path().join("lfc1"), &format!("127.0.0.1:{port}")),
+        REFUSAL_LIMIT,
+    );
+    assert!(done.status.is_some(), "not refused: still running");
+    assert_eq!(done.code(), Some(2), "stderr: {}", done.stderr);
+    assert!(
+        done.stderr.contains(&port.to_string()),
+        "the refusal names the port {port}: {}",
+        done.stderr
+    );
+}
+
+#[test]
+fn daemon_on_the_port_of_another_lfcs_daemon_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another daemon's SO_REUSEPORT group holds the port: joining it would split the datagrams
+    // between two caches (issue 13).
+    let first = WorkersProc::start(&dir.path().join("lfc1"), &["--size", "8MiB"]);
+    let port = first.udp_port;
+    let done = run_with_limit(
+        &mut workers_command(&dir.path().join("lfc2"), &format!("127.0.0.1:{port}")),
+        REFUSAL_LIMIT,
+    );
+    assert!(
+        done.status.is_some(),
+        "a second daemon joined the first one's port {port}"
+    );
+    assert_eq!(done.code(), Some(2), "stderr: {}", done.stderr);
+    assert!(
+        done.stderr.contains(&port.to_string()),
+        "the refusal names the port {port}: {}",
+        done.stderr
+    );
+    // The first daemon still serves its LFC.
+    assert!(first
+        .scrape()
+        .contains("udp_prefetch_datagrams_received_total"));
+}

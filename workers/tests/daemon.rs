@@ -1,0 +1,198 @@
+//! The worker daemon and its LFC rendezvous: it records its address, pid and a heartbeat in the
+//! cache, clears them on a clean stop, refuses to serve a cache another daemon serves, and
+//! refuses a UDP address another socket uses (instead of joining its `SO_REUSEPORT` group).
+//! Daemons run in threads of this process (`daemon::run` with a stop flag); each attaches the
+//! cache through its own file description, so the daemon lock conflicts between them as it
+//! would between processes.
+
+use lfc::{DaemonLockError, Lfc};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use workers::daemon::{self, DaemonConfig, DaemonError, Started};
+use workers::udp::IoChoice;
+
+const PAGES: u64 = 256;
+
+fn config(lfc: &Path, listen: SocketAddr) -> DaemonConfig {
+    DaemonConfig {
+        lfc: lfc.to_path_buf(),
+        create_size_bytes: Some(PAGES * lfc::PAGE_SIZE as u64),
+        listen,
+        threads: 2,
+        io: IoChoice::Epoll,
+        metrics: None,
+        pid_file: None,
+        recv_buffer_bytes: 0,
+        slots_per_thread: 8,
+        prefault: false,
+        thread_classes: false,
+    }
+}
+
+fn localhost0() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A daemon running in a thread of this process.
+struct Running {
+    stop: &'static AtomicBool,
+    started: Started,
+    thread: JoinHandle<Result<(), DaemonError>>,
+}
+
+impl Running {
+    fn stop(self) -> Result<(), DaemonError> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("daemon thread panicked")
+    }
+}
+
+/// Starts a daemon; Err when `run` returned before it started.
+fn start(config: DaemonConfig) -> Result<Running, DaemonError> {
+    let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        daemon::run(&config, stop, |s| {
+            tx.send(s.clone()).unwrap();
+        })
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(started) => Ok(Running {
+            stop,
+            started,
+            thread,
+        }),
+        Err(_) => Err(thread
+            .join()
+            .expect("daemon thread panicked")
+            .expect_err("run returned Ok without starting")),
+    }
+}
+
+#[test]
+fn a_running_daemon_is_recorded_in_the_lfc_with_a_heartbeat_and_cleared_on_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lfc");
+    let d = start(config(&path, localhost0())).unwrap();
+    let listen = d.started.listen;
+    assert_ne!(listen.port(), 0, "port 0 resolves to a real port");
+    // Any process attaching the cache sees the daemon as soon as it reports started.
+    let lfc = Lfc::open(&path).unwrap();
+    let r = lfc.daemon().expect("registered before on_started");
+    assert_eq!(r.addr, listen);
+    assert_eq!(r.pid, std::process::id());
+    assert!(r.generation >= 1);
+    assert_eq!(lfc.daemon_generation(), r.generation);
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(r.started_unix_ms <= wall_ms && wall_ms - r.started_unix_ms < 60_000);
+    assert!(r.is_live(lfc::monotonic_ns()));
+    // The heartbeat moves on its own, and stays fresh.
+    let first = lfc.daemon_heartbeat_ns();
+    let t0 = Instant::now();
+    while lfc.daemon_heartbeat_ns() == first {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no heartbeat after {:?}",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(lfc.daemon().unwrap().is_live(lfc::monotonic_ns()));
+    // All worker threads share the one port: datagrams to it land in this daemon's group (a
+    // plain bind of that port is refused while the daemon runs).
+    assert!(UdpSocket::bind(listen).is_err());
+
+    d.stop().unwrap();
+    assert_eq!(lfc.daemon(), None, "a clean stop clears the record");
+    assert_eq!(lfc.daemon_heartbeat_ns(), 0);
+    assert_eq!(lfc.daemon_generation(), 0);
+    // And releases the lock: the next daemon may serve the cache, with a new generation.
+    let lock = lfc.lock_for_daemon().unwrap();
+    drop(lock);
+    let d2 = start(config(&path, localhost0())).unwrap();
+    assert!(lfc.daemon().unwrap().generation > r.generation);
+    d2.stop().unwrap();
+}
+
+#[test]
+fn a_second_daemon_for_the_same_lfc_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lfc");
+    let first = start(config(&path, localhost0())).unwrap();
+    // Another port, same cache: refused before it binds anything.
+    let e = start(config(&path, localhost0())).err().expect("refused");
+    match &e {
+        DaemonError::DaemonLock(DaemonLockError::Held {
+            holder: Some(h), ..
+        }) => {
+            assert_eq!(h.pid, std::process::id());
+            assert_eq!(h.addr, first.started.listen);
+        }
+        other => panic!("expected the daemon lock to be held, got {other:?}"),
+    }
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "LFC {} is served by daemon pid {} on {}",
+            path.display(),
+            std::process::id(),
+            first.started.listen
+        )
+    );
+    // The refused daemon did not disturb the first one's record.
+    let lfc = Lfc::open(&path).unwrap();
+    assert_eq!(lfc.daemon().unwrap().addr, first.started.listen);
+    first.stop().unwrap();
+}
+
+#[test]
+fn a_daemon_on_a_port_bound_by_a_plain_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lfc");
+    let squatter = UdpSocket::bind(localhost0()).unwrap();
+    let addr = squatter.local_addr().unwrap();
+    let e = start(config(&path, addr)).err().expect("refused");
+    assert!(
+        matches!(e, DaemonError::PortInUse { addr: a } if a == addr),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("already in use"), "{e}");
+    // It left no record and no lock behind: a daemon on a free port serves the cache.
+    let lfc = Lfc::open(&path).unwrap();
+    assert_eq!(lfc.daemon(), None);
+    drop(lfc);
+    let d = start(config(&path, localhost0())).unwrap();
+    d.stop().unwrap();
+}
+
+#[test]
+fn a_daemon_does_not_join_another_daemons_reuseport_group() {
+    // The case: two daemons for two different caches on one port. The second used to
+    // join the first's SO_REUSEPORT group silently and take half of its datagrams.
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(config(&dir.path().join("a"), localhost0())).unwrap();
+    let port = first.started.listen;
+    let e = start(config(&dir.path().join("b"), port))
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(e, DaemonError::PortInUse { addr } if addr == port),
+        "{e:?}"
+    );
+    // The same with a lone reuseport socket of some other program.
+    let other = workers::udp::bind_reuseport(localhost0(), 0).unwrap();
+    let taken = other.local_addr().unwrap();
+    let e = start(config(&dir.path().join("c"), taken))
+        .err()
+        .expect("refused");
+    assert!(matches!(e, DaemonError::PortInUse { .. }), "{e:?}");
+    first.stop().unwrap();
+}
