@@ -7,9 +7,12 @@
 //!   `seal_page_job`;
 //! - worker = `workers::daemon::worker_loop` (slots reserved in advance, scatter receive,
 //!   `Ingest::complete`) or the copy path `Ingest::offer`, over the real `Lfc`;
-//! - backend = `backend::Backend::{prefetch, read, write}` driving the real `ReadPath`, with the
-//!   scan window of `scan::run_scan`; the futex wait of `Lfc::wait_for_arrival` becomes a
-//!   virtual-time wait that re-checks `contains` when a page lands or the budget runs out.
+//! - backend = the real sans-IO `backend::driver::Driver` (read path, UDP health, GetPage
+//!   pipeline), with the scan window of `scan::run_scan`; this file only carries its messages
+//!   (`poll_transmit`, responses) and turns its `Poll::Wait` into a virtual-time wait that
+//!   re-checks when a page lands or the deadline passes. No copy of its logic lives here.
+//! - daemon = registers in the LFC header and heartbeats in virtual time; absent, killed or
+//!   paused as `SimConfig::daemon` says.
 //!
 //! Only the network (UDP with faults, TCP reliable with latency) and time are simulated.
 

@@ -133,6 +133,11 @@ pub struct Driver {
     current: Option<Current>,
     /// When the read in progress started, and when the previous one finished.
     read_started_ns: u64,
+    /// The read in progress is of an own prefetch requested less than a budget ago: its wait
+    /// is the path's latency (TCP would wait as long), not evidence against UDP.
+    read_fresh: bool,
+    /// When the read in progress sent its own GetPage (0: it did not).
+    fetch_sent_ns: u64,
     last_done_ns: Option<u64>,
     scratch: Vec<BufferTag>,
     pairs: Vec<(BufferTag, u64)>,
@@ -171,6 +176,8 @@ impl Driver {
             reads_since_loss_check: 0,
             current: None,
             read_started_ns: now_ns,
+            read_fresh: false,
+            fetch_sent_ns: 0,
             last_done_ns: None,
             scratch: Vec::with_capacity(LOSS_SCAN),
             pairs: Vec::with_capacity(LOSS_SCAN),
@@ -451,12 +458,14 @@ impl Driver {
     pub fn start_read(&mut self, lfc: &Lfc, tag: BufferTag, out: &mut Page, now_ns: u64) -> Poll {
         assert!(self.current.is_none(), "one read at a time");
         self.read_started_ns = now_ns;
+        self.fetch_sent_ns = 0;
         self.observe_daemon(lfc, now_ns);
         self.reads_since_loss_check += 1;
         if self.reads_since_loss_check >= READS_PER_LOSS_CHECK {
             self.loss_check(lfc, now_ns, LOSS_SCAN);
         }
         let own = self.core.own_retries(&tag);
+        self.read_fresh = self.core.own_is_fresh(&tag, now_ns);
         let mut hit = lfc.lookup(&tag, out).is_some();
         if hit && !self.ready.is_empty() {
             // Read from the LFC: its copy read ahead is no longer needed.
@@ -531,7 +540,11 @@ impl Driver {
 
     /// A read is done: how long it was blocked feeds the health state.
     fn done(&mut self, lfc: &Lfc, source: ReadSource, now_ns: u64) -> Poll {
-        let blocked = now_ns.saturating_sub(self.read_started_ns);
+        let blocked = if self.read_fresh {
+            0
+        } else {
+            now_ns.saturating_sub(self.read_started_ns)
+        };
         if let Some(last) = self.last_done_ns {
             let cycle = now_ns.saturating_sub(last);
             if self.health.on_read(blocked, cycle, now_ns) {
@@ -553,6 +566,7 @@ impl Driver {
     /// (`gave_up`) is evidence against UDP, and may move the rest of the window to TCP behind
     /// it.
     fn fetch(&mut self, lfc: &Lfc, tag: BufferTag, gave_up: bool, now_ns: u64) -> Poll {
+        self.fetch_sent_ns = now_ns;
         self.read_next(tag, now_ns);
         self.refetch_skipped_after(lfc, &tag);
         if gave_up && self.health.on_miss(now_ns) {
@@ -690,6 +704,10 @@ impl Driver {
                     if outcome == InstallOutcome::AlreadyPresent && !ahead {
                         // Arrived by UDP after the read gave up on it: the budget was short.
                         self.core.on_fetch_raced();
+                    }
+                    if !ahead && self.fetch_sent_ns != 0 {
+                        self.core
+                            .observe_tcp_rtt(now_ns.saturating_sub(self.fetch_sent_ns));
                     }
                     self.current = None;
                     Some(self.done(lfc, ReadSource::Tcp, now_ns))

@@ -37,11 +37,13 @@ pub const MAX_STATE_LOG: usize = 32;
 /// Share of a backend's time spent blocked in reads on the UDP path above which it moves to
 /// TCP pipelining (or above 1.1× the share measured on TCP, once known): waits that mostly
 /// succeed late cost as much as waits that fail, and a backlogged sender produces exactly
-/// that mix, which no count of consecutive misses sees.
-pub const BLOCKED_SHARE_TO_DEGRADE: f64 = 0.25;
-/// Smoothing of the blocked share, per read, and reads before it may decide anything.
-const BLOCKED_EWMA_ALPHA: f64 = 1.0 / 8.0;
-const BLOCKED_MIN_SAMPLES: u32 = 8;
+/// that mix, which no count of consecutive misses sees. Waits for own prefetches requested
+/// less than a budget earlier do not count (TCP would wait as long for its first responses).
+pub const BLOCKED_SHARE_TO_DEGRADE: f64 = 0.5;
+/// The share is judged over windows of at least this many reads and this much time, so that
+/// one wait among fast hits (a 50 µs late hit between 7 µs reads) decides nothing.
+const SHARE_WINDOW_READS: u32 = 64;
+const SHARE_WINDOW_NS: u64 = 5_000_000;
 /// Reads on UDP after which leaving it again resets the probe backoff: a path that passed a
 /// probe but cannot hold its own for this long is probed less and less often.
 const UDP_PROVEN_READS: u64 = 4096;
@@ -98,8 +100,7 @@ pub struct UdpHealth {
     probe: Option<Probe>,
     changes: u64,
     log: Vec<StateChange>,
-    /// Per path (indexed by `PrefetchPath as usize`): smoothed time a read spends blocked and
-    /// time from one read's end to the next's (the backend's cycle).
+    /// Per path (indexed by `PrefetchPath as usize`): the share of time reads spent blocked.
     blocked: [Share; 2],
     /// Reads since the path was entered.
     reads_on_path: u64,
@@ -107,28 +108,35 @@ pub struct UdpHealth {
     udp_by_probe: bool,
 }
 
+/// Time blocked over time elapsed, in windows (`SHARE_WINDOW_*`).
 #[derive(Debug, Clone, Copy, Default)]
 struct Share {
-    blocked_ns: f64,
-    cycle_ns: f64,
-    samples: u32,
+    blocked_ns: u64,
+    elapsed_ns: u64,
+    reads: u32,
+    /// The last closed window's share.
+    last: Option<f64>,
 }
 
 impl Share {
-    fn add(&mut self, blocked_ns: u64, cycle_ns: u64) {
-        let a = if self.samples == 0 {
-            1.0
-        } else {
-            BLOCKED_EWMA_ALPHA
-        };
-        self.blocked_ns += a * (blocked_ns as f64 - self.blocked_ns);
-        self.cycle_ns += a * (cycle_ns as f64 - self.cycle_ns);
-        self.samples = self.samples.saturating_add(1);
+    /// Adds a read; returns the window's share when this read closes it.
+    fn add(&mut self, blocked_ns: u64, cycle_ns: u64) -> Option<f64> {
+        self.blocked_ns += blocked_ns.min(cycle_ns);
+        self.elapsed_ns += cycle_ns;
+        self.reads += 1;
+        if self.reads < SHARE_WINDOW_READS || self.elapsed_ns < SHARE_WINDOW_NS {
+            return None;
+        }
+        let share = self.blocked_ns as f64 / self.elapsed_ns as f64;
+        self.last = Some(share);
+        self.restart();
+        Some(share)
     }
 
-    fn value(&self) -> Option<f64> {
-        (self.samples >= BLOCKED_MIN_SAMPLES && self.cycle_ns > 0.0)
-            .then(|| self.blocked_ns / self.cycle_ns)
+    fn restart(&mut self) {
+        self.blocked_ns = 0;
+        self.elapsed_ns = 0;
+        self.reads = 0;
     }
 }
 
@@ -195,7 +203,7 @@ impl UdpHealth {
             self.next_probe_ns = now_ns + self.backoff_ns;
         }
         self.reads_on_path = 0;
-        self.blocked[to as usize].samples = 0;
+        self.blocked[to as usize].restart();
         if self.log.len() < MAX_STATE_LOG {
             self.log.push(StateChange {
                 at_ms: now_ns.saturating_sub(self.started_ns) as f64 / 1e6,
@@ -368,15 +376,12 @@ impl UdpHealth {
     /// blocked moved the backend to TCP.
     pub fn on_read(&mut self, blocked_ns: u64, cycle_ns: u64, now_ns: u64) -> bool {
         self.reads_on_path += 1;
-        self.blocked[self.path as usize].add(blocked_ns, cycle_ns);
-        if self.path != PrefetchPath::Udp {
-            return false;
-        }
-        let Some(udp) = self.blocked[PrefetchPath::Udp as usize].value() else {
+        let closed = self.blocked[self.path as usize].add(blocked_ns, cycle_ns);
+        let (PrefetchPath::Udp, Some(udp)) = (self.path, closed) else {
             return false;
         };
         let limit = self.blocked[PrefetchPath::TcpPipelined as usize]
-            .value()
+            .last
             .map_or(BLOCKED_SHARE_TO_DEGRADE, |tcp| {
                 (1.1 * tcp).max(BLOCKED_SHARE_TO_DEGRADE)
             });

@@ -277,3 +277,42 @@ impl<'a> Backend<'a> {
         self.driver.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::synthetic_page;
+    use crate::server::source::Synthetic;
+
+    #[test]
+    fn an_own_write_the_cache_refuses_raises_the_floor_so_no_older_version_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
+        let tag = Synthetic::rel(0).block(3);
+        // Another process holds the tag's index bucket for longer than the lock wait limit:
+        // the write gives up with Busy. Discarding that (as `Backend::write` once did) left the
+        // tag's lwlsn below the write, and an older prefetched version could be installed and
+        // read after it.
+        let held = lfc.lock_home_for_test(&tag).unwrap();
+        let result = std::thread::scope(|s| {
+            s.spawn(|| store_own_write(&lfc, &tag, 500, &synthetic_page(tag, 500)))
+                .join()
+                .unwrap()
+        });
+        drop(held);
+        let err = result.expect_err("a busy bucket refuses the write");
+        assert!(matches!(err, BackendError::Write { lsn: 500, .. }), "{err}");
+        assert!(err.to_string().contains("0/1F4"), "LSN as X/Y: {err}");
+        assert!(lfc.lwlsn_floor() >= 500);
+        // A prefetch requested before the write (not_modified_since 16) comes in: refused.
+        assert_eq!(
+            lfc.install_prefetched(&tag, 16, &synthetic_page(tag, 16)),
+            lfc::InstallOutcome::Stale
+        );
+        let mut out = [0u8; lfc::PAGE_SIZE];
+        assert_eq!(lfc.lookup(&tag, &mut out), None);
+        // The retried write goes through.
+        store_own_write(&lfc, &tag, 500, &synthetic_page(tag, 500)).unwrap();
+        assert_eq!(lfc.lookup(&tag, &mut out), Some(500));
+    }
+}

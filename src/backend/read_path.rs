@@ -268,6 +268,8 @@ impl Own {
 pub struct ReadPath {
     config: ReadPathConfig,
     latency: LatencyEstimate,
+    /// Smoothed time a GetPage sent at read time took to answer (0: none seen yet).
+    tcp_rtt_ns: f64,
     /// This backend's prefetches not yet read. Keyed by tags this backend chose itself, so a
     /// fast non-keyed hash is safe (no outside input can pick colliding keys); SipHash here
     /// was about 0.7 µs of every page read.
@@ -289,6 +291,7 @@ impl ReadPath {
         assert!(config.min_wait_us <= config.max_wait_us && config.max_tracked > 0);
         ReadPath {
             config,
+            tcp_rtt_ns: 0.0,
             latency: LatencyEstimate {
                 srtt_ns: 0.0,
                 rttvar_ns: 0.0,
@@ -350,13 +353,29 @@ impl ReadPath {
     }
 
     /// The current wait budget for a page in flight.
+    /// Never more than a GetPage round trip, once one was measured: waiting longer for a page
+    /// than TCP takes to bring it is best effort costing more than what it replaces (a read that
+    /// gives up then pays at most twice the round trip, not the budget cap plus one).
     pub fn wait_budget(&self) -> Duration {
-        let us = if self.latency.samples == 0 {
+        let mut us = if self.latency.samples == 0 {
             self.config.initial_wait_us
         } else {
             ((self.latency.srtt_ns + 4.0 * self.latency.rttvar_ns) / 1e3) as u64
         };
+        if self.tcp_rtt_ns > 0.0 {
+            us = us.min((self.tcp_rtt_ns / 1e3) as u64);
+        }
         Duration::from_micros(us.clamp(self.config.min_wait_us, self.config.max_wait_us))
+    }
+
+    /// A GetPage sent when its read needed it was answered `rtt_ns` later.
+    pub fn observe_tcp_rtt(&mut self, rtt_ns: u64) {
+        let s = rtt_ns as f64;
+        self.tcp_rtt_ns = if self.tcp_rtt_ns == 0.0 {
+            s
+        } else {
+            0.875 * self.tcp_rtt_ns + 0.125 * s
+        };
     }
 
     /// Decides whether to prefetch `tag`: not if it is cached, or if someone (this backend or
@@ -622,6 +641,15 @@ impl ReadPath {
     /// own prefetch's read from another's, and a clean arrival from one that needed a retry.
     pub fn own_retries(&self, tag: &BufferTag) -> Option<u8> {
         self.own.get(tag).map(|o| o.retries)
+    }
+
+    /// Whether own prefetch `tag` was (last) requested less than a wait budget before
+    /// `now_ns`: a read that waits for it waits for the path's latency, not for a failure.
+    pub fn own_is_fresh(&self, tag: &BufferTag, now_ns: u64) -> bool {
+        let budget = self.wait_budget().as_nanos() as u64;
+        self.own
+            .get(tag)
+            .is_some_and(|o| now_ns.saturating_sub(o.sent_ns) < budget)
     }
 
     /// Own prefetches still outstanding (not `is_cached`), oldest

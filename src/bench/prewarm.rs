@@ -44,7 +44,7 @@ fn one_case(
     let report = run_prewarm(
         &PrewarmConfig {
             connect: ConnectOptions::new(server.local_addr().to_string()),
-            prefetch_port: daemon.udp_port,
+            prefetch_port: Some(daemon.udp_port),
             rate_bytes_per_s: 0,
             deadline: None,
             schedule: ScheduleConfig::default(),

@@ -49,9 +49,10 @@ pub struct RunArgs {
     pub relation: Option<RelTag>,
     #[arg(long, default_value = "127.0.0.1:6400")]
     pub server: String,
-    /// UDP port of the worker daemon on this host.
-    #[arg(long, default_value_t = 6401)]
-    pub prefetch_port: u16,
+    /// UDP port of the worker daemon on this host; default: the port the daemon serving the
+    /// LFC recorded in its header.
+    #[arg(long)]
+    pub prefetch_port: Option<u16>,
     /// Pace requests to this many bytes of pages per second (0 = unpaced).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,

@@ -34,7 +34,9 @@ const ARRIVAL_PROBE_RUN: usize = 256;
 #[derive(Debug, Clone)]
 pub struct PrewarmConfig {
     pub connect: ConnectOptions,
-    pub prefetch_port: u16,
+    /// UDP port of the worker daemon; `None` takes it from the LFC header, where the daemon
+    /// serving the cache records its address (no live daemon there: everything over TCP).
+    pub prefetch_port: Option<u16>,
     /// Pacing of requested pages, bytes per second (0 = unpaced).
     pub rate_bytes_per_s: u64,
     pub deadline: Option<Duration>,
@@ -175,11 +177,24 @@ pub fn run_prewarm(
 ) -> anyhow::Result<PrewarmReport> {
     let started = Instant::now();
     let mut client = PageClient::connect(&cfg.connect)?;
-    client.set_prefetch_target(PrefetchTarget {
-        udp_port: cfg.prefetch_port,
-        key_id: lfc.key_id(),
-        key: lfc.key(),
-    })?;
+    let port = cfg.prefetch_port.or_else(|| {
+        lfc.daemon()
+            .filter(|d| d.is_live(monotonic_ns()))
+            .map(|d| d.addr.port())
+    });
+    let udp = cfg.udp && port.is_some();
+    match port {
+        Some(udp_port) if udp => client.set_prefetch_target(PrefetchTarget {
+            udp_port,
+            key_id: lfc.key_id(),
+            key: lfc.key(),
+        })?,
+        _ if cfg.udp => tracing::warn!(
+            lfc = %lfc.path().display(),
+            "no live worker daemon serves this LFC; prewarming over TCP"
+        ),
+        _ => {}
+    }
     let mut sched = Schedule::new(pages.len(), cfg.schedule);
     // Pages of relations that no longer exist, or beyond their current end, are gone.
     let mut nblocks: HashMap<RelTag, Option<u32>> = HashMap::new();
@@ -202,7 +217,7 @@ pub fn run_prewarm(
             sched.skip_present(i);
         }
     }
-    if !cfg.udp {
+    if !udp {
         sched.fail_over_to_tcp();
     }
     let mut pacer = Pacer {
@@ -246,14 +261,14 @@ pub fn run_prewarm(
             sched.on_arrived(i, now);
         }
         // Nothing ever arrived within a few timeouts: no daemon, or UDP blocked. Finish over TCP.
-        if cfg.udp
+        if udp
             && !sched.any_udp_arrival()
             && !report.udp_fell_back_to_tcp
             && sched.in_flight() > 0
             && started.elapsed() > give_up_on_udp
         {
             tracing::warn!(
-                port = cfg.prefetch_port,
+                port = port.unwrap_or(0),
                 "no prefetched page arrived; is the worker daemon running on this port? finishing over TCP"
             );
             report.udp_fell_back_to_tcp = true;
@@ -332,7 +347,7 @@ pub fn run_prewarm(
     let elapsed = started.elapsed().as_secs_f64();
     let fetched = counts.via_udp_first + counts.via_udp_retry + counts.via_tcp;
     // Whether or not the early give-up fired, a run where nothing came by UDP says so.
-    report.udp_fell_back_to_tcp |= cfg.udp && !sched.any_udp_arrival() && counts.via_tcp > 0;
+    report.udp_fell_back_to_tcp |= udp && !sched.any_udp_arrival() && counts.via_tcp > 0;
     report.requested = counts.requested;
     report.via_udp_first = counts.via_udp_first;
     report.via_udp_retry = counts.via_udp_retry;
