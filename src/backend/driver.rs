@@ -15,8 +15,8 @@
 use super::health::{DaemonView, PrefetchPath, StateChange, UdpHealth, PROBE_PAGES};
 use super::pipeline::{InFlight, Pipeline, Queued};
 use super::read_path::{
-    prefetch_runs, PrefetchRun, ReadPath, ReadPathConfig, ReadStats, Step, LOSS_SCAN, MISS_SCAN,
-    READS_PER_LOSS_CHECK,
+    prefetch_runs, OwnLoss, PrefetchRun, ReadPath, ReadPathConfig, ReadStats, Step, LOSS_SCAN,
+    MISS_SCAN, READS_PER_LOSS_CHECK,
 };
 use crate::page::Page;
 use lfc::{BufferTag, InstallOutcome, Lfc, RelTag};
@@ -87,9 +87,22 @@ pub enum DriverError {
     Unrequested(String),
 }
 
+/// Why a read gave up on a prefetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Miss {
+    /// Never seen lost: nothing arrived for it (a dead or stalled path).
+    Unexplained,
+    /// Lost and requested again, and still not there: a loss, weighed by the loss share.
+    AfterLoss,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Waiting { until_ns: u64, own: Option<u8> },
+    /// `own`: whether the read is of an own prefetch, and what was known of its loss.
+    Waiting {
+        until_ns: u64,
+        own: Option<OwnLoss>,
+    },
     Awaiting,
 }
 
@@ -131,13 +144,9 @@ pub struct Driver {
     daemon_view: DaemonView,
     reads_since_loss_check: u32,
     current: Option<Current>,
-    /// When the read in progress started, and when the previous one finished.
-    read_started_ns: u64,
-    /// The read in progress is of an own prefetch requested less than a budget ago: its wait
-    /// is the path's latency (TCP would wait as long), not evidence against UDP.
-    read_fresh: bool,
     /// When the read in progress sent its own GetPage (0: it did not).
     fetch_sent_ns: u64,
+    /// When the previous read finished.
     last_done_ns: Option<u64>,
     scratch: Vec<BufferTag>,
     pairs: Vec<(BufferTag, u64)>,
@@ -175,8 +184,6 @@ impl Driver {
             daemon_view: DaemonView::Absent,
             reads_since_loss_check: 0,
             current: None,
-            read_started_ns: now_ns,
-            read_fresh: false,
             fetch_sent_ns: 0,
             last_done_ns: None,
             scratch: Vec::with_capacity(LOSS_SCAN),
@@ -457,15 +464,13 @@ impl Driver {
     /// Starts reading `tag` into `out`.
     pub fn start_read(&mut self, lfc: &Lfc, tag: BufferTag, out: &mut Page, now_ns: u64) -> Poll {
         assert!(self.current.is_none(), "one read at a time");
-        self.read_started_ns = now_ns;
         self.fetch_sent_ns = 0;
         self.observe_daemon(lfc, now_ns);
         self.reads_since_loss_check += 1;
         if self.reads_since_loss_check >= READS_PER_LOSS_CHECK {
             self.loss_check(lfc, now_ns, LOSS_SCAN);
         }
-        let own = self.core.own_retries(&tag);
-        self.read_fresh = self.core.own_is_fresh(&tag, now_ns);
+        let own = self.core.own_loss(&tag);
         let mut hit = lfc.lookup(&tag, out).is_some();
         if hit && !self.ready.is_empty() {
             // Read from the LFC: its copy read ahead is no longer needed.
@@ -494,8 +499,8 @@ impl Driver {
             !hit && lfc.mark_requested(&tag, now_ns) && self.health.path() == PrefetchPath::Udp;
         match self.core.on_lookup(tag, hit, requested_elsewhere, now_ns) {
             None => {
-                if let Some(retries) = own {
-                    self.own_arrived(lfc, retries, now_ns);
+                if let Some(loss) = own {
+                    self.own_arrived(lfc, loss.retried, now_ns);
                 }
                 self.done(lfc, ReadSource::Hit, now_ns)
             }
@@ -507,7 +512,12 @@ impl Driver {
                 });
                 Poll::Wait { tag, until_ns }
             }
-            Some(Step::Fetch) => self.fetch(lfc, tag, own.is_some(), now_ns),
+            // The core sends an own prefetch to TCP at once only when it was lost (overtaken,
+            // retries spent or overdue): a loss, not a dead path.
+            Some(Step::Fetch) => {
+                let miss = own.map(|_| Miss::AfterLoss);
+                self.fetch(lfc, tag, miss, now_ns)
+            }
         }
     }
 
@@ -528,26 +538,28 @@ impl Driver {
         self.current = None;
         match self.core.on_wait_result(tag, arrived, now_ns) {
             None => {
-                self.own_arrived(lfc, own.unwrap_or(0), now_ns);
+                self.own_arrived(lfc, own.is_some_and(|l| l.retried), now_ns);
                 self.done(lfc, ReadSource::LateHit, now_ns)
             }
             // Any wait that ran out is evidence against UDP, an own prefetch's or another
             // backend's: a page requested elsewhere that never lands (its requester's daemon
-            // path is as dead as ours, or it came and went) costs a whole budget each time.
-            Some(_) => self.fetch(lfc, tag, true, now_ns),
+            // path is as dead as ours, or it came and went) costs a whole budget each time. A
+            // page requested again after a loss counts as a loss.
+            Some(_) => {
+                let miss = match own {
+                    Some(l) if l.retried || l.overtaken => Miss::AfterLoss,
+                    _ => Miss::Unexplained,
+                };
+                self.fetch(lfc, tag, Some(miss), now_ns)
+            }
         }
     }
 
-    /// A read is done: how long it was blocked feeds the health state.
+    /// A read is done: the pace of reads feeds the health state.
     fn done(&mut self, lfc: &Lfc, source: ReadSource, now_ns: u64) -> Poll {
-        let blocked = if self.read_fresh {
-            0
-        } else {
-            now_ns.saturating_sub(self.read_started_ns)
-        };
         if let Some(last) = self.last_done_ns {
             let cycle = now_ns.saturating_sub(last);
-            if self.health.on_read(blocked, cycle, now_ns) {
+            if self.health.on_read(cycle, now_ns) {
                 self.move_window_to_tcp(lfc, now_ns);
             }
         }
@@ -555,21 +567,28 @@ impl Driver {
         Poll::Done(source)
     }
 
-    fn own_arrived(&mut self, lfc: &Lfc, retries: u8, now_ns: u64) {
-        self.health.on_arrival(retries > 0);
+    fn own_arrived(&mut self, lfc: &Lfc, retried: bool, now_ns: u64) {
+        self.health.on_arrival(retried);
         if self.health.check_loss(now_ns) {
             self.move_window_to_tcp(lfc, now_ns);
         }
     }
 
     /// The read goes to TCP: its GetPage goes next in the pipeline. A prefetch given up on
-    /// (`gave_up`) is evidence against UDP, and may move the rest of the window to TCP behind
-    /// it.
-    fn fetch(&mut self, lfc: &Lfc, tag: BufferTag, gave_up: bool, now_ns: u64) -> Poll {
+    /// (`miss`) is evidence against UDP, and may move the rest of the window to TCP behind it.
+    fn fetch(&mut self, lfc: &Lfc, tag: BufferTag, miss: Option<Miss>, now_ns: u64) -> Poll {
         self.fetch_sent_ns = now_ns;
         self.read_next(tag, now_ns);
         self.refetch_skipped_after(lfc, &tag);
-        if gave_up && self.health.on_miss(now_ns) {
+        let moved = match miss {
+            None => false,
+            Some(Miss::AfterLoss) => {
+                self.health.on_arrival(true);
+                self.health.check_loss(now_ns)
+            }
+            Some(Miss::Unexplained) => self.health.on_miss(now_ns),
+        };
+        if moved {
             self.move_window_to_tcp(lfc, now_ns);
         }
         self.await_response(lfc, tag, now_ns)

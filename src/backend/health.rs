@@ -34,14 +34,15 @@ pub const PROBE_BACKOFF_MAX_NS: u64 = 1_000_000_000;
 pub const PROBE_PAGES: usize = 8;
 /// Bound of the log of path changes kept for the report (later changes are only counted).
 pub const MAX_STATE_LOG: usize = 32;
-/// Share of a backend's time spent blocked in reads on the UDP path above which it moves to
-/// TCP pipelining (or above 1.1× the share measured on TCP, once known): waits that mostly
-/// succeed late cost as much as waits that fail, and a backlogged sender produces exactly
-/// that mix, which no count of consecutive misses sees. Waits for own prefetches requested
-/// less than a budget earlier do not count (TCP would wait as long for its first responses).
-pub const BLOCKED_SHARE_TO_DEGRADE: f64 = 0.5;
-/// The share is judged over windows of at least this many reads and this much time, so that
-/// one wait among fast hits (a 50 µs late hit between 7 µs reads) decides nothing.
+/// Once both paths were measured, a backend on UDP whose reads take this many times as long
+/// as they took on TCP pipelining (mean time from one read's end to the next, over a window)
+/// moves to TCP: waits that mostly succeed late cost as much as waits that fail, and a
+/// backlogged sender produces exactly that mix, which no count of consecutive misses sees.
+/// The time reads spend blocked is no criterion on its own: at 5 % loss a UDP scan spent 80 %
+/// of its time blocked and still ran 1.4× as fast as TCP pipelining, whose reads block too.
+pub const SLOWER_THAN_TCP_TO_DEGRADE: f64 = 1.25;
+/// Reads are timed over windows of at least this many reads and this much time, so that one
+/// wait among fast hits (a 50 µs late hit between 7 µs reads) decides nothing.
 const SHARE_WINDOW_READS: u32 = 64;
 const SHARE_WINDOW_NS: u64 = 5_000_000;
 /// Reads on UDP after which leaving it again resets the probe backoff: a path that passed a
@@ -100,43 +101,51 @@ pub struct UdpHealth {
     probe: Option<Probe>,
     changes: u64,
     log: Vec<StateChange>,
-    /// Per path (indexed by `PrefetchPath as usize`): the share of time reads spent blocked.
-    blocked: [Share; 2],
+    /// Per path (indexed by `PrefetchPath as usize`): how long its reads take.
+    pace: [Pace; 2],
     /// Reads since the path was entered.
     reads_on_path: u64,
     /// The UDP path in use was entered by passing a probe (not at start-up).
     udp_by_probe: bool,
 }
 
-/// Time blocked over time elapsed, in windows (`SHARE_WINDOW_*`).
+/// Mean time per read (from one read's end to the next's: the backend's whole cycle), in
+/// windows (`SHARE_WINDOW_*`).
 #[derive(Debug, Clone, Copy, Default)]
-struct Share {
-    blocked_ns: u64,
+struct Pace {
     elapsed_ns: u64,
     reads: u32,
-    /// The last closed window's share.
+    /// Windows closed since the path was entered: the first one holds the move's transient
+    /// (the other path's requests still draining, a window growing again) and decides nothing.
+    windows: u32,
+    /// The last closed window's mean, ns per read.
     last: Option<f64>,
 }
 
-impl Share {
-    /// Adds a read; returns the window's share when this read closes it.
-    fn add(&mut self, blocked_ns: u64, cycle_ns: u64) -> Option<f64> {
-        self.blocked_ns += blocked_ns.min(cycle_ns);
+impl Pace {
+    /// Adds a read; returns the window's mean when this read closes it.
+    fn add(&mut self, cycle_ns: u64) -> Option<f64> {
         self.elapsed_ns += cycle_ns;
         self.reads += 1;
         if self.reads < SHARE_WINDOW_READS || self.elapsed_ns < SHARE_WINDOW_NS {
             return None;
         }
-        let share = self.blocked_ns as f64 / self.elapsed_ns as f64;
-        self.last = Some(share);
-        self.restart();
-        Some(share)
-    }
-
-    fn restart(&mut self) {
-        self.blocked_ns = 0;
+        let mean = self.elapsed_ns as f64 / f64::from(self.reads);
         self.elapsed_ns = 0;
         self.reads = 0;
+        self.windows += 1;
+        if self.windows == 1 {
+            return None;
+        }
+        self.last = Some(mean);
+        Some(mean)
+    }
+
+    /// The path is entered anew.
+    fn restart(&mut self) {
+        self.elapsed_ns = 0;
+        self.reads = 0;
+        self.windows = 0;
     }
 }
 
@@ -155,7 +164,7 @@ impl UdpHealth {
             probe: None,
             changes: 0,
             log: Vec::new(),
-            blocked: [Share::default(); 2],
+            pace: [Pace::default(); 2],
             reads_on_path: 0,
             udp_by_probe: false,
         }
@@ -203,7 +212,7 @@ impl UdpHealth {
             self.next_probe_ns = now_ns + self.backoff_ns;
         }
         self.reads_on_path = 0;
-        self.blocked[to as usize].restart();
+        self.pace[to as usize].restart();
         if self.log.len() < MAX_STATE_LOG {
             self.log.push(StateChange {
                 at_ms: now_ns.saturating_sub(self.started_ns) as f64 / 1e6,
@@ -371,27 +380,26 @@ impl UdpHealth {
         false
     }
 
-    /// A read finished after being blocked `blocked_ns` (waiting for an arrival or a response),
-    /// `cycle_ns` after the previous read finished. On UDP, returns true when the share of time
-    /// blocked moved the backend to TCP.
-    pub fn on_read(&mut self, blocked_ns: u64, cycle_ns: u64, now_ns: u64) -> bool {
+    /// A read finished `cycle_ns` after the previous one. On UDP, returns true when reads took
+    /// longer than they did on TCP pipelining (`SLOWER_THAN_TCP_TO_DEGRADE`) and that moved the
+    /// backend to TCP.
+    pub fn on_read(&mut self, cycle_ns: u64, now_ns: u64) -> bool {
         self.reads_on_path += 1;
-        let closed = self.blocked[self.path as usize].add(blocked_ns, cycle_ns);
+        let closed = self.pace[self.path as usize].add(cycle_ns);
         let (PrefetchPath::Udp, Some(udp)) = (self.path, closed) else {
             return false;
         };
-        let limit = self.blocked[PrefetchPath::TcpPipelined as usize]
-            .last
-            .map_or(BLOCKED_SHARE_TO_DEGRADE, |tcp| {
-                (1.1 * tcp).max(BLOCKED_SHARE_TO_DEGRADE)
-            });
-        if udp > limit {
+        let Some(tcp) = self.pace[PrefetchPath::TcpPipelined as usize].last else {
+            return false;
+        };
+        if udp > SLOWER_THAN_TCP_TO_DEGRADE * tcp {
             self.set(
                 PrefetchPath::TcpPipelined,
                 now_ns,
                 format!(
-                    "reads blocked {:.0} % of the time waiting for UDP prefetches",
-                    udp * 100.0
+                    "reads took {:.1} µs each on UDP, {:.1} µs on TCP pipelining",
+                    udp / 1e3,
+                    tcp / 1e3
                 ),
             );
             return true;

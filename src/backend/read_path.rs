@@ -38,6 +38,11 @@ pub const MISS_SCAN: usize = 32;
 /// a backend's read-path CPU at 0 % loss. Older missing entries never stop a check, so a burst
 /// loss is found once its pages are older than that.
 pub const IN_FLIGHT_RUN: usize = 8;
+/// The wait budget's cap in measured GetPage round trips. One round trip cut waits for
+/// retried pages just short of their arrival at 5 % loss (a retry takes about as long as a
+/// GetPage), turning them into fallbacks; two leaves them time and still bounds a wait for a
+/// page that never comes (the simulator's daemon faults and stale prefetches).
+pub const WAIT_CAP_RTTS: f64 = 2.0;
 /// Floor and ceiling of the adaptive prefetch window (pages ahead of the reader).
 pub const MIN_WINDOW: u32 = 4;
 pub const MAX_WINDOW: u32 = 4096;
@@ -234,6 +239,15 @@ impl LatencyEstimate {
     }
 }
 
+/// See `ReadPath::own_loss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnLoss {
+    /// Requested again after being taken as lost.
+    pub retried: bool,
+    /// Overtaken by later pages since its last request (lost, or reordered).
+    pub overtaken: bool,
+}
+
 /// An entry of the request-order queue: an own prefetch not yet seen arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pending {
@@ -353,9 +367,10 @@ impl ReadPath {
     }
 
     /// The current wait budget for a page in flight.
-    /// Never more than a GetPage round trip, once one was measured: waiting longer for a page
-    /// than TCP takes to bring it is best effort costing more than what it replaces (a read that
-    /// gives up then pays at most twice the round trip, not the budget cap plus one).
+    /// Never more than `WAIT_CAP_RTTS` GetPage round trips, once one was measured: waiting much
+    /// longer for a page than TCP takes to bring it is best effort costing more than what it
+    /// replaces (a read that gives up then pays at most three round trips, not the budget cap
+    /// plus one).
     pub fn wait_budget(&self) -> Duration {
         let mut us = if self.latency.samples == 0 {
             self.config.initial_wait_us
@@ -363,7 +378,7 @@ impl ReadPath {
             ((self.latency.srtt_ns + 4.0 * self.latency.rttvar_ns) / 1e3) as u64
         };
         if self.tcp_rtt_ns > 0.0 {
-            us = us.min((self.tcp_rtt_ns / 1e3) as u64);
+            us = us.min((WAIT_CAP_RTTS * self.tcp_rtt_ns / 1e3) as u64);
         }
         Duration::from_micros(us.clamp(self.config.min_wait_us, self.config.max_wait_us))
     }
@@ -637,19 +652,14 @@ impl ReadPath {
         self.latency.arrived_after(budget);
     }
 
-    /// Retries of own prefetch `tag` if it is one (not read yet): lets the caller tell an
-    /// own prefetch's read from another's, and a clean arrival from one that needed a retry.
-    pub fn own_retries(&self, tag: &BufferTag) -> Option<u8> {
-        self.own.get(tag).map(|o| o.retries)
-    }
-
-    /// Whether own prefetch `tag` was (last) requested less than a wait budget before
-    /// `now_ns`: a read that waits for it waits for the path's latency, not for a failure.
-    pub fn own_is_fresh(&self, tag: &BufferTag, now_ns: u64) -> bool {
-        let budget = self.wait_budget().as_nanos() as u64;
-        self.own
-            .get(tag)
-            .is_some_and(|o| now_ns.saturating_sub(o.sent_ns) < budget)
+    /// What is known of own prefetch `tag`'s loss, if it is one (not read yet): lets the
+    /// caller tell an own prefetch's read from another's, and a clean arrival or miss from one
+    /// after a loss.
+    pub fn own_loss(&self, tag: &BufferTag) -> Option<OwnLoss> {
+        self.own.get(tag).map(|o| OwnLoss {
+            retried: o.retries > 0,
+            overtaken: o.suspect_ns != 0,
+        })
     }
 
     /// Own prefetches still outstanding (not `is_cached`), oldest
