@@ -116,17 +116,7 @@ pub struct Lfc {
     map: MmapRaw,
     header: FixedHeader,
     geo: Geometry,
-    /// One bit per `MAP_CHUNK_FRAMES` frames that this process has mapped for writing (see
-    /// `map_for_write`). Process-local, like the mapping itself.
-    mapped_chunks: Box<[AtomicU64]>,
 }
-
-/// Frames this process maps for writing at once: 2 MiB of page data. A process that writes
-/// into frames it never touched (a backend installing the pages of its TCP pipeline) otherwise
-/// takes two write faults per frame (shared file mappings get no fault-around on write), which
-/// measured at a third of a pipelined read's cost; one `MADV_POPULATE_WRITE` per chunk maps 512
-/// pages in one system call.
-const MAP_CHUNK_FRAMES: u64 = 256;
 
 impl std::fmt::Debug for Lfc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,16 +209,12 @@ impl Lfc {
             a.map.len() as u64 >= geo.file_len,
             "attach maps the whole file"
         );
-        let chunks = geo.capacity_pages.div_ceil(MAP_CHUNK_FRAMES);
         Lfc {
             path: path.to_path_buf(),
             file: a.file,
             map: a.map,
             header: a.header,
             geo,
-            mapped_chunks: (0..chunks.div_ceil(64))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
         }
     }
 
@@ -1122,24 +1108,9 @@ impl Lfc {
     }
 
     fn copy_into_frame(&self, frame: u32, page: &[u8; PAGE_SIZE]) {
-        self.map_for_write(frame);
         // SAFETY: the frame is BUSY and owned by us, so no other process writes it; readers
         // ignore BUSY frames. Source and destination cannot overlap.
         unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), self.frame_ptr(frame), PAGE_SIZE) };
-    }
-
-    /// Maps the chunk of `frame` for writing in this process, once (see `MAP_CHUNK_FRAMES`).
-    /// Best effort: where the kernel refuses, the copy takes its page faults as before.
-    fn map_for_write(&self, frame: u32) {
-        let chunk = u64::from(frame) / MAP_CHUNK_FRAMES;
-        let (word, bit) = ((chunk / 64) as usize, 1u64 << (chunk % 64));
-        if self.mapped_chunks[word].load(Ordering::Relaxed) & bit != 0 {
-            return;
-        }
-        let start = chunk * MAP_CHUNK_FRAMES;
-        let end = (start + MAP_CHUNK_FRAMES).min(self.geo.capacity_pages);
-        let _ = self.prefault(start..end);
-        self.mapped_chunks[word].fetch_or(bit, Ordering::Relaxed);
     }
 
     // ---- writers ---------------------------------------------------------------------------
