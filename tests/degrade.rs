@@ -9,37 +9,20 @@
 
 mod common;
 
-use common::{run_with_limit, wait_with_limit, Finished, ServerProc, WorkersProc, BIN};
+use common::{
+    run_with_limit, scan_command, wait_with_limit, Finished, ServerProc, WorkersProc, BIN,
+};
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const REL: &str = "1663/5/16384/0";
 /// Relation size of the fault tests: long enough at 100 µs per request that a fault injected
 /// early lands while the scan is running.
 const PAGES: u64 = 32_768;
 const SERVICE_DELAY_US: &str = "100";
 /// How long a refused daemon may take to exit.
 const REFUSAL_LIMIT: Duration = Duration::from_secs(30);
-
-fn scan_command(server: &ServerProc, lfc: &Path, mode: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "scan",
-        "--server",
-        &server.addr,
-        "--rel",
-        REL,
-        "--mode",
-        mode,
-    ])
-    .arg("--lfc")
-    .arg(lfc)
-    .arg("--json")
-    .env("RUST_LOG", "warn");
-    cmd
-}
 
 fn spawn_scan(server: &ServerProc, lfc: &Path, mode: &str) -> Child {
     scan_command(server, lfc, mode)
@@ -126,6 +109,39 @@ fn fault_server() -> ServerProc {
     ])
 }
 
+/// A udp scan under way, ready for a fault in its worker daemon: the daemon serves a fresh LFC,
+/// the tcp-pipelined reference scan is measured, and the udp scan has 2048 pages in the LFC (so
+/// UDP is delivering and the fault lands mid-scan).
+struct UdpScanUnderWay {
+    workers: WorkersProc,
+    scan: Child,
+    /// How long the faulted scan may run (see `scan_limit`).
+    limit: Duration,
+    /// The tcp-pipelined scan's report: the udp scan must read the same pages.
+    pipelined: serde_json::Value,
+    // Dropped after the daemon, in this order, as locals of the test would be.
+    _server: ServerProc,
+    _dir: tempfile::TempDir,
+}
+
+fn udp_scan_under_way() -> UdpScanUnderWay {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let server = fault_server();
+    let workers = WorkersProc::start(&lfc, &["--size", "128MiB", "--threads", "1"]);
+    let (limit, pipelined) = scan_limit(&server, &lfc);
+    let mut scan = spawn_scan(&server, &lfc, "udp");
+    wait_for_lfc_pages(&lfc, 2048, &mut scan);
+    UdpScanUnderWay {
+        workers,
+        scan,
+        limit,
+        pipelined,
+        _server: server,
+        _dir: dir,
+    }
+}
+
 fn lfc_stat(lfc: &Path) -> serde_json::Value {
     let done = run_with_limit(
         Command::new(BIN)
@@ -176,22 +192,19 @@ fn udp_scan_without_prefetch_port_finds_the_daemon_through_the_lfc() {
 
 #[test]
 fn udp_scan_completes_over_tcp_pipelining_when_the_daemon_is_sigkilled_mid_scan() {
-    let dir = tempfile::tempdir().unwrap();
-    let lfc = dir.path().join("lfc");
-    let server = fault_server();
-    let mut workers = WorkersProc::start(&lfc, &["--size", "128MiB", "--threads", "1"]);
-    let (limit, pipelined) = scan_limit(&server, &lfc);
-    let mut scan = spawn_scan(&server, &lfc, "udp");
-    wait_for_lfc_pages(&lfc, 2048, &mut scan);
-    workers.kill();
+    let mut under_way = udp_scan_under_way();
+    under_way.workers.kill();
     assert!(
-        scan.try_wait().unwrap().is_none(),
+        under_way.scan.try_wait().unwrap().is_none(),
         "the scan finished before the daemon was killed: make the relation bigger"
     );
-    let r = report("udp scan, daemon killed", &wait_with_limit(scan, limit));
+    let r = report(
+        "udp scan, daemon killed",
+        &wait_with_limit(under_way.scan, under_way.limit),
+    );
     assert_every_page_verified(&r, PAGES);
     assert_eq!(
-        r["digest"], pipelined["digest"],
+        r["digest"], under_way.pipelined["digest"],
         "the same pages as over TCP"
     );
     assert!(
@@ -230,35 +243,33 @@ fn udp_scan_with_no_daemon_on_the_lfc_reads_everything_over_tcp_pipelining() {
 
 #[test]
 fn udp_scan_completes_when_the_daemon_is_sigstopped_mid_scan() {
-    let dir = tempfile::tempdir().unwrap();
-    let lfc = dir.path().join("lfc");
-    let server = fault_server();
-    let mut workers = WorkersProc::start(&lfc, &["--size", "128MiB", "--threads", "1"]);
-    let (limit, pipelined) = scan_limit(&server, &lfc);
-    let mut scan = spawn_scan(&server, &lfc, "udp");
-    wait_for_lfc_pages(&lfc, 2048, &mut scan);
-    workers.signal(libc::SIGSTOP);
-    let still_running = scan.try_wait().unwrap().is_none();
+    let mut under_way = udp_scan_under_way();
+    under_way.workers.signal(libc::SIGSTOP);
+    let still_running = under_way.scan.try_wait().unwrap().is_none();
     // Paused for 2 s or until the scan ends, whichever is first; then continued.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline && scan.try_wait().unwrap().is_none() {
+    while Instant::now() < deadline && under_way.scan.try_wait().unwrap().is_none() {
         std::thread::sleep(Duration::from_millis(10));
     }
-    workers.signal(libc::SIGCONT);
+    under_way.workers.signal(libc::SIGCONT);
     assert!(
         still_running,
         "the scan finished before the daemon was paused: make the relation bigger"
     );
-    let r = report("udp scan, daemon paused", &wait_with_limit(scan, limit));
+    let r = report(
+        "udp scan, daemon paused",
+        &wait_with_limit(under_way.scan, under_way.limit),
+    );
     assert_every_page_verified(&r, PAGES);
-    assert_eq!(r["digest"], pipelined["digest"]);
+    assert_eq!(r["digest"], under_way.pipelined["digest"]);
     assert!(
         counter(&r, "tcp_pipelined") > 0,
         "nothing was read through the TCP pipeline while the daemon was stopped: {r}"
     );
     assert_no_crawl(&r);
     // The daemon is still healthy after SIGCONT.
-    assert!(workers
+    assert!(under_way
+        .workers
         .scrape()
         .contains("udp_prefetch_datagrams_installed_total"));
 }

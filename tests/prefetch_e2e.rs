@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ServerProc, WorkersProc, BIN};
+use common::{scan_command, ServerProc, WorkersProc, BIN};
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
@@ -14,26 +14,9 @@ use udp_prefetch::pagestream::LATEST_LSN;
 use udp_prefetch::server::source::Synthetic;
 use workers::datagram::{DatagramHeader, DatagramKey, DATAGRAM_LEN};
 
-const REL: &str = "1663/5/16384/0";
-
 fn scan(server: &ServerProc, lfc: &std::path::Path, mode: &str, port: u16) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args([
-            "scan",
-            "--server",
-            &server.addr,
-            "--rel",
-            REL,
-            "--mode",
-            mode,
-            "--distance",
-            "64",
-            "--json",
-        ])
-        .arg("--lfc")
-        .arg(lfc)
-        .args(["--prefetch-port", &port.to_string()])
-        .env("RUST_LOG", "warn")
+    let out = scan_command(server, lfc, mode)
+        .args(["--distance", "64", "--prefetch-port", &port.to_string()])
         .output()
         .unwrap();
     assert!(

@@ -2,16 +2,10 @@
 
 mod common;
 
-use common::{check_page, make_page, tag};
+use common::{check_page, make_page, new_cache, tag};
 use lfc::{AttachError, InstallOutcome, Lfc, WriteOutcome, PAGE_SIZE};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn new_cache(pages: u64) -> (tempfile::TempDir, Lfc) {
-    let dir = tempfile::tempdir().unwrap();
-    let lfc = Lfc::create(dir.path().join("lfc"), pages).unwrap();
-    (dir, lfc)
-}
 
 #[test]
 fn write_then_lookup_returns_the_page_and_its_lsn() {
@@ -429,8 +423,7 @@ fn prefault_allocates_the_file_and_keeps_its_contents() {
 
 #[test]
 fn a_write_refused_as_busy_is_an_op_error_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let lfc = Lfc::create(dir.path().join("lfc"), 32).unwrap();
+    let (_d, lfc) = new_cache(32);
     let t = tag(9, 1);
     lfc.write(&t, 5, &make_page(&t, 5)).unwrap();
     let held = lfc.lock_home_for_test(&t).unwrap();

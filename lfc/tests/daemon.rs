@@ -5,9 +5,11 @@
 
 mod common;
 
+use common::new_cache;
 use common::workload::{spawn_role, wait_ready};
 use lfc::{DaemonLockError, DaemonRecord, Lfc, DAEMON_STALE_NS};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -25,9 +27,14 @@ fn no_fork() -> MutexGuard<'static, ()> {
     FORK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn spawn(test: &str, env: &[(&str, String)]) -> std::process::Child {
+/// This test binary re-executed as the test `test`, playing `role` on the cache at `path`
+/// (see `child`).
+fn spawn_child(test: &str, role: &str, path: &Path) -> std::process::Child {
     let _g = no_fork();
-    spawn_role(test, env)
+    spawn_role(
+        test,
+        &[(ROLE, role.into()), (PATH, path.display().to_string())],
+    )
 }
 
 /// Record number `i` of the consistency tests: every field is a function of `i`, v4 and v6
@@ -82,14 +89,34 @@ fn reading(t0: Instant, distinct: u64) -> bool {
     e < MAX_READ && (e < MIN_READ || distinct < MIN_DISTINCT)
 }
 
+/// Reads the record while a writer rewrites it with ever higher numbers (generation base 1):
+/// every read must be one whole record, never older than the one before. Returns the distinct
+/// records seen and the reads.
+fn read_consistently(lfc: &Lfc) -> Result<(u64, u64), String> {
+    let mut last = 0;
+    let mut distinct = 0u64;
+    let mut reads = 0u64;
+    let t0 = Instant::now();
+    while reading(t0, distinct) {
+        let r = lfc.daemon().ok_or("a record is always registered")?;
+        let i = check_consistent(&r, 1)?;
+        if i < last {
+            return Err(format!("generation went backwards: {last} -> {i}"));
+        }
+        distinct += u64::from(i != last);
+        last = i;
+        reads += 1;
+    }
+    Ok((distinct, reads))
+}
+
 fn v4(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
 #[test]
 fn register_heartbeat_and_clear() {
-    let dir = tempfile::tempdir().unwrap();
-    let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
+    let (_dir, lfc) = new_cache(64);
     assert_eq!(lfc.daemon(), None);
     assert_eq!(lfc.daemon_heartbeat_ns(), 0);
     assert_eq!(lfc.daemon_generation(), 0);
@@ -163,8 +190,7 @@ fn the_record_survives_detach_and_reattach() {
 
 #[test]
 fn record_reads_are_consistent_under_a_concurrent_writer() {
-    let dir = tempfile::tempdir().unwrap();
-    let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
+    let (_dir, lfc) = new_cache(64);
     register_number(&lfc, 0);
     let stop = AtomicBool::new(false);
     let (seen, reads) = std::thread::scope(|s| {
@@ -177,25 +203,7 @@ fn record_reads_are_consistent_under_a_concurrent_writer() {
             i
         });
         let readers: Vec<_> = (0..2)
-            .map(|_| {
-                s.spawn(|| -> Result<(u64, u64), String> {
-                    let mut last = 0;
-                    let mut distinct = 0u64;
-                    let mut reads = 0u64;
-                    let t0 = Instant::now();
-                    while reading(t0, distinct) {
-                        let r = lfc.daemon().ok_or("a record is always registered")?;
-                        let i = check_consistent(&r, 1)?;
-                        if i < last {
-                            return Err(format!("generation went backwards: {last} -> {i}"));
-                        }
-                        distinct += u64::from(i != last);
-                        last = i;
-                        reads += 1;
-                    }
-                    Ok((distinct, reads))
-                })
-            })
+            .map(|_| s.spawn(|| read_consistently(&lfc)))
             .collect();
         // No panics before the writer is stopped: a failing reader must not hang the test.
         let results: Vec<_> = readers.into_iter().map(|h| h.join()).collect();
@@ -263,24 +271,10 @@ fn another_process_sees_the_record_and_reads_it_consistently_while_it_is_rewritt
     const TEST: &str =
         "another_process_sees_the_record_and_reads_it_consistently_while_it_is_rewritten";
     child_role();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lfc");
-    let lfc = Lfc::create(&path, 64).unwrap();
-    let mut c = spawn(
-        TEST,
-        &[(ROLE, "writer".into()), (PATH, path.display().to_string())],
-    );
+    let (_dir, lfc) = new_cache(64);
+    let mut c = spawn_child(TEST, "writer", lfc.path());
     wait_ready(&mut c);
-    let mut last = 0;
-    let mut distinct = 0;
-    let t0 = Instant::now();
-    while reading(t0, distinct) {
-        let r = lfc.daemon().expect("the child registered");
-        let i = check_consistent(&r, 1).unwrap();
-        assert!(i >= last);
-        distinct += u64::from(i != last);
-        last = i;
-    }
+    let (distinct, _) = read_consistently(&lfc).unwrap();
     drop(c.stdin.take());
     assert!(c.wait().unwrap().success());
     assert!(
@@ -295,16 +289,8 @@ fn another_process_sees_the_record_and_reads_it_consistently_while_it_is_rewritt
 fn a_writer_killed_mid_write_blocks_no_one() {
     const TEST: &str = "a_writer_killed_mid_write_blocks_no_one";
     child_role();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lfc");
-    let lfc = Lfc::create(&path, 64).unwrap();
-    let mut c = spawn(
-        TEST,
-        &[
-            (ROLE, "die_mid_write".into()),
-            (PATH, path.display().to_string()),
-        ],
-    );
+    let (_dir, lfc) = new_cache(64);
+    let mut c = spawn_child(TEST, "die_mid_write", lfc.path());
     // Reaped, so that its pid reads as dead.
     let status = c.wait().unwrap();
     assert!(!status.success());
@@ -335,10 +321,9 @@ fn a_writer_killed_mid_write_blocks_no_one() {
 
 #[test]
 fn the_daemon_lock_is_exclusive_and_names_the_holder() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lfc");
-    let a = Lfc::create(&path, 64).unwrap();
-    let b = Lfc::open(&path).unwrap();
+    let (_dir, a) = new_cache(64);
+    let path = a.path();
+    let b = Lfc::open(path).unwrap();
     let lock = a.lock_for_daemon().unwrap();
     assert_eq!(lock.path(), path);
     // Before the holder registers: refused, holder unknown.
@@ -375,7 +360,7 @@ fn the_daemon_lock_is_exclusive_and_names_the_holder() {
     // The lock is independent of the shared flock of attached handles: re-creating the cache
     // is still refused while it is attached, and allowed once nobody is.
     assert!(matches!(
-        Lfc::create(&path, 64),
+        Lfc::create(path, 64),
         Err(lfc::AttachError::InUse { .. })
     ));
 }
@@ -384,16 +369,8 @@ fn the_daemon_lock_is_exclusive_and_names_the_holder() {
 fn the_daemon_lock_of_a_killed_process_is_released_and_its_record_cleared() {
     const TEST: &str = "the_daemon_lock_of_a_killed_process_is_released_and_its_record_cleared";
     child_role();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lfc");
-    let lfc = Lfc::create(&path, 64).unwrap();
-    let mut c = spawn(
-        TEST,
-        &[
-            (ROLE, "lock_holder".into()),
-            (PATH, path.display().to_string()),
-        ],
-    );
+    let (_dir, lfc) = new_cache(64);
+    let mut c = spawn_child(TEST, "lock_holder", lfc.path());
     wait_ready(&mut c);
     let e = lfc.lock_for_daemon().unwrap_err();
     assert_eq!(e.holder_pid(), Some(c.id()), "{e}");

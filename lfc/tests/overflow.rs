@@ -6,16 +6,10 @@
 mod common;
 
 use common::workload::{reader, universe, writer, Report};
-use common::{check_page, make_page, Rng};
+use common::{check_page, make_page, new_cache, Rng};
 use lfc::{BufferTag, InstallOutcome, Lfc, RelTag, WriteOutcome, OVERFLOW_WINDOW, PAGE_SIZE};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-fn new_cache(pages: u64) -> (tempfile::TempDir, Lfc) {
-    let dir = tempfile::tempdir().unwrap();
-    let lfc = Lfc::create(dir.path().join("lfc"), pages).unwrap();
-    (dir, lfc)
-}
 
 /// `n` distinct random tags (random relation and block, so homes are as random as the hash).
 fn random_tags(seed: u64, n: usize) -> Vec<BufferTag> {

@@ -148,6 +148,9 @@ pub struct Driver {
     fetch_sent_ns: u64,
     /// When the previous read finished.
     last_done_ns: Option<u64>,
+    /// The read in progress waited for a prefetch that was not fresh (see `own_is_fresh`).
+    read_waited: bool,
+    read_fresh: bool,
     scratch: Vec<BufferTag>,
     pairs: Vec<(BufferTag, u64)>,
     runs: Vec<PrefetchRun>,
@@ -186,6 +189,8 @@ impl Driver {
             current: None,
             fetch_sent_ns: 0,
             last_done_ns: None,
+            read_waited: false,
+            read_fresh: false,
             scratch: Vec::with_capacity(LOSS_SCAN),
             pairs: Vec::with_capacity(LOSS_SCAN),
             runs: Vec::with_capacity(LOSS_SCAN),
@@ -465,12 +470,14 @@ impl Driver {
     pub fn start_read(&mut self, lfc: &Lfc, tag: BufferTag, out: &mut Page, now_ns: u64) -> Poll {
         assert!(self.current.is_none(), "one read at a time");
         self.fetch_sent_ns = 0;
+        self.read_waited = false;
         self.observe_daemon(lfc, now_ns);
         self.reads_since_loss_check += 1;
         if self.reads_since_loss_check >= READS_PER_LOSS_CHECK {
             self.loss_check(lfc, now_ns, LOSS_SCAN);
         }
         let own = self.core.own_loss(&tag);
+        self.read_fresh = self.core.own_is_fresh(&tag, now_ns);
         let mut hit = lfc.lookup(&tag, out).is_some();
         if hit && !self.ready.is_empty() {
             // Read from the LFC: its copy read ahead is no longer needed.
@@ -505,6 +512,7 @@ impl Driver {
                 self.done(lfc, ReadSource::Hit, now_ns)
             }
             Some(Step::Wait(budget)) => {
+                self.read_waited = !self.read_fresh;
                 let until_ns = now_ns + budget.as_nanos() as u64;
                 self.current = Some(Current {
                     tag,
@@ -559,7 +567,7 @@ impl Driver {
     fn done(&mut self, lfc: &Lfc, source: ReadSource, now_ns: u64) -> Poll {
         if let Some(last) = self.last_done_ns {
             let cycle = now_ns.saturating_sub(last);
-            if self.health.on_read(cycle, now_ns) {
+            if self.health.on_read(cycle, self.read_waited, now_ns) {
                 self.move_window_to_tcp(lfc, now_ns);
             }
         }

@@ -41,10 +41,16 @@ pub const MAX_STATE_LOG: usize = 32;
 /// The time reads spend blocked is no criterion on its own: at 5 % loss a UDP scan spent 80 %
 /// of its time blocked and still ran 1.4× as fast as TCP pipelining, whose reads block too.
 pub const SLOWER_THAN_TCP_TO_DEGRADE: f64 = 1.25;
-/// Reads are timed over windows of at least this many reads and this much time, so that one
+/// Share of a window's reads on UDP that had to wait for a prefetch requested longer than a
+/// wait budget earlier (one still in flight when its read came), at or above which the backend
+/// moves to TCP: the path is not delivering ahead of the reader (a backlogged or paced sender),
+/// and TCP pipelining's responses come from the connection, not from behind the queue. Loss
+/// makes few reads wait, however long (5 % loss: about 5 % of reads); a healthy path 1–2 %.
+pub const WAITED_SHARE_TO_DEGRADE: f64 = 0.5;
+/// Reads are judged over windows of at least this many reads and this much time, so that one
 /// wait among fast hits (a 50 µs late hit between 7 µs reads) decides nothing.
-const SHARE_WINDOW_READS: u32 = 64;
-const SHARE_WINDOW_NS: u64 = 5_000_000;
+const SHARE_WINDOW_READS: u32 = 16;
+const SHARE_WINDOW_NS: u64 = 2_000_000;
 /// Reads on UDP after which leaving it again resets the probe backoff: a path that passed a
 /// probe but cannot hold its own for this long is probed less and less often.
 const UDP_PROVEN_READS: u64 = 4096;
@@ -115,6 +121,7 @@ pub struct UdpHealth {
 struct Pace {
     elapsed_ns: u64,
     reads: u32,
+    waited: u32,
     /// Windows closed since the path was entered: the first one holds the move's transient
     /// (the other path's requests still draining, a window growing again) and decides nothing.
     windows: u32,
@@ -122,29 +129,43 @@ struct Pace {
     last: Option<f64>,
 }
 
+/// A closed window: its share of reads that waited, and its mean time per read (`None` for
+/// the first window after entering the path).
+struct Window {
+    waited_share: f64,
+    mean_ns: Option<f64>,
+}
+
 impl Pace {
-    /// Adds a read; returns the window's mean when this read closes it.
-    fn add(&mut self, cycle_ns: u64) -> Option<f64> {
+    /// Adds a read; returns the window when this read closes it.
+    fn add(&mut self, cycle_ns: u64, waited: bool) -> Option<Window> {
         self.elapsed_ns += cycle_ns;
         self.reads += 1;
+        self.waited += u32::from(waited);
         if self.reads < SHARE_WINDOW_READS || self.elapsed_ns < SHARE_WINDOW_NS {
             return None;
         }
         let mean = self.elapsed_ns as f64 / f64::from(self.reads);
+        let waited_share = f64::from(self.waited) / f64::from(self.reads);
         self.elapsed_ns = 0;
         self.reads = 0;
+        self.waited = 0;
         self.windows += 1;
-        if self.windows == 1 {
-            return None;
+        let mean_ns = (self.windows > 1).then_some(mean);
+        if mean_ns.is_some() {
+            self.last = mean_ns;
         }
-        self.last = Some(mean);
-        Some(mean)
+        Some(Window {
+            waited_share,
+            mean_ns,
+        })
     }
 
     /// The path is entered anew.
     fn restart(&mut self) {
         self.elapsed_ns = 0;
         self.reads = 0;
+        self.waited = 0;
         self.windows = 0;
     }
 }
@@ -380,16 +401,31 @@ impl UdpHealth {
         false
     }
 
-    /// A read finished `cycle_ns` after the previous one. On UDP, returns true when reads took
-    /// longer than they did on TCP pipelining (`SLOWER_THAN_TCP_TO_DEGRADE`) and that moved the
-    /// backend to TCP.
-    pub fn on_read(&mut self, cycle_ns: u64, now_ns: u64) -> bool {
+    /// A read finished `cycle_ns` after the previous one; `waited` when it waited for a
+    /// prefetch requested more than a budget earlier. On UDP, returns true when most reads of a
+    /// window waited (`WAITED_SHARE_TO_DEGRADE`) or reads took longer than they did on TCP
+    /// pipelining (`SLOWER_THAN_TCP_TO_DEGRADE`), and that moved the backend to TCP.
+    pub fn on_read(&mut self, cycle_ns: u64, waited: bool, now_ns: u64) -> bool {
         self.reads_on_path += 1;
-        let closed = self.pace[self.path as usize].add(cycle_ns);
-        let (PrefetchPath::Udp, Some(udp)) = (self.path, closed) else {
+        let closed = self.pace[self.path as usize].add(cycle_ns, waited);
+        let (PrefetchPath::Udp, Some(window)) = (self.path, closed) else {
             return false;
         };
-        let Some(tcp) = self.pace[PrefetchPath::TcpPipelined as usize].last else {
+        if window.waited_share >= WAITED_SHARE_TO_DEGRADE {
+            self.set(
+                PrefetchPath::TcpPipelined,
+                now_ns,
+                format!(
+                    "{:.0} % of reads waited for prefetches in flight",
+                    window.waited_share * 100.0
+                ),
+            );
+            return true;
+        }
+        let (Some(udp), Some(tcp)) = (
+            window.mean_ns,
+            self.pace[PrefetchPath::TcpPipelined as usize].last,
+        ) else {
             return false;
         };
         if udp > SLOWER_THAN_TCP_TO_DEGRADE * tcp {

@@ -662,6 +662,16 @@ impl ReadPath {
         })
     }
 
+    /// Whether own prefetch `tag` was (last) requested less than a wait budget before
+    /// `now_ns`: a read that waits for it waits for the path's latency (TCP would wait as long
+    /// for its first responses), not because the path is behind.
+    pub fn own_is_fresh(&self, tag: &BufferTag, now_ns: u64) -> bool {
+        let budget = self.wait_budget().as_nanos() as u64;
+        self.own
+            .get(tag)
+            .is_some_and(|o| now_ns.saturating_sub(o.sent_ns) < budget)
+    }
+
     /// Own prefetches still outstanding (not `is_cached`), oldest
     /// request first, appended to `out` and forgotten (counted as wasted): the UDP path is
     /// given up on and the caller fetches them another way.

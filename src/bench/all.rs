@@ -54,7 +54,7 @@ fn short_flags(s: Scenario) -> &'static [&'static str] {
 }
 
 /// A scenario's arguments: its clap defaults with `flags` applied.
-fn args_of<A: clap::Args>(flags: &[&str]) -> anyhow::Result<A> {
+pub(super) fn args_of<A: clap::Args>(flags: &[&str]) -> anyhow::Result<A> {
     #[derive(clap::Parser)]
     struct Wrap<A: clap::Args> {
         #[command(flatten)]

@@ -9,12 +9,12 @@
 //! child process, so killing it never touches the bench.
 
 use super::daemon_proc::{DaemonProc, ScratchDir};
-use super::BenchRecord;
+use super::{round1, round3, synthetic_server, BenchRecord};
 use crate::backend::read_path::ReadPathConfig;
 use crate::client::ConnectOptions;
 use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
-use crate::server::source::{SourceSpec, Synthetic};
-use crate::server::{PageServer, ServerConfig};
+use crate::server::source::Synthetic;
+use crate::server::PageServer;
 use lfc::Lfc;
 use std::time::{Duration, Instant};
 
@@ -142,12 +142,13 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     let scratch = ScratchDir::new("udp-prefetch-bench-degrade")?;
     // The servers without loss are shared by the cases that need one; each lossy case gets its
     // own, which also serves its baseline (TCP is reliable: the loss only touches datagrams).
-    let clean = server(args, 0.0)?;
+    let server_dropping = |drop| synthetic_server(args.pages, 1, args.delay_us, drop);
+    let clean = server_dropping(0.0)?;
     let mut records = Vec::new();
     for &case in &args.cases {
         let lossy;
         let server = if case.drop_fraction() > 0.0 {
-            lossy = server(args, case.drop_fraction())?;
+            lossy = server_dropping(case.drop_fraction())?;
             &lossy
         } else {
             &clean
@@ -308,41 +309,14 @@ fn inject(
     Ok(Some(Injected { lfc_pages, after }))
 }
 
-fn server(args: &DegradeBenchArgs, drop: f64) -> anyhow::Result<PageServer> {
-    Ok(PageServer::start(ServerConfig {
-        listen: "127.0.0.1:0".parse()?,
-        source: SourceSpec::Synthetic {
-            rels: 1,
-            pages: args.pages,
-        },
-        service_delay_us: args.delay_us,
-        drop_prefetch: drop,
-        ..ServerConfig::default()
-    })?)
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(clap::Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        inner: DegradeBenchArgs,
-    }
+    use crate::bench::all::args_of;
 
     #[test]
     fn defaults_name_every_case_in_the_issues_order() {
-        let a = Wrap::try_parse_from(["bench"]).unwrap().inner;
+        let a: DegradeBenchArgs = args_of(&[]).unwrap();
         let names: Vec<&str> = a.cases.iter().map(|c| c.name()).collect();
         assert_eq!(
             names,
@@ -366,9 +340,7 @@ mod tests {
 
     #[test]
     fn faults_fire_at_their_fraction_of_the_relation() {
-        let a = Wrap::try_parse_from(["bench", "--pages", "1000"])
-            .unwrap()
-            .inner;
+        let a: DegradeBenchArgs = args_of(&["--pages", "1000"]).unwrap();
         assert!(matches!(
             Case::UdpDaemonKilled.fault(&a),
             Fault::Kill { at_pages: 200 }

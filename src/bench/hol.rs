@@ -18,7 +18,7 @@
 
 use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::plot::LatencySeries;
-use super::BenchRecord;
+use super::{round1, BenchRecord};
 use crate::backend::read_path::{ReadPathConfig, ScanWindow};
 use crate::backend::Backend;
 use crate::client::{ConnectOptions, PageClient};
@@ -89,7 +89,6 @@ impl Tally {
     }
 
     fn record(&self, case: &str, args: &HolBenchArgs) -> BenchRecord {
-        let round1 = |x: f64| (x * 10.0).round() / 10.0;
         let p = |q| round1(percentile(&self.latencies_us, q));
         BenchRecord::new(BENCH, case, "us", p(0.99))
             .lower_is_better()

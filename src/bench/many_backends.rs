@@ -4,7 +4,7 @@
 //! and for UDP prefetch into one shared LFC filled by one worker daemon.
 
 use super::daemon_proc::{DaemonProc, ScratchDir};
-use super::BenchRecord;
+use super::{round3, BenchRecord};
 use crate::backend::read_path::ReadPathConfig;
 use crate::client::ConnectOptions;
 use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
@@ -98,9 +98,9 @@ impl ModeResult {
             ))
             .param("min_pages_per_s", self.min_pages_per_s.round())
             .param("max_pages_per_s", self.max_pages_per_s.round())
-            .param("fairness", (self.fairness() * 1000.0).round() / 1000.0)
+            .param("fairness", round3(self.fairness()))
             .param("tcp_connections", self.connections)
-            .param("elapsed_s", (self.elapsed_s * 1000.0).round() / 1000.0)
+            .param("elapsed_s", round3(self.elapsed_s))
             .param("lfc_hits", self.hits)
             .param("tcp_fallbacks", self.fallbacks)
             .param("wait_timeouts", self.wait_timeouts)
@@ -113,7 +113,7 @@ impl ModeResult {
                 BENCH,
                 &format!("{case}-fairness"),
                 "min/max",
-                (self.fairness() * 1000.0).round() / 1000.0,
+                round3(self.fairness()),
             )),
             with_params(BenchRecord::new(
                 BENCH,

@@ -50,6 +50,34 @@ impl BenchRecord {
     }
 }
 
+/// `x` to one decimal, for params read by people (latencies in µs, MB/s).
+pub(crate) fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// `x` to three decimals, for params read by people (seconds, ratios).
+pub(crate) fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// A page server on an ephemeral local port serving `rels` synthetic relations of `pages` pages,
+/// each request held `delay_us`, dropping `drop_prefetch` of its prefetch datagrams.
+pub(crate) fn synthetic_server(
+    pages: u32,
+    rels: u32,
+    delay_us: u64,
+    drop_prefetch: f64,
+) -> anyhow::Result<crate::server::PageServer> {
+    use crate::server::{source::SourceSpec, PageServer, ServerConfig};
+    Ok(PageServer::start(ServerConfig {
+        listen: "127.0.0.1:0".parse()?,
+        source: SourceSpec::Synthetic { rels, pages },
+        service_delay_us: delay_us,
+        drop_prefetch,
+        ..ServerConfig::default()
+    })?)
+}
+
 /// Prints records either as JSON lines or as a human table with the machine's core count.
 pub fn print_records(records: &[BenchRecord], json: bool) {
     if json {

@@ -3,12 +3,11 @@
 //! one run.
 
 use super::daemon_proc::{DaemonProc, ScratchDir};
-use super::BenchRecord;
+use super::{round1, synthetic_server, BenchRecord};
 use crate::client::ConnectOptions;
 use crate::prewarm::schedule::ScheduleConfig;
 use crate::prewarm::{run_prewarm, PrewarmConfig, PrewarmReport};
-use crate::server::source::{SourceSpec, Synthetic};
-use crate::server::{PageServer, ServerConfig};
+use crate::server::source::Synthetic;
 use lfc::Lfc;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -28,12 +27,7 @@ fn one_case(
     drop_fraction: f64,
     udp: bool,
 ) -> anyhow::Result<PrewarmReport> {
-    let server = PageServer::start(ServerConfig {
-        listen: "127.0.0.1:0".parse()?,
-        source: SourceSpec::Synthetic { rels: 1, pages },
-        drop_prefetch: drop_fraction,
-        ..ServerConfig::default()
-    })?;
+    let server = synthetic_server(pages, 1, 0, drop_fraction)?;
     let lfc_path = scratch.0.join(format!("lfc-{name}"));
     // Twice the pages: prewarm stops at a full cache, and the bench measures refilling.
     let bytes = 2 * u64::from(pages) * 8192 + (64 << 20);
@@ -75,7 +69,7 @@ pub fn run(args: &PrewarmBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             .param("via_udp_first", r.via_udp_first)
             .param("via_udp_retry", r.via_udp_retry)
             .param("via_tcp", r.via_tcp)
-            .param("mb_per_s", (r.mb_per_s * 10.0).round() / 10.0)
+            .param("mb_per_s", round1(r.mb_per_s))
     };
     let tcp = rec(
         "tcp-only",

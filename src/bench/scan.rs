@@ -2,12 +2,12 @@
 //! server and one worker daemon process, across service delays, loss rates and per-page CPU.
 
 use super::daemon_proc::{DaemonProc, ScratchDir};
-use super::BenchRecord;
+use super::{round1, synthetic_server, BenchRecord};
 use crate::backend::read_path::ReadPathConfig;
 use crate::client::ConnectOptions;
 use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
-use crate::server::source::{SourceSpec, Synthetic};
-use crate::server::{PageServer, ServerConfig};
+use crate::server::source::Synthetic;
+use crate::server::PageServer;
 use lfc::Lfc;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -69,8 +69,8 @@ fn record(
         .param("cpu_per_page_us", cpu)
         .param(key, pages_ahead)
         .param("pages", r.pages)
-        .param("wait_p50_us", (r.wait_p50_us * 10.0).round() / 10.0)
-        .param("wait_p99_us", (r.wait_p99_us * 10.0).round() / 10.0)
+        .param("wait_p50_us", round1(r.wait_p50_us))
+        .param("wait_p99_us", round1(r.wait_p99_us))
         .param("verified", r.verified)
 }
 
@@ -99,7 +99,7 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     let mut next_rel = 0u32;
     for &delay in &args.delays {
         for &cpu in &args.cpu {
-            let base_server = server(args.pages, rels, delay, 0.0)?;
+            let base_server = synthetic_server(args.pages, rels, delay, 0.0)?;
             let scan = |mode, rel, server: &PageServer| {
                 run_scan(
                     &ScanConfig {
@@ -137,7 +137,7 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             records.push(pipe_cpu.clone());
             drop(base_server);
             for &drop_fraction in &args.drops {
-                let lossy = server(args.pages, rels, delay, drop_fraction)?;
+                let lossy = synthetic_server(args.pages, rels, delay, drop_fraction)?;
                 let udp = scan(ScanMode::Udp, next_rel, &lossy)?;
                 next_rel += 1;
                 anyhow::ensure!(
@@ -168,14 +168,4 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         }
     }
     Ok(records)
-}
-
-fn server(pages: u32, rels: u32, delay_us: u64, drop: f64) -> anyhow::Result<PageServer> {
-    Ok(PageServer::start(ServerConfig {
-        listen: "127.0.0.1:0".parse()?,
-        source: SourceSpec::Synthetic { rels, pages },
-        service_delay_us: delay_us,
-        drop_prefetch: drop,
-        ..ServerConfig::default()
-    })?)
 }

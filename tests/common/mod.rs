@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_udp-prefetch");
+/// The first relation of a synthetic page server (`Synthetic::rel(0)`).
+pub const REL: &str = "1663/5/16384/0";
 
 /// Sends SIGTERM and returns the exit status, waiting at most `limit`.
 fn terminate(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -72,6 +74,26 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         reap(&mut self.child);
     }
+}
+
+/// `udp-prefetch scan --json` of [`REL`] on `server` in `mode` through the LFC at `lfc`; more
+/// flags may be added.
+pub fn scan_command(server: &ServerProc, lfc: &std::path::Path, mode: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "scan",
+        "--server",
+        &server.addr,
+        "--rel",
+        REL,
+        "--mode",
+        mode,
+    ])
+    .arg("--lfc")
+    .arg(lfc)
+    .arg("--json")
+    .env("RUST_LOG", "warn");
+    cmd
 }
 
 /// Whether an optional external tool is required: tests that need it skip only when the

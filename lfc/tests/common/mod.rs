@@ -1,9 +1,9 @@
-//! Helpers shared by the integration tests: self-verifying page contents.
+//! Helpers shared by the integration tests: self-verifying page contents, fresh caches.
 #![allow(dead_code)]
 
 pub mod workload;
 
-use lfc::{BufferTag, RelTag, PAGE_SIZE};
+use lfc::{BufferTag, Lfc, RelTag, PAGE_SIZE};
 
 const MAGIC: u64 = 0x4c46_4354_4553_5450; // "LFCTESTP"
 const WORDS: usize = PAGE_SIZE / 8;
@@ -85,6 +85,13 @@ pub fn check_page(tag: &BufferTag, page: &[u8; PAGE_SIZE]) -> Result<u64, String
         ));
     }
     Ok(lsn)
+}
+
+/// A fresh cache of `pages` pages in a directory of its own, removed when the `TempDir` drops.
+pub fn new_cache(pages: u64) -> (tempfile::TempDir, Lfc) {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = Lfc::create(dir.path().join("lfc"), pages).unwrap();
+    (dir, lfc)
 }
 
 pub fn tag(rel: u32, blk: u32) -> BufferTag {
