@@ -148,7 +148,9 @@ pub struct Driver {
     fetch_sent_ns: u64,
     /// When the previous read finished.
     last_done_ns: Option<u64>,
-    /// The read in progress waited for a prefetch that was not fresh (see `own_is_fresh`).
+    /// When the read in progress began waiting for a prefetch that was not fresh (see
+    /// `own_is_fresh`), and whether the wait was long (`ReadPath::long_wait_ns`).
+    wait_started_ns: Option<u64>,
     read_waited: bool,
     read_fresh: bool,
     scratch: Vec<BufferTag>,
@@ -189,6 +191,7 @@ impl Driver {
             current: None,
             fetch_sent_ns: 0,
             last_done_ns: None,
+            wait_started_ns: None,
             read_waited: false,
             read_fresh: false,
             scratch: Vec::with_capacity(LOSS_SCAN),
@@ -471,6 +474,7 @@ impl Driver {
         assert!(self.current.is_none(), "one read at a time");
         self.fetch_sent_ns = 0;
         self.read_waited = false;
+        self.wait_started_ns = None;
         self.observe_daemon(lfc, now_ns);
         self.reads_since_loss_check += 1;
         if self.reads_since_loss_check >= READS_PER_LOSS_CHECK {
@@ -512,7 +516,9 @@ impl Driver {
                 self.done(lfc, ReadSource::Hit, now_ns)
             }
             Some(Step::Wait(budget)) => {
-                self.read_waited = !self.read_fresh;
+                if !self.read_fresh {
+                    self.wait_started_ns = Some(now_ns);
+                }
                 let until_ns = now_ns + budget.as_nanos() as u64;
                 self.current = Some(Current {
                     tag,
@@ -544,6 +550,9 @@ impl Driver {
             return Poll::Wait { tag, until_ns };
         }
         self.current = None;
+        if let Some(started) = self.wait_started_ns {
+            self.read_waited = now_ns.saturating_sub(started) >= self.core.long_wait_ns();
+        }
         match self.core.on_wait_result(tag, arrived, now_ns) {
             None => {
                 self.own_arrived(lfc, own.is_some_and(|l| l.retried), now_ns);

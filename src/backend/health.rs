@@ -41,9 +41,9 @@ pub const MAX_STATE_LOG: usize = 32;
 /// The time reads spend blocked is no criterion on its own: at 5 % loss a UDP scan spent 80 %
 /// of its time blocked and still ran 1.4× as fast as TCP pipelining, whose reads block too.
 pub const SLOWER_THAN_TCP_TO_DEGRADE: f64 = 1.25;
-/// Share of a window's reads on UDP that had to wait for a prefetch requested longer than a
-/// wait budget earlier (one still in flight when its read came), at or above which the backend
-/// moves to TCP: the path is not delivering ahead of the reader (a backlogged or paced sender),
+/// Share of a window's reads on UDP that waited long (half a GetPage round trip or more) for a
+/// prefetch requested longer than a wait budget earlier (one still in flight when its read
+/// came), at or above which the backend moves to TCP: the path is not delivering ahead of the reader (a backlogged or paced sender),
 /// and TCP pipelining's responses come from the connection, not from behind the queue. Loss
 /// makes few reads wait, however long (5 % loss: about 5 % of reads); a healthy path 1–2 %.
 pub const WAITED_SHARE_TO_DEGRADE: f64 = 0.5;
@@ -401,7 +401,7 @@ impl UdpHealth {
         false
     }
 
-    /// A read finished `cycle_ns` after the previous one; `waited` when it waited for a
+    /// A read finished `cycle_ns` after the previous one; `waited` when it waited long for a
     /// prefetch requested more than a budget earlier. On UDP, returns true when most reads of a
     /// window waited (`WAITED_SHARE_TO_DEGRADE`) or reads took longer than they did on TCP
     /// pipelining (`SLOWER_THAN_TCP_TO_DEGRADE`), and that moved the backend to TCP.

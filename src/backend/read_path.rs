@@ -383,6 +383,17 @@ impl ReadPath {
         Duration::from_micros(us.clamp(self.config.min_wait_us, self.config.max_wait_us))
     }
 
+    /// How long a read must wait for a prefetch to count as waiting (for the health state's
+    /// waited share): half a measured GetPage round trip, or half the initial budget before one
+    /// was measured. Shorter waits are a path keeping up with its reader, give or take.
+    pub fn long_wait_ns(&self) -> u64 {
+        if self.tcp_rtt_ns > 0.0 {
+            (self.tcp_rtt_ns / 2.0) as u64
+        } else {
+            self.config.initial_wait_us * 1_000 / 2
+        }
+    }
+
     /// A GetPage sent when its read needed it was answered `rtt_ns` later.
     pub fn observe_tcp_rtt(&mut self, rtt_ns: u64) {
         let s = rtt_ns as f64;
