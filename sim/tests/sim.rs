@@ -4,7 +4,7 @@
 //! the CI budget).
 
 use proptest::prelude::*;
-use sim::{run, FaultProfile, ForgeKind, Op, Scenario};
+use sim::{run, FaultProfile, ForgeKind, Op, Scenario, ViolationKind};
 
 fn cases(default: u32) -> u32 {
     std::env::var("PROPTEST_CASES")
@@ -15,9 +15,25 @@ fn cases(default: u32) -> u32 {
 
 /// Runs a scenario and turns a violation into a failure message with the replay command.
 fn check(scenario: &Scenario) -> Result<sim::RunReport, String> {
+    check_with(scenario, |_| true)
+}
+
+/// `check` for every checker except the comparison with TCP pipelining (`SlowerThanTcp`): for
+/// the `heavy` profile, where about 0.2–0.7 % of seeds still take longer than 1.25 × TCP
+/// pipelining plus 20 ms (README, simulator), and for the proptest, whose random seeds would
+/// make a rate turn into a flaky test. Fixed seeds of the other profiles check it below.
+fn check_safety(scenario: &Scenario) -> Result<sim::RunReport, String> {
+    check_with(scenario, |k| k != ViolationKind::SlowerThanTcp)
+}
+
+fn check_with(
+    scenario: &Scenario,
+    counts: impl Fn(ViolationKind) -> bool,
+) -> Result<sim::RunReport, String> {
     let report = run(scenario).map_err(|e| format!("set-up failed: {e}"))?;
     match &report.violation {
         None => Ok(report),
+        Some(v) if !counts(v.kind) => Ok(report),
         Some(v) => Err(format!(
             "seed {}: {:?}: {}\ntrace:\n  {}\nreplay: {}",
             scenario.seed,
@@ -66,12 +82,24 @@ fn fault_free_and_light_profiles_have_no_violation() {
     }
 }
 
+/// Best effort never costs more than TCP: with the daemon absent, killed or paused, and the
+/// default faults, the backends' workload takes at most 1.25 × the same seed's workload with no
+/// daemon (TCP pipelining only), plus 20 ms; and nothing else goes wrong.
+#[test]
+fn default_faults_and_daemon_failures_cost_no_more_than_tcp_pipelining() {
+    for seed in 0..cases(64) as u64 {
+        if let Err(e) = check(&Scenario::from_seed(seed, FaultProfile::Default)) {
+            panic!("{e}");
+        }
+    }
+}
+
 /// No stale, torn or forged read, exact accounting, every read and prewarm complete, under
 /// every fault at any rate (heavy: forged and replayed floods, high loss and corruption).
 #[test]
 fn heavy_faults_never_cause_a_wrong_read() {
     for seed in 0..cases(64) as u64 {
-        match check(&Scenario::from_seed(seed, FaultProfile::Heavy)) {
+        match check_safety(&Scenario::from_seed(seed, FaultProfile::Heavy)) {
             Ok(report) => assert!(report.faults.total() > 0),
             Err(e) => panic!("{e}"),
         }
@@ -121,7 +149,7 @@ proptest! {
     ) {
         // `light`: every fault kind present at low rates, so the listed ops dominate the run.
         let scenario = Scenario { seed, profile: FaultProfile::Light, ops: Some(ops) };
-        if let Err(e) = check(&scenario) {
+        if let Err(e) = check_safety(&scenario) {
             return Err(TestCaseError::fail(e));
         }
     }

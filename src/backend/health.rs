@@ -43,14 +43,19 @@ pub const MAX_STATE_LOG: usize = 32;
 pub const SLOWER_THAN_TCP_TO_DEGRADE: f64 = 1.25;
 /// Share of a window's reads on UDP that waited long (half a GetPage round trip or more) for a
 /// prefetch requested longer than a wait budget earlier (one still in flight when its read
-/// came), at or above which the backend moves to TCP: the path is not delivering ahead of the reader (a backlogged or paced sender),
+/// came), or went to TCP without a prefetch to wait for, at or above which the backend moves
+/// to TCP: the path is not delivering ahead of the reader (a backlogged or paced sender),
 /// and TCP pipelining's responses come from the connection, not from behind the queue. Loss
 /// makes few reads wait, however long (5 % loss: about 5 % of reads); a healthy path 1–2 %.
 pub const WAITED_SHARE_TO_DEGRADE: f64 = 0.5;
 /// Reads are judged over windows of at least this many reads and this much time, so that one
-/// wait among fast hits (a 50 µs late hit between 7 µs reads) decides nothing.
+/// wait among fast hits (a 50 µs late hit between 7 µs reads) decides nothing; or, when reads
+/// are slow (each a round trip of milliseconds), of a few reads over a longer time, so that
+/// finding out does not take sixteen slow reads.
 const SHARE_WINDOW_READS: u32 = 16;
 const SHARE_WINDOW_NS: u64 = 2_000_000;
+const SLOW_WINDOW_READS: u32 = 3;
+const SLOW_WINDOW_NS: u64 = 5_000_000;
 /// Reads on UDP after which leaving it again resets the probe backoff: a path that passed a
 /// probe but cannot hold its own for this long is probed less and less often.
 const UDP_PROVEN_READS: u64 = 4096;
@@ -142,7 +147,9 @@ impl Pace {
         self.elapsed_ns += cycle_ns;
         self.reads += 1;
         self.waited += u32::from(waited);
-        if self.reads < SHARE_WINDOW_READS || self.elapsed_ns < SHARE_WINDOW_NS {
+        let full = self.reads >= SHARE_WINDOW_READS && self.elapsed_ns >= SHARE_WINDOW_NS;
+        let slow = self.reads >= SLOW_WINDOW_READS && self.elapsed_ns >= SLOW_WINDOW_NS;
+        if !full && !slow {
             return None;
         }
         let mean = self.elapsed_ns as f64 / f64::from(self.reads);
