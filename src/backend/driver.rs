@@ -595,12 +595,6 @@ impl Driver {
     /// (`miss`) is evidence against UDP, and may move the rest of the window to TCP behind it.
     fn fetch(&mut self, lfc: &Lfc, tag: BufferTag, miss: Option<Miss>, now_ns: u64) -> Poll {
         self.fetch_sent_ns = now_ns;
-        if self.wait_started_ns.is_none() && !self.read_fresh {
-            // A read that goes to TCP without waiting costs a whole round trip: for the waited
-            // share it is a read the UDP window did not cover (other backends' prefetches that
-            // never came, pages evicted before their read), which TCP pipelining would have.
-            self.read_waited = true;
-        }
         self.read_next(tag, now_ns);
         self.refetch_skipped_after(lfc, &tag);
         let moved = match miss {

@@ -43,8 +43,7 @@ pub const MAX_STATE_LOG: usize = 32;
 pub const SLOWER_THAN_TCP_TO_DEGRADE: f64 = 1.25;
 /// Share of a window's reads on UDP that waited long (half a GetPage round trip or more) for a
 /// prefetch requested longer than a wait budget earlier (one still in flight when its read
-/// came), or went to TCP without a prefetch to wait for, at or above which the backend moves
-/// to TCP: the path is not delivering ahead of the reader (a backlogged or paced sender),
+/// came), at or above which the backend moves to TCP: the path is not delivering ahead of the reader (a backlogged or paced sender),
 /// and TCP pipelining's responses come from the connection, not from behind the queue. Loss
 /// makes few reads wait, however long (5 % loss: about 5 % of reads); a healthy path 1–2 %.
 pub const WAITED_SHARE_TO_DEGRADE: f64 = 0.5;
