@@ -409,7 +409,9 @@ impl Driver {
     /// not sent (and counts for the probe); any page found cached meanwhile is not sent.
     fn pump(&mut self, lfc: &Lfc, now_ns: u64) {
         while let Some(q) = self.pipeline.next_to_send() {
-            let cached = lfc.contains(&q.tag);
+            // One probe answers both "cached?" and the lwlsn the GetPage must carry.
+            let lwlsn = lfc.lwlsn_unless_cached(&q.tag);
+            let cached = lwlsn.is_none();
             if q.probe {
                 self.health.on_probe_page(cached, now_ns);
             }
@@ -423,7 +425,7 @@ impl Driver {
                 }
                 continue;
             }
-            let not_modified_since = lfc.lwlsn(&q.tag);
+            let not_modified_since = lwlsn.unwrap_or_else(|| lfc.lwlsn(&q.tag));
             self.pipeline.sent(InFlight::Page {
                 tag: q.tag,
                 not_modified_since,
@@ -618,21 +620,22 @@ impl Driver {
         if self.skipped.is_empty() {
             return;
         }
-        let mut rest = std::mem::take(&mut self.skipped);
-        for t in rest.drain(..) {
+        // In place, so the queue keeps its capacity (no allocation per fallback).
+        let pipeline = &mut self.pipeline;
+        self.skipped.retain(|t| {
             if t.rel != tag.rel || t.blkno <= tag.blkno {
-                continue;
+                return false;
             }
-            if lfc.contains(&t) {
-                self.skipped.push_back(t);
-            } else {
-                self.pipeline.push_back(Queued {
-                    tag: t,
-                    probe: false,
-                    ahead: true,
-                });
+            if lfc.contains(t) {
+                return true;
             }
-        }
+            pipeline.push_back(Queued {
+                tag: *t,
+                probe: false,
+                ahead: true,
+            });
+            false
+        });
     }
 
     fn keep_ready(&mut self, tag: BufferTag, not_modified_since: u64, page: &Page) {
