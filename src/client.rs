@@ -214,10 +214,24 @@ impl PageClient {
                 "recv with no request in flight".into(),
             ));
         };
-        if !self.out.buffer().is_empty() {
-            self.out.flush()?;
-        }
-        let resp = match self.read_backend()? {
+        // Flushes what is buffered only when no response is buffered yet (the read may block):
+        // a burst of responses costs no system call per response.
+        let dec = &self.decoder;
+        let out = &mut self.out;
+        let msg = self
+            .reader
+            .next_or_before_read(
+                |b| dec.decode(b),
+                || {
+                    if out.buffer().is_empty() {
+                        Ok(())
+                    } else {
+                        out.flush()
+                    }
+                },
+            )?
+            .ok_or(ClientError::Closed)?;
+        let resp = match msg {
             BackendMessage::CopyData(payload) => Response::decode(&payload)?,
             BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
             BackendMessage::CopyDone => return Err(ClientError::Closed),

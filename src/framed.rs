@@ -45,7 +45,20 @@ impl<R: Read> FramedReader<R> {
     /// Returns the next message, or `None` on a clean end of stream between messages.
     pub fn next<T>(
         &mut self,
+        decode: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, ProtocolError>,
+    ) -> Result<Option<T>, FramedError> {
+        self.next_or_before_read(decode, || Ok(()))
+    }
+
+    /// Like `next`, and calls `before_read` whenever the buffered input holds no complete
+    /// message, right before reading from `inner` (which may block): where a pipelining client
+    /// must flush what it has written, and nowhere else. A message already buffered is returned
+    /// without it, so a client reading a burst of responses flushes once per burst, not once
+    /// per response.
+    pub fn next_or_before_read<T>(
+        &mut self,
         mut decode: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, ProtocolError>,
+        mut before_read: impl FnMut() -> io::Result<()>,
     ) -> Result<Option<T>, FramedError> {
         loop {
             if let Some((msg, used)) = decode(&self.buf[self.start..self.end])? {
@@ -65,6 +78,7 @@ impl<R: Read> FramedReader<R> {
             if self.buf.len() - self.end < READ_CHUNK {
                 self.buf.resize(self.end + READ_CHUNK, 0);
             }
+            before_read()?;
             let n = loop {
                 match self.inner.read(&mut self.buf[self.end..]) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -125,5 +139,39 @@ mod tests {
             cut.next(|b| dec.decode(b)),
             Err(FramedError::UnexpectedEof)
         ));
+    }
+
+    #[test]
+    fn before_read_runs_only_when_no_complete_message_is_buffered() {
+        let msgs: Vec<_> = (0..3)
+            .map(|i| BackendMessage::CopyData(vec![i; 8200]))
+            .collect();
+        let mut wire = Vec::new();
+        msgs.iter().for_each(|m| m.encode(&mut wire));
+        let dec = BackendDecoder::new();
+        // One read returns the whole burst (a slice reads as much as fits).
+        let mut r = FramedReader::new(&wire[..]);
+        let mut flushes = 0;
+        for m in &msgs {
+            let got = r
+                .next_or_before_read(
+                    |b| dec.decode(b),
+                    || {
+                        flushes += 1;
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(got.as_ref(), Some(m));
+        }
+        // Flushed before the first read only: the other two were buffered.
+        assert_eq!(flushes, 1);
+        // A failing hook is the read's error; nothing is consumed.
+        let mut r = FramedReader::new(&wire[..]);
+        let err = r
+            .next_or_before_read(|b| dec.decode(b), || Err(io::Error::other("flush failed")))
+            .unwrap_err();
+        assert!(matches!(err, FramedError::Io(_)), "{err}");
+        assert_eq!(r.next(|b| dec.decode(b)).unwrap().as_ref(), Some(&msgs[0]));
     }
 }

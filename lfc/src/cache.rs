@@ -1112,9 +1112,11 @@ impl Lfc {
     /// process's page tables are left alone. A process that fills frames it never touched (a
     /// backend installing its TCP pipeline's pages) otherwise takes two write faults per frame
     /// (shared file mappings get no fault-around on write): a quarter of its CPU per page, and
-    /// the pipeline ran about a fifth faster this way. The write completes before the
-    /// publishing Release store, so readers that see the frame VALID see the bytes. Should the
-    /// write fail, the copy goes through the mapping as before.
+    /// the pipeline ran about a fifth faster this way. Prefaulting the frame's 2 MiB chunk
+    /// first (`MADV_POPULATE_WRITE`) and copying measured slower still (a third of that
+    /// backend's CPU): the populate walks the same fault path per 4 KiB page. The write
+    /// completes before the publishing Release store, so readers that see the frame VALID see
+    /// the bytes. Should the write fail, the copy goes through the mapping as before.
     fn copy_into_frame(&self, frame: u32, page: &[u8; PAGE_SIZE]) {
         use std::os::unix::fs::FileExt;
         let offset = self.geo.data_offset + u64::from(frame) * PAGE_SIZE as u64;
