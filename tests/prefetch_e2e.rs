@@ -12,7 +12,7 @@ use udp_prefetch::client::{ConnectOptions, PageClient};
 use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page};
 use udp_prefetch::pagestream::LATEST_LSN;
 use udp_prefetch::server::source::Synthetic;
-use workers::datagram::{DatagramHeader, DatagramKey, DATAGRAM_LEN};
+use workers::datagram::{DatagramHeader, DatagramKey, Protection, DATAGRAM_LEN};
 
 fn scan(server: &ServerProc, lfc: &std::path::Path, mode: &str, port: u16) -> serde_json::Value {
     let out = scan_command(server, lfc, mode)
@@ -128,15 +128,22 @@ fn forged_truncated_and_corrupt_datagrams_are_dropped_by_reason() {
         request_lsn: LATEST_LSN,
         ..DatagramHeader::default()
     };
-    let seal = |key: &DatagramKey, header: &DatagramHeader| {
+    let seal_with = |key: &DatagramKey, header: &DatagramHeader, protection| {
         let mut d = vec![0u8; DATAGRAM_LEN];
-        key.stream([0x5E; 16])
+        key.stream_with([0x5E; 16], protection)
             .seal(header, &page, (&mut d[..]).try_into().unwrap())
             .unwrap();
         d
     };
+    let seal =
+        |key: &DatagramKey, header: &DatagramHeader| seal_with(key, header, Protection::Token);
     let good = seal(&key, &header);
     let forged = seal(&DatagramKey::new(key.id, [0xEE; 32]), &header);
+    let forged_aead = seal_with(
+        &DatagramKey::new(key.id, [0xEE; 32]),
+        &header,
+        Protection::Aead,
+    );
     let h2 = DatagramHeader {
         key_id: key.id.wrapping_add(1),
         ..header
@@ -154,6 +161,7 @@ fn forged_truncated_and_corrupt_datagrams_are_dropped_by_reason() {
     let to = ("127.0.0.1", workers.udp_port);
     for d in [
         &forged,
+        &forged_aead,
         &other_key_id,
         &truncated,
         &flipped,
@@ -163,7 +171,7 @@ fn forged_truncated_and_corrupt_datagrams_are_dropped_by_reason() {
         udp.send_to(d, to).unwrap();
     }
     let text = workers.scrape_until(Duration::from_secs(10), |t| {
-        WorkersProc::metric(t, "udp_prefetch_datagrams_received_total") >= 6
+        WorkersProc::metric(t, "udp_prefetch_datagrams_received_total") >= 7
     });
     let dropped = |reason: &str| {
         WorkersProc::metric(
@@ -173,13 +181,14 @@ fn forged_truncated_and_corrupt_datagrams_are_dropped_by_reason() {
     };
     assert_eq!(
         WorkersProc::metric(&text, "udp_prefetch_datagrams_received_total"),
-        6
+        7
     );
     assert_eq!(
         WorkersProc::metric(&text, "udp_prefetch_datagrams_installed_total"),
         0
     );
-    assert_eq!(dropped("bad_mac"), 2, "forged key and bit flip");
+    assert_eq!(dropped("bad_mac"), 2, "forged token, forged GCM tag");
+    assert_eq!(dropped("bad_checksum"), 1, "a bit flipped in the page");
     assert_eq!(dropped("unknown_key_id"), 1);
     assert_eq!(dropped("too_short"), 1);
     assert_eq!(dropped("too_long"), 1);
@@ -195,6 +204,26 @@ fn forged_truncated_and_corrupt_datagrams_are_dropped_by_reason() {
     let mut out = [0u8; 8192];
     assert!(cache.lookup(&tag, &mut out).is_some());
     assert_eq!(&out[..], &page[..]);
+
+    // The daemon takes aead datagrams too, decrypted in the slot.
+    let tag2 = Synthetic::rel(0).block(8);
+    let page2 = synthetic_page(tag2, 16);
+    let mut d = vec![0u8; DATAGRAM_LEN];
+    key.stream_with([0x5F; 16], Protection::Aead)
+        .seal(
+            &DatagramHeader {
+                tag: tag2,
+                ..header
+            },
+            &page2,
+            (&mut d[..]).try_into().unwrap(),
+        )
+        .unwrap();
+    assert_ne!(&d[96..96 + 8192], &page2[..], "encrypted on the wire");
+    udp.send_to(&d, to).unwrap();
+    assert!(cache.wait_for_arrival(&tag2, Duration::from_secs(10)));
+    assert!(cache.lookup(&tag2, &mut out).is_some());
+    assert_eq!(&out[..], &page2[..]);
 }
 
 #[test]

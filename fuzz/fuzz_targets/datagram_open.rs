@@ -1,10 +1,11 @@
 //! Any bytes received as a prefetch datagram: opening never panics and never accepts them, and
-//! a genuine datagram with any one byte changed is rejected too (the tag covers every byte).
+//! a genuine datagram (either protection) with any one byte changed is rejected too (token and
+//! checksum, or the GCM tag, cover every byte).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use lfc::RelTag;
-use workers::datagram::{DatagramHeader, DatagramKey, DATAGRAM_LEN};
+use workers::datagram::{DatagramHeader, DatagramKey, Protection, DATAGRAM_LEN};
 
 const KEY: [u8; 32] = [0x42; 32];
 
@@ -16,7 +17,12 @@ fuzz_target!(|data: &[u8]| {
     assert!(opener.open_bytes(data, &mut page).is_err());
     // A genuine datagram, then one byte of it replaced by the input's first bytes.
     if data.len() >= 3 {
-        let stream = key.stream([data[0]; 16]);
+        let protection = if data[0] & 1 == 0 {
+            Protection::Token
+        } else {
+            Protection::Aead
+        };
+        let stream = key.stream_with([data[0]; 16], protection);
         let header = DatagramHeader {
             key_id: 7,
             tag: RelTag::new(1663, 5, 16384, 0).block(u32::from(data[1])),

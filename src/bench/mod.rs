@@ -78,6 +78,38 @@ pub(crate) fn synthetic_server(
     })?)
 }
 
+/// The CPU as `/proc/cpuinfo` names it (model name, family and model, since a virtual machine's
+/// model name can be as vague as "AMD EPYC") and the instruction sets the datagram and page
+/// checksums choose their code paths by. Figures differ between CPU types: every table says
+/// which one it came from.
+pub fn cpu_description() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    let flags = field("flags");
+    let has: Vec<&str> = ["avx2", "avx512f", "vaes", "vpclmulqdq", "sha_ni"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    format!(
+        "{} (family {} model {}; {})",
+        field("model name"),
+        field("cpu family"),
+        field("model"),
+        if has.is_empty() {
+            "no AVX2".to_string()
+        } else {
+            has.join(" ")
+        }
+    )
+}
+
 /// Prints records either as JSON lines or as a human table with the machine's core count.
 pub fn print_records(records: &[BenchRecord], json: bool) {
     if json {
@@ -91,7 +123,8 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "machine: {cores} cores; {}",
+        "machine: {cores} cores, {}; {}",
+        cpu_description(),
         daemon_proc::scratch_base_description()
     );
     println!(

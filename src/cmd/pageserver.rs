@@ -62,6 +62,13 @@ pub struct PageServerArgs {
     /// and the prefetch sender threads run as SCHED_BATCH.
     #[arg(long)]
     pub no_thread_classes: bool,
+    /// Protection of prefetch datagrams: `token` (the page in the clear with the stream's
+    /// 128-bit token and an XXH3 checksum: as secure as the plain TCP connection that
+    /// registered the stream, which carries the key in the clear) or `aead` (AES-128-GCM,
+    /// several µs per page on CPUs without VAES; for when the connection itself is encrypted).
+    /// Worker daemons accept both.
+    #[arg(long, default_value = "token")]
+    pub datagram_protection: workers::datagram::Protection,
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {
@@ -86,6 +93,7 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         prefetch_gso: !args.no_gso,
         prefetch_sender_nice: args.prefetch_sender_nice,
         thread_classes: !args.no_thread_classes,
+        datagram_protection: args.datagram_protection,
     };
     // Register signal handlers before listening, so a SIGTERM right after start is not lost.
     let mut signals = signal_hook::iterator::Signals::new([

@@ -561,7 +561,7 @@ fn register_target(
                 let key = DatagramKey::new(t.key_id, t.key);
                 *target = Some(Destination {
                     addr: SocketAddr::new(ip, t.udp_port),
-                    key: Arc::new(key.stream(stream_id)),
+                    key: Arc::new(key.stream_with(stream_id, shared.config.datagram_protection)),
                 });
                 Ok(())
             }

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     /// Scheduling classes (`workers::sched::ThreadClass`): connection threads, which serve
     /// GetPage, ask for a short slice; prefetch sender threads are `SCHED_BATCH`.
     pub thread_classes: bool,
+    /// How prefetch datagrams are protected (`workers::datagram` explains the choice).
+    pub datagram_protection: workers::datagram::Protection,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +75,7 @@ impl Default for ServerConfig {
             prefetch_gso: true,
             prefetch_sender_nice: 0,
             thread_classes: true,
+            datagram_protection: workers::datagram::Protection::default(),
         }
     }
 }

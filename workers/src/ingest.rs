@@ -143,7 +143,9 @@ mod tests {
             .seal(&hdr, &[0x5A; PAGE_SIZE], &mut valid)
             .unwrap();
         let mut forged = valid.clone();
-        forged[HEADER_LEN + 100] ^= 1;
+        forged[DATAGRAM_LEN - 1] ^= 1; // not the stream's token
+        let mut corrupt = valid.clone();
+        corrupt[HEADER_LEN + 100] ^= 1;
 
         let mut slot = lfc.reserve().unwrap();
         let received = receive_into(&mut slot, &valid);
@@ -151,11 +153,13 @@ mod tests {
         assert_eq!(verdict, Ok(hdr));
         assert!(back.is_none(), "a published slot is spent");
 
-        // A forged copy, then a duplicate: each hands the same slot back, still reserved.
+        // A forged copy, a corrupt one, then a duplicate: each hands the same slot back, still
+        // reserved.
         let mut slot = lfc.reserve().unwrap();
         let frame = slot.frame();
         for (bytes, reason) in [
             (&forged, DropReason::BadMac),
+            (&corrupt, DropReason::BadChecksum),
             (&valid, DropReason::AlreadyPresent),
         ] {
             let received = receive_into(&mut slot, bytes);
