@@ -49,6 +49,12 @@ struct BenchArgs {
     /// every process that reads it.
     #[arg(long, global = true, value_name = "DIR", env = "UDPF_BENCH_LFC_DIR")]
     lfc_dir: Option<std::path::PathBuf>,
+    /// Where the page server and the compute run: `split` (the deployment: page server threads
+    /// on the last half of the CPUs, scans, worker daemon and the bench on the others; on 2
+    /// CPUs one each) or `colocated` (anything anywhere, as on one shared host). Recorded as
+    /// `params.topology` by the benches that start a page server.
+    #[arg(long, global = true, value_enum, default_value_t = bench::topology::Topology::Split)]
+    topology: bench::topology::Topology,
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,8 +96,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             if let Some(dir) = &args.lfc_dir {
                 bench::daemon_proc::set_scratch_base(dir.clone())?;
             }
+            bench::topology::enter(args.topology)?;
             let mut latencies = Vec::new();
-            let records = match &args.which {
+            let mut records = match &args.which {
                 BenchCommand::Getpage(a) => bench::getpage::run(a)?,
                 BenchCommand::Scan(a) => bench::scan::run(a)?,
                 BenchCommand::Ingest(a) => bench::ingest::run(a)?,
@@ -111,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                     records
                 }
             };
+            bench::topology::record(&mut records);
             bench::print_records(&records, args.json);
             if let Some(path) = &args.plot {
                 for file in bench::plot::write(path, &records, &latencies)? {

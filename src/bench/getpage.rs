@@ -5,7 +5,7 @@ use super::BenchRecord;
 use crate::client::{ConnectOptions, PageClient};
 use crate::pagestream::LATEST_LSN;
 use crate::server::source::{SourceSpec, Synthetic};
-use crate::server::{PageServer, ServerConfig};
+use crate::server::ServerConfig;
 use std::time::Instant;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -36,7 +36,7 @@ pub fn run(args: &GetPageBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     );
     anyhow::ensure!(!args.depths.is_empty(), "at least one depth");
     let pages = args.pages;
-    let server = PageServer::start(ServerConfig {
+    let server = super::start_server(ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         source: SourceSpec::Synthetic { rels: 1, pages },
         service_delay_us: args.service_delay_us,

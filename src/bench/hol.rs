@@ -26,7 +26,7 @@ use crate::page::{verify_page, Page};
 use crate::pagestream::{Request, Response, LATEST_LSN};
 use crate::scan::{percentile, PIPELINED_FLUSH_EVERY};
 use crate::server::source::{SourceSpec, Synthetic};
-use crate::server::{PageServer, ServerConfig};
+use crate::server::ServerConfig;
 use lfc::{Lfc, RelTag, PAGE_SIZE};
 use std::time::{Duration, Instant};
 
@@ -133,7 +133,7 @@ pub fn run_with_latencies(
     );
     // One relation per role, so no case finds another case's pages in the LFC.
     let (udp_idle_fg, udp_busy_fg, udp_scan, tcp_fg, tcp_scan) = (0, 1, 2, 3, 4);
-    let server = PageServer::start(ServerConfig {
+    let server = super::start_server(ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         source: SourceSpec::Synthetic {
             rels: 5,

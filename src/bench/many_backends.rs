@@ -134,7 +134,7 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     anyhow::ensure!(args.pages > 0, "--pages must be at least 1");
     anyhow::ensure!(args.distance >= 1, "--distance must be at least 1");
     // Relations 0..n for TCP, n..2n for UDP: every UDP backend starts with a cold cache.
-    let server = PageServer::start(ServerConfig {
+    let server = super::start_server(ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         source: SourceSpec::Synthetic {
             rels: 2 * args.backends,

@@ -68,14 +68,24 @@ pub(crate) fn synthetic_server(
     delay_us: u64,
     drop_prefetch: f64,
 ) -> anyhow::Result<crate::server::PageServer> {
-    use crate::server::{source::SourceSpec, PageServer, ServerConfig};
-    Ok(PageServer::start(ServerConfig {
+    use crate::server::{source::SourceSpec, ServerConfig};
+    start_server(ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         source: SourceSpec::Synthetic { rels, pages },
         service_delay_us: delay_us,
         drop_prefetch,
         ..ServerConfig::default()
-    })?)
+    })
+}
+
+/// Starts a bench's in-process page server where the run's topology puts the page server
+/// (`topology::on_server`): every bench starts its servers here.
+pub(crate) fn start_server(
+    config: crate::server::ServerConfig,
+) -> anyhow::Result<crate::server::PageServer> {
+    Ok(topology::on_server(|| {
+        crate::server::PageServer::start(config)
+    })??)
 }
 
 /// The CPU as `/proc/cpuinfo` names it (model name, family and model, since a virtual machine's
@@ -121,9 +131,9 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
         }
         return;
     }
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "machine: {cores} cores, {}; {}",
+        "machine: {}, {}; {}",
+        topology::describe(),
         cpu_description(),
         daemon_proc::scratch_base_description()
     );
@@ -160,3 +170,4 @@ pub mod many_backends;
 pub mod plot;
 pub mod prewarm;
 pub mod scan;
+pub mod topology;
