@@ -172,6 +172,10 @@ pub fn run_with_latencies(
         busy.run(reads)?;
         tcp.run(reads)?;
     }
+    // Whether the UDP readers stayed on UDP: a busy reader that moved to TCP pipelining
+    // measures the TCP design under another name.
+    let path = |r: &UdpReader| (r.backend.path_changes(), r.backend.stats().tcp_pipelined);
+    let (idle_path, busy_path) = (path(&idle), path(&busy));
     let mut tallies = [
         ("udp-idle", idle.tally),
         ("udp-busy", busy.tally),
@@ -185,10 +189,14 @@ pub fn run_with_latencies(
         t.latencies_us.sort_by(f64::total_cmp);
     }
     let [(_, idle), (_, busy), (_, tcp)] = &tallies;
-    let idle_rec = idle.record("udp-idle", args);
+    let with_path = |r: BenchRecord, (changes, pipelined): (u64, u64)| {
+        r.param("udp_state_changes", changes)
+            .param("tcp_pipelined", pipelined)
+    };
+    let idle_rec = with_path(idle.record("udp-idle", args), idle_path);
     let records = vec![
         idle_rec.clone(),
-        busy.record("udp-busy", args).against(&idle_rec),
+        with_path(busy.record("udp-busy", args), busy_path).against(&idle_rec),
         tcp.record("tcp-pipelined-busy", args).against(&idle_rec),
     ];
     let series = tallies
