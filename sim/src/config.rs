@@ -305,7 +305,7 @@ impl SimConfig {
         let paced = rng.chance(0.3);
         let scheduler = SchedulerLimits {
             max_queued_pages: rng.range(16, 4096),
-            max_destinations: 4,
+            max_queues: 8,
             // 20 MB/s .. 2 GB/s when paced: slow enough that pacing, not the network, limits.
             rate_bytes_per_s: if paced {
                 rng.range(20, 2_000) * 1_000_000

@@ -564,6 +564,8 @@ impl<'a> World<'a> {
         let dest = Destination {
             addr: SocketAddr::from(COMPUTE_ADDR),
             key: Arc::new(DatagramKey::new(lfc.key_id(), lfc.key()).stream(stream_id)),
+            // Each connection's Prefetches take their own queue (`serve` sets it).
+            conn: 0,
         };
         let shards = (0..cfg.shards)
             .map(|s| Shard {
@@ -1046,10 +1048,14 @@ impl<'a> World<'a> {
             ToServer::Prefetch { hdr, rel, first, n } => {
                 // `PrefetchSender::enqueue`: due = arrival + service delay; overflow drops.
                 let due = self.now + self.cfg.service_delay_ns;
+                let dest = Destination {
+                    conn: conn.index(self.cfg.backends) as u64,
+                    ..self.dest.clone()
+                };
                 let pushed =
                     self.shards[shard]
                         .sched
-                        .push(&self.dest, hdr, rel, first, u32::from(n), due);
+                        .push(&dest, hdr, rel, first, u32::from(n), due);
                 match pushed {
                     Ok(()) => {
                         self.rec(

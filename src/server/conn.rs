@@ -1,7 +1,7 @@
 //! One client connection: startup and authentication, simple queries, then the pagestream
 //! copy-both session with a reader (this thread) and a responder thread.
 
-use super::prefetch::Destination;
+use super::prefetch::{ConnId, Destination};
 use super::stats::bump;
 use super::udp_sender::mono_ns;
 use super::Shared;
@@ -61,6 +61,7 @@ pub(super) fn serve(
     mut stream: TcpStream,
     shared: Arc<Shared>,
     over_limit: bool,
+    conn_id: ConnId,
 ) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
     let mut reader = FramedReader::new(stream.try_clone()?);
@@ -139,7 +140,7 @@ pub(super) fn serve(
             BackendMessage::ReadyForQuery { status: READY_IDLE },
         ],
     )?;
-    query_loop(stream, reader, decoder, shared)
+    query_loop(stream, reader, decoder, shared, conn_id)
 }
 
 /// Compares without an early exit, so response time does not reveal how much of a token matched.
@@ -194,6 +195,7 @@ fn query_loop(
     mut reader: Reader,
     mut decoder: FrontendDecoder,
     shared: Arc<Shared>,
+    conn_id: ConnId,
 ) -> Result<(), ConnError> {
     let ready = BackendMessage::ReadyForQuery { status: READY_IDLE };
     loop {
@@ -213,7 +215,7 @@ fn query_loop(
             FrontendMessage::Query(q) => match parse_query(&q) {
                 Query::Pagestream => {
                     send(&mut stream, &[BackendMessage::CopyBothResponse])?;
-                    return pagestream_session(stream, reader, decoder, shared);
+                    return pagestream_session(stream, reader, decoder, shared, conn_id);
                 }
                 Query::ShowStats => {
                     let [desc, row] = shared.stats.as_result_set();
@@ -289,6 +291,7 @@ fn pagestream_session(
     mut reader: Reader,
     mut decoder: FrontendDecoder,
     shared: Arc<Shared>,
+    conn_id: ConnId,
 ) -> Result<(), ConnError> {
     let (tx, rx) = sync_channel::<Work>(MAX_QUEUED_REQUESTS);
     // Both threads of a session serve GetPage: a waiting backend is behind each wake-up.
@@ -325,7 +328,14 @@ fn pagestream_session(
                         }
                         Request::PrefetchTarget { .. } => {
                             let mut frame = Vec::new();
-                            register_target(&req, peer_ip, &shared, &mut target, &mut frame);
+                            register_target(
+                                &req,
+                                peer_ip,
+                                conn_id,
+                                &shared,
+                                &mut target,
+                                &mut frame,
+                            );
                             Work::Reply { arrived, frame }
                         }
                         req => Work::Request {
@@ -364,6 +374,14 @@ fn pagestream_session(
         let _ = tx.send(Work::Fatal(fatal));
         break Err(ConnError::Refused(msg));
     };
+    if target.is_some() {
+        // Its backend is gone: nobody reads what it asked for.
+        let dropped = shared.prefetch.forget(conn_id);
+        shared
+            .stats
+            .prefetch_pages_dropped_closed
+            .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+    }
     drop(tx);
     let _ = responder.join();
     result
@@ -543,6 +561,7 @@ fn handle(
 fn register_target(
     req: &Request,
     peer_ip: Option<IpAddr>,
+    conn_id: ConnId,
     shared: &Shared,
     target: &mut Option<Destination>,
     frame: &mut Vec<u8>,
@@ -562,6 +581,7 @@ fn register_target(
                 *target = Some(Destination {
                     addr: SocketAddr::new(ip, t.udp_port),
                     key: Arc::new(key.stream_with(stream_id, shared.config.datagram_protection)),
+                    conn: conn_id,
                 });
                 Ok(())
             }

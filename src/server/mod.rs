@@ -261,7 +261,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let spawned = std::thread::Builder::new()
             .name("pagestream-read".into())
             .spawn(move || {
-                if let Err(e) = conn::serve(stream, conn_shared.clone(), over_limit) {
+                if let Err(e) = conn::serve(stream, conn_shared.clone(), over_limit, id) {
                     tracing::info!(?peer, error = %e, "connection ended with an error");
                 }
                 conn_shared.live.lock().remove(&id);

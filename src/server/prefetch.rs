@@ -1,7 +1,15 @@
 //! The page server's prefetch queue and pacing, sans-IO (DESIGN §7): Prefetch requests become
-//! per-destination queues of page ranges; `next_batch(now)` hands out pages that the pacing
-//! allows, round-robin across destinations. Time is passed in, so the simulator drives the same
-//! code with virtual time.
+//! per-connection queues of page ranges; `next_batch(now)` hands out pages that the pacing of
+//! their destination allows, round-robin across connections. Time is passed in, so the
+//! simulator drives the same code with virtual time.
+//!
+//! Fairness is per connection, not per destination: every backend of a compute sends to the
+//! same worker daemon, so a queue per destination served one backend's next page after every
+//! other backend's far-ahead window (at 64 backends, most reads timed out waiting). Each turn
+//! takes up to one batch from one connection (deficit round robin with a quantum of one batch;
+//! every page costs the same). Within a connection the page its backend reads soonest goes
+//! first: ranges in the order requested, except that a range below the front of the queue (a
+//! page requested again after a loss, which the backend is waiting for) goes ahead of it.
 
 use super::store::PageStore;
 use crate::page::Page;
@@ -12,12 +20,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use workers::datagram::{DatagramHeader, SealStream, DATAGRAM_LEN};
 
+/// Which connection a Prefetch came on: the unit of fairness.
+pub type ConnId = u64;
+
 /// Where one connection's prefetches go, and the datagram stream (derived key and nonce
 /// counter) they are sealed with.
 #[derive(Debug, Clone)]
 pub struct Destination {
     pub addr: SocketAddr,
     pub key: Arc<SealStream>,
+    pub conn: ConnId,
+}
+
+/// One connection's queued ranges.
+#[derive(Debug, Default)]
+struct ConnQueue {
+    addr: Option<SocketAddr>,
+    jobs: VecDeque<RangeJob>,
 }
 
 /// One Prefetch request still (partly) to be sent.
@@ -50,10 +69,10 @@ struct Bucket {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerLimits {
-    /// Pages queued across all destinations; a Prefetch that does not fit is dropped whole.
+    /// Pages queued across all connections; a Prefetch that does not fit is dropped whole.
     pub max_queued_pages: u64,
-    /// Destinations with queued work.
-    pub max_destinations: usize,
+    /// Connections with queued work.
+    pub max_queues: usize,
     /// Pacing per destination, bytes per second of datagrams; 0 = unpaced.
     pub rate_bytes_per_s: u64,
     /// Burst allowance per destination, bytes.
@@ -64,7 +83,7 @@ impl Default for SchedulerLimits {
     fn default() -> Self {
         SchedulerLimits {
             max_queued_pages: 1 << 20,
-            max_destinations: 4096,
+            max_queues: 4096,
             rate_bytes_per_s: 0,
             burst_bytes: 64 * DATAGRAM_LEN as u64,
         }
@@ -75,7 +94,7 @@ impl Default for SchedulerLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
     QueueFull,
-    TooManyDestinations,
+    TooManyQueues,
 }
 
 /// What the sender should do next.
@@ -92,10 +111,13 @@ pub enum Next {
 #[derive(Debug)]
 pub struct PrefetchScheduler {
     limits: SchedulerLimits,
-    queues: HashMap<SocketAddr, VecDeque<RangeJob>>,
+    queues: HashMap<ConnId, ConnQueue>,
+    /// Pacing state per destination (the path to one compute), shared by its connections.
     buckets: HashMap<SocketAddr, Bucket>,
-    /// Destinations with queued work, in round-robin order.
-    ring: VecDeque<SocketAddr>,
+    /// Connections with queued work, in round-robin order.
+    ring: VecDeque<ConnId>,
+    /// Connections with queued work per destination.
+    queues_per_addr: HashMap<SocketAddr, usize>,
     queued_pages: u64,
     /// Per destination with pages queued: pages its backends fetched by GetPage since. Their
     /// queued prefetches are skipped when their turn comes: the reader has the page, and a
@@ -111,12 +133,13 @@ pub const MAX_FETCHED_TRACKED: usize = 65_536;
 
 impl PrefetchScheduler {
     pub fn new(limits: SchedulerLimits) -> Self {
-        assert!(limits.max_queued_pages > 0 && limits.max_destinations > 0);
+        assert!(limits.max_queued_pages > 0 && limits.max_queues > 0);
         PrefetchScheduler {
             limits,
             queues: HashMap::new(),
             buckets: HashMap::new(),
             ring: VecDeque::new(),
+            queues_per_addr: HashMap::new(),
             queued_pages: 0,
             fetched: HashMap::new(),
             skipped_fetched: 0,
@@ -135,7 +158,7 @@ impl PrefetchScheduler {
     /// A backend whose prefetches go to `addr` fetched `tag` by GetPage: a prefetch of it still
     /// queued for `addr` will be skipped.
     pub fn on_get_page(&mut self, addr: SocketAddr, tag: BufferTag) {
-        if !self.queues.contains_key(&addr) {
+        if !self.queues_per_addr.contains_key(&addr) {
             return;
         }
         let set = self.fetched.entry(addr).or_default();
@@ -163,10 +186,8 @@ impl PrefetchScheduler {
         if self.queued_pages + u64::from(nblocks) > self.limits.max_queued_pages {
             return Err(Overflow::QueueFull);
         }
-        if !self.queues.contains_key(&dest.addr)
-            && self.queues.len() >= self.limits.max_destinations
-        {
-            return Err(Overflow::TooManyDestinations);
+        if !self.queues.contains_key(&dest.conn) && self.queues.len() >= self.limits.max_queues {
+            return Err(Overflow::TooManyQueues);
         }
         if let Some(fetched) = self.fetched.get_mut(&dest.addr) {
             // Asked for again (e.g. evicted since its GetPage): this request must be served.
@@ -174,18 +195,28 @@ impl PrefetchScheduler {
                 fetched.remove(&rel.block(b));
             }
         }
-        let queue = self.queues.entry(dest.addr).or_default();
-        if queue.is_empty() {
-            self.ring.push_back(dest.addr);
+        let queue = self.queues.entry(dest.conn).or_default();
+        if queue.jobs.is_empty() {
+            self.ring.push_back(dest.conn);
+            queue.addr = Some(dest.addr);
+            *self.queues_per_addr.entry(dest.addr).or_default() += 1;
         }
-        queue.push_back(RangeJob {
+        let job = RangeJob {
             key: dest.key.clone(),
             hdr,
             rel,
             next_blkno: first_blkno,
             remaining: nblocks,
             due_ns,
-        });
+        };
+        // A range below the front of the queue is a page asked for again: its backend is
+        // waiting for it, so it goes first.
+        match queue.jobs.front() {
+            Some(front) if front.rel == rel && first_blkno < front.next_blkno => {
+                queue.jobs.push_front(job)
+            }
+            _ => queue.jobs.push_back(job),
+        }
         self.queued_pages += u64::from(nblocks);
         Ok(())
     }
@@ -204,20 +235,23 @@ impl PrefetchScheduler {
     }
 
     /// Fills `out` (cleared first) with up to `max` pages that may be sent at `now_ns`, taking
-    /// from each destination in turn. Pages come from one destination per call so the sender
-    /// can batch them into one `sendmmsg`.
+    /// from each connection in turn. Pages come from one connection (so one destination) per
+    /// call so the sender can batch them into one `sendmmsg`.
     pub fn next_batch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageJob>) -> Next {
         out.clear();
         let mut earliest: Option<u64> = None;
+        let paced = self.limits.rate_bytes_per_s > 0;
         for _ in 0..self.ring.len() {
-            let addr = self.ring.pop_front().expect("ring not empty");
-            let paced = self.limits.rate_bytes_per_s > 0;
+            let conn = self.ring.pop_front().expect("ring not empty");
+            let addr = self.queues[&conn]
+                .addr
+                .expect("a queued connection has a destination");
             let mut allowance = if paced {
                 (self.refill(addr, now_ns) / DATAGRAM_LEN as f64).floor() as usize
             } else {
                 usize::MAX
             };
-            let queue = self.queues.get_mut(&addr).expect("ring names a queue");
+            let queue = &mut self.queues.get_mut(&conn).expect("ring names a queue").jobs;
             while out.len() < max && allowance > 0 {
                 let Some(job) = queue.front_mut() else { break };
                 if job.due_ns > now_ns {
@@ -244,13 +278,22 @@ impl PrefetchScheduler {
                 out.push(page);
                 allowance -= 1;
             }
+            let drained = queue.is_empty();
             if paced && !out.is_empty() {
                 let b = self.buckets.get_mut(&addr).expect("refilled above");
                 b.tokens -= (out.len() * DATAGRAM_LEN) as f64;
             }
-            if queue.is_empty() {
-                self.queues.remove(&addr);
-                self.fetched.remove(&addr);
+            if drained {
+                self.queues.remove(&conn);
+                let left = self
+                    .queues_per_addr
+                    .get_mut(&addr)
+                    .expect("counted on push");
+                *left -= 1;
+                if *left == 0 {
+                    self.queues_per_addr.remove(&addr);
+                    self.fetched.remove(&addr);
+                }
             } else {
                 if paced && allowance == 0 {
                     // Next token for one datagram.
@@ -261,20 +304,43 @@ impl PrefetchScheduler {
                     let at = now_ns + wait_ns.max(1);
                     earliest = Some(earliest.map_or(at, |e| e.min(at)));
                 }
-                self.ring.push_back(addr);
+                self.ring.push_back(conn);
             }
             if !out.is_empty() {
                 return Next::Ready(out.len());
             }
         }
         // Buckets of destinations with nothing queued are forgotten (bounded state).
-        let queues = &self.queues;
-        self.buckets.retain(|a, _| queues.contains_key(a));
+        let queued = &self.queues_per_addr;
+        self.buckets.retain(|a, _| queued.contains_key(a));
         match earliest {
             Some(t) => Next::WaitUntil(t),
             None if self.ring.is_empty() => Next::Idle,
             None => Next::WaitUntil(now_ns),
         }
+    }
+
+    /// Drops every range queued by `conn` (its connection closed: nobody reads them). Returns
+    /// the pages dropped.
+    pub fn forget(&mut self, conn: ConnId) -> u64 {
+        let Some(queue) = self.queues.remove(&conn) else {
+            return 0;
+        };
+        self.ring.retain(|c| *c != conn);
+        let pages: u64 = queue.jobs.iter().map(|j| u64::from(j.remaining)).sum();
+        self.queued_pages -= pages;
+        if let Some(addr) = queue.addr {
+            let left = self
+                .queues_per_addr
+                .get_mut(&addr)
+                .expect("counted on push");
+            *left -= 1;
+            if *left == 0 {
+                self.queues_per_addr.remove(&addr);
+                self.fetched.remove(&addr);
+            }
+        }
+        pages
     }
 }
 
@@ -355,10 +421,17 @@ mod tests {
     use super::*;
     use workers::datagram::DatagramKey;
 
+    /// Connection `port` of a compute whose daemon listens on `port`.
     fn dest(port: u16) -> Destination {
+        conn_to(port, u64::from(port))
+    }
+
+    /// Connection `conn` of a compute whose daemon listens on `port`.
+    fn conn_to(port: u16, conn: ConnId) -> Destination {
         Destination {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             key: Arc::new(DatagramKey::new(1, [0; 32]).stream([port as u8; 16])),
+            conn,
         }
     }
 
@@ -417,7 +490,7 @@ mod tests {
     fn queue_bound_drops_whole_requests() {
         let limits = SchedulerLimits {
             max_queued_pages: 10,
-            max_destinations: 1,
+            max_queues: 1,
             ..SchedulerLimits::default()
         };
         let mut s = PrefetchScheduler::new(limits);
@@ -428,7 +501,7 @@ mod tests {
         );
         assert_eq!(
             s.push(&dest(2), Header::default(), REL, 0, 1, 0),
-            Err(Overflow::TooManyDestinations)
+            Err(Overflow::TooManyQueues)
         );
         assert_eq!(s.queued_pages(), 8);
         // Clipped at the top of the block number space rather than wrapping.
@@ -436,6 +509,64 @@ mod tests {
         s.push(&dest(1), Header::default(), REL, u32::MAX - 1, 5, 0)
             .unwrap();
         assert_eq!(s.queued_pages(), 1);
+    }
+
+    #[test]
+    fn connections_of_one_compute_take_turns_and_a_page_asked_again_goes_first() {
+        // Three backends of one compute (one daemon port): the second and third are not
+        // served after the whole of the first's window, as a queue per destination did.
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        s.push(&conn_to(9, 1), Header::default(), REL, 0, 6, 0)
+            .unwrap();
+        s.push(&conn_to(9, 2), Header::default(), REL, 100, 4, 0)
+            .unwrap();
+        s.push(&conn_to(9, 3), Header::default(), REL, 200, 2, 0)
+            .unwrap();
+        let mut out = Vec::new();
+        let mut turns = Vec::new();
+        let take = |s: &mut PrefetchScheduler, out: &mut Vec<PageJob>, turns: &mut Vec<_>| {
+            assert!(matches!(s.next_batch(0, 2, out), Next::Ready(_)));
+            turns.push(out.iter().map(|j| j.tag.blkno).collect::<Vec<_>>());
+        };
+        take(&mut s, &mut out, &mut turns);
+        // Block 0 and 1 went out; backend 1 lost block 1 and asks again: ahead of 2..6.
+        s.push(&conn_to(9, 1), Header::default(), REL, 1, 1, 0)
+            .unwrap();
+        while let Next::Ready(_) = s.next_batch(0, 2, &mut out) {
+            turns.push(out.iter().map(|j| j.tag.blkno).collect());
+        }
+        assert_eq!(
+            turns,
+            vec![
+                vec![0, 1],
+                vec![100, 101],
+                vec![200, 201],
+                vec![1, 2],
+                vec![102, 103],
+                vec![3, 4],
+                vec![5],
+            ]
+        );
+        assert_eq!(s.queued_pages(), 0);
+    }
+
+    #[test]
+    fn a_closed_connection_is_forgotten_and_its_compute_keeps_its_other_queues() {
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        s.push(&conn_to(9, 1), Header::default(), REL, 0, 100, 0)
+            .unwrap();
+        s.push(&conn_to(9, 2), Header::default(), REL, 500, 3, 0)
+            .unwrap();
+        s.on_get_page(conn_to(9, 2).addr, REL.block(501));
+        assert_eq!(s.forget(1), 100);
+        assert_eq!(s.forget(1), 0, "already gone");
+        assert_eq!(s.queued_pages(), 3);
+        let mut out = Vec::new();
+        assert_eq!(s.next_batch(0, 8, &mut out), Next::Ready(2));
+        let sent: Vec<u32> = out.iter().map(|j| j.tag.blkno).collect();
+        assert_eq!(sent, vec![500, 502], "the GetPage of 501 still counts");
+        assert_eq!(s.next_batch(0, 8, &mut out), Next::Idle);
+        assert!(s.fetched.is_empty() && s.queues_per_addr.is_empty());
     }
 
     #[test]

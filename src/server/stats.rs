@@ -40,6 +40,7 @@ counters!(
     prefetch_pages_dropped_overflow,
     prefetch_pages_dropped_filter,
     prefetch_pages_skipped_fetched,
+    prefetch_pages_dropped_closed,
     prefetch_pages_not_ready,
     prefetch_pages_failed,
     prefetch_send_errors,

@@ -11,7 +11,8 @@ use crate::pagestream::Header;
 use lfc::{RelTag, PAGE_SIZE};
 use parking_lot::{Condvar, Mutex};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,8 +52,28 @@ fn wall_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The scheduler and what GetPages reported since a sender last held it.
+struct Queue {
+    sched: PrefetchScheduler,
+    fetched: mpsc::Receiver<(SocketAddr, lfc::BufferTag)>,
+}
+
+impl Queue {
+    /// Hands the GetPages reported since to the scheduler.
+    fn take_fetched(&mut self) {
+        while let Ok((addr, tag)) = self.fetched.try_recv() {
+            self.sched.on_get_page(addr, tag);
+        }
+    }
+}
+
 struct Inner {
-    scheduler: Mutex<PrefetchScheduler>,
+    scheduler: Mutex<Queue>,
+    /// GetPages report here without the scheduler's lock, which a sender holds while it
+    /// takes a batch: a GetPage never waits for prefetch work. Only while pages are queued
+    /// (`queued_pages`), so an idle server's channel stays empty.
+    fetched: mpsc::Sender<(SocketAddr, lfc::BufferTag)>,
+    queued_pages: AtomicU64,
     work: Condvar,
     stopping: AtomicBool,
     store: Arc<PageStore>,
@@ -72,8 +93,14 @@ impl PrefetchSender {
         store: Arc<PageStore>,
         stats: Arc<ServerStats>,
     ) -> std::io::Result<Self> {
+        let (fetched, fetched_rx) = mpsc::channel();
         let inner = Arc::new(Inner {
-            scheduler: Mutex::new(PrefetchScheduler::new(config.limits)),
+            scheduler: Mutex::new(Queue {
+                sched: PrefetchScheduler::new(config.limits),
+                fetched: fetched_rx,
+            }),
+            fetched,
+            queued_pages: AtomicU64::new(0),
             work: Condvar::new(),
             stopping: AtomicBool::new(false),
             store,
@@ -152,11 +179,18 @@ impl PrefetchSender {
         arrived_ns: u64,
     ) {
         let due = arrived_ns + self.inner.config.service_delay.as_nanos() as u64;
-        let result =
-            self.inner
-                .scheduler
-                .lock()
+        let result = {
+            let mut q = self.inner.scheduler.lock();
+            // GetPages reported before this request must not skip what it asks for again.
+            q.take_fetched();
+            let r = q
+                .sched
                 .push(dest, hdr, rel, first_blkno, u32::from(nblocks), due);
+            self.inner
+                .queued_pages
+                .store(q.sched.queued_pages(), Ordering::Relaxed);
+            r
+        };
         let stats = &self.inner.stats;
         match result {
             Ok(()) => {
@@ -165,7 +199,7 @@ impl PrefetchSender {
                     .fetch_add(u64::from(nblocks), Ordering::Relaxed);
                 self.inner.work.notify_one();
             }
-            Err(Overflow::QueueFull) | Err(Overflow::TooManyDestinations) => {
+            Err(Overflow::QueueFull) | Err(Overflow::TooManyQueues) => {
                 stats
                     .prefetch_pages_dropped_overflow
                     .fetch_add(u64::from(nblocks), Ordering::Relaxed);
@@ -176,7 +210,21 @@ impl PrefetchSender {
     /// A GetPage of `tag` was served on a connection whose prefetches go to `addr`: its queued
     /// prefetch, if any, is no longer needed (`PrefetchScheduler::on_get_page`).
     pub fn fetched_by_get_page(&self, addr: SocketAddr, tag: lfc::BufferTag) {
-        self.inner.scheduler.lock().on_get_page(addr, tag);
+        if self.inner.queued_pages.load(Ordering::Relaxed) > 0 {
+            // Lock-free: a sender hands it to the scheduler when it next takes a batch.
+            let _ = self.inner.fetched.send((addr, tag));
+        }
+    }
+
+    /// A connection closed: its queued prefetches are dropped (nobody reads them now).
+    /// Returns the pages dropped.
+    pub fn forget(&self, conn: super::prefetch::ConnId) -> u64 {
+        let mut q = self.inner.scheduler.lock();
+        let pages = q.sched.forget(conn);
+        self.inner
+            .queued_pages
+            .store(q.sched.queued_pages(), Ordering::Relaxed);
+        pages
     }
 
     pub fn shutdown(&self) {
@@ -201,20 +249,24 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
     let stats = &inner.stats;
     while !inner.stopping.load(Ordering::Relaxed) {
         {
-            let mut sched = inner.scheduler.lock();
-            let next = sched.next_batch(mono_ns(), SEND_BATCH, &mut jobs);
+            let mut q = inner.scheduler.lock();
+            q.take_fetched();
+            let next = q.sched.next_batch(mono_ns(), SEND_BATCH, &mut jobs);
+            inner
+                .queued_pages
+                .store(q.sched.queued_pages(), Ordering::Relaxed);
             stats
                 .prefetch_pages_skipped_fetched
-                .store(sched.skipped_fetched(), Ordering::Relaxed);
+                .store(q.sched.skipped_fetched(), Ordering::Relaxed);
             match next {
                 Next::Ready(_) => {}
                 Next::WaitUntil(t) => {
                     let wait = Duration::from_nanos(t.saturating_sub(mono_ns())).min(IDLE_WAIT);
-                    inner.work.wait_for(&mut sched, wait);
+                    inner.work.wait_for(&mut q, wait);
                     continue;
                 }
                 Next::Idle => {
-                    inner.work.wait_for(&mut sched, IDLE_WAIT);
+                    inner.work.wait_for(&mut q, IDLE_WAIT);
                     continue;
                 }
             }
@@ -247,7 +299,7 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
         if ready == 0 {
             continue;
         }
-        // One batch always has one destination (the scheduler hands out per destination).
+        // One batch always has one destination (the scheduler hands out per connection).
         let dest: SocketAddr = jobs[0].addr;
         let mut sent = 0;
         while sent < ready {
