@@ -120,20 +120,22 @@ impl DaemonProc {
             .unwrap_or(0.0) as u64
     }
 
-    /// CPU time (user + system) the daemon process has used, from /proc.
+    /// CPU time the daemon's threads have used, in seconds: the sum of their run times in
+    /// `/proc/PID/task/*/schedstat` (nanoseconds; `/proc/PID/stat` counts 10 ms ticks, too
+    /// coarse for a scan of a fraction of a second). The daemon's threads live as long as it.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-            + fields
-                .get(12)
+        let mut ns = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
+            let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+                continue; // a thread that just exited
+            };
+            ns += text
+                .split_whitespace()
+                .next()
                 .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        Ok(ticks as f64 / hz)
+                .ok_or_else(|| anyhow::anyhow!("unreadable schedstat: {text:?}"))?;
+        }
+        Ok(ns as f64 / 1e9)
     }
 
     /// Sends `signal` to the daemon, unless it has already exited and been reaped.
