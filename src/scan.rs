@@ -61,7 +61,7 @@ pub struct ScanConfig {
     pub read_path: ReadPathConfig,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ScanReport {
     pub mode: String,
     pub pages: u64,

@@ -60,7 +60,7 @@ const SLOW_WINDOW_NS: u64 = 5_000_000;
 const UDP_PROVEN_READS: u64 = 4096;
 
 /// Which transport brings the pages of a backend's prefetch window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PrefetchPath {
     /// Prefetch by UDP into the LFC; reads look in the LFC.
@@ -70,7 +70,7 @@ pub enum PrefetchPath {
 }
 
 /// One move between the paths, for the human report and `scan --json`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StateChange {
     /// Since the backend started, milliseconds.
     pub at_ms: f64,

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 pub struct DaemonProc {
     child: Child,
+    lfc: std::path::PathBuf,
     pub udp_port: u16,
     pub metrics: String,
     pub io: String,
@@ -50,6 +51,7 @@ impl DaemonProc {
         }
         let daemon = DaemonProc {
             child,
+            lfc: lfc.to_path_buf(),
             udp_port: udp.port(),
             metrics,
             io,
@@ -79,6 +81,11 @@ impl DaemonProc {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    /// The LFC this daemon serves.
+    pub fn lfc_path(&self) -> &Path {
+        &self.lfc
     }
 
     pub fn pid(&self) -> u32 {

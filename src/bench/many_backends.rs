@@ -1,32 +1,37 @@
-//! `udp-prefetch bench many-backends`: many backends (threads) each scanning its own relation at
-//! the same time, against one page server: total pages/s, fairness (slowest backend's pages/s
-//! over the fastest's) and the TCP connections the run opened, for Neon-style pipelined TCP
-//! and for UDP prefetch into one shared LFC filled by one worker daemon.
+//! `udp-prefetch bench many-backends`: many backends, each a separate `udp-prefetch scan`
+//! process scanning its own relation, at the same time against one page server: aggregate
+//! pages/s, the slowest backend's time, fairness (slowest backend's pages/s over the
+//! fastest's) and the compute's CPU per page, for Neon-style pipelined TCP and for UDP prefetch
+//! into one shared LFC filled by one worker daemon. Backends are processes, as PostgreSQL's
+//! are: each maps the LFC itself and competes for the compute's CPUs with the daemon.
+//!
+//! Every scan starts when all of a case's processes are attached (`scan --start-gate`), so the
+//! figures leave process start-up out; each backend scans `--total-pages / backends` pages, so
+//! a case takes about as long whatever the backend count.
 
 use super::daemon_proc::{DaemonProc, ScratchDir};
-use super::{round3, BenchRecord};
-use crate::backend::read_path::ReadPathConfig;
-use crate::client::ConnectOptions;
-use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use super::{round1, round3, BenchRecord};
+use crate::scan::{ScanMode, ScanReport};
 use crate::server::source::{SourceSpec, Synthetic};
 use crate::server::{PageServer, ServerConfig};
-use lfc::Lfc;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::RwLock;
-use std::time::Instant;
 
 const BENCH: &str = "many-backends";
-/// Bound on backend threads (each is a thread here and a connection, two threads, on the server).
+/// Bound on backend processes of one case (each is also a connection, two threads, on the
+/// server).
 const MAX_BACKENDS: u32 = 256;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ManyBackendsBenchArgs {
-    /// Concurrent backends, each scanning its own relation.
-    #[arg(long, default_value_t = 64)]
-    pub backends: u32,
-    /// Pages each backend scans.
-    #[arg(long, default_value_t = 512)]
-    pub pages: u32,
+    /// Concurrent backend processes, each scanning its own relation: one case per count.
+    #[arg(long, value_delimiter = ',', default_value = "8,32,64")]
+    pub backends: Vec<u32>,
+    /// Pages scanned per case, split evenly among its backends (2 GiB of pages by default:
+    /// about a second of scanning on a small machine).
+    #[arg(long, default_value_t = 262_144)]
+    pub total_pages: u32,
     /// Emulated storage latency of every request, microseconds.
     #[arg(long, default_value_t = 200)]
     pub delay_us: u64,
@@ -39,76 +44,100 @@ pub struct ManyBackendsBenchArgs {
     /// The page server's UDP prefetch sender threads (the server's default is 1).
     #[arg(long, default_value_t = 1)]
     pub prefetch_senders: usize,
-    /// Nice value for every worker daemon thread (0 = as started; negative needs root or
-    /// CAP_SYS_NICE). The default is the recommended deployment: a few daemon threads serve
-    /// every backend and must not get the share of one thread among hundreds.
-    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    /// Nice value for every worker daemon thread (0 = as started, the default deployment;
+    /// negative needs root or CAP_SYS_NICE).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub daemon_nice: i32,
     /// Nice value of the page server's prefetch sender threads (`pageserver
-    /// --prefetch-sender-nice`); the same reasoning, on the server side.
-    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    /// --prefetch-sender-nice`; 0 = as started).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub prefetch_sender_nice: i32,
 }
 
-/// What one mode observed across all backends.
+/// What one mode observed across all backends of a case.
 struct ModeResult {
-    total_pages_per_s: f64,
-    min_pages_per_s: f64,
-    max_pages_per_s: f64,
-    connections: u64,
-    elapsed_s: f64,
-    hits: u64,
-    fallbacks: u64,
-    /// Fallbacks after waiting out the budget, and prefetch-window cuts, over all backends.
-    wait_timeouts: u64,
-    window_cuts: u64,
-    /// Where prefetched pages went (UDP mode), to explain hits and fallbacks.
+    reports: Vec<ScanReport>,
+    /// Worker daemon CPU during the case.
+    daemon_cpu_s: f64,
+    /// Server-side prefetch counters during the case (UDP mode).
     prefetch_pages_sent: u64,
     prefetch_pages_dropped: u64,
-    datagrams_installed: u64,
-    /// Received by the daemon; received but not installed were stale, duplicate or refused.
-    datagrams_received: u64,
 }
 
 impl ModeResult {
+    fn pages(&self) -> u64 {
+        self.reports.iter().map(|r| r.pages).sum()
+    }
+
+    /// The slowest backend's scan time: every scan started at the gate.
+    fn slowest_s(&self) -> f64 {
+        self.reports.iter().map(|r| r.elapsed_s).fold(0.0, f64::max)
+    }
+
+    fn aggregate_pages_per_s(&self) -> f64 {
+        self.pages() as f64 / self.slowest_s().max(1e-9)
+    }
+
     fn fairness(&self) -> f64 {
-        if self.max_pages_per_s > 0.0 {
-            self.min_pages_per_s / self.max_pages_per_s
+        let rates = self.reports.iter().map(|r| r.pages_per_s);
+        let (min, max) = (
+            rates.clone().fold(f64::INFINITY, f64::min),
+            rates.fold(0.0, f64::max),
+        );
+        if max > 0.0 {
+            min / max
         } else {
             0.0
         }
     }
 
-    fn records(&self, case: &str, args: &ManyBackendsBenchArgs) -> [BenchRecord; 3] {
+    /// Backend CPU (without the digest) plus worker daemon CPU, per page, µs.
+    fn compute_cpu_us(&self) -> (f64, f64) {
+        let pages = self.pages().max(1) as f64;
+        let backend: f64 = self
+            .reports
+            .iter()
+            .map(|r| r.cpu_us_per_page * r.pages as f64)
+            .sum::<f64>()
+            / pages;
+        (backend, self.daemon_cpu_s * 1e6 / pages)
+    }
+
+    fn records(&self, case: &str, backends: u32, args: &ManyBackendsBenchArgs) -> Vec<BenchRecord> {
+        let sum = |f: fn(&ScanReport) -> u64| self.reports.iter().map(f).sum::<u64>();
         let with_params = |r: BenchRecord| {
-            r.param("backends", args.backends)
-                .param("pages_per_backend", args.pages)
+            r.param("backends", backends)
+                .param("pages_per_backend", args.total_pages / backends)
                 .param("delay_us", args.delay_us)
                 .param("distance", args.distance)
                 .param("prefetch_senders", args.prefetch_senders)
                 .param("prefetch_sender_nice", args.prefetch_sender_nice)
                 .param("daemon_nice", args.daemon_nice)
         };
-        [
+        let (backend_cpu, daemon_cpu) = self.compute_cpu_us();
+        vec![
             with_params(BenchRecord::new(
                 BENCH,
                 case,
                 "pages/s",
-                self.total_pages_per_s.round(),
+                self.aggregate_pages_per_s().round(),
             ))
-            .param("min_pages_per_s", self.min_pages_per_s.round())
-            .param("max_pages_per_s", self.max_pages_per_s.round())
+            .param("slowest_s", round3(self.slowest_s()))
             .param("fairness", round3(self.fairness()))
-            .param("tcp_connections", self.connections)
-            .param("elapsed_s", round3(self.elapsed_s))
-            .param("lfc_hits", self.hits)
-            .param("tcp_fallbacks", self.fallbacks)
-            .param("wait_timeouts", self.wait_timeouts)
-            .param("window_cuts", self.window_cuts)
+            .param("lfc_hits", sum(|r| r.hits + r.late_hits))
+            .param("tcp_pipelined", sum(|r| r.tcp_pipelined))
+            .param("tcp_fallbacks", sum(|r| r.fallbacks))
+            .param("wait_timeouts", sum(|r| r.wait_timeouts))
+            .param("udp_state_changes", sum(|r| r.udp_state_changes))
             .param("prefetch_pages_sent", self.prefetch_pages_sent)
-            .param("prefetch_pages_dropped", self.prefetch_pages_dropped)
-            .param("daemon_installed", self.datagrams_installed)
-            .param("daemon_received", self.datagrams_received),
+            .param("prefetch_pages_dropped", self.prefetch_pages_dropped),
+            with_params(BenchRecord::new(
+                BENCH,
+                &format!("{case}-slowest"),
+                "s",
+                round3(self.slowest_s()),
+            ))
+            .lower_is_better(),
             with_params(BenchRecord::new(
                 BENCH,
                 &format!("{case}-fairness"),
@@ -117,28 +146,39 @@ impl ModeResult {
             )),
             with_params(BenchRecord::new(
                 BENCH,
-                &format!("{case}-connections"),
-                "conns",
-                self.connections as f64,
+                &format!("{case}-compute-cpu"),
+                "us/page",
+                backend_cpu + daemon_cpu,
             ))
+            .param("backend_cpu_us_per_page", round1(backend_cpu))
+            .param("daemon_cpu_us_per_page", round1(daemon_cpu))
             .lower_is_better(),
         ]
     }
 }
 
 pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+    anyhow::ensure!(!args.backends.is_empty(), "--backends names no count");
     anyhow::ensure!(
-        (1..=MAX_BACKENDS).contains(&args.backends),
+        args.backends.iter().all(|b| (1..=MAX_BACKENDS).contains(b)),
         "--backends must be 1..={MAX_BACKENDS}"
     );
-    anyhow::ensure!(args.pages > 0, "--pages must be at least 1");
-    anyhow::ensure!(args.distance >= 1, "--distance must be at least 1");
+    let most = *args.backends.iter().max().expect("not empty");
+    let fewest = *args.backends.iter().min().expect("not empty");
+    anyhow::ensure!(
+        args.total_pages >= most,
+        "--total-pages must give every backend at least one page"
+    );
+    anyhow::ensure!(
+        (1..=65_535).contains(&args.distance),
+        "--distance must be 1..=65535"
+    );
     // Relations 0..n for TCP, n..2n for UDP: every UDP backend starts with a cold cache.
     let server = super::start_server(ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         source: SourceSpec::Synthetic {
-            rels: 2 * args.backends,
-            pages: args.pages,
+            rels: 2 * most,
+            pages: args.total_pages / fewest,
         },
         service_delay_us: args.delay_us,
         max_connections: 2 * MAX_BACKENDS as usize,
@@ -147,46 +187,88 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         ..ServerConfig::default()
     })?;
     let scratch = ScratchDir::new("udp-prefetch-bench-many")?;
-    let lfc_path = scratch.0.join("lfc");
-    let lfc_bytes = u64::from(args.backends) * u64::from(args.pages) * 8192 + (64 << 20);
-    let threads = args.daemon_threads.to_string();
-    let daemon = DaemonProc::start(&lfc_path, lfc_bytes, &["--threads", &threads])?;
-    if args.daemon_nice != 0 {
-        daemon.renice(args.daemon_nice)?;
+    let mut records = Vec::new();
+    for &backends in &args.backends {
+        // A fresh LFC per case, large enough for the case's pages: no case evicts.
+        let lfc_path = scratch.0.join(format!("lfc-{backends}"));
+        let lfc_bytes = u64::from(args.total_pages) * 8192 + (64 << 20);
+        let threads = args.daemon_threads.to_string();
+        let daemon = DaemonProc::start(&lfc_path, lfc_bytes, &["--threads", &threads])?;
+        if args.daemon_nice != 0 {
+            daemon.renice(args.daemon_nice)?;
+        }
+        let tcp = run_mode(&server, &daemon, ScanMode::TcpPipelined, backends, 0, args)?;
+        let udp = run_mode(&server, &daemon, ScanMode::Udp, backends, backends, args)?;
+        drop(daemon);
+        let _ = std::fs::remove_file(&lfc_path);
+        let tcp_recs = tcp.records("tcp-pipelined", backends, args);
+        let udp_recs = udp.records("udp", backends, args);
+        for (u, t) in udp_recs.into_iter().zip(&tcp_recs) {
+            records.push(u.against(t));
+        }
+        records.extend(tcp_recs);
     }
-    let lfc = Lfc::open(&lfc_path)?;
-
-    let tcp = run_mode(&server, &daemon, ScanMode::TcpPipelined, 0, None, args)?;
-    let udp = run_mode(
-        &server,
-        &daemon,
-        ScanMode::Udp,
-        args.backends,
-        Some(&lfc),
-        args,
-    )?;
-    let [tcp_rate, tcp_fair, tcp_conns] = tcp.records("tcp-pipelined", args);
-    let [udp_rate, udp_fair, udp_conns] = udp.records("udp", args);
-    Ok(vec![
-        udp_rate.against(&tcp_rate),
-        tcp_rate,
-        udp_fair.against(&tcp_fair),
-        tcp_fair,
-        udp_conns.against(&tcp_conns),
-        tcp_conns,
-    ])
+    Ok(records)
 }
 
-/// Starts every backend's scan at once and waits for all of them.
+/// A backend process waiting at the start gate.
+struct Backend {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // Reaped whatever happened; a scan that is still running is killed.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `backends` scan processes, opens the gate once all are attached, and collects their
+/// reports.
 fn run_mode(
     server: &PageServer,
     daemon: &DaemonProc,
     mode: ScanMode,
+    backends: u32,
     first_rel: u32,
-    lfc: Option<&Lfc>,
     args: &ManyBackendsBenchArgs,
 ) -> anyhow::Result<ModeResult> {
-    let prefetch_port = daemon.udp_port;
+    let exe = std::env::current_exe()?;
+    let pages = args.total_pages / backends;
+    let mut procs = Vec::with_capacity(backends as usize);
+    for i in 0..backends {
+        let rel = Synthetic::rel(first_rel + i);
+        let mut cmd = Command::new(&exe);
+        cmd.arg("scan")
+            .args(["--server", &server.local_addr().to_string()])
+            .args(["--rel", &rel.to_string()])
+            .args(["--blocks", &format!("0..{pages}")])
+            .args(["--mode", mode.name()])
+            .args(["--distance", &args.distance.to_string()])
+            .args(["--json", "--start-gate"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if mode == ScanMode::Udp {
+            cmd.arg("--lfc").arg(daemon.lfc_path());
+        }
+        let mut child = cmd.spawn()?;
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        procs.push(Backend { child, stdout });
+    }
+    for p in &mut procs {
+        let mut line = String::new();
+        p.stdout.read_line(&mut line)?;
+        anyhow::ensure!(
+            line.trim() == crate::cmd::scan::READY_LINE,
+            "a backend did not start: {line:?}"
+        );
+    }
     let stats = server.stats();
     let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let dropped = || {
@@ -195,76 +277,45 @@ fn run_mode(
             + counter(&stats.prefetch_pages_failed)
             + counter(&stats.prefetch_send_errors)
     };
-    let daemon_counts = || -> anyhow::Result<(u64, u64)> {
-        let text = daemon.scrape()?;
-        Ok((
-            DaemonProc::metric(&text, "udp_prefetch_datagrams_installed_total"),
-            DaemonProc::metric(&text, "udp_prefetch_datagrams_received_total"),
-        ))
-    };
-    let connections_before = counter(&stats.connections_total);
     let (sent_before, dropped_before) = (counter(&stats.prefetch_pages_sent), dropped());
-    let (installed_before, received_before) = daemon_counts()?;
-    let config = |i: u32| ScanConfig {
-        connect: ConnectOptions::new(server.local_addr().to_string()),
-        rel: Synthetic::rel(first_rel + i),
-        blocks: None,
-        mode,
-        distance: args.distance,
-        cpu_per_page_us: 0,
-        prefetch_port: Some(prefetch_port),
-        read_path: ReadPathConfig::default(),
-    };
-    // The gate holds every backend until all are spawned, so they scan concurrently; a
-    // spawn failure still opens it (by returning), and the started ones finish and are joined.
-    let gate = RwLock::new(());
-    let (reports, elapsed_s) = std::thread::scope(|s| -> anyhow::Result<_> {
-        let closed = gate.write().map_err(|_| anyhow::anyhow!("gate poisoned"))?;
-        let mut handles = Vec::with_capacity(args.backends as usize);
-        for i in 0..args.backends {
-            let (cfg, gate) = (config(i), &gate);
-            let h = std::thread::Builder::new()
-                .name(format!("backend-{i}"))
-                .spawn_scoped(s, move || {
-                    drop(gate.read());
-                    run_scan(&cfg, lfc)
-                })?;
-            handles.push(h);
-        }
-        let started = Instant::now();
-        drop(closed);
-        let reports: Vec<anyhow::Result<ScanReport>> = handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a backend thread panicked")))
-            })
-            .collect();
-        Ok((reports, started.elapsed().as_secs_f64()))
-    })?;
-    let reports: Vec<ScanReport> = reports.into_iter().collect::<anyhow::Result<_>>()?;
-    anyhow::ensure!(
-        reports.iter().all(|r| r.failed == 0),
-        "a page failed verification"
-    );
-    // Let the last datagrams of the run land before reading the daemon's counters.
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    let (installed_after, received_after) = daemon_counts()?;
-    let pages: u64 = reports.iter().map(|r| r.pages).sum();
-    let rates = reports.iter().map(|r| r.pages_per_s);
+    let daemon_before = daemon.cpu_seconds()?;
+    // The gate: closing their input starts every scan at once.
+    for p in &mut procs {
+        drop(p.child.stdin.take());
+    }
+    let mut reports = Vec::with_capacity(procs.len());
+    for p in &mut procs {
+        let mut json = String::new();
+        p.stdout.read_to_string(&mut json)?;
+        let status = p.child.wait()?;
+        anyhow::ensure!(
+            status.success(),
+            "a {} backend failed ({status}): {json}",
+            mode.name()
+        );
+        let report: ScanReport = serde_json::from_str(json.trim())
+            .map_err(|e| anyhow::anyhow!("a backend's report: {e}: {json:?}"))?;
+        anyhow::ensure!(report.failed == 0, "a page failed verification");
+        reports.push(report);
+    }
     Ok(ModeResult {
-        total_pages_per_s: pages as f64 / elapsed_s.max(1e-9),
-        min_pages_per_s: rates.clone().fold(f64::INFINITY, f64::min),
-        max_pages_per_s: rates.fold(0.0, f64::max),
-        connections: counter(&stats.connections_total) - connections_before,
-        elapsed_s,
-        hits: reports.iter().map(|r| r.hits + r.late_hits).sum(),
-        fallbacks: reports.iter().map(|r| r.fallbacks).sum(),
-        wait_timeouts: reports.iter().map(|r| r.wait_timeouts).sum(),
-        window_cuts: reports.iter().map(|r| r.window_cuts).sum(),
+        reports,
+        daemon_cpu_s: daemon.cpu_seconds()? - daemon_before,
         prefetch_pages_sent: counter(&stats.prefetch_pages_sent) - sent_before,
         prefetch_pages_dropped: dropped() - dropped_before,
-        datagrams_installed: installed_after - installed_before,
-        datagrams_received: received_after - received_before,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::all::args_of;
+
+    #[test]
+    fn defaults_are_the_issues_backend_counts_at_default_priority() {
+        let a: ManyBackendsBenchArgs = args_of(&[]).unwrap();
+        assert_eq!(a.backends, [8, 32, 64]);
+        assert_eq!((a.daemon_nice, a.prefetch_sender_nice), (0, 0));
+        assert_eq!(a.total_pages / 64, 4096);
+    }
 }

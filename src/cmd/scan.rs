@@ -44,7 +44,14 @@ pub struct ScanArgs {
     /// One JSON object instead of the human summary.
     #[arg(long)]
     pub json: bool,
+    /// For benchmarks that start many scans at once: once attached, print the line
+    /// `udp-prefetch scan ready` and start scanning when standard input reaches its end.
+    #[arg(long, hide = true)]
+    pub start_gate: bool,
 }
+
+/// The first line a `--start-gate` scan prints, once it is ready to start.
+pub const READY_LINE: &str = "udp-prefetch scan ready";
 
 fn parse_blocks(s: &str) -> Result<Range<u32>, String> {
     let bad = || format!("invalid block range {s:?}: expected A..B with A < B");
@@ -112,6 +119,14 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
             ..ReadPathConfig::default()
         },
     };
+    if args.start_gate {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{READY_LINE}")?;
+        out.flush()?;
+        // Whatever the starter writes, the scan starts when it closes our input.
+        std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+    }
     let report = run_scan(&cfg, lfc.as_ref())?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
