@@ -82,21 +82,24 @@ fn scan_limit(server: &ServerProc, lfc: &Path) -> (Duration, serde_json::Value) 
 
 /// Waits until the LFC holds at least `pages` pages (the scan is under way and UDP is
 /// delivering), polling; panics if the scan exits first.
-fn wait_for_lfc_pages(lfc: &Path, pages: u64, scan: &mut Child) {
-    let cache = lfc::Lfc::open(lfc).expect("open the LFC");
+/// Waits until the daemon has installed `pages` datagrams: UDP is delivering. (Pages in the LFC
+/// say less: a backend that moved to TCP pipelining installs its pages too.)
+fn wait_for_udp_installs(workers: &WorkersProc, pages: u64, scan: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if cache.stats().used_pages >= pages {
+        let installed =
+            WorkersProc::metric(&workers.scrape(), "udp_prefetch_datagrams_installed_total");
+        if installed >= pages {
             return;
         }
         if let Some(status) = scan.try_wait().expect("try_wait") {
-            panic!("the scan exited ({status}) before the LFC held {pages} pages");
+            panic!("the scan exited ({status}) before the daemon installed {pages} pages");
         }
         assert!(
             Instant::now() < deadline,
-            "the LFC did not reach {pages} pages in 60 s: is UDP prefetch delivering?"
+            "the daemon did not install {pages} pages in 60 s: is UDP prefetch delivering?"
         );
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -131,7 +134,7 @@ fn udp_scan_under_way() -> UdpScanUnderWay {
     let workers = WorkersProc::start(&lfc, &["--size", "128MiB", "--threads", "1"]);
     let (limit, pipelined) = scan_limit(&server, &lfc);
     let mut scan = spawn_scan(&server, &lfc, "udp");
-    wait_for_lfc_pages(&lfc, 2048, &mut scan);
+    wait_for_udp_installs(&workers, 2048, &mut scan);
     UdpScanUnderWay {
         workers,
         scan,

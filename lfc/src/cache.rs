@@ -116,7 +116,13 @@ pub struct Lfc {
     map: MmapRaw,
     header: FixedHeader,
     geo: Geometry,
+    /// Chunks of `MAPPED_CHUNK_FRAMES` frames that `prefault` put in this process's page
+    /// tables, writable, one bit each: a frame there is filled with a plain copy.
+    mapped_chunks: Box<[AtomicU64]>,
 }
+
+/// Frames per bit of `Lfc::mapped_chunks` (2 MiB).
+const MAPPED_CHUNK_FRAMES: u64 = 256;
 
 impl std::fmt::Debug for Lfc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -209,12 +215,16 @@ impl Lfc {
             a.map.len() as u64 >= geo.file_len,
             "attach maps the whole file"
         );
+        let chunks = geo.capacity_pages.div_ceil(MAPPED_CHUNK_FRAMES);
         Lfc {
             path: path.to_path_buf(),
             file: a.file,
             map: a.map,
             header: a.header,
             geo,
+            mapped_chunks: (0..chunks.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 
@@ -1107,25 +1117,35 @@ impl Lfc {
         m.ctl.store(c.to_valid().0, Ordering::Release);
     }
 
-    /// Fills a BUSY frame owned by this process. Through `pwrite` on the file rather than the
-    /// mapping: the bytes land in the same page-cache pages every process maps, and this
-    /// process's page tables are left alone. A process that fills frames it never touched (a
-    /// backend installing its TCP pipeline's pages) otherwise takes two write faults per frame
-    /// (shared file mappings get no fault-around on write): a quarter of its CPU per page, and
-    /// the pipeline ran about a fifth faster this way. Prefaulting the frame's 2 MiB chunk
-    /// first (`MADV_POPULATE_WRITE`) and copying measured slower still (a third of that
-    /// backend's CPU): the populate walks the same fault path per 4 KiB page. The write
-    /// completes before the publishing Release store, so readers that see the frame VALID see
-    /// the bytes. Should the write fail, the copy goes through the mapping as before.
+    /// Fills a BUSY frame owned by this process: with a plain copy through the mapping when
+    /// this process prefaulted the frame's chunk (`prefault`, `map_all`: the daemon, and
+    /// long-running backends), else with `pwrite` on the file. A process that fills frames it
+    /// never touched (a backend installing its TCP pipeline's pages) would otherwise take two
+    /// write faults per frame (shared file mappings get no fault-around on write): a quarter
+    /// of its CPU per page, and `pwrite` ran about a fifth faster. Prefaulting the chunk on
+    /// first use measured slower still (the populate walks the same fault path per 4 KiB
+    /// page). `pwrite` is no default for everyone, though: it takes the file's inode lock, and
+    /// with 32 backends installing at once they queued on it (a twentieth of the compute's CPU
+    /// in `rwsem_down_write_slowpath`). Either way the bytes land in the same page-cache pages
+    /// every process maps, before the publishing Release store, so readers that see the frame
+    /// VALID see the bytes. Should `pwrite` fail, the copy goes through the mapping.
     fn copy_into_frame(&self, frame: u32, page: &[u8; PAGE_SIZE]) {
         use std::os::unix::fs::FileExt;
-        let offset = self.geo.data_offset + u64::from(frame) * PAGE_SIZE as u64;
-        if self.file.write_all_at(page, offset).is_ok() {
-            return;
+        if !self.chunk_mapped(frame) {
+            let offset = self.geo.data_offset + u64::from(frame) * PAGE_SIZE as u64;
+            if self.file.write_all_at(page, offset).is_ok() {
+                return;
+            }
         }
         // SAFETY: the frame is BUSY and owned by us, so no other process writes it; readers
         // ignore BUSY frames. Source and destination cannot overlap.
         unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), self.frame_ptr(frame), PAGE_SIZE) };
+    }
+
+    /// Whether `prefault` put `frame`'s chunk in this process's page tables.
+    fn chunk_mapped(&self, frame: u32) -> bool {
+        let chunk = u64::from(frame) / MAPPED_CHUNK_FRAMES;
+        self.mapped_chunks[(chunk / 64) as usize].load(Ordering::Relaxed) & (1 << (chunk % 64)) != 0
     }
 
     // ---- writers ---------------------------------------------------------------------------
@@ -1334,7 +1354,28 @@ impl Lfc {
         let len = (frames.end - frames.start) * PAGE_SIZE as u64;
         self.map
             .advise_range(Advice::PopulateWrite, offset as usize, len as usize)
-            .map_err(|e| OpError::io(&self.path, "madvise(MADV_POPULATE_WRITE)", e))
+            .map_err(|e| OpError::io(&self.path, "madvise(MADV_POPULATE_WRITE)", e))?;
+        // Chunks wholly inside the range are now mapped writable here.
+        let end = frames.end.min(self.geo.capacity_pages);
+        let mut chunk = frames.start.div_ceil(MAPPED_CHUNK_FRAMES);
+        while ((chunk + 1) * MAPPED_CHUNK_FRAMES).min(self.geo.capacity_pages) <= end
+            && chunk * MAPPED_CHUNK_FRAMES < end
+        {
+            self.mapped_chunks[(chunk / 64) as usize]
+                .fetch_or(1 << (chunk % 64), Ordering::Relaxed);
+            chunk += 1;
+        }
+        Ok(())
+    }
+
+    /// Maps every frame and the metadata into this process's page tables, writable
+    /// (`MADV_POPULATE_WRITE`), as a long-running process has them once it has touched every
+    /// frame: its reads then take no page fault, and it fills frames with a plain copy rather
+    /// than `pwrite` (see `copy_into_frame`). Costs a page-table page per 2 MiB of cache and,
+    /// on tmpfs, allocates any frame not allocated yet (a daemon's prefault allocates them all).
+    pub fn map_all(&self) -> Result<(), OpError> {
+        self.prefault_metadata()?;
+        self.prefault(0..self.geo.capacity_pages)
     }
 
     /// Like `prefault`, for the metadata in front of the frames (frame states, buckets,

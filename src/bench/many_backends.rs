@@ -52,6 +52,12 @@ pub struct ManyBackendsBenchArgs {
     /// --prefetch-sender-nice`; 0 = as started).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub prefetch_sender_nice: i32,
+    /// Measure backends as freshly started processes, paying a page fault on their first touch
+    /// of each LFC frame (about 2 µs per page with 4 KiB pages). By default each backend maps
+    /// the LFC before the gate opens, as a PostgreSQL backend that has served queries for a
+    /// while has: the steady state, like the rest of the start-up that the gate leaves out.
+    #[arg(long)]
+    pub fresh_backends: bool,
 }
 
 /// What one mode observed across all backends of a case.
@@ -113,6 +119,7 @@ impl ModeResult {
                 .param("prefetch_senders", args.prefetch_senders)
                 .param("prefetch_sender_nice", args.prefetch_sender_nice)
                 .param("daemon_nice", args.daemon_nice)
+                .param("fresh_backends", args.fresh_backends)
         };
         let (backend_cpu, daemon_cpu) = self.compute_cpu_us();
         vec![
@@ -256,6 +263,9 @@ fn run_mode(
             .stderr(Stdio::inherit());
         if mode == ScanMode::Udp {
             cmd.arg("--lfc").arg(daemon.lfc_path());
+            if !args.fresh_backends {
+                cmd.arg("--map-lfc");
+            }
         }
         let mut child = cmd.spawn()?;
         let stdout = BufReader::new(child.stdout.take().expect("piped"));

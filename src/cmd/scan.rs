@@ -48,6 +48,11 @@ pub struct ScanArgs {
     /// `udp-prefetch scan ready` and start scanning when standard input reaches its end.
     #[arg(long, hide = true)]
     pub start_gate: bool,
+    /// For benchmarks of long-running backends: map the whole LFC before starting
+    /// (`Lfc::map_all`), as a backend that has served queries for a while has it mapped, so
+    /// that first-touch page faults of a fresh process are not measured as read cost.
+    #[arg(long, hide = true)]
+    pub map_lfc: bool,
 }
 
 /// The first line a `--start-gate` scan prints, once it is ready to start.
@@ -119,6 +124,9 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
             ..ReadPathConfig::default()
         },
     };
+    if let (true, Some(lfc)) = (args.map_lfc, &lfc) {
+        lfc.map_all()?;
+    }
     if args.start_gate {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
