@@ -87,6 +87,9 @@ pub enum DriverError {
     Unrequested(String),
 }
 
+/// Reads on a path during which waits for just-requested prefetches do not count as waited.
+const FRESH_WAITS_GRACE_READS: u64 = 64;
+
 /// Why a read gave up on a prefetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Miss {
@@ -517,7 +520,11 @@ impl Driver {
                 self.done(lfc, ReadSource::Hit, now_ns)
             }
             Some(Step::Wait(budget)) => {
-                if !self.read_fresh {
+                // A wait for a prefetch requested just now is the start of a window, not a
+                // failing path: not counted while the path is young. Later, a backend whose
+                // reads keep waiting for prefetches it has just sent (one page ahead, or random
+                // reads) is using UDP as a slower synchronous fetch, and those waits count.
+                if !self.read_fresh || self.health.reads_on_path() >= FRESH_WAITS_GRACE_READS {
                     self.wait_started_ns = Some(now_ns);
                 }
                 let until_ns = now_ns + budget.as_nanos() as u64;

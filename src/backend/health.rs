@@ -411,6 +411,11 @@ impl UdpHealth {
     /// prefetch requested more than a budget earlier. On UDP, returns true when most reads of a
     /// window waited (`WAITED_SHARE_TO_DEGRADE`) or reads took longer than they did on TCP
     /// pipelining (`SLOWER_THAN_TCP_TO_DEGRADE`), and that moved the backend to TCP.
+    /// Reads done on the current path since the last change.
+    pub fn reads_on_path(&self) -> u64 {
+        self.reads_on_path
+    }
+
     pub fn on_read(&mut self, cycle_ns: u64, waited: bool, now_ns: u64) -> bool {
         self.reads_on_path += 1;
         let closed = self.pace[self.path as usize].add(cycle_ns, waited);
