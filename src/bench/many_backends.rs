@@ -41,8 +41,8 @@ pub struct ManyBackendsBenchArgs {
     /// Worker daemon threads (the daemon's own default: one per two CPUs, at least one).
     #[arg(long, default_value_t = workers::daemon::default_threads())]
     pub daemon_threads: usize,
-    /// The page server's UDP prefetch sender threads (the server's default is 1).
-    #[arg(long, default_value_t = 1)]
+    /// The page server's UDP prefetch sender threads (the server's default).
+    #[arg(long, default_value_t = crate::server::default_prefetch_senders())]
     pub prefetch_senders: usize,
     /// Nice value for every worker daemon thread (0 = as started, the default deployment;
     /// negative needs root or CAP_SYS_NICE).

@@ -35,8 +35,8 @@ pub struct PageServerArgs {
     /// Pacing of UDP prefetch datagrams per destination, bytes per second; 0 = unpaced.
     #[arg(long, default_value_t = 0)]
     pub prefetch_rate: u64,
-    /// Threads sending UDP prefetch datagrams.
-    #[arg(long, default_value_t = 1)]
+    /// Threads sending UDP prefetch datagrams (default: one per two CPUs, at least one).
+    #[arg(long, default_value_t = crate::server::default_prefetch_senders())]
     pub prefetch_senders: usize,
     /// Prefetch pages queued across all destinations; beyond it Prefetch requests are dropped
     /// (counted), never GetPages.

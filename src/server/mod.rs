@@ -24,6 +24,15 @@ use std::time::Duration;
 use store::PageStore;
 use udp_sender::{PrefetchSender, SenderConfig};
 
+/// Prefetch sender threads by default: one per two CPUs this process may use, at least one.
+/// One sender seals and sends about 200k pages/s on the machines measured (reading the page is
+/// most of it); a server with more CPUs serves more computes, and the senders' fairness across
+/// connections holds with any number of them.
+pub fn default_prefetch_senders() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / 2).clamp(1, 16)
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -67,7 +76,7 @@ impl Default for ServerConfig {
             service_delay_us: 0,
             lsn_wait_timeout: Duration::from_secs(2),
             max_page_versions: 65_536,
-            prefetch_senders: 1,
+            prefetch_senders: default_prefetch_senders(),
             prefetch_rate_bytes_per_s: 0,
             prefetch_queue_pages: 1 << 20,
             drop_prefetch: 0.0,
