@@ -285,15 +285,7 @@ impl PrefetchScheduler {
             }
             if drained {
                 self.queues.remove(&conn);
-                let left = self
-                    .queues_per_addr
-                    .get_mut(&addr)
-                    .expect("counted on push");
-                *left -= 1;
-                if *left == 0 {
-                    self.queues_per_addr.remove(&addr);
-                    self.fetched.remove(&addr);
-                }
+                self.queue_gone(addr);
             } else {
                 if paced && allowance == 0 {
                     // Next token for one datagram.
@@ -330,17 +322,23 @@ impl PrefetchScheduler {
         let pages: u64 = queue.jobs.iter().map(|j| u64::from(j.remaining)).sum();
         self.queued_pages -= pages;
         if let Some(addr) = queue.addr {
-            let left = self
-                .queues_per_addr
-                .get_mut(&addr)
-                .expect("counted on push");
-            *left -= 1;
-            if *left == 0 {
-                self.queues_per_addr.remove(&addr);
-                self.fetched.remove(&addr);
-            }
+            self.queue_gone(addr);
         }
         pages
+    }
+
+    /// A connection's queue for `addr` is gone: when it was the destination's last, the
+    /// destination's fetched pages are forgotten too (bounded state).
+    fn queue_gone(&mut self, addr: SocketAddr) {
+        let left = self
+            .queues_per_addr
+            .get_mut(&addr)
+            .expect("counted on push");
+        *left -= 1;
+        if *left == 0 {
+            self.queues_per_addr.remove(&addr);
+            self.fetched.remove(&addr);
+        }
     }
 }
 
@@ -437,6 +435,12 @@ mod tests {
 
     const REL: RelTag = RelTag::new(1663, 5, 16384, 0);
 
+    /// Queues `n` pages from `first` for connection `conn` of the compute on port 9, due now.
+    fn push_for(s: &mut PrefetchScheduler, conn: ConnId, first: u32, n: u32) {
+        s.push(&conn_to(9, conn), Header::default(), REL, first, n, 0)
+            .unwrap();
+    }
+
     #[test]
     fn ranges_come_out_in_order_and_round_robin() {
         let mut s = PrefetchScheduler::new(SchedulerLimits::default());
@@ -516,12 +520,9 @@ mod tests {
         // Three backends of one compute (one daemon port): the second and third are not
         // served after the whole of the first's window, as a queue per destination did.
         let mut s = PrefetchScheduler::new(SchedulerLimits::default());
-        s.push(&conn_to(9, 1), Header::default(), REL, 0, 6, 0)
-            .unwrap();
-        s.push(&conn_to(9, 2), Header::default(), REL, 100, 4, 0)
-            .unwrap();
-        s.push(&conn_to(9, 3), Header::default(), REL, 200, 2, 0)
-            .unwrap();
+        push_for(&mut s, 1, 0, 6);
+        push_for(&mut s, 2, 100, 4);
+        push_for(&mut s, 3, 200, 2);
         let mut out = Vec::new();
         let mut turns = Vec::new();
         let take = |s: &mut PrefetchScheduler, out: &mut Vec<PageJob>, turns: &mut Vec<_>| {
@@ -530,8 +531,7 @@ mod tests {
         };
         take(&mut s, &mut out, &mut turns);
         // Block 0 and 1 went out; backend 1 lost block 1 and asks again: ahead of 2..6.
-        s.push(&conn_to(9, 1), Header::default(), REL, 1, 1, 0)
-            .unwrap();
+        push_for(&mut s, 1, 1, 1);
         while let Next::Ready(_) = s.next_batch(0, 2, &mut out) {
             turns.push(out.iter().map(|j| j.tag.blkno).collect());
         }
@@ -553,10 +553,8 @@ mod tests {
     #[test]
     fn a_closed_connection_is_forgotten_and_its_compute_keeps_its_other_queues() {
         let mut s = PrefetchScheduler::new(SchedulerLimits::default());
-        s.push(&conn_to(9, 1), Header::default(), REL, 0, 100, 0)
-            .unwrap();
-        s.push(&conn_to(9, 2), Header::default(), REL, 500, 3, 0)
-            .unwrap();
+        push_for(&mut s, 1, 0, 100);
+        push_for(&mut s, 2, 500, 3);
         s.on_get_page(conn_to(9, 2).addr, REL.block(501));
         assert_eq!(s.forget(1), 100);
         assert_eq!(s.forget(1), 0, "already gone");
