@@ -487,14 +487,15 @@ impl Driver {
         }
         let own = self.core.own_loss(&tag);
         self.read_fresh = self.core.own_is_fresh(&tag, now_ns);
-        // A page the pipeline read ahead first: a copy from memory this backend just wrote,
-        // where the LFC's copy costs an index probe and page faults on a fresh mapping. Both
-        // are current by the same rule (not modified after the GetPage), checked on taking it.
-        if !self.ready.is_empty() && self.take_ready(lfc, &tag, out) {
+        let mut hit = lfc.lookup(&tag, out).is_some();
+        if hit && !self.ready.is_empty() {
+            // Read from the LFC: its copy read ahead is no longer needed.
+            self.drop_ready(&tag);
+        }
+        if !hit && self.take_ready(lfc, &tag, out) {
             self.core.stats_mut().reads += 1;
             return self.done(lfc, ReadSource::Tcp, now_ns);
         }
-        let mut hit = lfc.lookup(&tag, out).is_some();
         if !hit && self.pipeline.contains(&tag) {
             // Its GetPage is queued or in flight: the response brings it.
             self.core.stats_mut().reads += 1;
@@ -657,6 +658,13 @@ impl Driver {
             not_modified_since,
             page: buf,
         });
+    }
+
+    fn drop_ready(&mut self, tag: &BufferTag) {
+        if let Some(i) = self.ready.iter().position(|r| r.tag == *tag) {
+            let r = self.ready.remove(i).expect("found");
+            self.spare.push(r.page);
+        }
     }
 
     /// Copies `tag` from the pipelined pages read ahead, if there and still current (the same
