@@ -85,21 +85,6 @@ impl DaemonRecord {
     }
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of daemon heartbeats and request marks, shared by
-/// every process on the machine.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes one timespec we own; CLOCK_MONOTONIC is always supported on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    debug_assert_eq!(rc, 0);
-    (ts.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec as u64)
-}
-
 /// The daemon area in the shared file. Atomics only (valid for any bit pattern; zero = none).
 #[repr(C, align(64))]
 pub(crate) struct DaemonArea {
@@ -532,14 +517,6 @@ mod tests {
             ..zero
         };
         assert!(decode(&bad_family).is_none());
-    }
-
-    #[test]
-    fn monotonic_clock_moves_forward() {
-        let a = monotonic_ns();
-        std::thread::sleep(Duration::from_millis(2));
-        let b = monotonic_ns();
-        assert!(b >= a + 1_000_000, "{a} -> {b}");
     }
 
     #[test]

@@ -56,6 +56,7 @@ mod arrival;
 mod attach;
 mod bucket;
 mod cache;
+mod clock;
 mod daemon;
 mod error;
 mod frame;
@@ -70,7 +71,8 @@ pub use cache::{
     HomeLockForTest, InstallOutcome, Lfc, LfcGeometry, Rejected, Reservation, WriteOutcome,
     MAX_ARRIVAL_WAIT,
 };
-pub use daemon::{monotonic_ns, DaemonLock, DaemonRecord, DAEMON_HEARTBEAT_NS, DAEMON_STALE_NS};
+pub use clock::{monotonic_ns, wall_ns};
+pub use daemon::{DaemonLock, DaemonRecord, DAEMON_HEARTBEAT_NS, DAEMON_STALE_NS};
 pub use error::{AttachError, DaemonLockError, OpError};
 pub use layout::{FORMAT_VERSION, MAX_CAPACITY_PAGES, OVERFLOW_WINDOW};
 pub use requested::REQUESTED_TTL_NS;

@@ -3,7 +3,6 @@
 
 use super::prefetch::{ConnId, Destination};
 use super::stats::bump;
-use super::udp_sender::mono_ns;
 use super::Shared;
 use crate::framed::{FramedError, FramedReader};
 use crate::page::Page;
@@ -624,7 +623,8 @@ fn enqueue_prefetch(
     bump(&shared.stats.prefetch);
     match target {
         Some(dest) => {
-            let arrived_ns = mono_ns().saturating_sub(arrived.elapsed().as_nanos() as u64);
+            let arrived_ns =
+                lfc::monotonic_ns().saturating_sub(arrived.elapsed().as_nanos() as u64);
             shared
                 .prefetch
                 .enqueue(dest, req.header(), *rel, *first_blkno, *nblocks, arrived_ns);

@@ -8,14 +8,14 @@ use super::prefetch::{
 use super::stats::{bump, ServerStats};
 use super::store::PageStore;
 use crate::pagestream::Header;
-use lfc::{RelTag, PAGE_SIZE};
+use lfc::{monotonic_ns, RelTag, PAGE_SIZE};
 use parking_lot::{Condvar, Mutex};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use workers::datagram::DATAGRAM_LEN;
 use workers::udp::GsoSender;
 
@@ -38,18 +38,6 @@ pub struct SenderConfig {
     pub nice: i32,
     /// Run the sender threads as `SCHED_BATCH` (`workers::sched::ThreadClass::Bulk`).
     pub bulk_class: bool,
-}
-
-/// Nanoseconds on a monotonic clock shared by every thread of this process.
-pub fn mono_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// The scheduler and what GetPages reported since a sender last held it.
@@ -251,7 +239,7 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
         {
             let mut q = inner.scheduler.lock();
             q.take_fetched();
-            let next = q.sched.next_batch(mono_ns(), SEND_BATCH, &mut jobs);
+            let next = q.sched.next_batch(monotonic_ns(), SEND_BATCH, &mut jobs);
             inner
                 .queued_pages
                 .store(q.sched.queued_pages(), Ordering::Relaxed);
@@ -261,7 +249,8 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
             match next {
                 Next::Ready(_) => {}
                 Next::WaitUntil(t) => {
-                    let wait = Duration::from_nanos(t.saturating_sub(mono_ns())).min(IDLE_WAIT);
+                    let wait =
+                        Duration::from_nanos(t.saturating_sub(monotonic_ns())).min(IDLE_WAIT);
                     inner.work.wait_for(&mut q, wait);
                     continue;
                 }
@@ -280,7 +269,7 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
             match seal_page_job(
                 &inner.store,
                 job,
-                wall_ns(),
+                lfc::wall_ns(),
                 &mut page,
                 &mut datagrams[ready],
             ) {

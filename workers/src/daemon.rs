@@ -108,12 +108,6 @@ pub struct Started {
     pub capacity_pages: u64,
 }
 
-fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 fn open_lfc(config: &DaemonConfig) -> Result<Lfc, DaemonError> {
     let err = |source| DaemonError::Lfc {
         path: config.lfc.clone(),
@@ -392,7 +386,7 @@ fn worker_loop(
         let n = receiver.wait(POLL, &mut completions).map_err(io_err)?;
         // One clock read per batch: it only dates arrivals for the latency histogram, and one
         // per datagram was a tenth of the daemon's CPU.
-        let now_wall_ns = if n > 0 { wall_ns() } else { 0 };
+        let now_wall_ns = if n > 0 { lfc::wall_ns() } else { 0 };
         for c in &completions[..n] {
             let i = c.slot_id as usize;
             let res = slots[i].take().expect("a completed slot was posted");
