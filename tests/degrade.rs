@@ -134,7 +134,7 @@ fn udp_scan_under_way() -> UdpScanUnderWay {
     let workers = WorkersProc::start(&lfc, &["--size", "128MiB", "--threads", "1"]);
     let (limit, pipelined) = scan_limit(&server, &lfc);
     let mut scan = spawn_scan(&server, &lfc, "udp");
-    wait_for_udp_installs(&workers, 2048, &mut scan);
+    wait_for_udp_installs(&workers, 256, &mut scan);
     UdpScanUnderWay {
         workers,
         scan,
