@@ -173,9 +173,8 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         let ratio = |(b, u, _): &(ScanReport, ScanReport, Option<Injected>)| {
             u.pages_per_s / b.pages_per_s.max(1e-9)
         };
-        let mut ratios: Vec<f64> = reps.iter().map(ratio).collect();
         reps.sort_by(|x, y| ratio(x).total_cmp(&ratio(y)));
-        ratios.sort_by(f64::total_cmp);
+        let ratios: Vec<f64> = reps.iter().map(ratio).collect();
         let (baseline, udp, injected) = reps.swap_remove(reps.len() / 2);
         let fault = case.fault(args);
         anyhow::ensure!(

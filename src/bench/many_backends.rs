@@ -218,13 +218,13 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     Ok(records)
 }
 
-/// A backend process waiting at the start gate.
-struct Backend {
+/// A backend's `scan` process, waiting at the start gate until its input closes.
+struct ScanProcess {
     child: Child,
     stdout: BufReader<std::process::ChildStdout>,
 }
 
-impl Drop for Backend {
+impl Drop for ScanProcess {
     fn drop(&mut self) {
         // Reaped whatever happened; a scan that is still running is killed.
         if matches!(self.child.try_wait(), Ok(None)) {
@@ -269,7 +269,7 @@ fn run_mode(
         }
         let mut child = cmd.spawn()?;
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        procs.push(Backend { child, stdout });
+        procs.push(ScanProcess { child, stdout });
     }
     for p in &mut procs {
         let mut line = String::new();

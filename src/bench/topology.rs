@@ -96,16 +96,17 @@ pub fn placement(topology: Topology, cpus: &[usize]) -> anyhow::Result<Placement
 
 /// Places this bench run: the calling thread (the bench's main thread, before it starts
 /// anything) goes to the compute's CPUs. Once per process; later calls must agree.
-pub fn enter(topology: Topology) -> anyhow::Result<&'static Placement> {
+pub fn enter(topology: Topology) -> anyhow::Result<()> {
     if let Some(p) = PLACEMENT.get() {
         anyhow::ensure!(p.topology == topology, "one topology per bench process");
-        return Ok(p);
+        return Ok(());
     }
     let p = placement(topology, &allowed_cpus()?)?;
     if topology == Topology::Split {
         pin_current_thread(&p.compute)?;
     }
-    Ok(PLACEMENT.get_or_init(|| p))
+    PLACEMENT.get_or_init(|| p);
+    Ok(())
 }
 
 /// The run's placement (colocated when no bench entered one, e.g. in unit tests).
