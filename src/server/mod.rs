@@ -24,13 +24,13 @@ use std::time::Duration;
 use store::PageStore;
 use udp_sender::{PrefetchSender, SenderConfig};
 
-/// Prefetch sender threads by default: one per two CPUs this process may use, at least one.
-/// One sender seals and sends about 200k pages/s on the machines measured (reading the page is
-/// most of it); a server with more CPUs serves more computes, and the senders' fairness across
-/// connections holds with any number of them.
+/// Prefetch sender threads by default: one per two CPUs this process may use, at least one
+/// (the worker daemon's rule for its receive threads), at most 16. One sender seals and sends
+/// about 200k pages/s on the machines measured (reading the page is most of it); a server with
+/// more CPUs serves more computes, and the senders' fairness across connections holds with any
+/// number of them.
 pub fn default_prefetch_senders() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cpus / 2).clamp(1, 16)
+    workers::daemon::default_threads().min(16)
 }
 
 #[derive(Debug, Clone)]
