@@ -1,17 +1,26 @@
 //! epoll backend: mio readiness (edge-triggered) and `recvmmsg` over the posted slots until the
 //! socket reports `EAGAIN`.
+//!
+//! How it meets the [`RecvBackend`] contract: the kernel touches slot memory only inside a
+//! `recvmmsg` call made by `wait`, so a posted slot is merely remembered, in a FIFO ring that
+//! gives the contract's oldest-first order, and `cancel_all` and drop need no kernel round trip.
+//! Readiness is edge-triggered, so the backend keeps a `readable` flag that only `EAGAIN`
+//! clears; that is how datagrams queued before a `wait` are found. A `recvmmsg` failure is
+//! returned as `Err` by `wait` (completions never carry an errno) and leaves the unfilled slots
+//! posted.
 
 use std::io;
 use std::mem;
-use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::UdpSocket;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::ptr;
 use std::time::Duration;
 
 use mio::{Events, Interest, Poll, Token};
 
+use super::backend::RecvBackend;
 use super::sys::{errno, SlotTable};
-use super::{Completion, SlotRegions, UdpError};
+use super::{Completion, IoBackend, SlotRegions, UdpError};
 
 const SOCKET: Token = Token(0);
 
@@ -30,7 +39,6 @@ pub(crate) struct EpollReceiver {
     /// `recvmmsg` says `EAGAIN`. mio is edge-triggered, so stopping early (out of slots or of
     /// room in `out`) must keep this set or the remaining datagrams would wait for a new one.
     readable: bool,
-    drops: u32,
 }
 
 // SAFETY: the raw pointers inside `mmsg` and the slot table point either into this value's own
@@ -38,8 +46,8 @@ pub(crate) struct EpollReceiver {
 // whichever thread owns the receiver; nothing is tied to the creating thread.
 unsafe impl Send for EpollReceiver {}
 
-impl EpollReceiver {
-    pub(crate) fn new(socket: UdpSocket, max_slots: usize) -> Result<Self, UdpError> {
+impl RecvBackend for EpollReceiver {
+    fn new(socket: UdpSocket, max_slots: usize) -> Result<Self, UdpError> {
         let poll = Poll::new().map_err(UdpError::io("creating an epoll instance"))?;
         let mut socket = mio::net::UdpSocket::from_std(socket);
         poll.registry()
@@ -61,30 +69,22 @@ impl EpollReceiver {
             mmsg,
             // Datagrams may already be queued; one recvmmsg finds out.
             readable: true,
-            drops: 0,
         })
     }
 
-    pub(crate) fn table(&self) -> &SlotTable {
+    fn kind(&self) -> IoBackend {
+        IoBackend::Epoll
+    }
+
+    fn table(&self) -> &SlotTable {
         &self.table
     }
 
-    pub(crate) fn kernel_drops(&self) -> u32 {
-        self.drops
+    fn socket(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 
-    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket.local_addr()
-    }
-
-    /// # Safety
-    ///
-    /// `Receiver::post`'s contract.
-    pub(crate) unsafe fn post(
-        &mut self,
-        slot_id: u32,
-        regions: SlotRegions,
-    ) -> Result<(), UdpError> {
+    unsafe fn post(&mut self, slot_id: u32, regions: SlotRegions) -> Result<(), UdpError> {
         // SAFETY: forwarded contract.
         let idx = unsafe { self.table.acquire(slot_id, regions) }
             .ok_or(UdpError::NoFreeSlot(self.table.capacity()))?;
@@ -95,7 +95,7 @@ impl EpollReceiver {
         Ok(())
     }
 
-    pub(crate) fn wait(&mut self, timeout: Duration, out: &mut [Completion]) -> io::Result<usize> {
+    fn wait(&mut self, timeout: Duration, out: &mut [Completion]) -> io::Result<usize> {
         if self.len == 0 || out.is_empty() {
             return Ok(0);
         }
@@ -117,6 +117,20 @@ impl EpollReceiver {
         Ok(0)
     }
 
+    fn cancel_all(&mut self, released: &mut dyn FnMut(u32)) -> io::Result<()> {
+        // Nothing to cancel in the kernel: epoll receives only touch slots inside recvmmsg.
+        while self.len > 0 {
+            let idx = self.queue[self.head];
+            released(self.table.slot_id(idx));
+            self.table.release(idx);
+            self.head = (self.head + 1) % self.queue.len();
+            self.len -= 1;
+        }
+        Ok(())
+    }
+}
+
+impl EpollReceiver {
     /// `recvmmsg` over the posted slots (oldest first) until `EAGAIN`, no slot left, or `out`
     /// full.
     fn drain(&mut self, out: &mut [Completion]) -> io::Result<usize> {
@@ -168,36 +182,15 @@ impl EpollReceiver {
                 let m = &self.mmsg[i];
                 // SAFETY: recvmmsg finished with entry `idx`, and `m.msg_hdr` is the header it
                 // wrote, pointing at that entry's buffers.
-                let (mut c, drops) = unsafe {
+                out[done + i] = unsafe {
                     self.table
                         .complete(idx, ptr::addr_of!(m.msg_hdr), m.msg_len as usize)
                 };
-                if let Some(d) = drops {
-                    self.drops = d;
-                }
-                c.kernel_drops = self.drops;
-                out[done + i] = c;
-                self.table.release(idx);
                 self.head = (self.head + 1) % self.queue.len();
                 self.len -= 1;
             }
             done += got;
         }
         Ok(done)
-    }
-
-    pub(crate) fn cancel_all(&mut self, released: &mut dyn FnMut(u32)) {
-        // Nothing to cancel in the kernel: epoll receives only touch slots inside recvmmsg.
-        while self.len > 0 {
-            let idx = self.queue[self.head];
-            released(self.table.slot_id(idx));
-            self.table.release(idx);
-            self.head = (self.head + 1) % self.queue.len();
-            self.len -= 1;
-        }
-    }
-
-    pub(crate) fn as_raw_fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
     }
 }

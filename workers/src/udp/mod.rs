@@ -15,8 +15,11 @@
 //!   longer posted and belongs to the caller again.
 //! * Two backends behind the same type, chosen at run time ([`IoBackend`]): io_uring (one
 //!   `IORING_OP_RECVMSG` per posted slot) and epoll (mio readiness, then `recvmmsg` over all
-//!   posted slots until `EAGAIN`). [`IoChoice::resolve`] turns `--io auto|uring|epoll` into a
-//!   backend, probing io_uring with [`probe_uring`] and falling back to epoll with a warning.
+//!   posted slots until `EAGAIN`). Both implement one crate-private trait, `RecvBackend`
+//!   (`udp/backend.rs`), whose documentation is the written contract every backend keeps;
+//!   [`Receiver`] only checks arguments and forwards. [`IoChoice::resolve`] turns
+//!   `--io auto|uring|epoll` into a backend, probing io_uring with [`probe_uring`] and falling
+//!   back to epoll with a warning.
 //! * Everything is allocated in [`Receiver::new`] (at most [`MAX_SLOTS`] slots): posting,
 //!   waiting and completing never allocate.
 //!
@@ -31,6 +34,7 @@
 //! [`seccomp`] installs a seccomp filter that makes `io_uring_setup` fail, to test the
 //! fallback for real.
 
+mod backend;
 mod epoll;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub mod seccomp;
@@ -45,6 +49,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::str::FromStr;
 use std::time::Duration;
+
+use backend::RecvBackend;
 
 pub use send::{GsoSender, MAX_IOV_PER_DATAGRAM, MAX_SEND_BATCH};
 pub use socket::{attach_spread_by_block, bind_reuseport, bind_reuseport_group, recv_buffer_size};
@@ -309,44 +315,45 @@ impl Receiver {
         Ok(Receiver { inner })
     }
 
+    /// The backend, for everything but [`wait`](Self::wait).
+    fn inner(&self) -> &dyn RecvBackend {
+        match &self.inner {
+            Backend::Epoll(r) => r,
+            Backend::Uring(r) => r,
+        }
+    }
+
+    /// The backend, mutably, for everything but [`wait`](Self::wait).
+    fn inner_mut(&mut self) -> &mut dyn RecvBackend {
+        match &mut self.inner {
+            Backend::Epoll(r) => r,
+            Backend::Uring(r) => r,
+        }
+    }
+
     /// The backend in use.
     pub fn backend(&self) -> IoBackend {
-        match self.inner {
-            Backend::Epoll(_) => IoBackend::Epoll,
-            Backend::Uring(_) => IoBackend::Uring,
-        }
+        self.inner().kind()
     }
 
     /// How many slots can be posted at once.
     pub fn capacity(&self) -> usize {
-        match &self.inner {
-            Backend::Epoll(r) => r.table().capacity(),
-            Backend::Uring(r) => r.table().capacity(),
-        }
+        self.inner().capacity()
     }
 
     /// How many slots are posted right now.
     pub fn posted(&self) -> usize {
-        match &self.inner {
-            Backend::Epoll(r) => r.table().in_use(),
-            Backend::Uring(r) => r.table().in_use(),
-        }
+        self.inner().posted()
     }
 
     /// The latest kernel drop counter (`SO_RXQ_OVFL`) seen on this socket.
     pub fn kernel_drops(&self) -> u32 {
-        match &self.inner {
-            Backend::Epoll(r) => r.kernel_drops(),
-            Backend::Uring(r) => r.kernel_drops(),
-        }
+        self.inner().kernel_drops()
     }
 
     /// The socket's local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        match &self.inner {
-            Backend::Epoll(r) => r.local_addr(),
-            Backend::Uring(r) => r.local_addr(),
-        }
+        self.inner().local_addr()
     }
 
     /// Hands a slot to the receiver. With io_uring the receive is queued at once (submitted to
@@ -363,12 +370,8 @@ impl Receiver {
     /// slots are posted, since then nobody would stop the kernel.
     pub unsafe fn post(&mut self, slot_id: u32, regions: SlotRegions) -> Result<(), UdpError> {
         regions.validate()?;
-        match &mut self.inner {
-            // SAFETY: forwarded contract.
-            Backend::Epoll(r) => unsafe { r.post(slot_id, regions) },
-            // SAFETY: forwarded contract.
-            Backend::Uring(r) => unsafe { r.post(slot_id, regions) },
-        }
+        // SAFETY: forwarded contract.
+        unsafe { self.inner_mut().post(slot_id, regions) }
     }
 
     /// Waits up to `timeout` for at least one receive to finish and writes up to `out.len()`
@@ -377,6 +380,8 @@ impl Receiver {
     /// sleeps here forever); callers simply loop. `Duration::ZERO` only collects what is ready.
     /// With io_uring this call is also what hands newly posted slots to the kernel.
     pub fn wait(&mut self, timeout: Duration, out: &mut [Completion]) -> io::Result<usize> {
+        // Matched here rather than through `inner_mut`: this is the per-batch call, and static
+        // dispatch keeps it a direct, inlinable call instead of one through a vtable.
         match &mut self.inner {
             Backend::Epoll(r) => r.wait(timeout, out),
             Backend::Uring(r) => r.wait(timeout, out),
@@ -386,29 +391,19 @@ impl Receiver {
     /// Takes back every posted slot, calling `released` with each slot id; when it returns the
     /// kernel no longer references any of their memory. Data that raced in is discarded.
     pub fn cancel_all(&mut self, released: &mut dyn FnMut(u32)) -> io::Result<()> {
-        match &mut self.inner {
-            Backend::Epoll(r) => {
-                r.cancel_all(released);
-                Ok(())
-            }
-            Backend::Uring(r) => r.cancel_all(released),
-        }
+        self.inner_mut().cancel_all(released)
     }
 }
 
 impl AsRawFd for Receiver {
     fn as_raw_fd(&self) -> RawFd {
-        match &self.inner {
-            Backend::Epoll(r) => r.as_raw_fd(),
-            Backend::Uring(r) => r.as_raw_fd(),
-        }
+        self.inner().as_raw_fd()
     }
 }
 
 impl AsFd for Receiver {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the descriptor is owned by `self`'s socket, which lives as long as the borrow.
-        unsafe { BorrowedFd::borrow_raw(self.as_raw_fd()) }
+        self.inner().socket()
     }
 }
 

@@ -26,14 +26,18 @@ pub(crate) struct Entry {
     capacity: usize,
 }
 
-/// A fixed set of [`Entry`]s with a free list. Entries are `UnsafeCell`s because the kernel
-/// writes into posted ones while this table is borrowed; they are only touched through raw
-/// pointers, and only when not owned by the kernel.
+/// A fixed set of [`Entry`]s with a free list, and the socket's kernel drop counter as last
+/// seen in a completion. Entries are `UnsafeCell`s because the kernel writes into posted ones
+/// while this table is borrowed; they are only touched through raw pointers, and only when not
+/// owned by the kernel.
 pub(crate) struct SlotTable {
     entries: Box<[UnsafeCell<Entry>]>,
     free: Box<[u16]>,
     free_len: usize,
     posted: Box<[bool]>,
+    /// Latest `SO_RXQ_OVFL` value. The kernel attaches it only to some datagrams (none before
+    /// the first drop), so every completion carries the last one seen instead.
+    drops: u32,
 }
 
 impl SlotTable {
@@ -66,6 +70,7 @@ impl SlotTable {
             free,
             free_len: capacity,
             posted: vec![false; capacity].into_boxed_slice(),
+            drops: 0,
         }
     }
 
@@ -75,6 +80,11 @@ impl SlotTable {
 
     pub(crate) fn in_use(&self) -> usize {
         self.entries.len() - self.free_len
+    }
+
+    /// The latest kernel drop counter (`SO_RXQ_OVFL`) seen in a completion.
+    pub(crate) fn kernel_drops(&self) -> u32 {
+        self.drops
     }
 
     pub(crate) fn is_posted(&self, idx: u16) -> bool {
@@ -165,25 +175,25 @@ impl SlotTable {
         }
     }
 
-    /// Builds the completion of a finished receive of entry `idx`. `hdr` is the `msghdr` the
-    /// kernel wrote back (the entry's own for io_uring, the `mmsghdr` copy for `recvmmsg`);
-    /// `len` is the full datagram length (the receive used `MSG_TRUNC`). Returns the
-    /// completion (with `kernel_drops` left 0) and the `SO_RXQ_OVFL` value if one came.
+    /// Finishes a successful receive of entry `idx`: builds its completion, records the
+    /// `SO_RXQ_OVFL` value if one came, and frees the entry. `hdr` is the `msghdr` the kernel
+    /// wrote back (the entry's own for io_uring, the `mmsghdr` copy for `recvmmsg`); `len` is
+    /// the full datagram length (the receive used `MSG_TRUNC`).
     ///
     /// # Safety
     ///
     /// The kernel must be done with entry `idx`, and `hdr` must point to a `msghdr` whose
     /// name and control pointers are that entry's buffers.
     pub(crate) unsafe fn complete(
-        &self,
+        &mut self,
         idx: u16,
         hdr: *const libc::msghdr,
         len: usize,
-    ) -> (Completion, Option<u32>) {
+    ) -> Completion {
         let e = self.entry(idx);
         // SAFETY: per the contract the kernel is finished with this entry, so reading it is
         // not a race; the buffers are ours and initialised.
-        unsafe {
+        let (completion, drops) = unsafe {
             let flags = (*hdr).msg_flags;
             let completion = Completion {
                 slot_id: (*e).slot_id,
@@ -194,7 +204,28 @@ impl SlotTable {
                 error: None,
             };
             (completion, rxq_ovfl(hdr))
+        };
+        if let Some(d) = drops {
+            self.drops = d;
         }
+        self.release(idx);
+        Completion {
+            kernel_drops: self.drops,
+            ..completion
+        }
+    }
+
+    /// Finishes a failed receive of entry `idx` (the kernel is done with it): builds its
+    /// completion carrying `errno`, and frees the entry.
+    pub(crate) fn fail(&mut self, idx: u16, errno: i32) -> Completion {
+        let c = Completion {
+            slot_id: self.slot_id(idx),
+            error: Some(errno),
+            kernel_drops: self.drops,
+            ..Completion::default()
+        };
+        self.release(idx);
+        c
     }
 
     /// The caller's slot id stored in entry `idx`.
