@@ -1,5 +1,5 @@
 //! udp-prefetch: the root crate — TCP page protocol, reference page server, backend client,
-//! tools and benchmarks. See `DESIGN.md` in the shared folder for the architecture.
+//! tools and benchmarks. See `ARCHITECTURE.md` at the repository root for the architecture.
 
 pub mod backend;
 pub mod bench;

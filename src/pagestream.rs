@@ -1,4 +1,4 @@
-//! Neon pagestream v3 messages (DESIGN §3.1) and this project's extension (tags ≥ 0x40).
+//! Neon pagestream v3 messages (ARCHITECTURE §4 step 1) and this project's extension (tags ≥ 0x40).
 //!
 //! Every message is the payload of one CopyData frame. All integers are big-endian.
 

@@ -1,5 +1,5 @@
 //! The worker daemon's record in the LFC: the rendezvous between the daemon and the backends
-//! (DESIGN §5). The daemon records its UDP listen address, pid, start time and a heartbeat, so a
+//! (ARCHITECTURE §6). The daemon records its UDP listen address, pid, start time and a heartbeat, so a
 //! backend needs no port setting and knows at once whether anyone is receiving; and it holds an
 //! exclusive lock for its lifetime, so that only one daemon serves a cache.
 //!

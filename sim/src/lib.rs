@@ -1,4 +1,4 @@
-//! Deterministic network simulator for the UDP prefetch path (DESIGN §8).
+//! Deterministic network simulator for the UDP prefetch path (ARCHITECTURE §7).
 //!
 //! One `u64` seed fixes everything: the topology, the fault rates of every link (drawn from the
 //! ranges of a [`FaultProfile`]), the workload (unless a list of [`Op`]s is given) and every

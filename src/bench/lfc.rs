@@ -1,7 +1,7 @@
 //! `udp-prefetch bench lfc`: cache lookup/install throughput against a memcpy loop, and CLOCK
 //! hit ratios against an exact-LRU simulation.
 //!
-//! Throughput cases (pages/s, DESIGN §9): `memcpy-1t` copies random 8 KiB pages out of a region
+//! Throughput cases (pages/s, ARCHITECTURE §9): `memcpy-1t` copies random 8 KiB pages out of a region
 //! as large as the cache, of the same kind of memory (a shared file mapping in the same
 //! directory), into a local buffer; `lookup-1t` looks up random cached tags into a local buffer;
 //! `install-1t` installs never-seen tags into the full cache (every install evicts);

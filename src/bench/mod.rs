@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-/// One measured case, printed as one JSON line with `--json` (DESIGN §9).
+/// One measured case, printed as one JSON line with `--json` (ARCHITECTURE §9).
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchRecord {
     pub bench: String,

@@ -11,7 +11,7 @@ pub mod workers;
 
 use std::fmt;
 
-/// Exit status conventions (DESIGN §9).
+/// Exit status conventions (ARCHITECTURE §9).
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_BAD_INPUT: u8 = 2;
 

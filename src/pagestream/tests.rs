@@ -11,7 +11,7 @@ fn hdr() -> Header {
     }
 }
 
-/// The header's bytes as written by hand from DESIGN §3.1.
+/// The header's bytes as written by hand from Neon's pagestream v3 layout.
 fn hdr_bytes(tag: u8) -> Vec<u8> {
     let mut v = vec![tag];
     v.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);

@@ -1,4 +1,4 @@
-//! The page server's prefetch queue and pacing, sans-IO (DESIGN §7): Prefetch requests become
+//! The page server's prefetch queue and pacing, sans-IO (ARCHITECTURE §4, steps 2–3): Prefetch requests become
 //! per-connection queues of page ranges; `next_batch(now)` hands out pages that the pacing of
 //! their destination allows, round-robin across connections. Time is passed in, so the
 //! simulator drives the same code with virtual time.

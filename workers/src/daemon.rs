@@ -1,8 +1,8 @@
-//! The worker daemon (DESIGN §6): N threads, each with its own `SO_REUSEPORT` socket, receiving
+//! The worker daemon (ARCHITECTURE §4 step 5): N threads, each with its own `SO_REUSEPORT` socket, receiving
 //! datagrams straight into reserved LFC slots, validating and publishing them; a Prometheus
 //! endpoint; a pid file. `run` returns when `stop` is set (the CLI sets it on SIGTERM/SIGINT).
 //!
-//! One daemon serves one LFC, and the LFC tells backends where it is (DESIGN §5): `run` takes the
+//! One daemon serves one LFC, and the LFC tells backends where it is (ARCHITECTURE §6): `run` takes the
 //! cache's daemon lock (`Lfc::lock_for_daemon`, released by the kernel if the daemon dies) before
 //! it binds anything, refuses a UDP address that any other socket already uses (a plain bind
 //! probe: the `SO_REUSEPORT` group bind alone would silently join another daemon's group),

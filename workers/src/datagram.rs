@@ -1,4 +1,4 @@
-//! The UDP prefetch datagram (DESIGN §3.2): a fixed 96-byte header, the 8192-byte page, and a
+//! The UDP prefetch datagram (ARCHITECTURE §4 step 4): a fixed 96-byte header, the 8192-byte page, and a
 //! 16-byte trailer. Two protections share the layout, named by the flags byte:
 //!
 //! - **token** (flags 0, the default): the page travels in the clear; the trailer is the

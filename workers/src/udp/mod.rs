@@ -56,7 +56,7 @@ pub use send::{GsoSender, MAX_IOV_PER_DATAGRAM, MAX_SEND_BATCH};
 pub use socket::{attach_spread_by_block, bind_reuseport, bind_reuseport_group, recv_buffer_size};
 pub use uring::probe_uring;
 
-/// Bytes of the datagram header region of a standard slot (DESIGN §3.2).
+/// Bytes of the datagram header region of a standard slot (ARCHITECTURE §4 step 4).
 pub const HEADER_LEN: usize = crate::datagram::HEADER_LEN;
 /// Bytes of the page region of a standard slot.
 pub const PAGE_LEN: usize = lfc::PAGE_SIZE;

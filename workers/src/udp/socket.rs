@@ -71,7 +71,7 @@ pub fn bind_reuseport_group(
 /// use (the libc crate names it for Android only; sparc, parisc and alpha number it otherwise,
 /// and there the attach fails and the group falls back to the 4-tuple hash).
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
-/// Offset of the block number in a prefetch datagram (DESIGN §3.2).
+/// Offset of the block number in a prefetch datagram (ARCHITECTURE §4 step 4).
 const BLKNO_OFFSET: u32 = 52;
 
 /// Spreads the datagrams of every sender over the `count` sockets of the group by block number
