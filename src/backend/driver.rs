@@ -1,4 +1,4 @@
-//! One backend's page access as a sans-IO driver (DESIGN §5): the whole decision of a read —
+//! One backend's page access as a sans-IO driver (ARCHITECTURE §4 step 7, §6): the whole decision of a read —
 //! LFC lookup, loss checks and retries, waiting for a prefetch in flight, the TCP pipeline and
 //! the move between UDP and TCP — with `now` passed in and the messages to send returned
 //! (`poll_transmit`), in the style of quinn-proto. The blocking shell (`backend::Backend`) and
@@ -87,8 +87,13 @@ pub enum DriverError {
     Unrequested(String),
 }
 
-/// Reads on a path during which waits for just-requested prefetches do not count as waited.
+/// Reads on a path during which waits for just-requested prefetches do not count as waited...
 const FRESH_WAITS_GRACE_READS: u64 = 64;
+/// ...unless the path is already this many long waits (half GetPage round trips) old: a
+/// window's start costs about one round trip, and when every read takes one (a window of one
+/// page), 64 of them were 64 round trips of grace — in the simulator, a backend spent twice
+/// TCP pipelining's whole run that way.
+const FRESH_WAITS_GRACE_LONG_WAITS: u64 = 8;
 
 /// Why a read gave up on a prefetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +160,10 @@ pub struct Driver {
     /// `own_is_fresh`), and whether the wait was long (`ReadPath::long_wait_ns`).
     wait_started_ns: Option<u64>,
     read_waited: bool,
+    /// When the current read started, and whether UDP failed it (a wait that ran out, or an
+    /// own prefetch lost past retries): its whole time then counts as lost to UDP.
+    read_started_ns: u64,
+    read_udp_failed: bool,
     read_fresh: bool,
     scratch: Vec<BufferTag>,
     pairs: Vec<(BufferTag, u64)>,
@@ -196,6 +205,8 @@ impl Driver {
             last_done_ns: None,
             wait_started_ns: None,
             read_waited: false,
+            read_started_ns: 0,
+            read_udp_failed: false,
             read_fresh: false,
             scratch: Vec::with_capacity(LOSS_SCAN),
             pairs: Vec::with_capacity(LOSS_SCAN),
@@ -479,6 +490,8 @@ impl Driver {
         assert!(self.current.is_none(), "one read at a time");
         self.fetch_sent_ns = 0;
         self.read_waited = false;
+        self.read_started_ns = now_ns;
+        self.read_udp_failed = false;
         self.wait_started_ns = None;
         self.observe_daemon(lfc, now_ns);
         self.reads_since_loss_check += 1;
@@ -525,7 +538,10 @@ impl Driver {
                 // failing path: not counted while the path is young. Later, a backend whose
                 // reads keep waiting for prefetches it has just sent (one page ahead, or random
                 // reads) is using UDP as a slower synchronous fetch, and those waits count.
-                if !self.read_fresh || self.health.reads_on_path() >= FRESH_WAITS_GRACE_READS {
+                let young = self.health.reads_on_path() < FRESH_WAITS_GRACE_READS
+                    && self.health.time_on_path_ns(now_ns)
+                        < FRESH_WAITS_GRACE_LONG_WAITS * self.core.long_wait_ns();
+                if !self.read_fresh || !young {
                     self.wait_started_ns = Some(now_ns);
                 }
                 let until_ns = now_ns + budget.as_nanos() as u64;
@@ -585,7 +601,15 @@ impl Driver {
     fn done(&mut self, lfc: &Lfc, source: ReadSource, now_ns: u64) -> Poll {
         if let Some(last) = self.last_done_ns {
             let cycle = now_ns.saturating_sub(last);
-            if self.health.on_read(cycle, self.read_waited, now_ns) {
+            let lost_ns = if self.read_udp_failed {
+                now_ns.saturating_sub(self.read_started_ns).max(1)
+            } else {
+                0
+            };
+            if self
+                .health
+                .on_read(cycle, self.read_waited, lost_ns, now_ns)
+            {
                 self.move_window_to_tcp(lfc, now_ns);
             }
         }
@@ -604,6 +628,7 @@ impl Driver {
     /// (`miss`) is evidence against UDP, and may move the rest of the window to TCP behind it.
     fn fetch(&mut self, lfc: &Lfc, tag: BufferTag, miss: Option<Miss>, now_ns: u64) -> Poll {
         self.fetch_sent_ns = now_ns;
+        self.read_udp_failed |= miss.is_some();
         self.read_next(tag, now_ns);
         self.refetch_skipped_after(lfc, &tag);
         let moved = match miss {

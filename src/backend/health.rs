@@ -1,4 +1,4 @@
-//! Whether the UDP path delivers, per backend (DESIGN §5): the state machine that moves a
+//! Whether the UDP path delivers, per backend (ARCHITECTURE §6): the state machine that moves a
 //! backend's prefetch window to TCP pipelining when it does not, and back when it does again.
 //!
 //! Owns: the path in use, the evidence (daemon liveness from the LFC header, own prefetches
@@ -47,6 +47,18 @@ pub const SLOWER_THAN_TCP_TO_DEGRADE: f64 = 1.25;
 /// and TCP pipelining's responses come from the connection, not from behind the queue. Loss
 /// makes few reads wait, however long (5 % loss: about 5 % of reads); a healthy path 1–2 %.
 pub const WAITED_SHARE_TO_DEGRADE: f64 = 0.5;
+/// Share of a window's time that went to reads UDP failed (a wait that ran out, or an own
+/// prefetch lost past its retries, then a synchronous GetPage), at or above which the backend
+/// moves to TCP, given at least `LOST_READS_TO_DEGRADE` such reads: TCP pipelining would have
+/// had those pages in flight. No other rule sees every such path. One that loses some of its
+/// pages while its window has shrunk to a few (no room to retry ahead of the reader)
+/// interleaves each miss with hits, so misses are never consecutive; one whose losses are all
+/// known (overtaken) falls back without a wait, one 4 ms GetPage per read, and its loss share
+/// needs 32 reads to say anything; with no TCP pace measured, the pace rule is silent. In the
+/// simulator such backends ran two to three times as long as TCP pipelining. A healthy path
+/// rarely fails a read at all (a page lost past three retries: about 1 in 8000 at 5 % loss).
+pub const LOST_SHARE_TO_DEGRADE: f64 = 0.5;
+const LOST_READS_TO_DEGRADE: u32 = 2;
 /// Reads are judged over windows of at least this many reads and this much time, so that one
 /// wait among fast hits (a 50 µs late hit between 7 µs reads) decides nothing; or, when reads
 /// are slow (each a round trip of milliseconds), of a few reads over a longer time, so that
@@ -113,8 +125,9 @@ pub struct UdpHealth {
     log: Vec<StateChange>,
     /// Per path (indexed by `PrefetchPath as usize`): how long its reads take.
     pace: [Pace; 2],
-    /// Reads since the path was entered.
+    /// Reads since the path was entered, and when it was entered.
     reads_on_path: u64,
+    path_since_ns: u64,
     /// The UDP path in use was entered by passing a probe (not at start-up).
     udp_by_probe: bool,
 }
@@ -126,6 +139,9 @@ struct Pace {
     elapsed_ns: u64,
     reads: u32,
     waited: u32,
+    /// Reads UDP failed in the window, and the time they took.
+    lost: u32,
+    lost_ns: u64,
     /// Windows closed since the path was entered: the first one holds the move's transient
     /// (the other path's requests still draining, a window growing again) and decides nothing.
     windows: u32,
@@ -137,15 +153,20 @@ struct Pace {
 /// the first window after entering the path).
 struct Window {
     waited_share: f64,
+    /// Share of the window's time that went to reads UDP failed, and how many there were.
+    lost_share: f64,
+    lost: u32,
     mean_ns: Option<f64>,
 }
 
 impl Pace {
     /// Adds a read; returns the window when this read closes it.
-    fn add(&mut self, cycle_ns: u64, waited: bool) -> Option<Window> {
+    fn add(&mut self, cycle_ns: u64, waited: bool, lost_ns: u64) -> Option<Window> {
         self.elapsed_ns += cycle_ns;
         self.reads += 1;
         self.waited += u32::from(waited);
+        self.lost += u32::from(lost_ns > 0);
+        self.lost_ns += lost_ns;
         let full = self.reads >= SHARE_WINDOW_READS && self.elapsed_ns >= SHARE_WINDOW_NS;
         let slow = self.reads >= SLOW_WINDOW_READS && self.elapsed_ns >= SLOW_WINDOW_NS;
         if !full && !slow {
@@ -153,9 +174,14 @@ impl Pace {
         }
         let mean = self.elapsed_ns as f64 / f64::from(self.reads);
         let waited_share = f64::from(self.waited) / f64::from(self.reads);
+        // A failed read is part of its cycle, so the share is at most one.
+        let lost_share = self.lost_ns as f64 / self.elapsed_ns.max(1) as f64;
+        let lost = self.lost;
         self.elapsed_ns = 0;
         self.reads = 0;
         self.waited = 0;
+        self.lost = 0;
+        self.lost_ns = 0;
         self.windows += 1;
         let mean_ns = (self.windows > 1).then_some(mean);
         if mean_ns.is_some() {
@@ -163,6 +189,8 @@ impl Pace {
         }
         Some(Window {
             waited_share,
+            lost_share,
+            lost,
             mean_ns,
         })
     }
@@ -172,6 +200,8 @@ impl Pace {
         self.elapsed_ns = 0;
         self.reads = 0;
         self.waited = 0;
+        self.lost = 0;
+        self.lost_ns = 0;
         self.windows = 0;
     }
 }
@@ -193,6 +223,7 @@ impl UdpHealth {
             log: Vec::new(),
             pace: [Pace::default(); 2],
             reads_on_path: 0,
+            path_since_ns: now_ns,
             udp_by_probe: false,
         }
     }
@@ -239,6 +270,7 @@ impl UdpHealth {
             self.next_probe_ns = now_ns + self.backoff_ns;
         }
         self.reads_on_path = 0;
+        self.path_since_ns = now_ns;
         self.pace[to as usize].restart();
         if self.log.len() < MAX_STATE_LOG {
             self.log.push(StateChange {
@@ -407,18 +439,25 @@ impl UdpHealth {
         false
     }
 
-    /// A read finished `cycle_ns` after the previous one; `waited` when it waited long for a
-    /// prefetch requested more than a budget earlier. On UDP, returns true when most reads of a
-    /// window waited (`WAITED_SHARE_TO_DEGRADE`) or reads took longer than they did on TCP
-    /// pipelining (`SLOWER_THAN_TCP_TO_DEGRADE`), and that moved the backend to TCP.
     /// Reads done on the current path since the last change.
     pub fn reads_on_path(&self) -> u64 {
         self.reads_on_path
     }
 
-    pub fn on_read(&mut self, cycle_ns: u64, waited: bool, now_ns: u64) -> bool {
+    /// How long the current path has been in use at `now_ns`.
+    pub fn time_on_path_ns(&self, now_ns: u64) -> u64 {
+        now_ns.saturating_sub(self.path_since_ns)
+    }
+
+    /// A read finished `cycle_ns` after the previous one; `waited` when it waited long for a
+    /// prefetch requested more than a budget earlier; `lost_ns` its whole time when UDP failed
+    /// it (0 otherwise). On UDP, returns true when most reads of a window waited
+    /// (`WAITED_SHARE_TO_DEGRADE`), reads UDP failed took most of its time
+    /// (`LOST_SHARE_TO_DEGRADE`), or reads took longer than they did on TCP pipelining
+    /// (`SLOWER_THAN_TCP_TO_DEGRADE`), and that moved the backend to TCP.
+    pub fn on_read(&mut self, cycle_ns: u64, waited: bool, lost_ns: u64, now_ns: u64) -> bool {
         self.reads_on_path += 1;
-        let closed = self.pace[self.path as usize].add(cycle_ns, waited);
+        let closed = self.pace[self.path as usize].add(cycle_ns, waited, lost_ns);
         let (PrefetchPath::Udp, Some(window)) = (self.path, closed) else {
             return false;
         };
@@ -429,6 +468,18 @@ impl UdpHealth {
                 format!(
                     "{:.0} % of reads waited for prefetches in flight",
                     window.waited_share * 100.0
+                ),
+            );
+            return true;
+        }
+        if window.lost >= LOST_READS_TO_DEGRADE && window.lost_share >= LOST_SHARE_TO_DEGRADE {
+            self.set(
+                PrefetchPath::TcpPipelined,
+                now_ns,
+                format!(
+                    "{:.0} % of the time went to {} reads that UDP failed",
+                    window.lost_share * 100.0,
+                    window.lost
                 ),
             );
             return true;
@@ -459,6 +510,7 @@ impl UdpHealth {
     pub fn start_udp(&mut self, now_ns: u64, reason: &str) {
         debug_assert!(self.changes == 0 && self.log.is_empty());
         self.path = PrefetchPath::Udp;
+        self.path_since_ns = now_ns;
         self.next_probe_ns = now_ns;
         self.note_start(reason);
     }
@@ -491,6 +543,39 @@ mod tests {
             "{:?}",
             h.log()
         );
+    }
+
+    #[test]
+    fn reads_udp_failed_between_hits_move_to_tcp_when_they_take_most_of_the_time() {
+        const US: u64 = 1_000;
+        // One read in five fails after 1.4 ms, the others hit in 15 µs: never two misses in a
+        // row, yet the window's time goes to failed reads.
+        let mut h = on_udp();
+        let mut now = 0;
+        let mut moved = false;
+        for i in 0..32 {
+            let lost = if i % 5 == 4 { 1_400 * US } else { 0 };
+            let cycle = 15 * US + lost;
+            now += cycle;
+            moved |= h.on_read(cycle, false, lost, now);
+        }
+        assert!(moved);
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        assert!(
+            h.log()[1].reason.contains("reads that UDP failed"),
+            "{:?}",
+            h.log()
+        );
+        // One such wait in a window decides nothing, however long it is.
+        let mut h = on_udp();
+        let mut now = 0;
+        for i in 0..16 {
+            let lost = if i == 8 { 4_000 * US } else { 0 };
+            let cycle = 15 * US + lost;
+            now += cycle;
+            assert!(!h.on_read(cycle, false, lost, now));
+        }
+        assert_eq!(h.path(), PrefetchPath::Udp);
     }
 
     #[test]

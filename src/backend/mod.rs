@@ -1,4 +1,4 @@
-//! A compute backend's page access (DESIGN §5): the blocking shell around the sans-IO
+//! A compute backend's page access (ARCHITECTURE §4 step 7, §6): the blocking shell around the sans-IO
 //! `driver::Driver`, over a shared LFC and one TCP pagestream connection.
 //!
 //! Dependency rule: `read_path`, `health` and `pipeline` are pure state (no LFC, no socket);

@@ -1,4 +1,4 @@
-//! The backend read path as a sans-IO state machine (DESIGN §5): LFC hit → wait (adaptive,
+//! The backend read path as a sans-IO state machine (ARCHITECTURE §4 step 7, §6): LFC hit → wait (adaptive,
 //! capped) for a prefetch in flight → TCP GetPage. The shell performs the lookups, waits and
 //! fetches and tells the core what happened; the core decides and counts. Time is passed in.
 
@@ -43,6 +43,13 @@ pub const IN_FLIGHT_RUN: usize = 8;
 /// GetPage), turning them into fallbacks; two leaves them time and still bounds a wait for a
 /// page that never comes (the simulator's daemon faults and stale prefetches).
 pub const WAIT_CAP_RTTS: f64 = 2.0;
+/// Before any GetPage round trip was measured, a wait at least this long counts as long. The
+/// prefetches' own latency is no yardstick then: a slow path raises it (in the simulator a
+/// backend waited 330 µs a read, every read, for pages a paced prewarm had requested, while its
+/// latency estimate said 2 ms). Most reads waiting this long is a reader below 10k pages/s
+/// that TCP pipelining would feed faster at any realistic round trip.
+const UNMEASURED_LONG_WAIT_NS: u64 = 200_000;
+
 /// Floor and ceiling of the adaptive prefetch window (pages ahead of the reader).
 pub const MIN_WINDOW: u32 = 4;
 pub const MAX_WINDOW: u32 = 4096;
@@ -210,7 +217,7 @@ pub enum Step {
 ///
 /// Waits that run out are no evidence of latency: the page may never come (daemon dead, heavy
 /// loss), and raising the budget on them made every read of a dead UDP path wait the cap
-/// (DESIGN §5: a wait never grows because waits keep failing). Only a page seen to arrive
+/// (ARCHITECTURE §6: a wait never grows because waits keep failing). Only a page seen to arrive
 /// after its read gave up on it (`on_fetch_raced`) raises the estimate.
 #[derive(Debug, Clone)]
 struct LatencyEstimate {
@@ -384,14 +391,20 @@ impl ReadPath {
     }
 
     /// How long a read must wait for a prefetch to count as waiting (for the health state's
-    /// waited share): half a measured GetPage round trip, or half the initial budget before one
-    /// was measured. Shorter waits are a path keeping up with its reader, give or take.
+    /// waited share): half a measured GetPage round trip; before one was measured, the least
+    /// of half the prefetches' own smoothed latency (a read that waits that long waited for a
+    /// prefetch sent about when it started: UDP used as a synchronous fetch), half the initial
+    /// budget and `UNMEASURED_LONG_WAIT_NS`. Shorter waits are a path keeping up with its
+    /// reader, give or take.
     pub fn long_wait_ns(&self) -> u64 {
         if self.tcp_rtt_ns > 0.0 {
-            (self.tcp_rtt_ns / 2.0) as u64
-        } else {
-            self.config.initial_wait_us * 1_000 / 2
+            return (self.tcp_rtt_ns / 2.0) as u64;
         }
+        let mut ns = (self.config.initial_wait_us * 1_000 / 2).min(UNMEASURED_LONG_WAIT_NS);
+        if self.latency.samples > 0 {
+            ns = ns.min((self.latency.srtt_ns / 2.0) as u64);
+        }
+        ns
     }
 
     /// A GetPage sent when its read needed it was answered `rtt_ns` later.
@@ -777,6 +790,42 @@ mod tests {
             (s.prefetched, s.duplicates_avoided, s.wasted_prefetches),
             (1, 3, 0)
         );
+    }
+
+    #[test]
+    fn a_long_wait_is_half_a_getpage_round_trip_and_bounded_before_one_is_measured() {
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        assert_eq!(
+            rp.long_wait_ns(),
+            UNMEASURED_LONG_WAIT_NS,
+            "nothing measured"
+        );
+        // Prefetches arriving 2 ms after their request do not make a 330 µs wait short.
+        let late = |rp: &mut ReadPath, i: u32, after_ns: u64| {
+            assert!(rp.plan_prefetch(tag(i), false, false, 0));
+            assert!(matches!(
+                rp.on_lookup(tag(i), false, false, 0),
+                Some(Step::Wait(_))
+            ));
+            assert_eq!(rp.on_wait_result(tag(i), true, after_ns), None);
+        };
+        for i in 0..8u32 {
+            late(&mut rp, i, 2_000_000);
+        }
+        assert_eq!(rp.long_wait_ns(), UNMEASURED_LONG_WAIT_NS);
+        // Fast ones lower it.
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        for i in 0..8u32 {
+            late(&mut rp, i, 100_000);
+        }
+        assert!(
+            rp.long_wait_ns() < UNMEASURED_LONG_WAIT_NS,
+            "{}",
+            rp.long_wait_ns()
+        );
+        // A measured GetPage round trip decides.
+        rp.observe_tcp_rtt(900_000);
+        assert_eq!(rp.long_wait_ns(), 450_000);
     }
 
     #[test]
