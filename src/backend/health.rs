@@ -142,6 +142,12 @@ struct Pace {
     /// Reads UDP failed in the window, and the time they took.
     lost: u32,
     lost_ns: u64,
+    /// The previous window's failed reads, their time and its length: failed reads are
+    /// judged over the last two windows, since a slow window closes after three reads and
+    /// would otherwise never hold two failures however many there were.
+    prev_lost: u32,
+    prev_lost_ns: u64,
+    prev_elapsed_ns: u64,
     /// Windows closed since the path was entered: the first one holds the move's transient
     /// (the other path's requests still draining, a window growing again) and decides nothing.
     windows: u32,
@@ -153,7 +159,8 @@ struct Pace {
 /// the first window after entering the path).
 struct Window {
     waited_share: f64,
-    /// Share of the window's time that went to reads UDP failed, and how many there were.
+    /// Share of the time of this window and the one before that went to reads UDP failed, and
+    /// how many there were.
     lost_share: f64,
     lost: u32,
     mean_ns: Option<f64>,
@@ -175,8 +182,12 @@ impl Pace {
         let mean = self.elapsed_ns as f64 / f64::from(self.reads);
         let waited_share = f64::from(self.waited) / f64::from(self.reads);
         // A failed read is part of its cycle, so the share is at most one.
-        let lost_share = self.lost_ns as f64 / self.elapsed_ns.max(1) as f64;
-        let lost = self.lost;
+        let lost_share = (self.lost_ns + self.prev_lost_ns) as f64
+            / (self.elapsed_ns + self.prev_elapsed_ns).max(1) as f64;
+        let lost = self.lost + self.prev_lost;
+        self.prev_lost = self.lost;
+        self.prev_lost_ns = self.lost_ns;
+        self.prev_elapsed_ns = self.elapsed_ns;
         self.elapsed_ns = 0;
         self.reads = 0;
         self.waited = 0;
@@ -202,6 +213,9 @@ impl Pace {
         self.waited = 0;
         self.lost = 0;
         self.lost_ns = 0;
+        self.prev_lost = 0;
+        self.prev_lost_ns = 0;
+        self.prev_elapsed_ns = 0;
         self.windows = 0;
     }
 }
@@ -566,7 +580,20 @@ mod tests {
             "{:?}",
             h.log()
         );
-        // One such wait in a window decides nothing, however long it is.
+        // Slow reads: each window of three holds one failure of 6 ms; two windows decide.
+        let mut h = on_udp();
+        let mut now = 0;
+        let mut moved_at = None;
+        for i in 0..12 {
+            let lost = if i % 3 == 0 { 6_000 * US } else { 0 };
+            let cycle = 100 * US + lost;
+            now += cycle;
+            if h.on_read(cycle, false, lost, now) {
+                moved_at.get_or_insert(i);
+            }
+        }
+        assert_eq!(moved_at, Some(5), "{:?}", h.log());
+        // One such read decides nothing, however long it is.
         let mut h = on_udp();
         let mut now = 0;
         for i in 0..16 {
