@@ -24,6 +24,10 @@ pub enum ScanMode {
     TcpPipelined,
     /// UDP prefetch `distance` blocks ahead into the LFC; reads through the LFC read path.
     Udp,
+    /// Neon's compute with its LFC: the LFC looked up before each read, up to `depth` GetPages
+    /// in flight, every page received stored in the LFC. The udp mode's read path with UDP
+    /// switched off, so `udp` against `tcp-lfc` isolates what UDP prefetch adds.
+    TcpLfc,
 }
 
 impl ScanMode {
@@ -32,7 +36,7 @@ impl ScanMode {
     pub fn pages_ahead(self, depth: u32, distance: u32) -> u32 {
         match self {
             ScanMode::Udp => distance,
-            ScanMode::TcpSync | ScanMode::TcpPipelined => depth,
+            ScanMode::TcpSync | ScanMode::TcpPipelined | ScanMode::TcpLfc => depth,
         }
     }
 
@@ -41,6 +45,7 @@ impl ScanMode {
             ScanMode::TcpSync => "tcp-sync",
             ScanMode::TcpPipelined => "tcp-pipelined",
             ScanMode::Udp => "udp",
+            ScanMode::TcpLfc => "tcp-lfc",
         }
     }
 }
@@ -221,10 +226,20 @@ pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanRepor
             )?;
             stats.fallbacks = blocks.len() as u64;
         }
-        ScanMode::Udp => {
-            let lfc = lfc.ok_or_else(|| anyhow::anyhow!("the udp mode needs an LFC (--lfc)"))?;
-            let mut backend =
-                Backend::with_prefetch_port(lfc, client, cfg.read_path, cfg.prefetch_port);
+        ScanMode::Udp | ScanMode::TcpLfc => {
+            let lfc = lfc.ok_or_else(|| {
+                anyhow::anyhow!("the {} mode needs an LFC (--lfc)", cfg.mode.name())
+            })?;
+            let mut backend = if cfg.mode == ScanMode::Udp {
+                Backend::with_prefetch_port(lfc, client, cfg.read_path, cfg.prefetch_port)
+            } else {
+                // The distance is the pipeline depth, as in tcp-pipelined.
+                let read_path = ReadPathConfig {
+                    tcp_depth: cfg.distance,
+                    ..cfg.read_path
+                };
+                Backend::tcp_only(lfc, client, read_path)
+            };
             // Top the window up in batches, as a backend does, rather than one block at a time.
             let mut window = ScanWindow::new(blocks.start, blocks.end);
             let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);

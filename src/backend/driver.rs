@@ -178,17 +178,53 @@ pub struct Driver {
     /// came, oldest first, at most twice `tcp_depth`. When a read then finds one evicted, the
     /// ones after it are likely gone too: they are fetched together, not one round trip each.
     skipped: VecDeque<BufferTag>,
+    /// False for a backend that never uses UDP (`Driver::tcp_only`): Neon's compute with its
+    /// LFC, the baseline UDP prefetch has to beat.
+    udp_allowed: bool,
 }
 
 impl Driver {
+    /// A backend that never prefetches by UDP: TCP pipelining with the LFC looked up before
+    /// every read and every page received stored in it, as Neon's compute does. It ignores any
+    /// daemon and sends no extension message.
+    pub fn tcp_only(config: ReadPathConfig, now_ns: u64) -> Self {
+        let mut d = Self::build(config, None, now_ns);
+        d.udp_allowed = false;
+        d.health
+            .note_start("UDP prefetch off: TCP pipelining with the LFC, as Neon's compute");
+        d
+    }
+
     /// A backend over `lfc`. `port_override` is the operator's `--prefetch-port`; without it
     /// the daemon's port comes from the LFC header. Starts on UDP when a daemon is alive (or a
     /// port was given), else on TCP pipelining, probing UDP as daemons come and go.
     pub fn new(config: ReadPathConfig, port_override: Option<u16>, lfc: &Lfc, now_ns: u64) -> Self {
+        let mut d = Self::build(config, port_override, now_ns);
+        if let Some(port) = port_override {
+            d.register(port);
+        }
+        d.observe_daemon(lfc, now_ns);
+        match (d.daemon_view, d.daemon_addr, port_override) {
+            (_, _, Some(port)) => d
+                .health
+                .start_udp(now_ns, &format!("prefetch port {port} given")),
+            (DaemonView::Alive, Some(addr), None) => d
+                .health
+                .start_udp(now_ns, &format!("worker daemon at {addr}")),
+            _ => d.health.note_start(if d.daemon_view == DaemonView::Absent {
+                "no worker daemon serves this LFC"
+            } else {
+                "the worker daemon of this LFC is not alive"
+            }),
+        }
+        d
+    }
+
+    fn build(config: ReadPathConfig, port_override: Option<u16>, now_ns: u64) -> Self {
         let tcp_depth = config
             .tcp_depth
             .clamp(1, crate::client::MAX_IN_FLIGHT as u32 / 2);
-        let mut d = Driver {
+        Driver {
             core: ReadPath::new(config),
             health: UdpHealth::new(now_ns, port_override.is_some()),
             pipeline: Pipeline::new(tcp_depth as usize),
@@ -214,25 +250,8 @@ impl Driver {
             ready: VecDeque::with_capacity(2 * tcp_depth as usize),
             spare: Vec::new(),
             skipped: VecDeque::with_capacity(2 * tcp_depth as usize),
-        };
-        if let Some(port) = port_override {
-            d.register(port);
+            udp_allowed: true,
         }
-        d.observe_daemon(lfc, now_ns);
-        match (d.daemon_view, d.daemon_addr, port_override) {
-            (_, _, Some(port)) => d
-                .health
-                .start_udp(now_ns, &format!("prefetch port {port} given")),
-            (DaemonView::Alive, Some(addr), None) => d
-                .health
-                .start_udp(now_ns, &format!("worker daemon at {addr}")),
-            _ => d.health.note_start(if d.daemon_view == DaemonView::Absent {
-                "no worker daemon serves this LFC"
-            } else {
-                "the worker daemon of this LFC is not alive"
-            }),
-        }
-        d
     }
 
     fn register(&mut self, port: u16) {
@@ -289,6 +308,9 @@ impl Driver {
     /// Reads the daemon's liveness from the LFC header (two atomic loads; the record itself only
     /// when a new daemon registered) and lets the health state react.
     fn observe_daemon(&mut self, lfc: &Lfc, now_ns: u64) {
+        if !self.udp_allowed {
+            return;
+        }
         let heartbeat = lfc.daemon_heartbeat_ns();
         self.daemon_view = if heartbeat == 0 {
             DaemonView::Absent
@@ -909,6 +931,36 @@ mod tests {
         let stats = d.finish();
         assert_eq!(stats.tcp_pipelined, u64::from(distance));
         assert_eq!(stats.udp_state_changes, 0);
+    }
+
+    #[test]
+    fn a_tcp_only_driver_ignores_a_live_daemon_and_stores_every_page_in_the_lfc() {
+        let f = fixture(true);
+        f.lfc.daemon_heartbeat(T0);
+        let mut d = Driver::tcp_only(ReadPathConfig::default(), T0);
+        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
+        let mut wire = VecDeque::new();
+        let mut now = T0;
+        for b in 0..512u32 {
+            f.lfc.daemon_heartbeat(now);
+            if b % 64 == 0 {
+                let distance = d.prefetch_distance(128);
+                d.prefetch(&f.lfc, Synthetic::rel(0), b..(b + distance).min(512), now);
+                let sent = drain(&mut d);
+                assert!(
+                    sent.iter().all(|t| matches!(t, Transmit::GetPage { .. })),
+                    "no PrefetchTarget, no Prefetch: {sent:?}"
+                );
+                wire.extend(get_pages(&sent));
+            }
+            let s = read(&mut d, &f.lfc, &mut wire, b, &mut now);
+            assert_ne!(s, ReadSource::LateHit);
+            now += 1_000_000;
+        }
+        assert!((0..512).all(|b| f.lfc.contains(&Synthetic::rel(0).block(b))));
+        let stats = d.finish();
+        assert_eq!(stats.udp_state_changes, 0);
+        assert_eq!(stats.prefetched, 0);
     }
 
     #[test]

@@ -84,6 +84,15 @@ impl<'a> Backend<'a> {
         prefetch_port: Option<u16>,
     ) -> Self {
         let driver = Driver::new(config, prefetch_port, lfc, monotonic_ns());
+        Self::with_driver(lfc, client, driver)
+    }
+
+    /// A backend that never prefetches by UDP: Neon's compute with its LFC (`Driver::tcp_only`).
+    pub fn tcp_only(lfc: &'a Lfc, client: PageClient, config: ReadPathConfig) -> Self {
+        Self::with_driver(lfc, client, Driver::tcp_only(config, monotonic_ns()))
+    }
+
+    fn with_driver(lfc: &'a Lfc, client: PageClient, driver: Driver) -> Self {
         Backend {
             lfc,
             client,

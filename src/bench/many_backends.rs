@@ -180,11 +180,12 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         (1..=65_535).contains(&args.distance),
         "--distance must be 1..=65535"
     );
-    // Relations 0..n for TCP, n..2n for UDP: every UDP backend starts with a cold cache.
+    // Relations 0..n for TCP, n..2n for UDP, 2n..3n for TCP with the LFC: every backend that
+    // uses the LFC starts with a cold cache.
     let server = super::start_server(ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         source: SourceSpec::Synthetic {
-            rels: 2 * most,
+            rels: 3 * most,
             pages: args.total_pages / fewest,
         },
         service_delay_us: args.delay_us,
@@ -208,10 +209,28 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         let udp = run_mode(&server, &daemon, ScanMode::Udp, backends, backends, args)?;
         drop(daemon);
         let _ = std::fs::remove_file(&lfc_path);
+        // Neon's compute with its LFC, on a cold LFC of its own (relations 2n..3n): what a
+        // backend pays for the cache alone, without UDP. Its daemon is ignored.
+        let daemon = DaemonProc::start(&lfc_path, lfc_bytes, &["--threads", &threads])?;
+        let tcp_lfc = run_mode(
+            &server,
+            &daemon,
+            ScanMode::TcpLfc,
+            backends,
+            2 * backends,
+            args,
+        )?;
+        drop(daemon);
+        let _ = std::fs::remove_file(&lfc_path);
         let tcp_recs = tcp.records("tcp-pipelined", backends, args);
+        let lfc_recs = tcp_lfc.records("tcp-lfc", backends, args);
         let udp_recs = udp.records("udp", backends, args);
-        for (u, t) in udp_recs.into_iter().zip(&tcp_recs) {
-            records.push(u.against(t));
+        for ((u, l), t) in udp_recs.into_iter().zip(&lfc_recs).zip(&tcp_recs) {
+            let vs_lfc = (l.value > 0.0).then(|| round3(u.value / l.value));
+            records.push(u.param("ratio_vs_tcp_lfc", vs_lfc).against(t));
+        }
+        for (l, t) in lfc_recs.into_iter().zip(&tcp_recs) {
+            records.push(l.against(t));
         }
         records.extend(tcp_recs);
     }
@@ -261,7 +280,7 @@ fn run_mode(
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if mode == ScanMode::Udp {
+        if matches!(mode, ScanMode::Udp | ScanMode::TcpLfc) {
             cmd.arg("--lfc").arg(daemon.lfc_path());
             if !args.fresh_backends {
                 cmd.arg("--map-lfc");

@@ -140,7 +140,7 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                         rel: Synthetic::rel(rel),
                         blocks: match mode {
                             ScanMode::TcpSync => Some(0..args.sync_pages.min(args.pages)),
-                            ScanMode::TcpPipelined | ScanMode::Udp => None,
+                            ScanMode::TcpPipelined | ScanMode::Udp | ScanMode::TcpLfc => None,
                         },
                         mode,
                         distance: mode.pages_ahead(args.depth, args.distance),

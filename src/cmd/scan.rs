@@ -22,10 +22,12 @@ pub struct ScanArgs {
     /// Block range A..B (B exclusive); default: the whole relation.
     #[arg(long, value_parser = parse_blocks)]
     pub blocks: Option<Range<u32>>,
-    /// Prefetch design: tcp-sync, tcp-pipelined (Neon-style) or udp.
+    /// Prefetch design: tcp-sync, tcp-pipelined (Neon-style), tcp-lfc (Neon's compute with
+    /// its LFC: TCP pipelining, every page looked up in and stored into the LFC) or udp.
     #[arg(long, value_enum)]
     pub mode: ScanMode,
-    /// Prefetch distance: blocks requested ahead (udp) or GetPages in flight (tcp-pipelined).
+    /// Prefetch distance: blocks requested ahead (udp) or GetPages in flight (tcp-pipelined,
+    /// tcp-lfc).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65_535))]
     pub distance: u32,
     /// Emulated backend work per page, microseconds of CPU.
@@ -104,10 +106,12 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
         (Some(path), _) => {
             Some(Lfc::open(path).map_err(|e| BadInput(format!("{}: {e}", path.display())))?)
         }
-        (None, ScanMode::Udp) => {
-            return Err(
-                BadInput("--mode udp needs --lfc PATH (the worker daemon's cache)".into()).into(),
-            )
+        (None, ScanMode::Udp | ScanMode::TcpLfc) => {
+            return Err(BadInput(format!(
+                "--mode {} needs --lfc PATH (the worker daemon's cache)",
+                args.mode.name()
+            ))
+            .into())
         }
         (None, _) => None,
     };
