@@ -7,6 +7,7 @@
 
 pub mod driver;
 pub mod health;
+mod loss;
 pub mod pipeline;
 pub mod read_path;
 

@@ -1,17 +1,19 @@
 //! The backend read path as a sans-IO state machine (ARCHITECTURE §4 step 7, §6): LFC hit → wait (adaptive,
 //! capped) for a prefetch in flight → TCP GetPage. The shell performs the lookups, waits and
 //! fetches and tells the core what happened; the core decides and counts. Time is passed in.
+//!
+//! Owns the wait budget (latency estimate, GetPage round trip) and the prefetch window; which
+//! own prefetches are outstanding or lost is `loss::LossDetector`'s, fed the timings derived
+//! here.
 
+use super::loss::{LossDetector, Own};
 use lfc::{BufferTag, RelTag};
-use rustc_hash::FxHashMap;
-use std::collections::VecDeque;
 use std::time::Duration;
 
-/// A prefetch still missing after this many later-requested prefetches have arrived is taken
-/// as lost. The page server sends one destination's pages in request order and loopback or a
-/// LAN reorders little, so a few overtakers are already strong evidence; more than one keeps a
-/// little reordering from costing duplicate sends.
-pub const OVERTAKEN_BY: usize = 4;
+pub use super::loss::{
+    OwnLoss, IN_FLIGHT_RUN, LOSS_SCAN, MAX_RETRIES, MISS_SCAN, OVERTAKEN_BY, READS_PER_LOSS_CHECK,
+};
+
 /// How long a prefetch must stay missing after it was first seen overtaken before it is taken
 /// as lost: datagrams do overtake one another without loss. On loopback a sender thread that
 /// moves to the other CPU queues its next GSO message (7 datagrams) on that CPU's backlog, and
@@ -22,22 +24,6 @@ pub const OVERTAKEN_BY: usize = 4;
 pub const REORDER_GRACE_NS: u64 = 50_000;
 /// The most the reorder grace grows to with the observed variation of arrival times.
 pub const MAX_REORDER_GRACE_NS: u64 = 500_000;
-/// Own prefetches still outstanding, oldest first, that a periodic loss check may probe: the
-/// bound on any check's probes (and the size of its scratch array).
-/// Arrived ones leave the queue as a check meets them, so these are the lost and the in-flight
-/// ones; more than a quarter of the window, so a burst loss of a few GSO messages (or a dropped
-/// Prefetch request of 128 pages) is seen past.
-pub const LOSS_SCAN: usize = 256;
-/// The probes of the check a read miss runs at once: enough to see whether the missed page was
-/// overtaken, cheap when the sender is backlogged and every read misses.
-pub const MISS_SCAN: usize = 32;
-/// A loss check stops at this many consecutive missing prefetches requested within the
-/// in-flight time: in request order, those and everything after them are still in flight
-/// (more than one GSO message's worth, so a reordered message does not hide the arrivals
-/// after it). Without the stop, every check probed the whole in-flight window again: a fifth of
-/// a backend's read-path CPU at 0 % loss. Older missing entries never stop a check, so a burst
-/// loss is found once its pages are older than that.
-pub const IN_FLIGHT_RUN: usize = 8;
 /// The wait budget's cap in measured GetPage round trips. One round trip cut waits for
 /// retried pages just short of their arrival at 5 % loss (a retry takes about as long as a
 /// GetPage), turning them into fallbacks; two leaves them time and still bounds a wait for a
@@ -59,15 +45,6 @@ pub const MAX_WINDOW: u32 = 4096;
 pub const INITIAL_WINDOW: u32 = 32;
 /// Window growth per prefetched page found in the LFC when read: a few hundred hits undo a cut.
 const WINDOW_GROWTH_PER_HIT: f64 = 0.5;
-
-/// Reads between two loss checks (`ReadPath::plan_retries`) in a backend's read loop: a check
-/// costs up to `LOSS_SCAN` LFC probes, and a lost page is noticed a few pages after it should
-/// have arrived, far ahead of its read at a useful prefetch distance.
-pub const READS_PER_LOSS_CHECK: u32 = 8;
-/// A lost prefetch is requested again at most this many times; after that the read falls back
-/// to TCP. A retry costs one datagram, a fallback a wait and a GetPage round trip: at 5 % loss
-/// a single retry left 1 page in 400 lost twice, each waiting out its budget.
-pub const MAX_RETRIES: u8 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadPathConfig {
@@ -247,58 +224,14 @@ impl LatencyEstimate {
 }
 
 /// See `ReadPath::own_loss`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OwnLoss {
-    /// Requested again after being taken as lost.
-    pub retried: bool,
-    /// Overtaken by later pages since its last request (lost, or reordered).
-    pub overtaken: bool,
-}
-
-/// An entry of the request-order queue: an own prefetch not yet seen arrived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Pending {
-    tag: BufferTag,
-    /// When it was (last) requested; the entry is stale once `own` holds another time.
-    sent_ns: u64,
-    /// Prefetches requested after it that loss checks have seen arrive while it was missing.
-    overtaken: u8,
-    /// When a check first found it overtaken `OVERTAKEN_BY` times (0: not yet).
-    suspect_ns: u64,
-}
-
-/// One of this backend's prefetches, not read yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Own {
-    /// When it was (last) requested.
-    sent_ns: u64,
-    retries: u8,
-    /// When a loss check first found it overtaken since that request (0: not overtaken): it
-    /// is lost or reordered, not queued.
-    suspect_ns: u64,
-}
-
-impl Own {
-    /// Missing because of loss (or reordering), not because the sender is behind.
-    fn lost_or_late_by_reorder(&self) -> bool {
-        self.retries > 0 || self.suspect_ns != 0
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct ReadPath {
     config: ReadPathConfig,
     latency: LatencyEstimate,
     /// Smoothed time a GetPage sent at read time took to answer (0: none seen yet).
     tcp_rtt_ns: f64,
-    /// This backend's prefetches not yet read. Keyed by tags this backend chose itself, so a
-    /// fast non-keyed hash is safe (no outside input can pick colliding keys); SipHash here
-    /// was about 0.7 µs of every page read.
-    own: FxHashMap<BufferTag, Own>,
-    /// The same prefetches in request order, the order the server sends them in, until a loss
-    /// check sees them arrive. An entry is stale once its tag was read or requested again
-    /// (`own` then no longer holds its time); checks drop stale entries as they meet them.
-    order: VecDeque<Pending>,
+    /// This backend's prefetches not yet read, and which of them look lost.
+    loss: LossDetector,
     /// How far ahead this backend may prefetch, pages (see `prefetch_distance`).
     window: f64,
     /// The distance last handed out, which a cut halves.
@@ -318,8 +251,7 @@ impl ReadPath {
                 rttvar_ns: 0.0,
                 samples: 0,
             },
-            own: FxHashMap::with_capacity_and_hasher(config.max_tracked, Default::default()),
-            order: VecDeque::with_capacity(config.max_tracked),
+            loss: LossDetector::new(config.max_tracked),
             window: f64::from(INITIAL_WINDOW),
             distance_in_use: MAX_WINDOW,
             last_cut_ns: None,
@@ -427,47 +359,13 @@ impl ReadPath {
         already_requested: bool,
         now_ns: u64,
     ) -> bool {
-        if cached || already_requested || self.own.contains_key(&tag) {
+        if cached || already_requested || self.loss.contains(&tag) {
             self.stats.duplicates_avoided += 1;
             return false;
         }
-        if self.own.len() >= self.config.max_tracked {
-            // Bounded: forget the oldest half. Forgotten prefetches still land in the LFC; they
-            // are only no longer waited for by this backend.
-            let mut times: Vec<u64> = self.own.values().map(|o| o.sent_ns).collect();
-            times.sort_unstable();
-            let cutoff = times[times.len() / 2];
-            let before = self.own.len();
-            self.own.retain(|_, o| o.sent_ns > cutoff);
-            self.stats.wasted_prefetches += (before - self.own.len()) as u64;
-            self.order.retain(|p| self.own.contains_key(&p.tag));
-        }
-        self.own.insert(
-            tag,
-            Own {
-                sent_ns: now_ns,
-                retries: 0,
-                suspect_ns: 0,
-            },
-        );
-        if self.order.len() >= 2 * self.config.max_tracked {
-            // Bounded even if the shell never checks for losses: keep the live entries only.
-            let own = &self.own;
-            self.order
-                .retain(|p| own.get(&p.tag).is_some_and(|o| o.sent_ns == p.sent_ns));
-        }
-        self.order.push_back(Pending {
-            tag,
-            sent_ns: now_ns,
-            overtaken: 0,
-            suspect_ns: 0,
-        });
+        self.stats.wasted_prefetches += self.loss.track(tag, now_ns);
         self.stats.prefetched += 1;
         true
-    }
-
-    fn is_live(&self, p: &Pending) -> bool {
-        self.own.get(&p.tag).is_some_and(|o| o.sent_ns == p.sent_ns)
     }
 
     /// How long a page must stay missing after it was first seen overtaken before it is taken
@@ -490,103 +388,21 @@ impl ReadPath {
         }
     }
 
-    /// Finds own prefetches that were most likely lost, so the shell requests them again
-    /// (appending them to `out`) while there is still time before they are read, instead of
-    /// each costing a wait and a TCP round trip at read time. A page is taken as lost when it
-    /// is still missing a reorder grace after `OVERTAKEN_BY` pages requested after it were
-    /// seen to arrive (the server sends in request order); a retry that is lost too is found
-    /// the same way, up to `MAX_RETRIES` times, and a page lost that often leaves the queue
-    /// (the read falls back to TCP for it). A check inspects the oldest outstanding entries,
-    /// at most `max_probes` (≤ `LOSS_SCAN`) of them: the arrived ones leave the queue, counted
-    /// as overtaking every missing one before them, so each arrival is probed once; it stops
-    /// early at `IN_FLIGHT_RUN` consecutive missing pages requested within the in-flight time.
-    /// `is_cached` asks the LFC; it is called at most `max_probes` times.
+    /// Finds own prefetches that were most likely lost and appends them to `out` to be
+    /// requested again (`LossDetector::plan_retries`), with the in-flight time and reorder
+    /// grace of the current latency estimate; counts the retries.
     pub fn plan_retries(
         &mut self,
         now_ns: u64,
         max_probes: usize,
-        mut is_cached: impl FnMut(&BufferTag) -> bool,
+        is_cached: impl FnMut(&BufferTag) -> bool,
         out: &mut Vec<BufferTag>,
     ) {
-        let max_probes = max_probes.min(LOSS_SCAN);
-        // Missing entries met so far, oldest first (they go back to the front), each with the
-        // number of arrivals seen before it: the arrivals after it overtook it.
-        let mut missing = [(
-            Pending {
-                tag: BufferTag::default(),
-                sent_ns: 0,
-                overtaken: 0,
-                suspect_ns: 0,
-            },
-            0u32,
-        ); LOSS_SCAN];
-        let mut n_missing = 0;
-        let mut arrivals = 0u32;
-        let mut probed = 0;
         let in_flight_ns = self.in_flight_for_ns();
-        let mut in_flight_run = 0;
-        // Stale entries cost a map lookup and no probe; there are at most as many as the queue
-        // holds (twice the tracked prefetches), and each is met once.
-        while probed < max_probes {
-            let Some(entry) = self.order.pop_front() else {
-                break;
-            };
-            if !self.is_live(&entry) {
-                continue;
-            }
-            probed += 1;
-            if is_cached(&entry.tag) {
-                in_flight_run = 0;
-                arrivals += 1;
-            } else {
-                missing[n_missing] = (entry, arrivals);
-                n_missing += 1;
-                in_flight_run = if now_ns.saturating_sub(entry.sent_ns) < in_flight_ns {
-                    in_flight_run + 1
-                } else {
-                    0
-                };
-                if in_flight_run >= IN_FLIGHT_RUN {
-                    break;
-                }
-            }
-        }
         let grace_ns = self.reorder_grace_ns();
-        let first_new = out.len();
-        for (m, arrivals_before) in missing[..n_missing].iter_mut().rev() {
-            let overtaken_now = (arrivals - *arrivals_before).min(u32::from(u8::MAX)) as u8;
-            m.overtaken = m.overtaken.saturating_add(overtaken_now);
-            // Lateness alone is not taken as loss: when the sender is backlogged every page is
-            // late, and requesting them again would only lengthen the queue. Being overtaken is,
-            // once it lasts longer than reordering does.
-            if usize::from(m.overtaken) >= OVERTAKEN_BY && m.suspect_ns == 0 {
-                m.suspect_ns = now_ns.max(1);
-            }
-            let lost = m.suspect_ns != 0 && now_ns.saturating_sub(m.suspect_ns) >= grace_ns;
-            let o = self.own.get_mut(&m.tag).expect("live entries are owned");
-            o.suspect_ns = m.suspect_ns;
-            if lost && o.retries < MAX_RETRIES {
-                o.retries += 1;
-                o.sent_ns = now_ns;
-                o.suspect_ns = 0;
-                out.push(m.tag);
-            } else if !lost {
-                self.order.push_front(*m);
-            }
-            // Lost with no retry left: out of the queue, so it no longer takes a probe in every
-            // check; `own` keeps it, and its read goes to TCP at once.
-        }
-        // Retried pages were collected newest first; they go to the back oldest first.
-        out[first_new..].reverse();
-        for &tag in &out[first_new..] {
-            self.order.push_back(Pending {
-                tag,
-                sent_ns: now_ns,
-                overtaken: 0,
-                suspect_ns: 0,
-            });
-        }
-        self.stats.retries += (out.len() - first_new) as u64;
+        self.stats.retries +=
+            self.loss
+                .plan_retries(now_ns, max_probes, in_flight_ns, grace_ns, is_cached, out);
     }
 
     /// After the LFC lookup for a read. `requested_elsewhere` is true when another backend's
@@ -599,7 +415,7 @@ impl ReadPath {
         now_ns: u64,
     ) -> Option<Step> {
         self.stats.reads += 1;
-        let own = self.own.remove(&tag);
+        let own = self.loss.take(&tag);
         if hit {
             // Arrived before it was needed: that only bounds its latency from above, so it is
             // not a sample (a long prefetch distance would inflate the budget).
@@ -637,7 +453,7 @@ impl ReadPath {
                     return Some(Step::Fetch);
                 }
                 // Put it back so `on_wait_result` can measure the arrival.
-                self.own.insert(tag, o);
+                self.loss.put_back(tag, o);
                 Some(Step::Wait(wait))
             }
             None if requested_elsewhere => Some(Step::Wait(self.wait_budget())),
@@ -650,7 +466,7 @@ impl ReadPath {
 
     /// After waiting: `arrived` if the page is now in the LFC. `None` means done (a late hit).
     pub fn on_wait_result(&mut self, tag: BufferTag, arrived: bool, now_ns: u64) -> Option<Step> {
-        let own = self.own.remove(&tag);
+        let own = self.loss.take(&tag);
         if arrived {
             self.stats.late_hits += 1;
             if let Some(o) = own {
@@ -680,10 +496,7 @@ impl ReadPath {
     /// caller tell an own prefetch's read from another's, and a clean arrival or miss from one
     /// after a loss.
     pub fn own_loss(&self, tag: &BufferTag) -> Option<OwnLoss> {
-        self.own.get(tag).map(|o| OwnLoss {
-            retried: o.retries > 0,
-            overtaken: o.suspect_ns != 0,
-        })
+        self.loss.loss(tag)
     }
 
     /// Whether own prefetch `tag` was (last) requested less than a wait budget before
@@ -691,9 +504,9 @@ impl ReadPath {
     /// for its first responses), not because the path is behind.
     pub fn own_is_fresh(&self, tag: &BufferTag, now_ns: u64) -> bool {
         let budget = self.wait_budget().as_nanos() as u64;
-        self.own
-            .get(tag)
-            .is_some_and(|o| now_ns.saturating_sub(o.sent_ns) < budget)
+        self.loss
+            .sent_ns(tag)
+            .is_some_and(|sent| now_ns.saturating_sub(sent) < budget)
     }
 
     /// Own prefetches still outstanding (not `is_cached`), oldest
@@ -701,34 +514,15 @@ impl ReadPath {
     /// given up on and the caller fetches them another way.
     pub fn take_outstanding(
         &mut self,
-        mut is_cached: impl FnMut(&BufferTag) -> bool,
+        is_cached: impl FnMut(&BufferTag) -> bool,
         out: &mut Vec<BufferTag>,
     ) {
-        let first = out.len();
-        while let Some(p) = self.order.pop_front() {
-            if !self.is_live(&p) {
-                continue;
-            }
-            self.own.remove(&p.tag);
-            self.stats.wasted_prefetches += 1;
-            if !is_cached(&p.tag) {
-                out.push(p.tag);
-            }
-        }
-        // Owned prefetches whose queue entry a loss check already dropped (lost with no retry
-        // left): after the ones in request order.
-        let mut rest: Vec<BufferTag> = self.own.drain().map(|(t, _)| t).collect();
-        rest.sort_unstable();
-        self.stats.wasted_prefetches += rest.len() as u64;
-        out.extend(rest.into_iter().filter(|t| !is_cached(t)));
-        debug_assert!(out[first..].iter().all(|t| !self.own.contains_key(t)));
+        self.stats.wasted_prefetches += self.loss.take_outstanding(is_cached, out);
     }
 
     /// Ends a scan: prefetches never read are wasted.
     pub fn finish(&mut self) -> ReadStats {
-        self.stats.wasted_prefetches += self.own.len() as u64;
-        self.own.clear();
-        self.order.clear();
+        self.stats.wasted_prefetches += self.loss.clear();
         self.stats
     }
 }
@@ -1249,7 +1043,7 @@ mod tests {
         for i in 0..25u32 {
             assert!(rp.plan_prefetch(tag(i), false, false, u64::from(i)));
         }
-        assert!(rp.own.len() <= 10);
+        assert!(rp.loss.len() <= 10);
         let s = rp.finish();
         assert_eq!(s.prefetched, 25);
         assert_eq!(s.wasted_prefetches, 25);
