@@ -276,47 +276,9 @@ impl BackendMessage {
             }
             BackendMessage::CopyData(d) => encode_copy_data_with(out, |o| o.extend_from_slice(d)),
             BackendMessage::CopyDone => empty_frame(out, b'c'),
-            BackendMessage::ErrorResponse(e) => {
-                let at = begin_frame(out, b'E');
-                out.push(b'S');
-                put_cstr(out, &e.severity);
-                out.push(b'V');
-                put_cstr(out, &e.severity);
-                out.push(b'C');
-                put_cstr(out, &e.code);
-                out.push(b'M');
-                put_cstr(out, &e.message);
-                out.push(0);
-                end_frame(out, at);
-            }
-            BackendMessage::RowDescription(fields) => {
-                let at = begin_frame(out, b'T');
-                out.extend_from_slice(&(fields.len() as u16).to_be_bytes());
-                for f in fields {
-                    put_cstr(out, &f.name);
-                    out.extend_from_slice(&f.table_oid.to_be_bytes());
-                    out.extend_from_slice(&f.column.to_be_bytes());
-                    out.extend_from_slice(&f.type_oid.to_be_bytes());
-                    out.extend_from_slice(&f.type_len.to_be_bytes());
-                    out.extend_from_slice(&f.type_mod.to_be_bytes());
-                    out.extend_from_slice(&f.format.to_be_bytes());
-                }
-                end_frame(out, at);
-            }
-            BackendMessage::DataRow(cols) => {
-                let at = begin_frame(out, b'D');
-                out.extend_from_slice(&(cols.len() as u16).to_be_bytes());
-                for c in cols {
-                    match c {
-                        None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-                        Some(v) => {
-                            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                            out.extend_from_slice(v);
-                        }
-                    }
-                }
-                end_frame(out, at);
-            }
+            BackendMessage::ErrorResponse(e) => encode_error_response(out, e),
+            BackendMessage::RowDescription(fields) => encode_row_description(out, fields),
+            BackendMessage::DataRow(cols) => encode_data_row(out, cols),
             BackendMessage::CommandComplete(tag) => {
                 let at = begin_frame(out, b'C');
                 put_cstr(out, tag);
@@ -324,6 +286,51 @@ impl BackendMessage {
             }
         }
     }
+}
+
+fn encode_error_response(out: &mut Vec<u8>, e: &ErrorFields) {
+    let at = begin_frame(out, b'E');
+    out.push(b'S');
+    put_cstr(out, &e.severity);
+    out.push(b'V');
+    put_cstr(out, &e.severity);
+    out.push(b'C');
+    put_cstr(out, &e.code);
+    out.push(b'M');
+    put_cstr(out, &e.message);
+    out.push(0);
+    end_frame(out, at);
+}
+
+fn encode_row_description(out: &mut Vec<u8>, fields: &[FieldDescription]) {
+    let at = begin_frame(out, b'T');
+    out.extend_from_slice(&(fields.len() as u16).to_be_bytes());
+    for f in fields {
+        put_cstr(out, &f.name);
+        out.extend_from_slice(&f.table_oid.to_be_bytes());
+        out.extend_from_slice(&f.column.to_be_bytes());
+        out.extend_from_slice(&f.type_oid.to_be_bytes());
+        out.extend_from_slice(&f.type_len.to_be_bytes());
+        out.extend_from_slice(&f.type_mod.to_be_bytes());
+        out.extend_from_slice(&f.format.to_be_bytes());
+    }
+    end_frame(out, at);
+}
+
+/// A DataRow: each column's length then its bytes, -1 for NULL.
+fn encode_data_row(out: &mut Vec<u8>, cols: &[Option<Vec<u8>>]) {
+    let at = begin_frame(out, b'D');
+    out.extend_from_slice(&(cols.len() as u16).to_be_bytes());
+    for c in cols {
+        match c {
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+    }
+    end_frame(out, at);
 }
 
 // ---------------------------------------------------------------------------------------------

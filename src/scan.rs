@@ -3,7 +3,7 @@
 //! `udp-prefetch scan`, the demo and the benchmarks.
 
 use crate::backend::read_path::{ReadPathConfig, ReadStats, ScanWindow};
-use crate::backend::{Backend, ReadSource};
+use crate::backend::{Backend, ReadSource, StateChange};
 use crate::client::{ConnectOptions, PageClient};
 use crate::page::{verify_page, Page};
 use crate::pagestream::LATEST_LSN;
@@ -90,7 +90,7 @@ pub struct ScanReport {
     /// Times the read path moved between UDP prefetch and TCP pipelining.
     pub udp_state_changes: u64,
     /// Each move, in order (at most `backend::MAX_STATE_LOG`): when, to which path and why.
-    pub udp_state_log: Vec<crate::backend::StateChange>,
+    pub udp_state_log: Vec<StateChange>,
     pub elapsed_s: f64,
     pub pages_per_s: f64,
     /// Backend thread CPU per page, excluding the emulated per-page work and the digest.
@@ -199,106 +199,155 @@ pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanRepor
     };
     let cpu_start = thread_cpu();
     let started = Instant::now();
-    let mut stats = ReadStats::default();
-    let mut state_log = Vec::new();
-    match cfg.mode {
-        ScanMode::TcpSync => {
-            for blkno in blocks.clone() {
-                let t = Instant::now();
-                let page = client.get_page(cfg.rel.block(blkno), LATEST_LSN, 0)?;
-                tally.page(blkno, &page, t.elapsed());
-            }
-            stats.fallbacks = blocks.len() as u64;
-        }
-        ScanMode::TcpPipelined => {
-            let mut t = Instant::now();
-            client.get_pages_pipelined(
-                cfg.rel,
-                blocks.clone(),
-                LATEST_LSN,
-                cfg.distance as usize,
-                PIPELINED_FLUSH_EVERY,
-                |blkno, page| {
-                    tally.page(blkno, page, t.elapsed());
-                    t = Instant::now();
-                    Ok(())
-                },
-            )?;
-            stats.fallbacks = blocks.len() as u64;
-        }
-        ScanMode::Udp | ScanMode::TcpLfc => {
-            let lfc = lfc.ok_or_else(|| {
-                anyhow::anyhow!("the {} mode needs an LFC (--lfc)", cfg.mode.name())
-            })?;
-            let mut backend = if cfg.mode == ScanMode::Udp {
-                Backend::with_prefetch_port(lfc, client, cfg.read_path, cfg.prefetch_port)
-            } else {
-                // The distance is the pipeline depth, as in tcp-pipelined.
-                let read_path = ReadPathConfig {
-                    tcp_depth: cfg.distance,
-                    ..cfg.read_path
-                };
-                Backend::tcp_only(lfc, client, read_path)
-            };
-            // Top the window up in batches, as a backend does, rather than one block at a time.
-            let mut window = ScanWindow::new(blocks.start, blocks.end);
-            let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);
-            let mut path_changes = 0;
-            for blkno in blocks.clone() {
-                if backend.path_changes() != path_changes {
-                    path_changes = backend.path_changes();
-                    window.restart_at(blkno);
-                }
-                let distance = backend.prefetch_distance(cfg.distance);
-                if let Some(range) = window.top_up(blkno, distance) {
-                    backend.prefetch(cfg.rel, range)?;
-                }
-                let t = Instant::now();
-                let source = backend.read(cfg.rel.block(blkno), &mut page)?;
-                debug_assert!(matches!(
-                    source,
-                    ReadSource::Hit | ReadSource::LateHit | ReadSource::Tcp
-                ));
-                tally.page(blkno, &page, t.elapsed());
-            }
-            stats = backend.finish();
-            state_log = backend.state_log().to_vec();
-        }
-    }
+    let (stats, state_log) = match cfg.mode {
+        ScanMode::TcpSync => (
+            scan_tcp_sync(cfg, &mut client, &blocks, &mut tally)?,
+            Vec::new(),
+        ),
+        ScanMode::TcpPipelined => (
+            scan_tcp_pipelined(cfg, &mut client, &blocks, &mut tally)?,
+            Vec::new(),
+        ),
+        ScanMode::Udp | ScanMode::TcpLfc => scan_lfc(cfg, lfc, client, &blocks, &mut tally)?,
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = (thread_cpu() - cpu_start).saturating_sub(tally.work_cpu);
-    let pages = blocks.len() as u64;
-    tally.waits_us.sort_by(f64::total_cmp);
-    Ok(ScanReport {
-        mode: cfg.mode.name().to_string(),
-        pages,
-        verified: tally.verified,
-        failed: tally.failed,
-        hits: stats.hits,
-        late_hits: stats.late_hits,
-        fallbacks: stats.fallbacks,
-        wasted_prefetches: stats.wasted_prefetches,
-        prefetched: stats.prefetched,
-        duplicates_avoided: stats.duplicates_avoided,
-        retries: stats.retries,
-        wait_timeouts: stats.wait_timeouts,
-        window_cuts: stats.window_cuts,
-        tcp_pipelined: stats.tcp_pipelined,
-        udp_state_changes: stats.udp_state_changes,
-        udp_state_log: state_log,
-        elapsed_s: elapsed,
-        pages_per_s: if elapsed > 0.0 {
-            pages as f64 / elapsed
-        } else {
-            0.0
-        },
-        cpu_us_per_page: if pages > 0 {
-            cpu.as_secs_f64() * 1e6 / pages as f64
-        } else {
-            0.0
-        },
-        wait_p50_us: percentile(&tally.waits_us, 0.5),
-        wait_p99_us: percentile(&tally.waits_us, 0.99),
-        digest: tally.hasher.finalize().to_hex().to_string(),
+    Ok(tally.report(cfg, blocks.len() as u64, stats, state_log, elapsed, cpu))
+}
+
+/// The tcp-sync scan: one GetPage at a time.
+fn scan_tcp_sync(
+    cfg: &ScanConfig,
+    client: &mut PageClient,
+    blocks: &Range<u32>,
+    tally: &mut Tally,
+) -> anyhow::Result<ReadStats> {
+    for blkno in blocks.clone() {
+        let t = Instant::now();
+        let page = client.get_page(cfg.rel.block(blkno), LATEST_LSN, 0)?;
+        tally.page(blkno, &page, t.elapsed());
+    }
+    Ok(ReadStats {
+        fallbacks: blocks.len() as u64,
+        ..ReadStats::default()
     })
+}
+
+/// The tcp-pipelined scan: up to `distance` GetPages in flight.
+fn scan_tcp_pipelined(
+    cfg: &ScanConfig,
+    client: &mut PageClient,
+    blocks: &Range<u32>,
+    tally: &mut Tally,
+) -> anyhow::Result<ReadStats> {
+    let mut t = Instant::now();
+    client.get_pages_pipelined(
+        cfg.rel,
+        blocks.clone(),
+        LATEST_LSN,
+        cfg.distance as usize,
+        PIPELINED_FLUSH_EVERY,
+        |blkno, page| {
+            tally.page(blkno, page, t.elapsed());
+            t = Instant::now();
+            Ok(())
+        },
+    )?;
+    Ok(ReadStats {
+        fallbacks: blocks.len() as u64,
+        ..ReadStats::default()
+    })
+}
+
+/// The udp and tcp-lfc scans: every read through a `Backend` over the LFC, its window topped up
+/// ahead of the scan. Returns the backend's statistics and its log of path changes.
+fn scan_lfc(
+    cfg: &ScanConfig,
+    lfc: Option<&Lfc>,
+    client: PageClient,
+    blocks: &Range<u32>,
+    tally: &mut Tally,
+) -> anyhow::Result<(ReadStats, Vec<StateChange>)> {
+    let lfc =
+        lfc.ok_or_else(|| anyhow::anyhow!("the {} mode needs an LFC (--lfc)", cfg.mode.name()))?;
+    let mut backend = if cfg.mode == ScanMode::Udp {
+        Backend::with_prefetch_port(lfc, client, cfg.read_path, cfg.prefetch_port)
+    } else {
+        // The distance is the pipeline depth, as in tcp-pipelined.
+        let read_path = ReadPathConfig {
+            tcp_depth: cfg.distance,
+            ..cfg.read_path
+        };
+        Backend::tcp_only(lfc, client, read_path)
+    };
+    // Top the window up in batches, as a backend does, rather than one block at a time.
+    let mut window = ScanWindow::new(blocks.start, blocks.end);
+    let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+    let mut path_changes = 0;
+    for blkno in blocks.clone() {
+        if backend.path_changes() != path_changes {
+            path_changes = backend.path_changes();
+            window.restart_at(blkno);
+        }
+        let distance = backend.prefetch_distance(cfg.distance);
+        if let Some(range) = window.top_up(blkno, distance) {
+            backend.prefetch(cfg.rel, range)?;
+        }
+        let t = Instant::now();
+        let source = backend.read(cfg.rel.block(blkno), &mut page)?;
+        debug_assert!(matches!(
+            source,
+            ReadSource::Hit | ReadSource::LateHit | ReadSource::Tcp
+        ));
+        tally.page(blkno, &page, t.elapsed());
+    }
+    let stats = backend.finish();
+    Ok((stats, backend.state_log().to_vec()))
+}
+
+impl Tally {
+    /// The scan's report from what was tallied and what the read path counted.
+    fn report(
+        mut self,
+        cfg: &ScanConfig,
+        pages: u64,
+        stats: ReadStats,
+        state_log: Vec<StateChange>,
+        elapsed: f64,
+        cpu: Duration,
+    ) -> ScanReport {
+        self.waits_us.sort_by(f64::total_cmp);
+        ScanReport {
+            mode: cfg.mode.name().to_string(),
+            pages,
+            verified: self.verified,
+            failed: self.failed,
+            hits: stats.hits,
+            late_hits: stats.late_hits,
+            fallbacks: stats.fallbacks,
+            wasted_prefetches: stats.wasted_prefetches,
+            prefetched: stats.prefetched,
+            duplicates_avoided: stats.duplicates_avoided,
+            retries: stats.retries,
+            wait_timeouts: stats.wait_timeouts,
+            window_cuts: stats.window_cuts,
+            tcp_pipelined: stats.tcp_pipelined,
+            udp_state_changes: stats.udp_state_changes,
+            udp_state_log: state_log,
+            elapsed_s: elapsed,
+            pages_per_s: if elapsed > 0.0 {
+                pages as f64 / elapsed
+            } else {
+                0.0
+            },
+            cpu_us_per_page: if pages > 0 {
+                cpu.as_secs_f64() * 1e6 / pages as f64
+            } else {
+                0.0
+            },
+            wait_p50_us: percentile(&self.waits_us, 0.5),
+            wait_p99_us: percentile(&self.waits_us, 0.99),
+            digest: self.hasher.finalize().to_hex().to_string(),
+        }
+    }
 }

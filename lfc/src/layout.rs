@@ -240,81 +240,8 @@ impl FixedHeader {
         b: &[u8; FIXED_HEADER_LEN],
         file_len: u64,
     ) -> Result<FixedHeader, AttachError> {
-        let path_buf = || path.to_path_buf();
-        let mut magic = [0u8; 8];
-        magic.copy_from_slice(&b[OFF_MAGIC..OFF_MAGIC + 8]);
-        if magic != MAGIC {
-            return Err(AttachError::BadMagic {
-                path: path_buf(),
-                found: magic,
-            });
-        }
-        let version = get_u32(b, OFF_VERSION);
-        if version != FORMAT_VERSION {
-            return Err(AttachError::UnsupportedVersion {
-                path: path_buf(),
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        if get_u64(b, OFF_CHECKSUM) != checksum(&b[..OFF_CHECKSUM]) {
-            return Err(AttachError::BadChecksum { path: path_buf() });
-        }
-        let bad = |reason: String| AttachError::BadGeometry {
-            path: path_buf(),
-            reason,
-        };
-        let fixed = [
-            (
-                "header length",
-                get_u32(b, OFF_HEADER_LEN),
-                FIXED_HEADER_LEN as u32,
-            ),
-            ("page size", get_u32(b, OFF_PAGE_SIZE), PAGE_SIZE as u32),
-            (
-                "frame metadata size",
-                get_u32(b, OFF_META_BYTES),
-                META_BYTES as u32,
-            ),
-        ];
-        for (what, found, want) in fixed {
-            if found != want {
-                return Err(bad(format!("{what} is {found}, expected {want}")));
-            }
-        }
-        let capacity = get_u64(b, OFF_CAPACITY);
-        let geometry = Geometry::for_capacity(capacity)
-            .map_err(|_| bad(format!("capacity of {capacity} pages is out of range")))?;
-        let stored = Geometry {
-            capacity_pages: capacity,
-            buckets: get_u64(b, OFF_BUCKETS),
-            lwlsn_slots: get_u64(b, OFF_LWLSN_SLOTS),
-            requested_slots: get_u64(b, OFF_REQUESTED_SLOTS),
-            meta_offset: get_u64(b, OFF_META),
-            bucket_offset: get_u64(b, OFF_BUCKET),
-            lwlsn_offset: get_u64(b, OFF_LWLSN),
-            requested_offset: get_u64(b, OFF_REQUESTED),
-            data_offset: get_u64(b, OFF_DATA),
-            file_len: get_u64(b, OFF_FILE_LEN),
-        };
-        if stored != geometry {
-            return Err(bad(format!(
-                "stored layout {stored:?} differs from the layout for {capacity} pages {geometry:?}"
-            )));
-        }
-        if file_len < geometry.file_len {
-            return Err(AttachError::Truncated {
-                path: path_buf(),
-                expected: geometry.file_len,
-                actual: file_len,
-            });
-        }
-        if file_len > geometry.file_len {
-            return Err(bad(format!(
-                "file is {file_len} bytes, longer than the {} its header describes",
-                geometry.file_len
-            )));
-        }
+        check_identity(path, b)?;
+        let geometry = decode_geometry(path, b, file_len)?;
         let mut key = [0u8; 32];
         key.copy_from_slice(&b[OFF_KEY..OFF_KEY + 32]);
         let mut boot_id = [0u8; 16];
@@ -329,6 +256,97 @@ impl FixedHeader {
             hash_seed: get_u64(b, OFF_HASH_SEED),
         })
     }
+}
+
+/// Checks that the header is an LFC header of this format version with a matching checksum.
+fn check_identity(path: &Path, b: &[u8; FIXED_HEADER_LEN]) -> Result<(), AttachError> {
+    let path_buf = || path.to_path_buf();
+    let mut magic = [0u8; 8];
+    magic.copy_from_slice(&b[OFF_MAGIC..OFF_MAGIC + 8]);
+    if magic != MAGIC {
+        return Err(AttachError::BadMagic {
+            path: path_buf(),
+            found: magic,
+        });
+    }
+    let version = get_u32(b, OFF_VERSION);
+    if version != FORMAT_VERSION {
+        return Err(AttachError::UnsupportedVersion {
+            path: path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if get_u64(b, OFF_CHECKSUM) != checksum(&b[..OFF_CHECKSUM]) {
+        return Err(AttachError::BadChecksum { path: path_buf() });
+    }
+    Ok(())
+}
+
+/// The header's geometry, if its fixed sizes are this build's, every stored offset is the one
+/// recomputed from its capacity, and the file is exactly as long as it describes.
+fn decode_geometry(
+    path: &Path,
+    b: &[u8; FIXED_HEADER_LEN],
+    file_len: u64,
+) -> Result<Geometry, AttachError> {
+    let path_buf = || path.to_path_buf();
+    let bad = |reason: String| AttachError::BadGeometry {
+        path: path_buf(),
+        reason,
+    };
+    let fixed = [
+        (
+            "header length",
+            get_u32(b, OFF_HEADER_LEN),
+            FIXED_HEADER_LEN as u32,
+        ),
+        ("page size", get_u32(b, OFF_PAGE_SIZE), PAGE_SIZE as u32),
+        (
+            "frame metadata size",
+            get_u32(b, OFF_META_BYTES),
+            META_BYTES as u32,
+        ),
+    ];
+    for (what, found, want) in fixed {
+        if found != want {
+            return Err(bad(format!("{what} is {found}, expected {want}")));
+        }
+    }
+    let capacity = get_u64(b, OFF_CAPACITY);
+    let geometry = Geometry::for_capacity(capacity)
+        .map_err(|_| bad(format!("capacity of {capacity} pages is out of range")))?;
+    let stored = Geometry {
+        capacity_pages: capacity,
+        buckets: get_u64(b, OFF_BUCKETS),
+        lwlsn_slots: get_u64(b, OFF_LWLSN_SLOTS),
+        requested_slots: get_u64(b, OFF_REQUESTED_SLOTS),
+        meta_offset: get_u64(b, OFF_META),
+        bucket_offset: get_u64(b, OFF_BUCKET),
+        lwlsn_offset: get_u64(b, OFF_LWLSN),
+        requested_offset: get_u64(b, OFF_REQUESTED),
+        data_offset: get_u64(b, OFF_DATA),
+        file_len: get_u64(b, OFF_FILE_LEN),
+    };
+    if stored != geometry {
+        return Err(bad(format!(
+            "stored layout {stored:?} differs from the layout for {capacity} pages {geometry:?}"
+        )));
+    }
+    if file_len < geometry.file_len {
+        return Err(AttachError::Truncated {
+            path: path_buf(),
+            expected: geometry.file_len,
+            actual: file_len,
+        });
+    }
+    if file_len > geometry.file_len {
+        return Err(bad(format!(
+            "file is {file_len} bytes, longer than the {} its header describes",
+            geometry.file_len
+        )));
+    }
+    Ok(geometry)
 }
 
 #[cfg(test)]

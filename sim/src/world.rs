@@ -42,7 +42,7 @@ use udp_prefetch::prewarm::{
 use udp_prefetch::server::prefetch::{
     seal_page_job, Destination, DropFilter, Next, PageJob, PrefetchScheduler, SkipReason,
 };
-use udp_prefetch::server::source::{SourceSpec, Synthetic, SYNTHETIC_BASE_LSN};
+use udp_prefetch::server::source::{PageSource, SourceSpec, Synthetic, SYNTHETIC_BASE_LSN};
 use udp_prefetch::server::store::PageStore;
 use workers::datagram::{
     DatagramHeader, DatagramKey, DropReason, DATAGRAM_LEN, HEADER_LEN, TAG_LEN,
@@ -541,6 +541,141 @@ fn verdict_code(v: &Verdict) -> u64 {
     }
 }
 
+/// Where the simulated page servers send prefetched pages: the compute's port, sealed under a
+/// stream of the LFC's key.
+fn compute_destination(lfc: &Lfc, seed: u64) -> Destination {
+    // What PrefetchTarget hands the server is the LFC's key; the server seals under a
+    // stream of it with a random id (here from the seed, so runs replay exactly).
+    let mut stream_rng = Rng::stream(seed, 0x57E);
+    let mut stream_id = [0u8; 16];
+    for c in stream_id.chunks_exact_mut(8) {
+        c.copy_from_slice(&stream_rng.next_u64().to_le_bytes());
+    }
+    Destination {
+        addr: SocketAddr::from(COMPUTE_ADDR),
+        key: Arc::new(DatagramKey::new(lfc.key_id(), lfc.key()).stream(stream_id)),
+        // Each connection's Prefetches take their own queue (`serve` sets it).
+        conn: 0,
+    }
+}
+
+fn build_shards(cfg: &SimConfig, source: &Arc<dyn PageSource>, seed: u64) -> Vec<Shard> {
+    (0..cfg.shards)
+        .map(|s| Shard {
+            store: Arc::new(PageStore::new(
+                source.clone(),
+                MAX_VERSIONS,
+                Duration::from_nanos(LSN_WAIT_TIMEOUT_NS),
+            )),
+            sched: PrefetchScheduler::new(cfg.scheduler),
+            senders: (0..cfg.sender_threads)
+                .map(|t| SenderThread {
+                    filter: DropFilter::new(
+                        cfg.sender_drop,
+                        seed.wrapping_add((s * 16 + t) as u64),
+                    ),
+                    state: SenderState::Sleeping,
+                    token: 0,
+                    flow: (s * 16 + t) as u64,
+                })
+                .collect(),
+            link: cfg.links[s].clone(),
+            in_flight: 0,
+            jobs: Vec::with_capacity(SEND_BATCH),
+        })
+        .collect()
+}
+
+fn build_workers<'a>(cfg: &SimConfig) -> Vec<WorkerNode<'a>> {
+    (0..cfg.workers)
+        .map(|_| WorkerNode {
+            queue: VecDeque::with_capacity(cfg.rx_queue_datagrams),
+            posted: Vec::with_capacity(cfg.slots_per_worker),
+            scheduled: false,
+            metrics: ThreadMetrics::default(),
+            delivered: 0,
+            tail_drops: 0,
+            seen: [0; DropReason::ALL.len()],
+            seen_installed: 0,
+        })
+        .collect()
+}
+
+fn build_backends(
+    cfg: &SimConfig,
+    lfc: &Lfc,
+    seed: u64,
+    programs: Vec<VecDeque<Op>>,
+) -> Vec<BackendNode> {
+    programs
+        .into_iter()
+        .enumerate()
+        .map(|(i, program)| BackendNode {
+            driver: Driver::new(cfg.read_path, None, lfc, START_NS),
+            path_changes: 0,
+            program,
+            activity: Activity::None,
+            pending: Pending::None,
+            wait_token: 0,
+            reqid: (i as u64) << 48,
+            page: Box::new([0u8; PAGE_SIZE]),
+            rng: Rng::stream(seed, 0xB0 + i as u64),
+            done: false,
+        })
+        .collect()
+}
+
+/// The workload's ops, dealt out to the nodes that carry them out.
+struct Programs {
+    /// One program per backend.
+    backends: Vec<VecDeque<Op>>,
+    /// Prewarm runs: (pages, gone).
+    prewarm: VecDeque<(u16, u8)>,
+    /// Partitions, clogs, forge and replay bursts.
+    faults: Vec<Op>,
+}
+
+impl Programs {
+    fn split(ops: &[Op], backends: usize) -> Self {
+        let mut programs: Vec<VecDeque<Op>> = vec![VecDeque::new(); backends];
+        let mut prewarm_program = VecDeque::new();
+        let mut fault_events = Vec::new();
+        for op in ops {
+            match op {
+                Op::Scan { backend, .. }
+                | Op::RandomReads { backend, .. }
+                | Op::Write { backend, .. }
+                | Op::Pause { backend, .. } => {
+                    programs[*backend as usize % backends].push_back(op.clone())
+                }
+                Op::Prewarm { pages, gone } => prewarm_program.push_back((*pages, *gone)),
+                Op::Partition { .. } | Op::Clog { .. } | Op::Forge { .. } | Op::Replay { .. } => {
+                    fault_events.push(op.clone())
+                }
+            }
+        }
+        Programs {
+            backends: programs,
+            prewarm: prewarm_program,
+            faults: fault_events,
+        }
+    }
+}
+
+/// The prewarm schedule: the real defaults, with the first timeout and the attempts varied
+/// per seed.
+fn prewarm_schedule_config(seed: u64) -> ScheduleConfig {
+    let mut r = Rng::stream(seed, 0x9E8);
+    let window_pages = r.range(4, 64) as usize;
+    ScheduleConfig {
+        initial_timeout_ns: r.range(1, 20) * 1_000_000,
+        max_udp_attempts: r.range(1, 3) as u32,
+        window_pages,
+        min_window_pages: r.range(1, window_pages as u64) as usize,
+        ..ScheduleConfig::default()
+    }
+}
+
 impl<'a> World<'a> {
     pub fn new(
         cfg: SimConfig,
@@ -554,92 +689,15 @@ impl<'a> World<'a> {
         }
         .open()
         .map_err(|e| crate::SimError::Setup(e.to_string()))?;
-        // What PrefetchTarget hands the server is the LFC's key; the server seals under a
-        // stream of it with a random id (here from the seed, so runs replay exactly).
-        let mut stream_rng = Rng::stream(seed, 0x57E);
-        let mut stream_id = [0u8; 16];
-        for c in stream_id.chunks_exact_mut(8) {
-            c.copy_from_slice(&stream_rng.next_u64().to_le_bytes());
-        }
-        let dest = Destination {
-            addr: SocketAddr::from(COMPUTE_ADDR),
-            key: Arc::new(DatagramKey::new(lfc.key_id(), lfc.key()).stream(stream_id)),
-            // Each connection's Prefetches take their own queue (`serve` sets it).
-            conn: 0,
-        };
-        let shards = (0..cfg.shards)
-            .map(|s| Shard {
-                store: Arc::new(PageStore::new(
-                    source.clone(),
-                    MAX_VERSIONS,
-                    Duration::from_nanos(LSN_WAIT_TIMEOUT_NS),
-                )),
-                sched: PrefetchScheduler::new(cfg.scheduler),
-                senders: (0..cfg.sender_threads)
-                    .map(|t| SenderThread {
-                        filter: DropFilter::new(
-                            cfg.sender_drop,
-                            seed.wrapping_add((s * 16 + t) as u64),
-                        ),
-                        state: SenderState::Sleeping,
-                        token: 0,
-                        flow: (s * 16 + t) as u64,
-                    })
-                    .collect(),
-                link: cfg.links[s].clone(),
-                in_flight: 0,
-                jobs: Vec::with_capacity(SEND_BATCH),
-            })
-            .collect();
-        let workers = (0..cfg.workers)
-            .map(|_| WorkerNode {
-                queue: VecDeque::with_capacity(cfg.rx_queue_datagrams),
-                posted: Vec::with_capacity(cfg.slots_per_worker),
-                scheduled: false,
-                metrics: ThreadMetrics::default(),
-                delivered: 0,
-                tail_drops: 0,
-                seen: [0; DropReason::ALL.len()],
-                seen_installed: 0,
-            })
-            .collect();
+        let dest = compute_destination(lfc, seed);
+        let shards = build_shards(&cfg, &source, seed);
+        let workers = build_workers(&cfg);
         // The daemon registers in the LFC header as it starts listening, before any backend.
         if cfg.daemon != DaemonFault::Absent {
             lfc.register_daemon(SocketAddr::from(COMPUTE_ADDR), DAEMON_PID, 0, START_NS);
         }
-        let mut programs: Vec<VecDeque<Op>> = vec![VecDeque::new(); cfg.backends];
-        let mut prewarm_program = VecDeque::new();
-        let mut fault_events = Vec::new();
-        for op in ops {
-            match op {
-                Op::Scan { backend, .. }
-                | Op::RandomReads { backend, .. }
-                | Op::Write { backend, .. }
-                | Op::Pause { backend, .. } => {
-                    programs[*backend as usize % cfg.backends].push_back(op.clone())
-                }
-                Op::Prewarm { pages, gone } => prewarm_program.push_back((*pages, *gone)),
-                Op::Partition { .. } | Op::Clog { .. } | Op::Forge { .. } | Op::Replay { .. } => {
-                    fault_events.push(op.clone())
-                }
-            }
-        }
-        let backends = programs
-            .into_iter()
-            .enumerate()
-            .map(|(i, program)| BackendNode {
-                driver: Driver::new(cfg.read_path, None, lfc, START_NS),
-                path_changes: 0,
-                program,
-                activity: Activity::None,
-                pending: Pending::None,
-                wait_token: 0,
-                reqid: (i as u64) << 48,
-                page: Box::new([0u8; PAGE_SIZE]),
-                rng: Rng::stream(seed, 0xB0 + i as u64),
-                done: false,
-            })
-            .collect();
+        let programs = Programs::split(ops, cfg.backends);
+        let backends = build_backends(&cfg, lfc, seed, programs.backends);
         let mut w = World {
             now: START_NS,
             seq: 0,
@@ -651,7 +709,7 @@ impl<'a> World<'a> {
             workers,
             backends,
             prewarm: PrewarmNode {
-                program: prewarm_program,
+                program: programs.prewarm,
                 run: None,
                 token: 0,
                 reqid: 0xFFFF << 48,
@@ -666,18 +724,7 @@ impl<'a> World<'a> {
             attack_rng: Rng::stream(seed, 0xA77),
             forged_sent: 0,
             prewarm_rng: Rng::stream(seed, 0x9E7),
-            prewarm_schedule: {
-                // The real defaults, with the first timeout and the attempts varied per seed.
-                let mut r = Rng::stream(seed, 0x9E8);
-                let window_pages = r.range(4, 64) as usize;
-                ScheduleConfig {
-                    initial_timeout_ns: r.range(1, 20) * 1_000_000,
-                    max_udp_attempts: r.range(1, 3) as u32,
-                    window_pages,
-                    min_window_pages: r.range(1, window_pages as u64) as usize,
-                    ..ScheduleConfig::default()
-                }
-            },
+            prewarm_schedule: prewarm_schedule_config(seed),
             page: Box::new([0u8; PAGE_SIZE]),
             datagram: Box::new([0u8; DATAGRAM_LEN]),
             trace: Trace::default(),
@@ -692,7 +739,14 @@ impl<'a> World<'a> {
             violation: None,
             cfg,
         };
-        // Fault windows from the workload are added to the links' own.
+        w.add_fault_events(programs.faults);
+        w.schedule_start();
+        Ok(w)
+    }
+
+    /// Adds the workload's fault windows to the links' own and schedules its forge and replay
+    /// bursts.
+    fn add_fault_events(&mut self, fault_events: Vec<Op>) {
         for op in fault_events {
             match op {
                 Op::Partition {
@@ -705,7 +759,7 @@ impl<'a> World<'a> {
                     at_us,
                     len_us,
                 } => {
-                    let link = &mut w.shards[shard as usize % w.cfg.shards].link;
+                    let link = &mut self.shards[shard as usize % self.cfg.shards].link;
                     let windows = if matches!(op, Op::Partition { .. }) {
                         &mut link.partitions
                     } else {
@@ -714,34 +768,37 @@ impl<'a> World<'a> {
                     let at = START_NS + u64::from(at_us) * 1_000;
                     windows.push((at, at + u64::from(len_us) * 1_000));
                 }
-                Op::Forge { at_us, count, kind } => w.schedule(
+                Op::Forge { at_us, count, kind } => self.schedule(
                     START_NS + u64::from(at_us) * 1_000,
                     Ev::ForgeBurst { count, kind },
                 ),
-                Op::Replay { at_us, count } => w.schedule(
+                Op::Replay { at_us, count } => self.schedule(
                     START_NS + u64::from(at_us) * 1_000,
                     Ev::ReplayBurst { count },
                 ),
                 _ => {}
             }
         }
+    }
+
+    /// The first events of a run (prewarm, attacker, heartbeat) and the workers' first slots.
+    fn schedule_start(&mut self) {
         // Prewarm (if the workload has any) refills the cold cache first; its end starts the
         // backends.
-        w.prewarm.token += 1;
-        let token = w.prewarm.token;
-        w.schedule(START_NS, Ev::PrewarmRound { token });
-        if w.cfg.forged_per_ms > 0.0 {
-            let gap = w.attack_gap();
-            w.schedule(START_NS + gap, Ev::AttackerTick);
+        self.prewarm.token += 1;
+        let token = self.prewarm.token;
+        self.schedule(START_NS, Ev::PrewarmRound { token });
+        if self.cfg.forged_per_ms > 0.0 {
+            let gap = self.attack_gap();
+            self.schedule(START_NS + gap, Ev::AttackerTick);
         }
-        if w.cfg.daemon != DaemonFault::Absent {
-            w.schedule(START_NS + lfc::DAEMON_HEARTBEAT_NS, Ev::Heartbeat);
+        if self.cfg.daemon != DaemonFault::Absent {
+            self.schedule(START_NS + lfc::DAEMON_HEARTBEAT_NS, Ev::Heartbeat);
         }
         // Workers post their slots before anything arrives, as the daemon does at start.
-        for i in 0..w.workers.len() {
-            w.refill_slots(i);
+        for i in 0..self.workers.len() {
+            self.refill_slots(i);
         }
-        Ok(w)
     }
 
     // ---- the loop ---------------------------------------------------------------------------
@@ -1046,107 +1103,132 @@ impl<'a> World<'a> {
     fn serve(&mut self, shard: usize, conn: Conn, msg: ToServer) {
         match msg {
             ToServer::Prefetch { hdr, rel, first, n } => {
-                // `PrefetchSender::enqueue`: due = arrival + service delay; overflow drops.
-                let due = self.now + self.cfg.service_delay_ns;
-                let dest = Destination {
-                    conn: conn.index(self.cfg.backends) as u64,
-                    ..self.dest.clone()
-                };
-                let pushed =
-                    self.shards[shard]
-                        .sched
-                        .push(&dest, hdr, rel, first, u32::from(n), due);
-                match pushed {
-                    Ok(()) => {
-                        self.rec(
-                            Kind::PrefetchQueued,
-                            shard as u64,
-                            u64::from(first),
-                            u64::from(n),
-                        );
-                        self.wake_one_sender(shard);
-                    }
-                    Err(_) => {
-                        self.report.prefetch_overflow_pages += u64::from(n);
-                        self.rec(
-                            Kind::PrefetchOverflow,
-                            shard as u64,
-                            u64::from(first),
-                            u64::from(n),
-                        );
-                    }
-                }
+                self.serve_prefetch(shard, conn, hdr, rel, first, n)
             }
             ToServer::GetPage {
                 hdr,
                 tag,
                 first_try_ns,
-            } => {
-                let store = self.shards[shard].store.clone();
-                let result = match store.try_effective_lsn(hdr.request_lsn, hdr.not_modified_since)
-                {
-                    Ok(Some(lsn)) => {
-                        let mut page = Box::new([0u8; PAGE_SIZE]);
-                        store
-                            .read_page(tag, lsn, &mut page)
-                            .map(|_| page)
-                            .map_err(|e| e.to_string())
-                    }
-                    Ok(None) => {
-                        // `effective_lsn` waits (bounded) for WAL; the model re-checks.
-                        let first = first_try_ns.unwrap_or(self.now);
-                        if self.now - first < LSN_WAIT_TIMEOUT_NS {
-                            self.schedule(
-                                self.now + LSN_RECHECK_NS,
-                                Ev::AtServer {
-                                    shard,
-                                    conn,
-                                    msg: ToServer::GetPage {
-                                        hdr,
-                                        tag,
-                                        first_try_ns: Some(first),
-                                    },
-                                    ready: true,
-                                },
-                            );
-                            return;
-                        }
-                        Err(format!(
-                            "timed out waiting for WAL to reach {}",
-                            hdr.not_modified_since
-                        ))
-                    }
-                    Err(e) => Err(e.to_string()),
-                };
-                let lsn = result.as_ref().map_or(0, |p| page_lsn(p));
-                // `conn::handle`: every simulated connection has registered the compute as its
-                // prefetch target, so a queued prefetch of this page is no longer needed.
-                let addr = self.dest.addr;
-                self.shards[shard].sched.on_get_page(addr, tag);
-                self.rec(Kind::GetPageServed, shard as u64, tag_key(&tag), lsn);
-                self.send_to_client(conn, shard, ToClient::Page { tag, result });
-            }
+            } => self.serve_get_page(shard, conn, hdr, tag, first_try_ns),
             ToServer::Target => self.send_to_client(conn, shard, ToClient::TargetSet),
-            ToServer::PutPage { tag, lsn } => {
-                // Every shard ingests the whole WAL stream (as Neon's shards do), so each one's
-                // last-record LSN covers every LSN the compute can name; only the owner is ever
-                // asked for this page.
-                let page = synthetic_page(tag, lsn);
-                let mut err = None;
-                for s in 0..self.shards.len() {
-                    if let Err(e) = self.shards[s].store.put_page(tag, lsn, &page) {
-                        err = Some(e.to_string());
-                    }
-                }
-                if let Some(e) = err {
-                    self.violate(ViolationKind::Liveness, format!("PutPage {tag}@{lsn}: {e}"));
-                    return;
-                }
-                self.model.entry(tag).or_default().versions.push(lsn);
-                self.rec(Kind::PutApplied, shard as u64, tag_key(&tag), lsn);
-                self.send_to_client(conn, shard, ToClient::PutDone);
+            ToServer::PutPage { tag, lsn } => self.serve_put_page(shard, conn, tag, lsn),
+        }
+    }
+
+    /// A Prefetch: queued on the connection's queue, or counted as overflow.
+    fn serve_prefetch(
+        &mut self,
+        shard: usize,
+        conn: Conn,
+        hdr: Header,
+        rel: RelTag,
+        first: u32,
+        n: u16,
+    ) {
+        // `PrefetchSender::enqueue`: due = arrival + service delay; overflow drops.
+        let due = self.now + self.cfg.service_delay_ns;
+        let dest = Destination {
+            conn: conn.index(self.cfg.backends) as u64,
+            ..self.dest.clone()
+        };
+        let pushed = self.shards[shard]
+            .sched
+            .push(&dest, hdr, rel, first, u32::from(n), due);
+        match pushed {
+            Ok(()) => {
+                self.rec(
+                    Kind::PrefetchQueued,
+                    shard as u64,
+                    u64::from(first),
+                    u64::from(n),
+                );
+                self.wake_one_sender(shard);
+            }
+            Err(_) => {
+                self.report.prefetch_overflow_pages += u64::from(n);
+                self.rec(
+                    Kind::PrefetchOverflow,
+                    shard as u64,
+                    u64::from(first),
+                    u64::from(n),
+                );
             }
         }
+    }
+
+    /// A GetPage: answered from the store, or re-checked later while the WAL has not reached
+    /// the requested LSN (until the bounded wait runs out).
+    fn serve_get_page(
+        &mut self,
+        shard: usize,
+        conn: Conn,
+        hdr: Header,
+        tag: BufferTag,
+        first_try_ns: Option<u64>,
+    ) {
+        let store = self.shards[shard].store.clone();
+        let result = match store.try_effective_lsn(hdr.request_lsn, hdr.not_modified_since) {
+            Ok(Some(lsn)) => {
+                let mut page = Box::new([0u8; PAGE_SIZE]);
+                store
+                    .read_page(tag, lsn, &mut page)
+                    .map(|_| page)
+                    .map_err(|e| e.to_string())
+            }
+            Ok(None) => {
+                // `effective_lsn` waits (bounded) for WAL; the model re-checks.
+                let first = first_try_ns.unwrap_or(self.now);
+                if self.now - first < LSN_WAIT_TIMEOUT_NS {
+                    self.schedule(
+                        self.now + LSN_RECHECK_NS,
+                        Ev::AtServer {
+                            shard,
+                            conn,
+                            msg: ToServer::GetPage {
+                                hdr,
+                                tag,
+                                first_try_ns: Some(first),
+                            },
+                            ready: true,
+                        },
+                    );
+                    return;
+                }
+                Err(format!(
+                    "timed out waiting for WAL to reach {}",
+                    hdr.not_modified_since
+                ))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let lsn = result.as_ref().map_or(0, |p| page_lsn(p));
+        // `conn::handle`: every simulated connection has registered the compute as its
+        // prefetch target, so a queued prefetch of this page is no longer needed.
+        let addr = self.dest.addr;
+        self.shards[shard].sched.on_get_page(addr, tag);
+        self.rec(Kind::GetPageServed, shard as u64, tag_key(&tag), lsn);
+        self.send_to_client(conn, shard, ToClient::Page { tag, result });
+    }
+
+    /// A PutPage: applied on every shard and recorded in the version model.
+    fn serve_put_page(&mut self, shard: usize, conn: Conn, tag: BufferTag, lsn: u64) {
+        // Every shard ingests the whole WAL stream (as Neon's shards do), so each one's
+        // last-record LSN covers every LSN the compute can name; only the owner is ever
+        // asked for this page.
+        let page = synthetic_page(tag, lsn);
+        let mut err = None;
+        for s in 0..self.shards.len() {
+            if let Err(e) = self.shards[s].store.put_page(tag, lsn, &page) {
+                err = Some(e.to_string());
+            }
+        }
+        if let Some(e) = err {
+            self.violate(ViolationKind::Liveness, format!("PutPage {tag}@{lsn}: {e}"));
+            return;
+        }
+        self.model.entry(tag).or_default().versions.push(lsn);
+        self.rec(Kind::PutApplied, shard as u64, tag_key(&tag), lsn);
+        self.send_to_client(conn, shard, ToClient::PutDone);
     }
 
     /// `Condvar::notify_one` on enqueue: one sleeping sender thread runs.
@@ -1179,41 +1261,7 @@ impl<'a> World<'a> {
         match next {
             Next::Ready(_) => {
                 let jobs = std::mem::take(&mut self.shards[shard].jobs);
-                let mut sent = 0u64;
-                for job in &jobs {
-                    if self.shards[shard].senders[thread].filter.drop_next() {
-                        self.report.faults.sender_dropped += 1;
-                        continue;
-                    }
-                    let store = self.shards[shard].store.clone();
-                    match seal_page_job(&store, job, now, &mut self.page, &mut self.datagram) {
-                        Ok(()) => {
-                            sent += 1;
-                            self.report.datagrams += 1;
-                            self.rec(
-                                Kind::Sent,
-                                shard as u64,
-                                tag_key(&job.tag),
-                                page_lsn(&self.page),
-                            );
-                            let bytes = self.datagram.to_vec();
-                            let flow = self.shards[shard].senders[thread].flow;
-                            self.send_udp(shard, bytes, flow);
-                        }
-                        Err(reason) => {
-                            match reason {
-                                SkipReason::NotReady => self.report.seal_not_ready += 1,
-                                SkipReason::Failed => self.report.seal_failed += 1,
-                            }
-                            self.rec(
-                                Kind::SealSkipped,
-                                shard as u64,
-                                tag_key(&job.tag),
-                                reason as u64,
-                            );
-                        }
-                    }
-                }
+                let sent = self.send_jobs(shard, thread, &jobs);
                 self.shards[shard].jobs = jobs;
                 let th = &mut self.shards[shard].senders[thread];
                 th.token += 1;
@@ -1254,6 +1302,48 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Seals and sends one batch through the thread's drop filter; returns how many datagrams
+    /// went out.
+    fn send_jobs(&mut self, shard: usize, thread: usize, jobs: &[PageJob]) -> u64 {
+        let now = self.now;
+        let mut sent = 0u64;
+        for job in jobs {
+            if self.shards[shard].senders[thread].filter.drop_next() {
+                self.report.faults.sender_dropped += 1;
+                continue;
+            }
+            let store = self.shards[shard].store.clone();
+            match seal_page_job(&store, job, now, &mut self.page, &mut self.datagram) {
+                Ok(()) => {
+                    sent += 1;
+                    self.report.datagrams += 1;
+                    self.rec(
+                        Kind::Sent,
+                        shard as u64,
+                        tag_key(&job.tag),
+                        page_lsn(&self.page),
+                    );
+                    let bytes = self.datagram.to_vec();
+                    let flow = self.shards[shard].senders[thread].flow;
+                    self.send_udp(shard, bytes, flow);
+                }
+                Err(reason) => {
+                    match reason {
+                        SkipReason::NotReady => self.report.seal_not_ready += 1,
+                        SkipReason::Failed => self.report.seal_failed += 1,
+                    }
+                    self.rec(
+                        Kind::SealSkipped,
+                        shard as u64,
+                        tag_key(&job.tag),
+                        reason as u64,
+                    );
+                }
+            }
+        }
+        sent
+    }
+
     // ---- the faulty UDP network -----------------------------------------------------------
 
     fn in_window(windows: &[(u64, u64)], t: u64) -> Option<u64> {
@@ -1274,14 +1364,7 @@ impl<'a> World<'a> {
             self.rec(Kind::Partitioned, shard as u64, 0, 0);
             return;
         }
-        let (loss, dup, reorder, corrupt, replay) = (
-            link.loss,
-            link.duplicate,
-            link.reorder,
-            link.corrupt,
-            link.replay,
-        );
-        let (latency, jitter, extra) = (link.latency_ns, link.jitter_ns, link.reorder_extra_ns);
+        let (loss, dup, replay) = (link.loss, link.duplicate, link.replay);
         let clog_end = Self::in_window(&link.clogs, now);
         if self.net_rng.chance(loss) {
             self.report.faults.lost += 1;
@@ -1302,46 +1385,7 @@ impl<'a> World<'a> {
             1
         };
         for _ in 0..copies {
-            let mut delay = latency + self.net_rng.below(jitter + 1);
-            if self.net_rng.chance(reorder) {
-                self.report.faults.reordered += 1;
-                delay += self.net_rng.below(extra + 1);
-            }
-            let mut at = now + delay;
-            if let Some(end) = clog_end {
-                // Clogged: held in the network until the window ends, then released together.
-                self.report.faults.clogged += 1;
-                at = at.max(end + self.net_rng.below(jitter + 1));
-            }
-            let (data, origin) = if self.net_rng.chance(corrupt) {
-                let data = self.corrupt(bytes.clone());
-                // Flips that cancel out leave the original datagram, which is no forgery.
-                let origin = if data == bytes {
-                    Origin::Server
-                } else {
-                    Origin::Corrupted
-                };
-                (data, origin)
-            } else {
-                (bytes.clone(), Origin::Server)
-            };
-            if self.shards[shard].in_flight >= MAX_IN_FLIGHT {
-                self.report.faults.link_overflow += 1;
-                self.report.datagrams_dropped_by_faults += 1;
-                continue;
-            }
-            self.shards[shard].in_flight += 1;
-            self.injected += 1;
-            self.schedule(
-                at,
-                Ev::UdpArrive {
-                    packet: Packet {
-                        bytes: data,
-                        origin,
-                        flow: flow | (shard as u64) << 60,
-                    },
-                },
-            );
+            self.send_udp_copy(shard, &bytes, flow, clog_end);
         }
         if self.net_rng.chance(replay) {
             // Recorded on the way and re-delivered much later (a replaying middlebox).
@@ -1349,6 +1393,55 @@ impl<'a> World<'a> {
             self.report.faults.replayed += 1;
             self.inject(bytes, Origin::Replay, flow, later);
         }
+    }
+
+    /// One copy of a datagram across the link: latency, jitter, reordering, a clog until
+    /// `clog_end`, corruption; then it arrives, unless the link already holds its maximum.
+    fn send_udp_copy(&mut self, shard: usize, bytes: &[u8], flow: u64, clog_end: Option<u64>) {
+        let now = self.now;
+        let link = &self.shards[shard].link;
+        let (reorder, corrupt) = (link.reorder, link.corrupt);
+        let (latency, jitter, extra) = (link.latency_ns, link.jitter_ns, link.reorder_extra_ns);
+        let mut delay = latency + self.net_rng.below(jitter + 1);
+        if self.net_rng.chance(reorder) {
+            self.report.faults.reordered += 1;
+            delay += self.net_rng.below(extra + 1);
+        }
+        let mut at = now + delay;
+        if let Some(end) = clog_end {
+            // Clogged: held in the network until the window ends, then released together.
+            self.report.faults.clogged += 1;
+            at = at.max(end + self.net_rng.below(jitter + 1));
+        }
+        let (data, origin) = if self.net_rng.chance(corrupt) {
+            let data = self.corrupt(bytes.to_vec());
+            // Flips that cancel out leave the original datagram, which is no forgery.
+            let origin = if data == bytes {
+                Origin::Server
+            } else {
+                Origin::Corrupted
+            };
+            (data, origin)
+        } else {
+            (bytes.to_vec(), Origin::Server)
+        };
+        if self.shards[shard].in_flight >= MAX_IN_FLIGHT {
+            self.report.faults.link_overflow += 1;
+            self.report.datagrams_dropped_by_faults += 1;
+            return;
+        }
+        self.shards[shard].in_flight += 1;
+        self.injected += 1;
+        self.schedule(
+            at,
+            Ev::UdpArrive {
+                packet: Packet {
+                    bytes: data,
+                    origin,
+                    flow: flow | (shard as u64) << 60,
+                },
+            },
+        );
     }
 
     fn corrupt(&mut self, mut bytes: Vec<u8>) -> Vec<u8> {
@@ -1442,15 +1535,7 @@ impl<'a> World<'a> {
             return;
         }
         if self.cfg.daemon.gone_at(self.now) {
-            // Killed: what its socket held is gone with it, and the LFC reclaims its frames.
-            let n = self.workers[w].queue.len() as u64;
-            self.workers[w].queue.clear();
-            self.report.faults.daemon_down += n;
-            self.report.datagrams_dropped_by_faults += n;
-            self.daemon_socket_lost += n;
-            for r in self.workers[w].posted.drain(..) {
-                r.abandon();
-            }
+            self.worker_killed(w);
             return;
         }
         let zero_copy = self.cfg.slots_per_worker > 0;
@@ -1468,39 +1553,9 @@ impl<'a> World<'a> {
         };
         let now = self.now;
         let verdict = if zero_copy {
-            let Some(mut slot) = self.workers[w].posted.pop() else {
+            let Some(v) = self.receive_into_slot(w, &packet.bytes) else {
                 return;
             };
-            // Scatter receive into [header | slot | tag], as recvmsg does with the iovecs.
-            let b = &packet.bytes;
-            let mut header = [0u8; HEADER_LEN];
-            let mut tag = [0u8; TAG_LEN];
-            let mut page = [0u8; PAGE_SIZE];
-            let h = b.len().min(HEADER_LEN);
-            header[..h].copy_from_slice(&b[..h]);
-            if b.len() > HEADER_LEN {
-                let p = (b.len() - HEADER_LEN).min(PAGE_SIZE);
-                page[..p].copy_from_slice(&b[HEADER_LEN..HEADER_LEN + p]);
-            }
-            if b.len() > HEADER_LEN + PAGE_SIZE {
-                let t = (b.len() - HEADER_LEN - PAGE_SIZE).min(TAG_LEN);
-                tag[..t].copy_from_slice(&b[HEADER_LEN + PAGE_SIZE..HEADER_LEN + PAGE_SIZE + t]);
-            }
-            slot.fill_from(&page);
-            let received = b.len().min(DATAGRAM_LEN);
-            let truncated = b.len() > DATAGRAM_LEN;
-            let received = Received {
-                len: received,
-                truncated,
-                header,
-                tag,
-            };
-            let (v, back) = self
-                .ingest
-                .complete(slot, &received, now, &self.workers[w].metrics);
-            // A slot turned away is posted again, as `worker_loop` does.
-            self.workers[w].posted.extend(back);
-            self.refill_slots(w);
             v
         } else {
             self.ingest
@@ -1511,6 +1566,56 @@ impl<'a> World<'a> {
             self.workers[w].scheduled = true;
             self.schedule(now + self.cfg.ingest_cost_ns, Ev::WorkerRun(w));
         }
+    }
+
+    /// The daemon was killed: what the worker's socket held is gone with it, and the LFC
+    /// reclaims its frames.
+    fn worker_killed(&mut self, w: usize) {
+        let n = self.workers[w].queue.len() as u64;
+        self.workers[w].queue.clear();
+        self.report.faults.daemon_down += n;
+        self.report.datagrams_dropped_by_faults += n;
+        self.daemon_socket_lost += n;
+        for r in self.workers[w].posted.drain(..) {
+            r.abandon();
+        }
+    }
+
+    /// The zero-copy path: one datagram received into a posted slot and completed by ingest;
+    /// `None` if the worker has no slot posted.
+    fn receive_into_slot(&mut self, w: usize, b: &[u8]) -> Option<Verdict> {
+        let now = self.now;
+        let mut slot = self.workers[w].posted.pop()?;
+        // Scatter receive into [header | slot | tag], as recvmsg does with the iovecs.
+        let mut header = [0u8; HEADER_LEN];
+        let mut tag = [0u8; TAG_LEN];
+        let mut page = [0u8; PAGE_SIZE];
+        let h = b.len().min(HEADER_LEN);
+        header[..h].copy_from_slice(&b[..h]);
+        if b.len() > HEADER_LEN {
+            let p = (b.len() - HEADER_LEN).min(PAGE_SIZE);
+            page[..p].copy_from_slice(&b[HEADER_LEN..HEADER_LEN + p]);
+        }
+        if b.len() > HEADER_LEN + PAGE_SIZE {
+            let t = (b.len() - HEADER_LEN - PAGE_SIZE).min(TAG_LEN);
+            tag[..t].copy_from_slice(&b[HEADER_LEN + PAGE_SIZE..HEADER_LEN + PAGE_SIZE + t]);
+        }
+        slot.fill_from(&page);
+        let received = b.len().min(DATAGRAM_LEN);
+        let truncated = b.len() > DATAGRAM_LEN;
+        let received = Received {
+            len: received,
+            truncated,
+            header,
+            tag,
+        };
+        let (v, back) = self
+            .ingest
+            .complete(slot, &received, now, &self.workers[w].metrics);
+        // A slot turned away is posted again, as `worker_loop` does.
+        self.workers[w].posted.extend(back);
+        self.refill_slots(w);
+        Some(v)
     }
 
     fn account(&mut self, w: usize, packet: &Packet, verdict: &Verdict) {

@@ -14,11 +14,12 @@
 //! and repeated sequential scans twice the cache size mixed with a hot set of half the cache.
 
 use super::BenchRecord;
-use lfc::{BufferTag, Lfc, RelTag, PAGE_SIZE};
+use lfc::{BufferTag, Lfc, LfcStats, RelTag, PAGE_SIZE};
 use std::collections::HashMap;
 use std::fs::File;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -195,95 +196,100 @@ where
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+/// One operation of a throughput case, as `rate` runs it.
+trait Op: Fn(&mut Rng, &mut [u8; PAGE_SIZE]) + Sync + Copy {}
+impl<F: Fn(&mut Rng, &mut [u8; PAGE_SIZE]) + Sync + Copy> Op for F {}
+
+/// Copies a random page of the baseline region into the local buffer.
+fn memcpy_op(region: &Region, pages: u64) -> impl Op + '_ {
+    move |rng: &mut Rng, buf: &mut [u8; PAGE_SIZE]| {
+        let i = rng.below(pages) as usize;
+        // SAFETY: page i lies inside the region; buf is a distinct local buffer.
+        unsafe { std::ptr::copy_nonoverlapping(region.page(i), buf.as_mut_ptr(), PAGE_SIZE) };
+        black_box(buf);
+    }
+}
+
+/// Looks up a random tag of the lookup set into the local buffer.
+fn lookup_op(lfc: &Lfc, pages: u64) -> impl Op + '_ {
+    move |rng: &mut Rng, buf: &mut [u8; PAGE_SIZE]| {
+        black_box(lfc.lookup(&bench_tag(1, rng.below(pages)), buf));
+    }
+}
+
+/// Installs a never-seen tag, numbered from the shared `next`.
+fn install_op<'a>(lfc: &'a Lfc, next: &'a AtomicU64, page: &'a [u8; PAGE_SIZE]) -> impl Op + 'a {
+    move |_: &mut Rng, _: &mut [u8; PAGE_SIZE]| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        black_box(lfc.install_prefetched(&bench_tag(2, i), 0, page));
+    }
+}
+
+/// Installs a never-seen tag, numbered from the shared `next`, through reserve / fill / publish.
+fn publish_op<'a>(lfc: &'a Lfc, next: &'a AtomicU64, page: &'a [u8; PAGE_SIZE]) -> impl Op + 'a {
+    move |_: &mut Rng, _: &mut [u8; PAGE_SIZE]| {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(mut r) = lfc.reserve() {
+            // Stands in for the kernel's scatter receive into the slot.
+            r.fill_from(page);
+            black_box(r.publish(&bench_tag(2, i), 0));
+        }
+    }
+}
+
+/// Caches the lookup set: tags 0..pages of relation 1.
+fn fill_lookup_set(lfc: &Lfc, pages: u64, page: &[u8; PAGE_SIZE]) {
+    for i in 0..pages {
+        lfc.install_prefetched(&bench_tag(1, i), 0, page);
+    }
+}
+
+/// The fraction of the lookups between two snapshots of the cache's counters that hit.
+fn hit_fraction(before: &LfcStats, after: &LfcStats) -> f64 {
+    (after.hits - before.hits) as f64
+        / ((after.hits + after.misses) - (before.hits + before.misses)).max(1) as f64
+}
+
 fn throughput(args: &LfcBenchArgs, dir: &Path) -> anyhow::Result<Vec<BenchRecord>> {
     let pages = args.cache_mib * 1024 * 1024 / PAGE_SIZE as u64;
     let dur = Duration::from_millis(args.case_ms);
     let lfc = Lfc::create(dir.join("lfc"), pages)?;
     let page = [0xa5u8; PAGE_SIZE];
-    for i in 0..pages {
-        lfc.install_prefetched(&bench_tag(1, i), 0, &page);
-    }
+    fill_lookup_set(&lfc, pages, &page);
     let resident = lfc.stats().used_pages;
     let region = Region::new(&dir.join("baseline"), (pages as usize) * PAGE_SIZE)?;
-    let param = |r: BenchRecord, threads: u64| {
-        r.param("cache_mib", args.cache_mib)
+    // A case's record; `per_s` is measured before the record is made.
+    let case = |name: &str, threads: u64, per_s: f64| {
+        BenchRecord::new(BENCH, name, "pages/s", per_s)
+            .param("cache_mib", args.cache_mib)
             .param("threads", threads)
             .param("case_ms", args.case_ms)
     };
+    let memcpy = memcpy_op(&region, pages);
+    let lookup = lookup_op(&lfc, pages);
 
-    let memcpy = |rng: &mut Rng, buf: &mut [u8; PAGE_SIZE]| {
-        let i = rng.below(pages) as usize;
-        // SAFETY: page i lies inside the region; buf is a distinct local buffer.
-        unsafe { std::ptr::copy_nonoverlapping(region.page(i), buf.as_mut_ptr(), PAGE_SIZE) };
-        black_box(buf);
-    };
-    let lookup = |rng: &mut Rng, buf: &mut [u8; PAGE_SIZE]| {
-        black_box(lfc.lookup(&bench_tag(1, rng.below(pages)), buf));
-    };
-
-    let memcpy_1t = param(
-        BenchRecord::new(BENCH, "memcpy-1t", "pages/s", rate(1, dur, memcpy)),
-        1,
-    );
+    let memcpy_1t = case("memcpy-1t", 1, rate(1, dur, memcpy));
     let hits_before = lfc.stats();
-    let lookup_1t = param(
-        BenchRecord::new(BENCH, "lookup-1t", "pages/s", rate(1, dur, lookup)),
-        1,
-    );
+    let lookup_1t = case("lookup-1t", 1, rate(1, dur, lookup));
     let hits_after = lfc.stats();
-    let hit_fraction = (hits_after.hits - hits_before.hits) as f64
-        / ((hits_after.hits + hits_after.misses) - (hits_before.hits + hits_before.misses)).max(1)
-            as f64;
     let lookup_1t = lookup_1t
         .param("resident_pages", resident)
-        .param("hit_fraction", hit_fraction)
+        .param("hit_fraction", hit_fraction(&hits_before, &hits_after))
         .against(&memcpy_1t);
 
     // Installs of never-seen tags: every one evicts a page. Tags come from a shared counter so
     // the two-thread variants never repeat one.
-    let next = std::sync::atomic::AtomicU64::new(0);
-    let install = |_: &mut Rng, _: &mut [u8; PAGE_SIZE]| {
-        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        black_box(lfc.install_prefetched(&bench_tag(2, i), 0, &page));
-    };
-    let install_1t = param(
-        BenchRecord::new(BENCH, "install-1t", "pages/s", rate(1, dur, install)),
-        1,
-    )
-    .against(&memcpy_1t);
-    let publish = |_: &mut Rng, _: &mut [u8; PAGE_SIZE]| {
-        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(mut r) = lfc.reserve() {
-            // Stands in for the kernel's scatter receive into the slot.
-            r.fill_from(&page);
-            black_box(r.publish(&bench_tag(2, i), 0));
-        }
-    };
-    let publish_1t = param(
-        BenchRecord::new(BENCH, "publish-1t", "pages/s", rate(1, dur, publish)),
-        1,
-    )
-    .against(&memcpy_1t);
+    let next = AtomicU64::new(0);
+    let install = install_op(&lfc, &next, &page);
+    let install_1t = case("install-1t", 1, rate(1, dur, install)).against(&memcpy_1t);
+    let publish = publish_op(&lfc, &next, &page);
+    let publish_1t = case("publish-1t", 1, rate(1, dur, publish)).against(&memcpy_1t);
 
     // Refill with the lookup set so the two-thread lookups hit as the one-thread ones did.
-    for i in 0..pages {
-        lfc.install_prefetched(&bench_tag(1, i), 0, &page);
-    }
-    let memcpy_2t = param(
-        BenchRecord::new(BENCH, "memcpy-2t", "pages/s", rate(2, dur, memcpy)),
-        2,
-    )
-    .against(&memcpy_1t);
-    let lookup_2t = param(
-        BenchRecord::new(BENCH, "lookup-2t", "pages/s", rate(2, dur, lookup)),
-        2,
-    )
-    .against(&lookup_1t);
-    let install_2t = param(
-        BenchRecord::new(BENCH, "install-2t", "pages/s", rate(2, dur, install)),
-        2,
-    )
-    .against(&install_1t);
+    fill_lookup_set(&lfc, pages, &page);
+    let memcpy_2t = case("memcpy-2t", 2, rate(2, dur, memcpy)).against(&memcpy_1t);
+    let lookup_2t = case("lookup-2t", 2, rate(2, dur, lookup)).against(&lookup_1t);
+    let install_2t = case("install-2t", 2, rate(2, dur, install)).against(&install_1t);
     let overhead = BenchRecord::new(
         BENCH,
         "metadata-overhead",

@@ -76,6 +76,41 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
         args.size_mib, args.service_delay_us, args.depth, args.distance
     );
 
+    let rows = scan_all(args, pages, daemon.udp_port, &lfc)?;
+    print_table(&rows);
+    let digests_match = rows
+        .chunks(3)
+        .all(|c| c.iter().all(|(_, r)| r.digest == c[0].1.digest));
+    let failed: u64 = rows.iter().map(|(_, r)| r.failed).sum();
+
+    print_daemon_counters(&daemon)?;
+    let stats = lfc.stats();
+    println!(
+        "LFC: {} of {} pages used, {} installs, {} hits",
+        stats.used_pages, stats.capacity_pages, stats.installs, stats.hits
+    );
+    println!(
+        "every page verified: {}; identical pages in every mode: {}",
+        if failed == 0 { "yes" } else { "NO" },
+        if digests_match { "yes" } else { "NO" }
+    );
+    drop(lfc);
+    daemon.stop();
+    Ok(if failed == 0 && digests_match {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// Scans relation 0 without drops and relation 1 with 5 % of prefetch datagrams dropped, in
+/// each of the three modes (each relation on a fresh page server); returns (drop, report) rows.
+fn scan_all(
+    args: &DemoArgs,
+    pages: u32,
+    udp_port: u16,
+    lfc: &Lfc,
+) -> anyhow::Result<Vec<(f64, ScanReport)>> {
     let mut rows: Vec<(f64, ScanReport)> = Vec::new();
     for (rel_index, drop) in [(0u32, 0.0), (1, 0.05)] {
         let server = start_server(pages, args.service_delay_us, drop)?;
@@ -87,7 +122,7 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
                 mode,
                 distance: mode.pages_ahead(args.depth, args.distance),
                 cpu_per_page_us: 0,
-                prefetch_port: Some(daemon.udp_port),
+                prefetch_port: Some(udp_port),
                 read_path: ReadPathConfig::default(),
             };
             print!(
@@ -96,12 +131,16 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
                 drop * 100.0
             );
             std::io::stdout().flush()?;
-            let r = run_scan(&cfg, Some(&lfc))?;
+            let r = run_scan(&cfg, Some(lfc))?;
             println!(" {:.0} pages/s", r.pages_per_s);
             rows.push((drop, r));
         }
     }
+    Ok(rows)
+}
 
+/// One line per scan, its speed against the tcp-pipelined scan with the same drop rate.
+fn print_table(rows: &[(f64, ScanReport)]) {
     println!();
     println!(
         "{:<14} {:>5} {:>10} {:>8} {:>8} {:>9} {:>9} {:>7} {:>10} {:>9}",
@@ -116,7 +155,7 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
         "cpu us/pg",
         "verified"
     );
-    for (drop, r) in &rows {
+    for (drop, r) in rows {
         let pipelined = rows
             .iter()
             .find(|(d, x)| d == drop && x.mode == "tcp-pipelined")
@@ -135,11 +174,10 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
             format!("{}/{}", r.verified, r.pages)
         );
     }
-    let digests_match = rows
-        .chunks(3)
-        .all(|c| c.iter().all(|(_, r)| r.digest == c[0].1.digest));
-    let failed: u64 = rows.iter().map(|(_, r)| r.failed).sum();
+}
 
+/// Prints the daemon's datagram counters once they have settled.
+fn print_daemon_counters(daemon: &DaemonProc) -> anyhow::Result<()> {
     // Give the daemon a moment's bounded chance to count the last datagrams before reading it.
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut text = daemon.scrape()?;
@@ -162,21 +200,5 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
         DaemonProc::metric(&text, "udp_prefetch_datagrams_dropped_total{reason=\"no_room\"}"),
         DaemonProc::metric(&text, "udp_prefetch_kernel_drops_total"),
     );
-    let stats = lfc.stats();
-    println!(
-        "LFC: {} of {} pages used, {} installs, {} hits",
-        stats.used_pages, stats.capacity_pages, stats.installs, stats.hits
-    );
-    println!(
-        "every page verified: {}; identical pages in every mode: {}",
-        if failed == 0 { "yes" } else { "NO" },
-        if digests_match { "yes" } else { "NO" }
-    );
-    drop(lfc);
-    daemon.stop();
-    Ok(if failed == 0 && digests_match {
-        Outcome::Success
-    } else {
-        Outcome::Failed
-    })
+    Ok(())
 }

@@ -3,6 +3,7 @@
 
 use super::prefetch::{ConnId, Destination};
 use super::stats::bump;
+use super::store::PageStore;
 use super::Shared;
 use crate::framed::{FramedError, FramedReader};
 use crate::page::Page;
@@ -10,7 +11,7 @@ use crate::pagestream::{self, Header, Request, Response};
 use crate::pgwire::{
     sqlstate, BackendMessage, ErrorFields, FrontendDecoder, FrontendMessage, READY_IDLE,
 };
-use lfc::PAGE_SIZE;
+use lfc::{RelTag, PAGE_SIZE};
 use std::io::{BufWriter, Write};
 use std::net::TcpStream;
 use std::net::{IpAddr, SocketAddr};
@@ -65,22 +66,8 @@ pub(super) fn serve(
     stream.set_nodelay(true)?;
     let mut reader = FramedReader::new(stream.try_clone()?);
     let mut decoder = FrontendDecoder::new();
-    let user = loop {
-        match reader.next(|b| decoder.decode(b))? {
-            None => return Ok(()),
-            Some(FrontendMessage::SslRequest) | Some(FrontendMessage::GssEncRequest) => {
-                send(&mut stream, &[BackendMessage::EncryptionRefused])?;
-            }
-            Some(FrontendMessage::CancelRequest { .. }) => return Ok(()),
-            Some(FrontendMessage::Startup { params }) => {
-                break params
-                    .iter()
-                    .find(|(k, _)| k == "user")
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
-            }
-            Some(_) => unreachable!("the decoder yields only startup messages first"),
-        }
+    let Some(user) = read_startup(&mut stream, &mut reader, &mut decoder)? else {
+        return Ok(());
     };
     if over_limit {
         bump(&shared.stats.connections_rejected);
@@ -93,37 +80,92 @@ pub(super) fn serve(
         ));
     }
     if let Some(token) = &shared.config.token {
-        send(
+        let authenticated = authenticate(
             &mut stream,
-            &[BackendMessage::AuthenticationCleartextPassword],
+            &mut reader,
+            &mut decoder,
+            &shared,
+            token,
+            &user,
         )?;
-        let password = match reader.next(|b| decoder.decode(b))? {
-            Some(FrontendMessage::Password(p)) => p,
-            None => return Ok(()),
-            Some(_) => {
-                return Err(refuse(
-                    &mut stream,
-                    ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, "expected a password message"),
-                ))
-            }
-        };
-        if !constant_time_eq(password.as_bytes(), token.as_bytes()) {
-            bump(&shared.stats.auth_failures);
-            return Err(refuse(
-                &mut stream,
-                ErrorFields::fatal(
-                    sqlstate::INVALID_PASSWORD,
-                    format!("password authentication failed for user \"{user}\""),
-                ),
-            ));
+        if !authenticated {
+            return Ok(());
         }
     }
+    send_startup_done(&mut stream)?;
+    query_loop(stream, reader, decoder, shared, conn_id)
+}
+
+/// Reads up to the startup message (refusing encryption on the way) and returns its user, or
+/// `None` if the client closed the connection or sent a CancelRequest.
+fn read_startup(
+    stream: &mut TcpStream,
+    reader: &mut Reader,
+    decoder: &mut FrontendDecoder,
+) -> Result<Option<String>, ConnError> {
+    loop {
+        match reader.next(|b| decoder.decode(b))? {
+            None => return Ok(None),
+            Some(FrontendMessage::SslRequest) | Some(FrontendMessage::GssEncRequest) => {
+                send(stream, &[BackendMessage::EncryptionRefused])?;
+            }
+            Some(FrontendMessage::CancelRequest { .. }) => return Ok(None),
+            Some(FrontendMessage::Startup { params }) => {
+                return Ok(Some(
+                    params
+                        .iter()
+                        .find(|(k, _)| k == "user")
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default(),
+                ));
+            }
+            Some(_) => unreachable!("the decoder yields only startup messages first"),
+        }
+    }
+}
+
+/// Asks for a cleartext password and checks it against `token`: `Ok(true)` if it matches,
+/// `Ok(false)` if the client closed the connection instead of answering.
+fn authenticate(
+    stream: &mut TcpStream,
+    reader: &mut Reader,
+    decoder: &mut FrontendDecoder,
+    shared: &Shared,
+    token: &str,
+    user: &str,
+) -> Result<bool, ConnError> {
+    send(stream, &[BackendMessage::AuthenticationCleartextPassword])?;
+    let password = match reader.next(|b| decoder.decode(b))? {
+        Some(FrontendMessage::Password(p)) => p,
+        None => return Ok(false),
+        Some(_) => {
+            return Err(refuse(
+                stream,
+                ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, "expected a password message"),
+            ))
+        }
+    };
+    if !constant_time_eq(password.as_bytes(), token.as_bytes()) {
+        bump(&shared.stats.auth_failures);
+        return Err(refuse(
+            stream,
+            ErrorFields::fatal(
+                sqlstate::INVALID_PASSWORD,
+                format!("password authentication failed for user \"{user}\""),
+            ),
+        ));
+    }
+    Ok(true)
+}
+
+/// AuthenticationOk, the parameters a client expects, and the first ReadyForQuery.
+fn send_startup_done(stream: &mut TcpStream) -> std::io::Result<()> {
     let param = |name: &str, value: &str| BackendMessage::ParameterStatus {
         name: name.into(),
         value: value.into(),
     };
     send(
-        &mut stream,
+        stream,
         &[
             BackendMessage::AuthenticationOk,
             param("server_version", "15.0 (udp-prefetch page server)"),
@@ -138,8 +180,7 @@ pub(super) fn serve(
             },
             BackendMessage::ReadyForQuery { status: READY_IDLE },
         ],
-    )?;
-    query_loop(stream, reader, decoder, shared, conn_id)
+    )
 }
 
 /// Compares without an early exit, so response time does not reveal how much of a token matched.
@@ -295,21 +336,7 @@ fn pagestream_session(
     let (tx, rx) = sync_channel::<Work>(MAX_QUEUED_REQUESTS);
     // Both threads of a session serve GetPage: a waiting backend is behind each wake-up.
     enter_latency_class(&shared);
-    let responder = {
-        let shared = shared.clone();
-        let stream = stream.try_clone()?;
-        std::thread::Builder::new()
-            .name("pagestream-respond".into())
-            .spawn(move || {
-                enter_latency_class(&shared);
-                if shared.config.service_delay_us > 0 {
-                    // The service delay is a measured sleep: the default 50 µs of timer slack
-                    // would add a quarter to a 200 µs delay.
-                    let _ = workers::sched::set_timer_slack_ns(1_000);
-                }
-                respond(stream, rx, &shared)
-            })?
-    };
+    let responder = spawn_responder(&stream, rx, &shared)?;
     // Prefetch requests and registrations are handled here, on the reader: a Prefetch has no
     // TCP answer, so handing it to the responder would only add a thread wake-up (and its
     // scheduling delay on a busy machine) before the page can be queued for sending.
@@ -319,29 +346,9 @@ fn pagestream_session(
         let fatal = match reader.next(|b| decoder.decode(b)) {
             Ok(Some(FrontendMessage::CopyData(payload))) => match Request::decode(&payload) {
                 Ok(req) => {
-                    let arrived = Instant::now();
-                    let work = match req {
-                        Request::Prefetch { .. } => {
-                            enqueue_prefetch(&req, arrived, &shared, target.as_ref());
-                            continue;
-                        }
-                        Request::PrefetchTarget { .. } => {
-                            let mut frame = Vec::new();
-                            register_target(
-                                &req,
-                                peer_ip,
-                                conn_id,
-                                &shared,
-                                &mut target,
-                                &mut frame,
-                            );
-                            Work::Reply { arrived, frame }
-                        }
-                        req => Work::Request {
-                            arrived,
-                            req,
-                            prefetch_dest: target.as_ref().map(|d| d.addr),
-                        },
+                    let Some(work) = route_request(req, peer_ip, conn_id, &shared, &mut target)
+                    else {
+                        continue;
                     };
                     if tx.send(work).is_err() {
                         break Ok(()); // The responder hit a write error and is gone.
@@ -384,6 +391,56 @@ fn pagestream_session(
     drop(tx);
     let _ = responder.join();
     result
+}
+
+/// Starts the session's responder thread on a clone of `stream`.
+fn spawn_responder(
+    stream: &TcpStream,
+    rx: Receiver<Work>,
+    shared: &Arc<Shared>,
+) -> Result<std::thread::JoinHandle<()>, ConnError> {
+    let shared = shared.clone();
+    let stream = stream.try_clone()?;
+    Ok(std::thread::Builder::new()
+        .name("pagestream-respond".into())
+        .spawn(move || {
+            enter_latency_class(&shared);
+            if shared.config.service_delay_us > 0 {
+                // The service delay is a measured sleep: the default 50 µs of timer slack
+                // would add a quarter to a 200 µs delay.
+                let _ = workers::sched::set_timer_slack_ns(1_000);
+            }
+            respond(stream, rx, &shared)
+        })?)
+}
+
+/// The reader's part of a request: a Prefetch is queued for sending here (`None`: nothing for
+/// the responder), a PrefetchTarget registered and its answer encoded; everything else goes to
+/// the responder as it is.
+fn route_request(
+    req: Request,
+    peer_ip: Option<IpAddr>,
+    conn_id: ConnId,
+    shared: &Shared,
+    target: &mut Option<Destination>,
+) -> Option<Work> {
+    let arrived = Instant::now();
+    Some(match req {
+        Request::Prefetch { .. } => {
+            enqueue_prefetch(&req, arrived, shared, target.as_ref());
+            return None;
+        }
+        Request::PrefetchTarget { .. } => {
+            let mut frame = Vec::new();
+            register_target(&req, peer_ip, conn_id, shared, target, &mut frame);
+            Work::Reply { arrived, frame }
+        }
+        req => Work::Request {
+            arrived,
+            req,
+            prefetch_dest: target.as_ref().map(|d| d.addr),
+        },
+    })
 }
 
 fn enter_latency_class(shared: &Shared) {
@@ -468,34 +525,11 @@ fn handle(
     let result: Result<(), String> = match req {
         Request::Exists { rel, .. } => {
             bump(&stats.exists);
-            store
-                .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
-                .and_then(|_| store.exists(*rel))
-                .map(|exists| {
-                    Response::Exists {
-                        hdr,
-                        rel: *rel,
-                        exists,
-                    }
-                    .encode(frame)
-                })
-                .map_err(|e| e.to_string())
+            answer_exists(store, hdr, *rel, frame)
         }
         Request::Nblocks { rel, .. } => {
             bump(&stats.nblocks);
-            store
-                .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
-                .and_then(|_| store.nblocks(*rel))
-                .map_err(|e| e.to_string())
-                .and_then(|n| n.ok_or_else(|| format!("relation {rel} does not exist")))
-                .map(|n_blocks| {
-                    Response::Nblocks {
-                        hdr,
-                        rel: *rel,
-                        n_blocks,
-                    }
-                    .encode(frame)
-                })
+            answer_nblocks(store, hdr, *rel, frame)
         }
         Request::GetPage { rel, blkno, .. } => {
             bump(&stats.get_page);
@@ -510,18 +544,7 @@ fn handle(
         }
         Request::DbSize { dbnode, .. } => {
             bump(&stats.db_size);
-            store
-                .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
-                .and_then(|_| store.db_size(*dbnode))
-                .map(|size| {
-                    Response::DbSize {
-                        hdr,
-                        dbnode: *dbnode,
-                        size,
-                    }
-                    .encode(frame)
-                })
-                .map_err(|e| e.to_string())
+            answer_db_size(store, hdr, *dbnode, frame)
         }
         Request::PutPage {
             rel,
@@ -531,18 +554,7 @@ fn handle(
             ..
         } => {
             bump(&stats.put_page);
-            store
-                .put_page(rel.block(*blkno), *lsn, new)
-                .map(|()| {
-                    Response::PutPage {
-                        hdr,
-                        rel: *rel,
-                        blkno: *blkno,
-                        lsn: *lsn,
-                    }
-                    .encode(frame)
-                })
-                .map_err(|e| e.to_string())
+            answer_put_page(store, hdr, *rel, *blkno, *lsn, new, frame)
         }
         Request::PrefetchTarget { .. } | Request::Prefetch { .. } => {
             unreachable!("the reader handles prefetch requests")
@@ -553,6 +565,69 @@ fn handle(
         frame.clear();
         Response::Error { hdr, message }.encode(frame);
     }
+}
+
+fn answer_exists(
+    store: &PageStore,
+    hdr: Header,
+    rel: RelTag,
+    frame: &mut Vec<u8>,
+) -> Result<(), String> {
+    store
+        .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
+        .and_then(|_| store.exists(rel))
+        .map(|exists| Response::Exists { hdr, rel, exists }.encode(frame))
+        .map_err(|e| e.to_string())
+}
+
+fn answer_nblocks(
+    store: &PageStore,
+    hdr: Header,
+    rel: RelTag,
+    frame: &mut Vec<u8>,
+) -> Result<(), String> {
+    store
+        .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
+        .and_then(|_| store.nblocks(rel))
+        .map_err(|e| e.to_string())
+        .and_then(|n| n.ok_or_else(|| format!("relation {rel} does not exist")))
+        .map(|n_blocks| Response::Nblocks { hdr, rel, n_blocks }.encode(frame))
+}
+
+fn answer_db_size(
+    store: &PageStore,
+    hdr: Header,
+    dbnode: u32,
+    frame: &mut Vec<u8>,
+) -> Result<(), String> {
+    store
+        .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
+        .and_then(|_| store.db_size(dbnode))
+        .map(|size| Response::DbSize { hdr, dbnode, size }.encode(frame))
+        .map_err(|e| e.to_string())
+}
+
+fn answer_put_page(
+    store: &PageStore,
+    hdr: Header,
+    rel: RelTag,
+    blkno: u32,
+    lsn: u64,
+    page: &Page,
+    frame: &mut Vec<u8>,
+) -> Result<(), String> {
+    store
+        .put_page(rel.block(blkno), lsn, page)
+        .map(|()| {
+            Response::PutPage {
+                hdr,
+                rel,
+                blkno,
+                lsn,
+            }
+            .encode(frame)
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// A PrefetchTarget request: registers where this connection's prefetches go and encodes the

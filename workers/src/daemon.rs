@@ -203,13 +203,8 @@ fn heartbeat(lfc: &Lfc, pid: u32, stop: &AtomicBool) {
     lfc.clear_daemon(pid);
 }
 
-/// Runs the daemon until `stop` is set. `on_started` is called once everything is bound and the
-/// daemon is registered in the LFC.
-pub fn run(
-    config: &DaemonConfig,
-    stop: &AtomicBool,
-    on_started: impl FnOnce(&Started),
-) -> Result<(), DaemonError> {
+/// Refuses a thread or slot count out of range.
+fn check_config(config: &DaemonConfig) -> Result<(), DaemonError> {
     if config.threads == 0 || config.threads > MAX_THREADS {
         return Err(DaemonError::Config(format!(
             "--threads must be 1..={MAX_THREADS}"
@@ -221,6 +216,28 @@ pub fn run(
             crate::udp::MAX_SLOTS
         )));
     }
+    Ok(())
+}
+
+/// Binds the metrics endpoint if one is configured.
+fn bind_metrics(config: &DaemonConfig) -> Result<Option<TcpListener>, DaemonError> {
+    Ok(match config.metrics {
+        Some(addr) => Some(TcpListener::bind(addr).map_err(|source| DaemonError::Io {
+            context: format!("binding the metrics endpoint {addr}"),
+            source,
+        })?),
+        None => None,
+    })
+}
+
+/// Runs the daemon until `stop` is set. `on_started` is called once everything is bound and the
+/// daemon is registered in the LFC.
+pub fn run(
+    config: &DaemonConfig,
+    stop: &AtomicBool,
+    on_started: impl FnOnce(&Started),
+) -> Result<(), DaemonError> {
+    check_config(config)?;
     let _pid = config
         .pid_file
         .as_deref()
@@ -240,13 +257,7 @@ pub fn run(
         source,
     })?;
     let rcvbuf = recv_buffer_size(&sockets[0]).unwrap_or(0);
-    let metrics_listener = match config.metrics {
-        Some(addr) => Some(TcpListener::bind(addr).map_err(|source| DaemonError::Io {
-            context: format!("binding the metrics endpoint {addr}"),
-            source,
-        })?),
-        None => None,
-    };
+    let metrics_listener = bind_metrics(config)?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     // Receivers are built before reporting "started", so a refused io_uring fails the start.
     let mut receivers = Vec::with_capacity(sockets.len());
@@ -267,6 +278,30 @@ pub fn run(
         recv_buffer_bytes: rcvbuf,
         capacity_pages: lfc.capacity_pages(),
     });
+    let result = run_threads(
+        config,
+        &lfc,
+        receivers,
+        &thread_metrics,
+        metrics_listener,
+        pid,
+        stop,
+    );
+    tracing::info!("workers stopped; the LFC is consistent (no slot left reserved)");
+    result
+}
+
+/// Runs one worker thread per receiver, and the prefault, heartbeat and metrics threads, until
+/// `stop`; returns the first error of a worker thread.
+fn run_threads(
+    config: &DaemonConfig,
+    lfc: &Lfc,
+    receivers: Vec<Receiver>,
+    thread_metrics: &[ThreadMetrics],
+    metrics_listener: Option<TcpListener>,
+    pid: u32,
+    stop: &AtomicBool,
+) -> Result<(), DaemonError> {
     let prefault_remaining = AtomicU64::new(if config.prefault {
         lfc.capacity_pages()
     } else {
@@ -279,10 +314,10 @@ pub fn run(
             crate::sched::set_thread_class_or_warn(crate::sched::ThreadClass::Bulk);
         }
     };
-    let result = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for (i, receiver) in receivers.into_iter().enumerate() {
-            let (lfc, metrics) = (&lfc, &thread_metrics[i]);
+            let metrics = &thread_metrics[i];
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("udp-worker-{i}"))
@@ -294,42 +329,118 @@ pub fn run(
             );
         }
         if config.prefault {
-            let (lfc, remaining) = (&lfc, &prefault_remaining);
+            let remaining = &prefault_remaining;
             scope.spawn(move || {
                 enter_bulk_class();
                 prefault(lfc, remaining, stop)
             });
         }
-        {
-            let lfc = &lfc;
-            std::thread::Builder::new()
-                .name("udp-heartbeat".into())
-                .spawn_scoped(scope, move || heartbeat(lfc, pid, stop))
-                .map_err(|source| spawn_failed(stop, "the heartbeat", source))?;
-        }
+        std::thread::Builder::new()
+            .name("udp-heartbeat".into())
+            .spawn_scoped(scope, move || heartbeat(lfc, pid, stop))
+            .map_err(|source| spawn_failed(stop, "the heartbeat", source))?;
         if let Some(listener) = metrics_listener {
-            let (lfc, metrics, remaining) = (&lfc, &thread_metrics[..], &prefault_remaining);
-            scope.spawn(move || serve_metrics(listener, lfc, metrics, remaining, stop));
+            let remaining = &prefault_remaining;
+            scope.spawn(move || serve_metrics(listener, lfc, thread_metrics, remaining, stop));
         }
-        let mut first_error = None;
-        for h in handles {
-            match h.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    stop.store(true, Ordering::SeqCst);
-                    first_error.get_or_insert(e);
-                }
-                Err(_) => {
-                    stop.store(true, Ordering::SeqCst);
-                    first_error
-                        .get_or_insert(DaemonError::Config("a worker thread panicked".into()));
-                }
+        join_workers(handles, stop)
+    })
+}
+
+/// Waits for every worker thread; the first that failed (or panicked) sets `stop` for the
+/// others and its error is returned.
+fn join_workers(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<(), DaemonError>>>,
+    stop: &AtomicBool,
+) -> Result<(), DaemonError> {
+    let mut first_error = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stop.store(true, Ordering::SeqCst);
+                first_error.get_or_insert(e);
+            }
+            Err(_) => {
+                stop.store(true, Ordering::SeqCst);
+                first_error.get_or_insert(DaemonError::Config("a worker thread panicked".into()));
             }
         }
-        first_error.map_or(Ok(()), Err)
-    });
-    tracing::info!("workers stopped; the LFC is consistent (no slot left reserved)");
-    result
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// One worker thread's slot bookkeeping: the reservation posted in each slot, the free slots,
+/// and frames handed back to be posted again. The header and tag buffers stay owned by
+/// `worker_loop`; this holds only their base pointers.
+struct Slots<'a> {
+    header_base: *mut [u8; HEADER_LEN],
+    tag_base: *mut [u8; TAG_LEN],
+    posted: Vec<Option<Reservation<'a>>>,
+    free: Vec<u32>,
+    /// Reservations handed back by `Ingest::complete` (datagrams turned away), posted again
+    /// before any new frame is claimed.
+    spare: Vec<Reservation<'a>>,
+}
+
+impl<'a> Slots<'a> {
+    /// Posts a frame into every free slot while frames can be had (handed-back ones first).
+    fn post_free(&mut self, lfc: &'a Lfc, receiver: &mut Receiver) -> Result<(), DaemonError> {
+        while let Some(&id) = self.free.last() {
+            let Some(res) = self.spare.pop().or_else(|| lfc.reserve()) else {
+                break;
+            };
+            let i = id as usize;
+            // SAFETY: `i < capacity`, the length of both buffers.
+            let (h, t) = unsafe {
+                (
+                    self.header_base.add(i).cast::<u8>(),
+                    self.tag_base.add(i).cast::<u8>(),
+                )
+            };
+            // SAFETY: the header and tag buffers live until `worker_loop` returns, after every
+            // posted slot was taken back; the page region is a reserved LFC frame that no one
+            // else reads or writes until the reservation is published or abandoned, which
+            // happens only after the slot is back.
+            unsafe { receiver.post(id, SlotRegions::new(h, res.as_mut_ptr(), t))? };
+            self.posted[i] = Some(res);
+            self.free.pop();
+        }
+        Ok(())
+    }
+
+    /// Takes back the completed slots and hands what they received to `ingest`.
+    fn complete(
+        &mut self,
+        completions: &[Completion],
+        ingest: &mut Ingest<'a>,
+        now_wall_ns: u64,
+        metrics: &ThreadMetrics,
+    ) {
+        for c in completions {
+            let i = c.slot_id as usize;
+            let res = self.posted[i].take().expect("a completed slot was posted");
+            self.free.push(c.slot_id);
+            metrics
+                .kernel_drops
+                .store(u64::from(c.kernel_drops), Ordering::Relaxed);
+            if c.error.is_some() {
+                self.spare.push(res);
+                continue;
+            }
+            // SAFETY: the slot came back, so the kernel no longer writes its header and tag.
+            let received = unsafe {
+                Received {
+                    len: c.len,
+                    truncated: c.truncated,
+                    header: self.header_base.add(i).read(),
+                    tag: self.tag_base.add(i).read(),
+                }
+            };
+            let (_, back) = ingest.complete(res, &received, now_wall_ns, metrics);
+            self.spare.extend(back);
+        }
+    }
 }
 
 /// One thread: keep slots posted, validate and publish what arrives, give back the rest.
@@ -347,37 +458,22 @@ fn worker_loop(
     let mut headers = vec![[0u8; HEADER_LEN]; capacity].into_boxed_slice();
     let mut tags = vec![[0u8; TAG_LEN]; capacity].into_boxed_slice();
     let (header_base, tag_base) = (headers.as_mut_ptr(), tags.as_mut_ptr());
-    let mut slots: Vec<Option<Reservation<'_>>> = (0..capacity).map(|_| None).collect();
-    let mut free: Vec<u32> = (0..capacity as u32).rev().collect();
+    let posted: Vec<Option<Reservation<'_>>> = (0..capacity).map(|_| None).collect();
+    let free: Vec<u32> = (0..capacity as u32).rev().collect();
     let mut completions = vec![Completion::default(); capacity];
     let io_err = |source| DaemonError::Io {
         context: "receiving datagrams".into(),
         source,
     };
-    // Reservations handed back by `Ingest::complete` (datagrams turned away), posted again
-    // before any new frame is claimed.
-    let mut spare: Vec<Reservation<'_>> = Vec::with_capacity(capacity);
+    let mut slots = Slots {
+        header_base,
+        tag_base,
+        posted,
+        free,
+        spare: Vec::with_capacity(capacity),
+    };
     while !stop.load(Ordering::Relaxed) {
-        while let Some(&id) = free.last() {
-            let Some(res) = spare.pop().or_else(|| lfc.reserve()) else {
-                break;
-            };
-            let i = id as usize;
-            // SAFETY: `i < capacity`, the length of both buffers.
-            let (h, t) = unsafe {
-                (
-                    header_base.add(i).cast::<u8>(),
-                    tag_base.add(i).cast::<u8>(),
-                )
-            };
-            // SAFETY: the header and tag buffers live until this function returns, after every
-            // posted slot was taken back; the page region is a reserved LFC frame that no one
-            // else reads or writes until the reservation is published or abandoned, which
-            // happens only after the slot is back.
-            unsafe { receiver.post(id, SlotRegions::new(h, res.as_mut_ptr(), t))? };
-            slots[i] = Some(res);
-            free.pop();
-        }
+        slots.post_free(lfc, &mut receiver)?;
         if receiver.posted() == 0 {
             // Every frame is reserved by someone: wait for frames to come back.
             std::thread::sleep(NO_SLOT_BACKOFF);
@@ -387,34 +483,12 @@ fn worker_loop(
         // One clock read per batch: it only dates arrivals for the latency histogram, and one
         // per datagram was a tenth of the daemon's CPU.
         let now_wall_ns = if n > 0 { lfc::wall_ns() } else { 0 };
-        for c in &completions[..n] {
-            let i = c.slot_id as usize;
-            let res = slots[i].take().expect("a completed slot was posted");
-            free.push(c.slot_id);
-            metrics
-                .kernel_drops
-                .store(u64::from(c.kernel_drops), Ordering::Relaxed);
-            if c.error.is_some() {
-                spare.push(res);
-                continue;
-            }
-            // SAFETY: the slot came back, so the kernel no longer writes its header and tag.
-            let received = unsafe {
-                Received {
-                    len: c.len,
-                    truncated: c.truncated,
-                    header: header_base.add(i).read(),
-                    tag: tag_base.add(i).read(),
-                }
-            };
-            let (_, back) = ingest.complete(res, &received, now_wall_ns, metrics);
-            spare.extend(back);
-        }
+        slots.complete(&completions[..n], &mut ingest, now_wall_ns, metrics);
     }
-    spare.into_iter().for_each(Reservation::abandon);
+    slots.spare.into_iter().for_each(Reservation::abandon);
     receiver
         .cancel_all(&mut |id| {
-            if let Some(res) = slots[id as usize].take() {
+            if let Some(res) = slots.posted[id as usize].take() {
                 res.abandon();
             }
         })
@@ -422,7 +496,6 @@ fn worker_loop(
     Ok(())
 }
 
-/// A minimal HTTP/1.0 responder for Prometheus scrapes: `GET /metrics` (or `/`).
 /// Frames one prefault step maps (64 MiB): small enough that a stop is honoured promptly.
 const PREFAULT_STEP_PAGES: u64 = 8192;
 
@@ -452,6 +525,7 @@ fn prefault(lfc: &Lfc, remaining: &AtomicU64, stop: &AtomicBool) {
     }
 }
 
+/// A minimal HTTP/1.0 responder for Prometheus scrapes: `GET /metrics` (or `/`).
 fn serve_metrics(
     listener: TcpListener,
     lfc: &Lfc,

@@ -84,30 +84,33 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// Renders Prometheus text exposition format 0.0.4.
-pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> String {
-    let mut out = String::with_capacity(4096);
-    let t = totals(threads);
+/// A family with one unlabelled sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    family(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// A counter family with one sample per worker thread, labelled by its index.
+fn per_thread(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    threads: &[ThreadMetrics],
+    counter: impl Fn(&ThreadMetrics) -> &AtomicU64,
+) {
+    family(out, name, "counter", help);
+    for (i, m) in threads.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{name}{{thread=\"{i}\"}} {}",
+            counter(m).load(Ordering::Relaxed)
+        );
+    }
+}
+
+fn dropped_by_reason(out: &mut String, t: &Totals) {
     family(
-        &mut out,
-        "udp_prefetch_datagrams_received_total",
-        "counter",
-        "Datagrams received by the workers.",
-    );
-    let _ = writeln!(out, "udp_prefetch_datagrams_received_total {}", t.received);
-    family(
-        &mut out,
-        "udp_prefetch_datagrams_installed_total",
-        "counter",
-        "Datagrams whose page was installed in the LFC.",
-    );
-    let _ = writeln!(
         out,
-        "udp_prefetch_datagrams_installed_total {}",
-        t.installed
-    );
-    family(
-        &mut out,
         "udp_prefetch_datagrams_dropped_total",
         "counter",
         "Datagrams dropped, by reason.",
@@ -120,41 +123,13 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
             t.dropped[r.index()]
         );
     }
+}
+
+/// The ingest latency histogram, summed over the threads (cumulative buckets, as Prometheus
+/// wants them).
+fn latency_histogram(out: &mut String, threads: &[ThreadMetrics]) {
     family(
-        &mut out,
-        "udp_prefetch_kernel_drops_total",
-        "counter",
-        "Datagrams the kernel dropped for a full socket buffer (SO_RXQ_OVFL).",
-    );
-    let _ = writeln!(out, "udp_prefetch_kernel_drops_total {}", t.kernel_drops);
-    family(
-        &mut out,
-        "udp_prefetch_thread_datagrams_received_total",
-        "counter",
-        "Datagrams received, per worker thread.",
-    );
-    for (i, m) in threads.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "udp_prefetch_thread_datagrams_received_total{{thread=\"{i}\"}} {}",
-            m.received.load(Ordering::Relaxed)
-        );
-    }
-    family(
-        &mut out,
-        "udp_prefetch_thread_datagrams_installed_total",
-        "counter",
-        "Datagrams installed, per worker thread.",
-    );
-    for (i, m) in threads.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "udp_prefetch_thread_datagrams_installed_total{{thread=\"{i}\"}} {}",
-            m.installed.load(Ordering::Relaxed)
-        );
-    }
-    family(
-        &mut out,
+        out,
         "udp_prefetch_ingest_latency_seconds",
         "histogram",
         "Sender timestamp to publish in the LFC, installed datagrams.",
@@ -192,34 +167,69 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         out,
         "udp_prefetch_ingest_latency_seconds_count {cumulative}"
     );
-    family(
+}
+
+/// Renders Prometheus text exposition format 0.0.4.
+pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> String {
+    let mut out = String::with_capacity(4096);
+    let t = totals(threads);
+    single(
+        &mut out,
+        "udp_prefetch_datagrams_received_total",
+        "counter",
+        "Datagrams received by the workers.",
+        t.received,
+    );
+    single(
+        &mut out,
+        "udp_prefetch_datagrams_installed_total",
+        "counter",
+        "Datagrams whose page was installed in the LFC.",
+        t.installed,
+    );
+    dropped_by_reason(&mut out, &t);
+    single(
+        &mut out,
+        "udp_prefetch_kernel_drops_total",
+        "counter",
+        "Datagrams the kernel dropped for a full socket buffer (SO_RXQ_OVFL).",
+        t.kernel_drops,
+    );
+    per_thread(
+        &mut out,
+        "udp_prefetch_thread_datagrams_received_total",
+        "Datagrams received, per worker thread.",
+        threads,
+        |m| &m.received,
+    );
+    per_thread(
+        &mut out,
+        "udp_prefetch_thread_datagrams_installed_total",
+        "Datagrams installed, per worker thread.",
+        threads,
+        |m| &m.installed,
+    );
+    latency_histogram(&mut out, threads);
+    single(
         &mut out,
         "udp_prefetch_lfc_capacity_pages",
         "gauge",
         "Pages the LFC can hold.",
+        cache.capacity_pages,
     );
-    let _ = writeln!(
-        out,
-        "udp_prefetch_lfc_capacity_pages {}",
-        cache.capacity_pages
-    );
-    family(
+    single(
         &mut out,
         "udp_prefetch_lfc_used_pages",
         "gauge",
         "Pages cached in the LFC.",
+        cache.used_pages,
     );
-    let _ = writeln!(out, "udp_prefetch_lfc_used_pages {}", cache.used_pages);
-    family(
+    single(
         &mut out,
         "udp_prefetch_lfc_prefault_remaining_pages",
         "gauge",
         "LFC frames the daemon has not prefaulted yet (0: done, or --no-prefault).",
-    );
-    let _ = writeln!(
-        out,
-        "udp_prefetch_lfc_prefault_remaining_pages {}",
-        cache.prefault_remaining_pages
+        cache.prefault_remaining_pages,
     );
     out
 }
