@@ -130,6 +130,8 @@ fn busy_work(us: u64) -> Duration {
     }
 }
 
+/// The `p` quantile (0..=1) of `sorted` (ascending), nearest rank; 0 for no samples. The one
+/// percentile helper of the crate: scans, benches and plots all use it.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;

@@ -4,6 +4,7 @@
 use super::BenchRecord;
 use crate::client::{ConnectOptions, PageClient};
 use crate::pagestream::LATEST_LSN;
+use crate::scan::percentile;
 use crate::server::source::{SourceSpec, Synthetic};
 use crate::server::ServerConfig;
 use std::time::Instant;
@@ -22,11 +23,6 @@ pub struct GetPageBenchArgs {
     /// Emulated server latency per response, in microseconds.
     #[arg(long, default_value_t = 0)]
     pub service_delay_us: u64,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 pub fn run(args: &GetPageBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
