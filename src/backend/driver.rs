@@ -522,6 +522,14 @@ impl Driver {
         }
         let own = self.core.own_loss(&tag);
         self.read_fresh = self.core.own_is_fresh(&tag, now_ns);
+        if self.health.path() == PrefetchPath::TcpPipelined && self.pipeline.next_answer_is(&tag) {
+            // On TCP, a read whose GetPage is the next answer on the wire takes that answer
+            // (stored in the LFC as it comes) without looking in the LFC first: the lookup
+            // nearly always missed (the page comes in the answer being awaited), and skipping
+            // it took a `tcp-lfc` scan's backend CPU from 5.0–5.4 to 4.1–4.7 µs per page.
+            self.core.stats_mut().reads += 1;
+            return self.await_response(lfc, tag, now_ns);
+        }
         let mut hit = lfc.lookup(&tag, out).is_some();
         if hit && !self.ready.is_empty() {
             // Read from the LFC: its copy read ahead is no longer needed.

@@ -60,6 +60,12 @@ impl Pipeline {
         self.members.contains(tag)
     }
 
+    /// Whether the oldest request on the wire is the GetPage of `tag`: its response is the next
+    /// one the connection brings.
+    pub fn next_answer_is(&self, tag: &BufferTag) -> bool {
+        matches!(self.in_flight.front(), Some(InFlight::Page { tag: t, .. }) if t == tag)
+    }
+
     /// Requests on the wire awaiting a response.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
