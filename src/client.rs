@@ -1,6 +1,10 @@
 //! Blocking pagestream v3 client: one TCP connection, synchronous calls, and a pipelined mode
 //! (many requests in flight, responses read in order) that is the Neon-style TCP prefetch
 //! baseline.
+//!
+//! Owns: one `TcpStream` (buffered writer, framed reader) and the request ids awaiting a
+//! response. Touches no LFC (it takes only the tag types from `lfc`) and no UDP, and imports no
+//! server or backend code.
 
 use crate::framed::{FramedError, FramedReader};
 use crate::page::Page;

@@ -1,4 +1,8 @@
 //! Blocking framed reads over any `Read`: the I/O shell around the sans-IO decoders.
+//!
+//! Owns: the read buffer and the bounds of its unconsumed input. Parses nothing itself (the
+//! decoder is passed in), writes nothing, opens no socket, and imports only
+//! `pgwire::ProtocolError`: no server or backend code.
 
 use crate::pgwire::ProtocolError;
 use std::io::{self, Read};

@@ -1,3 +1,5 @@
+//! The `udp-prefetch` binary: owns the command line and log set-up; `cmd` and `bench` do the work.
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use udp_prefetch::bench;

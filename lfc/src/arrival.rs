@@ -4,6 +4,10 @@
 //! MAP_SHARED file mapping and the kernel keys it by the file page, so waiters and wakers in
 //! different processes meet.
 //!
+//! Owns: the channel words (`seq`, `waiters`) and the two futex calls. Knows no tag, frame or
+//! index: `cache.rs` picks the channel by tag hash, registers the waiter, re-checks the cache
+//! and passes the timeout, so this module reads no clock.
+//!
 //! Lost wake-ups are impossible: a waiter registers (waiters += 1), then reads `seq`, then checks
 //! the cache; an installer publishes, then bumps `seq`, then reads `waiters` (all SeqCst). Either
 //! the waiter sees the page, or the installer sees the waiter, or FUTEX_WAIT sees `seq` changed.

@@ -9,6 +9,9 @@
 //!   last-written LSN), so it is `#[must_use]` through `Result`.
 //!
 //! [`DaemonLockError`] is the refusal of `Lfc::lock_for_daemon`.
+//!
+//! Owns: the error types and their messages, nothing else. Does no I/O and reads no shared
+//! memory: the code that does (`layout.rs`, `attach.rs`, `cache.rs`, `daemon.rs`) builds them.
 
 use std::io;
 use std::net::SocketAddr;

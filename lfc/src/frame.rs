@@ -1,6 +1,10 @@
 //! Per-frame metadata living in the shared file, and the frame control word that is at the same
 //! time the frame's state, its owner and its seqlock version.
 //!
+//! Owns: the `FrameMeta` line (control word, LSNs, tag, CLOCK usage) and the `Ctl` encoding with
+//! its transitions. Takes no lock and touches neither the index nor the page bytes: `cache.rs`
+//! does the compare-and-swaps, the locking and the dead-owner checks.
+//!
 //! `ctl` = `seq << 32 | kind << 30 | pid`. Every change of the frame bumps `seq`, so a reader
 //! that sees the same `ctl` before and after copying knows nothing changed in between.
 //! - `FREE`: no content, not in the index.

@@ -3,6 +3,10 @@
 //! after 34 years of uptime). Marks expire after `REQUESTED_TTL_NS`; a full line overwrites its
 //! oldest entry. A key collision can only make `mark_requested` answer "already requested" for a
 //! page nobody asked for: the caller then waits (bounded) and falls back to a synchronous read.
+//!
+//! Owns: the entry encoding, `REQUESTED_TTL_NS` and the replacement rule of a line. Takes no lock
+//! (at most one compare-and-swap per mark), reads no clock (`now_ns` is passed in) and never
+//! looks at frames: a mark says nothing about whether the page is cached.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,6 +1,10 @@
 //! Counters kept in the shared file, so `lfc stat` in another process sees every process's
 //! activity. Each counter is striped over `STAT_STRIPES` cache lines chosen per thread: a hot
 //! shared counter would otherwise bounce one line between all cores on every lookup.
+//!
+//! Owns: the counter list (its order is file format), each thread's stripe and `LfcStats`.
+//! Counters are Relaxed and order nothing, so they are for display only; `cache.rs` bumps and
+//! sums them, and fills the occupancy fields from the frames, not from counters.
 
 use crate::layout::{STAT_COUNTERS, STAT_STRIPES};
 use std::cell::Cell;

@@ -1,4 +1,8 @@
 //! Identity of a relation and of one of its pages, as PostgreSQL names them.
+//!
+//! Owns: `RelTag`, `BufferTag`, `PAGE_SIZE` and the `SPC/DB/REL/FORK` text form. Plain values:
+//! no shared memory, no placement (`hash.rs`) and no wire encoding (the pagestream and datagram
+//! formats encode tags themselves).
 
 use std::fmt;
 use std::str::FromStr;

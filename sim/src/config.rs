@@ -1,5 +1,9 @@
 //! What one seed simulates: the topology and sizes, the per-link fault parameters (each drawn
 //! from the range its profile gives), and the core configurations.
+//!
+//! Owns: the fault profiles and their ranges, `SimConfig` and how a seed draws it. Plain data:
+//! runs nothing and applies no fault (`world` does); of the cores it takes only
+//! `ReadPathConfig`, `SchedulerLimits` and `DATAGRAM_LEN`.
 
 use crate::rng::Rng;
 use serde::Serialize;

@@ -8,6 +8,10 @@
 //! validates the whole header again. If the header format ever changes, the version check and
 //! the key cross-check below turn that into an error instead of a silently random run.
 //! (A `Lfc::create_seeded` in the `lfc` crate would make this module unnecessary.)
+//!
+//! Owns: a copy of the LFC header's offsets and checksum (`OFF_*`, `fnv1a`). Writes the file only
+//! between dropping the `Lfc` that created it and `Lfc::open`, and rewrites only the key, key id,
+//! hash seed and checksum.
 
 use crate::rng::Rng;
 use lfc::{AttachError, Lfc, FORMAT_VERSION};

@@ -1,5 +1,9 @@
 //! Many seeds in a row (the `--seeds N` soak), spread over a few threads; each run is still
 //! single-threaded and deterministic on its own.
+//!
+//! Owns: the seed counter the threads share and the summed `SoakSummary`. Runs share nothing:
+//! each thread runs a whole `Scenario` through `run` and only adds up its `RunReport`; the wall
+//! clock read here is for the throughput figures, never inside a run.
 
 use crate::world::{FaultCounts, RunReport, ViolationKind};
 use crate::{run, FaultProfile, Scenario};

@@ -1,5 +1,8 @@
 //! The event trace: a digest of every event (two runs of one seed must agree on it bit for bit)
 //! and a bounded ring of the latest events for failure reports.
+//!
+//! Owns: the digest, the ring and the event kinds. Imports nothing of ours and never feeds back
+//! into a run: `world` records into it, and `UDPF_SIM_TRACE=1` only adds printing to stderr.
 
 use std::collections::VecDeque;
 

@@ -1,6 +1,10 @@
 //! Workload and fault-schedule operations. A run is a seed (topology, fault rates, every random
 //! choice) plus a list of these; proptest shrinks the list, so each operation is meaningful on
 //! its own and every index is taken modulo the actual topology.
+//!
+//! Owns: `Op`, `ForgeKind`, a seed's generated workload and the `--ops` JSON form. Plain data:
+//! imports no core and knows no topology; `world` maps each index onto the topology and carries
+//! the operation out.
 
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};

@@ -15,6 +15,11 @@
 //!   paused as `SimConfig::daemon` says.
 //!
 //! Only the network (UDP with faults, TCP reliable with latency) and time are simulated.
+//!
+//! Owns: the event queue and virtual clock, every node's shell state, the faulty network and the
+//! checkers. Reads no real clock, opens no socket or file, spawns no thread (`lib.rs` creates the
+//! LFC file) and imports no `cmd` or `bench`. It still mirrors the sender loop, `conn::handle`,
+//! `worker_loop` and `run_prewarm` in virtual time and copies their constants (ARCHITECTURE §10).
 
 use crate::config::DaemonFault;
 use crate::config::{LinkFaults, SimConfig, START_NS};

@@ -1,4 +1,8 @@
 //! Benchmarks: every figure is measured in the same run as its baseline and reported as a ratio.
+//!
+//! Owns: the record format (`BenchRecord`, one JSON line per case), its printing and where a
+//! bench's page server starts (`start_server`). Benches may use every module; only `main.rs`
+//! and `cmd::demo` (for `daemon_proc`, ARCHITECTURE §10) import `bench`.
 
 use serde::Serialize;
 

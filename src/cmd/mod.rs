@@ -1,4 +1,8 @@
 //! Subcommands of the `udp-prefetch` binary; each module holds its flags and its `run`.
+//!
+//! Owns: the exit-status convention (`EXIT_*`, `BadInput`, `Outcome`, `exit_status_for`).
+//! Commands may use every module; outside `cmd` only `main.rs` and `bench::many_backends` (for
+//! `cmd::scan::READY_LINE`, ARCHITECTURE §10) import it.
 
 pub mod demo;
 pub mod getpage;
