@@ -1,9 +1,9 @@
 //! A compute backend's page access (ARCHITECTURE §4 step 7, §6): the blocking shell around the
 //! sans-IO `driver::Driver`, over a shared LFC and one TCP pagestream connection.
 //!
-//! Dependency rule: `read_path`, `loss`, `health` and `pipeline` are pure state (no LFC, no socket);
-//! `driver` composes them over `&Lfc` with `now` passed in; this module alone does I/O (socket,
-//! clock, futex waits). The simulator drives `driver` with virtual time and network.
+//! Dependency rule: `read_path`, `loss`, `health` and `pipeline` are pure state (no LFC, no
+//! socket); `driver` composes them over `&Lfc` with `now` passed in; this module alone does I/O
+//! (socket, clock, futex waits). The simulator drives `driver` with virtual time and network.
 //!
 //! Owns: the pagestream connection (`PageClient`), the `Driver` and when to flush pipelined
 //! GetPages; every read decision is the driver's. Imports no `server` outside tests, but takes
