@@ -525,11 +525,29 @@ fn handle(
     let result: Result<(), String> = match req {
         Request::Exists { rel, .. } => {
             bump(&stats.exists);
-            answer_exists(store, hdr, *rel, frame)
+            let rel = *rel;
+            answer_metadata(
+                store,
+                hdr,
+                frame,
+                |s| s.exists(rel).map_err(|e| e.to_string()),
+                |exists| Response::Exists { hdr, rel, exists },
+            )
         }
         Request::Nblocks { rel, .. } => {
             bump(&stats.nblocks);
-            answer_nblocks(store, hdr, *rel, frame)
+            let rel = *rel;
+            answer_metadata(
+                store,
+                hdr,
+                frame,
+                |s| {
+                    s.nblocks(rel)
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| format!("relation {rel} does not exist"))
+                },
+                |n_blocks| Response::Nblocks { hdr, rel, n_blocks },
+            )
         }
         Request::GetPage { rel, blkno, .. } => {
             bump(&stats.get_page);
@@ -544,7 +562,14 @@ fn handle(
         }
         Request::DbSize { dbnode, .. } => {
             bump(&stats.db_size);
-            answer_db_size(store, hdr, *dbnode, frame)
+            let dbnode = *dbnode;
+            answer_metadata(
+                store,
+                hdr,
+                frame,
+                |s| s.db_size(dbnode).map_err(|e| e.to_string()),
+                |size| Response::DbSize { hdr, dbnode, size },
+            )
         }
         Request::PutPage {
             rel,
@@ -567,44 +592,20 @@ fn handle(
     }
 }
 
-fn answer_exists(
+/// A metadata request: waits for its LSN as a GetPage does, then asks the store (`query`)
+/// and encodes the answer (`respond`); a store error becomes the error response's message.
+fn answer_metadata<T>(
     store: &PageStore,
     hdr: Header,
-    rel: RelTag,
     frame: &mut Vec<u8>,
+    query: impl FnOnce(&PageStore) -> Result<T, String>,
+    respond: impl FnOnce(T) -> Response,
 ) -> Result<(), String> {
     store
         .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
-        .and_then(|_| store.exists(rel))
-        .map(|exists| Response::Exists { hdr, rel, exists }.encode(frame))
         .map_err(|e| e.to_string())
-}
-
-fn answer_nblocks(
-    store: &PageStore,
-    hdr: Header,
-    rel: RelTag,
-    frame: &mut Vec<u8>,
-) -> Result<(), String> {
-    store
-        .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
-        .and_then(|_| store.nblocks(rel))
-        .map_err(|e| e.to_string())
-        .and_then(|n| n.ok_or_else(|| format!("relation {rel} does not exist")))
-        .map(|n_blocks| Response::Nblocks { hdr, rel, n_blocks }.encode(frame))
-}
-
-fn answer_db_size(
-    store: &PageStore,
-    hdr: Header,
-    dbnode: u32,
-    frame: &mut Vec<u8>,
-) -> Result<(), String> {
-    store
-        .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
-        .and_then(|_| store.db_size(dbnode))
-        .map(|size| Response::DbSize { hdr, dbnode, size }.encode(frame))
-        .map_err(|e| e.to_string())
+        .and_then(|_| query(store))
+        .map(|answer| respond(answer).encode(frame))
 }
 
 fn answer_put_page(
