@@ -17,8 +17,8 @@
 //! 2. A frame becomes VALID only after an entry linking it is stored inside its tag's window
 //!    (`dist` is raised before the entry), and it leaves VALID before its entries are removed;
 //!    repair never removes an entry of a VALID frame that lies inside its tag's window, and
-//!    `dist` never shrinks below such an entry. So the home's owner finds every VALID frame of the tag and
-//!    a tag is never linked to two VALID frames. Any other entry (a stale link left by a dead
+//!    `dist` never shrinks below such an entry. So the home's owner finds every VALID frame of
+//!    the tag and a tag is never linked to two VALID frames. Any other entry (a stale link left by a dead
 //!    process, or by an unlink that could not lock an overflow bucket) is harmless: readers only
 //!    accept a VALID frame that carries their tag, which is then the tag's only VALID frame.
 //! 3. Readers take no lock: they find a frame through the window, copy, and accept the copy only

@@ -1,7 +1,7 @@
 //! The worker daemon's record in the LFC: the rendezvous between the daemon and the backends
-//! (ARCHITECTURE §6). The daemon records its UDP listen address, pid, start time and a heartbeat, so a
-//! backend needs no port setting and knows at once whether anyone is receiving; and it holds an
-//! exclusive lock for its lifetime, so that only one daemon serves a cache.
+//! (ARCHITECTURE §6). The daemon records its UDP listen address, pid, start time and a heartbeat,
+//! so a backend needs no port setting and knows at once whether anyone is receiving; and it holds
+//! an exclusive lock for its lifetime, so that only one daemon serves a cache.
 //!
 //! # The record
 //! It lives in a mutable runtime area after the checksummed fixed header (`DAEMON_OFFSET`; in a

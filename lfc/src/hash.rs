@@ -1,7 +1,7 @@
-//! Placement of a tag: one 64-bit keyed hash whose bit ranges feed the home index bucket, the
-//! entry fingerprint, the lwlsn slot, the requested-table line and the arrival channel (the
-//! ranges start at different bits but may overlap for large tables; each table only needs its
-//! own index to be well spread). The seed is random per file, so page placement cannot be aimed at one bucket.
+//! Placement of a tag: one 64-bit keyed hash whose bit ranges feed the home index bucket, the entry
+//! fingerprint, the lwlsn slot, the requested-table line and the arrival channel (the ranges start
+//! at different bits but may overlap for large tables; each table only needs its own index to be
+//! well spread). The seed is random per file, so page placement cannot be aimed at one bucket.
 //!
 //! Owns: the hash function and which bits feed which table. Pure functions: stores nothing and
 //! reads no shared memory; the caller passes the file's seed and every table size.

@@ -1,8 +1,8 @@
-//! One backend's page access as a sans-IO driver (ARCHITECTURE §4 step 7, §6): the whole decision of a read —
-//! LFC lookup, loss checks and retries, waiting for a prefetch in flight, the TCP pipeline and
-//! the move between UDP and TCP — with `now` passed in and the messages to send returned
-//! (`poll_transmit`), in the style of quinn-proto. The blocking shell (`backend::Backend`) and
-//! the simulator both run this code; neither keeps a copy of it.
+//! One backend's page access as a sans-IO driver (ARCHITECTURE §4 step 7, §6): the whole decision
+//! of a read — LFC lookup, loss checks and retries, waiting for a prefetch in flight, the TCP
+//! pipeline and the move between UDP and TCP — with `now` passed in and the messages to send
+//! returned (`poll_transmit`), in the style of quinn-proto. The blocking shell (`backend::Backend`)
+//! and the simulator both run this code; neither keeps a copy of it.
 //!
 //! Owns: the read path core (`ReadPath`), the UDP health state (`UdpHealth`), the GetPage
 //! pipeline. Reads and writes the shared LFC (not I/O: memory); opens no socket, reads no clock.

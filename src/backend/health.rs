@@ -42,10 +42,11 @@ pub const MAX_STATE_LOG: usize = 32;
 /// of its time blocked and still ran 1.4× as fast as TCP pipelining, whose reads block too.
 pub const SLOWER_THAN_TCP_TO_DEGRADE: f64 = 1.25;
 /// Share of a window's reads on UDP that waited long (half a GetPage round trip or more) for a
-/// prefetch requested longer than a wait budget earlier (one still in flight when its read
-/// came), at or above which the backend moves to TCP: the path is not delivering ahead of the reader (a backlogged or paced sender),
-/// and TCP pipelining's responses come from the connection, not from behind the queue. Loss
-/// makes few reads wait, however long (5 % loss: about 5 % of reads); a healthy path 1–2 %.
+/// prefetch requested longer than a wait budget earlier (one still in flight when its read came),
+/// at or above which the backend moves to TCP: the path is not delivering ahead of the reader (a
+/// backlogged or paced sender), and TCP pipelining's responses come from the connection, not from
+/// behind the queue. Loss makes few reads wait, however long (5 % loss: about 5 % of reads); a
+/// healthy path 1–2 %.
 pub const WAITED_SHARE_TO_DEGRADE: f64 = 0.5;
 /// Share of a window's time that went to reads UDP failed (a wait that ran out, or an own
 /// prefetch lost past its retries, then a synchronous GetPage), at or above which the backend

@@ -1,6 +1,6 @@
-//! The backend read path as a sans-IO state machine (ARCHITECTURE §4 step 7, §6): LFC hit → wait (adaptive,
-//! capped) for a prefetch in flight → TCP GetPage. The shell performs the lookups, waits and
-//! fetches and tells the core what happened; the core decides and counts. Time is passed in.
+//! The backend read path as a sans-IO state machine (ARCHITECTURE §4 step 7, §6): LFC hit → wait
+//! (adaptive, capped) for a prefetch in flight → TCP GetPage. The shell performs the lookups, waits
+//! and fetches and tells the core what happened; the core decides and counts. Time is passed in.
 //!
 //! Owns the wait budget (latency estimate, GetPage round trip) and the prefetch window; which
 //! own prefetches are outstanding or lost is `loss::LossDetector`'s, fed the timings derived

@@ -1,17 +1,17 @@
 //! `udp-prefetch bench lfc`: cache lookup/install throughput against a memcpy loop, and CLOCK
 //! hit ratios against an exact-LRU simulation.
 //!
-//! Throughput cases (pages/s, ARCHITECTURE §9): `memcpy-1t` copies random 8 KiB pages out of a region
-//! as large as the cache, of the same kind of memory (a shared file mapping in the same
+//! Throughput cases (pages/s, ARCHITECTURE §9): `memcpy-1t` copies random 8 KiB pages out of a
+//! region as large as the cache, of the same kind of memory (a shared file mapping in the same
 //! directory), into a local buffer; `lookup-1t` looks up random cached tags into a local buffer;
-//! `install-1t` installs never-seen tags into the full cache (every install evicts);
-//! `publish-1t` does the same through reserve / fill / publish; `memcpy-2t` and `lookup-2t` use
-//! two threads. Targets (issue 3): lookup >= 0.7x memcpy-1t, install >= 0.6x, lookup-2t >= 1.6x
-//! lookup-1t.
+//! `install-1t` installs never-seen tags into the full cache (every install evicts); `publish-1t`
+//! does the same through reserve / fill / publish; `memcpy-2t` and `lookup-2t` use two threads.
+//! Targets (issue 3): lookup >= 0.7x memcpy-1t, install >= 0.6x, lookup-2t >= 1.6x lookup-1t.
 //!
-//! Hit-ratio cases (unit `hit_pct`, hits per 100 lookups after warm-up): the real cache (CLOCK with usage counts, plus its bucket
-//! structure) against an exact LRU of the same capacity on the same trace: Zipf 0.9, Zipf 1.0,
-//! and repeated sequential scans twice the cache size mixed with a hot set of half the cache.
+//! Hit-ratio cases (unit `hit_pct`, hits per 100 lookups after warm-up): the real cache (CLOCK with
+//! usage counts, plus its bucket structure) against an exact LRU of the same capacity on the same
+//! trace: Zipf 0.9, Zipf 1.0, and repeated sequential scans twice the cache size mixed with a hot
+//! set of half the cache.
 
 use super::BenchRecord;
 use lfc::{BufferTag, Lfc, LfcStats, RelTag, PAGE_SIZE};

@@ -1,4 +1,5 @@
-//! The reference page server: pagestream v3 over the PostgreSQL protocol (ARCHITECTURE §4, steps 2–3).
+//! The reference page server: pagestream v3 over the PostgreSQL protocol (ARCHITECTURE §4, steps
+//! 2–3).
 //!
 //! One thread accepts; each connection gets a reader thread and a responder thread. The server
 //! is embeddable (`PageServer::start`) for the demo, the benchmarks and tests, and wrapped by

@@ -1,6 +1,6 @@
-//! The page server's prefetch queue and pacing, sans-IO (ARCHITECTURE §4, steps 2–3): Prefetch requests become
-//! per-connection queues of page ranges; `next_batch(now)` hands out pages that the pacing of
-//! their destination allows, round-robin across connections. Time is passed in, so the
+//! The page server's prefetch queue and pacing, sans-IO (ARCHITECTURE §4, steps 2–3): Prefetch
+//! requests become per-connection queues of page ranges; `next_batch(now)` hands out pages that the
+//! pacing of their destination allows, round-robin across connections. Time is passed in, so the
 //! simulator drives the same code with virtual time.
 //!
 //! Fairness is per connection, not per destination: every backend of a compute sends to the
@@ -475,9 +475,10 @@ mod tests {
         s.push(&dest(1), Header::default(), REL, 0, 6, 0).unwrap();
         s.on_get_page(dest(1).addr, REL.block(1));
         s.on_get_page(dest(1).addr, REL.block(3));
-        s.on_get_page(dest(2).addr, REL.block(4)); // another destination's reader
-                                                   // Block 3 is asked for again (evicted since): it must be sent (the earlier queued copy
-                                                   // goes out too; a duplicate is harmless, a skipped page would cost the reader a wait).
+        // Another destination's reader.
+        s.on_get_page(dest(2).addr, REL.block(4));
+        // Block 3 is asked for again (evicted since): it must be sent (the earlier queued copy
+        // goes out too; a duplicate is harmless, a skipped page would cost the reader a wait).
         s.push(&dest(1), Header::default(), REL, 3, 1, 0).unwrap();
         let mut out = Vec::new();
         let mut sent = Vec::new();

@@ -121,8 +121,8 @@ impl PrefetchSender {
                     .name(format!("prefetch-send-{i}"))
                     .spawn(move || {
                         if bulk {
-                            // Sending prefetches is bulk work: it must never preempt a thread
-                            // that serves a GetPage (ARCHITECTURE §4: GetPage is never queued behind
+                            // Sending prefetches is bulk work: it must never preempt a thread that
+                            // serves a GetPage (ARCHITECTURE §4: GetPage is never queued behind
                             // prefetch work, and that includes the CPU).
                             workers::sched::set_thread_class_or_warn(
                                 workers::sched::ThreadClass::Bulk,

@@ -1,13 +1,14 @@
-//! The worker daemon (ARCHITECTURE §4 step 5): N threads, each with its own `SO_REUSEPORT` socket, receiving
-//! datagrams straight into reserved LFC slots, validating and publishing them; a Prometheus
-//! endpoint; a pid file. `run` returns when `stop` is set (the CLI sets it on SIGTERM/SIGINT).
+//! The worker daemon (ARCHITECTURE §4 step 5): N threads, each with its own `SO_REUSEPORT` socket,
+//! receiving datagrams straight into reserved LFC slots, validating and publishing them; a
+//! Prometheus endpoint; a pid file. `run` returns when `stop` is set (the CLI sets it on
+//! SIGTERM/SIGINT).
 //!
-//! One daemon serves one LFC, and the LFC tells backends where it is (ARCHITECTURE §6): `run` takes the
-//! cache's daemon lock (`Lfc::lock_for_daemon`, released by the kernel if the daemon dies) before
-//! it binds anything, refuses a UDP address that any other socket already uses (a plain bind
-//! probe: the `SO_REUSEPORT` group bind alone would silently join another daemon's group),
-//! records its bound address, pid and start time in the cache once it listens, refreshes a
-//! heartbeat every `lfc::DAEMON_HEARTBEAT_NS`, and clears the record when it stops.
+//! One daemon serves one LFC, and the LFC tells backends where it is (ARCHITECTURE §6): `run` takes
+//! the cache's daemon lock (`Lfc::lock_for_daemon`, released by the kernel if the daemon dies)
+//! before it binds anything, refuses a UDP address that any other socket already uses (a plain bind
+//! probe: the `SO_REUSEPORT` group bind alone would silently join another daemon's group), records
+//! its bound address, pid and start time in the cache once it listens, refreshes a heartbeat every
+//! `lfc::DAEMON_HEARTBEAT_NS`, and clears the record when it stops.
 
 use crate::datagram::{HEADER_LEN, TAG_LEN};
 use crate::ingest::{Ingest, Received};

@@ -1,5 +1,5 @@
-//! The UDP prefetch datagram (ARCHITECTURE §4 step 4): a fixed 96-byte header, the 8192-byte page, and a
-//! 16-byte trailer. Two protections share the layout, named by the flags byte:
+//! The UDP prefetch datagram (ARCHITECTURE §4 step 4): a fixed 96-byte header, the 8192-byte page,
+//! and a 16-byte trailer. Two protections share the layout, named by the flags byte:
 //!
 //! - **token** (flags 0, the default): the page travels in the clear; the trailer is the
 //!   stream's 128-bit token and the header carries an XXH3-64 checksum of header and page.
@@ -538,10 +538,10 @@ impl Opener {
         &self.key
     }
 
-    /// Validates a datagram that was scattered into header, page and trailer regions and, for
-    /// aead, decrypts the page in place once it authenticates. `received_len` is what the kernel reported;
-    /// `truncated` is MSG_TRUNC (the datagram was longer than the three regions). Only `Ok`
-    /// may reach the cache: on any error `page` holds unspecified bytes.
+    /// Validates a datagram that was scattered into header, page and trailer regions and, for aead,
+    /// decrypts the page in place once it authenticates. `received_len` is what the kernel
+    /// reported; `truncated` is MSG_TRUNC (the datagram was longer than the three regions). Only
+    /// `Ok` may reach the cache: on any error `page` holds unspecified bytes.
     pub fn open(
         &mut self,
         received_len: usize,
