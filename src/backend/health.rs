@@ -476,48 +476,37 @@ impl UdpHealth {
         let (PrefetchPath::Udp, Some(window)) = (self.path, closed) else {
             return false;
         };
-        if window.waited_share >= WAITED_SHARE_TO_DEGRADE {
-            self.set(
-                PrefetchPath::TcpPipelined,
-                now_ns,
-                format!(
-                    "{:.0} % of reads waited for prefetches in flight",
-                    window.waited_share * 100.0
-                ),
-            );
-            return true;
-        }
-        if window.lost >= LOST_READS_TO_DEGRADE && window.lost_share >= LOST_SHARE_TO_DEGRADE {
-            self.set(
-                PrefetchPath::TcpPipelined,
-                now_ns,
-                format!(
-                    "{:.0} % of the time went to {} reads that UDP failed",
-                    window.lost_share * 100.0,
-                    window.lost
-                ),
-            );
-            return true;
-        }
-        let (Some(udp), Some(tcp)) = (
-            window.mean_ns,
-            self.pace[PrefetchPath::TcpPipelined as usize].last,
-        ) else {
+        let Some(reason) = self.window_verdict(&window) else {
             return false;
         };
-        if udp > SLOWER_THAN_TCP_TO_DEGRADE * tcp {
-            self.set(
-                PrefetchPath::TcpPipelined,
-                now_ns,
-                format!(
-                    "reads took {:.1} µs each on UDP, {:.1} µs on TCP pipelining",
-                    udp / 1e3,
-                    tcp / 1e3
-                ),
-            );
-            return true;
+        self.set(PrefetchPath::TcpPipelined, now_ns, reason);
+        true
+    }
+
+    /// Why a closed window on UDP should move the backend to TCP, if it should.
+    fn window_verdict(&self, window: &Window) -> Option<String> {
+        if window.waited_share >= WAITED_SHARE_TO_DEGRADE {
+            return Some(format!(
+                "{:.0} % of reads waited for prefetches in flight",
+                window.waited_share * 100.0
+            ));
         }
-        false
+        if window.lost >= LOST_READS_TO_DEGRADE && window.lost_share >= LOST_SHARE_TO_DEGRADE {
+            return Some(format!(
+                "{:.0} % of the time went to {} reads that UDP failed",
+                window.lost_share * 100.0,
+                window.lost
+            ));
+        }
+        let udp = window.mean_ns?;
+        let tcp = self.pace[PrefetchPath::TcpPipelined as usize].last?;
+        (udp > SLOWER_THAN_TCP_TO_DEGRADE * tcp).then(|| {
+            format!(
+                "reads took {:.1} µs each on UDP, {:.1} µs on TCP pipelining",
+                udp / 1e3,
+                tcp / 1e3
+            )
+        })
     }
 
     /// Starts on UDP, when a daemon is known (registered or given by the operator): logged,
