@@ -10,15 +10,11 @@
 //! its bound address, pid and start time in the cache once it listens, refreshes a heartbeat every
 //! `lfc::DAEMON_HEARTBEAT_NS`, and clears the record when it stops.
 
-use crate::datagram::{HEADER_LEN, TAG_LEN};
-use crate::ingest::{Ingest, Received};
 use crate::metrics::{render_prometheus, CacheGauges, ThreadMetrics};
 use crate::pidfile::{PidFile, PidFileError};
-use crate::udp::{
-    bind_reuseport_group, recv_buffer_size, Completion, IoBackend, IoChoice, Receiver, SlotRegions,
-    UdpError,
-};
-use lfc::{AttachError, DaemonLockError, Lfc, Reservation, PAGE_SIZE};
+use crate::pump::{SlotPump, Step};
+use crate::udp::{bind_reuseport_group, recv_buffer_size, IoBackend, IoChoice, Receiver, UdpError};
+use lfc::{AttachError, DaemonLockError, Lfc, PAGE_SIZE};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -371,130 +367,24 @@ fn join_workers(
     first_error.map_or(Ok(()), Err)
 }
 
-/// One worker thread's slot bookkeeping: the reservation posted in each slot, the free slots,
-/// and frames handed back to be posted again. The header and tag buffers stay owned by
-/// `worker_loop`; this holds only their base pointers.
-struct Slots<'a> {
-    header_base: *mut [u8; HEADER_LEN],
-    tag_base: *mut [u8; TAG_LEN],
-    posted: Vec<Option<Reservation<'a>>>,
-    free: Vec<u32>,
-    /// Reservations handed back by `Ingest::complete` (datagrams turned away), posted again
-    /// before any new frame is claimed.
-    spare: Vec<Reservation<'a>>,
-}
-
-impl<'a> Slots<'a> {
-    /// Posts a frame into every free slot while frames can be had (handed-back ones first).
-    fn post_free(&mut self, lfc: &'a Lfc, receiver: &mut Receiver) -> Result<(), DaemonError> {
-        while let Some(&id) = self.free.last() {
-            let Some(res) = self.spare.pop().or_else(|| lfc.reserve()) else {
-                break;
-            };
-            let i = id as usize;
-            // SAFETY: `i < capacity`, the length of both buffers.
-            let (h, t) = unsafe {
-                (
-                    self.header_base.add(i).cast::<u8>(),
-                    self.tag_base.add(i).cast::<u8>(),
-                )
-            };
-            // SAFETY: the header and tag buffers live until `worker_loop` returns, after every
-            // posted slot was taken back; the page region is a reserved LFC frame that no one
-            // else reads or writes until the reservation is published or abandoned, which
-            // happens only after the slot is back.
-            unsafe { receiver.post(id, SlotRegions::new(h, res.as_mut_ptr(), t))? };
-            self.posted[i] = Some(res);
-            self.free.pop();
-        }
-        Ok(())
-    }
-
-    /// Takes back the completed slots and hands what they received to `ingest`.
-    fn complete(
-        &mut self,
-        completions: &[Completion],
-        ingest: &mut Ingest<'a>,
-        now_wall_ns: u64,
-        metrics: &ThreadMetrics,
-    ) {
-        for c in completions {
-            let i = c.slot_id as usize;
-            let res = self.posted[i].take().expect("a completed slot was posted");
-            self.free.push(c.slot_id);
-            metrics
-                .kernel_drops
-                .store(u64::from(c.kernel_drops), Ordering::Relaxed);
-            if c.error.is_some() {
-                self.spare.push(res);
-                continue;
-            }
-            // SAFETY: the slot came back, so the kernel no longer writes its header and tag.
-            let received = unsafe {
-                Received {
-                    len: c.len,
-                    truncated: c.truncated,
-                    header: self.header_base.add(i).read(),
-                    tag: self.tag_base.add(i).read(),
-                }
-            };
-            let (_, back) = ingest.complete(res, &received, now_wall_ns, metrics);
-            self.spare.extend(back);
-        }
-    }
-}
-
 /// One thread: keep slots posted, validate and publish what arrives, give back the rest.
 fn worker_loop(
     lfc: &Lfc,
-    mut receiver: Receiver,
+    receiver: Receiver,
     metrics: &ThreadMetrics,
     stop: &AtomicBool,
 ) -> Result<(), DaemonError> {
-    let mut ingest = Ingest::new(lfc);
-    let capacity = receiver.capacity();
-    // All per-slot memory is allocated here, once: the loop below never allocates. The header
-    // and tag buffers are only ever touched through raw pointers, because the kernel may be
-    // writing any posted one at any moment.
-    let mut headers = vec![[0u8; HEADER_LEN]; capacity].into_boxed_slice();
-    let mut tags = vec![[0u8; TAG_LEN]; capacity].into_boxed_slice();
-    let (header_base, tag_base) = (headers.as_mut_ptr(), tags.as_mut_ptr());
-    let posted: Vec<Option<Reservation<'_>>> = (0..capacity).map(|_| None).collect();
-    let free: Vec<u32> = (0..capacity as u32).rev().collect();
-    let mut completions = vec![Completion::default(); capacity];
-    let io_err = |source| DaemonError::Io {
-        context: "receiving datagrams".into(),
-        source,
-    };
-    let mut slots = Slots {
-        header_base,
-        tag_base,
-        posted,
-        free,
-        spare: Vec::with_capacity(capacity),
-    };
+    let mut pump = SlotPump::new(lfc, receiver);
     while !stop.load(Ordering::Relaxed) {
-        slots.post_free(lfc, &mut receiver)?;
-        if receiver.posted() == 0 {
+        if pump.step(POLL, metrics)? == Step::NoSlot {
             // Every frame is reserved by someone: wait for frames to come back.
             std::thread::sleep(NO_SLOT_BACKOFF);
-            continue;
         }
-        let n = receiver.wait(POLL, &mut completions).map_err(io_err)?;
-        // One clock read per batch: it only dates arrivals for the latency histogram, and one
-        // per datagram was a tenth of the daemon's CPU.
-        let now_wall_ns = if n > 0 { lfc::wall_ns() } else { 0 };
-        slots.complete(&completions[..n], &mut ingest, now_wall_ns, metrics);
     }
-    slots.spare.into_iter().for_each(Reservation::abandon);
-    receiver
-        .cancel_all(&mut |id| {
-            if let Some(res) = slots.posted[id as usize].take() {
-                res.abandon();
-            }
-        })
-        .map_err(io_err)?;
-    Ok(())
+    pump.shutdown().map_err(|source| DaemonError::Io {
+        context: "receiving datagrams".into(),
+        source,
+    })
 }
 
 /// Frames one prefault step maps (64 MiB): small enough that a stop is honoured promptly.

@@ -6,5 +6,6 @@ pub mod datagram;
 pub mod ingest;
 pub mod metrics;
 pub mod pidfile;
+pub mod pump;
 pub mod sched;
 pub mod udp;
