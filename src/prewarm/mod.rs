@@ -21,8 +21,6 @@ use state::PageRange;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-pub use driver::cache_is_full;
-
 #[derive(Debug, Clone)]
 pub struct PrewarmConfig {
     pub connect: ConnectOptions,
