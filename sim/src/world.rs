@@ -2392,7 +2392,7 @@ impl<'a> World<'a> {
         // The checkers see the pages the driver's final check reads (one lookup each, as in a
         // real run: a second one would count as a use for eviction).
         let (lfc, now) = (self.lfc, self.now);
-        let report = driver.report_with(lfc, now, |tag, page| {
+        let check = driver.final_check(lfc, |tag, page| {
             let ctx = ReadCtx {
                 tag: *tag,
                 started_ns: now,
@@ -2400,6 +2400,7 @@ impl<'a> World<'a> {
             };
             self.check_page("prewarm final check", &ctx, page);
         });
+        let report = driver.report(check, now);
         let existing = report.pages - report.skipped_gone;
         self.report.prewarm_covered += report.present;
         self.rec(Kind::PrewarmDone, existing, report.present, report.via_tcp);

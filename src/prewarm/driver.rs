@@ -12,7 +12,8 @@
 //! A run is driven as: `Driver::new` → `step` → `Poll`; after every call the caller sends what
 //! `poll_transmit` returns. On `Poll::Wait` it waits (pages land in the LFC meanwhile) until
 //! `until_ns` and calls `step` again; on `Poll::AwaitResponse` it reads the next GetPage
-//! response and calls `on_response`; on `Poll::Done` it asks for the `report`.
+//! response and calls `on_response`; on `Poll::Done` it runs the `final_check`, then asks for
+//! the `report`.
 
 use super::schedule::{Schedule, ScheduleConfig, ScheduleCounts};
 use super::PrewarmReport;
@@ -74,8 +75,16 @@ pub enum Poll {
     Wait { until_ns: u64 },
     /// Read the next GetPage response on the connection, then `on_response`.
     AwaitResponse,
-    /// The run is over: `report`.
+    /// The run is over: `final_check`, then `report`.
     Done,
+}
+
+/// What the final check found: pages of the plan present and verified, and present but not
+/// verifying.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FinalCheck {
+    pub present: u64,
+    pub failed_verification: u64,
 }
 
 /// A GetPage response the caller read from the connection.
@@ -510,60 +519,57 @@ impl Driver {
         Poll::AwaitResponse
     }
 
-    /// The outcome, once `Poll::Done`: every page of the plan that exists must be in the LFC
-    /// and verify.
-    pub fn report(&self, lfc: &Lfc, now_ns: u64) -> PrewarmReport {
-        self.report_with(lfc, now_ns, |_, _| {})
-    }
-
-    /// [`report`](Self::report), showing `inspect` every page the final check read. The final
-    /// check's lookups count as uses for eviction, so a caller that checks the pages itself
-    /// (the simulator) must not look them up a second time: that made them look hotter than
-    /// after a real run.
-    pub fn report_with(
-        &self,
-        lfc: &Lfc,
-        now_ns: u64,
-        mut inspect: impl FnMut(&BufferTag, &Page),
-    ) -> PrewarmReport {
-        let counts = self.sched.counts();
-        let mut report = PrewarmReport {
-            pages: self.pages.len() as u64,
-            refetched: self.refetched,
-            cache_full: self.cache_full,
-            deadline_hit: self.deadline_hit,
-            ..PrewarmReport::default()
-        };
+    /// The final check, once `Poll::Done`: every page of the plan that exists must be in the
+    /// LFC and verify. `inspect` sees every page read: its lookups count as uses for eviction,
+    /// so a caller that checks the pages itself (the simulator) must not look them up a second
+    /// time (that made them look hotter than after a real run).
+    pub fn final_check(&self, lfc: &Lfc, mut inspect: impl FnMut(&BufferTag, &Page)) -> FinalCheck {
+        let mut check = FinalCheck::default();
         let mut page = [0u8; PAGE_SIZE];
         for (i, tag) in self.pages.iter().enumerate() {
             if self.exists[i] && lfc.lookup(tag, &mut page).is_some() {
                 inspect(tag, &page);
                 if verify_page(&page, tag.blkno).is_ok() {
-                    report.present += 1;
+                    check.present += 1;
                 } else {
-                    report.failed_verification += 1;
+                    check.failed_verification += 1;
                 }
             }
         }
+        check
+    }
+
+    /// The outcome, from the final check and the time after it (the run's elapsed time
+    /// includes the check, as it always has).
+    pub fn report(&self, check: FinalCheck, now_ns: u64) -> PrewarmReport {
+        let counts = self.sched.counts();
         let elapsed = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
         let fetched = counts.via_udp_first + counts.via_udp_retry + counts.via_tcp;
-        // Whether or not the early give-up fired, a run where nothing came by UDP says so.
-        report.udp_fell_back_to_tcp = self.fell_back
-            || (self.config.udp_port.is_some()
-                && !self.sched.any_udp_arrival()
-                && counts.via_tcp > 0);
-        report.requested = counts.requested;
-        report.via_udp_first = counts.via_udp_first;
-        report.via_udp_retry = counts.via_udp_retry;
-        report.via_tcp = counts.via_tcp;
-        report.skipped_present = counts.skipped_present;
-        report.skipped_gone = counts.skipped_gone;
-        report.retries = counts.retries;
-        report.elapsed_s = elapsed;
-        report.mb_per_s = fetched as f64 * PAGE_SIZE as f64 / 1e6 / elapsed.max(1e-9);
-        report.complete =
-            report.present + counts.skipped_gone == report.pages && report.failed_verification == 0;
-        report
+        let pages = self.pages.len() as u64;
+        PrewarmReport {
+            pages,
+            requested: counts.requested,
+            present: check.present,
+            via_udp_first: counts.via_udp_first,
+            via_udp_retry: counts.via_udp_retry,
+            via_tcp: counts.via_tcp,
+            skipped_present: counts.skipped_present,
+            skipped_gone: counts.skipped_gone,
+            retries: counts.retries,
+            refetched: self.refetched,
+            failed_verification: check.failed_verification,
+            elapsed_s: elapsed,
+            mb_per_s: fetched as f64 * PAGE_SIZE as f64 / 1e6 / elapsed.max(1e-9),
+            cache_full: self.cache_full,
+            deadline_hit: self.deadline_hit,
+            // Whether or not the early give-up fired, a run where nothing came by UDP says so.
+            udp_fell_back_to_tcp: self.fell_back
+                || (self.config.udp_port.is_some()
+                    && !self.sched.any_udp_arrival()
+                    && counts.via_tcp > 0),
+            complete: check.present + counts.skipped_gone == pages
+                && check.failed_verification == 0,
+        }
     }
 }
 
@@ -648,7 +654,7 @@ mod tests {
         }
         let poll = answer_all(&f, &mut d, Poll::AwaitResponse, T0);
         assert_eq!(poll, Poll::Done);
-        let r = d.report(&f.lfc, T0 + MS);
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + MS);
         assert_eq!((r.pages, r.skipped_gone, r.via_tcp), (150, 10, 140));
         // The pages answered with an error were fetched again by the repair rounds.
         assert_eq!(r.refetched, TCP_DEPTH as u64 - 1);
@@ -684,7 +690,7 @@ mod tests {
             }
             drain(&mut d);
         }
-        let r = d.report(&f.lfc, now);
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), now);
         assert!(r.complete, "{r:?}");
         assert_eq!(r.via_udp_first + r.skipped_present, 300, "{r:?}");
         assert_eq!(r.via_tcp, 0);
@@ -710,7 +716,7 @@ mod tests {
         };
         assert!(now - T0 > MIN_GIVE_UP_NS, "gave up after {} ns", now - T0);
         assert_eq!(answer_all(&f, &mut d, poll, now), Poll::Done);
-        let r = d.report(&f.lfc, now);
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), now);
         assert!(r.complete && r.udp_fell_back_to_tcp, "{r:?}");
         assert_eq!(r.via_tcp, 10);
     }
@@ -766,14 +772,14 @@ mod tests {
             .unwrap();
         assert!(handled.installed);
         assert_eq!(handled.next, Poll::Done);
-        let r = d.report(&f.lfc, T0 + 3 * MS);
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + 3 * MS);
         assert!(r.complete && r.refetched == 1, "{r:?}");
 
         let mut cfg = config(Some(7000));
         cfg.deadline_ns = Some(MS);
         let mut d = driver(&f, cfg, 8, 8);
         assert_eq!(d.step(&f.lfc, T0 + 2 * MS), Poll::Done);
-        let r = d.report(&f.lfc, T0 + 2 * MS);
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + 2 * MS);
         assert!(r.deadline_hit && !r.complete, "{r:?}");
     }
 }

@@ -172,7 +172,8 @@ pub fn run_prewarm(
         };
     }
     progress.finish();
-    Ok(driver.report(lfc, monotonic_ns()))
+    let check = driver.final_check(lfc, |_, _| {});
+    Ok(driver.report(check, monotonic_ns()))
 }
 
 /// Registers the worker daemon's port on the connection, if prewarm is to use UDP and there is
