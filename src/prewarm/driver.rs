@@ -180,6 +180,7 @@ pub fn cache_is_full(lfc: &Lfc, in_flight: usize) -> bool {
     s.used_pages + s.busy_pages + in_flight as u64 >= lfc.capacity_pages()
 }
 
+/// One prewarm run (see the module docs for how it is driven).
 #[derive(Debug)]
 pub struct Driver {
     config: DriverConfig,
