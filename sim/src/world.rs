@@ -11,6 +11,11 @@
 //!   pipeline), with the scan window of `scan::run_scan`; this file only carries its messages
 //!   (`poll_transmit`, responses) and turns its `Poll::Wait` into a virtual-time wait that
 //!   re-checks when a page lands or the deadline passes. No copy of its logic lives here.
+//! - prewarm = the real sans-IO `prewarm::driver::Driver` (arrival probing, retries, the
+//!   fail-over to TCP, cache-full, pacing, repair rounds), on a state that went through the real
+//!   state-file encoding and `plan`; this file only carries its Prefetch and GetPage messages and
+//!   replies and turns its `Poll::Wait` into a virtual-time event. No copy of its logic lives
+//!   here.
 //! - daemon = registers in the LFC header and heartbeats in virtual time; absent, killed or
 //!   paused as `SimConfig::daemon` says.
 //!
@@ -18,15 +23,15 @@
 //!
 //! Owns: the event queue and virtual clock, every node's shell state, the faulty network and the
 //! checkers. Reads no real clock, opens no socket or file, spawns no thread (`lib.rs` creates the
-//! LFC file) and imports no `cmd` or `bench`. It still mirrors the sender loop, `conn::handle`,
-//! `worker_loop` and `run_prewarm` in virtual time and copies their constants (ARCHITECTURE §10).
+//! LFC file) and imports no `cmd` or `bench`. It still mirrors the sender loop, `conn::handle`
+//! and `worker_loop` in virtual time and copies their constants (ARCHITECTURE §10).
 
 use crate::config::DaemonFault;
 use crate::config::{LinkFaults, SimConfig, START_NS};
 use crate::rng::Rng;
 use crate::trace::{Kind, Trace};
 use crate::workload::{ForgeKind, Op, HOT_BLOCKS};
-use lfc::{BufferTag, InstallOutcome, Lfc, RelTag, Reservation, WriteOutcome, PAGE_SIZE};
+use lfc::{BufferTag, Lfc, RelTag, Reservation, WriteOutcome, PAGE_SIZE};
 use serde::Serialize;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -42,7 +47,11 @@ use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page, verify_pag
 use udp_prefetch::pagestream::{Header, LATEST_LSN};
 use udp_prefetch::prewarm::{
     self,
-    schedule::{Schedule, ScheduleConfig},
+    driver::{
+        Driver as PrewarmDriver, DriverConfig, Poll as PrewarmPoll, Response as PrewarmResponse,
+        Transmit as PrewarmTransmit,
+    },
+    schedule::ScheduleConfig,
 };
 use udp_prefetch::server::prefetch::{
     seal_page_job, Destination, DropFilter, Next, PageJob, PrefetchScheduler, SkipReason,
@@ -81,13 +90,6 @@ const MAX_VERSIONS: usize = 1 << 16;
 const REPLAY_RING: usize = 64;
 /// Most forged datagrams one run sends.
 const MAX_FORGED: u64 = 20_000;
-/// `prewarm`'s shell constants: pages per Prefetch, pages per round, the poll when there is
-/// nothing to send, GetPages in flight, repair rounds.
-const PREWARM_MAX_RANGE_PAGES: u32 = 256;
-const PREWARM_ROUND_PAGES: usize = 1024;
-const PREWARM_POLL_NS: u64 = 2_000_000;
-const PREWARM_TCP_DEPTH: usize = 64;
-const PREWARM_REPAIR_ROUNDS: usize = 2;
 /// The compute's prefetch port, as registered with PrefetchTarget.
 const COMPUTE_ADDR: ([u8; 4], u16) = ([10, 0, 0, 1], 6000);
 /// The simulated daemon's pid in the LFC header (never signalled).
@@ -465,24 +467,13 @@ struct WorkerNode<'a> {
     seen_installed: u64,
 }
 
-struct PrewarmRun {
-    pages: Vec<BufferTag>,
-    exists: Vec<bool>,
-    sched: Schedule,
-    started_ns: u64,
-    cache_full: bool,
-    fell_back: bool,
-    /// GetPages sent and not answered yet, in order: (page index, nms, newest completed write).
-    fetch: VecDeque<(usize, u64, u64)>,
-    /// The TCP batch of the main loop, marked done when its last reply is in.
-    fetched: Vec<usize>,
-    /// In the repair phase: the round being fetched.
-    repair: Option<usize>,
-}
-
 struct PrewarmNode {
     program: VecDeque<(u16, u8)>,
-    run: Option<PrewarmRun>,
+    /// The run in progress: the real driver.
+    run: Option<PrewarmDriver>,
+    /// The newest completed write of each page whose GetPage is in flight: the floor of what
+    /// its reply may hold.
+    min_lsn: HashMap<BufferTag, u64>,
     token: u64,
     reqid: u64,
     done: bool,
@@ -519,7 +510,7 @@ pub struct World<'a> {
     attack_rng: Rng,
     forged_sent: u64,
     prewarm_rng: Rng,
-    prewarm_schedule: ScheduleConfig,
+    prewarm_config: DriverConfig,
     page: Box<Page>,
     datagram: Box<[u8; DATAGRAM_LEN]>,
     trace: Trace,
@@ -667,17 +658,30 @@ impl Programs {
     }
 }
 
-/// The prewarm schedule: the real defaults, with the first timeout and the attempts varied
-/// per seed.
-fn prewarm_schedule_config(seed: u64) -> ScheduleConfig {
+/// Prewarm's configuration: the real schedule defaults, with the first timeout, the attempts
+/// and the window varied per seed; no deadline. Half the seeds give the daemon's port
+/// (`--prefetch-port`), so prewarm tries UDP even with no daemon alive and must fail over to
+/// TCP; the others take it from the LFC header, as by default. A quarter are paced (`--rate`,
+/// 2k to 50k pages/s), in virtual time.
+fn prewarm_driver_config(seed: u64) -> DriverConfig {
     let mut r = Rng::stream(seed, 0x9E8);
     let window_pages = r.range(4, 64) as usize;
-    ScheduleConfig {
+    let schedule = ScheduleConfig {
         initial_timeout_ns: r.range(1, 20) * 1_000_000,
         max_udp_attempts: r.range(1, 3) as u32,
         window_pages,
         min_window_pages: r.range(1, window_pages as u64) as usize,
         ..ScheduleConfig::default()
+    };
+    DriverConfig {
+        schedule,
+        udp_port: (r.below(2) == 0).then_some(COMPUTE_ADDR.1),
+        rate_bytes_per_s: if r.below(4) == 0 {
+            r.range(2_000, 50_000) * PAGE_SIZE as u64
+        } else {
+            0
+        },
+        deadline_ns: None,
     }
 }
 
@@ -716,6 +720,7 @@ impl<'a> World<'a> {
             prewarm: PrewarmNode {
                 program: programs.prewarm,
                 run: None,
+                min_lsn: HashMap::new(),
                 token: 0,
                 reqid: 0xFFFF << 48,
                 done: false,
@@ -729,7 +734,7 @@ impl<'a> World<'a> {
             attack_rng: Rng::stream(seed, 0xA77),
             forged_sent: 0,
             prewarm_rng: Rng::stream(seed, 0x9E7),
-            prewarm_schedule: prewarm_schedule_config(seed),
+            prewarm_config: prewarm_driver_config(seed),
             page: Box::new([0u8; PAGE_SIZE]),
             datagram: Box::new([0u8; DATAGRAM_LEN]),
             trace: Trace::default(),
@@ -2160,9 +2165,10 @@ impl<'a> World<'a> {
 
     // ---- prewarm ----------------------------------------------------------------------------
     //
-    // `prewarm::run_prewarm` in virtual time, around the real `Schedule`, with the saved state
-    // going through the real state-file encoding and `plan`. Prewarm runs on the cold cache
-    // before the backends start, as after a compute restart.
+    // The real sans-IO `prewarm::driver::Driver` in virtual time, with the saved state going
+    // through the real state-file encoding and `plan`: this only carries its messages and turns
+    // its `Poll::Wait` into an event. Prewarm runs on the cold cache before the backends start,
+    // as after a compute restart.
 
     /// The saved state: the cache's own hottest pages (`snapshot_hottest`, empty when cold),
     /// then pages of the relations, then `gone` tags that no longer exist (a dropped relation,
@@ -2208,47 +2214,40 @@ impl<'a> World<'a> {
                 return;
             }
         };
-        let pages = prewarm::plan(&ranges);
-        let mut sched = Schedule::new(pages.len(), self.prewarm_schedule);
-        let mut exists = Vec::with_capacity(pages.len());
-        for (i, tag) in pages.iter().enumerate() {
-            // `exists`/`nblocks` asked of the page server that owns the relation.
-            let n = self.shards[self.shard_of(tag.rel)]
-                .store
-                .nblocks(tag.rel)
-                .ok()
-                .flatten();
-            let e = n.is_some_and(|n| tag.blkno < n);
-            if e != self.exists(tag) {
+        self.start_prewarm_driver(prewarm::plan(&ranges));
+    }
+
+    /// `run_prewarm`'s start: the relations' sizes (asked of the page server that owns each),
+    /// the daemon's port, then the driver.
+    fn start_prewarm_driver(&mut self, pages: Vec<BufferTag>) {
+        let sizes: HashMap<RelTag, Option<u32>> = prewarm::driver::relations(&pages)
+            .into_iter()
+            .map(|rel| {
+                let store = &self.shards[self.shard_of(rel)].store;
+                (rel, store.nblocks(rel).ok().flatten())
+            })
+            .collect();
+        let config = DriverConfig {
+            udp_port: prewarm::driver::udp_port(self.prewarm_config.udp_port, self.lfc, self.now),
+            ..self.prewarm_config
+        };
+        let driver = PrewarmDriver::new(config, pages, &sizes, self.lfc, self.now, self.now);
+        for (i, tag) in driver.pages().iter().enumerate() {
+            if driver.exists(i) != self.exists(tag) {
+                let e = driver.exists(i);
                 self.violate(
                     ViolationKind::Liveness,
                     format!("prewarm: the page server says {tag} exists={e}, the model disagrees"),
                 );
                 return;
             }
-            exists.push(e);
-            if !e {
-                sched.skip_gone(i);
-            } else if self.lfc.contains(tag) {
-                sched.skip_present(i);
-            }
         }
-        self.report.prewarm_pages += pages.len() as u64;
-        self.rec(Kind::PrewarmRound, pages.len() as u64, 0, 0);
-        self.prewarm.run = Some(PrewarmRun {
-            pages,
-            exists,
-            sched,
-            started_ns: self.now,
-            cache_full: false,
-            fell_back: false,
-            fetch: VecDeque::new(),
-            fetched: Vec::new(),
-            repair: None,
-        });
+        self.report.prewarm_pages += driver.pages().len() as u64;
+        self.rec(Kind::PrewarmRound, driver.pages().len() as u64, 0, 0);
+        self.prewarm.run = Some(driver);
     }
 
-    /// One iteration of `run_prewarm`'s main loop (or the start of the next prewarm).
+    /// A `Poll::Wait` of the driver is over (or the next prewarm of the program starts).
     fn prewarm_tick(&mut self) {
         if self.prewarm.done {
             return;
@@ -2267,243 +2266,150 @@ impl<'a> World<'a> {
                 }
             }
         }
-        let Some(mut run) = self.prewarm.run.take() else {
-            return;
-        };
+        let lfc = self.lfc;
         let now = self.now;
-        if run.sched.is_complete() {
-            self.prewarm.run = Some(run);
-            self.prewarm_repair(0);
-            return;
+        if let Some(poll) = self.prewarm.run.as_mut().map(|d| d.step(lfc, now)) {
+            self.prewarm_poll(poll);
         }
-        let arrived: Vec<usize> = run
-            .sched
-            .requested()
-            .filter(|&i| self.lfc.contains(&run.pages[i]))
-            .collect();
-        for i in arrived {
-            run.sched.on_arrived(i, now);
-        }
-        let give_up_ns = (3 * run.sched.timeout_ns(0)).max(250_000_000);
-        if !run.sched.any_udp_arrival()
-            && !run.fell_back
-            && run.sched.in_flight() > 0
-            && now - run.started_ns > give_up_ns
-        {
-            run.fell_back = true;
-            run.sched.fail_over_to_tcp();
-        }
-        if !run.cache_full && prewarm::cache_is_full(self.lfc, run.sched.in_flight()) {
-            run.cache_full = true;
-            run.sched.stop_new_requests();
-        }
-        let mut batch = Vec::new();
-        run.sched
-            .next_requests(now, PREWARM_ROUND_PAGES, &mut batch);
-        self.prewarm_send_ranges(&run.pages, &batch);
-        run.sched.take_tcp(PREWARM_TCP_DEPTH, &mut batch);
-        if !batch.is_empty() {
-            self.prewarm_fetch(&mut run, &batch);
-            run.fetched = batch;
-            self.prewarm.run = Some(run);
-            // Continues when the last reply of the batch is in (`prewarm_reply`).
-            return;
-        }
-        if run.cache_full && run.sched.in_flight() == 0 {
-            self.prewarm.run = Some(run);
-            self.prewarm_repair(0);
-            return;
-        }
-        self.prewarm.run = Some(run);
-        self.prewarm.token += 1;
-        let token = self.prewarm.token;
-        self.schedule(now + PREWARM_POLL_NS, Ev::PrewarmRound { token });
     }
 
-    /// `send_ranges`: consecutive pages share one Prefetch, `not_modified_since` the max lwlsn.
-    fn prewarm_send_ranges(&mut self, pages: &[BufferTag], batch: &[usize]) {
-        let mut runs: Vec<(RelTag, u32, u32, u64)> = Vec::new();
-        let mut run: Option<(RelTag, u32, u32, u64)> = None;
-        for &i in batch {
-            let tag = pages[i];
-            let lw = self.lfc.lwlsn(&tag);
-            run = match run {
-                Some((rel, first, n, max_lw))
-                    if rel == tag.rel && first + n == tag.blkno && n < PREWARM_MAX_RANGE_PAGES =>
-                {
-                    Some((rel, first, n + 1, max_lw.max(lw)))
-                }
-                Some(r) => {
-                    runs.push(r);
-                    Some((tag.rel, tag.blkno, 1, lw))
-                }
-                None => Some((tag.rel, tag.blkno, 1, lw)),
-            };
+    /// Sends what the driver queued, then does what it says next.
+    fn prewarm_poll(&mut self, poll: PrewarmPoll) {
+        self.prewarm_transmit();
+        match poll {
+            PrewarmPoll::Wait { until_ns } => {
+                self.prewarm.token += 1;
+                let token = self.prewarm.token;
+                self.schedule(until_ns, Ev::PrewarmRound { token });
+            }
+            // Continues when a reply comes in (`prewarm_reply`).
+            PrewarmPoll::AwaitResponse => {}
+            PrewarmPoll::Done => self.prewarm_finish(),
         }
-        runs.extend(run);
-        for (rel, first, n, max_lw) in runs {
+    }
+
+    /// `run_prewarm`'s `transmit`: each message on the connection to the shard that owns its
+    /// pages. A GetPage notes the newest completed write of its page, the checkers' floor.
+    fn prewarm_transmit(&mut self) {
+        while let Some(t) = self.prewarm.run.as_mut().and_then(|d| d.poll_transmit()) {
             let reqid = self.next_reqid(Conn::Prewarm);
-            let shard = self.shard_of(rel);
-            self.rec(
-                Kind::Prefetch,
-                u64::from(rel.relnode),
-                u64::from(first),
-                u64::from(n),
-            );
-            self.send_to_server(
-                Conn::Prewarm,
-                shard,
-                ToServer::Prefetch {
-                    hdr: Header {
-                        reqid,
-                        request_lsn: LATEST_LSN,
-                        not_modified_since: max_lw,
-                    },
+            let (shard, msg) = match t {
+                PrewarmTransmit::Prefetch(PrefetchRun {
                     rel,
                     first,
-                    n: n as u16,
-                },
-            );
-        }
-    }
-
-    /// `fetch_tcp`: pipelined GetPages with `not_modified_since = lwlsn`, replies in order.
-    fn prewarm_fetch(&mut self, run: &mut PrewarmRun, batch: &[usize]) {
-        for &i in batch {
-            let tag = run.pages[i];
-            let nms = self.lfc.lwlsn(&tag);
-            run.fetch.push_back((i, nms, self.completed_max(&tag)));
-            let reqid = self.next_reqid(Conn::Prewarm);
-            let shard = self.shard_of(tag.rel);
-            self.rec(Kind::PrewarmFetch, tag_key(&tag), nms, 0);
-            self.send_to_server(
-                Conn::Prewarm,
-                shard,
-                ToServer::GetPage {
-                    hdr: Header {
+                    n,
+                    max_lwlsn,
+                }) => {
+                    let (relnode, first64, n64) = (rel.relnode, u64::from(first), u64::from(n));
+                    self.rec(Kind::Prefetch, u64::from(relnode), first64, n64);
+                    let hdr = Header {
                         reqid,
                         request_lsn: LATEST_LSN,
-                        not_modified_since: nms,
-                    },
+                        not_modified_since: max_lwlsn,
+                    };
+                    let msg = ToServer::Prefetch { hdr, rel, first, n };
+                    (self.shard_of(rel), msg)
+                }
+                PrewarmTransmit::GetPage {
                     tag,
-                    first_try_ns: None,
-                },
-            );
+                    not_modified_since,
+                } => {
+                    let min_lsn = self.completed_max(&tag);
+                    self.prewarm.min_lsn.insert(tag, min_lsn);
+                    self.rec(Kind::PrewarmFetch, tag_key(&tag), not_modified_since, 0);
+                    let hdr = Header {
+                        reqid,
+                        request_lsn: LATEST_LSN,
+                        not_modified_since,
+                    };
+                    let first_try_ns = None;
+                    let msg = ToServer::GetPage {
+                        hdr,
+                        tag,
+                        first_try_ns,
+                    };
+                    (self.shard_of(tag.rel), msg)
+                }
+            };
+            self.send_to_server(Conn::Prewarm, shard, msg);
         }
     }
 
+    /// A GetPage reply: checked, then handed to the driver (which installs it).
     fn prewarm_reply(&mut self, msg: ToClient) {
         let ToClient::Page { tag, result } = msg else {
             return;
         };
-        let Some(mut run) = self.prewarm.run.take() else {
-            return;
-        };
-        // In order per shard connection; with several shards the replies interleave.
-        let Some(pos) = run.fetch.iter().position(|&(i, _, _)| run.pages[i] == tag) else {
-            self.violate(
-                ViolationKind::Liveness,
-                format!("prewarm: unexpected reply for {tag}"),
-            );
-            return;
-        };
-        let Some((i, nms, min_lsn)) = run.fetch.remove(pos) else {
-            return;
-        };
-        match result {
+        let (lfc, now) = (self.lfc, self.now);
+        let min_lsn = self.prewarm.min_lsn.remove(&tag).unwrap_or(0);
+        let handled = match &result {
             Ok(page) => {
                 let ctx = ReadCtx {
                     tag,
-                    started_ns: self.now,
+                    started_ns: now,
                     min_lsn,
                 };
-                self.check_page("prewarm", &ctx, &page);
-                // Already present (arrived late by UDP) or stale: either way not installed here.
-                if self.lfc.install_prefetched(&tag, nms, &page) == InstallOutcome::Installed {
+                self.check_page("prewarm", &ctx, page);
+                let response = PrewarmResponse::Page { tag, page };
+                self.prewarm
+                    .run
+                    .as_mut()
+                    .map(|d| d.on_response(lfc, response, now))
+            }
+            Err(e) if self.exists(&tag) => {
+                let msg = format!("prewarm: GetPage {tag} failed although it exists: {e}");
+                self.violate(ViolationKind::Liveness, msg);
+                return;
+            }
+            Err(_) => {
+                let response = PrewarmResponse::Failed { tag };
+                self.prewarm
+                    .run
+                    .as_mut()
+                    .map(|d| d.on_response(lfc, response, now))
+            }
+        };
+        match handled {
+            Some(Ok(handled)) => {
+                if handled.installed {
                     self.shell_installs += 1;
                     self.notify(tag);
                 }
                 self.check_occupancy();
+                self.prewarm_poll(handled.next);
             }
-            Err(e) => {
-                if run.exists[i] {
-                    self.violate(
-                        ViolationKind::Liveness,
-                        format!("prewarm: GetPage {tag} failed although it exists: {e}"),
-                    );
-                    return;
-                }
-            }
-        }
-        if !run.fetch.is_empty() {
-            self.prewarm.run = Some(run);
-            return;
-        }
-        // The batch is in.
-        let repair = run.repair;
-        if repair.is_none() {
-            for i in std::mem::take(&mut run.fetched) {
-                run.sched.on_tcp_done(i);
-            }
-        }
-        self.prewarm.run = Some(run);
-        match repair {
-            None => {
-                self.prewarm.token += 1;
-                let token = self.prewarm.token;
-                self.schedule(self.now, Ev::PrewarmRound { token });
-            }
-            Some(round) => self.prewarm_repair(round),
+            Some(Err(e)) => self.violate(ViolationKind::Liveness, format!("prewarm: {e}")),
+            None => {}
         }
     }
 
-    /// After the main loop: pages that left the cache after arriving are fetched again over
-    /// TCP, a bounded number of rounds (`REPAIR_ROUNDS`), then the final check.
-    fn prewarm_repair(&mut self, round: usize) {
-        let Some(mut run) = self.prewarm.run.take() else {
+    /// `Poll::Done`: the checkers read every page the run left, its report must say complete
+    /// (unless the cache filled up), and the next prewarm of the program starts.
+    fn prewarm_finish(&mut self) {
+        let Some(driver) = self.prewarm.run.take() else {
             return;
         };
-        if round < PREWARM_REPAIR_ROUNDS && !run.cache_full {
-            let missing: Vec<usize> = (0..run.pages.len())
-                .filter(|&i| run.exists[i] && !self.lfc.contains(&run.pages[i]))
-                .collect();
-            if !missing.is_empty() {
-                // One pipelined batch per round (plans are far below TCP_DEPTH pages here).
-                run.repair = Some(round + 1);
-                self.prewarm_fetch(&mut run, &missing);
-                self.prewarm.run = Some(run);
-                return;
-            }
-        }
-        // Final check: every page of the plan that exists must be in the LFC and verify.
-        let mut page = Box::new([0u8; PAGE_SIZE]);
-        let mut present = 0usize;
-        let existing = run.exists.iter().filter(|e| **e).count();
-        for (i, tag) in run.pages.iter().enumerate() {
-            if run.exists[i] && self.lfc.lookup(tag, &mut page).is_some() {
-                let ctx = ReadCtx {
-                    tag: *tag,
-                    started_ns: self.now,
-                    min_lsn: self.completed_max(tag),
-                };
-                self.check_page("prewarm final check", &ctx, &page);
-                present += 1;
-            }
-        }
-        let counts = run.sched.counts();
-        self.report.prewarm_covered += present as u64;
-        self.rec(
-            Kind::PrewarmDone,
-            existing as u64,
-            present as u64,
-            counts.via_tcp,
-        );
-        if present != existing && !run.cache_full {
+        // The checkers see the pages the driver's final check reads (one lookup each, as in a
+        // real run: a second one would count as a use for eviction).
+        let (lfc, now) = (self.lfc, self.now);
+        let check = driver.final_check(lfc, |tag, page| {
+            let ctx = ReadCtx {
+                tag: *tag,
+                started_ns: now,
+                min_lsn: self.completed_max(tag),
+            };
+            self.check_page("prewarm final check", &ctx, page);
+        });
+        let report = driver.report(check, now);
+        let existing = report.pages - report.skipped_gone;
+        self.report.prewarm_covered += report.present;
+        self.rec(Kind::PrewarmDone, existing, report.present, report.via_tcp);
+        if !report.complete && !report.cache_full {
             self.violate(
                 ViolationKind::Liveness,
                 format!(
-                    "prewarm finished with {present} of {existing} existing pages present ({} gone, {counts:?})",
-                    run.pages.len() - existing
+                    "prewarm finished with {} of {existing} existing pages present ({} gone, {} failed verification, {:?})",
+                    report.present, report.skipped_gone, report.failed_verification, driver.counts()
                 ),
             );
             return;

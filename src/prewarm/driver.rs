@@ -1,0 +1,786 @@
+//! A prewarm run as a sans-IO driver, in the style of quinn-proto and of `backend::driver`: the
+//! whole decision of a refill — which pages are gone or already cached, the rounds of UDP
+//! requests (built into Prefetch runs), probing the LFC for arrivals, retries (`Schedule`),
+//! the fail-over to TCP when nothing ever arrives, stopping when the cache is full, pacing,
+//! the TCP batches and the repair rounds, and the final report — with `now` passed in and the
+//! messages to send returned (`poll_transmit`). The blocking shell (`run_prewarm`) and the
+//! simulator both run this code; neither keeps a copy of it.
+//!
+//! Owns: every prewarm decision and constant. Reads and writes the shared LFC (not I/O:
+//! memory); opens no socket, reads no clock, sleeps never.
+//!
+//! A run is driven as: `Driver::new` → `step` → `Poll`; after every call the caller sends what
+//! `poll_transmit` returns. On `Poll::Wait` it waits (pages land in the LFC meanwhile) until
+//! `until_ns` and calls `step` again; on `Poll::AwaitResponse` it reads the next GetPage
+//! response and calls `on_response`; on `Poll::Done` it runs the `final_check`, then asks for
+//! the `report`.
+
+use super::schedule::{Schedule, ScheduleConfig, ScheduleCounts};
+use super::PrewarmReport;
+use crate::backend::read_path::PrefetchRun;
+use crate::page::{verify_page, Page};
+use lfc::{BufferTag, InstallOutcome, Lfc, RelTag, PAGE_SIZE};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Pages per Prefetch request at most (a run of consecutive blocks).
+pub const MAX_RANGE_PAGES: u16 = 256;
+/// Pages sent per scheduling round.
+pub const ROUND_PAGES: usize = 1024;
+/// How long a round waits for arrivals when it has nothing to send.
+pub const POLL_NS: u64 = 2_000_000;
+/// GetPages in flight while fetching stragglers over TCP.
+pub const TCP_DEPTH: usize = 64;
+/// Final passes over pages that left the cache after arriving.
+pub const REPAIR_ROUNDS: usize = 2;
+/// A round's arrival check stops at this many consecutive pages still missing that were
+/// requested less than a smoothed arrival time ago: the server sends in request order, so the
+/// rest are in flight behind them. Older missing pages (lost, or late) never stop it. Probing
+/// the whole window (up to 8192 pages) every round cost the prewarm thread a millisecond a round.
+pub const ARRIVAL_PROBE_RUN: usize = 256;
+/// The least time without any UDP arrival before the run concludes that nothing will ever
+/// arrive, so a slow first batch is not mistaken for a missing daemon.
+pub const MIN_GIVE_UP_NS: u64 = 250_000_000;
+/// First timeouts without any UDP arrival before that conclusion.
+const GIVE_UP_TIMEOUTS: u64 = 3;
+/// Pages the pacer may send above its average rate at once.
+const PACING_BURST_PAGES: f64 = 64.0;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DriverConfig {
+    pub schedule: ScheduleConfig,
+    /// The worker daemon's UDP port, registered on the connection; `None`: everything over TCP.
+    pub udp_port: Option<u16>,
+    /// Pacing of requested pages, bytes per second (0 = unpaced).
+    pub rate_bytes_per_s: u64,
+    /// Longest run, from `started_ns`; the run stops (incomplete) at the first round after it.
+    pub deadline_ns: Option<u64>,
+}
+
+/// A message for the page server, on prewarm's TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transmit {
+    /// A fire-and-forget Prefetch of a run at the latest LSN (no response).
+    Prefetch(PrefetchRun),
+    /// A GetPage at the latest LSN (pipelined; its response is awaited).
+    GetPage {
+        tag: BufferTag,
+        not_modified_since: u64,
+    },
+}
+
+/// What the caller does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// Wait (for arrivals in the LFC) until `until_ns`, then `step`.
+    Wait { until_ns: u64 },
+    /// Read the next GetPage response on the connection, then `on_response`.
+    AwaitResponse,
+    /// The run is over: `final_check`, then `report`.
+    Done,
+}
+
+/// What the final check found: pages of the plan present and verified, and present but not
+/// verifying.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FinalCheck {
+    pub present: u64,
+    pub failed_verification: u64,
+}
+
+/// A GetPage response the caller read from the connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Response<'p> {
+    Page {
+        tag: BufferTag,
+        page: &'p Page,
+    },
+    /// The server answered an error: the page is gone since the plan was made.
+    Failed {
+        tag: BufferTag,
+    },
+}
+
+/// What a response did: the next step, and whether its page went into the LFC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    pub next: Poll,
+    pub installed: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DriverError {
+    #[error("the page server answered for {0}, which no GetPage in flight asked for")]
+    Unrequested(BufferTag),
+}
+
+/// Token bucket for `--rate`, in pages.
+#[derive(Debug)]
+struct Pacer {
+    rate_pages_per_s: f64,
+    started_ns: u64,
+    granted: f64,
+}
+
+impl Pacer {
+    fn allowance(&mut self, now_ns: u64, want: usize) -> usize {
+        if self.rate_pages_per_s <= 0.0 {
+            return want;
+        }
+        let elapsed_s = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
+        let budget = elapsed_s * self.rate_pages_per_s + PACING_BURST_PAGES - self.granted;
+        let n = (budget.max(0.0) as usize).min(want);
+        self.granted += n as f64;
+        n
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The main loop: rounds of arrivals, UDP requests and TCP batches.
+    Rounds,
+    /// A TCP batch of the main loop is out; its pages are done when its last reply is in.
+    Batch,
+    /// Repair round `n` (1-based) is being fetched, a chunk at a time.
+    Repair(usize),
+    Done,
+}
+
+/// The relations of `pages`, first appearance first: the shell asks the page server for each
+/// one's size (`Exists`, then `Nblocks`) and passes the answers to `Driver::new`.
+pub fn relations(pages: &[BufferTag]) -> Vec<RelTag> {
+    let mut seen = HashSet::new();
+    pages
+        .iter()
+        .map(|t| t.rel)
+        .filter(|r| seen.insert(*r))
+        .collect()
+}
+
+/// The worker daemon's UDP port to prefetch to: the one given (`--prefetch-port`), else the
+/// port of the live daemon registered in the LFC header; `None`: prewarm goes over TCP.
+pub fn udp_port(given: Option<u16>, lfc: &Lfc, now_ns: u64) -> Option<u16> {
+    given.or_else(|| {
+        lfc.daemon()
+            .filter(|d| d.is_live(now_ns))
+            .map(|d| d.addr.port())
+    })
+}
+
+/// True when the pages cached, the frames reserved (the worker daemon keeps its receive slots
+/// reserved, so those frames are taken even though they hold no page yet) and the pages still
+/// in flight leave no free frame: bringing in more would evict.
+pub fn cache_is_full(lfc: &Lfc, in_flight: usize) -> bool {
+    // The O(1) lower bound on free frames settles the common case; only near full is every
+    // frame counted (`Lfc::stats` reads all their metadata: asked every round, that was a
+    // quarter of a 1 GiB prewarm's CPU on an 8 GiB cache).
+    if lfc.free_frames_at_least() > in_flight as u64 {
+        return false;
+    }
+    let s = lfc.stats();
+    s.used_pages + s.busy_pages + in_flight as u64 >= lfc.capacity_pages()
+}
+
+/// One prewarm run (see the module docs for how it is driven).
+#[derive(Debug)]
+pub struct Driver {
+    config: DriverConfig,
+    pages: Vec<BufferTag>,
+    /// Whether each page existed when the plan was made (its relation, and the block in it).
+    exists: Vec<bool>,
+    sched: Schedule,
+    pacer: Pacer,
+    phase: Phase,
+    started_ns: u64,
+    give_up_on_udp_ns: u64,
+    transmits: VecDeque<Transmit>,
+    /// GetPages sent and not answered, oldest first: (page index, not_modified_since).
+    fetching: VecDeque<(usize, u64)>,
+    /// The main loop's TCP batch, done when its last reply is in.
+    batch: Vec<usize>,
+    /// Pages of the repair round in progress not requested yet.
+    repair_queue: VecDeque<usize>,
+    arrived: Vec<usize>,
+    rounds: u64,
+    refetched: u64,
+    cache_full: bool,
+    deadline_hit: bool,
+    fell_back: bool,
+}
+
+impl Driver {
+    /// A run over `pages` (hottest first, no repeats: `prewarm::plan`). `sizes` holds each
+    /// relation's block count, `None` when it does not exist (a relation missing from it is
+    /// taken as gone). `started_ns` is when the run began (its deadline and elapsed time count
+    /// from it), `now_ns` when requesting starts (pacing counts from it).
+    pub fn new(
+        config: DriverConfig,
+        pages: Vec<BufferTag>,
+        sizes: &HashMap<RelTag, Option<u32>>,
+        lfc: &Lfc,
+        started_ns: u64,
+        now_ns: u64,
+    ) -> Self {
+        let mut sched = Schedule::new(pages.len(), config.schedule);
+        // Pages of relations that no longer exist, or beyond their current end, are gone.
+        let exists: Vec<bool> = pages
+            .iter()
+            .map(|t| {
+                sizes
+                    .get(&t.rel)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|n| t.blkno < n)
+            })
+            .collect();
+        for (i, tag) in pages.iter().enumerate() {
+            if !exists[i] {
+                sched.skip_gone(i);
+            } else if lfc.contains(tag) {
+                sched.skip_present(i);
+            }
+        }
+        if config.udp_port.is_none() {
+            sched.fail_over_to_tcp();
+        }
+        let give_up_on_udp_ns = (GIVE_UP_TIMEOUTS * sched.timeout_ns(0)).max(MIN_GIVE_UP_NS);
+        Driver {
+            pacer: Pacer {
+                rate_pages_per_s: config.rate_bytes_per_s as f64 / PAGE_SIZE as f64,
+                started_ns: now_ns,
+                granted: 0.0,
+            },
+            config,
+            pages,
+            exists,
+            sched,
+            phase: Phase::Rounds,
+            started_ns,
+            give_up_on_udp_ns,
+            transmits: VecDeque::new(),
+            fetching: VecDeque::new(),
+            batch: Vec::with_capacity(ROUND_PAGES),
+            repair_queue: VecDeque::new(),
+            arrived: Vec::new(),
+            rounds: 0,
+            refetched: 0,
+            cache_full: false,
+            deadline_hit: false,
+            fell_back: false,
+        }
+    }
+
+    /// The next message to send, if any.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn pages(&self) -> &[BufferTag] {
+        &self.pages
+    }
+
+    /// Whether page `i` of the plan existed when the plan was made.
+    pub fn exists(&self, i: usize) -> bool {
+        self.exists[i]
+    }
+
+    /// Pages settled so far (arrived, fetched or skipped), for progress.
+    pub fn done(&self) -> usize {
+        self.sched.done()
+    }
+
+    pub fn counts(&self) -> ScheduleCounts {
+        self.sched.counts()
+    }
+
+    /// Main-loop rounds run so far (progress is shown once a round).
+    pub fn rounds(&self) -> u64 {
+        self.rounds
+    }
+
+    /// The oldest GetPage not answered yet: what an in-order connection answers next.
+    pub fn awaited(&self) -> Option<BufferTag> {
+        self.fetching.front().map(|&(i, _)| self.pages[i])
+    }
+
+    /// Runs the run forward: at the start and when a `Poll::Wait` is over.
+    pub fn step(&mut self, lfc: &Lfc, now_ns: u64) -> Poll {
+        match self.phase {
+            Phase::Rounds => self.round(lfc, now_ns),
+            Phase::Batch | Phase::Repair(_) => Poll::AwaitResponse,
+            Phase::Done => Poll::Done,
+        }
+    }
+
+    /// One round of the main loop: arrivals, fail-over, cache-full, UDP requests, a TCP batch.
+    fn round(&mut self, lfc: &Lfc, now_ns: u64) -> Poll {
+        if self.sched.is_complete() {
+            return self.repair(lfc);
+        }
+        if self
+            .config
+            .deadline_ns
+            .is_some_and(|d| now_ns.saturating_sub(self.started_ns) > d)
+        {
+            self.deadline_hit = true;
+            return self.repair(lfc);
+        }
+        self.rounds += 1;
+        self.take_arrivals(lfc, now_ns);
+        self.give_up_on_udp(now_ns);
+        // Stop bringing in new pages once the cache is full: evicting would push out pages that
+        // are already cached (and, the state being hottest first, hotter than the rest).
+        if !self.cache_full && cache_is_full(lfc, self.sched.in_flight()) {
+            self.cache_full = true;
+            self.sched.stop_new_requests();
+        }
+        let want = self.pacer.allowance(now_ns, ROUND_PAGES);
+        self.sched.next_requests(now_ns, want, &mut self.batch);
+        self.queue_prefetches(lfc);
+        self.sched.take_tcp(TCP_DEPTH, &mut self.batch);
+        if !self.batch.is_empty() {
+            for k in 0..self.batch.len() {
+                self.queue_get_page(lfc, self.batch[k]);
+            }
+            self.phase = Phase::Batch;
+            return Poll::AwaitResponse;
+        }
+        if self.cache_full && self.sched.in_flight() == 0 {
+            return self.repair(lfc);
+        }
+        Poll::Wait {
+            until_ns: now_ns + POLL_NS,
+        }
+    }
+
+    /// Arrivals, oldest request first, probing the LFC only as far as `ARRIVAL_PROBE_RUN` says.
+    fn take_arrivals(&mut self, lfc: &Lfc, now_ns: u64) {
+        self.arrived.clear();
+        let in_flight_for = self.sched.srtt_ns().unwrap_or(0);
+        let mut missing_run = 0;
+        for (i, at) in self.sched.requested_at() {
+            if lfc.contains(&self.pages[i]) {
+                self.arrived.push(i);
+                missing_run = 0;
+            } else if now_ns.saturating_sub(at) < in_flight_for {
+                missing_run += 1;
+                if missing_run >= ARRIVAL_PROBE_RUN {
+                    break;
+                }
+            }
+        }
+        for &i in &self.arrived {
+            self.sched.on_arrived(i, now_ns);
+        }
+    }
+
+    /// Nothing ever arrived within a few timeouts: no daemon, or UDP blocked. Finish over TCP.
+    fn give_up_on_udp(&mut self, now_ns: u64) {
+        if self.config.udp_port.is_some()
+            && !self.sched.any_udp_arrival()
+            && !self.fell_back
+            && self.sched.in_flight() > 0
+            && now_ns.saturating_sub(self.started_ns) > self.give_up_on_udp_ns
+        {
+            tracing::warn!(
+                port = self.config.udp_port.unwrap_or(0),
+                "no prefetched page arrived; is the worker daemon running on this port? finishing over TCP"
+            );
+            self.fell_back = true;
+            self.sched.fail_over_to_tcp();
+        }
+    }
+
+    /// The round's UDP requests as few Prefetch messages as their runs allow, each with the
+    /// highest last-written LSN of its pages.
+    fn queue_prefetches(&mut self, lfc: &Lfc) {
+        let mut run: Option<PrefetchRun> = None;
+        for &i in &self.batch {
+            let tag = self.pages[i];
+            let lw = lfc.lwlsn(&tag);
+            match &mut run {
+                Some(r)
+                    if r.rel == tag.rel
+                        && r.first + u32::from(r.n) == tag.blkno
+                        && r.n < MAX_RANGE_PAGES =>
+                {
+                    r.n += 1;
+                    r.max_lwlsn = r.max_lwlsn.max(lw);
+                }
+                _ => {
+                    self.transmits.extend(run.take().map(Transmit::Prefetch));
+                    run = Some(PrefetchRun {
+                        rel: tag.rel,
+                        first: tag.blkno,
+                        n: 1,
+                        max_lwlsn: lw,
+                    });
+                }
+            }
+        }
+        self.transmits.extend(run.map(Transmit::Prefetch));
+    }
+
+    /// A GetPage with `not_modified_since` the page's last-written LSN now, so that what comes
+    /// back is installed under the lwlsn rule.
+    fn queue_get_page(&mut self, lfc: &Lfc, i: usize) {
+        let tag = self.pages[i];
+        let not_modified_since = lfc.lwlsn(&tag);
+        self.fetching.push_back((i, not_modified_since));
+        self.transmits.push_back(Transmit::GetPage {
+            tag,
+            not_modified_since,
+        });
+    }
+
+    /// A GetPage response (in any order across connections). Installs its page under the lwlsn
+    /// rule: one already present (arrived late by UDP) or stale is not installed.
+    pub fn on_response(
+        &mut self,
+        lfc: &Lfc,
+        response: Response<'_>,
+        now_ns: u64,
+    ) -> Result<Handled, DriverError> {
+        let tag = match response {
+            Response::Page { tag, .. } | Response::Failed { tag } => tag,
+        };
+        let pos = self
+            .fetching
+            .iter()
+            .position(|&(i, _)| self.pages[i] == tag)
+            .ok_or(DriverError::Unrequested(tag))?;
+        let Some((_, not_modified_since)) = self.fetching.remove(pos) else {
+            return Err(DriverError::Unrequested(tag));
+        };
+        let installed = match response {
+            Response::Page { page, .. } => {
+                lfc.install_prefetched(&tag, not_modified_since, page) == InstallOutcome::Installed
+            }
+            Response::Failed { .. } => false,
+        };
+        let next = if self.fetching.is_empty() {
+            self.fetched(lfc, now_ns)
+        } else {
+            Poll::AwaitResponse
+        };
+        Ok(Handled { next, installed })
+    }
+
+    /// The last reply of a TCP batch is in.
+    fn fetched(&mut self, lfc: &Lfc, now_ns: u64) -> Poll {
+        match self.phase {
+            Phase::Batch => {
+                for k in 0..self.batch.len() {
+                    self.sched.on_tcp_done(self.batch[k]);
+                }
+                self.batch.clear();
+                self.phase = Phase::Rounds;
+                self.round(lfc, now_ns)
+            }
+            Phase::Repair(_) if !self.repair_queue.is_empty() => self.repair_chunk(lfc),
+            Phase::Repair(_) => self.repair(lfc),
+            Phase::Rounds | Phase::Done => Poll::Done,
+        }
+    }
+
+    /// After the main loop: a page can leave the cache after it arrived (another process's
+    /// eviction, a modification dropping it), so what is missing is fetched again over TCP, a
+    /// bounded number of rounds. Not when the cache is full (it would evict) or time is up.
+    fn repair(&mut self, lfc: &Lfc) -> Poll {
+        let done_rounds = match self.phase {
+            Phase::Repair(n) => n,
+            _ => 0,
+        };
+        if done_rounds >= REPAIR_ROUNDS || self.cache_full || self.deadline_hit {
+            self.phase = Phase::Done;
+            return Poll::Done;
+        }
+        self.repair_queue = (0..self.pages.len())
+            .filter(|&i| self.exists[i] && !lfc.contains(&self.pages[i]))
+            .collect();
+        if self.repair_queue.is_empty() {
+            self.phase = Phase::Done;
+            return Poll::Done;
+        }
+        tracing::debug!(
+            missing = self.repair_queue.len(),
+            "re-fetching pages that left the cache"
+        );
+        self.refetched += self.repair_queue.len() as u64;
+        self.phase = Phase::Repair(done_rounds + 1);
+        self.repair_chunk(lfc)
+    }
+
+    fn repair_chunk(&mut self, lfc: &Lfc) -> Poll {
+        for _ in 0..TCP_DEPTH {
+            let Some(i) = self.repair_queue.pop_front() else {
+                break;
+            };
+            self.queue_get_page(lfc, i);
+        }
+        Poll::AwaitResponse
+    }
+
+    /// The final check, once `Poll::Done`: every page of the plan that exists must be in the
+    /// LFC and verify. `inspect` sees every page read: its lookups count as uses for eviction,
+    /// so a caller that checks the pages itself (the simulator) must not look them up a second
+    /// time (that made them look hotter than after a real run).
+    pub fn final_check(&self, lfc: &Lfc, mut inspect: impl FnMut(&BufferTag, &Page)) -> FinalCheck {
+        let mut check = FinalCheck::default();
+        let mut page = [0u8; PAGE_SIZE];
+        for (i, tag) in self.pages.iter().enumerate() {
+            if self.exists[i] && lfc.lookup(tag, &mut page).is_some() {
+                inspect(tag, &page);
+                if verify_page(&page, tag.blkno).is_ok() {
+                    check.present += 1;
+                } else {
+                    check.failed_verification += 1;
+                }
+            }
+        }
+        check
+    }
+
+    /// The outcome, from the final check and the time after it (the run's elapsed time
+    /// includes the check, as it always has).
+    pub fn report(&self, check: FinalCheck, now_ns: u64) -> PrewarmReport {
+        let counts = self.sched.counts();
+        let elapsed = now_ns.saturating_sub(self.started_ns) as f64 / 1e9;
+        let fetched = counts.via_udp_first + counts.via_udp_retry + counts.via_tcp;
+        let pages = self.pages.len() as u64;
+        PrewarmReport {
+            pages,
+            requested: counts.requested,
+            present: check.present,
+            via_udp_first: counts.via_udp_first,
+            via_udp_retry: counts.via_udp_retry,
+            via_tcp: counts.via_tcp,
+            skipped_present: counts.skipped_present,
+            skipped_gone: counts.skipped_gone,
+            retries: counts.retries,
+            refetched: self.refetched,
+            failed_verification: check.failed_verification,
+            elapsed_s: elapsed,
+            mb_per_s: fetched as f64 * PAGE_SIZE as f64 / 1e6 / elapsed.max(1e-9),
+            cache_full: self.cache_full,
+            deadline_hit: self.deadline_hit,
+            // Whether or not the early give-up fired, a run where nothing came by UDP says so.
+            udp_fell_back_to_tcp: self.fell_back
+                || (self.config.udp_port.is_some()
+                    && !self.sched.any_udp_arrival()
+                    && counts.via_tcp > 0),
+            complete: check.present + counts.skipped_gone == pages
+                && check.failed_verification == 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::synthetic_page;
+    use crate::server::source::Synthetic;
+
+    const MS: u64 = 1_000_000;
+    /// Virtual start: request marks in the LFC treat a zero time as empty.
+    const T0: u64 = 10_000 * MS;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        lfc: Lfc,
+    }
+
+    fn fixture(capacity: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), capacity).unwrap();
+        Fixture { _dir: dir, lfc }
+    }
+
+    fn config(udp_port: Option<u16>) -> DriverConfig {
+        DriverConfig {
+            schedule: ScheduleConfig::default(),
+            udp_port,
+            rate_bytes_per_s: 0,
+            deadline_ns: None,
+        }
+    }
+
+    /// Blocks `0..n` of relation 0 (which has `size` blocks).
+    fn driver(f: &Fixture, config: DriverConfig, n: u32, size: u32) -> Driver {
+        let rel = Synthetic::rel(0);
+        let pages = (0..n).map(|b| rel.block(b)).collect();
+        let sizes = HashMap::from([(rel, Some(size))]);
+        Driver::new(config, pages, &sizes, &f.lfc, T0, T0)
+    }
+
+    fn drain(d: &mut Driver) -> Vec<Transmit> {
+        std::iter::from_fn(|| d.poll_transmit()).collect()
+    }
+
+    /// Answers every GetPage queued, as an in-order connection would; returns the last poll.
+    fn answer_all(f: &Fixture, d: &mut Driver, mut poll: Poll, now: u64) -> Poll {
+        while poll == Poll::AwaitResponse {
+            let ts = drain(d);
+            for t in ts {
+                let Transmit::GetPage { tag, .. } = t else {
+                    continue;
+                };
+                let page = synthetic_page(tag, 16);
+                let response = Response::Page { tag, page: &page };
+                poll = d.on_response(&f.lfc, response, now).unwrap().next;
+            }
+        }
+        poll
+    }
+
+    #[test]
+    fn without_udp_everything_goes_over_tcp_in_batches_and_gone_pages_are_skipped() {
+        let f = fixture(4096);
+        let mut d = driver(&f, config(None), 150, 140);
+        let poll = d.step(&f.lfc, T0);
+        assert_eq!(poll, Poll::AwaitResponse);
+        let first = drain(&mut d);
+        assert_eq!(first.len(), TCP_DEPTH, "one batch of TCP_DEPTH GetPages");
+        let tag = Synthetic::rel(0).block(0);
+        let page = synthetic_page(tag, 16);
+        let handled = d
+            .on_response(&f.lfc, Response::Page { tag, page: &page }, T0)
+            .unwrap();
+        assert!(handled.installed);
+        assert_eq!(handled.next, Poll::AwaitResponse);
+        for t in &first[1..] {
+            let Transmit::GetPage { tag, .. } = *t else {
+                panic!("{t:?}")
+            };
+            d.on_response(&f.lfc, Response::Failed { tag }, T0).unwrap();
+        }
+        let poll = answer_all(&f, &mut d, Poll::AwaitResponse, T0);
+        assert_eq!(poll, Poll::Done);
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + MS);
+        assert_eq!((r.pages, r.skipped_gone, r.via_tcp), (150, 10, 140));
+        // The pages answered with an error were fetched again by the repair rounds.
+        assert_eq!(r.refetched, TCP_DEPTH as u64 - 1);
+        assert!(r.complete && !r.udp_fell_back_to_tcp, "{r:?}");
+    }
+
+    #[test]
+    fn udp_requests_are_runs_and_arrivals_finish_the_run() {
+        let f = fixture(4096);
+        let mut d = driver(&f, config(Some(7000)), 300, 300);
+        assert!(matches!(d.step(&f.lfc, T0), Poll::Wait { .. }));
+        let ts = drain(&mut d);
+        // The window starts at its floor (256 pages): one full run of 256.
+        assert_eq!(
+            ts,
+            vec![Transmit::Prefetch(PrefetchRun {
+                rel: Synthetic::rel(0),
+                first: 0,
+                n: 256,
+                max_lwlsn: f.lfc.lwlsn(&Synthetic::rel(0).block(0)),
+            })]
+        );
+        let mut now = T0;
+        for _ in 0..10 {
+            for tag in d.pages().to_vec() {
+                let _ = f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+            }
+            now += POLL_NS;
+            match d.step(&f.lfc, now) {
+                Poll::Done => break,
+                Poll::Wait { until_ns } => assert_eq!(until_ns, now + POLL_NS),
+                Poll::AwaitResponse => panic!("nothing should go over TCP"),
+            }
+            drain(&mut d);
+        }
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), now);
+        assert!(r.complete, "{r:?}");
+        assert_eq!(r.via_udp_first + r.skipped_present, 300, "{r:?}");
+        assert_eq!(r.via_tcp, 0);
+    }
+
+    #[test]
+    fn nothing_arriving_fails_over_to_tcp_after_the_give_up_time() {
+        let f = fixture(4096);
+        let mut cfg = config(Some(7000));
+        // Enough attempts that the retries would outlast the give-up time.
+        cfg.schedule.max_udp_attempts = 10;
+        let mut d = driver(&f, cfg, 10, 10);
+        d.step(&f.lfc, T0);
+        drain(&mut d);
+        let mut now = T0;
+        let poll = loop {
+            now += POLL_NS;
+            let poll = d.step(&f.lfc, now);
+            if poll == Poll::AwaitResponse {
+                break poll;
+            }
+            drain(&mut d);
+        };
+        assert!(now - T0 > MIN_GIVE_UP_NS, "gave up after {} ns", now - T0);
+        assert_eq!(answer_all(&f, &mut d, poll, now), Poll::Done);
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), now);
+        assert!(r.complete && r.udp_fell_back_to_tcp, "{r:?}");
+        assert_eq!(r.via_tcp, 10);
+    }
+
+    #[test]
+    fn pacing_grants_the_burst_then_the_rate() {
+        let f = fixture(4096);
+        let mut cfg = config(Some(7000));
+        // 1000 pages per second.
+        cfg.rate_bytes_per_s = 1000 * PAGE_SIZE as u64;
+        let mut d = driver(&f, cfg, 1000, 1000);
+        d.step(&f.lfc, T0);
+        assert_eq!(d.counts().requested, PACING_BURST_PAGES as u64);
+        drain(&mut d);
+        d.step(&f.lfc, T0 + 100 * MS);
+        // Retries of the first pages (timed out by now) take their share of the allowance.
+        let c = d.counts();
+        assert_eq!(c.requested + c.retries, PACING_BURST_PAGES as u64 + 100);
+    }
+
+    #[test]
+    fn a_page_that_left_the_cache_is_repaired_and_a_deadline_stops_the_run() {
+        let f = fixture(4096);
+        let mut d = driver(&f, config(Some(7000)), 4, 4);
+        d.step(&f.lfc, T0);
+        drain(&mut d);
+        for tag in d.pages().to_vec() {
+            let _ = f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+        }
+        assert!(matches!(d.step(&f.lfc, T0 + MS), Poll::Wait { .. }));
+        // Modified after arriving: the cached copy is dropped.
+        let gone = d.pages()[2];
+        f.lfc.set_lwlsn(&gone, 100).unwrap();
+        assert_eq!(d.step(&f.lfc, T0 + 2 * MS), Poll::AwaitResponse);
+        let ts = drain(&mut d);
+        assert_eq!(
+            ts,
+            vec![Transmit::GetPage {
+                tag: gone,
+                not_modified_since: 100
+            }]
+        );
+        let page = synthetic_page(gone, 100);
+        let handled = d
+            .on_response(
+                &f.lfc,
+                Response::Page {
+                    tag: gone,
+                    page: &page,
+                },
+                T0,
+            )
+            .unwrap();
+        assert!(handled.installed);
+        assert_eq!(handled.next, Poll::Done);
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + 3 * MS);
+        assert!(r.complete && r.refetched == 1, "{r:?}");
+
+        let mut cfg = config(Some(7000));
+        cfg.deadline_ns = Some(MS);
+        let mut d = driver(&f, cfg, 8, 8);
+        assert_eq!(d.step(&f.lfc, T0 + 2 * MS), Poll::Done);
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + 2 * MS);
+        assert!(r.deadline_hit && !r.complete, "{r:?}");
+    }
+}
