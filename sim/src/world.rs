@@ -5,8 +5,10 @@
 //! - page-server shard = `server::udp_sender::send_loop` + the Prefetch/GetPage/PutPage arms of
 //!   `server::conn::handle`, over a real `PageStore`, `PrefetchScheduler`, `DropFilter` and
 //!   `seal_page_job`;
-//! - worker = `workers::daemon::worker_loop` (slots reserved in advance, scatter receive,
-//!   `Ingest::complete`) or the copy path `Ingest::offer`, over the real `Lfc`;
+//! - worker = the daemon's own slot bookkeeping, `workers::pump::SlotBook` (frames posted as
+//!   receive slots, `Ingest::complete`, turned-away frames posted again), behind a simulated
+//!   socket that scatters each datagram into the oldest posted slot as `recvmmsg` does; or
+//!   the copy path `Ingest::offer`; over the real `Lfc`;
 //! - backend = the real sans-IO `backend::driver::Driver` (read path, UDP health, GetPage
 //!   pipeline), with the scan window of `scan::run_scan`; this file only carries its messages
 //!   (`poll_transmit`, responses) and turns its `Poll::Wait` into a virtual-time wait that
@@ -23,15 +25,15 @@
 //!
 //! Owns: the event queue and virtual clock, every node's shell state, the faulty network and the
 //! checkers. Reads no real clock, opens no socket or file, spawns no thread (`lib.rs` creates the
-//! LFC file) and imports no `cmd` or `bench`. It still mirrors the sender loop, `conn::handle`
-//! and `worker_loop` in virtual time and copies their constants (ARCHITECTURE §10).
+//! LFC file) and imports no `cmd` or `bench`. It still mirrors the sender loop and `conn::handle`
+//! in virtual time and copies their constants (ARCHITECTURE §10).
 
 use crate::config::DaemonFault;
 use crate::config::{LinkFaults, SimConfig, START_NS};
 use crate::rng::Rng;
 use crate::trace::{Kind, Trace};
 use crate::workload::{ForgeKind, Op, HOT_BLOCKS};
-use lfc::{BufferTag, Lfc, RelTag, Reservation, WriteOutcome, PAGE_SIZE};
+use lfc::{BufferTag, Lfc, RelTag, WriteOutcome, PAGE_SIZE};
 use serde::Serialize;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -58,18 +60,16 @@ use udp_prefetch::server::prefetch::{
 };
 use udp_prefetch::server::source::{PageSource, SourceSpec, Synthetic, SYNTHETIC_BASE_LSN};
 use udp_prefetch::server::store::PageStore;
-use workers::datagram::{
-    DatagramHeader, DatagramKey, DropReason, DATAGRAM_LEN, HEADER_LEN, TAG_LEN,
-};
-use workers::ingest::{Ingest, Received, Verdict};
+use workers::datagram::{DatagramHeader, DatagramKey, DropReason, DATAGRAM_LEN, HEADER_LEN};
+use workers::ingest::{Ingest, Verdict};
 use workers::metrics::ThreadMetrics;
+use workers::pump::SlotBook;
+use workers::udp::{Completion, SlotRegions};
 
 /// `udp_sender::SEND_BATCH`: datagrams per `next_batch`.
 const SEND_BATCH: usize = 32;
 /// `udp_sender::IDLE_WAIT`: longest a sender sleeps on a `WaitUntil`.
 const IDLE_WAIT_NS: u64 = 100_000_000;
-/// `daemon::NO_SLOT_BACKOFF`: a worker with no slot reserved retries after this.
-const NO_SLOT_BACKOFF_NS: u64 = 1_000_000;
 /// Time from an install to a waiting backend re-checking the cache (futex wake-up).
 const WAKE_NS: u64 = 2_000;
 /// Bounds that turn a hang into a liveness violation instead of an endless run.
@@ -457,7 +457,12 @@ struct Shard {
 
 struct WorkerNode<'a> {
     queue: VecDeque<Packet>,
-    posted: Vec<Reservation<'a>>,
+    /// The daemon's own slot bookkeeping (`workers::pump::SlotBook`); this node stands in for
+    /// the kernel that receives into the slots it posts.
+    book: SlotBook<'a>,
+    /// Slots posted with the simulated socket, oldest first (epoll's `recvmmsg` fills them in
+    /// that order).
+    posted: VecDeque<(u32, SlotRegions)>,
     scheduled: bool,
     metrics: ThreadMetrics,
     delivered: u64,
@@ -465,6 +470,17 @@ struct WorkerNode<'a> {
     /// Per-reason verdicts as the simulator saw them, to cross-check the metrics.
     seen: [u64; DropReason::ALL.len()],
     seen_installed: u64,
+}
+
+impl WorkerNode<'_> {
+    /// Takes every posted slot back (the daemon's `cancel_all`) and abandons their frames, as
+    /// when the daemon dies or stops.
+    fn give_slots_back(&mut self) {
+        for (id, _) in self.posted.drain(..) {
+            self.book.release(id);
+        }
+        self.book.abandon_spare();
+    }
 }
 
 struct PrewarmNode {
@@ -582,11 +598,12 @@ fn build_shards(cfg: &SimConfig, source: &Arc<dyn PageSource>, seed: u64) -> Vec
         .collect()
 }
 
-fn build_workers<'a>(cfg: &SimConfig) -> Vec<WorkerNode<'a>> {
+fn build_workers<'a>(cfg: &SimConfig, lfc: &'a Lfc) -> Vec<WorkerNode<'a>> {
     (0..cfg.workers)
         .map(|_| WorkerNode {
             queue: VecDeque::with_capacity(cfg.rx_queue_datagrams),
-            posted: Vec::with_capacity(cfg.slots_per_worker),
+            book: SlotBook::new(lfc, cfg.slots_per_worker),
+            posted: VecDeque::with_capacity(cfg.slots_per_worker),
             scheduled: false,
             metrics: ThreadMetrics::default(),
             delivered: 0,
@@ -700,7 +717,7 @@ impl<'a> World<'a> {
         .map_err(|e| crate::SimError::Setup(e.to_string()))?;
         let dest = compute_destination(lfc, seed);
         let shards = build_shards(&cfg, &source, seed);
-        let workers = build_workers(&cfg);
+        let workers = build_workers(&cfg, lfc);
         // The daemon registers in the LFC header as it starts listening, before any backend.
         if cfg.daemon != DaemonFault::Absent {
             lfc.register_daemon(SocketAddr::from(COMPUTE_ADDR), DAEMON_PID, 0, START_NS);
@@ -1522,15 +1539,19 @@ impl<'a> World<'a> {
 
     // ---- workers ----------------------------------------------------------------------------
 
-    /// Keeps the worker's slots posted (top of `worker_loop`).
+    /// Keeps the worker's slots posted (the top of `SlotPump::step`).
     fn refill_slots(&mut self, w: usize) {
-        let k = self.cfg.slots_per_worker;
-        while self.workers[w].posted.len() < k {
-            match self.lfc.reserve() {
-                Some(r) => self.workers[w].posted.push(r),
-                None => break,
-            }
-        }
+        let worker = &mut self.workers[w];
+        let posted = &mut worker.posted;
+        // SAFETY: this simulated socket writes a posted slot's regions only in
+        // `receive_into_slot`, for the slot it has just taken out of `posted`, and then hands
+        // the slot back at once.
+        let _ = unsafe {
+            worker.book.post_free(|id, regions| {
+                posted.push_back((id, regions));
+                Ok::<(), std::convert::Infallible>(())
+            })
+        };
     }
 
     fn worker_run(&mut self, w: usize) {
@@ -1554,7 +1575,10 @@ impl<'a> World<'a> {
             if self.workers[w].posted.is_empty() {
                 // Every frame is reserved by someone: the daemon backs off and retries.
                 self.workers[w].scheduled = true;
-                self.schedule(self.now + NO_SLOT_BACKOFF_NS, Ev::WorkerRun(w));
+                self.schedule(
+                    self.now + workers::daemon::NO_SLOT_BACKOFF.as_nanos() as u64,
+                    Ev::WorkerRun(w),
+                );
                 return;
             }
         }
@@ -1586,46 +1610,31 @@ impl<'a> World<'a> {
         self.report.faults.daemon_down += n;
         self.report.datagrams_dropped_by_faults += n;
         self.daemon_socket_lost += n;
-        for r in self.workers[w].posted.drain(..) {
-            r.abandon();
-        }
+        self.workers[w].give_slots_back();
     }
 
-    /// The zero-copy path: one datagram received into a posted slot and completed by ingest;
-    /// `None` if the worker has no slot posted.
+    /// The zero-copy path: one datagram received into the oldest posted slot and completed by
+    /// the daemon's `SlotBook` (ingest); `None` if the worker has no slot posted.
     fn receive_into_slot(&mut self, w: usize, b: &[u8]) -> Option<Verdict> {
         let now = self.now;
-        let mut slot = self.workers[w].posted.pop()?;
-        // Scatter receive into [header | slot | tag], as recvmsg does with the iovecs.
-        let mut header = [0u8; HEADER_LEN];
-        let mut tag = [0u8; TAG_LEN];
-        let mut page = [0u8; PAGE_SIZE];
-        let h = b.len().min(HEADER_LEN);
-        header[..h].copy_from_slice(&b[..h]);
-        if b.len() > HEADER_LEN {
-            let p = (b.len() - HEADER_LEN).min(PAGE_SIZE);
-            page[..p].copy_from_slice(&b[HEADER_LEN..HEADER_LEN + p]);
-        }
-        if b.len() > HEADER_LEN + PAGE_SIZE {
-            let t = (b.len() - HEADER_LEN - PAGE_SIZE).min(TAG_LEN);
-            tag[..t].copy_from_slice(&b[HEADER_LEN + PAGE_SIZE..HEADER_LEN + PAGE_SIZE + t]);
-        }
-        slot.fill_from(&page);
-        let received = b.len().min(DATAGRAM_LEN);
-        let truncated = b.len() > DATAGRAM_LEN;
-        let received = Received {
-            len: received,
-            truncated,
-            header,
-            tag,
+        let worker = &mut self.workers[w];
+        let (slot_id, regions) = worker.posted.pop_front()?;
+        // SAFETY: the slot was posted by `SlotBook::post_free` and is with this simulated
+        // socket only for this call: nothing else touches its regions (post_free's contract).
+        unsafe { regions.scatter(b) };
+        let completion = Completion {
+            slot_id,
+            len: b.len(),
+            truncated: b.len() > regions.capacity(),
+            ..Completion::default()
         };
-        let (v, back) = self
-            .ingest
-            .complete(slot, &received, now, &self.workers[w].metrics);
-        // A slot turned away is posted again, as `worker_loop` does.
-        self.workers[w].posted.extend(back);
+        let verdict = worker
+            .book
+            .complete(&completion, now, &worker.metrics)
+            .expect("a simulated receive never fails");
+        // A slot turned away is posted again, as the daemon's next step does.
         self.refill_slots(w);
-        Some(v)
+        Some(verdict)
     }
 
     fn account(&mut self, w: usize, packet: &Packet, verdict: &Verdict) {
@@ -2511,9 +2520,7 @@ impl<'a> World<'a> {
         self.report.violation = self.violation.take();
         // Give the posted slots back before the LFC goes away (the daemon's `cancel_all`).
         for w in &mut self.workers {
-            for r in w.posted.drain(..) {
-                r.abandon();
-            }
+            w.give_slots_back();
         }
         std::mem::take(&mut self.report)
     }

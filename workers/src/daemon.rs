@@ -35,7 +35,7 @@ pub fn default_threads() -> usize {
 /// How often a blocked thread rechecks the stop flag.
 const POLL: Duration = Duration::from_millis(50);
 /// Back-off when no LFC slot could be reserved (every frame reserved by someone).
-const NO_SLOT_BACKOFF: Duration = Duration::from_millis(1);
+pub const NO_SLOT_BACKOFF: Duration = Duration::from_millis(1);
 /// Bytes read of an HTTP request to the metrics endpoint.
 const MAX_HTTP_REQUEST: usize = 4096;
 /// Attempts at binding the group on a port the kernel picked (`--listen` port 0) when another

@@ -1,11 +1,16 @@
 //! One receive socket's slots: reserved LFC frames posted as receive slots, and what arrives in
-//! them handed to [`Ingest`]. Each daemon worker thread runs one pump in a loop (`daemon`).
+//! them handed to [`Ingest`]. Each daemon worker thread runs one [`SlotPump`] in a loop
+//! (`daemon`).
 //!
-//! Owns the per-slot header and tag buffers, the reservation posted in each slot and the frames
-//! handed back by `Ingest` (posted again before any new frame is claimed). Depends on `udp`
-//! (sockets), `ingest` (validation) and `lfc`; nothing here reads a clock except to date a batch.
+//! Split as quinn splits `quinn-proto` from its sockets: [`SlotBook`] is the sans-IO half (which
+//! frame is posted in which slot, the per-slot header and tag buffers, frames handed back by
+//! `Ingest` and posted again before any new frame is claimed); [`SlotPump`] adds the kernel
+//! (`udp::Receiver`). The simulator runs the same `SlotBook` behind its simulated network, so
+//! the slot handling it checks is the daemon's. Depends on `udp` (the pump only), `ingest` and
+//! `lfc`; reads no clock except to date a batch.
 
 use crate::datagram::{HEADER_LEN, TAG_LEN};
+use crate::ingest::Verdict;
 use crate::ingest::{Ingest, Received};
 use crate::metrics::ThreadMetrics;
 use crate::udp::{Completion, Receiver, SlotRegions, UdpError};
@@ -24,12 +29,13 @@ pub enum Step {
     Received(usize),
 }
 
-/// A receiver and the LFC frames posted in it. Dropping it takes every slot back from the
-/// kernel before any buffer is freed or any frame abandoned.
-pub struct SlotPump<'a> {
-    // Declared first so that, should `shutdown` fail, the receiver is dropped (and the kernel
-    // stops writing) before the buffers below.
-    receiver: Receiver,
+/// The sans-IO slot bookkeeping of one receiver: slot ids `0..capacity`, each either free or
+/// posted with a reserved LFC frame as its page region and its own header and tag buffers.
+///
+/// Whoever posts the slots (the kernel through `udp::Receiver`, or the simulator) must give
+/// every posted slot back — by [`complete`](Self::complete) or [`release`](Self::release) —
+/// before the book is dropped, or call [`leak_buffers`](Self::leak_buffers) when it cannot.
+pub struct SlotBook<'a> {
     lfc: &'a Lfc,
     ingest: Ingest<'a>,
     /// Header and tag buffers, one entry per slot. Owned through raw pointers (from
@@ -41,13 +47,12 @@ pub struct SlotPump<'a> {
     posted: Vec<Option<Reservation<'a>>>,
     free: Vec<u32>,
     spare: Vec<Reservation<'a>>,
-    completions: Vec<Completion>,
-    shut: bool,
+    leaked: bool,
 }
 
-// SAFETY: the raw pointers are this value's own heap buffers; a pump is created on one thread
+// SAFETY: the raw pointers are this value's own heap buffers; a book is created on one thread
 // and run on another (the daemon's workers), never shared.
-unsafe impl Send for SlotPump<'_> {}
+unsafe impl Send for SlotBook<'_> {}
 
 fn leak_buffer<const N: usize>(capacity: usize) -> *mut [u8; N] {
     Box::into_raw(vec![[0u8; N]; capacity].into_boxed_slice()).cast::<[u8; N]>()
@@ -62,13 +67,10 @@ unsafe fn free_buffer<const N: usize>(ptr: *mut [u8; N], capacity: usize) {
     drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, capacity)) });
 }
 
-impl<'a> SlotPump<'a> {
-    /// A pump on `receiver` into `lfc`. All per-slot memory is allocated here, once: `step`
-    /// never allocates.
-    pub fn new(lfc: &'a Lfc, receiver: Receiver) -> Self {
-        let capacity = receiver.capacity();
-        SlotPump {
-            receiver,
+impl<'a> SlotBook<'a> {
+    /// A book of `capacity` slots into `lfc`. All per-slot memory is allocated here, once.
+    pub fn new(lfc: &'a Lfc, capacity: usize) -> Self {
+        SlotBook {
             lfc,
             ingest: Ingest::new(lfc),
             headers: leak_buffer::<HEADER_LEN>(capacity),
@@ -77,50 +79,27 @@ impl<'a> SlotPump<'a> {
             posted: (0..capacity).map(|_| None).collect(),
             free: (0..capacity as u32).rev().collect(),
             spare: Vec::with_capacity(capacity),
-            completions: vec![Completion::default(); capacity],
-            shut: false,
+            leaked: false,
         }
     }
 
-    /// Posts a frame into every free slot, waits up to `timeout` for datagrams and hands what
-    /// arrived to `Ingest` (installed, or the frame kept for the next post).
-    pub fn step(&mut self, timeout: Duration, metrics: &ThreadMetrics) -> Result<Step, UdpError> {
-        self.post_free()?;
-        if self.receiver.posted() == 0 {
-            return Ok(Step::NoSlot);
-        }
-        let n = self
-            .receiver
-            .wait(timeout, &mut self.completions)
-            .map_err(UdpError::io("receiving datagrams"))?;
-        // One clock read per batch: it only dates arrivals for the latency histogram, and one
-        // per datagram was a tenth of the daemon's CPU.
-        let now_wall_ns = if n > 0 { lfc::wall_ns() } else { 0 };
-        for i in 0..n {
-            let c = self.completions[i];
-            self.complete(&c, now_wall_ns, metrics);
-        }
-        Ok(Step::Received(n))
+    /// Slots posted now.
+    pub fn posted(&self) -> usize {
+        self.capacity - self.free.len()
     }
 
-    /// Takes every slot back from the kernel and abandons the frames (none is published).
-    pub fn shutdown(&mut self) -> io::Result<()> {
-        if self.shut {
-            return Ok(());
-        }
-        self.spare.drain(..).for_each(Reservation::abandon);
-        let posted = &mut self.posted;
-        self.receiver.cancel_all(&mut |id| {
-            if let Some(res) = posted[id as usize].take() {
-                res.abandon();
-            }
-        })?;
-        self.shut = true;
-        Ok(())
-    }
-
-    /// Posts a frame into every free slot while frames can be had (handed-back ones first).
-    fn post_free(&mut self) -> Result<(), UdpError> {
+    /// Posts a frame into every free slot while frames can be had (handed-back ones first):
+    /// `post(slot_id, regions)` hands each to the receiver. A failed `post` leaves that slot
+    /// free (its frame kept for the next attempt) and returns the error.
+    ///
+    /// # Safety
+    /// `post` must behave as `udp::Receiver::post`'s contract asks of its caller's receiver:
+    /// until the slot comes back through `complete` or `release`, only the receiver writes the
+    /// regions, and it writes nothing after.
+    pub unsafe fn post_free<E>(
+        &mut self,
+        mut post: impl FnMut(u32, SlotRegions) -> Result<(), E>,
+    ) -> Result<(), E> {
         while let Some(&id) = self.free.last() {
             let Some(res) = self.spare.pop().or_else(|| self.lfc.reserve()) else {
                 break;
@@ -133,22 +112,24 @@ impl<'a> SlotPump<'a> {
                     self.tags.add(i).cast::<u8>(),
                 )
             };
-            // SAFETY: the header and tag buffers live until this pump is dropped, after every
-            // posted slot was taken back; the page region is a reserved LFC frame that no one
-            // else reads or writes until the reservation is published or abandoned, which
-            // happens only after the slot is back.
-            unsafe {
-                self.receiver
-                    .post(id, SlotRegions::new(h, res.as_mut_ptr(), t))?
-            };
+            if let Err(e) = post(id, SlotRegions::new(h, res.as_mut_ptr(), t)) {
+                self.spare.push(res);
+                return Err(e);
+            }
             self.posted[i] = Some(res);
             self.free.pop();
         }
         Ok(())
     }
 
-    /// Takes back one completed slot and hands what it received to `ingest`.
-    fn complete(&mut self, c: &Completion, now_wall_ns: u64, metrics: &ThreadMetrics) {
+    /// A posted slot came back with a datagram (or an error): takes it back and hands what it
+    /// received to `Ingest`. `None` for a failed receive (the frame is kept for the next post).
+    pub fn complete(
+        &mut self,
+        c: &Completion,
+        now_wall_ns: u64,
+        metrics: &ThreadMetrics,
+    ) -> Option<Verdict> {
         let i = c.slot_id as usize;
         let res = self.posted[i].take().expect("a completed slot was posted");
         self.free.push(c.slot_id);
@@ -157,9 +138,9 @@ impl<'a> SlotPump<'a> {
             .store(u64::from(c.kernel_drops), Ordering::Relaxed);
         if c.error.is_some() {
             self.spare.push(res);
-            return;
+            return None;
         }
-        // SAFETY: the slot came back, so the kernel no longer writes its header and tag.
+        // SAFETY: the slot came back, so nothing writes its header and tag any more.
         let received = unsafe {
             Received {
                 len: c.len,
@@ -168,8 +149,111 @@ impl<'a> SlotPump<'a> {
                 tag: self.tags.add(i).read(),
             }
         };
-        let (_, back) = self.ingest.complete(res, &received, now_wall_ns, metrics);
+        let (verdict, back) = self.ingest.complete(res, &received, now_wall_ns, metrics);
         self.spare.extend(back);
+        Some(verdict)
+    }
+
+    /// A posted slot came back without data (cancelled): its frame is abandoned.
+    pub fn release(&mut self, slot_id: u32) {
+        if let Some(res) = self.posted[slot_id as usize].take() {
+            res.abandon();
+            self.free.push(slot_id);
+        }
+    }
+
+    /// Abandons the frames kept for the next post (none is published).
+    pub fn abandon_spare(&mut self) {
+        self.spare.drain(..).for_each(Reservation::abandon);
+    }
+
+    /// The receiver could not be made to give its slots back: the header and tag buffers are
+    /// never freed, since it may still write them.
+    pub fn leak_buffers(&mut self) {
+        self.leaked = true;
+    }
+}
+
+impl Drop for SlotBook<'_> {
+    fn drop(&mut self) {
+        if self.leaked {
+            return;
+        }
+        if self.posted() > 0 {
+            // Something may still write them: leak rather than free (a bug of the caller).
+            debug_assert!(
+                std::thread::panicking(),
+                "a slot book dropped with slots still posted (the receiver must give them back)"
+            );
+            return;
+        }
+        // SAFETY: no slot is posted, so nothing references either buffer, and they came from
+        // `leak_buffer` with this capacity.
+        unsafe {
+            free_buffer(self.headers, self.capacity);
+            free_buffer(self.tags, self.capacity);
+        }
+    }
+}
+
+/// A receiver and the LFC frames posted in it. Dropping it takes every slot back from the
+/// kernel before any buffer is freed or any frame abandoned.
+pub struct SlotPump<'a> {
+    receiver: Receiver,
+    book: SlotBook<'a>,
+    completions: Vec<Completion>,
+    shut: bool,
+}
+
+impl<'a> SlotPump<'a> {
+    /// A pump on `receiver` into `lfc`. All per-slot memory is allocated here, once: `step`
+    /// never allocates.
+    pub fn new(lfc: &'a Lfc, receiver: Receiver) -> Self {
+        let capacity = receiver.capacity();
+        SlotPump {
+            receiver,
+            book: SlotBook::new(lfc, capacity),
+            completions: vec![Completion::default(); capacity],
+            shut: false,
+        }
+    }
+
+    /// Posts a frame into every free slot, waits up to `timeout` for datagrams and hands what
+    /// arrived to `Ingest` (installed, or the frame kept for the next post).
+    pub fn step(&mut self, timeout: Duration, metrics: &ThreadMetrics) -> Result<Step, UdpError> {
+        let receiver = &mut self.receiver;
+        // SAFETY: `Receiver::post` is the contract's receiver: the kernel writes a posted
+        // slot's regions only until the slot comes back in a completion or a cancel.
+        unsafe {
+            self.book
+                .post_free(|id, regions| receiver.post(id, regions))?
+        };
+        if self.receiver.posted() == 0 {
+            return Ok(Step::NoSlot);
+        }
+        let n = self
+            .receiver
+            .wait(timeout, &mut self.completions)
+            .map_err(UdpError::io("receiving datagrams"))?;
+        // One clock read per batch: it only dates arrivals for the latency histogram, and one
+        // per datagram was a tenth of the daemon's CPU.
+        let now_wall_ns = if n > 0 { lfc::wall_ns() } else { 0 };
+        for c in &self.completions[..n] {
+            self.book.complete(c, now_wall_ns, metrics);
+        }
+        Ok(Step::Received(n))
+    }
+
+    /// Takes every slot back from the kernel and abandons the frames (none is published).
+    pub fn shutdown(&mut self) -> io::Result<()> {
+        if self.shut {
+            return Ok(());
+        }
+        self.book.abandon_spare();
+        let book = &mut self.book;
+        self.receiver.cancel_all(&mut |id| book.release(id))?;
+        self.shut = true;
+        Ok(())
     }
 }
 
@@ -178,15 +262,88 @@ impl Drop for SlotPump<'_> {
         if let Err(e) = self.shutdown() {
             tracing::warn!(error = %e, "taking receive slots back failed");
         }
-        if self.receiver.posted() == 0 {
-            // SAFETY: no slot is posted, so the kernel references neither buffer, and they
-            // came from `leak_buffer` with this capacity.
-            unsafe {
-                free_buffer(self.headers, self.capacity);
-                free_buffer(self.tags, self.capacity);
-            }
+        if self.receiver.posted() > 0 {
+            // The kernel may still write the buffers until the receiver's own drop (after
+            // this) has cancelled its receives or aborted: they are never freed.
+            self.book.leak_buffers();
         }
-        // Otherwise they are leaked on purpose: the kernel may still write them until the
-        // receiver's own drop (after this) has cancelled its receives or aborted.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datagram::{DatagramHeader, DATAGRAM_LEN};
+    use lfc::{RelTag, PAGE_SIZE};
+    use std::convert::Infallible;
+
+    fn post(book: &mut SlotBook<'_>, posted: &mut Vec<(u32, SlotRegions)>) {
+        // SAFETY: this test is the receiver: it writes a slot only between taking it out of
+        // `posted` and completing it.
+        let _ = unsafe {
+            book.post_free(|id, r| {
+                posted.push((id, r));
+                Ok::<(), Infallible>(())
+            })
+        };
+    }
+
+    #[test]
+    fn a_turned_away_frame_is_posted_again_and_a_valid_page_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 16).unwrap();
+        let metrics = ThreadMetrics::default();
+        let mut book = SlotBook::new(&lfc, 2);
+        let mut posted = Vec::new();
+        post(&mut book, &mut posted);
+        assert_eq!((book.posted(), posted.len()), (2, 2));
+        assert_eq!(lfc.stats().busy_pages, 2);
+
+        let tag = RelTag::new(1663, 5, 16384, 0).block(9);
+        let hdr = DatagramHeader {
+            key_id: lfc.key_id(),
+            reqid: 1,
+            request_lsn: u64::MAX,
+            not_modified_since: 5,
+            tag,
+            sent_at_ns: 0,
+        };
+        let mut valid = Box::new([0u8; DATAGRAM_LEN]);
+        Ingest::new(&lfc)
+            .key()
+            .stream([3; 16])
+            .seal(&hdr, &[0x5A; PAGE_SIZE], &mut valid)
+            .unwrap();
+        let mut forged = valid.clone();
+        forged[DATAGRAM_LEN - 1] ^= 1;
+
+        // The forged one: turned away, and its frame (not a new one) goes back into a slot.
+        let (id, regions) = posted.pop().unwrap();
+        // SAFETY: the slot is posted with this test's receiver.
+        unsafe { regions.scatter(&forged[..]) };
+        let done = |slot_id| Completion {
+            slot_id,
+            len: DATAGRAM_LEN,
+            ..Completion::default()
+        };
+        assert!(book.complete(&done(id), 0, &metrics).unwrap().is_err());
+        post(&mut book, &mut posted);
+        assert_eq!(posted.last().unwrap().1.page, regions.page);
+        assert_eq!(lfc.stats().busy_pages, 2, "no new frame was claimed");
+        assert!(!lfc.contains(&tag));
+
+        // The valid one is installed; the next post claims a new frame.
+        let (id, regions) = posted.pop().unwrap();
+        // SAFETY: as above.
+        unsafe { regions.scatter(&valid[..]) };
+        assert_eq!(book.complete(&done(id), 0, &metrics).unwrap(), Ok(hdr));
+        assert!(lfc.contains(&tag));
+
+        // Everything posted comes back: the frames are abandoned, none published.
+        for (id, _) in posted.drain(..) {
+            book.release(id);
+        }
+        book.abandon_spare();
+        assert_eq!((book.posted(), lfc.stats().busy_pages), (0, 0));
     }
 }

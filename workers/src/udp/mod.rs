@@ -235,6 +235,28 @@ impl SlotRegions {
         self.header_len + self.page_len + self.tag_len
     }
 
+    /// Writes `bytes` across the regions in order, as `recvmsg`'s scatter iovecs do, cutting
+    /// what does not fit; returns the bytes written. For stand-ins of the kernel (the
+    /// simulator's socket, tests).
+    ///
+    /// # Safety
+    /// Each region must be valid for writes of its length, and nothing else may read or write
+    /// it meanwhile (a slot posted with the caller, `Receiver::post`'s contract).
+    pub unsafe fn scatter(&self, bytes: &[u8]) -> usize {
+        let mut rest = bytes;
+        for (ptr, len) in [
+            (self.header, self.header_len),
+            (self.page, self.page_len),
+            (self.tag, self.tag_len),
+        ] {
+            let n = rest.len().min(len);
+            // SAFETY: the caller's contract; `n` is within the region.
+            unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), ptr, n) };
+            rest = &rest[n..];
+        }
+        bytes.len() - rest.len()
+    }
+
     fn validate(&self) -> Result<(), UdpError> {
         let parts = [
             (self.header, self.header_len),
