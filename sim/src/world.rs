@@ -38,14 +38,12 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use udp_prefetch::backend::driver::{
+use udp_prefetch::compute::backend::driver::{
     Driver, Poll, ReadSource, Response as DriverResponse, Transmit,
 };
-use udp_prefetch::backend::read_path::{PrefetchRun, ScanWindow};
-use udp_prefetch::backend::store_own_write;
-use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page, verify_page, Page};
-use udp_prefetch::pagestream::{Header, LATEST_LSN};
-use udp_prefetch::prewarm::{
+use udp_prefetch::compute::backend::read_path::{PrefetchRun, ScanWindow};
+use udp_prefetch::compute::backend::store_own_write;
+use udp_prefetch::compute::prewarm::{
     self,
     driver::{
         Driver as PrewarmDriver, DriverConfig, Poll as PrewarmPoll, Response as PrewarmResponse,
@@ -53,11 +51,15 @@ use udp_prefetch::prewarm::{
     },
     schedule::ScheduleConfig,
 };
-use udp_prefetch::server::prefetch::{
+use udp_prefetch::pageserver::prefetch::{
     seal_page_job, Destination, DropFilter, Next, PageJob, PrefetchScheduler, SkipReason,
 };
-use udp_prefetch::server::source::{PageSource, SourceSpec, Synthetic, SYNTHETIC_BASE_LSN};
-use udp_prefetch::server::store::PageStore;
+use udp_prefetch::pageserver::source::{PageSource, SourceSpec, Synthetic, SYNTHETIC_BASE_LSN};
+use udp_prefetch::pageserver::store::PageStore;
+use udp_prefetch::protocol::page::{
+    is_synthetic_page, page_lsn, synthetic_page, verify_page, Page,
+};
+use udp_prefetch::protocol::pagestream::{Header, LATEST_LSN};
 use workers::datagram::{
     DatagramHeader, DatagramKey, DropReason, DATAGRAM_LEN, HEADER_LEN, TAG_LEN,
 };

@@ -60,7 +60,7 @@ fn sealed(key: &DatagramKey, n: u32) -> anyhow::Result<Arc<Vec<[u8; DATAGRAM_LEN
     let mut page = [0u8; 8192];
     let v = (0..n)
         .map(|b| {
-            crate::page::fill_synthetic_page(&mut page, rel.block(b), 16);
+            crate::protocol::page::fill_synthetic_page(&mut page, rel.block(b), 16);
             let hdr = DatagramHeader {
                 key_id: key.id,
                 tag: rel.block(b),

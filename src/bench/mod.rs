@@ -71,8 +71,8 @@ pub(crate) fn synthetic_server(
     rels: u32,
     delay_us: u64,
     drop_prefetch: f64,
-) -> anyhow::Result<crate::server::PageServer> {
-    use crate::server::{source::SourceSpec, ServerConfig};
+) -> anyhow::Result<crate::pageserver::PageServer> {
+    use crate::pageserver::{source::SourceSpec, ServerConfig};
     start_server(ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         source: SourceSpec::Synthetic { rels, pages },
@@ -85,10 +85,10 @@ pub(crate) fn synthetic_server(
 /// Starts a bench's in-process page server where the run's topology puts the page server
 /// (`topology::on_server`): every bench starts its servers here.
 pub(crate) fn start_server(
-    config: crate::server::ServerConfig,
-) -> anyhow::Result<crate::server::PageServer> {
+    config: crate::pageserver::ServerConfig,
+) -> anyhow::Result<crate::pageserver::PageServer> {
     Ok(topology::on_server(|| {
-        crate::server::PageServer::start(config)
+        crate::pageserver::PageServer::start(config)
     })??)
 }
 

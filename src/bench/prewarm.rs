@@ -4,10 +4,10 @@
 
 use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::{round1, synthetic_server, BenchRecord};
-use crate::client::ConnectOptions;
-use crate::prewarm::schedule::ScheduleConfig;
-use crate::prewarm::{run_prewarm, PrewarmConfig, PrewarmReport};
-use crate::server::source::Synthetic;
+use crate::compute::prewarm::schedule::ScheduleConfig;
+use crate::compute::prewarm::{run_prewarm, PrewarmConfig, PrewarmReport};
+use crate::pageserver::source::Synthetic;
+use crate::protocol::client::ConnectOptions;
 use lfc::Lfc;
 
 #[derive(Debug, Clone, clap::Args)]

@@ -1,9 +1,9 @@
 //! `udp-prefetch scan`: a verified sequential scan in one prefetch design.
 
 use super::{BadInput, Outcome};
-use crate::backend::read_path::ReadPathConfig;
-use crate::client::ConnectOptions;
-use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::compute::backend::read_path::ReadPathConfig;
+use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::protocol::client::ConnectOptions;
 use lfc::{Lfc, RelTag};
 use std::ops::Range;
 use std::path::PathBuf;
@@ -86,8 +86,8 @@ pub fn print_report(r: &ScanReport) {
         );
         for c in &r.udp_state_log {
             let to = match c.to {
-                crate::backend::PrefetchPath::Udp => "UDP prefetch",
-                crate::backend::PrefetchPath::TcpPipelined => "TCP pipelining",
+                crate::compute::backend::PrefetchPath::Udp => "UDP prefetch",
+                crate::compute::backend::PrefetchPath::TcpPipelined => "TCP pipelining",
             };
             println!("    at {:.1} ms: {to}: {}", c.at_ms, c.reason);
         }

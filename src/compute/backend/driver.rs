@@ -18,7 +18,7 @@ use super::read_path::{
     prefetch_runs, OwnLoss, PrefetchRun, ReadPath, ReadPathConfig, ReadStats, Step, LOSS_SCAN,
     MISS_SCAN, READS_PER_LOSS_CHECK,
 };
-use crate::page::Page;
+use crate::protocol::page::Page;
 use lfc::{BufferTag, InstallOutcome, Lfc, RelTag};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -223,7 +223,7 @@ impl Driver {
     fn build(config: ReadPathConfig, port_override: Option<u16>, now_ns: u64) -> Self {
         let tcp_depth = config
             .tcp_depth
-            .clamp(1, crate::client::MAX_IN_FLIGHT as u32 / 2);
+            .clamp(1, crate::protocol::client::MAX_IN_FLIGHT as u32 / 2);
         Driver {
             core: ReadPath::new(config),
             health: UdpHealth::new(now_ns, port_override.is_some()),
@@ -830,8 +830,8 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page::synthetic_page;
-    use crate::server::source::Synthetic;
+    use crate::pageserver::source::Synthetic;
+    use crate::protocol::page::synthetic_page;
     use lfc::PAGE_SIZE;
 
     const MS: u64 = 1_000_000;
@@ -897,7 +897,7 @@ mod tests {
         loop {
             poll = match poll {
                 Poll::Done(s) => {
-                    assert_eq!(crate::page::page_lsn(&out), 16);
+                    assert_eq!(crate::protocol::page::page_lsn(&out), 16);
                     return s;
                 }
                 Poll::Wait { until_ns, .. } => {
@@ -1097,6 +1097,6 @@ mod tests {
             .on_response(&f.lfc, Response::Page { tag, page: &new }, &mut out, T0)
             .unwrap();
         assert_eq!(h.next, Some(Poll::Done(ReadSource::Tcp)));
-        assert_eq!(crate::page::page_lsn(&out), 100);
+        assert_eq!(crate::protocol::page::page_lsn(&out), 100);
     }
 }

@@ -15,9 +15,9 @@ mod loss;
 pub mod pipeline;
 pub mod read_path;
 
-use crate::client::{unexpected, ClientError, PageClient};
-use crate::page::Page;
-use crate::pagestream::{PrefetchTarget, Response, LATEST_LSN};
+use crate::protocol::client::{unexpected, ClientError, PageClient};
+use crate::protocol::page::Page;
+use crate::protocol::pagestream::{PrefetchTarget, Response, LATEST_LSN};
 pub use driver::ReadSource;
 use driver::{Driver, Poll, Transmit};
 pub use health::{PrefetchPath, StateChange, MAX_STATE_LOG};
@@ -37,7 +37,7 @@ pub enum BackendError {
     /// The LFC refused the backend's own new version. The tag's last-written LSN is raised
     /// through the global floor first, so no older version can be installed later; the caller
     /// must not assume the write reached the cache.
-    #[error("storing the new version of {tag} at {} in the LFC: {source}", crate::page::format_lsn(*lsn))]
+    #[error("storing the new version of {tag} at {} in the LFC: {source}", crate::protocol::page::format_lsn(*lsn))]
     Write {
         tag: BufferTag,
         lsn: u64,
@@ -158,7 +158,7 @@ impl<'a> Backend<'a> {
                 }
             }
         }
-        if urgent || self.unflushed_get_pages >= crate::scan::PIPELINED_FLUSH_EVERY {
+        if urgent || self.unflushed_get_pages >= crate::compute::scan::PIPELINED_FLUSH_EVERY {
             self.flush()?;
         }
         Ok(())
@@ -295,8 +295,8 @@ impl<'a> Backend<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page::synthetic_page;
-    use crate::server::source::Synthetic;
+    use crate::pageserver::source::Synthetic;
+    use crate::protocol::page::synthetic_page;
 
     #[test]
     fn an_own_write_the_cache_refuses_raises_the_floor_so_no_older_version_is_installed() {

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 /// Bound of the queue of pages not yet sent: a whole prefetch window moved from UDP plus the
 /// pages a reader may queue ahead of it.
-pub const MAX_QUEUED: usize = 2 * crate::backend::read_path::MAX_WINDOW as usize;
+pub const MAX_QUEUED: usize = 2 * crate::compute::backend::read_path::MAX_WINDOW as usize;
 
 /// A page waiting for its GetPage to be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,11 +2,11 @@
 //! synchronous TCP, Neon-style pipelined TCP, or UDP prefetch into the LFC. Shared by
 //! `udp-prefetch scan`, the demo and the benchmarks.
 
-use crate::backend::read_path::{ReadPathConfig, ReadStats, ScanWindow};
-use crate::backend::{Backend, ReadSource, StateChange};
-use crate::client::{ConnectOptions, PageClient};
-use crate::page::{verify_page, Page};
-use crate::pagestream::LATEST_LSN;
+use crate::compute::backend::read_path::{ReadPathConfig, ReadStats, ScanWindow};
+use crate::compute::backend::{Backend, ReadSource, StateChange};
+use crate::protocol::client::{ConnectOptions, PageClient};
+use crate::protocol::page::{verify_page, Page};
+use crate::protocol::pagestream::LATEST_LSN;
 use lfc::{Lfc, RelTag, PAGE_SIZE};
 use std::ops::Range;
 use std::time::{Duration, Instant};

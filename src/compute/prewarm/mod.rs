@@ -11,9 +11,9 @@ pub mod driver;
 pub mod schedule;
 pub mod state;
 
-use crate::backend::monotonic_ns;
-use crate::client::{ClientError, ConnectOptions, PageClient};
-use crate::pagestream::{PrefetchTarget, Response, LATEST_LSN};
+use crate::compute::backend::monotonic_ns;
+use crate::protocol::client::{ClientError, ConnectOptions, PageClient};
+use crate::protocol::pagestream::{PrefetchTarget, Response, LATEST_LSN};
 use driver::{Driver, DriverConfig, Poll, Transmit};
 use lfc::{BufferTag, Lfc, RelTag, PAGE_SIZE};
 use schedule::{ScheduleConfig, ScheduleCounts};

@@ -17,8 +17,8 @@
 
 use super::schedule::{Schedule, ScheduleConfig, ScheduleCounts};
 use super::PrewarmReport;
-use crate::backend::read_path::PrefetchRun;
-use crate::page::{verify_page, Page};
+use crate::compute::backend::read_path::PrefetchRun;
+use crate::protocol::page::{verify_page, Page};
 use lfc::{BufferTag, InstallOutcome, Lfc, RelTag, PAGE_SIZE};
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -577,8 +577,8 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page::synthetic_page;
-    use crate::server::source::Synthetic;
+    use crate::pageserver::source::Synthetic;
+    use crate::protocol::page::synthetic_page;
 
     const MS: u64 = 1_000_000;
     /// Virtual start: request marks in the LFC treat a zero time as empty.

@@ -1,7 +1,7 @@
 //! Where the page server's base page images come from: a synthetic generator or a real
 //! PostgreSQL data directory (read-only).
 
-use crate::page::{fill_synthetic_page, Page};
+use crate::protocol::page::{fill_synthetic_page, Page};
 use lfc::{BufferTag, RelTag, PAGE_SIZE};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -351,7 +351,7 @@ impl PageSource for PgData {
         format!(
             "pgdata: {} (checkpoint {})",
             self.root.display(),
-            crate::page::format_lsn(self.checkpoint_lsn)
+            crate::protocol::page::format_lsn(self.checkpoint_lsn)
         )
     }
 }
