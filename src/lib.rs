@@ -1,13 +1,20 @@
-//! udp-prefetch: the root crate — TCP page protocol, reference page server, backend client,
-//! tools and benchmarks. See `ARCHITECTURE.md` at the repository root for the architecture.
+//! udp-prefetch: the root crate — the pagestream protocol, the reference page server, the
+//! compute side (backend read path, prewarm, scan), and the CLI's commands and benchmarks. See
+//! `ARCHITECTURE.md` at the repository root for the architecture.
 //!
-//! Owns no code: only the module tree and the re-export of `workers::sched`. It also exports
-//! `cmd` and `bench` (ARCHITECTURE §10), which none of the cores (`pageserver`, `compute`,
-//! `protocol`) imports.
+//! Dependency rule: `protocol` depends on nothing here; `pageserver` and `compute` depend on
+//! `protocol` (and `lfc`, `workers`), never on each other, not even in tests; `bench` may use
+//! everything, `cmd` everything but `bench`; nothing below them uses `bench` or `cmd`.
+//!
+//! Owns no code: only the module tree.
 
-pub mod bench;
-pub mod cmd;
 pub mod compute;
 pub mod pageserver;
 pub mod protocol;
-pub use workers::sched;
+
+// The CLI's internals, not the library's API: `main.rs` is their user (the integration tests
+// run the binary). They stay in the library so that `main.rs` can reach them.
+#[doc(hidden)]
+pub mod bench;
+#[doc(hidden)]
+pub mod cmd;

@@ -54,10 +54,10 @@ use udp_prefetch::compute::prewarm::{
 use udp_prefetch::pageserver::prefetch::{
     seal_page_job, Destination, DropFilter, Next, PageJob, PrefetchScheduler, SkipReason,
 };
-use udp_prefetch::pageserver::source::{PageSource, SourceSpec, Synthetic, SYNTHETIC_BASE_LSN};
+use udp_prefetch::pageserver::source::{PageSource, SourceSpec, Synthetic};
 use udp_prefetch::pageserver::store::PageStore;
 use udp_prefetch::protocol::page::{
-    is_synthetic_page, page_lsn, synthetic_page, verify_page, Page,
+    is_synthetic_page, page_lsn, synthetic_page, verify_page, Page, SYNTHETIC_BASE_LSN,
 };
 use udp_prefetch::protocol::pagestream::{Header, LATEST_LSN};
 use workers::datagram::{

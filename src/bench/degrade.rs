@@ -8,8 +8,8 @@
 //! backend does, and runs on its own thread while this one injects the fault; the daemon is a
 //! child process, so killing it never touches the bench.
 
-use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::{round1, round3, synthetic_server, BenchRecord};
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use crate::compute::backend::read_path::ReadPathConfig;
 use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
 use crate::pageserver::source::Synthetic;

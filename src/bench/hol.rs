@@ -16,12 +16,13 @@
 //! per foreground read, which would let the pipeline drain while the reader waits. All three
 //! readers (one connection each) exist for the whole run and take turns in rounds.
 
-use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::plot::LatencySeries;
 use super::{round1, BenchRecord};
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
+use crate::compute::backend::pipeline::PIPELINED_FLUSH_EVERY;
 use crate::compute::backend::read_path::{ReadPathConfig, ScanWindow};
 use crate::compute::backend::Backend;
-use crate::compute::scan::{percentile, PIPELINED_FLUSH_EVERY};
+use crate::compute::scan::percentile;
 use crate::pageserver::source::{SourceSpec, Synthetic};
 use crate::pageserver::ServerConfig;
 use crate::protocol::client::{ConnectOptions, PageClient};

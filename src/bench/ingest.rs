@@ -2,8 +2,8 @@
 //! epoll with 1 and 2 threads, against a raw receive ceiling measured in the same run with the
 //! same sender; the sender with and without UDP GSO.
 
-use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::BenchRecord;
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use lfc::Lfc;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::net::{SocketAddr, UdpSocket};

@@ -9,8 +9,8 @@
 //! figures leave process start-up out; each backend scans `--total-pages / backends` pages, so
 //! a case takes about as long whatever the backend count.
 
-use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::{round1, round3, BenchRecord};
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use crate::compute::scan::{ScanMode, ScanReport};
 use crate::pageserver::source::{SourceSpec, Synthetic};
 use crate::pageserver::{PageServer, ServerConfig};
@@ -294,7 +294,7 @@ fn run_mode(
         let mut line = String::new();
         p.stdout.read_line(&mut line)?;
         anyhow::ensure!(
-            line.trim() == crate::cmd::scan::READY_LINE,
+            line.trim() == crate::compute::scan::READY_LINE,
             "a backend did not start: {line:?}"
         );
     }

@@ -1,8 +1,8 @@
 //! Benchmarks: every figure is measured in the same run as its baseline and reported as a ratio.
 //!
 //! Owns: the record format (`BenchRecord`, one JSON line per case), its printing and where a
-//! bench's page server starts (`start_server`). Benches may use every module; only `main.rs`
-//! and `cmd::demo` (for `daemon_proc`, ARCHITECTURE §10) import `bench`.
+//! bench's page server starts (`start_server`). Benches may use every module, `cmd` included
+//! (for `cmd::daemon_proc`); only `main.rs` imports `bench`.
 
 use serde::Serialize;
 
@@ -139,7 +139,7 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
         "machine: {}, {}; {}",
         topology::describe(),
         cpu_description(),
-        daemon_proc::scratch_base_description()
+        crate::cmd::daemon_proc::scratch_base_description()
     );
     println!(
         "{:<10} {:<22} {:>14} {:<8} {:>9}  params",
@@ -163,7 +163,6 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
     }
 }
 pub mod all;
-pub mod daemon_proc;
 pub mod datagram;
 pub mod degrade;
 pub mod getpage;

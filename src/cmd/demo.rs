@@ -2,8 +2,8 @@
 //! daemon (a separate process) over a temporary LFC, scans a synthetic relation in the three
 //! prefetch designs, then again with 5 % of prefetch datagrams dropped, and prints one table.
 
+use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::Outcome;
-use crate::bench::daemon_proc::{DaemonProc, ScratchDir};
 use crate::compute::backend::read_path::ReadPathConfig;
 use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
 use crate::pageserver::source::{SourceSpec, Synthetic};

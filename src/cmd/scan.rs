@@ -2,7 +2,7 @@
 
 use super::{BadInput, Outcome};
 use crate::compute::backend::read_path::ReadPathConfig;
-use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport, READY_LINE};
 use crate::protocol::client::ConnectOptions;
 use lfc::{Lfc, RelTag};
 use std::ops::Range;
@@ -56,9 +56,6 @@ pub struct ScanArgs {
     #[arg(long, hide = true)]
     pub map_lfc: bool,
 }
-
-/// The first line a `--start-gate` scan prints, once it is ready to start.
-pub const READY_LINE: &str = "udp-prefetch scan ready";
 
 fn parse_blocks(s: &str) -> Result<Range<u32>, String> {
     let bad = || format!("invalid block range {s:?}: expected A..B with A < B");
