@@ -2,16 +2,16 @@
 //! the real sans-IO cores.
 //!
 //! Each node is a virtual-time copy of a real I/O shell, step for step:
-//! - page-server shard = `server::udp_sender::send_loop` + the Prefetch/GetPage/PutPage arms of
-//!   `server::conn::handle`, over a real `PageStore`, `PrefetchScheduler`, `DropFilter` and
+//! - page-server shard = `pageserver::udp_sender::send_loop` + the Prefetch/GetPage/PutPage arms
+//!   of `pageserver::conn::handle`, over a real `PageStore`, `PrefetchScheduler`, `DropFilter` and
 //!   `seal_page_job`;
 //! - worker = `workers::daemon::worker_loop` (slots reserved in advance, scatter receive,
 //!   `Ingest::complete`) or the copy path `Ingest::offer`, over the real `Lfc`;
-//! - backend = the real sans-IO `backend::driver::Driver` (read path, UDP health, GetPage
-//!   pipeline), with the scan window of `scan::run_scan`; this file only carries its messages
-//!   (`poll_transmit`, responses) and turns its `Poll::Wait` into a virtual-time wait that
-//!   re-checks when a page lands or the deadline passes. No copy of its logic lives here.
-//! - prewarm = the real sans-IO `prewarm::driver::Driver` (arrival probing, retries, the
+//! - backend = the real sans-IO `compute::backend::driver::Driver` (read path, UDP health,
+//!   GetPage pipeline), with the scan window of `compute::scan::run_scan`; this file only carries
+//!   its messages (`poll_transmit`, responses) and turns its `Poll::Wait` into a virtual-time wait
+//!   that re-checks when a page lands or the deadline passes. No copy of its logic lives here.
+//! - prewarm = the real sans-IO `compute::prewarm::driver::Driver` (arrival probing, retries, the
 //!   fail-over to TCP, cache-full, pacing, repair rounds), on a state that went through the real
 //!   state-file encoding and `plan`; this file only carries its Prefetch and GetPage messages and
 //!   replies and turns its `Poll::Wait` into a virtual-time event. No copy of its logic lives

@@ -4,7 +4,7 @@
 //!
 //! Owns: one `TcpStream` (buffered writer, framed reader) and the request ids awaiting a
 //! response. Touches no LFC (it takes only the tag types from `lfc`) and no UDP, and imports no
-//! server or backend code.
+//! `pageserver` or `compute` code.
 
 use crate::protocol::framed::{FramedError, FramedReader};
 use crate::protocol::page::Page;

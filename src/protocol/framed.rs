@@ -2,7 +2,7 @@
 //!
 //! Owns: the read buffer and the bounds of its unconsumed input. Parses nothing itself (the
 //! decoder is passed in), writes nothing, opens no socket, and imports only
-//! `pgwire::ProtocolError`: no server or backend code.
+//! `pgwire::ProtocolError`: no `pageserver` or `compute` code.
 
 use crate::protocol::pgwire::ProtocolError;
 use std::io::{self, Read};
