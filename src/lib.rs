@@ -1,19 +1,20 @@
-//! udp-prefetch: the root crate — TCP page protocol, reference page server, backend client,
-//! tools and benchmarks. See `ARCHITECTURE.md` at the repository root for the architecture.
+//! udp-prefetch: the root crate — the pagestream protocol, the reference page server, the
+//! compute side (backend read path, prewarm, scan), and the CLI's commands and benchmarks. See
+//! `ARCHITECTURE.md` at the repository root for the architecture.
 //!
-//! Owns no code: only the module tree and the re-export of `workers::sched`. It also exports
-//! `cmd` and `bench` (the root crate is flat, ARCHITECTURE §10), which none of the cores
-//! (`server`, `backend`, `prewarm`, `scan`, the protocol modules) imports.
+//! Dependency rule: `protocol` depends on nothing here; `pageserver` and `compute` depend on
+//! `protocol` (and `lfc`, `workers`), never on each other, not even in tests; `bench` may use
+//! everything, `cmd` everything but `bench`; nothing below them uses `bench` or `cmd`.
+//!
+//! Owns no code: only the module tree.
 
-pub mod backend;
+pub mod compute;
+pub mod pageserver;
+pub mod protocol;
+
+// The CLI's internals, not the library's API: `main.rs` is their user (the integration tests
+// run the binary). They stay in the library so that `main.rs` can reach them.
+#[doc(hidden)]
 pub mod bench;
-pub mod client;
+#[doc(hidden)]
 pub mod cmd;
-pub mod framed;
-pub mod page;
-pub mod pagestream;
-pub mod pgwire;
-pub mod prewarm;
-pub mod scan;
-pub use workers::sched;
-pub mod server;

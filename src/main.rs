@@ -96,7 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Lfc(args) => cmd::lfc_stat::run(args),
         Command::Bench(args) => {
             if let Some(dir) = &args.lfc_dir {
-                bench::daemon_proc::set_scratch_base(dir.clone())?;
+                cmd::daemon_proc::set_scratch_base(dir.clone())?;
             }
             bench::topology::enter(args.topology)?;
             let mut latencies = Vec::new();

@@ -6,11 +6,13 @@ use common::{have_command, required, ServerProc};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
-use udp_prefetch::client::{ClientError, ConnectOptions, PageClient};
-use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page, verify_page, PageCheck};
-use udp_prefetch::pagestream::LATEST_LSN;
-use udp_prefetch::pgwire::{BackendDecoder, BackendMessage, FrontendMessage};
-use udp_prefetch::server::source::Synthetic;
+use udp_prefetch::pageserver::source::Synthetic;
+use udp_prefetch::protocol::client::{ClientError, ConnectOptions, PageClient};
+use udp_prefetch::protocol::page::{
+    is_synthetic_page, page_lsn, synthetic_page, verify_page, PageCheck,
+};
+use udp_prefetch::protocol::pagestream::LATEST_LSN;
+use udp_prefetch::protocol::pgwire::{BackendDecoder, BackendMessage, FrontendMessage};
 
 fn connect(server: &ServerProc) -> PageClient {
     PageClient::connect(&ConnectOptions::new(server.addr.clone())).expect("connect")

@@ -7,9 +7,9 @@ mod common;
 use common::{have_command, required, ServerProc};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use udp_prefetch::client::{ConnectOptions, PageClient};
-use udp_prefetch::page::{page_lsn, verify_page, PageCheck};
-use udp_prefetch::pagestream::LATEST_LSN;
+use udp_prefetch::protocol::client::{ConnectOptions, PageClient};
+use udp_prefetch::protocol::page::{page_lsn, verify_page, PageCheck};
+use udp_prefetch::protocol::pagestream::LATEST_LSN;
 
 /// Runs a PostgreSQL tool as the `postgres` user when we are root (PostgreSQL refuses root).
 fn pg(tool: &str, args: &[&str]) -> std::process::Output {

@@ -6,12 +6,12 @@ use common::{scan_command, ServerProc, WorkersProc, BIN};
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
-use udp_prefetch::backend::read_path::ReadPathConfig;
-use udp_prefetch::backend::Backend;
-use udp_prefetch::client::{ConnectOptions, PageClient};
-use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page};
-use udp_prefetch::pagestream::LATEST_LSN;
-use udp_prefetch::server::source::Synthetic;
+use udp_prefetch::compute::backend::read_path::ReadPathConfig;
+use udp_prefetch::compute::backend::Backend;
+use udp_prefetch::pageserver::source::Synthetic;
+use udp_prefetch::protocol::client::{ConnectOptions, PageClient};
+use udp_prefetch::protocol::page::{is_synthetic_page, page_lsn, synthetic_page};
+use udp_prefetch::protocol::pagestream::LATEST_LSN;
 use workers::datagram::{DatagramHeader, DatagramKey, Protection, DATAGRAM_LEN};
 
 fn scan(server: &ServerProc, lfc: &std::path::Path, mode: &str, port: u16) -> serde_json::Value {

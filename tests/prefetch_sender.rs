@@ -7,10 +7,10 @@ use common::ServerProc;
 use std::collections::BTreeSet;
 use std::net::UdpSocket;
 use std::time::Duration;
-use udp_prefetch::client::{ConnectOptions, PageClient};
-use udp_prefetch::page::{is_synthetic_page, page_lsn};
-use udp_prefetch::pagestream::{PrefetchTarget, LATEST_LSN};
-use udp_prefetch::server::source::Synthetic;
+use udp_prefetch::pageserver::source::Synthetic;
+use udp_prefetch::protocol::client::{ConnectOptions, PageClient};
+use udp_prefetch::protocol::page::{is_synthetic_page, page_lsn};
+use udp_prefetch::protocol::pagestream::{PrefetchTarget, LATEST_LSN};
 use workers::datagram::{DatagramKey, DropReason, DATAGRAM_LEN};
 
 const KEY: [u8; 32] = [9; 32];

@@ -5,9 +5,9 @@ mod common;
 use common::{ServerProc, WorkersProc, BIN};
 use std::path::Path;
 use std::process::Command;
-use udp_prefetch::client::{ConnectOptions, PageClient};
-use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page};
-use udp_prefetch::server::source::Synthetic;
+use udp_prefetch::pageserver::source::Synthetic;
+use udp_prefetch::protocol::client::{ConnectOptions, PageClient};
+use udp_prefetch::protocol::page::{is_synthetic_page, page_lsn, synthetic_page};
 
 const PAGES: u32 = 2000;
 
@@ -193,11 +193,13 @@ fn bad_state_files_and_unreachable_servers_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let lfc = dir.path().join("lfc");
     lfc::Lfc::create(&lfc, 256).unwrap();
-    let good = udp_prefetch::prewarm::state::encode(&[udp_prefetch::prewarm::state::PageRange {
-        rel: Synthetic::rel(0),
-        first: 0,
-        len: 10,
-    }]);
+    let good = udp_prefetch::compute::prewarm::state::encode(&[
+        udp_prefetch::compute::prewarm::state::PageRange {
+            rel: Synthetic::rel(0),
+            first: 0,
+            len: 10,
+        },
+    ]);
     let mut wrong_version = good.clone();
     wrong_version[8] = 9;
     let mut flipped = good.clone();

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use udp_prefetch::pagestream::{Request, Response};
+use udp_prefetch::protocol::pagestream::{Request, Response};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = Request::decode(data) {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use udp_prefetch::pgwire::{BackendDecoder, FrontendDecoder};
+use udp_prefetch::protocol::pgwire::{BackendDecoder, FrontendDecoder};
 
 fuzz_target!(|data: &[u8]| {
     let mut front = FrontendDecoder::new();

@@ -8,8 +8,8 @@
 use crate::rng::Rng;
 use serde::Serialize;
 use std::str::FromStr;
-use udp_prefetch::backend::read_path::ReadPathConfig;
-use udp_prefetch::server::prefetch::SchedulerLimits;
+use udp_prefetch::compute::backend::read_path::ReadPathConfig;
+use udp_prefetch::pageserver::prefetch::SchedulerLimits;
 use workers::datagram::DATAGRAM_LEN;
 
 /// A named set of fault ranges (`--faults`).

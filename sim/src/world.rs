@@ -2,18 +2,18 @@
 //! the real sans-IO cores.
 //!
 //! Each node is a virtual-time copy of a real I/O shell, step for step:
-//! - page-server shard = `server::udp_sender::send_loop` + the Prefetch/GetPage/PutPage arms of
-//!   `server::conn::handle`, over a real `PageStore`, `PrefetchScheduler`, `DropFilter` and
+//! - page-server shard = `pageserver::udp_sender::send_loop` + the Prefetch/GetPage/PutPage arms
+//!   of `pageserver::conn::handle`, over a real `PageStore`, `PrefetchScheduler`, `DropFilter` and
 //!   `seal_page_job`;
 //! - worker = the daemon's own slot bookkeeping, `workers::pump::SlotBook` (frames posted as
 //!   receive slots, `Ingest::complete`, turned-away frames posted again), behind a simulated
 //!   socket that scatters each datagram into the oldest posted slot as `recvmmsg` does; or
 //!   the copy path `Ingest::offer`; over the real `Lfc`;
-//! - backend = the real sans-IO `backend::driver::Driver` (read path, UDP health, GetPage
-//!   pipeline), with the scan window of `scan::run_scan`; this file only carries its messages
-//!   (`poll_transmit`, responses) and turns its `Poll::Wait` into a virtual-time wait that
-//!   re-checks when a page lands or the deadline passes. No copy of its logic lives here.
-//! - prewarm = the real sans-IO `prewarm::driver::Driver` (arrival probing, retries, the
+//! - backend = the real sans-IO `compute::backend::driver::Driver` (read path, UDP health,
+//!   GetPage pipeline), with the scan window of `compute::scan::run_scan`; this file only carries
+//!   its messages (`poll_transmit`, responses) and turns its `Poll::Wait` into a virtual-time wait
+//!   that re-checks when a page lands or the deadline passes. No copy of its logic lives here.
+//! - prewarm = the real sans-IO `compute::prewarm::driver::Driver` (arrival probing, retries, the
 //!   fail-over to TCP, cache-full, pacing, repair rounds), on a state that went through the real
 //!   state-file encoding and `plan`; this file only carries its Prefetch and GetPage messages and
 //!   replies and turns its `Poll::Wait` into a virtual-time event. No copy of its logic lives
@@ -40,14 +40,12 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use udp_prefetch::backend::driver::{
+use udp_prefetch::compute::backend::driver::{
     Driver, Poll, ReadSource, Response as DriverResponse, Transmit,
 };
-use udp_prefetch::backend::read_path::{PrefetchRun, ScanWindow};
-use udp_prefetch::backend::store_own_write;
-use udp_prefetch::page::{is_synthetic_page, page_lsn, synthetic_page, verify_page, Page};
-use udp_prefetch::pagestream::{Header, LATEST_LSN};
-use udp_prefetch::prewarm::{
+use udp_prefetch::compute::backend::read_path::{PrefetchRun, ScanWindow};
+use udp_prefetch::compute::backend::store_own_write;
+use udp_prefetch::compute::prewarm::{
     self,
     driver::{
         Driver as PrewarmDriver, DriverConfig, Poll as PrewarmPoll, Response as PrewarmResponse,
@@ -55,11 +53,15 @@ use udp_prefetch::prewarm::{
     },
     schedule::ScheduleConfig,
 };
-use udp_prefetch::server::prefetch::{
+use udp_prefetch::pageserver::prefetch::{
     seal_page_job, Destination, DropFilter, Next, PageJob, PrefetchScheduler, SkipReason,
 };
-use udp_prefetch::server::source::{PageSource, SourceSpec, Synthetic, SYNTHETIC_BASE_LSN};
-use udp_prefetch::server::store::PageStore;
+use udp_prefetch::pageserver::source::{PageSource, SourceSpec, Synthetic};
+use udp_prefetch::pageserver::store::PageStore;
+use udp_prefetch::protocol::page::{
+    is_synthetic_page, page_lsn, synthetic_page, verify_page, Page, SYNTHETIC_BASE_LSN,
+};
+use udp_prefetch::protocol::pagestream::{Header, LATEST_LSN};
 use workers::datagram::{DatagramHeader, DatagramKey, DropReason, DATAGRAM_LEN, HEADER_LEN};
 use workers::ingest::{Ingest, Verdict};
 use workers::metrics::ThreadMetrics;

@@ -18,7 +18,8 @@ pub struct DatagramBenchArgs {
 pub fn run(args: &DatagramBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     anyhow::ensure!(args.pages > 0, "--pages must be positive");
     let n = args.pages;
-    let page = crate::page::synthetic_page(lfc::RelTag::new(1663, 5, 16384, 0).block(1), 16);
+    let page =
+        crate::protocol::page::synthetic_page(lfc::RelTag::new(1663, 5, 16384, 0).block(1), 16);
     let rate = |f: &mut dyn FnMut(u32)| {
         let t = Instant::now();
         for i in 0..n {

@@ -8,13 +8,13 @@
 //! backend does, and runs on its own thread while this one injects the fault; the daemon is a
 //! child process, so killing it never touches the bench.
 
-use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::{round1, round3, synthetic_server, BenchRecord};
-use crate::backend::read_path::ReadPathConfig;
-use crate::client::ConnectOptions;
-use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
-use crate::server::source::Synthetic;
-use crate::server::PageServer;
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
+use crate::compute::backend::read_path::ReadPathConfig;
+use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::pageserver::source::Synthetic;
+use crate::pageserver::PageServer;
+use crate::protocol::client::ConnectOptions;
 use lfc::Lfc;
 use std::time::{Duration, Instant};
 

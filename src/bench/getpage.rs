@@ -2,11 +2,11 @@
 //! throughput over loopback, against an embedded page server.
 
 use super::BenchRecord;
-use crate::client::{ConnectOptions, PageClient};
-use crate::pagestream::LATEST_LSN;
-use crate::scan::percentile;
-use crate::server::source::{SourceSpec, Synthetic};
-use crate::server::ServerConfig;
+use crate::compute::scan::percentile;
+use crate::pageserver::source::{SourceSpec, Synthetic};
+use crate::pageserver::ServerConfig;
+use crate::protocol::client::{ConnectOptions, PageClient};
+use crate::protocol::pagestream::LATEST_LSN;
 use std::time::Instant;
 
 #[derive(Debug, Clone, clap::Args)]

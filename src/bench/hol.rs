@@ -16,17 +16,18 @@
 //! per foreground read, which would let the pipeline drain while the reader waits. All three
 //! readers (one connection each) exist for the whole run and take turns in rounds.
 
-use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::plot::LatencySeries;
 use super::{round1, BenchRecord};
-use crate::backend::read_path::{ReadPathConfig, ScanWindow};
-use crate::backend::Backend;
-use crate::client::{ConnectOptions, PageClient};
-use crate::page::{verify_page, Page};
-use crate::pagestream::{Request, Response, LATEST_LSN};
-use crate::scan::{percentile, PIPELINED_FLUSH_EVERY};
-use crate::server::source::{SourceSpec, Synthetic};
-use crate::server::ServerConfig;
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
+use crate::compute::backend::pipeline::PIPELINED_FLUSH_EVERY;
+use crate::compute::backend::read_path::{ReadPathConfig, ScanWindow};
+use crate::compute::backend::Backend;
+use crate::compute::scan::percentile;
+use crate::pageserver::source::{SourceSpec, Synthetic};
+use crate::pageserver::ServerConfig;
+use crate::protocol::client::{ConnectOptions, PageClient};
+use crate::protocol::page::{verify_page, Page};
+use crate::protocol::pagestream::{Request, Response, LATEST_LSN};
 use lfc::{Lfc, RelTag, PAGE_SIZE};
 use std::time::{Duration, Instant};
 
@@ -121,7 +122,7 @@ pub fn run_with_latencies(
         "--samples must be 1..={MAX_SAMPLES}"
     );
     // The client's own bound on requests in flight bounds the pipeline depth.
-    let max_distance = crate::client::MAX_IN_FLIGHT as u32 - 1;
+    let max_distance = crate::protocol::client::MAX_IN_FLIGHT as u32 - 1;
     anyhow::ensure!(
         (1..=max_distance).contains(&args.distance),
         "--distance must be 1..={max_distance}"

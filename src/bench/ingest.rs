@@ -2,8 +2,8 @@
 //! epoll with 1 and 2 threads, against a raw receive ceiling measured in the same run with the
 //! same sender; the sender with and without UDP GSO.
 
-use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::BenchRecord;
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use lfc::Lfc;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::net::{SocketAddr, UdpSocket};
@@ -60,7 +60,7 @@ fn sealed(key: &DatagramKey, n: u32) -> anyhow::Result<Arc<Vec<[u8; DATAGRAM_LEN
     let mut page = [0u8; 8192];
     let v = (0..n)
         .map(|b| {
-            crate::page::fill_synthetic_page(&mut page, rel.block(b), 16);
+            crate::protocol::page::fill_synthetic_page(&mut page, rel.block(b), 16);
             let hdr = DatagramHeader {
                 key_id: key.id,
                 tag: rel.block(b),

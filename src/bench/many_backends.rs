@@ -9,11 +9,11 @@
 //! figures leave process start-up out; each backend scans `--total-pages / backends` pages, so
 //! a case takes about as long whatever the backend count.
 
-use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::{round1, round3, BenchRecord};
-use crate::scan::{ScanMode, ScanReport};
-use crate::server::source::{SourceSpec, Synthetic};
-use crate::server::{PageServer, ServerConfig};
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
+use crate::compute::scan::{ScanMode, ScanReport};
+use crate::pageserver::source::{SourceSpec, Synthetic};
+use crate::pageserver::{PageServer, ServerConfig};
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -42,7 +42,7 @@ pub struct ManyBackendsBenchArgs {
     #[arg(long, default_value_t = workers::daemon::default_threads())]
     pub daemon_threads: usize,
     /// The page server's UDP prefetch sender threads (the server's default).
-    #[arg(long, default_value_t = crate::server::default_prefetch_senders())]
+    #[arg(long, default_value_t = crate::pageserver::default_prefetch_senders())]
     pub prefetch_senders: usize,
     /// Nice value for every worker daemon thread (0 = as started, the default deployment;
     /// negative needs root or CAP_SYS_NICE).
@@ -294,7 +294,7 @@ fn run_mode(
         let mut line = String::new();
         p.stdout.read_line(&mut line)?;
         anyhow::ensure!(
-            line.trim() == crate::cmd::scan::READY_LINE,
+            line.trim() == crate::compute::scan::READY_LINE,
             "a backend did not start: {line:?}"
         );
     }

@@ -1,8 +1,8 @@
 //! Benchmarks: every figure is measured in the same run as its baseline and reported as a ratio.
 //!
 //! Owns: the record format (`BenchRecord`, one JSON line per case), its printing and where a
-//! bench's page server starts (`start_server`). Benches may use every module; only `main.rs`
-//! and `cmd::demo` (for `daemon_proc`, ARCHITECTURE §10) import `bench`.
+//! bench's page server starts (`start_server`). Benches may use every module, `cmd` included
+//! (for `cmd::daemon_proc`); only `main.rs` imports `bench`.
 
 use serde::Serialize;
 
@@ -71,8 +71,8 @@ pub(crate) fn synthetic_server(
     rels: u32,
     delay_us: u64,
     drop_prefetch: f64,
-) -> anyhow::Result<crate::server::PageServer> {
-    use crate::server::{source::SourceSpec, ServerConfig};
+) -> anyhow::Result<crate::pageserver::PageServer> {
+    use crate::pageserver::{source::SourceSpec, ServerConfig};
     start_server(ServerConfig {
         listen: "127.0.0.1:0".parse()?,
         source: SourceSpec::Synthetic { rels, pages },
@@ -85,10 +85,10 @@ pub(crate) fn synthetic_server(
 /// Starts a bench's in-process page server where the run's topology puts the page server
 /// (`topology::on_server`): every bench starts its servers here.
 pub(crate) fn start_server(
-    config: crate::server::ServerConfig,
-) -> anyhow::Result<crate::server::PageServer> {
+    config: crate::pageserver::ServerConfig,
+) -> anyhow::Result<crate::pageserver::PageServer> {
     Ok(topology::on_server(|| {
-        crate::server::PageServer::start(config)
+        crate::pageserver::PageServer::start(config)
     })??)
 }
 
@@ -139,7 +139,7 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
         "machine: {}, {}; {}",
         topology::describe(),
         cpu_description(),
-        daemon_proc::scratch_base_description()
+        crate::cmd::daemon_proc::scratch_base_description()
     );
     println!(
         "{:<10} {:<22} {:>14} {:<8} {:>9}  params",
@@ -163,7 +163,6 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
     }
 }
 pub mod all;
-pub mod daemon_proc;
 pub mod datagram;
 pub mod degrade;
 pub mod getpage;

@@ -275,7 +275,7 @@ where
     for s in series {
         let c = colour(&s.case);
         let points = cdf_points(&s.sorted_us);
-        let p99 = crate::scan::percentile(&s.sorted_us, 0.99);
+        let p99 = crate::compute::scan::percentile(&s.sorted_us, 0.99);
         cdf.draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))?
             .label(format!("{} (p99 {p99:.0} µs)", s.case))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));

@@ -2,12 +2,12 @@
 //! against a TCP-only prewarm (pipelined GetPages), and the daemon's ingest ceiling, all in
 //! one run.
 
-use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::{round1, synthetic_server, BenchRecord};
-use crate::client::ConnectOptions;
-use crate::prewarm::schedule::ScheduleConfig;
-use crate::prewarm::{run_prewarm, PrewarmConfig, PrewarmReport};
-use crate::server::source::Synthetic;
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
+use crate::compute::prewarm::schedule::ScheduleConfig;
+use crate::compute::prewarm::{run_prewarm, PrewarmConfig, PrewarmReport};
+use crate::pageserver::source::Synthetic;
+use crate::protocol::client::ConnectOptions;
 use lfc::Lfc;
 
 #[derive(Debug, Clone, clap::Args)]

@@ -7,13 +7,13 @@
 //! every page once into the reader's buffer: tcp-pipelined out of the receive buffer, udp out
 //! of the LFC.
 
-use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::{round1, synthetic_server, BenchRecord};
-use crate::backend::read_path::ReadPathConfig;
-use crate::client::ConnectOptions;
-use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
-use crate::server::source::Synthetic;
-use crate::server::PageServer;
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
+use crate::compute::backend::read_path::ReadPathConfig;
+use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::pageserver::source::Synthetic;
+use crate::pageserver::PageServer;
+use crate::protocol::client::ConnectOptions;
 use lfc::Lfc;
 
 #[derive(Debug, Clone, clap::Args)]

@@ -2,13 +2,13 @@
 //! daemon (a separate process) over a temporary LFC, scans a synthetic relation in the three
 //! prefetch designs, then again with 5 % of prefetch datagrams dropped, and prints one table.
 
+use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::Outcome;
-use crate::backend::read_path::ReadPathConfig;
-use crate::bench::daemon_proc::{DaemonProc, ScratchDir};
-use crate::client::ConnectOptions;
-use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
-use crate::server::source::{SourceSpec, Synthetic};
-use crate::server::{PageServer, ServerConfig};
+use crate::compute::backend::read_path::ReadPathConfig;
+use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::pageserver::source::{SourceSpec, Synthetic};
+use crate::pageserver::{PageServer, ServerConfig};
+use crate::protocol::client::ConnectOptions;
 use lfc::Lfc;
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -1,8 +1,8 @@
 //! `udp-prefetch getpage`: fetch one page over TCP and verify it.
 
 use super::{BadInput, Outcome};
-use crate::client::{ConnectOptions, PageClient};
-use crate::page::{format_lsn, page_lsn, parse_lsn, verify_page, PageCheck};
+use crate::protocol::client::{ConnectOptions, PageClient};
+use crate::protocol::page::{format_lsn, page_lsn, parse_lsn, verify_page, PageCheck};
 use lfc::RelTag;
 use std::path::PathBuf;
 
@@ -48,7 +48,7 @@ pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
     let page = client
         .get_page(tag, args.lsn, args.not_modified_since)
         .map_err(|e| match e {
-            crate::client::ClientError::Request(m) => anyhow::Error::new(BadInput(m)),
+            crate::protocol::client::ClientError::Request(m) => anyhow::Error::new(BadInput(m)),
             other => anyhow::Error::new(other),
         })?;
     if let Some(path) = &args.out {

@@ -1,9 +1,10 @@
 //! Subcommands of the `udp-prefetch` binary; each module holds its flags and its `run`.
 //!
-//! Owns: the exit-status convention (`EXIT_*`, `BadInput`, `Outcome`, `exit_status_for`).
-//! Commands may use every module; outside `cmd` only `main.rs` and `bench::many_backends` (for
-//! `cmd::scan::READY_LINE`, ARCHITECTURE §10) import it.
+//! Owns: the exit-status convention (`EXIT_*`, `BadInput`, `Outcome`, `exit_status_for`) and
+//! `daemon_proc` (the worker daemon as a child process, shared with the benchmarks). Commands
+//! may use every module except `bench`; outside `cmd` only `main.rs` and `bench` import it.
 
+pub mod daemon_proc;
 pub mod demo;
 pub mod getpage;
 pub mod lfc_stat;

@@ -1,8 +1,8 @@
 //! `udp-prefetch pageserver`: the reference page server.
 
 use super::{BadInput, Outcome};
-use crate::server::source::SourceSpec;
-use crate::server::{PageServer, ServerConfig, ServerError};
+use crate::pageserver::source::SourceSpec;
+use crate::pageserver::{PageServer, ServerConfig, ServerError};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,7 +36,7 @@ pub struct PageServerArgs {
     #[arg(long, default_value_t = 0)]
     pub prefetch_rate: u64,
     /// Threads sending UDP prefetch datagrams (default: one per two CPUs, at least one).
-    #[arg(long, default_value_t = crate::server::default_prefetch_senders())]
+    #[arg(long, default_value_t = crate::pageserver::default_prefetch_senders())]
     pub prefetch_senders: usize,
     /// Prefetch pages queued across all destinations; beyond it Prefetch requests are dropped
     /// (counted), never GetPages.
@@ -73,7 +73,7 @@ pub struct PageServerArgs {
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {
     s.parse()
-        .map_err(|e: crate::server::source::SourceError| e.to_string())
+        .map_err(|e: crate::pageserver::source::SourceError| e.to_string())
 }
 
 pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {

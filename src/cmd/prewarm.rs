@@ -1,11 +1,11 @@
 //! `udp-prefetch prewarm save|run`: save the LFC's cached pages, refill a cold LFC.
 
 use super::{BadInput, Outcome};
-use crate::client::ConnectOptions;
-use crate::pagestream::LATEST_LSN;
-use crate::prewarm::schedule::ScheduleConfig;
-use crate::prewarm::state::{decode, encode, ranges_from_hottest, PageRange};
-use crate::prewarm::{plan, run_prewarm, PrewarmConfig, PrewarmReport};
+use crate::compute::prewarm::schedule::ScheduleConfig;
+use crate::compute::prewarm::state::{decode, encode, ranges_from_hottest, PageRange};
+use crate::compute::prewarm::{plan, run_prewarm, PrewarmConfig, PrewarmReport};
+use crate::protocol::client::ConnectOptions;
+use crate::protocol::pagestream::LATEST_LSN;
 use lfc::{Lfc, RelTag};
 use std::io::Write;
 use std::path::PathBuf;
@@ -123,7 +123,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<Outcome> {
             decode(&bytes).map_err(|e| BadInput(format!("{}: {e}", path.display())))?
         }
         (None, Some(rel)) => {
-            let mut client = crate::client::PageClient::connect(&connect)?;
+            let mut client = crate::protocol::client::PageClient::connect(&connect)?;
             let n = client.nblocks(rel, LATEST_LSN)?;
             if n == 0 {
                 Vec::new()

@@ -1,9 +1,9 @@
 //! `udp-prefetch scan`: a verified sequential scan in one prefetch design.
 
 use super::{BadInput, Outcome};
-use crate::backend::read_path::ReadPathConfig;
-use crate::client::ConnectOptions;
-use crate::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::compute::backend::read_path::ReadPathConfig;
+use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport, READY_LINE};
+use crate::protocol::client::ConnectOptions;
 use lfc::{Lfc, RelTag};
 use std::ops::Range;
 use std::path::PathBuf;
@@ -57,9 +57,6 @@ pub struct ScanArgs {
     pub map_lfc: bool,
 }
 
-/// The first line a `--start-gate` scan prints, once it is ready to start.
-pub const READY_LINE: &str = "udp-prefetch scan ready";
-
 fn parse_blocks(s: &str) -> Result<Range<u32>, String> {
     let bad = || format!("invalid block range {s:?}: expected A..B with A < B");
     let (a, b) = s.split_once("..").ok_or_else(bad)?;
@@ -86,8 +83,8 @@ pub fn print_report(r: &ScanReport) {
         );
         for c in &r.udp_state_log {
             let to = match c.to {
-                crate::backend::PrefetchPath::Udp => "UDP prefetch",
-                crate::backend::PrefetchPath::TcpPipelined => "TCP pipelining",
+                crate::compute::backend::PrefetchPath::Udp => "UDP prefetch",
+                crate::compute::backend::PrefetchPath::TcpPipelined => "TCP pipelining",
             };
             println!("    at {:.1} ms: {to}: {}", c.at_ms, c.reason);
         }

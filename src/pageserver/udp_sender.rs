@@ -7,7 +7,7 @@ use super::prefetch::{
 };
 use super::stats::{bump, ServerStats};
 use super::store::PageStore;
-use crate::pagestream::Header;
+use crate::protocol::pagestream::Header;
 use lfc::{monotonic_ns, RelTag, PAGE_SIZE};
 use parking_lot::{Condvar, Mutex};
 use std::net::{SocketAddr, UdpSocket};

@@ -12,8 +12,8 @@
 //! page requested again after a loss, which the backend is waiting for) goes ahead of it.
 
 use super::store::PageStore;
-use crate::page::Page;
-use crate::pagestream::Header;
+use crate::protocol::page::Page;
+use crate::protocol::pagestream::Header;
 use lfc::{BufferTag, RelTag};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;

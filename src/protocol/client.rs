@@ -4,12 +4,14 @@
 //!
 //! Owns: one `TcpStream` (buffered writer, framed reader) and the request ids awaiting a
 //! response. Touches no LFC (it takes only the tag types from `lfc`) and no UDP, and imports no
-//! server or backend code.
+//! `pageserver` or `compute` code.
 
-use crate::framed::{FramedError, FramedReader};
-use crate::page::Page;
-use crate::pagestream::{Header, PrefetchTarget, Request, Response};
-use crate::pgwire::{BackendDecoder, BackendMessage, ErrorFields, FrontendMessage, ProtocolError};
+use crate::protocol::framed::{FramedError, FramedReader};
+use crate::protocol::page::Page;
+use crate::protocol::pagestream::{Header, PrefetchTarget, Request, Response};
+use crate::protocol::pgwire::{
+    BackendDecoder, BackendMessage, ErrorFields, FrontendMessage, ProtocolError,
+};
 use lfc::{BufferTag, RelTag};
 use std::collections::VecDeque;
 use std::io::{BufWriter, Write};
@@ -196,7 +198,7 @@ impl PageClient {
             self.pending.push_back(req.header().reqid);
         }
         self.scratch.clear();
-        crate::pgwire::encode_copy_data_with(&mut self.scratch, |o| req.encode(o));
+        crate::protocol::pgwire::encode_copy_data_with(&mut self.scratch, |o| req.encode(o));
         self.out.write_all(&self.scratch)?;
         Ok(())
     }
@@ -326,7 +328,7 @@ impl PageClient {
 
     /// Registers where this connection's prefetched pages are sent by UDP.
     pub fn set_prefetch_target(&mut self, target: PrefetchTarget) -> Result<(), ClientError> {
-        let hdr = self.header(crate::pagestream::LATEST_LSN, 0);
+        let hdr = self.header(crate::protocol::pagestream::LATEST_LSN, 0);
         match self.call(Request::PrefetchTarget { hdr, target })? {
             Response::PrefetchTarget { .. } => Ok(()),
             other => Err(unexpected("PrefetchTarget", &other)),
@@ -351,7 +353,7 @@ impl PageClient {
 
     /// Queues a PrefetchTarget whose response the caller reads later with `recv`.
     pub fn send_prefetch_target(&mut self, target: PrefetchTarget) -> Result<(), ClientError> {
-        let hdr = self.header(crate::pagestream::LATEST_LSN, 0);
+        let hdr = self.header(crate::protocol::pagestream::LATEST_LSN, 0);
         self.send(&Request::PrefetchTarget { hdr, target })
     }
 

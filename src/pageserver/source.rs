@@ -1,7 +1,10 @@
 //! Where the page server's base page images come from: a synthetic generator or a real
 //! PostgreSQL data directory (read-only).
 
-use crate::page::{fill_synthetic_page, Page};
+use crate::protocol::page::{
+    fill_synthetic_page, synthetic_rel, Page, DEFAULT_TABLESPACE, SYNTHETIC_BASE_LSN,
+    SYNTHETIC_DBNODE, SYNTHETIC_FIRST_RELNODE,
+};
 use lfc::{BufferTag, RelTag, PAGE_SIZE};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -11,16 +14,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-/// PostgreSQL's default tablespace and the shared (global) one.
-pub const DEFAULT_TABLESPACE: u32 = 1663;
+/// PostgreSQL's shared (global) tablespace (the default one is `DEFAULT_TABLESPACE`).
 pub const GLOBAL_TABLESPACE: u32 = 1664;
 /// Relation segment size: 1 GiB of 8 KiB blocks.
 pub const BLOCKS_PER_SEGMENT: u32 = 131_072;
-/// Database of the synthetic relations and the relfilenode of the first one.
-pub const SYNTHETIC_DBNODE: u32 = 5;
-pub const SYNTHETIC_FIRST_RELNODE: u32 = 16384;
-/// LSN of every synthetic page's initial version.
-pub const SYNTHETIC_BASE_LSN: u64 = 16;
 /// Upper bounds on the synthetic geometry, so a typo cannot ask for petabytes.
 const MAX_SYNTHETIC_RELS: u32 = 4096;
 const MAX_SYNTHETIC_PAGES: u32 = 1 << 28;
@@ -137,13 +134,9 @@ pub struct Synthetic {
 }
 
 impl Synthetic {
+    /// The `i`th synthetic relation (`page::synthetic_rel`).
     pub fn rel(i: u32) -> RelTag {
-        RelTag::new(
-            DEFAULT_TABLESPACE,
-            SYNTHETIC_DBNODE,
-            SYNTHETIC_FIRST_RELNODE + i,
-            0,
-        )
+        synthetic_rel(i)
     }
 
     fn has(&self, rel: RelTag) -> bool {
@@ -351,7 +344,7 @@ impl PageSource for PgData {
         format!(
             "pgdata: {} (checkpoint {})",
             self.root.display(),
-            crate::page::format_lsn(self.checkpoint_lsn)
+            crate::protocol::page::format_lsn(self.checkpoint_lsn)
         )
     }
 }

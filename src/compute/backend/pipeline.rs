@@ -9,7 +9,11 @@ use std::collections::VecDeque;
 
 /// Bound of the queue of pages not yet sent: a whole prefetch window moved from UDP plus the
 /// pages a reader may queue ahead of it.
-pub const MAX_QUEUED: usize = 2 * crate::backend::read_path::MAX_WINDOW as usize;
+pub const MAX_QUEUED: usize = 2 * crate::compute::backend::read_path::MAX_WINDOW as usize;
+
+/// GetPages between flushes of the pipelined TCP connection (Neon flushes its prefetch requests
+/// in small batches, not one by one): the backend's pipeline and `scan`'s pipelined mode.
+pub const PIPELINED_FLUSH_EVERY: usize = 8;
 
 /// A page waiting for its GetPage to be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

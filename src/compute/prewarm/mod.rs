@@ -11,11 +11,10 @@ pub mod driver;
 pub mod schedule;
 pub mod state;
 
-use crate::backend::monotonic_ns;
-use crate::client::{ClientError, ConnectOptions, PageClient};
-use crate::pagestream::{PrefetchTarget, Response, LATEST_LSN};
+use crate::protocol::client::{ClientError, ConnectOptions, PageClient};
+use crate::protocol::pagestream::{PrefetchTarget, Response, LATEST_LSN};
 use driver::{Driver, DriverConfig, Poll, Transmit};
-use lfc::{BufferTag, Lfc, RelTag, PAGE_SIZE};
+use lfc::{monotonic_ns, BufferTag, Lfc, RelTag, PAGE_SIZE};
 use schedule::{ScheduleConfig, ScheduleCounts};
 use state::PageRange;
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! PostgreSQL page helpers: the data checksum (`pg_checksum_page`), the page header fields this
 //! system reads, and verification of a page fetched from anywhere.
 
-use lfc::{BufferTag, PAGE_SIZE};
+use lfc::{BufferTag, RelTag, PAGE_SIZE};
 
 /// One PostgreSQL page.
 pub type Page = [u8; PAGE_SIZE];
@@ -137,6 +137,25 @@ pub fn verify_page(page: &Page, blkno: u32) -> PageCheck {
     } else {
         PageCheck::BadChecksum { stored, computed }
     }
+}
+
+/// PostgreSQL's default tablespace.
+pub const DEFAULT_TABLESPACE: u32 = 1663;
+/// Database of the synthetic relations and the relfilenode of the first one.
+pub const SYNTHETIC_DBNODE: u32 = 5;
+pub const SYNTHETIC_FIRST_RELNODE: u32 = 16384;
+/// LSN of every synthetic page's initial version.
+pub const SYNTHETIC_BASE_LSN: u64 = 16;
+
+/// The `i`th synthetic relation, `1663/5/16384+i/0`: what the page server's synthetic source
+/// serves, named here so that the compute side (and its tests) need not ask the server.
+pub fn synthetic_rel(i: u32) -> RelTag {
+    RelTag::new(
+        DEFAULT_TABLESPACE,
+        SYNTHETIC_DBNODE,
+        SYNTHETIC_FIRST_RELNODE + i,
+        0,
+    )
 }
 
 /// A deterministic 64-bit mix (SplitMix64's finaliser) used to seed synthetic page contents.

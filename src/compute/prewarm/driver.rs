@@ -17,8 +17,8 @@
 
 use super::schedule::{Schedule, ScheduleConfig, ScheduleCounts};
 use super::PrewarmReport;
-use crate::backend::read_path::PrefetchRun;
-use crate::page::{verify_page, Page};
+use crate::compute::backend::read_path::PrefetchRun;
+use crate::protocol::page::{verify_page, Page};
 use lfc::{BufferTag, InstallOutcome, Lfc, RelTag, PAGE_SIZE};
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -577,8 +577,8 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page::synthetic_page;
-    use crate::server::source::Synthetic;
+    use crate::protocol::page::synthetic_page;
+    use crate::protocol::page::synthetic_rel;
 
     const MS: u64 = 1_000_000;
     /// Virtual start: request marks in the LFC treat a zero time as empty.
@@ -606,7 +606,7 @@ mod tests {
 
     /// Blocks `0..n` of relation 0 (which has `size` blocks).
     fn driver(f: &Fixture, config: DriverConfig, n: u32, size: u32) -> Driver {
-        let rel = Synthetic::rel(0);
+        let rel = synthetic_rel(0);
         let pages = (0..n).map(|b| rel.block(b)).collect();
         let sizes = HashMap::from([(rel, Some(size))]);
         Driver::new(config, pages, &sizes, &f.lfc, T0, T0)
@@ -640,7 +640,7 @@ mod tests {
         assert_eq!(poll, Poll::AwaitResponse);
         let first = drain(&mut d);
         assert_eq!(first.len(), TCP_DEPTH, "one batch of TCP_DEPTH GetPages");
-        let tag = Synthetic::rel(0).block(0);
+        let tag = synthetic_rel(0).block(0);
         let page = synthetic_page(tag, 16);
         let handled = d
             .on_response(&f.lfc, Response::Page { tag, page: &page }, T0)
@@ -672,10 +672,10 @@ mod tests {
         assert_eq!(
             ts,
             vec![Transmit::Prefetch(PrefetchRun {
-                rel: Synthetic::rel(0),
+                rel: synthetic_rel(0),
                 first: 0,
                 n: 256,
-                max_lwlsn: f.lfc.lwlsn(&Synthetic::rel(0).block(0)),
+                max_lwlsn: f.lfc.lwlsn(&synthetic_rel(0).block(0)),
             })]
         );
         let mut now = T0;

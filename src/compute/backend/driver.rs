@@ -18,7 +18,7 @@ use super::read_path::{
     prefetch_runs, OwnLoss, PrefetchRun, ReadPath, ReadPathConfig, ReadStats, Step, LOSS_SCAN,
     MISS_SCAN, READS_PER_LOSS_CHECK,
 };
-use crate::page::Page;
+use crate::protocol::page::Page;
 use lfc::{BufferTag, InstallOutcome, Lfc, RelTag};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -223,7 +223,7 @@ impl Driver {
     fn build(config: ReadPathConfig, port_override: Option<u16>, now_ns: u64) -> Self {
         let tcp_depth = config
             .tcp_depth
-            .clamp(1, crate::client::MAX_IN_FLIGHT as u32 / 2);
+            .clamp(1, crate::protocol::client::MAX_IN_FLIGHT as u32 / 2);
         Driver {
             core: ReadPath::new(config),
             health: UdpHealth::new(now_ns, port_override.is_some()),
@@ -830,8 +830,8 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page::synthetic_page;
-    use crate::server::source::Synthetic;
+    use crate::protocol::page::synthetic_page;
+    use crate::protocol::page::synthetic_rel;
     use lfc::PAGE_SIZE;
 
     const MS: u64 = 1_000_000;
@@ -874,7 +874,7 @@ mod tests {
         now: u64,
     ) -> Handled {
         let blkno = wire.pop_front().expect("a GetPage in flight");
-        let tag = Synthetic::rel(0).block(blkno);
+        let tag = synthetic_rel(0).block(blkno);
         let page = synthetic_page(tag, 16);
         let h = d
             .on_response(lfc, Response::Page { tag, page: &page }, out, now)
@@ -892,12 +892,12 @@ mod tests {
         now: &mut u64,
     ) -> ReadSource {
         let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
-        let mut poll = d.start_read(lfc, Synthetic::rel(0).block(blkno), &mut out, *now);
+        let mut poll = d.start_read(lfc, synthetic_rel(0).block(blkno), &mut out, *now);
         wire.extend(get_pages(&drain(d)));
         loop {
             poll = match poll {
                 Poll::Done(s) => {
-                    assert_eq!(crate::page::page_lsn(&out), 16);
+                    assert_eq!(crate::protocol::page::page_lsn(&out), 16);
                     return s;
                 }
                 Poll::Wait { until_ns, .. } => {
@@ -921,7 +921,7 @@ mod tests {
         assert!(d.state_log()[0].reason.contains("no worker daemon"));
         let distance = d.prefetch_distance(512);
         assert_eq!(distance, 128 + 64);
-        d.prefetch(&f.lfc, Synthetic::rel(0), 0..distance, T0);
+        d.prefetch(&f.lfc, synthetic_rel(0), 0..distance, T0);
         let sent = drain(&mut d);
         assert!(sent.iter().all(|t| matches!(t, Transmit::GetPage { .. })));
         let mut wire: VecDeque<u32> = get_pages(&sent).into();
@@ -953,7 +953,7 @@ mod tests {
             f.lfc.daemon_heartbeat(now);
             if b % 64 == 0 {
                 let distance = d.prefetch_distance(128);
-                d.prefetch(&f.lfc, Synthetic::rel(0), b..(b + distance).min(512), now);
+                d.prefetch(&f.lfc, synthetic_rel(0), b..(b + distance).min(512), now);
                 let sent = drain(&mut d);
                 assert!(
                     sent.iter().all(|t| matches!(t, Transmit::GetPage { .. })),
@@ -965,7 +965,7 @@ mod tests {
             assert_ne!(s, ReadSource::LateHit);
             now += 1_000_000;
         }
-        assert!((0..512).all(|b| f.lfc.contains(&Synthetic::rel(0).block(b))));
+        assert!((0..512).all(|b| f.lfc.contains(&synthetic_rel(0).block(b))));
         let stats = d.finish();
         assert_eq!(stats.udp_state_changes, 0);
         assert_eq!(stats.prefetched, 0);
@@ -977,7 +977,7 @@ mod tests {
         f.lfc.daemon_heartbeat(T0);
         let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
         assert_eq!(d.path(), PrefetchPath::Udp);
-        d.prefetch(&f.lfc, Synthetic::rel(0), 0..256, T0);
+        d.prefetch(&f.lfc, synthetic_rel(0), 0..256, T0);
         let sent = drain(&mut d);
         assert_eq!(sent[0], Transmit::Target { udp_port: 7000 });
         assert!(matches!(sent[1], Transmit::Prefetch(r) if r.first == 0 && r.n == 256));
@@ -1016,7 +1016,7 @@ mod tests {
         let start = T0 + lfc::DAEMON_STALE_NS;
         let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, start);
         assert_eq!(d.path(), PrefetchPath::TcpPipelined);
-        let rel = Synthetic::rel(0);
+        let rel = synthetic_rel(0);
         d.prefetch(&f.lfc, rel, 0..144, start);
         let first = drain(&mut d);
         assert!(first.iter().all(|t| matches!(t, Transmit::GetPage { .. })));
@@ -1068,7 +1068,7 @@ mod tests {
     fn a_pipelined_page_modified_after_its_request_is_requested_again() {
         let f = fixture(false);
         let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
-        let tag = Synthetic::rel(0).block(0);
+        let tag = synthetic_rel(0).block(0);
         d.prefetch(&f.lfc, tag.rel, 0..1, T0);
         assert_eq!(get_pages(&drain(&mut d)), [0]);
         let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
@@ -1097,6 +1097,6 @@ mod tests {
             .on_response(&f.lfc, Response::Page { tag, page: &new }, &mut out, T0)
             .unwrap();
         assert_eq!(h.next, Some(Poll::Done(ReadSource::Tcp)));
-        assert_eq!(crate::page::page_lsn(&out), 100);
+        assert_eq!(crate::protocol::page::page_lsn(&out), 100);
     }
 }

@@ -5,10 +5,10 @@ use super::prefetch::{ConnId, Destination};
 use super::stats::bump;
 use super::store::PageStore;
 use super::Shared;
-use crate::framed::{FramedError, FramedReader};
-use crate::page::Page;
-use crate::pagestream::{self, Header, Request, Response};
-use crate::pgwire::{
+use crate::protocol::framed::{FramedError, FramedReader};
+use crate::protocol::page::Page;
+use crate::protocol::pagestream::{self, Header, Request, Response};
+use crate::protocol::pgwire::{
     sqlstate, BackendMessage, ErrorFields, FrontendDecoder, FrontendMessage, READY_IDLE,
 };
 use lfc::{RelTag, PAGE_SIZE};

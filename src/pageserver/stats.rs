@@ -1,6 +1,6 @@
 //! Server counters, readable over the wire with `SHOW prefetch_stats`.
 
-use crate::pgwire::{BackendMessage, FieldDescription};
+use crate::protocol::pgwire::{BackendMessage, FieldDescription};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {

@@ -2,8 +2,8 @@
 //! at run time by PutPage, and the last-record LSN that requests wait for.
 
 use super::source::{PageSource, SourceError};
-use crate::page::Page;
-use crate::pagestream::LATEST_LSN;
+use crate::protocol::page::Page;
+use crate::protocol::pagestream::LATEST_LSN;
 use lfc::{BufferTag, RelTag};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
@@ -228,8 +228,8 @@ impl PageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page::{page_lsn, synthetic_page};
-    use crate::server::source::{SourceSpec, Synthetic};
+    use crate::pageserver::source::{SourceSpec, Synthetic};
+    use crate::protocol::page::{page_lsn, synthetic_page};
 
     fn store(timeout_ms: u64) -> PageStore {
         let source = SourceSpec::Synthetic { rels: 1, pages: 8 }.open().unwrap();

@@ -6,8 +6,8 @@
 //! (socket, clock, futex waits). The simulator drives `driver` with virtual time and network.
 //!
 //! Owns: the pagestream connection (`PageClient`), the `Driver` and when to flush pipelined
-//! GetPages; every read decision is the driver's. Imports no `server` outside tests, but takes
-//! `scan::PIPELINED_FLUSH_EVERY` (a cycle with `scan`, ARCHITECTURE §10).
+//! GetPages; every read decision is the driver's. Imports only `protocol` and `lfc`:
+//! never `pageserver` or `scan` (which is built on it).
 
 pub mod driver;
 pub mod health;
@@ -15,9 +15,9 @@ mod loss;
 pub mod pipeline;
 pub mod read_path;
 
-use crate::client::{unexpected, ClientError, PageClient};
-use crate::page::Page;
-use crate::pagestream::{PrefetchTarget, Response, LATEST_LSN};
+use crate::protocol::client::{unexpected, ClientError, PageClient};
+use crate::protocol::page::Page;
+use crate::protocol::pagestream::{PrefetchTarget, Response, LATEST_LSN};
 pub use driver::ReadSource;
 use driver::{Driver, Poll, Transmit};
 pub use health::{PrefetchPath, StateChange, MAX_STATE_LOG};
@@ -26,7 +26,7 @@ use read_path::{ReadPathConfig, ReadStats};
 use std::ops::Range;
 use std::time::Duration;
 
-pub use lfc::monotonic_ns;
+use lfc::monotonic_ns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -37,7 +37,7 @@ pub enum BackendError {
     /// The LFC refused the backend's own new version. The tag's last-written LSN is raised
     /// through the global floor first, so no older version can be installed later; the caller
     /// must not assume the write reached the cache.
-    #[error("storing the new version of {tag} at {} in the LFC: {source}", crate::page::format_lsn(*lsn))]
+    #[error("storing the new version of {tag} at {} in the LFC: {source}", crate::protocol::page::format_lsn(*lsn))]
     Write {
         tag: BufferTag,
         lsn: u64,
@@ -158,7 +158,7 @@ impl<'a> Backend<'a> {
                 }
             }
         }
-        if urgent || self.unflushed_get_pages >= crate::scan::PIPELINED_FLUSH_EVERY {
+        if urgent || self.unflushed_get_pages >= pipeline::PIPELINED_FLUSH_EVERY {
             self.flush()?;
         }
         Ok(())
@@ -295,14 +295,14 @@ impl<'a> Backend<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::page::synthetic_page;
-    use crate::server::source::Synthetic;
+    use crate::protocol::page::synthetic_page;
+    use crate::protocol::page::synthetic_rel;
 
     #[test]
     fn an_own_write_the_cache_refuses_raises_the_floor_so_no_older_version_is_installed() {
         let dir = tempfile::tempdir().unwrap();
         let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
-        let tag = Synthetic::rel(0).block(3);
+        let tag = synthetic_rel(0).block(3);
         // Another process holds the tag's index bucket for longer than the lock wait limit:
         // the write gives up with Busy. Discarding that (as `Backend::write` once did) left the
         // tag's lwlsn below the write, and an older prefetched version could be installed and

@@ -2,18 +2,19 @@
 //! synchronous TCP, Neon-style pipelined TCP, or UDP prefetch into the LFC. Shared by
 //! `udp-prefetch scan`, the demo and the benchmarks.
 
-use crate::backend::read_path::{ReadPathConfig, ReadStats, ScanWindow};
-use crate::backend::{Backend, ReadSource, StateChange};
-use crate::client::{ConnectOptions, PageClient};
-use crate::page::{verify_page, Page};
-use crate::pagestream::LATEST_LSN;
+use crate::compute::backend::pipeline::PIPELINED_FLUSH_EVERY;
+use crate::compute::backend::read_path::{ReadPathConfig, ReadStats, ScanWindow};
+use crate::compute::backend::{Backend, ReadSource, StateChange};
+use crate::protocol::client::{ConnectOptions, PageClient};
+use crate::protocol::page::{verify_page, Page};
+use crate::protocol::pagestream::LATEST_LSN;
 use lfc::{Lfc, RelTag, PAGE_SIZE};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-/// Requests between flushes in the pipelined TCP mode (Neon flushes its prefetch requests in
-/// small batches, not one by one).
-pub const PIPELINED_FLUSH_EVERY: usize = 8;
+/// The first line `udp-prefetch scan --start-gate` prints, once it is ready to start (a bench
+/// starting many scans waits for it).
+pub const READY_LINE: &str = "udp-prefetch scan ready";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -2,9 +2,9 @@
 //!
 //! Owns: the read buffer and the bounds of its unconsumed input. Parses nothing itself (the
 //! decoder is passed in), writes nothing, opens no socket, and imports only
-//! `pgwire::ProtocolError`: no server or backend code.
+//! `pgwire::ProtocolError`: no `pageserver` or `compute` code.
 
-use crate::pgwire::ProtocolError;
+use crate::protocol::pgwire::ProtocolError;
 use std::io::{self, Read};
 
 /// Bytes read per `read` call; also the most a reader keeps beyond one frame.
@@ -104,7 +104,7 @@ impl<R: Read> FramedReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pgwire::{BackendDecoder, BackendMessage};
+    use crate::protocol::pgwire::{BackendDecoder, BackendMessage};
 
     /// A reader that returns one byte per call, to exercise reassembly at every boundary.
     struct Trickle(Vec<u8>, usize);

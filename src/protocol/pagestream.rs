@@ -2,8 +2,8 @@
 //!
 //! Every message is the payload of one CopyData frame. All integers are big-endian.
 
-use crate::page::Page;
-use crate::pgwire::{ProtocolError, Reader};
+use crate::protocol::page::Page;
+use crate::protocol::pgwire::{ProtocolError, Reader};
 use lfc::{RelTag, MAX_FORKNUM, PAGE_SIZE};
 
 /// `request_lsn` meaning "the latest version".

@@ -1,0 +1,6 @@
+//! The compute side: a backend's page access through the shared LFC (`backend`), LFC prewarm
+//! (`prewarm`) and the sequential scan built on them (`scan`).
+
+pub mod backend;
+pub mod prewarm;
+pub mod scan;
