@@ -4,3 +4,5 @@
 pub mod backend;
 pub mod prewarm;
 pub mod scan;
+#[cfg(test)]
+mod test_support;

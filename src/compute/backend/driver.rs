@@ -830,26 +830,18 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::test_support::{Fixture, MS, T0};
     use crate::protocol::page::synthetic_page;
     use crate::protocol::page::synthetic_rel;
     use lfc::PAGE_SIZE;
 
-    const MS: u64 = 1_000_000;
-    /// Virtual start: request marks in the LFC treat a zero time as empty.
-    const T0: u64 = 10_000 * MS;
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        lfc: Lfc,
-    }
-
     fn fixture(daemon: bool) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let lfc = Lfc::create(dir.path().join("lfc"), 4096).unwrap();
+        let f = crate::compute::test_support::fixture(4096);
         if daemon {
-            lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
+            f.lfc
+                .register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
         }
-        Fixture { _dir: dir, lfc }
+        f
     }
 
     fn drain(d: &mut Driver) -> Vec<Transmit> {

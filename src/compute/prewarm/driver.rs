@@ -580,20 +580,7 @@ mod tests {
     use crate::protocol::page::synthetic_page;
     use crate::protocol::page::synthetic_rel;
 
-    const MS: u64 = 1_000_000;
-    /// Virtual start: request marks in the LFC treat a zero time as empty.
-    const T0: u64 = 10_000 * MS;
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        lfc: Lfc,
-    }
-
-    fn fixture(capacity: u64) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let lfc = Lfc::create(dir.path().join("lfc"), capacity).unwrap();
-        Fixture { _dir: dir, lfc }
-    }
+    use crate::compute::test_support::{fixture, Fixture, MS, T0};
 
     fn config(udp_port: Option<u16>) -> DriverConfig {
         DriverConfig {
