@@ -12,7 +12,7 @@
 //! page requested again after a loss, which the backend is waiting for) goes ahead of it.
 
 use super::store::PageStore;
-use crate::protocol::page::Page;
+use crate::protocol::page::{page_lsn, Page};
 use crate::protocol::pagestream::Header;
 use lfc::{BufferTag, RelTag};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -384,6 +384,54 @@ pub fn seal_page_job(
         .map_err(|_| SkipReason::Failed)
 }
 
+/// What became of one job of a batch in [`seal_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Sealed into the next datagram of the batch; the LSN of the page it carries.
+    Sealed { page_lsn: u64 },
+    /// Dropped by the sender's drop filter (`--drop-prefetch`).
+    Dropped,
+    /// Not sealed, for this reason.
+    Skipped(SkipReason),
+}
+
+/// The part of a sender's turn after `next_batch`, done outside the scheduler's lock: each job
+/// of the batch through `filter`, then [`seal_page_job`] (dated by `sent_at_ns()`) into the
+/// next free datagram of `out`; `outcome` sees every job, in order. Returns how many datagrams
+/// were sealed (`out[..n]`, all for the batch's one destination). The real sender threads and
+/// the simulator both call this.
+pub fn seal_batch(
+    store: &PageStore,
+    jobs: &[PageJob],
+    filter: &mut DropFilter,
+    mut sent_at_ns: impl FnMut() -> u64,
+    page: &mut Page,
+    out: &mut [[u8; DATAGRAM_LEN]],
+    mut outcome: impl FnMut(&PageJob, JobOutcome),
+) -> usize {
+    assert!(jobs.len() <= out.len(), "a batch fits its datagram buffers");
+    let mut sealed = 0;
+    for job in jobs {
+        if filter.drop_next() {
+            outcome(job, JobOutcome::Dropped);
+            continue;
+        }
+        match seal_page_job(store, job, sent_at_ns(), page, &mut out[sealed]) {
+            Ok(()) => {
+                sealed += 1;
+                outcome(
+                    job,
+                    JobOutcome::Sealed {
+                        page_lsn: page_lsn(page),
+                    },
+                );
+            }
+            Err(reason) => outcome(job, JobOutcome::Skipped(reason)),
+        }
+    }
+    sealed
+}
+
 /// Seeded Bernoulli drops (`--drop-prefetch P`) for loss experiments on one machine.
 #[derive(Debug, Clone)]
 pub struct DropFilter {
@@ -439,6 +487,67 @@ mod tests {
     fn push_for(s: &mut PrefetchScheduler, conn: ConnId, first: u32, n: u32) {
         s.push(&conn_to(9, conn), Header::default(), REL, first, n, 0)
             .unwrap();
+    }
+
+    #[test]
+    fn a_batch_is_sealed_in_order_with_each_job_accounted_for() {
+        use crate::pageserver::source::{SourceSpec, Synthetic};
+        use crate::protocol::pagestream::LATEST_LSN;
+        let source = SourceSpec::Synthetic { rels: 1, pages: 8 }.open().unwrap();
+        let store = PageStore::new(source, 16, std::time::Duration::from_millis(10));
+        let rel = Synthetic::rel(0);
+        let hdr = Header {
+            reqid: 1,
+            request_lsn: LATEST_LSN,
+            not_modified_since: 0,
+        };
+        // Blocks 6..10 of an 8-page relation: the last two do not exist.
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        s.push(&dest(1), hdr, rel, 6, 4, 0).unwrap();
+        let mut jobs = Vec::new();
+        assert_eq!(s.next_batch(0, 8, &mut jobs), Next::Ready(4));
+        let mut page = Box::new([0u8; lfc::PAGE_SIZE]);
+        let mut out = vec![[0u8; DATAGRAM_LEN]; 8];
+        let mut seen = Vec::new();
+        let sealed = seal_batch(
+            &store,
+            &jobs,
+            &mut DropFilter::new(0.0, 1),
+            || 7,
+            &mut page,
+            &mut out,
+            |job, o| seen.push((job.tag.blkno, o)),
+        );
+        assert_eq!(sealed, 2);
+        let lsn = crate::protocol::page::SYNTHETIC_BASE_LSN;
+        assert_eq!(
+            seen,
+            vec![
+                (6, JobOutcome::Sealed { page_lsn: lsn }),
+                (7, JobOutcome::Sealed { page_lsn: lsn }),
+                (8, JobOutcome::Skipped(SkipReason::Failed)),
+                (9, JobOutcome::Skipped(SkipReason::Failed)),
+            ]
+        );
+        // Each sealed datagram opens to its page, dated by the clock it was given.
+        let mut opener = DatagramKey::new(1, [0; 32]).opener();
+        for (i, blkno) in [6, 7].into_iter().enumerate() {
+            let hdr = opener.open_bytes(&out[i], &mut page).unwrap();
+            assert_eq!((hdr.tag, hdr.sent_at_ns), (rel.block(blkno), 7));
+        }
+        // A filter that drops everything seals nothing and says so for every job.
+        seen.clear();
+        let sealed = seal_batch(
+            &store,
+            &jobs,
+            &mut DropFilter::new(1.0, 1),
+            || 7,
+            &mut page,
+            &mut out,
+            |job, o| seen.push((job.tag.blkno, o)),
+        );
+        assert_eq!(sealed, 0);
+        assert!(seen.iter().all(|&(_, o)| o == JobOutcome::Dropped) && seen.len() == 4);
     }
 
     #[test]

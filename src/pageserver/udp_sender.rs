@@ -2,7 +2,7 @@
 //! send them in batches. GetPage never waits for any of this: prefetches live only here.
 
 use super::prefetch::{
-    seal_page_job, Destination, DropFilter, Next, Overflow, PageJob, PrefetchScheduler,
+    seal_batch, Destination, DropFilter, JobOutcome, Next, Overflow, PageJob, PrefetchScheduler,
     SchedulerLimits, SkipReason,
 };
 use super::stats::{bump, ServerStats};
@@ -260,31 +260,20 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
                 }
             }
         }
-        let mut ready = 0;
-        for job in &jobs {
-            if filter.drop_next() {
-                bump(&stats.prefetch_pages_dropped_filter);
-                continue;
-            }
-            match seal_page_job(
-                &inner.store,
-                job,
-                lfc::wall_ns(),
-                &mut page,
-                &mut datagrams[ready],
-            ) {
-                Ok(()) => {}
-                Err(SkipReason::NotReady) => {
-                    bump(&stats.prefetch_pages_not_ready);
-                    continue;
-                }
-                Err(SkipReason::Failed) => {
-                    bump(&stats.prefetch_pages_failed);
-                    continue;
-                }
-            }
-            ready += 1;
-        }
+        let ready = seal_batch(
+            &inner.store,
+            &jobs,
+            &mut filter,
+            lfc::wall_ns,
+            &mut page,
+            &mut datagrams,
+            |_, outcome| match outcome {
+                JobOutcome::Sealed { .. } => {}
+                JobOutcome::Dropped => bump(&stats.prefetch_pages_dropped_filter),
+                JobOutcome::Skipped(SkipReason::NotReady) => bump(&stats.prefetch_pages_not_ready),
+                JobOutcome::Skipped(SkipReason::Failed) => bump(&stats.prefetch_pages_failed),
+            },
+        );
         if ready == 0 {
             continue;
         }
