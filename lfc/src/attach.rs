@@ -8,13 +8,17 @@
 //!   that slipped in would keep a valid (orphaned) mapping rather than take SIGBUS.
 //! - `open` validates the header with `pread` *before* mapping, so garbage, truncated or empty
 //!   files produce typed errors and no mapping beyond the end of a file is ever made.
+//! - Every block of the file is allocated before it is mapped (`create` allocates the new file,
+//!   `open` allocates any hole left), so a full filesystem is a typed `NoSpace` error up front
+//!   and never a SIGBUS when a page of the mapping is first touched (tmpfs allocates on touch).
 
 use crate::error::AttachError;
-use crate::layout::{FixedHeader, Geometry, FIXED_HEADER_LEN, FREE_COUNT_OFFSET};
+use crate::layout::{FixedHeader, Geometry, FIXED_HEADER_LEN, FREE_COUNT_OFFSET, MAGIC};
 use crate::process::{current_pid, process_alive};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,7 +35,6 @@ pub(crate) struct Attached {
 }
 
 fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     loop {
         // SAFETY: plain syscall on a file descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
@@ -116,6 +119,103 @@ fn remove_abandoned_temp_files(path: &Path) {
     }
 }
 
+/// Bytes free to unprivileged users on the filesystem holding `file` (what an allocation by
+/// this process can use).
+fn free_bytes(path: &Path, file: &File) -> Result<u64, AttachError> {
+    // SAFETY: statvfs is plain data; fstatvfs fills it or fails.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: plain syscall on a file descriptor we own, writing only into `st`.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(AttachError::io(path, "statvfs", io::Error::last_os_error()));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+fn is_no_space(code: i32) -> bool {
+    code == libc::ENOSPC || code == libc::EFBIG
+}
+
+/// Allocates every block of a new file of `len` bytes (which also sets its length): a too
+/// small filesystem fails here, as `NoSpace` naming `path`, rather than later with a SIGBUS in
+/// whichever process first touches a page the filesystem cannot provide.
+fn allocate_new(path: &Path, tmp: &Path, file: &File, len: u64) -> Result<(), AttachError> {
+    let free = free_bytes(tmp, file)?;
+    let off_len = libc::off_t::try_from(len).map_err(|_| AttachError::NoSpace {
+        path: path.to_path_buf(),
+        size: len,
+        missing: len,
+        free,
+    })?;
+    loop {
+        // posix_fallocate rather than fallocate(2): where a filesystem lacks fallocate, glibc
+        // writes a zero into every block instead, which is fine for a file nobody has mapped.
+        // SAFETY: plain syscall on a file descriptor we own.
+        match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off_len) } {
+            0 => return Ok(()),
+            // tmpfs gives up a long allocation when a signal arrives; it resumes where it was.
+            libc::EINTR => continue,
+            code if is_no_space(code) => {
+                return Err(AttachError::NoSpace {
+                    path: path.to_path_buf(),
+                    size: len,
+                    missing: len,
+                    free,
+                })
+            }
+            code => {
+                return Err(AttachError::io(
+                    tmp,
+                    "fallocate",
+                    io::Error::from_raw_os_error(code),
+                ))
+            }
+        }
+    }
+}
+
+/// Makes sure every block of an existing cache file of `len` bytes is allocated before it is
+/// mapped. Files created by builds before allocation was added, or copied sparsely, have
+/// holes that the filesystem may be unable to fill when a mapped page is first written.
+fn ensure_allocated(path: &Path, file: &File, len: u64) -> Result<(), AttachError> {
+    let allocated = file
+        .metadata()
+        .map_err(|e| AttachError::io(path, "stat", e))?
+        .blocks()
+        .saturating_mul(512);
+    if allocated >= len {
+        return Ok(());
+    }
+    let missing = len - allocated;
+    let free = free_bytes(path, file)?;
+    let no_space = || AttachError::NoSpace {
+        path: path.to_path_buf(),
+        size: len,
+        missing,
+        free,
+    };
+    let off_len = libc::off_t::try_from(len).map_err(|_| no_space())?;
+    loop {
+        // FALLOC_FL_KEEP_SIZE fills holes only: it changes neither the length nor any byte
+        // written, so it is safe while other processes have the file mapped (which the
+        // zero-writing emulation of posix_fallocate would not be).
+        // SAFETY: plain syscall on a file descriptor we own.
+        if unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, off_len) } == 0
+        {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(code) if is_no_space(code) => return Err(no_space()),
+            // A filesystem that cannot reserve blocks (and may count fewer blocks than the file
+            // holds, e.g. when it compresses): refuse only when the holes surely do not fit.
+            Some(libc::EOPNOTSUPP) if free >= missing => return Ok(()),
+            Some(libc::EOPNOTSUPP) => return Err(no_space()),
+            _ => return Err(AttachError::io(path, "fallocate", err)),
+        }
+    }
+}
+
 fn map(path: &Path, file: &File, len: u64) -> Result<MmapRaw, AttachError> {
     let len = usize::try_from(len).map_err(|_| AttachError::BadGeometry {
         path: path.to_path_buf(),
@@ -159,6 +259,7 @@ pub(crate) fn create(path: &Path, capacity_pages: u64) -> Result<Attached, Attac
         u64::from_le_bytes(nonce)
     ));
     let result = build(path, &tmp, geometry, key, ids);
+    // Also a file that did not fit: nothing may keep the space it got.
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -181,10 +282,9 @@ fn build(
         .open(tmp)
         .map_err(|e| AttachError::io(tmp, "create", e))?;
     flock(&file, libc::LOCK_SH).map_err(|e| AttachError::io(tmp, "flock", e))?;
-    // A zero-filled (sparse) file is a valid empty cache: every frame FREE, every index entry
-    // empty, every table zero. Only the header needs writing.
-    file.set_len(geometry.file_len)
-        .map_err(|e| AttachError::io(tmp, "set_len", e))?;
+    // A zero-filled file is a valid empty cache: every frame FREE, every index entry empty,
+    // every table zero. Only the header needs writing.
+    allocate_new(path, tmp, &file, geometry.file_len)?;
     let mut key_id_bytes = [0u8; 4];
     key_id_bytes.copy_from_slice(&ids[..4]);
     let mut seed_bytes = [0u8; 8];
@@ -265,6 +365,21 @@ fn validate_and_map(path: &Path, file: File) -> Result<Attached, AttachError> {
             path: path.to_path_buf(),
         });
     }
+    let mut bytes = [0u8; FIXED_HEADER_LEN];
+    let have = len.min(FIXED_HEADER_LEN as u64) as usize;
+    file.read_exact_at(&mut bytes[..have], 0)
+        .map_err(|e| AttachError::io(path, "read header", e))?;
+    // The magic before the length: a short file of something else (a prewarm state, a text
+    // file) is "not an LFC file", not a truncated cache.
+    let magic_len = have.min(MAGIC.len());
+    if bytes[..magic_len] != MAGIC[..magic_len] {
+        let mut found = [0u8; 8];
+        found.copy_from_slice(&bytes[..MAGIC.len()]);
+        return Err(AttachError::BadMagic {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
     if len < FIXED_HEADER_LEN as u64 {
         return Err(AttachError::Truncated {
             path: path.to_path_buf(),
@@ -272,9 +387,6 @@ fn validate_and_map(path: &Path, file: File) -> Result<Attached, AttachError> {
             actual: len,
         });
     }
-    let mut bytes = [0u8; FIXED_HEADER_LEN];
-    file.read_exact_at(&mut bytes, 0)
-        .map_err(|e| AttachError::io(path, "read header", e))?;
     let header = FixedHeader::decode(path, &bytes, len)?;
     let now = boot_id();
     if header.boot_id != [0; 16] && now != [0; 16] && header.boot_id != now {
@@ -282,6 +394,7 @@ fn validate_and_map(path: &Path, file: File) -> Result<Attached, AttachError> {
             path: path.to_path_buf(),
         });
     }
+    ensure_allocated(path, &file, header.geometry.file_len)?;
     let map = map(path, &file, header.geometry.file_len)?;
     Ok(Attached { file, map, header })
 }

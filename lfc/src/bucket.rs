@@ -14,7 +14,7 @@ use crate::process::process_alive;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Zero, so a freshly created (zero-filled, sparse) file has an empty index without writing it.
+/// Zero, so a freshly created (zero-filled) file has an empty index without writing it.
 pub(crate) const EMPTY: u32 = 0;
 const FRAME_BITS: u32 = 25;
 const FRAME_MASK: u32 = (1 << FRAME_BITS) - 1;

@@ -1371,8 +1371,8 @@ impl Lfc {
     /// Maps every frame and the metadata into this process's page tables, writable
     /// (`MADV_POPULATE_WRITE`), as a long-running process has them once it has touched every
     /// frame: its reads then take no page fault, and it fills frames with a plain copy rather
-    /// than `pwrite` (see `copy_into_frame`). Costs a page-table page per 2 MiB of cache and,
-    /// on tmpfs, allocates any frame not allocated yet (a daemon's prefault allocates them all).
+    /// than `pwrite` (see `copy_into_frame`). Costs a page-table page per 2 MiB of cache (the
+    /// file's blocks are allocated already, by `create` or `open`).
     pub fn map_all(&self) -> Result<(), OpError> {
         self.prefault_metadata()?;
         self.prefault(0..self.geo.capacity_pages)

@@ -79,8 +79,47 @@ pub enum AttachError {
     )]
     Locked { path: PathBuf, waited_ms: u64 },
 
+    /// The filesystem cannot hold the whole file. Refused before anything maps it: a mapping of
+    /// a file whose blocks cannot be allocated kills the process that touches them with SIGBUS
+    /// (tmpfs, e.g. a container's 64 MiB `/dev/shm`, allocates on first touch).
+    #[error(
+        "{}: not enough space for a cache file of {}: {} more must be allocated but the \
+         filesystem has {} free",
+        path.display(),
+        fmt_bytes(*size),
+        fmt_bytes(*missing),
+        fmt_bytes(*free)
+    )]
+    NoSpace {
+        path: PathBuf,
+        /// The cache file's length.
+        size: u64,
+        /// Bytes of it not allocated yet (all of it for a new file).
+        missing: u64,
+        /// What `statvfs` reported free to unprivileged users before allocating.
+        free: u64,
+    },
+
     #[error("invalid capacity of {requested} pages: must be between 1 and {max}")]
     BadCapacity { requested: u64, max: u64 },
+}
+
+/// `1073741824 bytes (1.0 GiB)`: exact for scripts, readable for people.
+fn fmt_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = None;
+    for u in UNITS {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = Some(u);
+    }
+    match unit {
+        Some(u) => format!("{bytes} bytes ({value:.1} {u})"),
+        None => format!("{bytes} bytes"),
+    }
 }
 
 impl AttachError {

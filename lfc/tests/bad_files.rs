@@ -144,3 +144,26 @@ fn a_directory_and_bad_capacities() {
     }
     .is_bad_file());
 }
+
+#[test]
+fn a_short_file_of_something_else_is_not_an_lfc_file_whatever_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prewarm.state");
+    // Another program's file (here shaped like a small prewarm state) shorter than the header.
+    // From 2 bytes on it differs from the magic ("UD" vs "UP").
+    for len in [2usize, 7, 8, 100, 255] {
+        let bytes: Vec<u8> = b"UDPFPREW\x01\0\0\0"
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let e = open_err(&path);
+        assert!(matches!(e, AttachError::BadMagic { .. }), "{len}: {e}");
+        assert!(e.to_string().contains("not an LFC file"), "{len}: {e}");
+    }
+    // A short file that starts as a cache does is a truncated cache.
+    std::fs::write(&path, b"UPLFC").unwrap();
+    assert!(matches!(open_err(&path), AttachError::Truncated { .. }));
+}

@@ -92,7 +92,8 @@ pub(super) fn serve(
             return Ok(());
         }
     }
-    send_startup_done(&mut stream)?;
+    let data_checksums = shared.store.source().data_checksum_version() != 0;
+    send_startup_done(&mut stream, data_checksums)?;
     query_loop(stream, reader, decoder, shared, conn_id)
 }
 
@@ -159,7 +160,9 @@ fn authenticate(
 }
 
 /// AuthenticationOk, the parameters a client expects, and the first ReadyForQuery.
-fn send_startup_done(stream: &mut TcpStream) -> std::io::Result<()> {
+/// `data_checksums` (PostgreSQL's setting of that name) tells a client how to verify the pages
+/// it is served: by checksum, or without checksums by their header (`PageVerify`).
+fn send_startup_done(stream: &mut TcpStream, data_checksums: bool) -> std::io::Result<()> {
     let param = |name: &str, value: &str| BackendMessage::ParameterStatus {
         name: name.into(),
         value: value.into(),
@@ -174,6 +177,7 @@ fn send_startup_done(stream: &mut TcpStream) -> std::io::Result<()> {
             param("DateStyle", "ISO, MDY"),
             param("integer_datetimes", "on"),
             param("standard_conforming_strings", "on"),
+            param("data_checksums", if data_checksums { "on" } else { "off" }),
             BackendMessage::BackendKeyData {
                 pid: std::process::id(),
                 secret: 0,

@@ -124,6 +124,11 @@ pub trait PageSource: Send + Sync {
     fn wal_lsn(&self) -> u64 {
         self.base_lsn()
     }
+    /// The cluster's `data_checksum_version` (0: pages carry no checksum, verify them with
+    /// `PageVerify::for_cluster`). Synthetic pages are always checksummed.
+    fn data_checksum_version(&self) -> u32 {
+        1
+    }
     fn describe(&self) -> String;
 }
 
@@ -183,6 +188,7 @@ impl PageSource for Synthetic {
 pub struct PgData {
     root: PathBuf,
     checkpoint_lsn: u64,
+    data_checksum_version: u32,
     open_segments: Mutex<HashMap<(RelTag, u32), Arc<File>>>,
 }
 
@@ -192,6 +198,19 @@ const FORK_SUFFIXES: [&str; 4] = ["", "_fsm", "_vm", "_init"];
 /// catalog_version_no (4), state (4, padded to 8), time (8).
 const CONTROL_CHECKPOINT_OFFSET: usize = 32;
 const CONTROL_VERSION_OFFSET: usize = 8;
+/// The only `pg_control_version` whose layout past the checkpoint is known here: 1300, the
+/// format of PostgreSQL 13 to 17.
+const CONTROL_VERSION_KNOWN: u32 = 1300;
+/// Offsets in `ControlFileData` of version 1300 (checked against `pg_controldata` of a
+/// PostgreSQL 15 cluster with and without `initdb -k`): `blcksz` after the 88-byte
+/// `checkPointCopy` and the recovery, backup and settings fields; `data_checksum_version`
+/// after the build constants (`float8ByVal` padded to 4).
+const CONTROL_BLCKSZ_OFFSET: usize = 216;
+const CONTROL_DATA_CHECKSUM_VERSION_OFFSET: usize = 252;
+
+fn control_u32(control: &[u8], offset: usize) -> u32 {
+    u32::from_ne_bytes(control[offset..offset + 4].try_into().expect("4 bytes"))
+}
 
 impl PgData {
     pub fn open(root: &Path) -> Result<Self, SourceError> {
@@ -207,19 +226,25 @@ impl PgData {
                 source: e,
             },
         })?;
-        if control.len() < CONTROL_CHECKPOINT_OFFSET + 8 {
+        if control.len() < CONTROL_DATA_CHECKSUM_VERSION_OFFSET + 4 {
             return Err(not_pg("global/pg_control is truncated"));
         }
-        let version = u32::from_ne_bytes(
-            control[CONTROL_VERSION_OFFSET..CONTROL_VERSION_OFFSET + 4]
-                .try_into()
-                .expect("4 bytes"),
-        );
-        // 1300 is PostgreSQL 13 to 17's control file format; the checkpoint field sits at the
-        // same offset in all of them.
-        if !(1100..=1399).contains(&version) {
-            return Err(not_pg(&format!("unsupported pg_control_version {version}")));
+        let version = control_u32(&control, CONTROL_VERSION_OFFSET);
+        // Whether pages carry checksums is read further into the file than the checkpoint, so
+        // only the one layout known to put data_checksum_version at its offset is served.
+        if version != CONTROL_VERSION_KNOWN {
+            return Err(not_pg(&format!(
+                "unsupported pg_control_version {version} (this server reads {CONTROL_VERSION_KNOWN}, \
+                 PostgreSQL 13 to 17)"
+            )));
         }
+        let blcksz = control_u32(&control, CONTROL_BLCKSZ_OFFSET);
+        if blcksz != PAGE_SIZE as u32 {
+            return Err(not_pg(&format!(
+                "the cluster's block size is {blcksz}, not {PAGE_SIZE}"
+            )));
+        }
+        let data_checksum_version = control_u32(&control, CONTROL_DATA_CHECKSUM_VERSION_OFFSET);
         let checkpoint_lsn = u64::from_ne_bytes(
             control[CONTROL_CHECKPOINT_OFFSET..CONTROL_CHECKPOINT_OFFSET + 8]
                 .try_into()
@@ -228,6 +253,7 @@ impl PgData {
         Ok(PgData {
             root: root.to_path_buf(),
             checkpoint_lsn,
+            data_checksum_version,
             open_segments: Mutex::new(HashMap::new()),
         })
     }
@@ -340,11 +366,20 @@ impl PageSource for PgData {
         self.checkpoint_lsn
     }
 
+    fn data_checksum_version(&self) -> u32 {
+        self.data_checksum_version
+    }
+
     fn describe(&self) -> String {
         format!(
-            "pgdata: {} (checkpoint {})",
+            "pgdata: {} (checkpoint {}, data checksums {})",
             self.root.display(),
-            crate::protocol::page::format_lsn(self.checkpoint_lsn)
+            crate::protocol::page::format_lsn(self.checkpoint_lsn),
+            if self.data_checksum_version == 0 {
+                "off"
+            } else {
+                "on"
+            }
         )
     }
 }

@@ -12,6 +12,8 @@ const PD_CHECKSUM_OFFSET: usize = 8;
 pub const PAGE_HEADER_SIZE: usize = 24;
 /// `PG_PAGE_LAYOUT_VERSION` (PostgreSQL 8.3 and later).
 const PAGE_LAYOUT_VERSION: u16 = 4;
+/// `PD_VALID_FLAG_BITS`: a page with any other `pd_flags` bit set is corrupt.
+const PD_VALID_FLAG_BITS: u16 = 0x0007;
 
 const N_SUMS: usize = 32;
 const FNV_PRIME: u32 = 16_777_619;
@@ -89,13 +91,15 @@ pub fn set_checksum(page: &mut Page, blkno: u32) {
 /// What verifying a page found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageCheck {
-    /// Header is sane and the checksum matches.
+    /// Header is sane and, where the cluster has data checksums, the checksum matches.
     Valid,
     /// An all-zero page: PostgreSQL accepts these (a relation extended but not yet written).
     New,
     /// The stored checksum does not match the contents at this block number.
     BadChecksum { stored: u16, computed: u16 },
-    /// The header's offsets are impossible (`PageIsVerified` would reject them).
+    /// The header is impossible: offsets `PageIsVerified` would reject, another layout
+    /// version or page size, unknown flags, or (verifying without checksums) a `pd_lsn` beyond
+    /// the LSN served.
     BadHeader,
 }
 
@@ -109,8 +113,38 @@ fn header_u16(page: &Page, offset: usize) -> u16 {
     u16::from_ne_bytes([page[offset], page[offset + 1]])
 }
 
+/// How pages are verified: the cluster decides, by whether it maintains data checksums
+/// (`data_checksum_version` in `pg_control`, PostgreSQL's `data_checksums` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageVerify {
+    /// The cluster has data checksums (`initdb -k`; every synthetic page has one): the
+    /// header's sanity and `pd_checksum`, as `PageIsVerified` does.
+    Checksums,
+    /// No data checksums (a stock `initdb`): `pd_checksum` is never set, so only the header's
+    /// sanity, and `pd_lsn` not beyond `max_lsn` (the LSN served; `u64::MAX` for no bound),
+    /// since a page cannot carry WAL that has not been written yet.
+    Header { max_lsn: u64 },
+}
+
+impl PageVerify {
+    /// The verification for a cluster whose `pg_control` says `data_checksum_version`
+    /// (0: none; 1: `PG_DATA_CHECKSUM_VERSION`), serving pages as of `max_lsn`.
+    pub fn for_cluster(data_checksum_version: u32, max_lsn: u64) -> PageVerify {
+        if data_checksum_version == 0 {
+            PageVerify::Header { max_lsn }
+        } else {
+            PageVerify::Checksums
+        }
+    }
+}
+
 /// Verifies a page as PostgreSQL's `PageIsVerified` does with data checksums enabled.
 pub fn verify_page(page: &Page, blkno: u32) -> PageCheck {
+    verify_page_as(page, blkno, PageVerify::Checksums)
+}
+
+/// Verifies the page at `blkno` the way `how` says (see [`PageVerify`]).
+pub fn verify_page_as(page: &Page, blkno: u32, how: PageVerify) -> PageCheck {
     let lower = header_u16(page, 12);
     let upper = header_u16(page, 14);
     let special = header_u16(page, 16);
@@ -122,13 +156,27 @@ pub fn verify_page(page: &Page, blkno: u32) -> PageCheck {
         };
     }
     let size = PAGE_SIZE as u16;
+    let size_version = header_u16(page, 18);
     let sane = lower as usize >= PAGE_HEADER_SIZE
         && lower <= upper
         && upper <= special
         && special <= size
-        && special.is_multiple_of(8);
+        && special.is_multiple_of(8)
+        && size_version == size | PAGE_LAYOUT_VERSION
+        && header_u16(page, 10) & !PD_VALID_FLAG_BITS == 0;
     if !sane {
         return PageCheck::BadHeader;
+    }
+    let max_lsn = match how {
+        PageVerify::Checksums => None,
+        PageVerify::Header { max_lsn } => Some(max_lsn),
+    };
+    if let Some(max_lsn) = max_lsn {
+        return if page_lsn(page) <= max_lsn {
+            PageCheck::Valid
+        } else {
+            PageCheck::BadHeader
+        };
     }
     let stored = stored_checksum(page);
     let computed = pg_checksum_page(page, blkno);
@@ -263,6 +311,42 @@ mod tests {
         let mut bad = *synthetic_page(tag(0), 16);
         bad[14..16].copy_from_slice(&10u16.to_ne_bytes()); // pd_upper below pd_lower
         assert_eq!(verify_page(&bad, 0), PageCheck::BadHeader);
+    }
+
+    #[test]
+    fn without_checksums_the_header_decides() {
+        let mut page = *synthetic_page(tag(3), 16);
+        page[PD_CHECKSUM_OFFSET..PD_CHECKSUM_OFFSET + 2].fill(0); // never set without -k
+        let header = |max_lsn| PageVerify::Header { max_lsn };
+        assert!(matches!(
+            verify_page(&page, 3),
+            PageCheck::BadChecksum { stored: 0, .. }
+        ));
+        assert_eq!(verify_page_as(&page, 3, header(16)), PageCheck::Valid);
+        assert_eq!(verify_page_as(&page, 3, header(u64::MAX)), PageCheck::Valid);
+        // A page from beyond the LSN served.
+        assert_eq!(verify_page_as(&page, 3, header(15)), PageCheck::BadHeader);
+        assert_eq!(
+            verify_page_as(&[0u8; PAGE_SIZE], 3, header(0)),
+            PageCheck::New
+        );
+        let broken = |at: usize, value: u16| {
+            let mut p = page;
+            p[at..at + 2].copy_from_slice(&value.to_ne_bytes());
+            verify_page_as(&p, 3, header(u64::MAX))
+        };
+        assert_eq!(broken(12, 8), PageCheck::BadHeader); // pd_lower inside the header
+        assert_eq!(broken(14, 16), PageCheck::BadHeader); // pd_upper below pd_lower
+        assert_eq!(broken(16, 8200), PageCheck::BadHeader); // pd_special beyond the page
+        assert_eq!(broken(18, 8192 | 3), PageCheck::BadHeader); // layout version 3
+        assert_eq!(broken(18, 4096 | 4), PageCheck::BadHeader); // 4 KiB pages
+        assert_eq!(broken(10, 0x8), PageCheck::BadHeader); // unknown pd_flags bit
+        assert_eq!(broken(10, 0x7), PageCheck::Valid);
+        assert_eq!(
+            PageVerify::for_cluster(0, 7),
+            PageVerify::Header { max_lsn: 7 }
+        );
+        assert_eq!(PageVerify::for_cluster(1, 7), PageVerify::Checksums);
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub struct DaemonConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("LFC {path}: {source}")]
+    /// The attach error names the path already (and says e.g. how much space is missing).
+    #[error("LFC {source}")]
     Lfc {
         path: PathBuf,
         #[source]

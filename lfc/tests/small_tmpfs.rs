@@ -1,0 +1,193 @@
+//! A cache larger than its filesystem is refused up front (`AttachError::NoSpace`), on create
+//! and on re-attach of a sparse file, instead of being mapped and killing the first process
+//! that touches an unallocatable page with SIGBUS. Mounts a 64 MiB tmpfs (a container's default
+//! `/dev/shm`), so it needs root: it skips only when `UDPF_REQUIRE_ROOT` is unset.
+
+mod common;
+
+use common::{check_page, make_page, tag};
+use lfc::{AttachError, Lfc, PAGE_SIZE};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TMPFS_BYTES: u64 = 64 << 20;
+
+/// A tmpfs mounted on a fresh directory, unmounted when dropped (also when the test fails).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount() -> Tmpfs {
+        let dir = tempfile::Builder::new()
+            .prefix("udpf-tmpfs-")
+            .tempdir()
+            .unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_BYTES}")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Something still has a file open there: detach it now, freed when it closes.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+fn root_required() -> bool {
+    if std::env::var_os("UDPF_REQUIRE_ROOT").is_none() {
+        eprintln!("skipping: mounting a tmpfs needs root and UDPF_REQUIRE_ROOT is unset");
+        return false;
+    }
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "UDPF_REQUIRE_ROOT is set but the test does not run as root"
+    );
+    true
+}
+
+/// Copies `from` to `to` leaving every all-zero 4 KiB block a hole, as `cp --sparse=always`
+/// does: a cache file as an earlier (sparse-creating) build left it.
+fn sparse_copy(from: &Path, to: &Path) {
+    let src = std::fs::File::open(from).unwrap();
+    let len = src.metadata().unwrap().len();
+    let dst = std::fs::File::create(to).unwrap();
+    dst.set_len(len).unwrap();
+    let mut block = [0u8; 4096];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(block.len() as u64) as usize;
+        src.read_exact_at(&mut block[..n], at).unwrap();
+        if block[..n].iter().any(|&b| b != 0) {
+            dst.write_all_at(&block[..n], at).unwrap();
+        }
+        at += n as u64;
+    }
+}
+
+fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+/// Writes, reads back and fully maps `lfc`: every page of it is backed.
+fn exercise(lfc: &Lfc) {
+    lfc.map_all().unwrap();
+    let t = tag(1, 7);
+    lfc.write(&t, 100, &make_page(&t, 100)).unwrap();
+    let mut out = [0u8; PAGE_SIZE];
+    assert_eq!(lfc.lookup(&t, &mut out), Some(100));
+    check_page(&t, &out).unwrap();
+}
+
+#[test]
+fn a_cache_larger_than_its_tmpfs_is_refused_before_it_is_mapped() {
+    if !root_required() {
+        return;
+    }
+    let fs = Tmpfs::mount();
+
+    // 1 GiB of pages on 64 MiB: refused with the sizes, and no half-created file left.
+    let big = fs.path().join("big.lfc");
+    let e = Lfc::create(&big, (1 << 30) / PAGE_SIZE as u64)
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: not enough space for a cache file of 1083658240 bytes (1.0 GiB): 1083658240 \
+             bytes (1.0 GiB) more must be allocated but the filesystem has 67108864 bytes \
+             (64.0 MiB) free",
+            big.display()
+        )
+    );
+    assert!(matches!(e, AttachError::NoSpace { .. }));
+    assert!(!e.is_bad_file(), "open_or_create must not retry it");
+    assert_eq!(entries(fs.path()), Vec::<PathBuf>::new());
+
+    // 16 MiB fits, and is allocated up front.
+    let small = fs.path().join("small.lfc");
+    let lfc = Lfc::create(&small, 2048).unwrap();
+    let len = std::fs::metadata(&small).unwrap().len();
+    assert!(allocated_bytes(&small) >= len);
+    exercise(&lfc);
+    drop(lfc);
+    exercise(&Lfc::open(&small).unwrap());
+}
+
+#[test]
+fn a_sparse_cache_file_is_allocated_on_attach_or_refused() {
+    if !root_required() {
+        return;
+    }
+    let fs = Tmpfs::mount();
+    let disk = tempfile::tempdir().unwrap();
+
+    // A sparse 16 MiB cache fits: attaching fills its holes.
+    let on_disk = disk.path().join("small.lfc");
+    drop(Lfc::create(&on_disk, 2048).unwrap());
+    let small = fs.path().join("small.lfc");
+    sparse_copy(&on_disk, &small);
+    let len = std::fs::metadata(&small).unwrap().len();
+    assert!(allocated_bytes(&small) < len);
+    let lfc = Lfc::open(&small).unwrap();
+    assert!(allocated_bytes(&small) >= len);
+    exercise(&lfc);
+    drop(lfc);
+
+    // A sparse 128 MiB cache cannot be filled on 64 MiB: refused, never mapped.
+    let on_disk = disk.path().join("big.lfc");
+    drop(Lfc::create(&on_disk, 16384).unwrap());
+    let big = fs.path().join("big.lfc");
+    sparse_copy(&on_disk, &big);
+    let size = std::fs::metadata(&big).unwrap().len();
+    let allocated = allocated_bytes(&big);
+    match Lfc::open(&big) {
+        Err(AttachError::NoSpace {
+            path,
+            size: s,
+            missing,
+            free,
+        }) => {
+            assert_eq!(path, big);
+            assert_eq!(s, size);
+            assert_eq!(missing, size - allocated);
+            assert!(free < missing, "{free} free, {missing} missing");
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a sparse cache larger than its filesystem was attached"),
+    }
+}
