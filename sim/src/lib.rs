@@ -7,7 +7,8 @@
 //! `PageStore`, `Ingest`, `ReadPath` — and a real memory-mapped `Lfc` on a temp file, and checks
 //! after every step that no backend reads a stale, torn or forged page, that every read and every
 //! prewarm completes, that every datagram is accounted for, and that the cache never exceeds its
-//! capacity. See `world` for how each node mirrors its real I/O shell.
+//! capacity. See `world` for how each node mirrors its real I/O shell (one file per node, beside
+//! the network, the attacker and the checkers).
 //!
 //! Found by the soak and fixed: in the zero-copy receive path every datagram that was not
 //! installed (forged, corrupt, duplicate, stale) used to give its reserved frame back, and the

@@ -1,0 +1,229 @@
+//! The worker nodes: the daemon's own slot bookkeeping, `workers::pump::SlotBook` (frames
+//! posted as receive slots, `Ingest::complete`, turned-away frames posted again), behind a
+//! simulated socket that scatters each datagram into the oldest posted slot as `recvmmsg`
+//! does; or the copy path `Ingest::offer`; over the real `Lfc`. A paused daemon's workers stop
+//! and a killed one's lose what their sockets held.
+//!
+//! Owns: each worker's socket queue, posted slots and metrics, and the accounting of every
+//! delivered datagram. Decides nothing ingest decides; sends nothing.
+
+use super::check::ViolationKind;
+use super::net::{Origin, Packet};
+use super::{tag_key, Ev, World};
+use crate::config::SimConfig;
+use crate::trace::Kind;
+use lfc::Lfc;
+use std::collections::VecDeque;
+use workers::datagram::DropReason;
+use workers::ingest::Verdict;
+use workers::metrics::ThreadMetrics;
+use workers::pump::SlotBook;
+use workers::udp::{Completion, SlotRegions};
+
+pub(super) struct WorkerNode<'a> {
+    pub(super) queue: VecDeque<Packet>,
+    /// The daemon's own slot bookkeeping (`workers::pump::SlotBook`); this node stands in for
+    /// the kernel that receives into the slots it posts.
+    pub(super) book: SlotBook<'a>,
+    /// Slots posted with the simulated socket, oldest first (epoll's `recvmmsg` fills them in
+    /// that order).
+    pub(super) posted: VecDeque<(u32, SlotRegions)>,
+    pub(super) scheduled: bool,
+    pub(super) metrics: ThreadMetrics,
+    pub(super) delivered: u64,
+    pub(super) tail_drops: u64,
+    /// Per-reason verdicts as the simulator saw them, to cross-check the metrics.
+    pub(super) seen: [u64; DropReason::ALL.len()],
+    pub(super) seen_installed: u64,
+}
+
+impl WorkerNode<'_> {
+    /// Takes every posted slot back (the daemon's `cancel_all`) and abandons their frames, as
+    /// when the daemon dies or stops.
+    pub(super) fn give_slots_back(&mut self) {
+        for (id, _) in self.posted.drain(..) {
+            self.book.release(id);
+        }
+        self.book.abandon_spare();
+    }
+}
+
+fn verdict_code(v: &Verdict) -> u64 {
+    match v {
+        Ok(_) => 0,
+        Err(r) => 1 + r.index() as u64,
+    }
+}
+
+pub(super) fn build_workers<'a>(cfg: &SimConfig, lfc: &'a Lfc) -> Vec<WorkerNode<'a>> {
+    (0..cfg.workers)
+        .map(|_| WorkerNode {
+            queue: VecDeque::with_capacity(cfg.rx_queue_datagrams),
+            book: SlotBook::new(lfc, cfg.slots_per_worker),
+            posted: VecDeque::with_capacity(cfg.slots_per_worker),
+            scheduled: false,
+            metrics: ThreadMetrics::default(),
+            delivered: 0,
+            tail_drops: 0,
+            seen: [0; DropReason::ALL.len()],
+            seen_installed: 0,
+        })
+        .collect()
+}
+
+impl World<'_> {
+    /// Keeps the worker's slots posted (the top of `SlotPump::step`).
+    pub(super) fn refill_slots(&mut self, w: usize) {
+        let worker = &mut self.workers[w];
+        let posted = &mut worker.posted;
+        // SAFETY: this simulated socket writes a posted slot's regions only in
+        // `receive_into_slot`, for the slot it has just taken out of `posted`, and then hands
+        // the slot back at once.
+        let _ = unsafe {
+            worker.book.post_free(|id, regions| {
+                posted.push_back((id, regions));
+                Ok::<(), std::convert::Infallible>(())
+            })
+        };
+    }
+
+    pub(super) fn worker_run(&mut self, w: usize) {
+        self.workers[w].scheduled = false;
+        if self.workers[w].queue.is_empty() {
+            return;
+        }
+        if let Some(until) = self.cfg.daemon.paused_until(self.now) {
+            // SIGSTOPped: the socket keeps queueing; the thread runs again when continued.
+            self.workers[w].scheduled = true;
+            self.schedule(until, Ev::WorkerRun(w));
+            return;
+        }
+        if self.cfg.daemon.gone_at(self.now) {
+            self.worker_killed(w);
+            return;
+        }
+        let zero_copy = self.cfg.slots_per_worker > 0;
+        if zero_copy {
+            self.refill_slots(w);
+            if self.workers[w].posted.is_empty() {
+                // Every frame is reserved by someone: the daemon backs off and retries.
+                self.workers[w].scheduled = true;
+                self.schedule(
+                    self.now + workers::daemon::NO_SLOT_BACKOFF.as_nanos() as u64,
+                    Ev::WorkerRun(w),
+                );
+                return;
+            }
+        }
+        let Some(packet) = self.workers[w].queue.pop_front() else {
+            return;
+        };
+        let now = self.now;
+        let verdict = if zero_copy {
+            let Some(v) = self.receive_into_slot(w, &packet.bytes) else {
+                return;
+            };
+            v
+        } else {
+            self.ingest
+                .offer(&packet.bytes, now, &self.workers[w].metrics)
+        };
+        self.account(w, &packet, &verdict);
+        if !self.workers[w].queue.is_empty() {
+            self.workers[w].scheduled = true;
+            self.schedule(now + self.cfg.ingest_cost_ns, Ev::WorkerRun(w));
+        }
+    }
+
+    /// The daemon was killed: what the worker's socket held is gone with it, and the LFC
+    /// reclaims its frames.
+    fn worker_killed(&mut self, w: usize) {
+        let n = self.workers[w].queue.len() as u64;
+        self.workers[w].queue.clear();
+        self.report.faults.daemon_down += n;
+        self.report.datagrams_dropped_by_faults += n;
+        self.daemon_socket_lost += n;
+        self.workers[w].give_slots_back();
+    }
+
+    /// The zero-copy path: one datagram received into the oldest posted slot and completed by
+    /// the daemon's `SlotBook` (ingest); `None` if the worker has no slot posted.
+    fn receive_into_slot(&mut self, w: usize, b: &[u8]) -> Option<Verdict> {
+        let now = self.now;
+        let worker = &mut self.workers[w];
+        let (slot_id, regions) = worker.posted.pop_front()?;
+        // SAFETY: the slot was posted by `SlotBook::post_free` and is with this simulated
+        // socket only for this call: nothing else touches its regions (post_free's contract).
+        unsafe { regions.scatter(b) };
+        let completion = Completion {
+            slot_id,
+            len: b.len(),
+            truncated: b.len() > regions.capacity(),
+            ..Completion::default()
+        };
+        let verdict = worker
+            .book
+            .complete(&completion, now, &worker.metrics)
+            .expect("a simulated receive never fails");
+        // A slot turned away is posted again, as the daemon's next step does.
+        self.refill_slots(w);
+        Some(verdict)
+    }
+
+    fn account(&mut self, w: usize, packet: &Packet, verdict: &Verdict) {
+        self.report.datagrams_delivered += 1;
+        self.workers[w].delivered += 1;
+        let origin_code = match packet.origin {
+            Origin::Server => 0,
+            Origin::Corrupted => 1,
+            Origin::Replay => 2,
+            Origin::Forged(k) => 3 + k as u64,
+        };
+        self.rec(
+            Kind::Delivered,
+            w as u64,
+            origin_code,
+            verdict_code(verdict),
+        );
+        match verdict {
+            Ok(hdr) => {
+                self.workers[w].seen_installed += 1;
+                self.report.datagrams_installed += 1;
+                self.rec(
+                    Kind::Installed,
+                    tag_key(&hdr.tag),
+                    hdr.not_modified_since,
+                    0,
+                );
+                if matches!(packet.origin, Origin::Corrupted | Origin::Forged(_)) {
+                    self.violate(
+                        ViolationKind::ForgedAccepted,
+                        format!(
+                            "a {:?} datagram for {} was accepted by ingest",
+                            packet.origin, hdr.tag
+                        ),
+                    );
+                    return;
+                }
+                self.notify(hdr.tag);
+            }
+            Err(reason) => {
+                self.workers[w].seen[reason.index()] += 1;
+                *self
+                    .report
+                    .drops_by_reason
+                    .entry(reason.as_str().to_string())
+                    .or_insert(0) += 1;
+                match reason {
+                    DropReason::Stale => self.report.stale_rejected += 1,
+                    _ if matches!(packet.origin, Origin::Corrupted | Origin::Forged(_)) => {
+                        self.report.forged_rejected += 1
+                    }
+                    _ => {}
+                }
+                self.rec(Kind::Dropped, w as u64, reason.index() as u64, 0);
+            }
+        }
+        self.check_occupancy();
+    }
+}
