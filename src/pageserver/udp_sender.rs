@@ -22,7 +22,7 @@ use workers::udp::GsoSender;
 /// Datagrams sealed and sent per batch (one `sendmmsg`).
 pub const SEND_BATCH: usize = 32;
 /// Longest a sender sleeps before rechecking for shutdown.
-const IDLE_WAIT: Duration = Duration::from_millis(100);
+pub const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct SenderConfig {

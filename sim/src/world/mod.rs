@@ -166,7 +166,8 @@ pub struct World<'a> {
     prewarm_rng: Rng,
     prewarm_config: DriverConfig,
     page: Box<Page>,
-    datagram: Box<[u8; DATAGRAM_LEN]>,
+    /// One sender batch's datagrams (`seal_batch`'s output).
+    datagrams: Vec<[u8; DATAGRAM_LEN]>,
     trace: Trace,
     report: RunReport,
     /// Installs into the LFC by backends and prewarm (`install_prefetched` → Installed).
@@ -269,7 +270,7 @@ impl<'a> World<'a> {
             prewarm_rng: Rng::stream(seed, 0x9E7),
             prewarm_config: prewarm_driver_config(seed),
             page: Box::new([0u8; PAGE_SIZE]),
-            datagram: Box::new([0u8; DATAGRAM_LEN]),
+            datagrams: vec![[0u8; DATAGRAM_LEN]; udp_prefetch::pageserver::udp_sender::SEND_BATCH],
             trace: Trace::default(),
             report: RunReport {
                 seed,

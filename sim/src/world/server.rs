@@ -1,8 +1,9 @@
 //! The page-server shards: `pageserver::udp_sender::send_loop` (one iteration per
-//! `sender_run`, in virtual time) and the Prefetch/GetPage/PutPage/PrefetchTarget arms of
-//! `pageserver::conn::handle` (`serve`), over a real `PageStore`, `PrefetchScheduler`,
-//! `DropFilter` and `seal_page_job`. It mirrors those shells and copies their constants
-//! (ARCHITECTURE §10).
+//! `sender_run`, in virtual time: the real `PrefetchScheduler::next_batch`, then the real
+//! `seal_batch`, with the real `SEND_BATCH` and `IDLE_WAIT`) and the
+//! Prefetch/GetPage/PutPage/PrefetchTarget arms of `pageserver::conn::handle` (`serve`), over
+//! a real `PageStore`. It mirrors the loop and the connection handler around those cores, and
+//! copies the handler's constants (ARCHITECTURE §10).
 //!
 //! Owns: each shard's store, scheduler and sender threads, the per-connection responder's
 //! ordering, and the versions it applies (recorded in the version model). Puts datagrams on the
@@ -21,19 +22,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use udp_prefetch::pageserver::prefetch::{
-    seal_page_job, Destination, DropFilter, Next, PageJob, PrefetchScheduler, SkipReason,
+    seal_batch, Destination, DropFilter, JobOutcome, Next, PageJob, PrefetchScheduler, SkipReason,
 };
 use udp_prefetch::pageserver::source::PageSource;
 use udp_prefetch::pageserver::store::PageStore;
+use udp_prefetch::pageserver::udp_sender::{IDLE_WAIT, SEND_BATCH};
 use udp_prefetch::protocol::page::{page_lsn, synthetic_page};
 use udp_prefetch::protocol::pagestream::Header;
 use workers::datagram::DatagramKey;
-
-/// `udp_sender::SEND_BATCH`: datagrams per `next_batch`.
-const SEND_BATCH: usize = 32;
-
-/// `udp_sender::IDLE_WAIT`: longest a sender sleeps on a `WaitUntil`.
-const IDLE_WAIT_NS: u64 = 100_000_000;
 
 /// The page server's bounded wait for WAL (`lsn_wait_timeout`), and how often the model
 /// re-checks while waiting.
@@ -315,7 +311,7 @@ impl World<'_> {
                 th.token += 1;
                 th.state = SenderState::Sleeping;
                 let token = th.token;
-                let at = t.min(now + IDLE_WAIT_NS).max(now + 1);
+                let at = t.min(now + IDLE_WAIT.as_nanos() as u64).max(now + 1);
                 self.schedule(
                     at,
                     Ev::SenderWake {
@@ -339,28 +335,32 @@ impl World<'_> {
     /// went out.
     fn send_jobs(&mut self, shard: usize, thread: usize, jobs: &[PageJob]) -> u64 {
         let now = self.now;
-        let mut sent = 0u64;
-        for job in jobs {
-            if self.shards[shard].senders[thread].filter.drop_next() {
-                self.report.faults.sender_dropped += 1;
-                continue;
-            }
-            let store = self.shards[shard].store.clone();
-            match seal_page_job(&store, job, now, &mut self.page, &mut self.datagram) {
-                Ok(()) => {
-                    sent += 1;
+        let store = self.shards[shard].store.clone();
+        // The real sender's turn after `next_batch`; what it did to each job is then put on
+        // the simulated wire (and in the trace) in the same order.
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let sealed = seal_batch(
+            &store,
+            jobs,
+            &mut self.shards[shard].senders[thread].filter,
+            || now,
+            &mut self.page,
+            &mut self.datagrams,
+            |job, outcome| outcomes.push((job.tag, outcome)),
+        );
+        let mut next = 0;
+        for (tag, outcome) in outcomes {
+            match outcome {
+                JobOutcome::Dropped => self.report.faults.sender_dropped += 1,
+                JobOutcome::Sealed { page_lsn } => {
                     self.report.datagrams += 1;
-                    self.rec(
-                        Kind::Sent,
-                        shard as u64,
-                        tag_key(&job.tag),
-                        page_lsn(&self.page),
-                    );
-                    let bytes = self.datagram.to_vec();
+                    self.rec(Kind::Sent, shard as u64, tag_key(&tag), page_lsn);
+                    let bytes = self.datagrams[next].to_vec();
+                    next += 1;
                     let flow = self.shards[shard].senders[thread].flow;
                     self.send_udp(shard, bytes, flow);
                 }
-                Err(reason) => {
+                JobOutcome::Skipped(reason) => {
                     match reason {
                         SkipReason::NotReady => self.report.seal_not_ready += 1,
                         SkipReason::Failed => self.report.seal_failed += 1,
@@ -368,12 +368,12 @@ impl World<'_> {
                     self.rec(
                         Kind::SealSkipped,
                         shard as u64,
-                        tag_key(&job.tag),
+                        tag_key(&tag),
                         reason as u64,
                     );
                 }
             }
         }
-        sent
+        sealed as u64
     }
 }
