@@ -501,6 +501,15 @@ impl Driver {
             self.phase = Phase::Done;
             return Poll::Done;
         }
+        if cache_is_full(lfc, 0) {
+            // The pages that left made room for others: fetching them again would evict
+            // others in turn (in a small cache, this plan's own), round after round. The plan
+            // does not fit, as when the main loop finds the cache full.
+            self.cache_full = true;
+            self.repair_queue.clear();
+            self.phase = Phase::Done;
+            return Poll::Done;
+        }
         tracing::debug!(
             missing = self.repair_queue.len(),
             "re-fetching pages that left the cache"
@@ -723,6 +732,42 @@ mod tests {
         // Retries of the first pages (timed out by now) take their share of the allowance.
         let c = d.counts();
         assert_eq!(c.requested + c.retries, PACING_BURST_PAGES as u64 + 100);
+    }
+
+    #[test]
+    fn a_page_that_left_a_full_cache_is_not_fetched_again_and_the_run_says_full() {
+        // A small cache: the plan's 4 pages, others in every other frame, and, once a plan
+        // page has left, a frame a worker keeps reserved for its receive slot. Fetching the
+        // page again would evict.
+        let f = fixture(16);
+        let mut d = driver(&f, config(Some(7000)), 4, 4);
+        d.step(&f.lfc, T0);
+        drain(&mut d);
+        for tag in d.pages().to_vec() {
+            let _ = f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+        }
+        assert!(matches!(d.step(&f.lfc, T0 + MS), Poll::Wait { .. }));
+        let other = synthetic_rel(1);
+        for b in 0..f.lfc.capacity_pages() as u32 {
+            if cache_is_full(&f.lfc, 0) {
+                break;
+            }
+            let tag = other.block(b);
+            let _ = f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+        }
+        assert!(
+            d.pages().iter().all(|t| f.lfc.contains(t)),
+            "no plan page evicted yet"
+        );
+        let gone = d.pages()[1];
+        f.lfc.set_lwlsn(&gone, 100).unwrap();
+        let slot = f.lfc.reserve().expect("the freed frame");
+        assert!(cache_is_full(&f.lfc, 0));
+        assert_eq!(d.step(&f.lfc, T0 + 2 * MS), Poll::Done);
+        assert_eq!(drain(&mut d), vec![], "nothing fetched into a full cache");
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + 3 * MS);
+        assert!(r.cache_full && !r.complete && r.present == 3, "{r:?}");
+        slot.abandon();
     }
 
     #[test]
