@@ -11,6 +11,37 @@ use udp_prefetch::cmd::{self, Outcome};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: `text` (coloured only on a terminal, never with NO_COLOR set) or
+    /// `json` (one object per line, for log collectors).
+    #[arg(long, global = true, value_enum, env = "UDPF_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr, filtered by RUST_LOG (default `info`). Colour codes only where a person
+/// reads them: written into a file or a journal they are noise, and https://no-color.org asks
+/// that a non-empty NO_COLOR turn them off.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(use_colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +115,11 @@ enum BenchCommand {
     All(bench::all::AllBenchArgs),
 }
 
+/// Colour only on a terminal, and not when NO_COLOR is set to anything but the empty string.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Pageserver(args) => cmd::pageserver::run(args),
@@ -134,19 +170,26 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logging(cli.log_format);
     match run(cli) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(cmd::EXIT_FAILED),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", cmd::error_report(&err));
             ExitCode::from(cmd::exit_status_for(&err))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some("".into())));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(!use_colour(false, None));
     }
 }

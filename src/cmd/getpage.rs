@@ -41,6 +41,25 @@ pub fn parse_lsn_arg(s: &str) -> Result<u64, String> {
     })
 }
 
+/// The verdict's name in JSON: snake_case like every other key and value this tool prints
+/// (`valid`, `new`, `bad_checksum`, `bad_header`). Derived from the variant's name, so a verdict
+/// added later is named the same way without a change here.
+pub fn check_name(check: &PageCheck) -> String {
+    let debug = format!("{check:?}");
+    let variant = debug
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or_default();
+    let mut name = String::with_capacity(variant.len() + 4);
+    for (i, c) in variant.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_lowercase());
+    }
+    name
+}
+
 pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
     let opts = ConnectOptions::new(args.server.clone()).token(args.token.clone());
     let mut client = PageClient::connect(&opts)?;
@@ -63,7 +82,7 @@ pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
                 "rel": args.rel.to_string(),
                 "blkno": args.blk,
                 "lsn": format_lsn(page_lsn(&page)),
-                "check": format!("{check:?}"),
+                "check": check_name(&check),
                 "verified": check.is_ok(),
             })
         );
@@ -83,4 +102,22 @@ pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Failed
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_name;
+    use crate::protocol::page::PageCheck;
+
+    #[test]
+    fn verdicts_are_snake_case() {
+        assert_eq!(check_name(&PageCheck::Valid), "valid");
+        assert_eq!(check_name(&PageCheck::New), "new");
+        assert_eq!(check_name(&PageCheck::BadHeader), "bad_header");
+        let bad = PageCheck::BadChecksum {
+            stored: 1,
+            computed: 2,
+        };
+        assert_eq!(check_name(&bad), "bad_checksum");
+    }
 }

@@ -75,6 +75,7 @@ fn json_object(
     put("key_id", cache.key_id().into());
     put("creator_pid", cache.creator_pid().into());
     put("created_unix_ms", cache.created_unix_ms().into());
+    put("created", rfc3339_utc(cache.created_unix_ms()).into());
     put("lwlsn_floor", cache.lwlsn_floor().into());
     put("hits", s.hits.into());
     put("misses", s.misses.into());
@@ -138,6 +139,10 @@ impl DaemonView {
             r.map_or(Value::Null, |r| r.started_unix_ms.into()),
         );
         m.insert(
+            "daemon_started".into(),
+            r.map_or(Value::Null, |r| rfc3339_utc(r.started_unix_ms).into()),
+        );
+        m.insert(
             "daemon_generation".into(),
             r.map_or(Value::Null, |r| r.generation.into()),
         );
@@ -146,17 +151,44 @@ impl DaemonView {
     fn print_human(&self) {
         match &self.record {
             None => println!("  daemon     none registered (no worker daemon serves this cache)"),
-            Some(r) => println!(
-                "  daemon     {} pid {} on {}, last heartbeat {} ms ago, started at unix ms {}, generation {}",
+            Some(r) => {
+                println!(
+                "  daemon     {} pid {} on {}, last heartbeat {} ms ago, started {}, generation {}",
                 if self.alive() { "alive:" } else { "NOT RESPONDING:" },
                 r.pid,
                 r.addr,
                 self.age_ns / 1_000_000,
-                r.started_unix_ms,
+                rfc3339_utc(r.started_unix_ms),
                 r.generation
-            ),
+            )
+            }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 in UTC, e.g. `2026-12-02T02:07:50.831Z`: what a
+/// person reads (`--json` keeps the raw milliseconds too). Hand-rolled (days to civil date, as
+/// in Howard Hinnant's `civil_from_days`) rather than a date crate for one line of output.
+pub fn rfc3339_utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let sod = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60,
+        unix_ms % 1000
+    )
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -175,11 +207,11 @@ fn print_human(cache: &Lfc, g: &LfcGeometry, s: &LfcStats) {
     let data = g.capacity_pages * lfc::PAGE_SIZE as u64;
     println!("LFC {}", cache.path().display());
     println!(
-        "  format v{}, key id {:#010x}, created by pid {} at unix ms {}",
+        "  format v{}, key id {:#010x}, created by pid {} at {}",
         lfc::FORMAT_VERSION,
         cache.key_id(),
         cache.creator_pid(),
-        cache.created_unix_ms()
+        rfc3339_utc(cache.created_unix_ms())
     );
     println!(
         "  capacity   {} pages ({:.1} MiB of pages), file {:.1} MiB, metadata {:.2} MiB ({:.2} % of pages)",
@@ -222,4 +254,17 @@ fn print_human(cache: &Lfc, g: &LfcGeometry, s: &LfcStats) {
         "  recovery   {} locks broken and {} frames reclaimed from dead processes, {} busy refusals",
         s.lock_breaks, s.reclaims, s.busy
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_utc;
+
+    #[test]
+    fn times_print_as_rfc3339_utc() {
+        assert_eq!(rfc3339_utc(1_796_177_270_831), "2026-12-02T02:07:50.831Z");
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_utc(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_utc(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
 }

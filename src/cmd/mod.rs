@@ -40,11 +40,65 @@ pub enum Outcome {
     Failed,
 }
 
+/// A server's listen address from the command line: `host:port`, `host` alone (then
+/// `default_port`), or a name such as `localhost:6400`, resolved once at start; the first
+/// address the resolver returns is the one listened on.
+pub fn listen_addr(s: &str, default_port: u16) -> Result<std::net::SocketAddr, String> {
+    crate::protocol::client::resolve(s, default_port)
+        .map(|addrs| addrs[0])
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))
+}
+
+/// The error and its causes on one line, each cause once. Many errors here (and in `lfc` and
+/// `workers`) put their cause's text in their own message *and* expose it as `source()`, so
+/// anyhow's `{:#}` printed it twice (`Connection refused (os error 111): Connection refused (os
+/// error 111)`); a cause whose text the line already holds adds nothing and is skipped.
+pub fn error_report(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Exit status for an error: 2 when any cause in the chain is bad input, else 1.
 pub fn exit_status_for(err: &anyhow::Error) -> u8 {
     if err.chain().any(|e| e.is::<BadInput>()) {
         EXIT_BAD_INPUT
     } else {
         EXIT_FAILED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot connect to 127.0.0.1:1: {source}")]
+    struct Wrapped {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn error_report_prints_each_cause_once() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let text = refused.to_string();
+        let err = anyhow::Error::new(Wrapped { source: refused });
+        assert_eq!(
+            error_report(&err),
+            format!("cannot connect to 127.0.0.1:1: {text}")
+        );
+        // Context that does not repeat its cause still shows both.
+        let err = anyhow::Error::new(std::io::Error::other("disk full")).context("writing x");
+        assert_eq!(error_report(&err), "writing x: disk full");
     }
 }

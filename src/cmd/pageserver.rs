@@ -9,8 +9,9 @@ use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct PageServerArgs {
-    /// Address to listen on for pagestream connections.
-    #[arg(long, default_value = "127.0.0.1:6400")]
+    /// Address to listen on for pagestream connections: HOST:PORT, or HOST alone for port 6400;
+    /// names are resolved.
+    #[arg(long, default_value = "127.0.0.1:6400", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Page source: `synthetic[:rels=R,pages=N]` or `pgdata:PATH` (a PostgreSQL data directory,
     /// read-only).
@@ -69,6 +70,10 @@ pub struct PageServerArgs {
     /// Worker daemons accept both.
     #[arg(long, default_value = "token")]
     pub datagram_protection: workers::datagram::Protection,
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    super::listen_addr(s, crate::protocol::client::DEFAULT_PORT)
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {

@@ -21,13 +21,18 @@ pub struct PrewarmArgs {
 pub enum PrewarmCommand {
     /// Write the LFC's cached pages, hottest first, to a state file.
     Save {
+        /// The LFC whose cached pages are saved.
         #[arg(long)]
         lfc: PathBuf,
+        /// State file to write; an existing file is refused unless --force is given.
         #[arg(long)]
         out: PathBuf,
-        /// Save at most this many pages (the hottest).
+        /// Save at most this many pages (the hottest); at least 1.
         #[arg(long)]
         max_pages: Option<usize>,
+        /// Overwrite --out if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Refill the LFC from a state file (or a whole relation) through the UDP prefetch path.
     Run(RunArgs),
@@ -75,20 +80,38 @@ pub fn run(args: PrewarmArgs) -> anyhow::Result<Outcome> {
             lfc,
             out,
             max_pages,
-        } => save(&lfc, &out, max_pages),
+            force,
+        } => save(&lfc, &out, max_pages, force),
         PrewarmCommand::Run(a) => run_cmd(a),
     }
 }
 
 fn open_lfc(path: &std::path::Path) -> anyhow::Result<Lfc> {
-    Lfc::open(path).map_err(|e| BadInput(format!("{}: {e}", path.display())).into())
+    // The cache's errors already start with its path.
+    Lfc::open(path).map_err(|e| BadInput(e.to_string()).into())
 }
 
 fn save(
     lfc: &std::path::Path,
     out: &std::path::Path,
     max_pages: Option<usize>,
+    force: bool,
 ) -> anyhow::Result<Outcome> {
+    // Both refusals come before the cache is opened: they are about the command line alone.
+    if max_pages == Some(0) {
+        return Err(BadInput(
+            "--max-pages 0 would save an empty state: pass at least 1, or omit it to save every cached page".into(),
+        )
+        .into());
+    }
+    // A state file is the only record of what a cache held: never replace one by accident.
+    if !force && out.symlink_metadata().is_ok() {
+        return Err(BadInput(format!(
+            "{} already exists: pass --force to overwrite it",
+            out.display()
+        ))
+        .into());
+    }
     let cache = open_lfc(lfc)?;
     let tags = cache.snapshot_hottest(
         max_pages

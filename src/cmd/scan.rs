@@ -2,7 +2,9 @@
 
 use super::{BadInput, Outcome};
 use crate::compute::backend::read_path::ReadPathConfig;
-use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport, READY_LINE};
+use crate::compute::scan::{
+    run_scan_with_progress, ScanConfig, ScanMode, ScanProgress, ScanReport, READY_LINE,
+};
 use crate::protocol::client::ConnectOptions;
 use lfc::{Lfc, RelTag};
 use std::ops::Range;
@@ -55,6 +57,10 @@ pub struct ScanArgs {
     /// that first-touch page faults of a fresh process are not measured as read cost.
     #[arg(long, hide = true)]
     pub map_lfc: bool,
+    /// Without a terminal on stderr, log the scan's progress this often (milliseconds); a
+    /// terminal gets a progress bar instead. Hidden: for tests, which cannot wait 5 s.
+    #[arg(long, hide = true, default_value_t = 5000)]
+    pub progress_interval_ms: u64,
 }
 
 fn parse_blocks(s: &str) -> Result<Range<u32>, String> {
@@ -101,7 +107,8 @@ pub fn print_report(r: &ScanReport) {
 pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
     let lfc = match (&args.lfc, args.mode) {
         (Some(path), _) => {
-            Some(Lfc::open(path).map_err(|e| BadInput(format!("{}: {e}", path.display())))?)
+            // The cache's errors already start with its path.
+            Some(Lfc::open(path).map_err(|e| BadInput(e.to_string()))?)
         }
         (None, ScanMode::Udp | ScanMode::TcpLfc) => {
             return Err(BadInput(format!(
@@ -136,7 +143,11 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
         // Whatever the starter writes, the scan starts when it closes our input.
         std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
     }
-    let report = run_scan(&cfg, lfc.as_ref())?;
+    // The start gate is for benchmarks, whose scans must not print anything of their own.
+    let progress = (!args.json && !args.start_gate).then(|| ScanProgress {
+        log_every: std::time::Duration::from_millis(args.progress_interval_ms.max(1)),
+    });
+    let report = run_scan_with_progress(&cfg, lfc.as_ref(), progress)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

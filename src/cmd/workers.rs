@@ -19,8 +19,9 @@ pub struct WorkersArgs {
     /// suffixes accepted).
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
-    /// UDP address the page servers send prefetched pages to.
-    #[arg(long, default_value = "127.0.0.1:6401")]
+    /// UDP address the page servers send prefetched pages to: HOST:PORT, or HOST alone for
+    /// port 6401; names are resolved.
+    #[arg(long, default_value = "127.0.0.1:6401", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Worker threads, each with its own SO_REUSEPORT socket (default: one per two CPUs, at
     /// least one).
@@ -32,8 +33,9 @@ pub struct WorkersArgs {
     /// poll arming and a task-work pass per posted receive; one recvmmsg drains a burst).
     #[arg(long, default_value = "epoll", value_parser = parse_io)]
     pub io: IoChoice,
-    /// Serve Prometheus metrics over HTTP on this address (GET /metrics).
-    #[arg(long)]
+    /// Serve Prometheus metrics over HTTP on this address (GET /metrics): HOST:PORT, names
+    /// resolved.
+    #[arg(long, value_parser = parse_metrics)]
     pub metrics: Option<SocketAddr>,
     /// Write the daemon's pid here; refuse to start if it names a live process.
     #[arg(long)]
@@ -57,28 +59,85 @@ pub struct WorkersArgs {
     pub no_thread_classes: bool,
 }
 
+/// The daemon's UDP port when `--listen` names only a host.
+const DEFAULT_UDP_PORT: u16 = 6401;
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    super::listen_addr(s, DEFAULT_UDP_PORT)
+}
+
+/// Metrics have no customary port here, so one must be given.
+fn parse_metrics(s: &str) -> Result<SocketAddr, String> {
+    let probe = super::listen_addr(s, 0)?;
+    if probe.port() == 0 && !s.trim().ends_with(":0") {
+        return Err(format!(
+            "{s:?} names no port: pass HOST:PORT, e.g. 127.0.0.1:9187"
+        ));
+    }
+    Ok(probe)
+}
+
 fn parse_io(s: &str) -> Result<IoChoice, String> {
     s.parse().map_err(|e: workers::udp::UdpError| e.to_string())
 }
 
-/// Parses `1048576`, `64MiB`, `1G`, `512K`.
+/// Parses a size in bytes: `1048576`, `64MiB`, `1G`, `512K`, `1.5GiB`. K, M, G and T are
+/// binary (KiB...), as in the rest of this tool's output; a fraction is rounded down to whole
+/// bytes. Zero, negative and unparsable sizes are refused: no flag here means anything by them.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let example = "e.g. 268435456, 256MiB or 1.5GiB";
+    if t.starts_with('-') {
+        return Err(format!("invalid size {s:?}: a size cannot be negative"));
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid size {s:?}: expected a number of bytes, e.g. 268435456 or 256MiB")
-    })?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        _ => return Err(format!("invalid size unit in {s:?}: use K, M, G or T")),
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+        return Err(format!(
+            "invalid size {s:?}: expected a number of bytes, {example}"
+        ));
+    }
+    let shift: u32 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "invalid size unit {:?} in {s:?}: use K, M, G or T (KiB, MiB, GiB, TiB), {example}",
+                unit.trim()
+            ))
+        }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    let too_large = || format!("size {s:?} is too large");
+    // Integer arithmetic on the digits, so `1.1GiB` is exactly floor(1.1 * 2^30) bytes.
+    let int: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| too_large())?
+    };
+    let frac_digits = frac.len().min(30) as u32;
+    let frac_value: u128 = if frac_digits == 0 {
+        0
+    } else {
+        frac[..frac_digits as usize]
+            .parse()
+            .map_err(|_| too_large())?
+    };
+    let bytes = int
+        .checked_shl(shift)
+        .filter(|b| b >> shift == int)
+        .ok_or_else(too_large)?
+        + ((frac_value << shift) / 10u128.pow(frac_digits));
+    let bytes = u64::try_from(bytes).map_err(|_| too_large())?;
+    if bytes == 0 {
+        return Err(format!("invalid size {s:?}: must be at least one byte"));
+    }
+    Ok(bytes)
 }
 
 pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
@@ -102,7 +161,7 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
     let result = daemon::run(&config, &stop, |s| {
         tracing::info!(
             listen = %s.listen, io = %s.backend, threads = s.threads, recv_buffer = s.recv_buffer_bytes,
-            capacity_pages = s.capacity_pages, metrics = ?s.metrics, lfc = %args.lfc.display(), "workers started"
+            capacity_pages = s.capacity_pages, metrics = %s.metrics.map_or_else(|| "none".to_string(), |m| m.to_string()), lfc = %args.lfc.display(), "workers started"
         );
         // One stable line on stdout for scripts and tests.
         let metrics = s.metrics.map_or_else(|| "-".to_string(), |m| m.to_string());
@@ -178,8 +237,29 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("1G"), Ok(1 << 30));
-        assert!(parse_size("12X").is_err());
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("0.5K"), Ok(512));
+        assert_eq!(parse_size("1.1GiB"), Ok(1_181_116_006)); // floor(1.1 * 2^30)
+        assert_eq!(parse_size("2.9"), Ok(2)); // whole bytes, rounded down
+        assert_eq!(parse_size(" 256 MiB "), Ok(256 << 20));
+        assert_eq!(
+            parse_size("12X"),
+            Err("invalid size unit \"X\" in \"12X\": use K, M, G or T (KiB, MiB, GiB, TiB), e.g. 268435456, 256MiB or 1.5GiB".into())
+        );
+        assert_eq!(
+            parse_size("-1GiB"),
+            Err("invalid size \"-1GiB\": a size cannot be negative".into())
+        );
+        assert_eq!(
+            parse_size("0"),
+            Err("invalid size \"0\": must be at least one byte".into())
+        );
+        assert!(parse_size("0.1").is_err()); // rounds down to zero bytes
         assert!(parse_size("").is_err());
+        assert!(parse_size(".").is_err());
+        assert!(parse_size("1.2.3M").is_err());
         assert!(parse_size("99999999999T").is_err());
+        assert!(parse_size("99999999999999999999999999999999999999999").is_err());
     }
 }

@@ -141,8 +141,85 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// How a scan reports progress while it runs: a bar on a terminal (as prewarm's), otherwise a
+/// log line every `log_every`, so a long scan into a file or a pipe is not one long silence.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanProgress {
+    pub log_every: Duration,
+}
+
+impl Default for ScanProgress {
+    fn default() -> Self {
+        ScanProgress {
+            log_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The running side of [`ScanProgress`].
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    log_every: Duration,
+    started: Instant,
+    last_log: Instant,
+    total: u64,
+}
+
+impl Progress {
+    /// Pages between looks at the clock: the check stays off the per-page cost.
+    const CHECK_EVERY: u64 = 64;
+
+    fn new(cfg: ScanProgress, mode: ScanMode, total: u64) -> Progress {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} {bar:40} {pos}/{len} pages {per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(mode.name());
+            bar
+        });
+        let now = Instant::now();
+        Progress {
+            bar,
+            log_every: cfg.log_every,
+            started: now,
+            last_log: now,
+            total,
+        }
+    }
+
+    fn update(&mut self, done: u64) {
+        if !done.is_multiple_of(Self::CHECK_EVERY) {
+            return;
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        } else if self.last_log.elapsed() >= self.log_every {
+            self.last_log = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64();
+            tracing::info!(
+                done,
+                total = self.total,
+                pages_per_s = format!("{:.0}", done as f64 / secs.max(1e-9)),
+                "scan progress"
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// Collects what a scan observed page by page.
 struct Tally {
+    progress: Option<Progress>,
     hasher: blake3::Hasher,
     verified: u64,
     failed: u64,
@@ -157,6 +234,9 @@ impl Tally {
             self.verified += 1;
         } else {
             self.failed += 1;
+        }
+        if let Some(p) = &mut self.progress {
+            p.update(self.verified + self.failed);
         }
         self.waits_us.push(wait.as_secs_f64() * 1e6);
         // The digest (the test harness's, not a backend's) and the emulated query work are
@@ -183,6 +263,16 @@ impl Tally {
 /// Runs one scan. `lfc` is required for the udp mode and unused otherwise (the TCP modes are
 /// the baselines without a cache).
 pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanReport> {
+    run_scan_with_progress(cfg, lfc, None)
+}
+
+/// [`run_scan`], reporting progress as `progress` says (the `scan` command's; the benchmarks and
+/// the demo print their own lines and pass `None`).
+pub fn run_scan_with_progress(
+    cfg: &ScanConfig,
+    lfc: Option<&Lfc>,
+    progress: Option<ScanProgress>,
+) -> anyhow::Result<ScanReport> {
     // A backend is what a query waits on: the same short slice as the page server's GetPage
     // threads, in every mode, so that neither preempts the other for a Prefetch or a response.
     workers::sched::set_thread_class_or_warn(workers::sched::ThreadClass::Latency);
@@ -193,6 +283,7 @@ pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanRepor
     };
     anyhow::ensure!(cfg.distance >= 1, "--distance must be at least 1");
     let mut tally = Tally {
+        progress: progress.map(|p| Progress::new(p, cfg.mode, blocks.len() as u64)),
         hasher: blake3::Hasher::new(),
         verified: 0,
         failed: 0,
@@ -215,6 +306,9 @@ pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanRepor
     };
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = (thread_cpu() - cpu_start).saturating_sub(tally.work_cpu);
+    if let Some(p) = &tally.progress {
+        p.finish();
+    }
     Ok(tally.report(cfg, blocks.len() as u64, stats, state_log, elapsed, cpu))
 }
 

@@ -22,8 +22,17 @@ use std::time::Duration;
 pub const MAX_IN_FLIGHT: usize = 4096;
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// The page server's port when an address names only a host.
+pub const DEFAULT_PORT: u16 = 6400;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
@@ -38,6 +47,13 @@ pub enum ClientError {
     PasswordRequired,
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),
+    /// The peer answered the startup message with something that is not the PostgreSQL
+    /// protocol: pointed at the wrong port, most likely (a metrics or web server).
+    #[error("{addr} is not a PostgreSQL/pagestream server (it answered like {like})")]
+    NotPostgres { addr: String, like: String },
+    /// The peer accepted the connection but never answered the startup message.
+    #[error("{addr} did not answer within {} s: is it a PostgreSQL/pagestream server?", .after.as_secs_f64())]
+    NoAnswer { addr: String, after: Duration },
     #[error("unexpected reply from the server: {0}")]
     Unexpected(String),
     #[error("too many requests in flight (limit {MAX_IN_FLIGHT})")]
@@ -66,6 +82,7 @@ pub struct ConnectOptions {
     pub timeline_id: String,
     pub token: Option<String>,
     pub user: String,
+    /// How long connecting may take, and then the startup exchange.
     pub connect_timeout: Duration,
 }
 
@@ -103,7 +120,10 @@ impl PageClient {
             addr: opts.addr.clone(),
             source,
         };
-        let addrs: Vec<SocketAddr> = opts.addr.to_socket_addrs().map_err(connect_err)?.collect();
+        let addrs = resolve(&opts.addr, DEFAULT_PORT).map_err(|source| ClientError::Resolve {
+            addr: opts.addr.clone(),
+            source,
+        })?;
         let mut last =
             std::io::Error::new(std::io::ErrorKind::NotFound, "address resolves to nothing");
         let mut stream = None;
@@ -118,6 +138,9 @@ impl PageClient {
         }
         let stream = stream.ok_or_else(|| connect_err(last))?;
         stream.set_nodelay(true)?;
+        // A peer that accepts and then waits for its own kind of request (an HTTP server, say)
+        // would hang the startup forever: it gets the connect timeout too.
+        stream.set_read_timeout(Some(opts.connect_timeout))?;
         let mut client = PageClient {
             out: BufWriter::with_capacity(WRITE_BUFFER, stream.try_clone()?),
             reader: FramedReader::new(stream),
@@ -126,8 +149,31 @@ impl PageClient {
             pending: VecDeque::new(),
             scratch: Vec::with_capacity(16 * 1024),
         };
-        client.startup(opts)?;
-        Ok(client)
+        match client.startup(opts) {
+            Ok(()) => {
+                client.reader.get_ref().set_read_timeout(None)?;
+                Ok(client)
+            }
+            // SO_RCVTIMEO expiring reads as WouldBlock on Linux, TimedOut elsewhere.
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(ClientError::NoAnswer {
+                    addr: opts.addr.clone(),
+                    after: opts.connect_timeout,
+                })
+            }
+            // Whatever the peer sent is still buffered: name what it looks like rather than
+            // report its first bytes read as a frame length.
+            Err(ClientError::Protocol(_)) => Err(ClientError::NotPostgres {
+                addr: opts.addr.clone(),
+                like: peer_kind(client.reader.buffered()),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     fn write_frontend(&mut self, msg: &FrontendMessage) -> Result<(), ClientError> {
@@ -428,6 +474,55 @@ impl PageClient {
     }
 }
 
+/// What a peer that does not speak the PostgreSQL protocol looks like, from its first bytes.
+fn peer_kind(first: &[u8]) -> String {
+    if first.starts_with(b"HTTP/") {
+        return "an HTTP server".into();
+    }
+    if first.starts_with(b"SSH-") {
+        return "an SSH server".into();
+    }
+    let shown: String = first
+        .iter()
+        .take(16)
+        .map(|&b| match b {
+            b' '..=b'~' => (b as char).to_string(),
+            _ => format!("\\x{b:02x}"),
+        })
+        .collect();
+    format!("something else: its first bytes were \"{shown}\"")
+}
+
+/// Resolves `host:port`, `host` alone (with `default_port`), `[v6]`, `[v6]:port`, a bare IPv6
+/// address, or a name (`localhost:6400`) to socket addresses, in resolver order. An address
+/// that resolves to nothing is an error, so callers can take the first one.
+pub fn resolve(addr: &str, default_port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    use std::net::IpAddr;
+    let addr = addr.trim();
+    let no_port = |host: &str| -> bool {
+        // `[::1]` and `::1` (more than one colon, no brackets) carry no port; `host:port` does.
+        (host.starts_with('[') && host.ends_with(']'))
+            || host.parse::<IpAddr>().is_ok()
+            || !host.contains(':')
+    };
+    let found: Vec<SocketAddr> = if no_port(addr) {
+        let host = addr.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, default_port)],
+            Err(_) => (host, default_port).to_socket_addrs()?.collect(),
+        }
+    } else {
+        addr.to_socket_addrs()?.collect()
+    };
+    if found.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the name resolves to no address",
+        ));
+    }
+    Ok(found)
+}
+
 pub fn unexpected(what: &str, resp: &Response) -> ClientError {
     let kind = match resp {
         Response::Exists { .. } => "Exists",
@@ -439,4 +534,37 @@ pub fn unexpected(what: &str, resp: &Response) -> ClientError {
         Response::PutPage { .. } => "PutPage",
     };
     ClientError::Unexpected(format!("{kind} response to a {what} request"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{peer_kind, resolve};
+    use std::net::SocketAddr;
+
+    fn one(addr: &str) -> SocketAddr {
+        resolve(addr, 6400).unwrap()[0]
+    }
+
+    #[test]
+    fn addresses_take_a_default_port_and_names() {
+        assert_eq!(one("127.0.0.1"), "127.0.0.1:6400".parse().unwrap());
+        assert_eq!(one("127.0.0.1:7"), "127.0.0.1:7".parse().unwrap());
+        assert_eq!(one("::1"), "[::1]:6400".parse().unwrap());
+        assert_eq!(one("[::1]"), "[::1]:6400".parse().unwrap());
+        assert_eq!(one("[::1]:7"), "[::1]:7".parse().unwrap());
+        assert!(one("localhost").ip().is_loopback());
+        assert_eq!(one("localhost:7").port(), 7);
+        assert!(resolve("no-such-host.invalid", 6400).is_err());
+        assert!(resolve("127.0.0.1:port", 6400).is_err());
+    }
+
+    #[test]
+    fn peers_of_other_protocols_are_named() {
+        assert_eq!(peer_kind(b"HTTP/1.0 404 Not Found\r\n"), "an HTTP server");
+        assert_eq!(peer_kind(b"SSH-2.0-OpenSSH_9.6\r\n"), "an SSH server");
+        assert_eq!(
+            peer_kind(b"\x16\x03\x01abc"),
+            "something else: its first bytes were \"\\x16\\x03\\x01abc\""
+        );
+    }
 }

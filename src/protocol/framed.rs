@@ -46,6 +46,12 @@ impl<R: Read> FramedReader<R> {
         &self.inner
     }
 
+    /// Input read but not yet consumed by a message: after a decode error, the bytes that
+    /// failed to parse (a client tells an HTTP server's answer by them).
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
     /// Returns the next message, or `None` on a clean end of stream between messages.
     pub fn next<T>(
         &mut self,
