@@ -2,6 +2,7 @@
 //! at run time by PutPage, and the last-record LSN that requests wait for.
 
 use super::source::{PageSource, SourceError};
+use crate::protocol::page::format_lsn;
 use crate::protocol::page::Page;
 use crate::protocol::pagestream::LATEST_LSN;
 use lfc::{BufferTag, RelTag};
@@ -23,22 +24,36 @@ pub enum StoreError {
     },
     #[error("database {0} does not exist")]
     NoSuchDatabase(u32),
-    #[error("invalid request: request_lsn {request_lsn} is older than not_modified_since {not_modified_since}")]
+    #[error(
+        "invalid request: request_lsn {} is older than not_modified_since {}",
+        format_lsn(*request_lsn),
+        format_lsn(*not_modified_since)
+    )]
     LsnOrder {
         request_lsn: u64,
         not_modified_since: u64,
     },
-    #[error("request LSN {lsn} is older than the oldest version kept ({base})")]
+    #[error(
+        "request LSN {} is older than the oldest version kept ({})",
+        format_lsn(*lsn),
+        format_lsn(*base)
+    )]
     TooOld { lsn: u64, base: u64 },
     #[error(
-        "timed out after {waited_ms} ms waiting for WAL to reach {wanted} (last record LSN {last})"
+        "timed out after {waited_ms} ms waiting for WAL to reach {} (last record LSN {})",
+        format_lsn(*wanted),
+        format_lsn(*last)
     )]
     WaitLsnTimeout {
         wanted: u64,
         last: u64,
         waited_ms: u64,
     },
-    #[error("invalid PutPage: LSN {lsn} is not newer than the base images ({base})")]
+    #[error(
+        "invalid PutPage: LSN {} is not newer than the base images ({})",
+        format_lsn(*lsn),
+        format_lsn(*base)
+    )]
     PutTooOld { lsn: u64, base: u64 },
     #[error("version table is full ({max} page versions); restart the server to reset it")]
     VersionTableFull { max: usize },
@@ -234,6 +249,28 @@ mod tests {
     fn store(timeout_ms: u64) -> PageStore {
         let source = SourceSpec::Synthetic { rels: 1, pages: 8 }.open().unwrap();
         PageStore::new(source, 16, Duration::from_millis(timeout_ms))
+    }
+
+    #[test]
+    fn lsns_in_errors_are_written_as_postgres_writes_them() {
+        let e = StoreError::WaitLsnTimeout {
+            wanted: u64::MAX,
+            last: 0x016B_3748,
+            waited_ms: 3,
+        };
+        assert_eq!(
+            e.to_string(),
+            "timed out after 3 ms waiting for WAL to reach FFFFFFFF/FFFFFFFF (last record LSN \
+             0/16B3748)"
+        );
+        let e = StoreError::LsnOrder {
+            request_lsn: 0x1_0000_0010,
+            not_modified_since: 0x2_0000_0000,
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid request: request_lsn 1/10 is older than not_modified_since 2/0"
+        );
     }
 
     #[test]

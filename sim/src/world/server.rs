@@ -225,7 +225,7 @@ impl World<'_> {
                 }
                 Err(format!(
                     "timed out waiting for WAL to reach {}",
-                    hdr.not_modified_since
+                    udp_prefetch::protocol::page::format_lsn(hdr.not_modified_since)
                 ))
             }
             Err(e) => Err(e.to_string()),
