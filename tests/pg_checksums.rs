@@ -141,6 +141,12 @@ fn a_stock_initdb_cluster_verifies_by_page_header() {
     let how = PageVerify::for_cluster(0, source.wal_lsn());
     let server = ServerProc::start(&["--source", &format!("pgdata:{}", data.display())]);
     let mut client = PageClient::connect(&ConnectOptions::new(server.addr.clone())).unwrap();
+    // The server said so at startup, and the client verifies accordingly.
+    assert_eq!(
+        client.page_verify(7),
+        PageVerify::Header { max_lsn: 7 },
+        "the client did not learn that the cluster has no checksums"
+    );
     let pg_class = lfc::RelTag::new(1663, 1, 1259, 0);
     let n = client.nblocks(pg_class, LATEST_LSN).unwrap();
     assert!(n > 0);
@@ -153,6 +159,31 @@ fn a_stock_initdb_cluster_verifies_by_page_header() {
         })
         .unwrap();
     assert_eq!(served, n);
+
+    // The scan tool verifies the same way: every page of pg_class, none failed (before, every
+    // page failed its checksum: "verified 0, FAILED ...").
+    let out = Command::new(env!("CARGO_BIN_EXE_udp-prefetch"))
+        .args(["scan", "--server", &server.addr, "--mode", "tcp-pipelined"])
+        .args(["--rel", "1663/1/1259/0", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(
+        out.stdout
+            .split(|&b| b == b'\n')
+            .find(|l| !l.is_empty())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (report["verified"].as_u64(), report["failed"].as_u64()),
+        (Some(u64::from(n)), Some(0)),
+        "{report}"
+    );
 
     // A page whose header is broken still fails without checksums.
     let mut page = client.get_page(pg_class.block(0), LATEST_LSN, 0).unwrap();

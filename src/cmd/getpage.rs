@@ -2,7 +2,9 @@
 
 use super::{BadInput, Outcome};
 use crate::protocol::client::{ConnectOptions, PageClient};
-use crate::protocol::page::{format_lsn, page_lsn, parse_lsn, verify_page, PageCheck};
+use crate::protocol::page::{
+    format_lsn, page_lsn, parse_lsn, verify_page_as, PageCheck, PageVerify,
+};
 use lfc::RelTag;
 use std::path::PathBuf;
 
@@ -74,7 +76,7 @@ pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
         std::fs::write(path, &page[..])
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
-    let check = verify_page(&page, args.blk);
+    let check = verify_page_as(&page, args.blk, client.page_verify(args.lsn));
     if args.json {
         println!(
             "{}",
@@ -88,7 +90,10 @@ pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
         );
     } else {
         let verdict = match check {
-            PageCheck::Valid => "checksum ok".to_string(),
+            PageCheck::Valid if client.page_verify(args.lsn) == PageVerify::Checksums => {
+                "checksum ok".to_string()
+            }
+            PageCheck::Valid => "header ok (the cluster has no data checksums)".to_string(),
             PageCheck::New => "new (all-zero) page".to_string(),
             PageCheck::BadChecksum { stored, computed } => {
                 format!("CHECKSUM MISMATCH (stored {stored:#06x}, computed {computed:#06x})")

@@ -6,7 +6,7 @@ use crate::compute::backend::pipeline::PIPELINED_FLUSH_EVERY;
 use crate::compute::backend::read_path::{ReadPathConfig, ReadStats, ScanWindow};
 use crate::compute::backend::{Backend, ReadSource, StateChange};
 use crate::protocol::client::{ConnectOptions, PageClient};
-use crate::protocol::page::{verify_page, Page};
+use crate::protocol::page::{verify_page_as, Page, PageVerify};
 use crate::protocol::pagestream::LATEST_LSN;
 use lfc::{Lfc, RelTag, PAGE_SIZE};
 use std::ops::Range;
@@ -226,11 +226,13 @@ struct Tally {
     waits_us: Vec<f64>,
     work_cpu: Duration,
     cpu_per_page_us: u64,
+    /// The cluster's verification (checksums, or headers when it has none).
+    verify: PageVerify,
 }
 
 impl Tally {
     fn page(&mut self, blkno: u32, page: &Page, wait: Duration) {
-        if verify_page(page, blkno).is_ok() {
+        if verify_page_as(page, blkno, self.verify).is_ok() {
             self.verified += 1;
         } else {
             self.failed += 1;
@@ -290,6 +292,7 @@ pub fn run_scan_with_progress(
         waits_us: Vec::with_capacity(blocks.len()),
         work_cpu: Duration::ZERO,
         cpu_per_page_us: cfg.cpu_per_page_us,
+        verify: client.page_verify(u64::MAX),
     };
     let cpu_start = thread_cpu();
     let started = Instant::now();

@@ -7,7 +7,7 @@
 //! `pageserver` or `compute` code.
 
 use crate::protocol::framed::{FramedError, FramedReader};
-use crate::protocol::page::Page;
+use crate::protocol::page::{Page, PageVerify};
 use crate::protocol::pagestream::{Header, PrefetchTarget, Request, Response};
 use crate::protocol::pgwire::{
     BackendDecoder, BackendMessage, ErrorFields, FrontendMessage, ProtocolError,
@@ -112,9 +112,19 @@ pub struct PageClient {
     /// Request ids awaiting a response, oldest first.
     pending: VecDeque<u64>,
     scratch: Vec<u8>,
+    /// What the server said of its cluster at startup (`data_checksums`, PostgreSQL's own
+    /// setting name); a server that says nothing is taken to have them, as every page of the
+    /// synthetic source and of a `-k` cluster does.
+    data_checksums: bool,
 }
 
 impl PageClient {
+    /// How pages from this server are verified: by checksum, or, when its cluster has no data
+    /// checksums (a stock `initdb`), by their headers with `pd_lsn` at most `max_lsn`.
+    pub fn page_verify(&self, max_lsn: u64) -> PageVerify {
+        PageVerify::for_cluster(u32::from(self.data_checksums), max_lsn)
+    }
+
     pub fn connect(opts: &ConnectOptions) -> Result<PageClient, ClientError> {
         let connect_err = |source| ClientError::Connect {
             addr: opts.addr.clone(),
@@ -148,6 +158,7 @@ impl PageClient {
             next_reqid: 1,
             pending: VecDeque::new(),
             scratch: Vec::with_capacity(16 * 1024),
+            data_checksums: true,
         };
         match client.startup(opts) {
             Ok(()) => {
@@ -207,7 +218,10 @@ impl PageClient {
                 }
                 BackendMessage::ReadyForQuery { .. } => break,
                 BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
-                _ => {} // AuthenticationOk, ParameterStatus, BackendKeyData.
+                BackendMessage::ParameterStatus { name, value } if name == "data_checksums" => {
+                    self.data_checksums = value != "off";
+                }
+                _ => {} // AuthenticationOk, other ParameterStatus, BackendKeyData.
             }
         }
         self.write_frontend(&FrontendMessage::Query(format!(

@@ -25,6 +25,7 @@ use udp_prefetch::compute::prewarm::driver::{
 };
 use udp_prefetch::compute::prewarm::schedule::ScheduleConfig;
 use udp_prefetch::pageserver::source::Synthetic;
+use udp_prefetch::protocol::page::PageVerify;
 use udp_prefetch::protocol::pagestream::{Header, LATEST_LSN};
 
 pub(super) struct PrewarmNode {
@@ -63,6 +64,8 @@ pub(super) fn prewarm_driver_config(seed: u64) -> DriverConfig {
             0
         },
         deadline_ns: None,
+        // Every synthetic page carries a checksum.
+        verify: PageVerify::Checksums,
     }
 }
 

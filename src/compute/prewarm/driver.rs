@@ -18,7 +18,7 @@
 use super::schedule::{Schedule, ScheduleConfig, ScheduleCounts};
 use super::PrewarmReport;
 use crate::compute::backend::read_path::PrefetchRun;
-use crate::protocol::page::{verify_page, Page};
+use crate::protocol::page::{verify_page_as, Page, PageVerify};
 use lfc::{BufferTag, InstallOutcome, Lfc, RelTag, PAGE_SIZE};
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -54,6 +54,9 @@ pub struct DriverConfig {
     pub rate_bytes_per_s: u64,
     /// Longest run, from `started_ns`; the run stops (incomplete) at the first round after it.
     pub deadline_ns: Option<u64>,
+    /// How the final check verifies pages: the cluster's checksums, or headers when it has
+    /// none (`PageClient::page_verify`).
+    pub verify: PageVerify,
 }
 
 /// A message for the page server, on prewarm's TCP connection.
@@ -539,7 +542,7 @@ impl Driver {
         for (i, tag) in self.pages.iter().enumerate() {
             if self.exists[i] && lfc.lookup(tag, &mut page).is_some() {
                 inspect(tag, &page);
-                if verify_page(&page, tag.blkno).is_ok() {
+                if verify_page_as(&page, tag.blkno, self.config.verify).is_ok() {
                     check.present += 1;
                 } else {
                     check.failed_verification += 1;
@@ -597,6 +600,7 @@ mod tests {
             udp_port,
             rate_bytes_per_s: 0,
             deadline_ns: None,
+            verify: PageVerify::Checksums,
         }
     }
 

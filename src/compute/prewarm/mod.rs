@@ -140,6 +140,7 @@ pub fn run_prewarm(
         udp_port,
         rate_bytes_per_s: cfg.rate_bytes_per_s,
         deadline_ns: cfg.deadline.map(|d| d.as_nanos() as u64),
+        verify: client.page_verify(u64::MAX),
     };
     let mut driver = Driver::new(
         config,
