@@ -738,19 +738,25 @@ mod tests {
         assert_eq!(c.requested + c.retries, PACING_BURST_PAGES as u64 + 100);
     }
 
-    #[test]
-    fn a_page_that_left_a_full_cache_is_not_fetched_again_and_the_run_says_full() {
-        // A small cache: the plan's 4 pages, others in every other frame, and, once a plan
-        // page has left, a frame a worker keeps reserved for its receive slot. Fetching the
-        // page again would evict.
-        let f = fixture(16);
-        let mut d = driver(&f, config(Some(7000)), 4, 4);
+    /// A run of 4 pages by UDP whose pages have all arrived, waiting for its next round.
+    fn all_arrived(f: &Fixture) -> Driver {
+        let mut d = driver(f, config(Some(7000)), 4, 4);
         d.step(&f.lfc, T0);
         drain(&mut d);
         for tag in d.pages().to_vec() {
             let _ = f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
         }
         assert!(matches!(d.step(&f.lfc, T0 + MS), Poll::Wait { .. }));
+        d
+    }
+
+    #[test]
+    fn a_page_that_left_a_full_cache_is_not_fetched_again_and_the_run_says_full() {
+        // A small cache: the plan's 4 pages, others in every other frame, and, once a plan
+        // page has left, a frame a worker keeps reserved for its receive slot. Fetching the
+        // page again would evict.
+        let f = fixture(16);
+        let mut d = all_arrived(&f);
         let other = synthetic_rel(1);
         for b in 0..f.lfc.capacity_pages() as u32 {
             if cache_is_full(&f.lfc, 0) {
@@ -777,13 +783,7 @@ mod tests {
     #[test]
     fn a_page_that_left_the_cache_is_repaired_and_a_deadline_stops_the_run() {
         let f = fixture(4096);
-        let mut d = driver(&f, config(Some(7000)), 4, 4);
-        d.step(&f.lfc, T0);
-        drain(&mut d);
-        for tag in d.pages().to_vec() {
-            let _ = f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
-        }
-        assert!(matches!(d.step(&f.lfc, T0 + MS), Poll::Wait { .. }));
+        let mut d = all_arrived(&f);
         // Modified after arriving: the cached copy is dropped.
         let gone = d.pages()[2];
         f.lfc.set_lwlsn(&gone, 100).unwrap();
