@@ -459,13 +459,16 @@ fn serve_metrics(
         }
         let request = String::from_utf8_lossy(&buf[..len]);
         let path = request.split_whitespace().nth(1).unwrap_or("");
-        let response = if request.starts_with("GET ") && (path == "/metrics" || path == "/") {
-            let stats = lfc.stats();
+        let get = request.starts_with("GET ");
+        let response = if get && path == "/healthz" {
+            // Answered by a running daemon: its threads are up and it serves this cache.
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
+                .to_string()
+        } else if get && (path == "/metrics" || path == "/") {
             let body = render_prometheus(
                 threads,
                 CacheGauges {
-                    capacity_pages: stats.capacity_pages,
-                    used_pages: stats.used_pages,
+                    lfc: lfc.stats(),
                     prefault_remaining_pages: prefault_remaining.load(Ordering::Relaxed),
                 },
             );

@@ -71,11 +71,11 @@ pub fn totals(threads: &[ThreadMetrics]) -> Totals {
     t
 }
 
-/// Extra gauges the daemon reports alongside the counters.
+/// What the daemon reports of the cache it serves, alongside its own counters.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CacheGauges {
-    pub capacity_pages: u64,
-    pub used_pages: u64,
+    /// The cache's own counters and occupancy (every process attached to it counts there).
+    pub lfc: lfc::LfcStats,
     /// Frames not yet mapped by the daemon's background prefault (0 when done or disabled).
     pub prefault_remaining_pages: u64,
 }
@@ -215,15 +215,16 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         "udp_prefetch_lfc_capacity_pages",
         "gauge",
         "Pages the LFC can hold.",
-        cache.capacity_pages,
+        cache.lfc.capacity_pages,
     );
     single(
         &mut out,
         "udp_prefetch_lfc_used_pages",
         "gauge",
         "Pages cached in the LFC.",
-        cache.used_pages,
+        cache.lfc.used_pages,
     );
+    lfc_counters(&mut out, &cache.lfc);
     single(
         &mut out,
         "udp_prefetch_lfc_prefault_remaining_pages",
@@ -231,5 +232,50 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         "LFC frames the daemon has not prefaulted yet (0: done, or --no-prefault).",
         cache.prefault_remaining_pages,
     );
+    family(
+        &mut out,
+        "udp_prefetch_build_info",
+        "gauge",
+        "The daemon's build: always 1, the version in its label.",
+    );
+    let _ = writeln!(
+        out,
+        "udp_prefetch_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
     out
+}
+
+/// The cache's counters, as every attached process (backends, prewarm, this daemon) bumped
+/// them since the cache was created.
+fn lfc_counters(out: &mut String, s: &lfc::LfcStats) {
+    for (name, help, value) in [
+        ("hits", "Lookups that found the page.", s.hits),
+        ("misses", "Lookups that did not find the page.", s.misses),
+        ("installs", "Prefetched pages installed.", s.installs),
+        (
+            "writes",
+            "Pages written by their backends (own new versions).",
+            s.writes,
+        ),
+        (
+            "stale_rejects",
+            "Installs refused because the tag was written at a newer LSN.",
+            s.stale_rejects,
+        ),
+        ("evictions", "Pages evicted to make room.", s.evictions),
+        (
+            "no_room",
+            "Installs refused for lack of a frame or of index room.",
+            s.no_room,
+        ),
+    ] {
+        single(
+            out,
+            &format!("udp_prefetch_lfc_{name}_total"),
+            "counter",
+            help,
+            value,
+        );
+    }
 }

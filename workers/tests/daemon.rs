@@ -196,3 +196,53 @@ fn a_daemon_does_not_join_another_daemons_reuseport_group() {
     assert!(matches!(e, DaemonError::PortInUse { .. }), "{e:?}");
     first.stop().unwrap();
 }
+
+/// One HTTP/1.0 GET to the daemon's metrics endpoint; the whole response.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn the_metrics_endpoint_answers_health_and_reports_the_cache_and_the_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lfc");
+    let mut cfg = config(&path, localhost0());
+    cfg.metrics = Some(localhost0());
+    let d = start(cfg).unwrap();
+    let addr = d.started.metrics.expect("a metrics endpoint was asked for");
+    // A hit counted by another process attached to the cache shows in the daemon's metrics.
+    let lfc = Lfc::open(&path).unwrap();
+    let tag = lfc::RelTag::new(1663, 5, 16384, 0).block(1);
+    lfc.write(&tag, 0x20, &[7u8; lfc::PAGE_SIZE]).unwrap();
+    assert!(lfc.lookup(&tag, &mut [0u8; lfc::PAGE_SIZE]).is_some());
+
+    let health = http_get(addr, "/healthz");
+    assert!(
+        health.starts_with("HTTP/1.0 200 OK\r\n") && health.ends_with("\r\n\r\nok\n"),
+        "{health}"
+    );
+    let metrics = http_get(addr, "/metrics");
+    assert!(
+        metrics.contains("\nudp_prefetch_lfc_hits_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nudp_prefetch_lfc_writes_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "\nudp_prefetch_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{metrics}"
+    );
+    assert!(http_get(addr, "/nothing").starts_with("HTTP/1.0 404"));
+    d.stop().unwrap();
+}
