@@ -365,3 +365,72 @@ fn restarted_daemon_reattaches_and_refuses_a_live_pid_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a process id"));
 }
+
+/// One HTTP/1.0 GET; the whole response.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn the_page_server_serves_its_counters_and_health_over_http() {
+    use udp_prefetch::pageserver::source::SourceSpec;
+    use udp_prefetch::pageserver::{PageServer, ServerConfig};
+    let mut server = PageServer::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        source: SourceSpec::Synthetic { rels: 1, pages: 8 },
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let metrics = server.metrics_addr().expect("asked for");
+    let mut client =
+        PageClient::connect(&ConnectOptions::new(server.local_addr().to_string())).unwrap();
+    let rel = udp_prefetch::protocol::page::synthetic_rel(0);
+    client
+        .get_page(
+            rel.block(3),
+            udp_prefetch::protocol::pagestream::LATEST_LSN,
+            0,
+        )
+        .unwrap();
+
+    let health = http_get(metrics, "/healthz");
+    assert!(
+        health.starts_with("HTTP/1.0 200 OK\r\n") && health.ends_with("\r\n\r\nok\n"),
+        "{health}"
+    );
+    let response = http_get(metrics, "/metrics");
+    let text = response.split("\r\n\r\n").nth(1).unwrap().to_string();
+    assert!(
+        text.contains("\nudp_prefetch_server_get_page_total 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nudp_prefetch_server_connections_active 1\n"),
+        "{text}"
+    );
+    assert!(text.contains(&format!(
+        "udp_prefetch_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    )));
+    if common::have_command("promtool") {
+        let (status, output) = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .output_with_stdin(text.as_bytes());
+        assert!(status.success(), "promtool check metrics: {output}\n{text}");
+    } else {
+        assert!(
+            !common::required("UDPF_REQUIRE_PROMTOOL"),
+            "promtool is missing"
+        );
+    }
+    drop(client);
+    server.shutdown();
+}

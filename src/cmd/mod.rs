@@ -43,6 +43,17 @@ pub enum Outcome {
 /// A server's listen address from the command line: `host:port`, `host` alone (then
 /// `default_port`), or a name such as `localhost:6400`, resolved once at start; the first
 /// address the resolver returns is the one listened on.
+/// The address of an HTTP metrics endpoint (`--metrics`): a port is required (0 for any).
+pub fn parse_metrics(s: &str) -> Result<std::net::SocketAddr, String> {
+    let probe = listen_addr(s, 0)?;
+    if probe.port() == 0 && !s.trim().ends_with(":0") {
+        return Err(format!(
+            "{s:?} names no port: pass HOST:PORT, e.g. 127.0.0.1:9187"
+        ));
+    }
+    Ok(probe)
+}
+
 pub fn listen_addr(s: &str, default_port: u16) -> Result<std::net::SocketAddr, String> {
     crate::protocol::client::resolve(s, default_port)
         .map(|addrs| addrs[0])

@@ -70,6 +70,10 @@ pub struct PageServerArgs {
     /// Worker daemons accept both.
     #[arg(long, default_value = "token")]
     pub datagram_protection: workers::datagram::Protection,
+    /// Serve Prometheus metrics (GET /metrics: the counters of `SHOW prefetch_stats`) and a
+    /// health check (GET /healthz) over HTTP on this address: HOST:PORT, names resolved.
+    #[arg(long, value_parser = super::parse_metrics)]
+    pub metrics: Option<SocketAddr>,
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -99,6 +103,7 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         prefetch_sender_nice: args.prefetch_sender_nice,
         thread_classes: !args.no_thread_classes,
         datagram_protection: args.datagram_protection,
+        metrics: args.metrics,
     };
     // Register signal handlers before listening, so a SIGTERM right after start is not lost.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -112,10 +117,16 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         other => anyhow::Error::new(other),
     })?;
     // One stable line on stdout for scripts and tests that start the server on port 0.
-    println!(
-        "udp-prefetch pageserver listening on {}",
-        server.local_addr()
-    );
+    match server.metrics_addr() {
+        Some(m) => println!(
+            "udp-prefetch pageserver listening on {} metrics={m}",
+            server.local_addr()
+        ),
+        None => println!(
+            "udp-prefetch pageserver listening on {}",
+            server.local_addr()
+        ),
+    }
     std::io::stdout().flush()?;
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "stopping");

@@ -33,9 +33,9 @@ pub struct WorkersArgs {
     /// poll arming and a task-work pass per posted receive; one recvmmsg drains a burst).
     #[arg(long, default_value = "epoll", value_parser = parse_io)]
     pub io: IoChoice,
-    /// Serve Prometheus metrics over HTTP on this address (GET /metrics): HOST:PORT, names
-    /// resolved.
-    #[arg(long, value_parser = parse_metrics)]
+    /// Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz) over HTTP on
+    /// this address: HOST:PORT, names resolved.
+    #[arg(long, value_parser = super::parse_metrics)]
     pub metrics: Option<SocketAddr>,
     /// Write the daemon's pid here; refuse to start if it names a live process.
     #[arg(long)]
@@ -67,15 +67,6 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// Metrics have no customary port here, so one must be given.
-fn parse_metrics(s: &str) -> Result<SocketAddr, String> {
-    let probe = super::listen_addr(s, 0)?;
-    if probe.port() == 0 && !s.trim().ends_with(":0") {
-        return Err(format!(
-            "{s:?} names no port: pass HOST:PORT, e.g. 127.0.0.1:9187"
-        ));
-    }
-    Ok(probe)
-}
 
 fn parse_io(s: &str) -> Result<IoChoice, String> {
     s.parse().map_err(|e: workers::udp::UdpError| e.to_string())

@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub thread_classes: bool,
     /// How prefetch datagrams are protected (`workers::datagram` explains the choice).
     pub datagram_protection: workers::datagram::Protection,
+    /// Serve `/metrics` and `/healthz` over HTTP here (`None`: no endpoint).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +88,7 @@ impl Default for ServerConfig {
             prefetch_sender_nice: 0,
             thread_classes: true,
             datagram_protection: workers::datagram::Protection::default(),
+            metrics: None,
         }
     }
 }
@@ -107,6 +110,8 @@ pub struct PageServer {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     acceptor: Option<JoinHandle<()>>,
+    metrics_addr: Option<SocketAddr>,
+    metrics: Option<JoinHandle<()>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +163,16 @@ impl PageServer {
             source,
         })?;
         let local_addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?)
+            }
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         tracing::info!(%local_addr, source = %source.describe(), "page server listening");
         let store = Arc::new(PageStore::new(
             source,
@@ -192,6 +207,17 @@ impl PageServer {
             live: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(0),
         });
+        let metrics = match metrics_listener {
+            Some(l) => {
+                let shared = shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("pageserver-metrics".into())
+                        .spawn(move || serve_metrics(l, &shared))?,
+                )
+            }
+            None => None,
+        };
         let acceptor = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -202,11 +228,18 @@ impl PageServer {
             shared,
             local_addr,
             acceptor: Some(acceptor),
+            metrics_addr,
+            metrics,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` and `/healthz` are served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn stats(&self) -> &ServerStats {
@@ -230,9 +263,22 @@ impl PageServer {
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();
         }
+        if let Some(m) = self.metrics.take() {
+            let _ = m.join();
+        }
         self.shared.prefetch.shutdown();
         tracing::info!("page server stopped");
     }
+}
+
+/// The HTTP endpoint: `/metrics` (the counters of `SHOW prefetch_stats`), `/healthz`; until
+/// the server shuts down.
+fn serve_metrics(listener: TcpListener, shared: &Shared) {
+    workers::http::serve(listener, &shared.shutting_down, |path| match path {
+        "/healthz" => workers::http::healthy(),
+        "/metrics" | "/" => Some((workers::http::PROMETHEUS, shared.stats.render_prometheus())),
+        _ => None,
+    });
 }
 
 impl Drop for PageServer {

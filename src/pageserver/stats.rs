@@ -52,6 +52,32 @@ pub fn bump(counter: &AtomicU64) {
 }
 
 impl ServerStats {
+    /// The counters in Prometheus' text format: `udp_prefetch_server_<name>_total` (and the
+    /// gauge `udp_prefetch_server_connections_active`), with the build's version.
+    pub fn render_prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(4096);
+        for (name, value) in self.snapshot() {
+            let (metric, kind) = if name == "connections_active" {
+                (format!("udp_prefetch_server_{name}"), "gauge")
+            } else {
+                (format!("udp_prefetch_server_{name}_total"), "counter")
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {metric} The page server's {name} (as in SHOW prefetch_stats).\n\
+                 # TYPE {metric} {kind}\n{metric} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP udp_prefetch_build_info The server's build: always 1, the version in its \
+             label.\n# TYPE udp_prefetch_build_info gauge\nudp_prefetch_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out
+    }
+
     /// The one-row result of `SHOW prefetch_stats`.
     pub fn as_result_set(&self) -> [BackendMessage; 2] {
         let snap = self.snapshot();

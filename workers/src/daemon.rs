@@ -15,7 +15,6 @@ use crate::pidfile::{PidFile, PidFileError};
 use crate::pump::{SlotPump, Step};
 use crate::udp::{bind_reuseport_group, recv_buffer_size, IoBackend, IoChoice, Receiver, UdpError};
 use lfc::{AttachError, DaemonLockError, Lfc, PAGE_SIZE};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,8 +35,6 @@ pub fn default_threads() -> usize {
 const POLL: Duration = Duration::from_millis(50);
 /// Back-off when no LFC slot could be reserved (every frame reserved by someone).
 pub const NO_SLOT_BACKOFF: Duration = Duration::from_millis(1);
-/// Bytes read of an HTTP request to the metrics endpoint.
-const MAX_HTTP_REQUEST: usize = 4096;
 /// Attempts at binding the group on a port the kernel picked (`--listen` port 0) when another
 /// process takes that port between the probe and the group bind.
 const PORT0_ATTEMPTS: u32 = 8;
@@ -417,7 +414,7 @@ fn prefault(lfc: &Lfc, remaining: &AtomicU64, stop: &AtomicBool) {
     }
 }
 
-/// A minimal HTTP/1.0 responder for Prometheus scrapes: `GET /metrics` (or `/`).
+/// The metrics endpoint: `/metrics` (the workers' counters and the cache's), `/healthz`.
 fn serve_metrics(
     listener: TcpListener,
     lfc: &Lfc,
@@ -425,60 +422,18 @@ fn serve_metrics(
     prefault_remaining: &AtomicU64,
     stop: &AtomicBool,
 ) {
-    if listener.set_nonblocking(true).is_err() {
-        tracing::warn!("metrics endpoint disabled: cannot make its socket non-blocking");
-        return;
-    }
-    while !stop.load(Ordering::Relaxed) {
-        let mut stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(POLL);
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                std::thread::sleep(POLL);
-                continue;
-            }
-        };
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut buf = [0u8; MAX_HTTP_REQUEST];
-        let mut len = 0;
-        while len < buf.len() {
-            match stream.read(&mut buf[len..]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => len += n,
-            }
-            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n")
-                || buf[..len].windows(2).any(|w| w == b"\n\n")
-            {
-                break;
-            }
-        }
-        let request = String::from_utf8_lossy(&buf[..len]);
-        let path = request.split_whitespace().nth(1).unwrap_or("");
-        let get = request.starts_with("GET ");
-        let response = if get && path == "/healthz" {
-            // Answered by a running daemon: its threads are up and it serves this cache.
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
-                .to_string()
-        } else if get && (path == "/metrics" || path == "/") {
-            let body = render_prometheus(
+    crate::http::serve(listener, stop, |path| match path {
+        "/healthz" => crate::http::healthy(),
+        "/metrics" | "/" => Some((
+            crate::http::PROMETHEUS,
+            render_prometheus(
                 threads,
                 CacheGauges {
                     lfc: lfc.stats(),
                     prefault_remaining_pages: prefault_remaining.load(Ordering::Relaxed),
                 },
-            );
-            format!(
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-        } else {
-            "HTTP/1.0 404 Not Found\r\nContent-Length: 10\r\n\r\nnot found\n".to_string()
-        };
-        let _ = stream.write_all(response.as_bytes());
-    }
+            ),
+        )),
+        _ => None,
+    });
 }

@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod datagram;
+pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod pidfile;
