@@ -43,7 +43,8 @@ pub enum Outcome {
 /// A server's listen address from the command line: `host:port`, `host` alone (then
 /// `default_port`), or a name such as `localhost:6400`, resolved once at start; the first
 /// address the resolver returns is the one listened on.
-/// The address of an HTTP metrics endpoint (`--metrics`): a port is required (0 for any).
+/// The address of an HTTP metrics endpoint (`--metrics`): metrics have no customary port, so a
+/// port is required (0 for any).
 pub fn parse_metrics(s: &str) -> Result<std::net::SocketAddr, String> {
     let probe = listen_addr(s, 0)?;
     if probe.port() == 0 && !s.trim().ends_with(":0") {

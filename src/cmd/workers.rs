@@ -66,8 +66,6 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     super::listen_addr(s, DEFAULT_UDP_PORT)
 }
 
-/// Metrics have no customary port here, so one must be given.
-
 fn parse_io(s: &str) -> Result<IoChoice, String> {
     s.parse().map_err(|e: workers::udp::UdpError| e.to_string())
 }
