@@ -366,17 +366,6 @@ fn restarted_daemon_reattaches_and_refuses_a_live_pid_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a process id"));
 }
 
-/// One HTTP/1.0 GET; the whole response.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[test]
 fn the_page_server_serves_its_counters_and_health_over_http() {
     use udp_prefetch::pageserver::source::SourceSpec;
@@ -400,12 +389,12 @@ fn the_page_server_serves_its_counters_and_health_over_http() {
         )
         .unwrap();
 
-    let health = http_get(metrics, "/healthz");
+    let health = workers::http::get(metrics, "/healthz").unwrap();
     assert!(
         health.starts_with("HTTP/1.0 200 OK\r\n") && health.ends_with("\r\n\r\nok\n"),
         "{health}"
     );
-    let response = http_get(metrics, "/metrics");
+    let response = workers::http::get(metrics, "/metrics").unwrap();
     let text = response.split("\r\n\r\n").nth(1).unwrap().to_string();
     assert!(
         text.contains("\nudp_prefetch_server_get_page_total 1\n"),

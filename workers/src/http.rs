@@ -27,6 +27,17 @@ pub fn healthy() -> Answer {
     Some(("text/plain", "ok\n".to_string()))
 }
 
+/// One `GET path` to an endpoint like this one; the whole response, status line first (for
+/// health probes and tests).
+pub fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, READ_TIMEOUT)?;
+    s.set_read_timeout(Some(5 * READ_TIMEOUT))?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
 /// Serves `GET` requests on `listener` until `stop`, answering each path with `route`.
 pub fn serve(listener: TcpListener, stop: &AtomicBool, route: impl Fn(&str) -> Answer) {
     if listener.set_nonblocking(true).is_err() {

@@ -197,17 +197,6 @@ fn a_daemon_does_not_join_another_daemons_reuseport_group() {
     first.stop().unwrap();
 }
 
-/// One HTTP/1.0 GET to the daemon's metrics endpoint; the whole response.
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[test]
 fn the_metrics_endpoint_answers_health_and_reports_the_cache_and_the_build() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,12 +211,12 @@ fn the_metrics_endpoint_answers_health_and_reports_the_cache_and_the_build() {
     lfc.write(&tag, 0x20, &[7u8; lfc::PAGE_SIZE]).unwrap();
     assert!(lfc.lookup(&tag, &mut [0u8; lfc::PAGE_SIZE]).is_some());
 
-    let health = http_get(addr, "/healthz");
+    let health = workers::http::get(addr, "/healthz").unwrap();
     assert!(
         health.starts_with("HTTP/1.0 200 OK\r\n") && health.ends_with("\r\n\r\nok\n"),
         "{health}"
     );
-    let metrics = http_get(addr, "/metrics");
+    let metrics = workers::http::get(addr, "/metrics").unwrap();
     assert!(
         metrics.contains("\nudp_prefetch_lfc_hits_total 1\n"),
         "{metrics}"
@@ -243,6 +232,8 @@ fn the_metrics_endpoint_answers_health_and_reports_the_cache_and_the_build() {
         )),
         "{metrics}"
     );
-    assert!(http_get(addr, "/nothing").starts_with("HTTP/1.0 404"));
+    assert!(workers::http::get(addr, "/nothing")
+        .unwrap()
+        .starts_with("HTTP/1.0 404"));
     d.stop().unwrap();
 }
