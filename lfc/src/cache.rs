@@ -54,6 +54,32 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Copies a page into a frame with non-temporal stores where the CPU has them.
+///
+/// A frame being filled is cold (free frames are the ones nobody read for longest), so a plain
+/// copy first reads the frame's 128 lines from memory only to overwrite them. Streaming stores
+/// skip that read. The trailing `sfence` orders them before the release store that publishes
+/// the frame (non-temporal stores are not ordered by it).
+///
+/// # Safety
+/// `dst` is valid for `PAGE_SIZE` bytes of writes, 16-byte aligned, and does not overlap `page`.
+#[inline]
+unsafe fn stream_page(page: &[u8; PAGE_SIZE], dst: *mut u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        debug_assert_eq!(dst as usize % 16, 0);
+        let src = page.as_ptr().cast::<__m128i>();
+        let dst = dst.cast::<__m128i>();
+        for i in 0..PAGE_SIZE / 16 {
+            _mm_stream_si128(dst.add(i), _mm_loadu_si128(src.add(i)));
+        }
+        _mm_sfence();
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::ptr::copy_nonoverlapping(page.as_ptr(), dst, PAGE_SIZE);
+}
+
 /// Optimistic read attempts before a reader reports a miss (or, for `lwlsn`, takes the lock).
 /// A writer holds a frame for one 8 KiB copy, so a handful of short spins cover it.
 const READ_ATTEMPTS: u32 = 16;
@@ -1139,7 +1165,7 @@ impl Lfc {
         }
         // SAFETY: the frame is BUSY and owned by us, so no other process writes it; readers
         // ignore BUSY frames. Source and destination cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(page.as_ptr(), self.frame_ptr(frame), PAGE_SIZE) };
+        unsafe { stream_page(page, self.frame_ptr(frame)) };
     }
 
     /// Whether `prefault` put `frame`'s chunk in this process's page tables.
