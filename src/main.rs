@@ -111,6 +111,9 @@ enum BenchCommand {
     /// UDP failures (no daemon, daemon killed or paused, 50 %/100 % datagram loss) against
     /// tcp-pipelined.
     Degrade(bench::degrade::DegradeBenchArgs),
+    /// udp against tcp-pipelined across a veth link between two network namespaces, per MTU
+    /// and UDP packet loss (needs root, iproute2 and nftables).
+    Net(bench::net::NetBenchArgs),
     /// Every scenario in one run, with modest settings (`--full` for each one's defaults).
     All(bench::all::AllBenchArgs),
 }
@@ -150,6 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 }
                 BenchCommand::ManyBackends(a) => bench::many_backends::run(a)?,
                 BenchCommand::Degrade(a) => bench::degrade::run(a)?,
+                BenchCommand::Net(a) => bench::net::run(a)?,
                 BenchCommand::All(a) => {
                     let (records, l) = bench::all::run(a)?;
                     latencies = l;

@@ -15,6 +15,17 @@ pub struct DaemonProc {
 
 impl DaemonProc {
     pub fn start(lfc: &Path, size_bytes: u64, extra: &[&str]) -> anyhow::Result<DaemonProc> {
+        Self::start_on(lfc, size_bytes, "127.0.0.1:0", extra)
+    }
+
+    /// Like `start`, receiving datagrams on `listen` (e.g. the compute's address of a
+    /// `bench::twohost` pair) rather than loopback.
+    pub fn start_on(
+        lfc: &Path,
+        size_bytes: u64,
+        listen: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<DaemonProc> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .arg("workers")
@@ -24,7 +35,7 @@ impl DaemonProc {
                 "--size",
                 &size_bytes.to_string(),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--metrics",
                 "127.0.0.1:0",
             ])

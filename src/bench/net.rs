@@ -1,0 +1,171 @@
+//! `udp-prefetch bench net`: udp against tcp-pipelined across a real link (issue 17): the page
+//! server in one network namespace, the worker daemon and the scan in another, joined by a veth
+//! pair at each MTU, with the kernel dropping each loss rate's share of the UDP packets that
+//! reach the compute (`bench::twohost`). Reports, per MTU and loss, both scans' pages/s, their
+//! ratio, the share of pages the udp scan got by UDP, the daemon's installs against the
+//! datagrams the server sent, and the compute's IP reassembly failures.
+
+use super::twohost::{TwoHosts, COMPUTE_ADDR, SERVER_ADDR};
+use super::{round3, BenchRecord};
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
+use crate::compute::backend::read_path::ReadPathConfig;
+use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::pageserver::source::{SourceSpec, Synthetic};
+use crate::pageserver::{PageServer, ServerConfig};
+use crate::protocol::client::ConnectOptions;
+use lfc::Lfc;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+const BENCH: &str = "net";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NetBenchArgs {
+    /// Pages per scan.
+    #[arg(long, default_value_t = 16_384)]
+    pub pages: u32,
+    /// Page server service delay of every request, microseconds.
+    #[arg(long, default_value_t = 200)]
+    pub delay_us: u64,
+    /// Pipeline depth of the tcp-pipelined baseline (Neon's 128, as in `bench scan`).
+    #[arg(long, default_value_t = 128)]
+    pub depth: u32,
+    /// Prefetch distance of the udp scans (as in `bench scan`).
+    #[arg(long, default_value_t = 512)]
+    pub distance: u32,
+    /// Link MTUs to measure.
+    #[arg(long, value_delimiter = ',', default_value = "9000,1500")]
+    pub mtus: Vec<u32>,
+    /// Loss rates (percent of the UDP packets reaching the compute) to measure at each MTU.
+    #[arg(long, value_delimiter = ',', default_value = "0,1,5,20")]
+    pub losses: Vec<u8>,
+}
+
+/// One (MTU, loss) point: the baseline and the udp scan, and what the network did.
+struct Point {
+    tcp: ScanReport,
+    udp: ScanReport,
+    datagrams_sent: u64,
+    installed: u64,
+    reassembly_failures: u64,
+}
+
+pub fn run(args: &NetBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+    let mut records = Vec::new();
+    for &mtu in &args.mtus {
+        for &loss in &args.losses {
+            let p = measure(args, mtu, loss)?;
+            records.extend(point_records(args, mtu, loss, &p));
+        }
+    }
+    Ok(records)
+}
+
+fn point_records(args: &NetBenchArgs, mtu: u32, loss: u8, p: &Point) -> [BenchRecord; 2] {
+    let base = |case: &str, r: &ScanReport| {
+        BenchRecord::new(BENCH, case, "pages/s", r.pages_per_s)
+            .param("mtu", mtu)
+            .param("loss_percent", loss)
+            .param("pages", args.pages)
+            .param("delay_us", args.delay_us)
+            .param("verified", r.verified)
+            .param("elapsed_s", round3(r.elapsed_s))
+    };
+    let tcp = base("tcp-pipelined", &p.tcp).param("depth", args.depth);
+    let by_udp = p.udp.hits + p.udp.late_hits;
+    let udp = base("udp", &p.udp)
+        .param("distance", args.distance)
+        .param(
+            "udp_share",
+            round3(by_udp as f64 / p.udp.pages.max(1) as f64),
+        )
+        .param("datagrams_sent", p.datagrams_sent)
+        .param("datagrams_installed", p.installed)
+        .param(
+            "delivered",
+            round3(p.installed as f64 / p.datagrams_sent.max(1) as f64),
+        )
+        .param("reassembly_failures", p.reassembly_failures)
+        .param("tcp_pipelined", p.udp.tcp_pipelined)
+        .param("udp_state_changes", p.udp.udp_state_changes)
+        .against(&tcp);
+    [tcp, udp]
+}
+
+/// Builds the two hosts for (`mtu`, `loss`), runs the baseline and the udp scan, removes them.
+fn measure(args: &NetBenchArgs, mtu: u32, loss: u8) -> anyhow::Result<Point> {
+    let hosts = TwoHosts::create(mtu, loss)?;
+    let server = hosts.in_server(|| {
+        super::start_server(ServerConfig {
+            listen: SocketAddr::new(SERVER_ADDR.into(), 0),
+            source: SourceSpec::Synthetic {
+                rels: 1,
+                pages: args.pages,
+            },
+            service_delay_us: args.delay_us,
+            ..ServerConfig::default()
+        })
+    })??;
+    // The server lives in its namespace: it is stopped there too (its shutdown connects to
+    // its own listener), whatever the run's outcome.
+    let point = measure_with(args, &hosts, &server, mtu, loss);
+    hosts.in_server(move || drop(server))?;
+    point
+}
+
+fn measure_with(
+    args: &NetBenchArgs,
+    hosts: &TwoHosts,
+    server: &PageServer,
+    mtu: u32,
+    loss: u8,
+) -> anyhow::Result<Point> {
+    let scratch = ScratchDir::new("bench-net")?;
+    let lfc_path = scratch.0.join(format!("net-{mtu}-{loss}.lfc"));
+    // Room for the relation twice over: no scan ever evicts.
+    let lfc_bytes = (u64::from(args.pages) * 2).max(4096) * lfc::PAGE_SIZE as u64;
+    let failures_before = hosts.compute_reassembly_failures()?;
+    let (tcp, udp, installed) = hosts.in_compute(|| -> anyhow::Result<_> {
+        let listen = SocketAddr::new(COMPUTE_ADDR.into(), 0).to_string();
+        let daemon = DaemonProc::start_on(&lfc_path, lfc_bytes, &listen, &[])?;
+        let lfc = Lfc::open(&lfc_path)?;
+        lfc.map_all()?;
+        let tcp = run_scan(&scan_config(args, server, ScanMode::TcpPipelined), None)?;
+        let udp = run_scan(&scan_config(args, server, ScanMode::Udp), Some(&lfc))?;
+        let installed = DaemonProc::metric(
+            &daemon.scrape()?,
+            "udp_prefetch_datagrams_installed_total",
+        );
+        Ok((tcp, udp, installed))
+    })??;
+    let reassembly_failures = hosts
+        .compute_reassembly_failures()?
+        .saturating_sub(failures_before);
+    anyhow::ensure!(
+        tcp.failed == 0 && udp.failed == 0,
+        "pages failed verification at MTU {mtu}, {loss} % loss: tcp {}, udp {}",
+        tcp.failed,
+        udp.failed
+    );
+    Ok(Point {
+        tcp,
+        udp,
+        datagrams_sent: server.stats().prefetch_pages_sent.load(Ordering::Relaxed),
+        installed,
+        reassembly_failures,
+    })
+}
+
+fn scan_config(args: &NetBenchArgs, server: &PageServer, mode: ScanMode) -> ScanConfig {
+    ScanConfig {
+        connect: ConnectOptions::new(server.local_addr().to_string()),
+        rel: Synthetic::rel(0),
+        blocks: None,
+        mode,
+        distance: mode.pages_ahead(args.depth, args.distance),
+        cpu_per_page_us: 0,
+        // The backend finds the daemon through the LFC header, as in production.
+        prefetch_port: None,
+        read_path: ReadPathConfig::default(),
+    }
+}
