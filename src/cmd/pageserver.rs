@@ -70,8 +70,9 @@ pub struct PageServerArgs {
     /// Worker daemons accept both.
     #[arg(long, default_value = "token")]
     pub datagram_protection: workers::datagram::Protection,
-    /// Serve Prometheus metrics (GET /metrics: the counters of `SHOW prefetch_stats`) and a
-    /// health check (GET /healthz) over HTTP on this address: HOST:PORT, names resolved.
+    /// Serve Prometheus metrics (GET /metrics: connections, requests and errors by type, GetPage
+    /// latency, prefetch queue and pages, process metrics) and a health check (GET /healthz)
+    /// over HTTP on this address: HOST:PORT, names resolved.
     #[arg(long, value_parser = super::parse_metrics)]
     pub metrics: Option<SocketAddr>,
 }

@@ -2,7 +2,7 @@
 //! copy-both session with a reader (this thread) and a responder thread.
 
 use super::prefetch::{ConnId, Destination};
-use super::stats::bump;
+use super::stats::{bump, RequestKind};
 use super::store::PageStore;
 use super::Shared;
 use crate::protocol::framed::{FramedError, FramedReader};
@@ -275,7 +275,7 @@ fn query_loop(
                 }
                 Query::Empty => send(&mut stream, std::slice::from_ref(&ready))?,
                 Query::Unsupported(err) => {
-                    bump(&shared.stats.errors);
+                    shared.stats.on_error(RequestKind::Query);
                     send(
                         &mut stream,
                         &[BackendMessage::ErrorResponse(err), ready.clone()],
@@ -486,6 +486,7 @@ fn respond(stream: TcpStream, rx: Receiver<Work>, shared: &Shared) {
             } => {
                 frame.clear();
                 handle(req, shared, *prefetch_dest, &mut page, &mut frame);
+                shared.stats.on_answered(req, arrived.elapsed());
                 &frame
             }
             Work::Reply { frame, .. } => frame,
@@ -590,7 +591,7 @@ fn handle(
         }
     };
     if let Err(message) = result {
-        bump(&stats.errors);
+        stats.on_error(RequestKind::of(req));
         frame.clear();
         Response::Error { hdr, message }.encode(frame);
     }
@@ -678,7 +679,7 @@ fn register_target(
         }
         .encode(frame),
         Err(message) => {
-            bump(&shared.stats.errors);
+            shared.stats.on_error(RequestKind::PrefetchTarget);
             Response::Error { hdr, message }.encode(frame);
         }
     }
@@ -709,6 +710,6 @@ fn enqueue_prefetch(
                 .prefetch
                 .enqueue(dest, req.header(), *rel, *first_blkno, *nblocks, arrived_ns);
         }
-        None => bump(&shared.stats.prefetch_dropped_no_target),
+        None => shared.stats.on_prefetch_without_target(*nblocks),
     }
 }

@@ -271,12 +271,21 @@ impl PageServer {
     }
 }
 
-/// The HTTP endpoint: `/metrics` (the counters of `SHOW prefetch_stats`), `/healthz`; until
-/// the server shuts down.
+/// The HTTP endpoint: `/metrics` (`ServerStats::render_prometheus`), `/healthz`; until the
+/// server shuts down.
 fn serve_metrics(listener: TcpListener, shared: &Shared) {
     workers::http::serve(listener, &shared.shutting_down, |path| match path {
         "/healthz" => workers::http::healthy(),
-        "/metrics" | "/" => Some((workers::http::PROMETHEUS, shared.stats.render_prometheus())),
+        "/metrics" | "/" => {
+            let queue = stats::QueueGauges {
+                queued_pages: shared.prefetch.queued_pages(),
+                capacity_pages: shared.config.prefetch_queue_pages,
+            };
+            Some((
+                workers::http::PROMETHEUS,
+                shared.stats.render_prometheus(queue),
+            ))
+        }
         _ => None,
     });
 }

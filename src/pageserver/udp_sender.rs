@@ -204,6 +204,11 @@ impl PrefetchSender {
         }
     }
 
+    /// Prefetch pages queued now (as of the last enqueue or batch taken).
+    pub fn queued_pages(&self) -> u64 {
+        self.inner.queued_pages.load(Ordering::Relaxed)
+    }
+
     /// A connection closed: its queued prefetches are dropped (nobody reads them now).
     /// Returns the pages dropped.
     pub fn forget(&self, conn: super::prefetch::ConnId) -> u64 {
@@ -283,9 +288,7 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
         while sent < ready {
             match sender.send(dest, &datagrams[sent..ready]) {
                 Ok(n) => {
-                    stats
-                        .prefetch_pages_sent
-                        .fetch_add(n as u64, Ordering::Relaxed);
+                    stats.on_pages_sent(dest, n as u64);
                     sent += n;
                 }
                 Err(_) => {

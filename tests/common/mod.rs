@@ -37,6 +37,8 @@ fn reap(child: &mut Child) {
 pub struct ServerProc {
     pub child: Child,
     pub addr: String,
+    /// The `/metrics` endpoint, when started with `--metrics`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl ServerProc {
@@ -56,12 +58,24 @@ impl ServerProc {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read ready line");
-        let addr = line
+        let rest = line
             .trim()
             .strip_prefix("udp-prefetch pageserver listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from pageserver: {line:?}"))
-            .to_string();
-        ServerProc { child, addr }
+            .unwrap_or_else(|| panic!("unexpected first line from pageserver: {line:?}"));
+        let (addr, metrics) = match rest.split_once(" metrics=") {
+            Some((addr, m)) => (addr, Some(m.parse().expect("metrics address"))),
+            None => (rest, None),
+        };
+        ServerProc {
+            child,
+            addr: addr.to_string(),
+            metrics,
+        }
+    }
+
+    /// The `/metrics` endpoint's text (the server must have been started with `--metrics`).
+    pub fn scrape(&self) -> String {
+        scrape(self.metrics.expect("started with --metrics"))
     }
 
     /// Sends SIGTERM and returns the exit status (waits at most `limit`).
@@ -94,6 +108,82 @@ pub fn scan_command(server: &ServerProc, lfc: &std::path::Path, mode: &str) -> C
     .arg("--json")
     .env("RUST_LOG", "warn");
     cmd
+}
+
+/// `GET /metrics` from `addr`: the body of a 200 answer.
+pub fn scrape(addr: std::net::SocketAddr) -> String {
+    let response = workers::http::get(addr, "/metrics").expect("GET /metrics");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of one sample of a scrape, by its series as written (`name{label="v"}`), or
+/// `None` when it is absent.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a sample value"))
+}
+
+/// Checks a scrape with `promtool check metrics`: `Some(())` when it passed, `None` when
+/// promtool is not installed (and not required by `UDPF_REQUIRE_PROMTOOL`).
+pub fn promtool_check(text: &str) -> Option<()> {
+    use std::io::Write;
+    if !have_command("promtool") {
+        assert!(
+            !required("UDPF_REQUIRE_PROMTOOL"),
+            "UDPF_REQUIRE_PROMTOOL is set but promtool is missing"
+        );
+        eprintln!("promtool not installed and UDPF_REQUIRE_PROMTOOL unset: not checked");
+        return None;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(())
+}
+
+/// The standard `process_*` families are present with plausible values.
+pub fn assert_process_metrics(text: &str) {
+    let get = |name: &str| sample(text, name).unwrap_or_else(|| panic!("{name} missing:\n{text}"));
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
+    ] {
+        assert!(get(name) > 0.0, "{name} is not positive:\n{text}");
+    }
+    assert!(get("process_max_fds") >= get("process_open_fds"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = get("process_start_time_seconds");
+    assert!(
+        started > now - 3600.0 && started <= now + 1.0,
+        "started at {started}, now {now}"
+    );
 }
 
 /// Whether an optional external tool is required: tests that need it skip only when the

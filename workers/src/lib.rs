@@ -7,6 +7,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod pidfile;
+pub mod prom;
 pub mod pump;
 pub mod sched;
 pub mod udp;

@@ -2,14 +2,9 @@
 //! atomics, one set per thread, summed when scraped.
 
 use crate::datagram::{DatagramHeader, DropReason};
+use crate::prom::{family, histogram, single, LatencyHistogram};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Upper bounds (µs) of the ingest latency histogram buckets: sender timestamp → publish.
-pub const LATENCY_BUCKETS_US: [u64; 16] = [
-    10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
-    500_000, 1_000_000,
-];
 
 #[derive(Debug, Default)]
 pub struct ThreadMetrics {
@@ -18,9 +13,8 @@ pub struct ThreadMetrics {
     pub dropped: [AtomicU64; DropReason::ALL.len()],
     /// Latest cumulative SO_RXQ_OVFL value seen by this thread's socket.
     pub kernel_drops: AtomicU64,
-    /// Non-cumulative counts per bucket; the last entry is +Inf.
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
-    latency_sum_us: AtomicU64,
+    /// Sender timestamp to publish, installed datagrams.
+    latency: LatencyHistogram,
 }
 
 impl ThreadMetrics {
@@ -30,13 +24,8 @@ impl ThreadMetrics {
             Ok(hdr) => {
                 self.installed.fetch_add(1, Ordering::Relaxed);
                 // Clocks of two hosts may disagree; a negative latency counts as zero.
-                let us = now_wall_ns.saturating_sub(hdr.sent_at_ns) / 1_000;
-                let bucket = LATENCY_BUCKETS_US
-                    .iter()
-                    .position(|&b| us <= b)
-                    .unwrap_or(LATENCY_BUCKETS_US.len());
-                self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-                self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+                self.latency
+                    .observe_ns(now_wall_ns.saturating_sub(hdr.sent_at_ns));
             }
             Err(reason) => {
                 self.dropped[reason.index()].fetch_add(1, Ordering::Relaxed);
@@ -80,16 +69,6 @@ pub struct CacheGauges {
     pub prefault_remaining_pages: u64,
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// A family with one unlabelled sample.
-fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    family(out, name, kind, help);
-    let _ = writeln!(out, "{name} {value}");
-}
-
 /// A counter family with one sample per worker thread, labelled by its index.
 fn per_thread(
     out: &mut String,
@@ -125,51 +104,8 @@ fn dropped_by_reason(out: &mut String, t: &Totals) {
     }
 }
 
-/// The ingest latency histogram, summed over the threads (cumulative buckets, as Prometheus
-/// wants them).
-fn latency_histogram(out: &mut String, threads: &[ThreadMetrics]) {
-    family(
-        out,
-        "udp_prefetch_ingest_latency_seconds",
-        "histogram",
-        "Sender timestamp to publish in the LFC, installed datagrams.",
-    );
-    let mut cumulative = 0u64;
-    let mut sum_us = 0u64;
-    for m in threads {
-        sum_us += m.latency_sum_us.load(Ordering::Relaxed);
-    }
-    for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
-        cumulative += threads
-            .iter()
-            .map(|m| m.latency_buckets[i].load(Ordering::Relaxed))
-            .sum::<u64>();
-        let _ = writeln!(
-            out,
-            "udp_prefetch_ingest_latency_seconds_bucket{{le=\"{}\"}} {cumulative}",
-            *bound as f64 / 1e6
-        );
-    }
-    cumulative += threads
-        .iter()
-        .map(|m| m.latency_buckets[LATENCY_BUCKETS_US.len()].load(Ordering::Relaxed))
-        .sum::<u64>();
-    let _ = writeln!(
-        out,
-        "udp_prefetch_ingest_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-    );
-    let _ = writeln!(
-        out,
-        "udp_prefetch_ingest_latency_seconds_sum {}",
-        sum_us as f64 / 1e6
-    );
-    let _ = writeln!(
-        out,
-        "udp_prefetch_ingest_latency_seconds_count {cumulative}"
-    );
-}
-
-/// Renders Prometheus text exposition format 0.0.4.
+/// Renders Prometheus text exposition format 0.0.4, this process's `process_*` families
+/// included.
 pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> String {
     let mut out = String::with_capacity(4096);
     let t = totals(threads);
@@ -209,7 +145,12 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         threads,
         |m| &m.installed,
     );
-    latency_histogram(&mut out, threads);
+    histogram(
+        &mut out,
+        "udp_prefetch_ingest_latency_seconds",
+        "Sender timestamp to publish in the LFC, installed datagrams.",
+        threads.iter().map(|m| &m.latency),
+    );
     single(
         &mut out,
         "udp_prefetch_lfc_capacity_pages",
@@ -243,6 +184,7 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         "udp_prefetch_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
+    crate::prom::process_metrics(&mut out);
     out
 }
 

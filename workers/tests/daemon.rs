@@ -232,6 +232,28 @@ fn the_metrics_endpoint_answers_health_and_reports_the_cache_and_the_build() {
         )),
         "{metrics}"
     );
+    // The process metrics of this (test) process, from the shared renderer.
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "process_threads",
+    ] {
+        assert!(
+            metrics.contains(&format!("\n# TYPE {family} ")),
+            "{family}: {metrics}"
+        );
+    }
+    let threads: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("process_threads "))
+        .expect("process_threads")
+        .parse()
+        .unwrap();
+    assert!(threads > 1, "the daemon's threads are counted: {threads}");
     assert!(workers::http::get(addr, "/nothing")
         .unwrap()
         .starts_with("HTTP/1.0 404"));
