@@ -1,5 +1,6 @@
 //! The prefetch datagram format, its sans-IO validation and ingest, the UDP socket layer, and
-//! the worker daemon.
+//! the worker daemon; the service manager's readiness protocol (`sd_notify`), shared with the page
+//! server.
 
 pub mod daemon;
 pub mod datagram;
@@ -9,4 +10,5 @@ pub mod metrics;
 pub mod pidfile;
 pub mod pump;
 pub mod sched;
+pub mod sd_notify;
 pub mod udp;
