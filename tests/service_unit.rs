@@ -8,7 +8,7 @@ mod common;
 
 use common::{run_with_limit, BIN};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -95,26 +95,28 @@ fn sigterm_and_expect_stopping(manager: &Manager, mut child: Child) {
 #[test]
 fn pageserver_is_ready_only_when_it_accepts_and_says_stopping_on_sigterm() {
     let manager = Manager::new();
+    // A port known before the start (not port 0 and the ready line): the check below must not
+    // wait for anything the server does after sending READY=1.
+    let addr = free_port(|a| TcpListener::bind(a).and_then(|l| l.local_addr()));
     let mut child = start_notifying(
         &manager,
         &[
             "pageserver",
             "--listen",
-            "127.0.0.1:0",
+            &addr.to_string(),
             "--source",
             "synthetic:pages=64",
         ],
     );
     let ready = manager.wait_for("READY=1", Duration::from_secs(30), &mut child);
-    // The stdout line is printed before READY=1, so it is there to read now, and the address it
-    // names must take a connection at once: READY=1 means serving, not starting.
+    // READY=1 means serving, not starting: the address takes a connection at once.
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("READY=1 sent but {addr} refuses connections: {e}"));
     // Kept open to the end: a write to a closed pipe would fail the service.
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let addr = ready_line_addr(&line, "listening on ");
-    TcpStream::connect_timeout(&addr, Duration::from_secs(1))
-        .unwrap_or_else(|e| panic!("READY=1 sent but {addr} refuses connections: {e}"));
+    assert_eq!(ready_line_addr(&line, "listening on "), addr);
     assert!(
         ready.contains(&format!("STATUS=serving pagestream on {addr}")),
         "{ready}"
@@ -144,6 +146,9 @@ fn workers_are_ready_only_when_the_udp_port_is_bound_and_say_stopping_on_sigterm
     let dir = tempfile::tempdir().unwrap();
     let lfc = dir.path().join("lfc");
     let lfc_arg = lfc.to_str().unwrap();
+    // Ports known before the start, as for the page server.
+    let udp = free_port(|a| UdpSocket::bind(a).and_then(|s| s.local_addr()));
+    let metrics = free_port(|a| TcpListener::bind(a).and_then(|l| l.local_addr()));
     let mut child = start_notifying(
         &manager,
         &[
@@ -153,20 +158,14 @@ fn workers_are_ready_only_when_the_udp_port_is_bound_and_say_stopping_on_sigterm
             "--size",
             "8MiB",
             "--listen",
-            "127.0.0.1:0",
+            &udp.to_string(),
             "--metrics",
-            "127.0.0.1:0",
+            &metrics.to_string(),
             "--threads",
             "1",
         ],
     );
     let ready = manager.wait_for("READY=1", Duration::from_secs(30), &mut child);
-    // Kept open to the end: a write to a closed pipe would fail the service.
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let udp = ready_line_addr(&line, "listening on ");
-    let metrics = ready_line_addr(&line, "metrics=");
     // At READY=1 the daemon's SO_REUSEPORT group holds the port (a plain bind is refused), its
     // metrics endpoint takes connections, and the LFC names it to backends.
     let probe = UdpSocket::bind(udp);
@@ -204,8 +203,19 @@ fn workers_are_ready_only_when_the_udp_port_is_bound_and_say_stopping_on_sigterm
     }
     // The watchdog is fed from the daemon's LFC heartbeat.
     manager.wait_for("WATCHDOG=1", Duration::from_secs(10), &mut child);
+    // Kept open to the end: a write to a closed pipe would fail the service.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(ready_line_addr(&line, "listening on "), udp);
     sigterm_and_expect_stopping(&manager, child);
     drop(stdout);
+}
+
+/// A loopback port that `bind` got from the kernel and gave back: free for the service to take
+/// (the kernel hands out ephemeral ports in turn, so it does not come back at once).
+fn free_port(bind: impl Fn(&str) -> std::io::Result<SocketAddr>) -> SocketAddr {
+    bind("127.0.0.1:0").unwrap()
 }
 
 #[test]

@@ -182,6 +182,7 @@ fn workers_spec(w: &WorkersArgs) -> Result<Spec, BadInput> {
         absolute("--pid-file", pid)?;
         writable.push(parent(pid));
     }
+    warn_if_rmem_max_below(w.recv_buffer);
     if w.listen.ip().is_loopback() {
         tracing::warn!(listen = %w.listen,
             "the daemon listens on a loopback address: page servers on other hosts cannot reach it \
@@ -198,6 +199,25 @@ fn workers_spec(w: &WorkersArgs) -> Result<Spec, BadInput> {
         capabilities: Vec::new(),
         limit_nofile: None,
     })
+}
+
+/// Without `CAP_NET_ADMIN`, which the unit does not grant (it would also let the daemon
+/// reconfigure the host's network), the kernel caps `--recv-buffer` at `net.core.rmem_max`
+/// (often 208 KiB): say so now, with the fix, rather than as a warning in the journal later.
+fn warn_if_rmem_max_below(recv_buffer: u64) {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/rmem_max") else {
+        return;
+    };
+    if text
+        .trim()
+        .parse::<u64>()
+        .is_ok_and(|max| max < recv_buffer)
+    {
+        tracing::warn!(rmem_max = text.trim(), recv_buffer,
+            "net.core.rmem_max is below --recv-buffer, and the unit runs without CAP_NET_ADMIN: \
+             the kernel will cap the receive buffer. Raise it: echo net.core.rmem_max={recv_buffer} \
+             > /etc/sysctl.d/90-udp-prefetch.conf && sysctl --system");
+    }
 }
 
 /// Descriptors per page-server connection: the socket, its entry in the live table, and the

@@ -188,14 +188,22 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
 /// is fresh — the same test backends use to decide whether anyone receives, so a daemon they
 /// have given up on is restarted.
 fn supervise(notifier: Arc<Notifier>, stop: Arc<AtomicBool>, lfc_path: PathBuf) {
+    // The daemon has the file open: a second attach failing is next to impossible, and then the
+    // watchdog only says the process runs (rather than have it killed for nothing).
     let watched = notifier
         .watchdog_interval()
-        .and_then(|_| lfc::Lfc::open(&lfc_path).ok());
+        .and_then(|_| match lfc::Lfc::open(&lfc_path) {
+            Ok(lfc) => Some(lfc),
+            Err(e) => {
+                tracing::warn!(error = %e, "the watchdog cannot read the LFC heartbeat");
+                None
+            }
+        });
     let spawned = std::thread::Builder::new()
         .name("sd-notify".into())
         .spawn(move || {
             notifier.watch(&stop, || {
-                watched.as_ref().is_some_and(|lfc| {
+                watched.as_ref().is_none_or(|lfc| {
                     let beat = lfc.daemon_heartbeat_ns();
                     beat != 0 && lfc::monotonic_ns().saturating_sub(beat) < lfc::DAEMON_STALE_NS
                 })
