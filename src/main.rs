@@ -62,6 +62,9 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// Inspect a local file cache.
     Lfc(cmd::lfc_stat::LfcArgs),
+    /// Print a systemd unit running `pageserver` or `workers` with the flags after `--`
+    /// (checked by their own parser).
+    ServiceUnit(cmd::service_unit::ServiceUnitArgs),
     /// Run benchmarks; every figure is a ratio against a baseline measured in the same run.
     Bench(BenchArgs),
 }
@@ -118,6 +121,18 @@ enum BenchCommand {
     All(bench::all::AllBenchArgs),
 }
 
+/// A unit's flags through this binary's own parser, as `udp-prefetch <service> FLAGS…` would
+/// see them at start, so that `service-unit` catches every typo the service would refuse.
+fn parse_service_flags(argv: Vec<String>) -> Result<cmd::service_unit::ServiceFlags, clap::Error> {
+    use cmd::service_unit::ServiceFlags;
+    match Cli::try_parse_from(argv)?.command {
+        Command::Pageserver(a) => Ok(ServiceFlags::Pageserver(Box::new(a))),
+        Command::Workers(a) => Ok(ServiceFlags::Workers(Box::new(a))),
+        // service-unit only asks about those two (its argument is a ValueEnum of them).
+        _ => Err(clap::Error::new(clap::error::ErrorKind::InvalidSubcommand)),
+    }
+}
+
 /// Colour only on a terminal, and not when NO_COLOR is set to anything but the empty string.
 fn use_colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
@@ -133,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Sim(args) => cmd::sim::run(args),
         Command::Prewarm(args) => cmd::prewarm::run(args),
         Command::Lfc(args) => cmd::lfc_stat::run(args),
+        Command::ServiceUnit(args) => cmd::service_unit::run(args, parse_service_flags),
         Command::Bench(args) => {
             if let Some(dir) = &args.lfc_dir {
                 cmd::daemon_proc::set_scratch_base(dir.clone())?;

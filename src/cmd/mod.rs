@@ -11,6 +11,7 @@ pub mod lfc_stat;
 pub mod pageserver;
 pub mod prewarm;
 pub mod scan;
+pub mod service_unit;
 pub mod sim;
 pub mod workers;
 

@@ -5,6 +5,7 @@ use crate::pageserver::source::SourceSpec;
 use crate::pageserver::{PageServer, ServerConfig, ServerError};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
@@ -129,9 +130,31 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         ),
     }
     std::io::stdout().flush()?;
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "stopping");
+    // Ready for a service manager (Type=notify) only now: the listener is bound and accepting.
+    let notifier = workers::sd_notify::Notifier::from_env();
+    if let Some(n) = &notifier {
+        n.ready(&format!("serving pagestream on {}", server.local_addr()));
     }
+    let server_ref = &server;
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        if let Some(n) = notifier
+            .as_ref()
+            .filter(|n| n.watchdog_interval().is_some())
+        {
+            let done = &done;
+            // The watchdog pings while the accept loop runs: a server whose acceptor died
+            // answers nobody new and is better restarted.
+            scope.spawn(move || n.watch(done, || server_ref.is_accepting()));
+        }
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "stopping");
+            if let Some(n) = &notifier {
+                n.stopping("closing connections");
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+    });
     server.shutdown();
     Ok(Outcome::Success)
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use workers::daemon::{self, DaemonConfig, DaemonError};
+use workers::sd_notify::Notifier;
 use workers::udp::IoChoice;
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +148,7 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
         prefault: !args.no_prefault,
         thread_classes: !args.no_thread_classes,
     };
+    let notifier = Notifier::from_env().map(Arc::new);
     let result = daemon::run(&config, &stop, |s| {
         tracing::info!(
             listen = %s.listen, io = %s.backend, threads = s.threads, recv_buffer = s.recv_buffer_bytes,
@@ -159,10 +161,57 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
             s.listen, s.backend, s.threads
         );
         let _ = std::io::stdout().flush();
+        if let Some(n) = &notifier {
+            n.ready(&format!(
+                "receiving on {} into {} ({} threads)",
+                s.listen,
+                args.lfc.display(),
+                s.threads
+            ));
+            supervise(n.clone(), stop.clone(), args.lfc.clone());
+        }
     });
     match result {
-        Ok(()) => Ok(Outcome::Success),
+        Ok(()) => {
+            // Also here: the stop may finish before the supervisor's next look at the flag.
+            if let Some(n) = &notifier {
+                n.stopping("stopped");
+            }
+            Ok(Outcome::Success)
+        }
         Err(e) => Err(classify(e)),
+    }
+}
+
+/// For a service manager: `STOPPING=1` as soon as a stop begins (the daemon then drains its
+/// threads), and, when a watchdog is set, `WATCHDOG=1` while the daemon's heartbeat in the LFC
+/// is fresh — the same test backends use to decide whether anyone receives, so a daemon they
+/// have given up on is restarted.
+fn supervise(notifier: Arc<Notifier>, stop: Arc<AtomicBool>, lfc_path: PathBuf) {
+    // The daemon has the file open: a second attach failing is next to impossible, and then the
+    // watchdog only says the process runs (rather than have it killed for nothing).
+    let watched = notifier
+        .watchdog_interval()
+        .and_then(|_| match lfc::Lfc::open(&lfc_path) {
+            Ok(lfc) => Some(lfc),
+            Err(e) => {
+                tracing::warn!(error = %e, "the watchdog cannot read the LFC heartbeat");
+                None
+            }
+        });
+    let spawned = std::thread::Builder::new()
+        .name("sd-notify".into())
+        .spawn(move || {
+            notifier.watch(&stop, || {
+                watched.as_ref().is_none_or(|lfc| {
+                    let beat = lfc.daemon_heartbeat_ns();
+                    beat != 0 && lfc::monotonic_ns().saturating_sub(beat) < lfc::DAEMON_STALE_NS
+                })
+            });
+            notifier.stopping("draining worker threads");
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the service-manager notification thread");
     }
 }
 

@@ -237,6 +237,12 @@ impl PageServer {
         self.local_addr
     }
 
+    /// Whether the accept loop still runs: false once it ended (shutdown) or died (a panic), when
+    /// new connections go unanswered and a service manager's watchdog should restart the server.
+    pub fn is_accepting(&self) -> bool {
+        self.acceptor.as_ref().is_some_and(|a| !a.is_finished())
+    }
+
     /// Where `/metrics` and `/healthz` are served, if anywhere.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
