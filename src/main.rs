@@ -48,7 +48,8 @@ fn init_logging(format: LogFormat) {
 enum Command {
     /// Run the reference page server (pagestream v3 over the PostgreSQL protocol).
     Pageserver(cmd::pageserver::PageServerArgs),
-    /// Fetch one page over TCP and verify its checksum.
+    /// Fetch one page over TCP and verify it (its checksum; its header when the cluster has no
+    /// data checksums).
     Getpage(cmd::getpage::GetPageArgs),
     /// Run the deterministic network simulator over many seeds (the sim crate's binary).
     Sim(cmd::sim::SimArgs),

@@ -3,7 +3,9 @@
 //! against baselines of that scenario, measured in this same run.
 
 use super::plot::LatencySeries;
-use super::{degrade, hol, ingest, lfc, many_backends, prewarm, scan, BenchRecord};
+use super::{
+    datagram, degrade, getpage, hol, ingest, lfc, many_backends, prewarm, scan, BenchRecord,
+};
 use clap::Parser;
 use std::time::Instant;
 
@@ -12,17 +14,19 @@ pub struct AllBenchArgs {
     /// Run every scenario with its own full defaults instead of the shortened settings.
     #[arg(long)]
     pub full: bool,
-    /// Scenarios to run, in this order.
+    /// Scenarios to run, in this order; every bench unless given.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "lfc,ingest,scan,hol,many-backends,prewarm,degrade"
+        default_value = "getpage,datagram,lfc,ingest,scan,hol,many-backends,prewarm,degrade"
     )]
     pub only: Vec<Scenario>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
+    Getpage,
+    Datagram,
     Lfc,
     Ingest,
     Scan,
@@ -36,6 +40,9 @@ pub enum Scenario {
 /// person would type them to reproduce one scenario alone).
 fn short_flags(s: Scenario) -> &'static [&'static str] {
     match s {
+        // A quarter of each one's defaults: a few seconds each, the ratios settle well before.
+        Scenario::Getpage => &["--sync-requests", "5000", "--pages", "16384"],
+        Scenario::Datagram => &["--pages", "50000"],
         Scenario::Lfc => &[
             "--cache-mib",
             "256",
@@ -75,6 +82,8 @@ pub fn run(args: &AllBenchArgs) -> anyhow::Result<(Vec<BenchRecord>, Vec<Latency
         eprintln!("bench all: {name} {}", flags.join(" "));
         let t = Instant::now();
         match s {
+            Scenario::Getpage => records.extend(getpage::run(&args_of(flags)?)?),
+            Scenario::Datagram => records.extend(datagram::run(&args_of(flags)?)?),
             Scenario::Lfc => records.extend(lfc::run(&args_of(flags)?)?),
             Scenario::Ingest => records.extend(ingest::run(&args_of(flags)?)?),
             Scenario::Scan => records.extend(scan::run(&args_of(flags)?)?),
@@ -102,6 +111,10 @@ mod tests {
 
     #[test]
     fn every_scenario_accepts_its_short_flags() {
+        let g: getpage::GetPageBenchArgs = args_of(short_flags(Scenario::Getpage)).unwrap();
+        assert_eq!((g.sync_requests, g.pages), (5000, 16384));
+        let d: datagram::DatagramBenchArgs = args_of(short_flags(Scenario::Datagram)).unwrap();
+        assert_eq!(d.pages, 50000);
         args_of::<lfc::LfcBenchArgs>(short_flags(Scenario::Lfc)).unwrap();
         args_of::<ingest::IngestBenchArgs>(short_flags(Scenario::Ingest)).unwrap();
         let s: scan::ScanBenchArgs = args_of(short_flags(Scenario::Scan)).unwrap();

@@ -49,7 +49,9 @@ pub struct DegradeBenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub pause_ms: u64,
     /// Worker daemon threads (the daemon's own default: one per two CPUs, at least one).
-    #[arg(long, default_value_t = workers::daemon::default_threads())]
+    // The default depends on the machine: the text above states it once, and help shows no
+    // second, this machine's, number.
+    #[arg(long, default_value_t = workers::daemon::default_threads(), hide_default_value = true)]
     pub daemon_threads: usize,
     /// Measure the udp scan as a freshly started backend, which fills frames it never touched
     /// with `pwrite` (about 1.4 µs per page) and faults on its first read of each. By default

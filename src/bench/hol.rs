@@ -59,7 +59,9 @@ pub struct HolBenchArgs {
     #[arg(long, default_value_t = 128)]
     pub distance: u32,
     /// Worker daemon threads (the daemon's own default: one per two CPUs, at least one).
-    #[arg(long, default_value_t = workers::daemon::default_threads())]
+    // The default depends on the machine: the text above states it once, and help shows no
+    // second, this machine's, number.
+    #[arg(long, default_value_t = workers::daemon::default_threads(), hide_default_value = true)]
     pub daemon_threads: usize,
     /// Nice value for every worker daemon thread (0 = as started). A positive value lets the
     /// backend and the page server's responder preempt the bulk ingest on a small machine.

@@ -14,20 +14,17 @@
 //! set of half the cache.
 
 use super::BenchRecord;
+use crate::cmd::daemon_proc::ScratchDir;
 use lfc::{BufferTag, Lfc, LfcStats, RelTag, PAGE_SIZE};
 use std::collections::HashMap;
 use std::fs::File;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LfcBenchArgs {
-    /// Directory for the cache file and the baseline region (default: /dev/shm if present, so
-    /// the kernel's writeback does not add noise; else the temp directory).
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
     /// Cache size in MiB for the throughput cases.
     #[arg(long, default_value_t = 1024)]
     pub cache_mib: u64,
@@ -50,33 +47,12 @@ pub fn run(args: &LfcBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         args.hit_ratio_pages >= 16,
         "--hit-ratio-pages must be at least 16"
     );
-    let base = match &args.dir {
-        Some(d) => d.clone(),
-        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
-        None => std::env::temp_dir(),
-    };
-    let dir = ScratchDir::new(&base)?;
+    // The cache file and the baseline region go where every bench puts its LFC files
+    // (`bench --lfc-dir`, default /dev/shm): same memory, no writeback noise.
+    let dir = ScratchDir::new("udp-prefetch-bench-lfc")?;
     let mut records = throughput(args, &dir.0)?;
     records.extend(hit_ratios(args, &dir.0)?);
     Ok(records)
-}
-
-/// A directory removed (with its files) when the bench ends, also on error.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(base: &Path) -> anyhow::Result<ScratchDir> {
-        let p = base.join(format!("udp-prefetch-bench-lfc-{}", std::process::id()));
-        std::fs::create_dir_all(&p)
-            .map_err(|e| anyhow::anyhow!("creating {}: {e}", p.display()))?;
-        Ok(ScratchDir(p))
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// xorshift64*: a fast per-thread generator; the bench needs speed, not quality.

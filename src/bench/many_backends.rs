@@ -28,7 +28,7 @@ pub struct ManyBackendsBenchArgs {
     /// Concurrent backend processes, each scanning its own relation: one case per count.
     #[arg(long, value_delimiter = ',', default_value = "8,32,64")]
     pub backends: Vec<u32>,
-    /// Pages scanned per case, split evenly among its backends (2 GiB of pages by default:
+    /// Pages scanned per case, split evenly among its backends (the default is 2 GiB of pages,
     /// about a second of scanning on a small machine).
     #[arg(long, default_value_t = 262_144)]
     pub total_pages: u32,
@@ -39,10 +39,15 @@ pub struct ManyBackendsBenchArgs {
     #[arg(long, default_value_t = 128)]
     pub distance: u32,
     /// Worker daemon threads (the daemon's own default: one per two CPUs, at least one).
-    #[arg(long, default_value_t = workers::daemon::default_threads())]
+    // The default depends on the machine: the text above states it once, and help shows no
+    // second, this machine's, number.
+    #[arg(long, default_value_t = workers::daemon::default_threads(), hide_default_value = true)]
     pub daemon_threads: usize,
-    /// The page server's UDP prefetch sender threads (the server's default).
-    #[arg(long, default_value_t = crate::pageserver::default_prefetch_senders())]
+    /// The page server's UDP prefetch sender threads (the server's default: one per two CPUs, at
+    /// least one).
+    // The default depends on the machine: the text above states it once, and help shows no
+    // second, this machine's, number.
+    #[arg(long, default_value_t = crate::pageserver::default_prefetch_senders(), hide_default_value = true)]
     pub prefetch_senders: usize,
     /// Nice value for every worker daemon thread (0 = as started, the default deployment;
     /// negative needs root or CAP_SYS_NICE).

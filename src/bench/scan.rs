@@ -46,7 +46,9 @@ pub struct ScanBenchArgs {
     #[arg(long, default_value_t = 512)]
     pub distance: u32,
     /// Worker daemon threads (the daemon's own default: one per two CPUs, at least one).
-    #[arg(long, default_value_t = workers::daemon::default_threads())]
+    // The default depends on the machine: the text above states it once, and help shows no
+    // second, this machine's, number.
+    #[arg(long, default_value_t = workers::daemon::default_threads(), hide_default_value = true)]
     pub daemon_threads: usize,
 }
 

@@ -5,6 +5,7 @@
 use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::Outcome;
 use crate::compute::backend::read_path::ReadPathConfig;
+use crate::compute::backend::PrefetchPath;
 use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
 use crate::pageserver::source::{SourceSpec, Synthetic};
 use crate::pageserver::{PageServer, ServerConfig};
@@ -94,6 +95,7 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
         if failed == 0 { "yes" } else { "NO" },
         if digests_match { "yes" } else { "NO" }
     );
+    println!("{}", conclusion(&rows));
     drop(lfc);
     daemon.stop();
     Ok(if failed == 0 && digests_match {
@@ -139,11 +141,12 @@ fn scan_all(
     Ok(rows)
 }
 
-/// One line per scan, its speed against the tcp-pipelined scan with the same drop rate.
+/// One line per scan, its speed against the tcp-pipelined scan with the same drop rate. The
+/// LFC columns (hits, late, wasted, pipelined) are `-` for the TCP modes, which do not use it.
 fn print_table(rows: &[(f64, ScanReport)]) {
     println!();
     println!(
-        "{:<14} {:>5} {:>10} {:>8} {:>8} {:>9} {:>9} {:>7} {:>10} {:>9}",
+        "{:<14} {:>5} {:>10} {:>8} {:>8} {:>6} {:>9} {:>10} {:>7} {:>10} {:>9}",
         "mode",
         "drop",
         "pages/s",
@@ -151,6 +154,7 @@ fn print_table(rows: &[(f64, ScanReport)]) {
         "hits",
         "late",
         "fallback",
+        "pipelined",
         "wasted",
         "cpu us/pg",
         "verified"
@@ -160,20 +164,111 @@ fn print_table(rows: &[(f64, ScanReport)]) {
             .iter()
             .find(|(d, x)| d == drop && x.mode == "tcp-pipelined")
             .map_or(0.0, |(_, x)| x.pages_per_s);
+        let lfc_only = |v: u64| {
+            if r.mode == ScanMode::Udp.name() {
+                v.to_string()
+            } else {
+                "-".to_string()
+            }
+        };
         println!(
-            "{:<14} {:>4.0}% {:>10.0} {:>7.2}x {:>8} {:>9} {:>9} {:>7} {:>10.2} {:>9}",
+            "{:<14} {:>4.0}% {:>10.0} {:>7.2}x {:>8} {:>6} {:>9} {:>10} {:>7} {:>10.2} {:>9}",
             r.mode,
             drop * 100.0,
             r.pages_per_s,
             r.pages_per_s / pipelined.max(f64::MIN_POSITIVE),
-            r.hits,
-            r.late_hits,
+            lfc_only(r.hits),
+            lfc_only(r.late_hits),
             r.fallbacks,
-            r.wasted_prefetches,
+            lfc_only(r.tcp_pipelined),
+            lfc_only(r.wasted_prefetches),
             r.cpu_us_per_page,
             format!("{}/{}", r.verified, r.pages)
         );
     }
+    print_path_changes(rows);
+}
+
+/// The udp scans' moves between UDP prefetch and TCP pipelining, with their reasons (the
+/// `pipelined` column's pages were read after a move to TCP).
+fn print_path_changes(rows: &[(f64, ScanReport)]) {
+    const SHOWN: usize = 4;
+    for (drop, r) in rows.iter().filter(|(_, r)| !r.udp_state_log.is_empty()) {
+        println!(
+            "udp at drop {:.0}% changed path {} time(s):",
+            drop * 100.0,
+            r.udp_state_changes
+        );
+        for c in r.udp_state_log.iter().take(SHOWN) {
+            let to = match c.to {
+                PrefetchPath::Udp => "to UDP prefetch",
+                PrefetchPath::TcpPipelined => "to TCP pipelining",
+            };
+            println!("  at {:.1} ms {to}: {}", c.at_ms, c.reason);
+        }
+        if r.udp_state_log.len() > SHOWN {
+            println!("  ... and {} more", r.udp_state_log.len() - SHOWN);
+        }
+    }
+}
+
+/// What the table shows, in one sentence computed from it (never a fixed claim: on a loaded or
+/// unusual machine the order can change): the fastest mode at each drop rate and by what factor,
+/// and how many of the udp scan's reads found their page in the LFC.
+fn conclusion(rows: &[(f64, ScanReport)]) -> String {
+    let mut drops: Vec<f64> = Vec::new();
+    for (d, _) in rows {
+        if !drops.contains(d) {
+            drops.push(*d);
+        }
+    }
+    let parts: Vec<String> = drops
+        .iter()
+        .map(|&drop| {
+            let mut group: Vec<&ScanReport> = rows
+                .iter()
+                .filter(|(d, _)| *d == drop)
+                .map(|(_, r)| r)
+                .collect();
+            group.sort_by(|a, b| b.pages_per_s.total_cmp(&a.pages_per_s));
+            let fastest = group[0];
+            let mut part = if drop == 0.0 {
+                "without loss ".to_string()
+            } else {
+                format!("with {:.0} % of prefetch datagrams dropped ", drop * 100.0)
+            };
+            part.push_str(&format!("{} was the fastest", fastest.mode));
+            let slower: Vec<String> = group[1..]
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{:.2}x {}'s",
+                        fastest.pages_per_s / r.pages_per_s.max(f64::MIN_POSITIVE),
+                        r.mode
+                    )
+                })
+                .collect();
+            if !slower.is_empty() {
+                part.push_str(&format!(", at {} pages/s", slower.join(" and ")));
+            }
+            if let Some(udp) = group.iter().find(|r| r.mode == ScanMode::Udp.name()) {
+                let from_lfc = udp.hits + udp.late_hits;
+                let pct = |n: u64| 100.0 * n as f64 / udp.pages.max(1) as f64;
+                part.push_str(&format!(
+                    ", and {:.1} % of udp's reads found their page in the LFC",
+                    pct(from_lfc)
+                ));
+                if udp.tcp_pipelined > 0 {
+                    part.push_str(&format!(
+                        " ({:.1} % came through its TCP pipeline after it moved off UDP)",
+                        pct(udp.tcp_pipelined)
+                    ));
+                }
+            }
+            part
+        })
+        .collect();
+    format!("In short: {}.", parts.join("; "))
 }
 
 /// Prints the daemon's datagram counters once they have settled.
@@ -201,4 +296,42 @@ fn print_daemon_counters(daemon: &DaemonProc) -> anyhow::Result<()> {
         DaemonProc::metric(&text, "udp_prefetch_kernel_drops_total"),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(mode: ScanMode, pages_per_s: f64, hits: u64, late_hits: u64) -> ScanReport {
+        ScanReport {
+            mode: mode.name().to_string(),
+            pages: 1000,
+            pages_per_s,
+            hits,
+            late_hits,
+            ..ScanReport::default()
+        }
+    }
+
+    #[test]
+    fn the_conclusion_is_computed_from_the_figures() {
+        let mut rows = vec![
+            (0.0, report(ScanMode::TcpSync, 500.0, 0, 0)),
+            (0.0, report(ScanMode::TcpPipelined, 2500.0, 0, 0)),
+            (0.0, report(ScanMode::Udp, 5000.0, 990, 5)),
+            (0.05, report(ScanMode::TcpSync, 500.0, 0, 0)),
+            (0.05, report(ScanMode::TcpPipelined, 4000.0, 0, 0)),
+            (0.05, report(ScanMode::Udp, 3000.0, 700, 100)),
+        ];
+        // Under loss the udp scan moved to TCP pipelining for 150 of its pages.
+        rows[5].1.tcp_pipelined = 150;
+        assert_eq!(
+            conclusion(&rows),
+            "In short: without loss udp was the fastest, at 2.00x tcp-pipelined's and 10.00x \
+             tcp-sync's pages/s, and 99.5 % of udp's reads found their page in the LFC; with 5 % \
+             of prefetch datagrams dropped tcp-pipelined was the fastest, at 1.33x udp's and \
+             8.00x tcp-sync's pages/s, and 80.0 % of udp's reads found their page in the LFC \
+             (15.0 % came through its TCP pipeline after it moved off UDP)."
+        );
+    }
 }

@@ -41,9 +41,6 @@ pub enum Outcome {
     Failed,
 }
 
-/// A server's listen address from the command line: `host:port`, `host` alone (then
-/// `default_port`), or a name such as `localhost:6400`, resolved once at start; the first
-/// address the resolver returns is the one listened on.
 /// The address of an HTTP metrics endpoint (`--metrics`): metrics have no customary port, so a
 /// port is required (0 for any).
 pub fn parse_metrics(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -56,6 +53,9 @@ pub fn parse_metrics(s: &str) -> Result<std::net::SocketAddr, String> {
     Ok(probe)
 }
 
+/// A server's listen address from the command line: `host:port`, `host` alone (then
+/// `default_port`), or a name such as `localhost:6400`, resolved once at start; the first
+/// address the resolver returns is the one listened on.
 pub fn listen_addr(s: &str, default_port: u16) -> Result<std::net::SocketAddr, String> {
     crate::protocol::client::resolve(s, default_port)
         .map(|addrs| addrs[0])

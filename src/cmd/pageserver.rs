@@ -38,7 +38,9 @@ pub struct PageServerArgs {
     #[arg(long, default_value_t = 0)]
     pub prefetch_rate: u64,
     /// Threads sending UDP prefetch datagrams (default: one per two CPUs, at least one).
-    #[arg(long, default_value_t = crate::pageserver::default_prefetch_senders())]
+    // The default depends on the machine: the text above states it once, and help shows no
+    // second, this machine's, number.
+    #[arg(long, default_value_t = crate::pageserver::default_prefetch_senders(), hide_default_value = true)]
     pub prefetch_senders: usize,
     /// Prefetch pages queued across all destinations; beyond it Prefetch requests are dropped
     /// (counted), never GetPages.

@@ -40,6 +40,7 @@ pub enum PrewarmCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// The LFC to refill, shared with the worker daemon (its header names the daemon's port).
     #[arg(long)]
     pub lfc: PathBuf,
     /// State file written by `prewarm save`.
@@ -52,6 +53,8 @@ pub struct RunArgs {
     /// Prewarm every block of this relation instead (like pg_prewarm).
     #[arg(long)]
     pub relation: Option<RelTag>,
+    /// Page server to request the pages from (Prefetch by UDP, GetPage for the rest): HOST:PORT,
+    /// or HOST alone for port 6400; names are resolved.
     #[arg(long, default_value = "127.0.0.1:6400")]
     pub server: String,
     /// UDP port of the worker daemon on this host; default: the port the daemon serving the
@@ -67,6 +70,7 @@ pub struct RunArgs {
     /// UDP attempts per page before it is fetched over TCP.
     #[arg(long, default_value_t = 3)]
     pub attempts: u32,
+    /// Cleartext password, when the page server requires one.
     #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// One JSON object instead of the human report.

@@ -26,7 +26,9 @@ pub struct WorkersArgs {
     pub listen: SocketAddr,
     /// Worker threads, each with its own SO_REUSEPORT socket (default: one per two CPUs, at
     /// least one).
-    #[arg(long, default_value_t = workers::daemon::default_threads())]
+    // The default depends on the machine: the text above states it once, and help shows no
+    // second, this machine's, number.
+    #[arg(long, default_value_t = workers::daemon::default_threads(), hide_default_value = true)]
     pub threads: usize,
     /// Receive backend: epoll, uring, or auto (io_uring when the kernel allows it, else
     /// epoll). epoll is the default because it measured faster: in `bench ingest` it installed

@@ -12,6 +12,9 @@ use std::time::Instant;
 #[derive(Debug, Parser)]
 #[command(
     name = "udp-prefetch sim",
+    // Reached as `udp-prefetch sim` (which execs this binary), so usage and errors name that
+    // command rather than this file's name.
+    bin_name = "udp-prefetch sim",
     about = "Run the deterministic network simulator over many seeds (or replay one)",
     long_about = "Runs the real prefetch-path cores (page-server queue and pacing, datagram \
                   sealing, worker ingest, backend read path, a real LFC) under a simulated faulty \
