@@ -4,7 +4,7 @@
 
 use super::plot::LatencySeries;
 use super::{
-    datagram, degrade, getpage, hol, ingest, lfc, many_backends, prewarm, scan, BenchRecord,
+    datagram, degrade, getpage, hol, ingest, lfc, many_backends, net, prewarm, scan, BenchRecord,
 };
 use clap::Parser;
 use std::time::Instant;
@@ -18,7 +18,7 @@ pub struct AllBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "getpage,datagram,lfc,ingest,scan,hol,many-backends,prewarm,degrade"
+        default_value = "getpage,datagram,lfc,ingest,scan,hol,many-backends,prewarm,degrade,net"
     )]
     pub only: Vec<Scenario>,
 }
@@ -34,6 +34,7 @@ pub enum Scenario {
     ManyBackends,
     Prewarm,
     Degrade,
+    Net,
 }
 
 /// The shortened settings, as command-line flags of each scenario (so they read exactly as a
@@ -57,6 +58,7 @@ fn short_flags(s: Scenario) -> &'static [&'static str] {
         Scenario::ManyBackends => &[],
         Scenario::Prewarm => &["--pages", "65536", "--ingest-seconds", "1.5"],
         Scenario::Degrade => &[],
+        Scenario::Net => &["--pages", "8192"],
     }
 }
 
@@ -95,6 +97,7 @@ pub fn run(args: &AllBenchArgs) -> anyhow::Result<(Vec<BenchRecord>, Vec<Latency
             Scenario::ManyBackends => records.extend(many_backends::run(&args_of(flags)?)?),
             Scenario::Prewarm => records.extend(prewarm::run(&args_of(flags)?)?),
             Scenario::Degrade => records.extend(degrade::run(&args_of(flags)?)?),
+            Scenario::Net => records.extend(net::run(&args_of(flags)?)?),
         }
         eprintln!("bench all: {name} took {:.1} s", t.elapsed().as_secs_f64());
     }
