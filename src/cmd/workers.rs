@@ -12,13 +12,18 @@ use workers::udp::IoChoice;
 
 #[derive(Debug, clap::Args)]
 pub struct WorkersArgs {
-    /// The LFC file shared with backends; re-attached if it exists.
+    /// The LFC file shared with backends; re-attached if it exists (pages, key and timeline
+    /// binding kept).
     #[arg(long)]
     pub lfc: PathBuf,
     /// Create the LFC with this much page data if it does not exist (bytes; K/M/G/KiB/MiB/GiB
-    /// suffixes accepted).
+    /// suffixes accepted); an existing LFC of another size is refused unless --recreate.
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
+    /// Replace an existing LFC with a new, empty one bound to no timeline (of --size, else of
+    /// the old size), e.g. to serve another timeline; refused while backends have it mapped.
+    #[arg(long)]
+    pub recreate: bool,
     /// UDP address the page servers send prefetched pages to: HOST:PORT, or HOST alone for
     /// port 6401; names are resolved.
     #[arg(long, default_value = "127.0.0.1:6401", value_parser = parse_listen)]
@@ -137,6 +142,7 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
     let config = DaemonConfig {
         lfc: args.lfc.clone(),
         create_size_bytes: args.size,
+        recreate: args.recreate,
         listen: args.listen,
         threads: args.threads,
         io: args.io,
@@ -175,6 +181,9 @@ fn classify(e: DaemonError) -> anyhow::Error {
         | DaemonError::NoLfc(_)
         | DaemonError::PidFile(_)
         | DaemonError::Lfc { .. }
+        | DaemonError::UnusableLfc { .. }
+        | DaemonError::SizeMismatch { .. }
+        | DaemonError::RecreateNeedsSize { .. }
         | DaemonError::DaemonLock(DaemonLockError::Held { .. })
         | DaemonError::PortInUse { .. }) => BadInput(e.to_string()).into(),
         e => e.into(),
