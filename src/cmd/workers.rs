@@ -222,6 +222,13 @@ mod tests {
         assert!(port
             .to_string()
             .contains("127.0.0.1:6401 is already in use"));
+        let size = classify(DaemonError::SizeMismatch {
+            path: "/dev/shm/lfc".into(),
+            have_pages: 1024,
+            want_bytes: 16 << 20,
+        });
+        assert_eq!(exit_status_for(&size), EXIT_BAD_INPUT);
+        assert!(size.to_string().contains("--recreate"), "{size}");
         let io = classify(DaemonError::DaemonLock(DaemonLockError::Io {
             path: "x".into(),
             op: "fcntl",

@@ -442,6 +442,29 @@ mod tests {
     }
 
     #[test]
+    fn the_system_identifier_is_pg_controls_first_field_and_synthetics_is_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut control = vec![0u8; 512];
+        control[..8].copy_from_slice(&7_318_234_567_890_123_456u64.to_ne_bytes());
+        control[CONTROL_VERSION_OFFSET..CONTROL_VERSION_OFFSET + 4]
+            .copy_from_slice(&CONTROL_VERSION_KNOWN.to_ne_bytes());
+        control[CONTROL_BLCKSZ_OFFSET..CONTROL_BLCKSZ_OFFSET + 4]
+            .copy_from_slice(&(PAGE_SIZE as u32).to_ne_bytes());
+        std::fs::create_dir(dir.path().join("global")).unwrap();
+        std::fs::write(dir.path().join("global/pg_control"), &control).unwrap();
+        let source = PgData::open(dir.path()).unwrap();
+        assert_eq!(source.system_identifier(), Some(7_318_234_567_890_123_456));
+        assert!(source
+            .describe()
+            .contains("system identifier 7318234567890123456"));
+        let synthetic = SourceSpec::default().open().unwrap();
+        assert_eq!(
+            synthetic.system_identifier(),
+            Some(SYNTHETIC_SYSTEM_IDENTIFIER)
+        );
+    }
+
+    #[test]
     fn missing_data_directory_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let err = PgData::open(dir.path()).err().expect("not a data dir");

@@ -108,8 +108,9 @@ pub enum DaemonError {
     PortInUse { addr: SocketAddr },
     #[error("{0} does not exist; pass --size BYTES to create it")]
     NoLfc(PathBuf),
-    /// `--recreate` of a file whose size cannot be read, without `--size`.
-    #[error("{} cannot be read to keep its size ({source}); pass --size BYTES with --recreate", path.display())]
+    /// `--recreate` without `--size` of a file whose size cannot be read (the attach error
+    /// names the path).
+    #[error("LFC {source}; its size is unknown: pass --size BYTES with --recreate")]
     RecreateNeedsSize {
         path: PathBuf,
         #[source]

@@ -141,6 +141,14 @@ fn a_file_of_an_older_format_is_refused_naming_recreate_which_replaces_it() {
         matches!(err, DaemonError::RecreateNeedsSize { .. }),
         "{err}"
     );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "LFC {}: LFC format version 2 is not supported (this build reads version 3); its size \
+             is unknown: pass --size BYTES with --recreate",
+            path.display()
+        )
+    );
     start_and_stop(&config(&path, Some(PAGES), true)).unwrap();
     assert_eq!(Lfc::open(&path).unwrap().binding(), None);
 }
