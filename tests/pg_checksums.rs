@@ -208,3 +208,44 @@ fn a_checksummed_cluster_verifies_by_checksum() {
     assert!(verified > 100, "{verified}");
     assert_eq!(bad_checksum, 0);
 }
+
+/// `pg_controldata`'s "Database system identifier", from the bin directory of `initdb`.
+fn controldata_system_identifier(data: &Path) -> u64 {
+    let initdb = std::fs::canonicalize(
+        String::from_utf8(
+            Command::new("sh")
+                .args(["-c", "command -v initdb"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim(),
+    )
+    .unwrap();
+    let out = Command::new(initdb.with_file_name("pg_controldata"))
+        .arg(data)
+        .output()
+        .expect("running pg_controldata");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Database system identifier:"))
+        .unwrap_or_else(|| panic!("no system identifier in: {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_server_announces_the_clusters_system_identifier() {
+    if !postgres_available() {
+        return;
+    }
+    let (_tmp, data) = cluster(false);
+    let want = controldata_system_identifier(&data);
+    assert_eq!(PgData::open(&data).unwrap().system_identifier(), Some(want));
+    // A compute binds its LFC to it (`lfc::Binding`), so another cluster's cache is refused.
+    let server = ServerProc::start(&["--source", &format!("pgdata:{}", data.display())]);
+    let client = PageClient::connect(&ConnectOptions::new(server.addr.clone())).unwrap();
+    assert_eq!(client.binding().system_id, Some(want));
+}

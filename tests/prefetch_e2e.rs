@@ -83,7 +83,8 @@ fn io_uring_refused_by_seccomp_falls_back_to_epoll_or_fails_clearly() {
         client,
         ReadPathConfig::default(),
         Some(workers.udp_port),
-    );
+    )
+    .unwrap();
     let tag = Synthetic::rel(0).block(42);
     backend.prefetch(tag.rel, 42..43).unwrap();
     assert!(
@@ -318,7 +319,8 @@ fn a_late_prefetch_of_a_modified_page_is_rejected_as_stale() {
         client,
         ReadPathConfig::default(),
         Some(workers.udp_port),
-    );
+    )
+    .unwrap();
     assert_eq!(reader.prefetch(tag.rel, 9..10).unwrap(), 1);
 
     // Another backend modifies the page at LSN 500 while the prefetch is in flight: as on a

@@ -203,8 +203,8 @@ enum Wait {
 
 impl Lfc {
     /// Creates (or re-creates) the cache file with room for `capacity_pages` pages, a fresh
-    /// random datagram key and key id, and attaches to it. Fails with `InUse` if another process
-    /// has the existing file attached.
+    /// random datagram key and key id, bound to no timeline (`Lfc::bind`), and attaches to it.
+    /// Fails with `InUse` if another process has the existing file attached.
     pub fn create(path: impl AsRef<Path>, capacity_pages: u64) -> Result<Lfc, AttachError> {
         let path = path.as_ref();
         Ok(Lfc::from_attached(
@@ -213,7 +213,8 @@ impl Lfc {
         ))
     }
 
-    /// Attaches to an existing cache file, validating its header first.
+    /// Attaches to an existing cache file, validating its header first; its pages, key and
+    /// timeline binding are as the last process left them.
     pub fn open(path: impl AsRef<Path>) -> Result<Lfc, AttachError> {
         let path = path.as_ref();
         Ok(Lfc::from_attached(path, attach::open(path)?))

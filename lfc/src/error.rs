@@ -8,7 +8,8 @@
 //!   cache needed it to act on (e.g. a `write` refused as `Busy` did not raise the tag's
 //!   last-written LSN), so it is `#[must_use]` through `Result`.
 //!
-//! [`DaemonLockError`] is the refusal of `Lfc::lock_for_daemon`.
+//! [`DaemonLockError`] is the refusal of `Lfc::lock_for_daemon`; [`BindError`] that of
+//! `Lfc::bind` (the cache belongs to another timeline).
 //!
 //! Owns: the error types and their messages, nothing else. Does no I/O and reads no shared
 //! memory: the code that does (`layout.rs`, `attach.rs`, `cache.rs`, `daemon.rs`) builds them.
@@ -179,6 +180,37 @@ impl OpError {
             source,
         }
     }
+}
+
+/// Why `Lfc::bind` refused: the cache must not be used for the binding asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    /// The cache holds pages of another timeline, or of another cluster (system identifier):
+    /// served to this one they would be wrong pages that look like hits. The operator starts
+    /// a new cache (re-creating the file empties and unbinds it) or points this backend at the
+    /// right one.
+    #[error(
+        "LFC {} belongs to {bound}, not {asked}; restart its worker daemon with --recreate to \
+         start a new cache",
+        path.display()
+    )]
+    OtherTimeline {
+        path: PathBuf,
+        bound: crate::binding::Binding,
+        asked: crate::binding::Binding,
+    },
+    /// A live process began recording its binding and has not finished (it is stopped, or the
+    /// machine is starved): nothing is known yet, try again.
+    #[error(
+        "LFC {}: process {pid} has been recording the cache's timeline for {waited_ms} ms without \
+         finishing",
+        path.display()
+    )]
+    Busy {
+        path: PathBuf,
+        pid: u32,
+        waited_ms: u64,
+    },
 }
 
 /// Why `Lfc::lock_for_daemon` did not give the lock.

@@ -8,8 +8,10 @@
 //! 320    global lwlsn floor    (own cache line)
 //! 384    free-frame count      (own cache line; a hint, never above the true count)
 //! 448    free-frame hand       (own cache line)
-//! 512    daemon record         (heartbeat + generation line, seqlocked record line; zero in
-//!                               files of builds before it = "no daemon"; see `daemon`)
+//! 512    daemon record         (heartbeat + generation line, seqlocked record line; see
+//!                               `daemon`)
+//! 768    timeline binding      (state word, tenant, timeline, system identifier; zero =
+//!                               unbound; see `binding`)
 //! 1024   stats: STAT_STRIPES stripes x STAT_COUNTERS u64
 //! 4096   arrival channels: ARRIVAL_CHANNELS x (futex seq u32, waiters u32)
 //! 8192   frame metadata: capacity x 64 B
@@ -26,7 +28,10 @@ use std::path::Path;
 pub const MAGIC: [u8; 8] = *b"UPLFC\0\r\n";
 /// 2: bucket lock words carry an overflow distance and the index has `OVERFLOW_WINDOW` spill
 /// buckets after the homes.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the timeline binding at `BINDING_OFFSET`. Its zeros would read as "unbound" in a version 2
+/// file, but a version 2 build attaching a bound version 3 cache would ignore the binding and
+/// fill it with another timeline's pages, so the versions refuse each other.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Length of the encoded fixed header; the file must be at least this long to be parsed.
 pub const FIXED_HEADER_LEN: usize = 256;
@@ -36,14 +41,19 @@ pub const GLOBAL_LWLSN_OFFSET: usize = 320;
 pub const FREE_COUNT_OFFSET: usize = 384;
 pub const FREE_HAND_OFFSET: usize = 448;
 /// The worker daemon's record and lock byte (mutable runtime area, outside the checksummed
-/// header). Bytes 512..1024 were unused zeros in every earlier file of this version, which reads
-/// as "no daemon registered", so the record needed no format change.
+/// header).
 pub const DAEMON_OFFSET: usize = 512;
-pub const DAEMON_BYTES: usize = 512;
+pub const DAEMON_BYTES: usize = 256;
+/// The timeline binding (mutable runtime area, outside the checksummed header: it is recorded
+/// after creation, by the first backend). Zero in a new file = unbound.
+pub const BINDING_OFFSET: usize = 768;
+pub const BINDING_BYTES: usize = 256;
 const _: () = assert!(
     FREE_HAND_OFFSET + 64 <= DAEMON_OFFSET
-        && DAEMON_OFFSET + DAEMON_BYTES <= STATS_OFFSET
+        && DAEMON_OFFSET + DAEMON_BYTES <= BINDING_OFFSET
+        && BINDING_OFFSET + BINDING_BYTES <= STATS_OFFSET
         && DAEMON_OFFSET.is_multiple_of(64)
+        && BINDING_OFFSET.is_multiple_of(64)
 );
 pub const STATS_OFFSET: usize = 1024;
 pub const STAT_STRIPES: usize = 16;

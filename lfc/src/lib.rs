@@ -22,11 +22,14 @@
 //!   released by the kernel on death), [`Lfc::register_daemon`], [`Lfc::daemon_heartbeat`],
 //!   [`Lfc::clear_daemon`]; readers [`Lfc::daemon`]` -> Option<DaemonRecord>` and the one-load
 //!   [`Lfc::daemon_heartbeat_ns`], [`Lfc::daemon_generation`]; [`monotonic_ns`] is their clock.
+//! - Timeline binding: [`Lfc::bind`]`(&Binding) -> BindOutcome` (records the tenant, timeline
+//!   and system identifier the cache's pages belong to, or checks them), [`Lfc::binding`].
 //!
 //! # Errors
 //! Attaching fails with an [`AttachError`] (bad file, other boot, in use...); operations on an
 //! attached cache fail with an [`OpError`] (`Busy`, a failed system call). The two are distinct
 //! types so that a runtime refusal cannot be handled, or dropped, as if it were an attach error.
+//! [`Lfc::bind`] fails with a [`BindError`]: the cache belongs to another timeline.
 //!
 //! # The invariant
 //! A lookup returns nothing, or the version that is newest as of the latest `write`/`set_lwlsn`
@@ -46,6 +49,16 @@
 //! `cache` module for the invariants that make that safe. Index and metadata take under 1 % of
 //! the page data (about 0.93 % at 1 GiB).
 //!
+//! # One cache, one timeline
+//! Pages are keyed by `BufferTag` alone, and another timeline or cluster has other pages under
+//! the same tags. A new cache is unbound; the first backend or prewarm run binds it to its
+//! [`Binding`] (tenant id, timeline id, and the page source's system identifier when the page
+//! server announces one), atomically, so of two racing binders one records and the other
+//! compares. Every later `bind` for another binding is refused
+//! ([`BindError::OtherTimeline`]). The binding lasts as long as the file: only `create` (the
+//! worker daemon's `--recreate`) starts an empty, unbound cache; `open` keeps it (and so does
+//! `open_or_create`, unless it replaces the file).
+//!
 //! # Operating notes
 //! - All processes sharing a file must share a pid namespace (owner pids are compared).
 //! - The file content is trusted only within one boot: `open` refuses a file created before the
@@ -54,6 +67,7 @@
 
 mod arrival;
 mod attach;
+mod binding;
 mod bucket;
 mod cache;
 mod clock;
@@ -67,13 +81,14 @@ mod requested;
 mod stats;
 mod tag;
 
+pub use binding::{BindOutcome, Binding};
 pub use cache::{
     HomeLockForTest, InstallOutcome, Lfc, LfcGeometry, Rejected, Reservation, WriteOutcome,
     MAX_ARRIVAL_WAIT,
 };
 pub use clock::{monotonic_ns, wall_ns};
 pub use daemon::{DaemonLock, DaemonRecord, DAEMON_HEARTBEAT_NS, DAEMON_STALE_NS};
-pub use error::{AttachError, DaemonLockError, OpError};
+pub use error::{AttachError, BindError, DaemonLockError, OpError};
 pub use layout::{FORMAT_VERSION, MAX_CAPACITY_PAGES, OVERFLOW_WINDOW};
 pub use requested::REQUESTED_TTL_NS;
 pub use stats::LfcStats;

@@ -25,9 +25,9 @@ const OFF_KEY: usize = 104;
 const OFF_KEY_ID: usize = 136;
 const OFF_HASH_SEED: usize = 152;
 const OFF_CHECKSUM: usize = HEADER_LEN - 8;
-/// Header formats whose fixed header has these offsets (format 2 changed the index, not the
-/// header).
-const KNOWN_FORMAT_VERSIONS: [u32; 2] = [1, 2];
+/// Header formats whose fixed header has these offsets (format 2 changed the index, format 3
+/// added the timeline binding after the fixed header; neither moved a field of it).
+const KNOWN_FORMAT_VERSIONS: [u32; 3] = [1, 2, 3];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeededLfcError {

@@ -244,7 +244,7 @@ impl<'a> UdpReader<'a> {
             connect(addr)?,
             ReadPathConfig::default(),
             Some(udp_port),
-        );
+        )?;
         Ok(UdpReader {
             backend,
             scan: scan.map(|rel| UdpScan::new(rel, args.distance)),

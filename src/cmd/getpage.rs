@@ -29,6 +29,8 @@ pub struct GetPageArgs {
     /// Write the 8192-byte page to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub timeline: super::TimelineArgs,
     /// Cleartext password, when the server requires one.
     #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -63,7 +65,9 @@ pub fn check_name(check: &PageCheck) -> String {
 }
 
 pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
-    let opts = ConnectOptions::new(args.server.clone()).token(args.token.clone());
+    let opts = args
+        .timeline
+        .apply(ConnectOptions::new(args.server.clone()).token(args.token.clone()));
     let mut client = PageClient::connect(&opts)?;
     let tag = args.rel.block(args.blk);
     let page = client

@@ -3,9 +3,10 @@
 //! Attaches like any other process (shared lock, no writes), so it can run next to the worker
 //! daemon and backends; the counters are summed over every process that uses the file. It also
 //! shows the worker daemon the cache's record names: alive when its last heartbeat is younger
-//! than `lfc::DAEMON_STALE_NS`.
+//! than `lfc::DAEMON_STALE_NS`; and the timeline the cache is bound to (`lfc::Binding`), if any.
 
 use super::{BadInput, Outcome};
+use crate::protocol::identity::NeonId;
 use lfc::{DaemonRecord, Lfc, LfcGeometry, LfcStats};
 use std::path::{Path, PathBuf};
 
@@ -41,13 +42,19 @@ fn stat(path: &Path, json: bool) -> anyhow::Result<Outcome> {
     let s = cache.stats();
     let g = cache.geometry();
     let daemon = DaemonView::read(&cache);
+    let binding = cache.binding();
     if json {
         let mut m = json_object(&cache, &g, &s);
         daemon.put_json(&mut m);
+        put_binding_json(binding, &mut m);
         println!("{}", serde_json::Value::Object(m));
     } else {
         print_human(&cache, &g, &s);
         daemon.print_human();
+        match binding {
+            Some(b) => println!("  timeline   {b}"),
+            None => println!("  timeline   unbound (the first backend or prewarm run binds it)"),
+        }
     }
     Ok(Outcome::Success)
 }
@@ -98,6 +105,29 @@ fn json_object(
     put("wait_arrivals", s.wait_arrivals.into());
     put("wait_timeouts", s.wait_timeouts.into());
     m
+}
+
+/// `bound`, and `tenant_id`, `timeline_id` (32 hex digits) and `system_identifier` (`null`
+/// when unbound or none was announced). The identifier is a decimal string, as
+/// `pg_controldata` prints it: at about 7e18 it is beyond the integers a JSON reader that uses
+/// doubles keeps exact.
+fn put_binding_json(b: Option<lfc::Binding>, m: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    m.insert("bound".into(), b.is_some().into());
+    let id = |id: [u8; 16]| Value::from(NeonId(id).to_string());
+    m.insert(
+        "tenant_id".into(),
+        b.map_or(Value::Null, |b| id(b.tenant_id)),
+    );
+    m.insert(
+        "timeline_id".into(),
+        b.map_or(Value::Null, |b| id(b.timeline_id)),
+    );
+    m.insert(
+        "system_identifier".into(),
+        b.and_then(|b| b.system_id)
+            .map_or(Value::Null, |s| s.to_string().into()),
+    );
 }
 
 /// The cache's daemon record as seen now.

@@ -15,7 +15,29 @@ pub mod service_unit;
 pub mod sim;
 pub mod workers;
 
+use crate::protocol::client::ConnectOptions;
+use crate::protocol::identity::NeonId;
 use std::fmt;
+
+/// The Neon tenant and timeline a command's pagestream session is for (`pagestream_v3 <tenant>
+/// <timeline>`). A backend binds its LFC to them and to the server's system identifier, and
+/// refuses an LFC bound to others (`lfc::Binding`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TimelineArgs {
+    /// Neon tenant id of the session, 32 hex digits; the LFC is bound to it.
+    #[arg(long, default_value_t = NeonId::ZERO)]
+    pub tenant: NeonId,
+    /// Neon timeline id of the session, 32 hex digits; the LFC is bound to it.
+    #[arg(long, default_value_t = NeonId::ZERO)]
+    pub timeline: NeonId,
+}
+
+impl TimelineArgs {
+    /// `opts` for this tenant and timeline.
+    pub fn apply(&self, opts: ConnectOptions) -> ConnectOptions {
+        opts.timeline(self.tenant, self.timeline)
+    }
+}
 
 /// Exit status conventions (ARCHITECTURE §9).
 pub const EXIT_FAILED: u8 = 1;
@@ -81,9 +103,18 @@ pub fn error_report(err: &anyhow::Error) -> String {
     line
 }
 
-/// Exit status for an error: 2 when any cause in the chain is bad input, else 1.
+/// Exit status for an error: 2 when any cause in the chain is bad input, else 1. An LFC that
+/// belongs to another timeline is bad input too: the operator pointed a backend at the wrong
+/// cache (or must re-create it), and nothing was done.
 pub fn exit_status_for(err: &anyhow::Error) -> u8 {
-    if err.chain().any(|e| e.is::<BadInput>()) {
+    let bad_input = |e: &(dyn std::error::Error + 'static)| {
+        e.is::<BadInput>()
+            || matches!(
+                e.downcast_ref::<lfc::BindError>(),
+                Some(lfc::BindError::OtherTimeline { .. })
+            )
+    };
+    if err.chain().any(bad_input) {
         EXIT_BAD_INPUT
     } else {
         EXIT_FAILED

@@ -70,6 +70,8 @@ pub struct RunArgs {
     /// UDP attempts per page before it is fetched over TCP.
     #[arg(long, default_value_t = 3)]
     pub attempts: u32,
+    #[command(flatten)]
+    pub timeline: super::TimelineArgs,
     /// Cleartext password, when the page server requires one.
     #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -142,7 +144,9 @@ fn save(
 
 fn run_cmd(a: RunArgs) -> anyhow::Result<Outcome> {
     let cache = open_lfc(&a.lfc)?;
-    let connect = ConnectOptions::new(a.server.clone()).token(a.token.clone());
+    let connect = a
+        .timeline
+        .apply(ConnectOptions::new(a.server.clone()).token(a.token.clone()));
     let ranges = match (&a.state, a.relation) {
         (Some(path), _) => {
             let bytes =

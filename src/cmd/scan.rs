@@ -42,6 +42,8 @@ pub struct ScanArgs {
     /// Cap of the adaptive wait for a prefetch in flight, microseconds.
     #[arg(long, default_value_t = ReadPathConfig::default().max_wait_us)]
     pub max_wait_us: u64,
+    #[command(flatten)]
+    pub timeline: super::TimelineArgs,
     /// Cleartext password, when the server requires one.
     #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -120,7 +122,9 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
         (None, _) => None,
     };
     let cfg = ScanConfig {
-        connect: ConnectOptions::new(args.server.clone()).token(args.token.clone()),
+        connect: args
+            .timeline
+            .apply(ConnectOptions::new(args.server.clone()).token(args.token.clone())),
         rel: args.rel,
         blocks: args.blocks.clone(),
         mode: args.mode,

@@ -13,13 +13,18 @@ use workers::udp::IoChoice;
 
 #[derive(Debug, clap::Args)]
 pub struct WorkersArgs {
-    /// The LFC file shared with backends; re-attached if it exists.
+    /// The LFC file shared with backends; re-attached if it exists (pages, key and timeline
+    /// binding kept).
     #[arg(long)]
     pub lfc: PathBuf,
     /// Create the LFC with this much page data if it does not exist (bytes; K/M/G/KiB/MiB/GiB
-    /// suffixes accepted).
+    /// suffixes accepted); an existing LFC of another size is refused unless --recreate.
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
+    /// Replace an existing LFC with a new, empty one bound to no timeline (of --size, else of
+    /// the old size), e.g. to serve another timeline; refused while backends have it mapped.
+    #[arg(long)]
+    pub recreate: bool,
     /// UDP address the page servers send prefetched pages to: HOST:PORT, or HOST alone for
     /// port 6401; names are resolved.
     #[arg(long, default_value = "127.0.0.1:6401", value_parser = parse_listen)]
@@ -140,6 +145,7 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
     let config = DaemonConfig {
         lfc: args.lfc.clone(),
         create_size_bytes: args.size,
+        recreate: args.recreate,
         listen: args.listen,
         threads: args.threads,
         io: args.io,
@@ -226,6 +232,9 @@ fn classify(e: DaemonError) -> anyhow::Error {
         | DaemonError::NoLfc(_)
         | DaemonError::PidFile(_)
         | DaemonError::Lfc { .. }
+        | DaemonError::UnusableLfc { .. }
+        | DaemonError::SizeMismatch { .. }
+        | DaemonError::RecreateNeedsSize { .. }
         | DaemonError::DaemonLock(DaemonLockError::Held { .. })
         | DaemonError::PortInUse { .. }) => BadInput(e.to_string()).into(),
         e => e.into(),
@@ -264,6 +273,13 @@ mod tests {
         assert!(port
             .to_string()
             .contains("127.0.0.1:6401 is already in use"));
+        let size = classify(DaemonError::SizeMismatch {
+            path: "/dev/shm/lfc".into(),
+            have_pages: 1024,
+            want_bytes: 16 << 20,
+        });
+        assert_eq!(exit_status_for(&size), EXIT_BAD_INPUT);
+        assert!(size.to_string().contains("--recreate"), "{size}");
         let io = classify(DaemonError::DaemonLock(DaemonLockError::Io {
             path: "x".into(),
             op: "fcntl",

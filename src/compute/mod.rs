@@ -1,8 +1,24 @@
 //! The compute side: a backend's page access through the shared LFC (`backend`), LFC prewarm
-//! (`prewarm`) and the sequential scan built on them (`scan`).
+//! (`prewarm`) and the sequential scan built on them (`scan`). Both bind the LFC to their
+//! session's timeline (`bind_cache`) before they read or fill it.
 
 pub mod backend;
 pub mod prewarm;
 pub mod scan;
 #[cfg(test)]
 mod test_support;
+
+use crate::protocol::client::PageClient;
+use lfc::{BindError, BindOutcome, Lfc};
+
+/// Binds `lfc` to the timeline and cluster of `client`'s session, or checks that it is bound to
+/// them: a cache that holds another timeline's pages (`BindError::OtherTimeline`) must not be
+/// read or filled, since its pages would be served as this timeline's. Every backend and every
+/// prewarm run calls it before touching the cache.
+pub fn bind_cache(lfc: &Lfc, client: &PageClient) -> Result<(), BindError> {
+    let binding = client.binding();
+    if lfc.bind(&binding)? == BindOutcome::Bound {
+        tracing::info!(lfc = %lfc.path().display(), %binding, "LFC bound to this timeline");
+    }
+    Ok(())
+}

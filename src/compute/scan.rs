@@ -371,14 +371,14 @@ fn scan_lfc(
     let lfc =
         lfc.ok_or_else(|| anyhow::anyhow!("the {} mode needs an LFC (--lfc)", cfg.mode.name()))?;
     let mut backend = if cfg.mode == ScanMode::Udp {
-        Backend::with_prefetch_port(lfc, client, cfg.read_path, cfg.prefetch_port)
+        Backend::with_prefetch_port(lfc, client, cfg.read_path, cfg.prefetch_port)?
     } else {
         // The distance is the pipeline depth, as in tcp-pipelined.
         let read_path = ReadPathConfig {
             tcp_depth: cfg.distance,
             ..cfg.read_path
         };
-        Backend::tcp_only(lfc, client, read_path)
+        Backend::tcp_only(lfc, client, read_path)?
     };
     // Top the window up in batches, as a backend does, rather than one block at a time.
     let mut window = ScanWindow::new(blocks.start, blocks.end);

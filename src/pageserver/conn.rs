@@ -92,8 +92,9 @@ pub(super) fn serve(
             return Ok(());
         }
     }
-    let data_checksums = shared.store.source().data_checksum_version() != 0;
-    send_startup_done(&mut stream, data_checksums)?;
+    let source = shared.store.source();
+    let data_checksums = source.data_checksum_version() != 0;
+    send_startup_done(&mut stream, data_checksums, source.system_identifier())?;
     query_loop(stream, reader, decoder, shared, conn_id)
 }
 
@@ -162,29 +163,37 @@ fn authenticate(
 /// AuthenticationOk, the parameters a client expects, and the first ReadyForQuery.
 /// `data_checksums` (PostgreSQL's setting of that name) tells a client how to verify the pages
 /// it is served: by checksum, or without checksums by their header (`PageVerify`).
-fn send_startup_done(stream: &mut TcpStream, data_checksums: bool) -> std::io::Result<()> {
+/// `system_identifier` (`identity::SYSTEM_IDENTIFIER_PARAM`) tells it which cluster the pages
+/// are of, so that it binds its LFC to that cluster (`lfc::Binding`).
+fn send_startup_done(
+    stream: &mut TcpStream,
+    data_checksums: bool,
+    system_identifier: Option<u64>,
+) -> std::io::Result<()> {
     let param = |name: &str, value: &str| BackendMessage::ParameterStatus {
         name: name.into(),
         value: value.into(),
     };
-    send(
-        stream,
-        &[
-            BackendMessage::AuthenticationOk,
-            param("server_version", "15.0 (udp-prefetch page server)"),
-            param("server_encoding", "UTF8"),
-            param("client_encoding", "UTF8"),
-            param("DateStyle", "ISO, MDY"),
-            param("integer_datetimes", "on"),
-            param("standard_conforming_strings", "on"),
-            param("data_checksums", if data_checksums { "on" } else { "off" }),
-            BackendMessage::BackendKeyData {
-                pid: std::process::id(),
-                secret: 0,
-            },
-            BackendMessage::ReadyForQuery { status: READY_IDLE },
-        ],
-    )
+    let mut msgs = vec![
+        BackendMessage::AuthenticationOk,
+        param("server_version", "15.0 (udp-prefetch page server)"),
+        param("server_encoding", "UTF8"),
+        param("client_encoding", "UTF8"),
+        param("DateStyle", "ISO, MDY"),
+        param("integer_datetimes", "on"),
+        param("standard_conforming_strings", "on"),
+        param("data_checksums", if data_checksums { "on" } else { "off" }),
+    ];
+    if let Some(id) = system_identifier {
+        let name = crate::protocol::identity::SYSTEM_IDENTIFIER_PARAM;
+        msgs.push(param(name, &id.to_string()));
+    }
+    msgs.push(BackendMessage::BackendKeyData {
+        pid: std::process::id(),
+        secret: 0,
+    });
+    msgs.push(BackendMessage::ReadyForQuery { status: READY_IDLE });
+    send(stream, &msgs)
 }
 
 /// Compares without an early exit, so response time does not reveal how much of a token matched.

@@ -129,8 +129,18 @@ pub trait PageSource: Send + Sync {
     fn data_checksum_version(&self) -> u32 {
         1
     }
+    /// The cluster's `system_identifier` (pg_control's first field), announced to clients at
+    /// startup: it tells one cluster's pages from another's under the same relation numbers, so
+    /// an LFC filled from one is never read for another (`lfc::Binding`).
+    fn system_identifier(&self) -> Option<u64>;
     fn describe(&self) -> String;
 }
+
+/// The synthetic source's system identifier: one fixed value, since its pages are a function of
+/// (tag, LSN) alone (the same in every run and for every `rels`/`pages`). It reads `udpfsynt`
+/// in ASCII; a real cluster's is initdb's creation time (seconds in the high 32 bits), so a
+/// data directory and the synthetic source never share a cache.
+pub const SYNTHETIC_SYSTEM_IDENTIFIER: u64 = u64::from_be_bytes(*b"udpfsynt");
 
 /// Relations `1663/5/16384+i/0`, `pages` blocks each, every page generated from (tag, LSN).
 pub struct Synthetic {
@@ -173,6 +183,10 @@ impl PageSource for Synthetic {
         SYNTHETIC_BASE_LSN
     }
 
+    fn system_identifier(&self) -> Option<u64> {
+        Some(SYNTHETIC_SYSTEM_IDENTIFIER)
+    }
+
     fn describe(&self) -> String {
         format!(
             "synthetic: {} relation(s) 1663/5/{}..{}/0 of {} pages",
@@ -189,6 +203,7 @@ pub struct PgData {
     root: PathBuf,
     checkpoint_lsn: u64,
     data_checksum_version: u32,
+    system_identifier: u64,
     open_segments: Mutex<HashMap<(RelTag, u32), Arc<File>>>,
 }
 
@@ -197,6 +212,8 @@ const FORK_SUFFIXES: [&str; 4] = ["", "_fsm", "_vm", "_init"];
 /// Offset of `checkPoint` in `ControlFileData`: system_identifier (8), pg_control_version (4),
 /// catalog_version_no (4), state (4, padded to 8), time (8).
 const CONTROL_CHECKPOINT_OFFSET: usize = 32;
+/// `system_identifier` is `ControlFileData`'s first field, in every version.
+const CONTROL_SYSTEM_IDENTIFIER_OFFSET: usize = 0;
 const CONTROL_VERSION_OFFSET: usize = 8;
 /// The only `pg_control_version` whose layout past the checkpoint is known here: 1300, the
 /// format of PostgreSQL 13 to 17.
@@ -210,6 +227,10 @@ const CONTROL_DATA_CHECKSUM_VERSION_OFFSET: usize = 252;
 
 fn control_u32(control: &[u8], offset: usize) -> u32 {
     u32::from_ne_bytes(control[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+fn control_u64(control: &[u8], offset: usize) -> u64 {
+    u64::from_ne_bytes(control[offset..offset + 8].try_into().expect("8 bytes"))
 }
 
 impl PgData {
@@ -245,15 +266,12 @@ impl PgData {
             )));
         }
         let data_checksum_version = control_u32(&control, CONTROL_DATA_CHECKSUM_VERSION_OFFSET);
-        let checkpoint_lsn = u64::from_ne_bytes(
-            control[CONTROL_CHECKPOINT_OFFSET..CONTROL_CHECKPOINT_OFFSET + 8]
-                .try_into()
-                .expect("8 bytes"),
-        );
+        let checkpoint_lsn = control_u64(&control, CONTROL_CHECKPOINT_OFFSET);
         Ok(PgData {
             root: root.to_path_buf(),
             checkpoint_lsn,
             data_checksum_version,
+            system_identifier: control_u64(&control, CONTROL_SYSTEM_IDENTIFIER_OFFSET),
             open_segments: Mutex::new(HashMap::new()),
         })
     }
@@ -370,10 +388,16 @@ impl PageSource for PgData {
         self.data_checksum_version
     }
 
+    fn system_identifier(&self) -> Option<u64> {
+        // Zero is no identifier initdb makes; it would only mean a damaged pg_control.
+        (self.system_identifier != 0).then_some(self.system_identifier)
+    }
+
     fn describe(&self) -> String {
         format!(
-            "pgdata: {} (checkpoint {}, data checksums {})",
+            "pgdata: {} (system identifier {}, checkpoint {}, data checksums {})",
             self.root.display(),
+            self.system_identifier,
             crate::protocol::page::format_lsn(self.checkpoint_lsn),
             if self.data_checksum_version == 0 {
                 "off"
@@ -415,6 +439,29 @@ mod tests {
         ] {
             assert!(bad.parse::<SourceSpec>().is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn the_system_identifier_is_pg_controls_first_field_and_synthetics_is_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut control = vec![0u8; 512];
+        control[..8].copy_from_slice(&7_318_234_567_890_123_456u64.to_ne_bytes());
+        control[CONTROL_VERSION_OFFSET..CONTROL_VERSION_OFFSET + 4]
+            .copy_from_slice(&CONTROL_VERSION_KNOWN.to_ne_bytes());
+        control[CONTROL_BLCKSZ_OFFSET..CONTROL_BLCKSZ_OFFSET + 4]
+            .copy_from_slice(&(PAGE_SIZE as u32).to_ne_bytes());
+        std::fs::create_dir(dir.path().join("global")).unwrap();
+        std::fs::write(dir.path().join("global/pg_control"), &control).unwrap();
+        let source = PgData::open(dir.path()).unwrap();
+        assert_eq!(source.system_identifier(), Some(7_318_234_567_890_123_456));
+        assert!(source
+            .describe()
+            .contains("system identifier 7318234567890123456"));
+        let synthetic = SourceSpec::default().open().unwrap();
+        assert_eq!(
+            synthetic.system_identifier(),
+            Some(SYNTHETIC_SYSTEM_IDENTIFIER)
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `pageserver` or `compute` code.
 
 use crate::protocol::framed::{FramedError, FramedReader};
+use crate::protocol::identity::{parse_system_identifier, NeonId, SYSTEM_IDENTIFIER_PARAM};
 use crate::protocol::page::{Page, PageVerify};
 use crate::protocol::pagestream::{Header, PrefetchTarget, Request, Response};
 use crate::protocol::pgwire::{
@@ -77,9 +78,10 @@ impl From<FramedError> for ClientError {
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub addr: String,
-    /// Neon tenant and timeline ids, 32 hex digits each.
-    pub tenant_id: String,
-    pub timeline_id: String,
+    /// The Neon tenant and timeline the session is for (all zeros unless given); with the
+    /// server's system identifier they are the LFC binding (`PageClient::binding`).
+    pub tenant_id: NeonId,
+    pub timeline_id: NeonId,
     pub token: Option<String>,
     pub user: String,
     /// How long connecting may take, and then the startup exchange.
@@ -90,8 +92,8 @@ impl ConnectOptions {
     pub fn new(addr: impl Into<String>) -> Self {
         ConnectOptions {
             addr: addr.into(),
-            tenant_id: "0".repeat(32),
-            timeline_id: "0".repeat(32),
+            tenant_id: NeonId::ZERO,
+            timeline_id: NeonId::ZERO,
             token: None,
             user: "udp-prefetch".into(),
             connect_timeout: Duration::from_secs(5),
@@ -100,6 +102,12 @@ impl ConnectOptions {
 
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = token;
+        self
+    }
+
+    pub fn timeline(mut self, tenant_id: NeonId, timeline_id: NeonId) -> Self {
+        self.tenant_id = tenant_id;
+        self.timeline_id = timeline_id;
         self
     }
 }
@@ -116,6 +124,8 @@ pub struct PageClient {
     /// setting name); a server that says nothing is taken to have them, as every page of the
     /// synthetic source and of a `-k` cluster does.
     data_checksums: bool,
+    /// The session's tenant and timeline, and the system identifier the server announced.
+    binding: lfc::Binding,
 }
 
 impl PageClient {
@@ -123,6 +133,12 @@ impl PageClient {
     /// checksums (a stock `initdb`), by their headers with `pd_lsn` at most `max_lsn`.
     pub fn page_verify(&self, max_lsn: u64) -> PageVerify {
         PageVerify::for_cluster(u32::from(self.data_checksums), max_lsn)
+    }
+
+    /// Whose pages this session reads: the LFC binding a backend on it must bind its cache to
+    /// (`Lfc::bind`) before using the cache.
+    pub fn binding(&self) -> lfc::Binding {
+        self.binding
     }
 
     pub fn connect(opts: &ConnectOptions) -> Result<PageClient, ClientError> {
@@ -159,6 +175,11 @@ impl PageClient {
             pending: VecDeque::new(),
             scratch: Vec::with_capacity(16 * 1024),
             data_checksums: true,
+            binding: lfc::Binding {
+                tenant_id: opts.tenant_id.0,
+                timeline_id: opts.timeline_id.0,
+                system_id: None,
+            },
         };
         match client.startup(opts) {
             Ok(()) => {
@@ -220,6 +241,11 @@ impl PageClient {
                 BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
                 BackendMessage::ParameterStatus { name, value } if name == "data_checksums" => {
                     self.data_checksums = value != "off";
+                }
+                BackendMessage::ParameterStatus { name, value }
+                    if name == SYSTEM_IDENTIFIER_PARAM =>
+                {
+                    self.binding.system_id = parse_system_identifier(&value);
                 }
                 _ => {} // AuthenticationOk, other ParameterStatus, BackendKeyData.
             }

@@ -1,9 +1,11 @@
 //! What both sides speak: PostgreSQL wire protocol 3.0 (`pgwire`, sans-IO), blocking framing
 //! (`framed`), pagestream v3 messages and tags (`pagestream`), the blocking pagestream client
-//! (`client`) and the page format with its verification (`page`).
+//! (`client`), the session's tenant, timeline and system identifier (`identity`) and the page
+//! format with its verification (`page`).
 
 pub mod client;
 pub mod framed;
+pub mod identity;
 pub mod page;
 pub mod pagestream;
 pub mod pgwire;

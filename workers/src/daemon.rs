@@ -42,8 +42,13 @@ const PORT0_ATTEMPTS: u32 = 8;
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub lfc: PathBuf,
-    /// Create the LFC with this many bytes of pages when the file does not exist.
+    /// Create the LFC with this many bytes of pages when the file does not exist (or when
+    /// `recreate`); an existing file of another size is refused unless `recreate`.
     pub create_size_bytes: Option<u64>,
+    /// Replace an existing LFC with a new, empty and unbound one (new key; the size of
+    /// `create_size_bytes`, else the old file's) instead of attaching it: the way to start a
+    /// cache for another timeline, or to replace a file this build cannot attach.
+    pub recreate: bool,
     pub listen: SocketAddr,
     pub threads: usize,
     pub io: IoChoice,
@@ -67,6 +72,31 @@ pub enum DaemonError {
         #[source]
         source: AttachError,
     },
+    /// The file is there but this build cannot attach it (other format version, not an LFC,
+    /// from before the last reboot...): only `--recreate` replaces it, since that empties it.
+    #[error(
+        "LFC {source}; start the daemon with --recreate to replace it with a new, empty cache"
+    )]
+    UnusableLfc {
+        path: PathBuf,
+        #[source]
+        source: AttachError,
+    },
+    /// `--size` differs from the existing cache's: attaching it would silently ignore the flag,
+    /// re-creating it would silently empty it.
+    #[error(
+        "LFC {} holds {have_pages} pages ({} MiB), not the {} MiB --size asks for; start the \
+         daemon with --recreate to re-create it at that size (empty), or without --size to \
+         attach it as it is",
+        path.display(),
+        (have_pages * PAGE_SIZE as u64) >> 20,
+        want_bytes >> 20
+    )]
+    SizeMismatch {
+        path: PathBuf,
+        have_pages: u64,
+        want_bytes: u64,
+    },
     /// Another worker daemon serves this LFC (or the lock could not be taken).
     #[error(transparent)]
     DaemonLock(#[from] DaemonLockError),
@@ -78,6 +108,14 @@ pub enum DaemonError {
     PortInUse { addr: SocketAddr },
     #[error("{0} does not exist; pass --size BYTES to create it")]
     NoLfc(PathBuf),
+    /// `--recreate` without `--size` of a file whose size cannot be read (the attach error
+    /// names the path).
+    #[error("LFC {source}; its size is unknown: pass --size BYTES with --recreate")]
+    RecreateNeedsSize {
+        path: PathBuf,
+        #[source]
+        source: AttachError,
+    },
     #[error(transparent)]
     PidFile(#[from] PidFileError),
     #[error(transparent)]
@@ -104,18 +142,63 @@ pub struct Started {
 }
 
 fn open_lfc(config: &DaemonConfig) -> Result<Lfc, DaemonError> {
+    let path = &config.lfc;
     let err = |source| DaemonError::Lfc {
-        path: config.lfc.clone(),
+        path: path.clone(),
         source,
     };
-    if config.lfc.exists() {
-        // A restarted daemon re-attaches to the cache it left, with its pages and key.
-        return Lfc::open(&config.lfc).map_err(err);
+    if config.recreate && path.exists() {
+        return recreate_lfc(config);
+    }
+    if path.exists() {
+        // A restarted daemon re-attaches to the cache it left, with its pages, key and
+        // timeline binding.
+        let lfc = Lfc::open(path).map_err(|source| {
+            if source.is_bad_file() {
+                DaemonError::UnusableLfc {
+                    path: path.clone(),
+                    source,
+                }
+            } else {
+                err(source)
+            }
+        })?;
+        if let Some(want_bytes) = config.create_size_bytes {
+            if want_bytes / PAGE_SIZE as u64 != lfc.capacity_pages() {
+                return Err(DaemonError::SizeMismatch {
+                    path: path.clone(),
+                    have_pages: lfc.capacity_pages(),
+                    want_bytes,
+                });
+            }
+        }
+        return Ok(lfc);
     }
     match config.create_size_bytes {
-        Some(bytes) => Lfc::create(&config.lfc, bytes / PAGE_SIZE as u64).map_err(err),
-        None => Err(DaemonError::NoLfc(config.lfc.clone())),
+        Some(bytes) => Lfc::create(path, bytes / PAGE_SIZE as u64).map_err(err),
+        None => Err(DaemonError::NoLfc(path.clone())),
     }
+}
+
+/// `--recreate` of an existing file: a new, empty, unbound cache of `--size`, or of the old
+/// cache's size. `Lfc::create` refuses (`InUse`) while any backend still has the old one mapped.
+fn recreate_lfc(config: &DaemonConfig) -> Result<Lfc, DaemonError> {
+    let path = &config.lfc;
+    let pages = match config.create_size_bytes {
+        Some(bytes) => bytes / PAGE_SIZE as u64,
+        None => Lfc::open(path)
+            .map(|old| old.capacity_pages())
+            .map_err(|source| DaemonError::RecreateNeedsSize {
+                path: path.clone(),
+                source,
+            })?,
+    };
+    let lfc = Lfc::create(path, pages).map_err(|source| DaemonError::Lfc {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::info!(lfc = %path.display(), pages, "LFC re-created: empty and bound to no timeline");
+    Ok(lfc)
 }
 
 /// Binds a plain UDP socket (no `SO_REUSEADDR`, no `SO_REUSEPORT`) to `addr` and closes it

@@ -21,6 +21,7 @@ fn config(lfc: &Path, listen: SocketAddr) -> DaemonConfig {
     DaemonConfig {
         lfc: lfc.to_path_buf(),
         create_size_bytes: Some(PAGES * lfc::PAGE_SIZE as u64),
+        recreate: false,
         listen,
         threads: 2,
         io: IoChoice::Epoll,

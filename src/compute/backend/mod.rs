@@ -34,6 +34,10 @@ pub enum BackendError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Driver(#[from] driver::DriverError),
+    /// The LFC belongs to another timeline or cluster: this backend must not use it. Kept as a
+    /// source (not transparent), so that the CLI finds it in the error chain (exit status 2).
+    #[error("{0}")]
+    Bind(#[from] lfc::BindError),
     /// The LFC refused the backend's own new version. The tag's last-written LSN is raised
     /// through the global floor first, so no older version can be installed later; the caller
     /// must not assume the write reached the cache.
@@ -75,8 +79,14 @@ pub struct Backend<'a> {
 }
 
 impl<'a> Backend<'a> {
-    /// A backend that finds the worker daemon through the LFC header.
-    pub fn new(lfc: &'a Lfc, client: PageClient, config: ReadPathConfig) -> Self {
+    /// A backend that finds the worker daemon through the LFC header. Every constructor binds
+    /// the LFC to `client`'s timeline first (`compute::bind_cache`) and fails with
+    /// [`BackendError::Bind`] if the cache belongs to another.
+    pub fn new(
+        lfc: &'a Lfc,
+        client: PageClient,
+        config: ReadPathConfig,
+    ) -> Result<Self, BackendError> {
         Self::with_prefetch_port(lfc, client, config, None)
     }
 
@@ -87,14 +97,21 @@ impl<'a> Backend<'a> {
         client: PageClient,
         config: ReadPathConfig,
         prefetch_port: Option<u16>,
-    ) -> Self {
+    ) -> Result<Self, BackendError> {
+        crate::compute::bind_cache(lfc, &client)?;
         let driver = Driver::new(config, prefetch_port, lfc, monotonic_ns());
-        Self::with_driver(lfc, client, driver)
+        Ok(Self::with_driver(lfc, client, driver))
     }
 
     /// A backend that never prefetches by UDP: Neon's compute with its LFC (`Driver::tcp_only`).
-    pub fn tcp_only(lfc: &'a Lfc, client: PageClient, config: ReadPathConfig) -> Self {
-        Self::with_driver(lfc, client, Driver::tcp_only(config, monotonic_ns()))
+    pub fn tcp_only(
+        lfc: &'a Lfc,
+        client: PageClient,
+        config: ReadPathConfig,
+    ) -> Result<Self, BackendError> {
+        crate::compute::bind_cache(lfc, &client)?;
+        let driver = Driver::tcp_only(config, monotonic_ns());
+        Ok(Self::with_driver(lfc, client, driver))
     }
 
     fn with_driver(lfc: &'a Lfc, client: PageClient, driver: Driver) -> Self {

@@ -133,6 +133,8 @@ pub fn run_prewarm(
 ) -> anyhow::Result<PrewarmReport> {
     let started_ns = monotonic_ns();
     let mut client = PageClient::connect(&cfg.connect)?;
+    // Before anything is read from or installed in the cache.
+    crate::compute::bind_cache(lfc, &client)?;
     let udp_port = register_udp(&mut client, cfg, lfc)?;
     let sizes = relation_sizes(&mut client, pages)?;
     let config = DriverConfig {
