@@ -132,10 +132,8 @@ fn measure_with(
         lfc.map_all()?;
         let tcp = run_scan(&scan_config(args, server, ScanMode::TcpPipelined), None)?;
         let udp = run_scan(&scan_config(args, server, ScanMode::Udp), Some(&lfc))?;
-        let installed = DaemonProc::metric(
-            &daemon.scrape()?,
-            "udp_prefetch_datagrams_installed_total",
-        );
+        let installed =
+            DaemonProc::metric(&daemon.scrape()?, "udp_prefetch_datagrams_installed_total");
         Ok((tcp, udp, installed))
     })??;
     let reassembly_failures = hosts

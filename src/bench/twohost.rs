@@ -59,7 +59,10 @@ impl TwoHosts {
             MTU_RANGE.start(),
             MTU_RANGE.end()
         );
-        anyhow::ensure!(loss_percent <= 100, "loss of {loss_percent} % is above 100 %");
+        anyhow::ensure!(
+            loss_percent <= 100,
+            "loss of {loss_percent} % is above 100 %"
+        );
         remove_orphans();
         let pid = std::process::id();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -112,6 +115,11 @@ impl TwoHosts {
         }
         hosts.set_loss(loss_percent)?;
         Ok(hosts)
+    }
+
+    /// The names of the server's and the compute's namespaces (`ip netns exec NAME …`).
+    pub fn namespaces(&self) -> [&str; 2] {
+        [&self.server_ns, &self.compute_ns]
     }
 
     pub fn mtu(&self) -> u32 {

@@ -44,9 +44,14 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts the server on an ephemeral port with extra flags and waits for its ready line.
     pub fn start(extra: &[&str]) -> ServerProc {
+        Self::start_on("127.0.0.1:0", extra)
+    }
+
+    /// Like `start`, listening on `listen`.
+    pub fn start_on(listen: &str, extra: &[&str]) -> ServerProc {
         let mut child = Command::new(BIN)
             .arg("pageserver")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -214,12 +219,22 @@ impl WorkersProc {
     }
 
     /// Starts the daemon from a prepared command (e.g. one with a seccomp filter applied).
-    pub fn start_with(mut cmd: Command, lfc: &std::path::Path, extra: &[&str]) -> WorkersProc {
+    pub fn start_with(cmd: Command, lfc: &std::path::Path, extra: &[&str]) -> WorkersProc {
+        Self::start_on(cmd, "127.0.0.1:0", lfc, extra)
+    }
+
+    /// Like `start_with`, receiving datagrams on `listen`.
+    pub fn start_on(
+        mut cmd: Command,
+        listen: &str,
+        lfc: &std::path::Path,
+        extra: &[&str],
+    ) -> WorkersProc {
         let mut child = cmd
             .arg("workers")
             .arg("--lfc")
             .arg(lfc)
-            .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .args(["--listen", listen, "--metrics", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

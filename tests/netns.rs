@@ -1,0 +1,163 @@
+//! Issue 17's two-host harness end to end, with real processes: the page server in one network
+//! namespace, the worker daemon, the scans and the prewarm runs in another, joined by a veth
+//! pair at MTU 1500 and 9000, with the kernel dropping 0, 1, 5 and 20 % of the UDP packets that
+//! reach the compute. Every scan and every prewarm run must complete with every page verified,
+//! whatever the network does to the datagrams (GetPage stays on reliable TCP).
+//!
+//! Needs root, iproute2 and nftables; skips only when `UDPF_REQUIRE_NETNS` is unset and the
+//! namespaces cannot be made. No assertion is on speed: a generous limit on each command only
+//! turns a hang into a failure.
+
+mod common;
+
+use common::{required, run_with_limit, Finished, ServerProc, WorkersProc, BIN};
+use std::process::Command;
+use std::time::Duration;
+use udp_prefetch::bench::twohost::{TwoHosts, COMPUTE_ADDR, SERVER_ADDR};
+
+const PAGES: u64 = 2048;
+const LOSSES: [u8; 4] = [0, 1, 5, 20];
+/// Each loss rate scans one relation and prewarms another.
+const RELS: usize = 2 * LOSSES.len();
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn hosts(mtu: u32) -> Option<TwoHosts> {
+    match TwoHosts::create(mtu, 0) {
+        Ok(h) => Some(h),
+        Err(e) if !required("UDPF_REQUIRE_NETNS") => {
+            eprintln!("skipping: cannot make network namespaces ({e:#}); set UDPF_REQUIRE_NETNS=1 to fail instead");
+            None
+        }
+        Err(e) => panic!("UDPF_REQUIRE_NETNS is set but the namespaces cannot be made: {e:#}"),
+    }
+}
+
+fn rel(i: usize) -> String {
+    format!("1663/5/{}/0", 16384 + i)
+}
+
+fn json_of(what: &str, done: &Finished) -> serde_json::Value {
+    assert!(
+        done.status.is_some(),
+        "{what}: still running after {:.0} s, killed; stderr: {}",
+        done.elapsed.as_secs_f64(),
+        done.stderr
+    );
+    assert_eq!(done.code(), Some(0), "{what}: stderr: {}", done.stderr);
+    serde_json::from_str(&done.stdout)
+        .unwrap_or_else(|e| panic!("{what}: --json output: {e}: {:?}", done.stdout))
+}
+
+fn udp_scan(server: &ServerProc, lfc: &std::path::Path, rel: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "scan",
+        "--server",
+        &server.addr,
+        "--rel",
+        rel,
+        "--mode",
+        "udp",
+    ])
+    .arg("--lfc")
+    .arg(lfc)
+    .arg("--json")
+    .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn assert_scan_verified(what: &str, r: &serde_json::Value) {
+    assert_eq!(r["pages"], PAGES, "{what}: {r}");
+    assert_eq!(r["verified"], PAGES, "{what}: {r}");
+    assert_eq!(r["failed"], 0, "{what}: {r}");
+}
+
+fn scans_and_prewarm_complete_verified(mtu: u32) {
+    let Some(mut hosts) = hosts(mtu) else {
+        return;
+    };
+    let source = format!("synthetic:rels={RELS},pages={PAGES}");
+    let server = hosts
+        .in_server(|| {
+            ServerProc::start_on(
+                &format!("{SERVER_ADDR}:0"),
+                &["--source", &source, "--service-delay-us", "100"],
+            )
+        })
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let workers = hosts
+        .in_compute(|| {
+            WorkersProc::start_on(
+                Command::new(BIN),
+                &format!("{COMPUTE_ADDR}:0"),
+                &lfc,
+                &["--size", "256MiB"],
+            )
+        })
+        .unwrap();
+    for (i, loss) in LOSSES.into_iter().enumerate() {
+        hosts.set_loss(loss).unwrap();
+        let what = format!("MTU {mtu}, {loss} % loss");
+        let scanned = rel(2 * i);
+        let done = hosts
+            .in_compute(|| run_with_limit(&mut udp_scan(&server, &lfc, &scanned), LIMIT))
+            .unwrap();
+        assert_scan_verified(&format!("scan at {what}"), &json_of(&what, &done));
+
+        let warmed = rel(2 * i + 1);
+        let done = hosts
+            .in_compute(|| {
+                run_with_limit(
+                    Command::new(BIN)
+                        .args(["prewarm", "run", "--relation", &warmed, "--json"])
+                        .args(["--server", &server.addr])
+                        .arg("--lfc")
+                        .arg(&lfc)
+                        .env("RUST_LOG", "warn"),
+                    LIMIT,
+                )
+            })
+            .unwrap();
+        let report = json_of(&format!("prewarm at {what}"), &done);
+        assert_eq!(report["complete"], true, "prewarm at {what}: {report}");
+        assert_eq!(report["present"], PAGES, "prewarm at {what}: {report}");
+        // The prewarmed pages are read back from the LFC and verified, whichever way they came.
+        let done = hosts
+            .in_compute(|| run_with_limit(&mut udp_scan(&server, &lfc, &warmed), LIMIT))
+            .unwrap();
+        let r = json_of(&what, &done);
+        assert_scan_verified(&format!("scan of the prewarmed relation at {what}"), &r);
+        assert_eq!(
+            r["hits"], PAGES,
+            "every prewarmed page is served from the LFC at {what}: {r}"
+        );
+    }
+    drop(workers);
+    drop(server);
+}
+
+#[test]
+fn scans_and_prewarm_complete_verified_at_mtu_1500_under_loss() {
+    scans_and_prewarm_complete_verified(1500);
+}
+
+#[test]
+fn scans_and_prewarm_complete_verified_at_mtu_9000_under_loss() {
+    scans_and_prewarm_complete_verified(9000);
+}
+
+#[test]
+fn the_harness_removes_its_namespaces() {
+    let Some(hosts) = hosts(1500) else {
+        return;
+    };
+    let paths = hosts
+        .namespaces()
+        .map(|n| std::path::Path::new("/run/netns").join(n));
+    assert!(paths.iter().all(|p| p.exists()), "{paths:?}");
+    hosts.compute_reassembly_failures().unwrap();
+    drop(hosts);
+    assert!(paths.iter().all(|p| !p.exists()), "{paths:?} removed");
+}
