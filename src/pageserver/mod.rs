@@ -26,12 +26,12 @@ use store::PageStore;
 use udp_sender::{PrefetchSender, SenderConfig};
 
 /// Prefetch sender threads by default: one per two CPUs this process may use, at least one
-/// (the worker daemon's rule for its receive threads), at most 16. One sender seals and sends
-/// about 200k pages/s on the machines measured (reading the page is most of it); a server with
-/// more CPUs serves more computes, and the senders' fairness across connections holds with any
-/// number of them.
+/// (`workers::sched::default_threads`, the worker daemon's rule for its receive threads too),
+/// at most 16. One sender seals and sends about 200k pages/s on the machines measured (reading
+/// the page is most of it); a server with more CPUs serves more computes, and the senders'
+/// fairness across connections holds with any number of them.
 pub fn default_prefetch_senders() -> usize {
-    workers::daemon::default_threads().min(16)
+    workers::sched::default_threads().min(16)
 }
 
 #[derive(Debug, Clone)]
