@@ -7,6 +7,7 @@
 
 mod conn;
 pub mod prefetch;
+pub mod session;
 pub mod source;
 pub mod stats;
 pub mod store;
@@ -190,7 +191,6 @@ impl PageServer {
                 },
                 drop_probability: config.drop_prefetch,
                 drop_seed: config.drop_seed,
-                service_delay: Duration::from_micros(config.service_delay_us),
                 allow_gso: config.prefetch_gso,
                 nice: config.prefetch_sender_nice,
                 bulk_class: config.thread_classes,
