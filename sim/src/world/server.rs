@@ -118,26 +118,11 @@ pub(super) fn build_shards(
         protection: Protection::default(),
     };
     let connections = cfg.backends + 1;
-    let peer_ip = IpAddr::V4(Ipv4Addr::from(COMPUTE_ADDR.0));
     (0..cfg.shards)
         .map(|s| {
             let stats = ServerStats::default();
             let sessions = (0..connections)
-                .map(|c| {
-                    let mut session = Session::new(c as u64, Some(peer_ip), session_config);
-                    let req = Request::PrefetchTarget {
-                        hdr: Header::default(),
-                        target: target.clone(),
-                    };
-                    let routed =
-                        session.route(req, START_NS, &stats, || next_stream_id(stream_rng));
-                    assert!(
-                        matches!(routed, Routed::Respond(_)),
-                        "PrefetchTarget is answered"
-                    );
-                    assert!(session.target().is_some(), "the compute's target registers");
-                    session
-                })
+                .map(|c| registered_session(c as u64, session_config, target, &stats, stream_rng))
                 .collect();
             Shard {
                 store: Arc::new(PageStore::new(
@@ -166,6 +151,29 @@ pub(super) fn build_shards(
             }
         })
         .collect()
+}
+
+/// Connection `conn`'s session, after the PrefetchTarget its connection sent first.
+fn registered_session(
+    conn: u64,
+    config: SessionConfig,
+    target: &PrefetchTarget,
+    stats: &ServerStats,
+    stream_rng: &mut Rng,
+) -> Session {
+    let peer_ip = IpAddr::V4(Ipv4Addr::from(COMPUTE_ADDR.0));
+    let mut session = Session::new(conn, Some(peer_ip), config);
+    let req = Request::PrefetchTarget {
+        hdr: Header::default(),
+        target: target.clone(),
+    };
+    let routed = session.route(req, START_NS, stats, || next_stream_id(stream_rng));
+    assert!(
+        matches!(routed, Routed::Respond(_)),
+        "PrefetchTarget is answered"
+    );
+    assert!(session.target().is_some(), "the compute's target registers");
+    session
 }
 
 impl World<'_> {
