@@ -4,7 +4,11 @@
 //!
 //! Dependency rule: `protocol` depends on nothing here; `pageserver` and `compute` depend on
 //! `protocol` (and `lfc`, `workers`), never on each other, not even in tests; `bench` may use
-//! everything, `cmd` everything but `bench`; nothing below them uses `bench` or `cmd`.
+//! everything, `cmd` everything but `bench`; nothing below them uses `bench` or `cmd`. Of the
+//! `workers` crate, `pageserver` uses only the layer shared by both sides of the UDP path
+//! (`workers::datagram`, `udp`, `http`, `sched`), never the compute's daemon code
+//! (`workers::daemon`, `pump`, `ingest`, `metrics`, `pidfile`). `tests/layering.rs` holds both
+//! rules by scanning the sources.
 //!
 //! Owns no code: only the module tree.
 

@@ -3,12 +3,14 @@
 //! One `u64` seed fixes everything: the topology, the fault rates of every link (drawn from the
 //! ranges of a [`FaultProfile`]), the workload (unless a list of [`Op`]s is given) and every
 //! random choice on the way. The simulator is a single-threaded discrete-event loop in virtual
-//! nanoseconds that drives the *real* sans-IO cores — `PrefetchScheduler`, `seal_page_job`,
-//! `PageStore`, `Ingest`, `ReadPath` — and a real memory-mapped `Lfc` on a temp file, and checks
-//! after every step that no backend reads a stale, torn or forged page, that every read and every
-//! prewarm completes, that every datagram is accounted for, and that the cache never exceeds its
-//! capacity. See `world` for how each node mirrors its real I/O shell (one file per node, beside
-//! the network, the attacker and the checkers).
+//! nanoseconds that drives the *real* sans-IO cores — the page server's `Session` and
+//! `PrefetchScheduler` (`next_send`, `seal_batch`) over a `PageStore`, the daemon's `SlotBook`
+//! and `Ingest`, the backend's and prewarm's drivers — and a real memory-mapped `Lfc` on a temp
+//! file, and checks after every step that no backend reads a stale, torn or forged page, that
+//! every read and every prewarm completes, that every datagram is accounted for, and that the
+//! cache never exceeds its capacity. See `world` for what each node models of its real I/O
+//! shell around its core (one file per node, beside the network, the attacker and the
+//! checkers).
 //!
 //! Found by the soak and fixed: in the zero-copy receive path every datagram that was not
 //! installed (forged, corrupt, duplicate, stale) used to give its reserved frame back, and the

@@ -1,24 +1,28 @@
 //! One client connection: startup and authentication, simple queries, then the pagestream
 //! copy-both session with a reader (this thread) and a responder thread.
+//!
+//! The I/O shell of a session: what the server does with each pagestream request is decided by
+//! `session::Session` and `session::Work` (sans-IO, shared with the simulator); this file reads
+//! and writes the socket, dates requests with the clock, sleeps the service delay and blocks
+//! while a request waits for WAL.
 
-use super::prefetch::{ConnId, Destination};
+use super::prefetch::ConnId;
+use super::session::{Answer, Routed, Session, SessionConfig, Work};
 use super::stats::{bump, RequestKind};
-use super::store::PageStore;
 use super::Shared;
 use crate::protocol::framed::{FramedError, FramedReader};
 use crate::protocol::page::Page;
-use crate::protocol::pagestream::{self, Header, Request, Response};
+use crate::protocol::pagestream::{self, Request};
 use crate::protocol::pgwire::{
     sqlstate, BackendMessage, ErrorFields, FrontendDecoder, FrontendMessage, READY_IDLE,
 };
-use lfc::{RelTag, PAGE_SIZE};
+use lfc::{monotonic_ns, PAGE_SIZE};
 use std::io::{BufWriter, Write};
 use std::net::TcpStream;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use workers::datagram::{random_stream_id, DatagramKey};
+use std::time::Duration;
+use workers::datagram::random_stream_id;
 
 /// Requests a connection may have decoded but not yet answered; beyond this the reader stops
 /// reading and TCP flow control pushes back on the client.
@@ -325,16 +329,9 @@ fn message_name(m: &FrontendMessage) -> &'static str {
 }
 
 /// What the reader hands the responder, in arrival order.
-enum Work {
-    Request {
-        arrived: Instant,
-        req: Request,
-        /// Where this connection's prefetches went when the request arrived: a GetPage of a
-        /// page still queued for it there makes that prefetch needless.
-        prefetch_dest: Option<SocketAddr>,
-    },
-    /// A response the reader already encoded (a PrefetchTarget registration), sent in turn.
-    Reply { arrived: Instant, frame: Vec<u8> },
+enum Job {
+    /// A request with a response (or a reply already encoded), from `Session::route`.
+    Work(Work),
     /// A fatal error: send it, then close the connection.
     Fatal(ErrorFields),
 }
@@ -346,7 +343,7 @@ fn pagestream_session(
     shared: Arc<Shared>,
     conn_id: ConnId,
 ) -> Result<(), ConnError> {
-    let (tx, rx) = sync_channel::<Work>(MAX_QUEUED_REQUESTS);
+    let (tx, rx) = sync_channel::<Job>(MAX_QUEUED_REQUESTS);
     // Both threads of a session serve GetPage: a waiting backend is behind each wake-up.
     enter_latency_class(&shared);
     let responder = spawn_responder(&stream, rx, &shared)?;
@@ -354,16 +351,19 @@ fn pagestream_session(
     // TCP answer, so handing it to the responder would only add a thread wake-up (and its
     // scheduling delay on a busy machine) before the page can be queued for sending.
     let peer_ip = stream.peer_addr().map(|a| a.ip()).ok();
-    let mut target: Option<Destination> = None;
+    let config = SessionConfig {
+        service_delay_ns: shared.config.service_delay_us.saturating_mul(1_000),
+        protection: shared.config.datagram_protection,
+    };
+    let mut session = Session::new(conn_id, peer_ip, config);
     let result = loop {
         let fatal = match reader.next(|b| decoder.decode(b)) {
             Ok(Some(FrontendMessage::CopyData(payload))) => match Request::decode(&payload) {
                 Ok(req) => {
-                    let Some(work) = route_request(req, peer_ip, conn_id, &shared, &mut target)
-                    else {
+                    let Some(work) = route_request(&mut session, req, &shared) else {
                         continue;
                     };
-                    if tx.send(work).is_err() {
+                    if tx.send(Job::Work(work)).is_err() {
                         break Ok(()); // The responder hit a write error and is gone.
                     }
                     continue;
@@ -390,10 +390,10 @@ fn pagestream_session(
         };
         bump(&shared.stats.protocol_errors);
         let msg = fatal.message.clone();
-        let _ = tx.send(Work::Fatal(fatal));
+        let _ = tx.send(Job::Fatal(fatal));
         break Err(ConnError::Refused(msg));
     };
-    if target.is_some() {
+    if session.target().is_some() {
         // Its backend is gone: nobody reads what it asked for.
         let dropped = shared.prefetch.forget(conn_id);
         shared
@@ -409,7 +409,7 @@ fn pagestream_session(
 /// Starts the session's responder thread on a clone of `stream`.
 fn spawn_responder(
     stream: &TcpStream,
-    rx: Receiver<Work>,
+    rx: Receiver<Job>,
     shared: &Arc<Shared>,
 ) -> Result<std::thread::JoinHandle<()>, ConnError> {
     let shared = shared.clone();
@@ -427,33 +427,27 @@ fn spawn_responder(
         })?)
 }
 
-/// The reader's part of a request: a Prefetch is queued for sending here (`None`: nothing for
-/// the responder), a PrefetchTarget registered and its answer encoded; everything else goes to
-/// the responder as it is.
-fn route_request(
-    req: Request,
-    peer_ip: Option<IpAddr>,
-    conn_id: ConnId,
-    shared: &Shared,
-    target: &mut Option<Destination>,
-) -> Option<Work> {
-    let arrived = Instant::now();
-    Some(match req {
-        Request::Prefetch { .. } => {
-            enqueue_prefetch(&req, arrived, shared, target.as_ref());
-            return None;
+/// The reader's part of a request (`Session::route`, dated now): a Prefetch is queued for the
+/// senders here (`None`: nothing for the responder); everything else, a PrefetchTarget's
+/// encoded answer included, goes to the responder.
+fn route_request(session: &mut Session, req: Request, shared: &Shared) -> Option<Work> {
+    match session.route(req, monotonic_ns(), &shared.stats, random_stream_id) {
+        Routed::Prefetch {
+            dest,
+            hdr,
+            rel,
+            first_blkno,
+            nblocks,
+            due_ns,
+        } => {
+            shared
+                .prefetch
+                .enqueue(dest, hdr, rel, first_blkno, nblocks, due_ns);
+            None
         }
-        Request::PrefetchTarget { .. } => {
-            let mut frame = Vec::new();
-            register_target(&req, peer_ip, conn_id, shared, target, &mut frame);
-            Work::Reply { arrived, frame }
-        }
-        req => Work::Request {
-            arrived,
-            req,
-            prefetch_dest: target.as_ref().map(|d| d.addr),
-        },
-    })
+        Routed::Dropped => None,
+        Routed::Respond(work) => Some(work),
+    }
 }
 
 fn enter_latency_class(shared: &Shared) {
@@ -462,46 +456,38 @@ fn enter_latency_class(shared: &Shared) {
     }
 }
 
-/// Answers requests in order. Each response is held until `arrived + service_delay`, which
-/// emulates storage latency per request without serialising the requests' delays.
-fn respond(stream: TcpStream, rx: Receiver<Work>, shared: &Shared) {
+/// Answers requests in order. Each response is held until its `Work::due_ns` (arrival +
+/// service delay), which emulates storage latency per request without serialising the
+/// requests' delays.
+fn respond(stream: TcpStream, rx: Receiver<Job>, shared: &Shared) {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, stream);
     let mut frame = Vec::with_capacity(pagestream::GET_PAGE_RESPONSE_LEN + 8);
     let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);
-    let delay = Duration::from_micros(shared.config.service_delay_us);
     let mut next = rx.recv();
-    while let Ok(work) = next {
-        let arrived = match &work {
-            Work::Request { arrived, .. } | Work::Reply { arrived, .. } => *arrived,
-            Work::Fatal(err) => {
-                let _ = send(&mut out, &[BackendMessage::ErrorResponse(err.clone())]);
+    while let Ok(job) = next {
+        let mut work = match job {
+            Job::Work(work) => work,
+            Job::Fatal(err) => {
+                let _ = send(&mut out, &[BackendMessage::ErrorResponse(err)]);
                 let _ = out.flush();
                 let _ = out.get_ref().shutdown(std::net::Shutdown::Both);
                 return;
             }
         };
-        let due = arrived + delay;
-        let now = Instant::now();
-        if due > now {
+        let now = monotonic_ns();
+        if work.due_ns() > now {
             // Flush what is ready before sleeping, so earlier responses are not held.
             if out.flush().is_err() {
                 return;
             }
-            std::thread::sleep(due - now);
+            std::thread::sleep(Duration::from_nanos(work.due_ns() - now));
         }
-        let payload: &[u8] = match &work {
-            Work::Request {
-                req, prefetch_dest, ..
-            } => {
-                frame.clear();
-                handle(req, shared, *prefetch_dest, &mut page, &mut frame);
-                shared.stats.on_answered(req, arrived.elapsed());
-                &frame
-            }
-            Work::Reply { frame, .. } => frame,
-            Work::Fatal(_) => unreachable!("handled above"),
-        };
-        if write_copy_data(&mut out, payload).is_err() {
+        answer(&mut work, shared, &mut page, &mut frame);
+        if let Some(req) = work.request() {
+            let elapsed = monotonic_ns().saturating_sub(work.arrived_ns());
+            shared.stats.on_answered(req, Duration::from_nanos(elapsed));
+        }
+        if write_copy_data(&mut out, &frame).is_err() {
             return;
         }
         next = match rx.try_recv() {
@@ -518,207 +504,25 @@ fn respond(stream: TcpStream, rx: Receiver<Work>, shared: &Shared) {
     let _ = out.flush();
 }
 
+/// Serves one request into `frame` (`Work::answer`; GetPage is answered there), blocking on
+/// the store while it waits for WAL.
+fn answer(work: &mut Work, shared: &Shared, page: &mut Page, frame: &mut Vec<u8>) {
+    let fetched = |addr, tag| shared.prefetch.fetched_by_get_page(addr, tag);
+    while let Answer::WaitForWal { lsn, deadline_ns } = work.answer(
+        &shared.store,
+        &shared.stats,
+        monotonic_ns(),
+        page,
+        frame,
+        fetched,
+    ) {
+        let left = Duration::from_nanos(deadline_ns.saturating_sub(monotonic_ns()));
+        shared.store.wait_for_lsn(lsn, left);
+    }
+}
+
 fn write_copy_data(out: &mut impl Write, payload: &[u8]) -> std::io::Result<()> {
     out.write_all(b"d")?;
     out.write_all(&((payload.len() + 4) as u32).to_be_bytes())?;
     out.write_all(payload)
-}
-
-/// Serves one request that has a response (everything but Prefetch and PrefetchTarget, which
-/// the reader handles), encoding the response into `frame`.
-fn handle(
-    req: &Request,
-    shared: &Shared,
-    prefetch_dest: Option<SocketAddr>,
-    page: &mut Page,
-    frame: &mut Vec<u8>,
-) {
-    let store = &shared.store;
-    let stats = &shared.stats;
-    let hdr: Header = req.header();
-    let result: Result<(), String> = match req {
-        Request::Exists { rel, .. } => {
-            bump(&stats.exists);
-            let rel = *rel;
-            answer_metadata(
-                store,
-                hdr,
-                frame,
-                |s| s.exists(rel).map_err(|e| e.to_string()),
-                |exists| Response::Exists { hdr, rel, exists },
-            )
-        }
-        Request::Nblocks { rel, .. } => {
-            bump(&stats.nblocks);
-            let rel = *rel;
-            answer_metadata(
-                store,
-                hdr,
-                frame,
-                |s| {
-                    s.nblocks(rel)
-                        .map_err(|e| e.to_string())?
-                        .ok_or_else(|| format!("relation {rel} does not exist"))
-                },
-                |n_blocks| Response::Nblocks { hdr, rel, n_blocks },
-            )
-        }
-        Request::GetPage { rel, blkno, .. } => {
-            bump(&stats.get_page);
-            if let Some(addr) = prefetch_dest {
-                shared.prefetch.fetched_by_get_page(addr, rel.block(*blkno));
-            }
-            store
-                .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
-                .and_then(|lsn| store.read_page(rel.block(*blkno), lsn, page))
-                .map(|_| pagestream::encode_get_page_response(frame, &hdr, rel, *blkno, page))
-                .map_err(|e| e.to_string())
-        }
-        Request::DbSize { dbnode, .. } => {
-            bump(&stats.db_size);
-            let dbnode = *dbnode;
-            answer_metadata(
-                store,
-                hdr,
-                frame,
-                |s| s.db_size(dbnode).map_err(|e| e.to_string()),
-                |size| Response::DbSize { hdr, dbnode, size },
-            )
-        }
-        Request::PutPage {
-            rel,
-            blkno,
-            lsn,
-            page: new,
-            ..
-        } => {
-            bump(&stats.put_page);
-            answer_put_page(store, hdr, *rel, *blkno, *lsn, new, frame)
-        }
-        Request::PrefetchTarget { .. } | Request::Prefetch { .. } => {
-            unreachable!("the reader handles prefetch requests")
-        }
-    };
-    if let Err(message) = result {
-        stats.on_error(RequestKind::of(req));
-        frame.clear();
-        Response::Error { hdr, message }.encode(frame);
-    }
-}
-
-/// A metadata request: waits for its LSN as a GetPage does, then asks the store (`query`)
-/// and encodes the answer (`respond`); a store error becomes the error response's message.
-fn answer_metadata<T>(
-    store: &PageStore,
-    hdr: Header,
-    frame: &mut Vec<u8>,
-    query: impl FnOnce(&PageStore) -> Result<T, String>,
-    respond: impl FnOnce(T) -> Response,
-) -> Result<(), String> {
-    store
-        .effective_lsn(hdr.request_lsn, hdr.not_modified_since)
-        .map_err(|e| e.to_string())
-        .and_then(|_| query(store))
-        .map(|answer| respond(answer).encode(frame))
-}
-
-fn answer_put_page(
-    store: &PageStore,
-    hdr: Header,
-    rel: RelTag,
-    blkno: u32,
-    lsn: u64,
-    page: &Page,
-    frame: &mut Vec<u8>,
-) -> Result<(), String> {
-    store
-        .put_page(rel.block(blkno), lsn, page)
-        .map(|()| {
-            Response::PutPage {
-                hdr,
-                rel,
-                blkno,
-                lsn,
-            }
-            .encode(frame)
-        })
-        .map_err(|e| e.to_string())
-}
-
-/// A PrefetchTarget request: registers where this connection's prefetches go and encodes the
-/// answer (or a pagestream error) into `frame`.
-fn register_target(
-    req: &Request,
-    peer_ip: Option<IpAddr>,
-    conn_id: ConnId,
-    shared: &Shared,
-    target: &mut Option<Destination>,
-    frame: &mut Vec<u8>,
-) {
-    let Request::PrefetchTarget { target: t, .. } = req else {
-        unreachable!("called for PrefetchTarget only")
-    };
-    let hdr = req.header();
-    bump(&shared.stats.prefetch_target);
-    let result = match peer_ip {
-        // The destination is always the TCP peer's own address: the server never sends UDP
-        // where a client points it, so it cannot be used to reflect traffic. Every registration
-        // opens a new datagram stream (fresh id, nonces from 0).
-        Some(ip) if t.udp_port != 0 => match random_stream_id() {
-            Ok(stream_id) => {
-                let key = DatagramKey::new(t.key_id, t.key);
-                *target = Some(Destination {
-                    addr: SocketAddr::new(ip, t.udp_port),
-                    key: Arc::new(key.stream_with(stream_id, shared.config.datagram_protection)),
-                    conn: conn_id,
-                });
-                Ok(())
-            }
-            Err(e) => Err(format!("cannot register a prefetch target: {e}")),
-        },
-        Some(_) => Err("invalid prefetch target: UDP port 0".to_string()),
-        None => {
-            Err("invalid prefetch target: the connection's peer address is unknown".to_string())
-        }
-    };
-    match result {
-        Ok(()) => Response::PrefetchTarget {
-            hdr,
-            udp_port: t.udp_port,
-        }
-        .encode(frame),
-        Err(message) => {
-            shared.stats.on_error(RequestKind::PrefetchTarget);
-            Response::Error { hdr, message }.encode(frame);
-        }
-    }
-}
-
-/// A Prefetch request: fire-and-forget, no TCP answer whatever happens.
-fn enqueue_prefetch(
-    req: &Request,
-    arrived: Instant,
-    shared: &Shared,
-    target: Option<&Destination>,
-) {
-    let Request::Prefetch {
-        rel,
-        first_blkno,
-        nblocks,
-        ..
-    } = req
-    else {
-        unreachable!("called for Prefetch only")
-    };
-    bump(&shared.stats.prefetch);
-    match target {
-        Some(dest) => {
-            let arrived_ns =
-                lfc::monotonic_ns().saturating_sub(arrived.elapsed().as_nanos() as u64);
-            shared
-                .prefetch
-                .enqueue(dest, req.header(), *rel, *first_blkno, *nblocks, arrived_ns);
-        }
-        None => shared.stats.on_prefetch_without_target(*nblocks),
-    }
 }

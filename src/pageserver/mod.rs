@@ -7,6 +7,7 @@
 
 mod conn;
 pub mod prefetch;
+pub mod session;
 pub mod source;
 pub mod stats;
 pub mod store;
@@ -26,12 +27,12 @@ use store::PageStore;
 use udp_sender::{PrefetchSender, SenderConfig};
 
 /// Prefetch sender threads by default: one per two CPUs this process may use, at least one
-/// (the worker daemon's rule for its receive threads), at most 16. One sender seals and sends
-/// about 200k pages/s on the machines measured (reading the page is most of it); a server with
-/// more CPUs serves more computes, and the senders' fairness across connections holds with any
-/// number of them.
+/// (`workers::sched::default_threads`, the worker daemon's rule for its receive threads too),
+/// at most 16. One sender seals and sends about 200k pages/s on the machines measured (reading
+/// the page is most of it); a server with more CPUs serves more computes, and the senders'
+/// fairness across connections holds with any number of them.
 pub fn default_prefetch_senders() -> usize {
-    workers::daemon::default_threads().min(16)
+    workers::sched::default_threads().min(16)
 }
 
 #[derive(Debug, Clone)]
@@ -190,7 +191,6 @@ impl PageServer {
                 },
                 drop_probability: config.drop_prefetch,
                 drop_seed: config.drop_seed,
-                service_delay: Duration::from_micros(config.service_delay_us),
                 allow_gso: config.prefetch_gso,
                 nice: config.prefetch_sender_nice,
                 bulk_class: config.thread_classes,

@@ -18,6 +18,7 @@ use lfc::{BufferTag, RelTag};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use workers::datagram::{DatagramHeader, SealStream, DATAGRAM_LEN};
 
 /// Which connection a Prefetch came on: the unit of fairness.
@@ -95,6 +96,26 @@ impl Default for SchedulerLimits {
 pub enum Overflow {
     QueueFull,
     TooManyQueues,
+}
+
+/// Datagrams sealed and sent per batch (one `sendmmsg`).
+pub const SEND_BATCH: usize = 32;
+/// Longest a sender thread sleeps before it looks at the queue again, even unwoken: the real
+/// thread rechecks for shutdown that often.
+pub const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// What a sender thread does next ([`PrefetchScheduler::next_send`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStep {
+    /// The jobs hold one batch, for one destination: seal it ([`seal_batch`]) and send it, then
+    /// ask again.
+    Send(usize),
+    /// Nothing may be sent yet (pacing or service delay): sleep until `until_ns` (never now:
+    /// at least 1 ns on) unless an enqueue wakes the thread first.
+    Sleep { until_ns: u64 },
+    /// Nothing queued: sleep until an enqueue wakes the thread (the real thread also wakes
+    /// every [`IDLE_WAIT`] to check for shutdown, and finds nothing to do).
+    Idle,
 }
 
 /// What the sender should do next.
@@ -309,6 +330,21 @@ impl PrefetchScheduler {
             Some(t) => Next::WaitUntil(t),
             None if self.ring.is_empty() => Next::Idle,
             None => Next::WaitUntil(now_ns),
+        }
+    }
+
+    /// A sender thread's decision step at `now_ns`: a batch of at most [`SEND_BATCH`] pages
+    /// into `jobs` (`next_batch`), or how long to sleep, at most [`IDLE_WAIT`]. The real sender
+    /// threads (`udp_sender::send_loop`) and the simulator both call this.
+    pub fn next_send(&mut self, now_ns: u64, jobs: &mut Vec<PageJob>) -> SendStep {
+        match self.next_batch(now_ns, SEND_BATCH, jobs) {
+            Next::Ready(n) => SendStep::Send(n),
+            Next::WaitUntil(t) => SendStep::Sleep {
+                until_ns: t
+                    .min(now_ns.saturating_add(IDLE_WAIT.as_nanos() as u64))
+                    .max(now_ns + 1),
+            },
+            Next::Idle => SendStep::Idle,
         }
     }
 
@@ -684,6 +720,30 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(s.next_batch(100, 8, &mut out), Next::WaitUntil(500));
         assert_eq!(s.next_batch(500, 8, &mut out), Next::Ready(1));
+    }
+
+    #[test]
+    fn a_sender_sends_a_batch_at_most_or_sleeps_at_most_idle_wait() {
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        let mut jobs = Vec::new();
+        assert_eq!(s.next_send(0, &mut jobs), SendStep::Idle);
+        let idle_ns = IDLE_WAIT.as_nanos() as u64;
+        s.push(&dest(1), Header::default(), REL, 0, 100, 3 * idle_ns)
+            .unwrap();
+        let until_ns = idle_ns + 5;
+        assert_eq!(s.next_send(5, &mut jobs), SendStep::Sleep { until_ns });
+        let step = s.next_send(3 * idle_ns - 10, &mut jobs);
+        assert_eq!(
+            step,
+            SendStep::Sleep {
+                until_ns: 3 * idle_ns
+            }
+        );
+        assert_eq!(
+            s.next_send(3 * idle_ns, &mut jobs),
+            SendStep::Send(SEND_BATCH)
+        );
+        assert_eq!(jobs.len(), SEND_BATCH);
     }
 
     #[test]

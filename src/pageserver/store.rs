@@ -103,6 +103,28 @@ impl PageStore {
         *self.last_record_lsn.lock()
     }
 
+    /// How long a request waits for WAL to reach its `not_modified_since`.
+    pub fn lsn_wait_timeout(&self) -> Duration {
+        self.lsn_wait_timeout
+    }
+
+    /// Blocks until WAL has reached `lsn` or `timeout` has passed; returns whether it has. The
+    /// connection's responder waits here when `session::Work::answer` says so.
+    pub fn wait_for_lsn(&self, lsn: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut last = self.last_record_lsn.lock();
+        while *last < lsn {
+            if self
+                .lsn_advanced
+                .wait_until(&mut last, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        *last >= lsn
+    }
+
     /// Neon's `wait_or_get_last_lsn`: waits (bounded) until WAL has reached
     /// `not_modified_since`, then answers as of `min(request_lsn, last_record_lsn)` — the page
     /// cannot have changed between `not_modified_since` and `request_lsn`.
@@ -321,6 +343,20 @@ mod tests {
         };
         s.put_page(tag, 300, &synthetic_page(tag, 300)).unwrap();
         assert_eq!(waiter.join().unwrap().unwrap(), 300);
+    }
+
+    #[test]
+    fn a_wait_for_wal_ends_when_it_arrives_or_times_out() {
+        let s = Arc::new(store(10_000));
+        assert!(!s.wait_for_lsn(400, Duration::from_millis(5)));
+        assert!(s.wait_for_lsn(16, Duration::ZERO), "already there");
+        let tag = Synthetic::rel(0).block(1);
+        let waiter = {
+            let s = s.clone();
+            std::thread::spawn(move || s.wait_for_lsn(400, Duration::from_secs(60)))
+        };
+        s.put_page(tag, 400, &synthetic_page(tag, 400)).unwrap();
+        assert!(waiter.join().unwrap());
     }
 
     #[test]

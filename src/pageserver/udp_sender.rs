@@ -1,9 +1,14 @@
 //! The I/O shell around `PrefetchScheduler`: sender threads that read pages, seal datagrams and
 //! send them in batches. GetPage never waits for any of this: prefetches live only here.
+//!
+//! Each thread's decisions are the sans-IO core's (`PrefetchScheduler::next_send`: what to send
+//! next, how long to sleep; `seal_batch`: what becomes of each page), which the simulator runs
+//! too; this file owns the threads, the lock and condvar, the clock, the socket and the
+//! counters.
 
 use super::prefetch::{
-    seal_batch, Destination, DropFilter, JobOutcome, Next, Overflow, PageJob, PrefetchScheduler,
-    SchedulerLimits, SkipReason,
+    seal_batch, Destination, DropFilter, JobOutcome, Overflow, PageJob, PrefetchScheduler,
+    SchedulerLimits, SendStep, SkipReason, IDLE_WAIT, SEND_BATCH,
 };
 use super::stats::{bump, ServerStats};
 use super::store::PageStore;
@@ -19,11 +24,6 @@ use std::time::Duration;
 use workers::datagram::DATAGRAM_LEN;
 use workers::udp::GsoSender;
 
-/// Datagrams sealed and sent per batch (one `sendmmsg`).
-pub const SEND_BATCH: usize = 32;
-/// Longest a sender sleeps before rechecking for shutdown.
-pub const IDLE_WAIT: Duration = Duration::from_millis(100);
-
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
     pub threads: usize,
@@ -31,7 +31,6 @@ pub struct SenderConfig {
     /// Fraction of datagrams dropped before sending (loss experiments), and its seed.
     pub drop_probability: f64,
     pub drop_seed: u64,
-    pub service_delay: Duration,
     /// Use UDP GSO when the kernel allows it (off only for comparisons).
     pub allow_gso: bool,
     /// Nice value of the sender threads; 0 leaves them as started (`workers::sched`).
@@ -66,7 +65,6 @@ struct Inner {
     stopping: AtomicBool,
     store: Arc<PageStore>,
     stats: Arc<ServerStats>,
-    config: SenderConfig,
 }
 
 /// Handle owned by the server; connections call `enqueue`.
@@ -93,7 +91,6 @@ impl PrefetchSender {
             stopping: AtomicBool::new(false),
             store,
             stats,
-            config: config.clone(),
         });
         let mut threads = Vec::new();
         // Each thread reports whether it took its priority before it sends anything, so a
@@ -156,7 +153,8 @@ impl PrefetchSender {
         Ok(sender)
     }
 
-    /// Queues a Prefetch request; never blocks. Overflow is counted and the request dropped.
+    /// Queues a Prefetch request (`session::Routed::Prefetch`), not to be sent before `due_ns`;
+    /// never blocks. Overflow is counted and the request dropped.
     pub fn enqueue(
         &self,
         dest: &Destination,
@@ -164,16 +162,15 @@ impl PrefetchSender {
         rel: RelTag,
         first_blkno: u32,
         nblocks: u16,
-        arrived_ns: u64,
+        due_ns: u64,
     ) {
-        let due = arrived_ns + self.inner.config.service_delay.as_nanos() as u64;
         let result = {
             let mut q = self.inner.scheduler.lock();
             // GetPages reported before this request must not skip what it asks for again.
             q.take_fetched();
             let r = q
                 .sched
-                .push(dest, hdr, rel, first_blkno, u32::from(nblocks), due);
+                .push(dest, hdr, rel, first_blkno, u32::from(nblocks), due_ns);
             self.inner
                 .queued_pages
                 .store(q.sched.queued_pages(), Ordering::Relaxed);
@@ -244,22 +241,21 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
         {
             let mut q = inner.scheduler.lock();
             q.take_fetched();
-            let next = q.sched.next_batch(monotonic_ns(), SEND_BATCH, &mut jobs);
+            let step = q.sched.next_send(monotonic_ns(), &mut jobs);
             inner
                 .queued_pages
                 .store(q.sched.queued_pages(), Ordering::Relaxed);
             stats
                 .prefetch_pages_skipped_fetched
                 .store(q.sched.skipped_fetched(), Ordering::Relaxed);
-            match next {
-                Next::Ready(_) => {}
-                Next::WaitUntil(t) => {
-                    let wait =
-                        Duration::from_nanos(t.saturating_sub(monotonic_ns())).min(IDLE_WAIT);
+            match step {
+                SendStep::Send(_) => {}
+                SendStep::Sleep { until_ns } => {
+                    let wait = Duration::from_nanos(until_ns.saturating_sub(monotonic_ns()));
                     inner.work.wait_for(&mut q, wait);
                     continue;
                 }
-                Next::Idle => {
+                SendStep::Idle => {
                     inner.work.wait_for(&mut q, IDLE_WAIT);
                     continue;
                 }

@@ -23,13 +23,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Most worker threads.
 pub const MAX_THREADS: usize = 64;
 
-/// Worker threads when none are asked for: one per two CPUs, at least one. The datagrams of
-/// every sender are spread over all of them, and on a small machine each extra thread awake
-/// takes CPU from the backends it serves (2 cores: one thread scanned 10 % faster than two, and
-/// a foreground GetPage's p99 under a prefetch stream was 1.2-1.3x idle against 1.6x).
+/// Worker threads when none are asked for: one per two CPUs (`sched::default_threads`), at
+/// most `MAX_THREADS`. The datagrams of every sender are spread over all of them, and on a
+/// small machine each extra thread awake takes CPU from the backends it serves (2 cores: one
+/// thread scanned 10 % faster than two, and a foreground GetPage's p99 under a prefetch stream
+/// was 1.2-1.3x idle against 1.6x).
 pub fn default_threads() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cpus / 2).clamp(1, MAX_THREADS)
+    crate::sched::default_threads().min(MAX_THREADS)
 }
 /// How often a blocked thread rechecks the stop flag.
 const POLL: Duration = Duration::from_millis(50);

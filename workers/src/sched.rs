@@ -16,6 +16,15 @@
 //!   the running one preempts it), and bulk threads are `SCHED_BATCH`
 //!   ([`ThreadClass::Bulk`]): the same CPU share, but their own wake-ups never preempt anyone.
 
+/// Threads for a pool that serves a whole machine's traffic (the daemon's receive threads, the
+/// page server's prefetch senders) when none are asked for: one per two CPUs this process may
+/// use, at least one. Both sides share the machine with the threads they serve (backends,
+/// connection threads), so neither takes every CPU; each caller applies its own upper bound.
+pub fn default_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / 2).max(1)
+}
+
 /// Valid nice values.
 pub const NICE_RANGE: std::ops::RangeInclusive<i32> = -20..=19;
 

@@ -86,10 +86,13 @@ impl World<'_> {
                     .expect("a fresh stream seals")
             }
             ForgeKind::RightShape => {
-                // A well-formed header (with the server's real stream id, so the forgery meets
-                // a cached stream key) over a plaintext page and a random tag.
+                // A well-formed header (with a live stream id of the server: the first
+                // backend's on shard 0, so the forgery meets a cached stream key) over a
+                // plaintext page and a random tag.
                 out_arr[..HEADER_LEN].copy_from_slice(&hdr.encode());
-                out_arr[64..80].copy_from_slice(&self.dest.key.stream_id());
+                let live = self.shards[0].sessions[0].target();
+                let stream_id = live.map(|d| d.key.stream_id()).unwrap_or_default();
+                out_arr[64..80].copy_from_slice(&stream_id);
                 out_arr[HEADER_LEN..HEADER_LEN + PAGE_SIZE].copy_from_slice(&page[..]);
                 for b in out_arr[HEADER_LEN + PAGE_SIZE..].iter_mut() {
                     *b = r.next_u64() as u8;

@@ -9,7 +9,8 @@
 //! through the driver and `store_own_write`.
 
 use super::check::{ReadCtx, ViolationKind};
-use super::net::{Conn, ToClient, ToServer};
+use super::net::{Conn, ToClient};
+use super::server::compute_target;
 use super::{tag_key, Ev, World};
 use crate::config::{SimConfig, START_NS};
 use crate::rng::Rng;
@@ -24,7 +25,7 @@ use udp_prefetch::compute::backend::read_path::{PrefetchRun, ScanWindow};
 use udp_prefetch::compute::backend::store_own_write;
 use udp_prefetch::pageserver::source::Synthetic;
 use udp_prefetch::protocol::page::{page_lsn, synthetic_page, Page};
-use udp_prefetch::protocol::pagestream::{Header, LATEST_LSN};
+use udp_prefetch::protocol::pagestream::{Header, PrefetchTarget, Request, LATEST_LSN};
 
 /// Time from an install to a waiting backend re-checking the cache (futex wake-up).
 const WAKE_NS: u64 = 2_000;
@@ -246,7 +247,14 @@ impl World<'_> {
                     set_lwlsn,
                 };
                 let shard = self.shard_of(tag.rel);
-                self.send_to_server(Conn::Backend(b), shard, ToServer::PutPage { tag, lsn });
+                let put = Request::PutPage {
+                    hdr: Header::default(),
+                    rel: tag.rel,
+                    blkno: tag.blkno,
+                    lsn,
+                    page: synthetic_page(tag, lsn),
+                };
+                self.send_to_server(Conn::Backend(b), shard, put);
             }
             Op::Pause { us, .. } => self.sleep_then_step(b, u64::from(us) * 1_000),
             _ => {}
@@ -268,7 +276,18 @@ impl World<'_> {
         while let Some(t) = self.backends[b].driver.poll_transmit() {
             let reqid = self.next_reqid(conn);
             match t {
-                Transmit::Target { .. } => self.send_to_server(conn, 0, ToServer::Target),
+                Transmit::Target { udp_port } => {
+                    let hdr = Header {
+                        reqid,
+                        ..Header::default()
+                    };
+                    let target = PrefetchTarget {
+                        udp_port,
+                        ..compute_target(self.lfc)
+                    };
+                    let req = Request::PrefetchTarget { hdr, target };
+                    self.send_to_server(conn, 0, req)
+                }
                 Transmit::Prefetch(PrefetchRun {
                     rel,
                     first,
@@ -287,7 +306,13 @@ impl World<'_> {
                         request_lsn: LATEST_LSN,
                         not_modified_since: max_lwlsn,
                     };
-                    self.send_to_server(conn, shard, ToServer::Prefetch { hdr, rel, first, n });
+                    let req = Request::Prefetch {
+                        hdr,
+                        rel,
+                        first_blkno: first,
+                        nblocks: n,
+                    };
+                    self.send_to_server(conn, shard, req);
                 }
                 Transmit::GetPage {
                     tag,
@@ -300,12 +325,12 @@ impl World<'_> {
                         request_lsn: LATEST_LSN,
                         not_modified_since,
                     };
-                    let msg = ToServer::GetPage {
+                    let req = Request::GetPage {
                         hdr,
-                        tag,
-                        first_try_ns: None,
+                        rel: tag.rel,
+                        blkno: tag.blkno,
                     };
-                    self.send_to_server(conn, shard, msg);
+                    self.send_to_server(conn, shard, req);
                 }
             }
         }

@@ -1,10 +1,13 @@
 //! The simulated world: one single-threaded discrete-event loop in virtual nanoseconds around
 //! the real sans-IO cores.
 //!
-//! Each node is a virtual-time copy of a real I/O shell, step for step, in a file of its own:
-//! - `server`: page-server shard = `pageserver::udp_sender::send_loop` + the
-//!   Prefetch/GetPage/PutPage arms of `pageserver::conn::handle`, over a real `PageStore`,
-//!   `PrefetchScheduler`, `DropFilter` and `seal_page_job`;
+//! Each node runs a real sans-IO core behind a virtual-time model of its I/O shell, in a file of
+//! its own:
+//! - `server`: page-server shard = each connection's real `pageserver::session::Session` (the
+//!   reader: registration, prefetch routing) and `Work::answer` (the responder), and each
+//!   sender thread's `PrefetchScheduler::next_send` and `seal_batch`, over a real `PageStore`,
+//!   `PrefetchScheduler` and `DropFilter`; it models only the threads' order, sleeps and
+//!   wake-ups. No copy of their logic lives here.
 //! - `worker`: the daemon's own slot bookkeeping, `workers::pump::SlotBook` (frames posted as
 //!   receive slots, `Ingest::complete`, turned-away frames posted again), behind a simulated
 //!   socket that scatters each datagram into the oldest posted slot as `recvmmsg` does; or
@@ -28,9 +31,7 @@
 //! This file owns the event queue and virtual clock, the `World` that holds every part's state,
 //! the dispatch of each event to the part that owns it, and a run's start and end; it handles
 //! no node's event itself. Nothing in `world` reads a real clock, opens a socket or file, spawns
-//! a thread (`lib.rs` creates the LFC file) or imports `cmd` or `bench`. `server` still mirrors
-//! the sender loop and `conn::handle` in virtual time and copies their constants (ARCHITECTURE
-//! §10).
+//! a thread (`lib.rs` creates the LFC file) or imports `cmd` or `bench`.
 
 use crate::config::DaemonFault;
 use crate::config::{SimConfig, START_NS};
@@ -41,9 +42,11 @@ use lfc::{BufferTag, Lfc, PAGE_SIZE};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use udp_prefetch::compute::prewarm::driver::DriverConfig;
-use udp_prefetch::pageserver::prefetch::Destination;
+use udp_prefetch::pageserver::prefetch::SEND_BATCH;
+use udp_prefetch::pageserver::session::Work;
 use udp_prefetch::pageserver::source::SourceSpec;
 use udp_prefetch::protocol::page::Page;
+use udp_prefetch::protocol::pagestream::{Request, GET_PAGE_RESPONSE_LEN};
 use workers::datagram::DATAGRAM_LEN;
 use workers::ingest::Ingest;
 
@@ -62,9 +65,9 @@ pub use report::{FaultCounts, RunReport};
 
 use backend::{build_backends, BackendNode, Pending};
 use check::TagModel;
-use net::{Conn, Packet, ToClient, ToServer, REPLAY_RING};
+use net::{Conn, Packet, ToClient, REPLAY_RING};
 use prewarm::{prewarm_driver_config, PrewarmNode};
-use server::{build_shards, compute_destination, Shard};
+use server::{build_shards, compute_target, Shard};
 use worker::{build_workers, WorkerNode};
 
 /// Bounds that turn a hang into a liveness violation instead of an endless run.
@@ -79,12 +82,22 @@ enum Ev {
         backend: usize,
         token: u64,
     },
-    /// `ready`: the responder's turn has come (service delay and in-order handling done).
+    /// A request reaches the connection's reader on a shard.
     AtServer {
         shard: usize,
         conn: Conn,
-        msg: ToServer,
-        ready: bool,
+        req: Request,
+    },
+    /// The responder's turn for a request has come (due, and in order).
+    Respond {
+        shard: usize,
+        conn: Conn,
+        work: Work,
+    },
+    /// A responder blocked on WAL looks again: WAL advanced, or its wait's deadline came.
+    WalCheck {
+        shard: usize,
+        conn: Conn,
     },
     AtClient {
         conn: Conn,
@@ -148,15 +161,12 @@ pub struct World<'a> {
     queue: BinaryHeap<Scheduled>,
     lfc: &'a Lfc,
     ingest: Ingest<'a>,
-    dest: Destination,
     shards: Vec<Shard>,
     workers: Vec<WorkerNode<'a>>,
     backends: Vec<BackendNode>,
     prewarm: PrewarmNode,
     /// In-order delivery per (connection, shard, direction): next arrival may not be earlier.
     tcp_last: HashMap<(usize, usize, bool), u64>,
-    /// The per-connection responder of the page server is sequential.
-    server_busy: HashMap<(usize, usize), u64>,
     model: HashMap<BufferTag, TagModel>,
     next_lsn: u64,
     replay_ring: VecDeque<Vec<u8>>,
@@ -166,6 +176,10 @@ pub struct World<'a> {
     prewarm_rng: Rng,
     prewarm_config: DriverConfig,
     page: Box<Page>,
+    /// One encoded pagestream response (`Work::answer`'s output).
+    frame: Vec<u8>,
+    /// Ids of the datagram streams PrefetchTargets open.
+    stream_rng: Rng,
     /// One sender batch's datagrams (`seal_batch`'s output).
     datagrams: Vec<[u8; DATAGRAM_LEN]>,
     trace: Trace,
@@ -235,8 +249,8 @@ impl<'a> World<'a> {
         }
         .open()
         .map_err(|e| crate::SimError::Setup(e.to_string()))?;
-        let dest = compute_destination(lfc, seed);
-        let shards = build_shards(&cfg, &source, seed);
+        let mut stream_rng = Rng::stream(seed, 0x57E);
+        let shards = build_shards(&cfg, &source, seed, &compute_target(lfc), &mut stream_rng);
         let workers = build_workers(&cfg, lfc);
         daemon::register(&cfg, lfc);
         let programs = Programs::split(ops, cfg.backends);
@@ -247,7 +261,6 @@ impl<'a> World<'a> {
             queue: BinaryHeap::new(),
             lfc,
             ingest: Ingest::new(lfc),
-            dest,
             shards,
             workers,
             backends,
@@ -260,7 +273,6 @@ impl<'a> World<'a> {
                 done: false,
             },
             tcp_last: HashMap::new(),
-            server_busy: HashMap::new(),
             model: HashMap::new(),
             next_lsn: 1_000,
             replay_ring: VecDeque::with_capacity(REPLAY_RING),
@@ -270,7 +282,9 @@ impl<'a> World<'a> {
             prewarm_rng: Rng::stream(seed, 0x9E7),
             prewarm_config: prewarm_driver_config(seed),
             page: Box::new([0u8; PAGE_SIZE]),
-            datagrams: vec![[0u8; DATAGRAM_LEN]; udp_prefetch::pageserver::udp_sender::SEND_BATCH],
+            frame: Vec::with_capacity(GET_PAGE_RESPONSE_LEN),
+            stream_rng,
+            datagrams: vec![[0u8; DATAGRAM_LEN]; SEND_BATCH],
             trace: Trace::default(),
             report: RunReport {
                 seed,
@@ -410,18 +424,9 @@ impl<'a> World<'a> {
                 self.backend_step(b);
             }
             Ev::WaitCheck { backend, token } => self.wait_check(backend, token),
-            Ev::AtServer {
-                shard,
-                conn,
-                msg,
-                ready,
-            } => {
-                if ready {
-                    self.serve(shard, conn, msg)
-                } else {
-                    self.at_server(shard, conn, msg)
-                }
-            }
+            Ev::AtServer { shard, conn, req } => self.at_server(shard, conn, req),
+            Ev::Respond { shard, conn, work } => self.respond(shard, conn, work),
+            Ev::WalCheck { shard, conn } => self.wal_check(shard, conn),
             Ev::AtClient { conn, msg } => match conn {
                 Conn::Backend(b) => self.backend_reply(b, msg),
                 Conn::Prewarm => self.prewarm_reply(msg),

@@ -1,5 +1,5 @@
 //! The simulated network: TCP (reliable, in order, with latency) carrying the page-server
-//! connection's messages (`Conn`, `ToServer`, `ToClient`), and UDP from each shard's link to
+//! connection's messages (`Conn`; pagestream `Request`s, and `ToClient`, the decoded answers), and UDP from each shard's link to
 //! the compute through the link's faults (partitions, loss, duplication, replay, reordering,
 //! clogs, corruption, a bounded queue), up to the kernel's delivery into the workers' sockets
 //! (SO_REUSEPORT by flow, tail drop on a full receive queue, nothing while the daemon is gone).
@@ -11,9 +11,9 @@
 use super::{Ev, World};
 use crate::trace::Kind;
 use crate::workload::ForgeKind;
-use lfc::{BufferTag, RelTag};
+use lfc::BufferTag;
 use udp_prefetch::protocol::page::Page;
-use udp_prefetch::protocol::pagestream::Header;
+use udp_prefetch::protocol::pagestream::Request;
 
 /// Datagrams in flight on one link; beyond it the link drops (a router queue).
 const MAX_IN_FLIGHT: usize = 8192;
@@ -28,34 +28,21 @@ pub(super) enum Conn {
 }
 
 impl Conn {
+    /// Backends first, then prewarm: the connection's index in per-connection tables.
     pub(super) fn index(self, backends: usize) -> usize {
         match self {
             Conn::Backend(b) => b,
             Conn::Prewarm => backends,
         }
     }
-}
 
-#[derive(Debug)]
-pub(super) enum ToServer {
-    Prefetch {
-        hdr: Header,
-        rel: RelTag,
-        first: u32,
-        n: u16,
-    },
-    GetPage {
-        hdr: Header,
-        tag: BufferTag,
-        /// When the server first looked at it (bounds the WAL wait).
-        first_try_ns: Option<u64>,
-    },
-    PutPage {
-        tag: BufferTag,
-        lsn: u64,
-    },
-    /// PrefetchTarget: the simulated servers send to the one compute whatever it says.
-    Target,
+    pub(super) fn from_index(index: usize, backends: usize) -> Conn {
+        if index < backends {
+            Conn::Backend(index)
+        } else {
+            Conn::Prewarm
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -102,18 +89,8 @@ impl World<'_> {
         self.schedule(at, ev);
     }
 
-    pub(super) fn send_to_server(&mut self, conn: Conn, shard: usize, msg: ToServer) {
-        self.tcp_send(
-            conn,
-            shard,
-            true,
-            Ev::AtServer {
-                shard,
-                conn,
-                msg,
-                ready: false,
-            },
-        );
+    pub(super) fn send_to_server(&mut self, conn: Conn, shard: usize, req: Request) {
+        self.tcp_send(conn, shard, true, Ev::AtServer { shard, conn, req });
     }
 
     pub(super) fn send_to_client(&mut self, conn: Conn, shard: usize, msg: ToClient) {

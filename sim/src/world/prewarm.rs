@@ -10,7 +10,7 @@
 
 use super::check::{ReadCtx, ViolationKind};
 use super::daemon::COMPUTE_ADDR;
-use super::net::{Conn, ToClient, ToServer};
+use super::net::{Conn, ToClient};
 use super::{tag_key, Ev, World};
 use crate::config::START_NS;
 use crate::rng::Rng;
@@ -26,7 +26,7 @@ use udp_prefetch::compute::prewarm::driver::{
 use udp_prefetch::compute::prewarm::schedule::ScheduleConfig;
 use udp_prefetch::pageserver::source::Synthetic;
 use udp_prefetch::protocol::page::PageVerify;
-use udp_prefetch::protocol::pagestream::{Header, LATEST_LSN};
+use udp_prefetch::protocol::pagestream::{Header, Request, LATEST_LSN};
 
 pub(super) struct PrewarmNode {
     pub(super) program: VecDeque<(u16, u8)>,
@@ -207,7 +207,12 @@ impl World<'_> {
                         request_lsn: LATEST_LSN,
                         not_modified_since: max_lwlsn,
                     };
-                    let msg = ToServer::Prefetch { hdr, rel, first, n };
+                    let msg = Request::Prefetch {
+                        hdr,
+                        rel,
+                        first_blkno: first,
+                        nblocks: n,
+                    };
                     (self.shard_of(rel), msg)
                 }
                 PrewarmTransmit::GetPage {
@@ -222,11 +227,10 @@ impl World<'_> {
                         request_lsn: LATEST_LSN,
                         not_modified_since,
                     };
-                    let first_try_ns = None;
-                    let msg = ToServer::GetPage {
+                    let msg = Request::GetPage {
                         hdr,
-                        tag,
-                        first_try_ns,
+                        rel: tag.rel,
+                        blkno: tag.blkno,
                     };
                     (self.shard_of(tag.rel), msg)
                 }

@@ -1,43 +1,47 @@
-//! The page-server shards: `pageserver::udp_sender::send_loop` (one iteration per
-//! `sender_run`, in virtual time: the real `PrefetchScheduler::next_batch`, then the real
-//! `seal_batch`, with the real `SEND_BATCH` and `IDLE_WAIT`) and the
-//! Prefetch/GetPage/PutPage/PrefetchTarget arms of `pageserver::conn::handle` (`serve`), over
-//! a real `PageStore`. It mirrors the loop and the connection handler around those cores, and
-//! copies the handler's constants (ARCHITECTURE §10).
+//! The page-server shards, running the real sans-IO cores of the page server's I/O shells:
+//! each connection's `pageserver::session::Session` (what `conn.rs`'s reader does with a
+//! request: registration, prefetch routing, due times) and `Work::answer` (what its responder
+//! answers, the WAL wait's deadline included), and each sender thread's
+//! `PrefetchScheduler::next_send` and `seal_batch` (what `udp_sender::send_loop` sends and how
+//! long it sleeps), over a real `PageStore`, `PrefetchScheduler`, `DropFilter` and
+//! `ServerStats`. No copy of their logic or constants lives here.
 //!
-//! Owns: each shard's store, scheduler and sender threads, the per-connection responder's
-//! ordering, and the versions it applies (recorded in the version model). Puts datagrams on the
-//! wire only through `net` and answers only over TCP; touches no worker or backend, and of the
-//! LFC reads only its key (what PrefetchTarget hands the server).
+//! What this file models is only what the shells do with threads, clocks and sockets: the
+//! responder's order (one request at a time, held until due, blocked while a request waits for
+//! WAL: woken by a PutPage that reaches the LSN or at the deadline), the sender threads' sleeps
+//! and wake-ups (`Condvar::notify_one` on enqueue), GetPage reports reaching the scheduler at
+//! once (the real ones cross a channel), and every shard ingesting the whole WAL stream (a
+//! PutPage on one shard is applied on all).
+//!
+//! Owns: each shard's store, scheduler, stats, sessions, responders and sender threads, and the
+//! versions it applies (recorded in the version model). Puts datagrams on the wire only through
+//! `net` and answers only over TCP; touches no worker or backend, and of the LFC reads only its
+//! key (what PrefetchTarget hands the server).
 
 use super::check::ViolationKind;
 use super::daemon::COMPUTE_ADDR;
-use super::net::{Conn, ToClient, ToServer};
+use super::net::{Conn, ToClient};
 use super::{tag_key, Ev, World};
-use crate::config::{LinkFaults, SimConfig};
+use crate::config::{LinkFaults, SimConfig, START_NS};
 use crate::rng::Rng;
 use crate::trace::Kind;
-use lfc::{BufferTag, Lfc, RelTag, PAGE_SIZE};
-use std::net::SocketAddr;
+use lfc::{BufferTag, Lfc};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Duration;
 use udp_prefetch::pageserver::prefetch::{
-    seal_batch, Destination, DropFilter, JobOutcome, Next, PageJob, PrefetchScheduler, SkipReason,
+    seal_batch, DropFilter, JobOutcome, PageJob, PrefetchScheduler, SendStep, SkipReason,
+    SEND_BATCH,
 };
+use udp_prefetch::pageserver::session::{Answer, Routed, Session, SessionConfig, Work};
 use udp_prefetch::pageserver::source::PageSource;
+use udp_prefetch::pageserver::stats::ServerStats;
 use udp_prefetch::pageserver::store::PageStore;
-use udp_prefetch::pageserver::udp_sender::{IDLE_WAIT, SEND_BATCH};
+use udp_prefetch::pageserver::ServerConfig;
 use udp_prefetch::protocol::page::{page_lsn, synthetic_page};
-use udp_prefetch::protocol::pagestream::Header;
-use workers::datagram::DatagramKey;
-
-/// The page server's bounded wait for WAL (`lsn_wait_timeout`), and how often the model
-/// re-checks while waiting.
-const LSN_WAIT_TIMEOUT_NS: u64 = 1_000_000_000;
-const LSN_RECHECK_NS: u64 = 100_000;
-
-/// Versions the page store keeps (every write of a run fits).
-const MAX_VERSIONS: usize = 1 << 16;
+use udp_prefetch::protocol::pagestream::{Header, PrefetchTarget, Request, Response};
+use workers::datagram::{Protection, STREAM_ID_LEN};
 
 pub(super) enum SenderState {
     Running,
@@ -51,209 +55,279 @@ pub(super) struct SenderThread {
     pub(super) flow: u64,
 }
 
+/// One connection's responder thread (`conn::respond`).
+#[derive(Default)]
+pub(super) struct Responder {
+    /// When the last request handed to it is due: requests are answered in order.
+    busy_until: u64,
+    /// A request waiting for WAL: nothing else is answered meanwhile.
+    blocked: Option<Work>,
+    /// Requests that came due while it was blocked, in order.
+    held: VecDeque<Work>,
+}
+
 pub(super) struct Shard {
     pub(super) store: Arc<PageStore>,
     pub(super) sched: PrefetchScheduler,
+    pub(super) stats: ServerStats,
+    /// One session per connection (`Conn::index`): each connection's reader keeps one.
+    pub(super) sessions: Vec<Session>,
+    responders: Vec<Responder>,
     pub(super) senders: Vec<SenderThread>,
     pub(super) link: LinkFaults,
     pub(super) in_flight: usize,
     pub(super) jobs: Vec<PageJob>,
 }
 
-/// Where the simulated page servers send prefetched pages: the compute's port, sealed under a
-/// stream of the LFC's key.
-pub(super) fn compute_destination(lfc: &Lfc, seed: u64) -> Destination {
-    // What PrefetchTarget hands the server is the LFC's key; the server seals under a
-    // stream of it with a random id (here from the seed, so runs replay exactly).
-    let mut stream_rng = Rng::stream(seed, 0x57E);
-    let mut stream_id = [0u8; 16];
-    for c in stream_id.chunks_exact_mut(8) {
-        c.copy_from_slice(&stream_rng.next_u64().to_le_bytes());
-    }
-    Destination {
-        addr: SocketAddr::from(COMPUTE_ADDR),
-        key: Arc::new(DatagramKey::new(lfc.key_id(), lfc.key()).stream(stream_id)),
-        // Each connection's Prefetches take their own queue (`serve` sets it).
-        conn: 0,
+/// The PrefetchTarget every simulated connection registers: the compute's port and the LFC's
+/// key.
+pub(super) fn compute_target(lfc: &Lfc) -> PrefetchTarget {
+    PrefetchTarget {
+        udp_port: COMPUTE_ADDR.1,
+        key_id: lfc.key_id(),
+        key: lfc.key(),
     }
 }
 
-pub(super) fn build_shards(cfg: &SimConfig, source: &Arc<dyn PageSource>, seed: u64) -> Vec<Shard> {
+/// The id of the next datagram stream a PrefetchTarget opens: random in the server, from the
+/// seed here (so runs replay exactly).
+fn next_stream_id(rng: &mut Rng) -> Result<[u8; STREAM_ID_LEN], Infallible> {
+    let mut id = [0u8; STREAM_ID_LEN];
+    for c in id.chunks_exact_mut(8) {
+        c.copy_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    Ok(id)
+}
+
+/// The shards, each with a session per connection (`connections`: the backends and prewarm).
+/// Every session starts registered with the compute's target, as if its connection had sent
+/// PrefetchTarget before anything else: the real prewarm does so before its run, and a backend
+/// with several shards registers on each shard's connection (the driver's own PrefetchTarget,
+/// sent on shard 0, goes through the session again when it arrives).
+pub(super) fn build_shards(
+    cfg: &SimConfig,
+    source: &Arc<dyn PageSource>,
+    seed: u64,
+    target: &PrefetchTarget,
+    stream_rng: &mut Rng,
+) -> Vec<Shard> {
+    // The real server's defaults: the sim runs the server as shipped.
+    let server = ServerConfig::default();
+    let session_config = SessionConfig {
+        service_delay_ns: cfg.service_delay_ns,
+        protection: Protection::default(),
+    };
+    let connections = cfg.backends + 1;
     (0..cfg.shards)
-        .map(|s| Shard {
-            store: Arc::new(PageStore::new(
-                source.clone(),
-                MAX_VERSIONS,
-                Duration::from_nanos(LSN_WAIT_TIMEOUT_NS),
-            )),
-            sched: PrefetchScheduler::new(cfg.scheduler),
-            senders: (0..cfg.sender_threads)
-                .map(|t| SenderThread {
-                    filter: DropFilter::new(
-                        cfg.sender_drop,
-                        seed.wrapping_add((s * 16 + t) as u64),
-                    ),
-                    state: SenderState::Sleeping,
-                    token: 0,
-                    flow: (s * 16 + t) as u64,
-                })
-                .collect(),
-            link: cfg.links[s].clone(),
-            in_flight: 0,
-            jobs: Vec::with_capacity(SEND_BATCH),
+        .map(|s| {
+            let stats = ServerStats::default();
+            let sessions = (0..connections)
+                .map(|c| registered_session(c as u64, session_config, target, &stats, stream_rng))
+                .collect();
+            Shard {
+                store: Arc::new(PageStore::new(
+                    source.clone(),
+                    server.max_page_versions,
+                    server.lsn_wait_timeout,
+                )),
+                sched: PrefetchScheduler::new(cfg.scheduler),
+                stats,
+                sessions,
+                responders: (0..connections).map(|_| Responder::default()).collect(),
+                senders: (0..cfg.sender_threads)
+                    .map(|t| SenderThread {
+                        filter: DropFilter::new(
+                            cfg.sender_drop,
+                            seed.wrapping_add((s * 16 + t) as u64),
+                        ),
+                        state: SenderState::Sleeping,
+                        token: 0,
+                        flow: (s * 16 + t) as u64,
+                    })
+                    .collect(),
+                link: cfg.links[s].clone(),
+                in_flight: 0,
+                jobs: Vec::with_capacity(SEND_BATCH),
+            }
         })
         .collect()
 }
 
+/// Connection `conn`'s session, after the PrefetchTarget its connection sent first.
+fn registered_session(
+    conn: u64,
+    config: SessionConfig,
+    target: &PrefetchTarget,
+    stats: &ServerStats,
+    stream_rng: &mut Rng,
+) -> Session {
+    let peer_ip = IpAddr::V4(Ipv4Addr::from(COMPUTE_ADDR.0));
+    let mut session = Session::new(conn, Some(peer_ip), config);
+    let req = Request::PrefetchTarget {
+        hdr: Header::default(),
+        target: target.clone(),
+    };
+    let routed = session.route(req, START_NS, stats, || next_stream_id(stream_rng));
+    assert!(
+        matches!(routed, Routed::Respond(_)),
+        "PrefetchTarget is answered"
+    );
+    assert!(session.target().is_some(), "the compute's target registers");
+    session
+}
+
 impl World<'_> {
-    /// The responder: requests of one connection are handled in order; those with a response
-    /// are held until `arrived + service_delay` (`conn::respond`).
-    pub(super) fn at_server(&mut self, shard: usize, conn: Conn, msg: ToServer) {
-        let key = (conn.index(self.cfg.backends), shard);
-        let busy = self.server_busy.get(&key).copied().unwrap_or(0);
-        let delay = match msg {
-            ToServer::Prefetch { .. } => 0,
-            _ => self.cfg.service_delay_ns,
-        };
-        let due = (self.now + delay).max(busy);
-        self.server_busy.insert(key, due);
-        self.schedule(
-            due,
-            Ev::AtServer {
-                shard,
-                conn,
-                msg,
-                ready: true,
-            },
-        );
-    }
-
-    /// `conn::handle` for the requests the simulator sends.
-    pub(super) fn serve(&mut self, shard: usize, conn: Conn, msg: ToServer) {
-        match msg {
-            ToServer::Prefetch { hdr, rel, first, n } => {
-                self.serve_prefetch(shard, conn, hdr, rel, first, n)
-            }
-            ToServer::GetPage {
+    /// The connection's reader thread: the request goes through the connection's real
+    /// `Session` as it arrives. A Prefetch is queued for the senders at once; anything with a
+    /// response waits for the responder, in order, until it is due.
+    pub(super) fn at_server(&mut self, shard: usize, conn: Conn, req: Request) {
+        let c = conn.index(self.cfg.backends);
+        let now = self.now;
+        let stream_rng = &mut self.stream_rng;
+        let sh = &mut self.shards[shard];
+        let routed = sh.sessions[c].route(req, now, &sh.stats, || next_stream_id(stream_rng));
+        let (first, n, pushed) = match routed {
+            Routed::Prefetch {
+                dest,
                 hdr,
-                tag,
-                first_try_ns,
-            } => self.serve_get_page(shard, conn, hdr, tag, first_try_ns),
-            ToServer::Target => self.send_to_client(conn, shard, ToClient::TargetSet),
-            ToServer::PutPage { tag, lsn } => self.serve_put_page(shard, conn, tag, lsn),
-        }
-    }
-
-    /// A Prefetch: queued on the connection's queue, or counted as overflow.
-    fn serve_prefetch(
-        &mut self,
-        shard: usize,
-        conn: Conn,
-        hdr: Header,
-        rel: RelTag,
-        first: u32,
-        n: u16,
-    ) {
-        // `PrefetchSender::enqueue`: due = arrival + service delay; overflow drops.
-        let due = self.now + self.cfg.service_delay_ns;
-        let dest = Destination {
-            conn: conn.index(self.cfg.backends) as u64,
-            ..self.dest.clone()
+                rel,
+                first_blkno,
+                nblocks,
+                due_ns,
+            } => {
+                let n = u32::from(nblocks);
+                let pushed = sh.sched.push(dest, hdr, rel, first_blkno, n, due_ns);
+                (first_blkno, nblocks, pushed.is_ok())
+            }
+            // Every simulated session is registered (`build_shards`).
+            Routed::Dropped => unreachable!("a Prefetch before any PrefetchTarget"),
+            Routed::Respond(work) => {
+                let r = &mut sh.responders[c];
+                let due = work.due_ns().max(r.busy_until);
+                r.busy_until = due;
+                self.schedule(due, Ev::Respond { shard, conn, work });
+                return;
+            }
         };
-        let pushed = self.shards[shard]
-            .sched
-            .push(&dest, hdr, rel, first, u32::from(n), due);
-        match pushed {
-            Ok(()) => {
-                self.rec(
-                    Kind::PrefetchQueued,
-                    shard as u64,
-                    u64::from(first),
-                    u64::from(n),
-                );
-                self.wake_one_sender(shard);
-            }
-            Err(_) => {
-                self.report.prefetch_overflow_pages += u64::from(n);
-                self.rec(
-                    Kind::PrefetchOverflow,
-                    shard as u64,
-                    u64::from(first),
-                    u64::from(n),
-                );
-            }
+        let (shard64, first64, n64) = (shard as u64, u64::from(first), u64::from(n));
+        if pushed {
+            self.rec(Kind::PrefetchQueued, shard64, first64, n64);
+            self.wake_one_sender(shard);
+        } else {
+            self.report.prefetch_overflow_pages += n64;
+            self.rec(Kind::PrefetchOverflow, shard64, first64, n64);
         }
     }
 
-    /// A GetPage: answered from the store, or re-checked later while the WAL has not reached
-    /// the requested LSN (until the bounded wait runs out).
-    fn serve_get_page(
-        &mut self,
-        shard: usize,
-        conn: Conn,
-        hdr: Header,
-        tag: BufferTag,
-        first_try_ns: Option<u64>,
-    ) {
-        let store = self.shards[shard].store.clone();
-        let result = match store.try_effective_lsn(hdr.request_lsn, hdr.not_modified_since) {
-            Ok(Some(lsn)) => {
-                let mut page = Box::new([0u8; PAGE_SIZE]);
-                store
-                    .read_page(tag, lsn, &mut page)
-                    .map(|_| page)
-                    .map_err(|e| e.to_string())
-            }
-            Ok(None) => {
-                // `effective_lsn` waits (bounded) for WAL; the model re-checks.
-                let first = first_try_ns.unwrap_or(self.now);
-                if self.now - first < LSN_WAIT_TIMEOUT_NS {
-                    self.schedule(
-                        self.now + LSN_RECHECK_NS,
-                        Ev::AtServer {
-                            shard,
-                            conn,
-                            msg: ToServer::GetPage {
-                                hdr,
-                                tag,
-                                first_try_ns: Some(first),
-                            },
-                            ready: true,
-                        },
-                    );
-                    return;
-                }
-                Err(format!(
-                    "timed out waiting for WAL to reach {}",
-                    udp_prefetch::protocol::page::format_lsn(hdr.not_modified_since)
-                ))
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        let lsn = result.as_ref().map_or(0, |p| page_lsn(p));
-        // `conn::handle`: every simulated connection has registered the compute as its
-        // prefetch target, so a queued prefetch of this page is no longer needed.
-        let addr = self.dest.addr;
-        self.shards[shard].sched.on_get_page(addr, tag);
-        self.rec(Kind::GetPageServed, shard as u64, tag_key(&tag), lsn);
-        self.send_to_client(conn, shard, ToClient::Page { tag, result });
-    }
-
-    /// A PutPage: applied on every shard and recorded in the version model.
-    fn serve_put_page(&mut self, shard: usize, conn: Conn, tag: BufferTag, lsn: u64) {
-        // Every shard ingests the whole WAL stream (as Neon's shards do), so each one's
-        // last-record LSN covers every LSN the compute can name; only the owner is ever
-        // asked for this page.
-        let page = synthetic_page(tag, lsn);
-        let mut err = None;
-        for s in 0..self.shards.len() {
-            if let Err(e) = self.shards[s].store.put_page(tag, lsn, &page) {
-                err = Some(e.to_string());
-            }
-        }
-        if let Some(e) = err {
-            self.violate(ViolationKind::Liveness, format!("PutPage {tag}@{lsn}: {e}"));
+    /// The responder's turn for `work` (it is due): answered unless the responder is blocked
+    /// on an earlier request's WAL wait.
+    pub(super) fn respond(&mut self, shard: usize, conn: Conn, work: Work) {
+        let r = &mut self.shards[shard].responders[conn.index(self.cfg.backends)];
+        if r.blocked.is_some() {
+            r.held.push_back(work);
             return;
+        }
+        self.answer(shard, conn, work);
+    }
+
+    /// A blocked responder's wake-up: WAL advanced (a PutPage) or its wait's deadline came.
+    pub(super) fn wal_check(&mut self, shard: usize, conn: Conn) {
+        let c = conn.index(self.cfg.backends);
+        if let Some(work) = self.shards[shard].responders[c].blocked.take() {
+            self.answer(shard, conn, work);
+        }
+    }
+
+    /// `Work::answer` at `now`: the response goes back over TCP, and the requests held behind
+    /// it get their turn; or the responder blocks until WAL reaches the LSN or the deadline.
+    fn answer(&mut self, shard: usize, conn: Conn, mut work: Work) {
+        let c = conn.index(self.cfg.backends);
+        let now = self.now;
+        let sh = &mut self.shards[shard];
+        let sched = &mut sh.sched;
+        let answer = work.answer(
+            &sh.store,
+            &sh.stats,
+            now,
+            &mut self.page,
+            &mut self.frame,
+            |addr, tag| sched.on_get_page(addr, tag),
+        );
+        match answer {
+            Answer::Ready => {
+                self.deliver(shard, conn, work.request());
+                let held = std::mem::take(&mut self.shards[shard].responders[c].held);
+                for w in held {
+                    self.respond(shard, conn, w);
+                }
+            }
+            Answer::WaitForWal { deadline_ns, .. } => {
+                let first_wait = work.wal_wait_since_ns().is_some_and(|t| t == now);
+                self.shards[shard].responders[c].blocked = Some(work);
+                if first_wait {
+                    self.schedule(deadline_ns, Ev::WalCheck { shard, conn });
+                }
+            }
+        }
+    }
+
+    /// The response in `self.frame`, decoded, to the client that sent `req` (`None`: the answer
+    /// to a PrefetchTarget).
+    fn deliver(&mut self, shard: usize, conn: Conn, req: Option<&Request>) {
+        let response = match Response::decode(&self.frame) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("shard {shard}: undecodable response: {e}");
+                return self.violate(ViolationKind::Liveness, msg);
+            }
+        };
+        match (req, response) {
+            (Some(Request::GetPage { rel, blkno, .. }), response) => {
+                let tag = rel.block(*blkno);
+                let result = match response {
+                    Response::GetPage { page, .. } => Ok(page),
+                    Response::Error { message, .. } => Err(message),
+                    other => Err(format!("unexpected response {other:?}")),
+                };
+                let lsn = result.as_ref().map_or(0, |p| page_lsn(p));
+                self.rec(Kind::GetPageServed, shard as u64, tag_key(&tag), lsn);
+                self.send_to_client(conn, shard, ToClient::Page { tag, result });
+            }
+            (
+                Some(Request::PutPage { .. }),
+                Response::PutPage {
+                    rel, blkno, lsn, ..
+                },
+            ) => self.put_applied(shard, conn, rel.block(blkno), lsn),
+            (None, Response::PrefetchTarget { .. }) => {
+                self.send_to_client(conn, shard, ToClient::TargetSet)
+            }
+            (_, other) => {
+                let msg = format!("shard {shard}: request {req:?} failed: {other:?}");
+                self.violate(ViolationKind::Liveness, msg);
+            }
+        }
+    }
+
+    /// A PutPage the owning shard applied: every other shard applies it too (each ingests the
+    /// whole WAL stream, as Neon's shards do, so each one's last-record LSN covers every LSN
+    /// the compute can name; only the owner is ever asked for this page). Responders waiting
+    /// for WAL are woken, and the version joins the model.
+    fn put_applied(&mut self, shard: usize, conn: Conn, tag: BufferTag, lsn: u64) {
+        let page = synthetic_page(tag, lsn);
+        for s in (0..self.shards.len()).filter(|s| *s != shard) {
+            if let Err(e) = self.shards[s].store.put_page(tag, lsn, &page) {
+                let msg = format!("PutPage {tag}@{lsn} on shard {s}: {e}");
+                return self.violate(ViolationKind::Liveness, msg);
+            }
+        }
+        for s in 0..self.shards.len() {
+            for c in 0..self.shards[s].responders.len() {
+                if self.shards[s].responders[c].blocked.is_some() {
+                    let conn = Conn::from_index(c, self.cfg.backends);
+                    self.schedule(self.now, Ev::WalCheck { shard: s, conn });
+                }
+            }
         }
         self.model.entry(tag).or_default().versions.push(lsn);
         self.rec(Kind::PutApplied, shard as u64, tag_key(&tag), lsn);
@@ -282,52 +356,40 @@ impl World<'_> {
         }
     }
 
-    /// One iteration of `udp_sender::send_loop`.
+    /// One iteration of `udp_sender::send_loop`: the real decision step, then the batch (or
+    /// the sleep it asks for) in virtual time.
     pub(super) fn sender_run(&mut self, shard: usize, thread: usize) {
         let now = self.now;
         let sh = &mut self.shards[shard];
-        let next = sh.sched.next_batch(now, SEND_BATCH, &mut sh.jobs);
-        match next {
-            Next::Ready(_) => {
+        let step = sh.sched.next_send(now, &mut sh.jobs);
+        let wake_at = match step {
+            SendStep::Send(_) => {
                 let jobs = std::mem::take(&mut self.shards[shard].jobs);
                 let sent = self.send_jobs(shard, thread, &jobs);
                 self.shards[shard].jobs = jobs;
-                let th = &mut self.shards[shard].senders[thread];
-                th.token += 1;
-                let token = th.token;
-                // The batch costs sender CPU (sealing is a BLAKE3 pass over each page).
-                let cost = self.cfg.send_cost_ns * sent.max(1);
-                self.schedule(
-                    now + cost,
-                    Ev::SenderWake {
-                        shard,
-                        thread,
-                        token,
-                    },
-                );
+                // The batch costs sender CPU (reading and sealing each page).
+                Some(now + self.cfg.send_cost_ns * sent.max(1))
             }
-            Next::WaitUntil(t) => {
-                let th = &mut self.shards[shard].senders[thread];
-                th.token += 1;
-                th.state = SenderState::Sleeping;
-                let token = th.token;
-                let at = t.min(now + IDLE_WAIT.as_nanos() as u64).max(now + 1);
-                self.schedule(
-                    at,
-                    Ev::SenderWake {
-                        shard,
-                        thread,
-                        token,
-                    },
-                );
-            }
-            Next::Idle => {
-                // Sleeps until an enqueue notifies it. (The real loop also wakes every
-                // IDLE_WAIT to check for shutdown; that changes nothing here.)
-                let th = &mut self.shards[shard].senders[thread];
-                th.token += 1;
-                th.state = SenderState::Sleeping;
-            }
+            SendStep::Sleep { until_ns } => Some(until_ns),
+            // Sleeps until an enqueue notifies it. (The real thread also wakes every
+            // `IDLE_WAIT` to check for shutdown; that changes nothing here.)
+            SendStep::Idle => None,
+        };
+        let th = &mut self.shards[shard].senders[thread];
+        th.token += 1;
+        let token = th.token;
+        if !matches!(step, SendStep::Send(_)) {
+            th.state = SenderState::Sleeping;
+        }
+        if let Some(at) = wake_at {
+            self.schedule(
+                at,
+                Ev::SenderWake {
+                    shard,
+                    thread,
+                    token,
+                },
+            );
         }
     }
 

@@ -1,0 +1,604 @@
+//! The sans-IO core of one pagestream session (ARCHITECTURE §4, steps 0–2): what the page server
+//! does with each request of a connection. The real connection threads (`conn.rs`) and the
+//! simulator's page server (`sim/src/world/server.rs`) both drive it; neither keeps a copy of
+//! its logic.
+//!
+//! Split as quinn splits `quinn-proto` from its sockets. The reader hands each decoded request
+//! to [`Session::route`] with the time it arrived. A PrefetchTarget is registered there (its
+//! answer encoded for the responder), a Prefetch becomes a push for the prefetch senders
+//! ([`Routed::Prefetch`], no TCP answer), and everything else becomes a [`Work`] for the
+//! responder, due at arrival + service delay. The responder calls [`Work::answer`] for each in
+//! turn: it encodes the response, or says which WAL position to wait for and until when
+//! ([`Answer::WaitForWal`]). The shell does the waiting: a condvar in the server, a virtual-time
+//! event in the simulator.
+//!
+//! Owns: the session's prefetch destination, the requests' due times, the bounded wait for WAL
+//! (the deadline comes from `PageStore::lsn_wait_timeout`), the per-request counters of
+//! `ServerStats`, and every response's encoding. Reads no clock (`now_ns` is passed in), opens
+//! no socket, never sleeps or blocks, and draws no randomness (the shell hands in each new
+//! datagram stream's id).
+
+use super::prefetch::{ConnId, Destination};
+use super::stats::{bump, RequestKind, ServerStats};
+use super::store::{PageStore, StoreError};
+use crate::protocol::page::Page;
+use crate::protocol::pagestream::{self, Header, PrefetchTarget, Request, Response};
+use lfc::{BufferTag, RelTag};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use workers::datagram::{DatagramKey, Protection, STREAM_ID_LEN};
+
+/// What a session needs from the server's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// Emulated storage latency: no response, and no prefetched page, leaves before a request's
+    /// arrival + this.
+    pub service_delay_ns: u64,
+    /// How prefetch datagrams are protected (`workers::datagram` explains the choice).
+    pub protection: Protection,
+}
+
+/// One connection's pagestream session: where its prefetches go.
+#[derive(Debug)]
+pub struct Session {
+    conn: ConnId,
+    /// The TCP peer's address: the only IP its prefetches may go to.
+    peer_ip: Option<IpAddr>,
+    config: SessionConfig,
+    target: Option<Destination>,
+}
+
+/// What the reader does with one request.
+#[derive(Debug)]
+pub enum Routed<'s> {
+    /// Queue these pages for the prefetch senders (`PrefetchScheduler::push`), not to be sent
+    /// before `due_ns`. No TCP answer, whatever becomes of them.
+    Prefetch {
+        dest: &'s Destination,
+        hdr: Header,
+        rel: RelTag,
+        first_blkno: u32,
+        nblocks: u16,
+        due_ns: u64,
+    },
+    /// Nothing more to do: a Prefetch that came before any PrefetchTarget (counted, dropped).
+    Dropped,
+    /// The responder answers this in its turn.
+    Respond(Work),
+}
+
+/// A request with a TCP response, waiting for the responder.
+#[derive(Debug)]
+pub struct Work {
+    arrived_ns: u64,
+    due_ns: u64,
+    what: WorkKind,
+    /// When this request first found WAL behind its LSN (the start of its bounded wait).
+    wal_wait_since_ns: Option<u64>,
+}
+
+#[derive(Debug)]
+enum WorkKind {
+    /// A request the responder serves from the store.
+    Request {
+        req: Request,
+        /// Where this connection's prefetches went when the request arrived: a GetPage of a
+        /// page still queued for it there makes that prefetch needless.
+        prefetch_dest: Option<SocketAddr>,
+    },
+    /// A response the reader already encoded (a PrefetchTarget registration), sent in turn.
+    Reply(Vec<u8>),
+}
+
+/// What became of one call of [`Work::answer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The response is in the frame: send it.
+    Ready,
+    /// WAL has not reached `lsn`: call `answer` again once it has, or at `deadline_ns` (it then
+    /// answers with the timeout error). The responder sends nothing else meanwhile: responses
+    /// leave in request order.
+    WaitForWal { lsn: u64, deadline_ns: u64 },
+}
+
+impl Session {
+    /// A session of connection `conn`, whose TCP peer is `peer_ip` (`None` if unknown: no
+    /// prefetch target can be registered then).
+    pub fn new(conn: ConnId, peer_ip: Option<IpAddr>, config: SessionConfig) -> Session {
+        Session {
+            conn,
+            peer_ip,
+            config,
+            target: None,
+        }
+    }
+
+    /// Where this session's prefetches go, once a PrefetchTarget registered it.
+    pub fn target(&self) -> Option<&Destination> {
+        self.target.as_ref()
+    }
+
+    /// The reader's part of a request that arrived at `now_ns`. `new_stream_id` is called once
+    /// per PrefetchTarget for the id of the datagram stream it opens (random in the server,
+    /// seeded in the simulator).
+    pub fn route<E: std::fmt::Display>(
+        &mut self,
+        req: Request,
+        now_ns: u64,
+        stats: &ServerStats,
+        new_stream_id: impl FnOnce() -> Result<[u8; STREAM_ID_LEN], E>,
+    ) -> Routed<'_> {
+        let due_ns = now_ns.saturating_add(self.config.service_delay_ns);
+        let what = match req {
+            Request::Prefetch {
+                hdr,
+                rel,
+                first_blkno,
+                nblocks,
+            } => {
+                bump(&stats.prefetch);
+                return match &self.target {
+                    Some(dest) => Routed::Prefetch {
+                        dest,
+                        hdr,
+                        rel,
+                        first_blkno,
+                        nblocks,
+                        due_ns,
+                    },
+                    None => {
+                        stats.on_prefetch_without_target(nblocks);
+                        Routed::Dropped
+                    }
+                };
+            }
+            Request::PrefetchTarget { hdr, target } => {
+                WorkKind::Reply(self.register_target(hdr, &target, stats, new_stream_id))
+            }
+            req => WorkKind::Request {
+                req,
+                prefetch_dest: self.target.as_ref().map(|d| d.addr),
+            },
+        };
+        Routed::Respond(Work {
+            arrived_ns: now_ns,
+            due_ns,
+            what,
+            wal_wait_since_ns: None,
+        })
+    }
+
+    /// A PrefetchTarget: registers where this session's prefetches go; returns the encoded
+    /// answer (or pagestream error).
+    fn register_target<E: std::fmt::Display>(
+        &mut self,
+        hdr: Header,
+        t: &PrefetchTarget,
+        stats: &ServerStats,
+        new_stream_id: impl FnOnce() -> Result<[u8; STREAM_ID_LEN], E>,
+    ) -> Vec<u8> {
+        bump(&stats.prefetch_target);
+        let result = match self.peer_ip {
+            // The destination is always the TCP peer's own address: the server never sends UDP
+            // where a client points it, so it cannot be used to reflect traffic. Every
+            // registration opens a new datagram stream (fresh id, nonces from 0).
+            Some(ip) if t.udp_port != 0 => match new_stream_id() {
+                Ok(stream_id) => {
+                    let key = DatagramKey::new(t.key_id, t.key);
+                    self.target = Some(Destination {
+                        addr: SocketAddr::new(ip, t.udp_port),
+                        key: Arc::new(key.stream_with(stream_id, self.config.protection)),
+                        conn: self.conn,
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(format!("cannot register a prefetch target: {e}")),
+            },
+            Some(_) => Err("invalid prefetch target: UDP port 0".to_string()),
+            None => {
+                Err("invalid prefetch target: the connection's peer address is unknown".to_string())
+            }
+        };
+        let mut frame = Vec::new();
+        match result {
+            Ok(()) => Response::PrefetchTarget {
+                hdr,
+                udp_port: t.udp_port,
+            }
+            .encode(&mut frame),
+            Err(message) => {
+                stats.on_error(RequestKind::PrefetchTarget);
+                Response::Error { hdr, message }.encode(&mut frame);
+            }
+        }
+        frame
+    }
+}
+
+impl Work {
+    /// When the request arrived (the `now_ns` given to `route`).
+    pub fn arrived_ns(&self) -> u64 {
+        self.arrived_ns
+    }
+
+    /// Not to be answered before this: arrival + the service delay.
+    pub fn due_ns(&self) -> u64 {
+        self.due_ns
+    }
+
+    /// When this request began waiting for WAL, if it has.
+    pub fn wal_wait_since_ns(&self) -> Option<u64> {
+        self.wal_wait_since_ns
+    }
+
+    /// The request, unless this is an answer the reader already encoded (PrefetchTarget).
+    pub fn request(&self) -> Option<&Request> {
+        match &self.what {
+            WorkKind::Request { req, .. } => Some(req),
+            WorkKind::Reply(_) => None,
+        }
+    }
+
+    /// Answers at `now_ns` into `frame` (cleared first), or says how long to wait for WAL.
+    /// A GetPage reports its page to `fetched` on the first call (the senders may skip a queued
+    /// prefetch of it, `PrefetchScheduler::on_get_page`), before any wait.
+    pub fn answer(
+        &mut self,
+        store: &PageStore,
+        stats: &ServerStats,
+        now_ns: u64,
+        page: &mut Page,
+        frame: &mut Vec<u8>,
+        fetched: impl FnOnce(SocketAddr, BufferTag),
+    ) -> Answer {
+        frame.clear();
+        let (req, prefetch_dest) = match &self.what {
+            WorkKind::Reply(reply) => {
+                frame.extend_from_slice(reply);
+                return Answer::Ready;
+            }
+            WorkKind::Request { req, prefetch_dest } => (req, *prefetch_dest),
+        };
+        if self.wal_wait_since_ns.is_none() {
+            // The first call (a request that waits for WAL is counted and reported once).
+            count_request(req, stats);
+            if let (Some(addr), Request::GetPage { rel, blkno, .. }) = (prefetch_dest, req) {
+                fetched(addr, rel.block(*blkno));
+            }
+        }
+        let hdr = req.header();
+        let result = match req {
+            // A new version stands in for WAL ingest: it waits for nothing.
+            Request::PutPage { .. } => serve(req, store, hdr.request_lsn, page, frame),
+            _ => match self.effective_lsn(store, hdr, now_ns) {
+                Ok(Some(lsn)) => serve(req, store, lsn, page, frame),
+                Ok(None) => {
+                    let since = *self.wal_wait_since_ns.get_or_insert(now_ns);
+                    return Answer::WaitForWal {
+                        lsn: hdr.not_modified_since,
+                        deadline_ns: wal_deadline_ns(store, since),
+                    };
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            stats.on_error(RequestKind::of(req));
+            frame.clear();
+            Response::Error {
+                hdr,
+                message: e.to_string(),
+            }
+            .encode(frame);
+        }
+        Answer::Ready
+    }
+
+    /// `PageStore::effective_lsn` without the wait: the LSN to answer at, `None` while WAL is
+    /// behind `not_modified_since` and the wait has time left, the timeout error once not.
+    fn effective_lsn(
+        &self,
+        store: &PageStore,
+        hdr: Header,
+        now_ns: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(lsn) = store.try_effective_lsn(hdr.request_lsn, hdr.not_modified_since)? else {
+            return match self.wal_wait_since_ns {
+                Some(since) if now_ns >= wal_deadline_ns(store, since) => {
+                    Err(StoreError::WaitLsnTimeout {
+                        wanted: hdr.not_modified_since,
+                        last: store.last_record_lsn(),
+                        waited_ms: (now_ns - since) / 1_000_000,
+                    })
+                }
+                _ => Ok(None),
+            };
+        };
+        Ok(Some(lsn))
+    }
+}
+
+/// The end of a wait for WAL that began at `since_ns`.
+fn wal_deadline_ns(store: &PageStore, since_ns: u64) -> u64 {
+    since_ns.saturating_add(store.lsn_wait_timeout().as_nanos() as u64)
+}
+
+fn count_request(req: &Request, stats: &ServerStats) {
+    bump(match req {
+        Request::Exists { .. } => &stats.exists,
+        Request::Nblocks { .. } => &stats.nblocks,
+        Request::GetPage { .. } => &stats.get_page,
+        Request::DbSize { .. } => &stats.db_size,
+        Request::PutPage { .. } => &stats.put_page,
+        Request::PrefetchTarget { .. } | Request::Prefetch { .. } => {
+            unreachable!("the reader routes prefetch requests")
+        }
+    });
+}
+
+/// Serves one request from the store at `lsn` (what WAL allows; unused by PutPage), encoding
+/// the response into `frame`. GetPage is served here (`pagestream::encode_get_page_response`).
+fn serve(
+    req: &Request,
+    store: &PageStore,
+    lsn: u64,
+    page: &mut Page,
+    frame: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    let hdr = req.header();
+    let response = match req {
+        Request::GetPage { rel, blkno, .. } => {
+            store.read_page(rel.block(*blkno), lsn, page)?;
+            pagestream::encode_get_page_response(frame, &hdr, rel, *blkno, page);
+            return Ok(());
+        }
+        Request::Exists { rel, .. } => Response::Exists {
+            hdr,
+            rel: *rel,
+            exists: store.exists(*rel)?,
+        },
+        Request::Nblocks { rel, .. } => Response::Nblocks {
+            hdr,
+            rel: *rel,
+            n_blocks: store
+                .nblocks(*rel)?
+                .ok_or(StoreError::NoSuchRelation(*rel))?,
+        },
+        Request::DbSize { dbnode, .. } => Response::DbSize {
+            hdr,
+            dbnode: *dbnode,
+            size: store.db_size(*dbnode)?,
+        },
+        Request::PutPage {
+            rel,
+            blkno,
+            lsn: put_lsn,
+            page: new,
+            ..
+        } => {
+            store.put_page(rel.block(*blkno), *put_lsn, new)?;
+            Response::PutPage {
+                hdr,
+                rel: *rel,
+                blkno: *blkno,
+                lsn: *put_lsn,
+            }
+        }
+        Request::PrefetchTarget { .. } | Request::Prefetch { .. } => {
+            unreachable!("the reader routes prefetch requests")
+        }
+    };
+    response.encode(frame);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pageserver::source::{SourceSpec, Synthetic};
+    use crate::protocol::page::{page_lsn, synthetic_page};
+    use crate::protocol::pagestream::LATEST_LSN;
+    use lfc::PAGE_SIZE;
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    const MS: u64 = 1_000_000;
+    const DELAY_NS: u64 = 7_000;
+
+    fn store() -> PageStore {
+        let source = SourceSpec::Synthetic { rels: 1, pages: 8 }.open().unwrap();
+        PageStore::new(source, 16, Duration::from_millis(5))
+    }
+
+    fn session() -> Session {
+        let config = SessionConfig {
+            service_delay_ns: DELAY_NS,
+            protection: Protection::default(),
+        };
+        Session::new(3, Some(IpAddr::from([10, 0, 0, 1])), config)
+    }
+
+    fn stream_id() -> Result<[u8; STREAM_ID_LEN], Infallible> {
+        Ok([7; STREAM_ID_LEN])
+    }
+
+    fn target_request(udp_port: u16) -> Request {
+        Request::PrefetchTarget {
+            hdr: Header::default(),
+            target: PrefetchTarget {
+                udp_port,
+                key_id: 1,
+                key: [2; 32],
+            },
+        }
+    }
+
+    fn prefetch_request() -> Request {
+        Request::Prefetch {
+            hdr: Header::default(),
+            rel: Synthetic::rel(0),
+            first_blkno: 2,
+            nblocks: 3,
+        }
+    }
+
+    fn get_page(blkno: u32, not_modified_since: u64) -> Request {
+        let hdr = Header {
+            reqid: 1,
+            request_lsn: LATEST_LSN,
+            not_modified_since,
+        };
+        let rel = Synthetic::rel(0);
+        Request::GetPage { hdr, rel, blkno }
+    }
+
+    fn respond(routed: Routed<'_>) -> Work {
+        match routed {
+            Routed::Respond(work) => work,
+            other => panic!("expected work for the responder, got {other:?}"),
+        }
+    }
+
+    /// Answers `work` at `now`; the response decoded, and the pages reported as fetched.
+    fn answer(work: &mut Work, store: &PageStore, now: u64) -> (Answer, Vec<BufferTag>, Vec<u8>) {
+        let mut page = Box::new([0u8; PAGE_SIZE]);
+        let mut frame = Vec::new();
+        let mut fetched = Vec::new();
+        let stats = ServerStats::default();
+        let a = work.answer(store, &stats, now, &mut page, &mut frame, |_, t| {
+            fetched.push(t)
+        });
+        (a, fetched, frame)
+    }
+
+    #[test]
+    fn prefetches_go_to_the_registered_peer_and_are_due_after_the_service_delay() {
+        let stats = ServerStats::default();
+        let mut s = session();
+        assert!(matches!(
+            s.route(prefetch_request(), 100, &stats, stream_id),
+            Routed::Dropped
+        ));
+        assert_eq!(stats.prefetch_dropped_no_target.load(Ordering::Relaxed), 1);
+        let mut reply = respond(s.route(target_request(6000), 200, &stats, stream_id));
+        assert_eq!(reply.due_ns(), 200 + DELAY_NS);
+        let (a, _, frame) = answer(&mut reply, &store(), 300);
+        assert_eq!(a, Answer::Ready);
+        assert!(matches!(
+            Response::decode(&frame).unwrap(),
+            Response::PrefetchTarget { udp_port: 6000, .. }
+        ));
+        match s.route(prefetch_request(), 400, &stats, stream_id) {
+            Routed::Prefetch {
+                dest,
+                first_blkno: 2,
+                nblocks: 3,
+                due_ns,
+                ..
+            } => {
+                // The TCP peer's own IP, never one the client names.
+                assert_eq!(dest.addr, SocketAddr::from(([10, 0, 0, 1], 6000)));
+                assert_eq!(dest.conn, 3);
+                assert_eq!(dest.key.stream_id(), [7; STREAM_ID_LEN]);
+                assert_eq!(due_ns, 400 + DELAY_NS);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_target_without_a_port_or_peer_is_an_error_and_registers_nothing() {
+        let stats = ServerStats::default();
+        let mut s = session();
+        let mut reply = respond(s.route(target_request(0), 0, &stats, stream_id));
+        let (_, _, frame) = answer(&mut reply, &store(), 0);
+        assert!(matches!(
+            Response::decode(&frame).unwrap(),
+            Response::Error { .. }
+        ));
+        assert!(s.target().is_none());
+        let config = SessionConfig {
+            service_delay_ns: 0,
+            protection: Protection::default(),
+        };
+        let mut no_peer = Session::new(1, None, config);
+        respond(no_peer.route(target_request(6000), 0, &stats, stream_id));
+        assert!(no_peer.target().is_none());
+        let mut no_randomness = session();
+        let failing = || Err::<[u8; STREAM_ID_LEN], _>("no randomness");
+        respond(no_randomness.route(target_request(6000), 0, &stats, failing));
+        assert!(no_randomness.target().is_none());
+    }
+
+    #[test]
+    fn a_get_page_waits_for_wal_then_is_served_and_reported_once() {
+        let stats = ServerStats::default();
+        let store = store();
+        let mut s = session();
+        respond(s.route(target_request(6000), 0, &stats, stream_id));
+        let mut work = respond(s.route(get_page(1, 300), 10, &stats, stream_id));
+        let (a, fetched, _) = answer(&mut work, &store, 20);
+        assert_eq!(
+            a,
+            Answer::WaitForWal {
+                lsn: 300,
+                deadline_ns: 20 + 5 * MS
+            }
+        );
+        assert_eq!(fetched, [Synthetic::rel(0).block(1)]);
+        let tag = Synthetic::rel(0).block(1);
+        store.put_page(tag, 300, &synthetic_page(tag, 300)).unwrap();
+        let (a, fetched, frame) = answer(&mut work, &store, 30);
+        assert_eq!(a, Answer::Ready);
+        assert!(fetched.is_empty(), "reported on the first call only");
+        match Response::decode(&frame).unwrap() {
+            Response::GetPage { page, blkno: 1, .. } => assert_eq!(page_lsn(&page), 300),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wal_wait_ends_in_the_timeout_error_at_its_deadline() {
+        let stats = ServerStats::default();
+        let store = store();
+        let mut work = respond(session().route(get_page(1, 300), 0, &stats, stream_id));
+        assert!(matches!(
+            answer(&mut work, &store, 0).0,
+            Answer::WaitForWal { .. }
+        ));
+        assert!(matches!(
+            answer(&mut work, &store, 5 * MS - 1).0,
+            Answer::WaitForWal { .. }
+        ));
+        let (a, _, frame) = answer(&mut work, &store, 5 * MS);
+        assert_eq!(a, Answer::Ready);
+        match Response::decode(&frame).unwrap() {
+            Response::Error { message, .. } => assert!(message.contains("timed out"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_put_page_waits_for_nothing_and_advances_wal() {
+        let stats = ServerStats::default();
+        let store = store();
+        let tag = Synthetic::rel(0).block(2);
+        let put = Request::PutPage {
+            hdr: Header::default(),
+            rel: tag.rel,
+            blkno: tag.blkno,
+            lsn: 500,
+            page: synthetic_page(tag, 500),
+        };
+        let mut work = respond(session().route(put, 0, &stats, stream_id));
+        let (a, _, frame) = answer(&mut work, &store, 0);
+        assert_eq!(a, Answer::Ready);
+        assert!(matches!(
+            Response::decode(&frame).unwrap(),
+            Response::PutPage { lsn: 500, .. }
+        ));
+        assert_eq!(store.last_record_lsn(), 500);
+    }
+
+    use std::sync::atomic::Ordering;
+}
