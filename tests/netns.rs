@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{required, run_with_limit, Finished, ServerProc, WorkersProc, BIN};
+use common::{required, run_with_limit, scan_rel_command, Finished, ServerProc, WorkersProc, BIN};
 use std::process::Command;
 use std::time::Duration;
 use udp_prefetch::bench::twohost::{TwoHosts, COMPUTE_ADDR, SERVER_ADDR};
@@ -49,21 +49,7 @@ fn json_of(what: &str, done: &Finished) -> serde_json::Value {
 }
 
 fn udp_scan(server: &ServerProc, lfc: &std::path::Path, rel: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "scan",
-        "--server",
-        &server.addr,
-        "--rel",
-        rel,
-        "--mode",
-        "udp",
-    ])
-    .arg("--lfc")
-    .arg(lfc)
-    .arg("--json")
-    .env("RUST_LOG", "warn");
-    cmd
+    scan_rel_command(server, lfc, "udp", rel)
 }
 
 fn assert_scan_verified(what: &str, r: &serde_json::Value) {

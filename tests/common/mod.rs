@@ -98,13 +98,23 @@ impl Drop for ServerProc {
 /// `udp-prefetch scan --json` of [`REL`] on `server` in `mode` through the LFC at `lfc`; more
 /// flags may be added.
 pub fn scan_command(server: &ServerProc, lfc: &std::path::Path, mode: &str) -> Command {
+    scan_rel_command(server, lfc, mode, REL)
+}
+
+/// Like [`scan_command`], of relation `rel`.
+pub fn scan_rel_command(
+    server: &ServerProc,
+    lfc: &std::path::Path,
+    mode: &str,
+    rel: &str,
+) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "scan",
         "--server",
         &server.addr,
         "--rel",
-        REL,
+        rel,
         "--mode",
         mode,
     ])
