@@ -33,6 +33,28 @@ fn reap(child: &mut Child) {
     }
 }
 
+/// Spawns `cmd` (a `udp-prefetch <what>` server) with its output piped and waits for its ready
+/// line, `udp-prefetch <what> listening on …`; returns the child and the rest of that line.
+fn spawn_ready(cmd: &mut Command, what: &str) -> (Child, String) {
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn udp-prefetch {what}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read ready line");
+    let rest = line
+        .trim()
+        .strip_prefix(&format!("udp-prefetch {what} listening on "))
+        .unwrap_or_else(|| panic!("unexpected first line from {what}: {line:?}"))
+        .to_string();
+    (child, rest)
+}
+
 /// A `udp-prefetch pageserver` child process; SIGTERMed and reaped on drop.
 pub struct ServerProc {
     pub child: Child,
@@ -49,24 +71,14 @@ impl ServerProc {
 
     /// Like `start`, listening on `listen`.
     pub fn start_on(listen: &str, extra: &[&str]) -> ServerProc {
-        let mut child = Command::new(BIN)
-            .arg("pageserver")
-            .args(["--listen", listen])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn udp-prefetch pageserver");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read ready line");
-        let rest = line
-            .trim()
-            .strip_prefix("udp-prefetch pageserver listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from pageserver: {line:?}"));
+        let (child, rest) = spawn_ready(
+            Command::new(BIN)
+                .arg("pageserver")
+                .args(["--listen", listen])
+                .args(extra),
+            "pageserver",
+        );
+        let rest = rest.as_str();
         let (addr, metrics) = match rest.split_once(" metrics=") {
             Some((addr, m)) => (addr, Some(m.parse().expect("metrics address"))),
             None => (rest, None),
@@ -240,26 +252,14 @@ impl WorkersProc {
         lfc: &std::path::Path,
         extra: &[&str],
     ) -> WorkersProc {
-        let mut child = cmd
-            .arg("workers")
-            .arg("--lfc")
-            .arg(lfc)
-            .args(["--listen", listen, "--metrics", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn udp-prefetch workers");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read ready line");
-        let rest = line
-            .trim()
-            .strip_prefix("udp-prefetch workers listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from workers: {line:?}"));
+        let (child, rest) = spawn_ready(
+            cmd.arg("workers")
+                .arg("--lfc")
+                .arg(lfc)
+                .args(["--listen", listen, "--metrics", "127.0.0.1:0"])
+                .args(extra),
+            "workers",
+        );
         let mut words = rest.split_whitespace();
         let addr: std::net::SocketAddr = words.next().unwrap().parse().unwrap();
         let field = |w: &str, k: &str| w.strip_prefix(k).map(str::to_string);
