@@ -3,8 +3,8 @@
 //! checksum, or the GCM tag, cover every byte).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
 use lfc::RelTag;
+use libfuzzer_sys::fuzz_target;
 use workers::datagram::{DatagramHeader, DatagramKey, Protection, DATAGRAM_LEN};
 
 const KEY: [u8; 32] = [0x42; 32];
