@@ -166,7 +166,9 @@ impl TwoHosts {
     }
 
     /// The compute's count of IP datagrams whose reassembly failed (`Ip: ReasmFails`): a
-    /// fragment lost or too late, so the whole datagram is.
+    /// fragment lost or too late, so the whole datagram is. The kernel counts one when the
+    /// datagram's fragment queue times out (`net.ipv4.ipfrag_time`, 30 s by default) or is
+    /// evicted, so the count trails the loss.
     pub fn compute_reassembly_failures(&self) -> anyhow::Result<u64> {
         self.in_compute(|| {
             let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
