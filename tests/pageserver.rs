@@ -123,6 +123,90 @@ fn too_many_connections_is_53300_and_frees_up_after_a_disconnect() {
     }
 }
 
+/// Reads what the server sends on `s` until it closes the connection (bounded by `limit`).
+fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("the server closes the connection within the limit");
+    got
+}
+
+#[test]
+fn a_connection_that_says_nothing_is_closed_after_the_startup_timeout_and_frees_its_slot() {
+    let server = ServerProc::start(&["--max-connections", "1", "--startup-timeout-ms", "200"]);
+    // Connects and never sends a startup packet: before this change it held the only slot
+    // for as long as it stayed open.
+    let mut silent = TcpStream::connect(&server.addr).unwrap();
+    let got = read_until_closed(&mut silent, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("canceling authentication due to timeout") && text.contains("57014"),
+        "{text:?}"
+    );
+    // Its slot is free: a real client gets in (retrying while the server counts the close).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut client = loop {
+        match PageClient::connect(&ConnectOptions::new(server.addr.clone())) {
+            Ok(c) => break c,
+            Err(ClientError::Server(e))
+                if e.code == "53300" && std::time::Instant::now() < deadline =>
+            {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("a client after the silent one: {e}"),
+        }
+    };
+    assert!(client.exists(Synthetic::rel(0), LATEST_LSN).unwrap());
+}
+
+#[test]
+fn an_established_connection_silent_past_the_idle_timeout_is_closed() {
+    let server = ServerProc::start(&["--idle-timeout-s", "1"]);
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let mut startup = Vec::new();
+    FrontendMessage::Startup {
+        params: vec![("user".into(), "idle".into())],
+    }
+    .encode(&mut startup);
+    s.write_all(&startup).unwrap();
+    let got = read_until_closed(&mut s, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("terminating connection due to idle-session timeout")
+            && text.contains("57P05"),
+        "{text:?}"
+    );
+    // Without the flag a connection stays open: the same startup gets ReadyForQuery and no
+    // close within twice the timeout above.
+    let patient = ServerProc::start(&[]);
+    let mut s = TcpStream::connect(&patient.addr).unwrap();
+    s.write_all(&startup).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(
+        !closed,
+        "no idle timeout by default: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
 #[test]
 fn token_is_required_and_checked() {
     let server = ServerProc::start(&["--token", "s3cret"]);

@@ -24,6 +24,15 @@ pub struct PageServerArgs {
     /// Connections served at once; more are refused with SQLSTATE 53300.
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
+    /// Milliseconds a client may take from connecting to the end of its startup (and
+    /// password); a silent connection is then closed with SQLSTATE 57014, as PostgreSQL's
+    /// `authentication_timeout` does.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub startup_timeout_ms: u64,
+    /// Seconds an established connection may stay silent before it is closed (SQLSTATE
+    /// 57P05); 0 = never, as PostgreSQL's `idle_session_timeout`.
+    #[arg(long, default_value_t = 0)]
+    pub idle_timeout_s: u64,
     /// Emulated storage latency added to every response, in microseconds; applied per request
     /// without delaying other requests.
     #[arg(long, default_value_t = 0)]
@@ -95,6 +104,8 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         source: args.source,
         token: args.token,
         max_connections: args.max_connections,
+        startup_timeout: Duration::from_millis(args.startup_timeout_ms),
+        idle_timeout: (args.idle_timeout_s > 0).then(|| Duration::from_secs(args.idle_timeout_s)),
         service_delay_us: args.service_delay_us,
         lsn_wait_timeout: Duration::from_millis(args.lsn_wait_timeout_ms),
         max_page_versions: args.max_page_versions,

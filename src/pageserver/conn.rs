@@ -68,15 +68,73 @@ pub(super) fn serve(
     conn_id: ConnId,
 ) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
+    // Bounds the whole startup, password included: a client that connects and says nothing
+    // must not hold a connection slot for long. (A read timeout per read: a client trickling
+    // a byte at a time could stretch it, each byte restarting the clock; the acceptor's
+    // connection limit still bounds what such clients hold.)
+    stream.set_read_timeout(Some(shared.config.startup_timeout))?;
     let mut reader = FramedReader::new(stream.try_clone()?);
     let mut decoder = FrontendDecoder::new();
-    let Some(user) = read_startup(&mut stream, &mut reader, &mut decoder)? else {
-        return Ok(());
+    match startup(&mut stream, &mut reader, &mut decoder, &shared, over_limit) {
+        Ok(true) => {}
+        Ok(false) => return Ok(()),
+        Err(e) if is_timeout(&e) => {
+            bump(&shared.stats.protocol_errors);
+            return Err(refuse(
+                &mut stream,
+                ErrorFields::fatal(
+                    sqlstate::QUERY_CANCELED,
+                    "canceling authentication due to timeout",
+                ),
+            ));
+        }
+        Err(e) => return Err(e),
+    }
+    stream.set_read_timeout(shared.config.idle_timeout)?;
+    query_loop(stream, reader, decoder, shared, conn_id)
+}
+
+/// What a connection silent for `--idle-timeout-s` is told before it is closed (PostgreSQL's
+/// words for its `idle_session_timeout`).
+fn idle_timeout_error() -> ErrorFields {
+    ErrorFields::fatal(
+        sqlstate::IDLE_SESSION_TIMEOUT,
+        "terminating connection due to idle-session timeout",
+    )
+}
+
+/// Whether a read ended because the socket's read timeout passed.
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// `timed_out` for a connection's error.
+fn is_timeout(e: &ConnError) -> bool {
+    match e {
+        ConnError::Io(io) | ConnError::Framed(FramedError::Io(io)) => timed_out(io),
+        _ => false,
+    }
+}
+
+/// The startup up to ReadyForQuery: the startup packet, the connection limit, the password.
+/// `Ok(false)` when the client left (or was refused) before it was done.
+fn startup(
+    stream: &mut TcpStream,
+    reader: &mut Reader,
+    decoder: &mut FrontendDecoder,
+    shared: &Shared,
+    over_limit: bool,
+) -> Result<bool, ConnError> {
+    let Some(user) = read_startup(stream, reader, decoder)? else {
+        return Ok(false);
     };
     if over_limit {
         bump(&shared.stats.connections_rejected);
         return Err(refuse(
-            &mut stream,
+            stream,
             ErrorFields::fatal(
                 sqlstate::TOO_MANY_CONNECTIONS,
                 "sorry, too many clients already",
@@ -84,22 +142,14 @@ pub(super) fn serve(
         ));
     }
     if let Some(token) = &shared.config.token {
-        let authenticated = authenticate(
-            &mut stream,
-            &mut reader,
-            &mut decoder,
-            &shared,
-            token,
-            &user,
-        )?;
-        if !authenticated {
-            return Ok(());
+        if !authenticate(stream, reader, decoder, shared, token, &user)? {
+            return Ok(false);
         }
     }
     let source = shared.store.source();
     let data_checksums = source.data_checksum_version() != 0;
-    send_startup_done(&mut stream, data_checksums, source.system_identifier())?;
-    query_loop(stream, reader, decoder, shared, conn_id)
+    send_startup_done(stream, data_checksums, source.system_identifier())?;
+    Ok(true)
 }
 
 /// Reads up to the startup message (refusing encryption on the way) and returns its user, or
@@ -266,6 +316,9 @@ fn query_loop(
                     ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
                 ));
             }
+            Err(FramedError::Io(e)) if timed_out(&e) => {
+                return Err(refuse(&mut stream, idle_timeout_error()));
+            }
             Err(e) => return Err(e.into()),
         };
         match msg {
@@ -386,6 +439,7 @@ fn pagestream_session(
             Err(FramedError::Protocol(e)) => {
                 ErrorFields::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())
             }
+            Err(FramedError::Io(e)) if timed_out(&e) => idle_timeout_error(),
             Err(e) => break Err(e.into()),
         };
         bump(&shared.stats.protocol_errors);

@@ -42,6 +42,12 @@ pub struct ServerConfig {
     /// Cleartext password clients must send, when set.
     pub token: Option<String>,
     pub max_connections: usize,
+    /// How long a client may take from connecting to finishing its startup (and password):
+    /// a connection that says nothing holds a slot of `max_connections` only this long.
+    pub startup_timeout: Duration,
+    /// How long an established connection may stay silent before it is closed (None: forever,
+    /// as PostgreSQL's `idle_session_timeout` of 0).
+    pub idle_timeout: Option<Duration>,
     /// Emulated storage latency added to every response, in microseconds.
     pub service_delay_us: u64,
     /// How long a request waits for WAL to reach its `not_modified_since`.
@@ -77,6 +83,9 @@ impl Default for ServerConfig {
             source: SourceSpec::default(),
             token: None,
             max_connections: 256,
+            // PostgreSQL's `authentication_timeout` default.
+            startup_timeout: Duration::from_secs(60),
+            idle_timeout: None,
             service_delay_us: 0,
             lsn_wait_timeout: Duration::from_secs(2),
             max_page_versions: 65_536,

@@ -116,6 +116,11 @@ pub mod sqlstate {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const SYNTAX_ERROR: &str = "42601";
     pub const INTERNAL_ERROR: &str = "XX000";
+    /// PostgreSQL's `query_canceled`, which it also sends when `authentication_timeout` ends a
+    /// startup.
+    pub const QUERY_CANCELED: &str = "57014";
+    /// PostgreSQL's `idle_session_timeout`.
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 }
 
 /// Transaction status byte of ReadyForQuery.
