@@ -317,6 +317,8 @@ impl SimConfig {
                 0
             },
             burst_bytes: rng.range(1, 64) * DATAGRAM_LEN as u64,
+            // The server's own bound: above any range the simulated backends ask for.
+            max_queued_pages_per_conn: SchedulerLimits::default().max_queued_pages_per_conn,
         };
         let max_wait_us = rng.range(200, 4_000);
         let read_path = ReadPathConfig {

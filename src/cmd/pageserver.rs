@@ -55,6 +55,10 @@ pub struct PageServerArgs {
     /// (counted), never GetPages.
     #[arg(long, default_value_t = 1 << 20)]
     pub prefetch_queue_pages: u64,
+    /// Prefetch pages one connection may have queued; beyond it its Prefetch requests are
+    /// dropped (counted), so one client cannot fill the queue for all.
+    #[arg(long, default_value_t = 1 << 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub prefetch_queue_pages_per_conn: u64,
     /// Drop this fraction (0..1) of prefetch datagrams before sending, for loss experiments.
     #[arg(long, default_value_t = 0.0)]
     pub drop_prefetch: f64,
@@ -112,6 +116,7 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         prefetch_senders: args.prefetch_senders,
         prefetch_rate_bytes_per_s: args.prefetch_rate,
         prefetch_queue_pages: args.prefetch_queue_pages,
+        prefetch_queue_pages_per_conn: args.prefetch_queue_pages_per_conn,
         drop_prefetch: args.drop_prefetch,
         drop_seed: args.drop_seed,
         prefetch_gso: !args.no_gso,

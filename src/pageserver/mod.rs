@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub prefetch_rate_bytes_per_s: u64,
     /// Bound on queued prefetch pages across all destinations.
     pub prefetch_queue_pages: u64,
+    /// Bound on one connection's queued prefetch pages.
+    pub prefetch_queue_pages_per_conn: u64,
     /// Fraction of prefetch datagrams dropped before sending, and the drop pattern's seed.
     pub drop_prefetch: f64,
     pub drop_seed: u64,
@@ -92,6 +94,7 @@ impl Default for ServerConfig {
             prefetch_senders: default_prefetch_senders(),
             prefetch_rate_bytes_per_s: 0,
             prefetch_queue_pages: 1 << 20,
+            prefetch_queue_pages_per_conn: 1 << 16,
             drop_prefetch: 0.0,
             drop_seed: 1,
             prefetch_gso: true,
@@ -195,6 +198,7 @@ impl PageServer {
                 threads: config.prefetch_senders,
                 limits: SchedulerLimits {
                     max_queued_pages: config.prefetch_queue_pages,
+                    max_queued_pages_per_conn: config.prefetch_queue_pages_per_conn,
                     rate_bytes_per_s: config.prefetch_rate_bytes_per_s,
                     ..SchedulerLimits::default()
                 },

@@ -38,6 +38,8 @@ pub struct Destination {
 struct ConnQueue {
     addr: Option<SocketAddr>,
     jobs: VecDeque<RangeJob>,
+    /// Pages left in `jobs`.
+    pages: u64,
 }
 
 /// One Prefetch request still (partly) to be sent.
@@ -72,6 +74,10 @@ struct Bucket {
 pub struct SchedulerLimits {
     /// Pages queued across all connections; a Prefetch that does not fit is dropped whole.
     pub max_queued_pages: u64,
+    /// Pages one connection may have queued: one client (a runaway prewarm, or a connection
+    /// that registered another compute's daemon) cannot fill the whole queue. A backend's
+    /// window is at most a few thousand pages.
+    pub max_queued_pages_per_conn: u64,
     /// Connections with queued work.
     pub max_queues: usize,
     /// Pacing per destination, bytes per second of datagrams; 0 = unpaced.
@@ -84,6 +90,7 @@ impl Default for SchedulerLimits {
     fn default() -> Self {
         SchedulerLimits {
             max_queued_pages: 1 << 20,
+            max_queued_pages_per_conn: 1 << 16,
             max_queues: 4096,
             rate_bytes_per_s: 0,
             burst_bytes: 64 * DATAGRAM_LEN as u64,
@@ -95,6 +102,8 @@ impl Default for SchedulerLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
     QueueFull,
+    /// The connection has `max_queued_pages_per_conn` queued already.
+    ConnQueueFull,
     TooManyQueues,
 }
 
@@ -207,8 +216,12 @@ impl PrefetchScheduler {
         if self.queued_pages + u64::from(nblocks) > self.limits.max_queued_pages {
             return Err(Overflow::QueueFull);
         }
-        if !self.queues.contains_key(&dest.conn) && self.queues.len() >= self.limits.max_queues {
+        let conn_pages = self.queues.get(&dest.conn).map(|q| q.pages);
+        if conn_pages.is_none() && self.queues.len() >= self.limits.max_queues {
             return Err(Overflow::TooManyQueues);
+        }
+        if conn_pages.unwrap_or(0) + u64::from(nblocks) > self.limits.max_queued_pages_per_conn {
+            return Err(Overflow::ConnQueueFull);
         }
         if let Some(fetched) = self.fetched.get_mut(&dest.addr) {
             // Asked for again (e.g. evicted since its GetPage): this request must be served.
@@ -238,6 +251,7 @@ impl PrefetchScheduler {
             }
             _ => queue.jobs.push_back(job),
         }
+        queue.pages += u64::from(nblocks);
         self.queued_pages += u64::from(nblocks);
         Ok(())
     }
@@ -272,7 +286,8 @@ impl PrefetchScheduler {
             } else {
                 usize::MAX
             };
-            let queue = &mut self.queues.get_mut(&conn).expect("ring names a queue").jobs;
+            let cq = self.queues.get_mut(&conn).expect("ring names a queue");
+            let queue = &mut cq.jobs;
             while out.len() < max && allowance > 0 {
                 let Some(job) = queue.front_mut() else { break };
                 if job.due_ns > now_ns {
@@ -288,6 +303,7 @@ impl PrefetchScheduler {
                 };
                 job.next_blkno += 1;
                 job.remaining -= 1;
+                cq.pages -= 1;
                 self.queued_pages -= 1;
                 if job.remaining == 0 {
                     queue.pop_front();
@@ -355,7 +371,15 @@ impl PrefetchScheduler {
             return 0;
         };
         self.ring.retain(|c| *c != conn);
-        let pages: u64 = queue.jobs.iter().map(|j| u64::from(j.remaining)).sum();
+        let pages = queue.pages;
+        debug_assert_eq!(
+            pages,
+            queue
+                .jobs
+                .iter()
+                .map(|j| u64::from(j.remaining))
+                .sum::<u64>()
+        );
         self.queued_pages -= pages;
         if let Some(addr) = queue.addr {
             self.queue_gone(addr);
@@ -659,6 +683,37 @@ mod tests {
         s.push(&dest(1), Header::default(), REL, u32::MAX - 1, 5, 0)
             .unwrap();
         assert_eq!(s.queued_pages(), 1);
+    }
+
+    #[test]
+    fn one_connection_cannot_fill_the_queue_and_its_bound_frees_as_pages_go() {
+        let limits = SchedulerLimits {
+            max_queued_pages: 100,
+            max_queued_pages_per_conn: 10,
+            ..SchedulerLimits::default()
+        };
+        let mut s = PrefetchScheduler::new(limits);
+        // A hog: its second request would pass the per-connection bound, refused whole.
+        s.push(&conn_to(7, 1), Header::default(), REL, 0, 8, 0)
+            .unwrap();
+        assert_eq!(
+            s.push(&conn_to(7, 1), Header::default(), REL, 8, 3, 0),
+            Err(Overflow::ConnQueueFull)
+        );
+        // Another connection, even to the same destination, still gets its pages queued.
+        s.push(&conn_to(7, 2), Header::default(), REL, 100, 10, 0)
+            .unwrap();
+        assert_eq!(s.queued_pages(), 18);
+        // Pages sent free the hog's bound.
+        let mut out = Vec::new();
+        assert_eq!(s.next_batch(0, 4, &mut out), Next::Ready(4));
+        let hog_sent = out.iter().filter(|j| j.tag.blkno < 100).count() as u32;
+        assert_eq!(hog_sent, 4, "the hog's queue is served first (ring order)");
+        s.push(&conn_to(7, 1), Header::default(), REL, 8, 3, 0)
+            .unwrap();
+        // A closed connection's pages are dropped with it, counted exactly.
+        assert_eq!(s.forget(1), 8 - u64::from(hog_sent) + 3);
+        assert_eq!(s.queued_pages(), 10);
     }
 
     #[test]

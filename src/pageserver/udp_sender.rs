@@ -184,7 +184,7 @@ impl PrefetchSender {
                     .fetch_add(u64::from(nblocks), Ordering::Relaxed);
                 self.inner.work.notify_one();
             }
-            Err(Overflow::QueueFull) | Err(Overflow::TooManyQueues) => {
+            Err(Overflow::QueueFull | Overflow::ConnQueueFull | Overflow::TooManyQueues) => {
                 stats
                     .prefetch_pages_dropped_overflow
                     .fetch_add(u64::from(nblocks), Ordering::Relaxed);
