@@ -193,23 +193,28 @@ fn gso_falls_back_on_small_mtu_path() {
         }
         set_loopback_mtu(1500).unwrap();
         const COUNT: usize = 14;
-        let mem = SlotMem::new(COUNT);
+        let mem = SlotMem::new(2 * COUNT);
         let sock = bind_reuseport(localhost0(), 16 << 20).unwrap();
         let addr = sock.local_addr().unwrap();
-        let mut rx = Receiver::new(sock, IoBackend::Epoll, COUNT).unwrap();
+        let mut rx = Receiver::new(sock, IoBackend::Epoll, 2 * COUNT).unwrap();
         let mut tx = GsoSender::new(sender(), DATAGRAM_LEN, 64, true).unwrap();
         assert!(tx.gso_active(), "the kernel supports UDP_SEGMENT");
-        let data: Vec<Vec<u8>> = (0..COUNT as u32)
+        let data: Vec<Vec<u8>> = (0..2 * COUNT as u32)
             .map(|s| pattern(s, DATAGRAM_LEN))
             .collect();
-        assert_eq!(tx.send(addr, &data).unwrap(), COUNT);
-        assert!(!tx.gso_active(), "GSO must be off after the refused send");
-        assert_eq!(tx.gso_segments(), 1);
-        let seqs = receive_n(&mut rx, &mem, COUNT, |c, img| {
+        assert_eq!(tx.send(addr, &data[..COUNT]).unwrap(), COUNT);
+        assert!(
+            !tx.gso_active_for(addr),
+            "GSO must be off for this destination after the refused send"
+        );
+        assert!(tx.gso_active(), "and only for it: other paths keep GSO");
+        // Sends to the refusing destination go on, one datagram per message.
+        assert_eq!(tx.send(addr, &data[COUNT..]).unwrap(), COUNT);
+        let seqs = receive_n(&mut rx, &mem, 2 * COUNT, |c, img| {
             assert_eq!((c.len, c.truncated), (DATAGRAM_LEN, false));
             assert_eq!(img, &data[seq_of(img) as usize][..]);
         });
-        assert_all_once(&seqs, COUNT);
+        assert_all_once(&seqs, 2 * COUNT);
     })
     .join()
     .unwrap();

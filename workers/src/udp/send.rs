@@ -6,6 +6,7 @@ use std::mem;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::ptr;
+use std::time::{Duration, Instant};
 
 use socket2::SockAddr;
 
@@ -34,8 +35,9 @@ struct GsoControl([u8; 32]);
 /// that the kernel (or the NIC) splits; any other datagram goes alone. GSO is probed when the
 /// sender is built (`getsockopt(UDP_SEGMENT)`, Linux 4.18+). If a GSO send then fails with
 /// `EIO` (no checksum offload on the route's device) or `EMSGSIZE`/`EINVAL` (segment larger
-/// than the path MTU; the errno depends on the kernel version), GSO is switched off for good
-/// with a warning and the batch is re-sent without it.
+/// than the path MTU; the errno depends on the kernel version), GSO is switched off for that
+/// destination only, with a warning, for [`GSO_RETRY`] (the path may change), and the batch is
+/// re-sent without it; other destinations keep it.
 /// Nothing is allocated per send.
 pub struct GsoSender {
     socket: UdpSocket,
@@ -48,6 +50,53 @@ pub struct GsoSender {
     controls: Box<[GsoControl]>,
     /// Datagrams carried by each message of the current `sendmmsg`.
     counts: Box<[usize]>,
+    /// Destinations whose path refused a GSO send, and until when.
+    refused: RefusedPaths,
+}
+
+/// How long a destination whose path refused GSO is sent one datagram per message before GSO
+/// is tried on it again.
+pub const GSO_RETRY: Duration = Duration::from_secs(10);
+/// Destinations remembered as refusing GSO; beyond it the one due soonest for a retry is
+/// forgotten (it is retried early, at the cost of one refused send).
+const MAX_REFUSED_PATHS: usize = 64;
+
+/// The destinations whose path refused GSO, each until a retry time: a bounded table with
+/// `now` passed in.
+#[derive(Debug, Default)]
+struct RefusedPaths {
+    entries: Vec<(SocketAddr, Instant)>,
+}
+
+impl RefusedPaths {
+    /// Whether `dest` is to be sent without GSO at `now`; an entry whose time is up is
+    /// dropped, so the next send tries GSO again.
+    fn refuses(&mut self, dest: &SocketAddr, now: Instant) -> bool {
+        let Some(i) = self.entries.iter().position(|(a, _)| a == dest) else {
+            return false;
+        };
+        if now < self.entries[i].1 {
+            return true;
+        }
+        self.entries.swap_remove(i);
+        false
+    }
+
+    /// Remembers that `dest`'s path refused GSO at `now`.
+    fn refuse(&mut self, dest: SocketAddr, now: Instant) {
+        let until = now + GSO_RETRY;
+        if let Some(e) = self.entries.iter_mut().find(|(a, _)| *a == dest) {
+            e.1 = until;
+            return;
+        }
+        if self.entries.len() == MAX_REFUSED_PATHS {
+            let soonest = (0..self.entries.len())
+                .min_by_key(|&i| self.entries[i].1)
+                .expect("full, so not empty");
+            self.entries.swap_remove(soonest);
+        }
+        self.entries.push((dest, until));
+    }
 }
 
 // SAFETY: the raw pointers in the scratch arrays only hold addresses during a `send` call
@@ -103,12 +152,19 @@ impl GsoSender {
                 .collect(),
             controls: vec![GsoControl([0; 32]); max_batch].into_boxed_slice(),
             counts: vec![0; max_batch].into_boxed_slice(),
+            refused: RefusedPaths::default(),
         })
     }
 
-    /// Whether sends currently use GSO.
+    /// Whether sends use GSO (the kernel supports it and it was allowed); a destination whose
+    /// path refused it goes without for a while ([`gso_active_for`](Self::gso_active_for)).
     pub fn gso_active(&self) -> bool {
         self.gso
+    }
+
+    /// Whether sends to `dest` use GSO now.
+    pub fn gso_active_for(&mut self, dest: SocketAddr) -> bool {
+        self.gso && !self.refused.refuses(&dest, Instant::now())
     }
 
     /// Datagrams packed per message: up to 64 KiB worth with GSO, else 1.
@@ -179,9 +235,20 @@ impl GsoSender {
         fill: impl Fn(usize, &mut [libc::iovec]) -> Option<usize>,
     ) -> io::Result<usize> {
         let addr = SockAddr::from(dest);
+        let mut gso = self.gso_active_for(dest);
         let mut sent = 0;
         while sent < count {
-            match self.send_chunk(&addr, sent, count, &fill) {
+            match self.send_chunk(&addr, gso, sent, count, &fill) {
+                Err(e) if gso && gso_refused(&e) && self.counts.iter().any(|&c| c > 1) => {
+                    tracing::warn!(
+                        error = %e,
+                        destination = %dest,
+                        retry_after_s = GSO_RETRY.as_secs(),
+                        "UDP GSO send refused on this path; sending it one datagram per message"
+                    );
+                    self.refused.refuse(dest, Instant::now());
+                    gso = false;
+                }
                 Ok(n) if n > 0 => sent += n,
                 Ok(_) => break,
                 Err(e) if sent > 0 && e.kind() != io::ErrorKind::Interrupted => break,
@@ -197,12 +264,12 @@ impl GsoSender {
     fn send_chunk(
         &mut self,
         addr: &SockAddr,
+        gso: bool,
         start: usize,
         count: usize,
         fill: &impl Fn(usize, &mut [libc::iovec]) -> Option<usize>,
     ) -> io::Result<usize> {
         let end = count.min(start + self.max_batch);
-        let gso = self.gso;
         let mut nmsg = 0;
         let mut iov_used = 0;
         let mut i = start;
@@ -257,22 +324,22 @@ impl GsoSender {
             )
         };
         if rc < 0 {
-            let e = errno();
-            let gso_used = self.counts[..nmsg].iter().any(|&c| c > 1);
-            // EIO: the route's device cannot checksum-offload; EINVAL (older kernels) or
-            // EMSGSIZE (newer ones): a segment exceeds the path MTU.
-            if gso_used && matches!(e, libc::EIO | libc::EINVAL | libc::EMSGSIZE) {
-                tracing::warn!(
-                    error = %io::Error::from_raw_os_error(e),
-                    "UDP GSO send refused; falling back to one datagram per message"
-                );
-                self.gso = false;
-                return self.send_chunk(addr, start, count, fill);
-            }
-            return Err(io::Error::from_raw_os_error(e));
+            // Only this call's messages count for the caller's "was GSO used" check.
+            self.counts[nmsg..].fill(0);
+            return Err(io::Error::from_raw_os_error(errno()));
         }
         Ok(self.counts[..rc as usize].iter().sum())
     }
+}
+
+/// Whether a failed GSO send means the path cannot take it: EIO, the route's device cannot
+/// checksum-offload; EINVAL (older kernels) or EMSGSIZE (newer ones), a segment exceeds the
+/// path MTU.
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE)
+    )
 }
 
 /// Whether the kernel knows `UDP_SEGMENT` (Linux 4.18+). Read-only probe: no socket state
@@ -301,5 +368,41 @@ fn write_gso_cmsg(ctl: &mut GsoControl, segment: u16) {
         (*c).cmsg_type = libc::UDP_SEGMENT;
         (*c).cmsg_len = libc::CMSG_LEN(2) as _;
         ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_path_goes_without_gso_until_its_retry_and_the_table_stays_bounded() {
+        let t0 = Instant::now();
+        let a: SocketAddr = "198.18.0.2:6401".parse().unwrap();
+        let b: SocketAddr = "198.18.0.3:6401".parse().unwrap();
+        let mut r = RefusedPaths::default();
+        assert!(!r.refuses(&a, t0));
+        r.refuse(a, t0);
+        assert!(r.refuses(&a, t0 + GSO_RETRY / 2));
+        assert!(!r.refuses(&b, t0), "only the refusing destination");
+        assert!(
+            !r.refuses(&a, t0 + GSO_RETRY),
+            "retried once its time is up"
+        );
+        assert!(!r.refuses(&a, t0), "and forgotten until it refuses again");
+        // Full: the entry due soonest makes room, the others stay.
+        for i in 0..MAX_REFUSED_PATHS as u16 {
+            r.refuse(
+                SocketAddr::from(([10, 0, 0, 1], i)),
+                t0 + Duration::from_millis(i.into()),
+            );
+        }
+        r.refuse(a, t0 + Duration::from_secs(1));
+        assert_eq!(r.entries.len(), MAX_REFUSED_PATHS);
+        assert!(r.refuses(&a, t0 + Duration::from_secs(2)));
+        let first = SocketAddr::from(([10, 0, 0, 1], 0));
+        assert!(!r.refuses(&first, t0 + Duration::from_secs(2)), "evicted");
+        let last = SocketAddr::from(([10, 0, 0, 1], MAX_REFUSED_PATHS as u16 - 1));
+        assert!(r.refuses(&last, t0 + Duration::from_secs(2)));
     }
 }
