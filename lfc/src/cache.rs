@@ -1519,7 +1519,10 @@ impl Lfc {
         let cells = self.stat_cells();
         for stripe in 0..STAT_STRIPES {
             for (i, sum) in sums.iter_mut().enumerate() {
-                *sum += cells[stripe * STAT_COUNTERS + i].load(Ordering::Relaxed);
+                // Wrapping: the cells are shared memory any process (or a damaged file) may
+                // have filled with anything; a statistic must not panic on it (found by the
+                // `lfc_open` fuzz target).
+                *sum = sum.wrapping_add(cells[stripe * STAT_COUNTERS + i].load(Ordering::Relaxed));
             }
         }
         let mut s = LfcStats::from_sums(&sums);

@@ -167,3 +167,20 @@ fn a_short_file_of_something_else_is_not_an_lfc_file_whatever_its_size() {
     std::fs::write(&path, b"UPLFC").unwrap();
     assert!(matches!(open_err(&path), AttachError::Truncated { .. }));
 }
+
+/// Found by the `lfc_open` fuzz target: a file whose header is valid but whose shared counters
+/// hold anything (every cell all ones here) made `stats()` overflow while summing the stripes.
+/// Counters are statistics over shared memory: they wrap, never panic.
+#[test]
+fn garbage_counters_do_not_make_stats_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = valid_file(dir.path(), 64);
+    // The counter stripes start at byte 1024 (`layout::STATS_OFFSET`), 8-byte cells.
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(SeekFrom::Start(1024)).unwrap();
+    f.write_all(&[0xFF; 2048]).unwrap();
+    drop(f);
+    let lfc = Lfc::open(&path).expect("the header is still valid");
+    let s = lfc.stats();
+    assert_eq!(s.capacity_pages, 64);
+}
