@@ -10,7 +10,8 @@
 mod common;
 
 use common::{
-    run_with_limit, scan_command, wait_with_limit, Finished, ServerProc, WorkersProc, BIN,
+    assert_every_page_verified, counter, lfc_stat, report, run_with_limit, scan_command,
+    scan_limit, wait_with_limit, ServerProc, WorkersProc, BIN,
 };
 use std::net::UdpSocket;
 use std::path::Path;
@@ -32,31 +33,6 @@ fn spawn_scan(server: &ServerProc, lfc: &Path, mode: &str) -> Child {
         .expect("spawn udp-prefetch scan")
 }
 
-/// The report of a scan that exited 0.
-fn report(what: &str, done: &Finished) -> serde_json::Value {
-    assert!(
-        done.status.is_some(),
-        "{what}: still running after {:.1} s, killed (a crawl?); stderr: {}",
-        done.elapsed.as_secs_f64(),
-        done.stderr
-    );
-    assert_eq!(done.code(), Some(0), "{what}: stderr: {}", done.stderr);
-    serde_json::from_str(&done.stdout)
-        .unwrap_or_else(|e| panic!("{what}: scan --json output: {e}: {:?}", done.stdout))
-}
-
-fn counter(r: &serde_json::Value, name: &str) -> u64 {
-    r[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("scan --json lacks counter {name}: {r}"))
-}
-
-fn assert_every_page_verified(r: &serde_json::Value, pages: u64) {
-    assert_eq!(counter(r, "pages"), pages, "{r}");
-    assert_eq!(counter(r, "verified"), pages, "{r}");
-    assert_eq!(counter(r, "failed"), 0, "{r}");
-}
-
 /// A udp scan under a fault must not degrade to one full wait per page: at most an eighth of
 /// the pages may have waited out their budget (before issue 13, about half of them did).
 fn assert_no_crawl(r: &serde_json::Value) {
@@ -65,19 +41,6 @@ fn assert_no_crawl(r: &serde_json::Value) {
         counter(r, "wait_timeouts") < pages / 8,
         "reads kept waiting out their budget instead of moving to TCP pipelining: {r}"
     );
-}
-
-/// Measures a tcp-pipelined scan of the relation (no LFC needed) and returns how long a
-/// faulted udp scan of it may run: generous (30 s plus 20 times as long), only a guard against
-/// a crawl.
-fn scan_limit(server: &ServerProc, lfc: &Path) -> (Duration, serde_json::Value) {
-    let done = run_with_limit(
-        &mut scan_command(server, lfc, "tcp-pipelined"),
-        Duration::from_secs(120),
-    );
-    let r = report("tcp-pipelined scan", &done);
-    assert_every_page_verified(&r, PAGES);
-    (Duration::from_secs(30) + done.elapsed * 20, r)
 }
 
 /// Waits until the daemon has installed `pages` datagrams: UDP is delivering. (Pages in the LFC
@@ -157,7 +120,7 @@ fn try_udp_scan_under_way() -> Option<UdpScanUnderWay> {
         &lfc,
         &["--size", "128MiB", "--threads", "1", "--no-thread-classes"],
     );
-    let (limit, pipelined) = scan_limit(&server, &lfc);
+    let (limit, pipelined) = scan_limit(&server, &lfc, PAGES);
     let mut scan = spawn_scan(&server, &lfc, "udp");
     if !wait_for_udp_installs(&workers, 256, &mut scan) {
         return None;
@@ -170,17 +133,6 @@ fn try_udp_scan_under_way() -> Option<UdpScanUnderWay> {
         _server: server,
         _dir: dir,
     })
-}
-
-fn lfc_stat(lfc: &Path) -> serde_json::Value {
-    let done = run_with_limit(
-        Command::new(BIN)
-            .args(["lfc", "stat", "--json", "--lfc"])
-            .arg(lfc),
-        Duration::from_secs(30),
-    );
-    assert_eq!(done.code(), Some(0), "lfc stat: {}", done.stderr);
-    serde_json::from_str(&done.stdout).expect("lfc stat --json output")
 }
 
 fn workers_command(lfc: &Path, listen: &str) -> Command {
@@ -272,7 +224,7 @@ fn udp_scan_with_no_daemon_on_the_lfc_reads_everything_over_tcp_pipelining() {
     // A cache nobody serves: created, never attached by a daemon.
     drop(lfc::Lfc::create(&lfc, PAGES + 8192).expect("create the LFC"));
     let server = fault_server();
-    let (limit, pipelined) = scan_limit(&server, &lfc);
+    let (limit, pipelined) = scan_limit(&server, &lfc, PAGES);
     let r = report(
         "udp scan, no daemon",
         &run_with_limit(&mut scan_command(&server, &lfc, "udp"), limit),

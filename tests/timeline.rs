@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{run_with_limit, scan_command, ServerProc, WorkersProc, BIN, REL};
+use common::{lfc_stat, run_with_limit, scan_command, ServerProc, WorkersProc, BIN, REL};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -18,17 +18,6 @@ const TENANT_A: &str = "0123456789abcdef0123456789abcdef";
 const TIMELINE_A: &str = "11111111111111111111111111111111";
 const TIMELINE_B: &str = "22222222222222222222222222222222";
 const ZERO: &str = "00000000000000000000000000000000";
-
-fn lfc_stat(lfc: &Path) -> serde_json::Value {
-    let done = run_with_limit(
-        Command::new(BIN)
-            .args(["lfc", "stat", "--json", "--lfc"])
-            .arg(lfc),
-        LIMIT,
-    );
-    assert_eq!(done.code(), Some(0), "lfc stat: {}", done.stderr);
-    serde_json::from_str(&done.stdout).expect("lfc stat --json output")
-}
 
 fn lfc_stat_human(lfc: &Path) -> String {
     let done = run_with_limit(

@@ -1528,13 +1528,43 @@ impl Lfc {
         let mut s = LfcStats::from_sums(&sums);
         s.capacity_pages = self.geo.capacity_pages;
         for frame in 0..self.geo.capacity_pages as u32 {
-            match self.meta(frame).ctl().kind() {
+            let c = self.meta(frame).ctl();
+            match c.kind() {
                 KIND_VALID => s.used_pages += 1,
-                KIND_BUSY => s.busy_pages += 1,
+                KIND_BUSY => {
+                    s.busy_pages += 1;
+                    // One system call per busy frame: few, unless many owners died.
+                    if c.pid() != current_pid() && !process_alive(c.pid()) {
+                        s.busy_dead_pages += 1;
+                    }
+                }
                 _ => {}
             }
         }
         s
+    }
+
+    /// Takes back every frame a dead process left BUSY (its reservations and half-done
+    /// installs), folding their lwlsn as the CLOCK sweep does; returns how many. O(capacity):
+    /// the worker daemon runs it once at start, so the frames its crashed predecessor held are
+    /// free again at once instead of whenever the sweep next passes them. Safe beside live
+    /// processes: it changes only frames whose owner is dead, by the same compare-and-swap the
+    /// sweep uses, and a stale bucket link to a freed frame is harmless (invariant 2).
+    pub fn reclaim_dead_frames(&self) -> u64 {
+        let me = current_pid();
+        let mut reclaimed = 0;
+        for frame in 0..self.geo.capacity_pages as u32 {
+            let c = self.meta(frame).ctl();
+            if c.kind() == KIND_BUSY
+                && c.pid() != me
+                && !process_alive(c.pid())
+                && self.reclaim_dead(frame, c)
+            {
+                self.release_frame(frame);
+                reclaimed += 1;
+            }
+        }
+        reclaimed
     }
 
     /// A lower bound on the frames that are FREE, read in O(1) (the hint `claim_free` keeps; it

@@ -67,6 +67,10 @@ pub struct LfcStats {
     pub used_pages: u64,
     /// Frames owned by a process (reservations, installs in progress).
     pub busy_pages: u64,
+    /// Of `busy_pages`, those whose owner has died (a crashed daemon's reservations): taken back
+    /// by the CLOCK sweep or a bucket repair that meets them, or all at once by
+    /// `Lfc::reclaim_dead_frames` (the worker daemon's start).
+    pub busy_dead_pages: u64,
     pub hits: u64,
     pub misses: u64,
     /// Prefetched pages accepted (`install_prefetched` and `Reservation::publish`).

@@ -171,3 +171,59 @@ fn run(test: &str, colliding: bool) {
     );
     assert_eq!(s.busy_pages, 0);
 }
+
+const TEST_RECLAIM: &str = "a_dead_processs_reservations_are_counted_and_reclaimed_at_once";
+
+/// What the worker daemon does at start after a crash: `lfc stat` counts the frames a SIGKILLed
+/// process left reserved as dead, and `reclaim_dead_frames` frees exactly those, leaving a live
+/// process's reservations alone.
+#[test]
+fn a_dead_processs_reservations_are_counted_and_reclaimed_at_once() {
+    const HELD: usize = 5;
+    if let Ok(path) = std::env::var("LFC_RECLAIM_PATH") {
+        let lfc = Lfc::open(&path).unwrap();
+        let held: Vec<_> = (0..HELD).map(|_| lfc.reserve().unwrap()).collect();
+        println!("READY");
+        std::mem::forget(held);
+        // Killed by the parent while holding them.
+        loop {
+            std::thread::park();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lfc");
+    let lfc = Lfc::create(&path, CAPACITY).unwrap();
+    let mine = lfc.reserve().unwrap();
+    let mut victim = spawn_role(
+        TEST_RECLAIM,
+        &[("LFC_RECLAIM_PATH", path.display().to_string())],
+    );
+    wait_ready(&mut victim);
+    let s = lfc.stats();
+    assert_eq!(
+        (s.busy_pages, s.busy_dead_pages),
+        (HELD as u64 + 1, 0),
+        "{s:?}"
+    );
+    victim.kill().unwrap();
+    victim.wait().unwrap(); // Reaped: a zombie still counts as alive.
+    let s = lfc.stats();
+    assert_eq!(
+        (s.busy_pages, s.busy_dead_pages),
+        (HELD as u64 + 1, HELD as u64),
+        "{s:?}"
+    );
+    assert_eq!(lfc.reclaim_dead_frames(), HELD as u64);
+    let s = lfc.stats();
+    assert_eq!(
+        (s.busy_pages, s.busy_dead_pages),
+        (1, 0),
+        "ours is kept: {s:?}"
+    );
+    assert_eq!(s.reclaims, HELD as u64);
+    assert_eq!(lfc.reclaim_dead_frames(), 0, "nothing left to reclaim");
+    // The freed frames are claimable again, without the sweep.
+    let rest: Vec<_> = (1..CAPACITY).map_while(|_| lfc.reserve()).collect();
+    assert_eq!(rest.len() as u64, CAPACITY - 1);
+    drop((rest, mine));
+}

@@ -74,6 +74,7 @@ fn json_object(
     put("capacity_pages", g.capacity_pages.into());
     put("used_pages", s.used_pages.into());
     put("busy_pages", s.busy_pages.into());
+    put("busy_dead_pages", s.busy_dead_pages.into());
     put("file_bytes", g.file_len.into());
     put("metadata_bytes", g.metadata_bytes.into());
     put("index_buckets", g.index_buckets.into());
@@ -252,10 +253,11 @@ fn print_human(cache: &Lfc, g: &LfcGeometry, s: &LfcStats) {
         pct(g.metadata_bytes, data)
     );
     println!(
-        "  used       {} pages ({:.1} %), {} busy (reserved or being filled)",
+        "  used       {} pages ({:.1} %), {} busy (reserved or being filled), {} of them by dead processes",
         s.used_pages,
         pct(s.used_pages, g.capacity_pages),
-        s.busy_pages
+        s.busy_pages,
+        s.busy_dead_pages
     );
     println!(
         "  lookups    {} hits, {} misses, hit ratio {:.1} %",

@@ -98,10 +98,11 @@ pub fn print_report(r: &ScanReport) {
         }
     }
     println!(
-        "  backend CPU {:.2} us/page; wait p50 {:.1} us, p99 {:.1} us; digest {}",
+        "  backend CPU {:.2} us/page; wait p50 {:.1} us, p99 {:.1} us, max {:.1} us; digest {}",
         r.cpu_us_per_page,
         r.wait_p50_us,
         r.wait_p99_us,
+        r.wait_max_us,
         &r.digest[..16]
     );
 }

@@ -99,6 +99,10 @@ pub struct ScanReport {
     /// Time the backend spent obtaining each page (waiting), percentiles.
     pub wait_p50_us: f64,
     pub wait_p99_us: f64,
+    /// The longest any one page took: the worst stall a query saw (a fault's cost shows here
+    /// long before it moves a percentile). `default` so reports written before it still load.
+    #[serde(default)]
+    pub wait_max_us: f64,
     /// BLAKE3 over every page's XXH3-64 in block order: equal digests mean identical results.
     pub digest: String,
 }
@@ -447,6 +451,7 @@ impl Tally {
             },
             wait_p50_us: percentile(&self.waits_us, 0.5),
             wait_p99_us: percentile(&self.waits_us, 0.99),
+            wait_max_us: self.waits_us.last().copied().unwrap_or(0.0),
             digest: self.hasher.finalize().to_hex().to_string(),
         }
     }

@@ -416,3 +416,58 @@ pub fn wait_with_limit(mut child: Child, limit: Duration) -> Finished {
         elapsed,
     }
 }
+
+/// The JSON report of a `scan --json` that exited 0 (`what` names it in failures).
+pub fn report(what: &str, done: &Finished) -> serde_json::Value {
+    assert!(
+        done.status.is_some(),
+        "{what}: still running after {:.1} s, killed (a crawl?); stderr: {}",
+        done.elapsed.as_secs_f64(),
+        done.stderr
+    );
+    assert_eq!(done.code(), Some(0), "{what}: stderr: {}", done.stderr);
+    serde_json::from_str(&done.stdout)
+        .unwrap_or_else(|e| panic!("{what}: scan --json output: {e}: {:?}", done.stdout))
+}
+
+/// One counter of a scan's JSON report.
+pub fn counter(r: &serde_json::Value, name: &str) -> u64 {
+    r[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("scan --json lacks counter {name}: {r}"))
+}
+
+pub fn assert_every_page_verified(r: &serde_json::Value, pages: u64) {
+    assert_eq!(counter(r, "pages"), pages, "{r}");
+    assert_eq!(counter(r, "verified"), pages, "{r}");
+    assert_eq!(counter(r, "failed"), 0, "{r}");
+}
+
+/// `udp-prefetch lfc stat --json` of `lfc`, which must succeed.
+pub fn lfc_stat(lfc: &std::path::Path) -> serde_json::Value {
+    let done = run_with_limit(
+        Command::new(BIN)
+            .args(["lfc", "stat", "--json", "--lfc"])
+            .arg(lfc),
+        Duration::from_secs(60),
+    );
+    assert_eq!(done.code(), Some(0), "lfc stat: {}", done.stderr);
+    serde_json::from_str(&done.stdout).expect("lfc stat --json output")
+}
+
+/// Measures a tcp-pipelined scan of [`REL`], `pages` long (no LFC needed), and returns how long
+/// a faulted udp scan of it may run, and the reference report (its digest is the right
+/// answer). Generous (30 s plus 20 times as long): only a guard against a crawl.
+pub fn scan_limit(
+    server: &ServerProc,
+    lfc: &std::path::Path,
+    pages: u64,
+) -> (Duration, serde_json::Value) {
+    let done = run_with_limit(
+        &mut scan_command(server, lfc, "tcp-pipelined"),
+        Duration::from_secs(120),
+    );
+    let r = report("tcp-pipelined scan", &done);
+    assert_every_page_verified(&r, pages);
+    (Duration::from_secs(30) + done.elapsed * 20, r)
+}

@@ -328,6 +328,15 @@ pub fn run(
     // Before binding anything: a second daemon for this cache must not take datagrams meant
     // for the first one.
     let _daemon_lock = lfc.lock_for_daemon()?;
+    // A crashed predecessor's reservations (its posted receive slots) stay BUSY until the CLOCK
+    // sweep meets them; take them back now, once, so a crash loop cannot shrink the cache.
+    let reclaimed = lfc.reclaim_dead_frames();
+    if reclaimed > 0 {
+        tracing::info!(
+            reclaimed,
+            "took back the frames dead processes had left reserved in the LFC"
+        );
+    }
     let backend = config.io.resolve()?;
     let sockets = bind_group(config)?;
     let listen = sockets[0].local_addr().map_err(|source| DaemonError::Io {
