@@ -10,10 +10,15 @@
 //! every page costs the same). Within a connection the page its backend reads soonest goes
 //! first: ranges in the order requested, except that a range below the front of the queue (a
 //! page requested again after a loss, which the backend is waiting for) goes ahead of it.
+//!
+//! Priority is per connection too (`PrefetchPriority`, set by the client): a background
+//! connection (prewarm) has a ring of its own, served when no foreground connection has a page
+//! due, and otherwise once after every [`BACKGROUND_SHARE`] foreground batches, so a prewarm
+//! neither slows the scans beside it by more than that share nor waits forever behind them.
 
 use super::store::PageStore;
 use crate::protocol::page::{page_lsn, Page};
-use crate::protocol::pagestream::Header;
+use crate::protocol::pagestream::{Header, PrefetchPriority};
 use lfc::{BufferTag, RelTag};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -31,6 +36,8 @@ pub struct Destination {
     pub addr: SocketAddr,
     pub key: Arc<SealStream>,
     pub conn: ConnId,
+    /// How the senders rank this connection's prefetches.
+    pub priority: PrefetchPriority,
 }
 
 /// One connection's queued ranges.
@@ -40,6 +47,8 @@ struct ConnQueue {
     jobs: VecDeque<RangeJob>,
     /// Pages left in `jobs`.
     pages: u64,
+    /// In the background ring, not the foreground one.
+    background: bool,
 }
 
 /// One Prefetch request still (partly) to be sent.
@@ -112,6 +121,10 @@ pub const SEND_BATCH: usize = 32;
 /// Longest a sender thread sleeps before it looks at the queue again, even unwoken: the real
 /// thread rechecks for shutdown that often.
 pub const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// Foreground batches a waiting background connection lets go first, at most: under a sender
+/// saturated by foreground work, background gets one batch in `BACKGROUND_SHARE + 1` (6 %),
+/// enough that a prewarm always finishes, too little to slow the scans.
+pub const BACKGROUND_SHARE: u32 = 16;
 
 /// What a sender thread does next ([`PrefetchScheduler::next_send`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,8 +157,13 @@ pub struct PrefetchScheduler {
     queues: HashMap<ConnId, ConnQueue>,
     /// Pacing state per destination (the path to one compute), shared by its connections.
     buckets: HashMap<SocketAddr, Bucket>,
-    /// Connections with queued work, in round-robin order.
+    /// Foreground connections with queued work, in round-robin order.
     ring: VecDeque<ConnId>,
+    /// Background connections with queued work, in round-robin order.
+    background_ring: VecDeque<ConnId>,
+    /// Foreground batches sent since the last background one while background work was
+    /// queued (see [`BACKGROUND_SHARE`]).
+    foreground_turns: u32,
     /// Connections with queued work per destination.
     queues_per_addr: HashMap<SocketAddr, usize>,
     queued_pages: u64,
@@ -169,6 +187,8 @@ impl PrefetchScheduler {
             queues: HashMap::new(),
             buckets: HashMap::new(),
             ring: VecDeque::new(),
+            background_ring: VecDeque::new(),
+            foreground_turns: 0,
             queues_per_addr: HashMap::new(),
             queued_pages: 0,
             fetched: HashMap::new(),
@@ -229,11 +249,19 @@ impl PrefetchScheduler {
                 fetched.remove(&rel.block(b));
             }
         }
+        let background = dest.priority == PrefetchPriority::Background;
         let queue = self.queues.entry(dest.conn).or_default();
         if queue.jobs.is_empty() {
-            self.ring.push_back(dest.conn);
             queue.addr = Some(dest.addr);
+            queue.background = background;
             *self.queues_per_addr.entry(dest.addr).or_default() += 1;
+            rings(&mut self.ring, &mut self.background_ring, background).push_back(dest.conn);
+        } else if queue.background != background {
+            // Re-ranked with pages queued: they move to the other ring.
+            rings(&mut self.ring, &mut self.background_ring, queue.background)
+                .retain(|c| *c != dest.conn);
+            rings(&mut self.ring, &mut self.background_ring, background).push_back(dest.conn);
+            queue.background = background;
         }
         let job = RangeJob {
             key: dest.key.clone(),
@@ -270,14 +298,51 @@ impl PrefetchScheduler {
     }
 
     /// Fills `out` (cleared first) with up to `max` pages that may be sent at `now_ns`, taking
-    /// from each connection in turn. Pages come from one connection (so one destination) per
-    /// call so the sender can batch them into one `sendmmsg`.
+    /// from each connection in turn: foreground connections first, background ones when no
+    /// foreground page is due or when their share is owed ([`BACKGROUND_SHARE`]). Pages come
+    /// from one connection (so one destination) per call so the sender can batch them into one
+    /// `sendmmsg`.
     pub fn next_batch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageJob>) -> Next {
         out.clear();
         let mut earliest: Option<u64> = None;
+        let share_owed =
+            !self.background_ring.is_empty() && self.foreground_turns >= BACKGROUND_SHARE;
+        for background in [share_owed, !share_owed] {
+            if let Some(n) = self.next_batch_from(background, now_ns, max, out, &mut earliest) {
+                if background {
+                    self.foreground_turns = 0;
+                } else if !self.background_ring.is_empty() {
+                    self.foreground_turns = self.foreground_turns.saturating_add(1);
+                }
+                return Next::Ready(n);
+            }
+        }
+        // Buckets of destinations with nothing queued are forgotten (bounded state).
+        let queued = &self.queues_per_addr;
+        self.buckets.retain(|a, _| queued.contains_key(a));
+        match earliest {
+            Some(t) => Next::WaitUntil(t),
+            None if self.ring.is_empty() && self.background_ring.is_empty() => Next::Idle,
+            None => Next::WaitUntil(now_ns),
+        }
+    }
+
+    /// One round of the foreground or the background ring: the first connection with pages it
+    /// may send fills `out`; returns how many. Lowers `earliest` to when a connection that
+    /// could not send may (pacing or service delay).
+    fn next_batch_from(
+        &mut self,
+        background: bool,
+        now_ns: u64,
+        max: usize,
+        out: &mut Vec<PageJob>,
+        earliest: &mut Option<u64>,
+    ) -> Option<usize> {
         let paced = self.limits.rate_bytes_per_s > 0;
-        for _ in 0..self.ring.len() {
-            let conn = self.ring.pop_front().expect("ring not empty");
+        for _ in 0..rings(&mut self.ring, &mut self.background_ring, background).len() {
+            let conn = rings(&mut self.ring, &mut self.background_ring, background)
+                .pop_front()
+                .expect("ring not empty");
             let addr = self.queues[&conn]
                 .addr
                 .expect("a queued connection has a destination");
@@ -291,7 +356,7 @@ impl PrefetchScheduler {
             while out.len() < max && allowance > 0 {
                 let Some(job) = queue.front_mut() else { break };
                 if job.due_ns > now_ns {
-                    earliest = Some(earliest.map_or(job.due_ns, |e| e.min(job.due_ns)));
+                    *earliest = Some(earliest.map_or(job.due_ns, |e| e.min(job.due_ns)));
                     break;
                 }
                 let tag = job.rel.block(job.next_blkno);
@@ -331,22 +396,15 @@ impl PrefetchScheduler {
                     let wait_ns =
                         (need.max(0.0) / self.limits.rate_bytes_per_s as f64 * 1e9).ceil() as u64;
                     let at = now_ns + wait_ns.max(1);
-                    earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                    *earliest = Some(earliest.map_or(at, |e| e.min(at)));
                 }
-                self.ring.push_back(conn);
+                rings(&mut self.ring, &mut self.background_ring, background).push_back(conn);
             }
             if !out.is_empty() {
-                return Next::Ready(out.len());
+                return Some(out.len());
             }
         }
-        // Buckets of destinations with nothing queued are forgotten (bounded state).
-        let queued = &self.queues_per_addr;
-        self.buckets.retain(|a, _| queued.contains_key(a));
-        match earliest {
-            Some(t) => Next::WaitUntil(t),
-            None if self.ring.is_empty() => Next::Idle,
-            None => Next::WaitUntil(now_ns),
-        }
+        None
     }
 
     /// A sender thread's decision step at `now_ns`: a batch of at most [`SEND_BATCH`] pages
@@ -371,6 +429,7 @@ impl PrefetchScheduler {
             return 0;
         };
         self.ring.retain(|c| *c != conn);
+        self.background_ring.retain(|c| *c != conn);
         let pages = queue.pages;
         debug_assert_eq!(
             pages,
@@ -399,6 +458,20 @@ impl PrefetchScheduler {
             self.queues_per_addr.remove(&addr);
             self.fetched.remove(&addr);
         }
+    }
+}
+
+/// The foreground or the background ring (a function of the two fields, not a method, so a
+/// caller may hold another field of the scheduler meanwhile).
+fn rings<'a>(
+    foreground: &'a mut VecDeque<ConnId>,
+    background: &'a mut VecDeque<ConnId>,
+    which_background: bool,
+) -> &'a mut VecDeque<ConnId> {
+    if which_background {
+        background
+    } else {
+        foreground
     }
 }
 
@@ -538,6 +611,7 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             key: Arc::new(DatagramKey::new(1, [0; 32]).stream([port as u8; 16])),
             conn,
+            priority: PrefetchPriority::Foreground,
         }
     }
 
@@ -839,5 +913,207 @@ mod tests {
         assert!((4_500..5_500).contains(&count(1)), "{}", count(1));
         let mut never = DropFilter::new(0.0, 3);
         assert!((0..1000).all(|_| !never.drop_next()));
+    }
+
+    /// Connection `conn` (its own compute on port `conn`), at `priority`.
+    fn ranked(conn: u16, priority: PrefetchPriority) -> Destination {
+        Destination {
+            priority,
+            ..dest(conn)
+        }
+    }
+
+    /// The connection a batch came from: each test connection has its own port.
+    fn batch_conn(out: &[PageJob]) -> u16 {
+        out[0].addr.port()
+    }
+
+    #[test]
+    fn background_waits_for_due_foreground_work_but_gets_its_share() {
+        use PrefetchPriority::{Background, Foreground};
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        s.push(&ranked(1, Background), Header::default(), REL, 0, 10_000, 0)
+            .unwrap();
+        s.push(&ranked(2, Foreground), Header::default(), REL, 0, 10_000, 0)
+            .unwrap();
+        let mut out = Vec::new();
+        let mut order = Vec::new();
+        for _ in 0..3 * (BACKGROUND_SHARE + 1) {
+            assert!(matches!(s.next_batch(0, 4, &mut out), Next::Ready(4)));
+            order.push(batch_conn(&out));
+        }
+        // BACKGROUND_SHARE foreground batches, then one background batch, and again.
+        let mut expected = vec![2; BACKGROUND_SHARE as usize];
+        expected.push(1);
+        assert_eq!(order, expected.repeat(3));
+        // A background connection re-ranked foreground shares the ring equally.
+        s.push(&ranked(1, Foreground), Header::default(), REL, 10_000, 1, 0)
+            .unwrap();
+        let turns: Vec<_> = (0..4)
+            .map(|_| {
+                s.next_batch(0, 4, &mut out);
+                batch_conn(&out)
+            })
+            .collect();
+        assert_eq!(turns.iter().filter(|&&c| c == 1).count(), 2, "{turns:?}");
+    }
+
+    #[test]
+    fn background_is_sent_at_once_when_no_foreground_page_is_due() {
+        use PrefetchPriority::{Background, Foreground};
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        let mut out = Vec::new();
+        // A foreground request not due before 1000 (service delay) does not hold it back.
+        s.push(&ranked(2, Foreground), Header::default(), REL, 0, 8, 1000)
+            .unwrap();
+        s.push(&ranked(1, Background), Header::default(), REL, 0, 8, 0)
+            .unwrap();
+        assert_eq!(s.next_batch(0, 4, &mut out), Next::Ready(4));
+        assert_eq!(batch_conn(&out), 1);
+        // Once the foreground pages are due they go first.
+        assert_eq!(s.next_batch(1000, 4, &mut out), Next::Ready(4));
+        assert_eq!(batch_conn(&out), 2);
+        // A connection that closes takes its background queue with it.
+        assert_eq!(s.forget(1), 4);
+        assert_eq!(s.next_batch(1000, 8, &mut out), Next::Ready(4));
+        assert_eq!(batch_conn(&out), 2);
+        assert_eq!(s.next_batch(1000, 8, &mut out), Next::Idle);
+    }
+
+    /// One step of the priority property test: a push or a sender's turn.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// `pages` for connection `conn`, due `delay` after the last push's due time.
+        Push { conn: u16, pages: u32, delay: u64 },
+        /// A sender's turn, `advance` after the previous one.
+        Turn { advance: u64, max: usize },
+    }
+
+    fn arb_op(conns: u16) -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1 => (1..=conns, 1..40u32, 0..50u64)
+                .prop_map(|(conn, pages, delay)| Op::Push { conn, pages, delay }),
+            3 => (0..20u64, 1..8usize).prop_map(|(advance, max)| Op::Turn { advance, max }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a model of the queues: a background batch goes only when no foreground page
+        /// is due or its share is owed (after exactly `BACKGROUND_SHARE` foreground batches
+        /// while it waited), and then it does go first; a batch is its connection's next due
+        /// pages in order; the scheduler waits exactly until the next due page; and once pushes
+        /// stop, every page of every connection, background included, is sent (no starvation),
+        /// within one turn per page.
+        #[test]
+        fn priority_is_strict_for_due_foreground_work_and_background_is_never_starved(
+            background in proptest::collection::vec(proptest::bool::ANY, 4),
+            ops in proptest::collection::vec(arb_op(4), 1..300),
+        ) {
+            use std::collections::BTreeMap;
+            let is_bg = |conn: u16| background[usize::from(conn) - 1];
+            let priority = |conn| if is_bg(conn) {
+                PrefetchPriority::Background
+            } else {
+                PrefetchPriority::Foreground
+            };
+            let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+            // Per connection: pending (due, next blkno, pages left) ranges, and the next blkno
+            // to push (increasing, so no range ever jumps the queue).
+            let mut model: BTreeMap<u16, VecDeque<(u64, u32, u32)>> = BTreeMap::new();
+            let mut next_blkno: BTreeMap<u16, u32> = BTreeMap::new();
+            let mut due_of: BTreeMap<u16, u64> = BTreeMap::new();
+            let mut now = 0u64;
+            let mut fg_since_bg = 0u32;
+            let mut out = Vec::new();
+            let due = |m: &BTreeMap<u16, VecDeque<(u64, u32, u32)>>, bg: bool, now: u64| {
+                m.iter().any(|(&c, q)| is_bg(c) == bg && q.front().is_some_and(|r| r.0 <= now))
+            };
+            let pending = |m: &BTreeMap<u16, VecDeque<(u64, u32, u32)>>, bg: bool| {
+                m.iter().any(|(&c, q)| is_bg(c) == bg && !q.is_empty())
+            };
+            let mut turn = |s: &mut PrefetchScheduler,
+                            model: &mut BTreeMap<u16, VecDeque<(u64, u32, u32)>>,
+                            now: u64,
+                            max: usize,
+                            fg_since_bg: &mut u32|
+             -> Next {
+                let fg_due = due(model, false, now);
+                let bg_due = due(model, true, now);
+                let next = s.next_batch(now, max, &mut out);
+                match next {
+                    Next::Ready(n) => {
+                        let conn = batch_conn(&out);
+                        if is_bg(conn) {
+                            assert!(!fg_due || *fg_since_bg >= BACKGROUND_SHARE,
+                                "background sent while foreground was due, {fg_since_bg} turns");
+                            *fg_since_bg = 0;
+                        } else {
+                            assert!(!(bg_due && *fg_since_bg >= BACKGROUND_SHARE),
+                                "background's share owed but foreground sent");
+                        }
+                        // The connection's next due pages, in order, up to max.
+                        let q = model.get_mut(&conn).unwrap();
+                        let mut expected = Vec::new();
+                        while expected.len() < max {
+                            let Some(r) = q.front_mut() else { break };
+                            if r.0 > now {
+                                break;
+                            }
+                            expected.push(r.1);
+                            r.1 += 1;
+                            r.2 -= 1;
+                            if r.2 == 0 {
+                                q.pop_front();
+                            }
+                        }
+                        let got: Vec<u32> = out.iter().map(|j| j.tag.blkno).collect();
+                        assert_eq!(got, expected);
+                        assert_eq!(n, got.len());
+                        if !is_bg(conn) && pending(model, true) {
+                            *fg_since_bg += 1;
+                        }
+                    }
+                    Next::WaitUntil(t) => {
+                        assert!(!fg_due && !bg_due, "due work not sent");
+                        let first = model.values().filter_map(|q| q.front()).map(|r| r.0).min();
+                        assert_eq!(Some(t), first);
+                    }
+                    Next::Idle => assert!(model.values().all(|q| q.is_empty())),
+                }
+                next
+            };
+            for op in ops {
+                match op {
+                    Op::Push { conn, pages, delay } => {
+                        let d = due_of.entry(conn).or_insert(now);
+                        *d = (*d).max(now) + delay;
+                        let first = next_blkno.entry(conn).or_insert(0);
+                        s.push(&ranked(conn, priority(conn)), Header::default(), REL, *first, pages, *d)
+                            .unwrap();
+                        model.entry(conn).or_default().push_back((*d, *first, pages));
+                        *first += pages;
+                    }
+                    Op::Turn { advance, max } => {
+                        now += advance;
+                        turn(&mut s, &mut model, now, max, &mut fg_since_bg);
+                    }
+                }
+            }
+            // Drain: every page goes, within one turn per page (plus one wait per range).
+            let left: u64 = model.values().flatten().map(|r| u64::from(r.2)).sum();
+            let ranges = model.values().map(|q| q.len() as u64).sum::<u64>();
+            let mut turns = 0;
+            loop {
+                match turn(&mut s, &mut model, now, 3, &mut fg_since_bg) {
+                    Next::Idle => break,
+                    Next::WaitUntil(t) => now = t,
+                    Next::Ready(_) => {}
+                }
+                turns += 1;
+                assert!(turns <= left + ranges + 1, "not drained in {turns} turns");
+            }
+            assert_eq!(s.queued_pages(), 0);
+        }
     }
 }

@@ -22,7 +22,9 @@ use super::prefetch::{ConnId, Destination};
 use super::stats::{bump, RequestKind, ServerStats};
 use super::store::{PageStore, StoreError};
 use crate::protocol::page::Page;
-use crate::protocol::pagestream::{self, Header, PrefetchTarget, Request, Response};
+use crate::protocol::pagestream::{
+    self, Header, PrefetchPriority, PrefetchTarget, Request, Response,
+};
 use lfc::{BufferTag, RelTag};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -46,6 +48,9 @@ pub struct Session {
     peer_ip: Option<IpAddr>,
     config: SessionConfig,
     target: Option<Destination>,
+    /// How the senders rank this connection's prefetches (a PrefetchPriority request); kept
+    /// here too for a target registered after it.
+    priority: PrefetchPriority,
 }
 
 /// What the reader does with one request.
@@ -110,6 +115,7 @@ impl Session {
             peer_ip,
             config,
             target: None,
+            priority: PrefetchPriority::Foreground,
         }
     }
 
@@ -155,6 +161,16 @@ impl Session {
             Request::PrefetchTarget { hdr, target } => {
                 WorkKind::Reply(self.register_target(hdr, &target, stats, new_stream_id))
             }
+            Request::PrefetchPriority { hdr, priority } => {
+                bump(&stats.prefetch_priority);
+                self.priority = priority;
+                if let Some(dest) = &mut self.target {
+                    dest.priority = priority;
+                }
+                let mut frame = Vec::new();
+                Response::PrefetchPriority { hdr, priority }.encode(&mut frame);
+                WorkKind::Reply(frame)
+            }
             req => WorkKind::Request {
                 req,
                 prefetch_dest: self.target.as_ref().map(|d| d.addr),
@@ -189,6 +205,7 @@ impl Session {
                         addr: SocketAddr::new(ip, t.udp_port),
                         key: Arc::new(key.stream_with(stream_id, self.config.protection)),
                         conn: self.conn,
+                        priority: self.priority,
                     });
                     Ok(())
                 }
@@ -330,7 +347,9 @@ fn count_request(req: &Request, stats: &ServerStats) {
         Request::GetPage { .. } => &stats.get_page,
         Request::DbSize { .. } => &stats.db_size,
         Request::PutPage { .. } => &stats.put_page,
-        Request::PrefetchTarget { .. } | Request::Prefetch { .. } => {
+        Request::PrefetchTarget { .. }
+        | Request::PrefetchPriority { .. }
+        | Request::Prefetch { .. } => {
             unreachable!("the reader routes prefetch requests")
         }
     });
@@ -384,7 +403,9 @@ fn serve(
                 lsn: *put_lsn,
             }
         }
-        Request::PrefetchTarget { .. } | Request::Prefetch { .. } => {
+        Request::PrefetchTarget { .. }
+        | Request::PrefetchPriority { .. }
+        | Request::Prefetch { .. } => {
             unreachable!("the reader routes prefetch requests")
         }
     };
@@ -504,6 +525,44 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_prefetch_priority_is_answered_and_ranks_the_connections_prefetches() {
+        let stats = ServerStats::default();
+        let priority = |priority| Request::PrefetchPriority {
+            hdr: Header::default(),
+            priority,
+        };
+        let dest_priority =
+            |s: &mut Session| match s.route(prefetch_request(), 0, &stats, stream_id) {
+                Routed::Prefetch { dest, .. } => dest.priority,
+                other => panic!("{other:?}"),
+            };
+        // Before the target: the target registered after it takes it.
+        let mut s = session();
+        let mut reply =
+            respond(s.route(priority(PrefetchPriority::Background), 0, &stats, stream_id));
+        let (a, _, frame) = answer(&mut reply, &store(), 0);
+        assert_eq!(a, Answer::Ready);
+        assert_eq!(
+            Response::decode(&frame).unwrap(),
+            Response::PrefetchPriority {
+                hdr: Header::default(),
+                priority: PrefetchPriority::Background
+            }
+        );
+        respond(s.route(target_request(6000), 0, &stats, stream_id));
+        assert_eq!(dest_priority(&mut s), PrefetchPriority::Background);
+        // After it: the registered target changes, both ways.
+        let mut s = session();
+        respond(s.route(target_request(6000), 0, &stats, stream_id));
+        assert_eq!(dest_priority(&mut s), PrefetchPriority::Foreground);
+        respond(s.route(priority(PrefetchPriority::Background), 0, &stats, stream_id));
+        assert_eq!(dest_priority(&mut s), PrefetchPriority::Background);
+        respond(s.route(priority(PrefetchPriority::Foreground), 0, &stats, stream_id));
+        assert_eq!(dest_priority(&mut s), PrefetchPriority::Foreground);
+        assert_eq!(stats.prefetch_priority.load(Ordering::Relaxed), 3);
     }
 
     #[test]

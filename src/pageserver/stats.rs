@@ -46,6 +46,7 @@ counters!(
     db_size,
     put_page,
     prefetch_target,
+    prefetch_priority,
     prefetch,
     prefetch_dropped_no_target,
     prefetch_pages_queued,
@@ -74,18 +75,20 @@ pub enum RequestKind {
     GetPage,
     DbSize,
     PrefetchTarget,
+    PrefetchPriority,
     Prefetch,
     PutPage,
     Query,
 }
 
 impl RequestKind {
-    pub const ALL: [RequestKind; 8] = [
+    pub const ALL: [RequestKind; 9] = [
         RequestKind::Exists,
         RequestKind::Nblocks,
         RequestKind::GetPage,
         RequestKind::DbSize,
         RequestKind::PrefetchTarget,
+        RequestKind::PrefetchPriority,
         RequestKind::Prefetch,
         RequestKind::PutPage,
         RequestKind::Query,
@@ -98,6 +101,7 @@ impl RequestKind {
             Request::GetPage { .. } => RequestKind::GetPage,
             Request::DbSize { .. } => RequestKind::DbSize,
             Request::PrefetchTarget { .. } => RequestKind::PrefetchTarget,
+            Request::PrefetchPriority { .. } => RequestKind::PrefetchPriority,
             Request::Prefetch { .. } => RequestKind::Prefetch,
             Request::PutPage { .. } => RequestKind::PutPage,
         }
@@ -110,6 +114,7 @@ impl RequestKind {
             RequestKind::GetPage => "get_page",
             RequestKind::DbSize => "db_size",
             RequestKind::PrefetchTarget => "prefetch_target",
+            RequestKind::PrefetchPriority => "prefetch_priority",
             RequestKind::Prefetch => "prefetch",
             RequestKind::PutPage => "put_page",
             RequestKind::Query => "query",
@@ -249,6 +254,7 @@ impl ServerStats {
             RequestKind::GetPage => &self.get_page,
             RequestKind::DbSize => &self.db_size,
             RequestKind::PrefetchTarget => &self.prefetch_target,
+            RequestKind::PrefetchPriority => &self.prefetch_priority,
             RequestKind::Prefetch => &self.prefetch,
             RequestKind::PutPage => &self.put_page,
             RequestKind::Query => return None,

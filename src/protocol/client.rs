@@ -421,6 +421,20 @@ impl PageClient {
         }
     }
 
+    /// Ranks this connection's prefetches at the page server's senders (`PrefetchPriority`).
+    /// A server that predates the message closes the connection with a protocol error: the
+    /// caller then reconnects and carries on without it (see `compute::prewarm`).
+    pub fn set_prefetch_priority(
+        &mut self,
+        priority: crate::protocol::pagestream::PrefetchPriority,
+    ) -> Result<(), ClientError> {
+        let hdr = self.header(crate::protocol::pagestream::LATEST_LSN, 0);
+        match self.call(Request::PrefetchPriority { hdr, priority })? {
+            Response::PrefetchPriority { .. } => Ok(()),
+            other => Err(unexpected("PrefetchPriority", &other)),
+        }
+    }
+
     /// Queues a GetPage whose response the caller reads later with `recv` (in request order):
     /// one entry of a backend's TCP pipeline.
     pub fn send_get_page(
@@ -572,6 +586,7 @@ pub fn unexpected(what: &str, resp: &Response) -> ClientError {
         Response::Error { .. } => "Error",
         Response::PrefetchTarget { .. } => "PrefetchTarget",
         Response::PutPage { .. } => "PutPage",
+        Response::PrefetchPriority { .. } => "PrefetchPriority",
     };
     ClientError::Unexpected(format!("{kind} response to a {what} request"))
 }

@@ -18,6 +18,7 @@ pub mod tag {
     pub const PREFETCH_TARGET: u8 = 0x40;
     pub const PREFETCH: u8 = 0x41;
     pub const PUT_PAGE: u8 = 0x42;
+    pub const PREFETCH_PRIORITY: u8 = 0x43;
 
     pub const EXISTS_RESPONSE: u8 = 100;
     pub const NBLOCKS_RESPONSE: u8 = 101;
@@ -26,6 +27,7 @@ pub mod tag {
     pub const DB_SIZE_RESPONSE: u8 = 104;
     pub const PREFETCH_TARGET_RESPONSE: u8 = 0xC0;
     pub const PUT_PAGE_RESPONSE: u8 = 0xC2;
+    pub const PREFETCH_PRIORITY_RESPONSE: u8 = 0xC3;
 }
 
 /// Size of the common request header: tag, reqid, request_lsn, not_modified_since.
@@ -68,6 +70,38 @@ impl std::fmt::Debug for PrefetchTarget {
     }
 }
 
+/// How the page server's sender ranks a connection's prefetches against other connections'
+/// (`PrefetchPriority` request; one byte on the wire). A connection starts `Foreground`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum PrefetchPriority {
+    /// A backend's reads: what queries wait on.
+    #[default]
+    Foreground,
+    /// Work nobody waits on now (prewarm): sent when no foreground connection has a page due,
+    /// and otherwise only a small share of the sender's batches, so it never starves either.
+    Background,
+}
+
+impl PrefetchPriority {
+    fn to_wire(self) -> u8 {
+        match self {
+            PrefetchPriority::Foreground => 0,
+            PrefetchPriority::Background => 1,
+        }
+    }
+
+    fn from_wire(b: u8) -> Result<PrefetchPriority, ProtocolError> {
+        match b {
+            0 => Ok(PrefetchPriority::Foreground),
+            1 => Ok(PrefetchPriority::Background),
+            _ => Err(ProtocolError::Malformed {
+                what: "prefetch priority",
+                why: "neither 0 (foreground) nor 1 (background)",
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Exists {
@@ -105,6 +139,14 @@ pub enum Request {
         blkno: u32,
         lsn: u64,
         page: Box<Page>,
+    },
+    /// Ranks this connection's prefetches, from now on (answered, so a client learns that the
+    /// server knows the message: an older server closes the connection on an unknown tag).
+    /// A message of its own rather than a field of PrefetchTarget or Prefetch: neither
+    /// message's bytes change, and a connection sets it once.
+    PrefetchPriority {
+        hdr: Header,
+        priority: PrefetchPriority,
     },
 }
 
@@ -145,6 +187,10 @@ pub enum Response {
         blkno: u32,
         lsn: u64,
     },
+    PrefetchPriority {
+        hdr: Header,
+        priority: PrefetchPriority,
+    },
 }
 
 impl Request {
@@ -156,7 +202,8 @@ impl Request {
             | Request::DbSize { hdr, .. }
             | Request::PrefetchTarget { hdr, .. }
             | Request::Prefetch { hdr, .. }
-            | Request::PutPage { hdr, .. } => *hdr,
+            | Request::PutPage { hdr, .. }
+            | Request::PrefetchPriority { hdr, .. } => *hdr,
         }
     }
 
@@ -214,6 +261,10 @@ impl Request {
                 out.extend_from_slice(&lsn.to_be_bytes());
                 out.extend_from_slice(&page[..]);
             }
+            Request::PrefetchPriority { hdr, priority } => {
+                put_header(out, tag::PREFETCH_PRIORITY, hdr);
+                out.push(priority.to_wire());
+            }
         }
     }
 
@@ -261,6 +312,10 @@ impl Request {
                 lsn: r.u64()?,
                 page: get_page(&mut r)?,
             },
+            tag::PREFETCH_PRIORITY => Request::PrefetchPriority {
+                hdr,
+                priority: PrefetchPriority::from_wire(r.u8()?)?,
+            },
             _ => {
                 return Err(ProtocolError::Malformed {
                     what: "pagestream request",
@@ -282,7 +337,8 @@ impl Response {
             | Response::DbSize { hdr, .. }
             | Response::Error { hdr, .. }
             | Response::PrefetchTarget { hdr, .. }
-            | Response::PutPage { hdr, .. } => *hdr,
+            | Response::PutPage { hdr, .. }
+            | Response::PrefetchPriority { hdr, .. } => *hdr,
         }
     }
 
@@ -337,6 +393,10 @@ impl Response {
                 put_rel(out, rel);
                 out.extend_from_slice(&blkno.to_be_bytes());
                 out.extend_from_slice(&lsn.to_be_bytes());
+            }
+            Response::PrefetchPriority { hdr, priority } => {
+                put_header(out, tag::PREFETCH_PRIORITY_RESPONSE, hdr);
+                out.push(priority.to_wire());
             }
         }
     }
@@ -396,6 +456,10 @@ impl Response {
                 rel: get_rel(&mut r)?,
                 blkno: r.u32()?,
                 lsn: r.u64()?,
+            },
+            tag::PREFETCH_PRIORITY_RESPONSE => Response::PrefetchPriority {
+                hdr,
+                priority: PrefetchPriority::from_wire(r.u8()?)?,
             },
             _ => {
                 return Err(ProtocolError::Malformed {

@@ -86,7 +86,25 @@ fn golden_small_messages() {
     let mut prefetch = hdr_bytes(0x41);
     prefetch.extend_from_slice(&REL_BYTES);
     prefetch.extend_from_slice(&[0, 0, 1, 0, 0x01, 0x00]);
+    let mut background = hdr_bytes(0x43);
+    background.push(1);
+    let mut foreground = hdr_bytes(0x43);
+    foreground.push(0);
     let requests = [
+        (
+            Request::PrefetchPriority {
+                hdr: hdr(),
+                priority: PrefetchPriority::Background,
+            },
+            background,
+        ),
+        (
+            Request::PrefetchPriority {
+                hdr: hdr(),
+                priority: PrefetchPriority::Foreground,
+            },
+            foreground,
+        ),
         (
             Request::Exists {
                 hdr: hdr(),
@@ -271,6 +289,8 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     page,
                 }
             }),
+        (arb_header(), arb_priority())
+            .prop_map(|(hdr, priority)| Request::PrefetchPriority { hdr, priority }),
     ]
 }
 
@@ -304,7 +324,33 @@ fn arb_response() -> impl Strategy<Value = Response> {
                 lsn,
             }
         }),
+        (arb_header(), arb_priority())
+            .prop_map(|(hdr, priority)| Response::PrefetchPriority { hdr, priority }),
     ]
+}
+
+fn arb_priority() -> impl Strategy<Value = PrefetchPriority> {
+    prop_oneof![
+        Just(PrefetchPriority::Foreground),
+        Just(PrefetchPriority::Background)
+    ]
+}
+
+#[test]
+fn a_prefetch_priority_other_than_0_or_1_is_refused() {
+    for (tag, what) in [(0x43, "request"), (0xC3, "response")] {
+        let mut bytes = hdr_bytes(tag);
+        bytes.push(2);
+        let err = if tag == 0x43 {
+            Request::decode(&bytes).unwrap_err()
+        } else {
+            Response::decode(&bytes).unwrap_err()
+        };
+        assert!(
+            err.to_string().contains("prefetch priority"),
+            "{what}: {err}"
+        );
+    }
 }
 
 proptest! {
