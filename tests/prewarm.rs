@@ -96,6 +96,8 @@ fn cold_cache_is_refilled_under_loss_including_modified_pages() {
         &format!("synthetic:pages={PAGES}"),
         "--drop-prefetch",
         "0.1",
+        "--metrics",
+        "127.0.0.1:0",
     ]);
     let state = warm_and_save(dir.path(), &server);
 
@@ -167,6 +169,14 @@ fn cold_cache_is_refilled_under_loss_including_modified_pages() {
     );
     assert_eq!(again["skipped_present"], PAGES);
     assert_eq!(again["requested"], 0);
+    // Each run ranked its prefetches background (the default), and the scan did not.
+    assert_eq!(
+        common::sample(
+            &server.scrape(),
+            "udp_prefetch_server_requests_total{type=\"prefetch_priority\"}"
+        ),
+        Some(2.0)
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use crate::compute::prewarm::schedule::ScheduleConfig;
 use crate::compute::prewarm::state::{decode, encode, ranges_from_hottest, PageRange};
 use crate::compute::prewarm::{plan, run_prewarm, PrewarmConfig, PrewarmReport};
 use crate::protocol::client::ConnectOptions;
-use crate::protocol::pagestream::LATEST_LSN;
+use crate::protocol::pagestream::{PrefetchPriority, LATEST_LSN};
 use lfc::{Lfc, RelTag};
 use std::io::Write;
 use std::path::PathBuf;
@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// UDP attempts per page before it is fetched over TCP.
     #[arg(long, default_value_t = 3)]
     pub attempts: u32,
+    /// How the page server's senders rank this prewarm's prefetches: background (sent when no
+    /// backend's prefetch is due, and a small share otherwise) or foreground (as a backend's).
+    #[arg(long, value_enum, default_value_t = Priority::Background)]
+    pub priority: Priority,
     #[command(flatten)]
     pub timeline: super::TimelineArgs,
     /// Cleartext password, when the page server requires one.
@@ -78,6 +82,22 @@ pub struct RunArgs {
     /// One JSON object instead of the human report.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--priority`, as the `PrefetchPriority` request carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Priority {
+    Background,
+    Foreground,
+}
+
+impl From<Priority> for PrefetchPriority {
+    fn from(p: Priority) -> PrefetchPriority {
+        match p {
+            Priority::Background => PrefetchPriority::Background,
+            Priority::Foreground => PrefetchPriority::Foreground,
+        }
+    }
 }
 
 pub fn run(args: PrewarmArgs) -> anyhow::Result<Outcome> {
@@ -188,6 +208,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<Outcome> {
         },
         progress: !a.json,
         udp: true,
+        priority: a.priority.into(),
     };
     let report = run_prewarm(&cfg, &cache, &pages)?;
     if a.json {

@@ -40,7 +40,9 @@ use udp_prefetch::pageserver::stats::ServerStats;
 use udp_prefetch::pageserver::store::PageStore;
 use udp_prefetch::pageserver::ServerConfig;
 use udp_prefetch::protocol::page::{page_lsn, synthetic_page};
-use udp_prefetch::protocol::pagestream::{Header, PrefetchTarget, Request, Response};
+use udp_prefetch::protocol::pagestream::{
+    Header, PrefetchPriority, PrefetchTarget, Request, Response,
+};
 use workers::datagram::{Protection, STREAM_ID_LEN};
 
 pub(super) enum SenderState {
@@ -103,7 +105,9 @@ fn next_stream_id(rng: &mut Rng) -> Result<[u8; STREAM_ID_LEN], Infallible> {
 /// Every session starts registered with the compute's target, as if its connection had sent
 /// PrefetchTarget before anything else: the real prewarm does so before its run, and a backend
 /// with several shards registers on each shard's connection (the driver's own PrefetchTarget,
-/// sent on shard 0, goes through the session again when it arrives).
+/// sent on shard 0, goes through the session again when it arrives). Prewarm's connection then
+/// asks for background priority, as `prewarm run` does by default, so the senders rank it
+/// below the backends'.
 pub(super) fn build_shards(
     cfg: &SimConfig,
     source: &Arc<dyn PageSource>,
@@ -122,7 +126,20 @@ pub(super) fn build_shards(
         .map(|s| {
             let stats = ServerStats::default();
             let sessions = (0..connections)
-                .map(|c| registered_session(c as u64, session_config, target, &stats, stream_rng))
+                .map(|c| {
+                    let priority = match Conn::from_index(c, cfg.backends) {
+                        Conn::Prewarm => PrefetchPriority::Background,
+                        Conn::Backend(_) => PrefetchPriority::Foreground,
+                    };
+                    registered_session(
+                        c as u64,
+                        session_config,
+                        target,
+                        priority,
+                        &stats,
+                        stream_rng,
+                    )
+                })
                 .collect();
             Shard {
                 store: Arc::new(PageStore::new(
@@ -158,6 +175,7 @@ fn registered_session(
     conn: u64,
     config: SessionConfig,
     target: &PrefetchTarget,
+    priority: PrefetchPriority,
     stats: &ServerStats,
     stream_rng: &mut Rng,
 ) -> Session {
@@ -173,6 +191,17 @@ fn registered_session(
         "PrefetchTarget is answered"
     );
     assert!(session.target().is_some(), "the compute's target registers");
+    if priority != PrefetchPriority::Foreground {
+        let req = Request::PrefetchPriority {
+            hdr: Header::default(),
+            priority,
+        };
+        let routed = session.route(req, START_NS, stats, || next_stream_id(stream_rng));
+        assert!(
+            matches!(routed, Routed::Respond(_)),
+            "PrefetchPriority is answered"
+        );
+    }
     session
 }
 

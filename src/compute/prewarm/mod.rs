@@ -12,7 +12,7 @@ pub mod schedule;
 pub mod state;
 
 use crate::protocol::client::{ClientError, ConnectOptions, PageClient};
-use crate::protocol::pagestream::{PrefetchTarget, Response, LATEST_LSN};
+use crate::protocol::pagestream::{PrefetchPriority, PrefetchTarget, Response, LATEST_LSN};
 use driver::{Driver, DriverConfig, Poll, Transmit};
 use lfc::{monotonic_ns, BufferTag, Lfc, RelTag, PAGE_SIZE};
 use schedule::{ScheduleConfig, ScheduleCounts};
@@ -34,6 +34,10 @@ pub struct PrewarmConfig {
     pub progress: bool,
     /// Use the UDP path; false fetches everything with pipelined GetPages (the baseline).
     pub udp: bool,
+    /// How the page server ranks this prewarm's prefetches against backends' (`prewarm run
+    /// --priority`): background by default, so a prewarm beside running queries takes what
+    /// the sender has to spare instead of half of it.
+    pub priority: PrefetchPriority,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -135,7 +139,19 @@ pub fn run_prewarm(
     let mut client = PageClient::connect(&cfg.connect)?;
     // Before anything is read from or installed in the cache.
     crate::compute::bind_cache(lfc, &client)?;
-    let udp_port = register_udp(&mut client, cfg, lfc)?;
+    let mut udp_port = register_udp(&mut client, cfg, lfc)?;
+    if udp_port.is_some() && cfg.priority != PrefetchPriority::Foreground {
+        if let Err(e) = client.set_prefetch_priority(cfg.priority) {
+            // A server that predates the message closed the connection: carry on, on a new
+            // one, at the priority every connection starts with.
+            tracing::warn!(
+                error = %e,
+                "the page server does not rank prefetches; prewarming at foreground priority"
+            );
+            client = PageClient::connect(&cfg.connect)?;
+            udp_port = register_udp(&mut client, cfg, lfc)?;
+        }
+    }
     let sizes = relation_sizes(&mut client, pages)?;
     let config = DriverConfig {
         schedule: cfg.schedule,
