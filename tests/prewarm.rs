@@ -268,3 +268,90 @@ fn bad_state_files_and_unreachable_servers_are_clear_errors() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A page server from before PrefetchPriority, as a client sees it: a proxy in front of a real
+/// one that passes every message through but closes the connection on PrefetchPriority (0x43),
+/// as such a server's reader does on an unknown request tag. Returns its address.
+fn server_without_priority(upstream: &str) -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let upstream = upstream.to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let mut server = TcpStream::connect(&upstream).unwrap();
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
+            std::thread::spawn(move || -> std::io::Result<()> {
+                // The startup message (untyped), then typed messages: type, length, payload.
+                let mut len = [0u8; 4];
+                client.read_exact(&mut len)?;
+                let mut body = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                client.read_exact(&mut body)?;
+                server.write_all(&len)?;
+                server.write_all(&body)?;
+                loop {
+                    let mut head = [0u8; 5];
+                    client.read_exact(&mut head)?;
+                    let n = u32::from_be_bytes(head[1..].try_into().unwrap()) as usize - 4;
+                    let mut payload = vec![0u8; n];
+                    client.read_exact(&mut payload)?;
+                    if head[0] == b'd' && payload.first() == Some(&0x43) {
+                        let _ = client.shutdown(std::net::Shutdown::Both);
+                        return server.shutdown(std::net::Shutdown::Both);
+                    }
+                    server.write_all(&head)?;
+                    server.write_all(&payload)?;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn against_a_server_without_priorities_prewarm_carries_on_at_foreground() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&[
+        "--source",
+        "synthetic:pages=300",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let old = server_without_priority(&server.addr);
+    let lfc = dir.path().join("lfc");
+    let workers = WorkersProc::start(&lfc, &["--size", "8MiB"]);
+    let out = run(&[
+        "prewarm",
+        "run",
+        "--lfc",
+        lfc.to_str().unwrap(),
+        "--relation",
+        "1663/5/16384/0",
+        "--server",
+        &old,
+        "--prefetch-port",
+        &workers.udp_port.to_string(),
+        "--json",
+    ]);
+    let report = json(&out);
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["present"], 300, "{report}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not rank prefetches"),
+        "no warning: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = server.scrape();
+    let requests = |t: &str| {
+        common::sample(
+            &text,
+            &format!("udp_prefetch_server_requests_total{{type=\"{t}\"}}"),
+        )
+    };
+    // The message never reached the server; the prewarm's prefetches did, on the new connection.
+    assert_eq!(requests("prefetch_priority"), Some(0.0), "{text}");
+    assert!(requests("prefetch").unwrap_or(0.0) > 0.0, "{text}");
+}
