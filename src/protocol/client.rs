@@ -444,6 +444,12 @@ impl PageClient {
     /// only what was held (nothing is sent after an unanswered extension request).
     fn reconnect(&mut self) -> Result<(), ClientError> {
         let fresh = PageClient::connect(&self.opts)?;
+        if fresh.binding != self.binding || fresh.data_checksums != self.data_checksums {
+            // The LFC was bound to what the first connection announced.
+            return Err(ClientError::Unexpected(
+                "the page server announced another cluster on reconnecting".into(),
+            ));
+        }
         self.out = fresh.out;
         self.reader = fresh.reader;
         self.decoder = fresh.decoder;
