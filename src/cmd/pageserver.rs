@@ -91,6 +91,12 @@ pub struct PageServerArgs {
     /// over HTTP on this address: HOST:PORT, names resolved.
     #[arg(long, value_parser = super::parse_metrics)]
     pub metrics: Option<SocketAddr>,
+    /// Behave as a page server without this project's extension: PrefetchTarget, Prefetch,
+    /// PutPage and PrefetchPriority (tags 0x40-0x43) get what Neon's page server answers an unknown tag (ErrorResponse
+    /// SQLSTATE XX000 "invalid tag N", then ReadyForQuery: the pagestream ends). Clients then
+    /// read as Neon's compute does, pipelined GetPage over TCP.
+    #[arg(long)]
+    pub no_udp_extension: bool,
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -124,6 +130,7 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         thread_classes: !args.no_thread_classes,
         datagram_protection: args.datagram_protection,
         metrics: args.metrics,
+        udp_extension: !args.no_udp_extension,
     };
     // Register signal handlers before listening, so a SIGTERM right after start is not lost.
     let mut signals = signal_hook::iterator::Signals::new([

@@ -7,7 +7,7 @@
 //! while a request waits for WAL.
 
 use super::prefetch::ConnId;
-use super::session::{Answer, Routed, Session, SessionConfig, Work};
+use super::session::{refused_without_extension, Answer, Routed, Session, SessionConfig, Work};
 use super::stats::{bump, RequestKind};
 use super::Shared;
 use crate::protocol::framed::{FramedError, FramedReader};
@@ -325,7 +325,13 @@ fn query_loop(
             FrontendMessage::Query(q) => match parse_query(&q) {
                 Query::Pagestream => {
                     send(&mut stream, &[BackendMessage::CopyBothResponse])?;
-                    return pagestream_session(stream, reader, decoder, shared, conn_id);
+                    match pagestream_session(&stream, &mut reader, &mut decoder, &shared, conn_id)?
+                    {
+                        SessionEnd::Closed => return Ok(()),
+                        // An extension message refused as Neon refuses an unknown tag: the
+                        // client may start a new pagestream on this connection.
+                        SessionEnd::BackToQueries => {}
+                    }
                 }
                 Query::ShowStats => {
                     let [desc, row] = shared.stats.as_result_set();
@@ -387,19 +393,30 @@ enum Job {
     Work(Work),
     /// A fatal error: send it, then close the connection.
     Fatal(ErrorFields),
+    /// An error that ends the pagestream but not the connection: send it and ReadyForQuery
+    /// (after every earlier answer), then stop; the connection goes back to simple queries.
+    LeaveCopy(ErrorFields),
+}
+
+/// How a pagestream session ended.
+enum SessionEnd {
+    /// The client ended it or the connection is gone: close.
+    Closed,
+    /// It ended with an error and ReadyForQuery (`Job::LeaveCopy`): read queries again.
+    BackToQueries,
 }
 
 fn pagestream_session(
-    stream: TcpStream,
-    mut reader: Reader,
-    mut decoder: FrontendDecoder,
-    shared: Arc<Shared>,
+    stream: &TcpStream,
+    reader: &mut Reader,
+    decoder: &mut FrontendDecoder,
+    shared: &Arc<Shared>,
     conn_id: ConnId,
-) -> Result<(), ConnError> {
+) -> Result<SessionEnd, ConnError> {
     let (tx, rx) = sync_channel::<Job>(MAX_QUEUED_REQUESTS);
     // Both threads of a session serve GetPage: a waiting backend is behind each wake-up.
-    enter_latency_class(&shared);
-    let responder = spawn_responder(&stream, rx, &shared)?;
+    enter_latency_class(shared);
+    let responder = spawn_responder(stream, rx, shared)?;
     // Prefetch requests and registrations are handled here, on the reader: a Prefetch has no
     // TCP answer, so handing it to the responder would only add a thread wake-up (and its
     // scheduling delay on a busy machine) before the page can be queued for sending.
@@ -411,13 +428,25 @@ fn pagestream_session(
     let mut session = Session::new(conn_id, peer_ip, config);
     let result = loop {
         let fatal = match reader.next(|b| decoder.decode(b)) {
+            Ok(Some(FrontendMessage::CopyData(payload)))
+                if !shared.config.udp_extension
+                    && refused_without_extension(&payload).is_some() =>
+            {
+                // `--no-udp-extension`: Neon's answer to a tag it does not know. The requests
+                // before it are answered first (the responder keeps the order), as Neon's
+                // pipeline executes the batch it holds before it returns the parse error.
+                bump(&shared.stats.extension_refused);
+                let err = refused_without_extension(&payload).expect("matched");
+                let _ = tx.send(Job::LeaveCopy(err));
+                break Ok(SessionEnd::BackToQueries);
+            }
             Ok(Some(FrontendMessage::CopyData(payload))) => match Request::decode(&payload) {
                 Ok(req) => {
-                    let Some(work) = route_request(&mut session, req, &shared) else {
+                    let Some(work) = route_request(&mut session, req, shared) else {
                         continue;
                     };
                     if tx.send(Job::Work(work)).is_err() {
-                        break Ok(()); // The responder hit a write error and is gone.
+                        break Ok(SessionEnd::Closed); // The responder hit a write error.
                     }
                     continue;
                 }
@@ -428,7 +457,7 @@ fn pagestream_session(
             },
             Ok(Some(FrontendMessage::CopyDone))
             | Ok(Some(FrontendMessage::Terminate))
-            | Ok(None) => break Ok(()),
+            | Ok(None) => break Ok(SessionEnd::Closed),
             Ok(Some(other)) => ErrorFields::fatal(
                 sqlstate::PROTOCOL_VIOLATION,
                 format!(
@@ -525,6 +554,12 @@ fn respond(stream: TcpStream, rx: Receiver<Job>, shared: &Shared) {
                 let _ = send(&mut out, &[BackendMessage::ErrorResponse(err)]);
                 let _ = out.flush();
                 let _ = out.get_ref().shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Job::LeaveCopy(err) => {
+                let ready = BackendMessage::ReadyForQuery { status: READY_IDLE };
+                let _ = send(&mut out, &[BackendMessage::ErrorResponse(err), ready]);
+                let _ = out.flush();
                 return;
             }
         };

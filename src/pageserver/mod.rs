@@ -76,6 +76,11 @@ pub struct ServerConfig {
     pub datagram_protection: workers::datagram::Protection,
     /// Serve `/metrics` and `/healthz` over HTTP here (`None`: no endpoint).
     pub metrics: Option<SocketAddr>,
+    /// Speak this project's pagestream extension (PrefetchTarget, Prefetch, PutPage). False
+    /// answers those tags as Neon's page server answers any tag it does not know
+    /// (`session::unknown_tag_error`): a stand-in for a stock page server, which clients must
+    /// detect and use as Neon's compute does.
+    pub udp_extension: bool,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +107,7 @@ impl Default for ServerConfig {
             thread_classes: true,
             datagram_protection: workers::datagram::Protection::default(),
             metrics: None,
+            udp_extension: true,
         }
     }
 }

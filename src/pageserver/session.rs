@@ -25,6 +25,7 @@ use crate::protocol::page::Page;
 use crate::protocol::pagestream::{
     self, Header, PrefetchPriority, PrefetchTarget, Request, Response,
 };
+use crate::protocol::pgwire::{sqlstate, ErrorFields};
 use lfc::{BufferTag, RelTag};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -335,6 +336,35 @@ impl Work {
     }
 }
 
+/// What a page server without this project's extension (`ServerConfig::udp_extension` off)
+/// answers a pagestream message of the extension (PrefetchTarget, Prefetch, PutPage): `None`
+/// for any other message, decoded as usual.
+///
+/// It is what Neon's page server answers any tag it does not know. `PagestreamFeMessage::parse`
+/// (`libs/pageserver_api/src/pagestream_api.rs`) reads the tag and the common header, then fails
+/// with `anyhow!("invalid tag {tag}")`; the page service (`pageserver/src/page_service.rs`)
+/// returns that from the pagestream as `QueryError::Other`, after the batch it already read is
+/// answered, and `postgres_backend` sends it as an ErrorResponse with severity ERROR, SQLSTATE
+/// XX000 and the message alone, then ReadyForQuery: the copy-both stream is over and the
+/// connection reads simple queries again (where a CopyData closes it). A message too short for
+/// the header fails there before its tag is looked at (a malformed message, as here).
+pub fn refused_without_extension(payload: &[u8]) -> Option<ErrorFields> {
+    let &tag = payload.first()?;
+    let extension = matches!(
+        tag,
+        pagestream::tag::PREFETCH_TARGET
+            | pagestream::tag::PREFETCH
+            | pagestream::tag::PUT_PAGE
+            | pagestream::tag::PREFETCH_PRIORITY
+    );
+    (extension && payload.len() >= pagestream::HEADER_LEN).then(|| unknown_tag_error(tag))
+}
+
+/// Neon's ErrorResponse for a pagestream tag it does not know.
+pub fn unknown_tag_error(tag: u8) -> ErrorFields {
+    ErrorFields::error(sqlstate::INTERNAL_ERROR, format!("invalid tag {tag}"))
+}
+
 /// The end of a wait for WAL that began at `since_ns`.
 fn wal_deadline_ns(store: &PageStore, since_ns: u64) -> u64 {
     since_ns.saturating_add(store.lsn_wait_timeout().as_nanos() as u64)
@@ -490,6 +520,33 @@ mod tests {
             fetched.push(t)
         });
         (a, fetched, frame)
+    }
+
+    #[test]
+    fn without_the_extension_its_tags_get_neons_unknown_tag_error() {
+        let mut frame = Vec::new();
+        target_request(9).encode(&mut frame);
+        let err = refused_without_extension(&frame).expect("refused");
+        assert_eq!(
+            (
+                err.severity.as_str(),
+                err.code.as_str(),
+                err.message.as_str()
+            ),
+            ("ERROR", "XX000", "invalid tag 64")
+        );
+        frame.clear();
+        prefetch_request().encode(&mut frame);
+        assert_eq!(
+            refused_without_extension(&frame).unwrap().message,
+            "invalid tag 65"
+        );
+        // Neon's own requests are served; a message too short for the header is malformed.
+        frame.clear();
+        let (hdr, rel) = (Header::default(), Synthetic::rel(0));
+        Request::GetPage { hdr, rel, blkno: 0 }.encode(&mut frame);
+        assert!(refused_without_extension(&frame).is_none());
+        assert!(refused_without_extension(&[pagestream::tag::PUT_PAGE, 0]).is_none());
     }
 
     #[test]

@@ -59,6 +59,7 @@ counters!(
     prefetch_pages_failed,
     prefetch_send_errors,
     errors,
+    extension_refused,
 );
 
 pub fn bump(counter: &AtomicU64) {
@@ -328,6 +329,13 @@ impl ServerStats {
                 "counter",
                 "Connections closed for a malformed or unexpected message.",
                 load(&self.protocol_errors),
+            ),
+            (
+                "extension_refused_total",
+                "counter",
+                "Extension messages (tags 0x40-0x43) refused as an unknown tag \
+                 (--no-udp-extension).",
+                load(&self.extension_refused),
             ),
         ] {
             prom::single(

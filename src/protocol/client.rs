@@ -2,9 +2,24 @@
 //! (many requests in flight, responses read in order) that is the Neon-style TCP prefetch
 //! baseline.
 //!
-//! Owns: one `TcpStream` (buffered writer, framed reader) and the request ids awaiting a
-//! response. Touches no LFC (it takes only the tag types from `lfc`) and no UDP, and imports no
-//! `pageserver` or `compute` code.
+//! Owns: one `TcpStream` (buffered writer, framed reader), the request ids awaiting a
+//! response, and whether the server speaks this project's extension (`Extension`). Touches no
+//! LFC (it takes only the tag types from `lfc`) and no UDP, and imports no `pageserver` or
+//! `compute` code.
+//!
+//! **A server without the extension.** A stock Neon page server answers an extension message
+//! (tags 0x40-0x43) as any tag it does not know: ErrorResponse ("invalid tag 64", SQLSTATE
+//! XX000) and ReadyForQuery, which ends the pagestream; a CopyData after that closes the
+//! connection (`pageserver::session::refused_without_extension` has the details). So until the
+//! first extension request with an answer (a PrefetchTarget, or a PutPage) is answered, the
+//! client writes nothing after it: later requests are held, in order, and written when the
+//! answer comes. An answer learns `Extension::Supported`. An ErrorResponse learns
+//! `Extension::Unsupported`: the client starts a new pagestream on the same connection (or, if
+//! the server closed it, reconnects once), drops the held extension messages, writes the rest,
+//! and from then on refuses to send any extension message (`ClientError::ExtensionUnsupported`).
+//! `recv` reports the refusal as that error, in the refused request's turn, once per refused
+//! request with an answer. Nothing is ever sent after an unanswered extension message, so
+//! nothing sent is lost.
 
 use crate::protocol::framed::{FramedError, FramedReader};
 use crate::protocol::identity::{parse_system_identifier, NeonId, SYSTEM_IDENTIFIER_PARAM};
@@ -61,6 +76,10 @@ pub enum ClientError {
     TooManyInFlight,
     #[error("connection closed by the server")]
     Closed,
+    /// The server does not speak this project's extension (PrefetchTarget, Prefetch, PutPage):
+    /// the answer to such a request, or the refusal to send one once that is known.
+    #[error("the page server does not support UDP prefetch (this project's pagestream extension)")]
+    ExtensionUnsupported,
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -112,14 +131,53 @@ impl ConnectOptions {
     }
 }
 
+/// Whether the server speaks this project's pagestream extension, as far as the client knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// No extension request has been answered yet.
+    Unknown,
+    /// An extension request was answered in kind.
+    Supported,
+    /// An extension request ended the pagestream (Neon's answer to an unknown tag): no
+    /// extension message is sent again on this client.
+    Unsupported,
+}
+
+/// A request awaiting its response.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    reqid: u64,
+    /// An extension request (PrefetchTarget, PutPage).
+    extension: bool,
+    /// Held while the server's support was unknown, then never sent because it is not
+    /// supported: `recv` answers it with `ExtensionUnsupported` without reading.
+    refused: bool,
+}
+
+/// A request encoded but not yet written, while an extension request's answer is awaited.
+struct Held {
+    frame: Vec<u8>,
+    extension: bool,
+    /// Its request id when it awaits a response.
+    reqid: Option<u64>,
+}
+
 pub struct PageClient {
     out: BufWriter<TcpStream>,
     reader: FramedReader<TcpStream>,
     decoder: BackendDecoder,
     next_reqid: u64,
-    /// Request ids awaiting a response, oldest first.
-    pending: VecDeque<u64>,
+    /// Requests awaiting a response, oldest first.
+    pending: VecDeque<Pending>,
     scratch: Vec<u8>,
+    /// How the connection was made: for a new pagestream, or a new connection, once the
+    /// server refused the extension.
+    opts: ConnectOptions,
+    extension: Extension,
+    /// An extension request whose answer decides `extension` is in flight: later requests wait
+    /// in `held`.
+    probing: bool,
+    held: VecDeque<Held>,
     /// What the server said of its cluster at startup (`data_checksums`, PostgreSQL's own
     /// setting name); a server that says nothing is taken to have them, as every page of the
     /// synthetic source and of a `-k` cluster does.
@@ -139,6 +197,11 @@ impl PageClient {
     /// (`Lfc::bind`) before using the cache.
     pub fn binding(&self) -> lfc::Binding {
         self.binding
+    }
+
+    /// Whether the server speaks this project's extension, as far as known yet.
+    pub fn extension(&self) -> Extension {
+        self.extension
     }
 
     pub fn connect(opts: &ConnectOptions) -> Result<PageClient, ClientError> {
@@ -174,6 +237,10 @@ impl PageClient {
             next_reqid: 1,
             pending: VecDeque::new(),
             scratch: Vec::with_capacity(16 * 1024),
+            opts: opts.clone(),
+            extension: Extension::Unknown,
+            probing: false,
+            held: VecDeque::new(),
             data_checksums: true,
             binding: lfc::Binding {
                 tenant_id: opts.tenant_id.0,
@@ -250,9 +317,14 @@ impl PageClient {
                 _ => {} // AuthenticationOk, other ParameterStatus, BackendKeyData.
             }
         }
+        self.start_pagestream()
+    }
+
+    /// Sends the pagestream query and reads its CopyBothResponse.
+    fn start_pagestream(&mut self) -> Result<(), ClientError> {
         self.write_frontend(&FrontendMessage::Query(format!(
             "pagestream_v3 {} {}",
-            opts.tenant_id, opts.timeline_id
+            self.opts.tenant_id, self.opts.timeline_id
         )))?;
         self.out.flush()?;
         match self.read_backend()? {
@@ -275,17 +347,112 @@ impl PageClient {
         }
     }
 
-    /// Queues a request in the write buffer (sent on `flush` or when the buffer fills).
+    /// Queues a request in the write buffer (sent on `flush` or when the buffer fills), or, while
+    /// an extension request's answer is awaited, holds it until that answer (module docs).
+    /// An extension request once the server refused the extension is an error
+    /// (`ExtensionUnsupported`). A Prefetch sent before any PrefetchTarget is sent as it is: an
+    /// extension server drops it, a server without the extension ends the pagestream at it.
     pub fn send(&mut self, req: &Request) -> Result<(), ClientError> {
-        if req.expects_response() {
+        let extension = is_extension(req);
+        if extension && self.extension == Extension::Unsupported {
+            return Err(ClientError::ExtensionUnsupported);
+        }
+        let reqid = req.expects_response().then(|| req.header().reqid);
+        if let Some(reqid) = reqid {
             if self.pending.len() >= MAX_IN_FLIGHT {
                 return Err(ClientError::TooManyInFlight);
             }
-            self.pending.push_back(req.header().reqid);
+            self.pending.push_back(Pending {
+                reqid,
+                extension,
+                refused: false,
+            });
         }
         self.scratch.clear();
         crate::protocol::pgwire::encode_copy_data_with(&mut self.scratch, |o| req.encode(o));
+        if self.probing {
+            self.held.push_back(Held {
+                frame: self.scratch.clone(),
+                extension,
+                reqid,
+            });
+            return Ok(());
+        }
         self.out.write_all(&self.scratch)?;
+        if extension && reqid.is_some() && self.extension == Extension::Unknown {
+            self.probing = true;
+        }
+        Ok(())
+    }
+
+    /// The answer to the extension request being probed came: `supported` or not. Writes the
+    /// held requests (without the extension ones when not supported, whose pending entries are
+    /// then refused) and flushes.
+    fn probe_answered(&mut self, supported: bool) -> Result<(), ClientError> {
+        self.probing = false;
+        self.extension = if supported {
+            Extension::Supported
+        } else {
+            Extension::Unsupported
+        };
+        while let Some(h) = self.held.pop_front() {
+            if h.extension && !supported {
+                if let Some(reqid) = h.reqid {
+                    if let Some(p) = self.pending.iter_mut().find(|p| p.reqid == reqid) {
+                        p.refused = true;
+                    }
+                }
+                continue;
+            }
+            self.out.write_all(&h.frame)?;
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// The server answered the extension request being probed with `err` (an ErrorResponse
+    /// ending the pagestream, as Neon answers an unknown tag), or closed the connection (`None`):
+    /// goes on without the extension, on a new pagestream of this connection or, if the server
+    /// closed it, of a new one (once: no extension message is sent after this).
+    fn extension_refused(&mut self, err: Option<&ErrorFields>) -> Result<(), ClientError> {
+        let reuse = err.is_some_and(|e| e.severity == "ERROR");
+        tracing::info!(
+            server = %self.opts.addr,
+            answer = err.map_or("connection closed".to_string(), |e| format!("{}: {}", e.code, e.message)),
+            "the page server does not support UDP prefetch; reading by pipelined GetPage, as Neon's compute"
+        );
+        let resumed = reuse && self.resume_pagestream().is_ok();
+        if !resumed {
+            self.reconnect()?;
+        }
+        self.probe_answered(false)
+    }
+
+    /// After an ErrorResponse that ended the pagestream: ReadyForQuery, then a new pagestream.
+    fn resume_pagestream(&mut self) -> Result<(), ClientError> {
+        loop {
+            match self.read_backend()? {
+                BackendMessage::ReadyForQuery { .. } => break,
+                BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
+                _ => {} // NoticeResponse and the like.
+            }
+        }
+        self.start_pagestream()
+    }
+
+    /// A new connection in place of this one, closed by the server; what is in flight on it is
+    /// only what was held (nothing is sent after an unanswered extension request).
+    fn reconnect(&mut self) -> Result<(), ClientError> {
+        let fresh = PageClient::connect(&self.opts)?;
+        if fresh.binding != self.binding || fresh.data_checksums != self.data_checksums {
+            // The LFC was bound to what the first connection announced.
+            return Err(ClientError::Unexpected(
+                "the page server announced another cluster on reconnecting".into(),
+            ));
+        }
+        self.out = fresh.out;
+        self.reader = fresh.reader;
+        self.decoder = fresh.decoder;
         Ok(())
     }
 
@@ -300,31 +467,36 @@ impl PageClient {
     }
 
     /// Reads the response to the oldest request in flight (flushing first, so it was sent).
+    /// An extension request the server refused gets `ClientError::ExtensionUnsupported`, in its
+    /// turn, and the client goes on without the extension (module docs).
     pub fn recv(&mut self) -> Result<Response, ClientError> {
-        let Some(&want) = self.pending.front() else {
+        let Some(&front) = self.pending.front() else {
             return Err(ClientError::Unexpected(
                 "recv with no request in flight".into(),
             ));
         };
-        // Flushes what is buffered only when no response is buffered yet (the read may block):
-        // a burst of responses costs no system call per response.
-        let dec = &self.decoder;
-        let out = &mut self.out;
-        let msg = self
-            .reader
-            .next_or_before_read(
-                |b| dec.decode(b),
-                || {
-                    if out.buffer().is_empty() {
-                        Ok(())
-                    } else {
-                        out.flush()
-                    }
-                },
-            )?
-            .ok_or(ClientError::Closed)?;
+        if front.refused {
+            self.pending.pop_front();
+            return Err(ClientError::ExtensionUnsupported);
+        }
+        let want = front.reqid;
+        let probe = front.extension && self.probing;
+        let msg = match self.read_response() {
+            Ok(msg) => msg,
+            Err(e) if probe && closed(&e) => {
+                self.pending.pop_front();
+                self.extension_refused(None)?;
+                return Err(ClientError::ExtensionUnsupported);
+            }
+            Err(e) => return Err(e),
+        };
         let resp = match msg {
             BackendMessage::CopyData(payload) => Response::decode(&payload)?,
+            BackendMessage::ErrorResponse(e) if probe => {
+                self.pending.pop_front();
+                self.extension_refused(Some(&e))?;
+                return Err(ClientError::ExtensionUnsupported);
+            }
             BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
             BackendMessage::CopyDone => return Err(ClientError::Closed),
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
@@ -336,7 +508,29 @@ impl PageClient {
             )));
         }
         self.pending.pop_front();
+        if probe {
+            self.probe_answered(true)?;
+        }
         Ok(resp)
+    }
+
+    /// The next message on the connection, flushing first only when none is buffered yet (the
+    /// read may block): a burst of responses costs no system call per response.
+    fn read_response(&mut self) -> Result<BackendMessage, ClientError> {
+        let dec = &self.decoder;
+        let out = &mut self.out;
+        self.reader
+            .next_or_before_read(
+                |b| dec.decode(b),
+                || {
+                    if out.buffer().is_empty() {
+                        Ok(())
+                    } else {
+                        out.flush()
+                    }
+                },
+            )?
+            .ok_or(ClientError::Closed)
     }
 
     fn call(&mut self, req: Request) -> Result<Response, ClientError> {
@@ -412,12 +606,18 @@ impl PageClient {
         }
     }
 
-    /// Registers where this connection's prefetched pages are sent by UDP.
-    pub fn set_prefetch_target(&mut self, target: PrefetchTarget) -> Result<(), ClientError> {
+    /// Registers where this connection's prefetched pages are sent by UDP: `Ok(false)` when
+    /// the server does not support UDP prefetch (the client then goes on without it).
+    pub fn set_prefetch_target(&mut self, target: PrefetchTarget) -> Result<bool, ClientError> {
+        if self.extension == Extension::Unsupported {
+            return Ok(false);
+        }
         let hdr = self.header(crate::protocol::pagestream::LATEST_LSN, 0);
-        match self.call(Request::PrefetchTarget { hdr, target })? {
-            Response::PrefetchTarget { .. } => Ok(()),
-            other => Err(unexpected("PrefetchTarget", &other)),
+        match self.call(Request::PrefetchTarget { hdr, target }) {
+            Ok(Response::PrefetchTarget { .. }) => Ok(true),
+            Ok(other) => Err(unexpected("PrefetchTarget", &other)),
+            Err(ClientError::ExtensionUnsupported) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -528,6 +728,31 @@ impl PageClient {
     }
 }
 
+/// Whether `req` is of this project's extension (tags 0x40-0x43), which a stock page server
+/// does not know.
+fn is_extension(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::PrefetchTarget { .. }
+            | Request::Prefetch { .. }
+            | Request::PutPage { .. }
+            | Request::PrefetchPriority { .. }
+    )
+}
+
+/// Whether an error means the server closed the connection.
+fn closed(e: &ClientError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        ClientError::Closed => true,
+        ClientError::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
 /// What a peer that does not speak the PostgreSQL protocol looks like, from its first bytes.
 fn peer_kind(first: &[u8]) -> String {
     if first.starts_with(b"HTTP/") {
@@ -595,6 +820,208 @@ pub fn unexpected(what: &str, resp: &Response) -> ClientError {
 mod tests {
     use super::{peer_kind, resolve};
     use std::net::SocketAddr;
+
+    /// Detection of a server without the extension, against a fake server that refuses the
+    /// extension one of two ways.
+    mod extension {
+        use super::super::*;
+        use crate::protocol::pgwire::{sqlstate, FrontendDecoder, READY_IDLE};
+        use std::net::TcpListener;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        #[derive(Clone, Copy)]
+        enum Refusal {
+            /// Neon's: ErrorResponse and ReadyForQuery, the connection stays.
+            ErrorResponse,
+            /// A server that closes the connection at an unknown tag.
+            Close,
+            /// A server with the extension: a target is answered, a prefetch accepted.
+            None,
+        }
+
+        #[derive(Default)]
+        struct Seen {
+            connections: AtomicUsize,
+            extension_messages: AtomicUsize,
+            get_pages: AtomicUsize,
+        }
+
+        fn send(stream: &mut TcpStream, msgs: &[BackendMessage]) {
+            let mut out = Vec::new();
+            for m in msgs {
+                m.encode(&mut out);
+            }
+            stream.write_all(&out).unwrap();
+        }
+
+        /// Serves connections until the test ends: startup, pagestream queries, GetPages
+        /// (answered with an empty page) and extension messages (refused per `refusal`).
+        fn fake_server(refusal: Refusal) -> (String, Arc<Seen>) {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let seen = Arc::new(Seen::default());
+            let seen2 = seen.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { return };
+                    seen2.connections.fetch_add(1, Ordering::SeqCst);
+                    let seen = seen2.clone();
+                    std::thread::spawn(move || serve(stream, refusal, &seen));
+                }
+            });
+            (addr, seen)
+        }
+
+        fn serve(mut stream: TcpStream, refusal: Refusal, seen: &Seen) {
+            let mut reader = FramedReader::new(stream.try_clone().unwrap());
+            let mut decoder = FrontendDecoder::new();
+            let ready = BackendMessage::ReadyForQuery { status: READY_IDLE };
+            while let Ok(Some(msg)) = reader.next(|b| decoder.decode(b)) {
+                match msg {
+                    FrontendMessage::Startup { .. } => send(
+                        &mut stream,
+                        &[BackendMessage::AuthenticationOk, ready.clone()],
+                    ),
+                    FrontendMessage::Query(_) => {
+                        send(&mut stream, &[BackendMessage::CopyBothResponse])
+                    }
+                    FrontendMessage::CopyData(payload) => match Request::decode(&payload) {
+                        Ok(Request::GetPage { hdr, rel, blkno }) => {
+                            seen.get_pages.fetch_add(1, Ordering::SeqCst);
+                            let mut frame = Vec::new();
+                            let page = Box::new([0u8; lfc::PAGE_SIZE]);
+                            Response::GetPage {
+                                hdr,
+                                rel,
+                                blkno,
+                                page,
+                            }
+                            .encode(&mut frame);
+                            send(&mut stream, &[BackendMessage::CopyData(frame)]);
+                        }
+                        Ok(_) => {
+                            seen.extension_messages.fetch_add(1, Ordering::SeqCst);
+                            match refusal {
+                                Refusal::None => {
+                                    if let Ok(Request::PrefetchTarget { hdr, target }) =
+                                        Request::decode(&payload)
+                                    {
+                                        let mut frame = Vec::new();
+                                        Response::PrefetchTarget {
+                                            hdr,
+                                            udp_port: target.udp_port,
+                                        }
+                                        .encode(&mut frame);
+                                        send(&mut stream, &[BackendMessage::CopyData(frame)]);
+                                    }
+                                }
+                                Refusal::Close => return,
+                                Refusal::ErrorResponse => {
+                                    let err = ErrorFields::error(
+                                        sqlstate::INTERNAL_ERROR,
+                                        format!("invalid tag {}", payload[0]),
+                                    );
+                                    send(
+                                        &mut stream,
+                                        &[BackendMessage::ErrorResponse(err), ready.clone()],
+                                    );
+                                }
+                            }
+                        }
+                        Err(e) => panic!("{e}"),
+                    },
+                    _ => return,
+                }
+            }
+        }
+
+        fn target() -> PrefetchTarget {
+            PrefetchTarget {
+                udp_port: 9,
+                key_id: 1,
+                key: [1; 32],
+            }
+        }
+
+        /// A target with GetPages and Prefetches queued behind it before its answer: the
+        /// refusal is learnt, the GetPages are answered, and no extension message is sent
+        /// after the refused one, on this connection or a new one.
+        fn learns(refusal: Refusal, connections: usize) {
+            let (addr, seen) = fake_server(refusal);
+            let mut client = PageClient::connect(&ConnectOptions::new(addr)).unwrap();
+            client.send_prefetch_target(target()).unwrap();
+            let rel = RelTag::new(1663, 5, 16384, 0);
+            client.send_prefetch(rel, 0, 4, u64::MAX, 0).unwrap();
+            for b in 0..3 {
+                client.send_get_page(rel.block(b), u64::MAX, 0).unwrap();
+            }
+            client.send_prefetch_target(target()).unwrap();
+            client.send_get_page(rel.block(3), u64::MAX, 0).unwrap();
+            client.flush().unwrap();
+            // The first target, then the GetPages in order, then the second target in its turn.
+            assert!(matches!(
+                client.recv(),
+                Err(ClientError::ExtensionUnsupported)
+            ));
+            assert_eq!(client.extension(), Extension::Unsupported);
+            for b in 0..3 {
+                assert!(matches!(client.recv(), Ok(Response::GetPage { blkno, .. }) if blkno == b));
+            }
+            assert!(matches!(
+                client.recv(),
+                Err(ClientError::ExtensionUnsupported)
+            ));
+            assert!(matches!(
+                client.recv(),
+                Ok(Response::GetPage { blkno: 3, .. })
+            ));
+            assert!(!client.set_prefetch_target(target()).unwrap());
+            assert!(matches!(
+                client.send_prefetch(rel, 0, 1, u64::MAX, 0),
+                Err(ClientError::ExtensionUnsupported)
+            ));
+            client.get_page(rel.block(9), u64::MAX, 0).unwrap();
+            assert_eq!(seen.extension_messages.load(Ordering::SeqCst), 1);
+            assert_eq!(seen.get_pages.load(Ordering::SeqCst), 5);
+            assert_eq!(seen.connections.load(Ordering::SeqCst), connections);
+        }
+
+        #[test]
+        fn an_error_response_to_a_target_is_learnt_on_the_same_connection() {
+            learns(Refusal::ErrorResponse, 1);
+        }
+
+        #[test]
+        fn a_server_that_closes_at_a_target_is_reconnected_to_once() {
+            learns(Refusal::Close, 2);
+        }
+
+        #[test]
+        fn an_answered_target_releases_what_was_held_behind_it() {
+            let (addr, seen) = fake_server(Refusal::None);
+            let mut client = PageClient::connect(&ConnectOptions::new(addr)).unwrap();
+            let rel = RelTag::new(1663, 5, 16384, 0);
+            client.send_get_page(rel.block(0), u64::MAX, 0).unwrap();
+            client.send_prefetch_target(target()).unwrap();
+            client.send_prefetch(rel, 1, 4, u64::MAX, 0).unwrap();
+            client.send_get_page(rel.block(1), u64::MAX, 0).unwrap();
+            client.flush().unwrap();
+            assert!(matches!(
+                client.recv(),
+                Ok(Response::GetPage { blkno: 0, .. })
+            ));
+            assert_eq!(client.extension(), Extension::Unknown);
+            assert!(matches!(client.recv(), Ok(Response::PrefetchTarget { .. })));
+            assert_eq!(client.extension(), Extension::Supported);
+            assert!(matches!(
+                client.recv(),
+                Ok(Response::GetPage { blkno: 1, .. })
+            ));
+            // Target and Prefetch reached the server.
+            assert_eq!(seen.extension_messages.load(Ordering::SeqCst), 2);
+        }
+    }
 
     fn one(addr: &str) -> SocketAddr {
         resolve(addr, 6400).unwrap()[0]

@@ -70,7 +70,14 @@ pub enum Poll {
 #[derive(Debug, Clone, Copy)]
 pub enum Response<'p> {
     Target,
-    Page { tag: BufferTag, page: &'p Page },
+    /// The server answered a PrefetchTarget as a page server without this project's extension
+    /// answers it (Neon's answer to an unknown tag): this backend reads as Neon's compute does,
+    /// by pipelined GetPage, for good.
+    TargetRefused,
+    Page {
+        tag: BufferTag,
+        page: &'p Page,
+    },
 }
 
 /// What a response did: the read's next step (`None` when no read is in progress, or the read
@@ -491,6 +498,23 @@ impl Driver {
         self.pump(lfc, now_ns);
     }
 
+    /// The page server does not speak the extension (a refused PrefetchTarget, or another
+    /// extension request refused while no target was in flight): TCP pipelining for good, as
+    /// `tcp_only` (no probe, no PrefetchTarget or Prefetch ever again); the prefetches of the
+    /// window that were never sent go to the pipeline.
+    pub fn without_extension(&mut self, lfc: &Lfc, now_ns: u64) {
+        if !self.udp_allowed {
+            return;
+        }
+        self.udp_allowed = false;
+        self.target_port = None;
+        self.health.without_udp(
+            now_ns,
+            "the page server does not support UDP prefetch: TCP pipelining, as Neon's compute",
+        );
+        self.move_window_to_tcp(lfc, now_ns);
+    }
+
     /// Requests again own prefetches most likely lost (`ReadPath::plan_retries`, probing at
     /// most `max_probes`).
     fn loss_check(&mut self, lfc: &Lfc, now_ns: u64, max_probes: usize) {
@@ -774,6 +798,13 @@ impl Driver {
                     .ok_or_else(|| DriverError::Unrequested("PrefetchTarget".into()))?;
                 None
             }
+            Response::TargetRefused => {
+                self.pipeline
+                    .answered(None)
+                    .ok_or_else(|| DriverError::Unrequested("PrefetchTarget".into()))?;
+                self.without_extension(lfc, now_ns);
+                None
+            }
             Response::Page { tag, page } => {
                 let Some(InFlight::Page {
                     not_modified_since,
@@ -1054,6 +1085,61 @@ mod tests {
         assert_eq!(now, start + 2 * MS, "no read waited");
         assert_eq!(d.path(), PrefetchPath::Udp);
         assert!(d.state_log().last().unwrap().reason.contains("8/8"));
+    }
+
+    #[test]
+    fn a_refused_target_moves_to_tcp_for_good_and_sends_no_extension_message_again() {
+        let f = fixture(true);
+        f.lfc.daemon_heartbeat(T0);
+        let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
+        assert_eq!(d.path(), PrefetchPath::Udp);
+        d.prefetch(&f.lfc, synthetic_rel(0), 0..64, T0);
+        let sent = drain(&mut d);
+        assert_eq!(sent[0], Transmit::Target { udp_port: 7000 });
+        // The server does not speak the extension: the window's prefetches, never sent, go
+        // to the pipeline at once.
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        let h = d
+            .on_response(&f.lfc, Response::TargetRefused, &mut out, T0)
+            .unwrap();
+        assert_eq!(h.next, None);
+        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
+        assert!(d
+            .state_log()
+            .last()
+            .unwrap()
+            .reason
+            .contains("does not support UDP prefetch"));
+        let mut wire: VecDeque<u32> = get_pages(&drain(&mut d)).into();
+        assert_eq!(wire.len(), 64);
+        // A live daemon, a restarted one and the probe backoff passing change nothing: reads
+        // and top-ups send GetPages only, and no read waits.
+        let mut now = T0;
+        for b in 0..512u32 {
+            f.lfc.daemon_heartbeat(now);
+            if b == 200 {
+                f.lfc
+                    .register_daemon("127.0.0.1:7001".parse().unwrap(), 2, 0, now);
+            }
+            if b % 32 == 0 {
+                let distance = d.prefetch_distance(128);
+                d.prefetch(&f.lfc, synthetic_rel(0), b..(b + distance).min(512), now);
+                let sent = drain(&mut d);
+                assert!(
+                    sent.iter().all(|t| matches!(t, Transmit::GetPage { .. })),
+                    "{sent:?}"
+                );
+                wire.extend(get_pages(&sent));
+            }
+            let before = now;
+            assert_eq!(
+                read(&mut d, &f.lfc, &mut wire, b, &mut now),
+                ReadSource::Tcp
+            );
+            assert_eq!(now, before, "no read waits");
+            now += 100 * MS;
+        }
+        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
     }
 
     #[test]

@@ -509,6 +509,20 @@ impl UdpHealth {
         })
     }
 
+    /// UDP is not available at all (the page server does not speak the extension): TCP from
+    /// now on, logged (a change when it leaves UDP); the driver sends nothing that would probe.
+    pub fn without_udp(&mut self, now_ns: u64, reason: &str) {
+        if self.path == PrefetchPath::Udp {
+            self.set(PrefetchPath::TcpPipelined, now_ns, reason.to_string());
+        } else if self.log.len() < MAX_STATE_LOG {
+            self.log.push(StateChange {
+                at_ms: now_ns.saturating_sub(self.started_ns) as f64 / 1e6,
+                to: self.path,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
     /// Starts on UDP, when a daemon is known (registered or given by the operator): logged,
     /// not counted as a change.
     pub fn start_udp(&mut self, now_ns: u64, reason: &str) {

@@ -15,6 +15,7 @@ mod loss;
 pub mod pipeline;
 pub mod read_path;
 
+pub use crate::protocol::client::Extension;
 use crate::protocol::client::{unexpected, ClientError, PageClient};
 use crate::protocol::page::Page;
 use crate::protocol::pagestream::{PrefetchTarget, Response, LATEST_LSN};
@@ -100,7 +101,9 @@ impl<'a> Backend<'a> {
     ) -> Result<Self, BackendError> {
         crate::compute::bind_cache(lfc, &client)?;
         let driver = Driver::new(config, prefetch_port, lfc, monotonic_ns());
-        Ok(Self::with_driver(lfc, client, driver))
+        let mut backend = Self::with_driver(lfc, client, driver);
+        backend.learn_extension()?;
+        Ok(backend)
     }
 
     /// A backend that never prefetches by UDP: Neon's compute with its LFC (`Driver::tcp_only`).
@@ -124,8 +127,27 @@ impl<'a> Backend<'a> {
         }
     }
 
+    /// A backend that registers its prefetch target at once asks whether the server speaks the
+    /// extension before it sends anything else: the answer is awaited here, one round trip,
+    /// rather than behind its first prefetches, which the client holds until then
+    /// (`protocol::client`) while the first read would wait for them.
+    fn learn_extension(&mut self) -> Result<(), BackendError> {
+        self.transmit()?;
+        if self.client.extension() == Extension::Unknown && self.driver.pipeline_busy() {
+            let mut scratch: Box<Page> = Box::new([0u8; lfc::PAGE_SIZE]);
+            self.receive_handled(&mut scratch)?;
+        }
+        Ok(())
+    }
+
     pub fn client(&mut self) -> &mut PageClient {
         &mut self.client
+    }
+
+    /// Whether the page server speaks this project's extension, as far as known yet; without
+    /// it the backend reads by pipelined GetPage only.
+    pub fn extension(&self) -> Extension {
+        self.client.extension()
     }
 
     pub fn path(&self) -> PrefetchPath {
@@ -252,7 +274,18 @@ impl<'a> Backend<'a> {
     fn receive_handled(&mut self, out: &mut Page) -> Result<driver::Handled, BackendError> {
         // `recv` flushes what is buffered before it blocks.
         self.unflushed_get_pages = 0;
-        let resp = self.client.recv()?;
+        let resp = match self.client.recv() {
+            Ok(resp) => resp,
+            // The oldest request in flight was a PrefetchTarget, and the server does not
+            // speak the extension (the client already goes on without it).
+            Err(ClientError::ExtensionUnsupported) => {
+                let refused = driver::Response::TargetRefused;
+                return Ok(self
+                    .driver
+                    .on_response(self.lfc, refused, out, monotonic_ns())?);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let next = match &resp {
             Response::GetPage {
                 rel, blkno, page, ..
@@ -291,10 +324,21 @@ impl<'a> Backend<'a> {
 
     /// The compute's own new version of a page: to the page server (standing in for WAL) and
     /// into the LFC, which raises the tag's last-written LSN (see `store_own_write` for a
-    /// cache that refuses it).
+    /// cache that refuses it). A page server without this project's extension takes no
+    /// PutPage: it gets its WAL another way, as a real compute's page server does, and the
+    /// version goes into the LFC only.
     pub fn write(&mut self, tag: BufferTag, lsn: u64, page: &Page) -> Result<(), BackendError> {
         self.drain()?;
-        self.client.put_page(tag, lsn, page)?;
+        if self.client.extension() != Extension::Unsupported {
+            match self.client.put_page(tag, lsn, page) {
+                Ok(()) => {}
+                // Learnt here, with nothing in flight: no PrefetchTarget from now on either.
+                Err(ClientError::ExtensionUnsupported) => {
+                    self.driver.without_extension(self.lfc, monotonic_ns())
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         store_own_write(self.lfc, &tag, lsn, page)?;
         Ok(())
     }

@@ -203,12 +203,18 @@ fn register_udp(
 ) -> Result<Option<u16>, ClientError> {
     match driver::udp_port(cfg.prefetch_port, lfc, monotonic_ns()) {
         Some(udp_port) if cfg.udp => {
-            client.set_prefetch_target(PrefetchTarget {
+            let accepted = client.set_prefetch_target(PrefetchTarget {
                 udp_port,
                 key_id: lfc.key_id(),
                 key: lfc.key(),
             })?;
-            Ok(Some(udp_port))
+            if !accepted {
+                tracing::warn!(
+                    server = %cfg.connect.addr,
+                    "the page server does not support UDP prefetch; prewarming over TCP"
+                );
+            }
+            Ok(accepted.then_some(udp_port))
         }
         _ => {
             if cfg.udp {

@@ -1,0 +1,229 @@
+//! The C ABI called as C calls it (through the same `extern "C"` functions), against a page
+//! server in this process: writes, last-written LSNs, an older snapshot, relation sizes, a page
+//! server without the extension, and errors that leave the handle usable or not.
+
+use std::ffi::{CStr, CString};
+use std::ptr::null_mut;
+use udp_prefetch::pageserver::source::SourceSpec;
+use udp_prefetch::pageserver::{PageServer, ServerConfig};
+use udp_prefetch::protocol::page::{page_lsn, synthetic_page, synthetic_rel};
+use udp_prefetch_c::*;
+
+fn server(udp_extension: bool) -> PageServer {
+    PageServer::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        source: SourceSpec::Synthetic {
+            rels: 1,
+            pages: 100,
+        },
+        udp_extension,
+        ..ServerConfig::default()
+    })
+    .unwrap()
+}
+
+fn last_error() -> String {
+    // SAFETY: this thread's NUL-terminated message.
+    unsafe { CStr::from_ptr(udpf_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// An open handle on a new LFC (no worker daemon: prefetches go by TCP pipelining).
+struct Handle {
+    h: *mut UdpfBackend,
+    _dir: tempfile::TempDir,
+}
+
+impl Handle {
+    fn open(server: &PageServer) -> Handle {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lfc");
+        lfc::Lfc::create(&path, 1024).unwrap();
+        let lfc_path = CString::new(path.to_str().unwrap()).unwrap();
+        let addr = CString::new(server.local_addr().to_string()).unwrap();
+        let opts = UdpfOptions {
+            lfc_path: lfc_path.as_ptr(),
+            server: addr.as_ptr(),
+            tenant_id: std::ptr::null(),
+            timeline_id: std::ptr::null(),
+            token: std::ptr::null(),
+            prefetch_port: 0,
+            connect_timeout_ms: 0,
+            max_wait_us: 0,
+            tcp_depth: 0,
+        };
+        let mut h = null_mut();
+        // SAFETY: valid options and out pointer.
+        let status = unsafe { udpf_open(&opts, &mut h) };
+        assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
+        Handle { h, _dir: dir }
+    }
+
+    fn read(&self, blkno: u32, request_lsn: u64, nms: u64) -> (UdpfStatus, u64, UdpfSource) {
+        let tag = buffer_tag(blkno);
+        let mut page = [0u8; UDPF_PAGE_SIZE];
+        let mut source = UdpfSource::UDPF_SOURCE_TCP;
+        // SAFETY: an open handle, a valid tag, a page-sized buffer.
+        let status = unsafe {
+            udpf_read(
+                self.h,
+                &tag,
+                request_lsn,
+                nms,
+                page.as_mut_ptr(),
+                &mut source,
+            )
+        };
+        (status, page_lsn(&page), source)
+    }
+
+    fn stats(&self) -> UdpfStats {
+        let mut s = UdpfStats::default();
+        // SAFETY: an open handle.
+        assert_eq!(unsafe { udpf_stats(self.h, &mut s) }, UdpfStatus::UDPF_OK);
+        s
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: opened, closed once.
+        unsafe { udpf_close(self.h) };
+    }
+}
+
+fn rel_tag() -> UdpfRelTag {
+    let r = synthetic_rel(0);
+    UdpfRelTag {
+        spcnode: r.spcnode,
+        dbnode: r.dbnode,
+        relnode: r.relnode,
+        forknum: r.forknum,
+    }
+}
+
+fn buffer_tag(blkno: u32) -> UdpfBufferTag {
+    UdpfBufferTag {
+        rel: rel_tag(),
+        blkno,
+    }
+}
+
+#[test]
+fn writes_last_written_lsns_snapshots_and_sizes() {
+    let server = server(true);
+    let h = Handle::open(&server);
+    let rel = rel_tag();
+    let (mut n, mut exists) = (0u32, false);
+    // SAFETY: an open handle and valid pointers.
+    unsafe {
+        assert_eq!(
+            udpf_nblocks(h.h, &rel, UDPF_LSN_LATEST, &mut n),
+            UdpfStatus::UDPF_OK
+        );
+        assert_eq!(
+            udpf_exists(h.h, &rel, UDPF_LSN_LATEST, &mut exists),
+            UdpfStatus::UDPF_OK
+        );
+    }
+    assert_eq!((n, exists), (100, true));
+    let (status, lsn, source) = h.read(3, UDPF_LSN_LATEST, 0);
+    assert_eq!(
+        (status, lsn, source),
+        (UdpfStatus::UDPF_OK, 16, UdpfSource::UDPF_SOURCE_TCP)
+    );
+    assert_eq!(h.read(3, UDPF_LSN_LATEST, 0).2, UdpfSource::UDPF_SOURCE_HIT);
+
+    // The backend's own write at LSN 500: read back from the LFC.
+    let tag = synthetic_rel(0).block(3);
+    let new = synthetic_page(tag, 500);
+    // SAFETY: an open handle, a valid tag and page.
+    let status = unsafe { udpf_write(h.h, &buffer_tag(3), 500, new.as_ptr()) };
+    assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
+    assert_eq!(
+        h.read(3, UDPF_LSN_LATEST, 0),
+        (UdpfStatus::UDPF_OK, 500, UdpfSource::UDPF_SOURCE_HIT)
+    );
+    // An older snapshot goes to the page server at its LSN, past the LFC.
+    assert_eq!(
+        h.read(3, 100, 16),
+        (UdpfStatus::UDPF_OK, 16, UdpfSource::UDPF_SOURCE_TCP)
+    );
+
+    // Another writer's version at 600, known only by its LSN: the cached 500 is dropped and
+    // the read fetches what the server has (its PutPage came from that writer).
+    let other = synthetic_page(tag, 600);
+    let mut writer = udp_prefetch::protocol::client::PageClient::connect(
+        &udp_prefetch::protocol::client::ConnectOptions::new(server.local_addr().to_string()),
+    )
+    .unwrap();
+    writer.put_page(tag, 600, &other).unwrap();
+    // SAFETY: an open handle, a valid tag.
+    let status = unsafe { udpf_set_last_written_lsn(h.h, &buffer_tag(3), 600) };
+    assert_eq!(status, UdpfStatus::UDPF_OK);
+    assert_eq!(
+        h.read(3, UDPF_LSN_LATEST, 0),
+        (UdpfStatus::UDPF_OK, 600, UdpfSource::UDPF_SOURCE_TCP)
+    );
+    // A not_modified_since the LFC did not know is taken as a modification too.
+    let newer = synthetic_page(tag, 700);
+    writer.put_page(tag, 700, &newer).unwrap();
+    assert_eq!(h.read(3, UDPF_LSN_LATEST, 700).1, 700);
+
+    // Bad input is refused with a message and leaves the handle usable.
+    assert_eq!(h.read(4, 10, 20).0, UdpfStatus::UDPF_INVALID_ARGUMENT);
+    assert!(
+        last_error().contains("0/A"),
+        "LSNs as X/Y: {}",
+        last_error()
+    );
+    assert_eq!(h.read(4, UDPF_LSN_LATEST, 0).0, UdpfStatus::UDPF_OK);
+    assert_eq!(h.stats().extension, 1, "learnt from the PutPage's answer");
+}
+
+#[test]
+fn without_the_extension_reads_and_writes_go_on_over_tcp() {
+    let server = server(false);
+    let h = Handle::open(&server);
+    let rel = rel_tag();
+    let mut requested = 0;
+    // SAFETY: an open handle and valid pointers.
+    let status = unsafe { udpf_prefetch(h.h, &rel, 0, 50, &mut requested) };
+    assert_eq!(status, UdpfStatus::UDPF_OK);
+    for b in 0..50 {
+        let (status, lsn, _) = h.read(b, UDPF_LSN_LATEST, 0);
+        assert_eq!((status, lsn), (UdpfStatus::UDPF_OK, 16), "{}", last_error());
+    }
+    // The write's PutPage is refused: the version goes into the LFC only.
+    let tag = synthetic_rel(0).block(7);
+    // SAFETY: an open handle, a valid tag and page.
+    let status = unsafe { udpf_write(h.h, &buffer_tag(7), 900, synthetic_page(tag, 900).as_ptr()) };
+    assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
+    assert_eq!(
+        h.read(7, UDPF_LSN_LATEST, 0),
+        (UdpfStatus::UDPF_OK, 900, UdpfSource::UDPF_SOURCE_HIT)
+    );
+    let s = h.stats();
+    assert_eq!(s.extension, 2, "{s:?}");
+    assert!(!s.on_udp);
+    assert_eq!(
+        server
+            .stats()
+            .extension_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn a_read_of_a_block_that_does_not_exist_fails_and_the_handle_says_why_after() {
+    let server = server(true);
+    let h = Handle::open(&server);
+    let (status, _, _) = h.read(1000, UDPF_LSN_LATEST, 0);
+    assert_eq!(status, UdpfStatus::UDPF_SERVER);
+    let first = last_error();
+    assert!(!first.is_empty());
+    assert_eq!(h.read(0, UDPF_LSN_LATEST, 0).0, UdpfStatus::UDPF_SERVER);
+    assert!(last_error().contains("open another"), "{}", last_error());
+}
