@@ -118,6 +118,9 @@ enum BenchCommand {
     /// udp against tcp-pipelined across a veth link between two network namespaces, per MTU
     /// and UDP packet loss (needs root, iproute2 and nftables).
     Net(bench::net::NetBenchArgs),
+    /// A udp scan beside a flood of forged datagrams at the daemon, against the same flood at a
+    /// closed port; the daemon's CPU per forged and per valid datagram.
+    Flood(bench::flood::FloodBenchArgs),
     /// Every scenario in one run, with modest settings (`--full` for each one's defaults).
     All(bench::all::AllBenchArgs),
 }
@@ -171,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 BenchCommand::ManyBackends(a) => bench::many_backends::run(a)?,
                 BenchCommand::Degrade(a) => bench::degrade::run(a)?,
                 BenchCommand::Net(a) => bench::net::run(a)?,
+                BenchCommand::Flood(a) => bench::flood::run(a)?,
                 BenchCommand::All(a) => {
                     let (records, l) = bench::all::run(a)?;
                     latencies = l;

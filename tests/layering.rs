@@ -41,10 +41,11 @@ fn mentions(dir: &str, forbidden: &[&str]) -> Vec<String> {
 }
 
 /// The compute's part of the `workers` crate (`workers/src/lib.rs`).
-const WORKERS_COMPUTE: [&str; 5] = [
+const WORKERS_COMPUTE: [&str; 6] = [
     "workers::daemon",
     "workers::pump",
     "workers::ingest",
+    "workers::junk",
     "workers::metrics",
     "workers::pidfile",
 ];
@@ -101,7 +102,7 @@ fn the_protocol_imports_neither_side_nor_the_cli() {
 
 #[test]
 fn the_shared_layer_of_workers_does_not_use_the_daemon() {
-    let compute: Vec<String> = ["daemon", "pump", "ingest", "metrics", "pidfile"]
+    let compute: Vec<String> = ["daemon", "pump", "ingest", "junk", "metrics", "pidfile"]
         .iter()
         .map(|m| format!("crate::{m}"))
         .collect();

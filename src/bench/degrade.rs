@@ -8,13 +8,10 @@
 //! backend does, and runs on its own thread while this one injects the fault; the daemon is a
 //! child process, so killing it never touches the bench.
 
-use super::{round1, round3, synthetic_server, BenchRecord};
+use super::{relation_scan, round1, round3, synthetic_server, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
-use crate::compute::backend::read_path::ReadPathConfig;
-use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
-use crate::pageserver::source::Synthetic;
+use crate::compute::scan::{run_scan, ScanMode, ScanReport};
 use crate::pageserver::PageServer;
-use crate::protocol::client::ConnectOptions;
 use lfc::Lfc;
 use std::time::{Duration, Instant};
 
@@ -293,18 +290,7 @@ fn scan_with_fault(
     lfc: Option<&Lfc>,
     daemon: Option<(&mut Option<DaemonProc>, Fault)>,
 ) -> anyhow::Result<(ScanReport, Option<Injected>)> {
-    let cfg = ScanConfig {
-        connect: ConnectOptions::new(server.local_addr().to_string()),
-        rel: Synthetic::rel(0),
-        blocks: None,
-        mode,
-        distance: mode.pages_ahead(args.depth, args.distance),
-        cpu_per_page_us: 0,
-        // A backend finds the daemon through the LFC header: the rendezvous is part of what
-        // this bench measures.
-        prefetch_port: None,
-        read_path: ReadPathConfig::default(),
-    };
+    let cfg = relation_scan(server, mode, mode.pages_ahead(args.depth, args.distance));
     std::thread::scope(|s| {
         let started = Instant::now();
         let scan = std::thread::Builder::new()

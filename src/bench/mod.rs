@@ -64,6 +64,26 @@ pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// A scan of synthetic relation 0 on `server` in `mode`, as a bench's backend runs it: the
+/// pipeline depth (tcp modes) or prefetch distance (udp) `ahead`, no per-page work, and the
+/// daemon found through the LFC header (the rendezvous is part of what benches measure).
+pub(crate) fn relation_scan(
+    server: &crate::pageserver::PageServer,
+    mode: crate::compute::scan::ScanMode,
+    ahead: u32,
+) -> crate::compute::scan::ScanConfig {
+    crate::compute::scan::ScanConfig {
+        connect: crate::protocol::client::ConnectOptions::new(server.local_addr().to_string()),
+        rel: crate::pageserver::source::Synthetic::rel(0),
+        blocks: None,
+        mode,
+        distance: ahead,
+        cpu_per_page_us: 0,
+        prefetch_port: None,
+        read_path: crate::compute::backend::read_path::ReadPathConfig::default(),
+    }
+}
+
 /// A page server on an ephemeral local port serving `rels` synthetic relations of `pages` pages,
 /// each request held `delay_us`, dropping `drop_prefetch` of its prefetch datagrams.
 pub(crate) fn synthetic_server(
@@ -165,6 +185,7 @@ pub fn print_records(records: &[BenchRecord], json: bool) {
 pub mod all;
 pub mod datagram;
 pub mod degrade;
+pub mod flood;
 pub mod getpage;
 pub mod hol;
 pub mod ingest;

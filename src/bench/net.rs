@@ -8,11 +8,9 @@
 use super::twohost::{TwoHosts, COMPUTE_ADDR, SERVER_ADDR};
 use super::{round3, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
-use crate::compute::backend::read_path::ReadPathConfig;
 use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
-use crate::pageserver::source::{SourceSpec, Synthetic};
+use crate::pageserver::source::SourceSpec;
 use crate::pageserver::{PageServer, ServerConfig};
-use crate::protocol::client::ConnectOptions;
 use lfc::Lfc;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -155,15 +153,5 @@ fn measure_with(
 }
 
 fn scan_config(args: &NetBenchArgs, server: &PageServer, mode: ScanMode) -> ScanConfig {
-    ScanConfig {
-        connect: ConnectOptions::new(server.local_addr().to_string()),
-        rel: Synthetic::rel(0),
-        blocks: None,
-        mode,
-        distance: mode.pages_ahead(args.depth, args.distance),
-        cpu_per_page_us: 0,
-        // The backend finds the daemon through the LFC header, as in production.
-        prefetch_port: None,
-        read_path: ReadPathConfig::default(),
-    }
+    super::relation_scan(server, mode, mode.pages_ahead(args.depth, args.distance))
 }

@@ -141,8 +141,9 @@ pub fn on_server<T>(start: impl FnOnce() -> T) -> anyhow::Result<T> {
 }
 
 /// Benches whose records depend on where the page server runs (they start one).
-const PLACED_BENCHES: [&str; 6] = [
+const PLACED_BENCHES: [&str; 7] = [
     "scan",
+    "flood",
     "hol",
     "many-backends",
     "degrade",

@@ -10,6 +10,7 @@
 //! its bound address, pid and start time in the cache once it listens, refreshes a heartbeat every
 //! `lfc::DAEMON_HEARTBEAT_NS`, and clears the record when it stops.
 
+use crate::junk::JunkBudget;
 use crate::metrics::{render_prometheus, CacheGauges, ThreadMetrics};
 use crate::pidfile::{PidFile, PidFileError};
 use crate::pump::{SlotPump, Step};
@@ -465,10 +466,16 @@ fn worker_loop(
     stop: &AtomicBool,
 ) -> Result<(), DaemonError> {
     let mut pump = SlotPump::new(lfc, receiver);
+    let mut junk = JunkBudget::new(lfc::monotonic_ns(), metrics.junk());
     while !stop.load(Ordering::Relaxed) {
         if pump.step(POLL, metrics)? == Step::NoSlot {
             // Every frame is reserved by someone: wait for frames to come back.
             std::thread::sleep(NO_SLOT_BACKOFF);
+        }
+        if let Some(pause) = junk.after_step(lfc::monotonic_ns(), metrics.junk()) {
+            // A flood of junk: what it drowns is lost either way, and the CPU is the backends'.
+            metrics.junk_throttled.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(pause);
         }
     }
     pump.shutdown().map_err(|source| DaemonError::Io {

@@ -11,12 +11,13 @@
 //!   services speak) and [`sched`] (thread scheduling and default pool sizes). These know
 //!   nothing of the LFC's ingest or of the daemon.
 //! - **The compute's**: [`daemon`] (the worker daemon's shell), [`pump`] (each receive
-//!   thread's slots), [`ingest`] (what a worker does with one datagram), [`metrics`] (the
+//!   thread's slots), [`ingest`] (what a worker does with one datagram), [`junk`] (each
+//!   receive thread's bound on the work a flood of forged datagrams makes), [`metrics`] (the
 //!   workers' counters) and [`pidfile`]. They may use the shared layer, never the reverse.
 //!
 //! The rule keeps the page server from linking the compute's daemon code: nothing under the
 //! root crate's `src/pageserver/` names `workers::daemon`, `workers::pump`, `workers::ingest`,
-//! `workers::metrics` or `workers::pidfile` (the root crate's `tests/layering.rs` checks it).
+//! `workers::junk`, `workers::metrics` or `workers::pidfile` (the root crate's `tests/layering.rs` checks it).
 
 // The layer shared with the page server.
 pub mod datagram;
@@ -29,6 +30,7 @@ pub mod udp;
 // The compute's: the worker daemon and what only it runs.
 pub mod daemon;
 pub mod ingest;
+pub mod junk;
 pub mod metrics;
 pub mod pidfile;
 pub mod pump;

@@ -13,6 +13,8 @@ pub struct ThreadMetrics {
     pub dropped: [AtomicU64; DropReason::ALL.len()],
     /// Latest cumulative SO_RXQ_OVFL value seen by this thread's socket.
     pub kernel_drops: AtomicU64,
+    /// Windows in which this thread's junk budget ran out and it slept (`crate::junk`).
+    pub junk_throttled: AtomicU64,
     /// Sender timestamp to publish, installed datagrams.
     latency: LatencyHistogram,
 }
@@ -35,6 +37,15 @@ impl ThreadMetrics {
 
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Datagrams this thread turned away as junk (`crate::junk::is_junk`), cumulative.
+    pub fn junk(&self) -> u64 {
+        DropReason::ALL
+            .iter()
+            .filter(|r| crate::junk::is_junk(**r))
+            .map(|r| self.dropped(*r))
+            .sum()
     }
 }
 
@@ -130,6 +141,14 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         "counter",
         "Datagrams the kernel dropped for a full socket buffer (SO_RXQ_OVFL).",
         t.kernel_drops,
+    );
+    per_thread(
+        &mut out,
+        "udp_prefetch_thread_junk_throttled_windows_total",
+        "Windows of 10 ms in which a worker thread turned away its budget of junk datagrams \
+         and slept out the rest of the window.",
+        threads,
+        |m| &m.junk_throttled,
     );
     per_thread(
         &mut out,

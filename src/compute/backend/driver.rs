@@ -554,15 +554,13 @@ impl Driver {
             self.core.stats_mut().reads += 1;
             return self.await_response(lfc, tag, now_ns);
         }
-        let mut hit = lfc.lookup(&tag, out).is_some();
-        if hit && !self.ready.is_empty() {
-            // Read from the LFC: its copy read ahead is no longer needed.
-            self.drop_ready(&tag);
-        }
-        if !hit && self.take_ready(lfc, &tag, out) {
+        // A page read ahead on TCP is both in the LFC and in `ready`; the copy in `ready` is the
+        // one in the CPU's cache (the install streamed the LFC's copy past it), so it goes first.
+        if !self.ready.is_empty() && self.take_ready(lfc, &tag, out) {
             self.core.stats_mut().reads += 1;
             return self.done(lfc, ReadSource::Tcp, now_ns);
         }
+        let mut hit = lfc.lookup(&tag, out).is_some();
         if !hit && self.pipeline.contains(&tag) {
             // Its GetPage is queued or in flight: the response brings it.
             self.core.stats_mut().reads += 1;
@@ -737,13 +735,6 @@ impl Driver {
             not_modified_since,
             page: buf,
         });
-    }
-
-    fn drop_ready(&mut self, tag: &BufferTag) {
-        if let Some(i) = self.ready.iter().position(|r| r.tag == *tag) {
-            let r = self.ready.remove(i).expect("found");
-            self.spare.push(r.page);
-        }
     }
 
     /// Copies `tag` from the pipelined pages read ahead, if there and still current (the same
