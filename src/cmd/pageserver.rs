@@ -91,6 +91,29 @@ pub struct PageServerArgs {
     /// over HTTP on this address: HOST:PORT, names resolved.
     #[arg(long, value_parser = super::parse_metrics)]
     pub metrics: Option<SocketAddr>,
+    /// This server is shard I of a tenant of N shards (I from 0, e.g. 1/3): it serves GetPage
+    /// and Prefetch only for the pages Neon's routing gives to shard I, and answers any other
+    /// with error 103 naming the owner. Exists, Nblocks and DbSize are served whatever the
+    /// shard (computes send them to shard 0). Default 0/1: every page.
+    #[arg(long, default_value = "0/1")]
+    pub shard: String,
+    /// Stripe size of the tenant's sharding, in 8 KiB pages (Neon's default, 16 MiB); every
+    /// shard and compute of a tenant must use the same.
+    #[arg(long, default_value_t = crate::protocol::shard::DEFAULT_STRIPE_PAGES)]
+    pub stripe_pages: u32,
+}
+
+impl PageServerArgs {
+    /// `--shard` with `--stripe-pages`, or why not (the service unit generator refuses the
+    /// same flags the server would).
+    pub fn shard_identity(&self) -> Result<crate::protocol::shard::ShardIdentity, BadInput> {
+        crate::protocol::shard::ShardIdentity::parse(&self.shard, self.stripe_pages).map_err(|e| {
+            BadInput(format!(
+                "--shard {} --stripe-pages {}: {e}",
+                self.shard, self.stripe_pages
+            ))
+        })
+    }
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -103,6 +126,7 @@ fn parse_source(s: &str) -> Result<SourceSpec, String> {
 }
 
 pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
+    let shard = args.shard_identity()?;
     let config = ServerConfig {
         listen: args.listen,
         source: args.source,
@@ -124,7 +148,15 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         thread_classes: !args.no_thread_classes,
         datagram_protection: args.datagram_protection,
         metrics: args.metrics,
+        shard,
     };
+    if shard.layout().count() > 1 {
+        tracing::info!(
+            %shard,
+            stripe_pages = shard.layout().stripe_pages(),
+            "serving one shard's pages"
+        );
+    }
     // Register signal handlers before listening, so a SIGTERM right after start is not lost.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

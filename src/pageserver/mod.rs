@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub datagram_protection: workers::datagram::Protection,
     /// Serve `/metrics` and `/healthz` over HTTP here (`None`: no endpoint).
     pub metrics: Option<SocketAddr>,
+    /// Which shard of its tenant this server is (`--shard I/N`, `--stripe-pages`): it serves
+    /// GetPage and Prefetch for that shard's pages only.
+    pub shard: crate::protocol::shard::ShardIdentity,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +105,7 @@ impl Default for ServerConfig {
             thread_classes: true,
             datagram_protection: workers::datagram::Protection::default(),
             metrics: None,
+            shard: crate::protocol::shard::ShardIdentity::SINGLE,
         }
     }
 }

@@ -57,6 +57,7 @@ counters!(
     prefetch_pages_not_ready,
     prefetch_pages_failed,
     prefetch_send_errors,
+    wrong_shard,
     errors,
 );
 
@@ -356,6 +357,14 @@ impl ServerStats {
                 let errors = &self.detail.errors_by_kind[k.index()];
                 (k.as_str(), errors.load(Ordering::Relaxed))
             }),
+        );
+        prom::single(
+            out,
+            "udp_prefetch_server_wrong_shard_total",
+            "counter",
+            "GetPage and Prefetch requests refused because another shard owns the page \
+             (--shard): the compute routes with another shard map.",
+            self.wrong_shard.load(Ordering::Relaxed),
         );
         prom::histogram(
             out,

@@ -116,6 +116,7 @@ pub(super) fn build_shards(
     let session_config = SessionConfig {
         service_delay_ns: cfg.service_delay_ns,
         protection: Protection::default(),
+        shard: udp_prefetch::protocol::shard::ShardIdentity::SINGLE,
     };
     let connections = cfg.backends + 1;
     (0..cfg.shards)
