@@ -304,6 +304,7 @@ fn scan_with_fault(
         // this bench measures.
         prefetch_port: None,
         read_path: ReadPathConfig::default(),
+        shards: Default::default(),
     };
     std::thread::scope(|s| {
         let started = Instant::now();

@@ -165,5 +165,6 @@ fn scan_config(args: &NetBenchArgs, server: &PageServer, mode: ScanMode) -> Scan
         // The backend finds the daemon through the LFC header, as in production.
         prefetch_port: None,
         read_path: ReadPathConfig::default(),
+        shards: Default::default(),
     }
 }

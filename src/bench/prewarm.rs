@@ -44,6 +44,7 @@ fn one_case(
             schedule: ScheduleConfig::default(),
             progress: false,
             udp,
+            shards: Default::default(),
         },
         &lfc,
         &plan,

@@ -126,6 +126,7 @@ fn scan_all(
                 cpu_per_page_us: 0,
                 prefetch_port: Some(udp_port),
                 read_path: ReadPathConfig::default(),
+                shards: Default::default(),
             };
             print!(
                 "  scanning {} with drop {:.0}% ...",

@@ -14,6 +14,7 @@
 //! routes with [`ShardLayout::shard_of`]. The simulator uses the same function: a second copy
 //! of the hash anywhere would be the one way for the two sides to disagree.
 
+use crate::protocol::client::{ClientError, ConnectOptions, PageClient};
 use lfc::{BufferTag, RelTag};
 use std::ops::Range;
 
@@ -197,6 +198,82 @@ impl ShardIdentity {
 impl std::fmt::Display for ShardIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.number, self.layout.count)
+    }
+}
+
+/// Where a sharded tenant's page servers are, as a compute is told (`--server` once per shard,
+/// in shard order, and `--stripe-pages`). No servers: the one of the `ConnectOptions` at hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardMap {
+    pub servers: Vec<String>,
+    pub stripe_pages: u32,
+}
+
+impl Default for ShardMap {
+    fn default() -> Self {
+        ShardMap {
+            servers: Vec::new(),
+            stripe_pages: DEFAULT_STRIPE_PAGES,
+        }
+    }
+}
+
+/// A shard's page server could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("page server shard {shard}/{count} ({addr}): {source}")]
+pub struct ShardConnectError {
+    pub shard: usize,
+    pub count: usize,
+    pub addr: String,
+    #[source]
+    pub source: ClientError,
+}
+
+impl ShardMap {
+    /// `servers` in shard order (one: an unsharded tenant).
+    pub fn new(servers: Vec<String>, stripe_pages: u32) -> ShardMap {
+        ShardMap {
+            servers,
+            stripe_pages,
+        }
+    }
+
+    /// The routing: as many shards as servers (one when none are listed).
+    pub fn layout(&self) -> Result<ShardLayout, ShardError> {
+        ShardLayout::new(self.servers.len().max(1), self.stripe_pages)
+    }
+
+    /// Connects to every shard, in shard order, with `opts` (its address stands for the only
+    /// server when the map lists none). An unsharded tenant's error is the connection's own.
+    pub fn connect(&self, opts: &ConnectOptions) -> Result<Vec<PageClient>, anyhow::Error> {
+        self.layout()?;
+        if self.servers.len() <= 1 {
+            let mut opts = opts.clone();
+            if let Some(addr) = self.servers.first() {
+                opts.addr = addr.clone();
+            }
+            return Ok(vec![PageClient::connect(&opts)?]);
+        }
+        let count = self.servers.len();
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(shard, addr)| {
+                let opts = ConnectOptions {
+                    addr: addr.clone(),
+                    ..opts.clone()
+                };
+                PageClient::connect(&opts).map_err(|source| {
+                    ShardConnectError {
+                        shard,
+                        count,
+                        addr: addr.clone(),
+                        source,
+                    }
+                    .into()
+                })
+            })
+            .collect()
     }
 }
 

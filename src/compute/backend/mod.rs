@@ -1,12 +1,13 @@
 //! A compute backend's page access (ARCHITECTURE §4 step 7, §6): the blocking shell around the
-//! sans-IO `driver::Driver`, over a shared LFC and one TCP pagestream connection.
+//! sans-IO `driver::Driver`, over a shared LFC and one TCP pagestream connection per page-server
+//! shard (one `Driver` per shard, each request routed by `protocol::shard`).
 //!
 //! Dependency rule: `read_path`, `loss`, `health` and `pipeline` are pure state (no LFC, no
 //! socket); `driver` composes them over `&Lfc` with `now` passed in; this module alone does I/O
 //! (socket, clock, futex waits). The simulator drives `driver` with virtual time and network.
 //!
-//! Owns: the pagestream connection (`PageClient`), the `Driver` and when to flush pipelined
-//! GetPages; every read decision is the driver's. Imports only `protocol` and `lfc`:
+//! Owns: the pagestream connections (`PageClient`, one per shard), their `Driver`s, which shard
+//! a request goes to, and when to flush pipelined GetPages; every read decision is a driver's. Imports only `protocol` and `lfc`:
 //! never `pageserver` or `scan` (which is built on it).
 
 pub mod driver;
@@ -18,6 +19,7 @@ pub mod read_path;
 use crate::protocol::client::{unexpected, ClientError, PageClient};
 use crate::protocol::page::Page;
 use crate::protocol::pagestream::{PrefetchTarget, Response, LATEST_LSN};
+use crate::protocol::shard::ShardLayout;
 pub use driver::ReadSource;
 use driver::{Driver, Poll, Transmit};
 pub use health::{PrefetchPath, StateChange, MAX_STATE_LOG};
@@ -38,6 +40,18 @@ pub enum BackendError {
     /// source (not transparent), so that the CLI finds it in the error chain (exit status 2).
     #[error("{0}")]
     Bind(#[from] lfc::BindError),
+    /// A sharded tenant's shard failed: which one, at which address, and why.
+    #[error("page server shard {shard}/{count} ({addr}): {source}")]
+    Shard {
+        shard: usize,
+        count: usize,
+        addr: String,
+        #[source]
+        source: Box<BackendError>,
+    },
+    /// The shard map names another number of shards than there are connections.
+    #[error("{connections} page server connections for a tenant of {shards} shards")]
+    ShardMap { connections: usize, shards: usize },
     /// The LFC refused the backend's own new version. The tag's last-written LSN is raised
     /// through the global floor first, so no older version can be installed later; the caller
     /// must not assume the write reached the cache.
@@ -69,13 +83,26 @@ pub fn store_own_write(
     })
 }
 
-pub struct Backend<'a> {
-    lfc: &'a Lfc,
+/// One shard's share of a backend: its own TCP connection, and its own read-path core, so
+/// each shard's health, loss detection and TCP pipeline are its own (a shard whose datagrams
+/// stop arriving moves to TCP pipelining alone; the others stay on UDP).
+struct ShardConn {
     client: PageClient,
     driver: Driver,
-    warned_loopback: bool,
     /// GetPages written to the connection's buffer since the last flush.
     unflushed_get_pages: usize,
+    warned_loopback: bool,
+    /// The server's address as connected (a dead connection may no longer say).
+    addr: String,
+}
+
+pub struct Backend<'a> {
+    lfc: &'a Lfc,
+    /// In shard order; one for an unsharded tenant.
+    shards: Vec<ShardConn>,
+    layout: ShardLayout,
+    /// The shard of the latest read: whose window the scan is in.
+    last_shard: usize,
 }
 
 impl<'a> Backend<'a> {
@@ -98,9 +125,30 @@ impl<'a> Backend<'a> {
         config: ReadPathConfig,
         prefetch_port: Option<u16>,
     ) -> Result<Self, BackendError> {
-        crate::compute::bind_cache(lfc, &client)?;
-        let driver = Driver::new(config, prefetch_port, lfc, monotonic_ns());
-        Ok(Self::with_driver(lfc, client, driver))
+        Self::sharded(
+            lfc,
+            vec![client],
+            ShardLayout::SINGLE,
+            config,
+            prefetch_port,
+        )
+    }
+
+    /// A backend of a sharded tenant: `clients` are the shards' connections in shard order
+    /// (`layout.count()` of them). Every GetPage and Prefetch goes to the shard that owns its
+    /// page (`ShardLayout::shard_of`, Neon's routing), a prefetch range split at stripe ends;
+    /// each shard's connection registers the prefetch target, so every shard sends its pages
+    /// to the one worker daemon. Everything else (`client()`) goes to shard 0.
+    pub fn sharded(
+        lfc: &'a Lfc,
+        clients: Vec<PageClient>,
+        layout: ShardLayout,
+        config: ReadPathConfig,
+        prefetch_port: Option<u16>,
+    ) -> Result<Self, BackendError> {
+        Self::build(lfc, clients, layout, |lfc| {
+            Driver::new(config, prefetch_port, lfc, monotonic_ns())
+        })
     }
 
     /// A backend that never prefetches by UDP: Neon's compute with its LFC (`Driver::tcp_only`).
@@ -109,78 +157,342 @@ impl<'a> Backend<'a> {
         client: PageClient,
         config: ReadPathConfig,
     ) -> Result<Self, BackendError> {
-        crate::compute::bind_cache(lfc, &client)?;
-        let driver = Driver::tcp_only(config, monotonic_ns());
-        Ok(Self::with_driver(lfc, client, driver))
+        Self::sharded_tcp_only(lfc, vec![client], ShardLayout::SINGLE, config)
     }
 
-    fn with_driver(lfc: &'a Lfc, client: PageClient, driver: Driver) -> Self {
-        Backend {
+    /// [`Backend::tcp_only`] over a sharded tenant's connections (see [`Backend::sharded`]).
+    pub fn sharded_tcp_only(
+        lfc: &'a Lfc,
+        clients: Vec<PageClient>,
+        layout: ShardLayout,
+        config: ReadPathConfig,
+    ) -> Result<Self, BackendError> {
+        Self::build(lfc, clients, layout, |_| {
+            Driver::tcp_only(config, monotonic_ns())
+        })
+    }
+
+    fn build(
+        lfc: &'a Lfc,
+        clients: Vec<PageClient>,
+        layout: ShardLayout,
+        driver: impl Fn(&Lfc) -> Driver,
+    ) -> Result<Self, BackendError> {
+        if clients.len() != layout.count() {
+            return Err(BackendError::ShardMap {
+                connections: clients.len(),
+                shards: layout.count(),
+            });
+        }
+        // Every shard must serve the timeline the cache holds.
+        for client in &clients {
+            crate::compute::bind_cache(lfc, client)?;
+        }
+        let shards = clients
+            .into_iter()
+            .map(|client| ShardConn {
+                addr: client
+                    .peer_addr()
+                    .map_or_else(|_| "address unknown".to_string(), |a| a.to_string()),
+                client,
+                driver: driver(lfc),
+                unflushed_get_pages: 0,
+                warned_loopback: false,
+            })
+            .collect();
+        Ok(Backend {
             lfc,
-            client,
-            driver,
-            warned_loopback: false,
-            unflushed_get_pages: 0,
+            shards,
+            layout,
+            last_shard: 0,
+        })
+    }
+
+    /// Shard 0's connection: where Exists, Nblocks and DbSize go (as Neon's compute sends
+    /// them), and the only one of an unsharded tenant.
+    pub fn client(&mut self) -> &mut PageClient {
+        &mut self.shards[0].client
+    }
+
+    pub fn shard_layout(&self) -> ShardLayout {
+        self.layout
+    }
+
+    /// The path of the shard the backend read from last (each shard has its own).
+    pub fn path(&self) -> PrefetchPath {
+        self.shards[self.last_shard].driver.path()
+    }
+
+    /// Each shard's path, in shard order.
+    pub fn shard_paths(&self) -> Vec<PrefetchPath> {
+        self.shards.iter().map(|s| s.driver.path()).collect()
+    }
+
+    /// See `Driver::path_changes`: summed over the shards.
+    pub fn path_changes(&self) -> u64 {
+        self.shards.iter().map(|s| s.driver.path_changes()).sum()
+    }
+
+    /// The moves between UDP and TCP; of several shards, each reason names its shard.
+    pub fn state_log(&self) -> Vec<StateChange> {
+        if let [only] = &self.shards[..] {
+            return only.driver.state_log().to_vec();
+        }
+        let mut log: Vec<StateChange> = (0..self.shards.len())
+            .flat_map(|i| {
+                self.shards[i]
+                    .driver
+                    .state_log()
+                    .iter()
+                    .map(move |c| StateChange {
+                        reason: format!("shard {i}: {}", c.reason),
+                        ..c.clone()
+                    })
+            })
+            .collect();
+        log.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+        log.truncate(MAX_STATE_LOG);
+        log
+    }
+
+    /// The error of shard `s`'s connection, naming the shard when there are several (an
+    /// unsharded backend's errors read as they always did).
+    fn shard_error(&self, s: usize, e: BackendError) -> BackendError {
+        if self.shards.len() == 1 {
+            return e;
+        }
+        BackendError::Shard {
+            shard: s,
+            count: self.shards.len(),
+            addr: self.shards[s].addr.clone(),
+            source: Box::new(e),
         }
     }
 
-    pub fn client(&mut self) -> &mut PageClient {
-        &mut self.client
-    }
-
-    pub fn path(&self) -> PrefetchPath {
-        self.driver.path()
-    }
-
-    /// See `Driver::path_changes`.
-    pub fn path_changes(&self) -> u64 {
-        self.driver.path_changes()
-    }
-
-    pub fn state_log(&self) -> &[StateChange] {
-        self.driver.state_log()
-    }
-
-    /// Sends what the driver queued. Prefetch and Target messages are flushed at once (nothing
-    /// else would carry them: reads wait on the LFC, not the socket); GetPages every
+    /// Sends what shard `s`'s driver queued. Prefetch and Target messages are flushed at once
+    /// (nothing else would carry them: reads wait on the LFC, not the socket); GetPages every
     /// `PIPELINED_FLUSH_EVERY`, as Neon batches its pipeline, and before any wait (`recv`
     /// flushes what is buffered before it blocks). A flush per GetPage cost a system call and
     /// a server wake-up per page: half the pipeline's speed.
-    fn transmit(&mut self) -> Result<(), ClientError> {
+    fn transmit(&mut self, s: usize) -> Result<(), ClientError> {
+        let lfc = self.lfc;
+        let shard = &mut self.shards[s];
         let mut urgent = false;
-        while let Some(t) = self.driver.poll_transmit() {
+        while let Some(t) = shard.driver.poll_transmit() {
             match t {
                 Transmit::Target { udp_port } => {
                     urgent = true;
-                    self.warn_if_unreachable();
-                    self.client.send_prefetch_target(PrefetchTarget {
+                    shard.warn_if_unreachable();
+                    shard.client.send_prefetch_target(PrefetchTarget {
                         udp_port,
-                        key_id: self.lfc.key_id(),
-                        key: self.lfc.key(),
+                        key_id: lfc.key_id(),
+                        key: lfc.key(),
                     })?
                 }
                 Transmit::Prefetch(r) => {
                     urgent = true;
                     // not_modified_since covers the whole range: the newest modification.
-                    self.client
+                    shard
+                        .client
                         .send_prefetch(r.rel, r.first, r.n, LATEST_LSN, r.max_lwlsn)?
                 }
                 Transmit::GetPage {
                     tag,
                     not_modified_since,
                 } => {
-                    self.unflushed_get_pages += 1;
-                    self.client
+                    shard.unflushed_get_pages += 1;
+                    shard
+                        .client
                         .send_get_page(tag, LATEST_LSN, not_modified_since)?
                 }
             }
         }
-        if urgent || self.unflushed_get_pages >= pipeline::PIPELINED_FLUSH_EVERY {
-            self.flush()?;
+        if urgent || shard.unflushed_get_pages >= pipeline::PIPELINED_FLUSH_EVERY {
+            shard.flush()?;
         }
         Ok(())
     }
 
+    /// Before blocking on shard `s` (a wait or a response): the other shards' buffered
+    /// GetPages leave now, or their pipelines would stall meanwhile. Nothing for one shard.
+    fn flush_others(&mut self, s: usize) -> Result<(), BackendError> {
+        for i in 0..self.shards.len() {
+            if i != s && self.shards[i].unflushed_get_pages > 0 {
+                self.shards[i]
+                    .flush()
+                    .map_err(|e| self.shard_error(i, e.into()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many pages ahead to prefetch when `wanted` is asked for (less while own prefetches
+    /// keep missing their wait budget; the pipeline's reach while on TCP), as the shard of the
+    /// latest read sees it: the window's near end is in that shard's stripe.
+    pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
+        self.shards[self.last_shard]
+            .driver
+            .prefetch_distance(wanted)
+    }
+
+    /// Requests `blocks` ahead of their reads (UDP prefetch, or the TCP pipeline while UDP is
+    /// not delivering), each stripe from its shard. Returns pages requested.
+    pub fn prefetch(&mut self, rel: RelTag, blocks: Range<u32>) -> Result<u32, BackendError> {
+        let mut n = 0;
+        for (s, piece) in self.layout.split(rel, blocks) {
+            n += self.shards[s]
+                .driver
+                .prefetch(self.lfc, rel, piece, monotonic_ns());
+            self.transmit(s)
+                .map_err(|e| self.shard_error(s, e.into()))?;
+        }
+        Ok(n)
+    }
+
+    /// Reads the current version of `tag` into `out`: LFC, else a prefetch in flight (waited
+    /// for within the adaptive budget), else the TCP pipeline of the shard that owns it; every
+    /// page fetched by TCP is installed in the LFC.
+    pub fn read(&mut self, tag: BufferTag, out: &mut Page) -> Result<ReadSource, BackendError> {
+        let s = self.layout.shard_of(&tag);
+        self.last_shard = s;
+        self.read_from(s, tag, out)
+            .map_err(|e| self.shard_error(s, e))
+    }
+
+    fn read_from(
+        &mut self,
+        s: usize,
+        tag: BufferTag,
+        out: &mut Page,
+    ) -> Result<ReadSource, BackendError> {
+        let mut poll = self.shards[s]
+            .driver
+            .start_read(self.lfc, tag, out, monotonic_ns());
+        loop {
+            self.transmit(s)?;
+            poll = match poll {
+                Poll::Done(source) => return Ok(source),
+                Poll::Wait { tag, until_ns } => {
+                    if self.shards[s].unflushed_get_pages > 0 {
+                        self.shards[s].flush()?;
+                    }
+                    self.flush_others(s)?;
+                    let left = until_ns.saturating_sub(monotonic_ns());
+                    if left > 0 {
+                        self.lfc.wait_for_arrival(&tag, Duration::from_nanos(left));
+                    }
+                    self.shards[s]
+                        .driver
+                        .on_wait_over(self.lfc, out, monotonic_ns())
+                }
+                Poll::AwaitResponse => match self.receive(s, out)? {
+                    Some(p) => p,
+                    None => unreachable!("a read in progress always has a next step"),
+                },
+            };
+        }
+    }
+
+    /// Reads one response of shard `s` and hands it to its driver.
+    fn receive(&mut self, s: usize, out: &mut Page) -> Result<Option<Poll>, BackendError> {
+        Ok(self.receive_handled(s, out)?.next)
+    }
+
+    fn receive_handled(
+        &mut self,
+        s: usize,
+        out: &mut Page,
+    ) -> Result<driver::Handled, BackendError> {
+        self.flush_others(s)?;
+        let lfc = self.lfc;
+        let shard = &mut self.shards[s];
+        // `recv` flushes what is buffered before it blocks.
+        shard.unflushed_get_pages = 0;
+        let resp = shard.client.recv()?;
+        let next = match &resp {
+            Response::GetPage {
+                rel, blkno, page, ..
+            } => shard.driver.on_response(
+                lfc,
+                driver::Response::Page {
+                    tag: rel.block(*blkno),
+                    page,
+                },
+                out,
+                monotonic_ns(),
+            )?,
+            Response::PrefetchTarget { .. } => {
+                shard
+                    .driver
+                    .on_response(lfc, driver::Response::Target, out, monotonic_ns())?
+            }
+            Response::Error { message, .. } => {
+                return Err(ClientError::Request(message.clone()).into())
+            }
+            other => return Err(unexpected("pipelined GetPage", other).into()),
+        };
+        Ok(next)
+    }
+
+    /// Reads every pipelined response (installing the pages), so a synchronous call may follow.
+    pub fn drain(&mut self) -> Result<(), BackendError> {
+        let mut scratch: Box<Page> = Box::new([0u8; lfc::PAGE_SIZE]);
+        for s in 0..self.shards.len() {
+            self.drain_shard(s, &mut scratch)
+                .map_err(|e| self.shard_error(s, e))?;
+        }
+        Ok(())
+    }
+
+    fn drain_shard(&mut self, s: usize, scratch: &mut Page) -> Result<(), BackendError> {
+        loop {
+            self.transmit(s)?;
+            if !self.shards[s].driver.pipeline_busy() {
+                return Ok(());
+            }
+            self.receive_handled(s, scratch)?;
+        }
+    }
+
+    /// The compute's own new version of a page: to the page server that owns it (standing in
+    /// for WAL) and into the LFC, which raises the tag's last-written LSN (see
+    /// `store_own_write` for a cache that refuses it).
+    pub fn write(&mut self, tag: BufferTag, lsn: u64, page: &Page) -> Result<(), BackendError> {
+        self.drain()?;
+        let s = self.layout.shard_of(&tag);
+        self.shards[s]
+            .client
+            .put_page(tag, lsn, page)
+            .map_err(|e| self.shard_error(s, e.into()))?;
+        store_own_write(self.lfc, &tag, lsn, page)?;
+        Ok(())
+    }
+
+    /// The read path's counters, summed over the shards.
+    pub fn stats(&self) -> ReadStats {
+        let mut total = ReadStats::default();
+        for shard in &self.shards {
+            add_stats(&mut total, &shard.driver.stats());
+        }
+        total
+    }
+
+    /// Each shard's counters, in shard order.
+    pub fn shard_stats(&self) -> Vec<ReadStats> {
+        self.shards.iter().map(|s| s.driver.stats()).collect()
+    }
+
+    /// Ends a scan: prefetches never read count as wasted. Summed over the shards.
+    pub fn finish(&mut self) -> ReadStats {
+        let mut total = ReadStats::default();
+        for shard in &mut self.shards {
+            add_stats(&mut total, &shard.driver.finish());
+        }
+        total
+    }
+}
+
+impl ShardConn {
     fn flush(&mut self) -> Result<(), ClientError> {
         self.unflushed_get_pages = 0;
         self.client.flush()
@@ -202,111 +514,36 @@ impl<'a> Backend<'a> {
             );
         }
     }
+}
 
-    /// How many pages ahead to prefetch when `wanted` is asked for (less while own prefetches
-    /// keep missing their wait budget; the pipeline's reach while on TCP).
-    pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
-        self.driver.prefetch_distance(wanted)
-    }
-
-    /// Requests `blocks` ahead of their reads (UDP prefetch, or the TCP pipeline while UDP is
-    /// not delivering). Returns pages requested.
-    pub fn prefetch(&mut self, rel: RelTag, blocks: Range<u32>) -> Result<u32, BackendError> {
-        let n = self.driver.prefetch(self.lfc, rel, blocks, monotonic_ns());
-        self.transmit()?;
-        Ok(n)
-    }
-
-    /// Reads the current version of `tag` into `out`: LFC, else a prefetch in flight (waited
-    /// for within the adaptive budget), else the TCP pipeline; every page fetched by TCP is
-    /// installed in the LFC.
-    pub fn read(&mut self, tag: BufferTag, out: &mut Page) -> Result<ReadSource, BackendError> {
-        let mut poll = self.driver.start_read(self.lfc, tag, out, monotonic_ns());
-        loop {
-            self.transmit()?;
-            poll = match poll {
-                Poll::Done(source) => return Ok(source),
-                Poll::Wait { tag, until_ns } => {
-                    if self.unflushed_get_pages > 0 {
-                        self.flush()?;
-                    }
-                    let left = until_ns.saturating_sub(monotonic_ns());
-                    if left > 0 {
-                        self.lfc.wait_for_arrival(&tag, Duration::from_nanos(left));
-                    }
-                    self.driver.on_wait_over(self.lfc, out, monotonic_ns())
-                }
-                Poll::AwaitResponse => match self.receive(out)? {
-                    Some(p) => p,
-                    None => unreachable!("a read in progress always has a next step"),
-                },
-            };
-        }
-    }
-
-    /// Reads one response and hands it to the driver.
-    fn receive(&mut self, out: &mut Page) -> Result<Option<Poll>, BackendError> {
-        Ok(self.receive_handled(out)?.next)
-    }
-
-    fn receive_handled(&mut self, out: &mut Page) -> Result<driver::Handled, BackendError> {
-        // `recv` flushes what is buffered before it blocks.
-        self.unflushed_get_pages = 0;
-        let resp = self.client.recv()?;
-        let next = match &resp {
-            Response::GetPage {
-                rel, blkno, page, ..
-            } => self.driver.on_response(
-                self.lfc,
-                driver::Response::Page {
-                    tag: rel.block(*blkno),
-                    page,
-                },
-                out,
-                monotonic_ns(),
-            )?,
-            Response::PrefetchTarget { .. } => {
-                self.driver
-                    .on_response(self.lfc, driver::Response::Target, out, monotonic_ns())?
-            }
-            Response::Error { message, .. } => {
-                return Err(ClientError::Request(message.clone()).into())
-            }
-            other => return Err(unexpected("pipelined GetPage", other).into()),
-        };
-        Ok(next)
-    }
-
-    /// Reads every pipelined response (installing the pages), so a synchronous call may follow.
-    pub fn drain(&mut self) -> Result<(), BackendError> {
-        let mut scratch: Box<Page> = Box::new([0u8; lfc::PAGE_SIZE]);
-        loop {
-            self.transmit()?;
-            if !self.driver.pipeline_busy() {
-                return Ok(());
-            }
-            self.receive_handled(&mut scratch)?;
-        }
-    }
-
-    /// The compute's own new version of a page: to the page server (standing in for WAL) and
-    /// into the LFC, which raises the tag's last-written LSN (see `store_own_write` for a
-    /// cache that refuses it).
-    pub fn write(&mut self, tag: BufferTag, lsn: u64, page: &Page) -> Result<(), BackendError> {
-        self.drain()?;
-        self.client.put_page(tag, lsn, page)?;
-        store_own_write(self.lfc, &tag, lsn, page)?;
-        Ok(())
-    }
-
-    pub fn stats(&self) -> ReadStats {
-        self.driver.stats()
-    }
-
-    /// Ends a scan: prefetches never read count as wasted.
-    pub fn finish(&mut self) -> ReadStats {
-        self.driver.finish()
-    }
+/// Adds `b` into `a`, field by field. Destructured, so that a new counter cannot be left out.
+fn add_stats(a: &mut ReadStats, b: &ReadStats) {
+    let ReadStats {
+        reads,
+        hits,
+        late_hits,
+        fallbacks,
+        wait_timeouts,
+        prefetched,
+        duplicates_avoided,
+        wasted_prefetches,
+        retries,
+        window_cuts,
+        tcp_pipelined,
+        udp_state_changes,
+    } = *b;
+    a.reads += reads;
+    a.hits += hits;
+    a.late_hits += late_hits;
+    a.fallbacks += fallbacks;
+    a.wait_timeouts += wait_timeouts;
+    a.prefetched += prefetched;
+    a.duplicates_avoided += duplicates_avoided;
+    a.wasted_prefetches += wasted_prefetches;
+    a.retries += retries;
+    a.window_cuts += window_cuts;
+    a.tcp_pipelined += tcp_pipelined;
+    a.udp_state_changes += udp_state_changes;
 }
 
 #[cfg(test)]
