@@ -246,7 +246,7 @@ impl World<'_> {
                     lsn,
                     set_lwlsn,
                 };
-                let shard = self.shard_of(tag.rel);
+                let shard = self.shard_of(&tag);
                 let put = Request::PutPage {
                     hdr: Header::default(),
                     rel: tag.rel,
@@ -300,26 +300,31 @@ impl World<'_> {
                         u64::from(first),
                         u64::from(n),
                     );
-                    let shard = self.shard_of(rel);
-                    let hdr = Header {
-                        reqid,
-                        request_lsn: LATEST_LSN,
-                        not_modified_since: max_lwlsn,
-                    };
-                    let req = Request::Prefetch {
-                        hdr,
-                        rel,
-                        first_blkno: first,
-                        nblocks: n,
-                    };
-                    self.send_to_server(conn, shard, req);
+                    // A run that crosses a stripe end goes out as one Prefetch per piece, each to
+                    // the shard that owns it, as `protocol::shard` routes.
+                    let end = first + u32::from(n);
+                    let pieces: Vec<_> = self.cfg.shard_layout().split(rel, first..end).collect();
+                    for (i, (shard, piece)) in pieces.into_iter().enumerate() {
+                        let hdr = Header {
+                            reqid: if i == 0 { reqid } else { self.next_reqid(conn) },
+                            request_lsn: LATEST_LSN,
+                            not_modified_since: max_lwlsn,
+                        };
+                        let req = Request::Prefetch {
+                            hdr,
+                            rel,
+                            first_blkno: piece.start,
+                            nblocks: piece.len() as u16,
+                        };
+                        self.send_to_server(conn, shard, req);
+                    }
                 }
                 Transmit::GetPage {
                     tag,
                     not_modified_since,
                 } => {
                     self.rec(Kind::Fetch, b as u64, tag_key(&tag), not_modified_since);
-                    let shard = self.shard_of(tag.rel);
+                    let shard = self.shard_of(&tag);
                     let hdr = Header {
                         reqid,
                         request_lsn: LATEST_LSN,

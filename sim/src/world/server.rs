@@ -113,14 +113,17 @@ pub(super) fn build_shards(
 ) -> Vec<Shard> {
     // The real server's defaults: the sim runs the server as shipped.
     let server = ServerConfig::default();
-    let session_config = SessionConfig {
-        service_delay_ns: cfg.service_delay_ns,
-        protection: Protection::default(),
-        shard: udp_prefetch::protocol::shard::ShardIdentity::SINGLE,
-    };
     let connections = cfg.backends + 1;
     (0..cfg.shards)
         .map(|s| {
+            // Each shard refuses another's pages, as the real one does: a misrouted request is
+            // an error the checkers see.
+            let session_config = SessionConfig {
+                service_delay_ns: cfg.service_delay_ns,
+                protection: Protection::default(),
+                shard: udp_prefetch::protocol::shard::ShardIdentity::new(s, cfg.shard_layout())
+                    .expect("shard numbers run below the count"),
+            };
             let stats = ServerStats::default();
             let sessions = (0..connections)
                 .map(|c| registered_session(c as u64, session_config, target, &stats, stream_rng))
