@@ -118,6 +118,9 @@ enum BenchCommand {
     /// udp against tcp-pipelined across a veth link between two network namespaces, per MTU
     /// and UDP packet loss (needs root, iproute2 and nftables).
     Net(bench::net::NetBenchArgs),
+    /// One compute over 1, 2 and 4 page-server shards: udp against tcp-pipelined scans and
+    /// prewarms, and the daemon's per-thread spread.
+    Shards(bench::shards::ShardsBenchArgs),
     /// Every scenario in one run, with modest settings (`--full` for each one's defaults).
     All(bench::all::AllBenchArgs),
 }
@@ -171,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 BenchCommand::ManyBackends(a) => bench::many_backends::run(a)?,
                 BenchCommand::Degrade(a) => bench::degrade::run(a)?,
                 BenchCommand::Net(a) => bench::net::run(a)?,
+                BenchCommand::Shards(a) => bench::shards::run(a)?,
                 BenchCommand::All(a) => {
                     let (records, l) = bench::all::run(a)?;
                     latencies = l;

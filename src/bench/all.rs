@@ -4,7 +4,8 @@
 
 use super::plot::LatencySeries;
 use super::{
-    datagram, degrade, getpage, hol, ingest, lfc, many_backends, net, prewarm, scan, BenchRecord,
+    datagram, degrade, getpage, hol, ingest, lfc, many_backends, net, prewarm, scan, shards,
+    BenchRecord,
 };
 use clap::Parser;
 use std::time::Instant;
@@ -18,7 +19,7 @@ pub struct AllBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "getpage,datagram,lfc,ingest,scan,hol,many-backends,prewarm,degrade,net"
+        default_value = "getpage,datagram,lfc,ingest,scan,hol,many-backends,prewarm,degrade,shards,net"
     )]
     pub only: Vec<Scenario>,
 }
@@ -34,6 +35,7 @@ pub enum Scenario {
     ManyBackends,
     Prewarm,
     Degrade,
+    Shards,
     Net,
 }
 
@@ -58,6 +60,7 @@ fn short_flags(s: Scenario) -> &'static [&'static str] {
         Scenario::ManyBackends => &[],
         Scenario::Prewarm => &["--pages", "65536", "--ingest-seconds", "1.5"],
         Scenario::Degrade => &[],
+        Scenario::Shards => &["--pages", "16384"],
         Scenario::Net => &["--pages", "8192"],
     }
 }
@@ -97,6 +100,7 @@ pub fn run(args: &AllBenchArgs) -> anyhow::Result<(Vec<BenchRecord>, Vec<Latency
             Scenario::ManyBackends => records.extend(many_backends::run(&args_of(flags)?)?),
             Scenario::Prewarm => records.extend(prewarm::run(&args_of(flags)?)?),
             Scenario::Degrade => records.extend(degrade::run(&args_of(flags)?)?),
+            Scenario::Shards => records.extend(shards::run(&args_of(flags)?)?),
             Scenario::Net => match super::twohost::TwoHosts::create(1500, 0) {
                 // Probed (and removed) first: a machine that cannot make namespaces skips this
                 // scenario with the reason; a failure of the bench itself is still an error.
@@ -145,6 +149,8 @@ mod tests {
             (32768, 200, 6),
             "degrade runs its defaults"
         );
+        let sh: shards::ShardsBenchArgs = args_of(short_flags(Scenario::Shards)).unwrap();
+        assert_eq!((sh.pages, sh.shard_counts.clone()), (16384, vec![1, 2, 4]));
         let i: ingest::IngestBenchArgs = args_of(short_flags(Scenario::Ingest)).unwrap();
         assert_eq!(
             i.distinct_pages, 8192,

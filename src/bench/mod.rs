@@ -174,5 +174,6 @@ pub mod net;
 pub mod plot;
 pub mod prewarm;
 pub mod scan;
+pub mod shards;
 pub mod topology;
 pub mod twohost;
