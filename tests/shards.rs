@@ -265,3 +265,45 @@ fn a_shard_killed_mid_scan_fails_the_scan_promptly_naming_the_shard() {
         done.stderr
     );
 }
+
+#[test]
+fn bad_shard_flags_are_refused_with_status_2_saying_why() {
+    for (args, says) in [
+        (
+            vec!["pageserver", "--listen", "127.0.0.1:0", "--shard", "3/3"],
+            "shard 3 does not exist in a tenant of 3 shards",
+        ),
+        (
+            vec!["pageserver", "--listen", "127.0.0.1:0", "--shard", "1-3"],
+            "a shard is given as I/N",
+        ),
+        (
+            vec![
+                "pageserver",
+                "--listen",
+                "127.0.0.1:0",
+                "--shard",
+                "0/2",
+                "--stripe-pages",
+                "0",
+            ],
+            "the stripe size must be at least 1 page",
+        ),
+        (
+            vec![
+                "scan",
+                "--rel",
+                REL0,
+                "--mode",
+                "tcp-sync",
+                "--stripe-pages",
+                "0",
+            ],
+            "the stripe size must be at least 1 page",
+        ),
+    ] {
+        let done = run_with_limit(Command::new(BIN).args(&args), Duration::from_secs(30));
+        assert_eq!(done.code(), Some(2), "{args:?}: {}", done.stderr);
+        assert!(done.stderr.contains(says), "{args:?}: {}", done.stderr);
+    }
+}
