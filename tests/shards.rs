@@ -113,7 +113,7 @@ fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() 
     let dir = tempfile::tempdir().unwrap();
     let lfc = dir.path().join("lfc");
     let shards = start_shards(None, &[]);
-    let _workers = WorkersProc::start(&lfc, &["--size", "64M"]);
+    let workers = WorkersProc::start(&lfc, &["--size", "64M"]);
 
     let done = run_with_limit(&mut scan_command(&shards, &lfc, REL0), LIMIT);
     let r = json("scan", &done);
@@ -149,6 +149,34 @@ fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() 
             owned[s]
         );
     }
+    // The daemon counts what each sender (a shard's sender thread: IP and port) delivered:
+    // every installed datagram under a sender of its own, from more than one shard.
+    let text = workers.scrape();
+    let family = "udp_prefetch_datagrams_installed_by_sender_total{sender=\"";
+    let senders: Vec<(String, u64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(family))
+        .filter_map(|l| {
+            let (addr, n) = l.split_once("\"} ")?;
+            Some((addr.to_string(), n.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    let installed = counter(&text, "udp_prefetch_datagrams_installed_total");
+    assert!(installed > 0, "{text}");
+    let by_sender: u64 = senders
+        .iter()
+        .filter(|(a, _)| a != "other")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(by_sender, installed, "{senders:?}");
+    assert!(
+        senders
+            .iter()
+            .filter(|(a, n)| a != "other" && *n > 0)
+            .count()
+            >= SHARDS,
+        "one sender or more per shard: {senders:?}"
+    );
     // And the servers hold to the map: another shard's page is refused, naming its owner.
     let rel = lfc::RelTag::new(1663, 5, 16384, 0);
     let foreign = (0..PAGES)
