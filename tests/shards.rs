@@ -231,6 +231,12 @@ fn a_shard_whose_datagrams_are_all_dropped_serves_its_pages_by_tcp_and_the_other
                 .starts_with(&format!("shard {DROPPING}:"))),
         "{r}"
     );
+    // The scan's report says the same, shard by shard.
+    let per_shard = r["shards"]
+        .as_array()
+        .expect("a sharded scan reports its shards");
+    assert_eq!(per_shard.len(), SHARDS, "{r}");
+    assert_eq!(per_shard[DROPPING]["path"], "tcp-pipelined", "{r}");
     for s in (0..SHARDS).filter(|&s| s != DROPPING) {
         let (get_page, prefetched, wrong) = served(&shards[s]);
         assert_eq!(wrong, 0);

@@ -4,7 +4,7 @@
 
 use crate::compute::backend::pipeline::PIPELINED_FLUSH_EVERY;
 use crate::compute::backend::read_path::{ReadPathConfig, ReadStats, ScanWindow};
-use crate::compute::backend::{Backend, ReadSource, StateChange};
+use crate::compute::backend::{Backend, PrefetchPath, ReadSource, StateChange};
 use crate::protocol::client::{ConnectOptions, PageClient};
 use crate::protocol::page::{verify_page_as, Page, PageVerify};
 use crate::protocol::pagestream::LATEST_LSN;
@@ -95,6 +95,10 @@ pub struct ScanReport {
     pub udp_state_changes: u64,
     /// Each move, in order (at most `backend::MAX_STATE_LOG`): when, to which path and why.
     pub udp_state_log: Vec<StateChange>,
+    /// Of a sharded tenant in the udp and tcp-lfc modes, each shard's share of the read path,
+    /// in shard order (absent for one server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardScanStats>,
     pub elapsed_s: f64,
     pub pages_per_s: f64,
     /// Backend thread CPU per page, excluding the emulated per-page work and the digest.
@@ -104,6 +108,21 @@ pub struct ScanReport {
     pub wait_p99_us: f64,
     /// BLAKE3 over every page's XXH3-64 in block order: equal digests mean identical results.
     pub digest: String,
+}
+
+/// One shard's part of a scan's reads.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ShardScanStats {
+    pub shard: usize,
+    /// The path its pages took at the end.
+    pub path: PrefetchPath,
+    pub reads: u64,
+    pub hits: u64,
+    pub late_hits: u64,
+    pub fallbacks: u64,
+    pub tcp_pipelined: u64,
+    pub prefetched: u64,
+    pub udp_state_changes: u64,
 }
 
 /// CPU time of the calling thread.
@@ -301,17 +320,20 @@ pub fn run_scan_with_progress(
     };
     let cpu_start = thread_cpu();
     let started = Instant::now();
-    let (stats, state_log) = match (cfg.mode, &mut clients[..]) {
+    let (stats, state_log, shards) = match (cfg.mode, &mut clients[..]) {
         (ScanMode::TcpSync, clients) => (
             scan_tcp_sync(cfg, clients, layout, &blocks, &mut tally)?,
+            Vec::new(),
             Vec::new(),
         ),
         (ScanMode::TcpPipelined, [client]) => (
             scan_tcp_pipelined(cfg, client, &blocks, &mut tally)?,
             Vec::new(),
+            Vec::new(),
         ),
         (ScanMode::TcpPipelined, clients) => (
             scan_tcp_pipelined_sharded(cfg, clients, layout, &blocks, &mut tally)?,
+            Vec::new(),
             Vec::new(),
         ),
         (ScanMode::Udp | ScanMode::TcpLfc, _) => {
@@ -323,7 +345,9 @@ pub fn run_scan_with_progress(
     if let Some(p) = &tally.progress {
         p.finish();
     }
-    Ok(tally.report(cfg, blocks.len() as u64, stats, state_log, elapsed, cpu))
+    let mut report = tally.report(cfg, blocks.len() as u64, stats, state_log, elapsed, cpu);
+    report.shards = shards;
+    Ok(report)
 }
 
 /// Shard `s`'s error, naming the shard when there are several.
@@ -456,7 +480,7 @@ fn scan_lfc(
     layout: ShardLayout,
     blocks: &Range<u32>,
     tally: &mut Tally,
-) -> anyhow::Result<(ReadStats, Vec<StateChange>)> {
+) -> anyhow::Result<(ReadStats, Vec<StateChange>, Vec<ShardScanStats>)> {
     let lfc =
         lfc.ok_or_else(|| anyhow::anyhow!("the {} mode needs an LFC (--lfc)", cfg.mode.name()))?;
     let mut backend = if cfg.mode == ScanMode::Udp {
@@ -491,7 +515,29 @@ fn scan_lfc(
         tally.page(blkno, &page, t.elapsed());
     }
     let stats = backend.finish();
-    Ok((stats, backend.state_log().to_vec()))
+    let shards = if backend.shard_layout().count() > 1 {
+        let paths = backend.shard_paths();
+        backend
+            .shard_stats()
+            .into_iter()
+            .zip(paths)
+            .enumerate()
+            .map(|(shard, (s, path))| ShardScanStats {
+                shard,
+                path,
+                reads: s.reads,
+                hits: s.hits,
+                late_hits: s.late_hits,
+                fallbacks: s.fallbacks,
+                tcp_pipelined: s.tcp_pipelined,
+                prefetched: s.prefetched,
+                udp_state_changes: s.udp_state_changes,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok((stats, backend.state_log(), shards))
 }
 
 impl Tally {
@@ -523,6 +569,7 @@ impl Tally {
             tcp_pipelined: stats.tcp_pipelined,
             udp_state_changes: stats.udp_state_changes,
             udp_state_log: state_log,
+            shards: Vec::new(),
             elapsed_s: elapsed,
             pages_per_s: if elapsed > 0.0 {
                 pages as f64 / elapsed
