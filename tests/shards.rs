@@ -139,6 +139,12 @@ fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() 
         .map(|s| pages_per_shard(16384)[s] + pages_per_shard(16385)[s])
         .collect();
     for (s, server) in shards.iter().enumerate() {
+        let text = server.scrape();
+        assert_eq!(counter(&text, "udp_prefetch_server_shard_number"), s as u64);
+        assert_eq!(
+            counter(&text, "udp_prefetch_server_shards"),
+            SHARDS as u64
+        );
         let (get_page, prefetched, wrong) = served(server);
         assert_eq!(wrong, 0, "shard {s} was sent another shard's page");
         assert!(owned[s] > 0, "the stripes put pages on shard {s}");

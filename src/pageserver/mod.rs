@@ -304,10 +304,9 @@ fn serve_metrics(listener: TcpListener, shared: &Shared) {
                 queued_pages: shared.prefetch.queued_pages(),
                 capacity_pages: shared.config.prefetch_queue_pages,
             };
-            Some((
-                workers::http::PROMETHEUS,
-                shared.stats.render_prometheus(queue),
-            ))
+            let mut text = shared.stats.render_prometheus(queue);
+            stats::render_shard(&mut text, shared.config.shard);
+            Some((workers::http::PROMETHEUS, text))
         }
         _ => None,
     });

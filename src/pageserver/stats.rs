@@ -198,6 +198,32 @@ impl DestinationTable {
     }
 }
 
+/// Which shard this server is (`--shard I/N`, `--stripe-pages`): three gauges, so a
+/// dashboard can tell the shards of a tenant apart (0, 1 and the default stripe unsharded).
+pub fn render_shard(out: &mut String, shard: crate::protocol::shard::ShardIdentity) {
+    prom::single(
+        out,
+        "udp_prefetch_server_shard_number",
+        "gauge",
+        "This server's shard number (--shard I/N: I).",
+        shard.number() as u64,
+    );
+    prom::single(
+        out,
+        "udp_prefetch_server_shards",
+        "gauge",
+        "Shards of the tenant (--shard I/N: N; 1 when unsharded).",
+        shard.layout().count() as u64,
+    );
+    prom::single(
+        out,
+        "udp_prefetch_server_shard_stripe_pages",
+        "gauge",
+        "Stripe size of the tenant's sharding, in pages (--stripe-pages).",
+        u64::from(shard.layout().stripe_pages()),
+    );
+}
+
 /// Gauges of the prefetch queue, which the sender owns.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueueGauges {
