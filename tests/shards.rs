@@ -141,10 +141,7 @@ fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() 
     for (s, server) in shards.iter().enumerate() {
         let text = server.scrape();
         assert_eq!(counter(&text, "udp_prefetch_server_shard_number"), s as u64);
-        assert_eq!(
-            counter(&text, "udp_prefetch_server_shards"),
-            SHARDS as u64
-        );
+        assert_eq!(counter(&text, "udp_prefetch_server_shards"), SHARDS as u64);
         let (get_page, prefetched, wrong) = served(server);
         assert_eq!(wrong, 0, "shard {s} was sent another shard's page");
         assert!(owned[s] > 0, "the stripes put pages on shard {s}");
@@ -207,51 +204,69 @@ fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() 
 #[test]
 fn a_shard_whose_datagrams_are_all_dropped_serves_its_pages_by_tcp_and_the_others_stay_on_udp() {
     const DROPPING: usize = 1;
-    let dir = tempfile::tempdir().unwrap();
-    let lfc = dir.path().join("lfc");
-    let shards = start_shards(Some(DROPPING), &[]);
-    let _workers = WorkersProc::start(&lfc, &["--size", "64M"]);
-
-    let done = run_with_limit(&mut scan_command(&shards, &lfc, REL0), LIMIT);
-    let r = json("scan", &done);
-    assert_eq!(r["verified"], u64::from(PAGES), "{r}");
-    assert_eq!(r["failed"], 0, "{r}");
-
+    const ATTEMPTS: usize = 3;
     let owned = pages_per_shard(16384);
-    // None of the dropping shard's pages can have come by UDP: every one was a GetPage.
-    let (get_page, _, wrong) = served(&shards[DROPPING]);
-    assert_eq!(wrong, 0);
-    assert!(
-        get_page >= owned[DROPPING],
-        "shard {DROPPING} drops every datagram, so its {} pages came by TCP, yet it served only \
-         {get_page} GetPages",
-        owned[DROPPING]
-    );
-    // It alone moved to TCP: the moves name it, and the other shards' pages came mostly by UDP.
-    let log = r["udp_state_log"].as_array().unwrap();
-    assert!(
-        log.iter().any(|c| c["to"] == "tcp-pipelined"
-            && c["reason"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("shard {DROPPING}:"))),
-        "{r}"
-    );
-    // The scan's report says the same, shard by shard.
-    let per_shard = r["shards"]
-        .as_array()
-        .expect("a sharded scan reports its shards");
-    assert_eq!(per_shard.len(), SHARDS, "{r}");
-    assert_eq!(per_shard[DROPPING]["path"], "tcp-pipelined", "{r}");
-    for s in (0..SHARDS).filter(|&s| s != DROPPING) {
-        let (get_page, prefetched, wrong) = served(&shards[s]);
+    // On a loaded machine a healthy shard's prefetches may miss their wait too, and that shard
+    // then rightly leaves UDP as well: such a run shows nothing about the dropping shard, so it
+    // is set up again (fresh servers, daemon and LFC), a few times at most.
+    for attempt in 1..=ATTEMPTS {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = dir.path().join("lfc");
+        let shards = start_shards(Some(DROPPING), &[]);
+        let _workers = WorkersProc::start(&lfc, &["--size", "64M"]);
+
+        let done = run_with_limit(&mut scan_command(&shards, &lfc, REL0), LIMIT);
+        let r = json("scan", &done);
+        assert_eq!(r["verified"], u64::from(PAGES), "{r}");
+        assert_eq!(r["failed"], 0, "{r}");
+
+        // None of the dropping shard's pages can have come by UDP: every one was a GetPage.
+        let (get_page, _, wrong) = served(&shards[DROPPING]);
         assert_eq!(wrong, 0);
-        assert!(prefetched > 0, "shard {s} prefetched nothing");
         assert!(
-            get_page < owned[s],
-            "shard {s} (not dropping) served all its {} pages by TCP ({get_page} GetPages)",
-            owned[s]
+            get_page >= owned[DROPPING],
+            "shard {DROPPING} drops every datagram, so its {} pages came by TCP, yet it served \
+             only {get_page} GetPages",
+            owned[DROPPING]
         );
+        // It moved to TCP, and the scan's report says so, shard by shard.
+        let log = r["udp_state_log"].as_array().unwrap();
+        let moved = |s: usize| {
+            log.iter().any(|c| {
+                c["to"] == "tcp-pipelined"
+                    && c["reason"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(&format!("shard {s}:"))
+            })
+        };
+        assert!(moved(DROPPING), "{r}");
+        let per_shard = r["shards"]
+            .as_array()
+            .expect("a sharded scan reports its shards");
+        assert_eq!(per_shard.len(), SHARDS, "{r}");
+        assert_eq!(per_shard[DROPPING]["path"], "tcp-pipelined", "{r}");
+        let healthy: Vec<usize> = (0..SHARDS).filter(|&s| s != DROPPING).collect();
+        if healthy.iter().any(|&s| moved(s)) && attempt < ATTEMPTS {
+            eprintln!("attempt {attempt}: a healthy shard left UDP too (a busy machine); again");
+            continue;
+        }
+        // It alone moved: the other shards stayed on UDP, and their pages came mostly by it.
+        for &s in &healthy {
+            assert!(
+                !moved(s),
+                "shard {s} (not dropping) left UDP in every attempt: {r}"
+            );
+            let (get_page, prefetched, wrong) = served(&shards[s]);
+            assert_eq!(wrong, 0);
+            assert!(prefetched > 0, "shard {s} prefetched nothing");
+            assert!(
+                get_page < owned[s],
+                "shard {s} (not dropping) served all its {} pages by TCP ({get_page} GetPages)",
+                owned[s]
+            );
+        }
+        return;
     }
 }
 
