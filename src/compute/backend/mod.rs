@@ -7,8 +7,8 @@
 //! (socket, clock, futex waits). The simulator drives `driver` with virtual time and network.
 //!
 //! Owns: the pagestream connections (`PageClient`, one per shard), their `Driver`s, which shard
-//! a request goes to, and when to flush pipelined GetPages; every read decision is a driver's. Imports only `protocol` and `lfc`:
-//! never `pageserver` or `scan` (which is built on it).
+//! a request goes to, and when to flush pipelined GetPages; every read decision is a driver's.
+//! Imports only `protocol` and `lfc`: never `pageserver` or `scan` (which is built on it).
 
 pub mod driver;
 pub mod health;
