@@ -3,7 +3,8 @@
 //! shard (one `Driver` per shard, each request routed by `protocol::shard`).
 //!
 //! Dependency rule: `read_path`, `loss`, `health` and `pipeline` are pure state (no LFC, no
-//! socket); `driver` composes them over `&Lfc` with `now` passed in; this module alone does I/O
+//! socket); `driver` composes them over `&Lfc` with `now` passed in, and `sharded` routes over
+//! one driver per page-server shard; this module alone does I/O
 //! (socket, clock, futex waits). The simulator drives `driver` with virtual time and network.
 //!
 //! Owns: the pagestream connections (`PageClient`, one per shard), their `Driver`s, which shard
@@ -15,6 +16,7 @@ pub mod health;
 mod loss;
 pub mod pipeline;
 pub mod read_path;
+pub mod sharded;
 
 use crate::protocol::client::{unexpected, ClientError, PageClient};
 use crate::protocol::page::Page;
@@ -25,6 +27,7 @@ use driver::{Driver, Poll, Transmit};
 pub use health::{PrefetchPath, StateChange, MAX_STATE_LOG};
 use lfc::{BufferTag, Lfc, RelTag};
 use read_path::{ReadPathConfig, ReadStats};
+use sharded::ShardedDriver;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -83,14 +86,14 @@ pub fn store_own_write(
     })
 }
 
-/// One shard's share of a backend: its own TCP connection, and its own read-path core, so
-/// each shard's health, loss detection and TCP pipeline are its own (a shard whose datagrams
-/// stop arriving moves to TCP pipelining alone; the others stay on UDP).
+/// One shard's connection: the I/O half of a shard (its read-path core is the
+/// `ShardedDriver`'s driver of the same number).
 struct ShardConn {
     client: PageClient,
-    driver: Driver,
     /// GetPages written to the connection's buffer since the last flush.
     unflushed_get_pages: usize,
+    /// A Prefetch or Target was written since the last flush: it must leave now.
+    urgent: bool,
     warned_loopback: bool,
     /// The server's address as connected (a dead connection may no longer say).
     addr: String,
@@ -100,9 +103,8 @@ pub struct Backend<'a> {
     lfc: &'a Lfc,
     /// In shard order; one for an unsharded tenant.
     shards: Vec<ShardConn>,
-    layout: ShardLayout,
-    /// The shard of the latest read: whose window the scan is in.
-    last_shard: usize,
+    /// Every read decision, and which shard each request goes to.
+    core: ShardedDriver,
 }
 
 impl<'a> Backend<'a> {
@@ -136,9 +138,9 @@ impl<'a> Backend<'a> {
 
     /// A backend of a sharded tenant: `clients` are the shards' connections in shard order
     /// (`layout.count()` of them). Every GetPage and Prefetch goes to the shard that owns its
-    /// page (`ShardLayout::shard_of`, Neon's routing), a prefetch range split at stripe ends;
-    /// each shard's connection registers the prefetch target, so every shard sends its pages
-    /// to the one worker daemon. Everything else (`client()`) goes to shard 0.
+    /// page (`sharded::ShardedDriver`, Neon's routing), and each shard's connection registers
+    /// the prefetch target, so every shard sends its pages to the one worker daemon.
+    /// Everything else (`client()`) goes to shard 0.
     pub fn sharded(
         lfc: &'a Lfc,
         clients: Vec<PageClient>,
@@ -146,7 +148,7 @@ impl<'a> Backend<'a> {
         config: ReadPathConfig,
         prefetch_port: Option<u16>,
     ) -> Result<Self, BackendError> {
-        Self::build(lfc, clients, layout, |lfc| {
+        Self::build(lfc, clients, layout, || {
             Driver::new(config, prefetch_port, lfc, monotonic_ns())
         })
     }
@@ -167,7 +169,7 @@ impl<'a> Backend<'a> {
         layout: ShardLayout,
         config: ReadPathConfig,
     ) -> Result<Self, BackendError> {
-        Self::build(lfc, clients, layout, |_| {
+        Self::build(lfc, clients, layout, || {
             Driver::tcp_only(config, monotonic_ns())
         })
     }
@@ -176,7 +178,7 @@ impl<'a> Backend<'a> {
         lfc: &'a Lfc,
         clients: Vec<PageClient>,
         layout: ShardLayout,
-        driver: impl Fn(&Lfc) -> Driver,
+        driver: impl FnMut() -> Driver,
     ) -> Result<Self, BackendError> {
         if clients.len() != layout.count() {
             return Err(BackendError::ShardMap {
@@ -195,16 +197,15 @@ impl<'a> Backend<'a> {
                     .peer_addr()
                     .map_or_else(|_| "address unknown".to_string(), |a| a.to_string()),
                 client,
-                driver: driver(lfc),
                 unflushed_get_pages: 0,
+                urgent: false,
                 warned_loopback: false,
             })
             .collect();
         Ok(Backend {
             lfc,
             shards,
-            layout,
-            last_shard: 0,
+            core: ShardedDriver::new(layout, driver),
         })
     }
 
@@ -215,44 +216,27 @@ impl<'a> Backend<'a> {
     }
 
     pub fn shard_layout(&self) -> ShardLayout {
-        self.layout
+        self.core.layout()
     }
 
     /// The path of the shard the backend read from last (each shard has its own).
     pub fn path(&self) -> PrefetchPath {
-        self.shards[self.last_shard].driver.path()
+        self.core.path()
     }
 
     /// Each shard's path, in shard order.
     pub fn shard_paths(&self) -> Vec<PrefetchPath> {
-        self.shards.iter().map(|s| s.driver.path()).collect()
+        self.core.shard_paths()
     }
 
     /// See `Driver::path_changes`: summed over the shards.
     pub fn path_changes(&self) -> u64 {
-        self.shards.iter().map(|s| s.driver.path_changes()).sum()
+        self.core.path_changes()
     }
 
     /// The moves between UDP and TCP; of several shards, each reason names its shard.
     pub fn state_log(&self) -> Vec<StateChange> {
-        if let [only] = &self.shards[..] {
-            return only.driver.state_log().to_vec();
-        }
-        let mut log: Vec<StateChange> = (0..self.shards.len())
-            .flat_map(|i| {
-                self.shards[i]
-                    .driver
-                    .state_log()
-                    .iter()
-                    .map(move |c| StateChange {
-                        reason: format!("shard {i}: {}", c.reason),
-                        ..c.clone()
-                    })
-            })
-            .collect();
-        log.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
-        log.truncate(MAX_STATE_LOG);
-        log
+        self.core.state_log()
     }
 
     /// The error of shard `s`'s connection, naming the shard when there are several (an
@@ -269,32 +253,32 @@ impl<'a> Backend<'a> {
         }
     }
 
-    /// Sends what shard `s`'s driver queued. Prefetch and Target messages are flushed at once
-    /// (nothing else would carry them: reads wait on the LFC, not the socket); GetPages every
-    /// `PIPELINED_FLUSH_EVERY`, as Neon batches its pipeline, and before any wait (`recv`
-    /// flushes what is buffered before it blocks). A flush per GetPage cost a system call and
-    /// a server wake-up per page: half the pipeline's speed.
-    fn transmit(&mut self, s: usize) -> Result<(), ClientError> {
+    /// Sends what the drivers queued, each message on its shard's connection. Prefetch and
+    /// Target messages are flushed at once (nothing else would carry them: reads wait on the
+    /// LFC, not the socket); GetPages every `PIPELINED_FLUSH_EVERY`, as Neon batches its
+    /// pipeline, and before any wait (`recv` flushes what is buffered before it blocks). A
+    /// flush per GetPage cost a system call and a server wake-up per page: half the pipeline's
+    /// speed.
+    fn transmit(&mut self) -> Result<(), BackendError> {
         let lfc = self.lfc;
-        let shard = &mut self.shards[s];
-        let mut urgent = false;
-        while let Some(t) = shard.driver.poll_transmit() {
-            match t {
+        while let Some((s, t)) = self.core.poll_transmit() {
+            let shard = &mut self.shards[s];
+            let sent = match t {
                 Transmit::Target { udp_port } => {
-                    urgent = true;
-                    shard.warn_if_unreachable();
+                    shard.urgent = true;
+                    shard.warn_if_unreachable(self.core.shard(s).daemon_addr());
                     shard.client.send_prefetch_target(PrefetchTarget {
                         udp_port,
                         key_id: lfc.key_id(),
                         key: lfc.key(),
-                    })?
+                    })
                 }
                 Transmit::Prefetch(r) => {
-                    urgent = true;
+                    shard.urgent = true;
                     // not_modified_since covers the whole range: the newest modification.
                     shard
                         .client
-                        .send_prefetch(r.rel, r.first, r.n, LATEST_LSN, r.max_lwlsn)?
+                        .send_prefetch(r.rel, r.first, r.n, LATEST_LSN, r.max_lwlsn)
                 }
                 Transmit::GetPage {
                     tag,
@@ -303,12 +287,17 @@ impl<'a> Backend<'a> {
                     shard.unflushed_get_pages += 1;
                     shard
                         .client
-                        .send_get_page(tag, LATEST_LSN, not_modified_since)?
+                        .send_get_page(tag, LATEST_LSN, not_modified_since)
                 }
-            }
+            };
+            sent.map_err(|e| self.shard_error(s, e.into()))?;
         }
-        if urgent || shard.unflushed_get_pages >= pipeline::PIPELINED_FLUSH_EVERY {
-            shard.flush()?;
+        for s in 0..self.shards.len() {
+            let shard = &mut self.shards[s];
+            if shard.urgent || shard.unflushed_get_pages >= pipeline::PIPELINED_FLUSH_EVERY {
+                shard.urgent = false;
+                shard.flush().map_err(|e| self.shard_error(s, e.into()))?;
+            }
         }
         Ok(())
     }
@@ -328,24 +317,16 @@ impl<'a> Backend<'a> {
 
     /// How many pages ahead to prefetch when `wanted` is asked for (less while own prefetches
     /// keep missing their wait budget; the pipeline's reach while on TCP), as the shard of the
-    /// latest read sees it: the window's near end is in that shard's stripe.
+    /// latest read sees it.
     pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
-        self.shards[self.last_shard]
-            .driver
-            .prefetch_distance(wanted)
+        self.core.prefetch_distance(wanted)
     }
 
     /// Requests `blocks` ahead of their reads (UDP prefetch, or the TCP pipeline while UDP is
     /// not delivering), each stripe from its shard. Returns pages requested.
     pub fn prefetch(&mut self, rel: RelTag, blocks: Range<u32>) -> Result<u32, BackendError> {
-        let mut n = 0;
-        for (s, piece) in self.layout.split(rel, blocks) {
-            n += self.shards[s]
-                .driver
-                .prefetch(self.lfc, rel, piece, monotonic_ns());
-            self.transmit(s)
-                .map_err(|e| self.shard_error(s, e.into()))?;
-        }
+        let n = self.core.prefetch(self.lfc, rel, blocks, monotonic_ns());
+        self.transmit()?;
         Ok(n)
     }
 
@@ -353,39 +334,26 @@ impl<'a> Backend<'a> {
     /// for within the adaptive budget), else the TCP pipeline of the shard that owns it; every
     /// page fetched by TCP is installed in the LFC.
     pub fn read(&mut self, tag: BufferTag, out: &mut Page) -> Result<ReadSource, BackendError> {
-        let s = self.layout.shard_of(&tag);
-        self.last_shard = s;
-        self.read_from(s, tag, out)
-            .map_err(|e| self.shard_error(s, e))
-    }
-
-    fn read_from(
-        &mut self,
-        s: usize,
-        tag: BufferTag,
-        out: &mut Page,
-    ) -> Result<ReadSource, BackendError> {
-        let mut poll = self.shards[s]
-            .driver
-            .start_read(self.lfc, tag, out, monotonic_ns());
+        let mut poll = self.core.start_read(self.lfc, tag, out, monotonic_ns());
+        let s = self.core.reading();
         loop {
-            self.transmit(s)?;
+            self.transmit()?;
             poll = match poll {
                 Poll::Done(source) => return Ok(source),
                 Poll::Wait { tag, until_ns } => {
                     if self.shards[s].unflushed_get_pages > 0 {
-                        self.shards[s].flush()?;
+                        self.shards[s]
+                            .flush()
+                            .map_err(|e| self.shard_error(s, e.into()))?;
                     }
                     self.flush_others(s)?;
                     let left = until_ns.saturating_sub(monotonic_ns());
                     if left > 0 {
                         self.lfc.wait_for_arrival(&tag, Duration::from_nanos(left));
                     }
-                    self.shards[s]
-                        .driver
-                        .on_wait_over(self.lfc, out, monotonic_ns())
+                    self.core.on_wait_over(self.lfc, out, monotonic_ns())
                 }
-                Poll::AwaitResponse => match self.receive(s, out)? {
+                Poll::AwaitResponse => match self.receive_handled(s, out)?.next {
                     Some(p) => p,
                     None => unreachable!("a read in progress always has a next step"),
                 },
@@ -394,64 +362,53 @@ impl<'a> Backend<'a> {
     }
 
     /// Reads one response of shard `s` and hands it to its driver.
-    fn receive(&mut self, s: usize, out: &mut Page) -> Result<Option<Poll>, BackendError> {
-        Ok(self.receive_handled(s, out)?.next)
-    }
-
     fn receive_handled(
         &mut self,
         s: usize,
         out: &mut Page,
     ) -> Result<driver::Handled, BackendError> {
         self.flush_others(s)?;
+        self.receive_from(s, out)
+            .map_err(|e| self.shard_error(s, e))
+    }
+
+    fn receive_from(&mut self, s: usize, out: &mut Page) -> Result<driver::Handled, BackendError> {
         let lfc = self.lfc;
         let shard = &mut self.shards[s];
         // `recv` flushes what is buffered before it blocks.
         shard.unflushed_get_pages = 0;
         let resp = shard.client.recv()?;
-        let next = match &resp {
+        let response = match &resp {
             Response::GetPage {
                 rel, blkno, page, ..
-            } => shard.driver.on_response(
-                lfc,
-                driver::Response::Page {
-                    tag: rel.block(*blkno),
-                    page,
-                },
-                out,
-                monotonic_ns(),
-            )?,
-            Response::PrefetchTarget { .. } => {
-                shard
-                    .driver
-                    .on_response(lfc, driver::Response::Target, out, monotonic_ns())?
-            }
+            } => driver::Response::Page {
+                tag: rel.block(*blkno),
+                page,
+            },
+            Response::PrefetchTarget { .. } => driver::Response::Target,
             Response::Error { message, .. } => {
                 return Err(ClientError::Request(message.clone()).into())
             }
             other => return Err(unexpected("pipelined GetPage", other).into()),
         };
-        Ok(next)
+        Ok(self
+            .core
+            .on_response(s, lfc, response, out, monotonic_ns())?)
     }
 
     /// Reads every pipelined response (installing the pages), so a synchronous call may follow.
     pub fn drain(&mut self) -> Result<(), BackendError> {
         let mut scratch: Box<Page> = Box::new([0u8; lfc::PAGE_SIZE]);
         for s in 0..self.shards.len() {
-            self.drain_shard(s, &mut scratch)
-                .map_err(|e| self.shard_error(s, e))?;
+            loop {
+                self.transmit()?;
+                if !self.core.pipeline_busy(s) {
+                    break;
+                }
+                self.receive_handled(s, &mut scratch)?;
+            }
         }
         Ok(())
-    }
-
-    fn drain_shard(&mut self, s: usize, scratch: &mut Page) -> Result<(), BackendError> {
-        loop {
-            self.transmit(s)?;
-            if !self.shards[s].driver.pipeline_busy() {
-                return Ok(());
-            }
-            self.receive_handled(s, scratch)?;
-        }
     }
 
     /// The compute's own new version of a page: to the page server that owns it (standing in
@@ -459,7 +416,7 @@ impl<'a> Backend<'a> {
     /// `store_own_write` for a cache that refuses it).
     pub fn write(&mut self, tag: BufferTag, lsn: u64, page: &Page) -> Result<(), BackendError> {
         self.drain()?;
-        let s = self.layout.shard_of(&tag);
+        let s = self.core.shard_of(&tag);
         self.shards[s]
             .client
             .put_page(tag, lsn, page)
@@ -470,25 +427,17 @@ impl<'a> Backend<'a> {
 
     /// The read path's counters, summed over the shards.
     pub fn stats(&self) -> ReadStats {
-        let mut total = ReadStats::default();
-        for shard in &self.shards {
-            add_stats(&mut total, &shard.driver.stats());
-        }
-        total
+        self.core.stats()
     }
 
     /// Each shard's counters, in shard order.
     pub fn shard_stats(&self) -> Vec<ReadStats> {
-        self.shards.iter().map(|s| s.driver.stats()).collect()
+        self.core.shard_stats()
     }
 
     /// Ends a scan: prefetches never read count as wasted. Summed over the shards.
     pub fn finish(&mut self) -> ReadStats {
-        let mut total = ReadStats::default();
-        for shard in &mut self.shards {
-            add_stats(&mut total, &shard.driver.finish());
-        }
-        total
+        self.core.finish()
     }
 }
 
@@ -500,9 +449,8 @@ impl ShardConn {
 
     /// A daemon listening on loopback never receives from a page server elsewhere: say so once
     /// instead of crawling (the read path falls back to TCP anyway).
-    fn warn_if_unreachable(&mut self) {
-        let (Some(daemon), Ok(server)) = (self.driver.daemon_addr(), self.client.peer_addr())
-        else {
+    fn warn_if_unreachable(&mut self, daemon: Option<std::net::SocketAddr>) {
+        let (Some(daemon), Ok(server)) = (daemon, self.client.peer_addr()) else {
             return;
         };
         if !self.warned_loopback && daemon.ip().is_loopback() && !server.ip().is_loopback() {
@@ -514,36 +462,6 @@ impl ShardConn {
             );
         }
     }
-}
-
-/// Adds `b` into `a`, field by field. Destructured, so that a new counter cannot be left out.
-fn add_stats(a: &mut ReadStats, b: &ReadStats) {
-    let ReadStats {
-        reads,
-        hits,
-        late_hits,
-        fallbacks,
-        wait_timeouts,
-        prefetched,
-        duplicates_avoided,
-        wasted_prefetches,
-        retries,
-        window_cuts,
-        tcp_pipelined,
-        udp_state_changes,
-    } = *b;
-    a.reads += reads;
-    a.hits += hits;
-    a.late_hits += late_hits;
-    a.fallbacks += fallbacks;
-    a.wait_timeouts += wait_timeouts;
-    a.prefetched += prefetched;
-    a.duplicates_avoided += duplicates_avoided;
-    a.wasted_prefetches += wasted_prefetches;
-    a.retries += retries;
-    a.window_cuts += window_cuts;
-    a.tcp_pipelined += tcp_pipelined;
-    a.udp_state_changes += udp_state_changes;
 }
 
 #[cfg(test)]
