@@ -304,7 +304,7 @@ impl World<'_> {
                 },
             ) => self.put_applied(shard, conn, rel.block(blkno), lsn),
             (None, Response::PrefetchTarget { .. }) => {
-                self.send_to_client(conn, shard, ToClient::TargetSet)
+                self.send_to_client(conn, shard, ToClient::TargetSet { shard })
             }
             (_, other) => {
                 let msg = format!("shard {shard}: request {req:?} failed: {other:?}");
