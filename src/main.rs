@@ -121,6 +121,9 @@ enum BenchCommand {
     /// A udp scan beside a flood of forged datagrams at the daemon, against the same flood at a
     /// closed port; the daemon's CPU per forged and per valid datagram.
     Flood(bench::flood::FloodBenchArgs),
+    /// One compute over 1, 2 and 4 page-server shards: udp against tcp-pipelined scans and
+    /// prewarms, and the daemon's per-thread spread.
+    Shards(bench::shards::ShardsBenchArgs),
     /// Every scenario in one run, with modest settings (`--full` for each one's defaults).
     All(bench::all::AllBenchArgs),
 }
@@ -175,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 BenchCommand::Degrade(a) => bench::degrade::run(a)?,
                 BenchCommand::Net(a) => bench::net::run(a)?,
                 BenchCommand::Flood(a) => bench::flood::run(a)?,
+                BenchCommand::Shards(a) => bench::shards::run(a)?,
                 BenchCommand::All(a) => {
                     let (records, l) = bench::all::run(a)?;
                     latencies = l;

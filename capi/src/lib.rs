@@ -182,18 +182,25 @@ impl Failure {
 
 impl From<BackendError> for Failure {
     fn from(e: BackendError) -> Failure {
-        let status = match &e {
-            BackendError::Client(c) => client_status(c),
-            BackendError::Driver(_) => UdpfStatus::UDPF_SERVER,
-            BackendError::Bind(_) | BackendError::Write { .. } => UdpfStatus::UDPF_CACHE,
-        };
-        Failure::new(status, error_chain(&e))
+        Failure::new(backend_status(&e), error_chain(&e))
     }
 }
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         Failure::new(client_status(&e), error_chain(&e))
+    }
+}
+
+fn backend_status(e: &BackendError) -> UdpfStatus {
+    match e {
+        BackendError::Client(c) => client_status(c),
+        BackendError::Driver(_) => UdpfStatus::UDPF_SERVER,
+        BackendError::Bind(_) | BackendError::Write { .. } => UdpfStatus::UDPF_CACHE,
+        // A shard's failure is what failed in it.
+        BackendError::Shard { source, .. } => backend_status(source),
+        // A handle opens one connection: the map cannot disagree with it.
+        BackendError::ShardMap { .. } => UdpfStatus::UDPF_INVALID_ARGUMENT,
     }
 }
 

@@ -233,6 +233,9 @@ impl DaemonFault {
 pub struct SimConfig {
     pub profile: FaultProfile,
     pub shards: usize,
+    /// Stripe size of the shards' routing (`protocol::shard`, Neon's), in pages: small, so
+    /// that a relation of the run spans several stripes and shards.
+    pub stripe_pages: u32,
     pub backends: usize,
     pub workers: usize,
     pub rels: u32,
@@ -350,6 +353,8 @@ impl SimConfig {
         SimConfig {
             profile,
             shards,
+            // Drawn from its own stream, so adding it did not change the other draws.
+            stripe_pages: 1 << Rng::stream(seed, 0x5791).range(2, 5),
             backends: rng.range(2, 4) as usize,
             workers: rng.range(1, 3) as usize,
             rels: rng.range(shards as u64, 4) as u32,
@@ -376,9 +381,10 @@ impl SimConfig {
         }
     }
 
-    /// Shard that owns relation `rel_index` (relations are placed whole, round-robin).
-    pub fn shard_of_rel(&self, rel_index: u32) -> usize {
-        rel_index as usize % self.shards
+    /// How pages are spread over the shards: the real routing (Neon's `key_to_shard_number`).
+    pub fn shard_layout(&self) -> udp_prefetch::protocol::shard::ShardLayout {
+        udp_prefetch::protocol::shard::ShardLayout::new(self.shards, self.stripe_pages)
+            .expect("1 to 3 shards, a stripe of at least 4 pages")
     }
 }
 

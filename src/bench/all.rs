@@ -4,7 +4,7 @@
 
 use super::plot::LatencySeries;
 use super::{
-    datagram, degrade, flood, getpage, hol, ingest, lfc, many_backends, net, prewarm, scan,
+    datagram, degrade, flood, getpage, hol, ingest, lfc, many_backends, net, prewarm, scan, shards,
     BenchRecord,
 };
 use clap::Parser;
@@ -19,7 +19,7 @@ pub struct AllBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "getpage,datagram,lfc,ingest,scan,hol,many-backends,prewarm,degrade,flood,net"
+        default_value = "getpage,datagram,lfc,ingest,scan,hol,many-backends,prewarm,degrade,flood,shards,net"
     )]
     pub only: Vec<Scenario>,
 }
@@ -36,6 +36,7 @@ pub enum Scenario {
     Prewarm,
     Degrade,
     Flood,
+    Shards,
     Net,
 }
 
@@ -61,6 +62,7 @@ fn short_flags(s: Scenario) -> &'static [&'static str] {
         Scenario::Prewarm => &["--pages", "65536", "--ingest-seconds", "1.5"],
         Scenario::Degrade => &[],
         Scenario::Flood => &[],
+        Scenario::Shards => &["--pages", "16384"],
         Scenario::Net => &["--pages", "8192"],
     }
 }
@@ -101,6 +103,7 @@ pub fn run(args: &AllBenchArgs) -> anyhow::Result<(Vec<BenchRecord>, Vec<Latency
             Scenario::Prewarm => records.extend(prewarm::run(&args_of(flags)?)?),
             Scenario::Degrade => records.extend(degrade::run(&args_of(flags)?)?),
             Scenario::Flood => records.extend(flood::run(&args_of(flags)?)?),
+            Scenario::Shards => records.extend(shards::run(&args_of(flags)?)?),
             Scenario::Net => match super::twohost::TwoHosts::create(1500, 0) {
                 // Probed (and removed) first: a machine that cannot make namespaces skips this
                 // scenario with the reason; a failure of the bench itself is still an error.
@@ -150,6 +153,8 @@ mod tests {
             (32768, 200, 6),
             "degrade runs its defaults"
         );
+        let sh: shards::ShardsBenchArgs = args_of(short_flags(Scenario::Shards)).unwrap();
+        assert_eq!((sh.pages, sh.shard_counts.clone()), (16384, vec![1, 2, 4]));
         let i: ingest::IngestBenchArgs = args_of(short_flags(Scenario::Ingest)).unwrap();
         assert_eq!(
             i.distinct_pages, 8192,

@@ -81,6 +81,7 @@ pub(crate) fn relation_scan(
         cpu_per_page_us: 0,
         prefetch_port: None,
         read_path: crate::compute::backend::read_path::ReadPathConfig::default(),
+        shards: Default::default(),
     }
 }
 
@@ -195,5 +196,6 @@ pub mod net;
 pub mod plot;
 pub mod prewarm;
 pub mod scan;
+pub mod shards;
 pub mod topology;
 pub mod twohost;

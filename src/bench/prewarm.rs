@@ -66,6 +66,7 @@ fn beside_scans_case(
                 progress: false,
                 udp: true,
                 priority,
+                shards: Default::default(),
             };
             let lfc = &lfc;
             s.spawn(move || run_prewarm(&cfg, lfc, &plan))
@@ -81,6 +82,7 @@ fn beside_scans_case(
                     cpu_per_page_us: 0,
                     prefetch_port: Some(udp_port),
                     read_path: ReadPathConfig::default(),
+                    shards: Default::default(),
                 };
                 let lfc = &lfc;
                 s.spawn(move || run_scan(&cfg, Some(lfc)))
@@ -174,6 +176,7 @@ fn one_case(
             progress: false,
             udp,
             priority: PrefetchPriority::Background,
+            shards: Default::default(),
         },
         &lfc,
         &plan,

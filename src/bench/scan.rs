@@ -149,6 +149,7 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                         cpu_per_page_us: cpu,
                         prefetch_port: Some(daemon.udp_port),
                         read_path: ReadPathConfig::default(),
+                        shards: Default::default(),
                     },
                     Some(&lfc),
                 )?;

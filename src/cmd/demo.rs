@@ -1,4 +1,5 @@
-//! `udp-prefetch demo`: everything on one machine, no set-up. Starts a page server, a worker
+//! `udp-prefetch demo`: everything on one machine, no set-up. Starts a page server (or
+//! `--shards N` of them), a worker
 //! daemon (a separate process) over a temporary LFC, scans a synthetic relation in the three
 //! prefetch designs, then again with 5 % of prefetch datagrams dropped, and prints one table.
 
@@ -10,6 +11,7 @@ use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
 use crate::pageserver::source::{SourceSpec, Synthetic};
 use crate::pageserver::{PageServer, ServerConfig};
 use crate::protocol::client::ConnectOptions;
+use crate::protocol::shard::{ShardIdentity, ShardLayout, ShardMap};
 use lfc::Lfc;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -29,16 +31,40 @@ pub struct DemoArgs {
     /// connection buffers, and hides lost datagrams' retries).
     #[arg(long, default_value_t = 512)]
     pub distance: u32,
+    /// Page-server shards to split the relations over (each its own server, `--shard i/N`);
+    /// the scans read from all of them, each page from its shard.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub shards: u32,
+    /// Stripe size of the sharding, in 8 KiB pages.
+    #[arg(long, default_value_t = crate::protocol::shard::DEFAULT_STRIPE_PAGES)]
+    pub stripe_pages: u32,
 }
 
-fn start_server(pages: u32, delay_us: u64, drop: f64) -> anyhow::Result<PageServer> {
-    Ok(PageServer::start(ServerConfig {
-        listen: "127.0.0.1:0".parse()?,
-        source: SourceSpec::Synthetic { rels: 2, pages },
-        service_delay_us: delay_us,
-        drop_prefetch: drop,
-        ..ServerConfig::default()
-    })?)
+/// The page servers of one case, shard i of `args.shards` each, and the map a scan uses.
+fn start_servers(
+    args: &DemoArgs,
+    pages: u32,
+    drop: f64,
+) -> anyhow::Result<(Vec<PageServer>, ShardMap)> {
+    let layout = ShardLayout::new(args.shards as usize, args.stripe_pages)
+        .map_err(|e| super::BadInput(format!("--shards/--stripe-pages: {e}")))?;
+    let servers = (0..layout.count())
+        .map(|i| {
+            Ok(PageServer::start(ServerConfig {
+                listen: "127.0.0.1:0".parse()?,
+                source: SourceSpec::Synthetic { rels: 2, pages },
+                service_delay_us: args.service_delay_us,
+                drop_prefetch: drop,
+                shard: ShardIdentity::new(i, layout)?,
+                ..ServerConfig::default()
+            })?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let map = ShardMap::new(
+        servers.iter().map(|s| s.local_addr().to_string()).collect(),
+        args.stripe_pages,
+    );
+    Ok((servers, map))
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<Outcome> {
@@ -76,6 +102,12 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
         "relations 1663/5/16384/0 and 1663/5/16385/0: {pages} pages ({} MiB) each; service delay {} us; TCP depth {}, UDP distance {}",
         args.size_mib, args.service_delay_us, args.depth, args.distance
     );
+    if args.shards > 1 {
+        println!(
+            "{} page-server shards, stripes of {} pages (Neon's routing); every scan reads from all",
+            args.shards, args.stripe_pages
+        );
+    }
 
     let rows = scan_all(args, pages, daemon.udp_port, &lfc)?;
     print_table(&rows);
@@ -115,10 +147,10 @@ fn scan_all(
 ) -> anyhow::Result<Vec<(f64, ScanReport)>> {
     let mut rows: Vec<(f64, ScanReport)> = Vec::new();
     for (rel_index, drop) in [(0u32, 0.0), (1, 0.05)] {
-        let server = start_server(pages, args.service_delay_us, drop)?;
+        let (_servers, map) = start_servers(args, pages, drop)?;
         for mode in [ScanMode::TcpSync, ScanMode::TcpPipelined, ScanMode::Udp] {
             let cfg = ScanConfig {
-                connect: ConnectOptions::new(server.local_addr().to_string()),
+                connect: ConnectOptions::new(map.servers[0].clone()),
                 rel: Synthetic::rel(rel_index),
                 blocks: None,
                 mode,
@@ -126,6 +158,7 @@ fn scan_all(
                 cpu_per_page_us: 0,
                 prefetch_port: Some(udp_port),
                 read_path: ReadPathConfig::default(),
+                shards: map.clone(),
             };
             print!(
                 "  scanning {} with drop {:.0}% ...",

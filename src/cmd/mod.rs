@@ -39,6 +39,18 @@ impl TimelineArgs {
     }
 }
 
+/// The shard map of `--server` given once per shard (in shard order) and `--stripe-pages`, or
+/// why not.
+pub fn shard_map(
+    servers: &[String],
+    stripe_pages: u32,
+) -> Result<crate::protocol::shard::ShardMap, BadInput> {
+    let map = crate::protocol::shard::ShardMap::new(servers.to_vec(), stripe_pages);
+    map.layout()
+        .map_err(|e| BadInput(format!("--server given {} times: {e}", servers.len())))?;
+    Ok(map)
+}
+
 /// Exit status conventions (ARCHITECTURE §9).
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_BAD_INPUT: u8 = 2;

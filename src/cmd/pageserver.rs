@@ -92,11 +92,34 @@ pub struct PageServerArgs {
     #[arg(long, value_parser = super::parse_metrics)]
     pub metrics: Option<SocketAddr>,
     /// Behave as a page server without this project's extension: PrefetchTarget, Prefetch,
-    /// PutPage and PrefetchPriority (tags 0x40-0x43) get what Neon's page server answers an unknown tag (ErrorResponse
-    /// SQLSTATE XX000 "invalid tag N", then ReadyForQuery: the pagestream ends). Clients then
-    /// read as Neon's compute does, pipelined GetPage over TCP.
+    /// PutPage and PrefetchPriority (tags 0x40-0x43) get what Neon's page server answers an
+    /// unknown tag (ErrorResponse SQLSTATE XX000 "invalid tag N", then ReadyForQuery: the
+    /// pagestream ends). Clients then read as Neon's compute does, pipelined GetPage over TCP.
     #[arg(long)]
     pub no_udp_extension: bool,
+    /// This server is shard I of a tenant of N shards (I from 0, e.g. 1/3): it serves GetPage
+    /// and Prefetch only for the pages Neon's routing gives to shard I, and answers any other
+    /// with error 103 naming the owner. Exists, Nblocks and DbSize are served whatever the
+    /// shard (computes send them to shard 0). Default 0/1: every page.
+    #[arg(long, default_value = "0/1")]
+    pub shard: String,
+    /// Stripe size of the tenant's sharding, in 8 KiB pages (Neon's default, 16 MiB); every
+    /// shard and compute of a tenant must use the same.
+    #[arg(long, default_value_t = crate::protocol::shard::DEFAULT_STRIPE_PAGES)]
+    pub stripe_pages: u32,
+}
+
+impl PageServerArgs {
+    /// `--shard` with `--stripe-pages`, or why not (the service unit generator refuses the
+    /// same flags the server would).
+    pub fn shard_identity(&self) -> Result<crate::protocol::shard::ShardIdentity, BadInput> {
+        crate::protocol::shard::ShardIdentity::parse(&self.shard, self.stripe_pages).map_err(|e| {
+            BadInput(format!(
+                "--shard {} --stripe-pages {}: {e}",
+                self.shard, self.stripe_pages
+            ))
+        })
+    }
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -109,6 +132,7 @@ fn parse_source(s: &str) -> Result<SourceSpec, String> {
 }
 
 pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
+    let shard = args.shard_identity()?;
     let config = ServerConfig {
         listen: args.listen,
         source: args.source,
@@ -131,7 +155,15 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         datagram_protection: args.datagram_protection,
         metrics: args.metrics,
         udp_extension: !args.no_udp_extension,
+        shard,
     };
+    if shard.layout().count() > 1 {
+        tracing::info!(
+            %shard,
+            stripe_pages = shard.layout().stripe_pages(),
+            "serving one shard's pages"
+        );
+    }
     // Register signal handlers before listening, so a SIGTERM right after start is not lost.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

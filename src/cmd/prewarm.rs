@@ -54,9 +54,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub relation: Option<RelTag>,
     /// Page server to request the pages from (Prefetch by UDP, GetPage for the rest): HOST:PORT,
-    /// or HOST alone for port 6400; names are resolved.
+    /// or HOST alone for port 6400; names are resolved. Of a sharded tenant, once per shard in
+    /// shard order (shard 0 first): each page comes from the shard that owns it.
     #[arg(long, default_value = "127.0.0.1:6400")]
-    pub server: String,
+    pub server: Vec<String>,
+    /// Stripe size of a sharded tenant, in 8 KiB pages: as the page servers' --stripe-pages.
+    #[arg(long, default_value_t = crate::protocol::shard::DEFAULT_STRIPE_PAGES)]
+    pub stripe_pages: u32,
     /// UDP port of the worker daemon on this host; default: the port the daemon serving the
     /// LFC recorded in its header.
     #[arg(long)]
@@ -166,7 +170,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<Outcome> {
     let cache = open_lfc(&a.lfc)?;
     let connect = a
         .timeline
-        .apply(ConnectOptions::new(a.server.clone()).token(a.token.clone()));
+        .apply(ConnectOptions::new(a.server[0].clone()).token(a.token.clone()));
+    let shards = super::shard_map(&a.server, a.stripe_pages)?;
     let ranges = match (&a.state, a.relation) {
         (Some(path), _) => {
             let bytes =
@@ -209,6 +214,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<Outcome> {
         progress: !a.json,
         udp: true,
         priority: a.priority.into(),
+        shards,
     };
     let report = run_prewarm(&cfg, &cache, &pages)?;
     if a.json {

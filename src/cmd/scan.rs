@@ -12,9 +12,13 @@ use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct ScanArgs {
-    /// Page server address.
+    /// Page server address: HOST:PORT. Of a sharded tenant, once per shard in shard order
+    /// (shard 0 first); each page is read from the shard Neon's routing gives it.
     #[arg(long, default_value = "127.0.0.1:6400")]
-    pub server: String,
+    pub server: Vec<String>,
+    /// Stripe size of a sharded tenant, in 8 KiB pages: as the page servers' --stripe-pages.
+    #[arg(long, default_value_t = crate::protocol::shard::DEFAULT_STRIPE_PAGES)]
+    pub stripe_pages: u32,
     /// LFC file shared with the worker daemon (required for --mode udp).
     #[arg(long)]
     pub lfc: Option<PathBuf>,
@@ -122,10 +126,12 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
         }
         (None, _) => None,
     };
+    let shards = super::shard_map(&args.server, args.stripe_pages)?;
     let cfg = ScanConfig {
         connect: args
             .timeline
-            .apply(ConnectOptions::new(args.server.clone()).token(args.token.clone())),
+            .apply(ConnectOptions::new(args.server[0].clone()).token(args.token.clone())),
+        shards,
         rel: args.rel,
         blocks: args.blocks.clone(),
         mode: args.mode,

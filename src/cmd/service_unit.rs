@@ -227,6 +227,7 @@ const FDS_PER_CONNECTION: u64 = 4;
 const FDS_BASE: u64 = 1024;
 
 fn pageserver_spec(ps: &PageServerArgs, flags: &mut Vec<String>) -> Result<Spec, BadInput> {
+    ps.shard_identity()?;
     let mut mounts = Vec::new();
     if let SourceSpec::PgData(dir) = &ps.source {
         absolute("--source pgdata:", dir)?;

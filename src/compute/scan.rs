@@ -4,10 +4,11 @@
 
 use crate::compute::backend::pipeline::PIPELINED_FLUSH_EVERY;
 use crate::compute::backend::read_path::{ReadPathConfig, ReadStats, ScanWindow};
-use crate::compute::backend::{Backend, ReadSource, StateChange};
+use crate::compute::backend::{Backend, PrefetchPath, ReadSource, StateChange};
 use crate::protocol::client::{ConnectOptions, PageClient};
 use crate::protocol::page::{verify_page_as, Page, PageVerify};
 use crate::protocol::pagestream::LATEST_LSN;
+use crate::protocol::shard::{ShardLayout, ShardMap};
 use lfc::{Lfc, RelTag, PAGE_SIZE};
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -65,6 +66,8 @@ pub struct ScanConfig {
     /// daemon serving the cache records its address.
     pub prefetch_port: Option<u16>,
     pub read_path: ReadPathConfig,
+    /// A sharded tenant's page servers (none listed: `connect`'s address is the only one).
+    pub shards: ShardMap,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -92,6 +95,10 @@ pub struct ScanReport {
     pub udp_state_changes: u64,
     /// Each move, in order (at most `backend::MAX_STATE_LOG`): when, to which path and why.
     pub udp_state_log: Vec<StateChange>,
+    /// Of a sharded tenant in the udp and tcp-lfc modes, each shard's share of the read path,
+    /// in shard order (absent for one server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardScanStats>,
     pub elapsed_s: f64,
     pub pages_per_s: f64,
     /// Backend thread CPU per page, excluding the emulated per-page work and the digest.
@@ -105,6 +112,21 @@ pub struct ScanReport {
     pub wait_max_us: f64,
     /// BLAKE3 over every page's XXH3-64 in block order: equal digests mean identical results.
     pub digest: String,
+}
+
+/// One shard's part of a scan's reads.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ShardScanStats {
+    pub shard: usize,
+    /// The path its pages took at the end.
+    pub path: PrefetchPath,
+    pub reads: u64,
+    pub hits: u64,
+    pub late_hits: u64,
+    pub fallbacks: u64,
+    pub tcp_pipelined: u64,
+    pub prefetched: u64,
+    pub udp_state_changes: u64,
 }
 
 /// CPU time of the calling thread.
@@ -282,10 +304,12 @@ pub fn run_scan_with_progress(
     // A backend is what a query waits on: the same short slice as the page server's GetPage
     // threads, in every mode, so that neither preempts the other for a Prefetch or a response.
     workers::sched::set_thread_class_or_warn(workers::sched::ThreadClass::Latency);
-    let mut client = PageClient::connect(&cfg.connect)?;
+    let layout = cfg.shards.layout()?;
+    let mut clients = cfg.shards.connect(&cfg.connect)?;
+    // Relation sizes come from shard 0, as Neon's compute asks for them.
     let blocks = match &cfg.blocks {
         Some(b) => b.clone(),
-        None => 0..client.nblocks(cfg.rel, LATEST_LSN)?,
+        None => 0..clients[0].nblocks(cfg.rel, LATEST_LSN)?,
     };
     anyhow::ensure!(cfg.distance >= 1, "--distance must be at least 1");
     let mut tally = Tally {
@@ -296,39 +320,66 @@ pub fn run_scan_with_progress(
         waits_us: Vec::with_capacity(blocks.len()),
         work_cpu: Duration::ZERO,
         cpu_per_page_us: cfg.cpu_per_page_us,
-        verify: client.page_verify(u64::MAX),
+        verify: clients[0].page_verify(u64::MAX),
     };
     let cpu_start = thread_cpu();
     let started = Instant::now();
-    let (stats, state_log) = match cfg.mode {
-        ScanMode::TcpSync => (
-            scan_tcp_sync(cfg, &mut client, &blocks, &mut tally)?,
+    let (stats, state_log, shards) = match (cfg.mode, &mut clients[..]) {
+        (ScanMode::TcpSync, clients) => (
+            scan_tcp_sync(cfg, clients, layout, &blocks, &mut tally)?,
+            Vec::new(),
             Vec::new(),
         ),
-        ScanMode::TcpPipelined => (
-            scan_tcp_pipelined(cfg, &mut client, &blocks, &mut tally)?,
+        (ScanMode::TcpPipelined, [client]) => (
+            scan_tcp_pipelined(cfg, client, &blocks, &mut tally)?,
+            Vec::new(),
             Vec::new(),
         ),
-        ScanMode::Udp | ScanMode::TcpLfc => scan_lfc(cfg, lfc, client, &blocks, &mut tally)?,
+        (ScanMode::TcpPipelined, clients) => (
+            scan_tcp_pipelined_sharded(cfg, clients, layout, &blocks, &mut tally)?,
+            Vec::new(),
+            Vec::new(),
+        ),
+        (ScanMode::Udp | ScanMode::TcpLfc, _) => {
+            scan_lfc(cfg, lfc, clients, layout, &blocks, &mut tally)?
+        }
     };
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = (thread_cpu() - cpu_start).saturating_sub(tally.work_cpu);
     if let Some(p) = &tally.progress {
         p.finish();
     }
-    Ok(tally.report(cfg, blocks.len() as u64, stats, state_log, elapsed, cpu))
+    let mut report = tally.report(cfg, blocks.len() as u64, stats, state_log, elapsed, cpu);
+    report.shards = shards;
+    Ok(report)
 }
 
-/// The tcp-sync scan: one GetPage at a time.
+/// Shard `s`'s error, naming the shard when there are several.
+fn shard_error(s: usize, clients: &[PageClient], e: anyhow::Error) -> anyhow::Error {
+    if clients.len() == 1 {
+        return e;
+    }
+    let addr = clients[s]
+        .peer_addr()
+        .map_or_else(|_| "address unknown".to_string(), |a| a.to_string());
+    e.context(format!("page server shard {s}/{} ({addr})", clients.len()))
+}
+
+/// The tcp-sync scan: one GetPage at a time, each from the shard that owns it.
 fn scan_tcp_sync(
     cfg: &ScanConfig,
-    client: &mut PageClient,
+    clients: &mut [PageClient],
+    layout: ShardLayout,
     blocks: &Range<u32>,
     tally: &mut Tally,
 ) -> anyhow::Result<ReadStats> {
     for blkno in blocks.clone() {
         let t = Instant::now();
-        let page = client.get_page(cfg.rel.block(blkno), LATEST_LSN, 0)?;
+        let tag = cfg.rel.block(blkno);
+        let s = layout.shard_of(&tag);
+        let page = clients[s]
+            .get_page(tag, LATEST_LSN, 0)
+            .map_err(|e| shard_error(s, clients, e.into()))?;
         tally.page(blkno, &page, t.elapsed());
     }
     Ok(ReadStats {
@@ -363,26 +414,88 @@ fn scan_tcp_pipelined(
     })
 }
 
+/// The tcp-pipelined scan over several shards: up to `distance` GetPages in flight in all,
+/// each on its shard's connection. Requests leave in block order and are read in block order,
+/// so each connection's oldest answer is the page read next from that shard.
+fn scan_tcp_pipelined_sharded(
+    cfg: &ScanConfig,
+    clients: &mut [PageClient],
+    layout: ShardLayout,
+    blocks: &Range<u32>,
+    tally: &mut Tally,
+) -> anyhow::Result<ReadStats> {
+    use crate::protocol::pagestream::Response;
+    let mut unflushed = vec![0usize; clients.len()];
+    let mut next_send = blocks.start;
+    let mut t = Instant::now();
+    for blkno in blocks.clone() {
+        while next_send < blocks.end && next_send - blkno < cfg.distance {
+            let tag = cfg.rel.block(next_send);
+            let s = layout.shard_of(&tag);
+            clients[s]
+                .send_get_page(tag, LATEST_LSN, 0)
+                .map_err(|e| shard_error(s, clients, e.into()))?;
+            unflushed[s] += 1;
+            if unflushed[s] >= PIPELINED_FLUSH_EVERY {
+                unflushed[s] = 0;
+                clients[s]
+                    .flush()
+                    .map_err(|e| shard_error(s, clients, e.into()))?;
+            }
+            next_send += 1;
+        }
+        let s = layout.shard_of(&cfg.rel.block(blkno));
+        // `recv` flushes this shard's buffered requests before it blocks; the others' leave
+        // every PIPELINED_FLUSH_EVERY or when their turn comes (a flush per page would cost a
+        // system call and a server wake-up each).
+        unflushed[s] = 0;
+        let resp = clients[s]
+            .recv()
+            .map_err(|e| shard_error(s, clients, e.into()))?;
+        match resp {
+            Response::GetPage {
+                blkno: got, page, ..
+            } if got == blkno => {
+                tally.page(blkno, &page, t.elapsed());
+                t = Instant::now();
+            }
+            Response::Error { message, .. } => {
+                let e = crate::protocol::client::ClientError::Request(message);
+                return Err(shard_error(s, clients, e.into()));
+            }
+            other => {
+                let e = crate::protocol::client::unexpected("pipelined GetPage", &other);
+                return Err(shard_error(s, clients, e.into()));
+            }
+        }
+    }
+    Ok(ReadStats {
+        fallbacks: blocks.len() as u64,
+        ..ReadStats::default()
+    })
+}
+
 /// The udp and tcp-lfc scans: every read through a `Backend` over the LFC, its window topped up
 /// ahead of the scan. Returns the backend's statistics and its log of path changes.
 fn scan_lfc(
     cfg: &ScanConfig,
     lfc: Option<&Lfc>,
-    client: PageClient,
+    clients: Vec<PageClient>,
+    layout: ShardLayout,
     blocks: &Range<u32>,
     tally: &mut Tally,
-) -> anyhow::Result<(ReadStats, Vec<StateChange>)> {
+) -> anyhow::Result<(ReadStats, Vec<StateChange>, Vec<ShardScanStats>)> {
     let lfc =
         lfc.ok_or_else(|| anyhow::anyhow!("the {} mode needs an LFC (--lfc)", cfg.mode.name()))?;
     let mut backend = if cfg.mode == ScanMode::Udp {
-        Backend::with_prefetch_port(lfc, client, cfg.read_path, cfg.prefetch_port)?
+        Backend::sharded(lfc, clients, layout, cfg.read_path, cfg.prefetch_port)?
     } else {
         // The distance is the pipeline depth, as in tcp-pipelined.
         let read_path = ReadPathConfig {
             tcp_depth: cfg.distance,
             ..cfg.read_path
         };
-        Backend::tcp_only(lfc, client, read_path)?
+        Backend::sharded_tcp_only(lfc, clients, layout, read_path)?
     };
     // Top the window up in batches, as a backend does, rather than one block at a time.
     let mut window = ScanWindow::new(blocks.start, blocks.end);
@@ -406,7 +519,29 @@ fn scan_lfc(
         tally.page(blkno, &page, t.elapsed());
     }
     let stats = backend.finish();
-    Ok((stats, backend.state_log().to_vec()))
+    let shards = if backend.shard_layout().count() > 1 {
+        let paths = backend.shard_paths();
+        backend
+            .shard_stats()
+            .into_iter()
+            .zip(paths)
+            .enumerate()
+            .map(|(shard, (s, path))| ShardScanStats {
+                shard,
+                path,
+                reads: s.reads,
+                hits: s.hits,
+                late_hits: s.late_hits,
+                fallbacks: s.fallbacks,
+                tcp_pipelined: s.tcp_pipelined,
+                prefetched: s.prefetched,
+                udp_state_changes: s.udp_state_changes,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok((stats, backend.state_log(), shards))
 }
 
 impl Tally {
@@ -438,6 +573,7 @@ impl Tally {
             tcp_pipelined: stats.tcp_pipelined,
             udp_state_changes: stats.udp_state_changes,
             udp_state_log: state_log,
+            shards: Vec::new(),
             elapsed_s: elapsed,
             pages_per_s: if elapsed > 0.0 {
                 pages as f64 / elapsed

@@ -424,6 +424,7 @@ fn pagestream_session(
     let config = SessionConfig {
         service_delay_ns: shared.config.service_delay_us.saturating_mul(1_000),
         protection: shared.config.datagram_protection,
+        shard: shared.config.shard,
     };
     let mut session = Session::new(conn_id, peer_ip, config);
     let result = loop {

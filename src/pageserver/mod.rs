@@ -81,6 +81,9 @@ pub struct ServerConfig {
     /// (`session::unknown_tag_error`): a stand-in for a stock page server, which clients must
     /// detect and use as Neon's compute does.
     pub udp_extension: bool,
+    /// Which shard of its tenant this server is (`--shard I/N`, `--stripe-pages`): it serves
+    /// GetPage and Prefetch for that shard's pages only.
+    pub shard: crate::protocol::shard::ShardIdentity,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             datagram_protection: workers::datagram::Protection::default(),
             metrics: None,
             udp_extension: true,
+            shard: crate::protocol::shard::ShardIdentity::SINGLE,
         }
     }
 }
@@ -306,10 +310,9 @@ fn serve_metrics(listener: TcpListener, shared: &Shared) {
                 queued_pages: shared.prefetch.queued_pages(),
                 capacity_pages: shared.config.prefetch_queue_pages,
             };
-            Some((
-                workers::http::PROMETHEUS,
-                shared.stats.render_prometheus(queue),
-            ))
+            let mut text = shared.stats.render_prometheus(queue);
+            stats::render_shard(&mut text, shared.config.shard);
+            Some((workers::http::PROMETHEUS, text))
         }
         _ => None,
     });

@@ -26,6 +26,7 @@ use crate::protocol::pagestream::{
     self, Header, PrefetchPriority, PrefetchTarget, Request, Response,
 };
 use crate::protocol::pgwire::{sqlstate, ErrorFields};
+use crate::protocol::shard::ShardIdentity;
 use lfc::{BufferTag, RelTag};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -39,6 +40,9 @@ pub struct SessionConfig {
     pub service_delay_ns: u64,
     /// How prefetch datagrams are protected (`workers::datagram` explains the choice).
     pub protection: Protection,
+    /// Which pages this server owns (`--shard I/N`): a GetPage or Prefetch of another shard's
+    /// page is refused, naming its owner.
+    pub shard: ShardIdentity,
 }
 
 /// One connection's pagestream session: where its prefetches go.
@@ -136,6 +140,14 @@ impl Session {
         new_stream_id: impl FnOnce() -> Result<[u8; STREAM_ID_LEN], E>,
     ) -> Routed<'_> {
         let due_ns = now_ns.saturating_add(self.config.service_delay_ns);
+        if let Some(reply) = self.refuse_other_shards(&req, stats) {
+            return Routed::Respond(Work {
+                arrived_ns: now_ns,
+                due_ns,
+                what: WorkKind::Reply(reply),
+                wal_wait_since_ns: None,
+            });
+        }
         let what = match req {
             Request::Prefetch {
                 hdr,
@@ -183,6 +195,54 @@ impl Session {
             what,
             wal_wait_since_ns: None,
         })
+    }
+
+    /// The error answer to a GetPage or Prefetch of a page another shard owns (`None` for
+    /// everything else). A Prefetch is checked block by block (stripe by stripe): a range that
+    /// strays into another shard's stripe is refused whole, naming the first stranger's owner.
+    /// A compute that does this routes with another shard map than the servers': saying so
+    /// beats serving pages this shard does not keep current.
+    fn refuse_other_shards(&self, req: &Request, stats: &ServerStats) -> Option<Vec<u8>> {
+        let me = self.config.shard;
+        if me.layout().count() < 2 {
+            return None;
+        }
+        let (hdr, tag, owner, kind) = match req {
+            Request::GetPage { hdr, rel, blkno } => {
+                let tag = rel.block(*blkno);
+                (*hdr, tag, me.owner_if_other(&tag)?, RequestKind::GetPage)
+            }
+            Request::Prefetch {
+                hdr,
+                rel,
+                first_blkno,
+                nblocks,
+            } => {
+                let end = first_blkno.saturating_add(u32::from(*nblocks));
+                let (owner, blocks) = me
+                    .layout()
+                    .split(*rel, *first_blkno..end)
+                    .find(|(owner, _)| *owner != me.number())?;
+                (*hdr, rel.block(blocks.start), owner, RequestKind::Prefetch)
+            }
+            _ => return None,
+        };
+        bump(match kind {
+            RequestKind::GetPage => &stats.get_page,
+            _ => &stats.prefetch,
+        });
+        bump(&stats.wrong_shard);
+        stats.on_error(kind);
+        let layout = me.layout();
+        let message = format!(
+            "{tag} belongs to shard {owner}/{count} (stripes of {stripe} pages), not to this \
+             page server, shard {me}: send it to shard {owner}'s page server",
+            count = layout.count(),
+            stripe = layout.stripe_pages(),
+        );
+        let mut frame = Vec::new();
+        Response::Error { hdr, message }.encode(&mut frame);
+        Some(frame)
     }
 
     /// A PrefetchTarget: registers where this session's prefetches go; returns the encoded
@@ -465,6 +525,7 @@ mod tests {
         let config = SessionConfig {
             service_delay_ns: DELAY_NS,
             protection: Protection::default(),
+            shard: ShardIdentity::SINGLE,
         };
         Session::new(3, Some(IpAddr::from([10, 0, 0, 1])), config)
     }
@@ -636,6 +697,7 @@ mod tests {
         let config = SessionConfig {
             service_delay_ns: 0,
             protection: Protection::default(),
+            shard: ShardIdentity::SINGLE,
         };
         let mut no_peer = Session::new(1, None, config);
         respond(no_peer.route(target_request(6000), 0, &stats, stream_id));
@@ -717,4 +779,83 @@ mod tests {
     }
 
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn a_shard_refuses_other_shards_pages_naming_the_owner_and_serves_the_rest() {
+        use crate::protocol::shard::ShardLayout;
+        // Stripes of 2 pages over 3 shards: blocks 0..8 of the synthetic relation belong to
+        // several shards (found through the routing function, not assumed).
+        let layout = ShardLayout::new(3, 2).unwrap();
+        let rel = Synthetic::rel(0);
+        let owner = |b: u32| layout.shard_of(&rel.block(b));
+        let me = owner(0);
+        let foreign = (0..8)
+            .find(|&b| owner(b) != me)
+            .expect("8 blocks span two shards");
+        let config = SessionConfig {
+            service_delay_ns: DELAY_NS,
+            protection: Protection::default(),
+            shard: ShardIdentity::new(me, layout).unwrap(),
+        };
+        let stats = ServerStats::default();
+        let mut s = Session::new(3, Some(IpAddr::from([10, 0, 0, 1])), config);
+        let store = store();
+        // Its own page is served.
+        let mut work = respond(s.route(get_page(0, 0), 100, &stats, stream_id));
+        let (_, _, frame) = answer(&mut work, &store, 200);
+        assert!(matches!(
+            Response::decode(&frame).unwrap(),
+            Response::GetPage { blkno: 0, .. }
+        ));
+        // Another shard's: error 103 naming the owner.
+        let mut work = respond(s.route(get_page(foreign, 0), 100, &stats, stream_id));
+        let (_, fetched, frame) = answer(&mut work, &store, 200);
+        assert!(fetched.is_empty(), "a refused GetPage reads nothing");
+        match Response::decode(&frame).unwrap() {
+            Response::Error { message, .. } => {
+                let owner = owner(foreign);
+                assert!(
+                    message.contains(&format!("belongs to shard {owner}/3"))
+                        && message.contains(&format!("shard {me}/3")),
+                    "{message}"
+                );
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        // A Prefetch is refused if any of its blocks strays; Nblocks is served by every shard.
+        respond(s.route(target_request(6000), 100, &stats, stream_id));
+        let prefetch = |first_blkno, nblocks| Request::Prefetch {
+            hdr: Header::default(),
+            rel,
+            first_blkno,
+            nblocks,
+        };
+        let own_run = (0..8).take_while(|&b| owner(b) == me).count() as u16;
+        assert!(matches!(
+            s.route(prefetch(0, own_run), 100, &stats, stream_id),
+            Routed::Prefetch { .. }
+        ));
+        let mut work = respond(s.route(prefetch(0, 8), 100, &stats, stream_id));
+        let (_, _, frame) = answer(&mut work, &store, 200);
+        assert!(matches!(
+            Response::decode(&frame).unwrap(),
+            Response::Error { .. }
+        ));
+        let nblocks = Request::Nblocks {
+            hdr: Header {
+                reqid: 2,
+                request_lsn: LATEST_LSN,
+                not_modified_since: 0,
+            },
+            rel,
+        };
+        let mut work = respond(s.route(nblocks, 100, &stats, stream_id));
+        let (_, _, frame) = answer(&mut work, &store, 200);
+        assert!(matches!(
+            Response::decode(&frame).unwrap(),
+            Response::Nblocks { n_blocks: 8, .. }
+        ));
+        assert_eq!(stats.wrong_shard.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.errors.load(Ordering::Relaxed), 2);
+    }
 }

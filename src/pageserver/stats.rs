@@ -58,6 +58,7 @@ counters!(
     prefetch_pages_not_ready,
     prefetch_pages_failed,
     prefetch_send_errors,
+    wrong_shard,
     errors,
     extension_refused,
 );
@@ -201,6 +202,32 @@ impl DestinationTable {
             .chain([("other".to_string(), self.other)])
             .collect()
     }
+}
+
+/// Which shard this server is (`--shard I/N`, `--stripe-pages`): three gauges, so a
+/// dashboard can tell the shards of a tenant apart (0, 1 and the default stripe unsharded).
+pub fn render_shard(out: &mut String, shard: crate::protocol::shard::ShardIdentity) {
+    prom::single(
+        out,
+        "udp_prefetch_server_shard_number",
+        "gauge",
+        "This server's shard number (--shard I/N: I).",
+        shard.number() as u64,
+    );
+    prom::single(
+        out,
+        "udp_prefetch_server_shards",
+        "gauge",
+        "Shards of the tenant (--shard I/N: N; 1 when unsharded).",
+        shard.layout().count() as u64,
+    );
+    prom::single(
+        out,
+        "udp_prefetch_server_shard_stripe_pages",
+        "gauge",
+        "Stripe size of the tenant's sharding, in pages (--stripe-pages).",
+        u64::from(shard.layout().stripe_pages()),
+    );
 }
 
 /// Gauges of the prefetch queue, which the sender owns.
@@ -370,6 +397,14 @@ impl ServerStats {
                 let errors = &self.detail.errors_by_kind[k.index()];
                 (k.as_str(), errors.load(Ordering::Relaxed))
             }),
+        );
+        prom::single(
+            out,
+            "udp_prefetch_server_wrong_shard_total",
+            "counter",
+            "GetPage and Prefetch requests refused because another shard owns the page \
+             (--shard): the compute routes with another shard map.",
+            self.wrong_shard.load(Ordering::Relaxed),
         );
         prom::histogram(
             out,

@@ -502,6 +502,11 @@ impl PageClient {
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
         };
         if resp.header().reqid != want {
+            // An error to a request without an answer (a Prefetch the server refused, e.g.
+            // for another shard's page) comes out of turn: its own words are the error.
+            if let Response::Error { message, .. } = resp {
+                return Err(ClientError::Request(message));
+            }
             return Err(ClientError::Unexpected(format!(
                 "response for request {} while waiting for {want}",
                 resp.header().reqid

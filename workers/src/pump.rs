@@ -150,6 +150,9 @@ impl<'a> SlotBook<'a> {
             }
         };
         let (verdict, back) = self.ingest.complete(res, &received, now_wall_ns, metrics);
+        if let (Ok(_), Some(from)) = (&verdict, c.source) {
+            metrics.senders.record(from);
+        }
         self.spare.extend(back);
         Some(verdict)
     }

@@ -22,6 +22,7 @@ use udp_prefetch::compute::backend::driver::{
     Driver, Poll, ReadSource, Response as DriverResponse, Transmit,
 };
 use udp_prefetch::compute::backend::read_path::{PrefetchRun, ScanWindow};
+use udp_prefetch::compute::backend::sharded::ShardedDriver;
 use udp_prefetch::compute::backend::store_own_write;
 use udp_prefetch::pageserver::source::Synthetic;
 use udp_prefetch::protocol::page::{page_lsn, synthetic_page, Page};
@@ -62,8 +63,9 @@ pub(super) enum Pending {
 }
 
 pub(super) struct BackendNode {
-    /// The real `backend::driver::Driver`.
-    pub(super) driver: Driver,
+    /// The real `backend::sharded::ShardedDriver`: a `backend::driver::Driver` per shard and
+    /// the routing between them.
+    pub(super) driver: ShardedDriver,
     /// Its path changes as last traced.
     pub(super) path_changes: u64,
     pub(super) program: VecDeque<Op>,
@@ -86,7 +88,9 @@ pub(super) fn build_backends(
         .into_iter()
         .enumerate()
         .map(|(i, program)| BackendNode {
-            driver: Driver::new(cfg.read_path, None, lfc, START_NS),
+            driver: ShardedDriver::new(cfg.shard_layout(), || {
+                Driver::new(cfg.read_path, None, lfc, START_NS)
+            }),
             path_changes: 0,
             program,
             activity: Activity::None,
@@ -246,7 +250,7 @@ impl World<'_> {
                     lsn,
                     set_lwlsn,
                 };
-                let shard = self.shard_of(tag.rel);
+                let shard = self.backends[b].driver.shard_of(&tag);
                 let put = Request::PutPage {
                     hdr: Header::default(),
                     rel: tag.rel,
@@ -268,12 +272,12 @@ impl World<'_> {
         self.flush_transmits(b);
     }
 
-    /// `Backend::transmit`: what the driver queued, on the backend's connection to the shard
-    /// that owns each page. The prefetch target is registered on shard 0's connection only (the
-    /// simulated servers all send to the one compute), so exactly one answer comes back.
+    /// `Backend::transmit`: what the drivers queued, each on the backend's connection to the
+    /// shard whose driver queued it (the `ShardedDriver` routes: a prefetch run is already cut
+    /// at stripe ends, and each shard's driver registers the target on its own connection).
     fn flush_transmits(&mut self, b: usize) {
         let conn = Conn::Backend(b);
-        while let Some(t) = self.backends[b].driver.poll_transmit() {
+        while let Some((shard, t)) = self.backends[b].driver.poll_transmit() {
             let reqid = self.next_reqid(conn);
             match t {
                 Transmit::Target { udp_port } => {
@@ -286,7 +290,7 @@ impl World<'_> {
                         ..compute_target(self.lfc)
                     };
                     let req = Request::PrefetchTarget { hdr, target };
-                    self.send_to_server(conn, 0, req)
+                    self.send_to_server(conn, shard, req)
                 }
                 Transmit::Prefetch(PrefetchRun {
                     rel,
@@ -300,7 +304,6 @@ impl World<'_> {
                         u64::from(first),
                         u64::from(n),
                     );
-                    let shard = self.shard_of(rel);
                     let hdr = Header {
                         reqid,
                         request_lsn: LATEST_LSN,
@@ -319,7 +322,6 @@ impl World<'_> {
                     not_modified_since,
                 } => {
                     self.rec(Kind::Fetch, b as u64, tag_key(&tag), not_modified_since);
-                    let shard = self.shard_of(tag.rel);
                     let hdr = Header {
                         reqid,
                         request_lsn: LATEST_LSN,
@@ -432,7 +434,9 @@ impl World<'_> {
                     }
                 };
                 let be = &mut self.backends[b];
+                let shard = be.driver.shard_of(&tag);
                 let r = be.driver.on_response(
+                    shard,
                     lfc,
                     DriverResponse::Page { tag, page: &page },
                     &mut be.page,
@@ -444,10 +448,10 @@ impl World<'_> {
                 }
                 r
             }
-            ToClient::TargetSet => {
+            ToClient::TargetSet { shard } => {
                 let be = &mut self.backends[b];
                 be.driver
-                    .on_response(lfc, DriverResponse::Target, &mut be.page, now)
+                    .on_response(shard, lfc, DriverResponse::Target, &mut be.page, now)
             }
             ToClient::PutDone => return self.write_done(b),
         };

@@ -91,9 +91,9 @@ impl World<'_> {
             .is_some_and(|i| i < self.cfg.rels && tag.blkno < self.cfg.pages_per_rel)
     }
 
-    pub(super) fn shard_of(&self, tag_rel: RelTag) -> usize {
-        self.rel_index(tag_rel)
-            .map_or(0, |i| self.cfg.shard_of_rel(i))
+    /// The shard that owns `tag`: the real routing, as the production backend's.
+    pub(super) fn shard_of(&self, tag: &BufferTag) -> usize {
+        self.cfg.shard_layout().shard_of(tag)
     }
 
     pub(super) fn completed_max(&self, tag: &BufferTag) -> u64 {

@@ -52,7 +52,10 @@ pub(super) enum ToClient {
         result: Result<Box<Page>, String>,
     },
     PutDone,
-    TargetSet,
+    /// A PrefetchTarget answered by this shard.
+    TargetSet {
+        shard: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

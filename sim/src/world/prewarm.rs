@@ -117,13 +117,13 @@ impl World<'_> {
         self.start_prewarm_driver(prewarm::plan(&ranges));
     }
 
-    /// `run_prewarm`'s start: the relations' sizes (asked of the page server that owns each),
+    /// `run_prewarm`'s start: the relations' sizes (asked of shard 0, as the real one asks),
     /// the daemon's port, then the driver.
     fn start_prewarm_driver(&mut self, pages: Vec<BufferTag>) {
         let sizes: HashMap<RelTag, Option<u32>> = prewarm::driver::relations(&pages)
             .into_iter()
             .map(|rel| {
-                let store = &self.shards[self.shard_of(rel)].store;
+                let store = &self.shards[0].store;
                 (rel, store.nblocks(rel).ok().flatten())
             })
             .collect();
@@ -202,18 +202,28 @@ impl World<'_> {
                 }) => {
                     let (relnode, first64, n64) = (rel.relnode, u64::from(first), u64::from(n));
                     self.rec(Kind::Prefetch, u64::from(relnode), first64, n64);
-                    let hdr = Header {
-                        reqid,
-                        request_lsn: LATEST_LSN,
-                        not_modified_since: max_lwlsn,
-                    };
-                    let msg = Request::Prefetch {
-                        hdr,
-                        rel,
-                        first_blkno: first,
-                        nblocks: n,
-                    };
-                    (self.shard_of(rel), msg)
+                    // One Prefetch per stripe piece, each to its shard (`protocol::shard`).
+                    let end = first + u32::from(n);
+                    let pieces: Vec<_> = self.cfg.shard_layout().split(rel, first..end).collect();
+                    for (i, (shard, piece)) in pieces.into_iter().enumerate() {
+                        let hdr = Header {
+                            reqid: if i == 0 {
+                                reqid
+                            } else {
+                                self.next_reqid(Conn::Prewarm)
+                            },
+                            request_lsn: LATEST_LSN,
+                            not_modified_since: max_lwlsn,
+                        };
+                        let msg = Request::Prefetch {
+                            hdr,
+                            rel,
+                            first_blkno: piece.start,
+                            nblocks: piece.len() as u16,
+                        };
+                        self.send_to_server(Conn::Prewarm, shard, msg);
+                    }
+                    continue;
                 }
                 PrewarmTransmit::GetPage {
                     tag,
@@ -232,7 +242,7 @@ impl World<'_> {
                         rel: tag.rel,
                         blkno: tag.blkno,
                     };
-                    (self.shard_of(tag.rel), msg)
+                    (self.shard_of(&tag), msg)
                 }
             };
             self.send_to_server(Conn::Prewarm, shard, msg);

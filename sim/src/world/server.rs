@@ -117,13 +117,17 @@ pub(super) fn build_shards(
 ) -> Vec<Shard> {
     // The real server's defaults: the sim runs the server as shipped.
     let server = ServerConfig::default();
-    let session_config = SessionConfig {
-        service_delay_ns: cfg.service_delay_ns,
-        protection: Protection::default(),
-    };
     let connections = cfg.backends + 1;
     (0..cfg.shards)
         .map(|s| {
+            // Each shard refuses another's pages, as the real one does: a misrouted request is
+            // an error the checkers see.
+            let session_config = SessionConfig {
+                service_delay_ns: cfg.service_delay_ns,
+                protection: Protection::default(),
+                shard: udp_prefetch::protocol::shard::ShardIdentity::new(s, cfg.shard_layout())
+                    .expect("shard numbers run below the count"),
+            };
             let stats = ServerStats::default();
             let sessions = (0..connections)
                 .map(|c| {
@@ -329,7 +333,7 @@ impl World<'_> {
                 },
             ) => self.put_applied(shard, conn, rel.block(blkno), lsn),
             (None, Response::PrefetchTarget { .. }) => {
-                self.send_to_client(conn, shard, ToClient::TargetSet)
+                self.send_to_client(conn, shard, ToClient::TargetSet { shard })
             }
             (_, other) => {
                 let msg = format!("shard {shard}: request {req:?} failed: {other:?}");

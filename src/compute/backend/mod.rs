@@ -1,29 +1,34 @@
 //! A compute backend's page access (ARCHITECTURE §4 step 7, §6): the blocking shell around the
-//! sans-IO `driver::Driver`, over a shared LFC and one TCP pagestream connection.
+//! sans-IO `driver::Driver`, over a shared LFC and one TCP pagestream connection per page-server
+//! shard (one `Driver` per shard, each request routed by `protocol::shard`).
 //!
 //! Dependency rule: `read_path`, `loss`, `health` and `pipeline` are pure state (no LFC, no
-//! socket); `driver` composes them over `&Lfc` with `now` passed in; this module alone does I/O
+//! socket); `driver` composes them over `&Lfc` with `now` passed in, and `sharded` routes over
+//! one driver per page-server shard; this module alone does I/O
 //! (socket, clock, futex waits). The simulator drives `driver` with virtual time and network.
 //!
-//! Owns: the pagestream connection (`PageClient`), the `Driver` and when to flush pipelined
-//! GetPages; every read decision is the driver's. Imports only `protocol` and `lfc`:
-//! never `pageserver` or `scan` (which is built on it).
+//! Owns: the pagestream connections (`PageClient`, one per shard), their `Driver`s, which shard
+//! a request goes to, and when to flush pipelined GetPages; every read decision is a driver's.
+//! Imports only `protocol` and `lfc`: never `pageserver` or `scan` (which is built on it).
 
 pub mod driver;
 pub mod health;
 mod loss;
 pub mod pipeline;
 pub mod read_path;
+pub mod sharded;
 
 pub use crate::protocol::client::Extension;
 use crate::protocol::client::{unexpected, ClientError, PageClient};
 use crate::protocol::page::Page;
 use crate::protocol::pagestream::{PrefetchTarget, Response, LATEST_LSN};
+use crate::protocol::shard::ShardLayout;
 pub use driver::ReadSource;
 use driver::{Driver, Poll, Transmit};
 pub use health::{PrefetchPath, StateChange, MAX_STATE_LOG};
 use lfc::{BufferTag, Lfc, RelTag};
 use read_path::{ReadPathConfig, ReadStats};
+use sharded::ShardedDriver;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -39,6 +44,18 @@ pub enum BackendError {
     /// source (not transparent), so that the CLI finds it in the error chain (exit status 2).
     #[error("{0}")]
     Bind(#[from] lfc::BindError),
+    /// A sharded tenant's shard failed: which one, at which address, and why.
+    #[error("page server shard {shard}/{count} ({addr}): {source}")]
+    Shard {
+        shard: usize,
+        count: usize,
+        addr: String,
+        #[source]
+        source: Box<BackendError>,
+    },
+    /// The shard map names another number of shards than there are connections.
+    #[error("{connections} page server connections for a tenant of {shards} shards")]
+    ShardMap { connections: usize, shards: usize },
     /// The LFC refused the backend's own new version. The tag's last-written LSN is raised
     /// through the global floor first, so no older version can be installed later; the caller
     /// must not assume the write reached the cache.
@@ -70,13 +87,25 @@ pub fn store_own_write(
     })
 }
 
-pub struct Backend<'a> {
-    lfc: &'a Lfc,
+/// One shard's connection: the I/O half of a shard (its read-path core is the
+/// `ShardedDriver`'s driver of the same number).
+struct ShardConn {
     client: PageClient,
-    driver: Driver,
-    warned_loopback: bool,
     /// GetPages written to the connection's buffer since the last flush.
     unflushed_get_pages: usize,
+    /// A Prefetch or Target was written since the last flush: it must leave now.
+    urgent: bool,
+    warned_loopback: bool,
+    /// The server's address as connected (a dead connection may no longer say).
+    addr: String,
+}
+
+pub struct Backend<'a> {
+    lfc: &'a Lfc,
+    /// In shard order; one for an unsharded tenant.
+    shards: Vec<ShardConn>,
+    /// Every read decision, and which shard each request goes to.
+    core: ShardedDriver,
 }
 
 impl<'a> Backend<'a> {
@@ -99,11 +128,54 @@ impl<'a> Backend<'a> {
         config: ReadPathConfig,
         prefetch_port: Option<u16>,
     ) -> Result<Self, BackendError> {
-        crate::compute::bind_cache(lfc, &client)?;
-        let driver = Driver::new(config, prefetch_port, lfc, monotonic_ns());
-        let mut backend = Self::with_driver(lfc, client, driver);
+        Self::sharded(
+            lfc,
+            vec![client],
+            ShardLayout::SINGLE,
+            config,
+            prefetch_port,
+        )
+    }
+
+    /// A backend of a sharded tenant: `clients` are the shards' connections in shard order
+    /// (`layout.count()` of them). Every GetPage and Prefetch goes to the shard that owns its
+    /// page (`sharded::ShardedDriver`, Neon's routing), and each shard's connection registers
+    /// the prefetch target, so every shard sends its pages to the one worker daemon.
+    /// Everything else (`client()`) goes to shard 0.
+    pub fn sharded(
+        lfc: &'a Lfc,
+        clients: Vec<PageClient>,
+        layout: ShardLayout,
+        config: ReadPathConfig,
+        prefetch_port: Option<u16>,
+    ) -> Result<Self, BackendError> {
+        let mut backend = Self::build(lfc, clients, layout, || {
+            Driver::new(config, prefetch_port, lfc, monotonic_ns())
+        })?;
         backend.learn_extension()?;
         Ok(backend)
+    }
+
+    /// A backend that registers its prefetch target at once asks each shard whether it speaks
+    /// the extension before it sends anything else: the answers are awaited here, one round
+    /// trip, rather than behind the first prefetches, which each client holds until then
+    /// (`protocol::client`) while the first read would wait for them.
+    fn learn_extension(&mut self) -> Result<(), BackendError> {
+        self.transmit()?;
+        for s in 0..self.shards.len() {
+            if self.shards[s].client.extension() == Extension::Unknown && self.core.pipeline_busy(s)
+            {
+                let mut scratch: Box<Page> = Box::new([0u8; lfc::PAGE_SIZE]);
+                self.receive_handled(s, &mut scratch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether shard 0's page server speaks this project's extension, as far as known yet;
+    /// without it the backend reads by pipelined GetPage only.
+    pub fn extension(&self) -> Extension {
+        self.shards[0].client.extension()
     }
 
     /// A backend that never prefetches by UDP: Neon's compute with its LFC (`Driver::tcp_only`).
@@ -112,97 +184,308 @@ impl<'a> Backend<'a> {
         client: PageClient,
         config: ReadPathConfig,
     ) -> Result<Self, BackendError> {
-        crate::compute::bind_cache(lfc, &client)?;
-        let driver = Driver::tcp_only(config, monotonic_ns());
-        Ok(Self::with_driver(lfc, client, driver))
+        Self::sharded_tcp_only(lfc, vec![client], ShardLayout::SINGLE, config)
     }
 
-    fn with_driver(lfc: &'a Lfc, client: PageClient, driver: Driver) -> Self {
-        Backend {
+    /// [`Backend::tcp_only`] over a sharded tenant's connections (see [`Backend::sharded`]).
+    pub fn sharded_tcp_only(
+        lfc: &'a Lfc,
+        clients: Vec<PageClient>,
+        layout: ShardLayout,
+        config: ReadPathConfig,
+    ) -> Result<Self, BackendError> {
+        Self::build(lfc, clients, layout, || {
+            Driver::tcp_only(config, monotonic_ns())
+        })
+    }
+
+    fn build(
+        lfc: &'a Lfc,
+        clients: Vec<PageClient>,
+        layout: ShardLayout,
+        driver: impl FnMut() -> Driver,
+    ) -> Result<Self, BackendError> {
+        if clients.len() != layout.count() {
+            return Err(BackendError::ShardMap {
+                connections: clients.len(),
+                shards: layout.count(),
+            });
+        }
+        // Every shard must serve the timeline the cache holds.
+        for client in &clients {
+            crate::compute::bind_cache(lfc, client)?;
+        }
+        let shards = clients
+            .into_iter()
+            .map(|client| ShardConn {
+                addr: client
+                    .peer_addr()
+                    .map_or_else(|_| "address unknown".to_string(), |a| a.to_string()),
+                client,
+                unflushed_get_pages: 0,
+                urgent: false,
+                warned_loopback: false,
+            })
+            .collect();
+        Ok(Backend {
             lfc,
-            client,
-            driver,
-            warned_loopback: false,
-            unflushed_get_pages: 0,
-        }
+            shards,
+            core: ShardedDriver::new(layout, driver),
+        })
     }
 
-    /// A backend that registers its prefetch target at once asks whether the server speaks the
-    /// extension before it sends anything else: the answer is awaited here, one round trip,
-    /// rather than behind its first prefetches, which the client holds until then
-    /// (`protocol::client`) while the first read would wait for them.
-    fn learn_extension(&mut self) -> Result<(), BackendError> {
-        self.transmit()?;
-        if self.client.extension() == Extension::Unknown && self.driver.pipeline_busy() {
-            let mut scratch: Box<Page> = Box::new([0u8; lfc::PAGE_SIZE]);
-            self.receive_handled(&mut scratch)?;
-        }
-        Ok(())
-    }
-
+    /// Shard 0's connection: where Exists, Nblocks and DbSize go (as Neon's compute sends
+    /// them), and the only one of an unsharded tenant.
     pub fn client(&mut self) -> &mut PageClient {
-        &mut self.client
+        &mut self.shards[0].client
     }
 
-    /// Whether the page server speaks this project's extension, as far as known yet; without
-    /// it the backend reads by pipelined GetPage only.
-    pub fn extension(&self) -> Extension {
-        self.client.extension()
+    pub fn shard_layout(&self) -> ShardLayout {
+        self.core.layout()
     }
 
+    /// The path of the shard the backend read from last (each shard has its own).
     pub fn path(&self) -> PrefetchPath {
-        self.driver.path()
+        self.core.path()
     }
 
-    /// See `Driver::path_changes`.
+    /// Each shard's path, in shard order.
+    pub fn shard_paths(&self) -> Vec<PrefetchPath> {
+        self.core.shard_paths()
+    }
+
+    /// See `Driver::path_changes`: summed over the shards.
     pub fn path_changes(&self) -> u64 {
-        self.driver.path_changes()
+        self.core.path_changes()
     }
 
-    pub fn state_log(&self) -> &[StateChange] {
-        self.driver.state_log()
+    /// The moves between UDP and TCP; of several shards, each reason names its shard.
+    pub fn state_log(&self) -> Vec<StateChange> {
+        self.core.state_log()
     }
 
-    /// Sends what the driver queued. Prefetch and Target messages are flushed at once (nothing
-    /// else would carry them: reads wait on the LFC, not the socket); GetPages every
-    /// `PIPELINED_FLUSH_EVERY`, as Neon batches its pipeline, and before any wait (`recv`
-    /// flushes what is buffered before it blocks). A flush per GetPage cost a system call and
-    /// a server wake-up per page: half the pipeline's speed.
-    fn transmit(&mut self) -> Result<(), ClientError> {
-        let mut urgent = false;
-        while let Some(t) = self.driver.poll_transmit() {
-            match t {
+    /// The error of shard `s`'s connection, naming the shard when there are several (an
+    /// unsharded backend's errors read as they always did).
+    fn shard_error(&self, s: usize, e: BackendError) -> BackendError {
+        if self.shards.len() == 1 {
+            return e;
+        }
+        BackendError::Shard {
+            shard: s,
+            count: self.shards.len(),
+            addr: self.shards[s].addr.clone(),
+            source: Box::new(e),
+        }
+    }
+
+    /// Sends what the drivers queued, each message on its shard's connection. Prefetch and
+    /// Target messages are flushed at once (nothing else would carry them: reads wait on the
+    /// LFC, not the socket); GetPages every `PIPELINED_FLUSH_EVERY`, as Neon batches its
+    /// pipeline, and before any wait (`recv` flushes what is buffered before it blocks). A
+    /// flush per GetPage cost a system call and a server wake-up per page: half the pipeline's
+    /// speed.
+    fn transmit(&mut self) -> Result<(), BackendError> {
+        let lfc = self.lfc;
+        while let Some((s, t)) = self.core.poll_transmit() {
+            let shard = &mut self.shards[s];
+            let sent = match t {
                 Transmit::Target { udp_port } => {
-                    urgent = true;
-                    self.warn_if_unreachable();
-                    self.client.send_prefetch_target(PrefetchTarget {
+                    shard.urgent = true;
+                    shard.warn_if_unreachable(self.core.shard(s).daemon_addr());
+                    shard.client.send_prefetch_target(PrefetchTarget {
                         udp_port,
-                        key_id: self.lfc.key_id(),
-                        key: self.lfc.key(),
-                    })?
+                        key_id: lfc.key_id(),
+                        key: lfc.key(),
+                    })
                 }
                 Transmit::Prefetch(r) => {
-                    urgent = true;
+                    shard.urgent = true;
                     // not_modified_since covers the whole range: the newest modification.
-                    self.client
-                        .send_prefetch(r.rel, r.first, r.n, LATEST_LSN, r.max_lwlsn)?
+                    shard
+                        .client
+                        .send_prefetch(r.rel, r.first, r.n, LATEST_LSN, r.max_lwlsn)
                 }
                 Transmit::GetPage {
                     tag,
                     not_modified_since,
                 } => {
-                    self.unflushed_get_pages += 1;
-                    self.client
-                        .send_get_page(tag, LATEST_LSN, not_modified_since)?
+                    shard.unflushed_get_pages += 1;
+                    shard
+                        .client
+                        .send_get_page(tag, LATEST_LSN, not_modified_since)
                 }
-            }
+            };
+            sent.map_err(|e| self.shard_error(s, e.into()))?;
         }
-        if urgent || self.unflushed_get_pages >= pipeline::PIPELINED_FLUSH_EVERY {
-            self.flush()?;
+        for s in 0..self.shards.len() {
+            let shard = &mut self.shards[s];
+            if shard.urgent || shard.unflushed_get_pages >= pipeline::PIPELINED_FLUSH_EVERY {
+                shard.urgent = false;
+                shard.flush().map_err(|e| self.shard_error(s, e.into()))?;
+            }
         }
         Ok(())
     }
 
+    /// Before blocking on shard `s` (a wait or a response): the other shards' buffered
+    /// GetPages leave now, or their pipelines would stall meanwhile. Nothing for one shard.
+    fn flush_others(&mut self, s: usize) -> Result<(), BackendError> {
+        for i in 0..self.shards.len() {
+            if i != s && self.shards[i].unflushed_get_pages > 0 {
+                self.shards[i]
+                    .flush()
+                    .map_err(|e| self.shard_error(i, e.into()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many pages ahead to prefetch when `wanted` is asked for (less while own prefetches
+    /// keep missing their wait budget; the pipeline's reach while on TCP), as the shard of the
+    /// latest read sees it.
+    pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
+        self.core.prefetch_distance(wanted)
+    }
+
+    /// Requests `blocks` ahead of their reads (UDP prefetch, or the TCP pipeline while UDP is
+    /// not delivering), each stripe from its shard. Returns pages requested.
+    pub fn prefetch(&mut self, rel: RelTag, blocks: Range<u32>) -> Result<u32, BackendError> {
+        let n = self.core.prefetch(self.lfc, rel, blocks, monotonic_ns());
+        self.transmit()?;
+        Ok(n)
+    }
+
+    /// Reads the current version of `tag` into `out`: LFC, else a prefetch in flight (waited
+    /// for within the adaptive budget), else the TCP pipeline of the shard that owns it; every
+    /// page fetched by TCP is installed in the LFC.
+    pub fn read(&mut self, tag: BufferTag, out: &mut Page) -> Result<ReadSource, BackendError> {
+        let mut poll = self.core.start_read(self.lfc, tag, out, monotonic_ns());
+        let s = self.core.reading();
+        loop {
+            self.transmit()?;
+            poll = match poll {
+                Poll::Done(source) => return Ok(source),
+                Poll::Wait { tag, until_ns } => {
+                    if self.shards[s].unflushed_get_pages > 0 {
+                        self.shards[s]
+                            .flush()
+                            .map_err(|e| self.shard_error(s, e.into()))?;
+                    }
+                    self.flush_others(s)?;
+                    let left = until_ns.saturating_sub(monotonic_ns());
+                    if left > 0 {
+                        self.lfc.wait_for_arrival(&tag, Duration::from_nanos(left));
+                    }
+                    self.core.on_wait_over(self.lfc, out, monotonic_ns())
+                }
+                Poll::AwaitResponse => match self.receive_handled(s, out)?.next {
+                    Some(p) => p,
+                    None => unreachable!("a read in progress always has a next step"),
+                },
+            };
+        }
+    }
+
+    /// Reads one response of shard `s` and hands it to its driver.
+    fn receive_handled(
+        &mut self,
+        s: usize,
+        out: &mut Page,
+    ) -> Result<driver::Handled, BackendError> {
+        self.flush_others(s)?;
+        self.receive_from(s, out)
+            .map_err(|e| self.shard_error(s, e))
+    }
+
+    fn receive_from(&mut self, s: usize, out: &mut Page) -> Result<driver::Handled, BackendError> {
+        let lfc = self.lfc;
+        let shard = &mut self.shards[s];
+        // `recv` flushes what is buffered before it blocks.
+        shard.unflushed_get_pages = 0;
+        let resp = match shard.client.recv() {
+            Ok(resp) => resp,
+            // The oldest request in flight was a PrefetchTarget, and the server does not
+            // speak the extension (the client already goes on without it).
+            Err(ClientError::ExtensionUnsupported) => {
+                let refused = driver::Response::TargetRefused;
+                return Ok(self
+                    .core
+                    .on_response(s, lfc, refused, out, monotonic_ns())?);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let response = match &resp {
+            Response::GetPage {
+                rel, blkno, page, ..
+            } => driver::Response::Page {
+                tag: rel.block(*blkno),
+                page,
+            },
+            Response::PrefetchTarget { .. } => driver::Response::Target,
+            Response::Error { message, .. } => {
+                return Err(ClientError::Request(message.clone()).into())
+            }
+            other => return Err(unexpected("pipelined GetPage", other).into()),
+        };
+        Ok(self
+            .core
+            .on_response(s, lfc, response, out, monotonic_ns())?)
+    }
+
+    /// Reads every pipelined response (installing the pages), so a synchronous call may follow.
+    pub fn drain(&mut self) -> Result<(), BackendError> {
+        let mut scratch: Box<Page> = Box::new([0u8; lfc::PAGE_SIZE]);
+        for s in 0..self.shards.len() {
+            loop {
+                self.transmit()?;
+                if !self.core.pipeline_busy(s) {
+                    break;
+                }
+                self.receive_handled(s, &mut scratch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The compute's own new version of a page: to the page server that owns it (standing in
+    /// for WAL) and into the LFC, which raises the tag's last-written LSN (see
+    /// `store_own_write` for a cache that refuses it). A page server without this project's
+    /// extension takes no PutPage: it gets its WAL another way, as a real compute's page
+    /// server does, and the version goes into the LFC only.
+    pub fn write(&mut self, tag: BufferTag, lsn: u64, page: &Page) -> Result<(), BackendError> {
+        self.drain()?;
+        let s = self.core.shard_of(&tag);
+        if self.shards[s].client.extension() != Extension::Unsupported {
+            match self.shards[s].client.put_page(tag, lsn, page) {
+                Ok(()) => {}
+                // Learnt here, with nothing in flight: no PrefetchTarget from now on either.
+                Err(ClientError::ExtensionUnsupported) => {
+                    self.core.without_extension(s, self.lfc, monotonic_ns())
+                }
+                Err(e) => return Err(self.shard_error(s, e.into())),
+            }
+        }
+        store_own_write(self.lfc, &tag, lsn, page)?;
+        Ok(())
+    }
+
+    /// The read path's counters, summed over the shards.
+    pub fn stats(&self) -> ReadStats {
+        self.core.stats()
+    }
+
+    /// Each shard's counters, in shard order.
+    pub fn shard_stats(&self) -> Vec<ReadStats> {
+        self.core.shard_stats()
+    }
+
+    /// Ends a scan: prefetches never read count as wasted. Summed over the shards.
+    pub fn finish(&mut self) -> ReadStats {
+        self.core.finish()
+    }
+}
+
+impl ShardConn {
     fn flush(&mut self) -> Result<(), ClientError> {
         self.unflushed_get_pages = 0;
         self.client.flush()
@@ -210,9 +493,8 @@ impl<'a> Backend<'a> {
 
     /// A daemon listening on loopback never receives from a page server elsewhere: say so once
     /// instead of crawling (the read path falls back to TCP anyway).
-    fn warn_if_unreachable(&mut self) {
-        let (Some(daemon), Ok(server)) = (self.driver.daemon_addr(), self.client.peer_addr())
-        else {
+    fn warn_if_unreachable(&mut self, daemon: Option<std::net::SocketAddr>) {
+        let (Some(daemon), Ok(server)) = (daemon, self.client.peer_addr()) else {
             return;
         };
         if !self.warned_loopback && daemon.ip().is_loopback() && !server.ip().is_loopback() {
@@ -223,133 +505,6 @@ impl<'a> Backend<'a> {
                  address the page server can reach (reads use TCP pipelining meanwhile)"
             );
         }
-    }
-
-    /// How many pages ahead to prefetch when `wanted` is asked for (less while own prefetches
-    /// keep missing their wait budget; the pipeline's reach while on TCP).
-    pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
-        self.driver.prefetch_distance(wanted)
-    }
-
-    /// Requests `blocks` ahead of their reads (UDP prefetch, or the TCP pipeline while UDP is
-    /// not delivering). Returns pages requested.
-    pub fn prefetch(&mut self, rel: RelTag, blocks: Range<u32>) -> Result<u32, BackendError> {
-        let n = self.driver.prefetch(self.lfc, rel, blocks, monotonic_ns());
-        self.transmit()?;
-        Ok(n)
-    }
-
-    /// Reads the current version of `tag` into `out`: LFC, else a prefetch in flight (waited
-    /// for within the adaptive budget), else the TCP pipeline; every page fetched by TCP is
-    /// installed in the LFC.
-    pub fn read(&mut self, tag: BufferTag, out: &mut Page) -> Result<ReadSource, BackendError> {
-        let mut poll = self.driver.start_read(self.lfc, tag, out, monotonic_ns());
-        loop {
-            self.transmit()?;
-            poll = match poll {
-                Poll::Done(source) => return Ok(source),
-                Poll::Wait { tag, until_ns } => {
-                    if self.unflushed_get_pages > 0 {
-                        self.flush()?;
-                    }
-                    let left = until_ns.saturating_sub(monotonic_ns());
-                    if left > 0 {
-                        self.lfc.wait_for_arrival(&tag, Duration::from_nanos(left));
-                    }
-                    self.driver.on_wait_over(self.lfc, out, monotonic_ns())
-                }
-                Poll::AwaitResponse => match self.receive(out)? {
-                    Some(p) => p,
-                    None => unreachable!("a read in progress always has a next step"),
-                },
-            };
-        }
-    }
-
-    /// Reads one response and hands it to the driver.
-    fn receive(&mut self, out: &mut Page) -> Result<Option<Poll>, BackendError> {
-        Ok(self.receive_handled(out)?.next)
-    }
-
-    fn receive_handled(&mut self, out: &mut Page) -> Result<driver::Handled, BackendError> {
-        // `recv` flushes what is buffered before it blocks.
-        self.unflushed_get_pages = 0;
-        let resp = match self.client.recv() {
-            Ok(resp) => resp,
-            // The oldest request in flight was a PrefetchTarget, and the server does not
-            // speak the extension (the client already goes on without it).
-            Err(ClientError::ExtensionUnsupported) => {
-                let refused = driver::Response::TargetRefused;
-                return Ok(self
-                    .driver
-                    .on_response(self.lfc, refused, out, monotonic_ns())?);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let next = match &resp {
-            Response::GetPage {
-                rel, blkno, page, ..
-            } => self.driver.on_response(
-                self.lfc,
-                driver::Response::Page {
-                    tag: rel.block(*blkno),
-                    page,
-                },
-                out,
-                monotonic_ns(),
-            )?,
-            Response::PrefetchTarget { .. } => {
-                self.driver
-                    .on_response(self.lfc, driver::Response::Target, out, monotonic_ns())?
-            }
-            Response::Error { message, .. } => {
-                return Err(ClientError::Request(message.clone()).into())
-            }
-            other => return Err(unexpected("pipelined GetPage", other).into()),
-        };
-        Ok(next)
-    }
-
-    /// Reads every pipelined response (installing the pages), so a synchronous call may follow.
-    pub fn drain(&mut self) -> Result<(), BackendError> {
-        let mut scratch: Box<Page> = Box::new([0u8; lfc::PAGE_SIZE]);
-        loop {
-            self.transmit()?;
-            if !self.driver.pipeline_busy() {
-                return Ok(());
-            }
-            self.receive_handled(&mut scratch)?;
-        }
-    }
-
-    /// The compute's own new version of a page: to the page server (standing in for WAL) and
-    /// into the LFC, which raises the tag's last-written LSN (see `store_own_write` for a
-    /// cache that refuses it). A page server without this project's extension takes no
-    /// PutPage: it gets its WAL another way, as a real compute's page server does, and the
-    /// version goes into the LFC only.
-    pub fn write(&mut self, tag: BufferTag, lsn: u64, page: &Page) -> Result<(), BackendError> {
-        self.drain()?;
-        if self.client.extension() != Extension::Unsupported {
-            match self.client.put_page(tag, lsn, page) {
-                Ok(()) => {}
-                // Learnt here, with nothing in flight: no PrefetchTarget from now on either.
-                Err(ClientError::ExtensionUnsupported) => {
-                    self.driver.without_extension(self.lfc, monotonic_ns())
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        store_own_write(self.lfc, &tag, lsn, page)?;
-        Ok(())
-    }
-
-    pub fn stats(&self) -> ReadStats {
-        self.driver.stats()
-    }
-
-    /// Ends a scan: prefetches never read count as wasted.
-    pub fn finish(&mut self) -> ReadStats {
-        self.driver.finish()
     }
 }
 

@@ -3,7 +3,8 @@
 //! always finishes with every page that still exists present and verified.
 //!
 //! Owns: the plan (`plan`: ranges to pages), the configuration and report types, and the
-//! blocking shell `run_prewarm` (connection, relation sizes, real clock, sleeps, progress). Every
+//! blocking shell `run_prewarm` (connections, one per shard, the plan split by shard, relation
+//! sizes, real clock, sleeps, progress). Every
 //! decision of a run and its constants live in the sans-IO `driver::Driver`, which the simulator
 //! runs too; the state file is `state`, the retry schedule `schedule`.
 
@@ -13,6 +14,7 @@ pub mod state;
 
 use crate::protocol::client::{ClientError, ConnectOptions, PageClient};
 use crate::protocol::pagestream::{PrefetchPriority, PrefetchTarget, Response, LATEST_LSN};
+use crate::protocol::shard::ShardMap;
 use driver::{Driver, DriverConfig, Poll, Transmit};
 use lfc::{monotonic_ns, BufferTag, Lfc, RelTag, PAGE_SIZE};
 use schedule::{ScheduleConfig, ScheduleCounts};
@@ -38,6 +40,8 @@ pub struct PrewarmConfig {
     /// --priority`): background by default, so a prewarm beside running queries takes what
     /// the sender has to spare instead of half of it.
     pub priority: PrefetchPriority,
+    /// A sharded tenant's page servers (none listed: `connect`'s address is the only one).
+    pub shards: ShardMap,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -127,95 +131,176 @@ impl Progress {
     }
 }
 
+/// One shard's part of a run: its connection and the driver of the pages it owns.
+struct ShardRun {
+    client: PageClient,
+    driver: Driver,
+    poll: Poll,
+    shown_round: u64,
+}
+
 /// Refills `lfc` with `pages` (hottest first). The blocking shell around `driver::Driver`, which
 /// makes every decision: this connects, asks the relations' sizes, carries the driver's
-/// messages, reads the clock and sleeps through its waits.
+/// messages, reads the clock and sleeps through its waits. A sharded tenant's plan is split by
+/// owner (`protocol::shard`, each part in plan order), and each shard's part runs its own
+/// driver over its own connection, all at once; relation sizes come from shard 0.
 pub fn run_prewarm(
     cfg: &PrewarmConfig,
     lfc: &Lfc,
     pages: &[BufferTag],
 ) -> anyhow::Result<PrewarmReport> {
     let started_ns = monotonic_ns();
-    let mut client = PageClient::connect(&cfg.connect)?;
+    let layout = cfg.shards.layout()?;
+    let mut clients = cfg.shards.connect(&cfg.connect)?;
+    let count = clients.len();
     // Before anything is read from or installed in the cache.
-    crate::compute::bind_cache(lfc, &client)?;
-    let mut udp_port = register_udp(&mut client, cfg, lfc)?;
-    if udp_port.is_some() && cfg.priority != PrefetchPriority::Foreground {
-        if let Err(e) = client.set_prefetch_priority(cfg.priority) {
-            // A server that predates the message closed the connection: carry on, on a new
-            // one, at the priority every connection starts with.
-            tracing::warn!(
-                error = %e,
-                "the page server does not rank prefetches; prewarming at foreground priority"
-            );
-            client = PageClient::connect(&cfg.connect)?;
-            udp_port = register_udp(&mut client, cfg, lfc)?;
-        }
+    for client in &clients {
+        crate::compute::bind_cache(lfc, client)?;
     }
-    let sizes = relation_sizes(&mut client, pages)?;
-    let config = DriverConfig {
-        schedule: cfg.schedule,
-        udp_port,
-        rate_bytes_per_s: cfg.rate_bytes_per_s,
-        deadline_ns: cfg.deadline.map(|d| d.as_nanos() as u64),
-        verify: client.page_verify(u64::MAX),
-    };
-    let mut driver = Driver::new(
-        config,
-        pages.to_vec(),
-        &sizes,
-        lfc,
-        started_ns,
-        monotonic_ns(),
-    );
-    let mut progress = Progress::new(pages.len() as u64, cfg.progress);
-    let mut shown_round = 0;
-    let mut poll = driver.step(lfc, monotonic_ns());
-    loop {
-        transmit(&mut client, &mut driver)?;
-        if driver.rounds() != shown_round {
-            shown_round = driver.rounds();
-            let elapsed = monotonic_ns().saturating_sub(started_ns) as f64 / 1e9;
-            progress.update(driver.done(), pages.len(), &driver.counts(), elapsed);
-        }
-        poll = match poll {
-            Poll::Done => break,
-            Poll::Wait { until_ns } => {
-                std::thread::sleep(Duration::from_nanos(
-                    until_ns.saturating_sub(monotonic_ns()),
-                ));
-                driver.step(lfc, monotonic_ns())
-            }
-            Poll::AwaitResponse => receive(&mut client, &mut driver, lfc)?,
+    let udp_port = udp_port(cfg, lfc);
+    let sizes = relation_sizes(&mut clients[0], pages)?;
+    let mut parts: Vec<Vec<BufferTag>> = vec![Vec::new(); count];
+    for tag in pages {
+        parts[layout.shard_of(tag)].push(*tag);
+    }
+    let mut runs = Vec::with_capacity(count);
+    for (s, (mut client, part)) in clients.into_iter().zip(parts).enumerate() {
+        let udp_port = match udp_port {
+            Some(port) => register_shard(&mut client, s, cfg, lfc, port)
+                .map_err(|e| name_shard(s, count, &client, e))?,
+            None => None,
         };
+        let config = DriverConfig {
+            schedule: cfg.schedule,
+            udp_port,
+            // The pace is the run's: each of the shards' drivers takes its share.
+            rate_bytes_per_s: cfg.rate_bytes_per_s / count as u64,
+            deadline_ns: cfg.deadline.map(|d| d.as_nanos() as u64),
+            verify: client.page_verify(u64::MAX),
+        };
+        let mut driver = Driver::new(config, part, &sizes, lfc, started_ns, monotonic_ns());
+        let poll = driver.step(lfc, monotonic_ns());
+        runs.push(ShardRun {
+            client,
+            driver,
+            poll,
+            shown_round: 0,
+        });
+    }
+    let mut progress = Progress::new(pages.len() as u64, cfg.progress);
+    loop {
+        let mut all_done = true;
+        let mut progressed = false;
+        let mut wake_ns = u64::MAX;
+        for (s, run) in runs.iter_mut().enumerate() {
+            run.step(lfc)
+                .map_err(|e| name_shard(s, count, &run.client, e))?;
+            match run.poll {
+                Poll::Done => continue,
+                Poll::Wait { until_ns } if until_ns > monotonic_ns() => {
+                    wake_ns = wake_ns.min(until_ns);
+                }
+                _ => progressed = true,
+            }
+            all_done = false;
+        }
+        if runs.iter().any(|r| r.driver.rounds() != r.shown_round) {
+            for r in &mut runs {
+                r.shown_round = r.driver.rounds();
+            }
+            let elapsed = monotonic_ns().saturating_sub(started_ns) as f64 / 1e9;
+            let done = runs.iter().map(|r| r.driver.done()).sum();
+            let counts = runs.iter().fold(ScheduleCounts::default(), |mut c, r| {
+                let d = r.driver.counts();
+                c.retries += d.retries;
+                c.via_tcp += d.via_tcp;
+                c
+            });
+            progress.update(done, pages.len(), &counts, elapsed);
+        }
+        if all_done {
+            break;
+        }
+        if !progressed {
+            std::thread::sleep(Duration::from_nanos(wake_ns.saturating_sub(monotonic_ns())));
+        }
     }
     progress.finish();
-    let check = driver.final_check(lfc, |_, _| {});
-    Ok(driver.report(check, monotonic_ns()))
+    let now = monotonic_ns();
+    let mut reports = runs
+        .iter()
+        .map(|r| r.driver.report(r.driver.final_check(lfc, |_, _| {}), now));
+    let first = reports.next().expect("at least one shard");
+    Ok(reports.fold(first, merge_reports))
 }
 
-/// Registers the worker daemon's port on the connection, if prewarm is to use UDP and there is
-/// one to use (`driver::udp_port`); returns it.
-fn register_udp(
-    client: &mut PageClient,
-    cfg: &PrewarmConfig,
-    lfc: &Lfc,
-) -> Result<Option<u16>, ClientError> {
-    match driver::udp_port(cfg.prefetch_port, lfc, monotonic_ns()) {
-        Some(udp_port) if cfg.udp => {
-            let accepted = client.set_prefetch_target(PrefetchTarget {
-                udp_port,
-                key_id: lfc.key_id(),
-                key: lfc.key(),
-            })?;
-            if !accepted {
-                tracing::warn!(
-                    server = %cfg.connect.addr,
-                    "the page server does not support UDP prefetch; prewarming over TCP"
-                );
+impl ShardRun {
+    /// Moves this shard's run one step: sends what its driver queued, then steps a wait that is
+    /// over or reads the response it awaits. Never sleeps (the caller sleeps when every shard
+    /// waits), so one shard's wait does not hold up the others.
+    fn step(&mut self, lfc: &Lfc) -> anyhow::Result<()> {
+        transmit(&mut self.client, &mut self.driver)?;
+        self.poll = match self.poll {
+            Poll::Done => Poll::Done,
+            Poll::Wait { until_ns } => {
+                if until_ns > monotonic_ns() {
+                    return Ok(());
+                }
+                self.driver.step(lfc, monotonic_ns())
             }
-            Ok(accepted.then_some(udp_port))
-        }
+            Poll::AwaitResponse => receive(&mut self.client, &mut self.driver, lfc)?,
+        };
+        Ok(())
+    }
+}
+
+/// Shard `s`'s error, naming the shard when there are several.
+fn name_shard(s: usize, count: usize, client: &PageClient, e: anyhow::Error) -> anyhow::Error {
+    if count == 1 {
+        return e;
+    }
+    let addr = client
+        .peer_addr()
+        .map_or_else(|_| "address unknown".to_string(), |a| a.to_string());
+    e.context(format!("page server shard {s}/{count} ({addr})"))
+}
+
+/// The report of a run over several shards from theirs: counts add up, flags of any shard
+/// hold for the run, and the rate is over the longest shard's time.
+fn merge_reports(a: PrewarmReport, b: PrewarmReport) -> PrewarmReport {
+    let elapsed_s = a.elapsed_s.max(b.elapsed_s);
+    let fetched = a.via_udp_first
+        + a.via_udp_retry
+        + a.via_tcp
+        + b.via_udp_first
+        + b.via_udp_retry
+        + b.via_tcp;
+    PrewarmReport {
+        pages: a.pages + b.pages,
+        requested: a.requested + b.requested,
+        present: a.present + b.present,
+        via_udp_first: a.via_udp_first + b.via_udp_first,
+        via_udp_retry: a.via_udp_retry + b.via_udp_retry,
+        via_tcp: a.via_tcp + b.via_tcp,
+        skipped_present: a.skipped_present + b.skipped_present,
+        skipped_gone: a.skipped_gone + b.skipped_gone,
+        retries: a.retries + b.retries,
+        refetched: a.refetched + b.refetched,
+        failed_verification: a.failed_verification + b.failed_verification,
+        elapsed_s,
+        mb_per_s: fetched as f64 * PAGE_SIZE as f64 / 1e6 / elapsed_s.max(1e-9),
+        cache_full: a.cache_full || b.cache_full,
+        deadline_hit: a.deadline_hit || b.deadline_hit,
+        udp_fell_back_to_tcp: a.udp_fell_back_to_tcp || b.udp_fell_back_to_tcp,
+        complete: a.complete && b.complete,
+    }
+}
+
+/// The worker daemon's port, if prewarm is to use UDP and there is one to use
+/// (`driver::udp_port`).
+fn udp_port(cfg: &PrewarmConfig, lfc: &Lfc) -> Option<u16> {
+    match driver::udp_port(cfg.prefetch_port, lfc, monotonic_ns()) {
+        Some(udp_port) if cfg.udp => Some(udp_port),
         _ => {
             if cfg.udp {
                 tracing::warn!(
@@ -223,9 +308,49 @@ fn register_udp(
                     "no live worker daemon serves this LFC; prewarming over TCP"
                 );
             }
-            Ok(None)
+            None
         }
     }
+}
+
+/// Registers the worker daemon on shard `s`'s connection and asks for the run's priority.
+/// Returns the port that shard's driver prefetches to: none when its page server does not
+/// speak the extension (its pages then come over TCP).
+fn register_shard(
+    client: &mut PageClient,
+    s: usize,
+    cfg: &PrewarmConfig,
+    lfc: &Lfc,
+    udp_port: u16,
+) -> anyhow::Result<Option<u16>> {
+    let target = || PrefetchTarget {
+        udp_port,
+        key_id: lfc.key_id(),
+        key: lfc.key(),
+    };
+    if !client.set_prefetch_target(target())? {
+        tracing::warn!(
+            server = %cfg.shards.shard_options(s, &cfg.connect).addr,
+            "the page server does not support UDP prefetch; prewarming its pages over TCP"
+        );
+        return Ok(None);
+    }
+    if cfg.priority != PrefetchPriority::Foreground {
+        if let Err(e) = client.set_prefetch_priority(cfg.priority) {
+            // A server that predates the message closed the connection: carry on, on a new
+            // one, at the priority every connection starts with.
+            tracing::warn!(
+                error = %e,
+                "the page server does not rank prefetches; prewarming at foreground priority"
+            );
+            *client = PageClient::connect(&cfg.shards.shard_options(s, &cfg.connect))?;
+            crate::compute::bind_cache(lfc, client)?;
+            if !client.set_prefetch_target(target())? {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(udp_port))
 }
 
 /// Each relation's size, `None` for one that no longer exists.

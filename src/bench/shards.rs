@@ -1,0 +1,229 @@
+//! `udp-prefetch bench shards`: one compute reading a tenant split over 1, 2 and 4 page-server
+//! shards (in-process, each `--shard i/N`), all sending to one worker daemon. Per shard count:
+//! a udp scan against a tcp-pipelined scan, a udp prewarm against a TCP-only prewarm (each pair
+//! measured back to back in this run), and how evenly the daemon's receive threads shared the
+//! datagrams of all shards (max/min of their per-thread counts).
+
+use super::{round3, start_server, BenchRecord};
+use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
+use crate::compute::backend::read_path::ReadPathConfig;
+use crate::compute::prewarm::schedule::ScheduleConfig;
+use crate::compute::prewarm::{run_prewarm, PrewarmConfig, PrewarmReport};
+use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::pageserver::source::{SourceSpec, Synthetic};
+use crate::pageserver::{PageServer, ServerConfig};
+use crate::protocol::client::ConnectOptions;
+use crate::protocol::shard::{ShardIdentity, ShardLayout, ShardMap, DEFAULT_STRIPE_PAGES};
+use lfc::Lfc;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShardsBenchArgs {
+    /// Pages of the scanned relation, and of the prewarmed one.
+    #[arg(long, default_value_t = 65_536)]
+    pub pages: u32,
+    /// Shard counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub shard_counts: Vec<usize>,
+    /// Stripe size of the sharding, in pages.
+    #[arg(long, default_value_t = DEFAULT_STRIPE_PAGES)]
+    pub stripe_pages: u32,
+    /// Emulated page server latency per response, microseconds.
+    #[arg(long, default_value_t = 100)]
+    pub delay_us: u64,
+    /// GetPages in flight of the tcp-pipelined scan.
+    #[arg(long, default_value_t = 128)]
+    pub depth: u32,
+    /// Prefetch distance of the udp scan.
+    #[arg(long, default_value_t = 512)]
+    pub distance: u32,
+    /// Receive threads of the worker daemon.
+    #[arg(long, default_value_t = 2)]
+    pub daemon_threads: usize,
+}
+
+/// The page servers of one shard count: shard i of n, each serving two synthetic relations.
+fn start_shards(args: &ShardsBenchArgs, n: usize) -> anyhow::Result<(Vec<PageServer>, ShardMap)> {
+    let layout = ShardLayout::new(n, args.stripe_pages)?;
+    let servers = (0..n)
+        .map(|i| {
+            start_server(ServerConfig {
+                listen: "127.0.0.1:0".parse()?,
+                source: SourceSpec::Synthetic {
+                    rels: 2,
+                    pages: args.pages,
+                },
+                service_delay_us: args.delay_us,
+                shard: ShardIdentity::new(i, layout)?,
+                ..ServerConfig::default()
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let map = ShardMap::new(
+        servers.iter().map(|s| s.local_addr().to_string()).collect(),
+        args.stripe_pages,
+    );
+    Ok((servers, map))
+}
+
+fn scan(
+    map: &ShardMap,
+    mode: ScanMode,
+    distance: u32,
+    lfc: Option<&Lfc>,
+    port: Option<u16>,
+) -> anyhow::Result<ScanReport> {
+    let cfg = ScanConfig {
+        connect: ConnectOptions::new(map.servers[0].clone()),
+        rel: Synthetic::rel(0),
+        blocks: None,
+        mode,
+        distance,
+        cpu_per_page_us: 0,
+        prefetch_port: port,
+        read_path: ReadPathConfig::default(),
+        shards: map.clone(),
+    };
+    let r = run_scan(&cfg, lfc)?;
+    anyhow::ensure!(
+        r.failed == 0 && r.verified == r.pages,
+        "{} scan over {} shards: {} of {} pages failed verification",
+        mode.name(),
+        map.servers.len(),
+        r.failed,
+        r.pages
+    );
+    Ok(r)
+}
+
+fn prewarm(
+    map: &ShardMap,
+    lfc: &Lfc,
+    pages: u32,
+    port: Option<u16>,
+    udp: bool,
+) -> anyhow::Result<PrewarmReport> {
+    let rel = Synthetic::rel(1);
+    let plan: Vec<_> = (0..pages).map(|b| rel.block(b)).collect();
+    let cfg = PrewarmConfig {
+        connect: ConnectOptions::new(map.servers[0].clone()),
+        prefetch_port: port,
+        rate_bytes_per_s: 0,
+        deadline: None,
+        schedule: ScheduleConfig::default(),
+        progress: false,
+        udp,
+        // As `prewarm run` asks by default (alone here, it changes nothing).
+        priority: crate::protocol::pagestream::PrefetchPriority::Background,
+        shards: map.clone(),
+    };
+    let r = run_prewarm(&cfg, lfc, &plan)?;
+    anyhow::ensure!(r.complete, "prewarm did not complete: {r:?}");
+    Ok(r)
+}
+
+/// Max/min of the daemon's per-thread received datagrams (1.0: perfectly even; infinite when
+/// a thread received nothing).
+fn thread_spread(metrics: &str) -> (f64, Vec<u64>) {
+    let counts: Vec<u64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("udp_prefetch_thread_datagrams_received_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .collect();
+    let max = counts.iter().copied().max().unwrap_or(0);
+    let min = counts.iter().copied().min().unwrap_or(0);
+    let spread = if min == 0 {
+        f64::INFINITY
+    } else {
+        max as f64 / min as f64
+    };
+    (spread, counts)
+}
+
+pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+    anyhow::ensure!(args.pages > 0, "--pages must be positive");
+    anyhow::ensure!(
+        !args.shard_counts.is_empty(),
+        "--shard-counts names no shard count"
+    );
+    let scratch = ScratchDir::new("udp-prefetch-bench-shards")?;
+    // Both relations fit, with room: nothing is evicted while it is measured.
+    let lfc_bytes = 2 * u64::from(args.pages) * 8192 + (64 << 20);
+    let threads = args.daemon_threads.to_string();
+    let mut records = Vec::new();
+    for &n in &args.shard_counts {
+        let (_servers, map) = start_shards(args, n)?;
+        let rec = |case: &str, value: f64| {
+            BenchRecord::new("shards", &format!("{case}-{n}sh"), "pages/s", value)
+                .param("shards", n as u64)
+                .param("pages", args.pages)
+                .param("stripe_pages", args.stripe_pages)
+                .param("delay_us", args.delay_us)
+        };
+        // The TCP baselines first, on an LFC of their own.
+        let tcp_scan = scan(&map, ScanMode::TcpPipelined, args.depth, None, None)?;
+        let tcp_lfc_path = scratch.0.join(format!("lfc-tcp-{n}"));
+        let mut tcp_daemon = DaemonProc::start(&tcp_lfc_path, lfc_bytes, &["--threads", "1"])?;
+        let tcp_lfc = Lfc::open(&tcp_lfc_path)?;
+        let tcp_prewarm = prewarm(&map, &tcp_lfc, args.pages, None, false)?;
+        drop(tcp_lfc);
+        tcp_daemon.stop();
+        let _ = std::fs::remove_file(&tcp_lfc_path);
+
+        let lfc_path = scratch.0.join(format!("lfc-udp-{n}"));
+        let mut daemon = DaemonProc::start(&lfc_path, lfc_bytes, &["--threads", &threads])?;
+        let lfc = Lfc::open(&lfc_path)?;
+        let port = Some(daemon.udp_port);
+        let udp_scan = scan(&map, ScanMode::Udp, args.distance, Some(&lfc), port)?;
+        let udp_prewarm = prewarm(&map, &lfc, args.pages, port, true)?;
+        let (spread, per_thread) = thread_spread(&daemon.scrape()?);
+        drop(lfc);
+        daemon.stop();
+        let _ = std::fs::remove_file(&lfc_path);
+
+        let scan_tcp = rec("scan-tcp-pipelined", tcp_scan.pages_per_s).param("depth", args.depth);
+        let scan_udp = rec("scan-udp", udp_scan.pages_per_s)
+            .param("distance", args.distance)
+            .param("tcp_pipelined", udp_scan.tcp_pipelined)
+            .param("fallbacks", udp_scan.fallbacks)
+            .against(&scan_tcp);
+        let rate = |r: &PrewarmReport| r.present as f64 / r.elapsed_s.max(1e-9);
+        let prewarm_tcp = rec("prewarm-tcp", rate(&tcp_prewarm));
+        let prewarm_udp = rec("prewarm-udp", rate(&udp_prewarm))
+            .param("via_udp_first", udp_prewarm.via_udp_first)
+            .param("via_tcp", udp_prewarm.via_tcp)
+            .against(&prewarm_tcp);
+        let spread_rec = BenchRecord::new(
+            "shards",
+            &format!("daemon-spread-{n}sh"),
+            "max/min",
+            round3(spread),
+        )
+        .param("shards", n as u64)
+        .param("threads", args.daemon_threads as u64)
+        .param("per_thread", per_thread)
+        .lower_is_better();
+        records.extend([scan_tcp, scan_udp, prewarm_tcp, prewarm_udp, spread_rec]);
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spread_is_max_over_min_of_the_thread_counts() {
+        let text = "udp_prefetch_thread_datagrams_received_total{thread=\"0\"} 300\n\
+                    udp_prefetch_thread_datagrams_received_total{thread=\"1\"} 200\n\
+                    udp_prefetch_datagrams_received_total 500\n";
+        let (spread, counts) = thread_spread(text);
+        assert_eq!(counts, vec![300, 200]);
+        assert!((spread - 1.5).abs() < 1e-9);
+        assert!(
+            thread_spread("udp_prefetch_thread_datagrams_received_total{thread=\"0\"} 0\n")
+                .0
+                .is_infinite()
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! A backend's read path over a sharded tenant (ARCHITECTURE §6a), sans-IO: one
+//! `driver::Driver` per page-server shard, and which shard each request goes to. The blocking
+//! `Backend` and the simulator's backends both drive it, so both route as Neon routes
+//! (`protocol::shard`) through the same code.
+//!
+//! Each shard has its own driver, so its own read path, loss detector, `UdpHealth` and TCP
+//! pipeline: a shard whose datagrams stop arriving moves to TCP pipelining for its pages alone,
+//! the others stay on UDP. A read goes to its page's shard; a prefetch range is cut at stripe
+//! ends, each piece to its shard's driver; every driver registers the prefetch target on its
+//! own connection (its `Transmit::Target`), so every shard sends to the one worker daemon.
+//! One shard: one driver, and routing costs one comparison (`shard_of` returns 0 below two
+//! shards).
+//!
+//! Owns: the drivers, the routing, and the sums over shards. Reads no clock, opens no socket.
+
+use super::driver::{Driver, DriverError, Handled, Poll, Response, Transmit};
+use super::health::{PrefetchPath, StateChange, MAX_STATE_LOG};
+use super::read_path::ReadStats;
+use crate::protocol::page::Page;
+use crate::protocol::shard::ShardLayout;
+use lfc::{BufferTag, Lfc, RelTag};
+use std::ops::Range;
+
+pub struct ShardedDriver {
+    /// In shard order.
+    drivers: Vec<Driver>,
+    layout: ShardLayout,
+    /// The shard of the latest read: the one whose window a scan is in.
+    last: usize,
+    /// The next driver `poll_transmit` looks at first (each gets its turn).
+    next_transmit: usize,
+}
+
+impl ShardedDriver {
+    /// `layout.count()` drivers, made by `driver` in shard order.
+    pub fn new(layout: ShardLayout, driver: impl FnMut() -> Driver) -> ShardedDriver {
+        ShardedDriver {
+            drivers: std::iter::repeat_with(driver)
+                .take(layout.count())
+                .collect(),
+            layout,
+            last: 0,
+            next_transmit: 0,
+        }
+    }
+
+    pub fn layout(&self) -> ShardLayout {
+        self.layout
+    }
+
+    /// Shard `s`'s driver.
+    pub fn shard(&self, s: usize) -> &Driver {
+        &self.drivers[s]
+    }
+
+    /// The shard that owns `tag`.
+    #[inline]
+    pub fn shard_of(&self, tag: &BufferTag) -> usize {
+        self.layout.shard_of(tag)
+    }
+
+    /// The shard of the latest `start_read`: the read in progress, if any, is its driver's.
+    pub fn reading(&self) -> usize {
+        self.last
+    }
+
+    /// The next message to send, and the shard whose connection carries it.
+    pub fn poll_transmit(&mut self) -> Option<(usize, Transmit)> {
+        let n = self.drivers.len();
+        for k in 0..n {
+            let s = (self.next_transmit + k) % n;
+            if let Some(t) = self.drivers[s].poll_transmit() {
+                self.next_transmit = s;
+                return Some((s, t));
+            }
+        }
+        None
+    }
+
+    /// How many pages ahead to prefetch, as the shard of the latest read sees it (see
+    /// `Driver::prefetch_distance`): the window's near end is in that shard's stripe.
+    pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
+        self.drivers[self.last].prefetch_distance(wanted)
+    }
+
+    /// `Driver::prefetch`, each stripe of `blocks` by its shard's driver. Returns pages
+    /// requested.
+    pub fn prefetch(&mut self, lfc: &Lfc, rel: RelTag, blocks: Range<u32>, now_ns: u64) -> u32 {
+        let mut n = 0;
+        for (s, piece) in self.layout.split(rel, blocks) {
+            n += self.drivers[s].prefetch(lfc, rel, piece, now_ns);
+        }
+        n
+    }
+
+    /// `Driver::start_read` by the driver of `tag`'s shard, which the read's later steps
+    /// (`on_wait_over`, its response) go to.
+    pub fn start_read(&mut self, lfc: &Lfc, tag: BufferTag, out: &mut Page, now_ns: u64) -> Poll {
+        self.last = self.layout.shard_of(&tag);
+        self.drivers[self.last].start_read(lfc, tag, out, now_ns)
+    }
+
+    /// `Driver::on_wait_over` of the read in progress.
+    pub fn on_wait_over(&mut self, lfc: &Lfc, out: &mut Page, now_ns: u64) -> Poll {
+        self.drivers[self.last].on_wait_over(lfc, out, now_ns)
+    }
+
+    /// A response that came on shard `s`'s connection, to its driver.
+    pub fn on_response(
+        &mut self,
+        s: usize,
+        lfc: &Lfc,
+        response: Response<'_>,
+        out: &mut Page,
+        now_ns: u64,
+    ) -> Result<Handled, DriverError> {
+        self.drivers[s].on_response(lfc, response, out, now_ns)
+    }
+
+    /// Whether shard `s`'s pipeline has requests in flight or queued.
+    /// Shard `s`'s page server does not speak the extension: its driver reads by pipelined
+    /// GetPage for good (`Driver::without_extension`).
+    pub fn without_extension(&mut self, s: usize, lfc: &Lfc, now_ns: u64) {
+        self.drivers[s].without_extension(lfc, now_ns);
+    }
+
+    pub fn pipeline_busy(&self, s: usize) -> bool {
+        self.drivers[s].pipeline_busy()
+    }
+
+    /// The path of the shard read last.
+    pub fn path(&self) -> PrefetchPath {
+        self.drivers[self.last].path()
+    }
+
+    /// Each shard's path, in shard order.
+    pub fn shard_paths(&self) -> Vec<PrefetchPath> {
+        self.drivers.iter().map(Driver::path).collect()
+    }
+
+    /// Moves between UDP and TCP, summed over the shards.
+    pub fn path_changes(&self) -> u64 {
+        self.drivers.iter().map(Driver::path_changes).sum()
+    }
+
+    /// The moves between UDP and TCP in time order; of several shards, each reason names its
+    /// shard.
+    pub fn state_log(&self) -> Vec<StateChange> {
+        if let [only] = &self.drivers[..] {
+            return only.state_log().to_vec();
+        }
+        let mut log: Vec<StateChange> = self
+            .drivers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, d)| {
+                d.state_log().iter().map(move |c| StateChange {
+                    reason: format!("shard {i}: {}", c.reason),
+                    ..c.clone()
+                })
+            })
+            .collect();
+        log.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+        log.truncate(MAX_STATE_LOG);
+        log
+    }
+
+    /// The read path's counters, summed over the shards.
+    pub fn stats(&self) -> ReadStats {
+        sum(self.drivers.iter().map(Driver::stats))
+    }
+
+    /// Each shard's counters, in shard order.
+    pub fn shard_stats(&self) -> Vec<ReadStats> {
+        self.drivers.iter().map(Driver::stats).collect()
+    }
+
+    /// `Driver::finish` of every shard, summed.
+    pub fn finish(&mut self) -> ReadStats {
+        sum(self.drivers.iter_mut().map(Driver::finish))
+    }
+}
+
+/// The sum of `stats`, field by field. Destructured, so that a new counter cannot be left out.
+fn sum(stats: impl Iterator<Item = ReadStats>) -> ReadStats {
+    let mut a = ReadStats::default();
+    for b in stats {
+        let ReadStats {
+            reads,
+            hits,
+            late_hits,
+            fallbacks,
+            wait_timeouts,
+            prefetched,
+            duplicates_avoided,
+            wasted_prefetches,
+            retries,
+            window_cuts,
+            tcp_pipelined,
+            udp_state_changes,
+        } = b;
+        a.reads += reads;
+        a.hits += hits;
+        a.late_hits += late_hits;
+        a.fallbacks += fallbacks;
+        a.wait_timeouts += wait_timeouts;
+        a.prefetched += prefetched;
+        a.duplicates_avoided += duplicates_avoided;
+        a.wasted_prefetches += wasted_prefetches;
+        a.retries += retries;
+        a.window_cuts += window_cuts;
+        a.tcp_pipelined += tcp_pipelined;
+        a.udp_state_changes += udp_state_changes;
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::backend::read_path::ReadPathConfig;
+    use crate::compute::test_support::{fixture, T0};
+
+    #[test]
+    fn reads_and_prefetches_go_to_their_shards_driver_each_with_its_own_target() {
+        let f = fixture(256);
+        let lfc = &f.lfc;
+        let layout = ShardLayout::new(3, 4).unwrap();
+        let mut d = ShardedDriver::new(layout, || {
+            Driver::new(ReadPathConfig::default(), Some(7000), lfc, T0)
+        });
+        // Each shard's driver registers the daemon on its own connection.
+        let mut targets = Vec::new();
+        while let Some((s, t)) = d.poll_transmit() {
+            assert_eq!(t, Transmit::Target { udp_port: 7000 });
+            targets.push(s);
+        }
+        targets.sort();
+        assert_eq!(targets, vec![0, 1, 2]);
+        // A prefetch over several stripes: each Prefetch goes to the shard owning its blocks.
+        let rel = crate::protocol::page::synthetic_rel(0);
+        let n = d.prefetch(lfc, rel, 0..24, T0);
+        assert_eq!(n, 24);
+        let mut covered = 0;
+        while let Some((s, t)) = d.poll_transmit() {
+            let Transmit::Prefetch(run) = t else {
+                panic!("expected a Prefetch, got {t:?}")
+            };
+            for b in run.first..run.first + u32::from(run.n) {
+                assert_eq!(layout.shard_of(&rel.block(b)), s, "block {b}");
+                covered += 1;
+            }
+        }
+        assert_eq!(covered, 24);
+        // A read goes to its page's shard.
+        let mut page = [0u8; lfc::PAGE_SIZE];
+        let tag = rel.block(13);
+        d.start_read(lfc, tag, &mut page, T0);
+        assert_eq!(d.reading(), layout.shard_of(&tag));
+    }
+}
