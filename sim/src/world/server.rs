@@ -81,11 +81,12 @@ pub(super) struct Shard {
 
 /// The PrefetchTarget every simulated connection registers: the compute's port and the LFC's
 /// key.
-pub(super) fn compute_target(lfc: &Lfc) -> PrefetchTarget {
+pub(super) fn compute_target(lfc: &Lfc, path_mtu: u32) -> PrefetchTarget {
     PrefetchTarget {
         udp_port: COMPUTE_ADDR.1,
         key_id: lfc.key_id(),
         key: lfc.key(),
+        path_mtu,
     }
 }
 
@@ -401,6 +402,10 @@ impl World<'_> {
         // The real sender's turn after `next_batch`; what it did to each job is then put on
         // the simulated wire (and in the trace) in the same order.
         let mut outcomes = Vec::with_capacity(jobs.len());
+        // One stream per batch: each sealed page is its datagrams (fragments) back to back.
+        let (fragments, len) = jobs.first().map_or((1, 0), |j| {
+            (usize::from(j.key.fragments()), j.key.fragment_len())
+        });
         let sealed = seal_batch(
             &store,
             jobs,
@@ -417,10 +422,12 @@ impl World<'_> {
                 JobOutcome::Sealed { page_lsn } => {
                     self.report.datagrams += 1;
                     self.rec(Kind::Sent, shard as u64, tag_key(&tag), page_lsn);
-                    let bytes = self.datagrams[next].to_vec();
-                    next += 1;
                     let flow = self.shards[shard].senders[thread].flow;
-                    self.send_udp(shard, bytes, flow);
+                    for f in 0..fragments {
+                        let bytes = self.datagrams[next][f * len..][..len].to_vec();
+                        self.send_udp(shard, bytes, flow);
+                    }
+                    next += 1;
                 }
                 JobOutcome::Skipped(reason) => {
                     match reason {

@@ -153,10 +153,12 @@ impl<'a> Backend<'a> {
                 Transmit::Target { udp_port } => {
                     urgent = true;
                     self.warn_if_unreachable();
+                    let path_mtu = self.client.prefetch_path_mtu();
                     self.client.send_prefetch_target(PrefetchTarget {
                         udp_port,
                         key_id: self.lfc.key_id(),
                         key: self.lfc.key(),
+                        path_mtu,
                     })?
                 }
                 Transmit::Prefetch(r) => {

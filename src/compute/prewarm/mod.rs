@@ -187,10 +187,12 @@ fn register_udp(
 ) -> Result<Option<u16>, ClientError> {
     match driver::udp_port(cfg.prefetch_port, lfc, monotonic_ns()) {
         Some(udp_port) if cfg.udp => {
+            let path_mtu = client.prefetch_path_mtu();
             client.set_prefetch_target(PrefetchTarget {
                 udp_port,
                 key_id: lfc.key_id(),
                 key: lfc.key(),
+                path_mtu,
             })?;
             Ok(Some(udp_port))
         }

@@ -30,9 +30,9 @@ struct GsoControl([u8; 32]);
 
 /// Sends batches of datagrams to one destination per call with `sendmmsg`.
 ///
-/// With GSO active, each run of datagrams of exactly `segment_len` bytes is packed into one
-/// message of up to [`gso_segments`](Self::gso_segments) datagrams (7 for 8272-byte ones)
-/// that the kernel (or the NIC) splits; any other datagram goes alone. GSO is probed when the
+/// With GSO active, each run of datagrams of one length is packed into one message of up to
+/// 64 KiB (and 64 datagrams: 7 of 8304 bytes, 57 of a 1136-byte page fragment) that the
+/// kernel (or the NIC) splits; a datagram of another length starts the next message. GSO is probed when the
 /// sender is built (`getsockopt(UDP_SEGMENT)`, Linux 4.18+). If a GSO send then fails with
 /// `EIO` (no checksum offload on the route's device) or `EMSGSIZE`/`EINVAL` (segment larger
 /// than the path MTU; the errno depends on the kernel version), GSO is switched off for that
@@ -227,6 +227,24 @@ impl GsoSender {
         })
     }
 
+    /// Sends `count` datagrams to `dest`, datagram `i` being `datagram(i)` (e.g. the fragments
+    /// of sealed pages, sliced out of their buffers without a copy). As [`send`](Self::send).
+    pub fn send_pieces<'a>(
+        &mut self,
+        dest: SocketAddr,
+        count: usize,
+        datagram: impl Fn(usize) -> &'a [u8],
+    ) -> io::Result<usize> {
+        self.send_with(dest, count, |i, iov| {
+            let b = datagram(i);
+            iov[0] = libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            };
+            Some(1)
+        })
+    }
+
     /// Core loop: `fill(i, iovs)` writes datagram `i`'s pieces and returns their count.
     fn send_with(
         &mut self,
@@ -276,19 +294,26 @@ impl GsoSender {
         while i < end {
             let iov_start = iov_used;
             let mut segs = 0;
-            // A message is one datagram, or (GSO) a run of full-size ones.
+            let mut segment = 0;
+            let mut max_segments = 1;
+            // A message is one datagram, or (GSO) a run of equal-size ones.
             loop {
                 let room = &mut self.iovs[iov_used..iov_used + MAX_IOV_PER_DATAGRAM];
                 let pieces = fill(i, room).unwrap_or(0);
                 let len: usize = room[..pieces].iter().map(|v| v.iov_len).sum();
-                if segs > 0 && len != self.segment_len {
-                    // Not full-size: it starts the next message (its iovecs get rewritten).
+                if segs == 0 {
+                    segment = len;
+                    max_segments = MAX_UDP_PAYLOAD
+                        .checked_div(len)
+                        .map_or(1, |n| n.clamp(1, UDP_MAX_SEGMENTS));
+                } else if len != segment {
+                    // Another size: it starts the next message (its iovecs get rewritten).
                     break;
                 }
                 iov_used += pieces;
                 segs += 1;
                 i += 1;
-                if !gso || len != self.segment_len || segs == self.max_segments || i == end {
+                if !gso || segs == max_segments || i == end {
                     break;
                 }
             }
@@ -302,7 +327,7 @@ impl GsoSender {
             h.msg_flags = 0;
             if segs > 1 {
                 let ctl = &mut self.controls[nmsg];
-                write_gso_cmsg(ctl, self.segment_len as u16);
+                write_gso_cmsg(ctl, segment as u16);
                 h.msg_control = ctl.0.as_mut_ptr().cast();
                 // SAFETY: CMSG_SPACE is a pure size computation.
                 h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
