@@ -83,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
     let mut offered = vec![0u64; f.pages.len()];
     let mut now: u64 = 1;
     let mut rest = data;
-    let mut next = |rest: &mut &[u8]| -> Option<u8> {
+    let next = |rest: &mut &[u8]| -> Option<u8> {
         let (&b, tail) = rest.split_first()?;
         *rest = tail;
         Some(b)

@@ -127,7 +127,7 @@ fn measure_with(
     let failures_before = hosts.compute_reassembly_failures()?;
     let (tcp, udp, installed) = hosts.in_compute(|| -> anyhow::Result<_> {
         let listen = SocketAddr::new(COMPUTE_ADDR.into(), 0).to_string();
-        let daemon = DaemonProc::start_on(&lfc_path, lfc_bytes, &listen, &[])?;
+        let daemon = DaemonProc::start_on(&lfc_path, lfc_bytes, &listen, &["--no-prefault"])?;
         let lfc = Lfc::open(&lfc_path)?;
         lfc.map_all()?;
         let tcp = run_scan(&scan_config(args, server, ScanMode::TcpPipelined), None)?;
