@@ -57,8 +57,11 @@
 //! id)[..16]` and its AES key `BLAKE3-keyed(secret, "udpf stream v4" ‖ stream id)[..16]`, with
 //! the nonce `0000 ‖ counter`, so no nonce repeats under a key however many senders share the
 //! secret. A receiver derives what each stream needs once and keeps it in a small fixed cache;
-//! only streams that passed a datagram enter the cache, so forged ids cost a derivation, never
-//! a slot. The token is compared (in constant time) before the page is touched: a forged
+//! only streams that passed a datagram enter the cache, so forged ids never take a slot there.
+//! Tokens derived for ids not yet proven wait in a second small table of their own: a flood that
+//! repeats its stream ids costs one derivation per id, then a compare per datagram; only fresh
+//! ids cost a derivation each (a BLAKE3 of 30 bytes). Every check that needs no key (lengths,
+//! magic, version, header fields, fragment count, key id) runs before any of it. The token is compared (in constant time) before the page is touched: a forged
 //! datagram costs a 16-byte comparison, not a pass over 8 KiB.
 //!
 //! # Why a token and not a MAC by default
@@ -106,6 +109,8 @@ pub const TOKEN_LEN: usize = 16;
 /// stream per backend connection and page server; a stream that lost its entry is derived
 /// again (about 0.2 µs), nothing worse.
 pub const STREAM_CACHE_ENTRIES: usize = 256;
+/// Tokens one receiver keeps for stream ids not yet proven by a datagram (`Opener`).
+const UNPROVEN_CACHE_ENTRIES: usize = 64;
 
 const FLAGS_AT: usize = 5;
 const FRAGMENT_INDEX_AT: usize = 6;
@@ -487,6 +492,7 @@ impl DatagramKey {
         Opener {
             key: self.clone(),
             streams: (0..STREAM_CACHE_ENTRIES).map(|_| None).collect(),
+            unproven: vec![None; UNPROVEN_CACHE_ENTRIES].into_boxed_slice(),
         }
     }
 }
@@ -685,11 +691,19 @@ struct CachedStream {
     aead: Option<LessSafeKey>,
 }
 
+/// A stream id and its derived token, before any datagram of the stream passed.
+type UnprovenToken = ([u8; STREAM_ID_LEN], [u8; TOKEN_LEN]);
+
 /// A receiver's view of one key: validates datagrams (and decrypts aead pages in place).
 /// Allocated once (its stream-key cache has a fixed size); opening never allocates.
 pub struct Opener {
     key: DatagramKey,
     streams: Box<[Option<CachedStream>]>,
+    /// Tokens derived for stream ids no datagram has passed under yet (a stream's first
+    /// datagrams, or a forger's ids), direct-mapped apart from `streams`: a flood that repeats
+    /// its ids costs a compare per datagram, not a derivation, and can never displace a proven
+    /// stream.
+    unproven: Box<[Option<UnprovenToken>]>,
 }
 
 impl std::fmt::Debug for Opener {
@@ -789,7 +803,18 @@ impl Opener {
         let cached = cached_stream(&mut self.streams, slot, &stream_id);
         let token = match &cached {
             Some(c) => c.token,
-            None => self.key.stream_token(&stream_id),
+            None => {
+                // Other id bytes than the proven cache's index, so the two tables collide apart.
+                let u = usize::from(stream_id[2]) % UNPROVEN_CACHE_ENTRIES;
+                match self.unproven[u] {
+                    Some((id, token)) if id == stream_id => token,
+                    _ => {
+                        let token = self.key.stream_token(&stream_id);
+                        self.unproven[u] = Some((stream_id, token));
+                        token
+                    }
+                }
+            }
         };
         if aws_lc_rs::constant_time::verify_slices_are_equal(&token, tag).is_err() {
             return Err(DropReason::BadMac);
@@ -1131,6 +1156,32 @@ mod tests {
             Err(DropReason::BadMac)
         );
         let slot = usize::from(u16::from_le_bytes([STREAM[0], STREAM[1]])) % STREAM_CACHE_ENTRIES;
+        assert!(matches!(&opener.streams[slot], Some(c) if c.id == STREAM));
+    }
+
+    #[test]
+    fn a_flood_under_one_forged_stream_id_derives_its_token_once() {
+        let mut opener = key().opener();
+        let mut forged = sealed();
+        forged[64 + 9] ^= 0xFF; // another stream id: its token is not the trailer
+        let mut out = [0u8; PAGE_SIZE];
+        for _ in 0..3 {
+            assert_eq!(
+                opener.open_bytes(&forged[..], &mut out),
+                Err(DropReason::BadMac)
+            );
+        }
+        let id: [u8; STREAM_ID_LEN] = forged[64..80].try_into().unwrap();
+        let u = usize::from(id[2]) % UNPROVEN_CACHE_ENTRIES;
+        assert_eq!(
+            opener.unproven[u],
+            Some((id, key().stream_token(&id))),
+            "kept apart from the proven streams"
+        );
+        let slot = usize::from(u16::from_le_bytes([id[0], id[1]])) % STREAM_CACHE_ENTRIES;
+        assert!(opener.streams[slot].is_none());
+        // The genuine stream still opens and is proven as before.
+        assert!(opener.open_bytes(&sealed()[..], &mut out).is_ok());
         assert!(matches!(&opener.streams[slot], Some(c) if c.id == STREAM));
     }
 
