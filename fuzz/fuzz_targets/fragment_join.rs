@@ -1,13 +1,15 @@
 //! Any sequence of datagrams reaching a worker on a small-MTU path: genuine page fragments in
 //! any order, repeated or missing, fragments with one byte changed, and arbitrary bytes, with
 //! time moving on between them (the assembly table's timeout). The join (`Ingest::offer`, the
-//! same table the zero-copy path uses) never panics, never publishes a page before each of its
-//! fragments came at least once, never accepts a changed or made-up datagram, publishes the
-//! page exactly as sealed, and never holds more frames than its bound.
+//! same table the zero-copy path uses) never panics, never judges a page before all but one of
+//! its pieces (fragments and parity) came at least once, never accepts a changed or made-up
+//! datagram, publishes the page exactly as sealed (a lost fragment rebuilt from the parity),
+//! and never holds more frames than its bound.
 //!
 //! The input is a list of operations, one byte each plus arguments:
 //! `0 LEN BYTES…` arbitrary bytes (LEN × 8 of them, as many as are left);
-//! `1 PAGE FRAG` a genuine fragment; `2 PAGE FRAG AT BYTE` one with byte AT (mod its length)
+//! `1 PAGE FRAG` a genuine piece (FRAG mod count + 1: the last is the parity);
+//! `2 PAGE FRAG AT BYTE` one with byte AT (mod its length)
 //! set to BYTE; `3 N` time moves on by N × 10 ms.
 #![no_main]
 
@@ -18,7 +20,8 @@ use workers::datagram::{DatagramHeader, DatagramKey, DropReason, SEALED_PAGE_MAX
 use workers::ingest::{Ingest, Outcome, ASSEMBLY_ENTRIES};
 use workers::metrics::ThreadMetrics;
 
-/// A page sealed as fragments: its header, its datagrams, its bytes.
+/// A page sealed as fragments: its header, its datagrams (the fragments, then the parity
+/// piece), its bytes.
 struct Sealed {
     hdr: DatagramHeader,
     fragments: Vec<Vec<u8>>,
@@ -124,7 +127,8 @@ fuzz_target!(|data: &[u8]| {
                     );
                 } else {
                     offered[p] |= 1 << j;
-                    let whole = offered[p].count_ones() as usize == page.fragments.len();
+                    // Every piece but one: the parity rebuilds the missing one.
+                    let whole = offered[p].count_ones() as usize + 1 >= page.fragments.len();
                     match ingest.offer(&d, now, &metrics) {
                         // Not the page's verdict: the fragment's own (a repeat, or no frame
                         // free to start joining its page in).

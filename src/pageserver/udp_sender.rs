@@ -289,7 +289,7 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
         // connection): each sealed page is `fragments` datagrams of `len` bytes.
         let dest: SocketAddr = jobs[0].addr;
         let (fragments, len) = (
-            usize::from(jobs[0].key.fragments()),
+            usize::from(jobs[0].key.datagrams_per_page()),
             jobs[0].key.fragment_len(),
         );
         let total = ready * fragments;

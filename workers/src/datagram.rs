@@ -25,12 +25,18 @@
 //! number at offset 52 (the receive steering) in every fragment, so one thread gets them all.
 //! A whole page is `count = 1`, exactly the unfragmented datagram.
 //!
+//! A split page is followed by one more datagram of the same size, its *parity piece* (index =
+//! `count`, the next counter): the XOR of its `count` pieces. Splitting multiplies a page's
+//! exposure to loss by its datagram count (at 5 % packet loss, 8 fragments all arrive for only
+//! 66 % of pages); with the parity piece any one lost datagram of the nine is rebuilt by the
+//! receiver (93 % of pages), for 12.5 % more bytes.
+//!
 //! ```text
 //! offset  size  field
 //!      0     4  magic "UDPF"
 //!      4     1  format version (4)
 //!      5     1  flags: protection, 0 token, 1 aead
-//!      6     1  fragment index (0 for a whole page)
+//!      6     1  fragment index (0 for a whole page; = count for the parity piece)
 //!      7     1  fragment count: 1 (a whole page) or a power of two up to 32
 //!      8     4  key id
 //!     12     8  reqid
@@ -94,7 +100,8 @@ pub const MAX_FRAGMENTS: usize = 32;
 /// What every datagram carries besides its piece of the page.
 pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 /// Room for one page sealed at any fragment count: `count` datagrams back to back.
-pub const SEALED_PAGE_MAX: usize = PAGE_SIZE + MAX_FRAGMENTS * OVERHEAD;
+/// Largest at 2 fragments: two halves and their parity, 3 × (112 + 4096) bytes.
+pub const SEALED_PAGE_MAX: usize = 3 * (OVERHEAD + PAGE_SIZE / 2);
 /// One sealed page: [`SealStream::seal_page`] writes its datagrams at the front.
 pub type SealedPage = [u8; SEALED_PAGE_MAX];
 /// IPv4 and UDP headers: what a path's MTU holds besides the datagram.
@@ -191,7 +198,9 @@ pub enum DropReason {
     Stale,
     AlreadyPresent,
     NoRoom,
-    /// A fragment already received for a page still being joined (a duplicate on the wire).
+    /// A piece already received for a page still being joined (a duplicate on the wire), or a
+    /// late piece of a page already joined (usually its parity piece, when every fragment
+    /// came).
     DuplicateFragment,
     /// A page given up with fragments missing: not complete within the receiver's assembly
     /// timeout, or pushed out of the full assembly table by a newer page. Counts pages, not
@@ -309,11 +318,22 @@ impl DatagramHeader {
 }
 
 /// A header's fragment index and count, if they are well formed: the count a power of two
-/// up to [`MAX_FRAGMENTS`], the index below it.
+/// up to [`MAX_FRAGMENTS`], the index below it, or equal to it for a split page's parity piece.
 fn fragment_of(h: &[u8; HEADER_LEN]) -> Option<(u8, u8)> {
     let (index, count) = (h[FRAGMENT_INDEX_AT], h[FRAGMENT_COUNT_AT]);
-    (count.is_power_of_two() && usize::from(count) <= MAX_FRAGMENTS && index < count)
+    let index_ok = index < count || (count > 1 && index == count);
+    (count.is_power_of_two() && usize::from(count) <= MAX_FRAGMENTS && index_ok)
         .then_some((index, count))
+}
+
+/// Datagrams a page split into `count` fragments takes: the fragments and, when split, their
+/// parity piece.
+pub const fn datagrams_per_page(count: u8) -> u8 {
+    if count > 1 {
+        count + 1
+    } else {
+        1
+    }
 }
 
 /// How many fragments a page needs on a path of `mtu` bytes (IPv6 when `ipv6`): the fewest
@@ -347,6 +367,13 @@ pub const fn min_path_mtu(ipv6: bool) -> u32 {
         IPV4_UDP_HEADERS
     };
     (ip + OVERHEAD + PAGE_SIZE / MAX_FRAGMENTS) as u32
+}
+
+/// `dst ^= src`, byte by byte (the compiler vectorises it).
+pub fn xor_into(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d ^= s;
+    }
 }
 
 /// The length of every datagram of a page split into `count` fragments.
@@ -578,9 +605,14 @@ impl SealStream {
         self
     }
 
-    /// Datagrams per page.
+    /// Fragments per page (1: whole pages).
     pub fn fragments(&self) -> u8 {
         self.fragments
+    }
+
+    /// Datagrams per page: the fragments and, when split, the parity piece.
+    pub fn datagrams_per_page(&self) -> u8 {
+        datagrams_per_page(self.fragments)
     }
 
     /// Bytes of each datagram of a page.
@@ -588,9 +620,9 @@ impl SealStream {
         fragment_datagram_len(self.fragments)
     }
 
-    /// Bytes of a sealed page: `fragments()` datagrams of `fragment_len()` bytes.
+    /// Bytes of a sealed page: `datagrams_per_page()` datagrams of `fragment_len()` bytes.
     pub fn sealed_len(&self) -> usize {
-        usize::from(self.fragments) * self.fragment_len()
+        usize::from(self.datagrams_per_page()) * self.fragment_len()
     }
 
     /// Takes `n` consecutive counter values, or none when the stream has fewer left.
@@ -616,9 +648,11 @@ impl SealStream {
         Ok(())
     }
 
-    /// Encodes a page as the stream's `fragments()` datagrams, back to back at the front of
-    /// `out` (`sealed_len()` bytes, each datagram `fragment_len()`); returns the bytes written.
-    /// With one fragment this is [`seal`](Self::seal)'s datagram.
+    /// Encodes a page as the stream's `datagrams_per_page()` datagrams, back to back at the
+    /// front of `out` (`sealed_len()` bytes, each datagram `fragment_len()`): the fragments in
+    /// order, then (split pages) the parity piece, the XOR of the fragments' plain pieces, which
+    /// lets the receiver rebuild any one lost fragment. Returns the bytes written. With one
+    /// fragment this is [`seal`](Self::seal)'s datagram.
     pub fn seal_page(
         &self,
         header: &DatagramHeader,
@@ -627,7 +661,7 @@ impl SealStream {
     ) -> Result<usize, SealError> {
         debug_assert_eq!(header.key_id, self.key_id, "header names another key");
         let count = self.fragments;
-        let base = self.take_counters(count)?;
+        let base = self.take_counters(self.datagrams_per_page())?;
         let encoded = header.encode();
         let (piece, len) = (PAGE_SIZE / usize::from(count), self.fragment_len());
         for (i, (src, dst)) in page
@@ -636,6 +670,16 @@ impl SealStream {
             .enumerate()
         {
             self.seal_piece(&encoded, base + i as u64, i as u8, count, src, dst);
+        }
+        if count > 1 {
+            let mut parity = [0u8; PAGE_SIZE / 2];
+            let parity = &mut parity[..piece];
+            for src in page.chunks_exact(piece) {
+                xor_into(parity, src);
+            }
+            let at = usize::from(count) * len;
+            let dst = &mut out[at..at + len];
+            self.seal_piece(&encoded, base + u64::from(count), count, count, parity, dst);
         }
         Ok(self.sealed_len())
     }
@@ -926,12 +970,17 @@ pub struct Piece {
 }
 
 impl Piece {
+    /// Whether this is a split page's parity piece (the XOR of its fragments), not a fragment.
+    pub fn is_parity(&self) -> bool {
+        self.index == self.count
+    }
+
     /// Bytes of the page this piece carries.
     pub fn size(&self) -> usize {
         PAGE_SIZE / usize::from(self.count)
     }
 
-    /// Where in the page they go.
+    /// Where in the page they go (a fragment; the parity piece goes nowhere).
     pub fn offset(&self) -> usize {
         usize::from(self.index) * self.size()
     }
@@ -1248,13 +1297,16 @@ mod tests {
             let stream = key().stream_with(STREAM, protection).with_fragments(8);
             assert_eq!(
                 (stream.fragment_len(), stream.sealed_len()),
-                (1136, 8 * 1136)
+                (1136, 9 * 1136),
+                "8 fragments and the parity piece"
             );
             let frags = fragments_of(&stream);
             let again = fragments_of(&stream);
             let mut opener = key().opener();
             let mut joined = [0u8; PAGE_SIZE];
-            for (i, f) in frags.iter().enumerate().rev() {
+            assert_eq!(frags.len(), 9);
+            let mut parity = [0u8; 1024];
+            for (i, f) in frags[..8].iter().enumerate().rev() {
                 assert_eq!(f.len(), 1136);
                 assert_eq!((f[6], f[7]), (i as u8, 8));
                 assert_eq!(
@@ -1276,15 +1328,22 @@ mod tests {
                     }
                 );
                 joined[o.piece.offset()..][..1024].copy_from_slice(&out[..1024]);
+                xor_into(&mut parity, &out[..1024]);
                 // A whole-page opener turns a fragment away.
                 assert_eq!(opener.open_bytes(f, &mut out), Err(DropReason::TooShort));
             }
             assert_eq!(&joined[..], &page()[..]);
-            // The next page of the stream: counters 8..16, so another page id.
+            // The parity piece: index 8 of 8, the next counter, the XOR of the pieces.
+            let mut out = [0u8; PAGE_SIZE];
+            let o = opener.open_any_bytes(&frags[8], &mut out).unwrap();
+            assert!(o.piece.is_parity());
+            assert_eq!((o.piece.index, o.piece.page_id), (8, 0));
+            assert_eq!(&out[..1024], &parity[..]);
+            // The next page of the stream: counters 9..18, so another page id.
             let o = opener
                 .open_any_bytes(&again[3], &mut [0u8; PAGE_SIZE])
                 .unwrap();
-            assert_eq!((o.piece.index, o.piece.page_id), (3, 8));
+            assert_eq!((o.piece.index, o.piece.page_id), (3, 9));
         }
     }
 

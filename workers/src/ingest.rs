@@ -344,23 +344,51 @@ mod tests {
         }
         assert_eq!(page_of(&lfc, &hdr), Some(want));
         assert_eq!(ingest.pages_in_assembly(), 0);
-        // A late duplicate starts a page that can never be whole: given up by the timeout.
-        assert_eq!(ingest.offer(&frags[2], 20, &m), Outcome::Held);
-        assert_eq!(ingest.pages_in_assembly(), 1);
+        // The parity piece, last, and a late duplicate: the page is whole already, so they
+        // start nothing.
+        assert_eq!(frags.len(), 9);
+        assert_eq!(ingest.offer(&frags[8], 20, &m), dup);
+        assert_eq!(ingest.offer(&frags[2], 20, &m), dup);
+        assert_eq!(ingest.pages_in_assembly(), 0);
+        // A page missing two pieces can never be whole: given up by the timeout.
         let (_, other) = split_page(&lfc, [2; 16], 8, 0x40);
-        assert_eq!(
-            ingest.offer(&other[0], 20 + ASSEMBLY_TIMEOUT_NS, &m),
-            Outcome::Held
-        );
+        for f in &other[..7] {
+            assert_eq!(ingest.offer(f, 30, &m), Outcome::Held);
+        }
+        let (_, third) = split_page(&lfc, [5; 16], 9, 0x50);
+        let later = 30 + ASSEMBLY_TIMEOUT_NS;
+        assert_eq!(ingest.offer(&third[0], later, &m), Outcome::Held);
         assert_eq!(m.dropped(DropReason::Incomplete), 1);
         assert_eq!(ingest.pages_in_assembly(), 1);
+        let installed = m.installed.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
-            (
-                m.installed.load(std::sync::atomic::Ordering::Relaxed),
-                m.dropped(DropReason::DuplicateFragment)
-            ),
-            (1, 1)
+            (installed, m.dropped(DropReason::DuplicateFragment)),
+            (1, 3)
         );
+    }
+
+    #[test]
+    fn any_one_lost_piece_is_rebuilt_from_the_parity() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
+        let mut ingest = Ingest::new(&lfc);
+        let m = ThreadMetrics::default();
+        for lost in 0..9u32 {
+            let (hdr, frags) = split_page(&lfc, [0x60 + lost as u8; 16], 20 + lost, lost as u8);
+            let mut last = Outcome::Held;
+            for (i, f) in frags.iter().enumerate() {
+                if i as u32 != lost {
+                    last = ingest.offer(f, 40, &m);
+                }
+            }
+            assert_eq!(last, Outcome::Done(Ok(hdr)), "piece {lost} lost");
+            let mut want = [0u8; PAGE_SIZE];
+            for (i, b) in want.iter_mut().enumerate() {
+                *b = lost as u8 ^ (i / 1024) as u8;
+            }
+            assert_eq!(page_of(&lfc, &hdr), Some(want), "piece {lost} lost");
+        }
+        assert_eq!(ingest.pages_in_assembly(), 0);
     }
 
     #[test]
@@ -434,10 +462,10 @@ mod tests {
                 tag: [0xEE; TAG_LEN],
             };
             let (outcome, back) = ingest.complete(slot, &received, 0, &m);
-            let want = if i == 7 {
-                Outcome::Done(Ok(hdr))
-            } else {
-                Outcome::Held
+            let want = match i {
+                0..=6 => Outcome::Held,
+                7 => Outcome::Done(Ok(hdr)),
+                _ => Outcome::Done(Err(DropReason::DuplicateFragment)), // the parity, late
             };
             assert_eq!(outcome, want);
             slot = back.expect("a fragment's slot always comes back");

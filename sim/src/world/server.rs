@@ -404,7 +404,10 @@ impl World<'_> {
         let mut outcomes = Vec::with_capacity(jobs.len());
         // One stream per batch: each sealed page is its datagrams (fragments) back to back.
         let (fragments, len) = jobs.first().map_or((1, 0), |j| {
-            (usize::from(j.key.fragments()), j.key.fragment_len())
+            (
+                usize::from(j.key.datagrams_per_page()),
+                j.key.fragment_len(),
+            )
         });
         let sealed = seal_batch(
             &store,

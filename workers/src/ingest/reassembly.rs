@@ -13,6 +13,16 @@
 //! microseconds the datagram costs the kernel. A whole page (any path with an MTU above 8332
 //! bytes, loopback included) never comes here and stays zero copy.
 //!
+//! # Parity
+//!
+//! A split page's parity piece (the XOR of its fragments) is kept in the entry's own buffer.
+//! The page is whole as soon as all its fragments, or all but one and the parity piece, have
+//! arrived: a missing fragment is then rebuilt in the frame (the parity XOR the others), so any
+//! one lost datagram of a page costs nothing but that XOR. Pieces of a page already whole (the
+//! parity piece usually comes last, after the fragments made the page) are recognised by a
+//! small ring of recently joined pages and turned away as duplicates, rather than starting a
+//! page that could never be whole.
+//!
 //! # Bounds
 //!
 //! At most [`ASSEMBLY_ENTRIES`] pages are joined at once per thread, each in one reserved
@@ -24,7 +34,7 @@
 //! table full, is given up ([`DropReason::Incomplete`]): a lost page, which the reader fetches
 //! over TCP like any other.
 
-use crate::datagram::{DatagramHeader, DropReason, Opened, STREAM_ID_LEN};
+use crate::datagram::{xor_into, DatagramHeader, DropReason, Opened, STREAM_ID_LEN};
 use lfc::{Lfc, Reservation, PAGE_SIZE};
 
 /// Pages one worker thread joins at once. A page's fragments leave the sender back to back
@@ -35,6 +45,10 @@ pub const ASSEMBLY_ENTRIES: usize = 64;
 /// fragments are sent within microseconds of each other; a page not whole after this long has
 /// lost one, and its reader has most likely asked for it over TCP already.
 pub const ASSEMBLY_TIMEOUT_NS: u64 = 100_000_000;
+/// Pages remembered as joined, so their late pieces start nothing.
+const RECENT_PAGES: usize = 2 * ASSEMBLY_ENTRIES;
+/// The largest piece: half a page (2 fragments).
+const MAX_PIECE: usize = PAGE_SIZE / 2;
 
 /// One page being joined.
 struct Entry<'a> {
@@ -42,10 +56,37 @@ struct Entry<'a> {
     page_id: u64,
     hdr: DatagramHeader,
     count: u8,
-    /// Bit `i`: fragment `i` is in `frame`.
-    have: u32,
+    /// Bit `i`: fragment `i` is in `frame`; bit `count`: the parity piece is in `parity`.
+    have: u64,
     started_ns: u64,
     frame: Reservation<'a>,
+    parity: Box<[u8; MAX_PIECE]>,
+}
+
+impl Entry<'_> {
+    /// Whether the page can be made whole: every fragment, or all but one and the parity.
+    fn joinable(&self) -> bool {
+        self.have.count_ones() >= u32::from(self.count)
+    }
+
+    /// Rebuilds the one missing fragment, if any, from the parity piece and the others.
+    fn rebuild(&mut self) {
+        let count = usize::from(self.count);
+        let Some(missing) = (0..count).find(|&i| self.have & (1 << i) == 0) else {
+            return;
+        };
+        let size = PAGE_SIZE / count;
+        let parity = &mut self.parity[..size];
+        self.frame.with_page_mut(|page| {
+            for (i, piece) in page.chunks_exact(size).enumerate() {
+                if i != missing {
+                    xor_into(parity, piece);
+                }
+            }
+            page[missing * size..][..size].copy_from_slice(parity);
+        });
+        self.have |= 1 << missing;
+    }
 }
 
 /// What [`Assembly::add`] did with a verified fragment.
@@ -64,6 +105,11 @@ pub(crate) struct Assembly<'a> {
     spare: Vec<Reservation<'a>>,
     /// Where the previous fragment went: the next one is most likely its sibling.
     last: usize,
+    /// Parity buffers of entries not in use (one per entry, allocated once).
+    parity_pool: Vec<Box<[u8; MAX_PIECE]>>,
+    /// Pages recently made whole (or refused whole), a ring: their late pieces start nothing.
+    recent: Box<[([u8; STREAM_ID_LEN], u64)]>,
+    recent_next: usize,
 }
 
 impl<'a> Assembly<'a> {
@@ -72,7 +118,25 @@ impl<'a> Assembly<'a> {
             entries: Vec::with_capacity(ASSEMBLY_ENTRIES),
             spare: Vec::with_capacity(ASSEMBLY_ENTRIES),
             last: 0,
+            parity_pool: (0..ASSEMBLY_ENTRIES)
+                .map(|_| Box::new([0u8; MAX_PIECE]))
+                .collect(),
+            // Page id u64::MAX with stream id zero: no real page's (its counter would be the
+            // stream's last).
+            recent: vec![([0u8; STREAM_ID_LEN], u64::MAX); RECENT_PAGES].into_boxed_slice(),
+            recent_next: 0,
         }
+    }
+
+    fn remember(&mut self, stream_id: [u8; STREAM_ID_LEN], page_id: u64) {
+        self.recent[self.recent_next] = (stream_id, page_id);
+        self.recent_next = (self.recent_next + 1) % RECENT_PAGES;
+    }
+
+    fn recently_joined(&self, stream_id: &[u8; STREAM_ID_LEN], page_id: u64) -> bool {
+        self.recent
+            .iter()
+            .any(|(s, p)| *p == page_id && s == stream_id)
     }
 
     /// Pages being joined now.
@@ -107,6 +171,7 @@ impl<'a> Assembly<'a> {
     fn give_up(&mut self, i: usize) -> u32 {
         let e = self.entries.swap_remove(i);
         self.spare.push(e.frame);
+        self.parity_pool.push(e.parity);
         1
     }
 
@@ -136,7 +201,7 @@ impl<'a> Assembly<'a> {
     ) -> (Result<Added<'a>, DropReason>, u32) {
         let (hdr, piece) = (&opened.hdr, &opened.piece);
         debug_assert!(piece.count > 1, "a whole page is never joined");
-        let bit = 1u32 << piece.index;
+        let bit = 1u64 << piece.index;
         let src = &piece_src[..piece.size()];
         if let Some(i) = self.find(&piece.stream_id, piece.page_id) {
             self.last = i;
@@ -149,15 +214,20 @@ impl<'a> Assembly<'a> {
             if e.have & bit != 0 {
                 return (Err(DropReason::DuplicateFragment), 0);
             }
-            let offset = piece.offset();
-            e.frame
-                .with_page_mut(|page| page[offset..offset + src.len()].copy_from_slice(src));
+            store(e, piece.is_parity(), piece.offset(), src);
             e.have |= bit;
-            if e.have.count_ones() == u32::from(e.count) {
+            if e.joinable() {
+                e.rebuild();
                 let e = self.entries.swap_remove(i);
+                self.parity_pool.push(e.parity);
+                self.remember(e.stream_id, e.page_id);
                 return (Ok(Added::Complete(e.hdr, e.frame)), 0);
             }
             return (Ok(Added::Held), 0);
+        }
+        if self.recently_joined(&piece.stream_id, piece.page_id) {
+            // A late piece (typically the parity) of a page already whole.
+            return (Err(DropReason::DuplicateFragment), 0);
         }
         // A new page: make room first (the timeout, then the oldest page).
         let mut gave_up = self.expire(now_ns);
@@ -167,12 +237,14 @@ impl<'a> Assembly<'a> {
                 .expect("full, so not empty");
             gave_up += self.give_up(oldest);
         }
-        let Some(mut frame) = self.spare.pop().or_else(|| lfc.reserve()) else {
+        let Some(frame) = self.spare.pop().or_else(|| lfc.reserve()) else {
             return (Err(DropReason::NoRoom), gave_up);
         };
-        let offset = piece.offset();
-        frame.with_page_mut(|page| page[offset..offset + src.len()].copy_from_slice(src));
-        self.entries.push(Entry {
+        let parity = self
+            .parity_pool
+            .pop()
+            .expect("one parity buffer per entry, and a free entry");
+        let mut e = Entry {
             stream_id: piece.stream_id,
             page_id: piece.page_id,
             hdr: *hdr,
@@ -180,14 +252,31 @@ impl<'a> Assembly<'a> {
             have: bit,
             started_ns: now_ns,
             frame,
-        });
+            parity,
+        };
+        store(&mut e, piece.is_parity(), piece.offset(), src);
+        self.entries.push(e);
         self.last = self.entries.len() - 1;
         (Ok(Added::Held), gave_up)
     }
 
     /// Abandons every frame (pages being joined and spares); none is published.
     pub(crate) fn abandon_all(&mut self) {
-        self.entries.drain(..).for_each(|e| e.frame.abandon());
+        for e in self.entries.drain(..) {
+            e.frame.abandon();
+            self.parity_pool.push(e.parity);
+        }
         self.spare.drain(..).for_each(Reservation::abandon);
+    }
+}
+
+/// Puts a verified piece where it belongs: a fragment at its offset in the frame, the parity
+/// piece in the entry's buffer.
+fn store(e: &mut Entry<'_>, parity: bool, offset: usize, src: &[u8]) {
+    if parity {
+        e.parity[..src.len()].copy_from_slice(src);
+    } else {
+        e.frame
+            .with_page_mut(|page| page[offset..offset + src.len()].copy_from_slice(src));
     }
 }
