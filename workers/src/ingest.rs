@@ -195,7 +195,10 @@ fn join<'a>(
             metrics.record_held();
             return Outcome::Held;
         }
-        Ok(Added::Complete(hdr, frame)) => {
+        Ok(Added::Complete(hdr, frame, rebuilt)) => {
+            if rebuilt {
+                metrics.record_rebuilt();
+            }
             match frame.try_publish(&hdr.tag, hdr.not_modified_since) {
                 Ok(()) => Ok(hdr),
                 Err(rejected) => {
@@ -388,6 +391,10 @@ mod tests {
             }
             assert_eq!(page_of(&lfc, &hdr), Some(want), "piece {lost} lost");
         }
+        let rebuilt = m
+            .fragments_rebuilt
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(rebuilt, 8, "every lost fragment, not the lost parity");
         assert_eq!(ingest.pages_in_assembly(), 0);
     }
 

@@ -15,6 +15,8 @@ pub struct ThreadMetrics {
     /// installed page or of one given up, `DropReason::Incomplete`). With whole pages,
     /// received = installed + dropped; fragments add these.
     pub fragments_held: AtomicU64,
+    /// Pages made whole by rebuilding a lost fragment from their parity piece.
+    pub fragments_rebuilt: AtomicU64,
     /// Latest cumulative SO_RXQ_OVFL value seen by this thread's socket.
     pub kernel_drops: AtomicU64,
     /// Sender timestamp to publish, installed datagrams.
@@ -43,6 +45,11 @@ impl ThreadMetrics {
         self.fragments_held.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A page made whole by rebuilding a lost fragment from its parity piece.
+    pub fn record_rebuilt(&self) {
+        self.fragments_rebuilt.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// `pages` given up with fragments missing (pages, not datagrams: no `received`).
     pub fn record_incomplete(&self, pages: u32) {
         if pages > 0 {
@@ -63,6 +70,7 @@ pub struct Totals {
     pub installed: u64,
     pub dropped: [u64; DropReason::ALL.len()],
     pub fragments_held: u64,
+    pub fragments_rebuilt: u64,
     pub kernel_drops: u64,
 }
 
@@ -75,6 +83,7 @@ pub fn totals(threads: &[ThreadMetrics]) -> Totals {
             t.dropped[i] += d.load(Ordering::Relaxed);
         }
         t.fragments_held += m.fragments_held.load(Ordering::Relaxed);
+        t.fragments_rebuilt += m.fragments_rebuilt.load(Ordering::Relaxed);
         t.kernel_drops += m.kernel_drops.load(Ordering::Relaxed);
     }
     t
@@ -151,6 +160,13 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         "Page fragments that authenticated and were kept until their page was whole (or given \
          up: dropped reason=\"incomplete\", counted per page).",
         t.fragments_held,
+    );
+    single(
+        &mut out,
+        "udp_prefetch_fragments_rebuilt_total",
+        "counter",
+        "Pages made whole by rebuilding a lost fragment from their parity piece.",
+        t.fragments_rebuilt,
     );
     single(
         &mut out,

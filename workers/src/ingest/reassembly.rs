@@ -69,11 +69,12 @@ impl Entry<'_> {
         self.have.count_ones() >= u32::from(self.count)
     }
 
-    /// Rebuilds the one missing fragment, if any, from the parity piece and the others.
-    fn rebuild(&mut self) {
+    /// Rebuilds the one missing fragment, if any, from the parity piece and the others;
+    /// returns whether one was.
+    fn rebuild(&mut self) -> bool {
         let count = usize::from(self.count);
         let Some(missing) = (0..count).find(|&i| self.have & (1 << i) == 0) else {
-            return;
+            return false;
         };
         let size = PAGE_SIZE / count;
         let parity = &mut self.parity[..size];
@@ -86,6 +87,7 @@ impl Entry<'_> {
             page[missing * size..][..size].copy_from_slice(parity);
         });
         self.have |= 1 << missing;
+        true
     }
 }
 
@@ -93,8 +95,9 @@ impl Entry<'_> {
 pub(crate) enum Added<'a> {
     /// Kept until its page is whole.
     Held,
-    /// The last fragment: the page is whole in this frame, for the install rule.
-    Complete(DatagramHeader, Reservation<'a>),
+    /// The last piece needed: the page is whole in this frame, for the install rule; `true`
+    /// when a lost fragment was rebuilt from the parity.
+    Complete(DatagramHeader, Reservation<'a>, bool),
 }
 
 /// One worker thread's pages being joined. Allocated once; `add` never allocates.
@@ -217,11 +220,11 @@ impl<'a> Assembly<'a> {
             store(e, piece.is_parity(), piece.offset(), src);
             e.have |= bit;
             if e.joinable() {
-                e.rebuild();
+                let rebuilt = e.rebuild();
                 let e = self.entries.swap_remove(i);
                 self.parity_pool.push(e.parity);
                 self.remember(e.stream_id, e.page_id);
-                return (Ok(Added::Complete(e.hdr, e.frame)), 0);
+                return (Ok(Added::Complete(e.hdr, e.frame, rebuilt)), 0);
             }
             return (Ok(Added::Held), 0);
         }
