@@ -495,6 +495,17 @@ pub fn seal_batch(
     sealed
 }
 
+/// The order a sealed batch's datagrams leave in: datagram `d` of `pages × per_page` is piece
+/// `d / pages` of page `d % pages` (every page's first piece, then every page's second, …).
+/// Interleaved so that a run of up to `pages` consecutive datagrams (one GSO message, or a
+/// burst of loss) holds at most one piece of any page, which the page's parity piece rebuilds;
+/// in page order, one lost GSO message took whole pages. Whole pages (`per_page` 1) keep their
+/// order. Returns `(page, piece)`.
+pub fn batch_datagram(d: usize, pages: usize, per_page: usize) -> (usize, usize) {
+    debug_assert!(d < pages * per_page);
+    (d % pages, d / pages)
+}
+
 /// Seeded Bernoulli drops (`--drop-prefetch P`) for loss experiments on one machine.
 #[derive(Debug, Clone)]
 pub struct DropFilter {
@@ -613,6 +624,25 @@ mod tests {
         );
         assert_eq!(sealed, 0);
         assert!(seen.iter().all(|&(_, o)| o == JobOutcome::Dropped) && seen.len() == 4);
+    }
+
+    #[test]
+    fn a_batch_leaves_interleaved_so_a_run_of_its_pages_count_holds_one_piece_of_each() {
+        let (pages, per_page) = (5, 9);
+        let order: Vec<_> = (0..pages * per_page)
+            .map(|d| batch_datagram(d, pages, per_page))
+            .collect();
+        let mut all = order.clone();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), pages * per_page, "every datagram once");
+        for run in order.chunks(pages) {
+            let mut p: Vec<_> = run.iter().map(|&(page, _)| page).collect();
+            p.sort_unstable();
+            p.dedup();
+            assert_eq!(p.len(), run.len(), "one piece per page in {run:?}");
+        }
+        assert_eq!(batch_datagram(3, 4, 1), (3, 0), "whole pages in order");
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! counters.
 
 use super::prefetch::{
-    seal_batch, Destination, DropFilter, JobOutcome, Overflow, PageJob, PrefetchScheduler,
-    SchedulerLimits, SendStep, SkipReason, IDLE_WAIT, SEND_BATCH,
+    batch_datagram, seal_batch, Destination, DropFilter, JobOutcome, Overflow, PageJob,
+    PrefetchScheduler, SchedulerLimits, SendStep, SkipReason, IDLE_WAIT, SEND_BATCH,
 };
 use super::stats::{bump, ServerStats};
 use super::store::PageStore;
@@ -296,20 +296,26 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
         let mut sent = 0;
         while sent < total {
             let from = sent;
-            match sender.send_pieces(dest, total - from, |i| {
-                let d = from + i;
-                &datagrams[d / fragments][(d % fragments) * len..][..len]
+            // Interleaved (`batch_datagram`), and no GSO message longer than the batch's page
+            // count: a lost message costs each page at most the one piece its parity rebuilds.
+            match sender.send_pieces(dest, total - from, (from, ready), |i| {
+                let (page, piece) = batch_datagram(from + i, ready, fragments);
+                &datagrams[page][piece * len..][..len]
             }) {
                 Ok(n) => {
                     sent += n;
-                    // Pages whose last datagram left.
-                    stats.on_pages_sent(dest, (sent / fragments - from / fragments) as u64);
+                    // Pages whose last datagram left (every page's last piece is in the last
+                    // run).
+                    let last_run = total - ready;
+                    let done = |s: usize| s.saturating_sub(last_run);
+                    stats.on_pages_sent(dest, (done(sent) - done(from)) as u64);
                 }
                 Err(_) => {
                     // Best effort by design: the backend falls back to GetPage.
+                    let unsent_pages = ready - sent.saturating_sub(total - ready);
                     stats
                         .prefetch_send_errors
-                        .fetch_add((ready - sent / fragments) as u64, Ordering::Relaxed);
+                        .fetch_add(unsent_pages as u64, Ordering::Relaxed);
                     break;
                 }
             }

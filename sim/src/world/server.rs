@@ -31,8 +31,8 @@ use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use udp_prefetch::pageserver::prefetch::{
-    seal_batch, DropFilter, JobOutcome, PageJob, PrefetchScheduler, SendStep, SkipReason,
-    SEND_BATCH,
+    batch_datagram, seal_batch, DropFilter, JobOutcome, PageJob, PrefetchScheduler, SendStep,
+    SkipReason, SEND_BATCH,
 };
 use udp_prefetch::pageserver::session::{Answer, Routed, Session, SessionConfig, Work};
 use udp_prefetch::pageserver::source::PageSource;
@@ -418,19 +418,12 @@ impl World<'_> {
             &mut self.datagrams,
             |job, outcome| outcomes.push((job.tag, outcome)),
         );
-        let mut next = 0;
         for (tag, outcome) in outcomes {
             match outcome {
                 JobOutcome::Dropped => self.report.faults.sender_dropped += 1,
                 JobOutcome::Sealed { page_lsn } => {
                     self.report.datagrams += 1;
                     self.rec(Kind::Sent, shard as u64, tag_key(&tag), page_lsn);
-                    let flow = self.shards[shard].senders[thread].flow;
-                    for f in 0..fragments {
-                        let bytes = self.datagrams[next][f * len..][..len].to_vec();
-                        self.send_udp(shard, bytes, flow);
-                    }
-                    next += 1;
                 }
                 JobOutcome::Skipped(reason) => {
                     match reason {
@@ -445,6 +438,13 @@ impl World<'_> {
                     );
                 }
             }
+        }
+        // On the wire in the sender's order (`batch_datagram`: interleaved when pages are split).
+        let flow = self.shards[shard].senders[thread].flow;
+        for d in 0..sealed * fragments {
+            let (page, piece) = batch_datagram(d, sealed, fragments);
+            let bytes = self.datagrams[page][piece * len..][..len].to_vec();
+            self.send_udp(shard, bytes, flow);
         }
         sealed as u64
     }

@@ -190,7 +190,7 @@ impl GsoSender {
     /// than given only when the socket is non-blocking and its buffer filled up (or an error
     /// followed some successes) — send the rest again. Errors only when nothing was sent.
     pub fn send<B: AsRef<[u8]>>(&mut self, dest: SocketAddr, datagrams: &[B]) -> io::Result<usize> {
-        self.send_with(dest, datagrams.len(), |i, iov| {
+        self.send_with(dest, datagrams.len(), (usize::MAX, 0), |i, iov| {
             let b = datagrams[i].as_ref();
             iov[0] = libc::iovec {
                 iov_base: b.as_ptr() as *mut libc::c_void,
@@ -215,7 +215,7 @@ impl GsoSender {
                 ));
             }
         }
-        self.send_with(dest, datagrams.len(), |i, iov| {
+        self.send_with(dest, datagrams.len(), (usize::MAX, 0), |i, iov| {
             let parts = datagrams[i].as_ref();
             for (slot, p) in iov.iter_mut().zip(parts) {
                 *slot = libc::iovec {
@@ -228,14 +228,19 @@ impl GsoSender {
     }
 
     /// Sends `count` datagrams to `dest`, datagram `i` being `datagram(i)` (e.g. the fragments
-    /// of sealed pages, sliced out of their buffers without a copy). As [`send`](Self::send).
+    /// of sealed pages, sliced out of their buffers without a copy). Datagram `i` is number
+    /// `first + i` of a sequence cut into runs of `run` (`0..run`, `run..2 × run`, …), and a GSO
+    /// message never spans two runs: what a lost message takes is at most one run. As
+    /// [`send`](Self::send).
     pub fn send_pieces<'a>(
         &mut self,
         dest: SocketAddr,
         count: usize,
+        (first, run): (usize, usize),
         datagram: impl Fn(usize) -> &'a [u8],
     ) -> io::Result<usize> {
-        self.send_with(dest, count, |i, iov| {
+        let run = run.max(1);
+        self.send_with(dest, count, (run, first % run), |i, iov| {
             let b = datagram(i);
             iov[0] = libc::iovec {
                 iov_base: b.as_ptr() as *mut libc::c_void,
@@ -250,13 +255,14 @@ impl GsoSender {
         &mut self,
         dest: SocketAddr,
         count: usize,
+        runs: (usize, usize),
         fill: impl Fn(usize, &mut [libc::iovec]) -> Option<usize>,
     ) -> io::Result<usize> {
         let addr = SockAddr::from(dest);
         let mut gso = self.gso_active_for(dest);
         let mut sent = 0;
         while sent < count {
-            match self.send_chunk(&addr, gso, sent, count, &fill) {
+            match self.send_chunk(&addr, gso, sent, count, runs, &fill) {
                 Err(e) if gso && gso_refused(&e) && self.counts.iter().any(|&c| c > 1) => {
                     tracing::warn!(
                         error = %e,
@@ -285,6 +291,7 @@ impl GsoSender {
         gso: bool,
         start: usize,
         count: usize,
+        (run, phase): (usize, usize),
         fill: &impl Fn(usize, &mut [libc::iovec]) -> Option<usize>,
     ) -> io::Result<usize> {
         let end = count.min(start + self.max_batch);
@@ -313,7 +320,8 @@ impl GsoSender {
                 iov_used += pieces;
                 segs += 1;
                 i += 1;
-                if !gso || segs == max_segments || i == end {
+                let run_ends = (i + phase).is_multiple_of(run);
+                if !gso || segs == max_segments || i == end || run_ends {
                     break;
                 }
             }
