@@ -106,6 +106,7 @@ fn the_client_resumes_the_pagestream_and_sends_no_extension_message_again() {
         udp_port: 9,
         key_id: 1,
         key: [7; 32],
+        path_mtu: 0,
     };
     // A target, then GetPages and a Prefetch behind it before its answer is read.
     client.send_prefetch_target(target.clone()).unwrap();

@@ -423,6 +423,7 @@ fn the_page_server_serves_its_counters_and_health_over_http() {
             udp_port: port,
             key_id: 1,
             key: [7; 32],
+            path_mtu: 0,
         })
         .unwrap();
     client.send_prefetch(rel, 0, 4, LATEST_LSN, 0).unwrap();

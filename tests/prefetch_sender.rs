@@ -29,6 +29,7 @@ fn setup(extra: &[&str]) -> (ServerProc, PageClient, UdpSocket) {
             udp_port: udp.local_addr().unwrap().port(),
             key_id: 3,
             key: KEY,
+            path_mtu: 0,
         })
         .unwrap();
     (server, client, udp)
@@ -114,6 +115,7 @@ fn prefetch_without_a_target_is_counted_and_sends_nothing() {
             udp_port: 0,
             key_id: 1,
             key: KEY,
+            path_mtu: 0,
         })
         .unwrap_err();
     assert!(err.to_string().contains("UDP port 0"), "{err}");

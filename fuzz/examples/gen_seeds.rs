@@ -141,6 +141,28 @@ fn datagram_open(dir: &Path) {
     }
 }
 
+/// Operation lists for `fragment_join` (its docs give the encoding): pages whole in order, in
+/// reverse with repeats, one missing then timed out, changed fragments, made-up bytes.
+fn fragment_join(dir: &Path) {
+    let whole = |page: u8, count: u8| (0..count).flat_map(move |j| [1, page, j]);
+    let in_order: Vec<u8> = whole(0, 8).chain(whole(2, 2)).chain(whole(3, 32)).collect();
+    write(dir, "in-order", &in_order);
+    let mut reversed: Vec<u8> = (0..8u8).rev().flat_map(|j| [1, 1, j, 1, 1, j]).collect();
+    reversed.extend(whole(1, 8));
+    write(dir, "reversed-with-repeats", &reversed);
+    let mut missing: Vec<u8> = (0..7u8).flat_map(|j| [1, 0, j]).collect();
+    missing.extend([3, 20, 1, 0, 7]);
+    missing.extend(whole(0, 8));
+    write(dir, "missing-then-timeout", &missing);
+    let changed: Vec<u8> = (0..8u8).flat_map(|j| [2, 0, j, j * 13, 0xA5, 1, 0, j]).collect();
+    write(dir, "changed-fragments", &changed);
+    let mut junk = vec![0, 142];
+    junk.extend(b"UDPF\x05\x00\x03\x08");
+    junk.extend([0u8; 1128]);
+    junk.extend(whole(2, 2));
+    write(dir, "made-up-bytes", &junk);
+}
+
 fn requests() -> Vec<Request> {
     vec![
         Request::Exists {
@@ -166,6 +188,7 @@ fn requests() -> Vec<Request> {
                 udp_port: 6401,
                 key_id: 7,
                 key: KEY,
+                path_mtu: 1500,
             },
         },
         Request::Prefetch {
@@ -298,6 +321,7 @@ fn main() {
     prewarm_state(&root.join("prewarm_state"));
     lfc_open(&root.join("lfc_open"));
     datagram_open(&root.join("datagram_open"));
+    fragment_join(&root.join("fragment_join"));
     pagestream_decode(&root.join("pagestream_decode"));
     pgwire_decode(&root.join("pgwire_decode"));
     client_responses(&root.join("client_responses"));

@@ -1,6 +1,8 @@
 //! `udp-prefetch bench ingest`: worker daemon ingest rate and CPU per page for io_uring and
 //! epoll with 1 and 2 threads, against a raw receive ceiling measured in the same run with the
-//! same sender; the sender with and without UDP GSO.
+//! same sender; the sender with and without UDP GSO. A last case floods the daemon with forged
+//! datagrams (the cache's key id, another secret: each one is turned away as `bad_mac`) and
+//! reports its CPU per forged datagram, beside the CPU per valid one (issue 17 §5).
 
 use super::BenchRecord;
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
@@ -124,6 +126,16 @@ fn raw_ceiling(
     Ok(received as f64 / elapsed)
 }
 
+/// What a daemon case sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    /// Pages sealed under the cache's key: counted as installed.
+    Valid,
+    /// The same pages sealed under the cache's key id and another secret: each is received
+    /// and turned away (`bad_mac`), counted as received.
+    Forged,
+}
+
 /// The daemon: installed pages per second and daemon CPU per installed page.
 pub(crate) fn daemon_case(
     scratch: &ScratchDir,
@@ -134,6 +146,31 @@ pub(crate) fn daemon_case(
     gso: bool,
     distinct: u32,
 ) -> anyhow::Result<(f64, f64)> {
+    daemon_run(
+        scratch,
+        name,
+        io,
+        threads,
+        seconds,
+        gso,
+        distinct,
+        Traffic::Valid,
+    )
+}
+
+/// The daemon under `traffic`: datagrams per second it counted (installed, or received for
+/// forgeries) and its CPU per counted datagram.
+#[allow(clippy::too_many_arguments)]
+fn daemon_run(
+    scratch: &ScratchDir,
+    name: &str,
+    io: &str,
+    threads: usize,
+    seconds: f64,
+    gso: bool,
+    distinct: u32,
+    traffic: Traffic,
+) -> anyhow::Result<(f64, f64)> {
     let lfc_path = scratch.0.join(format!("lfc-{name}"));
     // A quarter of the distinct pages fit: every datagram is a fresh install.
     let capacity_bytes = u64::from(distinct / 4).max(256) * 8192;
@@ -141,17 +178,26 @@ pub(crate) fn daemon_case(
     let mut daemon = DaemonProc::start(&lfc_path, capacity_bytes, &["--io", io, "--threads", &t])?;
     let key = {
         let lfc = Lfc::open(&lfc_path)?;
-        DatagramKey::new(lfc.key_id(), lfc.key())
+        let mut secret = lfc.key();
+        if traffic == Traffic::Forged {
+            // The right key id (so it reaches the token compare), a secret nobody has.
+            secret.iter_mut().for_each(|b| *b ^= 0xA5);
+        }
+        DatagramKey::new(lfc.key_id(), secret)
     };
     let datagrams = sealed(&key, distinct)?;
     let dest: SocketAddr = format!("127.0.0.1:{}", daemon.udp_port).parse()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let before = DaemonProc::metric(&daemon.scrape()?, "udp_prefetch_datagrams_installed_total");
+    let counted = match traffic {
+        Traffic::Valid => "udp_prefetch_datagrams_installed_total",
+        Traffic::Forged => "udp_prefetch_datagrams_received_total",
+    };
+    let before = DaemonProc::metric(&daemon.scrape()?, counted);
     let cpu_before = daemon.cpu_seconds()?;
     let start = Instant::now();
     let sender = spawn_sender(datagrams, dest, gso, stop.clone());
     std::thread::sleep(Duration::from_secs_f64(seconds));
-    let after = DaemonProc::metric(&daemon.scrape()?, "udp_prefetch_datagrams_installed_total");
+    let after = DaemonProc::metric(&daemon.scrape()?, counted);
     let cpu_after = daemon.cpu_seconds()?;
     let elapsed = start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
@@ -215,5 +261,31 @@ pub fn run(args: &IngestBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             );
         }
     }
+    // Forged against valid, one epoll thread, GSO: the daemon's CPU per datagram of each.
+    let per_datagram = |traffic: Traffic, name: &str| {
+        daemon_run(
+            &scratch,
+            name,
+            "epoll",
+            1,
+            args.seconds,
+            true,
+            args.distinct_pages,
+            traffic,
+        )
+    };
+    let (valid_rate, valid_cpu) = per_datagram(Traffic::Valid, "valid-epoll-1t")?;
+    let valid = BenchRecord::new("ingest", "valid-epoll-1t", "datagrams/s", valid_rate).param(
+        "daemon_cpu_us_per_datagram",
+        (valid_cpu * 100.0).round() / 100.0,
+    );
+    let (forged_rate, forged_cpu) = per_datagram(Traffic::Forged, "forged-epoll-1t")?;
+    let forged = BenchRecord::new("ingest", "forged-epoll-1t", "datagrams/s", forged_rate)
+        .param(
+            "daemon_cpu_us_per_datagram",
+            (forged_cpu * 100.0).round() / 100.0,
+        )
+        .against(&valid);
+    records.extend([valid, forged]);
     Ok(records)
 }

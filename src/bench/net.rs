@@ -45,6 +45,8 @@ struct Point {
     udp: ScanReport,
     datagrams_sent: u64,
     installed: u64,
+    /// Pages the daemon made whole by rebuilding a lost fragment from its parity piece.
+    rebuilt: u64,
     reassembly_failures: u64,
 }
 
@@ -79,6 +81,7 @@ fn point_records(args: &NetBenchArgs, mtu: u32, loss: u8, p: &Point) -> [BenchRe
         )
         .param("datagrams_sent", p.datagrams_sent)
         .param("datagrams_installed", p.installed)
+        .param("pages_rebuilt", p.rebuilt)
         .param(
             "delivered",
             round3(p.installed as f64 / p.datagrams_sent.max(1) as f64),
@@ -123,16 +126,17 @@ fn measure_with(
     // Room for the relation twice over: no scan ever evicts.
     let lfc_bytes = (u64::from(args.pages) * 2).max(4096) * lfc::PAGE_SIZE as u64;
     let failures_before = hosts.compute_reassembly_failures()?;
-    let (tcp, udp, installed) = hosts.in_compute(|| -> anyhow::Result<_> {
+    let (tcp, udp, installed, rebuilt) = hosts.in_compute(|| -> anyhow::Result<_> {
         let listen = SocketAddr::new(COMPUTE_ADDR.into(), 0).to_string();
-        let daemon = DaemonProc::start_on(&lfc_path, lfc_bytes, &listen, &[])?;
+        let daemon = DaemonProc::start_on(&lfc_path, lfc_bytes, &listen, &["--no-prefault"])?;
         let lfc = Lfc::open(&lfc_path)?;
         lfc.map_all()?;
         let tcp = run_scan(&scan_config(args, server, ScanMode::TcpPipelined), None)?;
         let udp = run_scan(&scan_config(args, server, ScanMode::Udp), Some(&lfc))?;
-        let installed =
-            DaemonProc::metric(&daemon.scrape()?, "udp_prefetch_datagrams_installed_total");
-        Ok((tcp, udp, installed))
+        let scraped = daemon.scrape()?;
+        let installed = DaemonProc::metric(&scraped, "udp_prefetch_datagrams_installed_total");
+        let rebuilt = DaemonProc::metric(&scraped, "udp_prefetch_fragments_rebuilt_total");
+        Ok((tcp, udp, installed, rebuilt))
     })??;
     let reassembly_failures = hosts
         .compute_reassembly_failures()?
@@ -148,6 +152,7 @@ fn measure_with(
         udp,
         datagrams_sent: server.stats().prefetch_pages_sent.load(Ordering::Relaxed),
         installed,
+        rebuilt,
         reassembly_failures,
     })
 }

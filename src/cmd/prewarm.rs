@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// backend's prefetch is due, and a small share otherwise) or foreground (as a backend's).
     #[arg(long, value_enum, default_value_t = Priority::Background)]
     pub priority: Priority,
+    /// Path MTU stated to the page server for UDP prefetches, bytes (it splits pages into
+    /// datagrams that fit, with IP fragmentation off); 0 asks for whole 8304-byte datagrams.
+    /// Default: the MTU of this host's route to the page server.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    pub path_mtu: Option<u32>,
     #[command(flatten)]
     pub timeline: super::TimelineArgs,
     /// Cleartext password, when the page server requires one.
@@ -170,7 +175,8 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<Outcome> {
     let cache = open_lfc(&a.lfc)?;
     let connect = a
         .timeline
-        .apply(ConnectOptions::new(a.server[0].clone()).token(a.token.clone()));
+        .apply(ConnectOptions::new(a.server[0].clone()).token(a.token.clone()))
+        .path_mtu(a.path_mtu);
     let shards = super::shard_map(&a.server, a.stripe_pages)?;
     let ranges = match (&a.state, a.relation) {
         (Some(path), _) => {

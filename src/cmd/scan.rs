@@ -43,6 +43,11 @@ pub struct ScanArgs {
     /// LFC recorded in its header.
     #[arg(long)]
     pub prefetch_port: Option<u16>,
+    /// Path MTU stated to the page server for UDP prefetches, bytes (it splits pages into
+    /// datagrams that fit, with IP fragmentation off); 0 asks for whole 8304-byte datagrams.
+    /// Default: the MTU of this host's route to the page server.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    pub path_mtu: Option<u32>,
     /// Cap of the adaptive wait for a prefetch in flight, microseconds.
     #[arg(long, default_value_t = ReadPathConfig::default().max_wait_us)]
     pub max_wait_us: u64,
@@ -130,7 +135,8 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
     let cfg = ScanConfig {
         connect: args
             .timeline
-            .apply(ConnectOptions::new(args.server[0].clone()).token(args.token.clone())),
+            .apply(ConnectOptions::new(args.server[0].clone()).token(args.token.clone()))
+            .path_mtu(args.path_mtu),
         shards,
         rel: args.rel,
         blocks: args.blocks.clone(),

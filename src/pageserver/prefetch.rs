@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use workers::datagram::{DatagramHeader, SealStream, DATAGRAM_LEN};
+use workers::datagram::{DatagramHeader, SealStream, SealedPage, DATAGRAM_LEN};
 
 /// Which connection a Prefetch came on: the unit of fairness.
 pub type ConnId = u64;
@@ -485,14 +485,15 @@ pub enum SkipReason {
     Failed,
 }
 
-/// Reads the page a job names, at the LSN its request allows, and seals it into `out`.
-/// The real sender threads and the simulator both call this.
+/// Reads the page a job names, at the LSN its request allows, and seals it into `out`: the
+/// stream's datagrams for it, one or (a small-MTU path) its fragments, back to back
+/// (`SealStream::seal_page`). The real sender threads and the simulator both call this.
 pub fn seal_page_job(
     store: &PageStore,
     job: &PageJob,
     sent_at_ns: u64,
     page: &mut Page,
-    out: &mut [u8; DATAGRAM_LEN],
+    out: &mut SealedPage,
 ) -> Result<(), SkipReason> {
     let lsn = match store.try_effective_lsn(job.hdr.request_lsn, job.hdr.not_modified_since) {
         Ok(Some(lsn)) => lsn,
@@ -513,7 +514,8 @@ pub fn seal_page_job(
     // Exhausting a stream's 2^64 nonces takes centuries; were it to happen, the page is not
     // sent (the backend falls back) rather than sealed under a repeated nonce.
     job.key
-        .seal(&header, page, out)
+        .seal_page(&header, page, out)
+        .map(|_| ())
         .map_err(|_| SkipReason::Failed)
 }
 
@@ -530,16 +532,17 @@ pub enum JobOutcome {
 
 /// The part of a sender's turn after `next_batch`, done outside the scheduler's lock: each job
 /// of the batch through `filter`, then [`seal_page_job`] (dated by `sent_at_ns()`) into the
-/// next free datagram of `out`; `outcome` sees every job, in order. Returns how many datagrams
-/// were sealed (`out[..n]`, all for the batch's one destination). The real sender threads and
-/// the simulator both call this.
+/// next free page buffer of `out`; `outcome` sees every job, in order. Returns how many pages
+/// were sealed (`out[..n]`, all for the batch's one destination and stream, each
+/// `key.sealed_len()` bytes of datagrams). The real sender threads and the simulator both call
+/// this.
 pub fn seal_batch(
     store: &PageStore,
     jobs: &[PageJob],
     filter: &mut DropFilter,
     mut sent_at_ns: impl FnMut() -> u64,
     page: &mut Page,
-    out: &mut [[u8; DATAGRAM_LEN]],
+    out: &mut [SealedPage],
     mut outcome: impl FnMut(&PageJob, JobOutcome),
 ) -> usize {
     assert!(jobs.len() <= out.len(), "a batch fits its datagram buffers");
@@ -563,6 +566,17 @@ pub fn seal_batch(
         }
     }
     sealed
+}
+
+/// The order a sealed batch's datagrams leave in: datagram `d` of `pages × per_page` is piece
+/// `d / pages` of page `d % pages` (every page's first piece, then every page's second, …).
+/// Interleaved so that a run of up to `pages` consecutive datagrams (one GSO message, or a
+/// burst of loss) holds at most one piece of any page, which the page's parity piece rebuilds;
+/// in page order, one lost GSO message took whole pages. Whole pages (`per_page` 1) keep their
+/// order. Returns `(page, piece)`.
+pub fn batch_datagram(d: usize, pages: usize, per_page: usize) -> (usize, usize) {
+    debug_assert!(d < pages * per_page);
+    (d % pages, d / pages)
 }
 
 /// Seeded Bernoulli drops (`--drop-prefetch P`) for loss experiments on one machine.
@@ -641,7 +655,7 @@ mod tests {
         let mut jobs = Vec::new();
         assert_eq!(s.next_batch(0, 8, &mut jobs), Next::Ready(4));
         let mut page = Box::new([0u8; lfc::PAGE_SIZE]);
-        let mut out = vec![[0u8; DATAGRAM_LEN]; 8];
+        let mut out = vec![[0u8; workers::datagram::SEALED_PAGE_MAX]; 8];
         let mut seen = Vec::new();
         let sealed = seal_batch(
             &store,
@@ -666,7 +680,9 @@ mod tests {
         // Each sealed datagram opens to its page, dated by the clock it was given.
         let mut opener = DatagramKey::new(1, [0; 32]).opener();
         for (i, blkno) in [6, 7].into_iter().enumerate() {
-            let hdr = opener.open_bytes(&out[i], &mut page).unwrap();
+            let hdr = opener
+                .open_bytes(&out[i][..DATAGRAM_LEN], &mut page)
+                .unwrap();
             assert_eq!((hdr.tag, hdr.sent_at_ns), (rel.block(blkno), 7));
         }
         // A filter that drops everything seals nothing and says so for every job.
@@ -682,6 +698,25 @@ mod tests {
         );
         assert_eq!(sealed, 0);
         assert!(seen.iter().all(|&(_, o)| o == JobOutcome::Dropped) && seen.len() == 4);
+    }
+
+    #[test]
+    fn a_batch_leaves_interleaved_so_a_run_of_its_pages_count_holds_one_piece_of_each() {
+        let (pages, per_page) = (5, 9);
+        let order: Vec<_> = (0..pages * per_page)
+            .map(|d| batch_datagram(d, pages, per_page))
+            .collect();
+        let mut all = order.clone();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), pages * per_page, "every datagram once");
+        for run in order.chunks(pages) {
+            let mut p: Vec<_> = run.iter().map(|&(page, _)| page).collect();
+            p.sort_unstable();
+            p.dedup();
+            assert_eq!(p.len(), run.len(), "one piece per page in {run:?}");
+        }
+        assert_eq!(batch_datagram(3, 4, 1), (3, 0), "whole pages in order");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::protocol::shard::ShardIdentity;
 use lfc::{BufferTag, RelTag};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use workers::datagram::{DatagramKey, Protection, STREAM_ID_LEN};
+use workers::datagram::{fragments_for_mtu, min_path_mtu, DatagramKey, Protection, STREAM_ID_LEN};
 
 /// What a session needs from the server's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -259,19 +259,30 @@ impl Session {
             // The destination is always the TCP peer's own address: the server never sends UDP
             // where a client points it, so it cannot be used to reflect traffic. Every
             // registration opens a new datagram stream (fresh id, nonces from 0).
-            Some(ip) if t.udp_port != 0 => match new_stream_id() {
-                Ok(stream_id) => {
-                    let key = DatagramKey::new(t.key_id, t.key);
-                    self.target = Some(Destination {
-                        addr: SocketAddr::new(ip, t.udp_port),
-                        key: Arc::new(key.stream_with(stream_id, self.config.protection)),
-                        conn: self.conn,
-                        priority: self.priority,
-                    });
-                    Ok(())
+            Some(ip) if t.udp_port != 0 => {
+                match (fragments_for_mtu(t.path_mtu, ip.is_ipv6()), new_stream_id()) {
+                    (None, _) => Err(format!(
+                        "invalid prefetch target: path MTU {} is too small for page datagrams \
+                         (at least {} bytes)",
+                        t.path_mtu,
+                        min_path_mtu(ip.is_ipv6())
+                    )),
+                    (Some(fragments), Ok(stream_id)) => {
+                        let key = DatagramKey::new(t.key_id, t.key);
+                        let stream = key
+                            .stream_with(stream_id, self.config.protection)
+                            .with_fragments(fragments);
+                        self.target = Some(Destination {
+                            addr: SocketAddr::new(ip, t.udp_port),
+                            key: Arc::new(stream),
+                            conn: self.conn,
+                            priority: self.priority,
+                        });
+                        Ok(())
+                    }
+                    (_, Err(e)) => Err(format!("cannot register a prefetch target: {e}")),
                 }
-                Err(e) => Err(format!("cannot register a prefetch target: {e}")),
-            },
+            }
             Some(_) => Err("invalid prefetch target: UDP port 0".to_string()),
             None => {
                 Err("invalid prefetch target: the connection's peer address is unknown".to_string())
@@ -541,6 +552,7 @@ mod tests {
                 udp_port,
                 key_id: 1,
                 key: [2; 32],
+                path_mtu: 0,
             },
         }
     }

@@ -7,8 +7,8 @@
 //! counters.
 
 use super::prefetch::{
-    seal_batch, Destination, DropFilter, JobOutcome, Overflow, PageJob, PrefetchScheduler,
-    SchedulerLimits, SendStep, SkipReason, IDLE_WAIT, SEND_BATCH,
+    batch_datagram, seal_batch, Destination, DropFilter, JobOutcome, Overflow, PageJob,
+    PrefetchScheduler, SchedulerLimits, SendStep, SkipReason, IDLE_WAIT, SEND_BATCH,
 };
 use super::stats::{bump, ServerStats};
 use super::store::PageStore;
@@ -21,8 +21,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use workers::datagram::DATAGRAM_LEN;
-use workers::udp::GsoSender;
+use workers::datagram::{SealedPage, DATAGRAM_LEN, MAX_FRAGMENTS, SEALED_PAGE_MAX};
+use workers::udp::{set_dont_fragment, GsoSender, MAX_SEND_BATCH};
 
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
@@ -99,7 +99,14 @@ impl PrefetchSender {
         for i in 0..config.threads.max(1) {
             let inner = inner.clone();
             let socket = UdpSocket::bind("0.0.0.0:0")?;
-            let sender = GsoSender::new(socket, DATAGRAM_LEN, SEND_BATCH, config.allow_gso)
+            // Datagrams are sized to the compute's path MTU (fragments on a small one): IP
+            // must never fragment them, since one lost IP fragment loses the datagram and
+            // incomplete sets clog the receiver's reassembly memory.
+            set_dont_fragment(&socket)?;
+            // A batch of split pages is up to SEND_BATCH × MAX_FRAGMENTS datagrams: one
+            // `sendmmsg` takes as many as the sender allows.
+            let per_call = (SEND_BATCH * MAX_FRAGMENTS).min(MAX_SEND_BATCH);
+            let sender = GsoSender::new(socket, DATAGRAM_LEN, per_call, config.allow_gso)
                 .map_err(std::io::Error::other)?;
             if i == 0 {
                 tracing::info!(
@@ -234,7 +241,7 @@ impl Drop for PrefetchSender {
 
 fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
     let mut jobs: Vec<PageJob> = Vec::with_capacity(SEND_BATCH);
-    let mut datagrams: Vec<[u8; DATAGRAM_LEN]> = vec![[0u8; DATAGRAM_LEN]; SEND_BATCH];
+    let mut datagrams: Vec<SealedPage> = vec![[0u8; SEALED_PAGE_MAX]; SEND_BATCH];
     let mut page = Box::new([0u8; PAGE_SIZE]);
     let stats = &inner.stats;
     while !inner.stopping.load(Ordering::Relaxed) {
@@ -278,20 +285,37 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
         if ready == 0 {
             continue;
         }
-        // One batch always has one destination (the scheduler hands out per connection).
+        // One batch always has one destination and stream (the scheduler hands out per
+        // connection): each sealed page is `fragments` datagrams of `len` bytes.
         let dest: SocketAddr = jobs[0].addr;
+        let (fragments, len) = (
+            usize::from(jobs[0].key.datagrams_per_page()),
+            jobs[0].key.fragment_len(),
+        );
+        let total = ready * fragments;
         let mut sent = 0;
-        while sent < ready {
-            match sender.send(dest, &datagrams[sent..ready]) {
+        while sent < total {
+            let from = sent;
+            // Interleaved (`batch_datagram`), and no GSO message longer than the batch's page
+            // count: a lost message costs each page at most the one piece its parity rebuilds.
+            match sender.send_pieces(dest, total - from, (from, ready), |i| {
+                let (page, piece) = batch_datagram(from + i, ready, fragments);
+                &datagrams[page][piece * len..][..len]
+            }) {
                 Ok(n) => {
-                    stats.on_pages_sent(dest, n as u64);
                     sent += n;
+                    // Pages whose last datagram left (every page's last piece is in the last
+                    // run).
+                    let last_run = total - ready;
+                    let done = |s: usize| s.saturating_sub(last_run);
+                    stats.on_pages_sent(dest, (done(sent) - done(from)) as u64);
                 }
                 Err(_) => {
                     // Best effort by design: the backend falls back to GetPage.
+                    let unsent_pages = ready - sent.saturating_sub(total - ready);
                     stats
                         .prefetch_send_errors
-                        .fetch_add((ready - sent) as u64, Ordering::Relaxed);
+                        .fetch_add(unsent_pages as u64, Ordering::Relaxed);
                     break;
                 }
             }

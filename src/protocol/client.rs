@@ -105,6 +105,9 @@ pub struct ConnectOptions {
     pub user: String,
     /// How long connecting may take, and then the startup exchange.
     pub connect_timeout: Duration,
+    /// The path MTU stated in PrefetchTargets (`--path-mtu`): `None` asks the kernel for the
+    /// route's ([`PageClient::prefetch_path_mtu`]).
+    pub path_mtu: Option<u32>,
 }
 
 impl ConnectOptions {
@@ -116,11 +119,18 @@ impl ConnectOptions {
             token: None,
             user: "udp-prefetch".into(),
             connect_timeout: Duration::from_secs(5),
+            path_mtu: None,
         }
     }
 
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = token;
+        self
+    }
+
+    /// States `mtu` as the path MTU in PrefetchTargets instead of the route's.
+    pub fn path_mtu(mut self, mtu: Option<u32>) -> Self {
+        self.path_mtu = mtu;
         self
     }
 
@@ -184,6 +194,8 @@ pub struct PageClient {
     data_checksums: bool,
     /// The session's tenant and timeline, and the system identifier the server announced.
     binding: lfc::Binding,
+    /// `ConnectOptions::path_mtu`.
+    path_mtu: Option<u32>,
 }
 
 impl PageClient {
@@ -247,6 +259,7 @@ impl PageClient {
                 timeline_id: opts.timeline_id.0,
                 system_id: None,
             },
+            path_mtu: opts.path_mtu,
         };
         match client.startup(opts) {
             Ok(()) => {
@@ -663,6 +676,22 @@ impl PageClient {
     }
 
     /// The page server's address as connected.
+    /// The path MTU to state in a PrefetchTarget: the operator's `--path-mtu`, else the MTU of
+    /// this host's route to the server (`workers::udp::route_mtu`; the server's datagrams come
+    /// back over the same link), else 0 (unknown: whole pages).
+    pub fn prefetch_path_mtu(&self) -> u32 {
+        if let Some(mtu) = self.path_mtu {
+            return mtu;
+        }
+        match self.peer_addr().and_then(workers::udp::route_mtu) {
+            Ok(mtu) => mtu,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the route MTU to the page server");
+                0
+            }
+        }
+    }
+
     pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.out.get_ref().peer_addr()
     }
@@ -946,6 +975,7 @@ mod tests {
                 udp_port: 9,
                 key_id: 1,
                 key: [1; 32],
+                path_mtu: 0,
             }
         }
 

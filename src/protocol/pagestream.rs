@@ -51,13 +51,15 @@ pub struct Header {
     pub not_modified_since: u64,
 }
 
-/// Where a connection's prefetched pages go: a UDP port on the TCP peer's own address, and the
-/// key that authenticates the datagrams.
+/// Where a connection's prefetched pages go: a UDP port on the TCP peer's own address, the
+/// key that authenticates the datagrams, and the path MTU the compute expects (the server
+/// splits pages to fit it; 0: unknown, whole pages).
 #[derive(Clone, PartialEq, Eq)]
 pub struct PrefetchTarget {
     pub udp_port: u16,
     pub key_id: u32,
     pub key: [u8; 32],
+    pub path_mtu: u32,
 }
 
 impl std::fmt::Debug for PrefetchTarget {
@@ -66,6 +68,7 @@ impl std::fmt::Debug for PrefetchTarget {
         f.debug_struct("PrefetchTarget")
             .field("udp_port", &self.udp_port)
             .field("key_id", &self.key_id)
+            .field("path_mtu", &self.path_mtu)
             .finish_non_exhaustive()
     }
 }
@@ -236,6 +239,7 @@ impl Request {
                 out.extend_from_slice(&target.udp_port.to_be_bytes());
                 out.extend_from_slice(&target.key_id.to_be_bytes());
                 out.extend_from_slice(&target.key);
+                out.extend_from_slice(&target.path_mtu.to_be_bytes());
             }
             Request::Prefetch {
                 hdr,
@@ -297,6 +301,7 @@ impl Request {
                     udp_port: r.u16()?,
                     key_id: r.u32()?,
                     key: r.array()?,
+                    path_mtu: r.u32()?,
                 },
             },
             tag::PREFETCH => Request::Prefetch {

@@ -1,5 +1,6 @@
-//! The UDP prefetch datagram (ARCHITECTURE §4 step 4): a fixed 96-byte header, the 8192-byte page,
-//! and a 16-byte trailer. Two protections share the layout, named by the flags byte:
+//! The UDP prefetch datagram (ARCHITECTURE §4 step 4): a fixed 96-byte header, the 8192-byte page
+//! (or one equal piece of it, a *fragment*), and a 16-byte trailer. Two protections share the
+//! layout, named by the flags byte:
 //!
 //! - **token** (flags 0, the default): the page travels in the clear; the trailer is the
 //!   stream's 128-bit token and the header carries an XXH3-64 checksum of header and page.
@@ -10,12 +11,33 @@
 //! scatter list (`[header | slot | trailer]`) and check (or decrypt) it there. All integers are
 //! big-endian.
 //!
+//! # Fragments
+//!
+//! A path whose MTU cannot carry 8304 bytes (a 1500-byte Ethernet) gets each page as
+//! `count` datagrams, `count` a power of two up to [`MAX_FRAGMENTS`], each carrying the
+//! `PAGE_SIZE / count` bytes at offset `index × PAGE_SIZE / count` (1024 bytes, 8 fragments for
+//! MTU 1500: [`fragments_for_mtu`]). Each fragment is a complete datagram of its own: the same
+//! header (with its index and count), its piece of the page, its own trailer, sealed with its
+//! own counter (a page takes `count` consecutive counter values, fragment `index` the base +
+//! `index`), so it is authenticated alone and a forged or corrupt fragment is turned away
+//! before it touches anything. The receiver joins a page's fragments by stream id and base
+//! counter (`counter - index`). Equal sizes keep a batch one GSO send, and keep the block
+//! number at offset 52 (the receive steering) in every fragment, so one thread gets them all.
+//! A whole page is `count = 1`, exactly the unfragmented datagram.
+//!
+//! A split page is followed by one more datagram of the same size, its *parity piece* (index =
+//! `count`, the next counter): the XOR of its `count` pieces. Splitting multiplies a page's
+//! exposure to loss by its datagram count (at 5 % packet loss, 8 fragments all arrive for only
+//! 66 % of pages); with the parity piece any one lost datagram of the nine is rebuilt by the
+//! receiver (93 % of pages), for 12.5 % more bytes.
+//!
 //! ```text
 //! offset  size  field
 //!      0     4  magic "UDPF"
 //!      4     1  format version (4)
 //!      5     1  flags: protection, 0 token, 1 aead
-//!      6     2  reserved (0)
+//!      6     1  fragment index (0 for a whole page; = count for the parity piece)
+//!      7     1  fragment count: 1 (a whole page) or a power of two up to 32
 //!      8     4  key id
 //!     12     8  reqid
 //!     20     8  request_lsn
@@ -30,8 +52,8 @@
 //!     64    16  stream id
 //!     80     8  counter: the datagram's number in its stream
 //!     88     8  token: XXH3-64 of the page, seeded with XXH3-64 of bytes 0..88; aead: 0
-//!     96  8192  page (aead: AES-128-GCM ciphertext)
-//!   8288    16  token: the stream token; aead: the GCM tag
+//!     96  8192  page, or its fragment: PAGE_SIZE / count bytes (aead: AES-128-GCM ciphertext)
+//!   8288    16  token: the stream token; aead: the GCM tag (at 96 + PAGE_SIZE / count)
 //! ```
 //!
 //! # Streams, tokens and keys
@@ -41,8 +63,11 @@
 //! id)[..16]` and its AES key `BLAKE3-keyed(secret, "udpf stream v4" ‖ stream id)[..16]`, with
 //! the nonce `0000 ‖ counter`, so no nonce repeats under a key however many senders share the
 //! secret. A receiver derives what each stream needs once and keeps it in a small fixed cache;
-//! only streams that passed a datagram enter the cache, so forged ids cost a derivation, never
-//! a slot. The token is compared (in constant time) before the page is touched: a forged
+//! only streams that passed a datagram enter the cache, so forged ids never take a slot there.
+//! Tokens derived for ids not yet proven wait in a second small table of their own: a flood that
+//! repeats its stream ids costs one derivation per id, then a compare per datagram; only fresh
+//! ids cost a derivation each (a BLAKE3 of 30 bytes). Every check that needs no key (lengths,
+//! magic, version, header fields, fragment count, key id) runs before any of it. The token is compared (in constant time) before the page is touched: a forged
 //! datagram costs a 16-byte comparison, not a pass over 8 KiB.
 //!
 //! # Why a token and not a MAC by default
@@ -57,18 +82,32 @@
 //! open a page on an AMD EPYC without AWS-LC's VAES path, where the token's checksum takes a
 //! few hundred nanoseconds on any CPU with AVX2. The aead protection stays for connections that
 //! are themselves encrypted (TLS), where encrypting datagrams becomes meaningful. Formats 1 to
-//! 3 are rejected by version.
+//! 4 are rejected by version (4 is this layout with bytes 6..8 reserved: no fragments).
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use lfc::{BufferTag, RelTag, MAX_FORKNUM, PAGE_SIZE};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const MAGIC: [u8; 4] = *b"UDPF";
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 pub const HEADER_LEN: usize = 96;
 pub const TAG_LEN: usize = 16;
 /// Every valid datagram is exactly this long.
 pub const DATAGRAM_LEN: usize = HEADER_LEN + PAGE_SIZE + TAG_LEN;
+/// Most fragments one page is split into (1 KiB... 256-byte pieces: an IPv4 path of MTU 576,
+/// the smallest every host must take, needs 32).
+pub const MAX_FRAGMENTS: usize = 32;
+/// What every datagram carries besides its piece of the page.
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+/// Room for one page sealed at any fragment count: `count` datagrams back to back.
+/// Largest at 2 fragments: two halves and their parity, 3 × (112 + 4096) bytes.
+pub const SEALED_PAGE_MAX: usize = 3 * (OVERHEAD + PAGE_SIZE / 2);
+/// One sealed page: [`SealStream::seal_page`] writes its datagrams at the front.
+pub type SealedPage = [u8; SEALED_PAGE_MAX];
+/// IPv4 and UDP headers: what a path's MTU holds besides the datagram.
+const IPV4_UDP_HEADERS: usize = 20 + 8;
+/// IPv6 and UDP headers.
+const IPV6_UDP_HEADERS: usize = 40 + 8;
 pub const KEY_LEN: usize = 32;
 pub const STREAM_ID_LEN: usize = 16;
 pub const NONCE_LEN: usize = 12;
@@ -77,8 +116,12 @@ pub const TOKEN_LEN: usize = 16;
 /// stream per backend connection and page server; a stream that lost its entry is derived
 /// again (about 0.2 µs), nothing worse.
 pub const STREAM_CACHE_ENTRIES: usize = 256;
+/// Tokens one receiver keeps for stream ids not yet proven by a datagram (`Opener`).
+const UNPROVEN_CACHE_ENTRIES: usize = 64;
 
 const FLAGS_AT: usize = 5;
+const FRAGMENT_INDEX_AT: usize = 6;
+const FRAGMENT_COUNT_AT: usize = 7;
 const STREAM_ID_AT: usize = 64;
 const COUNTER_AT: usize = 80;
 const CHECKSUM_AT: usize = 88;
@@ -155,10 +198,18 @@ pub enum DropReason {
     Stale,
     AlreadyPresent,
     NoRoom,
+    /// A piece already received for a page still being joined (a duplicate on the wire), or a
+    /// late piece of a page already joined (usually its parity piece, when every fragment
+    /// came).
+    DuplicateFragment,
+    /// A page given up with fragments missing: not complete within the receiver's assembly
+    /// timeout, or pushed out of the full assembly table by a newer page. Counts pages, not
+    /// datagrams (its fragments were each counted as held when they came).
+    Incomplete,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::TooShort,
         DropReason::TooLong,
         DropReason::BadMagic,
@@ -170,6 +221,8 @@ impl DropReason {
         DropReason::Stale,
         DropReason::AlreadyPresent,
         DropReason::NoRoom,
+        DropReason::DuplicateFragment,
+        DropReason::Incomplete,
     ];
 
     /// Label value for metrics (`reason="bad_mac"`).
@@ -186,6 +239,8 @@ impl DropReason {
             DropReason::Stale => "stale",
             DropReason::AlreadyPresent => "already_present",
             DropReason::NoRoom => "no_room",
+            DropReason::DuplicateFragment => "duplicate_fragment",
+            DropReason::Incomplete => "incomplete",
         }
     }
 
@@ -219,6 +274,7 @@ impl DatagramHeader {
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC);
         h[4] = VERSION;
+        h[FRAGMENT_COUNT_AT] = 1;
         h[8..12].copy_from_slice(&self.key_id.to_be_bytes());
         h[12..20].copy_from_slice(&self.reqid.to_be_bytes());
         h[20..28].copy_from_slice(&self.request_lsn.to_be_bytes());
@@ -244,7 +300,7 @@ impl DatagramHeader {
             return Err(DropReason::BadVersion);
         }
         if Protection::from_flags(h[FLAGS_AT]).is_none()
-            || h[6..8] != [0, 0]
+            || fragment_of(h).is_none()
             || h[49..52] != [0, 0, 0]
             || h[48] > MAX_FORKNUM
         {
@@ -259,6 +315,70 @@ impl DatagramHeader {
             sent_at_ns: u64_at(56),
         })
     }
+}
+
+/// A header's fragment index and count, if they are well formed: the count a power of two
+/// up to [`MAX_FRAGMENTS`], the index below it, or equal to it for a split page's parity piece.
+fn fragment_of(h: &[u8; HEADER_LEN]) -> Option<(u8, u8)> {
+    let (index, count) = (h[FRAGMENT_INDEX_AT], h[FRAGMENT_COUNT_AT]);
+    let index_ok = index < count || (count > 1 && index == count);
+    (count.is_power_of_two() && usize::from(count) <= MAX_FRAGMENTS && index_ok)
+        .then_some((index, count))
+}
+
+/// Datagrams a page split into `count` fragments takes: the fragments and, when split, their
+/// parity piece.
+pub const fn datagrams_per_page(count: u8) -> u8 {
+    if count > 1 {
+        count + 1
+    } else {
+        1
+    }
+}
+
+/// How many fragments a page needs on a path of `mtu` bytes (IPv6 when `ipv6`): the fewest
+/// (a power of two) whose datagrams, with their IP and UDP headers, fit in the MTU. 0 (not
+/// known) keeps whole pages; `None` for an MTU too small even for [`MAX_FRAGMENTS`].
+pub fn fragments_for_mtu(mtu: u32, ipv6: bool) -> Option<u8> {
+    if mtu == 0 {
+        return Some(1);
+    }
+    let ip = if ipv6 {
+        IPV6_UDP_HEADERS
+    } else {
+        IPV4_UDP_HEADERS
+    };
+    let room = (mtu as usize).checked_sub(ip + OVERHEAD)?;
+    let mut count = 1;
+    while PAGE_SIZE / count > room {
+        count *= 2;
+        if count > MAX_FRAGMENTS {
+            return None;
+        }
+    }
+    Some(count as u8)
+}
+
+/// The smallest path MTU [`fragments_for_mtu`] accepts.
+pub const fn min_path_mtu(ipv6: bool) -> u32 {
+    let ip = if ipv6 {
+        IPV6_UDP_HEADERS
+    } else {
+        IPV4_UDP_HEADERS
+    };
+    (ip + OVERHEAD + PAGE_SIZE / MAX_FRAGMENTS) as u32
+}
+
+/// `dst ^= src`, byte by byte (the compiler vectorises it).
+pub fn xor_into(dst: &mut [u8], src: &[u8]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d ^= s;
+    }
+}
+
+/// The length of every datagram of a page split into `count` fragments.
+pub const fn fragment_datagram_len(count: u8) -> usize {
+    OVERHEAD + PAGE_SIZE / count as usize
 }
 
 fn stream_id_of(h: &[u8; HEADER_LEN]) -> [u8; STREAM_ID_LEN] {
@@ -280,7 +400,7 @@ fn nonce(counter: u64) -> Nonce {
 
 /// The token protection's checksum: XXH3-64 of the page, seeded with XXH3-64 of the header up
 /// to the checksum field (two one-shot passes over memory already in place, no copy).
-fn checksum(header: &[u8; HEADER_LEN], page: &[u8; PAGE_SIZE]) -> u64 {
+fn checksum(header: &[u8; HEADER_LEN], page: &[u8]) -> u64 {
     use twox_hash::XxHash3_64;
     let seed = XxHash3_64::oneshot(&header[..CHECKSUM_AT]);
     XxHash3_64::oneshot_with_seed(seed, page)
@@ -303,18 +423,19 @@ fn cached_stream<'a>(
     }
 }
 
-/// Decrypts `page` in place if `tag` authenticates header and page under `aead`.
+/// Decrypts `page` (a page or a fragment) in place if `tag` authenticates header and page under
+/// `aead`.
 fn open_in_place(
     aead: &LessSafeKey,
     header: &[u8; HEADER_LEN],
-    page: &mut [u8; PAGE_SIZE],
+    page: &mut [u8],
     tag: &[u8; TAG_LEN],
 ) -> bool {
     aead.open_in_place_separate_tag(
         nonce(counter_of(header)),
         Aad::from(&header[..]),
         &tag[..],
-        &mut page[..],
+        page,
     )
     .is_ok()
 }
@@ -388,6 +509,7 @@ impl DatagramKey {
             key_id: self.id,
             stream_id,
             seal,
+            fragments: 1,
             next_counter: AtomicU64::new(0),
         }
     }
@@ -397,6 +519,7 @@ impl DatagramKey {
         Opener {
             key: self.clone(),
             streams: (0..STREAM_CACHE_ENTRIES).map(|_| None).collect(),
+            unproven: vec![None; UNPROVEN_CACHE_ENTRIES].into_boxed_slice(),
         }
     }
 }
@@ -434,6 +557,9 @@ pub struct SealStream {
     key_id: u32,
     stream_id: [u8; STREAM_ID_LEN],
     seal: Seal,
+    /// Datagrams per page ([`seal_page`](SealStream::seal_page)): 1, or a power of two up to
+    /// [`MAX_FRAGMENTS`].
+    fragments: u8,
     next_counter: AtomicU64,
 }
 
@@ -442,6 +568,7 @@ impl std::fmt::Debug for SealStream {
         f.debug_struct("SealStream")
             .field("key_id", &self.key_id)
             .field("protection", &self.protection())
+            .field("fragments", &self.fragments)
             .field("sealed", &self.next_counter.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -463,7 +590,52 @@ impl SealStream {
         }
     }
 
-    /// Encodes a complete datagram into `out`: header, page (encrypted under aead), trailer.
+    /// The stream with its pages split into `count` fragments (see the module docs): a power of
+    /// two up to [`MAX_FRAGMENTS`], as [`fragments_for_mtu`] gives.
+    ///
+    /// # Panics
+    /// If `count` is not such a power of two (a bug of the caller, which takes it from
+    /// `fragments_for_mtu`).
+    pub fn with_fragments(mut self, count: u8) -> Self {
+        assert!(
+            count.is_power_of_two() && usize::from(count) <= MAX_FRAGMENTS,
+            "a page splits into 1, 2, 4 ... {MAX_FRAGMENTS} fragments, not {count}"
+        );
+        self.fragments = count;
+        self
+    }
+
+    /// Fragments per page (1: whole pages).
+    pub fn fragments(&self) -> u8 {
+        self.fragments
+    }
+
+    /// Datagrams per page: the fragments and, when split, the parity piece.
+    pub fn datagrams_per_page(&self) -> u8 {
+        datagrams_per_page(self.fragments)
+    }
+
+    /// Bytes of each datagram of a page.
+    pub fn fragment_len(&self) -> usize {
+        fragment_datagram_len(self.fragments)
+    }
+
+    /// Bytes of a sealed page: `datagrams_per_page()` datagrams of `fragment_len()` bytes.
+    pub fn sealed_len(&self) -> usize {
+        usize::from(self.datagrams_per_page()) * self.fragment_len()
+    }
+
+    /// Takes `n` consecutive counter values, or none when the stream has fewer left.
+    fn take_counters(&self, n: u8) -> Result<u64, SealError> {
+        self.next_counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                c.checked_add(u64::from(n))
+            })
+            .map_err(|_| SealError::StreamExhausted)
+    }
+
+    /// Encodes a complete whole-page datagram into `out`: header, page (encrypted under aead),
+    /// trailer, whatever the stream's fragment count.
     pub fn seal(
         &self,
         header: &DatagramHeader,
@@ -471,21 +643,72 @@ impl SealStream {
         out: &mut [u8; DATAGRAM_LEN],
     ) -> Result<(), SealError> {
         debug_assert_eq!(header.key_id, self.key_id, "header names another key");
-        let counter = self
-            .next_counter
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
-            .map_err(|_| SealError::StreamExhausted)?;
+        let counter = self.take_counters(1)?;
+        self.seal_piece(&header.encode(), counter, 0, 1, page, out);
+        Ok(())
+    }
+
+    /// Encodes a page as the stream's `datagrams_per_page()` datagrams, back to back at the
+    /// front of `out` (`sealed_len()` bytes, each datagram `fragment_len()`): the fragments in
+    /// order, then (split pages) the parity piece, the XOR of the fragments' plain pieces, which
+    /// lets the receiver rebuild any one lost fragment. Returns the bytes written. With one
+    /// fragment this is [`seal`](Self::seal)'s datagram.
+    pub fn seal_page(
+        &self,
+        header: &DatagramHeader,
+        page: &[u8; PAGE_SIZE],
+        out: &mut SealedPage,
+    ) -> Result<usize, SealError> {
+        debug_assert_eq!(header.key_id, self.key_id, "header names another key");
+        let count = self.fragments;
+        let base = self.take_counters(self.datagrams_per_page())?;
+        let encoded = header.encode();
+        let (piece, len) = (PAGE_SIZE / usize::from(count), self.fragment_len());
+        for (i, (src, dst)) in page
+            .chunks_exact(piece)
+            .zip(out.chunks_exact_mut(len))
+            .enumerate()
+        {
+            self.seal_piece(&encoded, base + i as u64, i as u8, count, src, dst);
+        }
+        if count > 1 {
+            let mut parity = [0u8; PAGE_SIZE / 2];
+            let parity = &mut parity[..piece];
+            for src in page.chunks_exact(piece) {
+                xor_into(parity, src);
+            }
+            let at = usize::from(count) * len;
+            let dst = &mut out[at..at + len];
+            self.seal_piece(&encoded, base + u64::from(count), count, count, parity, dst);
+        }
+        Ok(self.sealed_len())
+    }
+
+    /// One datagram: `encoded` with its sealing fields, `piece` (fragment `index` of `count`),
+    /// the trailer; `out` is exactly its length.
+    fn seal_piece(
+        &self,
+        encoded: &[u8; HEADER_LEN],
+        counter: u64,
+        index: u8,
+        count: u8,
+        piece: &[u8],
+        out: &mut [u8],
+    ) {
+        debug_assert_eq!(out.len(), OVERHEAD + piece.len());
         let (h, rest) = out.split_at_mut(HEADER_LEN);
         let h: &mut [u8; HEADER_LEN] = h.try_into().expect("split at HEADER_LEN");
-        let (body, trailer) = rest.split_at_mut(PAGE_SIZE);
-        *h = header.encode();
+        let (body, trailer) = rest.split_at_mut(piece.len());
+        *h = *encoded;
         h[FLAGS_AT] = self.protection().flags();
+        h[FRAGMENT_INDEX_AT] = index;
+        h[FRAGMENT_COUNT_AT] = count;
         h[STREAM_ID_AT..STREAM_ID_AT + STREAM_ID_LEN].copy_from_slice(&self.stream_id);
         h[COUNTER_AT..CHECKSUM_AT].copy_from_slice(&counter.to_be_bytes());
         match &self.seal {
             Seal::Token(token) => {
-                body.copy_from_slice(page);
-                let sum = checksum(h, page);
+                body.copy_from_slice(piece);
+                let sum = checksum(h, piece);
                 h[CHECKSUM_AT..].copy_from_slice(&sum.to_be_bytes());
                 trailer.copy_from_slice(token);
             }
@@ -494,14 +717,13 @@ impl SealStream {
                 .seal_out_of_place_scatter(
                     nonce(counter),
                     Aad::from(&h[..]),
-                    page,
+                    piece,
                     body,
                     &[],
                     trailer,
                 )
                 .expect("fixed, matching lengths far below AES-GCM's limits"),
         }
-        Ok(())
     }
 }
 
@@ -513,11 +735,19 @@ struct CachedStream {
     aead: Option<LessSafeKey>,
 }
 
+/// A stream id and its derived token, before any datagram of the stream passed.
+type UnprovenToken = ([u8; STREAM_ID_LEN], [u8; TOKEN_LEN]);
+
 /// A receiver's view of one key: validates datagrams (and decrypts aead pages in place).
 /// Allocated once (its stream-key cache has a fixed size); opening never allocates.
 pub struct Opener {
     key: DatagramKey,
     streams: Box<[Option<CachedStream>]>,
+    /// Tokens derived for stream ids no datagram has passed under yet (a stream's first
+    /// datagrams, or a forger's ids), direct-mapped apart from `streams`: a flood that repeats
+    /// its ids costs a compare per datagram, not a derivation, and can never displace a proven
+    /// stream.
+    unproven: Box<[Option<UnprovenToken>]>,
 }
 
 impl std::fmt::Debug for Opener {
@@ -538,10 +768,15 @@ impl Opener {
         &self.key
     }
 
-    /// Validates a datagram that was scattered into header, page and trailer regions and, for aead,
-    /// decrypts the page in place once it authenticates. `received_len` is what the kernel
-    /// reported; `truncated` is MSG_TRUNC (the datagram was longer than the three regions). Only
-    /// `Ok` may reach the cache: on any error `page` holds unspecified bytes.
+    /// Validates a datagram that was scattered into header, page and trailer regions and, for
+    /// aead, decrypts its piece of the page in place once it authenticates. `received_len` is
+    /// what the kernel reported; `truncated` is MSG_TRUNC (the datagram was longer than the three
+    /// regions). A whole page fills the page region and the trailer region; a fragment, shorter,
+    /// puts its piece at the front of the page region and its trailer right after it.
+    ///
+    /// Every check that needs no key runs first (lengths, header fields, key id), then the
+    /// token compare (or the GCM tag), then the checksum. Only `Ok` may reach the cache: on any
+    /// error `page` holds unspecified bytes.
     pub fn open(
         &mut self,
         received_len: usize,
@@ -549,27 +784,53 @@ impl Opener {
         header: &[u8; HEADER_LEN],
         page: &mut [u8; PAGE_SIZE],
         tag: &[u8; TAG_LEN],
-    ) -> Result<DatagramHeader, DropReason> {
+    ) -> Result<Opened, DropReason> {
         if truncated || received_len > DATAGRAM_LEN {
             return Err(DropReason::TooLong);
         }
-        if received_len < DATAGRAM_LEN {
+        if received_len < OVERHEAD {
             return Err(DropReason::TooShort);
         }
         let hdr = DatagramHeader::decode(header)?;
+        let (index, count) = fragment_of(header).ok_or(DropReason::BadHeader)?;
+        let expected = fragment_datagram_len(count);
+        if received_len > expected {
+            return Err(DropReason::TooLong);
+        }
+        if received_len < expected {
+            return Err(DropReason::TooShort);
+        }
         if hdr.key_id != self.key.id {
             return Err(DropReason::UnknownKeyId);
         }
         let protection = Protection::from_flags(header[FLAGS_AT]).ok_or(DropReason::BadHeader)?;
+        if protection == Protection::Aead && checksum_of(header) != 0 {
+            return Err(DropReason::BadHeader);
+        }
         let stream_id = stream_id_of(header);
         // Random ids: any two bytes index the cache uniformly.
         let slot =
             usize::from(u16::from_le_bytes([stream_id[0], stream_id[1]])) % STREAM_CACHE_ENTRIES;
+        let (body, tag) = if count == 1 {
+            (&mut page[..], *tag)
+        } else {
+            let (body, rest) = page.split_at_mut(PAGE_SIZE / usize::from(count));
+            let tag: [u8; TAG_LEN] = rest[..TAG_LEN].try_into().expect("TAG_LEN bytes");
+            (body, tag)
+        };
         match protection {
-            Protection::Token => self.open_token(slot, stream_id, header, page, tag)?,
-            Protection::Aead => self.open_aead(slot, stream_id, header, page, tag)?,
+            Protection::Token => self.open_token(slot, stream_id, header, body, &tag)?,
+            Protection::Aead => self.open_aead(slot, stream_id, header, body, &tag)?,
         }
-        Ok(hdr)
+        Ok(Opened {
+            hdr,
+            piece: Piece {
+                index,
+                count,
+                stream_id,
+                page_id: counter_of(header).wrapping_sub(u64::from(index)),
+            },
+        })
     }
 
     /// `open` for a token datagram: the stream's token in the trailer, then the checksum.
@@ -580,18 +841,29 @@ impl Opener {
         slot: usize,
         stream_id: [u8; STREAM_ID_LEN],
         header: &[u8; HEADER_LEN],
-        page: &[u8; PAGE_SIZE],
+        body: &[u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), DropReason> {
         let cached = cached_stream(&mut self.streams, slot, &stream_id);
         let token = match &cached {
             Some(c) => c.token,
-            None => self.key.stream_token(&stream_id),
+            None => {
+                // Other id bytes than the proven cache's index, so the two tables collide apart.
+                let u = usize::from(stream_id[2]) % UNPROVEN_CACHE_ENTRIES;
+                match self.unproven[u] {
+                    Some((id, token)) if id == stream_id => token,
+                    _ => {
+                        let token = self.key.stream_token(&stream_id);
+                        self.unproven[u] = Some((stream_id, token));
+                        token
+                    }
+                }
+            }
         };
         if aws_lc_rs::constant_time::verify_slices_are_equal(&token, tag).is_err() {
             return Err(DropReason::BadMac);
         }
-        if checksum(header, page) != checksum_of(header) {
+        if checksum(header, body) != checksum_of(header) {
             return Err(DropReason::BadChecksum);
         }
         if cached.is_none() {
@@ -605,7 +877,7 @@ impl Opener {
         Ok(())
     }
 
-    /// `open` for an aead datagram: authenticates and decrypts the page in place under the
+    /// `open` for an aead datagram: authenticates and decrypts the body in place under the
     /// stream's key (derived and cached on the stream's first datagram that passes).
     // Always inlined: one call site on the receive path, so `open` compiles as one function.
     #[inline(always)]
@@ -614,23 +886,20 @@ impl Opener {
         slot: usize,
         stream_id: [u8; STREAM_ID_LEN],
         header: &[u8; HEADER_LEN],
-        page: &mut [u8; PAGE_SIZE],
+        body: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), DropReason> {
-        if checksum_of(header) != 0 {
-            return Err(DropReason::BadHeader);
-        }
         match cached_stream(&mut self.streams, slot, &stream_id) {
             Some(CachedStream {
                 aead: Some(aead), ..
             }) => {
-                if !open_in_place(aead, header, page, tag) {
+                if !open_in_place(aead, header, body, tag) {
                     return Err(DropReason::BadMac);
                 }
             }
             cached => {
                 let aead = self.key.stream_key(&stream_id);
-                if !open_in_place(&aead, header, page, tag) {
+                if !open_in_place(&aead, header, body, tag) {
                     return Err(DropReason::BadMac);
                 }
                 match cached {
@@ -648,9 +917,29 @@ impl Opener {
         Ok(())
     }
 
-    /// Validates a datagram held in one contiguous buffer and copies (aead: decrypts) its page
-    /// into `page`
-    /// (the simulator, tests and copy paths).
+    /// Validates any datagram (a whole page or a fragment) held in one contiguous buffer, as
+    /// the kernel would scatter it into a slot: its piece of the page (aead: decrypted) lands at
+    /// the front of `page` (the simulator's copy path, tests, fuzzing).
+    pub fn open_any_bytes(
+        &mut self,
+        bytes: &[u8],
+        page: &mut [u8; PAGE_SIZE],
+    ) -> Result<Opened, DropReason> {
+        let mut header = [0u8; HEADER_LEN];
+        let mut tag = [0u8; TAG_LEN];
+        let h = bytes.len().min(HEADER_LEN);
+        header[..h].copy_from_slice(&bytes[..h]);
+        let rest = &bytes[h..];
+        let p = rest.len().min(PAGE_SIZE);
+        page[..p].copy_from_slice(&rest[..p]);
+        let t = (rest.len() - p).min(TAG_LEN);
+        tag[..t].copy_from_slice(&rest[p..p + t]);
+        self.open(bytes.len(), false, &header, page, &tag)
+    }
+
+    /// Validates a whole-page datagram held in one contiguous buffer and copies (aead:
+    /// decrypts) its page into `page` (the simulator, tests and copy paths). A fragment is
+    /// turned away (too short).
     pub fn open_bytes(
         &mut self,
         bytes: &[u8],
@@ -662,17 +951,46 @@ impl Opener {
         if bytes.len() < DATAGRAM_LEN {
             return Err(DropReason::TooShort);
         }
-        let (header, rest) = bytes.split_at(HEADER_LEN);
-        let (body, tag) = rest.split_at(PAGE_SIZE);
-        page.copy_from_slice(body);
-        self.open(
-            bytes.len(),
-            false,
-            header.try_into().expect("split at HEADER_LEN"),
-            page,
-            tag.try_into().expect("TAG_LEN left"),
-        )
+        self.open_any_bytes(bytes, page).map(|o| o.hdr)
     }
+}
+
+/// Which part of its page an opened datagram carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// Fragment index, below `count`.
+    pub index: u8,
+    /// Fragments of the page: 1 for a whole page.
+    pub count: u8,
+    /// The stream it was sealed in.
+    pub stream_id: [u8; STREAM_ID_LEN],
+    /// The page's first counter value (`counter - index`): with the stream id, what names the
+    /// page among every page in flight.
+    pub page_id: u64,
+}
+
+impl Piece {
+    /// Whether this is a split page's parity piece (the XOR of its fragments), not a fragment.
+    pub fn is_parity(&self) -> bool {
+        self.index == self.count
+    }
+
+    /// Bytes of the page this piece carries.
+    pub fn size(&self) -> usize {
+        PAGE_SIZE / usize::from(self.count)
+    }
+
+    /// Where in the page they go (a fragment; the parity piece goes nowhere).
+    pub fn offset(&self) -> usize {
+        usize::from(self.index) * self.size()
+    }
+}
+
+/// A datagram that authenticated: its header and which piece of the page it carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub hdr: DatagramHeader,
+    pub piece: Piece,
 }
 
 #[cfg(test)]
@@ -782,8 +1100,9 @@ mod tests {
         let d = sealed_by(&stream);
         let h = &d[..HEADER_LEN];
         assert_eq!(&h[0..4], b"UDPF");
-        assert_eq!(h[4], 4);
+        assert_eq!(h[4], 5);
         assert_eq!(h[5], 0, "token protection");
+        assert_eq!((h[6], h[7]), (0, 1), "a whole page: fragment 0 of 1");
         assert_eq!(&h[8..12], &[0, 0, 0, 7]);
         assert_eq!(&h[12..20], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(&h[20..28], &[0xff; 8]);
@@ -814,12 +1133,13 @@ mod tests {
         let mut bad = d.clone();
         bad[0] = b'X';
         assert_eq!(open(&key(), &bad[..]), Err(DropReason::BadMagic));
-        for old in [1, 2, 3] {
+        for old in [1, 2, 3, 4] {
             let mut bad = d.clone();
             bad[4] = old; // BLAKE3-tagged, then all-AES-GCM formats
             assert_eq!(open(&key(), &bad[..]), Err(DropReason::BadVersion));
         }
-        for (at, value) in [(5, 2), (6, 1), (50, 1)] {
+        // Flags, fragment index beyond the count, a count not a power of two or above 32.
+        for (at, value) in [(5, 2), (6, 1), (7, 0), (7, 3), (7, 64), (50, 1)] {
             let mut bad = d.clone();
             bad[at] = value;
             assert_eq!(open(&key(), &bad[..]), Err(DropReason::BadHeader), "{at}");
@@ -889,6 +1209,32 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_under_one_forged_stream_id_derives_its_token_once() {
+        let mut opener = key().opener();
+        let mut forged = sealed();
+        forged[64 + 9] ^= 0xFF; // another stream id: its token is not the trailer
+        let mut out = [0u8; PAGE_SIZE];
+        for _ in 0..3 {
+            assert_eq!(
+                opener.open_bytes(&forged[..], &mut out),
+                Err(DropReason::BadMac)
+            );
+        }
+        let id: [u8; STREAM_ID_LEN] = forged[64..80].try_into().unwrap();
+        let u = usize::from(id[2]) % UNPROVEN_CACHE_ENTRIES;
+        assert_eq!(
+            opener.unproven[u],
+            Some((id, key().stream_token(&id))),
+            "kept apart from the proven streams"
+        );
+        let slot = usize::from(u16::from_le_bytes([id[0], id[1]])) % STREAM_CACHE_ENTRIES;
+        assert!(opener.streams[slot].is_none());
+        // The genuine stream still opens and is proven as before.
+        assert!(opener.open_bytes(&sealed()[..], &mut out).is_ok());
+        assert!(matches!(&opener.streams[slot], Some(c) if c.id == STREAM));
+    }
+
+    #[test]
     fn a_wrong_token_is_rejected_before_the_page_is_read() {
         // A forger without the token: rejected as forged whatever the page and checksum, so a
         // flood of forgeries costs a comparison each (the checksum would say BadChecksum).
@@ -909,7 +1255,133 @@ mod tests {
         );
     }
 
+    fn fragments_of(stream: &SealStream) -> Vec<Vec<u8>> {
+        let mut out = Box::new([0u8; SEALED_PAGE_MAX]);
+        let n = stream.seal_page(&header(), &page(), &mut out).unwrap();
+        out[..n]
+            .chunks_exact(stream.fragment_len())
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    #[test]
+    fn the_mtu_gives_the_fewest_fragments_that_fit() {
+        assert_eq!(fragments_for_mtu(0, false), Some(1), "unknown: whole pages");
+        assert_eq!(fragments_for_mtu(65536, false), Some(1), "loopback");
+        assert_eq!(fragments_for_mtu(9000, false), Some(1));
+        assert_eq!(
+            fragments_for_mtu(8332, false),
+            Some(1),
+            "exactly one whole datagram"
+        );
+        assert_eq!(fragments_for_mtu(8331, false), Some(2));
+        assert_eq!(
+            fragments_for_mtu(8351, true),
+            Some(2),
+            "IPv6 headers are longer"
+        );
+        assert_eq!(fragments_for_mtu(1500, false), Some(8));
+        assert_eq!(fragments_for_mtu(1500, true), Some(8));
+        assert_eq!(fragments_for_mtu(1280, true), Some(8));
+        assert_eq!(fragments_for_mtu(576, false), Some(32));
+        assert_eq!(fragments_for_mtu(395, false), None);
+        for mtu in [576u32, 1000, 1500, 4000, 9000] {
+            let k = fragments_for_mtu(mtu, false).unwrap();
+            assert!(fragment_datagram_len(k) + 28 <= mtu as usize, "{mtu}");
+        }
+    }
+
+    #[test]
+    fn a_split_page_opens_piece_by_piece_under_both_protections() {
+        for protection in [Protection::Token, Protection::Aead] {
+            let stream = key().stream_with(STREAM, protection).with_fragments(8);
+            assert_eq!(
+                (stream.fragment_len(), stream.sealed_len()),
+                (1136, 9 * 1136),
+                "8 fragments and the parity piece"
+            );
+            let frags = fragments_of(&stream);
+            let again = fragments_of(&stream);
+            let mut opener = key().opener();
+            let mut joined = [0u8; PAGE_SIZE];
+            assert_eq!(frags.len(), 9);
+            let mut parity = [0u8; 1024];
+            for (i, f) in frags[..8].iter().enumerate().rev() {
+                assert_eq!(f.len(), 1136);
+                assert_eq!((f[6], f[7]), (i as u8, 8));
+                assert_eq!(
+                    &f[52..56],
+                    &[0xA0, 0xB0, 0xC0, 0xD0],
+                    "blkno for the steering"
+                );
+                assert_eq!(u64::from_be_bytes(f[80..88].try_into().unwrap()), i as u64);
+                let mut out = [0u8; PAGE_SIZE];
+                let o = opener.open_any_bytes(f, &mut out).unwrap();
+                assert_eq!(o.hdr, header());
+                assert_eq!(
+                    o.piece,
+                    Piece {
+                        index: i as u8,
+                        count: 8,
+                        stream_id: STREAM,
+                        page_id: 0
+                    }
+                );
+                joined[o.piece.offset()..][..1024].copy_from_slice(&out[..1024]);
+                xor_into(&mut parity, &out[..1024]);
+                // A whole-page opener turns a fragment away.
+                assert_eq!(opener.open_bytes(f, &mut out), Err(DropReason::TooShort));
+            }
+            assert_eq!(&joined[..], &page()[..]);
+            // The parity piece: index 8 of 8, the next counter, the XOR of the pieces.
+            let mut out = [0u8; PAGE_SIZE];
+            let o = opener.open_any_bytes(&frags[8], &mut out).unwrap();
+            assert!(o.piece.is_parity());
+            assert_eq!((o.piece.index, o.piece.page_id), (8, 0));
+            assert_eq!(&out[..1024], &parity[..]);
+            // The next page of the stream: counters 9..18, so another page id.
+            let o = opener
+                .open_any_bytes(&again[3], &mut [0u8; PAGE_SIZE])
+                .unwrap();
+            assert_eq!((o.piece.index, o.piece.page_id), (3, 9));
+        }
+    }
+
+    #[test]
+    fn a_fragment_with_a_wrong_length_or_count_is_rejected_before_its_token() {
+        let frags = fragments_of(&key().stream(STREAM).with_fragments(8));
+        let f = &frags[2];
+        assert_eq!(open_any(&f[..f.len() - 1]), Err(DropReason::TooShort));
+        let mut long = f.clone();
+        long.push(0);
+        assert_eq!(open_any(&long), Err(DropReason::TooLong));
+        // Another count changes the length it must have: too short or too long, never opened.
+        let mut other = f.clone();
+        other[7] = 4;
+        assert_eq!(open_any(&other), Err(DropReason::TooShort));
+        other[7] = 16;
+        assert_eq!(open_any(&other), Err(DropReason::TooLong));
+        assert_eq!(open_any(&f[..40]), Err(DropReason::TooShort));
+    }
+
+    fn open_any(d: &[u8]) -> Result<Opened, DropReason> {
+        key().opener().open_any_bytes(d, &mut [0u8; PAGE_SIZE])
+    }
+
     proptest! {
+        #[test]
+        fn any_bit_flip_of_a_fragment_is_rejected(frag in 0usize..8, at in 0usize..1136, bit in 0u8..8, aead in any::<bool>()) {
+            let protection = if aead { Protection::Aead } else { Protection::Token };
+            let mut frags = fragments_of(&key().stream_with(STREAM, protection).with_fragments(8));
+            frags[frag][at] ^= 1 << bit;
+            prop_assert!(open_any(&frags[frag]).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_validate_as_any_datagram(bytes in prop::collection::vec(any::<u8>(), 0..9000)) {
+            prop_assert!(open_any(&bytes).is_err());
+        }
+
         #[test]
         fn any_bit_flip_is_rejected(at in 0usize..DATAGRAM_LEN, bit in 0u8..8, aead in any::<bool>()) {
             let protection = if aead { Protection::Aead } else { Protection::Token };

@@ -1,12 +1,44 @@
 //! Sans-IO ingest: what a worker does with one received datagram. The daemon's socket loops and
 //! the simulator both call this; it reads no clock (the caller passes `now`) and opens no socket.
+//!
+//! A whole-page datagram is verified and published in the frame it was received into. A
+//! fragment is verified there too, then joined with its siblings in the thread's bounded
+//! assembly table (`reassembly`, whose docs say why that takes one copy of the fragment), and
+//! its page published when the last fragment arrives.
 
-use crate::datagram::{DatagramHeader, DatagramKey, DropReason, Opener, HEADER_LEN, TAG_LEN};
+mod reassembly;
+
+pub use reassembly::{ASSEMBLY_ENTRIES, ASSEMBLY_TIMEOUT_NS};
+
+use crate::datagram::{
+    DatagramHeader, DatagramKey, DropReason, Opened, Opener, HEADER_LEN, TAG_LEN,
+};
 use crate::metrics::ThreadMetrics;
 use lfc::{InstallOutcome, Lfc, Reservation, PAGE_SIZE};
+use reassembly::{Added, Assembly};
 
 /// The verdict on one datagram: installed, or dropped for exactly one reason.
 pub type Verdict = Result<DatagramHeader, DropReason>;
+
+/// What became of one received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its verdict: a whole page installed (or the fragment that completed a page), or the
+    /// datagram dropped for one reason.
+    Done(Verdict),
+    /// A fragment that authenticated, kept until its page is whole.
+    Held,
+}
+
+impl Outcome {
+    /// The verdict, `None` for a held fragment.
+    pub fn verdict(&self) -> Option<&Verdict> {
+        match self {
+            Outcome::Done(v) => Some(v),
+            Outcome::Held => None,
+        }
+    }
+}
 
 fn install_verdict(hdr: DatagramHeader, outcome: InstallOutcome) -> Verdict {
     match outcome {
@@ -31,10 +63,12 @@ pub struct Received {
 }
 
 /// Validates and installs datagrams into one LFC under one key. One per worker thread: it
-/// keeps the thread's stream keys (`Opener`) and a page buffer for the copy path.
+/// keeps the thread's stream keys (`Opener`), its pages being joined from fragments and a page
+/// buffer for the copy path.
 pub struct Ingest<'a> {
     lfc: &'a Lfc,
     opener: Opener,
+    assembly: Assembly<'a>,
     scratch: Box<[u8; PAGE_SIZE]>,
 }
 
@@ -42,6 +76,7 @@ impl<'a> Ingest<'a> {
     pub fn new(lfc: &'a Lfc) -> Self {
         Ingest {
             opener: DatagramKey::new(lfc.key_id(), lfc.key()).opener(),
+            assembly: Assembly::new(),
             lfc,
             scratch: Box::new([0u8; PAGE_SIZE]),
         }
@@ -51,20 +86,38 @@ impl<'a> Ingest<'a> {
         self.opener.key()
     }
 
+    /// Pages being joined from fragments now.
+    pub fn pages_in_assembly(&self) -> usize {
+        self.assembly.in_progress()
+    }
+
+    /// Frames the assembly table holds reserved (pages being joined and spares): at most
+    /// [`ASSEMBLY_ENTRIES`].
+    pub fn assembly_frames(&self) -> usize {
+        self.assembly.frames()
+    }
+
+    /// Abandons the frames of the pages being joined (the daemon stops): none is published.
+    pub fn abandon_assembly(&mut self) {
+        self.assembly.abandon_all();
+    }
+
     /// A datagram was received straight into `slot` (its page region) with its header and tag in
-    /// `received`. The page is decrypted in the slot and the slot published when the datagram
-    /// authenticates and the install rules accept it; otherwise nothing of the datagram becomes
-    /// visible and the slot comes back still reserved, for the caller to post again. Handing it
-    /// back is what keeps junk traffic (forged, corrupt, duplicate, stale) from evicting cached
-    /// pages: a worker that freed the slot would claim a new frame, through CLOCK, for every
-    /// datagram it turns away.
+    /// `received`. A whole page is decrypted in the slot and the slot published when the
+    /// datagram authenticates and the install rules accept it; a fragment that authenticates is
+    /// copied into its page's frame in the assembly table, and that page published when it is
+    /// whole. Otherwise nothing of the datagram becomes visible, and the slot comes back still
+    /// reserved (always, for a fragment), for the caller to post again. Handing it back is
+    /// what keeps junk traffic (forged, corrupt, duplicate, stale) from evicting cached pages:
+    /// a worker that freed the slot would claim a new frame, through CLOCK, for every datagram
+    /// it turns away.
     pub fn complete(
         &mut self,
         mut slot: Reservation<'a>,
         received: &Received,
         now_wall_ns: u64,
         metrics: &ThreadMetrics,
-    ) -> (Verdict, Option<Reservation<'a>>) {
+    ) -> (Outcome, Option<Reservation<'a>>) {
         let opener = &mut self.opener;
         let opened = slot.with_page_mut(|page| {
             opener.open(
@@ -75,30 +128,94 @@ impl<'a> Ingest<'a> {
                 &received.tag,
             )
         });
-        let (verdict, back) = match opened {
-            Ok(hdr) => match slot.try_publish(&hdr.tag, hdr.not_modified_since) {
-                Ok(()) => (Ok(hdr), None),
-                Err(rejected) => (install_verdict(hdr, rejected.outcome), Some(rejected.slot)),
-            },
-            Err(reason) => (Err(reason), Some(slot)),
-        };
-        metrics.record(&verdict, now_wall_ns);
-        (verdict, back)
+        match opened {
+            Ok(o) if o.piece.count == 1 => {
+                let (verdict, back) = match slot.try_publish(&o.hdr.tag, o.hdr.not_modified_since) {
+                    Ok(()) => (Ok(o.hdr), None),
+                    Err(rejected) => (
+                        install_verdict(o.hdr, rejected.outcome),
+                        Some(rejected.slot),
+                    ),
+                };
+                metrics.record(&verdict, now_wall_ns);
+                (Outcome::Done(verdict), back)
+            }
+            Ok(o) => {
+                let (assembly, lfc) = (&mut self.assembly, self.lfc);
+                let outcome =
+                    slot.with_page_mut(|page| join(assembly, lfc, &o, page, now_wall_ns, metrics));
+                (outcome, Some(slot))
+            }
+            Err(reason) => {
+                let verdict = Err(reason);
+                metrics.record(&verdict, now_wall_ns);
+                (Outcome::Done(verdict), Some(slot))
+            }
+        }
     }
 
     /// Validates a datagram held in one buffer and installs its page by copy (the simulator,
-    /// and any path without zero-copy receive).
-    pub fn offer(&mut self, bytes: &[u8], now_wall_ns: u64, metrics: &ThreadMetrics) -> Verdict {
+    /// and any path without zero-copy receive); a fragment is joined as `complete` joins it.
+    pub fn offer(&mut self, bytes: &[u8], now_wall_ns: u64, metrics: &ThreadMetrics) -> Outcome {
         let page = &mut self.scratch;
-        let verdict = self.opener.open_bytes(bytes, page).and_then(|hdr| {
-            install_verdict(
-                hdr,
-                self.lfc
-                    .install_prefetched(&hdr.tag, hdr.not_modified_since, page),
-            )
-        });
-        metrics.record(&verdict, now_wall_ns);
-        verdict
+        match self.opener.open_any_bytes(bytes, page) {
+            Ok(o) if o.piece.count == 1 => {
+                let verdict = install_verdict(
+                    o.hdr,
+                    self.lfc
+                        .install_prefetched(&o.hdr.tag, o.hdr.not_modified_since, page),
+                );
+                metrics.record(&verdict, now_wall_ns);
+                Outcome::Done(verdict)
+            }
+            Ok(o) => join(&mut self.assembly, self.lfc, &o, page, now_wall_ns, metrics),
+            Err(reason) => {
+                let verdict = Err(reason);
+                metrics.record(&verdict, now_wall_ns);
+                Outcome::Done(verdict)
+            }
+        }
+    }
+}
+
+/// A fragment that authenticated, its piece at the front of `piece`: into the assembly
+/// table, and its page published if it is now whole.
+fn join<'a>(
+    assembly: &mut Assembly<'a>,
+    lfc: &'a Lfc,
+    opened: &Opened,
+    piece: &[u8; PAGE_SIZE],
+    now_wall_ns: u64,
+    metrics: &ThreadMetrics,
+) -> Outcome {
+    let (added, gave_up) = assembly.add(lfc, opened, piece, now_wall_ns);
+    metrics.record_incomplete(gave_up);
+    let verdict = match added {
+        Ok(Added::Held) => {
+            metrics.record_held();
+            return Outcome::Held;
+        }
+        Ok(Added::Complete(hdr, frame, rebuilt)) => {
+            if rebuilt {
+                metrics.record_rebuilt();
+            }
+            match frame.try_publish(&hdr.tag, hdr.not_modified_since) {
+                Ok(()) => Ok(hdr),
+                Err(rejected) => {
+                    assembly.keep_frame(rejected.slot);
+                    install_verdict(hdr, rejected.outcome)
+                }
+            }
+        }
+        Err(reason) => Err(reason),
+    };
+    metrics.record(&verdict, now_wall_ns);
+    Outcome::Done(verdict)
+}
+
+impl Drop for Ingest<'_> {
+    fn drop(&mut self) {
+        self.assembly.abandon_all();
     }
 }
 
@@ -150,7 +267,7 @@ mod tests {
         let mut slot = lfc.reserve().unwrap();
         let received = receive_into(&mut slot, &valid);
         let (verdict, back) = ingest.complete(slot, &received, 0, &metrics);
-        assert_eq!(verdict, Ok(hdr));
+        assert_eq!(verdict, Outcome::Done(Ok(hdr)));
         assert!(back.is_none(), "a published slot is spent");
 
         // A forged copy, a corrupt one, then a duplicate: each hands the same slot back, still
@@ -164,7 +281,7 @@ mod tests {
         ] {
             let received = receive_into(&mut slot, bytes);
             let (verdict, back) = ingest.complete(slot, &received, 0, &metrics);
-            assert_eq!(verdict, Err(reason));
+            assert_eq!(verdict, Outcome::Done(Err(reason)));
             slot = back.expect("a turned-away slot comes back");
             assert_eq!(slot.frame(), frame);
         }
@@ -172,5 +289,196 @@ mod tests {
         assert_eq!((s.used_pages, s.busy_pages, s.evictions), (1, 1, 0));
         slot.abandon();
         assert_eq!(lfc.stats().busy_pages, 0);
+    }
+
+    fn split_page(
+        lfc: &Lfc,
+        stream: [u8; 16],
+        blkno: u32,
+        fill: u8,
+    ) -> (DatagramHeader, Vec<Vec<u8>>) {
+        use crate::datagram::SEALED_PAGE_MAX;
+        let hdr = DatagramHeader {
+            key_id: lfc.key_id(),
+            reqid: 1,
+            request_lsn: u64::MAX,
+            not_modified_since: 5,
+            tag: RelTag::new(1663, 5, 16384, 0).block(blkno),
+            sent_at_ns: 0,
+        };
+        let s = DatagramKey::new(lfc.key_id(), lfc.key())
+            .stream(stream)
+            .with_fragments(8);
+        let mut page = [0u8; PAGE_SIZE];
+        for (i, b) in page.iter_mut().enumerate() {
+            *b = fill ^ (i / 1024) as u8;
+        }
+        let mut out = Box::new([0u8; SEALED_PAGE_MAX]);
+        let n = s.seal_page(&hdr, &page, &mut out).unwrap();
+        let frags = out[..n]
+            .chunks_exact(s.fragment_len())
+            .map(<[u8]>::to_vec)
+            .collect();
+        (hdr, frags)
+    }
+
+    fn page_of(lfc: &Lfc, hdr: &DatagramHeader) -> Option<[u8; PAGE_SIZE]> {
+        let mut out = [0u8; PAGE_SIZE];
+        lfc.lookup(&hdr.tag, &mut out).map(|_| out)
+    }
+
+    #[test]
+    fn fragments_in_any_order_with_duplicates_make_one_page_published_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
+        let mut ingest = Ingest::new(&lfc);
+        let m = ThreadMetrics::default();
+        let (hdr, frags) = split_page(&lfc, [1; 16], 7, 0x30);
+        let dup = Outcome::Done(Err(DropReason::DuplicateFragment));
+        for (k, i) in [5, 0, 7, 5, 2, 1, 3, 4].into_iter().enumerate() {
+            let expect = if k == 3 { dup } else { Outcome::Held };
+            assert_eq!(ingest.offer(&frags[i], 10, &m), expect, "fragment {i}");
+            assert!(!lfc.contains(&hdr.tag), "not before the last fragment");
+        }
+        assert_eq!(ingest.offer(&frags[6], 10, &m), Outcome::Done(Ok(hdr)));
+        let mut want = [0u8; PAGE_SIZE];
+        for (i, b) in want.iter_mut().enumerate() {
+            *b = 0x30 ^ (i / 1024) as u8;
+        }
+        assert_eq!(page_of(&lfc, &hdr), Some(want));
+        assert_eq!(ingest.pages_in_assembly(), 0);
+        // The parity piece, last, and a late duplicate: the page is whole already, so they
+        // start nothing.
+        assert_eq!(frags.len(), 9);
+        assert_eq!(ingest.offer(&frags[8], 20, &m), dup);
+        assert_eq!(ingest.offer(&frags[2], 20, &m), dup);
+        assert_eq!(ingest.pages_in_assembly(), 0);
+        // A page missing two pieces can never be whole: given up by the timeout.
+        let (_, other) = split_page(&lfc, [2; 16], 8, 0x40);
+        for f in &other[..7] {
+            assert_eq!(ingest.offer(f, 30, &m), Outcome::Held);
+        }
+        let (_, third) = split_page(&lfc, [5; 16], 9, 0x50);
+        let later = 30 + ASSEMBLY_TIMEOUT_NS;
+        assert_eq!(ingest.offer(&third[0], later, &m), Outcome::Held);
+        assert_eq!(m.dropped(DropReason::Incomplete), 1);
+        assert_eq!(ingest.pages_in_assembly(), 1);
+        let installed = m.installed.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            (installed, m.dropped(DropReason::DuplicateFragment)),
+            (1, 3)
+        );
+    }
+
+    #[test]
+    fn any_one_lost_piece_is_rebuilt_from_the_parity() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
+        let mut ingest = Ingest::new(&lfc);
+        let m = ThreadMetrics::default();
+        for lost in 0..9u32 {
+            let (hdr, frags) = split_page(&lfc, [0x60 + lost as u8; 16], 20 + lost, lost as u8);
+            let mut last = Outcome::Held;
+            for (i, f) in frags.iter().enumerate() {
+                if i as u32 != lost {
+                    last = ingest.offer(f, 40, &m);
+                }
+            }
+            assert_eq!(last, Outcome::Done(Ok(hdr)), "piece {lost} lost");
+            let mut want = [0u8; PAGE_SIZE];
+            for (i, b) in want.iter_mut().enumerate() {
+                *b = lost as u8 ^ (i / 1024) as u8;
+            }
+            assert_eq!(page_of(&lfc, &hdr), Some(want), "piece {lost} lost");
+        }
+        let rebuilt = m
+            .fragments_rebuilt
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(rebuilt, 8, "every lost fragment, not the lost parity");
+        assert_eq!(ingest.pages_in_assembly(), 0);
+    }
+
+    #[test]
+    fn a_page_missing_a_fragment_is_given_up_and_forged_fragments_touch_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 256).unwrap();
+        let mut ingest = Ingest::new(&lfc);
+        let m = ThreadMetrics::default();
+        // Pages missing their last fragment fill the table; each newer page pushes the oldest out.
+        let mut pages = Vec::new();
+        for b in 0..ASSEMBLY_ENTRIES as u32 + 3 {
+            let (hdr, frags) = split_page(&lfc, [b as u8 + 100; 16], b, b as u8);
+            for f in &frags[..7] {
+                assert_eq!(ingest.offer(f, u64::from(b), &m), Outcome::Held);
+            }
+            pages.push((hdr, frags));
+        }
+        assert_eq!(ingest.pages_in_assembly(), ASSEMBLY_ENTRIES);
+        assert_eq!(m.dropped(DropReason::Incomplete), 3);
+        assert!(ingest.assembly_frames() <= ASSEMBLY_ENTRIES);
+        let busy = lfc.stats().busy_pages;
+        // The oldest page was given up: its last fragment now starts a new page, not a publish.
+        assert_eq!(ingest.offer(&pages[0].1[7], 100, &m), Outcome::Held);
+        assert!(!lfc.contains(&pages[0].0.tag));
+        // Forged and corrupt fragments of a page being joined: turned away, nothing evicted.
+        let (hdr, frags) = &pages[10];
+        let mut forged = frags[7].clone();
+        let n = forged.len();
+        forged[n - 1] ^= 1;
+        let mut corrupt = frags[7].clone();
+        corrupt[HEADER_LEN + 3] ^= 1;
+        let in_progress = ingest.pages_in_assembly();
+        assert_eq!(
+            ingest.offer(&forged, 100, &m),
+            Outcome::Done(Err(DropReason::BadMac))
+        );
+        assert_eq!(
+            ingest.offer(&corrupt, 100, &m),
+            Outcome::Done(Err(DropReason::BadChecksum))
+        );
+        assert_eq!(ingest.pages_in_assembly(), in_progress);
+        assert_eq!(lfc.stats().busy_pages, busy, "no frame claimed for junk");
+        assert!(!lfc.contains(&hdr.tag));
+        // The real last fragment completes it.
+        assert_eq!(ingest.offer(&frags[7], 100, &m), Outcome::Done(Ok(*hdr)));
+        assert!(lfc.contains(&hdr.tag));
+        assert_eq!(lfc.stats().evictions, 0);
+        // Stopping abandons every frame held; none was published.
+        ingest.abandon_assembly();
+        assert_eq!(lfc.stats().busy_pages, 0);
+    }
+
+    #[test]
+    fn a_fragment_received_into_a_slot_is_joined_and_the_slot_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 16).unwrap();
+        let mut ingest = Ingest::new(&lfc);
+        let m = ThreadMetrics::default();
+        let (hdr, frags) = split_page(&lfc, [4; 16], 1, 0x11);
+        let mut slot = lfc.reserve().unwrap();
+        let frame = slot.frame();
+        for (i, f) in frags.iter().enumerate() {
+            // The kernel scatters a short datagram: header, then the rest into the page region.
+            let mut page = [0u8; PAGE_SIZE];
+            page[..f.len() - HEADER_LEN].copy_from_slice(&f[HEADER_LEN..]);
+            slot.fill_from(&page);
+            let received = Received {
+                len: f.len(),
+                truncated: false,
+                header: f[..HEADER_LEN].try_into().unwrap(),
+                tag: [0xEE; TAG_LEN],
+            };
+            let (outcome, back) = ingest.complete(slot, &received, 0, &m);
+            let want = match i {
+                0..=6 => Outcome::Held,
+                7 => Outcome::Done(Ok(hdr)),
+                _ => Outcome::Done(Err(DropReason::DuplicateFragment)), // the parity, late
+            };
+            assert_eq!(outcome, want);
+            slot = back.expect("a fragment's slot always comes back");
+            assert_eq!(slot.frame(), frame);
+        }
+        assert!(lfc.contains(&hdr.tag));
+        slot.abandon();
     }
 }

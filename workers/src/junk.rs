@@ -31,7 +31,7 @@ pub const JUNK_PER_WINDOW: u64 = 500;
 
 /// Whether a drop means the datagram was never genuine (or was corrupted on the way): failing
 /// the format or the protection. Races of genuine pages (stale, already present, no room) are
-/// not junk.
+/// not junk, nor are authenticated fragments that were not needed.
 pub fn is_junk(reason: DropReason) -> bool {
     match reason {
         DropReason::TooShort
@@ -42,7 +42,13 @@ pub fn is_junk(reason: DropReason) -> bool {
         | DropReason::UnknownKeyId
         | DropReason::BadMac
         | DropReason::BadChecksum => true,
-        DropReason::Stale | DropReason::AlreadyPresent | DropReason::NoRoom => false,
+        // Authenticated pieces of genuine pages (a duplicate, or a page given up with pieces
+        // missing) and races of genuine pages.
+        DropReason::DuplicateFragment
+        | DropReason::Incomplete
+        | DropReason::Stale
+        | DropReason::AlreadyPresent
+        | DropReason::NoRoom => false,
     }
 }
 

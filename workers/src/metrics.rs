@@ -11,6 +11,12 @@ pub struct ThreadMetrics {
     pub received: AtomicU64,
     pub installed: AtomicU64,
     pub dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Fragments that authenticated and were kept for their page (each later part of an
+    /// installed page or of one given up, `DropReason::Incomplete`). With whole pages,
+    /// received = installed + dropped; fragments add these.
+    pub fragments_held: AtomicU64,
+    /// Pages made whole by rebuilding a lost fragment from their parity piece.
+    pub fragments_rebuilt: AtomicU64,
     /// Latest cumulative SO_RXQ_OVFL value seen by this thread's socket.
     pub kernel_drops: AtomicU64,
     /// Windows in which this thread's junk budget ran out and it slept (`crate::junk`).
@@ -125,6 +131,25 @@ impl ThreadMetrics {
         }
     }
 
+    /// A fragment kept for its page: a datagram received, neither installed nor dropped yet.
+    pub fn record_held(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.fragments_held.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A page made whole by rebuilding a lost fragment from its parity piece.
+    pub fn record_rebuilt(&self) {
+        self.fragments_rebuilt.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `pages` given up with fragments missing (pages, not datagrams: no `received`).
+    pub fn record_incomplete(&self, pages: u32) {
+        if pages > 0 {
+            self.dropped[DropReason::Incomplete.index()]
+                .fetch_add(u64::from(pages), Ordering::Relaxed);
+        }
+    }
+
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped[reason.index()].load(Ordering::Relaxed)
     }
@@ -145,6 +170,8 @@ pub struct Totals {
     pub received: u64,
     pub installed: u64,
     pub dropped: [u64; DropReason::ALL.len()],
+    pub fragments_held: u64,
+    pub fragments_rebuilt: u64,
     pub kernel_drops: u64,
 }
 
@@ -156,6 +183,8 @@ pub fn totals(threads: &[ThreadMetrics]) -> Totals {
         for (i, d) in m.dropped.iter().enumerate() {
             t.dropped[i] += d.load(Ordering::Relaxed);
         }
+        t.fragments_held += m.fragments_held.load(Ordering::Relaxed);
+        t.fragments_rebuilt += m.fragments_rebuilt.load(Ordering::Relaxed);
         t.kernel_drops += m.kernel_drops.load(Ordering::Relaxed);
     }
     t
@@ -225,6 +254,21 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         t.installed,
     );
     dropped_by_reason(&mut out, &t);
+    single(
+        &mut out,
+        "udp_prefetch_fragments_held_total",
+        "counter",
+        "Page fragments that authenticated and were kept until their page was whole (or given \
+         up: dropped reason=\"incomplete\", counted per page).",
+        t.fragments_held,
+    );
+    single(
+        &mut out,
+        "udp_prefetch_fragments_rebuilt_total",
+        "counter",
+        "Pages made whole by rebuilding a lost fragment from their parity piece.",
+        t.fragments_rebuilt,
+    );
     single(
         &mut out,
         "udp_prefetch_kernel_drops_total",

@@ -10,8 +10,7 @@
 //! `lfc`; reads no clock except to date a batch.
 
 use crate::datagram::{HEADER_LEN, TAG_LEN};
-use crate::ingest::Verdict;
-use crate::ingest::{Ingest, Received};
+use crate::ingest::{Ingest, Outcome, Received};
 use crate::metrics::ThreadMetrics;
 use crate::udp::{Completion, Receiver, SlotRegions, UdpError};
 use lfc::{Lfc, Reservation};
@@ -129,7 +128,7 @@ impl<'a> SlotBook<'a> {
         c: &Completion,
         now_wall_ns: u64,
         metrics: &ThreadMetrics,
-    ) -> Option<Verdict> {
+    ) -> Option<Outcome> {
         let i = c.slot_id as usize;
         let res = self.posted[i].take().expect("a completed slot was posted");
         self.free.push(c.slot_id);
@@ -149,12 +148,12 @@ impl<'a> SlotBook<'a> {
                 tag: self.tags.add(i).read(),
             }
         };
-        let (verdict, back) = self.ingest.complete(res, &received, now_wall_ns, metrics);
-        if let (Ok(_), Some(from)) = (&verdict, c.source) {
+        let (outcome, back) = self.ingest.complete(res, &received, now_wall_ns, metrics);
+        if let (Outcome::Done(Ok(_)), Some(from)) = (&outcome, c.source) {
             metrics.senders.record(from);
         }
         self.spare.extend(back);
-        Some(verdict)
+        Some(outcome)
     }
 
     /// A posted slot came back without data (cancelled): its frame is abandoned.
@@ -165,9 +164,16 @@ impl<'a> SlotBook<'a> {
         }
     }
 
-    /// Abandons the frames kept for the next post (none is published).
+    /// Abandons the frames kept for the next post and those of pages being joined from
+    /// fragments (none is published).
     pub fn abandon_spare(&mut self) {
         self.spare.drain(..).for_each(Reservation::abandon);
+        self.ingest.abandon_assembly();
+    }
+
+    /// The worker's ingest (its assembly table, for tests and the simulator's checks).
+    pub fn ingest(&self) -> &Ingest<'a> {
+        &self.ingest
     }
 
     /// The receiver could not be made to give its slots back: the header and tag buffers are
@@ -329,7 +335,10 @@ mod tests {
             len: DATAGRAM_LEN,
             ..Completion::default()
         };
-        assert!(book.complete(&done(id), 0, &metrics).unwrap().is_err());
+        assert!(matches!(
+            book.complete(&done(id), 0, &metrics),
+            Some(Outcome::Done(Err(_)))
+        ));
         post(&mut book, &mut posted);
         assert_eq!(posted.last().unwrap().1.page, regions.page);
         assert_eq!(lfc.stats().busy_pages, 2, "no new frame was claimed");
@@ -339,7 +348,10 @@ mod tests {
         let (id, regions) = posted.pop().unwrap();
         // SAFETY: as above.
         unsafe { regions.scatter(&valid[..]) };
-        assert_eq!(book.complete(&done(id), 0, &metrics).unwrap(), Ok(hdr));
+        assert_eq!(
+            book.complete(&done(id), 0, &metrics),
+            Some(Outcome::Done(Ok(hdr)))
+        );
         assert!(lfc.contains(&tag));
 
         // Everything posted comes back: the frames are abandoned, none published.

@@ -287,7 +287,7 @@ impl World<'_> {
                     };
                     let target = PrefetchTarget {
                         udp_port,
-                        ..compute_target(self.lfc)
+                        ..compute_target(self.lfc, self.path_mtu)
                     };
                     let req = Request::PrefetchTarget { hdr, target };
                     self.send_to_server(conn, shard, req)

@@ -194,13 +194,23 @@ impl World<'_> {
             let m = &w.metrics;
             let received = m.received.load(std::sync::atomic::Ordering::Relaxed);
             let installed = m.installed.load(std::sync::atomic::Ordering::Relaxed);
-            let dropped: u64 = DropReason::ALL.iter().map(|r| m.dropped(*r)).sum();
+            // `incomplete` counts pages given up by the daemon's join (not datagrams, and not
+            // a verdict the simulator sees); held fragments are datagrams with no verdict yet.
+            let per_datagram = |r: &&DropReason| **r != DropReason::Incomplete;
+            let dropped: u64 = DropReason::ALL
+                .iter()
+                .filter(per_datagram)
+                .map(|r| m.dropped(*r))
+                .sum();
+            let held = m.fragments_held.load(std::sync::atomic::Ordering::Relaxed);
             let per_reason_ok = DropReason::ALL
                 .iter()
+                .filter(per_datagram)
                 .all(|r| m.dropped(*r) == w.seen[r.index()]);
             if received != w.delivered
-                || installed + dropped != received
+                || installed + dropped + held != received
                 || installed != w.seen_installed
+                || held != w.seen_held
                 || !per_reason_ok
             {
                 let msg = format!(

@@ -47,7 +47,7 @@ use udp_prefetch::pageserver::session::Work;
 use udp_prefetch::pageserver::source::SourceSpec;
 use udp_prefetch::protocol::page::Page;
 use udp_prefetch::protocol::pagestream::{Request, GET_PAGE_RESPONSE_LEN};
-use workers::datagram::DATAGRAM_LEN;
+use workers::datagram::{SealedPage, SEALED_PAGE_MAX};
 use workers::ingest::Ingest;
 
 mod attacker;
@@ -160,6 +160,10 @@ pub struct World<'a> {
     seq: u64,
     queue: BinaryHeap<Scheduled>,
     lfc: &'a Lfc,
+    /// The path MTU the compute states (`PrefetchTarget`): 1500 for a quarter of the seeds, so
+    /// pages travel as 8 fragments each and the daemon's join runs under every fault; else 0
+    /// (whole pages, as on loopback).
+    path_mtu: u32,
     ingest: Ingest<'a>,
     shards: Vec<Shard>,
     workers: Vec<WorkerNode<'a>>,
@@ -181,7 +185,7 @@ pub struct World<'a> {
     /// Ids of the datagram streams PrefetchTargets open.
     stream_rng: Rng,
     /// One sender batch's datagrams (`seal_batch`'s output).
-    datagrams: Vec<[u8; DATAGRAM_LEN]>,
+    datagrams: Vec<SealedPage>,
     trace: Trace,
     report: RunReport,
     /// Installs into the LFC by backends and prewarm (`install_prefetched` → Installed).
@@ -250,7 +254,19 @@ impl<'a> World<'a> {
         .open()
         .map_err(|e| crate::SimError::Setup(e.to_string()))?;
         let mut stream_rng = Rng::stream(seed, 0x57E);
-        let shards = build_shards(&cfg, &source, seed, &compute_target(lfc), &mut stream_rng);
+        // Its own stream: drawing it changes nothing else a seed draws.
+        let path_mtu = if Rng::stream(seed, 0x3717).chance(0.25) {
+            1500
+        } else {
+            0
+        };
+        let shards = build_shards(
+            &cfg,
+            &source,
+            seed,
+            &compute_target(lfc, path_mtu),
+            &mut stream_rng,
+        );
         let workers = build_workers(&cfg, lfc);
         daemon::register(&cfg, lfc);
         let programs = Programs::split(ops, cfg.backends);
@@ -260,6 +276,7 @@ impl<'a> World<'a> {
             seq: 0,
             queue: BinaryHeap::new(),
             lfc,
+            path_mtu,
             ingest: Ingest::new(lfc),
             shards,
             workers,
@@ -284,7 +301,7 @@ impl<'a> World<'a> {
             page: Box::new([0u8; PAGE_SIZE]),
             frame: Vec::with_capacity(GET_PAGE_RESPONSE_LEN),
             stream_rng,
-            datagrams: vec![[0u8; DATAGRAM_LEN]; SEND_BATCH],
+            datagrams: vec![[0u8; SEALED_PAGE_MAX]; SEND_BATCH],
             trace: Trace::default(),
             report: RunReport {
                 seed,

@@ -31,8 +31,8 @@ use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use udp_prefetch::pageserver::prefetch::{
-    seal_batch, DropFilter, JobOutcome, PageJob, PrefetchScheduler, SendStep, SkipReason,
-    SEND_BATCH,
+    batch_datagram, seal_batch, DropFilter, JobOutcome, PageJob, PrefetchScheduler, SendStep,
+    SkipReason, SEND_BATCH,
 };
 use udp_prefetch::pageserver::session::{Answer, Routed, Session, SessionConfig, Work};
 use udp_prefetch::pageserver::source::PageSource;
@@ -83,11 +83,12 @@ pub(super) struct Shard {
 
 /// The PrefetchTarget every simulated connection registers: the compute's port and the LFC's
 /// key.
-pub(super) fn compute_target(lfc: &Lfc) -> PrefetchTarget {
+pub(super) fn compute_target(lfc: &Lfc, path_mtu: u32) -> PrefetchTarget {
     PrefetchTarget {
         udp_port: COMPUTE_ADDR.1,
         key_id: lfc.key_id(),
         key: lfc.key(),
+        path_mtu,
     }
 }
 
@@ -434,6 +435,13 @@ impl World<'_> {
         // The real sender's turn after `next_batch`; what it did to each job is then put on
         // the simulated wire (and in the trace) in the same order.
         let mut outcomes = Vec::with_capacity(jobs.len());
+        // One stream per batch: each sealed page is its datagrams (fragments) back to back.
+        let (fragments, len) = jobs.first().map_or((1, 0), |j| {
+            (
+                usize::from(j.key.datagrams_per_page()),
+                j.key.fragment_len(),
+            )
+        });
         let sealed = seal_batch(
             &store,
             jobs,
@@ -443,17 +451,12 @@ impl World<'_> {
             &mut self.datagrams,
             |job, outcome| outcomes.push((job.tag, outcome)),
         );
-        let mut next = 0;
         for (tag, outcome) in outcomes {
             match outcome {
                 JobOutcome::Dropped => self.report.faults.sender_dropped += 1,
                 JobOutcome::Sealed { page_lsn } => {
                     self.report.datagrams += 1;
                     self.rec(Kind::Sent, shard as u64, tag_key(&tag), page_lsn);
-                    let bytes = self.datagrams[next].to_vec();
-                    next += 1;
-                    let flow = self.shards[shard].senders[thread].flow;
-                    self.send_udp(shard, bytes, flow);
                 }
                 JobOutcome::Skipped(reason) => {
                     match reason {
@@ -468,6 +471,13 @@ impl World<'_> {
                     );
                 }
             }
+        }
+        // On the wire in the sender's order (`batch_datagram`: interleaved when pages are split).
+        let flow = self.shards[shard].senders[thread].flow;
+        for d in 0..sealed * fragments {
+            let (page, piece) = batch_datagram(d, sealed, fragments);
+            let bytes = self.datagrams[page][piece * len..][..len].to_vec();
+            self.send_udp(shard, bytes, flow);
         }
         sealed as u64
     }

@@ -15,7 +15,7 @@ use crate::trace::Kind;
 use lfc::Lfc;
 use std::collections::VecDeque;
 use workers::datagram::DropReason;
-use workers::ingest::Verdict;
+use workers::ingest::{Outcome, Verdict};
 use workers::metrics::ThreadMetrics;
 use workers::pump::SlotBook;
 use workers::udp::{Completion, SlotRegions};
@@ -35,6 +35,8 @@ pub(super) struct WorkerNode<'a> {
     /// Per-reason verdicts as the simulator saw them, to cross-check the metrics.
     pub(super) seen: [u64; DropReason::ALL.len()],
     pub(super) seen_installed: u64,
+    /// Fragments ingest kept for their page.
+    pub(super) seen_held: u64,
 }
 
 impl WorkerNode<'_> {
@@ -67,6 +69,7 @@ pub(super) fn build_workers<'a>(cfg: &SimConfig, lfc: &'a Lfc) -> Vec<WorkerNode
             tail_drops: 0,
             seen: [0; DropReason::ALL.len()],
             seen_installed: 0,
+            seen_held: 0,
         })
         .collect()
 }
@@ -119,7 +122,7 @@ impl World<'_> {
             return;
         };
         let now = self.now;
-        let verdict = if zero_copy {
+        let outcome = if zero_copy {
             let Some(v) = self.receive_into_slot(w, &packet.bytes) else {
                 return;
             };
@@ -128,7 +131,7 @@ impl World<'_> {
             self.ingest
                 .offer(&packet.bytes, now, &self.workers[w].metrics)
         };
-        self.account(w, &packet, &verdict);
+        self.account(w, &packet, &outcome);
         if !self.workers[w].queue.is_empty() {
             self.workers[w].scheduled = true;
             self.schedule(now + self.cfg.ingest_cost_ns, Ev::WorkerRun(w));
@@ -144,11 +147,13 @@ impl World<'_> {
         self.report.datagrams_dropped_by_faults += n;
         self.daemon_socket_lost += n;
         self.workers[w].give_slots_back();
+        // The copy path's pages being joined die with the daemon too.
+        self.ingest.abandon_assembly();
     }
 
     /// The zero-copy path: one datagram received into the oldest posted slot and completed by
     /// the daemon's `SlotBook` (ingest); `None` if the worker has no slot posted.
-    fn receive_into_slot(&mut self, w: usize, b: &[u8]) -> Option<Verdict> {
+    fn receive_into_slot(&mut self, w: usize, b: &[u8]) -> Option<Outcome> {
         let now = self.now;
         let worker = &mut self.workers[w];
         let (slot_id, regions) = worker.posted.pop_front()?;
@@ -170,9 +175,21 @@ impl World<'_> {
         Some(verdict)
     }
 
-    fn account(&mut self, w: usize, packet: &Packet, verdict: &Verdict) {
+    fn account(&mut self, w: usize, packet: &Packet, outcome: &Outcome) {
         self.report.datagrams_delivered += 1;
         self.workers[w].delivered += 1;
+        let Outcome::Done(verdict) = outcome else {
+            // A fragment kept for its page: its page's verdict comes with its last fragment.
+            self.workers[w].seen_held += 1;
+            self.rec(Kind::Delivered, w as u64, 0, u64::MAX);
+            if matches!(packet.origin, Origin::Corrupted | Origin::Forged(_)) {
+                self.violate(
+                    ViolationKind::ForgedAccepted,
+                    format!("a {:?} fragment was kept by ingest", packet.origin),
+                );
+            }
+            return;
+        };
         let origin_code = match packet.origin {
             Origin::Server => 0,
             Origin::Corrupted => 1,

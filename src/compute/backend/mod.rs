@@ -292,10 +292,12 @@ impl<'a> Backend<'a> {
                 Transmit::Target { udp_port } => {
                     shard.urgent = true;
                     shard.warn_if_unreachable(self.core.shard(s).daemon_addr());
+                    let path_mtu = shard.client.prefetch_path_mtu();
                     shard.client.send_prefetch_target(PrefetchTarget {
                         udp_port,
                         key_id: lfc.key_id(),
                         key: lfc.key(),
+                        path_mtu,
                     })
                 }
                 Transmit::Prefetch(r) => {

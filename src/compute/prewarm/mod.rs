@@ -323,10 +323,12 @@ fn register_shard(
     lfc: &Lfc,
     udp_port: u16,
 ) -> anyhow::Result<Option<u16>> {
+    let path_mtu = client.prefetch_path_mtu();
     let target = || PrefetchTarget {
         udp_port,
         key_id: lfc.key_id(),
         key: lfc.key(),
+        path_mtu,
     };
     if !client.set_prefetch_target(target())? {
         tracing::warn!(

@@ -251,18 +251,24 @@ fn arb_request() -> impl Strategy<Value = Request> {
             blkno
         }),
         (arb_header(), any::<u32>()).prop_map(|(hdr, dbnode)| Request::DbSize { hdr, dbnode }),
-        (arb_header(), any::<u16>(), any::<u32>(), any::<[u8; 32]>()).prop_map(
-            |(hdr, udp_port, key_id, key)| {
+        (
+            arb_header(),
+            any::<u16>(),
+            any::<u32>(),
+            any::<[u8; 32]>(),
+            any::<u32>()
+        )
+            .prop_map(|(hdr, udp_port, key_id, key, path_mtu)| {
                 Request::PrefetchTarget {
                     hdr,
                     target: PrefetchTarget {
                         udp_port,
                         key_id,
                         key,
+                        path_mtu,
                     },
                 }
-            }
-        ),
+            }),
         (arb_header(), arb_rel(), any::<u32>(), any::<u16>()).prop_map(
             |(hdr, rel, first_blkno, nblocks)| {
                 Request::Prefetch {

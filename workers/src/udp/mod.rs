@@ -53,7 +53,10 @@ use std::time::Duration;
 use backend::RecvBackend;
 
 pub use send::{GsoSender, MAX_IOV_PER_DATAGRAM, MAX_SEND_BATCH};
-pub use socket::{attach_spread_by_block, bind_reuseport, bind_reuseport_group, recv_buffer_size};
+pub use socket::{
+    attach_spread_by_block, bind_reuseport, bind_reuseport_group, recv_buffer_size, route_mtu,
+    set_dont_fragment,
+};
 pub use uring::probe_uring;
 
 /// Bytes of the datagram header region of a standard slot (ARCHITECTURE §4 step 4).

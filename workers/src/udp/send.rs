@@ -30,9 +30,9 @@ struct GsoControl([u8; 32]);
 
 /// Sends batches of datagrams to one destination per call with `sendmmsg`.
 ///
-/// With GSO active, each run of datagrams of exactly `segment_len` bytes is packed into one
-/// message of up to [`gso_segments`](Self::gso_segments) datagrams (7 for 8272-byte ones)
-/// that the kernel (or the NIC) splits; any other datagram goes alone. GSO is probed when the
+/// With GSO active, each run of datagrams of one length is packed into one message of up to
+/// 64 KiB (and 64 datagrams: 7 of 8304 bytes, 57 of a 1136-byte page fragment) that the
+/// kernel (or the NIC) splits; a datagram of another length starts the next message. GSO is probed when the
 /// sender is built (`getsockopt(UDP_SEGMENT)`, Linux 4.18+). If a GSO send then fails with
 /// `EIO` (no checksum offload on the route's device) or `EMSGSIZE`/`EINVAL` (segment larger
 /// than the path MTU; the errno depends on the kernel version), GSO is switched off for that
@@ -190,7 +190,7 @@ impl GsoSender {
     /// than given only when the socket is non-blocking and its buffer filled up (or an error
     /// followed some successes) — send the rest again. Errors only when nothing was sent.
     pub fn send<B: AsRef<[u8]>>(&mut self, dest: SocketAddr, datagrams: &[B]) -> io::Result<usize> {
-        self.send_with(dest, datagrams.len(), |i, iov| {
+        self.send_with(dest, datagrams.len(), (usize::MAX, 0), |i, iov| {
             let b = datagrams[i].as_ref();
             iov[0] = libc::iovec {
                 iov_base: b.as_ptr() as *mut libc::c_void,
@@ -215,7 +215,7 @@ impl GsoSender {
                 ));
             }
         }
-        self.send_with(dest, datagrams.len(), |i, iov| {
+        self.send_with(dest, datagrams.len(), (usize::MAX, 0), |i, iov| {
             let parts = datagrams[i].as_ref();
             for (slot, p) in iov.iter_mut().zip(parts) {
                 *slot = libc::iovec {
@@ -227,18 +227,42 @@ impl GsoSender {
         })
     }
 
+    /// Sends `count` datagrams to `dest`, datagram `i` being `datagram(i)` (e.g. the fragments
+    /// of sealed pages, sliced out of their buffers without a copy). Datagram `i` is number
+    /// `first + i` of a sequence cut into runs of `run` (`0..run`, `run..2 × run`, …), and a GSO
+    /// message never spans two runs: what a lost message takes is at most one run. As
+    /// [`send`](Self::send).
+    pub fn send_pieces<'a>(
+        &mut self,
+        dest: SocketAddr,
+        count: usize,
+        (first, run): (usize, usize),
+        datagram: impl Fn(usize) -> &'a [u8],
+    ) -> io::Result<usize> {
+        let run = run.max(1);
+        self.send_with(dest, count, (run, first % run), |i, iov| {
+            let b = datagram(i);
+            iov[0] = libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            };
+            Some(1)
+        })
+    }
+
     /// Core loop: `fill(i, iovs)` writes datagram `i`'s pieces and returns their count.
     fn send_with(
         &mut self,
         dest: SocketAddr,
         count: usize,
+        runs: (usize, usize),
         fill: impl Fn(usize, &mut [libc::iovec]) -> Option<usize>,
     ) -> io::Result<usize> {
         let addr = SockAddr::from(dest);
         let mut gso = self.gso_active_for(dest);
         let mut sent = 0;
         while sent < count {
-            match self.send_chunk(&addr, gso, sent, count, &fill) {
+            match self.send_chunk(&addr, gso, sent, count, runs, &fill) {
                 Err(e) if gso && gso_refused(&e) && self.counts.iter().any(|&c| c > 1) => {
                     tracing::warn!(
                         error = %e,
@@ -267,6 +291,7 @@ impl GsoSender {
         gso: bool,
         start: usize,
         count: usize,
+        (run, phase): (usize, usize),
         fill: &impl Fn(usize, &mut [libc::iovec]) -> Option<usize>,
     ) -> io::Result<usize> {
         let end = count.min(start + self.max_batch);
@@ -276,19 +301,27 @@ impl GsoSender {
         while i < end {
             let iov_start = iov_used;
             let mut segs = 0;
-            // A message is one datagram, or (GSO) a run of full-size ones.
+            let mut segment = 0;
+            let mut max_segments = 1;
+            // A message is one datagram, or (GSO) a run of equal-size ones.
             loop {
                 let room = &mut self.iovs[iov_used..iov_used + MAX_IOV_PER_DATAGRAM];
                 let pieces = fill(i, room).unwrap_or(0);
                 let len: usize = room[..pieces].iter().map(|v| v.iov_len).sum();
-                if segs > 0 && len != self.segment_len {
-                    // Not full-size: it starts the next message (its iovecs get rewritten).
+                if segs == 0 {
+                    segment = len;
+                    max_segments = MAX_UDP_PAYLOAD
+                        .checked_div(len)
+                        .map_or(1, |n| n.clamp(1, UDP_MAX_SEGMENTS));
+                } else if len != segment {
+                    // Another size: it starts the next message (its iovecs get rewritten).
                     break;
                 }
                 iov_used += pieces;
                 segs += 1;
                 i += 1;
-                if !gso || len != self.segment_len || segs == self.max_segments || i == end {
+                let run_ends = (i + phase).is_multiple_of(run);
+                if !gso || segs == max_segments || i == end || run_ends {
                     break;
                 }
             }
@@ -302,7 +335,7 @@ impl GsoSender {
             h.msg_flags = 0;
             if segs > 1 {
                 let ctl = &mut self.controls[nmsg];
-                write_gso_cmsg(ctl, self.segment_len as u16);
+                write_gso_cmsg(ctl, segment as u16);
                 h.msg_control = ctl.0.as_mut_ptr().cast();
                 // SAFETY: CMSG_SPACE is a pure size computation.
                 h.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;

@@ -178,3 +178,66 @@ pub(crate) fn get_int_opt(
         Err(io::Error::last_os_error())
     }
 }
+
+/// Sets "don't fragment" on a sending socket (`IP_MTU_DISCOVER = IP_PMTUDISC_PROBE`, and the
+/// IPv6 twin on an IPv6 socket): a datagram larger than the route's MTU fails to send
+/// (`EMSGSIZE`) instead of leaving as IP fragments. PROBE rather than DO: the size is the
+/// compute's stated MTU (`PrefetchTarget`), so an ICMP "fragmentation needed" (which anyone can
+/// forge) must not shrink what the kernel lets out.
+pub fn set_dont_fragment(socket: &UdpSocket) -> io::Result<()> {
+    let v6 = socket.local_addr()?.is_ipv6();
+    let (level, name, value) = if v6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )
+    };
+    set_int_opt(socket, level, name, value)
+}
+
+/// The MTU of the route to `peer` as this host sees it (`IP_MTU` of a UDP socket connected to
+/// it; nothing is sent): what a compute states in its PrefetchTarget by default. 65536 on
+/// loopback, the interface MTU (or a route's `mtu`) elsewhere.
+pub fn route_mtu(peer: SocketAddr) -> io::Result<u32> {
+    let unspecified: SocketAddr = if peer.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(unspecified)?;
+    socket.connect(peer)?;
+    let (level, name) = if peer.is_ipv6() {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU)
+    };
+    let mtu = get_int_opt(&socket, level, name)?;
+    u32::try_from(mtu).map_err(|_| io::Error::other(format!("the kernel reported MTU {mtu}")))
+}
+
+#[cfg(test)]
+mod mtu_tests {
+    use super::*;
+
+    #[test]
+    fn loopback_reports_its_large_mtu_and_dont_fragment_refuses_oversize_sends() {
+        let mtu = route_mtu("127.0.0.1:9".parse().unwrap()).unwrap();
+        assert!(mtu >= 16384, "loopback MTU {mtu}");
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        set_dont_fragment(&tx).unwrap();
+        let dest = rx.local_addr().unwrap();
+        assert_eq!(tx.send_to(&[7u8; 8304], dest).unwrap(), 8304);
+        if mtu < 65_507 {
+            let e = tx.send_to(&vec![0u8; mtu as usize], dest).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE));
+        }
+    }
+}

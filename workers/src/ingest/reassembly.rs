@@ -1,0 +1,285 @@
+//! Joining a page's fragments (`datagram` module docs, "Fragments") into a reserved LFC frame:
+//! one worker thread's bounded assembly table.
+//!
+//! # Why one copy per fragment, not zero
+//!
+//! A receive slot's scatter list is fixed when the slot is posted, before the kernel has
+//! chosen the datagram, so it cannot point a fragment at its page's frame and offset: only the
+//! header, read after the receive, says which page and which piece. (`MSG_PEEK` first would
+//! double the system calls per datagram; posting one slot per possible offset would multiply
+//! the reserved frames by the fragment count.) So a fragment is received, like a whole page,
+//! into a posted slot's frame, verified there, and its piece (1 KiB at MTU 1500) copied into
+//! the frame its page is joined in: a copy of a few tens of nanoseconds, against the
+//! microseconds the datagram costs the kernel. A whole page (any path with an MTU above 8332
+//! bytes, loopback included) never comes here and stays zero copy.
+//!
+//! # Parity
+//!
+//! A split page's parity piece (the XOR of its fragments) is kept in the entry's own buffer.
+//! The page is whole as soon as all its fragments, or all but one and the parity piece, have
+//! arrived: a missing fragment is then rebuilt in the frame (the parity XOR the others), so any
+//! one lost datagram of a page costs nothing but that XOR. Pieces of a page already whole (the
+//! parity piece usually comes last, after the fragments made the page) are recognised by a
+//! small ring of recently joined pages and turned away as duplicates, rather than starting a
+//! page that could never be whole.
+//!
+//! # Bounds
+//!
+//! At most [`ASSEMBLY_ENTRIES`] pages are joined at once per thread, each in one reserved
+//! frame; a frame of a page given up is kept (still reserved, never published) for the next
+//! page, so the table holds at most that many frames and never grows. Only fragments that
+//! authenticated enter it: forged or corrupt ones are turned away before, and can neither
+//! evict a page being joined nor publish anything. A page not complete within
+//! [`ASSEMBLY_TIMEOUT_NS`] of its first fragment, or the oldest page when a new one finds the
+//! table full, is given up ([`DropReason::Incomplete`]): a lost page, which the reader fetches
+//! over TCP like any other.
+
+use crate::datagram::{xor_into, DatagramHeader, DropReason, Opened, STREAM_ID_LEN};
+use lfc::{Lfc, Reservation, PAGE_SIZE};
+
+/// Pages one worker thread joins at once. A page's fragments leave the sender back to back
+/// in one GSO send, so a handful are in progress per sender thread; the rest of the room
+/// absorbs reordering between senders.
+pub const ASSEMBLY_ENTRIES: usize = 64;
+/// How long after its first fragment a page may take to be whole before it is given up. Its
+/// fragments are sent within microseconds of each other; a page not whole after this long has
+/// lost one, and its reader has most likely asked for it over TCP already.
+pub const ASSEMBLY_TIMEOUT_NS: u64 = 100_000_000;
+/// Pages remembered as joined, so their late pieces start nothing.
+const RECENT_PAGES: usize = 2 * ASSEMBLY_ENTRIES;
+/// The largest piece: half a page (2 fragments).
+const MAX_PIECE: usize = PAGE_SIZE / 2;
+
+/// One page being joined.
+struct Entry<'a> {
+    stream_id: [u8; STREAM_ID_LEN],
+    page_id: u64,
+    hdr: DatagramHeader,
+    count: u8,
+    /// Bit `i`: fragment `i` is in `frame`; bit `count`: the parity piece is in `parity`.
+    have: u64,
+    started_ns: u64,
+    frame: Reservation<'a>,
+    parity: Box<[u8; MAX_PIECE]>,
+}
+
+impl Entry<'_> {
+    /// Whether the page can be made whole: every fragment, or all but one and the parity.
+    fn joinable(&self) -> bool {
+        self.have.count_ones() >= u32::from(self.count)
+    }
+
+    /// Rebuilds the one missing fragment, if any, from the parity piece and the others;
+    /// returns whether one was.
+    fn rebuild(&mut self) -> bool {
+        let count = usize::from(self.count);
+        let Some(missing) = (0..count).find(|&i| self.have & (1 << i) == 0) else {
+            return false;
+        };
+        let size = PAGE_SIZE / count;
+        let parity = &mut self.parity[..size];
+        self.frame.with_page_mut(|page| {
+            for (i, piece) in page.chunks_exact(size).enumerate() {
+                if i != missing {
+                    xor_into(parity, piece);
+                }
+            }
+            page[missing * size..][..size].copy_from_slice(parity);
+        });
+        self.have |= 1 << missing;
+        true
+    }
+}
+
+/// What [`Assembly::add`] did with a verified fragment.
+pub(crate) enum Added<'a> {
+    /// Kept until its page is whole.
+    Held,
+    /// The last piece needed: the page is whole in this frame, for the install rule; `true`
+    /// when a lost fragment was rebuilt from the parity.
+    Complete(DatagramHeader, Reservation<'a>, bool),
+}
+
+/// One worker thread's pages being joined. Allocated once; `add` never allocates.
+pub(crate) struct Assembly<'a> {
+    entries: Vec<Entry<'a>>,
+    /// Frames of pages given up or refused by the install rule, still reserved, for the next
+    /// page (so junk-free loss costs no new frame from CLOCK).
+    spare: Vec<Reservation<'a>>,
+    /// Where the previous fragment went: the next one is most likely its sibling.
+    last: usize,
+    /// Parity buffers of entries not in use (one per entry, allocated once).
+    parity_pool: Vec<Box<[u8; MAX_PIECE]>>,
+    /// Pages recently made whole (or refused whole), a ring: their late pieces start nothing.
+    recent: Box<[([u8; STREAM_ID_LEN], u64)]>,
+    recent_next: usize,
+}
+
+impl<'a> Assembly<'a> {
+    pub(crate) fn new() -> Self {
+        Assembly {
+            entries: Vec::with_capacity(ASSEMBLY_ENTRIES),
+            spare: Vec::with_capacity(ASSEMBLY_ENTRIES),
+            last: 0,
+            parity_pool: (0..ASSEMBLY_ENTRIES)
+                .map(|_| Box::new([0u8; MAX_PIECE]))
+                .collect(),
+            // Page id u64::MAX with stream id zero: no real page's (its counter would be the
+            // stream's last).
+            recent: vec![([0u8; STREAM_ID_LEN], u64::MAX); RECENT_PAGES].into_boxed_slice(),
+            recent_next: 0,
+        }
+    }
+
+    fn remember(&mut self, stream_id: [u8; STREAM_ID_LEN], page_id: u64) {
+        self.recent[self.recent_next] = (stream_id, page_id);
+        self.recent_next = (self.recent_next + 1) % RECENT_PAGES;
+    }
+
+    fn recently_joined(&self, stream_id: &[u8; STREAM_ID_LEN], page_id: u64) -> bool {
+        self.recent
+            .iter()
+            .any(|(s, p)| *p == page_id && s == stream_id)
+    }
+
+    /// Pages being joined now.
+    pub(crate) fn in_progress(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Frames held (pages being joined, and spares).
+    pub(crate) fn frames(&self) -> usize {
+        self.entries.len() + self.spare.len()
+    }
+
+    /// A frame that went back unpublished (refused by the install rule) is kept for the next
+    /// page, up to the table's bound; beyond it, abandoned.
+    pub(crate) fn keep_frame(&mut self, frame: Reservation<'a>) {
+        if self.frames() < ASSEMBLY_ENTRIES {
+            self.spare.push(frame);
+        } else {
+            frame.abandon();
+        }
+    }
+
+    fn find(&self, stream_id: &[u8; STREAM_ID_LEN], page_id: u64) -> Option<usize> {
+        let hit = |e: &Entry<'_>| e.page_id == page_id && e.stream_id == *stream_id;
+        if self.entries.get(self.last).is_some_and(hit) {
+            return Some(self.last);
+        }
+        self.entries.iter().position(hit)
+    }
+
+    /// Gives up page `i`: its frame becomes a spare. Returns 1, the pages given up.
+    fn give_up(&mut self, i: usize) -> u32 {
+        let e = self.entries.swap_remove(i);
+        self.spare.push(e.frame);
+        self.parity_pool.push(e.parity);
+        1
+    }
+
+    /// Gives up every page older than the timeout at `now_ns`; returns how many.
+    fn expire(&mut self, now_ns: u64) -> u32 {
+        let mut gave_up = 0;
+        let mut i = 0;
+        while i < self.entries.len() {
+            if now_ns.saturating_sub(self.entries[i].started_ns) >= ASSEMBLY_TIMEOUT_NS {
+                gave_up += self.give_up(i);
+            } else {
+                i += 1;
+            }
+        }
+        gave_up
+    }
+
+    /// Adds a fragment that authenticated (`opened`, its piece at the front of `piece_src`).
+    /// Returns what became of it and the pages given up to make room or by the timeout
+    /// (each a [`DropReason::Incomplete`] for the caller to count).
+    pub(crate) fn add(
+        &mut self,
+        lfc: &'a Lfc,
+        opened: &Opened,
+        piece_src: &[u8; PAGE_SIZE],
+        now_ns: u64,
+    ) -> (Result<Added<'a>, DropReason>, u32) {
+        let (hdr, piece) = (&opened.hdr, &opened.piece);
+        debug_assert!(piece.count > 1, "a whole page is never joined");
+        let bit = 1u64 << piece.index;
+        let src = &piece_src[..piece.size()];
+        if let Some(i) = self.find(&piece.stream_id, piece.page_id) {
+            self.last = i;
+            let e = &mut self.entries[i];
+            // Authenticated, so a sibling that disagrees comes from a broken sender, not the
+            // network: refused, and the page left to its timeout.
+            if e.count != piece.count || e.hdr != *hdr {
+                return (Err(DropReason::BadHeader), 0);
+            }
+            if e.have & bit != 0 {
+                return (Err(DropReason::DuplicateFragment), 0);
+            }
+            store(e, piece.is_parity(), piece.offset(), src);
+            e.have |= bit;
+            if e.joinable() {
+                let rebuilt = e.rebuild();
+                let e = self.entries.swap_remove(i);
+                self.parity_pool.push(e.parity);
+                self.remember(e.stream_id, e.page_id);
+                return (Ok(Added::Complete(e.hdr, e.frame, rebuilt)), 0);
+            }
+            return (Ok(Added::Held), 0);
+        }
+        if self.recently_joined(&piece.stream_id, piece.page_id) {
+            // A late piece (typically the parity) of a page already whole.
+            return (Err(DropReason::DuplicateFragment), 0);
+        }
+        // A new page: make room first (the timeout, then the oldest page).
+        let mut gave_up = self.expire(now_ns);
+        if self.entries.len() == ASSEMBLY_ENTRIES {
+            let oldest = (0..self.entries.len())
+                .min_by_key(|&i| self.entries[i].started_ns)
+                .expect("full, so not empty");
+            gave_up += self.give_up(oldest);
+        }
+        let Some(frame) = self.spare.pop().or_else(|| lfc.reserve()) else {
+            return (Err(DropReason::NoRoom), gave_up);
+        };
+        let parity = self
+            .parity_pool
+            .pop()
+            .expect("one parity buffer per entry, and a free entry");
+        let mut e = Entry {
+            stream_id: piece.stream_id,
+            page_id: piece.page_id,
+            hdr: *hdr,
+            count: piece.count,
+            have: bit,
+            started_ns: now_ns,
+            frame,
+            parity,
+        };
+        store(&mut e, piece.is_parity(), piece.offset(), src);
+        self.entries.push(e);
+        self.last = self.entries.len() - 1;
+        (Ok(Added::Held), gave_up)
+    }
+
+    /// Abandons every frame (pages being joined and spares); none is published.
+    pub(crate) fn abandon_all(&mut self) {
+        for e in self.entries.drain(..) {
+            e.frame.abandon();
+            self.parity_pool.push(e.parity);
+        }
+        self.spare.drain(..).for_each(Reservation::abandon);
+    }
+}
+
+/// Puts a verified piece where it belongs: a fragment at its offset in the frame, the parity
+/// piece in the entry's buffer.
+fn store(e: &mut Entry<'_>, parity: bool, offset: usize, src: &[u8]) {
+    if parity {
+        e.parity[..src.len()].copy_from_slice(src);
+    } else {
+        e.frame
+            .with_page_mut(|page| page[offset..offset + src.len()].copy_from_slice(src));
+    }
+}
