@@ -39,9 +39,13 @@ pub const PROBE_LEAD_SHARE: f64 = 0.5;
 /// requests further ahead: in the simulator, scans whose windows had been prefetched by other
 /// backends ran at one round trip per page, three to five times as long as TCP pipelining.
 /// Fetching a cached page costs the page server a read, not the reader a wait (its copy waits
-/// in `ready`). Skipping resumes after the bound, so a cache that keeps its pages again is used
-/// again; if it still evicts, one more synchronous GetPage per this many reaches is the cost.
-const CACHE_DISTRUST_REACHES: u32 = 8;
+/// in `ready`), but it takes a place in the pipeline that a page not cached then waits for:
+/// at 8 reaches, small pipelines (a depth of 4) spent their places on pages the cache still
+/// held, while reads of the pages it did not hold waited behind them. Two reaches cover the
+/// window being read when the eviction was seen, and the next one. Skipping resumes after
+/// that, so a cache that keeps its pages again is used again; one that still evicts costs one
+/// more synchronous GetPage per two reaches.
+const CACHE_DISTRUST_REACHES: u32 = 2;
 
 /// How far ahead a backend on TCP requests: the pipeline depth plus the probe lead.
 fn tcp_reach(tcp_depth: u32) -> u32 {
