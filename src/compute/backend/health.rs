@@ -439,11 +439,6 @@ impl UdpHealth {
         self.check_loss(now_ns)
     }
 
-    /// Whether the last UDP prefetch a read looked for missed (no arrival since).
-    pub fn missed_last(&self) -> bool {
-        self.recent_misses & 1 != 0
-    }
-
     fn loss_sample(&mut self, lost: bool) {
         let x = if lost { 1.0 } else { 0.0 };
         self.loss_share += LOSS_EWMA_ALPHA * (x - self.loss_share);
@@ -549,12 +544,10 @@ mod tests {
     fn two_misses_among_the_last_eight_move_to_tcp_and_older_ones_are_forgotten() {
         let mut h = on_udp();
         assert!(!h.on_miss(MS));
-        assert!(h.missed_last());
         // Seven arrivals push the miss out of the history.
         for _ in 0..MISS_HISTORY - 1 {
             h.on_arrival(false);
         }
-        assert!(!h.missed_last());
         assert!(!h.on_miss(3 * MS));
         assert_eq!(h.path(), PrefetchPath::Udp);
         // A miss, an arrival, a miss: a link losing every other page.

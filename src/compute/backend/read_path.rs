@@ -484,16 +484,6 @@ impl ReadPath {
         }
     }
 
-    /// Gives up on own prefetch `tag` without waiting for it (its read judged it overdue on a
-    /// stalled path): counted as a wait that ran out, without the wait.
-    pub fn give_up_overdue(&mut self, tag: BufferTag, now_ns: u64) {
-        if let Some(o) = self.loss.take(&tag) {
-            self.stats.fallbacks += 1;
-            self.stats.wasted_prefetches += 1;
-            self.on_own_miss(o, now_ns);
-        }
-    }
-
     /// The page fetched over TCP after giving up on its prefetch turned out to have arrived in
     /// the meantime: the budget was too short for the current prefetch latency (queueing in
     /// the sender, not loss), so raise it.
