@@ -19,7 +19,7 @@ fn check(scenario: &Scenario) -> Result<sim::RunReport, String> {
 }
 
 /// `check` for every checker except the comparison with TCP pipelining (`SlowerThanTcp`): for
-/// the `heavy` profile, where about 0.2–0.7 % of seeds still take longer than 1.25 × TCP
+/// the `heavy` profile, where a few seeds in ten thousand still take longer than 1.25 × TCP
 /// pipelining plus 20 ms (README, simulator), and for the proptest, whose random seeds would
 /// make a rate turn into a flaky test. Fixed seeds of the other profiles check it below.
 fn check_safety(scenario: &Scenario) -> Result<sim::RunReport, String> {
@@ -89,6 +89,29 @@ fn fault_free_and_light_profiles_have_no_violation() {
 fn default_faults_and_daemon_failures_cost_no_more_than_tcp_pipelining() {
     for seed in 0..cases(64) as u64 {
         if let Err(e) = check(&Scenario::from_seed(seed, FaultProfile::Default)) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// Seeds that took longer than 1.25 × TCP pipelining plus 20 ms, each replayed: the read path
+/// fixed since. In most, a small cache evicted pages of a TCP window before their reads after
+/// the pipeline had skipped them as cached (installed by other backends' UDP prefetches), and
+/// each came back one synchronous GetPage, queued behind the pipeline's requests further
+/// ahead; in others the window moved to TCP left its cached pages out, or pushed more pages
+/// than the pipeline's `ready` keeps; or a link losing half its datagrams alternated misses
+/// with hits, so that no two misses were ever in a row. The last ones (6470, 6982, 7811) failed
+/// only on the way: a pipeline that fetched cached pages for too long, or a rule still
+/// counting misses in a row.
+#[test]
+fn seeds_once_slower_than_tcp_pipelining_are_not() {
+    let default = [6831, 1359].map(|s| (s, FaultProfile::Default));
+    let heavy = [
+        580, 1356, 2800, 4067, 5022, 5787, 8576, 9097, 9987, 6470, 6982, 7811,
+    ]
+    .map(|s| (s, FaultProfile::Heavy));
+    for (seed, profile) in default.into_iter().chain(heavy) {
+        if let Err(e) = check(&Scenario::from_seed(seed, profile)) {
             panic!("{e}");
         }
     }

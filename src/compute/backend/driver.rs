@@ -31,6 +31,28 @@ use std::ops::Range;
 /// overrun by pages fetched far ahead of their reads.
 pub const PROBE_LEAD_SHARE: f64 = 0.5;
 
+/// Reads, in TCP reaches (`Driver::tcp_reach`), during which the pipeline fetches pages ahead
+/// even when they are cached, once a read found a page evicted that the pipeline had skipped as
+/// cached. A small or busy cache evicts pages before their reads (installing the pages fetched
+/// for the reader evicts the next ones: a CLOCK hand moving along a window that was installed
+/// in order), and each such page then cost a synchronous GetPage queued behind the pipeline's
+/// requests further ahead: in the simulator, scans whose windows had been prefetched by other
+/// backends ran at one round trip per page, three to five times as long as TCP pipelining.
+/// Fetching a cached page costs the page server a read, not the reader a wait (its copy waits
+/// in `ready`), but it takes a place in the pipeline that a page not cached then waits for:
+/// at 8 reaches, small pipelines (a depth of 4) spent their places on pages the cache still
+/// held, while reads of the pages it did not hold waited behind them. Two reaches cover the
+/// window being read when the eviction was seen, and the next one. Skipping resumes after
+/// that, so a cache that keeps its pages again is used again; one that still evicts costs one
+/// more synchronous GetPage per two reaches.
+const CACHE_DISTRUST_REACHES: u32 = 2;
+
+/// How far ahead a backend on TCP requests: the pipeline depth plus the probe lead.
+fn tcp_reach(tcp_depth: u32) -> u32 {
+    let lead = (f64::from(tcp_depth) * PROBE_LEAD_SHARE) as u32;
+    tcp_depth + lead.max(PROBE_PAGES as u32)
+}
+
 /// Where a read was satisfied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadSource {
@@ -176,15 +198,18 @@ pub struct Driver {
     pairs: Vec<(BufferTag, u64)>,
     runs: Vec<PrefetchRun>,
     /// Pipelined pages read off the connection before their reads, oldest first, at most
-    /// twice `tcp_depth` (a read may drain a whole pipeline ahead of its own response, while
-    /// the previous one's pages wait for their reads); and the buffers of entries gone, for
-    /// reuse (no allocation per page).
+    /// twice the pipeline's reach (every page requested ahead, while the previous ones wait
+    /// for their reads; at twice the depth only, a pipeline of two with its probe lead of
+    /// eight dropped pages it had fetched before their reads came); and the buffers of
+    /// entries gone, for reuse (no allocation per page).
     ready: VecDeque<Ready>,
     spare: Vec<Box<Page>>,
     /// Pages of the window the pipeline did not fetch because they were cached when their turn
     /// came, oldest first, at most twice `tcp_depth`. When a read then finds one evicted, the
     /// ones after it are likely gone too: they are fetched together, not one round trip each.
     skipped: VecDeque<BufferTag>,
+    /// Reads left during which `pump` does not skip cached pages (`CACHE_DISTRUST_REACHES`).
+    cache_distrust_reads: u32,
     /// False for a backend that never uses UDP (`Driver::tcp_only`): Neon's compute with its
     /// LFC, the baseline UDP prefetch has to beat.
     udp_allowed: bool,
@@ -254,9 +279,10 @@ impl Driver {
             scratch: Vec::with_capacity(LOSS_SCAN),
             pairs: Vec::with_capacity(LOSS_SCAN),
             runs: Vec::with_capacity(LOSS_SCAN),
-            ready: VecDeque::with_capacity(2 * tcp_depth as usize),
+            ready: VecDeque::with_capacity(2 * tcp_reach(tcp_depth) as usize),
             spare: Vec::new(),
-            skipped: VecDeque::with_capacity(2 * tcp_depth as usize),
+            skipped: VecDeque::with_capacity(2 * tcp_reach(tcp_depth) as usize),
+            cache_distrust_reads: 0,
             udp_allowed: true,
         }
     }
@@ -355,10 +381,8 @@ impl Driver {
         }
     }
 
-    /// How far ahead a backend on TCP requests: the pipeline depth plus the probe lead.
     fn tcp_reach(&self) -> u32 {
-        let lead = (f64::from(self.tcp_depth) * PROBE_LEAD_SHARE) as u32;
-        self.tcp_depth + lead.max(PROBE_PAGES as u32)
+        tcp_reach(self.tcp_depth)
     }
 
     /// Requests `blocks` of `rel` ahead of their reads: by UDP (every block neither cached nor
@@ -409,19 +433,21 @@ impl Driver {
             if self.pipeline.contains(&tag) {
                 continue;
             }
-            let is_probe = probe && blkno >= probe_from;
+            let mut is_probe = probe && blkno >= probe_from;
             // A cached page is queued too: whether to fetch it is decided when its turn comes
             // (`pump`), closer to its read, and remembered if not (`skipped`).
-            let lwlsn = if is_probe {
-                let Some(lwlsn) = lfc.lwlsn_unless_cached(&tag) else {
-                    // Cached already: says nothing about UDP.
-                    self.health.skip_probe_page(now_ns);
-                    continue;
-                };
-                lwlsn
-            } else {
-                0
-            };
+            let mut lwlsn = 0;
+            if is_probe {
+                match lfc.lwlsn_unless_cached(&tag) {
+                    Some(l) => lwlsn = l,
+                    None => {
+                        // Cached already: says nothing about UDP, and is queued as any other
+                        // page (a cache that evicts it before its read is seen so).
+                        self.health.skip_probe_page(now_ns);
+                        is_probe = false;
+                    }
+                }
+            }
             if self.pipeline.push_back(Queued {
                 tag,
                 probe: is_probe,
@@ -449,7 +475,8 @@ impl Driver {
     }
 
     /// Sends queued GetPages while the pipeline has room. A probe page that arrived by UDP is
-    /// not sent (and counts for the probe); any page found cached meanwhile is not sent.
+    /// not sent (and counts for the probe); any page found cached meanwhile is not sent, unless
+    /// the cache was seen evicting such pages before their reads (`cache_distrust_reads`).
     fn pump(&mut self, lfc: &Lfc, now_ns: u64) {
         while let Some(q) = self.pipeline.next_to_send() {
             // One probe answers both "cached?" and the lwlsn the GetPage must carry.
@@ -458,10 +485,11 @@ impl Driver {
             if q.probe {
                 self.health.on_probe_page(cached, now_ns);
             }
-            if cached && q.ahead {
+            if cached && q.ahead && self.cache_distrust_reads == 0 {
                 self.pipeline.skip(&q.tag);
                 if !q.probe {
-                    if self.skipped.len() >= 2 * self.tcp_depth as usize {
+                    // Twice the reach: every page of a window skipped is remembered.
+                    if self.skipped.len() >= 2 * self.tcp_reach() as usize {
                         self.skipped.pop_front();
                     }
                     self.skipped.push_back(q.tag);
@@ -482,12 +510,18 @@ impl Driver {
     }
 
     /// The UDP path is not delivering: this backend's own prefetches still outstanding go to
-    /// the TCP pipeline, in request order.
+    /// the TCP pipeline, in request order, as far as the pipeline reaches (`tcp_reach`); the
+    /// caller requests the rest again as its reader comes near them (a scan restarts its window
+    /// on a path change). Beyond the reach, pages fetched ahead outran what `ready` keeps while
+    /// the reader caught up, and came back one synchronous GetPage each. Pages already cached
+    /// are queued too: `pump` skips them, remembered in `skipped`, so that one evicted before
+    /// its read is seen so (in the simulator a window moved with its cached pages left out
+    /// cost a synchronous GetPage for each of them).
     fn move_window_to_tcp(&mut self, lfc: &Lfc, now_ns: u64) {
         self.scratch.clear();
-        self.core
-            .take_outstanding(|t| lfc.contains(t), &mut self.scratch);
-        for i in 0..self.scratch.len() {
+        self.core.take_outstanding(|_| false, &mut self.scratch);
+        let reach = self.tcp_reach() as usize;
+        for i in 0..self.scratch.len().min(reach) {
             let tag = self.scratch[i];
             self.pipeline.push_back(Queued {
                 tag,
@@ -546,11 +580,15 @@ impl Driver {
         }
         let own = self.core.own_loss(&tag);
         self.read_fresh = self.core.own_is_fresh(&tag, now_ns);
-        if self.health.path() == PrefetchPath::TcpPipelined && self.pipeline.next_answer_is(&tag) {
+        if self.health.path() == PrefetchPath::TcpPipelined
+            && self.cache_distrust_reads == 0
+            && self.pipeline.next_answer_is(&tag)
+        {
             // On TCP, a read whose GetPage is the next answer on the wire takes that answer
             // (stored in the LFC as it comes) without looking in the LFC first: the lookup
             // nearly always missed (the page comes in the answer being awaited), and skipping
-            // it took a `tcp-lfc` scan's backend CPU from 5.0–5.4 to 4.1–4.7 µs per page.
+            // it took a `tcp-lfc` scan's backend CPU from 5.0–5.4 to 4.1–4.7 µs per page. Not
+            // while `pump` sends cached pages too: then the LFC may have it now.
             self.core.stats_mut().reads += 1;
             return self.await_response(lfc, tag, now_ns);
         }
@@ -651,6 +689,7 @@ impl Driver {
 
     /// A read is done: the pace of reads feeds the health state.
     fn done(&mut self, lfc: &Lfc, source: ReadSource, now_ns: u64) -> Poll {
+        self.cache_distrust_reads = self.cache_distrust_reads.saturating_sub(1);
         if let Some(last) = self.last_done_ns {
             let cycle = now_ns.saturating_sub(last);
             let lost_ns = if self.read_udp_failed {
@@ -699,10 +738,17 @@ impl Driver {
 
     /// A read of `tag` found it evicted and fetches it: pages the pipeline skipped after it (of
     /// the same relation) that are no longer cached follow it in the pipeline; those before it
-    /// are behind the reader.
+    /// are behind the reader. When `tag` itself was skipped as cached, the cache is evicting
+    /// the window ahead of the reader: every page skipped after it follows, cached or not (the
+    /// next ones are the next to go), and `pump` stops skipping for a while
+    /// (`CACHE_DISTRUST_REACHES`).
     fn refetch_skipped_after(&mut self, lfc: &Lfc, tag: &BufferTag) {
         if self.skipped.is_empty() {
             return;
+        }
+        let evicted_ahead = self.skipped.contains(tag);
+        if evicted_ahead {
+            self.cache_distrust_reads = CACHE_DISTRUST_REACHES * self.tcp_reach();
         }
         // In place, so the queue keeps its capacity (no allocation per fallback).
         let pipeline = &mut self.pipeline;
@@ -710,7 +756,7 @@ impl Driver {
             if t.rel != tag.rel || t.blkno <= tag.blkno {
                 return false;
             }
-            if lfc.contains(t) {
+            if !evicted_ahead && lfc.contains(t) {
                 return true;
             }
             pipeline.push_back(Queued {
@@ -723,7 +769,7 @@ impl Driver {
     }
 
     fn keep_ready(&mut self, tag: BufferTag, not_modified_since: u64, page: &Page) {
-        let mut buf = if self.ready.len() >= 2 * self.tcp_depth as usize {
+        let mut buf = if self.ready.len() >= 2 * self.tcp_reach() as usize {
             self.ready.pop_front().map(|r| r.page)
         } else {
             self.spare.pop()
@@ -852,6 +898,7 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::backend::read_path::ScanWindow;
     use crate::compute::test_support::{Fixture, MS, T0};
     use crate::protocol::page::synthetic_page;
     use crate::protocol::page::synthetic_rel;
@@ -991,7 +1038,8 @@ mod tests {
         f.lfc.daemon_heartbeat(T0);
         let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
         assert_eq!(d.path(), PrefetchPath::Udp);
-        d.prefetch(&f.lfc, synthetic_rel(0), 0..256, T0);
+        let rel = synthetic_rel(0);
+        d.prefetch(&f.lfc, rel, 0..256, T0);
         let sent = drain(&mut d);
         assert_eq!(sent[0], Transmit::Target { udp_port: 7000 });
         assert!(matches!(sent[1], Transmit::Prefetch(r) if r.first == 0 && r.n == 256));
@@ -999,8 +1047,8 @@ mod tests {
         let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
         d.on_response(&f.lfc, Response::Target, &mut out, T0)
             .unwrap();
-        // Nothing arrives: two reads wait and fall back, then the rest of the window is on the
-        // TCP pipeline.
+        // Nothing arrives: two reads wait and fall back, then the window is on the TCP
+        // pipeline as far as it reaches.
         let mut wire = VecDeque::new();
         let mut now = T0;
         for b in 0..2 {
@@ -1011,16 +1059,73 @@ mod tests {
         }
         assert_eq!(d.path(), PrefetchPath::TcpPipelined);
         let waited = now - T0;
+        assert!(waited <= 2 * 4 * MS, "{waited}");
         let before = now;
+        // As `run_scan`: the window restarts at the reader, topped up as it goes.
+        let mut window = ScanWindow::new(2, 256);
         for b in 2..256 {
+            if let Some(range) = window.top_up(b, d.prefetch_distance(512)) {
+                d.prefetch(&f.lfc, rel, range, now);
+                wire.extend(get_pages(&drain(&mut d)));
+            }
             read(&mut d, &f.lfc, &mut wire, b, &mut now);
         }
         assert_eq!(now, before, "no more waits once on TCP");
-        assert!(waited <= 2 * 4 * MS, "{waited}");
         let stats = d.finish();
         assert_eq!(stats.tcp_pipelined, 254);
         assert_eq!(stats.wait_timeouts, 2);
         assert_eq!(stats.udp_state_changes, 1);
+    }
+
+    #[test]
+    fn a_skipped_page_evicted_before_its_read_makes_the_pipeline_fetch_cached_pages() {
+        let f = crate::compute::test_support::fixture(64);
+        let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
+        let rel = synthetic_rel(0);
+        let install = |tag: BufferTag| {
+            f.lfc
+                .install_prefetched(&tag, 0, &synthetic_page(tag, 16))
+                .eq(&InstallOutcome::Installed)
+                .then_some(())
+                .unwrap()
+        };
+        // 10..20 are cached (another backend's prefetches): the pipeline skips them.
+        (10..20).for_each(|b| install(rel.block(b)));
+        d.prefetch(&f.lfc, rel, 0..20, T0);
+        let mut wire: VecDeque<u32> = get_pages(&drain(&mut d)).into();
+        assert_eq!(Vec::from(wire.clone()), (0..10).collect::<Vec<_>>());
+        let mut now = T0;
+        for b in 0..10 {
+            read(&mut d, &f.lfc, &mut wire, b, &mut now);
+        }
+        // A busy cache evicts them before the reader comes.
+        (0..256).for_each(|b| install(synthetic_rel(1).block(b)));
+        assert!((10..20).all(|b| !f.lfc.contains(&rel.block(b))));
+        // The first one's read finds it gone: the ones skipped after it follow its GetPage,
+        // not one round trip each.
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        assert_eq!(
+            d.start_read(&f.lfc, rel.block(10), &mut out, now),
+            Poll::AwaitResponse
+        );
+        wire.extend(get_pages(&drain(&mut d)));
+        assert_eq!(Vec::from(wire.clone()), (10..20).collect::<Vec<_>>());
+        answer(&mut d, &f.lfc, &mut wire, &mut out, now);
+        for b in 11..20 {
+            assert_eq!(
+                read(&mut d, &f.lfc, &mut wire, b, &mut now),
+                ReadSource::Tcp
+            );
+        }
+        // For a while the pipeline fetches cached pages too; a read still takes the LFC's copy.
+        (20..24).for_each(|b| install(rel.block(b)));
+        d.prefetch(&f.lfc, rel, 20..24, now);
+        let mut wire: VecDeque<u32> = get_pages(&drain(&mut d)).into();
+        assert_eq!(Vec::from(wire.clone()), (20..24).collect::<Vec<_>>());
+        assert_eq!(
+            read(&mut d, &f.lfc, &mut wire, 20, &mut now),
+            ReadSource::Hit
+        );
     }
 
     #[test]

@@ -11,12 +11,18 @@
 
 use std::time::Duration;
 
-/// Own prefetches in a row whose reads found nothing (waits ran out, or lost past every
-/// retry): UDP is not delivering (daemon dead or paused, sender backlogged, port wrong). A miss
-/// is rare on a working path (a page lost past three retries: about 1 in 8000 at 5 % loss),
-/// and each costs a whole wait budget (up to 4 ms), so two in a row decide: in the simulator a
-/// daemon paused three times cost three misses each, more than TCP pipelining's whole lead.
+/// Prefetches among the last `MISS_HISTORY` a read looked for whose reads found nothing (waits
+/// ran out): UDP is not delivering (daemon dead or paused, sender backlogged, port wrong, a
+/// link losing most pages). A miss is rare on a working path (a page lost past three retries:
+/// about 1 in 8000 at 5 % loss), and each costs a whole wait budget (up to 4 ms) and then a
+/// round trip, so two decide: in the simulator a daemon paused three times cost three misses
+/// each, more than TCP pipelining's whole lead. Not only two in a row: on a link losing half
+/// its datagrams, misses alternated with hits, and a backend paid three or four of them (a
+/// wait and a round trip each) before any other rule had seen enough reads.
 pub const MISSES_TO_DEGRADE: u32 = 2;
+/// How many of the latest prefetches a read looked for `MISSES_TO_DEGRADE` counts over (the
+/// bits of `UdpHealth::recent_misses`).
+pub const MISS_HISTORY: u32 = u8::BITS;
 /// Smoothed share of own prefetches that needed a retry or never came, above which TCP
 /// pipelining is cheaper: each loss costs a retry datagram and usually a wait, and at this
 /// rate a scan spends more time recovering than the TCP round trip it saves.
@@ -116,7 +122,9 @@ pub struct UdpHealth {
     started_ns: u64,
     /// A prefetch port given by the operator: with no daemon registered, UDP is still tried.
     port_overridden: bool,
-    consecutive_misses: u32,
+    /// The latest prefetches reads looked for, newest in bit 0: 1 a miss, 0 an arrival
+    /// (`MISS_HISTORY` bits).
+    recent_misses: u8,
     loss_share: f64,
     loss_samples: u32,
     next_probe_ns: u64,
@@ -228,7 +236,7 @@ impl UdpHealth {
             path: PrefetchPath::TcpPipelined,
             started_ns: now_ns,
             port_overridden,
-            consecutive_misses: 0,
+            recent_misses: 0,
             loss_share: 0.0,
             loss_samples: 0,
             next_probe_ns: now_ns,
@@ -270,7 +278,7 @@ impl UdpHealth {
         }
         self.path = to;
         self.changes += 1;
-        self.consecutive_misses = 0;
+        self.recent_misses = 0;
         self.loss_share = 0.0;
         self.loss_samples = 0;
         self.probe = None;
@@ -407,24 +415,24 @@ impl UdpHealth {
     /// The read of a UDP prefetch (own, or waited for) found it: `retried` when it needed a
     /// retry (a loss).
     pub fn on_arrival(&mut self, retried: bool) {
-        self.consecutive_misses = 0;
+        self.recent_misses <<= 1;
         self.loss_sample(retried);
     }
 
     /// The read of a UDP prefetch (own, or another backend's it waited for) gave up on it.
     /// Returns true when that moved the backend to TCP.
     pub fn on_miss(&mut self, now_ns: u64) -> bool {
-        self.consecutive_misses += 1;
+        self.recent_misses = (self.recent_misses << 1) | 1;
         self.loss_sample(true);
         if self.path != PrefetchPath::Udp {
             return false;
         }
-        if self.consecutive_misses >= MISSES_TO_DEGRADE {
-            let n = self.consecutive_misses;
+        let n = self.recent_misses.count_ones();
+        if n >= MISSES_TO_DEGRADE {
             self.set(
                 PrefetchPath::TcpPipelined,
                 now_ns,
-                format!("{n} prefetches in a row did not arrive in time"),
+                format!("{n} of the last {MISS_HISTORY} prefetches read did not arrive in time"),
             );
             return true;
         }
@@ -547,17 +555,22 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_misses_move_to_tcp_and_an_arrival_resets_the_count() {
+    fn two_misses_among_the_last_eight_move_to_tcp_and_older_ones_are_forgotten() {
         let mut h = on_udp();
         assert!(!h.on_miss(MS));
-        h.on_arrival(false);
+        // Seven arrivals push the miss out of the history.
+        for _ in 0..MISS_HISTORY - 1 {
+            h.on_arrival(false);
+        }
         assert!(!h.on_miss(3 * MS));
         assert_eq!(h.path(), PrefetchPath::Udp);
+        // A miss, an arrival, a miss: a link losing every other page.
+        h.on_arrival(false);
         assert!(h.on_miss(5 * MS));
         assert_eq!(h.path(), PrefetchPath::TcpPipelined);
         assert_eq!(h.changes(), 1);
         assert!(
-            h.log()[1].reason.contains("did not arrive"),
+            h.log()[1].reason.contains("2 of the last 8"),
             "{:?}",
             h.log()
         );
