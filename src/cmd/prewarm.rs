@@ -76,6 +76,8 @@ pub struct RunArgs {
     pub priority: Priority,
     #[command(flatten)]
     pub timeline: super::TimelineArgs,
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
     /// Cleartext password, when the page server requires one.
     #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -164,9 +166,10 @@ fn save(
 
 fn run_cmd(a: RunArgs) -> anyhow::Result<Outcome> {
     let cache = open_lfc(&a.lfc)?;
-    let connect = a
-        .timeline
-        .apply(ConnectOptions::new(a.server.clone()).token(a.token.clone()));
+    let connect = a.tls.apply(
+        a.timeline
+            .apply(ConnectOptions::new(a.server.clone()).token(a.token.clone())),
+    )?;
     let ranges = match (&a.state, a.relation) {
         (Some(path), _) => {
             let bytes =

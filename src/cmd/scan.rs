@@ -44,6 +44,8 @@ pub struct ScanArgs {
     pub max_wait_us: u64,
     #[command(flatten)]
     pub timeline: super::TimelineArgs,
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
     /// Cleartext password, when the server requires one.
     #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -123,9 +125,10 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
         (None, _) => None,
     };
     let cfg = ScanConfig {
-        connect: args
-            .timeline
-            .apply(ConnectOptions::new(args.server.clone()).token(args.token.clone())),
+        connect: args.tls.apply(
+            args.timeline
+                .apply(ConnectOptions::new(args.server.clone()).token(args.token.clone())),
+        )?,
         rel: args.rel,
         blocks: args.blocks.clone(),
         mode: args.mode,

@@ -1,6 +1,6 @@
 //! What both sides speak: PostgreSQL wire protocol 3.0 (`pgwire`, sans-IO), blocking framing
 //! (`framed`), pagestream v3 messages and tags (`pagestream`), the blocking pagestream client
-//! (`client`), the session's tenant, timeline and system identifier (`identity`) and the page
+//! (`client`), TLS on its connections (`tls`), the session's tenant, timeline and system identifier (`identity`) and the page
 //! format with its verification (`page`).
 
 pub mod client;
@@ -9,3 +9,4 @@ pub mod identity;
 pub mod page;
 pub mod pagestream;
 pub mod pgwire;
+pub mod tls;
