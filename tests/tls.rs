@@ -286,4 +286,11 @@ fn tls_flags_are_checked_at_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pem"));
+    // --tls-required without a certificate would refuse everyone.
+    let out = std::process::Command::new(common::BIN)
+        .args(["pageserver", "--tls-required"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
 }

@@ -368,6 +368,103 @@ impl Write for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A server's TLS for 127.0.0.1 and a client's trusting it (rcgen, made per test).
+    fn configs(dir: &Path) -> (ServerTls, ClientTls) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let file = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let server = ServerTls::from_pem_files(
+            &file("cert.pem", cert.pem()),
+            &file("key.pem", key.serialize_pem()),
+        )
+        .unwrap();
+        (
+            server,
+            ClientTls::from_ca_file(&file("ca.pem", ca.pem())).unwrap(),
+        )
+    }
+
+    fn pattern(i: usize) -> u8 {
+        (i * 7 % 251) as u8
+    }
+
+    /// The reason for the locking design: a peer that writes everything before it reads. The
+    /// server echoes with a reader and a writer thread on clones of one TLS stream; once the
+    /// echo fills the socket buffers the writer blocks in its write, and the reader must go on
+    /// reading (and decrypting) or both ends wait for each other forever.
+    #[test]
+    fn a_stream_reads_while_its_clone_is_blocked_writing() {
+        const LEN: usize = 16 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let (server_tls, client_tls) = configs(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut request = [0u8; 8];
+            sock.read_exact(&mut request).unwrap();
+            sock.write_all(&[TLS_ACCEPTED]).unwrap();
+            let mut reader = Stream::accept(sock, &server_tls).unwrap();
+            let mut writer = reader.try_clone().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let echo = std::thread::spawn(move || {
+                for chunk in rx {
+                    writer.write_all(&chunk).unwrap();
+                }
+                writer.shutdown().unwrap();
+            });
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = reader.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                tx.send(buf[..n].to_vec()).unwrap();
+            }
+            drop(tx);
+            echo.join().unwrap();
+        });
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let sock = TcpStream::connect(addr).unwrap();
+            let name = server_name("127.0.0.1", addr);
+            let mut client = Stream::connect(sock, &client_tls, name).unwrap();
+            let data: Vec<u8> = (0..LEN).map(pattern).collect();
+            client.write_all(&data).unwrap();
+            // Half-close after close_notify: the server's reader sees the end of input.
+            if let Stream::Tls(t) = &client {
+                let _w = t.write.lock();
+                let out = {
+                    let mut st = t.state.lock();
+                    st.conn.send_close_notify();
+                    sealed(&mut st.conn)
+                };
+                (&t.sock).write_all(&out).unwrap();
+            }
+            let mut back = Vec::with_capacity(LEN);
+            client.read_to_end(&mut back).unwrap();
+            done_tx.send(back == data).unwrap();
+        });
+        let echoed = done_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the echo deadlocked");
+        assert!(echoed, "the echo differs from what was sent");
+        server.join().unwrap();
+    }
 
     #[test]
     fn server_names_come_from_the_address_as_given() {
