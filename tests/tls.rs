@@ -294,3 +294,29 @@ fn tls_flags_are_checked_at_start() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
 }
+
+#[test]
+fn bytes_sent_after_the_ssl_request_before_its_answer_are_refused() {
+    use std::io::{Read, Write};
+    use udp_prefetch::protocol::pgwire::FrontendMessage;
+    let certs = certs(&["127.0.0.1"]);
+    let server = tls_server(&certs, &[]);
+    let mut out = Vec::new();
+    FrontendMessage::SslRequest.encode(&mut out);
+    FrontendMessage::Startup {
+        params: vec![("user".into(), "x".into())],
+    }
+    .encode(&mut out);
+    // One write: the startup message is there when the server reads the SSLRequest.
+    let mut sock = std::net::TcpStream::connect(&server.addr).unwrap();
+    sock.write_all(&out).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = sock.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with('E') && text.contains("received unencrypted data after SSL request"),
+        "{text:?}"
+    );
+}
