@@ -1,5 +1,7 @@
-//! One client connection: startup and authentication, simple queries, then the pagestream
-//! copy-both session with a reader (this thread) and a responder thread.
+//! One client connection: startup (TLS by SSLRequest when the server has a certificate) and
+//! authentication, simple queries, then the pagestream copy-both session with a reader (this
+//! thread) and a responder thread, which over TLS share one rustls connection
+//! (`protocol::tls::Stream`).
 //!
 //! The I/O shell of a session: what the server does with each pagestream request is decided by
 //! `session::Session` and `session::Work` (sans-IO, shared with the simulator); this file reads
