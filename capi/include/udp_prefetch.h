@@ -118,6 +118,12 @@ typedef struct UdpfOptions {
    * GetPages in flight when prefetching over TCP; 0 for the default (128, as Neon).
    */
   uint32_t tcp_depth;
+  /**
+   * A PEM file of CA certificates: connect over TLS and verify the page server's certificate
+   * against them and the host in `server` (libpq's `sslmode=verify-full`); the server then
+   * encrypts prefetch datagrams too. NULL for plain TCP.
+   */
+  const char *tls_ca;
 } UdpfOptions;
 
 /**

@@ -26,6 +26,7 @@ use udp_prefetch::compute::backend::{
 };
 use udp_prefetch::protocol::client::{ClientError, ConnectOptions, PageClient};
 use udp_prefetch::protocol::identity::NeonId;
+use udp_prefetch::protocol::tls::ClientTls;
 
 /// Bytes of a page: every page buffer passed to this library is this long.
 pub const UDPF_PAGE_SIZE: usize = 8192;
@@ -105,6 +106,10 @@ pub struct UdpfOptions {
     pub max_wait_us: u32,
     /// GetPages in flight when prefetching over TCP; 0 for the default (128, as Neon).
     pub tcp_depth: u32,
+    /// A PEM file of CA certificates: connect over TLS and verify the page server's certificate
+    /// against them and the host in `server` (libpq's `sslmode=verify-full`); the server then
+    /// encrypts prefetch datagrams too. NULL for plain TCP.
+    pub tls_ca: *const c_char,
 }
 
 /// A backend's counters (`udpf_stats`).
@@ -210,7 +215,8 @@ fn client_status(e: &ClientError) -> UdpfStatus {
         | ClientError::Connect { .. }
         | ClientError::PasswordRequired
         | ClientError::NotPostgres { .. }
-        | ClientError::NoAnswer { .. } => UdpfStatus::UDPF_CONNECT,
+        | ClientError::NoAnswer { .. }
+        | ClientError::Tls { .. } => UdpfStatus::UDPF_CONNECT,
         _ => UdpfStatus::UDPF_SERVER,
     }
 }
@@ -389,6 +395,11 @@ pub unsafe extern "C" fn udpf_open(
                 id(o.timeline_id, "timeline_id")?,
             )
             .token(optional_string(o.token, "token")?);
+        if let Some(ca) = optional_string(o.tls_ca, "tls_ca")? {
+            let tls = ClientTls::from_ca_file(std::path::Path::new(&ca))
+                .map_err(|e| invalid(format!("tls_ca: {e}")))?;
+            connect = connect.tls(Some(tls));
+        }
         if o.connect_timeout_ms > 0 {
             connect.connect_timeout = Duration::from_millis(u64::from(o.connect_timeout_ms));
         }
@@ -735,12 +746,20 @@ mod tests {
             connect_timeout_ms: 0,
             max_wait_us: 0,
             tcp_depth: 0,
+            tls_ca: std::ptr::null(),
         };
         // SAFETY: valid options and out pointer.
         let status = unsafe { udpf_open(&opts, &mut handle) };
         assert_eq!(status, UdpfStatus::UDPF_INVALID_ARGUMENT);
         assert!(last_error().contains("tenant_id"), "{}", last_error());
         opts.tenant_id = std::ptr::null();
+        let missing_ca = CString::new("/nonexistent/ca.pem").unwrap();
+        opts.tls_ca = missing_ca.as_ptr();
+        // SAFETY: as above.
+        let status = unsafe { udpf_open(&opts, &mut handle) };
+        assert_eq!(status, UdpfStatus::UDPF_INVALID_ARGUMENT);
+        assert!(last_error().contains("tls_ca"), "{}", last_error());
+        opts.tls_ca = std::ptr::null();
         // SAFETY: as above.
         let status = unsafe { udpf_open(&opts, &mut handle) };
         assert_eq!(status, UdpfStatus::UDPF_CACHE);

@@ -1,6 +1,6 @@
 //! The C ABI called as C calls it (through the same `extern "C"` functions), against a page
 //! server in this process: writes, last-written LSNs, an older snapshot, relation sizes, a page
-//! server without the extension, and errors that leave the handle usable or not.
+//! server without the extension, TLS, and errors that leave the handle usable or not.
 
 use std::ffi::{CStr, CString};
 use std::ptr::null_mut;
@@ -52,6 +52,7 @@ impl Handle {
             connect_timeout_ms: 0,
             max_wait_us: 0,
             tcp_depth: 0,
+            tls_ca: std::ptr::null(),
         };
         let mut h = null_mut();
         // SAFETY: valid options and out pointer.
@@ -226,4 +227,84 @@ fn a_read_of_a_block_that_does_not_exist_fails_and_the_handle_says_why_after() {
     assert!(!first.is_empty());
     assert_eq!(h.read(0, UDPF_LSN_LATEST, 0).0, UdpfStatus::UDPF_SERVER);
     assert!(last_error().contains("open another"), "{}", last_error());
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signed: (CA PEM, certificate PEM, key PEM).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn opens_over_tls_with_its_ca_and_refuses_a_server_another_ca_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (ca, cert, key) = certificates();
+    let (other_ca, _, _) = certificates();
+    let (ca, other_ca) = (file("ca.pem", &ca), file("other.pem", &other_ca));
+    let tls = udp_prefetch::protocol::tls::ServerTls::from_pem_files(
+        &file("cert.pem", &cert),
+        &file("key.pem", &key),
+    )
+    .unwrap();
+    let server = PageServer::start(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        source: SourceSpec::Synthetic {
+            rels: 1,
+            pages: 100,
+        },
+        tls: Some(tls),
+        tls_required: true,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let lfc_path = dir.path().join("lfc");
+    lfc::Lfc::create(&lfc_path, 1024).unwrap();
+    let lfc_path = CString::new(lfc_path.to_str().unwrap()).unwrap();
+    let addr = CString::new(server.local_addr().to_string()).unwrap();
+    let open = |ca: &std::path::Path| {
+        let ca = CString::new(ca.to_str().unwrap()).unwrap();
+        let opts = UdpfOptions {
+            lfc_path: lfc_path.as_ptr(),
+            server: addr.as_ptr(),
+            tenant_id: std::ptr::null(),
+            timeline_id: std::ptr::null(),
+            token: std::ptr::null(),
+            prefetch_port: 0,
+            connect_timeout_ms: 0,
+            max_wait_us: 0,
+            tcp_depth: 0,
+            tls_ca: ca.as_ptr(),
+        };
+        let mut h = null_mut();
+        // SAFETY: valid options and out pointer.
+        let status = unsafe { udpf_open(&opts, &mut h) };
+        (status, h)
+    };
+    let (status, h) = open(&ca);
+    assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
+    let handle = Handle {
+        h,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let (status, lsn, _) = handle.read(3, UDPF_LSN_LATEST, 0);
+    assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
+    assert_eq!(lsn, 16);
+    drop(handle);
+    let (status, h) = open(&other_ca);
+    assert!(h.is_null());
+    assert_eq!(status, UdpfStatus::UDPF_CONNECT, "{}", last_error());
+    assert!(last_error().contains("certificate"), "{}", last_error());
 }

@@ -31,6 +31,8 @@ pub struct GetPageArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub timeline: super::TimelineArgs,
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
     /// Cleartext password, when the server requires one.
     #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -65,9 +67,10 @@ pub fn check_name(check: &PageCheck) -> String {
 }
 
 pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
-    let opts = args
-        .timeline
-        .apply(ConnectOptions::new(args.server.clone()).token(args.token.clone()));
+    let opts = args.tls.apply(
+        args.timeline
+            .apply(ConnectOptions::new(args.server.clone()).token(args.token.clone())),
+    )?;
     let mut client = PageClient::connect(&opts)?;
     let tag = args.rel.block(args.blk);
     let page = client

@@ -51,6 +51,28 @@ pub fn shard_map(
     Ok(map)
 }
 
+/// TLS to the page server, for the commands that connect to one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// Connect over TLS (PostgreSQL's SSLRequest) and verify the page server's certificate
+    /// against the CA certificates in this PEM file and the host name or IP address of
+    /// --server (libpq's sslmode=verify-full). The server then encrypts prefetch datagrams too.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// `opts` with TLS when asked for; an unreadable CA file is bad input.
+    pub fn apply(&self, opts: ConnectOptions) -> Result<ConnectOptions, BadInput> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(opts);
+        };
+        let tls = crate::protocol::tls::ClientTls::from_ca_file(ca)
+            .map_err(|e| BadInput(format!("--tls-ca: {e}")))?;
+        Ok(opts.tls(Some(tls)))
+    }
+}
+
 /// Exit status conventions (ARCHITECTURE §9).
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_BAD_INPUT: u8 = 2;

@@ -5,6 +5,7 @@ use crate::pageserver::source::SourceSpec;
 use crate::pageserver::{PageServer, ServerConfig, ServerError};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -83,9 +84,22 @@ pub struct PageServerArgs {
     /// 128-bit token and an XXH3 checksum: as secure as the plain TCP connection that
     /// registered the stream, which carries the key in the clear) or `aead` (AES-128-GCM,
     /// several µs per page on CPUs without VAES; for when the connection itself is encrypted).
-    /// Worker daemons accept both.
-    #[arg(long, default_value = "token")]
-    pub datagram_protection: workers::datagram::Protection,
+    /// Without it, each session gets `aead` if it arrived over TLS and `token` if not. Worker
+    /// daemons accept both.
+    #[arg(long)]
+    pub datagram_protection: Option<workers::datagram::Protection>,
+    /// Accept TLS (PostgreSQL's SSLRequest, as `psql sslmode=require` sends) with this
+    /// certificate chain, PEM, the server's certificate first. Needs --tls-key. Sessions over
+    /// TLS get encrypted datagrams unless --datagram-protection says otherwise.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse connections that do not negotiate TLS (FATAL at their startup message). Needs
+    /// --tls-cert and --tls-key.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_required: bool,
     /// Serve Prometheus metrics (GET /metrics: connections, requests and errors by type, GetPage
     /// latency, prefetch queue and pages, process metrics) and a health check (GET /healthz)
     /// over HTTP on this address: HOST:PORT, names resolved.
@@ -153,6 +167,14 @@ pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
         prefetch_sender_nice: args.prefetch_sender_nice,
         thread_classes: !args.no_thread_classes,
         datagram_protection: args.datagram_protection,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::protocol::tls::ServerTls::from_pem_files(cert, key)
+                    .map_err(|e| BadInput(e.to_string()))?,
+            ),
+            _ => None,
+        },
+        tls_required: args.tls_required,
         metrics: args.metrics,
         udp_extension: !args.no_udp_extension,
         shard,

@@ -85,6 +85,8 @@ pub struct RunArgs {
     pub path_mtu: Option<u32>,
     #[command(flatten)]
     pub timeline: super::TimelineArgs,
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
     /// Cleartext password, when the page server requires one.
     #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -174,8 +176,11 @@ fn save(
 fn run_cmd(a: RunArgs) -> anyhow::Result<Outcome> {
     let cache = open_lfc(&a.lfc)?;
     let connect = a
-        .timeline
-        .apply(ConnectOptions::new(a.server[0].clone()).token(a.token.clone()))
+        .tls
+        .apply(
+            a.timeline
+                .apply(ConnectOptions::new(a.server[0].clone()).token(a.token.clone())),
+        )?
         .path_mtu(a.path_mtu);
     let shards = super::shard_map(&a.server, a.stripe_pages)?;
     let ranges = match (&a.state, a.relation) {

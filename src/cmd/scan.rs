@@ -53,6 +53,8 @@ pub struct ScanArgs {
     pub max_wait_us: u64,
     #[command(flatten)]
     pub timeline: super::TimelineArgs,
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
     /// Cleartext password, when the server requires one.
     #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -134,8 +136,11 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
     let shards = super::shard_map(&args.server, args.stripe_pages)?;
     let cfg = ScanConfig {
         connect: args
-            .timeline
-            .apply(ConnectOptions::new(args.server[0].clone()).token(args.token.clone()))
+            .tls
+            .apply(
+                args.timeline
+                    .apply(ConnectOptions::new(args.server[0].clone()).token(args.token.clone())),
+            )?
             .path_mtu(args.path_mtu),
         shards,
         rel: args.rel,

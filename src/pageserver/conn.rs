@@ -1,5 +1,7 @@
-//! One client connection: startup and authentication, simple queries, then the pagestream
-//! copy-both session with a reader (this thread) and a responder thread.
+//! One client connection: startup (TLS by SSLRequest when the server has a certificate) and
+//! authentication, simple queries, then the pagestream copy-both session with a reader (this
+//! thread) and a responder thread, which over TLS share one rustls connection
+//! (`protocol::tls::Stream`).
 //!
 //! The I/O shell of a session: what the server does with each pagestream request is decided by
 //! `session::Session` and `session::Work` (sans-IO, shared with the simulator); this file reads
@@ -16,13 +18,14 @@ use crate::protocol::pagestream::{self, Request};
 use crate::protocol::pgwire::{
     sqlstate, BackendMessage, ErrorFields, FrontendDecoder, FrontendMessage, READY_IDLE,
 };
+use crate::protocol::tls::{Stream, TLS_ACCEPTED};
 use lfc::{monotonic_ns, PAGE_SIZE};
 use std::io::{BufWriter, Write};
 use std::net::TcpStream;
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Duration;
-use workers::datagram::random_stream_id;
+use workers::datagram::{random_stream_id, Protection};
 
 /// Requests a connection may have decoded but not yet answered; beyond this the reader stops
 /// reading and TCP flow control pushes back on the client.
@@ -32,7 +35,7 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// Length of Neon tenant and timeline ids in hex.
 const ID_HEX_LEN: usize = 32;
 
-type Reader = FramedReader<TcpStream>;
+type Reader = FramedReader<Stream>;
 
 /// Why a connection ended early; only logged.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +56,7 @@ fn send(stream: &mut impl Write, msgs: &[BackendMessage]) -> std::io::Result<()>
     stream.write_all(&out)
 }
 
-fn refuse(stream: &mut TcpStream, err: ErrorFields) -> ConnError {
+fn refuse(stream: &mut Stream, err: ErrorFields) -> ConnError {
     let msg = err.message.clone();
     let _ = send(stream, &[BackendMessage::ErrorResponse(err)]);
     ConnError::Refused(msg)
@@ -62,17 +65,19 @@ fn refuse(stream: &mut TcpStream, err: ErrorFields) -> ConnError {
 /// Runs a connection to completion. `over_limit` is decided by the acceptor, which counts
 /// connections; the refusal is sent after the startup packet so that clients show it.
 pub(super) fn serve(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     shared: Arc<Shared>,
     over_limit: bool,
     conn_id: ConnId,
 ) -> Result<(), ConnError> {
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
     // Bounds the whole startup, password included: a client that connects and says nothing
     // must not hold a connection slot for long. (A read timeout per read: a client trickling
     // a byte at a time could stretch it, each byte restarting the clock; the acceptor's
     // connection limit still bounds what such clients hold.)
-    stream.set_read_timeout(Some(shared.config.startup_timeout))?;
+    // The TLS handshake too.
+    tcp.set_read_timeout(Some(shared.config.startup_timeout))?;
+    let mut stream = Stream::Plain(tcp);
     let mut reader = FramedReader::new(stream.try_clone()?);
     let mut decoder = FrontendDecoder::new();
     match startup(&mut stream, &mut reader, &mut decoder, &shared, over_limit) {
@@ -90,7 +95,7 @@ pub(super) fn serve(
         }
         Err(e) => return Err(e),
     }
-    stream.set_read_timeout(shared.config.idle_timeout)?;
+    stream.tcp().set_read_timeout(shared.config.idle_timeout)?;
     query_loop(stream, reader, decoder, shared, conn_id)
 }
 
@@ -122,15 +127,27 @@ fn is_timeout(e: &ConnError) -> bool {
 /// The startup up to ReadyForQuery: the startup packet, the connection limit, the password.
 /// `Ok(false)` when the client left (or was refused) before it was done.
 fn startup(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     reader: &mut Reader,
     decoder: &mut FrontendDecoder,
     shared: &Shared,
     over_limit: bool,
 ) -> Result<bool, ConnError> {
-    let Some(user) = read_startup(stream, reader, decoder)? else {
+    let Some(user) = read_startup(stream, reader, decoder, shared)? else {
         return Ok(false);
     };
+    if shared.config.tls_required && !stream.is_tls() {
+        bump(&shared.stats.auth_failures);
+        return Err(refuse(
+            stream,
+            ErrorFields::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!(
+                    "this page server accepts only TLS connections (--tls-required): user \"{user}\" connected without encryption; connect with sslmode=require (udp-prefetch: --tls-ca)"
+                ),
+            ),
+        ));
+    }
     if over_limit {
         bump(&shared.stats.connections_rejected);
         return Err(refuse(
@@ -152,16 +169,48 @@ fn startup(
     Ok(true)
 }
 
-/// Reads up to the startup message (refusing encryption on the way) and returns its user, or
-/// `None` if the client closed the connection or sent a CancelRequest.
+/// Reads up to the startup message and returns its user, or `None` if the client closed the
+/// connection or sent a CancelRequest. On the way, an SSLRequest starts TLS when the server
+/// has a certificate (`stream` and `reader` then read and write through it) and is refused
+/// otherwise, as is GSSAPI encryption.
 fn read_startup(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     reader: &mut Reader,
     decoder: &mut FrontendDecoder,
+    shared: &Shared,
 ) -> Result<Option<String>, ConnError> {
     loop {
         match reader.next(|b| decoder.decode(b))? {
             None => return Ok(None),
+            Some(FrontendMessage::SslRequest) if stream.is_tls() => {
+                bump(&shared.stats.protocol_errors);
+                return Err(refuse(
+                    stream,
+                    ErrorFields::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "SSLRequest on a connection that is already encrypted",
+                    ),
+                ));
+            }
+            Some(FrontendMessage::SslRequest) if shared.config.tls.is_some() => {
+                if !reader.buffered().is_empty() {
+                    // Bytes sent after the SSLRequest, before the answer, would be taken as
+                    // if they had come through TLS (PostgreSQL's CVE-2021-23214).
+                    bump(&shared.stats.protocol_errors);
+                    return Err(refuse(
+                        stream,
+                        ErrorFields::fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "received unencrypted data after SSL request",
+                        ),
+                    ));
+                }
+                stream.write_all(&[TLS_ACCEPTED])?;
+                let tls = shared.config.tls.as_ref().expect("matched");
+                let encrypted = Stream::accept(stream.tcp().try_clone()?, tls)?;
+                *reader = FramedReader::new(encrypted.try_clone()?);
+                *stream = encrypted;
+            }
             Some(FrontendMessage::SslRequest) | Some(FrontendMessage::GssEncRequest) => {
                 send(stream, &[BackendMessage::EncryptionRefused])?;
             }
@@ -183,7 +232,7 @@ fn read_startup(
 /// Asks for a cleartext password and checks it against `token`: `Ok(true)` if it matches,
 /// `Ok(false)` if the client closed the connection instead of answering.
 fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     reader: &mut Reader,
     decoder: &mut FrontendDecoder,
     shared: &Shared,
@@ -220,7 +269,7 @@ fn authenticate(
 /// `system_identifier` (`identity::SYSTEM_IDENTIFIER_PARAM`) tells it which cluster the pages
 /// are of, so that it binds its LFC to that cluster (`lfc::Binding`).
 fn send_startup_done(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     data_checksums: bool,
     system_identifier: Option<u64>,
 ) -> std::io::Result<()> {
@@ -298,7 +347,7 @@ fn parse_query(q: &str) -> Query {
 }
 
 fn query_loop(
-    mut stream: TcpStream,
+    mut stream: Stream,
     mut reader: Reader,
     mut decoder: FrontendDecoder,
     shared: Arc<Shared>,
@@ -407,7 +456,7 @@ enum SessionEnd {
 }
 
 fn pagestream_session(
-    stream: &TcpStream,
+    stream: &Stream,
     reader: &mut Reader,
     decoder: &mut FrontendDecoder,
     shared: &Arc<Shared>,
@@ -420,10 +469,10 @@ fn pagestream_session(
     // Prefetch requests and registrations are handled here, on the reader: a Prefetch has no
     // TCP answer, so handing it to the responder would only add a thread wake-up (and its
     // scheduling delay on a busy machine) before the page can be queued for sending.
-    let peer_ip = stream.peer_addr().map(|a| a.ip()).ok();
+    let peer_ip = stream.tcp().peer_addr().map(|a| a.ip()).ok();
     let config = SessionConfig {
         service_delay_ns: shared.config.service_delay_us.saturating_mul(1_000),
-        protection: shared.config.datagram_protection,
+        protection: datagram_protection(shared, stream.is_tls()),
         shard: shared.config.shard,
     };
     let mut session = Session::new(conn_id, peer_ip, config);
@@ -490,9 +539,22 @@ fn pagestream_session(
     result
 }
 
-/// Starts the session's responder thread on a clone of `stream`.
+/// How this session's datagrams are protected: as configured, or else encrypted when the
+/// session arrived over TLS. Its datagram key (the PrefetchTarget's answer) then travelled
+/// encrypted, so the pages are worth encrypting too; over plain TCP anyone who can read the
+/// datagrams could read the key, and the token's integrity is all encryption would add.
+fn datagram_protection(shared: &Shared, tls: bool) -> Protection {
+    shared.config.datagram_protection.unwrap_or(if tls {
+        Protection::Aead
+    } else {
+        Protection::Token
+    })
+}
+
+/// Starts the session's responder thread on a clone of `stream`: over TLS both threads share
+/// its one rustls connection (`protocol::tls` explains how).
 fn spawn_responder(
-    stream: &TcpStream,
+    stream: &Stream,
     rx: Receiver<Job>,
     shared: &Arc<Shared>,
 ) -> Result<std::thread::JoinHandle<()>, ConnError> {
@@ -543,7 +605,7 @@ fn enter_latency_class(shared: &Shared) {
 /// Answers requests in order. Each response is held until its `Work::due_ns` (arrival +
 /// service delay), which emulates storage latency per request without serialising the
 /// requests' delays.
-fn respond(stream: TcpStream, rx: Receiver<Job>, shared: &Shared) {
+fn respond(stream: Stream, rx: Receiver<Job>, shared: &Shared) {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, stream);
     let mut frame = Vec::with_capacity(pagestream::GET_PAGE_RESPONSE_LEN + 8);
     let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);
@@ -554,7 +616,7 @@ fn respond(stream: TcpStream, rx: Receiver<Job>, shared: &Shared) {
             Job::Fatal(err) => {
                 let _ = send(&mut out, &[BackendMessage::ErrorResponse(err)]);
                 let _ = out.flush();
-                let _ = out.get_ref().shutdown(std::net::Shutdown::Both);
+                let _ = out.get_ref().shutdown();
                 return;
             }
             Job::LeaveCopy(err) => {

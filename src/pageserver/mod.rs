@@ -72,8 +72,14 @@ pub struct ServerConfig {
     /// Scheduling classes (`workers::sched::ThreadClass`): connection threads, which serve
     /// GetPage, ask for a short slice; prefetch sender threads are `SCHED_BATCH`.
     pub thread_classes: bool,
-    /// How prefetch datagrams are protected (`workers::datagram` explains the choice).
-    pub datagram_protection: workers::datagram::Protection,
+    /// How prefetch datagrams are protected (`workers::datagram` explains the choice); `None`
+    /// chooses per session: `Aead` for a session that arrived over TLS (its datagram key was
+    /// sent encrypted, so encrypting the pages protects something), `Token` for a plain one.
+    pub datagram_protection: Option<workers::datagram::Protection>,
+    /// Accept TLS through PostgreSQL's SSLRequest with this certificate (`None`: refuse it).
+    pub tls: Option<crate::protocol::tls::ServerTls>,
+    /// Refuse a startup that did not negotiate TLS.
+    pub tls_required: bool,
     /// Serve `/metrics` and `/healthz` over HTTP here (`None`: no endpoint).
     pub metrics: Option<SocketAddr>,
     /// Speak this project's pagestream extension (PrefetchTarget, Prefetch, PutPage). False
@@ -108,7 +114,9 @@ impl Default for ServerConfig {
             prefetch_gso: true,
             prefetch_sender_nice: 0,
             thread_classes: true,
-            datagram_protection: workers::datagram::Protection::default(),
+            datagram_protection: None,
+            tls: None,
+            tls_required: false,
             metrics: None,
             udp_extension: true,
             shard: crate::protocol::shard::ShardIdentity::SINGLE,
@@ -173,6 +181,11 @@ impl PageServer {
         if !workers::sched::NICE_RANGE.contains(&config.prefetch_sender_nice) {
             return Err(ServerError::Config(
                 "--prefetch-sender-nice must be -20..=19".into(),
+            ));
+        }
+        if config.tls_required && config.tls.is_none() {
+            return Err(ServerError::Config(
+                "--tls-required needs --tls-cert and --tls-key".into(),
             ));
         }
         if config.prefetch_queue_pages == 0 {

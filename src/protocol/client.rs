@@ -2,7 +2,7 @@
 //! (many requests in flight, responses read in order) that is the Neon-style TCP prefetch
 //! baseline.
 //!
-//! Owns: one `TcpStream` (buffered writer, framed reader), the request ids awaiting a
+//! Owns: one connection (`tls::Stream`, plain TCP or TLS: buffered writer, framed reader), the request ids awaiting a
 //! response, and whether the server speaks this project's extension (`Extension`). Touches no
 //! LFC (it takes only the tag types from `lfc`) and no UDP, and imports no `pageserver` or
 //! `compute` code.
@@ -28,6 +28,7 @@ use crate::protocol::pagestream::{Header, PrefetchTarget, Request, Response};
 use crate::protocol::pgwire::{
     BackendDecoder, BackendMessage, ErrorFields, FrontendMessage, ProtocolError,
 };
+use crate::protocol::tls::{self, ClientTls, ConnectTlsError, Stream};
 use lfc::{BufferTag, RelTag};
 use std::collections::VecDeque;
 use std::io::{BufWriter, Write};
@@ -59,6 +60,14 @@ pub enum ClientError {
     Server(ErrorFields),
     #[error("page server: {0}")]
     Request(String),
+    /// TLS was asked for and could not be had: refused by the server, or its certificate
+    /// not verified against the CA for the address connected to.
+    #[error("TLS with {addr}: {source}")]
+    Tls {
+        addr: String,
+        #[source]
+        source: ConnectTlsError,
+    },
     #[error("the server asks for a password; pass a token")]
     PasswordRequired,
     #[error("protocol error: {0}")]
@@ -108,6 +117,9 @@ pub struct ConnectOptions {
     /// The path MTU stated in PrefetchTargets (`--path-mtu`): `None` asks the kernel for the
     /// route's ([`PageClient::prefetch_path_mtu`]).
     pub path_mtu: Option<u32>,
+    /// Require TLS, verifying the server's certificate against these CAs and the host named
+    /// in `addr` (libpq's `sslmode=verify-full`); `None`: plain TCP.
+    pub tls: Option<ClientTls>,
 }
 
 impl ConnectOptions {
@@ -120,7 +132,13 @@ impl ConnectOptions {
             user: "udp-prefetch".into(),
             connect_timeout: Duration::from_secs(5),
             path_mtu: None,
+            tls: None,
         }
+    }
+
+    pub fn tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn token(mut self, token: Option<String>) -> Self {
@@ -173,8 +191,8 @@ struct Held {
 }
 
 pub struct PageClient {
-    out: BufWriter<TcpStream>,
-    reader: FramedReader<TcpStream>,
+    out: BufWriter<Stream>,
+    reader: FramedReader<Stream>,
     decoder: BackendDecoder,
     next_reqid: u64,
     /// Requests awaiting a response, oldest first.
@@ -237,11 +255,28 @@ impl PageClient {
                 Err(e) => last = e,
             }
         }
-        let stream = stream.ok_or_else(|| connect_err(last))?;
-        stream.set_nodelay(true)?;
+        let tcp = stream.ok_or_else(|| connect_err(last))?;
+        tcp.set_nodelay(true)?;
         // A peer that accepts and then waits for its own kind of request (an HTTP server, say)
-        // would hang the startup forever: it gets the connect timeout too.
-        stream.set_read_timeout(Some(opts.connect_timeout))?;
+        // would hang the startup forever: it gets the connect timeout too, the TLS handshake
+        // included.
+        tcp.set_read_timeout(Some(opts.connect_timeout))?;
+        let stream = match &opts.tls {
+            None => Stream::Plain(tcp),
+            Some(config) => {
+                let name = tls::server_name(&opts.addr, tcp.peer_addr()?);
+                Stream::connect(tcp, config, name).map_err(|e| match e {
+                    ConnectTlsError::Io(io) if timed_out(&io) => ClientError::NoAnswer {
+                        addr: opts.addr.clone(),
+                        after: opts.connect_timeout,
+                    },
+                    source => ClientError::Tls {
+                        addr: opts.addr.clone(),
+                        source,
+                    },
+                })?
+            }
+        };
         let mut client = PageClient {
             out: BufWriter::with_capacity(WRITE_BUFFER, stream.try_clone()?),
             reader: FramedReader::new(stream),
@@ -263,21 +298,13 @@ impl PageClient {
         };
         match client.startup(opts) {
             Ok(()) => {
-                client.reader.get_ref().set_read_timeout(None)?;
+                client.reader.get_ref().tcp().set_read_timeout(None)?;
                 Ok(client)
             }
-            // SO_RCVTIMEO expiring reads as WouldBlock on Linux, TimedOut elsewhere.
-            Err(ClientError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(ClientError::NoAnswer {
-                    addr: opts.addr.clone(),
-                    after: opts.connect_timeout,
-                })
-            }
+            Err(ClientError::Io(e)) if timed_out(&e) => Err(ClientError::NoAnswer {
+                addr: opts.addr.clone(),
+                after: opts.connect_timeout,
+            }),
             // Whatever the peer sent is still buffered: name what it looks like rather than
             // report its first bytes read as a frame length.
             Err(ClientError::Protocol(_)) => Err(ClientError::NotPostgres {
@@ -693,7 +720,7 @@ impl PageClient {
     }
 
     pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.out.get_ref().peer_addr()
+        self.out.get_ref().tcp().peer_addr()
     }
 
     /// Queues a fire-and-forget Prefetch of `nblocks` blocks from `first_blkno` (sent on the next
@@ -764,6 +791,14 @@ impl PageClient {
 
 /// Whether `req` is of this project's extension (tags 0x40-0x43), which a stock page server
 /// does not know.
+/// SO_RCVTIMEO expiring reads as WouldBlock on Linux, TimedOut elsewhere.
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 fn is_extension(req: &Request) -> bool {
     matches!(
         req,

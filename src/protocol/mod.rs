@@ -1,8 +1,8 @@
 //! What both sides speak: PostgreSQL wire protocol 3.0 (`pgwire`, sans-IO), blocking framing
 //! (`framed`), pagestream v3 messages and tags (`pagestream`), the blocking pagestream client
-//! (`client`), the session's tenant, timeline and system identifier (`identity`) and the page
-//! format with its verification (`page`), and which page-server shard owns a page (`shard`,
-//! Neon's routing).
+//! (`client`), TLS on its connections (`tls`), the session's tenant, timeline and system
+//! identifier (`identity`) and the page format with its verification (`page`), and which
+//! page-server shard owns a page (`shard`, Neon's routing).
 
 pub mod client;
 pub mod framed;
@@ -11,3 +11,4 @@ pub mod page;
 pub mod pagestream;
 pub mod pgwire;
 pub mod shard;
+pub mod tls;

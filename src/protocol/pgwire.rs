@@ -112,6 +112,9 @@ impl ErrorFields {
 pub mod sqlstate {
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const INVALID_PASSWORD: &str = "28P01";
+    /// PostgreSQL's `invalid_authorization_specification`, which it sends when no pg_hba.conf
+    /// line admits a connection (a `hostssl` line and a plaintext client among them).
+    pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const SYNTAX_ERROR: &str = "42601";

@@ -1,0 +1,327 @@
+//! TLS on the page server's connections (PostgreSQL's SSLRequest): psql with sslmode=require,
+//! the client's verification of the server, `--tls-required`, and prefetch datagrams that are
+//! encrypted for sessions over TLS and only authenticated over plain TCP. The certificates are
+//! made here, per test (rcgen), so no key is committed.
+
+mod common;
+
+use common::{have_command, required, scan_command, ServerProc, WorkersProc};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use udp_prefetch::pageserver::source::Synthetic;
+use udp_prefetch::protocol::client::{ClientError, ConnectOptions, PageClient};
+use udp_prefetch::protocol::page::synthetic_page;
+use udp_prefetch::protocol::pagestream::{PrefetchTarget, LATEST_LSN};
+use udp_prefetch::protocol::tls::{ClientTls, ConnectTlsError};
+use workers::datagram::{DatagramKey, DATAGRAM_LEN};
+
+/// Offset of the protection flags byte in a datagram (`workers::datagram`).
+const FLAGS_AT: usize = 5;
+const KEY: [u8; 32] = [7; 32];
+
+/// A CA and a server certificate it signed, as PEM files in a temporary directory.
+struct Certs {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A fresh CA, and a server certificate from it for `names` (host names or IP addresses).
+fn certs(names: &[&str]) -> Certs {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "udp-prefetch test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    Certs {
+        ca: write("ca.pem", ca.pem()),
+        cert: write("server.pem", cert.pem()),
+        key: write("server.key", key.serialize_pem()),
+        _dir: dir,
+    }
+}
+
+fn tls_server(certs: &Certs, extra: &[&str]) -> ServerProc {
+    let mut args = vec![
+        "--tls-cert",
+        certs.cert.to_str().unwrap(),
+        "--tls-key",
+        certs.key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ServerProc::start(&args)
+}
+
+fn tls_options(server: &ServerProc, ca: &Path) -> ConnectOptions {
+    ConnectOptions::new(server.addr.clone()).tls(Some(ClientTls::from_ca_file(ca).unwrap()))
+}
+
+#[test]
+fn psql_with_sslmode_require_reads_show_prefetch_stats() {
+    if !have_command("psql") {
+        assert!(
+            !required("UDPF_REQUIRE_PG"),
+            "UDPF_REQUIRE_PG is set but psql is missing"
+        );
+        eprintln!("skipping: psql not installed and UDPF_REQUIRE_PG unset");
+        return;
+    }
+    let certs = certs(&["localhost", "127.0.0.1"]);
+    let server = tls_server(&certs, &["--tls-required"]);
+    let (host, port) = server.addr.rsplit_once(':').unwrap();
+    let psql = |sslmode: &str| {
+        std::process::Command::new("psql")
+            .arg(format!(
+                "host={host} port={port} user=x dbname=y sslmode={sslmode} sslrootcert={}",
+                certs.ca.display()
+            ))
+            .args(["-c", "SHOW prefetch_stats"])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap()
+    };
+    for sslmode in ["require", "verify-full"] {
+        let out = psql(sslmode);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "psql sslmode={sslmode} failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("connections_total"), "{stdout}");
+    }
+    // --tls-required: a plaintext startup is refused with a FATAL that says why.
+    let out = psql("disable");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("accepts only TLS"), "{stderr}");
+}
+
+#[test]
+fn a_udp_scan_over_tls_verifies_every_page() {
+    let certs = certs(&["127.0.0.1"]);
+    let server = tls_server(&certs, &["--source", "synthetic:pages=2000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let workers = WorkersProc::start(&lfc, &["--size", "32MiB", "--threads", "1"]);
+    let out = scan_command(&server, &lfc, "udp")
+        .args(["--distance", "64", "--prefetch-port"])
+        .arg(workers.udp_port.to_string())
+        .arg("--tls-ca")
+        .arg(&certs.ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scan: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    common::assert_every_page_verified(&r, 2000);
+    // (A backend that finds UDP not delivering moves to TCP and says why in udp_state_log;
+    // the stderr names it too.)
+    assert!(
+        r["hits"].as_u64().unwrap() + r["late_hits"].as_u64().unwrap() > 0,
+        "the pages came by UDP: {r}; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon took them: it opens aead datagrams (the server chose aead for this session,
+    // which `datagrams_are_encrypted_over_tls_and_in_the_clear_over_plain_tcp` sees).
+    let text = workers.scrape();
+    assert!(WorkersProc::metric(&text, "udp_prefetch_datagrams_installed_total") > 0);
+    // Pipelined GetPage over TLS: the server's reader and responder threads share the one
+    // rustls connection while requests and responses cross (`protocol::tls`).
+    let out = scan_command(&server, &lfc, "tcp-pipelined")
+        .args(["--distance", "256", "--tls-ca"])
+        .arg(&certs.ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    common::assert_every_page_verified(&p, 2000);
+    assert_eq!(p["digest"], r["digest"], "{p} {r}");
+}
+
+/// Registers a plain UDP socket as the prefetch target of `client`, prefetches block 3 of the
+/// synthetic relation and returns the first datagram received.
+fn capture(mut client: PageClient) -> Vec<u8> {
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(client
+        .set_prefetch_target(PrefetchTarget {
+            udp_port: udp.local_addr().unwrap().port(),
+            key_id: 1,
+            key: KEY,
+            // Whole pages: the test looks for the page's bytes in one datagram.
+            path_mtu: 0,
+        })
+        .unwrap());
+    client
+        .send_prefetch(Synthetic::rel(0), 3, 1, LATEST_LSN, 0)
+        .unwrap();
+    client.flush().unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = udp.recv(&mut buf).expect("a prefetch datagram");
+    buf.truncate(n);
+    assert_eq!(buf.len(), DATAGRAM_LEN);
+    // It verifies under the key registered, whatever its protection.
+    let mut page = [0u8; 8192];
+    let hdr = DatagramKey::new(1, KEY)
+        .opener()
+        .open_bytes(&buf, &mut page)
+        .expect("a valid datagram");
+    assert_eq!(hdr.tag, Synthetic::rel(0).block(3));
+    assert_eq!(page[..], synthetic_page(hdr.tag, 16)[..]);
+    buf
+}
+
+/// Whether the page's bytes (a stretch from its middle, past the header) are in `datagram`.
+fn page_in_clear(datagram: &[u8]) -> bool {
+    let page = synthetic_page(Synthetic::rel(0).block(3), 16);
+    let probe = &page[4096..4096 + 256];
+    datagram.windows(probe.len()).any(|w| w == probe)
+}
+
+#[test]
+fn datagrams_are_encrypted_over_tls_and_in_the_clear_over_plain_tcp() {
+    let certs = certs(&["127.0.0.1"]);
+    let server = tls_server(&certs, &[]);
+    let over_tls = capture(PageClient::connect(&tls_options(&server, &certs.ca)).unwrap());
+    assert_eq!(over_tls[FLAGS_AT], 1, "aead over TLS");
+    assert!(!page_in_clear(&over_tls), "the page is encrypted over TLS");
+    let plain = capture(PageClient::connect(&ConnectOptions::new(server.addr.clone())).unwrap());
+    assert_eq!(plain[FLAGS_AT], 0, "token over plain TCP");
+    assert!(page_in_clear(&plain), "the probe finds a page in the clear");
+    // --datagram-protection overrides the choice for every session.
+    let token = tls_server(&certs, &["--datagram-protection", "token"]);
+    let forced = capture(PageClient::connect(&tls_options(&token, &certs.ca)).unwrap());
+    assert_eq!(forced[FLAGS_AT], 0);
+}
+
+#[test]
+fn a_certificate_the_client_cannot_verify_is_refused_clearly() {
+    let certs = certs(&["127.0.0.1"]);
+    let server = tls_server(&certs, &[]);
+    // Another CA.
+    let other = self::certs(&["127.0.0.1"]);
+    let err = PageClient::connect(&tls_options(&server, &other.ca))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
+    let text = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(
+        text.contains("certificate") && text.contains(&server.addr),
+        "{text}"
+    );
+    // The right CA, a certificate for another name.
+    let named = self::certs(&["db.example"]);
+    let server = tls_server(&named, &[]);
+    let err = PageClient::connect(&tls_options(&server, &named.ca))
+        .err()
+        .expect("refused");
+    let text = format!("{err}: {:?}", std::error::Error::source(&err));
+    assert!(
+        text.contains("certificate") && text.contains("NotValidForName"),
+        "{text}"
+    );
+    // The CLI says it too, and exits 1.
+    let out = std::process::Command::new(common::BIN)
+        .args(["getpage", "--server", &server.addr, "--rel"])
+        .arg(common::REL)
+        .args(["--blk", "0", "--tls-ca"])
+        .arg(&named.ca)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("certificate"));
+}
+
+#[test]
+fn tls_required_refuses_plaintext_and_tls_to_a_plain_server_is_refused() {
+    let certs = certs(&["127.0.0.1"]);
+    let server = tls_server(&certs, &["--tls-required"]);
+    match PageClient::connect(&ConnectOptions::new(server.addr.clone())) {
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.code, "28000");
+            assert!(e.message.contains("accepts only TLS"), "{}", e.message);
+        }
+        other => panic!("plaintext accepted: {:?}", other.err()),
+    }
+    let mut client = PageClient::connect(&tls_options(&server, &certs.ca)).unwrap();
+    let rel = Synthetic::rel(0);
+    let page = client.get_page(rel.block(1), LATEST_LSN, 0).unwrap();
+    assert_eq!(page[..], synthetic_page(rel.block(1), 16)[..]);
+
+    let plain = ServerProc::start(&[]);
+    match PageClient::connect(&tls_options(&plain, &certs.ca)) {
+        Err(ClientError::Tls {
+            source: ConnectTlsError::Refused,
+            ..
+        }) => {}
+        other => panic!("expected a refusal of TLS: {:?}", other.err()),
+    }
+}
+
+#[test]
+fn tls_flags_are_checked_at_start() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["pageserver", "--tls-cert", "/nonexistent.pem", "--tls-key"])
+        .arg("/nonexistent.key")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pem"));
+    // --tls-required without a certificate would refuse everyone.
+    let out = std::process::Command::new(common::BIN)
+        .args(["pageserver", "--tls-required"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
+}
+
+#[test]
+fn bytes_sent_after_the_ssl_request_before_its_answer_are_refused() {
+    use std::io::{Read, Write};
+    use udp_prefetch::protocol::pgwire::FrontendMessage;
+    let certs = certs(&["127.0.0.1"]);
+    let server = tls_server(&certs, &[]);
+    let mut out = Vec::new();
+    FrontendMessage::SslRequest.encode(&mut out);
+    FrontendMessage::Startup {
+        params: vec![("user".into(), "x".into())],
+    }
+    .encode(&mut out);
+    // One write: the startup message is there when the server reads the SSLRequest.
+    let mut sock = std::net::TcpStream::connect(&server.addr).unwrap();
+    sock.write_all(&out).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = sock.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with('E') && text.contains("received unencrypted data after SSL request"),
+        "{text:?}"
+    );
+}
