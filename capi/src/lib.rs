@@ -112,6 +112,25 @@ pub struct UdpfOptions {
     pub tls_ca: *const c_char,
 }
 
+impl UdpfOptions {
+    /// For Rust callers (tests, embedders): `lfc_path` and `server`, every other field at its
+    /// default (NULL or 0).
+    pub fn new(lfc_path: *const c_char, server: *const c_char) -> UdpfOptions {
+        UdpfOptions {
+            lfc_path,
+            server,
+            tenant_id: std::ptr::null(),
+            timeline_id: std::ptr::null(),
+            token: std::ptr::null(),
+            prefetch_port: 0,
+            connect_timeout_ms: 0,
+            max_wait_us: 0,
+            tcp_depth: 0,
+            tls_ca: std::ptr::null(),
+        }
+    }
+}
+
 /// A backend's counters (`udpf_stats`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -737,16 +756,8 @@ mod tests {
         let server = CString::new("127.0.0.1:1").unwrap();
         let bad_id = CString::new("xyz").unwrap();
         let mut opts = UdpfOptions {
-            lfc_path: missing.as_ptr(),
-            server: server.as_ptr(),
             tenant_id: bad_id.as_ptr(),
-            timeline_id: std::ptr::null(),
-            token: std::ptr::null(),
-            prefetch_port: 0,
-            connect_timeout_ms: 0,
-            max_wait_us: 0,
-            tcp_depth: 0,
-            tls_ca: std::ptr::null(),
+            ..UdpfOptions::new(missing.as_ptr(), server.as_ptr())
         };
         // SAFETY: valid options and out pointer.
         let status = unsafe { udpf_open(&opts, &mut handle) };

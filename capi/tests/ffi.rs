@@ -42,18 +42,7 @@ impl Handle {
         lfc::Lfc::create(&path, 1024).unwrap();
         let lfc_path = CString::new(path.to_str().unwrap()).unwrap();
         let addr = CString::new(server.local_addr().to_string()).unwrap();
-        let opts = UdpfOptions {
-            lfc_path: lfc_path.as_ptr(),
-            server: addr.as_ptr(),
-            tenant_id: std::ptr::null(),
-            timeline_id: std::ptr::null(),
-            token: std::ptr::null(),
-            prefetch_port: 0,
-            connect_timeout_ms: 0,
-            max_wait_us: 0,
-            tcp_depth: 0,
-            tls_ca: std::ptr::null(),
-        };
+        let opts = UdpfOptions::new(lfc_path.as_ptr(), addr.as_ptr());
         let mut h = null_mut();
         // SAFETY: valid options and out pointer.
         let status = unsafe { udpf_open(&opts, &mut h) };
@@ -277,16 +266,8 @@ fn opens_over_tls_with_its_ca_and_refuses_a_server_another_ca_signed() {
     let open = |ca: &std::path::Path| {
         let ca = CString::new(ca.to_str().unwrap()).unwrap();
         let opts = UdpfOptions {
-            lfc_path: lfc_path.as_ptr(),
-            server: addr.as_ptr(),
-            tenant_id: std::ptr::null(),
-            timeline_id: std::ptr::null(),
-            token: std::ptr::null(),
-            prefetch_port: 0,
-            connect_timeout_ms: 0,
-            max_wait_us: 0,
-            tcp_depth: 0,
             tls_ca: ca.as_ptr(),
+            ..UdpfOptions::new(lfc_path.as_ptr(), addr.as_ptr())
         };
         let mut h = null_mut();
         // SAFETY: valid options and out pointer.
