@@ -8,7 +8,7 @@
 
 mod reassembly;
 
-pub use reassembly::{ASSEMBLY_ENTRIES, ASSEMBLY_TIMEOUT_NS};
+pub use reassembly::{max_assembly_frames, ASSEMBLY_ENTRIES, ASSEMBLY_TIMEOUT_NS};
 
 use crate::datagram::{
     DatagramHeader, DatagramKey, DropReason, Opened, Opener, HEADER_LEN, TAG_LEN,
@@ -76,7 +76,7 @@ impl<'a> Ingest<'a> {
     pub fn new(lfc: &'a Lfc) -> Self {
         Ingest {
             opener: DatagramKey::new(lfc.key_id(), lfc.key()).opener(),
-            assembly: Assembly::new(),
+            assembly: Assembly::new(lfc.capacity_pages()),
             lfc,
             scratch: Box::new([0u8; PAGE_SIZE]),
         }
@@ -92,7 +92,7 @@ impl<'a> Ingest<'a> {
     }
 
     /// Frames the assembly table holds reserved (pages being joined and spares): at most
-    /// [`ASSEMBLY_ENTRIES`].
+    /// [`max_assembly_frames`] of the cache's capacity.
     pub fn assembly_frames(&self) -> usize {
         self.assembly.frames()
     }
@@ -401,7 +401,10 @@ mod tests {
     #[test]
     fn a_page_missing_a_fragment_is_given_up_and_forged_fragments_touch_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let lfc = Lfc::create(dir.path().join("lfc"), 256).unwrap();
+        // A cache large enough for the whole table.
+        let capacity = ASSEMBLY_ENTRIES as u64 * reassembly::ASSEMBLY_SHARE_OF_CACHE;
+        assert_eq!(max_assembly_frames(capacity), ASSEMBLY_ENTRIES);
+        let lfc = Lfc::create(dir.path().join("lfc"), capacity).unwrap();
         let mut ingest = Ingest::new(&lfc);
         let m = ThreadMetrics::default();
         // Pages missing their last fragment fill the table; each newer page pushes the oldest out.
@@ -444,6 +447,37 @@ mod tests {
         assert!(lfc.contains(&hdr.tag));
         assert_eq!(lfc.stats().evictions, 0);
         // Stopping abandons every frame held; none was published.
+        ingest.abandon_assembly();
+        assert_eq!(lfc.stats().busy_pages, 0);
+    }
+
+    #[test]
+    fn a_small_caches_assembly_table_holds_a_small_share_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
+        let limit = max_assembly_frames(64);
+        assert!(
+            limit < ASSEMBLY_ENTRIES && limit as u64 <= 64 / 8,
+            "{limit}"
+        );
+        let mut ingest = Ingest::new(&lfc);
+        let m = ThreadMetrics::default();
+        // Pages that each lost their last two pieces (no parity rebuilds them): the table
+        // gives the oldest up rather than taking more of the cache.
+        let pages = 3 * limit as u32;
+        for b in 0..pages {
+            let (_, frags) = split_page(&lfc, [b as u8 + 1; 16], b, b as u8);
+            for f in &frags[..7] {
+                assert_eq!(ingest.offer(f, u64::from(b), &m), Outcome::Held);
+            }
+            assert!(ingest.assembly_frames() <= limit);
+            assert!(lfc.stats().busy_pages <= limit as u64);
+        }
+        assert_eq!(ingest.pages_in_assembly(), limit);
+        assert_eq!(
+            m.dropped(DropReason::Incomplete),
+            u64::from(pages) - limit as u64
+        );
         ingest.abandon_assembly();
         assert_eq!(lfc.stats().busy_pages, 0);
     }

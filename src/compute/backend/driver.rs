@@ -12,7 +12,7 @@
 //! `Poll::AwaitResponse` it reads the next TCP response and calls `on_response`; until
 //! `Poll::Done`. After every call, the caller sends what `poll_transmit` returns.
 
-use super::health::{DaemonView, PrefetchPath, StateChange, UdpHealth, PROBE_PAGES};
+use super::health::{DaemonView, PrefetchPath, ReadTiming, StateChange, UdpHealth, PROBE_PAGES};
 use super::pipeline::{InFlight, Pipeline, Queued};
 use super::read_path::{
     prefetch_runs, OwnLoss, PrefetchRun, ReadPath, ReadPathConfig, ReadStats, Step, LOSS_SCAN,
@@ -691,16 +691,18 @@ impl Driver {
     fn done(&mut self, lfc: &Lfc, source: ReadSource, now_ns: u64) -> Poll {
         self.cache_distrust_reads = self.cache_distrust_reads.saturating_sub(1);
         if let Some(last) = self.last_done_ns {
-            let cycle = now_ns.saturating_sub(last);
-            let lost_ns = if self.read_udp_failed {
-                now_ns.saturating_sub(self.read_started_ns).max(1)
-            } else {
-                0
+            let blocked_ns = now_ns.saturating_sub(self.read_started_ns);
+            let read = ReadTiming {
+                cycle_ns: now_ns.saturating_sub(last),
+                blocked_ns,
+                waited: self.read_waited,
+                lost_ns: if self.read_udp_failed {
+                    blocked_ns.max(1)
+                } else {
+                    0
+                },
             };
-            if self
-                .health
-                .on_read(cycle, self.read_waited, lost_ns, now_ns)
-            {
+            if self.health.on_read(&read, now_ns) {
                 self.move_window_to_tcp(lfc, now_ns);
             }
         }

@@ -47,6 +47,24 @@ pub const MAX_STATE_LOG: usize = 32;
 /// The time reads spend blocked is no criterion on its own: at 5 % loss a UDP scan spent 80 %
 /// of its time blocked and still ran 1.4× as fast as TCP pipelining, whose reads block too.
 pub const SLOWER_THAN_TCP_TO_DEGRADE: f64 = 1.25;
+/// Share of a UDP window's time its reads spent blocked (waiting for a prefetch, or for a
+/// GetPage after one failed), at or above which UDP may be slower than TCP pipelining, so that
+/// TCP's pace is measured (`calibration`) when none is known or it is due again. Below it, UDP
+/// cannot be: a window's time is the application's own time between reads plus the reads'
+/// CPU plus their blocked time, and a read on TCP pipelining costs at least the CPU of a
+/// read that hits the LFC (a response to receive and install, a page to copy), so UDP is at
+/// most `1 / (1 - share)` times as slow as TCP — under `SLOWER_THAN_TCP_TO_DEGRADE` below this
+/// share. A healthy path whose prefetches are in the cache before their reads never blocks
+/// that long and never pays for a calibration.
+pub const CALIBRATE_BLOCKED_SHARE: f64 = 1.0 - 1.0 / SLOWER_THAN_TCP_TO_DEGRADE;
+/// Backoff between calibrations while UDP keeps proving faster: conditions change (a server
+/// gets busy, a link starts losing), so TCP's pace is measured again, less and less often...
+pub const CALIBRATION_BACKOFF_MIN_NS: u64 = 50_000_000;
+pub const CALIBRATION_BACKOFF_MAX_NS: u64 = 2_000_000_000;
+/// ... and never sooner than this many times the last calibration's length after it: a
+/// calibration's reads go at TCP's pace, so this bounds what calibrating costs a UDP path that
+/// is faster (at most 1/40 of its time, 2.5 %, on TCP; at a 1.4× lead, under 1 % of its time).
+pub const CALIBRATION_SPACING: u64 = 40;
 /// Share of a window's reads on UDP that waited long (half a GetPage round trip or more) for a
 /// prefetch requested longer than a wait budget earlier (one still in flight when its read came),
 /// at or above which the backend moves to TCP: the path is not delivering ahead of the reader (a
@@ -139,6 +157,40 @@ pub struct UdpHealth {
     path_since_ns: u64,
     /// The UDP path in use was entered by passing a probe (not at start-up).
     udp_by_probe: bool,
+    /// On TCP for a calibration: measuring TCP pipelining's pace, to compare it with UDP's.
+    calibration: Option<Calibration>,
+    /// The daemon as last observed (`on_daemon`).
+    view: DaemonView,
+    next_calibration_ns: u64,
+    calibration_backoff_ns: u64,
+}
+
+/// A calibration under way (`CALIBRATE_BLOCKED_SHARE`): the backend left a UDP path whose reads
+/// blocked much of the time for a couple of windows of TCP pipelining, and goes back to UDP
+/// unless TCP's reads proved faster by `SLOWER_THAN_TCP_TO_DEGRADE`. Without it, a backend that
+/// started on UDP never knew TCP's pace, and a path delivering every page but slowly (pages
+/// split into 9 datagrams each, a daemon short of CPU) was never left: 0.24–0.33× TCP
+/// pipelining's throughput in `bench net` at MTU 1500; in the simulator, backends on lossy
+/// fragmented paths ran twice as long as TCP pipelining.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Calibration {
+    started_ns: u64,
+    /// UDP's pace (ns per read) in the window that started it.
+    udp_ns: f64,
+}
+
+/// How one read went, for `UdpHealth::on_read`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadTiming {
+    /// From the previous read's end to this one's: the backend's whole cycle.
+    pub cycle_ns: u64,
+    /// From this read's start to its end: time blocked waiting for a prefetch or a response.
+    pub blocked_ns: u64,
+    /// It waited long for a prefetch requested more than a wait budget earlier.
+    pub waited: bool,
+    /// Its whole time when UDP failed it (a wait that ran out, or an own prefetch lost past
+    /// its retries, then a GetPage); 0 otherwise.
+    pub lost_ns: u64,
 }
 
 /// Mean time per read (from one read's end to the next's: the backend's whole cycle), in
@@ -148,6 +200,7 @@ struct Pace {
     elapsed_ns: u64,
     reads: u32,
     waited: u32,
+    blocked_ns: u64,
     /// Reads UDP failed in the window, and the time they took.
     lost: u32,
     lost_ns: u64,
@@ -168,6 +221,8 @@ struct Pace {
 /// the first window after entering the path).
 struct Window {
     waited_share: f64,
+    /// Share of the window's time its reads spent blocked.
+    blocked_share: f64,
     /// Share of the time of this window and the one before that went to reads UDP failed, and
     /// how many there were.
     lost_share: f64,
@@ -177,12 +232,15 @@ struct Window {
 
 impl Pace {
     /// Adds a read; returns the window when this read closes it.
-    fn add(&mut self, cycle_ns: u64, waited: bool, lost_ns: u64) -> Option<Window> {
-        self.elapsed_ns += cycle_ns;
+    fn add(&mut self, r: &ReadTiming) -> Option<Window> {
+        self.elapsed_ns += r.cycle_ns;
         self.reads += 1;
-        self.waited += u32::from(waited);
-        self.lost += u32::from(lost_ns > 0);
-        self.lost_ns += lost_ns;
+        self.waited += u32::from(r.waited);
+        // A read's blocked time is part of its cycle (the first read of a path may have
+        // started before it, hence the bound).
+        self.blocked_ns += r.blocked_ns.min(r.cycle_ns);
+        self.lost += u32::from(r.lost_ns > 0);
+        self.lost_ns += r.lost_ns;
         let full = self.reads >= SHARE_WINDOW_READS && self.elapsed_ns >= SHARE_WINDOW_NS;
         let slow = self.reads >= SLOW_WINDOW_READS && self.elapsed_ns >= SLOW_WINDOW_NS;
         if !full && !slow {
@@ -190,6 +248,7 @@ impl Pace {
         }
         let mean = self.elapsed_ns as f64 / f64::from(self.reads);
         let waited_share = f64::from(self.waited) / f64::from(self.reads);
+        let blocked_share = self.blocked_ns as f64 / self.elapsed_ns.max(1) as f64;
         // A failed read is part of its cycle, so the share is at most one.
         let lost_share = (self.lost_ns + self.prev_lost_ns) as f64
             / (self.elapsed_ns + self.prev_elapsed_ns).max(1) as f64;
@@ -200,6 +259,7 @@ impl Pace {
         self.elapsed_ns = 0;
         self.reads = 0;
         self.waited = 0;
+        self.blocked_ns = 0;
         self.lost = 0;
         self.lost_ns = 0;
         self.windows += 1;
@@ -209,6 +269,7 @@ impl Pace {
         }
         Some(Window {
             waited_share,
+            blocked_share,
             lost_share,
             lost,
             mean_ns,
@@ -220,6 +281,7 @@ impl Pace {
         self.elapsed_ns = 0;
         self.reads = 0;
         self.waited = 0;
+        self.blocked_ns = 0;
         self.lost = 0;
         self.lost_ns = 0;
         self.prev_lost = 0;
@@ -248,6 +310,10 @@ impl UdpHealth {
             reads_on_path: 0,
             path_since_ns: now_ns,
             udp_by_probe: false,
+            calibration: None,
+            view: DaemonView::Absent,
+            next_calibration_ns: now_ns,
+            calibration_backoff_ns: CALIBRATION_BACKOFF_MIN_NS,
         }
     }
 
@@ -282,6 +348,7 @@ impl UdpHealth {
         self.loss_share = 0.0;
         self.loss_samples = 0;
         self.probe = None;
+        self.calibration = None;
         if to == PrefetchPath::TcpPipelined {
             // UDP failing soon after it passed a probe: probe less often. Else (it held for
             // long, or this is its first failure) its failure is news: probe soon.
@@ -295,10 +362,15 @@ impl UdpHealth {
         self.reads_on_path = 0;
         self.path_since_ns = now_ns;
         self.pace[to as usize].restart();
+        self.note(now_ns, reason);
+    }
+
+    /// Logs `reason` for the path in use at `now_ns` (bounded by `MAX_STATE_LOG`).
+    fn note(&mut self, now_ns: u64, reason: String) {
         if self.log.len() < MAX_STATE_LOG {
             self.log.push(StateChange {
                 at_ms: now_ns.saturating_sub(self.started_ns) as f64 / 1e6,
-                to,
+                to: self.path,
                 reason,
             });
         }
@@ -308,6 +380,7 @@ impl UdpHealth {
     /// since the last observation (a new generation): worth a probe at once. Returns true when
     /// this observation moved the backend to TCP (the caller then moves its window).
     pub fn on_daemon(&mut self, view: DaemonView, restarted: bool, now_ns: u64) -> bool {
+        self.view = view;
         match (self.path, view) {
             (PrefetchPath::Udp, DaemonView::Stale { age_ns }) => {
                 let age = Duration::from_nanos(age_ns);
@@ -341,14 +414,12 @@ impl UdpHealth {
     /// `PROBE_PAGES`) by UDP and reports each with `on_probe_page`.
     pub fn probe_due(&mut self, view: DaemonView, pages: usize, now_ns: u64) -> bool {
         debug_assert!((1..=PROBE_PAGES).contains(&pages));
-        let receiving = match view {
-            DaemonView::Alive => true,
-            DaemonView::Absent => self.port_overridden,
-            DaemonView::Stale { .. } => false,
-        };
+        // A calibration returns to UDP by its own verdict; a probe passing meanwhile would cut
+        // the measurement short.
         if self.path != PrefetchPath::TcpPipelined
             || self.probe.is_some()
-            || !receiving
+            || self.calibration.is_some()
+            || !self.receiving(view)
             || now_ns < self.next_probe_ns
         {
             return false;
@@ -359,6 +430,15 @@ impl UdpHealth {
             arrived: 0,
         });
         true
+    }
+
+    /// Whether someone may be receiving UDP prefetches, as `view` shows the daemon.
+    fn receiving(&self, view: DaemonView) -> bool {
+        match view {
+            DaemonView::Alive => true,
+            DaemonView::Absent => self.port_overridden,
+            DaemonView::Stale { .. } => false,
+        }
     }
 
     /// A probe page's turn came in the TCP pipeline: `arrived` if UDP had delivered it by then.
@@ -472,23 +552,84 @@ impl UdpHealth {
         now_ns.saturating_sub(self.path_since_ns)
     }
 
-    /// A read finished `cycle_ns` after the previous one; `waited` when it waited long for a
-    /// prefetch requested more than a budget earlier; `lost_ns` its whole time when UDP failed
-    /// it (0 otherwise). On UDP, returns true when most reads of a window waited
-    /// (`WAITED_SHARE_TO_DEGRADE`), reads UDP failed took most of its time
-    /// (`LOST_SHARE_TO_DEGRADE`), or reads took longer than they did on TCP pipelining
-    /// (`SLOWER_THAN_TCP_TO_DEGRADE`), and that moved the backend to TCP.
-    pub fn on_read(&mut self, cycle_ns: u64, waited: bool, lost_ns: u64, now_ns: u64) -> bool {
+    /// A read finished (`ReadTiming`). On UDP, returns true when a closed window moved the
+    /// backend to TCP: most of its reads waited (`WAITED_SHARE_TO_DEGRADE`), reads UDP failed
+    /// took most of its time (`LOST_SHARE_TO_DEGRADE`), reads took longer than they did on TCP
+    /// pipelining (`SLOWER_THAN_TCP_TO_DEGRADE`), or they blocked long enough that TCP's pace
+    /// is to be measured (`CALIBRATE_BLOCKED_SHARE`). On TCP during a calibration, a measured
+    /// window concludes it.
+    pub fn on_read(&mut self, read: &ReadTiming, now_ns: u64) -> bool {
         self.reads_on_path += 1;
-        let closed = self.pace[self.path as usize].add(cycle_ns, waited, lost_ns);
-        let (PrefetchPath::Udp, Some(window)) = (self.path, closed) else {
+        let Some(window) = self.pace[self.path as usize].add(read) else {
             return false;
         };
-        let Some(reason) = self.window_verdict(&window) else {
+        if self.path == PrefetchPath::TcpPipelined {
+            self.conclude_calibration(&window, now_ns);
+            return false;
+        }
+        if let Some(reason) = self.window_verdict(&window) {
+            self.set(PrefetchPath::TcpPipelined, now_ns, reason);
+            return true;
+        }
+        self.calibrate_if_due(&window, now_ns)
+    }
+
+    /// Starts a calibration after a measured UDP window whose reads blocked for
+    /// `CALIBRATE_BLOCKED_SHARE` of its time or more, when one is due: on TCP for the windows
+    /// it takes to measure TCP's pace (the first after a move is its transient). True when it
+    /// moved the backend to TCP.
+    fn calibrate_if_due(&mut self, window: &Window, now_ns: u64) -> bool {
+        let Some(udp_ns) = window.mean_ns else {
             return false;
         };
-        self.set(PrefetchPath::TcpPipelined, now_ns, reason);
+        if window.blocked_share < CALIBRATE_BLOCKED_SHARE || now_ns < self.next_calibration_ns {
+            return false;
+        }
+        self.set(
+            PrefetchPath::TcpPipelined,
+            now_ns,
+            format!(
+                "measuring TCP pipelining's pace: reads on UDP blocked {:.0} % of the time",
+                window.blocked_share * 100.0
+            ),
+        );
+        self.calibration = Some(Calibration {
+            started_ns: now_ns,
+            udp_ns,
+        });
         true
+    }
+
+    /// The first measured TCP window of a calibration: back to UDP unless TCP pipelining's
+    /// reads were faster by `SLOWER_THAN_TCP_TO_DEGRADE` (or nobody receives UDP now). The next
+    /// calibration is due after the backoff, and no sooner than `CALIBRATION_SPACING` times
+    /// this one's length.
+    fn conclude_calibration(&mut self, window: &Window, now_ns: u64) {
+        let (Some(c), Some(tcp_ns)) = (self.calibration, window.mean_ns) else {
+            return;
+        };
+        self.calibration = None;
+        let took = now_ns.saturating_sub(c.started_ns);
+        self.next_calibration_ns =
+            now_ns + self.calibration_backoff_ns.max(CALIBRATION_SPACING * took);
+        self.calibration_backoff_ns =
+            (self.calibration_backoff_ns * 2).min(CALIBRATION_BACKOFF_MAX_NS);
+        let (udp_us, tcp_us) = (c.udp_ns / 1e3, tcp_ns / 1e3);
+        if c.udp_ns > SLOWER_THAN_TCP_TO_DEGRADE * tcp_ns || !self.receiving(self.view) {
+            // Staying: probes return to UDP as after any other move (their backoff was set
+            // when the calibration began, counted from now).
+            self.next_probe_ns = now_ns + self.backoff_ns;
+            self.note(
+                now_ns,
+                format!("reads took {udp_us:.1} µs each on UDP, {tcp_us:.1} µs on TCP pipelining"),
+            );
+        } else {
+            self.set(
+                PrefetchPath::Udp,
+                now_ns,
+                format!("reads took {udp_us:.1} µs each on UDP, {tcp_us:.1} µs on TCP pipelining: back to UDP"),
+            );
+        }
     }
 
     /// Why a closed window on UDP should move the backend to TCP, if it should.
@@ -522,12 +663,10 @@ impl UdpHealth {
     pub fn without_udp(&mut self, now_ns: u64, reason: &str) {
         if self.path == PrefetchPath::Udp {
             self.set(PrefetchPath::TcpPipelined, now_ns, reason.to_string());
-        } else if self.log.len() < MAX_STATE_LOG {
-            self.log.push(StateChange {
-                at_ms: now_ns.saturating_sub(self.started_ns) as f64 / 1e6,
-                to: self.path,
-                reason: reason.to_string(),
-            });
+        } else {
+            // A calibration under way would return to UDP.
+            self.calibration = None;
+            self.note(now_ns, reason.to_string());
         }
     }
 
@@ -547,6 +686,17 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+
+    /// A read of `cycle` ns that UDP failed after `lost` ns of it (0: it did not), blocked for
+    /// the failure only.
+    fn timing(cycle: u64, lost: u64) -> ReadTiming {
+        ReadTiming {
+            cycle_ns: cycle,
+            blocked_ns: lost,
+            waited: false,
+            lost_ns: lost,
+        }
+    }
 
     fn on_udp() -> UdpHealth {
         let mut h = UdpHealth::new(0, false);
@@ -588,7 +738,7 @@ mod tests {
             let lost = if i % 5 == 4 { 1_400 * US } else { 0 };
             let cycle = 15 * US + lost;
             now += cycle;
-            moved |= h.on_read(cycle, false, lost, now);
+            moved |= h.on_read(&timing(cycle, lost), now);
         }
         assert!(moved);
         assert_eq!(h.path(), PrefetchPath::TcpPipelined);
@@ -605,7 +755,7 @@ mod tests {
             let lost = if i % 3 == 0 { 6_000 * US } else { 0 };
             let cycle = 100 * US + lost;
             now += cycle;
-            if h.on_read(cycle, false, lost, now) {
+            if h.on_read(&timing(cycle, lost), now) {
                 moved_at.get_or_insert(i);
             }
         }
@@ -617,7 +767,7 @@ mod tests {
             let lost = if i == 8 { 4_000 * US } else { 0 };
             let cycle = 15 * US + lost;
             now += cycle;
-            assert!(!h.on_read(cycle, false, lost, now));
+            assert!(!h.on_read(&timing(cycle, lost), now));
         }
         assert_eq!(h.path(), PrefetchPath::Udp);
     }
@@ -696,5 +846,132 @@ mod tests {
         }
         assert_eq!(h.path(), PrefetchPath::Udp);
         assert!(h.log().last().unwrap().reason.contains("7/8"));
+    }
+
+    /// Feeds `n` reads of `cycle` ns each, `blocked` of them blocked, from `*now`; returns
+    /// the `on_read` results that were true.
+    fn reads(h: &mut UdpHealth, n: u32, cycle: u64, blocked: u64, now: &mut u64) -> u32 {
+        let mut moved = 0;
+        for _ in 0..n {
+            *now += cycle;
+            let r = ReadTiming {
+                cycle_ns: cycle,
+                blocked_ns: blocked,
+                waited: false,
+                lost_ns: 0,
+            };
+            moved += u32::from(h.on_read(&r, *now));
+        }
+        moved
+    }
+
+    const US: u64 = 1_000;
+
+    #[test]
+    fn a_udp_path_slower_than_tcp_pipelining_moves_to_tcp_after_a_calibration() {
+        // Started on UDP (no TCP pace ever measured): every page arrives, but each read
+        // blocks 60 of its 80 µs (pages in 9 datagrams each, a daemon short of CPU).
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let mut now = 0;
+        // The first window is the path's transient; the second measures it and calibrates.
+        assert_eq!(reads(&mut h, 2 * 32, 80 * US, 60 * US, &mut now), 1);
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        assert!(h.log()[1].reason.contains("measuring TCP"), "{:?}", h.log());
+        assert!(
+            !h.probe_due(DaemonView::Alive, PROBE_PAGES, now + PROBE_BACKOFF_MAX_NS),
+            "no probe cuts a calibration short"
+        );
+        // TCP pipelining: 30 µs a read. Its transient window, then a measured one: stays.
+        let changes = h.changes();
+        reads(&mut h, 2 * 80, 30 * US, 10 * US, &mut now);
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        assert_eq!(h.changes(), changes, "no more moves");
+        let last = &h.log().last().unwrap().reason;
+        assert!(last.contains("80.0 µs each on UDP, 30.0 µs"), "{last}");
+        // Probes resume; one that passes returns to UDP, where the known TCP pace moves the
+        // backend back after one measured window.
+        let t = now + PROBE_BACKOFF_MAX_NS;
+        assert!(h.probe_due(DaemonView::Alive, PROBE_PAGES, t));
+        (0..PROBE_PAGES).for_each(|_| h.on_probe_page(true, t));
+        assert_eq!(h.path(), PrefetchPath::Udp);
+        now = t;
+        assert_eq!(reads(&mut h, 2 * 32, 80 * US, 60 * US, &mut now), 1);
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        assert!(
+            h.log().last().unwrap().reason.contains("on TCP pipelining"),
+            "{:?}",
+            h.log()
+        );
+    }
+
+    #[test]
+    fn a_udp_path_faster_than_tcp_pipelining_returns_and_calibrates_rarely() {
+        // 5 % loss: reads block 70 % of the time, yet run at 40 µs against TCP's 56 µs.
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let mut now = 0;
+        let mut on_tcp_ns = 0;
+        let mut calibrations = 0;
+        let end = 20 * CALIBRATION_BACKOFF_MAX_NS;
+        while now < end {
+            match h.path() {
+                PrefetchPath::Udp => {
+                    calibrations += reads(&mut h, 1, 40 * US, 28 * US, &mut now);
+                }
+                PrefetchPath::TcpPipelined => {
+                    let before = now;
+                    reads(&mut h, 1, 56 * US, 20 * US, &mut now);
+                    on_tcp_ns += now - before;
+                }
+            }
+        }
+        assert_eq!(h.path(), PrefetchPath::Udp);
+        assert!(calibrations >= 2, "calibrated again: {calibrations}");
+        assert_eq!(h.changes(), 2 * u64::from(calibrations), "{:?}", h.log());
+        let share = on_tcp_ns as f64 / end as f64;
+        assert!(share < 0.01, "{share}");
+        assert!(h.log()[2].reason.contains("back to UDP"), "{:?}", h.log());
+        // The spacing bounds the share from the start: at most one calibration in the first
+        // `CALIBRATION_SPACING` calibration lengths.
+        let first = h.log()[1].at_ms;
+        let second = h.log()[3].at_ms;
+        let took = h.log()[2].at_ms - first;
+        assert!(
+            second - first >= CALIBRATION_SPACING as f64 * took,
+            "{:?}",
+            h.log()
+        );
+    }
+
+    #[test]
+    fn a_udp_path_that_rarely_blocks_is_never_calibrated() {
+        // Hits with a late arrival now and then: 15 % of the time blocked.
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let mut now = 0;
+        for _ in 0..10_000 {
+            assert_eq!(reads(&mut h, 1, 20 * US, 3 * US, &mut now), 0);
+        }
+        assert_eq!(h.path(), PrefetchPath::Udp);
+        assert_eq!(h.changes(), 0);
+    }
+
+    #[test]
+    fn a_calibration_does_not_return_to_udp_once_the_daemon_is_gone_or_udp_is_off() {
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let mut now = 0;
+        assert_eq!(reads(&mut h, 2 * 32, 80 * US, 60 * US, &mut now), 1);
+        h.on_daemon(DaemonView::Stale { age_ns: 400 * MS }, false, now);
+        reads(&mut h, 2 * 80, 100 * US, 10 * US, &mut now);
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let mut now = 0;
+        assert_eq!(reads(&mut h, 2 * 32, 80 * US, 60 * US, &mut now), 1);
+        h.without_udp(now, "refused");
+        reads(&mut h, 2 * 80, 100 * US, 10 * US, &mut now);
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
     }
 }

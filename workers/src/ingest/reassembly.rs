@@ -25,8 +25,8 @@
 //!
 //! # Bounds
 //!
-//! At most [`ASSEMBLY_ENTRIES`] pages are joined at once per thread, each in one reserved
-//! frame; a frame of a page given up is kept (still reserved, never published) for the next
+//! At most [`ASSEMBLY_ENTRIES`] pages are joined at once per thread (fewer in a small cache:
+//! [`max_assembly_frames`]), each in one reserved frame; a frame of a page given up is kept (still reserved, never published) for the next
 //! page, so the table holds at most that many frames and never grows. Only fragments that
 //! authenticated enter it: forged or corrupt ones are turned away before, and can neither
 //! evict a page being joined nor publish anything. A page not complete within
@@ -45,6 +45,11 @@ pub const ASSEMBLY_ENTRIES: usize = 64;
 /// fragments are sent within microseconds of each other; a page not whole after this long has
 /// lost one, and its reader has most likely asked for it over TCP already.
 pub const ASSEMBLY_TIMEOUT_NS: u64 = 100_000_000;
+/// See `max_assembly_frames`.
+pub const ASSEMBLY_SHARE_OF_CACHE: u64 = 32;
+/// A page per sender thread of a few shards in flight at once: fewer would give up pages
+/// whose pieces are merely interleaved with another page's.
+pub const MIN_ASSEMBLY_FRAMES: usize = 4;
 /// Pages remembered as joined, so their late pieces start nothing.
 const RECENT_PAGES: usize = 2 * ASSEMBLY_ENTRIES;
 /// The largest piece: half a page (2 fragments).
@@ -102,6 +107,8 @@ pub(crate) enum Added<'a> {
 
 /// One worker thread's pages being joined. Allocated once; `add` never allocates.
 pub(crate) struct Assembly<'a> {
+    /// Most frames held at once (pages being joined and spares): `max_assembly_frames`.
+    limit: usize,
     entries: Vec<Entry<'a>>,
     /// Frames of pages given up or refused by the install rule, still reserved, for the next
     /// page (so junk-free loss costs no new frame from CLOCK).
@@ -116,8 +123,9 @@ pub(crate) struct Assembly<'a> {
 }
 
 impl<'a> Assembly<'a> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(lfc_capacity_pages: u64) -> Self {
         Assembly {
+            limit: max_assembly_frames(lfc_capacity_pages),
             entries: Vec::with_capacity(ASSEMBLY_ENTRIES),
             spare: Vec::with_capacity(ASSEMBLY_ENTRIES),
             last: 0,
@@ -155,7 +163,7 @@ impl<'a> Assembly<'a> {
     /// A frame that went back unpublished (refused by the install rule) is kept for the next
     /// page, up to the table's bound; beyond it, abandoned.
     pub(crate) fn keep_frame(&mut self, frame: Reservation<'a>) {
-        if self.frames() < ASSEMBLY_ENTRIES {
+        if self.frames() < self.limit {
             self.spare.push(frame);
         } else {
             frame.abandon();
@@ -234,7 +242,7 @@ impl<'a> Assembly<'a> {
         }
         // A new page: make room first (the timeout, then the oldest page).
         let mut gave_up = self.expire(now_ns);
-        if self.entries.len() == ASSEMBLY_ENTRIES {
+        if self.entries.len() >= self.limit {
             let oldest = (0..self.entries.len())
                 .min_by_key(|&i| self.entries[i].started_ns)
                 .expect("full, so not empty");
@@ -271,6 +279,19 @@ impl<'a> Assembly<'a> {
         }
         self.spare.drain(..).for_each(Reservation::abandon);
     }
+}
+
+/// Most frames one thread's table holds for a cache of `capacity_pages`: `ASSEMBLY_ENTRIES`,
+/// but no more than 1/`ASSEMBLY_SHARE_OF_CACHE` of the cache (and at least
+/// `MIN_ASSEMBLY_FRAMES`). The table's frames are reserved and hold no page a reader can use:
+/// on a lossy link nearly every entry is a page that lost two pieces and waits for its
+/// timeout, and in the simulator a table of 64 held 29 frames of a 49-page cache, whose
+/// backends then found their pages evicted (368 evictions against none with TCP pipelining
+/// alone) and ran five times as long. A large cache never notices the bound.
+pub fn max_assembly_frames(capacity_pages: u64) -> usize {
+    usize::try_from(capacity_pages / ASSEMBLY_SHARE_OF_CACHE)
+        .unwrap_or(usize::MAX)
+        .clamp(MIN_ASSEMBLY_FRAMES, ASSEMBLY_ENTRIES)
 }
 
 /// Puts a verified piece where it belongs: a fragment at its offset in the frame, the parity
