@@ -43,13 +43,19 @@ use lfc::{Lfc, Reservation, PAGE_SIZE};
 pub const ASSEMBLY_ENTRIES: usize = 64;
 /// How long after its first fragment a page may take to be whole before it is given up. Its
 /// fragments are sent within microseconds of each other; a page not whole after this long has
-/// lost one, and its reader has most likely asked for it over TCP already.
-pub const ASSEMBLY_TIMEOUT_NS: u64 = 100_000_000;
+/// lost one, and its reader has asked for it over TCP already (a wait budget is at most 4 ms).
+/// Its frame is reserved meanwhile: at 100 ms, pages that lost two pieces held the table full
+/// on a lossy link.
+pub const ASSEMBLY_TIMEOUT_NS: u64 = 10_000_000;
+/// Frames of pages given up kept reserved for the next pages; the others go back to the
+/// cache. A spare saves the next page a claim, but holds a frame no reader can use: kept
+/// without bound, the table's high-water mark stayed reserved for good.
+pub const MAX_SPARE_FRAMES: usize = 4;
 /// See `max_assembly_frames`.
-pub const ASSEMBLY_SHARE_OF_CACHE: u64 = 32;
-/// A page per sender thread of a few shards in flight at once: fewer would give up pages
-/// whose pieces are merely interleaved with another page's.
-pub const MIN_ASSEMBLY_FRAMES: usize = 4;
+pub const ASSEMBLY_SHARE_OF_CACHE: u64 = 16;
+/// A page per sender thread of a few shards in flight at once: fewer gave up pages whose
+/// pieces were merely interleaved with other pages'.
+pub const MIN_ASSEMBLY_FRAMES: usize = 8;
 /// Pages remembered as joined, so their late pieces start nothing.
 const RECENT_PAGES: usize = 2 * ASSEMBLY_ENTRIES;
 /// The largest piece: half a page (2 fragments).
@@ -163,7 +169,7 @@ impl<'a> Assembly<'a> {
     /// A frame that went back unpublished (refused by the install rule) is kept for the next
     /// page, up to the table's bound; beyond it, abandoned.
     pub(crate) fn keep_frame(&mut self, frame: Reservation<'a>) {
-        if self.frames() < self.limit {
+        if self.frames() < self.limit && self.spare.len() < MAX_SPARE_FRAMES {
             self.spare.push(frame);
         } else {
             frame.abandon();
@@ -181,7 +187,7 @@ impl<'a> Assembly<'a> {
     /// Gives up page `i`: its frame becomes a spare. Returns 1, the pages given up.
     fn give_up(&mut self, i: usize) -> u32 {
         let e = self.entries.swap_remove(i);
-        self.spare.push(e.frame);
+        self.keep_frame(e.frame);
         self.parity_pool.push(e.parity);
         1
     }
@@ -287,7 +293,8 @@ impl<'a> Assembly<'a> {
 /// on a lossy link nearly every entry is a page that lost two pieces and waits for its
 /// timeout, and in the simulator a table of 64 held 29 frames of a 49-page cache, whose
 /// backends then found their pages evicted (368 evictions against none with TCP pipelining
-/// alone) and ran five times as long. A large cache never notices the bound.
+/// alone) and ran five times as long. A large cache never notices the bound. (At 1/32 and
+/// at least 4, pages of three shards' senders interleaved gave each other up.)
 pub fn max_assembly_frames(capacity_pages: u64) -> usize {
     usize::try_from(capacity_pages / ASSEMBLY_SHARE_OF_CACHE)
         .unwrap_or(usize::MAX)
