@@ -55,7 +55,7 @@ pub const MAX_SPARE_FRAMES: usize = 4;
 pub const ASSEMBLY_SHARE_OF_CACHE: u64 = 16;
 /// A page per sender thread of a few shards in flight at once: fewer gave up pages whose
 /// pieces were merely interleaved with other pages'.
-pub const MIN_ASSEMBLY_FRAMES: usize = 8;
+pub const MIN_ASSEMBLY_FRAMES: usize = 6;
 /// Pages remembered as joined, so their late pieces start nothing.
 const RECENT_PAGES: usize = 2 * ASSEMBLY_ENTRIES;
 /// The largest piece: half a page (2 fragments).
@@ -293,8 +293,10 @@ impl<'a> Assembly<'a> {
 /// on a lossy link nearly every entry is a page that lost two pieces and waits for its
 /// timeout, and in the simulator a table of 64 held 29 frames of a 49-page cache, whose
 /// backends then found their pages evicted (368 evictions against none with TCP pipelining
-/// alone) and ran five times as long. A large cache never notices the bound. (At 1/32 and
-/// at least 4, pages of three shards' senders interleaved gave each other up.)
+/// alone) and ran five times as long. A large cache never notices the bound. In the
+/// simulator's small caches, 1/32 and at least 4 gave up pages of three shards' senders that
+/// were merely interleaved; at least 8 took too much of a 49-page cache that the workers'
+/// posted receive slots shared.
 pub fn max_assembly_frames(capacity_pages: u64) -> usize {
     usize::try_from(capacity_pages / ASSEMBLY_SHARE_OF_CACHE)
         .unwrap_or(usize::MAX)
