@@ -188,6 +188,7 @@ impl<'a> SlotBook<'a> {
             self.spare_frames(base);
             return 0;
         }
+        metrics.receives.fetch_add(1, Ordering::Relaxed);
         let in_place = match c.segment_len {
             None => true,
             Some(size) => size == DATAGRAM_LEN,
