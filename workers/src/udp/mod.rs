@@ -507,3 +507,37 @@ impl fmt::Debug for Receiver {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(len: usize, segment_len: Option<usize>) -> Vec<(usize, usize)> {
+        Completion {
+            len,
+            segment_len,
+            ..Completion::default()
+        }
+        .datagrams()
+        .collect()
+    }
+
+    #[test]
+    fn a_completion_splits_into_its_datagrams() {
+        // A plain receive is one datagram, even an empty one.
+        assert_eq!(split(8304, None), [(0, 8304)]);
+        assert_eq!(split(0, None), [(0, 0)]);
+        // A GRO train: equal segments, the last shorter.
+        assert_eq!(
+            split(2 * 8304 + 1136, Some(8304)),
+            [(0, 8304), (8304, 8304), (16608, 1136)]
+        );
+        assert_eq!(
+            split(3 * 1136, Some(1136)),
+            [(0, 1136), (1136, 1136), (2272, 1136)]
+        );
+        // A train of one.
+        assert_eq!(split(1136, Some(1136)), [(0, 1136)]);
+        assert_eq!(split(100, Some(1136)), [(0, 100)]);
+    }
+}

@@ -343,3 +343,99 @@ unsafe fn sockaddr_to_std(
 pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A control buffer as the kernel writes it, built with the C macros: `(level, type,
+    /// int)` messages in order. Returns the buffer and `msg_controllen`.
+    fn kernel_control(msgs: &[(i32, i32, i32)]) -> (ControlBuf, usize) {
+        let mut buf = ControlBuf([0; CONTROL_LEN]);
+        // SAFETY: the buffer is aligned and large enough for the messages the tests build
+        // (each CMSG_SPACE(4) = 24 bytes, at most 3 of them); the macros walk within it.
+        let len = unsafe {
+            let mut h: libc::msghdr = mem::zeroed();
+            h.msg_control = buf.0.as_mut_ptr().cast();
+            h.msg_controllen = CONTROL_LEN as _;
+            let mut c = libc::CMSG_FIRSTHDR(&h);
+            let mut len = 0;
+            for &(level, ty, value) in msgs {
+                (*c).cmsg_level = level;
+                (*c).cmsg_type = ty;
+                (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+                ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), value);
+                len += libc::CMSG_SPACE(4) as usize;
+                c = libc::CMSG_NXTHDR(&h, c);
+            }
+            len
+        };
+        (buf, len)
+    }
+
+    #[test]
+    fn finds_the_drop_counter_and_the_gro_segment_size_in_a_kernel_control_buffer() {
+        let (buf, len) = kernel_control(&[
+            (libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 17),
+            (libc::SOL_UDP, libc::UDP_GRO, 8304),
+        ]);
+        assert_eq!(
+            parse_control(&buf.0[..len]),
+            ControlMessages {
+                rxq_ovfl: Some(17),
+                gro_segment: Some(8304),
+            }
+        );
+        // Either alone, in the other order, with an unknown message before it.
+        let (buf, len) = kernel_control(&[
+            (libc::SOL_IP, libc::IP_TTL, 64),
+            (libc::SOL_UDP, libc::UDP_GRO, 1136),
+        ]);
+        assert_eq!(parse_control(&buf.0[..len]).gro_segment, Some(1136));
+        assert_eq!(parse_control(&buf.0[..len]).rxq_ovfl, None);
+        // Nothing (a plain datagram), and a segment size that is no size.
+        assert_eq!(parse_control(&[]), ControlMessages::default());
+        let (buf, len) = kernel_control(&[(libc::SOL_UDP, libc::UDP_GRO, 0)]);
+        assert_eq!(parse_control(&buf.0[..len]).gro_segment, None);
+        let (buf, len) = kernel_control(&[(libc::SOL_UDP, libc::UDP_GRO, -5)]);
+        assert_eq!(parse_control(&buf.0[..len]).gro_segment, None);
+    }
+
+    #[test]
+    fn a_cut_or_malformed_message_ends_the_walk_without_reading_past_the_buffer() {
+        let (buf, len) = kernel_control(&[
+            (libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 3),
+            (libc::SOL_UDP, libc::UDP_GRO, 8304),
+        ]);
+        // MSG_CTRUNC: the second message cut short is not read; the first still is. (Its
+        // alignment padding is not part of it: a buffer ending there holds it whole.)
+        // SAFETY: CMSG_LEN is a pure size computation.
+        let second_end = len - 24 + unsafe { libc::CMSG_LEN(4) } as usize;
+        assert_eq!(parse_control(&buf.0[..second_end]).gro_segment, Some(8304));
+        for cut in 24..second_end {
+            let found = parse_control(&buf.0[..cut]);
+            assert_eq!(found.rxq_ovfl, Some(3), "cut at {cut}");
+            assert_eq!(found.gro_segment, None, "cut at {cut}");
+        }
+        // A length below the header's own, or beyond the buffer, stops the walk.
+        let mut bad = buf;
+        bad.0[..mem::size_of::<usize>()].copy_from_slice(&3usize.to_ne_bytes());
+        assert_eq!(parse_control(&bad.0[..len]), ControlMessages::default());
+        bad.0[..mem::size_of::<usize>()].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert_eq!(parse_control(&bad.0[..len]), ControlMessages::default());
+    }
+
+    proptest! {
+        /// Whatever bytes the control buffer holds, parsing returns (never panics, never reads
+        /// outside the slice: the slice is all it is given), and a value it reports is one
+        /// that a well-formed message of the buffer carries.
+        #[test]
+        fn any_control_bytes_parse_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let found = parse_control(&bytes);
+            if let Some(n) = found.gro_segment {
+                prop_assert!(n > 0 && n <= i32::MAX as usize);
+            }
+        }
+    }
+}
