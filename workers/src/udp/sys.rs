@@ -212,6 +212,8 @@ impl SlotTable {
                 source: sockaddr_to_std(ptr::addr_of!((*e).name), (*hdr).msg_namelen),
                 ..Completion::default()
             };
+            // `size_t` with glibc, `socklen_t` with musl.
+            #[allow(clippy::unnecessary_cast)]
             let filled = ((*hdr).msg_controllen as usize).min(CONTROL_LEN);
             let control = &(*ptr::addr_of!((*e).control)).0;
             (completion, parse_control(&control[..filled]))
