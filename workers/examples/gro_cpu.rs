@@ -125,15 +125,17 @@ fn main() {
     let datagrams_per_receive = measured as f64 * per_page as f64 / receives.max(1) as f64;
     println!(
         "{} {} {}: {measured} pages installed, {:.3} µs worker CPU per page, {:.2} datagrams \
-         per receive (≈, pages × {per_page}), lost {}",
+         per receive (≈, pages × {per_page}), dropped other than duplicate parity {}",
         if fragments { "fragments" } else { "whole" },
         if gro { "gro" } else { "nogro" },
         backend,
         cpu_ns as f64 / 1000.0 / measured as f64,
         datagrams_per_receive,
-        metrics.received.load(Ordering::Relaxed)
-            - metrics.installed.load(Ordering::Relaxed)
-            - metrics.fragments_held.load(Ordering::Relaxed),
+        workers::datagram::DropReason::ALL
+            .iter()
+            .filter(|r| **r != workers::datagram::DropReason::DuplicateFragment)
+            .map(|r| metrics.dropped(*r))
+            .sum::<u64>(),
     );
 }
 
