@@ -8,7 +8,7 @@
 //! thread and is not counted (as on a real NIC, where it is softirq time).
 //!
 //! `cargo run --release -p workers --example gro_cpu -- [whole|fragments] [gro|nogro]
-//! [epoll|uring] [pages]`
+//! [epoll|uring] [pages] [gso|nogso]`
 
 use lfc::{Lfc, RelTag, PAGE_SIZE};
 use std::net::{SocketAddr, UdpSocket};
@@ -46,6 +46,8 @@ fn main() {
         _ => IoBackend::Epoll,
     };
     let pages: u64 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    // `nogso`: the sender sends one datagram per message, so nothing coalesces.
+    let gso = args.get(5).map(String::as_str) != Some("nogso");
     let distinct = 16384u32;
 
     let dir = tempfile::tempdir_in("/dev/shm").expect("tempdir");
@@ -122,7 +124,7 @@ fn main() {
             })
             .unwrap();
         let sender_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut sender = GsoSender::new(sender_socket, DATAGRAM_LEN, 1024, true).unwrap();
+        let mut sender = GsoSender::new(sender_socket, DATAGRAM_LEN, 1024, gso).unwrap();
         send_all(&mut sender, dest, &sealed, per_page, len, warmup + pages, m);
         stop.store(true, Ordering::Relaxed);
         worker.join().unwrap()
@@ -165,7 +167,9 @@ fn send_all(
                 start.elapsed() < Duration::from_secs(600),
                 "receiver stalled"
             );
-            std::thread::yield_now();
+            // Not a spin: polling the worker's counters in a tight loop would bounce their
+            // cache line and charge the worker for it.
+            std::thread::sleep(Duration::from_micros(200));
         }
         let batch: Vec<&Vec<u8>> = (0..BATCH)
             .map(|i| &sealed[(at + i) % sealed.len()])
