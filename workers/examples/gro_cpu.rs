@@ -9,6 +9,11 @@
 //!
 //! `cargo run --release -p workers --example gro_cpu -- [whole|fragments] [gro|nogro]
 //! [epoll|uring] [pages] [gso|nogso]`
+//!
+//! Or against a running daemon process (`udp-prefetch workers ... --metrics ADDR`, with or
+//! without `--no-gro`), whose CPU is then read from `/proc/PID/task/*/schedstat`, every thread
+//! counted (metrics scrapes included):
+//! `gro_cpu external LFC UDP_ADDR PID METRICS_ADDR [whole|fragments] [pages]`
 
 use lfc::{Lfc, RelTag, PAGE_SIZE};
 use std::net::{SocketAddr, UdpSocket};
@@ -39,6 +44,10 @@ fn thread_cpu_ns() -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("external") {
+        external(&args[2..]);
+        return;
+    }
     let fragments = args.get(1).map(String::as_str) == Some("fragments");
     let gro = args.get(2).map(String::as_str) != Some("nogro");
     let backend = match args.get(3).map(String::as_str) {
@@ -58,36 +67,7 @@ fn main() {
     let k = if gro { MAX_SLOT_DATAGRAMS } else { 1 };
     let rx = Receiver::new(socket, backend, SLOTS / k).expect("receiver");
 
-    // Every datagram sealed once: per page 1 whole datagram or 9 pieces.
-    let key = DatagramKey::new(lfc.key_id(), lfc.key());
-    let stream = if fragments {
-        key.stream([7; 16]).with_fragments(8)
-    } else {
-        key.stream([7; 16])
-    };
-    let per_page = usize::from(stream.datagrams_per_page());
-    let len = stream.fragment_len();
-    let rel = RelTag::new(1663, 5, 16384, 0);
-    let sealed: Vec<Vec<u8>> = (0..distinct)
-        .map(|b| {
-            let hdr = DatagramHeader {
-                key_id: key.id,
-                tag: rel.block(b),
-                request_lsn: u64::MAX,
-                ..DatagramHeader::default()
-            };
-            let mut page = [0u8; PAGE_SIZE];
-            page[..4].copy_from_slice(&b.to_be_bytes());
-            let mut out = vec![0u8; SEALED_PAGE_MAX.max(DATAGRAM_LEN)];
-            let n = stream.seal_page(
-                &hdr,
-                &page,
-                (&mut out[..SEALED_PAGE_MAX]).try_into().unwrap(),
-            );
-            out.truncate(n.unwrap());
-            out
-        })
-        .collect();
+    let (sealed, per_page, len) = seal_all(&lfc, fragments, distinct);
 
     let metrics = ThreadMetrics::default();
     let stop = AtomicBool::new(false);
@@ -125,7 +105,16 @@ fn main() {
             .unwrap();
         let sender_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut sender = GsoSender::new(sender_socket, DATAGRAM_LEN, 1024, gso).unwrap();
-        send_all(&mut sender, dest, &sealed, per_page, len, warmup + pages, m);
+        let installed = || m.installed.load(Ordering::Relaxed);
+        send_all(
+            &mut sender,
+            dest,
+            &sealed,
+            per_page,
+            len,
+            warmup + pages,
+            &installed,
+        );
         stop.store(true, Ordering::Relaxed);
         worker.join().unwrap()
     });
@@ -146,6 +135,42 @@ fn main() {
     );
 }
 
+/// Every datagram sealed once: per page 1 whole datagram or 9 pieces; with the datagrams per
+/// page and their length.
+fn seal_all(lfc: &Lfc, fragments: bool, distinct: u32) -> (Vec<Vec<u8>>, usize, usize) {
+    let key = DatagramKey::new(lfc.key_id(), lfc.key());
+    let stream = if fragments {
+        key.stream(workers::datagram::random_stream_id().unwrap())
+            .with_fragments(8)
+    } else {
+        key.stream(workers::datagram::random_stream_id().unwrap())
+    };
+    let per_page = usize::from(stream.datagrams_per_page());
+    let len = stream.fragment_len();
+    let rel = RelTag::new(1663, 5, 16384, 0);
+    let sealed: Vec<Vec<u8>> = (0..distinct)
+        .map(|b| {
+            let hdr = DatagramHeader {
+                key_id: key.id,
+                tag: rel.block(b),
+                request_lsn: u64::MAX,
+                ..DatagramHeader::default()
+            };
+            let mut page = [0u8; PAGE_SIZE];
+            page[..4].copy_from_slice(&b.to_be_bytes());
+            let mut out = vec![0u8; SEALED_PAGE_MAX.max(DATAGRAM_LEN)];
+            let n = stream.seal_page(
+                &hdr,
+                &page,
+                (&mut out[..SEALED_PAGE_MAX]).try_into().unwrap(),
+            );
+            out.truncate(n.unwrap());
+            out
+        })
+        .collect();
+    (sealed, per_page, len)
+}
+
 /// Sends `total` pages cycling through `sealed`, in batches of [`BATCH`] pages interleaved
 /// piece by piece as the page server sends them, never more than [`IN_FLIGHT`] pages ahead of
 /// what the receiver counted.
@@ -156,13 +181,13 @@ fn send_all(
     per_page: usize,
     len: usize,
     total: u64,
-    m: &ThreadMetrics,
+    installed: &dyn Fn() -> u64,
 ) {
     let start = Instant::now();
     let mut sent_pages = 0u64;
     let mut at = 0usize;
     while sent_pages < total {
-        while sent_pages.saturating_sub(m.installed.load(Ordering::Relaxed)) > IN_FLIGHT {
+        while sent_pages.saturating_sub(installed()) > IN_FLIGHT {
             assert!(
                 start.elapsed() < Duration::from_secs(600),
                 "receiver stalled"
@@ -191,9 +216,95 @@ fn send_all(
     }
     // Let the receiver count what is still queued.
     let t = Instant::now();
-    while m.installed.load(Ordering::Relaxed) + 2 * (BATCH as u64) < sent_pages
-        && t.elapsed() < Duration::from_secs(5)
-    {
+    while installed() + 2 * (BATCH as u64) < sent_pages && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// CPU time of every thread of process `pid` so far, in ns (`/proc/PID/task/*/schedstat`).
+fn process_cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the daemon's /proc entry")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// One counter of the daemon's `/metrics`.
+fn scrape(metrics: SocketAddr, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(metrics).expect("metrics endpoint");
+    write!(c, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the daemon's metrics"))
+}
+
+/// `external LFC UDP_ADDR PID METRICS_ADDR [whole|fragments] [pages]`: the daemon process's CPU
+/// per installed page.
+fn external(args: &[String]) {
+    let lfc = Lfc::open(&args[0]).expect("the daemon's LFC");
+    let dest: SocketAddr = args[1].parse().expect("UDP address");
+    let pid: u32 = args[2].parse().expect("pid");
+    let metrics: SocketAddr = args[3].parse().expect("metrics address");
+    let fragments = args.get(4).map(String::as_str) == Some("fragments");
+    let pages: u64 = args
+        .get(5)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    let distinct = u32::try_from(lfc.capacity_pages() * 4).unwrap();
+    let (sealed, per_page, len) = seal_all(&lfc, fragments, distinct);
+    // Scraped at most every 5 ms: each scrape costs the daemon CPU, which is being measured.
+    let last = std::cell::Cell::new((Instant::now(), 0u64));
+    let installed_total = || {
+        let (at, n) = last.get();
+        if n != 0 && at.elapsed() < Duration::from_millis(5) {
+            return n;
+        }
+        let n = scrape(metrics, "udp_prefetch_datagrams_installed_total");
+        last.set((Instant::now(), n));
+        n
+    };
+    let mut sender = GsoSender::new(
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        DATAGRAM_LEN,
+        1024,
+        true,
+    )
+    .unwrap();
+    // Warm-up: every frame received into once.
+    let base = installed_total();
+    let installed = || installed_total() - base;
+    send_all(
+        &mut sender,
+        dest,
+        &sealed,
+        per_page,
+        len,
+        lfc.capacity_pages() * 2,
+        &installed,
+    );
+    let (cpu0, inst0, recv0, rcvs0) = (
+        process_cpu_ns(pid),
+        scrape(metrics, "udp_prefetch_datagrams_installed_total"),
+        scrape(metrics, "udp_prefetch_datagrams_received_total"),
+        scrape(metrics, "udp_prefetch_receives_total"),
+    );
+    let installed = || installed_total() - inst0;
+    send_all(&mut sender, dest, &sealed, per_page, len, pages, &installed);
+    let (cpu1, inst1, recv1, rcvs1) = (
+        process_cpu_ns(pid),
+        scrape(metrics, "udp_prefetch_datagrams_installed_total"),
+        scrape(metrics, "udp_prefetch_datagrams_received_total"),
+        scrape(metrics, "udp_prefetch_receives_total"),
+    );
+    let n = inst1 - inst0;
+    println!(
+        "{}: {n} pages installed, {:.3} µs daemon CPU per page, {:.2} datagrams per receive",
+        if fragments { "fragments" } else { "whole" },
+        (cpu1 - cpu0) as f64 / 1000.0 / n as f64,
+        (recv1 - recv0) as f64 / (rcvs1 - rcvs0).max(1) as f64,
+    );
 }
