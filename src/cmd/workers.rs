@@ -51,7 +51,8 @@ pub struct WorkersArgs {
     /// Socket receive buffer per thread (bytes, suffixes accepted).
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub recv_buffer: u64,
-    /// LFC slots each thread keeps posted for receives.
+    /// LFC slots (frames) each thread keeps posted for receives; with GRO they are posted 8
+    /// to a receive, room for a whole train.
     #[arg(long, default_value_t = 64)]
     pub slots: usize,
     /// Do not map the whole LFC into the daemon's page tables in the background after start

@@ -59,7 +59,8 @@ pub struct DaemonConfig {
     pub metrics: Option<SocketAddr>,
     pub pid_file: Option<PathBuf>,
     pub recv_buffer_bytes: usize,
-    /// LFC slots each thread keeps posted for receives.
+    /// LFC slots (frames) each thread keeps posted for receives: with `gro`, shared out
+    /// `MAX_SLOT_DATAGRAMS` to a receive.
     pub slots_per_thread: usize,
     /// Receive with UDP GRO (`udp::set_gro`): one receive takes a coalesced train of
     /// datagrams, into up to `MAX_SLOT_DATAGRAMS` of the thread's frames. Falls back to plain
