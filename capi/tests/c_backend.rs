@@ -78,6 +78,7 @@ impl Daemon {
             pid_file: None,
             recv_buffer_bytes: 8 << 20,
             slots_per_thread: 64,
+            gro: true,
             prefault: false,
             thread_classes: false,
         };

@@ -316,6 +316,26 @@ fn client_responses(dir: &Path) {
     write(dir, "http-server", &http);
 }
 
+/// One control message as Linux lays it out on a 64-bit machine (`cmsghdr` = `size_t` length,
+/// `int` level, `int` type; the data padded to 8 bytes) carrying one `int`.
+fn cmsg_int(level: i32, ty: i32, value: i32) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend(20usize.to_ne_bytes());
+    b.extend(level.to_ne_bytes());
+    b.extend(ty.to_ne_bytes());
+    b.extend(value.to_ne_bytes());
+    b.resize(24, 0);
+    b
+}
+
+fn control_messages(dir: &Path) {
+    // SOL_SOCKET/SO_RXQ_OVFL and SOL_UDP/UDP_GRO, as the daemon's receives get them.
+    let (rxq_ovfl, gro) = (cmsg_int(1, 40, 17), cmsg_int(17, 104, 8304));
+    write(dir, "gro", &gro);
+    write(dir, "rxq-ovfl-and-gro", &[rxq_ovfl, gro.clone()].concat());
+    write(dir, "gro-cut", &gro[..18]);
+}
+
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus");
     prewarm_state(&root.join("prewarm_state"));
@@ -325,5 +345,6 @@ fn main() {
     pagestream_decode(&root.join("pagestream_decode"));
     pgwire_decode(&root.join("pgwire_decode"));
     client_responses(&root.join("client_responses"));
+    control_messages(&root.join("control_messages"));
     println!("seeds written under {}", root.display());
 }

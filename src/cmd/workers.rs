@@ -51,7 +51,8 @@ pub struct WorkersArgs {
     /// Socket receive buffer per thread (bytes, suffixes accepted).
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub recv_buffer: u64,
-    /// LFC slots each thread keeps posted for receives.
+    /// LFC slots (frames) each thread keeps posted for receives; with GRO they are posted 8
+    /// to a receive, room for a whole train.
     #[arg(long, default_value_t = 64)]
     pub slots: usize,
     /// Do not map the whole LFC into the daemon's page tables in the background after start
@@ -61,6 +62,11 @@ pub struct WorkersArgs {
     /// `udp_prefetch_lfc_prefault_remaining_pages` shows its progress.
     #[arg(long)]
     pub no_prefault: bool,
+    /// Receive one datagram per receive, without UDP GRO. By default each receive may take a
+    /// train of datagrams the kernel coalesced (a page server's GSO send, or what the NIC's
+    /// GRO joined), into up to 8 of the thread's --slots frames: fewer receives per page.
+    #[arg(long)]
+    pub no_gro: bool,
     /// Leave the worker threads in the default scheduling class. By default they run as
     /// SCHED_BATCH: the same CPU share, but a datagram's arrival never preempts a backend.
     #[arg(long)]
@@ -153,13 +159,14 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
         pid_file: args.pid_file.clone(),
         recv_buffer_bytes: usize::try_from(args.recv_buffer).unwrap_or(usize::MAX),
         slots_per_thread: args.slots,
+        gro: !args.no_gro,
         prefault: !args.no_prefault,
         thread_classes: !args.no_thread_classes,
     };
     let notifier = Notifier::from_env().map(Arc::new);
     let result = daemon::run(&config, &stop, |s| {
         tracing::info!(
-            listen = %s.listen, io = %s.backend, threads = s.threads, recv_buffer = s.recv_buffer_bytes,
+            listen = %s.listen, io = %s.backend, gro = s.gro, threads = s.threads, recv_buffer = s.recv_buffer_bytes,
             capacity_pages = s.capacity_pages, metrics = %s.metrics.map_or_else(|| "none".to_string(), |m| m.to_string()), lfc = %args.lfc.display(), "workers started"
         );
         // One stable line on stdout for scripts and tests.

@@ -14,7 +14,10 @@ use crate::junk::JunkBudget;
 use crate::metrics::{render_prometheus, CacheGauges, ThreadMetrics};
 use crate::pidfile::{PidFile, PidFileError};
 use crate::pump::{SlotPump, Step};
-use crate::udp::{bind_reuseport_group, recv_buffer_size, IoBackend, IoChoice, Receiver, UdpError};
+use crate::udp::{
+    bind_reuseport_group, recv_buffer_size, set_gro, IoBackend, IoChoice, Receiver, UdpError,
+    MAX_SLOT_DATAGRAMS,
+};
 use lfc::{AttachError, DaemonLockError, Lfc, PAGE_SIZE};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -56,8 +59,13 @@ pub struct DaemonConfig {
     pub metrics: Option<SocketAddr>,
     pub pid_file: Option<PathBuf>,
     pub recv_buffer_bytes: usize,
-    /// LFC slots each thread keeps posted for receives.
+    /// LFC slots (frames) each thread keeps posted for receives: with `gro`, shared out
+    /// `MAX_SLOT_DATAGRAMS` to a receive.
     pub slots_per_thread: usize,
+    /// Receive with UDP GRO (`udp::set_gro`): one receive takes a coalesced train of
+    /// datagrams, into up to `MAX_SLOT_DATAGRAMS` of the thread's frames. Falls back to plain
+    /// receives, with a warning, on a kernel without it.
+    pub gro: bool,
     /// Populate the daemon's page tables for the whole cache before receiving (`Lfc::prefault`).
     pub prefault: bool,
     /// Run the worker and prefault threads as bulk work (`sched::ThreadClass::Bulk`).
@@ -140,6 +148,8 @@ pub struct Started {
     pub threads: usize,
     pub recv_buffer_bytes: usize,
     pub capacity_pages: u64,
+    /// Whether the sockets receive with UDP GRO.
+    pub gro: bool,
 }
 
 fn open_lfc(config: &DaemonConfig) -> Result<Lfc, DaemonError> {
@@ -347,10 +357,19 @@ pub fn run(
     let rcvbuf = recv_buffer_size(&sockets[0]).unwrap_or(0);
     let metrics_listener = bind_metrics(config)?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let gro = config.gro && enable_gro_group(&sockets);
+    // With GRO a receive takes up to MAX_SLOT_DATAGRAMS frames (room for the largest train);
+    // the thread's frames are shared out among that many fewer receives.
+    let frames_per_slot = if gro {
+        MAX_SLOT_DATAGRAMS.min(config.slots_per_thread)
+    } else {
+        1
+    };
+    let receives = config.slots_per_thread / frames_per_slot;
     // Receivers are built before reporting "started", so a refused io_uring fails the start.
     let mut receivers = Vec::with_capacity(sockets.len());
     for socket in sockets {
-        receivers.push(Receiver::new(socket, backend, config.slots_per_thread)?);
+        receivers.push(Receiver::new(socket, backend, receives)?);
     }
     let thread_metrics: Vec<ThreadMetrics> = (0..config.threads)
         .map(|_| ThreadMetrics::default())
@@ -365,11 +384,12 @@ pub fn run(
         threads: config.threads,
         recv_buffer_bytes: rcvbuf,
         capacity_pages: lfc.capacity_pages(),
+        gro,
     });
     let result = run_threads(
         config,
         &lfc,
-        receivers,
+        (receivers, frames_per_slot),
         &thread_metrics,
         metrics_listener,
         pid,
@@ -379,12 +399,28 @@ pub fn run(
     result
 }
 
+/// Turns UDP GRO on for every socket of the group, or for none: a kernel that refuses it
+/// (before Linux 5.0) leaves the daemon on plain receives, with a warning.
+fn enable_gro_group(sockets: &[std::net::UdpSocket]) -> bool {
+    for (i, socket) in sockets.iter().enumerate() {
+        if let Err(e) = set_gro(socket, true) {
+            tracing::warn!(error = %e, "UDP GRO refused; receiving one datagram per receive");
+            for s in &sockets[..i] {
+                // A socket left with GRO would get trains that one-frame slots cut short.
+                let _ = set_gro(s, false);
+            }
+            return false;
+        }
+    }
+    true
+}
+
 /// Runs one worker thread per receiver, and the prefault, heartbeat and metrics threads, until
 /// `stop`; returns the first error of a worker thread.
 fn run_threads(
     config: &DaemonConfig,
     lfc: &Lfc,
-    receivers: Vec<Receiver>,
+    (receivers, frames_per_slot): (Vec<Receiver>, usize),
     thread_metrics: &[ThreadMetrics],
     metrics_listener: Option<TcpListener>,
     pid: u32,
@@ -411,7 +447,7 @@ fn run_threads(
                     .name(format!("udp-worker-{i}"))
                     .spawn_scoped(scope, move || {
                         enter_bulk_class();
-                        worker_loop(lfc, receiver, metrics, stop)
+                        worker_loop(lfc, receiver, frames_per_slot, metrics, stop)
                     })
                     .map_err(|source| spawn_failed(stop, "a worker", source))?,
             );
@@ -462,10 +498,11 @@ fn join_workers(
 fn worker_loop(
     lfc: &Lfc,
     receiver: Receiver,
+    frames_per_slot: usize,
     metrics: &ThreadMetrics,
     stop: &AtomicBool,
 ) -> Result<(), DaemonError> {
-    let mut pump = SlotPump::new(lfc, receiver);
+    let mut pump = SlotPump::new(lfc, receiver, frames_per_slot);
     let mut junk = JunkBudget::new(lfc::monotonic_ns(), metrics.junk());
     while !stop.load(Ordering::Relaxed) {
         if pump.step(POLL, metrics)? == Step::NoSlot {

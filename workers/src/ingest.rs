@@ -157,8 +157,42 @@ impl<'a> Ingest<'a> {
     /// Validates a datagram held in one buffer and installs its page by copy (the simulator,
     /// and any path without zero-copy receive); a fragment is joined as `complete` joins it.
     pub fn offer(&mut self, bytes: &[u8], now_wall_ns: u64, metrics: &ThreadMetrics) -> Outcome {
-        let page = &mut self.scratch;
-        match self.opener.open_any_bytes(bytes, page) {
+        let opened = self.opener.open_any_bytes(bytes, &mut self.scratch);
+        self.install_copy(opened, now_wall_ns, metrics)
+    }
+
+    /// [`offer`](Self::offer) for a datagram of `len` bytes that is not in one buffer (a
+    /// segment of a coalesced train that straddles receive regions): `gather` writes it
+    /// as the scatter list of a slot would, its first [`HEADER_LEN`] bytes into the header, the
+    /// next up to `PAGE_SIZE` to the front of the page, the rest (up to [`TAG_LEN`]) into the
+    /// tag; `truncated` when bytes of it were lost.
+    pub fn offer_gathered(
+        &mut self,
+        len: usize,
+        truncated: bool,
+        gather: impl FnOnce(&mut [u8; HEADER_LEN], &mut [u8; PAGE_SIZE], &mut [u8; TAG_LEN]),
+        now_wall_ns: u64,
+        metrics: &ThreadMetrics,
+    ) -> Outcome {
+        let mut header = [0u8; HEADER_LEN];
+        let mut tag = [0u8; TAG_LEN];
+        gather(&mut header, &mut self.scratch, &mut tag);
+        let opened = self
+            .opener
+            .open(len, truncated, &header, &mut self.scratch, &tag);
+        self.install_copy(opened, now_wall_ns, metrics)
+    }
+
+    /// The copy path's verdict on a datagram opened into `scratch`: a whole page installed by
+    /// copy, a fragment joined.
+    fn install_copy(
+        &mut self,
+        opened: Result<Opened, DropReason>,
+        now_wall_ns: u64,
+        metrics: &ThreadMetrics,
+    ) -> Outcome {
+        let page = &self.scratch;
+        match opened {
             Ok(o) if o.piece.count == 1 => {
                 let verdict = install_verdict(
                     o.hdr,

@@ -19,6 +19,9 @@ pub struct ThreadMetrics {
     pub fragments_rebuilt: AtomicU64,
     /// Latest cumulative SO_RXQ_OVFL value seen by this thread's socket.
     pub kernel_drops: AtomicU64,
+    /// Receives that completed with datagrams: one per datagram without UDP GRO, one per
+    /// coalesced train with it (`received / receives` datagrams per receive).
+    pub receives: AtomicU64,
     /// Windows in which this thread's junk budget ran out and it slept (`crate::junk`).
     pub junk_throttled: AtomicU64,
     /// Sender timestamp to publish, installed datagrams.
@@ -173,6 +176,7 @@ pub struct Totals {
     pub fragments_held: u64,
     pub fragments_rebuilt: u64,
     pub kernel_drops: u64,
+    pub receives: u64,
 }
 
 pub fn totals(threads: &[ThreadMetrics]) -> Totals {
@@ -186,6 +190,7 @@ pub fn totals(threads: &[ThreadMetrics]) -> Totals {
         t.fragments_held += m.fragments_held.load(Ordering::Relaxed);
         t.fragments_rebuilt += m.fragments_rebuilt.load(Ordering::Relaxed);
         t.kernel_drops += m.kernel_drops.load(Ordering::Relaxed);
+        t.receives += m.receives.load(Ordering::Relaxed);
     }
     t
 }
@@ -252,6 +257,14 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         "counter",
         "Datagrams whose page was installed in the LFC.",
         t.installed,
+    );
+    single(
+        &mut out,
+        "udp_prefetch_receives_total",
+        "counter",
+        "Receives that brought datagrams: one per datagram, or one per train the kernel \
+         coalesced (UDP GRO); datagrams received / receives is the datagrams per receive.",
+        t.receives,
     );
     dropped_by_reason(&mut out, &t);
     single(

@@ -29,6 +29,7 @@ fn config(lfc: &Path, listen: SocketAddr) -> DaemonConfig {
         pid_file: None,
         recv_buffer_bytes: 0,
         slots_per_thread: 8,
+        gro: true,
         prefault: false,
         thread_classes: false,
     }

@@ -24,6 +24,7 @@ fn config(lfc: &Path, size_pages: Option<u64>, recreate: bool) -> DaemonConfig {
         pid_file: None,
         recv_buffer_bytes: 0,
         slots_per_thread: 8,
+        gro: true,
         prefault: false,
         thread_classes: false,
     }

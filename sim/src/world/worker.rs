@@ -83,8 +83,9 @@ impl World<'_> {
         // `receive_into_slot`, for the slot it has just taken out of `posted`, and then hands
         // the slot back at once.
         let _ = unsafe {
+            // One-frame slots: the simulated socket delivers datagrams one by one (no GRO).
             worker.book.post_free(|id, regions| {
-                posted.push_back((id, regions));
+                posted.push_back((id, regions[0]));
                 Ok::<(), std::convert::Infallible>(())
             })
         };
@@ -166,10 +167,12 @@ impl World<'_> {
             truncated: b.len() > regions.capacity(),
             ..Completion::default()
         };
-        let verdict = worker
+        let mut verdict = None;
+        let datagrams = worker
             .book
-            .complete(&completion, now, &worker.metrics)
-            .expect("a simulated receive never fails");
+            .complete(&completion, now, &worker.metrics, |o| verdict = Some(o));
+        assert_eq!(datagrams, 1, "a simulated receive holds one datagram");
+        let verdict = verdict.expect("a simulated receive never fails");
         // A slot turned away is posted again, as the daemon's next step does.
         self.refill_slots(w);
         Some(verdict)

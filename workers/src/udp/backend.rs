@@ -34,6 +34,13 @@ use super::{Completion, IoBackend, SlotRegions, UdpError};
 /// nothing posted. `slot_id` is the caller's: the backend returns it as given and never
 /// interprets it.
 ///
+/// **Slots of several regions.** A posted slot is 1 to `MAX_SLOT_DATAGRAMS` datagram regions
+/// (checked by `Receiver`), and one receive fills it through one iovec `[header, page, tag] ×
+/// k`: the backend never splits a slot over several receives, nor joins slots in one. Its
+/// completion reports the bytes received and, when the kernel coalesced datagrams (UDP GRO),
+/// their segment size (`Completion::segment_len`, from the `UDP_GRO` control message); the
+/// backend interprets neither.
+///
 /// **Waiting.** `wait` blocks for at most about `timeout` until at least one posted slot
 /// completes, then writes up to `out.len()` completions and returns how many. It returns
 /// `Ok(0)`, never an error, on timeout, on a signal and after a spurious wake-up, and at once,
@@ -93,7 +100,7 @@ pub(crate) trait RecvBackend: Send {
     ///
     /// `Receiver::post`'s contract: until the slot comes back, each region stays valid for
     /// writes of its length and nothing else reads or writes it.
-    unsafe fn post(&mut self, slot_id: u32, regions: SlotRegions) -> Result<(), UdpError>;
+    unsafe fn post(&mut self, slot_id: u32, regions: &[SlotRegions]) -> Result<(), UdpError>;
 
     /// Waits for completions (see the contract).
     fn wait(&mut self, timeout: Duration, out: &mut [Completion]) -> io::Result<usize>;

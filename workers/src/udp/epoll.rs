@@ -84,7 +84,7 @@ impl RecvBackend for EpollReceiver {
         self.socket.as_fd()
     }
 
-    unsafe fn post(&mut self, slot_id: u32, regions: SlotRegions) -> Result<(), UdpError> {
+    unsafe fn post(&mut self, slot_id: u32, regions: &[SlotRegions]) -> Result<(), UdpError> {
         // SAFETY: forwarded contract.
         let idx = unsafe { self.table.acquire(slot_id, regions) }
             .ok_or(UdpError::NoFreeSlot(self.table.capacity()))?;

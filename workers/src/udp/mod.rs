@@ -22,6 +22,11 @@
 //!   back to epoll with a warning.
 //! * Everything is allocated in [`Receiver::new`] (at most [`MAX_SLOTS`] slots): posting,
 //!   waiting and completing never allocate.
+//! * UDP GRO ([`set_gro`]): the kernel may hand one receive a train of datagrams of one
+//!   size from one sender. A slot then holds up to [`MAX_SLOT_DATAGRAMS`] triples
+//!   ([`Receiver::post_train`]), and the completion names the segment size
+//!   ([`Completion::segment_len`], read from the `UDP_GRO` control message by
+//!   [`parse_control`]); the caller splits the train ([`Completion::datagrams`]).
 //!
 //! # Sending
 //!
@@ -55,8 +60,9 @@ use backend::RecvBackend;
 pub use send::{GsoSender, MAX_IOV_PER_DATAGRAM, MAX_SEND_BATCH};
 pub use socket::{
     attach_spread_by_block, bind_reuseport, bind_reuseport_group, recv_buffer_size, route_mtu,
-    set_dont_fragment,
+    set_dont_fragment, set_gro,
 };
+pub use sys::{parse_control, ControlMessages};
 pub use uring::probe_uring;
 
 /// Bytes of the datagram header region of a standard slot (ARCHITECTURE §4 step 4).
@@ -69,6 +75,12 @@ pub const TAG_LEN: usize = crate::datagram::TAG_LEN;
 pub const DATAGRAM_LEN: usize = crate::datagram::DATAGRAM_LEN;
 /// Upper bound on the slots one [`Receiver`] can have posted at once.
 pub const MAX_SLOTS: usize = 256;
+/// Most datagram regions (`[header | page | tag]` triples) one slot may be scattered into
+/// ([`Receiver::post_train`]): a receive on a socket with UDP GRO ([`set_gro`]) may hold a
+/// train of datagrams the kernel coalesced, and 8 × [`DATAGRAM_LEN`] (66432 bytes) holds the
+/// largest aggregate the kernel builds for UDP (below 64 KiB), so a train of whole pages never
+/// loses one to truncation.
+pub const MAX_SLOT_DATAGRAMS: usize = 8;
 
 /// Errors of socket setup and of the receive/send layer's non-I/O checks.
 #[derive(Debug, thiserror::Error)]
@@ -304,6 +316,30 @@ pub struct Completion {
     /// `Some(errno)` when the receive failed; the slot's contents are then meaningless.
     /// Only io_uring produces these (a per-operation error); epoll reports errors from `wait`.
     pub error: Option<i32>,
+    /// `Some(size)` when the kernel coalesced a train of datagrams into this one receive
+    /// (UDP GRO, [`set_gro`]): `len` bytes of datagrams of `size` bytes each but the last,
+    /// which may be shorter, all from one sender, laid end to end across the slot's regions
+    /// (each datagram in its own `[header | page | tag]` triple when `size` is
+    /// [`DATAGRAM_LEN`]). `None`: one datagram. [`Completion::datagrams`] splits it.
+    pub segment_len: Option<usize>,
+}
+
+impl Completion {
+    /// The datagrams this receive holds, as `(offset, length)` in the bytes received (laid end
+    /// to end across the slot's regions): one for a plain receive, the GRO segments otherwise.
+    /// Whatever lies beyond the slot's capacity was cut by the kernel (`truncated`).
+    pub fn datagrams(&self) -> impl Iterator<Item = (usize, usize)> {
+        let (len, step) = match self.segment_len {
+            Some(size) if size > 0 => (self.len, size),
+            // One datagram (an empty one still counts as one).
+            _ => (self.len, self.len.max(1)),
+        };
+        let count = len.div_ceil(step).max(1);
+        (0..count).map(move |i| {
+            let at = i * step;
+            (at, step.min(len - at.min(len)))
+        })
+    }
 }
 
 enum Backend {
@@ -394,7 +430,37 @@ impl Receiver {
     /// writes into it at any moment). The receiver must not be leaked (`mem::forget`) while
     /// slots are posted, since then nobody would stop the kernel.
     pub unsafe fn post(&mut self, slot_id: u32, regions: SlotRegions) -> Result<(), UdpError> {
-        regions.validate()?;
+        // SAFETY: forwarded contract.
+        unsafe { self.post_train(slot_id, &[regions]) }
+    }
+
+    /// Like [`post`](Self::post), for a slot of 1 to [`MAX_SLOT_DATAGRAMS`] datagram regions
+    /// that one receive scatters into in order, as one iovec `[header, page, tag] × k`: on a
+    /// socket with UDP GRO a receive may hold a train of datagrams
+    /// ([`Completion::segment_len`]), and a train of whole pages then lands one page per
+    /// triple. The same contract applies to every region.
+    ///
+    /// # Safety
+    ///
+    /// As [`post`](Self::post), for each region.
+    pub unsafe fn post_train(
+        &mut self,
+        slot_id: u32,
+        regions: &[SlotRegions],
+    ) -> Result<(), UdpError> {
+        if regions.is_empty() || regions.len() > MAX_SLOT_DATAGRAMS {
+            return Err(UdpError::InvalidRegions(
+                "a slot holds 1..=MAX_SLOT_DATAGRAMS datagram regions",
+            ));
+        }
+        let mut total = 0usize;
+        for r in regions {
+            r.validate()?;
+            total = total.saturating_add(r.capacity());
+        }
+        if total > u32::MAX as usize {
+            return Err(UdpError::InvalidRegions("a slot holds at most 4 GiB"));
+        }
         // SAFETY: forwarded contract.
         unsafe { self.inner_mut().post(slot_id, regions) }
     }
@@ -439,5 +505,39 @@ impl fmt::Debug for Receiver {
             .field("capacity", &self.capacity())
             .field("posted", &self.posted())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(len: usize, segment_len: Option<usize>) -> Vec<(usize, usize)> {
+        Completion {
+            len,
+            segment_len,
+            ..Completion::default()
+        }
+        .datagrams()
+        .collect()
+    }
+
+    #[test]
+    fn a_completion_splits_into_its_datagrams() {
+        // A plain receive is one datagram, even an empty one.
+        assert_eq!(split(8304, None), [(0, 8304)]);
+        assert_eq!(split(0, None), [(0, 0)]);
+        // A GRO train: equal segments, the last shorter.
+        assert_eq!(
+            split(2 * 8304 + 1136, Some(8304)),
+            [(0, 8304), (8304, 8304), (16608, 1136)]
+        );
+        assert_eq!(
+            split(3 * 1136, Some(1136)),
+            [(0, 1136), (1136, 1136), (2272, 1136)]
+        );
+        // A train of one.
+        assert_eq!(split(1136, Some(1136)), [(0, 1136)]);
+        assert_eq!(split(100, Some(1136)), [(0, 100)]);
     }
 }

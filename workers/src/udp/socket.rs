@@ -117,6 +117,17 @@ pub fn attach_spread_by_block(group_member: &UdpSocket, count: usize) -> io::Res
     }
 }
 
+/// Turns UDP GRO on (or off again) for a receive socket (`UDP_GRO`, Linux 5.0+): the kernel may then hand one
+/// receive a train of equal-size datagrams of one sender (a GSO send kept whole on loopback or
+/// a veth, or packets the NIC's GRO coalesced), named by a `UDP_GRO` control message, instead
+/// of one receive per datagram. The receives must then post room for a whole train
+/// ([`Receiver::post_train`](super::Receiver::post_train)): what does not fit is lost.
+///
+/// The `SO_REUSEPORT` steering runs on a coalesced train as one, by its first datagram.
+pub fn set_gro(socket: &UdpSocket, on: bool) -> io::Result<()> {
+    set_int_opt(socket, libc::SOL_UDP, libc::UDP_GRO, libc::c_int::from(on))
+}
+
 /// The socket's effective receive buffer in bytes (`SO_RCVBUF` as the kernel reports it).
 pub fn recv_buffer_size(socket: &UdpSocket) -> io::Result<usize> {
     SockRef::from(socket).recv_buffer_size()

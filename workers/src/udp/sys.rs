@@ -6,11 +6,12 @@ use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ptr;
 
-use super::{Completion, SlotRegions};
+use super::{Completion, SlotRegions, MAX_SLOT_DATAGRAMS};
 
-/// Room for control messages: `SO_RXQ_OVFL` needs `CMSG_SPACE(4)` = 24 bytes; the rest is
-/// headroom so an unexpected extra cmsg only sets `MSG_CTRUNC` instead of hiding the counter.
-const CONTROL_LEN: usize = 64;
+/// Room for control messages: `SO_RXQ_OVFL` and `UDP_GRO` need `CMSG_SPACE(4)` = 24 bytes
+/// each; the rest is headroom so an unexpected extra cmsg only sets `MSG_CTRUNC` instead of
+/// hiding one of them.
+const CONTROL_LEN: usize = 96;
 
 #[repr(C, align(8))]
 struct ControlBuf([u8; CONTROL_LEN]);
@@ -19,7 +20,9 @@ struct ControlBuf([u8; CONTROL_LEN]);
 /// slice that is never resized, so the pointers in `hdr` stay valid while the kernel uses them.
 pub(crate) struct Entry {
     pub(crate) hdr: libc::msghdr,
-    iov: [libc::iovec; 3],
+    /// `[header, page, tag]` for each of the slot's datagram regions; `iov_len` are in use.
+    iov: [libc::iovec; 3 * MAX_SLOT_DATAGRAMS],
+    iov_len: usize,
     name: libc::sockaddr_storage,
     control: ControlBuf,
     pub(crate) slot_id: u32,
@@ -54,6 +57,7 @@ impl SlotTable {
                     // SAFETY: as above.
                     name: unsafe { mem::zeroed() },
                     control: ControlBuf([0; CONTROL_LEN]),
+                    iov_len: 0,
                     slot_id: 0,
                     capacity: 0,
                 })
@@ -95,12 +99,14 @@ impl SlotTable {
         self.entries[usize::from(idx)].get()
     }
 
-    /// Takes a free entry and prepares its `msghdr` to scatter into `regions`.
+    /// Takes a free entry and prepares its `msghdr` to scatter into `regions`, in order (1 to
+    /// [`MAX_SLOT_DATAGRAMS`] of them, checked by `Receiver`).
     ///
     /// # Safety
     ///
     /// `regions` must satisfy `Receiver::post`'s contract.
-    pub(crate) unsafe fn acquire(&mut self, slot_id: u32, regions: SlotRegions) -> Option<u16> {
+    pub(crate) unsafe fn acquire(&mut self, slot_id: u32, regions: &[SlotRegions]) -> Option<u16> {
+        debug_assert!((1..=MAX_SLOT_DATAGRAMS).contains(&regions.len()));
         if self.free_len == 0 {
             return None;
         }
@@ -112,21 +118,23 @@ impl SlotTable {
         // pointer comes from our live boxed slice.
         unsafe {
             (*e).slot_id = slot_id;
-            (*e).capacity = regions.capacity();
-            (*e).iov = [
-                libc::iovec {
-                    iov_base: regions.header.cast(),
-                    iov_len: regions.header_len,
-                },
-                libc::iovec {
-                    iov_base: regions.page.cast(),
-                    iov_len: regions.page_len,
-                },
-                libc::iovec {
-                    iov_base: regions.tag.cast(),
-                    iov_len: regions.tag_len,
-                },
-            ];
+            (*e).capacity = regions.iter().map(SlotRegions::capacity).sum();
+            let iov = &mut (*e).iov;
+            let mut n = 0;
+            for r in regions.iter().take(MAX_SLOT_DATAGRAMS) {
+                for (base, len) in [
+                    (r.header, r.header_len),
+                    (r.page, r.page_len),
+                    (r.tag, r.tag_len),
+                ] {
+                    iov[n] = libc::iovec {
+                        iov_base: base.cast(),
+                        iov_len: len,
+                    };
+                    n += 1;
+                }
+            }
+            (*e).iov_len = n;
             Self::rearm_raw(e);
         }
         Some(idx)
@@ -148,7 +156,7 @@ impl SlotTable {
             hdr.msg_name = ptr::addr_of_mut!((*e).name).cast();
             hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdr.msg_iov = ptr::addr_of_mut!((*e).iov).cast();
-            hdr.msg_iovlen = 3;
+            hdr.msg_iovlen = (*e).iov_len as _;
             hdr.msg_control = ptr::addr_of_mut!((*e).control).cast();
             hdr.msg_controllen = CONTROL_LEN as _;
             hdr.msg_flags = 0;
@@ -176,9 +184,10 @@ impl SlotTable {
     }
 
     /// Finishes a successful receive of entry `idx`: builds its completion, records the
-    /// `SO_RXQ_OVFL` value if one came, and frees the entry. `hdr` is the `msghdr` the kernel
-    /// wrote back (the entry's own for io_uring, the `mmsghdr` copy for `recvmmsg`); `len` is
-    /// the full datagram length (the receive used `MSG_TRUNC`).
+    /// `SO_RXQ_OVFL` value if one came, reads the `UDP_GRO` segment size if the kernel
+    /// coalesced datagrams, and frees the entry. `hdr` is the `msghdr` the kernel wrote back
+    /// (the entry's own for io_uring, the `mmsghdr` copy for `recvmmsg`); `len` is the full
+    /// length received (the receive used `MSG_TRUNC`).
     ///
     /// # Safety
     ///
@@ -192,25 +201,30 @@ impl SlotTable {
     ) -> Completion {
         let e = self.entry(idx);
         // SAFETY: per the contract the kernel is finished with this entry, so reading it is
-        // not a race; the buffers are ours and initialised.
-        let (completion, drops) = unsafe {
+        // not a race; the buffers are ours and initialised (the control area is zeroed before
+        // every receive), and the slice never reaches past the entry's control buffer.
+        let (completion, control) = unsafe {
             let flags = (*hdr).msg_flags;
             let completion = Completion {
                 slot_id: (*e).slot_id,
                 len,
                 truncated: len > (*e).capacity || flags & libc::MSG_TRUNC != 0,
                 source: sockaddr_to_std(ptr::addr_of!((*e).name), (*hdr).msg_namelen),
-                kernel_drops: 0,
-                error: None,
+                ..Completion::default()
             };
-            (completion, rxq_ovfl(hdr))
+            // `size_t` with glibc, `socklen_t` with musl.
+            #[allow(clippy::unnecessary_cast)]
+            let filled = ((*hdr).msg_controllen as usize).min(CONTROL_LEN);
+            let control = &(*ptr::addr_of!((*e).control)).0;
+            (completion, parse_control(&control[..filled]))
         };
-        if let Some(d) = drops {
+        if let Some(d) = control.rxq_ovfl {
             self.drops = d;
         }
         self.release(idx);
         Completion {
             kernel_drops: self.drops,
+            segment_len: control.gro_segment,
             ..completion
         }
     }
@@ -236,34 +250,60 @@ impl SlotTable {
     }
 }
 
-/// Finds the `SO_RXQ_OVFL` counter among the control messages of a received `msghdr`.
-///
-/// # Safety
-///
-/// `hdr` must describe a control buffer filled by the kernel (or zeroed).
-unsafe fn rxq_ovfl(hdr: *const libc::msghdr) -> Option<u32> {
-    // SAFETY: the CMSG_* helpers only walk within `msg_control[..msg_controllen]`, which the
-    // kernel filled with well-formed cmsghdrs (or which is all zero, ending the walk).
-    unsafe {
-        if (*hdr).msg_control.is_null() || (*hdr).msg_controllen > CONTROL_LEN as _ {
-            return None;
-        }
-        let mut found = None;
-        let mut c = libc::CMSG_FIRSTHDR(hdr);
-        while !c.is_null() {
-            if (*c).cmsg_len == 0 {
-                break;
+/// What the daemon reads from a receive's control messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControlMessages {
+    /// `SOL_SOCKET/SO_RXQ_OVFL`: the socket's cumulative kernel drop counter.
+    pub rxq_ovfl: Option<u32>,
+    /// `SOL_UDP/UDP_GRO`: the receive holds datagrams coalesced by the kernel, each this many
+    /// bytes but the last (which may be shorter). Never `Some(0)`.
+    pub gro_segment: Option<usize>,
+}
+
+/// Reads the control messages of a received `msghdr` from the bytes the kernel wrote
+/// (`msg_control[..msg_controllen]`). Plain bounds-checked Rust rather than the `CMSG_*`
+/// pointer macros, so that no content of `control` (a malformed length, a truncated last
+/// message under `MSG_CTRUNC`) can make it read outside the slice: the fuzz target
+/// `control_messages` feeds it arbitrary bytes. A walk stops at the first malformed header.
+pub fn parse_control(control: &[u8]) -> ControlMessages {
+    const HDR: usize = mem::size_of::<libc::cmsghdr>();
+    // CMSG_ALIGN: cmsg lengths round up to the size of `size_t` (glibc and musl alike).
+    const ALIGN: usize = mem::size_of::<usize>();
+    let mut found = ControlMessages::default();
+    let mut at = 0usize;
+    while let Some(raw) = control.get(at..).and_then(|rest| rest.get(..HDR)) {
+        // SAFETY: `raw` is HDR initialised bytes, and every bit pattern is a valid cmsghdr
+        // (integers only); read_unaligned because `control` has no alignment promise.
+        let c: libc::cmsghdr = unsafe { ptr::read_unaligned(raw.as_ptr().cast()) };
+        let len = c.cmsg_len as usize;
+        let Some(data) = len
+            .checked_sub(HDR)
+            .and_then(|n| control.get(at + HDR..)?.get(..n))
+        else {
+            break;
+        };
+        let int = data.get(..4).map(|b| [b[0], b[1], b[2], b[3]]);
+        match (c.cmsg_level, c.cmsg_type, int) {
+            (libc::SOL_SOCKET, libc::SO_RXQ_OVFL, Some(b)) => {
+                found.rxq_ovfl = Some(u32::from_ne_bytes(b));
             }
-            if (*c).cmsg_level == libc::SOL_SOCKET
-                && (*c).cmsg_type == libc::SO_RXQ_OVFL
-                && (*c).cmsg_len as usize >= libc::CMSG_LEN(4) as usize
-            {
-                found = Some(ptr::read_unaligned(libc::CMSG_DATA(c).cast::<u32>()));
+            (libc::SOL_UDP, libc::UDP_GRO, Some(b)) => {
+                // The kernel puts an int; a non-positive one is not a segment size.
+                found.gro_segment = usize::try_from(i32::from_ne_bytes(b))
+                    .ok()
+                    .filter(|&n| n > 0);
             }
-            c = libc::CMSG_NXTHDR(hdr, c);
+            _ => {}
         }
-        found
+        match len
+            .checked_next_multiple_of(ALIGN)
+            .and_then(|l| at.checked_add(l))
+        {
+            Some(next) => at = next,
+            None => break,
+        }
     }
+    found
 }
 
 /// Converts a kernel-filled socket address. Returns `None` for an empty or unknown one.
@@ -304,4 +344,100 @@ unsafe fn sockaddr_to_std(
 /// Returns `errno` of the last failed libc call.
 pub(crate) fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A control buffer as the kernel writes it, built with the C macros: `(level, type,
+    /// int)` messages in order. Returns the buffer and `msg_controllen`.
+    fn kernel_control(msgs: &[(i32, i32, i32)]) -> (ControlBuf, usize) {
+        let mut buf = ControlBuf([0; CONTROL_LEN]);
+        // SAFETY: the buffer is aligned and large enough for the messages the tests build
+        // (each CMSG_SPACE(4) = 24 bytes, at most 3 of them); the macros walk within it.
+        let len = unsafe {
+            let mut h: libc::msghdr = mem::zeroed();
+            h.msg_control = buf.0.as_mut_ptr().cast();
+            h.msg_controllen = CONTROL_LEN as _;
+            let mut c = libc::CMSG_FIRSTHDR(&h);
+            let mut len = 0;
+            for &(level, ty, value) in msgs {
+                (*c).cmsg_level = level;
+                (*c).cmsg_type = ty;
+                (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+                ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), value);
+                len += libc::CMSG_SPACE(4) as usize;
+                c = libc::CMSG_NXTHDR(&h, c);
+            }
+            len
+        };
+        (buf, len)
+    }
+
+    #[test]
+    fn finds_the_drop_counter_and_the_gro_segment_size_in_a_kernel_control_buffer() {
+        let (buf, len) = kernel_control(&[
+            (libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 17),
+            (libc::SOL_UDP, libc::UDP_GRO, 8304),
+        ]);
+        assert_eq!(
+            parse_control(&buf.0[..len]),
+            ControlMessages {
+                rxq_ovfl: Some(17),
+                gro_segment: Some(8304),
+            }
+        );
+        // Either alone, in the other order, with an unknown message before it.
+        let (buf, len) = kernel_control(&[
+            (libc::SOL_IP, libc::IP_TTL, 64),
+            (libc::SOL_UDP, libc::UDP_GRO, 1136),
+        ]);
+        assert_eq!(parse_control(&buf.0[..len]).gro_segment, Some(1136));
+        assert_eq!(parse_control(&buf.0[..len]).rxq_ovfl, None);
+        // Nothing (a plain datagram), and a segment size that is no size.
+        assert_eq!(parse_control(&[]), ControlMessages::default());
+        let (buf, len) = kernel_control(&[(libc::SOL_UDP, libc::UDP_GRO, 0)]);
+        assert_eq!(parse_control(&buf.0[..len]).gro_segment, None);
+        let (buf, len) = kernel_control(&[(libc::SOL_UDP, libc::UDP_GRO, -5)]);
+        assert_eq!(parse_control(&buf.0[..len]).gro_segment, None);
+    }
+
+    #[test]
+    fn a_cut_or_malformed_message_ends_the_walk_without_reading_past_the_buffer() {
+        let (buf, len) = kernel_control(&[
+            (libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 3),
+            (libc::SOL_UDP, libc::UDP_GRO, 8304),
+        ]);
+        // MSG_CTRUNC: the second message cut short is not read; the first still is. (Its
+        // alignment padding is not part of it: a buffer ending there holds it whole.)
+        // SAFETY: CMSG_LEN is a pure size computation.
+        let second_end = len - 24 + unsafe { libc::CMSG_LEN(4) } as usize;
+        assert_eq!(parse_control(&buf.0[..second_end]).gro_segment, Some(8304));
+        for cut in 24..second_end {
+            let found = parse_control(&buf.0[..cut]);
+            assert_eq!(found.rxq_ovfl, Some(3), "cut at {cut}");
+            assert_eq!(found.gro_segment, None, "cut at {cut}");
+        }
+        // A length below the header's own, or beyond the buffer, stops the walk.
+        let mut bad = buf;
+        bad.0[..mem::size_of::<usize>()].copy_from_slice(&3usize.to_ne_bytes());
+        assert_eq!(parse_control(&bad.0[..len]), ControlMessages::default());
+        bad.0[..mem::size_of::<usize>()].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert_eq!(parse_control(&bad.0[..len]), ControlMessages::default());
+    }
+
+    proptest! {
+        /// Whatever bytes the control buffer holds, parsing returns (never panics, never reads
+        /// outside the slice: the slice is all it is given), and a value it reports is one
+        /// that a well-formed message of the buffer carries.
+        #[test]
+        fn any_control_bytes_parse_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let found = parse_control(&bytes);
+            if let Some(n) = found.gro_segment {
+                prop_assert!(n > 0 && n <= i32::MAX as usize);
+            }
+        }
+    }
 }

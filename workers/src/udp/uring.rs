@@ -164,7 +164,7 @@ impl RecvBackend for UringReceiver {
         self.socket.as_fd()
     }
 
-    unsafe fn post(&mut self, slot_id: u32, regions: SlotRegions) -> Result<(), UdpError> {
+    unsafe fn post(&mut self, slot_id: u32, regions: &[SlotRegions]) -> Result<(), UdpError> {
         // SAFETY: forwarded contract.
         let idx = unsafe { self.table.acquire(slot_id, regions) }
             .ok_or(UdpError::NoFreeSlot(self.table.capacity()))?;
@@ -432,7 +432,7 @@ mod tests {
         let mut out = [Completion::default(); 4];
 
         // SAFETY: `mem` outlives `rx` and is only read while the slot is not posted.
-        unsafe { rx.post(7, regions) }.unwrap();
+        unsafe { rx.post(7, &[regions]) }.unwrap();
         // Submits the receive, which waits in the kernel: nothing was sent.
         assert_eq!(rx.wait(Duration::ZERO, &mut out).unwrap(), 0);
         assert_eq!((rx.in_flight, rx.table.is_posted(0)), (1, true));
@@ -480,7 +480,7 @@ mod tests {
         rx.cancel_all(&mut |_| released += 1).unwrap();
         assert_eq!(released, 0);
         // SAFETY: as above.
-        unsafe { rx.post(8, regions) }.unwrap();
+        unsafe { rx.post(8, &[regions]) }.unwrap();
         let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         tx.send_to(&[0x5A; 100], addr).unwrap();
         let c = loop {
