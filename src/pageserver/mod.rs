@@ -325,6 +325,7 @@ fn serve_metrics(listener: TcpListener, shared: &Shared) {
             };
             let mut text = shared.stats.render_prometheus(queue);
             stats::render_shard(&mut text, shared.config.shard);
+            stats::render_sender_ports(&mut text, shared.prefetch.ports());
             Some((workers::http::PROMETHEUS, text))
         }
         _ => None,

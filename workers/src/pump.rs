@@ -8,13 +8,19 @@
 //! (`udp::Receiver`). The simulator runs the same `SlotBook` behind its simulated network, so
 //! the slot handling it checks is the daemon's. Depends on `udp` (the pump only), `ingest` and
 //! `lfc`; reads no clock except to date a batch.
+//!
+//! The book also counts datagrams per sender (the LFC's sender table, `Lfc::count_sender`, which
+//! `lfc stat` and the metrics show per page-server shard): per batch, in [`SenderBatch`], so a
+//! receive batch costs one shared update per sender it heard from, not one per datagram.
 
+use crate::datagram::DropReason;
 use crate::datagram::{HEADER_LEN, TAG_LEN};
 use crate::ingest::{Ingest, Outcome, Received};
 use crate::metrics::ThreadMetrics;
 use crate::udp::{Completion, Receiver, SlotRegions, UdpError};
 use lfc::{Lfc, Reservation};
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -46,7 +52,51 @@ pub struct SlotBook<'a> {
     posted: Vec<Option<Reservation<'a>>>,
     free: Vec<u32>,
     spare: Vec<Reservation<'a>>,
+    senders: SenderBatch,
     leaked: bool,
+}
+
+/// Distinct senders one batch keeps before it adds them to the LFC: a batch rarely hears from
+/// more (a few shards' senders); a further one flushes the batch early.
+const BATCH_SENDERS: usize = 8;
+
+/// Datagrams per sender since the last flush: (sender, installed, dropped after
+/// authentication). Allocated once; flushing keeps the capacity.
+struct SenderBatch {
+    entries: Vec<(SocketAddr, u64, u64)>,
+}
+
+impl SenderBatch {
+    fn new() -> Self {
+        SenderBatch {
+            entries: Vec::with_capacity(BATCH_SENDERS),
+        }
+    }
+
+    fn add(&mut self, lfc: &Lfc, from: SocketAddr, installed: u64, dropped: u64) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.0 == from) {
+            e.1 += installed;
+            e.2 += dropped;
+            return;
+        }
+        if self.entries.len() == BATCH_SENDERS {
+            self.flush(lfc);
+        }
+        self.entries.push((from, installed, dropped));
+    }
+
+    fn flush(&mut self, lfc: &Lfc) {
+        for (from, installed, dropped) in self.entries.drain(..) {
+            lfc.count_sender(from, installed, dropped);
+        }
+    }
+}
+
+/// Whether a drop counts against its sender: a genuine datagram (it authenticated) that was
+/// not installed. Junk is not counted by sender (its source is anyone's to choose), nor is a
+/// page given up incomplete (a page, not a datagram).
+fn dropped_by_sender(reason: DropReason) -> bool {
+    !crate::junk::is_junk(reason) && reason != DropReason::Incomplete
 }
 
 // SAFETY: the raw pointers are this value's own heap buffers; a book is created on one thread
@@ -78,6 +128,7 @@ impl<'a> SlotBook<'a> {
             posted: (0..capacity).map(|_| None).collect(),
             free: (0..capacity as u32).rev().collect(),
             spare: Vec::with_capacity(capacity),
+            senders: SenderBatch::new(),
             leaked: false,
         }
     }
@@ -123,6 +174,7 @@ impl<'a> SlotBook<'a> {
 
     /// A posted slot came back with a datagram (or an error): takes it back and hands what it
     /// received to `Ingest`. `None` for a failed receive (the frame is kept for the next post).
+    /// Its sender's count waits for [`flush_senders`](Self::flush_senders).
     pub fn complete(
         &mut self,
         c: &Completion,
@@ -149,11 +201,21 @@ impl<'a> SlotBook<'a> {
             }
         };
         let (outcome, back) = self.ingest.complete(res, &received, now_wall_ns, metrics);
-        if let (Outcome::Done(Ok(_)), Some(from)) = (&outcome, c.source) {
-            metrics.senders.record(from);
+        if let (Outcome::Done(verdict), Some(from)) = (&outcome, c.source) {
+            match verdict {
+                Ok(_) => self.senders.add(self.lfc, from, 1, 0),
+                Err(r) if dropped_by_sender(*r) => self.senders.add(self.lfc, from, 0, 1),
+                Err(_) => {}
+            }
         }
         self.spare.extend(back);
         Some(outcome)
+    }
+
+    /// Adds the datagrams counted per sender since the last call to the LFC's sender table.
+    /// Call it after each batch of completions.
+    pub fn flush_senders(&mut self) {
+        self.senders.flush(self.lfc);
     }
 
     /// A posted slot came back without data (cancelled): its frame is abandoned.
@@ -250,6 +312,7 @@ impl<'a> SlotPump<'a> {
         for c in &self.completions[..n] {
             self.book.complete(c, now_wall_ns, metrics);
         }
+        self.book.flush_senders();
         Ok(Step::Received(n))
     }
 
@@ -330,9 +393,11 @@ mod tests {
         let (id, regions) = posted.pop().unwrap();
         // SAFETY: the slot is posted with this test's receiver.
         unsafe { regions.scatter(&forged[..]) };
+        let shard: SocketAddr = "10.0.0.2:40000".parse().unwrap();
         let done = |slot_id| Completion {
             slot_id,
             len: DATAGRAM_LEN,
+            source: Some(shard),
             ..Completion::default()
         };
         assert!(matches!(
@@ -353,6 +418,20 @@ mod tests {
             Some(Outcome::Done(Ok(hdr)))
         );
         assert!(lfc.contains(&tag));
+        // Counted by sender once the batch is flushed; the forged one not at all (its source
+        // is anyone's to choose).
+        assert_eq!(lfc.sender_counts().installed(), 0, "not before the flush");
+        book.flush_senders();
+        let c = lfc.sender_counts();
+        assert_eq!(
+            c.senders,
+            vec![lfc::SenderCount {
+                addr: shard,
+                installed: 1,
+                dropped: 0
+            }]
+        );
+        assert_eq!((c.other_installed, c.other_dropped), (0, 0));
 
         // Everything posted comes back: the frames are abandoned, none published.
         for (id, _) in posted.drain(..) {
