@@ -180,6 +180,7 @@ fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() 
             >= SHARDS,
         "one sender or more per shard: {senders:?}"
     );
+    lfc_stat_counts_each_shards_senders(&lfc, &workers, &shards);
     // And the servers hold to the map: another shard's page is refused, naming its owner.
     let rel = lfc::RelTag::new(1663, 5, 16384, 0);
     let foreign = (0..PAGES)
@@ -199,6 +200,65 @@ fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() 
         ),
     }
     assert_eq!(served(&shards[0]).2, 1);
+}
+
+/// `lfc stat --json` (the LFC's sender table, another process's view) names each shard's
+/// senders, which its metrics list by port, with datagrams installed from every shard, and its
+/// rows add up to what the daemon installed.
+fn lfc_stat_counts_each_shards_senders(
+    lfc: &std::path::Path,
+    workers: &WorkersProc,
+    shards: &[ServerProc],
+) {
+    let stat = || {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["lfc", "stat", "--json", "--lfc"]).arg(lfc);
+        json("lfc stat", &run_with_limit(&mut cmd, LIMIT))
+    };
+    // Datagrams still in flight after the prewarm would make the two counts differ for a
+    // moment: read until the table and the daemon's own counter agree.
+    let deadline = Instant::now() + LIMIT;
+    let (s, installed) = loop {
+        let s = stat();
+        let installed = counter(&workers.scrape(), "udp_prefetch_datagrams_installed_total");
+        if s["sender_installed_total"] == installed {
+            break (s, installed);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lfc stat counts {} installed by sender, the daemon {installed}",
+            s["sender_installed_total"]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let rows = s["senders"].as_array().expect("senders");
+    let row_sum: u64 = rows.iter().map(|r| r["installed"].as_u64().unwrap()).sum();
+    assert_eq!(s["senders_other"]["installed"], 0, "{s}");
+    assert_eq!(row_sum, installed, "{s}");
+    for (i, shard) in shards.iter().enumerate() {
+        let text = shard.scrape();
+        let ports: Vec<u16> = text
+            .lines()
+            .filter(|l| l.starts_with("udp_prefetch_server_sender_port{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            !ports.is_empty(),
+            "shard {i} names its sender ports: {text}"
+        );
+        let from_shard: u64 = rows
+            .iter()
+            .filter(|r| {
+                let addr: std::net::SocketAddr = r["addr"].as_str().unwrap().parse().unwrap();
+                ports.contains(&addr.port())
+            })
+            .map(|r| r["installed"].as_u64().unwrap())
+            .sum();
+        assert!(
+            from_shard > 0,
+            "lfc stat shows no datagram from shard {i} (ports {ports:?}): {s}"
+        );
+    }
 }
 
 #[test]

@@ -14,6 +14,7 @@
 //!                               unbound; see `binding`)
 //! 1024   stats: STAT_STRIPES stripes x STAT_COUNTERS u64
 //! 4096   arrival channels: ARRIVAL_CHANNELS x (futex seq u32, waiters u32)
+//! 6144   sender table: datagrams per sender (see `senders`; zero = empty)
 //! 8192   frame metadata: capacity x 64 B
 //!        index buckets: (buckets + OVERFLOW_WINDOW) x 64 B (homes, then overflow-only spill)
 //!        lwlsn table: lwlsn_slots x u64
@@ -60,6 +61,15 @@ pub const STAT_STRIPES: usize = 16;
 pub const STAT_COUNTERS: usize = 24;
 pub const ARRIVAL_OFFSET: usize = 4096;
 pub const ARRIVAL_CHANNELS: usize = 256;
+/// Datagrams per sender (mutable runtime area; zero in a new file and in a file from a build
+/// that did not have it, which reads as "no sender", so it needed no new format version).
+pub const SENDERS_OFFSET: usize = 6144;
+pub const SENDERS_BYTES: usize = 2048;
+const _: () = assert!(
+    ARRIVAL_OFFSET + ARRIVAL_CHANNELS * 8 <= SENDERS_OFFSET
+        && SENDERS_OFFSET + SENDERS_BYTES <= META_OFFSET
+        && SENDERS_OFFSET.is_multiple_of(64)
+);
 pub const META_OFFSET: usize = 8192;
 
 pub const META_BYTES: usize = 64;

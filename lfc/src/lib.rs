@@ -17,7 +17,9 @@
 //!   [`Reservation::abandon`]; dropping a reservation abandons it.
 //! - Prefetch coordination: [`Lfc::mark_requested`]`(tag, now_ns) -> already_requested`,
 //!   [`Lfc::wait_for_arrival`]`(tag, timeout) -> arrived` (cross-process futex).
-//! - Monitoring: [`Lfc::stats`]` -> LfcStats`, [`Lfc::snapshot_hottest`]`(max)`.
+//! - Monitoring: [`Lfc::stats`]` -> LfcStats`, [`Lfc::snapshot_hottest`]`(max)`; datagrams per
+//!   sender (a page-server shard's sender threads): [`Lfc::count_sender`],
+//!   [`Lfc::sender_counts`]` -> SenderCounts`, [`Lfc::reset_sender_counts`].
 //! - Worker daemon rendezvous: [`Lfc::lock_for_daemon`]` -> DaemonLock` (one daemon per cache,
 //!   released by the kernel on death), [`Lfc::register_daemon`], [`Lfc::daemon_heartbeat`],
 //!   [`Lfc::clear_daemon`]; readers [`Lfc::daemon`]` -> Option<DaemonRecord>` and the one-load
@@ -78,6 +80,7 @@ mod hash;
 mod layout;
 mod process;
 mod requested;
+mod senders;
 mod stats;
 mod tag;
 
@@ -91,5 +94,6 @@ pub use daemon::{DaemonLock, DaemonRecord, DAEMON_HEARTBEAT_NS, DAEMON_STALE_NS}
 pub use error::{AttachError, BindError, DaemonLockError, OpError};
 pub use layout::{FORMAT_VERSION, MAX_CAPACITY_PAGES, OVERFLOW_WINDOW};
 pub use requested::REQUESTED_TTL_NS;
+pub use senders::{SenderCount, SenderCounts, SENDER_SLOTS};
 pub use stats::LfcStats;
 pub use tag::{BufferTag, ParseRelTagError, RelTag, MAX_FORKNUM, PAGE_SIZE};

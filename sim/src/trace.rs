@@ -42,6 +42,9 @@ pub enum Kind {
     PrewarmDone,
     BackendDone,
     GetPageServed,
+    /// A Prefetch that reached a connection with no PrefetchTarget, dropped by its session
+    /// (a = shard, b = first block, c = pages).
+    PrefetchWithoutTarget,
 }
 
 /// One traced event: time, kind and three kind-specific numbers (tags are packed as

@@ -62,7 +62,7 @@ fn short_flags(s: Scenario) -> &'static [&'static str] {
         Scenario::Prewarm => &["--pages", "65536", "--ingest-seconds", "1.5"],
         Scenario::Degrade => &[],
         Scenario::Flood => &[],
-        Scenario::Shards => &["--pages", "16384"],
+        Scenario::Shards => &["--pages", "16384", "--pages-from-8", "4096"],
         Scenario::Net => &["--pages", "8192"],
     }
 }
@@ -154,7 +154,11 @@ mod tests {
             "degrade runs its defaults"
         );
         let sh: shards::ShardsBenchArgs = args_of(short_flags(Scenario::Shards)).unwrap();
-        assert_eq!((sh.pages, sh.shard_counts.clone()), (16384, vec![1, 2, 4]));
+        assert_eq!(
+            (sh.pages, sh.shard_counts.clone(), sh.pages_from_8),
+            (16384, vec![1, 2, 4, 8], Some(4096)),
+            "eight shards on a small machine scan fewer pages"
+        );
         let i: ingest::IngestBenchArgs = args_of(short_flags(Scenario::Ingest)).unwrap();
         assert_eq!(
             i.distinct_pages, 8192,

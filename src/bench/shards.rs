@@ -1,8 +1,11 @@
-//! `udp-prefetch bench shards`: one compute reading a tenant split over 1, 2 and 4 page-server
-//! shards (in-process, each `--shard i/N`), all sending to one worker daemon. Per shard count:
-//! a udp scan against a tcp-pipelined scan, a udp prewarm against a TCP-only prewarm (each pair
-//! measured back to back in this run), and how evenly the daemon's receive threads shared the
-//! datagrams of all shards (max/min of their per-thread counts).
+//! `udp-prefetch bench shards`: one compute reading a tenant split over 1, 2, 4 and 8
+//! page-server shards (in-process, each `--shard i/N`), all sending to one worker daemon. Per
+//! shard count: a udp scan against a tcp-pipelined scan, a udp prewarm against a TCP-only
+//! prewarm (each pair measured back to back in this run), how evenly the daemon's receive
+//! threads shared the datagrams of all shards (max/min of their per-thread counts), and what
+//! each shard delivered (the LFC's sender table, by the shard's sender ports). From 8 shards on,
+//! the relations are smaller (`--pages-from-8`): eight page servers and their sender threads
+//! on one small machine make each page slower, and the rates stay comparable.
 
 use super::{round3, start_server, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
@@ -22,8 +25,12 @@ pub struct ShardsBenchArgs {
     #[arg(long, default_value_t = 65_536)]
     pub pages: u32,
     /// Shard counts to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub shard_counts: Vec<usize>,
+    /// Pages of each relation at 8 shards or more (default: half of --pages), to keep the run
+    /// short where eight page servers share the machine.
+    #[arg(long)]
+    pub pages_from_8: Option<u32>,
     /// Stripe size of the sharding, in pages.
     #[arg(long, default_value_t = DEFAULT_STRIPE_PAGES)]
     pub stripe_pages: u32,
@@ -42,16 +49,17 @@ pub struct ShardsBenchArgs {
 }
 
 /// The page servers of one shard count: shard i of n, each serving two synthetic relations.
-fn start_shards(args: &ShardsBenchArgs, n: usize) -> anyhow::Result<(Vec<PageServer>, ShardMap)> {
+fn start_shards(
+    args: &ShardsBenchArgs,
+    n: usize,
+    pages: u32,
+) -> anyhow::Result<(Vec<PageServer>, ShardMap)> {
     let layout = ShardLayout::new(n, args.stripe_pages)?;
     let servers = (0..n)
         .map(|i| {
             start_server(ServerConfig {
                 listen: "127.0.0.1:0".parse()?,
-                source: SourceSpec::Synthetic {
-                    rels: 2,
-                    pages: args.pages,
-                },
+                source: SourceSpec::Synthetic { rels: 2, pages },
                 service_delay_us: args.delay_us,
                 shard: ShardIdentity::new(i, layout)?,
                 ..ServerConfig::default()
@@ -121,6 +129,23 @@ fn prewarm(
     Ok(r)
 }
 
+/// Datagrams installed from each shard, in shard order: the LFC's sender table (what `lfc stat`
+/// shows), its rows matched to a shard by the shard's sender ports.
+fn installed_per_shard(lfc: &Lfc, servers: &[PageServer]) -> Vec<u64> {
+    let counts = lfc.sender_counts();
+    servers
+        .iter()
+        .map(|s| {
+            counts
+                .senders
+                .iter()
+                .filter(|c| s.sender_ports().contains(&c.addr.port()))
+                .map(|c| c.installed)
+                .sum()
+        })
+        .collect()
+}
+
 /// Max/min of the daemon's per-thread received datagrams (1.0: perfectly even; infinite when
 /// a thread received nothing).
 fn thread_spread(metrics: &str) -> (f64, Vec<u64>) {
@@ -141,7 +166,10 @@ fn thread_spread(metrics: &str) -> (f64, Vec<u64>) {
 }
 
 pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
-    anyhow::ensure!(args.pages > 0, "--pages must be positive");
+    anyhow::ensure!(
+        args.pages > 0 && args.pages_from_8 != Some(0),
+        "--pages and --pages-from-8 must be positive"
+    );
     anyhow::ensure!(
         !args.shard_counts.is_empty(),
         "--shard-counts names no shard count"
@@ -152,11 +180,16 @@ pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     let threads = args.daemon_threads.to_string();
     let mut records = Vec::new();
     for &n in &args.shard_counts {
-        let (_servers, map) = start_shards(args, n)?;
+        let pages = if n >= 8 {
+            args.pages_from_8.unwrap_or(args.pages / 2).max(1)
+        } else {
+            args.pages
+        };
+        let (servers, map) = start_shards(args, n, pages)?;
         let rec = |case: &str, value: f64| {
             BenchRecord::new("shards", &format!("{case}-{n}sh"), "pages/s", value)
                 .param("shards", n as u64)
-                .param("pages", args.pages)
+                .param("pages", pages)
                 .param("stripe_pages", args.stripe_pages)
                 .param("delay_us", args.delay_us)
         };
@@ -165,7 +198,7 @@ pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         let tcp_lfc_path = scratch.0.join(format!("lfc-tcp-{n}"));
         let mut tcp_daemon = DaemonProc::start(&tcp_lfc_path, lfc_bytes, &["--threads", "1"])?;
         let tcp_lfc = Lfc::open(&tcp_lfc_path)?;
-        let tcp_prewarm = prewarm(&map, &tcp_lfc, args.pages, None, false)?;
+        let tcp_prewarm = prewarm(&map, &tcp_lfc, pages, None, false)?;
         drop(tcp_lfc);
         tcp_daemon.stop();
         let _ = std::fs::remove_file(&tcp_lfc_path);
@@ -175,8 +208,10 @@ pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         let lfc = Lfc::open(&lfc_path)?;
         let port = Some(daemon.udp_port);
         let udp_scan = scan(&map, ScanMode::Udp, args.distance, Some(&lfc), port)?;
-        let udp_prewarm = prewarm(&map, &lfc, args.pages, port, true)?;
+        let udp_prewarm = prewarm(&map, &lfc, pages, port, true)?;
         let (spread, per_thread) = thread_spread(&daemon.scrape()?);
+        let per_shard = installed_per_shard(&lfc, &servers);
+        drop(servers);
         drop(lfc);
         daemon.stop();
         let _ = std::fs::remove_file(&lfc_path);
@@ -202,6 +237,7 @@ pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         .param("shards", n as u64)
         .param("threads", args.daemon_threads as u64)
         .param("per_thread", per_thread)
+        .param("installed_per_shard", per_shard)
         .lower_is_better();
         records.extend([scan_tcp, scan_udp, prewarm_tcp, prewarm_udp, spread_rec]);
     }

@@ -3,7 +3,11 @@
 //! Attaches like any other process (shared lock, no writes), so it can run next to the worker
 //! daemon and backends; the counters are summed over every process that uses the file. It also
 //! shows the worker daemon the cache's record names: alive when its last heartbeat is younger
-//! than `lfc::DAEMON_STALE_NS`; and the timeline the cache is bound to (`lfc::Binding`), if any.
+//! than `lfc::DAEMON_STALE_NS`; the timeline the cache is bound to (`lfc::Binding`), if any;
+//! and the datagrams the daemon received per sender since it started (`lfc::SenderCounts`).
+//! A sender is the source address of a page server's sender thread: across hosts its IP names
+//! the shard; the file does not know shard numbers (the page server's sender ports are its
+//! own), so the rows name addresses.
 
 use super::{BadInput, Outcome};
 use crate::protocol::identity::NeonId;
@@ -43,10 +47,12 @@ fn stat(path: &Path, json: bool) -> anyhow::Result<Outcome> {
     let g = cache.geometry();
     let daemon = DaemonView::read(&cache);
     let binding = cache.binding();
+    let senders = cache.sender_counts();
     if json {
         let mut m = json_object(&cache, &g, &s);
         daemon.put_json(&mut m);
         put_binding_json(binding, &mut m);
+        put_senders_json(&senders, &mut m);
         println!("{}", serde_json::Value::Object(m));
     } else {
         print_human(&cache, &g, &s);
@@ -55,6 +61,7 @@ fn stat(path: &Path, json: bool) -> anyhow::Result<Outcome> {
             Some(b) => println!("  timeline   {b}"),
             None => println!("  timeline   unbound (the first backend or prewarm run binds it)"),
         }
+        print_senders(&senders);
     }
     Ok(Outcome::Success)
 }
@@ -129,6 +136,57 @@ fn put_binding_json(b: Option<lfc::Binding>, m: &mut serde_json::Map<String, ser
         b.and_then(|b| b.system_id)
             .map_or(Value::Null, |s| s.to_string().into()),
     );
+}
+
+/// `senders`: one `{addr, installed, dropped}` per sender in address order;
+/// `senders_other`: `{installed, dropped}` of senders past the table's bound and IPv6 ones;
+/// `sender_installed_total`, `sender_dropped_total`: the sums, `other` included.
+fn put_senders_json(c: &lfc::SenderCounts, m: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::json;
+    let rows: Vec<_> = c
+        .senders
+        .iter()
+        .map(
+            |s| json!({"addr": s.addr.to_string(), "installed": s.installed, "dropped": s.dropped}),
+        )
+        .collect();
+    m.insert("senders".into(), rows.into());
+    m.insert(
+        "senders_other".into(),
+        json!({"installed": c.other_installed, "dropped": c.other_dropped}),
+    );
+    m.insert("sender_installed_total".into(), c.installed().into());
+    m.insert("sender_dropped_total".into(), c.dropped().into());
+}
+
+fn print_senders(c: &lfc::SenderCounts) {
+    if c.senders.is_empty() && c.other_installed + c.other_dropped == 0 {
+        println!("  senders    none since the daemon started");
+        return;
+    }
+    println!(
+        "  senders    datagrams since the daemon started, by sender (a page server's sender \
+         thread; across hosts the IP names the shard): {} installed, {} dropped",
+        c.installed(),
+        c.dropped()
+    );
+    for s in &c.senders {
+        println!(
+            "             {:<22} {} installed, {} dropped",
+            s.addr.to_string(),
+            s.installed,
+            s.dropped
+        );
+    }
+    if c.other_installed + c.other_dropped > 0 {
+        println!(
+            "             {:<22} {} installed, {} dropped (senders past the first {}, and IPv6)",
+            "other",
+            c.other_installed,
+            c.other_dropped,
+            lfc::SENDER_SLOTS
+        );
+    }
 }
 
 /// The cache's daemon record as seen now.

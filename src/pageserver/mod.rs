@@ -273,6 +273,12 @@ impl PageServer {
         self.local_addr
     }
 
+    /// Each prefetch sender thread's UDP source port: what the compute's `lfc stat` names this
+    /// server's datagrams by.
+    pub fn sender_ports(&self) -> &[u16] {
+        self.shared.prefetch.ports()
+    }
+
     /// Whether the accept loop still runs: false once it ended (shutdown) or died (a panic), when
     /// new connections go unanswered and a service manager's watchdog should restart the server.
     pub fn is_accepting(&self) -> bool {
@@ -325,6 +331,7 @@ fn serve_metrics(listener: TcpListener, shared: &Shared) {
             };
             let mut text = shared.stats.render_prometheus(queue);
             stats::render_shard(&mut text, shared.config.shard);
+            stats::render_sender_ports(&mut text, shared.prefetch.ports());
             Some((workers::http::PROMETHEUS, text))
         }
         _ => None,

@@ -9,6 +9,7 @@
 use crate::protocol::pagestream::Request;
 use crate::protocol::pgwire::{BackendMessage, FieldDescription};
 use parking_lot::Mutex;
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -228,6 +229,22 @@ pub fn render_shard(out: &mut String, shard: crate::protocol::shard::ShardIdenti
         "Stripe size of the tenant's sharding, in pages (--stripe-pages).",
         u64::from(shard.layout().stripe_pages()),
     );
+}
+
+/// Each prefetch sender thread's UDP source port, so an operator can tell which shard a row
+/// of the compute's `lfc stat` (or its daemon's `..._by_sender_total`) is: the row's port is
+/// one of these.
+pub fn render_sender_ports(out: &mut String, ports: &[u16]) {
+    let name = "udp_prefetch_server_sender_port";
+    prom::family(
+        out,
+        name,
+        "gauge",
+        "UDP source port of each prefetch sender thread (what the compute names a sender by).",
+    );
+    for (i, port) in ports.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{thread=\"{i}\"}} {port}");
+    }
 }
 
 /// Gauges of the prefetch queue, which the sender owns.

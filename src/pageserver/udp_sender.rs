@@ -71,6 +71,9 @@ struct Inner {
 pub struct PrefetchSender {
     inner: Arc<Inner>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Each sender thread's UDP source port, in thread order: what the compute's `lfc stat`
+    /// and daemon metrics name a sender by.
+    ports: Vec<u16>,
 }
 
 impl PrefetchSender {
@@ -93,12 +96,14 @@ impl PrefetchSender {
             stats,
         });
         let mut threads = Vec::new();
+        let mut ports = Vec::new();
         // Each thread reports whether it took its priority before it sends anything, so a
         // refused --prefetch-sender-nice fails the start instead of passing unnoticed.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for i in 0..config.threads.max(1) {
             let inner = inner.clone();
             let socket = UdpSocket::bind("0.0.0.0:0")?;
+            ports.push(socket.local_addr()?.port());
             // Datagrams are sized to the compute's path MTU (fragments on a small one): IP
             // must never fragment them, since one lost IP fragment loses the datagram and
             // incomplete sets clog the receiver's reassembly memory.
@@ -148,6 +153,7 @@ impl PrefetchSender {
         let sender = PrefetchSender {
             inner,
             threads: Mutex::new(threads),
+            ports,
         };
         drop(ready_tx);
         // Ends when every thread has reported and dropped its sending half.
@@ -211,6 +217,11 @@ impl PrefetchSender {
     /// Prefetch pages queued now (as of the last enqueue or batch taken).
     pub fn queued_pages(&self) -> u64 {
         self.inner.queued_pages.load(Ordering::Relaxed)
+    }
+
+    /// Each sender thread's UDP source port, in thread order.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
     }
 
     /// A connection closed: its queued prefetches are dropped (nobody reads them now).

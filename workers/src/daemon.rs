@@ -348,6 +348,9 @@ pub fn run(
             "took back the frames dead processes had left reserved in the LFC"
         );
     }
+    // The sender table counts what this daemon receives, as its metrics do (a predecessor's
+    // senders, often a page server's earlier ports, give their entries back).
+    lfc.reset_sender_counts();
     let backend = config.io.resolve()?;
     let sockets = bind_group(config)?;
     let listen = sockets[0].local_addr().map_err(|source| DaemonError::Io {
@@ -566,6 +569,7 @@ fn serve_metrics(
                 threads,
                 CacheGauges {
                     lfc: lfc.stats(),
+                    senders: lfc.sender_counts(),
                     prefault_remaining_pages: prefault_remaining.load(Ordering::Relaxed),
                 },
             ),

@@ -26,96 +26,32 @@ pub struct ThreadMetrics {
     pub junk_throttled: AtomicU64,
     /// Sender timestamp to publish, installed datagrams.
     latency: LatencyHistogram,
-    /// Installed datagrams by sender address: which page-server shard they came from.
-    pub senders: SenderCounts,
 }
 
-/// Senders with a series of their own, per thread; the rest count under `other`.
-pub const MAX_SENDERS: usize = 16;
-
-/// Installed datagrams per sender (IPv4 address and port), for the first [`MAX_SENDERS`]
-/// senders a thread sees; later ones and IPv6 senders count under `other`. Written only by
-/// its worker thread (so claiming an entry needs no compare-and-swap) and read by the scrape.
-/// Only installed datagrams count: forged ones, whose source is anyone's to choose, never
-/// take an entry.
-#[derive(Debug, Default)]
-pub struct SenderCounts {
-    /// `(IPv4 << 16 | port) + 1`; 0 is a free entry.
-    keys: [AtomicU64; MAX_SENDERS],
-    counts: [AtomicU64; MAX_SENDERS],
-    other: AtomicU64,
-}
-
-impl SenderCounts {
-    /// One installed datagram from `from`. Called by the owning thread only.
-    pub fn record(&self, from: std::net::SocketAddr) {
-        let key = match from {
-            std::net::SocketAddr::V4(a) => {
-                (u64::from(a.ip().to_bits()) << 16 | u64::from(a.port())) + 1
-            }
-            std::net::SocketAddr::V6(_) => 0,
-        };
-        if key != 0 {
-            for (k, c) in self.keys.iter().zip(&self.counts) {
-                match k.load(Ordering::Relaxed) {
-                    0 => {
-                        // Count first, then publish the key: a scrape never sees a key whose
-                        // count is missing.
-                        c.fetch_add(1, Ordering::Relaxed);
-                        k.store(key, Ordering::Release);
-                        return;
-                    }
-                    found if found == key => {
-                        c.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    _ => {}
-                }
-            }
+/// Datagrams by sender over the daemon's life, from the LFC's sender table
+/// (`lfc::SenderCounts`, which `lfc stat` shows too), in sender order, `other` last.
+fn by_sender(out: &mut String, senders: &lfc::SenderCounts) {
+    for (name, help, count, other) in [
+        (
+            "udp_prefetch_datagrams_installed_by_sender_total",
+            "Datagrams installed, by sender address (a page-server shard's sender threads).",
+            (|s: &lfc::SenderCount| s.installed) as fn(&lfc::SenderCount) -> u64,
+            senders.other_installed,
+        ),
+        (
+            "udp_prefetch_datagrams_dropped_by_sender_total",
+            "Datagrams that authenticated but were not installed (stale, already present, no \
+             room, duplicate fragment), by sender address.",
+            |s: &lfc::SenderCount| s.dropped,
+            senders.other_dropped,
+        ),
+    ] {
+        family(out, name, "counter", help);
+        for s in &senders.senders {
+            let _ = writeln!(out, "{name}{{sender=\"{}\"}} {}", s.addr, count(s));
         }
-        self.other.fetch_add(1, Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{sender=\"other\"}} {other}");
     }
-
-    /// `(sender, count)` of every claimed entry, and the `other` count.
-    pub fn samples(&self) -> (Vec<(std::net::SocketAddr, u64)>, u64) {
-        let mut out = Vec::new();
-        for (k, c) in self.keys.iter().zip(&self.counts) {
-            let key = k.load(Ordering::Acquire);
-            if key == 0 {
-                break;
-            }
-            let key = key - 1;
-            let ip = std::net::Ipv4Addr::from_bits((key >> 16) as u32);
-            let addr = std::net::SocketAddr::from((ip, key as u16));
-            out.push((addr, c.load(Ordering::Relaxed)));
-        }
-        (out, self.other.load(Ordering::Relaxed))
-    }
-}
-
-/// Installed datagrams by sender over all threads, in sender order, `other` last.
-fn by_sender(out: &mut String, threads: &[ThreadMetrics]) {
-    let name = "udp_prefetch_datagrams_installed_by_sender_total";
-    family(
-        out,
-        name,
-        "counter",
-        "Datagrams installed, by sender address (a page-server shard's sender threads): the \
-         first 16 senders each thread saw have their own series, the rest are \"other\".",
-    );
-    let mut total = std::collections::BTreeMap::new();
-    let mut other = 0;
-    for m in threads {
-        let (samples, o) = m.senders.samples();
-        for (addr, n) in samples {
-            *total.entry(addr).or_insert(0) += n;
-        }
-        other += o;
-    }
-    for (addr, n) in total {
-        let _ = writeln!(out, "{name}{{sender=\"{addr}\"}} {n}");
-    }
-    let _ = writeln!(out, "{name}{{sender=\"other\"}} {other}");
 }
 
 impl ThreadMetrics {
@@ -196,10 +132,13 @@ pub fn totals(threads: &[ThreadMetrics]) -> Totals {
 }
 
 /// What the daemon reports of the cache it serves, alongside its own counters.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CacheGauges {
     /// The cache's own counters and occupancy (every process attached to it counts there).
     pub lfc: lfc::LfcStats,
+    /// Datagrams per sender since the daemon started (the cache's sender table, which only the
+    /// daemon writes).
+    pub senders: lfc::SenderCounts,
     /// Frames not yet mapped by the daemon's background prefault (0 when done or disabled).
     pub prefault_remaining_pages: u64,
 }
@@ -311,7 +250,7 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         threads,
         |m| &m.installed,
     );
-    by_sender(&mut out, threads);
+    by_sender(&mut out, &cache.senders);
     histogram(
         &mut out,
         "udp_prefetch_ingest_latency_seconds",
@@ -385,36 +324,6 @@ fn lfc_counters(out: &mut String, s: &lfc::LfcStats) {
             "counter",
             help,
             value,
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::SocketAddr;
-
-    #[test]
-    fn senders_are_counted_each_up_to_the_bound_then_as_other() {
-        let c = SenderCounts::default();
-        let a: SocketAddr = "10.0.0.2:40000".parse().unwrap();
-        let b: SocketAddr = "10.0.0.3:40001".parse().unwrap();
-        c.record(a);
-        c.record(b);
-        c.record(a);
-        c.record("[::1]:5".parse().unwrap());
-        let (samples, other) = c.samples();
-        assert_eq!(samples, vec![(a, 2), (b, 1)]);
-        assert_eq!(other, 1, "IPv6 counts under other");
-        for port in 0..MAX_SENDERS as u16 {
-            c.record(SocketAddr::from(([10, 0, 1, 1], port)));
-        }
-        let (samples, other) = c.samples();
-        assert_eq!(samples.len(), MAX_SENDERS);
-        assert_eq!(other, 3, "two senders past the bound, and the IPv6 one");
-        assert_eq!(
-            samples.iter().map(|s| s.1).sum::<u64>() + other,
-            3 + 1 + MAX_SENDERS as u64
         );
     }
 }

@@ -8,6 +8,10 @@
 //! (`udp::Receiver`). The simulator runs the same `SlotBook` behind its simulated network, so
 //! the slot handling it checks is the daemon's. Depends on `udp` (the pump only), `ingest` and
 //! `lfc`; reads no clock except to date a batch.
+//!
+//! The book also counts datagrams per sender (the LFC's sender table, `Lfc::count_sender`, which
+//! `lfc stat` and the metrics show per page-server shard): per batch, in [`SenderBatch`], so a
+//! receive batch costs one shared update per sender it heard from, not one per datagram.
 
 use crate::datagram::{DropReason, DATAGRAM_LEN, HEADER_LEN, TAG_LEN};
 use crate::ingest::{Ingest, Outcome, Received};
@@ -15,6 +19,7 @@ use crate::metrics::ThreadMetrics;
 use crate::udp::{Completion, Receiver, SlotRegions, UdpError, MAX_SLOT_DATAGRAMS};
 use lfc::{Lfc, Reservation, PAGE_SIZE};
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -61,7 +66,51 @@ pub struct SlotBook<'a> {
     spare: Vec<Reservation<'a>>,
     /// Scratch for the regions of one post (allocated once).
     regions: Vec<SlotRegions>,
+    senders: SenderBatch,
     leaked: bool,
+}
+
+/// Distinct senders one batch keeps before it adds them to the LFC: a batch rarely hears from
+/// more (a few shards' senders); a further one flushes the batch early.
+const BATCH_SENDERS: usize = 8;
+
+/// Datagrams per sender since the last flush: (sender, installed, dropped after
+/// authentication). Allocated once; flushing keeps the capacity.
+struct SenderBatch {
+    entries: Vec<(SocketAddr, u64, u64)>,
+}
+
+impl SenderBatch {
+    fn new() -> Self {
+        SenderBatch {
+            entries: Vec::with_capacity(BATCH_SENDERS),
+        }
+    }
+
+    fn add(&mut self, lfc: &Lfc, from: SocketAddr, installed: u64, dropped: u64) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.0 == from) {
+            e.1 += installed;
+            e.2 += dropped;
+            return;
+        }
+        if self.entries.len() == BATCH_SENDERS {
+            self.flush(lfc);
+        }
+        self.entries.push((from, installed, dropped));
+    }
+
+    fn flush(&mut self, lfc: &Lfc) {
+        for (from, installed, dropped) in self.entries.drain(..) {
+            lfc.count_sender(from, installed, dropped);
+        }
+    }
+}
+
+/// Whether a drop counts against its sender: a genuine datagram (it authenticated) that was
+/// not installed. Junk is not counted by sender (its source is anyone's to choose), nor is a
+/// page given up incomplete (a page, not a datagram).
+fn dropped_by_sender(reason: DropReason) -> bool {
+    !crate::junk::is_junk(reason) && reason != DropReason::Incomplete
 }
 
 // SAFETY: the raw pointers are this value's own heap buffers; a book is created on one thread
@@ -102,6 +151,7 @@ impl<'a> SlotBook<'a> {
             free: (0..capacity as u32).rev().collect(),
             spare: Vec::with_capacity(capacity * k),
             regions: Vec::with_capacity(k),
+            senders: SenderBatch::new(),
             leaked: false,
         }
     }
@@ -166,6 +216,7 @@ impl<'a> SlotBook<'a> {
     /// in order. Returns how many datagrams it held (0 for a failed receive, whose frames are
     /// kept for the next post). A datagram of a train that the kernel cut off for want of room
     /// is dropped as [`DropReason::TooLong`] (counted, never opened).
+    /// Its senders' counts wait for [`flush_senders`](Self::flush_senders).
     pub fn complete(
         &mut self,
         c: &Completion,
@@ -233,8 +284,12 @@ impl<'a> SlotBook<'a> {
                     metrics,
                 )
             };
-            if let (Outcome::Done(Ok(_)), Some(from)) = (&outcome, c.source) {
-                metrics.senders.record(from);
+            if let (Outcome::Done(verdict), Some(from)) = (&outcome, c.source) {
+                match verdict {
+                    Ok(_) => self.senders.add(self.lfc, from, 1, 0),
+                    Err(r) if dropped_by_sender(*r) => self.senders.add(self.lfc, from, 0, 1),
+                    Err(_) => {}
+                }
             }
             each(outcome);
         }
@@ -250,6 +305,12 @@ impl<'a> SlotBook<'a> {
                 .iter_mut()
                 .filter_map(Option::take),
         );
+    }
+
+    /// Adds the datagrams counted per sender since the last call to the LFC's sender table.
+    /// Call it after each batch of completions.
+    pub fn flush_senders(&mut self) {
+        self.senders.flush(self.lfc);
     }
 
     /// A posted slot came back without data (cancelled): its frames are abandoned.
@@ -428,6 +489,7 @@ impl<'a> SlotPump<'a> {
         for c in &self.completions[..n] {
             datagrams += self.book.complete(c, now_wall_ns, metrics, |_| {});
         }
+        self.book.flush_senders();
         Ok(Step::Received(datagrams))
     }
 
@@ -516,9 +578,11 @@ mod tests {
         let (id, regions) = posted.pop().unwrap();
         // SAFETY: the slot is posted with this test's receiver.
         unsafe { regions.scatter(&forged[..]) };
+        let shard: SocketAddr = "10.0.0.2:40000".parse().unwrap();
         let done = |slot_id| Completion {
             slot_id,
             len: DATAGRAM_LEN,
+            source: Some(shard),
             ..Completion::default()
         };
         assert!(matches!(
@@ -539,6 +603,20 @@ mod tests {
             Some(Outcome::Done(Ok(hdr)))
         );
         assert!(lfc.contains(&tag));
+        // Counted by sender once the batch is flushed; the forged one not at all (its source
+        // is anyone's to choose).
+        assert_eq!(lfc.sender_counts().installed(), 0, "not before the flush");
+        book.flush_senders();
+        let c = lfc.sender_counts();
+        assert_eq!(
+            c.senders,
+            vec![lfc::SenderCount {
+                addr: shard,
+                installed: 1,
+                dropped: 0
+            }]
+        );
+        assert_eq!((c.other_installed, c.other_dropped), (0, 0));
 
         // Everything posted comes back: the frames are abandoned, none published.
         for (id, _) in posted.drain(..) {

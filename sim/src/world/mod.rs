@@ -67,7 +67,7 @@ use backend::{build_backends, BackendNode, Pending};
 use check::TagModel;
 use net::{Conn, Packet, ToClient, REPLAY_RING};
 use prewarm::{prewarm_driver_config, PrewarmNode};
-use server::{build_shards, compute_target, Shard};
+use server::{build_shards, Shard};
 use worker::{build_workers, WorkerNode};
 
 /// Bounds that turn a hang into a liveness violation instead of an endless run.
@@ -253,20 +253,14 @@ impl<'a> World<'a> {
         }
         .open()
         .map_err(|e| crate::SimError::Setup(e.to_string()))?;
-        let mut stream_rng = Rng::stream(seed, 0x57E);
+        let stream_rng = Rng::stream(seed, 0x57E);
         // Its own stream: drawing it changes nothing else a seed draws.
         let path_mtu = if Rng::stream(seed, 0x3717).chance(0.25) {
             1500
         } else {
             0
         };
-        let shards = build_shards(
-            &cfg,
-            &source,
-            seed,
-            &compute_target(lfc, path_mtu),
-            &mut stream_rng,
-        );
+        let shards = build_shards(&cfg, &source, seed);
         let workers = build_workers(&cfg, lfc);
         daemon::register(&cfg, lfc);
         let programs = Programs::split(ops, cfg.backends);
@@ -288,6 +282,7 @@ impl<'a> World<'a> {
                 token: 0,
                 reqid: 0xFFFF << 48,
                 done: false,
+                registering: None,
             },
             tcp_last: HashMap::new(),
             model: HashMap::new(),

@@ -3,7 +3,9 @@
 //! went through the real state-file encoding and `plan`. This file only carries its Prefetch
 //! and GetPage messages and replies and turns its `Poll::Wait` into an event; no copy of its
 //! logic lives here. Prewarm runs on the cold cache before the backends start, as after a
-//! compute restart, and its end starts them.
+//! compute restart, and its end starts them. Each run first registers on every shard's
+//! connection, as `run_prewarm` does (PrefetchTarget, then PrefetchPriority): the shell's
+//! messages, built here because the real ones are sent by its blocking shell.
 //!
 //! Owns: the prewarm program, the run in progress and its configuration. Talks to the page
 //! servers only over `net`'s TCP; reads the LFC only through the driver.
@@ -11,6 +13,7 @@
 use super::check::{ReadCtx, ViolationKind};
 use super::daemon::COMPUTE_ADDR;
 use super::net::{Conn, ToClient};
+use super::server::compute_target;
 use super::{tag_key, Ev, World};
 use crate::config::START_NS;
 use crate::rng::Rng;
@@ -26,7 +29,9 @@ use udp_prefetch::compute::prewarm::driver::{
 use udp_prefetch::compute::prewarm::schedule::ScheduleConfig;
 use udp_prefetch::pageserver::source::Synthetic;
 use udp_prefetch::protocol::page::PageVerify;
-use udp_prefetch::protocol::pagestream::{Header, Request, LATEST_LSN};
+use udp_prefetch::protocol::pagestream::{
+    Header, PrefetchPriority, PrefetchTarget, Request, LATEST_LSN,
+};
 
 pub(super) struct PrewarmNode {
     pub(super) program: VecDeque<(u16, u8)>,
@@ -38,6 +43,18 @@ pub(super) struct PrewarmNode {
     pub(super) token: u64,
     pub(super) reqid: u64,
     pub(super) done: bool,
+    /// A run whose PrefetchTargets are not all answered yet: its driver starts on the last.
+    pub(super) registering: Option<Registering>,
+}
+
+/// What `run_prewarm` has before its drivers start: the plan, the relations' sizes, the
+/// configuration with the daemon's port, and the shards whose PrefetchTarget is unanswered.
+pub(super) struct Registering {
+    pages: Vec<BufferTag>,
+    sizes: HashMap<RelTag, Option<u32>>,
+    config: DriverConfig,
+    started_ns: u64,
+    awaiting: usize,
 }
 
 /// Prewarm's configuration: the real schedule defaults, with the first timeout, the attempts
@@ -118,7 +135,9 @@ impl World<'_> {
     }
 
     /// `run_prewarm`'s start: the relations' sizes (asked of shard 0, as the real one asks),
-    /// the daemon's port, then the driver.
+    /// the daemon's port, then, with a port, its registration on every shard's connection
+    /// (`register_shard`: PrefetchTarget, then the run's background priority); the driver
+    /// starts once every target is answered (`prewarm_registered`), at once without a port.
     fn start_prewarm_driver(&mut self, pages: Vec<BufferTag>) {
         let sizes: HashMap<RelTag, Option<u32>> = prewarm::driver::relations(&pages)
             .into_iter()
@@ -131,7 +150,74 @@ impl World<'_> {
             udp_port: prewarm::driver::udp_port(self.prewarm_config.udp_port, self.lfc, self.now),
             ..self.prewarm_config
         };
-        let driver = PrewarmDriver::new(config, pages, &sizes, self.lfc, self.now, self.now);
+        let run = Registering {
+            pages,
+            sizes,
+            config,
+            started_ns: self.now,
+            awaiting: self.shards.len(),
+        };
+        let Some(udp_port) = config.udp_port else {
+            return self.begin_prewarm_driver(run);
+        };
+        for shard in 0..self.shards.len() {
+            let hdr = Header {
+                reqid: self.next_reqid(Conn::Prewarm),
+                ..Header::default()
+            };
+            let target = PrefetchTarget {
+                udp_port,
+                ..compute_target(self.lfc, self.path_mtu)
+            };
+            self.send_to_server(
+                Conn::Prewarm,
+                shard,
+                Request::PrefetchTarget { hdr, target },
+            );
+            let hdr = Header {
+                reqid: self.next_reqid(Conn::Prewarm),
+                ..Header::default()
+            };
+            let priority = PrefetchPriority::Background;
+            self.send_to_server(
+                Conn::Prewarm,
+                shard,
+                Request::PrefetchPriority { hdr, priority },
+            );
+        }
+        self.prewarm.registering = Some(run);
+    }
+
+    /// A shard answered prewarm's PrefetchTarget: after the last one, the driver starts.
+    fn prewarm_registered(&mut self) {
+        let Some(run) = self.prewarm.registering.as_mut() else {
+            return self.violate(
+                ViolationKind::Liveness,
+                "prewarm: a PrefetchTarget answered that it did not send".into(),
+            );
+        };
+        run.awaiting -= 1;
+        if run.awaiting > 0 {
+            return;
+        }
+        let run = self.prewarm.registering.take().expect("registering");
+        self.begin_prewarm_driver(run);
+        let (lfc, now) = (self.lfc, self.now);
+        if let Some(poll) = self.prewarm.run.as_mut().map(|d| d.step(lfc, now)) {
+            self.prewarm_poll(poll);
+        }
+    }
+
+    /// The run's driver, checked against the model's idea of which pages exist.
+    fn begin_prewarm_driver(&mut self, run: Registering) {
+        let driver = PrewarmDriver::new(
+            run.config,
+            run.pages,
+            &run.sizes,
+            self.lfc,
+            run.started_ns,
+            self.now,
+        );
         for (i, tag) in driver.pages().iter().enumerate() {
             if driver.exists(i) != self.exists(tag) {
                 let e = driver.exists(i);
@@ -149,7 +235,8 @@ impl World<'_> {
 
     /// A `Poll::Wait` of the driver is over (or the next prewarm of the program starts).
     pub(super) fn prewarm_tick(&mut self) {
-        if self.prewarm.done {
+        // A run still registering starts on its last PrefetchTarget answer.
+        if self.prewarm.done || self.prewarm.registering.is_some() {
             return;
         }
         if self.prewarm.run.is_none() {
@@ -251,8 +338,10 @@ impl World<'_> {
 
     /// A GetPage reply: checked, then handed to the driver (which installs it).
     pub(super) fn prewarm_reply(&mut self, msg: ToClient) {
-        let ToClient::Page { tag, result } = msg else {
-            return;
+        let (tag, result) = match msg {
+            ToClient::Page { tag, result } => (tag, result),
+            ToClient::TargetSet { .. } => return self.prewarm_registered(),
+            ToClient::PutDone => return,
         };
         let (lfc, now) = (self.lfc, self.now);
         let min_lsn = self.prewarm.min_lsn.remove(&tag).unwrap_or(0);

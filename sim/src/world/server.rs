@@ -22,7 +22,7 @@ use super::check::ViolationKind;
 use super::daemon::COMPUTE_ADDR;
 use super::net::{Conn, ToClient};
 use super::{tag_key, Ev, World};
-use crate::config::{LinkFaults, SimConfig, START_NS};
+use crate::config::{LinkFaults, SimConfig};
 use crate::rng::Rng;
 use crate::trace::Kind;
 use lfc::{BufferTag, Lfc};
@@ -40,9 +40,7 @@ use udp_prefetch::pageserver::stats::ServerStats;
 use udp_prefetch::pageserver::store::PageStore;
 use udp_prefetch::pageserver::ServerConfig;
 use udp_prefetch::protocol::page::{page_lsn, synthetic_page};
-use udp_prefetch::protocol::pagestream::{
-    Header, PrefetchPriority, PrefetchTarget, Request, Response,
-};
+use udp_prefetch::protocol::pagestream::{PrefetchTarget, Request, Response};
 use workers::datagram::{Protection, STREAM_ID_LEN};
 
 pub(super) enum SenderState {
@@ -103,19 +101,11 @@ fn next_stream_id(rng: &mut Rng) -> Result<[u8; STREAM_ID_LEN], Infallible> {
 }
 
 /// The shards, each with a session per connection (`connections`: the backends and prewarm).
-/// Every session starts registered with the compute's target, as if its connection had sent
-/// PrefetchTarget before anything else: the real prewarm does so before its run, and a backend
-/// with several shards registers on each shard's connection (the driver's own PrefetchTarget,
-/// sent on shard 0, goes through the session again when it arrives). Prewarm's connection then
-/// asks for background priority, as `prewarm run` does by default, so the senders rank it
-/// below the backends'.
-pub(super) fn build_shards(
-    cfg: &SimConfig,
-    source: &Arc<dyn PageSource>,
-    seed: u64,
-    target: &PrefetchTarget,
-    stream_rng: &mut Rng,
-) -> Vec<Shard> {
+/// Every session starts as the real one does, without a target: each connection registers
+/// through its own PrefetchTarget, as the real compute sends it (a backend's from its shard's
+/// driver, `Transmit::Target`; prewarm's before its run, `World::start_prewarm_driver`), and
+/// a Prefetch before one is dropped as the real server drops it.
+pub(super) fn build_shards(cfg: &SimConfig, source: &Arc<dyn PageSource>, seed: u64) -> Vec<Shard> {
     // The real server's defaults: the sim runs the server as shipped.
     let server = ServerConfig::default();
     let connections = cfg.backends + 1;
@@ -130,21 +120,9 @@ pub(super) fn build_shards(
                     .expect("shard numbers run below the count"),
             };
             let stats = ServerStats::default();
+            let peer_ip = IpAddr::V4(Ipv4Addr::from(COMPUTE_ADDR.0));
             let sessions = (0..connections)
-                .map(|c| {
-                    let priority = match Conn::from_index(c, cfg.backends) {
-                        Conn::Prewarm => PrefetchPriority::Background,
-                        Conn::Backend(_) => PrefetchPriority::Foreground,
-                    };
-                    registered_session(
-                        c as u64,
-                        session_config,
-                        target,
-                        priority,
-                        &stats,
-                        stream_rng,
-                    )
-                })
+                .map(|c| Session::new(c as u64, Some(peer_ip), session_config))
                 .collect();
             Shard {
                 store: Arc::new(PageStore::new(
@@ -175,41 +153,6 @@ pub(super) fn build_shards(
         .collect()
 }
 
-/// Connection `conn`'s session, after the PrefetchTarget its connection sent first.
-fn registered_session(
-    conn: u64,
-    config: SessionConfig,
-    target: &PrefetchTarget,
-    priority: PrefetchPriority,
-    stats: &ServerStats,
-    stream_rng: &mut Rng,
-) -> Session {
-    let peer_ip = IpAddr::V4(Ipv4Addr::from(COMPUTE_ADDR.0));
-    let mut session = Session::new(conn, Some(peer_ip), config);
-    let req = Request::PrefetchTarget {
-        hdr: Header::default(),
-        target: target.clone(),
-    };
-    let routed = session.route(req, START_NS, stats, || next_stream_id(stream_rng));
-    assert!(
-        matches!(routed, Routed::Respond(_)),
-        "PrefetchTarget is answered"
-    );
-    assert!(session.target().is_some(), "the compute's target registers");
-    if priority != PrefetchPriority::Foreground {
-        let req = Request::PrefetchPriority {
-            hdr: Header::default(),
-            priority,
-        };
-        let routed = session.route(req, START_NS, stats, || next_stream_id(stream_rng));
-        assert!(
-            matches!(routed, Routed::Respond(_)),
-            "PrefetchPriority is answered"
-        );
-    }
-    session
-}
-
 impl World<'_> {
     /// The connection's reader thread: the request goes through the connection's real
     /// `Session` as it arrives. A Prefetch is queued for the senders at once; anything with a
@@ -219,6 +162,15 @@ impl World<'_> {
         let now = self.now;
         let stream_rng = &mut self.stream_rng;
         let sh = &mut self.shards[shard];
+        // What a dropped Prefetch asked for, for the trace (`route` takes the request).
+        let dropped = match &req {
+            Request::Prefetch {
+                first_blkno,
+                nblocks,
+                ..
+            } => (u64::from(*first_blkno), u64::from(*nblocks)),
+            _ => (0, 0),
+        };
         let routed = sh.sessions[c].route(req, now, &sh.stats, || next_stream_id(stream_rng));
         let (first, n, pushed) = match routed {
             Routed::Prefetch {
@@ -233,8 +185,18 @@ impl World<'_> {
                 let pushed = sh.sched.push(dest, hdr, rel, first_blkno, n, due_ns);
                 (first_blkno, nblocks, pushed.is_ok())
             }
-            // Every simulated session is registered (`build_shards`).
-            Routed::Dropped => unreachable!("a Prefetch before any PrefetchTarget"),
+            // No target registered on this connection: the session counted it, and nothing
+            // is answered, as `conn.rs` does. A simulated connection never reconnects, so
+            // its compute sent a Prefetch before its PrefetchTarget: a registration bug.
+            Routed::Dropped => {
+                let (first, n) = dropped;
+                self.rec(Kind::PrefetchWithoutTarget, shard as u64, first, n);
+                let msg = format!(
+                    "{conn:?} sent shard {shard} a Prefetch of {n} pages from block {first} \
+                     before any PrefetchTarget"
+                );
+                return self.violate(ViolationKind::Liveness, msg);
+            }
             Routed::Respond(work) => {
                 let r = &mut sh.responders[c];
                 let due = work.due_ns().max(r.busy_until);
@@ -336,6 +298,10 @@ impl World<'_> {
             (None, Response::PrefetchTarget { .. }) => {
                 self.send_to_client(conn, shard, ToClient::TargetSet { shard })
             }
+            // Only prewarm asks for a priority, right after its PrefetchTarget on the same
+            // connection: the reader applied it on arrival, before any of the run's prefetches,
+            // and the run starts on the target's answer, which comes just before this one.
+            (None, Response::PrefetchPriority { .. }) => {}
             (_, other) => {
                 let msg = format!("shard {shard}: request {req:?} failed: {other:?}");
                 self.violate(ViolationKind::Liveness, msg);
