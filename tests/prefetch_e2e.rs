@@ -15,16 +15,15 @@ use udp_prefetch::protocol::pagestream::LATEST_LSN;
 use workers::datagram::{DatagramHeader, DatagramKey, Protection, DATAGRAM_LEN};
 
 fn scan(server: &ServerProc, lfc: &std::path::Path, mode: &str, port: u16) -> serde_json::Value {
-    let out = scan_command(server, lfc, mode)
-        .args(["--distance", "64", "--prefetch-port", &port.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scan {mode}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("scan --json output: {e}"))
+    common::json_ok(
+        scan_command(server, lfc, mode).args([
+            "--distance",
+            "64",
+            "--prefetch-port",
+            &port.to_string(),
+        ]),
+        &format!("scan {mode}"),
+    )
 }
 
 fn scan_three_modes_with(io: &str) {

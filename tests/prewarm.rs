@@ -11,29 +11,26 @@ use udp_prefetch::protocol::page::{is_synthetic_page, page_lsn, synthetic_page};
 
 const PAGES: u32 = 2000;
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("RUST_LOG", "warn");
+    cmd
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+fn run(args: &[&str]) -> std::process::Output {
+    command(args).output().unwrap()
+}
+
+/// The JSON report of `udp-prefetch ARGS`, which must succeed.
+fn json(args: &[&str]) -> serde_json::Value {
+    common::json_ok(&mut command(args), &args.join(" "))
 }
 
 /// `prewarm run --json` of `source` (`["--state", FILE]` or `["--relation", REL]`) into `lfc`
 /// from `server`, with prefetches to `port`; its JSON report.
 fn prewarm_json(lfc: &Path, source: [&str; 2], server: &str, port: u16) -> serde_json::Value {
     let port = port.to_string();
-    json(&run(&[
+    json(&[
         "prewarm",
         "run",
         "--lfc",
@@ -45,7 +42,7 @@ fn prewarm_json(lfc: &Path, source: [&str; 2], server: &str, port: u16) -> serde
         "--prefetch-port",
         &port,
         "--json",
-    ]))
+    ])
 }
 
 /// Warms an LFC with a UDP scan and saves its state; returns the state path.
@@ -53,7 +50,7 @@ fn warm_and_save(dir: &Path, server: &ServerProc) -> std::path::PathBuf {
     let lfc = dir.join("lfc");
     let workers = WorkersProc::start(&lfc, &["--size", "32MiB"]);
     let port = workers.udp_port.to_string();
-    let scan = json(&run(&[
+    let scan = json(&[
         "scan",
         "--server",
         &server.addr,
@@ -66,21 +63,19 @@ fn warm_and_save(dir: &Path, server: &ServerProc) -> std::path::PathBuf {
         "--prefetch-port",
         &port,
         "--json",
-    ]));
+    ]);
     assert_eq!(scan["verified"], PAGES);
     let state = dir.join("state");
-    let out = run(&[
-        "prewarm",
-        "save",
-        "--lfc",
-        lfc.to_str().unwrap(),
-        "--out",
-        state.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::output_ok(
+        &mut command(&[
+            "prewarm",
+            "save",
+            "--lfc",
+            lfc.to_str().unwrap(),
+            "--out",
+            state.to_str().unwrap(),
+        ]),
+        "prewarm save",
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("saved {PAGES} pages")));
     drop(workers);
@@ -336,7 +331,12 @@ fn against_a_server_without_priorities_prewarm_carries_on_at_foreground() {
         &workers.udp_port.to_string(),
         "--json",
     ]);
-    let report = json(&out);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = common::json_of(&out, "prewarm run");
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(report["present"], 300, "{report}");
     assert!(
