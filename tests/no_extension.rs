@@ -60,14 +60,10 @@ fn setup() -> Setup {
 
 #[test]
 fn a_udp_scan_reads_every_page_by_tcp_pipelining_after_one_refused_message() {
-    let Setup {
-        server,
-        workers,
-        lfc,
-        _dir,
-    } = setup();
+    let s = setup();
     let r = common::json_ok(
-        scan_command(&server, &lfc, "udp").args(["--prefetch-port", &workers.udp_port.to_string()]),
+        scan_command(&s.server, &s.lfc, "udp")
+            .args(["--prefetch-port", &s.workers.udp_port.to_string()]),
         "scan",
     );
     common::assert_every_page_verified(&r, PAGES);
@@ -80,34 +76,29 @@ fn a_udp_scan_reads_every_page_by_tcp_pipelining_after_one_refused_message() {
     let log = r["udp_state_log"].to_string();
     assert!(log.contains("does not support UDP prefetch"), "{log}");
     // One extension message reached the server (the PrefetchTarget), refused; none after it.
-    assert_eq!(extension_counts(&server), (1.0, 0.0, 0.0));
+    assert_eq!(extension_counts(&s.server), (1.0, 0.0, 0.0));
 }
 
 #[test]
 fn a_prewarm_completes_over_tcp_after_one_refused_message() {
-    let Setup {
-        server,
-        workers,
-        lfc,
-        _dir,
-    } = setup();
+    let s = setup();
     let out = common::output_ok(
         Command::new(BIN)
             .args(["prewarm", "run", "--lfc"])
-            .arg(&lfc)
-            .args(["--relation", REL, "--server", &server.addr])
-            .args(["--prefetch-port", &workers.udp_port.to_string(), "--json"])
+            .arg(&s.lfc)
+            .args(["--relation", REL, "--server", &s.server.addr])
+            .args(["--prefetch-port", &s.workers.udp_port.to_string(), "--json"])
             .env("RUST_LOG", "warn"),
         "prewarm run",
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("does not support UDP prefetch"), "{stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = common::json_of(&out, "prewarm run");
     assert_eq!(r["complete"], true, "{r}");
     assert_eq!(r["present"], PAGES, "{r}");
     assert_eq!(r["failed_verification"], 0, "{r}");
     assert_eq!(r["via_tcp"], PAGES, "{r}");
-    assert_eq!(extension_counts(&server), (1.0, 0.0, 0.0));
+    assert_eq!(extension_counts(&s.server), (1.0, 0.0, 0.0));
 }
 
 /// The client's view of the refusal over a real connection: the pagestream is resumed on the

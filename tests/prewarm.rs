@@ -17,8 +17,11 @@ fn command(args: &[&str]) -> Command {
     cmd
 }
 
-fn run(args: &[&str]) -> std::process::Output {
-    command(args).output().unwrap()
+/// `udp-prefetch prewarm SUB --lfc LFC REST…`.
+fn prewarm(sub: &str, lfc: &Path, rest: &[&str]) -> Command {
+    let mut cmd = command(&["prewarm", sub, "--lfc"]);
+    cmd.arg(lfc).args(rest);
+    cmd
 }
 
 /// The JSON report of `udp-prefetch ARGS`, which must succeed.
@@ -30,19 +33,22 @@ fn json(args: &[&str]) -> serde_json::Value {
 /// from `server`, with prefetches to `port`; its JSON report.
 fn prewarm_json(lfc: &Path, source: [&str; 2], server: &str, port: u16) -> serde_json::Value {
     let port = port.to_string();
-    json(&[
-        "prewarm",
-        "run",
-        "--lfc",
-        lfc.to_str().unwrap(),
-        source[0],
-        source[1],
-        "--server",
-        server,
-        "--prefetch-port",
-        &port,
-        "--json",
-    ])
+    common::json_ok(
+        &mut prewarm(
+            "run",
+            lfc,
+            &[
+                source[0],
+                source[1],
+                "--server",
+                server,
+                "--prefetch-port",
+                &port,
+                "--json",
+            ],
+        ),
+        "prewarm run",
+    )
 }
 
 /// Warms an LFC with a UDP scan and saves its state; returns the state path.
@@ -67,14 +73,7 @@ fn warm_and_save(dir: &Path, server: &ServerProc) -> std::path::PathBuf {
     assert_eq!(scan["verified"], PAGES);
     let state = dir.join("state");
     let out = common::output_ok(
-        &mut command(&[
-            "prewarm",
-            "save",
-            "--lfc",
-            lfc.to_str().unwrap(),
-            "--out",
-            state.to_str().unwrap(),
-        ]),
+        &mut prewarm("save", &lfc, &["--out", state.to_str().unwrap()]),
         "prewarm save",
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("saved {PAGES} pages")));
@@ -223,16 +222,13 @@ fn bad_state_files_and_unreachable_servers_are_clear_errors() {
     for (name, bytes, expect) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        let out = run(&[
-            "prewarm",
+        let out = prewarm(
             "run",
-            "--lfc",
-            lfc.to_str().unwrap(),
-            "--state",
-            path.to_str().unwrap(),
-            "--server",
-            "127.0.0.1:1",
-        ]);
+            &lfc,
+            &["--state", path.to_str().unwrap(), "--server", "127.0.0.1:1"],
+        )
+        .output()
+        .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
         assert!(stderr.contains(expect), "{name}: {stderr}");
@@ -241,26 +237,23 @@ fn bad_state_files_and_unreachable_servers_are_clear_errors() {
     let good_path = dir.path().join("good");
     std::fs::write(&good_path, &good).unwrap();
     // Nothing listens on port 1: a connection error, exit 1.
-    let out = run(&[
-        "prewarm",
+    let out = prewarm(
         "run",
-        "--lfc",
-        lfc.to_str().unwrap(),
-        "--state",
-        good_path.to_str().unwrap(),
-        "--server",
-        "127.0.0.1:1",
-    ]);
+        &lfc,
+        &[
+            "--state",
+            good_path.to_str().unwrap(),
+            "--server",
+            "127.0.0.1:1",
+        ],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
-    let out = run(&[
-        "prewarm",
-        "save",
-        "--lfc",
-        dir.path().join("missing").to_str().unwrap(),
-        "--out",
-        "/dev/null",
-    ]);
+    let out = prewarm("save", &dir.path().join("missing"), &["--out", "/dev/null"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -318,19 +311,21 @@ fn against_a_server_without_priorities_prewarm_carries_on_at_foreground() {
     let old = server_without_priority(&server.addr);
     let lfc = dir.path().join("lfc");
     let workers = WorkersProc::start(&lfc, &["--size", "8MiB"]);
-    let out = run(&[
-        "prewarm",
+    let out = prewarm(
         "run",
-        "--lfc",
-        lfc.to_str().unwrap(),
-        "--relation",
-        "1663/5/16384/0",
-        "--server",
-        &old,
-        "--prefetch-port",
-        &workers.udp_port.to_string(),
-        "--json",
-    ]);
+        &lfc,
+        &[
+            "--relation",
+            "1663/5/16384/0",
+            "--server",
+            &old,
+            "--prefetch-port",
+            &workers.udp_port.to_string(),
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -42,22 +42,18 @@ fn compile_scan(out_dir: &Path) -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let libs = lib_dir();
     let exe = out_dir.join("scan");
-    let out = Command::new("cc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I"])
-        .arg(manifest.join("include"))
-        .arg(manifest.join("tests/c/scan.c"))
-        .arg("-L")
-        .arg(&libs)
-        .arg("-ludp_prefetch_c")
-        .arg(format!("-Wl,-rpath,{}", libs.display()))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("run cc (the system C compiler)");
-    assert!(
-        out.status.success(),
-        "cc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    common::output_ok(
+        Command::new("cc")
+            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-I"])
+            .arg(manifest.join("include"))
+            .arg(manifest.join("tests/c/scan.c"))
+            .arg("-L")
+            .arg(&libs)
+            .arg("-ludp_prefetch_c")
+            .arg(format!("-Wl,-rpath,{}", libs.display()))
+            .arg("-o")
+            .arg(&exe),
+        "cc (the system C compiler)",
     );
     exe
 }

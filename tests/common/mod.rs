@@ -426,7 +426,8 @@ pub fn wait_with_limit(mut child: Child, limit: Duration) -> Finished {
     }
 }
 
-/// The JSON report of a `scan --json` that exited 0 (`what` names it in failures).
+/// The JSON report of a `scan --json` (or another `--json` command) that exited 0 (`what`
+/// names it in failures).
 pub fn report(what: &str, done: &Finished) -> serde_json::Value {
     assert!(
         done.status.is_some(),
