@@ -10,7 +10,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -199,7 +199,12 @@ fn two_c_backends_at_once_share_one_lfc_and_each_page_enters_it_once() {
         let mut line = String::new();
         out.read_line(&mut line)
             .expect("read the C backend's output");
-        assert_eq!(line, "opened\n", "the C backend did not open its handle");
+        if line != "opened\n" {
+            // It could not open its handle and exited: its stderr says why.
+            let mut why = String::new();
+            let _ = child.stderr.take().expect("piped").read_to_string(&mut why);
+            panic!("the C backend did not open its handle: {line:?} {why}");
+        }
         // It writes nothing more until it is told to scan, so the reader holds nothing else.
         child.stdout = Some(out.into_inner());
     }
