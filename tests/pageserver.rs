@@ -352,12 +352,15 @@ fn sigterm_stops_the_server_cleanly() {
 
 #[test]
 fn bad_flags_exit_with_status_2() {
-    let out = std::process::Command::new(common::BIN)
-        .args(["pageserver", "--source", "synthetic:rels=0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("rels must be"));
+    common::fails_with(
+        std::process::Command::new(common::BIN).args([
+            "pageserver",
+            "--source",
+            "synthetic:rels=0",
+        ]),
+        2,
+        "rels must be",
+    );
     let out = std::process::Command::new(common::BIN)
         .args([
             "pageserver",

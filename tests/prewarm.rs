@@ -222,35 +222,34 @@ fn bad_state_files_and_unreachable_servers_are_clear_errors() {
     for (name, bytes, expect) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        let out = prewarm(
-            "run",
-            &lfc,
-            &["--state", path.to_str().unwrap(), "--server", "127.0.0.1:1"],
-        )
-        .output()
-        .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
-        assert!(stderr.contains(expect), "{name}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        eprintln!("state file {name}");
+        common::fails_with(
+            &mut prewarm(
+                "run",
+                &lfc,
+                &["--state", path.to_str().unwrap(), "--server", "127.0.0.1:1"],
+            ),
+            2,
+            expect,
+        );
     }
     let good_path = dir.path().join("good");
     std::fs::write(&good_path, &good).unwrap();
     // Nothing listens on port 1: a connection error, exit 1.
-    let out = prewarm(
-        "run",
-        &lfc,
-        &[
-            "--state",
-            good_path.to_str().unwrap(),
-            "--server",
-            "127.0.0.1:1",
-        ],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+    common::fails_with(
+        &mut prewarm(
+            "run",
+            &lfc,
+            &[
+                "--state",
+                good_path.to_str().unwrap(),
+                "--server",
+                "127.0.0.1:1",
+            ],
+        ),
+        1,
+        "cannot connect",
+    );
     let out = prewarm("save", &dir.path().join("missing"), &["--out", "/dev/null"])
         .output()
         .unwrap();

@@ -185,15 +185,15 @@ fn a_certificate_the_client_cannot_verify_is_refused_clearly() {
         "{text}"
     );
     // The CLI says it too, and exits 1.
-    let out = std::process::Command::new(common::BIN)
-        .args(["getpage", "--server", &server.addr, "--rel"])
-        .arg(common::REL)
-        .args(["--blk", "0", "--tls-ca"])
-        .arg(&named.ca)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("certificate"));
+    common::fails_with(
+        std::process::Command::new(common::BIN)
+            .args(["getpage", "--server", &server.addr, "--rel"])
+            .arg(common::REL)
+            .args(["--blk", "0", "--tls-ca"])
+            .arg(&named.ca),
+        1,
+        "certificate",
+    );
 }
 
 #[test]
@@ -224,20 +224,19 @@ fn tls_required_refuses_plaintext_and_tls_to_a_plain_server_is_refused() {
 
 #[test]
 fn tls_flags_are_checked_at_start() {
-    let out = std::process::Command::new(common::BIN)
-        .args(["pageserver", "--tls-cert", "/nonexistent.pem", "--tls-key"])
-        .arg("/nonexistent.key")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pem"));
+    common::fails_with(
+        std::process::Command::new(common::BIN)
+            .args(["pageserver", "--tls-cert", "/nonexistent.pem", "--tls-key"])
+            .arg("/nonexistent.key"),
+        2,
+        "/nonexistent.pem",
+    );
     // --tls-required without a certificate would refuse everyone.
-    let out = std::process::Command::new(common::BIN)
-        .args(["pageserver", "--tls-required"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
+    common::fails_with(
+        std::process::Command::new(common::BIN).args(["pageserver", "--tls-required"]),
+        2,
+        "--tls-cert",
+    );
 }
 
 #[test]

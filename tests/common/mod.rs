@@ -493,6 +493,17 @@ pub fn output_ok(cmd: &mut Command, what: &str) -> std::process::Output {
     out
 }
 
+/// Runs `cmd`, which must fail with exit status `code` and a stderr that contains `says` (and
+/// no panic); returns that stderr.
+pub fn fails_with(cmd: &mut Command, code: i32, says: &str) -> String {
+    let out = cmd.output().expect("run the command");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(says), "{says:?} not in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
 /// Runs a `scan --json` (or another command printing one JSON document first) that must exit
 /// 0, and returns that document.
 pub fn json_ok(cmd: &mut Command, what: &str) -> serde_json::Value {
