@@ -45,13 +45,18 @@ fn reap(child: &mut Child) {
     }
 }
 
-/// Spawns `cmd` (a `udp-prefetch <what>` server) with its output piped and waits for its ready
-/// line, `udp-prefetch <what> listening on …`; returns the child and the rest of that line.
+/// Spawns `cmd` (a `udp-prefetch <what>` server) logging warnings to the test's stderr, and
+/// waits for its ready line (see [`spawn_ready_as_set`]).
 fn spawn_ready(cmd: &mut Command, what: &str) -> (Child, String) {
+    spawn_ready_as_set(cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit()), what)
+}
+
+/// Spawns `cmd` (a `udp-prefetch <what>` server; its log level and stderr as the caller set
+/// them) with stdout piped, and waits for its ready line, `udp-prefetch <what> listening on …`;
+/// returns the child (stdout taken) and the rest of that line.
+pub fn spawn_ready_as_set(cmd: &mut Command, what: &str) -> (Child, String) {
     let mut child = cmd
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn udp-prefetch {what}: {e}"));
     let stdout = child.stdout.take().expect("piped stdout");
