@@ -6,7 +6,7 @@
 mod common;
 
 use common::{ServerProc, BIN, REL};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -134,23 +134,15 @@ fn servers_listen_on_names_and_clients_connect_by_name() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     // A listen flag takes a name too (port 0: the ready line names the port chosen).
-    let mut child = Command::new(BIN)
-        .args(["pageserver", "--listen", "localhost:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (mut child, addr) = common::spawn_ready_as_set(
+        Command::new(BIN)
+            .args(["pageserver", "--listen", "localhost:0"])
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped()),
+        "pageserver",
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("udp-prefetch pageserver listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"));
     let addr: std::net::SocketAddr = addr.parse().unwrap();
     assert!(addr.ip().is_loopback(), "{addr}");
 
@@ -316,27 +308,19 @@ fn getpage_json_names_the_verdict_in_snake_case() {
 fn daemon_log(extra: &[&str], env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let lfc = dir.path().join("lfc");
-    let mut child = Command::new(BIN)
-        .arg("workers")
-        .arg("--lfc")
-        .arg(&lfc)
-        .args(["--size", "4MiB", "--listen", "127.0.0.1:0", "--no-prefault"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .env_remove("NO_COLOR")
-        .env_remove("UDPF_LOG_FORMAT")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.starts_with("udp-prefetch workers listening on"),
-        "{line:?}"
+    let (child, _) = common::spawn_ready_as_set(
+        Command::new(BIN)
+            .arg("workers")
+            .arg("--lfc")
+            .arg(&lfc)
+            .args(["--size", "4MiB", "--listen", "127.0.0.1:0", "--no-prefault"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env_remove("NO_COLOR")
+            .env_remove("UDPF_LOG_FORMAT")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped()),
+        "workers",
     );
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();

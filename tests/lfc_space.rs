@@ -43,15 +43,11 @@ fn workers_refuse_an_lfc_larger_than_its_tmpfs() {
         .prefix("udpf-tmpfs-")
         .tempdir()
         .unwrap();
-    let out = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mount: {}",
-        String::from_utf8_lossy(&out.stderr)
+    common::output_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(dir.path()),
+        "mount",
     );
     let fs = Tmpfs { dir };
     let lfc = fs.dir.path().join("w.lfc");

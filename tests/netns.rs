@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{required, run_with_limit, scan_rel_command, Finished, ServerProc, WorkersProc, BIN};
+use common::{required, run_with_limit, scan_rel_command, ServerProc, WorkersProc, BIN};
 use std::process::Command;
 use std::time::Duration;
 use udp_prefetch::bench::twohost::{TwoHosts, COMPUTE_ADDR, SERVER_ADDR};
@@ -38,18 +38,6 @@ fn hosts(mtu: u32) -> Option<TwoHosts> {
 
 fn rel(i: usize) -> String {
     format!("1663/5/{}/0", 16384 + i)
-}
-
-fn json_of(what: &str, done: &Finished) -> serde_json::Value {
-    assert!(
-        done.status.is_some(),
-        "{what}: still running after {:.0} s, killed; stderr: {}",
-        done.elapsed.as_secs_f64(),
-        done.stderr
-    );
-    assert_eq!(done.code(), Some(0), "{what}: stderr: {}", done.stderr);
-    serde_json::from_str(&done.stdout)
-        .unwrap_or_else(|e| panic!("{what}: --json output: {e}: {:?}", done.stdout))
 }
 
 fn udp_scan(server: &ServerProc, lfc: &std::path::Path, rel: &str) -> Command {
@@ -98,7 +86,7 @@ fn scans_and_prewarm_complete_verified(mtu: u32) {
         let done = hosts
             .in_compute(|| run_with_limit(&mut udp_scan(&server, &lfc, &scanned), LIMIT))
             .unwrap();
-        let r = json_of(&what, &done);
+        let r = common::report(&what, &done);
         assert_scan_verified(&format!("scan at {what}"), &r);
         if loss == 0 {
             let after = hosts.in_compute(|| workers.scrape()).unwrap();
@@ -135,14 +123,14 @@ fn scans_and_prewarm_complete_verified(mtu: u32) {
                 )
             })
             .unwrap();
-        let report = json_of(&format!("prewarm at {what}"), &done);
+        let report = common::report(&format!("prewarm at {what}"), &done);
         assert_eq!(report["complete"], true, "prewarm at {what}: {report}");
         assert_eq!(report["present"], PAGES, "prewarm at {what}: {report}");
         // The prewarmed pages are read back from the LFC and verified, whichever way they came.
         let done = hosts
             .in_compute(|| run_with_limit(&mut udp_scan(&server, &lfc, &warmed), LIMIT))
             .unwrap();
-        let r = json_of(&what, &done);
+        let r = common::report(&what, &done);
         assert_scan_verified(&format!("scan of the prewarmed relation at {what}"), &r);
         assert_eq!(
             r["hits"], PAGES,

@@ -38,25 +38,35 @@ fn extension_counts(server: &ServerProc) -> (f64, f64, f64) {
     (refused, served("prefetch_target"), served("prefetch"))
 }
 
-#[test]
-fn a_udp_scan_reads_every_page_by_tcp_pipelining_after_one_refused_message() {
+/// What each test starts: a server without the extension, and a worker daemon on a new LFC in
+/// a temporary directory.
+struct Setup {
+    server: ServerProc,
+    workers: WorkersProc,
+    lfc: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let lfc = dir.path().join("lfc");
-    let server = server();
-    let workers = WorkersProc::start(&lfc, &["--size", "64MiB", "--threads", "1"]);
-    let out = scan_command(&server, &lfc, "udp")
-        .args(["--prefetch-port", &workers.udp_port.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    Setup {
+        server: server(),
+        workers: WorkersProc::start(&lfc, &["--size", "64MiB", "--threads", "1"]),
+        lfc,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_udp_scan_reads_every_page_by_tcp_pipelining_after_one_refused_message() {
+    let s = setup();
+    let r = common::json_ok(
+        scan_command(&s.server, &s.lfc, "udp")
+            .args(["--prefetch-port", &s.workers.udp_port.to_string()]),
+        "scan",
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["pages"], PAGES, "{r}");
-    assert_eq!(r["verified"], PAGES, "{r}");
-    assert_eq!(r["failed"], 0, "{r}");
+    common::assert_every_page_verified(&r, PAGES);
     assert_eq!(r["prefetched"], 0, "no page requested by UDP: {r}");
     assert_eq!(r["wait_timeouts"], 0, "no read waited for UDP: {r}");
     assert!(
@@ -66,32 +76,29 @@ fn a_udp_scan_reads_every_page_by_tcp_pipelining_after_one_refused_message() {
     let log = r["udp_state_log"].to_string();
     assert!(log.contains("does not support UDP prefetch"), "{log}");
     // One extension message reached the server (the PrefetchTarget), refused; none after it.
-    assert_eq!(extension_counts(&server), (1.0, 0.0, 0.0));
+    assert_eq!(extension_counts(&s.server), (1.0, 0.0, 0.0));
 }
 
 #[test]
 fn a_prewarm_completes_over_tcp_after_one_refused_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let lfc = dir.path().join("lfc");
-    let server = server();
-    let workers = WorkersProc::start(&lfc, &["--size", "64MiB", "--threads", "1"]);
-    let out = Command::new(BIN)
-        .args(["prewarm", "run", "--lfc"])
-        .arg(&lfc)
-        .args(["--relation", REL, "--server", &server.addr])
-        .args(["--prefetch-port", &workers.udp_port.to_string(), "--json"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let s = setup();
+    let out = common::output_ok(
+        Command::new(BIN)
+            .args(["prewarm", "run", "--lfc"])
+            .arg(&s.lfc)
+            .args(["--relation", REL, "--server", &s.server.addr])
+            .args(["--prefetch-port", &s.workers.udp_port.to_string(), "--json"])
+            .env("RUST_LOG", "warn"),
+        "prewarm run",
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("does not support UDP prefetch"), "{stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = common::json_of(&out, "prewarm run");
     assert_eq!(r["complete"], true, "{r}");
     assert_eq!(r["present"], PAGES, "{r}");
     assert_eq!(r["failed_verification"], 0, "{r}");
     assert_eq!(r["via_tcp"], PAGES, "{r}");
-    assert_eq!(extension_counts(&server), (1.0, 0.0, 0.0));
+    assert_eq!(extension_counts(&s.server), (1.0, 0.0, 0.0));
 }
 
 /// The client's view of the refusal over a real connection: the pagestream is resumed on the

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{have_command, required, ServerProc};
+use common::ServerProc;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -352,12 +352,15 @@ fn sigterm_stops_the_server_cleanly() {
 
 #[test]
 fn bad_flags_exit_with_status_2() {
-    let out = std::process::Command::new(common::BIN)
-        .args(["pageserver", "--source", "synthetic:rels=0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("rels must be"));
+    common::fails_with(
+        std::process::Command::new(common::BIN).args([
+            "pageserver",
+            "--source",
+            "synthetic:rels=0",
+        ]),
+        2,
+        "rels must be",
+    );
     let out = std::process::Command::new(common::BIN)
         .args([
             "pageserver",
@@ -379,12 +382,7 @@ fn bad_flags_exit_with_status_2() {
 
 #[test]
 fn psql_reads_show_prefetch_stats() {
-    if !have_command("psql") {
-        assert!(
-            !required("UDPF_REQUIRE_PG"),
-            "UDPF_REQUIRE_PG is set but psql is missing"
-        );
-        eprintln!("skipping: psql not installed and UDPF_REQUIRE_PG unset");
+    if !common::tools_or_skip(&["psql"], "UDPF_REQUIRE_PG") {
         return;
     }
     let server = ServerProc::start(&[]);
@@ -393,20 +391,16 @@ fn psql_reads_show_prefetch_stats() {
         .get_page(Synthetic::rel(0).block(0), LATEST_LSN, 0)
         .unwrap();
     let (host, port) = server.addr.rsplit_once(':').unwrap();
-    let out = std::process::Command::new("psql")
-        .arg(format!(
-            "host={host} port={port} user=x dbname=y sslmode=disable"
-        ))
-        .args(["-c", "SHOW prefetch_stats"])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "psql failed: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::output_ok(
+        std::process::Command::new("psql")
+            .arg(format!(
+                "host={host} port={port} user=x dbname=y sslmode=disable"
+            ))
+            .args(["-c", "SHOW prefetch_stats"])
+            .env("PGCONNECT_TIMEOUT", "10"),
+        "psql",
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("connections_total") && stdout.contains("get_page"),
         "{stdout}"

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{have_command, required, ServerProc};
+use common::ServerProc;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use udp_prefetch::pageserver::source::{PageSource, PgData};
@@ -26,15 +26,9 @@ fn initdb(data: &Path, checksums: bool) {
     if checksums {
         cmd.arg("--data-checksums");
     }
-    let out = cmd
-        .args(["-A", "trust", "-U", "postgres", "-D"])
-        .arg(data)
-        .output()
-        .expect("running initdb");
-    assert!(
-        out.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    common::output_ok(
+        cmd.args(["-A", "trust", "-U", "postgres", "-D"]).arg(data),
+        "initdb",
     );
 }
 
@@ -44,12 +38,12 @@ fn cluster(checksums: bool) -> (tempfile::TempDir, PathBuf) {
         .tempdir()
         .unwrap();
     if unsafe { libc::geteuid() } == 0 {
-        let out = Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(tmp.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        common::output_ok(
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(tmp.path()),
+            "chown",
+        );
     }
     let data = tmp.path().join("data");
     initdb(&data, checksums);
@@ -104,15 +98,7 @@ fn verify_all(source: &PgData, rels: &[lfc::RelTag]) -> (u32, u32) {
 }
 
 fn postgres_available() -> bool {
-    if have_command("initdb") {
-        return true;
-    }
-    assert!(
-        !required("UDPF_REQUIRE_PG"),
-        "UDPF_REQUIRE_PG is set but PostgreSQL binaries are missing"
-    );
-    eprintln!("skipping: PostgreSQL not installed and UDPF_REQUIRE_PG unset");
-    false
+    common::tools_or_skip(&["initdb"], "UDPF_REQUIRE_PG")
 }
 
 #[test]
@@ -162,23 +148,12 @@ fn a_stock_initdb_cluster_verifies_by_page_header() {
 
     // The scan tool verifies the same way: every page of pg_class, none failed (before, every
     // page failed its checksum: "verified 0, FAILED ...").
-    let out = Command::new(env!("CARGO_BIN_EXE_udp-prefetch"))
-        .args(["scan", "--server", &server.addr, "--mode", "tcp-pipelined"])
-        .args(["--rel", "1663/1/1259/0", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = common::json_ok(
+        Command::new(common::BIN)
+            .args(["scan", "--server", &server.addr, "--mode", "tcp-pipelined"])
+            .args(["--rel", "1663/1/1259/0", "--json"]),
+        "scan",
     );
-    let report: serde_json::Value = serde_json::from_slice(
-        out.stdout
-            .split(|&b| b == b'\n')
-            .find(|l| !l.is_empty())
-            .unwrap(),
-    )
-    .unwrap();
     assert_eq!(
         (report["verified"].as_u64(), report["failed"].as_u64()),
         (Some(u64::from(n)), Some(0)),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{have_command, required, ServerProc};
+use common::ServerProc;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use udp_prefetch::protocol::client::{ConnectOptions, PageClient};
@@ -20,17 +20,7 @@ fn pg(tool: &str, args: &[&str]) -> std::process::Output {
     } else {
         Command::new(tool)
     };
-    let out = cmd
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    common::output_ok(cmd.args(args), &format!("{tool} {args:?}"))
 }
 
 /// Stops the PostgreSQL server even when the test fails half-way.
@@ -94,25 +84,15 @@ fn chown_to_postgres(path: &Path) {
     if unsafe { libc::geteuid() } != 0 {
         return;
     }
-    let out = Command::new("chown")
-        .args(["postgres:postgres", path.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "chown: {}",
-        String::from_utf8_lossy(&out.stderr)
+    common::output_ok(
+        Command::new("chown").args(["postgres:postgres", path.to_str().unwrap()]),
+        "chown",
     );
 }
 
 #[test]
 fn serves_a_real_pgbench_database_with_valid_checksums() {
-    if !have_command("initdb") || !have_command("pgbench") {
-        assert!(
-            !required("UDPF_REQUIRE_PG"),
-            "UDPF_REQUIRE_PG is set but PostgreSQL binaries are missing"
-        );
-        eprintln!("skipping: PostgreSQL not installed and UDPF_REQUIRE_PG unset");
+    if !common::tools_or_skip(&["initdb", "pgbench"], "UDPF_REQUIRE_PG") {
         return;
     }
     let tmp = tempfile::Builder::new()

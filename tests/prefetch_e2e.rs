@@ -15,16 +15,15 @@ use udp_prefetch::protocol::pagestream::LATEST_LSN;
 use workers::datagram::{DatagramHeader, DatagramKey, Protection, DATAGRAM_LEN};
 
 fn scan(server: &ServerProc, lfc: &std::path::Path, mode: &str, port: u16) -> serde_json::Value {
-    let out = scan_command(server, lfc, mode)
-        .args(["--distance", "64", "--prefetch-port", &port.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scan {mode}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("scan --json output: {e}"))
+    common::json_ok(
+        scan_command(server, lfc, mode).args([
+            "--distance",
+            "64",
+            "--prefetch-port",
+            &port.to_string(),
+        ]),
+        &format!("scan {mode}"),
+    )
 }
 
 fn scan_three_modes_with(io: &str) {
@@ -95,8 +94,8 @@ fn io_uring_refused_by_seccomp_falls_back_to_epoll_or_fails_clearly() {
 
     let mut cmd = Command::new(BIN);
     workers::udp::seccomp::deny_io_uring_on_spawn(&mut cmd);
-    let out = cmd
-        .args([
+    common::fails_with(
+        cmd.args([
             "workers",
             "--listen",
             "127.0.0.1:0",
@@ -106,12 +105,10 @@ fn io_uring_refused_by_seccomp_falls_back_to_epoll_or_fails_clearly() {
             "8MiB",
         ])
         .arg("--lfc")
-        .arg(dir.path().join("lfc2"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("io_uring is not available"), "{stderr}");
+        .arg(dir.path().join("lfc2")),
+        1,
+        "io_uring is not available",
+    );
 }
 
 #[test]
@@ -359,14 +356,14 @@ fn restarted_daemon_reattaches_and_refuses_a_live_pid_file() {
     let pid_s = pid.to_str().unwrap();
     let mut first = WorkersProc::start(&lfc_path, &["--size", "8MiB", "--pid-file", pid_s]);
     let key = lfc::Lfc::open(&lfc_path).unwrap().key();
-    let out = Command::new(BIN)
-        .args(["workers", "--listen", "127.0.0.1:0", "--pid-file", pid_s])
-        .arg("--lfc")
-        .arg(&lfc_path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another daemon is running"));
+    common::fails_with(
+        Command::new(BIN)
+            .args(["workers", "--listen", "127.0.0.1:0", "--pid-file", pid_s])
+            .arg("--lfc")
+            .arg(&lfc_path),
+        2,
+        "another daemon is running",
+    );
     let status = first
         .terminate(Duration::from_secs(20))
         .expect("daemon exits on SIGTERM");
@@ -380,14 +377,14 @@ fn restarted_daemon_reattaches_and_refuses_a_live_pid_file() {
     );
     drop(second);
     std::fs::write(&pid, "0\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["workers", "--listen", "127.0.0.1:0", "--pid-file", pid_s])
-        .arg("--lfc")
-        .arg(&lfc_path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a process id"));
+    common::fails_with(
+        Command::new(BIN)
+            .args(["workers", "--listen", "127.0.0.1:0", "--pid-file", pid_s])
+            .arg("--lfc")
+            .arg(&lfc_path),
+        2,
+        "not a process id",
+    );
 }
 
 #[test]

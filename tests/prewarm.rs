@@ -11,41 +11,44 @@ use udp_prefetch::protocol::page::{is_synthetic_page, page_lsn, synthetic_page};
 
 const PAGES: u32 = 2000;
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("RUST_LOG", "warn");
+    cmd
 }
 
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+/// `udp-prefetch prewarm SUB --lfc LFC REST…`.
+fn prewarm(sub: &str, lfc: &Path, rest: &[&str]) -> Command {
+    let mut cmd = command(&["prewarm", sub, "--lfc"]);
+    cmd.arg(lfc).args(rest);
+    cmd
+}
+
+/// The JSON report of `udp-prefetch ARGS`, which must succeed.
+fn json(args: &[&str]) -> serde_json::Value {
+    common::json_ok(&mut command(args), &args.join(" "))
 }
 
 /// `prewarm run --json` of `source` (`["--state", FILE]` or `["--relation", REL]`) into `lfc`
 /// from `server`, with prefetches to `port`; its JSON report.
 fn prewarm_json(lfc: &Path, source: [&str; 2], server: &str, port: u16) -> serde_json::Value {
     let port = port.to_string();
-    json(&run(&[
-        "prewarm",
-        "run",
-        "--lfc",
-        lfc.to_str().unwrap(),
-        source[0],
-        source[1],
-        "--server",
-        server,
-        "--prefetch-port",
-        &port,
-        "--json",
-    ]))
+    common::json_ok(
+        &mut prewarm(
+            "run",
+            lfc,
+            &[
+                source[0],
+                source[1],
+                "--server",
+                server,
+                "--prefetch-port",
+                &port,
+                "--json",
+            ],
+        ),
+        "prewarm run",
+    )
 }
 
 /// Warms an LFC with a UDP scan and saves its state; returns the state path.
@@ -53,7 +56,7 @@ fn warm_and_save(dir: &Path, server: &ServerProc) -> std::path::PathBuf {
     let lfc = dir.join("lfc");
     let workers = WorkersProc::start(&lfc, &["--size", "32MiB"]);
     let port = workers.udp_port.to_string();
-    let scan = json(&run(&[
+    let scan = json(&[
         "scan",
         "--server",
         &server.addr,
@@ -66,21 +69,12 @@ fn warm_and_save(dir: &Path, server: &ServerProc) -> std::path::PathBuf {
         "--prefetch-port",
         &port,
         "--json",
-    ]));
+    ]);
     assert_eq!(scan["verified"], PAGES);
     let state = dir.join("state");
-    let out = run(&[
-        "prewarm",
-        "save",
-        "--lfc",
-        lfc.to_str().unwrap(),
-        "--out",
-        state.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::output_ok(
+        &mut prewarm("save", &lfc, &["--out", state.to_str().unwrap()]),
+        "prewarm save",
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("saved {PAGES} pages")));
     drop(workers);
@@ -228,44 +222,37 @@ fn bad_state_files_and_unreachable_servers_are_clear_errors() {
     for (name, bytes, expect) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        let out = run(&[
-            "prewarm",
-            "run",
-            "--lfc",
-            lfc.to_str().unwrap(),
-            "--state",
-            path.to_str().unwrap(),
-            "--server",
-            "127.0.0.1:1",
-        ]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
-        assert!(stderr.contains(expect), "{name}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        eprintln!("state file {name}");
+        common::fails_with(
+            &mut prewarm(
+                "run",
+                &lfc,
+                &["--state", path.to_str().unwrap(), "--server", "127.0.0.1:1"],
+            ),
+            2,
+            expect,
+        );
     }
     let good_path = dir.path().join("good");
     std::fs::write(&good_path, &good).unwrap();
     // Nothing listens on port 1: a connection error, exit 1.
-    let out = run(&[
-        "prewarm",
-        "run",
-        "--lfc",
-        lfc.to_str().unwrap(),
-        "--state",
-        good_path.to_str().unwrap(),
-        "--server",
-        "127.0.0.1:1",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
-    let out = run(&[
-        "prewarm",
-        "save",
-        "--lfc",
-        dir.path().join("missing").to_str().unwrap(),
-        "--out",
-        "/dev/null",
-    ]);
+    common::fails_with(
+        &mut prewarm(
+            "run",
+            &lfc,
+            &[
+                "--state",
+                good_path.to_str().unwrap(),
+                "--server",
+                "127.0.0.1:1",
+            ],
+        ),
+        1,
+        "cannot connect",
+    );
+    let out = prewarm("save", &dir.path().join("missing"), &["--out", "/dev/null"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -323,20 +310,27 @@ fn against_a_server_without_priorities_prewarm_carries_on_at_foreground() {
     let old = server_without_priority(&server.addr);
     let lfc = dir.path().join("lfc");
     let workers = WorkersProc::start(&lfc, &["--size", "8MiB"]);
-    let out = run(&[
-        "prewarm",
+    let out = prewarm(
         "run",
-        "--lfc",
-        lfc.to_str().unwrap(),
-        "--relation",
-        "1663/5/16384/0",
-        "--server",
-        &old,
-        "--prefetch-port",
-        &workers.udp_port.to_string(),
-        "--json",
-    ]);
-    let report = json(&out);
+        &lfc,
+        &[
+            "--relation",
+            "1663/5/16384/0",
+            "--server",
+            &old,
+            "--prefetch-port",
+            &workers.udp_port.to_string(),
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = common::json_of(&out, "prewarm run");
     assert_eq!(report["complete"], true, "{report}");
     assert_eq!(report["present"], 300, "{report}");
     assert!(

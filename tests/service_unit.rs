@@ -391,12 +391,7 @@ fn service_unit_refuses_what_would_fail_under_systemd() {
 
 #[test]
 fn generated_units_pass_systemd_analyze_verify() {
-    if !common::have_command("systemd-analyze") {
-        assert!(
-            !common::required("UDPF_REQUIRE_SYSTEMD"),
-            "UDPF_REQUIRE_SYSTEMD is set but systemd-analyze is missing"
-        );
-        eprintln!("skipping: systemd-analyze not installed and UDPF_REQUIRE_SYSTEMD unset");
+    if !common::tools_or_skip(&["systemd-analyze"], "UDPF_REQUIRE_SYSTEMD") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::{have_command, required, scan_command, ServerProc, WorkersProc};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use common::{certs, scan_command, Certs, ServerProc, WorkersProc};
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use udp_prefetch::pageserver::source::Synthetic;
 use udp_prefetch::protocol::client::{ClientError, ConnectOptions, PageClient};
@@ -20,42 +19,6 @@ use workers::datagram::{DatagramKey, DATAGRAM_LEN};
 /// Offset of the protection flags byte in a datagram (`workers::datagram`).
 const FLAGS_AT: usize = 5;
 const KEY: [u8; 32] = [7; 32];
-
-/// A CA and a server certificate it signed, as PEM files in a temporary directory.
-struct Certs {
-    _dir: tempfile::TempDir,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-/// A fresh CA, and a server certificate from it for `names` (host names or IP addresses).
-fn certs(names: &[&str]) -> Certs {
-    let dir = tempfile::tempdir().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "udp-prefetch test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(names)
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let write = |name: &str, text: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    Certs {
-        ca: write("ca.pem", ca.pem()),
-        cert: write("server.pem", cert.pem()),
-        key: write("server.key", key.serialize_pem()),
-        _dir: dir,
-    }
-}
 
 fn tls_server(certs: &Certs, extra: &[&str]) -> ServerProc {
     let mut args = vec![
@@ -74,40 +37,29 @@ fn tls_options(server: &ServerProc, ca: &Path) -> ConnectOptions {
 
 #[test]
 fn psql_with_sslmode_require_reads_show_prefetch_stats() {
-    if !have_command("psql") {
-        assert!(
-            !required("UDPF_REQUIRE_PG"),
-            "UDPF_REQUIRE_PG is set but psql is missing"
-        );
-        eprintln!("skipping: psql not installed and UDPF_REQUIRE_PG unset");
+    if !common::tools_or_skip(&["psql"], "UDPF_REQUIRE_PG") {
         return;
     }
     let certs = certs(&["localhost", "127.0.0.1"]);
     let server = tls_server(&certs, &["--tls-required"]);
     let (host, port) = server.addr.rsplit_once(':').unwrap();
     let psql = |sslmode: &str| {
-        std::process::Command::new("psql")
-            .arg(format!(
-                "host={host} port={port} user=x dbname=y sslmode={sslmode} sslrootcert={}",
-                certs.ca.display()
-            ))
-            .args(["-c", "SHOW prefetch_stats"])
-            .env("PGCONNECT_TIMEOUT", "10")
-            .output()
-            .unwrap()
+        let mut cmd = std::process::Command::new("psql");
+        cmd.arg(format!(
+            "host={host} port={port} user=x dbname=y sslmode={sslmode} sslrootcert={}",
+            certs.ca.display()
+        ))
+        .args(["-c", "SHOW prefetch_stats"])
+        .env("PGCONNECT_TIMEOUT", "10");
+        cmd
     };
     for sslmode in ["require", "verify-full"] {
-        let out = psql(sslmode);
+        let out = common::output_ok(&mut psql(sslmode), &format!("psql sslmode={sslmode}"));
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "psql sslmode={sslmode} failed: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         assert!(stdout.contains("connections_total"), "{stdout}");
     }
     // --tls-required: a plaintext startup is refused with a FATAL that says why.
-    let out = psql("disable");
+    let out = psql("disable").output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("accepts only TLS"), "{stderr}");
@@ -120,26 +72,19 @@ fn a_udp_scan_over_tls_verifies_every_page() {
     let dir = tempfile::tempdir().unwrap();
     let lfc = dir.path().join("lfc");
     let workers = WorkersProc::start(&lfc, &["--size", "32MiB", "--threads", "1"]);
-    let out = scan_command(&server, &lfc, "udp")
-        .args(["--distance", "64", "--prefetch-port"])
-        .arg(workers.udp_port.to_string())
-        .arg("--tls-ca")
-        .arg(&certs.ca)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scan: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = common::json_ok(
+        scan_command(&server, &lfc, "udp")
+            .args(["--distance", "64", "--prefetch-port"])
+            .arg(workers.udp_port.to_string())
+            .arg("--tls-ca")
+            .arg(&certs.ca),
+        "scan udp",
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     common::assert_every_page_verified(&r, 2000);
-    // (A backend that finds UDP not delivering moves to TCP and says why in udp_state_log;
-    // the stderr names it too.)
+    // (A backend that finds UDP not delivering moves to TCP and says why in udp_state_log.)
     assert!(
         r["hits"].as_u64().unwrap() + r["late_hits"].as_u64().unwrap() > 0,
-        "the pages came by UDP: {r}; stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "the pages came by UDP: {r}"
     );
     // The daemon took them: it opens aead datagrams (the server chose aead for this session,
     // which `datagrams_are_encrypted_over_tls_and_in_the_clear_over_plain_tcp` sees).
@@ -147,17 +92,12 @@ fn a_udp_scan_over_tls_verifies_every_page() {
     assert!(WorkersProc::metric(&text, "udp_prefetch_datagrams_installed_total") > 0);
     // Pipelined GetPage over TLS: the server's reader and responder threads share the one
     // rustls connection while requests and responses cross (`protocol::tls`).
-    let out = scan_command(&server, &lfc, "tcp-pipelined")
-        .args(["--distance", "256", "--tls-ca"])
-        .arg(&certs.ca)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let p = common::json_ok(
+        scan_command(&server, &lfc, "tcp-pipelined")
+            .args(["--distance", "256", "--tls-ca"])
+            .arg(&certs.ca),
+        "scan tcp-pipelined",
     );
-    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     common::assert_every_page_verified(&p, 2000);
     assert_eq!(p["digest"], r["digest"], "{p} {r}");
 }
@@ -245,15 +185,15 @@ fn a_certificate_the_client_cannot_verify_is_refused_clearly() {
         "{text}"
     );
     // The CLI says it too, and exits 1.
-    let out = std::process::Command::new(common::BIN)
-        .args(["getpage", "--server", &server.addr, "--rel"])
-        .arg(common::REL)
-        .args(["--blk", "0", "--tls-ca"])
-        .arg(&named.ca)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("certificate"));
+    common::fails_with(
+        std::process::Command::new(common::BIN)
+            .args(["getpage", "--server", &server.addr, "--rel"])
+            .arg(common::REL)
+            .args(["--blk", "0", "--tls-ca"])
+            .arg(&named.ca),
+        1,
+        "certificate",
+    );
 }
 
 #[test]
@@ -284,20 +224,19 @@ fn tls_required_refuses_plaintext_and_tls_to_a_plain_server_is_refused() {
 
 #[test]
 fn tls_flags_are_checked_at_start() {
-    let out = std::process::Command::new(common::BIN)
-        .args(["pageserver", "--tls-cert", "/nonexistent.pem", "--tls-key"])
-        .arg("/nonexistent.key")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.pem"));
+    common::fails_with(
+        std::process::Command::new(common::BIN)
+            .args(["pageserver", "--tls-cert", "/nonexistent.pem", "--tls-key"])
+            .arg("/nonexistent.key"),
+        2,
+        "/nonexistent.pem",
+    );
     // --tls-required without a certificate would refuse everyone.
-    let out = std::process::Command::new(common::BIN)
-        .args(["pageserver", "--tls-required"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
+    common::fails_with(
+        std::process::Command::new(common::BIN).args(["pageserver", "--tls-required"]),
+        2,
+        "--tls-cert",
+    );
 }
 
 #[test]

@@ -2,22 +2,19 @@
 //! server in this process: writes, last-written LSNs, an older snapshot, relation sizes, a page
 //! server without the extension, TLS, and errors that leave the handle usable or not.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use std::ffi::{CStr, CString};
 use std::ptr::null_mut;
-use udp_prefetch::pageserver::source::SourceSpec;
 use udp_prefetch::pageserver::{PageServer, ServerConfig};
 use udp_prefetch::protocol::page::{page_lsn, synthetic_page, synthetic_rel};
 use udp_prefetch_c::*;
 
 fn server(udp_extension: bool) -> PageServer {
     PageServer::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        source: SourceSpec::Synthetic {
-            rels: 1,
-            pages: 100,
-        },
         udp_extension,
-        ..ServerConfig::default()
+        ..common::synthetic_server_config(100)
     })
     .unwrap()
 }
@@ -218,45 +215,18 @@ fn a_read_of_a_block_that_does_not_exist_fails_and_the_handle_says_why_after() {
     assert!(last_error().contains("open another"), "{}", last_error());
 }
 
-/// A CA and a server certificate for 127.0.0.1 it signed: (CA PEM, certificate PEM, key PEM).
-fn certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
-}
-
 #[test]
 fn opens_over_tls_with_its_ca_and_refuses_a_server_another_ca_signed() {
     let dir = tempfile::tempdir().unwrap();
-    let file = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let (ca, cert, key) = certificates();
-    let (other_ca, _, _) = certificates();
-    let (ca, other_ca) = (file("ca.pem", &ca), file("other.pem", &other_ca));
-    let tls = udp_prefetch::protocol::tls::ServerTls::from_pem_files(
-        &file("cert.pem", &cert),
-        &file("key.pem", &key),
-    )
-    .unwrap();
+    let certs = common::certs(&["127.0.0.1"]);
+    let other = common::certs(&["127.0.0.1"]);
+    let (ca, other_ca) = (&certs.ca, &other.ca);
+    let tls =
+        udp_prefetch::protocol::tls::ServerTls::from_pem_files(&certs.cert, &certs.key).unwrap();
     let server = PageServer::start(ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        source: SourceSpec::Synthetic {
-            rels: 1,
-            pages: 100,
-        },
         tls: Some(tls),
         tls_required: true,
-        ..ServerConfig::default()
+        ..common::synthetic_server_config(100)
     })
     .unwrap();
     let lfc_path = dir.path().join("lfc");
@@ -274,7 +244,7 @@ fn opens_over_tls_with_its_ca_and_refuses_a_server_another_ca_signed() {
         let status = unsafe { udpf_open(&opts, &mut h) };
         (status, h)
     };
-    let (status, h) = open(&ca);
+    let (status, h) = open(ca);
     assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
     let handle = Handle {
         h,
@@ -284,7 +254,7 @@ fn opens_over_tls_with_its_ca_and_refuses_a_server_another_ca_signed() {
     assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
     assert_eq!(lsn, 16);
     drop(handle);
-    let (status, h) = open(&other_ca);
+    let (status, h) = open(other_ca);
     assert!(h.is_null());
     assert_eq!(status, UdpfStatus::UDPF_CONNECT, "{}", last_error());
     assert!(last_error().contains("certificate"), "{}", last_error());

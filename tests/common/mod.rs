@@ -1,11 +1,23 @@
-//! Helpers shared by the end-to-end tests: spawning the real `udp-prefetch` binary.
+//! Helpers shared by the end-to-end tests: spawning the real `udp-prefetch` binary, or servers
+//! in the test's process, running commands, test certificates. The capi crate's tests include
+//! this module too (`#[path]`), so it names only dependencies both crates' tests have.
 #![allow(dead_code)] // Each test file uses a different subset.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use udp_prefetch::pageserver::source::SourceSpec;
+use udp_prefetch::pageserver::ServerConfig;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_udp-prefetch");
+/// The `udp-prefetch` binary, which cargo builds for the root crate's tests. The capi crate's
+/// tests, which have no such binary, run their servers in process and never use it.
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_udp-prefetch") {
+    Some(bin) => bin,
+    None => "udp-prefetch (not built for this crate's tests)",
+};
 /// The first relation of a synthetic page server (`Synthetic::rel(0)`).
 pub const REL: &str = "1663/5/16384/0";
 
@@ -33,13 +45,18 @@ fn reap(child: &mut Child) {
     }
 }
 
-/// Spawns `cmd` (a `udp-prefetch <what>` server) with its output piped and waits for its ready
-/// line, `udp-prefetch <what> listening on …`; returns the child and the rest of that line.
+/// Spawns `cmd` (a `udp-prefetch <what>` server) logging warnings to the test's stderr, and
+/// waits for its ready line (see [`spawn_ready_as_set`]).
 fn spawn_ready(cmd: &mut Command, what: &str) -> (Child, String) {
+    spawn_ready_as_set(cmd.env("RUST_LOG", "warn").stderr(Stdio::inherit()), what)
+}
+
+/// Spawns `cmd` (a `udp-prefetch <what>` server; its log level and stderr as the caller set
+/// them) with stdout piped, and waits for its ready line, `udp-prefetch <what> listening on …`;
+/// returns the child (stdout taken) and the rest of that line.
+pub fn spawn_ready_as_set(cmd: &mut Command, what: &str) -> (Child, String) {
     let mut child = cmd
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn udp-prefetch {what}: {e}"));
     let stdout = child.stdout.take().expect("piped stdout");
@@ -109,17 +126,12 @@ impl Drop for ServerProc {
 
 /// `udp-prefetch scan --json` of [`REL`] on `server` in `mode` through the LFC at `lfc`; more
 /// flags may be added.
-pub fn scan_command(server: &ServerProc, lfc: &std::path::Path, mode: &str) -> Command {
+pub fn scan_command(server: &ServerProc, lfc: &Path, mode: &str) -> Command {
     scan_rel_command(server, lfc, mode, REL)
 }
 
 /// Like [`scan_command`], of relation `rel`.
-pub fn scan_rel_command(
-    server: &ServerProc,
-    lfc: &std::path::Path,
-    mode: &str,
-    rel: &str,
-) -> Command {
+pub fn scan_rel_command(server: &ServerProc, lfc: &Path, mode: &str, rel: &str) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "scan",
@@ -157,12 +169,7 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 /// promtool is not installed (and not required by `UDPF_REQUIRE_PROMTOOL`).
 pub fn promtool_check(text: &str) -> Option<()> {
     use std::io::Write;
-    if !have_command("promtool") {
-        assert!(
-            !required("UDPF_REQUIRE_PROMTOOL"),
-            "UDPF_REQUIRE_PROMTOOL is set but promtool is missing"
-        );
-        eprintln!("promtool not installed and UDPF_REQUIRE_PROMTOOL unset: not checked");
+    if !tools_or_skip(&["promtool"], "UDPF_REQUIRE_PROMTOOL") {
         return None;
     }
     let mut child = Command::new("promtool")
@@ -219,6 +226,18 @@ pub fn required(var: &str) -> bool {
     std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Whether every one of `tools` is installed; when one is not, the test is skipped (a line on
+/// stderr says so) unless `var` requires the tools (`required`), which fails it.
+pub fn tools_or_skip(tools: &[&str], var: &str) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have_command(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(!required(var), "{var} is set but {missing:?} missing");
+    eprintln!("skipping: {missing:?} not installed and {var} unset");
+    false
+}
+
 pub fn have_command(name: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
@@ -236,22 +255,17 @@ pub struct WorkersProc {
 }
 
 impl WorkersProc {
-    pub fn start(lfc: &std::path::Path, extra: &[&str]) -> WorkersProc {
+    pub fn start(lfc: &Path, extra: &[&str]) -> WorkersProc {
         Self::start_with(Command::new(BIN), lfc, extra)
     }
 
     /// Starts the daemon from a prepared command (e.g. one with a seccomp filter applied).
-    pub fn start_with(cmd: Command, lfc: &std::path::Path, extra: &[&str]) -> WorkersProc {
+    pub fn start_with(cmd: Command, lfc: &Path, extra: &[&str]) -> WorkersProc {
         Self::start_on(cmd, "127.0.0.1:0", lfc, extra)
     }
 
     /// Like `start_with`, receiving datagrams on `listen`.
-    pub fn start_on(
-        mut cmd: Command,
-        listen: &str,
-        lfc: &std::path::Path,
-        extra: &[&str],
-    ) -> WorkersProc {
+    pub fn start_on(mut cmd: Command, listen: &str, lfc: &Path, extra: &[&str]) -> WorkersProc {
         let (child, rest) = spawn_ready(
             cmd.arg("workers")
                 .arg("--lfc")
@@ -417,7 +431,8 @@ pub fn wait_with_limit(mut child: Child, limit: Duration) -> Finished {
     }
 }
 
-/// The JSON report of a `scan --json` that exited 0 (`what` names it in failures).
+/// The JSON report of a `scan --json` (or another `--json` command) that exited 0 (`what`
+/// names it in failures).
 pub fn report(what: &str, done: &Finished) -> serde_json::Value {
     assert!(
         done.status.is_some(),
@@ -444,7 +459,7 @@ pub fn assert_every_page_verified(r: &serde_json::Value, pages: u64) {
 }
 
 /// `udp-prefetch lfc stat --json` of `lfc`, which must succeed.
-pub fn lfc_stat(lfc: &std::path::Path) -> serde_json::Value {
+pub fn lfc_stat(lfc: &Path) -> serde_json::Value {
     let done = run_with_limit(
         Command::new(BIN)
             .args(["lfc", "stat", "--json", "--lfc"])
@@ -458,11 +473,7 @@ pub fn lfc_stat(lfc: &std::path::Path) -> serde_json::Value {
 /// Measures a tcp-pipelined scan of [`REL`], `pages` long (no LFC needed), and returns how long
 /// a faulted udp scan of it may run, and the reference report (its digest is the right
 /// answer). Generous (30 s plus 20 times as long): only a guard against a crawl.
-pub fn scan_limit(
-    server: &ServerProc,
-    lfc: &std::path::Path,
-    pages: u64,
-) -> (Duration, serde_json::Value) {
+pub fn scan_limit(server: &ServerProc, lfc: &Path, pages: u64) -> (Duration, serde_json::Value) {
     let done = run_with_limit(
         &mut scan_command(server, lfc, "tcp-pipelined"),
         Duration::from_secs(120),
@@ -470,4 +481,146 @@ pub fn scan_limit(
     let r = report("tcp-pipelined scan", &done);
     assert_every_page_verified(&r, pages);
     (Duration::from_secs(30) + done.elapsed * 20, r)
+}
+
+/// Runs `cmd` to completion and returns its output, failing the test (with `what` and the
+/// child's stderr) unless it exited 0.
+pub fn output_ok(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `cmd`, which must fail with exit status `code` and a stderr that contains `says` (and
+/// no panic); returns that stderr.
+pub fn fails_with(cmd: &mut Command, code: i32, says: &str) -> String {
+    let out = cmd.output().expect("run the command");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(says), "{says:?} not in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// Runs a `scan --json` (or another command printing one JSON document first) that must exit
+/// 0, and returns that document.
+pub fn json_ok(cmd: &mut Command, what: &str) -> serde_json::Value {
+    json_of(&output_ok(cmd, what), what)
+}
+
+/// The first JSON document `out` printed on stdout.
+pub fn json_of(out: &std::process::Output, what: &str) -> serde_json::Value {
+    serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<serde_json::Value>()
+        .next()
+        .unwrap_or_else(|| panic!("{what}: no JSON output"))
+        .unwrap_or_else(|e| {
+            let text = String::from_utf8_lossy(&out.stdout);
+            panic!("{what}: JSON output: {e}: {text}")
+        })
+}
+
+/// A page server configuration on an ephemeral loopback port serving one synthetic relation
+/// ([`REL`]) of `pages` pages; the rest is the default.
+pub fn synthetic_server_config(pages: u32) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        source: SourceSpec::Synthetic { rels: 1, pages },
+        ..ServerConfig::default()
+    }
+}
+
+/// A worker daemon in a thread of this process (`workers::daemon::run`, as the binary runs it),
+/// on `lfc` (created with `create_bytes` if absent), one receive thread on an ephemeral
+/// loopback port; stopped and joined on drop.
+pub struct DaemonThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DaemonThread {
+    /// Starts the daemon and waits (at most 30 s) until it serves.
+    pub fn start(lfc: &Path, create_bytes: u64) -> DaemonThread {
+        let config = workers::daemon::DaemonConfig {
+            lfc: lfc.to_path_buf(),
+            create_size_bytes: Some(create_bytes),
+            recreate: false,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            threads: 1,
+            io: workers::udp::IoChoice::Epoll,
+            metrics: None,
+            pid_file: None,
+            recv_buffer_bytes: 8 << 20,
+            slots_per_thread: 64,
+            gro: true,
+            prefault: false,
+            thread_classes: false,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            workers::daemon::run(&config, &stop2, |_| tx.send(()).unwrap()).expect("worker daemon");
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the daemon starts");
+        DaemonThread {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DaemonThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A CA and a server certificate it signed, as PEM files in a temporary directory (made per
+/// test with rcgen, so no key is committed).
+pub struct Certs {
+    _dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A fresh CA, and a server certificate from it for `names` (host names or IP addresses).
+pub fn certs(names: &[&str]) -> Certs {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "udp-prefetch test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    Certs {
+        ca: write("ca.pem", ca.pem()),
+        cert: write("server.pem", cert.pem()),
+        key: write("server.key", key.serialize_pem()),
+        _dir: dir,
+    }
 }

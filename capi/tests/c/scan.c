@@ -3,7 +3,10 @@
  * verifies every page's PostgreSQL data checksum here in C, and prints its counters.
  *
  * usage: scan LFC SERVER RELNODE PREFETCH_DISTANCE
- * prints: pages=N verified=N hits=H late_hits=L tcp=T prefetched=P extension=E
+ * prints "opened" once its handle is open, then waits for a line (or end of file) on stdin
+ * before scanning, so that a test can start several backends' scans at one moment; then
+ * prints: pages=N verified=N hits=H late_hits=L tcp=T prefetched=P retries=R avoided=A
+ * extension=E
  * exit status: 0 when every page verified, 1 otherwise, 2 on a library error.
  */
 #include "udp_prefetch.h"
@@ -92,6 +95,10 @@ int main(int argc, char **argv)
     UdpfStatus st = udpf_open(&opts, &backend);
     if (st != UDPF_OK)
         return fail("udpf_open", st);
+    printf("opened\n");
+    fflush(stdout);
+    for (int c = getchar(); c != EOF && c != '\n'; c = getchar())
+        ;
 
     bool exists = false;
     uint32_t nblocks = 0;
@@ -134,9 +141,9 @@ int main(int argc, char **argv)
     if ((st = udpf_stats(backend, &stats)) != UDPF_OK)
         return fail("udpf_stats", st);
     printf("pages=%u verified=%" PRIu64 " hits=%" PRIu64 " late_hits=%" PRIu64 " tcp=%" PRIu64
-           " prefetched=%" PRIu64 " extension=%u\n",
+           " prefetched=%" PRIu64 " retries=%" PRIu64 " avoided=%" PRIu64 " extension=%u\n",
            nblocks, verified, stats.hits, stats.late_hits, stats.fallbacks + stats.tcp_pipelined,
-           stats.prefetched, (unsigned)stats.extension);
+           stats.prefetched, stats.retries, stats.duplicates_avoided, (unsigned)stats.extension);
     udpf_close(backend);
     return verified == nblocks ? 0 : 1;
 }
