@@ -66,6 +66,8 @@ pub(super) fn prewarm_driver_config(seed: u64) -> DriverConfig {
         deadline_ns: None,
         // Every synthetic page carries a checksum.
         verify: PageVerify::Checksums,
+        // Drawn last: the draws before it are what they were.
+        yield_pages: r.range(1, 64) as usize,
     }
 }
 
