@@ -3,7 +3,8 @@
 //! went through the real state-file encoding and `plan`. This file only carries its Prefetch
 //! and GetPage messages and replies and turns its `Poll::Wait` into an event; no copy of its
 //! logic lives here. Prewarm runs on the cold cache before the backends start, as after a
-//! compute restart, and its end starts them.
+//! compute restart, and its end starts them; for a quarter of the seeds the backends start with
+//! it (queries at once after the restart), and the driver yields to their reads.
 //!
 //! Owns: the prewarm program, the run in progress and its configuration. Talks to the page
 //! servers only over `net`'s TCP; reads the LFC only through the driver.
@@ -72,6 +73,14 @@ pub(super) fn prewarm_driver_config(seed: u64) -> DriverConfig {
 }
 
 impl World<'_> {
+    /// The backends' first steps, now.
+    pub(super) fn start_backends(&mut self) {
+        self.report.backends_started_ns = self.now - START_NS;
+        for b in 0..self.backends.len() {
+            self.schedule(self.now, Ev::BackendStep(b));
+        }
+    }
+
     /// The saved state: the cache's own hottest pages (`snapshot_hottest`, empty when cold),
     /// then pages of the relations, then `gone` tags that no longer exist (a dropped relation,
     /// blocks past a relation's end).
@@ -159,10 +168,9 @@ impl World<'_> {
                 Some((pages, gone)) => self.start_prewarm(pages, gone),
                 None => {
                     self.prewarm.done = true;
-                    self.report.backends_started_ns = self.now - START_NS;
-                    // Cold start over: the backends begin.
-                    for b in 0..self.backends.len() {
-                        self.schedule(self.now, Ev::BackendStep(b));
+                    if !self.prewarm_beside_backends {
+                        // Cold start over: the backends begin.
+                        self.start_backends();
                     }
                     return;
                 }
@@ -319,6 +327,7 @@ impl World<'_> {
         let report = driver.report(check, now);
         let existing = report.pages - report.skipped_gone;
         self.report.prewarm_covered += report.present;
+        self.report.prewarm_yielded_rounds += report.yielded_rounds;
         self.rec(Kind::PrewarmDone, existing, report.present, report.via_tcp);
         if !report.complete && !report.cache_full {
             self.violate(

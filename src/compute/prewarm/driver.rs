@@ -927,7 +927,11 @@ mod tests {
         let ts = drain(&mut d);
         deliver(&f, &ts);
         d.step(&f.lfc, T0 + POLL_NS);
-        assert_eq!(d.counts().requested, 256 + 512, "the window doubled by its arrivals");
+        assert_eq!(
+            d.counts().requested,
+            256 + 512,
+            "the window doubled by its arrivals"
+        );
         assert_eq!(d.yielding.rounds, 0);
         // --yield-pages 0 (a foreground prewarm) does not yield even beside reads.
         let f = fixture(4096);
