@@ -2,9 +2,9 @@
 //! whole decision of a refill — which pages are gone or already cached, the rounds of UDP
 //! requests (built into Prefetch runs), probing the LFC for arrivals, retries (`Schedule`),
 //! the fail-over to TCP when nothing ever arrives, stopping when the cache is full, pacing,
-//! the TCP batches and the repair rounds, and the final report — with `now` passed in and the
-//! messages to send returned (`poll_transmit`). The blocking shell (`run_prewarm`) and the
-//! simulator both run this code; neither keeps a copy of it.
+//! yielding to backends' reads, the TCP batches and the repair rounds, and the final report —
+//! with `now` passed in and the messages to send returned (`poll_transmit`). The blocking shell
+//! (`run_prewarm`) and the simulator both run this code; neither keeps a copy of it.
 //!
 //! Owns: every prewarm decision and constant. Reads and writes the shared LFC (not I/O:
 //! memory); opens no socket, reads no clock, sleeps never.
@@ -45,8 +45,9 @@ const GIVE_UP_TIMEOUTS: u64 = 3;
 /// Pages the pacer may send above its average rate at once.
 const PACING_BURST_PAGES: f64 = 64.0;
 /// Pages in flight at most while backends read, by default (`prewarm run --yield-pages`): at
-/// one round per `POLL_NS`, about 32k pages/s, a small share of what the worker daemon installs
-/// on one core (measured with two scans beside a 1 GiB prewarm: `bench prewarm`).
+/// one round per `POLL_NS`, at most about 32k pages/s, which at the daemon's 2 µs or so of
+/// receive and install per page leaves the backends over 90 % of a core. Not yet measured
+/// beside scans: `bench prewarm --yield-pages N` (its scans-beside rows) is what says.
 pub const DEFAULT_YIELD_PAGES: usize = 64;
 /// How long after the last backend read seen the run keeps yielding; then its cap doubles
 /// every round until the congestion window alone bounds it again.
