@@ -3,8 +3,9 @@
 //! went through the real state-file encoding and `plan`. This file only carries its Prefetch
 //! and GetPage messages and replies and turns its `Poll::Wait` into an event; no copy of its
 //! logic lives here. Prewarm runs on the cold cache before the backends start, as after a
-//! compute restart, and its end starts them; for a quarter of the seeds the backends start with
-//! it (queries at once after the restart), and the driver yields to their reads.
+//! compute restart, and its end starts them; for a quarter of the seeds of the `none` and
+//! `light` profiles the backends start with it (queries at once after the restart), and the
+//! driver yields to their reads.
 //!
 //! Owns: the prewarm program, the run in progress and its configuration. Talks to the page
 //! servers only over `net`'s TCP; reads the LFC only through the driver.
