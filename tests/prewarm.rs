@@ -349,3 +349,70 @@ fn against_a_server_without_priorities_prewarm_carries_on_at_foreground() {
     assert_eq!(requests("prefetch_priority"), Some(0.0), "{text}");
     assert!(requests("prefetch").unwrap_or(0.0) > 0.0, "{text}");
 }
+
+/// Issue 17 §4: backends reading from the LFC (here a scan in this process, looping over its
+/// relation) are seen by a background `prewarm run` in another process through the LFC's shared
+/// counters, and it yields to them; with nobody reading, the next run never yields.
+#[test]
+fn a_background_prewarm_yields_to_a_scan_beside_it_and_not_when_alone() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use udp_prefetch::compute::scan::{run_scan, ScanConfig, ScanMode};
+    const REL_PAGES: u32 = 4000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&["--source", &format!("synthetic:rels=3,pages={REL_PAGES}")]);
+    let lfc = dir.path().join("lfc");
+    let workers = WorkersProc::start(&lfc, &["--size", "128MiB"]);
+    let cache = lfc::Lfc::open(&lfc).unwrap();
+    let port = workers.udp_port;
+    let prewarm = |rel: u32| {
+        prewarm_json(
+            &lfc,
+            ["--relation", &Synthetic::rel(rel).to_string()],
+            &server.addr,
+            port,
+        )
+    };
+    let stop = AtomicBool::new(false);
+    let beside = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let cfg = ScanConfig {
+                connect: ConnectOptions::new(server.addr.clone()),
+                rel: Synthetic::rel(1),
+                blocks: None,
+                mode: ScanMode::Udp,
+                distance: 64,
+                cpu_per_page_us: 0,
+                prefetch_port: Some(port),
+                read_path: Default::default(),
+                shards: Default::default(),
+            };
+            let mut scans = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let r = run_scan(&cfg, Some(&cache)).unwrap();
+                assert_eq!(r.verified, u64::from(REL_PAGES), "{r:?}");
+                scans += 1;
+            }
+            scans
+        });
+        // The prewarm starts once the reader is reading, and the reader reads until it ends.
+        let limit = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while cache.lookups() == 0 {
+            assert!(std::time::Instant::now() < limit, "the scan never read");
+            std::thread::yield_now();
+        }
+        let report = prewarm(0);
+        stop.store(true, Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        report
+    });
+    assert_eq!(beside["complete"], true, "{beside}");
+    assert_eq!(beside["present"], REL_PAGES, "{beside}");
+    assert!(
+        beside["yielded_rounds"].as_u64().unwrap() > 0,
+        "it did not yield to the scan: {beside}"
+    );
+    let alone = prewarm(2);
+    assert_eq!(alone["complete"], true, "{alone}");
+    assert_eq!(alone["present"], REL_PAGES, "{alone}");
+    assert_eq!(alone["yielded_rounds"], 0, "nobody read beside it: {alone}");
+}

@@ -1544,6 +1544,22 @@ impl Lfc {
         s
     }
 
+    /// Lookups so far by every process (the `hits` and `misses` of [`stats`](Lfc::stats)), read
+    /// in O(stripes) rather than `stats`' O(capacity). Only reads of pages (backends) look up:
+    /// the worker daemon and prewarm probe with `contains`, which is not counted, so a
+    /// background task that polls this sees whether foreground reads are running (prewarm
+    /// yields to them). Relaxed sums: a moment's undercount only delays what the caller sees.
+    pub fn lookups(&self) -> u64 {
+        let cells = self.stat_cells();
+        (0..STAT_STRIPES)
+            .map(|stripe| {
+                let at =
+                    |c: Counter| cells[stripe * STAT_COUNTERS + c as usize].load(Ordering::Relaxed);
+                at(Counter::Hits).wrapping_add(at(Counter::Misses))
+            })
+            .fold(0u64, u64::wrapping_add)
+    }
+
     /// Takes back every frame a dead process left BUSY (its reservations and half-done
     /// installs), folding their lwlsn as the CLOCK sweep does; returns how many. O(capacity):
     /// the worker daemon runs it once at start, so the frames its crashed predecessor held are

@@ -35,6 +35,8 @@ fn write_then_lookup_returns_the_page_and_its_lsn() {
     let s = lfc.stats();
     assert_eq!((s.hits, s.misses, s.writes, s.used_pages), (2, 1, 2, 1));
     assert_eq!(s.superseded_writes, 1);
+    // `lookups` is hits plus misses without the frame scan; `contains` is not counted.
+    assert_eq!(lfc.lookups(), 3);
 }
 
 #[test]
@@ -340,6 +342,8 @@ fn a_second_handle_sees_the_same_pages_stats_and_key() {
     let mut out = [0u8; PAGE_SIZE];
     assert_eq!(b.lookup(&t, &mut out), Some(1));
     assert_eq!(a.stats().hits, 1);
+    // Another handle's (another process's) reads are seen: what prewarm's yield watches.
+    assert_eq!(a.lookups(), 1);
     // Re-creating a file that others have attached is refused...
     assert!(matches!(
         Lfc::create(&path, 32),

@@ -55,6 +55,7 @@ pub struct SoakSummary {
     pub faults: FaultCounts,
     pub prewarm_pages: u64,
     pub prewarm_covered: u64,
+    pub prewarm_yielded_rounds: u64,
     pub events: u64,
     pub simulated_seconds: f64,
     pub wall_seconds: f64,
@@ -78,6 +79,7 @@ impl SoakSummary {
         self.faults.add(&r.faults);
         self.prewarm_pages += r.prewarm_pages;
         self.prewarm_covered += r.prewarm_covered;
+        self.prewarm_yielded_rounds += r.prewarm_yielded_rounds;
         self.events += r.events;
         self.simulated_seconds += r.simulated_ns as f64 / 1e9;
         if let Some(v) = &r.violation {

@@ -6,6 +6,7 @@
 use super::{round1, synthetic_server, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use crate::compute::backend::read_path::ReadPathConfig;
+use crate::compute::prewarm::driver::DEFAULT_YIELD_PAGES;
 use crate::compute::prewarm::schedule::ScheduleConfig;
 use crate::compute::prewarm::{run_prewarm, PrewarmConfig, PrewarmReport};
 use crate::compute::scan::{run_scan, ScanConfig, ScanMode};
@@ -28,6 +29,10 @@ pub struct PrewarmBenchArgs {
     /// Concurrent udp scans in the beside-scans cases.
     #[arg(long, default_value_t = 2)]
     pub scans: u32,
+    /// The background prewarm's `--yield-pages` in the beside-scans cases (0: it does not
+    /// yield to the scans).
+    #[arg(long, default_value_t = DEFAULT_YIELD_PAGES)]
+    pub yield_pages: usize,
 }
 
 /// What the scans of one beside-scans case did, and the prewarm beside them, if any.
@@ -66,6 +71,7 @@ fn beside_scans_case(
                 progress: false,
                 udp: true,
                 priority,
+                yield_pages: args.yield_pages,
                 shards: Default::default(),
             };
             let lfc = &lfc;
@@ -118,13 +124,15 @@ fn beside_scans(scratch: &ScratchDir, args: &PrewarmBenchArgs) -> anyhow::Result
     let rec = |case: &str, b: &BesideScans| {
         let r = BenchRecord::new("prewarm", case, "pages/s", b.scan_pages_per_s)
             .param("scans", args.scans)
-            .param("scan_pages", args.scan_pages);
+            .param("scan_pages", args.scan_pages)
+            .param("yield_pages", args.yield_pages);
         match &b.prewarm {
             None => r,
             Some(p) => r
                 .param("prewarm_pages", p.pages)
                 .param("prewarm_mb_per_s", round1(p.mb_per_s))
-                .param("prewarm_via_tcp", p.via_tcp),
+                .param("prewarm_via_tcp", p.via_tcp)
+                .param("prewarm_yielded_rounds", p.yielded_rounds),
         }
     };
     let alone = rec(
@@ -176,6 +184,8 @@ fn one_case(
             progress: false,
             udp,
             priority: PrefetchPriority::Background,
+            // No backend reads beside these runs: nothing to yield to.
+            yield_pages: DEFAULT_YIELD_PAGES,
             shards: Default::default(),
         },
         &lfc,

@@ -122,6 +122,7 @@ fn prewarm(
         udp,
         // As `prewarm run` asks by default (alone here, it changes nothing).
         priority: crate::protocol::pagestream::PrefetchPriority::Background,
+        yield_pages: crate::compute::prewarm::driver::DEFAULT_YIELD_PAGES,
         shards: map.clone(),
     };
     let r = run_prewarm(&cfg, lfc, &plan)?;

@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// backend's prefetch is due, and a small share otherwise) or foreground (as a backend's).
     #[arg(long, value_enum, default_value_t = Priority::Background)]
     pub priority: Priority,
+    /// While backends read pages from this LFC, a background prewarm keeps at most this many
+    /// pages in flight (the worker daemon installs them on the backends' CPU); 0 never yields.
+    /// Lifted gradually once no backend has read for 20 ms.
+    #[arg(long, default_value_t = crate::compute::prewarm::driver::DEFAULT_YIELD_PAGES)]
+    pub yield_pages: usize,
     /// Path MTU stated to the page server for UDP prefetches, bytes (it splits pages into
     /// datagrams that fit, with IP fragmentation off); 0 asks for whole 8304-byte datagrams.
     /// Default: the MTU of this host's route to the page server.
@@ -225,6 +230,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<Outcome> {
         progress: !a.json,
         udp: true,
         priority: a.priority.into(),
+        yield_pages: a.yield_pages,
         shards,
     };
     let report = run_prewarm(&cfg, &cache, &pages)?;
@@ -270,6 +276,12 @@ pub fn print_report(r: &PrewarmReport) {
         r.retries,
         if r.udp_fell_back_to_tcp { " (no datagram arrived: finished over TCP)" } else { "" }
     );
+    if r.yielded_rounds > 0 {
+        println!(
+            "  yielded to backends reading beside it for {} rounds",
+            r.yielded_rounds
+        );
+    }
     if r.failed_verification > 0 {
         println!("  {} pages FAILED verification", r.failed_verification);
     }

@@ -174,8 +174,8 @@ fn run_soak(args: &Args) -> ExitCode {
             s.seeds, s.first_seed, s.profile, s.violations, s.violations_by_kind
         );
         println!(
-            "  reads checked {}, writes {}, prewarm {}/{} pages",
-            s.reads_checked, s.writes, s.prewarm_covered, s.prewarm_pages
+            "  reads checked {}, writes {}, prewarm {}/{} pages (yielded to reads for {} rounds)",
+            s.reads_checked, s.writes, s.prewarm_covered, s.prewarm_pages, s.prewarm_yielded_rounds
         );
         println!(
             "  datagrams sent {}, delivered {}, installed {}, dropped by faults {}, stale rejected {}, forged rejected {}; prefetches retried {}",

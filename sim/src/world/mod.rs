@@ -18,9 +18,9 @@
 //!   that re-checks when a page lands or the deadline passes. No copy of its logic lives here.
 //! - `prewarm`: the real sans-IO `compute::prewarm::driver::Driver` (arrival probing, retries,
 //!   the fail-over to TCP, cache-full, pacing, repair rounds), on a state that went through the
-//!   real state-file encoding and `plan`; it only carries its Prefetch and GetPage messages and
-//!   replies and turns its `Poll::Wait` into a virtual-time event. No copy of its logic lives
-//!   here.
+//!   real state-file encoding and `plan`, before the backends start or (a quarter of the `none`
+//!   and `light` seeds) beside them; it only carries its Prefetch and GetPage messages and replies and turns its
+//!   `Poll::Wait` into a virtual-time event. No copy of its logic lives here.
 //! - `daemon`: registers in the LFC header and heartbeats in virtual time; absent, killed or
 //!   paused as `SimConfig::daemon` says.
 //!
@@ -34,7 +34,7 @@
 //! a thread (`lib.rs` creates the LFC file) or imports `cmd` or `bench`.
 
 use crate::config::DaemonFault;
-use crate::config::{SimConfig, START_NS};
+use crate::config::{FaultProfile, SimConfig, START_NS};
 use crate::rng::Rng;
 use crate::trace::{Kind, Trace};
 use crate::workload::{ForgeKind, Op};
@@ -179,6 +179,10 @@ pub struct World<'a> {
     forged_sent: u64,
     prewarm_rng: Rng,
     prewarm_config: DriverConfig,
+    /// The backends start with the prewarm instead of after it (a restart with queries at once),
+    /// for a quarter of the seeds of the `none` and `light` profiles: the prewarm then yields to
+    /// their reads. Not under `default` and `heavy` faults yet (ARCHITECTURE §10).
+    prewarm_beside_backends: bool,
     page: Box<Page>,
     /// One encoded pagestream response (`Work::answer`'s output).
     frame: Vec<u8>,
@@ -293,6 +297,11 @@ impl<'a> World<'a> {
             forged_sent: 0,
             prewarm_rng: Rng::stream(seed, 0x9E7),
             prewarm_config: prewarm_driver_config(seed),
+            // Its own stream: drawing it changes nothing else a seed draws.
+            prewarm_beside_backends: matches!(
+                cfg.profile,
+                FaultProfile::None | FaultProfile::Light
+            ) && Rng::stream(seed, 0xB35).chance(0.25),
             page: Box::new([0u8; PAGE_SIZE]),
             frame: Vec::with_capacity(GET_PAGE_RESPONSE_LEN),
             stream_rng,
@@ -353,11 +362,14 @@ impl<'a> World<'a> {
 
     /// The first events of a run (prewarm, attacker, heartbeat) and the workers' first slots.
     fn schedule_start(&mut self) {
-        // Prewarm (if the workload has any) refills the cold cache first; its end starts the
-        // backends.
+        // Prewarm (if the workload has any) refills the cold cache first and its end starts the
+        // backends, or it runs beside them.
         self.prewarm.token += 1;
         let token = self.prewarm.token;
         self.schedule(START_NS, Ev::PrewarmRound { token });
+        if self.prewarm_beside_backends {
+            self.start_backends();
+        }
         if self.cfg.forged_per_ms > 0.0 {
             let gap = self.attack_gap();
             self.schedule(START_NS + gap, Ev::AttackerTick);

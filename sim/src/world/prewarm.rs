@@ -3,9 +3,11 @@
 //! went through the real state-file encoding and `plan`. This file only carries its Prefetch
 //! and GetPage messages and replies and turns its `Poll::Wait` into an event; no copy of its
 //! logic lives here. Prewarm runs on the cold cache before the backends start, as after a
-//! compute restart, and its end starts them. Each run first registers on every shard's
-//! connection, as `run_prewarm` does (PrefetchTarget, then PrefetchPriority): the shell's
-//! messages, built here because the real ones are sent by its blocking shell.
+//! compute restart, and its end starts them; for a quarter of the seeds of the `none` and
+//! `light` profiles the backends start with it (queries at once after the restart), and the
+//! driver yields to their reads. Each run first registers on every shard's connection, as
+//! `run_prewarm` does (PrefetchTarget, then PrefetchPriority): the shell's messages, built here
+//! because the real ones are sent by its blocking shell.
 //!
 //! Owns: the prewarm program, the run in progress and its configuration. Talks to the page
 //! servers only over `net`'s TCP; reads the LFC only through the driver.
@@ -83,10 +85,20 @@ pub(super) fn prewarm_driver_config(seed: u64) -> DriverConfig {
         deadline_ns: None,
         // Every synthetic page carries a checksum.
         verify: PageVerify::Checksums,
+        // Drawn last: the draws before it are what they were.
+        yield_pages: r.range(1, 64) as usize,
     }
 }
 
 impl World<'_> {
+    /// The backends' first steps, now.
+    pub(super) fn start_backends(&mut self) {
+        self.report.backends_started_ns = self.now - START_NS;
+        for b in 0..self.backends.len() {
+            self.schedule(self.now, Ev::BackendStep(b));
+        }
+    }
+
     /// The saved state: the cache's own hottest pages (`snapshot_hottest`, empty when cold),
     /// then pages of the relations, then `gone` tags that no longer exist (a dropped relation,
     /// blocks past a relation's end).
@@ -244,10 +256,9 @@ impl World<'_> {
                 Some((pages, gone)) => self.start_prewarm(pages, gone),
                 None => {
                     self.prewarm.done = true;
-                    self.report.backends_started_ns = self.now - START_NS;
-                    // Cold start over: the backends begin.
-                    for b in 0..self.backends.len() {
-                        self.schedule(self.now, Ev::BackendStep(b));
+                    if !self.prewarm_beside_backends {
+                        // Cold start over: the backends begin.
+                        self.start_backends();
                     }
                     return;
                 }
@@ -406,6 +417,7 @@ impl World<'_> {
         let report = driver.report(check, now);
         let existing = report.pages - report.skipped_gone;
         self.report.prewarm_covered += report.present;
+        self.report.prewarm_yielded_rounds += report.yielded_rounds;
         self.rec(Kind::PrewarmDone, existing, report.present, report.via_tcp);
         if !report.complete && !report.cache_full {
             self.violate(

@@ -115,6 +115,8 @@ pub struct RunReport {
     pub seal_failed: u64,
     pub prewarm_pages: u64,
     pub prewarm_covered: u64,
+    /// Rounds in which a prewarm yielded to the backends' reads beside it.
+    pub prewarm_yielded_rounds: u64,
     pub digest: String,
     pub violation: Option<Violation>,
 }

@@ -2,9 +2,9 @@
 //! whole decision of a refill — which pages are gone or already cached, the rounds of UDP
 //! requests (built into Prefetch runs), probing the LFC for arrivals, retries (`Schedule`),
 //! the fail-over to TCP when nothing ever arrives, stopping when the cache is full, pacing,
-//! the TCP batches and the repair rounds, and the final report — with `now` passed in and the
-//! messages to send returned (`poll_transmit`). The blocking shell (`run_prewarm`) and the
-//! simulator both run this code; neither keeps a copy of it.
+//! yielding to backends' reads, the TCP batches and the repair rounds, and the final report —
+//! with `now` passed in and the messages to send returned (`poll_transmit`). The blocking shell
+//! (`run_prewarm`) and the simulator both run this code; neither keeps a copy of it.
 //!
 //! Owns: every prewarm decision and constant. Reads and writes the shared LFC (not I/O:
 //! memory); opens no socket, reads no clock, sleeps never.
@@ -44,6 +44,14 @@ pub const MIN_GIVE_UP_NS: u64 = 250_000_000;
 const GIVE_UP_TIMEOUTS: u64 = 3;
 /// Pages the pacer may send above its average rate at once.
 const PACING_BURST_PAGES: f64 = 64.0;
+/// Pages in flight at most while backends read, by default (`prewarm run --yield-pages`): at
+/// one round per `POLL_NS`, at most about 32k pages/s, which at the daemon's 2 µs or so of
+/// receive and install per page leaves the backends over 90 % of a core. Not yet measured
+/// beside scans: `bench prewarm --yield-pages N` (its scans-beside rows) is what says.
+pub const DEFAULT_YIELD_PAGES: usize = 64;
+/// How long after the last backend read seen the run keeps yielding; then its cap doubles
+/// every round until the congestion window alone bounds it again.
+pub const YIELD_HOLD_NS: u64 = 20_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DriverConfig {
@@ -57,6 +65,9 @@ pub struct DriverConfig {
     /// How the final check verifies pages: the cluster's checksums, or headers when it has
     /// none (`PageClient::page_verify`).
     pub verify: PageVerify,
+    /// While backends read pages (the LFC's `lookups` move), pages in flight at most; 0 never
+    /// yields (a foreground prewarm).
+    pub yield_pages: usize,
 }
 
 /// A message for the page server, on prewarm's TCP connection.
@@ -137,6 +148,63 @@ impl Pacer {
     }
 }
 
+/// Yielding to foreground reads (issue 17 §4). Beside scans, what runs short is the compute's
+/// CPU, not the page server's sender: the worker daemon receives and installs every prewarm
+/// page on the cores the backends read on. So while backends read (any lookup counted in the
+/// LFC since the last round), the run keeps at most `pages` in flight and fetches at most that
+/// many per TCP batch, one batch a round; `YIELD_HOLD_NS` after the last read it doubles the cap
+/// each round until it no longer binds. A run with no reader beside it never yields.
+#[derive(Debug)]
+struct Yield {
+    pages: usize,
+    last_lookups: u64,
+    last_read_ns: u64,
+    /// The in-flight cap now; `usize::MAX`: none.
+    cap: usize,
+    /// Rounds run under a cap, for the report.
+    rounds: u64,
+}
+
+impl Yield {
+    fn new(pages: usize, lookups: u64) -> Yield {
+        Yield {
+            pages,
+            last_lookups: lookups,
+            last_read_ns: 0,
+            cap: usize::MAX,
+            rounds: 0,
+        }
+    }
+
+    /// The cap for a round at `now_ns`, from the LFC's lookup count now; `window_pages` is the
+    /// largest window, above which a cap no longer binds.
+    fn cap(&mut self, lookups: u64, now_ns: u64, window_pages: usize) -> usize {
+        if self.pages == 0 {
+            return usize::MAX;
+        }
+        if lookups != self.last_lookups {
+            self.last_lookups = lookups;
+            self.last_read_ns = now_ns;
+            self.cap = self.pages;
+        } else if self.cap != usize::MAX
+            && now_ns.saturating_sub(self.last_read_ns) >= YIELD_HOLD_NS
+        {
+            self.cap = self.cap.saturating_mul(2);
+            if self.cap >= window_pages {
+                self.cap = usize::MAX;
+            }
+        }
+        if self.yielding() {
+            self.rounds += 1;
+        }
+        self.cap
+    }
+
+    fn yielding(&self) -> bool {
+        self.cap != usize::MAX
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// The main loop: rounds of arrivals, UDP requests and TCP batches.
@@ -192,6 +260,7 @@ pub struct Driver {
     exists: Vec<bool>,
     sched: Schedule,
     pacer: Pacer,
+    yielding: Yield,
     phase: Phase,
     started_ns: u64,
     give_up_on_udp_ns: u64,
@@ -252,6 +321,7 @@ impl Driver {
                 started_ns: now_ns,
                 granted: 0.0,
             },
+            yielding: Yield::new(config.yield_pages, lfc.lookups()),
             config,
             pages,
             exists,
@@ -336,10 +406,14 @@ impl Driver {
             self.cache_full = true;
             self.sched.stop_new_requests();
         }
+        let cap = self
+            .yielding
+            .cap(lfc.lookups(), now_ns, self.config.schedule.window_pages);
+        self.sched.limit_in_flight(cap);
         let want = self.pacer.allowance(now_ns, ROUND_PAGES);
         self.sched.next_requests(now_ns, want, &mut self.batch);
         self.queue_prefetches(lfc);
-        self.sched.take_tcp(TCP_DEPTH, &mut self.batch);
+        self.sched.take_tcp(TCP_DEPTH.min(cap), &mut self.batch);
         if !self.batch.is_empty() {
             for k in 0..self.batch.len() {
                 self.queue_get_page(lfc, self.batch[k]);
@@ -477,6 +551,13 @@ impl Driver {
                 }
                 self.batch.clear();
                 self.phase = Phase::Rounds;
+                if self.yielding.yielding() {
+                    // Batch after batch back to back would take the CPU the yield leaves to
+                    // the backends (prewarm installs TCP pages itself): one a round.
+                    return Poll::Wait {
+                        until_ns: now_ns + POLL_NS,
+                    };
+                }
                 self.round(lfc, now_ns)
             }
             Phase::Repair(_) if !self.repair_queue.is_empty() => self.repair_chunk(lfc),
@@ -570,6 +651,7 @@ impl Driver {
             skipped_gone: counts.skipped_gone,
             retries: counts.retries,
             refetched: self.refetched,
+            yielded_rounds: self.yielding.rounds,
             failed_verification: check.failed_verification,
             elapsed_s: elapsed,
             mb_per_s: fetched as f64 * PAGE_SIZE as f64 / 1e6 / elapsed.max(1e-9),
@@ -601,6 +683,7 @@ mod tests {
             rate_bytes_per_s: 0,
             deadline_ns: None,
             verify: PageVerify::Checksums,
+            yield_pages: 0,
         }
     }
 
@@ -736,6 +819,160 @@ mod tests {
         // Retries of the first pages (timed out by now) take their share of the allowance.
         let c = d.counts();
         assert_eq!(c.requested + c.retries, PACING_BURST_PAGES as u64 + 100);
+    }
+
+    /// A backend's read of a page of another relation (a miss counts as a read as well).
+    fn backend_read(f: &Fixture) {
+        let mut page = [0u8; PAGE_SIZE];
+        f.lfc.lookup(&synthetic_rel(9).block(0), &mut page);
+    }
+
+    /// Installs what the daemon would from the driver's Prefetches in `ts`.
+    fn deliver(f: &Fixture, ts: &[Transmit]) -> usize {
+        let mut n = 0;
+        for t in ts {
+            let Transmit::Prefetch(r) = t else { continue };
+            for b in r.first..r.first + u32::from(r.n) {
+                let tag = r.rel.block(b);
+                let _ = f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn yielding(yield_pages: usize, udp_port: Option<u16>) -> DriverConfig {
+        DriverConfig {
+            yield_pages,
+            ..config(udp_port)
+        }
+    }
+
+    #[test]
+    fn beside_backend_reads_the_run_keeps_few_pages_in_flight_then_recovers() {
+        let f = fixture(4096);
+        let mut d = driver(&f, yielding(16, Some(7000)), 2000, 2000);
+        backend_read(&f);
+        let mut now = T0;
+        d.step(&f.lfc, now);
+        assert_eq!(
+            d.counts().requested,
+            16,
+            "capped below the first window (256)"
+        );
+        let mut ts = drain(&mut d);
+        // Reads go on: each round brings in at most what arrived, never more than 16 in flight.
+        for _ in 0..5 {
+            assert_eq!(deliver(&f, &ts), 16);
+            backend_read(&f);
+            now += POLL_NS;
+            d.step(&f.lfc, now);
+            ts = drain(&mut d);
+            assert_eq!(d.sched.in_flight(), 16);
+        }
+        assert_eq!(d.counts().requested, 16 * 6);
+        // The reads stop: the cap holds for YIELD_HOLD_NS, then doubles each round until only
+        // the window bounds the run.
+        let mut in_flight = Vec::new();
+        while now < T0 + 10 * YIELD_HOLD_NS && !d.sched.is_complete() {
+            deliver(&f, &ts);
+            now += POLL_NS;
+            d.step(&f.lfc, now);
+            ts = drain(&mut d);
+            in_flight.push(d.sched.in_flight());
+        }
+        let held = (YIELD_HOLD_NS / POLL_NS) as usize;
+        assert!(
+            in_flight[..held - 1].iter().all(|&n| n == 16),
+            "{in_flight:?}"
+        );
+        assert_eq!(
+            in_flight[held - 1..held + 2],
+            [32, 64, 128],
+            "{in_flight:?}"
+        );
+        assert!(
+            in_flight.iter().any(|&n| n > 256),
+            "the cap lifted: {in_flight:?}"
+        );
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), now);
+        assert!(r.complete, "{r:?}");
+        assert!(r.yielded_rounds as usize >= 6 + held, "{r:?}");
+    }
+
+    #[test]
+    fn the_cap_cuts_at_once_on_a_read_and_doubles_back_after_the_hold() {
+        let mut y = Yield::new(16, 100);
+        assert_eq!(y.cap(100, T0, 1024), usize::MAX, "no read since the start");
+        assert_eq!(y.cap(101, T0 + MS, 1024), 16);
+        assert_eq!(y.cap(101, T0 + MS + YIELD_HOLD_NS - 1, 1024), 16, "held");
+        let after = T0 + MS + YIELD_HOLD_NS;
+        let caps: Vec<_> = (0..5).map(|k| y.cap(101, after + k, 1024)).collect();
+        assert_eq!(caps, [32, 64, 128, 256, 512]);
+        assert_eq!(
+            y.cap(101, after + 5, 1024),
+            usize::MAX,
+            "at the window: lifted"
+        );
+        assert_eq!(y.cap(150, after + 6, 1024), 16, "reads again: cut at once");
+        assert_eq!(y.rounds, 8);
+    }
+
+    #[test]
+    fn with_no_backend_reading_or_a_zero_cap_the_run_does_not_yield() {
+        let f = fixture(4096);
+        // The run's own probes (`contains`) and the daemon's installs are not backend reads.
+        let mut d = driver(&f, yielding(16, Some(7000)), 2000, 2000);
+        d.step(&f.lfc, T0);
+        assert_eq!(d.counts().requested, 256, "the whole first window");
+        let ts = drain(&mut d);
+        deliver(&f, &ts);
+        d.step(&f.lfc, T0 + POLL_NS);
+        assert_eq!(
+            d.counts().requested,
+            256 + 512,
+            "the window doubled by its arrivals"
+        );
+        assert_eq!(d.yielding.rounds, 0);
+        // --yield-pages 0 (a foreground prewarm) does not yield even beside reads.
+        let f = fixture(4096);
+        let mut d = driver(&f, yielding(0, Some(7000)), 2000, 2000);
+        backend_read(&f);
+        d.step(&f.lfc, T0);
+        assert_eq!(d.counts().requested, 256);
+        assert_eq!(d.yielding.rounds, 0);
+    }
+
+    #[test]
+    fn over_tcp_a_yielding_run_fetches_small_batches_one_a_round() {
+        let f = fixture(4096);
+        let mut d = driver(&f, yielding(8, None), 100, 100);
+        backend_read(&f);
+        assert_eq!(d.step(&f.lfc, T0), Poll::AwaitResponse);
+        let ts = drain(&mut d);
+        assert_eq!(ts.len(), 8, "a batch of 8, not TCP_DEPTH");
+        let mut poll = Poll::AwaitResponse;
+        for t in ts {
+            let Transmit::GetPage { tag, .. } = t else {
+                panic!("{t:?}")
+            };
+            let page = synthetic_page(tag, 16);
+            poll = d
+                .on_response(&f.lfc, Response::Page { tag, page: &page }, T0 + MS)
+                .unwrap()
+                .next;
+        }
+        assert_eq!(
+            poll,
+            Poll::Wait {
+                until_ns: T0 + MS + POLL_NS
+            },
+            "the next batch waits its round"
+        );
+        // Alone, the batches follow each other at once (as before).
+        let mut d = driver(&f, yielding(8, None), 100, 100);
+        assert_eq!(d.step(&f.lfc, T0), Poll::AwaitResponse);
+        assert_eq!(drain(&mut d).len(), TCP_DEPTH);
     }
 
     /// A run of 4 pages by UDP whose pages have all arrived, waiting for its next round.

@@ -38,8 +38,12 @@ pub struct PrewarmConfig {
     pub udp: bool,
     /// How the page server ranks this prewarm's prefetches against backends' (`prewarm run
     /// --priority`): background by default, so a prewarm beside running queries takes what
-    /// the sender has to spare instead of half of it.
+    /// the sender has to spare instead of half of it. A background run also yields the
+    /// compute's CPU to backends reading beside it (`yield_pages`); a foreground one does not.
     pub priority: PrefetchPriority,
+    /// Pages in flight at most while backends read beside a background run (`prewarm run
+    /// --yield-pages`, `driver::DEFAULT_YIELD_PAGES`); 0 never yields.
+    pub yield_pages: usize,
     /// A sharded tenant's page servers (none listed: `connect`'s address is the only one).
     pub shards: ShardMap,
 }
@@ -58,6 +62,8 @@ pub struct PrewarmReport {
     pub retries: u64,
     /// Pages fetched again at the end because they had left the cache after arriving.
     pub refetched: u64,
+    /// Rounds in which the run yielded to backends reading beside it (`--yield-pages`).
+    pub yielded_rounds: u64,
     pub failed_verification: u64,
     pub elapsed_s: f64,
     pub mb_per_s: f64,
@@ -177,6 +183,10 @@ pub fn run_prewarm(
             rate_bytes_per_s: cfg.rate_bytes_per_s / count as u64,
             deadline_ns: cfg.deadline.map(|d| d.as_nanos() as u64),
             verify: client.page_verify(u64::MAX),
+            yield_pages: match cfg.priority {
+                PrefetchPriority::Background => cfg.yield_pages,
+                PrefetchPriority::Foreground => 0,
+            },
         };
         let mut driver = Driver::new(config, part, &sizes, lfc, started_ns, monotonic_ns());
         let poll = driver.step(lfc, monotonic_ns());
@@ -286,6 +296,7 @@ fn merge_reports(a: PrewarmReport, b: PrewarmReport) -> PrewarmReport {
         skipped_gone: a.skipped_gone + b.skipped_gone,
         retries: a.retries + b.retries,
         refetched: a.refetched + b.refetched,
+        yielded_rounds: a.yielded_rounds + b.yielded_rounds,
         failed_verification: a.failed_verification + b.failed_verification,
         elapsed_s,
         mb_per_s: fetched as f64 * PAGE_SIZE as f64 / 1e6 / elapsed_s.max(1e-9),

@@ -76,6 +76,9 @@ pub struct Schedule {
     window: f64,
     /// When the window was last cut, so one burst of losses cuts it once.
     last_cut_ns: u64,
+    /// A cap on the window set from outside (prewarm yielding to foreground reads);
+    /// `usize::MAX` = none. Retries are not held back by it: they are of pages in flight.
+    limit: usize,
     counts: ScheduleCounts,
 }
 
@@ -94,6 +97,7 @@ impl Schedule {
             srtt_ns: None,
             window: config.min_window_pages as f64,
             last_cut_ns: 0,
+            limit: usize::MAX,
             counts: ScheduleCounts::default(),
         }
     }
@@ -153,6 +157,13 @@ impl Schedule {
         }
     }
 
+    /// Caps the pages in flight at `pages` below the window (`usize::MAX` lifts the cap). The
+    /// window itself keeps growing with arrivals meanwhile: the cap is the caller's policy, not
+    /// a sign of congestion.
+    pub fn limit_in_flight(&mut self, pages: usize) {
+        self.limit = pages;
+    }
+
     /// Fills `out` with up to `max` pages to request now: expired requests first (retries),
     /// then new pages, within the window. Pages out of UDP attempts go to the TCP queue.
     pub fn next_requests(&mut self, now_ns: u64, max: usize, out: &mut Vec<usize>) {
@@ -196,7 +207,7 @@ impl Schedule {
             }
         }
         while out.len() < max
-            && self.in_flight < self.window as usize
+            && self.in_flight < (self.window as usize).min(self.limit)
             && self.cursor < self.state.len()
         {
             let i = self.cursor;
@@ -372,6 +383,34 @@ mod tests {
         // All 20 time out at once: the window halves once for the burst, not 20 times.
         s.next_requests(1_000, 10_000, &mut out);
         assert_eq!(s.window, grown / 2.0);
+    }
+
+    #[test]
+    fn a_limit_caps_new_requests_but_not_retries_and_lifts() {
+        let config = ScheduleConfig {
+            window_pages: 100,
+            min_window_pages: 50,
+            ..cfg()
+        };
+        let mut s = Schedule::new(1_000, config);
+        s.limit_in_flight(8);
+        let mut out = Vec::new();
+        s.next_requests(0, 1_000, &mut out);
+        assert_eq!(
+            out,
+            (0..8).collect::<Vec<_>>(),
+            "capped below the window of 50"
+        );
+        s.next_requests(1, 1_000, &mut out);
+        assert!(out.is_empty(), "8 in flight: nothing new");
+        // The first timeout (100) passes: all 8 are re-requested although the cap is reached.
+        s.next_requests(100, 1_000, &mut out);
+        assert_eq!(out.len(), 8, "{out:?}");
+        assert_eq!(s.counts().retries, 8);
+        s.limit_in_flight(usize::MAX);
+        s.next_requests(101, 1_000, &mut out);
+        // Lifted: up to the window (50, its floor) in flight.
+        assert_eq!(out.len(), 42, "{out:?}");
     }
 
     #[test]
