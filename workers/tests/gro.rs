@@ -36,7 +36,9 @@ struct Rig {
 fn rig() -> (Rig, UdpSocket) {
     let dir = tempfile::tempdir().unwrap();
     // Leaked so the pump (borrowing it) can live in the test body without lifetimes games.
-    let lfc: &'static Lfc = Box::leak(Box::new(Lfc::create(dir.path().join("lfc"), 256).unwrap()));
+    // 1024 pages: the assembly table holds at most 1/16 of the cache, and the interleaved test
+    // has 32 split pages in assembly at once.
+    let lfc: &'static Lfc = Box::leak(Box::new(Lfc::create(dir.path().join("lfc"), 1024).unwrap()));
     let socket = bind_reuseport("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
     set_gro(&socket, true).unwrap();
     let dest = socket.local_addr().unwrap();
