@@ -230,6 +230,12 @@ impl Driver {
     /// A backend over `lfc`. `port_override` is the operator's `--prefetch-port`; without it
     /// the daemon's port comes from the LFC header. Starts on UDP when a daemon is alive (or a
     /// port was given), else on TCP pipelining, probing UDP as daemons come and go.
+    /// Never calibrates TCP's pace (`UdpHealth::never_calibrate`): one shard's driver among
+    /// several.
+    pub fn never_calibrate(&mut self) {
+        self.health.never_calibrate();
+    }
+
     pub fn new(config: ReadPathConfig, port_override: Option<u16>, lfc: &Lfc, now_ns: u64) -> Self {
         let mut d = Self::build(config, port_override, now_ns);
         if let Some(port) = port_override {

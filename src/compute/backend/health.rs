@@ -317,6 +317,15 @@ impl UdpHealth {
         }
     }
 
+    /// No calibration from now on: for one shard's driver among several, whose time between
+    /// its own reads includes the other shards' reads, so that one shard's slow spell (a
+    /// shard losing its datagrams) made another's UDP look slower than its calibration on TCP
+    /// after that spell ended. The other rules, and a TCP pace known from a real stay on TCP,
+    /// still apply.
+    pub fn never_calibrate(&mut self) {
+        self.next_calibration_ns = u64::MAX;
+    }
+
     pub fn path(&self) -> PrefetchPath {
         self.path
     }

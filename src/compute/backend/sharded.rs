@@ -34,10 +34,16 @@ pub struct ShardedDriver {
 impl ShardedDriver {
     /// `layout.count()` drivers, made by `driver` in shard order.
     pub fn new(layout: ShardLayout, driver: impl FnMut() -> Driver) -> ShardedDriver {
+        let mut drivers: Vec<Driver> = std::iter::repeat_with(driver)
+            .take(layout.count())
+            .collect();
+        if drivers.len() > 1 {
+            // A shard's read cycle holds the other shards' reads: paces are not comparable
+            // across a calibration (ARCHITECTURE §10).
+            drivers.iter_mut().for_each(Driver::never_calibrate);
+        }
         ShardedDriver {
-            drivers: std::iter::repeat_with(driver)
-                .take(layout.count())
-                .collect(),
+            drivers,
             layout,
             last: 0,
             next_transmit: 0,
