@@ -145,40 +145,50 @@ fn parse_source(s: &str) -> Result<SourceSpec, String> {
         .map_err(|e: crate::pageserver::source::SourceError| e.to_string())
 }
 
+impl PageServerArgs {
+    /// The server's configuration from the flags; a shard spec that does not parse or a TLS key
+    /// pair that cannot be read is bad input.
+    fn server_config(self) -> Result<ServerConfig, BadInput> {
+        let shard = self.shard_identity()?;
+        Ok(ServerConfig {
+            listen: self.listen,
+            source: self.source,
+            token: self.token,
+            max_connections: self.max_connections,
+            startup_timeout: Duration::from_millis(self.startup_timeout_ms),
+            idle_timeout: (self.idle_timeout_s > 0)
+                .then(|| Duration::from_secs(self.idle_timeout_s)),
+            service_delay_us: self.service_delay_us,
+            lsn_wait_timeout: Duration::from_millis(self.lsn_wait_timeout_ms),
+            max_page_versions: self.max_page_versions,
+            prefetch_senders: self.prefetch_senders,
+            prefetch_rate_bytes_per_s: self.prefetch_rate,
+            prefetch_queue_pages: self.prefetch_queue_pages,
+            prefetch_queue_pages_per_conn: self.prefetch_queue_pages_per_conn,
+            drop_prefetch: self.drop_prefetch,
+            drop_seed: self.drop_seed,
+            prefetch_gso: !self.no_gso,
+            prefetch_sender_nice: self.prefetch_sender_nice,
+            thread_classes: !self.no_thread_classes,
+            datagram_protection: self.datagram_protection,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(
+                    crate::protocol::tls::ServerTls::from_pem_files(cert, key)
+                        .map_err(|e| BadInput(e.to_string()))?,
+                ),
+                _ => None,
+            },
+            tls_required: self.tls_required,
+            metrics: self.metrics,
+            udp_extension: !self.no_udp_extension,
+            shard,
+        })
+    }
+}
+
 pub fn run(args: PageServerArgs) -> anyhow::Result<Outcome> {
-    let shard = args.shard_identity()?;
-    let config = ServerConfig {
-        listen: args.listen,
-        source: args.source,
-        token: args.token,
-        max_connections: args.max_connections,
-        startup_timeout: Duration::from_millis(args.startup_timeout_ms),
-        idle_timeout: (args.idle_timeout_s > 0).then(|| Duration::from_secs(args.idle_timeout_s)),
-        service_delay_us: args.service_delay_us,
-        lsn_wait_timeout: Duration::from_millis(args.lsn_wait_timeout_ms),
-        max_page_versions: args.max_page_versions,
-        prefetch_senders: args.prefetch_senders,
-        prefetch_rate_bytes_per_s: args.prefetch_rate,
-        prefetch_queue_pages: args.prefetch_queue_pages,
-        prefetch_queue_pages_per_conn: args.prefetch_queue_pages_per_conn,
-        drop_prefetch: args.drop_prefetch,
-        drop_seed: args.drop_seed,
-        prefetch_gso: !args.no_gso,
-        prefetch_sender_nice: args.prefetch_sender_nice,
-        thread_classes: !args.no_thread_classes,
-        datagram_protection: args.datagram_protection,
-        tls: match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                crate::protocol::tls::ServerTls::from_pem_files(cert, key)
-                    .map_err(|e| BadInput(e.to_string()))?,
-            ),
-            _ => None,
-        },
-        tls_required: args.tls_required,
-        metrics: args.metrics,
-        udp_extension: !args.no_udp_extension,
-        shard,
-    };
+    let config = args.server_config()?;
+    let shard = config.shard;
     if shard.layout().count() > 1 {
         tracing::info!(
             %shard,

@@ -161,38 +161,64 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-impl PageServer {
-    pub fn start(config: ServerConfig) -> Result<PageServer, ServerError> {
-        if config.max_connections == 0 {
+impl ServerConfig {
+    /// Refuses a configuration no server could run with, naming the flag.
+    fn validate(&self) -> Result<(), ServerError> {
+        if self.max_connections == 0 {
             return Err(ServerError::Config(
                 "--max-connections must be at least 1".into(),
             ));
         }
-        if !(0.0..=1.0).contains(&config.drop_prefetch) {
+        if !(0.0..=1.0).contains(&self.drop_prefetch) {
             return Err(ServerError::Config(
                 "--drop-prefetch must be between 0 and 1".into(),
             ));
         }
-        if config.prefetch_senders == 0 || config.prefetch_senders > 64 {
+        if self.prefetch_senders == 0 || self.prefetch_senders > 64 {
             return Err(ServerError::Config(
                 "--prefetch-senders must be 1..=64".into(),
             ));
         }
-        if !workers::sched::NICE_RANGE.contains(&config.prefetch_sender_nice) {
+        if !workers::sched::NICE_RANGE.contains(&self.prefetch_sender_nice) {
             return Err(ServerError::Config(
                 "--prefetch-sender-nice must be -20..=19".into(),
             ));
         }
-        if config.tls_required && config.tls.is_none() {
+        if self.tls_required && self.tls.is_none() {
             return Err(ServerError::Config(
                 "--tls-required needs --tls-cert and --tls-key".into(),
             ));
         }
-        if config.prefetch_queue_pages == 0 {
+        if self.prefetch_queue_pages == 0 {
             return Err(ServerError::Config(
                 "--prefetch-queue-pages must be at least 1".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// What the prefetch sender threads need of the configuration.
+    fn sender_config(&self) -> SenderConfig {
+        SenderConfig {
+            threads: self.prefetch_senders,
+            limits: SchedulerLimits {
+                max_queued_pages: self.prefetch_queue_pages,
+                max_queued_pages_per_conn: self.prefetch_queue_pages_per_conn,
+                rate_bytes_per_s: self.prefetch_rate_bytes_per_s,
+                ..SchedulerLimits::default()
+            },
+            drop_probability: self.drop_prefetch,
+            drop_seed: self.drop_seed,
+            allow_gso: self.prefetch_gso,
+            nice: self.prefetch_sender_nice,
+            bulk_class: self.thread_classes,
+        }
+    }
+}
+
+impl PageServer {
+    pub fn start(config: ServerConfig) -> Result<PageServer, ServerError> {
+        config.validate()?;
         let source = config.source.open()?;
         let listener = TcpListener::bind(config.listen).map_err(|source| ServerError::Bind {
             addr: config.listen,
@@ -216,24 +242,7 @@ impl PageServer {
             config.lsn_wait_timeout,
         ));
         let stats = Arc::new(ServerStats::default());
-        let prefetch = PrefetchSender::start(
-            SenderConfig {
-                threads: config.prefetch_senders,
-                limits: SchedulerLimits {
-                    max_queued_pages: config.prefetch_queue_pages,
-                    max_queued_pages_per_conn: config.prefetch_queue_pages_per_conn,
-                    rate_bytes_per_s: config.prefetch_rate_bytes_per_s,
-                    ..SchedulerLimits::default()
-                },
-                drop_probability: config.drop_prefetch,
-                drop_seed: config.drop_seed,
-                allow_gso: config.prefetch_gso,
-                nice: config.prefetch_sender_nice,
-                bulk_class: config.thread_classes,
-            },
-            store.clone(),
-            stats.clone(),
-        )?;
+        let prefetch = PrefetchSender::start(config.sender_config(), store.clone(), stats.clone())?;
         let shared = Arc::new(Shared {
             config,
             store,

@@ -67,6 +67,60 @@ struct Inner {
     stats: Arc<ServerStats>,
 }
 
+/// Binds sender thread `i`'s socket and starts the thread; returns its UDP source port. The
+/// thread reports on `ready` whether it took its priority before it sends anything.
+fn spawn_sender_thread(
+    i: usize,
+    config: &SenderConfig,
+    inner: Arc<Inner>,
+    ready: std::sync::mpsc::Sender<Result<(), workers::sched::NiceError>>,
+) -> std::io::Result<(u16, JoinHandle<()>)> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let port = socket.local_addr()?.port();
+    // Datagrams are sized to the compute's path MTU (fragments on a small one): IP
+    // must never fragment them, since one lost IP fragment loses the datagram and
+    // incomplete sets clog the receiver's reassembly memory.
+    set_dont_fragment(&socket)?;
+    // A batch of split pages is up to SEND_BATCH × MAX_FRAGMENTS datagrams: one
+    // `sendmmsg` takes as many as the sender allows.
+    let per_call = (SEND_BATCH * MAX_FRAGMENTS).min(MAX_SEND_BATCH);
+    let sender = GsoSender::new(socket, DATAGRAM_LEN, per_call, config.allow_gso)
+        .map_err(std::io::Error::other)?;
+    if i == 0 {
+        tracing::info!(
+            gso = sender.gso_active(),
+            segments = sender.gso_segments(),
+            "prefetch sender ready"
+        );
+    }
+    let filter = DropFilter::new(
+        config.drop_probability,
+        config.drop_seed.wrapping_add(i as u64),
+    );
+    let (nice, bulk) = (config.nice, config.bulk_class);
+    let thread = std::thread::Builder::new()
+        .name(format!("prefetch-send-{i}"))
+        .spawn(move || {
+            if bulk {
+                // Sending prefetches is bulk work: it must never preempt a thread that
+                // serves a GetPage (ARCHITECTURE §4: GetPage is never queued behind
+                // prefetch work, and that includes the CPU).
+                workers::sched::set_thread_class_or_warn(workers::sched::ThreadClass::Bulk);
+            }
+            let priority = match nice {
+                0 => Ok(()),
+                n => workers::sched::set_thread_nice(0, n),
+            };
+            let ok = priority.is_ok();
+            let _ = ready.send(priority);
+            drop(ready);
+            if ok {
+                send_loop(&inner, sender, filter);
+            }
+        })?;
+    Ok((port, thread))
+}
+
 /// Handle owned by the server; connections call `enqueue`.
 pub struct PrefetchSender {
     inner: Arc<Inner>,
@@ -101,54 +155,9 @@ impl PrefetchSender {
         // refused --prefetch-sender-nice fails the start instead of passing unnoticed.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for i in 0..config.threads.max(1) {
-            let inner = inner.clone();
-            let socket = UdpSocket::bind("0.0.0.0:0")?;
-            ports.push(socket.local_addr()?.port());
-            // Datagrams are sized to the compute's path MTU (fragments on a small one): IP
-            // must never fragment them, since one lost IP fragment loses the datagram and
-            // incomplete sets clog the receiver's reassembly memory.
-            set_dont_fragment(&socket)?;
-            // A batch of split pages is up to SEND_BATCH × MAX_FRAGMENTS datagrams: one
-            // `sendmmsg` takes as many as the sender allows.
-            let per_call = (SEND_BATCH * MAX_FRAGMENTS).min(MAX_SEND_BATCH);
-            let sender = GsoSender::new(socket, DATAGRAM_LEN, per_call, config.allow_gso)
-                .map_err(std::io::Error::other)?;
-            if i == 0 {
-                tracing::info!(
-                    gso = sender.gso_active(),
-                    segments = sender.gso_segments(),
-                    "prefetch sender ready"
-                );
-            }
-            let filter = DropFilter::new(
-                config.drop_probability,
-                config.drop_seed.wrapping_add(i as u64),
-            );
-            let (nice, bulk, ready) = (config.nice, config.bulk_class, ready_tx.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("prefetch-send-{i}"))
-                    .spawn(move || {
-                        if bulk {
-                            // Sending prefetches is bulk work: it must never preempt a thread that
-                            // serves a GetPage (ARCHITECTURE §4: GetPage is never queued behind
-                            // prefetch work, and that includes the CPU).
-                            workers::sched::set_thread_class_or_warn(
-                                workers::sched::ThreadClass::Bulk,
-                            );
-                        }
-                        let priority = match nice {
-                            0 => Ok(()),
-                            n => workers::sched::set_thread_nice(0, n),
-                        };
-                        let ok = priority.is_ok();
-                        let _ = ready.send(priority);
-                        drop(ready);
-                        if ok {
-                            send_loop(&inner, sender, filter);
-                        }
-                    })?,
-            );
+            let (port, thread) = spawn_sender_thread(i, &config, inner.clone(), ready_tx.clone())?;
+            ports.push(port);
+            threads.push(thread);
         }
         let sender = PrefetchSender {
             inner,
@@ -296,39 +305,50 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
         if ready == 0 {
             continue;
         }
-        // One batch always has one destination and stream (the scheduler hands out per
-        // connection): each sealed page is `fragments` datagrams of `len` bytes.
-        let dest: SocketAddr = jobs[0].addr;
-        let (fragments, len) = (
-            usize::from(jobs[0].key.datagrams_per_page()),
-            jobs[0].key.fragment_len(),
-        );
-        let total = ready * fragments;
-        let mut sent = 0;
-        while sent < total {
-            let from = sent;
-            // Interleaved (`batch_datagram`), and no GSO message longer than the batch's page
-            // count: a lost message costs each page at most the one piece its parity rebuilds.
-            match sender.send_pieces(dest, total - from, (from, ready), |i| {
-                let (page, piece) = batch_datagram(from + i, ready, fragments);
-                &datagrams[page][piece * len..][..len]
-            }) {
-                Ok(n) => {
-                    sent += n;
-                    // Pages whose last datagram left (every page's last piece is in the last
-                    // run).
-                    let last_run = total - ready;
-                    let done = |s: usize| s.saturating_sub(last_run);
-                    stats.on_pages_sent(dest, (done(sent) - done(from)) as u64);
-                }
-                Err(_) => {
-                    // Best effort by design: the backend falls back to GetPage.
-                    let unsent_pages = ready - sent.saturating_sub(total - ready);
-                    stats
-                        .prefetch_send_errors
-                        .fetch_add(unsent_pages as u64, Ordering::Relaxed);
-                    break;
-                }
+        send_sealed(&mut sender, &jobs, &datagrams, ready, stats);
+    }
+}
+
+/// Sends the first `ready` sealed pages of a batch (one destination and stream: the scheduler
+/// hands out batches per connection), each `fragments` datagrams, counting pages whose last
+/// datagram left and, on a send error, the pages that did not.
+fn send_sealed(
+    sender: &mut GsoSender,
+    jobs: &[PageJob],
+    datagrams: &[SealedPage],
+    ready: usize,
+    stats: &ServerStats,
+) {
+    let dest: SocketAddr = jobs[0].addr;
+    let (fragments, len) = (
+        usize::from(jobs[0].key.datagrams_per_page()),
+        jobs[0].key.fragment_len(),
+    );
+    let total = ready * fragments;
+    let mut sent = 0;
+    while sent < total {
+        let from = sent;
+        // Interleaved (`batch_datagram`), and no GSO message longer than the batch's page
+        // count: a lost message costs each page at most the one piece its parity rebuilds.
+        match sender.send_pieces(dest, total - from, (from, ready), |i| {
+            let (page, piece) = batch_datagram(from + i, ready, fragments);
+            &datagrams[page][piece * len..][..len]
+        }) {
+            Ok(n) => {
+                sent += n;
+                // Pages whose last datagram left (every page's last piece is in the last
+                // run).
+                let last_run = total - ready;
+                let done = |s: usize| s.saturating_sub(last_run);
+                stats.on_pages_sent(dest, (done(sent) - done(from)) as u64);
+            }
+            Err(_) => {
+                // Best effort by design: the backend falls back to GetPage.
+                let unsent_pages = ready - sent.saturating_sub(total - ready);
+                stats
+                    .prefetch_send_errors
+                    .fetch_add(unsent_pages as u64, Ordering::Relaxed);
+                break;
             }
         }
     }
