@@ -137,6 +137,17 @@ impl Progress {
     }
 }
 
+/// What every shard's run starts from.
+struct RunStart<'a> {
+    cfg: &'a PrewarmConfig,
+    lfc: &'a Lfc,
+    /// Relation sizes, asked of shard 0.
+    sizes: &'a HashMap<RelTag, Option<u32>>,
+    /// The worker daemon's port, when the run uses UDP prefetch.
+    udp_port: Option<u16>,
+    started_ns: u64,
+}
+
 /// One shard's part of a run: its connection and the driver of the pages it owns.
 struct ShardRun {
     client: PageClient,
@@ -169,33 +180,16 @@ pub fn run_prewarm(
     for tag in pages {
         parts[layout.shard_of(tag)].push(*tag);
     }
+    let start = RunStart {
+        cfg,
+        lfc,
+        sizes: &sizes,
+        udp_port,
+        started_ns,
+    };
     let mut runs = Vec::with_capacity(count);
-    for (s, (mut client, part)) in clients.into_iter().zip(parts).enumerate() {
-        let udp_port = match udp_port {
-            Some(port) => register_shard(&mut client, s, cfg, lfc, port)
-                .map_err(|e| name_shard(s, count, &client, e))?,
-            None => None,
-        };
-        let config = DriverConfig {
-            schedule: cfg.schedule,
-            udp_port,
-            // The pace is the run's: each of the shards' drivers takes its share.
-            rate_bytes_per_s: cfg.rate_bytes_per_s / count as u64,
-            deadline_ns: cfg.deadline.map(|d| d.as_nanos() as u64),
-            verify: client.page_verify(u64::MAX),
-            yield_pages: match cfg.priority {
-                PrefetchPriority::Background => cfg.yield_pages,
-                PrefetchPriority::Foreground => 0,
-            },
-        };
-        let mut driver = Driver::new(config, part, &sizes, lfc, started_ns, monotonic_ns());
-        let poll = driver.step(lfc, monotonic_ns());
-        runs.push(ShardRun {
-            client,
-            driver,
-            poll,
-            shown_round: 0,
-        });
+    for (s, (client, part)) in clients.into_iter().zip(parts).enumerate() {
+        runs.push(ShardRun::start(&start, (s, count), client, part)?);
     }
     let mut progress = Progress::new(pages.len() as u64, cfg.progress);
     loop {
@@ -214,20 +208,7 @@ pub fn run_prewarm(
             }
             all_done = false;
         }
-        if runs.iter().any(|r| r.driver.rounds() != r.shown_round) {
-            for r in &mut runs {
-                r.shown_round = r.driver.rounds();
-            }
-            let elapsed = monotonic_ns().saturating_sub(started_ns) as f64 / 1e9;
-            let done = runs.iter().map(|r| r.driver.done()).sum();
-            let counts = runs.iter().fold(ScheduleCounts::default(), |mut c, r| {
-                let d = r.driver.counts();
-                c.retries += d.retries;
-                c.via_tcp += d.via_tcp;
-                c
-            });
-            progress.update(done, pages.len(), &counts, elapsed);
-        }
+        show_progress(&mut runs, &mut progress, pages.len(), started_ns);
         if all_done {
             break;
         }
@@ -244,7 +225,64 @@ pub fn run_prewarm(
     Ok(reports.fold(first, merge_reports))
 }
 
+/// Updates the progress bar when any shard's driver finished a round since the last update.
+fn show_progress(runs: &mut [ShardRun], progress: &mut Progress, total: usize, started_ns: u64) {
+    if runs.iter().all(|r| r.driver.rounds() == r.shown_round) {
+        return;
+    }
+    for r in runs.iter_mut() {
+        r.shown_round = r.driver.rounds();
+    }
+    let elapsed = monotonic_ns().saturating_sub(started_ns) as f64 / 1e9;
+    let done = runs.iter().map(|r| r.driver.done()).sum();
+    let counts = runs.iter().fold(ScheduleCounts::default(), |mut c, r| {
+        let d = r.driver.counts();
+        c.retries += d.retries;
+        c.via_tcp += d.via_tcp;
+        c
+    });
+    progress.update(done, total, &counts, elapsed);
+}
+
 impl ShardRun {
+    /// Registers shard `s` of `count` for UDP prefetch (when the run uses it) and starts its
+    /// driver over `part`, the shard's pages in plan order. An error names the shard.
+    fn start(
+        run: &RunStart,
+        (s, count): (usize, usize),
+        mut client: PageClient,
+        part: Vec<BufferTag>,
+    ) -> anyhow::Result<ShardRun> {
+        let (cfg, lfc) = (run.cfg, run.lfc);
+        let udp_port = match run.udp_port {
+            Some(port) => match register_shard(&mut client, s, cfg, lfc, port) {
+                Ok(port) => port,
+                Err(e) => return Err(name_shard(s, count, &client, e)),
+            },
+            None => None,
+        };
+        let config = DriverConfig {
+            schedule: cfg.schedule,
+            udp_port,
+            // The pace is the run's: each of the shards' drivers takes its share.
+            rate_bytes_per_s: cfg.rate_bytes_per_s / count as u64,
+            deadline_ns: cfg.deadline.map(|d| d.as_nanos() as u64),
+            verify: client.page_verify(u64::MAX),
+            yield_pages: match cfg.priority {
+                PrefetchPriority::Background => cfg.yield_pages,
+                PrefetchPriority::Foreground => 0,
+            },
+        };
+        let mut driver = Driver::new(config, part, run.sizes, lfc, run.started_ns, monotonic_ns());
+        let poll = driver.step(lfc, monotonic_ns());
+        Ok(ShardRun {
+            client,
+            driver,
+            poll,
+            shown_round: 0,
+        })
+    }
+
     /// Moves this shard's run one step: sends what its driver queued, then steps a wait that is
     /// over or reads the response it awaits. Never sleeps (the caller sleeps when every shard
     /// waits), so one shard's wait does not hold up the others.
