@@ -6,7 +6,8 @@
 //!
 //! The lock word is `dist << PID_BITS | owner pid` (pid 0 = free). Only the owner changes
 //! `dist`, so a free word keeps it and taking or releasing the lock preserves it. Waiters spin,
-//! then yield, checking now and then whether the owner still exists; a dead owner's lock is taken
+//! then yield, then sleep (so that a real-time waiter lets a preempted owner finish), checking
+//! now and then whether the owner still exists; a dead owner's lock is taken
 //! over (`Acquired::broken`), and the new owner must repair whatever the dead one left half-done
 //! before relying on the bucket.
 
@@ -34,6 +35,14 @@ pub(crate) const LOCK_WAIT_LIMIT: Duration = Duration::from_millis(500);
 const SPINS_BEFORE_YIELD: u32 = 200;
 /// Yields between two liveness checks of the owner (each check is a syscall).
 const YIELDS_PER_LIVENESS_CHECK: u32 = 8;
+/// Yields before a waiter starts sleeping between attempts instead. A yield only lets threads
+/// of the caller's own priority run: a real-time waiter (the worker daemon's threads may be
+/// `SCHED_FIFO`) yielding to an owner that a normal backend preempted on the same CPU would
+/// spin until the kernel's real-time throttling stepped in, up to a second later. A sleep lets
+/// any owner run, whatever the classes.
+const YIELDS_BEFORE_SLEEP: u32 = 16;
+/// A waiter's sleep once yields did not help: a few copies of a page.
+const LOCK_SLEEP: Duration = Duration::from_micros(20);
 
 #[repr(C, align(64))]
 pub(crate) struct Bucket {
@@ -120,7 +129,11 @@ impl Bucket {
                     return Err(owner);
                 }
             }
-            std::thread::yield_now();
+            if yields <= YIELDS_BEFORE_SLEEP {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(LOCK_SLEEP);
+            }
         }
     }
 
