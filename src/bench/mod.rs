@@ -103,8 +103,6 @@ pub(crate) fn synthetic_server(
     })
 }
 
-/// Starts a bench's in-process page server where the run's topology puts the page server
-/// (`topology::on_server`): every bench starts its servers here.
 /// A bench's worker daemon flags: `--threads`, and `--thread-class` when the bench names one.
 pub(crate) fn daemon_flags(
     threads: &str,
@@ -117,6 +115,8 @@ pub(crate) fn daemon_flags(
     flags
 }
 
+/// Starts a bench's in-process page server where the run's topology puts the page server
+/// (`topology::on_server`): every bench starts its servers here.
 pub(crate) fn start_server(
     config: crate::pageserver::ServerConfig,
 ) -> anyhow::Result<crate::pageserver::PageServer> {
