@@ -213,6 +213,93 @@ mod tests {
         b.unlock(42);
     }
 
+    /// Pins the calling thread to `cpu`.
+    fn pin_to(cpu: usize) {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls read and write only it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0
+            );
+        }
+    }
+
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes one timespec on this stack.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// The worker daemon's threads may be SCHED_FIFO. One that waits for a bucket lock whose
+    /// owner, a normal thread, it preempted on the same CPU must let that owner run: a waiter
+    /// that only yields (a real-time yield lets only real-time threads run) kept it off the
+    /// CPU until the kernel's real-time throttling stepped in, and gave up after
+    /// `LOCK_WAIT_LIMIT`. Needs root or CAP_SYS_NICE; elsewhere there is nothing to show.
+    #[test]
+    fn a_real_time_waiter_lets_an_owner_it_preempted_on_its_cpu_finish() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        /// CPU time the owner spends holding the lock.
+        const HOLD: Duration = Duration::from_millis(2);
+        // SAFETY: sched_getcpu takes no argument.
+        let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap();
+        let pid = std::process::id(); // alive: the lock is never broken
+        let b = Arc::new(bucket());
+        let held = Arc::new(AtomicBool::new(false));
+        let owner = {
+            let (b, held) = (b.clone(), held.clone());
+            std::thread::spawn(move || {
+                pin_to(cpu);
+                assert_eq!(b.lock(pid), Ok(Acquired { broken: false }));
+                held.store(true, Ordering::SeqCst);
+                let start = thread_cpu();
+                while thread_cpu() - start < HOLD {
+                    std::hint::spin_loop();
+                }
+                b.unlock(pid);
+            })
+        };
+        let waited = std::thread::spawn(move || {
+            pin_to(cpu);
+            let fifo = libc::sched_param { sched_priority: 1 };
+            // SAFETY: reads one sched_param on this stack.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) } != 0 {
+                while !held.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                return None;
+            }
+            // Sleeping, not spinning, so that the owner can take the lock; the wake-up then
+            // preempts it mid-hold.
+            while !held.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            let start = Instant::now();
+            let got = b.lock(pid);
+            let waited = start.elapsed();
+            if got.is_ok() {
+                b.unlock(pid);
+            }
+            Some((got, waited))
+        })
+        .join()
+        .unwrap();
+        owner.join().unwrap();
+        if let Some((got, waited)) = waited {
+            assert_eq!(got, Ok(Acquired { broken: false }));
+            assert!(
+                waited < Duration::from_millis(200),
+                "the real-time waiter held the owner off its CPU for {waited:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_overflow_distance_survives_locking_unlocking_and_breaking() {
         let b = bucket();
