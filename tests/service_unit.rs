@@ -289,6 +289,19 @@ fn units_carry_the_flags_readiness_restart_and_scheduling() {
         "would hide /dev/shm"
     );
     assert!(setting(&w, "CPUSchedulingPolicy").is_empty());
+    assert!(setting(&w, "AmbientCapabilities").is_empty());
+    // The real-time class needs CAP_SYS_NICE as the service's user; the unit grants it only
+    // when the flags ask for that class.
+    let rt = workers_unit(&[
+        "--lfc",
+        "/mnt/lfc/cache",
+        "--size",
+        "1GiB",
+        "--thread-class",
+        "realtime",
+    ]);
+    assert_eq!(setting(&rt, "AmbientCapabilities"), ["CAP_SYS_NICE"]);
+    assert_eq!(setting(&rt, "CapabilityBoundingSet"), ["CAP_SYS_NICE"]);
 
     // The page server: the README's sender nice unless the flags set one, and the capability
     // a negative one needs; its file limit follows --max-connections.

@@ -6,7 +6,8 @@
 //!
 //! The lock word is `dist << PID_BITS | owner pid` (pid 0 = free). Only the owner changes
 //! `dist`, so a free word keeps it and taking or releasing the lock preserves it. Waiters spin,
-//! then yield, checking now and then whether the owner still exists; a dead owner's lock is taken
+//! then yield, then sleep (so that a real-time waiter lets a preempted owner finish), checking
+//! now and then whether the owner still exists; a dead owner's lock is taken
 //! over (`Acquired::broken`), and the new owner must repair whatever the dead one left half-done
 //! before relying on the bucket.
 
@@ -34,6 +35,14 @@ pub(crate) const LOCK_WAIT_LIMIT: Duration = Duration::from_millis(500);
 const SPINS_BEFORE_YIELD: u32 = 200;
 /// Yields between two liveness checks of the owner (each check is a syscall).
 const YIELDS_PER_LIVENESS_CHECK: u32 = 8;
+/// Yields before a waiter starts sleeping between attempts instead. A yield only lets threads
+/// of the caller's own priority run: a real-time waiter (the worker daemon's threads may be
+/// `SCHED_FIFO`) yielding to an owner that a normal backend preempted on the same CPU would
+/// spin until the kernel's real-time throttling stepped in, up to a second later. A sleep lets
+/// any owner run, whatever the classes.
+const YIELDS_BEFORE_SLEEP: u32 = 16;
+/// A waiter's sleep once yields did not help: a few copies of a page.
+const LOCK_SLEEP: Duration = Duration::from_micros(20);
 
 #[repr(C, align(64))]
 pub(crate) struct Bucket {
@@ -120,7 +129,11 @@ impl Bucket {
                     return Err(owner);
                 }
             }
-            std::thread::yield_now();
+            if yields <= YIELDS_BEFORE_SLEEP {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(LOCK_SLEEP);
+            }
         }
     }
 
@@ -198,6 +211,93 @@ mod tests {
         b.lock.store(0, Ordering::Relaxed);
         assert_eq!(b.try_lock(42), Some(Acquired { broken: false }));
         b.unlock(42);
+    }
+
+    /// Pins the calling thread to `cpu`.
+    fn pin_to(cpu: usize) {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls read and write only it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0
+            );
+        }
+    }
+
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes one timespec on this stack.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// The worker daemon's threads may be SCHED_FIFO. One that waits for a bucket lock whose
+    /// owner, a normal thread, it preempted on the same CPU must let that owner run: a waiter
+    /// that only yields (a real-time yield lets only real-time threads run) kept it off the
+    /// CPU until the kernel's real-time throttling stepped in, and gave up after
+    /// `LOCK_WAIT_LIMIT`. Needs root or CAP_SYS_NICE; elsewhere there is nothing to show.
+    #[test]
+    fn a_real_time_waiter_lets_an_owner_it_preempted_on_its_cpu_finish() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        /// CPU time the owner spends holding the lock.
+        const HOLD: Duration = Duration::from_millis(2);
+        // SAFETY: sched_getcpu takes no argument.
+        let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap();
+        let pid = std::process::id(); // alive: the lock is never broken
+        let b = Arc::new(bucket());
+        let held = Arc::new(AtomicBool::new(false));
+        let owner = {
+            let (b, held) = (b.clone(), held.clone());
+            std::thread::spawn(move || {
+                pin_to(cpu);
+                assert_eq!(b.lock(pid), Ok(Acquired { broken: false }));
+                held.store(true, Ordering::SeqCst);
+                let start = thread_cpu();
+                while thread_cpu() - start < HOLD {
+                    std::hint::spin_loop();
+                }
+                b.unlock(pid);
+            })
+        };
+        let waited = std::thread::spawn(move || {
+            pin_to(cpu);
+            let fifo = libc::sched_param { sched_priority: 1 };
+            // SAFETY: reads one sched_param on this stack.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) } != 0 {
+                while !held.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                return None;
+            }
+            // Sleeping, not spinning, so that the owner can take the lock; the wake-up then
+            // preempts it mid-hold.
+            while !held.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            let start = Instant::now();
+            let got = b.lock(pid);
+            let waited = start.elapsed();
+            if got.is_ok() {
+                b.unlock(pid);
+            }
+            Some((got, waited))
+        })
+        .join()
+        .unwrap();
+        owner.join().unwrap();
+        if let Some((got, waited)) = waited {
+            assert_eq!(got, Ok(Acquired { broken: false }));
+            assert!(
+                waited < Duration::from_millis(200),
+                "the real-time waiter held the owner off its CPU for {waited:?}"
+            );
+        }
     }
 
     #[test]

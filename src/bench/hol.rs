@@ -67,6 +67,9 @@ pub struct HolBenchArgs {
     /// backend and the page server's responder preempt the bulk ingest on a small machine.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub daemon_nice: i32,
+    /// The worker daemon's `--thread-class` (default: the daemon's own default).
+    #[arg(long, value_enum)]
+    pub daemon_thread_class: Option<crate::cmd::workers::WorkerClass>,
     /// LFC size, MiB; smaller than the scan is fine (CLOCK evicts pages already read).
     #[arg(long, default_value_t = 256)]
     pub lfc_mib: u64,
@@ -103,6 +106,10 @@ impl Tally {
             .param("distance", args.distance)
             .param("fg_interval_us", args.fg_interval_us)
             .param("daemon_nice", args.daemon_nice)
+            .param(
+                "daemon_thread_class",
+                args.daemon_thread_class.map(|c| c.name()),
+            )
             .param("scan_pages", self.scan_pages)
             .param(
                 "scan_pages_per_s",
@@ -149,7 +156,11 @@ pub fn run_with_latencies(
     let scratch = ScratchDir::new("udp-prefetch-bench-hol")?;
     let lfc_path = scratch.0.join("lfc");
     let threads = args.daemon_threads.to_string();
-    let daemon = DaemonProc::start(&lfc_path, args.lfc_mib << 20, &["--threads", &threads])?;
+    let daemon = DaemonProc::start(
+        &lfc_path,
+        args.lfc_mib << 20,
+        &super::daemon_flags(&threads, args.daemon_thread_class),
+    )?;
     let lfc = Lfc::open(&lfc_path)?;
     if args.daemon_nice != 0 {
         daemon.renice(args.daemon_nice)?;

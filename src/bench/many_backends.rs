@@ -53,6 +53,9 @@ pub struct ManyBackendsBenchArgs {
     /// negative needs root or CAP_SYS_NICE).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub daemon_nice: i32,
+    /// The worker daemon's `--thread-class` (default: the daemon's own default).
+    #[arg(long, value_enum)]
+    pub daemon_thread_class: Option<crate::cmd::workers::WorkerClass>,
     /// Nice value of the page server's prefetch sender threads (`pageserver
     /// --prefetch-sender-nice`; 0 = as started).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -124,6 +127,10 @@ impl ModeResult {
                 .param("prefetch_senders", args.prefetch_senders)
                 .param("prefetch_sender_nice", args.prefetch_sender_nice)
                 .param("daemon_nice", args.daemon_nice)
+                .param(
+                    "daemon_thread_class",
+                    args.daemon_thread_class.map(|c| c.name()),
+                )
                 .param("fresh_backends", args.fresh_backends)
         };
         let (backend_cpu, daemon_cpu) = self.compute_cpu_us();
@@ -206,7 +213,11 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         let lfc_path = scratch.0.join(format!("lfc-{backends}"));
         let lfc_bytes = u64::from(args.total_pages) * 8192 + (64 << 20);
         let threads = args.daemon_threads.to_string();
-        let daemon = DaemonProc::start(&lfc_path, lfc_bytes, &["--threads", &threads])?;
+        let daemon = DaemonProc::start(
+            &lfc_path,
+            lfc_bytes,
+            &super::daemon_flags(&threads, args.daemon_thread_class),
+        )?;
         if args.daemon_nice != 0 {
             daemon.renice(args.daemon_nice)?;
         }
@@ -216,7 +227,11 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         let _ = std::fs::remove_file(&lfc_path);
         // Neon's compute with its LFC, on a cold LFC of its own (relations 2n..3n): what a
         // backend pays for the cache alone, without UDP. Its daemon is ignored.
-        let daemon = DaemonProc::start(&lfc_path, lfc_bytes, &["--threads", &threads])?;
+        let daemon = DaemonProc::start(
+            &lfc_path,
+            lfc_bytes,
+            &super::daemon_flags(&threads, args.daemon_thread_class),
+        )?;
         let tcp_lfc = run_mode(
             &server,
             &daemon,

@@ -103,6 +103,18 @@ pub(crate) fn synthetic_server(
     })
 }
 
+/// A bench's worker daemon flags: `--threads`, and `--thread-class` when the bench names one.
+pub(crate) fn daemon_flags(
+    threads: &str,
+    class: Option<crate::cmd::workers::WorkerClass>,
+) -> Vec<&str> {
+    let mut flags = vec!["--threads", threads];
+    if let Some(c) = class {
+        flags.extend(["--thread-class", c.name()]);
+    }
+    flags
+}
+
 /// Starts a bench's in-process page server where the run's topology puts the page server
 /// (`topology::on_server`): every bench starts its servers here.
 pub(crate) fn start_server(

@@ -196,7 +196,14 @@ fn workers_spec(w: &WorkersArgs) -> Result<Spec, BadInput> {
         mounts: writable.clone(),
         writable,
         nice: Some(RECOMMENDED_NICE),
-        capabilities: Vec::new(),
+        // SCHED_FIFO needs it as the service's user; the class falls back to bulk without.
+        capabilities: if w.thread_class == super::workers::WorkerClass::Realtime
+            && !w.no_thread_classes
+        {
+            vec!["CAP_SYS_NICE"]
+        } else {
+            Vec::new()
+        },
         limit_nofile: None,
     })
 }

@@ -67,10 +67,45 @@ pub struct WorkersArgs {
     /// GRO joined), into up to 8 of the thread's --slots frames: fewer receives per page.
     #[arg(long)]
     pub no_gro: bool,
-    /// Leave the worker threads in the default scheduling class. By default they run as
-    /// SCHED_BATCH: the same CPU share, but a datagram's arrival never preempts a backend.
+    /// Scheduling class of the worker threads: `bulk` (SCHED_BATCH: the CPU share of one
+    /// ordinary thread, and a datagram's arrival never preempts a backend), `realtime`
+    /// (SCHED_FIFO at priority 1, needs root or CAP_SYS_NICE, which the service unit grants;
+    /// a thread that takes more than half a CPU over 10 ms is demoted to bulk for 100 ms;
+    /// refused, it falls back to bulk with a warning) or `normal` (the kernel's default).
+    #[arg(long, value_enum, default_value_t = WorkerClass::Bulk)]
+    pub thread_class: WorkerClass,
+    /// Leave every thread in the scheduling class it started in (overrides --thread-class).
     #[arg(long)]
     pub no_thread_classes: bool,
+}
+
+/// `--thread-class`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerClass {
+    Bulk,
+    Realtime,
+    Normal,
+}
+
+impl WorkerClass {
+    /// The flag's value for this class.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerClass::Bulk => "bulk",
+            WorkerClass::Realtime => "realtime",
+            WorkerClass::Normal => "normal",
+        }
+    }
+}
+
+impl From<WorkerClass> for workers::sched::ThreadClass {
+    fn from(c: WorkerClass) -> Self {
+        match c {
+            WorkerClass::Bulk => workers::sched::ThreadClass::Bulk,
+            WorkerClass::Realtime => workers::sched::ThreadClass::Realtime,
+            WorkerClass::Normal => workers::sched::ThreadClass::Normal,
+        }
+    }
 }
 
 /// The daemon's UDP port when `--listen` names only a host.
@@ -161,7 +196,7 @@ pub fn run(args: WorkersArgs) -> anyhow::Result<Outcome> {
         slots_per_thread: args.slots,
         gro: !args.no_gro,
         prefault: !args.no_prefault,
-        thread_classes: !args.no_thread_classes,
+        thread_class: (!args.no_thread_classes).then_some(args.thread_class.into()),
     };
     let notifier = Notifier::from_env().map(Arc::new);
     let result = daemon::run(&config, &stop, |s| {

@@ -561,7 +561,7 @@ impl DaemonThread {
             slots_per_thread: 64,
             gro: true,
             prefault: false,
-            thread_classes: false,
+            thread_class: None,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();

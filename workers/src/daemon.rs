@@ -68,8 +68,10 @@ pub struct DaemonConfig {
     pub gro: bool,
     /// Populate the daemon's page tables for the whole cache before receiving (`Lfc::prefault`).
     pub prefault: bool,
-    /// Run the worker and prefault threads as bulk work (`sched::ThreadClass::Bulk`).
-    pub thread_classes: bool,
+    /// The worker threads' scheduling class (`workers --thread-class`); `None` leaves every
+    /// thread in the class it started in. A refused `Realtime` falls back to `Bulk`, with a
+    /// warning; the prefault thread is `Bulk` whenever this is set.
+    pub thread_class: Option<crate::sched::ThreadClass>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -434,10 +436,9 @@ fn run_threads(
     } else {
         0
     });
-    // Installing prefetches is bulk work: a datagram's arrival must not preempt a backend that
-    // is reading a page now (the worker threads and the prefault thread both call this).
+    // Prefaulting is bulk work: its page faults must not preempt a backend reading a page now.
     let enter_bulk_class = || {
-        if config.thread_classes {
+        if config.thread_class.is_some() {
             crate::sched::set_thread_class_or_warn(crate::sched::ThreadClass::Bulk);
         }
     };
@@ -449,8 +450,12 @@ fn run_threads(
                 std::thread::Builder::new()
                     .name(format!("udp-worker-{i}"))
                     .spawn_scoped(scope, move || {
-                        enter_bulk_class();
-                        worker_loop(lfc, receiver, frames_per_slot, metrics, stop)
+                        let class = config.thread_class.map(enter_worker_class);
+                        let realtime = class == Some(crate::sched::ThreadClass::Realtime);
+                        metrics
+                            .realtime
+                            .store(u64::from(realtime), Ordering::Relaxed);
+                        worker_loop(lfc, receiver, frames_per_slot, metrics, realtime, stop)
                     })
                     .map_err(|source| spawn_failed(stop, "a worker", source))?,
             );
@@ -497,17 +502,75 @@ fn join_workers(
     first_error.map_or(Ok(()), Err)
 }
 
-/// One thread: keep slots posted, validate and publish what arrives, give back the rest.
+/// Puts the calling worker thread in `class` and returns the class in force. A refused
+/// real-time class (no root, no `CAP_SYS_NICE`) leaves the thread bulk, with one warning per
+/// process: the daemon works in every class, only its reads' latency under load differs.
+fn enter_worker_class(class: crate::sched::ThreadClass) -> crate::sched::ThreadClass {
+    use crate::sched::{set_thread_class, set_thread_class_or_warn, ThreadClass};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if class != ThreadClass::Realtime {
+        set_thread_class_or_warn(class);
+        return class;
+    }
+    match set_thread_class(class) {
+        Ok(()) => {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::info!(
+                    priority = crate::sched::REALTIME_PRIORITY,
+                    "worker threads run real-time (SCHED_FIFO), bounded by their CPU share"
+                );
+            }
+            class
+        }
+        Err(e) => {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(error = %e,
+                    "the real-time class was refused (it needs root or CAP_SYS_NICE): worker \
+                     threads run as SCHED_BATCH, and under load backends may wait for them");
+            }
+            set_thread_class_or_warn(ThreadClass::Bulk);
+            ThreadClass::Bulk
+        }
+    }
+}
+
+/// One thread: keep slots posted, validate and publish what arrives, give back the rest. A
+/// `realtime` thread leaves its class whenever it takes more than its share of a CPU
+/// (`sched::ShareBound`) and returns to it after the demotion.
 fn worker_loop(
     lfc: &Lfc,
     receiver: Receiver,
     frames_per_slot: usize,
     metrics: &ThreadMetrics,
+    realtime: bool,
     stop: &AtomicBool,
 ) -> Result<(), DaemonError> {
+    use crate::sched::{thread_cpu_ns, ShareBound, ShareVerdict, ThreadClass};
     let mut pump = SlotPump::new(lfc, receiver, frames_per_slot);
     let mut junk = JunkBudget::new(lfc::monotonic_ns(), metrics.junk());
+    let mut share = realtime.then(|| ShareBound::new(lfc::monotonic_ns(), thread_cpu_ns()));
     while !stop.load(Ordering::Relaxed) {
+        if let Some(verdict) = share
+            .as_mut()
+            .and_then(|b| b.after_step(lfc::monotonic_ns(), thread_cpu_ns))
+        {
+            let (class, now_realtime) = match verdict {
+                ShareVerdict::Demote => {
+                    metrics.realtime_demotions.fetch_add(1, Ordering::Relaxed);
+                    (ThreadClass::Bulk, 0)
+                }
+                ShareVerdict::Promote => (ThreadClass::Realtime, 1),
+            };
+            match crate::sched::set_thread_class(class) {
+                Ok(()) => metrics.realtime.store(now_realtime, Ordering::Relaxed),
+                Err(e) => {
+                    // Only a promotion can be refused (a capability dropped since the start):
+                    // the thread stays bulk for good.
+                    tracing::warn!(error = %e, "worker thread stays out of the real-time class");
+                    share = None;
+                }
+            }
+        }
         if pump.step(POLL, metrics)? == Step::NoSlot {
             // Every frame is reserved by someone: wait for frames to come back.
             std::thread::sleep(NO_SLOT_BACKOFF);

@@ -24,6 +24,11 @@ pub struct ThreadMetrics {
     pub receives: AtomicU64,
     /// Windows in which this thread's junk budget ran out and it slept (`crate::junk`).
     pub junk_throttled: AtomicU64,
+    /// 1 while the thread runs in the real-time class (`workers --thread-class`), else 0.
+    pub realtime: AtomicU64,
+    /// Times the thread left the real-time class for exceeding its CPU share
+    /// (`sched::ShareBound`).
+    pub realtime_demotions: AtomicU64,
     /// Sender timestamp to publish, installed datagrams.
     latency: LatencyHistogram,
 }
@@ -235,6 +240,28 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
          and slept out the rest of the window.",
         threads,
         |m| &m.junk_throttled,
+    );
+    family(
+        &mut out,
+        "udp_prefetch_thread_realtime",
+        "gauge",
+        "1 while a worker thread runs in the real-time scheduling class (SCHED_FIFO), 0 when it \
+         runs in another (workers --thread-class; a demoted thread counts 0).",
+    );
+    for (i, m) in threads.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "udp_prefetch_thread_realtime{{thread=\"{i}\"}} {}",
+            m.realtime.load(Ordering::Relaxed)
+        );
+    }
+    per_thread(
+        &mut out,
+        "udp_prefetch_thread_realtime_demotions_total",
+        "Times a real-time worker thread took more than its share of a CPU over a window and \
+         left the real-time class for a while.",
+        threads,
+        |m| &m.realtime_demotions,
     );
     per_thread(
         &mut out,

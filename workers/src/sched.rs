@@ -78,7 +78,17 @@ pub enum ThreadClass {
     Latency,
     /// Moves pages in the background: `SCHED_BATCH`, so its wake-ups never preempt.
     Bulk,
+    /// Unblocks others and must not wait for a CPU behind them: `SCHED_FIFO` at
+    /// [`REALTIME_PRIORITY`]. Needs root or `CAP_SYS_NICE` (or an `RLIMIT_RTPRIO` of at least
+    /// that priority); only for threads whose CPU use is bounded by their input.
+    Realtime,
+    /// The kernel's default: `SCHED_OTHER` with the default slice.
+    Normal,
 }
+
+/// The `SCHED_FIFO` priority of [`ThreadClass::Realtime`]: the lowest, above every normal
+/// thread and below every real-time thread of the system (interrupt threads run at 50).
+pub const REALTIME_PRIORITY: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot make this thread a {class:?} thread (sched_setattr): {source}")]
@@ -101,21 +111,23 @@ struct SchedAttr {
     period_ns: u64,
 }
 
-/// Puts the calling thread in `class`, keeping its nice value. Kernels before 6.12 accept a
-/// slice request and ignore it.
+/// Puts the calling thread in `class`, keeping its nice value (which a real-time class
+/// ignores while it lasts). Kernels before 6.12 accept a slice request and ignore it.
 pub fn set_thread_class(class: ThreadClass) -> Result<(), ClassError> {
     // SAFETY: getpriority only reads its scalar arguments.
     let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-    let (policy, runtime_ns) = match class {
-        ThreadClass::Latency => (libc::SCHED_OTHER, LATENCY_SLICE_NS),
-        ThreadClass::Bulk => (libc::SCHED_BATCH, 0),
+    let (policy, runtime_ns, priority) = match class {
+        ThreadClass::Latency => (libc::SCHED_OTHER, LATENCY_SLICE_NS, 0),
+        ThreadClass::Bulk => (libc::SCHED_BATCH, 0, 0),
+        ThreadClass::Realtime => (libc::SCHED_FIFO, 0, REALTIME_PRIORITY),
+        ThreadClass::Normal => (libc::SCHED_OTHER, 0, 0),
     };
     let attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
         policy: policy as u32,
         flags: 0,
         nice,
-        priority: 0,
+        priority,
         runtime_ns,
         deadline_ns: 0,
         period_ns: 0,
@@ -141,6 +153,92 @@ pub fn set_thread_class_or_warn(class: ThreadClass) {
         if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
             tracing::warn!(error = %e, "thread scheduling class not applied");
         }
+    }
+}
+
+/// The calling thread's CPU time, nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes one timespec that lives on this stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
+/// Window over which a real-time thread's CPU share is measured.
+pub const SHARE_WINDOW_NS: u64 = 10_000_000;
+/// Largest share of a CPU a real-time thread may take over a window, in percent: above it, the
+/// thread's input is more than it should serve ahead of everyone else.
+pub const MAX_REALTIME_SHARE_PCT: u64 = 50;
+/// How long a thread that exceeded the share stays demoted before it tries again.
+pub const DEMOTION_NS: u64 = 100_000_000;
+
+/// What [`ShareBound::after_step`] asks of the thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareVerdict {
+    /// The last window took more than [`MAX_REALTIME_SHARE_PCT`]: leave the real-time class.
+    Demote,
+    /// The demotion is over: back to the real-time class.
+    Promote,
+}
+
+/// Bounds a [`ThreadClass::Realtime`] thread by its input (sans-IO: times are passed in). A
+/// thread whose CPU time exceeds [`MAX_REALTIME_SHARE_PCT`] of a [`SHARE_WINDOW_NS`] window (a
+/// flood of valid datagrams, or a bug) is demoted for [`DEMOTION_NS`], so at worst it holds a
+/// CPU ahead of the backends for one window in eleven; the kernel's real-time throttling
+/// (`kernel.sched_rt_runtime_us`, 95 % of each second by default) is the backstop behind it.
+/// Junk is bounded before this by `crate::junk`.
+#[derive(Debug)]
+pub struct ShareBound {
+    window_start_ns: u64,
+    window_cpu_ns: u64,
+    demoted_until_ns: Option<u64>,
+}
+
+impl ShareBound {
+    pub fn new(now_ns: u64, cpu_ns: u64) -> ShareBound {
+        ShareBound {
+            window_start_ns: now_ns,
+            window_cpu_ns: cpu_ns,
+            demoted_until_ns: None,
+        }
+    }
+
+    /// Call after each step of work with the monotonic time; `cpu_ns` (the thread's CPU time,
+    /// a system call) is read only when a window ends.
+    pub fn after_step(
+        &mut self,
+        now_ns: u64,
+        cpu_ns: impl FnOnce() -> u64,
+    ) -> Option<ShareVerdict> {
+        if let Some(until) = self.demoted_until_ns {
+            if now_ns < until {
+                return None;
+            }
+            self.demoted_until_ns = None;
+            self.window_start_ns = now_ns;
+            self.window_cpu_ns = cpu_ns();
+            return Some(ShareVerdict::Promote);
+        }
+        let elapsed = now_ns.saturating_sub(self.window_start_ns);
+        if elapsed < SHARE_WINDOW_NS {
+            return None;
+        }
+        let cpu = cpu_ns();
+        let busy = cpu.saturating_sub(self.window_cpu_ns);
+        self.window_start_ns = now_ns;
+        self.window_cpu_ns = cpu;
+        if busy.saturating_mul(100) > elapsed.saturating_mul(MAX_REALTIME_SHARE_PCT) {
+            self.demoted_until_ns = Some(now_ns.saturating_add(DEMOTION_NS));
+            return Some(ShareVerdict::Demote);
+        }
+        None
+    }
+
+    pub fn demoted(&self) -> bool {
+        self.demoted_until_ns.is_some()
     }
 }
 
@@ -228,8 +326,93 @@ mod tests {
             "only on that thread"
         );
         assert_eq!(bulk, (libc::SCHED_BATCH, 3));
+        let normal = std::thread::spawn(|| {
+            set_thread_nice(0, 3).unwrap();
+            set_thread_class(ThreadClass::Bulk).unwrap();
+            set_thread_class(ThreadClass::Normal).expect("an unprivileged class change");
+            (current_policy_and_nice(), own_slice_ns())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(normal.0, (libc::SCHED_OTHER, 3));
+        assert_ne!(normal.1, Some(LATENCY_SLICE_NS));
         // The spawning thread is untouched.
         assert_ne!(current_policy_and_nice().0, libc::SCHED_BATCH);
+    }
+
+    #[test]
+    fn a_thread_within_its_share_stays_and_one_above_it_is_demoted_then_promoted() {
+        let ms = 1_000_000;
+        let mut b = ShareBound::new(0, 0);
+        // Inside a window nothing is decided, and the CPU clock is not read.
+        assert_eq!(
+            b.after_step(SHARE_WINDOW_NS - 1, || panic!("read early")),
+            None
+        );
+        // Exactly the bound over a window: stays.
+        let at_bound = SHARE_WINDOW_NS * MAX_REALTIME_SHARE_PCT / 100;
+        assert_eq!(b.after_step(SHARE_WINDOW_NS, || at_bound), None);
+        // Just above it over the next window: demoted.
+        let t = 2 * SHARE_WINDOW_NS;
+        assert_eq!(
+            b.after_step(t, || at_bound + at_bound + 1),
+            Some(ShareVerdict::Demote)
+        );
+        assert!(b.demoted());
+        // Stays demoted for the whole demotion, whatever it does meanwhile.
+        assert_eq!(b.after_step(t + DEMOTION_NS - 1, || 0), None);
+        // Then promoted, with a fresh window starting at the promotion.
+        assert_eq!(
+            b.after_step(t + DEMOTION_NS, || 500 * ms),
+            Some(ShareVerdict::Promote)
+        );
+        assert!(!b.demoted());
+        assert_eq!(
+            b.after_step(t + DEMOTION_NS + SHARE_WINDOW_NS, || 500 * ms + ms),
+            None
+        );
+    }
+
+    #[test]
+    fn a_long_quiet_wait_does_not_hide_a_busy_window_after_it() {
+        // A thread blocked for 50 ms, then busy for a whole window: the quiet window is judged
+        // on its own, the busy one after it too.
+        let mut b = ShareBound::new(0, 0);
+        assert_eq!(b.after_step(50_000_000, || 1_000), None);
+        assert_eq!(
+            b.after_step(50_000_000 + SHARE_WINDOW_NS, || 1_000 + SHARE_WINDOW_NS),
+            Some(ShareVerdict::Demote)
+        );
+    }
+
+    #[test]
+    fn a_busy_real_time_thread_is_bounded_by_its_share() {
+        // Root or CAP_SYS_NICE only: elsewhere the refusal is the documented behaviour.
+        let outcome = std::thread::spawn(|| {
+            if set_thread_class(ThreadClass::Realtime).is_err() {
+                return None;
+            }
+            let fifo = current_policy_and_nice().0;
+            let start = std::time::Instant::now();
+            let now = || start.elapsed().as_nanos() as u64;
+            let mut b = ShareBound::new(now(), thread_cpu_ns());
+            // Spin as a flood would keep a worker busy; the bound must demote within a window
+            // or two (one window may straddle the start).
+            let verdict = loop {
+                if let Some(v) = b.after_step(now(), thread_cpu_ns) {
+                    break (v, now());
+                }
+                assert!(now() < 1_000_000_000, "never demoted");
+            };
+            Some((fifo, verdict))
+        })
+        .join()
+        .unwrap();
+        if let Some((fifo, (verdict, at_ns))) = outcome {
+            assert_eq!(fifo, libc::SCHED_FIFO);
+            assert_eq!(verdict, ShareVerdict::Demote);
+            assert!(at_ns <= 3 * SHARE_WINDOW_NS, "demoted after {at_ns} ns");
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ fn config(lfc: &Path, listen: SocketAddr) -> DaemonConfig {
         slots_per_thread: 8,
         gro: true,
         prefault: false,
-        thread_classes: false,
+        thread_class: None,
     }
 }
 

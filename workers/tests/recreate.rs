@@ -26,7 +26,7 @@ fn config(lfc: &Path, size_pages: Option<u64>, recreate: bool) -> DaemonConfig {
         slots_per_thread: 8,
         gro: true,
         prefault: false,
-        thread_classes: false,
+        thread_class: None,
     }
 }
 
