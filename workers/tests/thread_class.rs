@@ -61,6 +61,10 @@ fn worker_threads_run_in_the_class_asked_for_and_the_metrics_say_which() {
     let permitted = std::thread::spawn(|| set_thread_class(ThreadClass::Realtime).is_ok())
         .join()
         .unwrap();
+    assert!(
+        permitted || std::env::var_os("UDPF_REQUIRE_ROOT").is_none(),
+        "UDPF_REQUIRE_ROOT is set but SCHED_FIFO was refused"
+    );
     for (class, policy, realtime) in [
         (
             ThreadClass::Realtime,
