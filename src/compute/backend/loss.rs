@@ -106,6 +106,9 @@ pub(super) struct LossDetector {
     order: VecDeque<Pending>,
     /// Bound on `own` (and twice it on `order`).
     max_tracked: usize,
+    /// A check's missing entries (`plan_retries`), kept between checks: an array of
+    /// `LOSS_SCAN` entries made afresh was 12 KiB of stores every eighth read.
+    missing: Vec<(Pending, u32)>,
 }
 
 impl LossDetector {
@@ -115,6 +118,7 @@ impl LossDetector {
             own: FxHashMap::with_capacity_and_hasher(max_tracked, Default::default()),
             order: VecDeque::with_capacity(max_tracked),
             max_tracked,
+            missing: Vec::with_capacity(LOSS_SCAN),
         }
     }
 
@@ -209,11 +213,11 @@ impl LossDetector {
         is_cached: impl FnMut(&BufferTag) -> bool,
         out: &mut Vec<BufferTag>,
     ) -> u64 {
-        let mut missing = [(Pending::new(BufferTag::default(), 0), 0u32); LOSS_SCAN];
-        let (n_missing, arrivals) =
-            self.probe_oldest(now_ns, max_probes, in_flight_ns, is_cached, &mut missing);
+        let mut missing = std::mem::take(&mut self.missing);
+        missing.clear();
+        let arrivals = self.probe_oldest(now_ns, max_probes, in_flight_ns, is_cached, &mut missing);
         let first_new = out.len();
-        for (m, arrivals_before) in missing[..n_missing].iter_mut().rev() {
+        for (m, arrivals_before) in missing.iter_mut().rev() {
             let overtaken_now = (arrivals - *arrivals_before).min(u32::from(u8::MAX)) as u8;
             m.overtaken = m.overtaken.saturating_add(overtaken_now);
             // Lateness alone is not taken as loss: when the sender is backlogged every page is
@@ -241,23 +245,23 @@ impl LossDetector {
         for &tag in &out[first_new..] {
             self.order.push_back(Pending::new(tag, now_ns));
         }
+        self.missing = missing;
         (out.len() - first_new) as u64
     }
 
     /// The probing half of `plan_retries`: takes the oldest live entries off the queue, at most
-    /// `max_probes` of them, and writes the missing ones to `missing` (oldest first, each with
+    /// `max_probes` of them, and appends the missing ones to `missing` (oldest first, each with
     /// the number of arrivals seen before it: the arrivals after it overtook it). Returns how
-    /// many are missing and how many arrived.
+    /// many arrived.
     fn probe_oldest(
         &mut self,
         now_ns: u64,
         max_probes: usize,
         in_flight_ns: u64,
         mut is_cached: impl FnMut(&BufferTag) -> bool,
-        missing: &mut [(Pending, u32); LOSS_SCAN],
-    ) -> (usize, u32) {
+        missing: &mut Vec<(Pending, u32)>,
+    ) -> u32 {
         let max_probes = max_probes.min(LOSS_SCAN);
-        let mut n_missing = 0;
         let mut arrivals = 0u32;
         let mut probed = 0;
         let mut in_flight_run = 0;
@@ -275,8 +279,7 @@ impl LossDetector {
                 in_flight_run = 0;
                 arrivals += 1;
             } else {
-                missing[n_missing] = (entry, arrivals);
-                n_missing += 1;
+                missing.push((entry, arrivals));
                 in_flight_run = if now_ns.saturating_sub(entry.sent_ns) < in_flight_ns {
                     in_flight_run + 1
                 } else {
@@ -287,7 +290,7 @@ impl LossDetector {
                 }
             }
         }
-        (n_missing, arrivals)
+        arrivals
     }
 
     /// Own prefetches still outstanding (not `is_cached`), oldest request first, appended to
