@@ -73,22 +73,29 @@ impl HugePages {
     }
 }
 
-/// The fix, for warnings: where the cache should live.
+/// The fix, for warnings: a tmpfs with 2 MiB pages mounted on the cache's directory, or on a
+/// directory of its own when the cache sits in a shared one (`/dev/shm`, `/tmp`, `/run`).
 pub fn advice(path: &std::path::Path) -> String {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
+    let shared = ["/", "/dev/shm", "/tmp", "/run", "/var/tmp", "."];
+    let dir = if shared.iter().any(|s| dir == std::path::Path::new(s)) {
+        std::path::Path::new("/run/udp-prefetch-lfc")
+    } else {
+        dir
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "lfc".into());
     format!(
-        "put the LFC on a tmpfs with 2 MiB pages: `mount -t tmpfs -o huge=within_size,size=<cache size + 1%> tmpfs {}` \
-         (or `udp-prefetch service-unit`'s .mount unit), then use {}/{name} (re-create the file after mounting, \
-         preferably soon after boot while memory is unfragmented)",
-        dir.display(),
-        dir.display()
+        "put the LFC on a tmpfs with 2 MiB pages: `mount -t tmpfs -o huge=within_size,size=<cache size + 1 %> tmpfs {dir}` \
+         (`udp-prefetch service-unit workers` generates a .mount unit for it) and use {path}, created after the mount \
+         (preferably soon after boot, while memory is unfragmented)",
+        dir = dir.display(),
+        path = dir.join(name).display(),
     )
 }
 
