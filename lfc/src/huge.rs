@@ -92,7 +92,7 @@ pub fn advice(path: &std::path::Path) -> String {
         .unwrap_or_else(|| "lfc".into());
     format!(
         "put the LFC on a tmpfs with 2 MiB pages: `mount -t tmpfs -o huge=within_size,size=<cache size + 1 %> tmpfs {dir}` \
-         (`udp-prefetch service-unit workers` generates a .mount unit for it) and use {path}, created after the mount \
+         (`udp-prefetch service-unit workers --mount-unit` prints a systemd .mount unit for it) and use {path}, created after the mount \
          (preferably soon after boot, while memory is unfragmented)",
         dir = dir.display(),
         path = dir.join(name).display(),
