@@ -223,7 +223,12 @@ pub(crate) fn detect(file: &File, map: *mut u8, len: u64) -> HugePages {
             populated += 1;
         }
     }
-    let pmd_kb = smaps_pmd_kb(map as usize).unwrap_or(0);
+    // Nothing sampled (a cache under 2 MiB, as the simulator's are): no smaps walk either.
+    let pmd_kb = if populated > 0 {
+        smaps_pmd_kb(map as usize).unwrap_or(0)
+    } else {
+        0
+    };
     HugePages {
         filesystem,
         mount_huge,
