@@ -4,7 +4,8 @@
 //! `--lfc-dir DIR` (env `UDPF_BENCH_LFC_DIR`) names the place. Without it, a bench run as root
 //! mounts a private tmpfs (`/run/udpf-bench-<pid>-<random>`) and unmounts it when the run ends
 //! ([`BenchLfcDir`] drops: on return, error or panic); not as root, or when the mount fails, it
-//! falls back to `/dev/shm` and says so. Every record then carries `params.lfc_huge_pages`:
+//! falls back to `/dev/shm` and says so. A run killed by a signal leaves its mount behind; the
+//! next run as root removes it. Every record then carries `params.lfc_huge_pages`:
 //! whether the caches the run used were mapped with 2 MiB pages (`record`).
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,36 @@ pub struct BenchLfcDir {
 /// Size limit of the private tmpfs: half the memory, as the default `/dev/shm` has (tmpfs
 /// takes memory only for what the files hold).
 const TMPFS_SIZE: &str = "size=50%";
+
+const PREFIX: &str = "udpf-bench-";
+
+/// Unmounts and removes the private tmpfs of runs that were killed (a signal skips the guard's
+/// drop): `<base>/udpf-bench-<pid>-*` whose process is gone.
+fn remove_abandoned(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let alive = pid > 0
+            && (unsafe { libc::kill(pid, 0) } == 0
+                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+        if !alive {
+            drop(BenchLfcDir {
+                mounted: Some(entry.path()),
+            });
+        }
+    }
+}
 
 /// Sets the scratch base for this run's LFC files (`cmd::daemon_proc::set_scratch_base`): `dir`
 /// when given, else a private huge-page tmpfs when this process may mount one, else the
@@ -40,8 +71,9 @@ pub fn setup(dir: Option<&Path>) -> anyhow::Result<BenchLfcDir> {
         .map(Path::new)
         .find(|p| p.is_dir())
         .unwrap_or(Path::new("/tmp"));
+    remove_abandoned(base);
     let dir = base.join(format!(
-        "udpf-bench-{}-{:08x}",
+        "{PREFIX}{}-{:08x}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
