@@ -81,9 +81,9 @@ struct BenchArgs {
     /// FILE-<bench>.* per bench when several ran).
     #[arg(long, global = true, value_name = "FILE")]
     plot: Option<std::path::PathBuf>,
-    /// Directory for the benches' LFC files (default /dev/shm). A tmpfs mounted with
-    /// `huge=always` maps the cache with 2 MiB pages: fewer TLB misses and page faults in
-    /// every process that reads it.
+    /// Directory for the benches' LFC files. Default: as root, a private tmpfs mounted with
+    /// `huge=within_size` for the run (2 MiB pages, as the operator guide deploys the LFC),
+    /// unmounted afterwards; otherwise /dev/shm. Records say `params.lfc_huge_pages`.
     #[arg(long, global = true, value_name = "DIR", env = "UDPF_BENCH_LFC_DIR")]
     lfc_dir: Option<std::path::PathBuf>,
     /// Where the page server and the compute run: `split` (the deployment: page server threads
@@ -157,9 +157,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Lfc(args) => cmd::lfc_stat::run(args),
         Command::ServiceUnit(args) => cmd::service_unit::run(args, parse_service_flags),
         Command::Bench(args) => {
-            if let Some(dir) = &args.lfc_dir {
-                cmd::daemon_proc::set_scratch_base(dir.clone())?;
-            }
+            // Unmounts the run's private tmpfs when dropped, on error and panic too.
+            let _lfc_dir = bench::lfc_dir::setup(args.lfc_dir.as_deref())?;
             bench::topology::enter(args.topology)?;
             let mut latencies = Vec::new();
             let mut records = match &args.which {
@@ -186,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 }
             };
             bench::topology::record(&mut records);
+            bench::lfc_dir::record(&mut records);
             bench::print_records(&records, args.json);
             if let Some(path) = &args.plot {
                 for file in bench::plot::write(path, &records, &latencies)? {

@@ -243,6 +243,40 @@ fn workers_unit(flags: &[&str]) -> String {
     out.stdout
 }
 
+/// The `.mount` unit of the LFC's directory, for a worker daemon running as root (a user every
+/// host has).
+fn mount_unit(lfc: &str) -> String {
+    let out = service_unit(&[
+        "workers",
+        "--user",
+        "root",
+        "--mount-unit",
+        "--",
+        "--lfc",
+        lfc,
+        "--size",
+        "1GiB",
+    ]);
+    assert_eq!(out.code(), Some(0), "{}", show(&out));
+    out.stdout
+}
+
+#[test]
+fn the_mount_unit_puts_the_lfc_directory_on_2_mib_pages() {
+    let m = mount_unit("/mnt/lfc/cache");
+    assert_eq!(setting(&m, "Where"), ["/mnt/lfc"]);
+    assert_eq!(setting(&m, "Type"), ["tmpfs"]);
+    // Twice the file (a --recreate builds the new one beside the old) plus 64 MiB.
+    assert_eq!(
+        setting(&m, "Options"),
+        ["huge=within_size,size=2258632704,mode=0700,uid=0,gid=0,nosuid,nodev"]
+    );
+    assert_eq!(setting(&m, "WantedBy"), ["local-fs.target"]);
+    // The service requires the mount of the LFC's directory, which pulls the unit in.
+    let w = workers_unit(&["--lfc", "/mnt/lfc/cache", "--size", "1GiB"]);
+    assert_eq!(setting(&w, "RequiresMountsFor"), ["/mnt/lfc"]);
+}
+
 fn pageserver_unit(flags: &[&str]) -> String {
     let mut args = vec!["pageserver", "--binary", BIN, "--"];
     args.extend_from_slice(flags);
@@ -400,6 +434,25 @@ fn service_unit_refuses_what_would_fail_under_systemd() {
         &["pageserver", "--", "--max-connections", "0x"],
         "invalid value '0x'",
     );
+    // The huge-page tmpfs never goes over a directory other programs use.
+    refused(
+        &[
+            "workers",
+            "--user",
+            "root",
+            "--mount-unit",
+            "--",
+            "--lfc",
+            "/dev/shm/lfc",
+            "--size",
+            "1GiB",
+        ],
+        "a directory of its own",
+    );
+    refused(
+        &["pageserver", "--mount-unit", "--"],
+        "--mount-unit is for `workers`",
+    );
 }
 
 #[test]
@@ -442,8 +495,21 @@ fn generated_units_pass_systemd_analyze_verify() {
             pageserver_unit(&["--prefetch-sender-nice", "0"]),
         ),
     ];
+    let mount = mount_unit("/run/udp-prefetch-lfc/lfc");
+    let name = mount
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# Save as /etc/systemd/system/"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the mount unit names its file")
+        .to_string();
+    assert_eq!(name, "run-udp\\x2dprefetch\\x2dlfc.mount");
+    let units = units
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .chain([(name, mount)]);
     for (name, text) in units {
-        let path = dir.path().join(name);
+        let path = dir.path().join(&name);
         std::fs::write(&path, &text).unwrap();
         let out = verify(&path);
         assert_eq!(out.code(), Some(0), "{name}: {}\n{text}", show(&out));

@@ -146,6 +146,9 @@ fn allocate_new(path: &Path, tmp: &Path, file: &File, len: u64) -> Result<(), At
         missing: len,
         free,
     })?;
+    if crate::huge::may_get_huge(file) {
+        crate::huge::allocate_huge(file, len);
+    }
     loop {
         // posix_fallocate rather than fallocate(2): where a filesystem lacks fallocate, glibc
         // writes a zero into every block instead, which is fine for a file nobody has mapped.

@@ -145,6 +145,8 @@ pub struct Lfc {
     /// Chunks of `MAPPED_CHUNK_FRAMES` frames that `prefault` put in this process's page
     /// tables, writable, one bit each: a frame there is filled with a plain copy.
     mapped_chunks: Box<[AtomicU64]>,
+    /// How the mapping is backed, measured at attach (`huge::detect`).
+    huge: crate::huge::HugePages,
 }
 
 /// Frames per bit of `Lfc::mapped_chunks` (2 MiB).
@@ -243,7 +245,9 @@ impl Lfc {
             "attach maps the whole file"
         );
         let chunks = geo.capacity_pages.div_ceil(MAPPED_CHUNK_FRAMES);
+        let huge = crate::huge::detect(&a.file, a.map.as_mut_ptr(), geo.file_len);
         Lfc {
+            huge,
             path: path.to_path_buf(),
             file: a.file,
             map: a.map,
@@ -257,6 +261,12 @@ impl Lfc {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the kernel maps this cache with 2 MiB pages, as measured when this process
+    /// attached (see [`HugePages`](crate::HugePages)).
+    pub fn huge_pages(&self) -> &crate::huge::HugePages {
+        &self.huge
     }
 
     /// The attached file (holding our shared `flock`).
@@ -1145,20 +1155,22 @@ impl Lfc {
     }
 
     /// Fills a BUSY frame owned by this process: with a plain copy through the mapping when
-    /// this process prefaulted the frame's chunk (`prefault`, `map_all`: the daemon, and
-    /// long-running backends), else with `pwrite` on the file. A process that fills frames it
-    /// never touched (a backend installing its TCP pipeline's pages) would otherwise take two
-    /// write faults per frame (shared file mappings get no fault-around on write): a quarter
-    /// of its CPU per page, and `pwrite` ran about a fifth faster. Prefaulting the chunk on
-    /// first use measured slower still (the populate walks the same fault path per 4 KiB
-    /// page). `pwrite` is no default for everyone, though: it takes the file's inode lock, and
-    /// with 32 backends installing at once they queued on it (a twentieth of the compute's CPU
-    /// in `rwsem_down_write_slowpath`). Either way the bytes land in the same page-cache pages
-    /// every process maps, before the publishing Release store, so readers that see the frame
-    /// VALID see the bytes. Should `pwrite` fail, the copy goes through the mapping.
+    /// the mapping is on 2 MiB pages (one write fault maps 256 frames) or this process
+    /// prefaulted the frame's chunk (`prefault`, `map_all`: the daemon, and long-running
+    /// backends), else with `pwrite` on the file. On 4 KiB pages, a process that fills frames
+    /// it never touched (a backend installing its TCP pipeline's pages) would otherwise take
+    /// two write faults per frame (shared file mappings get no fault-around on write): a
+    /// quarter of its CPU per page, and `pwrite` ran about a fifth faster. Prefaulting the
+    /// chunk on first use measured slower still (the populate walks the same fault path per
+    /// 4 KiB page). `pwrite` is no default for everyone, though: it takes the file's inode
+    /// lock, and with 32 backends installing at once they queued on it (a twentieth of the
+    /// compute's CPU in `rwsem_down_write_slowpath`) — which 2 MiB pages avoid. Either way the
+    /// bytes land in the same page-cache pages every process maps, before the publishing
+    /// Release store, so readers that see the frame VALID see the bytes. Should `pwrite` fail,
+    /// the copy goes through the mapping.
     fn copy_into_frame(&self, frame: u32, page: &[u8; PAGE_SIZE]) {
         use std::os::unix::fs::FileExt;
-        if !self.chunk_mapped(frame) {
+        if !self.huge.backed() && !self.chunk_mapped(frame) {
             let offset = self.geo.data_offset + u64::from(frame) * PAGE_SIZE as u64;
             if self.file.write_all_at(page, offset).is_ok() {
                 return;

@@ -77,6 +77,7 @@ mod daemon;
 mod error;
 mod frame;
 mod hash;
+mod huge;
 mod layout;
 mod process;
 mod requested;
@@ -92,6 +93,7 @@ pub use cache::{
 pub use clock::{monotonic_ns, wall_ns};
 pub use daemon::{DaemonLock, DaemonRecord, DAEMON_HEARTBEAT_NS, DAEMON_STALE_NS};
 pub use error::{AttachError, BindError, DaemonLockError, OpError};
+pub use huge::{advice as huge_pages_advice, HugePages};
 pub use layout::{FORMAT_VERSION, MAX_CAPACITY_PAGES, OVERFLOW_WINDOW};
 pub use requested::REQUESTED_TTL_NS;
 pub use senders::{SenderCount, SenderCounts, SENDER_SLOTS};

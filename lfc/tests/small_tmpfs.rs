@@ -5,72 +5,13 @@
 
 mod common;
 
+use common::tmpfs::{root_required, Tmpfs};
 use common::{check_page, make_page, tag};
 use lfc::{AttachError, Lfc, PAGE_SIZE};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const TMPFS_BYTES: u64 = 64 << 20;
-
-/// A tmpfs mounted on a fresh directory, unmounted when dropped (also when the test fails).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount() -> Tmpfs {
-        let dir = tempfile::Builder::new()
-            .prefix("udpf-tmpfs-")
-            .tempdir()
-            .unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_BYTES}")])
-            .arg("tmpfs")
-            .arg(dir.path())
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // Something still has a file open there: detach it now, freed when it closes.
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
-}
-
-fn root_required() -> bool {
-    if std::env::var_os("UDPF_REQUIRE_ROOT").is_none() {
-        eprintln!("skipping: mounting a tmpfs needs root and UDPF_REQUIRE_ROOT is unset");
-        return false;
-    }
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "UDPF_REQUIRE_ROOT is set but the test does not run as root"
-    );
-    true
-}
 
 /// Copies `from` to `to` leaving every all-zero 4 KiB block a hole, as `cp --sparse=always`
 /// does: a cache file as an earlier (sparse-creating) build left it.
@@ -118,7 +59,7 @@ fn a_cache_larger_than_its_tmpfs_is_refused_before_it_is_mapped() {
     if !root_required() {
         return;
     }
-    let fs = Tmpfs::mount();
+    let fs = Tmpfs::mount(TMPFS_BYTES, "");
 
     // 1 GiB of pages on 64 MiB: refused with the sizes, and no half-created file left.
     let big = fs.path().join("big.lfc");
@@ -153,7 +94,7 @@ fn a_sparse_cache_file_is_allocated_on_attach_or_refused() {
     if !root_required() {
         return;
     }
-    let fs = Tmpfs::mount();
+    let fs = Tmpfs::mount(TMPFS_BYTES, "");
     let disk = tempfile::tempdir().unwrap();
 
     // A sparse 16 MiB cache fits: attaching fills its holes.

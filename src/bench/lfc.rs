@@ -230,6 +230,7 @@ fn throughput(args: &LfcBenchArgs, dir: &Path) -> anyhow::Result<Vec<BenchRecord
     let pages = args.cache_mib * 1024 * 1024 / PAGE_SIZE as u64;
     let dur = Duration::from_millis(args.case_ms);
     let lfc = Lfc::create(dir.join("lfc"), pages)?;
+    crate::cmd::daemon_proc::note_lfc_huge_pages(lfc.huge_pages().backed());
     let page = [0xa5u8; PAGE_SIZE];
     fill_lookup_set(&lfc, pages, &page);
     let resident = lfc.stats().used_pages;

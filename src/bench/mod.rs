@@ -203,6 +203,7 @@ pub mod getpage;
 pub mod hol;
 pub mod ingest;
 pub mod lfc;
+pub mod lfc_dir;
 pub mod many_backends;
 pub mod net;
 pub mod plot;

@@ -68,6 +68,7 @@ impl DaemonProc {
             io,
         };
         daemon.wait_prefaulted()?;
+        note_lfc_huge_pages(Self::metric(&daemon.scrape()?, HUGE_PAGES_GAUGE) == 1);
         Ok(daemon)
     }
 
@@ -209,11 +210,11 @@ impl Drop for DaemonProc {
     }
 }
 
-/// Where scratch directories go when `bench --lfc-dir` names no other place.
+/// Where scratch directories go (`bench::lfc_dir`); `/dev/shm` when unset.
 static SCRATCH_BASE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
-/// Makes every later [`ScratchDir`] a subdirectory of `dir` (`bench --lfc-dir`), e.g. a tmpfs
-/// mounted with `huge=always` so LFC files are mapped with 2 MiB pages.
+/// Makes every later [`ScratchDir`] a subdirectory of `dir` (`bench --lfc-dir`, or the
+/// private huge-page tmpfs of `bench::lfc_dir`) so LFC files are mapped with 2 MiB pages.
 pub fn set_scratch_base(dir: std::path::PathBuf) -> anyhow::Result<()> {
     anyhow::ensure!(
         dir.is_dir(),
@@ -233,31 +234,38 @@ fn scratch_base() -> std::path::PathBuf {
     }
 }
 
-/// The scratch base and whether the tmpfs it is on hands out huge pages (`huge=` mount option
-/// other than `never`), for the header of bench output.
-pub fn scratch_base_description() -> String {
-    let base = scratch_base();
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    // The longest mount point that contains the base is the file system it is on.
-    let mount = mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (_, point, fs, opts) = (f.next()?, f.next()?, f.next()?, f.next()?);
-            base.starts_with(point)
-                .then(|| (point.len(), fs.to_string(), opts.to_string()))
-        })
-        .max_by_key(|m| m.0);
-    let huge = match &mount {
-        Some((_, fs, opts)) if fs == "tmpfs" => opts
-            .split(',')
-            .find_map(|o| o.strip_prefix("huge="))
-            .unwrap_or("never")
-            .to_string(),
-        Some((_, fs, _)) => format!("n/a ({fs})"),
-        None => "unknown".to_string(),
+const HUGE_PAGES_GAUGE: &str = "udp_prefetch_lfc_huge_pages";
+
+/// Whether every LFC this process's benches attached (directly, or through a daemon they
+/// started) was on 2 MiB pages; `None` until one is noted.
+static LFC_HUGE_PAGES: std::sync::Mutex<Option<bool>> = std::sync::Mutex::new(None);
+
+/// Notes how one LFC of this run was mapped (`lfc::Lfc::huge_pages`), for `lfc_huge_pages`.
+pub fn note_lfc_huge_pages(huge: bool) {
+    let mut all = LFC_HUGE_PAGES.lock().unwrap_or_else(|e| e.into_inner());
+    *all = Some(all.unwrap_or(true) && huge);
+}
+
+/// Whether this run's LFCs were on 2 MiB pages: those noted, or when none was, a 4 MiB probe
+/// cache created in the scratch base (what the base gives a new cache now).
+pub fn lfc_huge_pages() -> bool {
+    if let Some(noted) = *LFC_HUGE_PAGES.lock().unwrap_or_else(|e| e.into_inner()) {
+        return noted;
+    }
+    let Ok(dir) = ScratchDir::new("udpf-huge-probe") else {
+        return false;
     };
-    format!("LFC files in {} (tmpfs huge pages: {huge})", base.display())
+    lfc::Lfc::create(dir.0.join("lfc"), 512).is_ok_and(|l| l.huge_pages().backed())
+}
+
+/// The scratch base and whether a cache there gets 2 MiB pages, for the header of bench
+/// output.
+pub fn scratch_base_description() -> String {
+    format!(
+        "LFC files in {} (2 MiB pages: {})",
+        scratch_base().display(),
+        if lfc_huge_pages() { "yes" } else { "no" }
+    )
 }
 
 /// A scratch directory for LFC files: tmpfs when there is one (an LFC is memory in spirit,

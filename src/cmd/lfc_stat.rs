@@ -92,6 +92,18 @@ fn json_object(
     put("created_unix_ms", cache.created_unix_ms().into());
     put("created", rfc3339_utc(cache.created_unix_ms()).into());
     put("lwlsn_floor", cache.lwlsn_floor().into());
+    // What this process's mapping got (`Lfc::huge_pages`); every process maps the same pages.
+    let huge = cache.huge_pages();
+    put("huge_pages", huge.backed().into());
+    put("huge_pages_filesystem", huge.filesystem.into());
+    put(
+        "huge_pages_mount_option",
+        huge.mount_huge
+            .clone()
+            .map_or(serde_json::Value::Null, Into::into),
+    );
+    put("huge_pages_sampled_chunks", huge.sampled_chunks.into());
+    put("huge_pages_huge_chunks", huge.huge_chunks.into());
     put("hits", s.hits.into());
     put("misses", s.misses.into());
     put("hit_ratio", s.hit_ratio().into());
@@ -310,6 +322,10 @@ fn print_human(cache: &Lfc, g: &LfcGeometry, s: &LfcStats) {
         mib(g.metadata_bytes),
         pct(g.metadata_bytes, data)
     );
+    println!("  huge pages {}", cache.huge_pages().describe());
+    if !cache.huge_pages().backed() {
+        println!("             fix: {}", lfc::huge_pages_advice(cache.path()));
+    }
     println!(
         "  used       {} pages ({:.1} %), {} busy (reserved or being filled), {} of them by dead processes",
         s.used_pages,

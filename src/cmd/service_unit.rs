@@ -31,6 +31,11 @@ pub struct ServiceUnitArgs {
     /// access to a pgdata source.
     #[arg(long, value_name = "NAME", default_value = "postgres")]
     pub user: String,
+    /// For `workers`: print instead the systemd `.mount` unit that mounts the LFC's directory
+    /// as a tmpfs with 2 MiB pages (`huge=within_size`), owned by `--user`; save it under the
+    /// name its first line gives. The service's `RequiresMountsFor=` then mounts it first.
+    #[arg(long)]
+    pub mount_unit: bool,
     /// The service's own flags, after `--`, exactly as `udp-prefetch pageserver|workers` takes
     /// them.
     #[arg(last = true, value_name = "FLAGS")]
@@ -128,6 +133,14 @@ pub fn render(
             text.trim().trim_start_matches("error: ")
         ))
     })?;
+    if args.mount_unit {
+        return match parsed {
+            ServiceFlags::Workers(w) => mount_unit_text(args, &w),
+            ServiceFlags::Pageserver(_) => Err(BadInput(
+                "--mount-unit is for `workers`: the page server has no LFC".into(),
+            )),
+        };
+    }
     let mut flags = args.flags.clone();
     let spec = match parsed {
         ServiceFlags::Pageserver(ps) => pageserver_spec(&ps, &mut flags)?,
@@ -183,6 +196,12 @@ fn workers_spec(w: &WorkersArgs) -> Result<Spec, BadInput> {
         writable.push(parent(pid));
     }
     warn_if_rmem_max_below(w.recv_buffer);
+    if shared_directory(&parent(&w.lfc)) {
+        tracing::warn!(lfc = %w.lfc.display(),
+            "the LFC's directory is shared with other users, and /dev/shm gives it 4 KiB pages: \
+             put it in a directory of its own (e.g. /run/udp-prefetch-lfc/lfc) and mount a tmpfs \
+             with 2 MiB pages there with the unit of `service-unit workers --mount-unit`");
+    }
     if w.listen.ip().is_loopback() {
         tracing::warn!(listen = %w.listen,
             "the daemon listens on a loopback address: page servers on other hosts cannot reach it \
@@ -206,6 +225,123 @@ fn workers_spec(w: &WorkersArgs) -> Result<Spec, BadInput> {
         },
         limit_nofile: None,
     })
+}
+
+/// Directories other programs use, never to be mounted over for the LFC.
+fn shared_directory(dir: &Path) -> bool {
+    [
+        "/", "/dev", "/dev/shm", "/tmp", "/run", "/var", "/var/tmp", "/mnt", "/home",
+    ]
+    .iter()
+    .any(|d| dir == Path::new(d))
+}
+
+/// Room on the LFC's tmpfs: the file (pages plus at most 2 % of metadata) twice, since
+/// `--recreate` builds the new file beside the old one before the rename, plus 64 MiB. A tmpfs
+/// takes memory only for what its files hold, so the limit costs nothing.
+fn lfc_tmpfs_bytes(size: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let file = size.saturating_add(size / 50);
+    file.saturating_mul(2)
+        .saturating_add(64 * MIB)
+        .div_ceil(2 * MIB)
+        * (2 * MIB)
+}
+
+/// A path as systemd names the unit for it (`systemd-escape --path`): `/run/udp-prefetch-lfc`
+/// is `run-udp\x2dprefetch\x2dlfc`.
+fn systemd_escape_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let trimmed = text.trim_matches('/');
+    let mut out = String::new();
+    for (i, b) in trimmed.bytes().enumerate() {
+        match b {
+            b'/' => out.push('-'),
+            b'.' if i == 0 => out.push_str("\\x2e"),
+            b if b.is_ascii_alphanumeric() || b == b':' || b == b'_' || b == b'.' => {
+                out.push(b as char)
+            }
+            b => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push('-');
+    }
+    out
+}
+
+/// The uid and gid of `user` on this host (the tmpfs root belongs to them, so the daemon may
+/// create the LFC there).
+fn user_ids(user: &str) -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new(user).ok()?;
+    // SAFETY: getpwnam reads a NUL-terminated name and returns a pointer into static storage
+    // (or null), read at once; service-unit is single-threaded at this point.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return None;
+    }
+    // SAFETY: non-null result of getpwnam.
+    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+/// The `.mount` unit for the LFC's directory: a tmpfs with 2 MiB pages (README, "Huge pages").
+/// `huge=within_size` rather than `always`: the LFC's size is fixed at create, so every 2 MiB
+/// of it gets a huge page either way, and other small files there would not.
+fn mount_unit_text(args: &ServiceUnitArgs, w: &WorkersArgs) -> Result<String, BadInput> {
+    absolute("--lfc", &w.lfc)?;
+    let dir = parent(&w.lfc);
+    if shared_directory(&dir) {
+        return Err(BadInput(format!(
+            "--mount-unit would mount a tmpfs over {}, which other programs use: put the LFC in \
+             a directory of its own (e.g. --lfc /run/udp-prefetch-lfc/lfc)",
+            dir.display()
+        )));
+    }
+    let Some(size) = w.size else {
+        return Err(BadInput(
+            "--mount-unit needs --size: the tmpfs is sized for the LFC".into(),
+        ));
+    };
+    let (uid, gid) = user_ids(&args.user).ok_or_else(|| {
+        BadInput(format!(
+            "--user {} does not exist on this host: generate the mount unit on the compute \
+             host, where the worker daemon runs as that user",
+            args.user
+        ))
+    })?;
+    let name = format!("{}.mount", systemd_escape_path(&dir));
+    let mut u = String::new();
+    let mut line = |s: &str| {
+        u.push_str(s);
+        u.push('\n');
+    };
+    line(&format!(
+        "# Save as /etc/systemd/system/{name} (generated by `udp-prefetch service-unit workers --mount-unit`, udp-prefetch {}).",
+        env!("CARGO_PKG_VERSION")
+    ));
+    line("# The LFC on 2 MiB pages: every backend maps it with a page-table entry per 2 MiB instead of");
+    line("# per 4 KiB (fewer page faults and TLB misses). Mounted at boot, while memory is unfragmented;");
+    line("# the worker daemon's RequiresMountsFor= mounts it before the daemon starts.");
+    line("[Unit]");
+    line(&format!(
+        "Description=udp-prefetch LFC directory on 2 MiB pages ({})",
+        dir.display().to_string().replace('%', "%%")
+    ));
+    line("");
+    line("[Mount]");
+    line("What=tmpfs");
+    line(&format!("Where={}", path_word("", &dir)));
+    line("Type=tmpfs");
+    line(&format!(
+        "Options=huge=within_size,size={},mode=0700,uid={uid},gid={gid},nosuid,nodev",
+        lfc_tmpfs_bytes(size)
+    ));
+    line("");
+    line("[Install]");
+    line("WantedBy=local-fs.target");
+    Ok(u)
 }
 
 /// Without `CAP_NET_ADMIN`, which the unit does not grant (it would also let the daemon
@@ -463,6 +599,22 @@ fn unit_text(args: &ServiceUnitArgs, binary: &Path, flags: &[String], spec: &Spe
 #[cfg(test)]
 mod tests {
     use super::exec_word;
+
+    #[test]
+    fn mount_unit_names_and_sizes() {
+        use super::{lfc_tmpfs_bytes, systemd_escape_path};
+        use std::path::Path;
+        // As `systemd-escape --path` prints them.
+        assert_eq!(
+            systemd_escape_path(Path::new("/run/udp-prefetch-lfc")),
+            "run-udp\\x2dprefetch\\x2dlfc"
+        );
+        assert_eq!(systemd_escape_path(Path::new("/mnt/lfc/")), "mnt-lfc");
+        assert_eq!(systemd_escape_path(Path::new("/a b/.x")), "a\\x20b-.x");
+        assert_eq!(systemd_escape_path(Path::new("/.x")), "\\x2ex");
+        // Twice the file with its metadata, plus 64 MiB, in 2 MiB.
+        assert_eq!(lfc_tmpfs_bytes(1 << 30), 2_258_632_704);
+    }
 
     #[test]
     fn exec_words_reach_the_process_as_given() {

@@ -193,6 +193,23 @@ fn open_lfc(config: &DaemonConfig) -> Result<Lfc, DaemonError> {
     }
 }
 
+/// Says once, at start, when the cache is not on 2 MiB pages: every backend then pays a page
+/// fault per 4 KiB it first touches and a TLB miss per page it reads (the metric
+/// `udp_prefetch_lfc_huge_pages` shows it too).
+fn warn_without_huge_pages(lfc: &Lfc) {
+    let huge = lfc.huge_pages();
+    if huge.backed() {
+        tracing::info!(lfc = %lfc.path().display(), "LFC on 2 MiB pages");
+    } else {
+        tracing::warn!(
+            lfc = %lfc.path().display(),
+            "LFC not on huge pages: {}; {}",
+            huge.describe(),
+            lfc::huge_pages_advice(lfc.path())
+        );
+    }
+}
+
 /// `--recreate` of an existing file: a new, empty, unbound cache of `--size`, or of the old
 /// cache's size. `Lfc::create` refuses (`InUse`) while any backend still has the old one mapped.
 fn recreate_lfc(config: &DaemonConfig) -> Result<Lfc, DaemonError> {
@@ -338,6 +355,7 @@ pub fn run(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let lfc = open_lfc(config)?;
+    warn_without_huge_pages(&lfc);
     // Before binding anything: a second daemon for this cache must not take datagrams meant
     // for the first one.
     let _daemon_lock = lfc.lock_for_daemon()?;
@@ -634,6 +652,7 @@ fn serve_metrics(
                     lfc: lfc.stats(),
                     senders: lfc.sender_counts(),
                     prefault_remaining_pages: prefault_remaining.load(Ordering::Relaxed),
+                    huge_pages: lfc.huge_pages().backed(),
                 },
             ),
         )),

@@ -146,6 +146,8 @@ pub struct CacheGauges {
     pub senders: lfc::SenderCounts,
     /// Frames not yet mapped by the daemon's background prefault (0 when done or disabled).
     pub prefault_remaining_pages: u64,
+    /// Whether the daemon's mapping of the cache is on 2 MiB pages (`lfc::HugePages::backed`).
+    pub huge_pages: bool,
 }
 
 /// A counter family with one sample per worker thread, labelled by its index.
@@ -305,6 +307,13 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         "gauge",
         "LFC frames the daemon has not prefaulted yet (0: done, or --no-prefault).",
         cache.prefault_remaining_pages,
+    );
+    single(
+        &mut out,
+        "udp_prefetch_lfc_huge_pages",
+        "gauge",
+        "1 when the LFC is mapped with 2 MiB pages, 0 when with 4 KiB pages (see the operator guide).",
+        u64::from(cache.huge_pages),
     );
     family(
         &mut out,

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: self-verifying page contents, fresh caches.
 #![allow(dead_code)]
 
+pub mod tmpfs;
 pub mod workload;
 
 use lfc::{BufferTag, Lfc, RelTag, PAGE_SIZE};
