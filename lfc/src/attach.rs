@@ -51,7 +51,10 @@ fn would_block(err: &io::Error) -> bool {
     err.raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
-fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+/// Fills `buf` from the kernel's random source (`getrandom(2)`, blocking only until the kernel's
+/// pool is first initialised at boot). Cheap from the first call: no user-space generator to
+/// seed (aws-lc's seeds itself from CPU jitter, about 50 ms on its first use in a process).
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         let rest = &mut buf[filled..];

@@ -526,11 +526,12 @@ impl DatagramKey {
 
 /// A fresh stream id from the operating system's random source (`getrandom`).
 pub fn random_stream_id() -> Result<[u8; STREAM_ID_LEN], SealError> {
-    use aws_lc_rs::rand::SecureRandom;
+    // Not aws-lc's `SystemRandom`: its generator seeds itself from CPU jitter on its first use
+    // in a process, about 50 ms, which the first PrefetchTarget a page server answered paid (a
+    // backend awaits that answer before its first read: `bench net`'s first udp scan, 8192
+    // pages at MTU 9000, lost a third of its speed to it).
     let mut id = [0u8; STREAM_ID_LEN];
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut id)
-        .map_err(|_| SealError::NoRandomness)?;
+    lfc::getrandom(&mut id).map_err(|_| SealError::NoRandomness)?;
     Ok(id)
 }
 

@@ -92,6 +92,11 @@ const SHARE_WINDOW_READS: u32 = 16;
 const SHARE_WINDOW_NS: u64 = 2_000_000;
 const SLOW_WINDOW_READS: u32 = 3;
 const SLOW_WINDOW_NS: u64 = 5_000_000;
+/// The longest a path's transient (`UdpHealth::set_transient_reads`) lasts: when reads are
+/// slow (each waits), the pages requested ahead take long to read and the path has long been
+/// in its steady state; in the simulator a workload of a few hundred slow reads never left a
+/// UDP path slower than TCP pipelining, counted in reads alone.
+const TRANSIENT_MAX_NS: u64 = 5_000_000;
 /// Reads on UDP after which leaving it again resets the probe backoff: a path that passed a
 /// probe but cannot hold its own for this long is probed less and less often.
 const UDP_PROVEN_READS: u64 = 4096;
@@ -163,6 +168,10 @@ pub struct UdpHealth {
     view: DaemonView,
     next_calibration_ns: u64,
     calibration_backoff_ns: u64,
+    /// Reads a path's transient lasts for a calibration (`set_transient_reads`): no UDP window
+    /// starts a calibration before this many reads on UDP, and a calibration measures TCP
+    /// only after this many reads on TCP.
+    transient_reads: u64,
 }
 
 /// A calibration under way (`CALIBRATE_BLOCKED_SHARE`): the backend left a UDP path whose reads
@@ -177,6 +186,11 @@ struct Calibration {
     started_ns: u64,
     /// UDP's pace (ns per read) in the window that started it.
     udp_ns: f64,
+    /// TCP's pace is measured from the first window that starts after this many reads on TCP
+    /// (`transient_reads` when the calibration began).
+    measure_after_reads: u64,
+    /// That window started (the pace's accumulators were reset for it).
+    measuring: bool,
 }
 
 /// How one read went, for `UdpHealth::on_read`.
@@ -276,6 +290,13 @@ impl Pace {
         })
     }
 
+    /// Starts a window afresh, the next one to close being measured (its mean is reported):
+    /// what came before was a transient.
+    fn restart_measured(&mut self) {
+        self.restart();
+        self.windows = 1;
+    }
+
     /// The path is entered anew.
     fn restart(&mut self) {
         self.elapsed_ns = 0;
@@ -314,6 +335,7 @@ impl UdpHealth {
             view: DaemonView::Absent,
             next_calibration_ns: now_ns,
             calibration_backoff_ns: CALIBRATION_BACKOFF_MIN_NS,
+            transient_reads: 0,
         }
     }
 
@@ -569,14 +591,28 @@ impl UdpHealth {
     /// window concludes it.
     pub fn on_read(&mut self, read: &ReadTiming, now_ns: u64) -> bool {
         self.reads_on_path += 1;
+        let time_on_path_ns = self.time_on_path_ns(now_ns);
+        if let Some(c) = &mut self.calibration {
+            if !c.measuring
+                && (self.reads_on_path > c.measure_after_reads
+                    || time_on_path_ns >= TRANSIENT_MAX_NS)
+            {
+                // TCP's transient is over: the pages UDP had brought ahead of the reader, read
+                // as hits, are behind it and the pipeline is full. Measured from here.
+                c.measuring = true;
+                self.pace[PrefetchPath::TcpPipelined as usize].restart_measured();
+            }
+        }
         let Some(window) = self.pace[self.path as usize].add(read) else {
             return false;
         };
         if self.path == PrefetchPath::TcpPipelined {
-            self.conclude_calibration(&window, now_ns);
+            if self.calibration.is_some_and(|c| c.measuring) {
+                self.conclude_calibration(&window, now_ns);
+            }
             return false;
         }
-        if let Some(reason) = self.window_verdict(&window) {
+        if let Some(reason) = self.window_verdict(&window, now_ns) {
             self.set(PrefetchPath::TcpPipelined, now_ns, reason);
             return true;
         }
@@ -591,7 +627,10 @@ impl UdpHealth {
         let Some(udp_ns) = window.mean_ns else {
             return false;
         };
-        if window.blocked_share < CALIBRATE_BLOCKED_SHARE || now_ns < self.next_calibration_ns {
+        if window.blocked_share < CALIBRATE_BLOCKED_SHARE
+            || now_ns < self.next_calibration_ns
+            || self.in_transient(now_ns)
+        {
             return false;
         }
         self.set(
@@ -605,8 +644,30 @@ impl UdpHealth {
         self.calibration = Some(Calibration {
             started_ns: now_ns,
             udp_ns,
+            measure_after_reads: self.transient_reads,
+            // With no transient known, TCP's first window is taken as its transient (`Pace`).
+            measuring: self.transient_reads == 0,
         });
         true
+    }
+
+    /// How many reads a path's transient lasts, for calibrations: the pages the backend
+    /// requests ahead on UDP plus its TCP pipeline's reach (the driver updates it as its UDP
+    /// window changes). Each path's first reads are the other path's work or its own start:
+    /// after a move to TCP, the reads of the pages UDP had requested are hits (UDP's datagrams
+    /// still landing) while the pipeline fills, and on UDP the first window of prefetches is
+    /// one round trip away. Measured within a few milliseconds of a move (16 reads), a
+    /// calibration compared UDP's start with TCP reading UDP's pages: at MTU 9000, 4.4 µs a
+    /// read "on TCP" against 20–50 µs on UDP, and healthy paths that ran at 1.3–2.4× TCP
+    /// pipelining when kept on UDP went to TCP for good.
+    pub fn set_transient_reads(&mut self, reads: u64) {
+        self.transient_reads = reads;
+    }
+
+    /// Whether the path in use is still in its transient (`set_transient_reads`), which lasts
+    /// at most `TRANSIENT_MAX_NS`.
+    fn in_transient(&self, now_ns: u64) -> bool {
+        self.reads_on_path < self.transient_reads && self.time_on_path_ns(now_ns) < TRANSIENT_MAX_NS
     }
 
     /// The first measured TCP window of a calibration: back to UDP unless TCP pipelining's
@@ -642,7 +703,7 @@ impl UdpHealth {
     }
 
     /// Why a closed window on UDP should move the backend to TCP, if it should.
-    fn window_verdict(&self, window: &Window) -> Option<String> {
+    fn window_verdict(&self, window: &Window, now_ns: u64) -> Option<String> {
         if window.waited_share >= WAITED_SHARE_TO_DEGRADE {
             return Some(format!(
                 "{:.0} % of reads waited for prefetches in flight",
@@ -658,6 +719,11 @@ impl UdpHealth {
         }
         let udp = window.mean_ns?;
         let tcp = self.pace[PrefetchPath::TcpPipelined as usize].last?;
+        // UDP's start is not its pace (`set_transient_reads`): back from TCP, its first
+        // prefetches are a round trip away and its window refills.
+        if self.in_transient(now_ns) {
+            return None;
+        }
         (udp > SLOWER_THAN_TCP_TO_DEGRADE * tcp).then(|| {
             format!(
                 "reads took {:.1} µs each on UDP, {:.1} µs on TCP pipelining",
@@ -951,6 +1017,36 @@ mod tests {
             "{:?}",
             h.log()
         );
+    }
+
+    #[test]
+    fn a_calibration_measures_neither_path_in_its_transient() {
+        // A backend requesting 1000 pages ahead on UDP and TCP together.
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        h.set_transient_reads(1000);
+        let mut now = 0;
+        // UDP at 10 µs a read, 70 % blocked: windows of 200 reads (2 ms). The second one is
+        // measured but within the transient; the third ends it by time (`TRANSIENT_MAX_NS`).
+        assert_eq!(reads(&mut h, 599, 10 * US, 7 * US, &mut now), 0);
+        assert_eq!(h.path(), PrefetchPath::Udp);
+        assert_eq!(reads(&mut h, 1, 10 * US, 7 * US, &mut now), 1);
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        // On TCP, the pages UDP had brought ahead are read first, 1 µs each: not TCP's pace.
+        reads(&mut h, 1000, US, 0, &mut now);
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined, "{:?}", h.log());
+        // Then the pipeline's own, 14 µs each: UDP was faster, back to UDP.
+        reads(&mut h, 200, 14 * US, 5 * US, &mut now);
+        assert_eq!(h.path(), PrefetchPath::Udp, "{:?}", h.log());
+        let last = &h.log().last().unwrap().reason;
+        assert!(last.contains("10.0 µs each on UDP, 14.0 µs"), "{last}");
+        // Back on UDP, its refill (30 µs a read, mostly blocked) is not compared with TCP's
+        // pace during the transient; its steady state is, and stays.
+        let changes = h.changes();
+        assert_eq!(reads(&mut h, 100, 30 * US, 25 * US, &mut now), 0);
+        assert_eq!(reads(&mut h, 1000, 10 * US, 7 * US, &mut now), 0);
+        assert_eq!(h.path(), PrefetchPath::Udp, "{:?}", h.log());
+        assert_eq!(h.changes(), changes);
     }
 
     #[test]
