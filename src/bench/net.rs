@@ -128,7 +128,10 @@ fn measure_with(
     let failures_before = hosts.compute_reassembly_failures()?;
     let (tcp, udp, installed, rebuilt) = hosts.in_compute(|| -> anyhow::Result<_> {
         let listen = SocketAddr::new(COMPUTE_ADDR.into(), 0).to_string();
-        let daemon = DaemonProc::start_on(&lfc_path, lfc_bytes, &listen, &["--no-prefault"])?;
+        // Prefaulted before the scans, as every bench's daemon is (`DaemonProc` waits for it):
+        // a long-running daemon has every frame mapped, and a first touch per frame is not the
+        // network path this bench measures.
+        let daemon = DaemonProc::start_on(&lfc_path, lfc_bytes, &listen, &[])?;
         let lfc = Lfc::open(&lfc_path)?;
         lfc.map_all()?;
         let tcp = run_scan(&scan_config(args, server, ScanMode::TcpPipelined), None)?;
