@@ -183,7 +183,8 @@ pub struct Driver {
     current: Option<Current>,
     /// When the read in progress sent its own GetPage (0: it did not).
     fetch_sent_ns: u64,
-    /// When the previous read finished.
+    /// When the backend's previous read finished (this driver's, or another shard's:
+    /// `read_ended_elsewhere`).
     last_done_ns: Option<u64>,
     /// When the read in progress began waiting for a prefetch that was not fresh (see
     /// `own_is_fresh`), and whether the wait was long (`ReadPath::long_wait_ns`).
@@ -227,15 +228,18 @@ impl Driver {
         d
     }
 
+    /// Another shard's driver of the same backend finished a read at `now_ns`
+    /// (`ShardedDriver`): this driver's next read is timed from there. A read's cycle is then
+    /// the backend's time since its previous read, whichever shard served that one, and holds
+    /// no other shard's reads: a shard's pace stays its own when another shard waits out lost
+    /// datagrams, so comparing its paces on UDP and TCP (a calibration) stays fair.
+    pub fn read_ended_elsewhere(&mut self, now_ns: u64) {
+        self.last_done_ns = Some(now_ns);
+    }
+
     /// A backend over `lfc`. `port_override` is the operator's `--prefetch-port`; without it
     /// the daemon's port comes from the LFC header. Starts on UDP when a daemon is alive (or a
     /// port was given), else on TCP pipelining, probing UDP as daemons come and go.
-    /// Never calibrates TCP's pace (`UdpHealth::never_calibrate`): one shard's driver among
-    /// several.
-    pub fn never_calibrate(&mut self) {
-        self.health.never_calibrate();
-    }
-
     pub fn new(config: ReadPathConfig, port_override: Option<u16>, lfc: &Lfc, now_ns: u64) -> Self {
         let mut d = Self::build(config, port_override, now_ns);
         if let Some(port) = port_override {
@@ -309,6 +313,11 @@ impl Driver {
 
     pub fn path(&self) -> PrefetchPath {
         self.health.path()
+    }
+
+    /// Mean time per read in `path`'s last measured window (`UdpHealth::pace_ns`).
+    pub fn pace_ns(&self, path: PrefetchPath) -> Option<f64> {
+        self.health.pace_ns(path)
     }
 
     /// Moves between UDP and TCP so far: a scan that sees it change restarts its window

@@ -182,7 +182,9 @@ struct Calibration {
 /// How one read went, for `UdpHealth::on_read`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadTiming {
-    /// From the previous read's end to this one's: the backend's whole cycle.
+    /// From the previous read's end to this one's: the backend's whole cycle. Of a sharded
+    /// backend, from the previous read of any shard (`Driver::read_ended_elsewhere`), so that
+    /// it holds none of the other shards' reads.
     pub cycle_ns: u64,
     /// From this read's start to its end: time blocked waiting for a prefetch or a response.
     pub blocked_ns: u64,
@@ -317,17 +319,14 @@ impl UdpHealth {
         }
     }
 
-    /// No calibration from now on: for one shard's driver among several, whose time between
-    /// its own reads includes the other shards' reads, so that one shard's slow spell (a
-    /// shard losing its datagrams) made another's UDP look slower than its calibration on TCP
-    /// after that spell ended. The other rules, and a TCP pace known from a real stay on TCP,
-    /// still apply.
-    pub fn never_calibrate(&mut self) {
-        self.next_calibration_ns = u64::MAX;
-    }
-
     pub fn path(&self) -> PrefetchPath {
         self.path
+    }
+
+    /// The mean time per read of `path`'s last measured window (ns), if one was measured: the
+    /// pace the 1.25× rule and a calibration compare.
+    pub fn pace_ns(&self, path: PrefetchPath) -> Option<f64> {
+        self.pace[path as usize].last
     }
 
     /// Logs why the backend starts where it starts (not counted as a change).
