@@ -629,8 +629,16 @@ impl Driver {
         // Marking on a miss both asks "is it in flight?" and, when nobody asked, tells other
         // backends that this one is fetching it, so they wait instead of fetching it twice. On
         // TCP nobody's UDP prefetch is worth a wait.
-        let requested_elsewhere =
-            !hit && lfc.mark_requested(&tag, now_ns) && self.health.path() == PrefetchPath::Udp;
+        let marked = !hit && lfc.mark_requested(&tag, now_ns);
+        if !hit && !marked && own.is_some() {
+            // An own prefetch, missing, and its request mark is gone: it arrived and was evicted
+            // (a small or busy cache), not lost; UDP delivered. In the simulator, backends
+            // waited a whole budget for each such page, and two such waits took a shard off a
+            // working UDP path.
+            self.core.on_own_gone(&tag, now_ns);
+            return self.fetch(lfc, tag, None, now_ns);
+        }
+        let requested_elsewhere = marked && self.health.path() == PrefetchPath::Udp;
         match self.core.on_lookup(tag, hit, requested_elsewhere, now_ns) {
             None => {
                 if let Some(loss) = own {
@@ -1047,6 +1055,43 @@ mod tests {
         let stats = d.finish();
         assert_eq!(stats.udp_state_changes, 0);
         assert_eq!(stats.prefetched, 0);
+    }
+
+    #[test]
+    fn own_prefetches_that_arrived_and_were_evicted_are_fetched_at_once_and_keep_udp() {
+        // A cache of 16 pages, and a window of 16 prefetches that all arrive: the other pages a
+        // busy cache takes in before their reads evict them.
+        let f = crate::compute::test_support::fixture(16);
+        let lfc = &f.lfc;
+        lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
+        let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
+        let rel = synthetic_rel(0);
+        d.prefetch(lfc, rel, 0..16, T0);
+        drain(&mut d);
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        d.on_response(lfc, Response::Target, &mut out, T0).unwrap();
+        for b in 0..16 {
+            let tag = rel.block(b);
+            lfc.install_prefetched(&tag, lfc.lwlsn(&tag), &synthetic_page(tag, 16));
+        }
+        let other = synthetic_rel(1);
+        for b in 0..64 {
+            let tag = other.block(b);
+            lfc.install_prefetched(&tag, lfc.lwlsn(&tag), &synthetic_page(tag, 16));
+        }
+        let evicted: Vec<u32> = (0..16).filter(|&b| !lfc.contains(&rel.block(b))).collect();
+        assert!(evicted.len() >= 4, "{evicted:?}");
+        // Each is fetched by GetPage without a wait, and UDP, which delivered, is kept.
+        let mut wire = VecDeque::new();
+        let mut now = T0 + MS;
+        let start = now;
+        for &b in &evicted[..4] {
+            assert_eq!(read(&mut d, lfc, &mut wire, b, &mut now), ReadSource::Tcp);
+        }
+        assert_eq!(now, start, "no wait");
+        assert_eq!(d.path(), PrefetchPath::Udp);
+        let stats = d.stats();
+        assert_eq!((stats.wait_timeouts, stats.fallbacks), (0, 4));
     }
 
     #[test]
