@@ -636,10 +636,13 @@ impl Driver {
         // backends that this one is fetching it, so they wait instead of fetching it twice. On
         // TCP nobody's UDP prefetch is worth a wait.
         let marked = !hit && lfc.mark_requested(&tag, now_ns);
-        if !hit && !marked && own.is_some() {
+        if !hit && !marked && own.is_some() && !self.read_fresh {
             // An own prefetch, missing, and its request mark is gone: it arrived and was
             // evicted (a small or busy cache), not lost. Waiting is waiting for nothing: in the
-            // simulator, backends waited a whole budget for each such page.
+            // simulator, backends waited a whole budget for each such page. Not for one
+            // requested within a wait budget: a mark can also go when its line of the
+            // requested table overflows (many pages requested at once), and such a page is
+            // most likely still on its way.
             self.core.on_own_gone(&tag, now_ns);
             return self.fetch(lfc, tag, Some(Miss::Evicted), now_ns);
         }
@@ -1086,10 +1089,11 @@ mod tests {
         }
         let evicted: Vec<u32> = (0..16).filter(|&b| !lfc.contains(&rel.block(b))).collect();
         assert!(evicted.len() >= 4, "{evicted:?}");
-        // Each is fetched by GetPage without a wait; two such reads are two misses, and the
-        // window moves to TCP pipelining, whose pages wait for their reads out of the cache.
+        // Read more than a wait budget after their request, each is fetched by GetPage without
+        // a wait; two such reads are two misses, and the window moves to TCP pipelining, whose
+        // pages wait for their reads out of the cache.
         let mut wire = VecDeque::new();
-        let mut now = T0 + MS;
+        let mut now = T0 + 5 * MS;
         let start = now;
         for &b in &evicted[..2] {
             assert_eq!(read(&mut d, lfc, &mut wire, b, &mut now), ReadSource::Tcp);
