@@ -505,6 +505,15 @@ impl UdpHealth {
     pub fn on_arrival(&mut self, retried: bool) {
         self.recent_misses <<= 1;
         self.loss_sample(retried);
+        if self.calibration.is_some() {
+            // On TCP for a calibration, a read served by a page UDP brought before the move is
+            // UDP's pace, not TCP's: TCP's is measured from the reads after the last such one
+            // (a transient window, then the measured one). A window of prefetched pages can
+            // outlast the transient window, and TCP pipelining then looked several times as
+            // fast as it was (16 µs a read, against UDP's 145 µs, in `tests/shards.rs` on a
+            // busy machine), taking a healthy shard off UDP.
+            self.pace[PrefetchPath::TcpPipelined as usize].restart();
+        }
     }
 
     /// The read of a UDP prefetch (own, or another backend's it waited for) gave up on it.
@@ -947,6 +956,35 @@ mod tests {
         let took = h.log()[2].at_ms - first;
         assert!(
             second - first >= CALIBRATION_SPACING as f64 * took,
+            "{:?}",
+            h.log()
+        );
+    }
+
+    #[test]
+    fn a_calibration_measures_tcp_after_the_pages_udp_brought_before_it() {
+        // UDP: 40 µs a read, 30 of them blocked: a calibration.
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let mut now = 0;
+        assert_eq!(reads(&mut h, 2 * 64, 40 * US, 30 * US, &mut now), 1);
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        // On TCP, the reader first reads the pages UDP brought: hits of 5 µs, for more than
+        // two windows. They are no measure of TCP.
+        for _ in 0..1000 {
+            h.on_arrival(false);
+            reads(&mut h, 1, 5 * US, 0, &mut now);
+        }
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        // TCP pipelining's own reads, 45 µs each: UDP was faster, back to UDP.
+        reads(&mut h, 2 * 64, 45 * US, 20 * US, &mut now);
+        assert_eq!(h.path(), PrefetchPath::Udp, "{:?}", h.log());
+        assert!(
+            h.log()
+                .last()
+                .unwrap()
+                .reason
+                .contains("40.0 µs each on UDP, 45.0 µs"),
             "{:?}",
             h.log()
         );
