@@ -676,6 +676,15 @@ impl Driver {
             // retries spent or overdue): a loss, not a dead path.
             Some(Step::Fetch) => {
                 let miss = own.map(|_| Miss::AfterLoss);
+                // On UDP, a page neither prefetched by this backend nor requested by another:
+                // nobody asked (random reads), or it was cached when the window came to it and
+                // has been evicted since. Its read is one synchronous GetPage, which TCP
+                // pipelining's read-ahead would have avoided: counted as a read UDP failed
+                // (`LOST_SHARE_TO_DEGRADE`), not as a miss. Since installs clear request marks,
+                // such pages no longer look requested elsewhere (whose waits did count), and in
+                // the simulator (`none` seed 2851, a 30-page cache) a scan stayed on UDP reading
+                // one GetPage at a time.
+                self.read_udp_failed |= own.is_none() && self.health.path() == PrefetchPath::Udp;
                 self.fetch(lfc, tag, miss, now_ns)
             }
         }
