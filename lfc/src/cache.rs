@@ -1377,6 +1377,9 @@ impl Lfc {
         }
         drop(g);
         self.bump(Counter::Installs);
+        // After the page is visible: whoever then finds no mark and no page knows it came and
+        // went (see `mark_requested`).
+        requested::clear(self.requested_line(h), h.requested_key());
         self.channel(h).notify();
         InstallOutcome::Installed
     }
@@ -1451,7 +1454,8 @@ impl Lfc {
 
     /// Marks `tag` as requested at `now_ns` (any clock shared by the processes, e.g.
     /// CLOCK_MONOTONIC). True when it was already marked less than `REQUESTED_TTL_NS` ago,
-    /// i.e. a prefetch for it is probably in flight.
+    /// i.e. a prefetch for it is probably in flight. Installing the page clears its mark, so
+    /// false for a page that was requested, arrived and has since been evicted.
     pub fn mark_requested(&self, tag: &BufferTag, now_ns: u64) -> bool {
         let h = self.hash(tag);
         let dup = requested::mark(self.requested_line(h), h.requested_key(), now_ns);

@@ -1,12 +1,15 @@
 //! "Somebody already asked for this page": a fixed table of 64-byte lines, 8 entries each, an
 //! entry packing a 24-bit tag key and the request time in milliseconds (40 bits, so it wraps
 //! after 34 years of uptime). Marks expire after `REQUESTED_TTL_NS`; a full line overwrites its
-//! oldest entry. A key collision can only make `mark_requested` answer "already requested" for a
-//! page nobody asked for: the caller then waits (bounded) and falls back to a synchronous read.
+//! oldest entry, and an install clears its tag's mark (`clear`). A key collision can only make
+//! `mark_requested` answer "already requested" for a page nobody asked for (the caller then
+//! waits, bounded, and falls back to a synchronous read), or an install clear another page's
+//! mark (a duplicate request).
 //!
 //! Owns: the entry encoding, `REQUESTED_TTL_NS` and the replacement rule of a line. Takes no lock
-//! (at most one compare-and-swap per mark), reads no clock (`now_ns` is passed in) and never
-//! looks at frames: a mark says nothing about whether the page is cached.
+//! (at most one compare-and-swap per mark or clear), reads no clock (`now_ns` is passed in) and
+//! never looks at frames: a mark says nothing about whether the page is cached, but a mark gone
+//! before its TTL says the page arrived (or the line overflowed).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -59,6 +62,20 @@ pub(crate) fn mark(line: &[AtomicU64], key: u64, now_ns: u64) -> bool {
     let v = victim.load(Ordering::Relaxed);
     let _ = victim.compare_exchange(v, pack(key, now_ms), Ordering::AcqRel, Ordering::Relaxed);
     false
+}
+
+/// Clears `key`'s mark, if the line holds one: its page arrived. A backend whose own prefetch
+/// then misses in the cache and finds no mark knows the page came and was evicted, and fetches
+/// it at once instead of waiting for a datagram that already came.
+pub(crate) fn clear(line: &[AtomicU64], key: u64) {
+    for e in line {
+        let v = e.load(Ordering::Relaxed);
+        if v != 0 && v >> TIME_BITS == key {
+            // Losing a race to a new mark of another key is fine: that mark stays.
+            let _ = e.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Relaxed);
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -302,6 +302,23 @@ fn mark_requested_dedupes_within_the_ttl() {
 }
 
 #[test]
+fn an_install_clears_its_pages_request_mark() {
+    let (_d, lfc) = new_cache(16);
+    let now = 5_000_000_000u64;
+    let (t, other) = (tag(7, 1), tag(7, 2));
+    assert!(!lfc.mark_requested(&t, now));
+    assert!(!lfc.mark_requested(&other, now));
+    assert_eq!(
+        lfc.install_prefetched(&t, 1, &make_page(&t, 1)),
+        InstallOutcome::Installed
+    );
+    // The page came: a later miss of it (evicted) finds no request in flight; the other
+    // page's request still is.
+    assert!(!lfc.mark_requested(&t, now + 1_000_000));
+    assert!(lfc.mark_requested(&other, now + 1_000_000));
+}
+
+#[test]
 fn wait_for_arrival_times_out_and_is_woken_by_an_install() {
     let dir = tempfile::tempdir().unwrap();
     let lfc = Arc::new(Lfc::create(dir.path().join("lfc"), 16).unwrap());

@@ -133,6 +133,14 @@ impl Trace {
         });
     }
 
+    /// With `UDPF_SIM_TRACE=1`, prints `text` among the events (not part of the digest): what
+    /// the numbers of an event do not say, such as why a backend changed paths.
+    pub fn note(&self, at_ns: u64, text: impl std::fmt::Display) {
+        if print_all() {
+            eprintln!("{:>14.3} us  note: {text}", at_ns as f64 / 1e3);
+        }
+    }
+
     pub fn digest(&self) -> u64 {
         self.digest
     }

@@ -19,7 +19,7 @@ fn check(scenario: &Scenario) -> Result<sim::RunReport, String> {
 }
 
 /// `check` for every checker except the comparison with TCP pipelining (`SlowerThanTcp`): for
-/// the `heavy` profile, where a few seeds in ten thousand (28 in seeds 0–9999) still take
+/// the `heavy` profile, where a few seeds in ten thousand (27 in seeds 0–9999) still take
 /// longer than 1.25 × TCP pipelining plus 20 ms (README, simulator), and for the proptest, whose random seeds would
 /// make a rate turn into a flaky test. Fixed seeds of the other profiles check it below.
 fn check_safety(scenario: &Scenario) -> Result<sim::RunReport, String> {
@@ -106,13 +106,24 @@ fn default_faults_and_daemon_failures_cost_no_more_than_tcp_pipelining() {
 /// daemon's assembly table holding up to 64 frames of a 49–111 page cache with pages that had
 /// lost two pieces, so every backend found its pages evicted; default 911 (whole-page
 /// datagrams) and 6162, backends that started on UDP and stayed on a path slower than TCP
-/// pipelining, having never measured TCP's pace (now calibrated, ARCHITECTURE §6). Heavy 71, 96, 138, 224 and 261 (all
-/// MTU 1500, as every heavy seed that failed) were one or both.
+/// pipelining, having never measured TCP's pace (now calibrated, ARCHITECTURE §6); once
+/// sharded drivers stopped calibrating they failed again, 6162 for that (fixed by timing each
+/// shard's reads alone, `Driver::read_ended_elsewhere`), 911 because a 90-page cache evicted a
+/// backend's prefetches before their reads and each of its three shards waited out whole
+/// budgets for them before two misses moved it. Default 2528 (a 27-page cache) is the other
+/// side of that fix: an evicted prefetch, fetched at once, must still count as a miss, or a
+/// shard keeps a UDP path on which every read is one synchronous GetPage. `none` 2851 (a
+/// 30-page cache) came with installs clearing request marks: a scan's pages cached by other
+/// backends and evicted before its reads no longer looked requested elsewhere (whose waits
+/// counted as misses), and each was a synchronous GetPage that no rule counted; now such a
+/// read counts as one UDP failed. Heavy 71, 96, 138,
+/// 224 and 261 (all MTU 1500, as every heavy seed that failed) were one or both.
 #[test]
 fn seeds_once_slower_than_tcp_pipelining_are_not() {
-    let default = [6831, 1359, 773, 6206, 8242, 9470, 9605].map(|s| (s, FaultProfile::Default));
-    // Default 911 and 6162 (sharded backends) passed once every driver calibrated TCP's pace;
-    // a shard's driver among several no longer does (ARCHITECTURE §10), and they are open again.
+    let default = [6831, 1359, 773, 6206, 8242, 9470, 9605, 911, 6162, 2528]
+        .map(|s| (s, FaultProfile::Default))
+        .into_iter()
+        .chain([(2851, FaultProfile::None)]);
     // Heavy 580 and 4067 were fixed too, but drawing a stripe size and a path MTU per seed
     // (sharding, page splitting) gave those seeds other worlds, in which they are open
     // violations again (ARCHITECTURE §10); the others still pass in theirs. Heavy 6470 got
@@ -123,7 +134,7 @@ fn seeds_once_slower_than_tcp_pipelining_are_not() {
         1356, 2800, 5022, 5787, 8576, 9097, 9987, 6982, 7811, 71, 96, 138, 224, 261,
     ]
     .map(|s| (s, FaultProfile::Heavy));
-    for (seed, profile) in default.into_iter().chain(heavy) {
+    for (seed, profile) in default.chain(heavy) {
         if let Err(e) = check(&Scenario::from_seed(seed, profile)) {
             panic!("{e}");
         }

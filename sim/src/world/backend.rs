@@ -518,6 +518,10 @@ impl World<'_> {
             self.backends[b].path_changes = changes;
             let path = self.backends[b].driver.path() as u64;
             self.rec(Kind::PathChange, b as u64, path, changes);
+            if let Some(c) = self.backends[b].driver.state_log().last() {
+                self.trace
+                    .note(self.now, format_args!("backend {b}: {}", c.reason));
+            }
         }
         match kind {
             Kind::ReadHit => self.report.read_hits += 1,

@@ -318,6 +318,7 @@ impl<'a> World<'a> {
             violation: None,
             cfg,
         };
+        w.trace.note(START_NS, format_args!("{:?}", w.cfg));
         w.add_fault_events(programs.faults);
         w.schedule_start();
         Ok(w)

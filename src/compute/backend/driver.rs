@@ -131,6 +131,12 @@ enum Miss {
     Unexplained,
     /// Lost and requested again, and still not there: a loss, weighed by the loss share.
     AfterLoss,
+    /// Arrived, and evicted before its read (`ReadPath::on_own_gone`): UDP delivered, but the
+    /// window outran the cache, and the read pays a round trip as if nothing had come. A
+    /// miss, like one that never came: in the simulator, a 27-page cache shared by four
+    /// backends evicted nearly every prefetch, and a shard that kept UDP read one page per
+    /// round trip (TCP pipelining keeps its pages for their reads, out of the cache's reach).
+    Evicted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +189,8 @@ pub struct Driver {
     current: Option<Current>,
     /// When the read in progress sent its own GetPage (0: it did not).
     fetch_sent_ns: u64,
-    /// When the previous read finished.
+    /// When the backend's previous read finished (this driver's, or another shard's:
+    /// `read_ended_elsewhere`).
     last_done_ns: Option<u64>,
     /// When the read in progress began waiting for a prefetch that was not fresh (see
     /// `own_is_fresh`), and whether the wait was long (`ReadPath::long_wait_ns`).
@@ -227,15 +234,18 @@ impl Driver {
         d
     }
 
+    /// Another shard's driver of the same backend finished a read at `now_ns`
+    /// (`ShardedDriver`): this driver's next read is timed from there. A read's cycle is then
+    /// the backend's time since its previous read, whichever shard served that one, and holds
+    /// no other shard's reads: a shard's pace stays its own when another shard waits out lost
+    /// datagrams, so comparing its paces on UDP and TCP (a calibration) stays fair.
+    pub fn read_ended_elsewhere(&mut self, now_ns: u64) {
+        self.last_done_ns = Some(now_ns);
+    }
+
     /// A backend over `lfc`. `port_override` is the operator's `--prefetch-port`; without it
     /// the daemon's port comes from the LFC header. Starts on UDP when a daemon is alive (or a
     /// port was given), else on TCP pipelining, probing UDP as daemons come and go.
-    /// Never calibrates TCP's pace (`UdpHealth::never_calibrate`): one shard's driver among
-    /// several.
-    pub fn never_calibrate(&mut self) {
-        self.health.never_calibrate();
-    }
-
     pub fn new(config: ReadPathConfig, port_override: Option<u16>, lfc: &Lfc, now_ns: u64) -> Self {
         let mut d = Self::build(config, port_override, now_ns);
         if let Some(port) = port_override {
@@ -309,6 +319,11 @@ impl Driver {
 
     pub fn path(&self) -> PrefetchPath {
         self.health.path()
+    }
+
+    /// Mean time per read in `path`'s last measured window (`UdpHealth::pace_ns`).
+    pub fn pace_ns(&self, path: PrefetchPath) -> Option<f64> {
+        self.health.pace_ns(path)
     }
 
     /// Moves between UDP and TCP so far: a scan that sees it change restarts its window
@@ -625,8 +640,18 @@ impl Driver {
         // Marking on a miss both asks "is it in flight?" and, when nobody asked, tells other
         // backends that this one is fetching it, so they wait instead of fetching it twice. On
         // TCP nobody's UDP prefetch is worth a wait.
-        let requested_elsewhere =
-            !hit && lfc.mark_requested(&tag, now_ns) && self.health.path() == PrefetchPath::Udp;
+        let marked = !hit && lfc.mark_requested(&tag, now_ns);
+        if !hit && !marked && own.is_some() && !self.read_fresh {
+            // An own prefetch, missing, and its request mark is gone: it arrived and was
+            // evicted (a small or busy cache), not lost. Waiting is waiting for nothing: in the
+            // simulator, backends waited a whole budget for each such page. Not for one
+            // requested within a wait budget: a mark can also go when its line of the
+            // requested table overflows (many pages requested at once), and such a page is
+            // most likely still on its way.
+            self.core.on_own_gone(&tag, now_ns);
+            return self.fetch(lfc, tag, Some(Miss::Evicted), now_ns);
+        }
+        let requested_elsewhere = marked && self.health.path() == PrefetchPath::Udp;
         match self.core.on_lookup(tag, hit, requested_elsewhere, now_ns) {
             None => {
                 if let Some(loss) = own {
@@ -656,6 +681,15 @@ impl Driver {
             // retries spent or overdue): a loss, not a dead path.
             Some(Step::Fetch) => {
                 let miss = own.map(|_| Miss::AfterLoss);
+                // On UDP, a page neither prefetched by this backend nor requested by another:
+                // nobody asked (random reads), or it was cached when the window came to it and
+                // has been evicted since. Its read is one synchronous GetPage, which TCP
+                // pipelining's read-ahead would have avoided: counted as a read UDP failed
+                // (`LOST_SHARE_TO_DEGRADE`), not as a miss. Since installs clear request marks,
+                // such pages no longer look requested elsewhere (whose waits did count), and in
+                // the simulator (`none` seed 2851, a 30-page cache) a scan stayed on UDP reading
+                // one GetPage at a time.
+                self.read_udp_failed |= own.is_none() && self.health.path() == PrefetchPath::Udp;
                 self.fetch(lfc, tag, miss, now_ns)
             }
         }
@@ -754,7 +788,7 @@ impl Driver {
                 self.health.on_arrival(true);
                 self.health.check_loss(now_ns)
             }
-            Some(Miss::Unexplained) => self.health.on_miss(now_ns),
+            Some(Miss::Unexplained | Miss::Evicted) => self.health.on_miss(now_ns),
         };
         if moved {
             self.move_window_to_tcp(lfc, now_ns);
@@ -1056,6 +1090,50 @@ mod tests {
         let stats = d.finish();
         assert_eq!(stats.udp_state_changes, 0);
         assert_eq!(stats.prefetched, 0);
+    }
+
+    #[test]
+    fn own_prefetches_that_arrived_and_were_evicted_are_fetched_at_once_and_count_as_misses() {
+        // A cache of 16 pages, and a window of 16 prefetches that all arrive: the other pages a
+        // busy cache takes in before their reads evict them.
+        let f = crate::compute::test_support::fixture(16);
+        let lfc = &f.lfc;
+        lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
+        let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
+        let rel = synthetic_rel(0);
+        d.prefetch(lfc, rel, 0..16, T0);
+        drain(&mut d);
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        d.on_response(lfc, Response::Target, &mut out, T0).unwrap();
+        for b in 0..16 {
+            let tag = rel.block(b);
+            lfc.install_prefetched(&tag, lfc.lwlsn(&tag), &synthetic_page(tag, 16));
+        }
+        let other = synthetic_rel(1);
+        for b in 0..64 {
+            let tag = other.block(b);
+            lfc.install_prefetched(&tag, lfc.lwlsn(&tag), &synthetic_page(tag, 16));
+        }
+        let evicted: Vec<u32> = (0..16).filter(|&b| !lfc.contains(&rel.block(b))).collect();
+        assert!(evicted.len() >= 4, "{evicted:?}");
+        // Read more than a wait budget after their request, each is fetched by GetPage without
+        // a wait; two such reads are two misses, and the window moves to TCP pipelining, whose
+        // pages wait for their reads out of the cache.
+        let mut wire = VecDeque::new();
+        let mut now = T0 + 5 * MS;
+        let start = now;
+        for &b in &evicted[..2] {
+            assert_eq!(read(&mut d, lfc, &mut wire, b, &mut now), ReadSource::Tcp);
+        }
+        assert_eq!(now, start, "no wait");
+        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
+        assert!(
+            d.state_log()[1].reason.contains("did not arrive"),
+            "{:?}",
+            d.state_log()
+        );
+        let stats = d.stats();
+        assert_eq!((stats.wait_timeouts, stats.fallbacks), (0, 2));
     }
 
     #[test]

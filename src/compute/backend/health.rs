@@ -196,7 +196,9 @@ struct Calibration {
 /// How one read went, for `UdpHealth::on_read`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadTiming {
-    /// From the previous read's end to this one's: the backend's whole cycle.
+    /// From the previous read's end to this one's: the backend's whole cycle. Of a sharded
+    /// backend, from the previous read of any shard (`Driver::read_ended_elsewhere`), so that
+    /// it holds none of the other shards' reads.
     pub cycle_ns: u64,
     /// From this read's start to its end: time blocked waiting for a prefetch or a response.
     pub blocked_ns: u64,
@@ -339,17 +341,14 @@ impl UdpHealth {
         }
     }
 
-    /// No calibration from now on: for one shard's driver among several, whose time between
-    /// its own reads includes the other shards' reads, so that one shard's slow spell (a
-    /// shard losing its datagrams) made another's UDP look slower than its calibration on TCP
-    /// after that spell ended. The other rules, and a TCP pace known from a real stay on TCP,
-    /// still apply.
-    pub fn never_calibrate(&mut self) {
-        self.next_calibration_ns = u64::MAX;
-    }
-
     pub fn path(&self) -> PrefetchPath {
         self.path
+    }
+
+    /// The mean time per read of `path`'s last measured window (ns), if one was measured: the
+    /// pace the 1.25× rule and a calibration compare.
+    pub fn pace_ns(&self, path: PrefetchPath) -> Option<f64> {
+        self.pace[path as usize].last
     }
 
     /// Logs why the backend starts where it starts (not counted as a change).
@@ -528,6 +527,15 @@ impl UdpHealth {
     pub fn on_arrival(&mut self, retried: bool) {
         self.recent_misses <<= 1;
         self.loss_sample(retried);
+        if self.calibration.is_some() {
+            // On TCP for a calibration, a read served by a page UDP brought before the move is
+            // UDP's pace, not TCP's: TCP's is measured from the reads after the last such one
+            // (a transient window, then the measured one). A window of prefetched pages can
+            // outlast the transient window, and TCP pipelining then looked several times as
+            // fast as it was (16 µs a read, against UDP's 145 µs, in `tests/shards.rs` on a
+            // busy machine), taking a healthy shard off UDP.
+            self.pace[PrefetchPath::TcpPipelined as usize].restart();
+        }
     }
 
     /// The read of a UDP prefetch (own, or another backend's it waited for) gave up on it.
@@ -1047,6 +1055,35 @@ mod tests {
         assert_eq!(reads(&mut h, 1000, 10 * US, 7 * US, &mut now), 0);
         assert_eq!(h.path(), PrefetchPath::Udp, "{:?}", h.log());
         assert_eq!(h.changes(), changes);
+    }
+
+    #[test]
+    fn a_calibration_measures_tcp_after_the_pages_udp_brought_before_it() {
+        // UDP: 40 µs a read, 30 of them blocked: a calibration.
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let mut now = 0;
+        assert_eq!(reads(&mut h, 2 * 64, 40 * US, 30 * US, &mut now), 1);
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        // On TCP, the reader first reads the pages UDP brought: hits of 5 µs, for more than
+        // two windows. They are no measure of TCP.
+        for _ in 0..1000 {
+            h.on_arrival(false);
+            reads(&mut h, 1, 5 * US, 0, &mut now);
+        }
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        // TCP pipelining's own reads, 45 µs each: UDP was faster, back to UDP.
+        reads(&mut h, 2 * 64, 45 * US, 20 * US, &mut now);
+        assert_eq!(h.path(), PrefetchPath::Udp, "{:?}", h.log());
+        assert!(
+            h.log()
+                .last()
+                .unwrap()
+                .reason
+                .contains("40.0 µs each on UDP, 45.0 µs"),
+            "{:?}",
+            h.log()
+        );
     }
 
     #[test]

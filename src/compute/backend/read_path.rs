@@ -464,6 +464,20 @@ impl ReadPath {
         }
     }
 
+    /// A read of own prefetch `tag` missed, and the LFC holds no request mark for it: an
+    /// install clears the mark, so the page came and was evicted before its read (or was
+    /// requested longer than `lfc::REQUESTED_TTL_NS` ago). Waiting would wait for nothing: the
+    /// read is a fallback, fetched at once. Not the path's failure but the window's: prefetching
+    /// further ahead than the cache keeps pages is waste, so the window is cut as after a miss.
+    pub fn on_own_gone(&mut self, tag: &BufferTag, now_ns: u64) {
+        self.stats.reads += 1;
+        self.stats.fallbacks += 1;
+        if self.loss.take(tag).is_some() {
+            self.stats.wasted_prefetches += 1;
+            self.cut_window(now_ns);
+        }
+    }
+
     /// After waiting: `arrived` if the page is now in the LFC. `None` means done (a late hit).
     pub fn on_wait_result(&mut self, tag: BufferTag, arrived: bool, now_ns: u64) -> Option<Step> {
         let own = self.loss.take(&tag);

@@ -34,14 +34,9 @@ pub struct ShardedDriver {
 impl ShardedDriver {
     /// `layout.count()` drivers, made by `driver` in shard order.
     pub fn new(layout: ShardLayout, driver: impl FnMut() -> Driver) -> ShardedDriver {
-        let mut drivers: Vec<Driver> = std::iter::repeat_with(driver)
+        let drivers: Vec<Driver> = std::iter::repeat_with(driver)
             .take(layout.count())
             .collect();
-        if drivers.len() > 1 {
-            // A shard's read cycle holds the other shards' reads: paces are not comparable
-            // across a calibration (ARCHITECTURE §10).
-            drivers.iter_mut().for_each(Driver::never_calibrate);
-        }
         ShardedDriver {
             drivers,
             layout,
@@ -103,12 +98,29 @@ impl ShardedDriver {
     /// (`on_wait_over`, its response) go to.
     pub fn start_read(&mut self, lfc: &Lfc, tag: BufferTag, out: &mut Page, now_ns: u64) -> Poll {
         self.last = self.layout.shard_of(&tag);
-        self.drivers[self.last].start_read(lfc, tag, out, now_ns)
+        let poll = self.drivers[self.last].start_read(lfc, tag, out, now_ns);
+        self.after_step(poll, now_ns)
     }
 
     /// `Driver::on_wait_over` of the read in progress.
     pub fn on_wait_over(&mut self, lfc: &Lfc, out: &mut Page, now_ns: u64) -> Poll {
-        self.drivers[self.last].on_wait_over(lfc, out, now_ns)
+        let poll = self.drivers[self.last].on_wait_over(lfc, out, now_ns);
+        self.after_step(poll, now_ns)
+    }
+
+    /// A step of the read in progress returned `poll`: when the read is done, the other
+    /// shards' drivers time their next reads from now (`Driver::read_ended_elsewhere`), so
+    /// that each shard's pace holds only its own reads (ARCHITECTURE §6a).
+    fn after_step(&mut self, poll: Poll, now_ns: u64) -> Poll {
+        if matches!(poll, Poll::Done(_)) && self.drivers.len() > 1 {
+            let reading = self.last;
+            for (s, d) in self.drivers.iter_mut().enumerate() {
+                if s != reading {
+                    d.read_ended_elsewhere(now_ns);
+                }
+            }
+        }
+        poll
     }
 
     /// A response that came on shard `s`'s connection, to its driver.
@@ -120,7 +132,12 @@ impl ShardedDriver {
         out: &mut Page,
         now_ns: u64,
     ) -> Result<Handled, DriverError> {
-        self.drivers[s].on_response(lfc, response, out, now_ns)
+        let mut handled = self.drivers[s].on_response(lfc, response, out, now_ns)?;
+        // Only the reading shard's driver has a read to finish.
+        if let (Some(poll), true) = (handled.next, s == self.last) {
+            handled.next = Some(self.after_step(poll, now_ns));
+        }
+        Ok(handled)
     }
 
     /// Whether shard `s`'s pipeline has requests in flight or queued.
@@ -263,5 +280,78 @@ mod tests {
         let tag = rel.block(13);
         d.start_read(lfc, tag, &mut page, T0);
         assert_eq!(d.reading(), layout.shard_of(&tag));
+    }
+
+    /// The bug `tests/shards.rs` caught: a shard's read cycle held the other shards' reads, so
+    /// its UDP pace looked slow while another shard waited out lost datagrams, and a
+    /// calibration (which compares that pace with TCP's) took a healthy shard off UDP. Now a
+    /// shard's pace is the time of its own reads (and the application's time before them).
+    #[test]
+    fn a_shards_pace_holds_none_of_another_shards_slow_reads() {
+        const US: u64 = 1_000;
+        let f = fixture(4096);
+        let lfc = &f.lfc;
+        lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
+        let layout = ShardLayout::new(2, 4).unwrap();
+        let mut d = ShardedDriver::new(layout, || {
+            Driver::new(ReadPathConfig::default(), None, lfc, T0)
+        });
+        let mut out = [0u8; lfc::PAGE_SIZE];
+        let mut now = T0;
+        // Both connections answer their PrefetchTarget.
+        while let Some((s, t)) = d.poll_transmit() {
+            assert_eq!(t, Transmit::Target { udp_port: 7000 });
+            d.on_response(s, lfc, Response::Target, &mut out, now)
+                .unwrap();
+        }
+        let rel = crate::protocol::page::synthetic_rel(0);
+        let page = |b: u32| crate::protocol::page::synthetic_page(rel.block(b), 16);
+        let (fast, slow) = (0, 1);
+        let of_shard = |s: usize| (0u32..).filter(move |&b| layout.shard_of(&rel.block(b)) == s);
+        // The fast shard's pages are cached: its reads hit.
+        let fast_blocks: Vec<u32> = of_shard(fast).take(10).collect();
+        for &b in &fast_blocks {
+            let tag = rel.block(b);
+            lfc.install_prefetched(&tag, lfc.lwlsn(&tag), &page(b));
+        }
+        let mut slow_blocks = of_shard(slow);
+        for _ in 0..60 {
+            // Ten hits on the fast shard, 10 µs of the application's time before each...
+            for &b in &fast_blocks {
+                now += 10 * US;
+                let poll = d.start_read(lfc, rel.block(b), &mut out, now);
+                assert_eq!(poll, Poll::Done(super::super::driver::ReadSource::Hit));
+            }
+            // ... then a read on the slow shard that nobody prefetched: a GetPage answered
+            // after 1 ms.
+            now += 10 * US;
+            let b = slow_blocks.next().unwrap();
+            assert_eq!(
+                d.start_read(lfc, rel.block(b), &mut out, now),
+                Poll::AwaitResponse
+            );
+            while let Some((s, t)) = d.poll_transmit() {
+                assert_eq!((s, t), (slow, t));
+            }
+            now += 1_000 * US;
+            let r = Response::Page {
+                tag: rel.block(b),
+                page: &page(b),
+            };
+            let h = d.on_response(slow, lfc, r, &mut out, now).unwrap();
+            assert!(matches!(h.next, Some(Poll::Done(_))), "{h:?}");
+        }
+        // Each shard's pace is its own reads': 10 µs a hit, 1.01 ms a GetPage. Before, the
+        // fast shard's cycles held the slow shard's reads: about 110 µs a read.
+        let fast_ns = d.shard(fast).pace_ns(PrefetchPath::Udp).unwrap();
+        assert!((9_000.0..12_000.0).contains(&fast_ns), "{fast_ns}");
+        let slow_ns =
+            [PrefetchPath::Udp, PrefetchPath::TcpPipelined].map(|p| d.shard(slow).pace_ns(p));
+        assert!(
+            slow_ns.iter().flatten().all(|&ns| ns >= 1_000_000.0),
+            "{slow_ns:?}"
+        );
+        assert_eq!(d.shard(fast).path(), PrefetchPath::Udp);
+        assert_eq!(d.shard(fast).path_changes(), 0);
     }
 }
