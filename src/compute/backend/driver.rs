@@ -713,19 +713,6 @@ impl Driver {
         if let Some(started) = self.wait_started_ns {
             self.read_waited = now_ns.saturating_sub(started) >= self.core.long_wait_ns();
         }
-        if own.is_some() && !arrived {
-            // The loss check before the wait saw the page in flight; the pages requested
-            // after it have had a whole budget to arrive since. Looking again tells the read
-            // path (`ReadPath::on_wait_result`) a page lost on the way from one queued behind
-            // others: at MTU 9000 a dropped GSO message loses seven pages in a row, and the
-            // first of them was read before anything overtook it. Taken as queueing, each such
-            // loss halved the window, down to its floor, where no later page is ever in flight
-            // to reveal the next loss (a forced UDP scan at 5 % loss: 1,140 cuts, 0.07× TCP
-            // pipelining). The health state still judges the miss by what was known when the
-            // wait began: a loss found only after a whole budget cost the read as much as a
-            // dead path would (the 2-in-8 rule of `UdpHealth::on_miss`).
-            self.loss_check(lfc, now_ns, MISS_SCAN);
-        }
         match self.core.on_wait_result(tag, arrived, now_ns) {
             None => {
                 self.own_arrived(lfc, own.is_some_and(|l| l.retried), now_ns);
