@@ -189,7 +189,7 @@ pub enum ShareVerdict {
 /// flood of valid datagrams, or a bug) is demoted for [`DEMOTION_NS`], so at worst it holds a
 /// CPU ahead of the backends for one window in eleven; the kernel's real-time throttling
 /// (`kernel.sched_rt_runtime_us`, 95 % of each second by default) is the backstop behind it.
-/// Junk is bounded before this by `crate::junk`.
+/// Junk datagrams never get this far: the daemon turns them away first, within bounds.
 #[derive(Debug)]
 pub struct ShareBound {
     window_start_ns: u64,
