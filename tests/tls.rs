@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{certs, scan_command, Certs, ServerProc, WorkersProc};
+use common::{certs, scan_rel_command, Certs, ServerProc, WorkersProc};
 use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
@@ -67,25 +67,38 @@ fn psql_with_sslmode_require_reads_show_prefetch_stats() {
 
 #[test]
 fn a_udp_scan_over_tls_verifies_every_page() {
+    /// Scans of relations of their own, fresh to the cache: a busy machine (the other tests
+    /// of this file run beside it) can make a scan's first datagrams late, and a backend that
+    /// finds UDP not delivering moves to TCP within milliseconds, as it should (it says why in
+    /// udp_state_log). One scan that got pages by UDP is what this test needs.
+    const ATTEMPTS: u32 = 3;
     let certs = certs(&["127.0.0.1"]);
-    let server = tls_server(&certs, &["--source", "synthetic:pages=2000"]);
+    let server = tls_server(
+        &certs,
+        &["--source", &format!("synthetic:rels={ATTEMPTS},pages=2000")],
+    );
     let dir = tempfile::tempdir().unwrap();
     let lfc = dir.path().join("lfc");
     let workers = WorkersProc::start(&lfc, &["--size", "32MiB", "--threads", "1"]);
-    let r = common::json_ok(
-        scan_command(&server, &lfc, "udp")
-            .args(["--distance", "64", "--prefetch-port"])
-            .arg(workers.udp_port.to_string())
-            .arg("--tls-ca")
-            .arg(&certs.ca),
-        "scan udp",
-    );
-    common::assert_every_page_verified(&r, 2000);
-    // (A backend that finds UDP not delivering moves to TCP and says why in udp_state_log.)
-    assert!(
-        r["hits"].as_u64().unwrap() + r["late_hits"].as_u64().unwrap() > 0,
-        "the pages came by UDP: {r}"
-    );
+    let mut attempt = 0;
+    let (rel, r) = loop {
+        let rel = Synthetic::rel(attempt).to_string();
+        let r = common::json_ok(
+            scan_rel_command(&server, &lfc, "udp", &rel)
+                .args(["--distance", "64", "--prefetch-port"])
+                .arg(workers.udp_port.to_string())
+                .arg("--tls-ca")
+                .arg(&certs.ca),
+            "scan udp",
+        );
+        common::assert_every_page_verified(&r, 2000);
+        attempt += 1;
+        if r["hits"].as_u64().unwrap() + r["late_hits"].as_u64().unwrap() > 0 {
+            break (rel, r);
+        }
+        assert!(attempt < ATTEMPTS, "no scan got its pages by UDP: {r}");
+        eprintln!("attempt {attempt}: the scan left UDP at once (a busy machine); again: {r}");
+    };
     // The daemon took them: it opens aead datagrams (the server chose aead for this session,
     // which `datagrams_are_encrypted_over_tls_and_in_the_clear_over_plain_tcp` sees).
     let text = workers.scrape();
@@ -93,7 +106,7 @@ fn a_udp_scan_over_tls_verifies_every_page() {
     // Pipelined GetPage over TLS: the server's reader and responder threads share the one
     // rustls connection while requests and responses cross (`protocol::tls`).
     let p = common::json_ok(
-        scan_command(&server, &lfc, "tcp-pipelined")
+        scan_rel_command(&server, &lfc, "tcp-pipelined", &rel)
             .args(["--distance", "256", "--tls-ca"])
             .arg(&certs.ca),
         "scan tcp-pipelined",
