@@ -8,49 +8,18 @@ use common::{run_with_limit, BIN};
 use std::process::Command;
 use std::time::Duration;
 
-/// A 64 MiB tmpfs on a fresh directory, unmounted when dropped (also when the test fails).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
-}
+/// The lfc crate's test tmpfs (mounted for one test, unmounted when dropped), written once.
+#[path = "../lfc/tests/common/tmpfs.rs"]
+mod tmpfs;
 
 #[test]
 fn workers_refuse_an_lfc_larger_than_its_tmpfs() {
-    if std::env::var_os("UDPF_REQUIRE_ROOT").is_none() {
-        eprintln!("skipping: mounting a tmpfs needs root and UDPF_REQUIRE_ROOT is unset");
+    if !tmpfs::root_required() {
         return;
     }
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "UDPF_REQUIRE_ROOT needs root"
-    );
-    let dir = tempfile::Builder::new()
-        .prefix("udpf-tmpfs-")
-        .tempdir()
-        .unwrap();
-    common::output_ok(
-        Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-            .arg(dir.path()),
-        "mount",
-    );
-    let fs = Tmpfs { dir };
-    let lfc = fs.dir.path().join("w.lfc");
+    // A container's 64 MiB /dev/shm.
+    let fs = tmpfs::Tmpfs::mount(64 << 20, "");
+    let lfc = fs.path().join("w.lfc");
 
     let done = run_with_limit(
         Command::new(BIN)
@@ -72,5 +41,5 @@ fn workers_refuse_an_lfc_larger_than_its_tmpfs() {
         )
     );
     assert!(!lfc.exists());
-    assert_eq!(std::fs::read_dir(fs.dir.path()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(fs.path()).unwrap().count(), 0);
 }
