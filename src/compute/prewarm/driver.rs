@@ -45,10 +45,11 @@ const GIVE_UP_TIMEOUTS: u64 = 3;
 /// Pages the pacer may send above its average rate at once.
 const PACING_BURST_PAGES: f64 = 64.0;
 /// Pages in flight at most while backends read, by default (`prewarm run --yield-pages`): at
-/// one round per `POLL_NS`, at most about 32k pages/s, which at the daemon's 2 µs or so of
-/// receive and install per page leaves the backends over 90 % of a core. Not yet measured
-/// beside scans: `bench prewarm --yield-pages N` (its scans-beside rows) is what says.
-pub const DEFAULT_YIELD_PAGES: usize = 64;
+/// one round per `POLL_NS`, at most about 8k pages/s. `bench prewarm` (two scans beside a 1 GiB
+/// background prewarm, Intel, 2 MiB pages): 64 left the scans 0.67–0.73 of their speed
+/// alone, 16 left them 0.83–0.91 and 8 0.92, with the prewarm as fast in each (1470–1540 MB/s:
+/// it refills at full speed once the reads stop).
+pub const DEFAULT_YIELD_PAGES: usize = 16;
 /// How long after the last backend read seen the run keeps yielding; then its cap doubles
 /// every round until the congestion window alone bounds it again.
 pub const YIELD_HOLD_NS: u64 = 20_000_000;
