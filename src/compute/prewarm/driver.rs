@@ -46,9 +46,10 @@ const GIVE_UP_TIMEOUTS: u64 = 3;
 const PACING_BURST_PAGES: f64 = 64.0;
 /// Pages in flight at most while backends read, by default (`prewarm run --yield-pages`): at
 /// one round per `POLL_NS`, at most about 8k pages/s. `bench prewarm` (two scans beside a 1 GiB
-/// background prewarm, Intel, 2 MiB pages): 64 left the scans 0.67–0.73 of their speed
-/// alone, 16 left them 0.83–0.91 and 8 0.92, with the prewarm as fast in each (1470–1540 MB/s:
-/// it refills at full speed once the reads stop).
+/// background prewarm, Intel, 2 MiB pages; one run moves by ±0.1): 64 left the scans 0.66–0.86
+/// of their speed alone (four runs, mean 0.73), 16 left them 0.68–0.91 (six, mean 0.80), 8
+/// 0.65–0.92 (three, mean 0.81), with the prewarm about as fast in each (1270–1540 MB/s: it
+/// refills at full speed once the reads stop).
 pub const DEFAULT_YIELD_PAGES: usize = 16;
 /// How long after the last backend read seen the run keeps yielding; then its cap doubles
 /// every round until the congestion window alone bounds it again.
