@@ -188,7 +188,15 @@ pub fn run_with_latencies(
     }
     // Whether the UDP readers stayed on UDP: a busy reader that moved to TCP pipelining
     // measures the TCP design under another name.
-    let path = |r: &UdpReader| (r.backend.path_changes(), r.backend.stats().tcp_pipelined);
+    // The last change's reason says why (e.g. the pace calibration's verdict).
+    let path = |r: &UdpReader| {
+        let last = r.backend.state_log().last().map(|c| c.reason.clone());
+        (
+            r.backend.path_changes(),
+            r.backend.stats().tcp_pipelined,
+            last.unwrap_or_default(),
+        )
+    };
     let (idle_path, busy_path) = (path(&idle), path(&busy));
     let mut tallies = [
         ("udp-idle", idle.tally),
@@ -203,9 +211,10 @@ pub fn run_with_latencies(
         t.latencies_us.sort_by(f64::total_cmp);
     }
     let [(_, idle), (_, busy), (_, tcp)] = &tallies;
-    let with_path = |r: BenchRecord, (changes, pipelined): (u64, u64)| {
+    let with_path = |r: BenchRecord, (changes, pipelined, last): (u64, u64, String)| {
         r.param("udp_state_changes", changes)
             .param("tcp_pipelined", pipelined)
+            .param("last_udp_state_change", last)
     };
     let idle_rec = with_path(idle.record("udp-idle", args), idle_path);
     let records = vec![
