@@ -23,6 +23,16 @@ const REL0: &str = "1663/5/16384/0";
 const REL1: &str = "1663/5/16385/0";
 /// Generous bound on a scan or prewarm of PAGES pages on a loaded machine: only a hang fails it.
 const LIMIT: Duration = Duration::from_secs(120);
+/// The tests of this file that start page servers take turns: each starts three servers, a
+/// daemon and a scan, and whether a healthy shard's first datagrams arrive within their wait
+/// is what one of them checks. Run side by side on two cores (debug builds), they made every
+/// attempt of that test a busy machine's (CI: all three attempts' first prefetches late).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes this file's turn (a test that failed holding it does not stop the others).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn layout() -> ShardLayout {
     ShardLayout::new(SHARDS, STRIPE).unwrap()
@@ -110,6 +120,7 @@ fn served(server: &ServerProc) -> (u64, u64, u64) {
 
 #[test]
 fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() {
+    let _turn = serial();
     let dir = tempfile::tempdir().unwrap();
     let lfc = dir.path().join("lfc");
     let shards = start_shards(None, &[]);
@@ -263,6 +274,7 @@ fn lfc_stat_counts_each_shards_senders(
 
 #[test]
 fn a_shard_whose_datagrams_are_all_dropped_serves_its_pages_by_tcp_and_the_others_stay_on_udp() {
+    let _turn = serial();
     const DROPPING: usize = 1;
     const ATTEMPTS: usize = 3;
     let owned = pages_per_shard(16384);
@@ -273,7 +285,13 @@ fn a_shard_whose_datagrams_are_all_dropped_serves_its_pages_by_tcp_and_the_other
         let dir = tempfile::tempdir().unwrap();
         let lfc = dir.path().join("lfc");
         let shards = start_shards(Some(DROPPING), &[]);
-        let _workers = WorkersProc::start(&lfc, &["--size", "64M"]);
+        let workers = WorkersProc::start(&lfc, &["--size", "64M"]);
+        // A long-running daemon's frames are all mapped: a scan started while it still
+        // prefaults (a background thread on the same CPUs) can see its first datagrams late
+        // and leave UDP, as it should, but that shows nothing about the dropping shard.
+        workers.scrape_until(LIMIT, |m| {
+            WorkersProc::metric(m, "udp_prefetch_lfc_prefault_remaining_pages") == 0
+        });
 
         let done = run_with_limit(&mut scan_command(&shards, &lfc, REL0), LIMIT);
         let r = json("scan", &done);
@@ -343,6 +361,7 @@ fn a_shard_whose_datagrams_are_all_dropped_serves_its_pages_by_tcp_and_the_other
 
 #[test]
 fn a_shard_killed_mid_scan_fails_the_scan_promptly_naming_the_shard() {
+    let _turn = serial();
     const KILLED: usize = 2;
     let dir = tempfile::tempdir().unwrap();
     let lfc = dir.path().join("lfc");
