@@ -1561,17 +1561,34 @@ impl Lfc {
     }
 
     /// Lookups so far by every process (the `hits` and `misses` of [`stats`](Lfc::stats)), read
-    /// in O(stripes) rather than `stats`' O(capacity). Only reads of pages (backends) look up:
-    /// the worker daemon and prewarm probe with `contains`, which is not counted, so a
-    /// background task that polls this sees whether foreground reads are running (prewarm
-    /// yields to them). Relaxed sums: a moment's undercount only delays what the caller sees.
+    /// in O(stripes) rather than `stats`' O(capacity). Relaxed sums, for display.
     pub fn lookups(&self) -> u64 {
+        self.sum_counters(&[Counter::Hits, Counter::Misses])
+    }
+
+    /// Counts one read of a page by a backend, whichever path serves it: a read on TCP
+    /// pipelining takes its page from the GetPage answer without a lookup, so `lookups` does not
+    /// see it. One relaxed add on this thread's stripe.
+    pub fn note_read(&self) {
+        self.bump(Counter::Reads);
+    }
+
+    /// Backend reads so far by every process ([`note_read`](Lfc::note_read)), in O(stripes). A
+    /// background task that polls this sees whether foreground reads are running, and how many
+    /// (prewarm yields to them); the worker daemon and prewarm never count. Relaxed sums: a
+    /// moment's undercount only delays what the caller sees.
+    pub fn reads(&self) -> u64 {
+        self.sum_counters(&[Counter::Reads])
+    }
+
+    /// The sum of `counters` over every stripe.
+    fn sum_counters(&self, counters: &[Counter]) -> u64 {
         let cells = self.stat_cells();
         (0..STAT_STRIPES)
-            .map(|stripe| {
-                let at =
-                    |c: Counter| cells[stripe * STAT_COUNTERS + c as usize].load(Ordering::Relaxed);
-                at(Counter::Hits).wrapping_add(at(Counter::Misses))
+            .flat_map(|stripe| {
+                counters.iter().map(move |&c| {
+                    cells[stripe * STAT_COUNTERS + c as usize].load(Ordering::Relaxed)
+                })
             })
             .fold(0u64, u64::wrapping_add)
     }

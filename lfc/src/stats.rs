@@ -33,9 +33,11 @@ pub(crate) enum Counter {
     WaitTimeouts,
     SupersededWrites,
     Drops,
+    /// Reads of pages by backends, whichever path serves them (`Lfc::note_read`).
+    Reads,
 }
 
-const _: () = assert!((Counter::Drops as usize) < STAT_COUNTERS);
+const _: () = assert!((Counter::Reads as usize) < STAT_COUNTERS);
 
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 

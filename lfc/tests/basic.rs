@@ -37,6 +37,11 @@ fn write_then_lookup_returns_the_page_and_its_lsn() {
     assert_eq!(s.superseded_writes, 1);
     // `lookups` is hits plus misses without the frame scan; `contains` is not counted.
     assert_eq!(lfc.lookups(), 3);
+    // Backend reads are their own count: lookups do not move it, `note_read` does.
+    assert_eq!(lfc.reads(), 0);
+    lfc.note_read();
+    lfc.note_read();
+    assert_eq!((lfc.reads(), lfc.lookups()), (2, 3));
 }
 
 #[test]

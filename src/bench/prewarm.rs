@@ -3,13 +3,13 @@
 //! one run; then what a prewarm costs the scans running beside it (issue 17 §4): their pages/s
 //! alone, and beside a prewarm at background and at foreground priority.
 
-use super::{round1, synthetic_server, BenchRecord};
+use super::{round1, round3, synthetic_server, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use crate::compute::backend::read_path::ReadPathConfig;
 use crate::compute::prewarm::driver::DEFAULT_YIELD_PAGES;
 use crate::compute::prewarm::schedule::ScheduleConfig;
 use crate::compute::prewarm::{run_prewarm, PrewarmConfig, PrewarmReport};
-use crate::compute::scan::{run_scan, ScanConfig, ScanMode};
+use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
 use crate::pageserver::source::Synthetic;
 use crate::protocol::client::ConnectOptions;
 use crate::protocol::pagestream::PrefetchPriority;
@@ -33,12 +33,29 @@ pub struct PrewarmBenchArgs {
     /// yield to the scans).
     #[arg(long, default_value_t = DEFAULT_YIELD_PAGES)]
     pub yield_pages: usize,
+    /// Times the beside-scans cases run, alternated (alone, background, foreground, alone, …);
+    /// each record is the median run, its ratio the median of the runs' ratios (one run moves
+    /// by ±0.15 on a shared machine).
+    #[arg(long, default_value_t = 1)]
+    pub repeats: u32,
 }
 
 /// What the scans of one beside-scans case did, and the prewarm beside them, if any.
 struct BesideScans {
     /// The scans' pages together over the longest scan's time.
     scan_pages_per_s: f64,
+    /// The scans' reads served by pages UDP brought (hits and late hits), and by their TCP
+    /// pipelines after they left UDP, summed over the scans: where the scans lost.
+    scan_udp_reads: u64,
+    scan_tcp_reads: u64,
+    /// The scans' moves between UDP and TCP pipelining, summed.
+    scan_path_changes: u64,
+    /// The scans' own CPU per page (mean over the scans), µs.
+    scan_cpu_us_per_page: f64,
+    /// The worker daemon's CPU from the scans' start to the last one's end, ms.
+    daemon_cpu_ms: f64,
+    /// Pages the prewarm had brought into the cache when the last scan ended.
+    prewarm_pages_during_scans: u64,
     prewarm: Option<PrewarmReport>,
 }
 
@@ -58,6 +75,7 @@ fn beside_scans_case(
     let lfc = Lfc::open(&lfc_path)?;
     let connect = ConnectOptions::new(server.local_addr().to_string());
     let udp_port = daemon.udp_port;
+    let daemon_cpu_before = daemon.cpu_seconds()?;
     let result = std::thread::scope(|s| -> anyhow::Result<BesideScans> {
         let prewarm = prewarm.map(|priority| {
             let rel = Synthetic::rel(0);
@@ -94,21 +112,32 @@ fn beside_scans_case(
                 s.spawn(move || run_scan(&cfg, Some(lfc)))
             })
             .collect();
-        let mut slowest: f64 = 0.0;
+        let mut reports = Vec::with_capacity(scans.len());
         for scan in scans {
             let r = scan.join().expect("scan thread")?;
             anyhow::ensure!(
                 r.verified == u64::from(args.scan_pages) && r.failed == 0,
                 "{name}: a scan did not verify every page: {r:?}"
             );
-            slowest = slowest.max(r.elapsed_s);
+            reports.push(r);
         }
+        let daemon_cpu_ms = (daemon.cpu_seconds()? - daemon_cpu_before) * 1e3;
+        let scanned = u64::from(args.scans) * u64::from(args.scan_pages);
+        let prewarm_pages_during_scans = lfc.stats().used_pages.saturating_sub(scanned);
         let prewarm = prewarm
             .map(|p| p.join().expect("prewarm thread"))
             .transpose()?;
+        let slowest = reports.iter().map(|r| r.elapsed_s).fold(0.0, f64::max);
+        let sum = |f: fn(&ScanReport) -> u64| reports.iter().map(f).sum::<u64>();
         Ok(BesideScans {
-            scan_pages_per_s: f64::from(args.scans) * f64::from(args.scan_pages)
-                / slowest.max(1e-9),
+            scan_pages_per_s: scanned as f64 / slowest.max(1e-9),
+            scan_udp_reads: sum(|r| r.hits + r.late_hits),
+            scan_tcp_reads: sum(|r| r.tcp_pipelined + r.fallbacks),
+            scan_path_changes: sum(|r| r.udp_state_changes),
+            scan_cpu_us_per_page: reports.iter().map(|r| r.cpu_us_per_page).sum::<f64>()
+                / reports.len().max(1) as f64,
+            daemon_cpu_ms,
+            prewarm_pages_during_scans,
             prewarm,
         })
     });
@@ -125,38 +154,65 @@ fn beside_scans(scratch: &ScratchDir, args: &PrewarmBenchArgs) -> anyhow::Result
         let r = BenchRecord::new("prewarm", case, "pages/s", b.scan_pages_per_s)
             .param("scans", args.scans)
             .param("scan_pages", args.scan_pages)
-            .param("yield_pages", args.yield_pages);
+            .param("yield_pages", args.yield_pages)
+            .param("scan_udp_reads", b.scan_udp_reads)
+            .param("scan_tcp_reads", b.scan_tcp_reads)
+            .param("scan_path_changes", b.scan_path_changes)
+            .param("scan_cpu_us_per_page", round1(b.scan_cpu_us_per_page))
+            .param("daemon_cpu_ms", round1(b.daemon_cpu_ms));
         match &b.prewarm {
             None => r,
             Some(p) => r
                 .param("prewarm_pages", p.pages)
+                .param("prewarm_pages_during_scans", b.prewarm_pages_during_scans)
                 .param("prewarm_mb_per_s", round1(p.mb_per_s))
                 .param("prewarm_via_tcp", p.via_tcp)
                 .param("prewarm_yielded_rounds", p.yielded_rounds),
         }
     };
-    let alone = rec(
-        "scans-alone",
-        &beside_scans_case(scratch, "alone", args, None)?,
-    );
-    let mut records = vec![alone.clone()];
-    for (case, priority) in [
+    let cases = [
+        ("scans-alone", None),
         (
             "scans-beside-prewarm-background",
-            PrefetchPriority::Background,
+            Some(PrefetchPriority::Background),
         ),
         (
             "scans-beside-prewarm-foreground",
-            PrefetchPriority::Foreground,
+            Some(PrefetchPriority::Foreground),
         ),
-    ] {
-        let b = beside_scans_case(scratch, case, args, Some(priority))?;
-        if let Some(p) = &b.prewarm {
-            anyhow::ensure!(p.complete, "{case}: prewarm did not complete: {p:?}");
+    ];
+    // runs[case][k]: case's record of repetition k, its ratio against that repetition's alone.
+    let mut runs: Vec<Vec<BenchRecord>> = vec![Vec::new(); cases.len()];
+    for _ in 0..args.repeats.max(1) {
+        let mut alone: Option<BenchRecord> = None;
+        for (c, &(case, priority)) in cases.iter().enumerate() {
+            let b = beside_scans_case(scratch, case, args, priority)?;
+            if let Some(p) = &b.prewarm {
+                anyhow::ensure!(p.complete, "{case}: prewarm did not complete: {p:?}");
+            }
+            let r = match &alone {
+                None => rec(case, &b),
+                Some(a) => rec(case, &b).against(a),
+            };
+            alone.get_or_insert_with(|| r.clone());
+            runs[c].push(r);
         }
-        records.push(rec(case, &b).against(&alone));
     }
-    Ok(records)
+    Ok(runs.into_iter().map(median_run).collect())
+}
+
+/// The median of one case's repetitions (by ratio when it has one, else by value), carrying
+/// every repetition's ratio (or value) in `runs`.
+fn median_run(mut runs: Vec<BenchRecord>) -> BenchRecord {
+    let key = |r: &BenchRecord| r.ratio.unwrap_or(r.value);
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let all: Vec<f64> = runs.iter().map(|r| round3(key(r))).collect();
+    let count = all.len();
+    let mid = runs.swap_remove(count / 2);
+    if count == 1 {
+        return mid;
+    }
+    mid.param("repeats", count).param("runs", all)
 }
 
 fn one_case(

@@ -594,6 +594,8 @@ impl Driver {
     /// Starts reading `tag` into `out`.
     pub fn start_read(&mut self, lfc: &Lfc, tag: BufferTag, out: &mut Page, now_ns: u64) -> Poll {
         assert!(self.current.is_none(), "one read at a time");
+        // Counted before any shortcut: a background prewarm yields to reads on every path.
+        lfc.note_read();
         self.fetch_sent_ns = 0;
         self.read_waited = false;
         self.read_started_ns = now_ns;
@@ -1044,6 +1046,10 @@ mod tests {
             assert_ne!(s, ReadSource::LateHit);
         }
         assert_eq!(now, T0, "no read ever waited");
+        // Reads that take their GetPage's answer without a lookup still count as reads, which
+        // a background prewarm watches to yield to them.
+        assert_eq!(f.lfc.reads(), u64::from(distance));
+        assert!(f.lfc.lookups() < u64::from(distance), "{}", f.lfc.lookups());
         let stats = d.finish();
         assert_eq!(stats.tcp_pipelined, u64::from(distance));
         assert_eq!(stats.udp_state_changes, 0);

@@ -67,7 +67,7 @@ pub struct DriverConfig {
     /// How the final check verifies pages: the cluster's checksums, or headers when it has
     /// none (`PageClient::page_verify`).
     pub verify: PageVerify,
-    /// While backends read pages (the LFC's `lookups` move), pages in flight at most; 0 never
+    /// While backends read pages (the LFC's `reads` move), pages in flight at most; 0 never
     /// yields (a foreground prewarm).
     pub yield_pages: usize,
 }
@@ -152,14 +152,17 @@ impl Pacer {
 
 /// Yielding to foreground reads (issue 17 §4). Beside scans, what runs short is the compute's
 /// CPU, not the page server's sender: the worker daemon receives and installs every prewarm
-/// page on the cores the backends read on. So while backends read (any lookup counted in the
-/// LFC since the last round), the run keeps at most `pages` in flight and fetches at most that
-/// many per TCP batch, one batch a round; `YIELD_HOLD_NS` after the last read it doubles the cap
-/// each round until it no longer binds. A run with no reader beside it never yields.
+/// page on the cores the backends read on. So while backends read (any read counted in the
+/// LFC since the last round, `Lfc::reads`, on every read path), the run keeps at most `pages`
+/// in flight and fetches at most that many per TCP batch, one batch a round; `YIELD_HOLD_NS`
+/// after the last read it doubles the cap each round until it no longer binds. A run with no
+/// reader beside it never yields. The signal was the LFC's lookups until `bench prewarm` showed
+/// scans on TCP pipelining (they take their pages from the GetPage answers without a lookup)
+/// invisible to it: the prewarm then ran at full speed beside them.
 #[derive(Debug)]
 struct Yield {
     pages: usize,
-    last_lookups: u64,
+    last_reads: u64,
     last_read_ns: u64,
     /// The in-flight cap now; `usize::MAX`: none.
     cap: usize,
@@ -168,24 +171,24 @@ struct Yield {
 }
 
 impl Yield {
-    fn new(pages: usize, lookups: u64) -> Yield {
+    fn new(pages: usize, reads: u64) -> Yield {
         Yield {
             pages,
-            last_lookups: lookups,
+            last_reads: reads,
             last_read_ns: 0,
             cap: usize::MAX,
             rounds: 0,
         }
     }
 
-    /// The cap for a round at `now_ns`, from the LFC's lookup count now; `window_pages` is the
+    /// The cap for a round at `now_ns`, from the LFC's read count now; `window_pages` is the
     /// largest window, above which a cap no longer binds.
-    fn cap(&mut self, lookups: u64, now_ns: u64, window_pages: usize) -> usize {
+    fn cap(&mut self, reads: u64, now_ns: u64, window_pages: usize) -> usize {
         if self.pages == 0 {
             return usize::MAX;
         }
-        if lookups != self.last_lookups {
-            self.last_lookups = lookups;
+        if reads != self.last_reads {
+            self.last_reads = reads;
             self.last_read_ns = now_ns;
             self.cap = self.pages;
         } else if self.cap != usize::MAX
@@ -323,7 +326,7 @@ impl Driver {
                 started_ns: now_ns,
                 granted: 0.0,
             },
-            yielding: Yield::new(config.yield_pages, lfc.lookups()),
+            yielding: Yield::new(config.yield_pages, lfc.reads()),
             config,
             pages,
             exists,
@@ -410,7 +413,7 @@ impl Driver {
         }
         let cap = self
             .yielding
-            .cap(lfc.lookups(), now_ns, self.config.schedule.window_pages);
+            .cap(lfc.reads(), now_ns, self.config.schedule.window_pages);
         self.sched.limit_in_flight(cap);
         let want = self.pacer.allowance(now_ns, ROUND_PAGES);
         self.sched.next_requests(now_ns, want, &mut self.batch);
@@ -823,10 +826,10 @@ mod tests {
         assert_eq!(c.requested + c.retries, PACING_BURST_PAGES as u64 + 100);
     }
 
-    /// A backend's read of a page of another relation (a miss counts as a read as well).
+    /// What a backend's read does to the LFC's counters, whichever path serves it
+    /// (`backend::driver::Driver::start_read`).
     fn backend_read(f: &Fixture) {
-        let mut page = [0u8; PAGE_SIZE];
-        f.lfc.lookup(&synthetic_rel(9).block(0), &mut page);
+        f.lfc.note_read();
     }
 
     /// Installs what the daemon would from the driver's Prefetches in `ts`.
@@ -923,8 +926,11 @@ mod tests {
     #[test]
     fn with_no_backend_reading_or_a_zero_cap_the_run_does_not_yield() {
         let f = fixture(4096);
-        // The run's own probes (`contains`) and the daemon's installs are not backend reads.
+        // The run's own probes (`contains`), the daemon's installs and lookups that are not a
+        // backend's read (another prewarm's final check) are not backend reads.
         let mut d = driver(&f, yielding(16, Some(7000)), 2000, 2000);
+        let mut page = [0u8; PAGE_SIZE];
+        f.lfc.lookup(&synthetic_rel(9).block(0), &mut page);
         d.step(&f.lfc, T0);
         assert_eq!(d.counts().requested, 256, "the whole first window");
         let ts = drain(&mut d);
