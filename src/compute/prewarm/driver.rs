@@ -49,7 +49,10 @@ const PACING_BURST_PAGES: f64 = 64.0;
 /// background prewarm, Intel, 2 MiB pages; one run moves by ±0.1): 64 left the scans 0.66–0.86
 /// of their speed alone (four runs, mean 0.73), 16 left them 0.68–0.91 (six, mean 0.80), 8
 /// 0.65–0.92 (three, mean 0.81), with the prewarm about as fast in each (1270–1540 MB/s: it
-/// refills at full speed once the reads stop).
+/// refills at full speed once the reads stop). Those runs watched lookups, blind to the scans'
+/// reads on TCP pipelining; counting every read (`Lfc::reads`), 16 brought in about 1.1k pages
+/// during the scans instead of 21k–75k and left them 1.05–1.41 of their speed alone (four runs,
+/// busy machine).
 pub const DEFAULT_YIELD_PAGES: usize = 16;
 /// How long after the last backend read seen the run keeps yielding; then its cap doubles
 /// every round until the congestion window alone bounds it again.
