@@ -305,3 +305,31 @@ pub fn run(args: &PrewarmBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     }
     Ok(records)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(value: f64, ratio: Option<f64>) -> BenchRecord {
+        let mut r = BenchRecord::new("prewarm", "c", "pages/s", value);
+        r.ratio = ratio;
+        r
+    }
+
+    #[test]
+    fn the_median_run_is_chosen_by_ratio_and_lists_every_run() {
+        let m = median_run(vec![
+            rec(300.0, Some(1.5)),
+            rec(100.0, Some(0.7)),
+            rec(200.0, Some(0.9)),
+        ]);
+        assert_eq!((m.value, m.ratio), (200.0, Some(0.9)));
+        assert_eq!(m.params["runs"], serde_json::json!([0.7, 0.9, 1.5]));
+        assert_eq!(m.params["repeats"], 3);
+        // Without a ratio (the baseline) by value; one run is reported as it is.
+        let m = median_run(vec![rec(3.0, None), rec(1.0, None), rec(2.0, None)]);
+        assert_eq!(m.value, 2.0);
+        let one = median_run(vec![rec(5.0, Some(1.0))]);
+        assert!(one.params.get("runs").is_none() && one.value == 5.0);
+    }
+}
