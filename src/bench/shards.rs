@@ -46,6 +46,11 @@ pub struct ShardsBenchArgs {
     /// Receive threads of the worker daemon.
     #[arg(long, default_value_t = 2)]
     pub daemon_threads: usize,
+    /// Scan pairs per shard count (each a tcp-pipelined scan and a udp scan on a fresh LFC and
+    /// daemon, against the same servers); the scan records are the pair with the median ratio,
+    /// and `ratios` lists them all.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub repeat: u32,
 }
 
 /// The page servers of one shard count: shard i of n, each serving two synthetic relations.
@@ -147,6 +152,49 @@ fn installed_per_shard(lfc: &Lfc, servers: &[PageServer]) -> Vec<u64> {
         .collect()
 }
 
+/// Pages a scan read from a datagram (a hit or a late hit), of all its pages.
+fn udp_share(r: &ScanReport) -> f64 {
+    round3((r.hits + r.late_hits) as f64 / r.pages.max(1) as f64)
+}
+
+/// `udp_share` of each shard's reads, in shard order (empty for one shard).
+fn shard_udp_shares(r: &ScanReport) -> Vec<f64> {
+    r.shards
+        .iter()
+        .map(|s| round3((s.hits + s.late_hits) as f64 / s.reads.max(1) as f64))
+        .collect()
+}
+
+/// Each shard's reads as `reads/hits/late hits/fallbacks/tcp pipelined`, in shard order.
+fn shard_reads(r: &ScanReport) -> Vec<String> {
+    r.shards
+        .iter()
+        .map(|s| {
+            format!(
+                "{}/{}/{}/{}/{}",
+                s.reads, s.hits, s.late_hits, s.fallbacks, s.tcp_pipelined
+            )
+        })
+        .collect()
+}
+
+/// The scan's path changes, oldest first, as `at ms: to path (reason)`; the first and last
+/// few when there are many, so a record stays one readable line.
+fn state_changes(r: &ScanReport) -> Vec<String> {
+    const KEEP: usize = 8;
+    let log = &r.udp_state_log;
+    let line = |c: &crate::compute::backend::StateChange| {
+        format!("{:.1} ms: {:?} ({})", c.at_ms, c.to, c.reason)
+    };
+    if log.len() <= 2 * KEEP {
+        return log.iter().map(line).collect();
+    }
+    let mut out: Vec<String> = log[..KEEP].iter().map(line).collect();
+    out.push(format!("... {} more ...", log.len() - 2 * KEEP));
+    out.extend(log[log.len() - KEEP..].iter().map(line));
+    out
+}
+
 /// Max/min of the daemon's per-thread received datagrams (1.0: perfectly even; infinite when
 /// a thread received nothing).
 fn thread_spread(metrics: &str) -> (f64, Vec<u64>) {
@@ -166,6 +214,67 @@ fn thread_spread(metrics: &str) -> (f64, Vec<u64>) {
     (spread, counts)
 }
 
+/// One udp scan against the shards of `map`, on a fresh LFC and daemon. With `prewarm`, a udp
+/// prewarm follows on the same daemon (it fills the second relation). Returns the scan, the
+/// prewarm, the daemon's thread spread and per-thread counts, and what each shard delivered.
+fn udp_pass(
+    args: &ShardsBenchArgs,
+    servers: &[PageServer],
+    map: &ShardMap,
+    lfc_path: &std::path::Path,
+    pages: u32,
+    prewarm_too: bool,
+) -> anyhow::Result<UdpPass> {
+    let lfc_bytes = lfc_bytes(args);
+    let threads = args.daemon_threads.to_string();
+    let mut daemon = DaemonProc::start(lfc_path, lfc_bytes, &["--threads", &threads])?;
+    let lfc = Lfc::open(lfc_path)?;
+    // Mapped before the scan, as `bench net` and `bench degrade` map theirs: a backend that has
+    // served queries for a while has every frame mapped, and a first touch per frame (a fault,
+    // or a `pwrite` into a frame not mapped) is no part of the path this bench compares.
+    lfc.map_all()?;
+    let port = Some(daemon.udp_port);
+    let scan = scan(map, ScanMode::Udp, args.distance, Some(&lfc), port)?;
+    let prewarm = if prewarm_too {
+        Some(prewarm(map, &lfc, pages, port, true)?)
+    } else {
+        None
+    };
+    let (spread, per_thread) = thread_spread(&daemon.scrape()?);
+    let per_shard = installed_per_shard(&lfc, servers);
+    drop(lfc);
+    daemon.stop();
+    let _ = std::fs::remove_file(lfc_path);
+    Ok(UdpPass {
+        scan,
+        prewarm,
+        spread,
+        per_thread,
+        per_shard,
+    })
+}
+
+struct UdpPass {
+    scan: ScanReport,
+    prewarm: Option<PrewarmReport>,
+    spread: f64,
+    per_thread: Vec<u64>,
+    per_shard: Vec<u64>,
+}
+
+/// Both relations fit, with room: nothing is evicted while it is measured.
+fn lfc_bytes(args: &ShardsBenchArgs) -> u64 {
+    2 * u64::from(args.pages) * 8192 + (64 << 20)
+}
+
+/// The fields of a scan's report a reader of the record needs to tell where its time went.
+fn scan_params(rec: BenchRecord, r: &ScanReport) -> BenchRecord {
+    rec.param("elapsed_s", round3(r.elapsed_s))
+        .param("cpu_us_per_page", round3(r.cpu_us_per_page))
+        .param("wait_p99_us", round3(r.wait_p99_us))
+        .param("wait_max_us", round3(r.wait_max_us))
+}
+
 pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     anyhow::ensure!(
         args.pages > 0 && args.pages_from_8 != Some(0),
@@ -176,9 +285,6 @@ pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         "--shard-counts names no shard count"
     );
     let scratch = ScratchDir::new("udp-prefetch-bench-shards")?;
-    // Both relations fit, with room: nothing is evicted while it is measured.
-    let lfc_bytes = 2 * u64::from(args.pages) * 8192 + (64 << 20);
-    let threads = args.daemon_threads.to_string();
     let mut records = Vec::new();
     for &n in &args.shard_counts {
         let pages = if n >= 8 {
@@ -194,34 +300,53 @@ pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                 .param("stripe_pages", args.stripe_pages)
                 .param("delay_us", args.delay_us)
         };
-        // The TCP baselines first, on an LFC of their own.
-        let tcp_scan = scan(&map, ScanMode::TcpPipelined, args.depth, None, None)?;
+        // Scan pairs: a tcp-pipelined scan (no cache), then a udp scan on a fresh LFC and
+        // daemon, both against these servers and this relation. A scan here lasts 0.1–0.3 s,
+        // which a burst of load from elsewhere moves by tens of percent: the record is the
+        // pair with the median ratio, as in `bench net` and `bench degrade`.
+        let mut pairs = Vec::with_capacity(args.repeat as usize);
+        for rep in 0..args.repeat {
+            let tcp = scan(&map, ScanMode::TcpPipelined, args.depth, None, None)?;
+            let lfc_path = scratch.0.join(format!("lfc-udp-{n}-{rep}"));
+            let udp = udp_pass(args, &servers, &map, &lfc_path, pages, false)?;
+            pairs.push((tcp, udp));
+        }
+        let ratio = |(t, u): &(ScanReport, UdpPass)| u.scan.pages_per_s / t.pages_per_s.max(1e-9);
+        pairs.sort_by(|x, y| ratio(x).total_cmp(&ratio(y)));
+        let ratios: Vec<f64> = pairs.iter().map(|p| round3(ratio(p))).collect();
+        let (tcp_scan, udp_scan) = pairs.swap_remove(pairs.len() / 2);
+        let udp_scan = udp_scan.scan;
+
+        // The prewarms: TCP-only on an LFC of its own, then udp on a fresh one, which the
+        // daemon's spread and the per-shard counts are taken from (a scan and a prewarm's
+        // datagrams).
         let tcp_lfc_path = scratch.0.join(format!("lfc-tcp-{n}"));
-        let mut tcp_daemon = DaemonProc::start(&tcp_lfc_path, lfc_bytes, &["--threads", "1"])?;
+        let mut tcp_daemon =
+            DaemonProc::start(&tcp_lfc_path, lfc_bytes(args), &["--threads", "1"])?;
         let tcp_lfc = Lfc::open(&tcp_lfc_path)?;
         let tcp_prewarm = prewarm(&map, &tcp_lfc, pages, None, false)?;
         drop(tcp_lfc);
         tcp_daemon.stop();
         let _ = std::fs::remove_file(&tcp_lfc_path);
-
         let lfc_path = scratch.0.join(format!("lfc-udp-{n}"));
-        let mut daemon = DaemonProc::start(&lfc_path, lfc_bytes, &["--threads", &threads])?;
-        let lfc = Lfc::open(&lfc_path)?;
-        let port = Some(daemon.udp_port);
-        let udp_scan = scan(&map, ScanMode::Udp, args.distance, Some(&lfc), port)?;
-        let udp_prewarm = prewarm(&map, &lfc, pages, port, true)?;
-        let (spread, per_thread) = thread_spread(&daemon.scrape()?);
-        let per_shard = installed_per_shard(&lfc, &servers);
+        let pass = udp_pass(args, &servers, &map, &lfc_path, pages, true)?;
         drop(servers);
-        drop(lfc);
-        daemon.stop();
-        let _ = std::fs::remove_file(&lfc_path);
+        let udp_prewarm = pass.prewarm.expect("asked for a prewarm");
 
-        let scan_tcp = rec("scan-tcp-pipelined", tcp_scan.pages_per_s).param("depth", args.depth);
-        let scan_udp = rec("scan-udp", udp_scan.pages_per_s)
+        let scan_tcp = scan_params(rec("scan-tcp-pipelined", tcp_scan.pages_per_s), &tcp_scan)
+            .param("depth", args.depth);
+        let scan_udp = scan_params(rec("scan-udp", udp_scan.pages_per_s), &udp_scan)
             .param("distance", args.distance)
+            .param("repeat", args.repeat)
+            .param("ratios", ratios)
+            .param("udp_share", udp_share(&udp_scan))
             .param("tcp_pipelined", udp_scan.tcp_pipelined)
             .param("fallbacks", udp_scan.fallbacks)
+            .param("wait_timeouts", udp_scan.wait_timeouts)
+            .param("udp_state_changes", udp_scan.udp_state_changes)
+            .param("shard_udp_shares", shard_udp_shares(&udp_scan))
+            .param("shard_reads", shard_reads(&udp_scan))
+            .param("state_changes", state_changes(&udp_scan))
             .against(&scan_tcp);
         let rate = |r: &PrewarmReport| r.present as f64 / r.elapsed_s.max(1e-9);
         let prewarm_tcp = rec("prewarm-tcp", rate(&tcp_prewarm));
@@ -233,12 +358,12 @@ pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             "shards",
             &format!("daemon-spread-{n}sh"),
             "max/min",
-            round3(spread),
+            round3(pass.spread),
         )
         .param("shards", n as u64)
         .param("threads", args.daemon_threads as u64)
-        .param("per_thread", per_thread)
-        .param("installed_per_shard", per_shard)
+        .param("per_thread", pass.per_thread)
+        .param("installed_per_shard", pass.per_shard)
         .lower_is_better();
         records.extend([scan_tcp, scan_udp, prewarm_tcp, prewarm_udp, spread_rec]);
     }

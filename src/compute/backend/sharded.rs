@@ -78,10 +78,25 @@ impl ShardedDriver {
         None
     }
 
-    /// How many pages ahead to prefetch, as the shard of the latest read sees it (see
-    /// `Driver::prefetch_distance`): the window's near end is in that shard's stripe.
+    /// How many pages ahead to prefetch (see `Driver::prefetch_distance`): the largest
+    /// distance among the shard of the latest read and the shards on UDP. The window's far end
+    /// reaches the next stripe, another shard's, before the reader does; with the reading
+    /// shard's distance alone, a shard on UDP following one on TCP got only TCP's reach of
+    /// lead (192 pages) and then a burst of the rest of its window as the reader entered its
+    /// stripe, a cold start at every such stripe: in `bench shards` at 8 shards, each shard's
+    /// first stripe after one on TCP lost two reads to late datagrams and left UDP. A shard
+    /// on TCP handed a longer window only queues it (its pipeline keeps `tcp_depth` in flight).
     pub fn prefetch_distance(&mut self, wanted: u32) -> u32 {
-        self.drivers[self.last].prefetch_distance(wanted)
+        let last = self.last;
+        let mut d = self.drivers[last].prefetch_distance(wanted);
+        if self.drivers.len() > 1 {
+            for (s, driver) in self.drivers.iter_mut().enumerate() {
+                if s != last && driver.path() == PrefetchPath::Udp {
+                    d = d.max(driver.prefetch_distance(wanted));
+                }
+            }
+        }
+        d
     }
 
     /// `Driver::prefetch`, each stripe of `blocks` by its shard's driver. Returns pages
@@ -280,6 +295,45 @@ mod tests {
         let tag = rel.block(13);
         d.start_read(lfc, tag, &mut page, T0);
         assert_eq!(d.reading(), layout.shard_of(&tag));
+    }
+
+    /// The window reaches the next shard's stripe before the reader does: a shard on UDP gets
+    /// its own window's lead, whichever shard is being read (a shard's window grows with its
+    /// own hits, so a shard read for the first time has the initial one).
+    #[test]
+    fn the_distance_is_the_longest_of_the_reading_shard_and_the_shards_on_udp() {
+        let f = fixture(4096);
+        let lfc = &f.lfc;
+        let layout = ShardLayout::new(2, 4).unwrap();
+        let mut d = ShardedDriver::new(layout, || {
+            Driver::new(ReadPathConfig::default(), Some(7000), lfc, T0)
+        });
+        let rel = crate::protocol::page::synthetic_rel(0);
+        let page = |b: u32| crate::protocol::page::synthetic_page(rel.block(b), 16);
+        let (warm, cold) = (0, 1);
+        let of_shard = |s: usize| (0u32..).filter(move |&b| layout.shard_of(&rel.block(b)) == s);
+        let mut out = [0u8; lfc::PAGE_SIZE];
+        let initial = d.drivers[cold].prefetch_distance(u32::MAX);
+        // The warm shard's own prefetches arrive and are read: its window grows.
+        let blocks: Vec<u32> = of_shard(warm).take(400).collect();
+        d.prefetch(lfc, rel, 0..blocks[blocks.len() - 1] + 1, T0);
+        while d.poll_transmit().is_some() {}
+        for &b in &blocks {
+            let tag = rel.block(b);
+            lfc.install_prefetched(&tag, lfc.lwlsn(&tag), &page(b));
+            let poll = d.start_read(lfc, tag, &mut out, T0);
+            assert_eq!(poll, Poll::Done(super::super::driver::ReadSource::Hit));
+        }
+        let grown = d.drivers[warm].prefetch_distance(u32::MAX);
+        assert!(grown > initial, "{grown} {initial}");
+        // Reading the cold shard: the warm shard's window still leads.
+        let b = of_shard(cold).next().unwrap();
+        d.start_read(lfc, rel.block(b), &mut out, T0);
+        assert_eq!(d.reading(), cold);
+        assert_eq!(d.prefetch_distance(u32::MAX), grown);
+        // A shard on TCP lends no window: the reading shard's own distance.
+        d.without_extension(warm, lfc, T0);
+        assert_eq!(d.prefetch_distance(u32::MAX), initial);
     }
 
     /// The bug `tests/shards.rs` caught: a shard's read cycle held the other shards' reads, so
