@@ -200,7 +200,14 @@ pub struct Driver {
     /// own prefetch lost past retries): its whole time then counts as lost to UDP.
     read_started_ns: u64,
     read_udp_failed: bool,
+    /// The current read fetched, on UDP, a page no prefetch covers (`ReadTiming::foreground`).
+    read_foreground: bool,
     read_fresh: bool,
+    /// The relation of the latest prefetch and the end of what was requested of it (the
+    /// furthest block, while prefetches stay on that relation): the window a scan reads
+    /// behind. A page of it that nobody requested and the LFC lacks was cached when the window
+    /// came to it and evicted since; a page outside it is a foreground read.
+    window: Option<(RelTag, u32)>,
     scratch: Vec<BufferTag>,
     pairs: Vec<(BufferTag, u64)>,
     runs: Vec<PrefetchRun>,
@@ -291,7 +298,9 @@ impl Driver {
             read_waited: false,
             read_started_ns: 0,
             read_udp_failed: false,
+            read_foreground: false,
             read_fresh: false,
+            window: None,
             scratch: Vec::with_capacity(LOSS_SCAN),
             pairs: Vec::with_capacity(LOSS_SCAN),
             runs: Vec::with_capacity(LOSS_SCAN),
@@ -321,7 +330,7 @@ impl Driver {
         self.health.path()
     }
 
-    /// Mean time per read in `path`'s last measured window (`UdpHealth::pace_ns`).
+    /// Mean own time per read in `path`'s last measured window (`UdpHealth::pace_ns`).
     pub fn pace_ns(&self, path: PrefetchPath) -> Option<f64> {
         self.health.pace_ns(path)
     }
@@ -416,6 +425,10 @@ impl Driver {
     /// instead when a probe is due. Returns pages requested.
     pub fn prefetch(&mut self, lfc: &Lfc, rel: RelTag, blocks: Range<u32>, now_ns: u64) -> u32 {
         self.observe_daemon(lfc, now_ns);
+        self.window = Some(match self.window {
+            Some((r, end)) if r == rel => (rel, end.max(blocks.end)),
+            _ => (rel, blocks.end),
+        });
         let requested = match self.health.path() {
             PrefetchPath::Udp => self.prefetch_udp(lfc, rel, blocks, now_ns),
             PrefetchPath::TcpPipelined => self.prefetch_tcp(lfc, rel, blocks, now_ns),
@@ -598,6 +611,7 @@ impl Driver {
         self.read_waited = false;
         self.read_started_ns = now_ns;
         self.read_udp_failed = false;
+        self.read_foreground = false;
         self.wait_started_ns = None;
         self.observe_daemon(lfc, now_ns);
         self.reads_since_loss_check += 1;
@@ -688,8 +702,19 @@ impl Driver {
                 // (`LOST_SHARE_TO_DEGRADE`), not as a miss. Since installs clear request marks,
                 // such pages no longer look requested elsewhere (whose waits did count), and in
                 // the simulator (`none` seed 2851, a 30-page cache) a scan stayed on UDP reading
-                // one GetPage at a time.
-                self.read_udp_failed |= own.is_none() && self.health.path() == PrefetchPath::Udp;
+                // one GetPage at a time. A page outside the window (another relation, or
+                // ahead of what was requested) is a foreground read: a GetPage on TCP
+                // pipelining too, behind the pipeline's responses, so no evidence against UDP
+                // and no blocked time TCP could save (`ReadTiming::foreground`). In `bench
+                // hol`, a scanning backend's foreground GetPages counted as failed reads and
+                // as blocked time, and took it to TCP.
+                if own.is_none() && self.health.path() == PrefetchPath::Udp {
+                    let in_window = self
+                        .window
+                        .is_some_and(|(rel, end)| tag.rel == rel && tag.blkno < end);
+                    self.read_udp_failed |= in_window;
+                    self.read_foreground = !in_window;
+                }
                 self.fetch(lfc, tag, miss, now_ns)
             }
         }
@@ -740,6 +765,7 @@ impl Driver {
             let read = ReadTiming {
                 cycle_ns: now_ns.saturating_sub(last),
                 blocked_ns,
+                foreground: self.read_foreground,
                 waited: self.read_waited,
                 lost_ns: if self.read_udp_failed {
                     blocked_ns.max(1)
