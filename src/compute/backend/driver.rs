@@ -1047,6 +1047,49 @@ mod tests {
         }
     }
 
+    /// `bench hol`'s busy reader: a scan whose pages are cached (hits), and between them
+    /// GetPages of 1 ms for pages of another relation, outside the prefetch window. Those cost
+    /// a GetPage on TCP pipelining too: they are neither reads that UDP failed (90 % of the
+    /// time, which took the reader to TCP) nor blocked time to calibrate for.
+    #[test]
+    fn foreground_reads_outside_the_prefetch_window_keep_a_scan_on_udp() {
+        const US: u64 = 1_000;
+        let f = fixture(true);
+        let lfc = &f.lfc;
+        let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
+        assert_eq!(d.path(), PrefetchPath::Udp);
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        let mut now = T0;
+        drain(&mut d);
+        d.on_response(lfc, Response::Target, &mut out, now).unwrap();
+        let (scan, fg) = (synthetic_rel(0), synthetic_rel(1));
+        for b in 0..16 {
+            let tag = scan.block(b);
+            lfc.install_prefetched(&tag, lfc.lwlsn(&tag), &synthetic_page(tag, 16));
+        }
+        d.prefetch(lfc, scan, 0..16, now);
+        drain(&mut d);
+        for k in 0..60 {
+            for b in 0..16 {
+                now += 10 * US;
+                let poll = d.start_read(lfc, scan.block(b), &mut out, now);
+                assert_eq!(poll, Poll::Done(ReadSource::Hit));
+            }
+            now += 10 * US;
+            let tag = fg.block(k);
+            assert_eq!(d.start_read(lfc, tag, &mut out, now), Poll::AwaitResponse);
+            assert_eq!(get_pages(&drain(&mut d)), vec![k]);
+            now += 1_000 * US;
+            let page = synthetic_page(tag, 16);
+            let h = d
+                .on_response(lfc, Response::Page { tag, page: &page }, &mut out, now)
+                .unwrap();
+            assert_eq!(h.next, Some(Poll::Done(ReadSource::Tcp)));
+        }
+        assert_eq!(d.path(), PrefetchPath::Udp, "{:?}", d.state_log());
+        assert_eq!(d.path_changes(), 0);
+    }
+
     #[test]
     fn without_a_daemon_the_window_goes_by_tcp_pipelining_from_the_start() {
         let f = fixture(false);
