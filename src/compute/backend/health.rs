@@ -322,12 +322,6 @@ impl Pace {
         })
     }
 
-    /// The window just closed had no reads that UDP failed, as the next one sees it.
-    fn forget_lost(&mut self) {
-        self.prev_lost = 0;
-        self.prev_lost_ns = 0;
-    }
-
     /// Starts a window afresh, the next one to close being measured (its mean is reported):
     /// what came before was a transient.
     fn restart_measured(&mut self) {
@@ -650,19 +644,9 @@ impl UdpHealth {
                 self.pace[PrefetchPath::TcpPipelined as usize].restart_measured();
             }
         }
-        let Some(mut window) = self.pace[self.path as usize].add(read) else {
+        let Some(window) = self.pace[self.path as usize].add(read) else {
             return false;
         };
-        if self.path == PrefetchPath::Udp && self.in_transient(now_ns) {
-            // UDP's first round trip: its first prefetches may come late enough for waits to
-            // run out (1.3–3.3 ms in `bench hol` on a loaded machine, at the start and back
-            // from a probe), which is the start, not the path's pace. Those failures are
-            // forgiven, here and as the next window's predecessor; a path that delivers
-            // nothing is still left by its misses (`MISSES_TO_DEGRADE`).
-            window.lost = 0;
-            window.lost_share = 0.0;
-            self.pace[PrefetchPath::Udp as usize].forget_lost();
-        }
         if self.path == PrefetchPath::TcpPipelined {
             if self.calibration.is_some_and(|c| c.measuring) {
                 self.conclude_calibration(&window, now_ns);
@@ -1211,36 +1195,6 @@ mod tests {
             h.log()
         );
         assert_eq!(reads(&mut h, 1, 10 * US, 7 * US, &mut now), 1);
-    }
-
-    #[test]
-    fn reads_udp_failed_in_its_first_round_trip_are_forgiven() {
-        // Two reads whose first prefetches came too late, 1.4 ms each among 15 µs hits, within
-        // the transient (1000 reads, 5 ms): they decide nothing. The same after it (600 reads
-        // of 10 µs first): TCP.
-        let run = |before: u32| {
-            let mut h = on_udp();
-            h.set_transient_reads(1000);
-            let mut now = 0;
-            reads(&mut h, before, 10 * US, 0, &mut now);
-            let mut moved = false;
-            for i in 0..200 {
-                let lost = if i == 5 || i == 10 { 1_400 * US } else { 0 };
-                let cycle = 15 * US + lost;
-                now += cycle;
-                moved |= h.on_read(&timing(cycle, lost), now);
-            }
-            (moved, h)
-        };
-        let (moved, h) = run(0);
-        assert!(!moved, "{:?}", h.log());
-        let (moved, h) = run(600);
-        assert!(moved, "{:?}", h.log());
-        assert!(
-            h.log()[1].reason.contains("reads that UDP failed"),
-            "{:?}",
-            h.log()
-        );
     }
 
     #[test]
