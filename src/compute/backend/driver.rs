@@ -200,7 +200,14 @@ pub struct Driver {
     /// own prefetch lost past retries): its whole time then counts as lost to UDP.
     read_started_ns: u64,
     read_udp_failed: bool,
+    /// The current read fetched, on UDP, a page no prefetch covers (`ReadTiming::foreground`).
+    read_foreground: bool,
     read_fresh: bool,
+    /// The relation of the latest prefetch and the end of what was requested of it (the
+    /// furthest block, while prefetches stay on that relation): the window a scan reads
+    /// behind. A page of it that nobody requested and the LFC lacks was cached when the window
+    /// came to it and evicted since; a page outside it is a foreground read.
+    window: Option<(RelTag, u32)>,
     scratch: Vec<BufferTag>,
     pairs: Vec<(BufferTag, u64)>,
     runs: Vec<PrefetchRun>,
@@ -291,7 +298,9 @@ impl Driver {
             read_waited: false,
             read_started_ns: 0,
             read_udp_failed: false,
+            read_foreground: false,
             read_fresh: false,
+            window: None,
             scratch: Vec::with_capacity(LOSS_SCAN),
             pairs: Vec::with_capacity(LOSS_SCAN),
             runs: Vec::with_capacity(LOSS_SCAN),
@@ -321,7 +330,7 @@ impl Driver {
         self.health.path()
     }
 
-    /// Mean time per read in `path`'s last measured window (`UdpHealth::pace_ns`).
+    /// Mean own time per read in `path`'s last measured window (`UdpHealth::pace_ns`).
     pub fn pace_ns(&self, path: PrefetchPath) -> Option<f64> {
         self.health.pace_ns(path)
     }
@@ -416,6 +425,10 @@ impl Driver {
     /// instead when a probe is due. Returns pages requested.
     pub fn prefetch(&mut self, lfc: &Lfc, rel: RelTag, blocks: Range<u32>, now_ns: u64) -> u32 {
         self.observe_daemon(lfc, now_ns);
+        self.window = Some(match self.window {
+            Some((r, end)) if r == rel => (rel, end.max(blocks.end)),
+            _ => (rel, blocks.end),
+        });
         let requested = match self.health.path() {
             PrefetchPath::Udp => self.prefetch_udp(lfc, rel, blocks, now_ns),
             PrefetchPath::TcpPipelined => self.prefetch_tcp(lfc, rel, blocks, now_ns),
@@ -600,6 +613,7 @@ impl Driver {
         self.read_waited = false;
         self.read_started_ns = now_ns;
         self.read_udp_failed = false;
+        self.read_foreground = false;
         self.wait_started_ns = None;
         self.observe_daemon(lfc, now_ns);
         self.reads_since_loss_check += 1;
@@ -690,8 +704,19 @@ impl Driver {
                 // (`LOST_SHARE_TO_DEGRADE`), not as a miss. Since installs clear request marks,
                 // such pages no longer look requested elsewhere (whose waits did count), and in
                 // the simulator (`none` seed 2851, a 30-page cache) a scan stayed on UDP reading
-                // one GetPage at a time.
-                self.read_udp_failed |= own.is_none() && self.health.path() == PrefetchPath::Udp;
+                // one GetPage at a time. A page outside the window (another relation, or
+                // ahead of what was requested) is a foreground read: a GetPage on TCP
+                // pipelining too, behind the pipeline's responses, so no evidence against UDP
+                // and no blocked time TCP could save (`ReadTiming::foreground`). In `bench
+                // hol`, a scanning backend's foreground GetPages counted as failed reads and
+                // as blocked time, and took it to TCP.
+                if own.is_none() && self.health.path() == PrefetchPath::Udp {
+                    let in_window = self
+                        .window
+                        .is_some_and(|(rel, end)| tag.rel == rel && tag.blkno < end);
+                    self.read_udp_failed |= in_window;
+                    self.read_foreground = !in_window;
+                }
                 self.fetch(lfc, tag, miss, now_ns)
             }
         }
@@ -742,6 +767,7 @@ impl Driver {
             let read = ReadTiming {
                 cycle_ns: now_ns.saturating_sub(last),
                 blocked_ns,
+                foreground: self.read_foreground,
                 waited: self.read_waited,
                 lost_ns: if self.read_udp_failed {
                     blocked_ns.max(1)
@@ -1021,6 +1047,49 @@ mod tests {
                     .expect("the read goes on"),
             };
         }
+    }
+
+    /// `bench hol`'s busy reader: a scan whose pages are cached (hits), and between them
+    /// GetPages of 1 ms for pages of another relation, outside the prefetch window. Those cost
+    /// a GetPage on TCP pipelining too: they are neither reads that UDP failed (90 % of the
+    /// time, which took the reader to TCP) nor blocked time to calibrate for.
+    #[test]
+    fn foreground_reads_outside_the_prefetch_window_keep_a_scan_on_udp() {
+        const US: u64 = 1_000;
+        let f = fixture(true);
+        let lfc = &f.lfc;
+        let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
+        assert_eq!(d.path(), PrefetchPath::Udp);
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        let mut now = T0;
+        drain(&mut d);
+        d.on_response(lfc, Response::Target, &mut out, now).unwrap();
+        let (scan, fg) = (synthetic_rel(0), synthetic_rel(1));
+        for b in 0..16 {
+            let tag = scan.block(b);
+            lfc.install_prefetched(&tag, lfc.lwlsn(&tag), &synthetic_page(tag, 16));
+        }
+        d.prefetch(lfc, scan, 0..16, now);
+        drain(&mut d);
+        for k in 0..60 {
+            for b in 0..16 {
+                now += 10 * US;
+                let poll = d.start_read(lfc, scan.block(b), &mut out, now);
+                assert_eq!(poll, Poll::Done(ReadSource::Hit));
+            }
+            now += 10 * US;
+            let tag = fg.block(k);
+            assert_eq!(d.start_read(lfc, tag, &mut out, now), Poll::AwaitResponse);
+            assert_eq!(get_pages(&drain(&mut d)), vec![k]);
+            now += 1_000 * US;
+            let page = synthetic_page(tag, 16);
+            let h = d
+                .on_response(lfc, Response::Page { tag, page: &page }, &mut out, now)
+                .unwrap();
+            assert_eq!(h.next, Some(Poll::Done(ReadSource::Tcp)));
+        }
+        assert_eq!(d.path(), PrefetchPath::Udp, "{:?}", d.state_log());
+        assert_eq!(d.path_changes(), 0);
     }
 
     #[test]

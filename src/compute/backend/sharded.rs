@@ -395,10 +395,11 @@ mod tests {
             let h = d.on_response(slow, lfc, r, &mut out, now).unwrap();
             assert!(matches!(h.next, Some(Poll::Done(_))), "{h:?}");
         }
-        // Each shard's pace is its own reads': 10 µs a hit, 1.01 ms a GetPage. Before, the
-        // fast shard's cycles held the slow shard's reads: about 110 µs a read.
+        // Each shard's pace is its own reads': a hit costs nothing of the driver's time, a
+        // GetPage 1 ms. Before, the fast shard's cycles held the slow shard's reads: about
+        // 110 µs a read.
         let fast_ns = d.shard(fast).pace_ns(PrefetchPath::Udp).unwrap();
-        assert!((9_000.0..12_000.0).contains(&fast_ns), "{fast_ns}");
+        assert!(fast_ns < 1_000.0, "{fast_ns}");
         let slow_ns =
             [PrefetchPath::Udp, PrefetchPath::TcpPipelined].map(|p| d.shard(slow).pace_ns(p));
         assert!(
