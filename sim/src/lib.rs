@@ -125,10 +125,14 @@ pub fn run(scenario: &Scenario) -> Result<RunReport, SimError> {
             kind: world::ViolationKind::SlowerThanTcp,
             message: format!(
                 "the backends' workload took {:.3} ms with UDP prefetch, {:.3} ms with TCP \
-                 pipelining only (limit {LIVENESS_FACTOR} x + {} ms)",
+                 pipelining only (limit {LIVENESS_FACTOR} x + {} ms; {} path changes; LFC \
+                 evictions {} and {})",
                 udp_ns as f64 / 1e6,
                 tcp_ns as f64 / 1e6,
-                LIVENESS_SLACK_NS / 1_000_000
+                LIVENESS_SLACK_NS / 1_000_000,
+                report.udp_state_changes,
+                report.lfc_evictions,
+                tcp_only.lfc_evictions
             ),
             at_ns: report.backends_done_ns,
             trace: Vec::new(),
@@ -143,7 +147,9 @@ fn run_config(cfg: SimConfig, seed: u64, ops: &[Op]) -> Result<RunReport, SimErr
         .tempdir_in(scratch_dir())?;
     let lfc = seeded_lfc::create(&dir.path().join("lfc"), cfg.lfc_capacity_pages, seed)?;
     let world = world::World::new(cfg, &lfc, seed, ops)?;
-    Ok(world.run())
+    let mut report = world.run();
+    report.lfc_evictions = lfc.stats().evictions;
+    Ok(report)
 }
 
 /// Where the per-run LFC files go: memory-backed when the machine has it (the file is mapped

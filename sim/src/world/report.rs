@@ -111,6 +111,10 @@ pub struct RunReport {
     /// one finished its workload.
     pub backends_started_ns: u64,
     pub backends_done_ns: u64,
+    /// Pages the LFC evicted over the run: a cache about the size of the working set thrashes,
+    /// and prefetched pages landing ahead of their reads evict more (the one cost of UDP
+    /// prefetch that the slower-than-TCP check still finds, ARCHITECTURE §10).
+    pub lfc_evictions: u64,
     pub seal_not_ready: u64,
     pub seal_failed: u64,
     pub prewarm_pages: u64,

@@ -100,6 +100,11 @@ const SLOW_WINDOW_NS: u64 = 5_000_000;
 /// in its steady state; in the simulator a workload of a few hundred slow reads never left a
 /// UDP path slower than TCP pipelining, counted in reads alone.
 const TRANSIENT_MAX_NS: u64 = 5_000_000;
+/// Reads on UDP after a passed probe during which one miss sends the backend back to TCP: a
+/// probe of a few pages is weak evidence on a link that loses a third of them, and in the
+/// simulator backends that needed two misses to leave again paid a wait and a round trip for
+/// each, on every return, more than TCP pipelining's whole lead.
+const PROBATION_READS: u64 = 256;
 /// Reads on UDP after which leaving it again resets the probe backoff: a path that passed a
 /// probe but cannot hold its own for this long is probed less and less often.
 const UDP_PROVEN_READS: u64 = 4096;
@@ -151,6 +156,9 @@ pub struct UdpHealth {
     /// The latest prefetches reads looked for, newest in bit 0: 1 a miss, 0 an arrival
     /// (`MISS_HISTORY` bits).
     recent_misses: u8,
+    /// Prefetches reads found since the path was entered: before the first, UDP has shown
+    /// nothing, and one miss decides (`on_miss`).
+    arrivals_on_path: u64,
     loss_share: f64,
     loss_samples: u32,
     next_probe_ns: u64,
@@ -353,6 +361,7 @@ impl UdpHealth {
             started_ns: now_ns,
             port_overridden,
             recent_misses: 0,
+            arrivals_on_path: 0,
             loss_share: 0.0,
             loss_samples: 0,
             next_probe_ns: now_ns,
@@ -407,6 +416,7 @@ impl UdpHealth {
         self.path = to;
         self.changes += 1;
         self.recent_misses = 0;
+        self.arrivals_on_path = 0;
         self.loss_share = 0.0;
         self.loss_samples = 0;
         self.probe = None;
@@ -559,6 +569,7 @@ impl UdpHealth {
     /// retry (a loss).
     pub fn on_arrival(&mut self, retried: bool) {
         self.recent_misses <<= 1;
+        self.arrivals_on_path += 1;
         self.loss_sample(retried);
         if self.calibration.is_some() {
             // On TCP for a calibration, a read served by a page UDP brought before the move is
@@ -572,12 +583,36 @@ impl UdpHealth {
     }
 
     /// The read of a UDP prefetch (own, or another backend's it waited for) gave up on it.
-    /// Returns true when that moved the backend to TCP.
+    /// Returns true when that moved the backend to TCP: at once when UDP has delivered nothing
+    /// since the backend moved to it, or it came back by a probe less than `PROBATION_READS`
+    /// reads ago (no evidence that it works, so a wait that ran out is the evidence that it
+    /// does not: in the simulator, backends whose links were partitioned from their start paid
+    /// two waits and two round trips per shard before leaving, 1.3–2.5× TCP pipelining's time);
+    /// else after `MISSES_TO_DEGRADE` of the last `MISS_HISTORY`.
     pub fn on_miss(&mut self, now_ns: u64) -> bool {
         self.recent_misses = (self.recent_misses << 1) | 1;
         self.loss_sample(true);
         if self.path != PrefetchPath::Udp {
             return false;
+        }
+        if self.arrivals_on_path == 0 {
+            self.set(
+                PrefetchPath::TcpPipelined,
+                now_ns,
+                "the first prefetch read on UDP did not arrive in time".into(),
+            );
+            return true;
+        }
+        if self.udp_by_probe && self.reads_on_path < PROBATION_READS {
+            self.set(
+                PrefetchPath::TcpPipelined,
+                now_ns,
+                format!(
+                    "a prefetch did not arrive in time within {} reads of a passed probe",
+                    self.reads_on_path
+                ),
+            );
+            return true;
         }
         let n = self.recent_misses.count_ones();
         if n >= MISSES_TO_DEGRADE {
@@ -831,6 +866,8 @@ mod tests {
     #[test]
     fn two_misses_among_the_last_eight_move_to_tcp_and_older_ones_are_forgotten() {
         let mut h = on_udp();
+        // UDP has delivered: one miss is not enough.
+        h.on_arrival(false);
         assert!(!h.on_miss(MS));
         // Seven arrivals push the miss out of the history.
         for _ in 0..MISS_HISTORY - 1 {
@@ -845,6 +882,48 @@ mod tests {
         assert_eq!(h.changes(), 1);
         assert!(
             h.log()[1].reason.contains("2 of the last 8"),
+            "{:?}",
+            h.log()
+        );
+    }
+
+    #[test]
+    fn one_miss_moves_to_tcp_before_udp_delivered_anything_or_soon_after_a_passed_probe() {
+        // Nothing arrived yet: the first miss decides.
+        let mut h = on_udp();
+        assert!(h.on_miss(MS));
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        assert!(
+            h.log()[1].reason.contains("first prefetch"),
+            "{:?}",
+            h.log()
+        );
+        // A probe passes; a miss among the first reads after it sends the backend back.
+        let t = PROBE_BACKOFF_MIN_NS + MS;
+        assert!(h.probe_due(DaemonView::Alive, 4, t));
+        for _ in 0..4 {
+            h.on_probe_page(true, t);
+        }
+        assert_eq!(h.path(), PrefetchPath::Udp);
+        let mut now = t;
+        reads(&mut h, 10, 20 * US, 0, &mut now);
+        h.on_arrival(false);
+        assert!(h.on_miss(now));
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        assert!(h.log()[3].reason.contains("passed probe"), "{:?}", h.log());
+        // Once proven (past its probation), a path needs two misses again.
+        let t = now + PROBE_BACKOFF_MAX_NS;
+        assert!(h.probe_due(DaemonView::Alive, 4, t));
+        for _ in 0..4 {
+            h.on_probe_page(true, t);
+        }
+        let mut now = t;
+        reads(&mut h, PROBATION_READS as u32, 20 * US, 0, &mut now);
+        h.on_arrival(false);
+        assert!(!h.on_miss(now));
+        assert!(h.on_miss(now));
+        assert!(
+            h.log()[5].reason.contains("2 of the last 8"),
             "{:?}",
             h.log()
         );
