@@ -132,6 +132,18 @@ impl Lfc {
         add(&area.other_installed, &area.other_dropped);
     }
 
+    /// Datagrams installed from every sender so far (`SenderCounts::installed`, without
+    /// collecting the table): whether the daemon delivers anything at all, for a backend's read
+    /// path deciding how much one missing page says.
+    pub fn datagrams_installed(&self) -> u64 {
+        let area = self.sender_area();
+        area.slots
+            .iter()
+            .map(|s| s.installed.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + area.other_installed.load(Ordering::Relaxed)
+    }
+
     /// The sender table as it is now.
     pub fn sender_counts(&self) -> SenderCounts {
         let area = self.sender_area();
@@ -218,6 +230,7 @@ mod tests {
             "two senders past the bound, and IPv6"
         );
         assert_eq!(c.installed(), 6 + 4 + SENDER_SLOTS as u64);
+        assert_eq!(lfc.datagrams_installed(), c.installed(), "summed in place");
         assert_eq!(c.dropped(), 3);
         // A sender with an entry keeps counting there when the table is full.
         lfc.count_sender(v4(2, 40000), 1, 0);
@@ -225,6 +238,7 @@ mod tests {
 
         other.reset_sender_counts();
         assert_eq!(lfc.sender_counts(), SenderCounts::default());
+        assert_eq!(lfc.datagrams_installed(), 0);
     }
 
     #[test]

@@ -17,6 +17,13 @@ use std::collections::VecDeque;
 use workers::datagram::DropReason;
 use workers::ingest::{Outcome, Verdict};
 use workers::metrics::ThreadMetrics;
+
+/// The source address the copy path counts its datagrams under (the simulated network has no
+/// addresses; 198.18.0.0/15 is the benchmarking range the project's own hosts use).
+const SIM_SENDER: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(198, 18, 0, 1),
+    6400,
+));
 use workers::pump::SlotBook;
 use workers::udp::{Completion, SlotRegions};
 
@@ -129,8 +136,15 @@ impl World<'_> {
             };
             v
         } else {
-            self.ingest
-                .offer(&packet.bytes, now, &self.workers[w].metrics)
+            let outcome = self
+                .ingest
+                .offer(&packet.bytes, now, &self.workers[w].metrics);
+            // Counted per sender as the daemon's receive batches are (`SlotBook`), under a
+            // stand-in source address: backends read the total (`Lfc::datagrams_installed`).
+            if matches!(outcome, Outcome::Done(Ok(_))) {
+                self.lfc.count_sender(SIM_SENDER, 1, 0);
+            }
+            outcome
         };
         self.account(w, &packet, &outcome);
         if !self.workers[w].queue.is_empty() {
@@ -173,6 +187,9 @@ impl World<'_> {
             .complete(&completion, now, &worker.metrics, |o| verdict = Some(o));
         assert_eq!(datagrams, 1, "a simulated receive holds one datagram");
         let verdict = verdict.expect("a simulated receive never fails");
+        // The daemon adds each receive batch's counts per sender to the LFC (a batch here is
+        // one datagram).
+        worker.book.flush_senders();
         // A slot turned away is posted again, as the daemon's next step does.
         self.refill_slots(w);
         Some(verdict)

@@ -185,6 +185,9 @@ pub struct Driver {
     daemon_addr: Option<SocketAddr>,
     daemon_generation: u64,
     daemon_view: DaemonView,
+    /// The LFC's count of datagrams installed when the backend started: any above it says the
+    /// daemon delivers (`UdpHealth::on_miss`).
+    datagrams_at_start: u64,
     reads_since_loss_check: u32,
     current: Option<Current>,
     /// When the read in progress sent its own GetPage (0: it did not).
@@ -255,6 +258,7 @@ impl Driver {
     /// port was given), else on TCP pipelining, probing UDP as daemons come and go.
     pub fn new(config: ReadPathConfig, port_override: Option<u16>, lfc: &Lfc, now_ns: u64) -> Self {
         let mut d = Self::build(config, port_override, now_ns);
+        d.datagrams_at_start = lfc.datagrams_installed();
         if let Some(port) = port_override {
             d.register(port);
         }
@@ -290,6 +294,7 @@ impl Driver {
             daemon_addr: None,
             daemon_generation: 0,
             daemon_view: DaemonView::Absent,
+            datagrams_at_start: 0,
             reads_since_loss_check: 0,
             current: None,
             fetch_sent_ns: 0,
@@ -803,7 +808,12 @@ impl Driver {
                 self.health.on_arrival(true);
                 self.health.check_loss(now_ns)
             }
-            Some(Miss::Unexplained | Miss::Evicted) => self.health.on_miss(now_ns),
+            // An evicted page had come: UDP delivers.
+            Some(Miss::Evicted) => self.health.on_miss(now_ns, true),
+            Some(Miss::Unexplained) => {
+                let delivers = lfc.datagrams_installed() > self.datagrams_at_start;
+                self.health.on_miss(now_ns, delivers)
+            }
         };
         if moved {
             self.move_window_to_tcp(lfc, now_ns);
@@ -1178,14 +1188,20 @@ mod tests {
         }
         let evicted: Vec<u32> = (0..16).filter(|&b| !lfc.contains(&rel.block(b))).collect();
         assert!(evicted.len() >= 4, "{evicted:?}");
-        // Read more than a wait budget after its request, one is fetched by GetPage without a
-        // wait; none of its own prefetches has been read yet, so this miss is enough, and the
-        // window moves to TCP pipelining, whose pages wait for their reads out of the cache.
+        // Read more than a wait budget after their request, each is fetched by GetPage without
+        // a wait; two such reads are two misses, and the window moves to TCP pipelining, whose
+        // pages wait for their reads out of the cache. (The pages had come, so one such miss
+        // alone is not enough: the daemon delivers.)
         let mut wire = VecDeque::new();
         let mut now = T0 + 5 * MS;
         let start = now;
         assert_eq!(
             read(&mut d, lfc, &mut wire, evicted[0], &mut now),
+            ReadSource::Tcp
+        );
+        assert_eq!(d.path(), PrefetchPath::Udp);
+        assert_eq!(
+            read(&mut d, lfc, &mut wire, evicted[1], &mut now),
             ReadSource::Tcp
         );
         assert_eq!(now, start, "no wait");
@@ -1196,7 +1212,7 @@ mod tests {
             d.state_log()
         );
         let stats = d.stats();
-        assert_eq!((stats.wait_timeouts, stats.fallbacks), (0, 1));
+        assert_eq!((stats.wait_timeouts, stats.fallbacks), (0, 2));
     }
 
     #[test]

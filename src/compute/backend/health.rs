@@ -583,19 +583,23 @@ impl UdpHealth {
     }
 
     /// The read of a UDP prefetch (own, or another backend's it waited for) gave up on it.
-    /// Returns true when that moved the backend to TCP: at once when UDP has delivered nothing
-    /// since the backend moved to it, or it came back by a probe less than `PROBATION_READS`
-    /// reads ago (no evidence that it works, so a wait that ran out is the evidence that it
-    /// does not: in the simulator, backends whose links were partitioned from their start paid
-    /// two waits and two round trips per shard before leaving, 1.3–2.5× TCP pipelining's time);
-    /// else after `MISSES_TO_DEGRADE` of the last `MISS_HISTORY`.
-    pub fn on_miss(&mut self, now_ns: u64) -> bool {
+    /// `daemon_delivers`: the daemon has installed datagrams (anyone's) since the backend
+    /// started, or this very page came and was evicted. Returns true when that moved the
+    /// backend to TCP: at once when nothing shows that UDP works — none of its own prefetches
+    /// arrived since it moved to UDP and the daemon delivers nothing, or it came back by a probe
+    /// less than `PROBATION_READS` reads ago — since a wait that ran out is then the evidence
+    /// that it does not (in the simulator, backends whose links were partitioned from their
+    /// start paid two waits and two round trips per shard before leaving, 1.3–2.5× TCP
+    /// pipelining's time); else after `MISSES_TO_DEGRADE` of the last `MISS_HISTORY`. A daemon
+    /// that delivers to others is worth the second miss: on a loaded machine a healthy shard's
+    /// first page came after its first wait (`tests/shards.rs`).
+    pub fn on_miss(&mut self, now_ns: u64, daemon_delivers: bool) -> bool {
         self.recent_misses = (self.recent_misses << 1) | 1;
         self.loss_sample(true);
         if self.path != PrefetchPath::Udp {
             return false;
         }
-        if self.arrivals_on_path == 0 {
+        if self.arrivals_on_path == 0 && !daemon_delivers {
             self.set(
                 PrefetchPath::TcpPipelined,
                 now_ns,
@@ -868,16 +872,16 @@ mod tests {
         let mut h = on_udp();
         // UDP has delivered: one miss is not enough.
         h.on_arrival(false);
-        assert!(!h.on_miss(MS));
+        assert!(!h.on_miss(MS, false));
         // Seven arrivals push the miss out of the history.
         for _ in 0..MISS_HISTORY - 1 {
             h.on_arrival(false);
         }
-        assert!(!h.on_miss(3 * MS));
+        assert!(!h.on_miss(3 * MS, false));
         assert_eq!(h.path(), PrefetchPath::Udp);
         // A miss, an arrival, a miss: a link losing every other page.
         h.on_arrival(false);
-        assert!(h.on_miss(5 * MS));
+        assert!(h.on_miss(5 * MS, false));
         assert_eq!(h.path(), PrefetchPath::TcpPipelined);
         assert_eq!(h.changes(), 1);
         assert!(
@@ -889,9 +893,12 @@ mod tests {
 
     #[test]
     fn one_miss_moves_to_tcp_before_udp_delivered_anything_or_soon_after_a_passed_probe() {
-        // Nothing arrived yet: the first miss decides.
+        // Nothing arrived yet, but the daemon delivers others' pages: one miss is not enough.
         let mut h = on_udp();
-        assert!(h.on_miss(MS));
+        assert!(!h.on_miss(MS, true));
+        // Nothing arrived yet and the daemon installs nothing: the first miss decides.
+        let mut h = on_udp();
+        assert!(h.on_miss(MS, false));
         assert_eq!(h.path(), PrefetchPath::TcpPipelined);
         assert!(
             h.log()[1].reason.contains("first prefetch"),
@@ -908,7 +915,7 @@ mod tests {
         let mut now = t;
         reads(&mut h, 10, 20 * US, 0, &mut now);
         h.on_arrival(false);
-        assert!(h.on_miss(now));
+        assert!(h.on_miss(now, false));
         assert_eq!(h.path(), PrefetchPath::TcpPipelined);
         assert!(h.log()[3].reason.contains("passed probe"), "{:?}", h.log());
         // Once proven (past its probation), a path needs two misses again.
@@ -920,8 +927,8 @@ mod tests {
         let mut now = t;
         reads(&mut h, PROBATION_READS as u32, 20 * US, 0, &mut now);
         h.on_arrival(false);
-        assert!(!h.on_miss(now));
-        assert!(h.on_miss(now));
+        assert!(!h.on_miss(now, false));
+        assert!(h.on_miss(now, false));
         assert!(
             h.log()[5].reason.contains("2 of the last 8"),
             "{:?}",
