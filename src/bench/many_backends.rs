@@ -148,6 +148,10 @@ impl ModeResult {
             .param("tcp_fallbacks", sum(|r| r.fallbacks))
             .param("wait_timeouts", sum(|r| r.wait_timeouts))
             .param("udp_state_changes", sum(|r| r.udp_state_changes))
+            .param(
+                "state_change_reasons",
+                super::state_change_reasons(self.reports.iter().map(|r| &r.udp_state_log[..])),
+            )
             .param("prefetch_pages_sent", self.prefetch_pages_sent)
             .param("prefetch_pages_dropped", self.prefetch_pages_dropped),
             with_params(BenchRecord::new(

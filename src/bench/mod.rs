@@ -60,6 +60,45 @@ pub(crate) fn round1(x: f64) -> f64 {
 }
 
 /// `x` to three decimals, for params read by people (seconds, ratios).
+/// Path changes of several scans counted by why (their reasons with numbers and the shard
+/// prefix left out, "udp: first prefetch read did not arrive in time"), so that a record of
+/// 64 backends says which rule moved them without 64 logs.
+pub(crate) fn state_change_reasons<'a>(
+    logs: impl IntoIterator<Item = &'a [crate::compute::backend::StateChange]>,
+) -> serde_json::Value {
+    let mut out = std::collections::BTreeMap::<String, u64>::new();
+    // Each log's first entry is where the scan started, not a change.
+    for c in logs.into_iter().flat_map(|log| log.iter().skip(1)) {
+        let reason = c
+            .reason
+            .split_once(": ")
+            .map_or(c.reason.as_str(), |(head, rest)| {
+                if head.starts_with("shard ") {
+                    rest
+                } else {
+                    c.reason.as_str()
+                }
+            });
+        // Numbers become '#', a run of digits and dots one '#'.
+        let mut class = String::with_capacity(reason.len());
+        for ch in reason.chars() {
+            if ch.is_ascii_digit() || ch == '.' {
+                if !class.ends_with('#') {
+                    class.push('#');
+                }
+            } else {
+                class.push(ch);
+            }
+        }
+        let to = match c.to {
+            crate::compute::backend::PrefetchPath::Udp => "udp",
+            crate::compute::backend::PrefetchPath::TcpPipelined => "tcp",
+        };
+        *out.entry(format!("{to}: {class}")).or_insert(0) += 1;
+    }
+    serde_json::json!(out)
+}
+
 pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
