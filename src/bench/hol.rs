@@ -126,21 +126,7 @@ pub fn run(args: &HolBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
 pub fn run_with_latencies(
     args: &HolBenchArgs,
 ) -> anyhow::Result<(Vec<BenchRecord>, Vec<LatencySeries>)> {
-    anyhow::ensure!(
-        (1..=MAX_SAMPLES).contains(&args.samples),
-        "--samples must be 1..={MAX_SAMPLES}"
-    );
-    // The client's own bound on requests in flight bounds the pipeline depth.
-    let max_distance = crate::protocol::client::MAX_IN_FLIGHT as u32 - 1;
-    anyhow::ensure!(
-        (1..=max_distance).contains(&args.distance),
-        "--distance must be 1..={max_distance}"
-    );
-    anyhow::ensure!(args.lfc_mib >= 16, "--lfc-mib must be at least 16");
-    anyhow::ensure!(
-        args.fg_interval_us <= 1_000_000,
-        "--fg-interval-us must be at most 1 s"
-    );
+    validate(args)?;
     // One relation per role, so no case finds another case's pages in the LFC.
     let (udp_idle_fg, udp_busy_fg, udp_scan, tcp_fg, tcp_scan) = (0, 1, 2, 3, 4);
     let server = super::start_server(ServerConfig {
@@ -186,6 +172,36 @@ pub fn run_with_latencies(
         busy.run(reads)?;
         tcp.run(reads)?;
     }
+    results(args, idle, busy, tcp)
+}
+
+/// The flags' bounds, checked before anything starts.
+fn validate(args: &HolBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=MAX_SAMPLES).contains(&args.samples),
+        "--samples must be 1..={MAX_SAMPLES}"
+    );
+    // The client's own bound on requests in flight bounds the pipeline depth.
+    let max_distance = crate::protocol::client::MAX_IN_FLIGHT as u32 - 1;
+    anyhow::ensure!(
+        (1..=max_distance).contains(&args.distance),
+        "--distance must be 1..={max_distance}"
+    );
+    anyhow::ensure!(args.lfc_mib >= 16, "--lfc-mib must be at least 16");
+    anyhow::ensure!(
+        args.fg_interval_us <= 1_000_000,
+        "--fg-interval-us must be at most 1 s"
+    );
+    Ok(())
+}
+
+/// The three readers' records (the busy ones against the idle UDP reader) and latency series.
+fn results(
+    args: &HolBenchArgs,
+    idle: UdpReader,
+    busy: UdpReader,
+    tcp: TcpReader,
+) -> anyhow::Result<(Vec<BenchRecord>, Vec<LatencySeries>)> {
     // Whether the UDP readers stayed on UDP: a busy reader that moved to TCP pipelining
     // measures the TCP design under another name.
     // The last change's reason says why (e.g. the pace calibration's verdict).

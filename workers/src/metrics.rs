@@ -189,96 +189,8 @@ fn dropped_by_reason(out: &mut String, t: &Totals) {
 /// included.
 pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> String {
     let mut out = String::with_capacity(4096);
-    let t = totals(threads);
-    single(
-        &mut out,
-        "udp_prefetch_datagrams_received_total",
-        "counter",
-        "Datagrams received by the workers.",
-        t.received,
-    );
-    single(
-        &mut out,
-        "udp_prefetch_datagrams_installed_total",
-        "counter",
-        "Datagrams whose page was installed in the LFC.",
-        t.installed,
-    );
-    single(
-        &mut out,
-        "udp_prefetch_receives_total",
-        "counter",
-        "Receives that brought datagrams: one per datagram, or one per train the kernel \
-         coalesced (UDP GRO); datagrams received / receives is the datagrams per receive.",
-        t.receives,
-    );
-    dropped_by_reason(&mut out, &t);
-    single(
-        &mut out,
-        "udp_prefetch_fragments_held_total",
-        "counter",
-        "Page fragments that authenticated and were kept until their page was whole (or given \
-         up: dropped reason=\"incomplete\", counted per page).",
-        t.fragments_held,
-    );
-    single(
-        &mut out,
-        "udp_prefetch_fragments_rebuilt_total",
-        "counter",
-        "Pages made whole by rebuilding a lost fragment from their parity piece.",
-        t.fragments_rebuilt,
-    );
-    single(
-        &mut out,
-        "udp_prefetch_kernel_drops_total",
-        "counter",
-        "Datagrams the kernel dropped for a full socket buffer (SO_RXQ_OVFL).",
-        t.kernel_drops,
-    );
-    per_thread(
-        &mut out,
-        "udp_prefetch_thread_junk_throttled_windows_total",
-        "Windows of 10 ms in which a worker thread turned away its budget of junk datagrams \
-         and slept out the rest of the window.",
-        threads,
-        |m| &m.junk_throttled,
-    );
-    family(
-        &mut out,
-        "udp_prefetch_thread_realtime",
-        "gauge",
-        "1 while a worker thread runs in the real-time scheduling class (SCHED_FIFO), 0 when it \
-         runs in another (workers --thread-class; a demoted thread counts 0).",
-    );
-    for (i, m) in threads.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "udp_prefetch_thread_realtime{{thread=\"{i}\"}} {}",
-            m.realtime.load(Ordering::Relaxed)
-        );
-    }
-    per_thread(
-        &mut out,
-        "udp_prefetch_thread_realtime_demotions_total",
-        "Times a real-time worker thread took more than its share of a CPU over a window and \
-         left the real-time class for a while.",
-        threads,
-        |m| &m.realtime_demotions,
-    );
-    per_thread(
-        &mut out,
-        "udp_prefetch_thread_datagrams_received_total",
-        "Datagrams received, per worker thread.",
-        threads,
-        |m| &m.received,
-    );
-    per_thread(
-        &mut out,
-        "udp_prefetch_thread_datagrams_installed_total",
-        "Datagrams installed, per worker thread.",
-        threads,
-        |m| &m.installed,
-    );
+    datagram_totals(&mut out, &totals(threads));
+    thread_families(&mut out, threads);
     by_sender(&mut out, &cache.senders);
     histogram(
         &mut out,
@@ -286,35 +198,7 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
         "Sender timestamp to publish in the LFC, installed datagrams.",
         threads.iter().map(|m| &m.latency),
     );
-    single(
-        &mut out,
-        "udp_prefetch_lfc_capacity_pages",
-        "gauge",
-        "Pages the LFC can hold.",
-        cache.lfc.capacity_pages,
-    );
-    single(
-        &mut out,
-        "udp_prefetch_lfc_used_pages",
-        "gauge",
-        "Pages cached in the LFC.",
-        cache.lfc.used_pages,
-    );
-    lfc_counters(&mut out, &cache.lfc);
-    single(
-        &mut out,
-        "udp_prefetch_lfc_prefault_remaining_pages",
-        "gauge",
-        "LFC frames the daemon has not prefaulted yet (0: done, or --no-prefault).",
-        cache.prefault_remaining_pages,
-    );
-    single(
-        &mut out,
-        "udp_prefetch_lfc_huge_pages",
-        "gauge",
-        "1 when the LFC is mapped with 2 MiB pages, 0 when with 4 KiB pages (see the operator guide).",
-        u64::from(cache.huge_pages),
-    );
+    cache_gauges(&mut out, &cache);
     family(
         &mut out,
         "udp_prefetch_build_info",
@@ -328,6 +212,137 @@ pub fn render_prometheus(threads: &[ThreadMetrics], cache: CacheGauges) -> Strin
     );
     crate::prom::process_metrics(&mut out);
     out
+}
+
+/// The workers' datagram counters, summed over threads.
+fn datagram_totals(out: &mut String, t: &Totals) {
+    single(
+        out,
+        "udp_prefetch_datagrams_received_total",
+        "counter",
+        "Datagrams received by the workers.",
+        t.received,
+    );
+    single(
+        out,
+        "udp_prefetch_datagrams_installed_total",
+        "counter",
+        "Datagrams whose page was installed in the LFC.",
+        t.installed,
+    );
+    single(
+        out,
+        "udp_prefetch_receives_total",
+        "counter",
+        "Receives that brought datagrams: one per datagram, or one per train the kernel \
+         coalesced (UDP GRO); datagrams received / receives is the datagrams per receive.",
+        t.receives,
+    );
+    dropped_by_reason(out, t);
+    single(
+        out,
+        "udp_prefetch_fragments_held_total",
+        "counter",
+        "Page fragments that authenticated and were kept until their page was whole (or given \
+         up: dropped reason=\"incomplete\", counted per page).",
+        t.fragments_held,
+    );
+    single(
+        out,
+        "udp_prefetch_fragments_rebuilt_total",
+        "counter",
+        "Pages made whole by rebuilding a lost fragment from their parity piece.",
+        t.fragments_rebuilt,
+    );
+    single(
+        out,
+        "udp_prefetch_kernel_drops_total",
+        "counter",
+        "Datagrams the kernel dropped for a full socket buffer (SO_RXQ_OVFL).",
+        t.kernel_drops,
+    );
+}
+
+/// The per-thread families: junk throttling, the real-time class, datagrams received and
+/// installed.
+fn thread_families(out: &mut String, threads: &[ThreadMetrics]) {
+    per_thread(
+        out,
+        "udp_prefetch_thread_junk_throttled_windows_total",
+        "Windows of 10 ms in which a worker thread turned away its budget of junk datagrams \
+         and slept out the rest of the window.",
+        threads,
+        |m| &m.junk_throttled,
+    );
+    family(
+        out,
+        "udp_prefetch_thread_realtime",
+        "gauge",
+        "1 while a worker thread runs in the real-time scheduling class (SCHED_FIFO), 0 when it \
+         runs in another (workers --thread-class; a demoted thread counts 0).",
+    );
+    for (i, m) in threads.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "udp_prefetch_thread_realtime{{thread=\"{i}\"}} {}",
+            m.realtime.load(Ordering::Relaxed)
+        );
+    }
+    per_thread(
+        out,
+        "udp_prefetch_thread_realtime_demotions_total",
+        "Times a real-time worker thread took more than its share of a CPU over a window and \
+         left the real-time class for a while.",
+        threads,
+        |m| &m.realtime_demotions,
+    );
+    per_thread(
+        out,
+        "udp_prefetch_thread_datagrams_received_total",
+        "Datagrams received, per worker thread.",
+        threads,
+        |m| &m.received,
+    );
+    per_thread(
+        out,
+        "udp_prefetch_thread_datagrams_installed_total",
+        "Datagrams installed, per worker thread.",
+        threads,
+        |m| &m.installed,
+    );
+}
+
+/// The cache's occupancy, counters and mapping.
+fn cache_gauges(out: &mut String, cache: &CacheGauges) {
+    single(
+        out,
+        "udp_prefetch_lfc_capacity_pages",
+        "gauge",
+        "Pages the LFC can hold.",
+        cache.lfc.capacity_pages,
+    );
+    single(
+        out,
+        "udp_prefetch_lfc_used_pages",
+        "gauge",
+        "Pages cached in the LFC.",
+        cache.lfc.used_pages,
+    );
+    lfc_counters(out, &cache.lfc);
+    single(
+        out,
+        "udp_prefetch_lfc_prefault_remaining_pages",
+        "gauge",
+        "LFC frames the daemon has not prefaulted yet (0: done, or --no-prefault).",
+        cache.prefault_remaining_pages,
+    );
+    single(
+        out,
+        "udp_prefetch_lfc_huge_pages",
+        "gauge",
+        "1 when the LFC is mapped with 2 MiB pages, 0 when with 4 KiB pages (see the operator guide).",
+        u64::from(cache.huge_pages),
+    );
 }
 
 /// The cache's counters, as every attached process (backends, prewarm, this daemon) bumped

@@ -612,19 +612,7 @@ impl Driver {
     /// Starts reading `tag` into `out`.
     pub fn start_read(&mut self, lfc: &Lfc, tag: BufferTag, out: &mut Page, now_ns: u64) -> Poll {
         assert!(self.current.is_none(), "one read at a time");
-        // Counted before any shortcut: a background prewarm yields to reads on every path.
-        lfc.note_read();
-        self.fetch_sent_ns = 0;
-        self.read_waited = false;
-        self.read_started_ns = now_ns;
-        self.read_udp_failed = false;
-        self.read_foreground = false;
-        self.wait_started_ns = None;
-        self.observe_daemon(lfc, now_ns);
-        self.reads_since_loss_check += 1;
-        if self.reads_since_loss_check >= READS_PER_LOSS_CHECK {
-            self.loss_check(lfc, now_ns, LOSS_SCAN);
-        }
+        self.begin_read(lfc, now_ns);
         let own = self.core.own_loss(&tag);
         self.read_fresh = self.core.own_is_fresh(&tag, now_ns);
         if self.health.path() == PrefetchPath::TcpPipelined
@@ -680,51 +668,88 @@ impl Driver {
                 }
                 self.done(lfc, ReadSource::Hit, now_ns)
             }
-            Some(Step::Wait(budget)) => {
-                // A wait for a prefetch requested just now is the start of a window, not a
-                // failing path: not counted while the path is young. Later, a backend whose
-                // reads keep waiting for prefetches it has just sent (one page ahead, or random
-                // reads) is using UDP as a slower synchronous fetch, and those waits count.
-                let young = self.health.reads_on_path() < FRESH_WAITS_GRACE_READS
-                    && self.health.time_on_path_ns(now_ns)
-                        < FRESH_WAITS_GRACE_LONG_WAITS * self.core.long_wait_ns();
-                if !self.read_fresh || !young {
-                    self.wait_started_ns = Some(now_ns);
-                }
-                let until_ns = now_ns + budget.as_nanos() as u64;
-                self.current = Some(Current {
-                    tag,
-                    phase: Phase::Waiting { until_ns, own },
-                });
-                Poll::Wait { tag, until_ns }
-            }
+            Some(Step::Wait(budget)) => self.wait_for_prefetch(tag, budget, own, now_ns),
             // The core sends an own prefetch to TCP at once only when it was lost (overtaken,
             // retries spent or overdue): a loss, not a dead path.
-            Some(Step::Fetch) => {
-                let miss = own.map(|_| Miss::AfterLoss);
-                // On UDP, a page neither prefetched by this backend nor requested by another:
-                // nobody asked (random reads), or it was cached when the window came to it and
-                // has been evicted since. Its read is one synchronous GetPage, which TCP
-                // pipelining's read-ahead would have avoided: counted as a read UDP failed
-                // (`LOST_SHARE_TO_DEGRADE`), not as a miss. Since installs clear request marks,
-                // such pages no longer look requested elsewhere (whose waits did count), and in
-                // the simulator (`none` seed 2851, a 30-page cache) a scan stayed on UDP reading
-                // one GetPage at a time. A page outside the window (another relation, or
-                // ahead of what was requested) is a foreground read: a GetPage on TCP
-                // pipelining too, behind the pipeline's responses, so no evidence against UDP
-                // and no blocked time TCP could save (`ReadTiming::foreground`). In `bench
-                // hol`, a scanning backend's foreground GetPages counted as failed reads and
-                // as blocked time, and took it to TCP.
-                if own.is_none() && self.health.path() == PrefetchPath::Udp {
-                    let in_window = self
-                        .window
-                        .is_some_and(|(rel, end)| tag.rel == rel && tag.blkno < end);
-                    self.read_udp_failed |= in_window;
-                    self.read_foreground = !in_window;
-                }
-                self.fetch(lfc, tag, miss, now_ns)
-            }
+            Some(Step::Fetch) => self.fetch_planned(lfc, tag, own, now_ns),
         }
+    }
+
+    /// A read starts: its state is reset, the daemon observed, and the own prefetches checked
+    /// for losses every `READS_PER_LOSS_CHECK` reads.
+    fn begin_read(&mut self, lfc: &Lfc, now_ns: u64) {
+        // Counted before any shortcut: a background prewarm yields to reads on every path.
+        lfc.note_read();
+        self.fetch_sent_ns = 0;
+        self.read_waited = false;
+        self.read_started_ns = now_ns;
+        self.read_udp_failed = false;
+        self.read_foreground = false;
+        self.wait_started_ns = None;
+        self.observe_daemon(lfc, now_ns);
+        self.reads_since_loss_check += 1;
+        if self.reads_since_loss_check >= READS_PER_LOSS_CHECK {
+            self.loss_check(lfc, now_ns, LOSS_SCAN);
+        }
+    }
+
+    /// The core said to wait up to `budget` for `tag`'s prefetch (own or another backend's).
+    fn wait_for_prefetch(
+        &mut self,
+        tag: BufferTag,
+        budget: std::time::Duration,
+        own: Option<OwnLoss>,
+        now_ns: u64,
+    ) -> Poll {
+        // A wait for a prefetch requested just now is the start of a window, not a
+        // failing path: not counted while the path is young. Later, a backend whose
+        // reads keep waiting for prefetches it has just sent (one page ahead, or random
+        // reads) is using UDP as a slower synchronous fetch, and those waits count.
+        let young = self.health.reads_on_path() < FRESH_WAITS_GRACE_READS
+            && self.health.time_on_path_ns(now_ns)
+                < FRESH_WAITS_GRACE_LONG_WAITS * self.core.long_wait_ns();
+        if !self.read_fresh || !young {
+            self.wait_started_ns = Some(now_ns);
+        }
+        let until_ns = now_ns + budget.as_nanos() as u64;
+        self.current = Some(Current {
+            tag,
+            phase: Phase::Waiting { until_ns, own },
+        });
+        Poll::Wait { tag, until_ns }
+    }
+
+    /// The core said to fetch `tag` by GetPage now: a lost own prefetch, or a page nobody
+    /// requested.
+    fn fetch_planned(
+        &mut self,
+        lfc: &Lfc,
+        tag: BufferTag,
+        own: Option<OwnLoss>,
+        now_ns: u64,
+    ) -> Poll {
+        let miss = own.map(|_| Miss::AfterLoss);
+        // On UDP, a page neither prefetched by this backend nor requested by another:
+        // nobody asked (random reads), or it was cached when the window came to it and
+        // has been evicted since. Its read is one synchronous GetPage, which TCP
+        // pipelining's read-ahead would have avoided: counted as a read UDP failed
+        // (`LOST_SHARE_TO_DEGRADE`), not as a miss. Since installs clear request marks,
+        // such pages no longer look requested elsewhere (whose waits did count), and in
+        // the simulator (`none` seed 2851, a 30-page cache) a scan stayed on UDP reading
+        // one GetPage at a time. A page outside the window (another relation, or
+        // ahead of what was requested) is a foreground read: a GetPage on TCP
+        // pipelining too, behind the pipeline's responses, so no evidence against UDP
+        // and no blocked time TCP could save (`ReadTiming::foreground`). In `bench
+        // hol`, a scanning backend's foreground GetPages counted as failed reads and
+        // as blocked time, and took it to TCP.
+        if own.is_none() && self.health.path() == PrefetchPath::Udp {
+            let in_window = self
+                .window
+                .is_some_and(|(rel, end)| tag.rel == rel && tag.blkno < end);
+            self.read_udp_failed |= in_window;
+            self.read_foreground = !in_window;
+        }
+        self.fetch(lfc, tag, miss, now_ns)
     }
 
     /// The wait of `Poll::Wait` is over: the tag arrived, the deadline passed, or a wake-up for
