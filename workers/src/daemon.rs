@@ -36,7 +36,7 @@ pub fn default_threads() -> usize {
     crate::sched::default_threads().min(MAX_THREADS)
 }
 /// How often a blocked thread rechecks the stop flag.
-const POLL: Duration = Duration::from_millis(50);
+pub const POLL: Duration = Duration::from_millis(50);
 /// Back-off when no LFC slot could be reserved (every frame reserved by someone).
 pub const NO_SLOT_BACKOFF: Duration = Duration::from_millis(1);
 /// Attempts at binding the group on a port the kernel picked (`--listen` port 0) when another

@@ -97,6 +97,14 @@ impl<'a> Ingest<'a> {
         self.assembly.frames()
     }
 
+    /// Gives up the pages not whole in time and, when no fragment has come for
+    /// [`ASSEMBLY_TIMEOUT_NS`], returns the assembly table's spare frames to the cache: call it
+    /// whenever the worker wakes, with datagrams or not (each give-up is counted as
+    /// `DropReason::Incomplete`).
+    pub fn expire_assembly(&mut self, now_wall_ns: u64, metrics: &ThreadMetrics) {
+        metrics.record_incomplete(self.assembly.expire_idle(now_wall_ns));
+    }
+
     /// Abandons the frames of the pages being joined (the daemon stops): none is published.
     pub fn abandon_assembly(&mut self) {
         self.assembly.abandon_all();
@@ -482,6 +490,45 @@ mod tests {
         assert_eq!(lfc.stats().evictions, 0);
         // Stopping abandons every frame held; none was published.
         ingest.abandon_assembly();
+        assert_eq!(lfc.stats().busy_pages, 0);
+    }
+
+    #[test]
+    fn an_idle_table_gives_its_frames_back_and_cached_pages_start_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
+        let mut ingest = Ingest::new(&lfc);
+        let m = ThreadMetrics::default();
+        // Two pages that each lost two pieces: held, then given up by the timeout.
+        for b in 0..2u32 {
+            let (_, frags) = split_page(&lfc, [b as u8 + 1; 16], b, b as u8);
+            for f in &frags[..7] {
+                assert_eq!(ingest.offer(f, 10, &m), Outcome::Held);
+            }
+        }
+        assert_eq!(ingest.assembly_frames(), 2);
+        // Within the timeout, nothing goes; past it, with no fragment since, the pages are
+        // given up and their frames go back to the cache rather than stay spares.
+        ingest.expire_assembly(10 + ASSEMBLY_TIMEOUT_NS - 1, &m);
+        assert_eq!(ingest.assembly_frames(), 2);
+        assert_eq!(lfc.stats().busy_pages, 2);
+        ingest.expire_assembly(10 + ASSEMBLY_TIMEOUT_NS, &m);
+        assert_eq!(m.dropped(DropReason::Incomplete), 2);
+        assert_eq!(ingest.assembly_frames(), 0);
+        assert_eq!(lfc.stats().busy_pages, 0, "no frame held while idle");
+        // A page joined once and replayed after `recent` forgot it: the cache has it, so its
+        // fragments claim no frame.
+        let (hdr, frags) = split_page(&lfc, [9; 16], 9, 9);
+        for f in &frags[..8] {
+            ingest.offer(f, 20 * ASSEMBLY_TIMEOUT_NS, &m);
+        }
+        assert!(lfc.contains(&hdr.tag));
+        let mut ingest = Ingest::new(&lfc);
+        assert_eq!(
+            ingest.offer(&frags[3], 20 * ASSEMBLY_TIMEOUT_NS, &m),
+            Outcome::Done(Err(DropReason::AlreadyPresent))
+        );
+        assert_eq!(ingest.assembly_frames(), 0);
         assert_eq!(lfc.stats().busy_pages, 0);
     }
 

@@ -333,6 +333,15 @@ impl<'a> SlotBook<'a> {
         self.ingest.abandon_assembly();
     }
 
+    /// Clears the assembly table of what timed out, and of its spare frames when idle
+    /// (`Ingest::expire_assembly`); nothing to do (no clock read by the caller needed) when it
+    /// holds no frame.
+    pub fn expire_assembly(&mut self, now_wall_ns: impl FnOnce() -> u64, metrics: &ThreadMetrics) {
+        if self.ingest.assembly_frames() > 0 {
+            self.ingest.expire_assembly(now_wall_ns(), metrics);
+        }
+    }
+
     /// The worker's ingest (its assembly table, for tests and the simulator's checks).
     pub fn ingest(&self) -> &Ingest<'a> {
         &self.ingest
@@ -476,6 +485,8 @@ impl<'a> SlotPump<'a> {
                 .post_free(|id, regions| receiver.post_train(id, regions))?
         };
         if self.receiver.posted() == 0 {
+            // Every frame reserved: the table's may be what the cache is short of.
+            self.book.expire_assembly(lfc::wall_ns, metrics);
             return Ok(Step::NoSlot);
         }
         let n = self
@@ -490,6 +501,9 @@ impl<'a> SlotPump<'a> {
             datagrams += self.book.complete(c, now_wall_ns, metrics, |_| {});
         }
         self.book.flush_senders();
+        // Woken by the timeout too: an idle worker gives back the frames it held for joining.
+        self.book
+            .expire_assembly(|| if n > 0 { now_wall_ns } else { lfc::wall_ns() }, metrics);
         Ok(Step::Received(datagrams))
     }
 

@@ -112,6 +112,9 @@ enum Ev {
         packet: Packet,
     },
     WorkerRun(usize),
+    /// A worker thread's receive wait timed out (`workers::daemon::POLL`): it clears its
+    /// assembly table as the daemon's does.
+    WorkerTimeout(usize),
     AttackerTick,
     ForgeBurst {
         count: u8,
@@ -467,6 +470,7 @@ impl<'a> World<'a> {
             }
             Ev::UdpArrive { packet } => self.udp_arrive(packet),
             Ev::WorkerRun(w) => self.worker_run(w),
+            Ev::WorkerTimeout(w) => self.worker_timeout(w),
             Ev::AttackerTick => self.attacker_tick(),
             Ev::ForgeBurst { count, kind } => self.forge_burst(count, kind),
             Ev::ReplayBurst { count } => self.replay_burst(count),

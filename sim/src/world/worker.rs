@@ -36,6 +36,8 @@ pub(super) struct WorkerNode<'a> {
     /// that order).
     pub(super) posted: VecDeque<(u32, SlotRegions)>,
     pub(super) scheduled: bool,
+    /// A `WorkerTimeout` is pending.
+    pub(super) timeout_scheduled: bool,
     pub(super) metrics: ThreadMetrics,
     pub(super) delivered: u64,
     pub(super) tail_drops: u64,
@@ -71,6 +73,7 @@ pub(super) fn build_workers<'a>(cfg: &SimConfig, lfc: &'a Lfc) -> Vec<WorkerNode
             book: SlotBook::new(lfc, cfg.slots_per_worker),
             posted: VecDeque::with_capacity(cfg.slots_per_worker),
             scheduled: false,
+            timeout_scheduled: false,
             metrics: ThreadMetrics::default(),
             delivered: 0,
             tail_drops: 0,
@@ -103,6 +106,54 @@ impl World<'_> {
         if self.workers[w].queue.is_empty() {
             return;
         }
+        self.worker_run_queue(w);
+        // The daemon's step clears the assembly table after each batch, and its receive wait
+        // times out while the table holds frames (`SlotPump::step`).
+        if !self.cfg.daemon.gone_at(self.now) && self.cfg.daemon.paused_until(self.now).is_none() {
+            self.expire_assembly(w);
+        }
+    }
+
+    /// A receive wait timed out (nothing came for `POLL`): the table is cleared, and the wait
+    /// goes on while it still holds frames. A paused daemon does nothing; a dead one holds
+    /// nothing.
+    pub(super) fn worker_timeout(&mut self, w: usize) {
+        self.workers[w].timeout_scheduled = false;
+        if self.cfg.daemon.gone_at(self.now) {
+            return;
+        }
+        if let Some(until) = self.cfg.daemon.paused_until(self.now) {
+            self.workers[w].timeout_scheduled = true;
+            self.schedule(until, Ev::WorkerTimeout(w));
+            return;
+        }
+        self.expire_assembly(w);
+    }
+
+    /// `SlotBook::expire_assembly` (or the copy path's `Ingest`'s) now, and a timeout ahead
+    /// while frames are still held.
+    fn expire_assembly(&mut self, w: usize) {
+        let now = self.now;
+        let zero_copy = self.cfg.slots_per_worker > 0;
+        let worker = &mut self.workers[w];
+        let held = if zero_copy {
+            worker.book.expire_assembly(|| now, &worker.metrics);
+            worker.book.ingest().assembly_frames()
+        } else {
+            self.ingest.expire_assembly(now, &worker.metrics);
+            self.ingest.assembly_frames()
+        };
+        if held > 0 && !worker.timeout_scheduled {
+            worker.timeout_scheduled = true;
+            self.schedule(
+                now + workers::daemon::POLL.as_nanos() as u64,
+                Ev::WorkerTimeout(w),
+            );
+        }
+    }
+
+    /// The body of `worker_run`: one datagram off the queue, received and ingested.
+    fn worker_run_queue(&mut self, w: usize) {
         if let Some(until) = self.cfg.daemon.paused_until(self.now) {
             // SIGSTOPped: the socket keeps queueing; the thread runs again when continued.
             self.workers[w].scheduled = true;
