@@ -139,7 +139,24 @@ struct Injected {
     after: Duration,
 }
 
-pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+/// What the fault of a case did, on its udp record: when the daemon was killed or paused
+/// (how full the LFC was then), or that the scan ended before the fault came.
+fn fault_params(rec: BenchRecord, fault: Fault, injected: Option<Injected>) -> BenchRecord {
+    match (fault, injected) {
+        (Fault::None, _) => rec,
+        (Fault::Kill { .. } | Fault::Pause { .. }, None) => rec.param("fault_injected", false),
+        (Fault::Kill { .. }, Some(i)) => rec
+            .param("killed_at_lfc_pages", i.lfc_pages)
+            .param("killed_at_ms", i.after.as_millis() as u64),
+        (Fault::Pause { for_time, .. }, Some(i)) => rec
+            .param("paused_at_lfc_pages", i.lfc_pages)
+            .param("paused_at_ms", i.after.as_millis() as u64)
+            .param("paused_ms", for_time.as_millis() as u64),
+    }
+}
+
+/// The flags' bounds, checked before anything starts.
+fn validate(args: &DegradeBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.pages > 0, "--pages must be at least 1");
     anyhow::ensure!(
         args.depth >= 1 && args.distance >= 1,
@@ -150,6 +167,11 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         "--kill-at and --pause-at are fractions in 0..1"
     );
     anyhow::ensure!(!args.cases.is_empty(), "--cases names no case");
+    Ok(())
+}
+
+pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+    validate(args)?;
     let scratch = ScratchDir::new("udp-prefetch-bench-degrade")?;
     // The servers without loss are shared by the cases that need one; each lossy case gets its
     // own, which also serves its baseline (TCP is reliable: the loss only touches datagrams).
@@ -216,17 +238,7 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             .param("wait_p50_us", round1(udp.wait_p50_us))
             .param("wait_p99_us", round1(udp.wait_p99_us))
             .param("verified", udp.verified);
-        rec = match (fault, injected) {
-            (Fault::None, _) => rec,
-            (Fault::Kill { .. } | Fault::Pause { .. }, None) => rec.param("fault_injected", false),
-            (Fault::Kill { .. }, Some(i)) => rec
-                .param("killed_at_lfc_pages", i.lfc_pages)
-                .param("killed_at_ms", i.after.as_millis() as u64),
-            (Fault::Pause { for_time, .. }, Some(i)) => rec
-                .param("paused_at_lfc_pages", i.lfc_pages)
-                .param("paused_at_ms", i.after.as_millis() as u64)
-                .param("paused_ms", for_time.as_millis() as u64),
-        };
+        rec = fault_params(rec, fault, injected);
         records.push(rec.against(&base_rec));
         records.push(base_rec);
     }

@@ -59,6 +59,47 @@ struct BesideScans {
     prewarm: Option<PrewarmReport>,
 }
 
+/// The prewarm of the beside-scans rows: the whole of relation 0's plan by UDP, at `priority`.
+fn beside_prewarm_config(
+    connect: ConnectOptions,
+    udp_port: u16,
+    priority: PrefetchPriority,
+    args: &PrewarmBenchArgs,
+) -> PrewarmConfig {
+    PrewarmConfig {
+        connect,
+        prefetch_port: Some(udp_port),
+        rate_bytes_per_s: 0,
+        deadline: None,
+        schedule: ScheduleConfig::default(),
+        progress: false,
+        udp: true,
+        priority,
+        yield_pages: args.yield_pages,
+        shards: Default::default(),
+    }
+}
+
+/// One scan of the beside-scans rows: `--scan-pages` of relation `rel` in `udp` mode.
+fn beside_scan_config(
+    connect: ConnectOptions,
+    rel: u32,
+    udp_port: u16,
+    args: &PrewarmBenchArgs,
+) -> ScanConfig {
+    ScanConfig {
+        connect,
+        rel: Synthetic::rel(rel),
+        blocks: Some(0..args.scan_pages),
+        mode: ScanMode::Udp,
+        distance: 512,
+        cpu_per_page_us: 0,
+        prefetch_port: Some(udp_port),
+        read_path: ReadPathConfig::default(),
+        shards: Default::default(),
+    }
+}
+
 /// `args.scans` udp scans, each of its own relation (1, 2, …), on a fresh LFC and daemon;
 /// beside a prewarm of relation 0 (`args.pages`) at `prewarm` priority, started with them.
 fn beside_scans_case(
@@ -80,34 +121,13 @@ fn beside_scans_case(
         let prewarm = prewarm.map(|priority| {
             let rel = Synthetic::rel(0);
             let plan: Vec<_> = (0..args.pages).map(|b| rel.block(b)).collect();
-            let cfg = PrewarmConfig {
-                connect: connect.clone(),
-                prefetch_port: Some(udp_port),
-                rate_bytes_per_s: 0,
-                deadline: None,
-                schedule: ScheduleConfig::default(),
-                progress: false,
-                udp: true,
-                priority,
-                yield_pages: args.yield_pages,
-                shards: Default::default(),
-            };
+            let cfg = beside_prewarm_config(connect.clone(), udp_port, priority, args);
             let lfc = &lfc;
             s.spawn(move || run_prewarm(&cfg, lfc, &plan))
         });
         let scans: Vec<_> = (0..args.scans)
             .map(|i| {
-                let cfg = ScanConfig {
-                    connect: connect.clone(),
-                    rel: Synthetic::rel(1 + i),
-                    blocks: Some(0..args.scan_pages),
-                    mode: ScanMode::Udp,
-                    distance: 512,
-                    cpu_per_page_us: 0,
-                    prefetch_port: Some(udp_port),
-                    read_path: ReadPathConfig::default(),
-                    shards: Default::default(),
-                };
+                let cfg = beside_scan_config(connect.clone(), 1 + i, udp_port, args);
                 let lfc = &lfc;
                 s.spawn(move || run_scan(&cfg, Some(lfc)))
             })

@@ -108,7 +108,35 @@ fn record(
         .param("verified", r.verified)
 }
 
-pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+/// A udp scan's two records, against the tcp-pipelined scan's: pages/s and compute CPU per
+/// page. `point` is (delay µs, drop fraction, per-page work µs).
+fn udp_records(
+    args: &ScanBenchArgs,
+    udp_run: &Measured,
+    (delay, drop_fraction, cpu): (u64, f64, u64),
+    pipe_rec: &BenchRecord,
+    pipe_cpu: &BenchRecord,
+) -> [BenchRecord; 2] {
+    [
+        record(
+            "udp",
+            &udp_run.report,
+            delay,
+            drop_fraction,
+            cpu,
+            Ahead::Distance(args.distance),
+        )
+        .param("daemon_threads", args.daemon_threads)
+        .against(pipe_rec),
+        udp_run
+            .compute_cpu_record("udp-compute-cpu", delay, cpu)
+            .param("drop", drop_fraction)
+            .against(pipe_cpu),
+    ]
+}
+
+/// The flags' bounds, checked before anything starts.
+fn validate(args: &ScanBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.pages > 0 && !args.delays.is_empty() && !args.drops.is_empty() && !args.cpu.is_empty()
     );
@@ -120,6 +148,11 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         args.drops.iter().all(|d| (0.0..1.0).contains(d)),
         "drops are fractions in 0..1"
     );
+    Ok(())
+}
+
+pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+    validate(args)?;
     let udp_runs = (args.delays.len() * args.drops.len() * args.cpu.len()) as u32;
     let threads = args.daemon_threads.to_string();
     // Each UDP run scans its own relation, so every run starts with a cold cache.
@@ -179,24 +212,8 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                     udp.failed == 0 && sync.failed == 0 && pipelined.failed == 0,
                     "a page failed verification"
                 );
-                records.push(
-                    record(
-                        "udp",
-                        udp,
-                        delay,
-                        drop_fraction,
-                        cpu,
-                        Ahead::Distance(args.distance),
-                    )
-                    .param("daemon_threads", args.daemon_threads)
-                    .against(&pipe_rec),
-                );
-                records.push(
-                    udp_run
-                        .compute_cpu_record("udp-compute-cpu", delay, cpu)
-                        .param("drop", drop_fraction)
-                        .against(&pipe_cpu),
-                );
+                let point = (delay, drop_fraction, cpu);
+                records.extend(udp_records(args, &udp_run, point, &pipe_rec, &pipe_cpu));
             }
         }
     }

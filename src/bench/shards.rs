@@ -275,7 +275,25 @@ fn scan_params(rec: BenchRecord, r: &ScanReport) -> BenchRecord {
         .param("wait_max_us", round3(r.wait_max_us))
 }
 
-pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+/// A TCP-only prewarm of `pages` over the shards of `map`, on an LFC of its own at `lfc_path`
+/// (removed afterwards).
+fn tcp_only_prewarm(
+    args: &ShardsBenchArgs,
+    map: &ShardMap,
+    lfc_path: &std::path::Path,
+    pages: u32,
+) -> anyhow::Result<PrewarmReport> {
+    let mut daemon = DaemonProc::start(lfc_path, lfc_bytes(args), &["--threads", "1"])?;
+    let lfc = Lfc::open(lfc_path)?;
+    let report = prewarm(map, &lfc, pages, None, false);
+    drop(lfc);
+    daemon.stop();
+    let _ = std::fs::remove_file(lfc_path);
+    report
+}
+
+/// The flags' bounds, checked before anything starts.
+fn validate(args: &ShardsBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.pages > 0 && args.pages_from_8 != Some(0),
         "--pages and --pages-from-8 must be positive"
@@ -284,6 +302,11 @@ pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         !args.shard_counts.is_empty(),
         "--shard-counts names no shard count"
     );
+    Ok(())
+}
+
+pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
+    validate(args)?;
     let scratch = ScratchDir::new("udp-prefetch-bench-shards")?;
     let mut records = Vec::new();
     for &n in &args.shard_counts {
@@ -320,14 +343,8 @@ pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         // The prewarms: TCP-only on an LFC of its own, then udp on a fresh one, which the
         // daemon's spread and the per-shard counts are taken from (a scan and a prewarm's
         // datagrams).
-        let tcp_lfc_path = scratch.0.join(format!("lfc-tcp-{n}"));
-        let mut tcp_daemon =
-            DaemonProc::start(&tcp_lfc_path, lfc_bytes(args), &["--threads", "1"])?;
-        let tcp_lfc = Lfc::open(&tcp_lfc_path)?;
-        let tcp_prewarm = prewarm(&map, &tcp_lfc, pages, None, false)?;
-        drop(tcp_lfc);
-        tcp_daemon.stop();
-        let _ = std::fs::remove_file(&tcp_lfc_path);
+        let tcp_prewarm =
+            tcp_only_prewarm(args, &map, &scratch.0.join(format!("lfc-tcp-{n}")), pages)?;
         let lfc_path = scratch.0.join(format!("lfc-udp-{n}"));
         let pass = udp_pass(args, &servers, &map, &lfc_path, pages, true)?;
         drop(servers);

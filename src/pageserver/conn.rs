@@ -469,13 +469,7 @@ fn pagestream_session(
     // Prefetch requests and registrations are handled here, on the reader: a Prefetch has no
     // TCP answer, so handing it to the responder would only add a thread wake-up (and its
     // scheduling delay on a busy machine) before the page can be queued for sending.
-    let peer_ip = stream.tcp().peer_addr().map(|a| a.ip()).ok();
-    let config = SessionConfig {
-        service_delay_ns: shared.config.service_delay_us.saturating_mul(1_000),
-        protection: datagram_protection(shared, stream.is_tls()),
-        shard: shared.config.shard,
-    };
-    let mut session = Session::new(conn_id, peer_ip, config);
+    let mut session = new_session(stream, shared, conn_id);
     let result = loop {
         let fatal = match reader.next(|b| decoder.decode(b)) {
             Ok(Some(FrontendMessage::CopyData(payload)))
@@ -527,16 +521,32 @@ fn pagestream_session(
         break Err(ConnError::Refused(msg));
     };
     if session.target().is_some() {
-        // Its backend is gone: nobody reads what it asked for.
-        let dropped = shared.prefetch.forget(conn_id);
-        shared
-            .stats
-            .prefetch_pages_dropped_closed
-            .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+        forget_prefetches(shared, conn_id);
     }
     drop(tx);
     let _ = responder.join();
     result
+}
+
+/// The session's sans-IO state, configured from the server's flags and the connection.
+fn new_session(stream: &Stream, shared: &Arc<Shared>, conn_id: ConnId) -> Session {
+    let peer_ip = stream.tcp().peer_addr().map(|a| a.ip()).ok();
+    let config = SessionConfig {
+        service_delay_ns: shared.config.service_delay_us.saturating_mul(1_000),
+        protection: datagram_protection(shared, stream.is_tls()),
+        shard: shared.config.shard,
+    };
+    Session::new(conn_id, peer_ip, config)
+}
+
+/// A session that registered a prefetch target ended: its backend is gone, so nobody reads
+/// what it asked for, and its queued prefetches are dropped (counted).
+fn forget_prefetches(shared: &Arc<Shared>, conn_id: ConnId) {
+    let dropped = shared.prefetch.forget(conn_id);
+    shared
+        .stats
+        .prefetch_pages_dropped_closed
+        .fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// How this session's datagrams are protected: as configured, or else encrypted when the

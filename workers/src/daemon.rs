@@ -359,18 +359,7 @@ pub fn run(
     // Before binding anything: a second daemon for this cache must not take datagrams meant
     // for the first one.
     let _daemon_lock = lfc.lock_for_daemon()?;
-    // A crashed predecessor's reservations (its posted receive slots) stay BUSY until the CLOCK
-    // sweep meets them; take them back now, once, so a crash loop cannot shrink the cache.
-    let reclaimed = lfc.reclaim_dead_frames();
-    if reclaimed > 0 {
-        tracing::info!(
-            reclaimed,
-            "took back the frames dead processes had left reserved in the LFC"
-        );
-    }
-    // The sender table counts what this daemon receives, as its metrics do (a predecessor's
-    // senders, often a page server's earlier ports, give their entries back).
-    lfc.reset_sender_counts();
+    take_over(&lfc);
     let backend = config.io.resolve()?;
     let sockets = bind_group(config)?;
     let listen = sockets[0].local_addr().map_err(|source| DaemonError::Io {
@@ -420,6 +409,23 @@ pub fn run(
     );
     tracing::info!("workers stopped; the LFC is consistent (no slot left reserved)");
     result
+}
+
+/// What a daemon does to the cache it now serves alone (under the one-daemon lock) before it
+/// receives anything.
+fn take_over(lfc: &Lfc) {
+    // A crashed predecessor's reservations (its posted receive slots) stay BUSY until the CLOCK
+    // sweep meets them; take them back now, once, so a crash loop cannot shrink the cache.
+    let reclaimed = lfc.reclaim_dead_frames();
+    if reclaimed > 0 {
+        tracing::info!(
+            reclaimed,
+            "took back the frames dead processes had left reserved in the LFC"
+        );
+    }
+    // The sender table counts what this daemon receives, as its metrics do (a predecessor's
+    // senders, often a page server's earlier ports, give their entries back).
+    lfc.reset_sender_counts();
 }
 
 /// Turns UDP GRO on for every socket of the group, or for none: a kernel that refuses it

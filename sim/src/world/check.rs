@@ -189,6 +189,25 @@ impl World<'_> {
             self.violate(ViolationKind::Accounting, msg);
             return;
         }
+        let Some(ingest_installed) = self.worker_accounting() else {
+            return;
+        };
+        let stats = self.lfc.stats();
+        if stats.installs != ingest_installed + self.shell_installs {
+            let msg = format!(
+                "LFC counted {} installs; ingest installed {ingest_installed} and backends {}",
+                stats.installs, self.shell_installs
+            );
+            self.violate(ViolationKind::Accounting, msg);
+            return;
+        }
+        self.check_occupancy();
+        self.audit_cache();
+    }
+
+    /// Each worker's metrics against the datagrams the simulator delivered to it and the
+    /// verdicts it saw: the installs they add up to, or `None` after raising the violation.
+    fn worker_accounting(&mut self) -> Option<u64> {
         let mut ingest_installed = 0;
         for (i, w) in self.workers.iter().enumerate() {
             let m = &w.metrics;
@@ -218,21 +237,16 @@ impl World<'_> {
                     w.delivered
                 );
                 self.violate(ViolationKind::Accounting, msg);
-                return;
+                return None;
             }
             ingest_installed += installed;
         }
-        let stats = self.lfc.stats();
-        if stats.installs != ingest_installed + self.shell_installs {
-            let msg = format!(
-                "LFC counted {} installs; ingest installed {ingest_installed} and backends {}",
-                stats.installs, self.shell_installs
-            );
-            self.violate(ViolationKind::Accounting, msg);
-            return;
-        }
-        self.check_occupancy();
-        // Audit: every page still cached is a real version, not older than any completed write.
+        Some(ingest_installed)
+    }
+
+    /// The final audit: every page still cached is a real version, not older than any
+    /// completed write.
+    fn audit_cache(&mut self) {
         let mut page = Box::new([0u8; PAGE_SIZE]);
         for tag in self
             .lfc
