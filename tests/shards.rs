@@ -326,14 +326,20 @@ fn a_shard_whose_datagrams_are_all_dropped_serves_its_pages_by_tcp_and_the_other
         assert_eq!(per_shard[DROPPING]["path"], "tcp-pipelined", "{r}");
         let healthy: Vec<usize> = (0..SHARDS).filter(|&s| s != DROPPING).collect();
         // A healthy shard may leave UDP for a calibration window (it measures TCP's pace when
-        // its reads block, ARCHITECTURE §6) and come back; only a move for another reason
-        // counts as leaving.
+        // its reads block, ARCHITECTURE §6), and stay on TCP when that window finds its own
+        // reads faster there ("reads took X µs each on UDP, Y µs on TCP pipelining"): on a
+        // loaded machine the debug build's daemon shares the CPUs with the scan, and the
+        // never-worse-than-TCP rule then takes a healthy shard off UDP by its own measurement
+        // (2 of 8 runs of this test on an AMD EPYC guest), which says nothing of the dropping
+        // shard. Leaving counts when a rule that sees missing pages moved it: that is what
+        // the dropping shard's datagrams could leak into.
         let moved = |s: usize| {
             log.iter().any(|c| {
                 let reason = c["reason"].as_str().unwrap();
                 c["to"] == "tcp-pipelined"
                     && reason.starts_with(&format!("shard {s}:"))
                     && !reason.contains("measuring TCP pipelining's pace")
+                    && !reason.contains("on TCP pipelining")
             })
         };
         if healthy.iter().any(|&s| moved(s)) && attempt < ATTEMPTS {
