@@ -90,10 +90,9 @@ pub(crate) fn state_change_reasons<'a>(
                 class.push(ch);
             }
         }
-        let to = match c.to {
-            crate::compute::backend::PrefetchPath::Udp => "udp",
-            crate::compute::backend::PrefetchPath::TcpPipelined => "tcp",
-        };
+        // The path as `udp_state_log` names it ("udp", "tcp-pipelined").
+        let to = serde_json::to_value(c.to).unwrap_or_default();
+        let to = to.as_str().unwrap_or("?");
         *out.entry(format!("{to}: {class}")).or_insert(0) += 1;
     }
     serde_json::json!(out)
