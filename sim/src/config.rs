@@ -259,6 +259,9 @@ pub struct SimConfig {
     pub forged_per_ms: f64,
     pub links: Vec<LinkFaults>,
     pub daemon: DaemonFault,
+    /// Backend `b` starts `b` times this after the first (0: all at once). Not drawn: the
+    /// liveness check runs each seed at several (`LIVENESS_START_SKEWS_NS`).
+    pub start_skew_ns: u64,
 }
 
 /// Virtual time at which a run starts: not 0, because the LFC's request marks keep
@@ -365,6 +368,7 @@ impl SimConfig {
             forged_per_ms: draw_f(&mut rng, r.forged_per_ms),
             links,
             daemon,
+            start_skew_ns: 0,
         }
     }
 

@@ -48,6 +48,10 @@ struct Args {
     /// With --seed: print the configuration the seed draws.
     #[arg(long, requires = "seed")]
     show_config: bool,
+    /// With --seed: backend b starts b times this many microseconds after the first (as a
+    /// violation found with skewed starts prints it).
+    #[arg(long, requires = "seed", default_value_t = 0)]
+    start_skew_us: u64,
 }
 
 fn parse_profile(s: &str) -> Result<FaultProfile, String> {
@@ -79,6 +83,7 @@ fn replay(args: &Args, seed: u64) -> ExitCode {
         seed,
         profile: args.faults,
         ops,
+        start_skew_ns: args.start_skew_us.saturating_mul(1_000),
     };
     if args.show_config {
         let cfg = sim::SimConfig::for_seed(seed, args.faults);

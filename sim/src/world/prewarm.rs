@@ -91,11 +91,12 @@ pub(super) fn prewarm_driver_config(seed: u64) -> DriverConfig {
 }
 
 impl World<'_> {
-    /// The backends' first steps, now.
+    /// The backends' first steps: the first now, each next one `start_skew_ns` later.
     pub(super) fn start_backends(&mut self) {
         self.report.backends_started_ns = self.now - START_NS;
         for b in 0..self.backends.len() {
-            self.schedule(self.now, Ev::BackendStep(b));
+            let at = self.now + b as u64 * self.cfg.start_skew_ns;
+            self.schedule(at, Ev::BackendStep(b));
         }
     }
 
