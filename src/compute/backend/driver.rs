@@ -1084,6 +1084,15 @@ mod tests {
             .collect()
     }
 
+    fn prefetch_runs(ts: &[Transmit]) -> Vec<PrefetchRun> {
+        ts.iter()
+            .filter_map(|t| match t {
+                Transmit::Prefetch(r) => Some(*r),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Answers `Poll::AwaitResponse` with the page of the oldest GetPage in `wire`.
     fn answer(
         d: &mut Driver,
@@ -1402,13 +1411,7 @@ mod tests {
         f.lfc.daemon_heartbeat(start + MS);
         d.prefetch(&f.lfc, rel, 144..192, start + 2 * MS);
         let sent = drain(&mut d);
-        let probe: Vec<PrefetchRun> = sent
-            .iter()
-            .filter_map(|t| match t {
-                Transmit::Prefetch(r) => Some(*r),
-                _ => None,
-            })
-            .collect();
+        let probe = prefetch_runs(&sent);
         assert_eq!(probe.len(), 1);
         assert_eq!((probe[0].first, probe[0].n), (184, PROBE_PAGES as u16));
         assert_eq!(sent[0], Transmit::Target { udp_port: 7000 });
@@ -1457,13 +1460,7 @@ mod tests {
         d.prefetch(&f.lfc, synthetic_rel(0), 0..window, T0);
         let sent = drain(&mut d);
         assert_eq!(sent[0], Transmit::Target { udp_port: 7000 });
-        let probe: Vec<PrefetchRun> = sent
-            .iter()
-            .filter_map(|t| match t {
-                Transmit::Prefetch(r) => Some(*r),
-                _ => None,
-            })
-            .collect();
+        let probe = prefetch_runs(&sent);
         let probe_pages = window - PROBE_PAGES as u32..window;
         assert_eq!(probe.len(), 1);
         assert_eq!(
