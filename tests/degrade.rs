@@ -164,15 +164,15 @@ fn udp_scan_without_prefetch_port_finds_the_daemon_through_the_lfc() {
     );
     let r = report("udp scan", &done);
     assert_every_page_verified(&r, 3000);
-    // Found through the LFC: the backend started with the daemon's address from the header
-    // (on TCP pipelining until its probe arrives), and the daemon received what the page
-    // server sent there. (Whether UDP then won against TCP pipelining depends on the
-    // machine's load, and is not this test's question.)
+    // Found through the LFC: the backend started on UDP with the daemon's address from the
+    // header, and the daemon received what the page server sent there. (Whether UDP then won
+    // against TCP pipelining depends on the machine's load, and is not this test's question.)
     let udp_port = workers.udp_port;
     let start = &r["udp_state_log"][0];
+    assert_eq!(start["to"], "udp", "{r}");
     assert!(
         start["reason"].as_str().is_some_and(
-            |why| why.starts_with("worker daemon at") && why.contains(&format!(":{udp_port};"))
+            |why| why.starts_with("worker daemon at") && why.ends_with(&format!(":{udp_port}"))
         ),
         "the scan did not take the daemon's address from the LFC: {r}"
     );

@@ -257,58 +257,27 @@ impl Driver {
     }
 
     /// A backend over `lfc`. `port_override` is the operator's `--prefetch-port`; without it
-    /// the daemon's port comes from the LFC header. With a daemon alive (or a port given) it
-    /// starts on TCP pipelining with a UDP probe due at once, and takes up UDP when the probe's
-    /// pages arrive (`UdpHealth::start_probing`); else on TCP pipelining, probing UDP as
-    /// daemons come and go.
+    /// the daemon's port comes from the LFC header. Starts on UDP when a daemon is alive (or a
+    /// port was given), else on TCP pipelining, probing UDP as daemons come and go.
     pub fn new(config: ReadPathConfig, port_override: Option<u16>, lfc: &Lfc, now_ns: u64) -> Self {
-        Self::start(config, port_override, lfc, now_ns, true)
-    }
-
-    /// As `new`, but a backend with a daemon (or a port) is on UDP at once, without the
-    /// start-up probe: the state the tests of the UDP path start from.
-    #[cfg(test)]
-    pub(crate) fn new_on_udp(
-        config: ReadPathConfig,
-        port_override: Option<u16>,
-        lfc: &Lfc,
-        now_ns: u64,
-    ) -> Self {
-        Self::start(config, port_override, lfc, now_ns, false)
-    }
-
-    fn start(
-        config: ReadPathConfig,
-        port_override: Option<u16>,
-        lfc: &Lfc,
-        now_ns: u64,
-        probe_first: bool,
-    ) -> Self {
         let mut d = Self::build(config, port_override, now_ns);
         d.datagrams_at_start = lfc.datagrams_installed();
         if let Some(port) = port_override {
             d.register(port);
         }
         d.observe_daemon(lfc, now_ns);
-        let why = match (d.daemon_view, d.daemon_addr, port_override) {
-            (_, _, Some(port)) => format!("prefetch port {port} given"),
-            (DaemonView::Alive, Some(addr), None) => format!("worker daemon at {addr}"),
-            _ => {
-                d.health.note_start(if d.daemon_view == DaemonView::Absent {
-                    "no worker daemon serves this LFC"
-                } else {
-                    "the worker daemon of this LFC is not alive"
-                });
-                return d;
-            }
-        };
-        if probe_first {
-            d.health.start_probing(
-                now_ns,
-                &format!("{why}; TCP pipelining until a UDP probe arrives"),
-            );
-        } else {
-            d.health.start_udp(now_ns, &why);
+        match (d.daemon_view, d.daemon_addr, port_override) {
+            (_, _, Some(port)) => d
+                .health
+                .start_udp(now_ns, &format!("prefetch port {port} given")),
+            (DaemonView::Alive, Some(addr), None) => d
+                .health
+                .start_udp(now_ns, &format!("worker daemon at {addr}")),
+            _ => d.health.note_start(if d.daemon_view == DaemonView::Absent {
+                "no worker daemon serves this LFC"
+            } else {
+                "the worker daemon of this LFC is not alive"
+            }),
         }
         d
     }
@@ -469,11 +438,6 @@ impl Driver {
             Some((r, end)) if r == rel => (rel, end.max(blocks.end)),
             _ => (rel, blocks.end),
         });
-        if blocks.len() == 1 {
-            // A probe is the last pages of a range: single-page prefetches (an index scan's)
-            // leave no room for the start-up probe, and start on UDP as they always did.
-            self.health.start_unprobed(now_ns);
-        }
         let requested = match self.health.path() {
             PrefetchPath::Udp => self.prefetch_udp(lfc, rel, blocks, now_ns),
             PrefetchPath::TcpPipelined => self.prefetch_tcp(lfc, rel, blocks, now_ns),
@@ -1150,7 +1114,7 @@ mod tests {
         const US: u64 = 1_000;
         let f = fixture(true);
         let lfc = &f.lfc;
-        let mut d = Driver::new_on_udp(ReadPathConfig::default(), None, lfc, T0);
+        let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
         assert_eq!(d.path(), PrefetchPath::Udp);
         let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
         let mut now = T0;
@@ -1253,7 +1217,7 @@ mod tests {
         let f = crate::compute::test_support::fixture(16);
         let lfc = &f.lfc;
         lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
-        let mut d = Driver::new_on_udp(ReadPathConfig::default(), None, lfc, T0);
+        let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
         let rel = synthetic_rel(0);
         d.prefetch(lfc, rel, 0..16, T0);
         drain(&mut d);
@@ -1301,7 +1265,7 @@ mod tests {
     fn prefetches_that_stop_arriving_move_the_window_to_tcp_within_one_wait() {
         let f = fixture(true);
         f.lfc.daemon_heartbeat(T0);
-        let mut d = Driver::new_on_udp(ReadPathConfig::default(), None, &f.lfc, T0);
+        let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
         assert_eq!(d.path(), PrefetchPath::Udp);
         let rel = synthetic_rel(0);
         d.prefetch(&f.lfc, rel, 0..256, T0);
@@ -1347,7 +1311,7 @@ mod tests {
     #[test]
     fn a_skipped_page_evicted_before_its_read_makes_the_pipeline_fetch_cached_pages() {
         let f = crate::compute::test_support::fixture(64);
-        let mut d = Driver::new_on_udp(ReadPathConfig::default(), None, &f.lfc, T0);
+        let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
         let rel = synthetic_rel(0);
         let install = |tag: BufferTag| {
             f.lfc
@@ -1397,6 +1361,24 @@ mod tests {
 
     #[test]
     fn a_passing_probe_returns_to_udp_and_a_failing_one_costs_no_wait() {
+        let d = probe_whose_pages_are_cached(true);
+        assert_eq!(d.path(), PrefetchPath::Udp);
+        assert!(d.state_log().last().unwrap().reason.contains("8/8"));
+    }
+
+    /// The probe's pages are cached before their turn, but the daemon installed no datagram
+    /// since the probe was sent: another backend's GetPages cached them (with the daemon dead,
+    /// such pages passed probes in the simulator). No return to UDP.
+    #[test]
+    fn pages_cached_by_other_backends_do_not_pass_a_probe() {
+        let d = probe_whose_pages_are_cached(false);
+        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
+    }
+
+    /// A backend on TCP probes UDP when the daemon comes back; the probe's pages are cached
+    /// before their turn in the pipeline, counted as the daemon's installs if `by_daemon`.
+    /// Reads the whole window (no read may wait) and returns the driver.
+    fn probe_whose_pages_are_cached(by_daemon: bool) -> Driver {
         let f = fixture(true);
         // The daemon's heartbeat is old: on TCP from the start, no probe while it is stale.
         let start = T0 + lfc::DAEMON_STALE_NS;
@@ -1423,8 +1405,10 @@ mod tests {
                 .eq(&InstallOutcome::Installed)
                 .then_some(())
                 .unwrap();
-            // As the daemon counts what it installs.
-            f.lfc.count_sender("127.0.0.2:9".parse().unwrap(), 1, 0);
+            if by_daemon {
+                // As the daemon counts what it installs.
+                f.lfc.count_sender("127.0.0.2:9".parse().unwrap(), 1, 0);
+            }
         }
         let mut wire: VecDeque<u32> = get_pages(&first).into();
         let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
@@ -1439,125 +1423,17 @@ mod tests {
         }
         assert!(
             !wire.iter().any(|b| (184..192).contains(b)),
-            "probe pages not fetched"
+            "cached probe pages not fetched"
         );
         assert_eq!(now, start + 2 * MS, "no read waited");
-        assert_eq!(d.path(), PrefetchPath::Udp);
-        assert!(d.state_log().last().unwrap().reason.contains("8/8"));
-    }
-
-    /// A backend that starts with a live daemon: TCP pipelining, its first window as far as
-    /// the pipeline reaches, the last pages of it requested by UDP as a probe, behind the
-    /// pipeline's depth. Returns the driver, the GetPages sent and the window's and probe's
-    /// pages.
-    fn started_with_a_probe(f: &Fixture) -> (Driver, VecDeque<u32>, u32, std::ops::Range<u32>) {
-        f.lfc.daemon_heartbeat(T0);
-        let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
-        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
-        let why = &d.state_log()[0].reason;
-        assert!(why.starts_with("worker daemon at 127.0.0.1:7000;"), "{why}");
-        let window = d.prefetch_distance(u32::MAX);
-        d.prefetch(&f.lfc, synthetic_rel(0), 0..window, T0);
-        let sent = drain(&mut d);
-        assert_eq!(sent[0], Transmit::Target { udp_port: 7000 });
-        let probe = prefetch_runs(&sent);
-        let probe_pages = window - PROBE_PAGES as u32..window;
-        assert_eq!(probe.len(), 1);
-        assert_eq!(
-            (probe[0].first, u32::from(probe[0].n)),
-            (probe_pages.start, PROBE_PAGES as u32)
-        );
-        (d, get_pages(&sent).into(), window, probe_pages)
-    }
-
-    /// Reads the first `window` blocks of a driver `started_with_a_probe`; returns the
-    /// GetPages left.
-    fn read_first_window(
-        d: &mut Driver,
-        f: &Fixture,
-        mut wire: VecDeque<u32>,
-        window: u32,
-    ) -> VecDeque<u32> {
-        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
-        let mut now = T0;
-        // The Target was sent first: its answer comes first.
-        d.on_response(&f.lfc, Response::Target, &mut out, now)
-            .unwrap();
-        wire.extend(get_pages(&drain(d)));
-        for b in 0..window {
-            read(d, &f.lfc, &mut wire, b, &mut now);
-        }
-        assert_eq!(now, T0, "no read waited");
-        wire
-    }
-
-    #[test]
-    fn a_live_daemon_is_taken_up_once_the_start_up_probe_arrives() {
-        let f = fixture(true);
-        let (mut d, wire, window, probe_pages) = started_with_a_probe(&f);
-        for b in probe_pages.clone() {
-            let tag = synthetic_rel(0).block(b);
-            let page = synthetic_page(tag, 16);
-            assert_eq!(
-                f.lfc.install_prefetched(&tag, 0, &page),
-                InstallOutcome::Installed
-            );
-            // As the daemon counts what it installs.
-            f.lfc.count_sender("127.0.0.2:9".parse().unwrap(), 1, 0);
-        }
-        let wire = read_first_window(&mut d, &f, wire, window);
-        assert!(!wire.iter().any(|b| probe_pages.contains(b)), "{wire:?}");
-        assert_eq!(d.path(), PrefetchPath::Udp, "{:?}", d.state_log());
-        let why = &d.state_log().last().unwrap().reason;
-        assert!(why.contains("8/8 probe pages arrived"), "{why}");
-    }
-
-    #[test]
-    fn a_start_up_probe_whose_pages_do_not_come_costs_no_wait_and_keeps_tcp_pipelining() {
-        let f = fixture(true);
-        let (mut d, wire, window, _) = started_with_a_probe(&f);
-        read_first_window(&mut d, &f, wire, window);
-        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
-        assert_eq!(d.path_changes(), 0);
-    }
-
-    #[test]
-    fn pages_cached_by_other_backends_do_not_pass_a_probe() {
-        // The daemon installed nothing since the probe was sent: the probe's pages found in
-        // the cache came by another backend's GetPage.
-        let f = fixture(true);
-        let (mut d, wire, window, probe_pages) = started_with_a_probe(&f);
-        for b in probe_pages {
-            let tag = synthetic_rel(0).block(b);
-            f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
-        }
-        read_first_window(&mut d, &f, wire, window);
-        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
-    }
-
-    #[test]
-    fn single_page_prefetches_start_on_udp_at_once() {
-        let f = fixture(true);
-        f.lfc.daemon_heartbeat(T0);
-        let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
-        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
-        d.prefetch(&f.lfc, synthetic_rel(0), 7..8, T0);
-        assert_eq!(d.path(), PrefetchPath::Udp);
-        let sent = drain(&mut d);
-        assert!(
-            sent.iter()
-                .any(|t| matches!(t, Transmit::Prefetch(r) if r.first == 7 && r.n == 1)),
-            "{sent:?}"
-        );
-        assert!(get_pages(&sent).is_empty(), "{sent:?}");
-        assert_eq!(d.path_changes(), 0, "the start, not a change");
+        d
     }
 
     #[test]
     fn a_refused_target_moves_to_tcp_for_good_and_sends_no_extension_message_again() {
         let f = fixture(true);
         f.lfc.daemon_heartbeat(T0);
-        let mut d = Driver::new_on_udp(ReadPathConfig::default(), None, &f.lfc, T0);
+        let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
         assert_eq!(d.path(), PrefetchPath::Udp);
         d.prefetch(&f.lfc, synthetic_rel(0), 0..64, T0);
         let sent = drain(&mut d);

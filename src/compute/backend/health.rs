@@ -176,10 +176,8 @@ pub struct UdpHealth {
     /// read (the readers take turns), so its first window of prefetches, a round trip away,
     /// counted as UDP's steady pace and sent it to TCP for a calibration.
     first_read_ns: Option<u64>,
-    /// The UDP path in use was entered by passing a probe (not the start-up probe).
+    /// The UDP path in use was entered by passing a probe (not at start-up).
     udp_by_probe: bool,
-    /// The probe due at start-up (`start_probing`) has not concluded yet.
-    start_probe: bool,
     /// On TCP for a calibration: measuring TCP pipelining's pace, to compare it with UDP's.
     calibration: Option<Calibration>,
     /// The daemon as last observed (`on_daemon`).
@@ -376,7 +374,6 @@ impl UdpHealth {
             path_since_ns: now_ns,
             first_read_ns: None,
             udp_by_probe: false,
-            start_probe: false,
             calibration: None,
             view: DaemonView::Absent,
             next_calibration_ns: now_ns,
@@ -543,13 +540,9 @@ impl UdpHealth {
             return;
         }
         self.probe = None;
-        self.start_probe = false;
         if pages == 0 {
             self.next_probe_ns = now_ns + self.backoff_ns;
         } else if 4 * arrived >= 3 * pages {
-            // The start-up probe's pass too: a few pages are weak evidence on a lossy link,
-            // and in the simulator backends let onto such links without the probation paid
-            // two waits per shard before leaving (heavy seed 1619: 1.4x TCP pipelining).
             self.udp_by_probe = true;
             self.set(
                 PrefetchPath::Udp,
@@ -853,35 +846,6 @@ impl UdpHealth {
 
     /// Starts on UDP, when a daemon is known (registered or given by the operator): logged,
     /// not counted as a change.
-    /// Starts on TCP pipelining with a probe due at once: a daemon is there, and UDP is taken
-    /// up once a probe's pages arrive. Pages of a failed probe cost nothing (TCP fetches them
-    /// in their turn), where a start on UDP paid a wait for each missing page before leaving;
-    /// in the simulator's heavy profile backends of lossy shards that started on UDP took
-    /// 1.4-1.9x TCP pipelining's time that way (seeds 1619, 4369, 7920).
-    pub fn start_probing(&mut self, now_ns: u64, reason: &str) {
-        debug_assert!(self.changes == 0 && self.log.is_empty());
-        self.path = PrefetchPath::TcpPipelined;
-        self.next_probe_ns = now_ns;
-        self.start_probe = true;
-        self.note_start(reason);
-    }
-
-    /// The start-up probe cannot run (the caller prefetches single pages): UDP at once, as a
-    /// start there. A no-op once the start-up probe was sent or the path changed.
-    pub fn start_unprobed(&mut self, now_ns: u64) {
-        if !self.start_probe || self.probe.is_some() || self.changes > 0 {
-            return;
-        }
-        self.start_probe = false;
-        self.path = PrefetchPath::Udp;
-        self.path_since_ns = now_ns;
-        self.first_read_ns = None;
-        self.note(
-            now_ns,
-            "single-page prefetches, no room for a probe: UDP at once".into(),
-        );
-    }
-
     pub fn start_udp(&mut self, now_ns: u64, reason: &str) {
         debug_assert!(self.changes == 0 && self.log.is_empty());
         self.path = PrefetchPath::Udp;
@@ -986,41 +950,34 @@ mod tests {
     }
 
     #[test]
-    fn the_start_up_probe_leads_to_udp_on_probation_and_a_page_lost_then_sends_it_back() {
-        let mut h = UdpHealth::new(0, false);
-        h.on_daemon(DaemonView::Alive, false, 0);
-        h.start_probing(
-            0,
-            "worker daemon at 127.0.0.1:7000; TCP pipelining until a probe",
-        );
-        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
-        // Due at once, and its pass is the move to UDP.
-        assert!(h.probe_due(DaemonView::Alive, 4, 0));
+    fn a_page_lost_and_not_recovered_soon_after_a_passed_probe_sends_the_backend_back() {
+        let mut h = on_udp();
+        assert!(h.on_miss(MS, false));
+        // Only a path entered by a probe is on probation.
+        assert!(!h.fails_probation(MS, "was lost and not recovered"));
+        let t = PROBE_BACKOFF_MIN_NS + MS;
+        assert!(h.probe_due(DaemonView::Alive, 4, t));
         for _ in 0..4 {
-            h.on_probe_page(true, MS);
+            h.on_probe_page(true, t);
         }
         assert_eq!(h.path(), PrefetchPath::Udp);
-        // A page lost and still missing after its retries, within the probation: back to TCP.
-        let mut now = MS;
+        let mut now = t;
         reads(&mut h, 10, 20 * US, 0, &mut now);
         assert!(h.fails_probation(now, "was lost and not recovered"));
         assert_eq!(h.path(), PrefetchPath::TcpPipelined);
-        assert!(h.log()[2].reason.contains("lost"), "{:?}", h.log());
+        assert!(h.log()[3].reason.contains("lost"), "{:?}", h.log());
         // Not on UDP: nothing to fail.
         assert!(!h.fails_probation(now, "was lost and not recovered"));
-        // A start-up probe that failed leaves it on TCP, with the next probe after a backoff.
-        let mut h = UdpHealth::new(0, false);
-        h.on_daemon(DaemonView::Alive, false, 0);
-        h.start_probing(0, "worker daemon");
-        assert!(h.probe_due(DaemonView::Alive, 4, 0));
+        // Past its probation, a lost page is a loss sample like any other.
+        let t = now + PROBE_BACKOFF_MAX_NS;
+        assert!(h.probe_due(DaemonView::Alive, 4, t));
         for _ in 0..4 {
-            h.on_probe_page(false, MS);
+            h.on_probe_page(true, t);
         }
-        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
-        assert!(!h.probe_due(DaemonView::Alive, 4, 2 * MS));
-        // Single-page prefetches then find the start-up probe spent: no start on UDP.
-        h.start_unprobed(2 * MS);
-        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        let mut now = t;
+        reads(&mut h, PROBATION_READS as u32, 20 * US, 0, &mut now);
+        assert!(!h.fails_probation(now, "was lost and not recovered"));
+        assert_eq!(h.path(), PrefetchPath::Udp);
     }
 
     #[test]

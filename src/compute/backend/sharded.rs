@@ -265,7 +265,7 @@ mod tests {
         let lfc = &f.lfc;
         let layout = ShardLayout::new(3, 4).unwrap();
         let mut d = ShardedDriver::new(layout, || {
-            Driver::new_on_udp(ReadPathConfig::default(), Some(7000), lfc, T0)
+            Driver::new(ReadPathConfig::default(), Some(7000), lfc, T0)
         });
         // Each shard's driver registers the daemon on its own connection.
         let mut targets = Vec::new();
@@ -306,7 +306,7 @@ mod tests {
         let lfc = &f.lfc;
         let layout = ShardLayout::new(2, 4).unwrap();
         let mut d = ShardedDriver::new(layout, || {
-            Driver::new_on_udp(ReadPathConfig::default(), Some(7000), lfc, T0)
+            Driver::new(ReadPathConfig::default(), Some(7000), lfc, T0)
         });
         let rel = crate::protocol::page::synthetic_rel(0);
         let page = |b: u32| crate::protocol::page::synthetic_page(rel.block(b), 16);
@@ -348,7 +348,7 @@ mod tests {
         lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
         let layout = ShardLayout::new(2, 4).unwrap();
         let mut d = ShardedDriver::new(layout, || {
-            Driver::new_on_udp(ReadPathConfig::default(), None, lfc, T0)
+            Driver::new(ReadPathConfig::default(), None, lfc, T0)
         });
         let mut out = [0u8; lfc::PAGE_SIZE];
         let mut now = T0;
