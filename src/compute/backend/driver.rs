@@ -188,9 +188,6 @@ pub struct Driver {
     /// The LFC's count of datagrams installed when the backend started: any above it says the
     /// daemon delivers (`UdpHealth::on_miss`).
     datagrams_at_start: u64,
-    /// The same count when the running probe was sent: a probe page found cached passes only
-    /// if a datagram was installed since (else another backend's GetPage cached it).
-    datagrams_at_probe: u64,
     reads_since_loss_check: u32,
     current: Option<Current>,
     /// When the read in progress sent its own GetPage (0: it did not).
@@ -298,7 +295,6 @@ impl Driver {
             daemon_generation: 0,
             daemon_view: DaemonView::Absent,
             datagrams_at_start: 0,
-            datagrams_at_probe: 0,
             reads_since_loss_check: 0,
             current: None,
             fetch_sent_ns: 0,
@@ -473,9 +469,6 @@ impl Driver {
         let probe = probe_pages > 0
             && self.target_port.is_some()
             && self.health.probe_due(self.daemon_view, probe_pages, now_ns);
-        if probe {
-            self.datagrams_at_probe = lfc.datagrams_installed();
-        }
         let probe_from = blocks.end.saturating_sub(probe_pages as u32);
         self.pairs.clear();
         let mut requested = 0;
@@ -534,10 +527,7 @@ impl Driver {
             let lwlsn = lfc.lwlsn_unless_cached(&q.tag);
             let cached = lwlsn.is_none();
             if q.probe {
-                // Cached is not arrived: with the daemon dead, pages other backends fetched by
-                // TCP passed probes (the simulator: a backend returned to UDP that way).
-                let arrived = cached && lfc.datagrams_installed() > self.datagrams_at_probe;
-                self.health.on_probe_page(arrived, now_ns);
+                self.health.on_probe_page(cached, now_ns);
             }
             if cached && q.ahead && self.cache_distrust_reads == 0 {
                 self.pipeline.skip(&q.tag);
@@ -1361,24 +1351,15 @@ mod tests {
 
     #[test]
     fn a_passing_probe_returns_to_udp_and_a_failing_one_costs_no_wait() {
-        let d = probe_whose_pages_are_cached(true);
+        let d = probe_whose_pages_are_cached();
         assert_eq!(d.path(), PrefetchPath::Udp);
         assert!(d.state_log().last().unwrap().reason.contains("8/8"));
     }
 
-    /// The probe's pages are cached before their turn, but the daemon installed no datagram
-    /// since the probe was sent: another backend's GetPages cached them (with the daemon dead,
-    /// such pages passed probes in the simulator). No return to UDP.
-    #[test]
-    fn pages_cached_by_other_backends_do_not_pass_a_probe() {
-        let d = probe_whose_pages_are_cached(false);
-        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
-    }
-
     /// A backend on TCP probes UDP when the daemon comes back; the probe's pages are cached
-    /// before their turn in the pipeline, counted as the daemon's installs if `by_daemon`.
-    /// Reads the whole window (no read may wait) and returns the driver.
-    fn probe_whose_pages_are_cached(by_daemon: bool) -> Driver {
+    /// before their turn in the pipeline. Reads the whole window (no read may wait) and returns
+    /// the driver.
+    fn probe_whose_pages_are_cached() -> Driver {
         let f = fixture(true);
         // The daemon's heartbeat is old: on TCP from the start, no probe while it is stale.
         let start = T0 + lfc::DAEMON_STALE_NS;
@@ -1405,10 +1386,6 @@ mod tests {
                 .eq(&InstallOutcome::Installed)
                 .then_some(())
                 .unwrap();
-            if by_daemon {
-                // As the daemon counts what it installs.
-                f.lfc.count_sender("127.0.0.2:9".parse().unwrap(), 1, 0);
-            }
         }
         let mut wire: VecDeque<u32> = get_pages(&first).into();
         let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
