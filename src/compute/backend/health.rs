@@ -920,10 +920,7 @@ mod tests {
         );
         // A probe passes; a miss among the first reads after it sends the backend back.
         let t = PROBE_BACKOFF_MIN_NS + MS;
-        assert!(h.probe_due(DaemonView::Alive, 4, t));
-        for _ in 0..4 {
-            h.on_probe_page(true, t);
-        }
+        pass_probe(&mut h, t);
         assert_eq!(h.path(), PrefetchPath::Udp);
         let mut now = t;
         reads(&mut h, 10, 20 * US, 0, &mut now);
@@ -933,10 +930,7 @@ mod tests {
         assert!(h.log()[3].reason.contains("passed probe"), "{:?}", h.log());
         // Once proven (past its probation), a path needs two misses again.
         let t = now + PROBE_BACKOFF_MAX_NS;
-        assert!(h.probe_due(DaemonView::Alive, 4, t));
-        for _ in 0..4 {
-            h.on_probe_page(true, t);
-        }
+        pass_probe(&mut h, t);
         let mut now = t;
         reads(&mut h, PROBATION_READS as u32, 20 * US, 0, &mut now);
         h.on_arrival(false);
@@ -956,10 +950,7 @@ mod tests {
         // Only a path entered by a probe is on probation.
         assert!(!h.fails_probation(MS, "was lost and not recovered"));
         let t = PROBE_BACKOFF_MIN_NS + MS;
-        assert!(h.probe_due(DaemonView::Alive, 4, t));
-        for _ in 0..4 {
-            h.on_probe_page(true, t);
-        }
+        pass_probe(&mut h, t);
         assert_eq!(h.path(), PrefetchPath::Udp);
         let mut now = t;
         reads(&mut h, 10, 20 * US, 0, &mut now);
@@ -970,10 +961,7 @@ mod tests {
         assert!(!h.fails_probation(now, "was lost and not recovered"));
         // Past its probation, a lost page is a loss sample like any other.
         let t = now + PROBE_BACKOFF_MAX_NS;
-        assert!(h.probe_due(DaemonView::Alive, 4, t));
-        for _ in 0..4 {
-            h.on_probe_page(true, t);
-        }
+        pass_probe(&mut h, t);
         let mut now = t;
         reads(&mut h, PROBATION_READS as u32, 20 * US, 0, &mut now);
         assert!(!h.fails_probation(now, "was lost and not recovered"));
@@ -1104,6 +1092,14 @@ mod tests {
 
     /// Feeds `n` reads of `cycle` ns each, `blocked` of them blocked, from `*now`; returns
     /// the `on_read` results that were true.
+    /// A probe of 4 pages starts at `t` and all of them arrive.
+    fn pass_probe(h: &mut UdpHealth, t: u64) {
+        assert!(h.probe_due(DaemonView::Alive, 4, t));
+        for _ in 0..4 {
+            h.on_probe_page(true, t);
+        }
+    }
+
     fn reads(h: &mut UdpHealth, n: u32, cycle: u64, blocked: u64, now: &mut u64) -> u32 {
         let mut moved = 0;
         for _ in 0..n {
