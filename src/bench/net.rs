@@ -101,6 +101,10 @@ fn point_records(args: &NetBenchArgs, mtu: u32, loss: u8, p: &Point) -> [BenchRe
         .param("reassembly_failures", p.reassembly_failures)
         .param("tcp_pipelined", p.udp.tcp_pipelined)
         .param("udp_state_changes", p.udp.udp_state_changes)
+        .param(
+            "state_change_reasons",
+            super::state_change_reasons([&p.udp.udp_state_log[..]]),
+        )
         .param("repeat", args.repeat)
         .param(
             "ratios",

@@ -12,7 +12,9 @@
 //! `Poll::AwaitResponse` it reads the next TCP response and calls `on_response`; until
 //! `Poll::Done`. After every call, the caller sends what `poll_transmit` returns.
 
-use super::health::{DaemonView, PrefetchPath, ReadTiming, StateChange, UdpHealth, PROBE_PAGES};
+use super::health::{
+    DaemonView, PrefetchPath, ReadTiming, StateChange, UdpHealth, PROBE_MIN_PAGES, PROBE_PAGES,
+};
 use super::pipeline::{InFlight, Pipeline, Queued};
 use super::read_path::{
     prefetch_runs, OwnLoss, PrefetchRun, ReadPath, ReadPathConfig, ReadStats, Step, LOSS_SCAN,
@@ -199,6 +201,9 @@ pub struct Driver {
     /// `own_is_fresh`), and whether the wait was long (`ReadPath::long_wait_ns`).
     wait_started_ns: Option<u64>,
     read_waited: bool,
+    /// The read's wait for a prefetch ran out (a TCP answer that finds the page arrived says
+    /// the budget was short; after a fetch that did not wait it says nothing of the budget).
+    read_gave_up: bool,
     /// When the current read started, and whether UDP failed it (a wait that ran out, or an
     /// own prefetch lost past retries): its whole time then counts as lost to UDP.
     read_started_ns: u64,
@@ -301,6 +306,7 @@ impl Driver {
             last_done_ns: None,
             wait_started_ns: None,
             read_waited: false,
+            read_gave_up: false,
             read_started_ns: 0,
             read_udp_failed: false,
             read_foreground: false,
@@ -463,10 +469,11 @@ impl Driver {
     }
 
     fn prefetch_tcp(&mut self, lfc: &Lfc, rel: RelTag, blocks: Range<u32>, now_ns: u64) -> u32 {
-        // The last pages of the range probe UDP (at most half of them, so most of a short
-        // range still goes by TCP).
-        let probe_pages = (blocks.len() / 2).min(PROBE_PAGES);
-        let probe = probe_pages > 0
+        // The last pages of the range probe UDP (at most half of them, so most of a long
+        // range still goes by TCP, and at least `PROBE_MIN_PAGES`: a shorter range does not
+        // probe).
+        let probe_pages = (blocks.len() / 2).max(PROBE_MIN_PAGES).min(PROBE_PAGES);
+        let probe = blocks.len() >= PROBE_MIN_PAGES
             && self.target_port.is_some()
             && self.health.probe_due(self.daemon_view, probe_pages, now_ns);
         let probe_from = blocks.end.saturating_sub(probe_pages as u32);
@@ -603,10 +610,32 @@ impl Driver {
         if self.scratch.is_empty() {
             return;
         }
+        // A lost page is fetched ahead by the TCP pipeline, as Neon's compute fetches every
+        // page: it is then in `ready` or on its way when its read comes, and cannot be lost
+        // again. Requested again by UDP, each loss found too late cost its read a wait and a
+        // synchronous GetPage (in the simulator, links losing 14-43 % made a scan take twice
+        // as long as TCP pipelining). Only when the pipeline's queue is full does a retry go
+        // by UDP.
         self.pairs.clear();
-        self.pairs
-            .extend(self.scratch.iter().map(|t| (*t, lfc.lwlsn(t))));
+        for i in 0..self.scratch.len() {
+            let tag = self.scratch[i];
+            let queued = self.pipeline.push_back(Queued {
+                tag,
+                probe: false,
+                ahead: true,
+            });
+            if queued {
+                self.core.repair_by_tcp(&tag);
+                self.health.on_arrival(true);
+            } else {
+                self.pairs.push((tag, lfc.lwlsn(&tag)));
+            }
+        }
         self.send_runs();
+        self.pump(lfc, now_ns);
+        if self.health.check_loss(now_ns) {
+            self.move_window_to_tcp(lfc, now_ns);
+        }
     }
 
     /// Starts reading `tag` into `out`.
@@ -634,17 +663,17 @@ impl Driver {
             return self.done(lfc, ReadSource::Tcp, now_ns);
         }
         let mut hit = lfc.lookup(&tag, out).is_some();
+        if !hit && self.reads_since_loss_check > 0 && !self.pipeline.contains(&tag) {
+            // A miss: check for losses now, so that a lost page is known as lost (and fetched
+            // by the pipeline, as the others found lost) before deciding how long to wait.
+            self.loss_check(lfc, now_ns, MISS_SCAN);
+            hit = lfc.contains(&tag) && lfc.lookup_again(&tag, out).is_some();
+        }
         if !hit && self.pipeline.contains(&tag) {
             // Its GetPage is queued or in flight: the response brings it.
             self.core.stats_mut().reads += 1;
             self.read_next(tag, now_ns);
             return self.await_response(lfc, tag, now_ns);
-        }
-        if !hit && self.reads_since_loss_check > 0 {
-            // A miss: check for losses now, so that a lost page is known as lost (and the
-            // others requested again) before deciding how long to wait for this one.
-            self.loss_check(lfc, now_ns, MISS_SCAN);
-            hit = lfc.contains(&tag) && lfc.lookup_again(&tag, out).is_some();
         }
         // Marking on a miss both asks "is it in flight?" and, when nobody asked, tells other
         // backends that this one is fetching it, so they wait instead of fetching it twice. On
@@ -672,6 +701,8 @@ impl Driver {
             // The core sends an own prefetch to TCP at once only when it was lost (overtaken,
             // retries spent or overdue): a loss, not a dead path.
             Some(Step::Fetch) => self.fetch_planned(lfc, tag, own, now_ns),
+            // As if it had waited out its budget, without the wait.
+            Some(Step::FetchTooSlow) => self.fetch(lfc, tag, Some(Miss::Unexplained), now_ns),
         }
     }
 
@@ -682,6 +713,7 @@ impl Driver {
         lfc.note_read();
         self.fetch_sent_ns = 0;
         self.read_waited = false;
+        self.read_gave_up = false;
         self.read_started_ns = now_ns;
         self.read_udp_failed = false;
         self.read_foreground = false;
@@ -780,6 +812,7 @@ impl Driver {
             // path is as dead as ours, or it came and went) costs a whole budget each time. A
             // page requested again after a loss counts as a loss.
             Some(_) => {
+                self.read_gave_up = true;
                 let miss = match own {
                     Some(l) if l.retried || l.overtaken => Miss::AfterLoss,
                     _ => Miss::Unexplained,
@@ -831,9 +864,7 @@ impl Driver {
             None => false,
             Some(Miss::AfterLoss) => {
                 self.health.on_arrival(true);
-                self.health
-                    .fails_probation(now_ns, "was lost and not recovered")
-                    || self.health.check_loss(now_ns)
+                self.health.check_loss(now_ns)
             }
             // An evicted page had come: UDP delivers.
             Some(Miss::Evicted) => self.health.on_miss(now_ns, true),
@@ -982,7 +1013,7 @@ impl Driver {
                     None
                 } else {
                     out.copy_from_slice(&page[..]);
-                    if outcome == InstallOutcome::AlreadyPresent && !ahead {
+                    if outcome == InstallOutcome::AlreadyPresent && !ahead && self.read_gave_up {
                         // Arrived by UDP after the read gave up on it: the budget was short.
                         self.core.on_fetch_raced();
                     }
@@ -1347,6 +1378,50 @@ mod tests {
             read(&mut d, &f.lfc, &mut wire, 20, &mut now),
             ReadSource::Hit
         );
+    }
+
+    /// A page taken as lost (overtaken by later ones, past the reorder grace) is fetched by the
+    /// TCP pipeline, not requested by UDP again, and its read takes the pipeline's answer
+    /// without waiting.
+    #[test]
+    fn a_lost_prefetch_is_fetched_by_the_pipeline_and_its_read_does_not_wait() {
+        const US: u64 = 1_000;
+        let f = fixture(true);
+        let lfc = &f.lfc;
+        let rel = synthetic_rel(0);
+        let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
+        assert_eq!(d.path(), PrefetchPath::Udp);
+        d.prefetch(lfc, rel, 0..64, T0);
+        let sent = drain(&mut d);
+        assert_eq!(prefetch_runs(&sent).iter().map(|r| r.n).sum::<u16>(), 64);
+        // All but page 10 arrive.
+        for b in (0..64).filter(|b| *b != 10) {
+            let tag = rel.block(b);
+            lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+        }
+        let mut wire = VecDeque::new();
+        let mut now = T0 + 100 * US;
+        for b in 0..10 {
+            assert_eq!(read(&mut d, lfc, &mut wire, b, &mut now), ReadSource::Hit);
+        }
+        assert!(wire.is_empty(), "nothing fetched yet: {wire:?}");
+        // Past the grace, the read of page 10 finds it lost: a GetPage, no UDP retry.
+        now += MS;
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        let poll = d.start_read(lfc, rel.block(10), &mut out, now);
+        assert_eq!(poll, Poll::AwaitResponse);
+        let sent = drain(&mut d);
+        assert!(
+            prefetch_runs(&sent).is_empty(),
+            "requested by UDP again: {sent:?}"
+        );
+        assert_eq!(get_pages(&sent), [10]);
+        wire.extend(get_pages(&sent));
+        let h = answer(&mut d, lfc, &mut wire, &mut out, now);
+        assert_eq!(h.next, Some(Poll::Done(ReadSource::Tcp)));
+        assert_eq!(d.path(), PrefetchPath::Udp, "one loss keeps the path");
+        let stats = d.stats();
+        assert_eq!((stats.wait_timeouts, stats.retries), (0, 1));
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub const PROBE_BACKOFF_MAX_NS: u64 = 1_000_000_000;
 /// Most pages a probe requests by UDP; at least three quarters of them must arrive to return
 /// to UDP.
 pub const PROBE_PAGES: usize = 8;
+/// Fewest probe pages that can pass a probe: one or two arriving says little of a lossy link
+/// (in the simulator a backend returned to a link losing 14 % on "1/1 probe pages arrived",
+/// and paid for it again). A probe left with fewer pages to check is no evidence.
+pub const PROBE_MIN_PAGES: usize = 3;
 /// Bound of the log of path changes kept for the report (later changes are only counted).
 pub const MAX_STATE_LOG: usize = 32;
 /// Once both paths were measured, a backend on UDP whose reads take this many times as long
@@ -483,10 +487,10 @@ impl UdpHealth {
     }
 
     /// May a probe start now? True only on TCP, when the backoff has passed and someone may be
-    /// receiving (`view`), and no probe is running. The caller sends `pages` (1 to
-    /// `PROBE_PAGES`) by UDP and reports each with `on_probe_page`.
+    /// receiving (`view`), and no probe is running. The caller sends `pages`
+    /// (`PROBE_MIN_PAGES` to `PROBE_PAGES`) by UDP and reports each with `on_probe_page`.
     pub fn probe_due(&mut self, view: DaemonView, pages: usize, now_ns: u64) -> bool {
-        debug_assert!((1..=PROBE_PAGES).contains(&pages));
+        debug_assert!((PROBE_MIN_PAGES..=PROBE_PAGES).contains(&pages));
         // A calibration returns to UDP by its own verdict; a probe passing meanwhile would cut
         // the measurement short.
         if self.path != PrefetchPath::TcpPipelined
@@ -526,7 +530,8 @@ impl UdpHealth {
     }
 
     /// Once every page of the probe was checked: back to UDP if three quarters arrived, else
-    /// a longer backoff. A probe left with no page to check is no evidence either way.
+    /// a longer backoff. A probe left with fewer than `PROBE_MIN_PAGES` to check is no
+    /// evidence either way.
     fn conclude_probe(&mut self, now_ns: u64) {
         let Some(Probe {
             pages,
@@ -540,7 +545,7 @@ impl UdpHealth {
             return;
         }
         self.probe = None;
-        if pages == 0 {
+        if pages < PROBE_MIN_PAGES {
             self.next_probe_ns = now_ns + self.backoff_ns;
         } else if 4 * arrived >= 3 * pages {
             self.udp_by_probe = true;
@@ -607,7 +612,7 @@ impl UdpHealth {
             );
             return true;
         }
-        if self.fails_probation(now_ns, "did not arrive in time") {
+        if self.fails_probation(now_ns) {
             return true;
         }
         let n = self.recent_misses.count_ones();
@@ -622,10 +627,11 @@ impl UdpHealth {
         self.check_loss(now_ns)
     }
 
-    /// On UDP by a probe passed less than `PROBATION_READS` reads ago: one prefetch that
-    /// `failed` (did not arrive in time, or was lost and still missing after its retries)
-    /// moves the backend back to TCP. Returns true when it did.
-    pub fn fails_probation(&mut self, now_ns: u64, failed: &str) -> bool {
+    /// On UDP by a probe passed less than `PROBATION_READS` reads ago: one prefetch that did
+    /// not arrive in time moves the backend back to TCP. Returns true when it did. (A lost
+    /// page does not: it is fetched by the pipeline, and a link losing a few percent would
+    /// fail every probation.)
+    fn fails_probation(&mut self, now_ns: u64) -> bool {
         if self.path != PrefetchPath::Udp
             || !self.udp_by_probe
             || self.reads_on_path >= PROBATION_READS
@@ -636,7 +642,7 @@ impl UdpHealth {
             PrefetchPath::TcpPipelined,
             now_ns,
             format!(
-                "a prefetch {failed} within {} reads of a passed probe",
+                "a prefetch did not arrive in time within {} reads of a passed probe",
                 self.reads_on_path
             ),
         );
@@ -944,27 +950,23 @@ mod tests {
     }
 
     #[test]
-    fn a_page_lost_and_not_recovered_soon_after_a_passed_probe_sends_the_backend_back() {
+    fn a_probe_left_with_fewer_than_the_fewest_pages_passes_nothing() {
         let mut h = on_udp();
         assert!(h.on_miss(MS, false));
-        // Only a path entered by a probe is on probation.
-        assert!(!h.fails_probation(MS, "was lost and not recovered"));
         let t = PROBE_BACKOFF_MIN_NS + MS;
-        pass_probe(&mut h, t);
-        assert_eq!(h.path(), PrefetchPath::Udp);
-        let mut now = t;
-        reads(&mut h, 10, 20 * US, 0, &mut now);
-        assert!(h.fails_probation(now, "was lost and not recovered"));
+        assert!(h.probe_due(DaemonView::Alive, PROBE_MIN_PAGES, t));
+        // One page was cached already: the two left arrive, and that says too little.
+        h.skip_probe_page(t);
+        h.on_probe_page(true, t);
+        h.on_probe_page(true, t);
         assert_eq!(h.path(), PrefetchPath::TcpPipelined);
-        assert!(h.log()[3].reason.contains("lost"), "{:?}", h.log());
-        // Not on UDP: nothing to fail.
-        assert!(!h.fails_probation(now, "was lost and not recovered"));
-        // Past its probation, a lost page is a loss sample like any other.
-        let t = now + PROBE_BACKOFF_MAX_NS;
-        pass_probe(&mut h, t);
-        let mut now = t;
-        reads(&mut h, PROBATION_READS as u32, 20 * US, 0, &mut now);
-        assert!(!h.fails_probation(now, "was lost and not recovered"));
+        // No evidence against UDP either: the next probe comes after the same backoff.
+        assert!(!h.probe_due(DaemonView::Alive, PROBE_MIN_PAGES, t + MS));
+        let t = t + PROBE_BACKOFF_MIN_NS;
+        assert!(h.probe_due(DaemonView::Alive, PROBE_MIN_PAGES, t));
+        for _ in 0..PROBE_MIN_PAGES {
+            h.on_probe_page(true, t);
+        }
         assert_eq!(h.path(), PrefetchPath::Udp);
     }
 
@@ -1090,8 +1092,6 @@ mod tests {
         assert!(h.log().last().unwrap().reason.contains("7/8"));
     }
 
-    /// Feeds `n` reads of `cycle` ns each, `blocked` of them blocked, from `*now`; returns
-    /// the `on_read` results that were true.
     /// A probe of 4 pages starts at `t` and all of them arrive.
     fn pass_probe(h: &mut UdpHealth, t: u64) {
         assert!(h.probe_due(DaemonView::Alive, 4, t));
@@ -1100,6 +1100,8 @@ mod tests {
         }
     }
 
+    /// Feeds `n` reads of `cycle` ns each, `blocked` of them blocked, from `*now`; returns
+    /// the `on_read` results that were true.
     fn reads(h: &mut UdpHealth, n: u32, cycle: u64, blocked: u64, now: &mut u64) -> u32 {
         let mut moved = 0;
         for _ in 0..n {
