@@ -472,7 +472,7 @@ impl Driver {
         // The last pages of the range probe UDP (at most half of them, so most of a long
         // range still goes by TCP, and at least `PROBE_MIN_PAGES`: a shorter range does not
         // probe).
-        let probe_pages = (blocks.len() / 2).max(PROBE_MIN_PAGES).min(PROBE_PAGES);
+        let probe_pages = (blocks.len() / 2).clamp(PROBE_MIN_PAGES, PROBE_PAGES);
         let probe = blocks.len() >= PROBE_MIN_PAGES
             && self.target_port.is_some()
             && self.health.probe_due(self.daemon_view, probe_pages, now_ns);
