@@ -365,6 +365,19 @@ impl ReadPath {
         ns
     }
 
+    /// The smoothed GetPage round trip, ns (0: none measured yet).
+    pub fn tcp_rtt_ns(&self) -> u64 {
+        self.tcp_rtt_ns as u64
+    }
+
+    /// Until this read path measures a GetPage round trip of its own, it takes `rtt_ns` (another
+    /// shard's, over the same network from the same compute) as its estimate.
+    pub fn adopt_tcp_rtt(&mut self, rtt_ns: u64) {
+        if self.tcp_rtt_ns == 0.0 {
+            self.tcp_rtt_ns = rtt_ns as f64;
+        }
+    }
+
     /// A GetPage sent when its read needed it was answered `rtt_ns` later.
     pub fn observe_tcp_rtt(&mut self, rtt_ns: u64) {
         let s = rtt_ns as f64;
