@@ -348,16 +348,6 @@ impl Driver {
 
     /// Moves between UDP and TCP so far: a scan that sees it change restarts its window
     /// (`ScanWindow::restart_at`).
-    /// See `ReadPath::tcp_rtt_ns`.
-    pub fn tcp_rtt_ns(&self) -> u64 {
-        self.core.tcp_rtt_ns()
-    }
-
-    /// See `ReadPath::adopt_tcp_rtt`.
-    pub fn adopt_tcp_rtt(&mut self, rtt_ns: u64) {
-        self.core.adopt_tcp_rtt(rtt_ns);
-    }
-
     pub fn path_changes(&self) -> u64 {
         self.health.changes()
     }

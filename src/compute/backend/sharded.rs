@@ -113,14 +113,6 @@ impl ShardedDriver {
     /// (`on_wait_over`, its response) go to.
     pub fn start_read(&mut self, lfc: &Lfc, tag: BufferTag, out: &mut Page, now_ns: u64) -> Poll {
         self.last = self.layout.shard_of(&tag);
-        if self.drivers.len() > 1 && self.drivers[self.last].tcp_rtt_ns() == 0 {
-            // A shard's first reads judge their waits by the round trip another shard measured
-            // (`ReadPath::may_arrive_within`): in the simulator, with round trips above the
-            // wait cap, each shard's first read waited out a whole initial budget first.
-            if let Some(rtt) = self.drivers.iter().map(Driver::tcp_rtt_ns).find(|r| *r > 0) {
-                self.drivers[self.last].adopt_tcp_rtt(rtt);
-            }
-        }
         let poll = self.drivers[self.last].start_read(lfc, tag, out, now_ns);
         self.after_step(poll, now_ns)
     }
@@ -348,42 +340,6 @@ mod tests {
     /// its UDP pace looked slow while another shard waited out lost datagrams, and a
     /// calibration (which compares that pace with TCP's) took a healthy shard off UDP. Now a
     /// shard's pace is the time of its own reads (and the application's time before them).
-    #[test]
-    fn a_shard_that_measured_no_round_trip_starts_from_another_shards() {
-        const MS: u64 = 1_000_000;
-        let f = fixture(4096);
-        let lfc = &f.lfc;
-        let layout = ShardLayout::new(2, 4).unwrap();
-        let mut d = ShardedDriver::new(layout, || {
-            Driver::new(ReadPathConfig::default(), Some(7000), lfc, T0)
-        });
-        let mut out = [0u8; lfc::PAGE_SIZE];
-        while let Some((s, _)) = d.poll_transmit() {
-            d.on_response(s, lfc, Response::Target, &mut out, T0)
-                .unwrap();
-        }
-        let rel = crate::protocol::page::synthetic_rel(0);
-        let of_shard = |s: usize| (0u32..).find(|&b| layout.shard_of(&rel.block(b)) == s);
-        let (b1, b0) = (of_shard(1).unwrap(), of_shard(0).unwrap());
-        // Shard 1 fetches a page nobody prefetched; its answer comes 3 ms later.
-        assert_eq!(
-            d.start_read(lfc, rel.block(b1), &mut out, T0),
-            Poll::AwaitResponse
-        );
-        while d.poll_transmit().is_some() {}
-        let page = crate::protocol::page::synthetic_page(rel.block(b1), 16);
-        let r = Response::Page {
-            tag: rel.block(b1),
-            page: &page,
-        };
-        d.on_response(1, lfc, r, &mut out, T0 + 3 * MS).unwrap();
-        assert_eq!(d.shard(1).tcp_rtt_ns(), 3 * MS);
-        assert_eq!(d.shard(0).tcp_rtt_ns(), 0);
-        // Shard 0's first read takes it as its own estimate.
-        d.start_read(lfc, rel.block(b0), &mut out, T0 + 4 * MS);
-        assert_eq!(d.shard(0).tcp_rtt_ns(), 3 * MS);
-    }
-
     #[test]
     fn a_shards_pace_holds_none_of_another_shards_slow_reads() {
         const US: u64 = 1_000;
