@@ -71,7 +71,8 @@ pub struct RunArgs {
     /// Give up after this many seconds (exit 1 if not complete).
     #[arg(long)]
     pub deadline: Option<f64>,
-    /// UDP attempts per page before it is fetched over TCP.
+    /// UDP attempts per page before it is fetched over TCP, when TCP's batch was full each time
+    /// it timed out (a page that times out while the batch has room is fetched over TCP at once).
     #[arg(long, default_value_t = 3)]
     pub attempts: u32,
     /// How the page server's senders rank this prewarm's prefetches: background (sent when no

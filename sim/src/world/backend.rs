@@ -406,9 +406,15 @@ impl World<'_> {
         let now = self.now;
         let be = &mut self.backends[b];
         let poll = be.driver.on_wait_over(lfc, &mut be.page, now);
-        if matches!(poll, Poll::Wait { .. }) {
-            // Woken for another page on the same channel, or it was evicted again: sleep on
-            // until the deadline already scheduled.
+        if let Poll::Wait { until_ns, .. } = poll {
+            // The wait goes on (woken for another page on the same channel, the page evicted
+            // again, or the next stretch of a wait for an own prefetch): until the deadline
+            // the driver gives now. Its loss check may have queued GetPages meanwhile.
+            be.wait_token += 1;
+            let token = be.wait_token;
+            be.pending = Pending::Wait { ctx, token };
+            self.schedule(until_ns.max(now), Ev::WaitCheck { backend: b, token });
+            self.flush_transmits(b);
             return;
         }
         if !matches!(poll, Poll::Done(_)) {

@@ -27,8 +27,9 @@ pub enum ViolationKind {
     TornOrForgedPage,
     ForgedAccepted,
     Liveness,
-    /// The backends' workload took longer than `LIVENESS_FACTOR` × the same workload with UDP
-    /// prefetch disabled (pure TCP pipelining), plus `LIVENESS_SLACK_NS`.
+    /// The backends' workload, or the prewarm run before it, took longer than
+    /// `LIVENESS_FACTOR` × the same with UDP prefetch disabled (pure TCP pipelining, no
+    /// daemon), plus `LIVENESS_SLACK_NS`.
     SlowerThanTcp,
     Accounting,
     Occupancy,

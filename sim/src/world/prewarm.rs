@@ -223,7 +223,7 @@ impl World<'_> {
 
     /// The run's driver, checked against the model's idea of which pages exist.
     fn begin_prewarm_driver(&mut self, run: Registering) {
-        let driver = PrewarmDriver::new(
+        let mut driver = PrewarmDriver::new(
             run.config,
             run.pages,
             &run.sizes,
@@ -231,6 +231,10 @@ impl World<'_> {
             run.started_ns,
             self.now,
         );
+        if run.config.udp_port.is_some() {
+            // Registered: every shard answered its PrefetchTarget, a round trip since the start.
+            driver.observe_tcp_rtt(self.now - run.started_ns);
+        }
         for (i, tag) in driver.pages().iter().enumerate() {
             if driver.exists(i) != self.exists(tag) {
                 let e = driver.exists(i);

@@ -15,6 +15,8 @@
 //! response and calls `on_response`; on `Poll::Done` it runs the `final_check`, then asks for
 //! the `report`.
 
+#[cfg(test)]
+use super::schedule::STALL_PROBE_PAGES;
 use super::schedule::{Schedule, ScheduleConfig, ScheduleCounts};
 use super::PrewarmReport;
 use crate::compute::backend::read_path::PrefetchRun;
@@ -326,7 +328,12 @@ impl Driver {
                 sched.skip_present(i);
             }
         }
-        if config.udp_port.is_none() {
+        // A run that one TCP batch fetches whole takes one round trip over TCP, which UDP cannot
+        // beat (its pages come a round trip after their request too), while a page it loses
+        // costs a timeout more: in the simulator, runs of a few dozen pages over lossy links
+        // took two to three times as long as over TCP alone.
+        let small = pages.len() - sched.done() <= TCP_DEPTH;
+        if config.udp_port.is_none() || small {
             sched.fail_over_to_tcp();
         }
         let give_up_on_udp_ns = (GIVE_UP_TIMEOUTS * sched.timeout_ns(0)).max(MIN_GIVE_UP_NS);
@@ -356,6 +363,12 @@ impl Driver {
             deadline_hit: false,
             fell_back: false,
         }
+    }
+
+    /// A request-response round trip the caller measured on the run's connection (its
+    /// registration): bounds the first UDP timeout (`Schedule::observe_tcp_rtt`).
+    pub fn observe_tcp_rtt(&mut self, rtt_ns: u64) {
+        self.sched.observe_tcp_rtt(rtt_ns);
     }
 
     /// The next message to send, if any.
@@ -426,10 +439,16 @@ impl Driver {
             .yielding
             .cap(lfc.reads(), now_ns, self.config.schedule.window_pages);
         self.sched.limit_in_flight(cap);
+        // Timed-out pages go to this round's TCP batch while it has room.
+        self.sched.set_tcp_room(TCP_DEPTH.min(cap));
         let want = self.pacer.allowance(now_ns, ROUND_PAGES);
         self.sched.next_requests(now_ns, want, &mut self.batch);
+        // What the pacer granted and UDP did not use (it gets no new pages while stalled) is
+        // TCP's to take new pages with.
+        let left = want - self.batch.len();
         self.queue_prefetches(lfc);
-        self.sched.take_tcp(TCP_DEPTH.min(cap), &mut self.batch);
+        self.sched
+            .take_tcp(TCP_DEPTH.min(cap), left, now_ns, &mut self.batch);
         if !self.batch.is_empty() {
             for k in 0..self.batch.len() {
                 self.queue_get_page(lfc, self.batch[k]);
@@ -820,21 +839,55 @@ mod tests {
     }
 
     #[test]
+    fn a_run_that_one_tcp_batch_takes_whole_goes_over_tcp() {
+        let f = fixture(4096);
+        let mut d = driver(&f, config(Some(7000)), TCP_DEPTH as u32, TCP_DEPTH as u32);
+        assert_eq!(d.step(&f.lfc, T0), Poll::AwaitResponse);
+        let ts = drain(&mut d);
+        assert_eq!(get_pages(&ts), (0..TCP_DEPTH as u32).collect::<Vec<_>>());
+        assert_eq!(answer_all_drained(&f, &mut d, &ts, T0), Poll::Done);
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + MS);
+        assert!(r.complete && r.requested == 0, "{r:?}");
+        assert_eq!(r.via_tcp, TCP_DEPTH as u64);
+    }
+
+    /// Answers the GetPages in `ts` (already drained); returns the last poll.
+    fn answer_all_drained(f: &Fixture, d: &mut Driver, ts: &[Transmit], now: u64) -> Poll {
+        let mut poll = Poll::AwaitResponse;
+        for t in ts {
+            let Transmit::GetPage { tag, .. } = *t else {
+                continue;
+            };
+            let page = synthetic_page(tag, 16);
+            poll = d
+                .on_response(&f.lfc, Response::Page { tag, page: &page }, now)
+                .unwrap()
+                .next;
+        }
+        poll
+    }
+
+    #[test]
     fn udp_requests_are_runs_and_arrivals_finish_the_run() {
         let f = fixture(4096);
         let mut d = driver(&f, config(Some(7000)), 300, 300);
-        assert!(matches!(d.step(&f.lfc, T0), Poll::Wait { .. }));
+        assert_eq!(d.step(&f.lfc, T0), Poll::AwaitResponse);
         let ts = drain(&mut d);
-        // The window starts at its floor (256 pages): one full run of 256.
+        // The window starts at its floor (256 pages): one full run of 256. The 44 pages it
+        // holds back are all that is left and fit in a TCP batch: TCP takes them meanwhile.
         assert_eq!(
-            ts,
-            vec![Transmit::Prefetch(PrefetchRun {
+            ts[0],
+            Transmit::Prefetch(PrefetchRun {
                 rel: synthetic_rel(0),
                 first: 0,
                 n: 256,
                 max_lwlsn: f.lfc.lwlsn(&synthetic_rel(0).block(0)),
-            })]
+            })
         );
+        assert_eq!(get_pages(&ts), (256..300).collect::<Vec<_>>());
+        let poll = answer_all_drained(&f, &mut d, &ts, T0);
+        assert!(matches!(poll, Poll::Wait { .. }), "{poll:?}");
+        assert!(drain(&mut d).is_empty());
         let mut now = T0;
         for _ in 0..10 {
             for tag in d.pages().to_vec() {
@@ -850,33 +903,67 @@ mod tests {
         }
         let r = d.report(d.final_check(&f.lfc, |_, _| {}), now);
         assert!(r.complete, "{r:?}");
-        assert_eq!(r.via_udp_first + r.skipped_present, 300, "{r:?}");
-        assert_eq!(r.via_tcp, 0);
+        assert_eq!(r.via_udp_first + r.skipped_present, 256, "{r:?}");
+        assert_eq!(r.via_tcp, 44);
+    }
+
+    /// The blocks of the GetPages in `ts`.
+    fn get_pages(ts: &[Transmit]) -> Vec<u32> {
+        ts.iter()
+            .filter_map(|t| match t {
+                Transmit::GetPage { tag, .. } => Some(tag.blkno),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
-    fn nothing_arriving_fails_over_to_tcp_after_the_give_up_time() {
+    fn when_nothing_arrives_tcp_takes_over_at_the_first_timeout() {
         let f = fixture(4096);
         let mut cfg = config(Some(7000));
-        // Enough attempts that the retries would outlast the give-up time.
+        // Enough attempts that retries alone would outlast the give-up time.
         cfg.schedule.max_udp_attempts = 10;
-        let mut d = driver(&f, cfg, 10, 10);
-        d.step(&f.lfc, T0);
-        drain(&mut d);
+        // More than the window (256 pages at the start).
+        let pages = 1000;
+        let mut d = driver(&f, cfg, pages, pages);
+        let mut poll = d.step(&f.lfc, T0);
         let mut now = T0;
-        let poll = loop {
-            now += POLL_NS;
-            let poll = d.step(&f.lfc, now);
+        // When each GetPage left.
+        let mut fetched_at = Vec::new();
+        while poll != Poll::Done {
             if poll == Poll::AwaitResponse {
-                break poll;
+                let ts = drain(&mut d);
+                for t in ts {
+                    let Transmit::GetPage { tag, .. } = t else {
+                        continue;
+                    };
+                    fetched_at.push(now - T0);
+                    let page = synthetic_page(tag, 16);
+                    poll = d
+                        .on_response(&f.lfc, Response::Page { tag, page: &page }, now)
+                        .unwrap()
+                        .next;
+                }
+                continue;
             }
             drain(&mut d);
-        };
-        assert!(now - T0 > MIN_GIVE_UP_NS, "gave up after {} ns", now - T0);
-        assert_eq!(answer_all(&f, &mut d, poll, now), Poll::Done);
+            now += POLL_NS;
+            poll = d.step(&f.lfc, now);
+        }
+        let first_timeout = ScheduleConfig::default().initial_timeout_ns;
+        assert!(fetched_at.iter().all(|&t| t >= first_timeout));
+        // At the first timeout UDP has stalled: TCP fetches what timed out and every page not
+        // requested yet, batch after batch; UDP keeps a probe in flight, which times out too.
+        let at_first_timeout = fetched_at.iter().filter(|&&t| t == first_timeout).count();
+        assert!(
+            at_first_timeout >= pages as usize - STALL_PROBE_PAGES,
+            "{at_first_timeout} of {pages}"
+        );
+        assert!(now - T0 < MIN_GIVE_UP_NS, "took {} ns", now - T0);
         let r = d.report(d.final_check(&f.lfc, |_, _| {}), now);
+        // Nothing came by UDP: the report says so, although the give-up never fired.
         assert!(r.complete && r.udp_fell_back_to_tcp, "{r:?}");
-        assert_eq!(r.via_tcp, 10);
+        assert_eq!(r.via_tcp, u64::from(pages));
     }
 
     #[test]
@@ -889,10 +976,25 @@ mod tests {
         d.step(&f.lfc, T0);
         assert_eq!(d.counts().requested, PACING_BURST_PAGES as u64);
         drain(&mut d);
-        d.step(&f.lfc, T0 + 100 * MS);
-        // Retries of the first pages (timed out by now) take their share of the allowance.
+        // 100 ms on, nothing arrived: the first pages timed out and go to TCP, UDP has
+        // stalled and keeps a probe in flight, and TCP may take new pages too: together no more
+        // than the 100 pages the rate grants.
+        let now = T0 + 100 * MS;
+        let poll = d.step(&f.lfc, now);
+        assert_eq!(
+            answer_all(&f, &mut d, poll, now),
+            Poll::Wait {
+                until_ns: now + POLL_NS
+            }
+        );
         let c = d.counts();
-        assert_eq!(c.requested + c.retries, PACING_BURST_PAGES as u64 + 100);
+        let burst = PACING_BURST_PAGES as u64;
+        assert_eq!(c.requested, burst + STALL_PROBE_PAGES as u64);
+        assert_eq!(c.via_tcp, burst, "the timed-out ones");
+        // The allowance is spent: the next round, 2 ms on, has two pages' worth.
+        let next = d.step(&f.lfc, now + POLL_NS);
+        let ts = drain(&mut d);
+        assert!(ts.len() <= 2, "{next:?} {ts:?}");
     }
 
     /// What a backend's read does to the LFC's counters, whichever path serves it
@@ -1052,9 +1154,12 @@ mod tests {
         assert_eq!(drain(&mut d).len(), TCP_DEPTH);
     }
 
-    /// A run of 4 pages by UDP whose pages have all arrived, waiting for its next round.
+    /// Pages of `all_arrived`'s run: more than one TCP batch, so that it goes by UDP.
+    const UDP_RUN: u32 = TCP_DEPTH as u32 + 4;
+
+    /// A run by UDP whose pages have all arrived, waiting for its next round.
     fn all_arrived(f: &Fixture) -> Driver {
-        let mut d = driver(f, config(Some(7000)), 4, 4);
+        let mut d = driver(f, config(Some(7000)), UDP_RUN, UDP_RUN);
         d.step(&f.lfc, T0);
         drain(&mut d);
         for tag in d.pages().to_vec() {
@@ -1066,10 +1171,10 @@ mod tests {
 
     #[test]
     fn a_page_that_left_a_full_cache_is_not_fetched_again_and_the_run_says_full() {
-        // A small cache: the plan's 4 pages, others in every other frame, and, once a plan
-        // page has left, a frame a worker keeps reserved for its receive slot. Fetching the
-        // page again would evict.
-        let f = fixture(16);
+        // A small cache: the plan's pages, others in every other frame, and, once a plan page
+        // has left, a frame a worker keeps reserved for its receive slot. Fetching the page
+        // again would evict.
+        let f = fixture(2 * u64::from(UDP_RUN));
         let mut d = all_arrived(&f);
         let other = synthetic_rel(1);
         for b in 0..f.lfc.capacity_pages() as u32 {
@@ -1090,7 +1195,10 @@ mod tests {
         assert_eq!(d.step(&f.lfc, T0 + 2 * MS), Poll::Done);
         assert_eq!(drain(&mut d), vec![], "nothing fetched into a full cache");
         let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + 3 * MS);
-        assert!(r.cache_full && !r.complete && r.present == 3, "{r:?}");
+        assert!(
+            r.cache_full && !r.complete && r.present == u64::from(UDP_RUN) - 1,
+            "{r:?}"
+        );
         slot.abandon();
     }
 
@@ -1128,7 +1236,8 @@ mod tests {
 
         let mut cfg = config(Some(7000));
         cfg.deadline_ns = Some(MS);
-        let mut d = driver(&f, cfg, 8, 8);
+        // Eight pages past the first run's, which are cached.
+        let mut d = driver(&f, cfg, UDP_RUN + 8, UDP_RUN + 8);
         assert_eq!(d.step(&f.lfc, T0 + 2 * MS), Poll::Done);
         let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + 2 * MS);
         assert!(r.deadline_hit && !r.complete, "{r:?}");

@@ -254,6 +254,8 @@ impl ShardRun {
         part: Vec<BufferTag>,
     ) -> anyhow::Result<ShardRun> {
         let (cfg, lfc) = (run.cfg, run.lfc);
+        // The registration is a request and its answer: a round trip on this connection.
+        let registering = monotonic_ns();
         let udp_port = match run.udp_port {
             Some(port) => match register_shard(&mut client, s, cfg, lfc, port) {
                 Ok(port) => port,
@@ -261,6 +263,7 @@ impl ShardRun {
             },
             None => None,
         };
+        let registered = monotonic_ns();
         let config = DriverConfig {
             schedule: cfg.schedule,
             udp_port,
@@ -273,7 +276,10 @@ impl ShardRun {
                 PrefetchPriority::Foreground => 0,
             },
         };
-        let mut driver = Driver::new(config, part, run.sizes, lfc, run.started_ns, monotonic_ns());
+        let mut driver = Driver::new(config, part, run.sizes, lfc, run.started_ns, registered);
+        if udp_port.is_some() {
+            driver.observe_tcp_rtt(registered - registering);
+        }
         let poll = driver.step(lfc, monotonic_ns());
         Ok(ShardRun {
             client,
