@@ -407,9 +407,9 @@ impl World<'_> {
         let be = &mut self.backends[b];
         let poll = be.driver.on_wait_over(lfc, &mut be.page, now);
         if let Poll::Wait { until_ns, .. } = poll {
-            // The wait goes on (woken for another page on the same channel, the page evicted
-            // again, or the next stretch of a wait for an own prefetch): until the deadline
-            // the driver gives now. Its loss check may have queued GetPages meanwhile.
+            // The wait goes on (woken for another page on the same channel, or the page was
+            // evicted again): until the deadline the driver gives now, as the real shell
+            // waits, whatever was scheduled before.
             be.wait_token += 1;
             let token = be.wait_token;
             be.pending = Pending::Wait { ctx, token };

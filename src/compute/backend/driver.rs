@@ -748,22 +748,6 @@ impl Driver {
             tag,
             phase: Phase::Waiting { until_ns, own },
         });
-        self.wait_slice(tag, until_ns, own, now_ns)
-    }
-
-    /// The next stretch of a wait that ends at `until_ns`: all of it for another backend's
-    /// prefetch; for an own one, a reorder grace at a time, after which `on_wait_over` checks
-    /// whether the pages requested after it arrived meanwhile (it was lost, and is fetched by
-    /// the pipeline then), since only its own arrival wakes the wait. A page lost at the front
-    /// of a scan, read before any check could see later pages arrive, otherwise cost its read
-    /// the whole budget: at 9000 / 5 % (`bench net`) two such reads in a scan's first
-    /// milliseconds took most of its time and moved it to TCP ("… of the time went to 2 reads
-    /// that UDP failed").
-    fn wait_slice(&self, tag: BufferTag, until_ns: u64, own: Option<OwnLoss>, now_ns: u64) -> Poll {
-        let until_ns = match own {
-            Some(_) => until_ns.min(now_ns + self.core.reorder_grace_ns()),
-            None => until_ns,
-        };
         Poll::Wait { tag, until_ns }
     }
 
@@ -812,21 +796,12 @@ impl Driver {
         };
         let arrived = lfc.lookup(&tag, out).is_some();
         if !arrived && now_ns < until_ns {
-            if own.is_some() {
-                self.loss_check(lfc, now_ns, MISS_SCAN);
-                if self.pipeline.contains(&tag) {
-                    // Found lost (overtaken past the grace) and queued on the pipeline: its
-                    // response brings it, as for a loss found before the read.
-                    self.current = None;
-                    self.note_waited(now_ns);
-                    self.read_next(tag, now_ns);
-                    return self.await_response(lfc, tag, now_ns);
-                }
-            }
-            return self.wait_slice(tag, until_ns, own, now_ns);
+            return Poll::Wait { tag, until_ns };
         }
         self.current = None;
-        self.note_waited(now_ns);
+        if let Some(started) = self.wait_started_ns {
+            self.read_waited = now_ns.saturating_sub(started) >= self.core.long_wait_ns();
+        }
         match self.core.on_wait_result(tag, arrived, now_ns) {
             None => {
                 self.own_arrived(lfc, own.is_some_and(|l| l.retried), now_ns);
@@ -844,14 +819,6 @@ impl Driver {
                 };
                 self.fetch(lfc, tag, Some(miss), now_ns)
             }
-        }
-    }
-
-    /// Whether the wait that ends now was a long one (`ReadPath::long_wait_ns`), for the
-    /// health state's waited share.
-    fn note_waited(&mut self, now_ns: u64) {
-        if let Some(started) = self.wait_started_ns {
-            self.read_waited = now_ns.saturating_sub(started) >= self.core.long_wait_ns();
         }
     }
 
@@ -1455,61 +1422,6 @@ mod tests {
         assert_eq!(d.path(), PrefetchPath::Udp, "one loss keeps the path");
         let stats = d.stats();
         assert_eq!((stats.wait_timeouts, stats.retries), (0, 1));
-    }
-
-    #[test]
-    fn a_wait_for_an_own_prefetch_ends_once_later_pages_overtake_it() {
-        const US: u64 = 1_000;
-        let f = fixture(true);
-        let lfc = &f.lfc;
-        let rel = synthetic_rel(0);
-        let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
-        d.prefetch(lfc, rel, 0..64, T0);
-        drain(&mut d);
-        // The read of page 0 comes before anything arrived: it waits, a grace at a time.
-        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
-        let mut now = T0 + 10 * US;
-        let Poll::Wait { until_ns, .. } = d.start_read(lfc, rel.block(0), &mut out, now) else {
-            panic!("a read of a page in flight waits");
-        };
-        let slice = until_ns - now;
-        assert!(
-            slice < ReadPathConfig::default().initial_wait_us * US,
-            "the first stretch is a grace ({slice} ns), not the budget"
-        );
-        // Nothing arrived: the wait goes on, nothing fetched.
-        now = until_ns;
-        let poll = d.on_wait_over(lfc, &mut out, now);
-        assert!(matches!(poll, Poll::Wait { .. }), "{poll:?}");
-        assert!(drain(&mut d).is_empty());
-        // Every page but 0 arrives: 0 is overtaken, and once its grace is over the wait ends
-        // with it fetched by the pipeline, long before the budget ran out.
-        for b in 1..64 {
-            let tag = rel.block(b);
-            lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
-        }
-        let mut wire = VecDeque::new();
-        let mut polls = 0;
-        let poll = loop {
-            let poll = d.on_wait_over(lfc, &mut out, now);
-            let Poll::Wait { until_ns, .. } = poll else {
-                break poll;
-            };
-            now = until_ns;
-            polls += 1;
-            assert!(polls < 10, "the wait did not end");
-        };
-        assert_eq!(poll, Poll::AwaitResponse);
-        let started = T0 + 10 * US;
-        assert!(now - started < 300 * US, "waited {} ns", now - started);
-        let sent = drain(&mut d);
-        assert_eq!(get_pages(&sent), [0]);
-        wire.extend(get_pages(&sent));
-        let h = answer(&mut d, lfc, &mut wire, &mut out, now);
-        assert_eq!(h.next, Some(Poll::Done(ReadSource::Tcp)));
-        let stats = d.stats();
-        assert_eq!(stats.wait_timeouts, 0, "not a wait that ran out");
-        assert_eq!(d.path(), PrefetchPath::Udp);
     }
 
     #[test]

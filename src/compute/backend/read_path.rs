@@ -399,7 +399,7 @@ impl ReadPath {
     /// (a loaded machine delays some deliveries, e.g. a worker thread's wake-up, more than
     /// others), but at most `MAX_REORDER_GRACE_NS`: the variation is mostly queueing, which
     /// delays a page and its successors alike, and a longer grace only makes retries late.
-    pub fn reorder_grace_ns(&self) -> u64 {
+    fn reorder_grace_ns(&self) -> u64 {
         (self.latency.rttvar_ns as u64).clamp(REORDER_GRACE_NS, MAX_REORDER_GRACE_NS)
     }
 
