@@ -3,7 +3,8 @@
 
 use lfc::Lfc;
 
-pub const MS: u64 = 1_000_000;
+pub const US: u64 = 1_000;
+pub const MS: u64 = 1_000 * US;
 /// Virtual start: request marks in the LFC treat a zero time as empty.
 pub const T0: u64 = 10_000 * MS;
 

@@ -88,9 +88,7 @@ pub(super) fn build_backends(
         .into_iter()
         .enumerate()
         .map(|(i, program)| BackendNode {
-            driver: ShardedDriver::new(cfg.shard_layout(), || {
-                Driver::new(cfg.read_path, None, lfc, START_NS)
-            }),
+            driver: new_driver(cfg, lfc, START_NS),
             path_changes: 0,
             program,
             activity: Activity::None,
@@ -102,6 +100,13 @@ pub(super) fn build_backends(
             done: false,
         })
         .collect()
+}
+
+/// A backend's read path as the real shell builds it when the backend process starts.
+pub(super) fn new_driver(cfg: &SimConfig, lfc: &Lfc, now_ns: u64) -> ShardedDriver {
+    ShardedDriver::new(cfg.shard_layout(), || {
+        Driver::new(cfg.read_path, None, lfc, now_ns)
+    })
 }
 
 impl World<'_> {

@@ -49,12 +49,10 @@ pub(super) struct PrewarmNode {
     pub(super) registering: Option<Registering>,
 }
 
-/// What `run_prewarm` has before its drivers start: the plan, the relations' sizes, the
-/// configuration with the daemon's port, and the shards whose PrefetchTarget is unanswered.
+/// A run whose driver uses UDP, before it starts: the driver, when the registration began, and
+/// the shards whose PrefetchTarget is unanswered.
 pub(super) struct Registering {
-    pages: Vec<BufferTag>,
-    sizes: HashMap<RelTag, Option<u32>>,
-    config: DriverConfig,
+    driver: PrewarmDriver,
     started_ns: u64,
     awaiting: usize,
 }
@@ -96,6 +94,9 @@ impl World<'_> {
         self.report.backends_started_ns = self.now - START_NS;
         for b in 0..self.backends.len() {
             let at = self.now + b as u64 * self.cfg.start_skew_ns;
+            // Connected when it starts, as a real backend process is: its PrefetchTarget goes
+            // out with its first step, and the round trip it measures is one.
+            self.backends[b].driver = super::backend::new_driver(&self.cfg, self.lfc, at);
             self.schedule(at, Ev::BackendStep(b));
         }
     }
@@ -148,9 +149,10 @@ impl World<'_> {
     }
 
     /// `run_prewarm`'s start: the relations' sizes (asked of shard 0, as the real one asks),
-    /// the daemon's port, then, with a port, its registration on every shard's connection
-    /// (`register_shard`: PrefetchTarget, then the run's background priority); the driver
-    /// starts once every target is answered (`prewarm_registered`), at once without a port.
+    /// the daemon's port and the driver; when the driver uses UDP, the daemon's registration on
+    /// every shard's connection (`register_shard`: PrefetchTarget, then the run's background
+    /// priority), and the driver starts once every target is answered (`prewarm_registered`);
+    /// else at once.
     fn start_prewarm_driver(&mut self, pages: Vec<BufferTag>) {
         let sizes: HashMap<RelTag, Option<u32>> = prewarm::driver::relations(&pages)
             .into_iter()
@@ -163,15 +165,16 @@ impl World<'_> {
             udp_port: prewarm::driver::udp_port(self.prewarm_config.udp_port, self.lfc, self.now),
             ..self.prewarm_config
         };
-        let run = Registering {
-            pages,
-            sizes,
-            config,
-            started_ns: self.now,
-            awaiting: self.shards.len(),
-        };
-        let Some(udp_port) = config.udp_port else {
-            return self.begin_prewarm_driver(run);
+        let driver = PrewarmDriver::new(config, pages, &sizes, self.lfc, self.now, self.now);
+        if !self.check_prewarm_plan(&driver) {
+            return;
+        }
+        let udp_port = match config.udp_port {
+            Some(port) if driver.uses_udp() => port,
+            _ => {
+                self.prewarm.run = Some(driver);
+                return;
+            }
         };
         for shard in 0..self.shards.len() {
             let hdr = Header {
@@ -198,7 +201,11 @@ impl World<'_> {
                 Request::PrefetchPriority { hdr, priority },
             );
         }
-        self.prewarm.registering = Some(run);
+        self.prewarm.registering = Some(Registering {
+            driver,
+            started_ns: self.now,
+            awaiting: self.shards.len(),
+        });
     }
 
     /// A shard answered prewarm's PrefetchTarget: after the last one, the driver starts.
@@ -213,28 +220,22 @@ impl World<'_> {
         if run.awaiting > 0 {
             return;
         }
-        let run = self.prewarm.registering.take().expect("registering");
-        self.begin_prewarm_driver(run);
+        let Registering {
+            mut driver,
+            started_ns,
+            ..
+        } = self.prewarm.registering.take().expect("registering");
+        // Every shard answered its PrefetchTarget, a round trip since the registration began.
+        driver.registered(self.now - started_ns, self.now);
+        self.prewarm.run = Some(driver);
         let (lfc, now) = (self.lfc, self.now);
         if let Some(poll) = self.prewarm.run.as_mut().map(|d| d.step(lfc, now)) {
             self.prewarm_poll(poll);
         }
     }
 
-    /// The run's driver, checked against the model's idea of which pages exist.
-    fn begin_prewarm_driver(&mut self, run: Registering) {
-        let mut driver = PrewarmDriver::new(
-            run.config,
-            run.pages,
-            &run.sizes,
-            self.lfc,
-            run.started_ns,
-            self.now,
-        );
-        if run.config.udp_port.is_some() {
-            // Registered: every shard answered its PrefetchTarget, a round trip since the start.
-            driver.observe_tcp_rtt(self.now - run.started_ns);
-        }
+    /// The run's driver, checked against the model's idea of which pages exist; counted.
+    fn check_prewarm_plan(&mut self, driver: &PrewarmDriver) -> bool {
         for (i, tag) in driver.pages().iter().enumerate() {
             if driver.exists(i) != self.exists(tag) {
                 let e = driver.exists(i);
@@ -242,12 +243,12 @@ impl World<'_> {
                     ViolationKind::Liveness,
                     format!("prewarm: the page server says {tag} exists={e}, the model disagrees"),
                 );
-                return;
+                return false;
             }
         }
         self.report.prewarm_pages += driver.pages().len() as u64;
         self.rec(Kind::PrewarmRound, driver.pages().len() as u64, 0, 0);
-        self.prewarm.run = Some(driver);
+        true
     }
 
     /// A `Poll::Wait` of the driver is over (or the next prewarm of the program starts).

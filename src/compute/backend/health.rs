@@ -587,6 +587,17 @@ impl UdpHealth {
         }
     }
 
+    /// The page whose read just missed (`on_miss`, the latest) arrived by UDP after all, before
+    /// its GetPage's answer: late, not lost, so the miss no longer counts toward
+    /// `MISSES_TO_DEGRADE`, and UDP delivered. On a loaded machine a healthy shard's pages
+    /// came a little after their reads gave up on them, and two such in eight took the shard
+    /// off UDP (`tests/shards.rs`); a path whose pages keep coming late is the pace rules'
+    /// (`SLOWER_THAN_TCP_TO_DEGRADE`) to judge.
+    pub fn on_late_arrival(&mut self) {
+        self.recent_misses &= !1;
+        self.arrivals_on_path += 1;
+    }
+
     /// The read of a UDP prefetch (own, or another backend's it waited for) gave up on it.
     /// `daemon_delivers`: the daemon has installed datagrams (anyone's) since the backend
     /// started, or this very page came and was evicted. Returns true when that moved the

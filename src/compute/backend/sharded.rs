@@ -257,7 +257,7 @@ fn sum(stats: impl Iterator<Item = ReadStats>) -> ReadStats {
 mod tests {
     use super::*;
     use crate::compute::backend::read_path::ReadPathConfig;
-    use crate::compute::test_support::{fixture, T0};
+    use crate::compute::test_support::{fixture, T0, US};
 
     #[test]
     fn reads_and_prefetches_go_to_their_shards_driver_each_with_its_own_target() {
@@ -342,7 +342,6 @@ mod tests {
     /// shard's pace is the time of its own reads (and the application's time before them).
     #[test]
     fn a_shards_pace_holds_none_of_another_shards_slow_reads() {
-        const US: u64 = 1_000;
         let f = fixture(4096);
         let lfc = &f.lfc;
         lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);

@@ -302,7 +302,7 @@ impl Driver {
     /// taken as gone). `started_ns` is when the run began (its deadline and elapsed time count
     /// from it), `now_ns` when requesting starts (pacing counts from it).
     pub fn new(
-        config: DriverConfig,
+        mut config: DriverConfig,
         pages: Vec<BufferTag>,
         sizes: &HashMap<RelTag, Option<u32>>,
         lfc: &Lfc,
@@ -332,8 +332,13 @@ impl Driver {
         // beat (its pages come a round trip after their request too), while a page it loses
         // costs a timeout more: in the simulator, runs of a few dozen pages over lossy links
         // took two to three times as long as over TCP alone.
+        // Decided before the caller registers the daemon (`uses_udp`): such a run never waits
+        // for a registration's round trip either.
         let small = pages.len() - sched.done() <= TCP_DEPTH;
-        if config.udp_port.is_none() || small {
+        if small {
+            config.udp_port = None;
+        }
+        if config.udp_port.is_none() {
             sched.fail_over_to_tcp();
         }
         let give_up_on_udp_ns = (GIVE_UP_TIMEOUTS * sched.timeout_ns(0)).max(MIN_GIVE_UP_NS);
@@ -365,10 +370,25 @@ impl Driver {
         }
     }
 
-    /// A request-response round trip the caller measured on the run's connection (its
-    /// registration): bounds the first UDP timeout (`Schedule::observe_tcp_rtt`).
-    pub fn observe_tcp_rtt(&mut self, rtt_ns: u64) {
+    /// Whether the run requests pages by UDP: a daemon port was given and TCP cannot take the
+    /// run in one batch. Only then does the caller register the daemon on the run's connection
+    /// and report how that went (`registered` or `udp_refused`) before stepping.
+    pub fn uses_udp(&self) -> bool {
+        self.config.udp_port.is_some()
+    }
+
+    /// The daemon was registered on the run's connection, a request and its answer `rtt_ns`
+    /// long: that round trip bounds the first UDP timeout (`Schedule::observe_tcp_rtt`).
+    /// Requesting (and pacing) starts at `now_ns`.
+    pub fn registered(&mut self, rtt_ns: u64, now_ns: u64) {
         self.sched.observe_tcp_rtt(rtt_ns);
+        self.pacer.started_ns = now_ns;
+    }
+
+    /// The page server does not speak the extension: the run goes over TCP.
+    pub fn udp_refused(&mut self) {
+        self.config.udp_port = None;
+        self.sched.fail_over_to_tcp();
     }
 
     /// The next message to send, if any.

@@ -254,19 +254,9 @@ impl ShardRun {
         part: Vec<BufferTag>,
     ) -> anyhow::Result<ShardRun> {
         let (cfg, lfc) = (run.cfg, run.lfc);
-        // The registration is a request and its answer: a round trip on this connection.
-        let registering = monotonic_ns();
-        let udp_port = match run.udp_port {
-            Some(port) => match register_shard(&mut client, s, cfg, lfc, port) {
-                Ok(port) => port,
-                Err(e) => return Err(name_shard(s, count, &client, e)),
-            },
-            None => None,
-        };
-        let registered = monotonic_ns();
         let config = DriverConfig {
             schedule: cfg.schedule,
-            udp_port,
+            udp_port: run.udp_port,
             // The pace is the run's: each of the shards' drivers takes its share.
             rate_bytes_per_s: cfg.rate_bytes_per_s / count as u64,
             deadline_ns: cfg.deadline.map(|d| d.as_nanos() as u64),
@@ -276,9 +266,18 @@ impl ShardRun {
                 PrefetchPriority::Foreground => 0,
             },
         };
-        let mut driver = Driver::new(config, part, run.sizes, lfc, run.started_ns, registered);
-        if udp_port.is_some() {
-            driver.observe_tcp_rtt(registered - registering);
+        let mut driver = Driver::new(config, part, run.sizes, lfc, run.started_ns, monotonic_ns());
+        if let Some(port) = run.udp_port.filter(|_| driver.uses_udp()) {
+            // The registration is a request and its answer: a round trip on this connection.
+            let registering = monotonic_ns();
+            match register_shard(&mut client, s, cfg, lfc, port) {
+                Ok(true) => {
+                    let registered = monotonic_ns();
+                    driver.registered(registered - registering, registered);
+                }
+                Ok(false) => driver.udp_refused(),
+                Err(e) => return Err(name_shard(s, count, &client, e)),
+            }
         }
         let poll = driver.step(lfc, monotonic_ns());
         Ok(ShardRun {
@@ -369,15 +368,14 @@ fn udp_port(cfg: &PrewarmConfig, lfc: &Lfc) -> Option<u16> {
 }
 
 /// Registers the worker daemon on shard `s`'s connection and asks for the run's priority.
-/// Returns the port that shard's driver prefetches to: none when its page server does not
-/// speak the extension (its pages then come over TCP).
+/// False when its page server does not speak the extension (its pages then come over TCP).
 fn register_shard(
     client: &mut PageClient,
     s: usize,
     cfg: &PrewarmConfig,
     lfc: &Lfc,
     udp_port: u16,
-) -> anyhow::Result<Option<u16>> {
+) -> anyhow::Result<bool> {
     let path_mtu = client.prefetch_path_mtu();
     let target = || PrefetchTarget {
         udp_port,
@@ -390,7 +388,7 @@ fn register_shard(
             server = %cfg.shards.shard_options(s, &cfg.connect).addr,
             "the page server does not support UDP prefetch; prewarming its pages over TCP"
         );
-        return Ok(None);
+        return Ok(false);
     }
     if cfg.priority != PrefetchPriority::Foreground {
         if let Err(e) = client.set_prefetch_priority(cfg.priority) {
@@ -403,11 +401,11 @@ fn register_shard(
             *client = PageClient::connect(&cfg.shards.shard_options(s, &cfg.connect))?;
             crate::compute::bind_cache(lfc, client)?;
             if !client.set_prefetch_target(target())? {
-                return Ok(None);
+                return Ok(false);
             }
         }
     }
-    Ok(Some(udp_port))
+    Ok(true)
 }
 
 /// Each relation's size, `None` for one that no longer exists.

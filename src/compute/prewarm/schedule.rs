@@ -332,11 +332,9 @@ impl Schedule {
     /// 1-12 ms. A link that loses some pages but delivers the rest never stalls.
     pub fn stalled(&self, now_ns: u64) -> bool {
         self.timed_out_since_progress
-            && self
-                .progress_ns
-                .is_some_and(|since| {
-                    now_ns >= since + self.timeout_ns(0).max(self.config.min_stall_ns)
-                })
+            && self.progress_ns.is_some_and(|since| {
+                now_ns >= since + self.timeout_ns(0).max(self.config.min_stall_ns)
+            })
     }
 
     /// Pages currently requested and not arrived, for the shell to check.
@@ -601,6 +599,18 @@ mod tests {
         assert_eq!((c.via_udp_first, c.via_udp_retry, c.via_tcp), (1, 3, 4));
     }
 
+    /// A run of 20 pages with room for 8 in TCP's batch: the window's pages requested at 0,
+    /// page 0 arrived at 30 (srtt 30: timeouts of 120). Returns the schedule and the pages
+    /// requested.
+    fn first_arrival_at_30(config: ScheduleConfig) -> (Schedule, Vec<usize>) {
+        let mut s = Schedule::new(20, config);
+        s.set_tcp_room(8);
+        let mut out = Vec::new();
+        s.next_requests(0, 100, &mut out);
+        s.on_arrived(0, 30);
+        (s, out)
+    }
+
     #[test]
     fn when_nothing_arrives_for_a_first_timeout_tcp_takes_the_pages_not_requested_yet() {
         let config = ScheduleConfig {
@@ -608,14 +618,10 @@ mod tests {
             min_window_pages: 4,
             ..cfg()
         };
-        let mut s = Schedule::new(20, config);
-        s.set_tcp_room(8);
-        let mut out = Vec::new();
+        let (mut s, mut out) = first_arrival_at_30(config);
         let mut tcp = Vec::new();
-        s.next_requests(0, 100, &mut out);
         assert_eq!(out, [0, 1, 2, 3]);
-        // Page 0 arrives at 30 (srtt 30: timeouts of 120); the window takes one more page.
-        s.on_arrived(0, 30);
+        // The window takes one more page.
         s.next_requests(30, 100, &mut out);
         assert_eq!(out, [4]);
         // Nothing more arrives. Until a first timeout after the last arrival, no stall.
@@ -645,12 +651,8 @@ mod tests {
             min_stall_ns: 1_000,
             ..cfg()
         };
-        let mut s = Schedule::new(20, config);
-        s.set_tcp_room(8);
-        let mut out = Vec::new();
+        let (mut s, mut out) = first_arrival_at_30(config);
         let mut tcp = Vec::new();
-        s.next_requests(0, 100, &mut out);
-        s.on_arrived(0, 30);
         // Timeouts are 120 after the arrival: the pages in flight time out at 150 and go to
         // TCP, but UDP has not stalled until the floor, 1000 after the arrival.
         s.next_requests(150, 100, &mut out);
@@ -661,7 +663,10 @@ mod tests {
         assert!(s.stalled(1_030));
         tcp.clear();
         s.take_tcp(100, usize::MAX, 1_030, &mut tcp);
-        assert!(!tcp.is_empty(), "stalled, TCP takes the pages not requested yet");
+        assert!(
+            !tcp.is_empty(),
+            "stalled, TCP takes the pages not requested yet"
+        );
         assert!(tcp.iter().all(|&i| i > 3), "{tcp:?}");
     }
 
