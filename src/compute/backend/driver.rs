@@ -706,16 +706,6 @@ impl Driver {
             Some(Step::Fetch) => self.fetch_planned(lfc, tag, own, now_ns),
             // As if it had waited out its budget, without the wait.
             Some(Step::FetchTooSlow) => self.fetch(lfc, tag, Some(Miss::Unexplained), now_ns),
-            Some(Step::FetchJustRequested) => {
-                let poll = self.fetch(lfc, tag, None, now_ns);
-                // Not a round-trip sample: one measured now caps every later wait at two
-                // round trips (`WAIT_CAP_RTTS`) before the path's own latency is known, and
-                // on loopback under load that cap (100-200 µs) was shorter than a busy
-                // daemon's wake-up: a healthy shard of `tests/shards.rs` left UDP in 3 of 28
-                // runs (0 of 20 without it).
-                self.fetch_sent_ns = 0;
-                poll
-            }
         }
     }
 
@@ -1317,11 +1307,10 @@ mod tests {
         let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
         d.on_response(&f.lfc, Response::Target, &mut out, T0)
             .unwrap();
-        // Nothing arrives: the first read (not the one that sent the prefetch, which would
-        // fetch at once) waits and falls back (nothing has ever arrived, so that is enough),
-        // then the window is on the TCP pipeline as far as it reaches.
+        // Nothing arrives: the first read waits and falls back (nothing has ever arrived, so
+        // that is enough), then the window is on the TCP pipeline as far as it reaches.
         let mut wire = VecDeque::new();
-        let start = T0 + 100 * US;
+        let start = T0;
         let mut now = start;
         assert_eq!(
             read(&mut d, &f.lfc, &mut wire, 0, &mut now),

@@ -922,6 +922,20 @@ mod tests {
     }
 
     #[test]
+    fn a_missed_page_that_arrives_late_takes_its_miss_back() {
+        let mut h = on_udp();
+        h.on_arrival(false);
+        assert!(!h.on_miss(MS, false));
+        // Its page came by UDP before its GetPage's answer: late, not lost.
+        h.on_late_arrival();
+        assert!(!h.on_miss(2 * MS, false), "one miss left in the history");
+        assert_eq!(h.path(), PrefetchPath::Udp);
+        // That one's page never comes: two misses, to TCP.
+        assert!(h.on_miss(3 * MS, false));
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+    }
+
+    #[test]
     fn one_miss_moves_to_tcp_before_udp_delivered_anything_or_soon_after_a_passed_probe() {
         // Nothing arrived yet, but the daemon delivers others' pages: one miss is not enough.
         let mut h = on_udp();

@@ -191,11 +191,6 @@ pub enum Step {
     /// exceeds what a read may wait, or the page is overdue by more than a budget), so waiting
     /// would only add the budget to the GetPage. A miss of the path, like a wait that ran out.
     FetchTooSlow,
-    /// Fetch now: the own prefetch was sent by this very read and nothing is measured yet (no
-    /// arrival, no round trip). A page requested now comes by UDP no sooner than a GetPage
-    /// sent now (the same request leg, a response of the same size), so waiting can only add
-    /// to its time; no evidence against the path.
-    FetchJustRequested,
 }
 
 /// Smoothed prefetch latency, in the style of TCP's RTO estimator: budget = srtt + 4·rttvar,
@@ -370,11 +365,6 @@ impl ReadPath {
         ns
     }
 
-    /// Neither a prefetch's arrival nor a GetPage round trip has been observed.
-    fn nothing_measured(&self) -> bool {
-        self.latency.samples == 0 && self.tcp_rtt_ns == 0.0
-    }
-
     /// A GetPage sent when its read needed it was answered `rtt_ns` later.
     pub fn observe_tcp_rtt(&mut self, rtt_ns: u64) {
         let s = rtt_ns as f64;
@@ -479,12 +469,6 @@ impl ReadPath {
                         .min(budget)
                 } else if o.retries > 0 {
                     budget.saturating_sub(since(o.sent_ns))
-                } else if self.nothing_measured()
-                    && since(o.sent_ns) < Duration::from_micros(self.config.min_wait_us)
-                {
-                    self.stats.fallbacks += 1;
-                    self.stats.wasted_prefetches += 1;
-                    return Some(Step::FetchJustRequested);
                 } else if !self.may_arrive_within(o.sent_ns, budget, now_ns) {
                     self.stats.fallbacks += 1;
                     self.stats.wasted_prefetches += 1;
@@ -603,10 +587,6 @@ mod tests {
         RelTag::new(1663, 5, 16384, 0).block(b)
     }
 
-    /// When the tests read a page prefetched at 0: not by the prefetching read itself (the
-    /// default `min_wait_us` after it), which fetches at once before anything is measured.
-    const READ_AFTER: u64 = 50_000;
-
     /// Two loss checks, at `now` and once the reorder grace has passed: what takes an
     /// overtaken page as lost.
     fn check_twice(
@@ -633,7 +613,7 @@ mod tests {
         );
         // Own prefetch not there yet (never taken as lost): wait a budget, then it arrives.
         assert_eq!(
-            rp.on_lookup(tag(1), false, false, READ_AFTER),
+            rp.on_lookup(tag(1), false, false, 10),
             Some(Step::Wait(Duration::from_micros(1_000)))
         );
         assert_eq!(rp.on_wait_result(tag(1), true, 300_000), None);
@@ -658,32 +638,6 @@ mod tests {
     }
 
     #[test]
-    fn a_page_requested_by_its_own_read_is_fetched_at_once_until_something_is_measured() {
-        let mut rp = ReadPath::new(ReadPathConfig::default());
-        assert!(rp.plan_prefetch(tag(1), false, false, 0));
-        assert!(rp.plan_prefetch(tag(2), false, false, 0));
-        assert_eq!(
-            rp.on_lookup(tag(1), false, false, READ_AFTER - 1),
-            Some(Step::FetchJustRequested)
-        );
-        let s = rp.stats();
-        assert_eq!((s.fallbacks, s.window_cuts), (1, 0), "no miss of the path");
-        // A page requested a little earlier may be on its way: waited for.
-        assert!(matches!(
-            rp.on_lookup(tag(2), false, false, READ_AFTER),
-            Some(Step::Wait(_))
-        ));
-        // Once a round trip is known, a page requested just now is waited for when it may
-        // arrive within the budget.
-        rp.observe_tcp_rtt(500_000);
-        assert!(rp.plan_prefetch(tag(3), false, false, 10_000_000));
-        assert!(matches!(
-            rp.on_lookup(tag(3), false, false, 10_000_000),
-            Some(Step::Wait(_))
-        ));
-    }
-
-    #[test]
     fn a_long_wait_is_half_a_getpage_round_trip_and_bounded_before_one_is_measured() {
         let mut rp = ReadPath::new(ReadPathConfig::default());
         assert_eq!(
@@ -695,7 +649,7 @@ mod tests {
         let late = |rp: &mut ReadPath, i: u32, after_ns: u64| {
             assert!(rp.plan_prefetch(tag(i), false, false, 0));
             assert!(matches!(
-                rp.on_lookup(tag(i), false, false, READ_AFTER),
+                rp.on_lookup(tag(i), false, false, 0),
                 Some(Step::Wait(_))
             ));
             assert_eq!(rp.on_wait_result(tag(i), true, after_ns), None);
@@ -733,7 +687,7 @@ mod tests {
         assert!(rp.plan_prefetch(tag(1), false, false, 0));
         // Nothing measured: the initial budget is all there is to go by.
         assert!(matches!(
-            rp.on_lookup(tag(1), false, false, READ_AFTER),
+            rp.on_lookup(tag(1), false, false, 0),
             Some(Step::Wait(_))
         ));
         assert_eq!(rp.on_wait_result(tag(1), false, MS), Some(Step::Fetch));
@@ -778,7 +732,7 @@ mod tests {
         let mut rp = ReadPath::new(cfg);
         for i in 0..100u32 {
             rp.plan_prefetch(tag(i), false, false, 0);
-            rp.on_lookup(tag(i), false, false, READ_AFTER);
+            rp.on_lookup(tag(i), false, false, 0);
             rp.on_wait_result(tag(i), true, 200_000); // 200 µs every time
         }
         let b = rp.wait_budget();
@@ -788,7 +742,7 @@ mod tests {
         );
         for i in 100..200u32 {
             rp.plan_prefetch(tag(i), false, false, 0);
-            rp.on_lookup(tag(i), false, false, READ_AFTER);
+            rp.on_lookup(tag(i), false, false, 0);
             rp.on_wait_result(tag(i), true, 1_000_000_000); // 1 s: capped
         }
         assert_eq!(rp.wait_budget(), Duration::from_micros(cfg.max_wait_us));
@@ -830,7 +784,7 @@ mod tests {
         // One loss in twenty waits: the budget follows the arrivals.
         for i in 10..30u32 {
             rp.plan_prefetch(tag(i), false, false, 0);
-            rp.on_lookup(tag(i), false, false, READ_AFTER);
+            rp.on_lookup(tag(i), false, false, 0);
             rp.on_wait_result(tag(i), i != 10, 300_000);
         }
         let settled = rp.wait_budget();
@@ -839,7 +793,7 @@ mod tests {
         // arrivals put it; it used to grow to the cap, so every read of a dead path waited 4 ms.
         for i in 100..110u32 {
             rp.plan_prefetch(tag(i), false, false, 0);
-            rp.on_lookup(tag(i), false, false, READ_AFTER);
+            rp.on_lookup(tag(i), false, false, 0);
             rp.on_wait_result(tag(i), false, 0);
         }
         assert_eq!(rp.wait_budget(), settled);
