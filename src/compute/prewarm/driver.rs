@@ -104,12 +104,13 @@ pub enum Poll {
     Done,
 }
 
-/// What the final check found: pages of the plan present and verified, and present but not
-/// verifying.
+/// What the final check found: pages of the plan present and verified, present but not
+/// verifying, and whether pages are missing from a cache that is full (evicted to make room).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FinalCheck {
     pub present: u64,
     pub failed_verification: u64,
+    pub evicted_from_full_cache: bool,
 }
 
 /// A GetPage response the caller read from the connection.
@@ -700,6 +701,13 @@ impl Driver {
                 }
             }
         }
+        // A page missing from a full cache was evicted for others' pages after the last repair
+        // round looked: the plan did not fit beside them, as when a round finds the cache full.
+        // In the simulator backends beside a prewarm filled a 116-page cache after its last
+        // repair round, and the run reported itself incomplete.
+        let existing = self.exists.iter().filter(|&&e| e).count() as u64;
+        check.evicted_from_full_cache =
+            check.present + check.failed_verification < existing && cache_is_full(lfc, 0);
         check
     }
 
@@ -725,7 +733,7 @@ impl Driver {
             failed_verification: check.failed_verification,
             elapsed_s: elapsed,
             mb_per_s: fetched as f64 * PAGE_SIZE as f64 / 1e6 / elapsed.max(1e-9),
-            cache_full: self.cache_full,
+            cache_full: self.cache_full || check.evicted_from_full_cache,
             deadline_hit: self.deadline_hit,
             // Whether or not the early give-up fired, a run where nothing came by UDP says so.
             udp_fell_back_to_tcp: self.fell_back
@@ -1220,6 +1228,30 @@ mod tests {
             "{r:?}"
         );
         slot.abandon();
+    }
+
+    #[test]
+    fn a_page_evicted_from_a_full_cache_after_the_run_makes_it_full_not_failed() {
+        let f = fixture(2 * u64::from(UDP_RUN));
+        let mut d = all_arrived(&f);
+        assert_eq!(d.step(&f.lfc, T0 + 2 * MS), Poll::Done);
+        // After the run's last look, a plan page leaves while the cache has room: incomplete.
+        let gone = d.pages()[1];
+        f.lfc.set_lwlsn(&gone, 100).unwrap();
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + 3 * MS);
+        assert!(!r.cache_full && !r.complete, "{r:?}");
+        // Others' pages fill the cache (the page's frame among them): it was evicted for room.
+        let other = synthetic_rel(1);
+        for b in 0..f.lfc.capacity_pages() as u32 {
+            if cache_is_full(&f.lfc, 0) {
+                break;
+            }
+            let tag = other.block(b);
+            let _ = f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+        }
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + 3 * MS);
+        assert!(r.cache_full && !r.complete, "{r:?}");
+        assert_eq!(r.present, u64::from(UDP_RUN) - 1);
     }
 
     #[test]
