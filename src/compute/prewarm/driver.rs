@@ -1204,14 +1204,7 @@ mod tests {
         // again would evict.
         let f = fixture(2 * u64::from(UDP_RUN));
         let mut d = all_arrived(&f);
-        let other = synthetic_rel(1);
-        for b in 0..f.lfc.capacity_pages() as u32 {
-            if cache_is_full(&f.lfc, 0) {
-                break;
-            }
-            let tag = other.block(b);
-            let _ = f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
-        }
+        fill_with_others(&f.lfc);
         assert!(
             d.pages().iter().all(|t| f.lfc.contains(t)),
             "no plan page evicted yet"
@@ -1230,6 +1223,18 @@ mod tests {
         slot.abandon();
     }
 
+    /// Installs pages of another relation until the cache is full.
+    fn fill_with_others(lfc: &Lfc) {
+        let other = synthetic_rel(1);
+        for b in 0..lfc.capacity_pages() as u32 {
+            if cache_is_full(lfc, 0) {
+                break;
+            }
+            let tag = other.block(b);
+            let _ = lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+        }
+    }
+
     #[test]
     fn a_page_evicted_from_a_full_cache_after_the_run_makes_it_full_not_failed() {
         let f = fixture(2 * u64::from(UDP_RUN));
@@ -1241,14 +1246,7 @@ mod tests {
         let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + 3 * MS);
         assert!(!r.cache_full && !r.complete, "{r:?}");
         // Others' pages fill the cache (the page's frame among them): it was evicted for room.
-        let other = synthetic_rel(1);
-        for b in 0..f.lfc.capacity_pages() as u32 {
-            if cache_is_full(&f.lfc, 0) {
-                break;
-            }
-            let tag = other.block(b);
-            let _ = f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
-        }
+        fill_with_others(&f.lfc);
         let r = d.report(d.final_check(&f.lfc, |_, _| {}), T0 + 3 * MS);
         assert!(r.cache_full && !r.complete, "{r:?}");
         assert_eq!(r.present, u64::from(UDP_RUN) - 1);
