@@ -169,12 +169,9 @@ impl World<'_> {
         if !self.check_prewarm_plan(&driver) {
             return;
         }
-        let udp_port = match config.udp_port {
-            Some(port) if driver.uses_udp() => port,
-            _ => {
-                self.prewarm.run = Some(driver);
-                return;
-            }
+        let Some(udp_port) = driver.udp_port() else {
+            self.prewarm.run = Some(driver);
+            return;
         };
         for shard in 0..self.shards.len() {
             let hdr = Header {

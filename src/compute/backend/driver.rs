@@ -1310,14 +1310,13 @@ mod tests {
         // Nothing arrives: the first read waits and falls back (nothing has ever arrived, so
         // that is enough), then the window is on the TCP pipeline as far as it reaches.
         let mut wire = VecDeque::new();
-        let start = T0;
-        let mut now = start;
+        let mut now = T0;
         assert_eq!(
             read(&mut d, &f.lfc, &mut wire, 0, &mut now),
             ReadSource::Tcp
         );
         assert_eq!(d.path(), PrefetchPath::TcpPipelined);
-        let waited = now - start;
+        let waited = now - T0;
         assert!(waited <= 4 * MS, "{waited}");
         assert_eq!(
             read(&mut d, &f.lfc, &mut wire, 1, &mut now),

@@ -301,7 +301,7 @@ impl Driver {
     /// A run over `pages` (hottest first, no repeats: `prewarm::plan`). `sizes` holds each
     /// relation's block count, `None` when it does not exist (a relation missing from it is
     /// taken as gone). `started_ns` is when the run began (its deadline and elapsed time count
-    /// from it), `now_ns` when requesting starts (pacing counts from it).
+    /// from it), `now_ns` when requesting starts (pacing counts from it, or from `registered`).
     pub fn new(
         mut config: DriverConfig,
         pages: Vec<BufferTag>,
@@ -333,7 +333,7 @@ impl Driver {
         // beat (its pages come a round trip after their request too), while a page it loses
         // costs a timeout more: in the simulator, runs of a few dozen pages over lossy links
         // took two to three times as long as over TCP alone.
-        // Decided before the caller registers the daemon (`uses_udp`): such a run never waits
+        // Decided before the caller registers the daemon (`udp_port`): such a run never waits
         // for a registration's round trip either.
         let small = pages.len() - sched.done() <= TCP_DEPTH;
         if small {
@@ -371,11 +371,11 @@ impl Driver {
         }
     }
 
-    /// Whether the run requests pages by UDP: a daemon port was given and TCP cannot take the
-    /// run in one batch. Only then does the caller register the daemon on the run's connection
-    /// and report how that went (`registered` or `udp_refused`) before stepping.
-    pub fn uses_udp(&self) -> bool {
-        self.config.udp_port.is_some()
+    /// The daemon's port when the run requests pages by UDP: a port was given and TCP cannot
+    /// take the run in one batch. Only then does the caller register the daemon on the run's
+    /// connection and report how that went (`registered` or `udp_refused`) before stepping.
+    pub fn udp_port(&self) -> Option<u16> {
+        self.config.udp_port
     }
 
     /// The daemon was registered on the run's connection, a request and its answer `rtt_ns`

@@ -267,7 +267,7 @@ impl ShardRun {
             },
         };
         let mut driver = Driver::new(config, part, run.sizes, lfc, run.started_ns, monotonic_ns());
-        if let Some(port) = run.udp_port.filter(|_| driver.uses_udp()) {
+        if let Some(port) = driver.udp_port() {
             // The registration is a request and its answer: a round trip on this connection.
             let registering = monotonic_ns();
             match register_shard(&mut client, s, cfg, lfc, port) {

@@ -30,7 +30,7 @@ pub struct ScheduleConfig {
     /// UDP counts as stalled (`Schedule::stalled`) only after at least this long without an
     /// arrival, however short the first timeout. A daemon thread descheduled for a few
     /// milliseconds on a busy compute is not a dead daemon: with the stall at the 2 ms minimum
-    /// timeout, a debug-build daemon under CI load handed 832 of 2000 pages of a healthy run to
+    /// timeout, a daemon under CI load handed 832 of 2000 pages of a healthy run to
     /// TCP. A partitioned link still fails over within this plus one TCP batch.
     pub min_stall_ns: u64,
 }
