@@ -213,7 +213,8 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             .param("delay_us", args.delay_us)
             .param("drop", case.drop_fraction())
             .param("depth", args.depth)
-            .param("elapsed_s", round3(baseline.elapsed_s));
+            .param("elapsed_s", round3(baseline.elapsed_s))
+            .param("cpu_us_per_page", round3(baseline.cpu_us_per_page));
         let mut rec = BenchRecord::new(BENCH, case.name(), "pages/s", udp.pages_per_s)
             .param("pages", udp.pages)
             .param("delay_us", args.delay_us)
@@ -227,6 +228,7 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                 ratios.iter().map(|r| round3(*r)).collect::<Vec<f64>>(),
             )
             .param("elapsed_s", round3(udp.elapsed_s))
+            .param("cpu_us_per_page", round3(udp.cpu_us_per_page))
             .param("tcp_pipelined", udp.tcp_pipelined)
             .param("udp_state_changes", udp.udp_state_changes)
             .param("fallbacks", udp.fallbacks)

@@ -26,7 +26,7 @@ use crate::protocol::identity::{parse_system_identifier, NeonId, SYSTEM_IDENTIFI
 use crate::protocol::page::{Page, PageVerify};
 use crate::protocol::pagestream::{Header, PrefetchTarget, Request, Response};
 use crate::protocol::pgwire::{
-    BackendDecoder, BackendMessage, ErrorFields, FrontendMessage, ProtocolError,
+    BackendDecoder, BackendMessage, ErrorFields, FrontendMessage, Incoming, ProtocolError,
 };
 use crate::protocol::tls::{self, ClientTls, ConnectTlsError, Stream};
 use lfc::{BufferTag, RelTag};
@@ -531,15 +531,17 @@ impl PageClient {
             Err(e) => return Err(e),
         };
         let resp = match msg {
-            BackendMessage::CopyData(payload) => Response::decode(&payload)?,
-            BackendMessage::ErrorResponse(e) if probe => {
-                self.pending.pop_front();
-                self.extension_refused(Some(&e))?;
-                return Err(ClientError::ExtensionUnsupported);
-            }
-            BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
-            BackendMessage::CopyDone => return Err(ClientError::Closed),
-            other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            Incoming::CopyData(resp) => resp,
+            Incoming::Message(msg) => match msg {
+                BackendMessage::ErrorResponse(e) if probe => {
+                    self.pending.pop_front();
+                    self.extension_refused(Some(&e))?;
+                    return Err(ClientError::ExtensionUnsupported);
+                }
+                BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
+                BackendMessage::CopyDone => return Err(ClientError::Closed),
+                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            },
         };
         if resp.header().reqid != want {
             // An error to a request without an answer (a Prefetch the server refused, e.g.
@@ -559,14 +561,15 @@ impl PageClient {
         Ok(resp)
     }
 
-    /// The next message on the connection, flushing first only when none is buffered yet (the
-    /// read may block): a burst of responses costs no system call per response.
-    fn read_response(&mut self) -> Result<BackendMessage, ClientError> {
+    /// The next message on the connection, a pagestream response decoded where it lies in the
+    /// read buffer, flushing first only when none is buffered yet (the read may block): a
+    /// burst of responses costs no system call per response.
+    fn read_response(&mut self) -> Result<Incoming<Response>, ClientError> {
         let dec = &self.decoder;
         let out = &mut self.out;
         self.reader
             .next_or_before_read(
-                |b| dec.decode(b),
+                |b| dec.decode_in_place(b, Response::decode),
                 || {
                     if out.buffer().is_empty() {
                         Ok(())

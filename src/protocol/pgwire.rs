@@ -563,9 +563,31 @@ impl BackendDecoder {
     }
 
     pub fn decode(&self, buf: &[u8]) -> Result<Option<(BackendMessage, usize)>, ProtocolError> {
+        Ok(self
+            .decode_in_place(buf, |payload| Ok(payload.to_vec()))?
+            .map(|(msg, used)| {
+                let msg = match msg {
+                    Incoming::CopyData(payload) => BackendMessage::CopyData(payload),
+                    Incoming::Message(m) => m,
+                };
+                (msg, used)
+            }))
+    }
+
+    /// Like `decode`, but a CopyData's payload is handed to `copy_data` where it lies in `buf`
+    /// instead of being copied out: a pipelining client decodes each 8 KiB page response
+    /// straight from its read buffer (one allocation and one page copy fewer per page).
+    pub fn decode_in_place<T>(
+        &self,
+        buf: &[u8],
+        copy_data: impl FnOnce(&[u8]) -> Result<T, ProtocolError>,
+    ) -> Result<Option<(Incoming<T>, usize)>, ProtocolError> {
         let Some((tag, body, used)) = split_typed_frame(buf, MAX_FRAME_LEN)? else {
             return Ok(None);
         };
+        if tag == b'd' {
+            return Ok(Some((Incoming::CopyData(copy_data(body)?), used)));
+        }
         let mut r = Reader::new(body, "backend message");
         let msg = match tag {
             b'R' => match r.u32()? {
@@ -588,7 +610,6 @@ impl BackendDecoder {
                 r.bytes(2 * ncols as usize)?;
                 BackendMessage::CopyBothResponse
             }
-            b'd' => BackendMessage::CopyData(r.rest().to_vec()),
             b'c' => BackendMessage::CopyDone,
             b'E' => BackendMessage::ErrorResponse(decode_error_fields(&mut r)?),
             b'T' => {
@@ -624,8 +645,16 @@ impl BackendDecoder {
             other => return Err(ProtocolError::UnknownMessageType(other as char)),
         };
         r.finish()?;
-        Ok(Some((msg, used)))
+        Ok(Some((Incoming::Message(msg), used)))
     }
+}
+
+/// A backend message from [`BackendDecoder::decode_in_place`]: a CopyData's payload as the
+/// caller decoded it, or any other message.
+#[derive(Debug)]
+pub enum Incoming<T> {
+    CopyData(T),
+    Message(BackendMessage),
 }
 
 fn decode_error_fields(r: &mut Reader<'_>) -> Result<ErrorFields, ProtocolError> {
