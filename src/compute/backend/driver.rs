@@ -505,6 +505,7 @@ impl Driver {
             if self.pipeline.push_back(Queued {
                 tag,
                 probe: is_probe,
+                race: false,
                 ahead: true,
             }) {
                 requested += 1;
@@ -536,7 +537,7 @@ impl Driver {
             // One probe answers both "cached?" and the lwlsn the GetPage must carry.
             let lwlsn = lfc.lwlsn_unless_cached(&q.tag);
             let cached = lwlsn.is_none();
-            if q.probe {
+            if q.probe || (q.race && cached) {
                 self.health.on_probe_page(cached, now_ns);
             }
             if cached && q.ahead && self.cache_distrust_reads == 0 {
@@ -555,6 +556,7 @@ impl Driver {
                 tag: q.tag,
                 not_modified_since,
                 ahead: q.ahead,
+                race: q.race && !cached,
             });
             self.transmits.push_back(Transmit::GetPage {
                 tag: q.tag,
@@ -571,17 +573,25 @@ impl Driver {
     /// are queued too: `pump` skips them, remembered in `skipped`, so that one evicted before
     /// its read is seen so (in the simulator a window moved with its cached pages left out
     /// cost a synchronous GetPage for each of them).
+    ///
+    /// After a first miss, the window's first pages race UDP (`UdpHealth::start_race`).
     fn move_window_to_tcp(&mut self, lfc: &Lfc, now_ns: u64) {
         self.scratch.clear();
         self.core.take_outstanding(|_| false, &mut self.scratch);
-        let reach = self.tcp_reach() as usize;
-        for i in 0..self.scratch.len().min(reach) {
+        let n = self.scratch.len().min(self.tcp_reach() as usize);
+        let racing = self.health.start_race(n.min(PROBE_PAGES));
+        for i in 0..n {
             let tag = self.scratch[i];
-            self.pipeline.push_back(Queued {
+            let race = racing && i < PROBE_PAGES;
+            let queued = self.pipeline.push_back(Queued {
                 tag,
                 probe: false,
+                race,
                 ahead: true,
             });
+            if race && !queued {
+                self.health.skip_probe_page(now_ns);
+            }
         }
         self.pump(lfc, now_ns);
     }
@@ -625,6 +635,7 @@ impl Driver {
             let queued = self.pipeline.push_back(Queued {
                 tag,
                 probe: false,
+                race: false,
                 ahead: true,
             });
             if queued {
@@ -910,6 +921,7 @@ impl Driver {
             pipeline.push_back(Queued {
                 tag: *t,
                 probe: false,
+                race: false,
                 ahead: true,
             });
             false
@@ -949,7 +961,11 @@ impl Driver {
     /// Puts `tag`'s GetPage first in the pipeline; a probe page whose read came first has not
     /// arrived (the read looked in the LFC), and counts so for its probe.
     fn read_next(&mut self, tag: BufferTag, now_ns: u64) {
-        if self.pipeline.push_front(tag).is_some_and(|q| q.probe) {
+        if self
+            .pipeline
+            .push_front(tag)
+            .is_some_and(|q| q.probe || q.race)
+        {
             self.health.on_probe_page(false, now_ns);
         }
     }
@@ -994,6 +1010,7 @@ impl Driver {
                 let Some(InFlight::Page {
                     not_modified_since,
                     ahead,
+                    race,
                     ..
                 }) = self.pipeline.answered(Some(&tag))
                 else {
@@ -1004,6 +1021,11 @@ impl Driver {
                 }
                 let outcome = lfc.install_prefetched(&tag, not_modified_since, page);
                 installed = outcome == InstallOutcome::Installed;
+                if race {
+                    // Already there: UDP brought it first.
+                    let by_udp = outcome == InstallOutcome::AlreadyPresent;
+                    self.health.on_probe_page(by_udp, now_ns);
+                }
                 let awaited = self
                     .current
                     .is_some_and(|c| c.tag == tag && c.phase == Phase::Awaiting);
@@ -1337,6 +1359,54 @@ mod tests {
         assert_eq!(stats.tcp_pipelined, 255);
         assert_eq!(stats.wait_timeouts, 1);
         assert_eq!(stats.udp_state_changes, 1);
+    }
+
+    #[test]
+    fn a_first_page_that_comes_late_takes_the_window_back_to_udp_when_udp_beats_tcp() {
+        // A fresh daemon's first datagrams come after the first read's budget (a slow start),
+        // then before the TCP answers of the window the miss moved to the pipeline.
+        for udp_first in [true, false] {
+            let f = fixture(true);
+            f.lfc.daemon_heartbeat(T0);
+            let mut d = Driver::new(ReadPathConfig::default(), None, &f.lfc, T0);
+            let rel = synthetic_rel(0);
+            d.prefetch(&f.lfc, rel, 0..32, T0);
+            drain(&mut d);
+            let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+            d.on_response(&f.lfc, Response::Target, &mut out, T0)
+                .unwrap();
+            let Poll::Wait { until_ns, .. } = d.start_read(&f.lfc, rel.block(0), &mut out, T0)
+            else {
+                panic!("the first read waits for its prefetch");
+            };
+            assert_eq!(
+                d.on_wait_over(&f.lfc, &mut out, until_ns),
+                Poll::AwaitResponse
+            );
+            assert_eq!(d.path(), PrefetchPath::TcpPipelined);
+            let mut wire: VecDeque<u32> = get_pages(&drain(&mut d)).into();
+            assert_eq!(wire.len(), 32, "the read's page, then the window: {wire:?}");
+            if udp_first {
+                for b in 0..32 {
+                    let tag = rel.block(b);
+                    f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+                }
+            }
+            let now = until_ns + 100 * US;
+            let done = answer(&mut d, &f.lfc, &mut wire, &mut out, now);
+            assert_eq!(done.next, Some(Poll::Done(ReadSource::Tcp)));
+            while !wire.is_empty() {
+                answer(&mut d, &f.lfc, &mut wire, &mut out, now);
+            }
+            let log = d.state_log();
+            if udp_first {
+                assert_eq!(d.path(), PrefetchPath::Udp, "{log:?}");
+                assert!(log[2].reason.contains("late, not lost"), "{log:?}");
+            } else {
+                assert_eq!(d.path(), PrefetchPath::TcpPipelined, "{log:?}");
+                assert_eq!(d.path_changes(), 1);
+            }
+        }
     }
 
     #[test]

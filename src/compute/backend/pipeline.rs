@@ -22,6 +22,10 @@ pub struct Queued {
     /// Requested by UDP as a probe of that path: sent by TCP only if it has not arrived when
     /// its turn comes.
     pub probe: bool,
+    /// Requested by UDP before a first miss moved it here (`UdpHealth::start_race`): UDP and
+    /// the TCP pipeline race for it, and which one brings it first is judged when its turn
+    /// comes (cached by then: UDP) or when its answer comes (already installed: UDP).
+    pub race: bool,
     /// Requested ahead of its read (false: a read is waiting for it now).
     pub ahead: bool,
 }
@@ -37,6 +41,8 @@ pub enum InFlight {
         /// not risen above it.
         not_modified_since: u64,
         ahead: bool,
+        /// A race page (`Queued::race`) whose answer judges the race.
+        race: bool,
     },
 }
 
@@ -108,6 +114,7 @@ impl Pipeline {
         self.queued.push_front(Queued {
             tag,
             probe: false,
+            race: false,
             ahead: false,
         });
         old
@@ -160,6 +167,7 @@ mod tests {
         Queued {
             tag: tag(b),
             probe: false,
+            race: false,
             ahead: true,
         }
     }
@@ -177,6 +185,7 @@ mod tests {
                 tag: x.tag,
                 not_modified_since: 0,
                 ahead: true,
+                race: false,
             });
             sent.push(x.tag.blkno);
         }
