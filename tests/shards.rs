@@ -346,7 +346,18 @@ fn a_shard_whose_datagrams_are_all_dropped_serves_its_pages_by_tcp_and_the_other
             })
         };
         if healthy.iter().any(|&s| moved(s)) && attempt < ATTEMPTS {
-            eprintln!("attempt {attempt}: a healthy shard left UDP too (a busy machine); again");
+            let why: Vec<&str> = log
+                .iter()
+                .filter_map(|c| c["reason"].as_str())
+                .filter(|r| {
+                    healthy
+                        .iter()
+                        .any(|s| r.starts_with(&format!("shard {s}:")))
+                })
+                .collect();
+            eprintln!(
+                "attempt {attempt}: a healthy shard left UDP too (a busy machine): {why:?}; again"
+            );
             continue;
         }
         // It alone moved: the other shards stayed on UDP, and their pages came mostly by it.

@@ -231,6 +231,11 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             .param("cpu_us_per_page", round3(udp.cpu_us_per_page))
             .param("tcp_pipelined", udp.tcp_pipelined)
             .param("udp_state_changes", udp.udp_state_changes)
+            // When and why the median scan changed paths: what a fault's cost is made of.
+            .param(
+                "udp_state_log",
+                serde_json::to_value(&udp.udp_state_log).unwrap_or_default(),
+            )
             .param("fallbacks", udp.fallbacks)
             .param("wait_timeouts", udp.wait_timeouts)
             .param("hits", udp.hits)

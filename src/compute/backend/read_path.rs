@@ -45,6 +45,13 @@ pub const MAX_WINDOW: u32 = 4096;
 pub const INITIAL_WINDOW: u32 = 32;
 /// Window growth per prefetched page found in the LFC when read: a few hundred hits undo a cut.
 const WINDOW_GROWTH_PER_HIT: f64 = 0.5;
+/// Window growth per own prefetch a read had to wait for and got (a late hit): the reader
+/// caught up with its prefetches, so the window is shorter than the path's latency at the
+/// reader's pace, and it doubles per round trip as TCP's slow start does (a miss still halves
+/// it). Grown by hits alone, a scan's window stayed near its initial 32 pages for its first
+/// milliseconds: at a 200 µs service delay that paced UDP at 9.8–21 µs a read against TCP
+/// pipelining's 2.3–3.2 µs at depth 128, and the pace rules took the backend to TCP for good.
+const WINDOW_GROWTH_PER_LATE_HIT: f64 = 1.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadPathConfig {
@@ -516,6 +523,7 @@ impl ReadPath {
             self.stats.late_hits += 1;
             if let Some(o) = own {
                 self.latency.observe(now_ns.saturating_sub(o.sent_ns));
+                self.window = (self.window + WINDOW_GROWTH_PER_LATE_HIT).min(f64::from(MAX_WINDOW));
             }
             None
         } else {
@@ -1061,6 +1069,29 @@ mod tests {
         }
         assert_eq!(rp.prefetch_distance(128), MIN_WINDOW);
         assert!(rp.stats().window_cuts >= 3);
+    }
+
+    #[test]
+    fn late_hits_grow_the_window_a_page_each_and_others_prefetches_do_not() {
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        // A reader that catches up with its own prefetches (each waited for, then there):
+        // 32 late hits double the window, as a round trip of TCP's slow start would.
+        for i in 0..32u32 {
+            rp.plan_prefetch(tag(i), false, false, 0);
+            assert!(matches!(
+                rp.on_lookup(tag(i), false, false, 100),
+                Some(Step::Wait(_))
+            ));
+            assert_eq!(rp.on_wait_result(tag(i), true, 300), None);
+        }
+        assert_eq!(rp.prefetch_distance(512), 2 * INITIAL_WINDOW);
+        assert_eq!(rp.stats().late_hits, 32);
+        // Another backend's prefetch waited for says nothing of this window.
+        for i in 100..116u32 {
+            rp.on_lookup(tag(i), false, true, 400);
+            assert_eq!(rp.on_wait_result(tag(i), true, 500), None);
+        }
+        assert_eq!(rp.prefetch_distance(512), 2 * INITIAL_WINDOW);
     }
 
     #[test]
