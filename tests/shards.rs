@@ -346,14 +346,15 @@ fn a_shard_whose_datagrams_are_all_dropped_serves_its_pages_by_tcp_and_the_other
             })
         };
         if healthy.iter().any(|&s| moved(s)) && attempt < ATTEMPTS {
-            let why: Vec<&str> = log
+            let why: Vec<String> = log
                 .iter()
-                .filter_map(|c| c["reason"].as_str())
-                .filter(|r| {
+                .filter(|c| {
+                    let r = c["reason"].as_str().unwrap_or("");
                     healthy
                         .iter()
                         .any(|s| r.starts_with(&format!("shard {s}:")))
                 })
+                .map(|c| format!("{} ms: {}", c["at_ms"], c["reason"].as_str().unwrap_or("")))
                 .collect();
             eprintln!(
                 "attempt {attempt}: a healthy shard left UDP too (a busy machine): {why:?}; again"
