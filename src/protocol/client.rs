@@ -532,16 +532,16 @@ impl PageClient {
         };
         let resp = match msg {
             Incoming::CopyData(resp) => resp,
-            Incoming::Message(msg) => match msg {
-                BackendMessage::ErrorResponse(e) if probe => {
-                    self.pending.pop_front();
-                    self.extension_refused(Some(&e))?;
-                    return Err(ClientError::ExtensionUnsupported);
-                }
-                BackendMessage::ErrorResponse(e) => return Err(ClientError::Server(e)),
-                BackendMessage::CopyDone => return Err(ClientError::Closed),
-                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
-            },
+            Incoming::Message(BackendMessage::ErrorResponse(e)) if probe => {
+                self.pending.pop_front();
+                self.extension_refused(Some(&e))?;
+                return Err(ClientError::ExtensionUnsupported);
+            }
+            Incoming::Message(BackendMessage::ErrorResponse(e)) => {
+                return Err(ClientError::Server(e))
+            }
+            Incoming::Message(BackendMessage::CopyDone) => return Err(ClientError::Closed),
+            Incoming::Message(other) => return Err(ClientError::Unexpected(format!("{other:?}"))),
         };
         if resp.header().reqid != want {
             // An error to a request without an answer (a Prefetch the server refused, e.g.

@@ -15,7 +15,7 @@
 use super::health::{
     DaemonView, PrefetchPath, ReadTiming, StateChange, UdpHealth, PROBE_MIN_PAGES, PROBE_PAGES,
 };
-use super::pipeline::{InFlight, Pipeline, Queued};
+use super::pipeline::{Check, InFlight, Pipeline, Queued};
 use super::read_path::{
     prefetch_runs, OwnLoss, PrefetchRun, ReadPath, ReadPathConfig, ReadStats, Step, LOSS_SCAN,
     MISS_SCAN, READS_PER_LOSS_CHECK,
@@ -504,8 +504,7 @@ impl Driver {
             }
             if self.pipeline.push_back(Queued {
                 tag,
-                probe: is_probe,
-                race: false,
+                check: if is_probe { Check::Probe } else { Check::None },
                 ahead: true,
             }) {
                 requested += 1;
@@ -537,12 +536,15 @@ impl Driver {
             // One probe answers both "cached?" and the lwlsn the GetPage must carry.
             let lwlsn = lfc.lwlsn_unless_cached(&q.tag);
             let cached = lwlsn.is_none();
-            if q.probe || (q.race && cached) {
-                self.health.on_probe_page(cached, now_ns);
+            match q.check {
+                Check::Probe => self.health.on_probe_page(cached, now_ns),
+                // Not cached yet: its answer judges it.
+                Check::Race if cached => self.health.on_probe_page(true, now_ns),
+                Check::Race | Check::None => {}
             }
             if cached && q.ahead && self.cache_distrust_reads == 0 {
                 self.pipeline.skip(&q.tag);
-                if !q.probe {
+                if q.check != Check::Probe {
                     // Twice the reach: every page of a window skipped is remembered.
                     if self.skipped.len() >= 2 * self.tcp_reach() as usize {
                         self.skipped.pop_front();
@@ -556,7 +558,7 @@ impl Driver {
                 tag: q.tag,
                 not_modified_since,
                 ahead: q.ahead,
-                race: q.race && !cached,
+                race: q.check == Check::Race && !cached,
             });
             self.transmits.push_back(Transmit::GetPage {
                 tag: q.tag,
@@ -585,8 +587,7 @@ impl Driver {
             let race = racing && i < PROBE_PAGES;
             let queued = self.pipeline.push_back(Queued {
                 tag,
-                probe: false,
-                race,
+                check: if race { Check::Race } else { Check::None },
                 ahead: true,
             });
             if race && !queued {
@@ -634,8 +635,7 @@ impl Driver {
             let tag = self.scratch[i];
             let queued = self.pipeline.push_back(Queued {
                 tag,
-                probe: false,
-                race: false,
+                check: Check::None,
                 ahead: true,
             });
             if queued {
@@ -920,8 +920,7 @@ impl Driver {
             }
             pipeline.push_back(Queued {
                 tag: *t,
-                probe: false,
-                race: false,
+                check: Check::None,
                 ahead: true,
             });
             false
@@ -964,7 +963,7 @@ impl Driver {
         if self
             .pipeline
             .push_front(tag)
-            .is_some_and(|q| q.probe || q.race)
+            .is_some_and(|q| q.check != Check::None)
         {
             self.health.on_probe_page(false, now_ns);
         }

@@ -19,15 +19,24 @@ pub const PIPELINED_FLUSH_EVERY: usize = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Queued {
     pub tag: BufferTag,
+    /// Whether it is a page of the health state's probe (or race), and which.
+    pub check: Check,
+    /// Requested ahead of its read (false: a read is waiting for it now).
+    pub ahead: bool,
+}
+
+/// What a queued page tells the health state's running probe when its turn comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Nothing: an ordinary page.
+    None,
     /// Requested by UDP as a probe of that path: sent by TCP only if it has not arrived when
     /// its turn comes.
-    pub probe: bool,
+    Probe,
     /// Requested by UDP before a first miss moved it here (`UdpHealth::start_race`): UDP and
     /// the TCP pipeline race for it, and which one brings it first is judged when its turn
     /// comes (cached by then: UDP) or when its answer comes (already installed: UDP).
-    pub race: bool,
-    /// Requested ahead of its read (false: a read is waiting for it now).
-    pub ahead: bool,
+    Race,
 }
 
 /// A request on the wire whose response has not been read.
@@ -41,7 +50,7 @@ pub enum InFlight {
         /// not risen above it.
         not_modified_since: u64,
         ahead: bool,
-        /// A race page (`Queued::race`) whose answer judges the race.
+        /// A race page (`Check::Race`) whose answer judges the race.
         race: bool,
     },
 }
@@ -113,8 +122,7 @@ impl Pipeline {
         self.members.insert(tag);
         self.queued.push_front(Queued {
             tag,
-            probe: false,
-            race: false,
+            check: Check::None,
             ahead: false,
         });
         old
@@ -166,8 +174,7 @@ mod tests {
     fn q(b: u32) -> Queued {
         Queued {
             tag: tag(b),
-            probe: false,
-            race: false,
+            check: Check::None,
             ahead: true,
         }
     }
