@@ -15,6 +15,13 @@ use std::time::Instant;
 /// Violations kept in full in a summary (the count covers all of them).
 pub const MAX_REPORTED_VIOLATIONS: usize = 20;
 
+/// Seeds listed as nearest the liveness limit: a change to the read path moves this tail long
+/// before it adds or removes a violation, so a soak shows which way it went.
+pub const NEAREST_LIMIT_SEEDS: usize = 10;
+
+/// A seed's liveness share at or above this counts as near the limit.
+pub const NEAR_LIMIT_SHARE: f64 = 0.9;
+
 #[derive(Debug, Clone)]
 pub struct SoakOptions {
     pub first_seed: u64,
@@ -61,6 +68,11 @@ pub struct SoakSummary {
     pub wall_seconds: f64,
     pub seeds_per_minute: f64,
     pub datagrams_per_wall_second: f64,
+    /// Seeds whose median time with UDP came to at least `NEAR_LIMIT_SHARE` of the liveness
+    /// limit (violations included), and the `NEAREST_LIMIT_SEEDS` nearest it, as (seed,
+    /// share), nearest first.
+    pub near_limit_seeds: u64,
+    pub nearest_limit: Vec<(u64, f64)>,
     pub failed: Vec<FailedSeed>,
 }
 
@@ -82,6 +94,13 @@ impl SoakSummary {
         self.prewarm_yielded_rounds += r.prewarm_yielded_rounds;
         self.events += r.events;
         self.simulated_seconds += r.simulated_ns as f64 / 1e9;
+        if let Some(share) = r.liveness_share {
+            self.near_limit_seeds += u64::from(share >= NEAR_LIMIT_SHARE);
+            self.nearest_limit.push((r.seed, share));
+            self.nearest_limit
+                .sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            self.nearest_limit.truncate(NEAREST_LIMIT_SEEDS);
+        }
         if let Some(v) = &r.violation {
             self.violations += 1;
             *self.violations_by_kind.entry(v.category()).or_insert(0) += 1;

@@ -193,6 +193,17 @@ fn run_soak(args: &Args) -> ExitCode {
             s.prefetch_retries
         );
         println!("  faults injected {}: {:?}", s.faults_injected, s.faults);
+        let nearest: Vec<String> = s
+            .nearest_limit
+            .iter()
+            .map(|(seed, share)| format!("{seed} {share:.3}"))
+            .collect();
+        println!(
+            "  liveness: {} seed(s) at >= {} of the limit; nearest: {}",
+            s.near_limit_seeds,
+            sim::soak::NEAR_LIMIT_SHARE,
+            nearest.join(", ")
+        );
         println!(
             "  {:.1} simulated s in {:.1} wall s: {:.0} seeds/min, {:.0} datagrams/wall s",
             s.simulated_seconds, s.wall_seconds, s.seeds_per_minute, s.datagrams_per_wall_second

@@ -248,6 +248,9 @@ pub struct ReadPath {
     /// The distance last handed out, which a cut halves.
     distance_in_use: u32,
     last_cut_ns: Option<u64>,
+    /// Whether any own prefetch was ever found (at once or after a wait): until then the path
+    /// has delivered nothing, and an old request is not presumed queued (`may_arrive_within`).
+    own_found: bool,
     stats: ReadStats,
 }
 
@@ -266,6 +269,7 @@ impl ReadPath {
             window: f64::from(INITIAL_WINDOW),
             distance_in_use: MAX_WINDOW,
             last_cut_ns: None,
+            own_found: false,
             stats: ReadStats::default(),
         }
     }
@@ -338,19 +342,27 @@ impl ReadPath {
     /// was observed, a measured GetPage round trip (a prefetch takes the same request and a
     /// response of the same size). Not if it is expected only after the budget ends (the
     /// path's latency is above what a read may wait), nor if it is overdue by more than a
-    /// budget already (lost, or a path that stopped). Always while nothing was measured. In
-    /// the simulator (shard round trips of 3-4 ms, a 2.3 ms cap, 13-43 % loss) reads waited
-    /// out their budget for such pages and then fetched them, twice TCP's cost per page.
+    /// budget already (lost, or a path that stopped). In the simulator (shard round trips of
+    /// 3-4 ms, a 2.3 ms cap, 13-43 % loss) reads waited out their budget for such pages and
+    /// then fetched them, twice TCP's cost per page.
+    ///
+    /// While nothing was measured: always if an own prefetch was ever found (it came, so this
+    /// one is most likely queued behind others: a backlogged sender), else the budget itself
+    /// stands for the latency and a page requested more than two budgets ago is overdue. Such a
+    /// page was prefetched ahead of its read (the window reached a new shard long before the
+    /// reader), and waiting a third budget for it cost each new shard of a backend a whole wait
+    /// on a path that had delivered nothing (`heavy` seeds 4711, 6982 and 7920: a 3.6 ms wait
+    /// before each shard's first GetPage, on links losing 14-42 %).
     fn may_arrive_within(&self, sent_ns: u64, budget: Duration, now_ns: u64) -> bool {
         let latency = if self.latency.samples > 0 {
             self.latency.srtt_ns
         } else {
             self.tcp_rtt_ns
         };
-        if latency == 0.0 {
-            return true;
-        }
         let budget_ns = budget.as_nanos() as u64;
+        if latency == 0.0 {
+            return self.own_found || now_ns.saturating_sub(sent_ns) <= 2 * budget_ns;
+        }
         let expected_ns = sent_ns + latency as u64;
         expected_ns <= now_ns + budget_ns && now_ns <= expected_ns + budget_ns
     }
@@ -454,6 +466,7 @@ impl ReadPath {
             // not a sample (a long prefetch distance would inflate the budget).
             self.stats.hits += 1;
             if own.is_some() {
+                self.own_found = true;
                 self.window = (self.window + WINDOW_GROWTH_PER_HIT).min(f64::from(MAX_WINDOW));
             }
             return None;
@@ -522,6 +535,7 @@ impl ReadPath {
         if arrived {
             self.stats.late_hits += 1;
             if let Some(o) = own {
+                self.own_found = true;
                 self.latency.observe(now_ns.saturating_sub(o.sent_ns));
                 self.window = (self.window + WINDOW_GROWTH_PER_LATE_HIT).min(f64::from(MAX_WINDOW));
             }
@@ -728,6 +742,19 @@ mod tests {
         );
         let stats = rp.stats();
         assert_eq!(stats.fallbacks, fallbacks + 2);
+        // Nothing measured and nothing found yet: the budget stands for the latency, so a page
+        // requested two budgets ago may still come, and one requested longer ago is overdue.
+        let mut fresh = ReadPath::new(cfg);
+        assert!(fresh.plan_prefetch(tag(6), false, false, 0));
+        assert!(matches!(
+            fresh.on_lookup(tag(6), false, false, 4 * MS),
+            Some(Step::Wait(_))
+        ));
+        assert!(fresh.plan_prefetch(tag(7), false, false, 10 * MS));
+        assert_eq!(
+            fresh.on_lookup(tag(7), false, false, 14 * MS + 1),
+            Some(Step::FetchTooSlow)
+        );
         assert_eq!(
             stats.wait_timeouts, 1,
             "no wait ran out for the fetched ones"
@@ -760,7 +787,10 @@ mod tests {
     fn queued_prefetches_are_waited_for_and_overdue_retries_fall_back_at_once() {
         let mut rp = ReadPath::new(ReadPathConfig::default());
         let budget = rp.wait_budget();
-        // Requested long ago and never taken as lost: queued, so a full budget from now.
+        // Requested long ago and never taken as lost, on a path that delivers (an own
+        // prefetch was found): queued, so a full budget from now.
+        rp.plan_prefetch(tag(0), false, false, 0);
+        assert_eq!(rp.on_lookup(tag(0), true, false, 0), None);
         rp.plan_prefetch(tag(1), false, false, 0);
         let long_after = 10 * budget.as_nanos() as u64;
         assert_eq!(
