@@ -285,3 +285,52 @@ fn scratch_dir() -> std::path::PathBuf {
         std::env::temp_dir()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn pairs(udp_ms: [u64; 5], tcp_ms: [u64; 5]) -> Vec<Pair> {
+        udp_ms
+            .iter()
+            .zip(tcp_ms)
+            .map(|(&u, t)| Pair {
+                udp_ns: u * MS,
+                tcp_ns: t * MS,
+                udp_prewarm_ns: 0,
+                tcp_prewarm_ns: 0,
+                udp_evictions: 0,
+                tcp_evictions: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_liveness_share_is_the_median_over_the_limit_and_a_violation_only_above_one() {
+        // Medians 120 and 80 ms: the limit is 1.25 x 80 + 20 = 120 ms, met exactly.
+        let mut r = world::RunReport::default();
+        check_liveness(
+            &mut r,
+            &pairs([500, 120, 90, 121, 110], [80, 70, 80, 300, 90]),
+        );
+        assert!(r.violation.is_none());
+        assert!((r.liveness_share.unwrap() - 1.0).abs() < 1e-9);
+        // One millisecond more is over it, and named so.
+        let mut r = world::RunReport::default();
+        check_liveness(
+            &mut r,
+            &pairs([500, 121, 90, 122, 110], [80, 70, 80, 300, 90]),
+        );
+        let v = r.violation.expect("over the limit");
+        assert_eq!(v.kind, world::ViolationKind::SlowerThanTcp);
+        assert!(v.message.contains("121.0 ms with UDP"), "{}", v.message);
+        assert!(r.liveness_share.unwrap() > 1.0);
+        // Well within: a share far below one, no violation.
+        let mut r = world::RunReport::default();
+        check_liveness(&mut r, &pairs([60; 5], [80; 5]));
+        assert!(r.violation.is_none());
+        assert!((r.liveness_share.unwrap() - 0.5).abs() < 1e-9);
+    }
+}
