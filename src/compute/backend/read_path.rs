@@ -717,47 +717,35 @@ mod tests {
         let budget = rp.wait_budget().as_nanos() as u64;
         assert_eq!(budget, 2 * MS);
         let fallbacks = rp.stats().fallbacks;
+        // Requested at `sent`, read (and missed) at `read`.
+        let read = |rp: &mut ReadPath, b: u32, sent: u64, read: u64| {
+            assert!(rp.plan_prefetch(tag(b), false, false, sent));
+            rp.on_lookup(tag(b), false, false, read)
+        };
+        let waits = |step: Option<Step>| matches!(step, Some(Step::Wait(_)));
         // Expected 4 ms after its request: a read 1 ms after it cannot see it within 2 ms.
-        assert!(rp.plan_prefetch(tag(2), false, false, 10 * MS));
-        assert_eq!(
-            rp.on_lookup(tag(2), false, false, 11 * MS),
-            Some(Step::FetchTooSlow)
-        );
+        assert_eq!(read(&mut rp, 2, 10 * MS, 11 * MS), Some(Step::FetchTooSlow));
         // A read 3 ms after it may: it waits.
-        assert!(rp.plan_prefetch(tag(3), false, false, 20 * MS));
-        assert!(matches!(
-            rp.on_lookup(tag(3), false, false, 23 * MS),
-            Some(Step::Wait(_))
-        ));
+        assert!(waits(read(&mut rp, 3, 20 * MS, 23 * MS)));
         // Due 4 ms after its request and still missing a budget after that: overdue.
-        assert!(rp.plan_prefetch(tag(4), false, false, 30 * MS));
-        assert!(matches!(
-            rp.on_lookup(tag(4), false, false, 36 * MS),
-            Some(Step::Wait(_))
-        ));
-        assert!(rp.plan_prefetch(tag(5), false, false, 40 * MS));
+        assert!(waits(read(&mut rp, 4, 30 * MS, 36 * MS)));
         assert_eq!(
-            rp.on_lookup(tag(5), false, false, 46 * MS + 1),
+            read(&mut rp, 5, 40 * MS, 46 * MS + 1),
             Some(Step::FetchTooSlow)
         );
         let stats = rp.stats();
         assert_eq!(stats.fallbacks, fallbacks + 2);
-        // Nothing measured and nothing found yet: the budget stands for the latency, so a page
-        // requested two budgets ago may still come, and one requested longer ago is overdue.
-        let mut fresh = ReadPath::new(cfg);
-        assert!(fresh.plan_prefetch(tag(6), false, false, 0));
-        assert!(matches!(
-            fresh.on_lookup(tag(6), false, false, 4 * MS),
-            Some(Step::Wait(_))
-        ));
-        assert!(fresh.plan_prefetch(tag(7), false, false, 10 * MS));
-        assert_eq!(
-            fresh.on_lookup(tag(7), false, false, 14 * MS + 1),
-            Some(Step::FetchTooSlow)
-        );
         assert_eq!(
             stats.wait_timeouts, 1,
             "no wait ran out for the fetched ones"
+        );
+        // Nothing measured and nothing found yet: the budget stands for the latency, so a page
+        // requested two budgets ago may still come, and one requested longer ago is overdue.
+        let mut fresh = ReadPath::new(cfg);
+        assert!(waits(read(&mut fresh, 6, 0, 4 * MS)));
+        assert_eq!(
+            read(&mut fresh, 7, 10 * MS, 14 * MS + 1),
+            Some(Step::FetchTooSlow)
         );
     }
 
