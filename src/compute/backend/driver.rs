@@ -237,6 +237,9 @@ pub struct Driver {
     /// False for a backend that never uses UDP (`Driver::tcp_only`): Neon's compute with its
     /// LFC, the baseline UDP prefetch has to beat.
     udp_allowed: bool,
+    /// A repair was judged since the last `pump` (its loss sample taken): `pump` checks the
+    /// loss share then.
+    repair_judged: bool,
 }
 
 impl Driver {
@@ -323,6 +326,7 @@ impl Driver {
             skipped: VecDeque::with_capacity(2 * tcp_reach(tcp_depth) as usize),
             cache_distrust_reads: 0,
             udp_allowed: true,
+            repair_judged: false,
         }
     }
 
@@ -540,7 +544,8 @@ impl Driver {
                 Check::Probe => self.health.on_probe_page(cached, now_ns),
                 // Not cached yet: its answer judges it.
                 Check::Race if cached => self.health.on_probe_page(true, now_ns),
-                Check::Race | Check::None => {}
+                Check::Repair if cached => self.judge_repair(false),
+                Check::Race | Check::Repair | Check::None => {}
             }
             if cached && q.ahead && self.cache_distrust_reads == 0 {
                 self.pipeline.skip(&q.tag);
@@ -558,13 +563,29 @@ impl Driver {
                 tag: q.tag,
                 not_modified_since,
                 ahead: q.ahead,
-                race: q.check == Check::Race && !cached,
+                judge: match q.check {
+                    Check::Race | Check::Repair if !cached => q.check,
+                    _ => Check::None,
+                },
             });
             self.transmits.push_back(Transmit::GetPage {
                 tag: q.tag,
                 not_modified_since,
             });
         }
+        if std::mem::take(&mut self.repair_judged) && self.health.check_loss(now_ns) {
+            self.move_window_to_tcp(lfc, now_ns);
+        }
+    }
+
+    /// A page taken as lost and fetched by TCP (`Check::Repair`) is judged: `lost` unless UDP
+    /// brought it first. The loss sample is taken now, not when the loss check queued it: on a
+    /// one-CPU compute a daemon's two threads deliver a shard's pages out of order by more than
+    /// the reorder grace, and taken as lost at once such pages made healthy shards of `bench
+    /// shards` leave UDP ("32 % of prefetches lost" on loopback with nothing dropped).
+    fn judge_repair(&mut self, lost: bool) {
+        self.health.on_arrival(lost);
+        self.repair_judged = true;
     }
 
     /// The UDP path is not delivering: this backend's own prefetches still outstanding go to
@@ -635,12 +656,11 @@ impl Driver {
             let tag = self.scratch[i];
             let queued = self.pipeline.push_back(Queued {
                 tag,
-                check: Check::None,
+                check: Check::Repair,
                 ahead: true,
             });
             if queued {
                 self.core.repair_by_tcp(&tag);
-                self.health.on_arrival(true);
             } else {
                 self.pairs.push((tag, lfc.lwlsn(&tag)));
             }
@@ -960,12 +980,11 @@ impl Driver {
     /// Puts `tag`'s GetPage first in the pipeline; a probe page whose read came first has not
     /// arrived (the read looked in the LFC), and counts so for its probe.
     fn read_next(&mut self, tag: BufferTag, now_ns: u64) {
-        if self
-            .pipeline
-            .push_front(tag)
-            .is_some_and(|q| q.check != Check::None)
-        {
-            self.health.on_probe_page(false, now_ns);
+        match self.pipeline.push_front(tag).map(|q| q.check) {
+            Some(Check::Probe | Check::Race) => self.health.on_probe_page(false, now_ns),
+            // Read before UDP or TCP brought it: lost, as the check took it.
+            Some(Check::Repair) => self.judge_repair(true),
+            Some(Check::None) | None => {}
         }
     }
 
@@ -1009,7 +1028,7 @@ impl Driver {
                 let Some(InFlight::Page {
                     not_modified_since,
                     ahead,
-                    race,
+                    judge,
                     ..
                 }) = self.pipeline.answered(Some(&tag))
                 else {
@@ -1020,10 +1039,12 @@ impl Driver {
                 }
                 let outcome = lfc.install_prefetched(&tag, not_modified_since, page);
                 installed = outcome == InstallOutcome::Installed;
-                if race {
-                    // Already there: UDP brought it first.
-                    let by_udp = outcome == InstallOutcome::AlreadyPresent;
-                    self.health.on_probe_page(by_udp, now_ns);
+                // Already there: UDP brought it first.
+                let by_udp = outcome == InstallOutcome::AlreadyPresent;
+                match judge {
+                    Check::Race => self.health.on_probe_page(by_udp, now_ns),
+                    Check::Repair => self.judge_repair(!by_udp),
+                    Check::Probe | Check::None => {}
                 }
                 let awaited = self
                     .current
@@ -1500,6 +1521,49 @@ mod tests {
         assert_eq!(d.path(), PrefetchPath::Udp, "one loss keeps the path");
         let stats = d.stats();
         assert_eq!((stats.wait_timeouts, stats.retries), (0, 1));
+    }
+
+    /// Pages taken as lost are fetched by TCP; whether they were is judged by who brings them
+    /// first. Reordered (UDP's copies land before the GetPages' answers), they are no loss and
+    /// the path stays; lost (only TCP brings them), half of a window takes it to TCP.
+    #[test]
+    fn a_page_taken_as_lost_counts_as_lost_only_if_tcp_brings_it_first() {
+        for udp_first in [true, false] {
+            let f = fixture(true);
+            let lfc = &f.lfc;
+            let rel = synthetic_rel(0);
+            let install = |b: u32| {
+                let tag = rel.block(b);
+                lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+            };
+            let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
+            d.prefetch(lfc, rel, 0..256, T0);
+            drain(&mut d);
+            // Every second page of 64..192 is late (or lost); the rest arrive.
+            let late = |b: u32| (64..192).contains(&b) && b % 2 == 1;
+            (0..256).filter(|&b| !late(b)).for_each(install);
+            let mut wire = VecDeque::new();
+            let mut now = T0 + 100 * US;
+            for b in 0..256 {
+                now += 10 * US;
+                if udp_first {
+                    wire.iter().for_each(|&w| install(w));
+                }
+                read(&mut d, lfc, &mut wire, b, &mut now);
+            }
+            let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+            while !wire.is_empty() {
+                answer(&mut d, lfc, &mut wire, &mut out, now);
+            }
+            let log = d.state_log();
+            if udp_first {
+                assert_eq!(d.path(), PrefetchPath::Udp, "{log:?}");
+            } else {
+                assert_eq!(d.path(), PrefetchPath::TcpPipelined, "{log:?}");
+                assert!(log[1].reason.contains("lost"), "{log:?}");
+            }
+            assert!(d.stats().retries > 0, "the checks took pages as lost");
+        }
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub enum Check {
     /// the TCP pipeline race for it, and which one brings it first is judged when its turn
     /// comes (cached by then: UDP) or when its answer comes (already installed: UDP).
     Race,
+    /// Taken as lost by a loss check (overtaken by later pages past the reorder grace) and
+    /// fetched by TCP: judged as a race is. Cached at its turn or already installed at its
+    /// answer, UDP brought it after all (reordered, not lost); else it was lost.
+    Repair,
 }
 
 /// A request on the wire whose response has not been read.
@@ -50,8 +54,8 @@ pub enum InFlight {
         /// not risen above it.
         not_modified_since: u64,
         ahead: bool,
-        /// A race page (`Check::Race`) whose answer judges the race.
-        race: bool,
+        /// What its answer judges (`Check::Race`, `Check::Repair`), or `Check::None`.
+        judge: Check,
     },
 }
 
@@ -192,7 +196,7 @@ mod tests {
                 tag: x.tag,
                 not_modified_since: 0,
                 ahead: true,
-                race: false,
+                judge: Check::None,
             });
             sent.push(x.tag.blkno);
         }
