@@ -666,10 +666,8 @@ impl Driver {
             }
         }
         self.send_runs();
+        // The repairs' loss samples are taken as they are judged (`judge_repair`, `pump`).
         self.pump(lfc, now_ns);
-        if self.health.check_loss(now_ns) {
-            self.move_window_to_tcp(lfc, now_ns);
-        }
     }
 
     /// Starts reading `tag` into `out`.

@@ -285,10 +285,9 @@ struct Pace {
     windows: u32,
     /// The last closed window's pace, own ns per read.
     last: Option<f64>,
-    /// The measured windows' pace since the path was entered, smoothed (`PACE_SMOOTHING`),
-    /// and how many went into it.
+    /// The measured windows' pace since the path was entered, smoothed (`PACE_SMOOTHING`);
+    /// every window but the first (`windows`) went into it.
     smoothed: Option<f64>,
-    measured: u32,
 }
 
 /// A closed window: its share of reads that waited, and its mean time per read (`None` for
@@ -347,11 +346,11 @@ impl Pace {
         let mean_ns = (self.windows > 1).then_some(mean);
         if let Some(m) = mean_ns {
             self.last = mean_ns;
-            self.measured += 1;
-            let weight = (1.0 / f64::from(self.measured)).max(PACE_SMOOTHING);
+            let measured = self.windows - 1;
+            let weight = (1.0 / f64::from(measured)).max(PACE_SMOOTHING);
             self.smoothed = Some(self.smoothed.map_or(m, |s| s + weight * (m - s)));
         }
-        let smoothed_ns = self.smoothed.filter(|_| self.measured >= PACE_MIN_WINDOWS);
+        let smoothed_ns = self.smoothed.filter(|_| self.windows > PACE_MIN_WINDOWS);
         Some(Window {
             waited_share,
             blocked_share,
@@ -383,7 +382,6 @@ impl Pace {
         self.prev_elapsed_ns = 0;
         self.windows = 0;
         self.smoothed = None;
-        self.measured = 0;
     }
 }
 
