@@ -43,12 +43,15 @@ typedef enum UdpfStatus {
    */
   UDPF_CACHE = 2,
   /**
-   * The page server cannot be reached or refused the connection.
+   * The page server cannot be reached or refused the connection (a password or TLS it does
+   * not accept, too many connections).
    */
   UDPF_CONNECT = 3,
   /**
    * The page server answered with an error (a relation or block that does not exist, an LSN
-   * it cannot serve), or the connection failed.
+   * it cannot serve), or the connection failed. The handle then refuses every later call
+   * (close it and open another), but after an older-snapshot read from a sharded tenant's
+   * shard other than 0, which has a connection of its own.
    */
   UDPF_SERVER = 4,
   /**
@@ -76,8 +79,8 @@ typedef enum UdpfSource {
 } UdpfSource;
 
 /**
- * One backend's handle: the shared LFC mapped and one page server connection. Not to be used
- * from two threads at once.
+ * One backend's handle: the shared LFC mapped and a connection to each page server shard. Not
+ * to be used from two threads at once.
  */
 typedef struct UdpfBackend UdpfBackend;
 
@@ -90,9 +93,22 @@ typedef struct UdpfOptions {
    */
   const char *lfc_path;
   /**
-   * The page server: `host:port`, `host` (port 6400), `[v6]:port`.
+   * The page server: `host:port`, `host` (port 6400), `[v6]:port`. NULL when `servers`
+   * names a sharded tenant's page servers instead.
    */
   const char *server;
+  /**
+   * A sharded tenant's page servers, one per shard in shard order (as `--server` given once
+   * per shard), `server_count` of them; NULL when `server` names the only one. Give `server`
+   * or `servers`, not both.
+   */
+  const char *const *servers;
+  uint32_t server_count;
+  /**
+   * Pages per stripe of a sharded tenant, as its page servers' `--stripe-pages`; 0 for
+   * Neon's default (2048). Unused with one page server.
+   */
+  uint32_t stripe_pages;
   /**
    * Neon tenant and timeline ids, 32 hex digits each; NULL for all zeros.
    */
@@ -201,6 +217,11 @@ const char *udpf_last_error(void);
  * whether it speaks the UDP prefetch extension (without it, the backend prefetches by
  * pipelined GetPage, as Neon's compute). On success `*out` is the handle.
  *
+ * Of a sharded tenant (`servers`), it connects to every shard and registers the daemon with
+ * each, so all of them send to the one daemon: every read, prefetch and write then goes to the
+ * shard that owns its page (Neon's striping), `udpf_nblocks` and `udpf_exists` to shard 0, as
+ * Neon's compute sends them.
+ *
  * # Safety
  * `opts` points to valid options; `out` to writable storage for the handle.
  */
@@ -215,7 +236,8 @@ enum UdpfStatus udpf_open(const struct UdpfOptions *opts, struct UdpfBackend **o
  * `udpf_set_last_written_lsn`), so no older version is returned. A read at `request_lsn` at or
  * above the page's last-written LSN (`UDPF_LSN_LATEST` included) wants the current version:
  * the LFC, a prefetch in flight, then the page server. One below it (an older snapshot) goes
- * to the page server at that LSN and bypasses the LFC, which holds current versions only.
+ * to the page server at that LSN (the page's shard, of a sharded tenant) and bypasses the LFC,
+ * which holds current versions only.
  *
  * # Safety
  * `handle` is open; `tag` is valid; `buf` has `UDPF_PAGE_SIZE` writable bytes.
@@ -280,7 +302,8 @@ enum UdpfStatus udpf_set_last_written_lsn(struct UdpfBackend *handle,
                                           uint64_t lsn);
 
 /**
- * The number of blocks of `rel` at `request_lsn`, from the page server.
+ * The number of blocks of `rel` at `request_lsn`, from the page server (shard 0's, of a
+ * sharded tenant).
  *
  * # Safety
  * `handle` is open; `rel` is valid; `nblocks` is writable.
@@ -291,7 +314,8 @@ enum UdpfStatus udpf_nblocks(struct UdpfBackend *handle,
                              uint32_t *nblocks);
 
 /**
- * Whether `rel` exists at `request_lsn`, from the page server.
+ * Whether `rel` exists at `request_lsn`, from the page server (shard 0's, of a sharded
+ * tenant).
  *
  * # Safety
  * `handle` is open; `rel` is valid; `exists` is writable.

@@ -2,10 +2,10 @@
 //! (Neon's `pagestore_smgr.c`, say) calls instead of its prefetch ring and LFC code.
 //!
 //! One handle per backend process, over the real `compute::backend::Backend` (its driver, the
-//! shared LFC, one pagestream connection): every read decision is the backend's, and this crate
-//! only converts types, catches panics and keeps the last error message. A handle is not shared
-//! between threads: a backend process uses it from one thread at a time, as PostgreSQL does
-//! (the type is `!Sync`, and C is told so in the header).
+//! shared LFC, a pagestream connection per page-server shard): every read decision is the
+//! backend's, and this crate only converts types, catches panics and keeps the last error
+//! message. A handle is not shared between threads: a backend process uses it from one thread
+//! at a time, as PostgreSQL does (the type is `!Sync`, and C is told so in the header).
 //!
 //! Errors are status codes (`UdpfStatus`) with a message for the calling thread
 //! (`udpf_last_error`). No panic crosses the boundary: each entry point runs under
@@ -26,6 +26,9 @@ use udp_prefetch::compute::backend::{
 };
 use udp_prefetch::protocol::client::{ClientError, ConnectOptions, PageClient};
 use udp_prefetch::protocol::identity::NeonId;
+use udp_prefetch::protocol::shard::{
+    ShardConnectError, ShardLayout, ShardMap, DEFAULT_STRIPE_PAGES,
+};
 use udp_prefetch::protocol::tls::ClientTls;
 
 /// Bytes of a page: every page buffer passed to this library is this long.
@@ -46,10 +49,13 @@ pub enum UdpfStatus {
     /// The LFC file cannot be opened, belongs to another timeline or cluster, or refused a
     /// write.
     UDPF_CACHE = 2,
-    /// The page server cannot be reached or refused the connection.
+    /// The page server cannot be reached or refused the connection (a password or TLS it does
+    /// not accept, too many connections).
     UDPF_CONNECT = 3,
     /// The page server answered with an error (a relation or block that does not exist, an LSN
-    /// it cannot serve), or the connection failed.
+    /// it cannot serve), or the connection failed. The handle then refuses every later call
+    /// (close it and open another), but after an older-snapshot read from a sharded tenant's
+    /// shard other than 0, which has a connection of its own.
     UDPF_SERVER = 4,
     /// A bug: a panic was caught. The handle is unusable; close it.
     UDPF_INTERNAL = 5,
@@ -91,8 +97,17 @@ pub struct UdpfBufferTag {
 pub struct UdpfOptions {
     /// The LFC file, created by the worker daemon (`udp-prefetch workers --lfc PATH`).
     pub lfc_path: *const c_char,
-    /// The page server: `host:port`, `host` (port 6400), `[v6]:port`.
+    /// The page server: `host:port`, `host` (port 6400), `[v6]:port`. NULL when `servers`
+    /// names a sharded tenant's page servers instead.
     pub server: *const c_char,
+    /// A sharded tenant's page servers, one per shard in shard order (as `--server` given once
+    /// per shard), `server_count` of them; NULL when `server` names the only one. Give `server`
+    /// or `servers`, not both.
+    pub servers: *const *const c_char,
+    pub server_count: u32,
+    /// Pages per stripe of a sharded tenant, as its page servers' `--stripe-pages`; 0 for
+    /// Neon's default (2048). Unused with one page server.
+    pub stripe_pages: u32,
     /// Neon tenant and timeline ids, 32 hex digits each; NULL for all zeros.
     pub tenant_id: *const c_char,
     pub timeline_id: *const c_char,
@@ -119,6 +134,9 @@ impl UdpfOptions {
         UdpfOptions {
             lfc_path,
             server,
+            servers: std::ptr::null(),
+            server_count: 0,
+            stripe_pages: 0,
             tenant_id: std::ptr::null(),
             timeline_id: std::ptr::null(),
             token: std::ptr::null(),
@@ -157,12 +175,14 @@ pub struct UdpfStats {
     pub extension: u8,
 }
 
-/// One backend's handle: the shared LFC mapped and one page server connection. Not to be used
-/// from two threads at once.
+/// One backend's handle: the shared LFC mapped and a connection to each page server shard. Not
+/// to be used from two threads at once.
 pub struct UdpfBackend {
     /// Borrows `*lfc`; dropped first (`Drop`).
     backend: Option<Backend<'static>>,
     lfc: *mut Lfc,
+    /// Of a sharded tenant: where older-snapshot reads of pages outside shard 0 go.
+    snapshots: Option<SnapshotConns>,
     /// A panic went through the backend: its state is unknown.
     poisoned: bool,
     /// Why the connection cannot be used any more: a read, prefetch or write failed on it, and
@@ -178,6 +198,51 @@ impl UdpfBackend {
 
     fn backend(&mut self) -> &mut Backend<'static> {
         self.backend.as_mut().expect("set until drop")
+    }
+}
+
+/// A sharded tenant's older-snapshot reads of pages that shard 0 does not own: each goes to its
+/// page's shard, on a connection of its own opened at the first such read, because the
+/// backend's connection to that shard (which carries its GetPage pipeline) is not reachable
+/// from here (`Backend::client` is shard 0's). Nothing is ever in flight on these connections
+/// between calls, so one that fails is dropped and opened again at the next read, and the
+/// handle stays usable.
+struct SnapshotConns {
+    layout: ShardLayout,
+    /// Each shard's connection options, in shard order.
+    connect: Vec<ConnectOptions>,
+    /// Each shard's snapshot connection, once opened (shard 0's is never: it reads through the
+    /// backend).
+    clients: Vec<Option<PageClient>>,
+}
+
+impl SnapshotConns {
+    /// Reads `tag` at `request_lsn` from shard `shard` (not 0).
+    fn get_page(
+        &mut self,
+        shard: usize,
+        tag: BufferTag,
+        request_lsn: u64,
+        not_modified_since: u64,
+    ) -> Result<Box<[u8; PAGE_SIZE]>, Failure> {
+        let result = match &mut self.clients[shard] {
+            Some(client) => client.get_page(tag, request_lsn, not_modified_since),
+            None => PageClient::connect(&self.connect[shard]).and_then(|client| {
+                self.clients[shard]
+                    .insert(client)
+                    .get_page(tag, request_lsn, not_modified_since)
+            }),
+        };
+        result.map_err(|source| {
+            self.clients[shard] = None;
+            let e = ShardConnectError {
+                shard,
+                count: self.layout.count(),
+                addr: self.connect[shard].addr.clone(),
+                source,
+            };
+            Failure::new(client_status(&e.source), error_chain(&e))
+        })
     }
 }
 
@@ -204,9 +269,15 @@ impl Failure {
     }
 }
 
+impl From<&BackendError> for Failure {
+    fn from(e: &BackendError) -> Failure {
+        Failure::new(backend_status(e), error_chain(e))
+    }
+}
+
 impl From<BackendError> for Failure {
     fn from(e: BackendError) -> Failure {
-        Failure::new(backend_status(&e), error_chain(&e))
+        Failure::from(&e)
     }
 }
 
@@ -223,7 +294,8 @@ fn backend_status(e: &BackendError) -> UdpfStatus {
         BackendError::Bind(_) | BackendError::Write { .. } => UdpfStatus::UDPF_CACHE,
         // A shard's failure is what failed in it.
         BackendError::Shard { source, .. } => backend_status(source),
-        // A handle opens one connection: the map cannot disagree with it.
+        // A handle opens a connection per server it is given: the map cannot disagree with
+        // them.
         BackendError::ShardMap { .. } => UdpfStatus::UDPF_INVALID_ARGUMENT,
     }
 }
@@ -314,20 +386,34 @@ fn with_handle(
     status
 }
 
-/// Runs a call of the backend's read path; an error from the connection or the driver (what
-/// was in flight on the pipeline is then lost) breaks the handle for later calls.
+/// Runs a call that uses the backend's connections (a read, prefetch, write, relation size or
+/// existence); an error from a connection or the driver (what was in flight on the pipeline is
+/// then lost) breaks the handle for later calls.
 fn breaks<T>(
     h: &mut UdpfBackend,
     f: impl FnOnce(&mut Backend<'static>) -> Result<T, BackendError>,
 ) -> Result<T, Failure> {
+    #[cfg(test)]
+    if tests::PANIC_IN_BACKEND.with(|p| p.replace(false)) {
+        panic!("a test's panic in the backend");
+    }
     f(h.backend()).map_err(|e| {
-        let broken = matches!(e, BackendError::Client(_) | BackendError::Driver(_));
-        let failure = Failure::from(e);
-        if broken {
+        let failure = Failure::from(&e);
+        if breaks_connection(&e) {
             h.broken = Some(failure.message.clone());
         }
         failure
     })
+}
+
+/// Whether `e` came from a connection or the driver (of a sharded tenant, inside the shard's
+/// error), rather than from the LFC or the arguments.
+fn breaks_connection(e: &BackendError) -> bool {
+    match e {
+        BackendError::Client(_) | BackendError::Driver(_) => true,
+        BackendError::Shard { source, .. } => breaks_connection(source),
+        BackendError::Bind(_) | BackendError::Write { .. } | BackendError::ShardMap { .. } => false,
+    }
 }
 
 fn invalid(message: impl Into<String>) -> Failure {
@@ -354,6 +440,34 @@ fn id(p: *const c_char, what: &str) -> Result<NeonId, Failure> {
     match optional_string(p, what)? {
         None => Ok(NeonId::ZERO),
         Some(s) => s.parse().map_err(|e| invalid(format!("{what} {s:?}: {e}"))),
+    }
+}
+
+/// The page servers of `o`, in shard order: `server`, or the `server_count` of `servers`.
+fn servers(o: &UdpfOptions) -> Result<Vec<String>, Failure> {
+    match (o.server.is_null(), o.servers.is_null()) {
+        (false, false) => Err(invalid(
+            "both server and servers are given: server names the only page server, servers a \
+             sharded tenant's",
+        )),
+        (false, true) if o.server_count != 0 => Err(invalid(format!(
+            "server_count is {} without servers",
+            o.server_count
+        ))),
+        (false, true) => Ok(vec![string(o.server, "server")?]),
+        (true, true) => Err(invalid("server is NULL (and so is servers)")),
+        (true, false) => {
+            if o.server_count == 0 {
+                return Err(invalid("servers is given with server_count 0"));
+            }
+            (0..o.server_count as usize)
+                .map(|i| {
+                    // SAFETY: the caller passes `server_count` string pointers at `servers`.
+                    let p = unsafe { *o.servers.add(i) };
+                    string(p, &format!("servers[{i}]"))
+                })
+                .collect()
+        }
     }
 }
 
@@ -393,6 +507,11 @@ pub extern "C" fn udpf_last_error() -> *const c_char {
 /// whether it speaks the UDP prefetch extension (without it, the backend prefetches by
 /// pipelined GetPage, as Neon's compute). On success `*out` is the handle.
 ///
+/// Of a sharded tenant (`servers`), it connects to every shard and registers the daemon with
+/// each, so all of them send to the one daemon: every read, prefetch and write then goes to the
+/// shard that owns its page (Neon's striping), `udpf_nblocks` and `udpf_exists` to shard 0, as
+/// Neon's compute sends them.
+///
 /// # Safety
 /// `opts` points to valid options; `out` to writable storage for the handle.
 #[no_mangle]
@@ -408,7 +527,18 @@ pub unsafe extern "C" fn udpf_open(
         // SAFETY: the caller passes valid options or NULL.
         let o = unsafe { opts.as_ref() }.ok_or_else(|| invalid("the options are NULL"))?;
         let lfc_path = string(o.lfc_path, "lfc_path")?;
-        let mut connect = ConnectOptions::new(string(o.server, "server")?)
+        let servers = servers(o)?;
+        let map = ShardMap::new(
+            servers.clone(),
+            match o.stripe_pages {
+                0 => DEFAULT_STRIPE_PAGES,
+                n => n,
+            },
+        );
+        let layout = map
+            .layout()
+            .map_err(|e| invalid(format!("{} page servers: {e}", servers.len())))?;
+        let mut connect = ConnectOptions::new(servers[0].clone())
             .timeline(
                 id(o.tenant_id, "tenant_id")?,
                 id(o.timeline_id, "timeline_id")?,
@@ -437,16 +567,46 @@ pub unsafe extern "C" fn udpf_open(
                 format!("LFC {lfc_path}: {}", error_chain(&e)),
             )
         })?;
-        let client = PageClient::connect(&connect)?;
+        let shard_connect: Vec<ConnectOptions> = (0..servers.len())
+            .map(|s| map.shard_options(s, &connect))
+            .collect();
+        let clients = shard_connect
+            .iter()
+            .enumerate()
+            .map(|(shard, opts)| {
+                // Whatever fails while connecting (an address that does not answer, a password
+                // or TLS refused, too many connections), the server was not reached or refused
+                // the connection.
+                PageClient::connect(opts).map_err(|source| {
+                    let message = if servers.len() == 1 {
+                        error_chain(&source)
+                    } else {
+                        error_chain(&ShardConnectError {
+                            shard,
+                            count: servers.len(),
+                            addr: opts.addr.clone(),
+                            source,
+                        })
+                    };
+                    Failure::new(UdpfStatus::UDPF_CONNECT, message)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let snapshots = (servers.len() > 1).then(|| SnapshotConns {
+            layout,
+            clients: shard_connect.iter().map(|_| None).collect(),
+            connect: shard_connect,
+        });
         let lfc = Box::into_raw(Box::new(cache));
         // SAFETY: freed only when the handle drops, after the backend that borrows it.
         let lfc_ref: &'static Lfc = unsafe { &*lfc };
         let port = (o.prefetch_port != 0).then_some(o.prefetch_port);
-        match Backend::with_prefetch_port(lfc_ref, client, config, port) {
+        match Backend::sharded(lfc_ref, clients, layout, config, port) {
             Ok(backend) => {
                 let handle = Box::new(UdpfBackend {
                     backend: Some(backend),
                     lfc,
+                    snapshots,
                     poisoned: false,
                     broken: None,
                 });
@@ -470,7 +630,8 @@ pub unsafe extern "C" fn udpf_open(
 /// `udpf_set_last_written_lsn`), so no older version is returned. A read at `request_lsn` at or
 /// above the page's last-written LSN (`UDPF_LSN_LATEST` included) wants the current version:
 /// the LFC, a prefetch in flight, then the page server. One below it (an older snapshot) goes
-/// to the page server at that LSN and bypasses the LFC, which holds current versions only.
+/// to the page server at that LSN (the page's shard, of a sharded tenant) and bypasses the LFC,
+/// which holds current versions only.
 ///
 /// # Safety
 /// `handle` is open; `tag` is valid; `buf` has `UDPF_PAGE_SIZE` writable bytes.
@@ -506,11 +667,17 @@ pub unsafe extern "C" fn udpf_read(
         let from = if request_lsn >= lwlsn.max(not_modified_since) {
             breaks(h, |b| b.read(tag, out))?
         } else {
-            let backend = h.backend();
-            backend.drain()?;
-            let page = backend
-                .client()
-                .get_page(tag, request_lsn, not_modified_since)?;
+            let page = match h.snapshots.as_mut() {
+                Some(other) if other.layout.shard_of(&tag) != 0 => {
+                    let shard = other.layout.shard_of(&tag);
+                    other.get_page(shard, tag, request_lsn, not_modified_since)?
+                }
+                _ => breaks(h, |b| {
+                    // The pipeline's responses come first on this connection.
+                    b.drain()?;
+                    Ok(b.client().get_page(tag, request_lsn, not_modified_since)?)
+                })?,
+            };
             out.copy_from_slice(&page[..]);
             ReadSource::Tcp
         };
@@ -620,7 +787,8 @@ pub unsafe extern "C" fn udpf_set_last_written_lsn(
     })
 }
 
-/// The number of blocks of `rel` at `request_lsn`, from the page server.
+/// The number of blocks of `rel` at `request_lsn`, from the page server (shard 0's, of a
+/// sharded tenant).
 ///
 /// # Safety
 /// `handle` is open; `rel` is valid; `nblocks` is writable.
@@ -636,14 +804,17 @@ pub unsafe extern "C" fn udpf_nblocks(
         if nblocks.is_null() {
             return Err(invalid("nblocks is NULL"));
         }
-        let backend = h.backend();
-        backend.drain()?;
-        put(nblocks, backend.client().nblocks(rel, request_lsn)?);
+        let n = breaks(h, |b| {
+            b.drain()?;
+            Ok(b.client().nblocks(rel, request_lsn)?)
+        })?;
+        put(nblocks, n);
         Ok(())
     })
 }
 
-/// Whether `rel` exists at `request_lsn`, from the page server.
+/// Whether `rel` exists at `request_lsn`, from the page server (shard 0's, of a sharded
+/// tenant).
 ///
 /// # Safety
 /// `handle` is open; `rel` is valid; `exists` is writable.
@@ -659,9 +830,11 @@ pub unsafe extern "C" fn udpf_exists(
         if exists.is_null() {
             return Err(invalid("exists is NULL"));
         }
-        let backend = h.backend();
-        backend.drain()?;
-        put(exists, backend.client().exists(rel, request_lsn)?);
+        let found = breaks(h, |b| {
+            b.drain()?;
+            Ok(b.client().exists(rel, request_lsn)?)
+        })?;
+        put(exists, found);
         Ok(())
     })
 }
@@ -727,6 +900,17 @@ fn lsn(v: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+    use udp_prefetch::pageserver::source::SourceSpec;
+    use udp_prefetch::pageserver::{PageServer, ServerConfig};
+    use udp_prefetch::protocol::page::{page_lsn, synthetic_rel};
+
+    thread_local! {
+        /// Set by a test: the next call on this thread that reaches the backend (`breaks`)
+        /// panics there, as a bug in the read path would. No input makes the backend panic
+        /// (that would be a bug to fix), so the panic is injected.
+        pub(super) static PANIC_IN_BACKEND: Cell<bool> = const { Cell::new(false) };
+    }
 
     fn last_error() -> String {
         // SAFETY: a NUL-terminated string of this thread's.
@@ -742,6 +926,99 @@ mod tests {
         assert!(last_error().contains("boom"), "{}", last_error());
         assert_eq!(guard(|| Ok(())), UdpfStatus::UDPF_OK);
         assert_eq!(last_error(), "");
+    }
+
+    /// A panic in a real call (`udpf_read`, through `with_handle` and `breaks`) comes out as
+    /// `UDPF_INTERNAL` with the panic's message, and poisons the handle: every later call on it
+    /// is refused with `UDPF_INTERNAL` and a message that says to close it, whatever the call,
+    /// and `udpf_close` still frees it. Another handle is untouched.
+    #[test]
+    fn a_panic_in_an_exported_call_poisons_its_handle_which_refuses_every_later_call() {
+        let server = PageServer::start(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            source: SourceSpec::Synthetic { rels: 1, pages: 10 },
+            ..ServerConfig::default()
+        })
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lfc");
+        Lfc::create(&path, 64).unwrap();
+        let lfc_path = CString::new(path.to_str().unwrap()).unwrap();
+        let addr = CString::new(server.local_addr().to_string()).unwrap();
+        let opts = UdpfOptions::new(lfc_path.as_ptr(), addr.as_ptr());
+        let open = || {
+            let mut h = std::ptr::null_mut();
+            // SAFETY: valid options and out pointer.
+            let status = unsafe { udpf_open(&opts, &mut h) };
+            assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
+            h
+        };
+        let (h, other) = (open(), open());
+        let r = synthetic_rel(0);
+        let rel = UdpfRelTag {
+            spcnode: r.spcnode,
+            dbnode: r.dbnode,
+            relnode: r.relnode,
+            forknum: r.forknum,
+        };
+        let tag = UdpfBufferTag { rel, blkno: 2 };
+        // The status of a read of `tag`, and the LSN of the page read.
+        let read = |h| {
+            let mut page = [0u8; UDPF_PAGE_SIZE];
+            // SAFETY: an open (or poisoned) handle, a valid tag and a page-sized buffer.
+            let status = unsafe {
+                udpf_read(
+                    h,
+                    &tag,
+                    UDPF_LSN_LATEST,
+                    0,
+                    page.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            };
+            (status, page_lsn(&page))
+        };
+        assert_eq!(read(h), (UdpfStatus::UDPF_OK, 16), "{}", last_error());
+
+        PANIC_IN_BACKEND.with(|p| p.set(true));
+        assert_eq!(read(h).0, UdpfStatus::UDPF_INTERNAL);
+        let message = last_error();
+        assert!(
+            message.contains("internal error") && message.contains("a test's panic in the backend"),
+            "{message}"
+        );
+        let refused = "the handle is unusable after an internal error; close it";
+        assert_eq!(read(h).0, UdpfStatus::UDPF_INTERNAL);
+        assert_eq!(last_error(), refused);
+        let (mut stats, mut n, mut distance) = (UdpfStats::default(), 0u32, 0u32);
+        // SAFETY: a poisoned handle (refused before any use) and valid pointers.
+        unsafe {
+            assert_eq!(udpf_stats(h, &mut stats), UdpfStatus::UDPF_INTERNAL);
+            assert_eq!(
+                udpf_nblocks(h, &rel, UDPF_LSN_LATEST, &mut n),
+                UdpfStatus::UDPF_INTERNAL
+            );
+            assert_eq!(
+                udpf_prefetch(h, &rel, 0, 4, std::ptr::null_mut()),
+                UdpfStatus::UDPF_INTERNAL
+            );
+            assert_eq!(
+                udpf_prefetch_distance(h, 16, &mut distance),
+                UdpfStatus::UDPF_INTERNAL
+            );
+            assert_eq!(
+                udpf_set_last_written_lsn(h, &tag, 100),
+                UdpfStatus::UDPF_INTERNAL
+            );
+        }
+        assert_eq!(last_error(), refused);
+        // SAFETY: opened, closed once.
+        unsafe { udpf_close(h) };
+
+        // The other handle reads on (the panic poisoned only its own handle).
+        assert_eq!(read(other), (UdpfStatus::UDPF_OK, 16), "{}", last_error());
+        // SAFETY: opened, closed once.
+        unsafe { udpf_close(other) };
     }
 
     #[test]
@@ -779,6 +1056,39 @@ mod tests {
             "{}",
             last_error()
         );
+        // A sharded tenant's servers: given with `server` too, without a count, with a NULL
+        // among them, or more than a tenant has shards.
+        let (a, b) = (
+            CString::new("127.0.0.1:1").unwrap(),
+            CString::new("x:1").unwrap(),
+        );
+        let two = [a.as_ptr(), std::ptr::null()];
+        let many = vec![b.as_ptr(); 256];
+        for (servers, count, server, says) in [
+            (two.as_ptr(), 2, server.as_ptr(), "both server and servers"),
+            (two.as_ptr(), 0, std::ptr::null(), "server_count 0"),
+            (
+                std::ptr::null(),
+                2,
+                server.as_ptr(),
+                "server_count is 2 without servers",
+            ),
+            (std::ptr::null(), 0, std::ptr::null(), "server is NULL"),
+            (two.as_ptr(), 2, std::ptr::null(), "servers[1] is NULL"),
+            (many.as_ptr(), 256, std::ptr::null(), "256 page servers"),
+        ] {
+            let o = UdpfOptions {
+                server,
+                servers,
+                server_count: count,
+                ..UdpfOptions::new(missing.as_ptr(), std::ptr::null())
+            };
+            // SAFETY: valid options (`servers` holds `count` pointers) and out pointer.
+            let status = unsafe { udpf_open(&o, &mut handle) };
+            assert_eq!(status, UdpfStatus::UDPF_INVALID_ARGUMENT, "{says}");
+            assert!(last_error().contains(says), "{says}: {}", last_error());
+            assert!(handle.is_null());
+        }
         let mut stats = UdpfStats::default();
         // SAFETY: a NULL handle is refused.
         let status = unsafe { udpf_stats(std::ptr::null_mut(), &mut stats) };

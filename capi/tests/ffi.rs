@@ -1,14 +1,17 @@
 //! The C ABI called as C calls it (through the same `extern "C"` functions), against a page
 //! server in this process: writes, last-written LSNs, an older snapshot, relation sizes, a page
-//! server without the extension, TLS, and errors that leave the handle usable or not.
+//! server without the extension, TLS with a password, a sharded tenant, and errors that leave
+//! the handle usable or not.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::ffi::{CStr, CString};
 use std::ptr::null_mut;
+use std::sync::atomic::Ordering;
 use udp_prefetch::pageserver::{PageServer, ServerConfig};
 use udp_prefetch::protocol::page::{page_lsn, synthetic_page, synthetic_rel};
+use udp_prefetch::protocol::shard::{ShardIdentity, ShardLayout};
 use udp_prefetch_c::*;
 
 fn server(udp_extension: bool) -> PageServer {
@@ -48,6 +51,18 @@ impl Handle {
     }
 
     fn read(&self, blkno: u32, request_lsn: u64, nms: u64) -> (UdpfStatus, u64, UdpfSource) {
+        let (status, page, source) = self.read_page(blkno, request_lsn, nms);
+        (status, page_lsn(&page), source)
+    }
+
+    /// A read of block `blkno` of the synthetic relation: its status, the page and where it
+    /// was found.
+    fn read_page(
+        &self,
+        blkno: u32,
+        request_lsn: u64,
+        nms: u64,
+    ) -> (UdpfStatus, [u8; UDPF_PAGE_SIZE], UdpfSource) {
         let tag = buffer_tag(blkno);
         let mut page = [0u8; UDPF_PAGE_SIZE];
         let mut source = UdpfSource::UDPF_SOURCE_TCP;
@@ -62,7 +77,7 @@ impl Handle {
                 &mut source,
             )
         };
-        (status, page_lsn(&page), source)
+        (status, page, source)
     }
 
     fn stats(&self) -> UdpfStats {
@@ -258,4 +273,280 @@ fn opens_over_tls_with_its_ca_and_refuses_a_server_another_ca_signed() {
     assert!(h.is_null());
     assert_eq!(status, UdpfStatus::UDPF_CONNECT, "{}", last_error());
     assert!(last_error().contains("certificate"), "{}", last_error());
+}
+
+/// Relation sizes, existence and older-snapshot reads use the backend's connection as reads
+/// do: when it fails under them, the handle is broken for every later call, and says why.
+/// (The page server is stopped under an open handle: its connection is closed, and the next
+/// request on it fails.)
+#[test]
+fn nblocks_exists_and_older_snapshot_reads_that_lose_the_connection_break_the_handle() {
+    let rel = rel_tag();
+    for call in [
+        "udpf_nblocks",
+        "udpf_exists",
+        "udpf_read (an older snapshot)",
+    ] {
+        let mut server = server(true);
+        let h = Handle::open(&server);
+        // Block 3 was modified at LSN 200: a read at 100 is of an older snapshot, which goes
+        // to the page server past the LFC.
+        // SAFETY: an open handle, a valid tag.
+        let status = unsafe { udpf_set_last_written_lsn(h.h, &buffer_tag(3), 200) };
+        assert_eq!(status, UdpfStatus::UDPF_OK);
+        server.shutdown();
+        let (mut n, mut exists) = (0u32, false);
+        // SAFETY: an open handle and valid pointers.
+        let status = unsafe {
+            match call {
+                "udpf_nblocks" => udpf_nblocks(h.h, &rel, UDPF_LSN_LATEST, &mut n),
+                "udpf_exists" => udpf_exists(h.h, &rel, UDPF_LSN_LATEST, &mut exists),
+                _ => h.read(3, 100, 16).0,
+            }
+        };
+        assert_eq!(status, UdpfStatus::UDPF_SERVER, "{call}: {}", last_error());
+        let why = last_error();
+        assert!(!why.is_empty(), "{call}: a failure says why");
+        let mut s = UdpfStats::default();
+        // SAFETY: an open (broken) handle, a valid pointer.
+        let status = unsafe { udpf_stats(h.h, &mut s) };
+        assert_eq!(
+            status,
+            UdpfStatus::UDPF_SERVER,
+            "{call}: the handle goes on after its connection failed"
+        );
+        let later = last_error();
+        assert!(
+            later.contains(&why) && later.contains("open another"),
+            "{call}: {later}"
+        );
+    }
+}
+
+/// A page server with TLS that requires a password: `udpf_open` with the password and the CA
+/// reads; a wrong password and none are refused with `UDPF_CONNECT` and a message that says
+/// which.
+#[test]
+fn opens_over_tls_with_the_right_token_and_refuses_a_wrong_or_missing_one() {
+    let certs = common::certs(&["127.0.0.1"]);
+    let tls =
+        udp_prefetch::protocol::tls::ServerTls::from_pem_files(&certs.cert, &certs.key).unwrap();
+    let server = PageServer::start(ServerConfig {
+        tls: Some(tls),
+        tls_required: true,
+        token: Some("s3cret".into()),
+        ..common::synthetic_server_config(100)
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lfc_path = dir.path().join("lfc");
+    lfc::Lfc::create(&lfc_path, 1024).unwrap();
+    let lfc_path = CString::new(lfc_path.to_str().unwrap()).unwrap();
+    let addr = CString::new(server.local_addr().to_string()).unwrap();
+    let ca = CString::new(certs.ca.to_str().unwrap()).unwrap();
+    let open = |token: Option<&str>| {
+        let token = token.map(|t| CString::new(t).unwrap());
+        let opts = UdpfOptions {
+            tls_ca: ca.as_ptr(),
+            token: token.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
+            ..UdpfOptions::new(lfc_path.as_ptr(), addr.as_ptr())
+        };
+        let mut h = null_mut();
+        // SAFETY: valid options and out pointer.
+        let status = unsafe { udpf_open(&opts, &mut h) };
+        (status, h)
+    };
+    let (status, h) = open(Some("s3cret"));
+    assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
+    let handle = Handle {
+        h,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    assert_eq!(
+        handle.read(3, UDPF_LSN_LATEST, 0),
+        (UdpfStatus::UDPF_OK, 16, UdpfSource::UDPF_SOURCE_TCP),
+        "{}",
+        last_error()
+    );
+    drop(handle);
+    let (status, h) = open(Some("wrong"));
+    assert!(h.is_null());
+    assert_eq!(status, UdpfStatus::UDPF_CONNECT, "{}", last_error());
+    assert!(
+        last_error().contains("password authentication failed"),
+        "{}",
+        last_error()
+    );
+    let (status, h) = open(None);
+    assert!(h.is_null());
+    assert_eq!(status, UdpfStatus::UDPF_CONNECT, "{}", last_error());
+    assert!(
+        last_error().contains("asks for a password"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(server.stats().auth_failures.load(Ordering::Relaxed), 1);
+}
+
+/// A sharded tenant: two page servers, each shard 0/2 or 1/2 of stripes of 16 pages, and a
+/// worker daemon. One handle opened on both (`servers`, `stripe_pages`) reads every page of the
+/// relation, each the synthetic page it must be, with prefetches ahead of the reads; each
+/// server served its own share and was never asked for a page of the other's. Writes and
+/// older-snapshot reads go to the page's shard; relation sizes to shard 0.
+#[test]
+fn opens_on_two_shards_and_reads_every_page_verified() {
+    const PAGES: u32 = 256;
+    const STRIPE: u32 = 16;
+    let layout = ShardLayout::new(2, STRIPE).unwrap();
+    let mut servers: Vec<PageServer> = (0..2)
+        .map(|i| {
+            PageServer::start(ServerConfig {
+                shard: ShardIdentity::new(i, layout).unwrap(),
+                ..common::synthetic_server_config(PAGES)
+            })
+            .unwrap()
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let _daemon = common::DaemonThread::start(&lfc, 16 << 20);
+    let lfc_path = CString::new(lfc.to_str().unwrap()).unwrap();
+    let addrs: Vec<CString> = servers
+        .iter()
+        .map(|s| CString::new(s.local_addr().to_string()).unwrap())
+        .collect();
+    let open = |addrs: &[CString]| {
+        let ptrs: Vec<*const std::ffi::c_char> = addrs.iter().map(|a| a.as_ptr()).collect();
+        let opts = UdpfOptions {
+            servers: ptrs.as_ptr(),
+            server_count: ptrs.len() as u32,
+            stripe_pages: STRIPE,
+            ..UdpfOptions::new(lfc_path.as_ptr(), std::ptr::null())
+        };
+        let mut h = null_mut();
+        // SAFETY: valid options (`ptrs` outlives the call) and out pointer.
+        let status = unsafe { udpf_open(&opts, &mut h) };
+        (status, h)
+    };
+    let (status, h) = open(&addrs);
+    assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
+    let h = Handle {
+        h,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let rel = rel_tag();
+    for blkno in 0..PAGES {
+        if blkno % 32 == 0 {
+            let n = 64.min(PAGES - blkno);
+            // SAFETY: an open handle and valid pointers.
+            let status = unsafe { udpf_prefetch(h.h, &rel, blkno, n, null_mut()) };
+            assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
+        }
+        let (status, page, _) = h.read_page(blkno, UDPF_LSN_LATEST, 0);
+        assert_eq!(
+            status,
+            UdpfStatus::UDPF_OK,
+            "block {blkno}: {}",
+            last_error()
+        );
+        let tag = synthetic_rel(0).block(blkno);
+        assert!(
+            page[..] == synthetic_page(tag, 16)[..],
+            "block {blkno} is not its page"
+        );
+    }
+    let s = h.stats();
+    assert_eq!(s.reads, u64::from(PAGES), "{s:?}");
+    for (i, server) in servers.iter().enumerate() {
+        let st = server.stats();
+        let served =
+            st.get_page.load(Ordering::Relaxed) + st.prefetch_pages_queued.load(Ordering::Relaxed);
+        assert!(served > 0, "shard {i} served none of its pages");
+        assert_eq!(
+            st.wrong_shard.load(Ordering::Relaxed),
+            0,
+            "shard {i} was asked for another shard's page"
+        );
+    }
+
+    // A block of each shard, written at LSN 500: read back from the LFC, and at LSN 100 (an
+    // older snapshot) from its own shard's page server, which has both versions.
+    for (shard, server) in servers.iter().enumerate() {
+        let blkno = (0..PAGES)
+            .find(|&b| layout.shard_of(&synthetic_rel(0).block(b)) == shard)
+            .unwrap();
+        let tag = synthetic_rel(0).block(blkno);
+        // SAFETY: an open handle, a valid tag and page.
+        let status = unsafe {
+            udpf_write(
+                h.h,
+                &buffer_tag(blkno),
+                500,
+                synthetic_page(tag, 500).as_ptr(),
+            )
+        };
+        assert_eq!(status, UdpfStatus::UDPF_OK, "{}", last_error());
+        assert_eq!(
+            h.read(blkno, UDPF_LSN_LATEST, 0),
+            (UdpfStatus::UDPF_OK, 500, UdpfSource::UDPF_SOURCE_HIT)
+        );
+        assert_eq!(
+            h.read(blkno, 100, 16),
+            (UdpfStatus::UDPF_OK, 16, UdpfSource::UDPF_SOURCE_TCP),
+            "shard {shard}: {}",
+            last_error()
+        );
+        let put = server.stats().put_page.load(Ordering::Relaxed);
+        assert_eq!(put, 1, "shard {shard} took its page's write");
+    }
+    let (mut n, mut exists) = (0u32, false);
+    // SAFETY: an open handle and valid pointers.
+    unsafe {
+        assert_eq!(
+            udpf_nblocks(h.h, &rel, UDPF_LSN_LATEST, &mut n),
+            UdpfStatus::UDPF_OK
+        );
+        assert_eq!(
+            udpf_exists(h.h, &rel, UDPF_LSN_LATEST, &mut exists),
+            UdpfStatus::UDPF_OK
+        );
+    }
+    assert_eq!((n, exists), (PAGES, true));
+    for server in &servers {
+        assert_eq!(server.stats().wrong_shard.load(Ordering::Relaxed), 0);
+    }
+
+    // Shard 1's connection fails under a write of its page: the error names the shard, and
+    // the handle is broken as an unsharded one is.
+    servers[1].shutdown();
+    let blkno = (0..PAGES)
+        .find(|&b| layout.shard_of(&synthetic_rel(0).block(b)) == 1)
+        .unwrap();
+    let page = synthetic_page(synthetic_rel(0).block(blkno), 900);
+    // SAFETY: an open handle, a valid tag and page.
+    let status = unsafe { udpf_write(h.h, &buffer_tag(blkno), 900, page.as_ptr()) };
+    assert_eq!(status, UdpfStatus::UDPF_SERVER, "{}", last_error());
+    assert!(
+        last_error().contains("page server shard 1/2"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(h.read(0, UDPF_LSN_LATEST, 0).0, UdpfStatus::UDPF_SERVER);
+    assert!(last_error().contains("open another"), "{}", last_error());
+    drop(h);
+
+    // A shard that cannot be reached fails the open, named by its number and address.
+    let unreachable = [
+        addrs[0].clone(),
+        // Port 1 on loopback: nothing listens there.
+        CString::new("127.0.0.1:1").unwrap(),
+    ];
+    let (status, h) = open(&unreachable);
+    assert!(h.is_null());
+    assert_eq!(status, UdpfStatus::UDPF_CONNECT, "{}", last_error());
+    assert!(
+        last_error().contains("page server shard 1/2"),
+        "{}",
+        last_error()
+    );
 }
