@@ -5,8 +5,8 @@
  * usage: scan LFC SERVER RELNODE PREFETCH_DISTANCE
  * prints "opened" once its handle is open, then waits for a line (or end of file) on stdin
  * before scanning, so that a test can start several backends' scans at one moment; then
- * prints: pages=N verified=N hits=H late_hits=L tcp=T prefetched=P retries=R avoided=A
- * extension=E
+ * prints: pages=N verified=N hits=H late_hits=L tcp=T fallbacks=F prefetched=P retries=R
+ * avoided=A path_changes=C on_udp=U extension=E
  * exit status: 0 when every page verified, 1 otherwise, 2 on a library error.
  */
 #include "udp_prefetch.h"
@@ -141,9 +141,11 @@ int main(int argc, char **argv)
     if ((st = udpf_stats(backend, &stats)) != UDPF_OK)
         return fail("udpf_stats", st);
     printf("pages=%u verified=%" PRIu64 " hits=%" PRIu64 " late_hits=%" PRIu64 " tcp=%" PRIu64
-           " prefetched=%" PRIu64 " retries=%" PRIu64 " avoided=%" PRIu64 " extension=%u\n",
+           " fallbacks=%" PRIu64 " prefetched=%" PRIu64 " retries=%" PRIu64 " avoided=%" PRIu64
+           " path_changes=%" PRIu64 " on_udp=%u extension=%u\n",
            nblocks, verified, stats.hits, stats.late_hits, stats.fallbacks + stats.tcp_pipelined,
-           stats.prefetched, stats.retries, stats.duplicates_avoided, (unsigned)stats.extension);
+           stats.fallbacks, stats.prefetched, stats.retries, stats.duplicates_avoided,
+           stats.path_changes, (unsigned)stats.on_udp, (unsigned)stats.extension);
     udpf_close(backend);
     return verified == nblocks ? 0 : 1;
 }
