@@ -235,6 +235,61 @@ fn tls_required_refuses_plaintext_and_tls_to_a_plain_server_is_refused() {
     }
 }
 
+/// A page server with TLS that requires a password (`--token`): the CLI with `--tls-ca` and
+/// the password reads a page and scans a relation (the udp scan's PrefetchTarget and pages
+/// over the same session); a wrong password and none are refused, exit status 1, with
+/// messages that say which. (`udpf_open` is checked the same way in `capi/tests/ffi.rs`.)
+#[test]
+fn the_cli_over_tls_needs_the_right_token() {
+    let certs = certs(&["127.0.0.1"]);
+    let server = tls_server(
+        &certs,
+        &[
+            "--tls-required",
+            "--token",
+            "s3cret",
+            "--source",
+            "synthetic:pages=500",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let getpage = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args(["getpage", "--server", &server.addr, "--rel"])
+            .arg(common::REL)
+            .args(["--blk", "7", "--json", "--tls-ca"])
+            .arg(&certs.ca)
+            .env_remove("UDPF_TOKEN");
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        cmd
+    };
+    let page = common::json_ok(&mut getpage(Some("s3cret")), "getpage with the token");
+    assert_eq!(page["blkno"], 7, "{page}");
+    common::fails_with(
+        &mut getpage(Some("wrong")),
+        1,
+        "password authentication failed",
+    );
+    common::fails_with(&mut getpage(None), 1, "pass a token");
+    let failures = common::sample(&server.scrape(), "udp_prefetch_server_auth_failures_total");
+    assert_eq!(failures, Some(1.0), "the wrong password, counted");
+
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let workers = WorkersProc::start(&lfc, &["--size", "16MiB", "--threads", "1"]);
+    let r = common::json_ok(
+        common::scan_command(&server, &lfc, "udp")
+            .args(["--prefetch-port", &workers.udp_port.to_string()])
+            .args(["--token", "s3cret", "--tls-ca"])
+            .arg(&certs.ca),
+        "scan udp with the token",
+    );
+    common::assert_every_page_verified(&r, 500);
+}
+
 #[test]
 fn tls_flags_are_checked_at_start() {
     common::fails_with(
