@@ -150,7 +150,7 @@ mod tests {
         let d: degrade::DegradeBenchArgs = args_of(short_flags(Scenario::Degrade)).unwrap();
         assert_eq!(
             (d.pages, d.delay_us, d.cases.len()),
-            (131072, 200, 6),
+            (131072, 200, 7),
             "degrade runs its defaults"
         );
         let sh: shards::ShardsBenchArgs = args_of(short_flags(Scenario::Shards)).unwrap();

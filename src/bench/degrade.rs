@@ -1,14 +1,15 @@
 //! `udp-prefetch bench degrade`: what a udp scan costs when the UDP side fails — no worker
 //! daemon, the daemon SIGKILLed or SIGSTOPped mid-scan, the page server dropping half or all of
-//! its prefetch datagrams — against a tcp-pipelined scan of the same relation measured right
-//! before each case (the machine is noisy). UDP prefetch is best effort: each case should cost
-//! at most the TCP pipelining it replaces (issue 13).
+//! its prefetch datagrams, a page server without the extension (`--no-udp-extension`, issue
+//! 19) — against a tcp-pipelined scan of the same relation measured right before each case (the
+//! machine is noisy). UDP prefetch is best effort: each case should cost at most the TCP
+//! pipelining it replaces (issue 13).
 //!
 //! Every udp scan takes the daemon's port from the LFC header (`prefetch_port: None`), as a
 //! backend does, and runs on its own thread while this one injects the fault; the daemon is a
 //! child process, so killing it never touches the bench.
 
-use super::{relation_scan, round1, round3, synthetic_server, BenchRecord};
+use super::{relation_scan, round1, round3, start_server, synthetic_server_config, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use crate::compute::scan::{run_scan, ScanMode, ScanReport};
 use crate::pageserver::PageServer;
@@ -66,7 +67,7 @@ pub struct DegradeBenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "udp-healthy,udp-no-daemon,udp-daemon-killed,udp-daemon-paused,udp-drop50,udp-drop100"
+        default_value = "udp-healthy,udp-no-daemon,udp-daemon-killed,udp-daemon-paused,udp-drop50,udp-drop100,udp-no-extension"
     )]
     pub cases: Vec<Case>,
 }
@@ -85,6 +86,10 @@ pub enum Case {
     UdpDrop50,
     /// The page server drops every prefetch datagram.
     UdpDrop100,
+    /// The page server does not speak the extension (`pageserver --no-udp-extension`): the
+    /// backend learns it from its PrefetchTarget's answer and reads by pipelined GetPage, as
+    /// Neon's compute does, with its LFC (a lookup and a store per page).
+    UdpNoExtension,
 }
 
 impl Case {
@@ -96,7 +101,13 @@ impl Case {
             Case::UdpDaemonPaused => "udp-daemon-paused",
             Case::UdpDrop50 => "udp-drop50",
             Case::UdpDrop100 => "udp-drop100",
+            Case::UdpNoExtension => "udp-no-extension",
         }
+    }
+
+    /// Whether the case's page server speaks this project's extension.
+    fn udp_extension(self) -> bool {
+        self != Case::UdpNoExtension
     }
 
     /// Fraction of prefetch datagrams the page server drops in this case.
@@ -173,16 +184,23 @@ fn validate(args: &DegradeBenchArgs) -> anyhow::Result<()> {
 pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     validate(args)?;
     let scratch = ScratchDir::new("udp-prefetch-bench-degrade")?;
-    // The servers without loss are shared by the cases that need one; each lossy case gets its
-    // own, which also serves its baseline (TCP is reliable: the loss only touches datagrams).
-    let server_dropping = |drop| synthetic_server(args.pages, 1, args.delay_us, drop);
-    let clean = server_dropping(0.0)?;
+    // The server without loss is shared by the cases that need one; each lossy case, and the
+    // case without the extension, gets its own, which also serves its baseline (TCP is
+    // reliable: the loss only touches datagrams; and pipelined GetPage is the same with the
+    // extension or without it).
+    let server_for = |case: Case| {
+        start_server(crate::pageserver::ServerConfig {
+            udp_extension: case.udp_extension(),
+            ..synthetic_server_config(args.pages, 1, args.delay_us, case.drop_fraction())
+        })
+    };
+    let clean = server_for(Case::UdpHealthy)?;
     let mut records = Vec::new();
     for &case in &args.cases {
-        let lossy;
-        let server = if case.drop_fraction() > 0.0 {
-            lossy = server_dropping(case.drop_fraction())?;
-            &lossy
+        let own;
+        let server = if case.drop_fraction() > 0.0 || !case.udp_extension() {
+            own = server_for(case)?;
+            &own
         } else {
             &clean
         };
@@ -207,11 +225,20 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             baseline.failed,
             udp.failed
         );
+        // Without the extension, the case measures the fallback only if the scan fell back.
+        anyhow::ensure!(
+            case.udp_extension() || udp.prefetched == 0,
+            "{}: the udp scan requested {} pages by UDP from a page server without the \
+             extension",
+            case.name(),
+            udp.prefetched
+        );
         let base_rec = BenchRecord::new(BENCH, "tcp-pipelined", "pages/s", baseline.pages_per_s)
             .param("for_case", case.name())
             .param("pages", baseline.pages)
             .param("delay_us", args.delay_us)
             .param("drop", case.drop_fraction())
+            .param("udp_extension", case.udp_extension())
             .param("depth", args.depth)
             .param("elapsed_s", round3(baseline.elapsed_s))
             .param("cpu_us_per_page", round3(baseline.cpu_us_per_page));
@@ -219,6 +246,7 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             .param("pages", udp.pages)
             .param("delay_us", args.delay_us)
             .param("drop", case.drop_fraction())
+            .param("udp_extension", case.udp_extension())
             .param("distance", args.distance)
             .param("daemon_threads", args.daemon_threads)
             .param("fresh_backend", args.fresh_backend)
@@ -381,7 +409,8 @@ mod tests {
                 "udp-daemon-killed",
                 "udp-daemon-paused",
                 "udp-drop50",
-                "udp-drop100"
+                "udp-drop100",
+                "udp-no-extension"
             ]
         );
         assert_eq!((a.pages, a.delay_us), (131072, 200));
@@ -407,5 +436,9 @@ mod tests {
         ));
         assert!(matches!(Case::UdpDrop100.fault(&a), Fault::None));
         assert_eq!(Case::UdpDrop50.drop_fraction(), 0.5);
+        // Without the extension: no fault and no loss, only the server's refusal.
+        assert!(matches!(Case::UdpNoExtension.fault(&a), Fault::None));
+        assert_eq!(Case::UdpNoExtension.drop_fraction(), 0.0);
+        assert!(!Case::UdpNoExtension.udp_extension() && Case::UdpDrop100.udp_extension());
     }
 }

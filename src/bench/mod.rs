@@ -131,14 +131,30 @@ pub(crate) fn synthetic_server(
     delay_us: u64,
     drop_prefetch: f64,
 ) -> anyhow::Result<crate::pageserver::PageServer> {
+    start_server(synthetic_server_config(
+        pages,
+        rels,
+        delay_us,
+        drop_prefetch,
+    ))
+}
+
+/// [`synthetic_server`]'s configuration, for a bench that changes more of it (a page server
+/// without the UDP extension, `pageserver --no-udp-extension`) before `start_server`.
+pub(crate) fn synthetic_server_config(
+    pages: u32,
+    rels: u32,
+    delay_us: u64,
+    drop_prefetch: f64,
+) -> crate::pageserver::ServerConfig {
     use crate::pageserver::{source::SourceSpec, ServerConfig};
-    start_server(ServerConfig {
-        listen: "127.0.0.1:0".parse()?,
+    ServerConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         source: SourceSpec::Synthetic { rels, pages },
         service_delay_us: delay_us,
         drop_prefetch,
         ..ServerConfig::default()
-    })
+    }
 }
 
 /// A bench's worker daemon flags: `--threads`, and `--thread-class` when the bench names one.

@@ -1,9 +1,11 @@
-//! `udp-prefetch bench prewarm`: refilling a cold LFC through UDP (at 0 % and 5 % loss)
-//! against a TCP-only prewarm (pipelined GetPages), and the daemon's ingest ceiling, all in
-//! one run; then what a prewarm costs the scans running beside it (issue 17 §4): their pages/s
-//! alone, and beside a prewarm at background and at foreground priority.
+//! `udp-prefetch bench prewarm`: refilling a cold LFC through UDP (at 0 % and 5 % loss), and
+//! from a page server without the extension (`--no-udp-extension`: the prewarm falls back to
+//! pipelined GetPages, issue 19), against a TCP-only prewarm (pipelined GetPages), and the
+//! daemon's ingest ceiling, all in one run; then what a prewarm costs the scans running beside
+//! it (issue 17 §4): their pages/s alone, and beside a prewarm at background and at foreground
+//! priority.
 
-use super::{round1, round3, synthetic_server, BenchRecord};
+use super::{round1, round3, start_server, synthetic_server, synthetic_server_config, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use crate::compute::backend::read_path::ReadPathConfig;
 use crate::compute::prewarm::driver::DEFAULT_YIELD_PAGES;
@@ -235,14 +237,21 @@ fn median_run(mut runs: Vec<BenchRecord>) -> BenchRecord {
     mid.param("repeats", count).param("runs", all)
 }
 
+/// One prewarm of `pages` pages into a fresh LFC and daemon, by UDP or not (`udp`), from a
+/// page server that drops `drop_fraction` of its datagrams and speaks the extension or not
+/// (`udp_extension`).
 fn one_case(
     scratch: &ScratchDir,
     name: &str,
     pages: u32,
     drop_fraction: f64,
     udp: bool,
+    udp_extension: bool,
 ) -> anyhow::Result<PrewarmReport> {
-    let server = synthetic_server(pages, 1, 0, drop_fraction)?;
+    let server = start_server(crate::pageserver::ServerConfig {
+        udp_extension,
+        ..synthetic_server_config(pages, 1, 0, drop_fraction)
+    })?;
     let lfc_path = scratch.0.join(format!("lfc-{name}"));
     // Twice the pages: prewarm stops at a full cache, and the bench measures refilling.
     let bytes = 2 * u64::from(pages) * 8192 + (64 << 20);
@@ -285,10 +294,11 @@ pub fn run(args: &PrewarmBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     );
     let scratch = ScratchDir::new("udp-prefetch-bench-prewarm")?;
     let rate = |r: &PrewarmReport| r.present as f64 / r.elapsed_s.max(1e-9);
-    let rec = |case: &str, r: &PrewarmReport, drop: f64| {
+    let rec = |case: &str, r: &PrewarmReport, drop: f64, udp_extension: bool| {
         BenchRecord::new("prewarm", case, "pages/s", rate(r))
             .param("pages", r.pages)
             .param("drop", drop)
+            .param("udp_extension", udp_extension)
             .param("via_udp_first", r.via_udp_first)
             .param("via_udp_retry", r.via_udp_retry)
             .param("via_tcp", r.via_tcp)
@@ -296,8 +306,9 @@ pub fn run(args: &PrewarmBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     };
     let tcp = rec(
         "tcp-only",
-        &one_case(&scratch, "tcp", args.pages, 0.0, false)?,
+        &one_case(&scratch, "tcp", args.pages, 0.0, false, true)?,
         0.0,
+        true,
     );
     let (ceiling, _) = super::ingest::daemon_case(
         &scratch,
@@ -312,14 +323,24 @@ pub fn run(args: &PrewarmBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         BenchRecord::new("prewarm", "ingest-ceiling", "pages/s", ceiling).param("threads", 2);
     let mut records = vec![tcp.clone(), ceiling_rec];
     for (case, drop) in [("udp-drop0", 0.0), ("udp-drop5", 0.05)] {
-        let r = one_case(&scratch, case, args.pages, drop, true)?;
+        let r = one_case(&scratch, case, args.pages, drop, true, true)?;
         let vs_ceiling = rate(&r) / ceiling.max(f64::MIN_POSITIVE);
         records.push(
-            rec(case, &r, drop)
+            rec(case, &r, drop, true)
                 .param("vs_ingest_ceiling", (vs_ceiling * 100.0).round() / 100.0)
                 .against(&tcp),
         );
     }
+    // A UDP prewarm from a page server without the extension: refused at its PrefetchTarget,
+    // it fetches every page by pipelined GetPage, and should cost what tcp-only does.
+    let case = "udp-no-extension";
+    let r = one_case(&scratch, case, args.pages, 0.0, true, false)?;
+    anyhow::ensure!(
+        r.via_udp_first + r.via_udp_retry == 0,
+        "{case}: {} pages came by UDP from a page server without the extension",
+        r.via_udp_first + r.via_udp_retry
+    );
+    records.push(rec(case, &r, 0.0, false).against(&tcp));
     if args.scan_pages > 0 {
         records.extend(beside_scans(&scratch, args)?);
     }
