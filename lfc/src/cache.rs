@@ -572,6 +572,14 @@ impl Lfc {
         self.read_optimistic(self.hash(tag), tag, Some(out), true)
     }
 
+    /// Counts a use of cached `tag` for eviction, without copying it or counting a hit: for a
+    /// read served from elsewhere (a backend's TCP answer, which it also installed here).
+    /// False if it is not cached.
+    pub fn touch(&self, tag: &BufferTag) -> bool {
+        self.read_optimistic(self.hash(tag), tag, None, true)
+            .is_some()
+    }
+
     /// Whether `tag` is cached (does not count as a use for eviction or in the hit statistics).
     pub fn contains(&self, tag: &BufferTag) -> bool {
         self.read_optimistic(self.hash(tag), tag, None, false)

@@ -7,7 +7,7 @@
 //!   [`Lfc::open_or_create`]`(path, capacity_pages)`; header accessors [`Lfc::key`] (32-byte
 //!   datagram key, fresh per create), [`Lfc::key_id`], [`Lfc::capacity_pages`],
 //!   [`Lfc::creator_pid`], [`Lfc::geometry`].
-//! - Readers: [`Lfc::lookup`]`(tag, &mut page) -> Option<lsn>`, [`Lfc::contains`],
+//! - Readers: [`Lfc::lookup`]`(tag, &mut page) -> Option<lsn>`, [`Lfc::contains`], [`Lfc::touch`],
 //!   [`Lfc::lwlsn`].
 //! - Writers: [`Lfc::write`]`(tag, lsn, page) -> WriteOutcome`, [`Lfc::set_lwlsn`]`(tag, lsn)`,
 //!   [`Lfc::install_prefetched`]`(tag, not_modified_since, page) -> InstallOutcome`,

@@ -414,6 +414,27 @@ fn snapshot_lists_the_hottest_pages_first() {
 }
 
 #[test]
+fn a_touch_counts_a_use_like_a_lookup_and_nothing_else() {
+    let (_d, lfc) = new_cache(16);
+    let mut out = [0u8; PAGE_SIZE];
+    for blk in 0..3u32 {
+        let t = tag(9, blk);
+        lfc.install_prefetched(&t, 0, &make_page(&t, 0));
+    }
+    let before = lfc.stats();
+    // Block 1 read once through the cache, block 2 once from elsewhere: equally hot, and
+    // hotter than block 0, which nobody read.
+    assert!(lfc.lookup(&tag(9, 1), &mut out).is_some());
+    assert!(lfc.touch(&tag(9, 2)));
+    assert!(!lfc.touch(&tag(9, 3)), "not cached");
+    let hot = lfc.snapshot_hottest(3);
+    assert_eq!(hot.last(), Some(&tag(9, 0)), "{hot:?}");
+    let after = lfc.stats();
+    assert_eq!(after.hits, before.hits + 1, "a touch is not a hit");
+    assert_eq!(after.misses, before.misses, "nor a miss");
+}
+
+#[test]
 fn prefault_keeps_the_contents_of_a_file_allocated_at_creation() {
     use std::os::unix::fs::MetadataExt;
     let (_d, lfc) = new_cache(512);

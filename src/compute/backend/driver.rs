@@ -961,7 +961,8 @@ impl Driver {
     }
 
     /// Copies `tag` from the pipelined pages read ahead, if there and still current (the same
-    /// rule as an install: not modified after its GetPage).
+    /// rule as an install: not modified after its GetPage), and counts the read as a use of
+    /// its LFC copy (see `on_response`).
     fn take_ready(&mut self, lfc: &Lfc, tag: &BufferTag, out: &mut Page) -> bool {
         let Some(i) = self.ready.iter().position(|r| r.tag == *tag) else {
             return false;
@@ -970,6 +971,7 @@ impl Driver {
         let current = lfc.lwlsn(tag) <= r.not_modified_since;
         if current {
             out.copy_from_slice(&r.page[..]);
+            lfc.touch(tag);
         }
         self.spare.push(r.page);
         current
@@ -1058,6 +1060,14 @@ impl Driver {
                     None
                 } else {
                     out.copy_from_slice(&page[..]);
+                    // A read is a use of the page for the LFC's eviction whichever path brought
+                    // it: a UDP hit counts as one (`lookup`), so a page read from its TCP answer
+                    // does too. Without it, pages read by TCP sat one use below pages read from
+                    // the LFC and went first: in the simulator, a backend trailing another over
+                    // a relation larger than the cache found the pages the other had read by
+                    // TCP 10 ms earlier evicted, and fetched them again (heavy seeds 5183 and
+                    // 6344 came to 1.07 and 1.04 of the limit; 0.70 and 0.76 with the use).
+                    lfc.touch(&tag);
                     if outcome == InstallOutcome::AlreadyPresent && !ahead {
                         // Arrived by UDP after the read gave up on it: the budget was short,
                         // and the path delivers.
@@ -1279,6 +1289,61 @@ mod tests {
         let stats = d.finish();
         assert_eq!(stats.udp_state_changes, 0);
         assert_eq!(stats.prefetched, 0);
+    }
+
+    /// A read is a use of its page for the LFC's eviction whether the page came in the answer
+    /// the read awaited, from the pages the pipeline read ahead, or from the LFC: pages read
+    /// by TCP must not go before pages read as hits.
+    #[test]
+    fn a_page_read_by_tcp_counts_as_used_in_the_lfc_as_a_hit_does() {
+        let f = fixture(false);
+        let lfc = &f.lfc;
+        let rel = synthetic_rel(0);
+        let mut d = Driver::tcp_only(ReadPathConfig::default(), T0);
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        d.prefetch(lfc, rel, 0..16, T0);
+        assert_eq!(get_pages(&drain(&mut d)), (0..16).collect::<Vec<_>>());
+        let answer = |d: &mut Driver, b: u32, out: &mut Page| {
+            let tag = rel.block(b);
+            let page = synthetic_page(tag, 16);
+            d.on_response(lfc, Response::Page { tag, page: &page }, out, T0)
+                .unwrap()
+                .next
+        };
+        // Block 0 from the answer its read awaits.
+        assert_eq!(
+            d.start_read(lfc, rel.block(0), &mut out, T0),
+            Poll::AwaitResponse
+        );
+        assert_eq!(
+            answer(&mut d, 0, &mut out),
+            Some(Poll::Done(ReadSource::Tcp))
+        );
+        // Blocks 1-15 answered ahead of their reads (installed, kept ready); 9-15 then read,
+        // the last ones installed (an LFC that ranked by age alone would keep 1-8).
+        for b in 1..16 {
+            assert_eq!(answer(&mut d, b, &mut out), None);
+        }
+        for b in 9..16 {
+            let poll = d.start_read(lfc, rel.block(b), &mut out, T0);
+            assert_eq!(poll, Poll::Done(ReadSource::Tcp));
+        }
+        // A page another backend's prefetch installed, read as a hit.
+        let other = synthetic_rel(1).block(0);
+        lfc.install_prefetched(&other, lfc.lwlsn(&other), &synthetic_page(other, 16));
+        assert_eq!(
+            d.start_read(lfc, other, &mut out, T0),
+            Poll::Done(ReadSource::Hit)
+        );
+        let mut hottest = lfc.snapshot_hottest(9);
+        hottest.sort();
+        let mut read: Vec<BufferTag> = [0].into_iter().chain(9..16).map(|b| rel.block(b)).collect();
+        read.push(other);
+        read.sort();
+        assert_eq!(
+            hottest, read,
+            "the pages read rank above those only fetched"
+        );
     }
 
     #[test]
