@@ -7,8 +7,11 @@
 //! (`hash_combine`, `common/hashfn.h`) with `murmurhash32(blkno / stripe_pages)`, modulo the
 //! count. A tenant of fewer than two shards maps everything to shard 0, and so does a key that
 //! is not a relation block (relation number 0, or block `InvalidBlockNumber`, Neon's
-//! relation-size key): Neon keeps those on shard 0 alone. Tablespace, database and fork take
-//! no part, so all forks of a block live together.
+//! relation-size key): Neon keeps those on shard 0 alone (`key_is_shard0`), and with them the
+//! init fork of an unlogged relation (fork 3), which a basebackup must include. Tablespace and
+//! database take no part, nor does any other fork, so a block's main, FSM and VM forks live
+//! together. (The compute's `get_shard_number` does not look at the fork: this follows the
+//! page server, which decides where a page is stored.)
 //!
 //! The page server checks its own share with [`ShardIdentity`] (`--shard I/N`); the compute
 //! routes with [`ShardLayout::shard_of`]. The simulator uses the same function: a second copy
@@ -26,6 +29,9 @@ pub const MAX_SHARDS: usize = u8::MAX as usize;
 
 /// `InvalidBlockNumber`: Neon's relation-size key carries it in the block field.
 const INVALID_BLOCK: u32 = u32::MAX;
+
+/// PostgreSQL's `INIT_FORKNUM`: an unlogged relation's init fork, kept on shard 0.
+pub const INIT_FORKNUM: u8 = 3;
 
 /// PostgreSQL's `murmurhash32` (`src/include/common/hashfn.h`): the 32-bit MurmurHash3
 /// finalizer.
@@ -46,11 +52,18 @@ fn hash_combine(a: u32, b: u32) -> u32 {
         .wrapping_add(a >> 2)
 }
 
-/// Neon's `key_to_shard_number` for a relation block: the shard of block `blkno` of the
-/// relation `relnode` in a tenant of `count` shards striped every `stripe_pages` blocks.
-/// `stripe_pages` must not be 0 (Neon refuses such a layout; [`ShardLayout::new`] does too).
-pub fn key_to_shard_number(count: u8, stripe_pages: u32, relnode: u32, blkno: u32) -> u8 {
-    if count < 2 || relnode == 0 || blkno == INVALID_BLOCK {
+/// Neon's `key_to_shard_number` for a relation block: the shard of block `blkno` of fork
+/// `forknum` of the relation `relnode` in a tenant of `count` shards striped every
+/// `stripe_pages` blocks. `stripe_pages` must not be 0 (Neon refuses such a layout;
+/// [`ShardLayout::new`] does too).
+pub fn key_to_shard_number(
+    count: u8,
+    stripe_pages: u32,
+    relnode: u32,
+    forknum: u8,
+    blkno: u32,
+) -> u8 {
+    if count < 2 || relnode == 0 || blkno == INVALID_BLOCK || forknum == INIT_FORKNUM {
         return 0;
     }
     let hash = hash_combine(murmurhash32(relnode), murmurhash32(blkno / stripe_pages));
@@ -112,6 +125,7 @@ impl ShardLayout {
             self.count,
             self.stripe_pages,
             tag.rel.relnode,
+            tag.rel.forknum,
             tag.blkno,
         ))
     }
@@ -130,7 +144,7 @@ impl ShardLayout {
                 return None;
             }
             let start = next;
-            next = if layout.count < 2 {
+            next = if layout.count < 2 || rel.forknum == INIT_FORKNUM {
                 blocks.end
             } else {
                 // The start of the next stripe, or the end of the range.
@@ -290,7 +304,7 @@ mod tests {
     fn neon_spot_checks() {
         assert_eq!(murmurhash32(0), 0);
         assert_eq!(hash_combine(0xb1ff_3b40, 0), 0xfb79_23c9);
-        assert_eq!(key_to_shard_number(10, 32768, 0x400c, 0x7d06), 8);
+        assert_eq!(key_to_shard_number(10, 32768, 0x400c, 0, 0x7d06), 8);
     }
 
     /// (relnode, blkno, shard count, stripe pages) → shard. Computed outside this crate by a
@@ -352,9 +366,11 @@ mod tests {
                 usize::from(want),
                 "relnode {relnode} block {blkno} of {count} shards, stripe {stripe}"
             );
-            // Tablespace, database and fork take no part.
-            let other = RelTag::new(1, 2, relnode, 2);
-            assert_eq!(layout.shard_of(&other.block(blkno)), usize::from(want));
+            // Tablespace, database and the FSM and VM forks take no part.
+            for fork in [1, 2] {
+                let other = RelTag::new(1, 2, relnode, fork);
+                assert_eq!(layout.shard_of(&other.block(blkno)), usize::from(want));
+            }
         }
     }
 
@@ -367,6 +383,14 @@ mod tests {
         }
         let rel = RelTag::new(1663, 5, 16384, 0);
         assert_eq!(layout.shard_of(&rel.block(u32::MAX)), 0);
+        // An unlogged relation's init fork, whatever the block (`key_is_shard0`); a range of it
+        // is one piece, on shard 0.
+        let init = RelTag::new(1663, 5, 16384, INIT_FORKNUM);
+        assert!((0..256).all(|b| layout.shard_of(&init.block(b)) == 0));
+        assert_eq!(
+            layout.split(init, 0..20).collect::<Vec<_>>(),
+            vec![(0, 0..20)]
+        );
         // ...while the blocks of a real relation spread over all eight.
         let mut seen = [false; 8];
         for b in 0..256 {
