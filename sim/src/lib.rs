@@ -36,7 +36,7 @@ pub mod world;
 pub use config::{FaultProfile, FaultRanges, SimConfig};
 pub use soak::{soak, SoakOptions, SoakSummary};
 pub use workload::{ForgeKind, Op};
-pub use world::{FaultCounts, RunReport, Violation, ViolationKind};
+pub use world::{FaultCounts, RunReport, ShardCounts, Violation, ViolationKind};
 
 /// Name of the simulator binary (the `udp-prefetch sim` subcommand executes it).
 pub const BIN_NAME: &str = "udp-prefetch-sim";
@@ -264,7 +264,10 @@ fn check_liveness(report: &mut RunReport, times: &[Pair]) {
     });
 }
 
-fn run_config(cfg: SimConfig, seed: u64, ops: &[Op]) -> Result<RunReport, SimError> {
+/// One run of exactly `cfg` with the workload `ops` (`seed` draws the rest: the network's
+/// random draws, the LFC's key and hash seed), every checker but the liveness comparison,
+/// which needs the TCP-only runs `run` adds: for a scenario a test sets up by hand.
+pub fn run_config(cfg: SimConfig, seed: u64, ops: &[Op]) -> Result<RunReport, SimError> {
     let dir = tempfile::Builder::new()
         .prefix("udp-prefetch-sim")
         .tempdir_in(scratch_dir())?;

@@ -235,3 +235,63 @@ proptest! {
         }
     }
 }
+
+/// Issue 18's simulator case, set by hand: three shards, one link clean, one losing 30 % of
+/// its datagrams, one partitioned for the whole run; a healthy daemon and a cache that holds
+/// every page (no eviction to blur who delivered what). Every checker holds, the partitioned
+/// shard delivers nothing and its pages are read from TCP, while the clean shard's pages are
+/// read mostly from its datagrams: each shard's path is judged by its own link.
+#[test]
+fn one_lossy_and_one_partitioned_shard_fall_back_alone() {
+    use sim::config::{DaemonFault, LinkFaults, START_NS};
+    let clean = LinkFaults {
+        loss: 0.0,
+        duplicate: 0.0,
+        reorder: 0.0,
+        reorder_extra_ns: 0,
+        latency_ns: 150_000,
+        jitter_ns: 20_000,
+        corrupt: 0.0,
+        replay: 0.0,
+        partitions: Vec::new(),
+        clogs: Vec::new(),
+    };
+    let lossy = LinkFaults {
+        loss: 0.3,
+        ..clean.clone()
+    };
+    let partitioned = LinkFaults {
+        partitions: vec![(START_NS, START_NS + 100_000_000_000)],
+        ..clean.clone()
+    };
+    for seed in 0..cases(8) as u64 {
+        let mut cfg = sim::SimConfig::for_seed(seed, FaultProfile::None);
+        cfg.shards = 3;
+        cfg.links = vec![clean.clone(), lossy.clone(), partitioned.clone()];
+        cfg.daemon = DaemonFault::Healthy;
+        cfg.sender_drop = 0.0;
+        cfg.forged_per_ms = 0.0;
+        cfg.lfc_capacity_pages = u64::from(cfg.rels * cfg.pages_per_rel) + 64;
+        let ops: Vec<Op> = sim::workload::generate(seed)
+            .into_iter()
+            .filter(|op| !op.is_fault())
+            .collect();
+        let r = sim::run_config(cfg, seed, &ops).expect("set-up");
+        assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+        let [s0, s1, s2] = [r.shards[0], r.shards[1], r.shards[2]];
+        eprintln!("seed {seed}: {s0:?} {s1:?} {s2:?}");
+        let reads = |s: sim::ShardCounts| s.read_hits + s.read_late_hits + s.read_tcp;
+        assert_eq!(s2.datagrams_installed, 0, "seed {seed}: a partitioned link");
+        assert!(
+            s0.datagrams_installed > 0 && s1.datagrams_installed > 0,
+            "seed {seed}"
+        );
+        let tcp_share = |s: sim::ShardCounts| s.read_tcp as f64 / reads(s).max(1) as f64;
+        if reads(s0) >= 20 && reads(s2) >= 20 {
+            assert!(
+                tcp_share(s0) < 0.5 && tcp_share(s2) > tcp_share(s0),
+                "seed {seed}: clean shard {s0:?}, partitioned shard {s2:?}"
+            );
+        }
+    }
+}

@@ -534,10 +534,21 @@ impl World<'_> {
                     .note(self.now, format_args!("backend {b}: {}", c.reason));
             }
         }
+        let shard = self.shard_of(&ctx.tag);
+        let counts = &mut self.report.shards[shard];
         match kind {
-            Kind::ReadHit => self.report.read_hits += 1,
-            Kind::ReadLateHit => self.report.read_late_hits += 1,
-            _ => self.report.read_tcp += 1,
+            Kind::ReadHit => {
+                self.report.read_hits += 1;
+                counts.read_hits += 1;
+            }
+            Kind::ReadLateHit => {
+                self.report.read_late_hits += 1;
+                counts.read_late_hits += 1;
+            }
+            _ => {
+                self.report.read_tcp += 1;
+                counts.read_tcp += 1;
+            }
         }
         let page = std::mem::replace(&mut self.backends[b].page, Box::new([0u8; PAGE_SIZE]));
         self.rec(kind, b as u64, tag_key(&ctx.tag), page_lsn(&page));

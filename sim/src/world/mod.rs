@@ -61,7 +61,7 @@ mod server;
 mod worker;
 
 pub use check::{Violation, ViolationKind};
-pub use report::{FaultCounts, RunReport};
+pub use report::{FaultCounts, RunReport, ShardCounts};
 
 use backend::{build_backends, BackendNode, Pending};
 use check::TagModel;
@@ -312,6 +312,7 @@ impl<'a> World<'a> {
             trace: Trace::default(),
             report: RunReport {
                 seed,
+                shards: vec![report::ShardCounts::default(); cfg.shards],
                 ..RunReport::default()
             },
             shell_installs: 0,

@@ -107,6 +107,9 @@ pub struct RunReport {
     /// TCP pipelining.
     pub tcp_pipelined: u64,
     pub udp_state_changes: u64,
+    /// Per shard (index = shard number): datagrams installed, and the backends' reads of its
+    /// pages by how they were served (a shard that fails falls back alone, ARCHITECTURE §6a).
+    pub shards: Vec<ShardCounts>,
     /// Virtual times from the start until the backends began (prewarm over) and until the last
     /// one finished its workload.
     pub backends_started_ns: u64,
@@ -128,4 +131,13 @@ pub struct RunReport {
     /// violation before it, or a daemon absent from the start).
     pub liveness_share: Option<f64>,
     pub violation: Option<Violation>,
+}
+
+/// What one shard's pages did in a run (`RunReport::shards`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ShardCounts {
+    pub datagrams_installed: u64,
+    pub read_hits: u64,
+    pub read_late_hits: u64,
+    pub read_tcp: u64,
 }

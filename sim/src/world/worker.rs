@@ -277,6 +277,8 @@ impl World<'_> {
             Ok(hdr) => {
                 self.workers[w].seen_installed += 1;
                 self.report.datagrams_installed += 1;
+                let shard = self.shard_of(&hdr.tag);
+                self.report.shards[shard].datagrams_installed += 1;
                 self.rec(
                     Kind::Installed,
                     tag_key(&hdr.tag),
