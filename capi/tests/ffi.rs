@@ -112,23 +112,29 @@ fn buffer_tag(blkno: u32) -> UdpfBufferTag {
     }
 }
 
+/// `udpf_nblocks` and `udpf_exists` of `rel` at the latest LSN, both asserted to succeed.
+fn size_and_existence(h: &Handle, rel: &UdpfRelTag) -> (u32, bool) {
+    let (mut n, mut exists) = (0u32, false);
+    // SAFETY: an open handle and valid pointers.
+    unsafe {
+        assert_eq!(
+            udpf_nblocks(h.h, rel, UDPF_LSN_LATEST, &mut n),
+            UdpfStatus::UDPF_OK
+        );
+        assert_eq!(
+            udpf_exists(h.h, rel, UDPF_LSN_LATEST, &mut exists),
+            UdpfStatus::UDPF_OK
+        );
+    }
+    (n, exists)
+}
+
 #[test]
 fn writes_last_written_lsns_snapshots_and_sizes() {
     let server = server(true);
     let h = Handle::open(&server);
     let rel = rel_tag();
-    let (mut n, mut exists) = (0u32, false);
-    // SAFETY: an open handle and valid pointers.
-    unsafe {
-        assert_eq!(
-            udpf_nblocks(h.h, &rel, UDPF_LSN_LATEST, &mut n),
-            UdpfStatus::UDPF_OK
-        );
-        assert_eq!(
-            udpf_exists(h.h, &rel, UDPF_LSN_LATEST, &mut exists),
-            UdpfStatus::UDPF_OK
-        );
-    }
+    let (n, exists) = size_and_existence(&h, &rel);
     assert_eq!((n, exists), (100, true));
     let (status, lsn, source) = h.read(3, UDPF_LSN_LATEST, 0);
     assert_eq!(
@@ -499,18 +505,7 @@ fn opens_on_two_shards_and_reads_every_page_verified() {
         let put = server.stats().put_page.load(Ordering::Relaxed);
         assert_eq!(put, 1, "shard {shard} took its page's write");
     }
-    let (mut n, mut exists) = (0u32, false);
-    // SAFETY: an open handle and valid pointers.
-    unsafe {
-        assert_eq!(
-            udpf_nblocks(h.h, &rel, UDPF_LSN_LATEST, &mut n),
-            UdpfStatus::UDPF_OK
-        );
-        assert_eq!(
-            udpf_exists(h.h, &rel, UDPF_LSN_LATEST, &mut exists),
-            UdpfStatus::UDPF_OK
-        );
-    }
+    let (n, exists) = size_and_existence(&h, &rel);
     assert_eq!((n, exists), (PAGES, true));
     for server in &servers {
         assert_eq!(server.stats().wrong_shard.load(Ordering::Relaxed), 0);
