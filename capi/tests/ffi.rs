@@ -375,22 +375,16 @@ fn opens_over_tls_with_the_right_token_and_refuses_a_wrong_or_missing_one() {
         last_error()
     );
     drop(handle);
-    let (status, h) = open(Some("wrong"));
-    assert!(h.is_null());
-    assert_eq!(status, UdpfStatus::UDPF_CONNECT, "{}", last_error());
-    assert!(
-        last_error().contains("password authentication failed"),
-        "{}",
-        last_error()
-    );
-    let (status, h) = open(None);
-    assert!(h.is_null());
-    assert_eq!(status, UdpfStatus::UDPF_CONNECT, "{}", last_error());
-    assert!(
-        last_error().contains("asks for a password"),
-        "{}",
-        last_error()
-    );
+    // Refused at open, saying why.
+    for (token, says) in [
+        (Some("wrong"), "password authentication failed"),
+        (None, "asks for a password"),
+    ] {
+        let (status, h) = open(token);
+        assert!(h.is_null());
+        assert_eq!(status, UdpfStatus::UDPF_CONNECT, "{}", last_error());
+        assert!(last_error().contains(says), "{}", last_error());
+    }
     assert_eq!(server.stats().auth_failures.load(Ordering::Relaxed), 1);
 }
 
