@@ -60,6 +60,12 @@ pub struct ManyBackendsBenchArgs {
     /// --prefetch-sender-nice`; 0 = as started).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub prefetch_sender_nice: i32,
+    /// Repetitions per backend count, each running the three modes with fresh LFCs and daemons
+    /// (the udp and tcp-pipelined cases in turns first); the records are the repetition with
+    /// the median udp / tcp-pipelined ratio, and its `ratios` param lists every repetition's.
+    /// One run's ratio moved by a third between runs on a quiet two-CPU machine.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub repeat: u32,
     /// Measure backends as freshly started processes, paying a page fault on their first touch
     /// of each LFC frame (about 2 µs per page with 4 KiB pages). By default each backend maps
     /// the LFC before the gate opens, as a PostgreSQL backend that has served queries for a
@@ -213,10 +219,60 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     let scratch = ScratchDir::new("udp-prefetch-bench-many")?;
     let mut records = Vec::new();
     for &backends in &args.backends {
-        // A fresh LFC per case, large enough for the case's pages: no case evicts.
-        let lfc_path = scratch.0.join(format!("lfc-{backends}"));
-        let lfc_bytes = u64::from(args.total_pages) * 8192 + (64 << 20);
-        let threads = args.daemon_threads.to_string();
+        let mut runs = (0..args.repeat)
+            .map(|rep| measure(&server, &scratch, backends, rep, args))
+            .collect::<anyhow::Result<Vec<Modes>>>()?;
+        runs.sort_by(|x, y| x.ratio().total_cmp(&y.ratio()));
+        let ratios: Vec<f64> = runs.iter().map(|m| round3(m.ratio())).collect();
+        let Modes { tcp, udp, tcp_lfc } = runs.swap_remove(runs.len() / 2);
+        let tcp_recs = tcp.records("tcp-pipelined", backends, args);
+        let lfc_recs = tcp_lfc.records("tcp-lfc", backends, args);
+        let udp_recs = udp.records("udp", backends, args);
+        for ((u, l), t) in udp_recs.into_iter().zip(&lfc_recs).zip(&tcp_recs) {
+            let vs_lfc = (l.value > 0.0).then(|| round3(u.value / l.value));
+            records.push(
+                u.param("ratio_vs_tcp_lfc", vs_lfc)
+                    .param("repeat", args.repeat)
+                    .param("ratios", ratios.clone())
+                    .against(t),
+            );
+        }
+        for (l, t) in lfc_recs.into_iter().zip(&tcp_recs) {
+            records.push(l.against(t));
+        }
+        records.extend(tcp_recs);
+    }
+    Ok(records)
+}
+
+/// One repetition's three modes at one backend count.
+struct Modes {
+    tcp: ModeResult,
+    udp: ModeResult,
+    tcp_lfc: ModeResult,
+}
+
+impl Modes {
+    /// udp / tcp-pipelined aggregate pages/s: what the median repetition is chosen by.
+    fn ratio(&self) -> f64 {
+        self.udp.aggregate_pages_per_s() / self.tcp.aggregate_pages_per_s().max(1e-9)
+    }
+}
+
+/// One repetition at `backends`: tcp-pipelined and udp on one fresh LFC and daemon (which of
+/// the two goes first alternates between repetitions), then tcp-lfc on a fresh LFC of its own.
+fn measure(
+    server: &PageServer,
+    scratch: &ScratchDir,
+    backends: u32,
+    rep: u32,
+    args: &ManyBackendsBenchArgs,
+) -> anyhow::Result<Modes> {
+    // A fresh LFC per case, large enough for the case's pages: no case evicts.
+    let lfc_path = scratch.0.join(format!("lfc-{backends}-{rep}"));
+    let lfc_bytes = u64::from(args.total_pages) * 8192 + (64 << 20);
+    let threads = args.daemon_threads.to_string();
+    let start_daemon = || -> anyhow::Result<DaemonProc> {
         let daemon = DaemonProc::start(
             &lfc_path,
             lfc_bytes,
@@ -225,40 +281,34 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         if args.daemon_nice != 0 {
             daemon.renice(args.daemon_nice)?;
         }
-        let tcp = run_mode(&server, &daemon, ScanMode::TcpPipelined, backends, 0, args)?;
-        let udp = run_mode(&server, &daemon, ScanMode::Udp, backends, backends, args)?;
-        drop(daemon);
-        let _ = std::fs::remove_file(&lfc_path);
-        // Neon's compute with its LFC, on a cold LFC of its own (relations 2n..3n): what a
-        // backend pays for the cache alone, without UDP. Its daemon is ignored.
-        let daemon = DaemonProc::start(
-            &lfc_path,
-            lfc_bytes,
-            &super::daemon_flags(&threads, args.daemon_thread_class),
-        )?;
-        let tcp_lfc = run_mode(
-            &server,
-            &daemon,
-            ScanMode::TcpLfc,
-            backends,
-            2 * backends,
-            args,
-        )?;
-        drop(daemon);
-        let _ = std::fs::remove_file(&lfc_path);
-        let tcp_recs = tcp.records("tcp-pipelined", backends, args);
-        let lfc_recs = tcp_lfc.records("tcp-lfc", backends, args);
-        let udp_recs = udp.records("udp", backends, args);
-        for ((u, l), t) in udp_recs.into_iter().zip(&lfc_recs).zip(&tcp_recs) {
-            let vs_lfc = (l.value > 0.0).then(|| round3(u.value / l.value));
-            records.push(u.param("ratio_vs_tcp_lfc", vs_lfc).against(t));
-        }
-        for (l, t) in lfc_recs.into_iter().zip(&tcp_recs) {
-            records.push(l.against(t));
-        }
-        records.extend(tcp_recs);
-    }
-    Ok(records)
+        Ok(daemon)
+    };
+    let daemon = start_daemon()?;
+    let tcp_run = || run_mode(server, &daemon, ScanMode::TcpPipelined, backends, 0, args);
+    let udp_run = || run_mode(server, &daemon, ScanMode::Udp, backends, backends, args);
+    let (tcp, udp) = if rep.is_multiple_of(2) {
+        let tcp = tcp_run()?;
+        (tcp, udp_run()?)
+    } else {
+        let udp = udp_run()?;
+        (tcp_run()?, udp)
+    };
+    drop(daemon);
+    let _ = std::fs::remove_file(&lfc_path);
+    // Neon's compute with its LFC, on a cold LFC of its own (relations 2n..3n): what a backend
+    // pays for the cache alone, without UDP. Its daemon is ignored.
+    let daemon = start_daemon()?;
+    let tcp_lfc = run_mode(
+        server,
+        &daemon,
+        ScanMode::TcpLfc,
+        backends,
+        2 * backends,
+        args,
+    )?;
+    drop(daemon);
+    let _ = std::fs::remove_file(&lfc_path);
+    Ok(Modes { tcp, udp, tcp_lfc })
 }
 
 /// A backend's `scan` process, waiting at the start gate until its input closes.
