@@ -204,7 +204,7 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         } else {
             &clean
         };
-        // Every repetition is a baseline and a udp scan right after it, on a fresh LFC and
+        // Every repetition is a baseline and a udp scan beside it (`run_once`), on a fresh LFC and
         // daemon; the record is the repetition with the median ratio (a burst of load from
         // elsewhere moves one scan of 0.15 s by tens of percent on a small machine).
         let mut reps = Vec::with_capacity(args.repeat as usize);
@@ -281,7 +281,8 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
 }
 
 /// One repetition of `case`: a fresh LFC (and daemon, unless the case has none), the
-/// tcp-pipelined baseline, then the udp scan with the case's fault.
+/// tcp-pipelined baseline and the udp scan with the case's fault (the baseline first in even
+/// repetitions, second in odd ones).
 fn run_once(
     args: &DegradeBenchArgs,
     case: Case,
@@ -314,9 +315,18 @@ fn run_once(
         // A long-running backend has the cache mapped (see `--fresh-backend`).
         lfc.map_all()?;
     }
-    // The baseline right before its case, once the daemon has settled (prefault done).
-    let (baseline, _) = scan_with_fault(args, server, ScanMode::TcpPipelined, None, None)?;
+    // The baseline beside its case, once the daemon has settled (prefault done): before it in
+    // even repetitions, after it in odd ones, so that what the first scan of a repetition pays
+    // falls on either side alike (the baseline never touches the daemon or the LFC, whatever
+    // the fault left of them).
+    let baseline = || scan_with_fault(args, server, ScanMode::TcpPipelined, None, None);
     let fault = case.fault(args);
+    let baseline_first = rep.is_multiple_of(2);
+    let before = if baseline_first {
+        Some(baseline()?.0)
+    } else {
+        None
+    };
     let (udp, injected) = scan_with_fault(
         args,
         server,
@@ -324,6 +334,10 @@ fn run_once(
         Some(&lfc),
         Some((&mut daemon, fault)),
     )?;
+    let baseline = match before {
+        Some(b) => b,
+        None => baseline()?.0,
+    };
     drop(lfc);
     drop(daemon);
     let _ = std::fs::remove_file(&lfc_path);
