@@ -315,29 +315,22 @@ fn run_once(
         // A long-running backend has the cache mapped (see `--fresh-backend`).
         lfc.map_all()?;
     }
-    // The baseline beside its case, once the daemon has settled (prefault done): before it in
-    // even repetitions, after it in odd ones, so that what the first scan of a repetition pays
-    // falls on either side alike (the baseline never touches the daemon or the LFC, whatever
-    // the fault left of them).
-    let baseline = || scan_with_fault(args, server, ScanMode::TcpPipelined, None, None);
+    // The baseline beside its case, once the daemon has settled (prefault done), in turns
+    // first: it never touches the daemon or the LFC, whatever the fault left of them.
     let fault = case.fault(args);
-    let baseline_first = rep.is_multiple_of(2);
-    let before = if baseline_first {
-        Some(baseline()?.0)
-    } else {
-        None
-    };
-    let (udp, injected) = scan_with_fault(
-        args,
-        server,
-        ScanMode::Udp,
-        Some(&lfc),
-        Some((&mut daemon, fault)),
+    let (baseline, (udp, injected)) = super::in_turns(
+        rep,
+        || Ok(scan_with_fault(args, server, ScanMode::TcpPipelined, None, None)?.0),
+        || {
+            scan_with_fault(
+                args,
+                server,
+                ScanMode::Udp,
+                Some(&lfc),
+                Some((&mut daemon, fault)),
+            )
+        },
     )?;
-    let baseline = match before {
-        Some(b) => b,
-        None => baseline()?.0,
-    };
     drop(lfc);
     drop(daemon);
     let _ = std::fs::remove_file(&lfc_path);

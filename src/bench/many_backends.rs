@@ -284,15 +284,11 @@ fn measure(
         Ok(daemon)
     };
     let daemon = start_daemon()?;
-    let tcp_run = || run_mode(server, &daemon, ScanMode::TcpPipelined, backends, 0, args);
-    let udp_run = || run_mode(server, &daemon, ScanMode::Udp, backends, backends, args);
-    let (tcp, udp) = if rep.is_multiple_of(2) {
-        let tcp = tcp_run()?;
-        (tcp, udp_run()?)
-    } else {
-        let udp = udp_run()?;
-        (tcp_run()?, udp)
-    };
+    let (tcp, udp) = super::in_turns(
+        rep,
+        || run_mode(server, &daemon, ScanMode::TcpPipelined, backends, 0, args),
+        || run_mode(server, &daemon, ScanMode::Udp, backends, backends, args),
+    )?;
     drop(daemon);
     let _ = std::fs::remove_file(&lfc_path);
     // Neon's compute with its LFC, on a cold LFC of its own (relations 2n..3n): what a backend

@@ -102,6 +102,24 @@ pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// Runs one repetition's baseline and case: the baseline first in even repetitions, second in
+/// odd ones, so that what a repetition's first run pays (a fresh daemon's or server's first
+/// connections, a burst of load) falls on either side alike: on this project's two-CPU test
+/// machine single scans moved by a quarter between consecutive runs.
+pub(crate) fn in_turns<B, C>(
+    rep: u32,
+    baseline: impl FnOnce() -> anyhow::Result<B>,
+    case: impl FnOnce() -> anyhow::Result<C>,
+) -> anyhow::Result<(B, C)> {
+    if rep.is_multiple_of(2) {
+        let b = baseline()?;
+        Ok((b, case()?))
+    } else {
+        let c = case()?;
+        Ok((baseline()?, c))
+    }
+}
+
 /// A scan of synthetic relation 0 on `server` in `mode`, as a bench's backend runs it: the
 /// pipeline depth (tcp modes) or prefetch distance (udp) `ahead`, no per-page work, and the
 /// daemon found through the LFC header (the rendezvous is part of what benches measure).
@@ -266,3 +284,50 @@ pub mod scan;
 pub mod shards;
 pub mod topology;
 pub mod twohost;
+
+#[cfg(test)]
+mod tests {
+    use super::in_turns;
+    use std::cell::RefCell;
+
+    #[test]
+    fn the_baseline_runs_first_in_even_repetitions_and_second_in_odd_ones() {
+        for rep in 0..4 {
+            let order = RefCell::new(Vec::new());
+            let (b, c) = in_turns(
+                rep,
+                || {
+                    order.borrow_mut().push("baseline");
+                    Ok(1)
+                },
+                || {
+                    order.borrow_mut().push("case");
+                    Ok("c")
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                (b, c),
+                (1, "c"),
+                "results come back in place whatever the order"
+            );
+            let expected = if rep % 2 == 0 {
+                ["baseline", "case"]
+            } else {
+                ["case", "baseline"]
+            };
+            assert_eq!(*order.borrow(), expected, "repetition {rep}");
+        }
+        // A failure stops the repetition: the other side does not run.
+        let ran = RefCell::new(false);
+        let r = in_turns(
+            1,
+            || {
+                *ran.borrow_mut() = true;
+                Ok(())
+            },
+            || anyhow::bail!("the case failed") as anyhow::Result<()>,
+        );
+        assert!(r.is_err() && !*ran.borrow());
+    }
+}

@@ -171,18 +171,11 @@ fn measure_with(
         let daemon = DaemonProc::start_on(&lfc_path, lfc_bytes, &listen, &[])?;
         let lfc = Lfc::open(&lfc_path)?;
         lfc.map_all()?;
-        // Which scan goes first alternates between repetitions, so that what the first scan
-        // of a point pays (a fresh server's first connections, a namespace's first packets)
-        // falls on either side alike.
-        let tcp_scan = || run_scan(&scan_config(args, server, ScanMode::TcpPipelined), None);
-        let udp_scan = || run_scan(&scan_config(args, server, ScanMode::Udp), Some(&lfc));
-        let (tcp, udp) = if rep.is_multiple_of(2) {
-            let tcp = tcp_scan()?;
-            (tcp, udp_scan()?)
-        } else {
-            let udp = udp_scan()?;
-            (tcp_scan()?, udp)
-        };
+        let (tcp, udp) = super::in_turns(
+            rep,
+            || run_scan(&scan_config(args, server, ScanMode::TcpPipelined), None),
+            || run_scan(&scan_config(args, server, ScanMode::Udp), Some(&lfc)),
+        )?;
         let scraped = daemon.scrape()?;
         let installed = DaemonProc::metric(&scraped, "udp_prefetch_datagrams_installed_total");
         let rebuilt = DaemonProc::metric(&scraped, "udp_prefetch_fragments_rebuilt_total");

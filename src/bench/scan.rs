@@ -206,16 +206,11 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                 let lossy = synthetic_server(args.pages, rels, delay, drop_fraction)?;
                 let mut pairs = Vec::with_capacity(args.repeat as usize);
                 for rep in 0..args.repeat {
-                    let udp_scan = || scan(ScanMode::Udp, next_rel, &lossy);
-                    let tcp_scan = || scan(ScanMode::TcpPipelined, 0, &base_server);
-                    // In turns first: what a pair's first scan pays falls on either side alike.
-                    pairs.push(if rep.is_multiple_of(2) {
-                        let tcp = tcp_scan()?;
-                        (tcp, udp_scan()?)
-                    } else {
-                        let udp = udp_scan()?;
-                        (tcp_scan()?, udp)
-                    });
+                    pairs.push(super::in_turns(
+                        rep,
+                        || scan(ScanMode::TcpPipelined, 0, &base_server),
+                        || scan(ScanMode::Udp, next_rel, &lossy),
+                    )?);
                     next_rel += 1;
                 }
                 let ratio = |(t, u): &(Measured, Measured)| {
