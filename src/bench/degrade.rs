@@ -211,12 +211,12 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         for rep in 0..args.repeat {
             reps.push(run_once(args, case, server, &scratch, rep)?);
         }
-        let ratio = |(b, u, _): &(ScanReport, ScanReport, Option<Injected>)| {
-            u.pages_per_s / b.pages_per_s.max(1e-9)
-        };
-        reps.sort_by(|x, y| ratio(x).total_cmp(&ratio(y)));
-        let ratios: Vec<f64> = reps.iter().map(ratio).collect();
-        let (baseline, udp, injected) = reps.swap_remove(reps.len() / 2);
+        let ((baseline, udp, injected), ratios) = super::median_by_ratio(
+            reps,
+            |(b, u, _): &(ScanReport, ScanReport, Option<Injected>)| {
+                u.pages_per_s / b.pages_per_s.max(1e-9)
+            },
+        );
         let fault = case.fault(args);
         anyhow::ensure!(
             baseline.failed == 0 && udp.failed == 0,

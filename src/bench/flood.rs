@@ -247,13 +247,13 @@ pub fn run(args: &FloodBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     anyhow::ensure!(args.distance >= 1, "--distance must be at least 1");
     let scratch = ScratchDir::new("udp-prefetch-bench-flood")?;
     let server = super::synthetic_server(args.pages, 2, args.delay_us, 0.0)?;
-    let mut reps = (0..args.repeat)
+    let reps = (0..args.repeat)
         .map(|rep| run_once(args, &server, &scratch, rep))
         .collect::<anyhow::Result<Vec<Rep>>>()?;
-    let ratio = |r: &Rep| r.flooded.pages_per_s / r.closed.pages_per_s.max(1e-9);
-    reps.sort_by(|x, y| ratio(x).total_cmp(&ratio(y)));
-    let ratios: Vec<f64> = reps.iter().map(|r| round3(ratio(r))).collect();
-    let r = reps.swap_remove(reps.len() / 2);
+    let (r, ratios) = super::median_by_ratio(reps, |r: &Rep| {
+        r.flooded.pages_per_s / r.closed.pages_per_s.max(1e-9)
+    });
+    let ratios: Vec<f64> = ratios.into_iter().map(round3).collect();
     let base = BenchRecord::new(
         BENCH,
         "udp-flood-closed-port",

@@ -219,12 +219,11 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     let scratch = ScratchDir::new("udp-prefetch-bench-many")?;
     let mut records = Vec::new();
     for &backends in &args.backends {
-        let mut runs = (0..args.repeat)
+        let runs = (0..args.repeat)
             .map(|rep| measure(&server, &scratch, backends, rep, args))
             .collect::<anyhow::Result<Vec<Modes>>>()?;
-        runs.sort_by(|x, y| x.ratio().total_cmp(&y.ratio()));
-        let ratios: Vec<f64> = runs.iter().map(|m| round3(m.ratio())).collect();
-        let Modes { tcp, udp, tcp_lfc } = runs.swap_remove(runs.len() / 2);
+        let (Modes { tcp, udp, tcp_lfc }, ratios) = super::median_by_ratio(runs, Modes::ratio);
+        let ratios: Vec<f64> = ratios.into_iter().map(round3).collect();
         let tcp_recs = tcp.records("tcp-pipelined", backends, args);
         let lfc_recs = tcp_lfc.records("tcp-lfc", backends, args);
         let udp_recs = udp.records("udp", backends, args);

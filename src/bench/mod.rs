@@ -102,6 +102,15 @@ pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// The repetition with the median ratio (of an even count, the upper of the two middle ones)
+/// and every repetition's ratio, ascending: what a bench records of repeated runs.
+pub(crate) fn median_by_ratio<T>(mut runs: Vec<T>, ratio: impl Fn(&T) -> f64) -> (T, Vec<f64>) {
+    assert!(!runs.is_empty(), "at least one repetition");
+    runs.sort_by(|x, y| ratio(x).total_cmp(&ratio(y)));
+    let ratios = runs.iter().map(&ratio).collect();
+    (runs.swap_remove(runs.len() / 2), ratios)
+}
+
 /// Runs one repetition's baseline and case: the baseline first in even repetitions, second in
 /// odd ones, so that what a repetition's first run pays (a fresh daemon's or server's first
 /// connections, a burst of load) falls on either side alike: on this project's two-CPU test
@@ -287,7 +296,15 @@ pub mod twohost;
 
 #[cfg(test)]
 mod tests {
-    use super::in_turns;
+    use super::{in_turns, median_by_ratio};
+
+    #[test]
+    fn the_median_repetition_is_chosen_by_ratio_and_every_ratio_is_listed_ascending() {
+        let (m, ratios) = median_by_ratio(vec![("c", 3.0), ("a", 1.0), ("b", 2.0)], |r| r.1);
+        assert_eq!((m.0, ratios), ("b", vec![1.0, 2.0, 3.0]));
+        let (m, _) = median_by_ratio(vec![4.0, 1.0, 3.0, 2.0], |r| *r);
+        assert_eq!(m, 3.0, "of an even count, the upper middle");
+    }
     use std::cell::RefCell;
 
     #[test]

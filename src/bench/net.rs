@@ -139,10 +139,7 @@ fn measure(args: &NetBenchArgs, mtu: u32, loss: u8) -> anyhow::Result<Point> {
     hosts.in_server(move || drop(server))?;
     // One scan of a few tens of milliseconds moves by tens of percent with a burst of load
     // from elsewhere, and so does the baseline: the median repetition is the record.
-    let mut points = points?;
-    points.sort_by(|x, y| x.ratio().total_cmp(&y.ratio()));
-    let ratios = points.iter().map(Point::ratio).collect();
-    let mut median = points.swap_remove(points.len() / 2);
+    let (mut median, ratios) = super::median_by_ratio(points?, Point::ratio);
     median.ratios = ratios;
     Ok(median)
 }

@@ -213,12 +213,11 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                     )?);
                     next_rel += 1;
                 }
-                let ratio = |(t, u): &(Measured, Measured)| {
-                    u.report.pages_per_s / t.report.pages_per_s.max(1e-9)
-                };
-                pairs.sort_by(|x, y| ratio(x).total_cmp(&ratio(y)));
-                let ratios: Vec<f64> = pairs.iter().map(|p| super::round3(ratio(p))).collect();
-                let (pipelined_run, udp_run) = pairs.swap_remove(pairs.len() / 2);
+                let ((pipelined_run, udp_run), ratios) =
+                    super::median_by_ratio(pairs, |(t, u): &(Measured, Measured)| {
+                        u.report.pages_per_s / t.report.pages_per_s.max(1e-9)
+                    });
+                let ratios: Vec<f64> = ratios.into_iter().map(super::round3).collect();
                 let pipe_rec = record(
                     "tcp-pipelined",
                     &pipelined_run.report,

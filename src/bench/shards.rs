@@ -334,10 +334,11 @@ pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             let udp = udp_pass(args, &servers, &map, &lfc_path, pages, false)?;
             pairs.push((tcp, udp));
         }
-        let ratio = |(t, u): &(ScanReport, UdpPass)| u.scan.pages_per_s / t.pages_per_s.max(1e-9);
-        pairs.sort_by(|x, y| ratio(x).total_cmp(&ratio(y)));
-        let ratios: Vec<f64> = pairs.iter().map(|p| round3(ratio(p))).collect();
-        let (tcp_scan, udp_scan) = pairs.swap_remove(pairs.len() / 2);
+        let ((tcp_scan, udp_scan), ratios) =
+            super::median_by_ratio(pairs, |(t, u): &(ScanReport, UdpPass)| {
+                u.scan.pages_per_s / t.pages_per_s.max(1e-9)
+            });
+        let ratios: Vec<f64> = ratios.into_iter().map(round3).collect();
         let udp_scan = udp_scan.scan;
 
         // The prewarms: TCP-only on an LFC of its own, then udp on a fresh one, which the
