@@ -36,6 +36,16 @@ pub const WAIT_CAP_RTTS: f64 = 2.0;
 /// that TCP pipelining would feed faster at any realistic round trip.
 const UNMEASURED_LONG_WAIT_NS: u64 = 200_000;
 
+/// Latency samples whose least predicts when a page requested a moment ago will arrive
+/// (`ReadPath::may_arrive_within`). The smoothed latency carries the queue of a burst or a
+/// stall for a dozen samples after it; a page requested now has no such queue ahead of it.
+const RECENT_SAMPLES: usize = 8;
+/// Latency samples before they, rather than a measured GetPage round trip, predict arrivals.
+/// The first samples of a path carry its start: in `bench hol` the scan's first page took
+/// 1.2-1.4 ms and the next ones 0.5-0.7 ms, and a prediction from that one sample sent the
+/// reads of the next two pages to TCP at once, as too slow, which took the scan off UDP.
+const PREDICT_MIN_SAMPLES: u64 = 4;
+
 /// Floor and ceiling of the adaptive prefetch window (pages ahead of the reader).
 pub const MIN_WINDOW: u32 = 4;
 pub const MAX_WINDOW: u32 = 4096;
@@ -212,10 +222,13 @@ struct LatencyEstimate {
     srtt_ns: f64,
     rttvar_ns: f64,
     samples: u64,
+    /// The latest `RECENT_SAMPLES` samples (a ring indexed by `samples`).
+    recent_ns: [u64; RECENT_SAMPLES],
 }
 
 impl LatencyEstimate {
     fn observe(&mut self, sample_ns: u64) {
+        self.recent_ns[(self.samples % RECENT_SAMPLES as u64) as usize] = sample_ns;
         let s = sample_ns as f64;
         if self.samples == 0 {
             self.srtt_ns = s;
@@ -225,6 +238,13 @@ impl LatencyEstimate {
             self.srtt_ns = 0.875 * self.srtt_ns + 0.125 * s;
         }
         self.samples += 1;
+    }
+
+    /// The least of the latest samples: the path's latency without the queue that a burst of
+    /// requests or a stall put ahead of some of its pages.
+    fn recent_min_ns(&self) -> u64 {
+        let n = (self.samples as usize).min(RECENT_SAMPLES);
+        self.recent_ns[..n].iter().copied().min().unwrap_or(0)
     }
 
     /// A page arrived, but only after a wait of `budget_ns` had run out: its latency is above
@@ -251,6 +271,10 @@ pub struct ReadPath {
     /// Whether any own prefetch was ever found (at once or after a wait): until then the path
     /// has delivered nothing, and an old request is not presumed queued (`may_arrive_within`).
     own_found: bool,
+    /// The own prefetch last fetched at once as too slow (`Step::FetchTooSlow`), and when it
+    /// was requested: if its datagram beats the GetPage's answer (`on_too_slow_raced`), that
+    /// bounds the path's latency.
+    too_slow: Option<(BufferTag, u64)>,
     stats: ReadStats,
 }
 
@@ -264,12 +288,14 @@ impl ReadPath {
                 srtt_ns: 0.0,
                 rttvar_ns: 0.0,
                 samples: 0,
+                recent_ns: [0; RECENT_SAMPLES],
             },
             loss: LossDetector::new(config.max_tracked),
             window: f64::from(INITIAL_WINDOW),
             distance_in_use: MAX_WINDOW,
             last_cut_ns: None,
             own_found: false,
+            too_slow: None,
             stats: ReadStats::default(),
         }
     }
@@ -338,11 +364,12 @@ impl ReadPath {
     }
 
     /// Whether a wait of `budget` from `now_ns` may see a prefetch sent at `sent_ns` (never
-    /// overtaken) arrive. It is expected after the prefetches' smoothed latency or, before any
-    /// was observed, a measured GetPage round trip (a prefetch takes the same request and a
-    /// response of the same size). Not if it is expected only after the budget ends (the
-    /// path's latency is above what a read may wait), nor if it is overdue by more than a
-    /// budget already (lost, or a path that stopped). In the simulator (shard round trips of
+    /// overtaken) arrive. It may come after the least of the latest latency samples and is
+    /// due after the prefetches' smoothed latency or, before `PREDICT_MIN_SAMPLES` were
+    /// observed, after a measured GetPage round trip for both (a prefetch takes the same
+    /// request and a response of the same size). Not if even its soonest arrival is after the
+    /// budget ends (the path's latency is above what a read may wait), nor if it is overdue by
+    /// more than a budget already (lost, or a path that stopped). In the simulator (shard round trips of
     /// 3-4 ms, a 2.3 ms cap, 13-43 % loss) reads waited out their budget for such pages and
     /// then fetched them, twice TCP's cost per page.
     ///
@@ -354,17 +381,19 @@ impl ReadPath {
     /// on a path that had delivered nothing (`heavy` seeds 4711, 6982 and 7920: a 3.6 ms wait
     /// before each shard's first GetPage, on links losing 14-42 %).
     fn may_arrive_within(&self, sent_ns: u64, budget: Duration, now_ns: u64) -> bool {
-        let latency = if self.latency.samples > 0 {
-            self.latency.srtt_ns
+        let measured = self.latency.samples >= PREDICT_MIN_SAMPLES
+            || (self.latency.samples > 0 && self.tcp_rtt_ns == 0.0);
+        // When it may come at the soonest, and when it is due.
+        let (soonest_ns, latency) = if measured {
+            (self.latency.recent_min_ns(), self.latency.srtt_ns)
         } else {
-            self.tcp_rtt_ns
+            (self.tcp_rtt_ns as u64, self.tcp_rtt_ns)
         };
         let budget_ns = budget.as_nanos() as u64;
         if latency == 0.0 {
             return self.own_found || now_ns.saturating_sub(sent_ns) <= 2 * budget_ns;
         }
-        let expected_ns = sent_ns + latency as u64;
-        expected_ns <= now_ns + budget_ns && now_ns <= expected_ns + budget_ns
+        sent_ns + soonest_ns <= now_ns + budget_ns && now_ns <= sent_ns + latency as u64 + budget_ns
     }
 
     /// How long a read must wait for a prefetch to count as waiting (for the health state's
@@ -493,6 +522,7 @@ impl ReadPath {
                     self.stats.fallbacks += 1;
                     self.stats.wasted_prefetches += 1;
                     self.on_own_miss(o, now_ns);
+                    self.too_slow = Some((tag, o.sent_ns));
                     return Some(Step::FetchTooSlow);
                 } else {
                     budget
@@ -557,6 +587,22 @@ impl ReadPath {
     pub fn on_fetch_raced(&mut self) {
         let budget = self.wait_budget().as_nanos() as u64;
         self.latency.arrived_after(budget);
+    }
+
+    /// Own prefetch `tag`, fetched at once as too slow (`Step::FetchTooSlow`), arrived by UDP
+    /// before the GetPage's answer (`now_ns`): its latency was at most the time since its
+    /// request, a sample when that is below the estimate. Without it an estimate that is too
+    /// high never comes down: every page predicted too slow is fetched without a wait, so no
+    /// wait measures the path again. In `bench hol` the scan's first page took 1.3 ms (the
+    /// path's start), every later page was predicted as late, its datagram came within 0.7 ms
+    /// of its request, each read cut the window, and the scan went to TCP pipelining for good.
+    pub fn on_too_slow_raced(&mut self, tag: &BufferTag, now_ns: u64) {
+        if let Some((t, sent_ns)) = self.too_slow.take() {
+            let bound = now_ns.saturating_sub(sent_ns);
+            if t == *tag && (bound as f64) < self.latency.srtt_ns {
+                self.latency.observe(bound);
+            }
+        }
     }
 
     /// Own prefetch `tag`, taken as lost by `plan_retries`, is fetched by the TCP pipeline
@@ -747,6 +793,101 @@ mod tests {
             read(&mut fresh, 7, 10 * MS, 14 * MS + 1),
             Some(Step::FetchTooSlow)
         );
+    }
+
+    /// Requests own prefetch `b` at `sent`, reads it at once, waits and sees it come `lat`
+    /// later: one latency sample.
+    fn arrives(rp: &mut ReadPath, b: u32, sent: u64, lat: u64) {
+        assert!(rp.plan_prefetch(tag(b), false, false, sent));
+        assert!(matches!(
+            rp.on_lookup(tag(b), false, false, sent),
+            Some(Step::Wait(_))
+        ));
+        assert_eq!(rp.on_wait_result(tag(b), true, sent + lat), None);
+    }
+
+    /// Requests own prefetch `b` at `sent` and reads it, missing, at `read`.
+    fn read_missing(rp: &mut ReadPath, b: u32, sent: u64, read: u64) -> Option<Step> {
+        assert!(rp.plan_prefetch(tag(b), false, false, sent));
+        rp.on_lookup(tag(b), false, false, read)
+    }
+
+    /// `bench hol`'s start: the path's first page came 1.3 ms after its request, the next ones
+    /// 0.55 ms after theirs; a GetPage takes 400 µs, so a read waits at most 800 µs. The first
+    /// sample predicts nothing, and once enough are in, a page requested a moment ago is
+    /// judged by the least of the latest, not by the smoothed latency the start still inflates.
+    /// A page due by the smoothed latency and missing a budget after that is still overdue.
+    #[test]
+    fn the_paths_start_does_not_make_fresh_pages_look_too_slow() {
+        const US: u64 = 1_000;
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        rp.observe_tcp_rtt(400 * US);
+        arrives(&mut rp, 0, 0, 1_300 * US);
+        let budget = rp.wait_budget().as_nanos() as u64;
+        assert_eq!(budget, 800 * US);
+        let waits = |step: Option<Step>| matches!(step, Some(Step::Wait(_)));
+        // One sample: the GetPage round trip stands in for the latency.
+        assert!(waits(read_missing(&mut rp, 1, 10_000 * US, 10_150 * US)));
+        assert_eq!(rp.on_wait_result(tag(1), true, 10_550 * US), None);
+        for b in 2..PREDICT_MIN_SAMPLES as u32 {
+            arrives(&mut rp, b, u64::from(b) * 10_000 * US, 550 * US);
+        }
+        assert!(
+            rp.latency.srtt_ns > 1_000_000.0,
+            "the start still weighs: {}",
+            rp.latency.srtt_ns
+        );
+        // Requested 150 µs ago: at the soonest 400 µs from now, within a wait.
+        assert!(waits(read_missing(&mut rp, 10, 50_000 * US, 50_150 * US)));
+        assert_eq!(rp.on_wait_result(tag(10), true, 50_550 * US), None);
+        // Requested 3 ms ago, due after the smoothed latency: overdue by more than a budget.
+        let srtt = rp.latency.srtt_ns as u64;
+        let sent = 60_000 * US;
+        assert_eq!(
+            read_missing(&mut rp, 11, sent, sent + srtt + budget + US),
+            Some(Step::FetchTooSlow)
+        );
+        assert_eq!(rp.stats().wait_timeouts, 0);
+    }
+
+    /// A path that has been slow (every page 1.3 ms) predicts a page requested a moment ago
+    /// as too slow, and fetches it at once; its datagram then comes before the GetPage's
+    /// answer, 500 µs after the request. That bounds the latency: the estimate comes down, and
+    /// the next fresh page is waited for (without the bound no wait would ever measure the
+    /// path again). A datagram of another page than the one fetched proves nothing.
+    #[test]
+    fn a_too_slow_page_whose_datagram_beats_its_getpage_lowers_the_estimate() {
+        const US: u64 = 1_000;
+        let mut rp = ReadPath::new(ReadPathConfig::default());
+        rp.observe_tcp_rtt(400 * US);
+        for b in 0..RECENT_SAMPLES as u32 {
+            // Read 600 µs after its request: it may come within the wait.
+            let sent = u64::from(b) * 10_000 * US;
+            assert!(matches!(
+                read_missing(&mut rp, b, sent, sent + 600 * US),
+                Some(Step::Wait(_))
+            ));
+            assert_eq!(rp.on_wait_result(tag(b), true, sent + 1_300 * US), None);
+        }
+        let sent = 100_000 * US;
+        assert_eq!(
+            read_missing(&mut rp, 20, sent, sent + 100 * US),
+            Some(Step::FetchTooSlow)
+        );
+        let before = rp.latency.srtt_ns;
+        rp.on_too_slow_raced(&tag(21), sent + 500 * US);
+        assert_eq!(rp.latency.srtt_ns, before, "another page");
+        assert_eq!(
+            read_missing(&mut rp, 22, sent, sent + 100 * US),
+            Some(Step::FetchTooSlow)
+        );
+        rp.on_too_slow_raced(&tag(22), sent + 500 * US);
+        assert!(rp.latency.srtt_ns < before);
+        let later = 200_000 * US;
+        assert!(matches!(
+            read_missing(&mut rp, 23, later, later + 100 * US),
+            Some(Step::Wait(_))
+        ));
     }
 
     #[test]
