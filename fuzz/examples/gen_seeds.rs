@@ -157,7 +157,7 @@ fn fragment_join(dir: &Path) {
     let changed: Vec<u8> = (0..8u8).flat_map(|j| [2, 0, j, j * 13, 0xA5, 1, 0, j]).collect();
     write(dir, "changed-fragments", &changed);
     let mut junk = vec![0, 142];
-    junk.extend(b"UDPF\x05\x00\x03\x08");
+    junk.extend(b"UDPF\x06\x00\x03\x08");
     junk.extend([0u8; 1128]);
     junk.extend(whole(2, 2));
     write(dir, "made-up-bytes", &junk);
