@@ -413,6 +413,13 @@ fn checksum(header: &[u8; HEADER_LEN], page: &[u8]) -> u64 {
     crc.finalize()
 }
 
+/// Which code path the token protection's checksum takes on this CPU (e.g.
+/// `x86_64-avx512-vpclmulqdq`, `x86_64-sse-pclmulqdq`, `aarch64-neon-pmull`): its speed depends
+/// on it, so benchmark records name it.
+pub fn checksum_path() -> String {
+    crc_fast::get_calculator_target(crc_fast::CrcAlgorithm::Crc64Nvme)
+}
+
 fn checksum_of(h: &[u8; HEADER_LEN]) -> u64 {
     u64::from_be_bytes(h[CHECKSUM_AT..HEADER_LEN].try_into().expect("8 bytes"))
 }
