@@ -264,6 +264,22 @@ impl Drop for PrefetchSender {
 /// GSO a batch costs no more calls than with it.
 const PAGES_PER_SEND_WITHOUT_GSO: usize = 8;
 
+/// How many of a batch's pages to seal before sending them. Whole pages leave a GSO message at
+/// a time, each as soon as its pages are sealed: sealed as one batch (32 pages at 4-6 µs each on
+/// the reference machine: read, checksum, copy), a batch's first page left 150-200 µs after its
+/// turn came, on top of the service time, and a backend that reads at the front of its window
+/// waits that long. A batch of split pages is sealed whole: its datagrams interleave across
+/// pages.
+fn pages_per_send(jobs: &[PageJob], sender: &GsoSender) -> usize {
+    if jobs.first().is_some_and(|j| j.key.datagrams_per_page() > 1) {
+        return jobs.len().max(1);
+    }
+    match sender.gso_segments() {
+        1 => PAGES_PER_SEND_WITHOUT_GSO,
+        segments => segments,
+    }
+}
+
 fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
     let mut jobs: Vec<PageJob> = Vec::with_capacity(SEND_BATCH);
     let mut datagrams: Vec<SealedPage> = vec![[0u8; SEALED_PAGE_MAX]; SEND_BATCH];
@@ -293,20 +309,7 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
                 }
             }
         }
-        // Whole pages leave a GSO message at a time, each as soon as its pages are sealed.
-        // Sealed as one batch (32 pages at 4-6 µs each on the reference machine: read, checksum,
-        // copy), a batch's first page left 150-200 µs after its turn came, on top of the
-        // service time, and a backend that reads at the front of its window waits that long.
-        // A batch of split pages is sealed whole: its datagrams are interleaved across pages.
-        let per_send = if jobs[0].key.datagrams_per_page() > 1 {
-            jobs.len()
-        } else {
-            match sender.gso_segments() {
-                1 => PAGES_PER_SEND_WITHOUT_GSO,
-                segments => segments,
-            }
-        };
-        for part in jobs.chunks(per_send) {
+        for part in jobs.chunks(pages_per_send(&jobs, &sender)) {
             let ready = seal_batch(
                 &inner.store,
                 part,

@@ -206,9 +206,6 @@ pub struct Driver {
     read_gave_up: bool,
     /// The read in progress counted a miss of the path (`Miss::Unexplained`).
     read_missed: bool,
-    /// The read in progress fetched its own prefetch at once as too slow
-    /// (`Step::FetchTooSlow`): a TCP answer that finds the page arrived bounds the latency.
-    read_too_slow: bool,
     /// When the current read started, and whether UDP failed it (a wait that ran out, or an
     /// own prefetch lost past retries): its whole time then counts as lost to UDP.
     read_started_ns: u64,
@@ -315,7 +312,6 @@ impl Driver {
             wait_started_ns: None,
             read_waited: false,
             read_gave_up: false,
-            read_too_slow: false,
             read_missed: false,
             read_started_ns: 0,
             read_udp_failed: false,
@@ -738,10 +734,7 @@ impl Driver {
             // retries spent or overdue): a loss, not a dead path.
             Some(Step::Fetch) => self.fetch_planned(lfc, tag, own, now_ns),
             // As if it had waited out its budget, without the wait.
-            Some(Step::FetchTooSlow) => {
-                self.read_too_slow = true;
-                self.fetch(lfc, tag, Some(Miss::Unexplained), now_ns)
-            }
+            Some(Step::FetchTooSlow) => self.fetch(lfc, tag, Some(Miss::Unexplained), now_ns),
         }
     }
 
@@ -753,7 +746,6 @@ impl Driver {
         self.fetch_sent_ns = 0;
         self.read_waited = false;
         self.read_gave_up = false;
-        self.read_too_slow = false;
         self.read_missed = false;
         self.read_started_ns = now_ns;
         self.read_udp_failed = false;
@@ -1082,9 +1074,9 @@ impl Driver {
                         if self.read_gave_up {
                             self.core.on_fetch_raced();
                         }
-                        if self.read_too_slow {
-                            self.core.on_too_slow_raced(&tag, now_ns);
-                        }
+                        // Bounds the latency if the read was fetched at once as too slow (the
+                        // core remembers which page that was).
+                        self.core.on_too_slow_raced(&tag, now_ns);
                         if self.read_missed {
                             self.health.on_late_arrival();
                         }

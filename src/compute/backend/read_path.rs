@@ -271,8 +271,8 @@ pub struct ReadPath {
     /// Whether any own prefetch was ever found (at once or after a wait): until then the path
     /// has delivered nothing, and an old request is not presumed queued (`may_arrive_within`).
     own_found: bool,
-    /// The own prefetch last fetched at once as too slow (`Step::FetchTooSlow`), and when it
-    /// was requested: if its datagram beats the GetPage's answer (`on_too_slow_raced`), that
+    /// The own prefetch the read in progress fetched at once as too slow
+    /// (`Step::FetchTooSlow`), and when it was requested: if its datagram beats the GetPage's answer (`on_too_slow_raced`), that
     /// bounds the path's latency.
     too_slow: Option<(BufferTag, u64)>,
     stats: ReadStats,
@@ -489,6 +489,8 @@ impl ReadPath {
         now_ns: u64,
     ) -> Option<Step> {
         self.stats.reads += 1;
+        // Only the read in progress may have been fetched as too slow.
+        self.too_slow = None;
         let own = self.loss.take(&tag);
         if hit {
             // Arrived before it was needed: that only bounds its latency from above, so it is
