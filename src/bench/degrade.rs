@@ -233,51 +233,67 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             case.name(),
             udp.prefetched
         );
-        let base_rec = BenchRecord::new(BENCH, "tcp-pipelined", "pages/s", baseline.pages_per_s)
-            .param("for_case", case.name())
-            .param("pages", baseline.pages)
-            .param("delay_us", args.delay_us)
-            .param("drop", case.drop_fraction())
-            .param("udp_extension", case.udp_extension())
-            .param("depth", args.depth)
-            .param("elapsed_s", round3(baseline.elapsed_s))
-            .param("cpu_us_per_page", round3(baseline.cpu_us_per_page));
-        let mut rec = BenchRecord::new(BENCH, case.name(), "pages/s", udp.pages_per_s)
-            .param("pages", udp.pages)
-            .param("delay_us", args.delay_us)
-            .param("drop", case.drop_fraction())
-            .param("udp_extension", case.udp_extension())
-            .param("distance", args.distance)
-            .param("daemon_threads", args.daemon_threads)
-            .param("fresh_backend", args.fresh_backend)
-            .param("repeat", args.repeat)
-            .param(
-                "ratios",
-                ratios.iter().map(|r| round3(*r)).collect::<Vec<f64>>(),
-            )
-            .param("elapsed_s", round3(udp.elapsed_s))
-            .param("cpu_us_per_page", round3(udp.cpu_us_per_page))
-            .param("tcp_pipelined", udp.tcp_pipelined)
-            .param("udp_state_changes", udp.udp_state_changes)
-            // When and why the median scan changed paths: what a fault's cost is made of.
-            .param(
-                "udp_state_log",
-                serde_json::to_value(&udp.udp_state_log).unwrap_or_default(),
-            )
-            .param("fallbacks", udp.fallbacks)
-            .param("wait_timeouts", udp.wait_timeouts)
-            .param("hits", udp.hits)
-            .param("late_hits", udp.late_hits)
-            .param("retries", udp.retries)
-            .param("window_cuts", udp.window_cuts)
-            .param("wait_p50_us", round1(udp.wait_p50_us))
-            .param("wait_p99_us", round1(udp.wait_p99_us))
-            .param("verified", udp.verified);
+        let base_rec = baseline_record(args, case, &baseline);
+        let mut rec = udp_record(args, case, &udp, &ratios);
         rec = fault_params(rec, fault, injected);
         records.push(rec.against(&base_rec));
         records.push(base_rec);
     }
     Ok(records)
+}
+
+/// The tcp-pipelined baseline's record beside `case`.
+fn baseline_record(args: &DegradeBenchArgs, case: Case, baseline: &ScanReport) -> BenchRecord {
+    BenchRecord::new(BENCH, "tcp-pipelined", "pages/s", baseline.pages_per_s)
+        .param("for_case", case.name())
+        .param("pages", baseline.pages)
+        .param("delay_us", args.delay_us)
+        .param("drop", case.drop_fraction())
+        .param("udp_extension", case.udp_extension())
+        .param("depth", args.depth)
+        .param("elapsed_s", round3(baseline.elapsed_s))
+        .param("cpu_us_per_page", round3(baseline.cpu_us_per_page))
+}
+
+/// `case`'s record of its median udp scan, with every repetition's ratio and how the scan
+/// went: when and why it changed paths, what it waited for and fetched again.
+fn udp_record(
+    args: &DegradeBenchArgs,
+    case: Case,
+    udp: &ScanReport,
+    ratios: &[f64],
+) -> BenchRecord {
+    BenchRecord::new(BENCH, case.name(), "pages/s", udp.pages_per_s)
+        .param("pages", udp.pages)
+        .param("delay_us", args.delay_us)
+        .param("drop", case.drop_fraction())
+        .param("udp_extension", case.udp_extension())
+        .param("distance", args.distance)
+        .param("daemon_threads", args.daemon_threads)
+        .param("fresh_backend", args.fresh_backend)
+        .param("repeat", args.repeat)
+        .param(
+            "ratios",
+            ratios.iter().map(|r| round3(*r)).collect::<Vec<f64>>(),
+        )
+        .param("elapsed_s", round3(udp.elapsed_s))
+        .param("cpu_us_per_page", round3(udp.cpu_us_per_page))
+        .param("tcp_pipelined", udp.tcp_pipelined)
+        .param("udp_state_changes", udp.udp_state_changes)
+        // When and why the median scan changed paths: what a fault's cost is made of.
+        .param(
+            "udp_state_log",
+            serde_json::to_value(&udp.udp_state_log).unwrap_or_default(),
+        )
+        .param("fallbacks", udp.fallbacks)
+        .param("wait_timeouts", udp.wait_timeouts)
+        .param("hits", udp.hits)
+        .param("late_hits", udp.late_hits)
+        .param("retries", udp.retries)
+        .param("window_cuts", udp.window_cuts)
+        .param("wait_p50_us", round1(udp.wait_p50_us))
+        .param("wait_p99_us", round1(udp.wait_p99_us))
+        .param("verified", udp.verified)
 }
 
 /// One repetition of `case`: a fresh LFC (and daemon, unless the case has none), the

@@ -54,6 +54,33 @@ impl BenchRecord {
     }
 }
 
+/// A scan and the worker daemon's CPU during it: what the compute spent on its pages, the
+/// backend's thread and the daemon together, since on a compute both take the same CPUs.
+pub(crate) struct MeasuredScan {
+    pub report: crate::compute::scan::ScanReport,
+    pub daemon_cpu_s: f64,
+}
+
+impl MeasuredScan {
+    /// (backend, daemon, sum) CPU per page, µs; the backend's without the emulated query work.
+    pub fn compute_cpu_us(&self) -> (f64, f64, f64) {
+        let pages = self.report.pages.max(1) as f64;
+        let backend = self.report.cpu_us_per_page;
+        let daemon = self.daemon_cpu_s * 1e6 / pages;
+        (backend, daemon, backend + daemon)
+    }
+
+    /// `bench`'s `case` record of the compute's CPU per page (lower is better), with its two
+    /// parts as params.
+    pub fn compute_cpu_record(&self, bench: &str, case: &str) -> BenchRecord {
+        let (backend, daemon, sum) = self.compute_cpu_us();
+        BenchRecord::new(bench, case, "us/page", sum)
+            .param("backend_cpu_us_per_page", round1(backend))
+            .param("daemon_cpu_us_per_page", round1(daemon))
+            .lower_is_better()
+    }
+}
+
 /// `x` to one decimal, for params read by people (latencies in µs, MB/s).
 pub(crate) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0

@@ -3,12 +3,14 @@
 //! pair at each MTU, with the kernel dropping each loss rate's share of the UDP packets that
 //! reach the compute (`bench::twohost`). Reports, per MTU and loss, both scans' pages/s, their
 //! ratio, the share of pages the udp scan got by UDP, the daemon's installs against the
-//! datagrams the server sent, and the compute's IP reassembly failures.
+//! datagrams the server sent, the compute's IP reassembly failures, and the compute's CPU per
+//! page in each mode (`*-compute-cpu`, as `bench scan` measures it), optionally beside
+//! emulated query work (`--cpu-per-page-us`).
 
 use super::twohost::{TwoHosts, COMPUTE_ADDR, SERVER_ADDR};
-use super::{round3, BenchRecord};
+use super::{round3, BenchRecord, MeasuredScan};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
-use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::compute::scan::{run_scan, ScanConfig, ScanMode};
 use crate::pageserver::source::SourceSpec;
 use crate::pageserver::{PageServer, ServerConfig};
 use lfc::Lfc;
@@ -33,6 +35,10 @@ pub struct NetBenchArgs {
     /// Prefetch distance of the udp scans (as in `bench scan`).
     #[arg(long, default_value_t = 512)]
     pub distance: u32,
+    /// Emulated query work per page, microseconds of CPU on the scan's thread (as `bench scan
+    /// --cpu`): with it, the compute's CPU is shared between the work and the page path.
+    #[arg(long, default_value_t = 0)]
+    pub cpu_per_page_us: u64,
     /// Link MTUs to measure.
     #[arg(long, value_delimiter = ',', default_value = "9000,1500")]
     pub mtus: Vec<u32>,
@@ -48,8 +54,8 @@ pub struct NetBenchArgs {
 
 /// One (MTU, loss) point: the baseline and the udp scan, and what the network did.
 struct Point {
-    tcp: ScanReport,
-    udp: ScanReport,
+    tcp: MeasuredScan,
+    udp: MeasuredScan,
     datagrams_sent: u64,
     installed: u64,
     /// Pages the daemon made whole by rebuilding a lost fragment from its parity piece.
@@ -61,7 +67,7 @@ struct Point {
 
 impl Point {
     fn ratio(&self) -> f64 {
-        self.udp.pages_per_s / self.tcp.pages_per_s.max(1e-9)
+        self.udp.report.pages_per_s / self.tcp.report.pages_per_s.max(1e-9)
     }
 }
 
@@ -76,23 +82,33 @@ pub fn run(args: &NetBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     Ok(records)
 }
 
-fn point_records(args: &NetBenchArgs, mtu: u32, loss: u8, p: &Point) -> [BenchRecord; 2] {
-    let base = |case: &str, r: &ScanReport| {
-        BenchRecord::new(BENCH, case, "pages/s", r.pages_per_s)
-            .param("mtu", mtu)
+fn point_records(args: &NetBenchArgs, mtu: u32, loss: u8, p: &Point) -> [BenchRecord; 4] {
+    let point = |r: BenchRecord| {
+        r.param("mtu", mtu)
             .param("loss_percent", loss)
             .param("pages", args.pages)
             .param("delay_us", args.delay_us)
-            .param("verified", r.verified)
-            .param("elapsed_s", round3(r.elapsed_s))
+            .param("cpu_per_page_us", args.cpu_per_page_us)
+    };
+    let base = |case: &str, m: &MeasuredScan| {
+        point(BenchRecord::new(
+            BENCH,
+            case,
+            "pages/s",
+            m.report.pages_per_s,
+        ))
+        .param("verified", m.report.verified)
+        .param("elapsed_s", round3(m.report.elapsed_s))
     };
     let tcp = base("tcp-pipelined", &p.tcp).param("depth", args.depth);
-    let by_udp = p.udp.hits + p.udp.late_hits;
+    let tcp_cpu = point(p.tcp.compute_cpu_record(BENCH, "tcp-pipelined-compute-cpu"));
+    let udp_cpu = point(p.udp.compute_cpu_record(BENCH, "udp-compute-cpu")).against(&tcp_cpu);
+    let (udp_report, udp_by) = (&p.udp.report, p.udp.report.hits + p.udp.report.late_hits);
     let udp = base("udp", &p.udp)
         .param("distance", args.distance)
         .param(
             "udp_share",
-            round3(by_udp as f64 / p.udp.pages.max(1) as f64),
+            round3(udp_by as f64 / udp_report.pages.max(1) as f64),
         )
         .param("datagrams_sent", p.datagrams_sent)
         .param("datagrams_installed", p.installed)
@@ -102,11 +118,11 @@ fn point_records(args: &NetBenchArgs, mtu: u32, loss: u8, p: &Point) -> [BenchRe
             round3(p.installed as f64 / p.datagrams_sent.max(1) as f64),
         )
         .param("reassembly_failures", p.reassembly_failures)
-        .param("tcp_pipelined", p.udp.tcp_pipelined)
-        .param("udp_state_changes", p.udp.udp_state_changes)
+        .param("tcp_pipelined", udp_report.tcp_pipelined)
+        .param("udp_state_changes", udp_report.udp_state_changes)
         .param(
             "state_change_reasons",
-            super::state_change_reasons([&p.udp.udp_state_log[..]]),
+            super::state_change_reasons([&udp_report.udp_state_log[..]]),
         )
         .param("repeat", args.repeat)
         .param(
@@ -114,7 +130,7 @@ fn point_records(args: &NetBenchArgs, mtu: u32, loss: u8, p: &Point) -> [BenchRe
             p.ratios.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
         )
         .against(&tcp);
-    [tcp, udp]
+    [tcp, udp, tcp_cpu, udp_cpu]
 }
 
 /// Builds the two hosts for (`mtu`, `loss`), runs the baseline and the udp scan, removes them.
@@ -168,10 +184,19 @@ fn measure_with(
         let daemon = DaemonProc::start_on(&lfc_path, lfc_bytes, &listen, &[])?;
         let lfc = Lfc::open(&lfc_path)?;
         lfc.map_all()?;
+        // The daemon's CPU over each scan: nothing over the baseline's, which uses no LFC.
+        let measured = |mode, lfc| -> anyhow::Result<MeasuredScan> {
+            let daemon_before = daemon.cpu_seconds()?;
+            let report = run_scan(&scan_config(args, server, mode), lfc)?;
+            Ok(MeasuredScan {
+                report,
+                daemon_cpu_s: daemon.cpu_seconds()? - daemon_before,
+            })
+        };
         let (tcp, udp) = super::in_turns(
             rep,
-            || run_scan(&scan_config(args, server, ScanMode::TcpPipelined), None),
-            || run_scan(&scan_config(args, server, ScanMode::Udp), Some(&lfc)),
+            || measured(ScanMode::TcpPipelined, None),
+            || measured(ScanMode::Udp, Some(&lfc)),
         )?;
         let scraped = daemon.scrape()?;
         let installed = DaemonProc::metric(&scraped, "udp_prefetch_datagrams_installed_total");
@@ -182,10 +207,10 @@ fn measure_with(
         .compute_reassembly_failures()?
         .saturating_sub(failures_before);
     anyhow::ensure!(
-        tcp.failed == 0 && udp.failed == 0,
+        tcp.report.failed == 0 && udp.report.failed == 0,
         "pages failed verification at MTU {mtu}, {loss} % loss: tcp {}, udp {}",
-        tcp.failed,
-        udp.failed
+        tcp.report.failed,
+        udp.report.failed
     );
     Ok(Point {
         tcp,
@@ -203,5 +228,8 @@ fn measure_with(
 }
 
 fn scan_config(args: &NetBenchArgs, server: &PageServer, mode: ScanMode) -> ScanConfig {
-    super::relation_scan(server, mode, mode.pages_ahead(args.depth, args.distance))
+    ScanConfig {
+        cpu_per_page_us: args.cpu_per_page_us,
+        ..super::relation_scan(server, mode, mode.pages_ahead(args.depth, args.distance))
+    }
 }

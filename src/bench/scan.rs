@@ -9,7 +9,7 @@
 //! every page once into the reader's buffer: tcp-pipelined out of the receive buffer, udp out
 //! of the LFC.
 
-use super::{round1, synthetic_server, BenchRecord};
+use super::{round1, synthetic_server, BenchRecord, MeasuredScan as Measured};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use crate::compute::backend::read_path::ReadPathConfig;
 use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
@@ -60,30 +60,11 @@ pub struct ScanBenchArgs {
     pub daemon_threads: usize,
 }
 
-/// A scan and the worker daemon's CPU during it.
-struct Measured {
-    report: ScanReport,
-    daemon_cpu_s: f64,
-}
-
-impl Measured {
-    /// (backend, daemon, sum) CPU per page, µs.
-    fn compute_cpu_us(&self) -> (f64, f64, f64) {
-        let pages = self.report.pages.max(1) as f64;
-        let backend = self.report.cpu_us_per_page;
-        let daemon = self.daemon_cpu_s * 1e6 / pages;
-        (backend, daemon, backend + daemon)
-    }
-
-    fn compute_cpu_record(&self, case: &str, delay: u64, cpu: u64) -> BenchRecord {
-        let (backend, daemon, sum) = self.compute_cpu_us();
-        BenchRecord::new("scan", case, "us/page", sum)
-            .param("delay_us", delay)
-            .param("cpu_per_page_us", cpu)
-            .param("backend_cpu_us_per_page", round1(backend))
-            .param("daemon_cpu_us_per_page", round1(daemon))
-            .lower_is_better()
-    }
+/// `run`'s compute CPU record of a measured scan at (`delay`, per-page work `cpu`).
+fn compute_cpu_record(m: &Measured, case: &str, delay: u64, cpu: u64) -> BenchRecord {
+    m.compute_cpu_record("scan", case)
+        .param("delay_us", delay)
+        .param("cpu_per_page_us", cpu)
 }
 
 /// How far ahead a scan reads: the pipeline depth (TCP) or the prefetch distance (UDP).
@@ -136,11 +117,45 @@ fn udp_records(
         )
         .param("daemon_threads", args.daemon_threads)
         .against(pipe_rec),
-        udp_run
-            .compute_cpu_record("udp-compute-cpu", delay, cpu)
+        compute_cpu_record(udp_run, "udp-compute-cpu", delay, cpu)
             .param("drop", drop_fraction)
             .against(pipe_cpu),
     ]
+}
+
+/// One scan of relation `rel` in `mode` with `cpu` µs of work per page, and the daemon's CPU
+/// over it.
+fn measure(
+    args: &ScanBenchArgs,
+    (daemon, lfc): (&DaemonProc, &Lfc),
+    server: &PageServer,
+    mode: ScanMode,
+    rel: u32,
+    cpu: u64,
+) -> anyhow::Result<Measured> {
+    let daemon_before = daemon.cpu_seconds()?;
+    let report = run_scan(
+        &ScanConfig {
+            connect: ConnectOptions::new(server.local_addr().to_string()),
+            rel: Synthetic::rel(rel),
+            blocks: match mode {
+                ScanMode::TcpSync => Some(0..args.sync_pages.min(args.pages)),
+                ScanMode::TcpPipelined | ScanMode::Udp | ScanMode::TcpLfc => None,
+            },
+            mode,
+            distance: mode.pages_ahead(args.depth, args.distance),
+            cpu_per_page_us: cpu,
+            prefetch_port: Some(daemon.udp_port),
+            read_path: ReadPathConfig::default(),
+            shards: Default::default(),
+        },
+        Some(lfc),
+    )?;
+    anyhow::ensure!(report.failed == 0, "a page failed verification");
+    Ok(Measured {
+        report,
+        daemon_cpu_s: daemon.cpu_seconds()? - daemon_before,
+    })
 }
 
 /// The flags' bounds, checked before anything starts.
@@ -174,30 +189,8 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             let daemon = DaemonProc::start(&lfc_path, lfc_bytes, &["--threads", &threads])?;
             let lfc = Lfc::open(&lfc_path)?;
             let base_server = synthetic_server(args.pages, rels, delay, 0.0)?;
-            let scan = |mode, rel, server: &PageServer| -> anyhow::Result<Measured> {
-                let daemon_before = daemon.cpu_seconds()?;
-                let report = run_scan(
-                    &ScanConfig {
-                        connect: ConnectOptions::new(server.local_addr().to_string()),
-                        rel: Synthetic::rel(rel),
-                        blocks: match mode {
-                            ScanMode::TcpSync => Some(0..args.sync_pages.min(args.pages)),
-                            ScanMode::TcpPipelined | ScanMode::Udp | ScanMode::TcpLfc => None,
-                        },
-                        mode,
-                        distance: mode.pages_ahead(args.depth, args.distance),
-                        cpu_per_page_us: cpu,
-                        prefetch_port: Some(daemon.udp_port),
-                        read_path: ReadPathConfig::default(),
-                        shards: Default::default(),
-                    },
-                    Some(&lfc),
-                )?;
-                anyhow::ensure!(report.failed == 0, "a page failed verification");
-                Ok(Measured {
-                    report,
-                    daemon_cpu_s: daemon.cpu_seconds()? - daemon_before,
-                })
+            let scan = |mode, rel, server: &PageServer| {
+                measure(args, (&daemon, &lfc), server, mode, rel, cpu)
             };
             let sync = scan(ScanMode::TcpSync, 0, &base_server)?.report;
             let depth = Ahead::Depth(args.depth);
@@ -227,7 +220,7 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                     depth,
                 );
                 let pipe_cpu =
-                    pipelined_run.compute_cpu_record("tcp-pipelined-compute-cpu", delay, cpu);
+                    compute_cpu_record(&pipelined_run, "tcp-pipelined-compute-cpu", delay, cpu);
                 if i == 0 {
                     // The group's tcp-sync and tcp-pipelined records: the baseline of its
                     // first drop fraction's median pair.

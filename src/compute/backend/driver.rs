@@ -1025,69 +1025,9 @@ impl Driver {
                 None
             }
             Response::Page { tag, page } => {
-                let Some(InFlight::Page {
-                    not_modified_since,
-                    ahead,
-                    judge,
-                    ..
-                }) = self.pipeline.answered(Some(&tag))
-                else {
-                    return Err(DriverError::Unrequested(format!("page {tag}")));
-                };
-                if ahead {
-                    self.core.stats_mut().tcp_pipelined += 1;
-                }
-                let outcome = lfc.install_prefetched(&tag, not_modified_since, page);
-                installed = outcome == InstallOutcome::Installed;
-                // Already there: UDP brought it first.
-                let by_udp = outcome == InstallOutcome::AlreadyPresent;
-                match judge {
-                    Check::Race => self.health.on_probe_page(by_udp, now_ns),
-                    Check::Repair => self.judge_repair(!by_udp),
-                    Check::Probe | Check::None => {}
-                }
-                let awaited = self
-                    .current
-                    .is_some_and(|c| c.tag == tag && c.phase == Phase::Awaiting);
-                if !awaited {
-                    if ahead {
-                        self.keep_ready(tag, not_modified_since, page);
-                    }
-                    None
-                } else if lfc.lwlsn(&tag) > not_modified_since {
-                    // Modified after the request: this version may be older than the change.
-                    self.read_next(tag, now_ns);
-                    None
-                } else {
-                    out.copy_from_slice(&page[..]);
-                    // A read is a use of the page for the LFC's eviction whichever path brought
-                    // it: a UDP hit counts as one (`lookup`), so a page read from its TCP answer
-                    // does too. Without it, pages read by TCP sat one use below pages read from
-                    // the LFC and went first: in the simulator, a backend trailing another over
-                    // a relation larger than the cache found the pages the other had read by
-                    // TCP 10 ms earlier evicted, and fetched them again (heavy seeds 5183 and
-                    // 6344 came to 1.07 and 1.04 of the limit; 0.70 and 0.76 with the use).
-                    lfc.touch(&tag);
-                    if outcome == InstallOutcome::AlreadyPresent && !ahead {
-                        // Arrived by UDP after the read gave up on it: the budget was short,
-                        // and the path delivers.
-                        if self.read_gave_up {
-                            self.core.on_fetch_raced();
-                        }
-                        // Bounds the latency if the read was fetched at once as too slow (the
-                        // core remembers which page that was).
-                        self.core.on_too_slow_raced(&tag, now_ns);
-                        if self.read_missed {
-                            self.health.on_late_arrival();
-                        }
-                    }
-                    if !ahead && self.fetch_sent_ns != 0 {
-                        self.core
-                            .observe_tcp_rtt(now_ns.saturating_sub(self.fetch_sent_ns));
-                    }
-                    self.current = None;
-                    Some(self.done(lfc, ReadSource::Tcp, now_ns))
-                }
+                let (next, was_installed) = self.on_page(lfc, tag, page, out, now_ns)?;
+                installed = was_installed;
+                next
             }
         };
         self.pump(lfc, now_ns);
@@ -1099,6 +1039,83 @@ impl Driver {
             }),
             installed,
         })
+    }
+
+    /// A page answered on the connection: into the LFC under the lwlsn rule, a race or repair
+    /// judged, and to `out` if the read in progress awaits it. Returns the read's next step
+    /// (`None` when the page was not the one awaited) and whether the LFC took the page.
+    fn on_page(
+        &mut self,
+        lfc: &Lfc,
+        tag: BufferTag,
+        page: &Page,
+        out: &mut Page,
+        now_ns: u64,
+    ) -> Result<(Option<Poll>, bool), DriverError> {
+        let Some(InFlight::Page {
+            not_modified_since,
+            ahead,
+            judge,
+            ..
+        }) = self.pipeline.answered(Some(&tag))
+        else {
+            return Err(DriverError::Unrequested(format!("page {tag}")));
+        };
+        if ahead {
+            self.core.stats_mut().tcp_pipelined += 1;
+        }
+        let outcome = lfc.install_prefetched(&tag, not_modified_since, page);
+        let installed = outcome == InstallOutcome::Installed;
+        // Already there: UDP brought it first.
+        let by_udp = outcome == InstallOutcome::AlreadyPresent;
+        match judge {
+            Check::Race => self.health.on_probe_page(by_udp, now_ns),
+            Check::Repair => self.judge_repair(!by_udp),
+            Check::Probe | Check::None => {}
+        }
+        let awaited = self
+            .current
+            .is_some_and(|c| c.tag == tag && c.phase == Phase::Awaiting);
+        let next = if !awaited {
+            if ahead {
+                self.keep_ready(tag, not_modified_since, page);
+            }
+            None
+        } else if lfc.lwlsn(&tag) > not_modified_since {
+            // Modified after the request: this version may be older than the change.
+            self.read_next(tag, now_ns);
+            None
+        } else {
+            out.copy_from_slice(&page[..]);
+            // A read is a use of the page for the LFC's eviction whichever path brought
+            // it: a UDP hit counts as one (`lookup`), so a page read from its TCP answer
+            // does too. Without it, pages read by TCP sat one use below pages read from
+            // the LFC and went first: in the simulator, a backend trailing another over
+            // a relation larger than the cache found the pages the other had read by
+            // TCP 10 ms earlier evicted, and fetched them again (heavy seeds 5183 and
+            // 6344 came to 1.07 and 1.04 of the limit; 0.70 and 0.76 with the use).
+            lfc.touch(&tag);
+            if outcome == InstallOutcome::AlreadyPresent && !ahead {
+                // Arrived by UDP after the read gave up on it: the budget was short,
+                // and the path delivers.
+                if self.read_gave_up {
+                    self.core.on_fetch_raced();
+                }
+                // Bounds the latency if the read was fetched at once as too slow (the
+                // core remembers which page that was).
+                self.core.on_too_slow_raced(&tag, now_ns);
+                if self.read_missed {
+                    self.health.on_late_arrival();
+                }
+            }
+            if !ahead && self.fetch_sent_ns != 0 {
+                self.core
+                    .observe_tcp_rtt(now_ns.saturating_sub(self.fetch_sent_ns));
+            }
+            self.current = None;
+            Some(self.done(lfc, ReadSource::Tcp, now_ns))
+        };
+        Ok((next, installed))
     }
 }
 
