@@ -79,6 +79,8 @@ struct ModeResult {
     reports: Vec<ScanReport>,
     /// Worker daemon CPU during the case.
     daemon_cpu_s: f64,
+    /// Times the daemon's threads were scheduled during the case.
+    daemon_switches: u64,
     /// Server-side prefetch counters during the case (UDP mode).
     prefetch_pages_sent: u64,
     prefetch_pages_dropped: u64,
@@ -181,6 +183,16 @@ impl ModeResult {
             ))
             .param("backend_cpu_us_per_page", round1(backend_cpu))
             .param("daemon_cpu_us_per_page", round1(daemon_cpu))
+            // How often the compute switched to serve a page: a backend blocking per page and
+            // the daemon woken per batch each cost a switch out and back in.
+            .param(
+                "backend_switches_per_page",
+                round3(sum(|r| r.context_switches) as f64 / self.pages().max(1) as f64),
+            )
+            .param(
+                "daemon_switches_per_page",
+                round3(self.daemon_switches as f64 / self.pages().max(1) as f64),
+            )
             .lower_is_better(),
         ]
     }
@@ -377,6 +389,7 @@ fn run_mode(
     };
     let (sent_before, dropped_before) = (counter(&stats.prefetch_pages_sent), dropped());
     let daemon_before = daemon.cpu_seconds()?;
+    let daemon_switches_before = daemon.context_switches()?;
     // The gate: closing their input starts every scan at once.
     for p in &mut procs {
         drop(p.child.stdin.take());
@@ -399,6 +412,7 @@ fn run_mode(
     Ok(ModeResult {
         reports,
         daemon_cpu_s: daemon.cpu_seconds()? - daemon_before,
+        daemon_switches: daemon.context_switches()? - daemon_switches_before,
         prefetch_pages_sent: counter(&stats.prefetch_pages_sent) - sent_before,
         prefetch_pages_dropped: dropped() - dropped_before,
     })

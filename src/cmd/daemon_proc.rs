@@ -139,22 +139,36 @@ impl DaemonProc {
             .unwrap_or(0.0) as u64
     }
 
-    /// CPU time the daemon's threads have used, in seconds: the sum of their run times in
-    /// `/proc/PID/task/*/schedstat` (nanoseconds; `/proc/PID/stat` counts 10 ms ticks, too
-    /// coarse for a scan of a fraction of a second). The daemon's threads live as long as it.
+    /// CPU time the daemon's threads have used, in seconds (`schedstat`).
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let mut ns = 0u64;
+        Ok(self.schedstat()?.0 as f64 / 1e9)
+    }
+
+    /// Times the daemon's threads were switched onto a CPU (`schedstat`): how often the daemon
+    /// had to be scheduled to receive what came.
+    pub fn context_switches(&self) -> anyhow::Result<u64> {
+        Ok(self.schedstat()?.1)
+    }
+
+    /// The daemon's threads' run time (ns) and times run on a CPU, summed over
+    /// `/proc/PID/task/*/schedstat` (`/proc/PID/stat` counts 10 ms ticks, too coarse for a scan
+    /// of a fraction of a second). The daemon's threads live as long as it.
+    fn schedstat(&self) -> anyhow::Result<(u64, u64)> {
+        let (mut ns, mut slices) = (0u64, 0u64);
         for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
             let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) else {
                 continue; // a thread that just exited
             };
-            ns += text
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| anyhow::anyhow!("unreadable schedstat: {text:?}"))?;
+            let mut fields = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+            let (Some(Some(run)), Some(Some(_waited)), Some(Some(ran))) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                anyhow::bail!("unreadable schedstat: {text:?}");
+            };
+            ns += run;
+            slices += ran;
         }
-        Ok(ns as f64 / 1e9)
+        Ok((ns, slices))
     }
 
     /// Sends `signal` to the daemon, unless it has already exited and been reaped.

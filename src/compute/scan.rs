@@ -110,6 +110,11 @@ pub struct ScanReport {
     /// long before it moves a percentile). `default` so reports written before it still load.
     #[serde(default)]
     pub wait_max_us: f64,
+    /// Times the scanning thread left the CPU during the scan (blocked or preempted): on a busy
+    /// compute each costs a switch out and one back in, and a backend that blocks for every
+    /// page pays that per page. `default` so reports written before it still load.
+    #[serde(default)]
+    pub context_switches: u64,
     /// BLAKE3 over every page's XXH3-64 in block order: equal digests mean identical results.
     pub digest: String,
 }
@@ -138,6 +143,16 @@ pub fn thread_cpu() -> Duration {
     // SAFETY: writes one timespec into valid memory; the clock id is valid on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Context switches of the calling thread so far, voluntary (it blocked) and involuntary (it
+/// was preempted).
+pub fn thread_context_switches() -> u64 {
+    // SAFETY: an all-zero rusage is a valid value; getrusage writes one into valid memory.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_THREAD is valid on Linux.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    (usage.ru_nvcsw + usage.ru_nivcsw) as u64
 }
 
 /// Burns `us` microseconds of this thread's CPU, standing in for a query's work on each page;
@@ -323,6 +338,7 @@ pub fn run_scan_with_progress(
         verify: clients[0].page_verify(u64::MAX),
     };
     let cpu_start = thread_cpu();
+    let switches_start = thread_context_switches();
     let started = Instant::now();
     let (stats, state_log, shards) = match (cfg.mode, &mut clients[..]) {
         (ScanMode::TcpSync, clients) => (
@@ -351,6 +367,7 @@ pub fn run_scan_with_progress(
     }
     let mut report = tally.report(cfg, blocks.len() as u64, stats, state_log, elapsed, cpu);
     report.shards = shards;
+    report.context_switches = thread_context_switches() - switches_start;
     Ok(report)
 }
 
@@ -588,6 +605,8 @@ impl Tally {
             wait_p50_us: percentile(&self.waits_us, 0.5),
             wait_p99_us: percentile(&self.waits_us, 0.99),
             wait_max_us: self.waits_us.last().copied().unwrap_or(0.0),
+            // Set by the caller, which counted them over the whole scan.
+            context_switches: 0,
             digest: self.hasher.finalize().to_hex().to_string(),
         }
     }
