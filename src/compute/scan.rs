@@ -611,3 +611,33 @@ impl Tally {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_switches_count_this_threads_blocking_not_another_threads() {
+        let before = thread_context_switches();
+        // Blocking gives up the CPU: a voluntary switch each time.
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let slept = thread_context_switches() - before;
+        assert!(slept >= 5, "5 sleeps counted {slept} switches");
+        // The count is this thread's: another thread's sleeps do not move it.
+        let before = thread_context_switches();
+        std::thread::spawn(|| {
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .join()
+        .unwrap();
+        let joined = thread_context_switches() - before;
+        assert!(
+            joined < 20,
+            "another thread's 20 sleeps counted {joined} here"
+        );
+    }
+}
