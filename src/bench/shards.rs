@@ -305,6 +305,25 @@ fn validate(args: &ShardsBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `base` (the udp scan's pages/s record) with how the scan went, shard by shard.
+fn udp_scan_record(
+    args: &ShardsBenchArgs,
+    base: BenchRecord,
+    udp_scan: &ScanReport,
+) -> BenchRecord {
+    scan_params(base, udp_scan)
+        .param("distance", args.distance)
+        .param("repeat", args.repeat)
+        .param("udp_share", udp_share(udp_scan))
+        .param("tcp_pipelined", udp_scan.tcp_pipelined)
+        .param("fallbacks", udp_scan.fallbacks)
+        .param("wait_timeouts", udp_scan.wait_timeouts)
+        .param("udp_state_changes", udp_scan.udp_state_changes)
+        .param("shard_udp_shares", shard_udp_shares(udp_scan))
+        .param("shard_reads", shard_reads(udp_scan))
+        .param("state_changes", state_changes(udp_scan))
+}
+
 pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     validate(args)?;
     let scratch = ScratchDir::new("udp-prefetch-bench-shards")?;
@@ -353,18 +372,8 @@ pub fn run(args: &ShardsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
 
         let scan_tcp = scan_params(rec("scan-tcp-pipelined", tcp_scan.pages_per_s), &tcp_scan)
             .param("depth", args.depth);
-        let scan_udp = scan_params(rec("scan-udp", udp_scan.pages_per_s), &udp_scan)
-            .param("distance", args.distance)
-            .param("repeat", args.repeat)
+        let scan_udp = udp_scan_record(args, rec("scan-udp", udp_scan.pages_per_s), &udp_scan)
             .param("ratios", ratios)
-            .param("udp_share", udp_share(&udp_scan))
-            .param("tcp_pipelined", udp_scan.tcp_pipelined)
-            .param("fallbacks", udp_scan.fallbacks)
-            .param("wait_timeouts", udp_scan.wait_timeouts)
-            .param("udp_state_changes", udp_scan.udp_state_changes)
-            .param("shard_udp_shares", shard_udp_shares(&udp_scan))
-            .param("shard_reads", shard_reads(&udp_scan))
-            .param("state_changes", state_changes(&udp_scan))
             .against(&scan_tcp);
         let rate = |r: &PrewarmReport| r.present as f64 / r.elapsed_s.max(1e-9);
         let prewarm_tcp = rec("prewarm-tcp", rate(&tcp_prewarm));

@@ -79,29 +79,7 @@ fn main() {
         // Named, so a profile (`perf report --comm gro-worker`) can pick it out.
         let worker = std::thread::Builder::new()
             .name("gro-worker".into())
-            .spawn_scoped(s, move || {
-                let mut pump = SlotPump::new(lfc, rx, k);
-                // Warm-up: every frame touched once (first-touch faults are not the receive's).
-                while m.installed.load(Ordering::Relaxed) < warmup && !stop.load(Ordering::Relaxed)
-                {
-                    pump.step(Duration::from_millis(50), m).unwrap();
-                }
-                let (cpu0, pages0, recv0) = (
-                    thread_cpu_ns(),
-                    m.installed.load(Ordering::Relaxed),
-                    m.receives.load(Ordering::Relaxed),
-                );
-                while !stop.load(Ordering::Relaxed) {
-                    pump.step(Duration::from_millis(50), m).unwrap();
-                }
-                let r = (
-                    thread_cpu_ns() - cpu0,
-                    m.installed.load(Ordering::Relaxed) - pages0,
-                    m.receives.load(Ordering::Relaxed) - recv0,
-                );
-                pump.shutdown().unwrap();
-                r
-            })
+            .spawn_scoped(s, move || receive_until(lfc, rx, k, m, stop, warmup))
             .unwrap();
         let sender_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut sender = GsoSender::new(sender_socket, DATAGRAM_LEN, 1024, gso).unwrap();
@@ -133,6 +111,38 @@ fn main() {
             .map(|r| metrics.dropped(*r))
             .sum::<u64>(),
     );
+}
+
+/// The receiving thread: installs until `warmup` pages are in (every frame touched once:
+/// first-touch faults are not the receive's), then measures until `stop`. Returns its CPU ns,
+/// pages installed and receives made while measured.
+fn receive_until(
+    lfc: &Lfc,
+    rx: Receiver,
+    k: usize,
+    m: &ThreadMetrics,
+    stop: &AtomicBool,
+    warmup: u64,
+) -> (u64, u64, u64) {
+    let mut pump = SlotPump::new(lfc, rx, k);
+    while m.installed.load(Ordering::Relaxed) < warmup && !stop.load(Ordering::Relaxed) {
+        pump.step(Duration::from_millis(50), m).unwrap();
+    }
+    let (cpu0, pages0, recv0) = (
+        thread_cpu_ns(),
+        m.installed.load(Ordering::Relaxed),
+        m.receives.load(Ordering::Relaxed),
+    );
+    while !stop.load(Ordering::Relaxed) {
+        pump.step(Duration::from_millis(50), m).unwrap();
+    }
+    let r = (
+        thread_cpu_ns() - cpu0,
+        m.installed.load(Ordering::Relaxed) - pages0,
+        m.receives.load(Ordering::Relaxed) - recv0,
+    );
+    pump.shutdown().unwrap();
+    r
 }
 
 /// Every datagram sealed once: per page 1 whole datagram or 9 pieces; with the datagrams per

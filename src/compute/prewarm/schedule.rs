@@ -240,6 +240,14 @@ impl Schedule {
     /// window. Pages out of UDP attempts go to the TCP queue.
     pub fn next_requests(&mut self, now_ns: u64, max: usize, out: &mut Vec<usize>) {
         out.clear();
+        self.expire(now_ns, max, out);
+        self.request_new(now_ns, max, out);
+    }
+
+    /// The expired requests, oldest first, while `out` holds fewer than `max`: each goes to the
+    /// TCP queue (its last UDP attempt, room in the queue, or a stalled run) or is retried (into
+    /// `out`); the window is halved at most once a round trip.
+    fn expire(&mut self, now_ns: u64, max: usize, out: &mut Vec<usize>) {
         let tail = self.in_tail();
         // Retries: the outstanding queue is in request order, so expiries come in order too.
         while out.len() < max {
@@ -291,6 +299,11 @@ impl Schedule {
                 out.push(i);
             }
         }
+    }
+
+    /// New pages, in order, into `out` while it holds fewer than `max` and the window (or,
+    /// stalled, a probe's worth) has room.
+    fn request_new(&mut self, now_ns: u64, max: usize, out: &mut Vec<usize>) {
         // While stalled, UDP keeps a probe's worth in flight (the first of them to arrive ends
         // the stall), unless what is left fits in TCP's room: then TCP takes it all, and a probe
         // would only be waited for at the end.
