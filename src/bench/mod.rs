@@ -59,6 +59,8 @@ impl BenchRecord {
 pub(crate) struct MeasuredScan {
     pub report: crate::compute::scan::ScanReport,
     pub daemon_cpu_s: f64,
+    /// Times the daemon's threads were scheduled during the scan.
+    pub daemon_switches: u64,
 }
 
 impl MeasuredScan {
@@ -70,13 +72,38 @@ impl MeasuredScan {
         (backend, daemon, backend + daemon)
     }
 
+    /// Scans `config` (`lfc` for the modes that use it) with `daemon` beside it, measuring the
+    /// daemon's CPU and scheduling over the scan.
+    pub fn run(
+        config: &crate::compute::scan::ScanConfig,
+        lfc: Option<&::lfc::Lfc>,
+        daemon: &crate::cmd::daemon_proc::DaemonProc,
+    ) -> anyhow::Result<MeasuredScan> {
+        let (cpu_before, switches_before) = (daemon.cpu_seconds()?, daemon.context_switches()?);
+        let report = crate::compute::scan::run_scan(config, lfc)?;
+        Ok(MeasuredScan {
+            report,
+            daemon_cpu_s: daemon.cpu_seconds()? - cpu_before,
+            daemon_switches: daemon.context_switches()? - switches_before,
+        })
+    }
+
     /// `bench`'s `case` record of the compute's CPU per page (lower is better), with its two
-    /// parts as params.
+    /// parts and how often each was switched onto the CPU per page as params.
     pub fn compute_cpu_record(&self, bench: &str, case: &str) -> BenchRecord {
         let (backend, daemon, sum) = self.compute_cpu_us();
+        let pages = self.report.pages.max(1) as f64;
         BenchRecord::new(bench, case, "us/page", sum)
             .param("backend_cpu_us_per_page", round1(backend))
             .param("daemon_cpu_us_per_page", round1(daemon))
+            .param(
+                "backend_switches_per_page",
+                round3(self.report.context_switches as f64 / pages),
+            )
+            .param(
+                "daemon_switches_per_page",
+                round3(self.daemon_switches as f64 / pages),
+            )
             .lower_is_better()
     }
 }

@@ -10,7 +10,7 @@
 use super::twohost::{TwoHosts, COMPUTE_ADDR, SERVER_ADDR};
 use super::{round3, BenchRecord, MeasuredScan};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
-use crate::compute::scan::{run_scan, ScanConfig, ScanMode};
+use crate::compute::scan::{ScanConfig, ScanMode};
 use crate::pageserver::source::SourceSpec;
 use crate::pageserver::{PageServer, ServerConfig};
 use lfc::Lfc;
@@ -185,14 +185,8 @@ fn measure_with(
         let lfc = Lfc::open(&lfc_path)?;
         lfc.map_all()?;
         // The daemon's CPU over each scan: nothing over the baseline's, which uses no LFC.
-        let measured = |mode, lfc| -> anyhow::Result<MeasuredScan> {
-            let daemon_before = daemon.cpu_seconds()?;
-            let report = run_scan(&scan_config(args, server, mode), lfc)?;
-            Ok(MeasuredScan {
-                report,
-                daemon_cpu_s: daemon.cpu_seconds()? - daemon_before,
-            })
-        };
+        let measured =
+            |mode, lfc| MeasuredScan::run(&scan_config(args, server, mode), lfc, &daemon);
         let (tcp, udp) = super::in_turns(
             rep,
             || measured(ScanMode::TcpPipelined, None),

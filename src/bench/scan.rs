@@ -12,7 +12,7 @@
 use super::{round1, synthetic_server, BenchRecord, MeasuredScan as Measured};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use crate::compute::backend::read_path::ReadPathConfig;
-use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
+use crate::compute::scan::{ScanConfig, ScanMode, ScanReport};
 use crate::pageserver::source::Synthetic;
 use crate::pageserver::PageServer;
 use crate::protocol::client::ConnectOptions;
@@ -133,8 +133,7 @@ fn measure(
     rel: u32,
     cpu: u64,
 ) -> anyhow::Result<Measured> {
-    let daemon_before = daemon.cpu_seconds()?;
-    let report = run_scan(
+    let m = Measured::run(
         &ScanConfig {
             connect: ConnectOptions::new(server.local_addr().to_string()),
             rel: Synthetic::rel(rel),
@@ -150,12 +149,10 @@ fn measure(
             shards: Default::default(),
         },
         Some(lfc),
+        daemon,
     )?;
-    anyhow::ensure!(report.failed == 0, "a page failed verification");
-    Ok(Measured {
-        report,
-        daemon_cpu_s: daemon.cpu_seconds()? - daemon_before,
-    })
+    anyhow::ensure!(m.report.failed == 0, "a page failed verification");
+    Ok(m)
 }
 
 /// The flags' bounds, checked before anything starts.
