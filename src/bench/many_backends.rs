@@ -388,8 +388,7 @@ fn run_mode(
             + counter(&stats.prefetch_send_errors)
     };
     let (sent_before, dropped_before) = (counter(&stats.prefetch_pages_sent), dropped());
-    let daemon_before = daemon.cpu_seconds()?;
-    let daemon_switches_before = daemon.context_switches()?;
+    let (daemon_cpu_before, daemon_switches_before) = daemon.cpu_and_switches()?;
     // The gate: closing their input starts every scan at once.
     for p in &mut procs {
         drop(p.child.stdin.take());
@@ -409,10 +408,11 @@ fn run_mode(
         anyhow::ensure!(report.failed == 0, "a page failed verification");
         reports.push(report);
     }
+    let (daemon_cpu_after, daemon_switches_after) = daemon.cpu_and_switches()?;
     Ok(ModeResult {
         reports,
-        daemon_cpu_s: daemon.cpu_seconds()? - daemon_before,
-        daemon_switches: daemon.context_switches()? - daemon_switches_before,
+        daemon_cpu_s: daemon_cpu_after - daemon_cpu_before,
+        daemon_switches: daemon_switches_after - daemon_switches_before,
         prefetch_pages_sent: counter(&stats.prefetch_pages_sent) - sent_before,
         prefetch_pages_dropped: dropped() - dropped_before,
     })

@@ -79,12 +79,13 @@ impl MeasuredScan {
         lfc: Option<&::lfc::Lfc>,
         daemon: &crate::cmd::daemon_proc::DaemonProc,
     ) -> anyhow::Result<MeasuredScan> {
-        let (cpu_before, switches_before) = (daemon.cpu_seconds()?, daemon.context_switches()?);
+        let (cpu_before, switches_before) = daemon.cpu_and_switches()?;
         let report = crate::compute::scan::run_scan(config, lfc)?;
+        let (cpu_after, switches_after) = daemon.cpu_and_switches()?;
         Ok(MeasuredScan {
             report,
-            daemon_cpu_s: daemon.cpu_seconds()? - cpu_before,
-            daemon_switches: daemon.context_switches()? - switches_before,
+            daemon_cpu_s: cpu_after - cpu_before,
+            daemon_switches: switches_after - switches_before,
         })
     }
 

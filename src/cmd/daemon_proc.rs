@@ -141,19 +141,14 @@ impl DaemonProc {
 
     /// CPU time the daemon's threads have used, in seconds (`schedstat`).
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        Ok(self.schedstat()?.0 as f64 / 1e9)
+        Ok(self.cpu_and_switches()?.0)
     }
 
-    /// Times the daemon's threads were switched onto a CPU (`schedstat`): how often the daemon
-    /// had to be scheduled to receive what came.
-    pub fn context_switches(&self) -> anyhow::Result<u64> {
-        Ok(self.schedstat()?.1)
-    }
-
-    /// The daemon's threads' run time (ns) and times run on a CPU, summed over
-    /// `/proc/PID/task/*/schedstat` (`/proc/PID/stat` counts 10 ms ticks, too coarse for a scan
-    /// of a fraction of a second). The daemon's threads live as long as it.
-    fn schedstat(&self) -> anyhow::Result<(u64, u64)> {
+    /// CPU time the daemon's threads have used, in seconds, and the times they were switched
+    /// onto a CPU (how often the daemon had to be scheduled to receive what came), from one
+    /// read of `/proc/PID/task/*/schedstat` (`/proc/PID/stat` counts 10 ms ticks, too coarse
+    /// for a scan of a fraction of a second). The daemon's threads live as long as it.
+    pub fn cpu_and_switches(&self) -> anyhow::Result<(f64, u64)> {
         let (mut ns, mut slices) = (0u64, 0u64);
         for task in std::fs::read_dir(format!("/proc/{}/task", self.child.id()))? {
             let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) else {
@@ -168,7 +163,7 @@ impl DaemonProc {
             ns += run;
             slices += ran;
         }
-        Ok((ns, slices))
+        Ok((ns as f64 / 1e9, slices))
     }
 
     /// Sends `signal` to the daemon, unless it has already exited and been reaped.
