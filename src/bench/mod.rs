@@ -114,7 +114,6 @@ pub(crate) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// `x` to three decimals, for params read by people (seconds, ratios).
 /// Path changes of several scans counted by why (their reasons with numbers and the shard
 /// prefix left out, "udp: first prefetch read did not arrive in time"), so that a record of
 /// 64 backends says which rule moved them without 64 logs.
@@ -153,6 +152,7 @@ pub(crate) fn state_change_reasons<'a>(
     serde_json::json!(out)
 }
 
+/// `x` to three decimals, for params read by people (seconds, ratios).
 pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }

@@ -103,13 +103,10 @@ fn point_records(args: &NetBenchArgs, mtu: u32, loss: u8, p: &Point) -> [BenchRe
     let tcp = base("tcp-pipelined", &p.tcp).param("depth", args.depth);
     let tcp_cpu = point(p.tcp.compute_cpu_record(BENCH, "tcp-pipelined-compute-cpu"));
     let udp_cpu = point(p.udp.compute_cpu_record(BENCH, "udp-compute-cpu")).against(&tcp_cpu);
-    let (udp_report, udp_by) = (&p.udp.report, p.udp.report.hits + p.udp.report.late_hits);
+    let udp_report = &p.udp.report;
     let udp = base("udp", &p.udp)
         .param("distance", args.distance)
-        .param(
-            "udp_share",
-            round3(udp_by as f64 / udp_report.pages.max(1) as f64),
-        )
+        .param("udp_share", round3(udp_report.udp_share()))
         .param("datagrams_sent", p.datagrams_sent)
         .param("datagrams_installed", p.installed)
         .param("pages_rebuilt", p.rebuilt)

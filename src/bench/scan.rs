@@ -9,7 +9,7 @@
 //! every page once into the reader's buffer: tcp-pipelined out of the receive buffer, udp out
 //! of the LFC.
 
-use super::{round1, synthetic_server, BenchRecord, MeasuredScan as Measured};
+use super::{round1, round3, synthetic_server, BenchRecord, MeasuredScan as Measured};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use crate::compute::backend::read_path::ReadPathConfig;
 use crate::compute::scan::{ScanConfig, ScanMode, ScanReport};
@@ -116,6 +116,12 @@ fn udp_records(
             Ahead::Distance(args.distance),
         )
         .param("daemon_threads", args.daemon_threads)
+        .param("udp_share", round3(udp_run.report.udp_share()))
+        .param("udp_state_changes", udp_run.report.udp_state_changes)
+        .param(
+            "state_change_reasons",
+            super::state_change_reasons([&udp_run.report.udp_state_log[..]]),
+        )
         .against(pipe_rec),
         compute_cpu_record(udp_run, "udp-compute-cpu", delay, cpu)
             .param("drop", drop_fraction)
@@ -207,7 +213,7 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                     super::median_by_ratio(pairs, |(t, u): &(Measured, Measured)| {
                         u.report.pages_per_s / t.report.pages_per_s.max(1e-9)
                     });
-                let ratios: Vec<f64> = ratios.into_iter().map(super::round3).collect();
+                let ratios: Vec<f64> = ratios.into_iter().map(round3).collect();
                 let pipe_rec = record(
                     "tcp-pipelined",
                     &pipelined_run.report,

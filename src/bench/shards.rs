@@ -152,17 +152,9 @@ fn installed_per_shard(lfc: &Lfc, servers: &[PageServer]) -> Vec<u64> {
         .collect()
 }
 
-/// Pages a scan read from a datagram (a hit or a late hit), of all its pages.
-fn udp_share(r: &ScanReport) -> f64 {
-    round3((r.hits + r.late_hits) as f64 / r.pages.max(1) as f64)
-}
-
 /// `udp_share` of each shard's reads, in shard order (empty for one shard).
 fn shard_udp_shares(r: &ScanReport) -> Vec<f64> {
-    r.shards
-        .iter()
-        .map(|s| round3((s.hits + s.late_hits) as f64 / s.reads.max(1) as f64))
-        .collect()
+    r.shards.iter().map(|s| round3(s.udp_share())).collect()
 }
 
 /// Each shard's reads as `reads/hits/late hits/fallbacks/tcp pipelined`, in shard order.
@@ -314,7 +306,7 @@ fn udp_scan_record(
     scan_params(base, udp_scan)
         .param("distance", args.distance)
         .param("repeat", args.repeat)
-        .param("udp_share", udp_share(udp_scan))
+        .param("udp_share", round3(udp_scan.udp_share()))
         .param("tcp_pipelined", udp_scan.tcp_pipelined)
         .param("fallbacks", udp_scan.fallbacks)
         .param("wait_timeouts", udp_scan.wait_timeouts)

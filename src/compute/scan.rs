@@ -134,6 +134,21 @@ pub struct ShardScanStats {
     pub udp_state_changes: u64,
 }
 
+impl ScanReport {
+    /// Share of the scan's pages read from a datagram (a hit or a late hit): how much of it
+    /// UDP prefetch carried, the rest having come by TCP.
+    pub fn udp_share(&self) -> f64 {
+        (self.hits + self.late_hits) as f64 / self.pages.max(1) as f64
+    }
+}
+
+impl ShardScanStats {
+    /// As `ScanReport::udp_share`, of this shard's reads.
+    pub fn udp_share(&self) -> f64 {
+        (self.hits + self.late_hits) as f64 / self.reads.max(1) as f64
+    }
+}
+
 /// CPU time of the calling thread.
 pub fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {

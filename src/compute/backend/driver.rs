@@ -675,7 +675,7 @@ impl Driver {
         assert!(self.current.is_none(), "one read at a time");
         self.begin_read(lfc, now_ns);
         let own = self.core.own_loss(&tag);
-        self.read_fresh = self.core.own_is_fresh(&tag, now_ns);
+        self.read_fresh = false;
         if self.health.path() == PrefetchPath::TcpPipelined
             && self.cache_distrust_reads == 0
             && self.pipeline.next_answer_is(&tag)
@@ -695,6 +695,11 @@ impl Driver {
             return self.done(lfc, ReadSource::Tcp, now_ns);
         }
         let mut hit = lfc.lookup(&tag, out).is_some();
+        if !hit {
+            // Only a miss needs it (a lookup in the own table; hits are most reads), and
+            // before the loss check, which may request the page again.
+            self.read_fresh = self.core.own_is_fresh(&tag, now_ns);
+        }
         if !hit && self.reads_since_loss_check > 0 && !self.pipeline.contains(&tag) {
             // A miss: check for losses now, so that a lost page is known as lost (and fetched
             // by the pipeline, as the others found lost) before deciding how long to wait.
