@@ -142,26 +142,35 @@ impl ModeResult {
                 .param("fresh_backends", args.fresh_backends)
         };
         let (backend_cpu, daemon_cpu) = self.compute_cpu_us();
+        let mut throughput = with_params(BenchRecord::new(
+            BENCH,
+            case,
+            "pages/s",
+            self.aggregate_pages_per_s().round(),
+        ));
+        if case == "udp" {
+            // As `bench scan` and `bench net` say it: how much of the case UDP carried.
+            let pages = sum(|r| r.pages).max(1) as f64;
+            throughput = throughput.param(
+                "udp_share",
+                round3(sum(|r| r.hits + r.late_hits) as f64 / pages),
+            );
+        }
         vec![
-            with_params(BenchRecord::new(
-                BENCH,
-                case,
-                "pages/s",
-                self.aggregate_pages_per_s().round(),
-            ))
-            .param("slowest_s", round3(self.slowest_s()))
-            .param("fairness", round3(self.fairness()))
-            .param("lfc_hits", sum(|r| r.hits + r.late_hits))
-            .param("tcp_pipelined", sum(|r| r.tcp_pipelined))
-            .param("tcp_fallbacks", sum(|r| r.fallbacks))
-            .param("wait_timeouts", sum(|r| r.wait_timeouts))
-            .param("udp_state_changes", sum(|r| r.udp_state_changes))
-            .param(
-                "state_change_reasons",
-                super::state_change_reasons(self.reports.iter().map(|r| &r.udp_state_log[..])),
-            )
-            .param("prefetch_pages_sent", self.prefetch_pages_sent)
-            .param("prefetch_pages_dropped", self.prefetch_pages_dropped),
+            throughput
+                .param("slowest_s", round3(self.slowest_s()))
+                .param("fairness", round3(self.fairness()))
+                .param("lfc_hits", sum(|r| r.hits + r.late_hits))
+                .param("tcp_pipelined", sum(|r| r.tcp_pipelined))
+                .param("tcp_fallbacks", sum(|r| r.fallbacks))
+                .param("wait_timeouts", sum(|r| r.wait_timeouts))
+                .param("udp_state_changes", sum(|r| r.udp_state_changes))
+                .param(
+                    "state_change_reasons",
+                    super::state_change_reasons(self.reports.iter().map(|r| &r.udp_state_log[..])),
+                )
+                .param("prefetch_pages_sent", self.prefetch_pages_sent)
+                .param("prefetch_pages_dropped", self.prefetch_pages_dropped),
             with_params(BenchRecord::new(
                 BENCH,
                 &format!("{case}-slowest"),
@@ -344,6 +353,42 @@ fn run_mode(
     first_rel: u32,
     args: &ManyBackendsBenchArgs,
 ) -> anyhow::Result<ModeResult> {
+    let mut procs = start_backends(server, daemon, mode, backends, first_rel, args)?;
+    let stats = server.stats();
+    let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let dropped = || {
+        counter(&stats.prefetch_pages_dropped_overflow)
+            + counter(&stats.prefetch_pages_not_ready)
+            + counter(&stats.prefetch_pages_failed)
+            + counter(&stats.prefetch_send_errors)
+    };
+    let (sent_before, dropped_before) = (counter(&stats.prefetch_pages_sent), dropped());
+    let (daemon_cpu_before, daemon_switches_before) = daemon.cpu_and_switches()?;
+    // The gate: closing their input starts every scan at once.
+    for p in &mut procs {
+        drop(p.child.stdin.take());
+    }
+    let reports = collect_reports(&mut procs, mode)?;
+    let (daemon_cpu_after, daemon_switches_after) = daemon.cpu_and_switches()?;
+    Ok(ModeResult {
+        reports,
+        daemon_cpu_s: daemon_cpu_after - daemon_cpu_before,
+        daemon_switches: daemon_switches_after - daemon_switches_before,
+        prefetch_pages_sent: counter(&stats.prefetch_pages_sent) - sent_before,
+        prefetch_pages_dropped: dropped() - dropped_before,
+    })
+}
+
+/// `backends` scan processes of `mode`, each on its own relation from `first_rel`, every one
+/// attached (its LFC mapped, its connection up) and waiting at the start gate.
+fn start_backends(
+    server: &PageServer,
+    daemon: &DaemonProc,
+    mode: ScanMode,
+    backends: u32,
+    first_rel: u32,
+    args: &ManyBackendsBenchArgs,
+) -> anyhow::Result<Vec<ScanProcess>> {
     let exe = std::env::current_exe()?;
     let pages = args.total_pages / backends;
     let mut procs = Vec::with_capacity(backends as usize);
@@ -379,22 +424,14 @@ fn run_mode(
             "a backend did not start: {line:?}"
         );
     }
-    let stats = server.stats();
-    let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let dropped = || {
-        counter(&stats.prefetch_pages_dropped_overflow)
-            + counter(&stats.prefetch_pages_not_ready)
-            + counter(&stats.prefetch_pages_failed)
-            + counter(&stats.prefetch_send_errors)
-    };
-    let (sent_before, dropped_before) = (counter(&stats.prefetch_pages_sent), dropped());
-    let (daemon_cpu_before, daemon_switches_before) = daemon.cpu_and_switches()?;
-    // The gate: closing their input starts every scan at once.
-    for p in &mut procs {
-        drop(p.child.stdin.take());
-    }
+    Ok(procs)
+}
+
+/// Each started backend's report, once it has finished: every one must have succeeded with
+/// every page verified.
+fn collect_reports(procs: &mut [ScanProcess], mode: ScanMode) -> anyhow::Result<Vec<ScanReport>> {
     let mut reports = Vec::with_capacity(procs.len());
-    for p in &mut procs {
+    for p in procs {
         let mut json = String::new();
         p.stdout.read_to_string(&mut json)?;
         let status = p.child.wait()?;
@@ -408,14 +445,7 @@ fn run_mode(
         anyhow::ensure!(report.failed == 0, "a page failed verification");
         reports.push(report);
     }
-    let (daemon_cpu_after, daemon_switches_after) = daemon.cpu_and_switches()?;
-    Ok(ModeResult {
-        reports,
-        daemon_cpu_s: daemon_cpu_after - daemon_cpu_before,
-        daemon_switches: daemon_switches_after - daemon_switches_before,
-        prefetch_pages_sent: counter(&stats.prefetch_pages_sent) - sent_before,
-        prefetch_pages_dropped: dropped() - dropped_before,
-    })
+    Ok(reports)
 }
 
 #[cfg(test)]
