@@ -306,22 +306,16 @@ fn measure(
     let daemon = start_daemon()?;
     let (tcp, udp) = super::in_turns(
         rep,
-        || run_mode(server, &daemon, ScanMode::TcpPipelined, backends, 0, args),
-        || run_mode(server, &daemon, ScanMode::Udp, backends, backends, args),
+        || ModeRun::new(server, &daemon, ScanMode::TcpPipelined, args).run(backends, 0),
+        || ModeRun::new(server, &daemon, ScanMode::Udp, args).run(backends, backends),
     )?;
     drop(daemon);
     let _ = std::fs::remove_file(&lfc_path);
     // Neon's compute with its LFC, on a cold LFC of its own (relations 2n..3n): what a backend
     // pays for the cache alone, without UDP. Its daemon is ignored.
     let daemon = start_daemon()?;
-    let tcp_lfc = run_mode(
-        server,
-        &daemon,
-        ScanMode::TcpLfc,
-        backends,
-        2 * backends,
-        args,
-    )?;
+    let tcp_lfc =
+        ModeRun::new(server, &daemon, ScanMode::TcpLfc, args).run(backends, 2 * backends)?;
     drop(daemon);
     let _ = std::fs::remove_file(&lfc_path);
     Ok(Modes { tcp, udp, tcp_lfc })
@@ -343,88 +337,100 @@ impl Drop for ScanProcess {
     }
 }
 
-/// Starts `backends` scan processes, opens the gate once all are attached, and collects their
-/// reports.
-fn run_mode(
-    server: &PageServer,
-    daemon: &DaemonProc,
+/// One mode's backends against one page server and worker daemon.
+struct ModeRun<'a> {
+    server: &'a PageServer,
+    daemon: &'a DaemonProc,
     mode: ScanMode,
-    backends: u32,
-    first_rel: u32,
-    args: &ManyBackendsBenchArgs,
-) -> anyhow::Result<ModeResult> {
-    let mut procs = start_backends(server, daemon, mode, backends, first_rel, args)?;
-    let stats = server.stats();
-    let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let dropped = || {
-        counter(&stats.prefetch_pages_dropped_overflow)
-            + counter(&stats.prefetch_pages_not_ready)
-            + counter(&stats.prefetch_pages_failed)
-            + counter(&stats.prefetch_send_errors)
-    };
-    let (sent_before, dropped_before) = (counter(&stats.prefetch_pages_sent), dropped());
-    let (daemon_cpu_before, daemon_switches_before) = daemon.cpu_and_switches()?;
-    // The gate: closing their input starts every scan at once.
-    for p in &mut procs {
-        drop(p.child.stdin.take());
-    }
-    let reports = collect_reports(&mut procs, mode)?;
-    let (daemon_cpu_after, daemon_switches_after) = daemon.cpu_and_switches()?;
-    Ok(ModeResult {
-        reports,
-        daemon_cpu_s: daemon_cpu_after - daemon_cpu_before,
-        daemon_switches: daemon_switches_after - daemon_switches_before,
-        prefetch_pages_sent: counter(&stats.prefetch_pages_sent) - sent_before,
-        prefetch_pages_dropped: dropped() - dropped_before,
-    })
+    args: &'a ManyBackendsBenchArgs,
 }
 
-/// `backends` scan processes of `mode`, each on its own relation from `first_rel`, every one
-/// attached (its LFC mapped, its connection up) and waiting at the start gate.
-fn start_backends(
-    server: &PageServer,
-    daemon: &DaemonProc,
-    mode: ScanMode,
-    backends: u32,
-    first_rel: u32,
-    args: &ManyBackendsBenchArgs,
-) -> anyhow::Result<Vec<ScanProcess>> {
-    let exe = std::env::current_exe()?;
-    let pages = args.total_pages / backends;
-    let mut procs = Vec::with_capacity(backends as usize);
-    for i in 0..backends {
-        let rel = Synthetic::rel(first_rel + i);
-        let mut cmd = Command::new(&exe);
-        cmd.arg("scan")
-            .args(["--server", &server.local_addr().to_string()])
-            .args(["--rel", &rel.to_string()])
-            .args(["--blocks", &format!("0..{pages}")])
-            .args(["--mode", mode.name()])
-            .args(["--distance", &args.distance.to_string()])
-            .args(["--json", "--start-gate"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if matches!(mode, ScanMode::Udp | ScanMode::TcpLfc) {
-            cmd.arg("--lfc").arg(daemon.lfc_path());
-            if !args.fresh_backends {
-                cmd.arg("--map-lfc");
-            }
+impl<'a> ModeRun<'a> {
+    fn new(
+        server: &'a PageServer,
+        daemon: &'a DaemonProc,
+        mode: ScanMode,
+        args: &'a ManyBackendsBenchArgs,
+    ) -> Self {
+        ModeRun {
+            server,
+            daemon,
+            mode,
+            args,
         }
-        let mut child = cmd.spawn()?;
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        procs.push(ScanProcess { child, stdout });
     }
-    for p in &mut procs {
-        let mut line = String::new();
-        p.stdout.read_line(&mut line)?;
-        anyhow::ensure!(
-            line.trim() == crate::compute::scan::READY_LINE,
-            "a backend did not start: {line:?}"
-        );
+
+    /// Starts `backends` scan processes, opens the gate once all are attached, and collects their
+    /// reports.
+    fn run(&self, backends: u32, first_rel: u32) -> anyhow::Result<ModeResult> {
+        let (server, daemon, mode) = (self.server, self.daemon, self.mode);
+        let mut procs = self.start_backends(backends, first_rel)?;
+        let stats = server.stats();
+        let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let dropped = || {
+            counter(&stats.prefetch_pages_dropped_overflow)
+                + counter(&stats.prefetch_pages_not_ready)
+                + counter(&stats.prefetch_pages_failed)
+                + counter(&stats.prefetch_send_errors)
+        };
+        let (sent_before, dropped_before) = (counter(&stats.prefetch_pages_sent), dropped());
+        let (daemon_cpu_before, daemon_switches_before) = daemon.cpu_and_switches()?;
+        // The gate: closing their input starts every scan at once.
+        for p in &mut procs {
+            drop(p.child.stdin.take());
+        }
+        let reports = collect_reports(&mut procs, mode)?;
+        let (daemon_cpu_after, daemon_switches_after) = daemon.cpu_and_switches()?;
+        Ok(ModeResult {
+            reports,
+            daemon_cpu_s: daemon_cpu_after - daemon_cpu_before,
+            daemon_switches: daemon_switches_after - daemon_switches_before,
+            prefetch_pages_sent: counter(&stats.prefetch_pages_sent) - sent_before,
+            prefetch_pages_dropped: dropped() - dropped_before,
+        })
     }
-    Ok(procs)
+
+    /// `backends` scan processes of the mode, each on its own relation from `first_rel`, every
+    /// one attached (its LFC mapped, its connection up) and waiting at the start gate.
+    fn start_backends(&self, backends: u32, first_rel: u32) -> anyhow::Result<Vec<ScanProcess>> {
+        let (server, daemon, mode, args) = (self.server, self.daemon, self.mode, self.args);
+        let exe = std::env::current_exe()?;
+        let pages = args.total_pages / backends;
+        let mut procs = Vec::with_capacity(backends as usize);
+        for i in 0..backends {
+            let rel = Synthetic::rel(first_rel + i);
+            let mut cmd = Command::new(&exe);
+            cmd.arg("scan")
+                .args(["--server", &server.local_addr().to_string()])
+                .args(["--rel", &rel.to_string()])
+                .args(["--blocks", &format!("0..{pages}")])
+                .args(["--mode", mode.name()])
+                .args(["--distance", &args.distance.to_string()])
+                .args(["--json", "--start-gate"])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            if matches!(mode, ScanMode::Udp | ScanMode::TcpLfc) {
+                cmd.arg("--lfc").arg(daemon.lfc_path());
+                if !args.fresh_backends {
+                    cmd.arg("--map-lfc");
+                }
+            }
+            let mut child = cmd.spawn()?;
+            let stdout = BufReader::new(child.stdout.take().expect("piped"));
+            procs.push(ScanProcess { child, stdout });
+        }
+        for p in &mut procs {
+            let mut line = String::new();
+            p.stdout.read_line(&mut line)?;
+            anyhow::ensure!(
+                line.trim() == crate::compute::scan::READY_LINE,
+                "a backend did not start: {line:?}"
+            );
+        }
+        Ok(procs)
+    }
 }
 
 /// Each started backend's report, once it has finished: every one must have succeeded with
