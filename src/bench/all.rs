@@ -160,7 +160,7 @@ mod tests {
         assert_eq!((p.pages, p.ingest_seconds, p.repeats), (65536, 1.5, 3));
         let d: degrade::DegradeBenchArgs = args_of(short_flags(Scenario::Degrade)).unwrap();
         assert_eq!(
-            (d.pages, d.delay_us, d.cases.len()),
+            (d.pages, d.path.delay_us, d.cases.len()),
             (131072, 200, 7),
             "degrade runs its defaults"
         );

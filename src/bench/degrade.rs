@@ -28,15 +28,8 @@ pub struct DegradeBenchArgs {
     /// 0.82–1.19 on a 2-CPU machine: noise, not the path.
     #[arg(long, default_value_t = 131_072)]
     pub pages: u32,
-    /// Page server service delay of every request, microseconds.
-    #[arg(long, default_value_t = 200)]
-    pub delay_us: u64,
-    /// Pipeline depth of the tcp-pipelined baseline (Neon's 128, as in `bench scan`).
-    #[arg(long, default_value_t = 128)]
-    pub depth: u32,
-    /// Prefetch distance of the udp scans (as in `bench scan`).
-    #[arg(long, default_value_t = 512)]
-    pub distance: u32,
+    #[command(flatten)]
+    pub path: super::PathArgs,
     /// Fraction of the relation a udp-daemon-killed scan has prefetched into the LFC when the
     /// daemon gets SIGKILL.
     #[arg(long, default_value_t = 0.2)]
@@ -170,7 +163,7 @@ fn fault_params(rec: BenchRecord, fault: Fault, injected: Option<Injected>) -> B
 fn validate(args: &DegradeBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.pages > 0, "--pages must be at least 1");
     anyhow::ensure!(
-        args.depth >= 1 && args.distance >= 1,
+        args.path.depth >= 1 && args.path.distance >= 1,
         "--depth and --distance must be at least 1"
     );
     anyhow::ensure!(
@@ -191,7 +184,7 @@ pub fn run(args: &DegradeBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     let server_for = |case: Case| {
         start_server(crate::pageserver::ServerConfig {
             udp_extension: case.udp_extension(),
-            ..synthetic_server_config(args.pages, 1, args.delay_us, case.drop_fraction())
+            ..synthetic_server_config(args.pages, 1, args.path.delay_us, case.drop_fraction())
         })
     };
     let clean = server_for(Case::UdpHealthy)?;
@@ -247,10 +240,10 @@ fn baseline_record(args: &DegradeBenchArgs, case: Case, baseline: &ScanReport) -
     BenchRecord::new(BENCH, "tcp-pipelined", "pages/s", baseline.pages_per_s)
         .param("for_case", case.name())
         .param("pages", baseline.pages)
-        .param("delay_us", args.delay_us)
+        .param("delay_us", args.path.delay_us)
         .param("drop", case.drop_fraction())
         .param("udp_extension", case.udp_extension())
-        .param("depth", args.depth)
+        .param("depth", args.path.depth)
         .param("elapsed_s", round3(baseline.elapsed_s))
         .param("cpu_us_per_page", round3(baseline.cpu_us_per_page))
 }
@@ -265,10 +258,10 @@ fn udp_record(
 ) -> BenchRecord {
     BenchRecord::new(BENCH, case.name(), "pages/s", udp.pages_per_s)
         .param("pages", udp.pages)
-        .param("delay_us", args.delay_us)
+        .param("delay_us", args.path.delay_us)
         .param("drop", case.drop_fraction())
         .param("udp_extension", case.udp_extension())
-        .param("distance", args.distance)
+        .param("distance", args.path.distance)
         .param("daemon_threads", args.daemon_threads)
         .param("fresh_backend", args.fresh_backend)
         .param("repeat", args.repeat)
@@ -362,7 +355,11 @@ fn scan_with_fault(
     lfc: Option<&Lfc>,
     daemon: Option<(&mut Option<DaemonProc>, Fault)>,
 ) -> anyhow::Result<(ScanReport, Option<Injected>)> {
-    let cfg = relation_scan(server, mode, mode.pages_ahead(args.depth, args.distance));
+    let cfg = relation_scan(
+        server,
+        mode,
+        mode.pages_ahead(args.path.depth, args.path.distance),
+    );
     std::thread::scope(|s| {
         let started = Instant::now();
         let scan = std::thread::Builder::new()
@@ -436,7 +433,7 @@ mod tests {
                 "udp-no-extension"
             ]
         );
-        assert_eq!((a.pages, a.delay_us), (131072, 200));
+        assert_eq!((a.pages, a.path.delay_us), (131072, 200));
         assert_eq!((a.repeat, a.fresh_backend), (5, false));
         for c in &a.cases {
             assert_eq!(

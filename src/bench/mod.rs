@@ -114,6 +114,21 @@ pub(crate) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
+/// The scan both paths are compared over in `bench degrade` and `bench net`: the page
+/// server's service delay, TCP pipelining's depth and UDP's prefetch distance.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PathArgs {
+    /// Page server service delay of every request, microseconds.
+    #[arg(long, default_value_t = 200)]
+    pub delay_us: u64,
+    /// Pipeline depth of the tcp-pipelined baseline (Neon's 128, as in `bench scan`).
+    #[arg(long, default_value_t = 128)]
+    pub depth: u32,
+    /// Prefetch distance of the udp scans (as in `bench scan`).
+    #[arg(long, default_value_t = 512)]
+    pub distance: u32,
+}
+
 /// Path changes of several scans counted by why (their reasons with numbers and the shard
 /// prefix left out, "udp: first prefetch read did not arrive in time"), so that a record of
 /// 64 backends says which rule moved them without 64 logs.

@@ -26,15 +26,8 @@ pub struct NetBenchArgs {
     /// every ratio, and one point's three ratios spread over 0.65–1.6 on a quiet machine.
     #[arg(long, default_value_t = 65_536)]
     pub pages: u32,
-    /// Page server service delay of every request, microseconds.
-    #[arg(long, default_value_t = 200)]
-    pub delay_us: u64,
-    /// Pipeline depth of the tcp-pipelined baseline (Neon's 128, as in `bench scan`).
-    #[arg(long, default_value_t = 128)]
-    pub depth: u32,
-    /// Prefetch distance of the udp scans (as in `bench scan`).
-    #[arg(long, default_value_t = 512)]
-    pub distance: u32,
+    #[command(flatten)]
+    pub path: super::PathArgs,
     /// Emulated query work per page, microseconds of CPU on the scan's thread (as `bench scan
     /// --cpu`): with it, the compute's CPU is shared between the work and the page path.
     #[arg(long, default_value_t = 0)]
@@ -87,7 +80,7 @@ fn point_records(args: &NetBenchArgs, mtu: u32, loss: u8, p: &Point) -> [BenchRe
         r.param("mtu", mtu)
             .param("loss_percent", loss)
             .param("pages", args.pages)
-            .param("delay_us", args.delay_us)
+            .param("delay_us", args.path.delay_us)
             .param("cpu_per_page_us", args.cpu_per_page_us)
     };
     let base = |case: &str, m: &MeasuredScan| {
@@ -100,12 +93,12 @@ fn point_records(args: &NetBenchArgs, mtu: u32, loss: u8, p: &Point) -> [BenchRe
         .param("verified", m.report.verified)
         .param("elapsed_s", round3(m.report.elapsed_s))
     };
-    let tcp = base("tcp-pipelined", &p.tcp).param("depth", args.depth);
+    let tcp = base("tcp-pipelined", &p.tcp).param("depth", args.path.depth);
     let tcp_cpu = point(p.tcp.compute_cpu_record(BENCH, "tcp-pipelined-compute-cpu"));
     let udp_cpu = point(p.udp.compute_cpu_record(BENCH, "udp-compute-cpu")).against(&tcp_cpu);
     let udp_report = &p.udp.report;
     let udp = base("udp", &p.udp)
-        .param("distance", args.distance)
+        .param("distance", args.path.distance)
         .param("udp_share", round3(udp_report.udp_share()))
         .param("datagrams_sent", p.datagrams_sent)
         .param("datagrams_installed", p.installed)
@@ -140,7 +133,7 @@ fn measure(args: &NetBenchArgs, mtu: u32, loss: u8) -> anyhow::Result<Point> {
                 rels: 1,
                 pages: args.pages,
             },
-            service_delay_us: args.delay_us,
+            service_delay_us: args.path.delay_us,
             ..ServerConfig::default()
         })
     })??;
@@ -221,6 +214,10 @@ fn measure_with(
 fn scan_config(args: &NetBenchArgs, server: &PageServer, mode: ScanMode) -> ScanConfig {
     ScanConfig {
         cpu_per_page_us: args.cpu_per_page_us,
-        ..super::relation_scan(server, mode, mode.pages_ahead(args.depth, args.distance))
+        ..super::relation_scan(
+            server,
+            mode,
+            mode.pages_ahead(args.path.depth, args.path.distance),
+        )
     }
 }

@@ -1,7 +1,7 @@
 //! `udp-prefetch getpage`: fetch one page over TCP and verify it.
 
 use super::{BadInput, Outcome};
-use crate::protocol::client::{ConnectOptions, PageClient};
+use crate::protocol::client::PageClient;
 use crate::protocol::page::{
     format_lsn, page_lsn, parse_lsn, verify_page_as, PageCheck, PageVerify,
 };
@@ -30,12 +30,7 @@ pub struct GetPageArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[command(flatten)]
-    pub timeline: super::TimelineArgs,
-    #[command(flatten)]
-    pub tls: super::TlsArgs,
-    /// Cleartext password, when the server requires one.
-    #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub session: super::SessionArgs,
     /// One JSON object instead of the human line.
     #[arg(long)]
     pub json: bool,
@@ -67,10 +62,7 @@ pub fn check_name(check: &PageCheck) -> String {
 }
 
 pub fn run(args: GetPageArgs) -> anyhow::Result<Outcome> {
-    let opts = args.tls.apply(
-        args.timeline
-            .apply(ConnectOptions::new(args.server.clone()).token(args.token.clone())),
-    )?;
+    let opts = args.session.connect_options(&args.server)?;
     let mut client = PageClient::connect(&opts)?;
     let tag = args.rel.block(args.blk);
     let page = client

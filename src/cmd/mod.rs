@@ -73,6 +73,30 @@ impl TlsArgs {
     }
 }
 
+/// How a command reaches and authenticates with its page server, beside `--server`: the
+/// tenant and timeline, TLS, and a password. One group for every command that opens a
+/// pagestream session (`getpage`, `scan`, `prewarm run`), so they take the same flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SessionArgs {
+    #[command(flatten)]
+    pub timeline: TimelineArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Cleartext password, when the page server requires one.
+    #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl SessionArgs {
+    /// The connection options for `server` (`HOST:PORT`); an unreadable CA file is bad input.
+    pub fn connect_options(&self, server: &str) -> Result<ConnectOptions, BadInput> {
+        self.tls.apply(
+            self.timeline
+                .apply(ConnectOptions::new(server.to_string()).token(self.token.clone())),
+        )
+    }
+}
+
 /// Exit status conventions (ARCHITECTURE §9).
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_BAD_INPUT: u8 = 2;

@@ -4,7 +4,6 @@ use super::{BadInput, Outcome};
 use crate::compute::prewarm::schedule::ScheduleConfig;
 use crate::compute::prewarm::state::{decode, encode, ranges_from_hottest, PageRange};
 use crate::compute::prewarm::{plan, run_prewarm, PrewarmConfig, PrewarmReport};
-use crate::protocol::client::ConnectOptions;
 use crate::protocol::pagestream::{PrefetchPriority, LATEST_LSN};
 use lfc::{Lfc, RelTag};
 use std::io::Write;
@@ -90,12 +89,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=65_536))]
     pub path_mtu: Option<u32>,
     #[command(flatten)]
-    pub timeline: super::TimelineArgs,
-    #[command(flatten)]
-    pub tls: super::TlsArgs,
-    /// Cleartext password, when the page server requires one.
-    #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub session: super::SessionArgs,
     /// One JSON object instead of the human report.
     #[arg(long)]
     pub json: bool,
@@ -182,11 +176,8 @@ fn save(
 fn run_cmd(a: RunArgs) -> anyhow::Result<Outcome> {
     let cache = open_lfc(&a.lfc)?;
     let connect = a
-        .tls
-        .apply(
-            a.timeline
-                .apply(ConnectOptions::new(a.server[0].clone()).token(a.token.clone())),
-        )?
+        .session
+        .connect_options(&a.server[0])?
         .path_mtu(a.path_mtu);
     let shards = super::shard_map(&a.server, a.stripe_pages)?;
     let ranges = match (&a.state, a.relation) {

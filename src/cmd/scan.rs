@@ -5,7 +5,6 @@ use crate::compute::backend::read_path::ReadPathConfig;
 use crate::compute::scan::{
     run_scan_with_progress, ScanConfig, ScanMode, ScanProgress, ScanReport, READY_LINE,
 };
-use crate::protocol::client::ConnectOptions;
 use lfc::{Lfc, RelTag};
 use std::ops::Range;
 use std::path::PathBuf;
@@ -52,12 +51,7 @@ pub struct ScanArgs {
     #[arg(long, default_value_t = ReadPathConfig::default().max_wait_us)]
     pub max_wait_us: u64,
     #[command(flatten)]
-    pub timeline: super::TimelineArgs,
-    #[command(flatten)]
-    pub tls: super::TlsArgs,
-    /// Cleartext password, when the server requires one.
-    #[arg(long, env = "UDPF_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub session: super::SessionArgs,
     /// One JSON object instead of the human summary.
     #[arg(long)]
     pub json: bool,
@@ -136,11 +130,8 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
     let shards = super::shard_map(&args.server, args.stripe_pages)?;
     let cfg = ScanConfig {
         connect: args
-            .tls
-            .apply(
-                args.timeline
-                    .apply(ConnectOptions::new(args.server[0].clone()).token(args.token.clone())),
-            )?
+            .session
+            .connect_options(&args.server[0])?
             .path_mtu(args.path_mtu),
         shards,
         rel: args.rel,
