@@ -150,10 +150,9 @@ impl ModeResult {
         ));
         if case == "udp" {
             // As `bench scan` and `bench net` say it: how much of the case UDP carried.
-            let pages = sum(|r| r.pages).max(1) as f64;
             throughput = throughput.param(
                 "udp_share",
-                round3(sum(|r| r.hits + r.late_hits) as f64 / pages),
+                round3(crate::compute::scan::udp_share(&self.reports)),
             );
         }
         vec![

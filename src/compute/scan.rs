@@ -138,8 +138,16 @@ impl ScanReport {
     /// Share of the scan's pages read from a datagram (a hit or a late hit): how much of it
     /// UDP prefetch carried, the rest having come by TCP.
     pub fn udp_share(&self) -> f64 {
-        (self.hits + self.late_hits) as f64 / self.pages.max(1) as f64
+        udp_share(std::slice::from_ref(self))
     }
+}
+
+/// `ScanReport::udp_share` of several scans taken together (every page weighs the same).
+pub fn udp_share(reports: &[ScanReport]) -> f64 {
+    let (udp, pages) = reports
+        .iter()
+        .fold((0, 0), |(u, p), r| (u + r.hits + r.late_hits, p + r.pages));
+    udp as f64 / pages.max(1) as f64
 }
 
 impl ShardScanStats {
