@@ -68,7 +68,7 @@ pub struct SoakSummary {
     pub wall_seconds: f64,
     pub seeds_per_minute: f64,
     pub datagrams_per_wall_second: f64,
-    /// Seeds whose median time with UDP came to at least `NEAR_LIMIT_SHARE` of the liveness
+    /// Seeds whose mean time with UDP came to at least `NEAR_LIMIT_SHARE` of the liveness
     /// limit (violations included), and the `NEAREST_LIMIT_SEEDS` nearest it, as (seed,
     /// share), nearest first.
     pub near_limit_seeds: u64,

@@ -19,9 +19,8 @@ fn check(scenario: &Scenario) -> Result<sim::RunReport, String> {
 }
 
 /// `check` for every checker except the comparison with TCP pipelining (`SlowerThanTcp`): for
-/// the `heavy` profile, where a seed in ten thousand may still take longer than 1.25 × TCP
-/// pipelining plus 20 ms (ARCHITECTURE §10), and for the proptest, whose random seeds would
-/// make a rate turn into a flaky test. Fixed seeds of the other profiles check it below.
+/// the proptest, whose random workloads are not the profiles' (a rate of seeds near the limit
+/// would make it a flaky test). Fixed seeds of every profile check it below.
 fn check_safety(scenario: &Scenario) -> Result<sim::RunReport, String> {
     check_with(scenario, |k| k != ViolationKind::SlowerThanTcp)
 }
@@ -146,8 +145,11 @@ fn seeds_once_slower_than_tcp_pipelining_are_not() {
     // another world when prewarm began to register through its PrefetchTarget (a round trip
     // per shard before its run): its backends start 33 ms earlier, into the link faults, and
     // miss their first waits. Heavy 6982 passed its one pair, but its UDP runs take 1.3-1.4x
-    // TCP pipelining's time at every start skew: since the check compares medians over five
-    // skews it is an open violation again (ARCHITECTURE §10). Heavy 1619, 4369 and 4711
+    // TCP pipelining's time at every start skew, just within the bound (ARCHITECTURE §10).
+    // Heavy 9484 and 7225 exceeded it while the check compared medians (1.012 and 1.006):
+    // their times are bimodal between start skews, a trailing backend finding the pages
+    // another read or finding them evicted, and the medians put the UDP runs in the slow
+    // mode and the TCP-only ones in the fast; the means (0.84 and 0.95) weigh every run. Heavy 1619, 4369 and 4711
     // (shard links losing 13-48 %, round trips of 3-5 ms above a 2.3 ms wait cap) passed once
     // lost pages went to the TCP pipeline and waits that could not see their page were skipped.
     // Heavy 3, 103, 130 and 301 were prewarms before the backends that took 4-30x as long as
@@ -160,7 +162,7 @@ fn seeds_once_slower_than_tcp_pipelining_are_not() {
     // apiece before going over TCP alone (61 ms against 32); such a run now registers nothing.
     let heavy = [
         1356, 2800, 5022, 5787, 8576, 9097, 9987, 7811, 71, 96, 138, 224, 261, 1619, 4369, 3, 103,
-        130, 301, 5566,
+        130, 301, 5566, 9484, 7225,
     ]
     .map(|s| (s, FaultProfile::Heavy));
     for (seed, profile) in default.chain(heavy) {
@@ -170,12 +172,13 @@ fn seeds_once_slower_than_tcp_pipelining_are_not() {
     }
 }
 
-/// No stale, torn or forged read, exact accounting, every read and prewarm complete, under
-/// every fault at any rate (heavy: forged and replayed floods, high loss and corruption).
+/// No stale, torn or forged read, exact accounting, every read and prewarm complete, and no
+/// slower than TCP pipelining by more than the liveness bound, under every fault at any rate
+/// (heavy: forged and replayed floods, high loss and corruption).
 #[test]
 fn heavy_faults_never_cause_a_wrong_read() {
     for seed in 0..cases(64) as u64 {
-        match check_safety(&Scenario::from_seed(seed, FaultProfile::Heavy)) {
+        match check(&Scenario::from_seed(seed, FaultProfile::Heavy)) {
             Ok(report) => assert!(report.faults.total() > 0),
             Err(e) => panic!("{e}"),
         }

@@ -125,8 +125,8 @@ pub struct RunReport {
     /// Rounds in which a prewarm yielded to the backends' reads beside it.
     pub prewarm_yielded_rounds: u64,
     pub digest: String,
-    /// The liveness comparison's nearest approach to its limit: the median time with UDP over
-    /// the limit drawn from the median without (the larger of the prewarm's and the workload's
+    /// The liveness comparison's nearest approach to its limit: the mean time with UDP over
+    /// the limit drawn from the mean without (the larger of the prewarm's and the workload's
     /// shares); above 1 is a `SlowerThanTcp` violation. `None` when no comparison ran (a
     /// violation before it, or a daemon absent from the start).
     pub liveness_share: Option<f64>,
