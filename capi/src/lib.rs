@@ -501,6 +501,67 @@ pub extern "C" fn udpf_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
+/// The first shard's connection options from `o` (the others differ only in address).
+fn connect_options(o: &UdpfOptions, server: &str) -> Result<ConnectOptions, Failure> {
+    let mut connect = ConnectOptions::new(server.to_owned())
+        .timeline(
+            id(o.tenant_id, "tenant_id")?,
+            id(o.timeline_id, "timeline_id")?,
+        )
+        .token(optional_string(o.token, "token")?);
+    if let Some(ca) = optional_string(o.tls_ca, "tls_ca")? {
+        let tls = ClientTls::from_ca_file(std::path::Path::new(&ca))
+            .map_err(|e| invalid(format!("tls_ca: {e}")))?;
+        connect = connect.tls(Some(tls));
+    }
+    if o.connect_timeout_ms > 0 {
+        connect.connect_timeout = Duration::from_millis(u64::from(o.connect_timeout_ms));
+    }
+    Ok(connect)
+}
+
+/// The read path's settings from `o`: the defaults, but for a wait cap and a pipeline depth
+/// given (0 keeps the default).
+fn read_path_config(o: &UdpfOptions) -> ReadPathConfig {
+    let mut config = ReadPathConfig::default();
+    if o.max_wait_us > 0 {
+        config.max_wait_us = u64::from(o.max_wait_us);
+        config.initial_wait_us = config.initial_wait_us.min(config.max_wait_us);
+        config.min_wait_us = config.min_wait_us.min(config.max_wait_us);
+    }
+    if o.tcp_depth > 0 {
+        config.tcp_depth = o.tcp_depth;
+    }
+    config
+}
+
+/// One connection per shard, in shard order; the first that fails is the error.
+fn connect_shards(shard_connect: &[ConnectOptions]) -> Result<Vec<PageClient>, Failure> {
+    let count = shard_connect.len();
+    shard_connect
+        .iter()
+        .enumerate()
+        .map(|(shard, opts)| {
+            // Whatever fails while connecting (an address that does not answer, a password
+            // or TLS refused, too many connections), the server was not reached or refused
+            // the connection.
+            PageClient::connect(opts).map_err(|source| {
+                let message = if count == 1 {
+                    error_chain(&source)
+                } else {
+                    error_chain(&ShardConnectError {
+                        shard,
+                        count,
+                        addr: opts.addr.clone(),
+                        source,
+                    })
+                };
+                Failure::new(UdpfStatus::UDPF_CONNECT, message)
+            })
+        })
+        .collect()
+}
+
 /// Opens a backend: maps the LFC (created by the worker daemon), connects to the page server,
 /// binds the LFC to the session's timeline (a cache of another timeline or cluster is refused
 /// with `UDPF_CACHE`), and registers the worker daemon's UDP port with the server, which says
@@ -538,29 +599,8 @@ pub unsafe extern "C" fn udpf_open(
         let layout = map
             .layout()
             .map_err(|e| invalid(format!("{} page servers: {e}", servers.len())))?;
-        let mut connect = ConnectOptions::new(servers[0].clone())
-            .timeline(
-                id(o.tenant_id, "tenant_id")?,
-                id(o.timeline_id, "timeline_id")?,
-            )
-            .token(optional_string(o.token, "token")?);
-        if let Some(ca) = optional_string(o.tls_ca, "tls_ca")? {
-            let tls = ClientTls::from_ca_file(std::path::Path::new(&ca))
-                .map_err(|e| invalid(format!("tls_ca: {e}")))?;
-            connect = connect.tls(Some(tls));
-        }
-        if o.connect_timeout_ms > 0 {
-            connect.connect_timeout = Duration::from_millis(u64::from(o.connect_timeout_ms));
-        }
-        let mut config = ReadPathConfig::default();
-        if o.max_wait_us > 0 {
-            config.max_wait_us = u64::from(o.max_wait_us);
-            config.initial_wait_us = config.initial_wait_us.min(config.max_wait_us);
-            config.min_wait_us = config.min_wait_us.min(config.max_wait_us);
-        }
-        if o.tcp_depth > 0 {
-            config.tcp_depth = o.tcp_depth;
-        }
+        let connect = connect_options(o, &servers[0])?;
+        let config = read_path_config(o);
         let cache = Lfc::open(&lfc_path).map_err(|e| {
             Failure::new(
                 UdpfStatus::UDPF_CACHE,
@@ -570,28 +610,7 @@ pub unsafe extern "C" fn udpf_open(
         let shard_connect: Vec<ConnectOptions> = (0..servers.len())
             .map(|s| map.shard_options(s, &connect))
             .collect();
-        let clients = shard_connect
-            .iter()
-            .enumerate()
-            .map(|(shard, opts)| {
-                // Whatever fails while connecting (an address that does not answer, a password
-                // or TLS refused, too many connections), the server was not reached or refused
-                // the connection.
-                PageClient::connect(opts).map_err(|source| {
-                    let message = if servers.len() == 1 {
-                        error_chain(&source)
-                    } else {
-                        error_chain(&ShardConnectError {
-                            shard,
-                            count: servers.len(),
-                            addr: opts.addr.clone(),
-                            source,
-                        })
-                    };
-                    Failure::new(UdpfStatus::UDPF_CONNECT, message)
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let clients = connect_shards(&shard_connect)?;
         let snapshots = (servers.len() > 1).then(|| SnapshotConns {
             layout,
             clients: shard_connect.iter().map(|_| None).collect(),

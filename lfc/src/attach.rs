@@ -11,6 +11,12 @@
 //! - Every block of the file is allocated before it is mapped (`create` allocates the new file,
 //!   `open` allocates any hole left), so a full filesystem is a typed `NoSpace` error up front
 //!   and never a SIGBUS when a page of the mapping is first touched (tmpfs allocates on touch).
+//!
+//! Owns: the file up to a validated mapping: the shared and exclusive `flock`s, the temporary file
+//! and its clean-up, block allocation, the `Secrets` a new cache draws (datagram key, key id, hash
+//! seed) and the header's first write. Once the mapping is handed over it writes nothing: frames,
+//! index and runtime areas belong to `cache`, `daemon`, `binding` and the other modules that own
+//! them.
 
 use crate::error::AttachError;
 use crate::layout::{FixedHeader, Geometry, FIXED_HEADER_LEN, FREE_COUNT_OFFSET, MAGIC};
@@ -233,7 +239,40 @@ fn map(path: &Path, file: &File, len: u64) -> Result<MmapRaw, AttachError> {
         .map_err(|e| AttachError::io(path, "mmap", e))
 }
 
-pub(crate) fn create(path: &Path, capacity_pages: u64) -> Result<Attached, AttachError> {
+/// The header fields a new cache draws from the OS's random source: the datagram key, its id
+/// and the tag-hash seed (which decides bucket placement, and so which pages collide and are
+/// evicted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Secrets {
+    pub key: [u8; 32],
+    /// Never 0 in a header (0 means "no key id" in datagram headers): 0 is taken as 1.
+    pub key_id: u32,
+    pub hash_seed: u64,
+}
+
+impl Secrets {
+    fn random(path: &Path) -> Result<Secrets, AttachError> {
+        let mut key = [0u8; 32];
+        let mut ids = [0u8; 12];
+        getrandom(&mut key)
+            .and_then(|()| getrandom(&mut ids))
+            .map_err(|e| AttachError::io(path, "getrandom", e))?;
+        let (key_id, seed) = ids.split_at(4);
+        Ok(Secrets {
+            key,
+            key_id: u32::from_le_bytes(key_id.try_into().expect("4 bytes")),
+            hash_seed: u64::from_le_bytes(seed.try_into().expect("8 bytes")),
+        })
+    }
+}
+
+/// Creates the file with `secrets`, or with random ones when `None` (every cache but a
+/// simulated one).
+pub(crate) fn create(
+    path: &Path,
+    capacity_pages: u64,
+    secrets: Option<Secrets>,
+) -> Result<Attached, AttachError> {
     let geometry = Geometry::for_capacity(capacity_pages)?;
     // Exclusive lock on the file being replaced, held until the rename is done.
     let _old = match OpenOptions::new().read(true).open(path) {
@@ -251,20 +290,19 @@ pub(crate) fn create(path: &Path, capacity_pages: u64) -> Result<Attached, Attac
     };
     remove_abandoned_temp_files(path);
 
+    let secrets = match secrets {
+        Some(s) => s,
+        None => Secrets::random(path)?,
+    };
     let mut nonce = [0u8; 8];
-    let mut key = [0u8; 32];
-    let mut ids = [0u8; 12];
-    getrandom(&mut nonce)
-        .and_then(|()| getrandom(&mut key))
-        .and_then(|()| getrandom(&mut ids))
-        .map_err(|e| AttachError::io(path, "getrandom", e))?;
+    getrandom(&mut nonce).map_err(|e| AttachError::io(path, "getrandom", e))?;
     let tmp = path.with_file_name(format!(
         "{}{}.{:016x}",
         temp_prefix(path),
         current_pid(),
         u64::from_le_bytes(nonce)
     ));
-    let result = build(path, &tmp, geometry, key, ids);
+    let result = build(path, &tmp, geometry, secrets);
     // Also a file that did not fit: nothing may keep the space it got.
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -276,8 +314,7 @@ fn build(
     path: &Path,
     tmp: &Path,
     geometry: Geometry,
-    key: [u8; 32],
-    ids: [u8; 12],
+    secrets: Secrets,
 ) -> Result<Attached, AttachError> {
     // 0600: the file holds the datagram key.
     let file = OpenOptions::new()
@@ -291,21 +328,15 @@ fn build(
     // A zero-filled file is a valid empty cache: every frame FREE, every index entry empty,
     // every table zero. Only the header needs writing.
     allocate_new(path, tmp, &file, geometry.file_len)?;
-    let mut key_id_bytes = [0u8; 4];
-    key_id_bytes.copy_from_slice(&ids[..4]);
-    let mut seed_bytes = [0u8; 8];
-    seed_bytes.copy_from_slice(&ids[4..]);
-    let created_unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let created_unix_ms = crate::clock::wall_ns() / 1_000_000;
     let header = FixedHeader {
         geometry,
-        key,
+        key: secrets.key,
         // Never 0, so "no key id" can be told apart in datagram headers.
-        key_id: u32::from_le_bytes(key_id_bytes).max(1),
+        key_id: secrets.key_id.max(1),
         creator_pid: current_pid(),
         created_unix_ms,
-        hash_seed: u64::from_le_bytes(seed_bytes),
+        hash_seed: secrets.hash_seed,
         boot_id: boot_id(),
     };
     file.write_all_at(&header.encode(), 0)

@@ -24,6 +24,10 @@
 //! the cache, since `bind` had not returned. A live binder is waited for (recording takes a few
 //! stores); one stopped mid-record for longer than `RECORD_PATIENCE` is reported, never taken
 //! over, since it would overwrite the fields after the taker published its own.
+//!
+//! Owns: the binding area of the file and the `Binding` type. Tenant and timeline are 16 raw bytes
+//! to it: it talks to no page server (the caller brings its session's binding), touches nothing
+//! else of the file, and its clock only bounds the wait for a live binder.
 
 use crate::cache::Lfc;
 use crate::error::BindError;

@@ -10,6 +10,11 @@
 //! now and then whether the owner still exists; a dead owner's lock is taken
 //! over (`Acquired::broken`), and the new owner must repair whatever the dead one left half-done
 //! before relying on the bucket.
+//!
+//! Owns: a bucket's layout (the entry encoding, `PID_BITS`, `MAX_DIST`) and the lock protocol with
+//! its waits (`LOCK_WAIT_LIMIT`). Knows frames by number and tags by fingerprint only: it reads no
+//! frame or page and decides no placement, overflow or eviction (`cache` does); its clock only
+//! measures a waiter's patience.
 
 use crate::process::process_alive;
 use std::sync::atomic::{AtomicU32, Ordering};

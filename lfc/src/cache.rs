@@ -34,7 +34,7 @@
 //!    version or expose a torn one.
 
 use crate::arrival::{futex_wait, Channel};
-use crate::attach::{self, Attached};
+use crate::attach::{self, Attached, Secrets};
 use crate::bucket::{encode_entry, entry_fingerprint, entry_frame, Bucket, EMPTY, LOCK_WAIT_LIMIT};
 use crate::error::{AttachError, OpError};
 use crate::frame::{Ctl, FrameMeta, KIND_BUSY, KIND_FREE, KIND_VALID, MAX_USAGE};
@@ -211,7 +211,23 @@ impl Lfc {
         let path = path.as_ref();
         Ok(Lfc::from_attached(
             path,
-            attach::create(path, capacity_pages)?,
+            attach::create(path, capacity_pages, None)?,
+        ))
+    }
+
+    /// [`create`](Lfc::create) with the key, key id and tag-hash seed given instead of drawn
+    /// from the OS: for a simulation that must replay bit for bit from its seed (the hash seed
+    /// decides which pages collide and are evicted). A cache for real backends never uses it:
+    /// a key that does not come from a random source is no secret.
+    pub fn create_seeded(
+        path: impl AsRef<Path>,
+        capacity_pages: u64,
+        secrets: Secrets,
+    ) -> Result<Lfc, AttachError> {
+        let path = path.as_ref();
+        Ok(Lfc::from_attached(
+            path,
+            attach::create(path, capacity_pages, Some(secrets))?,
         ))
     }
 

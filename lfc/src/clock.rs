@@ -8,6 +8,9 @@
 //!   synchronisation, and it is never used to decide anything.
 //!
 //! The simulator passes its own virtual time to the sans-IO cores instead of calling either.
+//!
+//! Owns: the two clock reads and nothing else: no state, no conversion from one clock to the other.
+//! Depends on `libc` alone, and on no other module of this crate.
 
 /// `CLOCK_MONOTONIC` in nanoseconds, the same clock in every process on the machine.
 pub fn monotonic_ns() -> u64 {

@@ -24,6 +24,10 @@
 //! or another), and the kernel drops it when the description's last descriptor is closed, also
 //! when the process dies. `F_OFD_GETLK` reports no pid for OFD locks (`l_pid` is -1), so the
 //! holder is named from its record.
+//!
+//! Owns: the daemon area of the file and the lock byte in it; it writes nothing else of the file.
+//! The address is data: it opens no socket. Heartbeat and start times are passed in (`now_ns`,
+//! `started_unix_ms`); its own clock only bounds how long a writer or reader waits for a live one.
 
 use crate::cache::Lfc;
 use crate::error::DaemonLockError;
@@ -336,7 +340,7 @@ impl Lfc {
     }
 
     /// Records the daemon serving this cache (replacing any record), with a first heartbeat at
-    /// `now_ns` (CLOCK_MONOTONIC, see [`monotonic_ns`]; 0 is stored as 1, since a zero
+    /// `now_ns` (CLOCK_MONOTONIC, see [`crate::monotonic_ns`]; 0 is stored as 1, since a zero
     /// heartbeat means "none"). Meant to be called while holding [`Lfc::lock_for_daemon`].
     pub fn register_daemon(&self, addr: SocketAddr, pid: u32, started_unix_ms: u64, now_ns: u64) {
         let (family_port, ip_hi, ip_lo, v6_extra) = encode(addr);

@@ -85,7 +85,7 @@ mod senders;
 mod stats;
 mod tag;
 
-pub use attach::getrandom;
+pub use attach::{getrandom, Secrets};
 pub use binding::{BindOutcome, Binding};
 pub use cache::{
     HomeLockForTest, InstallOutcome, Lfc, LfcGeometry, Rejected, Reservation, WriteOutcome,

@@ -6,6 +6,10 @@
 //! an unrelated live process before the dead owner's lock is broken keeps that lock "alive"
 //! until the new process exits; with bounded lock waits that costs `Busy` errors, never
 //! corruption.
+//!
+//! Owns: the cached pid (forgotten in a forked child through `pthread_atfork`) and the liveness
+//! test. Holds no lock and reads no shared memory: the modules that own lock words and records
+//! store and compare the pids.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Once;

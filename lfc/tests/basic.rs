@@ -483,3 +483,31 @@ fn a_write_refused_as_busy_is_an_op_error_and_changes_nothing() {
     assert_eq!(lfc.lookup(&t, &mut out), Some(5));
     assert!(lfc.stats().busy >= 2);
 }
+
+#[test]
+fn a_seeded_cache_has_the_given_secrets_and_survives_reopening_with_them() {
+    let d = tempfile::tempdir().unwrap();
+    let secrets = |key_id, hash_seed| lfc::Secrets {
+        key: [7; 32],
+        key_id,
+        hash_seed,
+    };
+    let a = Lfc::create_seeded(d.path().join("a"), 64, secrets(0, 1)).unwrap();
+    assert_eq!(a.key(), [7; 32]);
+    // 0 means "no key id" in a datagram header: never a cache's.
+    assert_eq!(a.key_id(), 1);
+    let b = Lfc::create_seeded(d.path().join("b"), 64, secrets(9, 1)).unwrap();
+    let c = Lfc::create_seeded(d.path().join("c"), 64, secrets(9, 2)).unwrap();
+    let slots = |l: &Lfc| {
+        (0..64)
+            .map(|i| l.lwlsn_slot_of(&tag(1, i)))
+            .collect::<Vec<_>>()
+    };
+    // The hash seed alone decides placement.
+    assert_eq!(slots(&a), slots(&b));
+    assert_ne!(slots(&b), slots(&c));
+    drop(b);
+    let b = Lfc::open(d.path().join("b")).unwrap();
+    assert_eq!((b.key(), b.key_id()), ([7; 32], 9));
+    assert_eq!(slots(&b), slots(&a));
+}

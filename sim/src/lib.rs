@@ -46,7 +46,7 @@ pub enum SimError {
     #[error("creating the simulation's temp directory: {0}")]
     TempDir(#[from] std::io::Error),
     #[error("creating the simulation's LFC: {0}")]
-    Lfc(#[from] seeded_lfc::SeededLfcError),
+    Lfc(#[from] lfc::AttachError),
     #[error("setting up the simulation: {0}")]
     Setup(String),
 }

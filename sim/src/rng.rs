@@ -2,6 +2,10 @@
 //!
 //! Hand-written rather than a crate so that the stream for a seed can never change under a
 //! dependency upgrade: a seed recorded in a bug report must replay the same run forever.
+//!
+//! Owns: the generator's state and the draws built on it (`below`, `range`, `unit`, `chance`,
+//! `exp`). Reads no OS randomness, clock or environment: a stream is a function of its seed (and
+//! `stream`'s component) alone.
 
 /// SplitMix64 step: expands one seed word into well-mixed state words.
 fn splitmix64(state: &mut u64) -> u64 {

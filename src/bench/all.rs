@@ -1,6 +1,9 @@
 //! `udp-prefetch bench all`: every scenario of the suite in one run, each with modest settings
 //! so the whole suite finishes in minutes on a small machine. Each scenario's ratios are
 //! against baselines of that scenario, measured in this same run.
+//!
+//! Owns: nothing shared; it drives the other benches' `run` (and `twohost`, to probe for `net`) and
+//! may not be imported by the library's other modules.
 
 use super::plot::LatencySeries;
 use super::{

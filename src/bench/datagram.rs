@@ -3,6 +3,9 @@
 //! `aead`: AES-128-GCM), against copying the same bytes, in one run. The CPU decides: AWS-LC
 //! takes its VAES/AVX-512 path where the CPU has one and a much slower one where it does not,
 //! so the table's machine line names the CPU and its instruction sets.
+//!
+//! Owns: nothing shared; it drives the public APIs of `workers::datagram` and `protocol::page` and
+//! may not be imported by the library's other modules.
 
 use super::BenchRecord;
 use std::time::Instant;

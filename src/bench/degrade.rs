@@ -8,6 +8,9 @@
 //! Every udp scan takes the daemon's port from the LFC header (`prefetch_port: None`), as a
 //! backend does, and runs on its own thread while this one injects the fault; the daemon is a
 //! child process, so killing it never touches the bench.
+//!
+//! Owns: nothing shared; it drives the public APIs of `PageServer`, `compute::scan`, `lfc` and
+//! `cmd::daemon_proc` and may not be imported by the library's other modules.
 
 use super::{relation_scan, round1, round3, start_server, synthetic_server_config, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};

@@ -6,6 +6,10 @@
 //! them, the daemon never sees them), then at the daemon's port, each time beside a udp scan.
 //! Reports the scans' pages/s and their ratio (target ≥ 0.8), the flood rate reached, and the
 //! daemon's CPU per forged datagram against its CPU per valid one.
+//!
+//! Owns: nothing shared; it drives the public APIs of `PageServer`, `compute::scan`,
+//! `workers::datagram` and `cmd::daemon_proc` and may not be imported by the library's other
+//! modules.
 
 use super::{relation_scan, round1, round3, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};

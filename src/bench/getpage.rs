@@ -1,5 +1,8 @@
 //! `udp-prefetch bench getpage`: synchronous GetPage round-trip latency and pipelined
 //! throughput over loopback, against an embedded page server.
+//!
+//! Owns: nothing shared; it drives the public APIs of `PageServer` and `protocol::client` and may
+//! not be imported by the library's other modules.
 
 use super::BenchRecord;
 use crate::compute::scan::percentile;

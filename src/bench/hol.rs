@@ -15,6 +15,10 @@
 //! that long instead), so the stream runs at its own pace rather than a fixed number of pages
 //! per foreground read, which would let the pipeline drain while the reader waits. All three
 //! readers (one connection each) exist for the whole run and take turns in rounds.
+//!
+//! Owns: nothing shared; it drives the public APIs of `PageServer`, `compute::backend::Backend`,
+//! `protocol::client`, `lfc` and `cmd::daemon_proc` and may not be imported by the library's other
+//! modules.
 
 use super::plot::LatencySeries;
 use super::{round1, BenchRecord};

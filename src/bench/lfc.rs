@@ -12,6 +12,9 @@
 //! usage counts, plus its bucket structure) against an exact LRU of the same capacity on the same
 //! trace: Zipf 0.9, Zipf 1.0, and repeated sequential scans twice the cache size mixed with a hot
 //! set of half the cache.
+//!
+//! Owns: nothing shared; it drives the public API of `lfc` (and `cmd::daemon_proc::ScratchDir`) and
+//! may not be imported by the library's other modules.
 
 use super::BenchRecord;
 use crate::cmd::daemon_proc::ScratchDir;

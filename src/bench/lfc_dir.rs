@@ -7,6 +7,9 @@
 //! falls back to `/dev/shm` and says so. A run killed by a signal leaves its mount behind; the
 //! next run as root removes it. Every record then carries `params.lfc_huge_pages`:
 //! whether the caches the run used were mapped with 2 MiB pages (`record`).
+//!
+//! Owns: a run's private tmpfs mount (`BenchLfcDir`); it drives only `cmd::daemon_proc` (the
+//! scratch base, the huge-page record) and may not be imported by the library's other modules.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

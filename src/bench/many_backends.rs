@@ -8,6 +8,10 @@
 //! Every scan starts when all of a case's processes are attached (`scan --start-gate`), so the
 //! figures leave process start-up out; each backend scans `--total-pages / backends` pages, so
 //! a case takes about as long whatever the backend count.
+//!
+//! Owns: nothing shared; it drives the public APIs of `PageServer`, `compute::scan` (through
+//! `udp-prefetch scan` processes) and `cmd::daemon_proc` and may not be imported by the library's
+//! other modules.
 
 use super::{round1, round3, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};

@@ -6,6 +6,9 @@
 //! datagrams the server sent, the compute's IP reassembly failures, and the compute's CPU per
 //! page in each mode (`*-compute-cpu`, as `bench scan` measures it), optionally beside
 //! emulated query work (`--cpu-per-page-us`).
+//!
+//! Owns: nothing shared; it drives the public APIs of `PageServer`, `compute::scan`, `lfc`,
+//! `twohost` and `cmd::daemon_proc` and may not be imported by the library's other modules.
 
 use super::twohost::{TwoHosts, COMPUTE_ADDR, SERVER_ADDR};
 use super::{round3, BenchRecord, MeasuredScan};

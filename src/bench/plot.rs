@@ -2,6 +2,9 @@
 //! latency samples, and horizontal throughput bars for every bench with pages/s cases. SVG and
 //! PNG through `plotters` without system libraries: text is laid out with `ab_glyph` from a
 //! TrueType file found at run time (DejaVu Sans from Debian's fonts-dejavu-core by default).
+//!
+//! Owns: nothing shared (only the file it writes); it drives `plotters` over `BenchRecord`s and
+//! latency series and may not be imported by the library's other modules.
 
 use super::BenchRecord;
 use plotters::coord::Shift;

@@ -4,6 +4,10 @@
 //! daemon's ingest ceiling, all in one run; then what a prewarm costs the scans running beside
 //! it (issue 17 §4): their pages/s alone, and beside a prewarm at background and at foreground
 //! priority.
+//!
+//! Owns: nothing shared; it drives the public APIs of `PageServer`, `compute::prewarm`,
+//! `compute::scan`, `lfc` and `cmd::daemon_proc` and may not be imported by the library's other
+//! modules.
 
 use super::{round1, round3, start_server, synthetic_server, synthetic_server_config, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
@@ -225,16 +229,13 @@ fn beside_scans(scratch: &ScratchDir, args: &PrewarmBenchArgs) -> anyhow::Result
 
 /// The median of one case's repetitions (by ratio when it has one, else by value), carrying
 /// every repetition's ratio (or value) in `runs`.
-fn median_run(mut runs: Vec<BenchRecord>) -> BenchRecord {
-    let key = |r: &BenchRecord| r.ratio.unwrap_or(r.value);
-    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
-    let all: Vec<f64> = runs.iter().map(|r| round3(key(r))).collect();
-    let count = all.len();
-    let mid = runs.swap_remove(count / 2);
-    if count == 1 {
+fn median_run(runs: Vec<BenchRecord>) -> BenchRecord {
+    let (mid, all) = super::median_by_ratio(runs, |r| r.ratio.unwrap_or(r.value));
+    if all.len() == 1 {
         return mid;
     }
-    mid.param("repeats", count).param("runs", all)
+    let all: Vec<f64> = all.into_iter().map(round3).collect();
+    mid.param("repeats", all.len()).param("runs", all)
 }
 
 /// One prewarm of `pages` pages into a fresh LFC and daemon, by UDP or not (`udp`), from a

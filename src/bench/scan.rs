@@ -8,6 +8,9 @@
 //! work, plus the worker daemon's, since on a compute both take the same CPUs. Both modes copy
 //! every page once into the reader's buffer: tcp-pipelined out of the receive buffer, udp out
 //! of the LFC.
+//!
+//! Owns: nothing shared; it drives the public APIs of `PageServer`, `compute::scan`, `lfc` and
+//! `cmd::daemon_proc` and may not be imported by the library's other modules.
 
 use super::{round1, round3, synthetic_server, BenchRecord, MeasuredScan as Measured};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};

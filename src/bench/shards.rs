@@ -6,6 +6,10 @@
 //! each shard delivered (the LFC's sender table, by the shard's sender ports). From 8 shards on,
 //! the relations are smaller (`--pages-from-8`): eight page servers and their sender threads
 //! on one small machine make each page slower, and the rates stay comparable.
+//!
+//! Owns: nothing shared; it drives the public APIs of `PageServer`, `protocol::shard`,
+//! `compute::scan`, `compute::prewarm`, `lfc` and `cmd::daemon_proc` and may not be imported by the
+//! library's other modules.
 
 use super::{round3, start_server, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};

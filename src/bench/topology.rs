@@ -8,6 +8,9 @@
 //! is started, and `on_server` moves the calling thread to the server's CPUs only while it
 //! starts a page server, whose threads (acceptor, connections, responders, prefetch senders)
 //! all descend from that call.
+//!
+//! Owns: the run's CPU split (`Placement`, set once) and the affinity of the threads it moves; it
+//! drives no library API and may not be imported by the library's other modules.
 
 use std::sync::OnceLock;
 

@@ -18,6 +18,10 @@
 //! [`TwoHosts::in_server`] and [`TwoHosts::in_compute`] run a closure on a thread of their own
 //! inside the namespace: an in-process page server started there listens there (its threads
 //! descend from that call), and a worker daemon or scan process spawned there runs there.
+//!
+//! Owns: the namespaces, the veth pair, their addresses and the loss rule, for the life of a
+//! `TwoHosts`; it drives no library API (only `ip`, `nft` and `setns`) and may not be imported by
+//! the library's other modules.
 
 use anyhow::Context;
 use std::net::Ipv4Addr;

@@ -1,5 +1,11 @@
 //! The worker daemon as a child process of a benchmark or the demo: started from this same
 //! executable, stopped with SIGTERM on drop, observed through its metrics endpoint.
+//!
+//! Owns: the child (its start, nice values, pause, kill and stop), the scraping of its metrics, the
+//! scratch directories (`ScratchDir`, under the base `set_scratch_base` fixes once) and whether
+//! this run's LFCs were on 2 MiB pages. Runs none of the daemon's code in this process: the child
+//! is this executable's `workers` command, reached only by signals and its metrics endpoint; it
+//! imports nothing of this crate.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;

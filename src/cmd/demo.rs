@@ -2,6 +2,10 @@
 //! `--shards N` of them), a worker
 //! daemon (a separate process) over a temporary LFC, scans a synthetic relation in the three
 //! prefetch designs, then again with 5 % of prefetch datagrams dropped, and prints one table.
+//!
+//! Owns: its flags, the order of the runs and the table it prints. Makes no decision of a scan's or
+//! of the page server's: it starts `PageServer`s in-process and the daemon as a child
+//! (`daemon_proc`), reads pages only through `run_scan`, and uses nothing of `bench`.
 
 use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::Outcome;

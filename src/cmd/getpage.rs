@@ -1,4 +1,7 @@
 //! `udp-prefetch getpage`: fetch one page over TCP and verify it.
+//!
+//! Owns: its flags, the verdict's printed and JSON names (`check_name`) and the `--out` file. Uses
+//! only `protocol` (one `PageClient`, one GetPage, `verify_page_as`): no LFC, no UDP, no prefetch.
 
 use super::{BadInput, Outcome};
 use crate::protocol::client::PageClient;

@@ -8,6 +8,10 @@
 //! A sender is the source address of a page server's sender thread: across hosts its IP names
 //! the shard; the file does not know shard numbers (the page server's sender ports are its
 //! own), so the rows name addresses.
+//!
+//! Owns: its flags and the two renderings, human and JSON. Reads the cache only through `lfc`'s
+//! public API, opens no socket (a daemon is alive by its heartbeat's age, not by a probe), and of
+//! this crate uses only `protocol::identity`, to print ids.
 
 use super::{BadInput, Outcome};
 use crate::protocol::identity::NeonId;

@@ -1,4 +1,8 @@
 //! `udp-prefetch pageserver`: the reference page server.
+//!
+//! Owns: its flags (`PageServerArgs`, turned into a `ServerConfig` and a `ShardIdentity`), the
+//! signal handling, and the readiness and watchdog messages to a service manager. Every serving
+//! decision is `PageServer`'s; it touches no LFC and uses nothing of the compute.
 
 use super::{BadInput, Outcome};
 use crate::pageserver::source::SourceSpec;

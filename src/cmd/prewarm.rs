@@ -1,4 +1,9 @@
 //! `udp-prefetch prewarm save|run`: save the LFC's cached pages, refill a cold LFC.
+//!
+//! Owns: its flags, the state file on disk (never replaced without `--force`; written under a
+//! temporary name, then renamed) and the printed report. The format is `state`'s, the hotness order
+//! the cache's (`snapshot_hottest`) and every refill decision `run_prewarm`'s; it uses nothing of
+//! the page server.
 
 use super::{BadInput, Outcome};
 use crate::compute::prewarm::schedule::ScheduleConfig;

@@ -1,4 +1,8 @@
 //! `udp-prefetch scan`: a verified sequential scan in one prefetch design.
+//!
+//! Owns: its flags (turned into a `ScanConfig`), the `--start-gate` handshake on standard input and
+//! output, and the printed report. Every read is `run_scan`'s: it opens the LFC only to hand it
+//! over (and to map it whole under `--map-lfc`), and uses nothing of the page server.
 
 use super::{BadInput, Outcome};
 use crate::compute::backend::read_path::ReadPathConfig;

@@ -10,6 +10,10 @@
 //! too: relative paths (a service starts in `/`), a workers unit without `--size` (a tmpfs LFC
 //! is gone after a reboot, and the daemon could not re-create it), a `--token` (a unit file is
 //! readable by every user).
+//!
+//! Owns: the text of the units it prints (the service, and for the workers a `.mount` unit for the
+//! LFC's tmpfs) and the refusals above. It only prints: it installs no file, starts no service and
+//! runs neither server; of this crate it uses only the two commands' flags and `SourceSpec`.
 
 use super::pageserver::PageServerArgs;
 use super::workers::WorkersArgs;

@@ -8,6 +8,10 @@
 //! therefore builds the simulator itself, with this binary's profile and target directory: a
 //! no-op when it is up to date, and never a stale simulator beside a freshly built page server.
 //! Otherwise it runs the sibling, or fails naming the exact command that builds it.
+//!
+//! Owns: finding (or, under `cargo run`, building) the sibling binary and the hand-over by `exec`.
+//! Links no simulator code and uses no other module of this crate but `cmd`'s exit types: the
+//! arguments pass through unparsed.
 
 use super::{BadInput, Outcome};
 use std::ffi::OsString;

@@ -1,4 +1,9 @@
 //! `udp-prefetch workers`: the prefetch worker daemon.
+//!
+//! Owns: its flags (`WorkersArgs`, turned into a `DaemonConfig`), the signal flag, the readiness
+//! line, the service manager's watchdog (pinged only while the daemon's heartbeat in the LFC is
+//! fresh) and the exit status of each `DaemonError`. The daemon itself is `workers::daemon::run`;
+//! the command uses nothing of the page server or the compute.
 
 use super::{BadInput, Outcome};
 use lfc::DaemonLockError;

@@ -1,6 +1,10 @@
 //! The compute side: a backend's page access through the shared LFC (`backend`), LFC prewarm
 //! (`prewarm`) and the sequential scan built on them (`scan`). Both bind the LFC to their
 //! session's timeline (`bind_cache`) before they read or fill it.
+//!
+//! Owns: `bind_cache` alone, and no state. The compute uses `protocol`, `lfc` and, of `workers`,
+//! only `sched`; it never imports the page server, not even in tests, nor `cmd` or `bench`
+//! (`tests/layering.rs` checks both).
 
 pub mod backend;
 pub mod prewarm;

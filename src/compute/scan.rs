@@ -1,6 +1,12 @@
 //! A sequential scan of one relation, verifying every page, in one of three prefetch designs:
 //! synchronous TCP, Neon-style pipelined TCP, or UDP prefetch into the LFC. Shared by
 //! `udp-prefetch scan`, the demo and the benchmarks.
+//!
+//! Owns: the scan's configuration and report (`ScanConfig`, `ScanReport`), its window top-up loop,
+//! and the tally of verified pages, waits, CPU per page and digest. A blocking shell: it connects,
+//! reads the real clock and thread CPU, and in the udp and tcp-lfc modes reads every page through
+//! `Backend`, so it makes no read-path decision and never touches the LFC itself; the TCP modes use
+//! no LFC.
 
 use crate::compute::backend::pipeline::PIPELINED_FLUSH_EVERY;
 use crate::compute::backend::read_path::{ReadPathConfig, ReadStats, ScanWindow};

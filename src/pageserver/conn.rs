@@ -7,6 +7,12 @@
 //! `session::Session` and `session::Work` (sans-IO, shared with the simulator); this file reads
 //! and writes the socket, dates requests with the clock, sleeps the service delay and blocks
 //! while a request waits for WAL.
+//!
+//! Owns: one connection's stream, its startup and password check (in constant time, under
+//! `startup_timeout`), the simple-query dispatch, the bounded channel from reader to responder
+//! (`MAX_QUEUED_REQUESTS`) and the responder's write buffer. It sends no datagram (a routed
+//! Prefetch is enqueued for the sender threads; of the datagram format it only chooses each
+//! session's `Protection`) and touches no LFC.
 
 use super::prefetch::ConnId;
 use super::session::{refused_without_extension, Answer, Routed, Session, SessionConfig, Work};

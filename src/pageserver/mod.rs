@@ -4,6 +4,12 @@
 //! One thread accepts; each connection gets a reader thread and a responder thread. The server
 //! is embeddable (`PageServer::start`) for the demo, the benchmarks and tests, and wrapped by
 //! `udp-prefetch pageserver`.
+//!
+//! Owns: `ServerConfig` and its validation, `PageServer` (listener, acceptor thread, the `/metrics`
+//! endpoint's thread, shutdown) and `Shared`, what every connection sees: store, stats, prefetch
+//! senders and the live sockets. The page server never imports the compute, not even in tests, nor
+//! the compute's half of `workers` (daemon, pump, ingest, junk, metrics, pidfile), and maps no LFC:
+//! of `lfc` it uses only the tag types, `PAGE_SIZE`, the clocks and `Binding`.
 
 mod conn;
 pub mod prefetch;

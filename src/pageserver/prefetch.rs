@@ -15,6 +15,12 @@
 //! connection (prewarm) has a ring of its own, served when no foreground connection has a page
 //! due, and otherwise once after every [`BACKGROUND_SHARE`] foreground batches, so a prewarm
 //! neither slows the scans beside it by more than that share nor waits forever behind them.
+//!
+//! Owns: the per-connection queues and the two rings, each destination's pacing bucket, the pages
+//! fetched by GetPage per destination, the queue bounds, and the seeded `DropFilter`. Holds no
+//! lock, thread, socket or clock (`udp_sender` wraps it in a mutex and passes `now_ns` and the send
+//! time); reads pages only through `PageStore`, never waiting for WAL (`try_effective_lsn`), and
+//! seals them with the shared `workers::datagram`.
 
 use super::store::PageStore;
 use crate::protocol::page::{page_lsn, Page};

@@ -1,5 +1,10 @@
 //! Where the page server's base page images come from: a synthetic generator or a real
 //! PostgreSQL data directory (read-only).
+//!
+//! Owns: the `PageSource` trait and its two sources: the synthetic geometry and its bounds, and a
+//! data directory's `pg_control` fields and bounded table of open segment files. Reads files, never
+//! writes them; holds no page version (PutPage goes to `store`), and touches no socket, clock or
+//! LFC.
 
 use crate::protocol::page::{
     fill_synthetic_page, synthetic_rel, Page, DEFAULT_TABLESPACE, SYNTHETIC_BASE_LSN,

@@ -5,6 +5,11 @@
 //! Recording never takes a lock on the GetPage path: every hook is one or two relaxed atomic
 //! adds. The one lock, of the per-destination table, is taken by prefetch sender threads once
 //! per batch of datagrams sent.
+//!
+//! Owns: `ServerStats` (the counters, the GetPage latency histogram, the per-destination table) and
+//! its two renderings, the `SHOW prefetch_stats` rows and the Prometheus text. Records and renders
+//! only: it decides nothing, serves nothing (`mod.rs` serves the text through `workers::http`), and
+//! reads the clock only to date a destination's last batch.
 
 use crate::protocol::pagestream::Request;
 use crate::protocol::pgwire::{BackendMessage, FieldDescription};

@@ -1,5 +1,10 @@
 //! The page server's versioned page store: base images from a `PageSource` plus versions added
 //! at run time by PutPage, and the last-record LSN that requests wait for.
+//!
+//! Owns: the version table (bounded by `max_versions`), the relations' extents past their base
+//! size, and the last-record LSN with the condvar its waiters sleep on. Its clock only bounds a WAL
+//! wait, which blocks the calling thread (`wait_for_lsn`, `effective_lsn`); it knows no connection,
+//! socket, datagram or prefetch queue, and never writes to its page source.
 
 use super::source::{PageSource, SourceError};
 use crate::protocol::page::format_lsn;

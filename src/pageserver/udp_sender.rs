@@ -5,6 +5,11 @@
 //! next, how long to sleep; `seal_batch`: what becomes of each page), which the simulator runs
 //! too; this file owns the threads, the lock and condvar, the clock, the socket and the
 //! counters.
+//!
+//! Owns: besides those, the channel GetPages report on without taking the scheduler's lock, and
+//! each thread's socket, source port and `DropFilter`. Decides no page, order, pace or sleep length
+//! itself; of `workers` it uses only the shared layer (`datagram`, `udp`, `sched`), and it touches
+//! no LFC.
 
 use super::prefetch::{
     batch_datagram, seal_batch, Destination, DropFilter, JobOutcome, Overflow, PageJob,

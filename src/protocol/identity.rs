@@ -2,6 +2,10 @@
 //! `pagestream_v3 <tenant> <timeline>` query) and the page source's system identifier (announced
 //! by the server at startup). Together they are the `lfc::Binding` a backend binds its LFC to,
 //! so that one cache never serves two timelines' or two clusters' pages.
+//!
+//! Owns: `NeonId` (32 hex digits either way), the system identifier's parameter name and its
+//! parsing (zero is none). Builds no `lfc::Binding` itself (`client` does, from these), sends and
+//! receives nothing, and imports nothing of this crate.
 
 use std::fmt;
 use std::str::FromStr;

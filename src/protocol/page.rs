@@ -1,5 +1,10 @@
 //! PostgreSQL page helpers: the data checksum (`pg_checksum_page`), the page header fields this
 //! system reads, and verification of a page fetched from anywhere.
+//!
+//! Owns: the header fields it reads and writes (LSN, checksum), the checksum algorithm, the
+//! verification rules (`PageVerify`) and the synthetic pages and relations. Pure functions over a
+//! `Page`: no I/O, no clock, no LFC (of `lfc` only the tag types and `PAGE_SIZE`), and nothing else
+//! of this crate.
 
 use lfc::{BufferTag, RelTag, PAGE_SIZE};
 

@@ -1,6 +1,11 @@
 //! Neon pagestream v3 messages (ARCHITECTURE §4 step 1) and this project's extension (tags ≥ 0x40).
 //!
 //! Every message is the payload of one CopyData frame. All integers are big-endian.
+//!
+//! Owns: `Request` and `Response` with their encodings, the tags (`tag`), the sizes and bounds
+//! (`MAX_ERROR_MESSAGE_LEN`, `MAX_PREFETCH_BLOCKS`) and `LATEST_LSN`. Sans-IO like `pgwire`, whose
+//! `Reader` it decodes with: no socket, no clock, and no decision about what a request means (the
+//! server's session and the client make those).
 
 use crate::protocol::page::Page;
 use crate::protocol::pgwire::{ProtocolError, Reader};

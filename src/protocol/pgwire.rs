@@ -3,6 +3,11 @@
 //! Encoders append to a `Vec<u8>`; decoders take the bytes received so far and return either a
 //! complete message with the number of bytes it used, `Ok(None)` when more input is needed, or a
 //! typed error. Every frame length is bounded before anything is allocated.
+//!
+//! Owns: the message types, the frame bounds (`MAX_FRAME_LEN`, `MAX_STARTUP_LEN`), the SQLSTATE
+//! codes this system sends, and `Reader`, the bounds-checked cursor `pagestream` decodes with.
+//! Touches no socket (`framed` and `tls` do the I/O), knows no pagestream message or page, and
+//! imports nothing of this crate or of `lfc`.
 
 use thiserror::Error;
 

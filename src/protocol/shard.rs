@@ -16,6 +16,10 @@
 //! The page server checks its own share with [`ShardIdentity`] (`--shard I/N`); the compute
 //! routes with [`ShardLayout::shard_of`]. The simulator uses the same function: a second copy
 //! of the hash anywhere would be the one way for the two sides to disagree.
+//!
+//! Owns: the routing function, its constants (`DEFAULT_STRIPE_PAGES`, `MAX_SHARDS`, `INIT_FORKNUM`)
+//! and the three views of it. Pure arithmetic except `ShardMap::connect`, which opens one
+//! `PageClient` per shard; it reads no clock and touches no LFC (of `lfc` only the tag types).
 
 use crate::protocol::client::{ClientError, ConnectOptions, PageClient};
 use lfc::{BufferTag, RelTag};

@@ -9,6 +9,12 @@
 //! probe: the `SO_REUSEPORT` group bind alone would silently join another daemon's group), records
 //! its bound address, pid and start time in the cache once it listens, refreshes a heartbeat every
 //! `lfc::DAEMON_HEARTBEAT_NS`, and clears the record when it stops.
+//!
+//! Owns: the threads (workers, heartbeat, prefault, metrics endpoint), the socket group and the
+//! probe before it, opening or re-creating the LFC, the pid file, and the daemon record from
+//! registration to clearing. Decides nothing about a datagram (`ingest`, through `pump`) nor a
+//! thread's budget (`junk`, `sched::ShareBound`): it reads the clock and sleeps as they say. Only
+//! the compute runs it: the page server and this crate's shared layer never import it.
 
 use crate::junk::JunkBudget;
 use crate::metrics::{render_prometheus, CacheGauges, ThreadMetrics};
@@ -22,7 +28,7 @@ use lfc::{AttachError, DaemonLockError, Lfc, PAGE_SIZE};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Most worker threads.
 pub const MAX_THREADS: usize = 64;
@@ -351,9 +357,7 @@ pub fn run(
         .as_deref()
         .map(PidFile::acquire)
         .transpose()?;
-    let started_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let started_unix_ms = lfc::wall_ns() / 1_000_000;
     let lfc = open_lfc(config)?;
     warn_without_huge_pages(&lfc);
     // Before binding anything: a second daemon for this cache must not take datagrams meant

@@ -85,6 +85,12 @@
 //! 5 are rejected by version (5 is this layout with an XXH3-64 checksum, 4 the same with bytes
 //! 6..8 reserved: no fragments). The key derivation's labels ("udpf token v4", "udpf stream
 //! v4") are unchanged since format 4.
+//!
+//! Owns: the format (its constants, `DatagramHeader`'s encoding, `DropReason`), the key derivation
+//! and both protections, each sender stream's counter (`SealStream`) and the receiver's stream
+//! caches (`Opener`). Works on byte buffers only: no socket, no clock (the send time is passed in),
+//! no cache (of `lfc` only the tag types, `PAGE_SIZE` and `getrandom`); part of the shared layer,
+//! it imports none of the daemon's modules.
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use lfc::{BufferTag, RelTag, MAX_FORKNUM, PAGE_SIZE};

@@ -5,6 +5,11 @@
 //! fragment is verified there too, then joined with its siblings in the thread's bounded
 //! assembly table (`reassembly`, whose docs say why that takes one copy of the fragment), and
 //! its page published when the last fragment arrives.
+//!
+//! Owns: `Ingest`, one per worker thread (its `Opener` under the cache's key, its assembly table, a
+//! page buffer for the copy path), and the rule that every datagram ends in exactly one `Outcome`.
+//! Changes the LFC only by publishing a frame or by `install_prefetched`, whose install rule
+//! decides what is stale or present; knows no slot, socket or thread (`pump` and `daemon` do).
 
 mod reassembly;
 

@@ -18,6 +18,10 @@
 //!
 //! Sans-IO: the thread passes its cumulative junk count and the monotonic clock after each
 //! receive step, and sleeps for what [`JunkBudget::after_step`] returns.
+//!
+//! Owns: one thread's `JunkBudget` (its window and the junk count at the window's start) and which
+//! drop reasons are junk (`is_junk`). Touches no socket, slot or LFC and turns nothing away itself:
+//! the count it is handed tallies `ingest`'s verdicts in the thread's metrics.
 
 use crate::datagram::DropReason;
 

@@ -18,6 +18,9 @@
 //! The rule keeps the page server from linking the compute's daemon code: nothing under the
 //! root crate's `src/pageserver/` names `workers::daemon`, `workers::pump`, `workers::ingest`,
 //! `workers::junk`, `workers::metrics` or `workers::pidfile` (the root crate's `tests/layering.rs` checks it).
+//!
+//! Owns: no code, only the module tree and its two layers. Of this workspace it depends on `lfc`
+//! alone: it never imports the root crate, the simulator or the C library.
 
 // The layer shared with the page server.
 pub mod datagram;

@@ -1,5 +1,10 @@
 //! Worker counters and their Prometheus text rendering. Counters are process-local relaxed
 //! atomics, one set per thread, summed when scraped.
+//!
+//! Owns: `ThreadMetrics` (one set per worker thread), their sums (`totals`) and the daemon's
+//! `/metrics` text, the cache's gauges included. Records and renders only: it decides nothing,
+//! reads no clock (an install's wall time is passed in), serves nothing (the daemon does, through
+//! `http`) and sees the LFC only as the `CacheGauges` it is handed.
 
 use crate::datagram::{DatagramHeader, DropReason};
 use crate::prom::{family, histogram, single, LatencyHistogram};

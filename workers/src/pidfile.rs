@@ -1,4 +1,9 @@
 //! The daemon's pid file: refuses to start over a live daemon, never signals a nonsense pid.
+//!
+//! Owns: the file at its path while the daemon runs: written under a temporary name and renamed,
+//! removed on drop only while it still names this process. Advisory only: it holds no lock and
+//! touches no LFC; the rule that one daemon serves a cache is the LFC's daemon lock
+//! (`Lfc::lock_for_daemon`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,11 @@
 //! a latency histogram of atomic buckets, and the standard `process_*` metrics read from
 //! `/proc/self` (the names and meanings of the official client libraries, so the usual
 //! dashboards and alerts work unchanged).
+//!
+//! Owns: the text helpers (`family`, `single`, `labelled`, `histogram`), `LatencyHistogram` and the
+//! process metrics read from `/proc` (`ProcessStats`). Part of the shared layer: it imports no
+//! other module of this crate, knows neither server's counters (each renders its own) and serves
+//! nothing (`http` does).
 
 use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,8 +10,12 @@
 //! `lfc`; reads no clock except to date a batch.
 //!
 //! The book also counts datagrams per sender (the LFC's sender table, `Lfc::count_sender`, which
-//! `lfc stat` and the metrics show per page-server shard): per batch, in [`SenderBatch`], so a
+//! `lfc stat` and the metrics show per page-server shard): per batch, in `SenderBatch`, so a
 //! receive batch costs one shared update per sender it heard from, not one per datagram.
+//!
+//! Owns: `SlotBook` (the posted frames, the per-slot header and tag buffers, the frames handed
+//! back, the per-sender batch) and, in `SlotPump`, the `Receiver`. Decides no datagram's fate
+//! (`Ingest` does), binds no socket (the daemon hands it a `Receiver`) and starts no thread.
 
 use crate::datagram::{DropReason, DATAGRAM_LEN, HEADER_LEN, TAG_LEN};
 use crate::ingest::{Ingest, Outcome, Received};

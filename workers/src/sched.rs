@@ -15,6 +15,11 @@
 //!   slice ([`ThreadClass::Latency`], Linux 6.12+: a waking thread with a shorter slice than
 //!   the running one preempts it), and bulk threads are `SCHED_BATCH`
 //!   ([`ThreadClass::Bulk`]): the same CPU share, but their own wake-ups never preempt anyone.
+//!
+//! Owns: `ThreadClass` and its settings, nice values (`NICE_RANGE`), `default_threads`, thread CPU
+//! time, the real-time share bound (`ShareBound`, sans-IO: `now` and CPU time passed in) and timer
+//! slack. Part of the shared layer: it changes only the calling thread (or a given thread's nice
+//! value), imports no other module of this crate, and touches no socket or LFC.
 
 /// Threads for a pool that serves a whole machine's traffic (the daemon's receive threads, the
 /// page server's prefetch senders) when none are asked for: one per two CPUs this process may

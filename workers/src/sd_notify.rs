@@ -12,6 +12,10 @@
 //! Nothing here is needed to run: without `$NOTIFY_SOCKET` (not started by a service manager, or
 //! not as `Type=notify`) [`Notifier::from_env`] returns `None`, and a send that fails is logged,
 //! never fatal — a service manager that misses `READY=1` times the start out and says so.
+//!
+//! Owns: `Notifier` (the socket named by `$NOTIFY_SOCKET`, the watchdog interval) and its watch
+//! loop. Part of the shared layer: it judges no health itself (each service passes its own `alive`
+//! test), opens no socket but that Unix datagram one, and imports no other module of this crate.
 
 use std::ffi::OsStr;
 use std::io;

@@ -1,6 +1,11 @@
 //! `udp-prefetch-sim` (run as `udp-prefetch sim`): the deterministic simulator's soak and replay
 //! command. Exit status: 0 no violation, 1 a violation (or a run could not be set up), 2 bad
 //! usage.
+//!
+//! Owns: its flags, the lines and JSON it prints and the exit status. Reaches the simulator only
+//! through the `sim` library (`run`, `soak`, `SimConfig`, `workload::parse_ops`), imports nothing
+//! of the root crate, `lfc` or `workers` itself, and reads the real clock only for the wall seconds
+//! it prints.
 
 use clap::Parser;
 use sim::{soak, FaultProfile, Scenario, SoakOptions};

@@ -28,10 +28,12 @@
 //! replayed datagrams), `check` (the version model, the checkers and their violations) and
 //! `report` (what a run did). Only the network and time are simulated.
 //!
-//! This file owns the event queue and virtual clock, the `World` that holds every part's state,
+//! Owns: the event queue and virtual clock, the `World` that holds every part's state,
 //! the dispatch of each event to the part that owns it, and a run's start and end; it handles
 //! no node's event itself. Nothing in `world` reads a real clock, opens a socket or file, spawns
 //! a thread (`lib.rs` creates the LFC file) or imports `cmd` or `bench`.
+//! Its buffers are sized by the cores' own constants (`SEND_BATCH`, `SEALED_PAGE_MAX`,
+//! `GET_PAGE_RESPONSE_LEN`), never by copies of them.
 
 use crate::config::DaemonFault;
 use crate::config::{FaultProfile, SimConfig, START_NS};
@@ -123,7 +125,9 @@ enum Ev {
     ReplayBurst {
         count: u8,
     },
+    /// Prewarm's program (`shard` None: the next run) or a shard driver's wait is over.
     PrewarmRound {
+        shard: Option<usize>,
         token: u64,
     },
     /// The daemon's heartbeat thread.
@@ -284,7 +288,7 @@ impl<'a> World<'a> {
             backends,
             prewarm: PrewarmNode {
                 program: programs.prewarm,
-                run: None,
+                runs: Vec::new(),
                 min_lsn: HashMap::new(),
                 token: 0,
                 reqid: 0xFFFF << 48,
@@ -371,7 +375,7 @@ impl<'a> World<'a> {
         // backends, or it runs beside them.
         self.prewarm.token += 1;
         let token = self.prewarm.token;
-        self.schedule(START_NS, Ev::PrewarmRound { token });
+        self.schedule(START_NS, Ev::PrewarmRound { shard: None, token });
         if self.prewarm_beside_backends {
             self.start_backends();
         }
@@ -475,9 +479,13 @@ impl<'a> World<'a> {
             Ev::AttackerTick => self.attacker_tick(),
             Ev::ForgeBurst { count, kind } => self.forge_burst(count, kind),
             Ev::ReplayBurst { count } => self.replay_burst(count),
-            Ev::PrewarmRound { token } => {
-                if token == self.prewarm.token {
-                    self.prewarm_tick();
+            Ev::PrewarmRound { shard, token } => {
+                let current = match shard {
+                    None => Some(self.prewarm.token),
+                    Some(s) => self.prewarm.shard_token(s),
+                };
+                if Some(token) == current {
+                    self.prewarm_tick(shard);
                 }
             }
             Ev::Heartbeat => self.heartbeat(),

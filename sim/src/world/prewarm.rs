@@ -5,9 +5,13 @@
 //! logic lives here. Prewarm runs on the cold cache before the backends start, as after a
 //! compute restart, and its end starts them; for a quarter of the seeds of the `none` and
 //! `light` profiles the backends start with it (queries at once after the restart), and the
-//! driver yields to their reads. Each run first registers on every shard's connection, as
-//! `run_prewarm` does (PrefetchTarget, then PrefetchPriority): the shell's messages, built here
-//! because the real ones are sent by its blocking shell.
+//! driver yields to their reads. As `run_prewarm`, a run's plan is split by owning shard
+//! (`prewarm::split_plan`), each part run by a driver of its own at its share of the pace, all
+//! at once; when they use UDP, the shards are first registered one after another, each a round
+//! trip on its connection (PrefetchTarget, then PrefetchPriority: the shell's messages, built
+//! here because the real ones are sent by its blocking shell), and the drivers' first messages
+//! go out once the last is registered. The run is over when every driver is done; its report is
+//! the shards' merged (`prewarm::merge_reports`).
 //!
 //! Owns: the prewarm program, the run in progress and its configuration. Talks to the page
 //! servers only over `net`'s TCP; reads the LFC only through the driver.
@@ -37,24 +41,34 @@ use udp_prefetch::protocol::pagestream::{
 
 pub(super) struct PrewarmNode {
     pub(super) program: VecDeque<(u16, u8)>,
-    /// The run in progress: the real driver.
-    pub(super) run: Option<PrewarmDriver>,
+    /// The run in progress, one real driver per shard (empty between runs).
+    pub(super) runs: Vec<ShardRun>,
     /// The newest completed write of each page whose GetPage is in flight: the floor of what
     /// its reply may hold.
     pub(super) min_lsn: HashMap<BufferTag, u64>,
+    /// The latest wake-up's token: the program's (the next run's start) while no run is in
+    /// progress; each shard's driver keeps the one of its own latest.
     pub(super) token: u64,
     pub(super) reqid: u64,
     pub(super) done: bool,
-    /// A run whose PrefetchTargets are not all answered yet: its driver starts on the last.
-    pub(super) registering: Option<Registering>,
+    /// While a run registers: the shard whose PrefetchTarget is out, and when it was sent.
+    pub(super) registering: Option<(usize, u64)>,
 }
 
-/// A run whose driver uses UDP, before it starts: the driver, when the registration began, and
-/// the shards whose PrefetchTarget is unanswered.
-pub(super) struct Registering {
+impl PrewarmNode {
+    /// The token of shard `s`'s latest wake-up, if a run is in progress.
+    pub(super) fn shard_token(&self, s: usize) -> Option<u64> {
+        self.runs.get(s).map(|r| r.token)
+    }
+}
+
+/// One shard's part of a run: its driver, what it said last (held back while the shards
+/// register, as the shell steps each driver when its shard is registered but sends nothing
+/// until all are), and the token of its latest wake-up.
+pub(super) struct ShardRun {
     driver: PrewarmDriver,
-    started_ns: u64,
-    awaiting: usize,
+    poll: PrewarmPoll,
+    token: u64,
 }
 
 /// Prewarm's configuration: the real schedule defaults, with the first timeout, the attempts
@@ -145,15 +159,13 @@ impl World<'_> {
                 return;
             }
         };
-        self.start_prewarm_driver(prewarm::plan(&ranges));
+        self.start_prewarm_drivers(prewarm::plan(&ranges));
     }
 
     /// `run_prewarm`'s start: the relations' sizes (asked of shard 0, as the real one asks),
-    /// the daemon's port and the driver; when the driver uses UDP, the daemon's registration on
-    /// every shard's connection (`register_shard`: PrefetchTarget, then the run's background
-    /// priority), and the driver starts once every target is answered (`prewarm_registered`);
-    /// else at once.
-    fn start_prewarm_driver(&mut self, pages: Vec<BufferTag>) {
+    /// the daemon's port, and a driver per shard over its part of the plan, started shard by
+    /// shard (`start_prewarm_shards`).
+    fn start_prewarm_drivers(&mut self, pages: Vec<BufferTag>) {
         let sizes: HashMap<RelTag, Option<u32>> = prewarm::driver::relations(&pages)
             .into_iter()
             .map(|rel| {
@@ -161,77 +173,99 @@ impl World<'_> {
                 (rel, store.nblocks(rel).ok().flatten())
             })
             .collect();
+        let count = self.shards.len();
         let config = DriverConfig {
             udp_port: prewarm::driver::udp_port(self.prewarm_config.udp_port, self.lfc, self.now),
+            rate_bytes_per_s: prewarm::shard_rate(self.prewarm_config.rate_bytes_per_s, count),
             ..self.prewarm_config
         };
-        let driver = PrewarmDriver::new(config, pages, &sizes, self.lfc, self.now, self.now);
-        if !self.check_prewarm_plan(&driver) {
-            return;
+        let mut runs = Vec::with_capacity(count);
+        for part in prewarm::split_plan(&pages, self.cfg.shard_layout()) {
+            let driver = PrewarmDriver::new(config, part, &sizes, self.lfc, self.now, self.now);
+            if !self.check_prewarm_plan(&driver) {
+                return;
+            }
+            runs.push(ShardRun {
+                driver,
+                poll: PrewarmPoll::AwaitResponse,
+                token: 0,
+            });
         }
-        let Some(udp_port) = driver.udp_port() else {
-            self.prewarm.run = Some(driver);
-            return;
-        };
-        for shard in 0..self.shards.len() {
-            let hdr = Header {
-                reqid: self.next_reqid(Conn::Prewarm),
-                ..Header::default()
-            };
-            let target = PrefetchTarget {
-                udp_port,
-                ..compute_target(self.lfc, self.path_mtu)
-            };
-            self.send_to_server(
-                Conn::Prewarm,
-                shard,
-                Request::PrefetchTarget { hdr, target },
-            );
-            let hdr = Header {
-                reqid: self.next_reqid(Conn::Prewarm),
-                ..Header::default()
-            };
-            let priority = PrefetchPriority::Background;
-            self.send_to_server(
-                Conn::Prewarm,
-                shard,
-                Request::PrefetchPriority { hdr, priority },
-            );
-        }
-        self.prewarm.registering = Some(Registering {
-            driver,
-            started_ns: self.now,
-            awaiting: self.shards.len(),
-        });
+        self.prewarm.runs = runs;
+        self.start_prewarm_shards(0);
     }
 
-    /// A shard answered prewarm's PrefetchTarget: after the last one, the driver starts.
+    /// `ShardRun::start` for shards `from..`, in order: a driver that uses UDP registers its
+    /// shard first (a round trip: the next shard starts on its answer, `prewarm_registered`),
+    /// then takes its first step; one that does not takes it at once. After the last shard,
+    /// every driver's messages go out.
+    fn start_prewarm_shards(&mut self, from: usize) {
+        let (lfc, now) = (self.lfc, self.now);
+        for s in from..self.prewarm.runs.len() {
+            if self.prewarm.runs[s].driver.udp_port().is_some() {
+                return self.register_prewarm_shard(s);
+            }
+            let run = &mut self.prewarm.runs[s];
+            run.poll = run.driver.step(lfc, now);
+        }
+        // The run ends (and `runs` empties) at the poll that finds every driver done.
+        let mut s = 0;
+        while let Some(poll) = self.prewarm.runs.get(s).map(|r| r.poll) {
+            self.prewarm_poll(s, poll);
+            s += 1;
+        }
+    }
+
+    /// `register_shard`: the daemon's PrefetchTarget, then the run's background priority, on
+    /// shard `shard`'s connection; its answer starts the next shard.
+    fn register_prewarm_shard(&mut self, shard: usize) {
+        let udp_port = self.prewarm.runs[shard]
+            .driver
+            .udp_port()
+            .expect("registering a driver that uses UDP");
+        let hdr = Header {
+            reqid: self.next_reqid(Conn::Prewarm),
+            ..Header::default()
+        };
+        let target = PrefetchTarget {
+            udp_port,
+            ..compute_target(self.lfc, self.path_mtu)
+        };
+        self.send_to_server(
+            Conn::Prewarm,
+            shard,
+            Request::PrefetchTarget { hdr, target },
+        );
+        let hdr = Header {
+            reqid: self.next_reqid(Conn::Prewarm),
+            ..Header::default()
+        };
+        let priority = PrefetchPriority::Background;
+        self.send_to_server(
+            Conn::Prewarm,
+            shard,
+            Request::PrefetchPriority { hdr, priority },
+        );
+        self.prewarm.registering = Some((shard, self.now));
+    }
+
+    /// A shard answered prewarm's PrefetchTarget: its driver learns the round trip and takes
+    /// its first step (sending nothing yet), and the next shard starts.
     fn prewarm_registered(&mut self) {
-        let Some(run) = self.prewarm.registering.as_mut() else {
+        let Some((shard, sent_ns)) = self.prewarm.registering.take() else {
             return self.violate(
                 ViolationKind::Liveness,
                 "prewarm: a PrefetchTarget answered that it did not send".into(),
             );
         };
-        run.awaiting -= 1;
-        if run.awaiting > 0 {
-            return;
-        }
-        let Registering {
-            mut driver,
-            started_ns,
-            ..
-        } = self.prewarm.registering.take().expect("registering");
-        // Every shard answered its PrefetchTarget, a round trip since the registration began.
-        driver.registered(self.now - started_ns, self.now);
-        self.prewarm.run = Some(driver);
         let (lfc, now) = (self.lfc, self.now);
-        if let Some(poll) = self.prewarm.run.as_mut().map(|d| d.step(lfc, now)) {
-            self.prewarm_poll(poll);
-        }
+        let run = &mut self.prewarm.runs[shard];
+        run.driver.registered(now - sent_ns, now);
+        run.poll = run.driver.step(lfc, now);
+        self.start_prewarm_shards(shard + 1);
     }
 
-    /// The run's driver, checked against the model's idea of which pages exist; counted.
+    /// A shard's driver, checked against the model's idea of which pages exist; counted.
     fn check_prewarm_plan(&mut self, driver: &PrewarmDriver) -> bool {
         for (i, tag) in driver.pages().iter().enumerate() {
             if driver.exists(i) != self.exists(tag) {
@@ -248,53 +282,68 @@ impl World<'_> {
         true
     }
 
-    /// A `Poll::Wait` of the driver is over (or the next prewarm of the program starts).
-    pub(super) fn prewarm_tick(&mut self) {
-        // A run still registering starts on its last PrefetchTarget answer.
-        if self.prewarm.done || self.prewarm.registering.is_some() {
+    /// The program's wake-up (`shard` None: the next run starts, or the program is over) or a
+    /// shard driver's (its `Poll::Wait` is over).
+    pub(super) fn prewarm_tick(&mut self, shard: Option<usize>) {
+        if let Some(s) = shard {
+            let (lfc, now) = (self.lfc, self.now);
+            if let Some(run) = self.prewarm.runs.get_mut(s) {
+                let poll = run.driver.step(lfc, now);
+                self.prewarm_poll(s, poll);
+            }
             return;
         }
-        if self.prewarm.run.is_none() {
-            match self.prewarm.program.pop_front() {
-                Some((pages, gone)) => self.start_prewarm(pages, gone),
-                None => {
-                    self.prewarm.done = true;
-                    if !self.prewarm_beside_backends {
-                        // Cold start over: the backends begin.
-                        self.start_backends();
-                    }
-                    return;
+        if self.prewarm.done || !self.prewarm.runs.is_empty() {
+            return;
+        }
+        match self.prewarm.program.pop_front() {
+            Some((pages, gone)) => self.start_prewarm(pages, gone),
+            None => {
+                self.prewarm.done = true;
+                if !self.prewarm_beside_backends {
+                    // Cold start over: the backends begin.
+                    self.start_backends();
                 }
             }
         }
-        let lfc = self.lfc;
-        let now = self.now;
-        if let Some(poll) = self.prewarm.run.as_mut().map(|d| d.step(lfc, now)) {
-            self.prewarm_poll(poll);
-        }
     }
 
-    /// Sends what the driver queued, then does what it says next.
-    fn prewarm_poll(&mut self, poll: PrewarmPoll) {
-        self.prewarm_transmit();
+    /// Sends what shard `s`'s driver queued, then does what it says next.
+    fn prewarm_poll(&mut self, s: usize, poll: PrewarmPoll) {
+        self.prewarm_transmit(s);
+        self.prewarm.runs[s].poll = poll;
         match poll {
             PrewarmPoll::Wait { until_ns } => {
+                // From the node's counter: unique across runs, so a wake-up of a run that has
+                // ended never steps the next one.
                 self.prewarm.token += 1;
                 let token = self.prewarm.token;
-                self.schedule(until_ns, Ev::PrewarmRound { token });
+                self.prewarm.runs[s].token = token;
+                self.schedule(
+                    until_ns,
+                    Ev::PrewarmRound {
+                        shard: Some(s),
+                        token,
+                    },
+                );
             }
             // Continues when a reply comes in (`prewarm_reply`).
             PrewarmPoll::AwaitResponse => {}
-            PrewarmPoll::Done => self.prewarm_finish(),
+            PrewarmPoll::Done => {
+                let runs = &self.prewarm.runs;
+                if runs.iter().all(|r| matches!(r.poll, PrewarmPoll::Done)) {
+                    self.prewarm_finish();
+                }
+            }
         }
     }
 
-    /// `run_prewarm`'s `transmit`: each message on the connection to the shard that owns its
-    /// pages. A GetPage notes the newest completed write of its page, the checkers' floor.
-    fn prewarm_transmit(&mut self) {
-        while let Some(t) = self.prewarm.run.as_mut().and_then(|d| d.poll_transmit()) {
+    /// `run_prewarm`'s `transmit` for shard `s`: its driver's messages on its connection. A
+    /// GetPage notes the newest completed write of its page, the checkers' floor.
+    fn prewarm_transmit(&mut self, s: usize) {
+        while let Some(t) = self.prewarm.runs[s].driver.poll_transmit() {
             let reqid = self.next_reqid(Conn::Prewarm);
-            let (shard, msg) = match t {
+            let msg = match t {
                 PrewarmTransmit::Prefetch(PrefetchRun {
                     rel,
                     first,
@@ -303,28 +352,17 @@ impl World<'_> {
                 }) => {
                     let (relnode, first64, n64) = (rel.relnode, u64::from(first), u64::from(n));
                     self.rec(Kind::Prefetch, u64::from(relnode), first64, n64);
-                    // One Prefetch per stripe piece, each to its shard (`protocol::shard`).
-                    let end = first + u32::from(n);
-                    let pieces: Vec<_> = self.cfg.shard_layout().split(rel, first..end).collect();
-                    for (i, (shard, piece)) in pieces.into_iter().enumerate() {
-                        let hdr = Header {
-                            reqid: if i == 0 {
-                                reqid
-                            } else {
-                                self.next_reqid(Conn::Prewarm)
-                            },
-                            request_lsn: LATEST_LSN,
-                            not_modified_since: max_lwlsn,
-                        };
-                        let msg = Request::Prefetch {
-                            hdr,
-                            rel,
-                            first_blkno: piece.start,
-                            nblocks: piece.len() as u16,
-                        };
-                        self.send_to_server(Conn::Prewarm, shard, msg);
+                    let hdr = Header {
+                        reqid,
+                        request_lsn: LATEST_LSN,
+                        not_modified_since: max_lwlsn,
+                    };
+                    Request::Prefetch {
+                        hdr,
+                        rel,
+                        first_blkno: first,
+                        nblocks: n,
                     }
-                    continue;
                 }
                 PrewarmTransmit::GetPage {
                     tag,
@@ -338,15 +376,14 @@ impl World<'_> {
                         request_lsn: LATEST_LSN,
                         not_modified_since,
                     };
-                    let msg = Request::GetPage {
+                    Request::GetPage {
                         hdr,
                         rel: tag.rel,
                         blkno: tag.blkno,
-                    };
-                    (self.shard_of(&tag), msg)
+                    }
                 }
             };
-            self.send_to_server(Conn::Prewarm, shard, msg);
+            self.send_to_server(Conn::Prewarm, s, msg);
         }
     }
 
@@ -358,6 +395,8 @@ impl World<'_> {
             ToClient::PutDone => return,
         };
         let (lfc, now) = (self.lfc, self.now);
+        // Its shard's driver asked for it: the plan was split by owner.
+        let s = self.shard_of(&tag);
         let min_lsn = self.prewarm.min_lsn.remove(&tag).unwrap_or(0);
         let handled = match &result {
             Ok(page) => {
@@ -369,9 +408,9 @@ impl World<'_> {
                 self.check_page("prewarm", &ctx, page);
                 let response = PrewarmResponse::Page { tag, page };
                 self.prewarm
-                    .run
-                    .as_mut()
-                    .map(|d| d.on_response(lfc, response, now))
+                    .runs
+                    .get_mut(s)
+                    .map(|r| r.driver.on_response(lfc, response, now))
             }
             Err(e) if self.exists(&tag) => {
                 let msg = format!("prewarm: GetPage {tag} failed although it exists: {e}");
@@ -381,9 +420,9 @@ impl World<'_> {
             Err(_) => {
                 let response = PrewarmResponse::Failed { tag };
                 self.prewarm
-                    .run
-                    .as_mut()
-                    .map(|d| d.on_response(lfc, response, now))
+                    .runs
+                    .get_mut(s)
+                    .map(|r| r.driver.on_response(lfc, response, now))
             }
         };
         match handled {
@@ -393,31 +432,42 @@ impl World<'_> {
                     self.notify(tag);
                 }
                 self.check_occupancy();
-                self.prewarm_poll(handled.next);
+                self.prewarm_poll(s, handled.next);
             }
             Some(Err(e)) => self.violate(ViolationKind::Liveness, format!("prewarm: {e}")),
             None => {}
         }
     }
 
-    /// `Poll::Done`: the checkers read every page the run left, its report must say complete
-    /// (unless the cache filled up), and the next prewarm of the program starts.
+    /// Every shard's driver is done: the checkers read every page the run left, its merged
+    /// report must say complete (unless the cache filled up), and the next prewarm of the
+    /// program starts.
     fn prewarm_finish(&mut self) {
-        let Some(driver) = self.prewarm.run.take() else {
-            return;
-        };
-        // The checkers see the pages the driver's final check reads (one lookup each, as in a
+        let runs = std::mem::take(&mut self.prewarm.runs);
+        // The checkers see the pages each driver's final check reads (one lookup each, as in a
         // real run: a second one would count as a use for eviction).
         let (lfc, now) = (self.lfc, self.now);
-        let check = driver.final_check(lfc, |tag, page| {
-            let ctx = ReadCtx {
-                tag: *tag,
-                started_ns: now,
-                min_lsn: self.completed_max(tag),
-            };
-            self.check_page("prewarm final check", &ctx, page);
-        });
-        let report = driver.report(check, now);
+        let mut counts = Vec::with_capacity(runs.len());
+        let mut report = None;
+        for run in &runs {
+            let check = run.driver.final_check(lfc, |tag, page| {
+                let ctx = ReadCtx {
+                    tag: *tag,
+                    started_ns: now,
+                    min_lsn: self.completed_max(tag),
+                };
+                self.check_page("prewarm final check", &ctx, page);
+            });
+            let shard = run.driver.report(check, now);
+            counts.push(run.driver.counts());
+            report = Some(match report {
+                None => shard,
+                Some(r) => prewarm::merge_reports(r, shard),
+            });
+        }
+        let Some(report) = report else {
+            return;
+        };
         let existing = report.pages - report.skipped_gone;
         self.report.prewarm_covered += report.present;
         self.report.prewarm_yielded_rounds += report.yielded_rounds;
@@ -426,14 +476,14 @@ impl World<'_> {
             self.violate(
                 ViolationKind::Liveness,
                 format!(
-                    "prewarm finished with {} of {existing} existing pages present ({} gone, {} failed verification, {:?})",
-                    report.present, report.skipped_gone, report.failed_verification, driver.counts()
+                    "prewarm finished with {} of {existing} existing pages present ({} gone, {} failed verification, per shard {counts:?})",
+                    report.present, report.skipped_gone, report.failed_verification
                 ),
             );
             return;
         }
         self.prewarm.token += 1;
         let token = self.prewarm.token;
-        self.schedule(self.now, Ev::PrewarmRound { token });
+        self.schedule(self.now, Ev::PrewarmRound { shard: None, token });
     }
 }

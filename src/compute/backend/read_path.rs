@@ -128,23 +128,37 @@ pub struct PrefetchRun {
     pub max_lwlsn: u64,
 }
 
-/// Sorts `pages` (tag, last-written LSN) and groups them into as few runs as possible: the one
-/// place Prefetch messages are built.
+/// Sorts `pages` (tag, last-written LSN) and groups them into as few runs as possible
+/// ([`group_runs`]).
 pub fn prefetch_runs(pages: &mut [(BufferTag, u64)], out: &mut Vec<PrefetchRun>) {
     pages.sort_unstable_by_key(|p| p.0);
+    group_runs(pages.iter().copied(), u16::MAX, |r| out.push(r));
+}
+
+/// Groups `pages` (tag, last-written LSN), in the order given, into runs of consecutive blocks
+/// of one relation of at most `max_pages` each, handing each run to `emit`: the one place
+/// Prefetch messages are built (a backend's window, sorted first by [`prefetch_runs`]; a
+/// prewarm round, in its hottest-first order).
+pub fn group_runs(
+    pages: impl IntoIterator<Item = (BufferTag, u64)>,
+    max_pages: u16,
+    mut emit: impl FnMut(PrefetchRun),
+) {
     let mut run: Option<PrefetchRun> = None;
-    for &(tag, lw) in pages.iter() {
+    for (tag, lw) in pages {
         match &mut run {
             Some(r)
                 if r.rel == tag.rel
                     && r.first.checked_add(u32::from(r.n)) == Some(tag.blkno)
-                    && r.n < u16::MAX =>
+                    && r.n < max_pages =>
             {
                 r.n += 1;
                 r.max_lwlsn = r.max_lwlsn.max(lw);
             }
             _ => {
-                out.extend(run.take());
+                if let Some(r) = run.take() {
+                    emit(r);
+                }
                 run = Some(PrefetchRun {
                     rel: tag.rel,
                     first: tag.blkno,
@@ -154,7 +168,9 @@ pub fn prefetch_runs(pages: &mut [(BufferTag, u64)], out: &mut Vec<PrefetchRun>)
             }
         }
     }
-    out.extend(run);
+    if let Some(r) = run {
+        emit(r);
+    }
 }
 
 /// The prefetch side of a sequential scan: which blocks to request before reading each one.

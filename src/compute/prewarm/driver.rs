@@ -19,7 +19,7 @@
 use super::schedule::STALL_PROBE_PAGES;
 use super::schedule::{Schedule, ScheduleConfig, ScheduleCounts};
 use super::PrewarmReport;
-use crate::compute::backend::read_path::PrefetchRun;
+use crate::compute::backend::read_path::{group_runs, PrefetchRun};
 use crate::protocol::page::{verify_page_as, Page, PageVerify};
 use lfc::{BufferTag, InstallOutcome, Lfc, RelTag, PAGE_SIZE};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -526,31 +526,11 @@ impl Driver {
     /// The round's UDP requests as few Prefetch messages as their runs allow, each with the
     /// highest last-written LSN of its pages.
     fn queue_prefetches(&mut self, lfc: &Lfc) {
-        let mut run: Option<PrefetchRun> = None;
-        for &i in &self.batch {
-            let tag = self.pages[i];
-            let lw = lfc.lwlsn(&tag);
-            match &mut run {
-                Some(r)
-                    if r.rel == tag.rel
-                        && r.first + u32::from(r.n) == tag.blkno
-                        && r.n < MAX_RANGE_PAGES =>
-                {
-                    r.n += 1;
-                    r.max_lwlsn = r.max_lwlsn.max(lw);
-                }
-                _ => {
-                    self.transmits.extend(run.take().map(Transmit::Prefetch));
-                    run = Some(PrefetchRun {
-                        rel: tag.rel,
-                        first: tag.blkno,
-                        n: 1,
-                        max_lwlsn: lw,
-                    });
-                }
-            }
-        }
-        self.transmits.extend(run.map(Transmit::Prefetch));
+        let (pages, transmits) = (&self.pages, &mut self.transmits);
+        let batch = self.batch.iter().map(|&i| (pages[i], lfc.lwlsn(&pages[i])));
+        group_runs(batch, MAX_RANGE_PAGES, |r| {
+            transmits.push_back(Transmit::Prefetch(r))
+        });
     }
 
     /// A GetPage with `not_modified_since` the page's last-written LSN now, so that what comes

@@ -14,7 +14,7 @@ pub mod state;
 
 use crate::protocol::client::{ClientError, ConnectOptions, PageClient};
 use crate::protocol::pagestream::{PrefetchPriority, PrefetchTarget, Response, LATEST_LSN};
-use crate::protocol::shard::ShardMap;
+use crate::protocol::shard::{ShardLayout, ShardMap};
 use driver::{Driver, DriverConfig, Poll, Transmit};
 use lfc::{monotonic_ns, BufferTag, Lfc, RelTag, PAGE_SIZE};
 use schedule::{ScheduleConfig, ScheduleCounts};
@@ -176,10 +176,7 @@ pub fn run_prewarm(
     }
     let udp_port = udp_port(cfg, lfc);
     let sizes = relation_sizes(&mut clients[0], pages)?;
-    let mut parts: Vec<Vec<BufferTag>> = vec![Vec::new(); count];
-    for tag in pages {
-        parts[layout.shard_of(tag)].push(*tag);
-    }
+    let parts = split_plan(pages, layout);
     let start = RunStart {
         cfg,
         lfc,
@@ -257,8 +254,7 @@ impl ShardRun {
         let config = DriverConfig {
             schedule: cfg.schedule,
             udp_port: run.udp_port,
-            // The pace is the run's: each of the shards' drivers takes its share.
-            rate_bytes_per_s: cfg.rate_bytes_per_s / count as u64,
+            rate_bytes_per_s: shard_rate(cfg.rate_bytes_per_s, count),
             deadline_ns: cfg.deadline.map(|d| d.as_nanos() as u64),
             verify: client.page_verify(u64::MAX),
             yield_pages: match cfg.priority {
@@ -318,9 +314,24 @@ fn name_shard(s: usize, count: usize, client: &PageClient, e: anyhow::Error) -> 
     e.context(format!("page server shard {s}/{count} ({addr})"))
 }
 
+/// A run's plan split by the shard that owns each page, each part in plan order: one shard
+/// driver's pages (the simulator splits its runs with this too).
+pub fn split_plan(pages: &[BufferTag], layout: ShardLayout) -> Vec<Vec<BufferTag>> {
+    let mut parts: Vec<Vec<BufferTag>> = vec![Vec::new(); layout.count()];
+    for tag in pages {
+        parts[layout.shard_of(tag)].push(*tag);
+    }
+    parts
+}
+
+/// One of `count` shard drivers' pace: the run's is shared among them (0, unpaced, stays 0).
+pub fn shard_rate(rate_bytes_per_s: u64, count: usize) -> u64 {
+    rate_bytes_per_s / count.max(1) as u64
+}
+
 /// The report of a run over several shards from theirs: counts add up, flags of any shard
 /// hold for the run, and the rate is over the longest shard's time.
-fn merge_reports(a: PrewarmReport, b: PrewarmReport) -> PrewarmReport {
+pub fn merge_reports(a: PrewarmReport, b: PrewarmReport) -> PrewarmReport {
     let elapsed_s = a.elapsed_s.max(b.elapsed_s);
     let fetched = a.via_udp_first
         + a.via_udp_retry

@@ -1,6 +1,11 @@
 //! Prewarm's request schedule, sans-IO: which pages to request by UDP now, which to hand to TCP
 //! (timed out while TCP has room, or out of attempts), and which to request again (adaptive
 //! timeout with backoff). Time is passed in.
+//!
+//! Owns: each page's request state (pending, requested at a time with its attempt, handed to TCP,
+//! done), the congestion window, the smoothed round trip and the outcome counts. Knows pages only
+//! by their index in the run's list: no tag, no LFC, clock or socket; `driver::Driver` passes
+//! `now_ns`, reports arrivals and TCP answers, and sends what it is told to.
 
 use std::collections::VecDeque;
 

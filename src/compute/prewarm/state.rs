@@ -13,6 +13,10 @@
 //! `TIER_PAGES`; each tier is sorted and merged into runs, and tiers are stored hottest first.
 //! So a prewarm that stops early (full cache, deadline) has loaded the hottest pages, and
 //! sequential runs still compress to one range each.
+//!
+//! Owns: the format (magic, version, the `TIER_PAGES` tiering, the `MAX_PAGES` bound, the digest
+//! check). Bytes in, bytes out: it opens no file (the `prewarm` command reads and writes it) and
+//! touches no LFC, clock, socket or page server.
 
 use lfc::{BufferTag, RelTag, MAX_FORKNUM};
 

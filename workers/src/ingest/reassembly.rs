@@ -33,6 +33,11 @@
 //! [`ASSEMBLY_TIMEOUT_NS`] of its first fragment, or the oldest page when a new one finds the
 //! table full, is given up ([`DropReason::Incomplete`]): a lost page, which the reader fetches
 //! over TCP like any other.
+//!
+//! Owns: the table's entries (each a page's frame, the pieces seen and a parity buffer), its spare
+//! frames and the ring of recently joined pages. Authenticates nothing (it is handed opened
+//! fragments) and publishes nothing (a whole page's frame goes back to `ingest`, which publishes
+//! it); reads no clock: `now` is passed in.
 
 use crate::datagram::{xor_into, DatagramHeader, DropReason, Opened, STREAM_ID_LEN};
 use lfc::{Lfc, Reservation, PAGE_SIZE};

@@ -6,6 +6,10 @@
 //! before a backend sees its arguments. Whatever a caller may rely on is stated on the trait: a
 //! backend that cannot keep a rule changes the contract here (and `Receiver`'s public docs)
 //! rather than quietly behaving differently from the other one.
+//!
+//! Owns: the contract alone (`RecvBackend`, whose default methods read the backend's `SlotTable`);
+//! no state, and no system call beyond reading the socket's address. It names neither
+//! implementation, and only `Receiver` calls through it.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};

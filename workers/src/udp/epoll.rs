@@ -8,6 +8,10 @@
 //! clears; that is how datagrams queued before a `wait` are found. A `recvmmsg` failure is
 //! returned as `Err` by `wait` (completions never carry an errno) and leaves the unfilled slots
 //! posted.
+//!
+//! Owns: `EpollReceiver`: its socket, the mio registration, the FIFO ring of posted slots, the
+//! `readable` flag and its slot table. Reached only through `RecvBackend` (the type is private to
+//! `udp`); it sees slots as raw regions and knows nothing of datagrams or the LFC.
 
 use std::io;
 use std::mem;

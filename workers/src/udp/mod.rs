@@ -38,6 +38,12 @@
 //!
 //! [`seccomp`] installs a seccomp filter that makes `io_uring_setup` fail, to test the
 //! fallback for real.
+//!
+//! Owns: `Receiver`, the choice of its backend (`IoChoice::resolve`) and the types callers see
+//! (`SlotRegions`, `Completion`, `UdpError`). Moves bytes only: it takes the datagram's lengths
+//! from `datagram` (and the page's from `lfc`) but parses no datagram and decides nothing about a
+//! page; a slot is raw memory its caller posted, never an `Lfc`. It uses none of the daemon's
+//! modules.
 
 mod backend;
 mod epoll;

@@ -4,6 +4,9 @@
 //! Seccomp filters are inherited across `fork` and survive `execve`, so a test can run the
 //! daemon under the filter with [`deny_io_uring_on_spawn`]. Only `io_uring_setup` is denied
 //! (with `EPERM`, what the sysctl returns); everything else is allowed.
+//!
+//! Owns: the filter program and its two installers. A test aid: no code of the daemon, the page
+//! server or the CLI installs it, and it uses nothing else of `udp`.
 
 use std::io;
 use std::os::unix::process::CommandExt;

@@ -1,5 +1,10 @@
 //! Batched sender for the page server: `sendmmsg`, with UDP GSO (`UDP_SEGMENT`) packing up to
 //! 64 KiB of equal-size datagrams into one message when the kernel and the path allow it.
+//!
+//! Owns: `GsoSender`: its socket, the per-call message, iovec and control arrays, whether GSO is
+//! on, and the destinations that refused GSO lately (tried again after `GSO_RETRY`). Sends the
+//! bytes it is given: it builds and seals no datagram (the page server's senders do) and decides
+//! nothing about what to send or when; its clock only dates a refusal.
 
 use std::io::{self, IoSlice};
 use std::mem;
@@ -36,7 +41,7 @@ struct GsoControl([u8; 32]);
 /// sender is built (`getsockopt(UDP_SEGMENT)`, Linux 4.18+). If a GSO send then fails with
 /// `EIO` (no checksum offload on the route's device) or `EMSGSIZE`/`EINVAL` (segment larger
 /// than the path MTU; the errno depends on the kernel version), GSO is switched off for that
-/// destination only, with a warning, for [`GSO_RETRY`] (the path may change), and the batch is
+/// destination only, with a warning, for `GSO_RETRY` (the path may change), and the batch is
 /// re-sent without it; other destinations keep it.
 /// Nothing is allocated per send.
 pub struct GsoSender {

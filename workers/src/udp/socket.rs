@@ -1,4 +1,9 @@
 //! Receive-socket setup: `SO_REUSEPORT` groups with large buffers and kernel drop counting.
+//!
+//! Owns: the socket options it sets (receive buffer, `SO_RXQ_OVFL`, `SO_REUSEPORT` and its BPF
+//! steering, `UDP_GRO`, the sender's don't-fragment) and the route-MTU query. The steering program
+//! reads one field of a datagram at a fixed offset (`BLKNO_OFFSET`) and nothing else; the module
+//! receives and sends no payload and touches no LFC.
 
 use std::io;
 use std::mem;

@@ -1,5 +1,10 @@
 //! Raw plumbing shared by both receive backends: per-slot message storage at stable addresses,
 //! control-message parsing and socket-address conversion.
+//!
+//! Owns: `SlotTable` (each slot's `msghdr`, iovecs, address and control buffer at stable addresses,
+//! which slots are posted, the last kernel drop count) and the control-message parsing. Memory and
+//! kernel structures only: it makes no system call and knows nothing of the datagram format or of
+//! either backend's policy.
 
 use std::cell::UnsafeCell;
 use std::mem;

@@ -10,6 +10,10 @@
 //! re-arms its slot or returns it). `cancel_all` issues `IORING_OP_ASYNC_CANCEL` for every
 //! posted slot and reaps until none is in flight; `Drop` does the same and aborts the process
 //! if the kernel never lets go. Completion order is the kernel's.
+//!
+//! Owns: `UringReceiver` (the ring, the socket, its slot table and the count of receives in flight)
+//! and the capability probe `probe_uring`. Reached only through `RecvBackend` (the type is private
+//! to `udp`); it sees slots as raw regions and knows nothing of datagrams or the LFC.
 
 use std::io;
 use std::net::UdpSocket;
