@@ -63,7 +63,7 @@ fn short_flags(s: Scenario) -> &'static [&'static str] {
         Scenario::Hol => &[],
         Scenario::ManyBackends => &[],
         // The beside-scans cases three times each: one run's scans alone moved from 167 k to
-        // 230 k pages/s between two runs, and their ratio (issue 17's target) with them.
+        // 230 k pages/s between two runs, and their ratio (the target) with them.
         Scenario::Prewarm => &[
             "--pages",
             "65536",

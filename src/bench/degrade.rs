@@ -3,7 +3,7 @@
 //! its prefetch datagrams, a page server without the extension (`--no-udp-extension`, issue
 //! 19) — against a tcp-pipelined scan of the same relation measured right before each case (the
 //! machine is noisy). UDP prefetch is best effort: each case should cost at most the TCP
-//! pipelining it replaces (issue 13).
+//! pipelining it replaces (ARCHITECTURE §6).
 //!
 //! Every udp scan takes the daemon's port from the LFC header (`prefetch_port: None`), as a
 //! backend does, and runs on its own thread while this one injects the fault; the daemon is a

@@ -1,4 +1,4 @@
-//! `udp-prefetch bench flood`: what a flood of forged datagrams costs a compute (issue 17,
+//! `udp-prefetch bench flood`: what a flood of forged datagrams costs a compute (ARCHITECTURE §10,
 //! "cheap rejection"). An off-path attacker sees the key id in every datagram on the wire but
 //! not the stream token, so it can aim datagrams that pass every check but the token at the
 //! daemon's port. One thread on the page server's CPUs (an attacker with one core) sends such

@@ -2,7 +2,7 @@
 //! epoll with 1 and 2 threads, against a raw receive ceiling measured in the same run with the
 //! same sender; the sender with and without UDP GSO. A last case floods the daemon with forged
 //! datagrams (the cache's key id, another secret: each one is turned away as `bad_mac`) and
-//! reports its CPU per forged datagram, beside the CPU per valid one (issue 17 §5).
+//! reports its CPU per forged datagram, beside the CPU per valid one.
 //!
 //! Owns: nothing shared; it drives the public APIs of `workers::datagram`, `workers::udp`, `lfc`
 //! and `cmd::daemon_proc` and may not be imported by the library's other modules.

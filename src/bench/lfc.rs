@@ -6,7 +6,7 @@
 //! directory), into a local buffer; `lookup-1t` looks up random cached tags into a local buffer;
 //! `install-1t` installs never-seen tags into the full cache (every install evicts); `publish-1t`
 //! does the same through reserve / fill / publish; `memcpy-2t` and `lookup-2t` use two threads.
-//! Targets (issue 3): lookup >= 0.7x memcpy-1t, install >= 0.6x, lookup-2t >= 1.6x lookup-1t.
+//! Targets: lookup >= 0.7x memcpy-1t, install >= 0.6x, lookup-2t >= 1.6x lookup-1t.
 //!
 //! Hit-ratio cases (unit `hit_pct`, hits per 100 lookups after warm-up): the real cache (CLOCK with
 //! usage counts, plus its bucket structure) against an exact LRU of the same capacity on the same

@@ -1,4 +1,4 @@
-//! `udp-prefetch bench net`: udp against tcp-pipelined across a real link (issue 17): the page
+//! `udp-prefetch bench net`: udp against tcp-pipelined across a real link: the page
 //! server in one network namespace, the worker daemon and the scan in another, joined by a veth
 //! pair at each MTU, with the kernel dropping each loss rate's share of the UDP packets that
 //! reach the compute (`bench::twohost`). Reports, per MTU and loss, both scans' pages/s, their

@@ -1,8 +1,8 @@
 //! `udp-prefetch bench prewarm`: refilling a cold LFC through UDP (at 0 % and 5 % loss), and
 //! from a page server without the extension (`--no-udp-extension`: the prewarm falls back to
-//! pipelined GetPages, issue 19), against a TCP-only prewarm (pipelined GetPages), and the
+//! pipelined GetPages), against a TCP-only prewarm (pipelined GetPages), and the
 //! daemon's ingest ceiling, all in one run; then what a prewarm costs the scans running beside
-//! it (issue 17 §4): their pages/s alone, and beside a prewarm at background and at foreground
+//! it (ARCHITECTURE §2): their pages/s alone, and beside a prewarm at background and at foreground
 //! priority.
 //!
 //! Owns: nothing shared; it drives the public APIs of `PageServer`, `compute::prewarm`,
@@ -174,7 +174,7 @@ fn beside_scans_case(
 }
 
 /// The beside-scans rows: the scans alone, then beside a background and a foreground prewarm
-/// (ratio: their pages/s over the scans' alone; issue 17's target is ≥ 0.8 at background).
+/// (ratio: their pages/s over the scans' alone; the target is ≥ 0.8 at background).
 fn beside_scans(scratch: &ScratchDir, args: &PrewarmBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     let rec = |case: &str, b: &BesideScans| {
         let r = BenchRecord::new("prewarm", case, "pages/s", b.scan_pages_per_s)

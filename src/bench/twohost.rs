@@ -1,4 +1,4 @@
-//! Two hosts on one machine (issue 17): a page-server network namespace and a compute network
+//! Two hosts on one machine: a page-server network namespace and a compute network
 //! namespace joined by a veth pair, with the path MTU and a random loss of the UDP packets that
 //! reach the compute set per run. Used by `bench net` and the network tests.
 //!

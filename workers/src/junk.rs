@@ -1,4 +1,4 @@
-//! A receive thread's bound on the work it does for junk (issue 17, "cheap rejection").
+//! A receive thread's bound on the work it does for junk ("cheap rejection", ARCHITECTURE §10).
 //!
 //! Turning a forged datagram away is cheap per datagram (the token is compared before the page
 //! is looked at), but receiving it is not: the kernel copies its 8 KiB into the posted frame

@@ -82,12 +82,7 @@ pub(super) struct Shard {
 /// The PrefetchTarget every simulated connection registers: the compute's port and the LFC's
 /// key.
 pub(super) fn compute_target(lfc: &Lfc, path_mtu: u32) -> PrefetchTarget {
-    PrefetchTarget {
-        udp_port: COMPUTE_ADDR.1,
-        key_id: lfc.key_id(),
-        key: lfc.key(),
-        path_mtu,
-    }
+    udp_prefetch::compute::prefetch_target(lfc, COMPUTE_ADDR.1, path_mtu)
 }
 
 /// The id of the next datagram stream a PrefetchTarget opens: random in the server, from the

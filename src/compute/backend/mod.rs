@@ -21,7 +21,7 @@ pub mod sharded;
 pub use crate::protocol::client::Extension;
 use crate::protocol::client::{unexpected, ClientError, PageClient};
 use crate::protocol::page::Page;
-use crate::protocol::pagestream::{PrefetchTarget, Response, LATEST_LSN};
+use crate::protocol::pagestream::{Response, LATEST_LSN};
 use crate::protocol::shard::ShardLayout;
 pub use driver::ReadSource;
 use driver::{Driver, Poll, Transmit};
@@ -293,12 +293,11 @@ impl<'a> Backend<'a> {
                     shard.urgent = true;
                     shard.warn_if_unreachable(self.core.shard(s).daemon_addr());
                     let path_mtu = shard.client.prefetch_path_mtu();
-                    shard.client.send_prefetch_target(PrefetchTarget {
-                        udp_port,
-                        key_id: lfc.key_id(),
-                        key: lfc.key(),
-                        path_mtu,
-                    })
+                    shard
+                        .client
+                        .send_prefetch_target(crate::compute::prefetch_target(
+                            lfc, udp_port, path_mtu,
+                        ))
                 }
                 Transmit::Prefetch(r) => {
                     shard.urgent = true;

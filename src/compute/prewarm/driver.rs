@@ -160,7 +160,7 @@ impl Pacer {
     }
 }
 
-/// Yielding to foreground reads (issue 17 §4). Beside scans, what runs short is the compute's
+/// Yielding to foreground reads (ARCHITECTURE §2). Beside scans, what runs short is the compute's
 /// CPU, not the page server's sender: the worker daemon receives and installs every prewarm
 /// page on the cores the backends read on. So while backends read (any read counted in the
 /// LFC since the last round, `Lfc::reads`, on every read path), the run keeps at most `pages`

@@ -13,7 +13,7 @@ pub mod schedule;
 pub mod state;
 
 use crate::protocol::client::{ClientError, ConnectOptions, PageClient};
-use crate::protocol::pagestream::{PrefetchPriority, PrefetchTarget, Response, LATEST_LSN};
+use crate::protocol::pagestream::{PrefetchPriority, Response, LATEST_LSN};
 use crate::protocol::shard::{ShardLayout, ShardMap};
 use driver::{Driver, DriverConfig, Poll, Transmit};
 use lfc::{monotonic_ns, BufferTag, Lfc, RelTag, PAGE_SIZE};
@@ -388,12 +388,7 @@ fn register_shard(
     udp_port: u16,
 ) -> anyhow::Result<bool> {
     let path_mtu = client.prefetch_path_mtu();
-    let target = || PrefetchTarget {
-        udp_port,
-        key_id: lfc.key_id(),
-        key: lfc.key(),
-        path_mtu,
-    };
+    let target = || crate::compute::prefetch_target(lfc, udp_port, path_mtu);
     if !client.set_prefetch_target(target())? {
         tracing::warn!(
             server = %cfg.shards.shard_options(s, &cfg.connect).addr,
