@@ -27,12 +27,12 @@ use crate::trace::Kind;
 use lfc::{BufferTag, RelTag, PAGE_SIZE};
 use std::collections::{HashMap, VecDeque};
 use udp_prefetch::compute::backend::read_path::PrefetchRun;
-use udp_prefetch::compute::prewarm;
 use udp_prefetch::compute::prewarm::driver::{
     Driver as PrewarmDriver, DriverConfig, Poll as PrewarmPoll, Response as PrewarmResponse,
     Transmit as PrewarmTransmit,
 };
 use udp_prefetch::compute::prewarm::schedule::ScheduleConfig;
+use udp_prefetch::compute::prewarm::{self, PrewarmReport};
 use udp_prefetch::pageserver::source::Synthetic;
 use udp_prefetch::protocol::page::PageVerify;
 use udp_prefetch::protocol::pagestream::{
@@ -69,6 +69,8 @@ pub(super) struct ShardRun {
     driver: PrewarmDriver,
     poll: PrewarmPoll,
     token: u64,
+    /// Its final check's report, made the moment the driver is done, as `run_prewarm` makes it.
+    report: Option<PrewarmReport>,
 }
 
 /// Prewarm's configuration: the real schedule defaults, with the first timeout, the attempts
@@ -189,6 +191,7 @@ impl World<'_> {
                 driver,
                 poll: PrewarmPoll::AwaitResponse,
                 token: 0,
+                report: None,
             });
         }
         self.prewarm.runs = runs;
@@ -330,8 +333,8 @@ impl World<'_> {
             // Continues when a reply comes in (`prewarm_reply`).
             PrewarmPoll::AwaitResponse => {}
             PrewarmPoll::Done => {
-                let runs = &self.prewarm.runs;
-                if runs.iter().all(|r| matches!(r.poll, PrewarmPoll::Done)) {
+                self.prewarm_shard_done(s);
+                if self.prewarm.runs.iter().all(|r| r.report.is_some()) {
                     self.prewarm_finish();
                 }
             }
@@ -439,33 +442,38 @@ impl World<'_> {
         }
     }
 
-    /// Every shard's driver is done: the checkers read every page the run left, its merged
-    /// report must say complete (unless the cache filled up), and the next prewarm of the
-    /// program starts.
+    /// Shard `s`'s driver is done: the checkers read every page its final check reads (one
+    /// lookup each, as in a real run: a second one would count as a use for eviction), and its
+    /// report is made, then and there as `run_prewarm` makes it.
+    fn prewarm_shard_done(&mut self, s: usize) {
+        if self.prewarm.runs[s].report.is_some() {
+            return;
+        }
+        let (lfc, now) = (self.lfc, self.now);
+        let runs = std::mem::take(&mut self.prewarm.runs);
+        let check = runs[s].driver.final_check(lfc, |tag, page| {
+            let ctx = ReadCtx {
+                tag: *tag,
+                started_ns: now,
+                min_lsn: self.completed_max(tag),
+            };
+            self.check_page("prewarm final check", &ctx, page);
+        });
+        self.prewarm.runs = runs;
+        let run = &mut self.prewarm.runs[s];
+        run.report = Some(run.driver.report(check, now));
+    }
+
+    /// Every shard's driver is done: the run's report is the shards' merged, and must say
+    /// complete (unless the cache filled up); the next prewarm of the program starts.
     fn prewarm_finish(&mut self) {
         let runs = std::mem::take(&mut self.prewarm.runs);
-        // The checkers see the pages each driver's final check reads (one lookup each, as in a
-        // real run: a second one would count as a use for eviction).
-        let (lfc, now) = (self.lfc, self.now);
-        let mut counts = Vec::with_capacity(runs.len());
-        let mut report = None;
-        for run in &runs {
-            let check = run.driver.final_check(lfc, |tag, page| {
-                let ctx = ReadCtx {
-                    tag: *tag,
-                    started_ns: now,
-                    min_lsn: self.completed_max(tag),
-                };
-                self.check_page("prewarm final check", &ctx, page);
-            });
-            let shard = run.driver.report(check, now);
-            counts.push(run.driver.counts());
-            report = Some(match report {
-                None => shard,
-                Some(r) => prewarm::merge_reports(r, shard),
-            });
-        }
-        let Some(report) = report else {
+        let counts: Vec<_> = runs.iter().map(|r| r.driver.counts()).collect();
+        let Some(report) = runs
+            .into_iter()
+            .filter_map(|r| r.report)
+            .reduce(prewarm::merge_reports)
+        else {
             return;
         };
         let existing = report.pages - report.skipped_gone;
