@@ -348,6 +348,11 @@ impl Driver {
         self.health.path()
     }
 
+    /// Another shard of this backend left UDP (`UdpHealth::on_sibling_left_udp`).
+    pub fn on_sibling_left_udp(&mut self) {
+        self.health.on_sibling_left_udp();
+    }
+
     /// Mean own time per read in `path`'s last measured window (`UdpHealth::pace_ns`).
     pub fn pace_ns(&self, path: PrefetchPath) -> Option<f64> {
         self.health.pace_ns(path)

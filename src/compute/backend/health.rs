@@ -168,6 +168,9 @@ struct Probe {
 #[derive(Debug, Clone)]
 pub struct UdpHealth {
     path: PrefetchPath,
+    /// Another shard of this backend left UDP while this one was on it: its next prefetch read
+    /// that does not arrive in time moves it too.
+    sibling_left: bool,
     started_ns: u64,
     /// A prefetch port given by the operator: with no daemon registered, UDP is still tried.
     port_overridden: bool,
@@ -408,6 +411,7 @@ impl UdpHealth {
             udp_by_probe: false,
             calibration: None,
             race_armed: false,
+            sibling_left: false,
             view: DaemonView::Absent,
             next_calibration_ns: now_ns,
             calibration_backoff_ns: CALIBRATION_BACKOFF_MIN_NS,
@@ -455,6 +459,7 @@ impl UdpHealth {
         self.probe = None;
         self.calibration = None;
         self.race_armed = false;
+        self.sibling_left = false;
         if to == PrefetchPath::TcpPipelined {
             // UDP failing soon after it passed a probe: probe less often. Else (it held for
             // long, or this is its first failure) its failure is news: probe soon.
@@ -697,6 +702,15 @@ impl UdpHealth {
         if self.fails_probation(now_ns) {
             return true;
         }
+        if self.sibling_left {
+            self.set(
+                PrefetchPath::TcpPipelined,
+                now_ns,
+                "another shard left UDP, and a prefetch read on this one did not arrive in time"
+                    .into(),
+            );
+            return true;
+        }
         let n = self.recent_misses.count_ones();
         if n >= MISSES_TO_DEGRADE {
             self.set(
@@ -707,6 +721,12 @@ impl UdpHealth {
             return true;
         }
         self.check_loss(now_ns)
+    }
+
+    /// Another shard of this backend left UDP: while this one stays on UDP, one prefetch read
+    /// that does not arrive in time moves it too (its daemon and compute are the other's).
+    pub fn on_sibling_left_udp(&mut self) {
+        self.sibling_left = self.path == PrefetchPath::Udp;
     }
 
     /// On UDP by a probe passed less than `PROBATION_READS` reads ago: one prefetch that did
@@ -966,6 +986,25 @@ mod tests {
         let mut h = UdpHealth::new(0, false);
         h.start_udp(0, "daemon alive");
         h
+    }
+
+    #[test]
+    fn after_another_shard_left_udp_one_miss_moves_this_one_and_the_mark_ends_with_the_path() {
+        let mut h = on_udp();
+        h.on_arrival(false);
+        h.on_sibling_left_udp();
+        // UDP has delivered, but a sibling left: the first miss decides.
+        assert!(h.on_miss(MS, true));
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        assert!(h.log()[1].reason.contains("another shard"), "{:?}", h.log());
+        // The mark does not outlive the path it was set on.
+        assert!(!h.sibling_left);
+        // And a path on TCP takes no mark: on UDP later, one miss is one miss.
+        let mut t = UdpHealth::new(0, false);
+        t.on_sibling_left_udp();
+        t.start_udp(MS, "daemon alive");
+        t.on_arrival(false);
+        assert!(!t.on_miss(2 * MS, true));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct ShardedDriver {
     last: usize,
     /// The next driver `poll_transmit` looks at first (each gets its turn).
     next_transmit: usize,
+    /// Each shard's path as last seen, to tell the others when one leaves UDP.
+    paths: Vec<PrefetchPath>,
 }
 
 impl ShardedDriver {
@@ -37,11 +39,13 @@ impl ShardedDriver {
         let drivers: Vec<Driver> = std::iter::repeat_with(driver)
             .take(layout.count())
             .collect();
+        let paths = drivers.iter().map(Driver::path).collect();
         ShardedDriver {
             drivers,
             layout,
             last: 0,
             next_transmit: 0,
+            paths,
         }
     }
 
@@ -127,6 +131,7 @@ impl ShardedDriver {
     /// shards' drivers time their next reads from now (`Driver::read_ended_elsewhere`), so
     /// that each shard's pace holds only its own reads (ARCHITECTURE §6a).
     fn after_step(&mut self, poll: Poll, now_ns: u64) -> Poll {
+        self.note_path(self.last);
         if matches!(poll, Poll::Done(_)) && self.drivers.len() > 1 {
             let reading = self.last;
             for (s, d) in self.drivers.iter_mut().enumerate() {
@@ -136,6 +141,20 @@ impl ShardedDriver {
             }
         }
         poll
+    }
+
+    /// Shard `s` may have changed path: if it left UDP, the others on UDP leave at their next
+    /// prefetch read that does not arrive in time.
+    fn note_path(&mut self, s: usize) {
+        let path = self.drivers[s].path();
+        if self.paths[s] == PrefetchPath::Udp && path == PrefetchPath::TcpPipelined {
+            for (o, d) in self.drivers.iter_mut().enumerate() {
+                if o != s {
+                    d.on_sibling_left_udp();
+                }
+            }
+        }
+        self.paths[s] = path;
     }
 
     /// A response that came on shard `s`'s connection, to its driver.
@@ -148,6 +167,7 @@ impl ShardedDriver {
         now_ns: u64,
     ) -> Result<Handled, DriverError> {
         let mut handled = self.drivers[s].on_response(lfc, response, out, now_ns)?;
+        self.note_path(s);
         // Only the reading shard's driver has a read to finish.
         if let (Some(poll), true) = (handled.next, s == self.last) {
             handled.next = Some(self.after_step(poll, now_ns));
@@ -160,6 +180,8 @@ impl ShardedDriver {
     /// GetPage for good (`Driver::without_extension`).
     pub fn without_extension(&mut self, s: usize, lfc: &Lfc, now_ns: u64) {
         self.drivers[s].without_extension(lfc, now_ns);
+        // A page server without the extension says nothing of the other shards' UDP.
+        self.paths[s] = self.drivers[s].path();
     }
 
     pub fn pipeline_busy(&self, s: usize) -> bool {
@@ -334,6 +356,63 @@ mod tests {
         // A shard on TCP lends no window: the reading shard's own distance.
         d.without_extension(warm, lfc, T0);
         assert_eq!(d.prefetch_distance(u32::MAX), initial);
+    }
+
+    /// A shard that leaves UDP marks the others still on it: one prefetch read of theirs that
+    /// does not arrive in time moves them too, where two in eight would (their daemon and
+    /// compute are the same).
+    #[test]
+    fn a_shard_leaving_udp_moves_the_others_at_their_first_miss() {
+        let f = fixture(4096);
+        let lfc = &f.lfc;
+        lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
+        let layout = ShardLayout::new(2, 4).unwrap();
+        let mut d = ShardedDriver::new(layout, || {
+            Driver::new(ReadPathConfig::default(), None, lfc, T0)
+        });
+        let mut out = [0u8; lfc::PAGE_SIZE];
+        while let Some((s, _)) = d.poll_transmit() {
+            d.on_response(s, lfc, Response::Target, &mut out, T0)
+                .unwrap();
+        }
+        let rel = crate::protocol::page::synthetic_rel(0);
+        let page = |b: u32| crate::protocol::page::synthetic_page(rel.block(b), 16);
+        let of_shard = |s: usize| (0u32..).filter(move |&b| layout.shard_of(&rel.block(b)) == s);
+        let (first, second) = (0, 1);
+        let b1: Vec<u32> = of_shard(second).take(2).collect();
+        let b0 = of_shard(first).next().unwrap();
+        // The second shard's first prefetch arrives and is read: UDP delivers there.
+        d.prefetch(lfc, rel, b1[0]..b1[0] + 1, T0);
+        d.prefetch(lfc, rel, b1[1]..b1[1] + 1, T0);
+        d.prefetch(lfc, rel, b0..b0 + 1, T0);
+        while d.poll_transmit().is_some() {}
+        let tag = rel.block(b1[0]);
+        lfc.install_prefetched(&tag, lfc.lwlsn(&tag), &page(b1[0]));
+        let now = T0 + 100 * US;
+        assert!(matches!(
+            d.start_read(lfc, tag, &mut out, now),
+            Poll::Done(_)
+        ));
+        // The first shard's prefetch never comes: its wait runs out and it leaves UDP.
+        let Poll::Wait { until_ns, .. } = d.start_read(lfc, rel.block(b0), &mut out, now) else {
+            panic!("a read of a prefetch in flight waits");
+        };
+        assert_eq!(d.on_wait_over(lfc, &mut out, until_ns), Poll::AwaitResponse);
+        assert_eq!(d.shard(first).path(), PrefetchPath::TcpPipelined);
+        assert_eq!(d.shard(second).path(), PrefetchPath::Udp);
+        // The second shard's next prefetch does not come either: one miss moves it.
+        let Poll::Wait { until_ns, .. } = d.start_read(lfc, rel.block(b1[1]), &mut out, until_ns)
+        else {
+            panic!("a read of a prefetch in flight waits");
+        };
+        d.on_wait_over(lfc, &mut out, until_ns);
+        assert_eq!(d.shard(second).path(), PrefetchPath::TcpPipelined);
+        let log = d.state_log();
+        assert!(
+            log.iter()
+                .any(|c| c.reason.contains("another shard left UDP")),
+            "{log:?}"
+        );
     }
 
     /// The bug `tests/shards.rs` caught: a shard's read cycle held the other shards' reads, so
