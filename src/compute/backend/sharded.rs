@@ -358,6 +358,23 @@ mod tests {
         assert_eq!(d.prefetch_distance(u32::MAX), initial);
     }
 
+    /// Two shards (stripes of 4 pages) over `lfc`, whose daemon is registered at port 7000,
+    /// both on UDP: each connection sent its PrefetchTarget and had it answered.
+    fn two_registered_shards(lfc: &Lfc) -> ShardedDriver {
+        lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
+        let layout = ShardLayout::new(2, 4).unwrap();
+        let mut d = ShardedDriver::new(layout, || {
+            Driver::new(ReadPathConfig::default(), None, lfc, T0)
+        });
+        let mut out = [0u8; lfc::PAGE_SIZE];
+        while let Some((s, t)) = d.poll_transmit() {
+            assert_eq!(t, Transmit::Target { udp_port: 7000 });
+            d.on_response(s, lfc, Response::Target, &mut out, T0)
+                .unwrap();
+        }
+        d
+    }
+
     /// A shard that leaves UDP marks the others still on it: one prefetch read of theirs that
     /// does not arrive in time moves them too, where two in eight would (their daemon and
     /// compute are the same).
@@ -365,16 +382,9 @@ mod tests {
     fn a_shard_leaving_udp_moves_the_others_at_their_first_miss() {
         let f = fixture(4096);
         let lfc = &f.lfc;
-        lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
-        let layout = ShardLayout::new(2, 4).unwrap();
-        let mut d = ShardedDriver::new(layout, || {
-            Driver::new(ReadPathConfig::default(), None, lfc, T0)
-        });
+        let mut d = two_registered_shards(lfc);
+        let layout = d.layout();
         let mut out = [0u8; lfc::PAGE_SIZE];
-        while let Some((s, _)) = d.poll_transmit() {
-            d.on_response(s, lfc, Response::Target, &mut out, T0)
-                .unwrap();
-        }
         let rel = crate::protocol::page::synthetic_rel(0);
         let page = |b: u32| crate::protocol::page::synthetic_page(rel.block(b), 16);
         let of_shard = |s: usize| (0u32..).filter(move |&b| layout.shard_of(&rel.block(b)) == s);
@@ -423,19 +433,10 @@ mod tests {
     fn a_shards_pace_holds_none_of_another_shards_slow_reads() {
         let f = fixture(4096);
         let lfc = &f.lfc;
-        lfc.register_daemon("127.0.0.1:7000".parse().unwrap(), 1, 0, T0);
-        let layout = ShardLayout::new(2, 4).unwrap();
-        let mut d = ShardedDriver::new(layout, || {
-            Driver::new(ReadPathConfig::default(), None, lfc, T0)
-        });
+        let mut d = two_registered_shards(lfc);
+        let layout = d.layout();
         let mut out = [0u8; lfc::PAGE_SIZE];
         let mut now = T0;
-        // Both connections answer their PrefetchTarget.
-        while let Some((s, t)) = d.poll_transmit() {
-            assert_eq!(t, Transmit::Target { udp_port: 7000 });
-            d.on_response(s, lfc, Response::Target, &mut out, now)
-                .unwrap();
-        }
         let rel = crate::protocol::page::synthetic_rel(0);
         let page = |b: u32| crate::protocol::page::synthetic_page(rel.block(b), 16);
         let (fast, slow) = (0, 1);
