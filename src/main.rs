@@ -161,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let _lfc_dir = bench::lfc_dir::setup(args.lfc_dir.as_deref())?;
             bench::topology::enter(args.topology)?;
             let mut latencies = Vec::new();
+            let mut failed = Vec::new();
             let mut records = match &args.which {
                 BenchCommand::Getpage(a) => bench::getpage::run(a)?,
                 BenchCommand::Scan(a) => bench::scan::run(a)?,
@@ -179,9 +180,10 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 BenchCommand::Flood(a) => bench::flood::run(a)?,
                 BenchCommand::Shards(a) => bench::shards::run(a)?,
                 BenchCommand::All(a) => {
-                    let (records, l) = bench::all::run(a)?;
-                    latencies = l;
-                    records
+                    let all = bench::all::run(a);
+                    latencies = all.latencies;
+                    failed = all.failed;
+                    all.records
                 }
             };
             bench::topology::record(&mut records);
@@ -192,7 +194,18 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                     eprintln!("plot: wrote {}", file.display());
                 }
             }
-            Ok(Outcome::Success)
+            match failed.as_slice() {
+                [] => Ok(Outcome::Success),
+                [(name, e)] => Err(anyhow::anyhow!("bench {name} failed: {e:#}")),
+                _ => {
+                    let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+                    anyhow::bail!(
+                        "{} benches failed: {} (their errors are above)",
+                        failed.len(),
+                        names.join(", ")
+                    )
+                }
+            }
         }
     }
 }

@@ -91,9 +91,20 @@ pub(super) fn args_of<A: clap::Args>(flags: &[&str]) -> anyhow::Result<A> {
     Ok(Wrap::<A>::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))?.inner)
 }
 
-pub fn run(args: &AllBenchArgs) -> anyhow::Result<(Vec<BenchRecord>, Vec<LatencySeries>)> {
-    let mut records = Vec::new();
-    let mut latencies = Vec::new();
+/// What `bench all` measured, and the scenarios that failed (name, error): one scenario's failure
+/// (a missing tool, a crashed process) does not throw away the minutes of results before it.
+pub struct AllResults {
+    pub records: Vec<BenchRecord>,
+    pub latencies: Vec<LatencySeries>,
+    pub failed: Vec<(String, anyhow::Error)>,
+}
+
+pub fn run(args: &AllBenchArgs) -> AllResults {
+    let mut out = AllResults {
+        records: Vec::new(),
+        latencies: Vec::new(),
+        failed: Vec::new(),
+    };
     let started = Instant::now();
     for &s in &args.only {
         let flags = if args.full { &[][..] } else { short_flags(s) };
@@ -102,31 +113,9 @@ pub fn run(args: &AllBenchArgs) -> anyhow::Result<(Vec<BenchRecord>, Vec<Latency
             .unwrap_or_default();
         eprintln!("bench all: {name} {}", flags.join(" "));
         let t = Instant::now();
-        match s {
-            Scenario::Getpage => records.extend(getpage::run(&args_of(flags)?)?),
-            Scenario::Datagram => records.extend(datagram::run(&args_of(flags)?)?),
-            Scenario::Lfc => records.extend(lfc::run(&args_of(flags)?)?),
-            Scenario::Ingest => records.extend(ingest::run(&args_of(flags)?)?),
-            Scenario::Scan => records.extend(scan::run(&args_of(flags)?)?),
-            Scenario::Hol => {
-                let (r, l) = hol::run_with_latencies(&args_of(flags)?)?;
-                records.extend(r);
-                latencies.extend(l);
-            }
-            Scenario::ManyBackends => records.extend(many_backends::run(&args_of(flags)?)?),
-            Scenario::Prewarm => records.extend(prewarm::run(&args_of(flags)?)?),
-            Scenario::Degrade => records.extend(degrade::run(&args_of(flags)?)?),
-            Scenario::Flood => records.extend(flood::run(&args_of(flags)?)?),
-            Scenario::Shards => records.extend(shards::run(&args_of(flags)?)?),
-            Scenario::Net => match super::twohost::TwoHosts::create(1500, 0) {
-                // Probed (and removed) first: a machine that cannot make namespaces skips this
-                // scenario with the reason; a failure of the bench itself is still an error.
-                Ok(probe) => {
-                    drop(probe);
-                    records.extend(net::run(&args_of(flags)?)?);
-                }
-                Err(e) => eprintln!("bench all: net skipped, no two-host harness here: {e:#}"),
-            },
+        if let Err(e) = run_one(s, flags, &mut out) {
+            eprintln!("bench all: {name} failed: {e:#}");
+            out.failed.push((name.clone(), e));
         }
         eprintln!("bench all: {name} took {:.1} s", t.elapsed().as_secs_f64());
     }
@@ -134,7 +123,39 @@ pub fn run(args: &AllBenchArgs) -> anyhow::Result<(Vec<BenchRecord>, Vec<Latency
         "bench all: done in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    Ok((records, latencies))
+    out
+}
+
+fn run_one(s: Scenario, flags: &[&str], out: &mut AllResults) -> anyhow::Result<()> {
+    let records = &mut out.records;
+    match s {
+        Scenario::Getpage => records.extend(getpage::run(&args_of(flags)?)?),
+        Scenario::Datagram => records.extend(datagram::run(&args_of(flags)?)?),
+        Scenario::Lfc => records.extend(lfc::run(&args_of(flags)?)?),
+        Scenario::Ingest => records.extend(ingest::run(&args_of(flags)?)?),
+        Scenario::Scan => records.extend(scan::run(&args_of(flags)?)?),
+        Scenario::Hol => {
+            let (r, l) = hol::run_with_latencies(&args_of(flags)?)?;
+            records.extend(r);
+            out.latencies.extend(l);
+        }
+        Scenario::ManyBackends => records.extend(many_backends::run(&args_of(flags)?)?),
+        Scenario::Prewarm => records.extend(prewarm::run(&args_of(flags)?)?),
+        Scenario::Degrade => records.extend(degrade::run(&args_of(flags)?)?),
+        Scenario::Flood => records.extend(flood::run(&args_of(flags)?)?),
+        Scenario::Shards => records.extend(shards::run(&args_of(flags)?)?),
+        // Probed (and removed) first, with loss so that nftables is needed too: a machine that
+        // cannot make namespaces skips this scenario with the reason; a failure of the bench
+        // itself is still an error.
+        Scenario::Net => match super::twohost::TwoHosts::create(1500, 1) {
+            Ok(probe) => {
+                drop(probe);
+                records.extend(net::run(&args_of(flags)?)?);
+            }
+            Err(e) => eprintln!("bench all: net skipped, no two-host harness here: {e:#}"),
+        },
+    }
+    Ok(())
 }
 
 #[cfg(test)]

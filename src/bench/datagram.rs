@@ -1,5 +1,5 @@
 //! `udp-prefetch bench datagram`: the cost of sealing and opening a datagram per page under
-//! each protection (`token`: the page in the clear, the stream token and a CRC-64 checksum;
+//! each protection (`token`: the page in the clear, the stream token and an XXH3-64 checksum;
 //! `aead`: AES-128-GCM), against copying the same bytes, in one run. The CPU decides: AWS-LC
 //! takes its VAES/AVX-512 path where the CPU has one and a much slower one where it does not,
 //! so the table's machine line names the CPU and its instruction sets.

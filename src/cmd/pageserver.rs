@@ -85,7 +85,7 @@ pub struct PageServerArgs {
     #[arg(long)]
     pub no_thread_classes: bool,
     /// Protection of prefetch datagrams: `token` (the page in the clear with the stream's
-    /// 128-bit token and a CRC-64 checksum: as secure as the plain TCP connection that
+    /// 128-bit token and an XXH3-64 checksum: as secure as the plain TCP connection that
     /// registered the stream, which carries the key in the clear) or `aead` (AES-128-GCM,
     /// several µs per page on CPUs without VAES; for when the connection itself is encrypted).
     /// Without it, each session gets `aead` if it arrived over TLS and `token` if not. Worker
