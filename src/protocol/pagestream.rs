@@ -533,9 +533,11 @@ fn get_rel(r: &mut Reader<'_>) -> Result<RelTag, ProtocolError> {
 
 fn get_page(r: &mut Reader<'_>) -> Result<Box<Page>, ProtocolError> {
     let bytes = r.bytes(PAGE_SIZE)?;
-    let mut page = Box::new([0u8; PAGE_SIZE]);
-    page.copy_from_slice(bytes);
-    Ok(page)
+    // Copied into a fresh allocation, not into a zeroed one: zeroing 8 KiB first was 3 % of a
+    // TCP-reading backend's CPU.
+    Ok(Box::<[u8]>::from(bytes)
+        .try_into()
+        .expect("Reader::bytes returned PAGE_SIZE bytes"))
 }
 
 #[cfg(test)]
