@@ -129,13 +129,18 @@ fuzz_target!(|data: &[u8]| {
                     offered[p] |= 1 << j;
                     // Every piece but one: the parity rebuilds the missing one.
                     let whole = offered[p].count_ones() as usize + 1 >= page.fragments.len();
+                    // The cache outlives an input (one fixture per fuzzing process): a page an
+                    // earlier input made whole is cached, and a new page the install rule
+                    // would refuse starts nothing.
+                    let cached = f.lfc.contains(&page.hdr.tag);
                     match ingest.offer(&d, now, &metrics) {
-                        // Not the page's verdict: the fragment's own (a repeat, or no frame
-                        // free to start joining its page in).
+                        // Not the page's verdict: the fragment's own (a repeat, no frame free
+                        // to start joining its page in, or its page cached already).
                         Outcome::Held
                         | Outcome::Done(Err(
                             DropReason::DuplicateFragment | DropReason::NoRoom,
                         )) => {}
+                        Outcome::Done(Err(DropReason::AlreadyPresent)) if cached => {}
                         Outcome::Done(verdict) => {
                             // The page's verdict: only once every fragment came.
                             assert!(whole, "page {p} judged with fragments {:b}", offered[p]);
