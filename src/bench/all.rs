@@ -100,6 +100,14 @@ pub struct AllResults {
 }
 
 pub fn run(args: &AllBenchArgs) -> AllResults {
+    run_with(args, run_one)
+}
+
+/// [`run`] with each scenario run by `one` (the benches, or a test's stand-in for them).
+fn run_with(
+    args: &AllBenchArgs,
+    mut one: impl FnMut(Scenario, &[&str], &mut AllResults) -> anyhow::Result<()>,
+) -> AllResults {
     let mut out = AllResults {
         records: Vec::new(),
         latencies: Vec::new(),
@@ -113,7 +121,7 @@ pub fn run(args: &AllBenchArgs) -> AllResults {
             .unwrap_or_default();
         eprintln!("bench all: {name} {}", flags.join(" "));
         let t = Instant::now();
-        if let Err(e) = run_one(s, flags, &mut out) {
+        if let Err(e) = one(s, flags, &mut out) {
             eprintln!("bench all: {name} failed: {e:#}");
             out.failed.push((name.clone(), e));
         }
@@ -161,6 +169,29 @@ fn run_one(s: Scenario, flags: &[&str], out: &mut AllResults) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_scenario_is_reported_and_the_ones_after_it_still_run() {
+        let args = AllBenchArgs {
+            full: false,
+            only: vec![Scenario::Getpage, Scenario::Degrade, Scenario::Flood],
+        };
+        let all = run_with(&args, |s, _, out| {
+            anyhow::ensure!(s != Scenario::Degrade, "nft is missing");
+            out.records
+                .push(BenchRecord::new("stand-in", &format!("{s:?}"), "x", 1.0));
+            Ok(())
+        });
+        let cases: Vec<&str> = all.records.iter().map(|r| r.case.as_str()).collect();
+        assert_eq!(
+            cases,
+            ["Getpage", "Flood"],
+            "the records of the others are kept"
+        );
+        assert_eq!(all.failed.len(), 1);
+        assert_eq!(all.failed[0].0, "degrade");
+        assert!(format!("{:#}", all.failed[0].1).contains("nft is missing"));
+    }
 
     #[test]
     fn every_scenario_accepts_its_short_flags() {
