@@ -23,7 +23,31 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 ///
 /// Every thread of a worker group calls this with the same address; the kernel spreads
 /// datagrams over the group by a hash of the 4-tuple.
+///
+/// Port 0 gets a port no other socket holds: asked to pick one for a socket with
+/// `SO_REUSEPORT` set, the kernel may pick a port that another socket of the same user holds
+/// with it, and the new socket silently joins that group (two test receivers bound this way
+/// got each other's datagrams). So a plain bind picks the port, and the group binds it.
 pub fn bind_reuseport(addr: SocketAddr, recv_buffer_bytes: usize) -> io::Result<UdpSocket> {
+    if addr.port() != 0 {
+        return bind_reuseport_at(addr, recv_buffer_bytes);
+    }
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let free = UdpSocket::bind(addr)?.local_addr()?;
+        match bind_reuseport_at(free, recv_buffer_bytes) {
+            // Taken by someone else between the two binds: pick again.
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts < PORT0_ATTEMPTS => {}
+            r => return r,
+        }
+    }
+}
+
+/// Picks of a free port `bind_reuseport` makes for port 0 before it gives up.
+const PORT0_ATTEMPTS: u32 = 8;
+
+fn bind_reuseport_at(addr: SocketAddr, recv_buffer_bytes: usize) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
