@@ -7,7 +7,8 @@
 //!
 //! * [`bind_reuseport`] makes one `SO_REUSEPORT` socket with a large receive buffer and
 //!   `SO_RXQ_OVFL` enabled; each worker thread calls it for the same address (the first may bind
-//!   port 0, the others then bind the port it got; [`bind_reuseport_group`] does exactly that).
+//!   port 0, which gets a port no other socket holds, never another group's; the others then
+//!   bind the port it got; [`bind_reuseport_group`] does exactly that).
 //! * [`Receiver`] receives datagrams **straight into caller-owned memory**. The caller hands it
 //!   *slots* with [`Receiver::post`]: three raw regions, `[header | page | tag]`, filled by one
 //!   `recvmsg` with a three-entry iovec, so the page lands directly in (for example) a shared
