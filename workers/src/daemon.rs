@@ -45,9 +45,6 @@ pub fn default_threads() -> usize {
 pub const POLL: Duration = Duration::from_millis(50);
 /// Back-off when no LFC slot could be reserved (every frame reserved by someone).
 pub const NO_SLOT_BACKOFF: Duration = Duration::from_millis(1);
-/// Attempts at binding the group on a port the kernel picked (`--listen` port 0) when another
-/// process takes that port between the probe and the group bind.
-const PORT0_ATTEMPTS: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -254,29 +251,26 @@ fn probe_free(addr: SocketAddr) -> Result<SocketAddr, DaemonError> {
 }
 
 /// The worker sockets: one `SO_REUSEPORT` group on `listen`, on a port no other socket uses.
-/// Port 0 becomes a port the kernel picked, which every thread then shares.
+/// Port 0 becomes a port the kernel picked for the group alone (`bind_reuseport` picks it with
+/// a plain bind), which every thread then shares; a given port is probed first.
 fn bind_group(config: &DaemonConfig) -> Result<Vec<std::net::UdpSocket>, DaemonError> {
     let listen = config.listen;
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let addr = probe_free(listen)?;
-        match bind_reuseport_group(addr, config.threads, config.recv_buffer_bytes) {
-            Ok(sockets) => return Ok(sockets),
+    let addr = if listen.port() == 0 {
+        listen
+    } else {
+        probe_free(listen)?
+    };
+    bind_reuseport_group(addr, config.threads, config.recv_buffer_bytes).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
             // Taken by someone else since the probe.
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                if listen.port() != 0 || attempts >= PORT0_ATTEMPTS {
-                    return Err(DaemonError::PortInUse { addr });
-                }
-            }
-            Err(source) => {
-                return Err(DaemonError::Io {
-                    context: format!("binding UDP {listen}"),
-                    source,
-                })
+            DaemonError::PortInUse { addr }
+        } else {
+            DaemonError::Io {
+                context: format!("binding UDP {listen}"),
+                source: e,
             }
         }
-    }
+    })
 }
 
 /// A thread could not be started: stop the ones already running (the scope waits for them),

@@ -84,8 +84,8 @@
 //! few hundred nanoseconds on any CPU with AVX2. The aead protection stays for connections that
 //! are themselves encrypted (TLS), where encrypting datagrams becomes meaningful. Formats 1 to
 //! 6 are rejected by version (6 is this layout with a CRC-64/NVME checksum, 5 exactly this
-//! one, 4 the same with bytes 6..8 reserved: no fragments). The key derivation's labels ("udpf token v4", "udpf stream
-//! v4") are unchanged since format 4.
+//! one, 4 the same with bytes 6..8 reserved: no fragments). The key derivation's labels
+//! ("udpf token v4", "udpf stream v4") are unchanged since format 4.
 //!
 //! Owns: the format (its constants, `DatagramHeader`'s encoding, `DropReason`), the key derivation
 //! and both protections, each sender stream's counter (`SealStream`) and the receiver's stream
