@@ -974,6 +974,55 @@ mod tests {
         assert_eq!(r.via_tcp, u64::from(pages));
     }
 
+    /// Under 10 % loss UDP carries the run: every tenth page is lost on its first attempt and
+    /// is retried by UDP or fetched over TCP (when the TCP path has room, a timed-out page goes
+    /// there at once); UDP never stalls, so TCP takes no page that was not lost. Time is passed in, so the split is exact here;
+    /// `tests/prewarm.rs` runs the same under a real daemon, where a daemon descheduled for
+    /// a stall's length rightly hands pages to TCP.
+    #[test]
+    fn under_loss_udp_carries_the_run_and_retries_what_was_lost() {
+        let f = fixture(4096);
+        let pages = 2000u32;
+        let mut d = driver(&f, config(Some(7000)), pages, pages);
+        let mut attempts = vec![0u32; pages as usize];
+        let mut pending: Vec<Transmit> = Vec::new();
+        let mut now = T0;
+        let mut poll = d.step(&f.lfc, now);
+        for _ in 0..10_000 {
+            if poll == Poll::Done {
+                break;
+            }
+            poll = answer_all(&f, &mut d, poll, now);
+            // What was requested last round arrives one round later, less the lost.
+            for t in std::mem::take(&mut pending) {
+                let Transmit::Prefetch(r) = t else { continue };
+                for b in r.first..r.first + u32::from(r.n) {
+                    attempts[b as usize] += 1;
+                    if b % 10 == 3 && attempts[b as usize] == 1 {
+                        continue;
+                    }
+                    let tag = r.rel.block(b);
+                    let _ = f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+                }
+            }
+            pending = drain(&mut d);
+            if poll == Poll::Done {
+                break;
+            }
+            now += POLL_NS;
+            poll = d.step(&f.lfc, now);
+        }
+        assert_eq!(poll, Poll::Done);
+        let r = d.report(d.final_check(&f.lfc, |_, _| {}), now);
+        assert!(r.complete && !r.udp_fell_back_to_tcp, "{r:?}");
+        // Every page not lost arrives on its first attempt (no timeout fires early), and only
+        // the lost ones take a second path.
+        let lost = u64::from(pages / 10);
+        assert_eq!(r.via_udp_first, u64::from(pages) - lost, "{r:?}");
+        assert_eq!(r.via_udp_retry + r.via_tcp, lost, "{r:?}");
+        assert!(r.retries + r.via_tcp >= lost, "{r:?}");
+    }
+
     #[test]
     fn pacing_grants_the_burst_then_the_rate() {
         let f = fixture(4096);
