@@ -35,14 +35,29 @@ fn setup(extra: &[&str]) -> (ServerProc, PageClient, UdpSocket) {
     (server, client, udp)
 }
 
-/// Receives until the socket stays quiet for its read timeout.
-fn drain(udp: &UdpSocket) -> Vec<Vec<u8>> {
+/// Receives until at least `want` datagrams came (20 s at most) and then the socket stays quiet
+/// for its read timeout: a sender descheduled for a while on a loaded machine does not cut the
+/// stream short, and what comes after the expected ones (a duplicate) is still caught.
+fn drain(udp: &UdpSocket, want: usize) -> Vec<Vec<u8>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65536];
-    while let Ok(n) = udp.recv(&mut buf) {
-        got.push(buf[..n].to_vec());
+    loop {
+        match udp.recv(&mut buf) {
+            Ok(n) => got.push(buf[..n].to_vec()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if got.len() >= want || std::time::Instant::now() > deadline {
+                    return got;
+                }
+            }
+            Err(e) => panic!("receive: {e}"),
+        }
     }
-    got
 }
 
 #[test]
@@ -72,7 +87,7 @@ fn every_prefetched_page_arrives_once_sealed(extra: &[&str]) {
     let mut other_secret = DatagramKey::new(3, [8; 32]).opener();
     let mut page = [0u8; 8192];
     let mut blocks = BTreeSet::new();
-    for d in drain(&udp) {
+    for d in drain(&udp, 200) {
         assert_eq!(d.len(), DATAGRAM_LEN);
         let hdr = opener.open_bytes(&d, &mut page).expect("valid datagram");
         assert!(is_synthetic_page(&page, hdr.tag));
@@ -103,7 +118,8 @@ fn drop_prefetch_loses_about_that_fraction_and_only_prefetches() {
     let rel = Synthetic::rel(0);
     client.send_prefetch(rel, 0, 4000, LATEST_LSN, 0).unwrap();
     client.flush().unwrap();
-    let got = drain(&udp).len();
+    // At least the assertion's floor, then whatever else comes.
+    let got = drain(&udp, 2700).len();
     // 25 % of 4000 dropped by a seeded filter: far from both 0 and 4000 loss.
     assert!((2700..3300).contains(&got), "received {got} of 4000");
     for blkno in [0, 1999, 3999] {

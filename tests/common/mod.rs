@@ -247,6 +247,29 @@ pub fn have_command(name: &str) -> bool {
 }
 
 /// A `udp-prefetch workers` child process; SIGTERMed and reaped on drop.
+/// Prefetches `blocks` of synthetic relation 0 from the page server at `server` to the daemon
+/// on `udp_port` and waits (10 s at most each) for every one to reach the LFC at `lfc`: the
+/// daemon received, verified and installed them. A scan's hits cannot show that on a loaded
+/// machine, where its reads may rightly all go over TCP before a descheduled daemon's
+/// datagrams land (those count as already present, not installed).
+pub fn prefetch_and_await(server: &str, lfc: &Path, udp_port: u16, blocks: std::ops::Range<u32>) {
+    use udp_prefetch::compute::backend::{read_path::ReadPathConfig, Backend};
+    use udp_prefetch::protocol::client::{ConnectOptions, PageClient};
+    let cache = lfc::Lfc::open(lfc).expect("open the LFC");
+    let client = PageClient::connect(&ConnectOptions::new(server.to_string())).expect("connect");
+    let mut backend =
+        Backend::with_prefetch_port(&cache, client, ReadPathConfig::default(), Some(udp_port))
+            .expect("a backend over the LFC");
+    let rel = udp_prefetch::pageserver::source::Synthetic::rel(0);
+    backend.prefetch(rel, blocks.clone()).expect("prefetch");
+    for blkno in blocks {
+        assert!(
+            cache.wait_for_arrival(&rel.block(blkno), Duration::from_secs(10)),
+            "prefetched block {blkno} did not arrive in the LFC within 10 s"
+        );
+    }
+}
+
 pub struct WorkersProc {
     pub child: Child,
     pub udp_port: u16,
