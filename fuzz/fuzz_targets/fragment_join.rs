@@ -137,9 +137,8 @@ fuzz_target!(|data: &[u8]| {
                         // Not the page's verdict: the fragment's own (a repeat, no frame free
                         // to start joining its page in, or its page cached already).
                         Outcome::Held
-                        | Outcome::Done(Err(
-                            DropReason::DuplicateFragment | DropReason::NoRoom,
-                        )) => {}
+                        | Outcome::Done(Err(DropReason::DuplicateFragment | DropReason::NoRoom)) => {
+                        }
                         Outcome::Done(Err(DropReason::AlreadyPresent)) if cached => {}
                         Outcome::Done(verdict) => {
                             // The page's verdict: only once every fragment came.
@@ -147,9 +146,7 @@ fuzz_target!(|data: &[u8]| {
                             if let Ok(hdr) = verdict {
                                 assert_eq!(hdr, page.hdr);
                             }
-                            if verdict.is_ok()
-                                || verdict == Err(DropReason::AlreadyPresent)
-                            {
+                            if verdict.is_ok() || verdict == Err(DropReason::AlreadyPresent) {
                                 let mut out = [0u8; PAGE_SIZE];
                                 if f.lfc.lookup(&page.hdr.tag, &mut out).is_some() {
                                     assert!(out[..] == page.page[..], "page {p} as sealed");
@@ -159,7 +156,11 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
-            _ => now += u64::from(next(&mut rest).unwrap_or(0)) * 10_000_000,
+            // Time passes, and the worker, having taken what was queued, applies the timeout.
+            _ => {
+                now += u64::from(next(&mut rest).unwrap_or(0)) * 10_000_000;
+                ingest.expire_assembly(now, &metrics);
+            }
         }
         assert!(ingest.assembly_frames() <= ASSEMBLY_ENTRIES);
     }

@@ -104,8 +104,9 @@ impl<'a> Ingest<'a> {
 
     /// Gives up the pages not whole in time and, when no fragment has come for
     /// [`ASSEMBLY_TIMEOUT_NS`], returns the assembly table's spare frames to the cache: call it
-    /// whenever the worker wakes, with datagrams or not (each give-up is counted as
-    /// `DropReason::Incomplete`).
+    /// whenever the worker wakes without datagrams and after each batch that took everything
+    /// its socket held — not while more are queued, whose pieces may complete the pages (each
+    /// give-up is counted as `DropReason::Incomplete`).
     pub fn expire_assembly(&mut self, now_wall_ns: u64, metrics: &ThreadMetrics) {
         metrics.record_incomplete(self.assembly.expire_idle(now_wall_ns));
     }
@@ -400,7 +401,9 @@ mod tests {
         assert_eq!(ingest.offer(&frags[8], 20, &m), dup);
         assert_eq!(ingest.offer(&frags[2], 20, &m), dup);
         assert_eq!(ingest.pages_in_assembly(), 0);
-        // A page missing two pieces can never be whole: given up by the timeout.
+        // A page missing two pieces can never be whole: given up by the timeout, once the
+        // worker took what was queued — not by the next datagram, however late it is dated
+        // (a worker back from a long deschedule takes the pieces queued meanwhile first).
         let (_, other) = split_page(&lfc, [2; 16], 8, 0x40);
         for f in &other[..7] {
             assert_eq!(ingest.offer(f, 30, &m), Outcome::Held);
@@ -408,6 +411,9 @@ mod tests {
         let (_, third) = split_page(&lfc, [5; 16], 9, 0x50);
         let later = 30 + ASSEMBLY_TIMEOUT_NS;
         assert_eq!(ingest.offer(&third[0], later, &m), Outcome::Held);
+        assert_eq!(m.dropped(DropReason::Incomplete), 0);
+        assert_eq!(ingest.pages_in_assembly(), 2);
+        ingest.expire_assembly(later, &m);
         assert_eq!(m.dropped(DropReason::Incomplete), 1);
         assert_eq!(ingest.pages_in_assembly(), 1);
         let installed = m.installed.load(std::sync::atomic::Ordering::Relaxed);
@@ -496,6 +502,44 @@ mod tests {
         // Stopping abandons every frame held; none was published.
         ingest.abandon_assembly();
         assert_eq!(lfc.stats().busy_pages, 0);
+    }
+
+    /// A worker kept off its CPU past the timeout while two pages' pieces queued in its socket:
+    /// the batch it takes on return is dated after the pause, and the pages whose first pieces
+    /// came before it are still joined from the pieces queued behind them. (Expired by the first
+    /// new page's piece, as before, both were counted lost on a link that lost nothing.)
+    #[test]
+    fn pieces_queued_while_the_worker_was_away_still_complete_their_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
+        let mut ingest = Ingest::new(&lfc);
+        let m = ThreadMetrics::default();
+        let (p_hdr, p) = split_page(&lfc, [1; 16], 1, 0x11);
+        let (q_hdr, q) = split_page(&lfc, [2; 16], 2, 0x22);
+        // The batch before the pause ended with P's first pieces.
+        for f in &p[..3] {
+            assert_eq!(ingest.offer(f, 100, &m), Outcome::Held);
+        }
+        // Back after the timeout: Q's pieces, then the rest of P's, all in one batch.
+        let back = 100 + 3 * ASSEMBLY_TIMEOUT_NS;
+        for f in &q[..7] {
+            assert_eq!(ingest.offer(f, back, &m), Outcome::Held);
+        }
+        for f in &p[3..7] {
+            assert_eq!(ingest.offer(f, back, &m), Outcome::Held);
+        }
+        assert!(matches!(
+            ingest.offer(&p[7], back, &m),
+            Outcome::Done(Ok(_))
+        ));
+        assert!(matches!(
+            ingest.offer(&q[7], back, &m),
+            Outcome::Done(Ok(_))
+        ));
+        ingest.expire_assembly(back, &m);
+        assert_eq!(m.dropped(DropReason::Incomplete), 0);
+        assert!(page_of(&lfc, &p_hdr).is_some() && page_of(&lfc, &q_hdr).is_some());
+        assert_eq!(ingest.pages_in_assembly(), 0);
     }
 
     #[test]

@@ -493,6 +493,7 @@ impl<'a> SlotPump<'a> {
             self.book.expire_assembly(lfc::wall_ns, metrics);
             return Ok(Step::NoSlot);
         }
+        let posted = self.receiver.posted();
         let n = self
             .receiver
             .wait(timeout, &mut self.completions)
@@ -506,8 +507,13 @@ impl<'a> SlotPump<'a> {
         }
         self.book.flush_senders();
         // Woken by the timeout too: an idle worker gives back the frames it held for joining.
-        self.book
-            .expire_assembly(|| if n > 0 { now_wall_ns } else { lfc::wall_ns() }, metrics);
+        // Not after a batch that filled every slot: more may be queued, the missing pieces of
+        // the pages in the table among them, and a worker that was off its CPU would give
+        // those pages up by the time it was away (`Ingest::expire_assembly`).
+        if n < posted {
+            self.book
+                .expire_assembly(|| if n > 0 { now_wall_ns } else { lfc::wall_ns() }, metrics);
+        }
         Ok(Step::Received(datagrams))
     }
 

@@ -107,9 +107,13 @@ impl World<'_> {
             return;
         }
         self.worker_run_queue(w);
-        // The daemon's step clears the assembly table after each batch, and its receive wait
-        // times out while the table holds frames (`SlotPump::step`).
-        if !self.cfg.daemon.gone_at(self.now) && self.cfg.daemon.paused_until(self.now).is_none() {
+        // The daemon's step clears the assembly table after each batch that emptied its
+        // socket, and its receive wait times out while the table holds frames
+        // (`SlotPump::step`).
+        if self.workers[w].queue.is_empty()
+            && !self.cfg.daemon.gone_at(self.now)
+            && self.cfg.daemon.paused_until(self.now).is_none()
+        {
             self.expire_assembly(w);
         }
     }

@@ -30,9 +30,10 @@
 //! page, so the table holds at most that many frames and never grows. Only fragments that
 //! authenticated enter it: forged or corrupt ones are turned away before, and can neither
 //! evict a page being joined nor publish anything. A page not complete within
-//! [`ASSEMBLY_TIMEOUT_NS`] of its first fragment, or the oldest page when a new one finds the
-//! table full, is given up ([`DropReason::Incomplete`]): a lost page, which the reader fetches
-//! over TCP like any other.
+//! [`ASSEMBLY_TIMEOUT_NS`] of its first fragment (judged when the worker has taken what its
+//! socket held, `expire_idle`), or the oldest page when a new one finds the table full, is
+//! given up ([`DropReason::Incomplete`]): a lost page, which the reader fetches over TCP like
+//! any other.
 //!
 //! Owns: the table's entries (each a page's frame, the pieces seen and a parity buffer), its spare
 //! frames and the ring of recently joined pages. Authenticates nothing (it is handed opened
@@ -215,7 +216,8 @@ impl<'a> Assembly<'a> {
         gave_up
     }
 
-    /// For a worker with nothing to join right now (woken by its timeout, or between batches):
+    /// For a worker with nothing to join right now (woken by its timeout, or after a batch that
+    /// emptied its socket):
     /// gives up the pages not whole within the timeout and, once no fragment has come for
     /// [`ASSEMBLY_TIMEOUT_NS`], returns the spare frames to the cache. A table is otherwise
     /// cleared only by the next fragment (`add`), so frames reserved for pages that lost a
@@ -284,8 +286,12 @@ impl<'a> Assembly<'a> {
             Some(lwlsn) if lwlsn > hdr.not_modified_since => return (Err(DropReason::Stale), 0),
             Some(_) => {}
         }
-        // A new page: make room first (the timeout, then the oldest page).
-        let mut gave_up = self.expire(now_ns);
+        // A new page: make room first (the oldest page). The timeout is not applied here but
+        // by the worker once it has taken what was queued (`expire_idle`): the first datagram
+        // a descheduled worker takes is dated after its pause, and applied here it gave up
+        // pages whose other pieces sat right behind it in the socket (pages counted lost on a
+        // link that lost nothing, when a loaded compute held a worker off its CPU for 10 ms).
+        let mut gave_up = 0;
         if self.entries.len() >= self.limit {
             let oldest = (0..self.entries.len())
                 .min_by_key(|&i| self.entries[i].started_ns)
