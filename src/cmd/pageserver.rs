@@ -51,7 +51,7 @@ pub struct PageServerArgs {
     /// Pacing of UDP prefetch datagrams per destination, bytes per second; 0 = unpaced.
     #[arg(long, default_value_t = 0)]
     pub prefetch_rate: u64,
-    /// Threads sending UDP prefetch datagrams (default: one per two CPUs, at least one).
+    /// Threads sending UDP prefetch datagrams (default: one per two CPUs, at least one, at most 16).
     // The default depends on the machine: the text above states it once, and help shows no
     // second, this machine's, number.
     #[arg(long, default_value_t = crate::pageserver::default_prefetch_senders(), hide_default_value = true)]

@@ -22,7 +22,7 @@ pub struct ScanArgs {
     /// Stripe size of a sharded tenant, in 8 KiB pages: as the page servers' --stripe-pages.
     #[arg(long, default_value_t = crate::protocol::shard::DEFAULT_STRIPE_PAGES)]
     pub stripe_pages: u32,
-    /// LFC file shared with the worker daemon (required for --mode udp).
+    /// LFC file shared with the worker daemon (required for --mode udp and tcp-lfc).
     #[arg(long)]
     pub lfc: Option<PathBuf>,
     /// Relation as SPC/DB/REL/FORK.

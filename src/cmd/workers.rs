@@ -22,8 +22,8 @@ pub struct WorkersArgs {
     /// binding kept).
     #[arg(long)]
     pub lfc: PathBuf,
-    /// Create the LFC with this much page data if it does not exist (bytes; K/M/G/KiB/MiB/GiB
-    /// suffixes accepted); an existing LFC of another size is refused unless --recreate.
+    /// Create the LFC with this much page data if it does not exist (bytes; K/M/G/T or
+    /// KiB/MiB/GiB/TiB suffixes accepted); an existing LFC of another size is refused unless --recreate.
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
     /// Replace an existing LFC with a new, empty one bound to no timeline (of --size, else of
