@@ -246,7 +246,6 @@ pub fn have_command(name: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A `udp-prefetch workers` child process; SIGTERMed and reaped on drop.
 /// Prefetches `blocks` of synthetic relation 0 from the page server at `server` to the daemon
 /// on `udp_port` and waits (10 s at most each) for every one to reach the LFC at `lfc`: the
 /// daemon received, verified and installed them. A scan's hits cannot show that on a loaded
@@ -270,6 +269,7 @@ pub fn prefetch_and_await(server: &str, lfc: &Path, udp_port: u16, blocks: std::
     }
 }
 
+/// A `udp-prefetch workers` child process; SIGTERMed and reaped on drop.
 pub struct WorkersProc {
     pub child: Child,
     pub udp_port: u16,

@@ -219,9 +219,10 @@ impl<'a> Assembly<'a> {
     /// For a worker with nothing to join right now (woken by its timeout, or after a batch that
     /// emptied its socket):
     /// gives up the pages not whole within the timeout and, once no fragment has come for
-    /// [`ASSEMBLY_TIMEOUT_NS`], returns the spare frames to the cache. A table is otherwise
-    /// cleared only by the next fragment (`add`), so frames reserved for pages that lost a
-    /// piece stayed reserved as long as no fragment came: in the simulator, after its backends
+    /// [`ASSEMBLY_TIMEOUT_NS`], returns the spare frames to the cache. Nothing else applies the
+    /// timeout (`add` only evicts the oldest page of a full table), and before this ran when
+    /// idle, frames reserved for pages that lost a piece stayed reserved as long as no fragment
+    /// came: in the simulator, after its backends
     /// left a lossy UDP path, the daemon held 6 to 23 frames of a 49–148-page cache, pages
     /// other backends then missed (up to 2.4× the evictions of the same workload with no
     /// daemon). Returns the pages given up.
@@ -291,13 +292,14 @@ impl<'a> Assembly<'a> {
         // a descheduled worker takes is dated after its pause, and applied here it gave up
         // pages whose other pieces sat right behind it in the socket (pages counted lost on a
         // link that lost nothing, when a loaded compute held a worker off its CPU for 10 ms).
-        let mut gave_up = 0;
-        if self.entries.len() >= self.limit {
+        let gave_up = if self.entries.len() >= self.limit {
             let oldest = (0..self.entries.len())
                 .min_by_key(|&i| self.entries[i].started_ns)
                 .expect("full, so not empty");
-            gave_up += self.give_up(oldest);
-        }
+            self.give_up(oldest)
+        } else {
+            0
+        };
         let Some(frame) = self.spare.pop().or_else(|| lfc.reserve()) else {
             return (Err(DropReason::NoRoom), gave_up);
         };
