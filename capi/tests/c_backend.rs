@@ -265,8 +265,11 @@ fn a_second_c_backend_after_the_first_reads_everything_from_the_shared_lfc() {
 /// copy. A page the other process already offered is refused and counted `already_present`.
 ///
 /// What the page server was asked for. Every page at least once (each installed page came
-/// from it), and every page a backend counted as asked for by UDP (`prefetched` + `retries`)
-/// reached its prefetch queue (nothing overflowed it). By UDP, the two asked for each page once
+/// from it), and every page a backend counted as prefetched reached its prefetch queue
+/// (nothing overflowed it). A page taken as lost (`retries`) is fetched again by the TCP
+/// pipeline, or by UDP when the pipeline's queue is full, so retries add between none and all
+/// of themselves to the Prefetch pages (on a loaded CI machine, whose delays pass the reorder
+/// grace, the server queued 16 pages fewer than the two prefetched and retried). By UDP, the two asked for each page once
 /// but for at most 1 % of the relation (20 pages): a backend prefetches a page only when it is
 /// neither cached nor marked requested in the shared LFC, and a mark stays until the page is
 /// installed or `REQUESTED_TTL_NS` (100 ms) passes, whichever path either backend is on. A page
@@ -277,7 +280,7 @@ fn a_second_c_backend_after_the_first_reads_everything_from_the_shared_lfc() {
 /// 2,000. (Within one process, once at most: its loss tracker and then the LFC hold it; retries
 /// are counted apart.) The server's other Prefetch pages are the probes of UDP that a backend
 /// on TCP pipelining sends (of pages it also fetches), so when both stayed on UDP from start to
-/// end (no path change) it queued exactly what the two counted. GetPages are not deduplicated
+/// end (no path change) it queued what the two prefetched and at most their retries more. GetPages are not deduplicated
 /// across processes, by design: a backend that moved to TCP pipelining (a loaded machine makes
 /// UDP look slow) neither waits for the other's UDP prefetches nor marks its own GetPages, as
 /// Neon's compute does not, so it fetches every page not yet cached when its GetPage's turn
@@ -377,11 +380,11 @@ fn two_c_backends_at_once_share_one_lfc_and_each_page_enters_it_once() {
         "every Prefetch was queued"
     );
     let prefetched = a["prefetched"] + b["prefetched"];
-    let asked_by_udp = prefetched + a["retries"] + b["retries"];
+    let retries = a["retries"] + b["retries"];
     assert!(
-        queued >= asked_by_udp,
-        "the server queued every page the backends asked for by UDP: {queued} queued, \
-         {asked_by_udp} asked"
+        queued >= prefetched,
+        "the server queued every page the backends prefetched: {queued} queued, {prefetched} \
+         prefetched; a: {a:?}, b: {b:?}"
     );
     assert!(
         queued + get_page >= PAGES,
@@ -396,10 +399,10 @@ fn two_c_backends_at_once_share_one_lfc_and_each_page_enters_it_once() {
         .iter()
         .all(|r| r["path_changes"] == 0 && r["on_udp"] == 1);
     if stayed_on_udp {
-        assert_eq!(
-            queued, asked_by_udp,
-            "on UDP throughout, no Prefetch page beyond those the backends counted (no probe): \
-             a: {a:?}, b: {b:?}"
+        assert!(
+            queued <= prefetched + retries,
+            "on UDP throughout, no Prefetch page beyond those the backends prefetched or retried \
+             (no probe): {queued} queued; a: {a:?}, b: {b:?}"
         );
     }
     eprintln!(
@@ -407,7 +410,7 @@ fn two_c_backends_at_once_share_one_lfc_and_each_page_enters_it_once() {
          Prefetch pages ({prefetched} prefetched and {} retried by the backends; both on UDP \
          throughout: {stayed_on_udp}), sent {sent} by datagram and answered {get_page} \
          GetPages ({} fallbacks); {} offers refused as already present; a: {a:?}; b: {b:?}",
-        a["retries"] + b["retries"],
+        retries,
         a["fallbacks"] + b["fallbacks"],
         c.already_present
     );
