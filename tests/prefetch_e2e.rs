@@ -14,6 +14,19 @@ use udp_prefetch::protocol::page::{is_synthetic_page, page_lsn, synthetic_page};
 use udp_prefetch::protocol::pagestream::LATEST_LSN;
 use workers::datagram::{DatagramHeader, DatagramKey, Protection, DATAGRAM_LEN};
 
+/// Datagrams the daemon has judged: installed or dropped for a reason. A thread counts a
+/// datagram received before its verdict, so waiting on `received` alone can read the verdict's
+/// counter a moment too early.
+fn judged(text: &str) -> u64 {
+    let dropped: u64 = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("udp_prefetch_datagrams_dropped_total{reason=\""))
+        .filter_map(|l| l.split_once("} ")?.1.trim().parse::<f64>().ok())
+        .map(|n| n as u64)
+        .sum();
+    WorkersProc::metric(text, "udp_prefetch_datagrams_installed_total") + dropped
+}
+
 fn scan(server: &ServerProc, lfc: &std::path::Path, mode: &str, port: u16) -> serde_json::Value {
     common::json_ok(
         scan_command(server, lfc, mode).args([
@@ -34,8 +47,10 @@ fn scan_three_modes_with(io: &str) {
     assert_eq!(workers.io, io);
     // The daemon receives and installs over this I/O backend.
     common::prefetch_and_await(&server.addr, &lfc, workers.udp_port, 2000..2064);
-    let text = workers.scrape();
-    assert!(WorkersProc::metric(&text, "udp_prefetch_datagrams_installed_total") >= 64);
+    // A page is published (waking its waiter) just before its install is counted.
+    let installed = |t: &str| WorkersProc::metric(t, "udp_prefetch_datagrams_installed_total");
+    let text = workers.scrape_until(Duration::from_secs(10), |t| installed(t) >= 64);
+    assert!(installed(&text) >= 64, "{text}");
     let sync = scan(&server, &lfc, "tcp-sync", workers.udp_port);
     let pipelined = scan(&server, &lfc, "tcp-pipelined", workers.udp_port);
     let udp = scan(&server, &lfc, "udp", workers.udp_port);
@@ -158,9 +173,7 @@ fn forged_truncated_and_corrupt_datagrams_are_dropped_by_reason() {
     ] {
         udp.send_to(d, to).unwrap();
     }
-    let text = workers.scrape_until(Duration::from_secs(10), |t| {
-        WorkersProc::metric(t, "udp_prefetch_datagrams_received_total") >= 7
-    });
+    let text = workers.scrape_until(Duration::from_secs(10), |t| judged(t) >= 7);
     let dropped = |reason: &str| {
         WorkersProc::metric(
             &text,
@@ -279,10 +292,9 @@ fn metrics_endpoints_pass_promtool_after_real_traffic() {
     common::assert_process_metrics(&text);
     common::promtool_check(&text);
 
-    let text = workers.scrape_until(Duration::from_secs(10), |t| {
-        WorkersProc::metric(t, "udp_prefetch_datagrams_received_total") >= 1
-    });
-    assert!(WorkersProc::metric(&text, "udp_prefetch_datagrams_installed_total") >= 64);
+    let installed = |t: &str| WorkersProc::metric(t, "udp_prefetch_datagrams_installed_total");
+    let text = workers.scrape_until(Duration::from_secs(10), |t| installed(t) >= 64);
+    assert!(installed(&text) >= 64, "{text}");
     common::assert_process_metrics(&text);
     common::promtool_check(&text);
 }
@@ -319,9 +331,7 @@ fn a_late_prefetch_of_a_modified_page_is_rejected_as_stale() {
     let v2 = synthetic_page(tag, 500);
     writer.put_page(tag, 500, &v2).unwrap();
 
-    let text = workers.scrape_until(Duration::from_secs(10), |t| {
-        WorkersProc::metric(t, "udp_prefetch_datagrams_received_total") >= 1
-    });
+    let text = workers.scrape_until(Duration::from_secs(10), |t| judged(t) >= 1);
     assert_eq!(
         WorkersProc::metric(
             &text,

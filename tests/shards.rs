@@ -165,24 +165,33 @@ fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() 
     }
     // The daemon counts what each sender (a shard's sender thread: IP and port) delivered:
     // every installed datagram under a sender of its own, from more than one shard.
-    let text = workers.scrape();
+    // A thread counts each install at once but adds it to its sender's count at the end of
+    // its receive batch: a thread descheduled within a batch shows the two apart for a while,
+    // so the daemon is read until they agree.
     let family = "udp_prefetch_datagrams_installed_by_sender_total{sender=\"";
-    let senders: Vec<(String, u64)> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix(family))
-        .filter_map(|l| {
-            let (addr, n) = l.split_once("\"} ")?;
-            Some((addr.to_string(), n.trim().parse::<f64>().ok()? as u64))
-        })
-        .collect();
+    let senders = |text: &str| -> Vec<(String, u64)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(family))
+            .filter_map(|l| {
+                let (addr, n) = l.split_once("\"} ")?;
+                Some((addr.to_string(), n.trim().parse::<f64>().ok()? as u64))
+            })
+            .collect()
+    };
+    let by_sender = |text: &str| -> u64 {
+        senders(text)
+            .iter()
+            .filter(|(a, _)| a != "other")
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let text = workers.scrape_until(LIMIT, |t| {
+        by_sender(t) == counter(t, "udp_prefetch_datagrams_installed_total")
+    });
     let installed = counter(&text, "udp_prefetch_datagrams_installed_total");
+    let senders = senders(&text);
     assert!(installed > 0, "{text}");
-    let by_sender: u64 = senders
-        .iter()
-        .filter(|(a, _)| a != "other")
-        .map(|(_, n)| n)
-        .sum();
-    assert_eq!(by_sender, installed, "{senders:?}");
+    assert_eq!(by_sender(&text), installed, "{senders:?}");
     assert!(
         senders
             .iter()

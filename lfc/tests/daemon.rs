@@ -98,7 +98,15 @@ fn read_consistently(lfc: &Lfc) -> Result<(u64, u64), String> {
     let mut reads = 0u64;
     let t0 = Instant::now();
     while reading(t0, distinct) {
-        let r = lfc.daemon().ok_or("a record is always registered")?;
+        let read_started = Instant::now();
+        let Some(r) = lfc.daemon() else {
+            // A read gives up only after a live writer stayed mid-write for its whole patience
+            // (100 ms: the writer descheduled between its two stores), never sooner.
+            if read_started.elapsed() >= Duration::from_millis(100) {
+                continue;
+            }
+            return Err("no record, and the read did not wait out a writer mid-write".into());
+        };
         let i = check_consistent(&r, 1)?;
         if i < last {
             return Err(format!("generation went backwards: {last} -> {i}"));
@@ -294,14 +302,18 @@ fn a_writer_killed_mid_write_blocks_no_one() {
     // Reaped, so that its pid reads as dead.
     let status = c.wait().unwrap();
     assert!(!status.success());
-    let t0 = Instant::now();
-    // The half-written record is never readable, and reading it does not wait.
-    assert_eq!(lfc.daemon(), None);
-    assert!(
-        t0.elapsed() < Duration::from_millis(100),
-        "{:?}",
-        t0.elapsed()
-    );
+    // The half-written record is never readable, and reading it does not wait out the
+    // patience a live writer gets (`READ_PATIENCE`, 100 ms): the fastest of five reads is
+    // judged, so that this test's own thread descheduled during one read decides nothing.
+    let fastest = (0..5)
+        .map(|_| {
+            let t0 = Instant::now();
+            assert_eq!(lfc.daemon(), None);
+            t0.elapsed()
+        })
+        .min()
+        .unwrap();
+    assert!(fastest < Duration::from_millis(100), "{fastest:?}");
     // The next writer takes the dead writer's word over.
     let t0 = Instant::now();
     lfc.register_daemon(v4("127.0.0.1:6000"), 1234, 2, 3);
