@@ -210,11 +210,13 @@ fn results(
     // measures the TCP design under another name.
     // The last change's reason says why (e.g. the pace calibration's verdict).
     let path = |r: &UdpReader| {
-        let last = r.backend.state_log().last().map(|c| c.reason.clone());
+        let log = r.backend.state_log();
+        let last = log.last().map(|c| c.reason.clone());
         (
             r.backend.path_changes(),
             r.backend.stats().tcp_pipelined,
             last.unwrap_or_default(),
+            super::state_change_reasons([&log[..]]),
         )
     };
     let (idle_path, busy_path) = (path(&idle), path(&busy));
@@ -231,10 +233,11 @@ fn results(
         t.latencies_us.sort_by(f64::total_cmp);
     }
     let [(_, idle), (_, busy), (_, tcp)] = &tallies;
-    let with_path = |r: BenchRecord, (changes, pipelined, last): (u64, u64, String)| {
+    let with_path = |r: BenchRecord, (changes, pipelined, last, reasons)| {
         r.param("udp_state_changes", changes)
             .param("tcp_pipelined", pipelined)
             .param("last_udp_state_change", last)
+            .param("state_change_reasons", reasons)
     };
     let idle_rec = with_path(idle.record("udp-idle", args), idle_path);
     let records = vec![

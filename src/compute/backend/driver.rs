@@ -545,12 +545,27 @@ impl Driver {
             // One probe answers both "cached?" and the lwlsn the GetPage must carry.
             let lwlsn = lfc.lwlsn_unless_cached(&q.tag);
             let cached = lwlsn.is_none();
+            // A probe page not cached at its turn is judged then if UDP has had a GetPage
+            // round trip since the probe was sent, and else by its answer (`Check::Probe`).
+            let probe_had_a_round_trip = || {
+                let rtt = self.core.tcp_rtt_ns();
+                rtt > 0
+                    && self
+                        .health
+                        .probe_sent_ns()
+                        .is_some_and(|sent| now_ns >= sent + rtt)
+            };
+            let judge_at_answer = match q.check {
+                Check::Probe => !cached && !probe_had_a_round_trip(),
+                Check::Race | Check::Repair => !cached,
+                Check::None => false,
+            };
             match q.check {
-                Check::Probe => self.health.on_probe_page(cached, now_ns),
-                // Not cached yet: its answer judges it.
-                Check::Race if cached => self.health.on_probe_page(true, now_ns),
+                Check::Probe | Check::Race if cached => self.health.on_probe_page(true, now_ns),
+                Check::Probe if !judge_at_answer => self.health.on_probe_page(false, now_ns),
                 Check::Repair if cached => self.judge_repair(false),
-                Check::Race | Check::Repair | Check::None => {}
+                // Not cached yet: its answer judges it.
+                Check::Probe | Check::Race | Check::Repair | Check::None => {}
             }
             if cached && q.ahead && self.cache_distrust_reads == 0 {
                 self.pipeline.skip(&q.tag);
@@ -568,9 +583,10 @@ impl Driver {
                 tag: q.tag,
                 not_modified_since,
                 ahead: q.ahead,
-                judge: match q.check {
-                    Check::Race | Check::Repair if !cached => q.check,
-                    _ => Check::None,
+                judge: if judge_at_answer {
+                    q.check
+                } else {
+                    Check::None
                 },
             });
             self.transmits.push_back(Transmit::GetPage {
@@ -1079,9 +1095,9 @@ impl Driver {
         // Already there: UDP brought it first.
         let by_udp = outcome == InstallOutcome::AlreadyPresent;
         match judge {
-            Check::Race => self.health.on_probe_page(by_udp, now_ns),
+            Check::Probe | Check::Race => self.health.on_probe_page(by_udp, now_ns),
             Check::Repair => self.judge_repair(!by_udp),
-            Check::Probe | Check::None => {}
+            Check::None => {}
         }
         let awaited = self
             .current
@@ -1664,6 +1680,119 @@ mod tests {
         let d = probe_whose_pages_are_cached();
         assert_eq!(d.path(), PrefetchPath::Udp);
         assert!(d.state_log().last().unwrap().reason.contains("8/8"));
+    }
+
+    /// A probe page not in the cache at a turn that came before UDP could have brought it (no
+    /// GetPage round trip since the probe was sent; none measured here) is fetched by TCP and
+    /// judged by its answer: UDP passes it if it brought the page first (the answer finds the
+    /// page installed). Judged at the turn alone, a probe failed whenever the pipeline had
+    /// room: a page's turn then comes right after its Prefetch is sent (`bench hol`'s busy
+    /// reader, once on TCP, never passed a probe in a run of seconds). Either way no read waits.
+    #[test]
+    fn a_probe_page_sent_by_tcp_too_passes_if_udp_brings_it_before_the_answer() {
+        for udp_first in [true, false] {
+            let f = fixture(true);
+            let lfc = &f.lfc;
+            let start = T0 + lfc::DAEMON_STALE_NS;
+            let mut d = Driver::new(ReadPathConfig::default(), None, lfc, start);
+            assert_eq!(d.path(), PrefetchPath::TcpPipelined);
+            let rel = synthetic_rel(0);
+            d.prefetch(lfc, rel, 0..16, start);
+            let mut wire: VecDeque<u32> = get_pages(&drain(&mut d)).into();
+            lfc.daemon_heartbeat(start + MS);
+            let now = start + 2 * MS;
+            d.prefetch(lfc, rel, 16..32, now);
+            let sent = drain(&mut d);
+            let probe = prefetch_runs(&sent);
+            assert_eq!(probe.len(), 1);
+            assert_eq!((probe[0].first, probe[0].n), (24, PROBE_PAGES as u16));
+            // The pipeline has room: every page's GetPage goes at once, the probe's too.
+            assert_eq!(get_pages(&sent), (16..32).collect::<Vec<_>>());
+            wire.extend(get_pages(&sent));
+            if udp_first {
+                for b in 24..32 {
+                    let tag = rel.block(b);
+                    lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+                }
+            }
+            let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+            let mut t = now;
+            for b in 0..32 {
+                if b == 16 {
+                    // The Target's answer, in order after the GetPages sent before it.
+                    d.on_response(lfc, Response::Target, &mut out, t).unwrap();
+                }
+                read(&mut d, lfc, &mut wire, b, &mut t);
+            }
+            assert_eq!(t, now, "no read waited");
+            let log = d.state_log();
+            if udp_first {
+                assert_eq!(d.path(), PrefetchPath::Udp, "{log:?}");
+                assert!(log.last().unwrap().reason.contains("8/8"), "{log:?}");
+            } else {
+                assert_eq!(d.path(), PrefetchPath::TcpPipelined, "{log:?}");
+                assert_eq!(d.path_changes(), 0, "{log:?}");
+            }
+        }
+    }
+
+    /// A probe page whose turn comes a GetPage round trip or more after its Prefetch is judged
+    /// at its turn: UDP had as long as TCP takes, and a page it brings later is late.
+    #[test]
+    fn a_probe_page_whose_turn_comes_a_round_trip_late_is_judged_at_its_turn() {
+        let f = fixture(true);
+        let lfc = &f.lfc;
+        let start = T0 + lfc::DAEMON_STALE_NS;
+        let mut d = Driver::new(ReadPathConfig::default(), None, lfc, start);
+        assert_eq!(d.path(), PrefetchPath::TcpPipelined);
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        // A read of another relation's page measures a GetPage round trip of 500 µs.
+        let fg = synthetic_rel(1).block(0);
+        assert_eq!(d.start_read(lfc, fg, &mut out, start), Poll::AwaitResponse);
+        assert_eq!(get_pages(&drain(&mut d)), vec![0]);
+        let t = start + 500 * US;
+        let page = synthetic_page(fg, 16);
+        d.on_response(
+            lfc,
+            Response::Page {
+                tag: fg,
+                page: &page,
+            },
+            &mut out,
+            t,
+        )
+        .unwrap();
+        // A full pipeline: the probe's pages wait for their turn.
+        let rel = synthetic_rel(0);
+        d.prefetch(lfc, rel, 0..144, t);
+        let mut wire: VecDeque<u32> = get_pages(&drain(&mut d)).into();
+        lfc.daemon_heartbeat(t + MS);
+        let sent_at = t + 2 * MS;
+        d.prefetch(lfc, rel, 144..192, sent_at);
+        let sent = drain(&mut d);
+        let probe = prefetch_runs(&sent);
+        assert_eq!((probe[0].first, probe[0].n), (184, PROBE_PAGES as u16));
+        wire.extend(get_pages(&sent));
+        // The reads come a millisecond later; by the 64th every page has had its turn, and
+        // the probe's had not arrived: their GetPages went. UDP brings them before the
+        // answers, too late for the probe.
+        let mut now = sent_at + MS;
+        for b in 0..192 {
+            if b == 1 {
+                d.on_response(lfc, Response::Target, &mut out, now).unwrap();
+            }
+            if b == 64 {
+                assert!(wire.contains(&184), "the probe's GetPages went: {wire:?}");
+                for p in 184..192 {
+                    let tag = rel.block(p);
+                    lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+                }
+            }
+            read(&mut d, lfc, &mut wire, b, &mut now);
+        }
+        assert_eq!(now, sent_at + MS, "no read waited");
+        assert_eq!(d.path(), PrefetchPath::TcpPipelined, "{:?}", d.state_log());
+        assert_eq!(d.path_changes(), 0);
     }
 
     /// A backend on TCP probes UDP when the daemon comes back; the probe's pages are cached

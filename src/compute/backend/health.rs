@@ -158,6 +158,8 @@ pub enum DaemonView {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Probe {
+    /// When its Prefetch was sent (`probe_due`; a race's pages were requested before).
+    sent_ns: u64,
     pages: usize,
     checked: usize,
     arrived: usize,
@@ -537,12 +539,18 @@ impl UdpHealth {
             return false;
         }
         self.probe = Some(Probe {
+            sent_ns: now_ns,
             pages,
             checked: 0,
             arrived: 0,
             race: false,
         });
         true
+    }
+
+    /// When the running probe's Prefetch was sent, if a probe is running.
+    pub fn probe_sent_ns(&self) -> Option<u64> {
+        self.probe.map(|p| p.sent_ns)
     }
 
     /// Right after a first miss moved the backend to TCP (`on_miss`), its window's outstanding
@@ -564,6 +572,8 @@ impl UdpHealth {
             return false;
         }
         self.probe = Some(Probe {
+            // Requested before the move: its pages' turns come a round trip late or more.
+            sent_ns: 0,
             pages: pages.min(PROBE_PAGES),
             checked: 0,
             arrived: 0,
@@ -581,8 +591,10 @@ impl UdpHealth {
         }
     }
 
-    /// A probe page's turn came in the TCP pipeline: `arrived` if UDP had delivered it by then.
-    /// After the last one, the probe passes (back to UDP) or the backoff doubles.
+    /// A probe page was judged: `arrived` if UDP delivered it by its turn in the TCP pipeline,
+    /// or, when that turn came less than a GetPage round trip after the probe was sent, before
+    /// its GetPage's answer (`driver::pump`). After the last one, the probe passes (back to
+    /// UDP) or the backoff doubles.
     pub fn on_probe_page(&mut self, arrived: bool, now_ns: u64) {
         let Some(p) = &mut self.probe else {
             return;
@@ -601,6 +613,7 @@ impl UdpHealth {
             checked,
             arrived,
             race,
+            ..
         }) = self.probe
         else {
             return;
@@ -894,8 +907,14 @@ impl UdpHealth {
         let (udp_us, tcp_us) = (c.udp_ns / 1e3, tcp_ns / 1e3);
         if c.udp_ns > SLOWER_THAN_TCP_TO_DEGRADE * tcp_ns || !self.receiving(self.view) {
             // Staying: probes return to UDP as after any other move (their backoff was set
-            // when the calibration began, counted from now).
-            self.next_probe_ns = now_ns + self.backoff_ns;
+            // when the calibration began, counted from now), but not before the next
+            // calibration would be due. A probe shows that UDP delivers a few pages before
+            // TCP's answers, not that a scan reads faster on it: passed at the probe backoff
+            // (10 ms on), it took a backend back to a path this calibration had just measured
+            // slower, again and again (at MTU 1500, where a page is nine datagrams through the
+            // compute's CPU, `bench net` kept up to a fifth of its pages on UDP at 0.86–0.88 ×
+            // TCP pipelining).
+            self.next_probe_ns = (now_ns + self.backoff_ns).max(self.next_calibration_ns);
             self.note(
                 now_ns,
                 format!("reads took {udp_us:.1} µs each on UDP, {tcp_us:.1} µs on TCP pipelining"),
@@ -1345,6 +1364,14 @@ mod tests {
         assert_eq!(h.changes(), changes, "no more moves");
         let last = &h.log().last().unwrap().reason;
         assert!(last.contains("60.0 µs each on UDP, 10.0 µs"), "{last}");
+        // UDP delivers, but was just measured slower: no probe at the probe backoff, which
+        // would pass and take the backend back to it; not before the next calibration is due.
+        assert!(!h.probe_due(DaemonView::Alive, PROBE_PAGES, now + PROBE_BACKOFF_MIN_NS));
+        assert!(!h.probe_due(
+            DaemonView::Alive,
+            PROBE_PAGES,
+            now + CALIBRATION_BACKOFF_MIN_NS
+        ));
         // Probes resume; one that passes returns to UDP, where the known TCP pace moves the
         // backend back once `PACE_MIN_WINDOWS` windows are measured.
         let t = now + PROBE_BACKOFF_MAX_NS;

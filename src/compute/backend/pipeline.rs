@@ -31,7 +31,10 @@ pub enum Check {
     /// Nothing: an ordinary page.
     None,
     /// Requested by UDP as a probe of that path: sent by TCP only if it has not arrived when
-    /// its turn comes.
+    /// its turn comes. Not arrived then, it failed, unless its turn came less than a GetPage
+    /// round trip after the probe was sent: then its answer judges it as a race's does
+    /// (already installed: UDP brought it first). Judged at the turn alone, a probe failed
+    /// whenever the pipeline had room, a page's turn coming as its Prefetch was sent.
     Probe,
     /// Requested by UDP before a first miss moved it here (`UdpHealth::start_race`): UDP and
     /// the TCP pipeline race for it, and which one brings it first is judged when its turn
@@ -54,7 +57,8 @@ pub enum InFlight {
         /// not risen above it.
         not_modified_since: u64,
         ahead: bool,
-        /// What its answer judges (`Check::Race`, `Check::Repair`), or `Check::None`.
+        /// What its answer judges (`Check::Probe`, `Check::Race`, `Check::Repair`), or
+        /// `Check::None`.
         judge: Check,
     },
 }

@@ -429,6 +429,11 @@ impl ReadPath {
         ns
     }
 
+    /// The smoothed GetPage round trip (`observe_tcp_rtt`), 0 before one was measured.
+    pub fn tcp_rtt_ns(&self) -> u64 {
+        self.tcp_rtt_ns as u64
+    }
+
     /// A GetPage sent when its read needed it was answered `rtt_ns` later.
     pub fn observe_tcp_rtt(&mut self, rtt_ns: u64) {
         let s = rtt_ns as f64;
