@@ -1682,6 +1682,34 @@ mod tests {
         assert!(d.state_log().last().unwrap().reason.contains("8/8"));
     }
 
+    /// A driver on TCP (its daemon stale) prefetches `first` of relation 0 at `at`; the daemon
+    /// comes back a millisecond later, and the top-up of `then` another millisecond later
+    /// probes UDP with its last `PROBE_PAGES` pages. Returns the first GetPages on the wire,
+    /// what the top-up sent, and when.
+    fn start_probe(
+        d: &mut Driver,
+        lfc: &Lfc,
+        first: Range<u32>,
+        then: Range<u32>,
+        at: u64,
+    ) -> (VecDeque<u32>, Vec<Transmit>, u64) {
+        let rel = synthetic_rel(0);
+        d.prefetch(lfc, rel, first, at);
+        let wire: VecDeque<u32> = get_pages(&drain(d)).into();
+        lfc.daemon_heartbeat(at + MS);
+        let sent_at = at + 2 * MS;
+        let probe_first = then.end - PROBE_PAGES as u32;
+        d.prefetch(lfc, rel, then, sent_at);
+        let sent = drain(d);
+        let probe = prefetch_runs(&sent);
+        assert_eq!(probe.len(), 1, "{sent:?}");
+        assert_eq!(
+            (probe[0].first, probe[0].n),
+            (probe_first, PROBE_PAGES as u16)
+        );
+        (wire, sent, sent_at)
+    }
+
     /// A probe page not in the cache at a turn that came before UDP could have brought it (no
     /// GetPage round trip since the probe was sent; none measured here) is fetched by TCP and
     /// judged by its answer: UDP passes it if it brought the page first (the answer finds the
@@ -1697,15 +1725,7 @@ mod tests {
             let mut d = Driver::new(ReadPathConfig::default(), None, lfc, start);
             assert_eq!(d.path(), PrefetchPath::TcpPipelined);
             let rel = synthetic_rel(0);
-            d.prefetch(lfc, rel, 0..16, start);
-            let mut wire: VecDeque<u32> = get_pages(&drain(&mut d)).into();
-            lfc.daemon_heartbeat(start + MS);
-            let now = start + 2 * MS;
-            d.prefetch(lfc, rel, 16..32, now);
-            let sent = drain(&mut d);
-            let probe = prefetch_runs(&sent);
-            assert_eq!(probe.len(), 1);
-            assert_eq!((probe[0].first, probe[0].n), (24, PROBE_PAGES as u16));
+            let (mut wire, sent, now) = start_probe(&mut d, lfc, 0..16, 16..32, start);
             // The pipeline has room: every page's GetPage goes at once, the probe's too.
             assert_eq!(get_pages(&sent), (16..32).collect::<Vec<_>>());
             wire.extend(get_pages(&sent));
@@ -1764,14 +1784,7 @@ mod tests {
         .unwrap();
         // A full pipeline: the probe's pages wait for their turn.
         let rel = synthetic_rel(0);
-        d.prefetch(lfc, rel, 0..144, t);
-        let mut wire: VecDeque<u32> = get_pages(&drain(&mut d)).into();
-        lfc.daemon_heartbeat(t + MS);
-        let sent_at = t + 2 * MS;
-        d.prefetch(lfc, rel, 144..192, sent_at);
-        let sent = drain(&mut d);
-        let probe = prefetch_runs(&sent);
-        assert_eq!((probe[0].first, probe[0].n), (184, PROBE_PAGES as u16));
+        let (mut wire, sent, sent_at) = start_probe(&mut d, lfc, 0..144, 144..192, t);
         wire.extend(get_pages(&sent));
         // The reads come a millisecond later; by the 64th every page has had its turn, and
         // the probe's had not arrived: their GetPages went. UDP brings them before the
