@@ -545,26 +545,20 @@ impl Driver {
             // One probe answers both "cached?" and the lwlsn the GetPage must carry.
             let lwlsn = lfc.lwlsn_unless_cached(&q.tag);
             let cached = lwlsn.is_none();
-            // A probe page not cached at its turn is judged then if UDP has had a GetPage
-            // round trip since the probe was sent, and else by its answer (`Check::Probe`).
-            let probe_had_a_round_trip = || {
-                let rtt = self.core.tcp_rtt_ns();
-                rtt > 0
-                    && self
+            // Not cached yet, a race or repair page is judged by its answer, and so is a probe
+            // page whose turn came too soon to judge it (`UdpHealth::turn_judges_probe`).
+            let judge_at_answer = !cached
+                && match q.check {
+                    Check::Probe => !self
                         .health
-                        .probe_sent_ns()
-                        .is_some_and(|sent| now_ns >= sent + rtt)
-            };
-            let judge_at_answer = match q.check {
-                Check::Probe => !cached && !probe_had_a_round_trip(),
-                Check::Race | Check::Repair => !cached,
-                Check::None => false,
-            };
+                        .turn_judges_probe(self.core.tcp_rtt_ns(), now_ns),
+                    Check::Race | Check::Repair => true,
+                    Check::None => false,
+                };
             match q.check {
                 Check::Probe | Check::Race if cached => self.health.on_probe_page(true, now_ns),
                 Check::Probe if !judge_at_answer => self.health.on_probe_page(false, now_ns),
                 Check::Repair if cached => self.judge_repair(false),
-                // Not cached yet: its answer judges it.
                 Check::Probe | Check::Race | Check::Repair | Check::None => {}
             }
             if cached && q.ahead && self.cache_distrust_reads == 0 {

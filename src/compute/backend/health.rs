@@ -548,9 +548,16 @@ impl UdpHealth {
         true
     }
 
-    /// When the running probe's Prefetch was sent, if a probe is running.
-    pub fn probe_sent_ns(&self) -> Option<u64> {
-        self.probe.map(|p| p.sent_ns)
+    /// Whether a probe page's turn in the TCP pipeline at `now_ns`, the page not cached, fails
+    /// it: only once UDP has had a GetPage round trip (`tcp_rtt_ns`, 0 if none was measured)
+    /// since the probe was sent. A turn sooner than that comes before UDP could have brought
+    /// the page (with room in the pipeline, in the call that sent its Prefetch), and the
+    /// page's GetPage answer judges it instead.
+    pub fn turn_judges_probe(&self, tcp_rtt_ns: u64, now_ns: u64) -> bool {
+        tcp_rtt_ns > 0
+            && self
+                .probe
+                .is_some_and(|p| now_ns >= p.sent_ns.saturating_add(tcp_rtt_ns))
     }
 
     /// Right after a first miss moved the backend to TCP (`on_miss`), its window's outstanding
