@@ -25,7 +25,7 @@ use super::{round1, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
 use crate::compute::backend::pipeline::PIPELINED_FLUSH_EVERY;
 use crate::compute::backend::read_path::{ReadPathConfig, ScanWindow};
-use crate::compute::backend::Backend;
+use crate::compute::backend::{Backend, PrefetchPath};
 use crate::compute::scan::percentile;
 use crate::pageserver::source::{SourceSpec, Synthetic};
 use crate::pageserver::ServerConfig;
@@ -84,6 +84,11 @@ pub struct HolBenchArgs {
 struct Tally {
     /// Foreground read latencies, µs (sorted ascending once the case is done).
     latencies_us: Vec<f64>,
+    /// The same reads split by the path the busy reader's scan was on when each began (moved
+    /// off UDP by its read path, or on TCP by design), µs: a tail while on TCP is TCP's
+    /// head-of-line blocking, not UDP's.
+    while_udp_us: Vec<f64>,
+    while_tcp_us: Vec<f64>,
     scan_pages: u64,
     /// Time spent in this case's rounds, for the scan rate.
     busy: Duration,
@@ -91,9 +96,15 @@ struct Tally {
 }
 
 impl Tally {
-    fn read(&mut self, blkno: u32, took: Duration, ok: bool) {
+    fn read(&mut self, blkno: u32, took: Duration, ok: bool, on_tcp: bool) {
         if blkno >= WARMUP_READS {
-            self.latencies_us.push(took.as_secs_f64() * 1e6);
+            let us = took.as_secs_f64() * 1e6;
+            self.latencies_us.push(us);
+            if on_tcp {
+                self.while_tcp_us.push(us);
+            } else {
+                self.while_udp_us.push(us);
+            }
         }
         self.failed += u64::from(!ok);
     }
@@ -115,6 +126,15 @@ impl Tally {
                 args.daemon_thread_class.map(|c| c.name()),
             )
             .param("scan_pages", self.scan_pages)
+            .param("reads_while_tcp", self.while_tcp_us.len())
+            .param(
+                "p99_while_udp_us",
+                round1(percentile(&self.while_udp_us, 0.99)),
+            )
+            .param(
+                "p99_while_tcp_us",
+                round1(percentile(&self.while_tcp_us, 0.99)),
+            )
             .param(
                 "scan_pages_per_s",
                 (self.scan_pages as f64 / self.busy.as_secs_f64().max(1e-9)).round(),
@@ -231,6 +251,8 @@ fn results(
     );
     for (_, t) in &mut tallies {
         t.latencies_us.sort_by(f64::total_cmp);
+        t.while_udp_us.sort_by(f64::total_cmp);
+        t.while_tcp_us.sort_by(f64::total_cmp);
     }
     let [(_, idle), (_, busy), (_, tcp)] = &tallies;
     let with_path = |r: BenchRecord, (changes, pipelined, last, reasons)| {
@@ -315,11 +337,20 @@ impl<'a> UdpReader<'a> {
             }
             let blkno = self.next_fg;
             self.next_fg += 1;
+            let on_tcp = self.scan.is_some() && self.backend.path() != PrefetchPath::Udp;
             let t = Instant::now();
             self.backend.read(self.fg.block(blkno), &mut self.page)?;
             let took = t.elapsed();
-            self.tally
-                .read(blkno, took, verify_page(&self.page, blkno).is_ok());
+            let ok = verify_page(&self.page, blkno).is_ok();
+            if self.scan.is_some() && std::env::var_os("HOL_DEBUG").is_some() {
+                eprintln!(
+                    "HOLDBG {} {} {:.1}",
+                    blkno,
+                    u8::from(on_tcp),
+                    took.as_secs_f64() * 1e6
+                );
+            }
+            self.tally.read(blkno, took, ok, on_tcp);
         }
         self.tally.busy += started.elapsed();
         Ok(())
@@ -421,7 +452,7 @@ impl TcpReader {
                 } if rel == fg && b == blkno => verify_page(&page, blkno).is_ok(),
                 other => return Err(unexpected("a foreground GetPage", &other)),
             };
-            self.tally.read(blkno, t.elapsed(), ok);
+            self.tally.read(blkno, t.elapsed(), ok, true);
         }
         self.tally.busy += started.elapsed();
         Ok(())
