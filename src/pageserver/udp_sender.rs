@@ -6,10 +6,10 @@
 //! too; this file owns the threads, the lock, their wake-ups, the clock, the socket and the
 //! counters.
 //!
-//! Owns: besides those, the channel connections submit Prefetches and served GetPages on without
-//! taking the scheduler's lock, and each thread's socket, source port and `DropFilter`. Decides no page, order, pace or sleep length
-//! itself; of `workers` it uses only the shared layer (`datagram`, `udp`, `sched`), and it touches
-//! no LFC.
+//! Owns: besides those, the channels connections submit Prefetches and report served GetPages on
+//! without taking the scheduler's lock, and each thread's socket, source port and `DropFilter`.
+//! Decides no page, order, pace or sleep length itself; of `workers` it uses only the shared
+//! layer (`datagram`, `udp`, `sched`), and it touches no LFC.
 
 use super::prefetch::{
     batch_datagram, seal_batch, Destination, DropFilter, JobOutcome, Overflow, PageJob,
@@ -44,62 +44,60 @@ pub struct SenderConfig {
     pub bulk_class: bool,
 }
 
-/// What a connection hands the senders without taking the scheduler's lock.
-enum Submission {
-    /// A Prefetch request (`session::Routed::Prefetch`).
-    Prefetch {
-        dest: Destination,
-        hdr: Header,
-        rel: RelTag,
-        first_blkno: u32,
-        nblocks: u16,
-        due_ns: u64,
-    },
-    /// A GetPage of `tag` was served for a connection whose prefetches go to the address.
-    Fetched(SocketAddr, lfc::BufferTag),
+/// A Prefetch request (`session::Routed::Prefetch`) a connection handed the senders.
+struct Submission {
+    dest: Destination,
+    hdr: Header,
+    rel: RelTag,
+    first_blkno: u32,
+    nblocks: u16,
+    due_ns: u64,
 }
 
-/// Submissions waiting for a sender to take the lock. Connections only ever `try_send` here: a
+/// Prefetches waiting for a sender to take the lock. Connections only ever `try_send` here: a
 /// connection's reader that blocked on the scheduler's lock while a sender held it (a
 /// `SCHED_BATCH` thread preempted inside its critical section, then waiting for a CPU behind
 /// the latency threads) held up every GetPage behind its Prefetch on the TCP stream for
 /// 130-900 µs. Bounded: a submission that finds it full is dropped and counted, as an
 /// overflow of the scheduler's own queue is.
 const MAX_SUBMISSIONS: usize = 16_384;
+/// GetPages served and not yet handed to the scheduler (`fetched_by_get_page`), on their own
+/// channel: shared with the Prefetches, they filled it when the senders fell behind (64
+/// backends on TCP pipelining report every page) and Prefetches were dropped. A report that
+/// finds it full is dropped: its page is sent twice at worst, and installed once.
+const MAX_FETCHED_REPORTS: usize = 16_384;
 
-/// The scheduler and what connections submitted since a sender last held it.
+/// The scheduler and what connections handed over since a sender last held it.
 struct Queue {
     sched: PrefetchScheduler,
     submitted: mpsc::Receiver<Submission>,
+    fetched: mpsc::Receiver<(SocketAddr, lfc::BufferTag)>,
 }
 
 impl Queue {
-    /// Hands the submissions so far to the scheduler, in the order they were made (a GetPage
-    /// reported before a Prefetch must not skip what that Prefetch asks for again).
+    /// Hands the GetPages reported and then the Prefetches submitted so far to the scheduler.
+    /// (A report that overtakes an earlier Prefetch of its page costs that page a second
+    /// send: `PrefetchScheduler::push` serves a page asked for again.)
     fn take_submitted(&mut self, stats: &ServerStats) {
-        while let Ok(submission) = self.submitted.try_recv() {
-            match submission {
-                Submission::Fetched(addr, tag) => self.sched.on_get_page(addr, tag),
-                Submission::Prefetch {
-                    dest,
-                    hdr,
-                    rel,
-                    first_blkno,
-                    nblocks,
-                    due_ns,
-                } => {
-                    let pushed =
-                        self.sched
-                            .push(&dest, hdr, rel, first_blkno, u32::from(nblocks), due_ns);
-                    let counter = match pushed {
-                        Ok(()) => &stats.prefetch_pages_queued,
-                        Err(
-                            Overflow::QueueFull | Overflow::ConnQueueFull | Overflow::TooManyQueues,
-                        ) => &stats.prefetch_pages_dropped_overflow,
-                    };
-                    counter.fetch_add(u64::from(nblocks), Ordering::Relaxed);
+        while let Ok((addr, tag)) = self.fetched.try_recv() {
+            self.sched.on_get_page(addr, tag);
+        }
+        while let Ok(s) = self.submitted.try_recv() {
+            let pushed = self.sched.push(
+                &s.dest,
+                s.hdr,
+                s.rel,
+                s.first_blkno,
+                u32::from(s.nblocks),
+                s.due_ns,
+            );
+            let counter = match pushed {
+                Ok(()) => &stats.prefetch_pages_queued,
+                Err(Overflow::QueueFull | Overflow::ConnQueueFull | Overflow::TooManyQueues) => {
+                    &stats.prefetch_pages_dropped_overflow
                 }
-            }
+            };
+            counter.fetch_add(u64::from(s.nblocks), Ordering::Relaxed);
         }
     }
 }
@@ -108,6 +106,8 @@ struct Inner {
     scheduler: Mutex<Queue>,
     /// Connections submit here, never taking the scheduler's lock (`MAX_SUBMISSIONS`).
     submit: mpsc::SyncSender<Submission>,
+    /// GetPages report here (`MAX_FETCHED_REPORTS`).
+    fetched: mpsc::SyncSender<(SocketAddr, lfc::BufferTag)>,
     /// Pages queued as of the last time a sender held the lock, plus those submitted since:
     /// while it is 0, GetPages report nothing.
     queued_pages: AtomicU64,
@@ -207,12 +207,15 @@ impl PrefetchSender {
         stats: Arc<ServerStats>,
     ) -> std::io::Result<Self> {
         let (submit, submitted) = mpsc::sync_channel(MAX_SUBMISSIONS);
+        let (fetched, fetched_rx) = mpsc::sync_channel(MAX_FETCHED_REPORTS);
         let inner = Arc::new(Inner {
             scheduler: Mutex::new(Queue {
                 sched: PrefetchScheduler::new(config.limits),
                 submitted,
+                fetched: fetched_rx,
             }),
             submit,
+            fetched,
             queued_pages: AtomicU64::new(0),
             senders: std::sync::OnceLock::new(),
             next_wake: AtomicU64::new(0),
@@ -263,7 +266,7 @@ impl PrefetchSender {
         nblocks: u16,
         due_ns: u64,
     ) {
-        let submission = Submission::Prefetch {
+        let submission = Submission {
             dest: dest.clone(),
             hdr,
             rel,
@@ -291,9 +294,7 @@ impl PrefetchSender {
     /// prefetch, if any, is no longer needed (`PrefetchScheduler::on_get_page`).
     pub fn fetched_by_get_page(&self, addr: SocketAddr, tag: lfc::BufferTag) {
         if self.inner.queued_pages.load(Ordering::Relaxed) > 0 {
-            // A report that finds the submissions full is dropped: the page is then sent
-            // twice at worst, and the backend installs it once.
-            let _ = self.inner.submit.try_send(Submission::Fetched(addr, tag));
+            let _ = self.inner.fetched.try_send((addr, tag));
         }
     }
 
