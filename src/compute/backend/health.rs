@@ -64,6 +64,10 @@ pub const SLOWER_THAN_TCP_TO_DEGRADE: f64 = 1.25;
 /// ratio is at least the application's.) A healthy path whose prefetches are in the cache
 /// before their reads never blocks that long and never pays for a calibration.
 pub const CALIBRATE_BLOCKED_SHARE: f64 = 1.0 - 1.0 / SLOWER_THAN_TCP_TO_DEGRADE;
+/// Time between two reads of the application's own (a read's cycle less its own time) at or
+/// above which a calibration under way measures again after a transient (`on_read`): the
+/// answers to a full pipeline take a few milliseconds.
+pub const CALIBRATION_PAUSE_NS: u64 = 5_000_000;
 /// Backoff between calibrations while UDP keeps proving faster: conditions change (a server
 /// gets busy, a link starts losing), so TCP's pace is measured again, less and less often...
 pub const CALIBRATION_BACKOFF_MIN_NS: u64 = 50_000_000;
@@ -233,6 +237,9 @@ struct Calibration {
     measure_after_reads: u64,
     /// That window started (the pace's accumulators were reset for it).
     measuring: bool,
+    /// When the application last paused (`CALIBRATION_PAUSE_NS`): the transient is counted
+    /// again from there, in reads and in time.
+    paused_ns: Option<u64>,
 }
 
 /// How one read went, for `UdpHealth::on_read`.
@@ -815,8 +822,20 @@ impl UdpHealth {
         self.first_read_ns.get_or_insert(now_ns);
         let reading_ns = self.reading_ns(now_ns);
         if let Some(c) = &mut self.calibration {
+            if read.cycle_ns.saturating_sub(read.blocked_ns) >= CALIBRATION_PAUSE_NS {
+                // The application paused: meanwhile the pipeline's answers all came, and the
+                // reads after it take them at no cost of their own. Measured from there, a
+                // calibration found TCP at 0.0 µs a read, and `bench hol`'s busy reader (idle
+                // while the other cases take their turn) stayed on TCP for good. The transient
+                // is counted again from the pause.
+                c.measuring = false;
+                c.measure_after_reads =
+                    self.reads_on_path + self.transient_reads.max(u64::from(SHARE_WINDOW_READS));
+                c.paused_ns = Some(now_ns);
+            }
+            let transient_ns = c.paused_ns.map_or(reading_ns, |p| now_ns.saturating_sub(p));
             if !c.measuring
-                && (self.reads_on_path > c.measure_after_reads || reading_ns >= TRANSIENT_MAX_NS)
+                && (self.reads_on_path > c.measure_after_reads || transient_ns >= TRANSIENT_MAX_NS)
             {
                 // TCP's transient is over: the pages UDP had brought ahead of the reader, read
                 // as hits, are behind it and the pipeline is full. Measured from here.
@@ -868,6 +887,7 @@ impl UdpHealth {
             measure_after_reads: self.transient_reads,
             // With no transient known, TCP's first window is taken as its transient (`Pace`).
             measuring: self.transient_reads == 0,
+            paused_ns: None,
         });
         true
     }
@@ -1393,6 +1413,30 @@ mod tests {
             "{:?}",
             h.log()
         );
+    }
+
+    #[test]
+    fn a_pause_during_a_calibration_measures_tcp_again_after_a_transient() {
+        let mut h = on_udp();
+        h.set_transient_reads(32);
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let mut now = 0;
+        until_moved(&mut h, 80 * US, 60 * US, &mut now);
+        assert!(h.log()[1].reason.contains("measuring TCP"), "{:?}", h.log());
+        // A few reads on TCP, then the application pauses for 100 ms; the 32 reads after it
+        // take answers that came meanwhile, at no time of their own; then TCP's steady pace.
+        reads(&mut h, 4, 30 * US, 10 * US, &mut now);
+        reads(&mut h, 1, 100_000 * US, 0, &mut now);
+        reads(&mut h, 32, 20 * US, 0, &mut now);
+        assert_eq!(
+            h.log().len(),
+            2,
+            "not concluded on the reads after the pause"
+        );
+        reads(&mut h, 2 * 80, 30 * US, 10 * US, &mut now);
+        let last = &h.log().last().unwrap().reason;
+        assert!(last.contains("60.0 µs each on UDP, 10.0 µs"), "{last}");
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
     }
 
     #[test]
