@@ -287,20 +287,25 @@ mod tests {
         }
     }
 
+    /// A datagram header for block `blkno` of the tests' relation, under `lfc`'s key.
+    fn header(lfc: &Lfc, blkno: u32) -> DatagramHeader {
+        DatagramHeader {
+            key_id: lfc.key_id(),
+            reqid: 1,
+            request_lsn: u64::MAX,
+            not_modified_since: 5,
+            tag: RelTag::new(1663, 5, 16384, 0).block(blkno),
+            sent_at_ns: 0,
+        }
+    }
+
     #[test]
     fn turned_away_datagrams_keep_their_slot_and_evict_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let lfc = Lfc::create(dir.path().join("lfc"), 16).unwrap();
         let mut ingest = Ingest::new(&lfc);
         let metrics = ThreadMetrics::default();
-        let hdr = DatagramHeader {
-            key_id: lfc.key_id(),
-            reqid: 1,
-            request_lsn: u64::MAX,
-            not_modified_since: 5,
-            tag: RelTag::new(1663, 5, 16384, 0).block(3),
-            sent_at_ns: 0,
-        };
+        let hdr = header(&lfc, 3);
         let mut valid = Box::new([0u8; DATAGRAM_LEN]);
         ingest
             .key()
@@ -345,29 +350,42 @@ mod tests {
         blkno: u32,
         fill: u8,
     ) -> (DatagramHeader, Vec<Vec<u8>>) {
+        split_pages(lfc, stream, blkno..blkno + 1, fill)
+            .pop()
+            .unwrap()
+    }
+
+    /// Blocks `blocks`, each split into 8 fragments and a parity piece by one stream (so their
+    /// page ids follow one another, as a page server's are); block `b`'s byte `i` is
+    /// `fill + (b - blocks.start)` XOR `i / 1024`.
+    fn split_pages(
+        lfc: &Lfc,
+        stream: [u8; 16],
+        blocks: std::ops::Range<u32>,
+        fill: u8,
+    ) -> Vec<(DatagramHeader, Vec<Vec<u8>>)> {
         use crate::datagram::SEALED_PAGE_MAX;
-        let hdr = DatagramHeader {
-            key_id: lfc.key_id(),
-            reqid: 1,
-            request_lsn: u64::MAX,
-            not_modified_since: 5,
-            tag: RelTag::new(1663, 5, 16384, 0).block(blkno),
-            sent_at_ns: 0,
-        };
         let s = DatagramKey::new(lfc.key_id(), lfc.key())
             .stream(stream)
             .with_fragments(8);
-        let mut page = [0u8; PAGE_SIZE];
-        for (i, b) in page.iter_mut().enumerate() {
-            *b = fill ^ (i / 1024) as u8;
-        }
         let mut out = Box::new([0u8; SEALED_PAGE_MAX]);
-        let n = s.seal_page(&hdr, &page, &mut out).unwrap();
-        let frags = out[..n]
-            .chunks_exact(s.fragment_len())
-            .map(<[u8]>::to_vec)
-            .collect();
-        (hdr, frags)
+        blocks
+            .clone()
+            .map(|blkno| {
+                let hdr = header(lfc, blkno);
+                let mut page = [0u8; PAGE_SIZE];
+                let fill = fill.wrapping_add((blkno - blocks.start) as u8);
+                for (i, b) in page.iter_mut().enumerate() {
+                    *b = fill ^ (i / 1024) as u8;
+                }
+                let n = s.seal_page(&hdr, &page, &mut out).unwrap();
+                let frags = out[..n]
+                    .chunks_exact(s.fragment_len())
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                (hdr, frags)
+            })
+            .collect()
     }
 
     fn page_of(lfc: &Lfc, hdr: &DatagramHeader) -> Option<[u8; PAGE_SIZE]> {
@@ -421,6 +439,50 @@ mod tests {
             (installed, m.dropped(DropReason::DuplicateFragment)),
             (1, 3)
         );
+    }
+
+    #[test]
+    fn batches_interleaved_piece_by_piece_join_and_their_late_parities_start_nothing() {
+        use crate::ingest::reassembly::ASSEMBLY_ENTRIES;
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 4096).unwrap();
+        let mut ingest = Ingest::new(&lfc);
+        let m = ThreadMetrics::default();
+        // Eight batches of 32 pages of one stream, each sent as the page server sends it: the
+        // first piece of every page, then the second, ..., the parity pieces last.
+        let pages = split_pages(&lfc, [3; 16], 0..256, 0x11);
+        let dup = Outcome::Done(Err(DropReason::DuplicateFragment));
+        for batch in pages.chunks(32) {
+            for piece in 0..9 {
+                for (k, (hdr, frags)) in batch.iter().enumerate() {
+                    let got = ingest.offer(&frags[piece], 10, &m);
+                    let want = match piece {
+                        0..7 => Outcome::Held,
+                        7 => Outcome::Done(Ok(*hdr)),
+                        _ => dup,
+                    };
+                    assert_eq!(got, want, "page {k} of its batch, piece {piece}");
+                }
+                assert!(ingest.pages_in_assembly() <= ASSEMBLY_ENTRIES);
+            }
+        }
+        assert_eq!(ingest.pages_in_assembly(), 0);
+        for (b, (hdr, _)) in pages.iter().enumerate() {
+            let mut want = [0u8; PAGE_SIZE];
+            for (i, byte) in want.iter_mut().enumerate() {
+                *byte = 0x11u8.wrapping_add(b as u8) ^ (i / 1024) as u8;
+            }
+            assert_eq!(page_of(&lfc, hdr), Some(want), "block {b}");
+        }
+        // Every page of the stream is remembered as joined, the first ones too: a late piece of
+        // any of them is a duplicate, turned away before the cache is asked (which says
+        // "already present" of a page the table forgot).
+        for (hdr, frags) in &pages {
+            assert_eq!(ingest.offer(&frags[8], 20, &m), dup, "{:?}", hdr.tag);
+        }
+        assert_eq!(m.dropped(DropReason::AlreadyPresent), 0);
+        assert_eq!(m.dropped(DropReason::Incomplete), 0);
+        assert_eq!(ingest.pages_in_assembly(), 0);
     }
 
     #[test]

@@ -669,20 +669,51 @@ impl Driver {
         self.pairs.clear();
         for i in 0..self.scratch.len() {
             let tag = self.scratch[i];
-            let queued = self.pipeline.push_back(Queued {
-                tag,
-                check: Check::Repair,
-                ahead: true,
-            });
-            if queued {
-                self.core.repair_by_tcp(&tag);
-            } else {
+            if !self.queue_repair(tag) {
                 self.pairs.push((tag, lfc.lwlsn(&tag)));
             }
         }
         self.send_runs();
         // The repairs' loss samples are taken as they are judged (`judge_repair`, `pump`).
         self.pump(lfc, now_ns);
+    }
+
+    /// Queues own prefetch `tag` in the TCP pipeline as a repair (judged lost or not when its
+    /// turn comes: `judge_repair`), no longer tracked as in flight; false when the pipeline's
+    /// queue is full.
+    fn queue_repair(&mut self, tag: BufferTag) -> bool {
+        let queued = self.pipeline.push_back(Queued {
+            tag,
+            check: Check::Repair,
+            ahead: true,
+        });
+        if queued {
+            self.core.repair_by_tcp(&tag);
+        }
+        queued
+    }
+
+    /// If the read gave up on an overdue own prefetch and stays on UDP: the pages requested
+    /// with it that are still missing (`ReadPath::overdue_run`) go to the TCP pipeline behind
+    /// its GetPage, counted as retries, as the loss check's repairs do; those the pipeline's
+    /// queue has no room for stay in flight. (A read that moves the window to TCP moves them
+    /// with the rest, some racing UDP.)
+    fn repair_overdue_run(&mut self, lfc: &Lfc) {
+        self.scratch.clear();
+        if self
+            .core
+            .overdue_run(|t| lfc.contains(t), &mut self.scratch)
+            == 0
+        {
+            return;
+        }
+        for i in 0..self.scratch.len() {
+            if !self.queue_repair(self.scratch[i]) {
+                break;
+            }
+            self.core.stats_mut().retries += 1;
+        }
+        // Sent by the caller's fetch, behind the read's own GetPage (which goes first).
     }
 
     /// Starts reading `tag` into `out`.
@@ -929,6 +960,8 @@ impl Driver {
         };
         if moved {
             self.move_window_to_tcp(lfc, now_ns);
+        } else {
+            self.repair_overdue_run(lfc);
         }
         self.await_response(lfc, tag, now_ns)
     }

@@ -34,6 +34,11 @@ pub const MISS_SCAN: usize = 32;
 /// a backend's read-path CPU at 0 % loss. Older missing entries never stop a check, so a burst
 /// loss is found once its pages are older than that.
 pub const IN_FLIGHT_RUN: usize = 8;
+/// Where a loss check looks past a run of `IN_FLIGHT_RUN` missing pages (places in the request
+/// queue after the run) for pages that arrived, which make the run a hole rather than the front
+/// in flight: bursts of up to 64 pages, a page server's interleaved batch of split pages (32)
+/// with room for stale entries. Three probes per check at the front, where nothing is there.
+pub const HOLE_LOOKAHEAD: [usize; 3] = [IN_FLIGHT_RUN, 3 * IN_FLIGHT_RUN, 7 * IN_FLIGHT_RUN];
 /// Reads between two loss checks (`LossDetector::plan_retries`) in a backend's read loop: a
 /// check costs up to `LOSS_SCAN` LFC probes, and a lost page is noticed a few pages after it
 /// should have arrived, far ahead of its read at a useful prefetch distance.
@@ -290,17 +295,98 @@ impl LossDetector {
                 arrivals += 1;
             } else {
                 missing.push((entry, arrivals));
-                in_flight_run = if now_ns.saturating_sub(entry.sent_ns) < in_flight_ns {
+                // One overtaken before is a hole, not the front in flight, however young: the
+                // arrivals that showed it left the queue when a check saw them.
+                let young = now_ns.saturating_sub(entry.sent_ns) < in_flight_ns;
+                in_flight_run = if young && entry.suspect_ns == 0 {
                     in_flight_run + 1
                 } else {
                     0
                 };
                 if in_flight_run >= IN_FLIGHT_RUN {
-                    break;
+                    // The front of the pages in flight, or a hole: a burst loss (one dropped GSO
+                    // message is a run of consecutive pages, a page server's whole interleaved
+                    // batch when two of a split page's pieces are lost) looks the same until
+                    // the pages behind it are looked at.
+                    let (looked, hole) =
+                        self.arrivals_past_the_run(max_probes - probed, &mut is_cached);
+                    probed += looked;
+                    if !hole {
+                        break;
+                    }
+                    in_flight_run = 0;
                 }
             }
         }
         arrivals
+    }
+
+    /// Whether pages requested after a run of `IN_FLIGHT_RUN` missing ones have arrived: looks
+    /// at the live entries `HOLE_LOOKAHEAD` places past the run, one probe each and at most
+    /// `max_probes`, and says how many it probed. At MTU 1500 with 5 % packet loss, the page server's lost
+    /// batches of 32 split pages each stopped every check at their first 8 pages, taken as the
+    /// front in flight: no page of them was found lost before its read came, and each read
+    /// waited and fetched it alone (1861 such reads in a 65536-page scan at 0.24x TCP).
+    fn arrivals_past_the_run(
+        &self,
+        max_probes: usize,
+        is_cached: &mut impl FnMut(&BufferTag) -> bool,
+    ) -> (usize, bool) {
+        let mut looked = 0;
+        for at in HOLE_LOOKAHEAD {
+            let Some(entry) = self.order.get(at).filter(|_| looked < max_probes) else {
+                break;
+            };
+            if !self.is_live(entry) {
+                continue;
+            }
+            looked += 1;
+            if is_cached(&entry.tag) {
+                return (looked, true);
+            }
+        }
+        (looked, false)
+    }
+
+    /// Own prefetches requested right after `tag` (requested at `sent_ns`, its read just given
+    /// up on it as overdue), appended to `out` for the caller to fetch another way (it then
+    /// `take`s each it does): the live entries that follow `tag`'s in the request queue, while they are missing
+    /// (not `is_cached`) and were requested no later than it, at most `limit`. A page server
+    /// sends a batch of pages together (one GSO message per split pages' piece index), so a
+    /// batch lost is a run of consecutive pages that nothing after it has overtaken yet when
+    /// the reader is close behind the arrivals; fetched one at a time, each page of the run
+    /// cost its read a round trip. Looks at most `LOSS_SCAN` entries for `tag`'s own.
+    pub(super) fn run_after(
+        &self,
+        tag: &BufferTag,
+        sent_ns: u64,
+        limit: usize,
+        mut is_cached: impl FnMut(&BufferTag) -> bool,
+        out: &mut Vec<BufferTag>,
+    ) -> usize {
+        let Some(at) = self
+            .order
+            .iter()
+            .take(LOSS_SCAN)
+            .position(|p| p.tag == *tag && p.sent_ns == sent_ns)
+        else {
+            return 0;
+        };
+        let first = out.len();
+        for i in at + 1..self.order.len() {
+            let entry = self.order[i];
+            if out.len() - first >= limit || entry.sent_ns > sent_ns {
+                break;
+            }
+            if !self.is_live(&entry) {
+                continue;
+            }
+            if is_cached(&entry.tag) {
+                break;
+            }
+            out.push(entry.tag);
+        }
+        out.len() - first
     }
 
     /// Own prefetches still outstanding (not `is_cached`), oldest request first, appended to
