@@ -11,6 +11,18 @@ use udp_prefetch::protocol::page::{is_synthetic_page, page_lsn, synthetic_page};
 
 const PAGES: u32 = 2000;
 
+/// The tests of this file that start a page server and a daemon take turns: whether the
+/// daemon gets the CPU to install a prewarm's first datagrams before its first timeout hands
+/// the run to TCP is what `cold_cache_is_refilled_under_loss_including_modified_pages` checks,
+/// and beside four other tests' servers, daemons and prewarms on two cores (debug builds) CI
+/// saw its daemon install nothing in a 63 ms run: every page by TCP.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes this file's turn (a test that failed holding it does not stop the others).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args).env("RUST_LOG", "warn");
@@ -84,6 +96,7 @@ fn warm_and_save(dir: &Path, server: &ServerProc) -> std::path::PathBuf {
 
 #[test]
 fn cold_cache_is_refilled_under_loss_including_modified_pages() {
+    let _turn = serial();
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&[
         "--source",
@@ -183,6 +196,7 @@ fn cold_cache_is_refilled_under_loss_including_modified_pages() {
 
 #[test]
 fn without_a_daemon_prewarm_finishes_over_tcp() {
+    let _turn = serial();
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&["--source", "synthetic:pages=300"]);
     let lfc = dir.path().join("lfc");
@@ -308,6 +322,7 @@ fn server_without_priority(upstream: &str) -> String {
 
 #[test]
 fn against_a_server_without_priorities_prewarm_carries_on_at_foreground() {
+    let _turn = serial();
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&[
         "--source",
@@ -363,6 +378,7 @@ fn against_a_server_without_priorities_prewarm_carries_on_at_foreground() {
 /// counters, and it yields to them; with nobody reading, the next run never yields.
 #[test]
 fn a_background_prewarm_yields_to_a_scan_beside_it_and_not_when_alone() {
+    let _turn = serial();
     use std::sync::atomic::{AtomicBool, Ordering};
     use udp_prefetch::compute::scan::{run_scan, ScanConfig, ScanMode};
     const REL_PAGES: u32 = 4000;
