@@ -700,13 +700,8 @@ impl Driver {
     /// with the rest, some racing UDP.)
     fn repair_overdue_run(&mut self, lfc: &Lfc) {
         self.scratch.clear();
-        if self
-            .core
-            .overdue_run(|t| lfc.contains(t), &mut self.scratch)
-            == 0
-        {
-            return;
-        }
+        self.core
+            .overdue_run(|t| lfc.contains(t), &mut self.scratch);
         for i in 0..self.scratch.len() {
             if !self.queue_repair(self.scratch[i]) {
                 break;

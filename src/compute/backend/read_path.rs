@@ -301,7 +301,7 @@ pub struct ReadPath {
     too_slow: Option<(BufferTag, u64)>,
     /// The own prefetch the read in progress gave up on as overdue (never overtaken, never
     /// retried: too slow, or its wait ran out), and when it was requested: the pages requested
-    /// with it are likely as late (`take_overdue_run`).
+    /// with it are likely as late (`overdue_run`).
     overdue: Option<(BufferTag, u64)>,
     stats: ReadStats,
 }

@@ -374,8 +374,6 @@ pub fn max_assembly_frames(capacity_pages: u64) -> usize {
         .clamp(MIN_ASSEMBLY_FRAMES, ASSEMBLY_ENTRIES)
 }
 
-/// Puts a verified piece where it belongs: a fragment at its offset in the frame, the parity
-/// piece in the entry's buffer.
 /// The slot of `recent` a page takes: its page id, XORed with its stream's id so that two
 /// streams' pages spread differently (the page ids of one stream's consecutive pages are an odd
 /// stride apart, so they fill every slot before one repeats).
@@ -401,6 +399,8 @@ fn prefetch_for_write(frame: *mut u8, offset: usize, len: usize) {
     let _ = (frame, CACHE_LINE);
 }
 
+/// Puts a verified piece where it belongs: a fragment at its offset in the frame, the parity
+/// piece in the entry's buffer.
 fn store(e: &mut Entry<'_>, parity: bool, offset: usize, src: &[u8]) {
     if parity {
         e.parity[..src.len()].copy_from_slice(src);
