@@ -270,7 +270,9 @@ impl World<'_> {
         }
     }
 
-    /// `Backend::prefetch`: the real driver decides; its messages go on the wire.
+    /// `Backend::prefetch`: the real driver decides; its messages go on the wire. Sending takes
+    /// no virtual time here, so there is no send time to charge to the reads' pace
+    /// (`Driver::io_outside_reads`, which the real shell calls).
     pub(super) fn prefetch(&mut self, b: usize, rel: RelTag, blocks: std::ops::Range<u32>) {
         let lfc = self.lfc;
         self.backends[b].driver.prefetch(lfc, rel, blocks, self.now);

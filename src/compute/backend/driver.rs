@@ -197,6 +197,10 @@ pub struct Driver {
     /// When the backend's previous read finished (this driver's, or another shard's:
     /// `read_ended_elsewhere`).
     last_done_ns: Option<u64>,
+    /// The shell's time sending what this backend's calls queued outside its reads (after a
+    /// read was done, and around a `prefetch`), since the last read: it is added to the next
+    /// read's own time (`io_outside_reads`).
+    io_carry_ns: u64,
     /// When the read in progress began waiting for a prefetch that was not fresh (see
     /// `own_is_fresh`), and whether the wait was long (`ReadPath::long_wait_ns`).
     wait_started_ns: Option<u64>,
@@ -263,6 +267,24 @@ impl Driver {
         self.last_done_ns = Some(now_ns);
     }
 
+    /// The shell spent `ns` sending what this driver queued, outside a read's steps: the
+    /// GetPages and Prefetches a finished read or a `prefetch` left to send. Counted in the
+    /// next read's own time (`ReadTiming::io_ns`), which the paths' paces compare: on
+    /// TCP pipelining a read is done when its answer is in, and the GetPage that refills the
+    /// pipeline leaves after it (a write to the page server's connection every
+    /// `PIPELINED_FLUSH_EVERY` pages); left out, TCP's pace on loopback was 1.7–2.7 µs a read
+    /// where the reader's own view of the same reads was 3.2–5.4, and a calibration at a
+    /// scan's start took a UDP path that ran at 1.3–1.5× TCP pipelining to TCP ("2.8 µs each
+    /// on UDP, 2.2 µs on TCP pipelining").
+    pub fn io_outside_reads(&mut self, ns: u64) {
+        self.io_carry_ns = self.io_carry_ns.saturating_add(ns);
+    }
+
+    /// When the last read finished (the `now` of its last step), if one has.
+    pub fn last_read_done_ns(&self) -> Option<u64> {
+        self.last_done_ns
+    }
+
     /// A backend over `lfc`. `port_override` is the operator's `--prefetch-port`; without it
     /// the daemon's port comes from the LFC header. Starts on UDP when a daemon is alive (or a
     /// port was given), else on TCP pipelining, probing UDP as daemons come and go.
@@ -309,6 +331,7 @@ impl Driver {
             current: None,
             fetch_sent_ns: 0,
             last_done_ns: None,
+            io_carry_ns: 0,
             wait_started_ns: None,
             read_waited: false,
             read_gave_up: false,
@@ -904,11 +927,13 @@ impl Driver {
     /// A read is done: the pace of reads feeds the health state.
     fn done(&mut self, lfc: &Lfc, source: ReadSource, now_ns: u64) -> Poll {
         self.cache_distrust_reads = self.cache_distrust_reads.saturating_sub(1);
+        let io_ns = std::mem::take(&mut self.io_carry_ns);
         if let Some(last) = self.last_done_ns {
             let blocked_ns = now_ns.saturating_sub(self.read_started_ns);
             let read = ReadTiming {
                 cycle_ns: now_ns.saturating_sub(last),
                 blocked_ns,
+                io_ns,
                 foreground: self.read_foreground,
                 waited: self.read_waited,
                 lost_ns: if self.read_udp_failed {

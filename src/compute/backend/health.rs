@@ -253,6 +253,9 @@ pub struct ReadTiming {
     /// and the read path's CPU between (receiving and installing the pipeline's responses on
     /// TCP). The read's own cost, which the paths' paces compare (`Pace`).
     pub blocked_ns: u64,
+    /// The shell's time sending what the backend queued since its previous read
+    /// (`Driver::io_outside_reads`): part of the read's own cost, not time blocked.
+    pub io_ns: u64,
     /// A foreground read: a GetPage, on UDP, for a page no prefetch covers (outside the
     /// backend's prefetch window, requested by nobody). It costs a GetPage on TCP pipelining
     /// too (behind the pipeline's responses), so its time counts in the pace but is not blocked
@@ -266,8 +269,8 @@ pub struct ReadTiming {
 }
 
 /// The reads of a path in windows (`SHARE_WINDOW_*` of reads and of the backend's time, read
-/// cycles), and their pace: the mean of the reads' own time (`ReadTiming::blocked_ns`), not of
-/// their cycles. The application's time between reads is the same on either path, and a cycle
+/// cycles), and their pace: the mean of the reads' own time (`ReadTiming::blocked_ns` and
+/// `io_ns`), not of their cycles. The application's time between reads is the same on either path, and a cycle
 /// holds it: a reader that thinks between reads compared its think time (an interactive reader
 /// in `bench hol`: windows of 5 ms with 4 reads, one of which held a 1 s pause while other
 /// readers ran, "414768.9 µs each on UDP, 959.1 µs on TCP"), and a 1.25× margin on cycles let a
@@ -325,10 +328,10 @@ impl Pace {
         self.waited += u32::from(r.waited);
         // A read's blocked time is part of its cycle (the first read of a path may have
         // started before it, hence the bound).
-        let own = r.blocked_ns.min(r.cycle_ns);
-        self.own_ns += own;
+        let blocked = r.blocked_ns.min(r.cycle_ns);
+        self.own_ns += (r.blocked_ns + r.io_ns).min(r.cycle_ns);
         if !r.foreground {
-            self.blocked_ns += own;
+            self.blocked_ns += blocked;
         }
         self.lost += u32::from(r.lost_ns > 0);
         self.lost_ns += r.lost_ns;
@@ -432,7 +435,7 @@ impl UdpHealth {
         self.path
     }
 
-    /// The mean own time per read (`ReadTiming::blocked_ns`) of `path`'s last measured window
+    /// The mean own time per read (`ReadTiming::blocked_ns` and `io_ns`) of `path`'s last measured window
     /// (ns), if one was measured: the pace the 1.25× rule and a calibration compare.
     pub fn pace_ns(&self, path: PrefetchPath) -> Option<f64> {
         self.pace[path as usize].last
@@ -1022,6 +1025,7 @@ mod tests {
         ReadTiming {
             cycle_ns: cycle,
             blocked_ns: lost,
+            io_ns: 0,
             foreground: false,
             waited: false,
             lost_ns: lost,
@@ -1338,6 +1342,7 @@ mod tests {
             let r = ReadTiming {
                 cycle_ns: cycle,
                 blocked_ns: blocked,
+                io_ns: 0,
                 foreground: false,
                 waited: false,
                 lost_ns: 0,
@@ -1413,6 +1418,48 @@ mod tests {
             "{:?}",
             h.log()
         );
+    }
+
+    #[test]
+    fn a_calibration_counts_what_reads_leave_to_send_in_their_pace_but_not_as_blocked() {
+        // UDP: reads block 6 of their 10 µs and send nothing worth counting.
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let mut now = 0;
+        until_moved(&mut h, 10 * US, 6 * US, &mut now);
+        assert!(h.log()[1].reason.contains("measuring TCP"), "{:?}", h.log());
+        // TCP pipelining: each read blocks 4 µs for its answer, then the shell spends 3 µs
+        // sending the GetPage that refills the pipeline. Counted on the answer alone (4 µs)
+        // UDP's 6 would be over 1.25 × TCP's and the backend would stay; its own cost is 7.
+        let tcp = ReadTiming {
+            cycle_ns: 10 * US,
+            blocked_ns: 4 * US,
+            io_ns: 3 * US,
+            ..ReadTiming::default()
+        };
+        for _ in 0..2 * SHARE_WINDOW_READS.max(SHARE_WINDOW_NS.div_ceil(10 * US) as u32) {
+            now += 10 * US;
+            h.on_read(&tcp, now);
+        }
+        let last = &h.log().last().unwrap().reason;
+        assert!(last.contains("6.0 µs each on UDP, 7.0 µs"), "{last}");
+        assert_eq!(h.path(), PrefetchPath::Udp, "{:?}", h.log());
+
+        // Time spent sending is the read's cost, not time blocked that TCP could save: a UDP
+        // path whose reads send for 6 of their 10 µs and block for none never calibrates.
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let sending = ReadTiming {
+            cycle_ns: 10 * US,
+            io_ns: 6 * US,
+            ..ReadTiming::default()
+        };
+        let mut now = 0;
+        for _ in 0..100_000 {
+            now += 10 * US;
+            assert!(!h.on_read(&sending, now), "{:?}", h.log());
+        }
+        assert_eq!(h.pace_ns(PrefetchPath::Udp), Some(6_000.0));
     }
 
     #[test]
@@ -1555,6 +1602,7 @@ mod tests {
             let fg = ReadTiming {
                 cycle_ns: 350 * US,
                 blocked_ns: 350 * US,
+                io_ns: 0,
                 foreground: true,
                 waited: false,
                 lost_ns: 0,

@@ -351,8 +351,11 @@ impl<'a> Backend<'a> {
     /// Requests `blocks` ahead of their reads (UDP prefetch, or the TCP pipeline while UDP is
     /// not delivering), each stripe from its shard. Returns pages requested.
     pub fn prefetch(&mut self, rel: RelTag, blocks: Range<u32>) -> Result<u32, BackendError> {
-        let n = self.core.prefetch(self.lfc, rel, blocks, monotonic_ns());
+        let started_ns = monotonic_ns();
+        let n = self.core.prefetch(self.lfc, rel, blocks, started_ns);
         self.transmit()?;
+        self.core
+            .io_outside_reads(monotonic_ns().saturating_sub(started_ns));
         Ok(n)
     }
 
@@ -365,7 +368,15 @@ impl<'a> Backend<'a> {
         loop {
             self.transmit()?;
             poll = match poll {
-                Poll::Done(source) => return Ok(source),
+                Poll::Done(source) => {
+                    // What the read left to send just went: its cost, counted in the next
+                    // read's pace (`Driver::io_outside_reads`).
+                    if let Some(done_ns) = self.core.last_read_done_ns() {
+                        self.core
+                            .io_outside_reads(monotonic_ns().saturating_sub(done_ns));
+                    }
+                    return Ok(source);
+                }
                 Poll::Wait { tag, until_ns } => {
                     if self.shards[s].unflushed_get_pages > 0 {
                         self.shards[s]

@@ -121,6 +121,18 @@ impl ShardedDriver {
         self.after_step(poll, now_ns)
     }
 
+    /// The shell spent `ns` sending what a finished read or a `prefetch` queued
+    /// (`Driver::io_outside_reads`): charged to the shard of the latest read, whose next read
+    /// it delays (a prefetch's messages may go to several shards; its reader's pace pays).
+    pub fn io_outside_reads(&mut self, ns: u64) {
+        self.drivers[self.last].io_outside_reads(ns);
+    }
+
+    /// When the latest read finished (its last step's `now`), if one has.
+    pub fn last_read_done_ns(&self) -> Option<u64> {
+        self.drivers[self.last].last_read_done_ns()
+    }
+
     /// `Driver::on_wait_over` of the read in progress.
     pub fn on_wait_over(&mut self, lfc: &Lfc, out: &mut Page, now_ns: u64) -> Poll {
         let poll = self.drivers[self.last].on_wait_over(lfc, out, now_ns);
