@@ -342,14 +342,6 @@ impl<'a> UdpReader<'a> {
             self.backend.read(self.fg.block(blkno), &mut self.page)?;
             let took = t.elapsed();
             let ok = verify_page(&self.page, blkno).is_ok();
-            if self.scan.is_some() && std::env::var_os("HOL_DEBUG").is_some() {
-                eprintln!(
-                    "HOLDBG {} {} {:.1}",
-                    blkno,
-                    u8::from(on_tcp),
-                    took.as_secs_f64() * 1e6
-                );
-            }
             self.tally.read(blkno, took, ok, on_tcp);
         }
         self.tally.busy += started.elapsed();
