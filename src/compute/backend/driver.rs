@@ -267,13 +267,14 @@ impl Driver {
         self.last_done_ns = Some(now_ns);
     }
 
-    /// The shell spent `ns` sending what this driver queued, outside a read's steps: the
-    /// GetPages and Prefetches a finished read or a `prefetch` left to send. Counted in the
-    /// next read's own time (`ReadTiming::io_ns`), which the paths' paces compare: on
-    /// TCP pipelining a read is done when its answer is in, and the GetPage that refills the
-    /// pipeline leaves after it (a write to the page server's connection every
-    /// `PIPELINED_FLUSH_EVERY` pages); left out, TCP's pace on loopback was 1.7–2.7 µs a read
-    /// where the reader's own view of the same reads was 3.2–5.4, and a calibration at a
+    /// The shell spent `ns` on this backend's behalf outside the time its reads' steps measure
+    /// (each step is dated when it is called): from a read's last step to the read's return
+    /// (that step's own work, such as a hit's copy or a response's install, and the messages
+    /// it left to send), and around a `prefetch`. Counted in the next read's own time
+    /// (`ReadTiming::io_ns`), which the paths' paces compare. On TCP pipelining a read is done
+    /// when its answer is in, and the GetPage that refills the pipeline leaves after it (a
+    /// write every `PIPELINED_FLUSH_EVERY` pages); left out, TCP's pace on loopback was
+    /// 1.7–2.7 µs a read where the reader's own clock saw 3.2–5.4, and a calibration at a
     /// scan's start took a UDP path that ran at 1.3–1.5× TCP pipelining to TCP ("2.8 µs each
     /// on UDP, 2.2 µs on TCP pipelining").
     pub fn io_outside_reads(&mut self, ns: u64) {

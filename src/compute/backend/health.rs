@@ -253,8 +253,9 @@ pub struct ReadTiming {
     /// and the read path's CPU between (receiving and installing the pipeline's responses on
     /// TCP). The read's own cost, which the paths' paces compare (`Pace`).
     pub blocked_ns: u64,
-    /// The shell's time sending what the backend queued since its previous read
-    /// (`Driver::io_outside_reads`): part of the read's own cost, not time blocked.
+    /// The shell's time for the backend outside its reads' dated steps since its previous read
+    /// (`Driver::io_outside_reads`: the previous read's last step's work and what it left to
+    /// send, and `prefetch` calls): part of the reads' own cost, not time blocked.
     pub io_ns: u64,
     /// A foreground read: a GetPage, on UDP, for a page no prefetch covers (outside the
     /// backend's prefetch window, requested by nobody). It costs a GetPage on TCP pipelining
