@@ -131,7 +131,7 @@ fn wait_installed(workers: &WorkersProc, target: u64, mut give_up: impl FnMut() 
 
 /// Counters of `lfc stat --json` that only ever grow: they live in the shared file, so no
 /// crash may take them back.
-const MONOTONE: [&str; 16] = [
+const MONOTONE: [&str; 17] = [
     "hits",
     "misses",
     "installs",
@@ -140,6 +140,7 @@ const MONOTONE: [&str; 16] = [
     "already_present",
     "no_room",
     "evictions",
+    "capped_evictions",
     "reservations",
     "abandons",
     "lock_breaks",

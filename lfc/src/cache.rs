@@ -88,6 +88,20 @@ const READ_ATTEMPTS: u32 = 16;
 /// sweep (64 B of metadata each, so 16 KiB).
 const FREE_SCAN_LIMIT: u64 = 256;
 
+/// Frames one CLOCK claim lowers the usage of before it settles for a lightly used one
+/// (`CLOCK_SETTLE_USAGE`). A scan fills the cache with pages installed and read once (usage 2),
+/// so when the hand came round again every frame was in use and one claim walked the whole
+/// cache, twice, before a frame reached zero: 0.2–0.5 ms per walk at 32768 frames in the worker
+/// daemon, every 32768 installs (`bench hol`: the datagrams queued meanwhile reached the busy
+/// reader after its GetPages for them, each counted lost, and "31 % of prefetches lost" took it
+/// to TCP), and a walk grows with the cache (a million frames: tens of milliseconds). The
+/// lowering still reaches every frame once a revolution, spread over the claims.
+pub const CLOCK_SWEEP_LIMIT: u64 = 1024;
+/// Past `CLOCK_SWEEP_LIMIT`, a claim evicts a frame whose usage is at most this, as it is: a
+/// page installed and read at most once since the hand last passed. Hotter pages keep losing
+/// one count per pass, as before.
+pub const CLOCK_SETTLE_USAGE: u32 = 2;
+
 /// Upper bound on one `wait_for_arrival`, whatever the caller asks.
 pub const MAX_ARRIVAL_WAIT: Duration = Duration::from_secs(10);
 
@@ -903,22 +917,34 @@ impl Lfc {
     }
 
     /// The CLOCK sweep: free frames are taken, dead owners' frames reclaimed, used frames lose
-    /// one usage count per pass and are evicted at zero. Bounded: after enough passes to drain
-    /// every usage count, gives up (NoRoom).
+    /// one usage count per pass and are evicted at zero; past `CLOCK_SWEEP_LIMIT` frames, a
+    /// frame used at most `CLOCK_SETTLE_USAGE` is evicted as it is. Bounded: after enough passes
+    /// to drain every usage count, gives up (NoRoom).
     fn claim_by_clock(&self) -> Option<u32> {
         let me = current_pid();
         let n = self.geo.capacity_pages;
         let limit = n * (u64::from(MAX_USAGE) + 2);
-        for _ in 0..limit {
+        for step in 0..limit {
             let frame = (self.hand().fetch_add(1, Ordering::Relaxed) % n) as u32;
             let m = self.meta(frame);
             let c = m.ctl();
             match c.kind() {
                 KIND_VALID => {
                     let u = m.usage.load(Ordering::Relaxed);
-                    if u > 0 {
+                    let settle = step >= CLOCK_SWEEP_LIMIT && u <= CLOCK_SETTLE_USAGE;
+                    if u > 0 && !settle {
                         m.usage.store(u - 1, Ordering::Relaxed);
-                    } else if self.try_evict(frame, c) {
+                        continue;
+                    }
+                    if u > 0 {
+                        // A hint, as every usage store: a reader touching it meanwhile makes
+                        // `try_evict` refuse, and the sweep goes on.
+                        m.usage.store(0, Ordering::Relaxed);
+                    }
+                    if self.try_evict(frame, c) {
+                        if u > 0 {
+                            self.bump(Counter::CappedEvictions);
+                        }
                         return Some(frame);
                     }
                 }

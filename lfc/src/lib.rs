@@ -89,7 +89,7 @@ pub use attach::{getrandom, Secrets};
 pub use binding::{BindOutcome, Binding};
 pub use cache::{
     HomeLockForTest, InstallOutcome, Lfc, LfcGeometry, Rejected, Reservation, WriteOutcome,
-    MAX_ARRIVAL_WAIT,
+    CLOCK_SETTLE_USAGE, CLOCK_SWEEP_LIMIT, MAX_ARRIVAL_WAIT,
 };
 pub use clock::{monotonic_ns, wall_ns};
 pub use daemon::{DaemonLock, DaemonRecord, DAEMON_HEARTBEAT_NS, DAEMON_STALE_NS};

@@ -35,9 +35,12 @@ pub(crate) enum Counter {
     Drops,
     /// Reads of pages by backends, whichever path serves them (`Lfc::note_read`).
     Reads,
+    /// Evictions of a page still in use by a claim past its sweep limit
+    /// (`CLOCK_SWEEP_LIMIT`); also counted in `Evictions`.
+    CappedEvictions,
 }
 
-const _: () = assert!((Counter::Reads as usize) < STAT_COUNTERS);
+const _: () = assert!((Counter::CappedEvictions as usize) < STAT_COUNTERS);
 
 static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
 
@@ -84,6 +87,10 @@ pub struct LfcStats {
     pub already_present: u64,
     pub no_room: u64,
     pub evictions: u64,
+    /// Of `evictions`, pages still in use (read at most once since the CLOCK hand last passed)
+    /// taken by a claim that had swept `CLOCK_SWEEP_LIMIT` frames: many say the cache is full
+    /// of pages read once (a scan).
+    pub capped_evictions: u64,
     /// Cached copies dropped by `set_lwlsn` (modified elsewhere).
     pub drops: u64,
     /// Writes ignored because the tag already had a newer last-written LSN.
@@ -115,6 +122,7 @@ impl LfcStats {
             already_present: c(Counter::AlreadyPresent),
             no_room: c(Counter::NoRoom),
             evictions: c(Counter::Evictions),
+            capped_evictions: c(Counter::CappedEvictions),
             drops: c(Counter::Drops),
             superseded_writes: c(Counter::SupersededWrites),
             reservations: c(Counter::Reservations),

@@ -3,7 +3,10 @@
 mod common;
 
 use common::{check_page, make_page, new_cache, tag};
-use lfc::{AttachError, InstallOutcome, Lfc, WriteOutcome, PAGE_SIZE};
+use lfc::{
+    AttachError, InstallOutcome, Lfc, WriteOutcome, CLOCK_SETTLE_USAGE, CLOCK_SWEEP_LIMIT,
+    PAGE_SIZE,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,6 +184,78 @@ fn eviction_keeps_lwlsn_and_full_cache_keeps_serving() {
             );
         }
     }
+}
+
+/// A cache of `frames` filled with pages of relation 9 read once each (usage 2), except
+/// `hot` (read `MAX_USAGE` times and more).
+fn cache_of_pages_read_once(frames: u64, hot: std::ops::Range<u32>) -> (tempfile::TempDir, Lfc) {
+    let (d, lfc) = new_cache(frames);
+    let mut out = [0u8; PAGE_SIZE];
+    for blk in 0..frames as u32 {
+        let t = tag(9, blk);
+        assert_eq!(
+            lfc.install_prefetched(&t, 0, &make_page(&t, 1)),
+            InstallOutcome::Installed
+        );
+        let reads = if hot.contains(&blk) {
+            8
+        } else {
+            CLOCK_SETTLE_USAGE - 1
+        };
+        for _ in 0..reads {
+            assert!(lfc.lookup(&t, &mut out).is_some());
+        }
+    }
+    assert_eq!(lfc.stats().evictions, 0, "every frame was free");
+    (d, lfc)
+}
+
+#[test]
+fn a_cache_full_of_pages_read_once_is_not_swept_whole_for_one_claim() {
+    // A scan's pages, installed and read once: every frame in use when the hand comes round.
+    // The claim lowers at most `CLOCK_SWEEP_LIMIT` of them and takes the next one as it is,
+    // where an uncapped sweep lowered all 4 × the limit, twice, to find one at zero.
+    let frames = 4 * CLOCK_SWEEP_LIMIT;
+    let (_d, lfc) = cache_of_pages_read_once(frames, 0..0);
+    let t = tag(10, 0);
+    assert_eq!(
+        lfc.install_prefetched(&t, 0, &make_page(&t, 1)),
+        InstallOutcome::Installed
+    );
+    let s = lfc.stats();
+    assert_eq!((s.evictions, s.capped_evictions), (1, 1), "{s:?}");
+    // The page taken is the first one past the limit; the ones the sweep lowered stay.
+    let cached = (0..frames as u32)
+        .filter(|&b| lfc.contains(&tag(9, b)))
+        .count();
+    assert_eq!(cached as u64, frames - 1);
+    assert!(!lfc.contains(&tag(9, CLOCK_SWEEP_LIMIT as u32)));
+}
+
+#[test]
+fn hot_pages_outlive_a_scan_through_a_capped_sweep() {
+    // Pages read often sit just past the limit, where capped claims take pages as they are:
+    // they only lose one count a pass, and a scan of the cache's size passes them once or
+    // twice, so they stay while the pages read once around them go.
+    let frames = 4 * CLOCK_SWEEP_LIMIT;
+    let hot = CLOCK_SWEEP_LIMIT as u32..CLOCK_SWEEP_LIMIT as u32 + 16;
+    let (_d, lfc) = cache_of_pages_read_once(frames, hot.clone());
+    for blk in 0..frames as u32 {
+        let t = tag(10, blk);
+        assert_eq!(
+            lfc.install_prefetched(&t, 0, &make_page(&t, 1)),
+            InstallOutcome::Installed
+        );
+    }
+    let s = lfc.stats();
+    assert!(s.capped_evictions > 0, "{s:?}");
+    for blk in hot {
+        assert!(lfc.contains(&tag(9, blk)), "hot page {blk} evicted: {s:?}");
+    }
+    let once = (0..frames as u32)
+        .filter(|&b| lfc.contains(&tag(9, b)))
+        .count();
+    assert!(once <= 64, "{once} pages read once are left");
 }
 
 #[test]

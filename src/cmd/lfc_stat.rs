@@ -117,6 +117,7 @@ fn json_object(
     put("already_present", s.already_present.into());
     put("no_room", s.no_room.into());
     put("evictions", s.evictions.into());
+    put("capped_evictions", s.capped_evictions.into());
     put("drops", s.drops.into());
     put("superseded_writes", s.superseded_writes.into());
     put("reservations", s.reservations.into());
@@ -351,7 +352,10 @@ fn print_human(cache: &Lfc, g: &LfcGeometry, s: &LfcStats) {
         "  writes     {} stored, {} superseded; {} cached copies dropped as modified",
         s.writes, s.superseded_writes, s.drops
     );
-    println!("  evictions  {}", s.evictions);
+    println!(
+        "  evictions  {} ({} by a capped CLOCK sweep)",
+        s.evictions, s.capped_evictions
+    );
     println!(
         "  zero-copy  {} reservations, {} abandoned",
         s.reservations, s.abandons

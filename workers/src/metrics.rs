@@ -369,6 +369,11 @@ fn lfc_counters(out: &mut String, s: &lfc::LfcStats) {
         ),
         ("evictions", "Pages evicted to make room.", s.evictions),
         (
+            "capped_evictions",
+            "Of the evictions, pages still in use taken by a CLOCK sweep at its limit.",
+            s.capped_evictions,
+        ),
+        (
             "no_room",
             "Installs refused for lack of a frame or of index room.",
             s.no_room,
