@@ -693,7 +693,7 @@ impl Driver {
         self.pairs.clear();
         for i in 0..self.scratch.len() {
             let tag = self.scratch[i];
-            if !self.queue_repair(tag, Check::Repair) {
+            if !self.queue_repair(tag) {
                 self.pairs.push((tag, lfc.lwlsn(&tag)));
             }
         }
@@ -702,13 +702,13 @@ impl Driver {
         self.pump(lfc, now_ns);
     }
 
-    /// Queues own prefetch `tag` in the TCP pipeline, no longer tracked as in flight: with
-    /// `Check::Repair`, judged lost or not when its turn or answer comes (`judge_repair`);
-    /// with `Check::None`, not judged. False when the pipeline's queue is full.
-    fn queue_repair(&mut self, tag: BufferTag, check: Check) -> bool {
+    /// Queues own prefetch `tag` in the TCP pipeline as a repair (judged lost or not when its
+    /// turn comes: `judge_repair`), no longer tracked as in flight; false when the pipeline's
+    /// queue is full.
+    fn queue_repair(&mut self, tag: BufferTag) -> bool {
         let queued = self.pipeline.push_back(Queued {
             tag,
-            check,
+            check: Check::Repair,
             ahead: true,
         });
         if queued {
@@ -722,22 +722,12 @@ impl Driver {
     /// its GetPage, counted as retries, as the loss check's repairs do; those the pipeline's
     /// queue has no room for stay in flight. (A read that moves the window to TCP moves them
     /// with the rest, some racing UDP.)
-    ///
-    /// Only pages shown lost are judged as repairs (a page requested after them has arrived:
-    /// `LossDetector::run_after`): those that nothing followed may be late rather than lost,
-    /// and go as ordinary pages. Judged, a daemon off the one
-    /// CPU of `bench hol`'s compute for a fraction of a millisecond made eight pages "lost" at a
-    /// time (their GetPages answered before the datagrams queued in the socket were read),
-    /// and the busy reader left UDP on "31 % of prefetches lost" over loopback.
     fn repair_overdue_run(&mut self, lfc: &Lfc) {
         self.scratch.clear();
-        let hole = self
-            .core
+        self.core
             .overdue_run(|t| lfc.contains(t), &mut self.scratch);
         for i in 0..self.scratch.len() {
-            let tag = self.scratch[i];
-            let check = if i < hole { Check::Repair } else { Check::None };
-            if !self.queue_repair(tag, check) {
+            if !self.queue_repair(self.scratch[i]) {
                 break;
             }
             self.core.stats_mut().retries += 1;
@@ -1730,57 +1720,6 @@ mod tests {
                 assert!(log[1].reason.contains("lost"), "{log:?}");
             }
             assert!(d.stats().retries > 0, "the checks took pages as lost");
-        }
-    }
-
-    /// A read giving up on an overdue page takes the missing pages requested with it to TCP.
-    /// With nothing requested after them arrived (a daemon off its CPU, its datagrams waiting
-    /// in the socket) they may be late rather than lost: their answers judge nothing. When a
-    /// page of the same request after them has arrived, they are a hole: judged as repairs,
-    /// lost unless UDP brings them first.
-    #[test]
-    fn an_overdue_run_is_judged_as_lost_only_when_a_page_after_it_arrived() {
-        for hole in [false, true] {
-            let f = fixture(true);
-            let lfc = &f.lfc;
-            let rel = synthetic_rel(0);
-            let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
-            d.prefetch(lfc, rel, 0..32, T0);
-            drain(&mut d);
-            // Pages 0..4 arrive; with `hole`, page 10 too.
-            let arrived = |b: u32| b < 4 || (hole && b == 10);
-            for b in (0..32).filter(|&b| arrived(b)) {
-                let tag = rel.block(b);
-                lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
-            }
-            let mut wire = VecDeque::new();
-            let mut now = T0 + 100 * US;
-            for b in 0..4 {
-                assert_eq!(read(&mut d, lfc, &mut wire, b, &mut now), ReadSource::Hit);
-            }
-            // Page 4's wait runs out and its read goes by TCP, the run behind it after.
-            assert_eq!(read(&mut d, lfc, &mut wire, 4, &mut now), ReadSource::Tcp);
-            assert_eq!(d.path(), PrefetchPath::Udp, "{:?}", d.state_log());
-            // Pages 5..10 were overtaken by page 10 (the loss check that saw it arrive took
-            // it off the queue); 11.. are followed by nothing that arrived.
-            let judged = d.pipeline.in_flight_pages();
-            let run: Vec<u32> = if hole {
-                (5..10).chain(11..14).collect()
-            } else {
-                (5..13).collect()
-            };
-            let expected: Vec<_> = run
-                .iter()
-                .map(|&b| {
-                    let check = if hole && b < 10 {
-                        Check::Repair
-                    } else {
-                        Check::None
-                    };
-                    (rel.block(b), check)
-                })
-                .collect();
-            assert_eq!(judged, expected, "hole: {hole}");
         }
     }
 

@@ -356,12 +356,6 @@ impl LossDetector {
     /// batch lost is a run of consecutive pages that nothing after it has overtaken yet when
     /// the reader is close behind the arrivals; fetched one at a time, each page of the run
     /// cost its read a round trip. Looks at most `LOSS_SCAN` entries for `tag`'s own.
-    ///
-    /// Returns how many of the run's first pages a later page has overtaken (a loss check saw
-    /// one arrive after them, or the run ended at one that has): those are a hole, likely lost.
-    /// The rest followed by nothing that arrived may only be late (a worker daemon off its
-    /// CPU, its datagrams waiting in the socket). Checks count arrivals after each missing
-    /// page, so the overtaken pages are a prefix of the run.
     pub(super) fn run_after(
         &self,
         tag: &BufferTag,
@@ -379,7 +373,6 @@ impl LossDetector {
             return 0;
         };
         let first = out.len();
-        let mut overtaken = 0;
         for entry in self.order.iter().skip(at + 1) {
             if out.len() - first >= limit || entry.sent_ns > sent_ns {
                 break;
@@ -388,14 +381,11 @@ impl LossDetector {
                 continue;
             }
             if is_cached(&entry.tag) {
-                return out.len() - first;
+                break;
             }
             out.push(entry.tag);
-            if entry.overtaken > 0 {
-                overtaken = out.len() - first;
-            }
         }
-        overtaken
+        out.len() - first
     }
 
     /// Own prefetches still outstanding (not `is_cached`), oldest request first, appended to

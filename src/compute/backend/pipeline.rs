@@ -98,18 +98,6 @@ impl Pipeline {
         self.in_flight.len()
     }
 
-    /// The pages in flight and what each one's answer judges, oldest first.
-    #[cfg(test)]
-    pub fn in_flight_pages(&self) -> Vec<(BufferTag, Check)> {
-        self.in_flight
-            .iter()
-            .filter_map(|e| match e {
-                InFlight::Page { tag, judge, .. } => Some((*tag, *judge)),
-                _ => None,
-            })
-            .collect()
-    }
-
     pub fn is_idle(&self) -> bool {
         self.queued.is_empty() && self.in_flight.is_empty()
     }
