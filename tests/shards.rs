@@ -121,105 +121,118 @@ fn served(server: &ServerProc) -> (u64, u64, u64) {
 #[test]
 fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() {
     let _turn = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let lfc = dir.path().join("lfc");
-    let shards = start_shards(None, &[]);
-    let workers = WorkersProc::start(&lfc, &["--size", "64M"]);
+    // On a loaded machine every shard can leave UDP at its first late datagrams and bring all
+    // its pages by TCP pipelining (`.ci/run` once: 576 datagrams received, every one already
+    // present): the senders' table then has nothing to show, and the attempt is made again
+    // from scratch. The same happened to the session's starting code under two busy loops (1
+    // attempt in 6, as to the code after it).
+    const ATTEMPTS: usize = 4;
+    for attempt in 1..=ATTEMPTS {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = dir.path().join("lfc");
+        let shards = start_shards(None, &[]);
+        let workers = WorkersProc::start(&lfc, &["--size", "64M"]);
 
-    let done = run_with_limit(&mut scan_command(&shards, &lfc, REL0), LIMIT);
-    let r = json("scan", &done);
-    assert_eq!(r["pages"], u64::from(PAGES), "{r}");
-    assert_eq!(r["verified"], u64::from(PAGES), "{r}");
-    assert_eq!(r["failed"], 0, "{r}");
+        let done = run_with_limit(&mut scan_command(&shards, &lfc, REL0), LIMIT);
+        let r = json("scan", &done);
+        assert_eq!(r["pages"], u64::from(PAGES), "{r}");
+        assert_eq!(r["verified"], u64::from(PAGES), "{r}");
+        assert_eq!(r["failed"], 0, "{r}");
 
-    let mut prewarm = Command::new(BIN);
-    prewarm
-        .args(["prewarm", "run", "--relation", REL1, "--json", "--lfc"])
-        .arg(&lfc)
-        .env("RUST_LOG", "warn");
-    shard_args(&mut prewarm, &shards);
-    let p = json("prewarm", &run_with_limit(&mut prewarm, LIMIT));
-    assert_eq!(p["complete"], true, "{p}");
-    assert_eq!(p["present"], u64::from(PAGES), "{p}");
-    assert_eq!(p["failed_verification"], 0, "{p}");
+        let mut prewarm = Command::new(BIN);
+        prewarm
+            .args(["prewarm", "run", "--relation", REL1, "--json", "--lfc"])
+            .arg(&lfc)
+            .env("RUST_LOG", "warn");
+        shard_args(&mut prewarm, &shards);
+        let p = json("prewarm", &run_with_limit(&mut prewarm, LIMIT));
+        assert_eq!(p["complete"], true, "{p}");
+        assert_eq!(p["present"], u64::from(PAGES), "{p}");
+        assert_eq!(p["failed_verification"], 0, "{p}");
 
-    // Each shard was asked for its own pages only (a stray one is refused and counted), and
-    // every shard took part: what it served (GetPage or prefetch) covers at least its pages of
-    // both relations.
-    let owned: Vec<u64> = (0..SHARDS)
-        .map(|s| pages_per_shard(16384)[s] + pages_per_shard(16385)[s])
-        .collect();
-    for (s, server) in shards.iter().enumerate() {
-        let text = server.scrape();
-        assert_eq!(counter(&text, "udp_prefetch_server_shard_number"), s as u64);
-        assert_eq!(counter(&text, "udp_prefetch_server_shards"), SHARDS as u64);
-        let (get_page, prefetched, wrong) = served(server);
-        assert_eq!(wrong, 0, "shard {s} was sent another shard's page");
-        assert!(owned[s] > 0, "the stripes put pages on shard {s}");
+        // Each shard was asked for its own pages only (a stray one is refused and counted), and
+        // every shard took part: what it served (GetPage or prefetch) covers at least its pages of
+        // both relations.
+        let owned: Vec<u64> = (0..SHARDS)
+            .map(|s| pages_per_shard(16384)[s] + pages_per_shard(16385)[s])
+            .collect();
+        for (s, server) in shards.iter().enumerate() {
+            let text = server.scrape();
+            assert_eq!(counter(&text, "udp_prefetch_server_shard_number"), s as u64);
+            assert_eq!(counter(&text, "udp_prefetch_server_shards"), SHARDS as u64);
+            let (get_page, prefetched, wrong) = served(server);
+            assert_eq!(wrong, 0, "shard {s} was sent another shard's page");
+            assert!(owned[s] > 0, "the stripes put pages on shard {s}");
+            assert!(
+                get_page + prefetched >= owned[s],
+                "shard {s} served {get_page} GetPages and {prefetched} prefetched pages for the \
+                 {} pages it owns",
+                owned[s]
+            );
+        }
+        // The daemon counts what each sender (a shard's sender thread: IP and port) delivered:
+        // every installed datagram under a sender of its own, from more than one shard.
+        // A thread counts each install at once but adds it to its sender's count at the end of
+        // its receive batch: a thread descheduled within a batch shows the two apart for a while,
+        // so the daemon is read until they agree.
+        let family = "udp_prefetch_datagrams_installed_by_sender_total{sender=\"";
+        let senders = |text: &str| -> Vec<(String, u64)> {
+            text.lines()
+                .filter_map(|l| l.strip_prefix(family))
+                .filter_map(|l| {
+                    let (addr, n) = l.split_once("\"} ")?;
+                    Some((addr.to_string(), n.trim().parse::<f64>().ok()? as u64))
+                })
+                .collect()
+        };
+        let by_sender = |text: &str| -> u64 {
+            senders(text)
+                .iter()
+                .filter(|(a, _)| a != "other")
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let text = workers.scrape_until(LIMIT, |t| {
+            by_sender(t) == counter(t, "udp_prefetch_datagrams_installed_total")
+        });
+        let installed = counter(&text, "udp_prefetch_datagrams_installed_total");
+        let senders = senders(&text);
+        if installed == 0 && attempt < ATTEMPTS {
+            eprintln!("attempt {attempt}: every page came by TCP (a busy machine); again");
+            continue;
+        }
+        assert!(installed > 0, "{text}");
+        assert_eq!(by_sender(&text), installed, "{senders:?}");
         assert!(
-            get_page + prefetched >= owned[s],
-            "shard {s} served {get_page} GetPages and {prefetched} prefetched pages for the \
-             {} pages it owns",
-            owned[s]
+            senders
+                .iter()
+                .filter(|(a, n)| a != "other" && *n > 0)
+                .count()
+                >= SHARDS,
+            "one sender or more per shard: {senders:?}"
         );
+        lfc_stat_counts_each_shards_senders(&lfc, &workers, &shards);
+        // And the servers hold to the map: another shard's page is refused, naming its owner.
+        let rel = lfc::RelTag::new(1663, 5, 16384, 0);
+        let foreign = (0..PAGES)
+            .find(|&b| layout().shard_of(&rel.block(b)) != 0)
+            .unwrap();
+        let owner = layout().shard_of(&rel.block(foreign));
+        let mut client = PageClient::connect(&ConnectOptions::new(shards[0].addr.clone())).unwrap();
+        match client.get_page(rel.block(foreign), LATEST_LSN, 0) {
+            Err(ClientError::Request(message)) => assert!(
+                message.contains(&format!("belongs to shard {owner}/3"))
+                    && message.contains("this page server, shard 0/3"),
+                "{message}"
+            ),
+            other => panic!(
+                "shard 0 served another shard's page: {:?}",
+                other.map(|_| ())
+            ),
+        }
+        assert_eq!(served(&shards[0]).2, 1);
+        return;
     }
-    // The daemon counts what each sender (a shard's sender thread: IP and port) delivered:
-    // every installed datagram under a sender of its own, from more than one shard.
-    // A thread counts each install at once but adds it to its sender's count at the end of
-    // its receive batch: a thread descheduled within a batch shows the two apart for a while,
-    // so the daemon is read until they agree.
-    let family = "udp_prefetch_datagrams_installed_by_sender_total{sender=\"";
-    let senders = |text: &str| -> Vec<(String, u64)> {
-        text.lines()
-            .filter_map(|l| l.strip_prefix(family))
-            .filter_map(|l| {
-                let (addr, n) = l.split_once("\"} ")?;
-                Some((addr.to_string(), n.trim().parse::<f64>().ok()? as u64))
-            })
-            .collect()
-    };
-    let by_sender = |text: &str| -> u64 {
-        senders(text)
-            .iter()
-            .filter(|(a, _)| a != "other")
-            .map(|(_, n)| n)
-            .sum()
-    };
-    let text = workers.scrape_until(LIMIT, |t| {
-        by_sender(t) == counter(t, "udp_prefetch_datagrams_installed_total")
-    });
-    let installed = counter(&text, "udp_prefetch_datagrams_installed_total");
-    let senders = senders(&text);
-    assert!(installed > 0, "{text}");
-    assert_eq!(by_sender(&text), installed, "{senders:?}");
-    assert!(
-        senders
-            .iter()
-            .filter(|(a, n)| a != "other" && *n > 0)
-            .count()
-            >= SHARDS,
-        "one sender or more per shard: {senders:?}"
-    );
-    lfc_stat_counts_each_shards_senders(&lfc, &workers, &shards);
-    // And the servers hold to the map: another shard's page is refused, naming its owner.
-    let rel = lfc::RelTag::new(1663, 5, 16384, 0);
-    let foreign = (0..PAGES)
-        .find(|&b| layout().shard_of(&rel.block(b)) != 0)
-        .unwrap();
-    let owner = layout().shard_of(&rel.block(foreign));
-    let mut client = PageClient::connect(&ConnectOptions::new(shards[0].addr.clone())).unwrap();
-    match client.get_page(rel.block(foreign), LATEST_LSN, 0) {
-        Err(ClientError::Request(message)) => assert!(
-            message.contains(&format!("belongs to shard {owner}/3"))
-                && message.contains("this page server, shard 0/3"),
-            "{message}"
-        ),
-        other => panic!(
-            "shard 0 served another shard's page: {:?}",
-            other.map(|_| ())
-        ),
-    }
-    assert_eq!(served(&shards[0]).2, 1);
 }
 
 /// `lfc stat --json` (the LFC's sender table, another process's view) names each shard's
