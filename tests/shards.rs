@@ -124,8 +124,7 @@ fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() 
     // On a loaded machine every shard can leave UDP at its first late datagrams and bring all
     // its pages by TCP pipelining (`.ci/run` once: 576 datagrams received, every one already
     // present): the senders' table then has nothing to show, and the attempt is made again
-    // from scratch. The same happened to the session's starting code under two busy loops (1
-    // attempt in 6, as to the code after it).
+    // from scratch.
     const ATTEMPTS: usize = 4;
     for attempt in 1..=ATTEMPTS {
         let dir = tempfile::tempdir().unwrap();
