@@ -197,9 +197,8 @@ pub struct Driver {
     /// When the backend's previous read finished (this driver's, or another shard's:
     /// `read_ended_elsewhere`).
     last_done_ns: Option<u64>,
-    /// The shell's time sending what this backend's calls queued outside its reads (after a
-    /// read was done, and around a `prefetch`), since the last read: it is added to the next
-    /// read's own time (`io_outside_reads`).
+    /// The shell's time for this backend outside its reads' dated steps since the last read
+    /// (`io_outside_reads`, `read_returned`): added to the next read's own time.
     io_carry_ns: u64,
     /// When the read in progress began waiting for a prefetch that was not fresh (see
     /// `own_is_fresh`), and whether the wait was long (`ReadPath::long_wait_ns`).
@@ -281,9 +280,12 @@ impl Driver {
         self.io_carry_ns = self.io_carry_ns.saturating_add(ns);
     }
 
-    /// When the last read finished (the `now` of its last step), if one has.
-    pub fn last_read_done_ns(&self) -> Option<u64> {
-        self.last_done_ns
+    /// The shell returned the read whose last step was dated `last_done_ns` at `now_ns`: the
+    /// time between is `io_outside_reads`.
+    pub fn read_returned(&mut self, now_ns: u64) {
+        if let Some(done_ns) = self.last_done_ns {
+            self.io_outside_reads(now_ns.saturating_sub(done_ns));
+        }
     }
 
     /// A backend over `lfc`. `port_override` is the operator's `--prefetch-port`; without it

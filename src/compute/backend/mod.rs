@@ -370,11 +370,8 @@ impl<'a> Backend<'a> {
             poll = match poll {
                 Poll::Done(source) => {
                     // What the read left to send just went: its cost, counted in the next
-                    // read's pace (`Driver::io_outside_reads`).
-                    if let Some(done_ns) = self.core.last_read_done_ns() {
-                        self.core
-                            .io_outside_reads(monotonic_ns().saturating_sub(done_ns));
-                    }
+                    // read's pace (`Driver::read_returned`).
+                    self.core.read_returned(monotonic_ns());
                     return Ok(source);
                 }
                 Poll::Wait { tag, until_ns } => {

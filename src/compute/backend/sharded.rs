@@ -128,9 +128,9 @@ impl ShardedDriver {
         self.drivers[self.last].io_outside_reads(ns);
     }
 
-    /// When the latest read finished (its last step's `now`), if one has.
-    pub fn last_read_done_ns(&self) -> Option<u64> {
-        self.drivers[self.last].last_read_done_ns()
+    /// `Driver::read_returned` of the latest read's shard.
+    pub fn read_returned(&mut self, now_ns: u64) {
+        self.drivers[self.last].read_returned(now_ns);
     }
 
     /// `Driver::on_wait_over` of the read in progress.
