@@ -531,3 +531,62 @@ fn the_page_server_serves_its_counters_and_health_over_http() {
     drop(client);
     server.shutdown();
 }
+
+#[test]
+fn a_gated_scan_is_attached_before_its_gate_opens_and_counts_its_time_after() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let server = ServerProc::start(&[
+        "--source",
+        "synthetic:pages=512",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let workers = WorkersProc::start(&lfc, &["--size", "8MiB"]);
+    let mut scan = scan_command(&server, &lfc, "udp")
+        .args(["--distance", "64", "--start-gate"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(scan.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), udp_prefetch::compute::scan::READY_LINE);
+    // Ready means attached: connected, and its prefetch target registered (the backend waited
+    // for the answer), so many scans started together leave their start-ups out of their
+    // scans. Nothing of the scan itself was asked for yet.
+    let metrics = server.scrape();
+    let requests = |kind: &str| {
+        common::sample(
+            &metrics,
+            &format!("udp_prefetch_server_requests_total{{type=\"{kind}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(requests("prefetch_target"), 1.0, "{metrics}");
+    assert_eq!(
+        requests("prefetch") + requests("get_page"),
+        0.0,
+        "{metrics}"
+    );
+    // Held at the gate for a while (a gap the scan's time must not contain), then opened: the
+    // scan's own time fits between the opening and its exit.
+    std::thread::sleep(Duration::from_millis(300));
+    let opened = std::time::Instant::now();
+    drop(scan.stdin.take());
+    let mut json = String::new();
+    out.read_to_string(&mut json).unwrap();
+    assert!(scan.wait().unwrap().success(), "{json}");
+    let since_opened = opened.elapsed().as_secs_f64();
+    let report: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(report["verified"], 512, "{report}");
+    let elapsed = report["elapsed_s"].as_f64().unwrap();
+    assert!(
+        elapsed <= since_opened,
+        "the scan's {elapsed} s began before its gate opened ({since_opened} s before it exited)"
+    );
+    drop(workers);
+}

@@ -152,19 +152,24 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
     if let (true, Some(lfc)) = (args.map_lfc, &lfc) {
         lfc.map_all()?;
     }
-    if args.start_gate {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{READY_LINE}")?;
-        out.flush()?;
-        // Whatever the starter writes, the scan starts when it closes our input.
-        std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
-    }
     // The start gate is for benchmarks, whose scans must not print anything of their own.
     let progress = (!args.json && !args.start_gate).then(|| ScanProgress {
         log_every: std::time::Duration::from_millis(args.progress_interval_ms.max(1)),
     });
-    let report = run_scan_with_progress(&cfg, lfc.as_ref(), progress)?;
+    // The gate opens once the scan is attached (connected, its backend registered), so that
+    // backends started together leave their start-up out of their scans.
+    let mut gate = || -> std::io::Result<()> {
+        if args.start_gate {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{READY_LINE}")?;
+            out.flush()?;
+            // Whatever the starter writes, the scan starts when it closes our input.
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+        }
+        Ok(())
+    };
+    let report = run_scan_with_progress(&cfg, lfc.as_ref(), progress, &mut gate)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -335,15 +335,19 @@ impl Tally {
 /// Runs one scan. `lfc` is required for the udp mode and unused otherwise (the TCP modes are
 /// the baselines without a cache).
 pub fn run_scan(cfg: &ScanConfig, lfc: Option<&Lfc>) -> anyhow::Result<ScanReport> {
-    run_scan_with_progress(cfg, lfc, None)
+    run_scan_with_progress(cfg, lfc, None, &mut || Ok(()))
 }
 
 /// [`run_scan`], reporting progress as `progress` says (the `scan` command's; the benchmarks and
-/// the demo print their own lines and pass `None`).
+/// the demo print their own lines and pass `None`). `gate` is called once the scan is attached
+/// (its connections up and, in the LFC modes, its backend registered with the page server) and
+/// returns when it may start: the scan's time starts then (`scan --start-gate`, with which
+/// `bench many-backends` starts its backends together).
 pub fn run_scan_with_progress(
     cfg: &ScanConfig,
     lfc: Option<&Lfc>,
     progress: Option<ScanProgress>,
+    gate: &mut dyn FnMut() -> std::io::Result<()>,
 ) -> anyhow::Result<ScanReport> {
     // A backend is what a query waits on: the same short slice as the page server's GetPage
     // threads, in every mode, so that neither preempts the other for a Prefetch or a response.
@@ -366,28 +370,35 @@ pub fn run_scan_with_progress(
         cpu_per_page_us: cfg.cpu_per_page_us,
         verify: clients[0].page_verify(u64::MAX),
     };
+    // Attached: the LFC modes' backend is built (a udp backend registers its prefetch target
+    // and learns whether the server speaks the extension) before the gate opens.
+    let mut backend = match cfg.mode {
+        ScanMode::Udp | ScanMode::TcpLfc => {
+            Some(lfc_backend(cfg, lfc, std::mem::take(&mut clients), layout)?)
+        }
+        ScanMode::TcpSync | ScanMode::TcpPipelined => None,
+    };
+    gate()?;
     let cpu_start = thread_cpu();
     let switches_start = thread_context_switches();
     let started = Instant::now();
-    let (stats, state_log, shards) = match (cfg.mode, &mut clients[..]) {
-        (ScanMode::TcpSync, clients) => (
+    let (stats, state_log, shards) = match (cfg.mode, &mut clients[..], &mut backend) {
+        (_, _, Some(backend)) => scan_lfc(cfg, backend, &blocks, &mut tally)?,
+        (ScanMode::TcpSync, clients, None) => (
             scan_tcp_sync(cfg, clients, layout, &blocks, &mut tally)?,
             Vec::new(),
             Vec::new(),
         ),
-        (ScanMode::TcpPipelined, [client]) => (
+        (_, [client], None) => (
             scan_tcp_pipelined(cfg, client, &blocks, &mut tally)?,
             Vec::new(),
             Vec::new(),
         ),
-        (ScanMode::TcpPipelined, clients) => (
+        (_, clients, None) => (
             scan_tcp_pipelined_sharded(cfg, clients, layout, &blocks, &mut tally)?,
             Vec::new(),
             Vec::new(),
         ),
-        (ScanMode::Udp | ScanMode::TcpLfc, _) => {
-            scan_lfc(cfg, lfc, clients, layout, &blocks, &mut tally)?
-        }
     };
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = (thread_cpu() - cpu_start).saturating_sub(tally.work_cpu);
@@ -521,19 +532,16 @@ fn scan_tcp_pipelined_sharded(
     })
 }
 
-/// The udp and tcp-lfc scans: every read through a `Backend` over the LFC, its window topped up
-/// ahead of the scan. Returns the backend's statistics and its log of path changes.
-fn scan_lfc(
+/// The backend of a udp or tcp-lfc scan, over the LFC.
+fn lfc_backend<'a>(
     cfg: &ScanConfig,
-    lfc: Option<&Lfc>,
+    lfc: Option<&'a Lfc>,
     clients: Vec<PageClient>,
     layout: ShardLayout,
-    blocks: &Range<u32>,
-    tally: &mut Tally,
-) -> anyhow::Result<(ReadStats, Vec<StateChange>, Vec<ShardScanStats>)> {
+) -> anyhow::Result<Backend<'a>> {
     let lfc =
         lfc.ok_or_else(|| anyhow::anyhow!("the {} mode needs an LFC (--lfc)", cfg.mode.name()))?;
-    let mut backend = if cfg.mode == ScanMode::Udp {
+    Ok(if cfg.mode == ScanMode::Udp {
         Backend::sharded(lfc, clients, layout, cfg.read_path, cfg.prefetch_port)?
     } else {
         // The distance is the pipeline depth, as in tcp-pipelined.
@@ -542,7 +550,17 @@ fn scan_lfc(
             ..cfg.read_path
         };
         Backend::sharded_tcp_only(lfc, clients, layout, read_path)?
-    };
+    })
+}
+
+/// The udp and tcp-lfc scans: every read through a `Backend` over the LFC, its window topped up
+/// ahead of the scan. Returns the backend's statistics and its log of path changes.
+fn scan_lfc(
+    cfg: &ScanConfig,
+    backend: &mut Backend<'_>,
+    blocks: &Range<u32>,
+    tally: &mut Tally,
+) -> anyhow::Result<(ReadStats, Vec<StateChange>, Vec<ShardScanStats>)> {
     // Top the window up in batches, as a backend does, rather than one block at a time.
     let mut window = ScanWindow::new(blocks.start, blocks.end);
     let mut page: Box<Page> = Box::new([0u8; PAGE_SIZE]);
