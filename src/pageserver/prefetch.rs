@@ -6,10 +6,12 @@
 //! Fairness is per connection, not per destination: every backend of a compute sends to the
 //! same worker daemon, so a queue per destination served one backend's next page after every
 //! other backend's far-ahead window (at 64 backends, most reads timed out waiting). Each turn
-//! takes up to one batch from one connection (deficit round robin with a quantum of one batch;
-//! every page costs the same). Within a connection the page its backend reads soonest goes
-//! first: ranges in the order requested, except that a range below the front of the queue (a
-//! page requested again after a loss, which the backend is waiting for) goes ahead of it.
+//! takes up to [`CONN_QUANTUM`] pages from one connection (deficit round robin, every page
+//! costing the same), and one batch takes turns of every connection of its destination, so
+//! batches stay whole however many backends share it. Within a connection the page its
+//! backend reads soonest goes first: ranges in the order requested, except that a range below
+//! the front of the queue (a page requested again after a loss, which the backend is waiting
+//! for) goes ahead of it.
 //!
 //! Priority is per connection too (`PrefetchPriority`, set by the client): a background
 //! connection (prewarm) has a ring of its own, served when no foreground connection has a page
@@ -179,6 +181,35 @@ pub struct PrefetchScheduler {
     /// of spending itself on pages nobody waits for.
     fetched: HashMap<SocketAddr, HashSet<BufferTag>>,
     skipped_fetched: u64,
+    /// Scratch of `next_batch_from` (allocated once, empty between calls).
+    scratch_passed: Vec<ConnId>,
+    scratch_served: Vec<ConnId>,
+}
+
+/// Pages a batch takes from one connection before it goes on to the next connection of the
+/// same destination (deficit round robin, every page costing the same). Every backend of a
+/// compute sends to its one worker daemon, so a turn of a whole batch (32 pages) per
+/// connection put a backend's first page behind every other backend's 32: with 64 backends
+/// starting together, the last one's first page left ~2000 pages into the sender's work,
+/// milliseconds after its read began waiting. With a few pages per turn the front of every
+/// backend's window goes first, and the batch stays as large as before (one `sendmmsg`).
+pub const CONN_QUANTUM: usize = 4;
+
+/// What datagrams a page of a stream becomes: a batch is sent as one run of datagrams of one
+/// size, so its pages must agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    datagrams_per_page: u8,
+    fragment_len: usize,
+}
+
+impl Layout {
+    fn of(key: &SealStream) -> Self {
+        Layout {
+            datagrams_per_page: key.datagrams_per_page(),
+            fragment_len: key.fragment_len(),
+        }
+    }
 }
 
 /// Fetched pages remembered per destination; beyond it the set is forgotten (a forgotten page
@@ -199,6 +230,8 @@ impl PrefetchScheduler {
             queued_pages: 0,
             fetched: HashMap::new(),
             skipped_fetched: 0,
+            scratch_passed: Vec::new(),
+            scratch_served: Vec::new(),
         }
     }
 
@@ -305,9 +338,9 @@ impl PrefetchScheduler {
 
     /// Fills `out` (cleared first) with up to `max` pages that may be sent at `now_ns`, taking
     /// from each connection in turn: foreground connections first, background ones when no
-    /// foreground page is due or when their share is owed ([`BACKGROUND_SHARE`]). Pages come
-    /// from one connection (so one destination) per call so the sender can batch them into one
-    /// `sendmmsg`.
+    /// foreground page is due or when their share is owed ([`BACKGROUND_SHARE`]). The pages of
+    /// one call share a destination and datagram layout, so the sender can batch them into one
+    /// `sendmmsg`; they come from one or more of its connections ([`CONN_QUANTUM`]).
     pub fn next_batch(&mut self, now_ns: u64, max: usize, out: &mut Vec<PageJob>) -> Next {
         out.clear();
         let mut earliest: Option<u64> = None;
@@ -333,9 +366,15 @@ impl PrefetchScheduler {
         }
     }
 
-    /// One round of the foreground or the background ring: the first connection with pages it
-    /// may send fills `out`; returns how many. Lowers `earliest` to when a connection that
-    /// could not send may (pacing or service delay).
+    /// One batch from the foreground or the background ring: the first connection with pages it
+    /// may send starts it, and the batch goes on with the next connections in ring order that
+    /// share its destination and datagram layout, [`CONN_QUANTUM`] pages from each, passing
+    /// over the others (which keep their places), until `max` pages or nothing more is due;
+    /// more passes over the connections served only while no other destination waits, so a
+    /// connection never gets more than a quantum per round of the ring while others wait.
+    /// Connections served go to the back of the ring. Returns how many pages are in
+    /// `out`; lowers `earliest` to when a connection that could not send may (pacing or
+    /// service delay).
     fn next_batch_from(
         &mut self,
         background: bool,
@@ -345,24 +384,61 @@ impl PrefetchScheduler {
         earliest: &mut Option<u64>,
     ) -> Option<usize> {
         let paced = self.limits.rate_bytes_per_s > 0;
-        for _ in 0..rings(&mut self.ring, &mut self.background_ring, background).len() {
-            let conn = rings(&mut self.ring, &mut self.background_ring, background)
-                .pop_front()
-                .expect("ring not empty");
-            let addr = self.queues[&conn]
-                .addr
-                .expect("a queued connection has a destination");
-            let mut allowance = if paced {
-                (self.refill(addr, now_ns) / DATAGRAM_LEN as f64).floor() as usize
-            } else {
-                usize::MAX
+        // The batch's destination and layout, once its first page is taken.
+        let mut batch: Option<(SocketAddr, Layout)> = None;
+        let mut allowance = usize::MAX;
+        // Connections passed over (another destination, or nothing due), in ring order; and
+        // those served, for the back of the ring.
+        let mut passed = std::mem::take(&mut self.scratch_passed);
+        let mut served = std::mem::take(&mut self.scratch_served);
+        let mut taken_this_pass = 0;
+        let mut first_pass = true;
+        let mut other_waiting = false;
+        loop {
+            // A batch stops when full or when its destination's pacing allows no more.
+            if out.len() >= max || (batch.is_some() && allowance == 0) {
+                break;
+            }
+            let Some(conn) =
+                rings(&mut self.ring, &mut self.background_ring, background).pop_front()
+            else {
+                // A pass is over. Another one over the connections served while it took
+                // something, so that a lone connection fills the batch as before, unless a
+                // connection of another destination is waiting: it would then wait for more
+                // than one quantum of each connection ahead of it.
+                if taken_this_pass == 0 || served.is_empty() || other_waiting {
+                    break;
+                }
+                taken_this_pass = 0;
+                first_pass = false;
+                rings(&mut self.ring, &mut self.background_ring, background)
+                    .extend(served.drain(..));
+                continue;
             };
             let cq = self.queues.get_mut(&conn).expect("ring names a queue");
+            let addr = cq.addr.expect("a queued connection has a destination");
+            let layout = cq.jobs.front().map(|j| Layout::of(&j.key));
+            if batch.is_some_and(|b| Some(b) != layout.map(|l| (addr, l))) {
+                other_waiting |= cq.jobs.front().is_some_and(|j| j.due_ns <= now_ns);
+                passed.push(conn);
+                continue;
+            }
+            if batch.is_none() && paced {
+                // Until the batch has a destination, each connection's own bucket says.
+                allowance = (self.refill(addr, now_ns) / DATAGRAM_LEN as f64).floor() as usize;
+            }
+            let cq = self.queues.get_mut(&conn).expect("ring names a queue");
             let queue = &mut cq.jobs;
-            while out.len() < max && allowance > 0 {
+            let before = out.len();
+            let limit = max.min(before + CONN_QUANTUM);
+            while out.len() < limit && allowance > 0 {
                 let Some(job) = queue.front_mut() else { break };
                 if job.due_ns > now_ns {
                     *earliest = Some(earliest.map_or(job.due_ns, |e| e.min(job.due_ns)));
+                    break;
+                }
+                if batch.is_some_and(|(_, l)| l != Layout::of(&job.key)) {
+                    // Re-registered with another layout: its own batch later.
                     break;
                 }
                 let tag = job.rel.block(job.next_blkno);
@@ -383,34 +459,42 @@ impl PrefetchScheduler {
                     self.skipped_fetched += 1;
                     continue;
                 }
+                if batch.is_none() {
+                    batch = Some((addr, Layout::of(&page.key)));
+                }
                 out.push(page);
                 allowance -= 1;
             }
+            let taken = out.len() - before;
+            taken_this_pass += taken;
             let drained = queue.is_empty();
-            if paced && !out.is_empty() {
+            if paced && taken > 0 {
                 let b = self.buckets.get_mut(&addr).expect("refilled above");
-                b.tokens -= (out.len() * DATAGRAM_LEN) as f64;
+                b.tokens -= (taken * DATAGRAM_LEN) as f64;
+            }
+            if paced && allowance == 0 && !drained {
+                let at = self.next_token_at(addr, now_ns);
+                *earliest = Some(earliest.map_or(at, |e| e.min(at)));
             }
             if drained {
                 self.queues.remove(&conn);
                 self.queue_gone(addr);
+            } else if taken > 0 || !first_pass {
+                served.push(conn);
             } else {
-                if paced && allowance == 0 {
-                    // Next token for one datagram.
-                    let b = &self.buckets[&addr];
-                    let need = DATAGRAM_LEN as f64 - b.tokens;
-                    let wait_ns =
-                        (need.max(0.0) / self.limits.rate_bytes_per_s as f64 * 1e9).ceil() as u64;
-                    let at = now_ns + wait_ns.max(1);
-                    *earliest = Some(earliest.map_or(at, |e| e.min(at)));
-                }
-                rings(&mut self.ring, &mut self.background_ring, background).push_back(conn);
-            }
-            if !out.is_empty() {
-                return Some(out.len());
+                passed.push(conn);
             }
         }
-        None
+        // The ring again: those passed over in their places, then the ones not reached, then
+        // the ones served.
+        let ring = rings(&mut self.ring, &mut self.background_ring, background);
+        for conn in passed.drain(..).rev() {
+            ring.push_front(conn);
+        }
+        ring.extend(served.drain(..));
+        self.scratch_passed = passed;
+        self.scratch_served = served;
+        (!out.is_empty()).then_some(out.len())
     }
 
     /// A sender thread's decision step at `now_ns`: a batch of at most [`SEND_BATCH`] pages
@@ -454,6 +538,14 @@ impl PrefetchScheduler {
 
     /// A connection's queue for `addr` is gone: when it was the destination's last, the
     /// destination's fetched pages are forgotten too (bounded state).
+    /// When `addr`'s bucket holds a token for one more datagram (never now: 1 ns on at least).
+    fn next_token_at(&self, addr: SocketAddr, now_ns: u64) -> u64 {
+        let b = &self.buckets[&addr];
+        let need = DATAGRAM_LEN as f64 - b.tokens;
+        let wait_ns = (need.max(0.0) / self.limits.rate_bytes_per_s as f64 * 1e9).ceil() as u64;
+        now_ns + wait_ns.max(1)
+    }
+
     fn queue_gone(&mut self, addr: SocketAddr) {
         let left = self
             .queues_per_addr
@@ -866,6 +958,85 @@ mod tests {
         assert_eq!(s.queued_pages(), 0);
     }
 
+    /// Sends every queued page in batches of at most `max`, returning the batches' blocks.
+    fn drain_batches(s: &mut PrefetchScheduler, max: usize) -> Vec<Vec<(u16, u32)>> {
+        let mut out = Vec::new();
+        let mut batches = Vec::new();
+        while let Next::Ready(_) = s.next_batch(0, max, &mut out) {
+            batches.push(out.iter().map(|j| (j.addr.port(), j.tag.blkno)).collect());
+        }
+        batches
+    }
+
+    #[test]
+    fn a_batch_takes_a_quantum_from_each_backend_of_a_compute_so_every_window_front_goes_first() {
+        // 64 backends of one compute (one daemon port) ask for their first 32 pages at once,
+        // backend `c` for blocks `1000 c ..`.
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        for conn in 0..64u32 {
+            push_for(&mut s, ConnId::from(conn), 1000 * conn, 32);
+        }
+        let batches = drain_batches(&mut s, SEND_BATCH);
+        let sent: Vec<u32> = batches.iter().flatten().map(|&(_, b)| b).collect();
+        assert_eq!(sent.len(), 64 * 32);
+        assert!(
+            batches.iter().all(|b| b.len() == SEND_BATCH),
+            "batches stay whole"
+        );
+        // Every backend's first page within the first round (a quantum each), where a turn
+        // of a whole batch each put the last one's 2016 pages in.
+        for conn in 0..64u32 {
+            let at = sent.iter().position(|&b| b == 1000 * conn).unwrap();
+            assert!(
+                at < 64 * CONN_QUANTUM,
+                "backend {conn}'s first page went {at}th"
+            );
+        }
+        // Each backend's pages in order.
+        for conn in 0..64u32 {
+            let own: Vec<u32> = sent.iter().copied().filter(|b| b / 1000 == conn).collect();
+            assert_eq!(own, (1000 * conn..1000 * conn + 32).collect::<Vec<_>>());
+        }
+        // A lone backend still fills its batches.
+        push_for(&mut s, 7, 0, 100);
+        let lens: Vec<usize> = drain_batches(&mut s, SEND_BATCH)
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(lens, vec![32, 32, 32, 4]);
+    }
+
+    #[test]
+    fn a_connection_of_another_compute_gets_a_quantum_per_round_and_keeps_its_place() {
+        // Backends 1..=3 of the compute on port 9 and one connection (10) of the compute on
+        // port 10, between them in the ring.
+        let mut s = PrefetchScheduler::new(SchedulerLimits::default());
+        push_for(&mut s, 1, 0, 8);
+        s.push(&conn_to(10, 10), Header::default(), REL, 500, 12, 0)
+            .unwrap();
+        push_for(&mut s, 2, 100, 8);
+        push_for(&mut s, 3, 200, 8);
+        let q = CONN_QUANTUM as u32;
+        let range = |port, from: u32, n: u32| (from..from + n).map(move |b| (port, b));
+        let batches = drain_batches(&mut s, 3 * CONN_QUANTUM);
+        // One destination per batch; the other compute's connection is passed over in its
+        // place, then takes one quantum, not a whole batch, while port 9's backends wait.
+        let expected: Vec<Vec<(u16, u32)>> = vec![
+            range(9, 0, q)
+                .chain(range(9, 100, q))
+                .chain(range(9, 200, q))
+                .collect(),
+            range(10, 500, q).collect(),
+            range(9, q, q)
+                .chain(range(9, 100 + q, q))
+                .chain(range(9, 200 + q, q))
+                .collect(),
+            range(10, 500 + q, 12 - q).collect(),
+        ];
+        assert_eq!(batches, expected);
+        assert_eq!(s.queued_pages(), 0);
+    }
+
     #[test]
     fn a_closed_connection_is_forgotten_and_its_compute_keeps_its_other_queues() {
         let mut s = PrefetchScheduler::new(SchedulerLimits::default());
@@ -942,6 +1113,31 @@ mod tests {
             (105..=111).contains(&sent),
             "sent {sent} in one virtual second"
         );
+    }
+
+    #[test]
+    fn a_destination_out_of_tokens_does_not_hold_back_another() {
+        let limits = SchedulerLimits {
+            rate_bytes_per_s: 100 * DATAGRAM_LEN as u64,
+            burst_bytes: 2 * DATAGRAM_LEN as u64,
+            ..SchedulerLimits::default()
+        };
+        let mut s = PrefetchScheduler::new(limits);
+        s.push(&dest(1), Header::default(), REL, 0, 10, 0).unwrap();
+        s.push(&dest(2), Header::default(), REL, 100, 10, 0)
+            .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(s.next_batch(0, 8, &mut out), Next::Ready(2));
+        assert_eq!(batch_conn(&out), 1, "its burst");
+        assert_eq!(s.next_batch(0, 8, &mut out), Next::Ready(2));
+        assert_eq!(
+            batch_conn(&out),
+            2,
+            "the other destination's burst, though 1 is out"
+        );
+        // Both out of tokens: the next one comes at the rate (100 datagrams per second).
+        assert_eq!(s.next_batch(0, 8, &mut out), Next::WaitUntil(10_000_000));
+        assert_eq!(s.next_batch(10_000_000, 8, &mut out), Next::Ready(1));
     }
 
     #[test]
@@ -1043,9 +1239,10 @@ mod tests {
         /// Against a model of the queues: a background batch goes only when no foreground page
         /// is due or its share is owed (after exactly `BACKGROUND_SHARE` foreground batches
         /// while it waited), and then it does go first; a batch is its connection's next due
-        /// pages in order; the scheduler waits exactly until the next due page; and once pushes
-        /// stop, every page of every connection, background included, is sent (no starvation),
-        /// within one turn per page.
+        /// pages in order (a quantum of them while another connection's pages are due: each
+        /// test connection is a destination of its own); the scheduler waits exactly until the
+        /// next due page; and once pushes stop, every page of every connection, background
+        /// included, is sent (no starvation), within one turn per page.
         #[test]
         fn priority_is_strict_for_due_foreground_work_and_background_is_never_starved(
             background in proptest::collection::vec(proptest::bool::ANY, 4),
@@ -1093,10 +1290,17 @@ mod tests {
                             assert!(!(bg_due && *fg_since_bg >= BACKGROUND_SHARE),
                                 "background's share owed but foreground sent");
                         }
-                        // The connection's next due pages, in order, up to max.
+                        // The connection's next due pages, in order, up to max, or up to
+                        // a quantum while another destination of its ring has pages due.
+                        let other_due = model.iter().any(|(&c, q)| {
+                            c != conn
+                                && is_bg(c) == is_bg(conn)
+                                && q.front().is_some_and(|r| r.0 <= now)
+                        });
+                        let limit = if other_due { max.min(CONN_QUANTUM) } else { max };
                         let q = model.get_mut(&conn).unwrap();
                         let mut expected = Vec::new();
-                        while expected.len() < max {
+                        while expected.len() < limit {
                             let Some(r) = q.front_mut() else { break };
                             if r.0 > now {
                                 break;

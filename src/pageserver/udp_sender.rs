@@ -419,8 +419,8 @@ fn send_loop(inner: &Inner, mut sender: GsoSender, mut filter: DropFilter) {
     }
 }
 
-/// Sends the first `ready` sealed pages of a batch (one destination and stream: the scheduler
-/// hands out batches per connection), each `fragments` datagrams, counting pages whose last
+/// Sends the first `ready` sealed pages of a batch (one destination and datagram layout: the
+/// scheduler hands out batches so), each `fragments` datagrams, counting pages whose last
 /// datagram left and, on a send error, the pages that did not.
 fn send_sealed(
     sender: &mut GsoSender,
