@@ -415,7 +415,7 @@ impl PrefetchScheduler {
                     .extend(served.drain(..));
                 continue;
             };
-            let cq = self.queues.get_mut(&conn).expect("ring names a queue");
+            let cq = &self.queues[&conn];
             let addr = cq.addr.expect("a queued connection has a destination");
             let layout = cq.jobs.front().map(|j| Layout::of(&j.key));
             if batch.is_some_and(|b| Some(b) != layout.map(|l| (addr, l))) {
