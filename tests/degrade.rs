@@ -253,6 +253,50 @@ fn udp_scan_with_no_daemon_on_the_lfc_reads_everything_over_tcp_pipelining() {
 }
 
 #[test]
+fn a_backend_that_receives_its_own_prefetches_reads_by_udp_beside_a_dead_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = dir.path().join("lfc");
+    let server = fault_server();
+    // The cache's daemon SIGKILLed: its record stays in the header, its heartbeat ages.
+    let mut workers = WorkersProc::start(&lfc, &["--size", "512MiB"]);
+    workers.kill();
+    drop(workers);
+    let (limit, pipelined) = scan_limit(&server, &lfc, PAGES);
+    let r = report(
+        "udp scan receiving its own prefetches, daemon dead",
+        &run_with_limit(
+            scan_command(&server, &lfc, "udp").args(["--receive", "backend"]),
+            limit,
+        ),
+    );
+    assert_every_page_verified(&r, PAGES);
+    assert_eq!(
+        r["digest"], pipelined["digest"],
+        "the same pages as over TCP"
+    );
+    let installed = counter(&r, "installed_by_backend");
+    assert!(installed > 0, "the backend installed nothing itself: {r}");
+    assert!(
+        counter(&r, "hits") + counter(&r, "late_hits") > 0,
+        "no read found a page the backend received: {r}"
+    );
+    // Its path is its own: the dead daemon moved nothing.
+    let log = r["udp_state_log"].as_array().expect("udp_state_log");
+    assert!(
+        log[0]["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("receives its prefetches itself")),
+        "{r}"
+    );
+    assert!(
+        log.iter()
+            .all(|c| !c["reason"].as_str().unwrap_or("").contains("daemon")),
+        "a backend receiving itself moved because of the daemon: {r}"
+    );
+    assert_no_crawl(&r);
+}
+
+#[test]
 fn udp_scan_completes_when_the_daemon_is_sigstopped_mid_scan() {
     let mut under_way =
         udp_scan_under_fault(|w| w.signal(libc::SIGSTOP), |w| w.signal(libc::SIGCONT));

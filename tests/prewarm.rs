@@ -407,7 +407,7 @@ fn a_background_prewarm_yields_to_a_scan_beside_it_and_not_when_alone() {
                 mode: ScanMode::Udp,
                 distance: 64,
                 cpu_per_page_us: 0,
-                prefetch_port: Some(port),
+                receive: udp_prefetch::compute::backend::Receive::Daemon { port: Some(port) },
                 read_path: Default::default(),
                 shards: Default::default(),
             };

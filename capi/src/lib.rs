@@ -297,6 +297,8 @@ fn backend_status(e: &BackendError) -> UdpfStatus {
         // A handle opens a connection per server it is given: the map cannot disagree with
         // them.
         BackendError::ShardMap { .. } => UdpfStatus::UDPF_INVALID_ARGUMENT,
+        // The C API's backends are fed by the daemon; a socket of their own is not made here.
+        BackendError::Receive(_) => UdpfStatus::UDPF_INTERNAL,
     }
 }
 
@@ -412,7 +414,10 @@ fn breaks_connection(e: &BackendError) -> bool {
     match e {
         BackendError::Client(_) | BackendError::Driver(_) => true,
         BackendError::Shard { source, .. } => breaks_connection(source),
-        BackendError::Bind(_) | BackendError::Write { .. } | BackendError::ShardMap { .. } => false,
+        BackendError::Bind(_)
+        | BackendError::Write { .. }
+        | BackendError::ShardMap { .. }
+        | BackendError::Receive(_) => false,
     }
 }
 
@@ -620,7 +625,8 @@ pub unsafe extern "C" fn udpf_open(
         // SAFETY: freed only when the handle drops, after the backend that borrows it.
         let lfc_ref: &'static Lfc = unsafe { &*lfc };
         let port = (o.prefetch_port != 0).then_some(o.prefetch_port);
-        match Backend::sharded(lfc_ref, clients, layout, config, port) {
+        let receive = udp_prefetch::compute::backend::Receive::Daemon { port };
+        match Backend::sharded(lfc_ref, clients, layout, config, receive) {
             Ok(backend) => {
                 let handle = Box::new(UdpfBackend {
                     backend: Some(backend),

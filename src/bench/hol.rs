@@ -77,6 +77,10 @@ pub struct HolBenchArgs {
     /// LFC size, MiB; smaller than the scan is fine (CLOCK evicts pages already read).
     #[arg(long, default_value_t = 256)]
     pub lfc_mib: u64,
+    /// Who receives the udp cases' prefetches (`scan --receive`): the worker daemon, or the
+    /// backend itself.
+    #[arg(long, value_enum, default_value_t = crate::cmd::scan::ReceiveBy::Daemon)]
+    pub receive: crate::cmd::scan::ReceiveBy,
 }
 
 /// What one case observed so far.
@@ -121,6 +125,7 @@ impl Tally {
             .param("distance", args.distance)
             .param("fg_interval_us", args.fg_interval_us)
             .param("daemon_nice", args.daemon_nice)
+            .param("receive", args.receive.name())
             .param(
                 "daemon_thread_class",
                 args.daemon_thread_class.map(|c| c.name()),
@@ -304,11 +309,12 @@ impl<'a> UdpReader<'a> {
         scan: Option<RelTag>,
         args: &HolBenchArgs,
     ) -> anyhow::Result<Self> {
-        let backend = Backend::with_prefetch_port(
+        let backend = Backend::sharded(
             lfc,
-            connect(addr)?,
+            vec![connect(addr)?],
+            crate::protocol::shard::ShardLayout::SINGLE,
             ReadPathConfig::default(),
-            Some(udp_port),
+            args.receive.with_port(Some(udp_port)),
         )?;
         Ok(UdpReader {
             backend,

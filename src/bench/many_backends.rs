@@ -76,6 +76,10 @@ pub struct ManyBackendsBenchArgs {
     /// while has: the steady state, like the rest of the start-up that the gate leaves out.
     #[arg(long)]
     pub fresh_backends: bool,
+    /// Who receives the udp case's prefetches (`scan --receive`): the worker daemon, or each
+    /// backend process itself.
+    #[arg(long, value_enum, default_value_t = crate::cmd::scan::ReceiveBy::Daemon)]
+    pub receive: crate::cmd::scan::ReceiveBy,
 }
 
 /// What one mode observed across all backends of a case.
@@ -144,6 +148,7 @@ impl ModeResult {
                     args.daemon_thread_class.map(|c| c.name()),
                 )
                 .param("fresh_backends", args.fresh_backends)
+                .param("receive", args.receive.name())
         };
         let (backend_cpu, daemon_cpu) = self.compute_cpu_us();
         let mut throughput = with_params(BenchRecord::new(
@@ -414,6 +419,9 @@ impl<'a> ModeRun<'a> {
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
+            if mode == ScanMode::Udp {
+                cmd.args(["--receive", args.receive.name()]);
+            }
             if matches!(mode, ScanMode::Udp | ScanMode::TcpLfc) {
                 cmd.arg("--lfc").arg(daemon.lfc_path());
                 if !args.fresh_backends {

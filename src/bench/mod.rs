@@ -214,7 +214,7 @@ pub(crate) fn relation_scan(
         mode,
         distance: ahead,
         cpu_per_page_us: 0,
-        prefetch_port: None,
+        receive: crate::compute::backend::Receive::Daemon { port: None },
         read_path: crate::compute::backend::read_path::ReadPathConfig::default(),
         shards: Default::default(),
     }

@@ -100,7 +100,9 @@ fn beside_scan_config(
         mode: ScanMode::Udp,
         distance: 512,
         cpu_per_page_us: 0,
-        prefetch_port: Some(udp_port),
+        receive: crate::compute::backend::Receive::Daemon {
+            port: Some(udp_port),
+        },
         read_path: ReadPathConfig::default(),
         shards: Default::default(),
     }

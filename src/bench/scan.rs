@@ -61,6 +61,10 @@ pub struct ScanBenchArgs {
     // second, this machine's, number.
     #[arg(long, default_value_t = workers::daemon::default_threads(), hide_default_value = true)]
     pub daemon_threads: usize,
+    /// Who receives the udp cases' prefetches (`scan --receive`): the worker daemon, or the
+    /// backend itself.
+    #[arg(long, value_enum, default_value_t = crate::cmd::scan::ReceiveBy::Daemon)]
+    pub receive: crate::cmd::scan::ReceiveBy,
 }
 
 /// `run`'s compute CPU record of a measured scan at (`delay`, per-page work `cpu`).
@@ -119,6 +123,7 @@ fn udp_records(
             Ahead::Distance(args.distance),
         )
         .param("daemon_threads", args.daemon_threads)
+        .param("receive", args.receive.name())
         .param("udp_share", round3(udp_run.report.udp_share()))
         .param("udp_state_changes", udp_run.report.udp_state_changes)
         .param(
@@ -153,7 +158,7 @@ fn measure(
             mode,
             distance: mode.pages_ahead(args.depth, args.distance),
             cpu_per_page_us: cpu,
-            prefetch_port: Some(daemon.udp_port),
+            receive: args.receive.with_port(Some(daemon.udp_port)),
             read_path: ReadPathConfig::default(),
             shards: Default::default(),
         },

@@ -96,7 +96,7 @@ fn scan(
         mode,
         distance,
         cpu_per_page_us: 0,
-        prefetch_port: port,
+        receive: crate::compute::backend::Receive::Daemon { port },
         read_path: ReadPathConfig::default(),
         shards: map.clone(),
     };

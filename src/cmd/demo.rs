@@ -165,7 +165,9 @@ fn scan_all(
                 mode,
                 distance: mode.pages_ahead(args.depth, args.distance),
                 cpu_per_page_us: 0,
-                prefetch_port: Some(udp_port),
+                receive: crate::compute::backend::Receive::Daemon {
+                    port: Some(udp_port),
+                },
                 read_path: ReadPathConfig::default(),
                 shards: map.clone(),
             };

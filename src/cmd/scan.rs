@@ -44,8 +44,13 @@ pub struct ScanArgs {
     pub cpu_per_page_us: u64,
     /// UDP port of the worker daemon on this host; default: the port the daemon serving the
     /// LFC recorded in its header.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "receive")]
     pub prefetch_port: Option<u16>,
+    /// Who receives the udp mode's prefetches: the worker daemon serving the LFC, or the
+    /// backend itself on a socket of its own, installing into the LFC as the daemon does,
+    /// when a read misses and while it waits (no daemon needed for its UDP path).
+    #[arg(long, value_enum, default_value_t = ReceiveBy::Daemon)]
+    pub receive: ReceiveBy,
     /// Path MTU stated to the page server for UDP prefetches, bytes (it splits pages into
     /// datagrams that fit, with IP fragmentation off); 0 asks for whole 8304-byte datagrams.
     /// Default: the MTU of this host's route to the page server.
@@ -98,6 +103,9 @@ pub fn print_report(r: &ScanReport) {
             "  read through the TCP pipeline {} pages; path changes {}",
             r.tcp_pipelined, r.udp_state_changes
         );
+        if let Some(n) = r.installed_by_backend {
+            println!("  installed by the backend's own receiver: {n} pages");
+        }
         for c in &r.udp_state_log {
             let to = match c.to {
                 crate::compute::backend::PrefetchPath::Udp => "UDP prefetch",
@@ -143,7 +151,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
         mode: args.mode,
         distance: args.distance,
         cpu_per_page_us: args.cpu_per_page_us,
-        prefetch_port: args.prefetch_port,
+        receive: args.receive.with_port(args.prefetch_port),
         read_path: ReadPathConfig {
             max_wait_us: args.max_wait_us.max(ReadPathConfig::default().min_wait_us),
             ..ReadPathConfig::default()
@@ -180,4 +188,29 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Failed
     })
+}
+
+/// `--receive`: who receives a udp scan's prefetches (`compute::backend::Receive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReceiveBy {
+    Daemon,
+    Backend,
+}
+
+impl ReceiveBy {
+    /// The receiver, the daemon's port overridden by `port` (`--prefetch-port`).
+    pub fn with_port(self, port: Option<u16>) -> crate::compute::backend::Receive {
+        match self {
+            ReceiveBy::Daemon => crate::compute::backend::Receive::Daemon { port },
+            ReceiveBy::Backend => crate::compute::backend::Receive::Backend,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReceiveBy::Daemon => "daemon",
+            ReceiveBy::Backend => "backend",
+        }
+    }
 }

@@ -10,7 +10,7 @@
 
 use crate::compute::backend::pipeline::PIPELINED_FLUSH_EVERY;
 use crate::compute::backend::read_path::{ReadPathConfig, ReadStats, ScanWindow};
-use crate::compute::backend::{Backend, PrefetchPath, ReadSource, StateChange};
+use crate::compute::backend::{Backend, PrefetchPath, ReadSource, Receive, StateChange};
 use crate::protocol::client::{ConnectOptions, PageClient};
 use crate::protocol::page::{verify_page_as, Page, PageVerify};
 use crate::protocol::pagestream::LATEST_LSN;
@@ -68,9 +68,9 @@ pub struct ScanConfig {
     pub distance: u32,
     /// Emulated per-page backend work (query processing), in microseconds of CPU.
     pub cpu_per_page_us: u64,
-    /// UDP port of the worker daemon (udp mode): `None` takes it from the LFC header, where the
-    /// daemon serving the cache records its address.
-    pub prefetch_port: Option<u16>,
+    /// Who receives the udp mode's prefetches: the worker daemon (its port `None`: from the
+    /// LFC header, where the daemon serving the cache records its address) or the backend.
+    pub receive: Receive,
     pub read_path: ReadPathConfig,
     /// A sharded tenant's page servers (none listed: `connect`'s address is the only one).
     pub shards: ShardMap,
@@ -123,6 +123,10 @@ pub struct ScanReport {
     pub context_switches: u64,
     /// BLAKE3 over every page's XXH3-64 in block order: equal digests mean identical results.
     pub digest: String,
+    /// Pages the backend's own receiver installed (`--receive backend`; absent when the
+    /// worker daemon receives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_by_backend: Option<u64>,
 }
 
 /// One shard's part of a scan's reads.
@@ -408,6 +412,10 @@ pub fn run_scan_with_progress(
     let mut report = tally.report(cfg, blocks.len() as u64, stats, state_log, elapsed, cpu);
     report.shards = shards;
     report.context_switches = thread_context_switches() - switches_start;
+    report.installed_by_backend = backend
+        .as_ref()
+        .and_then(Backend::own_received)
+        .map(|(_, installed)| installed);
     Ok(report)
 }
 
@@ -542,7 +550,7 @@ fn lfc_backend<'a>(
     let lfc =
         lfc.ok_or_else(|| anyhow::anyhow!("the {} mode needs an LFC (--lfc)", cfg.mode.name()))?;
     Ok(if cfg.mode == ScanMode::Udp {
-        Backend::sharded(lfc, clients, layout, cfg.read_path, cfg.prefetch_port)?
+        Backend::sharded(lfc, clients, layout, cfg.read_path, cfg.receive)?
     } else {
         // The distance is the pipeline depth, as in tcp-pipelined.
         let read_path = ReadPathConfig {
@@ -655,6 +663,7 @@ impl Tally {
             // Set by the caller, which counted them over the whole scan.
             context_switches: 0,
             digest: self.hasher.finalize().to_hex().to_string(),
+            installed_by_backend: None,
         }
     }
 }

@@ -726,6 +726,11 @@ impl PageClient {
         self.out.get_ref().tcp().peer_addr()
     }
 
+    /// This end of the connection: the address the page server reaches this host at.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.out.get_ref().tcp().local_addr()
+    }
+
     /// Queues a fire-and-forget Prefetch of `nblocks` blocks from `first_blkno` (sent on the next
     /// flush). `not_modified_since` must cover every block of the range.
     pub fn send_prefetch(

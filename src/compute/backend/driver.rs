@@ -240,6 +240,9 @@ pub struct Driver {
     /// False for a backend that never uses UDP (`Driver::tcp_only`): Neon's compute with its
     /// LFC, the baseline UDP prefetch has to beat.
     udp_allowed: bool,
+    /// The backend receives its own prefetches (`Driver::receiving_itself`): no daemon's
+    /// liveness says anything of its UDP path.
+    own_receiver: bool,
     /// A repair was judged since the last `pump` (its loss sample taken): `pump` checks the
     /// loss share then.
     repair_judged: bool,
@@ -353,7 +356,32 @@ impl Driver {
             cache_distrust_reads: 0,
             udp_allowed: true,
             repair_judged: false,
+            own_receiver: false,
         }
+    }
+
+    /// A backend that receives its own prefetches on UDP port `port` (the shell's socket,
+    /// `own_receive`), not through the worker daemon: starts on UDP, and only its own
+    /// arrivals, losses and times move it (the daemon's heartbeat is never consulted, so a
+    /// daemon dead, paused or absent costs it nothing).
+    pub fn receiving_itself(config: ReadPathConfig, port: u16, lfc: &Lfc, now_ns: u64) -> Self {
+        let mut d = Self::build(config, Some(port), now_ns);
+        d.own_receiver = true;
+        d.datagrams_at_start = lfc.datagrams_installed();
+        d.register(port);
+        d.health.start_udp(
+            now_ns,
+            &format!("the backend receives its prefetches itself, on port {port}"),
+        );
+        d
+    }
+
+    /// Whether UDP may bring pages this driver is waiting for or judging now (on UDP, or a
+    /// probe of it running): a backend that receives its own prefetches drains its socket
+    /// before such a read or turn, and not otherwise (an empty receive per TCP read is
+    /// pure cost).
+    pub fn awaits_udp(&self) -> bool {
+        self.udp_allowed && (self.health.path() == PrefetchPath::Udp || self.health.probing())
     }
 
     fn register(&mut self, port: u16) {
@@ -420,7 +448,7 @@ impl Driver {
     /// Reads the daemon's liveness from the LFC header (two atomic loads; the record itself only
     /// when a new daemon registered) and lets the health state react.
     fn observe_daemon(&mut self, lfc: &Lfc, now_ns: u64) {
-        if !self.udp_allowed {
+        if !self.udp_allowed || self.own_receiver {
             return;
         }
         let heartbeat = lfc.daemon_heartbeat_ns();
@@ -1906,6 +1934,70 @@ mod tests {
         );
         assert_eq!(now, start + 2 * MS, "no read waited");
         d
+    }
+
+    #[test]
+    fn a_backend_receiving_itself_ignores_the_daemon_but_leaves_udp_when_its_pages_miss() {
+        let f = fixture(true);
+        // The cache's daemon is dead (its heartbeat old): a daemon-fed driver starts on TCP.
+        let start = T0 + lfc::DAEMON_STALE_NS;
+        let fed = Driver::new(ReadPathConfig::default(), None, &f.lfc, start);
+        assert_eq!(fed.path(), PrefetchPath::TcpPipelined);
+        let mut d = Driver::receiving_itself(ReadPathConfig::default(), 9000, &f.lfc, start);
+        assert_eq!(d.path(), PrefetchPath::Udp);
+        assert!(d.awaits_udp());
+        let rel = synthetic_rel(0);
+        d.prefetch(&f.lfc, rel, 0..64, start);
+        let sent = drain(&mut d);
+        assert_eq!(sent[0], Transmit::Target { udp_port: 9000 });
+        assert!(
+            prefetch_runs(&sent)
+                .iter()
+                .map(|r| u32::from(r.n))
+                .sum::<u32>()
+                == 64
+        );
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        d.on_response(&f.lfc, Response::Target, &mut out, start)
+            .unwrap();
+        // Its own receiver installs the window; a daemon that registers meanwhile (another
+        // port) changes nothing: no new target, no move.
+        for b in 0..32 {
+            let tag = rel.block(b);
+            assert_eq!(
+                f.lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16)),
+                InstallOutcome::Installed
+            );
+        }
+        f.lfc
+            .register_daemon("127.0.0.1:7001".parse().unwrap(), 2, 0, start);
+        let mut wire = VecDeque::new();
+        let mut now = start;
+        for b in 0..32 {
+            assert_eq!(
+                read(&mut d, &f.lfc, &mut wire, b, &mut now),
+                ReadSource::Hit
+            );
+        }
+        assert!(drain(&mut d)
+            .iter()
+            .all(|t| !matches!(t, Transmit::Target { .. })));
+        assert_eq!(d.path(), PrefetchPath::Udp, "{:?}", d.state_log());
+        // The daemon goes stale again: still nothing. Then its own pages stop coming: its
+        // own rules take it to TCP pipelining.
+        now += lfc::DAEMON_STALE_NS;
+        for b in 32..64 {
+            read(&mut d, &f.lfc, &mut wire, b, &mut now);
+            if d.path() == PrefetchPath::TcpPipelined {
+                break;
+            }
+        }
+        assert_eq!(d.path(), PrefetchPath::TcpPipelined, "{:?}", d.state_log());
+        assert!(
+            d.state_log().iter().all(|c| !c.reason.contains("daemon")),
+            "{:?}",
+            d.state_log()
+        );
     }
 
     #[test]

@@ -534,6 +534,11 @@ impl UdpHealth {
         }
     }
 
+    /// A probe (or a race) of UDP is running.
+    pub fn probing(&self) -> bool {
+        self.probe.is_some()
+    }
+
     /// May a probe start now? True only on TCP, when the backoff has passed and someone may be
     /// receiving (`view`), and no probe is running. The caller sends `pages`
     /// (`PROBE_MIN_PAGES` to `PROBE_PAGES`) by UDP and reports each with `on_probe_page`.

@@ -4,16 +4,20 @@
 //!
 //! Dependency rule: `read_path`, `loss`, `health` and `pipeline` are pure state (no LFC, no
 //! socket); `driver` composes them over `&Lfc` with `now` passed in, and `sharded` routes over
-//! one driver per page-server shard; this module alone does I/O
-//! (socket, clock, futex waits). The simulator drives `driver` with virtual time and network.
+//! one driver per page-server shard; this module and `own_receive` (a backend's own UDP
+//! socket) alone do I/O (sockets, clock, futex waits). The simulator drives `driver` with
+//! virtual time and network.
 //!
 //! Owns: the pagestream connections (`PageClient`, one per shard), their `Driver`s, which shard
-//! a request goes to, and when to flush pipelined GetPages; every read decision is a driver's.
-//! Imports only `protocol` and `lfc`: never `pageserver` or `scan` (which is built on it).
+//! a request goes to, when to flush pipelined GetPages, and when a backend that receives its
+//! own prefetches drains its socket; every read decision is a driver's. Imports only
+//! `protocol`, `lfc` and `workers` (the receive code a backend shares with the daemon): never
+//! `pageserver` or `scan` (which is built on it).
 
 pub mod driver;
 pub mod health;
 mod loss;
+pub mod own_receive;
 pub mod pipeline;
 pub mod read_path;
 pub mod sharded;
@@ -27,6 +31,7 @@ pub use driver::ReadSource;
 use driver::{Driver, Poll, Transmit};
 pub use health::{PrefetchPath, StateChange, MAX_STATE_LOG};
 use lfc::{BufferTag, Lfc, RelTag};
+use own_receive::OwnReceiver;
 use read_path::{ReadPathConfig, ReadStats};
 use sharded::ShardedDriver;
 use std::ops::Range;
@@ -53,6 +58,9 @@ pub enum BackendError {
         #[source]
         source: Box<BackendError>,
     },
+    /// The backend's own prefetch socket (`Receive::Backend`) could not be set up.
+    #[error("the backend's own prefetch receiver: {0}")]
+    Receive(#[from] workers::udp::UdpError),
     /// The shard map names another number of shards than there are connections.
     #[error("{connections} page server connections for a tenant of {shards} shards")]
     ShardMap { connections: usize, shards: usize },
@@ -100,12 +108,25 @@ struct ShardConn {
     addr: String,
 }
 
+/// Who receives a backend's UDP prefetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receive {
+    /// The compute's worker daemon, found through the LFC header; `port` overrides the port
+    /// the header gives (the operator's `--prefetch-port`).
+    Daemon { port: Option<u16> },
+    /// The backend itself, on a socket of its own (`own_receive`), when a read misses and
+    /// while it waits: its UDP path then needs no daemon.
+    Backend,
+}
+
 pub struct Backend<'a> {
     lfc: &'a Lfc,
     /// In shard order; one for an unsharded tenant.
     shards: Vec<ShardConn>,
     /// Every read decision, and which shard each request goes to.
     core: ShardedDriver,
+    /// The backend's own prefetch receiver (`Receive::Backend`).
+    own: Option<OwnReceiver<'a>>,
 }
 
 impl<'a> Backend<'a> {
@@ -133,25 +154,38 @@ impl<'a> Backend<'a> {
             vec![client],
             ShardLayout::SINGLE,
             config,
-            prefetch_port,
+            Receive::Daemon {
+                port: prefetch_port,
+            },
         )
     }
 
     /// A backend of a sharded tenant: `clients` are the shards' connections in shard order
     /// (`layout.count()` of them). Every GetPage and Prefetch goes to the shard that owns its
     /// page (`sharded::ShardedDriver`, Neon's routing), and each shard's connection registers
-    /// the prefetch target, so every shard sends its pages to the one worker daemon.
+    /// the prefetch target, so every shard sends its pages to the one receiver (`receive`).
     /// Everything else (`client()`) goes to shard 0.
     pub fn sharded(
         lfc: &'a Lfc,
         clients: Vec<PageClient>,
         layout: ShardLayout,
         config: ReadPathConfig,
-        prefetch_port: Option<u16>,
+        receive: Receive,
     ) -> Result<Self, BackendError> {
-        let mut backend = Self::build(lfc, clients, layout, || {
-            Driver::new(config, prefetch_port, lfc, monotonic_ns())
-        })?;
+        let mut backend = match receive {
+            Receive::Daemon { port } => Self::build(lfc, clients, layout, || {
+                Driver::new(config, port, lfc, monotonic_ns())
+            })?,
+            Receive::Backend => {
+                let own = OwnReceiver::open(lfc, receive_ip(&clients))?;
+                let port = own.port();
+                let mut backend = Self::build(lfc, clients, layout, || {
+                    Driver::receiving_itself(config, port, lfc, monotonic_ns())
+                })?;
+                backend.own = Some(own);
+                backend
+            }
+        };
         backend.learn_extension()?;
         Ok(backend)
     }
@@ -231,7 +265,24 @@ impl<'a> Backend<'a> {
             lfc,
             shards,
             core: ShardedDriver::new(layout, driver),
+            own: None,
         })
+    }
+
+    /// Datagrams received and pages installed by the backend's own receiver (`None` when the
+    /// daemon receives).
+    pub fn own_received(&self) -> Option<(u64, u64)> {
+        self.own.as_ref().map(OwnReceiver::counts)
+    }
+
+    /// A backend that receives its own prefetches takes what its socket holds, without
+    /// waiting, when shard `s` may be waiting for UDP (`Driver::awaits_udp`).
+    fn drain_own(&mut self, s: usize) {
+        if let Some(own) = self.own.as_mut() {
+            if self.core.shard(s).awaits_udp() {
+                own.drain(Duration::ZERO);
+            }
+        }
     }
 
     /// Shard 0's connection: where Exists, Nblocks and DbSize go (as Neon's compute sends
@@ -363,6 +414,9 @@ impl<'a> Backend<'a> {
     /// for within the adaptive budget), else the TCP pipeline of the shard that owns it; every
     /// page fetched by TCP is installed in the LFC.
     pub fn read(&mut self, tag: BufferTag, out: &mut Page) -> Result<ReadSource, BackendError> {
+        if self.own.is_some() && !self.lfc.contains(&tag) {
+            self.drain_own(self.core.shard_of(&tag));
+        }
         let mut poll = self.core.start_read(self.lfc, tag, out, monotonic_ns());
         let s = self.core.reading();
         loop {
@@ -382,8 +436,19 @@ impl<'a> Backend<'a> {
                     }
                     self.flush_others(s)?;
                     let left = until_ns.saturating_sub(monotonic_ns());
-                    if left > 0 {
-                        self.lfc.wait_for_arrival(&tag, Duration::from_nanos(left));
+                    match self.own.as_mut() {
+                        // What came meanwhile; if the page was not in it, the next datagrams
+                        // to come (any, so the driver looks again after each).
+                        Some(own) => {
+                            own.drain(Duration::ZERO);
+                            if left > 0 && !self.lfc.contains(&tag) {
+                                own.drain(Duration::from_nanos(left));
+                            }
+                        }
+                        None if left > 0 => {
+                            self.lfc.wait_for_arrival(&tag, Duration::from_nanos(left));
+                        }
+                        None => {}
                     }
                     self.core.on_wait_over(self.lfc, out, monotonic_ns())
                 }
@@ -407,6 +472,9 @@ impl<'a> Backend<'a> {
     }
 
     fn receive_from(&mut self, s: usize, out: &mut Page) -> Result<driver::Handled, BackendError> {
+        // A probe's page is judged at its turn in the pipeline by whether it is cached: what
+        // the backend's own socket holds must be in by then.
+        self.drain_own(s);
         let lfc = self.lfc;
         let shard = &mut self.shards[s];
         // `recv` flushes what is buffered before it blocks.
@@ -491,6 +559,20 @@ impl<'a> Backend<'a> {
     /// Ends a scan: prefetches never read count as wasted. Summed over the shards.
     pub fn finish(&mut self) -> ReadStats {
         self.core.finish()
+    }
+}
+
+/// Where a backend's own prefetch socket listens: the address its connections reach the page
+/// servers from (the one the server sends to), or every address when the shards' differ.
+fn receive_ip(clients: &[PageClient]) -> std::net::IpAddr {
+    let mut ips = clients
+        .iter()
+        .filter_map(|c| c.local_addr().ok())
+        .map(|a| a.ip());
+    match ips.next() {
+        Some(ip) if ips.all(|other| other == ip) => ip,
+        Some(std::net::IpAddr::V6(_)) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
     }
 }
 

@@ -139,7 +139,7 @@ pub enum UdpError {
 }
 
 impl UdpError {
-    pub(crate) fn io(context: &'static str) -> impl FnOnce(io::Error) -> UdpError {
+    pub fn io(context: &'static str) -> impl FnOnce(io::Error) -> UdpError {
         move |source| UdpError::Io { context, source }
     }
 }
