@@ -259,6 +259,10 @@ pub struct SimConfig {
     pub forged_per_ms: f64,
     pub links: Vec<LinkFaults>,
     pub daemon: DaemonFault,
+    /// Backends `0..own_receivers` receive their own prefetches (`scan --receive backend`:
+    /// `Driver::receiving_itself`, a socket of their own drained when a read misses and while
+    /// it waits); the others are fed by the daemon.
+    pub own_receivers: usize,
     /// Backend `b` starts `b` times this after the first (0: all at once). Not drawn: the
     /// liveness check runs each seed at several (`LIVENESS_START_SKEWS_NS`).
     pub start_skew_ns: u64,
@@ -340,12 +344,20 @@ impl SimConfig {
         let tcp_lo = draw_u(&mut rng, r.tcp_latency_us);
         // Drawn from its own stream, so adding daemon faults did not change the other draws.
         let daemon = draw_daemon(&mut Rng::stream(seed, 0xDAE), r.daemon_faults);
+        let backends = rng.range(2, 4) as usize;
+        // Its own stream too: a third of the seeds have backends that receive themselves.
+        let mut own = Rng::stream(seed, 0x0B1E);
+        let own_receivers = if own.chance(0.35) {
+            own.range(1, backends as u64) as usize
+        } else {
+            0
+        };
         SimConfig {
             profile,
             shards,
             // Drawn from its own stream, so adding it did not change the other draws.
             stripe_pages: 1 << Rng::stream(seed, 0x5791).range(2, 5),
-            backends: rng.range(2, 4) as usize,
+            backends,
             workers: rng.range(1, 3) as usize,
             rels: rng.range(shards as u64, 4) as u32,
             pages_per_rel: rng.range(32, 192) as u32,
@@ -368,6 +380,7 @@ impl SimConfig {
             forged_per_ms: draw_f(&mut rng, r.forged_per_ms),
             links,
             daemon,
+            own_receivers,
             start_skew_ns: 0,
         }
     }
@@ -413,6 +426,7 @@ mod tests {
             }
             assert!(a.rels as usize >= a.shards);
             assert!(a.read_path.min_wait_us <= a.read_path.max_wait_us);
+            assert!(a.own_receivers <= a.backends);
         }
         assert_eq!("heavy".parse::<FaultProfile>(), Ok(FaultProfile::Heavy));
         assert!("bogus".parse::<FaultProfile>().is_err());

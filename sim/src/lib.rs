@@ -130,9 +130,16 @@ pub fn run(scenario: &Scenario) -> Result<RunReport, SimError> {
             .collect(),
         None => workload::generate(scenario.seed),
     };
-    let absent = cfg.daemon == config::DaemonFault::Absent;
+    // Nothing uses UDP: the run is its own TCP-only baseline.
+    let absent = cfg.daemon == config::DaemonFault::Absent && cfg.own_receivers == 0;
+    // `daemon` given: the TCP-only baseline, no daemon and no backend receiving itself.
     let skewed = |skew_ns: u64, daemon: Option<config::DaemonFault>| SimConfig {
         start_skew_ns: scenario.start_skew_ns + skew_ns,
+        own_receivers: if daemon.is_some() {
+            0
+        } else {
+            cfg.own_receivers
+        },
         daemon: daemon.unwrap_or_else(|| cfg.daemon.clone()),
         ..cfg.clone()
     };

@@ -54,6 +54,10 @@ pub struct SoakSummary {
     pub datagrams: u64,
     pub datagrams_delivered: u64,
     pub datagrams_installed: u64,
+    /// Of them, installed by backends that receive their own prefetches, and the backends
+    /// (over all seeds) that did.
+    pub own_receiver_installs: u64,
+    pub own_receivers: u64,
     pub datagrams_dropped_by_faults: u64,
     pub stale_rejected: u64,
     pub forged_rejected: u64,
@@ -84,6 +88,8 @@ impl SoakSummary {
         self.datagrams += r.datagrams;
         self.datagrams_delivered += r.datagrams_delivered;
         self.datagrams_installed += r.datagrams_installed;
+        self.own_receiver_installs += r.own_receiver_installs;
+        self.own_receivers += r.own_receivers;
         self.datagrams_dropped_by_faults += r.datagrams_dropped_by_faults;
         self.stale_rejected += r.stale_rejected;
         self.forged_rejected += r.forged_rejected;

@@ -109,6 +109,47 @@ fn default_faults_and_daemon_failures_cost_no_more_than_tcp_pipelining() {
     }
 }
 
+/// Backends that receive their own prefetches (`scan --receive backend`, a third of the seeds)
+/// get their pages by UDP whatever the daemon does — absent, killed or paused — and cost no
+/// more than TCP pipelining: the seeds of each daemon fault with such backends, every checker.
+#[test]
+fn backends_receiving_themselves_read_by_udp_whatever_the_daemon_does() {
+    use sim::config::{DaemonFault, SimConfig};
+    let mut seen = [false; 4];
+    for seed in 0..400u64 {
+        let cfg = SimConfig::for_seed(seed, FaultProfile::Default);
+        if cfg.own_receivers == 0 {
+            continue;
+        }
+        let fault = match cfg.daemon {
+            DaemonFault::Healthy => 0,
+            DaemonFault::Absent => 1,
+            DaemonFault::KilledAt(_) => 2,
+            DaemonFault::Paused(_) => 3,
+        };
+        if seen[fault] {
+            continue;
+        }
+        seen[fault] = true;
+        let report = check(&Scenario::from_seed(seed, FaultProfile::Default))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            report.own_receiver_installs > 0,
+            "seed {seed} ({:?}): its {} backends receiving themselves installed nothing",
+            cfg.daemon,
+            cfg.own_receivers
+        );
+        if fault == 1 {
+            // No daemon: every datagram installed was a backend's own.
+            assert_eq!(report.own_receiver_installs, report.datagrams_installed);
+        }
+    }
+    assert_eq!(
+        seen, [true; 4],
+        "a daemon fault without such a seed in 0..400"
+    );
+}
+
 /// Seeds that took longer than 1.25 × TCP pipelining plus 20 ms, each replayed: the read path
 /// fixed since. In most, a small cache evicted pages of a TCP window before their reads after
 /// the pipeline had skipped them as cached (installed by other backends' UDP prefetches), and

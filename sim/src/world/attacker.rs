@@ -5,6 +5,7 @@
 //! Owns: its random stream and the count of forgeries sent. Injects only through `net`; reads
 //! no page server and no backend.
 
+use super::daemon::COMPUTE_ADDR;
 use super::net::Origin;
 use super::{tag_key, Ev, World};
 use crate::trace::Kind;
@@ -101,7 +102,7 @@ impl World<'_> {
         }
         let flow = 0xA77A_0000 | r.below(1 << 16);
         self.rec(Kind::Forged, kind as u64, tag_key(&tag), out.len() as u64);
-        self.inject(out, Origin::Forged(kind), flow, self.now);
+        self.inject(out, Origin::Forged(kind), (flow, COMPUTE_ADDR.1), self.now);
     }
 
     /// A burst of forgeries from the workload (`Op::Forge`).
@@ -123,7 +124,12 @@ impl World<'_> {
             let bytes = self.replay_ring[idx].clone();
             self.report.faults.replayed += 1;
             self.rec(Kind::Replayed, idx as u64, 0, 0);
-            self.inject(bytes, Origin::Replay, 0x5EED_0000 + i as u64, self.now);
+            self.inject(
+                bytes,
+                Origin::Replay,
+                (0x5EED_0000 + i as u64, COMPUTE_ADDR.1),
+                self.now,
+            );
         }
     }
 }

@@ -76,6 +76,9 @@ pub(super) struct BackendNode {
     pub(super) page: Box<Page>,
     pub(super) rng: Rng,
     pub(super) done: bool,
+    /// The wait (its token) a datagram on the backend's own socket has already woken: one
+    /// wake-up per wait, however many datagrams come.
+    pub(super) socket_woke: u64,
 }
 
 pub(super) fn build_backends(
@@ -88,7 +91,7 @@ pub(super) fn build_backends(
         .into_iter()
         .enumerate()
         .map(|(i, program)| BackendNode {
-            driver: new_driver(cfg, lfc, START_NS),
+            driver: new_driver(cfg, lfc, START_NS, i),
             path_changes: 0,
             program,
             activity: Activity::None,
@@ -98,21 +101,29 @@ pub(super) fn build_backends(
             page: Box::new([0u8; PAGE_SIZE]),
             rng: Rng::stream(seed, 0xB0 + i as u64),
             done: false,
+            socket_woke: 0,
         })
         .collect()
 }
 
-/// A backend's read path as the real shell builds it when the backend process starts.
-pub(super) fn new_driver(cfg: &SimConfig, lfc: &Lfc, now_ns: u64) -> ShardedDriver {
+/// Backend `b`'s read path as the real shell builds it when the backend process starts: fed
+/// by the daemon, or receiving its own prefetches on its own port (`Backend::sharded` with
+/// `Receive::Backend`).
+pub(super) fn new_driver(cfg: &SimConfig, lfc: &Lfc, now_ns: u64, b: usize) -> ShardedDriver {
     ShardedDriver::new(cfg.shard_layout(), || {
-        Driver::new(cfg.read_path, None, lfc, now_ns)
+        if b < cfg.own_receivers {
+            Driver::receiving_itself(cfg.read_path, super::worker::own_port(b), lfc, now_ns)
+        } else {
+            Driver::new(cfg.read_path, None, lfc, now_ns)
+        }
     })
 }
 
 impl World<'_> {
     /// A page landed in the LFC: backends waiting for it re-check (the futex wake-up).
+    /// A backend that receives its own prefetches waits on its socket instead (`own_arrive`).
     pub(super) fn notify(&mut self, tag: BufferTag) {
-        for b in 0..self.backends.len() {
+        for b in self.cfg.own_receivers..self.backends.len() {
             if let Pending::Wait { ctx, token, .. } = self.backends[b].pending {
                 if ctx.tag == tag {
                     self.schedule(self.now + WAKE_NS, Ev::WaitCheck { backend: b, token });
@@ -147,6 +158,7 @@ impl World<'_> {
                         self.report.udp_state_changes += stats.udp_state_changes;
                         self.report.backends_done_ns = self.now - START_NS;
                         self.rec(Kind::BackendDone, b as u64, 0, 0);
+                        self.own_socket_closed(b);
                         return;
                     };
                     self.start_op(b, op);
@@ -363,11 +375,38 @@ impl World<'_> {
             min_lsn: self.completed_max(&tag),
         };
         self.rec(Kind::ReadStart, b as u64, tag_key(&tag), ctx.min_lsn);
+        self.drain_own_for(b, &tag);
         let lfc = self.lfc;
         let be = &mut self.backends[b];
         let poll = be.driver.start_read(lfc, tag, &mut be.page, now);
         self.flush_transmits(b);
         self.on_poll(b, ctx, poll);
+    }
+
+    /// `Backend::read`'s first step for a backend that receives itself: its socket drained
+    /// when `tag` is not cached and the shard that owns it may be waiting for UDP.
+    fn drain_own_for(&mut self, b: usize, tag: &BufferTag) {
+        if b < self.cfg.own_receivers && !self.lfc.contains(tag) {
+            self.drain_own(b, self.backends[b].driver.shard_of(tag));
+        }
+    }
+
+    /// `Backend::drain_own`: what its socket holds, when shard `s` awaits UDP.
+    fn drain_own(&mut self, b: usize, s: usize) {
+        if b < self.cfg.own_receivers && self.backends[b].driver.shard(s).awaits_udp() {
+            self.own_drain(b);
+        }
+    }
+
+    /// A datagram reached backend `b`'s own socket: a wait on it ends (once per wait).
+    pub(super) fn wake_on_socket(&mut self, b: usize) {
+        let be = &mut self.backends[b];
+        if let Pending::Wait { token, .. } = be.pending {
+            if be.socket_woke != token {
+                be.socket_woke = token;
+                self.schedule(self.now + WAKE_NS, Ev::WaitCheck { backend: b, token });
+            }
+        }
     }
 
     /// The blocking points of `Backend::read` in virtual time.
@@ -409,6 +448,11 @@ impl World<'_> {
         if t != token {
             return;
         }
+        // A backend receiving itself took what its socket held (the wait's end, by a
+        // datagram or the deadline): `OwnReceiver::drain`.
+        if b < self.cfg.own_receivers {
+            self.own_drain(b);
+        }
         let lfc = self.lfc;
         let now = self.now;
         let be = &mut self.backends[b];
@@ -446,8 +490,10 @@ impl World<'_> {
                         return;
                     }
                 };
+                // `Backend::receive_from`: a backend receiving itself drains first.
+                let shard = self.backends[b].driver.shard_of(&tag);
+                self.drain_own(b, shard);
                 let be = &mut self.backends[b];
-                let shard = be.driver.shard_of(&tag);
                 let r = be.driver.on_response(
                     shard,
                     lfc,
@@ -462,6 +508,7 @@ impl World<'_> {
                 r
             }
             ToClient::TargetSet { shard } => {
+                self.drain_own(b, shard);
                 let be = &mut self.backends[b];
                 be.driver
                     .on_response(shard, lfc, DriverResponse::Target, &mut be.page, now)

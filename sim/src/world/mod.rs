@@ -498,6 +498,7 @@ impl<'a> World<'a> {
 
     fn finish_report(mut self) -> RunReport {
         self.report.simulated_ns = self.now - START_NS;
+        self.report.own_receivers = self.cfg.own_receivers as u64;
         self.count_daemon_fault();
         self.report.events = self.events;
         self.report.digest = format!("{:016x}", self.trace.digest());

@@ -8,6 +8,7 @@
 //! fault counters it bumps. It does not decide what is sent (the shards, backends, prewarm and
 //! attacker do) nor what a worker does with a datagram (`worker`).
 
+use super::daemon::COMPUTE_ADDR;
 use super::{Ev, World};
 use crate::trace::Kind;
 use crate::workload::ForgeKind;
@@ -72,6 +73,8 @@ pub(super) struct Packet {
     pub(super) origin: Origin,
     /// Source 4-tuple stand-in: SO_REUSEPORT picks the worker by it.
     pub(super) flow: u64,
+    /// The compute's UDP port it is sent to: the daemon's, or a backend's own socket's.
+    pub(super) port: u16,
 }
 
 impl World<'_> {
@@ -111,7 +114,7 @@ impl World<'_> {
     }
 
     /// A page server's datagram onto its link to the compute, through the link's faults.
-    pub(super) fn send_udp(&mut self, shard: usize, bytes: Vec<u8>, flow: u64) {
+    pub(super) fn send_udp(&mut self, shard: usize, bytes: Vec<u8>, flow: u64, port: u16) {
         let now = self.now;
         let link = &self.shards[shard].link;
         if Self::in_window(&link.partitions, now).is_some() {
@@ -141,19 +144,25 @@ impl World<'_> {
             1
         };
         for _ in 0..copies {
-            self.send_udp_copy(shard, &bytes, flow, clog_end);
+            self.send_udp_copy(shard, &bytes, (flow, port), clog_end);
         }
         if self.net_rng.chance(replay) {
             // Recorded on the way and re-delivered much later (a replaying middlebox).
             let later = now + self.net_rng.range(1_000_000, 50_000_000);
             self.report.faults.replayed += 1;
-            self.inject(bytes, Origin::Replay, flow, later);
+            self.inject(bytes, Origin::Replay, (flow, port), later);
         }
     }
 
     /// One copy of a datagram across the link: latency, jitter, reordering, a clog until
     /// `clog_end`, corruption; then it arrives, unless the link already holds its maximum.
-    fn send_udp_copy(&mut self, shard: usize, bytes: &[u8], flow: u64, clog_end: Option<u64>) {
+    fn send_udp_copy(
+        &mut self,
+        shard: usize,
+        bytes: &[u8],
+        (flow, port): (u64, u16),
+        clog_end: Option<u64>,
+    ) {
         let now = self.now;
         let link = &self.shards[shard].link;
         let (reorder, corrupt) = (link.reorder, link.corrupt);
@@ -195,6 +204,7 @@ impl World<'_> {
                     bytes: data,
                     origin,
                     flow: flow | (shard as u64) << 60,
+                    port,
                 },
             },
         );
@@ -218,7 +228,13 @@ impl World<'_> {
 
     /// A datagram that reaches the compute's socket without crossing a server link (replays,
     /// the attacker).
-    pub(super) fn inject(&mut self, bytes: Vec<u8>, origin: Origin, flow: u64, at: u64) {
+    pub(super) fn inject(
+        &mut self,
+        bytes: Vec<u8>,
+        origin: Origin,
+        (flow, port): (u64, u16),
+        at: u64,
+    ) {
         self.injected += 1;
         self.schedule(
             at,
@@ -227,6 +243,7 @@ impl World<'_> {
                     bytes,
                     origin,
                     flow,
+                    port,
                 },
             },
         );
@@ -237,6 +254,10 @@ impl World<'_> {
         if matches!(packet.origin, Origin::Server | Origin::Corrupted) {
             let shard = (packet.flow >> 60) as usize;
             self.shards[shard].in_flight -= 1;
+        }
+        if packet.port != COMPUTE_ADDR.1 {
+            // A backend's own socket: there whatever the daemon does.
+            return self.own_arrive(packet);
         }
         if self.cfg.daemon.gone_at(self.now) {
             // No socket on the port: the kernel drops it (ICMP port unreachable).

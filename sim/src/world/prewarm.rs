@@ -112,7 +112,7 @@ impl World<'_> {
             let at = self.now + b as u64 * self.cfg.start_skew_ns;
             // Connected when it starts, as a real backend process is: its PrefetchTarget goes
             // out with its first step, and the round trip it measures is one.
-            self.backends[b].driver = super::backend::new_driver(&self.cfg, self.lfc, at);
+            self.backends[b].driver = super::backend::new_driver(&self.cfg, self.lfc, at, b);
             self.schedule(at, Ev::BackendStep(b));
         }
     }
@@ -122,7 +122,9 @@ impl World<'_> {
     /// blocks past a relation's end).
     fn start_prewarm(&mut self, pages: u16, gone: u8) {
         // Small enough to fit next to the workers' reserved slots, so "complete" is reachable.
-        let reserved = (self.cfg.workers * self.cfg.slots_per_worker) as u64;
+        let reserved = (self.cfg.workers * self.cfg.slots_per_worker
+            + self.cfg.own_receivers * super::worker::own_slots(&self.cfg))
+            as u64;
         let budget = (self.cfg.lfc_capacity_pages.saturating_sub(reserved) / 2).max(1) as usize;
         let want = usize::from(pages).clamp(1, budget);
         let mut tags = self.lfc.snapshot_hottest(want / 2);

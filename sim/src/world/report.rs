@@ -92,6 +92,10 @@ pub struct RunReport {
     /// Datagrams handed to the workers' ingest (all sources).
     pub datagrams_delivered: u64,
     pub datagrams_installed: u64,
+    /// Of them, installed by backends that receive their own prefetches
+    /// (`SimConfig::own_receivers`), and those backends.
+    pub own_receiver_installs: u64,
+    pub own_receivers: u64,
     /// Lost, partitioned, tail-dropped or overflowed on the way (not counting the server's own
     /// drop filter, which is in `faults.sender_dropped`).
     pub datagrams_dropped_by_faults: u64,

@@ -435,10 +435,13 @@ impl World<'_> {
         }
         // On the wire in the sender's order (`batch_datagram`: interleaved when pages are split).
         let flow = self.shards[shard].senders[thread].flow;
+        // A batch has one destination (`PrefetchScheduler::next_batch`): the daemon's port or
+        // a backend's own.
+        let port = jobs.first().map_or(COMPUTE_ADDR.1, |j| j.addr.port());
         for d in 0..sealed * fragments {
             let (page, piece) = batch_datagram(d, sealed, fragments);
             let bytes = self.datagrams[page][piece * len..][..len].to_vec();
-            self.send_udp(shard, bytes, flow);
+            self.send_udp(shard, bytes, flow, port);
         }
         sealed as u64
     }

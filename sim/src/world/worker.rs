@@ -66,12 +66,32 @@ fn verdict_code(v: &Verdict) -> u64 {
     }
 }
 
+/// Receive slots a backend's own socket keeps posted (the real one: `own_receive::SLOTS`; the
+/// simulated LFC holds tens of pages).
+pub(super) fn own_slots(cfg: &SimConfig) -> usize {
+    cfg.slots_per_worker.max(1)
+}
+
+/// The UDP port of backend `b`'s own socket (`SimConfig::own_receivers`).
+pub(super) fn own_port(b: usize) -> u16 {
+    super::daemon::COMPUTE_ADDR.1 + 1 + b as u16
+}
+
+/// The daemon's workers, then one node per backend that receives its own prefetches (node
+/// `cfg.workers + b` is backend `b`'s socket).
 pub(super) fn build_workers<'a>(cfg: &SimConfig, lfc: &'a Lfc) -> Vec<WorkerNode<'a>> {
-    (0..cfg.workers)
-        .map(|_| WorkerNode {
+    let slots = |w: usize| {
+        if w < cfg.workers {
+            cfg.slots_per_worker
+        } else {
+            own_slots(cfg)
+        }
+    };
+    (0..cfg.workers + cfg.own_receivers)
+        .map(|w| WorkerNode {
             queue: VecDeque::with_capacity(cfg.rx_queue_datagrams),
-            book: SlotBook::new(lfc, cfg.slots_per_worker),
-            posted: VecDeque::with_capacity(cfg.slots_per_worker),
+            book: SlotBook::new(lfc, slots(w)),
+            posted: VecDeque::with_capacity(slots(w)),
             scheduled: false,
             timeout_scheduled: false,
             metrics: ThreadMetrics::default(),
@@ -208,6 +228,73 @@ impl World<'_> {
         }
     }
 
+    /// A datagram for a backend's own socket (`packet.port`): queued, or tail-dropped on a
+    /// full buffer; a backend waiting for a page wakes (its wait is on the socket). A port
+    /// nobody holds drops it (ICMP port unreachable).
+    pub(super) fn own_arrive(&mut self, packet: Packet) {
+        let open = |b: usize| !self.backends[b].done;
+        let Some(b) = (0..self.cfg.own_receivers).find(|&b| own_port(b) == packet.port && open(b))
+        else {
+            self.report.faults.daemon_down += 1;
+            self.report.datagrams_dropped_by_faults += 1;
+            self.daemon_socket_lost += 1;
+            return;
+        };
+        let w = self.cfg.workers + b;
+        let node = &mut self.workers[w];
+        if node.queue.len() >= self.cfg.rx_queue_datagrams {
+            self.report.faults.tail_dropped += 1;
+            self.report.datagrams_dropped_by_faults += 1;
+            node.tail_drops += 1;
+            self.rec(Kind::TailDrop, w as u64, 0, 0);
+            return;
+        }
+        node.queue.push_back(packet);
+        self.wake_on_socket(b);
+    }
+
+    /// Backend `b` exits: what its own socket held is gone with it (counted as a socket
+    /// lost, as a dead daemon's), its slots go back to the cache.
+    pub(super) fn own_socket_closed(&mut self, b: usize) {
+        if b >= self.cfg.own_receivers {
+            return;
+        }
+        let w = self.cfg.workers + b;
+        let n = self.workers[w].queue.len() as u64;
+        self.workers[w].queue.clear();
+        self.report.datagrams_dropped_by_faults += n;
+        self.daemon_socket_lost += n;
+        self.workers[w].give_slots_back();
+    }
+
+    /// Backend `b`'s own socket drained as `OwnReceiver::drain` does (the real `SlotBook` and
+    /// `Ingest`, one datagram per slot): everything it holds while a slot can be posted, then
+    /// the join table's pages given up if too old, as `SlotPump::step` does after a receive
+    /// that did not fill every slot. No-op for a backend fed by the daemon.
+    pub(super) fn own_drain(&mut self, b: usize) {
+        if b >= self.cfg.own_receivers {
+            return;
+        }
+        let w = self.cfg.workers + b;
+        loop {
+            self.refill_slots(w);
+            if self.workers[w].posted.is_empty() {
+                // Every frame reserved: `Step::NoSlot`, the read goes on without.
+                break;
+            }
+            let Some(packet) = self.workers[w].queue.pop_front() else {
+                break;
+            };
+            let Some(outcome) = self.receive_into_slot(w, &packet.bytes) else {
+                break;
+            };
+            self.account(w, &packet, &outcome);
+        }
+        let now = self.now;
+        let node = &mut self.workers[w];
+        node.book.expire_assembly(|| now, &node.metrics);
+    }
+
     /// The daemon was killed: what the worker's socket held is gone with it, and the LFC
     /// reclaims its frames.
     fn worker_killed(&mut self, w: usize) {
@@ -281,6 +368,9 @@ impl World<'_> {
             Ok(hdr) => {
                 self.workers[w].seen_installed += 1;
                 self.report.datagrams_installed += 1;
+                if w >= self.cfg.workers {
+                    self.report.own_receiver_installs += 1;
+                }
                 let shard = self.shard_of(&hdr.tag);
                 self.report.shards[shard].datagrams_installed += 1;
                 self.rec(
