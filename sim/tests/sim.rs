@@ -201,9 +201,13 @@ fn seeds_once_slower_than_tcp_pipelining_are_not() {
     // as in the TCP-only run, and there its UDP runs take 1.5x (ARCHITECTURE §10). Heavy 5566
     // was a prewarm of six runs of one TCP batch each that waited a registration round trip
     // apiece before going over TCP alone (61 ms against 32); such a run now registers nothing.
+    // Heavy 5183's four backends receive their own prefetches: each held four frames of its
+    // 99-page cache for receiving, the cache evicted 254 pages against TCP's 144, and the run
+    // took 1.7x as long; a backend now holds at most 1/512 of the cache
+    // (`own_receive::slots_for`).
     let heavy = [
         1356, 2800, 5022, 5787, 8576, 9097, 9987, 7811, 71, 96, 138, 224, 261, 1619, 4369, 3, 103,
-        130, 301, 5566, 9484, 7225,
+        130, 301, 5566, 9484, 7225, 5183,
     ]
     .map(|s| (s, FaultProfile::Heavy));
     for (seed, profile) in default.chain(heavy) {

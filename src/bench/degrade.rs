@@ -14,7 +14,7 @@
 
 use super::{relation_scan, round1, round3, start_server, synthetic_server_config, BenchRecord};
 use crate::cmd::daemon_proc::{DaemonProc, ScratchDir};
-use crate::compute::scan::{run_scan, ScanMode, ScanReport};
+use crate::compute::scan::{run_scan, ScanConfig, ScanMode, ScanReport};
 use crate::pageserver::PageServer;
 use lfc::Lfc;
 use std::time::{Duration, Instant};
@@ -55,6 +55,10 @@ pub struct DegradeBenchArgs {
     /// has it: the steady state, and a plain copy per install.
     #[arg(long)]
     pub fresh_backend: bool,
+    /// Who receives the udp scans' prefetches (`scan --receive`): the worker daemon, or the
+    /// backend itself (whose UDP path the daemon's faults then leave alone).
+    #[arg(long, value_enum, default_value_t = crate::cmd::scan::ReceiveBy::Daemon)]
+    pub receive: crate::cmd::scan::ReceiveBy,
     /// Repetitions per case (each a baseline and a udp scan); the record is the one with the
     /// median ratio, and `ratios` lists them all.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=99))]
@@ -266,6 +270,7 @@ fn udp_record(
         .param("udp_extension", case.udp_extension())
         .param("distance", args.path.distance)
         .param("daemon_threads", args.daemon_threads)
+        .param("receive", args.receive.name())
         .param("fresh_backend", args.fresh_backend)
         .param("repeat", args.repeat)
         .param(
@@ -358,11 +363,14 @@ fn scan_with_fault(
     lfc: Option<&Lfc>,
     daemon: Option<(&mut Option<DaemonProc>, Fault)>,
 ) -> anyhow::Result<(ScanReport, Option<Injected>)> {
-    let cfg = relation_scan(
-        server,
-        mode,
-        mode.pages_ahead(args.path.depth, args.path.distance),
-    );
+    let cfg = ScanConfig {
+        receive: args.receive.with_port(None),
+        ..relation_scan(
+            server,
+            mode,
+            mode.pages_ahead(args.path.depth, args.path.distance),
+        )
+    };
     std::thread::scope(|s| {
         let started = Instant::now();
         let scan = std::thread::Builder::new()

@@ -384,10 +384,14 @@ impl World<'_> {
     }
 
     /// `Backend::read`'s first step for a backend that receives itself: its socket drained
-    /// when `tag` is not cached and the shard that owns it may be waiting for UDP.
+    /// when `tag` is not cached and is an own prefetch its shard still expects by UDP.
     fn drain_own_for(&mut self, b: usize, tag: &BufferTag) {
-        if b < self.cfg.own_receivers && !self.lfc.contains(tag) {
-            self.drain_own(b, self.backends[b].driver.shard_of(tag));
+        let driver = &self.backends[b].driver;
+        if b < self.cfg.own_receivers
+            && driver.shard(driver.shard_of(tag)).expects_by_udp(tag)
+            && !self.lfc.contains(tag)
+        {
+            self.own_drain(b);
         }
     }
 

@@ -66,10 +66,11 @@ fn verdict_code(v: &Verdict) -> u64 {
     }
 }
 
-/// Receive slots a backend's own socket keeps posted (the real one: `own_receive::SLOTS`; the
-/// simulated LFC holds tens of pages).
+/// Receive slots a backend's own socket keeps posted: the real receiver's rule
+/// (`own_receive::slots_for`; one in the simulated caches of tens of pages), each slot one
+/// frame here (the simulated socket delivers one datagram per receive).
 pub(super) fn own_slots(cfg: &SimConfig) -> usize {
-    cfg.slots_per_worker.max(1)
+    udp_prefetch::compute::backend::own_receive::slots_for(cfg.lfc_capacity_pages)
 }
 
 /// The UDP port of backend `b`'s own socket (`SimConfig::own_receivers`).

@@ -384,6 +384,14 @@ impl Driver {
         self.udp_allowed && (self.health.path() == PrefetchPath::Udp || self.health.probing())
     }
 
+    /// Whether `tag` is an own UDP prefetch this driver still expects (`awaits_udp`, and
+    /// tracked as outstanding): a backend that receives itself drains its socket before such a
+    /// read, not before a foreground read, whose GetPage goes first (the socket is drained
+    /// while it is in flight, `Backend::receive_from`).
+    pub fn expects_by_udp(&self, tag: &BufferTag) -> bool {
+        self.awaits_udp() && self.core.own_loss(tag).is_some()
+    }
+
     fn register(&mut self, port: u16) {
         if self.target_port != Some(port) {
             self.target_port = Some(port);
