@@ -79,6 +79,9 @@ pub(super) struct BackendNode {
     /// The wait (its token) a datagram on the backend's own socket has already woken: one
     /// wake-up per wait, however many datagrams come.
     pub(super) socket_woke: u64,
+    /// The wait in progress is on the backend's own socket (an own prefetch it expects by
+    /// UDP), not on the LFC's futex (`Backend::read`).
+    pub(super) wait_on_socket: bool,
 }
 
 pub(super) fn build_backends(
@@ -102,6 +105,7 @@ pub(super) fn build_backends(
             rng: Rng::stream(seed, 0xB0 + i as u64),
             done: false,
             socket_woke: 0,
+            wait_on_socket: false,
         })
         .collect()
 }
@@ -121,11 +125,12 @@ pub(super) fn new_driver(cfg: &SimConfig, lfc: &Lfc, now_ns: u64, b: usize) -> S
 
 impl World<'_> {
     /// A page landed in the LFC: backends waiting for it re-check (the futex wake-up).
-    /// A backend that receives its own prefetches waits on its socket instead (`own_arrive`).
+    /// A backend that receives its own prefetches waits on its socket for those instead
+    /// (`own_arrive`).
     pub(super) fn notify(&mut self, tag: BufferTag) {
-        for b in self.cfg.own_receivers..self.backends.len() {
+        for b in 0..self.backends.len() {
             if let Pending::Wait { ctx, token, .. } = self.backends[b].pending {
-                if ctx.tag == tag {
+                if ctx.tag == tag && !self.backends[b].wait_on_socket {
                     self.schedule(self.now + WAKE_NS, Ev::WaitCheck { backend: b, token });
                 }
             }
@@ -406,7 +411,7 @@ impl World<'_> {
     pub(super) fn wake_on_socket(&mut self, b: usize) {
         let be = &mut self.backends[b];
         if let Pending::Wait { token, .. } = be.pending {
-            if be.socket_woke != token {
+            if be.wait_on_socket && be.socket_woke != token {
                 be.socket_woke = token;
                 self.schedule(self.now + WAKE_NS, Ev::WaitCheck { backend: b, token });
             }
@@ -431,6 +436,11 @@ impl World<'_> {
                 let token = be.wait_token;
                 let deadline = until_ns.max(self.now);
                 be.pending = Pending::Wait { ctx, token };
+                be.wait_on_socket = b < self.cfg.own_receivers
+                    && be
+                        .driver
+                        .shard(be.driver.shard_of(&ctx.tag))
+                        .expects_by_udp(&ctx.tag);
                 self.rec(
                     Kind::WaitStart,
                     b as u64,
@@ -468,6 +478,11 @@ impl World<'_> {
             be.wait_token += 1;
             let token = be.wait_token;
             be.pending = Pending::Wait { ctx, token };
+            be.wait_on_socket = b < self.cfg.own_receivers
+                && be
+                    .driver
+                    .shard(be.driver.shard_of(&ctx.tag))
+                    .expects_by_udp(&ctx.tag);
             self.schedule(until_ns.max(now), Ev::WaitCheck { backend: b, token });
             self.flush_transmits(b);
             return;

@@ -439,16 +439,21 @@ impl<'a> Backend<'a> {
                     }
                     self.flush_others(s)?;
                     let left = until_ns.saturating_sub(monotonic_ns());
+                    // A backend that receives itself waits on its socket for its own
+                    // prefetch (what came meanwhile; if the page was not in it, the next
+                    // datagrams to come: any, so the driver looks again after each), and on
+                    // the LFC's futex, as any backend, for a page someone else requested
+                    // (another backend's prefetch comes to the daemon or to that backend).
+                    let on_socket = self.core.shard(s).expects_by_udp(&tag);
                     match self.own.as_mut() {
-                        // What came meanwhile; if the page was not in it, the next datagrams
-                        // to come (any, so the driver looks again after each). Not woken by
-                        // the LFC: a page someone else installs is seen at the next datagram
-                        // or the deadline (sliced waits cost `bench hol`'s foreground reads
-                        // 80 µs at p99 while on UDP).
                         Some(own) => {
                             own.drain(Duration::ZERO);
                             if left > 0 && !self.lfc.contains(&tag) {
-                                own.drain(Duration::from_nanos(left));
+                                if on_socket {
+                                    own.drain(Duration::from_nanos(left));
+                                } else {
+                                    self.lfc.wait_for_arrival(&tag, Duration::from_nanos(left));
+                                }
                             }
                         }
                         None if left > 0 => {
