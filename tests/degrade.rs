@@ -297,6 +297,33 @@ fn a_backend_that_receives_its_own_prefetches_reads_by_udp_beside_a_dead_daemon(
 }
 
 #[test]
+fn receive_backend_refuses_a_daemon_port_and_the_tcp_modes() {
+    let scan = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["scan", "--server", "127.0.0.1:1", "--rel", "1663/5/16384/0"])
+            .args(extra);
+        cmd
+    };
+    common::fails_with(
+        &mut scan(&[
+            "--mode",
+            "udp",
+            "--receive",
+            "backend",
+            "--prefetch-port",
+            "6401",
+        ]),
+        2,
+        "--prefetch-port 6401 names the worker daemon's port",
+    );
+    common::fails_with(
+        &mut scan(&["--mode", "tcp-pipelined", "--receive", "backend"]),
+        2,
+        "--receive backend is for --mode udp",
+    );
+}
+
+#[test]
 fn udp_scan_completes_when_the_daemon_is_sigstopped_mid_scan() {
     let mut under_way =
         udp_scan_under_fault(|w| w.signal(libc::SIGSTOP), |w| w.signal(libc::SIGCONT));

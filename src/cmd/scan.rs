@@ -44,7 +44,7 @@ pub struct ScanArgs {
     pub cpu_per_page_us: u64,
     /// UDP port of the worker daemon on this host; default: the port the daemon serving the
     /// LFC recorded in its header.
-    #[arg(long, conflicts_with = "receive")]
+    #[arg(long)]
     pub prefetch_port: Option<u16>,
     /// Who receives the udp mode's prefetches: the worker daemon serving the LFC, or the
     /// backend itself on a socket of its own, installing into the LFC as the daemon does,
@@ -125,6 +125,20 @@ pub fn print_report(r: &ScanReport) {
 }
 
 pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
+    if let (ReceiveBy::Backend, Some(port)) = (args.receive, args.prefetch_port) {
+        return Err(BadInput(format!(
+            "--prefetch-port {port} names the worker daemon's port, and --receive backend \
+             receives on a port of the backend's own: give one of them"
+        ))
+        .into());
+    }
+    if args.receive == ReceiveBy::Backend && args.mode != ScanMode::Udp {
+        return Err(BadInput(format!(
+            "--receive backend is for --mode udp: --mode {} receives no prefetch datagrams",
+            args.mode.name()
+        ))
+        .into());
+    }
     let lfc = match (&args.lfc, args.mode) {
         (Some(path), _) => {
             // The cache's errors already start with its path.
