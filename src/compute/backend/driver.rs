@@ -1965,6 +1965,9 @@ mod tests {
                 .sum::<u32>()
                 == 64
         );
+        // Its socket is drained before a read of its own prefetches, not of another page.
+        assert!(d.expects_by_udp(&rel.block(40)));
+        assert!(!d.expects_by_udp(&synthetic_rel(1).block(40)));
         let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
         d.on_response(&f.lfc, Response::Target, &mut out, start)
             .unwrap();
@@ -2001,6 +2004,7 @@ mod tests {
             }
         }
         assert_eq!(d.path(), PrefetchPath::TcpPipelined, "{:?}", d.state_log());
+        assert!(!d.awaits_udp() && !d.expects_by_udp(&rel.block(63)));
         assert!(
             d.state_log().iter().all(|c| !c.reason.contains("daemon")),
             "{:?}",

@@ -114,8 +114,9 @@ pub enum Receive {
     /// The compute's worker daemon, found through the LFC header; `port` overrides the port
     /// the header gives (the operator's `--prefetch-port`).
     Daemon { port: Option<u16> },
-    /// The backend itself, on a socket of its own (`own_receive`), when a read misses and
-    /// while it waits: its UDP path then needs no daemon.
+    /// The backend itself, on a socket of its own (`own_receive`), in its own context (a read
+    /// of an own prefetch, a wait for one, a TCP answer while UDP may be bringing pages): its
+    /// UDP path then needs no daemon.
     Backend,
 }
 
@@ -273,16 +274,6 @@ impl<'a> Backend<'a> {
     /// daemon receives).
     pub fn own_received(&self) -> Option<(u64, u64)> {
         self.own.as_ref().map(OwnReceiver::counts)
-    }
-
-    /// A backend that receives its own prefetches takes what its socket holds, without
-    /// waiting, when shard `s` may be waiting for UDP (`Driver::awaits_udp`).
-    fn drain_own(&mut self, s: usize) {
-        if let Some(own) = self.own.as_mut() {
-            if self.core.shard(s).awaits_udp() {
-                own.drain(Duration::ZERO);
-            }
-        }
     }
 
     /// Shard 0's connection: where Exists, Nblocks and DbSize go (as Neon's compute sends
@@ -486,9 +477,11 @@ impl<'a> Backend<'a> {
         // A probe's page is judged at its turn in the pipeline by whether it is cached: what
         // the backend's own socket holds must be in by then. The requests go first, so that
         // the drain overlaps their round trip.
-        if self.own.is_some() && self.core.shard(s).awaits_udp() {
-            self.shards[s].flush()?;
-            self.drain_own(s);
+        if let Some(own) = self.own.as_mut() {
+            if self.core.shard(s).awaits_udp() {
+                self.shards[s].flush()?;
+                own.drain(Duration::ZERO);
+            }
         }
         let lfc = self.lfc;
         let shard = &mut self.shards[s];
