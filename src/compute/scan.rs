@@ -412,10 +412,7 @@ pub fn run_scan_with_progress(
     let mut report = tally.report(cfg, blocks.len() as u64, stats, state_log, elapsed, cpu);
     report.shards = shards;
     report.context_switches = thread_context_switches() - switches_start;
-    report.installed_by_backend = backend
-        .as_ref()
-        .and_then(Backend::own_received)
-        .map(|(_, installed)| installed);
+    report.installed_by_backend = backend.as_ref().and_then(Backend::own_installed);
     Ok(report)
 }
 

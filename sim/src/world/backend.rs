@@ -407,6 +407,13 @@ impl World<'_> {
         }
     }
 
+    /// Whether backend `b`'s wait for `tag` is on its own socket (`Backend::read`: an own
+    /// prefetch it expects by UDP) rather than on the LFC's futex.
+    fn waits_on_socket(&self, b: usize, tag: &BufferTag) -> bool {
+        let driver = &self.backends[b].driver;
+        b < self.cfg.own_receivers && driver.shard(driver.shard_of(tag)).expects_by_udp(tag)
+    }
+
     /// A datagram reached backend `b`'s own socket: a wait on it ends (once per wait).
     pub(super) fn wake_on_socket(&mut self, b: usize) {
         let be = &mut self.backends[b];
@@ -436,11 +443,7 @@ impl World<'_> {
                 let token = be.wait_token;
                 let deadline = until_ns.max(self.now);
                 be.pending = Pending::Wait { ctx, token };
-                be.wait_on_socket = b < self.cfg.own_receivers
-                    && be
-                        .driver
-                        .shard(be.driver.shard_of(&ctx.tag))
-                        .expects_by_udp(&ctx.tag);
+                self.backends[b].wait_on_socket = self.waits_on_socket(b, &ctx.tag);
                 self.rec(
                     Kind::WaitStart,
                     b as u64,
@@ -478,11 +481,7 @@ impl World<'_> {
             be.wait_token += 1;
             let token = be.wait_token;
             be.pending = Pending::Wait { ctx, token };
-            be.wait_on_socket = b < self.cfg.own_receivers
-                && be
-                    .driver
-                    .shard(be.driver.shard_of(&ctx.tag))
-                    .expects_by_udp(&ctx.tag);
+            self.backends[b].wait_on_socket = self.waits_on_socket(b, &ctx.tag);
             self.schedule(until_ns.max(now), Ev::WaitCheck { backend: b, token });
             self.flush_transmits(b);
             return;

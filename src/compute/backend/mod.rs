@@ -270,10 +270,9 @@ impl<'a> Backend<'a> {
         })
     }
 
-    /// Datagrams received and pages installed by the backend's own receiver (`None` when the
-    /// daemon receives).
-    pub fn own_received(&self) -> Option<(u64, u64)> {
-        self.own.as_ref().map(OwnReceiver::counts)
+    /// Pages installed by the backend's own receiver (`None` when the daemon receives).
+    pub fn own_installed(&self) -> Option<u64> {
+        self.own.as_ref().map(OwnReceiver::installed)
     }
 
     /// Shard 0's connection: where Exists, Nblocks and DbSize go (as Neon's compute sends
@@ -435,12 +434,11 @@ impl<'a> Backend<'a> {
                     // datagrams to come: any, so the driver looks again after each), and on
                     // the LFC's futex, as any backend, for a page someone else requested
                     // (another backend's prefetch comes to the daemon or to that backend).
-                    let on_socket = self.core.shard(s).expects_by_udp(&tag);
                     match self.own.as_mut() {
                         Some(own) => {
                             own.drain(Duration::ZERO);
                             if left > 0 && !self.lfc.contains(&tag) {
-                                if on_socket {
+                                if self.core.shard(s).expects_by_udp(&tag) {
                                     own.drain(Duration::from_nanos(left));
                                 } else {
                                     self.lfc.wait_for_arrival(&tag, Duration::from_nanos(left));

@@ -86,13 +86,11 @@ impl<'a> OwnReceiver<'a> {
         }
     }
 
-    /// Datagrams received, and pages installed, so far.
-    pub fn counts(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (
-            self.metrics.received.load(Relaxed),
-            self.metrics.installed.load(Relaxed),
-        )
+    /// Pages installed so far.
+    pub fn installed(&self) -> u64 {
+        self.metrics
+            .installed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
