@@ -415,6 +415,31 @@ impl Driver {
         self.health.on_sibling_left_udp();
     }
 
+    /// Another shard of this backend left UDP, and a read ended: if this shard's oldest own
+    /// prefetch is overdue beyond doubt (`ReadPath::oldest_own_overdue`, judged by `rtt_ns`,
+    /// the longest GetPage round trip the backend's shards measured), the miss its read would
+    /// be moves the window to TCP now (`UdpHealth::on_sibling_overdue`). In the simulator a
+    /// backend whose daemon delivered nothing left one shard after a wait, then paid a TCP
+    /// round trip at each other shard's first read of a window requested long before (`heavy`
+    /// seed 522). Not for a backend that receives itself: its arrivals wait in its socket until
+    /// it drains it, so a page missing from the cache may well have come.
+    pub fn sibling_overdue(&mut self, lfc: &Lfc, rtt_ns: u64, now_ns: u64) {
+        if !self.own_receiver
+            && self.health.sibling_left()
+            && self
+                .core
+                .oldest_own_overdue(|t| lfc.contains(t), rtt_ns, now_ns)
+            && self.health.on_sibling_overdue(now_ns)
+        {
+            self.move_window_to_tcp(lfc, now_ns);
+        }
+    }
+
+    /// The smoothed GetPage round trip this shard measured (0 before one).
+    pub fn tcp_rtt_ns(&self) -> u64 {
+        self.core.tcp_rtt_ns()
+    }
+
     /// Mean own time per read in `path`'s last measured window (`UdpHealth::pace_ns`).
     pub fn pace_ns(&self, path: PrefetchPath) -> Option<f64> {
         self.health.pace_ns(path)

@@ -765,6 +765,28 @@ impl UdpHealth {
         self.sibling_left = self.path == PrefetchPath::Udp;
     }
 
+    /// Whether another shard of this backend left UDP while this one stayed (and still is) on
+    /// it: then one prefetch read that does not arrive in time moves this one too.
+    pub fn sibling_left(&self) -> bool {
+        self.sibling_left && self.path == PrefetchPath::Udp
+    }
+
+    /// Another shard left UDP, and this one's oldest outstanding prefetch is already overdue:
+    /// the miss its read would be (`on_miss` with `sibling_left`) is certain, so the backend
+    /// moves now, before its reader gets there and pays a round trip for the window. Returns
+    /// true when it moved.
+    pub fn on_sibling_overdue(&mut self, now_ns: u64) -> bool {
+        if !self.sibling_left() {
+            return false;
+        }
+        self.set(
+            PrefetchPath::TcpPipelined,
+            now_ns,
+            "another shard left UDP, and this one's oldest prefetch is overdue".into(),
+        );
+        true
+    }
+
     /// On UDP by a probe passed less than `PROBATION_READS` reads ago: one prefetch that did
     /// not arrive in time moves the backend back to TCP. Returns true when it did. (A lost
     /// page does not: it is fetched by the pipeline, and a link losing a few percent would

@@ -388,6 +388,26 @@ impl LossDetector {
         out.len() - first
     }
 
+    /// The oldest own prefetch still missing (live, not `is_cached`) and never requested
+    /// again nor overtaken, with when it was requested: the one whose read would be judged by
+    /// its age alone. Looks at most `LOSS_SCAN` entries; `is_cached` is asked at most that often.
+    pub(super) fn oldest_missing(
+        &self,
+        mut is_cached: impl FnMut(&BufferTag) -> bool,
+    ) -> Option<(BufferTag, u64)> {
+        self.order
+            .iter()
+            .take(LOSS_SCAN)
+            .filter(|p| self.is_live(p))
+            .find(|p| !is_cached(&p.tag))
+            .filter(|p| {
+                self.own
+                    .get(&p.tag)
+                    .is_some_and(|o| !o.lost_or_late_by_reorder())
+            })
+            .map(|p| (p.tag, p.sent_ns))
+    }
+
     /// Own prefetches still outstanding (not `is_cached`), oldest request first, appended to
     /// `out` and forgotten: the UDP path is given up on and the caller fetches them another
     /// way. Returns how many were forgotten (cached or not).

@@ -30,6 +30,10 @@ pub const MAX_REORDER_GRACE_NS: u64 = 500_000;
 /// GetPage), turning them into fallbacks; two leaves them time and still bounds a wait for a
 /// page that never comes (the simulator's daemon faults and stale prefetches).
 pub const WAIT_CAP_RTTS: f64 = 2.0;
+/// GetPage round trips after its request past which an own prefetch that has not arrived is
+/// taken as failed without a read (`oldest_own_overdue`): one more than the longest a read
+/// waits for it (`WAIT_CAP_RTTS`) after a round trip of its own.
+pub const SIBLING_OVERDUE_RTTS: u64 = 3;
 /// Most pages a read that gives up on an overdue prefetch sends to TCP with it
 /// (`ReadPath::overdue_run`): as many as a loss check takes for the front in flight. A page
 /// server's lost batch of 32 split pages then costs its reader four round trips, not 32; a
@@ -662,6 +666,33 @@ impl ReadPath {
         };
         self.loss
             .run_after(&tag, sent_ns, OVERDUE_RUN, is_cached, out)
+    }
+
+    /// Whether the oldest own prefetch still missing (never requested again nor overtaken) is
+    /// overdue beyond doubt: requested more than `SIBLING_OVERDUE_RTTS` GetPage round trips ago
+    /// (this driver's, or `rtt_ns` measured by another shard's if longer; never before one was
+    /// measured) and, by what this path measured, unable to arrive within a wait
+    /// (`may_arrive_within`). A read of it would then fetch it at once. Lets a backend whose
+    /// other shard left UDP move this shard before its reader reaches that page
+    /// (`Driver::sibling_overdue`). Not by the wait budget alone: before anything was measured
+    /// it stands for a latency it may be far below (in the simulator an initial budget of
+    /// 208 µs took shards off UDP whose pages came 1 ms after their requests, before their reads).
+    pub fn oldest_own_overdue(
+        &self,
+        is_cached: impl FnMut(&BufferTag) -> bool,
+        rtt_ns: u64,
+        now_ns: u64,
+    ) -> bool {
+        let rtt_ns = self.tcp_rtt_ns().max(rtt_ns);
+        if rtt_ns == 0 {
+            return false;
+        }
+        self.loss
+            .oldest_missing(is_cached)
+            .is_some_and(|(_, sent_ns)| {
+                now_ns.saturating_sub(sent_ns) > SIBLING_OVERDUE_RTTS * rtt_ns
+                    && !self.may_arrive_within(sent_ns, self.wait_budget(), now_ns)
+            })
     }
 
     /// Own prefetch `tag`, taken as lost by `plan_retries` or late by `overdue_run`, is

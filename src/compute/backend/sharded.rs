@@ -118,7 +118,7 @@ impl ShardedDriver {
     pub fn start_read(&mut self, lfc: &Lfc, tag: BufferTag, out: &mut Page, now_ns: u64) -> Poll {
         self.last = self.layout.shard_of(&tag);
         let poll = self.drivers[self.last].start_read(lfc, tag, out, now_ns);
-        self.after_step(poll, now_ns)
+        self.after_step(lfc, poll, now_ns)
     }
 
     /// The shell spent `ns` sending what a finished read or a `prefetch` queued
@@ -136,19 +136,28 @@ impl ShardedDriver {
     /// `Driver::on_wait_over` of the read in progress.
     pub fn on_wait_over(&mut self, lfc: &Lfc, out: &mut Page, now_ns: u64) -> Poll {
         let poll = self.drivers[self.last].on_wait_over(lfc, out, now_ns);
-        self.after_step(poll, now_ns)
+        self.after_step(lfc, poll, now_ns)
     }
 
     /// A step of the read in progress returned `poll`: when the read is done, the other
     /// shards' drivers time their next reads from now (`Driver::read_ended_elsewhere`), so
-    /// that each shard's pace holds only its own reads (ARCHITECTURE §6a).
-    fn after_step(&mut self, poll: Poll, now_ns: u64) -> Poll {
+    /// that each shard's pace holds only its own reads (ARCHITECTURE §6a), and those still on
+    /// UDP after one left move if their oldest prefetch is overdue (`Driver::sibling_overdue`).
+    fn after_step(&mut self, lfc: &Lfc, poll: Poll, now_ns: u64) -> Poll {
         self.note_path(self.last);
         if matches!(poll, Poll::Done(_)) && self.drivers.len() > 1 {
             let reading = self.last;
-            for (s, d) in self.drivers.iter_mut().enumerate() {
+            let rtt_ns = self
+                .drivers
+                .iter()
+                .map(Driver::tcp_rtt_ns)
+                .max()
+                .unwrap_or(0);
+            for s in 0..self.drivers.len() {
                 if s != reading {
-                    d.read_ended_elsewhere(now_ns);
+                    self.drivers[s].read_ended_elsewhere(now_ns);
+                    self.drivers[s].sibling_overdue(lfc, rtt_ns, now_ns);
+                    self.note_path(s);
                 }
             }
         }
@@ -182,7 +191,7 @@ impl ShardedDriver {
         self.note_path(s);
         // Only the reading shard's driver has a read to finish.
         if let (Some(poll), true) = (handled.next, s == self.last) {
-            handled.next = Some(self.after_step(poll, now_ns));
+            handled.next = Some(self.after_step(lfc, poll, now_ns));
         }
         Ok(handled)
     }
@@ -434,6 +443,93 @@ mod tests {
             log.iter()
                 .any(|c| c.reason.contains("another shard left UDP")),
             "{log:?}"
+        );
+    }
+
+    /// After one shard left UDP, another whose oldest prefetch is overdue beyond doubt (three
+    /// of the round trips the first shard measured, and more than this path's waits allow: a
+    /// read of it would miss, and one miss moves it) moves when a read ends, its window to the
+    /// TCP pipeline at once; while that prefetch may still arrive it stays.
+    #[test]
+    fn a_shard_whose_oldest_prefetch_is_overdue_follows_a_sibling_off_udp_before_its_read() {
+        let f = fixture(4096);
+        let lfc = &f.lfc;
+        let mut d = two_registered_shards(lfc);
+        let layout = d.layout();
+        let mut out = [0u8; lfc::PAGE_SIZE];
+        let rel = crate::protocol::page::synthetic_rel(0);
+        let page = |b: u32| crate::protocol::page::synthetic_page(rel.block(b), 16);
+        let of_shard = |s: usize| (0u32..).filter(move |&b| layout.shard_of(&rel.block(b)) == s);
+        let (first, second) = (0, 1);
+        let b1 = of_shard(second).next().unwrap();
+        let b0: Vec<u32> = of_shard(first).take(2).collect();
+        d.prefetch(lfc, rel, b1..b1 + 1, T0);
+        d.prefetch(lfc, rel, b0[0]..b0[0] + 1, T0);
+        while d.poll_transmit().is_some() {}
+        // The first shard's prefetch never comes: it leaves UDP and fetches the page.
+        let Poll::Wait { until_ns, .. } =
+            d.start_read(lfc, rel.block(b0[0]), &mut out, T0 + 100 * US)
+        else {
+            panic!("a read of a prefetch in flight waits");
+        };
+        assert_eq!(d.on_wait_over(lfc, &mut out, until_ns), Poll::AwaitResponse);
+        assert_eq!(d.shard(first).path(), PrefetchPath::TcpPipelined);
+        let get_pages_of = |d: &mut ShardedDriver, s: usize| {
+            std::iter::from_fn(|| d.poll_transmit())
+                .filter_map(|(sh, t)| match t {
+                    Transmit::GetPage { tag, .. } if sh == s => Some(tag),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        get_pages_of(&mut d, first);
+        // Its answer comes while the second shard's prefetch may still arrive: it stays.
+        let (p0, p1) = (page(b0[0]), page(b0[1]));
+        let early = until_ns + 200 * US;
+        let h = d
+            .on_response(
+                first,
+                lfc,
+                Response::Page {
+                    tag: rel.block(b0[0]),
+                    page: &p0,
+                },
+                &mut out,
+                early,
+            )
+            .unwrap();
+        assert!(matches!(h.next, Some(Poll::Done(_))), "{h:?}");
+        assert_eq!(d.shard(second).path(), PrefetchPath::Udp);
+        assert!(get_pages_of(&mut d, second).is_empty());
+        // The next read on the first shard ends when that prefetch is overdue (requested more
+        // than two unmeasured budgets ago): the second shard moves, and its page is fetched.
+        assert_eq!(
+            d.start_read(lfc, rel.block(b0[1]), &mut out, early),
+            Poll::AwaitResponse
+        );
+        get_pages_of(&mut d, first);
+        let late = T0 + 3_000 * US;
+        let h = d
+            .on_response(
+                first,
+                lfc,
+                Response::Page {
+                    tag: rel.block(b0[1]),
+                    page: &p1,
+                },
+                &mut out,
+                late,
+            )
+            .unwrap();
+        assert!(matches!(h.next, Some(Poll::Done(_))), "{h:?}");
+        assert_eq!(d.shard(second).path(), PrefetchPath::TcpPipelined);
+        assert_eq!(get_pages_of(&mut d, second), vec![rel.block(b1)]);
+        assert!(
+            d.state_log()
+                .iter()
+                .any(|c| c.reason.contains("oldest prefetch is overdue")),
+            "{:?}",
+            d.state_log()
         );
     }
 
