@@ -396,6 +396,23 @@ mod tests {
         d
     }
 
+    /// Synthetic relation 0 and a function making its block `b`'s page (at LSN 16).
+    fn rel0() -> (RelTag, impl Fn(u32) -> Box<Page>) {
+        let rel = crate::protocol::page::synthetic_rel(0);
+        (rel, move |b| {
+            crate::protocol::page::synthetic_page(rel.block(b), 16)
+        })
+    }
+
+    /// The first `n` blocks of synthetic relation 0 that shard `s` of `d` owns.
+    fn blocks_of(d: &ShardedDriver, s: usize, n: usize) -> Vec<u32> {
+        let (layout, rel) = (d.layout(), crate::protocol::page::synthetic_rel(0));
+        (0u32..)
+            .filter(|&b| layout.shard_of(&rel.block(b)) == s)
+            .take(n)
+            .collect()
+    }
+
     /// A shard that leaves UDP marks the others still on it: one prefetch read of theirs that
     /// does not arrive in time moves them too, where two in eight would (their daemon and
     /// compute are the same).
@@ -404,14 +421,11 @@ mod tests {
         let f = fixture(4096);
         let lfc = &f.lfc;
         let mut d = two_registered_shards(lfc);
-        let layout = d.layout();
         let mut out = [0u8; lfc::PAGE_SIZE];
-        let rel = crate::protocol::page::synthetic_rel(0);
-        let page = |b: u32| crate::protocol::page::synthetic_page(rel.block(b), 16);
-        let of_shard = |s: usize| (0u32..).filter(move |&b| layout.shard_of(&rel.block(b)) == s);
+        let (rel, page) = rel0();
         let (first, second) = (0, 1);
-        let b1: Vec<u32> = of_shard(second).take(2).collect();
-        let b0 = of_shard(first).next().unwrap();
+        let b1 = blocks_of(&d, second, 2);
+        let b0 = blocks_of(&d, first, 1)[0];
         // The second shard's first prefetch arrives and is read: UDP delivers there.
         d.prefetch(lfc, rel, b1[0]..b1[0] + 1, T0);
         d.prefetch(lfc, rel, b1[1]..b1[1] + 1, T0);
@@ -455,17 +469,14 @@ mod tests {
         let f = fixture(4096);
         let lfc = &f.lfc;
         let mut d = two_registered_shards(lfc);
-        let layout = d.layout();
-        let mut out = [0u8; lfc::PAGE_SIZE];
-        let rel = crate::protocol::page::synthetic_rel(0);
-        let page = |b: u32| crate::protocol::page::synthetic_page(rel.block(b), 16);
-        let of_shard = |s: usize| (0u32..).filter(move |&b| layout.shard_of(&rel.block(b)) == s);
+        let (rel, page) = rel0();
         let (first, second) = (0, 1);
-        let b1 = of_shard(second).next().unwrap();
-        let b0: Vec<u32> = of_shard(first).take(2).collect();
+        let b1 = blocks_of(&d, second, 1)[0];
+        let b0 = blocks_of(&d, first, 2);
         d.prefetch(lfc, rel, b1..b1 + 1, T0);
         d.prefetch(lfc, rel, b0[0]..b0[0] + 1, T0);
         while d.poll_transmit().is_some() {}
+        let mut out = [0u8; lfc::PAGE_SIZE];
         // The first shard's prefetch never comes: it leaves UDP and fetches the page.
         let Poll::Wait { until_ns, .. } =
             d.start_read(lfc, rel.block(b0[0]), &mut out, T0 + 100 * US)
@@ -483,45 +494,31 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         get_pages_of(&mut d, first);
-        // Its answer comes while the second shard's prefetch may still arrive: it stays.
-        let (p0, p1) = (page(b0[0]), page(b0[1]));
+        // The first shard's answer to a read of `b`, at `at`: the read is done.
+        let answer = |d: &mut ShardedDriver, b: u32, at: u64| {
+            let (p, mut out) = (page(b), [0u8; lfc::PAGE_SIZE]);
+            let r = Response::Page {
+                tag: rel.block(b),
+                page: &p,
+            };
+            let h = d.on_response(first, lfc, r, &mut out, at).unwrap();
+            assert!(matches!(h.next, Some(Poll::Done(_))), "{h:?}");
+        };
+        // Its answer (a 200 µs round trip) comes while the second shard's prefetch may still
+        // arrive: it stays.
         let early = until_ns + 200 * US;
-        let h = d
-            .on_response(
-                first,
-                lfc,
-                Response::Page {
-                    tag: rel.block(b0[0]),
-                    page: &p0,
-                },
-                &mut out,
-                early,
-            )
-            .unwrap();
-        assert!(matches!(h.next, Some(Poll::Done(_))), "{h:?}");
+        answer(&mut d, b0[0], early);
         assert_eq!(d.shard(second).path(), PrefetchPath::Udp);
         assert!(get_pages_of(&mut d, second).is_empty());
-        // The next read on the first shard ends when that prefetch is overdue (requested more
-        // than two unmeasured budgets ago): the second shard moves, and its page is fetched.
+        // The next read on the first shard ends when that prefetch was requested more than
+        // three such round trips and two (unmeasured) wait budgets ago: the second shard
+        // moves, and its page is fetched.
         assert_eq!(
             d.start_read(lfc, rel.block(b0[1]), &mut out, early),
             Poll::AwaitResponse
         );
         get_pages_of(&mut d, first);
-        let late = T0 + 3_000 * US;
-        let h = d
-            .on_response(
-                first,
-                lfc,
-                Response::Page {
-                    tag: rel.block(b0[1]),
-                    page: &p1,
-                },
-                &mut out,
-                late,
-            )
-            .unwrap();
-        assert!(matches!(h.next, Some(Poll::Done(_))), "{h:?}");
+        answer(&mut d, b0[1], T0 + 3_000 * US);
         assert_eq!(d.shard(second).path(), PrefetchPath::TcpPipelined);
         assert_eq!(get_pages_of(&mut d, second), vec![rel.block(b1)]);
         assert!(
