@@ -204,10 +204,13 @@ fn seeds_once_slower_than_tcp_pipelining_are_not() {
     // Heavy 5183's four backends receive their own prefetches: each held four frames of its
     // 99-page cache for receiving, the cache evicted 254 pages against TCP's 144, and the run
     // took 1.7x as long; a backend now holds at most 1/512 of the cache
-    // (`own_receive::slots_for`).
+    // (`own_receive::slots_for`). Heavy 522 (1.009): a backend whose first shard left UDP paid
+    // a TCP round trip at each other shard's first read of a window requested long before, and
+    // trailing its TCP-only runs found the pages others had read evicted; a shard now follows
+    // its sibling once its oldest prefetch is overdue beyond doubt (ARCHITECTURE §6a).
     let heavy = [
         1356, 2800, 5022, 5787, 8576, 9097, 9987, 7811, 71, 96, 138, 224, 261, 1619, 4369, 3, 103,
-        130, 301, 5566, 9484, 7225, 5183,
+        130, 301, 5566, 9484, 7225, 5183, 522,
     ]
     .map(|s| (s, FaultProfile::Heavy));
     for (seed, profile) in default.chain(heavy) {
