@@ -51,6 +51,11 @@ pub const MAX_STATE_LOG: usize = 32;
 /// The time reads spend blocked is no criterion on its own: at 5 % loss a UDP scan spent 80 %
 /// of its time blocked and still ran 1.4× as fast as TCP pipelining, whose reads block too.
 pub const SLOWER_THAN_TCP_TO_DEGRADE: f64 = 1.25;
+/// Consecutive measured windows that must be over that bound, each on its own and in the
+/// smoothed pace, for it to move the backend: one window of a few milliseconds weighs a quarter
+/// in the smoothed pace, and `bench hol`'s busy reader, UDP the faster path overall, left it on
+/// single windows of 21–28 µs a read against 5–6 on TCP.
+pub const SLOW_WINDOWS_TO_DEGRADE: u32 = 2;
 /// Share of a UDP window's time (its reads' cycles) its reads spent blocked (waiting for a
 /// prefetch, or for a GetPage after one failed; foreground reads left out), at or above which
 /// UDP may cost the application more than TCP pipelining would, so that TCP's pace is measured
@@ -218,6 +223,9 @@ pub struct UdpHealth {
     /// starts a calibration before this many reads on UDP, and a calibration measures TCP
     /// only after this many reads on TCP.
     transient_reads: u64,
+    /// Consecutive windows on UDP over `SLOWER_THAN_TCP_TO_DEGRADE` × TCP's pace, each on its
+    /// own and smoothed (`SLOW_WINDOWS_TO_DEGRADE`).
+    slow_windows: u32,
 }
 
 /// A calibration under way (`CALIBRATE_BLOCKED_SHARE`): the backend left a UDP path whose reads
@@ -428,6 +436,7 @@ impl UdpHealth {
             view: DaemonView::Absent,
             next_calibration_ns: now_ns,
             calibration_backoff_ns: CALIBRATION_BACKOFF_MIN_NS,
+            slow_windows: 0,
             transient_reads: 0,
         }
     }
@@ -473,6 +482,7 @@ impl UdpHealth {
         self.calibration = None;
         self.race_armed = false;
         self.sibling_left = false;
+        self.slow_windows = 0;
         if to == PrefetchPath::TcpPipelined {
             // UDP failing soon after it passed a probe: probe less often. Else (it held for
             // long, or this is its first failure) its failure is news: probe soon.
@@ -898,9 +908,11 @@ impl UdpHealth {
         let Some(udp_ns) = window.smoothed_ns else {
             return false;
         };
+        // A window already over the pace bound is judged by the next one, not measured anew.
         if window.blocked_share < CALIBRATE_BLOCKED_SHARE
             || now_ns < self.next_calibration_ns
             || self.in_transient(now_ns)
+            || self.slow_windows > 0
         {
             return false;
         }
@@ -987,7 +999,7 @@ impl UdpHealth {
     }
 
     /// Why a closed window on UDP should move the backend to TCP, if it should.
-    fn window_verdict(&self, window: &Window, now_ns: u64) -> Option<String> {
+    fn window_verdict(&mut self, window: &Window, now_ns: u64) -> Option<String> {
         if window.waited_share >= WAITED_SHARE_TO_DEGRADE {
             return Some(format!(
                 "{:.0} % of reads waited for prefetches in flight",
@@ -1008,7 +1020,13 @@ impl UdpHealth {
         if self.in_transient(now_ns) {
             return None;
         }
-        (udp > SLOWER_THAN_TCP_TO_DEGRADE * tcp).then(|| {
+        let bound = SLOWER_THAN_TCP_TO_DEGRADE * tcp;
+        if udp <= bound || window.mean_ns.is_none_or(|m| m <= bound) {
+            self.slow_windows = 0;
+            return None;
+        }
+        self.slow_windows += 1;
+        (self.slow_windows >= SLOW_WINDOWS_TO_DEGRADE).then(|| {
             format!(
                 "reads took {:.1} µs each on UDP, {:.1} µs on TCP pipelining",
                 udp / 1e3,
@@ -1512,6 +1530,41 @@ mod tests {
         let last = &h.log().last().unwrap().reason;
         assert!(last.contains("60.0 µs each on UDP, 10.0 µs"), "{last}");
         assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+    }
+
+    /// One window of slow UDP reads among fast ones is a spike, not the path's pace: the
+    /// backend stays on UDP; two slow windows in a row move it.
+    #[test]
+    fn one_slow_window_does_not_take_a_faster_udp_path_to_tcp_but_two_do() {
+        // UDP at 28 µs a read against TCP pipelining's 44 (a calibration), back on UDP.
+        let mut now = 0;
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        until_moved(&mut h, 40 * US, 28 * US, &mut now);
+        reads(&mut h, 2 * 80, 56 * US, 44 * US, &mut now);
+        assert_eq!(h.path(), PrefetchPath::Udp, "{:?}", h.log());
+        reads(&mut h, 400, 40 * US, 28 * US, &mut now);
+        // A window of 16 reads blocking 290 µs each (4.8 ms: a stalled sender), then the
+        // steady pace: the smoothed pace stays over 1.25 × TCP's for a while, the windows do not.
+        assert_eq!(reads(&mut h, 16, 300 * US, 290 * US, &mut now), 0);
+        assert_eq!(reads(&mut h, 2_000, 40 * US, 28 * US, &mut now), 0);
+        assert_eq!(h.path(), PrefetchPath::Udp, "{:?}", h.log());
+        assert_eq!(h.changes(), 2, "{:?}", h.log());
+        // Such windows in a row: the path is slower, found at the second.
+        let n = (1..=64)
+            .find(|_| reads(&mut h, 1, 300 * US, 290 * US, &mut now) == 1)
+            .expect("moved");
+        assert!(
+            (17..=48).contains(&n),
+            "moved after {n} slow reads: {:?}",
+            h.log()
+        );
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        assert!(
+            h.log().last().unwrap().reason.contains("on TCP pipelining"),
+            "{:?}",
+            h.log()
+        );
     }
 
     #[test]
