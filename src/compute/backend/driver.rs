@@ -429,8 +429,8 @@ impl Driver {
             && self
                 .core
                 .oldest_own_overdue(|t| lfc.contains(t), rtt_ns, now_ns)
-            && self.health.on_sibling_overdue(now_ns)
         {
+            self.health.on_sibling_overdue(now_ns);
             self.move_window_to_tcp(lfc, now_ns);
         }
     }

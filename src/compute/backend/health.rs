@@ -781,20 +781,17 @@ impl UdpHealth {
         self.sibling_left && self.path == PrefetchPath::Udp
     }
 
-    /// Another shard left UDP, and this one's oldest outstanding prefetch is already overdue:
-    /// the miss its read would be (`on_miss` with `sibling_left`) is certain, so the backend
-    /// moves now, before its reader gets there and pays a round trip for the window. Returns
-    /// true when it moved.
-    pub fn on_sibling_overdue(&mut self, now_ns: u64) -> bool {
-        if !self.sibling_left() {
-            return false;
-        }
+    /// Another shard left UDP (`sibling_left`), and this one's oldest outstanding prefetch is
+    /// already overdue: the miss its read would be (`on_miss` with `sibling_left`) is certain,
+    /// so the backend moves now, before its reader gets there and pays a round trip for the
+    /// window.
+    pub fn on_sibling_overdue(&mut self, now_ns: u64) {
+        debug_assert!(self.sibling_left());
         self.set(
             PrefetchPath::TcpPipelined,
             now_ns,
             "another shard left UDP, and this one's oldest prefetch is overdue".into(),
         );
-        true
     }
 
     /// On UDP by a probe passed less than `PROBATION_READS` reads ago: one prefetch that did
