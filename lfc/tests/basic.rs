@@ -125,6 +125,22 @@ fn lwlsn_unless_cached_agrees_with_contains_and_lwlsn() {
     assert_eq!(lfc.lwlsn_unless_cached(&c), Some(20), "the floor");
 }
 
+/// A prefetch hint reads nothing back and changes nothing, for tags all over the hash space
+/// (in a debug build its offsets are checked against the mapping).
+#[test]
+fn prefetching_an_install_changes_nothing() {
+    let (_d, lfc) = new_cache(16);
+    let a = tag(4, 1);
+    lfc.write(&a, 30, &make_page(&a, 30)).unwrap();
+    let before = format!("{:?}", lfc.stats());
+    for blkno in 0..100_000 {
+        lfc.prefetch_install(&tag(blkno % 7, blkno));
+    }
+    assert_eq!(format!("{:?}", lfc.stats()), before);
+    assert_eq!(lfc.lwlsn_unless_cached(&a), None, "still cached");
+    assert!(!lfc.contains(&tag(4, 2)), "nothing installed");
+}
+
 #[test]
 fn the_free_frame_bound_never_exceeds_the_free_frames() {
     let (_d, lfc) = new_cache(32);

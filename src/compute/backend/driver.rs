@@ -49,6 +49,11 @@ pub const PROBE_LEAD_SHARE: f64 = 0.5;
 /// more synchronous GetPage per two reaches.
 const CACHE_DISTRUST_REACHES: u32 = 2;
 
+/// How many answers ahead of the one being installed the driver asks the CPU for the LFC
+/// lines of the next install (`Lfc::prefetch_install`): far enough to cover a memory access
+/// behind the work of installing pages (about a microsecond each).
+const INSTALL_PREFETCH_AHEAD: usize = 3;
+
 /// How far ahead a backend on TCP requests: the pipeline depth plus the probe lead.
 fn tcp_reach(tcp_depth: u32) -> u32 {
     let lead = (f64::from(tcp_depth) * PROBE_LEAD_SHARE) as u32;
@@ -629,6 +634,9 @@ impl Driver {
     /// the cache was seen evicting such pages before their reads (`cache_distrust_reads`).
     fn pump(&mut self, lfc: &Lfc, now_ns: u64) {
         while let Some(q) = self.pipeline.next_to_send() {
+            if let Some(next) = self.pipeline.queued_page(INSTALL_PREFETCH_AHEAD) {
+                lfc.prefetch_install(next);
+            }
             // One probe answers both "cached?" and the lwlsn the GetPage must carry.
             let lwlsn = lfc.lwlsn_unless_cached(&q.tag);
             let cached = lwlsn.is_none();
@@ -1200,6 +1208,11 @@ impl Driver {
         };
         if ahead {
             self.core.stats_mut().tcp_pipelined += 1;
+        }
+        // The answers come in order: the install a few answers on misses the lines this one
+        // is about to wait for, unless asked for now.
+        if let Some(next) = self.pipeline.in_flight_page(INSTALL_PREFETCH_AHEAD) {
+            lfc.prefetch_install(next);
         }
         let outcome = lfc.install_prefetched(&tag, not_modified_since, page);
         let installed = outcome == InstallOutcome::Installed;

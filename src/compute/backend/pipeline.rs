@@ -93,6 +93,20 @@ impl Pipeline {
         matches!(self.in_flight.front(), Some(InFlight::Page { tag: t, .. }) if t == tag)
     }
 
+    /// The page of the `n`-th request on the wire from the oldest (0: the next answer), if
+    /// that request is a GetPage.
+    pub fn in_flight_page(&self, n: usize) -> Option<&BufferTag> {
+        match self.in_flight.get(n)? {
+            InFlight::Page { tag, .. } => Some(tag),
+            InFlight::Target => None,
+        }
+    }
+
+    /// The `n`-th page queued to be sent (0: the next one).
+    pub fn queued_page(&self, n: usize) -> Option<&BufferTag> {
+        self.queued.get(n).map(|q| &q.tag)
+    }
+
     /// Requests on the wire awaiting a response.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
@@ -205,6 +219,13 @@ mod tests {
             sent.push(x.tag.blkno);
         }
         assert_eq!(sent, [0, 1]);
+        assert_eq!(
+            p.in_flight_page(1),
+            Some(&tag(1)),
+            "the second answer to come"
+        );
+        assert_eq!(p.in_flight_page(2), None);
+        assert_eq!(p.queued_page(1), Some(&tag(3)), "the second page to send");
         assert!(p.answered(Some(&tag(3))).is_none(), "not in flight");
         assert!(p.answered(Some(&tag(0))).is_some());
         assert!(!p.contains(&tag(0)));
