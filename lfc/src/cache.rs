@@ -665,8 +665,9 @@ impl Lfc {
     /// Asks the CPU to bring the shared lines an install of `tag` reads and locks (its home
     /// bucket, lwlsn cell and requested line) into its cache, without waiting for them: a
     /// hint that changes nothing. Each of the three is a random line of a table of tens of
-    /// megabytes, missed at every install; a caller that knows which tags it will install
-    /// next (the pages on the wire of a TCP pipeline) hides the misses behind its other work.
+    /// megabytes, missed at every install, probe (`lwlsn_unless_cached`) and request mark of a
+    /// new tag; a caller that knows which tags come next (the answers on the wire of a TCP
+    /// pipeline, a train of datagrams, a prefetch window) hides the misses behind its work.
     pub fn prefetch_install(&self, tag: &BufferTag) {
         let h = self.hash(tag);
         let lines = self.geo.requested_slots / LINE_ENTRIES as u64;

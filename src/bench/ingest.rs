@@ -28,10 +28,17 @@ pub struct IngestBenchArgs {
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
     /// Distinct pages the sender cycles through (more than the LFC holds, so pages keep being
-    /// installed rather than found present).
-    #[arg(long, default_value_t = 8192)]
+    /// installed rather than found present). The LFC holds a quarter of them: a million makes
+    /// its tables as large as a 2 GiB cache's. Sealed up front in memory (8.3 KiB each), so at
+    /// most `MAX_DISTINCT_PAGES`.
+    #[arg(long, default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(64..=i64::from(MAX_DISTINCT_PAGES)))]
     pub distinct_pages: u32,
 }
+
+/// Bound of `--distinct-pages`: its sealed datagrams take 8.3 GiB (two million took 20 GiB and
+/// the kernel's OOM killer ended the bench without a word).
+pub const MAX_DISTINCT_PAGES: u32 = 1_000_000;
 
 /// Datagrams sealed once, sent in a loop by one thread until told to stop.
 fn spawn_sender(
@@ -217,8 +224,8 @@ fn daemon_run(
 
 pub fn run(args: &IngestBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     anyhow::ensure!(
-        args.seconds > 0.0 && args.distinct_pages >= 64,
-        "--seconds > 0 and --distinct-pages >= 64"
+        args.seconds > 0.0 && (64..=MAX_DISTINCT_PAGES).contains(&args.distinct_pages),
+        "--seconds > 0 and --distinct-pages in 64..={MAX_DISTINCT_PAGES}"
     );
     let scratch = ScratchDir::new("udp-prefetch-bench-ingest")?;
     let plain_key = DatagramKey::new(1, [1; 32]);

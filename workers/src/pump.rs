@@ -17,7 +17,7 @@
 //! back, the per-sender batch) and, in `SlotPump`, the `Receiver`. Decides no datagram's fate
 //! (`Ingest` does), binds no socket (the daemon hands it a `Receiver`) and starts no thread.
 
-use crate::datagram::{DropReason, DATAGRAM_LEN, HEADER_LEN, TAG_LEN};
+use crate::datagram::{DatagramHeader, DropReason, DATAGRAM_LEN, HEADER_LEN, TAG_LEN};
 use crate::ingest::{Ingest, Outcome, Received};
 use crate::metrics::ThreadMetrics;
 use crate::udp::{Completion, Receiver, SlotRegions, UdpError, MAX_SLOT_DATAGRAMS};
@@ -250,6 +250,17 @@ impl<'a> SlotBook<'a> {
         };
         // Bytes the kernel wrote: what lies beyond was cut.
         let held = c.len.min(frames * DATAGRAM_LEN);
+        if in_place {
+            // Each install below misses on lines of the cache's large tables; asked for at
+            // once, a train's misses overlap instead of coming one after another.
+            for (j, _) in c.datagrams().take_while(|&(at, _)| at < held).enumerate() {
+                // SAFETY: the slot came back, so nothing writes its headers any more.
+                let header = unsafe { &*self.headers.add(base + j) };
+                if let Ok(h) = DatagramHeader::decode(header) {
+                    self.lfc.prefetch_install(&h.tag);
+                }
+            }
+        }
         let mut count = 0;
         for (j, (at, len)) in c.datagrams().enumerate() {
             count += 1;

@@ -49,10 +49,11 @@ pub const PROBE_LEAD_SHARE: f64 = 0.5;
 /// more synchronous GetPage per two reaches.
 const CACHE_DISTRUST_REACHES: u32 = 2;
 
-/// How many answers ahead of the one being installed the driver asks the CPU for the LFC
-/// lines of the next install (`Lfc::prefetch_install`): far enough to cover a memory access
-/// behind the work of installing pages (about a microsecond each).
-const INSTALL_PREFETCH_AHEAD: usize = 3;
+/// How many pages ahead of the one at hand the driver asks the CPU for the LFC lines that page
+/// will need (`Lfc::prefetch_install`): the answers on the wire to install, the GetPages to
+/// send, the pages of a window to prefetch. Far enough to cover a memory access behind the
+/// work of a page (about a microsecond each); each of those lines was a miss per page.
+const LFC_PREFETCH_AHEAD: usize = 3;
 
 /// How far ahead a backend on TCP requests: the pipeline depth plus the probe lead.
 fn tcp_reach(tcp_depth: u32) -> u32 {
@@ -554,7 +555,15 @@ impl Driver {
 
     fn prefetch_udp(&mut self, lfc: &Lfc, rel: RelTag, blocks: Range<u32>, now_ns: u64) -> u32 {
         self.pairs.clear();
-        for blkno in blocks {
+        // Each page's probe and mark miss on lines of large tables: asked for a few pages on.
+        let ahead = LFC_PREFETCH_AHEAD as u32;
+        for blkno in blocks.start..blocks.end.min(blocks.start.saturating_add(ahead)) {
+            lfc.prefetch_install(&rel.block(blkno));
+        }
+        for blkno in blocks.clone() {
+            if let Some(next) = blkno.checked_add(ahead).filter(|b| blocks.contains(b)) {
+                lfc.prefetch_install(&rel.block(next));
+            }
             let tag = rel.block(blkno);
             if self.pipeline.contains(&tag) {
                 continue;
@@ -634,7 +643,7 @@ impl Driver {
     /// the cache was seen evicting such pages before their reads (`cache_distrust_reads`).
     fn pump(&mut self, lfc: &Lfc, now_ns: u64) {
         while let Some(q) = self.pipeline.next_to_send() {
-            if let Some(next) = self.pipeline.queued_page(INSTALL_PREFETCH_AHEAD) {
+            if let Some(next) = self.pipeline.queued_page(LFC_PREFETCH_AHEAD) {
                 lfc.prefetch_install(next);
             }
             // One probe answers both "cached?" and the lwlsn the GetPage must carry.
@@ -1211,7 +1220,7 @@ impl Driver {
         }
         // The answers come in order: the install a few answers on misses the lines this one
         // is about to wait for, unless asked for now.
-        if let Some(next) = self.pipeline.in_flight_page(INSTALL_PREFETCH_AHEAD) {
+        if let Some(next) = self.pipeline.in_flight_page(LFC_PREFETCH_AHEAD) {
             lfc.prefetch_install(next);
         }
         let outcome = lfc.install_prefetched(&tag, not_modified_since, page);
