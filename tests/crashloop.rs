@@ -31,8 +31,13 @@ const DAEMON_FLAGS: [&str; 5] = ["--size", "128MiB", "--threads", "1", "--no-thr
 const MAX_STALL: Duration = Duration::from_secs(1);
 /// Datagrams a daemon installs before it is killed: the kill lands mid-ingest.
 const INSTALLS_BEFORE_KILL: u64 = 64;
-/// Datagrams installed since a victim scan started before it is killed: it is reading.
-const INSTALLS_BEFORE_SCAN_KILL: u64 = 256;
+/// Reads served from the LFC (hits and installs, by UDP or by the backends' TCP pipelines) since
+/// a victim scan started before it is killed: it is reading. Counted by the daemon's installs
+/// alone, a victim whose scans had moved to TCP pipelining (a loaded machine, a debug build)
+/// read the whole relation before 256 datagrams came, and eleven such victims failed the test.
+/// (The other scan reads meanwhile too: with the victim attached first, a thousand reads put
+/// the kill a few milliseconds into its reading.)
+const READS_BEFORE_SCAN_KILL: u64 = 1024;
 /// How long waiting for either may take before the test fails (UDP not delivering at all).
 const PROGRESS_LIMIT: Duration = Duration::from_secs(120);
 
@@ -111,17 +116,50 @@ fn installed(workers: &WorkersProc) -> u64 {
     WorkersProc::metric(&workers.scrape(), "udp_prefetch_datagrams_installed_total")
 }
 
+/// Pages the LFC served or took in (every scan's reads, whichever path brought them).
+fn lfc_reads(cache: &lfc::Lfc) -> u64 {
+    let s = cache.stats();
+    s.hits + s.installs
+}
+
+/// Whether process `pid` has `file` mapped (it attached to the LFC).
+fn maps(pid: u32, file: &Path) -> bool {
+    let file = file.to_string_lossy();
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .is_ok_and(|m| m.lines().any(|l| l.ends_with(file.as_ref())))
+}
+
+/// Sets its flag when dropped, also while a panic unwinds: a scope whose body panics waits for
+/// its threads, and `scan_until` stops only on its flag.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Waits until `workers` has installed `target` datagrams; false if `give_up` says so first.
-fn wait_installed(workers: &WorkersProc, target: u64, mut give_up: impl FnMut() -> bool) -> bool {
+fn wait_installed(workers: &WorkersProc, target: u64, give_up: impl FnMut() -> bool) -> bool {
+    wait_until(|| installed(workers) >= target, "the daemon installed", target, give_up)
+}
+
+/// Waits until `done` holds (a count, `what`, reached `target`); false if `give_up` says so
+/// first.
+fn wait_until(
+    mut done: impl FnMut() -> bool,
+    what: &str,
+    target: u64,
+    mut give_up: impl FnMut() -> bool,
+) -> bool {
     let deadline = Instant::now() + PROGRESS_LIMIT;
-    while installed(workers) < target {
+    while !done() {
         if give_up() {
             return false;
         }
         assert!(
             Instant::now() < deadline,
-            "the daemon installed fewer than {target} datagrams in {} s: is UDP prefetch \
-             delivering at all?",
+            "{what} fewer than {target} in {} s: is anything delivering at all?",
             PROGRESS_LIMIT.as_secs()
         );
         std::thread::sleep(Duration::from_millis(2));
@@ -211,6 +249,7 @@ fn scans_survive_daemon_and_scan_crash_loops() {
     let started = Instant::now();
     std::thread::scope(|s| {
         let scans = s.spawn(|| scan_until(&stop, &server, &lfc, limit, digest));
+        let _stop = StopOnDrop(&stop);
         for _ in 0..n {
             if !wait_installed(&workers, INSTALLS_BEFORE_KILL, || scans.is_finished()) {
                 break; // The scans failed: their panic is reported by the join below.
@@ -219,7 +258,7 @@ fn scans_survive_daemon_and_scan_crash_loops() {
             workers = WorkersProc::start(&lfc, &DAEMON_FLAGS);
             stat = assert_lfc_consistent(&lfc, workers.pid(), Some(&stat));
         }
-        stop.store(true, Ordering::Relaxed);
+        drop(_stop);
         seen.add(scans.join().expect("the scans beside the daemon kills"));
     });
     let daemon_phase = started.elapsed();
@@ -229,14 +268,25 @@ fn scans_survive_daemon_and_scan_crash_loops() {
     stop.store(false, Ordering::Relaxed);
     let mut scan_kills = 0;
     let mut victims_finished = 0;
+    let cache = lfc::Lfc::open(&lfc).expect("open the LFC to watch its counters");
     std::thread::scope(|s| {
         let scans = s.spawn(|| scan_until(&stop, &server, &lfc, limit, digest));
+        let _stop = StopOnDrop(&stop);
         while scan_kills < n && !scans.is_finished() {
             let mut victim = spawn_scan(&server, &lfc);
-            let from = installed(&workers);
-            let reading = wait_installed(&workers, from + INSTALLS_BEFORE_SCAN_KILL, || {
-                scans.is_finished() || victim.try_wait().unwrap().is_some()
-            });
+            let pid = victim.id();
+            let mut gone = || scans.is_finished() || victim.try_wait().unwrap().is_some();
+            // Attached first (the victim maps the LFC), then reading: the other scan's reads
+            // alone would count as the victim's before it had started.
+            let reading = wait_until(|| maps(pid, &lfc), "victims attached", 1, &mut gone) && {
+                let target = lfc_reads(&cache) + READS_BEFORE_SCAN_KILL;
+                wait_until(
+                    || lfc_reads(&cache) >= target,
+                    "the LFC served or took in",
+                    target,
+                    &mut gone,
+                )
+            };
             // Vary where in its reading the victim dies.
             std::thread::sleep(Duration::from_millis(u64::from(scan_kills % 5) * 10));
             if reading && victim.try_wait().unwrap().is_none() {
@@ -259,9 +309,10 @@ fn scans_survive_daemon_and_scan_crash_loops() {
                 );
             }
         }
-        stop.store(true, Ordering::Relaxed);
+        drop(_stop);
         seen.add(scans.join().expect("the scan beside the scan kills"));
     });
+    drop(cache);
     assert_eq!(scan_kills, n, "the surviving scans stopped");
     let scan_phase = started.elapsed();
 
