@@ -141,7 +141,12 @@ impl Drop for StopOnDrop<'_> {
 
 /// Waits until `workers` has installed `target` datagrams; false if `give_up` says so first.
 fn wait_installed(workers: &WorkersProc, target: u64, give_up: impl FnMut() -> bool) -> bool {
-    wait_until(|| installed(workers) >= target, "the daemon installed", target, give_up)
+    wait_until(
+        || installed(workers) >= target,
+        "the daemon installed",
+        target,
+        give_up,
+    )
 }
 
 /// Waits until `done` holds (a count, `what`, reached `target`); false if `give_up` says so
