@@ -14,7 +14,7 @@ mod common;
 
 use common::{
     assert_every_page_verified, counter, lfc_stat, report, scan_command, scan_limit,
-    wait_with_limit, Finished, ServerProc, WorkersProc,
+    wait_with_limit, Finished, ServerProc, StopOnDrop, WorkersProc,
 };
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -127,16 +127,6 @@ fn maps(pid: u32, file: &Path) -> bool {
     let file = file.to_string_lossy();
     std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .is_ok_and(|m| m.lines().any(|l| l.ends_with(file.as_ref())))
-}
-
-/// Sets its flag when dropped, also while a panic unwinds: a scope whose body panics waits for
-/// its threads, and `scan_until` stops only on its flag.
-struct StopOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for StopOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Waits until `workers` has installed `target` datagrams; false if `give_up` says so first.

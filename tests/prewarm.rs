@@ -420,6 +420,7 @@ fn a_background_prewarm_yields_to_a_scan_beside_it_and_not_when_alone() {
             }
             scans
         });
+        let stop_reader = common::StopOnDrop(&stop);
         // The prewarm starts once the reader has read its relation once, so that from then on
         // its reads are hits that need no daemon (a loaded machine delays the daemon, and a
         // reader waiting for its first prefetches makes no lookups for the prewarm to see), and
@@ -430,7 +431,7 @@ fn a_background_prewarm_yields_to_a_scan_beside_it_and_not_when_alone() {
             std::thread::yield_now();
         }
         let report = prewarm(0);
-        stop.store(true, Ordering::Relaxed);
+        drop(stop_reader);
         assert!(reader.join().unwrap() > 0);
         report
     });

@@ -647,3 +647,14 @@ pub fn certs(names: &[&str]) -> Certs {
         _dir: dir,
     }
 }
+
+/// Sets its flag when dropped, also while a panic unwinds: a `std::thread::scope` whose body
+/// panics waits for its threads first, and a thread that loops until the flag is set would
+/// hang the test instead of failing it.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
