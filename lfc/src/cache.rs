@@ -670,21 +670,21 @@ impl Lfc {
     /// pipeline, a train of datagrams, a prefetch window) hides the misses behind its work.
     pub fn prefetch_install(&self, tag: &BufferTag) {
         let h = self.hash(tag);
-        let lines = self.geo.requested_slots / LINE_ENTRIES as u64;
-        let offsets = [
-            self.geo.bucket_offset + self.home(h) * BUCKET_BYTES as u64,
-            self.geo.lwlsn_offset + h.lwlsn_slot(self.geo.lwlsn_slots) * 8,
-            self.geo.requested_offset + h.requested_line(lines) * (LINE_ENTRIES as u64 * 8),
+        let lines: [*const u8; 3] = [
+            std::ptr::from_ref(self.bucket(self.home(h))).cast(),
+            std::ptr::from_ref(self.lwlsn_cell(h)).cast(),
+            self.requested_line(h).as_ptr().cast(),
         ];
-        for off in offsets {
-            debug_assert!((off as usize) < self.map.len());
+        for line in lines {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch never faults and has no effect on memory; the address lies
-            // inside the mapping anyway (geometry-derived offsets).
+            // SAFETY: a prefetch never faults and has no effect on memory; the addresses come
+            // from the accessors every install uses.
             unsafe {
                 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(self.map.as_ptr().add(off as usize).cast());
+                _mm_prefetch::<_MM_HINT_T0>(line.cast());
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = line;
         }
     }
 
