@@ -501,6 +501,23 @@ impl PageClient {
         Ok(())
     }
 
+    /// Whether the response to the oldest request in flight may be read without blocking
+    /// for long, waiting up to `timeout` for it to start arriving (flushing first, so it was
+    /// sent): true once bytes are buffered or the socket is readable (or closed), false when
+    /// `timeout` passed without a byte. Over TLS, bytes on the socket may not make a record,
+    /// and a record already decrypted is not seen here: always true there (a read just
+    /// blocks, as without this call).
+    pub fn answer_within(&mut self, timeout: std::time::Duration) -> Result<bool, ClientError> {
+        if !self.out.buffer().is_empty() {
+            self.out.flush()?;
+        }
+        let stream = self.reader.get_ref();
+        if !self.reader.buffered().is_empty() || stream.is_tls() {
+            return Ok(true);
+        }
+        Ok(readable_within(stream.tcp(), timeout)?)
+    }
+
     /// Requests awaiting a response.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
@@ -891,6 +908,33 @@ pub fn unexpected(what: &str, resp: &Response) -> ClientError {
         Response::PrefetchPriority { .. } => "PrefetchPriority",
     };
     ClientError::Unexpected(format!("{kind} response to a {what} request"))
+}
+
+/// Whether `sock` becomes readable (data, end of stream or an error to report) within
+/// `timeout`, at microsecond resolution (`poll`'s milliseconds are far coarser than a look for
+/// losses).
+fn readable_within(sock: &TcpStream, timeout: std::time::Duration) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    loop {
+        // SAFETY: one valid pollfd for the call's duration, a valid timespec, no signal mask.
+        let n = unsafe { libc::ppoll(&mut fd, 1, &ts, std::ptr::null()) };
+        if n >= 0 {
+            return Ok(n > 0);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 #[cfg(test)]

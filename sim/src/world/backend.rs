@@ -51,9 +51,11 @@ pub(super) enum Pending {
         ctx: ReadCtx,
         token: u64,
     },
-    /// Awaiting a response on the TCP pipeline.
+    /// Awaiting a response on the TCP pipeline; `token` tells this await's looks for losses
+    /// from an earlier one's.
     Await {
         ctx: ReadCtx,
+        token: u64,
     },
     Put {
         tag: BufferTag,
@@ -341,9 +343,11 @@ impl World<'_> {
                     };
                     self.send_to_server(conn, shard, req);
                 }
+                // Sent at once: the simulated connection does not batch (`urgent` says nothing).
                 Transmit::GetPage {
                     tag,
                     not_modified_since,
+                    ..
                 } => {
                     self.rec(Kind::Fetch, b as u64, tag_key(&tag), not_modified_since);
                     let hdr = Header {
@@ -407,6 +411,13 @@ impl World<'_> {
         }
     }
 
+    /// What backend `b`'s own socket holds, if it receives its own prefetches.
+    fn drain_own_receiver(&mut self, b: usize) {
+        if b < self.cfg.own_receivers {
+            self.own_drain(b);
+        }
+    }
+
     /// Whether backend `b`'s wait for `tag` is on its own socket (`Backend::read`: an own
     /// prefetch it expects by UDP) rather than on the LFC's futex.
     fn waits_on_socket(&self, b: usize, tag: &BufferTag) -> bool {
@@ -452,7 +463,43 @@ impl World<'_> {
                 );
                 self.schedule(deadline, Ev::WaitCheck { backend: b, token });
             }
-            Poll::AwaitResponse => self.backends[b].pending = Pending::Await { ctx },
+            Poll::AwaitResponse => {
+                let be = &mut self.backends[b];
+                be.wait_token += 1;
+                let token = be.wait_token;
+                be.pending = Pending::Await { ctx, token };
+                self.schedule_await_look(b, token);
+            }
+        }
+    }
+
+    /// `Backend::receive_from` blocking on the connection until the driver's next look for
+    /// losses, if it asks for one.
+    fn schedule_await_look(&mut self, b: usize, token: u64) {
+        if let Some(at) = self.backends[b].driver.await_look_ns() {
+            self.schedule(at.max(self.now), Ev::AwaitLook { backend: b, token });
+        }
+    }
+
+    /// No answer came by the look's time: `Driver::on_await_look`, what it sends, and the next
+    /// look, or the read's next step (its page came by UDP meanwhile).
+    pub(super) fn await_look(&mut self, b: usize, token: u64) {
+        let Pending::Await { ctx, token: t } = self.backends[b].pending else {
+            return;
+        };
+        if t != token || self.backends[b].driver.await_look_ns().is_none() {
+            return;
+        }
+        // `Backend::receive_from`: a backend receiving itself takes what its socket holds.
+        self.drain_own_receiver(b);
+        let lfc = self.lfc;
+        let now = self.now;
+        let be = &mut self.backends[b];
+        let next = be.driver.on_await_look(lfc, &mut be.page, now);
+        self.flush_transmits(b);
+        match next {
+            Some(poll) => self.on_poll(b, ctx, poll),
+            None => self.schedule_await_look(b, token),
         }
     }
 
@@ -467,9 +514,7 @@ impl World<'_> {
         }
         // A backend receiving itself took what its socket held (the wait's end, by a
         // datagram or the deadline): `OwnReceiver::drain`.
-        if b < self.cfg.own_receivers {
-            self.own_drain(b);
-        }
+        self.drain_own_receiver(b);
         let lfc = self.lfc;
         let now = self.now;
         let be = &mut self.backends[b];
@@ -542,7 +587,8 @@ impl World<'_> {
         };
         self.check_occupancy();
         self.flush_transmits(b);
-        if let (Some(poll), Pending::Await { ctx }) = (handled.next, &self.backends[b].pending) {
+        if let (Some(poll), Pending::Await { ctx, .. }) = (handled.next, &self.backends[b].pending)
+        {
             let ctx = *ctx;
             if poll != Poll::AwaitResponse {
                 self.on_poll(b, ctx, poll);

@@ -84,6 +84,11 @@ enum Ev {
         backend: usize,
         token: u64,
     },
+    /// A read awaiting a GetPage answer looks for losses (`Driver::await_look_ns`).
+    AwaitLook {
+        backend: usize,
+        token: u64,
+    },
     /// A request reaches the connection's reader on a shard.
     AtServer {
         shard: usize,
@@ -457,6 +462,7 @@ impl<'a> World<'a> {
                 self.backend_step(b);
             }
             Ev::WaitCheck { backend, token } => self.wait_check(backend, token),
+            Ev::AwaitLook { backend, token } => self.await_look(backend, token),
             Ev::AtServer { shard, conn, req } => self.at_server(shard, conn, req),
             Ev::Respond { shard, conn, work } => self.respond(shard, conn, work),
             Ev::WalCheck { shard, conn } => self.wal_check(shard, conn),

@@ -18,7 +18,7 @@ use super::health::{
 use super::pipeline::{Check, InFlight, Pipeline, Queued};
 use super::read_path::{
     prefetch_runs, OwnLoss, PrefetchRun, ReadPath, ReadPathConfig, ReadStats, Step, LOSS_SCAN,
-    MISS_SCAN, READS_PER_LOSS_CHECK,
+    MISS_SCAN, READS_PER_LOSS_CHECK, REORDER_GRACE_NS,
 };
 use crate::protocol::page::Page;
 use lfc::{BufferTag, InstallOutcome, Lfc, RelTag};
@@ -76,10 +76,13 @@ pub enum Transmit {
     Target { udp_port: u16 },
     /// A fire-and-forget Prefetch of a run (no response).
     Prefetch(PrefetchRun),
-    /// A GetPage at the latest LSN (pipelined; its response is awaited in order).
+    /// A GetPage at the latest LSN (pipelined; its response is awaited in order). GetPages
+    /// leave in batches (`pipeline::PIPELINED_FLUSH_EVERY`, or when the reader blocks); an
+    /// `urgent` one leaves now, with what is buffered before it.
     GetPage {
         tag: BufferTag,
         not_modified_since: u64,
+        urgent: bool,
     },
 }
 
@@ -131,6 +134,12 @@ const FRESH_WAITS_GRACE_READS: u64 = 64;
 /// page), 64 of them were 64 round trips of grace — in the simulator, a backend spent twice
 /// TCP pipelining's whole run that way.
 const FRESH_WAITS_GRACE_LONG_WAITS: u64 = 8;
+
+/// How often a blocked read looks for losses among its own prefetches (`Driver::next_look`,
+/// `Driver::await_look_ns`): half the least reorder grace. The page a reader waits for is
+/// taken as lost as soon as a look sees it overtaken, so the step bounds how late a loss at
+/// the reader is found; each look is a wake-up and up to `MISS_SCAN` LFC probes.
+const LOOK_STEP_NS: u64 = REORDER_GRACE_NS / 2;
 
 /// Why a read gave up on a prefetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +261,9 @@ pub struct Driver {
     /// A repair was judged since the last `pump` (its loss sample taken): `pump` checks the
     /// loss share then.
     repair_judged: bool,
+    /// While the read in progress awaits a GetPage answer: when to look for losses among the
+    /// own prefetches if no answer came by then (`on_await_look`).
+    await_look_ns: Option<u64>,
 }
 
 impl Driver {
@@ -362,6 +374,7 @@ impl Driver {
             cache_distrust_reads: 0,
             udp_allowed: true,
             repair_judged: false,
+            await_look_ns: None,
             own_receiver: false,
         }
     }
@@ -690,6 +703,11 @@ impl Driver {
             self.transmits.push_back(Transmit::GetPage {
                 tag: q.tag,
                 not_modified_since,
+                // A repair is a loss found on a window the reader reads without blocking:
+                // batched, it waited for the next Prefetch message or for its own read to
+                // flush it, and at 5 % datagram loss reads blocked a round trip each on repairs
+                // found hundreds of microseconds earlier.
+                urgent: q.check == Check::Repair,
             });
         }
         if std::mem::take(&mut self.repair_judged) && self.health.check_loss(now_ns) {
@@ -931,7 +949,19 @@ impl Driver {
             tag,
             phase: Phase::Waiting { until_ns, own },
         });
-        Poll::Wait { tag, until_ns }
+        Poll::Wait {
+            tag,
+            until_ns: self.next_look(own, now_ns, until_ns),
+        }
+    }
+
+    /// When a wait for `tag` that ends at `until_ns` is next looked at: for an own prefetch,
+    /// after `LOOK_STEP_NS` (`on_wait_over` then checks for its loss), else at its end.
+    fn next_look(&self, own: Option<OwnLoss>, now_ns: u64, until_ns: u64) -> u64 {
+        match own {
+            Some(_) => until_ns.min(now_ns + LOOK_STEP_NS),
+            None => until_ns,
+        }
     }
 
     /// The core said to fetch `tag` by GetPage now: a lost own prefetch, or a page nobody
@@ -977,14 +1007,44 @@ impl Driver {
         else {
             panic!("on_wait_over without a wait");
         };
-        let arrived = lfc.lookup(&tag, out).is_some();
+        let mut arrived = lfc.lookup(&tag, out).is_some();
+        if !arrived && own.is_some() {
+            // A wait for an own prefetch looks for its loss as it goes: when the reader has
+            // caught up with the pages in flight (a young window, or a path slower than the
+            // reader), a lost page is read before the check of its read could see anything
+            // overtake it, and the pages after it arrive during the wait. Judged at the end
+            // of the budget as a page nothing overtook, each such loss took the backend off a
+            // path that delivers: at 5 % datagram loss a scan read 99 % of its pages by TCP,
+            // left by "the first prefetch read did not arrive in time" and by probation.
+            self.loss_check(lfc, now_ns, MISS_SCAN);
+            // Overtaken is lost for the page the reader waits for, without the reorder grace
+            // a page ahead of the reader gets: a grace (up to `MAX_REORDER_GRACE_NS`, most of
+            // a round trip) spent blocked on every loss the reader meets costs more than a
+            // GetPage, and a page that was only reordered still ends the read when it lands
+            // (`on_await_look`).
+            let overtaken = self.core.own_loss(&tag).is_some_and(|l| l.overtaken);
+            let repaired_now = overtaken && self.queue_repair(tag);
+            if repaired_now {
+                self.core.stats_mut().retries += 1;
+            }
+            if repaired_now || self.pipeline.contains(&tag) {
+                // Its GetPage is queued as a repair (a loss sample when it comes first in the
+                // pipeline, `read_next`).
+                return self.wait_lost(lfc, tag, now_ns);
+            }
+            arrived = lfc.lookup_again(&tag, out).is_some();
+        }
         if !arrived && now_ns < until_ns {
-            return Poll::Wait { tag, until_ns };
+            return Poll::Wait {
+                tag,
+                until_ns: self.next_look(own, now_ns, until_ns),
+            };
         }
         self.current = None;
-        if let Some(started) = self.wait_started_ns {
-            self.read_waited = now_ns.saturating_sub(started) >= self.core.long_wait_ns();
-        }
+        self.note_wait_length(now_ns);
+        // What the checks during the wait found (overtaken, requested again) is newer than what
+        // was known when it began.
+        let own = own.map(|l| self.core.own_loss(&tag).unwrap_or(l));
         match self.core.on_wait_result(tag, arrived, now_ns) {
             None => {
                 self.own_arrived(lfc, own.is_some_and(|l| l.retried), now_ns);
@@ -993,7 +1053,7 @@ impl Driver {
             // Any wait that ran out is evidence against UDP, an own prefetch's or another
             // backend's: a page requested elsewhere that never lands (its requester's daemon
             // path is as dead as ours, or it came and went) costs a whole budget each time. A
-            // page requested again after a loss counts as a loss.
+            // page requested again after a loss, or overtaken, counts as a loss.
             Some(_) => {
                 self.read_gave_up = true;
                 let miss = match own {
@@ -1003,6 +1063,22 @@ impl Driver {
                 self.fetch(lfc, tag, Some(miss), now_ns)
             }
         }
+    }
+
+    fn note_wait_length(&mut self, now_ns: u64) {
+        if let Some(started) = self.wait_started_ns {
+            self.read_waited = now_ns.saturating_sub(started) >= self.core.long_wait_ns();
+        }
+    }
+
+    /// A loss check during the wait for own prefetch `tag` found it lost and queued its
+    /// GetPage: the read awaits that answer, as a read that finds its page repaired does.
+    fn wait_lost(&mut self, lfc: &Lfc, tag: BufferTag, now_ns: u64) -> Poll {
+        self.current = None;
+        self.note_wait_length(now_ns);
+        self.core.stats_mut().fallbacks += 1;
+        self.read_next(tag, now_ns);
+        self.await_response(lfc, tag, now_ns)
     }
 
     /// A read is done: the pace of reads feeds the health state.
@@ -1148,7 +1224,59 @@ impl Driver {
             phase: Phase::Awaiting,
         });
         self.pump(lfc, now_ns);
+        self.await_look_ns = self.next_await_look(now_ns);
         Poll::AwaitResponse
+    }
+
+    /// When a read awaiting a GetPage answer next looks for losses: on UDP with own
+    /// prefetches in flight, `LOOK_STEP_NS` from `now_ns`.
+    fn next_await_look(&self, now_ns: u64) -> Option<u64> {
+        (self.health.path() == PrefetchPath::Udp && self.core.prefetches_outstanding())
+            .then_some(now_ns + LOOK_STEP_NS)
+    }
+
+    /// While the read in progress awaits a GetPage answer: when the caller should call
+    /// `on_await_look` if no answer has come by then (`None`: just await it).
+    pub fn await_look_ns(&self) -> Option<u64> {
+        match self.current {
+            Some(Current {
+                phase: Phase::Awaiting,
+                ..
+            }) => self.await_look_ns,
+            _ => None,
+        }
+    }
+
+    /// No answer came by `await_look_ns`. If UDP brought the awaited page meanwhile (a page
+    /// taken as lost was late, or reordered), the read is done with it (`Some`): its GetPage's
+    /// answer, when it comes, is a page nobody awaits. Otherwise the own prefetches are
+    /// checked for losses, and the pages found lost are queued for the pipeline (urgent
+    /// GetPages, `pump`): a reader that caught up with the pages in flight blocks a round trip
+    /// on each lost one, and pages after it are lost meanwhile. Found only once the read was
+    /// over, each was requested a grace later, and at 5 % datagram loss reads blocked on one
+    /// repair after another.
+    pub fn on_await_look(&mut self, lfc: &Lfc, out: &mut Page, now_ns: u64) -> Option<Poll> {
+        let Some(Current {
+            tag,
+            phase: Phase::Awaiting,
+        }) = self.current
+        else {
+            panic!("on_await_look without an awaited answer");
+        };
+        if lfc.lookup_again(&tag, out).is_some() {
+            self.current = None;
+            self.await_look_ns = None;
+            if self.read_gave_up {
+                self.core.on_fetch_raced();
+            }
+            if self.read_missed {
+                self.health.on_late_arrival();
+            }
+            return Some(self.done(lfc, ReadSource::LateHit, now_ns));
+        }
+        self.loss_check(lfc, now_ns, MISS_SCAN);
+        self.await_look_ns = self.next_await_look(now_ns);
+        None
     }
 
     /// A response read from the connection. Every page goes into the LFC under the lwlsn rule
@@ -1334,6 +1462,36 @@ mod tests {
             .unwrap();
         wire.extend(get_pages(&drain(d)));
         h
+    }
+
+    /// Page `blkno` of relation 0 lands in the LFC, as the daemon installs it.
+    fn land(lfc: &Lfc, blkno: u32) {
+        let tag = synthetic_rel(0).block(blkno);
+        lfc.install_prefetched(&tag, 0, &synthetic_page(tag, 16));
+    }
+
+    /// A backend on UDP that has just prefetched pages `0..n` of relation 0.
+    fn prefetching(lfc: &Lfc, n: u32) -> Driver {
+        let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
+        assert_eq!(d.path(), PrefetchPath::Udp);
+        d.prefetch(lfc, synthetic_rel(0), 0..n, T0);
+        drain(&mut d);
+        d
+    }
+
+    /// Lets the wait of `Poll::Wait { until_ns, .. }` run out: `on_wait_over` at each of the
+    /// deadlines it gives (it looks for losses on the way) until the wait is over. Returns the
+    /// read's next step and the time it ended.
+    fn wait_out(d: &mut Driver, lfc: &Lfc, out: &mut Page, mut until_ns: u64) -> (Poll, u64) {
+        loop {
+            match d.on_wait_over(lfc, out, until_ns) {
+                Poll::Wait { until_ns: next, .. } => {
+                    assert!(next > until_ns, "a wait goes on to a later deadline");
+                    until_ns = next;
+                }
+                p => return (p, until_ns),
+            }
+        }
     }
 
     /// Reads `blkno` to the end, answering GetPages from `wire` and letting every wait run out.
@@ -1641,10 +1799,8 @@ mod tests {
             else {
                 panic!("the first read waits for its prefetch");
             };
-            assert_eq!(
-                d.on_wait_over(&f.lfc, &mut out, until_ns),
-                Poll::AwaitResponse
-            );
+            let (poll, until_ns) = wait_out(&mut d, &f.lfc, &mut out, until_ns);
+            assert_eq!(poll, Poll::AwaitResponse);
             assert_eq!(d.path(), PrefetchPath::TcpPipelined);
             let mut wire: VecDeque<u32> = get_pages(&drain(&mut d)).into();
             assert_eq!(wire.len(), 32, "the read's page, then the window: {wire:?}");
@@ -1763,6 +1919,122 @@ mod tests {
         assert_eq!(d.path(), PrefetchPath::Udp, "one loss keeps the path");
         let stats = d.stats();
         assert_eq!((stats.wait_timeouts, stats.retries), (0, 1));
+    }
+
+    /// The reader caught up with the pages in flight: the page it waits for is lost, and the
+    /// pages after it land during the wait. A look during the wait sees it overtaken and
+    /// fetches it at once, as a loss: the path stays on UDP, no wait runs out. (Judged at the
+    /// end of the budget as a page nothing overtook, it was a dead path's miss, and at 5 %
+    /// datagram loss a scan read 99 % of its pages by TCP.)
+    #[test]
+    fn a_page_lost_at_the_reader_is_fetched_as_a_loss_when_later_pages_land_during_its_wait() {
+        let f = fixture(true);
+        let lfc = &f.lfc;
+        let rel = synthetic_rel(0);
+        let install = |b: u32| land(lfc, b);
+        let mut d = prefetching(lfc, 32);
+        (0..5).for_each(install);
+        let mut wire = VecDeque::new();
+        let mut now = T0 + 100 * US;
+        for b in 0..5 {
+            assert_eq!(read(&mut d, lfc, &mut wire, b, &mut now), ReadSource::Hit);
+        }
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        let Poll::Wait { tag, until_ns } = d.start_read(lfc, rel.block(5), &mut out, now) else {
+            panic!("page 5 is in flight: its read waits");
+        };
+        assert_eq!(tag, rel.block(5));
+        assert!(
+            until_ns <= now + LOOK_STEP_NS,
+            "a wait for an own prefetch looks for its loss within a step"
+        );
+        // Page 5 is lost; the pages after it land.
+        (6..32).for_each(install);
+        let (poll, ended) = wait_out(&mut d, lfc, &mut out, until_ns);
+        assert_eq!(poll, Poll::AwaitResponse);
+        assert!(
+            ended < now + d.core.wait_budget().as_nanos() as u64,
+            "found lost before the budget ran out"
+        );
+        let sent = get_pages(&drain(&mut d));
+        assert_eq!(sent, [5]);
+        wire.extend(sent);
+        let h = answer(&mut d, lfc, &mut wire, &mut out, ended + 300 * US);
+        assert_eq!(h.next, Some(Poll::Done(ReadSource::Tcp)));
+        assert_eq!(d.path(), PrefetchPath::Udp, "{:?}", d.state_log());
+        let stats = d.stats();
+        assert_eq!((stats.wait_timeouts, stats.retries), (0, 1));
+    }
+
+    /// A read that awaits its GetPage on UDP looks for losses while it is blocked: pages lost
+    /// meanwhile are requested now, as urgent GetPages, not once the read is over. And when
+    /// UDP brings the awaited page (it was late, not lost), the read ends with it.
+    #[test]
+    fn a_blocked_read_requests_the_losses_behind_it_and_ends_when_udp_brings_its_page() {
+        let f = fixture(true);
+        let lfc = &f.lfc;
+        let rel = synthetic_rel(0);
+        let install = |b: u32| land(lfc, b);
+        let mut d = prefetching(lfc, 64);
+        // Page 0 is lost past its grace: its read awaits a GetPage.
+        (1..25).for_each(install);
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        let mut now = T0 + MS;
+        let mut wire = VecDeque::new();
+        d.loss_check(lfc, now, LOSS_SCAN);
+        now += MS;
+        d.loss_check(lfc, now, LOSS_SCAN);
+        wire.extend(get_pages(&drain(&mut d)));
+        assert_eq!(Vec::from(wire.clone()), [0], "page 0 was taken as lost");
+        assert_eq!(
+            d.start_read(lfc, rel.block(0), &mut out, now),
+            Poll::AwaitResponse
+        );
+        let look = d
+            .await_look_ns()
+            .expect("on UDP with prefetches in flight, it looks");
+        assert_eq!(look, now + LOOK_STEP_NS);
+        // Meanwhile page 25 is lost and the pages after it land: two looks a grace apart
+        // take it as lost, and its GetPage leaves at once.
+        (26..40).for_each(install);
+        now = look;
+        assert_eq!(d.on_await_look(lfc, &mut out, now), None);
+        now += REORDER_GRACE_NS;
+        assert_eq!(d.on_await_look(lfc, &mut out, now), None);
+        let sent = drain(&mut d);
+        assert!(
+            matches!(
+                sent[..],
+                [Transmit::GetPage { tag, urgent: true, .. }] if tag == rel.block(25)
+            ),
+            "{sent:?}"
+        );
+        // UDP brings page 0 before its answer: the read ends with it.
+        install(0);
+        let next = d.on_await_look(lfc, &mut out, now + LOOK_STEP_NS);
+        assert_eq!(next, Some(Poll::Done(ReadSource::LateHit)));
+        assert_eq!(d.await_look_ns(), None, "no read awaits");
+        assert_eq!(crate::protocol::page::page_lsn(&out), 16);
+        // Its answer comes later, for nobody.
+        let h = answer(&mut d, lfc, &mut wire, &mut out, now + 300 * US);
+        assert_eq!(h.next, None);
+    }
+
+    /// TCP pipelining's reads never look for losses: nothing of theirs is in flight by UDP.
+    #[test]
+    fn reads_on_tcp_await_their_answers_without_looking() {
+        let f = fixture(true);
+        let lfc = &f.lfc;
+        let rel = synthetic_rel(0);
+        let mut d = Driver::tcp_only(ReadPathConfig::default(), T0);
+        d.prefetch(lfc, rel, 0..8, T0);
+        drain(&mut d);
+        let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+        assert_eq!(
+            d.start_read(lfc, rel.block(0), &mut out, T0),
+            Poll::AwaitResponse
+        );
+        assert_eq!(d.await_look_ns(), None);
     }
 
     /// Pages taken as lost are fetched by TCP; whether they were is judged by who brings them

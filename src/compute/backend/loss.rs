@@ -141,6 +141,11 @@ impl LossDetector {
         self.own.contains_key(tag)
     }
 
+    /// Whether any own prefetch is tracked (requested, not read yet).
+    pub(super) fn is_empty(&self) -> bool {
+        self.own.is_empty()
+    }
+
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.own.len()

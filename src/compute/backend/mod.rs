@@ -350,8 +350,10 @@ impl<'a> Backend<'a> {
                 Transmit::GetPage {
                     tag,
                     not_modified_since,
+                    urgent,
                 } => {
                     shard.unflushed_get_pages += 1;
+                    shard.urgent |= urgent;
                     shard
                         .client
                         .send_get_page(tag, LATEST_LSN, not_modified_since)
@@ -482,6 +484,31 @@ impl<'a> Backend<'a> {
             }
         }
         let lfc = self.lfc;
+        // While the read awaits its answer, the driver looks for losses among its prefetches
+        // now and then (`Driver::on_await_look`): their repairs leave meanwhile.
+        while s == self.core.reading() {
+            let Some(at) = self.core.await_look_ns() else {
+                break;
+            };
+            let left = Duration::from_nanos(at.saturating_sub(monotonic_ns()));
+            self.shards[s].unflushed_get_pages = 0;
+            if self.shards[s].client.answer_within(left)? {
+                break;
+            }
+            // A backend receiving itself takes what its socket holds first: the awaited page
+            // may be in it.
+            if let Some(own) = self.own.as_mut() {
+                own.drain(Duration::ZERO);
+            }
+            let next = self.core.on_await_look(lfc, out, monotonic_ns());
+            self.transmit()?;
+            if next.is_some() {
+                return Ok(driver::Handled {
+                    next,
+                    installed: false,
+                });
+            }
+        }
         let shard = &mut self.shards[s];
         // `recv` flushes what is buffered before it blocks.
         shard.unflushed_get_pages = 0;

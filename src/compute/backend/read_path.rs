@@ -730,6 +730,11 @@ impl ReadPath {
         self.stats.wasted_prefetches += self.loss.take_outstanding(is_cached, out);
     }
 
+    /// Whether own prefetches are in flight (requested, not read yet): losses to look for.
+    pub fn prefetches_outstanding(&self) -> bool {
+        !self.loss.is_empty()
+    }
+
     /// Ends a scan: prefetches never read are wasted.
     pub fn finish(&mut self) -> ReadStats {
         self.stats.wasted_prefetches += self.loss.clear();

@@ -133,6 +133,17 @@ impl ShardedDriver {
         self.drivers[self.last].read_returned(now_ns);
     }
 
+    /// `Driver::await_look_ns` of the read in progress.
+    pub fn await_look_ns(&self) -> Option<u64> {
+        self.drivers[self.last].await_look_ns()
+    }
+
+    /// `Driver::on_await_look` of the read in progress.
+    pub fn on_await_look(&mut self, lfc: &Lfc, out: &mut Page, now_ns: u64) -> Option<Poll> {
+        let poll = self.drivers[self.last].on_await_look(lfc, out, now_ns)?;
+        Some(self.after_step(lfc, poll, now_ns))
+    }
+
     /// `Driver::on_wait_over` of the read in progress.
     pub fn on_wait_over(&mut self, lfc: &Lfc, out: &mut Page, now_ns: u64) -> Poll {
         let poll = self.drivers[self.last].on_wait_over(lfc, out, now_ns);
@@ -416,6 +427,22 @@ mod tests {
     /// A shard that leaves UDP marks the others still on it: one prefetch read of theirs that
     /// does not arrive in time moves them too, where two in eight would (their daemon and
     /// compute are the same).
+    /// Lets a read's wait run out: `on_wait_over` at each deadline it gives (it looks for
+    /// losses on the way). Returns the read's next step and the time the wait ended.
+    fn wait_out(
+        d: &mut ShardedDriver,
+        lfc: &Lfc,
+        out: &mut Page,
+        mut until_ns: u64,
+    ) -> (Poll, u64) {
+        loop {
+            match d.on_wait_over(lfc, out, until_ns) {
+                Poll::Wait { until_ns: next, .. } => until_ns = next,
+                p => return (p, until_ns),
+            }
+        }
+    }
+
     #[test]
     fn a_shard_leaving_udp_moves_the_others_at_their_first_miss() {
         let f = fixture(4096);
@@ -442,7 +469,8 @@ mod tests {
         let Poll::Wait { until_ns, .. } = d.start_read(lfc, rel.block(b0), &mut out, now) else {
             panic!("a read of a prefetch in flight waits");
         };
-        assert_eq!(d.on_wait_over(lfc, &mut out, until_ns), Poll::AwaitResponse);
+        let (poll, until_ns) = wait_out(&mut d, lfc, &mut out, until_ns);
+        assert_eq!(poll, Poll::AwaitResponse);
         assert_eq!(d.shard(first).path(), PrefetchPath::TcpPipelined);
         assert_eq!(d.shard(second).path(), PrefetchPath::Udp);
         // The second shard's next prefetch does not come either: one miss moves it.
@@ -450,7 +478,7 @@ mod tests {
         else {
             panic!("a read of a prefetch in flight waits");
         };
-        d.on_wait_over(lfc, &mut out, until_ns);
+        wait_out(&mut d, lfc, &mut out, until_ns);
         assert_eq!(d.shard(second).path(), PrefetchPath::TcpPipelined);
         let log = d.state_log();
         assert!(
@@ -483,7 +511,8 @@ mod tests {
         else {
             panic!("a read of a prefetch in flight waits");
         };
-        assert_eq!(d.on_wait_over(lfc, &mut out, until_ns), Poll::AwaitResponse);
+        let (poll, until_ns) = wait_out(&mut d, lfc, &mut out, until_ns);
+        assert_eq!(poll, Poll::AwaitResponse);
         assert_eq!(d.shard(first).path(), PrefetchPath::TcpPipelined);
         let get_pages_of = |d: &mut ShardedDriver, s: usize| {
             std::iter::from_fn(|| d.poll_transmit())
