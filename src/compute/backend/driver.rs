@@ -135,11 +135,15 @@ const FRESH_WAITS_GRACE_READS: u64 = 64;
 /// TCP pipelining's whole run that way.
 const FRESH_WAITS_GRACE_LONG_WAITS: u64 = 8;
 
-/// How often a blocked read looks for losses among its own prefetches (`Driver::next_look`,
-/// `Driver::await_look_ns`): half the least reorder grace. The page a reader waits for is
-/// taken as lost as soon as a look sees it overtaken, so the step bounds how late a loss at
-/// the reader is found; each look is a wake-up and up to `MISS_SCAN` LFC probes.
+/// How soon a blocked read first looks for losses among its own prefetches
+/// (`Driver::next_look`, `Driver::await_look_ns`): half the least reorder grace. The page a
+/// reader waits for is taken as lost as soon as a look sees it overtaken, so the step bounds
+/// how late a loss at the reader is found. Each look is a wake-up and up to `MISS_SCAN` LFC
+/// probes, so the step doubles from look to look up to `MAX_LOOK_STEP_NS`: a wait for a
+/// sender that is merely behind (64 backends on one CPU, each waiting) looks a few times, not
+/// forty times a millisecond.
 const LOOK_STEP_NS: u64 = REORDER_GRACE_NS / 2;
+const MAX_LOOK_STEP_NS: u64 = 8 * LOOK_STEP_NS;
 
 /// Why a read gave up on a prefetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +268,8 @@ pub struct Driver {
     /// While the read in progress awaits a GetPage answer: when to look for losses among the
     /// own prefetches if no answer came by then (`on_await_look`).
     await_look_ns: Option<u64>,
+    /// The blocked read's next look step (`LOOK_STEP_NS`, doubling).
+    look_step_ns: u64,
 }
 
 impl Driver {
@@ -375,6 +381,7 @@ impl Driver {
             udp_allowed: true,
             repair_judged: false,
             await_look_ns: None,
+            look_step_ns: LOOK_STEP_NS,
             own_receiver: false,
         }
     }
@@ -949,6 +956,7 @@ impl Driver {
             tag,
             phase: Phase::Waiting { until_ns, own },
         });
+        self.look_step_ns = LOOK_STEP_NS;
         Poll::Wait {
             tag,
             until_ns: self.next_look(own, now_ns, until_ns),
@@ -956,12 +964,19 @@ impl Driver {
     }
 
     /// When a wait for `tag` that ends at `until_ns` is next looked at: for an own prefetch,
-    /// after `LOOK_STEP_NS` (`on_wait_over` then checks for its loss), else at its end.
-    fn next_look(&self, own: Option<OwnLoss>, now_ns: u64, until_ns: u64) -> u64 {
+    /// after the look step (`on_wait_over` then checks for its loss), else at its end.
+    fn next_look(&mut self, own: Option<OwnLoss>, now_ns: u64, until_ns: u64) -> u64 {
         match own {
-            Some(_) => until_ns.min(now_ns + LOOK_STEP_NS),
+            Some(_) => until_ns.min(now_ns + self.take_look_step()),
             None => until_ns,
         }
+    }
+
+    /// The current look step, doubling the next (`MAX_LOOK_STEP_NS`).
+    fn take_look_step(&mut self) -> u64 {
+        let step = self.look_step_ns;
+        self.look_step_ns = (2 * step).min(MAX_LOOK_STEP_NS);
+        step
     }
 
     /// The core said to fetch `tag` by GetPage now: a lost own prefetch, or a page nobody
@@ -1224,15 +1239,16 @@ impl Driver {
             phase: Phase::Awaiting,
         });
         self.pump(lfc, now_ns);
+        self.look_step_ns = LOOK_STEP_NS;
         self.await_look_ns = self.next_await_look(now_ns);
         Poll::AwaitResponse
     }
 
     /// When a read awaiting a GetPage answer next looks for losses: on UDP with own
-    /// prefetches in flight, `LOOK_STEP_NS` from `now_ns`.
-    fn next_await_look(&self, now_ns: u64) -> Option<u64> {
+    /// prefetches in flight, a look step from `now_ns`.
+    fn next_await_look(&mut self, now_ns: u64) -> Option<u64> {
         (self.health.path() == PrefetchPath::Udp && self.core.prefetches_outstanding())
-            .then_some(now_ns + LOOK_STEP_NS)
+            .then(|| now_ns + self.take_look_step())
     }
 
     /// While the read in progress awaits a GetPage answer: when the caller should call
@@ -1999,6 +2015,11 @@ mod tests {
         (26..40).for_each(install);
         now = look;
         assert_eq!(d.on_await_look(lfc, &mut out, now), None);
+        assert_eq!(
+            d.await_look_ns(),
+            Some(now + 2 * LOOK_STEP_NS),
+            "the step doubles"
+        );
         now += REORDER_GRACE_NS;
         assert_eq!(d.on_await_look(lfc, &mut out, now), None);
         let sent = drain(&mut d);
@@ -2011,7 +2032,7 @@ mod tests {
         );
         // UDP brings page 0 before its answer: the read ends with it.
         install(0);
-        let next = d.on_await_look(lfc, &mut out, now + LOOK_STEP_NS);
+        let next = d.on_await_look(lfc, &mut out, now + 4 * LOOK_STEP_NS);
         assert_eq!(next, Some(Poll::Done(ReadSource::LateHit)));
         assert_eq!(d.await_look_ns(), None, "no read awaits");
         assert_eq!(crate::protocol::page::page_lsn(&out), 16);
