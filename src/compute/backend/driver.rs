@@ -959,16 +959,17 @@ impl Driver {
         self.look_step_ns = LOOK_STEP_NS;
         Poll::Wait {
             tag,
-            until_ns: self.next_look(own, now_ns, until_ns),
+            until_ns: self.next_look(own.is_some(), now_ns, until_ns),
         }
     }
 
     /// When a wait for `tag` that ends at `until_ns` is next looked at: for an own prefetch,
     /// after the look step (`on_wait_over` then checks for its loss), else at its end.
-    fn next_look(&mut self, own: Option<OwnLoss>, now_ns: u64, until_ns: u64) -> u64 {
-        match own {
-            Some(_) => until_ns.min(now_ns + self.take_look_step()),
-            None => until_ns,
+    fn next_look(&mut self, own: bool, now_ns: u64, until_ns: u64) -> u64 {
+        if own {
+            until_ns.min(now_ns + self.take_look_step())
+        } else {
+            until_ns
         }
     }
 
@@ -1022,7 +1023,10 @@ impl Driver {
         else {
             panic!("on_wait_over without a wait");
         };
-        let mut arrived = lfc.lookup(&tag, out).is_some();
+        // The read counted its miss when it began; each look counts nothing more, and an
+        // arrival counts as a hit (`lookup`). A wait now looks many times, and counted a miss
+        // at each, `lfc stat`'s hit ratio would fall with the loss rate.
+        let mut arrived = lfc.contains(&tag) && lfc.lookup(&tag, out).is_some();
         if !arrived && own.is_some() {
             // A wait for an own prefetch looks for its loss as it goes: when the reader has
             // caught up with the pages in flight (a young window, or a path slower than the
@@ -1052,7 +1056,7 @@ impl Driver {
         if !arrived && now_ns < until_ns {
             return Poll::Wait {
                 tag,
-                until_ns: self.next_look(own, now_ns, until_ns),
+                until_ns: self.next_look(own.is_some(), now_ns, until_ns),
             };
         }
         self.current = None;
