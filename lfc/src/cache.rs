@@ -32,6 +32,11 @@
 //!    the CLOCK sweep or the repair of a bucket, which also sweeps its home's window) and bucket
 //!    locks (broken by the next locker, which then repairs the bucket). Neither can hide a newer
 //!    version or expose a torn one.
+//! 7. A VALID frame's lwlsn never exceeds its version (the LSN its page is current at): a frame
+//!    is linked with its tag's own lwlsn, at most the version or the link is refused, and raised
+//!    only by modifications its version is at least as new as. The hashed table is no tag's own:
+//!    a colliding tag raises it too, so it answers for a tag only while the tag is uncached and
+//!    is never copied into a frame that replaces a cached copy (`tag_lwlsn_locked`).
 
 use crate::arrival::{futex_wait, Channel};
 use crate::attach::{self, Attached, Secrets};
@@ -632,13 +637,7 @@ impl Lfc {
         }
         // A writer kept the frame busy (or died in it): the locked path is exact and repairs.
         match self.lock_bucket(h) {
-            Ok(g) => {
-                let v = match self.find_locked(&g, h, tag) {
-                    Some(frame) => self.meta(frame).lwlsn.load(Ordering::Acquire),
-                    None => self.lwlsn_cell(h).load(Ordering::Acquire),
-                };
-                v.max(floor)
-            }
+            Ok(g) => self.tag_lwlsn_locked(&g, h, tag).1.max(floor),
             Err(_) => self.lwlsn_conservative(h, tag).max(floor),
         }
     }
@@ -1219,6 +1218,11 @@ impl Lfc {
         let m = self.meta(frame);
         let c = m.ctl();
         debug_assert!(c.kind() == KIND_BUSY && c.pid() == current_pid());
+        // A version older than the tag's lwlsn is stale the moment it is linked.
+        debug_assert!(
+            lwlsn <= version,
+            "{tag}: version {version} under lwlsn {lwlsn}"
+        );
         m.set_tag(tag);
         m.lsn.store(version, Ordering::Relaxed);
         m.lwlsn.store(lwlsn, Ordering::Relaxed);
@@ -1282,21 +1286,17 @@ impl Lfc {
         let floor = self.lwlsn_floor();
         {
             let g = self.lock_bucket(h)?;
-            if let Some(frame) = self.find_locked(&g, h, tag) {
-                let m = self.meta(frame);
-                if lsn < m.lwlsn.load(Ordering::Acquire).max(floor) {
-                    self.bump(Counter::SupersededWrites);
-                    return Ok(WriteOutcome::Superseded);
-                }
+            let (cached, lwlsn) = self.tag_lwlsn_locked(&g, h, tag);
+            if lsn < lwlsn.max(floor) {
+                self.bump(Counter::SupersededWrites);
+                return Ok(WriteOutcome::Superseded);
+            }
+            if let Some(frame) = cached {
                 self.rewrite_locked(frame, lsn, page);
                 drop(g);
                 self.bump(Counter::Writes);
                 self.channel(h).notify();
                 return Ok(WriteOutcome::Stored);
-            }
-            if lsn < self.lwlsn_cell(h).load(Ordering::Acquire).max(floor) {
-                self.bump(Counter::SupersededWrites);
-                return Ok(WriteOutcome::Superseded);
             }
         }
         // Not cached: fill a frame with no lock held, since claiming may evict and so lock
@@ -1308,6 +1308,19 @@ impl Lfc {
             return Ok(WriteOutcome::NoRoom);
         };
         self.copy_into_frame(frame, page);
+        self.link_written(h, tag, lsn, frame, floor)
+    }
+
+    /// Second half of [`Lfc::write`]: links our filled `frame` as version `lsn` of `tag`,
+    /// replacing a copy cached since the first look (an install that landed meanwhile).
+    fn link_written(
+        &self,
+        h: TagHash,
+        tag: &BufferTag,
+        lsn: u64,
+        frame: u32,
+        floor: u64,
+    ) -> Result<WriteOutcome, OpError> {
         let g = match self.lock_bucket(h) {
             Ok(g) => g,
             Err(e) => {
@@ -1315,23 +1328,20 @@ impl Lfc {
                 return Err(e);
             }
         };
-        // Someone may have cached the tag meanwhile: replace that copy with ours.
-        let mut lwlsn = self.lwlsn_cell(h).load(Ordering::Acquire);
-        if let Some(old) = self.find_locked(&g, h, tag) {
-            let old_lwlsn = self.meta(old).lwlsn.load(Ordering::Acquire);
-            if lsn < old_lwlsn.max(floor) {
-                self.release_frame(frame);
-                self.bump(Counter::SupersededWrites);
-                return Ok(WriteOutcome::Superseded);
-            }
-            self.drop_locked(&g, h, old, old_lwlsn);
-            lwlsn = lwlsn.max(old_lwlsn);
-        } else if lsn < lwlsn.max(floor) {
+        let (old, lwlsn) = self.tag_lwlsn_locked(&g, h, tag);
+        if lsn < lwlsn.max(floor) {
             self.release_frame(frame);
             self.bump(Counter::SupersededWrites);
             return Ok(WriteOutcome::Superseded);
         }
-        if !self.link_locked(&g, h, tag, frame, lsn, lwlsn.max(lsn)) {
+        if let Some(old) = old {
+            self.drop_locked(&g, h, old, lwlsn);
+        }
+        // The tag's lwlsn is at most `lsn` now, so the new version is its lwlsn. (The shared
+        // cell is no part of it while a copy was cached: a colliding tag may have raised the
+        // cell past `lsn` meanwhile, and a frame whose lwlsn exceeds its own version reads as
+        // stale to anyone who compares the two.)
+        if !self.link_locked(&g, h, tag, frame, lsn, lsn) {
             self.release_frame(frame);
             self.set_lwlsn_locked(&g, h, tag, lsn);
             self.bump(Counter::NoRoom);
@@ -1341,6 +1351,17 @@ impl Lfc {
         self.bump(Counter::Writes);
         self.channel(h).notify();
         Ok(WriteOutcome::Stored)
+    }
+
+    /// The tag's VALID frame, if cached, and its lwlsn under its home's lock `g`: the frame's
+    /// while cached, else the shared cell's. Exact for the tag's own history: its raises go to
+    /// its frame while it is cached and are folded into the cell when the frame goes, so the
+    /// cell's excess over a cached frame's lwlsn can only be a colliding tag's.
+    fn tag_lwlsn_locked(&self, g: &Locked<'_>, h: TagHash, tag: &BufferTag) -> (Option<u32>, u64) {
+        match self.find_locked(g, h, tag) {
+            Some(frame) => (Some(frame), self.meta(frame).lwlsn.load(Ordering::Acquire)),
+            None => (None, self.lwlsn_cell(h).load(Ordering::Acquire)),
+        }
     }
 
     /// In-place rewrite of a VALID frame under its home's lock (seqlock writer side). The entry
@@ -1845,3 +1866,54 @@ impl Drop for Reservation<'_> {
 
 const fn assert_send_sync<T: Send + Sync>() {}
 const _: () = assert_send_sync::<Lfc>();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tag::RelTag;
+
+    /// Two tags of different homes that share an lwlsn cell.
+    fn colliding_pair(lfc: &Lfc) -> (BufferTag, BufferTag) {
+        let tag = |blk| RelTag::new(1663, 5, 1, 0).block(blk);
+        let t = tag(0);
+        let slot = lfc.lwlsn_slot_of(&t);
+        let u = (1..)
+            .map(tag)
+            .find(|u| {
+                lfc.lwlsn_slot_of(u) == slot && lfc.home_bucket_of(u) != lfc.home_bucket_of(&t)
+            })
+            .unwrap();
+        (t, u)
+    }
+
+    /// A write that finds its tag cached by an install that landed while it filled its frame
+    /// stores its version with that version as the lwlsn, even when a colliding tag raised
+    /// the shared cell past it meanwhile (the stress test saw the page "older than its lwlsn").
+    #[test]
+    fn a_write_that_replaces_a_concurrent_install_is_not_stale_by_a_colliding_tags_lwlsn() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
+        let (t, u) = colliding_pair(&lfc);
+        // The writer's first look: `t` uncached at lwlsn 0, so it claims and fills a frame.
+        let frame = lfc.claim_frame().unwrap();
+        lfc.copy_into_frame(frame, &[6; PAGE_SIZE]);
+        // Meanwhile a prefetch installs `t` as of 5, and `u` (uncached) is modified at 7.
+        assert_eq!(
+            lfc.install_prefetched(&t, 5, &[5; PAGE_SIZE]),
+            InstallOutcome::Installed
+        );
+        lfc.set_lwlsn(&u, 7).unwrap();
+        assert_eq!(lfc.lwlsn(&u), 7);
+        let h = lfc.hash(&t);
+        let outcome = lfc.link_written(h, &t, 6, frame, lfc.lwlsn_floor());
+        assert_eq!(outcome.unwrap(), WriteOutcome::Stored);
+        let mut out = [0; PAGE_SIZE];
+        assert_eq!(lfc.lookup(&t, &mut out), Some(6));
+        assert_eq!(out, [6; PAGE_SIZE]);
+        assert_eq!(lfc.lwlsn(&t), 6, "the cached version is current");
+        // Once evicted, the shared cell answers for both tags again, as large as either needs.
+        lfc.set_lwlsn(&t, 8).unwrap();
+        assert!(!lfc.contains(&t));
+        assert_eq!((lfc.lwlsn(&t), lfc.lwlsn(&u)), (8, 8));
+    }
+}

@@ -1,15 +1,16 @@
 //! Worker roles for the multi-process tests: every page written or installed is
 //! `make_page(tag, L)` where L is the tag's last modification LSN, so a reader can check that a
-//! page is intact, not older than the lwlsn it read before the lookup, and never older than a
-//! version it saw earlier.
+//! page is intact, not older than any modification completed before the lookup (the `Truth`
+//! file), and never older than a version it saw earlier.
 #![allow(dead_code)]
 
 use super::{check_page, make_page, tag, Rng};
-use lfc::{BufferTag, Lfc, PAGE_SIZE};
+use lfc::{BufferTag, Lfc, WriteOutcome, PAGE_SIZE};
 use std::collections::HashMap;
 use std::io::BufRead;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Per-thread results; violations are capped so a broken run still prints quickly.
@@ -43,6 +44,55 @@ impl Report {
         for v in o.violations {
             self.violation(v);
         }
+    }
+}
+
+/// The last modification each tag's owner completed, by universe index, in a file beside the
+/// cache that every process maps: what a reader checks pages against. The cache's own
+/// `lwlsn` cannot serve: it is an upper bound (tags sharing an lwlsn cell raise each other's
+/// while uncached), so an uncached tag can read a colliding tag's LSN and then be installed
+/// older than that, legitimately. No page may be older than a modification that completed
+/// before its lookup began, and no `lwlsn` below one.
+pub struct Truth {
+    map: memmap2::MmapRaw,
+    len: u64,
+}
+
+impl Truth {
+    /// Maps (creating it if needed) the truth file of the cache at `lfc_path` for `len` tags.
+    pub fn beside(lfc_path: &Path, len: u64) -> Truth {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(lfc_path.with_extension("truth"))
+            .unwrap();
+        // Only ever grows to this one length, so racing processes agree and keep the contents.
+        if file.metadata().unwrap().len() < len * 8 {
+            file.set_len(len * 8).unwrap();
+        }
+        let map = memmap2::MmapOptions::new()
+            .len(len as usize * 8)
+            .map_raw(&file)
+            .unwrap();
+        Truth { map, len }
+    }
+
+    fn cell(&self, i: u64) -> &AtomicU64 {
+        assert!(i < self.len);
+        // SAFETY: in bounds (above), 8-aligned (the mapping is page aligned), and only ever
+        // accessed as atomics by every process.
+        unsafe { &*self.map.as_ptr().cast::<AtomicU64>().add(i as usize) }
+    }
+
+    /// After the owner's modification of tag `i` at `lsn` returned.
+    pub fn record(&self, i: u64, lsn: u64) {
+        self.cell(i).fetch_max(lsn, Ordering::Release);
+    }
+
+    pub fn completed(&self, i: u64) -> u64 {
+        self.cell(i).load(Ordering::Acquire)
     }
 }
 
@@ -88,6 +138,7 @@ pub fn writer(
     let mut r = Report::default();
     let mut rng = Rng(seed);
     let mut held = Vec::new();
+    let truth = Truth::beside(lfc.path(), tags.len() as u64);
     while !stop.load(Ordering::Relaxed) {
         let i = rng.below(tags.len() as u64);
         let t = tags[i as usize];
@@ -96,14 +147,17 @@ pub fn writer(
                 // Only this thread modifies `t`, so lwlsn + 1 is a new, higher version.
                 let lsn = r.timed(|| lfc.lwlsn(&t)) + 1;
                 let page = make_page(&t, lsn);
-                if let Err(e) = r.timed(|| lfc.write(&t, lsn, &page)) {
-                    r.violation(format!("write {t}: {e}"));
+                match r.timed(|| lfc.write(&t, lsn, &page)) {
+                    Ok(WriteOutcome::Superseded) => {}
+                    Ok(_) => truth.record(i, lsn),
+                    Err(e) => r.violation(format!("write {t}: {e}")),
                 }
             }
             4 if owned(i) => {
                 let lsn = r.timed(|| lfc.lwlsn(&t)) + 1;
-                if let Err(e) = r.timed(|| lfc.set_lwlsn(&t, lsn)) {
-                    r.violation(format!("set_lwlsn {t}: {e}"));
+                match r.timed(|| lfc.set_lwlsn(&t, lsn)) {
+                    Ok(()) => truth.record(i, lsn),
+                    Err(e) => r.violation(format!("set_lwlsn {t}: {e}")),
                 }
             }
             5..=6 => {
@@ -129,18 +183,24 @@ pub fn writer(
     r
 }
 
-/// Looks pages up and checks them: intact, at least the lwlsn read just before, and never older
-/// than what this thread saw before for the same tag. Also exercises request marks and waits.
+/// Looks pages up and checks them: intact, at least the last modification completed before the
+/// lookup (as its `lwlsn`, read just before), and never older than what this thread saw
+/// before for the same tag. Also exercises request marks and waits.
 pub fn reader(lfc: &Lfc, tags: &[BufferTag], seed: u64, stop: &AtomicBool) -> Report {
     let mut r = Report::default();
     let mut rng = Rng(seed);
     let mut seen: HashMap<u64, u64> = HashMap::new();
     let mut out = Box::new([0u8; PAGE_SIZE]);
     let mut now_ns = 0u64;
+    let truth = Truth::beside(lfc.path(), tags.len() as u64);
     while !stop.load(Ordering::Relaxed) {
         let i = rng.below(tags.len() as u64);
         let t = tags[i as usize];
+        let done = truth.completed(i);
         let lw = r.timed(|| lfc.lwlsn(&t));
+        if lw < done {
+            r.violation(format!("{t}: lwlsn {lw} below the modification at {done}"));
+        }
         if lfc.contains(&t) {
             r.ops += 1;
         }
@@ -150,8 +210,10 @@ pub fn reader(lfc: &Lfc, tags: &[BufferTag], seed: u64, stop: &AtomicBool) -> Re
                 match check_page(&t, &out) {
                     Err(e) => r.violation(format!("torn or foreign page: {e}")),
                     Ok(lsn) => {
-                        if lsn < lw {
-                            r.violation(format!("{t}: page at {lsn} older than lwlsn {lw}"));
+                        if lsn < done {
+                            r.violation(format!(
+                                "{t}: page at {lsn} older than the modification at {done}"
+                            ));
                         }
                         let prev = seen.entry(i).or_default();
                         if lsn < *prev {
