@@ -840,25 +840,38 @@ impl Lfc {
         true
     }
 
-    /// Whether an entry before `slot` already links `frame` or another VALID frame with `tag`.
+    /// Whether an entry before `slot` already links `frame`, or another VALID frame with `tag`
+    /// (a second frame of one tag, which invariant 2 rules out: only a corrupt file holds one).
+    /// Of two such frames the one with the newer version keeps its entry and takes the
+    /// other's lwlsn, so that the page left findable is the newest and not older than its
+    /// lwlsn (invariant 7): when that is the later one, the earlier one's entry goes here, and
+    /// otherwise the caller clears `slot`'s. (Raising an lwlsn is always safe, without the
+    /// home's lock too.)
     fn linked_before(&self, g: &Locked<'_>, slot: usize, frame: u32, tag: &BufferTag) -> bool {
-        (0..slot).any(|s| match self.entry_frame(g.bucket.entry(s)) {
-            Some(f) if f == frame => true,
-            Some(f) => {
-                let m = self.meta(f);
-                if m.ctl().kind() == KIND_VALID && m.tag() == *tag {
-                    // Keep the earlier one but let it inherit the later one's lwlsn.
-                    m.lwlsn.fetch_max(
-                        self.meta(frame).lwlsn.load(Ordering::Acquire),
-                        Ordering::AcqRel,
-                    );
-                    true
-                } else {
-                    false
-                }
+        let later = self.meta(frame);
+        for s in 0..slot {
+            let Some(f) = self.entry_frame(g.bucket.entry(s)) else {
+                continue;
+            };
+            if f == frame {
+                return true;
             }
-            None => false,
-        })
+            let m = self.meta(f);
+            if m.ctl().kind() != KIND_VALID || m.tag() != *tag {
+                continue;
+            }
+            let lwlsn = m
+                .lwlsn
+                .load(Ordering::Acquire)
+                .max(later.lwlsn.load(Ordering::Acquire));
+            if m.lsn.load(Ordering::Acquire) >= later.lsn.load(Ordering::Acquire) {
+                m.lwlsn.fetch_max(lwlsn, Ordering::AcqRel);
+                return true;
+            }
+            later.lwlsn.fetch_max(lwlsn, Ordering::AcqRel);
+            g.bucket.set_entry(s, EMPTY);
+        }
+        false
     }
 
     /// Takes over a frame owned by a dead process (it becomes BUSY for us). Folds the lwlsn the
@@ -1884,6 +1897,37 @@ mod tests {
             })
             .unwrap();
         (t, u)
+    }
+
+    /// A repair that finds a tag linked twice in one bucket (a corrupt file: invariant 2 rules
+    /// it out) keeps the newer version findable, with the older one's lwlsn if larger. It kept
+    /// the earlier entry before, the older page, raised to the newer one's lwlsn.
+    #[test]
+    fn a_repair_of_a_tag_linked_twice_keeps_its_newer_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
+        let t = RelTag::new(1663, 5, 1, 0).block(0);
+        let h = lfc.hash(&t);
+        assert_eq!(
+            lfc.install_prefetched(&t, 5, &[5; PAGE_SIZE]),
+            InstallOutcome::Installed
+        );
+        // A second frame of the tag, linked after the first in the same bucket.
+        let frame = lfc.claim_frame().unwrap();
+        lfc.copy_into_frame(frame, &[9; PAGE_SIZE]);
+        let g = lfc.lock_bucket(h).unwrap();
+        let slot = Lfc::free_slot(g.bucket).unwrap();
+        lfc.publish_at(g.bucket, slot, h, &t, frame, 9, 9);
+        lfc.repair_bucket(&g);
+        drop(g);
+        let mut out = [0; PAGE_SIZE];
+        assert_eq!(lfc.lookup(&t, &mut out), Some(9));
+        assert_eq!(out, [9; PAGE_SIZE]);
+        assert_eq!(lfc.lwlsn(&t), 9);
+        let linked = (0..BUCKET_ENTRIES)
+            .filter(|&s| lfc.bucket(lfc.home(h)).entry(s) != EMPTY)
+            .count();
+        assert_eq!(linked, 1, "the older frame's entry went");
     }
 
     /// A write that finds its tag cached by an install that landed while it filled its frame
