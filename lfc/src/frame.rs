@@ -10,7 +10,8 @@
 //! - `FREE`: no content, not in the index.
 //! - `VALID`: content, tag and LSNs are published; the frame is linked in the index, in its tag's
 //!   home bucket or that home's overflow window. Only a holder of the home's lock changes a VALID
-//!   frame.
+//!   frame, but for raising its lwlsn (a max, safe from anyone: a bucket's repair does it when it
+//!   merges two links of one tag).
 //! - `BUSY(pid)`: owned by `pid` (a reservation being filled, a frame claimed for a write or an
 //!   install, or an in-place rewrite). Invisible to readers. When `pid` is dead the frame may be
 //!   reclaimed by anyone; its content is then garbage by definition.
