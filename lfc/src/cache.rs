@@ -1885,9 +1885,12 @@ mod tests {
     use super::*;
     use crate::tag::RelTag;
 
+    fn tag(blk: u32) -> BufferTag {
+        RelTag::new(1663, 5, 1, 0).block(blk)
+    }
+
     /// Two tags of different homes that share an lwlsn cell.
     fn colliding_pair(lfc: &Lfc) -> (BufferTag, BufferTag) {
-        let tag = |blk| RelTag::new(1663, 5, 1, 0).block(blk);
         let t = tag(0);
         let slot = lfc.lwlsn_slot_of(&t);
         let u = (1..)
@@ -1906,7 +1909,7 @@ mod tests {
     fn a_repair_of_a_tag_linked_twice_keeps_its_newer_version() {
         let dir = tempfile::tempdir().unwrap();
         let lfc = Lfc::create(dir.path().join("lfc"), 64).unwrap();
-        let t = RelTag::new(1663, 5, 1, 0).block(0);
+        let t = tag(0);
         let h = lfc.hash(&t);
         assert_eq!(
             lfc.install_prefetched(&t, 5, &[5; PAGE_SIZE]),
