@@ -291,6 +291,9 @@ impl Progress {
     }
 }
 
+/// Digests of one page timed together to find a digest's CPU (`digest_cpu_per_page`).
+const DIGEST_CALIBRATION_PAGES: u32 = 64;
+
 /// Collects what a scan observed page by page.
 struct Tally {
     progress: Option<Progress>,
@@ -298,7 +301,11 @@ struct Tally {
     verified: u64,
     failed: u64,
     waits_us: Vec<f64>,
+    /// The emulated work's CPU so far.
     work_cpu: Duration,
+    /// Pages digested, and the CPU one digest takes (`digest_cpu_per_page`).
+    digested: u32,
+    digest_cpu: Duration,
     cpu_per_page_us: u64,
     /// The cluster's verification (checksums, or headers when it has none).
     verify: PageVerify,
@@ -317,23 +324,50 @@ impl Tally {
         self.waits_us.push(wait.as_secs_f64() * 1e6);
         // The digest (the test harness's, not a backend's) and the emulated query work are
         // excluded from the backend CPU figure; page verification, which PostgreSQL does on
-        // every read, is included. Timed with the monotonic clock (vDSO, ~20 ns) rather than
-        // the thread CPU clock (a system call, ~0.5 us, twice per page); both are pure CPU work,
-        // so the two agree unless the thread is preempted inside them.
-        let before = Instant::now();
-        // A digest of per-page hashes. It only has to tell identical results from different
-        // ones, and it is overhead every mode pays on the reading thread, so each page gets
-        // XXH3-64 (0.17 µs) rather than BLAKE3 (1.5 µs, a third of a UDP backend's CPU and a
-        // fixed cost that hid how much cheaper the read path itself is); BLAKE3 folds the
-        // 64-bit hashes into the printed digest.
-        self.hasher
-            .update(&twox_hash::XxHash3_64::oneshot(&page[..]).to_le_bytes());
-        self.hasher.update(&blkno.to_le_bytes());
-        let hashing = before.elapsed();
+        // every read, is included. The digest's CPU is measured once, before the scan
+        // (`digest_cpu_per_page`): timed page by page with the monotonic clock, a preemption
+        // inside the hash counted as its CPU, and with 64 backends on one CPU (`bench
+        // many-backends`) backends reported 0 µs of CPU a page; the thread CPU clock is a
+        // system call (~0.5 µs), too dear twice a page.
+        self.digest(blkno, page);
+        self.digested += 1;
         // The emulated work in thread CPU time: a backend preempted during it (by the worker
         // daemon, on a busy compute) once reported 0 µs of CPU per page.
-        self.work_cpu += hashing + busy_work(self.cpu_per_page_us);
+        self.work_cpu += busy_work(self.cpu_per_page_us);
     }
+
+    /// A digest of per-page hashes. It only has to tell identical results from different
+    /// ones, and it is overhead every mode pays on the reading thread, so each page gets
+    /// XXH3-64 (0.17 µs) rather than BLAKE3 (1.5 µs, a third of a UDP backend's CPU and a
+    /// fixed cost that hid how much cheaper the read path itself is); BLAKE3 folds the
+    /// 64-bit hashes into the printed digest.
+    fn digest(&mut self, blkno: u32, page: &Page) {
+        digest_page(&mut self.hasher, blkno, page);
+    }
+
+    /// The CPU to leave out of the backend's figure: the emulated work and the digests.
+    fn work_cpu(&self) -> Duration {
+        self.work_cpu + self.digest_cpu * self.digested
+    }
+}
+
+fn digest_page(hasher: &mut blake3::Hasher, blkno: u32, page: &Page) {
+    hasher.update(&twox_hash::XxHash3_64::oneshot(&page[..]).to_le_bytes());
+    hasher.update(&blkno.to_le_bytes());
+}
+
+/// The thread CPU one page's digest takes (`Tally::digest`), timed over
+/// `DIGEST_CALIBRATION_PAGES` digests of a page in the CPU's cache, as a page just copied out
+/// for its read is.
+fn digest_cpu_per_page() -> Duration {
+    let page: Page = std::array::from_fn(|i| i as u8);
+    let mut hasher = blake3::Hasher::new();
+    let before = thread_cpu();
+    for blkno in 0..DIGEST_CALIBRATION_PAGES {
+        digest_page(&mut hasher, blkno, std::hint::black_box(&page));
+    }
+    std::hint::black_box(hasher.finalize());
+    (thread_cpu() - before) / DIGEST_CALIBRATION_PAGES
 }
 
 /// Runs one scan. `lfc` is required for the udp mode and unused otherwise (the TCP modes are
@@ -371,6 +405,8 @@ pub fn run_scan_with_progress(
         failed: 0,
         waits_us: Vec::with_capacity(blocks.len()),
         work_cpu: Duration::ZERO,
+        digested: 0,
+        digest_cpu: digest_cpu_per_page(),
         cpu_per_page_us: cfg.cpu_per_page_us,
         verify: clients[0].page_verify(u64::MAX),
     };
@@ -405,7 +441,7 @@ pub fn run_scan_with_progress(
         ),
     };
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = (thread_cpu() - cpu_start).saturating_sub(tally.work_cpu);
+    let cpu = (thread_cpu() - cpu_start).saturating_sub(tally.work_cpu());
     if let Some(p) = &tally.progress {
         p.finish();
     }
