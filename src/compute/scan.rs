@@ -329,20 +329,11 @@ impl Tally {
         // inside the hash counted as its CPU, and with 64 backends on one CPU (`bench
         // many-backends`) backends reported 0 µs of CPU a page; the thread CPU clock is a
         // system call (~0.5 µs), too dear twice a page.
-        self.digest(blkno, page);
+        digest_page(&mut self.hasher, blkno, page);
         self.digested += 1;
         // The emulated work in thread CPU time: a backend preempted during it (by the worker
         // daemon, on a busy compute) once reported 0 µs of CPU per page.
         self.work_cpu += busy_work(self.cpu_per_page_us);
-    }
-
-    /// A digest of per-page hashes. It only has to tell identical results from different
-    /// ones, and it is overhead every mode pays on the reading thread, so each page gets
-    /// XXH3-64 (0.17 µs) rather than BLAKE3 (1.5 µs, a third of a UDP backend's CPU and a
-    /// fixed cost that hid how much cheaper the read path itself is); BLAKE3 folds the
-    /// 64-bit hashes into the printed digest.
-    fn digest(&mut self, blkno: u32, page: &Page) {
-        digest_page(&mut self.hasher, blkno, page);
     }
 
     /// The CPU to leave out of the backend's figure: the emulated work and the digests.
@@ -351,12 +342,17 @@ impl Tally {
     }
 }
 
+/// Adds `page` to a scan's digest of per-page hashes. It only has to tell identical results
+/// from different ones, and it is overhead every mode pays on the reading thread, so each page
+/// gets XXH3-64 (0.17 µs) rather than BLAKE3 (1.5 µs, a third of a UDP backend's CPU and a
+/// fixed cost that hid how much cheaper the read path itself is); BLAKE3 folds the 64-bit
+/// hashes into the printed digest.
 fn digest_page(hasher: &mut blake3::Hasher, blkno: u32, page: &Page) {
     hasher.update(&twox_hash::XxHash3_64::oneshot(&page[..]).to_le_bytes());
     hasher.update(&blkno.to_le_bytes());
 }
 
-/// The thread CPU one page's digest takes (`Tally::digest`), timed over
+/// The thread CPU one page's digest takes (`digest_page`), timed over
 /// `DIGEST_CALIBRATION_PAGES` digests of a page in the CPU's cache, as a page just copied out
 /// for its read is.
 fn digest_cpu_per_page() -> Duration {

@@ -7,7 +7,8 @@
 //! counters.
 //!
 //! Owns: besides those, the channel connections submit Prefetches on and the list they report
-//! served GetPages in, neither taking the scheduler's lock, and each thread's socket, source port and `DropFilter`.
+//! served GetPages in, neither taking the scheduler's lock, and each thread's socket, source
+//! port and `DropFilter`.
 //! Decides no page, order, pace or sleep length itself; of `workers` it uses only the shared
 //! layer (`datagram`, `udp`, `sched`), and it touches no LFC.
 
