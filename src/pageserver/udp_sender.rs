@@ -83,7 +83,11 @@ impl Queue {
     /// send: `PrefetchScheduler::push` serves a page asked for again.)
     fn take_submitted(&mut self, inner: &Inner) {
         let stats = &inner.stats;
-        std::mem::swap(&mut *inner.fetched.lock(), &mut self.fetched);
+        // Nor does a sender wait for a connection thread preempted while it reports: the
+        // reports wait for its next take instead.
+        if let Some(mut reports) = inner.fetched.try_lock() {
+            std::mem::swap(&mut *reports, &mut self.fetched);
+        }
         for (addr, tag) in self.fetched.drain(..) {
             self.sched.on_get_page(addr, tag);
         }
