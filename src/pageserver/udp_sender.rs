@@ -606,8 +606,9 @@ mod tests {
         // Nothing queued: nothing reported.
         sender.fetched_by_get_page(dest.addr, tag(0));
         assert!(sender.inner.fetched.lock().is_empty());
-        // Pages 0..4 due in half a second, taken into the scheduler by the sender.
-        let due = monotonic_ns() + 500_000_000;
+        // Pages 0..4 due in two seconds (room for a loaded machine), taken into the scheduler
+        // by the sender.
+        let due = monotonic_ns() + 2_000_000_000;
         sender.enqueue(&dest, hdr(), Synthetic::rel(0), 0, 4, due);
         wait_for("queued", &|| {
             stats.prefetch_pages_queued.load(Ordering::Relaxed) == 4
