@@ -83,8 +83,8 @@ impl Queue {
     /// send: `PrefetchScheduler::push` serves a page asked for again.)
     fn take_submitted(&mut self, inner: &Inner) {
         let stats = &inner.stats;
-        // Nor does a sender wait for a connection thread preempted while it reports: the
-        // reports wait for its next take instead.
+        // A sender never waits for a connection thread preempted while it reports, as no
+        // reporter waits for a sender: the reports wait for the next take instead.
         if let Some(mut reports) = inner.fetched.try_lock() {
             std::mem::swap(&mut *reports, &mut self.fetched);
         }
