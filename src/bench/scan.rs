@@ -9,6 +9,13 @@
 //! every page once into the reader's buffer: tcp-pipelined out of the receive buffer, udp out
 //! of the LFC.
 //!
+//! Each group (delay, per-page work) also scans in `tcp-lfc` mode, Neon's compute as it ships:
+//! an LFC lookup before each read and every page the pipeline brings stored in the LFC
+//! (Neon's communicator calls `lfc_write` on each GetPage answer it hands to a reader, or
+//! stores it on arrival with `neon.store_prefetch_result_in_lfc`). `tcp-pipelined` keeps no
+//! cache at all, so it is the cheaper of the two baselines; the udp records give their ratio
+//! against both (`ratio_vs_tcp_lfc`).
+//!
 //! Owns: nothing shared; it drives the public APIs of `PageServer`, `compute::scan`, `lfc` and
 //! `cmd::daemon_proc` and may not be imported by the library's other modules.
 
@@ -104,15 +111,29 @@ fn record(
         .param("verified", r.verified)
 }
 
-/// A udp scan's two records, against the tcp-pipelined scan's: pages/s and compute CPU per
-/// page. `point` is (delay µs, drop fraction, per-page work µs).
+/// A group's records of one baseline scan: pages/s and compute CPU per page.
+struct Baseline {
+    rate: BenchRecord,
+    cpu: BenchRecord,
+}
+
+/// `value / base.value`, rounded, when the base measured anything.
+fn ratio_to(value: f64, base: &BenchRecord) -> Option<f64> {
+    (base.value > 0.0).then(|| round3(value / base.value))
+}
+
+/// A udp scan's two records, against the tcp-pipelined scan's (`pipe`), with their ratios to
+/// the group's tcp-lfc scan (`lfc`) as params: pages/s and compute CPU per page. `point` is
+/// (delay µs, drop fraction, per-page work µs).
 fn udp_records(
     args: &ScanBenchArgs,
     udp_run: &Measured,
     (delay, drop_fraction, cpu): (u64, f64, u64),
-    pipe_rec: &BenchRecord,
-    pipe_cpu: &BenchRecord,
+    pipe: &Baseline,
+    lfc: &Baseline,
 ) -> [BenchRecord; 2] {
+    let udp_cpu = compute_cpu_record(udp_run, "udp-compute-cpu", delay, cpu);
+    let cpu_vs_lfc = ratio_to(udp_cpu.value, &lfc.cpu);
     [
         record(
             "udp",
@@ -130,10 +151,15 @@ fn udp_records(
             "state_change_reasons",
             super::state_change_reasons([&udp_run.report.udp_state_log[..]]),
         )
-        .against(pipe_rec),
-        compute_cpu_record(udp_run, "udp-compute-cpu", delay, cpu)
+        .param(
+            "ratio_vs_tcp_lfc",
+            ratio_to(udp_run.report.pages_per_s, &lfc.rate),
+        )
+        .against(&pipe.rate),
+        udp_cpu
             .param("drop", drop_fraction)
-            .against(pipe_cpu),
+            .param("ratio_vs_tcp_lfc", cpu_vs_lfc)
+            .against(&pipe.cpu),
     ]
 }
 
@@ -189,8 +215,10 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     validate(args)?;
     let threads = args.daemon_threads.to_string();
     // Each udp scan of a group (one delay and per-page work) scans its own relation of a fresh
-    // LFC and daemon, so every one starts with a cold cache.
-    let rels = (args.drops.len() as u32 * args.repeat).max(1);
+    // LFC and daemon, and so does each tcp-lfc scan after them, so every one starts with a
+    // cold cache.
+    let udp_rels = args.drops.len() as u32 * args.repeat;
+    let rels = udp_rels + args.repeat;
     let scratch = ScratchDir::new("udp-prefetch-bench-scan")?;
     let mut records = Vec::new();
     for &delay in &args.delays {
@@ -205,6 +233,14 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             };
             let sync = scan(ScanMode::TcpSync, 0, &base_server)?.report;
             let depth = Ahead::Depth(args.depth);
+            let lfc_runs = (0..args.repeat)
+                .map(|rep| scan(ScanMode::TcpLfc, udp_rels + rep, &base_server))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (lfc_run, _) = super::median_by_ratio(lfc_runs, |m| m.report.pages_per_s);
+            let lfc = Baseline {
+                rate: record("tcp-lfc", &lfc_run.report, delay, 0.0, cpu, depth),
+                cpu: compute_cpu_record(&lfc_run, "tcp-lfc-compute-cpu", delay, cpu),
+            };
             let mut next_rel = 0u32;
             for (i, &drop_fraction) in args.drops.iter().enumerate() {
                 let lossy = synthetic_server(args.pages, rels, delay, drop_fraction)?;
@@ -222,26 +258,35 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                         u.report.pages_per_s / t.report.pages_per_s.max(1e-9)
                     });
                 let ratios: Vec<f64> = ratios.into_iter().map(round3).collect();
-                let pipe_rec = record(
-                    "tcp-pipelined",
-                    &pipelined_run.report,
-                    delay,
-                    0.0,
-                    cpu,
-                    depth,
-                );
-                let pipe_cpu =
-                    compute_cpu_record(&pipelined_run, "tcp-pipelined-compute-cpu", delay, cpu);
+                let pipe = Baseline {
+                    rate: record(
+                        "tcp-pipelined",
+                        &pipelined_run.report,
+                        delay,
+                        0.0,
+                        cpu,
+                        depth,
+                    ),
+                    cpu: compute_cpu_record(
+                        &pipelined_run,
+                        "tcp-pipelined-compute-cpu",
+                        delay,
+                        cpu,
+                    ),
+                };
                 if i == 0 {
-                    // The group's tcp-sync and tcp-pipelined records: the baseline of its
-                    // first drop fraction's median pair.
-                    records
-                        .push(record("tcp-sync", &sync, delay, 0.0, cpu, depth).against(&pipe_rec));
-                    records.push(pipe_rec.clone());
-                    records.push(pipe_cpu.clone());
+                    // The group's tcp-sync, tcp-pipelined and tcp-lfc records, against the
+                    // baseline of its first drop fraction's median pair.
+                    records.push(
+                        record("tcp-sync", &sync, delay, 0.0, cpu, depth).against(&pipe.rate),
+                    );
+                    records.push(pipe.rate.clone());
+                    records.push(pipe.cpu.clone());
+                    records.push(lfc.rate.clone().against(&pipe.rate));
+                    records.push(lfc.cpu.clone().against(&pipe.cpu));
                 }
                 let point = (delay, drop_fraction, cpu);
-                let [udp, udp_cpu] = udp_records(args, &udp_run, point, &pipe_rec, &pipe_cpu);
+                let [udp, udp_cpu] = udp_records(args, &udp_run, point, &pipe, &lfc);
                 records.push(udp.param("repeat", args.repeat).param("ratios", ratios));
                 records.push(udp_cpu);
             }
