@@ -123,17 +123,17 @@ fn ratio_to(value: f64, base: &BenchRecord) -> Option<f64> {
 }
 
 /// A udp scan's two records, against the tcp-pipelined scan's (`pipe`), with their ratios to
-/// the group's tcp-lfc scan (`lfc`) as params: pages/s and compute CPU per page. `point` is
+/// the group's tcp-lfc scan (`neon`) as params: pages/s and compute CPU per page. `point` is
 /// (delay µs, drop fraction, per-page work µs).
 fn udp_records(
     args: &ScanBenchArgs,
     udp_run: &Measured,
     (delay, drop_fraction, cpu): (u64, f64, u64),
     pipe: &Baseline,
-    lfc: &Baseline,
+    neon: &Baseline,
 ) -> [BenchRecord; 2] {
     let udp_cpu = compute_cpu_record(udp_run, "udp-compute-cpu", delay, cpu);
-    let cpu_vs_lfc = ratio_to(udp_cpu.value, &lfc.cpu);
+    let cpu_vs_neon = ratio_to(udp_cpu.value, &neon.cpu);
     [
         record(
             "udp",
@@ -153,12 +153,12 @@ fn udp_records(
         )
         .param(
             "ratio_vs_tcp_lfc",
-            ratio_to(udp_run.report.pages_per_s, &lfc.rate),
+            ratio_to(udp_run.report.pages_per_s, &neon.rate),
         )
         .against(&pipe.rate),
         udp_cpu
             .param("drop", drop_fraction)
-            .param("ratio_vs_tcp_lfc", cpu_vs_lfc)
+            .param("ratio_vs_tcp_lfc", cpu_vs_neon)
             .against(&pipe.cpu),
     ]
 }
@@ -215,8 +215,8 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     validate(args)?;
     let threads = args.daemon_threads.to_string();
     // Each udp scan of a group (one delay and per-page work) scans its own relation of a fresh
-    // LFC and daemon, and so does each tcp-lfc scan after them, so every one starts with a
-    // cold cache.
+    // LFC and daemon, and so does each tcp-lfc scan (the relations after the udp scans'), so
+    // every one starts with a cold cache.
     let udp_rels = args.drops.len() as u32 * args.repeat;
     let rels = udp_rels + args.repeat;
     let scratch = ScratchDir::new("udp-prefetch-bench-scan")?;
@@ -233,26 +233,37 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             };
             let sync = scan(ScanMode::TcpSync, 0, &base_server)?.report;
             let depth = Ahead::Depth(args.depth);
-            let lfc_runs = (0..args.repeat)
-                .map(|rep| scan(ScanMode::TcpLfc, udp_rels + rep, &base_server))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let (lfc_run, _) = super::median_by_ratio(lfc_runs, |m| m.report.pages_per_s);
-            let lfc = Baseline {
-                rate: record("tcp-lfc", &lfc_run.report, delay, 0.0, cpu, depth),
-                cpu: compute_cpu_record(&lfc_run, "tcp-lfc-compute-cpu", delay, cpu),
-            };
             let mut next_rel = 0u32;
+            // Neon's compute, measured beside the first drop fraction's pairs (before the pair
+            // in odd repetitions, after it in even ones), each on a cold relation of its own.
+            let mut neon_runs = Vec::with_capacity(args.repeat as usize);
+            let mut neon = None;
             for (i, &drop_fraction) in args.drops.iter().enumerate() {
                 let lossy = synthetic_server(args.pages, rels, delay, drop_fraction)?;
                 let mut pairs = Vec::with_capacity(args.repeat as usize);
                 for rep in 0..args.repeat {
+                    let neon_scan = || scan(ScanMode::TcpLfc, udp_rels + rep, &base_server);
+                    if i == 0 && rep % 2 == 1 {
+                        neon_runs.push(neon_scan()?);
+                    }
                     pairs.push(super::in_turns(
                         rep,
                         || scan(ScanMode::TcpPipelined, 0, &base_server),
                         || scan(ScanMode::Udp, next_rel, &lossy),
                     )?);
+                    if i == 0 && rep % 2 == 0 {
+                        neon_runs.push(neon_scan()?);
+                    }
                     next_rel += 1;
                 }
+                let neon = neon.get_or_insert_with(|| {
+                    let runs = std::mem::take(&mut neon_runs);
+                    let (run, _) = super::median_by_ratio(runs, |m| m.report.pages_per_s);
+                    Baseline {
+                        rate: record("tcp-lfc", &run.report, delay, 0.0, cpu, depth),
+                        cpu: compute_cpu_record(&run, "tcp-lfc-compute-cpu", delay, cpu),
+                    }
+                });
                 let ((pipelined_run, udp_run), ratios) =
                     super::median_by_ratio(pairs, |(t, u): &(Measured, Measured)| {
                         u.report.pages_per_s / t.report.pages_per_s.max(1e-9)
@@ -282,11 +293,11 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                     );
                     records.push(pipe.rate.clone());
                     records.push(pipe.cpu.clone());
-                    records.push(lfc.rate.clone().against(&pipe.rate));
-                    records.push(lfc.cpu.clone().against(&pipe.cpu));
+                    records.push(neon.rate.clone().against(&pipe.rate));
+                    records.push(neon.cpu.clone().against(&pipe.cpu));
                 }
                 let point = (delay, drop_fraction, cpu);
-                let [udp, udp_cpu] = udp_records(args, &udp_run, point, &pipe, &lfc);
+                let [udp, udp_cpu] = udp_records(args, &udp_run, point, &pipe, neon);
                 records.push(udp.param("repeat", args.repeat).param("ratios", ratios));
                 records.push(udp_cpu);
             }
