@@ -42,7 +42,9 @@ use crate::arrival::{futex_wait, Channel};
 use crate::attach::{self, Attached, Secrets};
 use crate::bucket::{encode_entry, entry_fingerprint, entry_frame, Bucket, EMPTY, LOCK_WAIT_LIMIT};
 use crate::error::{AttachError, OpError};
-use crate::frame::{Ctl, FrameMeta, KIND_BUSY, KIND_FREE, KIND_VALID, MAX_USAGE};
+use crate::frame::{
+    Ctl, FrameMeta, INSTALL_USAGE, KIND_BUSY, KIND_FREE, KIND_VALID, MAX_USAGE, UNREAD,
+};
 use crate::hash::TagHash;
 use crate::layout::{
     FixedHeader, Geometry, ARRIVAL_CHANNELS, ARRIVAL_OFFSET, BUCKET_BYTES, BUCKET_ENTRIES,
@@ -106,6 +108,11 @@ pub const CLOCK_SWEEP_LIMIT: u64 = 1024;
 /// page installed and read at most once since the hand last passed. Hotter pages keep losing
 /// one count per pass, as before.
 pub const CLOCK_SETTLE_USAGE: u32 = 2;
+/// Frames one CLOCK claim lowers before it settles for a page not read since installed
+/// (`UNREAD`) as it would for any other: a capped sweep passing a prefetch window does not
+/// take its pages ahead of their reads, and a cache full of pages nobody read yet (a
+/// prewarm's) still costs a claim a bounded walk.
+const UNREAD_SWEEP_LIMIT: u64 = 2 * CLOCK_SWEEP_LIMIT;
 
 /// Upper bound on one `wait_for_arrival`, whatever the caller asks.
 pub const MAX_ARRIVAL_WAIT: Duration = Duration::from_secs(10);
@@ -968,15 +975,19 @@ impl Lfc {
             let c = m.ctl();
             match c.kind() {
                 KIND_VALID => {
-                    let u = m.usage.load(Ordering::Relaxed);
-                    let settle = step >= CLOCK_SWEEP_LIMIT && u <= CLOCK_SETTLE_USAGE;
+                    let raw = m.usage.load(Ordering::Relaxed);
+                    let (u, unread) = (raw & !UNREAD, raw & UNREAD);
+                    let settle = step >= CLOCK_SWEEP_LIMIT
+                        && u <= CLOCK_SETTLE_USAGE
+                        && (unread == 0 || step >= UNREAD_SWEEP_LIMIT);
                     if u > 0 && !settle {
-                        m.usage.store(u - 1, Ordering::Relaxed);
+                        m.usage.store((u - 1) | unread, Ordering::Relaxed);
                         continue;
                     }
-                    if u > 0 {
+                    if raw > 0 {
                         // A hint, as every usage store: a reader touching it meanwhile makes
-                        // `try_evict` refuse, and the sweep goes on.
+                        // `try_evict` refuse, and the sweep goes on. (At a count of 0 it may
+                        // still carry `UNREAD`, a page lowered twice and never read.)
                         m.usage.store(0, Ordering::Relaxed);
                     }
                     if self.try_evict(frame, c) {
@@ -1136,7 +1147,7 @@ impl Lfc {
             if m.ctl().kind() != KIND_VALID || self.home(self.hash(&m.tag())) != g.index {
                 continue;
             }
-            let u = m.usage.load(Ordering::Relaxed);
+            let u = m.usage_count();
             if victim.is_none_or(|(_, _, vu)| u < vu) {
                 victim = Some((slot, frame, u));
             }
@@ -1239,7 +1250,7 @@ impl Lfc {
         m.set_tag(tag);
         m.lsn.store(version, Ordering::Relaxed);
         m.lwlsn.store(lwlsn, Ordering::Relaxed);
-        m.usage.store(1, Ordering::Relaxed);
+        m.usage.store(INSTALL_USAGE | UNREAD, Ordering::Relaxed);
         // Linked while still BUSY (readers skip it), so a VALID frame is always findable.
         b.set_entry(slot, encode_entry(h.fingerprint(), frame));
         // The one store that publishes: bytes, tag and LSNs happen-before any reader's Acquire
@@ -1744,7 +1755,9 @@ impl Lfc {
             }
             let tag = m.tag();
             let lsn = m.lsn.load(Ordering::Relaxed);
-            let usage = m.usage.load(Ordering::Relaxed);
+            // A page nobody read yet is installed a count up, for eviction; nobody used it.
+            let raw = m.usage.load(Ordering::Relaxed);
+            let usage = (raw & !UNREAD).saturating_sub(u32::from(raw & UNREAD != 0));
             fence(Ordering::Acquire);
             if m.ctl.load(Ordering::Relaxed) == c.0 {
                 found.push((usage, lsn, tag));

@@ -27,6 +27,18 @@ const PID_MASK: u64 = (1 << 30) - 1;
 /// Usage count ceiling for CLOCK (like PostgreSQL's BM_MAX_USAGE_COUNT): a page survives that
 /// many sweeps without being touched again.
 pub(crate) const MAX_USAGE: u32 = 5;
+/// Set beside the usage count while nobody has read the page since it was installed: most
+/// often a prefetched page ahead of its reader. Such a page is installed one count up
+/// (`INSTALL_USAGE`), ranking with the pages already read once, and its first read clears the
+/// mark instead of counting (the use it was installed for); a capped CLOCK sweep does not
+/// settle for it (`UNREAD_SWEEP_LIMIT`). Without it, a scan through a cache smaller than
+/// itself left every page it had read at usage 2 and the pages of its prefetch window at 1;
+/// the hand, coming round to a cache in use and lowering a thousand frames a claim, took the
+/// window first (`bench hol`: bursts of 30–50 pages evicted before their reads every
+/// revolution, each taken as lost, "30 % of prefetches lost", and the busy reader on TCP).
+pub(crate) const UNREAD: u32 = 1 << 31;
+/// The usage count a page is installed with, `UNREAD` beside it.
+pub(crate) const INSTALL_USAGE: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ctl(pub u64);
@@ -68,7 +80,7 @@ pub(crate) struct FrameMeta {
     relnode: AtomicU32,
     blkno: AtomicU32,
     forknum: AtomicU32,
-    /// CLOCK usage count, 0..=MAX_USAGE; racy updates are fine (it is a hint).
+    /// CLOCK usage count, 0..=MAX_USAGE, and `UNREAD`; racy updates are fine (it is a hint).
     pub usage: AtomicU32,
     _pad: [u32; 4],
 }
@@ -100,13 +112,21 @@ impl FrameMeta {
         self.blkno.store(tag.blkno, Ordering::Relaxed);
     }
 
-    /// Counts a hit; skips the store when already at the ceiling so hot pages do not keep
-    /// dirtying their metadata line for every reader.
+    /// Counts a hit (the first one since the page was installed only clears `UNREAD`); skips
+    /// the store when already at the ceiling so hot pages do not keep dirtying their metadata
+    /// line for every reader.
     pub fn touch(&self) {
         let u = self.usage.load(Ordering::Relaxed);
-        if u < MAX_USAGE {
+        if u & UNREAD != 0 {
+            self.usage.store(u & !UNREAD, Ordering::Relaxed);
+        } else if u < MAX_USAGE {
             self.usage.store(u + 1, Ordering::Relaxed);
         }
+    }
+
+    /// The usage count, without the `UNREAD` mark.
+    pub fn usage_count(&self) -> u32 {
+        self.usage.load(Ordering::Relaxed) & !UNREAD
     }
 }
 

@@ -32,7 +32,10 @@ pub const MAGIC: [u8; 8] = *b"UPLFC\0\r\n";
 /// 3: the timeline binding at `BINDING_OFFSET`. Its zeros would read as "unbound" in a version 2
 /// file, but a version 2 build attaching a bound version 3 cache would ignore the binding and
 /// fill it with another timeline's pages, so the versions refuse each other.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: a frame's usage word carries `UNREAD` (bit 31) beside its count. A version 3 build would
+/// read a marked page's usage as a count in the billions, never take it, and end its claims
+/// with no room.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Length of the encoded fixed header; the file must be at least this long to be parsed.
 pub const FIXED_HEADER_LEN: usize = 256;

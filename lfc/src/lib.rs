@@ -46,7 +46,8 @@
 //! one of the next 64 buckets (the home's lock word records how far), so lookups read one cache
 //! line unless the home overflowed, and no page is evicted for lack of index room while frames
 //! are free. Readers never lock: they copy and validate the control word. Writers lock the home,
-//! then at most one higher overflow bucket. Eviction is CLOCK with usage counts (0..=5). Dead
+//! then at most one higher overflow bucket. Eviction is CLOCK with usage counts (0..=5), a page
+//! not read since it was installed ranking with the pages read once (`frame::UNREAD`). Dead
 //! processes' locks are broken and their frames reclaimed, checked with `kill(pid, 0)`; see the
 //! `cache` module for the invariants that make that safe. Index and metadata take under 1 % of
 //! the page data (about 0.93 % at 1 GiB).

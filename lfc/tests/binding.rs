@@ -240,7 +240,7 @@ fn a_version_2_file_from_before_the_binding_is_refused() {
             err,
             AttachError::UnsupportedVersion {
                 found: 2,
-                supported: 3,
+                supported: lfc::FORMAT_VERSION,
                 ..
             }
         ),
@@ -249,8 +249,9 @@ fn a_version_2_file_from_before_the_binding_is_refused() {
     assert_eq!(
         err.to_string(),
         format!(
-            "{}: LFC format version 2 is not supported (this build reads version 3)",
-            path.display()
+            "{}: LFC format version 2 is not supported (this build reads version {})",
+            path.display(),
+            lfc::FORMAT_VERSION
         )
     );
 }
