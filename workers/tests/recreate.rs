@@ -131,9 +131,10 @@ fn a_file_of_an_older_format_is_refused_naming_recreate_which_replaces_it() {
     assert_eq!(
         err.to_string(),
         format!(
-            "LFC {}: LFC format version 2 is not supported (this build reads version 3); start \
+            "LFC {}: LFC format version 2 is not supported (this build reads version {}); start \
              the daemon with --recreate to replace it with a new, empty cache",
-            path.display()
+            path.display(),
+            lfc::FORMAT_VERSION
         )
     );
     // Its size cannot be read: --recreate needs --size.
@@ -145,9 +146,10 @@ fn a_file_of_an_older_format_is_refused_naming_recreate_which_replaces_it() {
     assert_eq!(
         err.to_string(),
         format!(
-            "LFC {}: LFC format version 2 is not supported (this build reads version 3); its size \
+            "LFC {}: LFC format version 2 is not supported (this build reads version {}); its size \
              is unknown: pass --size BYTES with --recreate",
-            path.display()
+            path.display(),
+            lfc::FORMAT_VERSION
         )
     );
     start_and_stop(&config(&path, Some(PAGES), true)).unwrap();
