@@ -117,23 +117,33 @@ struct Baseline {
     cpu: BenchRecord,
 }
 
-/// `value / base.value`, rounded, when the base measured anything.
-fn ratio_to(value: f64, base: &BenchRecord) -> Option<f64> {
-    (base.value > 0.0).then(|| round3(value / base.value))
+impl Baseline {
+    /// This baseline's (pages/s, compute CPU) as multiples of `other`'s.
+    fn relative_to(&self, other: &Baseline) -> (f64, f64) {
+        let ratio = |a: &BenchRecord, b: &BenchRecord| a.value / b.value.max(1e-9);
+        (ratio(&self.rate, &other.rate), ratio(&self.cpu, &other.cpu))
+    }
 }
 
-/// A udp scan's two records, against the tcp-pipelined scan's (`pipe`), with their ratios to
-/// the group's tcp-lfc scan (`neon`) as params: pages/s and compute CPU per page. `point` is
-/// (delay µs, drop fraction, per-page work µs).
+/// A udp scan's two records, against the tcp-pipelined scan of its pair (`pipe`): pages/s and
+/// compute CPU per page. `point` is (delay µs, drop fraction, per-page work µs). Their
+/// `ratio_vs_tcp_lfc` is that ratio divided by the group's tcp-lfc scan's own ratio to
+/// tcp-pipelined (`neon`, pages/s and CPU): chained through the pairs' baselines, as single
+/// scans move by a quarter between runs and the tcp-lfc scans are paired with the first drop
+/// fraction's only.
 fn udp_records(
     args: &ScanBenchArgs,
     udp_run: &Measured,
     (delay, drop_fraction, cpu): (u64, f64, u64),
     pipe: &Baseline,
-    neon: &Baseline,
+    neon: (f64, f64),
 ) -> [BenchRecord; 2] {
     let udp_cpu = compute_cpu_record(udp_run, "udp-compute-cpu", delay, cpu);
-    let cpu_vs_neon = ratio_to(udp_cpu.value, &neon.cpu);
+    let (udp_rate, udp_cpu_ratio) = (
+        udp_run.report.pages_per_s / pipe.rate.value.max(1e-9),
+        udp_cpu.value / pipe.cpu.value.max(1e-9),
+    );
+    let vs_neon = |r: f64, n: f64| (n > 0.0).then(|| round3(r / n));
     [
         record(
             "udp",
@@ -151,14 +161,11 @@ fn udp_records(
             "state_change_reasons",
             super::state_change_reasons([&udp_run.report.udp_state_log[..]]),
         )
-        .param(
-            "ratio_vs_tcp_lfc",
-            ratio_to(udp_run.report.pages_per_s, &neon.rate),
-        )
+        .param("ratio_vs_tcp_lfc", vs_neon(udp_rate, neon.0))
         .against(&pipe.rate),
         udp_cpu
             .param("drop", drop_fraction)
-            .param("ratio_vs_tcp_lfc", cpu_vs_neon)
+            .param("ratio_vs_tcp_lfc", vs_neon(udp_cpu_ratio, neon.1))
             .against(&pipe.cpu),
     ]
 }
@@ -238,6 +245,7 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             // in odd repetitions, after it in even ones), each on a cold relation of its own.
             let mut neon_runs = Vec::with_capacity(args.repeat as usize);
             let mut neon = None;
+            let mut neon_vs_pipe = (0.0, 0.0);
             for (i, &drop_fraction) in args.drops.iter().enumerate() {
                 let lossy = synthetic_server(args.pages, rels, delay, drop_fraction)?;
                 let mut pairs = Vec::with_capacity(args.repeat as usize);
@@ -295,9 +303,10 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                     records.push(pipe.cpu.clone());
                     records.push(neon.rate.clone().against(&pipe.rate));
                     records.push(neon.cpu.clone().against(&pipe.cpu));
+                    neon_vs_pipe = neon.relative_to(&pipe);
                 }
                 let point = (delay, drop_fraction, cpu);
-                let [udp, udp_cpu] = udp_records(args, &udp_run, point, &pipe, neon);
+                let [udp, udp_cpu] = udp_records(args, &udp_run, point, &pipe, neon_vs_pipe);
                 records.push(udp.param("repeat", args.repeat).param("ratios", ratios));
                 records.push(udp_cpu);
             }
