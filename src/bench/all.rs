@@ -81,6 +81,11 @@ fn short_flags(s: Scenario) -> &'static [&'static str] {
     }
 }
 
+/// `scan`'s second pass in `bench all`: the scans through an LFC a quarter of a scan's size, so
+/// that every scan evicts (a compute whose data outgrows its cache), at 200 µs without loss.
+/// Its records carry `lfc_mib`.
+const SCAN_SMALL_LFC_FLAGS: &[&str] = &["--lfc-mib", "64", "--delays", "200", "--drops", "0"];
+
 /// A scenario's arguments: its clap defaults with `flags` applied.
 pub(super) fn args_of<A: clap::Args>(flags: &[&str]) -> anyhow::Result<A> {
     #[derive(clap::Parser)]
@@ -141,7 +146,11 @@ fn run_one(s: Scenario, flags: &[&str], out: &mut AllResults) -> anyhow::Result<
         Scenario::Datagram => records.extend(datagram::run(&args_of(flags)?)?),
         Scenario::Lfc => records.extend(lfc::run(&args_of(flags)?)?),
         Scenario::Ingest => records.extend(ingest::run(&args_of(flags)?)?),
-        Scenario::Scan => records.extend(scan::run(&args_of(flags)?)?),
+        Scenario::Scan => {
+            records.extend(scan::run(&args_of(flags)?)?);
+            eprintln!("bench all: scan {}", SCAN_SMALL_LFC_FLAGS.join(" "));
+            records.extend(scan::run(&args_of(SCAN_SMALL_LFC_FLAGS)?)?);
+        }
         Scenario::Hol => {
             let (r, l) = hol::run_with_latencies(&args_of(flags)?)?;
             records.extend(r);
@@ -203,9 +212,19 @@ mod tests {
         args_of::<ingest::IngestBenchArgs>(short_flags(Scenario::Ingest)).unwrap();
         let s: scan::ScanBenchArgs = args_of(short_flags(Scenario::Scan)).unwrap();
         assert_eq!(
-            (s.pages, s.depth, s.distance),
-            (32768, 128, 512),
+            (s.pages, s.depth, s.distance, s.lfc_mib),
+            (32768, 128, 512, None),
             "scan runs its defaults"
+        );
+        let small: scan::ScanBenchArgs = args_of(SCAN_SMALL_LFC_FLAGS).unwrap();
+        assert_eq!(
+            (small.lfc_mib, small.delays.clone(), small.drops.clone()),
+            (Some(64), vec![200], vec![0.0]),
+            "then through a quarter-size LFC"
+        );
+        assert!(
+            small.lfc_mib.unwrap() << 20 < u64::from(small.pages) * 8192,
+            "every scan evicts"
         );
         args_of::<hol::HolBenchArgs>(short_flags(Scenario::Hol)).unwrap();
         args_of::<flood::FloodBenchArgs>(short_flags(Scenario::Flood)).unwrap();

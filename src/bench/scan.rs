@@ -72,7 +72,17 @@ pub struct ScanBenchArgs {
     /// backend itself.
     #[arg(long, value_enum, default_value_t = crate::cmd::scan::ReceiveBy::Daemon)]
     pub receive: crate::cmd::scan::ReceiveBy,
+    /// LFC size, MiB (at least 32). Unset, each group's LFC holds every scan of the group and
+    /// nothing is evicted; smaller than a scan (`--pages` 32768 is 256 MiB), every scan
+    /// evicts the ones before it, as on a compute whose data outgrows its cache. The records
+    /// carry it as `lfc_mib`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(MIN_LFC_MIB..))]
+    pub lfc_mib: Option<u64>,
 }
+
+/// The smallest `--lfc-mib`: room for a udp scan's window (`--distance` 512 is 4 MiB) many
+/// times over, and for the daemon's posted slots.
+const MIN_LFC_MIB: u64 = 32;
 
 /// `run`'s compute CPU record of a measured scan at (`delay`, per-page work `cpu`).
 fn compute_cpu_record(m: &Measured, case: &str, delay: u64, cpu: u64) -> BenchRecord {
@@ -231,7 +241,10 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
     for &delay in &args.delays {
         for &cpu in &args.cpu {
             let lfc_path = scratch.0.join(format!("lfc-{delay}-{cpu}"));
-            let lfc_bytes = u64::from(rels) * u64::from(args.pages) * 8192 + (64 << 20);
+            let lfc_bytes = args.lfc_mib.map_or(
+                u64::from(rels) * u64::from(args.pages) * 8192 + (64 << 20),
+                |mib| mib << 20,
+            );
             let daemon = DaemonProc::start(&lfc_path, lfc_bytes, &["--threads", &threads])?;
             let lfc = Lfc::open(&lfc_path)?;
             let base_server = synthetic_server(args.pages, rels, delay, 0.0)?;
@@ -315,5 +328,11 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             let _ = std::fs::remove_file(&lfc_path);
         }
     }
-    Ok(records)
+    Ok(match args.lfc_mib {
+        Some(mib) => records
+            .into_iter()
+            .map(|r| r.param("lfc_mib", mib))
+            .collect(),
+        None => records,
+    })
 }
