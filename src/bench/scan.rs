@@ -127,57 +127,44 @@ struct Baseline {
     cpu: BenchRecord,
 }
 
-impl Baseline {
-    /// This baseline's (pages/s, compute CPU) as multiples of `other`'s.
-    fn relative_to(&self, other: &Baseline) -> (f64, f64) {
-        let ratio = |a: &BenchRecord, b: &BenchRecord| a.value / b.value.max(1e-9);
-        (ratio(&self.rate, &other.rate), ratio(&self.cpu, &other.cpu))
-    }
-}
-
 /// A udp scan's two records, against the tcp-pipelined scan of its pair (`pipe`): pages/s and
 /// compute CPU per page. `point` is (delay µs, drop fraction, per-page work µs). Their
-/// `ratio_vs_tcp_lfc` is that ratio divided by the group's tcp-lfc scan's own ratio to
-/// tcp-pipelined (`neon`, pages/s and CPU): chained through the pairs' baselines, as single
-/// scans move by a quarter between runs and the tcp-lfc scans are paired with the first drop
+/// `ratio_vs_tcp_lfc` is that ratio divided by the group's tcp-lfc records' ratios to
+/// tcp-pipelined (`neon`: pages/s, CPU): chained through the pairs' baselines, as single scans
+/// move by a quarter between runs and the tcp-lfc scans are paired with the first drop
 /// fraction's only.
 fn udp_records(
     args: &ScanBenchArgs,
     udp_run: &Measured,
     (delay, drop_fraction, cpu): (u64, f64, u64),
     pipe: &Baseline,
-    neon: (f64, f64),
+    neon: [Option<f64>; 2],
 ) -> [BenchRecord; 2] {
-    let udp_cpu = compute_cpu_record(udp_run, "udp-compute-cpu", delay, cpu);
-    let (udp_rate, udp_cpu_ratio) = (
-        udp_run.report.pages_per_s / pipe.rate.value.max(1e-9),
-        udp_cpu.value / pipe.cpu.value.max(1e-9),
-    );
-    let vs_neon = |r: f64, n: f64| (n > 0.0).then(|| round3(r / n));
-    [
-        record(
-            "udp",
-            &udp_run.report,
-            delay,
-            drop_fraction,
-            cpu,
-            Ahead::Distance(args.distance),
-        )
-        .param("daemon_threads", args.daemon_threads)
-        .param("receive", args.receive.name())
-        .param("udp_share", round3(udp_run.report.udp_share()))
-        .param("udp_state_changes", udp_run.report.udp_state_changes)
-        .param(
-            "state_change_reasons",
-            super::state_change_reasons([&udp_run.report.udp_state_log[..]]),
-        )
-        .param("ratio_vs_tcp_lfc", vs_neon(udp_rate, neon.0))
-        .against(&pipe.rate),
-        udp_cpu
-            .param("drop", drop_fraction)
-            .param("ratio_vs_tcp_lfc", vs_neon(udp_cpu_ratio, neon.1))
-            .against(&pipe.cpu),
-    ]
+    let rate = record(
+        "udp",
+        &udp_run.report,
+        delay,
+        drop_fraction,
+        cpu,
+        Ahead::Distance(args.distance),
+    )
+    .param("daemon_threads", args.daemon_threads)
+    .param("receive", args.receive.name())
+    .param("udp_share", round3(udp_run.report.udp_share()))
+    .param("udp_state_changes", udp_run.report.udp_state_changes)
+    .param(
+        "state_change_reasons",
+        super::state_change_reasons([&udp_run.report.udp_state_log[..]]),
+    )
+    .against(&pipe.rate);
+    let cpu_rec = compute_cpu_record(udp_run, "udp-compute-cpu", delay, cpu)
+        .param("drop", drop_fraction)
+        .against(&pipe.cpu);
+    let vs_neon = |r: BenchRecord, neon: Option<f64>| {
+        let chained = r.ratio.zip(neon.filter(|&n| n > 0.0));
+        r.param("ratio_vs_tcp_lfc", chained.map(|(r, n)| round3(r / n)))
+    };
+    [vs_neon(rate, neon[0]), vs_neon(cpu_rec, neon[1])]
 }
 
 /// One scan of relation `rel` in `mode` with `cpu` µs of work per page, and the daemon's CPU
@@ -257,8 +244,7 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
             // Neon's compute, measured beside the first drop fraction's pairs (before the pair
             // in odd repetitions, after it in even ones), each on a cold relation of its own.
             let mut neon_runs = Vec::with_capacity(args.repeat as usize);
-            let mut neon = None;
-            let mut neon_vs_pipe = (0.0, 0.0);
+            let mut neon_vs_pipe = [None; 2];
             for (i, &drop_fraction) in args.drops.iter().enumerate() {
                 let lossy = synthetic_server(args.pages, rels, delay, drop_fraction)?;
                 let mut pairs = Vec::with_capacity(args.repeat as usize);
@@ -277,14 +263,6 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                     }
                     next_rel += 1;
                 }
-                let neon = neon.get_or_insert_with(|| {
-                    let runs = std::mem::take(&mut neon_runs);
-                    let (run, _) = super::median_by_ratio(runs, |m| m.report.pages_per_s);
-                    Baseline {
-                        rate: record("tcp-lfc", &run.report, delay, 0.0, cpu, depth),
-                        cpu: compute_cpu_record(&run, "tcp-lfc-compute-cpu", delay, cpu),
-                    }
-                });
                 let ((pipelined_run, udp_run), ratios) =
                     super::median_by_ratio(pairs, |(t, u): &(Measured, Measured)| {
                         u.report.pages_per_s / t.report.pages_per_s.max(1e-9)
@@ -314,9 +292,15 @@ pub fn run(args: &ScanBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
                     );
                     records.push(pipe.rate.clone());
                     records.push(pipe.cpu.clone());
-                    records.push(neon.rate.clone().against(&pipe.rate));
-                    records.push(neon.cpu.clone().against(&pipe.cpu));
-                    neon_vs_pipe = neon.relative_to(&pipe);
+                    let runs = std::mem::take(&mut neon_runs);
+                    let (run, _) = super::median_by_ratio(runs, |m| m.report.pages_per_s);
+                    let neon = [
+                        record("tcp-lfc", &run.report, delay, 0.0, cpu, depth).against(&pipe.rate),
+                        compute_cpu_record(&run, "tcp-lfc-compute-cpu", delay, cpu)
+                            .against(&pipe.cpu),
+                    ];
+                    neon_vs_pipe = neon.each_ref().map(|r| r.ratio);
+                    records.extend(neon);
                 }
                 let point = (delay, drop_fraction, cpu);
                 let [udp, udp_cpu] = udp_records(args, &udp_run, point, &pipe, neon_vs_pipe);
