@@ -1755,9 +1755,7 @@ impl Lfc {
             }
             let tag = m.tag();
             let lsn = m.lsn.load(Ordering::Relaxed);
-            // A page nobody read yet is installed a count up, for eviction; nobody used it.
-            let raw = m.usage.load(Ordering::Relaxed);
-            let usage = (raw & !UNREAD).saturating_sub(u32::from(raw & UNREAD != 0));
+            let usage = m.reads_count();
             fence(Ordering::Acquire);
             if m.ctl.load(Ordering::Relaxed) == c.0 {
                 found.push((usage, lsn, tag));

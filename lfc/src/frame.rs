@@ -128,6 +128,13 @@ impl FrameMeta {
     pub fn usage_count(&self) -> u32 {
         self.usage.load(Ordering::Relaxed) & !UNREAD
     }
+
+    /// The uses readers made of the page: its count without the one it was installed with
+    /// when nobody has read it yet (what ranks pages by heat, not for eviction).
+    pub fn reads_count(&self) -> u32 {
+        let u = self.usage.load(Ordering::Relaxed);
+        (u & !UNREAD).saturating_sub(u32::from(u & UNREAD != 0))
+    }
 }
 
 #[cfg(test)]
