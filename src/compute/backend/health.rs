@@ -135,8 +135,21 @@ const PACE_SMOOTHING: f64 = 1.0 / PACE_MIN_WINDOWS as f64;
 /// each, on every return, more than TCP pipelining's whole lead.
 const PROBATION_READS: u64 = 256;
 /// Reads on UDP after which leaving it again resets the probe backoff: a path that passed a
-/// probe but cannot hold its own for this long is probed less and less often.
+/// probe but cannot hold its own for this long is probed less and less often (and, for the
+/// same reason, the stay on TCP after a pace verdict, `PACE_STAY_MIN_NS`).
 const UDP_PROVEN_READS: u64 = 4096;
+/// How long a backend stays on TCP pipelining after its UDP reads were judged slower than
+/// TCP's (`SLOWER_THAN_TCP_TO_DEGRADE`) while its latest calibration had found UDP the faster:
+/// then it returns to UDP by itself, and UDP's pace is judged again. Doubling while UDP is
+/// judged slower again before it holds for `UDP_PROVEN_READS`, up to the longest. A probe
+/// cannot judge this: UDP delivers, and what it measures is whether a few prefetches beat a
+/// full TCP pipeline to the page server. On a page server busy with that very pipeline they do
+/// not: `bench hol`'s busy reader, sent to TCP by a few milliseconds of slow UDP reads (a
+/// stalled sender, 13–39 µs a read against 5–6), saw its probes fail with 0 of 8 pages or find
+/// no range long enough to probe, and stayed on TCP for 1.0–1.5 s, its pipeline ahead of every
+/// foreground read of the other backend.
+pub const PACE_STAY_MIN_NS: u64 = 10_000_000;
+pub const PACE_STAY_MAX_NS: u64 = 1_000_000_000;
 
 /// Which transport brings the pages of a backend's prefetch window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -223,6 +236,12 @@ pub struct UdpHealth {
     view: DaemonView,
     next_calibration_ns: u64,
     calibration_backoff_ns: u64,
+    /// The path the latest calibration chose (`conclude_calibration`), if one concluded.
+    last_calibration: Option<PrefetchPath>,
+    /// On TCP for UDP's pace (`PACE_STAY_MIN_NS`): when to return to UDP.
+    return_at_ns: Option<u64>,
+    /// The next such stay's length.
+    pace_stay_ns: u64,
     /// Reads a path's transient lasts for a calibration (`set_transient_reads`): no UDP window
     /// starts a calibration before this many reads on UDP, and a calibration measures TCP
     /// only after this many reads on TCP.
@@ -440,6 +459,9 @@ impl UdpHealth {
             view: DaemonView::Absent,
             next_calibration_ns: now_ns,
             calibration_backoff_ns: CALIBRATION_BACKOFF_MIN_NS,
+            last_calibration: None,
+            return_at_ns: None,
+            pace_stay_ns: PACE_STAY_MIN_NS,
             slow_windows: 0,
             transient_reads: 0,
         }
@@ -484,6 +506,7 @@ impl UdpHealth {
         self.loss_samples = 0;
         self.probe = None;
         self.calibration = None;
+        self.return_at_ns = None;
         self.race_armed = false;
         self.sibling_left = false;
         self.slow_windows = 0;
@@ -862,6 +885,26 @@ impl UdpHealth {
     pub fn on_read(&mut self, read: &ReadTiming, now_ns: u64) -> bool {
         self.reads_on_path += 1;
         self.first_read_ns.get_or_insert(now_ns);
+        if self.path == PrefetchPath::Udp && self.reads_on_path == UDP_PROVEN_READS {
+            // UDP holds its own: a later stay on TCP for its pace starts short again.
+            self.pace_stay_ns = PACE_STAY_MIN_NS;
+        }
+        if self.path == PrefetchPath::TcpPipelined
+            && self.return_at_ns.is_some_and(|t| now_ns >= t)
+            && self.receiving(self.view)
+        {
+            let stayed_ms = now_ns.saturating_sub(self.path_since_ns) / 1_000_000;
+            // Not on probation: UDP delivered all along, it is its pace that is in question.
+            self.udp_by_probe = false;
+            self.set(
+                PrefetchPath::Udp,
+                now_ns,
+                format!(
+                    "back to UDP after {stayed_ms} ms on TCP pipelining, to measure its pace again"
+                ),
+            );
+            return false;
+        }
         let reading_ns = self.reading_ns(now_ns);
         if let Some(c) = &mut self.calibration {
             if read.cycle_ns.saturating_sub(read.blocked_ns) >= CALIBRATION_PAUSE_NS {
@@ -894,11 +937,21 @@ impl UdpHealth {
             }
             return false;
         }
-        if let Some(reason) = self.window_verdict(&window, now_ns) {
+        if let Some((reason, pace)) = self.window_verdict(&window, now_ns) {
             self.set(PrefetchPath::TcpPipelined, now_ns, reason);
+            if pace && self.last_calibration == Some(PrefetchPath::Udp) {
+                self.stay_for_pace(now_ns);
+            }
             return true;
         }
         self.calibrate_if_due(&window, now_ns)
+    }
+
+    /// On TCP for UDP's pace, which a calibration had found the faster: back by itself after
+    /// the stay (`PACE_STAY_MIN_NS`), which doubles for the next.
+    fn stay_for_pace(&mut self, now_ns: u64) {
+        self.return_at_ns = Some(now_ns + self.pace_stay_ns);
+        self.pace_stay_ns = (self.pace_stay_ns * 2).min(PACE_STAY_MAX_NS);
     }
 
     /// Starts a calibration after a measured UDP window whose reads blocked for
@@ -970,13 +1023,30 @@ impl UdpHealth {
             return;
         };
         self.calibration = None;
+        let stay = c.udp_ns > SLOWER_THAN_TCP_TO_DEGRADE * tcp_ns || !self.receiving(self.view);
+        let chose = if stay {
+            PrefetchPath::TcpPipelined
+        } else {
+            PrefetchPath::Udp
+        };
+        // A verdict that reverses the previous one is news: the backoff that the previous
+        // verdicts grew (calibrations spaced out while they agreed) says nothing of it, so it
+        // starts again and the next calibration checks this one soon.
+        let reversed = self.last_calibration.is_some_and(|p| p != chose);
+        self.last_calibration = Some(chose);
+        if reversed {
+            self.calibration_backoff_ns = CALIBRATION_BACKOFF_MIN_NS;
+        }
+        if chose == PrefetchPath::Udp {
+            self.pace_stay_ns = PACE_STAY_MIN_NS;
+        }
         let took = now_ns.saturating_sub(c.started_ns);
         self.next_calibration_ns =
             now_ns + self.calibration_backoff_ns.max(CALIBRATION_SPACING * took);
         self.calibration_backoff_ns =
             (self.calibration_backoff_ns * 2).min(CALIBRATION_BACKOFF_MAX_NS);
         let (udp_us, tcp_us) = (c.udp_ns / 1e3, tcp_ns / 1e3);
-        if c.udp_ns > SLOWER_THAN_TCP_TO_DEGRADE * tcp_ns || !self.receiving(self.view) {
+        if stay {
             // Staying: probes return to UDP as after any other move (their backoff was set
             // when the calibration began, counted from now), but not before the next
             // calibration would be due. A probe shows that UDP delivers a few pages before
@@ -985,7 +1055,20 @@ impl UdpHealth {
             // slower, again and again (at MTU 1500, where a page is nine datagrams through the
             // compute's CPU, `bench net` kept up to a fifth of its pages on UDP at 0.86–0.88 ×
             // TCP pipelining).
-            self.next_probe_ns = (now_ns + self.backoff_ns).max(self.next_calibration_ns);
+            //
+            // After a reversal, that is not so: one window of TCP faster than UDP, measured
+            // right after calibrations that found UDP the faster, is as likely a transient of
+            // either path (`bench hol`'s busy reader measured TCP at 4.1–19.6 µs a read
+            // against 4.6–5.6 on UDP, and a single 4.1 kept it on TCP for the two seconds its
+            // calibrations had grown apart, with every foreground read of the other backend
+            // behind its pipeline). It returns after a pace stay (or a probe), and UDP's pace
+            // (`window_verdict`) judges again what this window said.
+            if reversed {
+                self.next_probe_ns = now_ns + self.backoff_ns;
+                self.stay_for_pace(now_ns);
+            } else {
+                self.next_probe_ns = (now_ns + self.backoff_ns).max(self.next_calibration_ns);
+            }
             self.note(
                 now_ns,
                 format!("reads took {udp_us:.1} µs each on UDP, {tcp_us:.1} µs on TCP pipelining"),
@@ -999,19 +1082,27 @@ impl UdpHealth {
         }
     }
 
-    /// Why a closed window on UDP should move the backend to TCP, if it should.
-    fn window_verdict(&mut self, window: &Window, now_ns: u64) -> Option<String> {
+    /// Why a closed window on UDP should move the backend to TCP, if it should, and whether
+    /// for its pace alone (`SLOWER_THAN_TCP_TO_DEGRADE`) rather than for what it failed to
+    /// deliver.
+    fn window_verdict(&mut self, window: &Window, now_ns: u64) -> Option<(String, bool)> {
         if window.waited_share >= WAITED_SHARE_TO_DEGRADE {
-            return Some(format!(
-                "{:.0} % of reads waited for prefetches in flight",
-                window.waited_share * 100.0
+            return Some((
+                format!(
+                    "{:.0} % of reads waited for prefetches in flight",
+                    window.waited_share * 100.0
+                ),
+                false,
             ));
         }
         if window.lost >= LOST_READS_TO_DEGRADE && window.lost_share >= LOST_SHARE_TO_DEGRADE {
-            return Some(format!(
-                "{:.0} % of the time went to {} reads that UDP failed",
-                window.lost_share * 100.0,
-                window.lost
+            return Some((
+                format!(
+                    "{:.0} % of the time went to {} reads that UDP failed",
+                    window.lost_share * 100.0,
+                    window.lost
+                ),
+                false,
             ));
         }
         let udp = window.smoothed_ns?;
@@ -1028,11 +1119,12 @@ impl UdpHealth {
         }
         self.slow_windows += 1;
         (self.slow_windows >= SLOW_WINDOWS_TO_DEGRADE).then(|| {
-            format!(
+            let reason = format!(
                 "reads took {:.1} µs each on UDP, {:.1} µs on TCP pipelining",
                 udp / 1e3,
                 tcp / 1e3
-            )
+            );
+            (reason, true)
         })
     }
 
@@ -1566,6 +1658,59 @@ mod tests {
             "{:?}",
             h.log()
         );
+    }
+
+    #[test]
+    fn a_calibration_that_reverses_the_ones_before_holds_tcp_only_until_a_probe() {
+        // UDP at 40 µs a read (28 of them its own) against TCP pipelining's 56 (44): four
+        // calibrations return to UDP, each later than the one before.
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let mut now = 0;
+        let back = |h: &UdpHealth| {
+            h.log()
+                .iter()
+                .filter(|c| c.reason.contains("back to UDP"))
+                .count()
+        };
+        while back(&h) < 4 {
+            match h.path() {
+                PrefetchPath::Udp => reads(&mut h, 1, 40 * US, 28 * US, &mut now),
+                PrefetchPath::TcpPipelined => reads(&mut h, 1, 56 * US, 44 * US, &mut now),
+            };
+        }
+        assert!(h.calibration_backoff_ns >= 8 * CALIBRATION_BACKOFF_MIN_NS);
+        // The fifth measures TCP at 8 µs a read (a window of answers that had all come): it
+        // stays on TCP, but only until the next probe, not for the backoff the four grew.
+        until_moved(&mut h, 40 * US, 28 * US, &mut now);
+        assert!(h.log().last().unwrap().reason.contains("measuring TCP"));
+        let started_ms = h.log().last().unwrap().at_ms;
+        while h.calibration.is_some() {
+            reads(&mut h, 1, 20 * US, 8 * US, &mut now);
+        }
+        let last = h.log().last().unwrap().clone();
+        assert!(
+            last.reason.contains("28.0 µs each on UDP, 8.0 µs"),
+            "{:?}",
+            h.log()
+        );
+        assert_eq!(h.path(), PrefetchPath::TcpPipelined);
+        // The calibrations start over: the next is due after the spacing alone.
+        let took = ((last.at_ms - started_ms) * 1e6) as u64;
+        let spacing = CALIBRATION_BACKOFF_MIN_NS.max(CALIBRATION_SPACING * took);
+        assert!(h.next_calibration_ns <= now + spacing + MS, "{:?}", h.log());
+        // A probe may return it from the probe backoff on, and it returns by itself after the
+        // shortest pace stay, to have UDP's pace judged again.
+        let mut c = h.clone();
+        assert!(c.probe_due(DaemonView::Alive, PROBE_PAGES, now + PROBE_BACKOFF_MIN_NS));
+        let left = now;
+        while h.path() == PrefetchPath::TcpPipelined {
+            reads(&mut h, 1, 20 * US, 8 * US, &mut now);
+            assert!(now <= left + PACE_STAY_MIN_NS + 20 * US, "{:?}", h.log());
+        }
+        assert!(now >= left + PACE_STAY_MIN_NS);
+        let back = &h.log().last().unwrap().reason;
+        assert!(back.contains("to measure its pace again"), "{back}");
     }
 
     #[test]
