@@ -1577,20 +1577,26 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_calibration_takes_a_tcp_window_far_slower_than_udp_for_the_pipelines_start() {
-        // UDP: 60 µs of each 80 µs read blocked; a calibration starts.
+    /// A backend on UDP whose reads block 60 of their 80 µs, moved to TCP for a calibration
+    /// and through TCP's transient window (reads of 10 µs of their own): the next window it
+    /// closes is measured. Returns it and the time.
+    fn calibrating_past_tcps_transient() -> (UdpHealth, u64) {
         let mut h = on_udp();
         h.on_daemon(DaemonView::Alive, false, 0);
         let mut now = 0;
         until_moved(&mut h, 80 * US, 60 * US, &mut now);
         assert!(h.log()[1].reason.contains("measuring TCP"), "{:?}", h.log());
-        // TCP's transient window, then reads that wait 300 µs each (the pipeline's first
-        // answers a round trip away) until a measured window closes on them: it is set aside.
-        let tcp = PrefetchPath::TcpPipelined as usize;
-        while h.pace[tcp].windows == 0 {
+        while h.pace[PrefetchPath::TcpPipelined as usize].windows == 0 {
             reads(&mut h, 1, 30 * US, 10 * US, &mut now);
         }
+        (h, now)
+    }
+
+    #[test]
+    fn a_calibration_takes_a_tcp_window_far_slower_than_udp_for_the_pipelines_start() {
+        // Reads that wait 300 µs each (the pipeline's first answers a round trip away) until
+        // a measured window closes on them: it is set aside.
+        let (mut h, mut now) = calibrating_past_tcps_transient();
         while h.calibration.is_some_and(|c| !c.extended) {
             reads(&mut h, 1, 320 * US, 300 * US, &mut now);
         }
@@ -1603,13 +1609,7 @@ mod tests {
         assert!(last.contains("60.0 µs each on UDP, 10.0 µs"), "{last}");
         assert_eq!(h.path(), PrefetchPath::TcpPipelined);
         // Set aside once only: a TCP path that stays that slow is measured as it is.
-        let mut h = on_udp();
-        h.on_daemon(DaemonView::Alive, false, 0);
-        let mut now = 0;
-        until_moved(&mut h, 80 * US, 60 * US, &mut now);
-        while h.pace[tcp].windows == 0 {
-            reads(&mut h, 1, 30 * US, 10 * US, &mut now);
-        }
+        let (mut h, mut now) = calibrating_past_tcps_transient();
         while h.calibration.is_some() {
             reads(&mut h, 1, 320 * US, 300 * US, &mut now);
         }
