@@ -157,8 +157,8 @@ const UDP_PROVEN_READS: u64 = 4096;
 /// stalled sender, 13–39 µs a read against 5–6), saw its probes fail with 0 of 8 pages or find
 /// no range long enough to probe, and stayed on TCP for 1.0–1.5 s, its pipeline ahead of every
 /// foreground read of the other backend.
-pub const PACE_STAY_MIN_NS: u64 = 10_000_000;
-pub const PACE_STAY_MAX_NS: u64 = 1_000_000_000;
+const PACE_STAY_MIN_NS: u64 = 10_000_000;
+const PACE_STAY_MAX_NS: u64 = 1_000_000_000;
 
 /// Which transport brings the pages of a backend's prefetch window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
