@@ -1,12 +1,14 @@
 //! Any sequence of datagrams reaching a worker on a small-MTU path: genuine page fragments in
 //! any order, repeated or missing, fragments with one byte changed, and arbitrary bytes, with
-//! time moving on between them (the assembly table's timeout). The join (`Ingest::offer`, the
-//! same table the zero-copy path uses) never panics, never judges a page before all but one of
+//! time moving on between them (the assembly table's timeout). The join (`Ingest::offer` or
+//! `Ingest::offer_in_place`, as an operation's high bit says; the same table the zero-copy
+//! path uses) never panics, never judges a page before all but one of
 //! its pieces (fragments and parity) came at least once, never accepts a changed or made-up
 //! datagram, publishes the page exactly as sealed (a lost fragment rebuilt from the parity),
 //! and never holds more frames than its bound.
 //!
 //! The input is a list of operations, one byte each plus arguments:
+//! (an operation byte with its high bit set offers its datagram in place)
 //! `0 LEN BYTES…` arbitrary bytes (LEN × 8 of them, as many as are left);
 //! `1 PAGE FRAG` a genuine piece (FRAG mod count + 1: the last is the parity);
 //! `2 PAGE FRAG AT BYTE` one with byte AT (mod its length)
@@ -79,6 +81,21 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// Offers `d` to `ingest` by copy, or where it lies (`in_place`; it may then be overwritten).
+fn offer(
+    ingest: &mut Ingest<'_>,
+    d: &mut [u8],
+    in_place: bool,
+    now: u64,
+    metrics: &ThreadMetrics,
+) -> Outcome {
+    if in_place {
+        ingest.offer_in_place(d, now, metrics)
+    } else {
+        ingest.offer(d, now, metrics)
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let mut ingest = Ingest::new(&f.lfc);
@@ -92,12 +109,13 @@ fuzz_target!(|data: &[u8]| {
         Some(b)
     };
     while let Some(op) = next(&mut rest) {
+        let in_place = op & 0x80 != 0;
         match op % 4 {
             0 => {
                 let len = usize::from(next(&mut rest).unwrap_or(0)) * 8;
                 let (bytes, tail) = rest.split_at(len.min(rest.len()));
                 rest = tail;
-                let out = ingest.offer(bytes, now, &metrics);
+                let out = offer(&mut ingest, &mut bytes.to_vec(), in_place, now, &metrics);
                 assert!(
                     matches!(out, Outcome::Done(Err(_))),
                     "made-up bytes accepted: {out:?}"
@@ -120,7 +138,7 @@ fuzz_target!(|data: &[u8]| {
                         continue;
                     }
                     d[at] = byte;
-                    let out = ingest.offer(&d, now, &metrics);
+                    let out = offer(&mut ingest, &mut d, in_place, now, &metrics);
                     assert!(
                         matches!(out, Outcome::Done(Err(_))),
                         "a changed fragment accepted: {out:?}"
@@ -133,7 +151,7 @@ fuzz_target!(|data: &[u8]| {
                     // earlier input made whole is cached, and a new page the install rule
                     // would refuse starts nothing.
                     let cached = f.lfc.contains(&page.hdr.tag);
-                    match ingest.offer(&d, now, &metrics) {
+                    match offer(&mut ingest, &mut d, in_place, now, &metrics) {
                         // Not the page's verdict: the fragment's own (a repeat, no frame free
                         // to start joining its page in, or its page cached already).
                         Outcome::Held

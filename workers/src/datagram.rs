@@ -824,6 +824,43 @@ impl Opener {
         page: &mut [u8; PAGE_SIZE],
         tag: &[u8; TAG_LEN],
     ) -> Result<Opened, DropReason> {
+        let checked = self.check(received_len, truncated, header)?;
+        let (body, tag) = if checked.count == 1 {
+            (&mut page[..], *tag)
+        } else {
+            let (body, rest) = page.split_at_mut(PAGE_SIZE / usize::from(checked.count));
+            let tag: [u8; TAG_LEN] = rest[..TAG_LEN].try_into().expect("TAG_LEN bytes");
+            (body, tag)
+        };
+        self.open_checked(checked, header, body, &tag)
+    }
+
+    /// [`open`](Self::open) for a datagram that lies whole in `bytes` (exactly its length),
+    /// opened where it lies: its piece (aead: decrypted in place) is then
+    /// `bytes[HEADER_LEN..][..piece size]`. A segment of a coalesced train that the kernel
+    /// wrote inside one frame is opened so, without being gathered out first.
+    pub fn open_in_place(&mut self, bytes: &mut [u8]) -> Result<Opened, DropReason> {
+        let header: &[u8; HEADER_LEN] = match bytes.get(..HEADER_LEN) {
+            Some(h) => h.try_into().expect("HEADER_LEN bytes"),
+            None => return Err(DropReason::TooShort),
+        };
+        let header = *header;
+        let checked = self.check(bytes.len(), false, &header)?;
+        // `check` holds the length to the piece count's: header, piece, tag.
+        let piece_len = bytes.len() - OVERHEAD;
+        let (body, tag) = bytes[HEADER_LEN..].split_at_mut(piece_len);
+        let tag: [u8; TAG_LEN] = (&*tag).try_into().expect("TAG_LEN bytes");
+        self.open_checked(checked, &header, body, &tag)
+    }
+
+    /// The checks of `open` that need no key: lengths against the header's piece count, the
+    /// header's fields, the key id.
+    fn check(
+        &self,
+        received_len: usize,
+        truncated: bool,
+        header: &[u8; HEADER_LEN],
+    ) -> Result<Checked, DropReason> {
         if truncated || received_len > DATAGRAM_LEN {
             return Err(DropReason::TooLong);
         }
@@ -846,20 +883,38 @@ impl Opener {
         if protection == Protection::Aead && checksum_of(header) != 0 {
             return Err(DropReason::BadHeader);
         }
+        Ok(Checked {
+            hdr,
+            index,
+            count,
+            protection,
+        })
+    }
+
+    /// The rest of `open` once `check` passed: the token and checksum (or the GCM tag) of
+    /// `body`, the datagram's piece.
+    // Always inlined: `open` and `open_in_place` each compile as one function.
+    #[inline(always)]
+    fn open_checked(
+        &mut self,
+        checked: Checked,
+        header: &[u8; HEADER_LEN],
+        body: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<Opened, DropReason> {
+        let Checked {
+            hdr,
+            index,
+            count,
+            protection,
+        } = checked;
         let stream_id = stream_id_of(header);
         // Random ids: any two bytes index the cache uniformly.
         let slot =
             usize::from(u16::from_le_bytes([stream_id[0], stream_id[1]])) % STREAM_CACHE_ENTRIES;
-        let (body, tag) = if count == 1 {
-            (&mut page[..], *tag)
-        } else {
-            let (body, rest) = page.split_at_mut(PAGE_SIZE / usize::from(count));
-            let tag: [u8; TAG_LEN] = rest[..TAG_LEN].try_into().expect("TAG_LEN bytes");
-            (body, tag)
-        };
         match protection {
-            Protection::Token => self.open_token(slot, stream_id, header, body, &tag)?,
-            Protection::Aead => self.open_aead(slot, stream_id, header, body, &tag)?,
+            Protection::Token => self.open_token(slot, stream_id, header, body, tag)?,
+            Protection::Aead => self.open_aead(slot, stream_id, header, body, tag)?,
         }
         Ok(Opened {
             hdr,
@@ -992,6 +1047,14 @@ impl Opener {
         }
         self.open_any_bytes(bytes, page).map(|o| o.hdr)
     }
+}
+
+/// What `Opener::check` found in a header that passed it.
+struct Checked {
+    hdr: DatagramHeader,
+    index: u8,
+    count: u8,
+    protection: Protection,
 }
 
 /// Which part of its page an opened datagram carried.
@@ -1419,6 +1482,38 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_validate_as_any_datagram(bytes in prop::collection::vec(any::<u8>(), 0..9000)) {
             prop_assert!(open_any(&bytes).is_err());
+        }
+
+        /// Opened where it lies or copied out first, a datagram gets the same verdict and the
+        /// same piece: genuine fragments and whole pages of either protection, with or
+        /// without one byte changed, and made-up bytes.
+        #[test]
+        fn opening_in_place_agrees_with_opening_a_copy(
+            count in prop::sample::select(vec![1u8, 2, 8]),
+            frag in 0usize..9,
+            flip in prop::option::of((0usize..DATAGRAM_LEN, 1u8..=255)),
+            aead in any::<bool>(),
+            junk in prop::collection::vec(any::<u8>(), 0..1200),
+        ) {
+            let protection = if aead { Protection::Aead } else { Protection::Token };
+            let frags = fragments_of(&key().stream_with(STREAM, protection).with_fragments(count));
+            for mut d in [frags[frag % frags.len()].clone(), junk.clone()] {
+                if let Some((at, x)) = flip {
+                    let at = at % d.len().max(1);
+                    if let Some(b) = d.get_mut(at) {
+                        *b ^= x;
+                    }
+                }
+                // Each opener meets the stream for the first time, as the other did.
+                let mut copied = [0u8; PAGE_SIZE];
+                let by_copy = key().opener().open_any_bytes(&d, &mut copied);
+                let by_place = key().opener().open_in_place(&mut d);
+                prop_assert_eq!(by_copy, by_place);
+                if let Ok(o) = by_copy {
+                    let size = o.piece.size();
+                    prop_assert_eq!(&d[HEADER_LEN..HEADER_LEN + size], &copied[..size]);
+                }
+            }
         }
 
         #[test]

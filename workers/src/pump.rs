@@ -45,10 +45,11 @@ pub enum Step {
 /// A slot of several frames is for a socket with UDP GRO (`udp::set_gro`): one receive
 /// then takes a train of datagrams, scattered over the frames in order. A train of whole pages
 /// (segment size `DATAGRAM_LEN`) lands one page per frame, each installed in place as a single
-/// datagram is; a train of another size (fragments) runs across the regions and each of its
-/// datagrams is gathered out by copy (`Ingest::offer_gathered`), which a fragment pays anyway
-/// (its piece is copied into its page's frame). Either way each datagram of a train is
-/// handled, authenticated and counted exactly as if it had come alone.
+/// datagram is; a train of another size (fragments) runs across the regions: a datagram the
+/// kernel wrote inside one frame is opened there (`Ingest::offer_in_place`), and one that runs
+/// over a frame's end is gathered out by copy (`Ingest::offer_gathered`). Either way its piece
+/// is then copied into its page's frame, and each datagram of a train is handled,
+/// authenticated and counted exactly as if it had come alone.
 ///
 /// Whoever posts the slots (the kernel through `udp::Receiver`, or the simulator) must give
 /// every posted slot back — by [`complete`](Self::complete) or [`release`](Self::release) —
@@ -291,13 +292,18 @@ impl<'a> SlotBook<'a> {
                     (&self.posted[base..base + frames], self.headers, self.tags);
                 // SAFETY: as above; the frames are reserved by this book and posted no more.
                 let train = unsafe { Train::new(posted, headers.add(base), tags.add(base), held) };
-                self.ingest.offer_gathered(
-                    len,
-                    truncated,
-                    |h, p, t| train.gather(at, len, h, p, t),
-                    now_wall_ns,
-                    metrics,
-                )
+                // SAFETY: the train's frames are this book's, and nothing else references
+                // their bytes until they are posted again.
+                match unsafe { train.within_frame(at, len) } {
+                    Some(bytes) => self.ingest.offer_in_place(bytes, now_wall_ns, metrics),
+                    None => self.ingest.offer_gathered(
+                        len,
+                        truncated,
+                        |h, p, t| train.gather(at, len, h, p, t),
+                        now_wall_ns,
+                        metrics,
+                    ),
+                }
             };
             if let (Outcome::Done(verdict), Some(from)) = (&outcome, c.source) {
                 match verdict {
@@ -446,6 +452,25 @@ impl<'s, 'a> Train<'s, 'a> {
             dst = &mut dst[n..];
             at += n;
         }
+    }
+
+    /// The datagram of `len` bytes at `at`, when the kernel wrote all of it inside one frame
+    /// (most segments of a train of fragments: only those that run over a frame's end, into
+    /// its tag and the next header, are not).
+    ///
+    /// # Safety
+    /// No other reference to the frame's bytes may exist while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn within_frame(&self, at: usize, len: usize) -> Option<&mut [u8]> {
+        let (j, within) = (at / DATAGRAM_LEN, at % DATAGRAM_LEN);
+        let start = within.checked_sub(HEADER_LEN)?;
+        if start + len > PAGE_SIZE || at + len > self.held {
+            return None;
+        }
+        let frame = self.frames.get(j)?.as_ref()?;
+        // SAFETY: `start + len <= PAGE_SIZE`, inside the frame, which nothing else writes now
+        // (`new`) and which the caller does not otherwise reference.
+        Some(unsafe { std::slice::from_raw_parts_mut(frame.as_mut_ptr().add(start), len) })
     }
 
     /// Gathers the datagram of `len` bytes at `at` as a slot's scatter list would hold it.

@@ -251,14 +251,15 @@ impl<'a> Assembly<'a> {
         gave_up
     }
 
-    /// Adds a fragment that authenticated (`opened`, its piece at the front of `piece_src`).
+    /// Adds a fragment that authenticated (`opened`, its piece at the front of `piece_src`,
+    /// which holds at least the piece).
     /// Returns what became of it and the pages given up to make room or by the timeout
     /// (each a [`DropReason::Incomplete`] for the caller to count).
     pub(crate) fn add(
         &mut self,
         lfc: &'a Lfc,
         opened: &Opened,
-        piece_src: &[u8; PAGE_SIZE],
+        piece_src: &[u8],
         now_ns: u64,
     ) -> (Result<Added<'a>, DropReason>, u32) {
         let (hdr, piece) = (&opened.hdr, &opened.piece);
