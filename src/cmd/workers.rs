@@ -75,7 +75,7 @@ pub struct WorkersArgs {
     /// Scheduling class of the worker threads: `bulk` (SCHED_BATCH: the CPU share of one
     /// ordinary thread, and a datagram's arrival never preempts a backend), `realtime`
     /// (SCHED_FIFO at priority 1, needs root or CAP_SYS_NICE, which the service unit grants;
-    /// a thread that takes more than half a CPU over 10 ms is demoted to bulk for 100 ms;
+    /// a thread that takes more than 90 % of a CPU over 10 ms is demoted to bulk for 100 ms;
     /// refused, it falls back to bulk with a warning) or `normal` (the kernel's default).
     #[arg(long, value_enum, default_value_t = WorkerClass::Bulk)]
     pub thread_class: WorkerClass,
