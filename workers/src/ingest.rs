@@ -172,15 +172,7 @@ impl<'a> Ingest<'a> {
     /// and any path without zero-copy receive); a fragment is joined as `complete` joins it.
     pub fn offer(&mut self, bytes: &[u8], now_wall_ns: u64, metrics: &ThreadMetrics) -> Outcome {
         let opened = self.opener.open_any_bytes(bytes, &mut self.scratch);
-        let (assembly, lfc) = (&mut self.assembly, self.lfc);
-        install_copy(
-            assembly,
-            lfc,
-            opened,
-            &self.scratch[..],
-            now_wall_ns,
-            metrics,
-        )
+        self.install_scratch(opened, now_wall_ns, metrics)
     }
 
     /// [`offer`](Self::offer) for a datagram that lies whole in `bytes`, a buffer of its exact
@@ -219,6 +211,16 @@ impl<'a> Ingest<'a> {
         let opened = self
             .opener
             .open(len, truncated, &header, &mut self.scratch, &tag);
+        self.install_scratch(opened, now_wall_ns, metrics)
+    }
+
+    /// `install_copy` of a datagram opened into `scratch`.
+    fn install_scratch(
+        &mut self,
+        opened: Result<Opened, DropReason>,
+        now_wall_ns: u64,
+        metrics: &ThreadMetrics,
+    ) -> Outcome {
         let (assembly, lfc) = (&mut self.assembly, self.lfc);
         install_copy(
             assembly,
