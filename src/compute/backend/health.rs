@@ -88,13 +88,7 @@ pub const CALIBRATION_PAUSE_NS: u64 = 5_000_000;
 const TCP_START_IMPLAUSIBLE: f64 = 2.0;
 /// Backoff between calibrations while UDP keeps proving faster: conditions change (a server
 /// gets busy, a link starts losing), so TCP's pace is measured again, less and less often...
-/// The first backoff is 200 ms: from 50 ms, a backend whose reads block (`bench hol`'s busy
-/// reader) calibrated five times in its first 1.5 s, and each calibration's few milliseconds
-/// on TCP pipelining put the other backends' GetPages behind its pipeline; at 200 ms the
-/// foreground reader's p99 fell from 1.73 to 1.53 × its idle p99 (median of ten alternated
-/// runs, lower in each pair). A path that turns slower is still caught at once by the pace
-/// rules; only TCP turning faster waits for the next calibration.
-pub const CALIBRATION_BACKOFF_MIN_NS: u64 = 200_000_000;
+pub const CALIBRATION_BACKOFF_MIN_NS: u64 = 50_000_000;
 pub const CALIBRATION_BACKOFF_MAX_NS: u64 = 2_000_000_000;
 /// ... and never sooner than this many times the last calibration's length after it: a
 /// calibration's reads go at TCP's pace, so this bounds what calibrating costs a UDP path that
@@ -1562,8 +1556,11 @@ mod tests {
         // UDP delivers, but was just measured slower: no probe at the probe backoff, which
         // would pass and take the backend back to it; not before the next calibration is due.
         assert!(!h.probe_due(DaemonView::Alive, PROBE_PAGES, now + PROBE_BACKOFF_MIN_NS));
-        assert!(h.next_calibration_ns >= now + CALIBRATION_BACKOFF_MIN_NS / 2);
-        assert!(!h.probe_due(DaemonView::Alive, PROBE_PAGES, h.next_calibration_ns - 1));
+        assert!(!h.probe_due(
+            DaemonView::Alive,
+            PROBE_PAGES,
+            now + CALIBRATION_BACKOFF_MIN_NS
+        ));
         // Probes resume; one that passes returns to UDP, where the known TCP pace moves the
         // backend back once `PACE_MIN_WINDOWS` windows are measured.
         let t = now + PROBE_BACKOFF_MAX_NS;
