@@ -359,7 +359,7 @@ fn digest_page(hasher: &mut blake3::Hasher, blkno: u32, page: &Page) {
 /// for its read is. The quickest of `DIGEST_CALIBRATION_ROUNDS` rounds: a single round that
 /// took an interrupt, or a new process's first page faults, was charged to every page of the
 /// scan, and sometimes came to more than a page's whole CPU, so that `cpu_us_per_page` read
-/// 0.0 in about one scan of five on a KVM guest.
+/// 0.0 in about one scan of six on a KVM guest.
 fn digest_cpu_per_page() -> Duration {
     let page: Page = std::array::from_fn(|i| i as u8);
     let mut hasher = blake3::Hasher::new();

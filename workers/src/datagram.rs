@@ -840,11 +840,10 @@ impl Opener {
     /// `bytes[HEADER_LEN..][..piece size]`. A segment of a coalesced train that the kernel
     /// wrote inside one frame is opened so, without being gathered out first.
     pub fn open_in_place(&mut self, bytes: &mut [u8]) -> Result<Opened, DropReason> {
-        let header: &[u8; HEADER_LEN] = match bytes.get(..HEADER_LEN) {
-            Some(h) => h.try_into().expect("HEADER_LEN bytes"),
-            None => return Err(DropReason::TooShort),
-        };
-        let header = *header;
+        let header: [u8; HEADER_LEN] = bytes
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(DropReason::TooShort)?;
         let checked = self.check(bytes.len(), false, &header)?;
         // `check` holds the length to the piece count's: header, piece, tag.
         let piece_len = bytes.len() - OVERHEAD;
