@@ -46,8 +46,12 @@ pub const PROBE_PAGES: usize = 8;
 /// (in the simulator a backend returned to a link losing 14 % on "1/1 probe pages arrived",
 /// and paid for it again). A probe left with fewer pages to check is no evidence.
 pub const PROBE_MIN_PAGES: usize = 3;
-/// Bound of the log of path changes kept for the report (later changes are only counted).
-pub const MAX_STATE_LOG: usize = 32;
+/// Bound of the log of path changes kept for the report: its first entry (where the backend
+/// started) and the latest changes; the ones in between are only counted (`changes`). The
+/// first 32 alone were kept before: a backend that changed path more often (`bench hol`'s busy
+/// reader, 30–56 times a run) reported its 32nd change as its last, and a long-lived backend
+/// none of the changes that explain the path it is on now.
+pub const MAX_STATE_LOG: usize = 64;
 /// Once both paths were measured, a backend on UDP whose reads take this many times as long
 /// as they took on TCP pipelining (their pace: the mean of the reads' own time over a window,
 /// `Pace`) moves to TCP: waits that mostly succeed late cost as much as waits that fail, and a
@@ -538,15 +542,17 @@ impl UdpHealth {
         self.note(now_ns, reason);
     }
 
-    /// Logs `reason` for the path in use at `now_ns` (bounded by `MAX_STATE_LOG`).
+    /// Logs `reason` for the path in use at `now_ns`. Bounded by `MAX_STATE_LOG`: a full log
+    /// drops its oldest change, never its first entry (where the backend started).
     fn note(&mut self, now_ns: u64, reason: String) {
-        if self.log.len() < MAX_STATE_LOG {
-            self.log.push(StateChange {
-                at_ms: now_ns.saturating_sub(self.started_ns) as f64 / 1e6,
-                to: self.path,
-                reason,
-            });
+        if self.log.len() >= MAX_STATE_LOG {
+            self.log.remove(1);
         }
+        self.log.push(StateChange {
+            at_ms: now_ns.saturating_sub(self.started_ns) as f64 / 1e6,
+            to: self.path,
+            reason,
+        });
     }
 
     /// The daemon as the LFC header shows it. `restarted` is true when a daemon registered
@@ -1193,6 +1199,32 @@ mod tests {
         let mut h = UdpHealth::new(0, false);
         h.start_udp(0, "daemon alive");
         h
+    }
+
+    #[test]
+    fn a_full_state_log_keeps_where_the_backend_started_and_its_latest_changes() {
+        let mut h = on_udp();
+        let n = 3 * MAX_STATE_LOG as u64;
+        for i in 1..=n {
+            let to = if i % 2 == 1 {
+                PrefetchPath::TcpPipelined
+            } else {
+                PrefetchPath::Udp
+            };
+            h.set(to, i * MS, format!("change {i}"));
+        }
+        assert_eq!(h.changes(), n, "every change counted");
+        let log = h.log();
+        assert_eq!(log.len(), MAX_STATE_LOG, "bounded");
+        assert_eq!(log[0].reason, "daemon alive", "the start stays first");
+        let kept: Vec<u64> = log[1..]
+            .iter()
+            .map(|c| c.reason["change ".len()..].parse().unwrap())
+            .collect();
+        let latest: Vec<u64> = (n + 2 - MAX_STATE_LOG as u64..=n).collect();
+        assert_eq!(kept, latest, "the latest changes, in order");
+        let last = log.last().unwrap();
+        assert_eq!((last.to, last.at_ms), (PrefetchPath::Udp, n as f64));
     }
 
     #[test]

@@ -13,6 +13,13 @@
 //! microseconds the datagram costs the kernel. A whole page (any path with an MTU above 8332
 //! bytes, loopback included) never comes here and stays zero copy.
 //!
+//! The one way around it was built and measured (BENCHMARKS, thirty-eighth session): the page
+//! server sending a batch page after page, whole pages to a GSO message, and the worker
+//! posting slots shaped for that (each frame as `[header | piece | tag]` regions at the pieces'
+//! offsets), so a train's pieces land in their page's frame. The worker's CPU per split page
+//! did not fall (3.75 µs against 3.49): the bytes go into a cold frame either way, and the
+//! kernel's copy has no prefetch ahead of it where this one does (`prefetch_for_write`).
+//!
 //! # Parity
 //!
 //! A split page's parity piece (the XOR of its fragments) is kept in the entry's own buffer.
