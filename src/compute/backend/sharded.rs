@@ -241,20 +241,7 @@ impl ShardedDriver {
         if let [only] = &self.drivers[..] {
             return only.state_log().to_vec();
         }
-        let mut log: Vec<StateChange> = self
-            .drivers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, d)| {
-                d.state_log().iter().map(move |c| StateChange {
-                    reason: format!("shard {i}: {}", c.reason),
-                    ..c.clone()
-                })
-            })
-            .collect();
-        log.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
-        log.truncate(MAX_STATE_LOG);
-        log
+        merge_state_logs(self.drivers.iter().map(Driver::state_log))
     }
 
     /// The read path's counters, summed over the shards.
@@ -307,9 +294,74 @@ fn sum(stats: impl Iterator<Item = ReadStats>) -> ReadStats {
     a
 }
 
+/// Several shards' state logs as one, each reason naming its shard: every shard's first entry
+/// (where it started), then the latest of their changes in time order, `MAX_STATE_LOG` entries
+/// at most, as one shard's log keeps them.
+fn merge_state_logs<'a>(logs: impl Iterator<Item = &'a [StateChange]>) -> Vec<StateChange> {
+    let named = |i: usize, c: &StateChange| StateChange {
+        reason: format!("shard {i}: {}", c.reason),
+        ..c.clone()
+    };
+    let (mut starts, mut changes) = (Vec::new(), Vec::new());
+    for (i, log) in logs.enumerate() {
+        let Some((first, rest)) = log.split_first() else {
+            continue;
+        };
+        starts.push(named(i, first));
+        changes.extend(rest.iter().map(|c| named(i, c)));
+    }
+    changes.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+    let room = MAX_STATE_LOG.saturating_sub(starts.len());
+    let latest = changes.len().saturating_sub(room);
+    starts.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+    starts.truncate(MAX_STATE_LOG);
+    starts.extend(changes.drain(latest..));
+    starts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_state_logs_keep_every_shards_start_and_the_latest_changes() {
+        let change = |at_ms: f64, reason: &str| StateChange {
+            at_ms,
+            to: PrefetchPath::Udp,
+            reason: reason.to_string(),
+        };
+        // Two shards: each starts at 0, then changes every ms, shard 1 half a ms later.
+        let logs: Vec<Vec<StateChange>> = (0..2)
+            .map(|shard| {
+                std::iter::once(change(0.0, "start"))
+                    .chain(
+                        (1..=MAX_STATE_LOG)
+                            .map(|k| change(k as f64 + 0.5 * shard as f64, &format!("change {k}"))),
+                    )
+                    .collect()
+            })
+            .collect();
+        let merged = merge_state_logs(logs.iter().map(Vec::as_slice));
+        assert_eq!(merged.len(), MAX_STATE_LOG);
+        assert_eq!(merged[0].reason, "shard 0: start");
+        assert_eq!(merged[1].reason, "shard 1: start");
+        let last = merged.last().unwrap();
+        assert_eq!(last.reason, format!("shard 1: change {MAX_STATE_LOG}"));
+        assert!(
+            merged[2..].windows(2).all(|w| w[0].at_ms <= w[1].at_ms),
+            "changes in time order"
+        );
+        // The latest: the oldest change kept is later than every change left out.
+        let kept_from = merged[2].at_ms;
+        let left_out = 2 * MAX_STATE_LOG - (MAX_STATE_LOG - 2);
+        assert_eq!(
+            logs.iter()
+                .flat_map(|l| &l[1..])
+                .filter(|c| c.at_ms < kept_from)
+                .count(),
+            left_out
+        );
+    }
     use crate::compute::backend::read_path::ReadPathConfig;
     use crate::compute::test_support::{fixture, T0, US};
 
