@@ -1720,7 +1720,7 @@ mod tests {
     }
 
     /// One window of slow UDP reads among fast ones is a spike, not the path's pace: the
-    /// backend stays on UDP; two slow windows in a row move it.
+    /// backend stays on UDP; `SLOW_WINDOWS_TO_DEGRADE` slow windows in a row move it.
     #[test]
     fn one_slow_window_does_not_take_a_faster_udp_path_to_tcp_but_enough_in_a_row_do() {
         // UDP at 28 µs a read against TCP pipelining's 44 (a calibration), back on UDP.

@@ -298,30 +298,36 @@ fn sum(stats: impl Iterator<Item = ReadStats>) -> ReadStats {
 /// (where it started), then the latest of their changes in time order, `MAX_STATE_LOG` entries
 /// at most, as one shard's log keeps them.
 fn merge_state_logs<'a>(logs: impl Iterator<Item = &'a [StateChange]>) -> Vec<StateChange> {
-    let named = |i: usize, c: &StateChange| StateChange {
-        reason: format!("shard {i}: {}", c.reason),
-        ..c.clone()
-    };
     let (mut starts, mut changes) = (Vec::new(), Vec::new());
     for (i, log) in logs.enumerate() {
         let Some((first, rest)) = log.split_first() else {
             continue;
         };
-        starts.push(named(i, first));
-        changes.extend(rest.iter().map(|c| named(i, c)));
+        starts.push((i, first));
+        changes.extend(rest.iter().map(|c| (i, c)));
     }
-    changes.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
-    let room = MAX_STATE_LOG.saturating_sub(starts.len());
-    let latest = changes.len().saturating_sub(room);
-    starts.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+    let by_time =
+        |a: &(usize, &StateChange), b: &(usize, &StateChange)| a.1.at_ms.total_cmp(&b.1.at_ms);
+    starts.sort_by(by_time);
     starts.truncate(MAX_STATE_LOG);
-    starts.extend(changes.drain(latest..));
+    changes.sort_by(by_time);
+    let room = MAX_STATE_LOG - starts.len();
+    let kept = &changes[changes.len().saturating_sub(room)..];
     starts
+        .iter()
+        .chain(kept)
+        .map(|&(i, c)| StateChange {
+            reason: format!("shard {i}: {}", c.reason),
+            ..c.clone()
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compute::backend::read_path::ReadPathConfig;
+    use crate::compute::test_support::{fixture, T0, US};
 
     #[test]
     fn merged_state_logs_keep_every_shards_start_and_the_latest_changes() {
@@ -362,8 +368,6 @@ mod tests {
             left_out
         );
     }
-    use crate::compute::backend::read_path::ReadPathConfig;
-    use crate::compute::test_support::{fixture, T0, US};
 
     #[test]
     fn reads_and_prefetches_go_to_their_shards_driver_each_with_its_own_target() {
