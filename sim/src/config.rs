@@ -339,6 +339,7 @@ impl SimConfig {
             // The simulated LFC holds tens of pages: a pipeline deeper than that would have
             // its pages evicted before they are read.
             tcp_depth: rng.range(2, 16) as u32,
+            tcp_depth_adaptive: true,
         };
         let links = (0..shards).map(|_| draw_link(&mut rng, &r)).collect();
         let tcp_lo = draw_u(&mut rng, r.tcp_latency_us);

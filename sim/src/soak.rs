@@ -62,6 +62,8 @@ pub struct SoakSummary {
     pub stale_rejected: u64,
     pub forged_rejected: u64,
     pub prefetch_retries: u64,
+    /// Cuts of the backends' TCP pipeline depths (`RunReport::tcp_depth_cuts`).
+    pub tcp_depth_cuts: u64,
     pub faults_injected: u64,
     pub faults: FaultCounts,
     pub prewarm_pages: u64,
@@ -94,6 +96,7 @@ impl SoakSummary {
         self.stale_rejected += r.stale_rejected;
         self.forged_rejected += r.forged_rejected;
         self.prefetch_retries += r.prefetch_retries;
+        self.tcp_depth_cuts += r.tcp_depth_cuts;
         self.faults.add(&r.faults);
         self.prewarm_pages += r.prewarm_pages;
         self.prewarm_covered += r.prewarm_covered;

@@ -284,6 +284,7 @@ fn udp_record(
         .param("cpu_us_per_page", round3(udp.cpu_us_per_page))
         .param("tcp_pipelined", udp.tcp_pipelined)
         .param("udp_state_changes", udp.udp_state_changes)
+        .param("tcp_depth_cuts", udp.tcp_depth_cuts)
         // When and why the median scan changed paths: what a fault's cost is made of.
         .param(
             "udp_state_log",

@@ -237,9 +237,10 @@ fn results(
     let path = |r: &UdpReader| {
         let log = r.backend.state_log();
         let last = log.last().map(|c| c.reason.clone());
+        let stats = r.backend.stats();
         (
             r.backend.path_changes(),
-            r.backend.stats().tcp_pipelined,
+            (stats.tcp_pipelined, stats.tcp_depth_cuts),
             last.unwrap_or_default(),
             super::state_change_reasons([&log[..]]),
         )
@@ -260,9 +261,10 @@ fn results(
         t.while_tcp_us.sort_by(f64::total_cmp);
     }
     let [(_, idle), (_, busy), (_, tcp)] = &tallies;
-    let with_path = |r: BenchRecord, (changes, pipelined, last, reasons)| {
+    let with_path = |r: BenchRecord, (changes, (pipelined, cuts), last, reasons)| {
         r.param("udp_state_changes", changes)
             .param("tcp_pipelined", pipelined)
+            .param("tcp_depth_cuts", cuts)
             .param("last_udp_state_change", last)
             .param("state_change_reasons", reasons)
     };

@@ -173,6 +173,7 @@ impl ModeResult {
                 .param("tcp_fallbacks", sum(|r| r.fallbacks))
                 .param("wait_timeouts", sum(|r| r.wait_timeouts))
                 .param("udp_state_changes", sum(|r| r.udp_state_changes))
+                .param("tcp_depth_cuts", sum(|r| r.tcp_depth_cuts))
                 .param(
                     "state_change_reasons",
                     super::state_change_reasons(self.reports.iter().map(|r| &r.udp_state_log[..])),

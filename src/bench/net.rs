@@ -113,6 +113,7 @@ fn point_records(args: &NetBenchArgs, mtu: u32, loss: u8, p: &Point) -> [BenchRe
         .param("reassembly_failures", p.reassembly_failures)
         .param("tcp_pipelined", udp_report.tcp_pipelined)
         .param("udp_state_changes", udp_report.udp_state_changes)
+        .param("tcp_depth_cuts", udp_report.tcp_depth_cuts)
         .param(
             "state_change_reasons",
             super::state_change_reasons([&udp_report.udp_state_log[..]]),

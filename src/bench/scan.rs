@@ -152,6 +152,7 @@ fn udp_records(
     .param("receive", args.receive.name())
     .param("udp_share", round3(udp_run.report.udp_share()))
     .param("udp_state_changes", udp_run.report.udp_state_changes)
+    .param("tcp_depth_cuts", udp_run.report.tcp_depth_cuts)
     .param(
         "state_change_reasons",
         super::state_change_reasons([&udp_run.report.udp_state_log[..]]),

@@ -315,6 +315,7 @@ fn udp_scan_record(
         .param("fallbacks", udp_scan.fallbacks)
         .param("wait_timeouts", udp_scan.wait_timeouts)
         .param("udp_state_changes", udp_scan.udp_state_changes)
+        .param("tcp_depth_cuts", udp_scan.tcp_depth_cuts)
         .param("shard_udp_shares", shard_udp_shares(udp_scan))
         .param("shard_reads", shard_reads(udp_scan))
         .param("state_changes", state_changes(udp_scan))

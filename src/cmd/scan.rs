@@ -100,8 +100,8 @@ pub fn print_report(r: &ScanReport) {
     );
     if r.mode == "udp" {
         println!(
-            "  read through the TCP pipeline {} pages; path changes {}",
-            r.tcp_pipelined, r.udp_state_changes
+            "  read through the TCP pipeline {} pages (its depth cut {} times for reads behind it); path changes {}",
+            r.tcp_pipelined, r.tcp_depth_cuts, r.udp_state_changes
         );
         if let Some(n) = r.installed_by_backend {
             println!("  installed by the backend's own receiver: {n} pages");

@@ -99,6 +99,11 @@ pub struct ScanReport {
     pub tcp_pipelined: u64,
     /// Times the read path moved between UDP prefetch and TCP pipelining.
     pub udp_state_changes: u64,
+    /// Times the TCP pipeline's depth limit came down because reads waited behind it
+    /// (ARCHITECTURE §6, "The pipeline's depth"). `default` so reports written before it
+    /// still load.
+    #[serde(default)]
+    pub tcp_depth_cuts: u64,
     /// Each move, in order (at most `backend::MAX_STATE_LOG`): when, to which path and why.
     pub udp_state_log: Vec<StateChange>,
     /// Of a sharded tenant in the udp and tcp-lfc modes, each shard's share of the read path,
@@ -682,6 +687,7 @@ impl Tally {
             window_cuts: stats.window_cuts,
             tcp_pipelined: stats.tcp_pipelined,
             udp_state_changes: stats.udp_state_changes,
+            tcp_depth_cuts: stats.tcp_depth_cuts,
             udp_state_log: state_log,
             shards: Vec::new(),
             elapsed_s: elapsed,

@@ -163,6 +163,7 @@ impl World<'_> {
                         self.report.prefetch_retries += stats.retries;
                         self.report.tcp_pipelined += stats.tcp_pipelined;
                         self.report.udp_state_changes += stats.udp_state_changes;
+                        self.report.tcp_depth_cuts += stats.tcp_depth_cuts;
                         self.report.backends_done_ns = self.now - START_NS;
                         self.rec(Kind::BackendDone, b as u64, 0, 0);
                         self.own_socket_closed(b);

@@ -111,6 +111,9 @@ pub struct RunReport {
     /// TCP pipelining.
     pub tcp_pipelined: u64,
     pub udp_state_changes: u64,
+    /// Times a backend's TCP pipeline came down to what its path needs, reads outside its
+    /// scan waiting behind it (`pipeline::DepthLimit`).
+    pub tcp_depth_cuts: u64,
     /// Per shard (index = shard number): datagrams installed, and the backends' reads of its
     /// pages by how they were served (a shard that fails falls back alone, ARCHITECTURE §6a).
     pub shards: Vec<ShardCounts>,

@@ -1,7 +1,15 @@
 //! The backend's TCP GetPage pipeline, as Neon's compute keeps one: pages queued to be fetched
 //! ahead of the reader, at most `depth` requests in flight on the connection, responses
-//! matched to requests. Owns only the bookkeeping: the driver decides what enters and sends
-//! what leaves.
+//! matched to requests. Owns only the bookkeeping and the bound on requests in flight
+//! ([`DepthLimit`]): the driver decides what enters and sends what leaves.
+//!
+//! Neon's compute keeps a fixed 128 GetPages in flight (`Driver::tcp_only`, the baseline does
+//! too). A backend that may prefetch by UDP bounds its pipeline by what the path needs instead
+//! (TCP Vegas's rule, once per round trip): every request beyond the path's delay at the
+//! reader's pace only queues, at the page server or in the socket, and a foreground read sent
+//! behind them waits for all of them. In `bench hol` a reader that fell back to TCP pipelining
+//! made its foreground reads wait behind 128 answers (a p99 of 1.2–2.3 ms against 0.45 ms
+//! idle); at a fixed 32 or 48 the same reads took 0.58–1.2 ms and the scan kept its speed.
 
 use lfc::BufferTag;
 use rustc_hash::FxHashSet;
@@ -60,12 +68,163 @@ pub enum InFlight {
         /// What its answer judges (`Check::Probe`, `Check::Race`, `Check::Repair`), or
         /// `Check::None`.
         judge: Check,
+        /// When it was sent: its answer's round trip moves the depth limit.
+        sent_ns: u64,
     },
+}
+
+/// Requests an adaptive pipeline keeps beyond what the path's delay needs at the reader's
+/// pace, as a share of its cap: 16 at Neon's 128, room for the pace to rise by half within a
+/// round trip at 32 needed (a 250 µs round trip at 130k pages/s), and few enough that a
+/// foreground read waits behind at most this many answers besides. Also the least it keeps
+/// room for (two of Neon's flush batches at 128), so a round trip mismeasured low cannot
+/// starve a scan.
+pub const DEPTH_SLACK_DIVISOR: usize = 8;
+/// The least slack: a cap of two or less is fixed.
+pub const MIN_DEPTH_SLACK: usize = 2;
+
+/// The slack of a pipeline capped at `cap` ([`DEPTH_SLACK_DIVISOR`]).
+pub fn depth_slack(cap: usize) -> usize {
+    (cap / DEPTH_SLACK_DIVISOR).max(MIN_DEPTH_SLACK)
+}
+
+/// Half the window over which the least round trip is taken as the path's own delay (the
+/// least of this half and the one before): long enough to hold a moment with no queue, short
+/// enough that a page server slower for good is learned within a few seconds.
+pub const MIN_RTT_HALF_WINDOW_NS: u64 = 1_000_000_000;
+/// How long after a read's GetPage went behind the pipeline the limit keeps adapting: reads
+/// outside a scan (an index's pages beside a sequential scan, `bench hol`'s foreground reads)
+/// come a few per millisecond, and a pipeline that carries only a scan keeps its full depth.
+/// Adapted always, a pipeline bounded by what the path needs starved the page server whenever
+/// the reader was off the CPU longer than the slack covered: on a busy compute (`bench
+/// many-backends`, 8 backends) and at MTU 1500 (`bench net`, the reader sharing its CPU with
+/// the daemon) scans ran at 0.5–0.85 × the fixed depth's speed.
+pub const CONTENDED_NS: u64 = 50_000_000;
+
+/// The bound on requests in flight: fixed, or adapted once per round trip to the path's delay
+/// times the rate answers are taken at, plus the slack ([`depth_slack`]), within
+/// `[slack, cap]`.
+///
+/// With `n` requests in flight and a round trip of `rtt` against the path's least `base`, the
+/// requests the path itself holds are `n · base / rtt`; the rest wait in a queue (the page
+/// server's, or the socket's while the reader is busy). When more than the slack queue, the
+/// limit moves down to those held plus the slack at once; when fewer do while the pipeline is
+/// full and pages wait to be sent (the limit, not the reader, holds them back), it moves up
+/// to that, at most doubling a round.
+#[derive(Debug, Clone)]
+pub struct DepthLimit {
+    cap: usize,
+    adaptive: bool,
+    limit: usize,
+    /// Least round trip of the current half window and of the one before (`u64::MAX`: none).
+    min_rtt_now: u64,
+    min_rtt_before: u64,
+    half_started_ns: u64,
+    /// The limit moves at most once a round trip: on the first answer to a request sent after
+    /// its last move.
+    moved_ns: u64,
+    /// Until when reads outside the pipeline are taken to share it (`foreground_sent`): the
+    /// limit adapts only then, and is back at its cap otherwise.
+    contended_until_ns: u64,
+    /// Times the limit moved down.
+    cuts: u64,
+}
+
+impl DepthLimit {
+    /// A limit of `cap` that never moves (Neon's pipeline).
+    pub fn fixed(cap: usize) -> Self {
+        assert!(cap >= 1);
+        DepthLimit {
+            cap,
+            adaptive: false,
+            limit: cap,
+            min_rtt_now: u64::MAX,
+            min_rtt_before: u64::MAX,
+            half_started_ns: 0,
+            moved_ns: 0,
+            contended_until_ns: 0,
+            cuts: 0,
+        }
+    }
+
+    /// A limit that starts at `cap` (as Neon's) and adapts within `[depth_slack(cap), cap]`
+    /// (a cap at or below its slack is fixed).
+    pub fn adaptive(cap: usize) -> Self {
+        DepthLimit {
+            adaptive: true,
+            ..Self::fixed(cap)
+        }
+    }
+
+    pub fn get(&self) -> usize {
+        self.limit
+    }
+
+    /// Times the limit moved down.
+    pub fn cuts(&self) -> u64 {
+        self.cuts
+    }
+
+    /// The least round trip of the window, if any was measured.
+    pub fn min_rtt_ns(&self) -> Option<u64> {
+        let m = self.min_rtt_now.min(self.min_rtt_before);
+        (m != u64::MAX).then_some(m)
+    }
+
+    /// A read's GetPage of a page outside the pipeline went behind requests in flight at
+    /// `now_ns`: for [`CONTENDED_NS`] the limit adapts.
+    pub fn foreground_sent(&mut self, now_ns: u64) {
+        self.contended_until_ns = now_ns + CONTENDED_NS;
+    }
+
+    /// An answer to a request sent at `sent_ns` came at `now_ns`, with `in_flight` requests
+    /// (this one included) outstanding; `waiting`: pages are queued that the limit holds back.
+    pub fn on_answer(&mut self, sent_ns: u64, now_ns: u64, in_flight: usize, waiting: bool) {
+        if !self.adaptive {
+            return;
+        }
+        if now_ns >= self.contended_until_ns {
+            // Nothing waits behind the pipeline: as deep as Neon's, which covers the reader's
+            // time off the CPU too.
+            self.limit = self.cap;
+        }
+        let rtt = now_ns.saturating_sub(sent_ns).max(1);
+        if now_ns.saturating_sub(self.half_started_ns) >= MIN_RTT_HALF_WINDOW_NS {
+            // A window with no answer at all leaves nothing of the one before it.
+            let idle = now_ns.saturating_sub(self.half_started_ns) >= 2 * MIN_RTT_HALF_WINDOW_NS;
+            self.min_rtt_before = if idle { u64::MAX } else { self.min_rtt_now };
+            self.min_rtt_now = u64::MAX;
+            self.half_started_ns = now_ns;
+        }
+        self.min_rtt_now = self.min_rtt_now.min(rtt);
+        if sent_ns < self.moved_ns || now_ns >= self.contended_until_ns {
+            return;
+        }
+        let base = self.min_rtt_ns().expect("a sample was just taken");
+        let held = in_flight as f64 * base as f64 / rtt as f64;
+        let queued = in_flight as f64 - held;
+        let floor = depth_slack(self.cap).min(self.cap);
+        let slack = floor as f64;
+        let wanted = (held + slack).ceil() as usize;
+        let next = if queued > slack {
+            wanted.clamp(floor, self.limit)
+        } else if waiting && in_flight >= self.limit && wanted > self.limit {
+            wanted.min(2 * self.limit).min(self.cap)
+        } else {
+            self.limit
+        };
+        debug_assert!((floor..=self.cap).contains(&next));
+        if next != self.limit {
+            self.cuts += u64::from(next < self.limit);
+            self.limit = next;
+            self.moved_ns = now_ns;
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Pipeline {
-    depth: usize,
+    depth: DepthLimit,
     queued: VecDeque<Queued>,
     in_flight: VecDeque<InFlight>,
     /// Tags queued or in flight, so nothing is requested twice.
@@ -73,12 +232,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(depth: usize) -> Self {
-        assert!(depth >= 1);
+    pub fn new(depth: DepthLimit) -> Self {
+        let cap = depth.cap;
         Pipeline {
             depth,
             queued: VecDeque::with_capacity(MAX_QUEUED),
-            in_flight: VecDeque::with_capacity(depth + 1),
+            in_flight: VecDeque::with_capacity(cap + 1),
             members: FxHashSet::default(),
         }
     }
@@ -152,7 +311,7 @@ impl Pipeline {
 
     /// The next page to send, if the pipeline has room.
     pub fn next_to_send(&mut self) -> Option<Queued> {
-        if self.in_flight.len() >= self.depth {
+        if self.in_flight.len() >= self.depth.get() {
             return None;
         }
         self.queued.pop_front()
@@ -170,17 +329,40 @@ impl Pipeline {
     /// The in-flight entry a response answers: a target response answers the oldest target, a
     /// page response the oldest request for that tag (one connection answers in order, so it
     /// is the front; several shards' connections interleave, hence the search).
-    pub fn answered(&mut self, page: Option<&BufferTag>) -> Option<InFlight> {
+    /// The page's round trip, taken at `now_ns`, moves the limit (`DepthLimit::on_answer`).
+    pub fn answered(&mut self, page: Option<&BufferTag>, now_ns: u64) -> Option<InFlight> {
         let i = self.in_flight.iter().position(|e| match (e, page) {
             (InFlight::Target, None) => true,
             (InFlight::Page { tag, .. }, Some(t)) => tag == t,
             _ => false,
         })?;
+        let outstanding = self.in_flight.len();
         let e = self.in_flight.remove(i)?;
-        if let InFlight::Page { tag, .. } = &e {
+        if let InFlight::Page { tag, sent_ns, .. } = &e {
             self.members.remove(tag);
+            self.depth
+                .on_answer(*sent_ns, now_ns, outstanding, !self.queued.is_empty());
         }
         Some(e)
+    }
+
+    /// The bound on requests in flight now.
+    pub fn depth(&self) -> usize {
+        self.depth.get()
+    }
+
+    /// Times the bound moved down (`DepthLimit::cuts`).
+    pub fn depth_cuts(&self) -> u64 {
+        self.depth.cuts()
+    }
+
+    /// A read's GetPage of `tag`, a page outside the scan's window, is about to be queued:
+    /// unless it is queued or in flight already, it waits behind the requests in flight, and
+    /// the limit adapts for a while (`DepthLimit::foreground_sent`).
+    pub fn note_foreground(&mut self, tag: &BufferTag, now_ns: u64) {
+        if !self.in_flight.is_empty() && !self.members.contains(tag) {
+            self.depth.foreground_sent(now_ns);
+        }
     }
 }
 
@@ -203,7 +385,7 @@ mod tests {
 
     #[test]
     fn depth_bounds_the_requests_in_flight_and_responses_free_room() {
-        let mut p = Pipeline::new(2);
+        let mut p = Pipeline::new(DepthLimit::fixed(2));
         for b in 0..4 {
             assert!(p.push_back(q(b)));
         }
@@ -215,6 +397,7 @@ mod tests {
                 not_modified_since: 0,
                 ahead: true,
                 judge: Check::None,
+                sent_ns: 0,
             });
             sent.push(x.tag.blkno);
         }
@@ -226,15 +409,15 @@ mod tests {
         );
         assert_eq!(p.in_flight_page(2), None);
         assert_eq!(p.queued_page(1), Some(&tag(3)), "the second page to send");
-        assert!(p.answered(Some(&tag(3))).is_none(), "not in flight");
-        assert!(p.answered(Some(&tag(0))).is_some());
+        assert!(p.answered(Some(&tag(3)), 1).is_none(), "not in flight");
+        assert!(p.answered(Some(&tag(0)), 1).is_some());
         assert!(!p.contains(&tag(0)));
         assert_eq!(p.next_to_send().map(|x| x.tag.blkno), Some(2));
     }
 
     #[test]
     fn pages_queue_in_read_order_behind_a_waiting_read() {
-        let mut p = Pipeline::new(1);
+        let mut p = Pipeline::new(DepthLimit::fixed(1));
         for b in [10, 11, 12, 3, 4, 20, 5] {
             assert!(p.push_back(q(b)));
         }
@@ -248,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_waiting_read_jumps_the_queue() {
-        let mut p = Pipeline::new(1);
+        let mut p = Pipeline::new(DepthLimit::fixed(1));
         for b in 0..3 {
             p.push_back(q(b));
         }
@@ -258,5 +441,215 @@ mod tests {
             .map(|x| x.tag.blkno)
             .collect();
         assert_eq!(order, [9, 2, 0, 1]);
+    }
+
+    const US: u64 = 1_000;
+
+    /// An adaptive limit whose pipeline foreground reads share all along.
+    fn shared(cap: usize) -> DepthLimit {
+        let mut d = DepthLimit::adaptive(cap);
+        d.contended_until_ns = u64::MAX;
+        d
+    }
+
+    /// Answers `n` requests sent at `sent_ns`, each at `now_ns`, the pipeline full (`n` in
+    /// flight) with `waiting` pages queued behind it.
+    fn answer_round(d: &mut DepthLimit, sent_ns: u64, now_ns: u64, waiting: bool) {
+        let n = d.get();
+        for k in 0..n {
+            d.on_answer(sent_ns, now_ns, n - k, waiting);
+        }
+    }
+
+    #[test]
+    fn a_fixed_depth_never_moves() {
+        let mut d = DepthLimit::fixed(128);
+        d.on_answer(0, 200 * US, 1, false);
+        d.on_answer(0, 5_000 * US, 128, false);
+        d.on_answer(10_000 * US, 10_100 * US, 128, true);
+        assert_eq!(d.get(), 128);
+    }
+
+    #[test]
+    fn a_queue_beyond_the_slack_shrinks_the_limit_to_what_the_path_holds_once_a_round_trip() {
+        let mut d = shared(128);
+        // The path's own delay: a lone request answered in 250 µs.
+        d.on_answer(0, 250 * US, 1, false);
+        assert_eq!(d.get(), 128, "no queue: nothing moves");
+        assert_eq!(d.min_rtt_ns(), Some(250 * US));
+        // 128 in flight answered after 1 ms: the path holds 32 of them, 96 queue.
+        let t = 1_000 * US;
+        d.on_answer(t, 2 * t, 128, true);
+        assert_eq!(d.get(), 32 + depth_slack(128));
+        // The rest of that round trip's answers, sent before the move, move nothing more.
+        for n in (1..128).rev() {
+            d.on_answer(t, 2 * t + 1, n, true);
+        }
+        assert_eq!(d.get(), 48);
+        // A queue within the slack is left alone: 48 · (1 − 250/300) = 8 queued.
+        d.on_answer(3 * t, 3 * t + 300 * US, 48, false);
+        assert_eq!(d.get(), 48);
+    }
+
+    #[test]
+    fn the_limit_grows_only_while_it_holds_pages_back_at_most_doubling_a_round_trip() {
+        let mut d = shared(128);
+        // A pause of the reader: every answer of a round trip read 10 ms late.
+        d.on_answer(0, 250 * US, 1, false);
+        answer_round(&mut d, 1_000 * US, 11_000 * US, false);
+        // 128 · 250/10000 = 3.2 held: down to 20 at once.
+        assert_eq!(d.get(), 20);
+        // The reader is back and waits: answers within the path's delay, pages queued.
+        let mut t = 20_000 * US;
+        let mut seen = vec![d.get()];
+        while d.get() < 128 {
+            answer_round(&mut d, t, t + 250 * US, true);
+            t += 1_000 * US;
+            seen.push(d.get());
+            assert!(
+                seen.len() < 10,
+                "grows back within a few round trips: {seen:?}"
+            );
+        }
+        assert!(
+            seen.windows(2).all(|w| w[1] <= 2 * w[0] && w[1] > w[0]),
+            "{seen:?}"
+        );
+        // Nothing holds it above its cap.
+        answer_round(&mut d, t, t + 250 * US, true);
+        assert_eq!(d.get(), 128);
+    }
+
+    #[test]
+    fn a_reader_that_asks_for_less_than_the_limit_does_not_grow_it() {
+        let mut d = shared(128);
+        d.on_answer(0, 250 * US, 1, false);
+        answer_round(&mut d, 1_000 * US, 11_000 * US, false);
+        let low = d.get();
+        assert!(low < 128);
+        // Answers within the path's delay, but nothing queued behind them, or the pipeline
+        // not full: the limit holds nothing back.
+        d.on_answer(20_000 * US, 20_250 * US, low, false);
+        d.on_answer(21_000 * US, 21_250 * US, low - 1, true);
+        assert_eq!(d.get(), low);
+        // Full, with pages behind it: it does.
+        d.on_answer(22_000 * US, 22_250 * US, low, true);
+        assert!(d.get() > low);
+    }
+
+    #[test]
+    fn the_least_round_trip_is_forgotten_after_two_half_windows() {
+        let mut d = shared(128);
+        d.on_answer(0, 100 * US, 1, false);
+        let half = MIN_RTT_HALF_WINDOW_NS;
+        d.on_answer(half, half + 300 * US, 1, false);
+        assert_eq!(
+            d.min_rtt_ns(),
+            Some(100 * US),
+            "the half before still counts"
+        );
+        d.on_answer(2 * half, 2 * half + 300 * US, 1, false);
+        assert_eq!(d.min_rtt_ns(), Some(300 * US), "a slower path is learned");
+        // A silence of two half windows forgets everything before it.
+        d.on_answer(5 * half, 5 * half + 400 * US, 1, false);
+        assert_eq!(d.min_rtt_ns(), Some(400 * US));
+    }
+
+    #[test]
+    fn a_round_trip_far_above_the_paths_leaves_the_slack() {
+        let mut d = shared(128);
+        d.on_answer(0, 10 * US, 1, false);
+        answer_round(&mut d, 1_000 * US, 101_000 * US, false);
+        assert_eq!(d.get(), depth_slack(128) + 1, "0.0128 held, and the slack");
+    }
+
+    #[test]
+    fn the_slack_is_a_share_of_the_cap() {
+        assert_eq!(depth_slack(128), 16);
+        assert_eq!(depth_slack(512), 64);
+        assert_eq!(depth_slack(16), 2);
+        assert_eq!(depth_slack(1), 2);
+        let mut d = shared(16);
+        d.on_answer(0, 250 * US, 1, false);
+        answer_round(&mut d, 1_000 * US, 11_000 * US, false);
+        assert_eq!(d.get(), 3, "0.4 held, and 2 of slack");
+    }
+
+    #[test]
+    fn a_cap_at_its_slack_is_a_fixed_depth() {
+        let mut d = shared(2);
+        d.on_answer(0, 250 * US, 1, false);
+        answer_round(&mut d, 1_000 * US, 11_000 * US, false);
+        assert_eq!(d.get(), 2);
+    }
+
+    #[test]
+    fn a_pipeline_that_carries_only_a_scan_keeps_its_cap() {
+        let mut d = DepthLimit::adaptive(128);
+        d.on_answer(0, 250 * US, 1, false);
+        answer_round(&mut d, 1_000 * US, 11_000 * US, true);
+        assert_eq!(d.get(), 128);
+    }
+
+    #[test]
+    fn the_cap_returns_once_no_read_went_behind_the_pipeline_for_a_while() {
+        let mut d = DepthLimit::adaptive(128);
+        d.on_answer(0, 250 * US, 1, false);
+        d.foreground_sent(1_000 * US);
+        d.on_answer(1_000 * US, 2_000 * US, 128, true);
+        assert_eq!(d.get(), 32 + depth_slack(128));
+        let later = 1_000 * US + CONTENDED_NS;
+        d.on_answer(later - 300 * US, later - 1, 48, false);
+        assert_eq!(d.get(), 48, "still shared");
+        d.on_answer(later - 300 * US, later, 48, false);
+        assert_eq!(d.get(), 128);
+    }
+
+    #[test]
+    fn only_a_page_outside_the_pipeline_read_behind_requests_in_flight_is_foreground() {
+        let mut p = Pipeline::new(DepthLimit::adaptive(128));
+        p.note_foreground(&tag(50), 0);
+        assert_eq!(
+            p.depth.contended_until_ns, 0,
+            "nothing in flight: it waits for nothing"
+        );
+        for b in 0..4 {
+            p.push_back(q(b));
+        }
+        while let Some(x) = p.next_to_send() {
+            p.sent(InFlight::Page {
+                tag: x.tag,
+                not_modified_since: 0,
+                ahead: true,
+                judge: Check::None,
+                sent_ns: 0,
+            });
+        }
+        p.note_foreground(&tag(2), 10);
+        assert_eq!(p.depth.contended_until_ns, 0, "in flight: a scan's read");
+        p.note_foreground(&tag(50), 10);
+        assert_eq!(p.depth.contended_until_ns, 10 + CONTENDED_NS);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_limit_stays_within_its_floor_and_cap(
+            cap in 1usize..300,
+            answers in proptest::collection::vec(
+                (0u64..5_000, 1u64..20_000, 1usize..400, proptest::bool::ANY, proptest::bool::ANY),
+                1..200,
+            ),
+        ) {
+            let mut d = DepthLimit::adaptive(cap);
+            let mut now = 0;
+            for (gap, rtt, in_flight, waiting, foreground) in answers {
+                now += gap * US;
+                if foreground {
+                    d.foreground_sent(now);
+                }
+                d.on_answer(now.saturating_sub(rtt * US), now, in_flight, waiting);
+                proptest::prop_assert!((depth_slack(cap).min(cap)..=cap).contains(&d.get()));
+            }
+        }
     }
 }

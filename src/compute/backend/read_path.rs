@@ -86,6 +86,10 @@ pub struct ReadPathConfig {
     pub max_tracked: usize,
     /// GetPages in flight on the TCP pipeline when UDP is not delivering (Neon's 128).
     pub tcp_depth: u32,
+    /// Whether that many are a cap the pipeline adapts under, to the path's delay at the
+    /// reader's pace (`pipeline::DepthLimit`), rather than a fixed depth. A backend that never
+    /// uses UDP (`Driver::tcp_only`, Neon's compute) keeps a fixed depth either way.
+    pub tcp_depth_adaptive: bool,
 }
 
 impl Default for ReadPathConfig {
@@ -96,6 +100,7 @@ impl Default for ReadPathConfig {
             max_wait_us: 4_000,
             max_tracked: 8192,
             tcp_depth: 128,
+            tcp_depth_adaptive: true,
         }
     }
 }
@@ -128,6 +133,9 @@ pub struct ReadStats {
     pub tcp_pipelined: u64,
     /// Moves between the UDP path and TCP pipelining.
     pub udp_state_changes: u64,
+    /// Times the TCP pipeline's depth limit came down to what the path needs because reads
+    /// waited behind it (`pipeline::DepthLimit`).
+    pub tcp_depth_cuts: u64,
 }
 
 /// The pages of one Prefetch message: consecutive blocks of one relation, with the newest

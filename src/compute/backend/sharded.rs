@@ -277,6 +277,7 @@ fn sum(stats: impl Iterator<Item = ReadStats>) -> ReadStats {
             window_cuts,
             tcp_pipelined,
             udp_state_changes,
+            tcp_depth_cuts,
         } = b;
         a.reads += reads;
         a.hits += hits;
@@ -290,6 +291,7 @@ fn sum(stats: impl Iterator<Item = ReadStats>) -> ReadStats {
         a.window_cuts += window_cuts;
         a.tcp_pipelined += tcp_pipelined;
         a.udp_state_changes += udp_state_changes;
+        a.tcp_depth_cuts += tcp_depth_cuts;
     }
     a
 }
