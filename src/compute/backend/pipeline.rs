@@ -383,13 +383,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn depth_bounds_the_requests_in_flight_and_responses_free_room() {
-        let mut p = Pipeline::new(DepthLimit::fixed(2));
-        for b in 0..4 {
-            assert!(p.push_back(q(b)));
-        }
-        assert!(!p.push_back(q(1)), "no duplicates");
+    /// Sends what the pipeline has room for; the blocks sent.
+    fn send_all(p: &mut Pipeline) -> Vec<u32> {
         let mut sent = Vec::new();
         while let Some(x) = p.next_to_send() {
             p.sent(InFlight::Page {
@@ -401,6 +396,17 @@ mod tests {
             });
             sent.push(x.tag.blkno);
         }
+        sent
+    }
+
+    #[test]
+    fn depth_bounds_the_requests_in_flight_and_responses_free_room() {
+        let mut p = Pipeline::new(DepthLimit::fixed(2));
+        for b in 0..4 {
+            assert!(p.push_back(q(b)));
+        }
+        assert!(!p.push_back(q(1)), "no duplicates");
+        let sent = send_all(&mut p);
         assert_eq!(sent, [0, 1]);
         assert_eq!(
             p.in_flight_page(1),
@@ -452,6 +458,15 @@ mod tests {
         d
     }
 
+    /// [`shared`] with a path of 250 µs, after a round trip whose answers were all read 10 ms
+    /// late (a reader off the CPU).
+    fn paused(cap: usize) -> DepthLimit {
+        let mut d = shared(cap);
+        d.on_answer(0, 250 * US, 1, false);
+        answer_round(&mut d, 1_000 * US, 11_000 * US, false);
+        d
+    }
+
     /// Answers `n` requests sent at `sent_ns`, each at `now_ns`, the pipeline full (`n` in
     /// flight) with `waiting` pages queued behind it.
     fn answer_round(d: &mut DepthLimit, sent_ns: u64, now_ns: u64, waiting: bool) {
@@ -493,10 +508,8 @@ mod tests {
 
     #[test]
     fn the_limit_grows_only_while_it_holds_pages_back_at_most_doubling_a_round_trip() {
-        let mut d = shared(128);
         // A pause of the reader: every answer of a round trip read 10 ms late.
-        d.on_answer(0, 250 * US, 1, false);
-        answer_round(&mut d, 1_000 * US, 11_000 * US, false);
+        let mut d = paused(128);
         // 128 · 250/10000 = 3.2 held: down to 20 at once.
         assert_eq!(d.get(), 20);
         // The reader is back and waits: answers within the path's delay, pages queued.
@@ -522,9 +535,7 @@ mod tests {
 
     #[test]
     fn a_reader_that_asks_for_less_than_the_limit_does_not_grow_it() {
-        let mut d = shared(128);
-        d.on_answer(0, 250 * US, 1, false);
-        answer_round(&mut d, 1_000 * US, 11_000 * US, false);
+        let mut d = paused(128);
         let low = d.get();
         assert!(low < 128);
         // Answers within the path's delay, but nothing queued behind them, or the pipeline
@@ -569,17 +580,13 @@ mod tests {
         assert_eq!(depth_slack(512), 64);
         assert_eq!(depth_slack(16), 2);
         assert_eq!(depth_slack(1), 2);
-        let mut d = shared(16);
-        d.on_answer(0, 250 * US, 1, false);
-        answer_round(&mut d, 1_000 * US, 11_000 * US, false);
+        let d = paused(16);
         assert_eq!(d.get(), 3, "0.4 held, and 2 of slack");
     }
 
     #[test]
     fn a_cap_at_its_slack_is_a_fixed_depth() {
-        let mut d = shared(2);
-        d.on_answer(0, 250 * US, 1, false);
-        answer_round(&mut d, 1_000 * US, 11_000 * US, false);
+        let d = paused(2);
         assert_eq!(d.get(), 2);
     }
 
@@ -616,15 +623,7 @@ mod tests {
         for b in 0..4 {
             p.push_back(q(b));
         }
-        while let Some(x) = p.next_to_send() {
-            p.sent(InFlight::Page {
-                tag: x.tag,
-                not_modified_since: 0,
-                ahead: true,
-                judge: Check::None,
-                sent_ns: 0,
-            });
-        }
+        send_all(&mut p);
         p.note_foreground(&tag(2), 10);
         assert_eq!(p.depth.contended_until_ns, 0, "in flight: a scan's read");
         p.note_foreground(&tag(50), 10);
