@@ -1562,6 +1562,75 @@ mod tests {
         }
     }
 
+    /// On TCP pipelining, a read of a page outside the scan's window goes behind every GetPage
+    /// in flight. When the answers then show them queued (round trips of 2 ms on a path of
+    /// 250 µs), the pipeline keeps only what the path holds plus the slack; a scan alone, with
+    /// the same answers, keeps Neon's 128.
+    #[test]
+    fn a_read_behind_a_queued_pipeline_cuts_its_depth_and_a_scan_alone_does_not() {
+        for foreground in [false, true] {
+            let f = fixture(false);
+            let lfc = &f.lfc;
+            let mut d = Driver::new(ReadPathConfig::default(), None, lfc, T0);
+            assert_eq!(d.path(), PrefetchPath::TcpPipelined);
+            let (scan, fg) = (synthetic_rel(0), synthetic_rel(1));
+            let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+            let tags = |ts: Vec<Transmit>| -> Vec<BufferTag> {
+                ts.into_iter()
+                    .filter_map(|t| match t {
+                        Transmit::GetPage { tag, .. } => Some(tag),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            d.prefetch(lfc, scan, 0..1024, T0);
+            let mut wire: VecDeque<BufferTag> = tags(drain(&mut d)).into();
+            assert_eq!(wire.len(), 128);
+            let mut answer = |d: &mut Driver, wire: &mut VecDeque<BufferTag>, now: u64| {
+                let tag = wire.pop_front().expect("in flight");
+                let page = synthetic_page(tag, 16);
+                d.on_response(lfc, Response::Page { tag, page: &page }, &mut out, now)
+                    .unwrap();
+                wire.extend(tags(drain(d)));
+            };
+            // The path's own round trip.
+            answer(&mut d, &mut wire, T0 + 250 * US);
+            if foreground {
+                let mut fg_out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
+                let poll = d.start_read(lfc, fg.block(0), &mut fg_out, T0 + 300 * US);
+                assert_eq!(poll, Poll::AwaitResponse);
+                assert!(
+                    drain(&mut d).is_empty(),
+                    "the pipeline is full: it waits its turn"
+                );
+            }
+            for _ in 0..10 {
+                answer(&mut d, &mut wire, T0 + 2 * MS);
+            }
+            let stats = d.stats();
+            if foreground {
+                assert_eq!(stats.tcp_depth_cuts, 1, "once a round trip");
+                // About 16 of the 128 held (250 µs of 2 ms), and the slack of 16.
+                let depth = d.pipeline.depth();
+                assert!((30..=34).contains(&depth), "{depth}");
+                // The read waiting for its page went with the first answer that made room
+                // under the cap; the scan's pages wait for the pipeline to fall below the
+                // limit.
+                assert_eq!(wire.len(), 128 - 10 + 1);
+                let at = wire.iter().position(|t| *t == fg.block(0));
+                assert_eq!(
+                    at,
+                    Some(127 - 9),
+                    "behind the 127 in flight then, 9 answered since"
+                );
+            } else {
+                assert_eq!(stats.tcp_depth_cuts, 0);
+                assert_eq!(d.pipeline.depth(), 128);
+                assert_eq!(wire.len(), 128, "each answer makes room for one more");
+            }
+        }
+    }
+
     /// `bench hol`'s busy reader: a scan whose pages are cached (hits), and between them
     /// GetPages of 1 ms for pages of another relation, outside the prefetch window. Those cost
     /// a GetPage on TCP pipelining too: they are neither reads that UDP failed (90 % of the

@@ -309,9 +309,14 @@ impl Pipeline {
         old
     }
 
-    /// The next page to send, if the pipeline has room.
+    /// The next page to send, if the pipeline has room. A page a read is waiting for (first in
+    /// the queue) needs room under the cap only: the limit holds back pages fetched ahead, and
+    /// a read held back by it would wait for the pipeline to drain to the limit and then for a
+    /// round trip, where sent at once it waits for the answers ahead of it alone.
     pub fn next_to_send(&mut self) -> Option<Queued> {
-        if self.in_flight.len() >= self.depth.get() {
+        let n = self.in_flight.len();
+        let waited_for = self.queued.front().is_some_and(|q| !q.ahead);
+        if n >= self.depth.get() && !(waited_for && n < self.depth.cap) {
             return None;
         }
         self.queued.pop_front()
