@@ -131,7 +131,9 @@ typedef struct UdpfOptions {
    */
   uint32_t max_wait_us;
   /**
-   * GetPages in flight when prefetching over TCP; 0 for the default (128, as Neon).
+   * GetPages in flight when prefetching over TCP; 0 for the default (128, as Neon). A cap:
+   * while reads of pages outside a scan wait behind the pipeline, it keeps only what its
+   * path needs (ARCHITECTURE §6, "The pipeline's depth").
    */
   uint32_t tcp_depth;
   /**

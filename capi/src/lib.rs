@@ -119,7 +119,9 @@ pub struct UdpfOptions {
     pub connect_timeout_ms: u32,
     /// Cap of the wait for a prefetch in flight, microseconds; 0 for the default (4000).
     pub max_wait_us: u32,
-    /// GetPages in flight when prefetching over TCP; 0 for the default (128, as Neon).
+    /// GetPages in flight when prefetching over TCP; 0 for the default (128, as Neon). A cap:
+    /// while reads of pages outside a scan wait behind the pipeline, it keeps only what its
+    /// path needs (ARCHITECTURE §6, "The pipeline's depth").
     pub tcp_depth: u32,
     /// A PEM file of CA certificates: connect over TLS and verify the page server's certificate
     /// against them and the host in `server` (libpq's `sslmode=verify-full`); the server then
