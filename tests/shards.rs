@@ -121,10 +121,10 @@ fn served(server: &ServerProc) -> (u64, u64, u64) {
 #[test]
 fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() {
     let _turn = serial();
-    // On a loaded machine every shard can leave UDP at its first late datagrams and bring all
-    // its pages by TCP pipelining (`.ci/run` once: 576 datagrams received, every one already
-    // present): the senders' table then has nothing to show, and the attempt is made again
-    // from scratch.
+    // On a loaded machine a shard can leave UDP at its first late datagrams and bring all its
+    // pages by TCP pipelining (`.ci/run` once: 576 datagrams received, every one already
+    // present; once: one shard delivered 4, the other two none): the senders' table then
+    // cannot show every shard, and the attempt is made again from scratch.
     const ATTEMPTS: usize = 4;
     for attempt in 1..=ATTEMPTS {
         let dir = tempfile::tempdir().unwrap();
@@ -196,18 +196,22 @@ fn scan_and_prewarm_across_three_shards_each_shard_serving_only_its_own_pages() 
         });
         let installed = counter(&text, "udp_prefetch_datagrams_installed_total");
         let senders = senders(&text);
-        if installed == 0 && attempt < ATTEMPTS {
-            eprintln!("attempt {attempt}: every page came by TCP (a busy machine); again");
+        let delivering = senders
+            .iter()
+            .filter(|(a, n)| a != "other" && *n > 0)
+            .count();
+        if delivering < SHARDS && attempt < ATTEMPTS {
+            // `.ci/run` once: 4 datagrams from one shard, the other two all by TCP.
+            eprintln!(
+                "attempt {attempt}: {delivering} of {SHARDS} shards delivered by UDP, the rest \
+                 came by TCP (a busy machine); again: {senders:?}"
+            );
             continue;
         }
         assert!(installed > 0, "{text}");
         assert_eq!(by_sender(&text), installed, "{senders:?}");
         assert!(
-            senders
-                .iter()
-                .filter(|(a, n)| a != "other" && *n > 0)
-                .count()
-                >= SHARDS,
+            delivering >= SHARDS,
             "one sender or more per shard: {senders:?}"
         );
         lfc_stat_counts_each_shards_senders(&lfc, &workers, &shards);
