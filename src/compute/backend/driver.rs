@@ -277,10 +277,13 @@ impl Driver {
     /// every read and every page received stored in it, as Neon's compute does. It ignores any
     /// daemon and sends no extension message.
     pub fn tcp_only(config: ReadPathConfig, now_ns: u64) -> Self {
+        // Neon's pipeline: a fixed depth.
+        let config = ReadPathConfig {
+            tcp_depth_adaptive: false,
+            ..config
+        };
         let mut d = Self::build(config, None, now_ns);
         d.udp_allowed = false;
-        // Neon's pipeline: a fixed depth.
-        d.pipeline = Pipeline::new(DepthLimit::fixed(d.tcp_depth as usize));
         d.health
             .note_start("UDP prefetch off: TCP pipelining with the LFC, as Neon's compute");
         d
@@ -1466,13 +1469,17 @@ mod tests {
         std::iter::from_fn(|| d.poll_transmit()).collect()
     }
 
-    fn get_pages(ts: &[Transmit]) -> Vec<u32> {
+    fn get_page_tags(ts: &[Transmit]) -> Vec<BufferTag> {
         ts.iter()
             .filter_map(|t| match t {
-                Transmit::GetPage { tag, .. } => Some(tag.blkno),
+                Transmit::GetPage { tag, .. } => Some(*tag),
                 _ => None,
             })
             .collect()
+    }
+
+    fn get_pages(ts: &[Transmit]) -> Vec<u32> {
+        get_page_tags(ts).iter().map(|t| t.blkno).collect()
     }
 
     fn prefetch_runs(ts: &[Transmit]) -> Vec<PrefetchRun> {
@@ -1575,23 +1582,15 @@ mod tests {
             assert_eq!(d.path(), PrefetchPath::TcpPipelined);
             let (scan, fg) = (synthetic_rel(0), synthetic_rel(1));
             let mut out: Box<Page> = Box::new([0u8; PAGE_SIZE]);
-            let tags = |ts: Vec<Transmit>| -> Vec<BufferTag> {
-                ts.into_iter()
-                    .filter_map(|t| match t {
-                        Transmit::GetPage { tag, .. } => Some(tag),
-                        _ => None,
-                    })
-                    .collect()
-            };
             d.prefetch(lfc, scan, 0..1024, T0);
-            let mut wire: VecDeque<BufferTag> = tags(drain(&mut d)).into();
+            let mut wire: VecDeque<BufferTag> = get_page_tags(&drain(&mut d)).into();
             assert_eq!(wire.len(), 128);
             let mut answer = |d: &mut Driver, wire: &mut VecDeque<BufferTag>, now: u64| {
                 let tag = wire.pop_front().expect("in flight");
                 let page = synthetic_page(tag, 16);
                 d.on_response(lfc, Response::Page { tag, page: &page }, &mut out, now)
                     .unwrap();
-                wire.extend(tags(drain(d)));
+                wire.extend(get_page_tags(&drain(d)));
             };
             // The path's own round trip.
             answer(&mut d, &mut wire, T0 + 250 * US);
