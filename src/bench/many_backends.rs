@@ -39,8 +39,11 @@ pub struct ManyBackendsBenchArgs {
     /// Emulated storage latency of every request, microseconds.
     #[arg(long, default_value_t = 200)]
     pub delay_us: u64,
-    /// Prefetch distance (UDP) and pipeline depth (TCP) of each backend.
-    #[arg(long, default_value_t = 128)]
+    /// Pipeline depth of each tcp-pipelined and tcp-lfc backend (Neon's 128, as in `bench scan`).
+    #[arg(long, default_value_t = crate::compute::scan::DEFAULT_TCP_DEPTH)]
+    pub depth: u32,
+    /// Prefetch distance of each udp backend (as in `bench scan`).
+    #[arg(long, default_value_t = crate::compute::scan::DEFAULT_UDP_DISTANCE)]
     pub distance: u32,
     /// Worker daemon threads (the daemon's own default: one per two CPUs, at least one).
     // The default depends on the machine: the text above states it once, and help shows no
@@ -139,6 +142,7 @@ impl ModeResult {
             r.param("backends", backends)
                 .param("pages_per_backend", args.total_pages / backends)
                 .param("delay_us", args.delay_us)
+                .param("depth", args.depth)
                 .param("distance", args.distance)
                 .param("prefetch_senders", args.prefetch_senders)
                 .param("prefetch_sender_nice", args.prefetch_sender_nice)
@@ -229,8 +233,8 @@ pub fn run(args: &ManyBackendsBenchArgs) -> anyhow::Result<Vec<BenchRecord>> {
         "--total-pages must give every backend at least one page"
     );
     anyhow::ensure!(
-        (1..=65_535).contains(&args.distance),
-        "--distance must be 1..=65535"
+        (1..=65_535).contains(&args.distance) && (1..=65_535).contains(&args.depth),
+        "--depth and --distance must be 1..=65535"
     );
     // Relations 0..n for TCP, n..2n for UDP, 2n..3n for TCP with the LFC: every backend that
     // uses the LFC starts with a cold cache.
@@ -414,7 +418,10 @@ impl<'a> ModeRun<'a> {
                 .args(["--rel", &rel.to_string()])
                 .args(["--blocks", &format!("0..{pages}")])
                 .args(["--mode", mode.name()])
-                .args(["--distance", &args.distance.to_string()])
+                .args([
+                    "--distance",
+                    &mode.pages_ahead(args.depth, args.distance).to_string(),
+                ])
                 .args(["--json", "--start-gate"])
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::piped())

@@ -122,10 +122,10 @@ pub struct PathArgs {
     #[arg(long, default_value_t = 200)]
     pub delay_us: u64,
     /// Pipeline depth of the tcp-pipelined baseline (Neon's 128, as in `bench scan`).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = crate::compute::scan::DEFAULT_TCP_DEPTH)]
     pub depth: u32,
     /// Prefetch distance of the udp scans (as in `bench scan`).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = crate::compute::scan::DEFAULT_UDP_DISTANCE)]
     pub distance: u32,
 }
 

@@ -48,14 +48,14 @@ pub struct ScanBenchArgs {
     pub cpu: Vec<u64>,
     /// Pipeline depth of the tcp-pipelined baseline: Neon's 128 (its best here; 256 and 512
     /// were 6-19 % slower, since each request costs the same CPU and nothing waits on latency).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = crate::compute::scan::DEFAULT_TCP_DEPTH)]
     pub depth: u32,
     /// Prefetch distance of the udp scans, pages ahead of the reader (an upper bound: the
     /// backend's window starts at 32 and grows with hits). Deeper than the TCP pipeline because
     /// it costs no connection buffering, only LFC space (4 MiB), and the time it buys is what
     /// hides a lost datagram's retry: at 5 % loss and no per-page work, 128, 256, 512 and 1024
     /// pages ran at 0.44x, 0.65x, 0.76x and 0.85x the pipelined baseline.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = crate::compute::scan::DEFAULT_UDP_DISTANCE)]
     pub distance: u32,
     /// Repetitions of each udp scan, each beside a tcp-pipelined scan of its own (the two in
     /// turns first); the records are the pair with the median ratio, and `ratios` lists every

@@ -42,10 +42,10 @@ pub struct ShardsBenchArgs {
     #[arg(long, default_value_t = 100)]
     pub delay_us: u64,
     /// GetPages in flight of the tcp-pipelined scan.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = crate::compute::scan::DEFAULT_TCP_DEPTH)]
     pub depth: u32,
     /// Prefetch distance of the udp scan.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = crate::compute::scan::DEFAULT_UDP_DISTANCE)]
     pub distance: u32,
     /// Receive threads of the worker daemon.
     #[arg(long, default_value_t = 2)]

@@ -29,11 +29,11 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 200)]
     pub service_delay_us: u64,
     /// Pipeline depth of the tcp-pipelined scans (Neon's 128).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = crate::compute::scan::DEFAULT_TCP_DEPTH)]
     pub depth: u32,
     /// Prefetch distance of the UDP scans (as in `bench scan`: it costs LFC space, not
     /// connection buffers, and hides lost datagrams' retries).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = crate::compute::scan::DEFAULT_UDP_DISTANCE)]
     pub distance: u32,
     /// Page-server shards to split the relations over (each its own server, `--shard i/N`);
     /// the scans read from all of them, each page from its shard.

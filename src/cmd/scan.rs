@@ -35,10 +35,10 @@ pub struct ScanArgs {
     /// its LFC: TCP pipelining, every page looked up in and stored into the LFC) or udp.
     #[arg(long, value_enum)]
     pub mode: ScanMode,
-    /// Prefetch distance: blocks requested ahead (udp) or GetPages in flight (tcp-pipelined,
-    /// tcp-lfc).
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65_535))]
-    pub distance: u32,
+    /// Prefetch distance: blocks requested ahead (udp; default 512) or GetPages in flight
+    /// (tcp-pipelined, tcp-lfc; default 128, Neon's).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub distance: Option<u32>,
     /// Emulated backend work per page, microseconds of CPU.
     #[arg(long, default_value_t = 0)]
     pub cpu_per_page_us: u64,
@@ -163,7 +163,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<Outcome> {
         rel: args.rel,
         blocks: args.blocks.clone(),
         mode: args.mode,
-        distance: args.distance,
+        distance: args.distance.unwrap_or(args.mode.default_ahead()),
         cpu_per_page_us: args.cpu_per_page_us,
         receive: args.receive.with_port(args.prefetch_port),
         read_path: ReadPathConfig {
