@@ -220,9 +220,10 @@ fn run_once(
     let flooded_rate = flood.sent() as f64 / started.elapsed().as_secs_f64();
     drop(flood);
 
-    // The daemon's cost per forged datagram, alone. Last: a flood leaves the daemon's socket
-    // buffer full of junk that its budget (`workers::junk`) drains over the next 100-200 ms,
-    // and a scan started then found its first prefetches behind it and left UDP.
+    // The daemon's cost per forged datagram, alone. Last, so that every scan above meets a
+    // daemon no flood of its own has touched (one measured first left junk queued that a scan
+    // started right after found its first prefetches behind, before the daemon cut its
+    // buffer under floods, `workers::junk`).
     let (cpu0, drop0) = (daemon.cpu_seconds()?, dropped(&daemon)?);
     {
         let _flood = Flood::start(daemon_addr, lfc.key_id())?;

@@ -16,15 +16,16 @@
 //! thread's budget (`junk`, `sched::ShareBound`): it reads the clock and sleeps as they say. Only
 //! the compute runs it: the page server and this crate's shared layer never import it.
 
-use crate::junk::JunkBudget;
+use crate::junk::{JunkBudget, FLOOD_RECV_BUFFER};
 use crate::metrics::{render_prometheus, CacheGauges, ThreadMetrics};
 use crate::pidfile::{PidFile, PidFileError};
 use crate::pump::{SlotPump, Step};
 use crate::udp::{
-    bind_reuseport_group, recv_buffer_size, set_gro, IoBackend, IoChoice, Receiver, UdpError,
-    MAX_SLOT_DATAGRAMS,
+    bind_reuseport_group, recv_buffer_size, resize_recv_buffer, set_gro, IoBackend, IoChoice,
+    Receiver, UdpError, MAX_SLOT_DATAGRAMS,
 };
 use lfc::{AttachError, DaemonLockError, Lfc, PAGE_SIZE};
+use socket2::SockRef;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -570,6 +571,17 @@ fn worker_loop(
     use crate::sched::{thread_cpu_ns, ShareBound, ShareVerdict, ThreadClass};
     let mut pump = SlotPump::new(lfc, receiver, frames_per_slot);
     let mut junk = JunkBudget::new(lfc::monotonic_ns(), metrics.junk());
+    // The configured buffer, restored when a flood stops (the kernel takes twice what is asked).
+    let configured = SockRef::from(&pump.socket())
+        .recv_buffer_size()
+        .map_err(|source| DaemonError::Io {
+            context: "reading the receive buffer's size".into(),
+            source,
+        })?;
+    metrics
+        .recv_buffer_bytes
+        .store(configured as u64, Ordering::Relaxed);
+    let mut cut = false;
     let mut share = realtime.then(|| ShareBound::new(lfc::monotonic_ns(), thread_cpu_ns()));
     while !stop.load(Ordering::Relaxed) {
         if let Some(verdict) = share
@@ -597,7 +609,24 @@ fn worker_loop(
             // Every frame is reserved by someone: wait for frames to come back.
             std::thread::sleep(NO_SLOT_BACKOFF);
         }
-        if let Some(pause) = junk.after_step(lfc::monotonic_ns(), metrics.junk()) {
+        let pause = junk.after_step(lfc::monotonic_ns(), metrics.junk());
+        if junk.flooded() != cut {
+            // While a flood lasts, the kernel drops what the thread would turn away later, and
+            // the junk left queued when it stops is drained within a window (`junk`).
+            cut = junk.flooded();
+            let bytes = if cut {
+                FLOOD_RECV_BUFFER
+            } else {
+                configured / 2
+            };
+            match resize_recv_buffer(pump.socket(), bytes) {
+                Ok(size) => metrics
+                    .recv_buffer_bytes
+                    .store(size as u64, Ordering::Relaxed),
+                Err(e) => tracing::warn!(error = %e, cut, "resizing a receive buffer failed"),
+            }
+        }
+        if let Some(pause) = pause {
             // A flood of junk: what it drowns is lost either way, and the CPU is the backends'.
             metrics.junk_throttled.fetch_add(1, Ordering::Relaxed);
             std::thread::sleep(pause);

@@ -16,8 +16,19 @@
 //! are installed, stale, already present or out of room are not junk, only datagrams that fail
 //! a check of the format or its protection are.
 //!
+//! A thread that slept still finds the socket's buffer full of the junk that arrived meanwhile
+//! (`--recv-buffer`, 128 MiB in the kernel's accounting by default: about 15 000 datagrams),
+//! and turns it away at the budget's pace, 500 per window, long after the flood stopped: for
+//! 100–300 ms genuine datagrams waited behind it, and a scan started then left UDP at its first
+//! read (`bench flood`, fortieth session). So while a flood lasts ([`JunkBudget::flooded`]: from
+//! the first window over budget until a window ends within it) the thread cuts its socket's
+//! buffer to [`FLOOD_RECV_BUFFER`], and the kernel drops what does not fit, as it would have
+//! dropped it at the full buffer anyway; when the flood stops, what is left is drained within a
+//! window, and the buffer is restored.
+//!
 //! Sans-IO: the thread passes its cumulative junk count and the monotonic clock after each
-//! receive step, and sleeps for what [`JunkBudget::after_step`] returns.
+//! receive step, sleeps for what [`JunkBudget::after_step`] returns and sizes its socket's
+//! buffer as [`JunkBudget::flooded`] says.
 //!
 //! Owns: one thread's `JunkBudget` (its window and the junk count at the window's start) and which
 //! drop reasons are junk (`is_junk`). Touches no socket, slot or LFC and turns nothing away itself:
@@ -32,6 +43,10 @@ pub const WINDOW_NS: u64 = 10_000_000;
 /// 50k per second, about a tenth of a core at the ~2 µs a receive costs; a healthy stream has
 /// none (a corrupted or foreign datagram now and then is far below it).
 pub const JUNK_PER_WINDOW: u64 = 500;
+/// A flooded thread's socket buffer, bytes asked for (the kernel accounts twice that): room
+/// for about a hundred datagrams, fewer than one window's budget, so what a flood leaves queued
+/// is gone within a window of its end; and for a GSO train or two of genuine pages meanwhile.
+pub const FLOOD_RECV_BUFFER: usize = 1 << 20;
 
 /// Whether a drop means the datagram was never genuine (or was corrupted on the way): failing
 /// the format or the protection. Races of genuine pages (stale, already present, no room) are
@@ -64,6 +79,8 @@ pub struct JunkBudget {
     junk_at_start: u64,
     /// Windows in which the budget ran out (for the metrics).
     throttled: u64,
+    /// A window ran over the budget, and none has ended within it since.
+    flooded: bool,
 }
 
 impl JunkBudget {
@@ -72,7 +89,14 @@ impl JunkBudget {
             window_start_ns: now_ns,
             junk_at_start: junk,
             throttled: 0,
+            flooded: false,
         }
+    }
+
+    /// Whether a flood is on: from the first window over the budget until a window ends within
+    /// it. The thread's socket buffer is cut to [`FLOOD_RECV_BUFFER`] meanwhile.
+    pub fn flooded(&self) -> bool {
+        self.flooded
     }
 
     /// After a receive step: `junk` is the thread's cumulative count of junk datagrams. Returns
@@ -81,7 +105,12 @@ impl JunkBudget {
         debug_assert!(junk >= self.junk_at_start, "a cumulative count never falls");
         let window_end = self.window_start_ns.saturating_add(WINDOW_NS);
         if now_ns >= window_end {
-            // A new window starts with a full budget.
+            // A window ended. Within its budget (one over it ends in a sleep, below, unless a
+            // single step carried it past its end), a flood, if there was one, has stopped. A
+            // new window starts with a full budget.
+            if junk.saturating_sub(self.junk_at_start) < JUNK_PER_WINDOW {
+                self.flooded = false;
+            }
             self.window_start_ns = now_ns;
             self.junk_at_start = junk;
             return None;
@@ -90,6 +119,7 @@ impl JunkBudget {
             return None;
         }
         self.throttled += 1;
+        self.flooded = true;
         // The next window starts where this one ends; what came over the budget in this one is
         // forgiven (the count restarts there), so the bound holds per window.
         self.window_start_ns = window_end;
@@ -142,10 +172,34 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_lasts_from_the_first_window_over_budget_to_the_first_window_within_it() {
+        let mut b = JunkBudget::new(0, 0);
+        assert!(!b.flooded());
+        let sleep = b.after_step(1_000, JUNK_PER_WINDOW).expect("over budget");
+        assert!(b.flooded(), "the first window over budget starts a flood");
+        // Woken, the next window runs over its budget again: still flooded.
+        let mut now = 1_000 + sleep.as_nanos() as u64;
+        let sleep = b
+            .after_step(now + 1, 2 * JUNK_PER_WINDOW)
+            .expect("over budget again");
+        assert!(b.flooded());
+        // Woken, the flood has stopped: what was left queued (fewer than a budget) is turned
+        // away within the window, and the window's end ends the flood.
+        now += 1 + sleep.as_nanos() as u64;
+        let junk = 2 * JUNK_PER_WINDOW + JUNK_PER_WINDOW / 5;
+        assert_eq!(b.after_step(now + 1_000, junk), None);
+        assert!(b.flooded(), "not before the window ends");
+        assert_eq!(b.after_step(now + WINDOW_NS, junk), None);
+        assert!(!b.flooded(), "a window within its budget ends the flood");
+        assert_eq!(b.throttled(), 2);
+    }
+
+    #[test]
     fn genuine_traffic_alone_never_sleeps() {
         let mut b = JunkBudget::new(0, 0);
         for i in 0..100_000u64 {
             assert_eq!(b.after_step(i * 1_000, 0), None);
+            assert!(!b.flooded());
         }
         assert_eq!(b.throttled(), 0);
     }
@@ -165,7 +219,10 @@ mod tests {
                 now += dt;
                 junk += n;
                 max_step = max_step.max(n);
-                if let Some(sleep) = b.after_step(now, junk) {
+                let slept = b.after_step(now, junk);
+                // Positive and negative space: a thread told to sleep is flooded.
+                prop_assert!(slept.is_none() || b.flooded());
+                if let Some(sleep) = slept {
                     prop_assert!(sleep.as_nanos() as u64 <= WINDOW_NS);
                     now += sleep.as_nanos() as u64;
                 }

@@ -29,6 +29,9 @@ pub struct ThreadMetrics {
     pub receives: AtomicU64,
     /// Windows in which this thread's junk budget ran out and it slept (`crate::junk`).
     pub junk_throttled: AtomicU64,
+    /// The thread's socket receive buffer as the kernel accounts it, bytes: the configured one,
+    /// or `junk::FLOOD_RECV_BUFFER`'s while a flood lasts.
+    pub recv_buffer_bytes: AtomicU64,
     /// 1 while the thread runs in the real-time class (`workers --thread-class`), else 0.
     pub realtime: AtomicU64,
     /// Times the thread left the real-time class for exceeding its CPU share
@@ -279,6 +282,21 @@ fn thread_families(out: &mut String, threads: &[ThreadMetrics]) {
         threads,
         |m| &m.junk_throttled,
     );
+    family(
+        out,
+        "udp_prefetch_thread_recv_buffer_bytes",
+        "gauge",
+        "A worker thread's socket receive buffer as the kernel accounts it: the configured \
+         --recv-buffer, cut while a flood of junk lasts so that what it leaves queued is gone \
+         soon after it stops.",
+    );
+    for (i, m) in threads.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "udp_prefetch_thread_recv_buffer_bytes{{thread=\"{i}\"}} {}",
+            m.recv_buffer_bytes.load(Ordering::Relaxed)
+        );
+    }
     family(
         out,
         "udp_prefetch_thread_realtime",

@@ -553,6 +553,12 @@ impl<'a> SlotPump<'a> {
         Ok(Step::Received(datagrams))
     }
 
+    /// The receive socket, for its options (`junk`: its buffer while a flood lasts).
+    pub fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.receiver.as_fd()
+    }
+
     /// Takes every slot back from the kernel and abandons the frames (none is published).
     pub fn shutdown(&mut self) -> io::Result<()> {
         if self.shut {

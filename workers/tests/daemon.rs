@@ -261,3 +261,101 @@ fn the_metrics_endpoint_answers_health_and_reports_the_cache_and_the_build() {
         .starts_with("HTTP/1.0 404"));
     d.stop().unwrap();
 }
+
+/// The value of the metric line that starts with `name` (labels included) in `metrics`.
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// Polls `/metrics` until `done` holds, for at most 30 s; returns the last scrape.
+fn scrape_until(addr: SocketAddr, what: &str, mut done: impl FnMut(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = workers::http::get(addr, "/metrics").unwrap();
+        if done(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {m}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_flood_of_junk_cuts_the_socket_buffer_so_that_little_is_left_queued_when_it_stops() {
+    use workers::datagram::DATAGRAM_LEN;
+    use workers::junk::FLOOD_RECV_BUFFER;
+    const BUFFER: &str = "udp_prefetch_thread_recv_buffer_bytes{thread=\"0\"}";
+    const JUNK: &str = "udp_prefetch_datagrams_dropped_total{reason=\"bad_magic\"}";
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("lfc"), localhost0());
+    cfg.metrics = Some(localhost0());
+    cfg.threads = 1;
+    // Room for thousands of datagrams: what a flood would leave queued without the cut.
+    cfg.recv_buffer_bytes = 32 << 20;
+    let d = start(cfg).unwrap();
+    let addr = d.started.metrics.unwrap();
+    // Set by the worker thread once it runs.
+    let configured = metric(
+        &scrape_until(addr, "a receive buffer", |m| metric(m, BUFFER) > 0),
+        BUFFER,
+    );
+    assert!(
+        configured > 4 * FLOOD_RECV_BUFFER as u64,
+        "the configured buffer ({configured}) is larger than a flooded one"
+    );
+
+    // Full-size datagrams that fail the first check, as fast as one thread sends them.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (stop, target) = (stop.clone(), d.started.listen);
+        std::thread::spawn(move || {
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let junk = vec![0x5au8; DATAGRAM_LEN];
+            while !stop.load(Ordering::Relaxed) {
+                let _ = tx.send_to(&junk, target);
+            }
+        })
+    };
+    scrape_until(addr, "throttled", |m| {
+        metric(
+            m,
+            "udp_prefetch_thread_junk_throttled_windows_total{thread=\"0\"}",
+        ) > 0
+    });
+    scrape_until(addr, "cut under the flood", |m| {
+        metric(m, BUFFER) <= 2 * FLOOD_RECV_BUFFER as u64
+    });
+    // The flood goes on for twenty windows: long enough to fill an uncut buffer.
+    std::thread::sleep(20 * Duration::from_nanos(workers::junk::WINDOW_NS));
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    let at_stop = metric(&workers::http::get(addr, "/metrics").unwrap(), JUNK);
+
+    // A window within the budget ends the flood: the configured buffer is back.
+    scrape_until(addr, "restored after the flood", |m| {
+        metric(m, BUFFER) == configured
+    });
+    // What was turned away after the flood stopped, once the thread has been idle for ten
+    // windows: what the cut buffer held, and what the thread's slots had taken in (8 slots of
+    // up to 8 frames). Uncut, the buffer held thousands, turned away at 500 a window.
+    let mut last = (at_stop, Instant::now());
+    let after = scrape_until(addr, "idle after the flood", |m| {
+        let junk = metric(m, JUNK);
+        if junk != last.0 {
+            last = (junk, Instant::now());
+        }
+        last.1.elapsed() >= Duration::from_millis(100)
+    });
+    let left = metric(&after, JUNK) - at_stop;
+    let bound = (2 * FLOOD_RECV_BUFFER / DATAGRAM_LEN) as u64 + 64;
+    assert!(
+        left <= bound,
+        "{left} junk datagrams left queued (at most {bound})"
+    );
+    d.stop().unwrap();
+}

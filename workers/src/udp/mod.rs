@@ -66,8 +66,8 @@ use backend::RecvBackend;
 
 pub use send::{GsoSender, MAX_IOV_PER_DATAGRAM, MAX_SEND_BATCH};
 pub use socket::{
-    attach_spread_by_block, bind_reuseport, bind_reuseport_group, recv_buffer_size, route_mtu,
-    set_dont_fragment, set_gro,
+    attach_spread_by_block, bind_reuseport, bind_reuseport_group, recv_buffer_size,
+    resize_recv_buffer, route_mtu, set_dont_fragment, set_gro,
 };
 pub use sys::{parse_control, ControlMessages};
 pub use uring::probe_uring;

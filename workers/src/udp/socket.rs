@@ -8,7 +8,7 @@
 use std::io;
 use std::mem;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
@@ -160,6 +160,16 @@ pub fn set_gro(socket: &UdpSocket, on: bool) -> io::Result<()> {
 /// The socket's effective receive buffer in bytes (`SO_RCVBUF` as the kernel reports it).
 pub fn recv_buffer_size(socket: &UdpSocket) -> io::Result<usize> {
     SockRef::from(socket).recv_buffer_size()
+}
+
+/// Sets the receive buffer of the socket behind `fd` as [`bind_reuseport`] does (`bytes` asked
+/// for, `SO_RCVBUFFORCE` where allowed), for a socket in use: what is queued stays, arrivals
+/// that do not fit are dropped. Returns the size the kernel took (it accounts twice the value
+/// asked for).
+pub fn resize_recv_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
+    let socket = SockRef::from(&fd);
+    set_recv_buffer(&socket, bytes)?;
+    socket.recv_buffer_size()
 }
 
 fn set_recv_buffer(socket: &Socket, bytes: usize) -> io::Result<()> {
