@@ -614,8 +614,9 @@ fn worker_loop(
             // While a flood lasts, the kernel drops what the thread would turn away later, and
             // the junk left queued when it stops is drained within a window (`junk`).
             cut = junk.flooded();
+            // Never more than the configured buffer (the system's default is smaller).
             let bytes = if cut {
-                FLOOD_RECV_BUFFER
+                FLOOD_RECV_BUFFER.min(configured / 2)
             } else {
                 configured / 2
             };

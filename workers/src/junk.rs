@@ -46,6 +46,7 @@ pub const JUNK_PER_WINDOW: u64 = 500;
 /// A flooded thread's socket buffer, bytes asked for (the kernel accounts twice that): room
 /// for about a hundred datagrams, fewer than one window's budget, so what a flood leaves queued
 /// is gone within a window of its end; and for a GSO train or two of genuine pages meanwhile.
+/// A thread whose configured buffer is smaller keeps it.
 pub const FLOOD_RECV_BUFFER: usize = 1 << 20;
 
 /// Whether a drop means the datagram was never genuine (or was corrupted on the way): failing
