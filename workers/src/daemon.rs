@@ -582,6 +582,10 @@ fn worker_loop(
         .recv_buffer_bytes
         .store(configured as u64, Ordering::Relaxed);
     let mut cut = false;
+    // The throttled-window count and time at the start of the flood last logged: a flood that
+    // comes and goes logs once a minute, not at each return.
+    let mut logged_flood: Option<(u64, u64)> = None;
+    let mut last_flood_log_ns: Option<u64> = None;
     let mut share = realtime.then(|| ShareBound::new(lfc::monotonic_ns(), thread_cpu_ns()));
     while !stop.load(Ordering::Relaxed) {
         if let Some(verdict) = share
@@ -620,11 +624,35 @@ fn worker_loop(
             } else {
                 configured / 2
             };
-            match resize_recv_buffer(pump.socket(), bytes) {
-                Ok(size) => metrics
-                    .recv_buffer_bytes
-                    .store(size as u64, Ordering::Relaxed),
-                Err(e) => tracing::warn!(error = %e, cut, "resizing a receive buffer failed"),
+            // As the kernel accounts it (twice `bytes`), as the metric shows it.
+            let recv_buffer_bytes = match resize_recv_buffer(pump.socket(), bytes) {
+                Ok(size) => size as u64,
+                Err(e) => {
+                    tracing::warn!(error = %e, cut, "resizing a receive buffer failed");
+                    metrics.recv_buffer_bytes.load(Ordering::Relaxed)
+                }
+            };
+            metrics
+                .recv_buffer_bytes
+                .store(recv_buffer_bytes, Ordering::Relaxed);
+            let now = lfc::monotonic_ns();
+            let throttled = metrics.junk_throttled.load(Ordering::Relaxed);
+            if cut && last_flood_log_ns.is_none_or(|t| now - t >= FLOOD_LOG_INTERVAL_NS) {
+                last_flood_log_ns = Some(now);
+                logged_flood = Some((throttled, now));
+                tracing::warn!(
+                    junk_per_window = crate::junk::JUNK_PER_WINDOW,
+                    recv_buffer_bytes,
+                    "a flood of junk datagrams: this worker thread turns away its budget a \
+                     window and cuts its socket's receive buffer until the flood stops"
+                );
+            } else if let (false, Some((at_start, since))) = (cut, logged_flood.take()) {
+                tracing::info!(
+                    throttled_windows = throttled.saturating_sub(at_start),
+                    lasted_ms = (now - since) / 1_000_000,
+                    recv_buffer_bytes,
+                    "the flood of junk datagrams is over; receive buffer restored"
+                );
             }
         }
         if let Some(pause) = pause {
@@ -638,6 +666,9 @@ fn worker_loop(
         source,
     })
 }
+
+/// Least time between two warnings of a worker thread about a flood of junk (`junk`).
+const FLOOD_LOG_INTERVAL_NS: u64 = 60_000_000_000;
 
 /// Frames one prefault step maps (64 MiB): small enough that a stop is honoured promptly.
 const PREFAULT_STEP_PAGES: u64 = 8192;
