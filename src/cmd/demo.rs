@@ -5,7 +5,9 @@
 //!
 //! Owns: its flags, the order of the runs and the table it prints. Makes no decision of a scan's or
 //! of the page server's: it starts `PageServer`s in-process and the daemon as a child
-//! (`daemon_proc`), reads pages only through `run_scan`, and uses nothing of `bench`.
+//! (`daemon_proc`), reads pages only through `run_scan`, and of `bench` uses only where the
+//! benches place a run (`bench::topology`, its LFC directory set up by `main`), so that its table
+//! and the benches' measure the same deployment.
 
 use super::daemon_proc::{DaemonProc, ScratchDir};
 use super::Outcome;
@@ -42,6 +44,11 @@ pub struct DemoArgs {
     /// Stripe size of the sharding, in 8 KiB pages.
     #[arg(long, default_value_t = crate::protocol::shard::DEFAULT_STRIPE_PAGES)]
     pub stripe_pages: u32,
+    /// Where the page servers run, as `bench --topology`: `split` puts them on the last half
+    /// of the CPUs and the scans and the worker daemon on the others, as two hosts would be;
+    /// `colocated` lets everything run everywhere.
+    #[arg(long, value_enum, default_value_t)]
+    pub topology: crate::bench::topology::Topology,
 }
 
 /// The page servers of one case, shard i of `args.shards` each, and the map a scan uses.
@@ -54,14 +61,18 @@ fn start_servers(
         .map_err(|e| super::BadInput(format!("--shards/--stripe-pages: {e}")))?;
     let servers = (0..layout.count())
         .map(|i| {
-            Ok(PageServer::start(ServerConfig {
+            let config = ServerConfig {
                 listen: "127.0.0.1:0".parse()?,
                 source: SourceSpec::Synthetic { rels: 2, pages },
                 service_delay_us: args.service_delay_us,
                 drop_prefetch: drop,
                 shard: ShardIdentity::new(i, layout)?,
                 ..ServerConfig::default()
-            })?)
+            };
+            // Where the run's topology puts the page server, as the benches do.
+            Ok(crate::bench::topology::on_server(|| {
+                PageServer::start(config)
+            })??)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let map = ShardMap::new(
@@ -103,10 +114,16 @@ fn demo(args: &DemoArgs, pages: u32, dir: &std::path::Path) -> anyhow::Result<Ou
         daemon.metrics
     );
     println!(
-        "LFC: {} ({} MiB, shared by the daemon and this process)",
+        "LFC: {} ({} MiB, shared by the daemon and this process; {} pages)",
         lfc_path.display(),
-        lfc_bytes >> 20
+        lfc_bytes >> 20,
+        if lfc.huge_pages().backed() {
+            "2 MiB"
+        } else {
+            "4 KiB"
+        }
     );
+    println!("{}", crate::bench::topology::describe());
     println!(
         "relations 1663/5/16384/0 and 1663/5/16385/0: {pages} pages ({} MiB) each; service delay {} us; TCP depth {}, UDP distance {}",
         args.size_mib, args.service_delay_us, args.depth, args.distance
