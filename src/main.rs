@@ -150,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Pageserver(args) => cmd::pageserver::run(args),
         Command::Getpage(args) => cmd::getpage::run(args),
         Command::Demo(args) => {
-            // Placed as the benches are (README, "What the demo shows"): as root the LFC on a
+            // Placed as the benches are (README, `udp-prefetch demo`): as root the LFC on a
             // private tmpfs with 2 MiB pages, and the page server on CPUs of its own.
             let _lfc_dir = bench::lfc_dir::setup(None)?;
             bench::topology::enter(args.topology)?;

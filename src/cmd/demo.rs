@@ -70,9 +70,7 @@ fn start_servers(
                 ..ServerConfig::default()
             };
             // Where the run's topology puts the page server, as the benches do.
-            Ok(crate::bench::topology::on_server(|| {
-                PageServer::start(config)
-            })??)
+            crate::bench::start_server(config)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let map = ShardMap::new(

@@ -38,9 +38,8 @@ pub enum ScanMode {
     TcpLfc,
 }
 
-/// Neon's pipeline depth (`neon.readahead_buffer_size`): GetPages in flight on a backend's
-/// connection, the TCP modes' default.
-pub const DEFAULT_TCP_DEPTH: u32 = 128;
+/// The TCP modes' default pipeline depth: Neon's, as the udp mode's TCP path has it.
+pub const DEFAULT_TCP_DEPTH: u32 = crate::compute::backend::read_path::NEON_TCP_DEPTH;
 /// The udp mode's default prefetch distance. Longer than TCP's depth because it costs LFC
 /// frames, not connection buffers, and because a datagram reaches a reader later than a TCP
 /// answer does (through the worker daemon, which on a busy compute CPU runs when the reader

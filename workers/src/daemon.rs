@@ -25,7 +25,6 @@ use crate::udp::{
     Receiver, UdpError, MAX_SLOT_DATAGRAMS,
 };
 use lfc::{AttachError, DaemonLockError, Lfc, PAGE_SIZE};
-use socket2::SockRef;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -572,12 +571,10 @@ fn worker_loop(
     let mut pump = SlotPump::new(lfc, receiver, frames_per_slot);
     let mut junk = JunkBudget::new(lfc::monotonic_ns(), metrics.junk());
     // The configured buffer, restored when a flood stops (the kernel takes twice what is asked).
-    let configured = SockRef::from(&pump.socket())
-        .recv_buffer_size()
-        .map_err(|source| DaemonError::Io {
-            context: "reading the receive buffer's size".into(),
-            source,
-        })?;
+    let configured = recv_buffer_size(&pump.socket()).map_err(|source| DaemonError::Io {
+        context: "reading the receive buffer's size".into(),
+        source,
+    })?;
     metrics
         .recv_buffer_bytes
         .store(configured as u64, Ordering::Relaxed);

@@ -92,6 +92,10 @@ pub struct ReadPathConfig {
     pub tcp_depth_adaptive: bool,
 }
 
+/// Neon's pipeline depth (`neon.readahead_buffer_size`): GetPages in flight on a backend's
+/// connection.
+pub const NEON_TCP_DEPTH: u32 = 128;
+
 impl Default for ReadPathConfig {
     fn default() -> Self {
         ReadPathConfig {
@@ -99,7 +103,7 @@ impl Default for ReadPathConfig {
             min_wait_us: 50,
             max_wait_us: 4_000,
             max_tracked: 8192,
-            tcp_depth: 128,
+            tcp_depth: NEON_TCP_DEPTH,
             tcp_depth_adaptive: true,
         }
     }

@@ -8,7 +8,7 @@
 use std::io;
 use std::mem;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
@@ -158,7 +158,7 @@ pub fn set_gro(socket: &UdpSocket, on: bool) -> io::Result<()> {
 }
 
 /// The socket's effective receive buffer in bytes (`SO_RCVBUF` as the kernel reports it).
-pub fn recv_buffer_size(socket: &UdpSocket) -> io::Result<usize> {
+pub fn recv_buffer_size(socket: &impl AsFd) -> io::Result<usize> {
     SockRef::from(socket).recv_buffer_size()
 }
 
