@@ -96,7 +96,7 @@ struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
-    /// Sequential scans: tcp-sync, tcp-pipelined and udp across delays, loss and CPU work.
+    /// Sequential scans: tcp-sync, tcp-pipelined, tcp-lfc and udp across delays, loss and CPU work.
     Scan(bench::scan::ScanBenchArgs),
     /// Worker daemon ingest rate (io_uring, epoll; 1 and 2 threads) against a raw ceiling.
     Ingest(bench::ingest::IngestBenchArgs),
@@ -121,7 +121,7 @@ enum BenchCommand {
     /// A udp scan beside a flood of forged datagrams at the daemon, against the same flood at a
     /// closed port; the daemon's CPU per forged and per valid datagram.
     Flood(bench::flood::FloodBenchArgs),
-    /// One compute over 1, 2 and 4 page-server shards: udp against tcp-pipelined scans and
+    /// One compute over 1, 2, 4 and 8 page-server shards: udp against tcp-pipelined scans and
     /// prewarms, and the daemon's per-thread spread.
     Shards(bench::shards::ShardsBenchArgs),
     /// Every scenario in one run, with modest settings (`--full` for each one's defaults).

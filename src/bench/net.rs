@@ -42,8 +42,8 @@ pub struct NetBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "0,1,5,20")]
     pub losses: Vec<u8>,
     /// Repetitions per point (each a baseline and a udp scan on a fresh LFC and daemon); the
-    /// record is the one with the median ratio, and `ratios` lists them all. Five, as `bench
-    /// degrade`: over veth the baseline alone moves by a third between runs.
+    /// record is the one with the median ratio, and `ratios` lists them all. Five: over veth the
+    /// baseline alone moves by a third between runs.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=99))]
     pub repeat: u32,
 }

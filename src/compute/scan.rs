@@ -32,7 +32,7 @@ pub enum ScanMode {
     TcpPipelined,
     /// UDP prefetch `distance` blocks ahead into the LFC; reads through the LFC read path.
     Udp,
-    /// Neon's compute with its LFC: the LFC looked up before each read, up to `depth` GetPages
+    /// Neon's compute with its LFC: the LFC looked up before each read, up to `distance` GetPages
     /// in flight, every page received stored in the LFC. The udp mode's read path with UDP
     /// switched off, so `udp` against `tcp-lfc` isolates what UDP prefetch adds.
     TcpLfc,
