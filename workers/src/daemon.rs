@@ -570,19 +570,7 @@ fn worker_loop(
     use crate::sched::{thread_cpu_ns, ShareBound, ShareVerdict, ThreadClass};
     let mut pump = SlotPump::new(lfc, receiver, frames_per_slot);
     let mut junk = JunkBudget::new(lfc::monotonic_ns(), metrics.junk());
-    // The configured buffer, restored when a flood stops (the kernel takes twice what is asked).
-    let configured = recv_buffer_size(&pump.socket()).map_err(|source| DaemonError::Io {
-        context: "reading the receive buffer's size".into(),
-        source,
-    })?;
-    metrics
-        .recv_buffer_bytes
-        .store(configured as u64, Ordering::Relaxed);
-    let mut cut = false;
-    // The throttled-window count and time at the start of the flood last logged: a flood that
-    // comes and goes logs once a minute, not at each return.
-    let mut logged_flood: Option<(u64, u64)> = None;
-    let mut last_flood_log_ns: Option<u64> = None;
+    let mut flood = FloodBuffer::new(&pump, metrics)?;
     let mut share = realtime.then(|| ShareBound::new(lfc::monotonic_ns(), thread_cpu_ns()));
     while !stop.load(Ordering::Relaxed) {
         if let Some(verdict) = share
@@ -611,47 +599,7 @@ fn worker_loop(
             std::thread::sleep(NO_SLOT_BACKOFF);
         }
         let pause = junk.after_step(lfc::monotonic_ns(), metrics.junk());
-        if junk.flooded() != cut {
-            // While a flood lasts, the kernel drops what the thread would turn away later, and
-            // the junk left queued when it stops is drained within a window (`junk`).
-            cut = junk.flooded();
-            // Never more than the configured buffer (the system's default is smaller).
-            let bytes = if cut {
-                FLOOD_RECV_BUFFER.min(configured / 2)
-            } else {
-                configured / 2
-            };
-            // As the kernel accounts it (twice `bytes`), as the metric shows it.
-            let recv_buffer_bytes = match resize_recv_buffer(pump.socket(), bytes) {
-                Ok(size) => size as u64,
-                Err(e) => {
-                    tracing::warn!(error = %e, cut, "resizing a receive buffer failed");
-                    metrics.recv_buffer_bytes.load(Ordering::Relaxed)
-                }
-            };
-            metrics
-                .recv_buffer_bytes
-                .store(recv_buffer_bytes, Ordering::Relaxed);
-            let now = lfc::monotonic_ns();
-            let throttled = metrics.junk_throttled.load(Ordering::Relaxed);
-            if cut && last_flood_log_ns.is_none_or(|t| now - t >= FLOOD_LOG_INTERVAL_NS) {
-                last_flood_log_ns = Some(now);
-                logged_flood = Some((throttled, now));
-                tracing::warn!(
-                    junk_per_window = crate::junk::JUNK_PER_WINDOW,
-                    recv_buffer_bytes,
-                    "a flood of junk datagrams: this worker thread turns away its budget a \
-                     window and cuts its socket's receive buffer until the flood stops"
-                );
-            } else if let (false, Some((at_start, since))) = (cut, logged_flood.take()) {
-                tracing::info!(
-                    throttled_windows = throttled.saturating_sub(at_start),
-                    lasted_ms = (now - since) / 1_000_000,
-                    recv_buffer_bytes,
-                    "the flood of junk datagrams is over; receive buffer restored"
-                );
-            }
-        }
+        flood.follow(junk.flooded(), &pump, metrics);
         if let Some(pause) = pause {
             // A flood of junk: what it drowns is lost either way, and the CPU is the backends'.
             metrics.junk_throttled.fetch_add(1, Ordering::Relaxed);
@@ -666,6 +614,88 @@ fn worker_loop(
 
 /// Least time between two warnings of a worker thread about a flood of junk (`junk`).
 const FLOOD_LOG_INTERVAL_NS: u64 = 60_000_000_000;
+
+/// A worker thread's socket buffer through floods of junk (`junk`): cut to
+/// [`FLOOD_RECV_BUFFER`] while [`JunkBudget::flooded`] says a flood lasts, so that the kernel
+/// drops what the thread would turn away later and the junk left queued when it stops is drained
+/// within a window; restored after. Logs a flood's start (once a minute at most) and its end.
+struct FloodBuffer {
+    /// The configured buffer as the kernel accounts it (twice what was asked), restored when a
+    /// flood stops.
+    configured: usize,
+    /// Whether the buffer is cut now.
+    cut: bool,
+    /// The throttled-window count and time at the start of the flood last logged: a flood that
+    /// comes and goes logs once a minute, not at each return.
+    logged: Option<(u64, u64)>,
+    last_log_ns: Option<u64>,
+}
+
+impl FloodBuffer {
+    fn new(pump: &SlotPump<'_>, metrics: &ThreadMetrics) -> Result<Self, DaemonError> {
+        let configured = recv_buffer_size(&pump.socket()).map_err(|source| DaemonError::Io {
+            context: "reading the receive buffer's size".into(),
+            source,
+        })?;
+        metrics
+            .recv_buffer_bytes
+            .store(configured as u64, Ordering::Relaxed);
+        Ok(FloodBuffer {
+            configured,
+            cut: false,
+            logged: None,
+            last_log_ns: None,
+        })
+    }
+
+    /// After a receive step: resizes the buffer when `flooded` changed since the last call.
+    fn follow(&mut self, flooded: bool, pump: &SlotPump<'_>, metrics: &ThreadMetrics) {
+        if flooded == self.cut {
+            return;
+        }
+        self.cut = flooded;
+        // Never more than the configured buffer (the system's default is smaller).
+        let bytes = if self.cut {
+            FLOOD_RECV_BUFFER.min(self.configured / 2)
+        } else {
+            self.configured / 2
+        };
+        // As the kernel accounts it (twice `bytes`), as the metric shows it.
+        let recv_buffer_bytes = match resize_recv_buffer(pump.socket(), bytes) {
+            Ok(size) => size as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, cut = self.cut, "resizing a receive buffer failed");
+                metrics.recv_buffer_bytes.load(Ordering::Relaxed)
+            }
+        };
+        metrics
+            .recv_buffer_bytes
+            .store(recv_buffer_bytes, Ordering::Relaxed);
+        let now = lfc::monotonic_ns();
+        let throttled = metrics.junk_throttled.load(Ordering::Relaxed);
+        if self.cut
+            && self
+                .last_log_ns
+                .is_none_or(|t| now - t >= FLOOD_LOG_INTERVAL_NS)
+        {
+            self.last_log_ns = Some(now);
+            self.logged = Some((throttled, now));
+            tracing::warn!(
+                junk_per_window = crate::junk::JUNK_PER_WINDOW,
+                recv_buffer_bytes,
+                "a flood of junk datagrams: this worker thread turns away its budget a \
+                 window and cuts its socket's receive buffer until the flood stops"
+            );
+        } else if let (false, Some((at_start, since))) = (self.cut, self.logged.take()) {
+            tracing::info!(
+                throttled_windows = throttled.saturating_sub(at_start),
+                lasted_ms = (now - since) / 1_000_000,
+                recv_buffer_bytes,
+                "the flood of junk datagrams is over; receive buffer restored"
+            );
+        }
+    }
+}
 
 /// Frames one prefault step maps (64 MiB): small enough that a stop is honoured promptly.
 const PREFAULT_STEP_PAGES: u64 = 8192;
