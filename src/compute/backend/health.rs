@@ -135,6 +135,17 @@ const SLOW_WINDOW_NS: u64 = 5_000_000;
 /// in its steady state; in the simulator a workload of a few hundred slow reads never left a
 /// UDP path slower than TCP pipelining, counted in reads alone.
 const TRANSIENT_MAX_NS: u64 = 5_000_000;
+/// ... and while UDP's window grows (from `read_path::INITIAL_WINDOW` to the distance wanted,
+/// or back after a cut), its transient runs on, `transient_reads` reads past its latest
+/// growth, for at most this long from the path's first read: the pages read until then were
+/// requested by a shorter window, and it is the path's start, not its pace. At a 200 µs
+/// service delay a scan's window took 8–13 ms to grow from 32 pages to 512, its reads 4–12 µs
+/// each against 2.3–3.9 µs after; counted in UDP's pace, the first calibration compared that
+/// with TCP pipelining's steady pace and left UDP in 6 of 12 standalone scans (0.04–0.70 of
+/// their pages by UDP, 189–237k pages/s, against 230–247k for those that stayed; 2 of 12
+/// with this rule). Bounded, so that a window growing slowly on slow reads does not keep the
+/// pace unjudged.
+const TRANSIENT_GROWING_MAX_NS: u64 = 20_000_000;
 /// Measured windows of UDP reads a pace verdict (`SLOWER_THAN_TCP_TO_DEGRADE`) or a
 /// calibration needs, judged on their smoothed pace (`Pace::smoothed`), not on one window: a
 /// window is 2 ms, and a healthy scan's UDP windows ranged over 1.0–3.7 µs a read (a daemon
@@ -264,6 +275,11 @@ pub struct UdpHealth {
     /// starts a calibration before this many reads on UDP, and a calibration measures TCP
     /// only after this many reads on TCP.
     transient_reads: u64,
+    /// Reads on UDP when its window last grew (`set_transient_reads`), 0 before it did.
+    transient_grown_at: u64,
+    /// UDP's transient was running at its latest read: when it ends, the pace measured so far
+    /// is forgotten (`Pace::forget_measured`).
+    udp_transient_running: bool,
     /// Consecutive windows on UDP over `SLOWER_THAN_TCP_TO_DEGRADE` × TCP's pace, each on its
     /// own and smoothed (`SLOW_WINDOWS_TO_DEGRADE`).
     slow_windows: u32,
@@ -428,6 +444,14 @@ impl Pace {
         })
     }
 
+    /// Forgets the measured pace, the open window included: the transient it held has just
+    /// ended (`UdpHealth::in_transient`), so that window decides nothing, as a path's first
+    /// does, and the ones after it are the pace.
+    fn forget_measured(&mut self) {
+        self.windows = 0;
+        self.smoothed = None;
+    }
+
     /// Starts a window afresh, the next one to close being measured (its mean is reported):
     /// what came before was a transient.
     fn restart_measured(&mut self) {
@@ -484,6 +508,8 @@ impl UdpHealth {
             pace_stay_ns: PACE_STAY_MIN_NS,
             slow_windows: 0,
             transient_reads: 0,
+            transient_grown_at: 0,
+            udp_transient_running: true,
         }
     }
 
@@ -543,6 +569,8 @@ impl UdpHealth {
         self.reads_on_path = 0;
         self.path_since_ns = now_ns;
         self.first_read_ns = None;
+        self.transient_grown_at = 0;
+        self.udp_transient_running = true;
         self.pace[to as usize].restart();
         self.note(now_ns, reason);
     }
@@ -950,6 +978,16 @@ impl UdpHealth {
                 self.pace[PrefetchPath::TcpPipelined as usize].restart_measured();
             }
         }
+        if self.path == PrefetchPath::Udp {
+            // UDP's pace is its reads after its transient, as TCP's in a calibration is: its
+            // windows so far measured its start (the first prefetches a round trip away, a
+            // window still growing), slower than the path's steady state.
+            let running = self.in_transient(now_ns);
+            if self.udp_transient_running && !running {
+                self.pace[PrefetchPath::Udp as usize].forget_measured();
+            }
+            self.udp_transient_running = running;
+        }
         let Some(window) = self.pace[self.path as usize].add(read) else {
             return false;
         };
@@ -1022,13 +1060,23 @@ impl UdpHealth {
     /// read "on TCP" against 20–50 µs on UDP, and healthy paths that ran at 1.3–2.4× TCP
     /// pipelining when kept on UDP went to TCP for good.
     pub fn set_transient_reads(&mut self, reads: u64) {
+        if reads > self.transient_reads && self.path == PrefetchPath::Udp && self.reads_on_path > 0
+        {
+            self.transient_grown_at = self.reads_on_path;
+        }
         self.transient_reads = reads;
     }
 
-    /// Whether the path in use is still in its transient (`set_transient_reads`), which lasts
-    /// at most `TRANSIENT_MAX_NS` from the path's first read.
+    /// Whether the path in use is still in its transient (`set_transient_reads`): its first
+    /// `transient_reads` reads, for at most `TRANSIENT_MAX_NS` from its first read, or as many
+    /// past the latest growth of its window, for at most `TRANSIENT_GROWING_MAX_NS`.
     fn in_transient(&self, now_ns: u64) -> bool {
-        self.reads_on_path < self.transient_reads && self.reading_ns(now_ns) < TRANSIENT_MAX_NS
+        let reading_ns = self.reading_ns(now_ns);
+        let start = self.reads_on_path < self.transient_reads && reading_ns < TRANSIENT_MAX_NS;
+        let growing = self.transient_grown_at > 0
+            && self.reads_on_path < self.transient_grown_at + self.transient_reads
+            && reading_ns < TRANSIENT_GROWING_MAX_NS;
+        start || growing
     }
 
     /// How long the path has been read at `now_ns`: since its first read ended.
@@ -1856,10 +1904,10 @@ mod tests {
         h.on_daemon(DaemonView::Alive, false, 0);
         h.set_transient_reads(1000);
         let mut now = 0;
-        // UDP at 10 µs a read, 70 % blocked: windows of 200 reads (2 ms). The second and the
-        // third are measured, the second within the transient, which ends by time at 5 ms
-        // (`TRANSIENT_MAX_NS`); the fifth is the fourth measured (`PACE_MIN_WINDOWS`).
-        assert_eq!(reads(&mut h, 999, 10 * US, 7 * US, &mut now), 0);
+        // UDP at 10 µs a read, 70 % blocked: windows of 200 reads (2 ms). The transient ends
+        // by time at 5 ms (`TRANSIENT_MAX_NS`), in the third window, which measures nothing;
+        // the seventh is the fourth measured (`PACE_MIN_WINDOWS`).
+        assert_eq!(reads(&mut h, 1399, 10 * US, 7 * US, &mut now), 0);
         assert_eq!(h.path(), PrefetchPath::Udp);
         assert_eq!(reads(&mut h, 1, 10 * US, 7 * US, &mut now), 1);
         assert_eq!(h.path(), PrefetchPath::TcpPipelined);
@@ -1959,17 +2007,51 @@ mod tests {
         );
     }
 
+    /// A UDP window growing from its start is the path's start, not its pace: a calibration
+    /// compares UDP's reads after it with TCP's.
+    #[test]
+    fn a_calibration_measures_udp_after_its_window_stopped_growing() {
+        let mut h = on_udp();
+        h.on_daemon(DaemonView::Alive, false, 0);
+        let mut now = 0;
+        // The window grows by a page every other read for 8 ms, reads of 10 µs blocked for 7
+        // (the reader catching up with its prefetches) ...
+        for i in 0..800 {
+            h.set_transient_reads(100 + i / 2);
+            assert_eq!(
+                reads(&mut h, 1, 10 * US, 7 * US, &mut now),
+                0,
+                "{:?}",
+                h.log()
+            );
+        }
+        // ... then holds at 500 pages: 5 µs a read, 3 of them blocked, which calibrates.
+        let n = until_moved(&mut h, 5 * US, 3 * US, &mut now);
+        assert!(
+            n > 500,
+            "calibrated {n} reads after the growth: {:?}",
+            h.log()
+        );
+        assert!(h.log()[1].reason.contains("measuring TCP"), "{:?}", h.log());
+        // TCP pipelining's pace, 4 µs of a read's own: UDP's 3 are faster, back to UDP. Had
+        // the growth counted in UDP's pace, TCP would have won.
+        reads(&mut h, 1500, 6 * US, 4 * US, &mut now);
+        assert_eq!(h.path(), PrefetchPath::Udp, "{:?}", h.log());
+        let last = &h.log().last().unwrap().reason;
+        assert!(last.contains("3.0 µs each on UDP, 4.0 µs"), "{last}");
+    }
+
     #[test]
     fn a_paths_transient_runs_from_its_first_read_not_from_the_move() {
         // Created half a second before its first read. Then as in
         // `a_calibration_measures_neither_path_in_its_transient`: windows of 200 reads, the
-        // transient 500 reads (5 ms) from the first read, so the fifth window calibrates.
+        // transient 500 reads (5 ms) from the first read, so the seventh window calibrates.
         let mut h = on_udp();
         h.on_daemon(DaemonView::Alive, false, 0);
         h.set_transient_reads(1000);
         let mut now = 500 * MS;
         assert_eq!(
-            reads(&mut h, 999, 10 * US, 7 * US, &mut now),
+            reads(&mut h, 1399, 10 * US, 7 * US, &mut now),
             0,
             "{:?}",
             h.log()
