@@ -89,11 +89,13 @@ fn offer(
     now: u64,
     metrics: &ThreadMetrics,
 ) -> Outcome {
-    if in_place {
+    let outcome = if in_place {
         ingest.offer_in_place(d, now, metrics)
     } else {
         ingest.offer(d, now, metrics)
-    }
+    };
+    ingest.announce_arrivals();
+    outcome
 }
 
 fuzz_target!(|data: &[u8]| {

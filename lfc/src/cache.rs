@@ -38,7 +38,7 @@
 //!    a colliding tag raises it too, so it answers for a tag only while the tag is uncached and
 //!    is never copied into a frame that replaces a cached copy (`tag_lwlsn_locked`).
 
-use crate::arrival::{futex_wait, Channel};
+use crate::arrival::{futex_wait, ArrivalBatch, Channel};
 use crate::attach::{self, Attached, Secrets};
 use crate::bucket::{encode_entry, entry_fingerprint, entry_frame, Bucket, EMPTY, LOCK_WAIT_LIMIT};
 use crate::error::{AttachError, OpError};
@@ -403,7 +403,12 @@ impl Lfc {
     }
 
     fn channel(&self, h: TagHash) -> &Channel {
-        self.shared((ARRIVAL_OFFSET + h.arrival_channel(ARRIVAL_CHANNELS) * 8) as u64)
+        self.channel_at(h.arrival_channel(ARRIVAL_CHANNELS))
+    }
+
+    fn channel_at(&self, ch: usize) -> &Channel {
+        debug_assert!(ch < ARRIVAL_CHANNELS);
+        self.shared((ARRIVAL_OFFSET + ch * 8) as u64)
     }
 
     fn hand(&self) -> &AtomicU64 {
@@ -1479,6 +1484,19 @@ impl Lfc {
         h: TagHash,
         not_modified_since: u64,
     ) -> InstallOutcome {
+        self.publish_frame_held(frame, tag, h, not_modified_since, None)
+    }
+
+    /// `publish_frame`, its arrival notification held in `held` when given (`announce` makes
+    /// it).
+    fn publish_frame_held(
+        &self,
+        frame: u32,
+        tag: &BufferTag,
+        h: TagHash,
+        not_modified_since: u64,
+        held: Option<&mut ArrivalBatch>,
+    ) -> InstallOutcome {
         let g = match self.lock_bucket(h) {
             Ok(g) => g,
             Err(_) => return InstallOutcome::Busy,
@@ -1501,8 +1519,19 @@ impl Lfc {
         // After the page is visible: whoever then finds no mark and no page knows it came and
         // went (see `mark_requested`).
         requested::clear(self.requested_line(h), h.requested_key());
-        self.channel(h).notify();
+        let ch = h.arrival_channel(ARRIVAL_CHANNELS);
+        if !held.is_some_and(|b| b.hold(ch)) {
+            self.channel_at(ch).notify();
+        }
         InstallOutcome::Installed
+    }
+
+    /// Makes the arrival notifications `batch` held back (`Reservation::try_publish_held`):
+    /// the waiters of those pages wake now.
+    pub fn announce(&self, batch: &mut ArrivalBatch) {
+        for ch in batch.take() {
+            self.channel_at(ch).notify();
+        }
     }
 
     /// Maps the page frames `frames` into this process's page tables now
@@ -1834,15 +1863,32 @@ impl<'a> Reservation<'a> {
     /// stale, no room in the bucket window, bucket busy) the reservation comes back still
     /// reserved, so a receiver can post it again instead of claiming, and so possibly evicting,
     /// another frame for every datagram it turns away.
-    pub fn try_publish(
+    pub fn try_publish(self, tag: &BufferTag, not_modified_since: u64) -> Result<(), Rejected<'a>> {
+        self.publish_or_return(tag, not_modified_since, None)
+    }
+
+    /// `try_publish`, with the page's arrival notification held in `batch` until
+    /// [`Lfc::announce`]: for a receiver installing a batch of pages, so that the waiter of
+    /// its first one does not wake before the rest are there.
+    pub fn try_publish_held(
+        self,
+        tag: &BufferTag,
+        not_modified_since: u64,
+        batch: &mut ArrivalBatch,
+    ) -> Result<(), Rejected<'a>> {
+        self.publish_or_return(tag, not_modified_since, Some(batch))
+    }
+
+    fn publish_or_return(
         mut self,
         tag: &BufferTag,
         not_modified_since: u64,
+        held: Option<&mut ArrivalBatch>,
     ) -> Result<(), Rejected<'a>> {
         let h = self.lfc.hash(tag);
         match self
             .lfc
-            .publish_frame(self.frame, tag, h, not_modified_since)
+            .publish_frame_held(self.frame, tag, h, not_modified_since, held)
         {
             InstallOutcome::Installed => {
                 self.done = true;

@@ -86,6 +86,7 @@ mod senders;
 mod stats;
 mod tag;
 
+pub use arrival::ArrivalBatch;
 pub use attach::{getrandom, Secrets};
 pub use binding::{BindOutcome, Binding};
 pub use cache::{

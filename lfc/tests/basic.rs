@@ -4,8 +4,8 @@ mod common;
 
 use common::{check_page, make_page, new_cache, tag};
 use lfc::{
-    AttachError, InstallOutcome, Lfc, WriteOutcome, CLOCK_SETTLE_USAGE, CLOCK_SWEEP_LIMIT,
-    PAGE_SIZE,
+    ArrivalBatch, AttachError, InstallOutcome, Lfc, WriteOutcome, CLOCK_SETTLE_USAGE,
+    CLOCK_SWEEP_LIMIT, PAGE_SIZE,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -486,6 +486,36 @@ fn wait_for_arrival_times_out_and_is_woken_by_an_install() {
     assert_eq!(installer.join().unwrap(), InstallOutcome::Installed);
     let s = lfc.stats();
     assert_eq!((s.wait_arrivals, s.wait_timeouts), (1, 1));
+}
+
+#[test]
+fn a_held_arrival_wakes_its_waiter_when_the_batch_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let lfc = Arc::new(Lfc::create(dir.path().join("lfc"), 16).unwrap());
+    let t = tag(9, 1);
+    let waiter = {
+        let lfc = Arc::clone(&lfc);
+        std::thread::spawn(move || lfc.wait_for_arrival(&t, Duration::from_secs(10)))
+    };
+    while lfc.arrival_waiters(&t) == 0 {
+        std::thread::yield_now();
+    }
+    let mut batch = ArrivalBatch::default();
+    let mut slot = lfc.reserve().unwrap();
+    slot.fill_from(&make_page(&t, 0));
+    assert!(slot.try_publish_held(&t, 0, &mut batch).is_ok());
+    // Visible at once; its waiter is told with the rest of the batch.
+    assert!(lfc.contains(&t));
+    assert!(!batch.is_empty());
+    let started = std::time::Instant::now();
+    lfc.announce(&mut batch);
+    assert!(batch.is_empty());
+    assert!(waiter.join().unwrap());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken, not timed out"
+    );
+    assert_eq!(lfc.stats().wait_arrivals, 1);
 }
 
 #[test]

@@ -19,7 +19,7 @@ use crate::datagram::{
     DatagramHeader, DatagramKey, DropReason, Opened, Opener, HEADER_LEN, TAG_LEN,
 };
 use crate::metrics::ThreadMetrics;
-use lfc::{InstallOutcome, Lfc, Reservation, PAGE_SIZE};
+use lfc::{ArrivalBatch, InstallOutcome, Lfc, Reservation, PAGE_SIZE};
 use reassembly::{Added, Assembly};
 
 /// The verdict on one datagram: installed, or dropped for exactly one reason.
@@ -68,13 +68,16 @@ pub struct Received {
 }
 
 /// Validates and installs datagrams into one LFC under one key. One per worker thread: it
-/// keeps the thread's stream keys (`Opener`), its pages being joined from fragments and a page
-/// buffer for the copy path.
+/// keeps the thread's stream keys (`Opener`), its pages being joined from fragments, a page
+/// buffer for the copy path, and the arrival notifications of the pages it installed, which
+/// wait for [`announce_arrivals`](Self::announce_arrivals): the caller makes them once per
+/// receive batch, after its last install.
 pub struct Ingest<'a> {
     lfc: &'a Lfc,
     opener: Opener,
     assembly: Assembly<'a>,
     scratch: Box<[u8; PAGE_SIZE]>,
+    arrivals: ArrivalBatch,
 }
 
 impl<'a> Ingest<'a> {
@@ -84,7 +87,13 @@ impl<'a> Ingest<'a> {
             assembly: Assembly::new(lfc.capacity_pages()),
             lfc,
             scratch: Box::new([0u8; PAGE_SIZE]),
+            arrivals: ArrivalBatch::default(),
         }
+    }
+
+    /// Wakes the readers waiting for the pages installed since the last call (`Lfc::announce`).
+    pub fn announce_arrivals(&mut self) {
+        self.lfc.announce(&mut self.arrivals);
     }
 
     pub fn key(&self) -> &DatagramKey {
@@ -144,7 +153,11 @@ impl<'a> Ingest<'a> {
         });
         match opened {
             Ok(o) if o.piece.count == 1 => {
-                let (verdict, back) = match slot.try_publish(&o.hdr.tag, o.hdr.not_modified_since) {
+                let (verdict, back) = match slot.try_publish_held(
+                    &o.hdr.tag,
+                    o.hdr.not_modified_since,
+                    &mut self.arrivals,
+                ) {
                     Ok(()) => (Ok(o.hdr), None),
                     Err(rejected) => (
                         install_verdict(o.hdr, rejected.outcome),
@@ -155,9 +168,10 @@ impl<'a> Ingest<'a> {
                 (Outcome::Done(verdict), back)
             }
             Ok(o) => {
-                let (assembly, lfc) = (&mut self.assembly, self.lfc);
-                let outcome =
-                    slot.with_page_mut(|page| join(assembly, lfc, &o, page, now_wall_ns, metrics));
+                let (assembly, lfc, arrivals) = (&mut self.assembly, self.lfc, &mut self.arrivals);
+                let outcome = slot.with_page_mut(|page| {
+                    join(assembly, lfc, arrivals, &o, page, now_wall_ns, metrics)
+                });
                 (outcome, Some(slot))
             }
             Err(reason) => {
@@ -186,9 +200,9 @@ impl<'a> Ingest<'a> {
         metrics: &ThreadMetrics,
     ) -> Outcome {
         let opened = self.opener.open_in_place(bytes);
-        let (assembly, lfc) = (&mut self.assembly, self.lfc);
+        let (assembly, lfc, arrivals) = (&mut self.assembly, self.lfc, &mut self.arrivals);
         let piece = bytes.get(HEADER_LEN..).unwrap_or_default();
-        install_copy(assembly, lfc, opened, piece, now_wall_ns, metrics)
+        install_copy(assembly, lfc, arrivals, opened, piece, now_wall_ns, metrics)
     }
 
     /// [`offer`](Self::offer) for a datagram of `len` bytes that is not in one buffer (a
@@ -220,10 +234,11 @@ impl<'a> Ingest<'a> {
         now_wall_ns: u64,
         metrics: &ThreadMetrics,
     ) -> Outcome {
-        let (assembly, lfc) = (&mut self.assembly, self.lfc);
+        let (assembly, lfc, arrivals) = (&mut self.assembly, self.lfc, &mut self.arrivals);
         install_copy(
             assembly,
             lfc,
+            arrivals,
             opened,
             &self.scratch[..],
             now_wall_ns,
@@ -233,10 +248,11 @@ impl<'a> Ingest<'a> {
 }
 
 /// The copy paths' verdict on an opened datagram whose piece is at the front of `piece`: a
-/// whole page (`piece` then holds it) installed by copy, a fragment joined.
+/// whole page (`piece` then holds it) installed by copy (announced at once), a fragment joined.
 fn install_copy<'a>(
     assembly: &mut Assembly<'a>,
     lfc: &'a Lfc,
+    arrivals: &mut ArrivalBatch,
     opened: Result<Opened, DropReason>,
     piece: &[u8],
     now_wall_ns: u64,
@@ -252,7 +268,7 @@ fn install_copy<'a>(
             metrics.record(&verdict, now_wall_ns);
             Outcome::Done(verdict)
         }
-        Ok(o) => join(assembly, lfc, &o, piece, now_wall_ns, metrics),
+        Ok(o) => join(assembly, lfc, arrivals, &o, piece, now_wall_ns, metrics),
         Err(reason) => {
             let verdict = Err(reason);
             metrics.record(&verdict, now_wall_ns);
@@ -266,6 +282,7 @@ fn install_copy<'a>(
 fn join<'a>(
     assembly: &mut Assembly<'a>,
     lfc: &'a Lfc,
+    arrivals: &mut ArrivalBatch,
     opened: &Opened,
     piece: &[u8],
     now_wall_ns: u64,
@@ -282,7 +299,7 @@ fn join<'a>(
             if rebuilt {
                 metrics.record_rebuilt();
             }
-            match frame.try_publish(&hdr.tag, hdr.not_modified_since) {
+            match frame.try_publish_held(&hdr.tag, hdr.not_modified_since, arrivals) {
                 Ok(()) => Ok(hdr),
                 Err(rejected) => {
                     assembly.keep_frame(rejected.slot);
@@ -298,6 +315,8 @@ fn join<'a>(
 
 impl Drop for Ingest<'_> {
     fn drop(&mut self) {
+        // Pages it published are visible: their waiters are told, whatever the caller forgot.
+        self.announce_arrivals();
         self.assembly.abandon_all();
     }
 }

@@ -221,7 +221,7 @@ impl<'a> SlotBook<'a> {
     /// in order. Returns how many datagrams it held (0 for a failed receive, whose frames are
     /// kept for the next post). A datagram of a train that the kernel cut off for want of room
     /// is dropped as [`DropReason::TooLong`] (counted, never opened).
-    /// Its senders' counts wait for [`flush_senders`](Self::flush_senders).
+    /// The arrivals of its pages and its senders' counts wait for [`end_batch`](Self::end_batch).
     pub fn complete(
         &mut self,
         c: &Completion,
@@ -328,9 +328,11 @@ impl<'a> SlotBook<'a> {
         );
     }
 
-    /// Adds the datagrams counted per sender since the last call to the LFC's sender table.
-    /// Call it after each batch of completions.
-    pub fn flush_senders(&mut self) {
+    /// Ends a batch of completions: wakes the readers waiting for the pages it installed (held
+    /// until now, `Ingest::announce_arrivals`) and adds the datagrams counted per sender to the
+    /// LFC's sender table. Call it after each batch.
+    pub fn end_batch(&mut self) {
+        self.ingest.announce_arrivals();
         self.senders.flush(self.lfc);
     }
 
@@ -541,7 +543,7 @@ impl<'a> SlotPump<'a> {
         for c in &self.completions[..n] {
             datagrams += self.book.complete(c, now_wall_ns, metrics, |_| {});
         }
-        self.book.flush_senders();
+        self.book.end_batch();
         // Woken by the timeout too: an idle worker gives back the frames it held for joining.
         // Not after a batch that filled every slot: more may be queued, the missing pieces of
         // the pages in the table among them, and a worker that was off its CPU would give
@@ -672,7 +674,7 @@ mod tests {
         // Counted by sender once the batch is flushed; the forged one not at all (its source
         // is anyone's to choose).
         assert_eq!(lfc.sender_counts().installed(), 0, "not before the flush");
-        book.flush_senders();
+        book.end_batch();
         let c = lfc.sender_counts();
         assert_eq!(
             c.senders,

@@ -215,6 +215,8 @@ impl World<'_> {
             let outcome = self
                 .ingest
                 .offer(&packet.bytes, now, &self.workers[w].metrics);
+            // A receive batch here is one datagram: its page's waiters are told now.
+            self.ingest.announce_arrivals();
             // Counted per sender as the daemon's receive batches are (`SlotBook`), under a
             // stand-in source address: backends read the total (`Lfc::datagrams_installed`).
             if matches!(outcome, Outcome::Done(Ok(_))) {
@@ -330,9 +332,9 @@ impl World<'_> {
             .complete(&completion, now, &worker.metrics, |o| verdict = Some(o));
         assert_eq!(datagrams, 1, "a simulated receive holds one datagram");
         let verdict = verdict.expect("a simulated receive never fails");
-        // The daemon adds each receive batch's counts per sender to the LFC (a batch here is
-        // one datagram).
-        worker.book.flush_senders();
+        // The daemon ends each receive batch so (a batch here is one datagram): the waiters
+        // of its pages are told, its counts per sender added to the LFC.
+        worker.book.end_batch();
         // A slot turned away is posted again, as the daemon's next step does.
         self.refill_slots(w);
         Some(verdict)
