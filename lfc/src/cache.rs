@@ -96,23 +96,29 @@ const READ_ATTEMPTS: u32 = 16;
 const FREE_SCAN_LIMIT: u64 = 256;
 
 /// Frames one CLOCK claim lowers the usage of before it settles for a lightly used one
-/// (`CLOCK_SETTLE_USAGE`). A scan fills the cache with pages installed and read once (usage 2),
-/// so when the hand came round again every frame was in use and one claim walked the whole
-/// cache, twice, before a frame reached zero: 0.2–0.5 ms per walk at 32768 frames in the worker
-/// daemon, every 32768 installs (`bench hol`: the datagrams queued meanwhile reached the busy
-/// reader after its GetPages for them, each counted lost, and "31 % of prefetches lost" took it
-/// to TCP), and a walk grows with the cache (a million frames: tens of milliseconds). The
-/// lowering still reaches every frame once a revolution, spread over the claims.
-pub const CLOCK_SWEEP_LIMIT: u64 = 1024;
+/// (`CLOCK_SETTLE_USAGE`): what one claim may cost, about 40 ns a frame (the frame's metadata
+/// line is rarely cached). A scan fills the cache with pages installed and read once (usage
+/// 2), so when the hand came round again every frame was in use, and without a bound one
+/// claim walked the whole cache, twice, before a frame reached zero: 0.2–0.5 ms per walk at
+/// 32768 frames in the worker daemon (`bench hol`: the datagrams queued meanwhile reached the
+/// busy reader after its GetPages for them, each counted lost, and "31 % of prefetches lost"
+/// took it to TCP), tens of milliseconds at a million frames. The lowering still reaches every
+/// frame once a revolution, spread over the claims. At 1024 the hand's first two revolutions
+/// over a cache a scan filled came as 256 claims of 40 µs each at 131072 frames, one after
+/// another: installs stalled for 3 ms (`bench lfc`'s `install-after-scan`, slowest run of 64
+/// installs) and the udp scan that first evicted judged UDP at 46–78 µs a read. At 64 the
+/// same revolutions are 4096 claims of about 2.5 µs, spread over the scan's next 4096 pages.
+pub const CLOCK_SWEEP_LIMIT: u64 = 64;
 /// Past `CLOCK_SWEEP_LIMIT`, a claim evicts a frame whose usage is at most this, as it is: a
 /// page installed and read at most once since the hand last passed. Hotter pages keep losing
 /// one count per pass, as before.
 pub const CLOCK_SETTLE_USAGE: u32 = 2;
 /// Frames one CLOCK claim lowers before it settles for a page not read since installed
-/// (`UNREAD`) as it would for any other: a capped sweep passing a prefetch window does not
-/// take its pages ahead of their reads, and a cache full of pages nobody read yet (a
-/// prewarm's) still costs a claim a bounded walk.
-const UNREAD_SWEEP_LIMIT: u64 = 2 * CLOCK_SWEEP_LIMIT;
+/// (`UNREAD`) as it would for any other: a capped sweep passing a prefetch window (512 pages
+/// at the default distance) does not take its pages ahead of their reads, and a cache full of
+/// pages nobody read yet (a prewarm's) still costs a claim a bounded walk. A bound of its own,
+/// not a multiple of `CLOCK_SWEEP_LIMIT`: it is sized by the windows it must walk past.
+const UNREAD_SWEEP_LIMIT: u64 = 2048;
 
 /// Upper bound on one `wait_for_arrival`, whatever the caller asks.
 pub const MAX_ARRIVAL_WAIT: Duration = Duration::from_secs(10);

@@ -288,9 +288,12 @@ fn a_scan_through_a_smaller_cache_finds_every_page_of_its_window_cached() {
     // A scan reads each page once, its prefetches `WINDOW` pages ahead of it installed in a
     // cache a quarter of its size: the pages it has read are done, the window's are needed
     // next. Every revolution of the hand finds the cache in use (pages read once); the
-    // window's pages, installed and not read yet, must not be the ones it takes.
-    const WINDOW: u32 = 256;
-    let frames = 4 * CLOCK_SWEEP_LIMIT;
+    // window's pages, installed and not read yet, must not be the ones it takes. The window
+    // is the udp read path's default distance, eight times what a claim lowers before it
+    // settles for a page read once.
+    const WINDOW: u32 = 512;
+    assert!(u64::from(WINDOW) >= 8 * CLOCK_SWEEP_LIMIT);
+    let frames = 4096;
     let (_d, lfc) = new_cache(frames);
     let pages = 4 * frames as u32;
     let mut out = [0u8; PAGE_SIZE];
